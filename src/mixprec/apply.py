@@ -1,0 +1,125 @@
+"""apply(model, plan, calibration_data): the one place that swaps modules.
+
+Returns a quantized (simulated) copy: every planned layer becomes a :class:`QuantizedLayer`
+whose weight is fake-quantized once and whose input goes through an activation quantizer
+calibrated on the calibration data. The input model is never modified.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
+from .candidates import Candidate, parse_candidate
+from .errors import MixprecError, ModelError, PlanError
+from .groups import check_weights, quantizable_layers
+from .plan import Plan
+from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv/Linear layer with a fake-quantized weight and a quantizer on its input."""
+
+    def __init__(self, layer: nn.Module, candidate: Candidate, weight_method: str = "mse",
+                 activation_method: str = "mse"):
+        super().__init__()
+        self.candidate = candidate.name
+        # A new Parameter, not an in-place copy: the weight may be shared (tied embeddings),
+        # and the other user of it must stay float.
+        weight = layer.weight
+        layer.weight = nn.Parameter(quantize_weight(weight.detach(), candidate.weight, weight_method),
+                                    requires_grad=weight.requires_grad)
+        self.layer = layer
+        self.input_quantizer = ActivationQuantizer(candidate.activation, activation_method)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.layer(self.input_quantizer(x), *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # Model code sometimes reads layer attributes (weight, in_features, ...) directly.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+    def extra_repr(self) -> str:
+        return f"candidate={self.candidate}"
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+
+
+def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
+          weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
+          progress: bool = True) -> nn.Module:
+    """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
+
+    calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
+    skips calibration (for loading a saved quantized state dict on top).
+    """
+    for method in (weight_method, activation_method):
+        if method not in RANGE_METHODS:
+            raise MixprecError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+    layers = quantizable_layers(model)
+    wanted = plan.layer_candidates()
+    unknown = sorted(set(wanted) - set(layers))
+    if unknown:
+        raise PlanError(f"the plan names {len(unknown)} layer(s) the model does not have, e.g. {unknown[:3]}; "
+                        "was it made for another model?")
+    check_weights({n: layers[n] for n in wanted})
+    quantized = copy.deepcopy(model)
+    quantized.eval()
+    candidates = {name: parse_candidate(c) for name, c in set(wanted.items())}
+    names = list(wanted)
+    for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
+        layer = quantized.get_submodule(name)
+        _set_module(quantized, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method))
+    quantizers = [m.input_quantizer for m in quantized_layers(quantized).values()
+                  if m.input_quantizer.needs_calibration]
+    if not calibrate:
+        for q in quantizers:
+            q.observing = False
+        return quantized
+    if quantizers:
+        if calibration_data is None:
+            raise MixprecError("the plan quantizes activations, which needs calibration data; pass --data "
+                               "(or calibration_data=...), or choose weight-only candidates")
+        calibrate_activations(quantized, calibration_data, progress=progress)
+        for q in quantizers:
+            q.finish_calibration()
+    return quantized
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = True,
+                          reference: Any = None) -> int:
+    """Run calibration batches through ``model``; returns the number of batches seen."""
+    device = next(model.parameters()).device
+    count = 0
+    for index, item in enumerate(tqdm(data, desc="calibrating activations", disable=not progress, leave=False)):
+        inputs, _ = split_item(item)
+        if reference is None:
+            reference = inputs
+        elif not shapes_compatible(inputs, reference):
+            raise ModelError(f"calibration batch {index} has shape {describe_shape(inputs)}; expected "
+                             f"the same layout as batch 0, {describe_shape(reference)} (any batch size)")
+        try:
+            run_model(model, to_device(inputs, device))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        count += 1
+    if count == 0:
+        raise MixprecError("the calibration data is empty; give at least one batch")
+    return count

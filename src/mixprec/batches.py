@@ -1,0 +1,94 @@
+"""What a calibration or evaluation item is, and how a model is called on it.
+
+An item is either the model input or a pair ``(inputs, labels)``. Inputs are a tensor
+(``model(x)``), a dict of tensors (``model(**x)``) or a tuple/list of tensors (``model(*x)``).
+A 2-tuple is always read as ``(inputs, labels)``: wrap several positional inputs as
+``((x1, x2), labels)`` or in a dict.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def split_item(item: Any) -> tuple[Any, Any]:
+    """Return (inputs, labels or None) for one data item."""
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    return item, None
+
+
+def to_device(inputs: Any, device: torch.device | str) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(v, device) for v in inputs)
+    return inputs
+
+
+def run_model(model: torch.nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_tensor(inputs: Any) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TypeError(f"no tensor in model inputs of type {type(inputs).__name__}")
+
+
+def batch_size(inputs: Any) -> int:
+    return int(first_tensor(inputs).shape[0])
+
+
+def output_tensor(output: Any) -> torch.Tensor:
+    """The main tensor of a model output (logits of HF outputs, first element of tuples)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for key in ("logits", "last_hidden_state"):
+        value = getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, dict):
+        for v in output.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
+
+
+def describe_shape(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape)
+    if isinstance(inputs, dict):
+        return {k: describe_shape(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return [describe_shape(v) for v in inputs]
+    return type(inputs).__name__
+
+
+def shapes_compatible(inputs: Any, reference: Any) -> bool:
+    """Same structure; float tensors agree on every dim but the batch, others on the rank only
+    (token batches legitimately differ in sequence length)."""
+    if isinstance(reference, torch.Tensor):
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != reference.dim():
+            return False
+        return not torch.is_floating_point(reference) or inputs.shape[1:] == reference.shape[1:]
+    if isinstance(reference, dict):
+        return isinstance(inputs, dict) and inputs.keys() == reference.keys() and all(
+            shapes_compatible(inputs[k], reference[k]) for k in reference)
+    if isinstance(reference, (tuple, list)):
+        return isinstance(inputs, (tuple, list)) and len(inputs) == len(reference) and all(
+            shapes_compatible(a, b) for a, b in zip(inputs, reference))
+    return True

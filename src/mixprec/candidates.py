@@ -1,0 +1,115 @@
+"""Candidates: the legal options for a quantizer group, parsed from short strings.
+
+Grammar (case-insensitive)::
+
+    w<B>[g<G>][a<B>][-asym]    integer weights of B bits (2..16; w16 = float16), per output
+                               channel, or per group of G inputs; a<B> quantizes the layer
+                               input to B bits (a16 = float16); without a<B> the candidate
+                               is weight-only and the input stays float. -asym: asymmetric
+                               weights (with zero-points).
+    fp8 | fp8e5m2             FP8 e4m3 (or e5m2) weights per channel and inputs per tensor
+    fp16 | bf16               16-bit float weights and inputs
+    fp32                      no quantization (the float reference)
+
+Examples: w8a8, w4a8, w8a16, w16a16 (float16), w4, w4g128, w2g64, w4g128-asym, fp8, fp16.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import CandidateError
+from .formats import FloatFormat, Format, IntFormat
+
+VALID_FORMS = ("w<B>a<B> (e.g. w8a8, w4a8, w8a16, w16a16)", "w<B> weight-only (e.g. w4, w8)",
+               "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>", "suffix -asym (e.g. w4g128-asym)",
+               "fp8, fp8e5m2, fp16, bf16, fp32")
+_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:a(\d+))?(-asym)?$")
+# Bits an unquantized (float) input is counted at in BOPs: weight-only kernels run on float16.
+FLOAT_ACTIVATION_BITS = 16
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Weight format and input-activation format of a group (None = left in float32)."""
+
+    name: str
+    weight: Format | None
+    activation: Format | None
+
+    @property
+    def weight_bits(self) -> int:
+        return 32 if self.weight is None else self.weight.bits
+
+    @property
+    def activation_bits(self) -> int:
+        """Bits of the layer input in BOPs: the quantized width, 32 for fp32, else float16."""
+        if self.activation is not None:
+            return self.activation.bits
+        return 32 if self.weight is None else FLOAT_ACTIVATION_BITS
+
+    @property
+    def weight_only(self) -> bool:
+        return self.activation is None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _int_bits(text: str, what: str, spec: str) -> int:
+    bits = int(text)
+    if not 2 <= bits <= 16:
+        raise CandidateError(f"{what} bit-width {bits} in candidate {spec!r} is out of range 2..16")
+    return bits
+
+
+def parse_candidate(spec: str | Candidate) -> Candidate:
+    """Parse a candidate string; the error lists the valid forms."""
+    if isinstance(spec, Candidate):
+        return spec
+    if not isinstance(spec, str):
+        raise CandidateError(f"a candidate must be a string such as 'w4a8', got {type(spec).__name__}")
+    text = spec.strip().lower()
+    floats = {"fp32": (None, None), "fp16": (FloatFormat("fp16"), FloatFormat("fp16")),
+              "bf16": (FloatFormat("bf16"), FloatFormat("bf16")),
+              "fp8": (FloatFormat("fp8_e4m3", "channel"), FloatFormat("fp8_e4m3")),
+              "fp8e4m3": (FloatFormat("fp8_e4m3", "channel"), FloatFormat("fp8_e4m3")),
+              "fp8e5m2": (FloatFormat("fp8_e5m2", "channel"), FloatFormat("fp8_e5m2"))}
+    if text in floats:
+        canonical = {"fp8e4m3": "fp8"}.get(text, text)
+        return Candidate(canonical, *floats[text])
+    match = _PATTERN.match(text)
+    if not match:
+        raise CandidateError(f"unknown candidate {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
+    wbits_s, group_s, abits_s, asym = match.groups()
+    wbits = _int_bits(wbits_s, "weight", spec)
+    if wbits == 16:
+        if group_s or asym:
+            raise CandidateError(f"candidate {spec!r}: w16 means float16 weights, which take no group size or -asym")
+        weight: Format = FloatFormat("fp16")
+    elif group_s:
+        group = int(group_s)
+        if group < 1:
+            raise CandidateError(f"candidate {spec!r}: group size must be >= 1")
+        weight = IntFormat(wbits, symmetric=not asym, granularity="group", group_size=group)
+    else:
+        weight = IntFormat(wbits, symmetric=not asym, granularity="channel")
+    activation: Format | None = None
+    if abits_s:
+        abits = _int_bits(abits_s, "activation", spec)
+        activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
+    return Candidate(text, weight, activation)
+
+
+def parse_candidates(specs: str | list[str]) -> list[Candidate]:
+    """Parse a comma-separated list (or a list) of candidates, refusing duplicates."""
+    items = [s for s in (specs.split(",") if isinstance(specs, str) else specs)]
+    items = [s.strip() if isinstance(s, str) else s for s in items if not (isinstance(s, str) and not s.strip())]
+    if not items:
+        raise CandidateError("no candidates given; e.g. --candidates w4a8,w8a8,w16a16")
+    out = [parse_candidate(s) for s in items]
+    names = [c.name for c in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CandidateError(f"duplicate candidates: {', '.join(dupes)}")
+    return out

@@ -1,0 +1,240 @@
+"""The ``mixprec`` command line: inspect, quantize, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .apply import apply
+from .batches import split_item
+from .builtin import BUILTINS, get_builtin
+from .candidates import VALID_FORMS, parse_candidate, parse_candidates
+from .costs import COST_KINDS, cost_tables, format_bytes, format_count
+from .errors import MixprecError, SpecError
+from .groups import ModelGroups, discover_groups
+from .plan import Plan, write_json_atomic
+from .profiles import PROFILES, profile_candidates
+from .quantizers import RANGE_METHODS
+from .specs import is_builtin, load_data, load_eval, load_model
+
+DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
+
+
+def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
+    p.add_argument("--model", required=True, help="built-in name (%s), file.py:function, package.module:function "
+                   "or a TorchScript file" % ", ".join(BUILTINS))
+    p.add_argument("--data", required=data_required, help="calibration data: file.py:function, .npz or .pt "
+                   "(default for a built-in model: its own calibration set)")
+    p.add_argument("--calibration-samples", type=int, default=None, help="cap on calibration samples")
+    p.add_argument("--tie", action="append", default=[], metavar="PATTERN",
+                   help="tie all layers matching this name pattern into one group (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave layers matching this pattern in float (repeatable)")
+    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
+                   help="fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)")
+
+
+def _pins(items: list[str]) -> dict[str, str]:
+    pins = {}
+    for item in items:
+        pattern, sep, cand = item.partition("=")
+        if not sep or not pattern or not cand:
+            raise SpecError(f"--pin {item!r} must look like PATTERN=CANDIDATE, e.g. conv1=w8a8")
+        pins[pattern] = parse_candidate(cand).name
+    return pins
+
+
+def _setup(args) -> tuple[torch.nn.Module, list | None, Any, ModelGroups]:
+    """Model, calibration batches, example input and groups for the model/data arguments."""
+    model = load_model(args.model)
+    builtin = get_builtin(args.model) if is_builtin(args.model) else None
+    pins = dict(builtin.default_pins) if builtin else {}
+    pins.update(_pins(args.pin))
+    excludes = list(builtin.default_excludes) if builtin else []
+    excludes += args.exclude
+    data = None
+    if args.data:
+        data = load_data(args.data, limit=args.calibration_samples)
+    elif builtin is not None and getattr(args, "needs_data", True):
+        data = builtin.calibration(args.calibration_samples or builtin.default_calibration_samples)
+    if builtin is not None:
+        example = builtin.example_input()
+    elif data:
+        example = split_item(data[0])[0]
+    else:
+        example = None
+    groups = discover_groups(model, example, ties=args.tie, exclude=excludes, pins=pins)
+    return model, data, example, groups
+
+
+def _print_groups(groups: ModelGroups) -> None:
+    rows = [(g.name, ",".join(sorted({l.kind for l in g.layers})), len(g.layers), g.params,
+             format_count(g.macs) if g.macs is not None else "?", g.tied_by or "", g.pinned or "")
+            for g in groups]
+    _table(["group", "kind", "layers", "params", "MACs", "tied by", "pinned"], rows)
+    for layer in groups.excluded:
+        print(f"excluded (float): {layer.name}")
+    for note in groups.notes:
+        print(f"note: {note}")
+
+
+def _table(header: list[str], rows: list[tuple]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for k, r in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _candidates(args) -> list:
+    if getattr(args, "profile", None):
+        return profile_candidates(args.profile)
+    return parse_candidates(args.candidates)
+
+
+def cmd_inspect(args) -> int:
+    args.needs_data = False
+    model, _, example, groups = _setup(args)
+    cands = _candidates(args)
+    costs = cost_tables(groups, [c.name for c in cands], model)
+    total_params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {type(model).__name__}, {total_params:,} parameters, {len(groups.layers)} quantized "
+          f"layers in {len(groups)} groups ({sum(1 for g in groups if len(g.layers) > 1)} tied)")
+    if groups.example_shape is not None:
+        print(f"example input {groups.example_shape}; MACs are per sample")
+    _print_groups(groups)
+    print()
+    rows = []
+    for c in cands:
+        rows.append((c.name, format_bytes(costs.uniform("bytes", c.name)), format_count(costs.uniform("bops", c.name)),
+                     f"{costs.uniform('bits_per_weight', c.name):.3f}"))
+    print("cost of each uniform candidate (pinned groups keep their pin):")
+    _table(["candidate", "bytes", "BOPs", "bits/weight"], rows)
+    if args.json:
+        write_json_atomic(Path(args.json), {
+            "model": args.model, "groups": [{"name": g.name, "layers": list(g.layer_names), "params": g.params,
+                                             "macs": g.macs, "tied_by": g.tied_by, "pinned": g.pinned} for g in groups],
+            "excluded": [l.name for l in groups.excluded],
+            "uniform_costs": {c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in cands}})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    if bool(args.plan) == bool(args.uniform):
+        raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    if not args.data and not is_builtin(args.model):
+        raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    model, data, _, groups = _setup(args)
+    if args.plan:
+        plan = Plan.load(args.plan)
+    else:
+        plan = Plan.uniform(groups, args.uniform, {"model": args.model})
+    costs = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model)
+    missing = sorted(set(costs.groups) ^ set(plan.groups))
+    if missing:
+        raise SpecError(f"the plan's groups do not match this model's groups (e.g. {missing[:3]}); was it made for "
+                        "another model or with other --tie/--exclude options?")
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    quantized = apply(model.to(device), plan, data, weight_method=args.weight_range,
+                      activation_method=args.activation_range)
+    apply_s = time.perf_counter() - start
+    result: dict[str, Any] = {"model": args.model, "plan": plan.metadata.get("candidate", args.plan),
+                              "costs": {k: costs.total(k, plan.assignments) for k in COST_KINDS},
+                              "metric": None, "apply_seconds": apply_s}
+    eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
+    if eval_spec:
+        evaluate = load_eval(eval_spec)
+        start = time.perf_counter()
+        res = evaluate(quantized)
+        result.update(metric=res.value, metric_name=res.name, higher_is_better=res.higher_is_better,
+                      metric_details=res.details, eval_seconds=time.perf_counter() - start)
+    result["environment"] = _environment(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan.save(out / "plan.json")
+    torch.save(quantized.state_dict(), out / "model.pt")
+    write_json_atomic(out / "result.json", result)
+    metric = "not evaluated (give --eval)" if result["metric"] is None else f"{result['metric_name']} {result['metric']:.4g}"
+    print(f"{metric}; {format_bytes(result['costs']['bytes'])}, {format_count(result['costs']['bops'])} BOPs, "
+          f"{result['costs']['bits_per_weight']:.3f} bits/weight")
+    print(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'result.json'}")
+    return 0
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    return {"mixprec": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixprec", description="Mixed-precision post-training quantization "
+                                     "of PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"mixprec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="list quantizer groups, ties, parameters, MACs and uniform costs",
+                       description="List the quantizer groups of a model and the cost of every uniform candidate.")
+    _add_model_args(p)
+    p.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="comma-separated candidates; forms: "
+                   + "; ".join(VALID_FORMS) + f" (default {DEFAULT_CANDIDATES})")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    p.add_argument("--json", help="also write the groups and costs to this JSON file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("quantize", help="apply a plan (or one uniform candidate) and evaluate",
+                       description="Quantize a model by a plan or a uniform candidate, calibrate activation "
+                       "ranges, evaluate, and write model.pt, plan.json and result.json to --out.")
+    _add_model_args(p)
+    p.add_argument("--plan", help="plan.json to apply")
+    p.add_argument("--uniform", metavar="CAND", help="put every group on this candidate, e.g. w8a8")
+    p.add_argument("--eval", help="evaluation: file.py:function returning a float or a dict (default for a "
+                   "built-in model: its own evaluation)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help="weight range calibration")
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
+    p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("demo", help="the built-in demo: a CNN on scikit-learn digits, every uniform candidate",
+                       description="Train (once, cached) a small CNN on scikit-learn's digits and show the "
+                       "accuracy and cost of every uniform candidate.")
+    p.add_argument("--out", help="also write the results as JSON into this directory")
+    p.add_argument("--candidates", default="fp32,w8a8,w8a16,w4a8,w3a8,w2a8,w4,w4g32,fp8,fp16",
+                   help="candidates to compare")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except MixprecError as exc:
+        print(f"mixprec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixprec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

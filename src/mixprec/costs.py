@@ -1,0 +1,106 @@
+"""Cost tables C_k[group, candidate] for each budget kind, plus the constant part of the model.
+
+- ``bytes``: weights at their bit-width plus every scale and zero-point (a w4g128 weight
+  costs 4 + 16/128 bits), plus the input quantizer's scale/zero-point; ``fixed`` holds
+  everything not quantized (biases, norms, embeddings, excluded layers) at its dtype size.
+- ``bops``: MACs x weight bits x activation bits (van Baalen et al., "Bayesian Bits", sec. 4),
+  MACs per sample of the example input.
+- ``bits_per_weight``: weight storage bits of the group / all weights of the quantizable
+  layers, so the row sums add up to the model's average bits per weight.
+A plan's cost is ``fixed[k] + sum_g table[k][g, choice[g]]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from .candidates import Candidate, parse_candidate
+from .formats import SCALE_BITS, IntFormat
+from .groups import Layer, ModelGroups
+
+COST_KINDS = ("bytes", "bops", "bits_per_weight")
+
+
+def weight_storage_bits(layer: Layer, candidate: Candidate) -> int:
+    if candidate.weight is None:
+        return layer.params * 32
+    return candidate.weight.storage_bits(layer.weight_shape)
+
+
+def input_quantizer_bits(candidate: Candidate) -> int:
+    fmt = candidate.activation
+    if fmt is None or not (isinstance(fmt, IntFormat) or getattr(fmt, "scaled", False)):
+        return 0
+    zero_point = fmt.bits if isinstance(fmt, IntFormat) and not fmt.symmetric else 0
+    return SCALE_BITS + zero_point
+
+
+def layer_bops(layer: Layer, candidate: Candidate) -> float:
+    if layer.macs is None:
+        return float("nan")
+    return float(layer.macs) * candidate.weight_bits * candidate.activation_bits
+
+
+@dataclass(frozen=True)
+class CostTables:
+    groups: tuple[str, ...]
+    candidates: tuple[str, ...]
+    tables: dict[str, np.ndarray]  # kind -> (G, C)
+    fixed: dict[str, float]  # kind -> constant part of the model
+
+    def total(self, kind: str, choice: dict[str, str]) -> float:
+        """Cost of a plan given as group -> candidate name."""
+        table = self.tables[kind]
+        col = {c: j for j, c in enumerate(self.candidates)}
+        return self.fixed[kind] + float(sum(table[i, col[choice[g]]] for i, g in enumerate(self.groups)))
+
+    def uniform(self, kind: str, candidate: str) -> float:
+        return self.total(kind, {g: candidate for g in self.groups})
+
+
+def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
+    """Bytes of every parameter that no group quantizes (biases, norms, embeddings, excluded layers)."""
+    quantized = {f"{name}.weight" for name in (l.name for l in groups.layers)}
+    return float(sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n not in quantized))
+
+
+def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: nn.Module | None = None) -> CostTables:
+    cands = [parse_candidate(c) for c in candidates]
+    all_weights = sum(l.params for l in groups.layers) + sum(l.params for l in groups.excluded)
+    shape = (len(groups), len(cands))
+    tables = {k: np.zeros(shape) for k in COST_KINDS}
+    for i, group in enumerate(groups):
+        for j, cand in enumerate(cands):
+            wbits = sum(weight_storage_bits(l, cand) for l in group.layers)
+            tables["bytes"][i, j] = (wbits + len(group.layers) * input_quantizer_bits(cand)) / 8
+            tables["bops"][i, j] = sum(layer_bops(l, cand) for l in group.layers)
+            tables["bits_per_weight"][i, j] = wbits / all_weights
+    excluded_macs = [l.macs for l in groups.excluded]
+    fixed = {
+        "bytes": other_param_bytes(model, groups) if model is not None else float("nan"),
+        "bops": float(sum(excluded_macs) * 32 * 32) if None not in excluded_macs else float("nan"),
+        "bits_per_weight": sum(l.params for l in groups.excluded) * 32 / all_weights,
+    }
+    return CostTables(tuple(groups.names), tuple(c.name for c in cands), tables, fixed)
+
+
+def format_bytes(n: float) -> str:
+    if math.isnan(n):
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def format_count(n: float) -> str:
+    if math.isnan(n):
+        return "?"
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"

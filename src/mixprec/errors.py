@@ -1,0 +1,32 @@
+"""Every error mixprec raises on bad input is a MixprecError with a message a user can act on."""
+
+
+class MixprecError(Exception):
+    """Base class: what was wrong, what was expected, how to fix it."""
+
+
+class CandidateError(MixprecError, ValueError):
+    """A candidate string or format that does not parse or is out of range."""
+
+
+class SpecError(MixprecError):
+    """A --model / --data / --eval spec that does not resolve."""
+
+
+class ModelError(MixprecError):
+    """A model that cannot be quantized as given (no layers, NaN weights, wrong input shape)."""
+
+
+class PlanError(MixprecError):
+    """A plan that does not fit the model or is not a valid plan file."""
+
+
+class MissingDataError(MixprecError, FileNotFoundError):
+    """A file under ../shared/data (or another required path) is not there."""
+
+    def __init__(self, path, what: str = ""):
+        self.path = path
+        super().__init__(
+            f"required file not found: {path}" + (f" ({what})" if what else "")
+            + ". Real evaluation data lives in ../shared/data beside the project; set MIXPREC_DATA to its location if it is elsewhere."
+        )

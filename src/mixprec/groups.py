@@ -1,0 +1,255 @@
+"""Quantizer groups: find the quantizable layers of a model and decide which share a decision.
+
+A group is a layer's weight quantizer plus the quantizer of its input. Layers are tied into
+one group when they read the same tensor (Q/K/V projections, gate/up projections, the two
+convolutions of a branch point) or when the user ties them by name pattern. Discovery runs
+one forward pass on an example input with hooks, which also counts MACs; without an example
+input (or for a model whose forward cannot be hooked) every layer is its own group and MACs
+are unknown.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .batches import batch_size, run_model
+from .candidates import parse_candidate
+from .errors import ModelError
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    macs: int | None = None  # per sample of the example input
+    input_shape: tuple[int, ...] | None = None  # per-sample input shape seen in the trace
+
+    @property
+    def params(self) -> int:
+        return math.prod(self.weight_shape)
+
+
+@dataclass(frozen=True)
+class QuantizerGroup:
+    name: str
+    layers: tuple[Layer, ...]
+    tied_by: str = ""  # why several layers share this group ("" for a single layer)
+    pinned: str | None = None  # candidate this group is fixed to
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(l.name for l in self.layers)
+
+    @property
+    def params(self) -> int:
+        return sum(l.params for l in self.layers)
+
+    @property
+    def macs(self) -> int | None:
+        if any(l.macs is None for l in self.layers):
+            return None
+        return sum(l.macs for l in self.layers)
+
+
+@dataclass(frozen=True)
+class ModelGroups:
+    groups: tuple[QuantizerGroup, ...]
+    excluded: tuple[Layer, ...] = ()
+    traced: bool = True
+    example_shape: tuple | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, name: str) -> QuantizerGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [l for g in self.groups for l in g.layers]
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+
+
+def check_weights(layers: dict[str, nn.Module]) -> None:
+    for name, module in layers.items():
+        bad = ~torch.isfinite(module.weight.detach())
+        if bad.any():
+            raise ModelError(f"layer {name!r} has {int(bad.sum())} NaN/Inf weight values; "
+                             "fix or retrain the model before quantizing it")
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device.type)
+
+
+def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> tuple[dict, dict, dict]:
+    """One hooked forward pass: per layer MACs and input shape, and which tensor each layer read."""
+    macs: dict[str, int] = {n: 0 for n in layers}
+    shapes: dict[str, tuple] = {}
+    reads: dict[str, set] = {n: set() for n in layers}
+    keep_alive: list[torch.Tensor] = []  # so that no tensor address is reused during the pass
+    n = batch_size(example_input)
+
+    def hook(name):
+        def fn(module, inputs, output):
+            x = inputs[0]
+            keep_alive.append(x)
+            reads[name].add(_tensor_key(x))
+            shapes.setdefault(name, tuple(x.shape[1:]))
+            w = module.weight
+            if isinstance(module, nn.Linear):  # every output row costs in x out MACs
+                macs[name] += (output.numel() // w.shape[0]) * w.shape[0] * w.shape[1]
+            else:  # conv: every output element costs (in/groups) x kernel MACs
+                macs[name] += output.numel() * math.prod(w.shape[1:])
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    try:
+        with torch.no_grad():
+            run_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads
+
+
+class _UnionFind:
+    def __init__(self, items: Iterable[str]):
+        self.parent = {i: i for i in items}
+        self.reason: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str, reason: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.reason[ra] = self.reason.get(ra) or self.reason.get(rb) or reason
+
+
+def group_name(names: list[str]) -> str:
+    """``a.b.{q,k,v}`` for tied layers, the layer name for a single one."""
+    if len(names) == 1:
+        return names[0]
+    parts = [n.split(".") for n in names]
+    common = os.path.commonprefix(parts)
+    rest = [".".join(p[len(common):]) for p in parts]
+    prefix = ".".join(common)
+    return (prefix + "." if prefix else "") + "{" + ",".join(rest) + "}"
+
+
+def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterable[str] = (),
+                    exclude: Iterable[str] = (), pins: dict[str, str] | None = None,
+                    tie_shared_inputs: bool = True) -> ModelGroups:
+    """Quantizer groups of ``model``.
+
+    ties: name patterns (fnmatch); all layers matching one pattern form one group.
+    exclude: name patterns of layers left in float. pins: name pattern -> candidate.
+    """
+    pins = dict(pins or {})
+    for candidate in pins.values():
+        parse_candidate(candidate)
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes "
+                         "nn.Conv1d, nn.Conv2d and nn.Linear); nothing to do")
+    check_weights(layers)
+    patterns = list(exclude)
+    excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(n, p) for n in layers):
+            raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}")
+    notes = []
+    traced = example_input is not None
+    macs: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
+    reads: dict[str, set] = {}
+    if traced:
+        try:
+            macs, shapes, reads = trace(model, example_input, layers)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            shape = _describe(example_input)
+            raise ModelError(f"the model failed on the example input {shape}: "
+                             f"{str(exc).splitlines()[0]}. Check that the data matches what the model expects.") from exc
+        unused = [n for n in layers if not reads[n]]
+        if unused:
+            notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")
+    else:
+        notes.append("no example input: every layer is its own group and MACs are unknown")
+
+    info = {n: Layer(n, type(m).__name__, tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n))
+            for n, m in layers.items()}
+    kept = [n for n in layers if n not in excluded_names]
+    uf = _UnionFind(kept)
+    if traced and tie_shared_inputs:
+        first_reader: dict[tuple, str] = {}
+        for n in kept:
+            for key in reads[n]:
+                if key in first_reader:
+                    uf.union(first_reader[key], n, "shared input")
+                else:
+                    first_reader[key] = n
+    for pattern in ties:
+        matched = [n for n in kept if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}")
+        for n in matched[1:]:
+            uf.union(matched[0], n, f"tie {pattern}")
+
+    members: dict[str, list[str]] = {}
+    for n in kept:
+        members.setdefault(uf.find(n), []).append(n)
+    groups = []
+    for root, names in members.items():
+        pinned = {c for p, c in pins.items() for n in names if fnmatch.fnmatchcase(n, p)}
+        if len(pinned) > 1:
+            raise ModelError(f"group {group_name(names)} has conflicting pins {sorted(pinned)}")
+        canonical = parse_candidate(pinned.pop()).name if pinned else None
+        groups.append(QuantizerGroup(group_name(names), tuple(info[n] for n in names),
+                                     uf.reason.get(root, "") if len(names) > 1 else "", canonical))
+    for p in pins:
+        if not any(fnmatch.fnmatchcase(n, p) for n in kept):
+            raise ModelError(f"pin pattern {p!r} matches no quantized layer")
+    return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
+                       _shape(example_input) if traced else None, tuple(notes))
+
+
+def _shape(inputs: Any):
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape)
+    if isinstance(inputs, dict):
+        return {k: _shape(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return [_shape(v) for v in inputs]
+    return type(inputs).__name__
+
+
+def _describe(inputs: Any) -> str:
+    return f"of shape {_shape(inputs)}"

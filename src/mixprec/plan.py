@@ -1,0 +1,104 @@
+"""A plan: the candidate chosen for every quantizer group, plus metadata. Plain, versioned JSON."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .candidates import parse_candidate
+from .errors import PlanError
+from .groups import ModelGroups
+
+PLAN_FORMAT = "mixprec-plan"
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    assignments: dict[str, str]  # group name -> candidate name
+    groups: dict[str, list[str]]  # group name -> layer names
+    excluded: list[str] = field(default_factory=list)  # layers left in float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = sorted(set(self.groups) - set(self.assignments))
+        extra = sorted(set(self.assignments) - set(self.groups))
+        if missing or extra:
+            raise PlanError(f"plan assignments do not match its groups: missing {missing[:5]}, unknown {extra[:5]}")
+        for group, cand in self.assignments.items():
+            self.assignments[group] = parse_candidate(cand).name
+        seen: dict[str, str] = {}
+        for group, layers in self.groups.items():
+            for layer in layers:
+                if layer in seen:
+                    raise PlanError(f"layer {layer!r} is in two groups: {seen[layer]!r} and {group!r}")
+                seen[layer] = group
+
+    @classmethod
+    def uniform(cls, groups: ModelGroups, candidate: str, metadata: dict | None = None) -> "Plan":
+        """Every group on ``candidate``, except pinned groups, which keep their pin."""
+        name = parse_candidate(candidate).name
+        return cls({g.name: g.pinned or name for g in groups},
+                   {g.name: list(g.layer_names) for g in groups},
+                   [l.name for l in groups.excluded],
+                   {"kind": "uniform", "candidate": name, **(metadata or {})})
+
+    def layer_candidates(self) -> dict[str, str]:
+        return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION,
+                "assignments": dict(self.assignments), "groups": {k: list(v) for k, v in self.groups.items()},
+                "excluded": list(self.excluded), "metadata": self.metadata}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanError(f"{source} is not a mixprec plan (no \"format\": \"{PLAN_FORMAT}\")")
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise PlanError(f"{source} has plan version {version!r}; this mixprec reads version {PLAN_VERSION}")
+        try:
+            return cls(dict(data["assignments"]), {k: list(v) for k, v in data["groups"].items()},
+                       list(data.get("excluded", [])), dict(data.get("metadata", {})))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PlanError(f"{source} is malformed: {exc!r}") from exc
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

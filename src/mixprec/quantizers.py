@@ -1,0 +1,208 @@
+"""Fake quantization: round a float tensor onto a format's grid and back, in the same dtype.
+
+Weights are quantized once (per tensor, per output channel, or per group of ``group_size``
+consecutive inputs of each output channel; a shorter last group when the size does not
+divide). Activations go through an :class:`ActivationQuantizer` that observes calibration
+batches, fixes its range, then quantizes.
+
+Range calibration methods: ``minmax``; ``percentile`` (clip at the p-th percentile of |x|
+or of each tail); ``mse`` (grid search of a clipping factor minimising the squared error,
+as in Banner et al. / Nagel et al., "A White Paper on Neural Network Quantization", sec. 3.5).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .formats import FP8_MAX, FloatFormat, Format, IntFormat
+
+RANGE_METHODS = ("minmax", "percentile", "mse")
+MSE_GRID = torch.linspace(1.0, 0.2, 41)
+_FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def int_qparams(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero-point mapping [lo, hi] onto [qmin, qmax]; the grid always holds 0 exactly."""
+    tiny = torch.finfo(torch.float32).tiny
+    if fmt.symmetric:
+        amax = torch.maximum(-lo, hi).clamp_min(0)
+        scale = amax / fmt.qmax
+        zero_point = torch.zeros_like(scale)
+    else:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        scale = (hi - lo) / (fmt.qmax - fmt.qmin)
+        zero_point = torch.zeros_like(scale)
+    # A zero (or denormal) range means a constant-zero tensor: any scale reproduces it exactly.
+    scale = torch.where(scale > tiny, scale, torch.ones_like(scale))
+    if not fmt.symmetric:
+        zero_point = torch.clamp(torch.round(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax)
+    return scale, zero_point
+
+
+def fake_quant_int(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    # x_hat = s * (clamp(round(x / s) + z, qmin, qmax) - z)
+    q = torch.clamp(torch.round(x / scale) + zero_point, fmt.qmin, fmt.qmax)
+    return (q - zero_point) * scale
+
+
+def fp8_scale(amax: torch.Tensor, kind: str) -> torch.Tensor:
+    scale = amax / FP8_MAX[kind]
+    return torch.where(scale > torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
+
+
+def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor, kind: str) -> torch.Tensor:
+    limit = FP8_MAX[kind]
+    y = torch.clamp(x / scale, -limit, limit).to(_FP8_DTYPES[kind]).to(x.dtype)
+    return y * scale
+
+
+def fake_quant_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Quantize float32 ``x`` with the clipping range [lo, hi] (broadcastable)."""
+    if isinstance(fmt, IntFormat):
+        scale, zero_point = int_qparams(lo, hi, fmt)
+        return fake_quant_int(x, scale, zero_point, fmt)
+    return fake_quant_fp8(x, fp8_scale(torch.maximum(-lo, hi), fmt.kind), fmt.kind)
+
+
+def choose_range(rows: torch.Tensor, fmt: Format, method: str = "mse", percentile: float = 99.99,
+                 lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row clipping range (R, 1) for float32 ``rows`` (R, K); ``lo``/``hi`` override the row extremes."""
+    if method not in RANGE_METHODS:
+        raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+    lo = rows.amin(dim=1, keepdim=True) if lo is None else lo
+    hi = rows.amax(dim=1, keepdim=True) if hi is None else hi
+    if method == "percentile":
+        q = torch.tensor([1 - percentile / 100, percentile / 100], dtype=rows.dtype, device=rows.device)
+        tails = torch.quantile(rows, q, dim=1, keepdim=True)
+        return torch.minimum(tails[0], lo.new_zeros(())), torch.maximum(tails[1], hi.new_zeros(()))
+    if method == "minmax":
+        return lo, hi
+    best_err = torch.full_like(lo, float("inf"))
+    best = torch.ones_like(lo)
+    for alpha in MSE_GRID.tolist():
+        err = (fake_quant_range(rows, alpha * lo, alpha * hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, alpha), best)
+    return best * lo, best * hi
+
+
+def _quantize_rows(rows: torch.Tensor, fmt: Format, method: str, percentile: float) -> torch.Tensor:
+    lo, hi = choose_range(rows, fmt, method, percentile)
+    return fake_quant_range(rows, lo, hi, fmt)
+
+
+def quantize_weight(w: torch.Tensor, fmt: Format | None, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
+    """Fake-quantized copy of ``w`` (dim 0 = output channels); same shape, dtype and device."""
+    if fmt is None:
+        return w.clone()
+    if isinstance(fmt, FloatFormat) and not fmt.scaled:
+        return _cast_float(w, fmt)
+    x = w.detach().to(torch.float32)
+    out = x.shape[0] if x.dim() >= 2 else 1
+    rows = x.reshape(out, -1)
+    granularity = fmt.granularity if x.dim() >= 2 else "tensor"
+    if granularity == "tensor":
+        q = _quantize_rows(rows.reshape(1, -1), fmt, method, percentile).reshape(rows.shape)
+    elif granularity == "channel":
+        q = _quantize_rows(rows, fmt, method, percentile)
+    else:
+        q = _quantize_groups(rows, fmt, method, percentile)
+    return q.reshape(w.shape).to(w.dtype)
+
+
+def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile: float) -> torch.Tensor:
+    out, k = rows.shape
+    size = fmt.group_size
+    full = (k // size) * size
+    parts = []
+    if full:
+        parts.append(_quantize_rows(rows[:, :full].reshape(-1, size), fmt, method, percentile).reshape(out, full))
+    if full < k:  # the shorter last group gets its own scale
+        parts.append(_quantize_rows(rows[:, full:], fmt, method, percentile))
+    return torch.cat(parts, dim=1)
+
+
+def _cast_float(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    if fmt.kind == "fp32":
+        return x.clone()
+    dtype = torch.float16 if fmt.kind == "fp16" else torch.bfloat16
+    return x.to(dtype).to(x.dtype)
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor quantizer of a layer input: observes while ``observing``, then quantizes.
+
+    Observation keeps the exact min/max and a random subsample of values (at most
+    ``max_samples``) for the percentile and MSE methods.
+    """
+
+    def __init__(self, fmt: Format | None, method: str = "mse", percentile: float = 99.99, max_samples: int = 1 << 20):
+        super().__init__()
+        if method not in RANGE_METHODS:
+            raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+        self.fmt, self.method, self.percentile, self.max_samples = fmt, method, percentile, max_samples
+        self.observing = self.needs_calibration
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self._seen_lo: torch.Tensor | None = None
+        self._seen_hi: torch.Tensor | None = None
+        self._samples: list[torch.Tensor] = []
+        self._generator = torch.Generator().manual_seed(0)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.fmt is not None and not (isinstance(self.fmt, FloatFormat) and not self.fmt.scaled)
+
+    @property
+    def calibrated(self) -> bool:
+        return not self.needs_calibration or not self.observing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fmt is None or not torch.is_floating_point(x):
+            return x
+        if isinstance(self.fmt, FloatFormat) and not self.fmt.scaled:
+            return _cast_float(x, self.fmt)
+        if self.observing:
+            self._observe(x)
+            return x
+        return fake_quant_range(x.to(torch.float32), self.lo, self.hi, self.fmt).to(x.dtype)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1).to(torch.float32)
+        finite = flat[torch.isfinite(flat)]
+        if finite.numel() == 0:
+            return
+        lo, hi = finite.min(), finite.max()
+        self._seen_lo = lo if self._seen_lo is None else torch.minimum(self._seen_lo, lo)
+        self._seen_hi = hi if self._seen_hi is None else torch.maximum(self._seen_hi, hi)
+        if self.method != "minmax":
+            keep = min(finite.numel(), max(self.max_samples // 16, 1))
+            index = torch.randint(finite.numel(), (keep,), generator=self._generator).to(finite.device)
+            self._samples.append(finite[index].cpu())
+            if sum(s.numel() for s in self._samples) > self.max_samples:
+                pool = torch.cat(self._samples)
+                pick = torch.randperm(pool.numel(), generator=self._generator)[: self.max_samples]
+                self._samples = [pool[pick]]
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Fix the range from what was observed; a quantizer that saw nothing raises."""
+        if not self.observing:
+            return
+        if self._seen_lo is None:
+            raise RuntimeError("activation quantizer observed no finite values during calibration")
+        lo, hi = self._seen_lo.reshape(1, 1), self._seen_hi.reshape(1, 1)
+        if self.method != "minmax":
+            sample = torch.cat(self._samples).reshape(1, -1).to(lo.device)
+            lo, hi = choose_range(sample, self.fmt, self.method, self.percentile,
+                                  lo=None if self.method == "percentile" else lo,
+                                  hi=None if self.method == "percentile" else hi)
+        self.lo = lo.reshape(()).to(self.lo.device)
+        self.hi = hi.reshape(()).to(self.hi.device)
+        self.observing = False
+        self._samples, self._seen_lo, self._seen_hi = [], None, None
+
+    def extra_repr(self) -> str:
+        return f"fmt={self.fmt.name if self.fmt else None}, method={self.method}"

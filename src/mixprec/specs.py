@@ -1,0 +1,179 @@
+"""Resolve the --model, --data and --eval specs of the command line.
+
+--model  ``path/to/file.py:function`` or ``package.module:function`` (returns an nn.Module),
+         a TorchScript file (``.pt``/``.pth``/``.ts`` saved with torch.jit.save), or a built-in name.
+--data   ``file.py:function`` / ``package.module:function`` returning an iterable of input batches
+         or of (inputs, labels) pairs; a ``.npz`` file (arrays ``inputs``/``x``/``images``/``data``
+         and optionally ``labels``/``y``); a ``.pt`` file holding a tensor (N, ...), a list of
+         batches, or a dict with ``inputs`` (and ``labels``).
+--eval   ``file.py:function`` / ``package.module:function`` taking the model and returning a float
+         (higher is better) or a dict with a main metric (see mixprec.evaluation).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .builtin import BUILTINS, get_builtin
+from .errors import SpecError
+from .evaluation import EvalResult, to_eval_result
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def resolve_callable(spec: str, what: str) -> Callable:
+    """``file.py:function`` or ``package.module:function`` -> the function."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise SpecError(f"{what} spec {spec!r} must look like path/to/file.py:function or package.module:function")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise SpecError(f"{what} spec {spec!r}: file {path} does not exist")
+        module_name = f"_mixprec_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise SpecError(f"{what} spec {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise SpecError(f"{what} spec {spec!r}: cannot import module {target!r} ({exc})") from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise SpecError(f"{what} spec {spec!r}: {target} has no attribute {attr!r}; callables there: {names[:10]}")
+    if not callable(fn):
+        raise SpecError(f"{what} spec {spec!r}: {attr!r} is not callable")
+    return fn
+
+
+def is_builtin(spec: str) -> bool:
+    return spec in BUILTINS
+
+
+def load_model(spec: str) -> nn.Module:
+    """The float model named by ``spec``, in eval mode."""
+    if is_builtin(spec):
+        model = get_builtin(spec).model()
+    elif spec.endswith((".pt", ".pth", ".ts")) and ":" not in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(f"model file {path} does not exist")
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise SpecError(f"{path} is not a TorchScript file ({str(exc).splitlines()[0]}); save the model "
+                            "with torch.jit.save(torch.jit.script(model), path), or give file.py:function") from exc
+    elif ":" in spec:
+        fn = resolve_callable(spec, "--model")
+        try:
+            model = fn()
+        except Exception as exc:
+            raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        raise SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
+                        "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
+    return model.eval()
+
+
+def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None) -> list:
+    """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples."""
+    if is_builtin(spec):
+        builtin = get_builtin(spec)
+        return builtin.calibration(limit or builtin.default_calibration_samples)
+    path = Path(spec)
+    if spec.endswith(".npz") and ":" not in spec:
+        if not path.is_file():
+            raise SpecError(f"--data file {path} does not exist")
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        inputs = _pick(arrays, ("inputs", "x", "images", "data"), path)
+        labels = next((arrays[k] for k in ("labels", "y", "targets") if k in arrays), None)
+        return _batch(torch.from_numpy(inputs), None if labels is None else torch.from_numpy(labels), batch_size, limit)
+    if spec.endswith(".pt") and ":" not in spec:
+        if not path.is_file():
+            raise SpecError(f"--data file {path} does not exist")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, torch.Tensor):
+            return _batch(obj, None, batch_size, limit)
+        if isinstance(obj, dict) and "inputs" in obj:
+            return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
+        if isinstance(obj, (list, tuple)):
+            return _cap(list(obj), limit)
+        raise SpecError(f"--data {path}: expected a tensor, a list of batches or a dict with 'inputs', "
+                        f"got {type(obj).__name__}")
+    if ":" in spec:
+        fn = resolve_callable(spec, "--data")
+        try:
+            data = fn()
+        except Exception as exc:
+            raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            return _cap(list(data), limit)
+        except TypeError as exc:
+            raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches") from exc
+    raise SpecError(f"--data {spec!r} is not a built-in name, a .npz/.pt file or file.py:function")
+
+
+def _pick(arrays: dict, keys: tuple[str, ...], path: Path) -> np.ndarray:
+    for k in keys:
+        if k in arrays:
+            return arrays[k]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    raise SpecError(f"--data {path}: no array named one of {keys}; arrays: {sorted(arrays)}")
+
+
+def _batch(inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int, limit: int | None) -> list:
+    if limit is not None:
+        inputs = inputs[:limit]
+        labels = None if labels is None else labels[:limit]
+    if inputs.dtype in (torch.float64, torch.float16, torch.bfloat16):
+        inputs = inputs.float()
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size]
+        out.append(x if labels is None else (x, labels[start:start + batch_size]))
+    return out
+
+
+def _cap(batches: list, limit: int | None) -> list:
+    if limit is None:
+        return batches
+    from .batches import batch_size as size_of, split_item
+    out, seen = [], 0
+    for item in batches:
+        if seen >= limit:
+            break
+        out.append(item)
+        seen += size_of(split_item(item)[0])
+    return out
+
+
+def load_eval(spec: str) -> Callable[[nn.Module], EvalResult]:
+    """A function model -> EvalResult from a built-in name or file.py:function."""
+    if is_builtin(spec):
+        evaluate = get_builtin(spec).evaluate
+        return lambda model: evaluate(model)
+    fn = resolve_callable(spec, "--eval")
+
+    def evaluate(model: nn.Module) -> EvalResult:
+        return to_eval_result(fn(model), f"--eval {spec}")
+    return evaluate
