@@ -1,0 +1,152 @@
+import pytest
+import torch
+from torch import nn
+
+from mixprec.apply import QuantizedLayer, apply, quantized_layers
+from mixprec.errors import MixprecError, ModelError, PlanError
+from mixprec.groups import discover_groups
+from mixprec.plan import Plan
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+def batches(n=4, shape=(3, 8, 8)):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(8, *shape, generator=g) for _ in range(n)]
+
+
+def plan_for(model, cand, **kw):
+    return Plan.uniform(discover_groups(model, batches(1)[0], **kw), cand)
+
+
+def test_input_model_untouched_and_layers_swapped():
+    model = small_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = apply(model, plan_for(model, "w4a8"), batches(), progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not any(isinstance(m, QuantizedLayer) for m in model.modules())
+    assert set(quantized_layers(q)) == {"0", "2", "6"}
+    x = batches(1)[0]
+    assert not torch.allclose(q(x), model(x))
+
+
+def test_fp32_plan_is_exact_and_w16a16_is_close():
+    model = small_cnn()
+    x = batches(1)[0]
+    assert torch.equal(apply(model, plan_for(model, "fp32"), None, progress=False)(x), model(x))
+    out = apply(model, plan_for(model, "w16a16"), None, progress=False)(x)
+    assert torch.allclose(out, model(x), atol=1e-2) and not torch.equal(out, model(x))
+
+
+def test_weights_on_grid_and_activation_ranges_calibrated():
+    model = small_cnn()
+    q = apply(model, plan_for(model, "w4a8"), batches(), activation_method="minmax", progress=False)
+    layer = quantized_layers(q)["0"]
+    w = layer.layer.weight.detach()
+    assert all(len(torch.unique(row)) <= 16 for row in w.reshape(w.shape[0], -1))  # 4 bits per channel
+    quantizer = layer.input_quantizer
+    assert not quantizer.observing
+    data = torch.cat(batches())
+    assert quantizer.lo.item() == pytest.approx(data.min().item()) and quantizer.hi.item() == pytest.approx(data.max().item())
+
+
+def test_outputs_get_closer_with_more_bits():
+    model = small_cnn()
+    x = torch.cat(batches())
+    ref = model(x)
+    errors = [(apply(model, plan_for(model, c), batches(), progress=False)(x) - ref).pow(2).mean().item()
+              for c in ("w3a8", "w4a8", "w8a8", "w8a16")]
+    assert errors == sorted(errors, reverse=True)
+
+
+def test_pinned_group_keeps_its_candidate():
+    model = small_cnn()
+    q = apply(model, plan_for(model, "w4a8", pins={"0": "w8a8"}), batches(), progress=False)
+    assert quantized_layers(q)["0"].candidate == "w8a8"
+    assert quantized_layers(q)["2"].candidate == "w4a8"
+
+
+def test_excluded_layers_stay_float():
+    model = small_cnn()
+    q = apply(model, plan_for(model, "w4a8", exclude=["6"]), batches(), progress=False)
+    assert isinstance(q[6], nn.Linear) and torch.equal(q[6].weight, model[6].weight)
+
+
+def test_tied_weights_the_other_user_stays_float():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 6)
+            self.head = nn.Linear(6, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(self.embed(ids))
+
+    model = Tied()
+    ids = torch.randint(0, 10, (2, 5))
+    q = apply(model, Plan.uniform(discover_groups(model, ids), "w2"), None, progress=False)
+    assert torch.equal(q.embed.weight, model.embed.weight)
+    assert not torch.equal(q.head.weight, model.head.weight)
+
+
+def test_weight_only_plan_needs_no_data_but_activations_do():
+    model = small_cnn()
+    apply(model, plan_for(model, "w4"), None, progress=False)
+    with pytest.raises(MixprecError, match="calibration data"):
+        apply(model, plan_for(model, "w4a8"), None, progress=False)
+
+
+def test_empty_calibration_data():
+    model = small_cnn()
+    with pytest.raises(MixprecError, match="empty"):
+        apply(model, plan_for(model, "w8a8"), [], progress=False)
+
+
+def test_calibration_batch_of_wrong_shape_shows_expected_and_got():
+    model = small_cnn()
+    data = batches(2) + [torch.randn(8, 3, 9, 9)]
+    with pytest.raises(ModelError, match=r"batch 2 has shape \(8, 3, 9, 9\).*\(8, 3, 8, 8\)"):
+        apply(model, plan_for(model, "w8a8"), data, progress=False)
+    with pytest.raises(ModelError, match=r"batch 0 of shape \(8, 5, 8, 8\)"):
+        apply(model, plan_for(model, "w8a8"), [torch.randn(8, 5, 8, 8)], progress=False)
+
+
+def test_plan_for_another_model_is_refused():
+    model = small_cnn()
+    plan = Plan({"g": "w8a8"}, {"g": ["features.0"]})
+    with pytest.raises(PlanError, match="features.0"):
+        apply(model, plan, batches(), progress=False)
+
+
+def test_nan_weights_name_the_layer():
+    model = small_cnn()
+    plan = plan_for(model, "w8a8")
+    with torch.no_grad():
+        model[2].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ModelError, match="'2'"):
+        apply(model, plan, batches(), progress=False)
+
+
+def test_quantized_state_dict_reloads_into_a_fresh_apply():
+    model = small_cnn()
+    plan = plan_for(model, "w4a8")
+    q = apply(model, plan, batches(), progress=False)
+    fresh = apply(model, plan, None, calibrate=False, progress=False)
+    fresh.load_state_dict(q.state_dict())
+    x = batches(1)[0]
+    assert torch.equal(fresh(x), q(x))
+
+
+def test_dtype_and_device_preserved():
+    model = small_cnn().to(torch.float64)
+    q = apply(model, plan_for(model.float(), "w8a8"), batches(), progress=False)
+    assert all(p.dtype == torch.float32 for p in q.parameters())
+    if torch.cuda.is_available():
+        qc = apply(small_cnn().cuda(), plan_for(small_cnn(), "w8a8"), batches(), progress=False)
+        assert all(p.is_cuda for p in qc.parameters())

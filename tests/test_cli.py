@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from mixprec.cli import build_parser, main
+
+
+def test_help_everywhere(capsys):
+    for argv in ([], ["inspect"], ["quantize"], ["demo"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--help"])
+        assert exc.value.code == 0
+        assert "usage: mixprec" in capsys.readouterr().out
+
+
+def test_inspect_lists_groups_and_uniform_costs(capsys, tmp_path):
+    out = tmp_path / "inspect.json"
+    assert main(["inspect", "--model", "demo-cnn", "--profile", "mobile-npu", "--pin", "conv1=w8a8",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4 quantized layers in 4 groups" in text and "w4a8" in text and "w8a8" in text
+    data = json.loads(out.read_text())
+    assert [g["name"] for g in data["groups"]] == ["conv1", "conv2", "conv3", "fc"]
+    assert data["groups"][0]["pinned"] == "w8a8"
+    costs = data["uniform_costs"]
+    assert costs["w4a8"]["bytes"] < costs["w8a8"]["bytes"] < costs["w16a16"]["bytes"]
+    assert costs["w8a16"]["bops"] == pytest.approx(2 * costs["w8a8"]["bops"], rel=0.01)
+
+
+def test_quantize_writes_model_plan_and_result(capsys, tmp_path):
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert 90 < result["metric"] <= 100
+    assert set(result["costs"]) == {"bytes", "bops", "bits_per_weight"}
+    assert result["costs"]["bits_per_weight"] == pytest.approx(8.08, abs=0.01)
+    assert (out / "model.pt").is_file()
+    plan_path = out / "plan.json"
+    # the written plan applies again and gives the same metric
+    out2 = tmp_path / "q2"
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan_path), "--out", str(out2)]) == 0
+    assert json.loads((out2 / "result.json").read_text())["metric"] == result["metric"]
+
+
+def test_bad_input_is_a_one_line_error(capsys, tmp_path):
+    assert main(["quantize", "--model", "demo-cnn", "--uniform", "w9x", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown candidate 'w9x'" in err and "w4g128" in err and "Traceback" not in err
+    assert main(["quantize", "--model", "demo-cnn", "--out", str(tmp_path)]) == 2
+    assert "exactly one of --plan" in capsys.readouterr().err
+    assert main(["inspect", "--model", "nope.py:model"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["inspect", "--model", "demo-cnn", "--pin", "conv1"]) == 2
+    assert "PATTERN=CANDIDATE" in capsys.readouterr().err
+
+
+def test_parser_has_the_documented_commands():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"inspect", "quantize", "demo"} <= set(commands)

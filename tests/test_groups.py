@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mixprec.errors import ModelError
+from mixprec.groups import discover_groups, group_name
+
+
+class Branchy(nn.Module):
+    """conv -> two linears reading the same tensor (must tie) -> sum -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.q = nn.Linear(8, 8)
+        self.k = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.stem(x).mean(dim=(2, 3))
+        return self.head(self.q(h) + self.k(h))
+
+
+def test_layers_reading_one_tensor_are_tied():
+    groups = discover_groups(Branchy(), torch.randn(2, 3, 6, 6))
+    assert [g.layer_names for g in groups] == [("stem",), ("q", "k"), ("head",)]
+    assert groups["{q,k}"].tied_by == "shared input"
+    assert all(g.tied_by == "" for g in groups if len(g.layers) == 1)
+
+
+def test_macs_counted_from_the_forward_pass():
+    groups = discover_groups(Branchy(), torch.randn(2, 3, 6, 6))
+    assert groups["stem"].macs == 6 * 6 * 8 * 3 * 3 * 3  # per sample: outputs x (in x kh x kw)
+    assert groups["{q,k}"].macs == 2 * 8 * 8
+    assert groups["head"].macs == 8 * 4
+
+
+def test_linear_macs_count_every_token():
+    model = nn.Sequential(nn.Linear(5, 7))
+    groups = discover_groups(model, torch.randn(3, 11, 5))
+    assert groups["0"].macs == 11 * 5 * 7
+
+
+def test_user_ties_excludes_and_pins():
+    groups = discover_groups(Branchy(), torch.randn(1, 3, 6, 6), ties=["*e*"], exclude=[],
+                             pins={"head": "w8a8"}, tie_shared_inputs=False)
+    names = [g.layer_names for g in groups]
+    assert ("stem", "head") in names and ("q",) in names and ("k",) in names
+    assert groups["{stem,head}"].pinned == "w8a8"
+    assert groups["{stem,head}"].tied_by == "tie *e*"
+
+    groups = discover_groups(Branchy(), torch.randn(1, 3, 6, 6), exclude=["stem"])
+    assert "stem" not in [l.name for l in groups.layers]
+    assert [l.name for l in groups.excluded] == ["stem"]
+
+
+def test_conflicting_pins_in_one_group_are_refused():
+    with pytest.raises(ModelError, match="conflicting pins"):
+        discover_groups(Branchy(), torch.randn(1, 3, 6, 6), pins={"q": "w8a8", "k": "w4a8"})
+
+
+def test_patterns_that_match_nothing_are_reported():
+    for kwargs in ({"exclude": ["nope*"]}, {"ties": ["nope*"]}, {"pins": {"nope": "w8a8"}}):
+        with pytest.raises(ModelError, match="nope"):
+            discover_groups(Branchy(), torch.randn(1, 3, 6, 6), **kwargs)
+
+
+def test_without_example_input_each_layer_is_its_own_group():
+    groups = discover_groups(Branchy())
+    assert len(groups) == 4 and not groups.traced
+    assert all(g.macs is None for g in groups)
+    assert groups.notes
+
+
+def test_model_without_quantizable_layers():
+    with pytest.raises(ModelError, match="no quantizable layers"):
+        discover_groups(nn.Sequential(nn.ReLU()), torch.randn(1, 3))
+
+
+def test_nan_weights_name_the_layer():
+    model = Branchy()
+    with torch.no_grad():
+        model.k.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="'k'"):
+        discover_groups(model, torch.randn(1, 3, 6, 6))
+
+
+def test_wrong_example_shape_is_a_clear_error():
+    with pytest.raises(ModelError, match=r"\(1, 5, 6, 6\)"):
+        discover_groups(Branchy(), torch.randn(1, 5, 6, 6))
+
+
+def test_group_name():
+    assert group_name(["a.b.q_proj", "a.b.k_proj", "a.b.v_proj"]) == "a.b.{q_proj,k_proj,v_proj}"
+    assert group_name(["x"]) == "x"

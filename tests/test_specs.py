@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mixprec.errors import SpecError
+from mixprec.evaluation import EvalResult, to_eval_result
+from mixprec.specs import load_data, load_eval, load_model
+
+USER_FILE = '''
+import torch
+from torch import nn
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3))
+
+def data():
+    return [torch.randn(5, 4) for _ in range(3)]
+
+def labeled():
+    return [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])) for _ in range(2)]
+
+def evaluate(model):
+    return 0.5
+
+def evaluate_dict(model):
+    return {"main": "ppl", "ppl": 12.0, "higher_is_better": False, "tokens": 100}
+
+def broken():
+    raise RuntimeError("boom")
+
+def not_a_model():
+    return 42
+'''
+
+
+@pytest.fixture()
+def user_file(tmp_path):
+    path = tmp_path / "user_code.py"
+    path.write_text(USER_FILE)
+    return path
+
+
+def test_model_from_file_and_module(user_file):
+    model = load_model(f"{user_file}:model")
+    assert isinstance(model, nn.Sequential) and not model.training
+    assert isinstance(load_model("mixprec.builtin.demo_cnn:DigitsCNN"), nn.Module)
+
+
+def test_model_from_torchscript(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(3, 2)), str(path))
+    assert isinstance(load_model(str(path)), torch.jit.ScriptModule)
+
+
+def test_model_spec_errors_say_which_part(user_file, tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_model(str(tmp_path / "nope.py") + ":model")
+    with pytest.raises(SpecError, match="has no attribute 'missing'"):
+        load_model(f"{user_file}:missing")
+    with pytest.raises(SpecError, match="cannot import module 'no_such_pkg.mod'"):
+        load_model("no_such_pkg.mod:fn")
+    with pytest.raises(SpecError, match="calling broken\\(\\) failed: RuntimeError: boom"):
+        load_model(f"{user_file}:broken")
+    with pytest.raises(SpecError, match="expected a torch.nn.Module"):
+        load_model(f"{user_file}:not_a_model")
+    with pytest.raises(SpecError, match="not a built-in name"):
+        load_model("resnet999")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not torchscript")
+    with pytest.raises(SpecError, match="not a TorchScript file"):
+        load_model(str(bad))
+
+
+def test_data_from_function_npz_and_pt(user_file, tmp_path):
+    assert len(load_data(f"{user_file}:data")) == 3
+    labeled = load_data(f"{user_file}:labeled")
+    assert isinstance(labeled[0], tuple) and labeled[0][1].shape == (5,)
+    assert len(load_data(f"{user_file}:data", limit=6)) == 2  # stops once 6 samples are reached
+
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, inputs=np.random.rand(70, 4).astype(np.float64), labels=np.arange(70))
+    batches = load_data(str(npz), batch_size=32)
+    assert [b[0].shape[0] for b in batches] == [32, 32, 6] and batches[0][0].dtype == torch.float32
+
+    pt = tmp_path / "calib.pt"
+    torch.save(torch.randn(10, 4), pt)
+    assert [b.shape[0] for b in load_data(str(pt), batch_size=4)] == [4, 4, 2]
+    torch.save({"inputs": torch.randn(6, 4), "labels": torch.zeros(6)}, pt)
+    assert len(load_data(str(pt), batch_size=4)[0]) == 2
+
+    with pytest.raises(SpecError, match="no array named"):
+        np.savez(npz, a=np.zeros(3), b=np.zeros(3))
+        load_data(str(npz))
+    with pytest.raises(SpecError, match="does not exist"):
+        load_data(str(tmp_path / "missing.npz"))
+
+
+def test_builtin_name_lists_its_own_data_and_eval():
+    batches = load_data("demo-cnn", limit=64)
+    assert batches[0].shape[1:] == (1, 8, 8) and sum(b.shape[0] for b in batches) == 64
+    evaluate = load_eval("demo-cnn")
+    result = evaluate(load_model("demo-cnn"))
+    assert result.name == "top1" and 90 < result.value <= 100
+
+
+def test_eval_results(user_file):
+    model = load_model(f"{user_file}:model")
+    assert load_eval(f"{user_file}:evaluate")(model) == EvalResult("metric", 0.5)
+    result = load_eval(f"{user_file}:evaluate_dict")(model)
+    assert (result.name, result.value, result.higher_is_better, result.details) == ("ppl", 12.0, False, {"tokens": 100})
+    with pytest.raises(SpecError, match="name the main metric"):
+        to_eval_result({"a": 1.0, "b": 2.0})
+    with pytest.raises(SpecError, match="expected a float"):
+        to_eval_result("high")
+    assert to_eval_result({"acc": 0.9}).name == "acc"
