@@ -150,3 +150,24 @@ def test_dtype_and_device_preserved():
     if torch.cuda.is_available():
         qc = apply(small_cnn().cuda(), plan_for(small_cnn(), "w8a8"), batches(), progress=False)
         assert all(p.is_cuda for p in qc.parameters())
+
+
+def test_torchscript_model_weight_only(tmp_path):
+    import warnings
+    from mixprec.specs import load_model
+    model = small_cnn()
+    path = tmp_path / "m.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+        scripted = load_model(str(path))
+    groups = discover_groups(scripted, batches(1)[0])
+    assert [g.name for g in groups] == ["0", "2", "6"] and not groups.traced
+    assert any("TorchScript" in n for n in groups.notes)
+    x = batches(1)[0]
+    q = apply(scripted, Plan.uniform(groups, "w4"), None, progress=False)
+    eager = apply(model, Plan.uniform(groups, "w4"), None, progress=False)
+    assert torch.allclose(q(x), eager(x), atol=1e-5)
+    assert torch.equal(scripted(x), model(x))  # input model untouched
+    with pytest.raises(ModelError, match="weight-only"):
+        apply(scripted, Plan.uniform(groups, "w4a8"), batches(), progress=False)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError, PlanError
-from .groups import check_weights, quantizable_layers
+from .groups import check_weights, is_torchscript, quantizable_layers
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
 
@@ -82,6 +82,8 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     quantized.eval()
     candidates = {name: parse_candidate(c) for name, c in set(wanted.items())}
     names = list(wanted)
+    if is_torchscript(model):
+        return _apply_torchscript(quantized, candidates, weight_method)
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
         layer = quantized.get_submodule(name)
         _set_module(quantized, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method))
@@ -123,3 +125,18 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
     if count == 0:
         raise MixprecError("the calibration data is empty; give at least one batch")
     return count
+
+
+def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str) -> nn.Module:
+    """A compiled graph cannot take new modules: weights are quantized in place, inputs stay float."""
+    with_activations = sorted(n for n, c in candidates.items() if not c.weight_only and c.weight is not None)
+    if with_activations:
+        raise ModelError(f"a TorchScript model takes weight-only candidates only (e.g. w4, w8, w4g128); layer "
+                         f"{with_activations[0]!r} is planned as {candidates[with_activations[0]].name}. Give the "
+                         "model as file.py:function to quantize activations too")
+    layers = dict(model.named_modules())
+    with torch.no_grad():
+        for name, cand in candidates.items():
+            weight = layers[name].weight
+            weight.copy_(quantize_weight(weight.detach(), cand.weight, weight_method))
+    return model

@@ -89,8 +89,22 @@ class ModelGroups:
         return [l for g in self.groups for l in g.layers]
 
 
+def is_torchscript(model: nn.Module) -> bool:
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """'Conv2d', 'Linear', ... for a quantizable layer (eager or TorchScript), else None."""
+    if isinstance(module, QUANTIZABLE):
+        return type(module).__name__
+    if isinstance(module, torch.jit.ScriptModule):
+        name = getattr(module, "original_name", "")
+        return name if name in {c.__name__ for c in QUANTIZABLE} else None
+    return None
+
+
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+    return {name: m for name, m in model.named_modules() if layer_kind(m)}
 
 
 def check_weights(layers: dict[str, nn.Module]) -> None:
@@ -187,7 +201,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
             raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}")
     notes = []
-    traced = example_input is not None
+    traced = example_input is not None and not is_torchscript(model)
+    if is_torchscript(model):
+        notes.append("TorchScript model: forward hooks do not run inside it, so layers are not tied by shared "
+                     "inputs, MACs are unknown and only weight-only candidates apply")
     macs: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
     reads: dict[str, set] = {}
@@ -204,7 +221,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     else:
         notes.append("no example input: every layer is its own group and MACs are unknown")
 
-    info = {n: Layer(n, type(m).__name__, tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n))
+    info = {n: Layer(n, layer_kind(m), tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n))
             for n, m in layers.items()}
     kept = [n for n in layers if n not in excluded_names]
     uf = _UnionFind(kept)
