@@ -98,7 +98,11 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
             raise MixprecError("the plan quantizes activations, which needs calibration data; pass --data "
                                "(or calibration_data=...), or choose weight-only candidates")
         calibrate_activations(quantized, calibration_data, progress=progress)
-        for q in quantizers:
+        for name, layer in quantized_layers(quantized).items():
+            q = layer.input_quantizer
+            if q.needs_calibration and q._seen_lo is None:
+                raise ModelError(f"layer {name!r} saw no finite input during calibration (not called by the "
+                                 "calibration data, or only NaN/Inf); exclude it or check the data")
             q.finish_calibration()
     return quantized
 

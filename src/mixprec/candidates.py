@@ -98,7 +98,8 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     if abits_s:
         abits = _int_bits(abits_s, "activation", spec)
         activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
-    return Candidate(text, weight, activation)
+    name = f"w{wbits}" + (f"g{int(group_s)}" if group_s else "") + (f"a{int(abits_s)}" if abits_s else "") + (asym or "")
+    return Candidate(name, weight, activation)
 
 
 def parse_candidates(specs: str | list[str]) -> list[Candidate]:
@@ -108,8 +109,11 @@ def parse_candidates(specs: str | list[str]) -> list[Candidate]:
     if not items:
         raise CandidateError("no candidates given; e.g. --candidates w4a8,w8a8,w16a16")
     out = [parse_candidate(s) for s in items]
-    names = [c.name for c in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CandidateError(f"duplicate candidates: {', '.join(dupes)}")
+    seen: dict[tuple, str] = {}
+    for c in out:
+        key = (c.weight, c.activation)
+        if key in seen:
+            same = c.name if seen[key] == c.name else f"{seen[key]} and {c.name} (the same formats)"
+            raise CandidateError(f"duplicate candidates: {same}")
+        seen[key] = c.name
     return out

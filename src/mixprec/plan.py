@@ -30,7 +30,7 @@ class Plan:
             raise PlanError(f"plan assignments do not match its groups: missing {missing[:5]}, unknown {extra[:5]}")
         for group, cand in self.assignments.items():
             self.assignments[group] = parse_candidate(cand).name
-        seen: dict[str, str] = {}
+        seen: dict[str, str] = {layer: "excluded" for layer in self.excluded}
         for group, layers in self.groups.items():
             for layer in layers:
                 if layer in seen:
@@ -59,13 +59,20 @@ class Plan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise PlanError(f"{source} is not a mixprec plan (no \"format\": \"{PLAN_FORMAT}\")")
         version = data.get("version")
-        if version != PLAN_VERSION:
+        if type(version) is not int or version != PLAN_VERSION:
             raise PlanError(f"{source} has plan version {version!r}; this mixprec reads version {PLAN_VERSION}")
         try:
-            return cls(dict(data["assignments"]), {k: list(v) for k, v in data["groups"].items()},
-                       list(data.get("excluded", [])), dict(data.get("metadata", {})))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise PlanError(f"{source} is malformed: {exc!r}") from exc
+            assignments, groups = data["assignments"], data["groups"]
+            excluded, metadata = data.get("excluded", []), data.get("metadata", {})
+        except KeyError as exc:
+            raise PlanError(f"{source} is malformed: no {exc.args[0]!r}") from exc
+        if not isinstance(assignments, dict) or not all(isinstance(v, str) for v in assignments.values()):
+            raise PlanError(f"{source} is malformed: 'assignments' must map group names to candidate strings")
+        if not isinstance(groups, dict) or not all(_is_names(v) for v in groups.values()):
+            raise PlanError(f"{source} is malformed: 'groups' must map group names to lists of layer names")
+        if not _is_names(excluded) or not isinstance(metadata, dict):
+            raise PlanError(f"{source} is malformed: 'excluded' must be a list of layer names, 'metadata' a dict")
+        return cls(dict(assignments), {k: list(v) for k, v in groups.items()}, list(excluded), dict(metadata))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -84,20 +91,26 @@ class Plan:
         return cls.from_dict(data, str(path))
 
 
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays/scalars and tensors of any size
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
