@@ -25,16 +25,18 @@ class QuantizedLayer(nn.Module):
     """A Conv/Linear layer with a fake-quantized weight and a quantizer on its input."""
 
     def __init__(self, layer: nn.Module, candidate: Candidate, weight_method: str = "mse",
-                 activation_method: str = "mse"):
+                 activation_method: str = "mse", *, weight: torch.Tensor | None = None,
+                 input_quantizer: ActivationQuantizer | None = None):
+        """``weight``/``input_quantizer``: already quantized weight / calibrated quantizer to use."""
         super().__init__()
         self.candidate = candidate.name
         # A new Parameter, not an in-place copy: the weight may be shared (tied embeddings),
         # and the other user of it must stay float.
-        weight = layer.weight
-        layer.weight = nn.Parameter(quantize_weight(weight.detach(), candidate.weight, weight_method),
-                                    requires_grad=weight.requires_grad)
+        old = layer.weight
+        new = quantize_weight(old.detach(), candidate.weight, weight_method) if weight is None else weight
+        layer.weight = nn.Parameter(new, requires_grad=old.requires_grad)
         self.layer = layer
-        self.input_quantizer = ActivationQuantizer(candidate.activation, activation_method)
+        self.input_quantizer = input_quantizer or ActivationQuantizer(candidate.activation, activation_method)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self.layer(self.input_quantizer(x), *args, **kwargs)

@@ -1,0 +1,92 @@
+"""analyze: fill the sensitivity table S[group, candidate], cached on disk, resumable, shardable.
+
+Groups are measured in chunks (a chunk = consecutive groups, all candidates); a finished chunk
+is appended to the run directory's log before the next starts. Under torchrun, chunks are
+dealt round-robin to the ranks and rank 0 merges every rank's log into the table.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..candidates import Candidate
+from ..errors import MixprecError
+from ..groups import ModelGroups
+from . import DEFAULT_METRIC, METRICS
+from .context import MeasureContext
+from .outputs import OutputRunner
+from .store import RunStore, data_hash, model_hash
+from .table import SensitivityTable
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], data: list, *,
+            metric: str = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse", activation_method: str = "mse",
+            evaluate: Callable | None = None, chunk_size: int | None = None, use_fx: bool = True,
+            progress: bool = True, arguments: dict[str, Any] | None = None) -> SensitivityTable:
+    """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused."""
+    if metric not in METRICS:
+        raise MixprecError(f"unknown sensitivity metric {metric!r}; metrics: {', '.join(METRICS)}")
+    module = METRICS[metric]
+    if metric != "roundoff" and not data:
+        raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
+                           "give at least one batch (or use --metric roundoff, which needs none)")
+    ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
+                         activation_method, evaluate, progress)
+    if getattr(module, "NEEDS_LABELS", False) and not ctx.has_labels:
+        raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
+    rank, world = _distributed()
+    names = [g.name for g in groups]
+    cand_names = [c.name for c in candidates]
+    store = None
+    done: dict[tuple[str, str], float] = {}
+    if run_dir is not None:
+        settings = {"metric": metric, "candidates": cand_names, "groups": {g.name: list(g.layer_names) for g in groups},
+                    "weight_method": weight_method, "activation_method": activation_method}
+        fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
+        store = RunStore(run_dir, fingerprint, arguments, rank)
+        done = store.done()
+    size = chunk_size or max(1, math.ceil(len(groups) / 8))
+    chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
+    mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
+    pending = [chunk for chunk in mine if any((names[g], c) not in done for g in chunk for c in cand_names)]
+    runner = OutputRunner(ctx, use_fx) if metric in ("sqnr", "kl") else None
+    start = time.perf_counter()
+    total = sum(len(chunk) for chunk in mine) * len(candidates)
+    with tqdm(total=total, initial=total - sum(len(c) for c in pending) * len(candidates), unit="entry",
+              desc=f"{metric} sensitivity", disable=not progress) as bar:
+        for chunk in pending:
+            values = module.measure(ctx, chunk, runner)
+            named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
+            if store is not None:
+                store.append(named)
+            done.update(named)
+            bar.update(len(chunk) * len(candidates))
+    if world > 1:
+        torch.distributed.barrier()
+        if store is not None:
+            done = store.done()
+    table = np.full((len(groups), len(candidates)), np.nan)
+    for i, g in enumerate(names):
+        for j, c in enumerate(cand_names):
+            table[i, j] = done.get((g, c), np.nan)
+    metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
+                "calibration_batches": len(ctx.data)}
+    if runner is not None:
+        metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.forked is not None,
+                        fallback_reason=runner.fallback_reason)
+    result = SensitivityTable(names, cand_names, table, metric, metadata)
+    if store is not None and rank == 0 and result.complete:
+        result.save(store.directory)
+    return result

@@ -1,0 +1,121 @@
+"""What every sensitivity metric measures with: the float model, its groups, the candidates,
+the calibration batches, and the quantized version of any one group.
+
+Only one group is quantized at a time, so every layer's input is the float model's input:
+activation ranges are observed once, on a float pass, and reused for every candidate.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..apply import QuantizedLayer, _set_module
+from ..batches import run_model, split_item, to_device
+from ..candidates import Candidate
+from ..formats import Format
+from ..groups import ModelGroups, QuantizerGroup
+from ..quantizers import ActivationQuantizer, quantize_weight
+
+
+@dataclass
+class MeasureContext:
+    model: nn.Module  # float reference, eval mode, never modified
+    groups: ModelGroups
+    candidates: list[Candidate]
+    data: list  # calibration items: inputs or (inputs, labels)
+    weight_method: str = "mse"
+    activation_method: str = "mse"
+    evaluate: Callable[[nn.Module], Any] | None = None  # the user's --eval (task metric)
+    progress: bool = True
+    _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
+    _weights: dict[tuple[str, Format | None], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def inputs(self, index: int) -> Any:
+        return to_device(split_item(self.data[index])[0], self.device)
+
+    def labels(self, index: int) -> Any:
+        labels = split_item(self.data[index])[1]
+        return None if labels is None else labels.to(self.device)
+
+    @property
+    def has_labels(self) -> bool:
+        return all(split_item(item)[1] is not None for item in self.data)
+
+    def observers(self) -> dict[str, ActivationQuantizer]:
+        """Per layer, the observed float input (min/max and a sample), from one float pass."""
+        if self._observers is None:
+            layers = dict(self.model.named_modules())
+            observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=1 << 18)
+                         for l in self.groups.layers}
+            handles = [layers[name].register_forward_pre_hook(lambda m, args, o=obs: o._observe(args[0]))
+                       for name, obs in observers.items()]
+            try:
+                with torch.no_grad():
+                    for i in range(len(self.data)):
+                        run_model(self.model, self.inputs(i))
+            finally:
+                for h in handles:
+                    h.remove()
+            self._observers = observers
+        return self._observers
+
+    def quantized_weight(self, layer: str, fmt: Format | None) -> torch.Tensor:
+        key = (layer, fmt)
+        if key not in self._weights:
+            weight = self.model.get_submodule(layer).weight.detach()
+            self._weights[key] = quantize_weight(weight, fmt, self.weight_method)
+        return self._weights[key]
+
+    def input_quantizer(self, layer: str, fmt: Format | None) -> ActivationQuantizer:
+        quantizer = ActivationQuantizer(fmt, self.activation_method)
+        if quantizer.needs_calibration:
+            seen = self.observers()[layer]
+            quantizer._seen_lo, quantizer._seen_hi = seen._seen_lo, seen._seen_hi
+            quantizer._samples = list(seen._samples)
+            quantizer.finish_calibration()
+        else:
+            quantizer.observing = False
+        return quantizer.to(self.device)
+
+    def quantized_modules(self, group: QuantizerGroup, candidate: Candidate) -> dict[str, nn.Module]:
+        """Replacement modules for the group's layers: fake-quantized weight, calibrated input."""
+        out = {}
+        for layer in group.layer_names:
+            float_layer = self.model.get_submodule(layer)
+            clone = copy.copy(float_layer)  # shallow: the float layer keeps its own weight
+            clone._parameters = dict(float_layer._parameters)
+            out[layer] = QuantizedLayer(clone, candidate, weight=self.quantized_weight(layer, candidate.weight),
+                                        input_quantizer=self.input_quantizer(layer, candidate.activation))
+        return out
+
+
+class quantized_group:
+    """Context manager: swap one group's layers into ``model`` in place, restore on exit."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]):
+        self.model, self.modules, self.saved = model, modules, {}
+
+    def __enter__(self):
+        for name, module in self.modules.items():
+            self.saved[name] = self.model.get_submodule(name)
+            _set_module(self.model, name, module)
+        return self.model
+
+    def __exit__(self, *exc):
+        for name, module in self.saved.items():
+            _set_module(self.model, name, module)
+        return False
+
+
+# Any calibrated format works for observing: observation keeps raw min/max and samples.
+from ..formats import IntFormat  # noqa: E402
+
+_PROBE = IntFormat(8, symmetric=False)

@@ -1,0 +1,88 @@
+"""Shared loop of the output-based metrics (sqnr, kl): compare the network output with one group
+quantized against the float output, on every calibration batch.
+
+Traceable models go through :class:`ForkedForward` (the float prefix is shared by every fork);
+others fall back to one full forward per (group, candidate, batch).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+
+from ..batches import output_tensor, run_model
+from .context import MeasureContext, quantized_group
+from .forked import ForkedForward, NotTraceable
+
+# (float output, quantized output) -> (numerator, denominator) summed over batches; value = num / den
+Divergence = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+
+
+class OutputRunner:
+    """Holds the float outputs and the traced graph across chunks of one analysis."""
+
+    def __init__(self, ctx: MeasureContext, use_fx: bool = True):
+        self.ctx = ctx
+        self.forward_equivalents = 0.0
+        macs = {l.name: l.macs or 0 for l in ctx.groups.layers}
+        self.forked = None
+        self.fallback_reason = ""
+        if use_fx:
+            try:
+                self.forked = ForkedForward(ctx.model, macs)
+            except NotTraceable as exc:
+                self.fallback_reason = str(exc)
+        self._reference: dict[int, torch.Tensor] = {}
+        # per batch, where the last float pass stopped and its live values: the next chunk goes on from there
+        self._checkpoints: dict[int, tuple[int, dict]] = {}
+
+    def reference(self, batch: int) -> torch.Tensor:
+        if batch not in self._reference:
+            with torch.no_grad():
+                out = run_model(self.ctx.model, self.ctx.inputs(batch))
+            self._reference[batch] = output_tensor(out).float()
+            self.forward_equivalents += 1
+        return self._reference[batch]
+
+    def measure(self, group_indices: list[int], divergence: Divergence) -> dict[tuple[int, int], float]:
+        ctx = self.ctx
+        sums = {(g, c): [0.0, 0.0] for g in group_indices for c in range(len(ctx.candidates))}
+        for b in range(len(ctx.data)):
+            ref = self.reference(b)
+
+            def record(key, output):
+                num, den = divergence(ref, output_tensor(output).float())
+                sums[key][0] += num
+                sums[key][1] += den
+
+            if self.forked is not None:
+                fork_points: dict[int, list] = {}
+                for g in group_indices:
+                    group = ctx.groups.groups[g]
+                    at = self.forked.first_node(group.layer_names)
+                    for c, cand in enumerate(ctx.candidates):
+                        fork_points.setdefault(at, []).append(
+                            ((g, c), lambda group=group, cand=cand: ctx.quantized_modules(group, cand)))
+                before = self.forked.executed_macs
+                self._checkpoints[b] = self.forked.forks(ctx.inputs(b), fork_points, record,
+                                                         self._checkpoints.get(b))
+                self.forward_equivalents += (self.forked.executed_macs - before) / max(self.forked.full_macs, 1)
+            else:
+                for g in group_indices:
+                    group = ctx.groups.groups[g]
+                    for c, cand in enumerate(ctx.candidates):
+                        with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
+                            with torch.no_grad():
+                                record((g, c), run_model(model, ctx.inputs(b)))
+                        self.forward_equivalents += 1
+        values = {}
+        for (g, c), (num, den) in sums.items():
+            value = num / den if den > 0 else (0.0 if num == 0 else math.inf)
+            if not math.isfinite(value):
+                warnings.warn(f"sensitivity of group {ctx.groups.groups[g].name} at {ctx.candidates[c].name} "
+                              "is not finite (NaN/Inf output); recorded as +inf", RuntimeWarning, stacklevel=2)
+                value = math.inf
+            values[(g, c)] = value
+        return values

@@ -1,0 +1,20 @@
+"""sqnr (Pandey et al. 2023, sec. 3.1): noise-to-signal ratio of the network output with only
+this group quantized, against the float model, on the calibration data (label-free).
+
+    S[g, c] = sum ||y_q - y||^2 / sum ||y||^2     (1 / SQNR; lower is better)
+"""
+from __future__ import annotations
+
+import torch
+
+from .context import MeasureContext
+
+NEEDS_LABELS = False
+
+
+def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
+
+
+def measure(ctx: MeasureContext, group_indices: list[int], runner) -> dict[tuple[int, int], float]:
+    return runner.measure(group_indices, divergence)
