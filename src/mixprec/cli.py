@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -176,9 +177,78 @@ def _environment(device: torch.device) -> dict[str, Any]:
             "machine": platform.machine(), "threads": torch.get_num_threads(), "device": str(device)}
 
 
+def _init_distributed() -> int:
+    """Under torchrun (WORLD_SIZE > 1), join the process group; returns this process's rank."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.distributed.get_rank()
+
+
+ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
+                "eval", "weight_range", "activation_range", "chunk_size", "no_fx", "device", "out")
+
+
+def cmd_analyze(args) -> int:
+    from .sensitivity.analyze import analyze
+    from .sensitivity.store import read_arguments
+    if args.resume:
+        saved = read_arguments(args.resume)
+        for key in ANALYZE_ARGS:
+            if key in saved:
+                setattr(args, key, saved[key])
+        args.out = args.resume
+    elif not args.model or not args.out:
+        raise SpecError("give --model SPEC and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+    rank = _init_distributed()
+    try:
+        return _analyze(args, rank)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _analyze(args, rank: int) -> int:
+    from .sensitivity.analyze import analyze
+    if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
+        raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    model, data, _, groups = _setup(args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and torch.distributed.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    cands = _candidates(args)
+    evaluate = load_eval(args.eval) if args.eval else None
+    arguments = {k: getattr(args, k, None) for k in ANALYZE_ARGS}
+    table = analyze(model.to(device), groups, cands, data or [], metric=args.metric, run_dir=args.out,
+                    weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
+                    chunk_size=args.chunk_size, use_fx=not args.no_fx, progress=rank == 0, arguments=arguments)
+    if rank != 0:
+        return 0
+    meta = table.metadata
+    print(f"{args.metric} sensitivity of {len(groups)} groups x {len(cands)} candidates in {meta['seconds']:.1f} s"
+          + (f", {meta['forward_equivalents']:.1f} forward-equivalents"
+             f" ({'prefix shared via torch.fx' if meta['forked'] else 'full forwards: ' + meta['fallback_reason']})"
+             if "forward_equivalents" in meta else ""))
+    worst = sorted(range(len(groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
+    _table(["most sensitive groups", *table.candidates],
+           [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
+    print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates)
+
+
+def _metric_names() -> list[str]:
+    from .sensitivity import METRICS
+    return list(METRICS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("analyze", help="measure the sensitivity table S[group, candidate] (cached, resumable)",
+                       description="Measure how much each quantizer group is damaged by each candidate, with "
+                       "only that group quantized. Results go to --out incrementally; --resume RUN continues an "
+                       "interrupted run. Under `torchrun --nproc_per_node N mixprec analyze ...` the work is "
+                       "sharded over N processes (gloo on CPU, nccl on GPU).")
+    p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory")
+    p.add_argument("--model", help="as for inspect")
+    p.add_argument("--data", help="calibration data (default for a built-in model: its own)")
+    p.add_argument("--calibration-samples", type=int, default=None)
+    p.add_argument("--tie", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
+    p.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    p.add_argument("--metric", default="sqnr", help="sensitivity metric: " + ", ".join(_metric_names()))
+    p.add_argument("--eval", help="evaluation function (needed by --metric task)")
+    p.add_argument("--out", help="run directory for the cache and the table")
+    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--chunk-size", type=int, default=None, help="groups measured between two cache writes")
+    p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="the built-in demo: a CNN on scikit-learn digits, every uniform candidate",
                        description="Train (once, cached) a small CNN on scikit-learn's digits and show the "

@@ -1,0 +1,51 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mixprec.cli import main
+
+
+def values(run):
+    return json.loads((run / "sensitivity.json").read_text())["values"]
+
+
+def test_analyze_writes_json_and_csv_and_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "most sensitive groups" in out and "forward-equivalents" in out
+    table = values(run)
+    assert len(table) == 4 and all(len(row) == 3 for row in table)
+    assert (run / "sensitivity.csv").read_text().splitlines()[0] == "group,w2a8,w4a8,w8a8"
+    # resuming a finished run measures nothing again and gives the same table
+    log = (run / "entries.rank0.jsonl").read_text()
+    assert main(["analyze", "--resume", str(run)]) == 0
+    assert (run / "entries.rank0.jsonl").read_text() == log and values(run) == table
+
+
+def test_analyze_errors(tmp_path, capsys):
+    assert main(["analyze", "--resume", str(tmp_path)]) == 2
+    assert "not an analysis run directory" in capsys.readouterr().err
+    assert main(["analyze", "--model", "demo-cnn", "--out", str(tmp_path / "r"), "--metric", "nope"]) == 2
+    assert "unknown sensitivity metric" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_single_process_table(tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    args = ["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--chunk-size", "1"]
+    assert main(args + ["--out", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mixprec.cli", *args, "--out", str(sharded)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in sharded.glob("entries.rank*.jsonl")) == ["entries.rank0.jsonl", "entries.rank1.jsonl"]
+    # each rank measured a disjoint share
+    shares = [{tuple(json.loads(l).values())[:2] for l in (sharded / f"entries.rank{r}.jsonl").read_text().splitlines()}
+              for r in (0, 1)]
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    flat = lambda rows: [v for row in rows for v in row]
+    assert flat(values(sharded)) == pytest.approx(flat(values(single)), rel=1e-6)
