@@ -1,0 +1,74 @@
+"""Sensitivity measurement cost: the forked forward (float prefix shared, torch.fx) against the
+naive loop (one full forward per group x candidate x batch), in one run, on the same data.
+
+    python benchmarks/sensitivity_speed.py efficientnet-lite0 resnet56
+
+Prints and writes benchmarks/results/sensitivity_speed.json: forward-equivalents (MACs executed
+/ MACs of one forward, per batch), wall time, and the max relative difference of the two tables.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixprec import __version__
+from mixprec.builtin import get_builtin
+from mixprec.candidates import parse_candidates
+from mixprec.groups import discover_groups
+from mixprec.plan import write_json_atomic
+from mixprec.sensitivity.analyze import analyze
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run(name: str, samples: int, candidates: str, metric: str) -> dict:
+    builtin = get_builtin(name)
+    model = builtin.model()
+    data = builtin.calibration(samples)
+    groups = discover_groups(model, builtin.example_input())
+    cands = parse_candidates(candidates)
+    out = {"model": name, "groups": len(groups), "candidates": candidates, "calibration_samples": samples,
+           "batches": len(data), "metric": metric}
+    tables = {}
+    for label, use_fx in (("forked", True), ("naive", False)):
+        start = time.perf_counter()
+        table = analyze(model, groups, cands, data, metric=metric, use_fx=use_fx, progress=False)
+        seconds = time.perf_counter() - start
+        tables[label] = table.values
+        out[label] = {"seconds": round(seconds, 2), "forward_equivalents": round(table.metadata["forward_equivalents"], 2),
+                      "traced": table.metadata["forked"]}
+        print(f"{name:<18} {label:<7} {seconds:8.1f} s  {table.metadata['forward_equivalents']:8.1f} forward-equivalents",
+              flush=True)
+    a, b = tables["forked"], tables["naive"]
+    out["max_relative_difference"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+    out["forward_equivalent_ratio"] = round(out["forked"]["forward_equivalents"] / out["naive"]["forward_equivalents"], 4)
+    out["wall_time_ratio"] = round(out["forked"]["seconds"] / out["naive"]["seconds"], 4)
+    print(f"{name:<18} ratio: {out['forward_equivalent_ratio']:.3f} of the naive forward-equivalents, "
+          f"{out['wall_time_ratio']:.3f} of its wall time; max relative table difference {out['max_relative_difference']:.2e}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=["efficientnet-lite0", "resnet56"])
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--candidates", default="w4a8,w8a8,w8a16")
+    parser.add_argument("--metric", default="sqnr")
+    args = parser.parse_args()
+    report = {"command": "python " + " ".join(sys.argv), "results": [run(m, args.samples, args.candidates, args.metric)
+                                                                     for m in args.models],
+              "environment": {"mixprec": __version__, "torch": torch.__version__, "machine": platform.machine(),
+                              "threads": torch.get_num_threads()}}
+    write_json_atomic(RESULTS / "sensitivity_speed.json", report)
+    print(f"wrote {RESULTS / 'sensitivity_speed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
