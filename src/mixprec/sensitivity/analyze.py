@@ -54,6 +54,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     if run_dir is not None:
         settings = {"metric": metric, "candidates": cand_names, "groups": {g.name: list(g.layer_names) for g in groups},
                     "weight_method": weight_method, "activation_method": activation_method}
+        if metric == "task":  # the entries depend on which evaluation measured them
+            settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
         store = RunStore(run_dir, fingerprint, arguments, rank)
         done = store.done()
@@ -68,6 +70,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
               desc=f"{metric} sensitivity", disable=not progress) as bar:
         for chunk in pending:
             values = module.measure(ctx, chunk, runner)
+            ctx._weights.clear()  # each group is measured in one chunk only: free its quantized weights
             named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
             if store is not None:
                 store.append(named)
@@ -83,6 +86,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             table[i, j] = done.get((g, c), np.nan)
     metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
                 "calibration_batches": len(ctx.data)}
+    if "task_float_value" in ctx.__dict__:
+        metadata["task_float_value"] = ctx.__dict__["task_float_value"]
     if runner is not None:
         metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.forked is not None,
                         fallback_reason=runner.fallback_reason)

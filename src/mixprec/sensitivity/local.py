@@ -1,0 +1,61 @@
+"""local: the noise each layer of the group adds to its own output, on its float input, relative
+to that output's energy; for models too big to run whole once per (group, candidate).
+
+    S[g, c] = sum_{layers of g, batches} ||L_c(x) - L(x)||^2 / sum ||L(x)||^2    (x: L's float input)
+
+L_c is the layer with quantized weight and quantized input (ctx.quantized_modules). Per chunk, one
+float pass per batch; each layer's input is used inside its forward hook and dropped at once, so
+memory stays that of one float forward, and torch.fx is not needed. Unlike sqnr, the metric does
+not see how the error grows (or fades) through the rest of the network.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from ..batches import run_model
+from .context import MeasureContext
+
+NEEDS_LABELS = False
+
+
+def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
+    sums = {(g, c): [0.0, 0.0] for g in group_indices for c in range(len(ctx.candidates))}
+    replacements: dict[str, list] = {}  # layer -> [((g, c), quantized layer)] for the chunk's layers only
+    for g in group_indices:
+        for c, cand in enumerate(ctx.candidates):
+            for layer, module in ctx.quantized_modules(ctx.groups.groups[g], cand).items():
+                replacements.setdefault(layer, []).append(((g, c), module))
+    float_layers = {name: ctx.model.get_submodule(name) for name in replacements}
+
+    def hook(name: str):
+        def record(module, args, output):
+            # A replacement wraps a shallow copy of the float layer, which shares this hook: skip its calls.
+            if module is not float_layers[name]:
+                return
+            ref = output.float()
+            signal = float(ref.pow(2).sum())
+            for key, quantized in replacements[name]:
+                sums[key][0] += float((quantized(*args).float() - ref).pow(2).sum())
+                sums[key][1] += signal
+        return record
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in float_layers.items()]
+    try:
+        with torch.no_grad():
+            for b in range(len(ctx.data)):
+                run_model(ctx.model, ctx.inputs(b))
+    finally:
+        for h in handles:
+            h.remove()
+    values = {}
+    for (g, c), (noise, signal) in sums.items():
+        value = noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
+        if not math.isfinite(value):
+            warnings.warn(f"sensitivity of group {ctx.groups.groups[g].name} at {ctx.candidates[c].name} "
+                          "is not finite (NaN/Inf layer output); recorded as +inf", RuntimeWarning, stacklevel=2)
+            value = math.inf
+        values[(g, c)] = value
+    return values

@@ -1,0 +1,54 @@
+"""task (AIMET AMP's phase-1 eval callback, Pandey et al. 2023, sec. 3.1): the drop of the user's
+own evaluation metric with only this group quantized, against the float model.
+
+    S[g, c] = E(float) - E(group g on c)   if higher is better, else   E(group g on c) - E(float)
+
+The drop is kept raw, so it can be negative (quantization noise sometimes helps the metric); the
+solvers take negative sensitivities. Costs one full evaluation per (group, candidate), plus one
+of the float model per analysis; fp32 leaves the group float, so its drop is 0 without evaluating.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+from ..errors import MixprecError
+from ..evaluation import EvalResult, to_eval_result
+from .context import MeasureContext, quantized_group
+
+NEEDS_LABELS = False  # the evaluation function brings its own labelled data
+
+
+def float_result(ctx: MeasureContext) -> EvalResult:
+    """The float model's evaluation, computed once per analysis (measure runs once per chunk)."""
+    if "task_float_result" not in ctx.__dict__:
+        result = to_eval_result(ctx.evaluate(ctx.model))
+        if not math.isfinite(result.value):
+            raise MixprecError(f"the float model evaluates to {result}; the task metric measures drops from a "
+                               "finite value: check the --eval function on the float model")
+        ctx.__dict__["task_float_result"] = result
+        ctx.__dict__["task_float_value"] = result.value
+    return ctx.__dict__["task_float_result"]
+
+
+def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
+    if ctx.evaluate is None:
+        raise MixprecError("the task metric needs --eval (a function model -> metric, e.g. file.py:evaluate) "
+                           "to measure the drop of your own metric; or use a label-free metric such as --metric sqnr")
+    reference = float_result(ctx)
+    values = {}
+    for g in group_indices:
+        group = ctx.groups.groups[g]
+        for c, cand in enumerate(ctx.candidates):
+            if cand.weight is None and cand.activation is None:
+                values[(g, c)] = 0.0
+                continue
+            with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
+                quantized = to_eval_result(ctx.evaluate(model)).value
+            drop = reference.value - quantized if reference.higher_is_better else quantized - reference.value
+            if math.isnan(drop):
+                warnings.warn(f"evaluation of group {group.name} at {cand.name} is NaN; recorded as +inf",
+                              RuntimeWarning, stacklevel=2)
+                drop = math.inf
+            values[(g, c)] = drop
+    return values
