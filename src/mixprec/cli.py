@@ -109,6 +109,10 @@ def cmd_inspect(args) -> int:
     total_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {type(model).__name__}, {total_params:,} parameters, {len(groups.layers)} quantized "
           f"layers in {len(groups)} groups ({sum(1 for g in groups if len(g.layers) > 1)} tied)")
+    if is_builtin(args.model):
+        builtin = get_builtin(args.model)
+        print(f"built-in: {builtin.description}\n  calibration: {builtin.calibration_source}\n"
+              f"  evaluation: {builtin.evaluation_source}")
     if groups.example_shape is not None:
         print(f"example input {groups.example_shape}; MACs are per sample")
     _print_groups(groups)
