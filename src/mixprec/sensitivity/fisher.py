@@ -1,0 +1,79 @@
+"""fisher (empirical Fisher, as NVIDIA ModelOpt AutoQuantize's gradient score): the diagonal
+Fisher's second-order estimate of the loss increase, for the weights and for the layer input.
+
+    S[g, c] = sum_{layers l of g} 0.5 * sum_i F_i (Q_c(W_l) - W_l)_i^2
+                                + 0.5 * sum_batches sum_j g_xj^2 (Q_c(x_l) - x_l)_j^2 / rows
+
+F = sum_batches g_b^2 / rows, with g_b the gradient of batch b's loss summed over its rows: one
+backward per batch, computed once per analysis for every group. Per-batch (not per-sample)
+gradients: the cross terms between a batch's samples have zero mean when the labels are drawn from
+the model (no labels) and are the price of one backward per batch with real labels. The input
+gradient g_x of one sample depends only on that sample, so the activation term is per-sample exact.
+Loss: cross-entropy with labels; without labels, cross-entropy against labels sampled from the
+float model's own prediction (the true Fisher, equal in expectation to the Hessian of the KL that
+the hessian metric uses; see gradients.py).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from . import gradients
+from .context import MeasureContext
+
+NEEDS_LABELS = False
+NEEDS_GRAD = True
+
+
+def squared_gradients(ctx: MeasureContext) -> tuple[dict[str, torch.Tensor], dict[tuple[str, object], float]]:
+    """(per layer F = sum_b g_b^2 / rows, per (layer, input format) sum g_x^2 (Q(x) - x)^2 / rows)."""
+    capture = bool(gradients.activation_formats(ctx))
+    generator = gradients.label_generator(ctx)
+    weight_sq: dict[str, torch.Tensor] = {}
+    input_term: dict[tuple[str, object], float] = {}
+    rows = 0
+    with gradients.differentiable_weights(ctx, "fisher") as weights:
+        quantizers = gradients.input_quantizers(ctx)
+        unique = list({id(w): w for w in weights.values()}.values())  # a tied weight is one variable
+        slot = {name: next(i for i, u in enumerate(unique) if u is w) for name, w in weights.items()}
+        for b in tqdm(range(len(ctx.data)), desc="fisher gradients", unit="batch", disable=not ctx.progress):
+            out, captured = gradients.forward(ctx, b, "fisher", capture)
+            labels = ctx.labels(b) if ctx.has_labels else None
+            loss, n = gradients.loss(out, labels, "fisher", sample_labels=None if labels is not None else generator)
+            rows += n
+            variables = unique + [z for _, _, z in captured]
+            grads = torch.autograd.grad(loss, variables, allow_unused=True)
+            for name, w in weights.items():
+                g = grads[slot[name]]
+                sq = torch.zeros_like(w, dtype=torch.float32) if g is None else g.detach().float().pow(2)
+                weight_sq[name] = weight_sq[name] + sq if name in weight_sq else sq
+            for (name, x, _), g in zip(captured, grads[len(unique):]):
+                if g is None:
+                    continue
+                g2 = g.float().pow(2)
+                for fmt, q in quantizers[name].items():
+                    with torch.no_grad():
+                        term = float((g2 * (q(x).float() - x.float()).pow(2)).sum())
+                    input_term[(name, fmt)] = input_term.get((name, fmt), 0.0) + term
+            del grads, out, loss, captured
+    rows = max(rows, 1)
+    return {name: sq / rows for name, sq in weight_sq.items()}, {key: v / rows for key, v in input_term.items()}
+
+
+def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
+    if "_fisher_squared_gradients" not in ctx.__dict__:  # the same for every chunk: once per analysis
+        ctx.__dict__["_fisher_squared_gradients"] = squared_gradients(ctx)
+    fisher, input_term = ctx.__dict__["_fisher_squared_gradients"]
+    values = {}
+    for g in group_indices:
+        group = ctx.groups.groups[g]
+        for c, cand in enumerate(ctx.candidates):
+            value = 0.0
+            for layer in group.layer_names:
+                w = ctx.model.get_submodule(layer).weight.detach().float()
+                delta = ctx.quantized_weight(layer, cand.weight).float() - w
+                value += 0.5 * float((fisher[layer] * delta.pow(2)).sum())
+                if cand.activation is not None:
+                    value += 0.5 * input_term.get((layer, cand.activation), 0.0)
+            values[(g, c)] = value
+    return values

@@ -1,0 +1,197 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mixprec.candidates import parse_candidates
+from mixprec.errors import MixprecError
+from mixprec.groups import discover_groups
+from mixprec.sensitivity import METRICS, fisher, hessian
+from mixprec.sensitivity.analyze import analyze
+from mixprec.sensitivity.context import MeasureContext
+
+from test_analyze import data, setup
+
+GRADIENT_METRICS = ["hessian", "fisher"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Double backprop through tiny tensors: extra threads only add overhead (10x on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def few_samples(monkeypatch):
+    monkeypatch.setattr(hessian, "HUTCHINSON_SAMPLES", 4)  # properties, not accuracy
+
+
+def labelled(n=3):
+    g = torch.Generator().manual_seed(2)
+    return [(x, torch.randint(0, 10, (x.shape[0],), generator=g)) for x in data(n)]
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in=6, hidden=8, classes=5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def rows(n_batches, size=8, d_in=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, d_in, generator=g) for _ in range(n_batches)]
+
+
+def context(model, items, candidates="w4"):
+    groups = discover_groups(model, items[0][0] if isinstance(items[0], tuple) else items[0])
+    return MeasureContext(model.eval(), groups, parse_candidates(candidates), items, progress=False)
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+@pytest.mark.parametrize("metric", GRADIENT_METRICS)
+def test_metric_properties(metric, with_labels, few_samples):
+    model, groups, cands = setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    table = analyze(model, groups, cands, labelled() if with_labels else data(), metric=metric, progress=False)
+    assert METRICS[metric].NEEDS_GRAD and not METRICS[metric].NEEDS_LABELS
+    assert table.complete and np.isfinite(table.values).all() and (table.values >= 0).all()
+    assert (table.values[:, -1] == 0).all()  # fp32 does no damage
+    # fewer bits, more damage: w2 > w4 > w8 for every group
+    assert (table.values[:, 0] > table.values[:, 1]).all() and (table.values[:, 1] > table.values[:, 2]).all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("metric", GRADIENT_METRICS)
+def test_chunks_share_one_gradient_pass(metric, monkeypatch, few_samples):
+    model, groups, cands = setup()
+    calls = []
+    original = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    whole = analyze(model, groups, cands, data(), metric=metric, chunk_size=None, progress=False)
+    once = len(calls)
+    chunked = analyze(model, groups, cands, data(), metric=metric, chunk_size=1, progress=False)
+    per_batch = 1 + hessian.HUTCHINSON_SAMPLES if metric == "hessian" else 1  # grad, then one per HVP
+    assert once == len(data()) * per_batch and len(calls) == 2 * once  # 4 chunks, still one pass
+    assert chunked.values.tolist() == whole.values.tolist()
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_hutchinson_trace_matches_closed_form(with_labels, monkeypatch):
+    # Linear softmax classifier: H_W of the mean cross-entropy (and of the KL to its own prediction
+    # at the float point) is mean_n (diag(p_n) - p_n p_n^T) (x) x_n x_n^T, so
+    # Tr(H_W) = mean_n (1 - ||p_n||^2) ||x_n||^2.
+    monkeypatch.setattr(hessian, "HUTCHINSON_SAMPLES", 64)
+    model = nn.Linear(6, 5).eval()
+    xs = rows(4)
+    g = torch.Generator().manual_seed(4)
+    items = [(x, torch.randint(0, 5, (8,), generator=g)) for x in xs] if with_labels else xs
+    x = torch.cat(xs)
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=-1)
+    exact = float(((1 - p.pow(2).sum(1)) * x.pow(2).sum(1)).mean())
+    weight_avg, _ = hessian.curvature(context(model, items))
+    estimate = weight_avg[""] * model.weight.numel()
+    assert estimate == pytest.approx(exact, rel=0.1)
+
+
+def test_fisher_diagonal_sums_to_the_hessian_trace():
+    # Labels drawn from the model: E[sum_i g_i^2] per row = sum_c p_c (1 - p_c) ||x||^2, the same trace.
+    model = nn.Linear(6, 5).eval()
+    xs = rows(128)
+    x = torch.cat(xs)
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=-1)
+    exact = float(((1 - p.pow(2).sum(1)) * x.pow(2).sum(1)).mean())
+    squared, _ = fisher.squared_gradients(context(model, xs))
+    assert float(squared[""].sum()) == pytest.approx(exact, rel=0.1)
+
+
+def rescaled_pair():
+    """The MLP, and the same function with fc1 x 10 and fc2 x 0.1 (ReLU is positively homogeneous)."""
+    model, scaled = MLP().eval(), MLP().eval()
+    with torch.no_grad():
+        scaled.fc1.weight.mul_(10)
+        scaled.fc1.bias.mul_(10)
+        scaled.fc2.weight.mul_(0.1)
+    return model, scaled
+
+
+def test_fisher_is_invariant_to_an_equivalent_rescaling():
+    # fc1's gradients shrink 10x and its (per-channel) quantization error grows 10x; fc2's input
+    # grows 10x and its input gradient shrinks 10x: every S[g, c] stays, the raw F moves 100x.
+    items = rows(3)
+    model, scaled = rescaled_pair()
+    assert torch.allclose(model(items[0]), scaled(items[0]), atol=1e-5)
+    cands = "w2a8,w4a8,w4,w8a4,fp32"
+    contexts = [context(m, items, cands) for m in (model, scaled)]
+    tables = [fisher.measure(ctx, [0, 1]) for ctx in contexts]
+    for key, value in tables[0].items():
+        assert tables[1][key] == pytest.approx(value, rel=1e-3, abs=1e-12), key
+    squared = [ctx.__dict__["_fisher_squared_gradients"][0] for ctx in contexts]
+    assert float(squared[1]["fc1"].sum()) == pytest.approx(float(squared[0]["fc1"].sum()) / 100, rel=1e-3)
+    assert float(squared[1]["fc2"].sum()) == pytest.approx(float(squared[0]["fc2"].sum()) * 100, rel=1e-3)
+
+
+def test_hessian_is_invariant_to_an_equivalent_rescaling():
+    # Tr(H_fc1)/n shrinks 100x, ||Q(W) - W||^2 grows 100x. fc2 is left float so that fc1 is the only
+    # block: with several, one Rademacher v adds zero-mean cross-block terms v_1^T H_12 v_2 that do
+    # not shrink with fc1's curvature, and the estimate is invariant only in expectation.
+    items = rows(3)
+    model, scaled = rescaled_pair()
+    contexts = []
+    for m in (model, scaled):
+        groups = discover_groups(m, items[0], exclude=["fc2"])
+        contexts.append(MeasureContext(m, groups, parse_candidates("w2,w4,w8,fp32"), items, progress=False))
+    tables = [hessian.measure(ctx, [0]) for ctx in contexts]
+    for key, value in tables[0].items():
+        assert tables[1][key] == pytest.approx(value, rel=1e-3, abs=1e-12), key
+    traces = [ctx.__dict__["_hessian_curvature"][0]["fc1"] for ctx in contexts]
+    assert traces[1] == pytest.approx(traces[0] / 100, rel=1e-3) and traces[0] > 0
+
+
+class NoGrad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.fc(x)
+
+
+class Detached(NoGrad):
+    def forward(self, x):
+        return self.fc(x).detach()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("metric", GRADIENT_METRICS)
+def test_a_model_without_gradients_is_a_clear_error(metric):
+    items = rows(2)
+    for model in (NoGrad(), Detached()):
+        flags = [p.requires_grad for p in model.parameters()]
+        with pytest.raises(MixprecError, match=f"the {metric} metric needs gradients.*does not depend on them"):
+            analyze(model, discover_groups(model, items[0]), parse_candidates("w4a8"), items, metric=metric,
+                    progress=False)
+        assert [p.requires_grad for p in model.parameters()] == flags
+    scripted = torch.jit.script(MLP().eval())
+    with pytest.raises(MixprecError, match="TorchScript"):
+        analyze(scripted, discover_groups(scripted, items[0]), parse_candidates("w4"), items, metric=metric,
+                progress=False)
+    bad_labels = [(x, torch.zeros(3, dtype=torch.long)) for x in items]
+    with pytest.raises(MixprecError, match="one per output row"):
+        analyze(MLP(), discover_groups(MLP(), items[0]), parse_candidates("w4"), bad_labels, metric=metric,
+                progress=False)
+
