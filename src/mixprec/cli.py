@@ -242,7 +242,24 @@ def _analyze(args, rank: int) -> int:
     _table(["most sensitive groups", *table.candidates],
            [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
     print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv")
+    if evaluate is not None and args.metric != "task":
+        _print_trust(args, model, groups, cands, data, evaluate, table)
     return 0
+
+
+def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
+    """With --eval: measure every group's real metric drop (cached in RUN/task/) and say how well
+    the chosen metric ranks the entries."""
+    from .sensitivity.analyze import analyze
+    from .sensitivity.trust import format_report, rank_correlation
+    print(f"trust report: measuring the real metric drop of every entry ({len(groups) * len(cands)} evaluations; "
+          f"cached in {Path(args.out) / 'task'})")
+    truth = analyze(model, groups, cands, data or [], metric="task", run_dir=Path(args.out) / "task",
+                    weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
+                    arguments={"eval": args.eval})
+    rho = rank_correlation(table, truth)
+    print(format_report([{"metric": args.metric, "spearman": rho, "seconds": table.metadata["seconds"]},
+                         {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]))
 
 
 def cmd_demo(args) -> int:

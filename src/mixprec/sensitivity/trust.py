@@ -1,0 +1,30 @@
+"""How far to trust a sensitivity metric: the Spearman rank correlation of its table with the
+measured single-group drop of the real task metric (the ``task`` table), entry by entry."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from .table import SensitivityTable
+
+
+def rank_correlation(table: SensitivityTable, truth: SensitivityTable) -> float:
+    """Spearman correlation over the (group, candidate) entries both tables measured (finite)."""
+    cols = [truth.candidates.index(c) for c in table.candidates]
+    rows = [truth.groups.index(g) for g in table.groups]
+    a = table.values.ravel()
+    b = truth.values[np.ix_(rows, cols)].ravel()
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
+        return math.nan
+    return float(spearmanr(a[keep], b[keep]).statistic)
+
+
+def format_report(rows: list[dict]) -> str:
+    """Rows of {metric, spearman, seconds} as an aligned text table, best correlation first."""
+    rows = sorted(rows, key=lambda r: -np.nan_to_num(r["spearman"], nan=-2))
+    lines = [f"{'metric':<10} {'Spearman vs measured drop':>26} {'seconds':>9}"]
+    lines += [f"{r['metric']:<10} {r['spearman']:>26.3f} {r['seconds']:>9.1f}" for r in rows]
+    return "\n".join(lines)
