@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .batches import batch_size, run_model
+from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -141,9 +141,10 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
         return fn
 
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    device = next(iter(layers.values())).weight.device
     try:
         with torch.no_grad():
-            run_model(model, example_input)
+            run_model(model, to_device(example_input, device))
     finally:
         for h in handles:
             h.remove()
