@@ -156,3 +156,13 @@ def test_table_json_round_trip(tmp_path):
     assert np.array_equal(np.isnan(loaded.values), np.isnan(table.values))
     assert loaded.values[0, 1] == math.inf and not loaded.complete
     json.loads((tmp_path / "sensitivity.json").read_text())  # strict JSON: no NaN/Infinity literals
+
+
+def test_model_hash_covers_batchnorm_counters_and_changes_with_weights():
+    from mixprec.sensitivity.store import model_hash
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # num_batches_tracked is a 0-dim tensor
+    before = model_hash(model)
+    assert before == model_hash(model)
+    with torch.no_grad():
+        model[1].running_mean.add_(1)
+    assert model_hash(model) != before
