@@ -23,8 +23,8 @@ from ..plan import write_json_atomic
 def hash_tensors(tensors: Iterable[torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous().reshape(-1)
-        digest.update(str((t.numel(), str(t.dtype))).encode())
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        t = t.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors cannot be viewed as bytes
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
 
