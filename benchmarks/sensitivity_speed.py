@@ -9,6 +9,7 @@ Prints and writes benchmarks/results/sensitivity_speed.json: forward-equivalents
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -64,7 +65,7 @@ def main() -> int:
     report = {"command": "python " + " ".join(sys.argv), "results": [run(m, args.samples, args.candidates, args.metric)
                                                                      for m in args.models],
               "environment": {"mixprec": __version__, "torch": torch.__version__, "machine": platform.machine(),
-                              "threads": torch.get_num_threads()}}
+                              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}}
     write_json_atomic(RESULTS / "sensitivity_speed.json", report)
     print(f"wrote {RESULTS / 'sensitivity_speed.json'}")
     return 0

@@ -49,3 +49,30 @@ def test_two_processes_give_the_single_process_table(tmp_path):
     assert shares[0] and shares[1] and not shares[0] & shares[1]
     flat = lambda rows: [v for row in rows for v in row]
     assert flat(values(sharded)) == pytest.approx(flat(values(single)), rel=1e-6)
+
+
+def test_sigkill_mid_run_then_resume_recomputes_nothing_finished(tmp_path):
+    import signal
+    import time
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mixprec.cli", "analyze", "--model", "demo-cnn", "--candidates",
+           "w2a8,w3a8,w4a8,w6a8,w8a8", "--chunk-size", "1", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = run / "entries.rank0.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 5):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "sensitivity.json").exists(), "the run finished before it could be killed"
+    finished = [json.loads(l) for l in log.read_text().splitlines()]
+    assert 5 <= len(finished) < 20
+    assert main(["analyze", "--resume", str(run)]) == 0
+    entries = [json.loads(l) for l in log.read_text().splitlines()]
+    assert entries[:len(finished)] == finished  # nothing finished was measured again
+    assert len(entries) == 20 and len({(e["group"], e["candidate"]) for e in entries}) == 20
+    fresh = tmp_path / "fresh"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w3a8,w4a8,w6a8,w8a8", "--out", str(fresh)]) == 0
+    flat = lambda rows: [v for row in rows for v in row]
+    assert flat(values(run)) == pytest.approx(flat(values(fresh)), rel=1e-9)
