@@ -1,0 +1,1 @@
+"""Bit allocation: choose one candidate per group. Solvers know nothing of torch."""

@@ -1,0 +1,78 @@
+"""Exact bit allocation: a multiple-choice knapsack with any number of budgets, as an integer
+program solved by HiGHS (scipy.optimize.milp). The formulation of WO2024186332A1:
+
+    min  sum_g sum_c S[g, c] x[g, c]
+    s.t. sum_c x[g, c] = 1                       for every group g
+         fixed_k + sum_g sum_c C_k[g, c] x[g, c] <= B_k   for every budget k
+         x[g, c] in {0, 1},  x[g, c] = 0 where c is not allowed for g (pins, hardware, +inf sensitivity)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from ..errors import MixprecError
+
+
+class InfeasibleBudget(MixprecError):
+    """No plan meets every budget; the message states the smallest achievable value of each."""
+
+
+@dataclass(frozen=True)
+class Solution:
+    choice: np.ndarray  # (G,) candidate index per group
+    objective: float  # total sensitivity
+    costs: dict[str, float]  # total cost per budget kind (fixed part included)
+
+
+def allowed_mask(sensitivity: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+    mask = np.isfinite(sensitivity)
+    if allowed is not None:
+        mask &= allowed
+    empty = np.where(~mask.any(axis=1))[0]
+    if len(empty):
+        raise MixprecError(f"group(s) {empty.tolist()[:5]} have no allowed candidate with a finite sensitivity")
+    return mask
+
+
+def min_costs(costs: dict[str, np.ndarray], fixed: dict[str, float], mask: np.ndarray) -> dict[str, float]:
+    """Smallest achievable total of each cost kind on its own."""
+    return {k: float(fixed.get(k, 0.0) + np.where(mask, c, np.inf).min(axis=1).sum()) for k, c in costs.items()}
+
+
+def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: dict[str, float],
+                fixed: dict[str, float] | None = None, allowed: np.ndarray | None = None,
+                time_limit_s: float | None = None) -> Solution:
+    """Optimal choice per group; ``costs`` and ``budgets`` share kinds; ``fixed`` adds constants."""
+    fixed = dict(fixed or {})
+    sensitivity = np.asarray(sensitivity, dtype=float)
+    groups, cands = sensitivity.shape
+    unknown = sorted(set(budgets) - set(costs))
+    if unknown:
+        raise MixprecError(f"no cost table for budget kind(s) {unknown}; kinds: {sorted(costs)}")
+    mask = allowed_mask(sensitivity, allowed)
+    lowest = min_costs({k: costs[k] for k in budgets}, fixed, mask)
+    short = {k: v for k, v in lowest.items() if v > budgets[k] * (1 + 1e-12) + 1e-12}
+    if short:
+        raise InfeasibleBudget("no plan meets the budget: " + "; ".join(
+            f"{k} <= {budgets[k]:.6g} asked, the smallest achievable is {lowest[k]:.6g}" for k in sorted(short)))
+    n = groups * cands
+    objective = np.where(mask, sensitivity, 0.0).ravel()
+    one_per_group = sparse.kron(sparse.eye(groups), np.ones((1, cands)), format="csr")
+    constraints = [LinearConstraint(one_per_group, 1, 1)]
+    for kind, budget in budgets.items():
+        row = np.where(mask, costs[kind], 0.0).ravel()
+        constraints.append(LinearConstraint(row[None, :], -np.inf, budget - fixed.get(kind, 0.0)))
+    options = {"time_limit": time_limit_s} if time_limit_s else {}
+    result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, mask.ravel().astype(float)),
+                  constraints=constraints, options=options)
+    if result.x is None:
+        raise InfeasibleBudget(f"no plan meets the budgets together ({result.message}); each alone can reach: "
+                               + "; ".join(f"{k} {lowest[k]:.6g}" for k in sorted(budgets)))
+    choice = result.x.reshape(groups, cands).argmax(axis=1)
+    rows = np.arange(groups)
+    return Solution(choice, float(sensitivity[rows, choice].sum()),
+                    {k: float(fixed.get(k, 0.0) + c[rows, choice].sum()) for k, c in costs.items()})
