@@ -226,8 +226,19 @@ def _analyze(args, rank: int) -> int:
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
     cands = _candidates(args)
+    names = [c.name for c in cands]
+    for pin in sorted({g.pinned for g in groups if g.pinned and g.pinned not in names}):
+        print(f"note: adding pinned candidate {pin} to the candidates")
+        cands.append(parse_candidate(pin))
     evaluate = load_eval(args.eval) if args.eval else None
     arguments = {k: getattr(args, k, None) for k in ANALYZE_ARGS}
+    if rank == 0:
+        costs = cost_tables(groups, [c.name for c in cands], model)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out) / "costs.json", {
+            "model": args.model, "costs": costs.to_dict(),
+            "groups": {g.name: list(g.layer_names) for g in groups},
+            "pins": {g.name: g.pinned for g in groups if g.pinned}, "excluded": [l.name for l in groups.excluded]})
     table = analyze(model.to(device), groups, cands, data or [], metric=args.metric, run_dir=args.out,
                     weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
                     chunk_size=args.chunk_size, use_fx=not args.no_fx, progress=rank == 0, arguments=arguments)
@@ -260,6 +271,63 @@ def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
     rho = rank_correlation(table, truth)
     print(format_report([{"metric": args.metric, "spearman": rho, "seconds": table.metadata["seconds"]},
                          {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]))
+
+
+def cmd_solve(args) -> int:
+    import numpy as np
+    from .budgets import parse_budgets
+    from .costs import CostTables
+    from .sensitivity.table import SensitivityTable
+    from .solvers.exact import solve_exact
+    run = Path(args.run)
+    table = SensitivityTable.load(run)
+    path = run / "costs.json"
+    if not path.is_file():
+        raise SpecError(f"{path} is missing; re-run `mixprec analyze` with this version to record the costs")
+    saved = json.loads(path.read_text())
+    costs = CostTables.from_dict(saved["costs"])
+    if list(costs.groups) != table.groups:
+        raise SpecError(f"{run}: the cost tables and the sensitivity table list different groups")
+    col = [costs.candidates.index(c) for c in table.candidates]
+    tables = {k: v[:, col] for k, v in costs.tables.items()}
+    allowed = np.ones(table.values.shape, dtype=bool)
+    for g, pin in saved.get("pins", {}).items():
+        allowed[table.groups.index(g)] = [c == pin for c in table.candidates]
+    if args.candidates:
+        keep = {parse_candidate(c).name for c in args.candidates.split(",")}
+        allowed &= np.array([c in keep for c in table.candidates])[None, :]
+    highest = {k: float(costs.fixed[k] + np.where(allowed, t, -np.inf).max(axis=1).sum()) for k, t in tables.items()}
+
+    def uniform(kind: str, cand: str) -> float:
+        name = parse_candidate(cand).name
+        if name not in table.candidates:
+            raise SpecError(f"{name} is not one of this run's candidates ({', '.join(table.candidates)})")
+        j = table.candidates.index(name)
+        choice = [table.candidates.index(saved["pins"][g]) if g in saved.get("pins", {}) else j for g in table.groups]
+        return float(costs.fixed[kind] + sum(tables[kind][i, c] for i, c in enumerate(choice)))
+
+    budgets = parse_budgets(args.budget, list(tables), uniform, lambda k: highest[k])
+    solution = solve_exact(table.values, tables, budgets, costs.fixed, allowed)
+    assignments = {g: table.candidates[c] for g, c in zip(table.groups, solution.choice)}
+    total = max(solution.objective, 1e-300)
+    rows = []
+    for i, g in enumerate(table.groups):
+        c = solution.choice[i]
+        rows.append((g, table.candidates[c], f"{table.values[i, c]:.3g}", f"{100 * table.values[i, c] / total:.1f}%",
+                     f"{100 * tables['bytes'][i, c] / max(solution.costs['bytes'], 1e-300):.1f}%"))
+    _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
+    print(f"total {table.metric} sensitivity {solution.objective:.4g}; " + ", ".join(
+        f"{k} {solution.costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {solution.costs[k]:.6g}"
+        for k in tables))
+    if all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(
+            solution.choice, np.where(allowed, table.values, np.inf).argmin(axis=1)):
+        print("note: the budget does not bind: this is the least-sensitive plan overall")
+    plan = Plan(assignments, saved["groups"], saved.get("excluded", []),
+                {"kind": "solved", "model": saved.get("model"), "metric": table.metric, "budgets": budgets,
+                 "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs, "run": str(run)})
+    plan.save(args.out)
+    print(f"wrote {args.out}; apply it with: mixprec quantize --model {saved.get('model')} --plan {args.out} --out DIR")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -324,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("solve", help="choose a candidate per group: least total sensitivity within budgets",
+                       description="Solve the bit allocation exactly (integer program, HiGHS) on an analysis run. "
+                       "Budgets: --budget KIND=VALUE[,KIND=VALUE...] with KIND bytes, bops or bits (per weight) "
+                       "and VALUE absolute (2.5MB, 1.2G, 4.5), a uniform candidate's cost (bops=w4a8) or a "
+                       "fraction of the highest-precision plan (0.5x).")
+    p.add_argument("run", help="analysis run directory (from mixprec analyze)")
+    p.add_argument("--budget", required=True, help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5")
+    p.add_argument("--candidates", help="restrict to these of the run's candidates")
+    p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
+    p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("demo", help="the built-in demo: a CNN on scikit-learn digits, every uniform candidate",
                        description="Train (once, cached) a small CNN on scikit-learn's digits and show the "

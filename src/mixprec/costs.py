@@ -60,6 +60,16 @@ class CostTables:
     def uniform(self, kind: str, candidate: str) -> float:
         return self.total(kind, {g: candidate for g in self.groups})
 
+    def to_dict(self) -> dict:
+        return {"groups": list(self.groups), "candidates": list(self.candidates),
+                "tables": {k: v.tolist() for k, v in self.tables.items()}, "fixed": dict(self.fixed)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CostTables":
+        return cls(tuple(data["groups"]), tuple(data["candidates"]),
+                   {k: np.array(v, dtype=float) for k, v in data["tables"].items()},
+                   {k: float(v) for k, v in data["fixed"].items()})
+
 
 def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
     """Bytes of every parameter that no group quantizes (biases, norms, embeddings, excluded layers)."""

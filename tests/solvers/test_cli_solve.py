@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from mixprec.budgets import parse_budgets
+from mixprec.cli import main
+from mixprec.errors import MixprecError
+
+
+def test_budget_syntax():
+    uniform = lambda kind, cand: {"w4a8": 100.0}[cand] if cand == "w4a8" else (_ for _ in ()).throw(MixprecError("no"))
+    parse = lambda text: parse_budgets(text, ["bytes", "bops", "bits_per_weight"], uniform, lambda k: 1000.0)
+    assert parse("bytes=2.5MB") == {"bytes": 2.5e6}
+    assert parse("bytes=2MiB, bits=4.5") == {"bytes": 2 * 2**20, "bits_per_weight": 4.5}
+    assert parse("bops=1.2G") == {"bops": 1.2e9}
+    assert parse("bops=w4a8,bytes=0.5x") == {"bops": 100.0, "bytes": 500.0}
+    for bad, message in (("bytes", "KIND=VALUE"), ("speed=3", "unknown budget kind"), ("bytes=lots", "neither"),
+                         ("bytes=1,bytes=2", "twice"), ("", "no budget")):
+        with pytest.raises(MixprecError, match=message):
+            parse(bad)
+
+
+def test_analyze_solve_quantize_pipeline(tmp_path, capsys):
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--pin", "conv1=w8a8",
+                 "--out", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bytes=0.45x", "--out", str(plan)]) == 0
+    data = json.loads(plan.read_text())
+    assert data["assignments"]["conv1"] == "w8a8"  # the pin holds
+    assert data["metadata"]["predicted_costs"]["bytes"] <= data["metadata"]["budgets"]["bytes"]
+    assert len(set(data["assignments"].values())) > 1  # a real mix at this budget
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", "demo-cnn", "--pin", "conv1=w8a8", "--plan", str(plan), "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["costs"]["bytes"] == pytest.approx(data["metadata"]["predicted_costs"]["bytes"])
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bytes=1KB", "--out", str(plan)]) == 2
+    assert "smallest achievable is" in capsys.readouterr().err
