@@ -63,7 +63,7 @@ def speed_section() -> list[str]:
 
 
 def trust_section() -> list[str]:
-    reports = [r for r in (load(f"trust_{m}.json") for m in MODELS) if r is not None]
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("trust_*.json"))]
     if not reports:
         return []
     metrics = [row["metric"] for row in reports[0]["rows"] if row["metric"] != "task"]

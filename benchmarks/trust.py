@@ -31,12 +31,13 @@ CANDIDATE = {"minilm": "w4", "smollm2": "w4"}
 METRICS = ("roundoff", "sqnr", "kl", "hessian", "fisher", "local")
 
 
-def run(name: str, samples: int | None, eval_limit: int | None, metrics: list[str], device: str = "cpu") -> dict:
+def run(name: str, samples: int | None, eval_limit: int | None, metrics: list[str], device: str = "cpu",
+        candidate: str | None = None) -> dict:
     builtin = get_builtin(name)
     model = builtin.model().to(device)
     data = builtin.calibration(samples or builtin.default_calibration_samples)
     groups = discover_groups(model, builtin.example_input())
-    cands = parse_candidates(CANDIDATE.get(name, "w4a8"))
+    cands = parse_candidates(candidate or CANDIDATE.get(name, "w4a8"))
     tag = f"{name}_{cands[0].name}" + (f"_limit{eval_limit}" if eval_limit else "")
     truth = analyze(model, groups, cands, data, metric="task", run_dir=RESULTS / "tmp" / f"trust_{tag}",
                     evaluate=lambda m: builtin.evaluate(m, limit=eval_limit), arguments={"eval": f"{name}:{eval_limit}"})
@@ -81,14 +82,15 @@ def main() -> int:
     parser.add_argument("--eval-limit", type=int, help="evaluate the truth on the first N samples only")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--candidate", help="candidate to measure (default w4a8; w4 for the language models)")
     args = parser.parse_args()
     for name in args.models:
         try:
-            report = run(name, args.samples, args.eval_limit, args.metrics.split(","), args.device)
+            report = run(name, args.samples, args.eval_limit, args.metrics.split(","), args.device, args.candidate)
         except (MissingDataError, SpecError) as exc:
             print(f"skipping {name}: {exc}")
             continue
-        suffix = f"_limit{args.eval_limit}" if args.eval_limit else ""
+        suffix = (f"_{args.candidate}" if args.candidate else "") + (f"_limit{args.eval_limit}" if args.eval_limit else "")
         write_json_atomic(RESULTS / f"trust_{name}{suffix}.json", report)
         (RESULTS / f"trust_{name}{suffix}.md").write_text(markdown(report))
         print(format_report(report["rows"]))
