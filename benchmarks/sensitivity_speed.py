@@ -61,13 +61,14 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--candidates", default="w4a8,w8a8,w8a16")
     parser.add_argument("--metric", default="sqnr")
+    parser.add_argument("--out", default="sensitivity_speed.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     report = {"command": "python " + " ".join(sys.argv), "results": [run(m, args.samples, args.candidates, args.metric)
                                                                      for m in args.models],
               "environment": {"mixprec": __version__, "torch": torch.__version__, "machine": platform.machine(),
                               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}}
-    write_json_atomic(RESULTS / "sensitivity_speed.json", report)
-    print(f"wrote {RESULTS / 'sensitivity_speed.json'}")
+    write_json_atomic(RESULTS / args.out, report)
+    print(f"wrote {RESULTS / args.out}")
     return 0
 
 
