@@ -273,12 +273,10 @@ def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
                          {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]))
 
 
-def cmd_solve(args) -> int:
-    import numpy as np
-    from .budgets import parse_budgets
+def _load_run(args):
+    """Sensitivity table, cost tables aligned with it, fixed costs, allowed mask, saved run info."""
     from .costs import CostTables
     from .sensitivity.table import SensitivityTable
-    from .solvers.exact import solve_exact
     run = Path(args.run)
     table = SensitivityTable.load(run)
     path = run / "costs.json"
@@ -296,6 +294,14 @@ def cmd_solve(args) -> int:
     if args.candidates:
         keep = {parse_candidate(c).name for c in args.candidates.split(",")}
         allowed &= np.array([c in keep for c in table.candidates])[None, :]
+    return table, tables, costs, allowed, saved
+
+
+def cmd_solve(args) -> int:
+    from .budgets import parse_budgets
+    from .solvers.exact import solve_exact
+    run = Path(args.run)
+    table, tables, costs, allowed, saved = _load_run(args)
     highest = {k: float(costs.fixed[k] + np.where(allowed, t, -np.inf).max(axis=1).sum()) for k, t in tables.items()}
 
     def uniform(kind: str, cand: str) -> float:
@@ -327,6 +333,35 @@ def cmd_solve(args) -> int:
                  "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs, "run": str(run)})
     plan.save(args.out)
     print(f"wrote {args.out}; apply it with: mixprec quantize --model {saved.get('model')} --plan {args.out} --out DIR")
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    from .costs import COST_KINDS
+    from .solvers.pareto import pareto_front
+    table, tables, costs, allowed, saved = _load_run(args)
+    kind = {"bits": "bits_per_weight"}.get(args.budget_kind, args.budget_kind)
+    if kind not in tables:
+        raise SpecError(f"unknown budget kind {args.budget_kind!r}; kinds: {', '.join(tables)}")
+    front = pareto_front(table.values, tables, kind, args.points, costs.fixed, allowed)
+    points = [{"costs": p.solution.costs, "predicted_sensitivity": p.solution.objective,
+               "assignments": {g: table.candidates[c] for g, c in zip(table.groups, p.solution.choice)}}
+              for p in front]
+    uniform = {}
+    for j, cand in enumerate(table.candidates):
+        if allowed[:, j].all():
+            rows = np.arange(len(table.groups))
+            uniform[cand] = {"costs": {k: float(costs.fixed[k] + t[rows, j].sum()) for k, t in tables.items()},
+                             "predicted_sensitivity": float(table.values[:, j].sum())}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "pareto.json", {"kind": kind, "metric": table.metric, "points": points,
+                                            "uniform": uniform, "groups": saved["groups"],
+                                            "excluded": saved.get("excluded", []), "model": saved.get("model")})
+    _table([kind, f"predicted {table.metric}", "candidates used"],
+           [(f"{p['costs'][kind]:.6g}", f"{p['predicted_sensitivity']:.4g}",
+             ",".join(sorted(set(p["assignments"].values())))) for p in points])
+    print(f"{len(points)} non-dominated plans; wrote {out / 'pareto.json'}")
     return 0
 
 
@@ -403,6 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", help="restrict to these of the run's candidates")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("pareto", help="the whole trade-off: exact plans across one budget kind",
+                       description="Solve the exact plan at evenly spaced budgets of one kind, from the cheapest "
+                       "to the most expensive plan, drop dominated plans and write pareto.json (with the "
+                       "uniform candidates for comparison).")
+    p.add_argument("run", help="analysis run directory (from mixprec analyze)")
+    p.add_argument("--budget-kind", default="bops", help="bytes, bops or bits (default bops)")
+    p.add_argument("--points", type=int, default=30)
+    p.add_argument("--candidates", help="restrict to these of the run's candidates")
+    p.add_argument("--out", default=".", help="directory for pareto.json (default: the current one)")
+    p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("demo", help="the built-in demo: a CNN on scikit-learn digits, every uniform candidate",
                        description="Train (once, cached) a small CNN on scikit-learn's digits and show the "

@@ -36,3 +36,19 @@ def test_analyze_solve_quantize_pipeline(tmp_path, capsys):
     capsys.readouterr()
     assert main(["solve", str(run), "--budget", "bytes=1KB", "--out", str(plan)]) == 2
     assert "smallest achievable is" in capsys.readouterr().err
+
+
+def test_pareto_writes_non_dominated_plans_and_uniform_points(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--out", str(run)]) == 0
+    assert main(["pareto", str(run), "--budget-kind", "bytes", "--points", "10", "--out", str(run)]) == 0
+    data = json.loads((run / "pareto.json").read_text())
+    costs = [p["costs"]["bytes"] for p in data["points"]]
+    sens = [p["predicted_sensitivity"] for p in data["points"]]
+    assert costs == sorted(costs) and all(a > b for a, b in zip(sens, sens[1:]))
+    assert set(data["uniform"]) == {"w2a8", "w4a8", "w8a8"}
+    # no uniform candidate beats the front: at its cost, the front has a plan at least as good
+    for point in data["uniform"].values():
+        reachable = [s for c, s in zip(costs, sens) if c <= point["costs"]["bytes"] + 1e-9]
+        assert reachable and min(reachable) <= point["predicted_sensitivity"] + 1e-12
+    assert main(["pareto", str(run), "--budget-kind", "speed", "--out", str(run)]) == 2
