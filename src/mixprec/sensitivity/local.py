@@ -10,13 +10,11 @@ not see how the error grows (or fades) through the rest of the network.
 """
 from __future__ import annotations
 
-import math
-import warnings
-
 import torch
 
 from ..batches import run_model
 from .context import MeasureContext
+from .outputs import ratio_values
 
 NEEDS_LABELS = False
 
@@ -50,12 +48,4 @@ def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[
     finally:
         for h in handles:
             h.remove()
-    values = {}
-    for (g, c), (noise, signal) in sums.items():
-        value = noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
-        if not math.isfinite(value):
-            warnings.warn(f"sensitivity of group {ctx.groups.groups[g].name} at {ctx.candidates[c].name} "
-                          "is not finite (NaN/Inf layer output); recorded as +inf", RuntimeWarning, stacklevel=2)
-            value = math.inf
-        values[(g, c)] = value
-    return values
+    return ratio_values(ctx, sums, "layer output")

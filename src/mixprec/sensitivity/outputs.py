@@ -77,12 +77,17 @@ class OutputRunner:
                             with torch.no_grad():
                                 record((g, c), run_model(model, ctx.inputs(b)))
                         self.forward_equivalents += 1
-        values = {}
-        for (g, c), (num, den) in sums.items():
-            value = num / den if den > 0 else (0.0 if num == 0 else math.inf)
-            if not math.isfinite(value):
-                warnings.warn(f"sensitivity of group {ctx.groups.groups[g].name} at {ctx.candidates[c].name} "
-                              "is not finite (NaN/Inf output); recorded as +inf", RuntimeWarning, stacklevel=2)
-                value = math.inf
-            values[(g, c)] = value
-        return values
+        return ratio_values(ctx, sums, "output")
+
+
+def ratio_values(ctx: MeasureContext, sums: dict, what: str) -> dict[tuple[int, int], float]:
+    """num / den per entry; a non-finite ratio (NaN/Inf ``what``) is recorded as +inf with a warning."""
+    values = {}
+    for (g, c), (num, den) in sums.items():
+        value = num / den if den > 0 else (0.0 if num == 0 else math.inf)
+        if not math.isfinite(value):
+            warnings.warn(f"sensitivity of group {ctx.groups.groups[g].name} at {ctx.candidates[c].name} "
+                          f"is not finite (NaN/Inf {what}); recorded as +inf", RuntimeWarning, stacklevel=3)
+            value = math.inf
+        values[(g, c)] = value
+    return values
