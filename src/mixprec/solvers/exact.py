@@ -8,7 +8,7 @@ program solved by HiGHS (scipy.optimize.milp). The formulation of WO2024186332A1
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -26,6 +26,18 @@ class Solution:
     choice: np.ndarray  # (G,) candidate index per group
     objective: float  # total sensitivity
     costs: dict[str, float]  # total cost per budget kind (fixed part included)
+    evaluations: int = 0  # real evaluations of the model the search needed (0 for the exact solver)
+    measured_loss: float | None = None  # measured loss of this plan, where the search measured it
+    trace: list[dict] = field(default_factory=list)  # the search's steps, for the report
+
+
+def plan_costs(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray],
+               fixed: dict[str, float] | None = None) -> tuple[float, dict[str, float]]:
+    """Total sensitivity and total cost per kind of a choice (candidate index per group)."""
+    rows = np.arange(len(choice))
+    fixed = fixed or {}
+    return (float(np.asarray(sensitivity)[rows, choice].sum()),
+            {k: float(fixed.get(k, 0.0) + c[rows, choice].sum()) for k, c in costs.items()})
 
 
 def allowed_mask(sensitivity: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
