@@ -12,6 +12,7 @@ A plan's cost is ``fixed[k] + sum_g table[k][g, choice[g]]``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,74 @@ def format_count(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f}{unit}"
     return f"{n:.0f}"
+
+
+REST_OF_MODEL = "*"
+
+
+def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]) -> tuple[np.ndarray, float]:
+    """A cost table of any kind from a CSV file, e.g. latency measured per layer on the target.
+
+    Long form, one row per entry: ``layer,candidate,latency_ms`` (first column a group or a layer
+    name, the value in the third column). Wide form: ``layer,w4a8,w8a8,...``, one column per
+    candidate. A group costs its own row or else the sum of its layers' rows; a row named ``*``
+    is the constant part (the rest of the model). Returns the (G, C) table, NaN where the file
+    has no entry (the caller disallows those), and the constant part (0 without a ``*`` row).
+    """
+    import csv
+    from .errors import SpecError
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"cost table {path} not found; give a CSV such as: layer,candidate,latency_ms")
+    with file.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise SpecError(f"{path}: a header and at least one row are needed, e.g. 'layer,candidate,latency_ms'")
+    header = [h.strip() for h in rows[0]]
+    entries: dict[tuple[str, str], float] = {}
+    fixed = 0.0
+
+    def number(text: str, line: int) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise SpecError(f"{path} line {line}: {text!r} is not a number") from None
+
+    long_form = len(header) >= 3 and header[1].lower() == "candidate"
+    for line, row in enumerate(rows[1:], start=2):
+        cells = [c.strip() for c in row]
+        if long_form:
+            if len(cells) < 3:
+                raise SpecError(f"{path} line {line}: expected name,candidate,value")
+            items = [(cells[1], cells[2])]
+        else:
+            items = list(zip(header[1:], cells[1:]))
+        for cand, value in items:
+            if value == "":
+                continue
+            if cells[0] == REST_OF_MODEL:
+                fixed = number(value, line)
+                continue
+            try:
+                cand = parse_candidate(cand).name
+            except Exception as exc:
+                raise SpecError(f"{path} line {line}: {exc}") from None
+            entries[(cells[0], cand)] = number(value, line)
+    names = {name for name, _ in entries}
+    known = set(groups) | {layer for layers in groups.values() for layer in layers}
+    unknown = sorted(names - known)
+    if unknown:
+        raise SpecError(f"{path} names {len(unknown)} unknown group(s)/layer(s), e.g. {unknown[:3]}; names must be "
+                        f"this run's groups or layers, e.g. {sorted(known)[:3]}")
+    table = np.full((len(groups), len(candidates)), np.nan)
+    for i, (group, layers) in enumerate(groups.items()):
+        for j, cand in enumerate(candidates):
+            if (group, cand) in entries:
+                table[i, j] = entries[(group, cand)]
+            elif all((layer, cand) in entries for layer in layers):
+                table[i, j] = sum(entries[(layer, cand)] for layer in layers)
+    empty = [g for g, row in zip(groups, table) if np.isnan(row).all()]
+    if empty:
+        raise SpecError(f"{path} has no entry for group(s) {empty[:3]} (of {len(empty)}); add a row per layer "
+                        f"and candidate, e.g. '{groups[empty[0]][0]},{candidates[0]},1.25'")
+    return table, fixed

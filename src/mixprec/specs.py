@@ -21,9 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batches import split_item
 from .builtin import BUILTINS, get_builtin
+from .candidates import parse_candidate
 from .errors import SpecError
 from .evaluation import EvalResult, to_eval_result
+from .groups import ModelGroups, discover_groups
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -177,3 +180,39 @@ def load_eval(spec: str) -> Callable[[nn.Module], EvalResult]:
     def evaluate(model: nn.Module) -> EvalResult:
         return to_eval_result(fn(model), f"--eval {spec}")
     return evaluate
+
+
+def parse_pins(items: list[str]) -> dict[str, str]:
+    """``--pin PATTERN=CANDIDATE`` items as a dict."""
+    pins = {}
+    for item in items:
+        pattern, sep, cand = item.partition("=")
+        if not sep or not pattern or not cand:
+            raise SpecError(f"--pin {item!r} must look like PATTERN=CANDIDATE, e.g. conv1=w8a8")
+        pins[pattern] = parse_candidate(cand).name
+    return pins
+
+
+def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: int | None = None,
+            ties: list[str] = (), excludes: list[str] = (), pins: list[str] = (),
+            needs_data: bool = True) -> tuple[nn.Module, list | None, Any, ModelGroups]:
+    """Model, calibration batches, example input and quantizer groups from the command-line specs;
+    a built-in model brings its own calibration set, pins and excludes."""
+    model = load_model(model_spec)
+    builtin = get_builtin(model_spec) if is_builtin(model_spec) else None
+    all_pins = dict(builtin.default_pins) if builtin else {}
+    all_pins.update(parse_pins(list(pins)))
+    all_excludes = (list(builtin.default_excludes) if builtin else []) + list(excludes)
+    data = None
+    if data_spec:
+        data = load_data(data_spec, limit=calibration_samples)
+    elif builtin is not None and needs_data:
+        data = builtin.calibration(calibration_samples or builtin.default_calibration_samples)
+    if builtin is not None:
+        example = builtin.example_input()
+    elif data:
+        example = split_item(data[0])[0]
+    else:
+        example = None
+    groups = discover_groups(model, example, ties=list(ties), exclude=all_excludes, pins=all_pins)
+    return model, data, example, groups
