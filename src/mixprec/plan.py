@@ -91,6 +91,10 @@ class Plan:
         return cls.from_dict(data, str(path))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -99,6 +103,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any new file
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=_json_default)
