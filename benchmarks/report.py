@@ -74,6 +74,16 @@ def solver_section() -> list[str]:
         return []
     lines = ["## Exact solver speed", "", "| groups | candidates | budgets | seconds (optimal) |", "|---|---|---|---|"]
     lines += [f"| {r['groups']} | {r['candidates']} | {r['budgets']} | {r['seconds']:.3f} |" for r in report["rows"]]
+    if report.get("fronts"):
+        lines += ["", "Pareto front for one budget kind (bytes):", "",
+                  "| groups | candidates | points asked | method | seconds | plans kept | largest excess over exact |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["fronts"]:
+            gap = r.get("largest_relative_gap_to_exact")
+            lines.append(f"| {r['groups']} | {r['candidates']} | {r['points']} | {r['method']} | {r['seconds']:.3f} | "
+                         f"{r['plans']} | {'' if gap is None else f'{gap:.2%}'} |")
+        lines += ["", "The Lagrangian plans are optimal at their own cost (property-tested against the integer "
+                  "program); at a budget between two of them they leave some budget unused, hence the excess."]
     return lines + ["", f"`{report['command']}` — scipy {report['scipy']}, {report['cpu_count']} CPU cores.", ""]
 
 

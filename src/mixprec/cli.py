@@ -14,16 +14,16 @@ import torch
 
 from . import __version__
 from .apply import apply
-from .batches import split_item
 from .builtin import BUILTINS, get_builtin
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
+from .demo import DEMO_CANDIDATES
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .errors import MixprecError, SpecError
 from .groups import ModelGroups, discover_groups
 from .plan import Plan, write_json_atomic
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
-from .specs import is_builtin, load_data, load_eval, load_model
+from .specs import is_builtin, load_eval, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
@@ -42,37 +42,10 @@ def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> 
                    help="fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)")
 
 
-def _pins(items: list[str]) -> dict[str, str]:
-    pins = {}
-    for item in items:
-        pattern, sep, cand = item.partition("=")
-        if not sep or not pattern or not cand:
-            raise SpecError(f"--pin {item!r} must look like PATTERN=CANDIDATE, e.g. conv1=w8a8")
-        pins[pattern] = parse_candidate(cand).name
-    return pins
-
-
 def _setup(args) -> tuple[torch.nn.Module, list | None, Any, ModelGroups]:
     """Model, calibration batches, example input and groups for the model/data arguments."""
-    model = load_model(args.model)
-    builtin = get_builtin(args.model) if is_builtin(args.model) else None
-    pins = dict(builtin.default_pins) if builtin else {}
-    pins.update(_pins(args.pin))
-    excludes = list(builtin.default_excludes) if builtin else []
-    excludes += args.exclude
-    data = None
-    if args.data:
-        data = load_data(args.data, limit=args.calibration_samples)
-    elif builtin is not None and getattr(args, "needs_data", True):
-        data = builtin.calibration(args.calibration_samples or builtin.default_calibration_samples)
-    if builtin is not None:
-        example = builtin.example_input()
-    elif data:
-        example = split_item(data[0])[0]
-    else:
-        example = None
-    groups = discover_groups(model, example, ties=args.tie, exclude=excludes, pins=pins)
-    return model, data, example, groups
+    return prepare(args.model, args.data, args.calibration_samples, args.tie, args.exclude, args.pin,
+                   needs_data=getattr(args, "needs_data", True))
 
 
 def _print_groups(groups: ModelGroups) -> None:
@@ -273,48 +246,96 @@ def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
                          {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]))
 
 
-def _load_run(args):
-    """Sensitivity table, cost tables aligned with it, fixed costs, allowed mask, saved run info."""
-    from .costs import CostTables
-    from .sensitivity.table import SensitivityTable
-    run = Path(args.run)
-    table = SensitivityTable.load(run)
-    path = run / "costs.json"
-    if not path.is_file():
-        raise SpecError(f"{path} is missing; re-run `mixprec analyze` with this version to record the costs")
-    saved = json.loads(path.read_text())
-    costs = CostTables.from_dict(saved["costs"])
-    if list(costs.groups) != table.groups:
-        raise SpecError(f"{run}: the cost tables and the sensitivity table list different groups")
-    col = [costs.candidates.index(c) for c in table.candidates]
-    tables = {k: v[:, col] for k, v in costs.tables.items()}
-    allowed = np.ones(table.values.shape, dtype=bool)
-    for g, pin in saved.get("pins", {}).items():
-        allowed[table.groups.index(g)] = [c == pin for c in table.candidates]
-    if args.candidates:
-        keep = {parse_candidate(c).name for c in args.candidates.split(",")}
-        allowed &= np.array([c in keep for c in table.candidates])[None, :]
-    return table, tables, costs, allowed, saved
+SEARCHES = ("exact", "greedy-pareto", "greedy", "bisection", "mixquant", "refine")
+MEASURED_SEARCHES = {"greedy", "bisection", "refine"}
+
+
+def _open_run(args):
+    from .runs import open_run
+    run = open_run(args.run, args.candidates, args.cost)
+    for note in run.notes:
+        print(f"note: {note}")
+    return run
+
+
+def _one_kind(args, run, budgets: dict[str, float]) -> str:
+    """The cost kind a single-budget search minimises."""
+    if len(budgets) > 1:
+        raise SpecError(f"--search {args.search} takes one budget; got {', '.join(budgets)} (use the exact solver "
+                        "or refine for several budgets at once)")
+    if budgets:
+        return next(iter(budgets))
+    if args.kind:
+        kind = {"bits": "bits_per_weight"}.get(args.kind, args.kind)
+        if kind not in run.tables:
+            raise SpecError(f"unknown cost kind {args.kind!r}; kinds: {', '.join(run.tables)}")
+        return kind
+    custom = [k for k in run.tables if k not in COST_KINDS]
+    return custom[0] if custom else "bops"
+
+
+def _max_loss(text: str, evaluator) -> float:
+    """``1%``: 1 % of the float model's metric; ``0.5``: 0.5 in the metric's own units."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            return float(text[:-1]) / 100 * abs(evaluator.reference().value)
+        return float(text)
+    except ValueError:
+        raise SpecError(f"--max-drop {text!r} must be a percentage of the float model's metric (1%) or an "
+                        "amount in the metric's units (0.5)") from None
+
+
+def _search(args, run, budgets: dict[str, float]):
+    from .plan_evaluation import PlanEvaluator
+    from .solvers.exact import solve_exact
+    S, tables, fixed, allowed = run.table.values, run.tables, run.fixed, run.allowed
+    name = args.search
+    if name in ("exact", "refine") and not budgets:
+        raise SpecError(f"--search {name} needs --budget, e.g. --budget bops=w4a8")
+    if name == "exact":
+        return solve_exact(S, tables, budgets, fixed, allowed), None
+    wants_measure = name in MEASURED_SEARCHES or (name == "greedy-pareto" and args.max_drop)
+    evaluator = PlanEvaluator(run, args.eval, args.device) if wants_measure else None
+    measure = None
+    if evaluator is not None:
+        ref = evaluator.reference()
+        print(f"float model: {ref.name} {ref.value:.4g} (evaluations are cached in {evaluator.log})")
+
+        def measure(choice):
+            result = evaluator.measure(run.assignments(choice))
+            print(f"  measured plan: {result.name} {result.value:.4g} ({evaluator.measured} new evaluations)")
+            return evaluator.loss(result)
+    if name == "refine":
+        from .solvers.refine import refine
+        return refine(S, tables, budgets, measure, fixed, allowed, rounds=args.rounds), evaluator
+    kind = _one_kind(args, run, budgets)
+    if name == "mixquant":
+        from .solvers.mixquant import mixquant
+        if not budgets and args.qem is None:
+            raise SpecError("--search mixquant needs --budget (QEM is swept to meet it) or --qem")
+        base = run.candidates.index(parse_candidate(args.base).name) if args.base else None
+        return mixquant(S, tables, kind, fixed, allowed, budget=budgets.get(kind), qem=args.qem, base=base), None
+    if name == "greedy-pareto":
+        from .solvers.greedy_pareto import greedy_pareto
+        max_loss = _max_loss(args.max_drop, evaluator) if evaluator else None
+        if not budgets and max_loss is None:
+            raise SpecError("--search greedy-pareto needs a cost target (--budget) or an accuracy target (--max-drop)")
+        return greedy_pareto(S, tables, kind, fixed, allowed, budget=budgets.get(kind), measure=measure,
+                             max_loss=max_loss, search=args.path_search), evaluator
+    from .solvers.greedy import bisection, greedy
+    max_loss = _max_loss(args.max_drop or "1%", evaluator)
+    low = run.candidates.index(parse_candidate(args.low).name) if args.low else None
+    fn = greedy if name == "greedy" else bisection
+    return fn(S, tables, kind, measure, max_loss, fixed, allowed, low=low), evaluator
 
 
 def cmd_solve(args) -> int:
     from .budgets import parse_budgets
-    from .solvers.exact import solve_exact
-    run = Path(args.run)
-    table, tables, costs, allowed, saved = _load_run(args)
-    highest = {k: float(costs.fixed[k] + np.where(allowed, t, -np.inf).max(axis=1).sum()) for k, t in tables.items()}
-
-    def uniform(kind: str, cand: str) -> float:
-        name = parse_candidate(cand).name
-        if name not in table.candidates:
-            raise SpecError(f"{name} is not one of this run's candidates ({', '.join(table.candidates)})")
-        j = table.candidates.index(name)
-        choice = [table.candidates.index(saved["pins"][g]) if g in saved.get("pins", {}) else j for g in table.groups]
-        return float(costs.fixed[kind] + sum(tables[kind][i, c] for i, c in enumerate(choice)))
-
-    budgets = parse_budgets(args.budget, list(tables), uniform, lambda k: highest[k])
-    solution = solve_exact(table.values, tables, budgets, costs.fixed, allowed)
-    assignments = {g: table.candidates[c] for g, c in zip(table.groups, solution.choice)}
+    run = _open_run(args)
+    budgets = parse_budgets(args.budget, list(run.tables), run.uniform_cost, run.highest_cost) if args.budget else {}
+    solution, evaluator = _search(args, run, budgets)
+    table, tables = run.table, run.tables
     total = max(solution.objective, 1e-300)
     rows = []
     for i, g in enumerate(table.groups):
@@ -325,54 +346,111 @@ def cmd_solve(args) -> int:
     print(f"total {table.metric} sensitivity {solution.objective:.4g}; " + ", ".join(
         f"{k} {solution.costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {solution.costs[k]:.6g}"
         for k in tables))
-    if all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(
-            solution.choice, np.where(allowed, table.values, np.inf).argmin(axis=1)):
+    if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(
+            solution.choice, np.where(run.allowed, table.values, np.inf).argmin(axis=1)):
         print("note: the budget does not bind: this is the least-sensitive plan overall")
-    plan = Plan(assignments, saved["groups"], saved.get("excluded", []),
-                {"kind": "solved", "model": saved.get("model"), "metric": table.metric, "budgets": budgets,
-                 "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs, "run": str(run)})
+    for step in solution.trace:
+        if step.get("note"):
+            print(f"note: {step['note']}")
+    measured = None
+    if evaluator is not None:
+        measured = evaluator.measure(run.assignments(solution.choice))
+        print(f"search {args.search}: {solution.evaluations} plans measured; this plan: {measured.name} "
+              f"{measured.value:.4g} (float model {evaluator.reference().value:.4g})")
+    plan = Plan(run.assignments(solution.choice), run.saved["groups"], run.saved.get("excluded", []),
+                {"kind": "solved", "search": args.search, "model": run.saved.get("model"), "metric": table.metric,
+                 "budgets": budgets, "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs,
+                 "evaluations": solution.evaluations, "measured": measured.to_dict() if measured else None,
+                 "trace": solution.trace, "run": str(run.path)})
     plan.save(args.out)
-    print(f"wrote {args.out}; apply it with: mixprec quantize --model {saved.get('model')} --plan {args.out} --out DIR")
+    print(f"wrote {args.out}; apply it with: mixprec quantize --model {run.saved.get('model')} --plan {args.out} "
+          "--out DIR")
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from .costs import COST_KINDS
     from .solvers.pareto import pareto_front
-    table, tables, costs, allowed, saved = _load_run(args)
+    run = _open_run(args)
     kind = {"bits": "bits_per_weight"}.get(args.budget_kind, args.budget_kind)
-    if kind not in tables:
-        raise SpecError(f"unknown budget kind {args.budget_kind!r}; kinds: {', '.join(tables)}")
-    front = pareto_front(table.values, tables, kind, args.points, costs.fixed, allowed)
+    if kind not in run.tables:
+        raise SpecError(f"unknown budget kind {args.budget_kind!r}; kinds: {', '.join(run.tables)}")
+    start = time.perf_counter()
+    front = pareto_front(run.table.values, run.tables, kind, args.points, run.fixed, run.allowed, method=args.method)
+    solve_s = time.perf_counter() - start
     points = [{"costs": p.solution.costs, "predicted_sensitivity": p.solution.objective,
-               "assignments": {g: table.candidates[c] for g, c in zip(table.groups, p.solution.choice)}}
+               "assignments": run.assignments(p.solution.choice), "measured": None, "search": args.method}
               for p in front]
     uniform = {}
-    for j, cand in enumerate(table.candidates):
-        if allowed[:, j].all():
-            rows = np.arange(len(table.groups))
-            uniform[cand] = {"costs": {k: float(costs.fixed[k] + t[rows, j].sum()) for k, t in tables.items()},
-                             "predicted_sensitivity": float(table.values[:, j].sum())}
+    for cand in run.uniform_candidates():
+        choice = run.uniform_choice(cand)
+        uniform[cand] = {"costs": {k: run.cost(k, choice) for k in run.tables},
+                         "predicted_sensitivity": float(run.table.values[np.arange(len(choice)), choice].sum()),
+                         "assignments": run.assignments(choice), "measured": None}
+    print(f"{len(points)} non-dominated plans ({args.method}) in {solve_s:.2f} s")
+    reference = None
+    if args.eval:
+        from tqdm import tqdm
+        from .plan_evaluation import PlanEvaluator
+        evaluator = PlanEvaluator(run, None if args.eval == "auto" else args.eval, args.device)
+        todo = points + list(uniform.values())
+        print(f"measuring the float model and {len(todo)} plans (cached in {evaluator.log})")
+        reference = evaluator.reference().to_dict()
+        for item in tqdm(todo, desc="evaluating plans", unit="plan"):
+            item["measured"] = evaluator.measure(item["assignments"]).to_dict()
+    for item in uniform.values():
+        del item["assignments"]
+    pareto = {"kind": kind, "metric": run.table.metric, "method": args.method, "points": points, "uniform": uniform,
+              "reference": reference, "groups": run.saved["groups"], "excluded": run.saved.get("excluded", []),
+              "model": run.saved.get("model"), "run": str(Path(args.run).resolve()), "cost_files": list(args.cost),
+              "candidates": args.candidates, "solve_seconds": solve_s}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "pareto.json", {"kind": kind, "metric": table.metric, "points": points,
-                                            "uniform": uniform, "groups": saved["groups"],
-                                            "excluded": saved.get("excluded", []), "model": saved.get("model")})
-    _table([kind, f"predicted {table.metric}", "candidates used"],
+    write_json_atomic(out / "pareto.json", pareto)
+    header = [kind, f"predicted {run.table.metric}"] + (["measured " + reference["name"]] if reference else [])
+    _table(header + ["candidates used"],
            [(f"{p['costs'][kind]:.6g}", f"{p['predicted_sensitivity']:.4g}",
+             *([f"{p['measured']['value']:.4g}"] if reference else []),
              ",".join(sorted(set(p["assignments"].values())))) for p in points])
-    print(f"{len(points)} non-dominated plans; wrote {out / 'pareto.json'}")
+    report = _write_report(out, pareto, run)
+    print(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
+    return 0
+
+
+def _write_report(out: Path, pareto: dict, run, select: int | None = None) -> Path:
+    from .costs import CostTables
+    from .report import write_report
+    costs = CostTables(tuple(run.groups), tuple(run.candidates), run.tables, run.fixed)
+    return write_report(out, pareto, run.table, costs, select=select)
+
+
+def cmd_report(args) -> int:
+    from .runs import open_run
+    path = Path(args.pareto)
+    file = path / "pareto.json" if path.is_dir() else path
+    if not file.is_file():
+        raise SpecError(f"{file} not found; make it with `mixprec pareto RUN --out {path}`")
+    pareto = json.loads(file.read_text())
+    run = open_run(args.run or pareto.get("run") or "", pareto.get("candidates"), pareto.get("cost_files", []))
+    report = _write_report(file.parent, pareto, run, select=args.select)
+    print(f"wrote {report}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates)
+    return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates, points=args.points)
 
 
 def _metric_names() -> list[str]:
     from .sensitivity import METRICS
     return list(METRICS)
+
+
+def _add_allocation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidates", help="restrict to these of the run's candidates")
+    p.add_argument("--cost", action="append", default=[], metavar="KIND=FILE.csv",
+                   help="a custom cost table, e.g. latency_ms=latency.csv with rows layer,candidate,latency_ms "
+                   "(or one column per candidate; a row named * is the rest of the model); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,33 +507,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("solve", help="choose a candidate per group: least total sensitivity within budgets",
-                       description="Solve the bit allocation exactly (integer program, HiGHS) on an analysis run. "
-                       "Budgets: --budget KIND=VALUE[,KIND=VALUE...] with KIND bytes, bops or bits (per weight) "
-                       "and VALUE absolute (2.5MB, 1.2G, 4.5), a uniform candidate's cost (bops=w4a8) or a "
-                       "fraction of the highest-precision plan (0.5x).")
+                       description="Choose a candidate per group on an analysis run. The default search solves "
+                       "the allocation exactly (integer program, HiGHS). Budgets: --budget KIND=VALUE[,KIND=VALUE...] "
+                       "with KIND bytes, bops, bits (per weight) or a --cost table's kind, and VALUE absolute "
+                       "(2.5MB, 1.2G, 4.5), a uniform candidate's cost (bops=w4a8) or a fraction of the "
+                       "highest-precision plan (0.5x).")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
-    p.add_argument("--budget", required=True, help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5")
-    p.add_argument("--candidates", help="restrict to these of the run's candidates")
+    p.add_argument("--budget", help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5")
+    p.add_argument("--search", choices=SEARCHES, default="exact",
+                   help="exact (default): optimal integer program; greedy-pareto: AIMET AMP's greedy path "
+                   "(Pandey et al. 2023); greedy, bisection: Schaefer et al. 2023, lower precision while the "
+                   "measured drop stays within --max-drop; mixquant: Kloberdanz & Le 2023, QEM swept to meet the "
+                   "budget; refine: exact, then corrected by real measurements")
+    _add_allocation_args(p)
+    p.add_argument("--max-drop", help="measured metric drop allowed, relative (1%%) or in the metric's units "
+                   "(0.5); greedy and bisection default to 1%%; greedy-pareto uses it as its accuracy target")
+    p.add_argument("--kind", help="cost kind a single-kind search lowers when no --budget is given (default: "
+                   "the --cost table's kind, else bops)")
+    p.add_argument("--low", metavar="CAND", help="greedy/bisection: the low candidate (default: each group's "
+                   "cheapest)")
+    p.add_argument("--qem", type=float, help="mixquant: the quantization error multiplier (instead of a budget)")
+    p.add_argument("--base", metavar="CAND", help="mixquant: the base candidate (default: the highest precision)")
+    p.add_argument("--path-search", choices=("binary", "interpolation"), default="binary",
+                   help="greedy-pareto with --max-drop: how the path is searched")
+    p.add_argument("--rounds", type=int, default=3, help="refine: correction rounds (default 3)")
+    p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
+                   "analysis's --eval)")
+    p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
 
-    p = sub.add_parser("pareto", help="the whole trade-off: exact plans across one budget kind",
-                       description="Solve the exact plan at evenly spaced budgets of one kind, from the cheapest "
-                       "to the most expensive plan, drop dominated plans and write pareto.json (with the "
-                       "uniform candidates for comparison).")
+    p = sub.add_parser("pareto", help="the whole trade-off: plans across one budget kind, plot and report",
+                       description="Solve the plan at evenly spaced budgets of one kind, from the cheapest to the "
+                       "most expensive plan, drop dominated plans, and write pareto.json, pareto.png and report.html "
+                       "(with the uniform candidates for comparison). --eval measures every plan for real.")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
-    p.add_argument("--budget-kind", default="bops", help="bytes, bops or bits (default bops)")
+    p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
+                   "(default bops)")
     p.add_argument("--points", type=int, default=30)
-    p.add_argument("--candidates", help="restrict to these of the run's candidates")
-    p.add_argument("--out", default=".", help="directory for pareto.json (default: the current one)")
+    p.add_argument("--method", choices=("exact", "lagrangian"), default="exact",
+                   help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
+                   "each optimal at its own cost, in milliseconds")
+    _add_allocation_args(p)
+    p.add_argument("--eval", nargs="?", const="auto", default=None,
+                   help="measure the float model, every plan and every uniform candidate (cached in "
+                   "RUN/evaluations.jsonl); alone: the built-in model's own evaluation or the analysis's --eval")
+    p.add_argument("--device", default=None, help="device for --eval (default: the analysis's)")
+    p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)
 
-    p = sub.add_parser("demo", help="the built-in demo: a CNN on scikit-learn digits, every uniform candidate",
-                       description="Train (once, cached) a small CNN on scikit-learn's digits and show the "
-                       "accuracy and cost of every uniform candidate.")
-    p.add_argument("--out", help="also write the results as JSON into this directory")
-    p.add_argument("--candidates", default="fp32,w8a8,w8a16,w4a8,w3a8,w2a8,w4,w4g32,fp8,fp16",
-                   help="candidates to compare")
+    p = sub.add_parser("report", help="(re)write the HTML report of a pareto directory",
+                       description="Write report.html, pareto.png and heatmap.png from a pareto.json and its run: "
+                       "the trade-off curve, the sensitivity heat-map, the chosen candidate per layer for a "
+                       "selected plan, and predicted against measured metric.")
+    p.add_argument("pareto", help="directory holding pareto.json (or the file)")
+    p.add_argument("--run", help="analysis run directory (default: the one pareto.json names)")
+    p.add_argument("--select", type=int, help="index of the front point to detail (default: chosen from the "
+                   "measurements, else the middle point)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a small CNN: analyze, Pareto front, report",
+                       description="Train (once, cached) a small CNN on scikit-learn's digits, measure the "
+                       "sensitivity of every group, solve the exact Pareto front over BOPs, evaluate every plan "
+                       "and every uniform candidate, and write an HTML report.")
+    p.add_argument("--out", help="output directory (default ./mixprec-demo)")
+    p.add_argument("--candidates", default=DEMO_CANDIDATES, help=f"candidates (default {DEMO_CANDIDATES})")
+    p.add_argument("--points", type=int, default=12, help="plans on the front (default 12)")
     p.set_defaults(func=cmd_demo)
     return parser
 

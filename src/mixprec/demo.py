@@ -1,44 +1,49 @@
-"""The built-in demo: every uniform candidate on a small CNN trained on scikit-learn's digits."""
+"""The built-in demo: the whole pipeline on a small CNN trained on scikit-learn's digits.
+
+analyze (sensitivity of every group at every candidate) -> pareto (the exact front over BOPs,
+every plan and every uniform candidate evaluated for real) -> report (HTML + PNG)."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-from .apply import apply
-from .builtin import get_builtin
-from .candidates import parse_candidates
-from .costs import cost_tables, format_bytes, format_count
-from .groups import discover_groups
-from .plan import Plan, write_json_atomic
+DEMO_CANDIDATES = "w2a8,w3a8,w4a8,w6a8,w8a8"
 
 
-def run_demo(out: Path | None = None, candidates: str = "fp32,w8a8,w4a8") -> int:
+def run_demo(out: Path | None = None, candidates: str = DEMO_CANDIDATES, points: int = 12) -> int:
+    from .builtin import get_builtin
+    from .cli import main
+
     start = time.perf_counter()
+    out = Path(out) if out is not None else Path("mixprec-demo")
     builtin = get_builtin("demo-cnn")
-    print(f"mixprec demo: {builtin.description}")
-    model = builtin.model()
-    calibration = builtin.calibration(builtin.default_calibration_samples)
-    groups = discover_groups(model, builtin.example_input())
-    cands = parse_candidates(candidates)
-    costs = cost_tables(groups, [c.name for c in cands], model)
-    print(f"{len(groups)} quantizer groups, {sum(g.params for g in groups):,} weights; calibration: "
-          f"{builtin.calibration_source}; evaluation: {builtin.evaluation_source}")
-    rows = []
-    for cand in cands:
-        quantized = apply(model, Plan.uniform(groups, cand.name), calibration, progress=False)
-        result = builtin.evaluate(quantized)
-        rows.append({"candidate": cand.name, "top1": result.value,
-                     **{k: costs.uniform(k, cand.name) for k in ("bytes", "bops", "bits_per_weight")}})
-    header = f"{'candidate':<10} {'top-1 %':>8} {'bytes':>10} {'BOPs':>9} {'bits/weight':>11}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['candidate']:<10} {r['top1']:>8.2f} {format_bytes(r['bytes']):>10} "
-              f"{format_count(r['bops']):>9} {r['bits_per_weight']:>11.3f}")
-    elapsed = time.perf_counter() - start
-    print(f"({elapsed:.1f} s; bytes include every scale and zero-point; BOPs per image)")
-    if out is not None:
-        write_json_atomic(out / "demo.json", {"rows": rows, "seconds": elapsed})
-        print(f"wrote {out / 'demo.json'}")
+    print(f"mixprec demo: {builtin.description}\n  calibration: {builtin.calibration_source}\n"
+          f"  evaluation: {builtin.evaluation_source}\n  output: {out}/")
+    run = out / "run"
+    steps = [
+        ("1/3 sensitivity analysis", ["analyze", "--model", "demo-cnn", "--candidates", candidates,
+                                      "--out", str(run)] + (["--resume", str(run)] if (run / "run.json").is_file()
+                                                            else [])),
+        ("2/3 Pareto front over BOPs, every plan evaluated", ["pareto", str(run), "--budget-kind", "bops",
+                                                               "--points", str(points), "--eval", "--out", str(out)]),
+    ]
+    for title, argv in steps:
+        print(f"\n== {title}: mixprec {' '.join(argv)}")
+        code = main(argv)
+        if code:
+            return code
+    print("\n== 3/3 report")
+    pareto = json.loads((out / "pareto.json").read_text())
+    ref = pareto["reference"]
+    print(f"float model: {ref['name']} {ref['value']:.2f}")
+    print(f"{'plan':<14} {'BOPs':>9} {'bytes':>9} {ref['name']:>8}")
+    rows = [(f"uniform {c}", u) for c, u in pareto["uniform"].items()]
+    rows += [(f"mixed #{i}", p) for i, p in enumerate(pareto["points"])]
+    from .costs import format_bytes, format_count
+    for name, item in sorted(rows, key=lambda r: r[1]["costs"]["bops"]):
+        print(f"{name:<14} {format_count(item['costs']['bops']):>9} {format_bytes(item['costs']['bytes']):>9} "
+              f"{item['measured']['value']:>8.2f}")
+    print(f"\nreport: {(out / 'report.html').resolve()}")
+    print(f"({time.perf_counter() - start:.1f} s; BOPs per image; bytes include every scale and zero-point)")
     return 0

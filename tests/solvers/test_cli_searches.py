@@ -1,0 +1,129 @@
+"""solve --search, pareto --eval / --method / --cost, report and the demo, end to end on demo-cnn."""
+import json
+
+import pytest
+
+from mixprec.cli import main
+
+CANDS = "w2a8,w4a8,w8a8"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("alloc") / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", CANDS, "--out", str(path)]) == 0
+    return path
+
+
+def evaluations(run):
+    log = run / "evaluations.jsonl"
+    return len(log.read_text().splitlines()) if log.is_file() else 0
+
+
+def latency_csv(run, tmp_path):
+    groups = json.loads((run / "costs.json").read_text())["groups"]
+    lines = ["layer,candidate,latency_ms"]
+    for layers in groups.values():
+        for layer in layers:
+            for cand, ms in (("w2a8", 0.4), ("w4a8", 0.5), ("w8a8", 1.0)):
+                lines.append(f"{layer},{cand},{ms}")
+    lines.append("*,,2.0")
+    path = tmp_path / "latency.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, len(groups)
+
+
+def test_latency_table_as_a_budget(run, tmp_path):
+    csv, groups = latency_csv(run, tmp_path)
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--cost", f"latency_ms={csv}", "--budget", "latency_ms=w4a8",
+                 "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    assert meta["budgets"]["latency_ms"] == pytest.approx(2.0 + 0.5 * groups)
+    assert meta["predicted_costs"]["latency_ms"] <= meta["budgets"]["latency_ms"] + 1e-9
+    # several budgets at once, one of them custom
+    assert main(["solve", str(run), "--cost", f"latency_ms={csv}", "--budget", "latency_ms=0.8x,bytes=w4a8",
+                 "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    assert set(meta["budgets"]) == {"latency_ms", "bytes"}
+    assert main(["solve", str(run), "--cost", "latency_ms", "--budget", "bytes=w4a8", "--out", str(plan)]) == 2
+
+
+def test_pareto_with_evaluation_report_and_cache(run, tmp_path, capsys):
+    out = tmp_path / "front"
+    assert main(["pareto", str(run), "--budget-kind", "bytes", "--points", "6", "--eval", "--out", str(out)]) == 0
+    data = json.loads((out / "pareto.json").read_text())
+    assert data["reference"]["name"] == "top1" and data["reference"]["value"] > 90
+    assert all(p["measured"] is not None for p in data["points"])
+    assert all(u["measured"] is not None for u in data["uniform"].values())
+    for name in ("pareto.png", "heatmap.png", "report.html"):
+        assert (out / name).stat().st_size > 1000
+    count = evaluations(run)
+    plans = {tuple(sorted(p["assignments"].items())) for p in data["points"]}
+    plans |= {tuple(sorted((g, cand) for g in data["groups"])) for cand in data["uniform"]}
+    assert count == 1 + len(plans)  # the float model and each distinct plan, once
+    capsys.readouterr()
+    assert main(["pareto", str(run), "--budget-kind", "bytes", "--points", "6", "--eval", "--out", str(out)]) == 0
+    assert evaluations(run) == count  # every plan came from the log
+    assert main(["report", str(out), "--select", "0"]) == 0
+    html = (out / "report.html").read_text()
+    first = data["points"][0]["assignments"]
+    assert all(group in html for group in first)
+    assert main(["report", str(out), "--select", "99"]) == 2
+
+
+def test_lagrangian_front_from_the_command_line(run, tmp_path):
+    out = tmp_path / "fast"
+    assert main(["pareto", str(run), "--budget-kind", "bops", "--points", "8", "--method", "lagrangian",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "pareto.json").read_text())
+    sens = [p["predicted_sensitivity"] for p in data["points"]]
+    assert data["method"] == "lagrangian" and all(a > b for a, b in zip(sens, sens[1:]))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--search", "greedy-pareto", "--budget", "bops=w4a8"],
+    ["--search", "mixquant", "--budget", "bytes=w4a8"],
+    ["--search", "refine", "--budget", "bops=w4a8", "--rounds", "2"],
+])
+def test_searches_meet_their_budget(run, tmp_path, argv):
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), *argv, "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    assert meta["search"] == argv[1]
+    for kind, budget in meta["budgets"].items():
+        assert meta["predicted_costs"][kind] <= budget * (1 + 1e-12)
+    if argv[1] == "refine":
+        assert meta["evaluations"] >= 1 and meta["measured"]["name"] == "top1"
+    else:
+        assert meta["evaluations"] == 0 and meta["measured"] is None
+
+
+@pytest.mark.parametrize("search", ["greedy", "bisection", "greedy-pareto"])
+def test_measured_searches_keep_the_drop_within_the_bound(run, tmp_path, search):
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--search", search, "--max-drop", "2", "--kind", "bops", "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    reference = json.loads((run / "evaluations.jsonl").read_text().splitlines()[0])
+    assert reference["plan"] == "float model"
+    assert meta["measured"]["value"] >= reference["result"]["value"] - 2 - 1e-9
+    assert meta["evaluations"] >= 1
+
+
+def test_search_argument_errors(run, tmp_path, capsys):
+    plan = str(tmp_path / "plan.json")
+    for argv, message in ((["--search", "exact"], "needs --budget"),
+                          (["--search", "mixquant"], "needs --budget"),
+                          (["--search", "greedy-pareto", "--budget", "bops=w4a8,bytes=w4a8"], "one budget"),
+                          (["--search", "greedy", "--max-drop", "lots"], "--max-drop")):
+        capsys.readouterr()
+        assert main(["solve", str(run), *argv, "--out", plan]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--candidates", "w2a8,w8a8", "--points", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "report: " in out and (tmp_path / "report.html").is_file()
+    data = json.loads((tmp_path / "pareto.json").read_text())
+    assert data["reference"] is not None and all(p["measured"] for p in data["points"])
