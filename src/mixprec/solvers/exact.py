@@ -71,20 +71,71 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
     if short:
         raise InfeasibleBudget("no plan meets the budget: " + "; ".join(
             f"{k} <= {budgets[k]:.6g} asked, the smallest achievable is {lowest[k]:.6g}" for k in sorted(short)))
-    n = groups * cands
-    objective = np.where(mask, sensitivity, 0.0).ravel()
-    one_per_group = sparse.kron(sparse.eye(groups), np.ones((1, cands)), format="csr")
-    constraints = [LinearConstraint(one_per_group, 1, 1)]
-    for kind, budget in budgets.items():
-        row = np.where(mask, costs[kind], 0.0).ravel()
-        constraints.append(LinearConstraint(row[None, :], -np.inf, budget - fixed.get(kind, 0.0)))
-    options = {"time_limit": time_limit_s} if time_limit_s else {}
-    result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, mask.ravel().astype(float)),
-                  constraints=constraints, options=options)
-    if result.x is None:
-        raise InfeasibleBudget(f"no plan meets the budgets together ({result.message}); each alone can reach: "
-                               + "; ".join(f"{k} {lowest[k]:.6g}" for k in sorted(budgets)))
-    choice = result.x.reshape(groups, cands).argmax(axis=1)
+    if len(budgets) == 1:
+        kind, budget = next(iter(budgets.items()))
+        mask = fix_by_lagrangian_bound(sensitivity, costs[kind], budget - fixed.get(kind, 0.0), mask)
+    free = np.flatnonzero(mask.sum(axis=1) > 1)  # groups left with a decision to make
+    choice = mask.argmax(axis=1)  # the one candidate of every other group
+    if len(free):
+        sub = mask[free]
+        n = len(free) * cands
+        objective = np.where(sub, sensitivity[free], 0.0).ravel()
+        one_per_group = sparse.kron(sparse.eye(len(free)), np.ones((1, cands)), format="csr")
+        constraints = [LinearConstraint(one_per_group, 1, 1)]
+        settled = np.setdiff1d(np.arange(groups), free)
+        for kind, budget in budgets.items():
+            row = np.where(sub, costs[kind][free], 0.0).ravel()
+            spent = fixed.get(kind, 0.0) + costs[kind][settled, choice[settled]].sum()
+            constraints.append(LinearConstraint(row[None, :], -np.inf, budget - spent))
+        options = {"time_limit": time_limit_s} if time_limit_s else {}
+        result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, sub.ravel().astype(float)),
+                      constraints=constraints, options=options)
+        if result.x is None:
+            raise InfeasibleBudget(f"no plan meets the budgets together ({result.message}); each alone can reach: "
+                                   + "; ".join(f"{k} {lowest[k]:.6g}" for k in sorted(budgets)))
+        choice[free] = result.x.reshape(len(free), cands).argmax(axis=1)
     rows = np.arange(groups)
     return Solution(choice, float(sensitivity[rows, choice].sum()),
                     {k: float(fixed.get(k, 0.0) + c[rows, choice].sum()) for k, c in costs.items()})
+
+
+def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity: float,
+                            mask: np.ndarray) -> np.ndarray:
+    """Drop the entries no optimal plan can use, for one budget (reduced-cost fixing, e.g.
+    Wolsey, "Integer Programming", sec. 7.5): with lambda the multiplier at the budget, any plan
+    using (g, c) has S >= L(lambda) + r[g, c], where L is the Lagrangian bound and r the entry's
+    reduced cost; an entry with L + r above a known feasible plan's S is dropped. The integer
+    program then decides only the few groups near the budget's critical slope."""
+    from .lagrangian import lagrangian_path
+    path = lagrangian_path(sensitivity, {"cost": cost}, "cost", None, mask)
+    fits = [i for i, p in enumerate(path) if p.costs["cost"] <= capacity * (1 + 1e-12) + 1e-12]
+    if not fits:
+        return mask
+    i = fits[-1]
+    if i == len(path) - 1:  # the least sensitive plan fits: it is the answer
+        keep = np.zeros_like(mask)
+        keep[np.arange(len(mask)), path[i].choice] = True
+        return keep
+    lam = (path[i].objective - path[i + 1].objective) / (path[i + 1].costs["cost"] - path[i].costs["cost"])
+    best = _fill(path[i].choice.copy(), sensitivity, cost, capacity, mask)
+    upper = float(sensitivity[np.arange(len(best)), best].sum())
+    priced = np.where(mask, sensitivity + lam * cost, np.inf)
+    floor = priced.min(axis=1, keepdims=True)
+    lower = float(floor.sum() - lam * capacity)
+    keep = mask & (lower + (priced - floor) <= upper + 1e-9 * max(1.0, abs(upper)))
+    keep[np.arange(len(best)), best] = True
+    return keep
+
+
+def _fill(choice: np.ndarray, sensitivity: np.ndarray, cost: np.ndarray, capacity: float,
+          mask: np.ndarray) -> np.ndarray:
+    """Spend what the budget has left on the single upgrades that save the most sensitivity."""
+    rows = np.arange(len(choice))
+    while True:
+        left = capacity - cost[rows, choice].sum()
+        gain = np.where(mask & (cost - cost[rows, choice][:, None] <= left),
+                        sensitivity[rows, choice][:, None] - sensitivity, 0.0)
+        g, c = np.unravel_index(int(gain.argmax()), gain.shape)
+        if gain[g, c] <= 0:
+            return choice
+        choice[g] = c

@@ -57,14 +57,12 @@ def lagrangian_path(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind:
             moves.append(((sensitivity[g, a] - sensitivity[g, b]) / (cost[g, b] - cost[g, a]), g, k))
     moves.sort(key=lambda m: (-m[0], m[1], m[2]))  # convex hulls: a group's segments stay in order
     choice = np.array([hull[0] for hull in hulls], dtype=int)
-    path = [_solution(choice, sensitivity, costs, fixed)]
-    for _, g, k in moves:
-        choice[g] = hulls[g][k]
-        path.append(_solution(choice, sensitivity, costs, fixed))
-    return path
-
-
-def _solution(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray],
-              fixed: dict[str, float] | None) -> Solution:
     objective, totals = plan_costs(choice, sensitivity, costs, fixed)
-    return Solution(choice.copy(), objective, totals)
+    path = [Solution(choice.copy(), objective, dict(totals))]
+    for _, g, k in moves:  # running totals: one move changes one group
+        old, new = choice[g], hulls[g][k]
+        choice[g] = new
+        objective += sensitivity[g, new] - sensitivity[g, old]
+        totals = {kind: total + costs[kind][g, new] - costs[kind][g, old] for kind, total in totals.items()}
+        path.append(Solution(choice.copy(), float(objective), totals))
+    return path
