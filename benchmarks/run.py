@@ -1,0 +1,384 @@
+"""Mixed vs uniform vs the seed papers' searches on one real model, all measured in one run.
+
+    python benchmarks/run.py resnet20 [--device cuda] [--points 16]
+    python benchmarks/run.py resnet20 --render     # only rewrite the .md and .png from the .json
+
+Phases, each timed: sensitivity analysis with every metric of the model's configuration
+(cached and resumable under benchmarks/results/tmp/run_<model>/); FP32 and every uniform
+candidate; exact mixed plans (default metric) at the cost of every uniform candidate, for each
+budget kind; the evaluated Pareto front; the searches (greedy-pareto, greedy, bisection, mixquant,
+refine) at the cost of the target uniform candidate; the metrics compared by the plans the exact
+solver gives with each (hessian + exact = a HAWQ-V3-style plan). Every plan is evaluated on the
+model's whole evaluation split; results are appended to RUN/evaluations.jsonl as they finish.
+Writes benchmarks/results/run_<model>.json, run_<model>.md and run_<model>_pareto.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy
+import torch
+
+from mixprec import __version__
+from mixprec.cli import main as mixprec
+from mixprec.costs import format_bytes, format_count
+from mixprec.errors import MissingDataError
+from mixprec.plan import write_json_atomic
+from mixprec.plan_evaluation import PlanEvaluator
+from mixprec.runs import open_run
+from mixprec.solvers.exact import plan_costs, solve_exact
+from mixprec.solvers.greedy import bisection, greedy
+from mixprec.solvers.greedy_pareto import greedy_pareto
+from mixprec.solvers.mixquant import mixquant
+from mixprec.solvers.pareto import pareto_front
+from mixprec.solvers.refine import refine
+
+RESULTS = Path(__file__).parent / "results"
+CNN = "w2a8,w3a8,w4a8,w5a8,w6a8,w8a8"
+LLM = "w2g64,w3g64,w4g64,w4g128,w8,fp16"
+
+
+@dataclass(frozen=True)
+class Config:
+    candidates: str
+    kinds: tuple[str, ...]  # the first is the front's kind and the searches' kind
+    target: str  # the uniform candidate whose cost the searches get
+    upper: str  # the uniform candidate the half-gap target measures against
+    metrics: tuple[str, ...]  # the first is the default metric
+    pin_first_last: bool  # uniform points keep the first and last group at 8 bits
+
+
+CONFIGS = {
+    "demo-cnn": Config("w2a8,w3a8,w4a8,w6a8,w8a8", ("bops", "bytes"), "w3a8", "w8a8",
+                       ("sqnr", "fisher", "hessian", "roundoff"), True),
+    "resnet20": Config(CNN, ("bops", "bytes"), "w4a8", "w8a8", ("sqnr", "fisher", "hessian", "roundoff"), True),
+    "resnet56": Config(CNN, ("bops", "bytes"), "w4a8", "w8a8", ("sqnr", "fisher", "hessian", "roundoff"), True),
+    "efficientnet-lite0": Config(CNN, ("bops", "bytes"), "w4a8", "w8a8", ("sqnr", "fisher", "hessian", "roundoff"),
+                                 True),
+    "minilm": Config(LLM, ("bits_per_weight", "bytes"), "w4g128", "w8", ("sqnr", "fisher", "roundoff", "local"),
+                     False),
+    "smollm2": Config(LLM, ("bits_per_weight", "bytes"), "w4g128", "w8", ("local", "roundoff"), False),
+}
+
+
+def analyze(model: str, config: Config, work: Path, device: str) -> dict[str, float]:
+    seconds = {}
+    for metric in config.metrics:
+        run = work / metric
+        if (run / "sensitivity.json").is_file():
+            seconds[metric] = json.loads((run / "sensitivity.json").read_text()).get("metadata", {}).get("seconds")
+            continue
+        argv = (["analyze", "--resume", str(run)] if (run / "run.json").is_file() else
+                ["analyze", "--model", model, "--candidates", config.candidates, "--metric", metric,
+                 "--device", device, "--out", str(run)])
+        start = time.perf_counter()
+        if mixprec(argv) != 0:
+            raise SystemExit(f"analysis with {metric} failed")
+        seconds[metric] = round(time.perf_counter() - start, 1)
+    return seconds
+
+
+class Measured:
+    """Plans measured through the run's evaluator; a search's cost is the sum of the evaluation
+    times of the distinct plans it asked for (from the log, so a cached rerun reports the same)."""
+
+    def __init__(self, evaluator: PlanEvaluator):
+        self.evaluator = evaluator
+        self.seconds = {}
+        if evaluator.log.is_file():
+            for line in evaluator.log.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.seconds[entry["key"]] = float(entry["seconds"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+
+    def __call__(self, assignments: dict[str, str] | None) -> tuple[dict, float]:
+        key = self.evaluator._key(assignments)
+        before = time.perf_counter()
+        result = self.evaluator.measure(assignments)
+        self.seconds.setdefault(key, time.perf_counter() - before)
+        return result.to_dict(), self.seconds[key]
+
+
+def first_last_choice(run, candidate: str) -> np.ndarray:
+    choice = run.uniform_choice(candidate)
+    weight_bits = int(candidate[1]) if candidate[0] == "w" and candidate[1].isdigit() else 16
+    if weight_bits < 8 and "w8a8" in run.candidates:
+        choice[[0, -1]] = run.candidates.index("w8a8")
+    return choice
+
+
+def row(run, choice: np.ndarray, measured: dict, **extra) -> dict:
+    objective, costs = plan_costs(choice, run.table.values, run.tables, run.fixed)
+    return {"costs": costs, "predicted_sensitivity": objective, "metric": measured["value"],
+            "candidates_used": sorted(set(run.assignments(choice).values())), **extra}
+
+
+def benchmark(model: str, device: str, points: int) -> dict:
+    config = CONFIGS[model]
+    work = RESULTS / "tmp" / f"run_{model}"
+    phases = {}
+    start = time.perf_counter()
+    phases["analysis_seconds"] = analyze(model, config, work, device)
+    main_metric = config.metrics[0]
+    run = open_run(work / main_metric)
+    evaluator = PlanEvaluator(run, device=device)
+    measure = Measured(evaluator)
+    kind = config.kinds[0]
+    S, tables, fixed, allowed = run.table.values, run.tables, run.fixed, run.allowed
+
+    t = time.perf_counter()
+    reference, _ = measure(None)
+    higher = reference["higher_is_better"]
+    better = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
+    uniform = {}
+    for cand in run.candidates:
+        choice = first_last_choice(run, cand) if config.pin_first_last else run.uniform_choice(cand)
+        result, seconds = measure(run.assignments(choice))
+        uniform[cand] = row(run, choice, result, eval_seconds=round(seconds, 2))
+        print(f"uniform {cand:<8} {result['name']} {result['value']:.3f}", flush=True)
+    phases["uniform_seconds"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    mixed = []
+    for k in config.kinds:
+        for cand, u in uniform.items():
+            solution = solve_exact(S, tables, {k: u["costs"][k]}, fixed, allowed)
+            result, _ = measure(run.assignments(solution.choice))
+            mixed.append(row(run, solution.choice, result, kind=k, at=cand, budget=u["costs"][k],
+                             not_worse=bool(better(result["value"], u["metric"]))))
+            print(f"mixed at {k} of {cand:<8} {result['value']:.3f} (uniform {u['metric']:.3f})", flush=True)
+    phases["mixed_seconds"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    front = []
+    solve_start = time.perf_counter()
+    plans = pareto_front(S, tables, kind, points, fixed, allowed)
+    front_solve_s = time.perf_counter() - solve_start
+    for p in plans:
+        result, _ = measure(run.assignments(p.solution.choice))
+        front.append(row(run, p.solution.choice, result))
+    phases["front_seconds"] = round(time.perf_counter() - t, 1)
+    phases["front_solve_seconds"] = round(front_solve_s, 3)
+
+    t = time.perf_counter()
+    budget = uniform[config.target]["costs"][kind]
+    max_loss = 0.01 * abs(reference["value"])
+    roundoff = open_run(work / "roundoff").table.values if "roundoff" in config.metrics else S
+    searches = []
+    low = run.candidates.index(config.target)  # Schaefer et al. search between two precisions
+
+    def loss(choice: np.ndarray) -> float:
+        value = measure(run.assignments(choice))[0]["value"]
+        return (reference["value"] - value) if higher else (value - reference["value"])
+
+    for name, call in (
+            ("exact", lambda: solve_exact(S, tables, {kind: budget}, fixed, allowed)),
+            ("greedy-pareto", lambda: greedy_pareto(S, tables, kind, fixed, allowed, budget=budget)),
+            ("greedy-pareto, 1% drop", lambda: greedy_pareto(S, tables, kind, fixed, allowed, measure=tracked(loss),
+                                                             max_loss=max_loss)),
+            (f"greedy to {config.target}, 1% drop", lambda: greedy(S, tables, kind, tracked(loss), max_loss, fixed,
+                                                                    allowed, low=low)),
+            (f"bisection to {config.target}, 1% drop", lambda: bisection(S, tables, kind, tracked(loss), max_loss,
+                                                                          fixed, allowed, low=low)),
+            ("mixquant (roundoff)", lambda: mixquant(roundoff, tables, kind, fixed, allowed, budget=budget)),
+            ("refine", lambda: refine(S, tables, {kind: budget}, tracked(loss), fixed, allowed)),
+    ):
+        asked.clear()
+        before = time.perf_counter()
+        solution = call()
+        wall = time.perf_counter() - before
+        result, _ = measure(run.assignments(solution.choice))
+        eval_s = sum(measure.seconds.get(evaluator._key(run.assignments(np.array(c))), 0.0) for c in asked)
+        searches.append(row(run, solution.choice, result, search=name, evaluations=len(asked),
+                            search_seconds=round(wall, 2), evaluation_seconds=round(eval_s, 1),
+                            within_budget=bool(solution.costs[kind] <= budget * (1 + 1e-9))))
+        print(f"search {name:<24} {result['value']:.3f}  {kind} {solution.costs[kind]:.4g} (budget {budget:.4g}), "
+              f"{len(asked)} evaluations", flush=True)
+    phases["search_seconds"] = round(time.perf_counter() - t, 1)
+
+    t = time.perf_counter()
+    metrics = []
+    for metric in config.metrics:
+        other = open_run(work / metric)
+        for k in config.kinds:
+            b = uniform[config.target]["costs"][k]
+            solution = solve_exact(other.table.values, tables, {k: b}, fixed, allowed)
+            result, _ = measure(run.assignments(solution.choice))
+            metrics.append(row(run, solution.choice, result, sensitivity_metric=metric, kind=k, budget=b))
+            print(f"metric {metric:<9} at {k} of {config.target}: {result['value']:.3f}", flush=True)
+    phases["metrics_seconds"] = round(time.perf_counter() - t, 1)
+
+    targets = []
+    for k in config.kinds:
+        low, high = uniform[config.target]["metric"], uniform[config.upper]["metric"]
+        m = next(r for r in mixed if r["kind"] == k and r["at"] == config.target)["metric"]
+        gap = high - low
+        recovered = (m - low) / gap if gap else float("nan")
+        targets.append({"target": f"half the {config.target}->{config.upper} gap at the {k} of {config.target}",
+                        "mixed": m, "uniform_low": low, "uniform_high": high, "recovered": recovered,
+                        "met": bool(recovered >= 0.5) if gap else None})
+    worse = [r for r in mixed if not r["not_worse"]]
+    targets.append({"target": "a mixed plan is never worse than the uniform candidate of equal cost",
+                    "met": not worse, "violations": [{"kind": r["kind"], "at": r["at"], "mixed": r["metric"],
+                                                      "uniform": uniform[r["at"]]["metric"]} for r in worse]})
+    return {"model": model, "config": config.__dict__, "groups": len(run.groups), "candidates": run.candidates,
+            "reference": reference, "uniform": uniform, "mixed": mixed, "front": front, "front_kind": kind,
+            "searches": searches, "search_budget": {"kind": kind, "value": budget, "at": config.target},
+            "max_drop": max_loss, "metrics": metrics, "targets": targets, "phases": phases,
+            "evaluations": len(evaluator.results), "wall_seconds": round(time.perf_counter() - start, 1),
+            "command": "python " + " ".join(sys.argv),
+            "environment": {"mixprec": __version__, "torch": torch.__version__, "scipy": scipy.__version__,
+                            "python": platform.python_version(), "machine": platform.machine(),
+                            "device": device, "threads": torch.get_num_threads(),
+                            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}}
+
+
+asked: list[tuple] = []
+
+
+def tracked(loss):
+    """Record the distinct plans a search asks to measure."""
+    def measure(choice):
+        key = tuple(int(c) for c in choice)
+        if key not in asked:
+            asked.append(key)
+        return loss(choice)
+    return measure
+
+
+def fmt_cost(kind: str, value: float) -> str:
+    return format_bytes(value) if kind == "bytes" else format_count(value) if kind == "bops" else f"{value:.3f}"
+
+
+def markdown(r: dict) -> str:
+    ref = r["reference"]
+    name = ref["name"]
+    kinds = r["config"]["kinds"]
+    lines = [f"## {r['model']}: mixed vs uniform vs searches", "",
+             f"{r['groups']} groups; candidates {', '.join(r['candidates'])}; default metric "
+             f"{r['config']['metrics'][0]}; float model {name} {ref['value']:.3f}. "
+             f"{'Uniform CNN points keep the first and last layer at w8a8. ' if r['config']['pin_first_last'] else ''}"
+             f"{r['evaluations']} distinct plans evaluated (each once; the run's log caches them).", "",
+             "| uniform | " + " | ".join(kinds) + f" | bits/weight | {name} |", "|---|" + "---|" * (len(kinds) + 2)]
+    for cand, u in r["uniform"].items():
+        lines.append(f"| {cand} | " + " | ".join(fmt_cost(k, u["costs"][k]) for k in kinds)
+                     + f" | {u['costs']['bits_per_weight']:.3f} | {u['metric']:.3f} |")
+    lines += ["", f"Exact mixed plan ({r['config']['metrics'][0]}) at the cost of each uniform candidate:", "",
+              "| at the cost of | " + " | ".join(f"mixed, {k}" for k in kinds) + " | uniform |",
+              "|---|" + "---|" * (len(kinds) + 1)]
+    for cand, u in r["uniform"].items():
+        cells = []
+        for k in kinds:
+            m = next(x for x in r["mixed"] if x["kind"] == k and x["at"] == cand)
+            cells.append(f"{m['metric']:.3f}{'' if m['not_worse'] else ' (worse)'}")
+        lines.append(f"| {cand} | " + " | ".join(cells) + f" | {u['metric']:.3f} |")
+    b = r["search_budget"]
+    lines += ["", f"Searches at the {b['kind']} of uniform {b['at']} ({fmt_cost(b['kind'], b['value'])}); the "
+              f"1 % drop bound is {r['max_drop']:.3g} {name}:", "",
+              f"| search | {name} | {b['kind']} | within budget | evaluations | evaluation time s | search time s |",
+              "|---|---|---|---|---|---|---|"]
+    for s in r["searches"]:
+        lines.append(f"| {s['search']} | {s['metric']:.3f} | {fmt_cost(b['kind'], s['costs'][b['kind']])} | "
+                     f"{'yes' if s['within_budget'] else 'no'} | {s['evaluations']} | {s['evaluation_seconds']} | "
+                     f"{s['search_seconds']} |")
+    lines += ["", f"Sensitivity metrics compared by the exact plan each gives at the cost of uniform "
+              f"{r['config']['target']} (hessian + exact is the HAWQ-V3-style plan):", "",
+              "| metric | " + " | ".join(kinds) + " | analysis s |", "|---|" + "---|" * (len(kinds) + 1)]
+    for metric in r["config"]["metrics"]:
+        cells = [f"{next(x for x in r['metrics'] if x['sensitivity_metric'] == metric and x['kind'] == k)['metric']:.3f}"
+                 for k in kinds]
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {r['phases']['analysis_seconds'].get(metric)} |")
+    lines += ["", "Targets:", ""]
+    for t in r["targets"]:
+        status = "met" if t["met"] else ("n/a" if t["met"] is None else "**missed**")
+        detail = (f": mixed {t['mixed']:.3f}, uniform {t['uniform_low']:.3f} -> {t['uniform_high']:.3f}, "
+                  f"{t['recovered']:.0%} of the gap recovered" if "recovered" in t else
+                  f": violations {t['violations']}" if t.get("violations") else "")
+        lines.append(f"- {t['target']}: {status}{detail}")
+    p = r["phases"]
+    env = r["environment"]
+    lines += ["", f"Wall time {r['wall_seconds']} s: analysis {p['analysis_seconds']}, uniform {p['uniform_seconds']} s, "
+              f"mixed {p['mixed_seconds']} s, front {p['front_seconds']} s (solving {p['front_solve_seconds']} s), "
+              f"searches {p['search_seconds']} s, metrics {p['metrics_seconds']} s. `{r['command']}` on "
+              f"{env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, torch {env['torch']}, "
+              f"scipy {env['scipy']}, mixprec {env['mixprec']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    kind, name = r["front_kind"], r["reference"]["name"]
+    fig = Figure(figsize=(8, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [p["costs"][kind] for p in r["front"]]
+    ax.plot(xs, [p["metric"] for p in r["front"]], "o-", color="tab:blue", ms=4, label="exact Pareto front (measured)")
+    for cand, u in r["uniform"].items():
+        ax.plot(u["costs"][kind], u["metric"], "s", color="tab:orange", ms=7)
+        ax.annotate(cand, (u["costs"][kind], u["metric"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.plot([], [], "s", color="tab:orange", label="uniform")
+    markers = "*^vD<>P"
+    for s, m in zip(r["searches"], markers):
+        ax.plot(s["costs"][kind], s["metric"], m, ms=9, label=f"{s['search']} ({s['evaluations']} evals)")
+    ax.axhline(r["reference"]["value"], ls="--", color="grey", label=f"float {r['reference']['value']:.2f}")
+    values = [p["metric"] for p in r["front"]] + [u["metric"] for u in r["uniform"].values()]
+    ref = r["reference"]["value"]
+    span = max(abs(ref - v) for v in values)
+    near = sorted(abs(ref - v) for v in values)[len(values) // 2]
+    if span > 8 * near:  # one collapsed point would flatten the rest: zoom on the informative range
+        pad = 4 * near
+        higher = r["reference"]["higher_is_better"]
+        ax.set_ylim((ref - pad, ref + 0.2 * pad) if higher else (ref - 0.2 * pad, ref + pad))
+    ax.set_xlabel({"bops": "BOPs per sample", "bytes": "bytes", "bits_per_weight": "bits per weight"}.get(kind, kind))
+    ax.set_ylabel(name)
+    ax.set_title(f"{r['model']}: measured {name} against {kind}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right" if r["reference"]["higher_is_better"] else "upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def render(report: dict) -> None:
+    model = report["model"]
+    (RESULTS / f"run_{model}.md").write_text(markdown(report))
+    plot(report, RESULTS / f"run_{model}_pareto.png")
+    print(f"wrote {RESULTS / f'run_{model}.md'} and run_{model}_pareto.png")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", choices=sorted(CONFIGS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--points", type=int, default=16, help="budgets on the front (default 16)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md and .png from the .json")
+    args = parser.parse_args()
+    path = RESULTS / f"run_{args.model}.json"
+    if args.render:
+        render(json.loads(path.read_text()))
+        return 0
+    try:
+        report = benchmark(args.model, args.device, args.points)
+    except MissingDataError as exc:
+        print(f"skipped {args.model}: {exc}")
+        return 0
+    write_json_atomic(path, report)
+    print(f"wrote {path}")
+    try:
+        render(report)
+    except ImportError as exc:
+        print(f"not rendered ({exc}); run with --render where matplotlib is installed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
