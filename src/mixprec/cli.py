@@ -308,7 +308,7 @@ def _search(args, run, budgets: dict[str, float]):
             return evaluator.loss(result)
     if name == "refine":
         from .solvers.refine import refine
-        return refine(S, tables, budgets, measure, fixed, allowed, rounds=args.rounds), evaluator
+        return refine(S, tables, budgets, measure, fixed, allowed, rounds=args.rounds, probes=args.probes), evaluator
     kind = _one_kind(args, run, budgets)
     if name == "mixquant":
         from .solvers.mixquant import mixquant
@@ -530,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="CAND", help="mixquant: the base candidate (default: the highest precision)")
     p.add_argument("--path-search", choices=("binary", "interpolation"), default="binary",
                    help="greedy-pareto with --max-drop: how the path is searched")
-    p.add_argument("--rounds", type=int, default=3, help="refine: correction rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="refine: correction rounds (default 2)")
+    p.add_argument("--probes", type=int, default=16, help="refine: lowered groups measured in context per round "
+                   "(default 16)")
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
     p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")

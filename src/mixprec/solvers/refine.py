@@ -1,20 +1,21 @@
 """refine: the exact solver, corrected by real measurements (mixprec's own search).
 
 The exact solver trusts an additive model: a plan's damage is the sum of its groups' single-group
-sensitivities. Quantization errors interact, so the measured loss of a plan can exceed that
-prediction. refine measures, corrects the entries of the plans that disappoint, and solves again:
+sensitivities. Quantization errors interact, so a group can hurt more (or less) inside a plan than
+alone. refine measures each lowered group's contribution in the context of the plan, rescales its
+sensitivities to match, and solves again:
 
-    P0 = solve(S, B); measure L(P0)
-    P1 = solve(S, B looser, halfway to the highest-precision plan); measure L(P1)   # a second point
+    P = solve(S, B); measure L(P); best = P
     repeat `rounds` times:
-        alpha = least squares of L(P) ~ alpha * S0(P) over the measured plans (S0: the original table)
-        for the last plan P with ratio r = L(P) / (alpha * S0(P)) > 1:
-            S[g, P_g] *= r for every group g not on its least sensitive candidate   # the groups involved
-        P = solve(S, B); stop if P was measured already; measure L(P)
-    return the measured plan within B with the smallest loss
+        alpha = L(P) / S0(P)                      # loss per unit of sensitivity, on this plan
+        for the `probes` lowered groups g of P with the largest S0[g, P_g]:
+            m_g = L(P) - L(P with g back on its least sensitive candidate)   # g's share in context
+            S[g, :] = S0[g, :] * clip(m_g / (alpha * S0[g, P_g]), 0.1, 10)
+        P = solve(S, B); stop if P was measured already; measure L(P); keep the best
+    return best
 
-Every returned plan meets every budget (it comes from the exact solver at B); the result is never
-worse, measured, than the plain exact plan P0.
+Every returned plan comes from the exact solver at B, so it meets every budget, and it is never
+worse, measured, than the plain exact plan. A round costs up to 1 + `probes` evaluations.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ import numpy as np
 from ..errors import MixprecError
 from .exact import Solution, allowed_mask, plan_costs, solve_exact
 
+SCALE_LIMITS = (0.1, 10.0)
+
 
 def refine(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: dict[str, float],
            measure: Callable[[np.ndarray], float], fixed: dict[str, float] | None = None,
-           allowed: np.ndarray | None = None, rounds: int = 3) -> Solution:
-    if rounds < 0:
-        raise MixprecError(f"rounds must be >= 0, got {rounds}")
+           allowed: np.ndarray | None = None, rounds: int = 2, probes: int = 16) -> Solution:
+    if rounds < 0 or probes < 1:
+        raise MixprecError(f"rounds must be >= 0 and probes >= 1, got rounds={rounds}, probes={probes}")
     original = np.asarray(sensitivity, dtype=float)
     mask = allowed_mask(original, allowed)
     fixed = dict(fixed or {})
@@ -42,39 +45,37 @@ def refine(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: dict[
     def run(choice: np.ndarray, role: str) -> float:
         key = tuple(int(c) for c in choice)
         if key not in measured:
-            measured[key] = float(measure(choice))
-            objective, totals = plan_costs(choice, original, costs, fixed)
+            measured[key] = float(measure(np.array(key)))
+            objective, totals = plan_costs(np.array(key), original, costs, fixed)
             trace.append({"step": len(trace), "role": role, "predicted": objective, "loss": measured[key],
                           "costs": totals, "choice": list(key)})
         return measured[key]
 
-    first = solve_exact(corrected, costs, budgets, fixed, mask)
-    run(first.choice, "exact")
-    within = {tuple(int(c) for c in first.choice)}
-    highest = {k: float(fixed.get(k, 0.0) + np.where(mask, costs[k], -np.inf).max(axis=1).sum()) for k in budgets}
-    looser = solve_exact(original, costs, {k: (b + max(highest[k], b)) / 2 for k, b in budgets.items()}, fixed, mask)
-    run(looser.choice, "calibration (looser budget)")
-    last = first.choice
+    plan = solve_exact(corrected, costs, budgets, fixed, mask).choice
+    within = [tuple(int(c) for c in plan)]
+    loss = run(plan, "exact")
+    rows = np.arange(len(plan))
     for round_ in range(rounds):
-        points = [(plan_costs(np.array(k), original, costs, fixed)[0], loss) for k, loss in measured.items()]
-        s = np.array([p for p, _ in points])
-        l = np.array([loss for _, loss in points])
-        alpha = float((s * l).sum() / (s * s).sum()) if (s * s).sum() > 0 else 0.0
-        predicted = alpha * plan_costs(last, original, costs, fixed)[0]
-        ratio = measured[tuple(int(c) for c in last)] / predicted if predicted > 0 else 1.0
-        if not ratio > 1.0:
-            trace.append({"step": len(trace), "role": "stop", "reason": "the last plan is no worse than predicted"})
+        predicted = float(original[rows, plan].sum())
+        lowered = [int(g) for g in np.flatnonzero(plan != least)]
+        if not lowered or loss <= 0 or predicted <= 0:
+            trace.append({"step": len(trace), "role": "stop", "reason": "nothing lowered or no loss to explain"})
             break
-        rows = np.flatnonzero(last != least)
-        corrected[rows, last[rows]] *= ratio
-        nxt = solve_exact(corrected, costs, budgets, fixed, mask).choice
-        key = tuple(int(c) for c in nxt)
+        alpha = loss / predicted
+        lowered.sort(key=lambda g: -original[g, plan[g]])
+        for g in lowered[:probes]:
+            probe = plan.copy()
+            probe[g] = least[g]
+            share = loss - run(probe, f"round {round_ + 1}: group {g} restored")
+            scale = float(np.clip(share / (alpha * original[g, plan[g]]), *SCALE_LIMITS))
+            corrected[g] = original[g] * scale
+        plan = solve_exact(corrected, costs, budgets, fixed, mask).choice
+        key = tuple(int(c) for c in plan)
         if key in measured:
             trace.append({"step": len(trace), "role": "stop", "reason": "the corrected solve gave a measured plan"})
             break
-        run(nxt, f"round {round_ + 1}")
-        within.add(key)
-        last = nxt
+        loss = run(plan, f"round {round_ + 1}: corrected plan")
+        within.append(key)
     best = min(within, key=lambda k: measured[k])
     choice = np.array(best)
     objective, totals = plan_costs(choice, original, costs, fixed)
