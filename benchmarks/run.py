@@ -68,7 +68,7 @@ CONFIGS = {
 }
 
 
-def analyze(model: str, config: Config, work: Path, device: str) -> dict[str, float]:
+def analyze(model: str, config: Config, work: Path, device: str, samples: int | None) -> dict[str, float]:
     seconds = {}
     for metric in config.metrics:
         run = work / metric
@@ -77,7 +77,8 @@ def analyze(model: str, config: Config, work: Path, device: str) -> dict[str, fl
             continue
         argv = (["analyze", "--resume", str(run)] if (run / "run.json").is_file() else
                 ["analyze", "--model", model, "--candidates", config.candidates, "--metric", metric,
-                 "--device", device, "--out", str(run)])
+                 "--device", device, "--out", str(run)]
+                + (["--calibration-samples", str(samples)] if samples else []))
         start = time.perf_counter()
         if mixprec(argv) != 0:
             raise SystemExit(f"analysis with {metric} failed")
@@ -122,12 +123,12 @@ def row(run, choice: np.ndarray, measured: dict, **extra) -> dict:
             "candidates_used": sorted(set(run.assignments(choice).values())), **extra}
 
 
-def benchmark(model: str, device: str, points: int) -> dict:
+def benchmark(model: str, device: str, points: int, samples: int | None = None) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     phases = {}
     start = time.perf_counter()
-    phases["analysis_seconds"] = analyze(model, config, work, device)
+    phases["analysis_seconds"] = analyze(model, config, work, device, samples)
     main_metric = config.metrics[0]
     run = open_run(work / main_metric)
     evaluator = PlanEvaluator(run, device=device)
@@ -231,6 +232,7 @@ def benchmark(model: str, device: str, points: int) -> dict:
                     "met": not worse, "violations": [{"kind": r["kind"], "at": r["at"], "mixed": r["metric"],
                                                       "uniform": uniform[r["at"]]["metric"]} for r in worse]})
     return {"model": model, "config": config.__dict__, "groups": len(run.groups), "candidates": run.candidates,
+            "calibration_samples": evaluator.arguments.get("calibration_samples") or "the model's default",
             "reference": reference, "uniform": uniform, "mixed": mixed, "front": front, "front_kind": kind,
             "searches": searches, "search_budget": {"kind": kind, "value": budget, "at": config.target},
             "max_drop": max_loss, "metrics": metrics, "targets": targets, "phases": phases,
@@ -360,6 +362,7 @@ def main() -> int:
     parser.add_argument("model", choices=sorted(CONFIGS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--points", type=int, default=16, help="budgets on the front (default 16)")
+    parser.add_argument("--calibration-samples", type=int, help="calibration samples (default: the model's own)")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md and .png from the .json")
     args = parser.parse_args()
     path = RESULTS / f"run_{args.model}.json"
@@ -367,7 +370,7 @@ def main() -> int:
         render(json.loads(path.read_text()))
         return 0
     try:
-        report = benchmark(args.model, args.device, args.points)
+        report = benchmark(args.model, args.device, args.points, args.calibration_samples)
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0
