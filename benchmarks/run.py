@@ -92,6 +92,7 @@ class Measured:
 
     def __init__(self, evaluator: PlanEvaluator):
         self.evaluator = evaluator
+        self.used: set[str] = set()  # plans asked for since the last phase() call
         self.seconds = {}
         if evaluator.log.is_file():
             for line in evaluator.log.read_text().splitlines():
@@ -106,7 +107,14 @@ class Measured:
         before = time.perf_counter()
         result = self.evaluator.measure(assignments)
         self.seconds.setdefault(key, time.perf_counter() - before)
+        self.used.add(key)
         return result.to_dict(), self.seconds[key]
+
+    def phase(self) -> dict:
+        """Distinct plans evaluated since the last call, and their evaluation seconds (from the log)."""
+        out = {"plans": len(self.used), "evaluation_seconds": round(sum(self.seconds[k] for k in self.used), 1)}
+        self.used = set()
+        return out
 
 
 def first_last_choice(run, candidate: str) -> np.ndarray:
@@ -136,6 +144,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     kind = config.kinds[0]
     S, tables, fixed, allowed = run.table.values, run.tables, run.fixed, run.allowed
 
+    measure.phase()
     t = time.perf_counter()
     reference, _ = measure(None)
     higher = reference["higher_is_better"]
@@ -146,7 +155,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
         result, seconds = measure(run.assignments(choice))
         uniform[cand] = row(run, choice, result, eval_seconds=round(seconds, 2))
         print(f"uniform {cand:<8} {result['name']} {result['value']:.3f}", flush=True)
-    phases["uniform_seconds"] = round(time.perf_counter() - t, 1)
+    phases["uniform"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
     t = time.perf_counter()
     mixed = []
@@ -157,7 +166,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
             mixed.append(row(run, solution.choice, result, kind=k, at=cand, budget=u["costs"][k],
                              not_worse=bool(better(result["value"], u["metric"]))))
             print(f"mixed at {k} of {cand:<8} {result['value']:.3f} (uniform {u['metric']:.3f})", flush=True)
-    phases["mixed_seconds"] = round(time.perf_counter() - t, 1)
+    phases["mixed"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
     t = time.perf_counter()
     front = []
@@ -167,7 +176,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     for p in plans:
         result, _ = measure(run.assignments(p.solution.choice))
         front.append(row(run, p.solution.choice, result))
-    phases["front_seconds"] = round(time.perf_counter() - t, 1)
+    phases["front"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
     phases["front_solve_seconds"] = round(front_solve_s, 3)
 
     t = time.perf_counter()
@@ -204,7 +213,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
                             within_budget=bool(solution.costs[kind] <= budget * (1 + 1e-9))))
         print(f"search {name:<24} {result['value']:.3f}  {kind} {solution.costs[kind]:.4g} (budget {budget:.4g}), "
               f"{len(asked)} evaluations", flush=True)
-    phases["search_seconds"] = round(time.perf_counter() - t, 1)
+    phases["search"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
     t = time.perf_counter()
     metrics = []
@@ -216,7 +225,7 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
             result, _ = measure(run.assignments(solution.choice))
             metrics.append(row(run, solution.choice, result, sensitivity_metric=metric, kind=k, budget=b))
             print(f"metric {metric:<9} at {k} of {config.target}: {result['value']:.3f}", flush=True)
-    phases["metrics_seconds"] = round(time.perf_counter() - t, 1)
+    phases["metrics"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
     targets = []
     for k in config.kinds:
@@ -286,12 +295,11 @@ def markdown(r: dict) -> str:
     b = r["search_budget"]
     lines += ["", f"Searches at the {b['kind']} of uniform {b['at']} ({fmt_cost(b['kind'], b['value'])}); the "
               f"1 % drop bound is {r['max_drop']:.3g} {name}:", "",
-              f"| search | {name} | {b['kind']} | within budget | evaluations | evaluation time s | search time s |",
-              "|---|---|---|---|---|---|---|"]
+              f"| search | {name} | {b['kind']} | within budget | evaluations | evaluation time s |",
+              "|---|---|---|---|---|---|"]
     for s in r["searches"]:
         lines.append(f"| {s['search']} | {s['metric']:.3f} | {fmt_cost(b['kind'], s['costs'][b['kind']])} | "
-                     f"{'yes' if s['within_budget'] else 'no'} | {s['evaluations']} | {s['evaluation_seconds']} | "
-                     f"{s['search_seconds']} |")
+                     f"{'yes' if s['within_budget'] else 'no'} | {s['evaluations']} | {s['evaluation_seconds']} |")
     lines += ["", f"Sensitivity metrics compared by the exact plan each gives at the cost of uniform "
               f"{r['config']['target']} (hessian + exact is the HAWQ-V3-style plan):", "",
               "| metric | " + " | ".join(kinds) + " | analysis s |", "|---|" + "---|" * (len(kinds) + 1)]
@@ -308,11 +316,20 @@ def markdown(r: dict) -> str:
         lines.append(f"- {t['target']}: {status}{detail}")
     p = r["phases"]
     env = r["environment"]
-    lines += ["", f"Wall time {r['wall_seconds']} s: analysis {p['analysis_seconds']}, uniform {p['uniform_seconds']} s, "
-              f"mixed {p['mixed_seconds']} s, front {p['front_seconds']} s (solving {p['front_solve_seconds']} s), "
-              f"searches {p['search_seconds']} s, metrics {p['metrics_seconds']} s. `{r['command']}` on "
+    samples = ref.get("details", {}).get("samples")
+    if samples and name.startswith("top"):
+        se = 100 * (ref["value"] / 100 * (1 - ref["value"] / 100) / samples) ** 0.5
+        lines += ["", f"Resolution: one standard error of a top-1 figure near the float model's is {se:.2f} points "
+                  f"({samples:,} evaluation images); differences below that are noise."]
+    lines += ["", "| phase | distinct plans | evaluation s (when first measured) |", "|---|---|---|"]
+    for phase in ("uniform", "mixed", "front", "search", "metrics"):
+        if isinstance(p.get(phase), dict):
+            lines.append(f"| {phase} | {p[phase]['plans']} | {p[phase]['evaluation_seconds']} |")
+    analysis = ", ".join(f"{k} {v:.1f} s" for k, v in p["analysis_seconds"].items() if v is not None)
+    lines += ["", f"Analysis: {analysis}; front solved in {p['front_solve_seconds']} s. `{r['command']}` on "
               f"{env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, torch {env['torch']}, "
-              f"scipy {env['scipy']}, mixprec {env['mixprec']}.", ""]
+              f"scipy {env['scipy']}, mixprec {env['mixprec']}; calibration samples: "
+              f"{r.get('calibration_samples', 'default')}.", ""]
     return "\n".join(lines)
 
 
