@@ -74,6 +74,9 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
     if len(budgets) == 1:
         kind, budget = next(iter(budgets.items()))
         mask = fix_by_lagrangian_bound(sensitivity, costs[kind], budget - fixed.get(kind, 0.0), mask)
+    else:
+        mask = fix_by_lp_bound(sensitivity, {k: costs[k] for k in budgets},
+                               {k: b - fixed.get(k, 0.0) for k, b in budgets.items()}, mask)
     free = np.flatnonzero(mask.sum(axis=1) > 1)  # groups left with a decision to make
     choice = mask.argmax(axis=1)  # the one candidate of every other group
     if len(free):
@@ -87,7 +90,7 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
             row = np.where(sub, costs[kind][free], 0.0).ravel()
             spent = fixed.get(kind, 0.0) + costs[kind][settled, choice[settled]].sum()
             constraints.append(LinearConstraint(row[None, :], -np.inf, budget - spent))
-        options = {"time_limit": time_limit_s} if time_limit_s else {}
+        options = {"mip_rel_gap": 0.0, **({"time_limit": time_limit_s} if time_limit_s else {})}
         result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, sub.ravel().astype(float)),
                       constraints=constraints, options=options)
         if result.x is None:
@@ -117,7 +120,7 @@ def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity:
         keep[np.arange(len(mask)), path[i].choice] = True
         return keep
     lam = (path[i].objective - path[i + 1].objective) / (path[i + 1].costs["cost"] - path[i].costs["cost"])
-    best = _fill(path[i].choice.copy(), sensitivity, cost, capacity, mask)
+    best = _fill(path[i].choice.copy(), sensitivity, {"cost": cost}, {"cost": capacity}, mask)
     upper = float(sensitivity[np.arange(len(best)), best].sum())
     priced = np.where(mask, sensitivity + lam * cost, np.inf)
     floor = priced.min(axis=1, keepdims=True)
@@ -127,15 +130,46 @@ def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity:
     return keep
 
 
-def _fill(choice: np.ndarray, sensitivity: np.ndarray, cost: np.ndarray, capacity: float,
+def _fill(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray], capacity: dict[str, float],
           mask: np.ndarray) -> np.ndarray:
-    """Spend what the budget has left on the single upgrades that save the most sensitivity."""
+    """Spend what the budgets have left on the single upgrades that save the most sensitivity."""
     rows = np.arange(len(choice))
     while True:
-        left = capacity - cost[rows, choice].sum()
-        gain = np.where(mask & (cost - cost[rows, choice][:, None] <= left),
-                        sensitivity[rows, choice][:, None] - sensitivity, 0.0)
+        fits = mask.copy()
+        for k, c in costs.items():
+            fits &= c - c[rows, choice][:, None] <= capacity[k] - c[rows, choice].sum()
+        gain = np.where(fits, sensitivity[rows, choice][:, None] - sensitivity, 0.0)
         g, c = np.unravel_index(int(gain.argmax()), gain.shape)
         if gain[g, c] <= 0:
             return choice
         choice[g] = c
+
+
+def fix_by_lp_bound(sensitivity: np.ndarray, costs: dict[str, np.ndarray], capacity: dict[str, float],
+                    mask: np.ndarray) -> np.ndarray:
+    """Reduced-cost fixing for several budgets: the LP relaxation's value is a lower bound and its
+    reduced costs price each entry; an entry whose bound exceeds a feasible plan (the LP solution
+    rounded down to the cheapest candidate it mixes) cannot be in an optimal plan."""
+    from scipy.optimize import linprog
+    groups, cands = sensitivity.shape
+    objective = np.where(mask, sensitivity, 0.0).ravel()
+    one_per_group = sparse.kron(sparse.eye(groups), np.ones((1, cands)), format="csr")
+    rows = np.stack([np.where(mask, costs[k], 0.0).ravel() for k in capacity])
+    upper = mask.ravel().astype(float)
+    lp = linprog(objective, A_ub=rows, b_ub=np.array(list(capacity.values())), A_eq=one_per_group,
+                 b_eq=np.ones(groups), bounds=np.stack([np.zeros_like(upper), upper], axis=1), method="highs")
+    if lp.status != 0 or lp.lower is None:
+        return mask
+    x = lp.x.reshape(groups, cands)
+    scale = {k: max(float(np.abs(c).max()), 1e-300) for k, c in costs.items()}
+    price = sum(costs[k] / scale[k] for k in capacity)  # a group the LP splits takes its cheapest part
+    choice = np.where(x > 1e-9, price, np.inf).argmin(axis=1)
+    at = np.arange(groups)
+    if any(costs[k][at, choice].sum() > b * (1 + 1e-12) + 1e-12 for k, b in capacity.items()):
+        return mask
+    choice = _fill(choice, sensitivity, costs, capacity, mask)
+    best = float(sensitivity[at, choice].sum())
+    reduced = lp.lower.marginals.reshape(groups, cands)
+    keep = mask & (lp.fun + reduced <= best + 1e-9 * max(1.0, abs(best)))
+    keep[at, choice] = True
+    return keep
