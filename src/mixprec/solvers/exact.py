@@ -8,6 +8,9 @@ program solved by HiGHS (scipy.optimize.milp). The formulation of WO2024186332A1
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +32,24 @@ class Solution:
     evaluations: int = 0  # real evaluations of the model the search needed (0 for the exact solver)
     measured_loss: float | None = None  # measured loss of this plan, where the search measured it
     trace: list[dict] = field(default_factory=list)  # the search's steps, for the report
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced():
+    """HiGHS's C++ code sometimes prints debugging lines straight to file descriptor 1."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def plan_costs(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray],
@@ -91,8 +112,9 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
             spent = fixed.get(kind, 0.0) + costs[kind][settled, choice[settled]].sum()
             constraints.append(LinearConstraint(row[None, :], -np.inf, budget - spent))
         options = {"mip_rel_gap": 0.0, **({"time_limit": time_limit_s} if time_limit_s else {})}
-        result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, sub.ravel().astype(float)),
-                      constraints=constraints, options=options)
+        with _native_stdout_silenced():
+            result = milp(objective, integrality=np.ones(n), bounds=Bounds(0, sub.ravel().astype(float)),
+                          constraints=constraints, options=options)
         if result.x is None:
             raise InfeasibleBudget(f"no plan meets the budgets together ({result.message}); each alone can reach: "
                                    + "; ".join(f"{k} {lowest[k]:.6g}" for k in sorted(budgets)))
