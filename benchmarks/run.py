@@ -290,10 +290,12 @@ def markdown(r: dict) -> str:
              f"{r['config']['metrics'][0]}; float model {name} {ref['value']:.3f}. "
              f"{'Uniform CNN points keep the first and last layer at w8a8. ' if r['config']['pin_first_last'] else ''}"
              f"{r['evaluations']} distinct plans evaluated (each once; the run's log caches them).", "",
-             "| uniform | " + " | ".join(kinds) + f" | bits/weight | {name} |", "|---|" + "---|" * (len(kinds) + 2)]
+             "| uniform | " + " | ".join(kinds) + (" | bits/weight" if "bits_per_weight" not in kinds else "")
+             + f" | {name} |", "|---|" + "---|" * (len(kinds) + 1 + ("bits_per_weight" not in kinds))]
     for cand, u in r["uniform"].items():
         lines.append(f"| {cand} | " + " | ".join(fmt_cost(k, u["costs"][k]) for k in kinds)
-                     + f" | {u['costs']['bits_per_weight']:.3f} | {u['metric']:.3f} |")
+                     + (f" | {u['costs']['bits_per_weight']:.3f}" if "bits_per_weight" not in kinds else "")
+                     + f" | {u['metric']:.3f} |")
     lines += ["", f"Exact mixed plan ({r['config']['metrics'][0]}) at the cost of each uniform candidate:", "",
               "| at the cost of | " + " | ".join(f"mixed, {k}" for k in kinds) + " | uniform |",
               "|---|" + "---|" * (len(kinds) + 1)]
