@@ -41,8 +41,8 @@ def grid(size: str) -> list[dict]:
     groups = (32, 64, 128)
     ratios = (1.0, 0.8, 0.6)
     data = (False, True)
-    if size == "small":
-        groups, data = (64, 128), (False,)
+    if size == "small":  # every group size and ratio, data-free only
+        data = (False,)
     return [{"mode": m, "group_size": g, "ratio": r, "data_aware": d}
             for m, g, r, d in itertools.product(modes, groups, ratios, data)]
 
@@ -61,12 +61,13 @@ def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[st
     return bits, kinds
 
 
-def compare(model_name: str, size: str) -> dict:
+def compare(model_name: str, size: str, device: str = "cpu") -> dict:
     import nncf
+    from run import CONFIGS
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
-    run = open_run(RESULTS / "tmp" / f"run_{model_name}" / "sqnr")
-    evaluator = PlanEvaluator(run)
+    run = open_run(RESULTS / "tmp" / f"run_{model_name}" / CONFIGS[model_name].metrics[0])
+    evaluator = PlanEvaluator(run, device=device)
     layers = [layer for group in run.saved["groups"].values() for layer in group]
     weights = sum(model.get_submodule(name).weight.numel() for name in layers)
     weights += sum(model.get_submodule(name).weight.numel() for name in run.saved.get("excluded", []))
@@ -90,7 +91,7 @@ def compare(model_name: str, size: str) -> dict:
             bits, kinds = true_bits(compressed, layers)
             row["bits_per_weight"] = bits / weights
             row["layer_storage"] = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
-            result = builtin.evaluate(compressed)
+            result = builtin.evaluate(compressed.to(device))
             row["nncf"] = result.to_dict()
             del compressed
         except Exception as exc:  # recorded verbatim: the comparison goes on
@@ -117,6 +118,7 @@ def compare(model_name: str, size: str) -> dict:
             "mixprec_metric": run.table.metric, "mixprec_candidates": run.candidates, "rows": rows,
             "command": "python " + " ".join(sys.argv),
             "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
+                            "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                             "python": platform.python_version(), "machine": platform.machine(),
                             "threads": torch.get_num_threads()}}
 
@@ -146,7 +148,8 @@ def markdown(r: dict) -> str:
                      f"{row.get('mixprec_error', '')} | | |")
     env = r["environment"]
     lines += ["", f"mixprec at least as good in {wins} of {total} configurations. `{r['command']}` — NNCF "
-              f"{env['nncf']}, torch {env['torch']}, {env['threads']} threads, mixprec {env['mixprec']}.", ""]
+              f"{env['nncf']}, torch {env['torch']}, {env['threads']} threads, evaluations on "
+              f"{env.get('device', 'cpu')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, mixprec {env['mixprec']}.", ""]
     return "\n".join(lines)
 
 
@@ -154,6 +157,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=("minilm", "smollm2"))
     parser.add_argument("--grid", choices=("full", "small"), default="full")
+    parser.add_argument("--device", default="cpu", help="device for the evaluations (NNCF compresses on the CPU)")
     args = parser.parse_args()
     try:
         import nncf  # noqa: F401
@@ -161,7 +165,7 @@ def main() -> int:
         print("skipped: nncf is not installed (pip install -e \".[bench]\")")
         return 0
     try:
-        report = compare(args.model, args.grid)
+        report = compare(args.model, args.grid, args.device)
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0

@@ -64,7 +64,7 @@ CONFIGS = {
                                  True),
     "minilm": Config(LLM, ("bits_per_weight", "bytes"), "w4g128", "w8", ("sqnr", "fisher", "roundoff", "local"),
                      False),
-    "smollm2": Config(LLM, ("bits_per_weight", "bytes"), "w4g128", "w8", ("local", "roundoff"), False),
+    "smollm2": Config(LLM, ("bits_per_weight", "bytes"), "w4g128", "w8", ("sqnr", "local", "roundoff"), False),
 }
 
 
