@@ -19,6 +19,7 @@ from .errors import MixprecError, ModelError, PlanError
 from .groups import check_weights, is_torchscript, quantizable_layers
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
+from .rounding import ROUNDINGS, round_weights
 
 
 class QuantizedLayer(nn.Module):
@@ -64,15 +65,25 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
-          progress: bool = True) -> nn.Module:
+          progress: bool = True, rounding: str = "nearest", rounding_options: dict | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
-    skips calibration (for loading a saved quantized state dict on top).
+    skips calibration (for loading a saved quantized state dict on top). rounding: how weights
+    go onto their grid, one of ``ROUNDINGS`` (nearest, gptq, adaround; all but nearest read the
+    calibration data), with ``rounding_options`` for it (see mixprec.rounding).
     """
     for method in (weight_method, activation_method):
         if method not in RANGE_METHODS:
             raise MixprecError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+    if rounding not in ROUNDINGS:
+        raise MixprecError(f"unknown rounding {rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
+    if rounding == "nearest" and rounding_options:
+        raise MixprecError(f"nearest rounding takes no options, got {sorted(rounding_options)}; choose "
+                           "rounding='gptq' or 'adaround' to use them")
+    if rounding != "nearest" and calibration_data is None:
+        raise MixprecError(f"rounding={rounding!r} needs calibration data (the layers' inputs); pass --data "
+                           "(or calibration_data=...), or use rounding='nearest'")
     layers = quantizable_layers(model)
     wanted = plan.layer_candidates()
     unknown = sorted(set(wanted) - set(layers))
@@ -84,11 +95,15 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     quantized.eval()
     candidates = {name: parse_candidate(c) for name, c in set(wanted.items())}
     names = list(wanted)
-    if is_torchscript(model):
+    if is_torchscript(model) and rounding == "nearest":
         return _apply_torchscript(quantized, candidates, weight_method)
+    rounded = {} if rounding == "nearest" else round_weights(model, plan, calibration_data, rounding,
+                                                             weight_method=weight_method, progress=progress,
+                                                             **(rounding_options or {}))
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
         layer = quantized.get_submodule(name)
-        _set_module(quantized, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method))
+        _set_module(quantized, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,
+                                                    weight=rounded.get(name)))
     quantizers = [m.input_quantizer for m in quantized_layers(quantized).values()
                   if m.input_quantizer.needs_calibration]
     if not calibrate:

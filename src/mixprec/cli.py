@@ -111,6 +111,15 @@ def cmd_quantize(args) -> int:
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    rounding_options: dict[str, Any] = {}
+    if args.act_order:
+        if args.rounding != "gptq":
+            raise SpecError("--act-order is an option of --rounding gptq")
+        rounding_options["act_order"] = True
+    if args.rounding_iterations is not None:
+        if args.rounding != "adaround":
+            raise SpecError("--rounding-iterations is an option of --rounding adaround")
+        rounding_options["iterations"] = args.rounding_iterations
     model, data, _, groups = _setup(args)
     if args.plan:
         plan = Plan.load(args.plan)
@@ -124,10 +133,12 @@ def cmd_quantize(args) -> int:
     device = torch.device(args.device)
     start = time.perf_counter()
     quantized = apply(model.to(device), plan, data, weight_method=args.weight_range,
-                      activation_method=args.activation_range)
+                      activation_method=args.activation_range, rounding=args.rounding,
+                      rounding_options=rounding_options)
     apply_s = time.perf_counter() - start
     result: dict[str, Any] = {"model": args.model, "plan": plan.metadata.get("candidate", args.plan),
                               "costs": {k: costs.total(k, plan.assignments) for k in COST_KINDS},
+                              "rounding": args.rounding, "rounding_options": rounding_options,
                               "metric": None, "apply_seconds": apply_s}
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     if eval_spec:
@@ -479,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help="weight range calibration")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
+    from .rounding import ROUNDINGS
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest", help="how weights go onto their "
+                   "grid: nearest, gptq (column by column with the Hessian of the layer inputs) or adaround "
+                   "(learned per layer); gptq and adaround read the calibration data (default nearest)")
+    p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+                   help=f"adaround: optimisation steps per layer (default {ROUNDINGS['adaround'].OPTIONS['iterations']})")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
     p.set_defaults(func=cmd_quantize)
 

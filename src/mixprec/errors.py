@@ -30,3 +30,7 @@ class MissingDataError(MixprecError, FileNotFoundError):
             f"required file not found: {path}" + (f" ({what})" if what else "")
             + ". Real evaluation data lives in ../shared/data beside the project; set MIXPREC_DATA to its location if it is elsewhere."
         )
+
+
+class RoundingError(MixprecError, ValueError):
+    """An unknown rounding method or option, or a rounding that cannot run on the model or data given."""

@@ -123,6 +123,35 @@ def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile
     return torch.cat(parts, dim=1)
 
 
+def weight_qparams(rows: torch.Tensor, fmt: IntFormat, method: str = "mse",
+                   percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero-point of every element of a weight as :func:`quantize_weight` chooses them.
+
+    ``rows``: the float32 weight as (output channels, inputs); both results have its shape, so
+    ``fake_quant_int(rows, *weight_qparams(rows, fmt), fmt)`` is ``quantize_weight`` exactly.
+    Rounding back-ends use it to keep the grid (and so the costs) of nearest rounding.
+    """
+    out, k = rows.shape
+    if fmt.granularity in ("tensor", "channel"):
+        lo, hi = choose_range(rows.reshape(1, -1) if fmt.granularity == "tensor" else rows, fmt, method, percentile)
+        scale, zero_point = int_qparams(lo, hi, fmt)
+        return scale.expand(out, k).contiguous(), zero_point.expand(out, k).contiguous()
+    size = fmt.group_size
+    full = (k // size) * size
+    scales, zero_points = [], []
+    if full:
+        lo, hi = choose_range(rows[:, :full].reshape(-1, size), fmt, method, percentile)
+        s, z = int_qparams(lo, hi, fmt)
+        scales.append(s.expand(-1, size).reshape(out, full))
+        zero_points.append(z.expand(-1, size).reshape(out, full))
+    if full < k:  # the shorter last group gets its own scale
+        lo, hi = choose_range(rows[:, full:], fmt, method, percentile)
+        s, z = int_qparams(lo, hi, fmt)
+        scales.append(s.expand(-1, k - full))
+        zero_points.append(z.expand(-1, k - full))
+    return torch.cat(scales, dim=1), torch.cat(zero_points, dim=1)
+
+
 def _cast_float(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     if fmt.kind == "fp32":
         return x.clone()

@@ -1,0 +1,194 @@
+"""Rounding back-ends: the best weights on the grid of the format the plan gives each layer.
+
+    round_weights(model, plan, calibration_data, method) -> {layer name: fake-quantized weight}
+
+``apply(model, plan, data, rounding=NAME)`` puts each result into the layer's QuantizedLayer.
+Only the rounding changes: format, granularity, group size (a shorter last group included) and
+the range method stay nearest rounding's, so the costs of a plan do not depend on the rounding.
+Layers with float (or no) weight formats are left to apply.
+
+A back-end is a module in ROUNDINGS with
+    NEEDS_DATA   whether it reads calibration inputs (nearest does not)
+    SEQUENTIAL   True: a layer's inputs come from the model whose earlier layers already carry
+                 their rounded weights (GPTQ, layer by layer as in the paper); False: from the
+                 float model (AdaRound, the paper's default)
+    OPTIONS      option name -> default; check_options(options) validates and fills defaults
+    observe(state, layer, x) -> state      keep what it needs from one call's input (state starts None)
+    round_layer(layer, state, fmt, weight_method, **options) -> weight of the layer's shape and dtype
+
+Layers are visited in the order the first calibration batch calls them; consecutive layers that
+read the very same input tensor (Q/K/V, gate/up) form one step. Each step runs the calibration
+batches through a working copy of the model with hooks on the planned layers and stops the
+forward pass once the step's layers have been called as often as in the first batch, so a step
+costs on average half a pass over the calibration set. Activations stay float while rounding
+(in the working copy, earlier layers with float formats such as fp8 are already quantized);
+apply calibrates the activation quantizers afterwards on the model with the rounded weights, as
+for nearest rounding.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..batches import describe_shape, run_model, split_item, to_device
+from ..candidates import parse_candidate
+from ..errors import ModelError, PlanError, RoundingError
+from ..formats import IntFormat
+from ..groups import is_torchscript, quantizable_layers
+from ..plan import Plan
+from ..quantizers import RANGE_METHODS, quantize_weight
+from . import adaround, gptq, nearest
+
+ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround}
+
+
+class _StopForward(BaseException):
+    """Ends a forward pass once a step's layers have their inputs (BaseException: model code that
+    catches Exception must not swallow it)."""
+
+
+def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str, *,
+                  weight_method: str = "mse", progress: bool = True, **options: Any) -> dict[str, torch.Tensor]:
+    """Fake-quantized weight of every planned layer with an integer weight format, rounded by ``method``.
+
+    calibration_data: iterable of input batches or (inputs, labels) pairs, iterated once per step.
+    options: the back-end's options (``ROUNDINGS[method].OPTIONS``), e.g. act_order=True for gptq,
+    iterations=200 for adaround. The model is not modified.
+    """
+    if method not in ROUNDINGS:
+        raise RoundingError(f"unknown rounding {method!r}; choose one of: {', '.join(ROUNDINGS)}")
+    if weight_method not in RANGE_METHODS:
+        raise RoundingError(f"range method must be one of {RANGE_METHODS}, got {weight_method!r}")
+    if not isinstance(plan, Plan):
+        raise RoundingError(f"plan must be a mixprec Plan (Plan.load(path), Plan.uniform(...)), got {type(plan).__name__}")
+    backend = ROUNDINGS[method]
+    unknown = sorted(set(options) - set(backend.OPTIONS))
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in backend.OPTIONS.items()) or "none"
+        raise RoundingError(f"{method} rounding has no option {unknown[0]!r}; its options (defaults): {valid}")
+    options = backend.check_options(options)
+    layers = quantizable_layers(model)
+    wanted = plan.layer_candidates()
+    missing = sorted(set(wanted) - set(layers))
+    if missing:
+        raise PlanError(f"the plan names {len(missing)} layer(s) the model does not have, e.g. {missing[:3]}; "
+                        "was it made for another model?")
+    formats = {name: parse_candidate(c).weight for name, c in wanted.items()}
+    targets = {name: f for name, f in formats.items() if isinstance(f, IntFormat)}
+    if not backend.NEEDS_DATA:
+        return {name: backend.round_layer(layers[name], None, f, weight_method, **options)
+                for name, f in targets.items()}
+    if is_torchscript(model):
+        raise RoundingError(f"{method} rounding needs an eager model to hook (give it as file.py:function), not a "
+                            "TorchScript file; or use --rounding nearest")
+    batches = [] if calibration_data is None else [split_item(item)[0] for item in calibration_data]
+    if not batches:
+        raise RoundingError(f"{method} rounding needs calibration data (the layers' inputs); pass --data "
+                            "(or calibration_data=...), or use rounding='nearest'")
+    if not targets:
+        return {}
+
+    working = copy.deepcopy(model).eval()
+    modules = {name: working.get_submodule(name) for name in targets}
+    if backend.SEQUENTIAL:  # later layers must see earlier float-format layers as apply will make them
+        for name, f in formats.items():
+            if f is not None and name not in targets:
+                layer = working.get_submodule(name)
+                _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
+    device = next(working.parameters()).device
+    steps, calls = _steps(working, batches[0], modules, device)
+    never = [name for name in targets if name not in calls]
+    if never:
+        warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
+                      f"{never[0]!r}; they get nearest rounding", stacklevel=2)
+    rounded = {name: quantize_weight(modules[name].weight.detach(), targets[name], weight_method) for name in never}
+    bar = tqdm(steps, desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else "step",
+               disable=not progress, leave=False)
+    for step in bar:
+        bar.set_postfix_str(step[0], refresh=False)
+        states = _observe(working, batches, modules, step, calls, backend, device)
+        for name in step:
+            rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method, **options)
+        if backend.SEQUENTIAL:
+            for name in step:
+                _set_weight(modules[name], rounded[name])
+    return {name: rounded[name] for name in targets}
+
+
+def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
+    # A new Parameter, not an in-place copy: a tied weight's other user must stay float.
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+
+
+def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _run(model: nn.Module, inputs: Any, index: int, device: torch.device) -> None:
+    try:
+        with torch.no_grad():
+            run_model(model, to_device(inputs, device))
+    except _StopForward:
+        pass
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+
+
+def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
+           device: torch.device) -> tuple[list[list[str]], dict[str, int]]:
+    """Steps (layer names) in the order ``inputs`` calls the layers, and how often each is called."""
+    steps: list[list[str]] = []
+    calls: dict[str, int] = {}
+    step_input: list[torch.Tensor] = []  # the input of the current step (one reference only)
+
+    def hook(name: str):
+        def pre(module, args, kwargs):
+            if name not in calls:
+                x = _layer_input(args, kwargs)
+                if step_input and x is step_input[0]:
+                    steps[-1].append(name)
+                else:
+                    steps.append([name])
+                    step_input[:] = [x]
+            calls[name] = calls.get(name, 0) + 1
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
+    try:
+        _run(model, inputs, 0, device)
+    finally:
+        for h in handles:
+            h.remove()
+    return steps, calls
+
+
+def _observe(model: nn.Module, batches: list, modules: dict[str, nn.Module], step: list[str], calls: dict[str, int],
+             backend: Any, device: torch.device) -> dict[str, Any]:
+    """Run the calibration batches until the step's layers have seen them; the back-end's state per layer."""
+    states: dict[str, Any] = {name: None for name in step}
+    seen = dict.fromkeys(step, 0)
+
+    def hook(name: str):
+        def pre(module, args, kwargs):
+            if name in seen:
+                states[name] = backend.observe(states[name], module, _layer_input(args, kwargs))
+                seen[name] += 1
+            elif all(seen[n] >= calls[n] for n in step):
+                raise _StopForward
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
+    try:
+        for index, inputs in enumerate(batches):
+            seen.update(dict.fromkeys(step, 0))
+            _run(model, inputs, index, device)
+    finally:
+        for h in handles:
+            h.remove()
+    return states

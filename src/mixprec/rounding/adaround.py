@@ -1,0 +1,108 @@
+"""AdaRound: Nagel, Amjad, van Baalen, Louizos, Blankevoort, "Up or down? Adaptive rounding for
+post-training quantization" (ICML 2020).
+
+Per layer, learns whether each weight goes down or up from floor(W / s):
+
+    W~ = s * (clamp(floor(W / s) + h(V) + z, qmin, qmax) - z),
+    h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1), zeta = 1.1, gamma = -0.1     (eq. 22-23)
+
+minimising the error of the layer's output on its calibration inputs plus a regulariser that
+drives every h(V) to 0 or 1 (annealed beta, from 20 to 2 after a 20 % warm-up without it):
+
+    ||W x - W~ x||^2 + lambda sum(1 - |2 h(V) - 1|^beta)                                (eq. 21, 24)
+
+At the end each weight rounds up where h(V) >= 1/2. Scales are fixed by quantize_weight's range
+method, so the grid (and the cost) is nearest rounding's. The inputs x come from the float model
+(the paper's default; its asymmetric variant, eq. 25, is not used). The defaults are quick
+rather than the paper's: 500 Adam steps of 32 input rows (images for a conv, tokens or samples
+for a linear) per layer at lr 5e-2, instead of 10,000-20,000 steps at lr 1e-3 (BRECQ's code):
+about the same total movement of V, and seconds per small layer on a CPU.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..errors import RoundingError
+from ..formats import IntFormat
+from ..quantizers import weight_qparams
+
+NEEDS_DATA = True
+SEQUENTIAL = False
+OPTIONS = {"iterations": 500, "lr": 5e-2, "batch_size": 32, "reg_weight": 0.01, "beta": (20.0, 2.0),
+           "warmup": 0.2, "seed": 0}
+ZETA, GAMMA = 1.1, -0.1
+
+
+def check_options(options: dict) -> dict:
+    opts = {**OPTIONS, **options}
+    for name in ("iterations", "batch_size", "seed"):
+        value = opts[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise RoundingError(f"adaround option {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+                                f"integer, got {value!r}")
+    for name in ("lr", "reg_weight"):
+        if not isinstance(opts[name], (int, float)) or not opts[name] > 0:
+            raise RoundingError(f"adaround option {name} must be a positive number, got {opts[name]!r}")
+    if not isinstance(opts["warmup"], (int, float)) or not 0 <= opts["warmup"] < 1:
+        raise RoundingError(f"adaround option warmup must be a fraction in [0, 1) (0.2 in the paper), "
+                            f"got {opts['warmup']!r}")
+    beta = opts["beta"]
+    if not (isinstance(beta, (tuple, list)) and len(beta) == 2
+            and all(isinstance(b, (int, float)) and b > 0 for b in beta)):
+        raise RoundingError(f"adaround option beta must be (start, end), e.g. (20, 2), got {beta!r}")
+    return opts
+
+
+def observe(state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
+    """Keep the input of every call, as rows (linear) or batched maps (conv)."""
+    x = x.detach()
+    if isinstance(layer, nn.Linear):
+        x = x.reshape(-1, x.shape[-1])
+    elif x.dim() == len(layer.kernel_size) + 1:  # unbatched conv input
+        x = x.unsqueeze(0)
+    state = [] if state is None else state
+    state.append(x)
+    return state
+
+
+def rectified_sigmoid(V: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1)  # h(V), eq. 23
+
+
+def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, iterations: int, lr: float,
+                batch_size: int, reg_weight: float, beta: tuple[float, float], warmup: float,
+                seed: int) -> torch.Tensor:
+    weight = layer.weight.detach()
+    W = weight.float()
+    scale, zero_point = (t.reshape(weight.shape) for t in weight_qparams(W.reshape(W.shape[0], -1), fmt, weight_method))
+    floor = torch.floor(W / scale)
+    rest = W / scale - floor
+    V = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)  # h(V) = W/s - floor(W/s) at the start (sec. 5)
+    V.requires_grad_(True)
+
+    def rounded(up: torch.Tensor) -> torch.Tensor:
+        return (torch.clamp(floor + up + zero_point, fmt.qmin, fmt.qmax) - zero_point) * scale
+
+    params = {name: p.detach().float() for name, p in layer.named_parameters(recurse=False)}
+    X = torch.cat([x.float() for x in state])
+    generator = torch.Generator(device=X.device).manual_seed(seed)
+    optimiser = torch.optim.Adam([V], lr=lr)
+    start_beta, end_beta = beta
+    warm = int(warmup * iterations)
+    for t in range(iterations):
+        x = X[torch.randint(len(X), (min(batch_size, len(X)),), generator=generator, device=X.device)]
+        with torch.no_grad():
+            target = functional_call(layer, {**params, "weight": W}, (x,))
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+            out = functional_call(layer, {**params, "weight": rounded(rectified_sigmoid(V))}, (x,))
+            loss = (out - target).pow(2).sum(1).mean()  # ||W x - W~ x||^2 per output position (eq. 21)
+            if t >= warm:  # beta decays linearly from start to end after the warm-up (sec. 5)
+                b = end_beta + (start_beta - end_beta) * (1 - (t - warm) / max(iterations - warm, 1))
+                loss = loss + reg_weight * (1 - (2 * rectified_sigmoid(V) - 1).abs().pow(b)).sum()  # eq. 24
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        return rounded((rectified_sigmoid(V) >= 0.5).float()).to(weight.dtype)

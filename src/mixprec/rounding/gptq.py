@@ -1,0 +1,163 @@
+"""GPTQ: Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate post-training quantization for
+generative pre-trained transformers" (ICLR 2023); reference code IST-DASLab/gptq, gptq.py.
+
+The weight is quantized column by column; the error of each quantized column is spread onto the
+columns not quantized yet through the inverse Hessian of the layer-wise loss ||WX - QX||^2,
+H = 2 X X^T / n (X: the layer's inputs, one column per token, sample or conv patch). Linear
+layers take their inputs as they are; Conv1d/Conv2d inputs are unfolded into the patches their
+weight multiplies (im2col, as the reference does), one Hessian per convolution group.
+
+Scales: per-channel (and per-tensor) scales are fixed once from the float weights with
+quantize_weight's range method, so the grid is nearest rounding's. A grouped scale is chosen
+when the group's first column is quantized, from the group's current (error-updated) weights
+(the reference's static_groups=False). With act-order that is the group's first column in the
+processing order, so groups stay contiguous in the original column order: what a grouped kernel
+stores and what the costs count. static_groups=True fixes them from the float weights instead.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RoundingError
+from ..formats import IntFormat
+from ..quantizers import choose_range, fake_quant_int, int_qparams, weight_qparams
+
+NEEDS_DATA = True
+SEQUENTIAL = True  # inputs from the model whose earlier layers are already quantized (sec. 4, as the paper runs)
+OPTIONS = {"act_order": False, "block_size": 128, "percdamp": 0.01, "static_groups": False}
+
+
+def check_options(options: dict) -> dict:
+    opts = {**OPTIONS, **options}
+    for name in ("act_order", "static_groups"):
+        if not isinstance(opts[name], bool):
+            raise RoundingError(f"gptq option {name} must be True or False, got {opts[name]!r}")
+    if isinstance(opts["block_size"], bool) or not isinstance(opts["block_size"], int) or opts["block_size"] < 1:
+        raise RoundingError(f"gptq option block_size must be a positive integer (128 in the paper), "
+                            f"got {opts['block_size']!r}")
+    if not isinstance(opts["percdamp"], (int, float)) or not 0 <= opts["percdamp"] < 1:
+        raise RoundingError(f"gptq option percdamp must be in [0, 1) (0.01 in the paper), got {opts['percdamp']!r}")
+    return opts
+
+
+def observe(state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
+    """Accumulate [sum of x x^T per convolution group, number of columns] from one call's input."""
+    columns = layer_columns(layer, x.detach()).float()
+    xtx = columns.transpose(1, 2) @ columns
+    if state is None:
+        return [xtx, columns.shape[1]]
+    state[0] += xtx
+    state[1] += columns.shape[1]
+    return state
+
+
+def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
+                block_size: int, percdamp: float, static_groups: bool) -> torch.Tensor:
+    weight = layer.weight.detach()
+    W = weight.float().reshape(weight.shape[0], -1)
+    scale, zero_point = weight_qparams(W, fmt, weight_method)
+    hessians = 2 * state[0] / state[1]  # H = 2 X X^T / n (sec. 3)
+    rows = W.shape[0] // hessians.shape[0]
+    parts = []
+    for g, H in enumerate(hessians):  # output channels of convolution group g read only its input channels
+        r = slice(g * rows, (g + 1) * rows)
+        parts.append(gptq(W[r], H, scale[r], zero_point[r], fmt, weight_method, act_order=act_order,
+                          block_size=block_size, percdamp=percdamp, static_groups=static_groups)[0])
+    return torch.cat(parts).reshape(weight.shape).to(weight.dtype)
+
+
+@torch.no_grad()
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+         fmt: IntFormat, method: str = "mse", *, act_order: bool = False, block_size: int = 128,
+         percdamp: float = 0.01, static_groups: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 of the paper on float32 ``weight`` (rows, columns) with ``hessian`` (columns, columns).
+
+    ``scale``/``zero_point`` (rows, columns) give every weight's grid; grouped entries are chosen
+    anew at each group's start unless ``static_groups``. Returns (quantized weight, scale,
+    zero_point), each (rows, columns), in the original column order.
+    """
+    W, H = weight.clone(), hessian.clone()
+    scale, zero_point = scale.clone(), zero_point.clone()
+    columns = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1  # a column no input reaches: its value never matters; the reference sets it to 0
+    W[:, dead] = 0
+    # act-order (sec. 4, "Additional details"): columns with the largest H_pp first
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(columns, device=W.device)
+    W, H, scale, zero_point = W[:, perm], H[perm][:, perm], scale[:, perm], zero_point[:, perm]
+    regroup = fmt.granularity == "group" and not static_groups
+    group = perm // fmt.group_size if regroup else None  # group of the column at each position
+    started: set[int] = set()
+    Hinv = _inverse_cholesky(H, percdamp)  # H^-1 = Cholesky(H^-1)^T (sec. 4, step 3)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, columns, block_size):  # lazy batch updates (sec. 4, step 2)
+        i2 = min(i1 + block_size, columns)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            p = i1 + i
+            if regroup and int(group[p]) not in started:
+                members = (group == group[p]).nonzero().squeeze(1)  # all at or after p
+                current = W[:, members] - Err1[:, :i] @ Hinv[i1:p, members]  # with this block's pending updates
+                s, z = int_qparams(*choose_range(current, fmt, method), fmt)
+                scale[:, members], zero_point[:, members] = s, z
+                started.add(int(group[p]))
+            w = W1[:, i]
+            q = fake_quant_int(w, scale[:, p], zero_point[:, p], fmt)
+            Q[:, p] = q
+            err = (w - q) / Hinv[p, p]  # E = (W_:,p - Q_:,p) / [H^-1]_pp
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv[p, p:i2].unsqueeze(0)  # W_:,p: -= E [H^-1]_p,p:
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's errors onto all later columns at once
+    inverse = torch.argsort(perm)
+    return Q[:, inverse], scale[:, inverse], zero_point[:, inverse]
+
+
+def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + lambda I)^-1, lambda = percdamp * mean diag(H), more if H stays singular."""
+    identity = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    mean = torch.diag(H).mean()
+    damp = percdamp * mean
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(H + damp * identity)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0:
+                return U
+        damp = torch.maximum(damp * 10, 1e-6 * mean)
+    raise RoundingError("GPTQ: the Hessian of a layer's inputs is not positive definite even with 1000x the "
+                        "dampening; give more (or more varied) calibration data, or raise percdamp")
+
+
+def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the weight multiplies: (convolution groups, columns, weight inputs per group).
+
+    Linear: every row of the input (token, sample). Conv1d/Conv2d: every patch (im2col), padding
+    included, channel-major like the flattened weight.
+    """
+    if isinstance(layer, nn.Linear):
+        return x.reshape(1, -1, x.shape[-1])
+    dims = len(layer.kernel_size)
+    if x.dim() == dims + 1:  # unbatched input
+        x = x.unsqueeze(0)
+    x = F.pad(x, _padding(layer), mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
+    kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
+    if dims == 1:
+        x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
+    patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * prod(kernel), L)
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return patches.reshape(patches.shape[0], layer.groups, -1).transpose(0, 1)
+
+
+def _padding(layer: nn.Module) -> list[int]:
+    """The conv's padding as F.pad amounts (last dimension first); 'same' puts the odd one on the right."""
+    if layer.padding == "valid":
+        pairs = [(0, 0)] * len(layer.kernel_size)
+    elif layer.padding == "same":
+        totals = [d * (k - 1) for k, d in zip(layer.kernel_size, layer.dilation)]
+        pairs = [(t // 2, t - t // 2) for t in totals]
+    else:
+        pairs = [(p, p) for p in layer.padding]
+    return [a for pair in reversed(pairs) for a in pair]

@@ -1,0 +1,162 @@
+import pytest
+import torch
+from torch import nn
+
+from mixprec.formats import IntFormat
+from mixprec.plan import Plan
+from mixprec.quantizers import fake_quant_int, quantize_weight, weight_qparams
+from mixprec.rounding import round_weights
+from mixprec.rounding.gptq import gptq, layer_columns
+
+FORMATS = [IntFormat(3, granularity="channel"), IntFormat(4, symmetric=False, granularity="channel"),
+           IntFormat(3, granularity="group", group_size=16),
+           IntFormat(4, symmetric=False, granularity="group", group_size=32),
+           IntFormat(3, granularity="tensor")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The layers here are tiny: on 2 busy cores, intra-op threads wait for each other far longer than
+    they compute (a 32x64 matmul step takes 30 ms with 2 threads, 0.1 ms with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def correlated_inputs(n=2048, k=64, seed=0):
+    """Inputs whose features are strongly correlated (the case where GPTQ's error feedback pays)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k ** 0.5 + 2 * torch.eye(k)
+    return torch.randn(n, k // 4, generator=g).repeat(1, 4) @ mix + 0.3 * torch.randn(n, k, generator=g)
+
+
+def hessian(x):
+    return 2 * x.T @ x / x.shape[0]
+
+
+def one_layer_plan(name, cand):
+    return Plan({"g": cand}, {"g": [name]})
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("method", ["minmax", "mse", "percentile"])
+def test_weight_qparams_reproduce_quantize_weight(fmt, method):
+    g = torch.Generator().manual_seed(3)
+    for w in (torch.randn(8, 100, generator=g), torch.randn(6, 4, 3, 3, generator=g)):  # 100 = 3 x 32 + a short group
+        rows = w.reshape(w.shape[0], -1)
+        scale, zero_point = weight_qparams(rows, fmt, method)
+        assert scale.shape == zero_point.shape == rows.shape
+        expected = quantize_weight(w, fmt, method).reshape(rows.shape)
+        assert torch.equal(fake_quant_int(rows, scale, zero_point, fmt), expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_diagonal_hessian_is_nearest_rounding(fmt):
+    # No correlation between inputs: no error feedback, so GPTQ must give nearest rounding exactly
+    # (same scales, same groups, a shorter last group included).
+    w = torch.randn(12, 100, generator=torch.Generator().manual_seed(1))
+    H = torch.diag(torch.rand(100, generator=torch.Generator().manual_seed(2)) + 0.1)
+    q, _, _ = gptq(w, H, *weight_qparams(w, fmt), fmt, block_size=32)
+    assert torch.equal(q, quantize_weight(w, fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMATS[:2], ids=lambda f: f.name)
+def test_per_channel_result_is_on_quantize_weight_grid(fmt):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 24))
+    x = correlated_inputs()
+    q = round_weights(model, one_layer_plan("0", f"w{fmt.bits}" + ("-asym" if not fmt.symmetric else "")),
+                      list(x.split(256)), "gptq", progress=False)["0"]
+    w = model[0].weight.detach()
+    scale, zero_point = weight_qparams(w, fmt)
+    assert q.shape == w.shape and q.dtype == w.dtype
+    assert torch.equal(fake_quant_int(q, scale, zero_point, fmt), q)  # every value on the nearest-rounding grid
+    assert not torch.equal(q, quantize_weight(w, fmt))  # but not nearest rounding
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_grouped_result_has_one_grid_per_group(act_order):
+    fmt = IntFormat(3, granularity="group", group_size=24)  # 64 = 24 + 24 + 16
+    x = correlated_inputs()
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(4)) * 0.1
+    q, scale, zero_point = gptq(w, hessian(x), *weight_qparams(w, fmt), fmt, act_order=act_order, block_size=16)
+    assert torch.equal(fake_quant_int(q, scale, zero_point, fmt), q)
+    for start in (0, 24, 48):
+        s = scale[:, start:start + 24]
+        assert torch.equal(s, s[:, :1].expand_as(s))  # one scale per group of contiguous columns
+        codes = q[:, start:start + 24] / s
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 2 ** (fmt.bits - 1)
+    # scales were chosen from the error-updated weights, not the float ones
+    assert not torch.equal(scale, weight_qparams(w, fmt)[0])
+
+
+def output_error(w, q, x):
+    return float((x @ (w - q).T).pow(2).sum())
+
+
+@pytest.mark.parametrize("cand", ["w3", "w4", "w3g16", "w4g32-asym"])
+def test_gptq_beats_nearest_on_correlated_inputs(cand):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32))
+    x = correlated_inputs()
+    data = list(x.split(512))
+    w = model[0].weight.detach()
+    nearest = round_weights(model, one_layer_plan("0", cand), data, "nearest")["0"]
+    for act_order in (False, True):
+        q = round_weights(model, one_layer_plan("0", cand), data, "gptq", progress=False, act_order=act_order)["0"]
+        assert output_error(w, q, x) < 0.8 * output_error(w, nearest, x)
+
+
+def test_act_order_is_permute_quantize_permute_back():
+    fmt = IntFormat(3, granularity="channel")
+    x = correlated_inputs() * torch.linspace(0.2, 2, 64)  # uneven diagonal: a real permutation
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(5))
+    H = hessian(x)
+    scale, zero_point = weight_qparams(w, fmt)
+    perm = torch.argsort(torch.diag(H), descending=True)
+    assert not torch.equal(perm, torch.arange(64))
+    inverse = torch.argsort(perm)
+    q, _, _ = gptq(w, H, scale, zero_point, fmt, act_order=True, block_size=16)
+    by_hand, _, _ = gptq(w[:, perm], H[perm][:, perm], scale[:, perm], zero_point[:, perm], fmt, block_size=16)
+    assert torch.equal(q, by_hand[:, inverse])
+    assert not torch.equal(q, gptq(w, H, scale, zero_point, fmt, block_size=16)[0])
+
+
+def test_dead_inputs_give_zero_weights_and_no_nan():
+    fmt = IntFormat(4, granularity="channel")
+    x = correlated_inputs(k=16)
+    x[:, 3] = 0
+    w = torch.randn(4, 16)
+    q, _, _ = gptq(w, hessian(x), *weight_qparams(w, fmt), fmt)
+    assert torch.isfinite(q).all() and torch.all(q[:, 3] == 0)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(4, 6, 3, padding=1, bias=False),
+    nn.Conv2d(4, 6, (3, 2), stride=2, dilation=(1, 2), padding="valid", bias=False),
+    nn.Conv2d(4, 6, 4, padding="same", padding_mode="reflect", groups=2, bias=False),
+    nn.Conv2d(4, 4, 3, padding=2, padding_mode="circular", groups=4, bias=False),
+    nn.Conv1d(4, 6, 3, stride=2, padding=1, padding_mode="replicate", bias=False),
+], ids=["plain", "strided-dilated", "same-reflect-grouped", "depthwise-circular", "conv1d"])
+def test_layer_columns_are_what_the_conv_multiplies(conv):
+    x = torch.randn(2, 4, *([9, 10] if isinstance(conv, nn.Conv2d) else [11]))
+    out = conv(x)
+    columns = layer_columns(conv, x)  # (conv groups, patches, inputs per group)
+    w = conv.weight.detach().reshape(conv.groups, conv.out_channels // conv.groups, -1)
+    patches = torch.cat([columns[g] @ w[g].T for g in range(conv.groups)], dim=1)
+    assert torch.allclose(patches, out.movedim(1, -1).reshape(-1, conv.out_channels), atol=1e-5)
+
+
+def test_grouped_conv_gptq_beats_nearest():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1))
+    base = torch.randn(64, 2, 8, 8)
+    x = base.repeat(1, 4, 1, 1) + 0.2 * torch.randn(64, 8, 8, 8)  # correlated channels
+    plan = Plan({"g0": "w3", "g1": "w3g20"}, {"g0": ["0"], "g1": ["2"]})
+    q = round_weights(model, plan, list(x.split(16)), "gptq", progress=False)
+    nearest = round_weights(model, plan, None, "nearest")
+    with torch.no_grad():
+        conv = lambda w: nn.functional.conv2d(x, w, padding=1, groups=2)
+        error = lambda w: float((conv(w) - conv(model[0].weight)).pow(2).sum())
+        assert error(q["0"]) < 0.9 * error(nearest["0"])
