@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import MixprecError
 from .exact import Solution, plan_costs
-from .greedy_pareto import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
+from .search_inputs import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
 
 
 def _setup(sensitivity, costs, kind, measure, max_loss, allowed, low):

@@ -12,8 +12,6 @@ AIMET's AMP).
                        interpolation search over the path index (the loss is assumed to grow along the path)
 
 A cheaper candidate that is also less sensitive has a negative ratio, so it is taken first: a free win.
-The shared pieces of the searches (input checks, the highest-precision plan, the measurement cache)
-live here; greedy.py and mixquant.py import them.
 """
 from __future__ import annotations
 
@@ -24,77 +22,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import InfeasibleBudget, Solution, allowed_mask, plan_costs
-
-
-def checked_tables(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str,
-                   allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sensitivity table, the cost table of ``kind`` and the allowed mask, after the checks every search shares."""
-    S = np.asarray(sensitivity, dtype=float)
-    if S.ndim != 2 or 0 in S.shape:
-        raise MixprecError(f"sensitivity must be a (groups, candidates) table with at least one of each; got shape {S.shape}")
-    if kind not in costs:
-        raise MixprecError(f"no cost table for budget kind {kind!r}; kinds: {sorted(costs)}")
-    for name, table in costs.items():
-        if np.shape(table) != S.shape:
-            raise MixprecError(f"cost table {name!r} has shape {np.shape(table)}; it must match the sensitivity table {S.shape}")
-    if allowed is not None:
-        if np.shape(allowed) != S.shape:
-            raise MixprecError(f"allowed mask has shape {np.shape(allowed)}; it must match the sensitivity table {S.shape}")
-        allowed = np.asarray(allowed, dtype=bool)
-    mask = allowed_mask(S, allowed)
-    cost = np.asarray(costs[kind], dtype=float)
-    bad = np.argwhere(mask & ~np.isfinite(cost))
-    if len(bad):
-        raise MixprecError(f"cost table {kind!r} is not finite at allowed (group, candidate) {bad[:5].tolist()}; "
-                           "give a finite cost or disallow the candidate")
-    return S, cost, mask
-
-
-def highest_precision(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each group on its most expensive allowed candidate (ties: lower sensitivity, then lower index)."""
-    return np.array([max(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], -S[g, c], -c)) for g in range(len(S))])
-
-
-def cheapest(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each group on its cheapest allowed candidate (ties: lower sensitivity, then lower index)."""
-    return np.array([min(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], S[g, c], c)) for g in range(len(S))])
-
-
-class LossCache:
-    """``measure`` behind a cache keyed by the plan: no plan is measured twice; ``len()`` = distinct measurements.
-    A NaN loss (a broken quantized model) counts as +inf, so it never meets a loss bound."""
-
-    def __init__(self, measure: Callable[[np.ndarray], float]):
-        if not callable(measure):
-            raise MixprecError(f"measure must be a function choice -> loss; got {type(measure).__name__}")
-        self.measure = measure
-        self.losses: dict[tuple[int, ...], float] = {}
-
-    def __call__(self, choice: np.ndarray) -> float:
-        key = tuple(int(c) for c in choice)
-        if key not in self.losses:
-            loss = float(self.measure(np.array(key)))
-            self.losses[key] = math.inf if math.isnan(loss) else loss
-        return self.losses[key]
-
-    def __len__(self) -> int:
-        return len(self.losses)
-
-
-def json_loss(loss: float | None) -> float | None:
-    """A loss for the trace: None where it is not a finite number (JSON has no inf)."""
-    return float(loss) if loss is not None and math.isfinite(loss) else None
-
-
-def checked_number(name: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise MixprecError(f"{name} must be a number; got {value!r}") from None
-    if not math.isfinite(number):
-        raise MixprecError(f"{name} must be a finite number; got {value!r}")
-    return number
+from .exact import InfeasibleBudget, Solution, plan_costs
+from .search_inputs import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
 
 
 def greedy_path(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str,

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import MixprecError
 from .exact import InfeasibleBudget, Solution, plan_costs
-from .greedy_pareto import cheapest, checked_number, checked_tables, highest_precision
+from .search_inputs import cheapest, checked_number, checked_tables, highest_precision
 
 
 def _error_ratios(S: np.ndarray, cost: np.ndarray, mask: np.ndarray, base: int | None) -> tuple[int, np.ndarray]:
