@@ -127,3 +127,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert "report: " in out and (tmp_path / "report.html").is_file()
     data = json.loads((tmp_path / "pareto.json").read_text())
     assert data["reference"] is not None and all(p["measured"] for p in data["points"])
+
+
+def test_a_budget_that_does_not_bind_gives_the_least_sensitive_plan_with_a_note(run, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bytes=1.01x", "--out", str(plan)]) == 0
+    assert "does not bind" in capsys.readouterr().out
+    table = json.loads((run / "sensitivity.json").read_text())
+    assignments = json.loads(plan.read_text())["assignments"]
+    for group, row in zip(table["groups"], table["values"]):
+        assert assignments[group] == table["candidates"][min(range(len(row)), key=lambda j: row[j])]
