@@ -368,12 +368,16 @@ def plot(r: dict, path: Path) -> None:
     ax.axhline(r["reference"]["value"], ls="--", color="grey", label=f"float {r['reference']['value']:.2f}")
     values = [p["metric"] for p in r["front"]] + [u["metric"] for u in r["uniform"].values()]
     ref = r["reference"]["value"]
-    span = max(abs(ref - v) for v in values)
-    near = sorted(abs(ref - v) for v in values)[len(values) // 2]
-    if span > 8 * near:  # one collapsed point would flatten the rest: zoom on the informative range
-        pad = 4 * near
-        higher = r["reference"]["higher_is_better"]
-        ax.set_ylim((ref - pad, ref + 0.2 * pad) if higher else (ref - 0.2 * pad, ref + pad))
+    higher = r["reference"]["higher_is_better"]
+    if not higher and max(values) > 10 * ref:  # perplexity-like: log scale, collapsed plans clipped
+        ax.set_yscale("log")
+        ax.set_ylim(0.95 * ref, min(max(values), 100 * ref))
+    else:
+        span = max(abs(ref - v) for v in values)
+        near = sorted(abs(ref - v) for v in values)[len(values) // 2]
+        if span > 8 * near:  # one collapsed point would flatten the rest: zoom on the informative range
+            pad = 4 * near
+            ax.set_ylim((ref - pad, ref + 0.2 * pad) if higher else (ref - 0.2 * pad, ref + pad))
     ax.set_xlabel({"bops": "BOPs per sample", "bytes": "bytes", "bits_per_weight": "bits per weight"}.get(kind, kind))
     ax.set_ylabel(name)
     ax.set_title(f"{r['model']}: measured {name} against {kind}")
