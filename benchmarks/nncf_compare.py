@@ -61,13 +61,33 @@ def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[st
     return bits, kinds
 
 
-def compare(model_name: str, size: str, device: str = "cpu") -> dict:
+def pin_groups(run, pins: list[str]) -> dict[str, str]:
+    """``PATTERN=CAND`` items: matching groups may take only CAND (e.g. lm_head=w8, as NNCF keeps it)."""
+    import fnmatch
+    from mixprec.candidates import parse_candidate
+    pinned = {}
+    for item in pins:
+        pattern, _, cand = item.partition("=")
+        cand = parse_candidate(cand).name
+        if cand not in run.candidates:
+            raise SystemExit(f"--pin {item}: {cand} is not one of the run's candidates {run.candidates}")
+        for i, group in enumerate(run.groups):
+            if fnmatch.fnmatch(group, pattern) or fnmatch.fnmatch(group, f"*{pattern}"):
+                run.allowed[i] = [c == cand for c in run.candidates]
+                pinned[group] = cand
+        if not any(v == cand for v in pinned.values()):
+            raise SystemExit(f"--pin {item}: no group matches {pattern!r}")
+    return pinned
+
+
+def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = ()) -> dict:
     import nncf
     from run import CONFIGS
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
     run = open_run(RESULTS / "tmp" / f"run_{model_name}" / CONFIGS[model_name].metrics[0])
     evaluator = PlanEvaluator(run, device=device)
+    pinned = pin_groups(run, list(pins))
     layers = [layer for group in run.saved["groups"].values() for layer in group]
     weights = sum(model.get_submodule(name).weight.numel() for name in layers)
     weights += sum(model.get_submodule(name).weight.numel() for name in run.saved.get("excluded", []))
@@ -115,7 +135,8 @@ def compare(model_name: str, size: str, device: str = "cpu") -> dict:
         print(f"{label:<34} {row['bits_per_weight']:.3f} b/w: NNCF {row['nncf']['value']:.3f}, mixprec "
               f"{row.get('mixprec', {}).get('value', float('nan')):.3f}", flush=True)
     return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
-            "mixprec_metric": run.table.metric, "mixprec_candidates": run.candidates, "rows": rows,
+            "mixprec_metric": run.table.metric, "mixprec_candidates": run.candidates, "mixprec_pins": pinned,
+            "rows": rows,
             "command": "python " + " ".join(sys.argv),
             "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
                             "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -129,7 +150,9 @@ def markdown(r: dict) -> str:
              f"Float {ref['name']} {ref['value']:.3f}. Bits per weight over the {r['layers']} Linear layers "
              f"({r['weights']:,} weights), read from NNCF's compressed tensors (codes, scales, zero-points, "
              f"backup layers). mixprec: exact plan, {r['mixprec_metric']} sensitivity, candidates "
-             f"{', '.join(r['mixprec_candidates'])}. NNCF also compresses the embeddings to 8 bits; mixprec leaves "
+             f"{', '.join(r['mixprec_candidates'])}"
+             f"{'; pinned: ' + ', '.join(f'{g}={c}' for g, c in r['mixprec_pins'].items()) if r.get('mixprec_pins') else ''}"
+             ". NNCF also compresses the embeddings to 8 bits; mixprec leaves "
              "them in float, so in total bytes NNCF's models are smaller.", "",
              f"| NNCF configuration | bits/weight | NNCF {ref['name']} | mixprec {ref['name']} | mixprec bits/weight "
              "| mixprec at least as good |", "|---|---|---|---|---|---|"]
@@ -158,6 +181,9 @@ def main() -> int:
     parser.add_argument("model", choices=("minilm", "smollm2"))
     parser.add_argument("--grid", choices=("full", "small"), default="full")
     parser.add_argument("--device", default="cpu", help="device for the evaluations (NNCF compresses on the CPU)")
+    parser.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
+                        help="restrict mixprec's matching groups to one candidate, e.g. lm_head=w8")
+    parser.add_argument("--out-suffix", default="", help="suffix for the result files, e.g. _pinned")
     args = parser.parse_args()
     try:
         import nncf  # noqa: F401
@@ -165,13 +191,14 @@ def main() -> int:
         print("skipped: nncf is not installed (pip install -e \".[bench]\")")
         return 0
     try:
-        report = compare(args.model, args.grid, args.device)
+        report = compare(args.model, args.grid, args.device, args.pin)
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0
-    write_json_atomic(RESULTS / f"nncf_{args.model}.json", report)
-    (RESULTS / f"nncf_{args.model}.md").write_text(markdown(report))
-    print(f"wrote {RESULTS / f'nncf_{args.model}.json'} and .md")
+    name = f"nncf_{args.model}{args.out_suffix}"
+    write_json_atomic(RESULTS / f"{name}.json", report)
+    (RESULTS / f"{name}.md").write_text(markdown(report))
+    print(f"wrote {RESULTS / f'{name}.json'} and .md")
     return 0
 
 
