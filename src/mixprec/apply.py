@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
 from .candidates import Candidate, parse_candidate
-from .errors import MixprecError, ModelError, PlanError
-from .groups import check_weights, is_torchscript, quantizable_layers
+from .errors import MixprecError, ModelError
+from .groups import check_weights, is_torchscript
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
 from .rounding import ROUNDINGS, round_weights
@@ -84,13 +84,8 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     if rounding != "nearest" and calibration_data is None:
         raise MixprecError(f"rounding={rounding!r} needs calibration data (the layers' inputs); pass --data "
                            "(or calibration_data=...), or use rounding='nearest'")
-    layers = quantizable_layers(model)
     wanted = plan.layer_candidates()
-    unknown = sorted(set(wanted) - set(layers))
-    if unknown:
-        raise PlanError(f"the plan names {len(unknown)} layer(s) the model does not have, e.g. {unknown[:3]}; "
-                        "was it made for another model?")
-    check_weights({n: layers[n] for n in wanted})
+    check_weights(plan.model_layers(model))
     quantized = copy.deepcopy(model)
     quantized.eval()
     candidates = {name: parse_candidate(c) for name, c in set(wanted.items())}

@@ -19,7 +19,7 @@ from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .demo import DEMO_CANDIDATES
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .errors import MixprecError, SpecError
-from .groups import ModelGroups, discover_groups
+from .groups import ModelGroups
 from .plan import Plan, write_json_atomic
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS

@@ -10,7 +10,7 @@ from typing import Any
 
 from .candidates import parse_candidate
 from .errors import PlanError
-from .groups import ModelGroups
+from .groups import ModelGroups, quantizable_layers
 
 PLAN_FORMAT = "mixprec-plan"
 PLAN_VERSION = 1
@@ -48,6 +48,15 @@ class Plan:
 
     def layer_candidates(self) -> dict[str, str]:
         return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
+
+    def model_layers(self, model) -> dict:
+        """The model's layers this plan names (name -> module); a name the model lacks is a PlanError."""
+        layers = quantizable_layers(model)
+        unknown = sorted(set(self.layer_candidates()) - set(layers))
+        if unknown:
+            raise PlanError(f"the plan names {len(unknown)} layer(s) the model does not have, e.g. {unknown[:3]}; "
+                            "was it made for another model?")
+        return {name: layers[name] for name in self.layer_candidates()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION,

@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from ..batches import describe_shape, run_model, split_item, to_device
 from ..candidates import parse_candidate
-from ..errors import ModelError, PlanError, RoundingError
+from ..errors import ModelError, RoundingError
 from ..formats import IntFormat
-from ..groups import is_torchscript, quantizable_layers
+from ..groups import is_torchscript
 from ..plan import Plan
 from ..quantizers import RANGE_METHODS, quantize_weight
 from . import adaround, gptq, nearest
@@ -72,12 +72,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         valid = ", ".join(f"{k}={v!r}" for k, v in backend.OPTIONS.items()) or "none"
         raise RoundingError(f"{method} rounding has no option {unknown[0]!r}; its options (defaults): {valid}")
     options = backend.check_options(options)
-    layers = quantizable_layers(model)
+    layers = plan.model_layers(model)
     wanted = plan.layer_candidates()
-    missing = sorted(set(wanted) - set(layers))
-    if missing:
-        raise PlanError(f"the plan names {len(missing)} layer(s) the model does not have, e.g. {missing[:3]}; "
-                        "was it made for another model?")
     formats = {name: parse_candidate(c).weight for name, c in wanted.items()}
     targets = {name: f for name, f in formats.items() if isinstance(f, IntFormat)}
     if not backend.NEEDS_DATA:
