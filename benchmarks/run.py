@@ -92,21 +92,12 @@ class Measured:
 
     def __init__(self, evaluator: PlanEvaluator):
         self.evaluator = evaluator
+        self.seconds = evaluator.seconds_of
         self.used: set[str] = set()  # plans asked for since the last phase() call
-        self.seconds = {}
-        if evaluator.log.is_file():
-            for line in evaluator.log.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.seconds[entry["key"]] = float(entry["seconds"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
 
     def __call__(self, assignments: dict[str, str] | None) -> tuple[dict, float]:
         key = self.evaluator._key(assignments)
-        before = time.perf_counter()
         result = self.evaluator.measure(assignments)
-        self.seconds.setdefault(key, time.perf_counter() - before)
         self.used.add(key)
         return result.to_dict(), self.seconds[key]
 

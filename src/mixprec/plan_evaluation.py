@@ -39,6 +39,7 @@ class PlanEvaluator:
                                                        "pin", "weight_range", "activation_range")}
         self.settings["eval"] = self.eval_spec
         self.log = run.path / "evaluations.jsonl"
+        self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key
         self.results = self._read_log()
         self.measured = 0  # new evaluations made by this evaluator
         self.seconds = 0.0
@@ -53,6 +54,7 @@ class PlanEvaluator:
                     r = entry["result"]
                     out[entry["key"]] = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]),
                                                    r.get("details", {}))
+                    self.seconds_of[entry["key"]] = float(entry.get("seconds", 0.0))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # a line torn by a crash
         return out
@@ -96,6 +98,7 @@ class PlanEvaluator:
         self.seconds += seconds
         self._append(key, assignments, result, seconds)
         self.results[key] = result
+        self.seconds_of[key] = seconds
         return result
 
     def _append(self, key: str, assignments: dict[str, str] | None, result: EvalResult, seconds: float) -> None:
