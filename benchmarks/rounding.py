@@ -26,7 +26,7 @@ from uniform import VISION, first_last_pins
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDINGS = {"nearest": ("nearest", {}), "gptq": ("gptq", {}), "gptq-act-order": ("gptq", {"act_order": True}),
-             "adaround": ("adaround", {})}
+             "adaround": ("adaround", {}), "brecq": ("brecq", {})}
 
 
 def run(name: str, candidates: list[str], roundings: list[str], samples: int | None, device: str,

@@ -7,6 +7,7 @@ calibrated on the calibration data. The input model is never modified.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -65,13 +66,15 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
-          progress: bool = True, rounding: str = "nearest", rounding_options: dict | None = None) -> nn.Module:
+          progress: bool = True, rounding: str = "nearest", rounding_options: dict | None = None,
+          rounding_checkpoint: str | Path | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
     skips calibration (for loading a saved quantized state dict on top). rounding: how weights
-    go onto their grid, one of ``ROUNDINGS`` (nearest, gptq, adaround; all but nearest read the
-    calibration data), with ``rounding_options`` for it (see mixprec.rounding).
+    go onto their grid, one of ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
+    the calibration data), with ``rounding_options`` for it (see mixprec.rounding);
+    ``rounding_checkpoint``: a directory where the rounding resumes from after an interruption.
     """
     for method in (weight_method, activation_method):
         if method not in RANGE_METHODS:
@@ -80,7 +83,7 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
         raise MixprecError(f"unknown rounding {rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
     if rounding == "nearest" and rounding_options:
         raise MixprecError(f"nearest rounding takes no options, got {sorted(rounding_options)}; choose "
-                           "rounding='gptq' or 'adaround' to use them")
+                           "rounding='gptq', 'adaround' or 'brecq' to use them")
     if rounding != "nearest" and calibration_data is None:
         raise MixprecError(f"rounding={rounding!r} needs calibration data (the layers' inputs); pass --data "
                            "(or calibration_data=...), or use rounding='nearest'")
@@ -92,9 +95,9 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     names = list(wanted)
     if is_torchscript(model) and rounding == "nearest":
         return _apply_torchscript(quantized, candidates, weight_method)
-    rounded = {} if rounding == "nearest" else round_weights(model, plan, calibration_data, rounding,
-                                                             weight_method=weight_method, progress=progress,
-                                                             **(rounding_options or {}))
+    rounded = {} if rounding == "nearest" else round_weights(
+        model, plan, calibration_data, rounding, weight_method=weight_method, activation_method=activation_method,
+        progress=progress, checkpoint=rounding_checkpoint, **(rounding_options or {}))
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
         layer = quantized.get_submodule(name)
         _set_module(quantized, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,

@@ -17,6 +17,7 @@ from .apply import apply
 from .builtin import BUILTINS, get_builtin
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .demo import DEMO_CANDIDATES
+from .cache import cache_dir
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .errors import MixprecError, SpecError
 from .groups import ModelGroups
@@ -117,8 +118,8 @@ def cmd_quantize(args) -> int:
             raise SpecError("--act-order is an option of --rounding gptq")
         rounding_options["act_order"] = True
     if args.rounding_iterations is not None:
-        if args.rounding != "adaround":
-            raise SpecError("--rounding-iterations is an option of --rounding adaround")
+        if args.rounding not in ("adaround", "brecq"):
+            raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
         rounding_options["iterations"] = args.rounding_iterations
     model, data, _, groups = _setup(args)
     if args.plan:
@@ -134,7 +135,7 @@ def cmd_quantize(args) -> int:
     start = time.perf_counter()
     quantized = apply(model.to(device), plan, data, weight_method=args.weight_range,
                       activation_method=args.activation_range, rounding=args.rounding,
-                      rounding_options=rounding_options)
+                      rounding_options=rounding_options, rounding_checkpoint=cache_dir() / "rounding")
     apply_s = time.perf_counter() - start
     result: dict[str, Any] = {"model": args.model, "plan": plan.metadata.get("candidate", args.plan),
                               "costs": {k: costs.total(k, plan.assignments) for k in COST_KINDS},
@@ -492,11 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
     from .rounding import ROUNDINGS
     p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest", help="how weights go onto their "
-                   "grid: nearest, gptq (column by column with the Hessian of the layer inputs) or adaround "
-                   "(learned per layer); gptq and adaround read the calibration data (default nearest)")
+                   "grid: nearest, gptq (column by column with the Hessian of the layer inputs), adaround "
+                   "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
+                   "calibration data and resume after an interruption (default nearest)")
     p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
     p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
-                   help=f"adaround: optimisation steps per layer (default {ROUNDINGS['adaround'].OPTIONS['iterations']})")
+                   help=f"adaround, brecq: optimisation steps per layer or block (default "
+                        f"{ROUNDINGS['adaround'].OPTIONS['iterations']})")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
     p.set_defaults(func=cmd_quantize)
 

@@ -114,8 +114,8 @@ def test_bad_method_options_and_missing_data_are_clear_errors():
     model = TwoLayers().eval()
     plan = plan_of({"fc1": "w4", "fc2": "w4"})
     data = [torch.randn(8, 64)]
-    with pytest.raises(MixprecError, match="unknown rounding 'brecq'.*nearest, gptq, adaround"):
-        apply(model, plan, data, rounding="brecq", progress=False)
+    with pytest.raises(MixprecError, match="unknown rounding 'obq'.*nearest, gptq, adaround, brecq"):
+        apply(model, plan, data, rounding="obq", progress=False)
     with pytest.raises(RoundingError, match="unknown rounding"):
         round_weights(model, plan, data, "optq")
     with pytest.raises(MixprecError, match="needs calibration data"):
@@ -130,7 +130,7 @@ def test_bad_method_options_and_missing_data_are_clear_errors():
         round_weights(model, plan, data, "adaround", iterations=-1)
     with pytest.raises(MixprecError, match="nearest rounding takes no options"):
         apply(model, plan, data, rounding_options={"act_order": True}, progress=False)
-    assert list(ROUNDINGS) == ["nearest", "gptq", "adaround"]
+    assert list(ROUNDINGS) == ["nearest", "gptq", "adaround", "brecq"]
 
 
 def test_apply_gptq_on_demo_cnn_beats_nearest_at_same_cost():

@@ -16,6 +16,16 @@ A back-end is a module in ROUNDINGS with
     observe(state, layer, x) -> state      keep what it needs from one call's input (state starts None)
     round_layer(layer, state, fmt, weight_method, **options) -> weight of the layer's shape and dtype
 
+A block-wise back-end (BRECQ) instead has BLOCKWISE = True and
+    round_model(model, quantized, batches, targets, run, weight_method, progress, done=, save=, **options)
+which gets the model already quantized by the plan with nearest rounding (activations calibrated)
+and reconstructs whole blocks (see brecq.py).
+
+checkpoint=DIR keeps the weights rounded so far in DIR/<method>-<key>.pt, the key a hash of the
+method, its options, the range methods, the plan's formats, the model's weights and the
+calibration data; an interrupted run resumes from there, and a finished one is read back whole.
+It is written at most every 30 s (and at the end), so an interruption loses at most that.
+
 Layers are visited in the order the first calibration batch calls them; consecutive layers that
 read the very same input tensor (Q/K/V, gate/up) form one step. Each step runs the calibration
 batches through a working copy of the model with hooks on the planned layers and stops the
@@ -28,37 +38,42 @@ for nearest rounding.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import time
 import warnings
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..batches import describe_shape, run_model, split_item, to_device
+from ..batches import split_item
+from ..cache import save_atomic
 from ..candidates import parse_candidate
-from ..errors import ModelError, RoundingError
+from ..errors import RoundingError
 from ..formats import IntFormat
 from ..groups import is_torchscript
 from ..plan import Plan
 from ..quantizers import RANGE_METHODS, quantize_weight
-from . import adaround, gptq, nearest
+from . import adaround, brecq, gptq, nearest
+from .forward import StopForward, forward
 
-ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround}
-
-
-class _StopForward(BaseException):
-    """Ends a forward pass once a step's layers have their inputs (BaseException: model code that
-    catches Exception must not swallow it)."""
+ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround, "brecq": brecq}
+SAVE_EVERY_S = 30.0
 
 
 def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str, *,
-                  weight_method: str = "mse", progress: bool = True, **options: Any) -> dict[str, torch.Tensor]:
+                  weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
+                  checkpoint: str | Path | None = None, **options: Any) -> dict[str, torch.Tensor]:
     """Fake-quantized weight of every planned layer with an integer weight format, rounded by ``method``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs, iterated once per step.
     options: the back-end's options (``ROUNDINGS[method].OPTIONS``), e.g. act_order=True for gptq,
-    iterations=200 for adaround. The model is not modified.
+    iterations=200 for adaround. activation_method: the activation range method, for the back-ends
+    that see quantized activations while rounding (brecq). checkpoint: a directory to resume from
+    (see the module docstring). The model is not modified.
     """
     if method not in ROUNDINGS:
         raise RoundingError(f"unknown rounding {method!r}; choose one of: {', '.join(ROUNDINGS)}")
@@ -88,6 +103,18 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
                             "(or calibration_data=...), or use rounding='nearest'")
     if not targets:
         return {}
+    done, save = _checkpoint(checkpoint, method, options, weight_method, activation_method, wanted, model, batches)
+    device = next(model.parameters()).device
+    if getattr(backend, "BLOCKWISE", False):
+        from ..apply import apply  # here: apply imports this package
+        quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
+                          progress=False)
+        for p in quantized.parameters():
+            p.requires_grad_(False)
+        rounded = backend.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
+                                      weight_method, progress, done=done, save=save, **options)
+        save(rounded, final=True)
+        return {name: rounded[name] for name in targets}
 
     working = copy.deepcopy(model).eval()
     modules = {name: working.get_submodule(name) for name in targets}
@@ -96,7 +123,6 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
             if f is not None and name not in targets:
                 layer = working.get_submodule(name)
                 _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
-    device = next(working.parameters()).device
     steps, calls = _steps(working, batches[0], modules, device)
     never = [name for name in targets if name not in calls]
     if never:
@@ -107,13 +133,62 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
                disable=not progress, leave=False)
     for step in bar:
         bar.set_postfix_str(step[0], refresh=False)
-        states = _observe(working, batches, modules, step, calls, backend, device)
-        for name in step:
-            rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method, **options)
+        if all(name in done for name in step):
+            rounded.update({name: done[name] for name in step})
+        else:
+            states = _observe(working, batches, modules, step, calls, backend, device)
+            for name in step:
+                rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method,
+                                                    **options)
+            save(rounded)
         if backend.SEQUENTIAL:
             for name in step:
                 _set_weight(modules[name], rounded[name])
+    save(rounded, final=True)
     return {name: rounded[name] for name in targets}
+
+
+def _fingerprint(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            digest.update(str(k).encode())
+            _fingerprint(digest, value[k])
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _fingerprint(digest, v)
+    else:
+        digest.update(repr(value).encode())
+
+
+def _checkpoint(directory: str | Path | None, method: str, options: dict, weight_method: str, activation_method: str,
+                wanted: dict[str, str], model: nn.Module, batches: list) -> tuple[dict, Callable]:
+    """(weights already rounded, save(weights, final=False)); no-ops without a directory."""
+    if directory is None:
+        return {}, lambda weights, final=False: None
+    digest = hashlib.sha256(json.dumps({"method": method, "options": repr(sorted(options.items())),
+                                        "weight_method": weight_method, "activation_method": activation_method,
+                                        "formats": sorted(wanted.items())}).encode())
+    _fingerprint(digest, model.state_dict())
+    _fingerprint(digest, batches)
+    path = Path(directory) / f"{method}-{digest.hexdigest()[:20]}.pt"
+    done: dict[str, torch.Tensor] = {}
+    if path.exists():
+        try:
+            done = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+        except Exception as exc:  # a broken checkpoint costs a new start, never a wrong result
+            warnings.warn(f"could not read the rounding checkpoint {path} ({exc}); starting again", stacklevel=3)
+    last = [time.monotonic()]
+    saved = [len(done)]
+
+    def save(weights: dict[str, torch.Tensor], final: bool = False) -> None:
+        if len(weights) > saved[0] and (final or time.monotonic() - last[0] >= SAVE_EVERY_S):
+            save_atomic({k: v.detach() for k, v in weights.items()}, path)
+            last[0], saved[0] = time.monotonic(), len(weights)
+    return done, save
 
 
 def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
@@ -123,17 +198,6 @@ def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else next(iter(kwargs.values()))
-
-
-def _run(model: nn.Module, inputs: Any, index: int, device: torch.device) -> None:
-    try:
-        with torch.no_grad():
-            run_model(model, to_device(inputs, device))
-    except _StopForward:
-        pass
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
-                         f"{str(exc).splitlines()[0]}") from exc
 
 
 def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
@@ -157,7 +221,8 @@ def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
 
     handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
     try:
-        _run(model, inputs, 0, device)
+        with torch.no_grad():
+            forward(model, inputs, 0, device)
     finally:
         for h in handles:
             h.remove()
@@ -176,14 +241,15 @@ def _observe(model: nn.Module, batches: list, modules: dict[str, nn.Module], ste
                 states[name] = backend.observe(states[name], module, _layer_input(args, kwargs))
                 seen[name] += 1
             elif all(seen[n] >= calls[n] for n in step):
-                raise _StopForward
+                raise StopForward
         return pre
 
     handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
     try:
         for index, inputs in enumerate(batches):
             seen.update(dict.fromkeys(step, 0))
-            _run(model, inputs, index, device)
+            with torch.no_grad():
+                forward(model, inputs, index, device)
     finally:
         for h in handles:
             h.remove()

@@ -35,23 +35,24 @@ OPTIONS = {"iterations": 500, "lr": 5e-2, "batch_size": 32, "reg_weight": 0.01, 
 ZETA, GAMMA = 1.1, -0.1
 
 
-def check_options(options: dict) -> dict:
-    opts = {**OPTIONS, **options}
+def check_options(options: dict, method: str = "adaround", defaults: dict = OPTIONS) -> dict:
+    """Defaults filled in and the learned-rounding options checked (``method`` names the back-end in errors)."""
+    opts = {**defaults, **options}
     for name in ("iterations", "batch_size", "seed"):
         value = opts[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise RoundingError(f"adaround option {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+            raise RoundingError(f"{method} option {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
                                 f"integer, got {value!r}")
     for name in ("lr", "reg_weight"):
         if not isinstance(opts[name], (int, float)) or not opts[name] > 0:
-            raise RoundingError(f"adaround option {name} must be a positive number, got {opts[name]!r}")
+            raise RoundingError(f"{method} option {name} must be a positive number, got {opts[name]!r}")
     if not isinstance(opts["warmup"], (int, float)) or not 0 <= opts["warmup"] < 1:
-        raise RoundingError(f"adaround option warmup must be a fraction in [0, 1) (0.2 in the paper), "
+        raise RoundingError(f"{method} option warmup must be a fraction in [0, 1) (0.2 in the paper), "
                             f"got {opts['warmup']!r}")
     beta = opts["beta"]
     if not (isinstance(beta, (tuple, list)) and len(beta) == 2
             and all(isinstance(b, (int, float)) and b > 0 for b in beta)):
-        raise RoundingError(f"adaround option beta must be (start, end), e.g. (20, 2), got {beta!r}")
+        raise RoundingError(f"{method} option beta must be (start, end), e.g. (20, 2), got {beta!r}")
     return opts
 
 
@@ -71,38 +72,67 @@ def rectified_sigmoid(V: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1)  # h(V), eq. 23
 
 
+class SoftRounding:
+    """The learned rounding of one weight: W~ = s (clamp(floor(W/s) + h(V) + z) - z), V trainable.
+
+    Shared by AdaRound (one layer at a time) and BRECQ (every layer of a block at once).
+    """
+
+    def __init__(self, weight: torch.Tensor, fmt: IntFormat, weight_method: str):
+        self.dtype, self.fmt = weight.dtype, fmt
+        W = weight.detach().float()
+        self.scale, self.zero_point = (t.reshape(W.shape) for t in
+                                       weight_qparams(W.reshape(W.shape[0], -1), fmt, weight_method))
+        self.floor = torch.floor(W / self.scale)
+        rest = W / self.scale - self.floor
+        # h(V) = W/s - floor(W/s) at the start (sec. 5)
+        self.V = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).requires_grad_(True)
+
+    def _weight(self, up: torch.Tensor) -> torch.Tensor:
+        fmt = self.fmt
+        return (torch.clamp(self.floor + up + self.zero_point, fmt.qmin, fmt.qmax) - self.zero_point) * self.scale
+
+    def soft(self) -> torch.Tensor:
+        return self._weight(rectified_sigmoid(self.V))
+
+    def regulariser(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * rectified_sigmoid(self.V) - 1).abs().pow(beta)).sum()  # eq. 24
+
+    @torch.no_grad()
+    def hard(self) -> torch.Tensor:
+        """Each weight up where h(V) >= 1/2, in the layer's dtype."""
+        return self._weight((rectified_sigmoid(self.V) >= 0.5).float()).to(self.dtype)
+
+
+def annealed_beta(t: int, iterations: int, warmup: float, beta: tuple[float, float]) -> float | None:
+    """The regulariser's beta at step t: None during the warm-up, then linear from start to end (sec. 5)."""
+    warm = int(warmup * iterations)
+    if t < warm:
+        return None
+    start, end = beta
+    return end + (start - end) * (1 - (t - warm) / max(iterations - warm, 1))
+
+
 def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, iterations: int, lr: float,
                 batch_size: int, reg_weight: float, beta: tuple[float, float], warmup: float,
                 seed: int) -> torch.Tensor:
-    weight = layer.weight.detach()
-    W = weight.float()
-    scale, zero_point = (t.reshape(weight.shape) for t in weight_qparams(W.reshape(W.shape[0], -1), fmt, weight_method))
-    floor = torch.floor(W / scale)
-    rest = W / scale - floor
-    V = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)  # h(V) = W/s - floor(W/s) at the start (sec. 5)
-    V.requires_grad_(True)
-
-    def rounded(up: torch.Tensor) -> torch.Tensor:
-        return (torch.clamp(floor + up + zero_point, fmt.qmin, fmt.qmax) - zero_point) * scale
-
+    W = layer.weight.detach().float()
+    rounding = SoftRounding(layer.weight, fmt, weight_method)
     params = {name: p.detach().float() for name, p in layer.named_parameters(recurse=False)}
     X = torch.cat([x.float() for x in state])
     generator = torch.Generator(device=X.device).manual_seed(seed)
-    optimiser = torch.optim.Adam([V], lr=lr)
-    start_beta, end_beta = beta
-    warm = int(warmup * iterations)
+    optimiser = torch.optim.Adam([rounding.V], lr=lr)
     for t in range(iterations):
         x = X[torch.randint(len(X), (min(batch_size, len(X)),), generator=generator, device=X.device)]
         with torch.no_grad():
             target = functional_call(layer, {**params, "weight": W}, (x,))
         with torch.enable_grad():  # also when the caller runs under torch.no_grad()
-            out = functional_call(layer, {**params, "weight": rounded(rectified_sigmoid(V))}, (x,))
+            out = functional_call(layer, {**params, "weight": rounding.soft()}, (x,))
             loss = (out - target).pow(2).sum(1).mean()  # ||W x - W~ x||^2 per output position (eq. 21)
-            if t >= warm:  # beta decays linearly from start to end after the warm-up (sec. 5)
-                b = end_beta + (start_beta - end_beta) * (1 - (t - warm) / max(iterations - warm, 1))
-                loss = loss + reg_weight * (1 - (2 * rectified_sigmoid(V) - 1).abs().pow(b)).sum()  # eq. 24
+            b = annealed_beta(t, iterations, warmup, beta)
+            if b is not None:
+                loss = loss + reg_weight * rounding.regulariser(b)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
         optimiser.step()
-    with torch.no_grad():
-        return rounded((rectified_sigmoid(V) >= 0.5).float()).to(weight.dtype)
+    return rounding.hard()
