@@ -108,7 +108,7 @@ def test_uniform_keeps_pins():
 def test_uniform_rejects_bad_candidate():
     groups = discover_groups(Net())
     with pytest.raises(MixprecError, match="unknown candidate"):
-        Plan.uniform(groups, "w4x8")
+        Plan.uniform(groups, "w4y8")  # (w4x8 is multipoint now)
 
 
 # ---------------------------------------------------------------- errors

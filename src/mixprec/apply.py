@@ -2,7 +2,9 @@
 
 Returns a quantized (simulated) copy: every planned layer becomes a :class:`QuantizedLayer`
 whose weight is fake-quantized once and whose input goes through an activation quantizer
-calibrated on the calibration data. The input model is never modified.
+calibrated on the calibration data. The input model is never modified. Multipoint layers
+(``w4x2``) take the point counts the plan stores (``plan.metadata["points"]``, written by
+``mixprec solve``), else they are chosen on the calibration data (mixprec.multipoint).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .batches import describe_shape, run_model, shapes_compatible, split_item, t
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights, is_torchscript
+from .multipoint import measure_points, multipoint_weight
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
 from .rounding import ROUNDINGS, round_weights
@@ -67,7 +70,7 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
           progress: bool = True, rounding: str = "nearest", rounding_options: dict | None = None,
-          rounding_checkpoint: str | Path | None = None) -> nn.Module:
+          rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
@@ -75,6 +78,8 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     go onto their grid, one of ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
     the calibration data), with ``rounding_options`` for it (see mixprec.rounding);
     ``rounding_checkpoint``: a directory where the rounding resumes from after an interruption.
+    points: layer -> points per output channel of its multipoint candidate (default
+    ``plan.metadata["points"]``; layers without are chosen on ``calibration_data``, :func:`plan_points`).
     """
     for method in (weight_method, activation_method):
         if method not in RANGE_METHODS:
@@ -93,9 +98,11 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     quantized.eval()
     candidates = {name: parse_candidate(c) for name, c in set(wanted.items())}
     names = list(wanted)
+    multipoint = _multipoint_weights(model, plan, candidates, calibration_data, weight_method, points, rounding,
+                                     progress)
     if is_torchscript(model) and rounding == "nearest":
-        return _apply_torchscript(quantized, candidates, weight_method)
-    rounded = {} if rounding == "nearest" else round_weights(
+        return _apply_torchscript(quantized, candidates, weight_method, multipoint)
+    rounded = multipoint if rounding == "nearest" else round_weights(
         model, plan, calibration_data, rounding, weight_method=weight_method, activation_method=activation_method,
         progress=progress, checkpoint=rounding_checkpoint, **(rounding_options or {}))
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
@@ -146,7 +153,36 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
     return count
 
 
-def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str) -> nn.Module:
+def _multipoint_weights(model, plan, candidates, calibration_data, weight_method, points, rounding,
+                        progress) -> dict[str, torch.Tensor]:
+    names = sorted(name for name, c in candidates.items() if c.multipoint)
+    if names and rounding != "nearest":
+        raise MixprecError(f"rounding={rounding!r} does not build multipoint weights (layer {names[0]!r} is "
+                           f"planned as {candidates[names[0]].name}); use rounding='nearest'")
+    counts = plan_points(model, plan, calibration_data, weight_method, points, progress) if names else {}
+    return {name: multipoint_weight(model.get_submodule(name).weight.detach(), candidates[name], counts[name],
+                                    weight_method, name) for name in names}
+
+
+def plan_points(model: nn.Module, plan: Plan, calibration_data: Iterable | None, weight_method: str = "mse",
+                points: dict[str, str] | None = None, progress: bool = False) -> dict[str, str]:
+    """Points per output channel of every multipoint layer of ``plan``: ``points``, else the plan's
+    stored ones, else chosen on ``calibration_data`` (what the analysis would choose on the same data)."""
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    given = dict(plan.metadata.get("points") or {}) if points is None else dict(points)
+    todo = {name: [c] for name, c in candidates.items() if c.multipoint and name not in given}
+    if todo and is_torchscript(model):
+        raise ModelError(f"a TorchScript model cannot be hooked to choose multipoint points (layer "
+                         f"{next(iter(todo))!r}); use a plan from `mixprec solve`, which stores them, or give the "
+                         "model as file.py:function")
+    measured = measure_points(model, todo, calibration_data, weight_method, progress)
+    for cand, layers in measured.items():
+        given.update(layers)
+    return {name: given[name] for name, c in candidates.items() if c.multipoint}
+
+
+def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str,
+                       weights: dict[str, torch.Tensor]) -> nn.Module:
     """A compiled graph cannot take new modules: weights are quantized in place, inputs stay float."""
     with_activations = sorted(n for n, c in candidates.items() if not c.weight_only and c.weight is not None)
     if with_activations:
@@ -157,5 +193,6 @@ def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weigh
     with torch.no_grad():
         for name, cand in candidates.items():
             weight = layers[name].weight
-            weight.copy_(quantize_weight(weight.detach(), cand.weight, weight_method))
+            weight.copy_(weights[name] if name in weights else quantize_weight(weight.detach(), cand.weight,
+                                                                               weight_method))
     return model

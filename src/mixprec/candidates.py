@@ -2,16 +2,20 @@
 
 Grammar (case-insensitive)::
 
-    w<B>[g<G>][a<B>][-asym]    integer weights of B bits (2..16; w16 = float16), per output
-                               channel, or per group of G inputs; a<B> quantizes the layer
-                               input to B bits (a16 = float16); without a<B> the candidate
-                               is weight-only and the input stays float. -asym: asymmetric
-                               weights (with zero-points).
+    w<B>[g<G>][x<K>][a<B>][-asym]
+                               integer weights of B bits (2..16; w16 = float16), per output
+                               channel, or per group of G inputs; x<K>: multipoint, up to K
+                               (2..8) B-bit points per output channel, each with its own
+                               scales, the count chosen per channel on calibration data
+                               (mixprec.multipoint); a<B> quantizes the layer input to B bits
+                               (a16 = float16); without a<B> the candidate is weight-only and
+                               the input stays float. -asym: asymmetric weights (zero-points).
     fp8 | fp8e5m2             FP8 e4m3 (or e5m2) weights per channel and inputs per tensor
     fp16 | bf16               16-bit float weights and inputs
     fp32                      no quantization (the float reference)
 
-Examples: w8a8, w4a8, w8a16, w16a16 (float16), w4, w4g128, w2g64, w4g128-asym, fp8, fp16.
+Examples: w8a8, w4a8, w8a16, w16a16 (float16), w4, w4g128, w2g64, w4g128-asym, fp8, fp16,
+w4x2a8 (4-bit, up to 2 points per channel, 8-bit inputs), w4g128x2.
 """
 from __future__ import annotations
 
@@ -23,19 +27,30 @@ from .formats import FloatFormat, Format, IntFormat
 
 VALID_FORMS = ("w<B>a<B> (e.g. w8a8, w4a8, w8a16, w16a16)", "w<B> weight-only (e.g. w4, w8)",
                "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>", "suffix -asym (e.g. w4g128-asym)",
+               "multipoint x<K> after the weight part, up to K points per channel (e.g. w4x2a8, w4g128x2)",
                "fp8, fp8e5m2, fp16, bf16, fp32")
-_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:a(\d+))?(-asym)?$")
+_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+))?(-asym)?$")
+MAX_POINTS = 8
 # Bits an unquantized (float) input is counted at in BOPs: weight-only kernels run on float16.
 FLOAT_ACTIVATION_BITS = 16
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """Weight format and input-activation format of a group (None = left in float32)."""
+    """Weight format and input-activation format of a group (None = left in float32).
+
+    ``points`` > 1: multipoint weights, up to that many ``weight``-format points per output
+    channel (mixprec.multipoint); how many each channel takes is chosen on calibration data.
+    """
 
     name: str
     weight: Format | None
     activation: Format | None
+    points: int = 1
+
+    @property
+    def multipoint(self) -> bool:
+        return self.points > 1
 
     @property
     def weight_bits(self) -> int:
@@ -81,11 +96,16 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     match = _PATTERN.match(text)
     if not match:
         raise CandidateError(f"unknown candidate {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
-    wbits_s, group_s, abits_s, asym = match.groups()
+    wbits_s, group_s, points_s, abits_s, asym = match.groups()
     wbits = _int_bits(wbits_s, "weight", spec)
+    points = int(points_s) if points_s else 1
+    if not 1 <= points <= MAX_POINTS:
+        raise CandidateError(f"candidate {spec!r}: the number of points x<K> must be 1..{MAX_POINTS} "
+                             f"(e.g. w4x2), got {points}")
     if wbits == 16:
-        if group_s or asym:
-            raise CandidateError(f"candidate {spec!r}: w16 means float16 weights, which take no group size or -asym")
+        if group_s or asym or points > 1:
+            raise CandidateError(f"candidate {spec!r}: w16 means float16 weights, which take no group size, "
+                                 "points (x<K>) or -asym")
         weight: Format = FloatFormat("fp16")
     elif group_s:
         group = int(group_s)
@@ -98,8 +118,9 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     if abits_s:
         abits = _int_bits(abits_s, "activation", spec)
         activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
-    name = f"w{wbits}" + (f"g{int(group_s)}" if group_s else "") + (f"a{int(abits_s)}" if abits_s else "") + (asym or "")
-    return Candidate(name, weight, activation)
+    name = (f"w{wbits}" + (f"g{int(group_s)}" if group_s else "") + (f"x{points}" if points > 1 else "")
+            + (f"a{int(abits_s)}" if abits_s else "") + (asym or ""))
+    return Candidate(name, weight, activation, points)
 
 
 def parse_candidates(specs: str | list[str]) -> list[Candidate]:
@@ -111,7 +132,7 @@ def parse_candidates(specs: str | list[str]) -> list[Candidate]:
     out = [parse_candidate(s) for s in items]
     seen: dict[tuple, str] = {}
     for c in out:
-        key = (c.weight, c.activation)
+        key = (c.weight, c.activation, c.points)
         if key in seen:
             same = c.name if seen[key] == c.name else f"{seen[key]} and {c.name} (the same formats)"
             raise CandidateError(f"duplicate candidates: {same}")

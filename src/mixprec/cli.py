@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .apply import apply
+from .apply import apply, plan_points
 from .builtin import BUILTINS, get_builtin
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .demo import DEMO_CANDIDATES
@@ -92,17 +92,22 @@ def cmd_inspect(args) -> int:
     _print_groups(groups)
     print()
     rows = []
-    for c in cands:
+    known = [c for c in cands if not c.multipoint]
+    for c in known:
         rows.append((c.name, format_bytes(costs.uniform("bytes", c.name)), format_count(costs.uniform("bops", c.name)),
                      f"{costs.uniform('bits_per_weight', c.name):.3f}"))
     print("cost of each uniform candidate (pinned groups keep their pin):")
     _table(["candidate", "bytes", "BOPs", "bits/weight"], rows)
+    for c in cands:
+        if c.multipoint:
+            print(f"note: {c.name} is not listed: its cost depends on the points each channel takes, chosen on "
+                  f"calibration data; `mixprec analyze --candidates ...,{c.name}` measures it")
     if args.json:
         write_json_atomic(Path(args.json), {
             "model": args.model, "groups": [{"name": g.name, "layers": list(g.layer_names), "params": g.params,
                                              "macs": g.macs, "tied_by": g.tied_by, "pinned": g.pinned} for g in groups],
             "excluded": [l.name for l in groups.excluded],
-            "uniform_costs": {c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in cands}})
+            "uniform_costs": {c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}})
         print(f"wrote {args.json}")
     return 0
 
@@ -126,16 +131,25 @@ def cmd_quantize(args) -> int:
         plan = Plan.load(args.plan)
     else:
         plan = Plan.uniform(groups, args.uniform, {"model": args.model})
-    costs = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model)
-    missing = sorted(set(costs.groups) ^ set(plan.groups))
+    missing = sorted(set(groups.names) ^ set(plan.groups))
     if missing:
         raise SpecError(f"the plan's groups do not match this model's groups (e.g. {missing[:3]}); was it made for "
                         "another model or with other --tie/--exclude options?")
     device = torch.device(args.device)
+    # multipoint layers: the plan's stored point counts, else chosen on the calibration data; costs and
+    # weights both use these, and the saved plan keeps them
+    points = plan_points(model.to(device), plan, data, args.weight_range, progress=True)
+    if points:
+        plan.metadata["points"] = points
+    by_candidate: dict[str, dict[str, str]] = {}
+    for layer, counts in points.items():
+        by_candidate.setdefault(plan.layer_candidates()[layer], {})[layer] = counts
+    costs = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model, points=by_candidate)
     start = time.perf_counter()
     quantized = apply(model.to(device), plan, data, weight_method=args.weight_range,
                       activation_method=args.activation_range, rounding=args.rounding,
-                      rounding_options=rounding_options, rounding_checkpoint=cache_dir() / "rounding")
+                      rounding_options=rounding_options, rounding_checkpoint=cache_dir() / "rounding",
+                      points=points)
     apply_s = time.perf_counter() - start
     result: dict[str, Any] = {"model": args.model, "plan": plan.metadata.get("candidate", args.plan),
                               "costs": {k: costs.total(k, plan.assignments) for k in COST_KINDS},
@@ -217,16 +231,19 @@ def _analyze(args, rank: int) -> int:
         cands.append(parse_candidate(pin))
     evaluate = load_eval(args.eval) if args.eval else None
     arguments = {k: getattr(args, k, None) for k in ANALYZE_ARGS}
+    points = _multipoint_points(model.to(device), groups, cands, data, args.weight_range, rank == 0)
     if rank == 0:
-        costs = cost_tables(groups, [c.name for c in cands], model)
+        costs = cost_tables(groups, [c.name for c in cands], model, points=points)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.out) / "costs.json", {
             "model": args.model, "costs": costs.to_dict(),
             "groups": {g.name: list(g.layer_names) for g in groups},
-            "pins": {g.name: g.pinned for g in groups if g.pinned}, "excluded": [l.name for l in groups.excluded]})
+            "pins": {g.name: g.pinned for g in groups if g.pinned}, "excluded": [l.name for l in groups.excluded],
+            "points": points})
     table = analyze(model.to(device), groups, cands, data or [], metric=args.metric, run_dir=args.out,
                     weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
-                    chunk_size=args.chunk_size, use_fx=not args.no_fx, progress=rank == 0, arguments=arguments)
+                    chunk_size=args.chunk_size, use_fx=not args.no_fx, progress=rank == 0, arguments=arguments,
+                    points=points)
     if rank != 0:
         return 0
     meta = table.metadata
@@ -241,6 +258,23 @@ def _analyze(args, rank: int) -> int:
     if evaluate is not None and args.metric != "task":
         _print_trust(args, model, groups, cands, data, evaluate, table)
     return 0
+
+
+def _multipoint_points(model, groups, cands, data, weight_method: str, verbose: bool) -> dict[str, dict[str, str]]:
+    """Points per channel of every layer at every multipoint candidate, chosen on the calibration data
+    once: the costs (costs.json) and the sensitivity analysis both use them."""
+    from .multipoint import measure_points
+    wanted = [c for c in cands if c.multipoint]
+    if not wanted:
+        return {}
+    points = measure_points(model, {l.name: wanted for l in groups.layers}, data, weight_method, progress=verbose)
+    for cand, layers in points.items():
+        counts = "".join(layers.values())
+        if verbose:
+            print(f"multipoint {cand}: " + ", ".join(f"{counts.count(str(k)) / len(counts):.1%} of channels with "
+                                                     f"{k} point{'s' if k > 1 else ''}"
+                                                     for k in range(1, parse_candidate(cand).points + 1)))
+    return points
 
 
 def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
@@ -298,6 +332,24 @@ def _max_loss(text: str, evaluator) -> float:
                         "amount in the metric's units (0.5)") from None
 
 
+def _add_measure_rounding(p) -> None:
+    from .rounding import ROUNDINGS
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest",
+                   help="how the weights of measured plans are rounded (default nearest); a learned rounding "
+                   "(e.g. brecq) makes the measured searches, refine above all, reconstruction-aware: each plan "
+                   "and each probe is measured after reconstruction, and the sensitivities re-scaled from that")
+    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+                   help="adaround, brecq: optimisation steps per layer or block")
+
+
+def _measure_rounding(args) -> tuple[str, dict]:
+    if args.rounding_iterations is None:
+        return args.rounding, {}
+    if args.rounding not in ("adaround", "brecq"):
+        raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
+    return args.rounding, {"iterations": args.rounding_iterations}
+
+
 def _search(args, run, budgets: dict[str, float]):
     from .plan_evaluation import PlanEvaluator
     from .solvers.exact import solve_exact
@@ -305,10 +357,13 @@ def _search(args, run, budgets: dict[str, float]):
     name = args.search
     if name in ("exact", "refine") and not budgets:
         raise SpecError(f"--search {name} needs --budget, e.g. --budget bops=w4a8")
+    wants_measure = name in MEASURED_SEARCHES or (name == "greedy-pareto" and args.max_drop)
+    if args.rounding != "nearest" and not wants_measure:
+        raise SpecError(f"--rounding {args.rounding} changes how plans are measured, and --search {name} measures "
+                        "none; use it with --search refine, greedy, bisection or greedy-pareto --max-drop")
     if name == "exact":
         return solve_exact(S, tables, budgets, fixed, allowed), None
-    wants_measure = name in MEASURED_SEARCHES or (name == "greedy-pareto" and args.max_drop)
-    evaluator = PlanEvaluator(run, args.eval, args.device) if wants_measure else None
+    evaluator = PlanEvaluator(run, args.eval, args.device, *_measure_rounding(args)) if wants_measure else None
     measure = None
     if evaluator is not None:
         ref = evaluator.reference()
@@ -374,6 +429,8 @@ def cmd_solve(args) -> int:
                  "budgets": budgets, "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs,
                  "evaluations": solution.evaluations, "measured": measured.to_dict() if measured else None,
                  "trace": solution.trace, "run": str(run.path)})
+    if run.plan_points(plan.assignments):
+        plan.metadata["points"] = run.plan_points(plan.assignments)  # the counts the costs were computed from
     plan.save(args.out)
     print(f"wrote {args.out}; apply it with: mixprec quantize --model {run.saved.get('model')} --plan {args.out} "
           "--out DIR")
@@ -386,6 +443,8 @@ def cmd_pareto(args) -> int:
     kind = {"bits": "bits_per_weight"}.get(args.budget_kind, args.budget_kind)
     if kind not in run.tables:
         raise SpecError(f"unknown budget kind {args.budget_kind!r}; kinds: {', '.join(run.tables)}")
+    if args.rounding != "nearest" and not args.eval:
+        raise SpecError(f"--rounding {args.rounding} is how --eval measures the plans; add --eval")
     start = time.perf_counter()
     front = pareto_front(run.table.values, run.tables, kind, args.points, run.fixed, run.allowed, method=args.method)
     solve_s = time.perf_counter() - start
@@ -403,7 +462,8 @@ def cmd_pareto(args) -> int:
     if args.eval:
         from tqdm import tqdm
         from .plan_evaluation import PlanEvaluator
-        evaluator = PlanEvaluator(run, None if args.eval == "auto" else args.eval, args.device)
+        evaluator = PlanEvaluator(run, None if args.eval == "auto" else args.eval, args.device,
+                                  *_measure_rounding(args))
         todo = points + list(uniform.values())
         print(f"measuring the float model and {len(todo)} plans (cached in {evaluator.log})")
         reference = evaluator.reference().to_dict()
@@ -557,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
     p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")
+    _add_measure_rounding(p)
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
 
@@ -576,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the float model, every plan and every uniform candidate (cached in "
                    "RUN/evaluations.jsonl); alone: the built-in model's own evaluation or the analysis's --eval")
     p.add_argument("--device", default=None, help="device for --eval (default: the analysis's)")
+    _add_measure_rounding(p)
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)
 

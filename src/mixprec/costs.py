@@ -8,27 +8,56 @@
 - ``bits_per_weight``: weight storage bits of the group / all weights of the quantizable
   layers, so the row sums add up to the model's average bits per weight.
 A plan's cost is ``fixed[k] + sum_g table[k][g, choice[g]]``.
+
+Multipoint candidates (``w4x2``, mixprec.multipoint) cost what each channel really uses, so they
+need the number of points of every output channel (chosen on calibration data; ``points``:
+candidate -> layer -> one digit per channel, as ``mixprec analyze`` records them): a channel with
+p points stores p B-bit planes of its row plus p sets of scales (and zero-points), every channel
+of the layer stores its point count (ceil(log2 K) bits), and its MACs count p times in BOPs.
+Without the counts an entry is unknown: reading it raises, never a guess.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
 
 from .candidates import Candidate, parse_candidate
+from .errors import CandidateError
 from .formats import SCALE_BITS, IntFormat
 from .groups import Layer, ModelGroups
 
 COST_KINDS = ("bytes", "bops", "bits_per_weight")
 
 
-def weight_storage_bits(layer: Layer, candidate: Candidate) -> int:
+def weight_storage_bits(layer: Layer, candidate: Candidate, points: str | None = None) -> int:
+    """Storage bits of the layer's weight; ``points`` (one digit per output channel) for multipoint."""
     if candidate.weight is None:
         return layer.params * 32
-    return candidate.weight.storage_bits(layer.weight_shape)
+    if not candidate.multipoint:
+        return candidate.weight.storage_bits(layer.weight_shape)
+    counts = _counts(layer, candidate, points)
+    out = layer.weight_shape[0]
+    # one point of one channel: its row's codes and its share of the scales (zero-points)
+    per_point = candidate.weight.storage_bits((1, *layer.weight_shape[1:]))
+    return sum(counts) * per_point + out * math.ceil(math.log2(candidate.points))
+
+
+def _counts(layer: Layer, candidate: Candidate, points: str | None) -> list[int]:
+    if points is None:
+        raise CandidateError(f"the cost of {candidate.name} on layer {layer.name!r} depends on how many points each "
+                             "output channel takes, which is chosen on calibration data; measure it with `mixprec "
+                             f"analyze --candidates ...,{candidate.name}` (its run records the counts) or quantize "
+                             "with calibration data")
+    counts = [int(c) for c in points]
+    if len(counts) != layer.weight_shape[0] or not all(1 <= c <= candidate.points for c in counts):
+        raise CandidateError(f"multipoint counts of layer {layer.name!r} at {candidate.name} do not fit it "
+                             f"({layer.weight_shape[0]} channels, 1..{candidate.points} points each); re-run "
+                             "`mixprec analyze`")
+    return counts
 
 
 def input_quantizer_bits(candidate: Candidate) -> int:
@@ -39,7 +68,13 @@ def input_quantizer_bits(candidate: Candidate) -> int:
     return SCALE_BITS + zero_point
 
 
-def layer_bops(layer: Layer, candidate: Candidate) -> float:
+def layer_bops(layer: Layer, candidate: Candidate, points: str | None = None) -> float:
+    """MACs x weight bits x activation bits; a multipoint channel's MACs count once per point."""
+    if candidate.multipoint:
+        counts = _counts(layer, candidate, points)
+        if layer.macs is None:
+            return float("nan")
+        return float(layer.macs) * sum(counts) / len(counts) * candidate.weight_bits * candidate.activation_bits
     if layer.macs is None:
         return float("nan")
     return float(layer.macs) * candidate.weight_bits * candidate.activation_bits
@@ -51,9 +86,14 @@ class CostTables:
     candidates: tuple[str, ...]
     tables: dict[str, np.ndarray]  # kind -> (G, C)
     fixed: dict[str, float]  # kind -> constant part of the model
+    # (group, candidate) -> why the entry is unknown (multipoint without point counts); NaN in the tables
+    unknown: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def total(self, kind: str, choice: dict[str, str]) -> float:
         """Cost of a plan given as group -> candidate name."""
+        for g in self.groups:
+            if (g, choice[g]) in self.unknown:
+                raise CandidateError(self.unknown[(g, choice[g])])
         table = self.tables[kind]
         col = {c: j for j, c in enumerate(self.candidates)}
         return self.fixed[kind] + float(sum(table[i, col[choice[g]]] for i, g in enumerate(self.groups)))
@@ -62,6 +102,8 @@ class CostTables:
         return self.total(kind, {g: candidate for g in self.groups})
 
     def to_dict(self) -> dict:
+        if self.unknown:
+            raise CandidateError(next(iter(self.unknown.values())))
         return {"groups": list(self.groups), "candidates": list(self.candidates),
                 "tables": {k: v.tolist() for k, v in self.tables.items()}, "fixed": dict(self.fixed)}
 
@@ -78,16 +120,31 @@ def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
     return float(sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n not in quantized))
 
 
-def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: nn.Module | None = None) -> CostTables:
+def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: nn.Module | None = None,
+                points: dict[str, dict[str, str]] | None = None) -> CostTables:
+    """``points``: multipoint candidate -> layer -> points per output channel (mixprec.multipoint);
+    a multipoint entry without them is NaN and listed in ``unknown`` (reading it raises)."""
     cands = [parse_candidate(c) for c in candidates]
+    points = points or {}
     all_weights = sum(l.params for l in groups.layers) + sum(l.params for l in groups.excluded)
     shape = (len(groups), len(cands))
     tables = {k: np.zeros(shape) for k in COST_KINDS}
+    unknown: dict[tuple[str, str], str] = {}
     for i, group in enumerate(groups):
         for j, cand in enumerate(cands):
-            wbits = sum(weight_storage_bits(l, cand) for l in group.layers)
+            counts = {l.name: points.get(cand.name, {}).get(l.name) for l in group.layers}
+            try:
+                wbits = sum(weight_storage_bits(l, cand, counts[l.name]) for l in group.layers)
+                bops = sum(layer_bops(l, cand, counts[l.name]) for l in group.layers)
+            except CandidateError as exc:
+                if any(c is not None for c in counts.values()):
+                    raise  # counts given but wrong: a real error, not a missing measurement
+                unknown[(group.name, cand.name)] = str(exc)
+                for k in COST_KINDS:
+                    tables[k][i, j] = np.nan
+                continue
             tables["bytes"][i, j] = (wbits + len(group.layers) * input_quantizer_bits(cand)) / 8
-            tables["bops"][i, j] = sum(layer_bops(l, cand) for l in group.layers)
+            tables["bops"][i, j] = bops
             tables["bits_per_weight"][i, j] = wbits / all_weights
     excluded_macs = [l.macs for l in groups.excluded]
     fixed = {
@@ -95,7 +152,7 @@ def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: n
         "bops": float(sum(excluded_macs) * 32 * 32) if None not in excluded_macs else float("nan"),
         "bits_per_weight": sum(l.params for l in groups.excluded) * 32 / all_weights,
     }
-    return CostTables(tuple(groups.names), tuple(c.name for c in cands), tables, fixed)
+    return CostTables(tuple(groups.names), tuple(c.name for c in cands), tables, fixed, unknown)
 
 
 def format_bytes(n: float) -> str:

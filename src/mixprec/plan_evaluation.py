@@ -25,7 +25,11 @@ FLOAT = "float model"
 
 
 class PlanEvaluator:
-    def __init__(self, run: Run, eval_spec: str | None = None, device: str | None = None):
+    """rounding: how the measured plans' weights are rounded (mixprec.rounding; a learned one makes
+    the measurements reconstruction-aware, and its work on each plan resumes from RUN/rounding/)."""
+
+    def __init__(self, run: Run, eval_spec: str | None = None, device: str | None = None,
+                 rounding: str = "nearest", rounding_options: dict | None = None):
         arguments = read_arguments(run.path)
         model = arguments.get("model")
         self.eval_spec = eval_spec or arguments.get("eval") or (model if model and is_builtin(model) else None)
@@ -38,6 +42,9 @@ class PlanEvaluator:
         self.settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude",
                                                        "pin", "weight_range", "activation_range")}
         self.settings["eval"] = self.eval_spec
+        self.rounding, self.rounding_options = rounding, dict(rounding_options or {})
+        if rounding != "nearest":  # nearest's keys stay as they were, so older logs still count
+            self.settings["rounding"] = [rounding, sorted(self.rounding_options.items())]
         self.log = run.path / "evaluations.jsonl"
         self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key
         self.results = self._read_log()
@@ -90,7 +97,10 @@ class PlanEvaluator:
         else:
             plan = Plan(dict(assignments), self.run.saved["groups"], self.run.saved.get("excluded", []))
             quantized = apply(model, plan, data, weight_method=self.arguments.get("weight_range") or "mse",
-                              activation_method=self.arguments.get("activation_range") or "mse", progress=False)
+                              activation_method=self.arguments.get("activation_range") or "mse", progress=False,
+                              points=self.run.plan_points(assignments), rounding=self.rounding,
+                              rounding_options=self.rounding_options,
+                              rounding_checkpoint=None if self.rounding == "nearest" else self.run.path / "rounding")
             result = evaluate(quantized)
             del quantized
         seconds = time.perf_counter() - start

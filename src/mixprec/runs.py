@@ -22,7 +22,7 @@ class Run:
     tables: dict[str, np.ndarray]  # kind -> (G, C), columns in the sensitivity table's order
     fixed: dict[str, float]
     allowed: np.ndarray  # (G, C) bool
-    saved: dict  # costs.json: model, groups (name -> layers), pins, excluded
+    saved: dict  # costs.json: model, groups (name -> layers), pins, excluded, points (multipoint)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,6 +58,16 @@ class Run:
     def highest_cost(self, kind: str) -> float:
         """Cost of the most expensive allowed plan (the base of fractional budgets such as 0.5x)."""
         return float(self.fixed.get(kind, 0.0) + np.where(self.allowed, self.tables[kind], -np.inf).max(axis=1).sum())
+
+    @property
+    def points(self) -> dict[str, dict[str, str]]:
+        """Multipoint candidate -> layer -> points per output channel, as the analysis chose them."""
+        return self.saved.get("points", {})
+
+    def plan_points(self, assignments: dict[str, str]) -> dict[str, str]:
+        """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs)."""
+        return {layer: self.points[cand][layer] for g, cand in assignments.items() if cand in self.points
+                for layer in self.saved["groups"][g]}
 
     def uniform_candidates(self) -> list[str]:
         """Candidates every unpinned group may take."""

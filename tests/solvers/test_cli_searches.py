@@ -138,3 +138,26 @@ def test_a_budget_that_does_not_bind_gives_the_least_sensitive_plan_with_a_note(
     assignments = json.loads(plan.read_text())["assignments"]
     for group, row in zip(table["groups"], table["values"]):
         assert assignments[group] == table["candidates"][min(range(len(row)), key=lambda j: row[j])]
+
+
+def test_reconstruction_aware_refine_measures_each_plan_after_brecq(tmp_path, capsys):
+    run = tmp_path / "run"  # min-max ranges and few samples: a BRECQ evaluation in seconds
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "64",
+                 "--weight-range", "minmax", "--activation-range", "minmax", "--out", str(run)]) == 0
+    plan = tmp_path / "plan.json"
+    before = evaluations(run)
+    assert main(["solve", str(run), "--search", "refine", "--budget", "bops=0.5x", "--rounds", "1", "--probes", "1",
+                 "--rounding", "brecq", "--rounding-iterations", "5", "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    entries = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()[before:]]
+    # nearest's float-model entry is reused only if its key is the same: a rounding is part of the key
+    assert len(entries) == meta["evaluations"] + 1 and entries[0]["plan"] == "float model"
+    assert list((run / "rounding").glob("brecq-*.pt"))  # each plan's reconstruction resumes from here
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bops=0.5x", "--rounding", "brecq", "--out", str(plan)]) == 2
+    assert "measures none" in capsys.readouterr().err
+    assert main(["pareto", str(run), "--rounding", "brecq", "--out", str(tmp_path)]) == 2
+    assert "add --eval" in capsys.readouterr().err
+    assert main(["solve", str(run), "--search", "refine", "--budget", "bops=0.5x", "--rounding", "gptq",
+                 "--rounding-iterations", "5", "--out", str(plan)]) == 2
+    assert "--rounding-iterations is an option of --rounding adaround and --rounding brecq" in capsys.readouterr().err

@@ -34,8 +34,12 @@ def _distributed() -> tuple[int, int]:
 def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], data: list, *,
             metric: str = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse", activation_method: str = "mse",
             evaluate: Callable | None = None, chunk_size: int | None = None, use_fx: bool = True,
-            progress: bool = True, arguments: dict[str, Any] | None = None) -> SensitivityTable:
-    """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused."""
+            progress: bool = True, arguments: dict[str, Any] | None = None,
+            points: dict[str, dict[str, str]] | None = None) -> SensitivityTable:
+    """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused.
+
+    ``points``: multipoint candidate -> layer -> points per channel (mixprec.multipoint.measure_points);
+    measured on ``data`` when missing."""
     if metric not in METRICS:
         raise MixprecError(f"unknown sensitivity metric {metric!r}; metrics: {', '.join(METRICS)}")
     module = METRICS[metric]
@@ -43,7 +47,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
                            "give at least one batch (or use --metric roundoff, which needs none)")
     ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
-                         activation_method, evaluate, progress)
+                         activation_method, evaluate, progress, points)
     if getattr(module, "NEEDS_LABELS", False) and not ctx.has_labels:
         raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
     rank, world = _distributed()

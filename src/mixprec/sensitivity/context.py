@@ -3,6 +3,8 @@ the calibration batches, and the quantized version of any one group.
 
 Only one group is quantized at a time, so every layer's input is the float model's input:
 activation ranges are observed once, on a float pass, and reused for every candidate.
+Multipoint candidates use the point counts given in ``points`` (as costs.json records them), or
+choose them on the calibration data the first time they are needed (one float pass).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
 from ..formats import Format
 from ..groups import ModelGroups, QuantizerGroup
+from ..multipoint import measure_points, multipoint_weight
 from ..quantizers import ActivationQuantizer, quantize_weight
 
 
@@ -31,8 +34,9 @@ class MeasureContext:
     activation_method: str = "mse"
     evaluate: Callable[[nn.Module], Any] | None = None  # the user's --eval (task metric)
     progress: bool = True
+    points: dict[str, dict[str, str]] | None = None  # multipoint candidate -> layer -> points per channel
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
-    _weights: dict[tuple[str, Format | None], torch.Tensor] = field(default_factory=dict, repr=False)
+    _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -67,12 +71,26 @@ class MeasureContext:
             self._observers = observers
         return self._observers
 
-    def quantized_weight(self, layer: str, fmt: Format | None) -> torch.Tensor:
-        key = (layer, fmt)
+    def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
+        key = (layer, candidate.weight, candidate.points)
         if key not in self._weights:
             weight = self.model.get_submodule(layer).weight.detach()
-            self._weights[key] = quantize_weight(weight, fmt, self.weight_method)
+            if candidate.multipoint:
+                counts = self.multipoint_points()[candidate.name][layer]
+                self._weights[key] = multipoint_weight(weight, candidate, counts, self.weight_method, layer)
+            else:
+                self._weights[key] = quantize_weight(weight, candidate.weight, self.weight_method)
         return self._weights[key]
+
+    def multipoint_points(self) -> dict[str, dict[str, str]]:
+        """Points per channel of every (layer, multipoint candidate); measured once if not given."""
+        wanted = [c for c in self.candidates if c.multipoint]
+        have = self.points or {}
+        if any(l.name not in have.get(c.name, {}) for c in wanted for l in self.groups.layers):
+            measured = measure_points(self.model, {l.name: wanted for l in self.groups.layers}, self.data,
+                                      self.weight_method, self.progress)
+            self.points = {c: {**measured.get(c, {}), **have.get(c, {})} for c in {*measured, *have}}
+        return self.points or {}
 
     def input_quantizer(self, layer: str, fmt: Format | None) -> ActivationQuantizer:
         quantizer = ActivationQuantizer(fmt, self.activation_method)
@@ -92,7 +110,7 @@ class MeasureContext:
             float_layer = self.model.get_submodule(layer)
             clone = copy.copy(float_layer)  # shallow: the float layer keeps its own weight
             clone._parameters = dict(float_layer._parameters)
-            out[layer] = QuantizedLayer(clone, candidate, weight=self.quantized_weight(layer, candidate.weight),
+            out[layer] = QuantizedLayer(clone, candidate, weight=self.quantized_weight(layer, candidate),
                                         input_quantizer=self.input_quantizer(layer, candidate.activation))
         return out
 

@@ -71,7 +71,7 @@ def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[
             value = 0.0
             for layer in group.layer_names:
                 w = ctx.model.get_submodule(layer).weight.detach().float()
-                delta = ctx.quantized_weight(layer, cand.weight).float() - w
+                delta = ctx.quantized_weight(layer, cand).float() - w
                 value += 0.5 * float((fisher[layer] * delta.pow(2)).sum())
                 if cand.activation is not None:
                     value += 0.5 * input_term.get((layer, cand.activation), 0.0)

@@ -92,7 +92,7 @@ def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[
             value = 0.0
             for layer in group.layer_names:
                 w = ctx.model.get_submodule(layer).weight.detach().float()
-                value += weight_avg[layer] * float((ctx.quantized_weight(layer, cand.weight).float() - w).pow(2).sum())
+                value += weight_avg[layer] * float((ctx.quantized_weight(layer, cand).float() - w).pow(2).sum())
                 if cand.activation is not None:
                     value += input_term.get((layer, cand.activation), 0.0)
             values[(g, c)] = value

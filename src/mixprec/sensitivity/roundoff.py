@@ -19,7 +19,7 @@ def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[
             noise = signal = 0.0
             for layer in group.layer_names:
                 w = ctx.model.get_submodule(layer).weight.detach().float()
-                noise += float((ctx.quantized_weight(layer, cand.weight).float() - w).pow(2).sum())
+                noise += float((ctx.quantized_weight(layer, cand).float() - w).pow(2).sum())
                 signal += float(w.pow(2).sum())
             values[(g, c)] = noise / signal if signal > 0 else 0.0
     return values
