@@ -10,7 +10,9 @@ threads (1 is much faster for small layers on a busy machine).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +57,7 @@ def run(name: str, candidates: list[str], roundings: list[str], samples: int | N
     return {"model": name, "float": {"name": float_metric.name, "value": float_metric.value}, "rows": rows,
             "calibration_samples": samples or builtin.default_calibration_samples, "eval_limit": limit,
             "environment": {"mixprec": __version__, "torch": torch.__version__, "device": device,
+                            "cpu_count": os.cpu_count(),
                             "threads": torch.get_num_threads(), "machine": platform.machine()}}
 
 
@@ -67,6 +70,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluation samples (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out-suffix", default="", help="suffix for the result file, e.g. _brecq")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,8 +78,10 @@ def main() -> int:
     for name in args.models:
         result = run(name, args.candidates.split(","), args.roundings.split(","), args.samples, args.device,
                      args.limit)
-        write_json_atomic(RESULTS / f"rounding_{name}.json", result)
-        print(f"wrote {RESULTS / f'rounding_{name}.json'}")
+        result["command"] = "python " + " ".join(sys.argv)
+        out = RESULTS / f"rounding_{name}{args.out_suffix}.json"
+        write_json_atomic(out, result)
+        print(f"wrote {out}")
     return 0
 
 

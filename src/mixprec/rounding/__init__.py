@@ -26,6 +26,11 @@ method, its options, the range methods, the plan's formats, the model's weights 
 calibration data; an interrupted run resumes from there, and a finished one is read back whole.
 It is written at most every 30 s (and at the end), so an interruption loses at most that.
 
+Where the planned layers sit in a chain of blocks (chain.py: transformer layers, residual stages),
+the steps inside the chain run block by block on the block inputs kept from the step before, so
+a deep model costs about one pass over the calibration data, not one per step; the results are
+the same.
+
 Layers are visited in the order the first calibration batch calls them; consecutive layers that
 read the very same input tensor (Q/K/V, gate/up) form one step. Each step runs the calibration
 batches through a working copy of the model with hooks on the planned layers and stops the
@@ -57,7 +62,7 @@ from ..formats import IntFormat
 from ..groups import is_torchscript
 from ..plan import Plan
 from ..quantizers import RANGE_METHODS, quantize_weight
-from . import adaround, brecq, gptq, nearest
+from . import adaround, brecq, chain, gptq, nearest
 from .forward import StopForward, forward
 
 ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround, "brecq": brecq}
@@ -129,14 +134,24 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
                       f"{never[0]!r}; they get nearest rounding", stacklevel=2)
     rounded = {name: quantize_weight(modules[name].weight.detach(), targets[name], weight_method) for name in never}
-    bar = tqdm(steps, desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else "step",
-               disable=not progress, leave=False)
-    for step in bar:
+    run = lambda m, x: forward(m, x, 0, device)  # noqa: E731
+    blocks, chained = _chain_steps(working, batches[0], steps, calls, run)
+    bar = tqdm(total=len(steps), desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else
+               "step", disable=not progress, leave=False)
+    kept = None  # the current chained block's inputs
+    for index, step in enumerate(steps):
         bar.set_postfix_str(step[0], refresh=False)
+        block = chained.get(index)
+        if block is not None and kept is None:  # the chain starts: one pass up to its first block
+            kept = chain.block_inputs(working, block, batches, run)
         if all(name in done for name in step):
             rounded.update({name: done[name] for name in step})
         else:
-            states = _observe(working, batches, modules, step, calls, backend, device)
+            if block is None:
+                states = _observe(working, batches, modules, step, calls, backend, device)
+            else:
+                states = chain.observe_in_block(working.get_submodule(block), kept,
+                                                {name: modules[name] for name in step}, backend)
             for name in step:
                 rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method,
                                                     **options)
@@ -144,8 +159,32 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         if backend.SEQUENTIAL:
             for name in step:
                 _set_weight(modules[name], rounded[name])
+        if block is not None and chained.get(index + 1) != block:  # the block is done: its outputs go on
+            kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
+        bar.update(1)
+    bar.close()
     save(rounded, final=True)
     return {name: rounded[name] for name in targets}
+
+
+def _chain_steps(model: nn.Module, inputs: Any, steps: list[list[str]], calls: dict[str, int],
+                 run) -> tuple[dict[str, list[str]], dict[int, str]]:
+    """(chain, step index -> its chained block) where the steps of a chain of blocks (chain.py) are
+    consecutive and in block order, each inside one block and called once; else nothing is chained."""
+    blocks = chain.find_chain(model, inputs, [name for step in steps for name in step], run)
+    owner = {name: block for block, members in blocks.items() for name in members}
+    chained = {}
+    for index, step in enumerate(steps):
+        owners = {owner.get(name) for name in step}
+        if len(owners) != 1 or (None not in owners and any(calls[name] != 1 for name in step)):
+            return {}, {}
+        if None not in owners:
+            chained[index] = owners.pop()
+    indices = sorted(chained)
+    order = list(dict.fromkeys(chained[i] for i in indices))
+    if (not indices or indices != list(range(indices[0], indices[-1] + 1)) or order != list(blocks)):
+        return {}, {}
+    return blocks, chained
 
 
 def _fingerprint(digest: Any, value: Any) -> None:

@@ -1,0 +1,131 @@
+"""A chain of blocks: consecutive blocks (brecq.find_blocks) where each one's input is the previous
+one's output, and their other arguments are the very same objects (the layers of a transformer, a
+stage of residual blocks). Along a chain the layer-wise back-ends run one block at a time on the
+block inputs they keep, instead of running the model from its start for every step: a model of L
+blocks costs about one pass over the calibration data plus a few block passes per block, not L/2
+passes.
+
+    find_chain(model, first batch, layers) -> {block: its layers} in call order, or {} where the
+        model does not chain on the first batch (then the step-by-step passes are used)
+    block_inputs(model, first block, batches) -> [(args, kwargs)] of the first block per batch
+    next_inputs(block, inputs) -> the next block's inputs: this block's output in place of the
+        first argument, the rest unchanged
+
+A chain is only taken where every other argument is a tensor, a number, a string or None (no
+cache object that a second run of the block would change), each chained block runs once per
+pass, and the step layers inside them once per block call.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import brecq
+from .forward import StopForward
+
+_PLAIN = (torch.Tensor, type(None), bool, int, float, str)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def find_chain(model: nn.Module, inputs: Any, layers: list[str], run: Callable[[nn.Module, Any], Any]) -> dict[str, list[str]]:
+    blocks = {b: m for b, m in brecq.find_blocks(model, layers).items() if m != [b]}
+    if len(blocks) < 2:
+        return {}
+    log: list[list] = []  # [block, args, kwargs, output]
+
+    def pre(name):
+        def hook(module, args, kwargs):
+            log.append([name, args, kwargs, None])
+        return hook
+
+    def post(name):
+        def hook(module, args, kwargs, output):
+            if log and log[-1][0] == name:
+                log[-1][3] = output
+        return hook
+
+    handles = []
+    for name in blocks:
+        module = model.get_submodule(name)
+        handles += [module.register_forward_pre_hook(pre(name), with_kwargs=True),
+                    module.register_forward_hook(post(name), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            run(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    order = [entry[0] for entry in log]
+    if sorted(order) != sorted(blocks) or not all(_plain(e[1]) and _plain(e[2]) for e in log):
+        return {}
+    for (_, args0, kwargs0, out0), (_, args1, kwargs1, _) in zip(log, log[1:]):
+        if (not args1 or out0 is None or args1[0] is not brecq._first_tensor(out0) or len(args1) != len(args0)
+                or any(a is not b for a, b in zip(args1[1:], args0[1:]))
+                or kwargs1.keys() != kwargs0.keys() or any(kwargs1[k] is not kwargs0[k] for k in kwargs0)):
+            return {}
+    return {name: blocks[name] for name in order}
+
+
+def block_inputs(model: nn.Module, block: str, batches: list, run: Callable[[nn.Module, Any], Any]) -> list:
+    """(args, kwargs) of ``block``'s call on every batch (each pass stops there)."""
+    kept: list = []
+
+    def hook(module, args, kwargs):
+        kept.append(brecq._detach((args, kwargs)))
+        raise StopForward
+
+    handle = model.get_submodule(block).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for inputs in batches:
+                run(model, inputs)
+    finally:
+        handle.remove()
+    return kept
+
+
+def next_inputs(module: nn.Module, inputs: list) -> list:
+    out = []
+    with torch.no_grad():
+        for args, kwargs in inputs:
+            result = brecq._first_tensor(module(*args, **kwargs)).detach()
+            out.append(((result,) + tuple(args[1:]), kwargs))
+    return out
+
+
+def observe_in_block(module: nn.Module, inputs: list, layers: dict[str, nn.Module], backend: Any) -> dict[str, Any]:
+    """Run the block on its kept inputs until the given layers have each seen every call once;
+    the back-end's state per layer."""
+    states: dict[str, Any] = {name: None for name in layers}
+    seen: set[str] = set()
+
+    def hook(name):
+        def pre(m, args, kwargs):
+            states[name] = backend.observe(states[name], m, args[0] if args else next(iter(kwargs.values())))
+            seen.add(name)
+            if len(seen) == len(layers):
+                raise StopForward
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for args, kwargs in inputs:
+                seen.clear()
+                try:
+                    module(*args, **kwargs)
+                except StopForward:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return states
