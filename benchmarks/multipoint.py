@@ -110,8 +110,8 @@ def markdown(r: dict) -> str:
     better = ref.get("higher_is_better", True)
 
     def beats(a: str, b: str) -> str:
-        x, y = by[a], by[b]
-        return "ties" if x == y else ("beats" if (x > y) == better else "loses to")
+        x, y = round(by[a], 2), round(by[b], 2)  # compared as the table shows them
+        return "ties with" if x == y else ("beats" if (x > y) == better else "loses to")
 
     lines += ["", f"At the multipoint plan's bytes: uniform multipoint {beats('uniform multipoint', 'mixed 4/8 @ multipoint bytes')}"
               f" the mixed 4/8-bit plan; the mixed plan with multipoint {beats('mixed 4/multipoint/8 @ multipoint bytes', 'mixed 4/8 @ multipoint bytes')}"
