@@ -168,3 +168,24 @@ def test_cli_quantize_with_gptq_records_the_rounding(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--rounding", "adaround", "--act-order", "--out", str(tmp_path / "x")]) == 2
     assert "--act-order is an option of --rounding gptq" in capsys.readouterr().err
+
+
+def test_gptq_sees_the_inputs_the_plans_activation_quantizers_make():
+    model = TwoLayers().eval()
+    x = correlated_inputs(n=1024)
+    data = list(x.split(256))
+    fmt = IntFormat(3, granularity="channel")
+    plan = plan_of({"fc1": "w3a4", "fc2": "w3a4"})
+    q = round_weights(model, plan, data, "gptq", progress=False)
+    quantized = apply(model, plan, data, progress=False)
+    quantized.fc1.layer.weight = nn.Parameter(q["fc1"], requires_grad=False)
+    seen = []
+    quantized.fc2.layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        for batch in data:
+            quantized(batch)
+    x2 = torch.cat(seen)
+    assert len(torch.unique(x2)) <= 16  # 4-bit inputs
+    w2 = model.fc2.weight.detach()
+    expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt)
+    assert torch.allclose(q["fc2"], expected, atol=1e-5)

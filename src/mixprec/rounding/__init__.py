@@ -10,8 +10,9 @@ Layers with float (or no) weight formats are left to apply.
 A back-end is a module in ROUNDINGS with
     NEEDS_DATA   whether it reads calibration inputs (nearest does not)
     SEQUENTIAL   True: a layer's inputs come from the model whose earlier layers already carry
-                 their rounded weights (GPTQ, layer by layer as in the paper); False: from the
-                 float model (AdaRound, the paper's default)
+                 their rounded weights (GPTQ, layer by layer as in the paper) and, where the plan
+                 quantizes activations, through their calibrated activation quantizers; False:
+                 from the float model (AdaRound, the paper's default)
     OPTIONS      option name -> default; check_options(options) validates and fills defaults
     observe(state, layer, x) -> state      keep what it needs from one call's input (state starts None)
     round_layer(layer, state, fmt, weight_method, **options) -> weight of the layer's shape and dtype
@@ -35,10 +36,8 @@ Layers are visited in the order the first calibration batch calls them; consecut
 read the very same input tensor (Q/K/V, gate/up) form one step. Each step runs the calibration
 batches through a working copy of the model with hooks on the planned layers and stops the
 forward pass once the step's layers have been called as often as in the first batch, so a step
-costs on average half a pass over the calibration set. Activations stay float while rounding
-(in the working copy, earlier layers with float formats such as fp8 are already quantized);
-apply calibrates the activation quantizers afterwards on the model with the rounded weights, as
-for nearest rounding.
+costs on average half a pass over the calibration set. apply calibrates the activation quantizers
+again afterwards on the model with the rounded weights, as for nearest rounding.
 """
 from __future__ import annotations
 
@@ -121,13 +120,24 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         save(rounded, final=True)
         return {name: rounded[name] for name in targets}
 
-    working = copy.deepcopy(model).eval()
-    modules = {name: working.get_submodule(name) for name in targets}
-    if backend.SEQUENTIAL:  # later layers must see earlier float-format layers as apply will make them
-        for name, f in formats.items():
-            if f is not None and name not in targets:
-                layer = working.get_submodule(name)
-                _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
+    quantizes_inputs = any(not parse_candidate(c).weight_only for c in wanted.values())
+    if backend.SEQUENTIAL and quantizes_inputs:
+        # the layers see their inputs as the plan makes them: quantized by calibrated activation
+        # quantizers, earlier layers already rounded (the hooks sit on the layers inside apply's wrappers)
+        from ..apply import apply  # here: apply imports this package
+        working = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
+                        progress=False)
+        modules = {name: working.get_submodule(name).layer for name in targets}
+        for name, layer in modules.items():  # float until rounded, as in the other path
+            _set_weight(layer, model.get_submodule(name).weight.detach().clone())
+    else:
+        working = copy.deepcopy(model).eval()
+        modules = {name: working.get_submodule(name) for name in targets}
+        if backend.SEQUENTIAL:  # later layers must see earlier float-format layers as apply will make them
+            for name, f in formats.items():
+                if f is not None and name not in targets:
+                    layer = working.get_submodule(name)
+                    _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
     steps, calls = _steps(working, batches[0], modules, device)
     never = [name for name in targets if name not in calls]
     if never:
