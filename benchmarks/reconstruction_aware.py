@@ -33,7 +33,7 @@ from run import CONFIGS, first_last_choice
 RESULTS = Path(__file__).parent / "results"
 
 
-def benchmark(model: str, device: str, rounds: int, probes: int, kind: str = "bops") -> dict:
+def benchmark(model: str, device: str, rounds: int, probes: int, kind: str = "bops", at: str | None = None) -> dict:
     start = time.perf_counter()
     config = CONFIGS[model]
     run_dir = RESULTS / "tmp" / f"run_{model}" / config.metrics[0]
@@ -42,7 +42,10 @@ def benchmark(model: str, device: str, rounds: int, probes: int, kind: str = "bo
     run = open_run(run_dir)
     nearest = PlanEvaluator(run, device=device)
     brecq = PlanEvaluator(run, device=device, rounding="brecq")
-    uniform = first_last_choice(run, config.target)
+    at = at or config.target
+    if at not in run.candidates:
+        raise SystemExit(f"--at {at}: not one of the run's candidates {run.candidates}")
+    uniform = first_last_choice(run, at)
     budget = run.cost(kind, uniform)
     S, tables = run.table.values, run.tables
     exact = solve_exact(S, tables, {kind: budget}, run.fixed, run.allowed).choice
@@ -57,14 +60,14 @@ def benchmark(model: str, device: str, rounds: int, probes: int, kind: str = "bo
         rows.append(row)
         print(f"{label:<34} nearest {row['nearest']:.3f}  brecq {row['brecq']:.3f}", flush=True)
 
-    add(f"uniform {config.target}", uniform)
+    add(f"uniform {at}", uniform)
     add("exact", exact)
     for label, evaluator in (("refine, nearest measurements", nearest), ("refine, BRECQ measurements", brecq)):
         before, t = evaluator.measured, time.perf_counter()
         solution = refine(S, tables, {kind: budget}, evaluator.loss_of_choice, run.fixed, run.allowed,
                           rounds=rounds, probes=probes)
         add(label, solution.choice, solution.evaluations, time.perf_counter() - t)
-    return {"model": model, "kind": kind, "budget": budget, "at": config.target, "metric": config.metrics[0],
+    return {"model": model, "kind": kind, "budget": budget, "at": at, "metric": config.metrics[0],
             "reference": nearest.reference().to_dict(), "rows": rows, "rounds": rounds, "probes": probes,
             "wall_seconds": round(time.perf_counter() - start, 1), "command": "python " + " ".join(sys.argv),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "device": device,
@@ -95,11 +98,13 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--at", help="the uniform candidate whose cost is the budget (default: the model's target)")
     args = parser.parse_args()
-    report = benchmark(args.model, args.device, args.rounds, args.probes)
-    write_json_atomic(RESULTS / f"reconstruction_aware_{args.model}.json", report)
-    (RESULTS / f"reconstruction_aware_{args.model}.md").write_text(markdown(report))
-    print(f"wrote {RESULTS / f'reconstruction_aware_{args.model}.json'} and .md")
+    report = benchmark(args.model, args.device, args.rounds, args.probes, at=args.at)
+    name = f"reconstruction_aware_{args.model}" + (f"_{args.at}" if args.at else "")
+    write_json_atomic(RESULTS / f"{name}.json", report)
+    (RESULTS / f"{name}.md").write_text(markdown(report))
+    print(f"wrote {RESULTS / name}.json and .md")
     return 0
 
 
