@@ -70,14 +70,13 @@ def input_quantizer_bits(candidate: Candidate) -> int:
 
 def layer_bops(layer: Layer, candidate: Candidate, points: str | None = None) -> float:
     """MACs x weight bits x activation bits; a multipoint channel's MACs count once per point."""
+    points_per_channel = 1.0
     if candidate.multipoint:
         counts = _counts(layer, candidate, points)
-        if layer.macs is None:
-            return float("nan")
-        return float(layer.macs) * sum(counts) / len(counts) * candidate.weight_bits * candidate.activation_bits
+        points_per_channel = sum(counts) / len(counts)
     if layer.macs is None:
         return float("nan")
-    return float(layer.macs) * candidate.weight_bits * candidate.activation_bits
+    return float(layer.macs) * points_per_channel * candidate.weight_bits * candidate.activation_bits
 
 
 @dataclass(frozen=True)

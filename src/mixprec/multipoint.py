@@ -46,7 +46,7 @@ from .batches import run_model, split_item, to_device
 from .candidates import Candidate
 from .errors import MixprecError
 from .quantizers import quantize_weight
-from .rounding.gptq import layer_columns
+from .rounding import gptq
 
 # Per layer and multipoint candidate: one digit per output channel, its number of points ("1121...").
 Points = dict[str, str]
@@ -122,15 +122,8 @@ def input_moments(model: nn.Module, layer_names: Iterable[str], data: Iterable,
     sums: dict[str, list] = {}
 
     def hook(name: str):
-        def pre(module, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            columns = layer_columns(module, x.detach()).float()
-            xtx = columns.transpose(1, 2) @ columns
-            if name in sums:
-                sums[name][0] += xtx
-                sums[name][1] += columns.shape[1]
-            else:
-                sums[name] = [xtx, columns.shape[1]]
+        def pre(module, args, kwargs):  # [sum of x x^T per convolution group, columns], as GPTQ keeps it
+            sums[name] = gptq.observe(sums.get(name), module, args[0] if args else next(iter(kwargs.values())))
         return pre
 
     device = next(model.parameters()).device

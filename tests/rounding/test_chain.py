@@ -53,7 +53,7 @@ def plan_for(model):
 def test_chained_rounding_equals_step_by_step_with_fewer_passes(monkeypatch):
     model = Stack().eval()
     data = list(correlated_inputs(n=512).split(128))
-    run = lambda m, x: forward(m, x, 0, torch.device("cpu"))  # noqa: E731
+    run = lambda m, x, i: forward(m, x, i, torch.device("cpu"))  # noqa: E731
     layers = [n for step in [[n] for n, m in model.named_modules() if isinstance(m, nn.Linear)] for n in step]
     assert list(chain.find_chain(model, data[0], layers, run)) == ["layers.0", "layers.1", "layers.2"]
     Stack.passes = 0
@@ -72,7 +72,7 @@ def test_chained_rounding_equals_step_by_step_with_fewer_passes(monkeypatch):
 @pytest.mark.parametrize("model", [Stack(between=True), Stack(state=[object()])])
 def test_no_chain_where_blocks_do_not_feed_each_other_or_take_other_objects(model):
     data = list(correlated_inputs(n=128).split(128))
-    run = lambda m, x: forward(m, x, 0, torch.device("cpu"))  # noqa: E731
+    run = lambda m, x, i: forward(m, x, i, torch.device("cpu"))  # noqa: E731
     layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     # Stack(state=[object()]): a mask argument holding an object (a cache, say) that a second run could change
     assert chain.find_chain(model, data[0], layers, run) == {}

@@ -110,11 +110,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     done, save = _checkpoint(checkpoint, method, options, weight_method, activation_method, wanted, model, batches)
     device = next(model.parameters()).device
     if getattr(backend, "BLOCKWISE", False):
-        from ..apply import apply  # here: apply imports this package
-        quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                          progress=False)
-        for p in quantized.parameters():
-            p.requires_grad_(False)
+        quantized = _planned_copy(model, plan, batches, weight_method, activation_method)
         rounded = backend.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
                                       weight_method, progress, done=done, save=save, **options)
         save(rounded, final=True)
@@ -124,9 +120,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     if backend.SEQUENTIAL and quantizes_inputs:
         # the layers see their inputs as the plan makes them: quantized by calibrated activation
         # quantizers, earlier layers already rounded (the hooks sit on the layers inside apply's wrappers)
-        from ..apply import apply  # here: apply imports this package
-        working = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                        progress=False)
+        working = _planned_copy(model, plan, batches, weight_method, activation_method)
         modules = {name: working.get_submodule(name).layer for name in targets}
         for name, layer in modules.items():  # float until rounded, as in the other path
             _set_weight(layer, model.get_submodule(name).weight.detach().clone())
@@ -144,8 +138,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
                       f"{never[0]!r}; they get nearest rounding", stacklevel=2)
     rounded = {name: quantize_weight(modules[name].weight.detach(), targets[name], weight_method) for name in never}
-    run = lambda m, x: forward(m, x, 0, device)  # noqa: E731
-    blocks, chained = _chain_steps(working, batches[0], steps, calls, run)
+    run = lambda m, x, i: forward(m, x, i, device)  # noqa: E731
+    chained = _chain_steps(working, batches[0], steps, calls, run)
     bar = tqdm(total=len(steps), desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else
                "step", disable=not progress, leave=False)
     kept = None  # the current chained block's inputs
@@ -158,10 +152,10 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
             rounded.update({name: done[name] for name in step})
         else:
             if block is None:
-                states = _observe(working, batches, modules, step, calls, backend, device)
+                states = _observe(batches, lambda x, i: run(working, x, i), modules, step, calls, backend)
             else:
-                states = chain.observe_in_block(working.get_submodule(block), kept,
-                                                {name: modules[name] for name in step}, backend)
+                module = working.get_submodule(block)
+                states = _observe(kept, lambda x, i: chain.run_block(module, x), modules, step, calls, backend)
             for name in step:
                 rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method,
                                                     **options)
@@ -178,8 +172,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
 
 
 def _chain_steps(model: nn.Module, inputs: Any, steps: list[list[str]], calls: dict[str, int],
-                 run) -> tuple[dict[str, list[str]], dict[int, str]]:
-    """(chain, step index -> its chained block) where the steps of a chain of blocks (chain.py) are
+                 run) -> dict[int, str]:
+    """Step index -> its chained block, where the steps of a chain of blocks (chain.py) are
     consecutive and in block order, each inside one block and called once; else nothing is chained."""
     blocks = chain.find_chain(model, inputs, [name for step in steps for name in step], run)
     owner = {name: block for block, members in blocks.items() for name in members}
@@ -187,14 +181,14 @@ def _chain_steps(model: nn.Module, inputs: Any, steps: list[list[str]], calls: d
     for index, step in enumerate(steps):
         owners = {owner.get(name) for name in step}
         if len(owners) != 1 or (None not in owners and any(calls[name] != 1 for name in step)):
-            return {}, {}
+            return {}
         if None not in owners:
             chained[index] = owners.pop()
     indices = sorted(chained)
     order = list(dict.fromkeys(chained[i] for i in indices))
     if (not indices or indices != list(range(indices[0], indices[-1] + 1)) or order != list(blocks)):
-        return {}, {}
-    return blocks, chained
+        return {}
+    return chained
 
 
 def _fingerprint(digest: Any, value: Any) -> None:
@@ -240,6 +234,17 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
     return done, save
 
 
+def _planned_copy(model: nn.Module, plan: Plan, batches: list, weight_method: str,
+                  activation_method: str) -> nn.Module:
+    """The model quantized by the plan with nearest rounding, activations calibrated, no gradients."""
+    from ..apply import apply  # here: apply imports this package
+    quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
+                      progress=False)
+    for p in quantized.parameters():
+        p.requires_grad_(False)
+    return quantized
+
+
 def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
     # A new Parameter, not an in-place copy: a tied weight's other user must stay float.
     layer.weight = nn.Parameter(weight, requires_grad=False)
@@ -278,9 +283,10 @@ def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
     return steps, calls
 
 
-def _observe(model: nn.Module, batches: list, modules: dict[str, nn.Module], step: list[str], calls: dict[str, int],
-             backend: Any, device: torch.device) -> dict[str, Any]:
-    """Run the calibration batches until the step's layers have seen them; the back-end's state per layer."""
+def _observe(items: list, run: Callable[[Any, int], Any], modules: dict[str, nn.Module], step: list[str],
+             calls: dict[str, int], backend: Any) -> dict[str, Any]:
+    """run(item, index) over the items (calibration batches, or a chained block's kept inputs), each
+    stopped once the step's layers have seen it; the back-end's state per layer."""
     states: dict[str, Any] = {name: None for name in step}
     seen = dict.fromkeys(step, 0)
 
@@ -295,10 +301,10 @@ def _observe(model: nn.Module, batches: list, modules: dict[str, nn.Module], ste
 
     handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
     try:
-        for index, inputs in enumerate(batches):
+        for index, item in enumerate(items):
             seen.update(dict.fromkeys(step, 0))
             with torch.no_grad():
-                forward(model, inputs, index, device)
+                run(item, index)
     finally:
         for h in handles:
             h.remove()

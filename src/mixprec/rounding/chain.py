@@ -36,7 +36,8 @@ def _plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
-def find_chain(model: nn.Module, inputs: Any, layers: list[str], run: Callable[[nn.Module, Any], Any]) -> dict[str, list[str]]:
+def find_chain(model: nn.Module, inputs: Any, layers: list[str],
+               run: Callable[[nn.Module, Any, int], Any]) -> dict[str, list[str]]:
     blocks = {b: m for b, m in brecq.find_blocks(model, layers).items() if m != [b]}
     if len(blocks) < 2:
         return {}
@@ -60,7 +61,7 @@ def find_chain(model: nn.Module, inputs: Any, layers: list[str], run: Callable[[
                     module.register_forward_hook(post(name), with_kwargs=True)]
     try:
         with torch.no_grad():
-            run(model, inputs)
+            run(model, inputs, 0)
     finally:
         for h in handles:
             h.remove()
@@ -75,57 +76,25 @@ def find_chain(model: nn.Module, inputs: Any, layers: list[str], run: Callable[[
     return {name: blocks[name] for name in order}
 
 
-def block_inputs(model: nn.Module, block: str, batches: list, run: Callable[[nn.Module, Any], Any]) -> list:
+def block_inputs(model: nn.Module, block: str, batches: list, run: Callable[[nn.Module, Any, int], Any]) -> list:
     """(args, kwargs) of ``block``'s call on every batch (each pass stops there)."""
-    kept: list = []
+    return brecq._quantized_side(model, block, batches, None, run)[0]
 
-    def hook(module, args, kwargs):
-        kept.append(brecq._detach((args, kwargs)))
-        raise StopForward
 
-    handle = model.get_submodule(block).register_forward_pre_hook(hook, with_kwargs=True)
+def run_block(module: nn.Module, inputs: tuple) -> Any:
+    """The block on its kept (args, kwargs), or None where a hook stopped it."""
+    args, kwargs = inputs
     try:
-        with torch.no_grad():
-            for inputs in batches:
-                run(model, inputs)
-    finally:
-        handle.remove()
-    return kept
+        return module(*args, **kwargs)
+    except StopForward:
+        return None
 
 
 def next_inputs(module: nn.Module, inputs: list) -> list:
+    """The next block's kept inputs: this block's output as the first argument, the rest unchanged."""
     out = []
     with torch.no_grad():
         for args, kwargs in inputs:
-            result = brecq._first_tensor(module(*args, **kwargs)).detach()
+            result = brecq._first_tensor(run_block(module, (args, kwargs))).detach()
             out.append(((result,) + tuple(args[1:]), kwargs))
     return out
-
-
-def observe_in_block(module: nn.Module, inputs: list, layers: dict[str, nn.Module], backend: Any) -> dict[str, Any]:
-    """Run the block on its kept inputs until the given layers have each seen every call once;
-    the back-end's state per layer."""
-    states: dict[str, Any] = {name: None for name in layers}
-    seen: set[str] = set()
-
-    def hook(name):
-        def pre(m, args, kwargs):
-            states[name] = backend.observe(states[name], m, args[0] if args else next(iter(kwargs.values())))
-            seen.add(name)
-            if len(seen) == len(layers):
-                raise StopForward
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in layers.items()]
-    try:
-        with torch.no_grad():
-            for args, kwargs in inputs:
-                seen.clear()
-                try:
-                    module(*args, **kwargs)
-                except StopForward:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    return states
