@@ -1,12 +1,27 @@
-"""mixprec: mixed-precision post-training quantization of PyTorch models."""
+"""mixprec: mixed-precision post-training quantization of PyTorch models.
+
+The pipeline, one call per step::
+
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="sqnr")  # groups, S, costs
+    plan = analysis.solve(budget="bops=w4a8")                                      # -> Plan
+    front = analysis.pareto("bops", n_plans=20, evaluate=True)                     # -> Front
+    quantized = mixprec.apply(model, plan, data)                                   # the input model is untouched
+
+or all at once: ``mixprec.quantize(model, data, budget="bops=w4a8", evaluate=fn)``.
+"""
 __version__ = "0.1.0"
 
+from .analysis import Analysis, analyze  # noqa: E402
 from .apply import apply  # noqa: E402
 from .candidates import Candidate, parse_candidate, parse_candidates  # noqa: E402
 from .costs import cost_tables  # noqa: E402
 from .errors import MixprecError  # noqa: E402
+from .front import Front, FrontPlan  # noqa: E402
 from .groups import discover_groups  # noqa: E402
+from .pipeline import QuantizeResult, quantize, quantize_plan  # noqa: E402
 from .plan import Plan  # noqa: E402
+from .run_directory import RunDirectory  # noqa: E402
 
-__all__ = ["apply", "Candidate", "parse_candidate", "parse_candidates", "cost_tables", "MixprecError",
-           "discover_groups", "Plan", "__version__"]
+__all__ = ["analyze", "Analysis", "apply", "quantize", "quantize_plan", "QuantizeResult", "Front", "FrontPlan",
+           "Candidate", "parse_candidate", "parse_candidates", "cost_tables", "MixprecError", "discover_groups",
+           "Plan", "RunDirectory", "__version__"]

@@ -1,11 +1,9 @@
-"""The ``mixprec`` command line: inspect, quantize, demo."""
+"""The ``mixprec`` command line: each subcommand parses its arguments, makes one library call
+(mixprec.analyze, Analysis.solve / pareto / report, quantize_plan) and prints."""
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +11,21 @@ import numpy as np
 import torch
 
 from . import __version__
-from .apply import apply, plan_points
+from .analysis import Analysis, analyze
 from .builtin import BUILTINS, get_builtin
-from .candidates import VALID_FORMS, parse_candidate, parse_candidates
-from .demo import DEMO_CANDIDATES
 from .cache import cache_dir
+from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
+from .demo import DEMO_CANDIDATES
 from .errors import MixprecError, SpecError
+from .front import Front
 from .groups import ModelGroups
+from .pipeline import quantize_plan
 from .plan import Plan, write_json_atomic
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
+from .run_directory import RunDirectory
+from .solvers import SOLVERS
 from .specs import is_builtin, load_eval, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
@@ -112,72 +114,40 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _rounding_options(args) -> dict[str, Any]:
+    """--act-order and --rounding-iterations as the chosen rounding's options."""
+    options: dict[str, Any] = {}
+    if getattr(args, "act_order", False):
+        if args.rounding != "gptq":
+            raise SpecError("--act-order is an option of --rounding gptq")
+        options["act_order"] = True
+    if args.rounding_iterations is not None:
+        if args.rounding not in ("adaround", "brecq"):
+            raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
+        options["iterations"] = args.rounding_iterations
+    return options
+
+
 def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
-    rounding_options: dict[str, Any] = {}
-    if args.act_order:
-        if args.rounding != "gptq":
-            raise SpecError("--act-order is an option of --rounding gptq")
-        rounding_options["act_order"] = True
-    if args.rounding_iterations is not None:
-        if args.rounding not in ("adaround", "brecq"):
-            raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
-        rounding_options["iterations"] = args.rounding_iterations
+    rounding_options = _rounding_options(args)
     model, data, _, groups = _setup(args)
-    if args.plan:
-        plan = Plan.load(args.plan)
-    else:
-        plan = Plan.uniform(groups, args.uniform, {"model": args.model})
-    missing = sorted(set(groups.names) ^ set(plan.groups))
-    if missing:
-        raise SpecError(f"the plan's groups do not match this model's groups (e.g. {missing[:3]}); was it made for "
-                        "another model or with other --tie/--exclude options?")
-    device = torch.device(args.device)
-    # multipoint layers: the plan's stored point counts, else chosen on the calibration data; costs and
-    # weights both use these, and the saved plan keeps them
-    points = plan_points(model.to(device), plan, data, args.weight_range, progress=True)
-    if points:
-        plan.metadata["points"] = points
-    by_candidate: dict[str, dict[str, str]] = {}
-    for layer, counts in points.items():
-        by_candidate.setdefault(plan.layer_candidates()[layer], {})[layer] = counts
-    costs = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model, points=by_candidate)
-    start = time.perf_counter()
-    quantized = apply(model.to(device), plan, data, weight_method=args.weight_range,
-                      activation_method=args.activation_range, rounding=args.rounding,
-                      rounding_options=rounding_options, rounding_checkpoint=cache_dir() / "rounding",
-                      points=points)
-    apply_s = time.perf_counter() - start
-    result: dict[str, Any] = {"model": args.model, "plan": plan.metadata.get("candidate", args.plan),
-                              "costs": {k: costs.total(k, plan.assignments) for k in COST_KINDS},
-                              "rounding": args.rounding, "rounding_options": rounding_options,
-                              "metric": None, "apply_seconds": apply_s}
+    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    if eval_spec:
-        evaluate = load_eval(eval_spec)
-        start = time.perf_counter()
-        res = evaluate(quantized)
-        result.update(metric=res.value, metric_name=res.name, higher_is_better=res.higher_is_better,
-                      metric_details=res.details, eval_seconds=time.perf_counter() - start)
-    result["environment"] = _environment(device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plan.save(out / "plan.json")
-    torch.save(quantized.state_dict(), out / "model.pt")
-    write_json_atomic(out / "result.json", result)
-    metric = "not evaluated (give --eval)" if result["metric"] is None else f"{result['metric_name']} {result['metric']:.4g}"
-    print(f"{metric}; {format_bytes(result['costs']['bytes'])}, {format_count(result['costs']['bops'])} BOPs, "
-          f"{result['costs']['bits_per_weight']:.3f} bits/weight")
+    result = quantize_plan(model, plan, data, groups, evaluate=load_eval(eval_spec) if eval_spec else None,
+                           weight_range=args.weight_range, activation_range=args.activation_range,
+                           rounding=args.rounding, rounding_options=rounding_options,
+                           rounding_checkpoint=cache_dir() / "rounding", device=args.device)
+    out = result.save(args.out, model=args.model, plan=plan.metadata.get("candidate", args.plan))
+    costs, evaluation = result.costs, result.evaluation
+    metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
+    print(f"{metric}; {format_bytes(costs['bytes'])}, {format_count(costs['bops'])} BOPs, "
+          f"{costs['bits_per_weight']:.3f} bits/weight")
     print(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'result.json'}")
     return 0
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    return {"mixprec": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def _init_distributed() -> int:
@@ -198,10 +168,8 @@ ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin",
 
 
 def cmd_analyze(args) -> int:
-    from .sensitivity.analyze import analyze
-    from .sensitivity.store import read_arguments
     if args.resume:
-        saved = read_arguments(args.resume)
+        saved = RunDirectory(args.resume).arguments()
         for key in ANALYZE_ARGS:
             if key in saved:
                 setattr(args, key, saved[key])
@@ -217,119 +185,41 @@ def cmd_analyze(args) -> int:
 
 
 def _analyze(args, rank: int) -> int:
-    from .sensitivity.analyze import analyze
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
     model, data, _, groups = _setup(args)
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
-    cands = _candidates(args)
-    names = [c.name for c in cands]
-    for pin in sorted({g.pinned for g in groups if g.pinned and g.pinned not in names}):
-        print(f"note: adding pinned candidate {pin} to the candidates")
-        cands.append(parse_candidate(pin))
     evaluate = load_eval(args.eval) if args.eval else None
-    arguments = {k: getattr(args, k, None) for k in ANALYZE_ARGS}
-    points = _multipoint_points(model.to(device), groups, cands, data, args.weight_range, rank == 0)
-    if rank == 0:
-        costs = cost_tables(groups, [c.name for c in cands], model, points=points)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.out) / "costs.json", {
-            "model": args.model, "costs": costs.to_dict(),
-            "groups": {g.name: list(g.layer_names) for g in groups},
-            "pins": {g.name: g.pinned for g in groups if g.pinned}, "excluded": [l.name for l in groups.excluded],
-            "points": points})
-    table = analyze(model.to(device), groups, cands, data or [], metric=args.metric, run_dir=args.out,
-                    weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
-                    chunk_size=args.chunk_size, use_fx=not args.no_fx, progress=rank == 0, arguments=arguments,
-                    points=points)
+    analysis = analyze(model, data or [], _candidates(args), args.metric, args.out, groups=groups,
+                       evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
+                       chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
+                       verbose=rank == 0, model_name=args.model,
+                       arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
         return 0
-    meta = table.metadata
-    print(f"{args.metric} sensitivity of {len(groups)} groups x {len(cands)} candidates in {meta['seconds']:.1f} s"
+    table, meta = analysis.table, analysis.table.metadata
+    print(f"{args.metric} sensitivity of {len(table.groups)} groups x {len(table.candidates)} candidates in "
+          f"{meta['seconds']:.1f} s"
           + (f", {meta['forward_equivalents']:.1f} forward-equivalents"
              f" ({'prefix shared via torch.fx' if meta['forked'] else 'full forwards: ' + meta['fallback_reason']})"
              if "forward_equivalents" in meta else ""))
-    worst = sorted(range(len(groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
+    worst = sorted(range(len(table.groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
     _table(["most sensitive groups", *table.candidates],
            [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
     print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv")
     if evaluate is not None and args.metric != "task":
-        _print_trust(args, model, groups, cands, data, evaluate, table)
+        from .sensitivity.trust import format_report
+        print(f"trust report: measuring the real metric drop of every entry "
+              f"({len(table.groups) * len(table.candidates)} evaluations; cached in {Path(args.out) / 'task'})")
+        print(format_report(analysis.trust(evaluate, eval_name=args.eval)))
     return 0
 
 
-def _multipoint_points(model, groups, cands, data, weight_method: str, verbose: bool) -> dict[str, dict[str, str]]:
-    """Points per channel of every layer at every multipoint candidate, chosen on the calibration data
-    once: the costs (costs.json) and the sensitivity analysis both use them."""
-    from .multipoint import measure_points
-    wanted = [c for c in cands if c.multipoint]
-    if not wanted:
-        return {}
-    points = measure_points(model, {l.name: wanted for l in groups.layers}, data, weight_method, progress=verbose)
-    for cand, layers in points.items():
-        counts = "".join(layers.values())
-        if verbose:
-            print(f"multipoint {cand}: " + ", ".join(f"{counts.count(str(k)) / len(counts):.1%} of channels with "
-                                                     f"{k} point{'s' if k > 1 else ''}"
-                                                     for k in range(1, parse_candidate(cand).points + 1)))
-    return points
-
-
-def _print_trust(args, model, groups, cands, data, evaluate, table) -> None:
-    """With --eval: measure every group's real metric drop (cached in RUN/task/) and say how well
-    the chosen metric ranks the entries."""
-    from .sensitivity.analyze import analyze
-    from .sensitivity.trust import format_report, rank_correlation
-    print(f"trust report: measuring the real metric drop of every entry ({len(groups) * len(cands)} evaluations; "
-          f"cached in {Path(args.out) / 'task'})")
-    truth = analyze(model, groups, cands, data or [], metric="task", run_dir=Path(args.out) / "task",
-                    weight_method=args.weight_range, activation_method=args.activation_range, evaluate=evaluate,
-                    arguments={"eval": args.eval})
-    rho = rank_correlation(table, truth)
-    print(format_report([{"metric": args.metric, "spearman": rho, "seconds": table.metadata["seconds"]},
-                         {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]))
-
-
-SEARCHES = ("exact", "greedy-pareto", "greedy", "bisection", "mixquant", "refine")
-MEASURED_SEARCHES = {"greedy", "bisection", "refine"}
-
-
-def _open_run(args):
-    from .runs import open_run
-    run = open_run(args.run, args.candidates, args.cost)
-    for note in run.notes:
+def _print_notes(notes) -> None:
+    for note in notes:
         print(f"note: {note}")
-    return run
-
-
-def _one_kind(args, run, budgets: dict[str, float]) -> str:
-    """The cost kind a single-budget search minimises."""
-    if len(budgets) > 1:
-        raise SpecError(f"--search {args.search} takes one budget; got {', '.join(budgets)} (use the exact solver "
-                        "or refine for several budgets at once)")
-    if budgets:
-        return next(iter(budgets))
-    if args.kind:
-        kind = {"bits": "bits_per_weight"}.get(args.kind, args.kind)
-        if kind not in run.tables:
-            raise SpecError(f"unknown cost kind {args.kind!r}; kinds: {', '.join(run.tables)}")
-        return kind
-    custom = [k for k in run.tables if k not in COST_KINDS]
-    return custom[0] if custom else "bops"
-
-
-def _max_loss(text: str, evaluator) -> float:
-    """``1%``: 1 % of the float model's metric; ``0.5``: 0.5 in the metric's own units."""
-    text = text.strip()
-    try:
-        if text.endswith("%"):
-            return float(text[:-1]) / 100 * abs(evaluator.reference().value)
-        return float(text)
-    except ValueError:
-        raise SpecError(f"--max-drop {text!r} must be a percentage of the float model's metric (1%) or an "
-                        "amount in the metric's units (0.5)") from None
 
 
 def _add_measure_rounding(p) -> None:
@@ -342,175 +232,79 @@ def _add_measure_rounding(p) -> None:
                    help="adaround, brecq: optimisation steps per layer or block")
 
 
-def _measure_rounding(args) -> tuple[str, dict]:
-    if args.rounding_iterations is None:
-        return args.rounding, {}
-    if args.rounding not in ("adaround", "brecq"):
-        raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
-    return args.rounding, {"iterations": args.rounding_iterations}
-
-
-def _search(args, run, budgets: dict[str, float]):
-    from .plan_evaluation import PlanEvaluator
-    from .solvers.exact import solve_exact
-    S, tables, fixed, allowed = run.table.values, run.tables, run.fixed, run.allowed
+def _search_options(args) -> dict[str, Any]:
+    """The chosen search's own options, as SOLVERS[search] takes them."""
     name = args.search
-    if name in ("exact", "refine") and not budgets:
-        raise SpecError(f"--search {name} needs --budget, e.g. --budget bops=w4a8")
-    wants_measure = name in MEASURED_SEARCHES or (name == "greedy-pareto" and args.max_drop)
-    if args.rounding != "nearest" and not wants_measure:
-        raise SpecError(f"--rounding {args.rounding} changes how plans are measured, and --search {name} measures "
-                        "none; use it with --search refine, greedy, bisection or greedy-pareto --max-drop")
-    if name == "exact":
-        return solve_exact(S, tables, budgets, fixed, allowed), None
-    evaluator = PlanEvaluator(run, args.eval, args.device, *_measure_rounding(args)) if wants_measure else None
-    measure = None
-    if evaluator is not None:
-        ref = evaluator.reference()
-        print(f"float model: {ref.name} {ref.value:.4g} (evaluations are cached in {evaluator.log})")
-
-        def measure(choice):
-            result = evaluator.measure(run.assignments(choice))
-            print(f"  measured plan: {result.name} {result.value:.4g} ({evaluator.measured} new evaluations)")
-            return evaluator.loss(result)
-    if name == "refine":
-        from .solvers.refine import refine
-        return refine(S, tables, budgets, measure, fixed, allowed, rounds=args.rounds, probes=args.probes), evaluator
-    kind = _one_kind(args, run, budgets)
     if name == "mixquant":
-        from .solvers.mixquant import mixquant
-        if not budgets and args.qem is None:
-            raise SpecError("--search mixquant needs --budget (QEM is swept to meet it) or --qem")
-        base = run.candidates.index(parse_candidate(args.base).name) if args.base else None
-        return mixquant(S, tables, kind, fixed, allowed, budget=budgets.get(kind), qem=args.qem, base=base), None
+        return {"qem": args.qem, "base": parse_candidate(args.base).name if args.base else None}
+    if name in ("greedy", "bisection"):
+        return {"low": parse_candidate(args.low).name if args.low else None}
     if name == "greedy-pareto":
-        from .solvers.greedy_pareto import greedy_pareto
-        max_loss = _max_loss(args.max_drop, evaluator) if evaluator else None
-        if not budgets and max_loss is None:
-            raise SpecError("--search greedy-pareto needs a cost target (--budget) or an accuracy target (--max-drop)")
-        return greedy_pareto(S, tables, kind, fixed, allowed, budget=budgets.get(kind), measure=measure,
-                             max_loss=max_loss, search=args.path_search), evaluator
-    from .solvers.greedy import bisection, greedy
-    max_loss = _max_loss(args.max_drop or "1%", evaluator)
-    low = run.candidates.index(parse_candidate(args.low).name) if args.low else None
-    fn = greedy if name == "greedy" else bisection
-    return fn(S, tables, kind, measure, max_loss, fixed, allowed, low=low), evaluator
+        return {"path_search": args.path_search}
+    if name == "refine":
+        return {"rounds": args.rounds, "probes": args.probes}
+    return {}
 
 
 def cmd_solve(args) -> int:
-    from .budgets import parse_budgets
-    run = _open_run(args)
-    budgets = parse_budgets(args.budget, list(run.tables), run.uniform_cost, run.highest_cost) if args.budget else {}
-    solution, evaluator = _search(args, run, budgets)
-    table, tables = run.table, run.tables
-    total = max(solution.objective, 1e-300)
+    analysis = Analysis.load(args.run)
+    plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
+                          max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=args.rounding,
+                          rounding_options=_rounding_options(args), verbose=True, **_search_options(args))
+    meta = plan.metadata
+    total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
+    table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
     rows = []
     for i, g in enumerate(table.groups):
-        c = solution.choice[i]
+        c = table.candidates.index(plan.assignments[g])
         rows.append((g, table.candidates[c], f"{table.values[i, c]:.3g}", f"{100 * table.values[i, c] / total:.1f}%",
-                     f"{100 * tables['bytes'][i, c] / max(solution.costs['bytes'], 1e-300):.1f}%"))
+                     f"{100 * bytes_of[i, c] / max(costs['bytes'], 1e-300):.1f}%"))
     _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
-    print(f"total {table.metric} sensitivity {solution.objective:.4g}; " + ", ".join(
-        f"{k} {solution.costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {solution.costs[k]:.6g}"
-        for k in tables))
-    if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(
-            solution.choice, np.where(run.allowed, table.values, np.inf).argmin(axis=1)):
-        print("note: the budget does not bind: this is the least-sensitive plan overall")
-    for step in solution.trace:
-        if step.get("note"):
-            print(f"note: {step['note']}")
-    measured = None
-    if evaluator is not None:
-        measured = evaluator.measure(run.assignments(solution.choice))
-        print(f"search {args.search}: {solution.evaluations} plans measured; this plan: {measured.name} "
-              f"{measured.value:.4g} (float model {evaluator.reference().value:.4g})")
-    plan = Plan(run.assignments(solution.choice), run.saved["groups"], run.saved.get("excluded", []),
-                {"kind": "solved", "search": args.search, "model": run.saved.get("model"), "metric": table.metric,
-                 "budgets": budgets, "predicted_sensitivity": solution.objective, "predicted_costs": solution.costs,
-                 "evaluations": solution.evaluations, "measured": measured.to_dict() if measured else None,
-                 "trace": solution.trace, "run": str(run.path)})
-    if run.plan_points(plan.assignments):
-        plan.metadata["points"] = run.plan_points(plan.assignments)  # the counts the costs were computed from
+    print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
+        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {costs[k]:.6g}" for k in costs))
+    _print_notes(meta.get("notes", []))
+    if meta["measured"]:
+        print(f"search {args.search}: {meta['evaluations']} plans measured; this plan: {meta['measured']['name']} "
+              f"{meta['measured']['value']:.4g}")
     plan.save(args.out)
-    print(f"wrote {args.out}; apply it with: mixprec quantize --model {run.saved.get('model')} --plan {args.out} "
+    print(f"wrote {args.out}; apply it with: mixprec quantize --model {analysis.model_name} --plan {args.out} "
           "--out DIR")
     return 0
 
 
 def cmd_pareto(args) -> int:
-    from .solvers.pareto import pareto_front
-    run = _open_run(args)
-    kind = {"bits": "bits_per_weight"}.get(args.budget_kind, args.budget_kind)
-    if kind not in run.tables:
-        raise SpecError(f"unknown budget kind {args.budget_kind!r}; kinds: {', '.join(run.tables)}")
-    if args.rounding != "nearest" and not args.eval:
-        raise SpecError(f"--rounding {args.rounding} is how --eval measures the plans; add --eval")
-    start = time.perf_counter()
-    front = pareto_front(run.table.values, run.tables, kind, args.points, run.fixed, run.allowed, method=args.method)
-    solve_s = time.perf_counter() - start
-    points = [{"costs": p.solution.costs, "predicted_sensitivity": p.solution.objective,
-               "assignments": run.assignments(p.solution.choice), "measured": None, "search": args.method}
-              for p in front]
-    uniform = {}
-    for cand in run.uniform_candidates():
-        choice = run.uniform_choice(cand)
-        uniform[cand] = {"costs": {k: run.cost(k, choice) for k in run.tables},
-                         "predicted_sensitivity": float(run.table.values[np.arange(len(choice)), choice].sum()),
-                         "assignments": run.assignments(choice), "measured": None}
-    print(f"{len(points)} non-dominated plans ({args.method}) in {solve_s:.2f} s")
-    reference = None
-    if args.eval:
-        from tqdm import tqdm
-        from .plan_evaluation import PlanEvaluator
-        evaluator = PlanEvaluator(run, None if args.eval == "auto" else args.eval, args.device,
-                                  *_measure_rounding(args))
-        todo = points + list(uniform.values())
-        print(f"measuring the float model and {len(todo)} plans (cached in {evaluator.log})")
-        reference = evaluator.reference().to_dict()
-        for item in tqdm(todo, desc="evaluating plans", unit="plan"):
-            item["measured"] = evaluator.measure(item["assignments"]).to_dict()
-    for item in uniform.values():
-        del item["assignments"]
-    pareto = {"kind": kind, "metric": run.table.metric, "method": args.method, "points": points, "uniform": uniform,
-              "reference": reference, "groups": run.saved["groups"], "excluded": run.saved.get("excluded", []),
-              "model": run.saved.get("model"), "run": str(Path(args.run).resolve()), "cost_files": list(args.cost),
-              "candidates": args.candidates, "solve_seconds": solve_s}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "pareto.json", pareto)
-    header = [kind, f"predicted {run.table.metric}"] + (["measured " + reference["name"]] if reference else [])
+    analysis = Analysis.load(args.run)
+    _print_notes(analysis.problem(args.candidates, args.cost).notes)
+    rounding_options = _rounding_options(args)
+    front = analysis.pareto(args.budget_kind, args.points, args.method,
+                            evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
+                            cost_files=args.cost, device=args.device, rounding=args.rounding,
+                            rounding_options=rounding_options)
+    print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
+    front.save(args.out)
+    out, kind, reference = Path(args.out), front.kind, front.reference
+    header = [kind, f"predicted {front.metric}"] + (["measured " + reference["name"]] if reference else [])
     _table(header + ["candidates used"],
-           [(f"{p['costs'][kind]:.6g}", f"{p['predicted_sensitivity']:.4g}",
-             *([f"{p['measured']['value']:.4g}"] if reference else []),
-             ",".join(sorted(set(p["assignments"].values())))) for p in points])
-    report = _write_report(out, pareto, run)
+           [(f"{p.costs[kind]:.6g}", f"{p.predicted_sensitivity:.4g}",
+             *([f"{p.measured['value']:.4g}"] if reference else []),
+             ",".join(sorted(set(p.assignments.values())))) for p in front.plans])
+    report = analysis.report(front, out)
     print(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
     return 0
 
 
-def _write_report(out: Path, pareto: dict, run, select: int | None = None) -> Path:
-    from .costs import CostTables
-    from .report import write_report
-    costs = CostTables(tuple(run.groups), tuple(run.candidates), run.tables, run.fixed)
-    return write_report(out, pareto, run.table, costs, select=select)
-
-
 def cmd_report(args) -> int:
-    from .runs import open_run
+    front = Front.load(args.pareto)
+    analysis = Analysis.load(args.run or front.run or "")
     path = Path(args.pareto)
-    file = path / "pareto.json" if path.is_dir() else path
-    if not file.is_file():
-        raise SpecError(f"{file} not found; make it with `mixprec pareto RUN --out {path}`")
-    pareto = json.loads(file.read_text())
-    run = open_run(args.run or pareto.get("run") or "", pareto.get("candidates"), pareto.get("cost_files", []))
-    report = _write_report(file.parent, pareto, run, select=args.select)
+    report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates, points=args.points)
+    return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates, n_plans=args.points)
 
 
 def _metric_names() -> list[str]:
@@ -595,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "highest-precision plan (0.5x).")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget", help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5")
-    p.add_argument("--search", choices=SEARCHES, default="exact",
+    p.add_argument("--search", choices=list(SOLVERS), default="exact",
                    help="exact (default): optimal integer program; greedy-pareto: AIMET AMP's greedy path "
                    "(Pandey et al. 2023); greedy, bisection: Schaefer et al. 2023, lower precision while the "
                    "measured drop stays within --max-drop; mixquant: Kloberdanz & Le 2023, QEM swept to meet the "

@@ -1,51 +1,51 @@
-"""Measuring plans for real: apply a plan to an analysis run's model (same model, calibration
-data, groups and range settings as the analysis), evaluate it, and append the result to
-``RUN/evaluations.jsonl``, so that a front or a search run again, or after a crash, measures no
-plan twice."""
+"""Measuring plans for real: apply a plan to the analysed model (same model, calibration data,
+groups and range settings as the analysis), evaluate it, and append the result to the run's
+``evaluations.jsonl``, so that a front or a search run again, or after a crash, measures no plan
+twice. The key of a logged result hashes the settings that decide it (what the model and data
+are, the evaluation, the range methods, the rounding) and the plan."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
+from torch import nn
 
 from .apply import apply
 from .errors import SpecError
-from .evaluation import EvalResult
+from .evaluation import EvalResult, to_eval_result
 from .plan import Plan
-from .runs import Run
-from .sensitivity.store import read_arguments
-from .specs import is_builtin, load_eval, prepare
+from .run_directory import RunDirectory
 
 FLOAT = "float model"
 
+# what measuring needs, made only when a plan is not in the log: (model, calibration data, evaluate)
+Loader = Callable[[], "tuple[nn.Module, list | None, Callable[[nn.Module], Any]]"]
+
 
 class PlanEvaluator:
-    """rounding: how the measured plans' weights are rounded (mixprec.rounding; a learned one makes
-    the measurements reconstruction-aware, and its work on each plan resumes from RUN/rounding/)."""
+    """groups, excluded: the analysis's groups (name -> layers) and float layers; point_counts:
+    multipoint candidate -> layer -> points per channel; settings: what the log key hashes besides
+    the plan; rounding: how the measured plans' weights are rounded (mixprec.rounding; a learned one
+    makes the measurements reconstruction-aware, and its work on each plan resumes from RUN/rounding/)."""
 
-    def __init__(self, run: Run, eval_spec: str | None = None, device: str | None = None,
+    def __init__(self, load: Loader, groups: dict[str, list[str]], excluded: list[str], settings: dict[str, Any],
+                 run: RunDirectory | None = None, point_counts: dict[str, dict[str, str]] | None = None,
+                 weight_range: str = "mse", activation_range: str = "mse", device: str | torch.device = "cpu",
                  rounding: str = "nearest", rounding_options: dict | None = None):
-        arguments = read_arguments(run.path)
-        model = arguments.get("model")
-        self.eval_spec = eval_spec or arguments.get("eval") or (model if model and is_builtin(model) else None)
-        if not self.eval_spec:
-            raise SpecError("measuring plans needs an evaluation: give --eval file.py:function (the model is not "
-                            "built-in and the analysis had no --eval)")
-        self.run = run
-        self.arguments = arguments
-        self.device = torch.device(device or arguments.get("device") or "cpu")
-        self.settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude",
-                                                       "pin", "weight_range", "activation_range")}
-        self.settings["eval"] = self.eval_spec
+        self._load_fn = load
+        self.groups, self.excluded = groups, list(excluded)
+        self.point_counts = point_counts or {}
+        self.weight_range, self.activation_range = weight_range or "mse", activation_range or "mse"
+        self.device = torch.device(device)
+        self.settings = dict(settings)
         self.rounding, self.rounding_options = rounding, dict(rounding_options or {})
         if rounding != "nearest":  # nearest's keys stay as they were, so older logs still count
             self.settings["rounding"] = [rounding, sorted(self.rounding_options.items())]
-        self.log = run.path / "evaluations.jsonl"
+        self.run = run
+        self.log = run.evaluations_log if run is not None else None
         self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key
         self.results = self._read_log()
         self.measured = 0  # new evaluations made by this evaluator
@@ -54,16 +54,14 @@ class PlanEvaluator:
 
     def _read_log(self) -> dict[str, EvalResult]:
         out = {}
-        if self.log.is_file():
-            for line in self.log.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                    r = entry["result"]
-                    out[entry["key"]] = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]),
-                                                   r.get("details", {}))
-                    self.seconds_of[entry["key"]] = float(entry.get("seconds", 0.0))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue  # a line torn by a crash
+        for entry in self.run.evaluations() if self.run is not None else []:
+            try:
+                r = entry["result"]
+                out[entry["key"]] = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]),
+                                               r.get("details", {}))
+                self.seconds_of[entry["key"]] = float(entry.get("seconds", 0.0))
+            except (KeyError, TypeError, ValueError):
+                continue
         return out
 
     def _key(self, assignments: dict[str, str] | None) -> str:
@@ -73,14 +71,17 @@ class PlanEvaluator:
 
     def _load(self):
         if self._loaded is None:
-            a = self.arguments
-            model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"),
-                                             a.get("tie") or [], a.get("exclude") or [], a.get("pin") or [])
-            if list(groups.names) != list(self.run.groups):
-                raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
-                                "--tie/--exclude options change?); analyze it again")
-            self._loaded = (model.to(self.device).eval(), data, load_eval(self.eval_spec))
+            model, data, evaluate = self._load_fn()
+            self._loaded = (model.to(self.device).eval(), data, evaluate)
         return self._loaded
+
+    def plan(self, assignments: dict[str, str]) -> Plan:
+        return Plan(dict(assignments), self.groups, self.excluded)
+
+    def plan_point_counts(self, assignments: dict[str, str]) -> dict[str, str]:
+        """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs)."""
+        return {layer: self.point_counts[cand][layer] for g, cand in assignments.items() if cand in self.point_counts
+                for layer in self.groups[g]}
 
     def cached(self, assignments: dict[str, str] | None) -> EvalResult | None:
         return self.results.get(self._key(assignments))
@@ -93,31 +94,24 @@ class PlanEvaluator:
         model, data, evaluate = self._load()
         start = time.perf_counter()
         if assignments is None:
-            result = evaluate(model)
+            result = to_eval_result(evaluate(model))
         else:
-            plan = Plan(dict(assignments), self.run.saved["groups"], self.run.saved.get("excluded", []))
-            quantized = apply(model, plan, data, weight_method=self.arguments.get("weight_range") or "mse",
-                              activation_method=self.arguments.get("activation_range") or "mse", progress=False,
-                              points=self.run.plan_points(assignments), rounding=self.rounding,
-                              rounding_options=self.rounding_options,
-                              rounding_checkpoint=None if self.rounding == "nearest" else self.run.path / "rounding")
-            result = evaluate(quantized)
+            checkpoints = None if self.rounding == "nearest" or self.run is None else self.run.rounding_checkpoints
+            quantized = apply(model, self.plan(assignments), data, weight_method=self.weight_range,
+                              activation_method=self.activation_range, progress=False,
+                              points=self.plan_point_counts(assignments), rounding=self.rounding,
+                              rounding_options=self.rounding_options, rounding_checkpoint=checkpoints)
+            result = to_eval_result(evaluate(quantized))
             del quantized
         seconds = time.perf_counter() - start
         self.measured += 1
         self.seconds += seconds
-        self._append(key, assignments, result, seconds)
+        if self.run is not None:
+            self.run.append_evaluation({"key": key, "plan": assignments if assignments is not None else FLOAT,
+                                        "result": result.to_dict(), "seconds": round(seconds, 3)})
         self.results[key] = result
         self.seconds_of[key] = seconds
         return result
-
-    def _append(self, key: str, assignments: dict[str, str] | None, result: EvalResult, seconds: float) -> None:
-        entry: dict[str, Any] = {"key": key, "plan": assignments if assignments is not None else FLOAT,
-                                 "result": result.to_dict(), "seconds": round(seconds, 3)}
-        with self.log.open("a") as f:
-            f.write(json.dumps(entry, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
     def reference(self) -> EvalResult:
         return self.measure(None)
@@ -127,5 +121,13 @@ class PlanEvaluator:
         ref = self.reference()
         return (ref.value - result.value) if result.higher_is_better else (result.value - ref.value)
 
-    def loss_of_choice(self, choice: np.ndarray) -> float:
-        return self.loss(self.measure(self.run.assignments(choice)))
+    def max_loss(self, max_drop: str | float) -> float:
+        """``"1%"``: 1 % of the float model's metric; ``0.5`` or ``"0.5"``: 0.5 in the metric's units."""
+        text = str(max_drop).strip()
+        try:
+            if text.endswith("%"):
+                return float(text[:-1]) / 100 * abs(self.reference().value)
+            return float(text)
+        except ValueError:
+            raise SpecError(f"--max-drop {text!r} must be a percentage of the float model's metric (1%) or an "
+                            "amount in the metric's units (0.5)") from None

@@ -21,7 +21,8 @@ from ..groups import ModelGroups
 from . import DEFAULT_METRIC, METRICS
 from .context import MeasureContext
 from .outputs import OutputRunner
-from .store import RunStore, data_hash, model_hash
+from ..run_directory import RunDirectory
+from .store import data_hash, model_hash
 from .table import SensitivityTable
 
 
@@ -53,7 +54,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     rank, world = _distributed()
     names = [g.name for g in groups]
     cand_names = [c.name for c in candidates]
-    store = None
+    run = None
     done: dict[tuple[str, str], float] = {}
     if run_dir is not None:
         settings = {"metric": metric, "candidates": cand_names, "groups": {g.name: list(g.layer_names) for g in groups},
@@ -61,8 +62,9 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         if metric == "task":  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
-        store = RunStore(run_dir, fingerprint, arguments, rank)
-        done = store.done()
+        run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        run.claim(fingerprint, arguments, rank)
+        done = run.entries()
     size = chunk_size or max(1, math.ceil(len(groups) / 8))
     chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
     mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
@@ -76,14 +78,14 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             values = module.measure(ctx, chunk, runner)
             ctx._weights.clear()  # each group is measured in one chunk only: free its quantized weights
             named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
-            if store is not None:
-                store.append(named)
+            if run is not None:
+                run.append_entries(named, rank)
             done.update(named)
             bar.update(len(chunk) * len(candidates))
     if world > 1:
         torch.distributed.barrier()
-        if store is not None:
-            done = store.done()
+        if run is not None:
+            done = run.entries()
     table = np.full((len(groups), len(candidates)), np.nan)
     for i, g in enumerate(names):
         for j, c in enumerate(cand_names):
@@ -96,6 +98,6 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.forked is not None,
                         fallback_reason=runner.fallback_reason)
     result = SensitivityTable(names, cand_names, table, metric, metadata)
-    if store is not None and rank == 0 and result.complete:
-        result.save(store.directory)
+    if run is not None and rank == 0 and result.complete:
+        run.write_table(result)
     return result

@@ -11,27 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import MixprecError
+from .lagrangian import lagrangian_path
+from .problem import AllocationProblem, Goal, Solution, allowed_mask, min_costs, plan_costs, within  # noqa: F401 (re-exported)
 
 
 class InfeasibleBudget(MixprecError):
     """No plan meets every budget; the message states the smallest achievable value of each."""
-
-
-@dataclass(frozen=True)
-class Solution:
-    choice: np.ndarray  # (G,) candidate index per group
-    objective: float  # total sensitivity
-    costs: dict[str, float]  # total cost per budget kind (fixed part included)
-    evaluations: int = 0  # real evaluations of the model the search needed (0 for the exact solver)
-    measured_loss: float | None = None  # measured loss of this plan, where the search measured it
-    trace: list[dict] = field(default_factory=list)  # the search's steps, for the report
 
 
 @contextlib.contextmanager
@@ -52,30 +43,6 @@ def _native_stdout_silenced():
         os.close(saved)
 
 
-def plan_costs(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray],
-               fixed: dict[str, float] | None = None) -> tuple[float, dict[str, float]]:
-    """Total sensitivity and total cost per kind of a choice (candidate index per group)."""
-    rows = np.arange(len(choice))
-    fixed = fixed or {}
-    return (float(np.asarray(sensitivity)[rows, choice].sum()),
-            {k: float(fixed.get(k, 0.0) + c[rows, choice].sum()) for k, c in costs.items()})
-
-
-def allowed_mask(sensitivity: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    mask = np.isfinite(sensitivity)
-    if allowed is not None:
-        mask &= allowed
-    empty = np.where(~mask.any(axis=1))[0]
-    if len(empty):
-        raise MixprecError(f"group(s) {empty.tolist()[:5]} have no allowed candidate with a finite sensitivity")
-    return mask
-
-
-def min_costs(costs: dict[str, np.ndarray], fixed: dict[str, float], mask: np.ndarray) -> dict[str, float]:
-    """Smallest achievable total of each cost kind on its own."""
-    return {k: float(fixed.get(k, 0.0) + np.where(mask, c, np.inf).min(axis=1).sum()) for k, c in costs.items()}
-
-
 def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: dict[str, float],
                 fixed: dict[str, float] | None = None, allowed: np.ndarray | None = None,
                 time_limit_s: float | None = None) -> Solution:
@@ -88,7 +55,7 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
         raise MixprecError(f"no cost table for budget kind(s) {unknown}; kinds: {sorted(costs)}")
     mask = allowed_mask(sensitivity, allowed)
     lowest = min_costs({k: costs[k] for k in budgets}, fixed, mask)
-    short = {k: v for k, v in lowest.items() if v > budgets[k] * (1 + 1e-12) + 1e-12}
+    short = {k: v for k, v in lowest.items() if not within(v, budgets[k])}
     if short:
         raise InfeasibleBudget("no plan meets the budget: " + "; ".join(
             f"{k} <= {budgets[k]:.6g} asked, the smallest achievable is {lowest[k]:.6g}" for k in sorted(short)))
@@ -119,9 +86,7 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
             raise InfeasibleBudget(f"no plan meets the budgets together ({result.message}); each alone can reach: "
                                    + "; ".join(f"{k} {lowest[k]:.6g}" for k in sorted(budgets)))
         choice[free] = result.x.reshape(len(free), cands).argmax(axis=1)
-    rows = np.arange(groups)
-    return Solution(choice, float(sensitivity[rows, choice].sum()),
-                    {k: float(fixed.get(k, 0.0) + c[rows, choice].sum()) for k, c in costs.items()})
+    return Solution(choice, *plan_costs(choice, sensitivity, costs, fixed))
 
 
 def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity: float,
@@ -131,9 +96,8 @@ def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity:
     using (g, c) has S >= L(lambda) + r[g, c], where L is the Lagrangian bound and r the entry's
     reduced cost; an entry with L + r above a known feasible plan's S is dropped. The integer
     program then decides only the few groups near the budget's critical slope."""
-    from .lagrangian import lagrangian_path
     path = lagrangian_path(sensitivity, {"cost": cost}, "cost", None, mask)
-    fits = [i for i, p in enumerate(path) if p.costs["cost"] <= capacity * (1 + 1e-12) + 1e-12]
+    fits = [i for i, p in enumerate(path) if within(p.costs["cost"], capacity)]
     if not fits:
         return mask
     i = fits[-1]
@@ -195,3 +159,10 @@ def fix_by_lp_bound(sensitivity: np.ndarray, costs: dict[str, np.ndarray], capac
     keep = mask & (lp.fun + reduced <= best + 1e-9 * max(1.0, abs(best)))
     keep[at, choice] = True
     return keep
+
+
+def exact_search(problem: AllocationProblem, goal: Goal, time_limit_s: float | None = None) -> Solution:
+    """The optimal plan within every budget of ``goal``."""
+    if not goal.budgets:
+        raise MixprecError("search exact needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+    return solve_exact(problem.sensitivity, problem.costs, goal.budgets, problem.fixed, problem.allowed, time_limit_s)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import Solution, plan_costs
+from .problem import AllocationProblem, Goal, Solution, last_passing, plan_costs
 from .search_inputs import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
 
 
@@ -105,12 +105,26 @@ def bisection(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str, 
     if not first["met_max_loss"]:
         return _solution(high, S, costs, fixed, kind, losses, max_loss, [first], HIGH_TOO_LOSSY)
     trace = [first]
-    good, bad = 0, len(order) + 1  # plan_at(good) meets max_loss (measured); plan_at(bad) fails, or bad is past the end
-    while bad - good > 1:
-        k = (good + bad) // 2
+
+    def passes(k: int) -> bool:
         trace.append(measured(plan_at(k), step=len(trace), k=k))
-        if trace[-1]["met_max_loss"]:
-            good = k
-        else:
-            bad = k
+        return trace[-1]["met_max_loss"]
+    # plan_at(0) meets max_loss (measured); past the end counts as failing
+    good = last_passing(passes, 0, len(order) + 1)
     return _solution(plan_at(good), S, costs, fixed, kind, losses, max_loss, trace, k=good)
+
+
+def _low(problem: AllocationProblem, low: str | None) -> int | None:
+    return None if low is None else problem.candidate_index(low)
+
+
+def greedy_search(problem: AllocationProblem, goal: Goal, low: str | None = None) -> Solution:
+    """Schaefer et al.'s greedy search on ``problem``; ``goal.measure`` and ``goal.max_loss`` required."""
+    return greedy(problem.sensitivity, problem.costs, goal.one_kind(problem, "greedy"), goal.measure, goal.max_loss,
+                  problem.fixed, problem.allowed, low=_low(problem, low))
+
+
+def bisection_search(problem: AllocationProblem, goal: Goal, low: str | None = None) -> Solution:
+    """Schaefer et al.'s bisection search on ``problem``; ``goal.measure`` and ``goal.max_loss`` required."""
+    return bisection(problem.sensitivity, problem.costs, goal.one_kind(problem, "bisection"), goal.measure,
+                     goal.max_loss, problem.fixed, problem.allowed, low=_low(problem, low))

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import InfeasibleBudget, Solution, plan_costs
+from .exact import InfeasibleBudget
+from .problem import AllocationProblem, Goal, Solution, last_passing, plan_costs, within
 from .search_inputs import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
 
 
@@ -55,13 +56,7 @@ def greedy_path(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str
 
 def _binary(loss_at: Callable[[int], float], lo: int, hi: int, max_loss: float) -> int | None:
     """Largest i in [lo, hi] with loss_at(i) <= max_loss (loss non-decreasing in i), or None."""
-    good, bad = lo - 1, hi + 1  # invariant: good meets max_loss or lies before the range, bad fails or lies after it
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if loss_at(mid) <= max_loss:
-            good = mid
-        else:
-            bad = mid
+    good = last_passing(lambda i: loss_at(i) <= max_loss, lo - 1, hi + 1)
     return good if good >= lo else None
 
 
@@ -113,11 +108,11 @@ def greedy_pareto(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: s
 
     start = 0
     if budget is not None:
-        within = [i for i, plan in enumerate(path) if plan.costs[kind] <= budget * (1 + 1e-12) + 1e-12]
-        if not within:
+        fit = [i for i, plan in enumerate(path) if within(plan.costs[kind], budget)]
+        if not fit:
             raise InfeasibleBudget(f"no plan meets the budget: {kind} <= {budget:.6g} asked, "
                                    f"the smallest achievable is {path[-1].costs[kind]:.6g}")
-        start = within[0]  # the cost falls strictly along the path: plans start.. are within budget
+        start = fit[0]  # the cost falls strictly along the path: plans start.. are within budget
     if losses is None:
         return replace(path[start], trace=steps[:start + 1])
 
@@ -140,3 +135,14 @@ def greedy_pareto(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: s
     loss = loss_at(chosen["index"])  # already measured by either search
     trace.append({"step": len(trace), **chosen, "cost": plan.costs[kind], "objective": plan.objective, "loss": json_loss(loss)})
     return replace(plan, evaluations=len(losses), measured_loss=loss, trace=trace)
+
+
+def greedy_pareto_search(problem: AllocationProblem, goal: Goal, path_search: str = "binary") -> Solution:
+    """AIMET AMP's phase 2 on ``problem``: within the goal's one budget, and with ``goal.measure`` and
+    ``goal.max_loss``, the cheapest plan on the path that meets the loss bound."""
+    kind = goal.one_kind(problem, "greedy-pareto")
+    if not goal.budgets and goal.max_loss is None:
+        raise MixprecError("search greedy-pareto needs a cost target (--budget) or an accuracy target (--max-drop; in Python: max_drop=...)")
+    return greedy_pareto(problem.sensitivity, problem.costs, kind, problem.fixed, problem.allowed,
+                         budget=goal.budgets.get(kind), measure=goal.measure if goal.max_loss is not None else None,
+                         max_loss=goal.max_loss, search=path_search)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact import Solution, allowed_mask, plan_costs
+from .problem import Solution, allowed_mask, plan_costs
 
 
 def group_hull(cost: np.ndarray, sensitivity: np.ndarray, allowed: np.ndarray) -> list[int]:

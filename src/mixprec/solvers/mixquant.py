@@ -24,7 +24,8 @@ import math
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import InfeasibleBudget, Solution, plan_costs
+from .exact import InfeasibleBudget
+from .problem import AllocationProblem, Goal, Solution, last_passing, plan_costs, within
 from .search_inputs import cheapest, checked_number, checked_tables, highest_precision
 
 
@@ -92,23 +93,31 @@ def mixquant(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str, f
         return Solution(choice, objective, totals, trace=[entry(qem, choice, step=0)])
 
     budget = checked_number("budget", budget)
-    within = lambda plan: plan_costs(plan, S, costs, fixed)[1][kind] <= budget * (1 + 1e-12) + 1e-12
+    fits = lambda plan: within(plan_costs(plan, S, costs, fixed)[1][kind], budget)  # noqa: E731
     breakpoints = np.unique(np.concatenate([[1.0], ratio[mask & (ratio >= 1)]]))  # sorted; may end with inf
     cheapest_plan = plan_of(breakpoints[-1])  # every allowed candidate qualifies: the cheapest plan
-    if not within(cheapest_plan):
+    if not fits(cheapest_plan):
         smallest = plan_costs(cheapest_plan, S, costs, fixed)[1][kind]
         raise InfeasibleBudget(f"no plan meets the budget: {kind} <= {budget:.6g} asked, the smallest achievable is {smallest:.6g}")
     trace: list[dict] = []
-    bad, good = -1, len(breakpoints) - 1  # plan at breakpoints[good] meets the budget; at bad (or before 0) it does not
-    while good - bad > 1:
-        mid = (bad + good) // 2
-        plan = plan_of(breakpoints[mid])
-        trace.append(entry(float(breakpoints[mid]), plan, step=len(trace), within_budget=bool(within(plan))))
-        if trace[-1]["within_budget"]:
-            good = mid
-        else:
-            bad = mid
+
+    def misses(i: int) -> bool:
+        plan = plan_of(breakpoints[i])
+        trace.append(entry(float(breakpoints[i]), plan, step=len(trace), within_budget=bool(fits(plan))))
+        return not trace[-1]["within_budget"]
+    # the plan at the last breakpoint meets the budget; the cost falls as qem grows
+    good = last_passing(misses, -1, len(breakpoints) - 1) + 1
     choice = plan_of(breakpoints[good])
     objective, totals = plan_costs(choice, S, costs, fixed)
     trace.append(entry(float(breakpoints[good]), choice, step=len(trace), chosen=True))
     return Solution(choice, objective, totals, trace=trace)
+
+
+def mixquant_search(problem: AllocationProblem, goal: Goal, qem: float | None = None,
+                    base: str | None = None) -> Solution:
+    """MixQuant on ``problem``: for ``qem``, or for the smallest qem whose plan meets the goal's budget."""
+    kind = goal.one_kind(problem, "mixquant")
+    if not goal.budgets and qem is None:
+        raise MixprecError("search mixquant needs --budget (QEM is swept to meet it) or --qem (in Python: qem=...)")
+    return mixquant(problem.sensitivity, problem.costs, kind, problem.fixed, problem.allowed,
+                    budget=goal.budgets.get(kind), qem=qem, base=None if base is None else problem.candidate_index(base))

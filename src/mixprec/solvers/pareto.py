@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import Solution, allowed_mask, min_costs, solve_exact
+from .exact import solve_exact
 from .lagrangian import lagrangian_path
+from .problem import Solution, allowed_mask, max_costs, min_costs
 
 METHODS = ("exact", "lagrangian")
 
@@ -36,7 +37,7 @@ def pareto_front(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: st
     fixed = dict(fixed or {})
     mask = allowed_mask(np.asarray(sensitivity, dtype=float), allowed)
     low = min_costs({kind: costs[kind]}, fixed, mask)[kind]
-    high = float(fixed.get(kind, 0.0) + np.where(mask, costs[kind], -np.inf).max(axis=1).sum())
+    high = max_costs({kind: costs[kind]}, fixed, mask)[kind]
     budgets = np.linspace(low, high, max(points, 2))
     front: list[FrontPoint] = []
     if method == "exact":

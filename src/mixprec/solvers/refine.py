@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import Solution, allowed_mask, plan_costs, solve_exact
+from .exact import solve_exact
+from .problem import AllocationProblem, Goal, Solution, allowed_mask, plan_costs
 
 SCALE_LIMITS = (0.1, 10.0)
 
@@ -80,3 +81,13 @@ def refine(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: dict[
     choice = np.array(best)
     objective, totals = plan_costs(choice, original, costs, fixed)
     return Solution(choice, objective, totals, evaluations=len(measured), measured_loss=measured[best], trace=trace)
+
+
+def refine_search(problem: AllocationProblem, goal: Goal, rounds: int = 2, probes: int = 16) -> Solution:
+    """refine on ``problem`` within every budget of ``goal``, measuring with ``goal.measure``."""
+    if not goal.budgets:
+        raise MixprecError("search refine needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+    if goal.measure is None:
+        raise MixprecError("search refine measures plans: give an evaluation (measure)")
+    return refine(problem.sensitivity, problem.costs, goal.budgets, goal.measure, problem.fixed, problem.allowed,
+                  rounds=rounds, probes=probes)

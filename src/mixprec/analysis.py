@@ -1,0 +1,374 @@
+"""The allocation half of the pipeline: ``analyze`` -> :class:`Analysis` -> ``solve`` / ``pareto``.
+
+    analysis = analyze(model, data, candidates="w4a8,w8a8", metric="sqnr", run_dir="run/")
+    plan = analysis.solve(budget="bops=w4a8,bytes=2MB")            # -> Plan
+    front = analysis.pareto("bops", n_plans=20, evaluate=True)    # -> Front
+
+An Analysis holds the quantizer groups, the sensitivity table S[group, candidate], the cost tables
+aligned with it and the multipoint point counts. With ``run_dir`` the measurement is cached and
+resumable (mixprec.run_directory), and ``Analysis.load(run_dir)`` reopens it without the model.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .budgets import ALIASES, parse_budgets
+from .candidates import Candidate, parse_candidate, parse_candidates
+from .costs import CostTables, cost_tables, load_cost_csv
+from .errors import SpecError
+from .front import Front, FrontPlan
+from .groups import ModelGroups, discover_groups
+from .plan import Plan
+from .plan_evaluation import PlanEvaluator
+from .run_directory import RunDirectory
+from .sensitivity.table import SensitivityTable
+from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
+from .solvers.pareto import pareto_front
+from .specs import is_builtin, load_eval, prepare
+
+DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
+
+
+def _batches(data: Iterable | None) -> list:
+    return [] if data is None else list(data)
+
+
+def _candidate_list(candidates: str | Iterable[str | Candidate]) -> list[Candidate]:
+    if isinstance(candidates, str):
+        return parse_candidates(candidates)
+    return [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
+
+
+@dataclass
+class Analysis:
+    table: SensitivityTable
+    costs: CostTables  # columns: every candidate measured (the table's)
+    groups: dict[str, list[str]]  # group -> layers
+    pins: dict[str, str] = field(default_factory=dict)  # group -> candidate
+    excluded: list[str] = field(default_factory=list)  # layers left in float
+    point_counts: dict[str, dict[str, str]] = field(default_factory=dict)  # multipoint cand -> layer -> digits
+    model_name: str | None = None  # the --model spec, where there is one
+    run: RunDirectory | None = None
+    # what measuring plans needs, when the analysis was made in this process
+    model: nn.Module | None = field(default=None, repr=False)
+    data: list | None = field(default=None, repr=False)
+    evaluate: Callable[[nn.Module], Any] | None = field(default=None, repr=False)
+    model_groups: ModelGroups | None = field(default=None, repr=False)
+    weight_range: str = "mse"
+    activation_range: str = "mse"
+
+    # ---- on disk ----------------------------------------------------------------------------------
+    def saved(self) -> dict[str, Any]:
+        """What costs.json holds."""
+        return {"model": self.model_name, "costs": self.costs.to_dict(), "groups": self.groups, "pins": self.pins,
+                "excluded": self.excluded, "points": self.point_counts}
+
+    @classmethod
+    def load(cls, run_dir: str | Path | RunDirectory) -> "Analysis":
+        """Reopen an analysis run (sensitivity.json and costs.json) for allocation; no model needed."""
+        run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        table = run.read_table()
+        saved = run.read_costs()
+        costs = CostTables.from_dict(saved["costs"])
+        if list(costs.groups) != table.groups:
+            raise SpecError(f"{run.path}: the cost tables and the sensitivity table list different groups")
+        arguments = run.arguments() if run.exists else {}
+        return cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})), list(saved.get("excluded", [])),
+                   dict(saved.get("points", {})), saved.get("model"), run,
+                   weight_range=arguments.get("weight_range") or "mse",
+                   activation_range=arguments.get("activation_range") or "mse")
+
+    # ---- the allocation problem -----------------------------------------------------------------------
+    def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
+                custom_costs: dict[str, tuple[np.ndarray, float]] | None = None) -> AllocationProblem:
+        """The sensitivity aligned with every cost table, and which candidates each group may take:
+        its pin, ``candidates`` (a restriction of the measured ones), and the entries every custom
+        cost table has. ``cost_files``: ``KIND=FILE.csv`` (rows layer,candidate,value; see README);
+        ``custom_costs``: kind -> ((G, C) array with NaN where unknown, constant for the rest)."""
+        table = self.table
+        col = [self.costs.candidates.index(c) for c in table.candidates]
+        tables = {k: v[:, col] for k, v in self.costs.tables.items()}
+        fixed = dict(self.costs.fixed)
+        allowed = np.ones(table.values.shape, dtype=bool)
+        for g, pin in self.pins.items():
+            allowed[table.groups.index(g)] = [c == pin for c in table.candidates]
+        if candidates:
+            names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
+            keep = {parse_candidate(c).name for c in names if c.strip()}
+            unknown = sorted(keep - set(table.candidates))
+            if unknown:
+                raise SpecError(f"--candidates names {unknown}, which this run did not measure; its candidates: "
+                                f"{', '.join(table.candidates)}")
+            allowed &= np.array([c in keep for c in table.candidates])[None, :]
+        customs = dict(custom_costs or {})
+        for item in cost_files:
+            kind, sep, file = item.partition("=")
+            kind = kind.strip().lower()
+            if not sep or not kind or not file:
+                raise SpecError(f"--cost {item!r} must look like KIND=FILE.csv, e.g. latency_ms=latency.csv")
+            if kind in tables or kind in customs:
+                raise SpecError(f"cost kind {kind!r} already exists; name the custom table differently")
+            customs[kind] = load_cost_csv(file, self.groups, table.candidates) + (file,)
+        notes = []
+        for kind, (custom, constant, *source) in customs.items():
+            missing = np.isnan(custom) & allowed
+            if missing.any():
+                notes.append(f"{source[0] if source else kind} has no {kind} for {int(missing.sum())} (group, "
+                             "candidate) entries; those are not chosen")
+            allowed &= ~np.isnan(custom)
+            tables[kind] = np.nan_to_num(custom, nan=0.0)
+            fixed[kind] = constant
+        empty = [g for g, row in zip(table.groups, allowed) if not row.any()]
+        if empty:
+            raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
+        return AllocationProblem(tuple(table.groups), tuple(table.candidates), table.values, tables, fixed, allowed,
+                                 dict(self.pins), table.metric, tuple(notes))
+
+    def budgets(self, budget: str | dict[str, Any], problem: AllocationProblem) -> dict[str, float]:
+        """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""
+        if isinstance(budget, dict):
+            budget = ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
+        return parse_budgets(budget, list(problem.costs), problem.uniform_cost, problem.highest_cost)
+
+    def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
+        """A plan of these groups; it keeps the point counts of its multipoint layers (the ones its costs assume)."""
+        plan = Plan(dict(assignments), self.groups, self.excluded, dict(metadata or {}))
+        counts = {layer: self.point_counts[cand][layer] for g, cand in assignments.items()
+                  if cand in self.point_counts for layer in self.groups[g]}
+        if counts:
+            plan.metadata["points"] = counts
+        return plan
+
+    # ---- measuring plans -------------------------------------------------------------------------------
+    def evaluator(self, evaluate: Callable | str | None = None, device: str | None = None,
+                  rounding: str = "nearest", rounding_options: dict | None = None) -> PlanEvaluator:
+        """Measures plans with ``evaluate`` (a function model -> float or dict, or a spec such as
+        file.py:function): on the analysed model when this process made the analysis, else on the
+        model and data the run's arguments name (the built-in model's own evaluation by default)."""
+        if self.model is not None and not isinstance(evaluate, str):
+            fn = evaluate or self.evaluate
+            if fn is None:
+                raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
+            from .sensitivity.store import data_hash, model_hash
+            settings = {"model": model_hash(self.model), "data": data_hash(self.data or []),
+                        "weight_range": self.weight_range, "activation_range": self.activation_range,
+                        "eval": getattr(fn, "__qualname__", repr(fn))}
+            model, data = self.model, self.data
+            return PlanEvaluator(lambda: (model, data, fn), self.groups, self.excluded, settings, self.run,
+                                 self.point_counts, self.weight_range, self.activation_range,
+                                 device or _device_of(model), rounding, rounding_options)
+        return self._evaluator_from_run(evaluate, device, rounding, rounding_options)
+
+    def _evaluator_from_run(self, eval_spec: str | None, device: str | None, rounding: str,
+                            rounding_options: dict | None) -> PlanEvaluator:
+        if self.run is None:
+            raise SpecError("this analysis has neither a model in memory nor a run directory to load one from")
+        arguments = self.run.arguments()
+        model_spec = arguments.get("model")
+        eval_spec = eval_spec or arguments.get("eval") or (model_spec if model_spec and is_builtin(model_spec) else None)
+        if not eval_spec:
+            raise SpecError("measuring plans needs an evaluation: give --eval file.py:function (the model is not "
+                            "built-in and the analysis had no --eval)")
+        settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
+                                                  "weight_range", "activation_range")}
+        settings["eval"] = eval_spec
+        run_groups = list(self.groups)
+
+        def load():
+            a = arguments
+            model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"),
+                                             a.get("tie") or [], a.get("exclude") or [], a.get("pin") or [])
+            if list(groups.names) != run_groups:
+                raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
+                                "--tie/--exclude options change?); analyze it again")
+            return model, data, load_eval(eval_spec)
+        return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
+                             arguments.get("weight_range") or "mse", arguments.get("activation_range") or "mse",
+                             device or arguments.get("device") or "cpu", rounding, rounding_options)
+
+    # ---- solve -------------------------------------------------------------------------------------------
+    def solve(self, budget: str | dict[str, Any] | None = None, search: str = "exact", *,
+              candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
+              kind: str | None = None, max_drop: str | float | None = None,
+              evaluate: Callable | str | None = None, device: str | None = None,
+              rounding: str = "nearest", rounding_options: dict | None = None,
+              evaluator: PlanEvaluator | None = None, verbose: bool = False, **options: Any) -> Plan:
+        """One candidate per group: the least total sensitivity within every budget (``search="exact"``),
+        or one of the seed papers' searches (``mixprec.solvers.SOLVERS``; their own options as keywords,
+        e.g. ``qem=1.5`` for mixquant, ``rounds=2`` for refine). Searches that measure plans use
+        ``evaluate`` (or the analysis's) with ``max_drop`` ("1%" or an amount in the metric's units)."""
+        if search not in SOLVERS:
+            raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
+        problem = self.problem(candidates, cost_files)
+        budgets = self.budgets(budget, problem) if budget else {}
+        if search in ("exact", "refine") and not budgets:
+            raise SpecError(f"--search {search} needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+        measured_search = search in MEASURED or (search == "greedy-pareto" and max_drop is not None)
+        if rounding != "nearest" and not measured_search:
+            raise SpecError(f"--rounding {rounding} changes how plans are measured, and --search {search} measures "
+                            "none; use it with --search refine, greedy, bisection or greedy-pareto --max-drop")
+        say = print if verbose else (lambda *_: None)
+        goal = Goal(budgets, ALIASES.get(kind, kind) if kind else None)
+        if measured_search:
+            evaluator = evaluator or self.evaluator(evaluate, device, rounding, rounding_options)
+            ref = evaluator.reference()
+            say(f"float model: {ref.name} {ref.value:.4g}" + (f" (evaluations are cached in {evaluator.log})"
+                                                               if evaluator.log else ""))
+
+            def measure(choice: np.ndarray) -> float:
+                result = evaluator.measure(problem.assignments(choice))
+                say(f"  measured plan: {result.name} {result.value:.4g} ({evaluator.measured} new evaluations)")
+                return evaluator.loss(result)
+            max_loss = evaluator.max_loss(max_drop if max_drop is not None else "1%")
+            goal = Goal(budgets, goal.kind, measure, max_loss)
+        else:
+            evaluator = None
+        solution = SOLVERS[search](problem, goal, **options)
+        measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
+        notes = [step["note"] for step in solution.trace if step.get("note")]
+        least = problem.least_sensitive()
+        if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(solution.choice, least):
+            notes.insert(0, "the budget does not bind: this is the least-sensitive plan overall")
+        metadata = {"kind": "solved", "search": search, "model": self.model_name, "metric": self.table.metric,
+                    "budgets": budgets, "predicted_sensitivity": solution.objective,
+                    "predicted_costs": solution.costs, "evaluations": solution.evaluations,
+                    "measured": measured.to_dict() if measured else None, "trace": solution.trace,
+                    "run": str(self.run.path) if self.run else None}
+        if problem.notes or notes:
+            metadata["notes"] = list(problem.notes) + notes
+        return self.plan(problem.assignments(solution.choice), metadata)
+
+    # ---- the Pareto front ---------------------------------------------------------------------------
+    def pareto(self, kind: str = "bops", n_plans: int = 30, method: str = "exact", *,
+               evaluate: Callable | str | bool | None = None, candidates: str | Iterable[str] | None = None,
+               cost_files: Iterable[str] = (), device: str | None = None, rounding: str = "nearest",
+               rounding_options: dict | None = None, progress: bool = True) -> Front:
+        """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
+        ``n_plans`` evenly spaced budgets), with every uniform candidate beside them. ``evaluate``
+        (True: the analysis's own evaluation) measures the float model and every plan (cached)."""
+        problem = self.problem(candidates, cost_files)
+        kind = ALIASES.get(kind, kind)
+        if kind not in problem.costs:
+            raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}")
+        if n_plans < 1:
+            raise SpecError(f"n_plans (--points) must be at least 1, got {n_plans}")
+        if rounding != "nearest" and not evaluate:
+            raise SpecError(f"--rounding {rounding} is how --eval measures the plans; add --eval")
+        start = time.perf_counter()
+        solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
+                              method=method)
+        solve_s = time.perf_counter() - start
+        plans = [FrontPlan(p.solution.costs, p.solution.objective, problem.assignments(p.solution.choice), None,
+                           method) for p in solved]
+        uniform = {}
+        for cand in problem.uniform_candidates():
+            choice = problem.uniform_choice(cand)
+            objective, costs = problem.totals(choice)
+            uniform[cand] = FrontPlan(costs, objective, problem.assignments(choice))
+        reference = None
+        if evaluate:
+            from tqdm.auto import tqdm
+            evaluator = self.evaluator(None if evaluate is True else evaluate, device, rounding, rounding_options)
+            reference = evaluator.reference().to_dict()
+            for item in tqdm([*plans, *uniform.values()], desc="evaluating plans", unit="plan", disable=not progress):
+                item.measured = evaluator.measure(item.assignments).to_dict()
+        return Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
+                     self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
+                     candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
+                     solve_s)
+
+    def report(self, front: Front, out_dir: str | Path, select: int | None = None) -> Path:
+        """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``."""
+        from .report import write_report
+        problem = self.problem(front.candidates, front.cost_files)
+        costs = CostTables(problem.groups, problem.candidates, problem.costs, problem.fixed)
+        return write_report(Path(out_dir), front.to_dict(), self.table, costs, select=select)
+
+    # ---- trust ---------------------------------------------------------------------------------------
+    def trust(self, evaluate: Callable | None = None, eval_name: str | None = None,
+              progress: bool = True) -> list[dict[str, Any]]:
+        """How well this table ranks the real metric drops: the task metric measured for every entry
+        (cached in RUN/task/), and the Spearman correlation of the two tables."""
+        from .sensitivity.analyze import analyze as measure_table
+        from .sensitivity.trust import rank_correlation
+        fn = evaluate or self.evaluate
+        if self.model is None or fn is None:
+            raise SpecError("the trust report measures every entry for real: it needs the model and an evaluation")
+        cands = [parse_candidate(c) for c in self.table.candidates]
+        eval_name = eval_name or getattr(fn, "__qualname__", repr(fn))  # part of the task run's fingerprint
+        truth = measure_table(self.model, self.model_groups, cands, self.data or [], metric="task",
+                              run_dir=self.run.task if self.run else None, weight_method=self.weight_range,
+                              activation_method=self.activation_range, evaluate=fn, progress=progress,
+                              arguments={"eval": eval_name})
+        return [{"metric": self.table.metric, "spearman": rank_correlation(self.table, truth),
+                 "seconds": self.table.metadata["seconds"]},
+                {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES,
+            metric: str = "sqnr", run_dir: str | Path | RunDirectory | None = None, *,
+            groups: ModelGroups | None = None, tie: Iterable[str] = (), exclude: Iterable[str] = (),
+            pins: dict[str, str] | None = None, evaluate: Callable | None = None, weight_range: str = "mse",
+            activation_range: str = "mse", chunk_size: int | None = None, use_fx: bool = True,
+            device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
+            model_name: str | None = None, arguments: dict[str, Any] | None = None) -> Analysis:
+    """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
+    every (group, candidate) in bytes, BOPs and bits per weight.
+
+    data: calibration batches (inputs, or (inputs, labels) pairs). candidates: "w4a8,w8a8" or a list.
+    metric: a sensitivity metric (mixprec.sensitivity.METRICS; "roundoff" needs no data). groups:
+    from :func:`mixprec.discover_groups` (default: discovered with ``tie``/``exclude``/``pins`` on the
+    first batch). evaluate: model -> float or dict, needed by metric="task" and by measured searches
+    later. run_dir: finished entries are cached there and an interrupted analysis resumes; a run
+    directory of another model, data or settings is refused before anything is written.
+    Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
+    """
+    from .multipoint import measure_points
+    from .sensitivity.analyze import analyze as measure_table
+    batches = _batches(data)
+    device = torch.device(device) if device is not None else _device_of(model)
+    model = model.to(device).eval()
+    if groups is None:
+        from .batches import split_item
+        example = split_item(batches[0])[0] if batches else None
+        groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
+    cands = _candidate_list(candidates)
+    names = [c.name for c in cands]
+    for pin in sorted({g.pinned for g in groups if g.pinned and g.pinned not in names}):
+        if verbose:
+            print(f"note: adding pinned candidate {pin} to the candidates")
+        cands.append(parse_candidate(pin))
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0
+    wanted = [c for c in cands if c.multipoint]
+    counts = measure_points(model, {l.name: wanted for l in groups.layers}, batches, weight_range,
+                            progress=progress and rank == 0) if wanted else {}
+    if verbose and rank == 0:
+        for cand, layers in counts.items():
+            digits = "".join(layers.values())
+            print(f"multipoint {cand}: " + ", ".join(
+                f"{digits.count(str(k)) / len(digits):.1%} of channels with {k} point{'s' if k > 1 else ''}"
+                for k in range(1, parse_candidate(cand).points + 1)))
+    run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
+                          activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
+                          use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
+    costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
+    analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
+                        {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded], counts,
+                        model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
+    if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
+        run.write_costs(analysis.saved())
+    return analysis

@@ -1,0 +1,94 @@
+"""A Pareto front as data: the non-dominated plans for one cost kind, the uniform plans beside them,
+and, where they were evaluated, the measured metric of each. ``to_dict``/``from_dict`` give the
+``pareto.json`` schema that ``mixprec report`` reads (its key ``points`` holds the front's plans)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+from .plan import write_json_atomic
+
+
+@dataclass
+class FrontPlan:
+    costs: dict[str, float]
+    predicted_sensitivity: float
+    assignments: dict[str, str] | None = None  # group -> candidate (kept in pareto.json for the front's plans)
+    measured: dict[str, Any] | None = None  # EvalResult.to_dict() once evaluated
+    search: str | None = None  # how the plan was found (exact, lagrangian)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"costs": self.costs, "predicted_sensitivity": self.predicted_sensitivity}
+        if self.assignments is not None:
+            out["assignments"] = self.assignments
+        out["measured"] = self.measured
+        if self.search is not None:
+            out["search"] = self.search
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FrontPlan":
+        return cls(dict(data["costs"]), float(data["predicted_sensitivity"]), data.get("assignments"),
+                   data.get("measured"), data.get("search"))
+
+
+@dataclass
+class Front:
+    kind: str  # the cost kind the front spans
+    metric: str  # the sensitivity metric of the predictions
+    method: str  # exact or lagrangian
+    plans: list[FrontPlan]  # cheapest first
+    uniform: dict[str, FrontPlan]  # candidate -> every group on it (pins keep theirs)
+    groups: dict[str, list[str]]  # group -> layers
+    excluded: list[str] = field(default_factory=list)
+    reference: dict[str, Any] | None = None  # the float model's measured metric
+    model: str | None = None
+    run: str | None = None  # the analysis run directory
+    cost_files: list[str] = field(default_factory=list)  # KIND=FILE.csv custom cost tables used
+    candidates: str | None = None  # the restriction of the run's candidates used, if any
+    solve_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of pareto.json (e.g. a benchmark's searches)
+
+    def to_dict(self) -> dict[str, Any]:
+        uniform = {}
+        for cand, plan in self.uniform.items():
+            item = plan.to_dict()
+            item.pop("assignments", None)
+            uniform[cand] = item
+        return {"kind": self.kind, "metric": self.metric, "method": self.method,
+                "points": [p.to_dict() for p in self.plans], "uniform": uniform, "reference": self.reference,
+                "groups": self.groups, "excluded": self.excluded, "model": self.model, "run": self.run,
+                "cost_files": list(self.cost_files), "candidates": self.candidates,
+                "solve_seconds": self.solve_seconds, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "pareto.json") -> "Front":
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list) or "kind" not in data:
+            raise SpecError(f"{source} is not a mixprec Pareto front (it needs 'kind' and a list 'points'); make "
+                            "one with `mixprec pareto RUN --out DIR`")
+        known = {"kind", "metric", "method", "points", "uniform", "reference", "groups", "excluded", "model", "run",
+                 "cost_files", "candidates", "solve_seconds"}
+        return cls(data["kind"], data.get("metric") or "", data.get("method") or "exact",
+                   [FrontPlan.from_dict(p) for p in data["points"]],
+                   {str(c): FrontPlan.from_dict(u) for c, u in (data.get("uniform") or {}).items()},
+                   dict(data.get("groups") or {}), list(data.get("excluded") or []), data.get("reference"),
+                   data.get("model"), data.get("run"), list(data.get("cost_files") or []), data.get("candidates"),
+                   float(data.get("solve_seconds") or 0.0), {k: v for k, v in data.items() if k not in known})
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "pareto.json", self.to_dict())
+        return out / "pareto.json"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Front":
+        path = Path(path)
+        file = path / "pareto.json" if path.is_dir() else path
+        if not file.is_file():
+            raise SpecError(f"{file} not found; make it with `mixprec pareto RUN --out {path}`")
+        return cls.from_dict(json.loads(file.read_text()), str(file))

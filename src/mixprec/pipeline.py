@@ -1,0 +1,122 @@
+"""The quantized model a plan makes, priced and evaluated; and the one-call pipeline.
+
+    result = quantize(model, data, budget="bops=w4a8", evaluate=evaluate)   # analyze -> solve -> apply
+    result = quantize_plan(model, plan, data, groups, evaluate=evaluate)    # a plan you already have
+    result.model, result.plan, result.costs, result.evaluation; result.save("out/")
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .analysis import DEFAULT_CANDIDATES, _device_of, analyze
+from .apply import apply, plan_points
+from .candidates import Candidate
+from .costs import COST_KINDS, cost_tables
+from .errors import SpecError
+from .evaluation import EvalResult, to_eval_result
+from .groups import ModelGroups
+from .plan import Plan, write_json_atomic
+
+
+@dataclass
+class QuantizeResult:
+    model: nn.Module  # the quantized (simulated) model
+    plan: Plan
+    costs: dict[str, float]  # bytes, bops, bits_per_weight of the plan, with its point counts
+    evaluation: EvalResult | None = None
+    apply_seconds: float = 0.0
+    eval_seconds: float | None = None
+    rounding: str = "nearest"
+    rounding_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What result.json holds (without the model and plan names, which the caller knows)."""
+        out: dict[str, Any] = {"costs": self.costs, "rounding": self.rounding,
+                               "rounding_options": self.rounding_options, "metric": None,
+                               "apply_seconds": self.apply_seconds}
+        if self.evaluation is not None:
+            out.update(metric=self.evaluation.value, metric_name=self.evaluation.name,
+                       higher_is_better=self.evaluation.higher_is_better, metric_details=self.evaluation.details,
+                       eval_seconds=self.eval_seconds)
+        return out
+
+    def save(self, out_dir: str | Path, **extra: Any) -> Path:
+        """Write ``model.pt`` (the quantized state dict), ``plan.json`` and ``result.json`` (``extra`` first)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.plan.save(out / "plan.json")
+        torch.save(self.model.state_dict(), out / "model.pt")
+        device = _device_of(self.model)
+        write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
+        return out
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    return {"mixprec": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
+    """A plan fits a model when it names exactly the model's groups."""
+    different = sorted(set(groups.names) ^ set(plan.groups))
+    if different:
+        raise SpecError(f"the plan's groups do not match this model's groups (e.g. {different[:3]}); was it made for "
+                        "another model or with other --tie/--exclude options?")
+
+
+def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: ModelGroups, *,
+                  evaluate: Callable[[nn.Module], Any] | None = None, weight_range: str = "mse",
+                  activation_range: str = "mse", rounding: str = "nearest", rounding_options: dict | None = None,
+                  rounding_checkpoint: str | Path | None = None, device: str | torch.device | None = None,
+                  progress: bool = True) -> QuantizeResult:
+    """Apply ``plan`` (mixprec.apply), price it and, with ``evaluate``, measure it. Multipoint layers take
+    the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them."""
+    check_plan_groups(plan, groups)
+    batches = None if data is None else list(data)
+    device = torch.device(device) if device is not None else _device_of(model)
+    model = model.to(device)
+    counts = plan_points(model, plan, batches, weight_range, progress=progress)
+    if counts:
+        plan.metadata["points"] = counts
+    by_candidate: dict[str, dict[str, str]] = {}
+    for layer, digits in counts.items():
+        by_candidate.setdefault(plan.layer_candidates()[layer], {})[layer] = digits
+    tables = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model, points=by_candidate)
+    start = time.perf_counter()
+    quantized = apply(model, plan, batches, weight_method=weight_range, activation_method=activation_range,
+                      rounding=rounding, rounding_options=rounding_options, rounding_checkpoint=rounding_checkpoint,
+                      points=counts, progress=progress)
+    result = QuantizeResult(quantized, plan, {k: tables.total(k, plan.assignments) for k in COST_KINDS},
+                            apply_seconds=time.perf_counter() - start, rounding=rounding,
+                            rounding_options=dict(rounding_options or {}))
+    if evaluate is not None:
+        start = time.perf_counter()
+        result.evaluation = to_eval_result(evaluate(quantized))
+        result.eval_seconds = time.perf_counter() - start
+    return result
+
+
+def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
+             candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES, metric: str = "sqnr",
+             search: str = "exact", evaluate: Callable[[nn.Module], Any] | None = None,
+             groups: ModelGroups | None = None, run_dir: str | Path | None = None, weight_range: str = "mse",
+             activation_range: str = "mse", rounding: str = "nearest", rounding_options: dict | None = None,
+             device: str | torch.device | None = None, progress: bool = True, **search_options: Any) -> QuantizeResult:
+    """Model + calibration data + budget -> the quantized model and its plan, in one call:
+    :func:`mixprec.analyze`, :meth:`Analysis.solve` (``search``, ``search_options``), then
+    :func:`quantize_plan` (evaluated with ``evaluate`` when given)."""
+    batches = list(data)
+    analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
+                       weight_range=weight_range, activation_range=activation_range, device=device, progress=progress)
+    plan = analysis.solve(budget, search, evaluate=evaluate, **search_options)
+    return quantize_plan(analysis.model, plan, batches, analysis.model_groups, evaluate=evaluate,
+                         weight_range=weight_range, activation_range=activation_range, rounding=rounding,
+                         rounding_options=rounding_options, device=device, progress=progress)
