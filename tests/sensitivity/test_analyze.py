@@ -79,11 +79,11 @@ def test_run_directory_resumes_without_recomputing(tmp_path, monkeypatch):
     calls = []
     original = METRICS["sqnr"].measure
 
-    def counting(ctx, chunk, runner):
+    def counting(self, ctx, chunk, runner, state):
         calls.append(tuple(chunk))
         if len(calls) == 2:
             raise KeyboardInterrupt  # interrupted after one chunk was written
-        return original(ctx, chunk, runner)
+        return original(self, ctx, chunk, runner, state)
 
     monkeypatch.setattr(METRICS["sqnr"], "measure", counting)
     with pytest.raises(KeyboardInterrupt):
@@ -91,7 +91,8 @@ def test_run_directory_resumes_without_recomputing(tmp_path, monkeypatch):
     assert len((tmp_path / "entries.rank0.jsonl").read_text().splitlines()) == len(cands)
     monkeypatch.setattr(METRICS["sqnr"], "measure", original)
     seen = []
-    monkeypatch.setattr(METRICS["sqnr"], "measure", lambda ctx, chunk, runner: seen.append(tuple(chunk)) or original(ctx, chunk, runner))
+    monkeypatch.setattr(METRICS["sqnr"], "measure", lambda self, ctx, chunk, runner, state: seen.append(tuple(chunk))
+                        or original(self, ctx, chunk, runner, state))
     resumed = analyze(model, groups, cands, data(), metric="sqnr", run_dir=tmp_path, chunk_size=1, progress=False)
     assert calls[0] not in seen and len(seen) == len(groups) - 1
     fresh = analyze(model, groups, cands, data(), metric="sqnr", progress=False)

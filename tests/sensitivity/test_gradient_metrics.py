@@ -6,7 +6,7 @@ from torch import nn
 from mixprec.candidates import parse_candidates
 from mixprec.errors import MixprecError
 from mixprec.groups import discover_groups
-from mixprec.sensitivity import METRICS, fisher, hessian
+from mixprec.sensitivity import METRICS, Fisher, Hessian
 from mixprec.sensitivity.analyze import analyze
 from mixprec.sensitivity.context import MeasureContext
 
@@ -25,8 +25,9 @@ def one_thread():
 
 
 @pytest.fixture
-def few_samples(monkeypatch):
-    monkeypatch.setattr(hessian, "HUTCHINSON_SAMPLES", 4)  # properties, not accuracy
+def few_samples():
+    """metric name -> the config to measure with: Hessian with 4 samples (properties, not accuracy)."""
+    return lambda metric: Hessian(samples=4) if metric == "hessian" else metric
 
 
 def labelled(n=3):
@@ -62,8 +63,9 @@ def test_metric_properties(metric, with_labels, few_samples):
     model, groups, cands = setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    table = analyze(model, groups, cands, labelled() if with_labels else data(), metric=metric, progress=False)
-    assert METRICS[metric].NEEDS_GRAD and not METRICS[metric].NEEDS_LABELS
+    table = analyze(model, groups, cands, labelled() if with_labels else data(), metric=few_samples(metric),
+                    progress=False)
+    assert METRICS[metric].needs_grad and not METRICS[metric].needs_labels
     assert table.complete and np.isfinite(table.values).all() and (table.values >= 0).all()
     assert (table.values[:, -1] == 0).all()  # fp32 does no damage
     # fewer bits, more damage: w2 > w4 > w8 for every group
@@ -79,20 +81,20 @@ def test_chunks_share_one_gradient_pass(metric, monkeypatch, few_samples):
     calls = []
     original = torch.autograd.grad
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or original(*a, **k))
-    whole = analyze(model, groups, cands, data(), metric=metric, chunk_size=None, progress=False)
+    config = few_samples(metric)
+    whole = analyze(model, groups, cands, data(), metric=config, chunk_size=None, progress=False)
     once = len(calls)
-    chunked = analyze(model, groups, cands, data(), metric=metric, chunk_size=1, progress=False)
-    per_batch = 1 + hessian.HUTCHINSON_SAMPLES if metric == "hessian" else 1  # grad, then one per HVP
+    chunked = analyze(model, groups, cands, data(), metric=config, chunk_size=1, progress=False)
+    per_batch = 1 + config.samples if metric == "hessian" else 1  # grad, then one per HVP
     assert once == len(data()) * per_batch and len(calls) == 2 * once  # 4 chunks, still one pass
     assert chunked.values.tolist() == whole.values.tolist()
 
 
 @pytest.mark.parametrize("with_labels", [False, True])
-def test_hutchinson_trace_matches_closed_form(with_labels, monkeypatch):
+def test_hutchinson_trace_matches_closed_form(with_labels):
     # Linear softmax classifier: H_W of the mean cross-entropy (and of the KL to its own prediction
     # at the float point) is mean_n (diag(p_n) - p_n p_n^T) (x) x_n x_n^T, so
     # Tr(H_W) = mean_n (1 - ||p_n||^2) ||x_n||^2.
-    monkeypatch.setattr(hessian, "HUTCHINSON_SAMPLES", 64)
     model = nn.Linear(6, 5).eval()
     xs = rows(4)
     g = torch.Generator().manual_seed(4)
@@ -101,7 +103,7 @@ def test_hutchinson_trace_matches_closed_form(with_labels, monkeypatch):
     with torch.no_grad():
         p = torch.softmax(model(x), dim=-1)
     exact = float(((1 - p.pow(2).sum(1)) * x.pow(2).sum(1)).mean())
-    weight_avg, _ = hessian.curvature(context(model, items))
+    weight_avg, _ = Hessian(samples=64).prepare(context(model, items))
     estimate = weight_avg[""] * model.weight.numel()
     assert estimate == pytest.approx(exact, rel=0.1)
 
@@ -114,7 +116,7 @@ def test_fisher_diagonal_sums_to_the_hessian_trace():
     with torch.no_grad():
         p = torch.softmax(model(x), dim=-1)
     exact = float(((1 - p.pow(2).sum(1)) * x.pow(2).sum(1)).mean())
-    squared, _ = fisher.squared_gradients(context(model, xs))
+    squared, _ = Fisher().prepare(context(model, xs))
     assert float(squared[""].sum()) == pytest.approx(exact, rel=0.1)
 
 
@@ -136,10 +138,11 @@ def test_fisher_is_invariant_to_an_equivalent_rescaling():
     assert torch.allclose(model(items[0]), scaled(items[0]), atol=1e-5)
     cands = "w2a8,w4a8,w4,w8a4,fp32"
     contexts = [context(m, items, cands) for m in (model, scaled)]
-    tables = [fisher.measure(ctx, [0, 1]) for ctx in contexts]
+    states = [Fisher().prepare(ctx) for ctx in contexts]
+    tables = [Fisher().measure(ctx, [0, 1], None, state) for ctx, state in zip(contexts, states)]
     for key, value in tables[0].items():
         assert tables[1][key] == pytest.approx(value, rel=1e-3, abs=1e-12), key
-    squared = [ctx.__dict__["_fisher_squared_gradients"][0] for ctx in contexts]
+    squared = [state[0] for state in states]
     assert float(squared[1]["fc1"].sum()) == pytest.approx(float(squared[0]["fc1"].sum()) / 100, rel=1e-3)
     assert float(squared[1]["fc2"].sum()) == pytest.approx(float(squared[0]["fc2"].sum()) * 100, rel=1e-3)
 
@@ -154,10 +157,11 @@ def test_hessian_is_invariant_to_an_equivalent_rescaling():
     for m in (model, scaled):
         groups = discover_groups(m, items[0], exclude=["fc2"])
         contexts.append(MeasureContext(m, groups, parse_candidates("w2,w4,w8,fp32"), items, progress=False))
-    tables = [hessian.measure(ctx, [0]) for ctx in contexts]
+    states = [Hessian().prepare(ctx) for ctx in contexts]
+    tables = [Hessian().measure(ctx, [0], None, state) for ctx, state in zip(contexts, states)]
     for key, value in tables[0].items():
         assert tables[1][key] == pytest.approx(value, rel=1e-3, abs=1e-12), key
-    traces = [ctx.__dict__["_hessian_curvature"][0]["fc1"] for ctx in contexts]
+    traces = [state[0]["fc1"] for state in states]
     assert traces[1] == pytest.approx(traces[0] / 100, rel=1e-3) and traces[0] > 0
 
 

@@ -9,7 +9,7 @@ from mixprec.errors import MixprecError
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 from mixprec.quantizers import ActivationQuantizer, quantize_weight
-from mixprec.sensitivity import task
+from mixprec.sensitivity import Task
 from mixprec.sensitivity.analyze import analyze
 from mixprec.sensitivity.context import MeasureContext
 
@@ -75,11 +75,12 @@ def test_task_evaluates_the_float_model_once_per_analysis():
     model, groups, cands, calibration, accuracy, _ = classifier_setup()
     calls = []
     ctx = MeasureContext(model, groups, cands, calibration, evaluate=lambda m: calls.append(1) or accuracy(m))
+    state = Task().prepare(ctx)  # once per analysis, as analyze() does
     for g in range(len(groups)):  # one chunk per group, as analyze(chunk_size=1) does
-        task.measure(ctx, [g], None)
+        Task().measure(ctx, [g], None, state)
     quantized_candidates = sum(1 for c in cands if c.name != "fp32")
     assert len(calls) == 1 + len(groups) * quantized_candidates
-    assert ctx.__dict__["task_float_value"] == accuracy(model)
+    assert Task().metadata(state)["task_float_value"] == accuracy(model)
 
 
 def test_task_without_eval_says_what_to_give():

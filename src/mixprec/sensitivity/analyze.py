@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..candidates import Candidate
 from ..errors import MixprecError
 from ..groups import ModelGroups
-from . import DEFAULT_METRIC, METRICS
+from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
 from ..run_directory import RunDirectory
@@ -33,23 +33,23 @@ def _distributed() -> tuple[int, int]:
 
 
 def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], data: list, *,
-            metric: str = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse", activation_method: str = "mse",
-            evaluate: Callable | None = None, chunk_size: int | None = None, use_fx: bool = True,
-            progress: bool = True, arguments: dict[str, Any] | None = None,
+            metric: str | Metric = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse",
+            activation_method: str = "mse", evaluate: Callable | None = None, chunk_size: int | None = None,
+            use_fx: bool = True, progress: bool = True, arguments: dict[str, Any] | None = None,
             points: dict[str, dict[str, str]] | None = None) -> SensitivityTable:
     """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused.
 
+    ``metric``: a name of mixprec.sensitivity.METRICS or a config such as ``Hessian(samples=32)``.
     ``points``: multipoint candidate -> layer -> points per channel (mixprec.multipoint.measure_points);
     measured on ``data`` when missing."""
-    if metric not in METRICS:
-        raise MixprecError(f"unknown sensitivity metric {metric!r}; metrics: {', '.join(METRICS)}")
-    module = METRICS[metric]
-    if metric != "roundoff" and not data:
+    config = metric_config(metric)
+    metric = config.name
+    if config.needs_data and not data:
         raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
                            "give at least one batch (or use --metric roundoff, which needs none)")
     ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
                          activation_method, evaluate, progress, points)
-    if getattr(module, "NEEDS_LABELS", False) and not ctx.has_labels:
+    if config.needs_labels and not ctx.has_labels:
         raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
     rank, world = _distributed()
     names = [g.name for g in groups]
@@ -57,9 +57,12 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     run = None
     done: dict[tuple[str, str], float] = {}
     if run_dir is not None:
-        settings = {"metric": metric, "candidates": cand_names, "groups": {g.name: list(g.layer_names) for g in groups},
+        # Only options changed from their defaults are recorded: a default metric's settings are just its name.
+        options = config.changed_options()
+        settings = {"metric": metric, **({"metric_options": options} if options else {}), "candidates": cand_names,
+                    "groups": {g.name: list(g.layer_names) for g in groups},
                     "weight_method": weight_method, "activation_method": activation_method}
-        if metric == "task":  # the entries depend on which evaluation measured them
+        if config.uses_evaluate:  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
@@ -69,13 +72,14 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
     mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
     pending = [chunk for chunk in mine if any((names[g], c) not in done for g in chunk for c in cand_names)]
-    runner = OutputRunner(ctx, use_fx) if metric in ("sqnr", "kl") else None
+    runner = OutputRunner(ctx, use_fx) if config.needs_outputs else None
     start = time.perf_counter()
     total = sum(len(chunk) for chunk in mine) * len(candidates)
     with tqdm(total=total, initial=total - sum(len(c) for c in pending) * len(candidates), unit="entry",
               desc=f"{metric} sensitivity", disable=not progress) as bar:
+        state = config.prepare(ctx) if pending else None  # once per analysis, and only if there is work
         for chunk in pending:
-            values = module.measure(ctx, chunk, runner)
+            values = config.measure(ctx, chunk, runner, state)
             ctx._weights.clear()  # each group is measured in one chunk only: free its quantized weights
             named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
             if run is not None:
@@ -92,8 +96,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             table[i, j] = done.get((g, c), np.nan)
     metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
                 "calibration_batches": len(ctx.data)}
-    if "task_float_value" in ctx.__dict__:
-        metadata["task_float_value"] = ctx.__dict__["task_float_value"]
+    if pending:
+        metadata.update(config.metadata(state))
     if runner is not None:
         metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.forked is not None,
                         fallback_reason=runner.fallback_reason)

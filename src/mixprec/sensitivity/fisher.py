@@ -15,20 +15,22 @@ the hessian metric uses; see gradients.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
-from . import gradients
+from . import Metric, gradients
 from .context import MeasureContext
 
-NEEDS_LABELS = False
-NEEDS_GRAD = True
+# (per layer F = sum_b g_b^2 / rows, per (layer, input format) sum g_x^2 (Q(x) - x)^2 / rows)
+SquaredGradients = tuple[dict[str, torch.Tensor], dict[tuple[str, object], float]]
 
 
-def squared_gradients(ctx: MeasureContext) -> tuple[dict[str, torch.Tensor], dict[tuple[str, object], float]]:
-    """(per layer F = sum_b g_b^2 / rows, per (layer, input format) sum g_x^2 (Q(x) - x)^2 / rows)."""
+def squared_gradients(ctx: MeasureContext, seed: int) -> SquaredGradients:
+    """One backward per batch; without labels, labels sampled with ``seed`` (see the module docstring)."""
     capture = bool(gradients.activation_formats(ctx))
-    generator = gradients.label_generator(ctx)
+    generator = gradients.generator(ctx, seed)
     weight_sq: dict[str, torch.Tensor] = {}
     input_term: dict[tuple[str, object], float] = {}
     rows = 0
@@ -60,20 +62,32 @@ def squared_gradients(ctx: MeasureContext) -> tuple[dict[str, torch.Tensor], dic
     return {name: sq / rows for name, sq in weight_sq.items()}, {key: v / rows for key, v in input_term.items()}
 
 
-def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
-    if "_fisher_squared_gradients" not in ctx.__dict__:  # the same for every chunk: once per analysis
-        ctx.__dict__["_fisher_squared_gradients"] = squared_gradients(ctx)
-    fisher, input_term = ctx.__dict__["_fisher_squared_gradients"]
-    values = {}
-    for g in group_indices:
-        group = ctx.groups.groups[g]
-        for c, cand in enumerate(ctx.candidates):
-            value = 0.0
-            for layer in group.layer_names:
-                w = ctx.model.get_submodule(layer).weight.detach().float()
-                delta = ctx.quantized_weight(layer, cand).float() - w
-                value += 0.5 * float((fisher[layer] * delta.pow(2)).sum())
-                if cand.activation is not None:
-                    value += 0.5 * input_term.get((layer, cand.activation), 0.0)
-            values[(g, c)] = value
-    return values
+@dataclass(frozen=True)
+class Fisher(Metric):
+    seed: int = 0  # of the labels sampled from the model's prediction (no labels): the same table on every run
+
+    name = "fisher"
+    needs_grad = True
+
+    def __post_init__(self):
+        self.check_int("seed", 0, 2**64 - 1)
+
+    def prepare(self, ctx: MeasureContext) -> SquaredGradients:
+        return squared_gradients(ctx, self.seed)  # the same for every chunk: once per analysis
+
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner,
+                state: SquaredGradients) -> dict[tuple[int, int], float]:
+        fisher, input_term = state
+        values = {}
+        for g in group_indices:
+            group = ctx.groups.groups[g]
+            for c, cand in enumerate(ctx.candidates):
+                value = 0.0
+                for layer in group.layer_names:
+                    w = ctx.model.get_submodule(layer).weight.detach().float()
+                    delta = ctx.quantized_weight(layer, cand).float() - w
+                    value += 0.5 * float((fisher[layer] * delta.pow(2)).sum())
+                    if cand.activation is not None:
+                        value += 0.5 * input_term.get((layer, cand.activation), 0.0)
+                values[(g, c)] = value
+        return values

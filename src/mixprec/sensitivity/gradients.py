@@ -26,8 +26,6 @@ from ..groups import is_torchscript
 from ..quantizers import ActivationQuantizer
 from .context import MeasureContext
 
-SEED = 0  # Rademacher vectors and sampled labels: the same table on every run
-
 
 def layer_names(ctx: MeasureContext) -> list[str]:
     return [layer.name for layer in ctx.groups.layers]
@@ -123,5 +121,6 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
     return F.cross_entropy(logits, target, reduction="sum"), int((target != -100).sum())
 
 
-def label_generator(ctx: MeasureContext) -> torch.Generator:
-    return torch.Generator(device=ctx.device).manual_seed(SEED)
+def generator(ctx: MeasureContext, seed: int) -> torch.Generator:
+    """Rademacher vectors and sampled labels from a fixed seed: the same table on every run."""
+    return torch.Generator(device=ctx.device).manual_seed(seed)

@@ -8,7 +8,7 @@ H is the Hessian of the mean loss per row (cross-entropy with labels, KL to the 
 prediction without; see gradients.py). Traces come from Hutchinson's estimator, Tr(H_B) ~ mean_k
 v_B^T (H v)_B with one Rademacher v over every quantized weight and layer input at once: one
 Hessian-vector product (double backprop) estimates every block on the block diagonal, so all
-groups come from the same HUTCHINSON_SAMPLES products per batch, computed once per analysis.
+groups come from the same ``samples`` products per batch, computed once per analysis.
 
 Choices: a group of several layers sums its layers' terms (each layer keeps its own average
 curvature; for one layer this is HAWQ-V2's formula). The activation term is the exact analogue for
@@ -22,15 +22,16 @@ block (G times the cost), reduce it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
-from . import gradients
+from . import Metric, gradients
 from .context import MeasureContext
 
-NEEDS_LABELS = False
-NEEDS_GRAD = True
-HUTCHINSON_SAMPLES = 16
+# (per layer Tr(H_W)/n_W, per (layer, input format) sum_batches Tr(H_x)/n_x * ||Q(x) - x||^2)
+Curvature = tuple[dict[str, float], dict[tuple[str, object], float]]
 
 
 def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -38,11 +39,10 @@ def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (2 * v - 1).to(like.dtype)
 
 
-def curvature(ctx: MeasureContext) -> tuple[dict[str, float], dict[tuple[str, object], float]]:
-    """(per layer Tr(H_W)/n_W, per (layer, input format) sum_batches Tr(H_x)/n_x * ||Q(x) - x||^2)."""
+def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
+    """Hutchinson's estimate with ``samples`` Rademacher vectors per batch (see the module docstring)."""
     capture = bool(gradients.activation_formats(ctx))
-    generator = torch.Generator(device=ctx.device).manual_seed(gradients.SEED)
-    samples = HUTCHINSON_SAMPLES
+    generator = gradients.generator(ctx, seed)
     weight_trace: dict[str, float] = {}
     input_term: dict[tuple[str, object], float] = {}
     rows = 0
@@ -81,19 +81,33 @@ def curvature(ctx: MeasureContext) -> tuple[dict[str, float], dict[tuple[str, ob
     return weight_avg, {key: v / rows for key, v in input_term.items()}
 
 
-def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
-    if "_hessian_curvature" not in ctx.__dict__:  # the same for every chunk: once per analysis
-        ctx.__dict__["_hessian_curvature"] = curvature(ctx)
-    weight_avg, input_term = ctx.__dict__["_hessian_curvature"]
-    values = {}
-    for g in group_indices:
-        group = ctx.groups.groups[g]
-        for c, cand in enumerate(ctx.candidates):
-            value = 0.0
-            for layer in group.layer_names:
-                w = ctx.model.get_submodule(layer).weight.detach().float()
-                value += weight_avg[layer] * float((ctx.quantized_weight(layer, cand).float() - w).pow(2).sum())
-                if cand.activation is not None:
-                    value += input_term.get((layer, cand.activation), 0.0)
-            values[(g, c)] = value
-    return values
+@dataclass(frozen=True)
+class Hessian(Metric):
+    samples: int = 16  # Hutchinson samples (Hessian-vector products) per calibration batch
+    seed: int = 0  # of the Rademacher vectors: the same table on every run
+
+    name = "hessian"
+    needs_grad = True
+
+    def __post_init__(self):
+        self.check_int("samples", 1)
+        self.check_int("seed", 0, 2**64 - 1)
+
+    def prepare(self, ctx: MeasureContext) -> Curvature:
+        return curvature(ctx, self.samples, self.seed)  # the same for every chunk: once per analysis
+
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner,
+                state: Curvature) -> dict[tuple[int, int], float]:
+        weight_avg, input_term = state
+        values = {}
+        for g in group_indices:
+            group = ctx.groups.groups[g]
+            for c, cand in enumerate(ctx.candidates):
+                value = 0.0
+                for layer in group.layer_names:
+                    w = ctx.model.get_submodule(layer).weight.detach().float()
+                    value += weight_avg[layer] * float((ctx.quantized_weight(layer, cand).float() - w).pow(2).sum())
+                    if cand.activation is not None:
+                        value += input_term.get((layer, cand.activation), 0.0)
+                values[(g, c)] = value
+        return values

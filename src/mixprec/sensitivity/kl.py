@@ -5,11 +5,13 @@ predicted position (classifier rows, language-model tokens).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from . import Metric
 from .context import MeasureContext
-
-NEEDS_LABELS = False
+from .outputs import OutputRunner
 
 
 def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
@@ -19,5 +21,11 @@ def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     return float(kl.sum()), float(kl.numel())
 
 
-def measure(ctx: MeasureContext, group_indices: list[int], runner) -> dict[tuple[int, int], float]:
-    return runner.measure(group_indices, divergence)
+@dataclass(frozen=True)
+class KL(Metric):
+    name = "kl"
+    needs_outputs = True
+
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner: OutputRunner,
+                state: None = None) -> dict[tuple[int, int], float]:
+        return runner.measure(group_indices, divergence)

@@ -5,16 +5,24 @@ this group quantized, against the float model, on the calibration data (label-fr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from . import Metric
 from .context import MeasureContext
-
-NEEDS_LABELS = False
+from .outputs import OutputRunner
 
 
 def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
 
 
-def measure(ctx: MeasureContext, group_indices: list[int], runner) -> dict[tuple[int, int], float]:
-    return runner.measure(group_indices, divergence)
+@dataclass(frozen=True)
+class SQNR(Metric):
+    name = "sqnr"
+    needs_outputs = True
+
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner: OutputRunner,
+                state: None = None) -> dict[tuple[int, int], float]:
+        return runner.measure(group_indices, divergence)

@@ -11,44 +11,51 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import MixprecError
 from ..evaluation import EvalResult, to_eval_result
+from . import Metric
 from .context import MeasureContext, quantized_group
 
-NEEDS_LABELS = False  # the evaluation function brings its own labelled data
 
+@dataclass(frozen=True)
+class Task(Metric):
+    name = "task"
+    uses_evaluate = True  # the evaluation function brings its own labelled data: needs_labels stays False
 
-def float_result(ctx: MeasureContext) -> EvalResult:
-    """The float model's evaluation, computed once per analysis (measure runs once per chunk)."""
-    if "task_float_result" not in ctx.__dict__:
+    def prepare(self, ctx: MeasureContext) -> EvalResult:
+        """The float model's evaluation, once per analysis."""
+        if ctx.evaluate is None:
+            raise MixprecError("the task metric needs --eval (a function model -> metric, e.g. file.py:evaluate) "
+                               "to measure the drop of your own metric; or use a label-free metric such as "
+                               "--metric sqnr")
         result = to_eval_result(ctx.evaluate(ctx.model))
         if not math.isfinite(result.value):
             raise MixprecError(f"the float model evaluates to {result}; the task metric measures drops from a "
                                "finite value: check the --eval function on the float model")
-        ctx.__dict__["task_float_result"] = result
-        ctx.__dict__["task_float_value"] = result.value
-    return ctx.__dict__["task_float_result"]
+        return result
 
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner,
+                state: EvalResult) -> dict[tuple[int, int], float]:
+        reference = state
+        values = {}
+        for g in group_indices:
+            group = ctx.groups.groups[g]
+            for c, cand in enumerate(ctx.candidates):
+                if cand.weight is None and cand.activation is None:
+                    values[(g, c)] = 0.0
+                    continue
+                with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
+                    quantized = to_eval_result(ctx.evaluate(model)).value
+                drop = reference.value - quantized if reference.higher_is_better else quantized - reference.value
+                if math.isnan(drop):
+                    warnings.warn(f"evaluation of group {group.name} at {cand.name} is NaN; recorded as +inf",
+                                  RuntimeWarning, stacklevel=2)
+                    drop = math.inf
+                values[(g, c)] = drop
+        return values
 
-def measure(ctx: MeasureContext, group_indices: list[int], runner=None) -> dict[tuple[int, int], float]:
-    if ctx.evaluate is None:
-        raise MixprecError("the task metric needs --eval (a function model -> metric, e.g. file.py:evaluate) "
-                           "to measure the drop of your own metric; or use a label-free metric such as --metric sqnr")
-    reference = float_result(ctx)
-    values = {}
-    for g in group_indices:
-        group = ctx.groups.groups[g]
-        for c, cand in enumerate(ctx.candidates):
-            if cand.weight is None and cand.activation is None:
-                values[(g, c)] = 0.0
-                continue
-            with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
-                quantized = to_eval_result(ctx.evaluate(model)).value
-            drop = reference.value - quantized if reference.higher_is_better else quantized - reference.value
-            if math.isnan(drop):
-                warnings.warn(f"evaluation of group {group.name} at {cand.name} is NaN; recorded as +inf",
-                              RuntimeWarning, stacklevel=2)
-                drop = math.inf
-            values[(g, c)] = drop
-    return values
+    def metadata(self, state: EvalResult) -> dict[str, Any]:
+        return {"task_float_value": state.value}
