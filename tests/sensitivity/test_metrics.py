@@ -25,7 +25,7 @@ def test_registry_names_order_and_flags():
         assert config.needs_grad == (name in ("hessian", "fisher"))
         assert not config.needs_labels
         assert config.changed_options() == {}
-    assert mixprec.metric_config is metric_config and mixprec.Hessian is Hessian
+    assert mixprec.metric_config is metric_config and mixprec.sensitivity.Hessian is Hessian
 
 
 def test_options_default_to_the_former_constants_and_are_frozen():
