@@ -105,11 +105,8 @@ def cmd_inspect(args) -> int:
             print(f"note: {c.name} is not listed: its cost depends on the points each channel takes, chosen on "
                   f"calibration data; `mixprec analyze --candidates ...,{c.name}` measures it")
     if args.json:
-        write_json_atomic(Path(args.json), {
-            "model": args.model, "groups": [{"name": g.name, "layers": list(g.layer_names), "params": g.params,
-                                             "macs": g.macs, "tied_by": g.tied_by, "pinned": g.pinned} for g in groups],
-            "excluded": [l.name for l in groups.excluded],
-            "uniform_costs": {c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}})
+        write_json_atomic(Path(args.json), {"model": args.model, **groups.to_dict(), "uniform_costs": {
+            c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}})
         print(f"wrote {args.json}")
     return 0
 

@@ -29,6 +29,7 @@ from .candidates import Candidate, parse_candidate
 from .errors import CandidateError
 from .formats import SCALE_BITS, IntFormat
 from .groups import Layer, ModelGroups
+from .solvers.problem import plan_costs
 
 COST_KINDS = ("bytes", "bops", "bits_per_weight")
 
@@ -93,9 +94,9 @@ class CostTables:
         for g in self.groups:
             if (g, choice[g]) in self.unknown:
                 raise CandidateError(self.unknown[(g, choice[g])])
-        table = self.tables[kind]
         col = {c: j for j, c in enumerate(self.candidates)}
-        return self.fixed[kind] + float(sum(table[i, col[choice[g]]] for i, g in enumerate(self.groups)))
+        indices = np.array([col[choice[g]] for g in self.groups], dtype=int)
+        return plan_costs(indices, np.zeros(self.tables[kind].shape), {kind: self.tables[kind]}, self.fixed)[1][kind]
 
     def uniform(self, kind: str, candidate: str) -> float:
         return self.total(kind, {g: candidate for g in self.groups})

@@ -88,6 +88,12 @@ class ModelGroups:
     def layers(self) -> list[Layer]:
         return [l for g in self.groups for l in g.layers]
 
+    def to_dict(self) -> dict:
+        """The groups (name, layers, parameters, MACs, tie, pin) and the layers left in float, as JSON data."""
+        return {"groups": [{"name": g.name, "layers": list(g.layer_names), "params": g.params, "macs": g.macs,
+                            "tied_by": g.tied_by, "pinned": g.pinned} for g in self.groups],
+                "excluded": [l.name for l in self.excluded]}
+
 
 def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
