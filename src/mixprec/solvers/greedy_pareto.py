@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import MixprecError
 from .exact import InfeasibleBudget
 from .problem import AllocationProblem, Goal, Solution, last_passing, plan_costs, within
-from .search_inputs import LossCache, cheapest, checked_number, checked_tables, highest_precision, json_loss
+from .search_inputs import LossCache, checked_number, checked_tables, highest_precision, json_loss
 
 
 def greedy_path(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str,

@@ -169,6 +169,18 @@ class AllocationProblem:
         """Cost of the most expensive allowed plan (the base of fractional budgets such as 0.5x)."""
         return max_costs({kind: self.costs[kind]}, self.fixed, self.allowed)[kind]
 
+    def highest(self, kind: str) -> np.ndarray:
+        """Every group on its most expensive allowed candidate in ``kind`` (ties: the less sensitive)."""
+        mask, cost = self.mask, self.costs[kind]
+        return np.array([max(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], -self.sensitivity[g, c], -c))
+                         for g in range(len(self.groups))])
+
+    def cheapest(self, kind: str) -> np.ndarray:
+        """Every group on its cheapest allowed candidate in ``kind`` (ties: the less sensitive)."""
+        mask, cost = self.mask, self.costs[kind]
+        return np.array([min(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], self.sensitivity[g, c], c))
+                         for g in range(len(self.groups))])
+
     def least_sensitive(self) -> np.ndarray:
         """Every group on its least sensitive allowed candidate."""
         return np.where(self.mask, self.sensitivity, np.inf).argmin(axis=1)

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .exact import allowed_mask
+from .problem import AllocationProblem, allowed_mask
 
 
 def checked_tables(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str,
@@ -37,12 +37,17 @@ def checked_tables(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: 
 
 def highest_precision(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each group on its most expensive allowed candidate (ties: lower sensitivity, then lower index)."""
-    return np.array([max(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], -S[g, c], -c)) for g in range(len(S))])
+    return _problem(S, cost, mask).highest("cost")
 
 
 def cheapest(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each group on its cheapest allowed candidate (ties: lower sensitivity, then lower index)."""
-    return np.array([min(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], S[g, c], c)) for g in range(len(S))])
+    return _problem(S, cost, mask).cheapest("cost")
+
+
+def _problem(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> AllocationProblem:
+    names = tuple(str(i) for i in range(S.shape[1]))
+    return AllocationProblem(tuple(str(g) for g in range(len(S))), names, S, {"cost": cost}, {}, mask)
 
 
 class LossCache:
