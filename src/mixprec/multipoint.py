@@ -44,9 +44,9 @@ from tqdm.auto import tqdm
 
 from .batches import run_model, split_item, to_device
 from .candidates import Candidate
+from .capture import add_moments, layer_input, on_inputs
 from .errors import MixprecError
 from .quantizers import quantize_weight
-from .rounding import gptq
 
 # Per layer and multipoint candidate: one digit per output channel, its number of points ("1121...").
 Points = dict[str, str]
@@ -119,23 +119,17 @@ def input_moments(model: nn.Module, layer_names: Iterable[str], data: Iterable,
 
     One float pass; Linear inputs as they are, Conv inputs unfolded into patches (GPTQ's columns)."""
     layers = {name: model.get_submodule(name) for name in layer_names}
-    sums: dict[str, list] = {}
+    sums: dict[str, list] = {}  # [sum of x x^T per convolution group, columns], as GPTQ keeps it
 
-    def hook(name: str):
-        def pre(module, args, kwargs):  # [sum of x x^T per convolution group, columns], as GPTQ keeps it
-            sums[name] = gptq.observe(sums.get(name), module, args[0] if args else next(iter(kwargs.values())))
-        return pre
+    def see(name, module, args, kwargs):
+        sums[name] = add_moments(sums.get(name), module, layer_input(args, kwargs))
 
     device = next(model.parameters()).device
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in layers.items()]
     count = 0
-    try:
+    with on_inputs(layers, see):
         for item in tqdm(data, desc="multipoint: layer inputs", disable=not progress, leave=False):
             run_model(model, to_device(split_item(item)[0], device))
             count += 1
-    finally:
-        for h in handles:
-            h.remove()
     if count == 0:
         raise MixprecError("multipoint candidates choose each channel's points on calibration data, and the data "
                            "is empty; give --data (or calibration_data=...)")

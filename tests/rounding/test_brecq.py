@@ -14,7 +14,7 @@ from mixprec.plan import Plan
 from mixprec.quantizers import weight_qparams
 from mixprec import rounding as rounding_package
 from mixprec.rounding import brecq, round_weights
-from mixprec.rounding.forward import forward
+from mixprec.capture import forward
 
 from test_gptq import correlated_inputs, one_thread  # noqa: F401  (tests/rounding is on sys.path: rootdir mode)
 

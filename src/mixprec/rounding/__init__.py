@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from ..batches import split_item
 from ..cache import save_atomic
+from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs
 from ..candidates import parse_candidate
 from ..errors import RoundingError
 from ..formats import IntFormat
@@ -62,7 +63,6 @@ from ..groups import is_torchscript
 from ..plan import Plan
 from ..quantizers import RANGE_METHODS, quantize_weight
 from . import adaround, brecq, chain, gptq, nearest
-from .forward import StopForward, forward
 
 ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround, "brecq": brecq}
 SAVE_EVERY_S = 30.0
@@ -147,7 +147,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         bar.set_postfix_str(step[0], refresh=False)
         block = chained.get(index)
         if block is not None and kept is None:  # the chain starts: one pass up to its first block
-            kept = chain.block_inputs(working, block, batches, run)
+            kept = block_inputs(working, block, batches, run)
         if all(name in done for name in step):
             rounded.update({name: done[name] for name in step})
         else:
@@ -250,10 +250,6 @@ def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
     layer.weight = nn.Parameter(weight, requires_grad=False)
 
 
-def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else next(iter(kwargs.values()))
-
-
 def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
            device: torch.device) -> tuple[list[list[str]], dict[str, int]]:
     """Steps (layer names) in the order ``inputs`` calls the layers, and how often each is called."""
@@ -261,25 +257,18 @@ def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
     calls: dict[str, int] = {}
     step_input: list[torch.Tensor] = []  # the input of the current step (one reference only)
 
-    def hook(name: str):
-        def pre(module, args, kwargs):
-            if name not in calls:
-                x = _layer_input(args, kwargs)
-                if step_input and x is step_input[0]:
-                    steps[-1].append(name)
-                else:
-                    steps.append([name])
-                    step_input[:] = [x]
-            calls[name] = calls.get(name, 0) + 1
-        return pre
+    def see(name, module, args, kwargs):
+        if name not in calls:
+            x = layer_input(args, kwargs)
+            if step_input and x is step_input[0]:
+                steps[-1].append(name)
+            else:
+                steps.append([name])
+                step_input[:] = [x]
+        calls[name] = calls.get(name, 0) + 1
 
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
-    try:
-        with torch.no_grad():
-            forward(model, inputs, 0, device)
-    finally:
-        for h in handles:
-            h.remove()
+    with on_inputs(modules, see), torch.no_grad():
+        forward(model, inputs, 0, device)
     return steps, calls
 
 
@@ -290,22 +279,16 @@ def _observe(items: list, run: Callable[[Any, int], Any], modules: dict[str, nn.
     states: dict[str, Any] = {name: None for name in step}
     seen = dict.fromkeys(step, 0)
 
-    def hook(name: str):
-        def pre(module, args, kwargs):
-            if name in seen:
-                states[name] = backend.observe(states[name], module, _layer_input(args, kwargs))
-                seen[name] += 1
-            elif all(seen[n] >= calls[n] for n in step):
-                raise StopForward
-        return pre
+    def see(name, module, args, kwargs):
+        if name in seen:
+            states[name] = backend.observe(states[name], module, layer_input(args, kwargs))
+            seen[name] += 1
+        elif all(seen[n] >= calls[n] for n in step):
+            raise StopForward
 
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
-    try:
+    with on_inputs(modules, see):
         for index, item in enumerate(items):
             seen.update(dict.fromkeys(step, 0))
             with torch.no_grad():
                 run(item, index)
-    finally:
-        for h in handles:
-            h.remove()
     return states

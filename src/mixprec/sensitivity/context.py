@@ -18,6 +18,7 @@ from torch import nn
 from ..apply import QuantizedLayer, _set_module
 from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
+from ..capture import layer_input, on_inputs
 from ..formats import Format
 from ..groups import ModelGroups, QuantizerGroup
 from ..multipoint import measure_points, multipoint_weight
@@ -59,15 +60,11 @@ class MeasureContext:
             layers = dict(self.model.named_modules())
             observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=1 << 18)
                          for l in self.groups.layers}
-            handles = [layers[name].register_forward_pre_hook(lambda m, args, o=obs: o._observe(args[0]))
-                       for name, obs in observers.items()]
-            try:
+            with on_inputs({name: layers[name] for name in observers},
+                           lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
                     for i in range(len(self.data)):
                         run_model(self.model, self.inputs(i))
-            finally:
-                for h in handles:
-                    h.remove()
             self._observers = observers
         return self._observers
 
