@@ -43,9 +43,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import run_model, split_item, to_device
-from .candidates import Candidate
+from .candidates import Candidate, parse_candidate
 from .capture import add_moments, layer_input, on_inputs
-from .errors import MixprecError
+from .errors import MixprecError, ModelError
+from .groups import is_torchscript
+from .plan import Plan
 from .quantizers import quantize_weight
 
 # Per layer and multipoint candidate: one digit per output channel, its number of points ("1121...").
@@ -161,3 +163,20 @@ def measure_points(model: nn.Module, layers: dict[str, list[Candidate]], data: I
             terms = greedy_terms(rows, cand, method)
             out.setdefault(cand.name, {})[name] = encode(choose_points(terms, rows, moments[name]).cpu())
     return out
+
+
+def plan_points(model: nn.Module, plan: Plan, calibration_data: Iterable | None, weight_method: str = "mse",
+                points: dict[str, str] | None = None, progress: bool = False) -> dict[str, str]:
+    """Points per output channel of every multipoint layer of ``plan``: ``points``, else the plan's
+    stored ones, else chosen on ``calibration_data`` (what the analysis would choose on the same data)."""
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    given = dict(plan.metadata.get("points") or {}) if points is None else dict(points)
+    todo = {name: [c] for name, c in candidates.items() if c.multipoint and name not in given}
+    if todo and is_torchscript(model):
+        raise ModelError(f"a TorchScript model cannot be hooked to choose multipoint points (layer "
+                         f"{next(iter(todo))!r}); use a plan from `mixprec solve`, which stores them, or give the "
+                         "model as file.py:function")
+    measured = measure_points(model, todo, calibration_data, weight_method, progress)
+    for cand, layers in measured.items():
+        given.update(layers)
+    return {name: given[name] for name, c in candidates.items() if c.multipoint}

@@ -61,7 +61,8 @@ from ..errors import RoundingError
 from ..formats import IntFormat
 from ..groups import is_torchscript
 from ..plan import Plan
-from ..quantizers import RANGE_METHODS, quantize_weight
+from ..quantizers import RANGE_METHODS
+from ..swap import nearest_weight, planned_model
 from . import adaround, brecq, chain, gptq, nearest
 
 ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround, "brecq": brecq}
@@ -93,8 +94,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     options = backend.check_options(options)
     layers = plan.model_layers(model)
     wanted = plan.layer_candidates()
-    formats = {name: parse_candidate(c).weight for name, c in wanted.items()}
-    targets = {name: f for name, f in formats.items() if isinstance(f, IntFormat)}
+    candidates = {name: parse_candidate(c) for name, c in wanted.items()}
+    targets = {name: c.weight for name, c in candidates.items() if isinstance(c.weight, IntFormat)}
     if not backend.NEEDS_DATA:
         return {name: backend.round_layer(layers[name], None, f, weight_method, **options)
                 for name, f in targets.items()}
@@ -110,7 +111,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     done, save = _checkpoint(checkpoint, method, options, weight_method, activation_method, wanted, model, batches)
     device = next(model.parameters()).device
     if getattr(backend, "BLOCKWISE", False):
-        quantized = _planned_copy(model, plan, batches, weight_method, activation_method)
+        quantized = planned_model(model, plan, batches, weight_method, activation_method)
         rounded = backend.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
                                       weight_method, progress, done=done, save=save, **options)
         save(rounded, final=True)
@@ -120,7 +121,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     if backend.SEQUENTIAL and quantizes_inputs:
         # the layers see their inputs as the plan makes them: quantized by calibrated activation
         # quantizers, earlier layers already rounded (the hooks sit on the layers inside apply's wrappers)
-        working = _planned_copy(model, plan, batches, weight_method, activation_method)
+        working = planned_model(model, plan, batches, weight_method, activation_method)
         modules = {name: working.get_submodule(name).layer for name in targets}
         for name, layer in modules.items():  # float until rounded, as in the other path
             _set_weight(layer, model.get_submodule(name).weight.detach().clone())
@@ -128,16 +129,16 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         working = copy.deepcopy(model).eval()
         modules = {name: working.get_submodule(name) for name in targets}
         if backend.SEQUENTIAL:  # later layers must see earlier float-format layers as apply will make them
-            for name, f in formats.items():
-                if f is not None and name not in targets:
+            for name, c in candidates.items():
+                if c.weight is not None and name not in targets:
                     layer = working.get_submodule(name)
-                    _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
+                    _set_weight(layer, nearest_weight(layer.weight, c, weight_method))
     steps, calls = _steps(working, batches[0], modules, device)
     never = [name for name in targets if name not in calls]
     if never:
         warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
                       f"{never[0]!r}; they get nearest rounding", stacklevel=2)
-    rounded = {name: quantize_weight(modules[name].weight.detach(), targets[name], weight_method) for name in never}
+    rounded = {name: nearest_weight(modules[name].weight, candidates[name], weight_method) for name in never}
     run = lambda m, x, i: forward(m, x, i, device)  # noqa: E731
     chained = _chain_steps(working, batches[0], steps, calls, run)
     bar = tqdm(total=len(steps), desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else
@@ -232,17 +233,6 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
             save_atomic({k: v.detach() for k, v in weights.items()}, path)
             last[0], saved[0] = time.monotonic(), len(weights)
     return done, save
-
-
-def _planned_copy(model: nn.Module, plan: Plan, batches: list, weight_method: str,
-                  activation_method: str) -> nn.Module:
-    """The model quantized by the plan with nearest rounding, activations calibrated, no gradients."""
-    from ..apply import apply  # here: apply imports this package
-    quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                      progress=False)
-    for p in quantized.parameters():
-        p.requires_grad_(False)
-    return quantized
 
 
 def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:

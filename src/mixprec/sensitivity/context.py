@@ -15,14 +15,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..apply import QuantizedLayer, _set_module
 from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
 from ..capture import layer_input, on_inputs
 from ..formats import Format
 from ..groups import ModelGroups, QuantizerGroup
-from ..multipoint import measure_points, multipoint_weight
-from ..quantizers import ActivationQuantizer, quantize_weight
+from ..multipoint import measure_points
+from ..quantizers import ActivationQuantizer
+from ..swap import QuantizedLayer, nearest_weight, set_module
 
 
 @dataclass
@@ -71,12 +71,9 @@ class MeasureContext:
     def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
         key = (layer, candidate.weight, candidate.points)
         if key not in self._weights:
-            weight = self.model.get_submodule(layer).weight.detach()
-            if candidate.multipoint:
-                counts = self.multipoint_points()[candidate.name][layer]
-                self._weights[key] = multipoint_weight(weight, candidate, counts, self.weight_method, layer)
-            else:
-                self._weights[key] = quantize_weight(weight, candidate.weight, self.weight_method)
+            weight = self.model.get_submodule(layer).weight
+            points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
+            self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]
 
     def multipoint_points(self) -> dict[str, dict[str, str]]:
@@ -121,12 +118,12 @@ class quantized_group:
     def __enter__(self):
         for name, module in self.modules.items():
             self.saved[name] = self.model.get_submodule(name)
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         return self.model
 
     def __exit__(self, *exc):
         for name, module in self.saved.items():
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         return False
 
 
