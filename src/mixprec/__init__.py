@@ -7,6 +7,7 @@ from .costs import cost_tables  # noqa: E402
 from .errors import MixprecError  # noqa: E402
 from .groups import discover_groups  # noqa: E402
 from .plan import Plan  # noqa: E402
+from .rounding import AdaRound, BRECQ, GPTQ, Nearest, rounding_config  # noqa: E402
 
 __all__ = ["apply", "Candidate", "parse_candidate", "parse_candidates", "cost_tables", "MixprecError",
-           "discover_groups", "Plan", "__version__"]
+           "discover_groups", "Plan", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "__version__"]

@@ -22,7 +22,7 @@ from .errors import MixprecError, ModelError
 from .groups import check_weights, is_torchscript
 from .multipoint import plan_points
 from .plan import Plan
-from .rounding import ROUNDINGS, round_weights
+from .rounding import ROUNDINGS, RoundingConfig, round_weights
 from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, multipoint_weights, nearest_weight,
                    quantize_layers, quantized_layers, set_module)
 
@@ -31,40 +31,42 @@ __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "q
 
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
-          progress: bool = True, rounding: str = "nearest", rounding_options: dict | None = None,
+          progress: bool = True, rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
           rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
     skips calibration (for loading a saved quantized state dict on top). rounding: how weights
-    go onto their grid, one of ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
-    the calibration data), with ``rounding_options`` for it (see mixprec.rounding);
+    go onto their grid, a name in ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
+    the calibration data) or a config (``GPTQ(act_order=True)``), with ``rounding_options`` set on
+    it (see mixprec.rounding);
     ``rounding_checkpoint``: a directory where the rounding resumes from after an interruption.
     points: layer -> points per output channel of its multipoint candidate (default
     ``plan.metadata["points"]``; layers without are chosen on ``calibration_data``, :func:`plan_points`).
     """
     check_range_methods(weight_method, activation_method)
-    if rounding not in ROUNDINGS:
+    method = rounding.name if isinstance(rounding, RoundingConfig) else rounding
+    if method not in ROUNDINGS:
         raise MixprecError(f"unknown rounding {rounding!r}; choose one of: {', '.join(ROUNDINGS)}")
-    if rounding == "nearest" and rounding_options:
+    if method == "nearest" and rounding_options:
         raise MixprecError(f"nearest rounding takes no options, got {sorted(rounding_options)}; choose "
                            "rounding='gptq', 'adaround' or 'brecq' to use them")
-    if rounding != "nearest" and calibration_data is None:
-        raise MixprecError(f"rounding={rounding!r} needs calibration data (the layers' inputs); pass --data "
+    if method != "nearest" and calibration_data is None:
+        raise MixprecError(f"rounding={method!r} needs calibration data (the layers' inputs); pass --data "
                            "(or calibration_data=...), or use rounding='nearest'")
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     quantized = copy.deepcopy(model).eval()  # before any pass: a model in training mode changes on each
     candidates = {name: parse_candidate(c) for name, c in wanted.items()}
     multipoint = sorted(name for name, c in candidates.items() if c.multipoint)
-    if multipoint and rounding != "nearest":
-        raise MixprecError(f"rounding={rounding!r} does not build multipoint weights (layer {multipoint[0]!r} is "
+    if multipoint and method != "nearest":
+        raise MixprecError(f"rounding={method!r} does not build multipoint weights (layer {multipoint[0]!r} is "
                            f"planned as {candidates[multipoint[0]].name}); use rounding='nearest'")
     counts = plan_points(model, plan, calibration_data, weight_method, points, progress) if multipoint else {}
     weights = multipoint_weights(model, candidates, counts, weight_method)
-    if is_torchscript(model) and rounding == "nearest":
+    if is_torchscript(model) and method == "nearest":
         return _apply_torchscript(quantized, candidates, weight_method, weights)
-    if rounding != "nearest":
+    if method != "nearest":
         weights = round_weights(model, plan, calibration_data, rounding, weight_method=weight_method,
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, **(rounding_options or {}))

@@ -32,7 +32,8 @@ the paper's 20,000 steps at 1e-3.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -43,26 +44,35 @@ from ..batches import output_tensor
 from ..capture import StopForward, block_inputs, detach, on_inputs
 from ..errors import RoundingError
 from ..formats import IntFormat
-from . import adaround
-from .adaround import SoftRounding, annealed_beta
+from .adaround import AdaRound, SoftRounding, annealed_beta
 
-NEEDS_DATA = True
-SEQUENTIAL = True
-BLOCKWISE = True
-OPTIONS = {**adaround.OPTIONS, "fisher": True, "blocks": None}
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
-def check_options(options: dict) -> dict:
-    opts = adaround.check_options(options, "brecq", OPTIONS)
-    if not isinstance(opts["fisher"], bool):
-        raise RoundingError(f"brecq option fisher must be True (Fisher-weighted block output, the paper) or False "
-                            f"(plain output error), got {opts['fisher']!r}")
-    blocks = opts["blocks"]
-    if blocks is not None and (isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks)):
-        raise RoundingError(f"brecq option blocks must be a list of module names, e.g. ['layer1.0', 'layer1.1'], "
-                            f"got {blocks!r}")
-    return opts
+@dataclass(frozen=True)
+class BRECQ(AdaRound):
+    """AdaRound's options, and whether the block output error is Fisher-weighted, and which blocks."""
+    name: ClassVar[str] = "brecq"
+    sequential: ClassVar[bool] = True
+    blockwise: ClassVar[bool] = True
+    fisher: bool = True
+    blocks: list[str] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.fisher, bool):
+            raise RoundingError(f"brecq option fisher must be True (Fisher-weighted block output, the paper) or "
+                                f"False (plain output error), got {self.fisher!r}")
+        blocks = self.blocks
+        if blocks is not None and (isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks)):
+            raise RoundingError(f"brecq option blocks must be a list of module names, e.g. ['layer1.0', 'layer1.1'], "
+                                f"got {blocks!r}")
+
+    def round_model(self, model: nn.Module, quantized: nn.Module, batches: list, targets: dict[str, IntFormat],
+                    run: Callable[[nn.Module, Any, int], Any], weight_method: str, progress: bool, *,
+                    done: dict[str, torch.Tensor], save: Callable) -> dict[str, torch.Tensor]:
+        return round_model(model, quantized, batches, targets, run, weight_method, progress, done=done, save=save,
+                           **self.options())
 
 
 def find_blocks(model: nn.Module, layers: list[str], names: list[str] | None = None) -> dict[str, list[str]]:

@@ -16,6 +16,9 @@ stores and what the costs count. static_groups=True fixes them from the float we
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -23,28 +26,34 @@ from ..capture import add_moments
 from ..errors import RoundingError
 from ..formats import IntFormat
 from ..quantizers import choose_range, fake_quant_int, int_qparams, weight_qparams
+from .config import RoundingConfig
 
-NEEDS_DATA = True
-SEQUENTIAL = True  # inputs from the model whose earlier layers are already quantized (sec. 4, as the paper runs)
-OPTIONS = {"act_order": False, "block_size": 128, "percdamp": 0.01, "static_groups": False}
+@dataclass(frozen=True)
+class GPTQ(RoundingConfig):
+    """GPTQ's options, with the reference code's defaults."""
+    name: ClassVar[str] = "gptq"
+    sequential: ClassVar[bool] = True  # inputs from the model whose earlier layers are already quantized (sec. 4)
+    act_order: bool = False
+    block_size: int = 128
+    percdamp: float = 0.01
+    static_groups: bool = False
 
+    def __post_init__(self):
+        for name in ("act_order", "static_groups"):
+            if not isinstance(getattr(self, name), bool):
+                raise RoundingError(f"gptq option {name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise RoundingError(f"gptq option block_size must be a positive integer (128 in the paper), "
+                                f"got {self.block_size!r}")
+        if not isinstance(self.percdamp, (int, float)) or not 0 <= self.percdamp < 1:
+            raise RoundingError(f"gptq option percdamp must be in [0, 1) (0.01 in the paper), got {self.percdamp!r}")
 
-def check_options(options: dict) -> dict:
-    opts = {**OPTIONS, **options}
-    for name in ("act_order", "static_groups"):
-        if not isinstance(opts[name], bool):
-            raise RoundingError(f"gptq option {name} must be True or False, got {opts[name]!r}")
-    if isinstance(opts["block_size"], bool) or not isinstance(opts["block_size"], int) or opts["block_size"] < 1:
-        raise RoundingError(f"gptq option block_size must be a positive integer (128 in the paper), "
-                            f"got {opts['block_size']!r}")
-    if not isinstance(opts["percdamp"], (int, float)) or not 0 <= opts["percdamp"] < 1:
-        raise RoundingError(f"gptq option percdamp must be in [0, 1) (0.01 in the paper), got {opts['percdamp']!r}")
-    return opts
+    def observe(self, state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
+        """Accumulate [sum of x x^T per convolution group, number of columns] from one call's input."""
+        return add_moments(state, layer, x)
 
-
-def observe(state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
-    """Accumulate [sum of x x^T per convolution group, number of columns] from one call's input."""
-    return add_moments(state, layer, x)
+    def round_layer(self, layer: nn.Module, state: list, fmt: IntFormat, weight_method: str) -> torch.Tensor:
+        return round_layer(layer, state, fmt, weight_method, **self.options())
 
 
 def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
