@@ -20,9 +20,11 @@ from .front import Front, FrontPlan  # noqa: E402
 from .groups import discover_groups  # noqa: E402
 from .pipeline import QuantizeResult, quantize, quantize_plan  # noqa: E402
 from .plan import Plan  # noqa: E402
+from .rounding import BRECQ, GPTQ, AdaRound, Nearest, rounding_config  # noqa: E402
 from .run_directory import RunDirectory  # noqa: E402
 from .sensitivity import metric_config  # noqa: E402
 
 __all__ = ["analyze", "Analysis", "apply", "quantize", "quantize_plan", "QuantizeResult", "Front", "FrontPlan",
            "Candidate", "parse_candidate", "parse_candidates", "cost_tables", "MixprecError", "discover_groups",
-           "Plan", "RunDirectory", "metric_config", "__version__"]
+           "Plan", "RunDirectory", "metric_config", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config",
+           "__version__"]

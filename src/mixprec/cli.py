@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
     p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
                    help=f"adaround, brecq: optimisation steps per layer or block (default "
-                        f"{ROUNDINGS['adaround'].OPTIONS['iterations']})")
+                        f"{ROUNDINGS['adaround']().iterations})")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
     p.set_defaults(func=cmd_quantize)
 

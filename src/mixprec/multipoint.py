@@ -43,10 +43,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import run_model, split_item, to_device
-from .candidates import Candidate
-from .errors import MixprecError
+from .candidates import Candidate, parse_candidate
+from .capture import add_moments, layer_input, on_inputs
+from .errors import MixprecError, ModelError
+from .groups import is_torchscript
+from .plan import Plan
 from .quantizers import quantize_weight
-from .rounding import gptq
 
 # Per layer and multipoint candidate: one digit per output channel, its number of points ("1121...").
 Points = dict[str, str]
@@ -119,23 +121,17 @@ def input_moments(model: nn.Module, layer_names: Iterable[str], data: Iterable,
 
     One float pass; Linear inputs as they are, Conv inputs unfolded into patches (GPTQ's columns)."""
     layers = {name: model.get_submodule(name) for name in layer_names}
-    sums: dict[str, list] = {}
+    sums: dict[str, list] = {}  # [sum of x x^T per convolution group, columns], as GPTQ keeps it
 
-    def hook(name: str):
-        def pre(module, args, kwargs):  # [sum of x x^T per convolution group, columns], as GPTQ keeps it
-            sums[name] = gptq.observe(sums.get(name), module, args[0] if args else next(iter(kwargs.values())))
-        return pre
+    def see(name, module, args, kwargs):
+        sums[name] = add_moments(sums.get(name), module, layer_input(args, kwargs))
 
     device = next(model.parameters()).device
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in layers.items()]
     count = 0
-    try:
+    with on_inputs(layers, see):
         for item in tqdm(data, desc="multipoint: layer inputs", disable=not progress, leave=False):
             run_model(model, to_device(split_item(item)[0], device))
             count += 1
-    finally:
-        for h in handles:
-            h.remove()
     if count == 0:
         raise MixprecError("multipoint candidates choose each channel's points on calibration data, and the data "
                            "is empty; give --data (or calibration_data=...)")
@@ -167,3 +163,20 @@ def measure_points(model: nn.Module, layers: dict[str, list[Candidate]], data: I
             terms = greedy_terms(rows, cand, method)
             out.setdefault(cand.name, {})[name] = encode(choose_points(terms, rows, moments[name]).cpu())
     return out
+
+
+def plan_points(model: nn.Module, plan: Plan, calibration_data: Iterable | None, weight_method: str = "mse",
+                points: dict[str, str] | None = None, progress: bool = False) -> dict[str, str]:
+    """Points per output channel of every multipoint layer of ``plan``: ``points``, else the plan's
+    stored ones, else chosen on ``calibration_data`` (what the analysis would choose on the same data)."""
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    given = dict(plan.metadata.get("points") or {}) if points is None else dict(points)
+    todo = {name: [c] for name, c in candidates.items() if c.multipoint and name not in given}
+    if todo and is_torchscript(model):
+        raise ModelError(f"a TorchScript model cannot be hooked to choose multipoint points (layer "
+                         f"{next(iter(todo))!r}); use a plan from `mixprec solve`, which stores them, or give the "
+                         "model as file.py:function")
+    measured = measure_points(model, todo, calibration_data, weight_method, progress)
+    for cand, layers in measured.items():
+        given.update(layers)
+    return {name: given[name] for name, c in candidates.items() if c.multipoint}

@@ -14,7 +14,7 @@ from mixprec.plan import Plan
 from mixprec.quantizers import weight_qparams
 from mixprec import rounding as rounding_package
 from mixprec.rounding import brecq, round_weights
-from mixprec.rounding.forward import forward
+from mixprec.capture import forward
 
 from test_gptq import correlated_inputs, one_thread  # noqa: F401  (tests/rounding is on sys.path: rootdir mode)
 
@@ -99,7 +99,7 @@ def test_block_inputs_come_from_the_reconstructed_quantized_model():
     model = Net().eval()
     plan = plan_of({n: "w3a8" for n in LAYERS})
     batches = data()
-    options = {**brecq.OPTIONS, "iterations": 30, "fisher": False}
+    options = brecq.BRECQ(iterations=30, fisher=False).options()
     q = round_weights(model, plan, batches, "brecq", progress=False, **options)
     quantized = apply(model, plan, batches, progress=False)
     for name in ["stem", "stage.0.fc1", "stage.0.fc2"]:

@@ -4,7 +4,7 @@ from torch import nn
 
 from mixprec.plan import Plan
 from mixprec.rounding import chain, round_weights
-from mixprec.rounding.forward import forward
+from mixprec.capture import forward
 
 from test_gptq import correlated_inputs, one_thread  # noqa: F401  (tests/rounding is on sys.path: rootdir mode)
 

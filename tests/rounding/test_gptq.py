@@ -6,7 +6,8 @@ from mixprec.formats import IntFormat
 from mixprec.plan import Plan
 from mixprec.quantizers import fake_quant_int, quantize_weight, weight_qparams
 from mixprec.rounding import round_weights
-from mixprec.rounding.gptq import gptq, layer_columns
+from mixprec.capture import layer_columns
+from mixprec.rounding.gptq import gptq
 
 FORMATS = [IntFormat(3, granularity="channel"), IntFormat(4, symmetric=False, granularity="channel"),
            IntFormat(3, granularity="group", group_size=16),

@@ -49,7 +49,7 @@ def test_gptq_is_sequential_and_adaround_reads_the_float_model():
     a = round_weights(model, plan, data, "adaround", progress=False, iterations=20)
     with torch.no_grad():
         x2_float = torch.relu(model.fc1(x))
-    by_hand = adaround.round_layer(model.fc2, [x2_float], fmt, "mse", **{**adaround.OPTIONS, "iterations": 20})
+    by_hand = adaround.round_layer(model.fc2, [x2_float], fmt, "mse", **adaround.AdaRound(iterations=20).options())
     assert torch.equal(a["fc2"], by_hand)
 
 

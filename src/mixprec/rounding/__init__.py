@@ -1,194 +1,128 @@
 """Rounding back-ends: the best weights on the grid of the format the plan gives each layer.
 
-    round_weights(model, plan, calibration_data, method) -> {layer name: fake-quantized weight}
+    round_weights(model, plan, calibration_data, "gptq" or GPTQ(act_order=True)) -> {layer name: weight}
 
-``apply(model, plan, data, rounding=NAME)`` puts each result into the layer's QuantizedLayer.
-Only the rounding changes: format, granularity, group size (a shorter last group included) and
-the range method stay nearest rounding's, so the costs of a plan do not depend on the rounding.
-Layers with float (or no) weight formats are left to apply.
+``apply(model, plan, data, rounding=NAME or CONFIG)`` puts each result into the layer's
+QuantizedLayer. Only the rounding changes: format, granularity, group size (a shorter last group
+included) and the range method stay nearest rounding's, so the costs of a plan do not depend on
+the rounding. Layers with float (or no) weight formats are left to apply.
 
-A back-end is a module in ROUNDINGS with
-    NEEDS_DATA   whether it reads calibration inputs (nearest does not)
-    SEQUENTIAL   True: a layer's inputs come from the model whose earlier layers already carry
-                 their rounded weights (GPTQ, layer by layer as in the paper) and, where the plan
-                 quantizes activations, through their calibrated activation quantizers; False:
-                 from the float model (AdaRound, the paper's default)
-    OPTIONS      option name -> default; check_options(options) validates and fills defaults
-    observe(state, layer, x) -> state      keep what it needs from one call's input (state starts None)
-    round_layer(layer, state, fmt, weight_method, **options) -> weight of the layer's shape and dtype
-
-A block-wise back-end (BRECQ) instead has BLOCKWISE = True and
-    round_model(model, quantized, batches, targets, run, weight_method, progress, done=, save=, **options)
-which gets the model already quantized by the plan with nearest rounding (activations calibrated)
-and reconstructs whole blocks (see brecq.py).
+A back-end is a config in ROUNDINGS (config.py: a frozen dataclass of its options, checked when
+made; ``rounding_config(name, **options)`` makes one from a name):
+    Nearest()       every weight to the closest point of its grid (nearest.py); reads no data
+    GPTQ(...)       layer by layer (layerwise.py), each from the inputs of the model whose earlier
+                    layers are already rounded (gptq.py)
+    AdaRound(...)   layer by layer, each from the float model's inputs (adaround.py)
+    BRECQ(...)      block by block, on the model already quantized by the plan with nearest
+                    rounding, activations calibrated (brecq.py)
+A layer-wise config gives observe(state, layer, x) -> state (what it keeps of one call's input,
+state starting None) and round_layer(layer, state, fmt, weight_method) -> the layer's weight; a
+block-wise one round_model(model, quantized, batches, targets, run, weight_method, progress,
+done=, save=).
 
 checkpoint=DIR keeps the weights rounded so far in DIR/<method>-<key>.pt, the key a hash of the
 method, its options, the range methods, the plan's formats, the model's weights and the
 calibration data; an interrupted run resumes from there, and a finished one is read back whole.
 It is written at most every 30 s (and at the end), so an interruption loses at most that.
-
-Where the planned layers sit in a chain of blocks (chain.py: transformer layers, residual stages),
-the steps inside the chain run block by block on the block inputs kept from the step before, so
-a deep model costs about one pass over the calibration data, not one per step; the results are
-the same.
-
-Layers are visited in the order the first calibration batch calls them; consecutive layers that
-read the very same input tensor (Q/K/V, gate/up) form one step. Each step runs the calibration
-batches through a working copy of the model with hooks on the planned layers and stops the
-forward pass once the step's layers have been called as often as in the first batch, so a step
-costs on average half a pass over the calibration set. apply calibrates the activation quantizers
-again afterwards on the model with the rounded weights, as for nearest rounding.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
 import warnings
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..batches import split_item
 from ..cache import save_atomic
 from ..candidates import parse_candidate
+from ..capture import forward
 from ..errors import RoundingError
 from ..formats import IntFormat
 from ..groups import is_torchscript
 from ..plan import Plan
-from ..quantizers import RANGE_METHODS, quantize_weight
-from . import adaround, brecq, chain, gptq, nearest
-from .forward import StopForward, forward
+from ..quantizers import RANGE_METHODS
+from ..swap import nearest_weight, planned_model
+from .adaround import AdaRound
+from .brecq import BRECQ
+from .config import RoundingConfig
+from .gptq import GPTQ
+from .layerwise import round_layers
+from .nearest import Nearest
 
-ROUNDINGS = {"nearest": nearest, "gptq": gptq, "adaround": adaround, "brecq": brecq}
+ROUNDINGS: dict[str, type[RoundingConfig]] = {c.name: c for c in (Nearest, GPTQ, AdaRound, BRECQ)}
 SAVE_EVERY_S = 30.0
 
+__all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "round_weights"]
 
-def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str, *,
+
+def rounding_config(method: str | RoundingConfig = "nearest", **options: Any) -> RoundingConfig:
+    """The config of rounding ``method`` (a name in ROUNDINGS, or a config) with ``options`` set."""
+    if not isinstance(method, RoundingConfig) and method not in ROUNDINGS:
+        raise _unknown(method)
+    kind = type(method) if isinstance(method, RoundingConfig) else ROUNDINGS[method]
+    names = [f.name for f in fields(kind)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        valid = ", ".join(f"{f.name}={f.default!r}" for f in fields(kind)) or "none"
+        raise RoundingError(f"{kind.name} rounding has no option {unknown[0]!r}; its options (defaults): {valid}")
+    return replace(method, **options) if isinstance(method, RoundingConfig) else kind(**options)
+
+
+def _unknown(method: Any) -> RoundingError:
+    return RoundingError(f"unknown rounding {method!r}; choose one of: {', '.join(ROUNDINGS)}")
+
+
+def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str | RoundingConfig, *,
                   weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
                   checkpoint: str | Path | None = None, **options: Any) -> dict[str, torch.Tensor]:
     """Fake-quantized weight of every planned layer with an integer weight format, rounded by ``method``.
 
-    calibration_data: iterable of input batches or (inputs, labels) pairs, iterated once per step.
-    options: the back-end's options (``ROUNDINGS[method].OPTIONS``), e.g. act_order=True for gptq,
-    iterations=200 for adaround. activation_method: the activation range method, for the back-ends
-    that see quantized activations while rounding (brecq). checkpoint: a directory to resume from
-    (see the module docstring). The model is not modified.
+    method: a name in ROUNDINGS or a config (GPTQ(act_order=True)); options: its options, set on
+    it (e.g. act_order=True for gptq, iterations=200 for adaround). calibration_data: iterable of
+    input batches or (inputs, labels) pairs, iterated once per step. activation_method: the
+    activation range method, for the back-ends that see quantized activations while rounding.
+    checkpoint: a directory to resume from (see the module docstring). The model is not modified.
     """
-    if method not in ROUNDINGS:
-        raise RoundingError(f"unknown rounding {method!r}; choose one of: {', '.join(ROUNDINGS)}")
+    if not isinstance(method, RoundingConfig) and method not in ROUNDINGS:
+        raise _unknown(method)
     if weight_method not in RANGE_METHODS:
         raise RoundingError(f"range method must be one of {RANGE_METHODS}, got {weight_method!r}")
     if not isinstance(plan, Plan):
         raise RoundingError(f"plan must be a mixprec Plan (Plan.load(path), Plan.uniform(...)), got {type(plan).__name__}")
-    backend = ROUNDINGS[method]
-    unknown = sorted(set(options) - set(backend.OPTIONS))
-    if unknown:
-        valid = ", ".join(f"{k}={v!r}" for k, v in backend.OPTIONS.items()) or "none"
-        raise RoundingError(f"{method} rounding has no option {unknown[0]!r}; its options (defaults): {valid}")
-    options = backend.check_options(options)
+    config = rounding_config(method, **options)
     layers = plan.model_layers(model)
     wanted = plan.layer_candidates()
-    formats = {name: parse_candidate(c).weight for name, c in wanted.items()}
-    targets = {name: f for name, f in formats.items() if isinstance(f, IntFormat)}
-    if not backend.NEEDS_DATA:
-        return {name: backend.round_layer(layers[name], None, f, weight_method, **options)
-                for name, f in targets.items()}
+    candidates = {name: parse_candidate(c) for name, c in wanted.items()}
+    targets = {name: c.weight for name, c in candidates.items() if isinstance(c.weight, IntFormat)}
+    if not config.needs_data:
+        return {name: nearest_weight(layers[name].weight, candidates[name], weight_method) for name in targets}
     if is_torchscript(model):
-        raise RoundingError(f"{method} rounding needs an eager model to hook (give it as file.py:function), not a "
-                            "TorchScript file; or use --rounding nearest")
+        raise RoundingError(f"{config.name} rounding needs an eager model to hook (give it as file.py:function), not "
+                            "a TorchScript file; or use --rounding nearest")
     batches = [] if calibration_data is None else [split_item(item)[0] for item in calibration_data]
     if not batches:
-        raise RoundingError(f"{method} rounding needs calibration data (the layers' inputs); pass --data "
+        raise RoundingError(f"{config.name} rounding needs calibration data (the layers' inputs); pass --data "
                             "(or calibration_data=...), or use rounding='nearest'")
     if not targets:
         return {}
-    done, save = _checkpoint(checkpoint, method, options, weight_method, activation_method, wanted, model, batches)
-    device = next(model.parameters()).device
-    if getattr(backend, "BLOCKWISE", False):
-        quantized = _planned_copy(model, plan, batches, weight_method, activation_method)
-        rounded = backend.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
-                                      weight_method, progress, done=done, save=save, **options)
-        save(rounded, final=True)
-        return {name: rounded[name] for name in targets}
-
-    quantizes_inputs = any(not parse_candidate(c).weight_only for c in wanted.values())
-    if backend.SEQUENTIAL and quantizes_inputs:
-        # the layers see their inputs as the plan makes them: quantized by calibrated activation
-        # quantizers, earlier layers already rounded (the hooks sit on the layers inside apply's wrappers)
-        working = _planned_copy(model, plan, batches, weight_method, activation_method)
-        modules = {name: working.get_submodule(name).layer for name in targets}
-        for name, layer in modules.items():  # float until rounded, as in the other path
-            _set_weight(layer, model.get_submodule(name).weight.detach().clone())
+    done, save = _checkpoint(checkpoint, config.name, config.options(), weight_method, activation_method, wanted,
+                             model, batches)
+    if config.blockwise:
+        device = next(model.parameters()).device
+        quantized = planned_model(model, plan, batches, weight_method, activation_method)
+        rounded = config.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
+                                     weight_method, progress, done=done, save=save)
     else:
-        working = copy.deepcopy(model).eval()
-        modules = {name: working.get_submodule(name) for name in targets}
-        if backend.SEQUENTIAL:  # later layers must see earlier float-format layers as apply will make them
-            for name, f in formats.items():
-                if f is not None and name not in targets:
-                    layer = working.get_submodule(name)
-                    _set_weight(layer, quantize_weight(layer.weight.detach(), f, weight_method))
-    steps, calls = _steps(working, batches[0], modules, device)
-    never = [name for name in targets if name not in calls]
-    if never:
-        warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
-                      f"{never[0]!r}; they get nearest rounding", stacklevel=2)
-    rounded = {name: quantize_weight(modules[name].weight.detach(), targets[name], weight_method) for name in never}
-    run = lambda m, x, i: forward(m, x, i, device)  # noqa: E731
-    chained = _chain_steps(working, batches[0], steps, calls, run)
-    bar = tqdm(total=len(steps), desc=f"{method} rounding", unit="layer" if all(len(s) == 1 for s in steps) else
-               "step", disable=not progress, leave=False)
-    kept = None  # the current chained block's inputs
-    for index, step in enumerate(steps):
-        bar.set_postfix_str(step[0], refresh=False)
-        block = chained.get(index)
-        if block is not None and kept is None:  # the chain starts: one pass up to its first block
-            kept = chain.block_inputs(working, block, batches, run)
-        if all(name in done for name in step):
-            rounded.update({name: done[name] for name in step})
-        else:
-            if block is None:
-                states = _observe(batches, lambda x, i: run(working, x, i), modules, step, calls, backend)
-            else:
-                module = working.get_submodule(block)
-                states = _observe(kept, lambda x, i: chain.run_block(module, x), modules, step, calls, backend)
-            for name in step:
-                rounded[name] = backend.round_layer(modules[name], states[name], targets[name], weight_method,
-                                                    **options)
-            save(rounded)
-        if backend.SEQUENTIAL:
-            for name in step:
-                _set_weight(modules[name], rounded[name])
-        if block is not None and chained.get(index + 1) != block:  # the block is done: its outputs go on
-            kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
-        bar.update(1)
-    bar.close()
+        rounded = round_layers(model, plan, batches, candidates, targets, config, weight_method, activation_method,
+                               progress, done, save)
     save(rounded, final=True)
     return {name: rounded[name] for name in targets}
-
-
-def _chain_steps(model: nn.Module, inputs: Any, steps: list[list[str]], calls: dict[str, int],
-                 run) -> dict[int, str]:
-    """Step index -> its chained block, where the steps of a chain of blocks (chain.py) are
-    consecutive and in block order, each inside one block and called once; else nothing is chained."""
-    blocks = chain.find_chain(model, inputs, [name for step in steps for name in step], run)
-    owner = {name: block for block, members in blocks.items() for name in members}
-    chained = {}
-    for index, step in enumerate(steps):
-        owners = {owner.get(name) for name in step}
-        if len(owners) != 1 or (None not in owners and any(calls[name] != 1 for name in step)):
-            return {}
-        if None not in owners:
-            chained[index] = owners.pop()
-    indices = sorted(chained)
-    order = list(dict.fromkeys(chained[i] for i in indices))
-    if (not indices or indices != list(range(indices[0], indices[-1] + 1)) or order != list(blocks)):
-        return {}
-    return chained
 
 
 def _fingerprint(digest: Any, value: Any) -> None:
@@ -232,80 +166,3 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
             save_atomic({k: v.detach() for k, v in weights.items()}, path)
             last[0], saved[0] = time.monotonic(), len(weights)
     return done, save
-
-
-def _planned_copy(model: nn.Module, plan: Plan, batches: list, weight_method: str,
-                  activation_method: str) -> nn.Module:
-    """The model quantized by the plan with nearest rounding, activations calibrated, no gradients."""
-    from ..apply import apply  # here: apply imports this package
-    quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                      progress=False)
-    for p in quantized.parameters():
-        p.requires_grad_(False)
-    return quantized
-
-
-def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
-    # A new Parameter, not an in-place copy: a tied weight's other user must stay float.
-    layer.weight = nn.Parameter(weight, requires_grad=False)
-
-
-def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else next(iter(kwargs.values()))
-
-
-def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
-           device: torch.device) -> tuple[list[list[str]], dict[str, int]]:
-    """Steps (layer names) in the order ``inputs`` calls the layers, and how often each is called."""
-    steps: list[list[str]] = []
-    calls: dict[str, int] = {}
-    step_input: list[torch.Tensor] = []  # the input of the current step (one reference only)
-
-    def hook(name: str):
-        def pre(module, args, kwargs):
-            if name not in calls:
-                x = _layer_input(args, kwargs)
-                if step_input and x is step_input[0]:
-                    steps[-1].append(name)
-                else:
-                    steps.append([name])
-                    step_input[:] = [x]
-            calls[name] = calls.get(name, 0) + 1
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
-    try:
-        with torch.no_grad():
-            forward(model, inputs, 0, device)
-    finally:
-        for h in handles:
-            h.remove()
-    return steps, calls
-
-
-def _observe(items: list, run: Callable[[Any, int], Any], modules: dict[str, nn.Module], step: list[str],
-             calls: dict[str, int], backend: Any) -> dict[str, Any]:
-    """run(item, index) over the items (calibration batches, or a chained block's kept inputs), each
-    stopped once the step's layers have seen it; the back-end's state per layer."""
-    states: dict[str, Any] = {name: None for name in step}
-    seen = dict.fromkeys(step, 0)
-
-    def hook(name: str):
-        def pre(module, args, kwargs):
-            if name in seen:
-                states[name] = backend.observe(states[name], module, _layer_input(args, kwargs))
-                seen[name] += 1
-            elif all(seen[n] >= calls[n] for n in step):
-                raise StopForward
-        return pre
-
-    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
-    try:
-        for index, item in enumerate(items):
-            seen.update(dict.fromkeys(step, 0))
-            with torch.no_grad():
-                run(item, index)
-    finally:
-        for h in handles:
-            h.remove()
-    return states

@@ -20,6 +20,9 @@ about the same total movement of V, and seconds per small layer on a CPU.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -27,33 +30,46 @@ from torch.func import functional_call
 from ..errors import RoundingError
 from ..formats import IntFormat
 from ..quantizers import weight_qparams
+from .config import RoundingConfig
 
-NEEDS_DATA = True
-SEQUENTIAL = False
-OPTIONS = {"iterations": 500, "lr": 5e-2, "batch_size": 32, "reg_weight": 0.01, "beta": (20.0, 2.0),
-           "warmup": 0.2, "seed": 0}
 ZETA, GAMMA = 1.1, -0.1
 
 
-def check_options(options: dict, method: str = "adaround", defaults: dict = OPTIONS) -> dict:
-    """Defaults filled in and the learned-rounding options checked (``method`` names the back-end in errors)."""
-    opts = {**defaults, **options}
-    for name in ("iterations", "batch_size", "seed"):
-        value = opts[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise RoundingError(f"{method} option {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
-                                f"integer, got {value!r}")
-    for name in ("lr", "reg_weight"):
-        if not isinstance(opts[name], (int, float)) or not opts[name] > 0:
-            raise RoundingError(f"{method} option {name} must be a positive number, got {opts[name]!r}")
-    if not isinstance(opts["warmup"], (int, float)) or not 0 <= opts["warmup"] < 1:
-        raise RoundingError(f"{method} option warmup must be a fraction in [0, 1) (0.2 in the paper), "
-                            f"got {opts['warmup']!r}")
-    beta = opts["beta"]
-    if not (isinstance(beta, (tuple, list)) and len(beta) == 2
-            and all(isinstance(b, (int, float)) and b > 0 for b in beta)):
-        raise RoundingError(f"{method} option beta must be (start, end), e.g. (20, 2), got {beta!r}")
-    return opts
+@dataclass(frozen=True)
+class AdaRound(RoundingConfig):
+    """AdaRound's options (the quick defaults of the module docstring); BRECQ adds its own to them."""
+    name: ClassVar[str] = "adaround"
+    iterations: int = 500
+    lr: float = 5e-2
+    batch_size: int = 32
+    reg_weight: float = 0.01
+    beta: tuple[float, float] = (20.0, 2.0)
+    warmup: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        method = self.name
+        for name in ("iterations", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+                raise RoundingError(f"{method} option {name} must be a "
+                                    f"{'non-negative' if name == 'seed' else 'positive'} integer, got {value!r}")
+        for name in ("lr", "reg_weight"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise RoundingError(f"{method} option {name} must be a positive number, got {getattr(self, name)!r}")
+        if not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup < 1:
+            raise RoundingError(f"{method} option warmup must be a fraction in [0, 1) (0.2 in the paper), "
+                                f"got {self.warmup!r}")
+        beta = self.beta
+        if not (isinstance(beta, (tuple, list)) and len(beta) == 2
+                and all(isinstance(b, (int, float)) and b > 0 for b in beta)):
+            raise RoundingError(f"{method} option beta must be (start, end), e.g. (20, 2), got {beta!r}")
+
+    def observe(self, state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
+        return observe(state, layer, x)
+
+    def round_layer(self, layer: nn.Module, state: list, fmt: IntFormat, weight_method: str) -> torch.Tensor:
+        return round_layer(layer, state, fmt, weight_method, **self.options())
 
 
 def observe(state: list | None, layer: nn.Module, x: torch.Tensor) -> list:

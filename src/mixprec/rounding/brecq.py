@@ -32,37 +32,47 @@ the paper's 20,000 steps at 1e-3.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from ..batches import output_tensor
+from ..capture import StopForward, block_inputs, detach, on_inputs
 from ..errors import RoundingError
 from ..formats import IntFormat
-from . import adaround
-from .adaround import SoftRounding, annealed_beta
-from .forward import StopForward
-from ..batches import output_tensor
+from .adaround import AdaRound, SoftRounding, annealed_beta
 
-NEEDS_DATA = True
-SEQUENTIAL = True
-BLOCKWISE = True
-OPTIONS = {**adaround.OPTIONS, "fisher": True, "blocks": None}
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
-def check_options(options: dict) -> dict:
-    opts = adaround.check_options(options, "brecq", OPTIONS)
-    if not isinstance(opts["fisher"], bool):
-        raise RoundingError(f"brecq option fisher must be True (Fisher-weighted block output, the paper) or False "
-                            f"(plain output error), got {opts['fisher']!r}")
-    blocks = opts["blocks"]
-    if blocks is not None and (isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks)):
-        raise RoundingError(f"brecq option blocks must be a list of module names, e.g. ['layer1.0', 'layer1.1'], "
-                            f"got {blocks!r}")
-    return opts
+@dataclass(frozen=True)
+class BRECQ(AdaRound):
+    """AdaRound's options, and whether the block output error is Fisher-weighted, and which blocks."""
+    name: ClassVar[str] = "brecq"
+    sequential: ClassVar[bool] = True
+    blockwise: ClassVar[bool] = True
+    fisher: bool = True
+    blocks: list[str] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.fisher, bool):
+            raise RoundingError(f"brecq option fisher must be True (Fisher-weighted block output, the paper) or "
+                                f"False (plain output error), got {self.fisher!r}")
+        blocks = self.blocks
+        if blocks is not None and (isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks)):
+            raise RoundingError(f"brecq option blocks must be a list of module names, e.g. ['layer1.0', 'layer1.1'], "
+                                f"got {blocks!r}")
+
+    def round_model(self, model: nn.Module, quantized: nn.Module, batches: list, targets: dict[str, IntFormat],
+                    run: Callable[[nn.Module, Any, int], Any], weight_method: str, progress: bool, *,
+                    done: dict[str, torch.Tensor], save: Callable) -> dict[str, torch.Tensor]:
+        return round_model(model, quantized, batches, targets, run, weight_method, progress, done=done, save=save,
+                           **self.options())
 
 
 def find_blocks(model: nn.Module, layers: list[str], names: list[str] | None = None) -> dict[str, list[str]]:
@@ -109,16 +119,6 @@ def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
     return tensor
 
 
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_detach(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
-
-
 def _log_probs(out: Any) -> torch.Tensor:
     logits = output_tensor(out).float()
     return torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
@@ -133,7 +133,7 @@ def round_model(model: nn.Module, quantized: nn.Module, batches: list, targets: 
 
     quantized: the model quantized by the plan (nearest rounding, activations calibrated; the
     planned layers are QuantizedLayers under their own names); its weights are replaced as blocks
-    finish. run(module, inputs, index) is a forward pass (forward.forward on the model's device). done: weights
+    finish. run(module, inputs, index) is a forward pass (capture.forward on the model's device). done: weights
     already rounded (a resumed run); save(weights) is called after every block.
     """
     found = find_blocks(model, list(targets), blocks)
@@ -168,13 +168,9 @@ def round_model(model: nn.Module, quantized: nn.Module, batches: list, targets: 
 
 def _call_order(model: nn.Module, inputs: Any, blocks: list[str], run) -> list[str]:
     order: list[str] = []
-    hooks = [model.get_submodule(b).register_forward_pre_hook(
-        lambda m, a, b=b: None if b in order else order.append(b)) for b in blocks]
-    try:
+    with on_inputs({b: model.get_submodule(b) for b in blocks},
+                   lambda b, module, args, kwargs: None if b in order else order.append(b)):
         run(model, inputs, 0)
-    finally:
-        for h in hooks:
-            h.remove()
     return order
 
 
@@ -205,41 +201,32 @@ def _float_outputs(model: nn.Module, block: str, batches: list, run) -> list[tor
 
 def _quantized_side(quantized: nn.Module, block: str, batches: list, reference: list | None, run):
     """The block's inputs (args, kwargs) in the quantized model, and the Fisher weight |g| + 1 of its outputs."""
+    if reference is None:
+        return block_inputs(quantized, block, batches, run), None
     inputs: list[tuple[tuple, dict]] = []
     grads: list[torch.Tensor] = []
     leaves: list[torch.Tensor] = []
     module = quantized.get_submodule(block)
-
-    def pre(m, args, kwargs):
-        inputs.append(_detach((args, kwargs)))
-        if reference is None:
-            raise StopForward
 
     def post(m, args, output):
         leaf = _first_tensor(output).detach().requires_grad_(True)
         leaves.append(leaf)
         return _replace_first(output, leaf)
 
-    handles = [module.register_forward_pre_hook(pre, with_kwargs=True)]
-    if reference is not None:
-        handles.append(module.register_forward_hook(post))
+    handle = module.register_forward_hook(post)
     try:
-        for index, batch in enumerate(batches):
-            leaves.clear()
-            if reference is None:
-                with torch.no_grad():
-                    run(quantized, batch, index)
-                continue
-            with torch.enable_grad():
-                out = run(quantized, batch, index)
-                log_p = reference[index]
-                kl = (log_p.exp() * (log_p - _log_probs(out))).sum() / log_p.shape[0]  # KL, batch mean
-                found = torch.autograd.grad(kl, leaves, allow_unused=True)
-            grads += [torch.ones_like(leaf) if g is None else g.abs() + 1 for leaf, g in zip(leaves, found)]
+        with on_inputs({block: module}, lambda name, m, args, kwargs: inputs.append(detach((args, kwargs)))):
+            for index, batch in enumerate(batches):
+                leaves.clear()
+                with torch.enable_grad():
+                    out = run(quantized, batch, index)
+                    log_p = reference[index]
+                    kl = (log_p.exp() * (log_p - _log_probs(out))).sum() / log_p.shape[0]  # KL, batch mean
+                    found = torch.autograd.grad(kl, leaves, allow_unused=True)
+                grads += [torch.ones_like(leaf) if g is None else g.abs() + 1 for leaf, g in zip(leaves, found)]
     finally:
-        for h in handles:
-            h.remove()
-    return inputs, (grads if reference is not None else None)
+        handle.remove()
+    return inputs, grads
 
 
 def _reconstruct(block: nn.Module, block_name: str, floats: dict[str, torch.Tensor], targets: dict[str, IntFormat],

@@ -7,7 +7,6 @@ passes.
 
     find_chain(model, first batch, layers) -> {block: its layers} in call order, or {} where the
         model does not chain on the first batch (then the step-by-step passes are used)
-    block_inputs(model, first block, batches) -> [(args, kwargs)] of the first block per batch
     next_inputs(block, inputs) -> the next block's inputs: this block's output in place of the
         first argument, the rest unchanged
 
@@ -22,8 +21,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..capture import StopForward
 from . import brecq
-from .forward import StopForward
 
 _PLAIN = (torch.Tensor, type(None), bool, int, float, str)
 
@@ -74,11 +73,6 @@ def find_chain(model: nn.Module, inputs: Any, layers: list[str],
                 or kwargs1.keys() != kwargs0.keys() or any(kwargs1[k] is not kwargs0[k] for k in kwargs0)):
             return {}
     return {name: blocks[name] for name in order}
-
-
-def block_inputs(model: nn.Module, block: str, batches: list, run: Callable[[nn.Module, Any, int], Any]) -> list:
-    """(args, kwargs) of ``block``'s call on every batch (each pass stops there)."""
-    return brecq._quantized_side(model, block, batches, None, run)[0]
 
 
 def run_block(module: nn.Module, inputs: tuple) -> Any:

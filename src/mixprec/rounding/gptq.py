@@ -5,7 +5,7 @@ The weight is quantized column by column; the error of each quantized column is 
 columns not quantized yet through the inverse Hessian of the layer-wise loss ||WX - QX||^2,
 H = 2 X X^T / n (X: the layer's inputs, one column per token, sample or conv patch). Linear
 layers take their inputs as they are; Conv1d/Conv2d inputs are unfolded into the patches their
-weight multiplies (im2col, as the reference does), one Hessian per convolution group.
+weight multiplies (im2col, as the reference does; capture.layer_columns), one Hessian per convolution group.
 
 Scales: per-channel (and per-tensor) scales are fixed once from the float weights with
 quantize_weight's range method, so the grid is nearest rounding's. A grouped scale is chosen
@@ -16,41 +16,44 @@ stores and what the costs count. static_groups=True fixes them from the float we
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..capture import add_moments
 from ..errors import RoundingError
 from ..formats import IntFormat
 from ..quantizers import choose_range, fake_quant_int, int_qparams, weight_qparams
+from .config import RoundingConfig
 
-NEEDS_DATA = True
-SEQUENTIAL = True  # inputs from the model whose earlier layers are already quantized (sec. 4, as the paper runs)
-OPTIONS = {"act_order": False, "block_size": 128, "percdamp": 0.01, "static_groups": False}
+@dataclass(frozen=True)
+class GPTQ(RoundingConfig):
+    """GPTQ's options, with the reference code's defaults."""
+    name: ClassVar[str] = "gptq"
+    sequential: ClassVar[bool] = True  # inputs from the model whose earlier layers are already quantized (sec. 4)
+    act_order: bool = False
+    block_size: int = 128
+    percdamp: float = 0.01
+    static_groups: bool = False
 
+    def __post_init__(self):
+        for name in ("act_order", "static_groups"):
+            if not isinstance(getattr(self, name), bool):
+                raise RoundingError(f"gptq option {name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise RoundingError(f"gptq option block_size must be a positive integer (128 in the paper), "
+                                f"got {self.block_size!r}")
+        if not isinstance(self.percdamp, (int, float)) or not 0 <= self.percdamp < 1:
+            raise RoundingError(f"gptq option percdamp must be in [0, 1) (0.01 in the paper), got {self.percdamp!r}")
 
-def check_options(options: dict) -> dict:
-    opts = {**OPTIONS, **options}
-    for name in ("act_order", "static_groups"):
-        if not isinstance(opts[name], bool):
-            raise RoundingError(f"gptq option {name} must be True or False, got {opts[name]!r}")
-    if isinstance(opts["block_size"], bool) or not isinstance(opts["block_size"], int) or opts["block_size"] < 1:
-        raise RoundingError(f"gptq option block_size must be a positive integer (128 in the paper), "
-                            f"got {opts['block_size']!r}")
-    if not isinstance(opts["percdamp"], (int, float)) or not 0 <= opts["percdamp"] < 1:
-        raise RoundingError(f"gptq option percdamp must be in [0, 1) (0.01 in the paper), got {opts['percdamp']!r}")
-    return opts
+    def observe(self, state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
+        """Accumulate [sum of x x^T per convolution group, number of columns] from one call's input."""
+        return add_moments(state, layer, x)
 
-
-def observe(state: list | None, layer: nn.Module, x: torch.Tensor) -> list:
-    """Accumulate [sum of x x^T per convolution group, number of columns] from one call's input."""
-    columns = layer_columns(layer, x.detach()).float()
-    xtx = columns.transpose(1, 2) @ columns
-    if state is None:
-        return [xtx, columns.shape[1]]
-    state[0] += xtx
-    state[1] += columns.shape[1]
-    return state
+    def round_layer(self, layer: nn.Module, state: list, fmt: IntFormat, weight_method: str) -> torch.Tensor:
+        return round_layer(layer, state, fmt, weight_method, **self.options())
 
 
 def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
@@ -129,35 +132,3 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
         damp = torch.maximum(damp * 10, 1e-6 * mean)
     raise RoundingError("GPTQ: the Hessian of a layer's inputs is not positive definite even with 1000x the "
                         "dampening; give more (or more varied) calibration data, or raise percdamp")
-
-
-def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the weight multiplies: (convolution groups, columns, weight inputs per group).
-
-    Linear: every row of the input (token, sample). Conv1d/Conv2d: every patch (im2col), padding
-    included, channel-major like the flattened weight.
-    """
-    if isinstance(layer, nn.Linear):
-        return x.reshape(1, -1, x.shape[-1])
-    dims = len(layer.kernel_size)
-    if x.dim() == dims + 1:  # unbatched input
-        x = x.unsqueeze(0)
-    x = F.pad(x, _padding(layer), mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
-    kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
-    if dims == 1:
-        x, kernel, dilation, stride = x.unsqueeze(2), (1, *kernel), (1, *dilation), (1, *stride)
-    patches = F.unfold(x, kernel, dilation=dilation, stride=stride)  # (N, C * prod(kernel), L)
-    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return patches.reshape(patches.shape[0], layer.groups, -1).transpose(0, 1)
-
-
-def _padding(layer: nn.Module) -> list[int]:
-    """The conv's padding as F.pad amounts (last dimension first); 'same' puts the odd one on the right."""
-    if layer.padding == "valid":
-        pairs = [(0, 0)] * len(layer.kernel_size)
-    elif layer.padding == "same":
-        totals = [d * (k - 1) for k, d in zip(layer.kernel_size, layer.dilation)]
-        pairs = [(t // 2, t - t // 2) for t in totals]
-    else:
-        pairs = [(p, p) for p in layer.padding]
-    return [a for pair in reversed(pairs) for a in pair]

@@ -1,24 +1,13 @@
-"""Nearest rounding: every weight to the closest point of its grid (quantize_weight); needs no data."""
+"""Nearest rounding: every weight to the closest point of its grid (swap.nearest_weight); needs no data."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..formats import IntFormat
-from ..quantizers import quantize_weight
-
-NEEDS_DATA = False
-SEQUENTIAL = False
-OPTIONS: dict = {}
+from .config import RoundingConfig
 
 
-def check_options(options: dict) -> dict:
-    return dict(options)
-
-
-def observe(state, layer: nn.Module, x: torch.Tensor):
-    return state
-
-
-def round_layer(layer: nn.Module, state, fmt: IntFormat, weight_method: str) -> torch.Tensor:
-    return quantize_weight(layer.weight.detach(), fmt, weight_method)
+@dataclass(frozen=True)
+class Nearest(RoundingConfig):
+    name: ClassVar[str] = "nearest"
+    needs_data: ClassVar[bool] = False

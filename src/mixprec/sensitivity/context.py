@@ -15,13 +15,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..apply import QuantizedLayer, _set_module
 from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
+from ..capture import layer_input, on_inputs
 from ..formats import Format
 from ..groups import ModelGroups, QuantizerGroup
-from ..multipoint import measure_points, multipoint_weight
-from ..quantizers import ActivationQuantizer, quantize_weight
+from ..multipoint import measure_points
+from ..quantizers import ActivationQuantizer
+from ..swap import QuantizedLayer, nearest_weight, set_module
 
 
 @dataclass
@@ -59,27 +60,20 @@ class MeasureContext:
             layers = dict(self.model.named_modules())
             observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=1 << 18)
                          for l in self.groups.layers}
-            handles = [layers[name].register_forward_pre_hook(lambda m, args, o=obs: o._observe(args[0]))
-                       for name, obs in observers.items()]
-            try:
+            with on_inputs({name: layers[name] for name in observers},
+                           lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
                     for i in range(len(self.data)):
                         run_model(self.model, self.inputs(i))
-            finally:
-                for h in handles:
-                    h.remove()
             self._observers = observers
         return self._observers
 
     def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
         key = (layer, candidate.weight, candidate.points)
         if key not in self._weights:
-            weight = self.model.get_submodule(layer).weight.detach()
-            if candidate.multipoint:
-                counts = self.multipoint_points()[candidate.name][layer]
-                self._weights[key] = multipoint_weight(weight, candidate, counts, self.weight_method, layer)
-            else:
-                self._weights[key] = quantize_weight(weight, candidate.weight, self.weight_method)
+            weight = self.model.get_submodule(layer).weight
+            points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
+            self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]
 
     def multipoint_points(self) -> dict[str, dict[str, str]]:
@@ -124,12 +118,12 @@ class quantized_group:
     def __enter__(self):
         for name, module in self.modules.items():
             self.saved[name] = self.model.get_submodule(name)
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         return self.model
 
     def __exit__(self, *exc):
         for name, module in self.saved.items():
-            _set_module(self.model, name, module)
+            set_module(self.model, name, module)
         return False
 
 

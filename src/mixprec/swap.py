@@ -1,0 +1,175 @@
+"""Where layers become quantized: weights at a candidate, the layer swap, activation calibration.
+
+    nearest_weight(weight, candidate, method, points)  a layer's weight at a candidate with nearest
+        rounding: every weight to the closest point of its grid, or a multipoint weight from its
+        per-channel point counts (mixprec.multipoint)
+    QuantizedLayer(layer, candidate, ...)   the layer with a fake-quantized weight and a quantizer
+        on its input
+    quantize_layers(model, candidates, data, weights=...)   every named layer of ``model`` (a copy)
+        swapped for a QuantizedLayer, its weight given or made by nearest_weight, the activation
+        quantizers calibrated on ``data``
+    planned_model(model, plan, data)   the copy apply(model, plan, data) makes with nearest
+        rounding, frozen: the working model of the rounding back-ends
+
+apply (mixprec.apply) chooses the weights (a rounding back-end, multipoint) and calls
+quantize_layers; the sensitivity metrics swap one group at a time with set_module.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
+from .candidates import Candidate, parse_candidate
+from .errors import MixprecError, ModelError
+from .groups import check_weights
+from .multipoint import multipoint_weight, plan_points
+from .plan import Plan
+from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
+
+
+def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "mse", points: str | None = None,
+                   layer: str = "") -> torch.Tensor:
+    """``weight`` at ``candidate`` with nearest rounding; same shape, dtype and device.
+
+    points: one digit per output channel, its number of multipoint points (``layer`` names it in
+    errors); without them one point, on the candidate's weight format."""
+    if points is not None:
+        return multipoint_weight(weight, candidate, points, method, layer)
+    return quantize_weight(weight.detach(), candidate.weight, method)
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv/Linear layer with a fake-quantized weight and a quantizer on its input."""
+
+    def __init__(self, layer: nn.Module, candidate: Candidate, weight_method: str = "mse",
+                 activation_method: str = "mse", *, weight: torch.Tensor | None = None,
+                 input_quantizer: ActivationQuantizer | None = None):
+        """``weight``/``input_quantizer``: already quantized weight / calibrated quantizer to use."""
+        super().__init__()
+        self.candidate = candidate.name
+        # A new Parameter, not an in-place copy: the weight may be shared (tied embeddings),
+        # and the other user of it must stay float.
+        old = layer.weight
+        new = nearest_weight(old, candidate, weight_method) if weight is None else weight
+        layer.weight = nn.Parameter(new, requires_grad=old.requires_grad)
+        self.layer = layer
+        self.input_quantizer = input_quantizer or ActivationQuantizer(candidate.activation, activation_method)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.layer(self.input_quantizer(x), *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        # Model code sometimes reads layer attributes (weight, in_features, ...) directly.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+    def extra_repr(self) -> str:
+        return f"candidate={self.candidate}"
+
+
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+
+
+def check_range_methods(*methods: str) -> None:
+    for method in methods:
+        if method not in RANGE_METHODS:
+            raise MixprecError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+
+
+def multipoint_weights(model: nn.Module, candidates: dict[str, Candidate], points: dict[str, str],
+                       weight_method: str = "mse") -> dict[str, torch.Tensor]:
+    """The weight of every multipoint layer from its point counts (``points``: layer -> digits)."""
+    names = sorted(name for name, c in candidates.items() if c.multipoint)
+    return {name: nearest_weight(model.get_submodule(name).weight, candidates[name], weight_method, points[name], name)
+            for name in names}
+
+
+def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: Iterable | None, *,
+                    weights: dict[str, torch.Tensor] | None = None, weight_method: str = "mse",
+                    activation_method: str = "mse", calibrate: bool = True, progress: bool = True) -> nn.Module:
+    """``model`` with every layer of ``candidates`` (name -> candidate) a QuantizedLayer; returns it.
+
+    model: a deep copy, taken by the caller before its passes over the data (a model in training
+    mode changes on every pass). weights: ready-made weights by layer name (rounded, multipoint);
+    the other layers get nearest_weight. The activation quantizers are calibrated on ``data``
+    (input batches or (inputs, labels) pairs); ``calibrate=False`` leaves them uncalibrated, for a
+    saved quantized state dict to be loaded on top.
+    """
+    weights = weights or {}
+    names = list(candidates)
+    for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
+        layer = model.get_submodule(name)
+        set_module(model, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,
+                                               weight=weights.get(name)))
+    quantizers = [m.input_quantizer for m in quantized_layers(model).values() if m.input_quantizer.needs_calibration]
+    if not calibrate:
+        for q in quantizers:
+            q.observing = False
+        return model
+    if quantizers:
+        if data is None:
+            raise MixprecError("the plan quantizes activations, which needs calibration data; pass --data "
+                               "(or calibration_data=...), or choose weight-only candidates")
+        calibrate_activations(model, data, progress=progress)
+        for name, layer in quantized_layers(model).items():
+            q = layer.input_quantizer
+            if q.needs_calibration and q._seen_lo is None:
+                raise ModelError(f"layer {name!r} saw no finite input during calibration (not called by the "
+                                 "calibration data, or only NaN/Inf); exclude it or check the data")
+            q.finish_calibration()
+    return model
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = True,
+                          reference: Any = None) -> int:
+    """Run calibration batches through ``model``; returns the number of batches seen."""
+    device = next(model.parameters()).device
+    count = 0
+    for index, item in enumerate(tqdm(data, desc="calibrating activations", disable=not progress, leave=False)):
+        inputs, _ = split_item(item)
+        if reference is None:
+            reference = inputs
+        elif not shapes_compatible(inputs, reference):
+            raise ModelError(f"calibration batch {index} has shape {describe_shape(inputs)}; expected "
+                             f"the same layout as batch 0, {describe_shape(reference)} (any batch size)")
+        try:
+            run_model(model, to_device(inputs, device))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        count += 1
+    if count == 0:
+        raise MixprecError("the calibration data is empty; give at least one batch")
+    return count
+
+
+def planned_model(model: nn.Module, plan: Plan, data: list, weight_method: str = "mse",
+                  activation_method: str = "mse") -> nn.Module:
+    """The copy ``apply(model, plan, data)`` makes (nearest rounding, the plan's or measured multipoint
+    points, activations calibrated), with no gradients: what the rounding back-ends work on."""
+    check_range_methods(weight_method, activation_method)
+    check_weights(plan.model_layers(model))
+    quantized = copy.deepcopy(model).eval()
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    points = plan_points(model, plan, data, weight_method) if any(c.multipoint for c in candidates.values()) else {}
+    quantized = quantize_layers(quantized, candidates, data, weights=multipoint_weights(model, candidates, points,
+                                                                                        weight_method),
+                                weight_method=weight_method, activation_method=activation_method, progress=False)
+    for p in quantized.parameters():
+        p.requires_grad_(False)
+    return quantized
