@@ -27,6 +27,7 @@ from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator
+from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
@@ -148,7 +149,7 @@ class Analysis:
 
     # ---- measuring plans -------------------------------------------------------------------------------
     def evaluator(self, evaluate: Callable | str | None = None, device: str | None = None,
-                  rounding: str = "nearest", rounding_options: dict | None = None) -> PlanEvaluator:
+                  rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None) -> PlanEvaluator:
         """Measures plans with ``evaluate`` (a function model -> float or dict, or a spec such as
         file.py:function): on the analysed model when this process made the analysis, else on the
         model and data the run's arguments name (the built-in model's own evaluation by default)."""
@@ -198,7 +199,7 @@ class Analysis:
               candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
               kind: str | None = None, max_drop: str | float | None = None,
               evaluate: Callable | str | None = None, device: str | None = None,
-              rounding: str = "nearest", rounding_options: dict | None = None,
+              rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
               evaluator: PlanEvaluator | None = None, verbose: bool = False, **options: Any) -> Plan:
         """One candidate per group: the least total sensitivity within every budget (``search="exact"``),
         or one of the seed papers' searches (``mixprec.solvers.SOLVERS``; their own options as keywords,
@@ -206,18 +207,19 @@ class Analysis:
         ``evaluate`` (or the analysis's) with ``max_drop`` ("1%" or an amount in the metric's units)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
+        rounding = rounding_config(rounding, **(rounding_options or {}))
         problem = self.problem(candidates, cost_files)
         budgets = self.budgets(budget, problem) if budget else {}
         if search in ("exact", "refine") and not budgets:
             raise SpecError(f"--search {search} needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
         measured_search = search in MEASURED or (search == "greedy-pareto" and max_drop is not None)
-        if rounding != "nearest" and not measured_search:
-            raise SpecError(f"--rounding {rounding} changes how plans are measured, and --search {search} measures "
+        if rounding.name != "nearest" and not measured_search:
+            raise SpecError(f"--rounding {rounding.name} changes how plans are measured, and --search {search} measures "
                             "none; use it with --search refine, greedy, bisection or greedy-pareto --max-drop")
         say = print if verbose else (lambda *_: None)
         goal = Goal(budgets, ALIASES.get(kind, kind) if kind else None)
         if measured_search:
-            evaluator = evaluator or self.evaluator(evaluate, device, rounding, rounding_options)
+            evaluator = evaluator or self.evaluator(evaluate, device, rounding)
             ref = evaluator.reference()
             say(f"float model: {ref.name} {ref.value:.4g}" + (f" (evaluations are cached in {evaluator.log})"
                                                                if evaluator.log else ""))
@@ -248,19 +250,20 @@ class Analysis:
     # ---- the Pareto front ---------------------------------------------------------------------------
     def pareto(self, kind: str = "bops", n_plans: int = 30, method: str = "exact", *,
                evaluate: Callable | str | bool | None = None, candidates: str | Iterable[str] | None = None,
-               cost_files: Iterable[str] = (), device: str | None = None, rounding: str = "nearest",
+               cost_files: Iterable[str] = (), device: str | None = None, rounding: str | RoundingConfig = "nearest",
                rounding_options: dict | None = None, progress: bool = True) -> Front:
         """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
         ``n_plans`` evenly spaced budgets), with every uniform candidate beside them. ``evaluate``
         (True: the analysis's own evaluation) measures the float model and every plan (cached)."""
         problem = self.problem(candidates, cost_files)
+        rounding = rounding_config(rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
         if kind not in problem.costs:
             raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}")
         if n_plans < 1:
             raise SpecError(f"n_plans (--points) must be at least 1, got {n_plans}")
-        if rounding != "nearest" and not evaluate:
-            raise SpecError(f"--rounding {rounding} is how --eval measures the plans; add --eval")
+        if rounding.name != "nearest" and not evaluate:
+            raise SpecError(f"--rounding {rounding.name} is how --eval measures the plans; add --eval")
         start = time.perf_counter()
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
                               method=method)
@@ -275,7 +278,7 @@ class Analysis:
         reference = None
         if evaluate:
             from tqdm.auto import tqdm
-            evaluator = self.evaluator(None if evaluate is True else evaluate, device, rounding, rounding_options)
+            evaluator = self.evaluator(None if evaluate is True else evaluate, device, rounding)
             reference = evaluator.reference().to_dict()
             for item in tqdm([*plans, *uniform.values()], desc="evaluating plans", unit="plan", disable=not progress):
                 item.measured = evaluator.measure(item.assignments).to_dict()

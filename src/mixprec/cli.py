@@ -24,6 +24,7 @@ from .pipeline import quantize_plan
 from .plan import Plan, write_json_atomic
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
+from .rounding import rounding_config
 from .run_directory import RunDirectory
 from .solvers import SOLVERS
 from .specs import is_builtin, load_eval, prepare
@@ -111,8 +112,8 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _rounding_options(args) -> dict[str, Any]:
-    """--act-order and --rounding-iterations as the chosen rounding's options."""
+def _rounding(args):
+    """--rounding with --act-order and --rounding-iterations, as a rounding config (mixprec.rounding)."""
     options: dict[str, Any] = {}
     if getattr(args, "act_order", False):
         if args.rounding != "gptq":
@@ -122,7 +123,7 @@ def _rounding_options(args) -> dict[str, Any]:
         if args.rounding not in ("adaround", "brecq"):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
         options["iterations"] = args.rounding_iterations
-    return options
+    return rounding_config(args.rounding, **options)
 
 
 def cmd_quantize(args) -> int:
@@ -130,14 +131,13 @@ def cmd_quantize(args) -> int:
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
-    rounding_options = _rounding_options(args)
+    rounding = _rounding(args)
     model, data, _, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     result = quantize_plan(model, plan, data, groups, evaluate=load_eval(eval_spec) if eval_spec else None,
                            weight_range=args.weight_range, activation_range=args.activation_range,
-                           rounding=args.rounding, rounding_options=rounding_options,
-                           rounding_checkpoint=cache_dir() / "rounding", device=args.device)
+                           rounding=rounding, rounding_checkpoint=cache_dir() / "rounding", device=args.device)
     out = result.save(args.out, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
@@ -246,8 +246,8 @@ def _search_options(args) -> dict[str, Any]:
 def cmd_solve(args) -> int:
     analysis = Analysis.load(args.run)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
-                          max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=args.rounding,
-                          rounding_options=_rounding_options(args), verbose=True, **_search_options(args))
+                          max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
+                          verbose=True, **_search_options(args))
     meta = plan.metadata
     total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
@@ -272,11 +272,9 @@ def cmd_solve(args) -> int:
 def cmd_pareto(args) -> int:
     analysis = Analysis.load(args.run)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
-    rounding_options = _rounding_options(args)
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
-                            cost_files=args.cost, device=args.device, rounding=args.rounding,
-                            rounding_options=rounding_options)
+                            cost_files=args.cost, device=args.device, rounding=_rounding(args))
     print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
     front.save(args.out)
     out, kind, reference = Path(args.out), front.kind, front.reference

@@ -24,6 +24,7 @@ from .errors import SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
 from .plan import Plan, write_json_atomic
+from .rounding import RoundingConfig, rounding_config
 
 
 @dataclass
@@ -74,12 +75,14 @@ def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
 
 def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: ModelGroups, *,
                   evaluate: Callable[[nn.Module], Any] | None = None, weight_range: str = "mse",
-                  activation_range: str = "mse", rounding: str = "nearest", rounding_options: dict | None = None,
+                  activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
+                  rounding_options: dict | None = None,
                   rounding_checkpoint: str | Path | None = None, device: str | torch.device | None = None,
                   progress: bool = True) -> QuantizeResult:
     """Apply ``plan`` (mixprec.apply), price it and, with ``evaluate``, measure it. Multipoint layers take
     the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them."""
     check_plan_groups(plan, groups)
+    config = rounding_config(rounding, **(rounding_options or {}))
     batches = None if data is None else list(data)
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device)
@@ -92,11 +95,11 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     tables = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model, points=by_candidate)
     start = time.perf_counter()
     quantized = apply(model, plan, batches, weight_method=weight_range, activation_method=activation_range,
-                      rounding=rounding, rounding_options=rounding_options, rounding_checkpoint=rounding_checkpoint,
+                      rounding=config, rounding_checkpoint=rounding_checkpoint,
                       points=counts, progress=progress)
     result = QuantizeResult(quantized, plan, {k: tables.total(k, plan.assignments) for k in COST_KINDS},
-                            apply_seconds=time.perf_counter() - start, rounding=rounding,
-                            rounding_options=dict(rounding_options or {}))
+                            apply_seconds=time.perf_counter() - start, rounding=config.name,
+                            rounding_options=config.changed())
     if evaluate is not None:
         start = time.perf_counter()
         result.evaluation = to_eval_result(evaluate(quantized))
@@ -108,7 +111,8 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
              candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES, metric: str = "sqnr",
              search: str = "exact", evaluate: Callable[[nn.Module], Any] | None = None,
              groups: ModelGroups | None = None, run_dir: str | Path | None = None, weight_range: str = "mse",
-             activation_range: str = "mse", rounding: str = "nearest", rounding_options: dict | None = None,
+             activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
+             rounding_options: dict | None = None,
              device: str | torch.device | None = None, progress: bool = True, **search_options: Any) -> QuantizeResult:
     """Model + calibration data + budget -> the quantized model and its plan, in one call:
     :func:`mixprec.analyze`, :meth:`Analysis.solve` (``search``, ``search_options``), then

@@ -17,6 +17,7 @@ from .apply import apply
 from .errors import SpecError
 from .evaluation import EvalResult, to_eval_result
 from .plan import Plan
+from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 
 FLOAT = "float model"
@@ -34,16 +35,16 @@ class PlanEvaluator:
     def __init__(self, load: Loader, groups: dict[str, list[str]], excluded: list[str], settings: dict[str, Any],
                  run: RunDirectory | None = None, point_counts: dict[str, dict[str, str]] | None = None,
                  weight_range: str = "mse", activation_range: str = "mse", device: str | torch.device = "cpu",
-                 rounding: str = "nearest", rounding_options: dict | None = None):
+                 rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None):
         self._load_fn = load
         self.groups, self.excluded = groups, list(excluded)
         self.point_counts = point_counts or {}
         self.weight_range, self.activation_range = weight_range or "mse", activation_range or "mse"
         self.device = torch.device(device)
         self.settings = dict(settings)
-        self.rounding, self.rounding_options = rounding, dict(rounding_options or {})
-        if rounding != "nearest":  # nearest's keys stay as they were, so older logs still count
-            self.settings["rounding"] = [rounding, sorted(self.rounding_options.items())]
+        self.rounding = rounding_config(rounding, **(rounding_options or {}))
+        if self.rounding.name != "nearest":  # nearest's keys stay as they were, so older logs still count
+            self.settings["rounding"] = [self.rounding.name, sorted(self.rounding.changed().items())]
         self.run = run
         self.log = run.evaluations_log if run is not None else None
         self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key
@@ -96,11 +97,11 @@ class PlanEvaluator:
         if assignments is None:
             result = to_eval_result(evaluate(model))
         else:
-            checkpoints = None if self.rounding == "nearest" or self.run is None else self.run.rounding_checkpoints
+            checkpoints = None if self.rounding.name == "nearest" or self.run is None else self.run.rounding_checkpoints
             quantized = apply(model, self.plan(assignments), data, weight_method=self.weight_range,
                               activation_method=self.activation_range, progress=False,
                               points=self.plan_point_counts(assignments), rounding=self.rounding,
-                              rounding_options=self.rounding_options, rounding_checkpoint=checkpoints)
+                              rounding_checkpoint=checkpoints)
             result = to_eval_result(evaluate(quantized))
             del quantized
         seconds = time.perf_counter() - start
