@@ -26,12 +26,15 @@ from .errors import SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
+from .divergence import OutputDivergence
 from .plan_evaluation import PlanEvaluator
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
+from .solvers.guard import MIXED, guard
 from .solvers.pareto import pareto_front
+from .solvers.problem import within
 from .specs import is_builtin, load_eval, prepare
 
 DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
@@ -147,39 +150,71 @@ class Analysis:
             plan.metadata["points"] = counts
         return plan
 
+    def uniform_rivals(self, problem: AllocationProblem, budgets: dict[str, float]) -> dict[str, np.ndarray]:
+        """Every uniform plan within ``budgets`` (pins kept), and its variant with the first and last
+        groups at 8-bit weights (the same activation format), label -> choice."""
+        rivals = {}
+        edges = [i for i in dict.fromkeys([0, len(problem.groups) - 1]) if problem.groups[i] not in problem.pins]
+        fits = lambda choice: all(within(problem.cost(k, choice), b) for k, b in budgets.items())  # noqa: E731
+        for cand in problem.uniform_candidates():
+            choice = problem.uniform_choice(cand)
+            if fits(choice):
+                rivals[f"uniform {cand}"] = choice
+            parsed = parse_candidate(cand)
+            if parsed.weight is None or parsed.weight_bits >= 8:
+                continue
+            for i in edges:
+                siblings = [j for j, c in enumerate(problem.candidates) if problem.allowed[i, j]
+                            and parse_candidate(c).weight_bits == 8 and parse_candidate(c).activation == parsed.activation
+                            and not parse_candidate(c).multipoint]
+                if not siblings:
+                    break
+                choice = choice.copy()
+                choice[i] = min(siblings, key=lambda j: (problem.costs["bytes"][i, j], j))
+            else:
+                if edges and fits(choice):
+                    rivals[f"uniform {cand}, first/last {problem.candidates[choice[edges[0]]]}"] = choice
+        return rivals
+
     # ---- measuring plans -------------------------------------------------------------------------------
     def evaluator(self, evaluate: Callable | str | None = None, device: str | None = None,
-                  rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None) -> PlanEvaluator:
+                  rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None, *,
+                  divergence: str | None = None) -> PlanEvaluator:
         """Measures plans with ``evaluate`` (a function model -> float or dict, or a spec such as
-        file.py:function): on the analysed model when this process made the analysis, else on the
-        model and data the run's arguments name (the built-in model's own evaluation by default)."""
+        file.py:function), or, with ``divergence`` ("auto", "kl", "sqnr"), by the label-free output
+        divergence from the float model on the calibration data (mixprec.divergence): on the analysed
+        model when this process made the analysis, else on the model and data the run's arguments
+        name (the built-in model's own evaluation by default)."""
         if self.model is not None and not isinstance(evaluate, str):
             fn = evaluate or self.evaluate
-            if fn is None:
+            if fn is None and divergence is None:
                 raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
             from .sensitivity.store import data_hash, model_hash
             settings = {"model": model_hash(self.model), "data": data_hash(self.data or []),
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
-                        "eval": getattr(fn, "__qualname__", repr(fn))}
+                        "eval": f"divergence:{divergence}" if divergence else getattr(fn, "__qualname__", repr(fn))}
             model, data = self.model, self.data
-            return PlanEvaluator(lambda: (model, data, fn), self.groups, self.excluded, settings, self.run,
+            score = OutputDivergence(model, data or [], divergence) if divergence else fn
+            return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
                                  device or _device_of(model), rounding, rounding_options)
-        return self._evaluator_from_run(evaluate, device, rounding, rounding_options)
+        return self._evaluator_from_run(evaluate, device, rounding, rounding_options, divergence)
 
     def _evaluator_from_run(self, eval_spec: str | None, device: str | None, rounding: str,
-                            rounding_options: dict | None) -> PlanEvaluator:
-        if self.run is None:
-            raise SpecError("this analysis has neither a model in memory nor a run directory to load one from")
+                            rounding_options: dict | None, divergence: str | None = None) -> PlanEvaluator:
+        if self.run is None or not self.run.exists or not self.run.arguments().get("model"):
+            raise SpecError("measuring plans needs the model: this analysis has none in memory and its run "
+                            "directory names no --model to load")
         arguments = self.run.arguments()
         model_spec = arguments.get("model")
-        eval_spec = eval_spec or arguments.get("eval") or (model_spec if model_spec and is_builtin(model_spec) else None)
-        if not eval_spec:
-            raise SpecError("measuring plans needs an evaluation: give --eval file.py:function (the model is not "
-                            "built-in and the analysis had no --eval)")
+        if divergence is None:
+            eval_spec = eval_spec or arguments.get("eval") or (model_spec if is_builtin(model_spec) else None)
+            if not eval_spec:
+                raise SpecError("measuring plans needs an evaluation: give --eval file.py:function (the model is "
+                                "not built-in and the analysis had no --eval)")
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
-        settings["eval"] = eval_spec
+        settings["eval"] = f"divergence:{divergence}" if divergence else eval_spec
         run_groups = list(self.groups)
 
         def load():
@@ -189,7 +224,7 @@ class Analysis:
             if list(groups.names) != run_groups:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
                                 "--tie/--exclude options change?); analyze it again")
-            return model, data, load_eval(eval_spec)
+            return model, data, OutputDivergence(model, data or [], divergence) if divergence else load_eval(eval_spec)
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
                              arguments.get("weight_range") or "mse", arguments.get("activation_range") or "mse",
                              device or arguments.get("device") or "cpu", rounding, rounding_options)
@@ -200,11 +235,17 @@ class Analysis:
               kind: str | None = None, max_drop: str | float | None = None,
               evaluate: Callable | str | None = None, device: str | None = None,
               rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
-              evaluator: PlanEvaluator | None = None, verbose: bool = False, **options: Any) -> Plan:
+              evaluator: PlanEvaluator | None = None, guard: bool = True, guard_divergence: str = "auto",
+              verbose: bool = False, **options: Any) -> Plan:
         """One candidate per group: the least total sensitivity within every budget (``search="exact"``),
         or one of the seed papers' searches (``mixprec.solvers.SOLVERS``; their own options as keywords,
         e.g. ``qem=1.5`` for mixquant, ``rounds=2`` for refine). Searches that measure plans use
-        ``evaluate`` (or the analysis's) with ``max_drop`` ("1%" or an amount in the metric's units)."""
+        ``evaluate`` (or the analysis's) with ``max_drop`` ("1%" or an amount in the metric's units).
+
+        guard (default on): the plan is measured against every uniform plan within the same budgets
+        (and each one's variant with the first and last groups at 8 bits) by a label-free output
+        divergence on the calibration data (``guard_divergence``: auto, kl or sqnr); the better plan
+        is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
         rounding = rounding_config(rounding, **(rounding_options or {}))
@@ -233,8 +274,18 @@ class Analysis:
         else:
             evaluator = None
         solution = SOLVERS[search](problem, goal, **options)
-        measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         notes = [step["note"] for step in solution.trace if step.get("note")]
+        guarded = None
+        if guard:
+            kind_of_plan = goal.kind or problem.default_kind
+            guard_budgets = budgets or {kind_of_plan: solution.costs[kind_of_plan]}
+            guarded, guard_kind, note = self._guard(problem, solution.choice, guard_budgets, guard_divergence, device,
+                                                    say)
+            if note:
+                notes.append(note)
+            if guarded is not None and guarded.chosen != MIXED:
+                solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
+        measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
         if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(solution.choice, least):
             notes.insert(0, "the budget does not bind: this is the least-sensitive plan overall")
@@ -243,9 +294,36 @@ class Analysis:
                     "predicted_costs": solution.costs, "evaluations": solution.evaluations,
                     "measured": measured.to_dict() if measured else None, "trace": solution.trace,
                     "run": str(self.run.path) if self.run else None}
+        if guarded is not None:
+            metadata["guard"] = guarded.to_dict(guard_kind, "calibration data")
         if problem.notes or notes:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)
+
+    def _guard(self, problem: AllocationProblem, choice: np.ndarray, budgets: dict[str, float], divergence: str,
+               device: str | None, say: Callable[[str], None]):
+        """(GuardResult or None, the divergence measured with, a note for the user or None)."""
+        rivals = self.uniform_rivals(problem, budgets)
+        if not rivals:
+            return None, divergence, None
+        kind = [divergence]
+        if not any(np.array_equal(r, choice) for r in rivals.values()):
+            try:
+                checker = self.evaluator(device=device, divergence=divergence)
+            except SpecError as exc:
+                return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
+            say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
+                "data")
+
+            def measure(c: np.ndarray) -> float:
+                result = checker.measure(problem.assignments(c))
+                kind[0] = result.name  # what "auto" resolved to
+                return result.value
+            result = guard(choice, rivals, measure)
+        else:
+            result = guard(choice, rivals, lambda c: float("nan"))
+        note = f"guard: returned {result.chosen}: {result.reason}" if result.chosen != MIXED else None
+        return result, kind[0], note
 
     # ---- the Pareto front ---------------------------------------------------------------------------
     def pareto(self, kind: str = "bops", n_plans: int = 30, method: str = "exact", *,

@@ -247,7 +247,8 @@ def cmd_solve(args) -> int:
     analysis = Analysis.load(args.run)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
-                          verbose=True, **_search_options(args))
+                          guard=not args.no_guard, guard_divergence=args.guard_divergence, verbose=True,
+                          **_search_options(args))
     meta = plan.metadata
     total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
@@ -260,6 +261,8 @@ def cmd_solve(args) -> int:
     print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
         f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {costs[k]:.6g}" for k in costs))
     _print_notes(meta.get("notes", []))
+    if meta.get("guard") and meta["guard"]["chosen"] == "mixed":
+        print(f"guard ({meta['guard']['divergence']} on the calibration data): {meta['guard']['reason']}")
     if meta["measured"]:
         print(f"search {args.search}: {meta['evaluations']} plans measured; this plan: {meta['measured']['name']} "
               f"{meta['measured']['value']:.4g}")
@@ -407,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "analysis's --eval)")
     p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")
     _add_measure_rounding(p)
+    p.add_argument("--no-guard", action="store_true", help="return the search's plan without comparing it with "
+                   "the uniform plans within the budget (the guard is on by default: the plan and every uniform "
+                   "plan within the budget, also with the first and last groups at 8 bits, are measured on the "
+                   "calibration data, and the better one is returned)")
+    p.add_argument("--guard-divergence", choices=("auto", "kl", "sqnr"), default="auto",
+                   help="what the guard measures: output KL (classifiers, language models) or 1/SQNR; auto picks "
+                   "KL for logits (default auto)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
 

@@ -1,0 +1,78 @@
+"""How far a quantized model's output is from the float model's, on calibration data, without labels.
+
+    kl:   mean over predicted rows (classifier samples, LM tokens) of KL(softmax(y) || softmax(y_q))
+    sqnr: sum ||y_q - y||^2 / sum ||y||^2   (1 / SQNR; for outputs that are not logits)
+
+The same formulas as the kl and sqnr sensitivity metrics, applied to a whole quantized model: the
+guard and the measured searches decide with it, on the calibration data, never on the data the
+user evaluates on. ``kind="auto"`` takes kl for outputs that look like logits (a classifier whose
+calibration items carry integer labels, or a (batch, tokens, vocabulary) output with a vocabulary
+of 100 or more), sqnr otherwise (embeddings, regression, detection heads).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .batches import output_tensor, run_model, split_item, to_device
+from .errors import SpecError
+from .evaluation import EvalResult
+from .sensitivity import kl, sqnr
+
+DIVERGENCES = {"kl": kl.divergence, "sqnr": sqnr.divergence}
+
+
+def auto_kind(output: torch.Tensor, labels: Any) -> str:
+    """kl for logits (integer class labels beside them, or an LM's (batch, tokens, vocab) output), else sqnr."""
+    if output.ndim >= 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
+            and not labels.is_floating_point() and labels.ndim == 1:
+        return "kl"
+    if output.ndim == 3 and output.shape[-1] >= 100:
+        return "kl"
+    return "sqnr"
+
+
+class OutputDivergence:
+    """``measure(model)``: the divergence of ``model``'s output from the float model's on ``data``
+    (the float outputs are computed once). Called as an evaluation, it returns an EvalResult
+    (lower is better), so plan evaluators can cache it like any metric."""
+
+    def __init__(self, float_model: nn.Module, data: Iterable, kind: str = "auto", max_batches: int | None = None):
+        if kind != "auto" and kind not in DIVERGENCES:
+            raise SpecError(f"unknown divergence {kind!r}; choose one of: auto, {', '.join(DIVERGENCES)}")
+        batches = [split_item(item) for item in data]
+        if max_batches is not None:
+            batches = batches[:max_batches]
+        if not batches:
+            raise SpecError("measuring a divergence needs calibration data; give at least one batch")
+        self.float_model, self.kind = float_model, kind
+        self.inputs = [inputs for inputs, _ in batches]
+        self._labels = batches[0][1]
+        self.reference: list[torch.Tensor] | None = None  # made on first use, where the model is by then
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.float_model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def _references(self) -> list[torch.Tensor]:
+        if self.reference is None:
+            with torch.no_grad():
+                self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).float()
+                                  for x in self.inputs]
+            if self.kind == "auto":
+                self.kind = auto_kind(self.reference[0], self._labels)
+        return self.reference
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module) -> float:
+        num = den = 0.0
+        for x, ref in zip(self.inputs, self._references()):
+            n, d = DIVERGENCES[self.kind](ref, output_tensor(run_model(model, to_device(x, self.device))).float())
+            num, den = num + n, den + d
+        return num / den if den > 0 else float("inf")
+
+    def __call__(self, model: nn.Module) -> EvalResult:
+        return EvalResult(self.kind, self.measure(model), higher_is_better=False)

@@ -1,0 +1,67 @@
+"""The guard returns the mixed plan only when it measures strictly better than every uniform rival."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import mixprec
+from mixprec.builtin import get_builtin
+from mixprec.solvers.guard import MIXED, guard
+
+
+@given(st.lists(st.floats(0, 10, allow_nan=False), min_size=2, max_size=6))
+def test_guard_returns_the_least_divergent_and_ties_go_to_uniform(values):
+    mixed, rivals = values[0], values[1:]
+    choices = {f"uniform {i}": np.array([i + 1]) for i in range(len(rivals))}
+    measured = {0: mixed, **{i + 1: v for i, v in enumerate(rivals)}}
+    result = guard(np.array([0]), choices, lambda c: measured[int(c[0])])
+    best = min(rivals)
+    if mixed < best:
+        assert result.chosen == MIXED and result.choice.tolist() == [0]
+    else:
+        assert result.chosen != MIXED and measured[int(result.choice[0])] == best
+    assert result.divergence[result.chosen] == min(result.divergence.values())
+
+
+def test_guard_without_rivals_or_with_an_identical_rival_measures_nothing():
+    def boom(choice):
+        raise AssertionError("nothing to measure")
+    assert guard(np.array([1, 2]), {}, boom).chosen == MIXED
+    same = guard(np.array([1, 1]), {"uniform a": np.array([1, 1])}, boom)
+    assert same.chosen == "uniform a" and same.divergence == {}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(128)
+    return b, model, data, mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", progress=False)
+
+
+def test_rivals_meet_the_budget_and_include_the_first_last_8_bit_variant(demo):
+    _, _, _, analysis = demo
+    problem = analysis.problem()
+    budget = problem.uniform_cost("bops", "w4a8") * 1.3
+    rivals = analysis.uniform_rivals(problem, {"bops": budget})
+    assert "uniform w4a8" in rivals and "uniform w8a8" not in rivals
+    assert all(problem.cost("bops", c) <= budget for c in rivals.values())
+    variant = rivals["uniform w4a8, first/last w8a8"]
+    names = [problem.candidates[j] for j in variant]
+    assert names[0] == names[-1] == "w8a8" and set(names[1:-1]) == {"w4a8"}
+
+
+def test_solve_returns_the_better_of_mixed_and_uniform_on_the_calibration_divergence(demo):
+    _, _, _, analysis = demo
+    for budget in ("bops=w4a8", "bytes=w4a8", "bops=0.6x"):
+        plan = analysis.solve(budget)
+        guard_info = plan.metadata["guard"]
+        measured = {k: v for k, v in guard_info["measured"].items() if v is not None}
+        if measured:  # the plan was measured against its rivals: the returned one measures least
+            assert measured[guard_info["chosen"]] == min(measured.values())
+            if guard_info["chosen"] != MIXED:
+                assert measured[MIXED] >= measured[guard_info["chosen"]]
+        for kind, value in plan.metadata["budgets"].items():
+            assert plan.metadata["predicted_costs"][kind] <= value * (1 + 1e-12)
+        unguarded = analysis.solve(budget, guard=False)
+        assert "guard" not in unguarded.metadata
+        if guard_info["chosen"] == MIXED:
+            assert unguarded.assignments == plan.assignments
