@@ -26,10 +26,10 @@ from .errors import SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
-from .divergence import OutputDivergence
 from .plan_evaluation import PlanEvaluator
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
+from .sensitivity.divergence import OutputDivergence
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
 from .solvers.guard import MIXED, guard

@@ -6,7 +6,7 @@ import pytest
 
 import mixprec
 from mixprec.errors import MixprecError
-from mixprec.sensitivity import (DEFAULT_METRIC, KL, METRICS, SQNR, Fisher, Hessian, Local, Metric, Roundoff, Task,
+from mixprec.sensitivity import (DEFAULT_METRIC, Around, KL, METRICS, SQNR, Fisher, Hessian, Local, Metric, Roundoff, Task,
                                  metric_config)
 from mixprec.sensitivity.analyze import analyze
 
@@ -14,10 +14,10 @@ from test_analyze import data, setup  # tests/sensitivity is on sys.path (rootdi
 
 
 def test_registry_names_order_and_flags():
-    assert list(METRICS) == ["roundoff", "sqnr", "kl", "task", "local", "hessian", "fisher"]
+    assert list(METRICS) == ["roundoff", "sqnr", "kl", "task", "local", "hessian", "fisher", "around"]
     assert DEFAULT_METRIC == "sqnr" and metric_config() == SQNR()
     assert METRICS == {"roundoff": Roundoff, "sqnr": SQNR, "kl": KL, "task": Task, "local": Local,
-                       "hessian": Hessian, "fisher": Fisher}
+                       "hessian": Hessian, "fisher": Fisher, "around": Around}
     for name, cls in METRICS.items():
         config = metric_config(name)
         assert isinstance(config, Metric) and type(config) is cls and config.name == name

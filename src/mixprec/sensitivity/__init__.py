@@ -52,7 +52,8 @@ class Metric:
                                f"e.g. {type(self).__name__}({option}={default!r}), the default")
 
 
-from .fisher import Fisher  # noqa: E402  (the metric files import Metric from here)
+from .around import Around  # noqa: E402  (the metric files import Metric from here)
+from .fisher import Fisher  # noqa: E402
 from .hessian import Hessian  # noqa: E402
 from .kl import KL  # noqa: E402
 from .local import Local  # noqa: E402
@@ -60,7 +61,8 @@ from .roundoff import Roundoff  # noqa: E402
 from .sqnr import SQNR  # noqa: E402
 from .task import Task  # noqa: E402
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (Roundoff, SQNR, KL, Task, Local, Hessian, Fisher)}
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (Roundoff, SQNR, KL, Task, Local, Hessian, Fisher,
+                                                                      Around)}
 DEFAULT_METRIC = "sqnr"
 
 
@@ -87,4 +89,4 @@ def metric_config(metric: str | Metric = DEFAULT_METRIC, **options) -> Metric:
 
 
 __all__ = ["Metric", "METRICS", "DEFAULT_METRIC", "metric_config", "Roundoff", "SQNR", "KL", "Task", "Local",
-           "Hessian", "Fisher"]
+           "Hessian", "Fisher", "Around"]

@@ -86,10 +86,12 @@ class MeasureContext:
             self.points = {c: {**measured.get(c, {}), **have.get(c, {})} for c in {*measured, *have}}
         return self.points or {}
 
-    def input_quantizer(self, layer: str, fmt: Format | None) -> ActivationQuantizer:
+    def input_quantizer(self, layer: str, fmt: Format | None,
+                        observers: dict[str, ActivationQuantizer] | None = None) -> ActivationQuantizer:
+        """A quantizer for the layer's input, calibrated on what ``observers`` saw (default: the float inputs)."""
         quantizer = ActivationQuantizer(fmt, self.activation_method)
         if quantizer.needs_calibration:
-            seen = self.observers()[layer]
+            seen = (observers or self.observers())[layer]
             quantizer._seen_lo, quantizer._seen_hi = seen._seen_lo, seen._seen_hi
             quantizer._samples = list(seen._samples)
             quantizer.finish_calibration()
@@ -97,15 +99,17 @@ class MeasureContext:
             quantizer.observing = False
         return quantizer.to(self.device)
 
-    def quantized_modules(self, group: QuantizerGroup, candidate: Candidate) -> dict[str, nn.Module]:
-        """Replacement modules for the group's layers: fake-quantized weight, calibrated input."""
+    def quantized_modules(self, group: QuantizerGroup, candidate: Candidate,
+                          observers: dict[str, ActivationQuantizer] | None = None) -> dict[str, nn.Module]:
+        """Replacement modules for the group's layers: fake-quantized weight, input quantizer calibrated
+        on what ``observers`` saw (default: the float model's inputs)."""
         out = {}
         for layer in group.layer_names:
             float_layer = self.model.get_submodule(layer)
             clone = copy.copy(float_layer)  # shallow: the float layer keeps its own weight
             clone._parameters = dict(float_layer._parameters)
             out[layer] = QuantizedLayer(clone, candidate, weight=self.quantized_weight(layer, candidate),
-                                        input_quantizer=self.input_quantizer(layer, candidate.activation))
+                                        input_quantizer=self.input_quantizer(layer, candidate.activation, observers))
         return out
 
 

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from . import Metric
 from .context import MeasureContext
+from .divergence import kl_divergence
 from .outputs import OutputRunner
 
 
-def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    log_p = torch.log_softmax(ref.reshape(-1, ref.shape[-1]), dim=-1)
-    log_q = torch.log_softmax(out.reshape(-1, out.shape[-1]), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)  # >= 0 up to rounding
-    return float(kl.sum()), float(kl.numel())
+divergence = kl_divergence
 
 
 @dataclass(frozen=True)

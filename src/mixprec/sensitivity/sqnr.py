@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from . import Metric
 from .context import MeasureContext
+from .divergence import sqnr_divergence
 from .outputs import OutputRunner
 
 
-def divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
+divergence = sqnr_divergence
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""around: sensitivity at an operating point (the in-context measurement of ExLlamaV3). The model
+is quantized by a base plan (every group on ``base``, pinned groups on their pin); each group is
+moved alone to each candidate, the rest staying at the base, and the change of a label-free output
+divergence from the float model is recorded:
+
+    S[g, c] = D(base with group g on c) - D(base)        (D: kl or sqnr, mixprec.sensitivity.divergence)
+
+S[g, base] = 0; moving a group up gives a negative entry, down a positive one. Measured around the
+plan the solver will land near, the entries add up far better than single-group damage measured
+around the float model, which misleads the solver most where plans mix 2/3-bit and 8-bit groups.
+The moved group's activation quantizer is calibrated on its inputs in the base model (what it
+sees in context). Cost: one forward over the calibration data per (group, candidate), plus the
+base model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..batches import run_model
+from ..candidates import parse_candidate
+from ..capture import layer_input, on_inputs
+from ..errors import MixprecError
+from ..formats import IntFormat
+from ..plan import Plan
+from ..quantizers import ActivationQuantizer
+from ..swap import planned_model, quantized_layers
+from . import Metric
+from .context import MeasureContext, quantized_group
+from .divergence import DIVERGENCES, OutputDivergence
+
+_PROBE = IntFormat(8, symmetric=False)  # observing keeps raw min/max and samples, whatever the format
+
+
+@dataclass
+class _State:
+    quantized: torch.nn.Module  # the model at the base plan
+    observers: dict[str, ActivationQuantizer]  # each layer's input in the base model
+    divergence: OutputDivergence
+    base_value: float
+    base_of: dict[str, str]  # group -> its base candidate (pins keep theirs)
+
+
+@dataclass(frozen=True)
+class Around(Metric):
+    name = "around"
+    base: str = "w4a8"
+    divergence: str = "auto"
+
+    def __post_init__(self):
+        try:
+            parse_candidate(self.base)
+        except MixprecError as exc:
+            raise MixprecError(f"the around metric's base {self.base!r} is not a candidate ({exc}); e.g. "
+                               "Around(base='w4a8')") from None
+        if self.divergence not in ("auto", *DIVERGENCES):
+            raise MixprecError(f"the around metric's divergence must be auto, kl or sqnr; got {self.divergence!r}")
+
+    def prepare(self, ctx: MeasureContext) -> _State:
+        base = parse_candidate(self.base).name
+        plan = Plan.uniform(ctx.groups, base)
+        quantized = planned_model(ctx.model, plan, ctx.data, ctx.weight_method, ctx.activation_method)
+        layers = quantized_layers(quantized)
+        observers = {name: ActivationQuantizer(_PROBE, ctx.activation_method, max_samples=1 << 18) for name in layers}
+        with on_inputs(layers, lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
+            with torch.no_grad():
+                for i in range(len(ctx.data)):
+                    run_model(quantized, ctx.inputs(i))
+        divergence = OutputDivergence(ctx.model, ctx.data, self.divergence)
+        return _State(quantized, observers, divergence, divergence.measure(quantized), dict(plan.assignments))
+
+    def measure(self, ctx: MeasureContext, group_indices: list[int], runner=None,
+                state: _State | None = None) -> dict[tuple[int, int], float]:
+        values = {}
+        todo = [(g, c) for g in group_indices for c in range(len(ctx.candidates))]
+        for g, c in tqdm(todo, desc="moving groups", leave=False, disable=not ctx.progress or len(todo) < 8):
+            group, cand = ctx.groups.groups[g], ctx.candidates[c]
+            if cand.name == state.base_of[group.name]:
+                values[(g, c)] = 0.0
+                continue
+            with quantized_group(state.quantized, ctx.quantized_modules(group, cand, state.observers)):
+                values[(g, c)] = state.divergence.measure(state.quantized) - state.base_value
+        return values
+
+    def metadata(self, state: _State | None) -> dict[str, Any]:
+        if state is None:
+            return {}
+        return {"around": parse_candidate(self.base).name, "divergence": state.divergence.kind,
+                "base_divergence": state.base_value}
