@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mixprec import __version__
+from mixprec import Analysis, __version__
 from mixprec.builtin import get_builtin
-from mixprec.cli import main as mixprec
 from mixprec.plan import write_json_atomic
-from run import CONFIGS
+from run import CONFIGS, analysis_arguments, analyze_run
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,13 +37,14 @@ def main() -> int:
     work = RESULTS / "tmp" / f"front_speed_{args.model}"
     shutil.rmtree(work, ignore_errors=True)
     start = time.perf_counter()
-    if mixprec(["analyze", "--model", args.model, "--candidates", config.candidates, "--metric",
-                config.metrics[0], "--calibration-samples", str(samples), "--out", str(work / "run")]) != 0:
-        return 1
+    run = work / "run"
+    analyze_run(run, analysis_arguments(args.model, config.candidates, config.metrics[0], "cpu", run, samples))
     analyzed = time.perf_counter()
-    if mixprec(["pareto", str(work / "run"), "--budget-kind", config.kinds[0], "--points", str(args.points),
-                "--out", str(work / "front")]) != 0:
-        return 1
+    # as `mixprec pareto RUN --out FRONT` does: reopen the run, solve the front, write pareto.json and the report
+    analysis = Analysis.load(run)
+    front = analysis.pareto(config.kinds[0], args.points)
+    front.save(work / "front")
+    analysis.report(front, work / "front")
     done = time.perf_counter()
     report = {"model": args.model, "metric": config.metrics[0], "candidates": config.candidates,
               "calibration_samples": samples, "points": args.points, "kind": config.kinds[0],

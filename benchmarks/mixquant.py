@@ -20,18 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from mixprec import __version__
-from mixprec.builtin import get_builtin
-from mixprec.cli import main as mixprec
+from mixprec import Analysis, __version__
 from mixprec.errors import MissingDataError
 from mixprec.plan import write_json_atomic
-from mixprec.plan_evaluation import PlanEvaluator
-from mixprec.runs import open_run
-from mixprec.solvers.exact import solve_exact
-from mixprec.solvers.mixquant import mixquant
+from mixprec.solvers import SOLVERS, Goal
+from run import analysis_arguments, analyze_run
 
 RESULTS = Path(__file__).parent / "results"
 CANDIDATES = "w2-asym,w3-asym,w4-asym,w5-asym,w6-asym,w8-asym"
@@ -44,29 +39,28 @@ def benchmark(model: str, bits: list[int], device: str, roundings: list[str] = (
     start = time.perf_counter()
     run_dir = RESULTS / "tmp" / (f"mixquant_{model}" + (f"_n{samples}" if samples else ""))
     if not (run_dir / "sensitivity.json").is_file():
-        pins = [f"--pin={layer}=w8-asym" for layer in FIRST_LAST.get(model, ())]
-        if mixprec(["analyze", "--model", model, "--candidates", CANDIDATES, "--metric", "roundoff",
-                    "--weight-range", "minmax", *pins, "--device", device, "--out", str(run_dir)]
-                   + (["--calibration-samples", str(samples)] if samples else [])) != 0:
-            raise SystemExit("analysis failed")
-    run = open_run(run_dir)
-    evaluators = {r: PlanEvaluator(run, device=device, rounding=r) for r in roundings}
+        pins = [f"{layer}=w8-asym" for layer in FIRST_LAST.get(model, ())]
+        analyze_run(run_dir, analysis_arguments(model, CANDIDATES, "roundoff", device, run_dir, samples, pins,
+                                                weight_range="minmax"))
+    analysis = Analysis.load(run_dir)
+    problem = analysis.problem()
+    evaluators = {r: analysis.evaluator(device=device, rounding=r) for r in roundings}
     reference = next(iter(evaluators.values())).reference()
     rows = []
     for b in bits:
         cand = f"w{b}-asym"
-        uniform = run.uniform_choice(cand)
-        budget = run.cost("bytes", uniform)
-        plans = {"uniform": uniform,
-                 "mixquant": mixquant(run.table.values, run.tables, "bytes", run.fixed, run.allowed, budget=budget).choice,
-                 "exact (roundoff)": solve_exact(run.table.values, run.tables, {"bytes": budget}, run.fixed,
-                                                 run.allowed).choice}
+        uniform = problem.uniform_choice(cand)
+        budget = problem.cost("bytes", uniform)
+        same_bytes = Goal({"bytes": budget})
+        plans = {"uniform": uniform, "mixquant": SOLVERS["mixquant"](problem, same_bytes).choice,
+                 "exact (roundoff)": SOLVERS["exact"](problem, same_bytes).choice}
         row = {"bits": b, "budget_bytes": budget}
         for name, choice in plans.items():
-            row[name] = {"bytes": run.cost("bytes", choice), "candidates": sorted(set(run.assignments(choice).values()))}
+            assignments = problem.assignments(choice)
+            row[name] = {"bytes": problem.cost("bytes", choice), "candidates": sorted(set(assignments.values()))}
             for rounding, evaluator in evaluators.items():
-                result = evaluator.measure(run.assignments(choice))
-                key = evaluator._key(run.assignments(choice))
+                result = evaluator.measure(assignments)
+                key = evaluator._key(assignments)
                 row[name]["metric" if rounding == "nearest" else rounding] = result.value
                 row[name][f"{rounding}_seconds"] = round(evaluator.seconds_of.get(key, float("nan")), 1)
                 print(f"{cand:<8} {name:<17} {rounding:<8} {result.name} {result.value:.3f}  "

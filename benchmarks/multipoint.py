@@ -26,14 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixprec import __version__
-from mixprec.cli import main as mixprec
+from mixprec import Analysis, __version__
 from mixprec.errors import MissingDataError
 from mixprec.plan import write_json_atomic
-from mixprec.plan_evaluation import PlanEvaluator
-from mixprec.runs import open_run
-from mixprec.solvers.exact import plan_costs, solve_exact
-from run import CONFIGS, first_last_choice
+from mixprec.solvers import SOLVERS, Goal
+from run import CONFIGS, analysis_arguments, analyze_run, first_last_choice
 
 RESULTS = Path(__file__).parent / "results"
 CNN = ("w4a8", "w4x2a8", "w8a8")  # low, multipoint, high
@@ -41,9 +38,9 @@ LLM = ("w4g128", "w4g128x2", "w8")
 MODELS = {"resnet20": CNN, "resnet56": CNN, "efficientnet-lite0": CNN, "minilm": LLM, "demo-cnn": CNN}
 
 
-def _exact(run, budget: float, names: tuple[str, ...]) -> np.ndarray:
-    allowed = run.allowed & np.array([c in names for c in run.candidates])[None, :]
-    return solve_exact(run.table.values, run.tables, {"bytes": budget}, run.fixed, allowed).choice
+def _exact(analysis: Analysis, budget: float, names: tuple[str, ...]) -> np.ndarray:
+    """The exact plan within ``budget`` bytes, every group on one of ``names``."""
+    return SOLVERS["exact"](analysis.problem(candidates=names), Goal({"bytes": budget})).choice
 
 
 def benchmark(model: str, device: str, samples: int | None) -> dict:
@@ -51,37 +48,33 @@ def benchmark(model: str, device: str, samples: int | None) -> dict:
     low, multi, high = MODELS[model]
     run_dir = RESULTS / "tmp" / (f"multipoint_{model}" + (f"_n{samples}" if samples else ""))
     if not (run_dir / "sensitivity.json").is_file():
-        argv = (["analyze", "--resume", str(run_dir)] if (run_dir / "run.json").is_file() else
-                ["analyze", "--model", model, "--candidates", ",".join(MODELS[model]), "--metric", "sqnr",
-                 "--device", device, "--out", str(run_dir)]
-                + (["--calibration-samples", str(samples)] if samples else []))
-        if mixprec(argv) != 0:
-            raise SystemExit("analysis failed")
+        analyze_run(run_dir, analysis_arguments(model, ",".join(MODELS[model]), "sqnr", device, run_dir, samples))
     analysis_s = time.perf_counter() - start
-    run = open_run(run_dir)
-    evaluator = PlanEvaluator(run, device=device)
+    analysis = Analysis.load(run_dir)
+    problem = analysis.problem()
+    evaluator = analysis.evaluator(device=device)
     reference = evaluator.reference()
     pin = CONFIGS[model].pin_first_last if model in CONFIGS else False
 
     def uniform(cand: str) -> np.ndarray:
-        return first_last_choice(run, cand) if pin else run.uniform_choice(cand)
+        return first_last_choice(problem, cand) if pin else problem.uniform_choice(cand)
 
-    b4 = run.cost("bytes", uniform(low))
-    b_mp = run.cost("bytes", uniform(multi))
+    b4 = problem.cost("bytes", uniform(low))
+    b_mp = problem.cost("bytes", uniform(multi))
     plans = [("uniform 4-bit", b4, uniform(low)), ("uniform multipoint", b_mp, uniform(multi))]
     for label, budget in (("midpoint", (b4 + b_mp) / 2), ("multipoint bytes", b_mp)):
-        plans.append((f"mixed 4/8 @ {label}", budget, _exact(run, budget, (low, high))))
-        plans.append((f"mixed 4/multipoint/8 @ {label}", budget, _exact(run, budget, (low, multi, high))))
+        plans.append((f"mixed 4/8 @ {label}", budget, _exact(analysis, budget, (low, high))))
+        plans.append((f"mixed 4/multipoint/8 @ {label}", budget, _exact(analysis, budget, (low, multi, high))))
     rows = []
     for name, budget, choice in plans:
-        result = evaluator.measure(run.assignments(choice))
-        objective, costs = plan_costs(choice, run.table.values, run.tables, run.fixed)
-        used = run.assignments(choice).values()
+        result = evaluator.measure(problem.assignments(choice))
+        objective, costs = problem.totals(choice)
+        used = problem.assignments(choice).values()
         rows.append({"plan": name, "budget_bytes": budget, "bytes": costs["bytes"], "bops": costs["bops"],
                      "bits_per_weight": costs["bits_per_weight"], "predicted_sqnr": objective,
                      "metric": result.value, "groups_per_candidate": {c: list(used).count(c) for c in sorted(set(used))}})
         print(f"{name:<36} bytes {costs['bytes']:>10.0f}  {result.name} {result.value:.4g}", flush=True)
-    counts = {cand: "".join(layers.values()) for cand, layers in run.points.items()}
+    counts = {cand: "".join(layers.values()) for cand, layers in analysis.point_counts.items()}
     return {"model": model, "candidates": list(MODELS[model]), "reference": reference.to_dict(), "rows": rows,
             "multipoint_channels": {c: {str(k): s.count(str(k)) for k in sorted(set(s))} for c, s in counts.items()},
             "first_last_w8": pin, "calibration_samples": samples or "the model's default",

@@ -21,17 +21,17 @@ import platform
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from mixprec import __version__
+from mixprec import Analysis, __version__
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.plan import write_json_atomic
-from mixprec.plan_evaluation import PlanEvaluator
-from mixprec.runs import open_run
-from mixprec.solvers.exact import InfeasibleBudget, solve_exact
+from mixprec.solvers import SOLVERS, AllocationProblem, Goal
+from mixprec.solvers.exact import InfeasibleBudget
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,23 +61,25 @@ def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[st
     return bits, kinds
 
 
-def pin_groups(run, pins: list[str]) -> dict[str, str]:
-    """``PATTERN=CAND`` items: matching groups may take only CAND (e.g. lm_head=w8, as NNCF keeps it)."""
+def pin_groups(problem: AllocationProblem, pins: list[str]) -> tuple[AllocationProblem, dict[str, str]]:
+    """``PATTERN=CAND`` items: matching groups may take only CAND (e.g. lm_head=w8, as NNCF keeps it).
+    Returns the problem so restricted and the pinned groups."""
     import fnmatch
     from mixprec.candidates import parse_candidate
+    allowed = problem.allowed.copy()
     pinned = {}
     for item in pins:
         pattern, _, cand = item.partition("=")
         cand = parse_candidate(cand).name
-        if cand not in run.candidates:
-            raise SystemExit(f"--pin {item}: {cand} is not one of the run's candidates {run.candidates}")
-        for i, group in enumerate(run.groups):
+        if cand not in problem.candidates:
+            raise SystemExit(f"--pin {item}: {cand} is not one of the run's candidates {list(problem.candidates)}")
+        for i, group in enumerate(problem.groups):
             if fnmatch.fnmatch(group, pattern) or fnmatch.fnmatch(group, f"*{pattern}"):
-                run.allowed[i] = [c == cand for c in run.candidates]
+                allowed[i] = [c == cand for c in problem.candidates]
                 pinned[group] = cand
         if not any(v == cand for v in pinned.values()):
             raise SystemExit(f"--pin {item}: no group matches {pattern!r}")
-    return pinned
+    return replace(problem, allowed=allowed, pins={**problem.pins, **pinned}), pinned
 
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = ()) -> dict:
@@ -85,12 +87,12 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     from run import CONFIGS
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
-    run = open_run(RESULTS / "tmp" / f"run_{model_name}" / CONFIGS[model_name].metrics[0])
-    evaluator = PlanEvaluator(run, device=device)
-    pinned = pin_groups(run, list(pins))
-    layers = [layer for group in run.saved["groups"].values() for layer in group]
+    analysis = Analysis.load(RESULTS / "tmp" / f"run_{model_name}" / CONFIGS[model_name].metrics[0])
+    evaluator = analysis.evaluator(device=device)
+    problem, pinned = pin_groups(analysis.problem(), list(pins))
+    layers = [layer for group in analysis.groups.values() for layer in group]
     weights = sum(model.get_submodule(name).weight.numel() for name in layers)
-    weights += sum(model.get_submodule(name).weight.numel() for name in run.saved.get("excluded", []))
+    weights += sum(model.get_submodule(name).weight.numel() for name in analysis.excluded)
     calibration = builtin.calibration(builtin.default_calibration_samples)
     reference = evaluator.reference()
     print(f"{model_name}: float {reference.name} {reference.value:.3f}; {len(layers)} layers, {weights:,} weights")
@@ -120,12 +122,12 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
             print(f"{label}: NNCF failed: {row['nncf_error']}")
             continue
         try:
-            solution = solve_exact(run.table.values, run.tables, {"bits_per_weight": row["bits_per_weight"]},
-                                   run.fixed, run.allowed)
-            measured = evaluator.measure(run.assignments(solution.choice))
+            solution = SOLVERS["exact"](problem, Goal({"bits_per_weight": row["bits_per_weight"]}))
+            assignments = problem.assignments(solution.choice)
+            measured = evaluator.measure(assignments)
             row["mixprec"] = measured.to_dict()
             row["mixprec_bits_per_weight"] = solution.costs["bits_per_weight"]
-            row["mixprec_candidates"] = sorted(set(run.assignments(solution.choice).values()))
+            row["mixprec_candidates"] = sorted(set(assignments.values()))
         except InfeasibleBudget as exc:
             row["mixprec_error"] = str(exc)
         better = (lambda a, b: a >= b) if reference.higher_is_better else (lambda a, b: a <= b)
@@ -135,7 +137,7 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
         print(f"{label:<34} {row['bits_per_weight']:.3f} b/w: NNCF {row['nncf']['value']:.3f}, mixprec "
               f"{row.get('mixprec', {}).get('value', float('nan')):.3f}", flush=True)
     return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
-            "mixprec_metric": run.table.metric, "mixprec_candidates": run.candidates, "mixprec_pins": pinned,
+            "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
             "rows": rows,
             "command": "python " + " ".join(sys.argv),
             "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,

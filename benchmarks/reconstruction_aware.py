@@ -22,12 +22,9 @@ from pathlib import Path
 
 import torch
 
-from mixprec import __version__
+from mixprec import Analysis, __version__
 from mixprec.plan import write_json_atomic
-from mixprec.plan_evaluation import PlanEvaluator
-from mixprec.runs import open_run
-from mixprec.solvers.exact import solve_exact
-from mixprec.solvers.refine import refine
+from mixprec.solvers import SOLVERS, Goal
 from run import CONFIGS, first_last_choice
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,33 +36,37 @@ def benchmark(model: str, device: str, rounds: int, probes: int, kind: str = "bo
     run_dir = RESULTS / "tmp" / f"run_{model}" / config.metrics[0]
     if not (run_dir / "sensitivity.json").is_file():
         raise SystemExit(f"no analysis in {run_dir}: run `python benchmarks/run.py {model}` first")
-    run = open_run(run_dir)
-    nearest = PlanEvaluator(run, device=device)
-    brecq = PlanEvaluator(run, device=device, rounding="brecq")
+    analysis = Analysis.load(run_dir)
+    problem = analysis.problem()
+    nearest = analysis.evaluator(device=device)
+    brecq = analysis.evaluator(device=device, rounding="brecq")
     at = at or config.target
-    if at not in run.candidates:
-        raise SystemExit(f"--at {at}: not one of the run's candidates {run.candidates}")
-    uniform = first_last_choice(run, at)
-    budget = run.cost(kind, uniform)
-    S, tables = run.table.values, run.tables
-    exact = solve_exact(S, tables, {kind: budget}, run.fixed, run.allowed).choice
+    if at not in problem.candidates:
+        raise SystemExit(f"--at {at}: not one of the run's candidates {list(problem.candidates)}")
+    uniform = first_last_choice(problem, at)
+    budget = problem.cost(kind, uniform)
+    exact = SOLVERS["exact"](problem, Goal({kind: budget})).choice
     rows = []
 
     def add(label: str, choice, evaluations: int | None = None, seconds: float | None = None) -> None:
-        a = run.assignments(choice)
-        row = {"plan": label, "cost": run.cost(kind, choice), "nearest": nearest.measure(a).value,
+        a = problem.assignments(choice)
+        row = {"plan": label, "cost": problem.cost(kind, choice), "nearest": nearest.measure(a).value,
                "brecq": brecq.measure(a).value, "candidates": sorted(set(a.values()))}
         if evaluations is not None:
             row.update(evaluations=evaluations, search_seconds=round(seconds, 1))
         rows.append(row)
         print(f"{label:<34} nearest {row['nearest']:.3f}  brecq {row['brecq']:.3f}", flush=True)
 
+    def loss_by(evaluator):
+        """The measured loss of a choice, its weights rounded as ``evaluator`` rounds them."""
+        return lambda choice: evaluator.loss(evaluator.measure(problem.assignments(choice)))
+
     add(f"uniform {at}", uniform)
     add("exact", exact)
     for label, evaluator in (("refine, nearest measurements", nearest), ("refine, BRECQ measurements", brecq)):
-        before, t = evaluator.measured, time.perf_counter()
-        solution = refine(S, tables, {kind: budget}, evaluator.loss_of_choice, run.fixed, run.allowed,
-                          rounds=rounds, probes=probes)
+        t = time.perf_counter()
+        solution = SOLVERS["refine"](problem, Goal({kind: budget}, measure=loss_by(evaluator)), rounds=rounds,
+                                     probes=probes)
         add(label, solution.choice, solution.evaluations, time.perf_counter() - t)
     return {"model": model, "kind": kind, "budget": budget, "at": at, "metric": config.metrics[0],
             "reference": nearest.reference().to_dict(), "rows": rows, "rounds": rounds, "probes": probes,

@@ -26,19 +26,14 @@ import numpy as np
 import scipy
 import torch
 
-from mixprec import __version__
-from mixprec.cli import main as mixprec
+from mixprec import Analysis, __version__, analyze as analyze_model
 from mixprec.costs import format_bytes, format_count
 from mixprec.errors import MissingDataError
 from mixprec.plan import write_json_atomic
 from mixprec.plan_evaluation import PlanEvaluator
-from mixprec.runs import open_run
-from mixprec.solvers.exact import plan_costs, solve_exact
-from mixprec.solvers.greedy import bisection, greedy
-from mixprec.solvers.greedy_pareto import greedy_pareto
-from mixprec.solvers.mixquant import mixquant
-from mixprec.solvers.pareto import pareto_front
-from mixprec.solvers.refine import refine
+from mixprec.run_directory import RunDirectory
+from mixprec.solvers import SOLVERS, AllocationProblem, Goal
+from mixprec.specs import prepare
 
 RESULTS = Path(__file__).parent / "results"
 CNN = "w2a8,w3a8,w4a8,w5a8,w6a8,w8a8"
@@ -68,6 +63,30 @@ CONFIGS = {
 }
 
 
+def analysis_arguments(model: str, candidates: str, metric: str, device: str, run_dir: Path,
+                       samples: int | None = None, pins: list[str] = (), weight_range: str = "mse") -> dict:
+    """The arguments `mixprec analyze --model ...` records in run.json: a run's evaluator loads the
+    model, data and evaluation they name, and its cache keys hash them."""
+    return {"model": model, "data": None, "calibration_samples": samples, "tie": [], "exclude": [],
+            "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "eval": None,
+            "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
+            "device": device, "out": str(run_dir)}
+
+
+def analyze_run(run_dir: Path, arguments: dict) -> Analysis:
+    """Analyse a built-in model into ``run_dir`` as `mixprec analyze` does; a run interrupted before
+    its table was written resumes with the arguments it recorded."""
+    run = RunDirectory(run_dir)
+    a = run.arguments() if run.exists else arguments
+    model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"), a.get("tie") or [],
+                                     a.get("exclude") or [], a.get("pin") or [])
+    return analyze_model(model, data or [], a["candidates"], a["metric"], run, groups=groups,
+                         weight_range=a.get("weight_range") or "mse",
+                         activation_range=a.get("activation_range") or "mse", chunk_size=a.get("chunk_size"),
+                         use_fx=not a.get("no_fx"), device=a.get("device") or "cpu", model_name=a["model"],
+                         arguments=a)
+
+
 def analyze(model: str, config: Config, work: Path, device: str, samples: int | None) -> dict[str, float]:
     seconds = {}
     for metric in config.metrics:
@@ -75,13 +94,8 @@ def analyze(model: str, config: Config, work: Path, device: str, samples: int | 
         if (run / "sensitivity.json").is_file():
             seconds[metric] = json.loads((run / "sensitivity.json").read_text()).get("metadata", {}).get("seconds")
             continue
-        argv = (["analyze", "--resume", str(run)] if (run / "run.json").is_file() else
-                ["analyze", "--model", model, "--candidates", config.candidates, "--metric", metric,
-                 "--device", device, "--out", str(run)]
-                + (["--calibration-samples", str(samples)] if samples else []))
         start = time.perf_counter()
-        if mixprec(argv) != 0:
-            raise SystemExit(f"analysis with {metric} failed")
+        analyze_run(run, analysis_arguments(model, config.candidates, metric, device, run, samples))
         seconds[metric] = round(time.perf_counter() - start, 1)
     return seconds
 
@@ -108,18 +122,25 @@ class Measured:
         return out
 
 
-def first_last_choice(run, candidate: str) -> np.ndarray:
-    choice = run.uniform_choice(candidate)
+def first_last_choice(problem: AllocationProblem, candidate: str) -> np.ndarray:
+    choice = problem.uniform_choice(candidate)
     weight_bits = int(candidate[1]) if candidate[0] == "w" and candidate[1].isdigit() else 16
-    if weight_bits < 8 and "w8a8" in run.candidates:
-        choice[[0, -1]] = run.candidates.index("w8a8")
+    if weight_bits < 8 and "w8a8" in problem.candidates:
+        choice[[0, -1]] = problem.candidates.index("w8a8")
     return choice
 
 
-def row(run, choice: np.ndarray, measured: dict, **extra) -> dict:
-    objective, costs = plan_costs(choice, run.table.values, run.tables, run.fixed)
+def row(problem: AllocationProblem, choice: np.ndarray, measured: dict, **extra) -> dict:
+    objective, costs = problem.totals(choice)
     return {"costs": costs, "predicted_sensitivity": objective, "metric": measured["value"],
-            "candidates_used": sorted(set(run.assignments(choice).values())), **extra}
+            "candidates_used": sorted(set(problem.assignments(choice).values())), **extra}
+
+
+def same_problem(problem: AllocationProblem, other: AllocationProblem, metric: str) -> AllocationProblem:
+    """``problem`` with the sensitivity of ``other`` (another metric's run of the same model)."""
+    if (other.groups, other.candidates) != (problem.groups, problem.candidates):
+        raise SystemExit(f"the {metric} run has other groups or candidates than the default metric's; analyse again")
+    return problem.with_sensitivity(other.sensitivity)
 
 
 def benchmark(model: str, device: str, points: int, samples: int | None = None) -> dict:
@@ -129,11 +150,12 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     start = time.perf_counter()
     phases["analysis_seconds"] = analyze(model, config, work, device, samples)
     main_metric = config.metrics[0]
-    run = open_run(work / main_metric)
-    evaluator = PlanEvaluator(run, device=device)
+    analysis = Analysis.load(work / main_metric)
+    problem = analysis.problem()
+    evaluator = analysis.evaluator(device=device)
     measure = Measured(evaluator)
     kind = config.kinds[0]
-    S, tables, fixed, allowed = run.table.values, run.tables, run.fixed, run.allowed
+    exact = SOLVERS["exact"]
 
     measure.phase()
     t = time.perf_counter()
@@ -141,10 +163,10 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     higher = reference["higher_is_better"]
     better = (lambda a, b: a >= b) if higher else (lambda a, b: a <= b)
     uniform = {}
-    for cand in run.candidates:
-        choice = first_last_choice(run, cand) if config.pin_first_last else run.uniform_choice(cand)
-        result, seconds = measure(run.assignments(choice))
-        uniform[cand] = row(run, choice, result, eval_seconds=round(seconds, 2))
+    for cand in problem.candidates:
+        choice = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
+        result, seconds = measure(problem.assignments(choice))
+        uniform[cand] = row(problem, choice, result, eval_seconds=round(seconds, 2))
         print(f"uniform {cand:<8} {result['name']} {result['value']:.3f}", flush=True)
     phases["uniform"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
@@ -152,54 +174,54 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     mixed = []
     for k in config.kinds:
         for cand, u in uniform.items():
-            solution = solve_exact(S, tables, {k: u["costs"][k]}, fixed, allowed)
-            result, _ = measure(run.assignments(solution.choice))
-            mixed.append(row(run, solution.choice, result, kind=k, at=cand, budget=u["costs"][k],
+            solution = exact(problem, Goal({k: u["costs"][k]}))
+            result, _ = measure(problem.assignments(solution.choice))
+            mixed.append(row(problem, solution.choice, result, kind=k, at=cand, budget=u["costs"][k],
                              not_worse=bool(better(result["value"], u["metric"]))))
             print(f"mixed at {k} of {cand:<8} {result['value']:.3f} (uniform {u['metric']:.3f})", flush=True)
     phases["mixed"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
     t = time.perf_counter()
     front = []
-    solve_start = time.perf_counter()
-    plans = pareto_front(S, tables, kind, points, fixed, allowed)
-    front_solve_s = time.perf_counter() - solve_start
-    for p in plans:
-        result, _ = measure(run.assignments(p.solution.choice))
-        front.append(row(run, p.solution.choice, result))
+    pareto = analysis.pareto(kind, points, progress=False)  # solved here, measured below through `measure`
+    for p in pareto.plans:
+        result, _ = measure(p.assignments)
+        front.append({"costs": p.costs, "predicted_sensitivity": p.predicted_sensitivity, "metric": result["value"],
+                      "candidates_used": sorted(set(p.assignments.values()))})
     phases["front"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
-    phases["front_solve_seconds"] = round(front_solve_s, 3)
+    phases["front_solve_seconds"] = round(pareto.solve_seconds, 3)
 
     t = time.perf_counter()
     budget = uniform[config.target]["costs"][kind]
     max_loss = 0.01 * abs(reference["value"])
-    roundoff = open_run(work / "roundoff").table.values if "roundoff" in config.metrics else S
+    roundoff = (same_problem(problem, Analysis.load(work / "roundoff").problem(), "roundoff")
+                if "roundoff" in config.metrics else problem)
     searches = []
-    low = run.candidates.index(config.target)  # Schaefer et al. search between two precisions
 
     def loss(choice: np.ndarray) -> float:
-        value = measure(run.assignments(choice))[0]["value"]
+        value = measure(problem.assignments(choice))[0]["value"]
         return (reference["value"] - value) if higher else (value - reference["value"])
 
+    within_budget, measured_loss = Goal({kind: budget}), Goal({}, kind, tracked(loss), max_loss)
     for name, call in (
-            ("exact", lambda: solve_exact(S, tables, {kind: budget}, fixed, allowed)),
-            ("greedy-pareto", lambda: greedy_pareto(S, tables, kind, fixed, allowed, budget=budget)),
-            ("greedy-pareto, 1% drop", lambda: greedy_pareto(S, tables, kind, fixed, allowed, measure=tracked(loss),
-                                                             max_loss=max_loss)),
-            (f"greedy to {config.target}, 1% drop", lambda: greedy(S, tables, kind, tracked(loss), max_loss, fixed,
-                                                                    allowed, low=low)),
-            (f"bisection to {config.target}, 1% drop", lambda: bisection(S, tables, kind, tracked(loss), max_loss,
-                                                                          fixed, allowed, low=low)),
-            ("mixquant (roundoff)", lambda: mixquant(roundoff, tables, kind, fixed, allowed, budget=budget)),
-            ("refine", lambda: refine(S, tables, {kind: budget}, tracked(loss), fixed, allowed)),
+            ("exact", lambda: exact(problem, within_budget)),
+            ("greedy-pareto", lambda: SOLVERS["greedy-pareto"](problem, within_budget)),
+            ("greedy-pareto, 1% drop", lambda: SOLVERS["greedy-pareto"](problem, measured_loss)),
+            # Schaefer et al. search between two precisions: the target and the highest
+            (f"greedy to {config.target}, 1% drop", lambda: SOLVERS["greedy"](problem, measured_loss,
+                                                                               low=config.target)),
+            (f"bisection to {config.target}, 1% drop", lambda: SOLVERS["bisection"](problem, measured_loss,
+                                                                                     low=config.target)),
+            ("mixquant (roundoff)", lambda: SOLVERS["mixquant"](roundoff, within_budget)),
+            ("refine", lambda: SOLVERS["refine"](problem, Goal({kind: budget}, measure=tracked(loss)))),
     ):
         asked.clear()
         before = time.perf_counter()
         solution = call()
         wall = time.perf_counter() - before
-        result, _ = measure(run.assignments(solution.choice))
-        eval_s = sum(measure.seconds.get(evaluator._key(run.assignments(np.array(c))), 0.0) for c in asked)
-        searches.append(row(run, solution.choice, result, search=name, evaluations=len(asked),
+        result, _ = measure(problem.assignments(solution.choice))
+        eval_s = sum(measure.seconds.get(evaluator._key(problem.assignments(np.array(c))), 0.0) for c in asked)
+        searches.append(row(problem, solution.choice, result, search=name, evaluations=len(asked),
                             search_seconds=round(wall, 2), evaluation_seconds=round(eval_s, 1),
                             within_budget=bool(solution.costs[kind] <= budget * (1 + 1e-9))))
         print(f"search {name:<24} {result['value']:.3f}  {kind} {solution.costs[kind]:.4g} (budget {budget:.4g}), "
@@ -209,17 +231,18 @@ def benchmark(model: str, device: str, points: int, samples: int | None = None) 
     t = time.perf_counter()
     metrics = []
     for metric in config.metrics:
-        other = open_run(work / metric)
+        other = same_problem(problem, Analysis.load(work / metric).problem(), metric)
         for k in config.kinds:
             b = uniform[config.target]["costs"][k]
-            solution = solve_exact(other.table.values, tables, {k: b}, fixed, allowed)
-            result, _ = measure(run.assignments(solution.choice))
-            metrics.append(row(run, solution.choice, result, sensitivity_metric=metric, kind=k, budget=b))
+            solution = exact(other, Goal({k: b}))
+            result, _ = measure(problem.assignments(solution.choice))
+            metrics.append(row(problem, solution.choice, result, sensitivity_metric=metric, kind=k, budget=b))
             print(f"metric {metric:<9} at {k} of {config.target}: {result['value']:.3f}", flush=True)
     phases["metrics"] = {**measure.phase(), "wall_seconds": round(time.perf_counter() - t, 1)}
 
-    return {"model": model, "config": config.__dict__, "groups": len(run.groups), "candidates": run.candidates,
-            "calibration_samples": evaluator.arguments.get("calibration_samples") or "the model's default",
+    return {"model": model, "config": config.__dict__, "groups": len(problem.groups),
+            "candidates": list(problem.candidates),
+            "calibration_samples": analysis.run.arguments().get("calibration_samples") or "the model's default",
             "reference": reference, "uniform": uniform, "mixed": mixed, "front": front, "front_kind": kind,
             "searches": searches, "search_budget": {"kind": kind, "value": budget, "at": config.target},
             "max_drop": max_loss, "metrics": metrics, "phases": phases,

@@ -1,0 +1,46 @@
+"""The benchmark scripts call the library, and their analyses are the runs `mixprec analyze` makes
+(same run.json, so a run's evaluator loads the same model and data and its cache keys still hit)."""
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARKS.glob("*.py")), ids=lambda p: p.name)
+def test_benchmark_scripts_call_the_library_not_the_cli(script):
+    used = imported_modules(script) & {"mixprec.cli", "mixprec.runs"}
+    assert not used, f"{script.name} imports {sorted(used)}; call mixprec.analyze / Analysis instead"
+
+
+def test_analyze_run_makes_the_run_the_cli_makes(tmp_path, monkeypatch):
+    from mixprec.cli import main
+    from mixprec.sensitivity.table import SensitivityTable
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("run", None)
+    from run import analysis_arguments, analyze_run
+
+    cli, lib = tmp_path / "cli", tmp_path / "lib"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--metric", "roundoff",
+                 "--calibration-samples", "16", "--out", str(cli)]) == 0
+    analyze_run(lib, analysis_arguments("demo-cnn", "w4a8,w8a8", "roundoff", "cpu", lib, 16))
+
+    made = [json.loads((d / "run.json").read_text()) for d in (cli, lib)]
+    for run in made:
+        run["arguments"].pop("out")
+    assert made[0] == made[1]
+    assert json.loads((cli / "costs.json").read_text()) == json.loads((lib / "costs.json").read_text())
+    assert SensitivityTable.load(cli).values.tolist() == SensitivityTable.load(lib).values.tolist()
