@@ -26,6 +26,7 @@ from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
 from .run_directory import RunDirectory
+from .sensitivity import metric_config
 from .solvers import SOLVERS
 from .specs import is_builtin, load_eval, prepare
 
@@ -161,7 +162,17 @@ def _init_distributed() -> int:
 
 
 ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
-                "eval", "weight_range", "activation_range", "chunk_size", "no_fx", "device", "out")
+                "around", "around_divergence", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
+                "device", "out")
+
+
+def _metric(args):
+    """--metric, or with --around CAND the around metric (the change of the output divergence when one
+    group moves from the plan with every group on CAND)."""
+    if not getattr(args, "around", None):
+        return args.metric
+    return metric_config("around", base=parse_candidate(args.around).name,
+                         divergence=getattr(args, "around_divergence", None) or "auto")
 
 
 def cmd_analyze(args) -> int:
@@ -189,7 +200,7 @@ def _analyze(args, rank: int) -> int:
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
     evaluate = load_eval(args.eval) if args.eval else None
-    analysis = analyze(model, data or [], _candidates(args), args.metric, args.out, groups=groups,
+    analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
                        verbose=rank == 0, model_name=args.model,
@@ -197,7 +208,7 @@ def _analyze(args, rank: int) -> int:
     if rank != 0:
         return 0
     table, meta = analysis.table, analysis.table.metadata
-    print(f"{args.metric} sensitivity of {len(table.groups)} groups x {len(table.candidates)} candidates in "
+    print(f"{table.metric} sensitivity of {len(table.groups)} groups x {len(table.candidates)} candidates in "
           f"{meta['seconds']:.1f} s"
           + (f", {meta['forward_equivalents']:.1f} forward-equivalents"
              f" ({'prefix shared via torch.fx' if meta['forked'] else 'full forwards: ' + meta['fallback_reason']})"
@@ -206,7 +217,7 @@ def _analyze(args, rank: int) -> int:
     _table(["most sensitive groups", *table.candidates],
            [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
     print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv")
-    if evaluate is not None and args.metric != "task":
+    if evaluate is not None and table.metric != "task":
         from .sensitivity.trust import format_report
         print(f"trust report: measuring the real metric drop of every entry "
               f"({len(table.groups) * len(table.candidates)} evaluations; cached in {Path(args.out) / 'task'})")
@@ -370,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates")
     p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
     p.add_argument("--metric", default="sqnr", help="sensitivity metric: " + ", ".join(_metric_names()))
+    p.add_argument("--around", metavar="CAND", help="measure around an operating point: the model with every group "
+                   "on CAND (pins kept), each group moved alone to each candidate, the change of the output "
+                   "divergence recorded (the around metric; replaces --metric)")
+    p.add_argument("--around-divergence", choices=("auto", "kl", "sqnr"), default="auto",
+                   help="with --around: KL of the output distribution (classifiers, language models) or 1/SQNR; "
+                   "auto picks KL for logits (default auto)")
     p.add_argument("--eval", help="evaluation function (needed by --metric task)")
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")

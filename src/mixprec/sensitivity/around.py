@@ -8,8 +8,8 @@ divergence from the float model is recorded:
 S[g, base] = 0; moving a group up gives a negative entry, down a positive one. Measured around the
 plan the solver will land near, the entries add up far better than single-group damage measured
 around the float model, which misleads the solver most where plans mix 2/3-bit and 8-bit groups.
-The moved group's activation quantizer is calibrated on its inputs in the base model (what it
-sees in context). Cost: one forward over the calibration data per (group, candidate), plus the
+The moved group's activation quantizer is calibrated on its inputs in the base model, as apply
+calibrates it (every weight quantized, activations float during calibration). Cost: one forward over the calibration data per (group, candidate), plus the
 base model.
 """
 from __future__ import annotations
@@ -65,10 +65,19 @@ class Around(Metric):
         quantized = planned_model(ctx.model, plan, ctx.data, ctx.weight_method, ctx.activation_method)
         layers = quantized_layers(quantized)
         observers = {name: ActivationQuantizer(_PROBE, ctx.activation_method, max_samples=1 << 18) for name in layers}
-        with on_inputs(layers, lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
-            with torch.no_grad():
-                for i in range(len(ctx.data)):
-                    run_model(quantized, ctx.inputs(i))
+        # a moved group's input quantizer is calibrated as apply calibrates it: on the pass with every
+        # weight quantized and every activation still float
+        saved = {name: layer.input_quantizer for name, layer in layers.items()}
+        try:
+            for layer in layers.values():
+                layer.input_quantizer = torch.nn.Identity()
+            with on_inputs(layers, lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
+                with torch.no_grad():
+                    for i in range(len(ctx.data)):
+                        run_model(quantized, ctx.inputs(i))
+        finally:
+            for name, layer in layers.items():
+                layer.input_quantizer = saved[name]
         divergence = OutputDivergence(ctx.model, ctx.data, self.divergence)
         return _State(quantized, observers, divergence, divergence.measure(quantized), dict(plan.assignments))
 
