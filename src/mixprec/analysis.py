@@ -67,6 +67,7 @@ class Analysis:
     model_groups: ModelGroups | None = field(default=None, repr=False)
     weight_range: str = "mse"
     activation_range: str = "mse"
+    _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
 
     # ---- on disk ----------------------------------------------------------------------------------
     def saved(self) -> dict[str, Any]:
@@ -309,7 +310,10 @@ class Analysis:
         kind = [divergence]
         if not any(np.array_equal(r, choice) for r in rivals.values()):
             try:
-                checker = self.evaluator(device=device, divergence=divergence)
+                key = (divergence, str(device))
+                if key not in self._checkers:  # one per analysis: the model and float outputs load once
+                    self._checkers[key] = self.evaluator(device=device, divergence=divergence)
+                checker = self._checkers[key]
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
