@@ -198,7 +198,8 @@ class Analysis:
             score = OutputDivergence(model, data or [], divergence) if divergence else fn
             return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
-                                 device or _device_of(model), rounding, rounding_options)
+                                 device or _device_of(model), rounding, rounding_options,
+                                 "divergences" if divergence else "evaluations")
         return self._evaluator_from_run(evaluate, device, rounding, rounding_options, divergence)
 
     def _evaluator_from_run(self, eval_spec: str | None, device: str | None, rounding: str,
@@ -228,7 +229,8 @@ class Analysis:
             return model, data, OutputDivergence(model, data or [], divergence) if divergence else load_eval(eval_spec)
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
                              arguments.get("weight_range") or "mse", arguments.get("activation_range") or "mse",
-                             device or arguments.get("device") or "cpu", rounding, rounding_options)
+                             device or arguments.get("device") or "cpu", rounding, rounding_options,
+                             "divergences" if divergence else "evaluations")
 
     # ---- solve -------------------------------------------------------------------------------------------
     def solve(self, budget: str | dict[str, Any] | None = None, search: str = "exact", *,
@@ -333,10 +335,13 @@ class Analysis:
     def pareto(self, kind: str = "bops", n_plans: int = 30, method: str = "exact", *,
                evaluate: Callable | str | bool | None = None, candidates: str | Iterable[str] | None = None,
                cost_files: Iterable[str] = (), device: str | None = None, rounding: str | RoundingConfig = "nearest",
-               rounding_options: dict | None = None, progress: bool = True) -> Front:
+               rounding_options: dict | None = None, guard: bool = True, guard_divergence: str = "auto",
+               progress: bool = True) -> Front:
         """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
         ``n_plans`` evenly spaced budgets), with every uniform candidate beside them. ``evaluate``
-        (True: the analysis's own evaluation) measures the float model and every plan (cached)."""
+        (True: the analysis's own evaluation) measures the float model and every plan (cached).
+        guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
+        replaced by the best of them where that measures better on the calibration data."""
         problem = self.problem(candidates, cost_files)
         rounding = rounding_config(rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
@@ -350,8 +355,23 @@ class Analysis:
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
                               method=method)
         solve_s = time.perf_counter() - start
-        plans = [FrontPlan(p.solution.costs, p.solution.objective, problem.assignments(p.solution.choice), None,
-                           method) for p in solved]
+        plans = []
+        for p in solved:
+            choice, search, guarded = p.solution.choice, method, None
+            if guard:
+                guarded, guard_kind, note = self._guard(problem, choice, {kind: p.solution.costs[kind]},
+                                                        guard_divergence, device, lambda *_: None)
+                if guarded is None and note:  # no model to measure with: the front stays unguarded
+                    print(f"note: {note}")
+                    guard = False
+                elif guarded is not None and guarded.chosen != MIXED:
+                    choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
+            objective, costs = problem.totals(choice)
+            assignments = problem.assignments(choice)
+            if any(q.assignments == assignments for q in plans):
+                continue
+            plans.append(FrontPlan(costs, objective, assignments, None, search,
+                                   guarded.to_dict(guard_kind, "calibration data") if guarded else None))
         uniform = {}
         for cand in problem.uniform_candidates():
             choice = problem.uniform_choice(cand)

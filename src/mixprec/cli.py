@@ -288,7 +288,8 @@ def cmd_pareto(args) -> int:
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
-                            cost_files=args.cost, device=args.device, rounding=_rounding(args))
+                            cost_files=args.cost, device=args.device, rounding=_rounding(args),
+                            guard=not args.no_guard, guard_divergence=args.guard_divergence)
     print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
     front.save(args.out)
     out, kind, reference = Path(args.out), front.kind, front.reference
@@ -297,6 +298,12 @@ def cmd_pareto(args) -> int:
            [(f"{p.costs[kind]:.6g}", f"{p.predicted_sensitivity:.4g}",
              *([f"{p.measured['value']:.4g}"] if reference else []),
              ",".join(sorted(set(p.assignments.values())))) for p in front.plans])
+    guarded = [p.search.split("guard: ")[1] for p in front.plans if p.search and "guard: " in p.search]
+    if guarded:
+        print(f"guard: {len(guarded)} of {len(front.plans)} front plans measured no better than a uniform plan within "
+              f"their cost on the calibration data and were replaced by it ({', '.join(sorted(set(guarded)))})")
+    for cand in front.uniform_above_front():
+        print(f"note: uniform {cand} measures better than every front plan that costs no more")
     report = analysis.report(front, out)
     print(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
     return 0
@@ -454,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "RUN/evaluations.jsonl); alone: the built-in model's own evaluation or the analysis's --eval")
     p.add_argument("--device", default=None, help="device for --eval (default: the analysis's)")
     _add_measure_rounding(p)
+    p.add_argument("--no-guard", action="store_true", help="keep every front plan as solved (by default each is "
+                   "compared with the uniform plans within its cost on the calibration data, as solve does)")
+    p.add_argument("--guard-divergence", choices=("auto", "kl", "sqnr"), default="auto")
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)
 

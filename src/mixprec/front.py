@@ -19,7 +19,8 @@ class FrontPlan:
     predicted_sensitivity: float
     assignments: dict[str, str] | None = None  # group -> candidate (kept in pareto.json for the front's plans)
     measured: dict[str, Any] | None = None  # EvalResult.to_dict() once evaluated
-    search: str | None = None  # how the plan was found (exact, lagrangian)
+    search: str | None = None  # how the plan was found (exact, lagrangian; "exact, guard: uniform w4a8")
+    guard: dict[str, Any] | None = None  # the guard's comparison with the uniform plans within its cost
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"costs": self.costs, "predicted_sensitivity": self.predicted_sensitivity}
@@ -28,12 +29,14 @@ class FrontPlan:
         out["measured"] = self.measured
         if self.search is not None:
             out["search"] = self.search
+        if self.guard is not None:
+            out["guard"] = self.guard
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrontPlan":
         return cls(dict(data["costs"]), float(data["predicted_sensitivity"]), data.get("assignments"),
-                   data.get("measured"), data.get("search"))
+                   data.get("measured"), data.get("search"), data.get("guard"))
 
 
 @dataclass
@@ -78,6 +81,21 @@ class Front:
                    dict(data.get("groups") or {}), list(data.get("excluded") or []), data.get("reference"),
                    data.get("model"), data.get("run"), list(data.get("cost_files") or []), data.get("candidates"),
                    float(data.get("solve_seconds") or 0.0), {k: v for k, v in data.items() if k not in known})
+
+    def uniform_above_front(self) -> list[str]:
+        """Uniform candidates that measure better than every plan of the front costing no more: the
+        front does not improve on them there (measured plans only)."""
+        out = []
+        for cand, u in self.uniform.items():
+            if u.measured is None:
+                continue
+            higher = u.measured.get("higher_is_better", True)
+            rivals = [p.measured["value"] for p in self.plans
+                      if p.measured is not None and p.costs[self.kind] <= u.costs[self.kind] * (1 + 1e-12)]
+            best = (max if higher else min)(rivals) if rivals else None
+            if best is None or (u.measured["value"] > best if higher else u.measured["value"] < best):
+                out.append(cand)
+        return out
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)

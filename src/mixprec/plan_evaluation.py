@@ -35,7 +35,8 @@ class PlanEvaluator:
     def __init__(self, load: Loader, groups: dict[str, list[str]], excluded: list[str], settings: dict[str, Any],
                  run: RunDirectory | None = None, point_counts: dict[str, dict[str, str]] | None = None,
                  weight_range: str = "mse", activation_range: str = "mse", device: str | torch.device = "cpu",
-                 rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None):
+                 rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
+                 log_name: str = "evaluations"):
         self._load_fn = load
         self.groups, self.excluded = groups, list(excluded)
         self.point_counts = point_counts or {}
@@ -45,8 +46,8 @@ class PlanEvaluator:
         self.rounding = rounding_config(rounding, **(rounding_options or {}))
         if self.rounding.name != "nearest":  # nearest's keys stay as they were, so older logs still count
             self.settings["rounding"] = [self.rounding.name, sorted(self.rounding.changed().items())]
-        self.run = run
-        self.log = run.evaluations_log if run is not None else None
+        self.run, self.log_name = run, log_name
+        self.log = run.log_path(log_name) if run is not None else None
         self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key
         self.results = self._read_log()
         self.measured = 0  # new evaluations made by this evaluator
@@ -55,7 +56,7 @@ class PlanEvaluator:
 
     def _read_log(self) -> dict[str, EvalResult]:
         out = {}
-        for entry in self.run.evaluations() if self.run is not None else []:
+        for entry in self.run.evaluations(self.log_name) if self.run is not None else []:
             try:
                 r = entry["result"]
                 out[entry["key"]] = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]),
@@ -109,7 +110,7 @@ class PlanEvaluator:
         self.seconds += seconds
         if self.run is not None:
             self.run.append_evaluation({"key": key, "plan": assignments if assignments is not None else FLOAT,
-                                        "result": result.to_dict(), "seconds": round(seconds, 3)})
+                                        "result": result.to_dict(), "seconds": round(seconds, 3)}, self.log_name)
         self.results[key] = result
         self.seconds_of[key] = seconds
         return result

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import MixprecError, SpecError
+from .front import Front
 
 if TYPE_CHECKING:
     from .costs import CostTables
@@ -560,6 +561,11 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
                 cells.append((_e(entry.get("evaluations", "")), True))
             rows.append((cells, False))
         parts.append("<h2>Uniform candidates and searches</h2>" + _table_html(header, rows))
+        above = _uniform_above_front(pareto)
+        if above:
+            parts.append(f"<p class=\"note\"><b>Above the front:</b> uniform {_e(', '.join(above))} measure(s) better "
+                         "than every plan of the front that costs no more. The mixed plans do not improve on "
+                         "uniform there; prefer the uniform plan (or solve with the guard on).</p>")
 
     parts.append("<h2>Sensitivity heat-map</h2>"
                  f"<p class=\"note\">S[group, candidate] for {len(table.groups)} groups, log10 colour scale; "
@@ -642,3 +648,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _uniform_above_front(pareto: dict) -> list[str]:
+    try:
+        return Front.from_dict(pareto).uniform_above_front()
+    except (KeyError, TypeError, ValueError, AttributeError, MixprecError):
+        return []  # a hand-made or partial pareto.json: no flag rather than no report

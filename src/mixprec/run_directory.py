@@ -7,7 +7,8 @@
     costs.json               the cost tables, the groups (name -> layers), pins, excluded layers and the
                              multipoint point counts the costs were computed with
     sensitivity.json, .csv   the finished sensitivity table
-    evaluations.jsonl        append-only log of measured plans (mixprec.plan_evaluation)
+    evaluations.jsonl        append-only log of measured plans (mixprec.plan_evaluation), user's metric
+    divergences.jsonl        the same for the guard's output divergences on the calibration data
     rounding/                checkpoints of learned roundings of measured plans
     task/                    the trust report's own run (the task metric), a run directory itself
 
@@ -108,21 +109,25 @@ class RunDirectory:
     # evaluations.jsonl, rounding/, task/ -----------------------------------------------------------
     @property
     def evaluations_log(self) -> Path:
-        return self.path / "evaluations.jsonl"
+        return self.log_path("evaluations")
 
-    def evaluations(self) -> list[dict[str, Any]]:
+    def log_path(self, name: str = "evaluations") -> Path:
+        """evaluations (the user's metric) or divergences (the guard's)."""
+        return self.path / f"{name}.jsonl"
+
+    def evaluations(self, name: str = "evaluations") -> list[dict[str, Any]]:
         """Every logged plan evaluation; lines torn by a crash are skipped."""
         out = []
-        if self.evaluations_log.is_file():
-            for line in self.evaluations_log.read_text().splitlines():
+        if self.log_path(name).is_file():
+            for line in self.log_path(name).read_text().splitlines():
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
         return out
 
-    def append_evaluation(self, entry: dict[str, Any]) -> None:
-        _append_lines(self.evaluations_log, [entry])
+    def append_evaluation(self, entry: dict[str, Any], name: str = "evaluations") -> None:
+        _append_lines(self.log_path(name), [entry])
 
     @property
     def rounding_checkpoints(self) -> Path:
