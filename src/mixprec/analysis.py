@@ -276,6 +276,8 @@ class Analysis:
             goal = Goal(budgets, goal.kind, measure, max_loss)
         else:
             evaluator = None
+        if search == "local":
+            goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say)
         solution = SOLVERS[search](problem, goal, **options)
         notes = [step["note"] for step in solution.trace if step.get("note")]
         guarded = None
@@ -303,6 +305,25 @@ class Analysis:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)
 
+    def _checker(self, divergence: str, device: str | None) -> PlanEvaluator:
+        """The divergence evaluator the guard and the local search measure with (one per analysis)."""
+        key = (divergence, str(device))
+        if key not in self._checkers:  # the model and float outputs load once
+            self._checkers[key] = self.evaluator(device=device, divergence=divergence)
+        return self._checkers[key]
+
+    def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
+                    say: Callable[[str], None]) -> tuple[Goal, dict]:
+        """The local search measures by the output divergence on the calibration data, and starts from the
+        exact plan and every uniform plan within the budget."""
+        if not goal.budgets:
+            raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+        checker = self._checker(divergence, device)
+        say("local search: measuring plans by their output divergence on the calibration data")
+        measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
+        starts = [SOLVERS["exact"](problem, goal).choice, *self.uniform_rivals(problem, goal.budgets).values()]
+        return Goal(goal.budgets, goal.kind, measure), {"starts": starts, **options}
+
     def _guard(self, problem: AllocationProblem, choice: np.ndarray, budgets: dict[str, float], divergence: str,
                device: str | None, say: Callable[[str], None]):
         """(GuardResult or None, the divergence measured with, a note for the user or None)."""
@@ -312,10 +333,7 @@ class Analysis:
         kind = [divergence]
         if not any(np.array_equal(r, choice) for r in rivals.values()):
             try:
-                key = (divergence, str(device))
-                if key not in self._checkers:  # one per analysis: the model and float outputs load once
-                    self._checkers[key] = self.evaluator(device=device, divergence=divergence)
-                checker = self._checkers[key]
+                checker = self._checker(divergence, device)
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "

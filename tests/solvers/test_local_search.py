@@ -1,0 +1,44 @@
+"""The measured local search: within every budget, never worse (measured) than its best start."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from mixprec.solvers import SOLVERS, AllocationProblem, Goal
+from mixprec.solvers.local_search import local_search, moves
+
+
+def problem_of(seed: int, groups: int = 5, cands: int = 3) -> tuple[AllocationProblem, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cost = np.sort(rng.uniform(1, 10, (groups, cands)), axis=1)
+    S = np.sort(rng.uniform(0, 5, (groups, cands)), axis=1)[:, ::-1].copy()  # dearer = less sensitive
+    names = tuple(f"g{i}" for i in range(groups)), tuple(f"c{j}" for j in range(cands))
+    truth = S * rng.uniform(0.3, 3.0, S.shape)  # the measured loss the table only approximates
+    return AllocationProblem(*names, S, {"bytes": cost}, {}, np.ones_like(S, dtype=bool)), truth
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.3, 0.9))
+def test_local_search_meets_the_budget_and_never_measures_worse_than_its_starts(seed, fraction):
+    problem, truth = problem_of(seed)
+    rows = np.arange(len(problem.groups))
+    measure = lambda choice: float(truth[rows, choice].sum())  # noqa: E731
+    low, high = problem.cost("bytes", problem.cheapest("bytes")), problem.cost("bytes", problem.highest("bytes"))
+    budget = low + fraction * (high - low)
+    goal = Goal({"bytes": budget}, measure=measure)
+    exact = SOLVERS["exact"](problem, goal).choice
+    result = local_search(problem, goal, starts=[exact], evaluations=30)
+    assert problem.cost("bytes", result.choice) <= budget * (1 + 1e-12)
+    assert result.measured_loss == measure(result.choice) <= measure(exact)
+    assert result.evaluations <= 30
+
+
+def test_moves_stay_within_the_budget_and_include_paired_moves():
+    problem, _ = problem_of(3)
+    choice = problem.cheapest("bytes")
+    budget = problem.cost("bytes", choice) + 2.0  # room for the cheapest single moves up
+    proposed = moves(problem, {"bytes": budget}, choice)
+    assert proposed and all(problem.cost("bytes", new) <= budget + 1e-9 for _, new in proposed)
+    assert [d for d, _ in proposed] == sorted(d for d, _ in proposed)
+    mid = problem.uniform_choice("c1")
+    paired = [new for _, new in moves(problem, {"bytes": problem.cost("bytes", mid)}, mid)
+              if (new != mid).sum() == 2]
+    assert paired, "a move up that does not fit is offered with a move down that pays for it"
