@@ -251,6 +251,8 @@ def _search_options(args) -> dict[str, Any]:
         return {"path_search": args.path_search}
     if name == "refine":
         return {"rounds": args.rounds, "probes": args.probes}
+    if name == "local":
+        return {"evaluations": args.evaluations}
     return {}
 
 
@@ -415,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact (default): optimal integer program; greedy-pareto: AIMET AMP's greedy path "
                    "(Pandey et al. 2023); greedy, bisection: Schaefer et al. 2023, lower precision while the "
                    "measured drop stays within --max-drop; mixquant: Kloberdanz & Le 2023, QEM swept to meet the "
-                   "budget; refine: exact, then corrected by real measurements")
+                   "budget; refine: exact, then corrected by real measurements; local: from the exact and the uniform plans "
+                   "within the budget, single and paired moves kept only when the output divergence on the "
+                   "calibration data improves")
     _add_allocation_args(p)
     p.add_argument("--max-drop", help="measured metric drop allowed, relative (1%%) or in the metric's units "
                    "(0.5); greedy and bisection default to 1%%; greedy-pareto uses it as its accuracy target")
@@ -430,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="refine: correction rounds (default 2)")
     p.add_argument("--probes", type=int, default=16, help="refine: lowered groups measured in context per round "
                    "(default 16)")
+    p.add_argument("--evaluations", type=int, default=64, help="local: plans measured at most, each one forward "
+                   "pass over the calibration data (default 64)")
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
     p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")

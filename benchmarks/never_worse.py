@@ -1,0 +1,170 @@
+"""Never worse than uniform? Mixed plans against the uniform plan of equal cost, before and after the
+guard, with sensitivities measured alone (sqnr around the float model) and around the operating
+point (the around metric, based at the uniform candidate whose cost is the budget).
+
+    python benchmarks/never_worse.py resnet20 [--device cuda] [--calibration-samples N] [--kinds bops,bytes]
+
+For every uniform candidate below the highest precision and every budget kind of the model's
+configuration (benchmarks/run.py CONFIGS), at the cost of the uniform plan (for CNNs, with the first
+and last groups at w8a8, the baseline users compare against):
+- uniform: the uniform plan itself;
+- sqnr: the exact plan on the sqnr table, unguarded, and the default (`solve`, guard on);
+- around: the exact plan on the around table based at that candidate, unguarded and guarded;
+- local (on either table): the measured local search (`solve --search local`), from the exact plan
+  and the uniform plans within the budget, deciding by the output divergence on the calibration data.
+Decisions (tables, guard) use the calibration data only; every plan is evaluated on the model's
+evaluation split. "not worse" means metric >= uniform - one standard error of the uniform's
+metric (binomial for top-1; for other metrics, >= uniform). Times: each analysis, and the guard's
+divergence evaluations (in forward passes over the calibration data and seconds).
+Writes benchmarks/results/never_worse_<model>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from run import CONFIGS, RESULTS, analysis_arguments, analyze_run, first_last_choice  # noqa: E402
+
+from mixprec import Analysis, __version__, analyze  # noqa: E402
+from mixprec.errors import MissingDataError  # noqa: E402
+from mixprec.plan import write_json_atomic  # noqa: E402
+from mixprec.sensitivity import Around  # noqa: E402
+from mixprec.solvers import SOLVERS, Goal  # noqa: E402
+from mixprec.specs import prepare  # noqa: E402
+
+
+KEYS = ("sqnr_exact", "sqnr_guarded", "sqnr_local", "around_exact", "around_guarded", "around_local")
+
+
+def standard_error(result: dict) -> float:
+    samples = (result.get("details") or {}).get("samples")
+    if result["name"].startswith("top") and samples:
+        p = result["value"] / 100
+        return 100 * math.sqrt(max(p * (1 - p), 0.0) / samples)
+    return 0.0
+
+
+def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None) -> Analysis:
+    """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache)."""
+    run = work / "sqnr"
+    if not (run / "sensitivity.json").is_file():
+        analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples))
+    return Analysis.load(run)
+
+
+def _around(model: str, cand: str, candidates: str, work: Path, device: str, samples: int | None) -> Analysis:
+    """The around table based at ``cand`` (cached in its own run directory)."""
+    run = work / f"around_{cand}"
+    if not (run / "sensitivity.json").is_file():
+        arguments = analysis_arguments(model, candidates, "sqnr", device, run, samples)
+        arguments.update(metric="around", around=cand, around_divergence="auto")
+        net, data, _, groups = prepare(model, None, samples)
+        analyze(net, data or [], candidates, Around(base=cand), run, groups=groups, device=device,
+                model_name=model, arguments=arguments)
+    return Analysis.load(run)
+
+
+def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
+              at: list[str] | None = None) -> dict:
+    config = CONFIGS[model]
+    work = RESULTS / "tmp" / f"run_{model}"
+    sqnr = sqnr_analysis(model, config.candidates, work, device, samples)
+    problem = sqnr.problem()
+    evaluator = sqnr.evaluator(device=device)
+    reference = evaluator.reference().to_dict()
+    higher = reference["higher_is_better"]
+    print(f"{model}: float {reference['name']} {reference['value']:.3f}", flush=True)
+
+    def measure(assignments: dict[str, str]) -> dict:
+        return evaluator.measure(assignments).to_dict()
+
+    highest = max(problem.candidates, key=lambda c: problem.uniform_cost("bytes", c))
+    rows, analyses = [], {"sqnr": sqnr.table.metadata.get("seconds")}
+    for cand in [c for c in problem.candidates if c != highest and (not at or c in at)]:
+        around = _around(model, cand, config.candidates, work, device, samples)
+        analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
+        around_problem = around.problem()
+        for kind in kinds or config.kinds:
+            base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
+            budget = problem.cost(kind, base)
+            uniform = measure(problem.assignments(base))
+            se = standard_error(uniform)
+            row = {"at": cand, "kind": kind, "budget": budget, "uniform": uniform["value"], "standard_error": se}
+            for label, analysis, table_problem in (("sqnr", sqnr, problem), ("around", around, around_problem)):
+                plain = SOLVERS["exact"](table_problem, Goal({kind: budget}))
+                row[f"{label}_exact"] = measure(table_problem.assignments(plain.choice))["value"]
+                checks_before = sum(len(c.results) for c in analysis._checkers.values())
+                start = time.perf_counter()
+                plan = analysis.solve({kind: budget}, device=device)
+                row[f"{label}_guard_seconds"] = round(time.perf_counter() - start, 2)
+                row[f"{label}_guard_evaluations"] = sum(len(c.results) for c in analysis._checkers.values()) - \
+                    checks_before
+                row[f"{label}_guarded"] = measure(plan.assignments)["value"]
+                row[f"{label}_guard_chose"] = plan.metadata.get("guard", {}).get("chosen")
+                start = time.perf_counter()
+                local = analysis.solve({kind: budget}, search="local", device=device)
+                row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
+                row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
+                row[f"{label}_local"] = measure(local.assignments)["value"]
+            for key in KEYS:
+                value = row[key]
+                row[f"{key}_not_worse"] = bool(value >= uniform["value"] - se if higher else value <= uniform["value"] + se)
+            rows.append(row)
+            print(f"{kind} of {cand:<7} uniform {row['uniform']:.3f}  " + "  ".join(
+                f"{key} {row[key]:.3f}" for key in KEYS), flush=True)
+    summary = {key: f"{sum(r[key + '_not_worse'] for r in rows)} of {len(rows)}" for key in KEYS}
+    return {"model": model, "reference": reference, "rows": rows, "summary": summary, "analysis_seconds": analyses,
+            "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
+            "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples}}
+
+
+
+def markdown(result: dict) -> str:
+    ref = result["reference"]
+    lines = [f"# Never worse than uniform: {result['model']}", "",
+             f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}. Decisions on calibration data, "
+             "metrics on the evaluation split; not worse = within one standard error of uniform.", "",
+             "| budget | uniform | sqnr exact | sqnr + guard | sqnr local | around exact | around + guard | around local "
+             "| guard chose (sqnr / around) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        mark = lambda key: f"{r[key]:.2f}" + ("" if r[key + "_not_worse"] else " (worse)")  # noqa: E731
+        lines.append(f"| {r['kind']} of {r['at']} | {r['uniform']:.2f} ± {r['standard_error']:.2f} | "
+                     f"{mark('sqnr_exact')} | {mark('sqnr_guarded')} | {mark('sqnr_local')} | {mark('around_exact')} | "
+                     f"{mark('around_guarded')} | {mark('around_local')} | {r['sqnr_guard_chose']} / "
+                     f"{r['around_guard_chose']} |")
+    lines += ["", "Not worse than uniform: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".",
+              "", "Analysis seconds: " + ", ".join(f"{k} {v}" for k, v in result["analysis_seconds"].items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(CONFIGS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--calibration-samples", type=int, default=None)
+    parser.add_argument("--kinds", help="budget kinds (default: the model's configuration)")
+    parser.add_argument("--at", help="only at the cost of these uniform candidates (default: all but the highest)")
+    parser.add_argument("--out-suffix", default="")
+    args = parser.parse_args()
+    try:
+        result = benchmark(args.model, args.device, args.calibration_samples,
+                           args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None)
+    except MissingDataError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
+    write_json_atomic(out.with_suffix(".json"), result)
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {out}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
