@@ -15,7 +15,9 @@ sensitivities to match, and solves again:
     return best
 
 Every returned plan comes from the exact solver at B, so it meets every budget, and it is never
-worse, measured, than the plain exact plan. A round costs up to 1 + `probes` evaluations.
+worse than the plain exact plan on the data `measure` evaluates. It decides on that data: measured
+on the evaluation split, its figure there is optimistic; measure on held-out data. A round costs up
+to 1 + `probes` evaluations.
 """
 from __future__ import annotations
 
