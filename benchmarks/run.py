@@ -68,7 +68,8 @@ def analysis_arguments(model: str, candidates: str, metric: str, device: str, ru
     """The arguments `mixprec analyze --model ...` records in run.json: a run's evaluator loads the
     model, data and evaluation they name, and its cache keys hash them."""
     return {"model": model, "data": None, "calibration_samples": samples, "tie": [], "exclude": [],
-            "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "eval": None,
+            "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
+            "around_divergence": "auto", "eval": None,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
             "device": device, "out": str(run_dir)}
 

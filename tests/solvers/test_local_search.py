@@ -42,3 +42,18 @@ def test_moves_stay_within_the_budget_and_include_paired_moves():
     paired = [new for _, new in moves(problem, {"bytes": problem.cost("bytes", mid)}, mid)
               if (new != mid).sum() == 2]
     assert paired, "a move up that does not fit is offered with a move down that pays for it"
+
+
+def test_cli_local_search_decides_on_calibration_data(tmp_path):
+    import json
+
+    from mixprec.cli import main
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--search", "local", "--evaluations", "12",
+                 "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    assert meta["predicted_costs"]["bops"] <= meta["budgets"]["bops"] * (1 + 1e-12)
+    assert 1 <= meta["evaluations"] <= 12
+    assert (run / "divergences.jsonl").is_file() and not (run / "evaluations.jsonl").exists()  # no eval split used
