@@ -207,6 +207,15 @@ def never_worse_section() -> list[str]:
                              f"{extra:.0f} s against {analysis:.0f} s ({extra / analysis:.1f}x) | "
                              f"{'yes' if extra <= 2 * analysis else 'no'} |")
     lines += ["| at least as good as NNCF in 24 of 24 configurations | smollm2 | not run | no |", ""]
+    for path in sorted(RESULTS.glob("local_search_stages_*.json")):
+        r = json.loads(path.read_text())
+        rows = r["rows"]
+        lines += [f"Local search with and without data stages, {r['model']} at the {r['kind']} of {r['at']} "
+                  f"(`{r['command']}`, {r['environment']['device']}; {r['calibration_batches']} calibration batches; "
+                  f"uniform {rows['uniform']['metric']:.2f}):", "",
+                  "| variant | metric | seconds | full evaluations | screened |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {rows[k]['metric']:.2f} | {rows[k]['seconds']} | {rows[k]['full_evaluations']} | "
+                  f"{rows[k]['screened']} |" for k in ("staged", "full")] + [""]
     for model, r in reports.items():
         lines += never_worse_markdown(r).replace("# Never worse", "### Never worse").splitlines() + [""]
     return lines

@@ -57,3 +57,18 @@ def test_cli_local_search_decides_on_calibration_data(tmp_path):
     assert meta["predicted_costs"]["bops"] <= meta["budgets"]["bops"] * (1 + 1e-12)
     assert 1 <= meta["evaluations"] <= 12
     assert (run / "divergences.jsonl").is_file() and not (run / "evaluations.jsonl").exists()  # no eval split used
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_noisy_screen_changes_which_moves_are_measured_never_the_guarantees(seed):
+    problem, truth = problem_of(seed, groups=6)
+    rows = np.arange(len(problem.groups))
+    noise = np.random.default_rng(seed + 1).normal(0, 0.5, truth.shape)
+    measure = lambda choice: float(truth[rows, choice].sum())  # noqa: E731
+    screen = lambda choice: float((truth + noise)[rows, choice].sum())  # noqa: E731
+    mid = problem.uniform_choice("c1")
+    goal = Goal({"bytes": problem.cost("bytes", mid)}, measure=measure)
+    result = local_search(problem, goal, starts=[mid], evaluations=20, screen=screen, survivors=2)
+    assert problem.cost("bytes", result.choice) <= goal.budgets["bytes"] * (1 + 1e-12)
+    assert result.measured_loss <= measure(mid) and result.evaluations <= 20

@@ -6,7 +6,9 @@ dKL-per-bit are the references). The table proposes, a measurement decides:
         moves <- every single move (one group to another candidate) within the budgets, and for each
                  move up that does not fit, the same move paired with the one move down that makes it
                  fit at the least predicted damage
-        measure the `moves_per_round` moves with the best predicted change  dS = sum of S[g, new] - S[g, old]
+        take the `moves_per_round` moves with the best predicted change  dS = sum of S[g, new] - S[g, old]
+        with `screen` (the divergence on a few calibration batches): keep the `survivors` that screen best
+        measure those on all the calibration data
         plan <- the best measured one if it measures strictly better than plan, else stop
     return plan
 
@@ -14,6 +16,8 @@ dKL-per-bit are the references). The table proposes, a measurement decides:
 split); every returned plan meets every budget and measures no worse than every start.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -73,20 +77,30 @@ def moves(problem: AllocationProblem, budgets: dict[str, float], choice: np.ndar
 
 
 def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray] | None = None,
-                 evaluations: int = 64, moves_per_round: int = 8) -> Solution:
+                 evaluations: int = 64, moves_per_round: int = 8, screen: Callable[[np.ndarray], float] | None = None,
+                 survivors: int = 2) -> Solution:
     """Improve the best of ``starts`` (default: the exact plan) by measured moves within ``goal.budgets``,
-    with ``goal.measure`` (lower is better), at most ``evaluations`` measurements."""
+    with ``goal.measure`` (lower is better), at most ``evaluations`` full measurements. ``screen``: a
+    cheaper measure of the same kind (fewer batches) that picks the ``survivors`` of each round's moves."""
     if not goal.budgets:
         raise MixprecError("search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
     if goal.measure is None:
         raise MixprecError("search local measures plans: give a measure (the guard's divergence on calibration data)")
-    if evaluations < 1 or moves_per_round < 1:
-        raise MixprecError(f"evaluations and moves_per_round must be >= 1, got {evaluations} and {moves_per_round}")
+    if evaluations < 1 or moves_per_round < 1 or survivors < 1:
+        raise MixprecError(f"evaluations, moves_per_round and survivors must be >= 1, got {evaluations}, "
+                           f"{moves_per_round} and {survivors}")
     budgets = goal.budgets
     if not starts:
         starts = [solve_exact(problem.sensitivity, problem.costs, budgets, problem.fixed, problem.allowed).choice]
     losses: dict[tuple, float] = {}
+    screened: dict[tuple, float] = {}
     trace: list[dict] = []
+
+    def cheap(choice: np.ndarray) -> float:
+        key = tuple(int(c) for c in choice)
+        if key not in screened:
+            screened[key] = float(screen(np.array(key)))
+        return screened[key]
 
     def measure(choice: np.ndarray, role: str) -> float:
         key = tuple(int(c) for c in choice)
@@ -104,7 +118,10 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     loss = measure(plan, "start")
     while len(losses) < evaluations:
         proposals = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
-        proposals = proposals[:min(moves_per_round, evaluations - len(losses))]
+        if screen is None:
+            proposals = proposals[:min(moves_per_round, evaluations - len(losses))]
+        else:
+            proposals = sorted(proposals[:moves_per_round], key=cheap)[:min(survivors, evaluations - len(losses))]
         if not proposals:
             break
         best = min(proposals, key=lambda new: measure(new, "move"))
@@ -114,5 +131,7 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
         plan, loss = best, measure(best, "move")
         trace.append({"step": len(trace), "role": "accepted", "loss": loss, "evaluations": len(losses)})
     objective, costs = problem.totals(plan)
+    if screen is not None:
+        trace.append({"step": len(trace), "role": "screened", "plans": len(screened)})
     return Solution(plan, objective, costs, evaluations=len(losses), measured_loss=loss, trace=trace)
 
