@@ -70,7 +70,7 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 
 
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
-              at: list[str] | None = None) -> dict:
+              at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around")) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     sqnr = sqnr_analysis(model, config.candidates, work, device, samples)
@@ -86,16 +86,18 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
     highest = max(problem.candidates, key=lambda c: problem.uniform_cost("bytes", c))
     rows, analyses = [], {"sqnr": sqnr.table.metadata.get("seconds")}
     for cand in [c for c in problem.candidates if c != highest and (not at or c in at)]:
-        around = _around(model, cand, config.candidates, work, device, samples)
-        analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
-        around_problem = around.problem()
+        studied = [("sqnr", sqnr, problem)] if "sqnr" in tables else []
+        if "around" in tables:
+            around = _around(model, cand, config.candidates, work, device, samples)
+            analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
+            studied.append(("around", around, around.problem()))
         for kind in kinds or config.kinds:
             base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
             budget = problem.cost(kind, base)
             uniform = measure(problem.assignments(base))
             se = standard_error(uniform)
             row = {"at": cand, "kind": kind, "budget": budget, "uniform": uniform["value"], "standard_error": se}
-            for label, analysis, table_problem in (("sqnr", sqnr, problem), ("around", around, around_problem)):
+            for label, analysis, table_problem in studied:
                 plain = SOLVERS["exact"](table_problem, Goal({kind: budget}))
                 row[f"{label}_exact"] = measure(table_problem.assignments(plain.choice))["value"]
                 checks_before = sum(len(c.results) for c in analysis._checkers.values())
@@ -111,13 +113,13 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
                 row[f"{label}_local"] = measure(local.assignments)["value"]
-            for key in KEYS:
+            for key in [k for k in KEYS if k in row]:
                 value = row[key]
                 row[f"{key}_not_worse"] = bool(value >= uniform["value"] - se if higher else value <= uniform["value"] + se)
             rows.append(row)
             print(f"{kind} of {cand:<7} uniform {row['uniform']:.3f}  " + "  ".join(
-                f"{key} {row[key]:.3f}" for key in KEYS), flush=True)
-    summary = {key: f"{sum(r[key + '_not_worse'] for r in rows)} of {len(rows)}" for key in KEYS}
+                f"{key} {row[key]:.3f}" for key in KEYS if key in row), flush=True)
+    summary = {key: f"{sum(r[key + '_not_worse'] for r in rows)} of {len(rows)}" for key in KEYS if key in rows[0]}
     return {"model": model, "reference": reference, "rows": rows, "summary": summary, "analysis_seconds": analyses,
             "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
             "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples}}
@@ -128,16 +130,18 @@ def markdown(result: dict) -> str:
     ref = result["reference"]
     lines = [f"# Never worse than uniform: {result['model']}", "",
              f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}. Decisions on calibration data, "
-             "metrics on the evaluation split; not worse = within one standard error of uniform.", "",
+             "metrics on the evaluation split; not worse = within one standard error of uniform."
+             + (f" Note: {result['note']}." if result.get("note") else ""), "",
              "| budget | uniform | sqnr exact | sqnr + guard | sqnr local | around exact | around + guard | around local "
              "| guard chose (sqnr / around) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        mark = lambda key: f"{r[key]:.2f}" + ("" if r[key + "_not_worse"] else " (worse)")  # noqa: E731
+        mark = lambda key: ("—" if key not in r else  # noqa: E731
+                            f"{r[key]:.2f}" + ("" if r[key + "_not_worse"] else " (worse)"))
         lines.append(f"| {r['kind']} of {r['at']} | {r['uniform']:.2f} ± {r['standard_error']:.2f} | "
                      f"{mark('sqnr_exact')} | {mark('sqnr_guarded')} | {mark('sqnr_local')} | {mark('around_exact')} | "
                      f"{mark('around_guarded')} | {mark('around_local')} | {r['sqnr_guard_chose']} / "
-                     f"{r['around_guard_chose']} |")
+                     f"{r.get('around_guard_chose', '—')} |")
     lines += ["", "Not worse than uniform: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".",
               "", "Analysis seconds: " + ", ".join(f"{k} {v}" for k, v in result["analysis_seconds"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -150,11 +154,13 @@ def main() -> int:
     parser.add_argument("--calibration-samples", type=int, default=None)
     parser.add_argument("--kinds", help="budget kinds (default: the model's configuration)")
     parser.add_argument("--at", help="only at the cost of these uniform candidates (default: all but the highest)")
+    parser.add_argument("--tables", default="sqnr,around", help="which tables to solve on: sqnr, around or both")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     try:
         result = benchmark(args.model, args.device, args.calibration_samples,
-                           args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None)
+                           args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
+                           tuple(args.tables.split(",")))
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

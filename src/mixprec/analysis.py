@@ -324,6 +324,7 @@ class Analysis:
         exact plan and every uniform plan within the budget."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+        divergence = "auto-smooth" if divergence == "auto" else divergence  # moves need small differences to show
         checker = self._checker(divergence, device)
         say("local search: measuring plans by their output divergence on the calibration data")
         measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
@@ -519,4 +520,6 @@ def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[
 
 
 def _divergence_key(divergence: str, batches: int | None) -> str:
-    return f"divergence:{divergence}" + (f":first{batches}" if batches else "")
+    """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
+    rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)"}
+    return f"divergence:{rules.get(divergence, divergence)}" + (f":first{batches}" if batches else "")

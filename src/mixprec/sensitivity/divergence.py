@@ -1,13 +1,18 @@
 """How far a quantized model's output is from the float model's, on calibration data, without labels.
 
-    kl:   mean over predicted rows (classifier samples, LM tokens) of KL(softmax(y) || softmax(y_q))
-    sqnr: sum ||y_q - y||^2 / sum ||y||^2   (1 / SQNR; for outputs that are not logits)
+    kl:        mean over predicted rows (classifier samples, LM tokens) of KL(softmax(y) || softmax(y_q))
+    agreement: share of rows whose top-1 differs from the float model's (label-free disagreement)
+    sqnr:      sum ||y_q - y||^2 / sum ||y||^2   (1 / SQNR; for outputs that are not logits)
 
 The same formulas as the kl and sqnr sensitivity metrics, applied to a whole quantized model: the
 guard and the measured searches decide with it, on the calibration data, never on the data the
-user evaluates on. ``kind="auto"`` takes kl for outputs that look like logits (a classifier whose
-calibration items carry integer labels, or a (batch, tokens, vocabulary) output with a vocabulary
-of 100 or more), sqnr otherwise (embeddings, regression, detection heads).
+user evaluates on. ``kind="auto"`` takes agreement for a classifier (2-D logits, its calibration
+items carrying integer labels), kl for a language model (a (batch, tokens, vocabulary) output with a
+vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection heads);
+``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show.
+Why agreement for classifiers: on ResNet-56 at the BOPs of W4A8, KL on the calibration data ranked a
+mixed plan above uniform (0.320 against 0.367) while both top-1 agreement (0.869 against 0.887)
+and accuracy on the evaluation split (78.97 against 79.91) ranked it below.
 """
 from __future__ import annotations
 
@@ -34,14 +39,23 @@ def sqnr_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]
     return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
 
 
-DIVERGENCES = {"kl": kl_divergence, "sqnr": sqnr_divergence}
+def disagreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    """(rows whose top-1 differs from the float model's, rows)."""
+    a = ref.reshape(-1, ref.shape[-1]).argmax(dim=-1)
+    b = out.reshape(-1, out.shape[-1]).argmax(dim=-1)
+    return float((a != b).sum()), float(a.numel())
 
 
-def auto_kind(output: torch.Tensor, labels: Any) -> str:
-    """kl for logits (integer class labels beside them, or an LM's (batch, tokens, vocab) output), else sqnr."""
-    if output.ndim >= 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
+DIVERGENCES = {"kl": kl_divergence, "agreement": disagreement, "sqnr": sqnr_divergence}
+AUTO = ("auto", "auto-smooth")
+
+
+def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False) -> str:
+    """agreement (kl if ``smooth``) for a classifier's logits with integer labels beside them, kl for an
+    LM's (batch, tokens, vocab) output, else sqnr."""
+    if output.ndim == 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
             and not labels.is_floating_point() and labels.ndim == 1:
-        return "kl"
+        return "kl" if smooth else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
         return "kl"
     return "sqnr"
@@ -53,8 +67,8 @@ class OutputDivergence:
     (lower is better), so plan evaluators can cache it like any metric."""
 
     def __init__(self, float_model: nn.Module, data: Iterable, kind: str = "auto", max_batches: int | None = None):
-        if kind != "auto" and kind not in DIVERGENCES:
-            raise SpecError(f"unknown divergence {kind!r}; choose one of: auto, {', '.join(DIVERGENCES)}")
+        if kind not in AUTO and kind not in DIVERGENCES:
+            raise SpecError(f"unknown divergence {kind!r}; choose one of: {', '.join(AUTO + tuple(DIVERGENCES))}")
         batches = [split_item(item) for item in data]
         if max_batches is not None:
             batches = batches[:max_batches]
@@ -75,8 +89,8 @@ class OutputDivergence:
             with torch.no_grad():
                 self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).float()
                                   for x in self.inputs]
-            if self.kind == "auto":
-                self.kind = auto_kind(self.reference[0], self._labels)
+            if self.kind in AUTO:
+                self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth")
         return self.reference
 
     @torch.no_grad()
