@@ -207,6 +207,13 @@ def never_worse_section() -> list[str]:
                              f"{extra:.0f} s against {analysis:.0f} s ({extra / analysis:.1f}x) | "
                              f"{'yes' if extra <= 2 * analysis else 'no'} |")
     lines += ["| at least as good as NNCF in 24 of 24 configurations | smollm2 | not run | no |", ""]
+    for path in sorted(RESULTS.glob("guard_divergences_*.json")):
+        r = json.loads(path.read_text())
+        lines += [f"Which divergence ranks plans as the evaluation split does: {r['model']} at the {r['kind']} of "
+                  f"{r['at']} (`{r['command']}`, {r['environment']['device']}):", "",
+                  "| plan | output KL | top-1 disagreement | metric (evaluation split) |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['kl']:.4f} | {v['agreement']:.4f} | {v['metric']:.2f} |" for k, v in r["rows"].items()]
+        lines += ["", "Better by: " + ", ".join(f"{k} {v}" for k, v in r["better_by"].items()) + ".", ""]
     for path in sorted(RESULTS.glob("local_search_stages_*.json")):
         r = json.loads(path.read_text())
         rows = r["rows"]

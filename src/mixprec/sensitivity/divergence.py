@@ -11,8 +11,9 @@ items carrying integer labels), kl for a language model (a (batch, tokens, vocab
 vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection heads);
 ``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show.
 Why agreement for classifiers: on ResNet-56 at the BOPs of W4A8, KL on the calibration data ranked a
-mixed plan above uniform (0.320 against 0.367) while both top-1 agreement (0.869 against 0.887)
-and accuracy on the evaluation split (78.97 against 79.91) ranked it below.
+mixed plan above uniform (0.320 against 0.367) while both top-1 disagreement (0.131 against 0.113)
+and accuracy on the evaluation split (78.97 against 79.91) ranked it below
+(benchmarks/guard_divergences.py).
 """
 from __future__ import annotations
 
