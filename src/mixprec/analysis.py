@@ -313,10 +313,22 @@ class Analysis:
     def _checker(self, divergence: str, device: str | None, batches: int | None = None) -> PlanEvaluator:
         """The divergence evaluator the guard and the local search measure with (one per analysis and
         number of batches)."""
+        divergence = self._resolve_auto(divergence)
         key = (divergence, str(device), batches)
         if key not in self._checkers:  # the model and float outputs load once
             self._checkers[key] = self.evaluator(device=device, divergence=divergence, divergence_batches=batches)
         return self._checkers[key]
+
+    def _resolve_auto(self, divergence: str) -> str:
+        """A built-in model says what its output is; other models are recognised from their output and
+        labels when the divergence is first measured (mixprec.sensitivity.divergence.auto_kind)."""
+        if divergence not in ("auto", "auto-smooth") or not self.model_name or not is_builtin(self.model_name):
+            return divergence
+        from .builtin import get_builtin
+        output = get_builtin(self.model_name).output
+        if output == "logits":
+            return "kl" if divergence == "auto-smooth" else "agreement"
+        return "kl" if output == "tokens" else "sqnr"
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
                     say: Callable[[str], None]) -> tuple[Goal, dict]:

@@ -137,6 +137,7 @@ def builtin(name: str = "minilm") -> Builtin:
     model_dir()
     import transformers  # noqa: F401  (missing packages surface now, as ImportError)
     return Builtin(
+        output="embedding",
         name=name,
         description="all-MiniLM-L6-v2 sentence encoder (mean pooling), STS-B test Spearman x100",
         model=load_model,

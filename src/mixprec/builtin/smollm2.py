@@ -197,6 +197,7 @@ def builtin(name: str = "smollm2") -> Builtin:
     import gguf  # noqa: F401  (missing packages surface now, as ImportError)
     import transformers  # noqa: F401
     return Builtin(
+        output="tokens",
         name=name,
         description="SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), WikiText-2 test perplexity",
         model=load_model,
