@@ -185,7 +185,7 @@ def never_worse_section() -> list[str]:
             continue
         for key in [k for k in KEYS if k in r["summary"]]:
             got, total = (int(x) for x in r["summary"][key].split(" of "))
-            lines.append(f"| never worse ({key}) | {model} | {got} of {total} budgets"
+            lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}) | {got} of {total} budgets"
                          f"{'' if len(r['rows']) >= 10 else ' (only at ' + ', '.join(sorted({x['at'] for x in r['rows']})) + ')'}"
                          f" | {'yes' if got == total else 'no'} |")
         run = load(f"run_{model}.json")
