@@ -34,11 +34,12 @@ def run_demo(out: Path | None = None, candidates: str = DEMO_CANDIDATES, n_plans
     print("\n== 3/3 report")
     ref = front.reference
     print(f"float model: {ref['name']} {ref['value']:.2f}")
-    print(f"{'plan':<14} {'BOPs':>9} {'bytes':>9} {ref['name']:>8}")
-    rows = [(f"uniform {c}", u) for c, u in front.uniform.items()] + [(f"mixed #{i}", p)
-                                                                      for i, p in enumerate(front.plans)]
+    print(f"{'plan':<32} {'BOPs':>9} {'bytes':>9} {ref['name']:>8}")
+    rows = [(f"uniform {c}", u) for c, u in front.uniform.items()]
+    rows += [(f"#{i} " + (p.search.split("guard: ")[1].replace(", first/last", " +8-bit ends")
+                          if p.search and "guard: " in p.search else "mixed"), p) for i, p in enumerate(front.plans)]
     for name, item in sorted(rows, key=lambda r: r[1].costs["bops"]):
-        print(f"{name:<14} {format_count(item.costs['bops']):>9} {format_bytes(item.costs['bytes']):>9} "
+        print(f"{name:<32} {format_count(item.costs['bops']):>9} {format_bytes(item.costs['bytes']):>9} "
               f"{item.measured['value']:>8.2f}")
     print(f"\nreport: {report.resolve()}")
     print(f"({time.perf_counter() - start:.1f} s; BOPs per image; bytes include every scale and zero-point)")
