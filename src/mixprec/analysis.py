@@ -26,7 +26,7 @@ from .errors import SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
-from .plan_evaluation import PlanEvaluator
+from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
@@ -145,8 +145,7 @@ class Analysis:
     def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
         """A plan of these groups; it keeps the point counts of its multipoint layers (the ones its costs assume)."""
         plan = Plan(dict(assignments), self.groups, self.excluded, dict(metadata or {}))
-        counts = {layer: self.point_counts[cand][layer] for g, cand in assignments.items()
-                  if cand in self.point_counts for layer in self.groups[g]}
+        counts = plan_point_counts(assignments, self.groups, self.point_counts)
         if counts:
             plan.metadata["points"] = counts
         return plan

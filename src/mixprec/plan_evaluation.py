@@ -26,6 +26,14 @@ FLOAT = "float model"
 Loader = Callable[[], "tuple[nn.Module, list | None, Callable[[nn.Module], Any]]"]
 
 
+def plan_point_counts(assignments: dict[str, str], groups: dict[str, list[str]],
+                      point_counts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs and
+    what the plan's costs assume): layer -> digits, from the analysis's candidate -> layer -> digits."""
+    return {layer: point_counts[cand][layer] for g, cand in assignments.items() if cand in point_counts
+            for layer in groups[g]}
+
+
 class PlanEvaluator:
     """groups, excluded: the analysis's groups (name -> layers) and float layers; point_counts:
     multipoint candidate -> layer -> points per channel; settings: what the log key hashes besides
@@ -81,9 +89,7 @@ class PlanEvaluator:
         return Plan(dict(assignments), self.groups, self.excluded)
 
     def plan_point_counts(self, assignments: dict[str, str]) -> dict[str, str]:
-        """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs)."""
-        return {layer: self.point_counts[cand][layer] for g, cand in assignments.items() if cand in self.point_counts
-                for layer in self.groups[g]}
+        return plan_point_counts(assignments, self.groups, self.point_counts)
 
     def cached(self, assignments: dict[str, str] | None) -> EvalResult | None:
         return self.results.get(self._key(assignments))
