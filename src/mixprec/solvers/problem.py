@@ -60,6 +60,16 @@ def max_costs(costs: dict[str, np.ndarray], fixed: dict[str, float], mask: np.nd
     return {k: float(fixed.get(k, 0.0) + np.where(mask, c, -np.inf).max(axis=1).sum()) for k, c in costs.items()}
 
 
+def highest_precision(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each group on its most expensive allowed candidate (ties: lower sensitivity, then lower index)."""
+    return np.array([max(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], -S[g, c], -c)) for g in range(len(S))])
+
+
+def cheapest(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each group on its cheapest allowed candidate (ties: lower sensitivity, then lower index)."""
+    return np.array([min(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], S[g, c], c)) for g in range(len(S))])
+
+
 def within(cost: float, budget: float) -> bool:
     """``cost <= budget`` up to rounding in the sums (the tolerance every search uses)."""
     return cost <= budget * (1 + 1e-12) + 1e-12
@@ -171,15 +181,11 @@ class AllocationProblem:
 
     def highest(self, kind: str) -> np.ndarray:
         """Every group on its most expensive allowed candidate in ``kind`` (ties: the less sensitive)."""
-        mask, cost = self.mask, self.costs[kind]
-        return np.array([max(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], -self.sensitivity[g, c], -c))
-                         for g in range(len(self.groups))])
+        return highest_precision(self.sensitivity, self.costs[kind], self.mask)
 
     def cheapest(self, kind: str) -> np.ndarray:
         """Every group on its cheapest allowed candidate in ``kind`` (ties: the less sensitive)."""
-        mask, cost = self.mask, self.costs[kind]
-        return np.array([min(np.flatnonzero(mask[g]), key=lambda c: (cost[g, c], self.sensitivity[g, c], c))
-                         for g in range(len(self.groups))])
+        return cheapest(self.sensitivity, self.costs[kind], self.mask)
 
     def least_sensitive(self) -> np.ndarray:
         """Every group on its least sensitive allowed candidate."""

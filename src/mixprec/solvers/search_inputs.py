@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MixprecError
-from .problem import AllocationProblem, allowed_mask
+from .problem import allowed_mask, cheapest, highest_precision  # noqa: F401 (the searches take them from here)
 
 
 def checked_tables(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str,
@@ -33,21 +33,6 @@ def checked_tables(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: 
         raise MixprecError(f"cost table {kind!r} is not finite at allowed (group, candidate) {bad[:5].tolist()}; "
                            "give a finite cost or disallow the candidate")
     return S, cost, mask
-
-
-def highest_precision(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each group on its most expensive allowed candidate (ties: lower sensitivity, then lower index)."""
-    return _problem(S, cost, mask).highest("cost")
-
-
-def cheapest(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each group on its cheapest allowed candidate (ties: lower sensitivity, then lower index)."""
-    return _problem(S, cost, mask).cheapest("cost")
-
-
-def _problem(S: np.ndarray, cost: np.ndarray, mask: np.ndarray) -> AllocationProblem:
-    names = tuple(str(i) for i in range(S.shape[1]))
-    return AllocationProblem(tuple(str(g) for g in range(len(S))), names, S, {"cost": cost}, {}, mask)
 
 
 class LossCache:
