@@ -1,9 +1,11 @@
 """Which label-free divergence ranks plans as the evaluation split does? The exact plan and the
-uniform plan (first and last groups at w8a8) at the cost of one uniform candidate, measured by
-output KL and by top-1 agreement with the float model on the calibration data, and by the model's
-own metric on the evaluation split.
+uniform plan (first and last groups at w8a8 for CNNs) at the cost of each uniform candidate, measured
+on the calibration data by output KL, top-1 disagreement and 1/SQNR against the float model, and by
+the model's own metric on the evaluation split. A divergence "agrees" at a point when it ranks the
+two plans as the evaluation metric does; "consensus" returns the mixed plan only when both
+disagreement and 1/SQNR rank it lower.
 
-    python benchmarks/guard_divergences.py resnet56 [--at w4a8] [--kind bops] [--device cpu]
+    python benchmarks/guard_divergences.py resnet56 [--at w3a8,w4a8,w5a8] [--kinds bops,bytes] [--device cpu]
 
 Writes benchmarks/results/guard_divergences_<model>.json.
 """
@@ -26,26 +28,44 @@ from mixprec.sensitivity.divergence import OutputDivergence  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.specs import prepare  # noqa: E402
 
+DIVERGENCES = ("kl", "agreement", "sqnr")
+CONSENSUS = ("agreement", "sqnr")
 
-def benchmark(model_name: str, at: str, kind: str, device: str) -> dict:
+
+def benchmark(model_name: str, at: list[str], kinds: list[str], device: str) -> dict:
     config = CONFIGS[model_name]
     analysis = sqnr_analysis(model_name, config.candidates, RESULTS / "tmp" / f"run_{model_name}", device, None)
     problem = analysis.problem()
-    base = first_last_choice(problem, at) if config.pin_first_last else problem.uniform_choice(at)
-    exact = SOLVERS["exact"](problem, Goal({kind: problem.cost(kind, base)})).choice
     model, data, _, _ = prepare(model_name)
     model = model.to(device)
-    divergences = {k: OutputDivergence(model, data, k) for k in ("kl", "agreement")}
+    divergences = {k: OutputDivergence(model, data, k) for k in DIVERGENCES}
     builtin = get_builtin(model_name)
-    rows = {}
-    for label, choice in (("uniform", base), ("exact", exact)):
-        quantized = apply(model, analysis.plan(problem.assignments(choice)), data, progress=False)
-        rows[label] = {k: d.measure(quantized) for k, d in divergences.items()}
-        rows[label]["metric"] = builtin.evaluate(quantized).value
-        print(label, rows[label], flush=True)
-    ranks = {k: "exact" if rows["exact"][k] < rows["uniform"][k] else "uniform" for k in divergences}
-    ranks["metric"] = "exact" if rows["exact"]["metric"] > rows["uniform"]["metric"] else "uniform"
-    return {"model": model_name, "at": at, "kind": kind, "rows": rows, "better_by": ranks,
+    points, measured = [], {}
+
+    def measure(choice) -> dict:
+        key = tuple(int(c) for c in choice)
+        if key not in measured:
+            quantized = apply(model, analysis.plan(problem.assignments(choice)), data, progress=False)
+            measured[key] = {k: d.measure(quantized) for k, d in divergences.items()}
+            measured[key]["metric"] = builtin.evaluate(quantized).value
+        return measured[key]
+
+    for cand in at:
+        base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
+        for kind in kinds:
+            exact = SOLVERS["exact"](problem, Goal({kind: problem.cost(kind, base)})).choice
+            if (exact == base).all():
+                continue
+            rows = {"uniform": measure(base), "exact": measure(exact)}
+            better = {k: "exact" if rows["exact"][k] < rows["uniform"][k] else "uniform" for k in DIVERGENCES}
+            better["metric"] = "exact" if rows["exact"]["metric"] > rows["uniform"]["metric"] else "uniform"
+            better["consensus"] = "exact" if all(better[k] == "exact" for k in CONSENSUS) else "uniform"
+            point = {"at": cand, "kind": kind, "rows": rows, "better_by": better}
+            points.append(point)
+            print(cand, kind, rows, better, flush=True)
+    agree = {k: sum(p["better_by"][k] == p["better_by"]["metric"] for p in points)
+             for k in (*DIVERGENCES, "consensus")}
+    return {"model": model_name, "points": points, "agrees_with_metric": agree, "n_points": len(points),
             "command": " ".join(["python", "benchmarks/guard_divergences.py", *sys.argv[1:]]),
             "environment": {"mixprec": __version__, "device": device}}
 
@@ -53,18 +73,20 @@ def benchmark(model_name: str, at: str, kind: str, device: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(CONFIGS))
-    parser.add_argument("--at", default="w4a8")
-    parser.add_argument("--kind", default="bops")
+    parser.add_argument("--at", default="w3a8,w4a8,w5a8")
+    parser.add_argument("--kinds", default=None, help="budget kinds (default: the model's configuration)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    kinds = args.kinds.split(",") if args.kinds else list(CONFIGS[args.model].kinds)
     try:
-        result = benchmark(args.model, args.at, args.kind, args.device)
+        result = benchmark(args.model, args.at.split(","), kinds, args.device)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0
     out = RESULTS / f"guard_divergences_{args.model}.json"
     write_json_atomic(out, result)
-    print(f"better by: {result['better_by']}; wrote {out}")
+    print(f"agrees with the evaluation metric at {result['n_points']} points: {result['agrees_with_metric']}; "
+          f"wrote {out}")
     return 0
 
 

@@ -70,7 +70,8 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 
 
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
-              at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around")) -> dict:
+              at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
+              partial: Path | None = None) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     sqnr = sqnr_analysis(model, config.candidates, work, device, samples)
@@ -117,6 +118,9 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 value = row[key]
                 row[f"{key}_not_worse"] = bool(value >= uniform["value"] - se if higher else value <= uniform["value"] + se)
             rows.append(row)
+            if partial is not None:  # what is done survives a run cut short
+                write_json_atomic(partial, {"model": model, "reference": reference, "rows": rows,
+                                            "analysis_seconds": analyses, "partial": True})
             print(f"{kind} of {cand:<7} uniform {row['uniform']:.3f}  " + "  ".join(
                 f"{key} {row[key]:.3f}" for key in KEYS if key in row), flush=True)
     summary = {key: f"{sum(r[key + '_not_worse'] for r in rows)} of {len(rows)}" for key in KEYS if key in rows[0]}
@@ -157,14 +161,15 @@ def main() -> int:
     parser.add_argument("--tables", default="sqnr,around", help="which tables to solve on: sqnr, around or both")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
+    out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
     try:
         result = benchmark(args.model, args.device, args.calibration_samples,
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
-                           tuple(args.tables.split(",")))
+                           tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"))
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0
-    out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     write_json_atomic(out.with_suffix(".json"), result)
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

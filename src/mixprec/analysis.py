@@ -251,7 +251,8 @@ class Analysis:
 
         guard (default on): the plan is measured against every uniform plan within the same budgets
         (and each one's variant with the first and last groups at 8 bits) by a label-free output
-        divergence on the calibration data (``guard_divergence``: auto, kl or sqnr); the better plan
+        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr or consensus, which
+        is agreement and sqnr together and what auto is for classifiers); the better plan
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
@@ -335,7 +336,8 @@ class Analysis:
         exact plan and every uniform plan within the budget."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
-        divergence = "auto-smooth" if divergence == "auto" else divergence  # moves need small differences to show
+        # moves need small differences to show: KL for classifiers, not top-1 disagreement
+        divergence = "auto-smooth" if divergence in ("auto", "consensus") else divergence
         checker = self._checker(divergence, device)
         say("local search: measuring plans by their output divergence on the calibration data")
         measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
@@ -365,15 +367,22 @@ class Analysis:
             return None, divergence, None
         kind = [divergence]
         if not any(np.array_equal(r, choice) for r in rivals.values()):
+            # auto for a classifier is a consensus: the mixed plan must disagree less with the float model's
+            # top-1 AND have a lower 1/SQNR than every uniform rival (solvers/guard.py says why)
+            consensus = divergence == "consensus"
             try:
-                checker = self._checker(divergence, device)
+                checker = self._checker("agreement" if consensus else divergence, device)
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
                 "data")
 
-            def measure(c: np.ndarray) -> float:
-                result = checker.measure(problem.assignments(c))
+            def measure(c: np.ndarray):
+                assignments = problem.assignments(c)
+                result = checker.measure(assignments)
+                if consensus or (divergence == "auto" and result.name == "agreement"):
+                    kind[0] = "agreement+sqnr"
+                    return result.value, self._checker("sqnr", device).measure(assignments).value
                 kind[0] = result.name  # what "auto" resolved to
                 return result.value
             result = guard(choice, rivals, measure)
