@@ -21,6 +21,7 @@ Writes benchmarks/results/never_worse_<model>.json and .md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -42,11 +43,34 @@ KEYS = ("sqnr_exact", "sqnr_guarded", "sqnr_local", "around_exact", "around_guar
 
 
 def standard_error(result: dict) -> float:
-    samples = (result.get("details") or {}).get("samples")
+    """One standard error of an evaluation: binomial for top-1 accuracy; for a Spearman correlation
+    over n pairs, (1 - r^2) sqrt(1.06 / (n - 3)) (Fisher's z with Fieller's variance); 0 otherwise
+    (perplexity: "not worse" then means not higher at all)."""
+    details = result.get("details") or {}
+    samples = details.get("samples")
     if result["name"].startswith("top") and samples:
         p = result["value"] / 100
         return 100 * math.sqrt(max(p * (1 - p), 0.0) / samples)
+    pairs = details.get("pairs")
+    if result["name"] == "spearman" and pairs and pairs > 3:
+        r = result["value"] / 100
+        return 100 * (1 - r * r) * math.sqrt(1.06 / (pairs - 3))
     return 0.0
+
+
+def verdicts(result: dict) -> dict:
+    """Re-derive each row's "not worse" and the summary from the saved figures (also for a run cut short:
+    its rows are all that is judged, and the summary says how many there are)."""
+    higher, ref = result["reference"]["higher_is_better"], result["reference"]
+    for row in result["rows"]:
+        row["standard_error"] = se = standard_error({**ref, "value": row["uniform"]})
+        for key in [k for k in KEYS if k in row]:
+            value = row[key]
+            row[f"{key}_not_worse"] = bool(value >= row["uniform"] - se if higher else value <= row["uniform"] + se)
+    rows = result["rows"]
+    result["summary"] = {key: f"{sum(r[key + '_not_worse'] for r in rows if key in r)} of "
+                              f"{sum(key in r for r in rows)}" for key in KEYS if any(key in r for r in rows)}
+    return result
 
 
 def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None) -> Analysis:
@@ -96,7 +120,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
             budget = problem.cost(kind, base)
             uniform = measure(problem.assignments(base))
-            se = standard_error(uniform)
+            se = standard_error({**reference, "value": uniform["value"]})
             row = {"at": cand, "kind": kind, "budget": budget, "uniform": uniform["value"], "standard_error": se}
             for label, analysis, table_problem in studied:
                 plain = SOLVERS["exact"](table_problem, Goal({kind: budget}))
@@ -120,13 +144,15 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             rows.append(row)
             if partial is not None:  # what is done survives a run cut short
                 write_json_atomic(partial, {"model": model, "reference": reference, "rows": rows,
-                                            "analysis_seconds": analyses, "partial": True})
+                                            "analysis_seconds": analyses, "environment": {"device": device},
+                                            "command": " ".join(["python", "benchmarks/never_worse.py",
+                                                                 *sys.argv[1:]]),
+                                            "note": f"cut short after {len(rows)} rows"})
             print(f"{kind} of {cand:<7} uniform {row['uniform']:.3f}  " + "  ".join(
                 f"{key} {row[key]:.3f}" for key in KEYS if key in row), flush=True)
-    summary = {key: f"{sum(r[key + '_not_worse'] for r in rows)} of {len(rows)}" for key in KEYS if key in rows[0]}
-    return {"model": model, "reference": reference, "rows": rows, "summary": summary, "analysis_seconds": analyses,
-            "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
-            "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples}}
+    return verdicts({"model": model, "reference": reference, "rows": rows, "analysis_seconds": analyses,
+                     "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
+                     "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples}})
 
 
 
@@ -160,8 +186,16 @@ def main() -> int:
     parser.add_argument("--at", help="only at the cost of these uniform candidates (default: all but the highest)")
     parser.add_argument("--tables", default="sqnr,around", help="which tables to solve on: sqnr, around or both")
     parser.add_argument("--out-suffix", default="")
+    parser.add_argument("--render", action="store_true",
+                        help="only re-derive the verdicts and rewrite the .md from the saved .json")
     args = parser.parse_args()
     out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
+    if args.render:
+        result = verdicts(json.loads(out.with_suffix(".json").read_text()))
+        write_json_atomic(out.with_suffix(".json"), result)
+        out.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return 0
     try:
         result = benchmark(args.model, args.device, args.calibration_samples,
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
