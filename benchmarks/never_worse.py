@@ -174,7 +174,28 @@ def markdown(result: dict) -> str:
                      f"{r.get('around_guard_chose', '—')} |")
     lines += ["", "Not worse than uniform: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".",
               "", "Analysis seconds: " + ", ".join(f"{k} {v}" for k, v in result["analysis_seconds"].items()) + "."]
+    lines += cost_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def cost_lines(result: dict) -> list[str]:
+    """What the guard and the local search add per budget, in seconds and as a multiple of the sqnr
+    analysis they start from (the target: at most 2x)."""
+    analysis = (result.get("analysis_seconds") or {}).get("sqnr")
+    rows = [r for r in result["rows"] if "sqnr_guard_seconds" in r]
+    if not analysis or not rows:
+        return []
+    out = ["", f"Cost per budget on the sqnr table (sqnr analysis {analysis:.1f} s):", "",
+           "| budget | guard s (x analysis) | local search s (x analysis), evaluations |", "|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['kind']} of {r['at']} | {r['sqnr_guard_seconds']:.1f} ({r['sqnr_guard_seconds'] / analysis:.2f}x) "
+                   f"| {r['sqnr_local_seconds']:.1f} ({r['sqnr_local_seconds'] / analysis:.2f}x), "
+                   f"{r['sqnr_local_evaluations']} |")
+    worst_guard = max(r["sqnr_guard_seconds"] for r in rows) / analysis
+    worst_local = max(r["sqnr_local_seconds"] for r in rows) / analysis
+    out += ["", f"Worst case: the guard adds {worst_guard:.2f}x the analysis time, the local search "
+            f"{worst_local:.2f}x (target: at most 2x)."]
+    return out
 
 
 def main() -> int:
