@@ -17,11 +17,12 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import MixprecError, SpecError
+from .errors import SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
 from .pipeline import quantize_plan
-from .plan import Plan, write_json_atomic
+from .atomic import write_json_atomic
+from .plan import Plan
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixprec", description="Mixed-precision post-training quantization "
                                      "of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"mixprec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="list quantizer groups, ties, parameters, MACs and uniform costs",
@@ -497,18 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return args.func(args)
-    except MixprecError as exc:
-        print(f"mixprec: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .plan import write_json_atomic
+from .atomic import write_json_atomic
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import save_torch_atomic
 from .analysis import DEFAULT_CANDIDATES, _device_of, analyze
 from .apply import apply, plan_points
 from .candidates import Candidate
@@ -23,7 +24,8 @@ from .costs import COST_KINDS, cost_tables
 from .errors import SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
-from .plan import Plan, write_json_atomic
+from .atomic import write_json_atomic
+from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 
 
@@ -53,8 +55,8 @@ class QuantizeResult:
         """Write ``model.pt`` (the quantized state dict), ``plan.json`` and ``result.json`` (``extra`` first)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        save_torch_atomic(self.model.state_dict(), out / "model.pt")
         self.plan.save(out / "plan.json")
-        torch.save(self.model.state_dict(), out / "model.pt")
         device = _device_of(self.model)
         write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
         return out

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MixprecError, SpecError
-from .plan import write_json_atomic
+from .atomic import write_json_atomic
 from .sensitivity.table import SensitivityTable
 
 
