@@ -21,7 +21,7 @@ from .errors import SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
 from .pipeline import quantize_plan
-from .atomic import write_json_atomic
+from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
@@ -29,7 +29,7 @@ from .rounding import rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
-from .specs import is_builtin, load_eval, prepare
+from .specs import is_builtin, load_eval, parse_device, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
@@ -82,6 +82,8 @@ def _candidates(args) -> list:
 
 def cmd_inspect(args) -> int:
     args.needs_data = False
+    if args.json:
+        check_output_file(args.json, "--json")
     model, _, example, groups = _setup(args)
     cands = _candidates(args)
     costs = cost_tables(groups, [c.name for c in cands], model)
@@ -133,14 +135,16 @@ def cmd_quantize(args) -> int:
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    check_output_dir(args.out)
     rounding = _rounding(args)
     model, data, _, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    result = quantize_plan(model, plan, data, groups, evaluate=load_eval(eval_spec) if eval_spec else None,
-                           weight_range=args.weight_range, activation_range=args.activation_range,
-                           rounding=rounding, rounding_checkpoint=cache_dir() / "rounding", device=args.device)
-    out = result.save(args.out, model=args.model, plan=plan.metadata.get("candidate", args.plan))
+    evaluate = load_eval(eval_spec) if eval_spec else None
+    result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
+                           activation_range=args.activation_range, rounding=rounding,
+                           rounding_checkpoint=cache_dir() / "rounding", device=args.device)
+    out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
     print(f"{metric}; {format_bytes(costs['bytes'])}, {format_count(costs['bops'])} BOPs, "
@@ -258,6 +262,7 @@ def _search_options(args) -> dict[str, Any]:
 
 
 def cmd_solve(args) -> int:
+    check_output_file(args.out)
     analysis = Analysis.load(args.run)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
@@ -287,6 +292,7 @@ def cmd_solve(args) -> int:
 
 
 def cmd_pareto(args) -> int:
+    check_output_dir(args.out)
     analysis = Analysis.load(args.run)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
     front = analysis.pareto(args.budget_kind, args.points, args.method,
@@ -314,8 +320,9 @@ def cmd_pareto(args) -> int:
 
 def cmd_report(args) -> int:
     front = Front.load(args.pareto)
-    analysis = Analysis.load(args.run or front.run or "")
     path = Path(args.pareto)
+    check_output_dir(path if path.is_dir() else path.parent, "report directory")
+    analysis = Analysis.load(args.run or front.run or "")
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
@@ -507,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None):
+            args.device = str(parse_device(args.device))
         return args.func(args)
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)

@@ -16,8 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..candidates import Candidate
-from ..errors import MixprecError
-from ..groups import ModelGroups
+from ..errors import MixprecError, ModelError
+from ..groups import ModelGroups, is_torchscript
 from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
@@ -47,6 +47,10 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     if config.needs_data and not data:
         raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
                            "give at least one batch (or use --metric roundoff, which needs none)")
+    if is_torchscript(model) and metric != "roundoff":
+        raise ModelError(f"the {metric} metric runs the model with one group's layers swapped for quantized ones, "
+                         "and the layers of a TorchScript model cannot be swapped; give the model as "
+                         "file.py:function (an nn.Module), or use --metric roundoff (weights only, no swap)")
     ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
                          activation_method, evaluate, progress, points)
     if config.needs_labels and not ctx.has_labels:

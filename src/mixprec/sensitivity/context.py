@@ -43,6 +43,10 @@ class MeasureContext:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def layer(self, name: str) -> nn.Module:
+        """The float model's layer ``name`` (TorchScript models too, which lack get_submodule)."""
+        return dict(self.model.named_modules())[name]
+
     def inputs(self, index: int) -> Any:
         return to_device(split_item(self.data[index])[0], self.device)
 
@@ -71,7 +75,7 @@ class MeasureContext:
     def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
         key = (layer, candidate.weight, candidate.points)
         if key not in self._weights:
-            weight = self.model.get_submodule(layer).weight
+            weight = self.layer(layer).weight
             points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
             self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]
