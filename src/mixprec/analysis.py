@@ -10,6 +10,7 @@ resumable (mixprec.run_directory), and ``Analysis.load(run_dir)`` reopens it wit
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,15 +519,16 @@ def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[
                 f"{digits.count(str(k)) / len(digits):.1%} of channels with {k} point{'s' if k > 1 else ''}"
                 for k in range(1, parse_candidate(cand).points + 1)))
     run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
-                          activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
-                          use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
-    costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
-    analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
-                        {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded], counts,
-                        model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
-    if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
-        run.write_costs(analysis.saved())
+    with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():  # one writer, check to last write
+        table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
+                              activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
+                              use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
+        costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
+        analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
+                            {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
+                            counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
+        if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
+            run.write_costs(analysis.saved())
     return analysis
 
 

@@ -20,7 +20,7 @@ from .demo import DEMO_CANDIDATES
 from .errors import SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
-from .pipeline import quantize_plan
+from .pipeline import check_plan_groups, quantize_plan
 from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
 from .profiles import PROFILES, profile_candidates
@@ -34,12 +34,23 @@ from .specs import is_builtin, load_eval, parse_device, prepare
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of samples, points, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
     p.add_argument("--model", required=True, help="built-in name (%s), file.py:function, package.module:function "
                    "or a TorchScript file" % ", ".join(BUILTINS))
     p.add_argument("--data", required=data_required, help="calibration data: file.py:function, .npz or .pt "
                    "(default for a built-in model: its own calibration set)")
-    p.add_argument("--calibration-samples", type=int, default=None, help="cap on calibration samples")
+    p.add_argument("--calibration-samples", type=positive_int, default=None, help="cap on calibration samples")
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN",
                    help="tie all layers matching this name pattern into one group (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -139,6 +150,9 @@ def cmd_quantize(args) -> int:
     rounding = _rounding(args)
     model, data, _, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    check_plan_groups(plan, groups)
+    for change in plan.pin(groups):
+        print(f"note: pin applied: {change}")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     evaluate = load_eval(eval_spec) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
@@ -241,7 +255,7 @@ def _add_measure_rounding(p) -> None:
                    help="how the weights of measured plans are rounded (default nearest); a learned rounding "
                    "(e.g. brecq) makes the measured searches, refine above all, reconstruction-aware: each plan "
                    "and each probe is measured after reconstruction, and the sensitivities re-scaled from that")
-    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+    p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help="adaround, brecq: optimisation steps per layer or block")
 
 
@@ -378,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
                    "calibration data and resume after an interruption (default nearest)")
     p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
-    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+    p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help=f"adaround, brecq: optimisation steps per layer or block (default "
                         f"{ROUNDINGS['adaround']().iterations})")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
@@ -392,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory")
     p.add_argument("--model", help="as for inspect")
     p.add_argument("--data", help="calibration data (default for a built-in model: its own)")
-    p.add_argument("--calibration-samples", type=int, default=None)
+    p.add_argument("--calibration-samples", type=positive_int, default=None)
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
@@ -409,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--chunk-size", type=int, default=None, help="groups measured between two cache writes")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyze)
@@ -440,10 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="CAND", help="mixquant: the base candidate (default: the highest precision)")
     p.add_argument("--path-search", choices=("binary", "interpolation"), default="binary",
                    help="greedy-pareto with --max-drop: how the path is searched")
-    p.add_argument("--rounds", type=int, default=2, help="refine: correction rounds (default 2)")
-    p.add_argument("--probes", type=int, default=16, help="refine: lowered groups measured in context per round "
+    p.add_argument("--rounds", type=positive_int, default=2, help="refine: correction rounds (default 2)")
+    p.add_argument("--probes", type=positive_int, default=16, help="refine: lowered groups measured in context per round "
                    "(default 16)")
-    p.add_argument("--evaluations", type=int, default=64, help="local: plans measured at most, each one forward "
+    p.add_argument("--evaluations", type=positive_int, default=64, help="local: plans measured at most, each one forward "
                    "pass over the calibration data (default 64)")
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
@@ -467,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
                    "(default bops)")
-    p.add_argument("--points", type=int, default=30)
+    p.add_argument("--points", type=positive_int, default=30)
     p.add_argument("--method", choices=("exact", "lagrangian"), default="exact",
                    help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
                    "each optimal at its own cost, in milliseconds")
@@ -499,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and every uniform candidate, and write an HTML report.")
     p.add_argument("--out", help="output directory (default ./mixprec-demo)")
     p.add_argument("--candidates", default=DEMO_CANDIDATES, help=f"candidates (default {DEMO_CANDIDATES})")
-    p.add_argument("--points", type=int, default=12, help="plans on the front (default 12)")
+    p.add_argument("--points", type=positive_int, default=12, help="plans on the front (default 12)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -44,7 +44,7 @@ class EvaluationError(MixprecError):
     """The user's evaluation function raised or returned something that is not a finite metric."""
 
 
-class RunError(MixprecError):
+class RunError(SpecError):
     """A run directory that is refused: another model/data/settings, busy, or naming code not given again."""
 
 

@@ -46,6 +46,17 @@ class Plan:
                    [l.name for l in groups.excluded],
                    {"kind": "uniform", "candidate": name, **(metadata or {})})
 
+    def pin(self, groups: ModelGroups) -> list[str]:
+        """Put every pinned group of ``groups`` (--pin) on its pin; returns what changed, one line each."""
+        changed = []
+        for g in groups:
+            if g.pinned and g.name in self.assignments and self.assignments[g.name] != g.pinned:
+                changed.append(f"group {g.name}: {self.assignments[g.name]} in the plan, {g.pinned} by its pin")
+                self.assignments[g.name] = g.pinned
+        if changed:
+            self.metadata["pinned"] = changed
+        return changed
+
     def layer_candidates(self) -> dict[str, str]:
         return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
 

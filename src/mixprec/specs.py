@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import split_item
+from .batches import check_finite, split_item
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError
@@ -98,6 +98,8 @@ def load_model(spec: str) -> nn.Module:
 
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None) -> list:
     """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SpecError(f"--calibration-samples must be an integer of at least 1, got {limit!r}")
     if is_builtin(spec):
         builtin = get_builtin(spec)
         return builtin.calibration(limit or builtin.default_calibration_samples)
@@ -285,7 +287,11 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     if data_spec:
         data = load_data(data_spec, limit=calibration_samples)
     elif builtin is not None and needs_data:
+        if calibration_samples is not None and calibration_samples < 1:
+            raise SpecError(f"--calibration-samples must be at least 1, got {calibration_samples}")
         data = builtin.calibration(calibration_samples or builtin.default_calibration_samples)
+    if data:
+        check_finite(data, f"--data {data_spec}" if data_spec else f"the calibration data of {model_spec}")
     if builtin is not None:
         example = builtin.example_input()
     elif data:

@@ -36,6 +36,7 @@ class MeasureContext:
     evaluate: Callable[[nn.Module], Any] | None = None  # the user's --eval (task metric)
     progress: bool = True
     points: dict[str, dict[str, str]] | None = None  # multipoint candidate -> layer -> points per channel
+    on_batch: Callable[[float], None] | None = field(default=None, repr=False)  # progress: fraction of a chunk done
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
     _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
