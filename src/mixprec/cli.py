@@ -196,13 +196,18 @@ def _metric(args):
 
 def cmd_analyze(args) -> int:
     if args.resume:
-        saved = RunDirectory(args.resume).arguments()
+        run = RunDirectory(args.resume)
+        defaults = vars(build_parser().parse_args(["analyze"]))
+        given = {k: getattr(args, k, None) for k in ANALYZE_ARGS if k != "out"}
+        saved = run.resume_arguments(given, {k: defaults.get(k) for k in given}, args.trust_run)
+        _say_trusted(run, args.trust_run, given)
         for key in ANALYZE_ARGS:
             if key in saved:
                 setattr(args, key, saved[key])
         args.out = args.resume
     elif not args.model or not args.out:
         raise SpecError("give --model SPEC and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+    check_output_dir(args.out)
     rank = _init_distributed()
     try:
         return _analyze(args, rank)
@@ -275,9 +280,25 @@ def _search_options(args) -> dict[str, Any]:
     return {}
 
 
+def _say_trusted(run: RunDirectory, trust_run: bool, given: dict) -> None:
+    """With --trust-run, say which code the run names and this command may run."""
+    if trust_run and run.exists:
+        for option, spec in run.code_specs().items():
+            if not given.get(option):
+                print(f"--trust-run: running --{option} {spec}, as {run.path}/run.json names it")
+
+
+def _load_run(args) -> Analysis:
+    """Analysis.load with the specs named again on this command line (and --trust-run)."""
+    specs = {"model": args.model, "data": args.data, "eval": args.eval if args.eval != "auto" else None}
+    analysis = Analysis.load(args.run, specs, args.trust_run)
+    _say_trusted(analysis.run, args.trust_run, specs)
+    return analysis
+
+
 def cmd_solve(args) -> int:
     check_output_file(args.out)
-    analysis = Analysis.load(args.run)
+    analysis = _load_run(args)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
                           guard=not args.no_guard, guard_divergence=args.guard_divergence, verbose=True,
@@ -307,7 +328,7 @@ def cmd_solve(args) -> int:
 
 def cmd_pareto(args) -> int:
     check_output_dir(args.out)
-    analysis = Analysis.load(args.run)
+    analysis = _load_run(args)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
@@ -350,6 +371,14 @@ def cmd_demo(args) -> int:
 def _metric_names() -> list[str]:
     from .sensitivity import METRICS
     return list(METRICS)
+
+
+def _add_run_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="the model the run measured, named again (needed where the run's --model is code: "
+                   "a .py or module spec, or a TorchScript file; checked against the run's fingerprint)")
+    p.add_argument("--data", help="the calibration data the run measured, named again (as --model)")
+    p.add_argument("--trust-run", action="store_true", help="run the code the run directory names (its --model, "
+                   "--data, --eval) without naming it again; the command says what it runs")
 
 
 def _add_allocation_args(p: argparse.ArgumentParser) -> None:
@@ -403,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "only that group quantized. Results go to --out incrementally; --resume RUN continues an "
                        "interrupted run. Under `torchrun --nproc_per_node N mixprec analyze ...` the work is "
                        "sharded over N processes (gloo on CPU, nccl on GPU).")
-    p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory, with its settings "
+                   "(other options are refused; --model/--data/--eval name the run's code again)")
+    p.add_argument("--trust-run", action="store_true", help="with --resume: run the code the run names (its "
+                   "--model, --data, --eval) without naming it again; the command says what it runs")
     p.add_argument("--model", help="as for inspect")
     p.add_argument("--data", help="calibration data (default for a built-in model: its own)")
     p.add_argument("--calibration-samples", type=positive_int, default=None)
@@ -444,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "within the budget, single and paired moves kept only when the output divergence on the "
                    "calibration data improves")
     _add_allocation_args(p)
+    _add_run_spec_args(p)
     p.add_argument("--max-drop", help="measured metric drop allowed, relative (1%%) or in the metric's units "
                    "(0.5); greedy and bisection default to 1%%; greedy-pareto uses it as its accuracy target")
     p.add_argument("--kind", help="cost kind a single-kind search lowers when no --budget is given (default: "
@@ -486,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
                    "each optimal at its own cost, in milliseconds")
     _add_allocation_args(p)
+    _add_run_spec_args(p)
     p.add_argument("--eval", nargs="?", const="auto", default=None,
                    help="measure the float model, every plan and every uniform candidate (cached in "
                    "RUN/evaluations.jsonl); alone: the built-in model's own evaluation or the analysis's --eval")

@@ -76,14 +76,15 @@ class RunDirectory:
         arguments = self.arguments()
         return {k: arguments[k] for k in SPEC_OPTIONS if isinstance(arguments.get(k), str) and is_code(arguments[k], k)}
 
-    def specs_to_run(self, given: dict[str, str | None] | None = None, trust_run: bool = False) -> dict[str, Any]:
+    def specs_to_run(self, given: dict[str, str | None] | None = None, trust_run: bool = False,
+                     needed: tuple[str, ...] = SPEC_OPTIONS) -> dict[str, Any]:
         """The run's arguments with the specs ``given`` on this command line in place of the run's. A spec
         that is code and comes from the run only is refused unless ``trust_run``: a run directory never
         makes code run that the user did not name. (What is loaded is checked against the fingerprint by
         :meth:`check_loaded`.)"""
         arguments = dict(self.arguments())
         given = {k: v for k, v in (given or {}).items() if v}
-        unnamed = {k: v for k, v in self.code_specs().items() if k not in given}
+        unnamed = {k: v for k, v in self.code_specs().items() if k not in given and k in needed}
         if unnamed and not trust_run:
             names = " ".join(f"--{k} {v}" for k, v in unnamed.items())
             raise RunError(f"{self.path} names {names}, which is code (a Python file or module, or a TorchScript "
@@ -91,6 +92,24 @@ class RunDirectory:
                            f"command line ({names}; it is checked against the run's fingerprint), or add --trust-run "
                            "to run what the run names")
         arguments.update(given)
+        return arguments
+
+    def resume_arguments(self, given: dict[str, Any], defaults: dict[str, Any], trust_run: bool = False,
+                         free: tuple[str, ...] = ("device", "chunk_size")) -> dict[str, Any]:
+        """The arguments to continue this run with: its own. Of ``given`` (this command line's, where
+        ``defaults`` tells what was not given), the specs replace the run's (checked against the
+        fingerprint when loaded) and ``free`` options (how, not what, to measure) apply; any other option
+        that differs from the run's is refused rather than ignored."""
+        saved = self.arguments()
+        passed = {k: v for k, v in given.items() if v != defaults.get(k)}
+        conflicts = [f"--{k.replace('_', '-')} {_shown(v)} (the run has {_shown(saved.get(k))})"
+                     for k, v in passed.items() if k not in SPEC_OPTIONS and k not in free and v != saved.get(k)]
+        if conflicts:
+            raise RunError(f"--resume continues {self.path} with the settings it was made with; "
+                           f"{'; '.join(conflicts)}. Drop {'that option' if len(conflicts) == 1 else 'those options'}, "
+                           "or start a new run with --out NEW_DIR")
+        arguments = self.specs_to_run({k: passed.get(k) for k in SPEC_OPTIONS}, trust_run)
+        arguments.update({k: v for k, v in passed.items() if k in free})
         return arguments
 
     def check_loaded(self, model, data: list | None) -> None:
@@ -258,6 +277,12 @@ def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
     except OSError as exc:
         raise OutputError(f"cannot append to {path}: {exc.strerror or exc}; what was measured before is kept, "
                           "and a resume measures the rest") from exc
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
 
 
 def _lines(path: Path) -> list[bytes]:

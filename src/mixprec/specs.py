@@ -69,6 +69,17 @@ def is_builtin(spec: str) -> bool:
     return spec in BUILTINS
 
 
+def is_code(spec: str, option: str) -> bool:
+    """Whether loading ``spec`` for ``option`` (model, data, eval) runs code that is not mixprec's:
+    file.py:function and package.module:function are imported and called, and a TorchScript model
+    file holds code. Built-in names and .npz/.pt data files (read without unpickling) are not code."""
+    if not spec or is_builtin(spec):
+        return False
+    if option == "data" and ":" not in spec and spec.endswith((".npz", ".pt")):
+        return False
+    return True
+
+
 def load_model(spec: str) -> nn.Module:
     """The float model named by ``spec``, in eval mode."""
     if is_builtin(spec):
