@@ -29,6 +29,7 @@ from .rounding import rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
+from .threads import choose_threads
 from .specs import is_builtin, load_eval, parse_device, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
@@ -219,6 +220,8 @@ def cmd_analyze(args) -> int:
 def _analyze(args, rank: int) -> int:
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    if rank == 0:
+        print(f"torch threads: {args.threads[0]} ({args.threads[1]})")
     model, data, _, groups = _setup(args)
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
@@ -564,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "device", None):
             args.device = str(parse_device(args.device))
+        args.threads = choose_threads()
         return args.func(args)
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)
