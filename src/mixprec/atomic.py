@@ -96,20 +96,22 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """Before any work: ``path`` is a directory that exists or can be made, and a file can be created
     in it (not a file, not read-only, names fit)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{what} {path} is an existing file, not a directory; give a directory (it is created "
-                          "if missing)")
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
+    limit = _name_max(Path("."))
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(f"{what} {path}: the name {part[:40]}... is longer than the file system allows "
+                              f"({limit} bytes); choose a shorter name")
+    try:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{what} {path} is an existing file, not a directory; give a directory (it is "
+                              "created if missing)")
+        existing = path
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: {exc.strerror or exc}; {_advice(exc)}") from exc
     if not existing.is_dir():
         raise OutputError(f"{what} {path}: {existing} is a file, so the directory cannot be made")
-    for part in path.parts:
-        if len(os.fsencode(part)) > _name_max(existing):
-            raise OutputError(f"{what} {path}: the name {part[:40]!r}... is longer than the file system allows "
-                              f"({_name_max(existing)} bytes); choose a shorter name")
     _probe(existing, what, path)
     return path
 
@@ -117,11 +119,11 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """Before any work: ``path`` can be written as a file (its directory is checked as above)."""
     path = Path(path)
+    check_output_dir(path.parent, what)
+    if len(os.fsencode(path.name)) > _name_max(Path(".")):
+        raise OutputError(f"{what} {path}: the file name is longer than the file system allows; choose a shorter one")
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file name, e.g. {path / 'plan.json'}")
-    check_output_dir(path.parent if str(path.parent) else Path("."), what)
-    if len(os.fsencode(path.name)) > _name_max(path.parent if path.parent.exists() else Path(".")):
-        raise OutputError(f"{what} {path}: the file name is longer than the file system allows; choose a shorter one")
     return path
 
 

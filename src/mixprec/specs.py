@@ -120,6 +120,8 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             raise SpecError(f"--data file {path} does not exist")
         arrays = _read_npz(path)
         inputs = _pick(arrays, ("inputs", "x", "images", "data"), path)
+        if inputs.ndim == 0:
+            raise SpecError(f"--data {path}: the inputs are a single number; give an array of shape (N, ...)")
         labels = next((arrays[k] for k in ("labels", "y", "targets") if k in arrays), None)
         return _batch(torch.from_numpy(inputs), None if labels is None else torch.from_numpy(labels), batch_size, limit)
     if spec.endswith(".pt") and ":" not in spec:
@@ -127,8 +129,13 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             raise SpecError(f"--data file {path} does not exist")
         obj = _read_pt(path)
         if isinstance(obj, torch.Tensor):
+            if not obj.dim():
+                raise SpecError(f"--data {path} holds a single number; give a tensor of shape (N, ...)")
             return _batch(obj, None, batch_size, limit)
         if isinstance(obj, dict) and "inputs" in obj:
+            if not isinstance(obj["inputs"], torch.Tensor) or not obj["inputs"].dim() or (
+                    obj.get("labels") is not None and not isinstance(obj["labels"], torch.Tensor)):
+                raise SpecError(f"--data {path}: 'inputs' (and 'labels') must be tensors of shape (N, ...)")
             return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
         if isinstance(obj, (list, tuple)):
             return _cap(list(obj), limit)
@@ -149,7 +156,6 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a .npz file, numeric or boolean only; never unpickles."""
-    import zipfile
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] != b"PK":
@@ -158,7 +164,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except Exception as exc:  # zip, header and array readers of an untrusted file: each means "not a data file"
         if "pickle" in str(exc) or "Object arrays" in str(exc):
             reason = "it holds pickled (object) data, which mixprec never loads"
         else:
@@ -166,6 +172,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise SpecError(f"--data {path}: {reason}; save numeric arrays with numpy.savez(path, inputs=x, "
                         "labels=y)") from exc
     for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise SpecError(f"--data {path}: member {name!r} is not a .npy array; save the arrays with "
+                            "numpy.savez(path, inputs=x)")
         if array.dtype.kind not in "biuf":
             raise SpecError(f"--data {path}: array {name!r} has dtype {array.dtype}; calibration arrays must be "
                             "numbers or booleans (float inputs, integer token ids or labels)")
@@ -183,7 +192,7 @@ def _read_pt(path: Path) -> Any:
         raise SpecError(f"--data {path} holds Python objects other than tensors and plain containers, and "
                         "mixprec never unpickles them (torch.load with weights_only=True refused it); save "
                         "tensors, e.g. torch.save({'inputs': x, 'labels': y}, path)") from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # the reader of an untrusted file fails in many ways; each means "not a data file"
         first = str(exc).split(".")[0].splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecError(f"--data {path} is not a file torch.save wrote ({first}); save the calibration tensors "
                         "with torch.save({'inputs': x}, path)") from exc
