@@ -163,3 +163,41 @@ def test_resume_refuses_options_it_would_ignore(user_run, capsys):
     line = error_line(capsys)
     assert "--candidates w4a8 (the run has w4a8,w8a8,w8a16)" in line and "--metric kl (the run has sqnr)" in line
     assert snapshot(run) == before
+
+
+def test_progress_moves_inside_a_chunk(tmp_path, monkeypatch):
+    import mixprec.sensitivity.analyze as measuring
+    updates = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+    monkeypatch.setattr(measuring, "tqdm", Bar)
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, chunk_size=len(groups), progress=True)
+    entries = len(groups) * len(cands)
+    # one chunk holds every entry: the bar still moves after each of the 2 calibration batches
+    assert updates[0] == pytest.approx(entries / 2) and sum(updates) == pytest.approx(entries)
+
+
+def test_thread_count_is_chosen_and_said(monkeypatch):
+    from mixprec.threads import available_cpus, choose_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MIXPREC_THREADS", "1")
+        assert choose_threads() == (1, "MIXPREC_THREADS=1") and torch.get_num_threads() == 1
+        monkeypatch.delenv("MIXPREC_THREADS")
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        threads, why = choose_threads()
+        assert threads == available_cpus()[0] == torch.get_num_threads() and "MIXPREC_THREADS" in why
+    finally:
+        torch.set_num_threads(before)
