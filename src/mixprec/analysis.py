@@ -10,6 +10,7 @@ resumable (mixprec.run_directory), and ``Analysis.load(run_dir)`` reopens it wit
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,10 @@ class Analysis:
     model_groups: ModelGroups | None = field(default=None, repr=False)
     weight_range: str = "mse"
     activation_range: str = "mse"
+    # measuring plans of a loaded run: specs the user named again (model, data, eval), and whether the
+    # code the run names may run without that (RunDirectory.specs_to_run)
+    specs: dict[str, str | None] = field(default_factory=dict)
+    trust_run: bool = False
     _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
 
     # ---- on disk ----------------------------------------------------------------------------------
@@ -76,8 +81,12 @@ class Analysis:
                 "excluded": self.excluded, "points": self.point_counts}
 
     @classmethod
-    def load(cls, run_dir: str | Path | RunDirectory) -> "Analysis":
-        """Reopen an analysis run (sensitivity.json and costs.json) for allocation; no model needed."""
+    def load(cls, run_dir: str | Path | RunDirectory, specs: dict[str, str | None] | None = None,
+             trust_run: bool = False) -> "Analysis":
+        """Reopen an analysis run (sensitivity.json and costs.json) for allocation; no model needed.
+        Measuring plans loads the model, data and evaluation the run names, except code (a .py or module
+        spec, a TorchScript model): that runs only when named again in ``specs`` ({"model": ..., "data":
+        ..., "eval": ...}, checked against the run's fingerprint) or with ``trust_run``."""
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         table = run.read_table()
         saved = run.read_costs()
@@ -85,10 +94,14 @@ class Analysis:
         if list(costs.groups) != table.groups:
             raise SpecError(f"{run.path}: the cost tables and the sensitivity table list different groups")
         arguments = run.arguments() if run.exists else {}
-        return cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})), list(saved.get("excluded", [])),
-                   dict(saved.get("points", {})), saved.get("model"), run,
-                   weight_range=arguments.get("weight_range") or "mse",
-                   activation_range=arguments.get("activation_range") or "mse")
+        try:
+            return cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})),
+                       list(saved.get("excluded", [])), dict(saved.get("points", {})), saved.get("model"), run,
+                       weight_range=arguments.get("weight_range") or "mse",
+                       activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
+                       trust_run=trust_run)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); analyze again") from exc
 
     # ---- the allocation problem -----------------------------------------------------------------------
     def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
@@ -206,10 +219,13 @@ class Analysis:
     def _evaluator_from_run(self, eval_spec: str | None, device: str | None, rounding: str,
                             rounding_options: dict | None, divergence: str | None = None,
                             divergence_batches: int | None = None) -> PlanEvaluator:
-        if self.run is None or not self.run.exists or not self.run.arguments().get("model"):
+        if self.run is None or not self.run.exists or not (self.specs.get("model") or self.run.arguments().get("model")):
             raise SpecError("measuring plans needs the model: this analysis has none in memory and its run "
                             "directory names no --model to load")
-        arguments = self.run.arguments()
+        # a divergence measures on the calibration data: no evaluation is loaded
+        needed = ("model", "data") if divergence is not None else ("model", "data", "eval")
+        arguments = self.run.specs_to_run({**self.specs, "eval": eval_spec or self.specs.get("eval")},
+                                          self.trust_run, needed)
         model_spec = arguments.get("model")
         if divergence is None:
             eval_spec = eval_spec or arguments.get("eval") or (model_spec if is_builtin(model_spec) else None)
@@ -225,6 +241,7 @@ class Analysis:
             a = arguments
             model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"),
                                              a.get("tie") or [], a.get("exclude") or [], a.get("pin") or [])
+            self.run.check_loaded(model, data)
             if list(groups.names) != run_groups:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
                                 "--tie/--exclude options change?); analyze it again")
@@ -527,15 +544,16 @@ def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[
                 f"{digits.count(str(k)) / len(digits):.1%} of channels with {k} point{'s' if k > 1 else ''}"
                 for k in range(1, parse_candidate(cand).points + 1)))
     run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-    table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
-                          activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
-                          use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
-    costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
-    analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
-                        {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded], counts,
-                        model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
-    if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
-        run.write_costs(analysis.saved())
+    with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():  # one writer, check to last write
+        table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
+                              activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
+                              use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
+        costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
+        analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
+                            {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
+                            counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
+        if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
+            run.write_costs(analysis.saved())
     return analysis
 
 

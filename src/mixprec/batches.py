@@ -92,3 +92,18 @@ def shapes_compatible(inputs: Any, reference: Any) -> bool:
         return isinstance(inputs, (tuple, list)) and len(inputs) == len(reference) and all(
             shapes_compatible(a, b) for a, b in zip(inputs, reference))
     return True
+
+
+def check_finite(batches: list, source: str = "the calibration data") -> None:
+    """Refuse NaN or infinite float inputs, naming the first bad batch: every sensitivity measured on
+    them would be +inf or NaN."""
+    from .errors import SpecError
+    for index, item in enumerate(batches):
+        inputs = split_item(item)[0]
+        tensors = [inputs] if isinstance(inputs, torch.Tensor) else \
+            list(inputs.values()) if isinstance(inputs, dict) else list(inputs) if isinstance(inputs, (tuple, list)) else []
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise SpecError(f"{source}: batch {index} (0-based) has {bad} NaN or infinite input value(s); "
+                                "every measurement on it would be NaN or inf. Clean or drop that batch")

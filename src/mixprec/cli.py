@@ -17,20 +17,33 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import MixprecError, SpecError
+from .errors import SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
-from .pipeline import quantize_plan
-from .plan import Plan, write_json_atomic
+from .pipeline import check_plan_groups, quantize_plan
+from .atomic import check_output_dir, check_output_file, write_json_atomic
+from .plan import Plan
 from .profiles import PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
-from .specs import is_builtin, load_eval, prepare
+from .threads import choose_threads
+from .specs import is_builtin, load_eval, parse_device, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of samples, points, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
@@ -38,7 +51,7 @@ def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> 
                    "or a TorchScript file" % ", ".join(BUILTINS))
     p.add_argument("--data", required=data_required, help="calibration data: file.py:function, .npz or .pt "
                    "(default for a built-in model: its own calibration set)")
-    p.add_argument("--calibration-samples", type=int, default=None, help="cap on calibration samples")
+    p.add_argument("--calibration-samples", type=positive_int, default=None, help="cap on calibration samples")
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN",
                    help="tie all layers matching this name pattern into one group (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -81,6 +94,8 @@ def _candidates(args) -> list:
 
 def cmd_inspect(args) -> int:
     args.needs_data = False
+    if args.json:
+        check_output_file(args.json, "--json")
     model, _, example, groups = _setup(args)
     cands = _candidates(args)
     costs = cost_tables(groups, [c.name for c in cands], model)
@@ -132,14 +147,19 @@ def cmd_quantize(args) -> int:
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    check_output_dir(args.out)
     rounding = _rounding(args)
     model, data, _, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    check_plan_groups(plan, groups)
+    for change in plan.pin(groups):
+        print(f"note: pin applied: {change}")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    result = quantize_plan(model, plan, data, groups, evaluate=load_eval(eval_spec) if eval_spec else None,
-                           weight_range=args.weight_range, activation_range=args.activation_range,
-                           rounding=rounding, rounding_checkpoint=cache_dir() / "rounding", device=args.device)
-    out = result.save(args.out, model=args.model, plan=plan.metadata.get("candidate", args.plan))
+    evaluate = load_eval(eval_spec) if eval_spec else None
+    result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
+                           activation_range=args.activation_range, rounding=rounding,
+                           rounding_checkpoint=cache_dir() / "rounding", device=args.device)
+    out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
     print(f"{metric}; {format_bytes(costs['bytes'])}, {format_count(costs['bops'])} BOPs, "
@@ -177,13 +197,18 @@ def _metric(args):
 
 def cmd_analyze(args) -> int:
     if args.resume:
-        saved = RunDirectory(args.resume).arguments()
+        run = RunDirectory(args.resume)
+        defaults = vars(build_parser().parse_args(["analyze"]))
+        given = {k: getattr(args, k, None) for k in ANALYZE_ARGS if k != "out"}
+        saved = run.resume_arguments(given, {k: defaults.get(k) for k in given}, args.trust_run)
+        _say_trusted(run, args.trust_run, given)
         for key in ANALYZE_ARGS:
             if key in saved:
                 setattr(args, key, saved[key])
         args.out = args.resume
     elif not args.model or not args.out:
         raise SpecError("give --model SPEC and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+    check_output_dir(args.out)
     rank = _init_distributed()
     try:
         return _analyze(args, rank)
@@ -195,6 +220,8 @@ def cmd_analyze(args) -> int:
 def _analyze(args, rank: int) -> int:
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    if rank == 0:
+        print(f"torch threads: {args.threads[0]} ({args.threads[1]})")
     model, data, _, groups = _setup(args)
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
@@ -236,7 +263,7 @@ def _add_measure_rounding(p) -> None:
                    help="how the weights of measured plans are rounded (default nearest); a learned rounding "
                    "(e.g. brecq) makes the measured searches, refine above all, reconstruction-aware: each plan "
                    "and each probe is measured after reconstruction, and the sensitivities re-scaled from that")
-    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+    p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help="adaround, brecq: optimisation steps per layer or block")
 
 
@@ -256,8 +283,25 @@ def _search_options(args) -> dict[str, Any]:
     return {}
 
 
+def _say_trusted(run: RunDirectory, trust_run: bool, given: dict) -> None:
+    """With --trust-run, say which code the run names and this command may run."""
+    if trust_run and run.exists:
+        for option, spec in run.code_specs().items():
+            if not given.get(option):
+                print(f"--trust-run: running --{option} {spec}, as {run.path}/run.json names it")
+
+
+def _load_run(args) -> Analysis:
+    """Analysis.load with the specs named again on this command line (and --trust-run)."""
+    specs = {"model": args.model, "data": args.data, "eval": args.eval if args.eval != "auto" else None}
+    analysis = Analysis.load(args.run, specs, args.trust_run)
+    _say_trusted(analysis.run, args.trust_run, specs)
+    return analysis
+
+
 def cmd_solve(args) -> int:
-    analysis = Analysis.load(args.run)
+    check_output_file(args.out)
+    analysis = _load_run(args)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
                           guard=not args.no_guard, guard_divergence=args.guard_divergence, verbose=True,
@@ -286,7 +330,8 @@ def cmd_solve(args) -> int:
 
 
 def cmd_pareto(args) -> int:
-    analysis = Analysis.load(args.run)
+    check_output_dir(args.out)
+    analysis = _load_run(args)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
@@ -313,8 +358,9 @@ def cmd_pareto(args) -> int:
 
 def cmd_report(args) -> int:
     front = Front.load(args.pareto)
-    analysis = Analysis.load(args.run or front.run or "")
     path = Path(args.pareto)
+    check_output_dir(path if path.is_dir() else path.parent, "report directory")
+    analysis = Analysis.load(args.run or front.run or "")
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
@@ -330,6 +376,14 @@ def _metric_names() -> list[str]:
     return list(METRICS)
 
 
+def _add_run_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="the model the run measured, named again (needed where the run's --model is code: "
+                   "a .py or module spec, or a TorchScript file; checked against the run's fingerprint)")
+    p.add_argument("--data", help="the calibration data the run measured, named again (as --model)")
+    p.add_argument("--trust-run", action="store_true", help="run the code the run directory names (its --model, "
+                   "--data, --eval) without naming it again; the command says what it runs")
+
+
 def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", help="restrict to these of the run's candidates")
     p.add_argument("--cost", action="append", default=[], metavar="KIND=FILE.csv",
@@ -341,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixprec", description="Mixed-precision post-training quantization "
                                      "of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"mixprec {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="list quantizer groups, ties, parameters, MACs and uniform costs",
@@ -369,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
                    "calibration data and resume after an interruption (default nearest)")
     p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
-    p.add_argument("--rounding-iterations", type=int, default=None, metavar="N",
+    p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help=f"adaround, brecq: optimisation steps per layer or block (default "
                         f"{ROUNDINGS['adaround']().iterations})")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
@@ -380,10 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "only that group quantized. Results go to --out incrementally; --resume RUN continues an "
                        "interrupted run. Under `torchrun --nproc_per_node N mixprec analyze ...` the work is "
                        "sharded over N processes (gloo on CPU, nccl on GPU).")
-    p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory, with its settings "
+                   "(other options are refused; --model/--data/--eval name the run's code again)")
+    p.add_argument("--trust-run", action="store_true", help="with --resume: run the code the run names (its "
+                   "--model, --data, --eval) without naming it again; the command says what it runs")
     p.add_argument("--model", help="as for inspect")
     p.add_argument("--data", help="calibration data (default for a built-in model: its own)")
-    p.add_argument("--calibration-samples", type=int, default=None)
+    p.add_argument("--calibration-samples", type=positive_int, default=None)
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
@@ -400,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--chunk-size", type=int, default=None, help="groups measured between two cache writes")
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyze)
@@ -421,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "within the budget, single and paired moves kept only when the output divergence on the "
                    "calibration data improves")
     _add_allocation_args(p)
+    _add_run_spec_args(p)
     p.add_argument("--max-drop", help="measured metric drop allowed, relative (1%%) or in the metric's units "
                    "(0.5); greedy and bisection default to 1%%; greedy-pareto uses it as its accuracy target")
     p.add_argument("--kind", help="cost kind a single-kind search lowers when no --budget is given (default: "
@@ -431,10 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="CAND", help="mixquant: the base candidate (default: the highest precision)")
     p.add_argument("--path-search", choices=("binary", "interpolation"), default="binary",
                    help="greedy-pareto with --max-drop: how the path is searched")
-    p.add_argument("--rounds", type=int, default=2, help="refine: correction rounds (default 2)")
-    p.add_argument("--probes", type=int, default=16, help="refine: lowered groups measured in context per round "
+    p.add_argument("--rounds", type=positive_int, default=2, help="refine: correction rounds (default 2)")
+    p.add_argument("--probes", type=positive_int, default=16, help="refine: lowered groups measured in context per round "
                    "(default 16)")
-    p.add_argument("--evaluations", type=int, default=64, help="local: plans measured at most, each one forward "
+    p.add_argument("--evaluations", type=positive_int, default=64, help="local: plans measured at most, each one forward "
                    "pass over the calibration data (default 64)")
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
@@ -459,11 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
                    "(default bops)")
-    p.add_argument("--points", type=int, default=30)
+    p.add_argument("--points", type=positive_int, default=30)
     p.add_argument("--method", choices=("exact", "lagrangian"), default="exact",
                    help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
                    "each optimal at its own cost, in milliseconds")
     _add_allocation_args(p)
+    _add_run_spec_args(p)
     p.add_argument("--eval", nargs="?", const="auto", default=None,
                    help="measure the float model, every plan and every uniform candidate (cached in "
                    "RUN/evaluations.jsonl); alone: the built-in model's own evaluation or the analysis's --eval")
@@ -491,25 +551,33 @@ def build_parser() -> argparse.ArgumentParser:
                        "and every uniform candidate, and write an HTML report.")
     p.add_argument("--out", help="output directory (default ./mixprec-demo)")
     p.add_argument("--candidates", default=DEMO_CANDIDATES, help=f"candidates (default {DEMO_CANDIDATES})")
-    p.add_argument("--points", type=int, default=12, help="plans on the front (default 12)")
+    p.add_argument("--points", type=positive_int, default=12, help="plans on the front (default 12)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None):
+            args.device = str(parse_device(args.device))
+        args.threads = choose_threads()
         return args.func(args)
-    except MixprecError as exc:
-        print(f"mixprec: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

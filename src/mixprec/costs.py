@@ -191,8 +191,11 @@ def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]
     file = Path(path)
     if not file.is_file():
         raise SpecError(f"cost table {path} not found; give a CSV such as: layer,candidate,latency_ms")
-    with file.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with file.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SpecError(f"{path} is not a text CSV file ({exc}); give rows such as layer,candidate,latency_ms") from None
     if len(rows) < 2:
         raise SpecError(f"{path}: a header and at least one row are needed, e.g. 'layer,candidate,latency_ms'")
     header = [h.strip() for h in rows[0]]
@@ -201,9 +204,13 @@ def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]
 
     def number(text: str, line: int) -> float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise SpecError(f"{path} line {line}: {text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise SpecError(f"{path} line {line}: {text!r} is not a cost; costs are finite numbers >= 0 "
+                            "(a latency, a size, an energy)")
+        return value
 
     long_form = len(header) >= 3 and header[1].lower() == "candidate"
     for line, row in enumerate(rows[1:], start=2):

@@ -34,3 +34,29 @@ class MissingDataError(MixprecError, FileNotFoundError):
 
 class RoundingError(MixprecError, ValueError):
     """An unknown rounding method or option, or a rounding that cannot run on the model or data given."""
+
+
+class OutputError(MixprecError):
+    """An output path that cannot be written (an existing file, read-only, no space, a name too long)."""
+
+
+class EvaluationError(MixprecError):
+    """The user's evaluation function raised or returned something that is not a finite metric."""
+
+
+class RunError(SpecError):
+    """A run directory that is refused: another model/data/settings, busy, or naming code not given again."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the command line prints for ``exc``: a MixprecError's message as it is; an
+    OSError says which file; anything else is a fault of mixprec's own, said as one."""
+    if isinstance(exc, MixprecError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory; use fewer --calibration-samples or a smaller --chunk-size"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return (f"internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(rerun with --debug for the traceback, and please report it)")

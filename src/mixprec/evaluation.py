@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SpecError
+from .errors import EvaluationError, SpecError
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,11 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
     """Accept what a user's eval function returns: an EvalResult, a float (higher is better),
     or a dict naming its main metric with key ``main`` (optional ``higher_is_better``)."""
     if isinstance(value, EvalResult):
-        return value
+        return _finite(value, source)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return EvalResult("metric", float(value))
+        return _finite(EvalResult("metric", float(value)), source)
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return EvalResult("metric", float(value.item()))
+        return _finite(EvalResult("metric", float(value.item())), source)
     if isinstance(value, dict):
         if "main" in value:
             main = value["main"]
@@ -45,9 +45,20 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
             main = numeric[0]
         higher = bool(value.get("higher_is_better", True))
         details = {k: v for k, v in value.items() if k not in ("main", "higher_is_better", main)}
-        result = EvalResult(str(main), float(value[main]), higher, details)
-        if math.isnan(result.value):
-            raise SpecError(f"{source} returned NaN for {main!r}")
-        return result
+        try:
+            result = EvalResult(str(main), float(value[main]), higher, details)
+        except (TypeError, ValueError):
+            raise EvaluationError(f"{source} returned {value[main]!r} for {main!r}; expected a number") from None
+        return _finite(result, source)
     raise SpecError(f"{source} returned {type(value).__name__}; expected a float (higher is better) "
                     "or a dict with a main metric, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
+
+
+def _finite(result: EvalResult, source: str) -> EvalResult:
+    """NaN ranks nothing and an infinitely good metric is a broken one: both are refused. The worst
+    infinity (a perplexity of inf, say) is a real measurement of a ruined model and stays."""
+    best = math.inf if result.higher_is_better else -math.inf
+    if math.isnan(result.value) or result.value == best:
+        raise EvaluationError(f"{source} returned {result.value} for {result.name!r}; a metric must be a number "
+                              "(NaN, or an infinitely good value, is not one: did the model produce NaN outputs?)")
+    return result

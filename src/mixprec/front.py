@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .plan import write_json_atomic
+from .atomic import write_json_atomic
 
 
 @dataclass
@@ -109,4 +109,8 @@ class Front:
         file = path / "pareto.json" if path.is_dir() else path
         if not file.is_file():
             raise SpecError(f"{file} not found; make it with `mixprec pareto RUN --out {path}`")
-        return cls.from_dict(json.loads(file.read_text()), str(file))
+        try:
+            return cls.from_dict(json.loads(file.read_bytes().decode("utf-8")), str(file))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SpecError(f"{file} is not a readable pareto.json ({type(exc).__name__}: {exc}); it may be "
+                            f"truncated or edited: write it again with `mixprec pareto RUN --out {path}`") from exc

@@ -207,6 +207,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
             raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}")
+    if len(excluded_names) == len(layers):
+        raise ModelError(f"--exclude {' '.join(map(repr, patterns))} leaves all {len(layers)} quantizable layers in "
+                         "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
+                         f"{list(layers)[0]!r})")
     notes = []
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):

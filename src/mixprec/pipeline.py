@@ -16,14 +16,16 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import save_torch_atomic
 from .analysis import DEFAULT_CANDIDATES, _device_of, analyze
 from .apply import apply, plan_points
 from .candidates import Candidate
 from .costs import COST_KINDS, cost_tables
-from .errors import SpecError
+from .errors import EvaluationError, SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
-from .plan import Plan, write_json_atomic
+from .atomic import write_json_atomic
+from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 
 
@@ -49,14 +51,30 @@ class QuantizeResult:
                        eval_seconds=self.eval_seconds)
         return out
 
-    def save(self, out_dir: str | Path, **extra: Any) -> Path:
-        """Write ``model.pt`` (the quantized state dict), ``plan.json`` and ``result.json`` (``extra`` first)."""
+    def evaluate(self, evaluate: Callable[[nn.Module], Any]) -> EvalResult:
+        """Measure the quantized model (sets ``evaluation`` and ``eval_seconds``)."""
+        start = time.perf_counter()
+        self.evaluation = to_eval_result(evaluate(self.model))
+        self.eval_seconds = time.perf_counter() - start
+        return self.evaluation
+
+    def save(self, out_dir: str | Path, evaluate: Callable[[nn.Module], Any] | None = None, **extra: Any) -> Path:
+        """Write ``model.pt`` (the quantized state dict), ``plan.json`` and ``result.json`` (``extra`` first).
+        ``evaluate``: measured after the model and plan are written, so an evaluation that fails leaves
+        them on disk (and says so)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        save_torch_atomic(self.model.state_dict(), out / "model.pt")
         self.plan.save(out / "plan.json")
-        torch.save(self.model.state_dict(), out / "model.pt")
         device = _device_of(self.model)
         write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
+        if evaluate is not None:
+            try:
+                self.evaluate(evaluate)
+            except EvaluationError as exc:
+                raise EvaluationError(f"{exc}; the quantized model was written to {out / 'model.pt'} (with "
+                                      "plan.json and result.json, not evaluated)") from exc
+            write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
         return out
 
 
@@ -101,9 +119,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                             apply_seconds=time.perf_counter() - start, rounding=config.name,
                             rounding_options=config.changed())
     if evaluate is not None:
-        start = time.perf_counter()
-        result.evaluation = to_eval_result(evaluate(quantized))
-        result.eval_seconds = time.perf_counter() - start
+        result.evaluate(evaluate)
     return result
 
 

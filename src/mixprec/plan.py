@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json_atomic  # noqa: F401  (imported from here by older code)
 from .candidates import parse_candidate
 from .errors import PlanError
 from .groups import ModelGroups, quantizable_layers
@@ -45,6 +45,17 @@ class Plan:
                    {g.name: list(g.layer_names) for g in groups},
                    [l.name for l in groups.excluded],
                    {"kind": "uniform", "candidate": name, **(metadata or {})})
+
+    def pin(self, groups: ModelGroups) -> list[str]:
+        """Put every pinned group of ``groups`` (--pin) on its pin; returns what changed, one line each."""
+        changed = []
+        for g in groups:
+            if g.pinned and g.name in self.assignments and self.assignments[g.name] != g.pinned:
+                changed.append(f"group {g.name}: {self.assignments[g.name]} in the plan, {g.pinned} by its pin")
+                self.assignments[g.name] = g.pinned
+        if changed:
+            self.metadata["pinned"] = changed
+        return changed
 
     def layer_candidates(self) -> dict[str, str]:
         return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
@@ -94,38 +105,12 @@ class Plan:
         if not path.is_file():
             raise PlanError(f"plan file not found: {path}")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{path} is not valid JSON: {exc}") from exc
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"{path} is not valid JSON (UTF-8), so not a plan file ({exc}); give the plan.json that "
+                            "`mixprec solve` wrote") from exc
         return cls.from_dict(data, str(path))
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any new file
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy arrays/scalars and tensors of any size
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

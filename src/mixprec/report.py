@@ -14,7 +14,6 @@ import html
 import io
 import math
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import write_atomic
 from .errors import MixprecError, SpecError
 from .front import Front
 
@@ -69,10 +69,10 @@ def write_report(out_dir: str | os.PathLike, pareto: dict, table: "SensitivityTa
     else:  # a scatter left by an earlier report of this directory would no longer match
         (out_dir / "predicted_vs_measured.png").unlink(missing_ok=True)
     for name, data in pngs.items():
-        _write_atomic(out_dir / name, data)
+        write_atomic(out_dir / name, data)
     page = _html(pareto, table, costs, select, why, pngs, measured, spearman)
     path = out_dir / "report.html"
-    _write_atomic(path, page.encode("utf-8"))
+    write_atomic(path, page.encode("utf-8"))
     return path
 
 
@@ -636,18 +636,6 @@ def _selected_html(pareto: dict, table: "SensitivityTable", costs: "CostTables |
             + (f", measured {_e(measured.get('name', 'metric'))} {_e(_num(measured['value']))}" if measured else "")
             + f"; candidates: {_e(summary)}.</p>" + _table_html(header, rows)
             + (f"<p class=\"note\">left in float: {_e(', '.join(map(str, excluded)))}</p>" if excluded else ""))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes so that a crash never leaves a half-written file (mode as for any new file, not 0600)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _uniform_above_front(pareto: dict) -> list[str]:

@@ -13,23 +13,38 @@
     task/                    the trust report's own run (the task metric), a run directory itself
 
 A run made for another model, data or settings is refused before anything is written to it.
+One process writes a run at a time: analyze holds an exclusive lock (flock on the directory) from
+its check to its last write, and a second one is refused at once. Appends to the logs take a lock
+of their own, start on a new line after a line torn by a kill, and reading skips torn lines and
+entries that are not a finite value in the metric's range (those are measured again).
+
+A run directory names the --model, --data and --eval specs that made it. Those that are code
+(file.py:function, package.module:function, a TorchScript model) are never run because a run
+names them: the command must name them again, or be given trust_run (--trust-run).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import MixprecError, SpecError
-from .plan import write_json_atomic
+from .atomic import write_json_atomic
+from .errors import RunError, SpecError
 from .sensitivity.table import SensitivityTable
+
+SPEC_OPTIONS = ("model", "data", "eval")  # the arguments that name what to load (and may be code)
 
 
 class RunDirectory:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.rejected = 0  # lines of the entries logs the last entries() call could not use
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -44,24 +59,115 @@ class RunDirectory:
         if not path.is_file():
             raise SpecError(f"{self.path} is not an analysis run directory (no run.json); start one with "
                             "`mixprec analyze --model ... --out DIR`")
-        return json.loads(path.read_text())
+        return _read_json(path)
 
     def arguments(self) -> dict[str, Any]:
         """The arguments of the analysis that made the run."""
-        return self._run_json().get("arguments", {})
+        arguments = self._run_json().get("arguments", {})
+        return arguments if isinstance(arguments, dict) else {}
+
+    def fingerprint(self) -> dict[str, Any]:
+        fingerprint = self._run_json().get("fingerprint", {})
+        return fingerprint if isinstance(fingerprint, dict) else {}
+
+    def code_specs(self) -> dict[str, str]:
+        """The specs this run names that are code (option -> spec): loading them runs it."""
+        from .specs import is_code
+        arguments = self.arguments()
+        return {k: arguments[k] for k in SPEC_OPTIONS if isinstance(arguments.get(k), str) and is_code(arguments[k], k)}
+
+    def specs_to_run(self, given: dict[str, str | None] | None = None, trust_run: bool = False,
+                     needed: tuple[str, ...] = SPEC_OPTIONS) -> dict[str, Any]:
+        """The run's arguments with the specs ``given`` on this command line in place of the run's. A spec
+        that is code and comes from the run only is refused unless ``trust_run``: a run directory never
+        makes code run that the user did not name. (What is loaded is checked against the fingerprint by
+        :meth:`check_loaded`.)"""
+        arguments = dict(self.arguments())
+        given = {k: v for k, v in (given or {}).items() if v}
+        unnamed = {k: v for k, v in self.code_specs().items() if k not in given and k in needed}
+        if unnamed and not trust_run:
+            names = " ".join(f"--{k} {v}" for k, v in unnamed.items())
+            raise RunError(f"{self.path} names {names}, which is code (a Python file or module, or a TorchScript "
+                           "model), and mixprec never runs code because a run directory names it. Name it on this "
+                           f"command line ({names}; it is checked against the run's fingerprint), or add --trust-run "
+                           "to run what the run names")
+        arguments.update(given)
+        return arguments
+
+    def resume_arguments(self, given: dict[str, Any], defaults: dict[str, Any], trust_run: bool = False,
+                         free: tuple[str, ...] = ("device", "chunk_size")) -> dict[str, Any]:
+        """The arguments to continue this run with: its own. Of ``given`` (this command line's, where
+        ``defaults`` tells what was not given), the specs replace the run's (checked against the
+        fingerprint when loaded) and ``free`` options (how, not what, to measure) apply; any other option
+        that differs from the run's is refused rather than ignored."""
+        saved = self.arguments()
+        passed = {k: v for k, v in given.items() if v != defaults.get(k)}
+        conflicts = [f"--{k.replace('_', '-')} {_shown(v)} (the run has {_shown(saved.get(k))})"
+                     for k, v in passed.items() if k not in SPEC_OPTIONS and k not in free and v != saved.get(k)]
+        if conflicts:
+            raise RunError(f"--resume continues {self.path} with the settings it was made with; "
+                           f"{'; '.join(conflicts)}. Drop {'that option' if len(conflicts) == 1 else 'those options'}, "
+                           "or start a new run with --out NEW_DIR")
+        arguments = self.specs_to_run({k: passed.get(k) for k in SPEC_OPTIONS}, trust_run)
+        arguments.update({k: v for k, v in passed.items() if k in free})
+        return arguments
+
+    def check_loaded(self, model, data: list | None) -> None:
+        """The model and calibration data loaded for this run are the ones it measured (its fingerprint)."""
+        from .sensitivity.store import data_hash, model_hash
+        fingerprint = self.fingerprint() if self.exists else {}
+        differs = []
+        if fingerprint.get("model") and model_hash(model) != fingerprint["model"]:
+            differs.append("model")
+        if fingerprint.get("data") and data is not None and data_hash(list(data)) != fingerprint["data"]:
+            differs.append("calibration data")
+        if differs:
+            raise RunError(f"the {' and '.join(differs)} loaded now differ from what {self.path} measured (its "
+                           "fingerprint); give the --model/--data of the analysis, or analyze again")
+
+    # the writer's lock ------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator["RunDirectory"]:
+        """Exclusive, for one process, from the check to the last write (re-entrant in this process);
+        a second process is refused at once rather than measuring everything again beside it."""
+        if self._lock_depth == 0:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunError(f"{self.path} is being written by another mixprec process (an analyze of this run is "
+                               "running); wait for it to finish, or use another --out directory") from None
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def claim(self, fingerprint: dict[str, Any], arguments: dict[str, Any] | None = None, rank: int = 0) -> None:
         """Check that the run is new or made for this ``fingerprint`` (else refuse, writing nothing);
         a new run records the fingerprint and the arguments (rank 0 only)."""
         path = self.path / "run.json"
         if path.is_file():
-            existing = json.loads(path.read_text()).get("fingerprint", {})
+            existing = self.fingerprint()
             differs = [k for k in ("model", "data", "settings") if existing.get(k) != fingerprint.get(k)]
             if differs:
-                raise MixprecError(f"{self.path} holds an analysis of a different {' and '.join(differs)} "
-                                   f"({', '.join(f'{k}: {existing.get(k)!r} there, {fingerprint.get(k)!r} now' for k in differs if k != 'settings')}"
-                                   f"{'; settings differ' if 'settings' in differs else ''}); use a new --out "
-                                   "directory or delete this one")
+                hashes = [f"{k}: {existing.get(k)!r} there, {fingerprint.get(k)!r} now" for k in differs
+                          if k != "settings"]
+                settings = existing.get("settings") if isinstance(existing.get("settings"), dict) else {}
+                changed = sorted(k for k in set(settings) | set(fingerprint.get("settings", {}))
+                                 if settings.get(k) != fingerprint.get("settings", {}).get(k))
+                if "settings" in differs:
+                    hashes.append(f"settings differ: {', '.join(changed)}")
+                raise RunError(f"{self.path} holds an analysis of a different {' and '.join(differs)} "
+                               f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory, "
+                               "or delete this one")
         elif rank == 0:
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {"fingerprint": fingerprint, "arguments": arguments or {}})
@@ -69,16 +175,19 @@ class RunDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
 
     # entries.rank<R>.jsonl -----------------------------------------------------------------------
-    def entries(self) -> dict[tuple[str, str], float]:
-        """Every finished entry of every rank; a torn last line (killed mid-write) is ignored."""
-        out = {}
+    def entries(self, minimum: float | None = 0.0) -> dict[tuple[str, str], float]:
+        """Every finished entry of every rank. A line that does not read as an entry (torn by a kill,
+        binary, edited) or whose value is NaN, -inf or below the metric's ``minimum`` is not an entry:
+        it is measured again (``self.rejected`` counts them). +inf is an entry (a group the candidate
+        ruins)."""
+        out, self.rejected = {}, 0
         for log in sorted(self.path.glob("entries.rank*.jsonl")):
-            for line in log.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                    out[(entry["group"], entry["candidate"])] = float(entry["value"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
+            for line in _lines(log):
+                entry = _entry(line, minimum)
+                if entry is None:
+                    self.rejected += 1
+                else:
+                    out[entry[0]] = entry[1]
         return out
 
     def append_entries(self, entries: dict[tuple[str, str], float], rank: int = 0) -> None:
@@ -94,7 +203,7 @@ class RunDirectory:
         path = self.path / "costs.json"
         if not path.is_file():
             raise SpecError(f"{path} is missing; re-run `mixprec analyze` with this version to record the costs")
-        return json.loads(path.read_text())
+        return _read_json(path)
 
     # sensitivity.json / .csv -----------------------------------------------------------------------
     def write_table(self, table: SensitivityTable) -> None:
@@ -104,7 +213,11 @@ class RunDirectory:
         if not (self.path / "sensitivity.json").is_file():
             raise SpecError(f"{self.path} is not an analysis run (no sensitivity.json); create one with "
                             f"`mixprec analyze --model ... --out {self.path}`")
-        return SensitivityTable.load(self.path)
+        try:
+            return SensitivityTable.load(self.path)
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{self.path / 'sensitivity.json'} is damaged ({type(exc).__name__}: {exc}); "
+                           f"`mixprec analyze --resume {self.path}` writes it again from the entries") from exc
 
     # evaluations.jsonl, rounding/, task/ -----------------------------------------------------------
     @property
@@ -119,11 +232,13 @@ class RunDirectory:
         """Every logged plan evaluation; lines torn by a crash are skipped."""
         out = []
         if self.log_path(name).is_file():
-            for line in self.log_path(name).read_text().splitlines():
+            for line in _lines(self.log_path(name)):
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
+                    item = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError):
                     continue
+                if isinstance(item, dict):
+                    out.append(item)
         return out
 
     def append_evaluation(self, entry: dict[str, Any], name: str = "evaluations") -> None:
@@ -140,8 +255,65 @@ class RunDirectory:
 
 
 def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
-    with path.open("a") as f:
-        for item in items:
-            f.write(json.dumps(item, default=float) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON object per line, under an exclusive lock of the file, flushed and fsync'ed;
+    after a line torn by a kill the first item starts on a new line (the fragment stays a bad line)."""
+    from .atomic import finite_json
+    from .errors import OutputError
+    text = "".join(json.dumps(finite_json(item), default=float, allow_nan=False) + "\n" for item in items)
+    try:
+        with path.open("ab+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        text = "\n" + text
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError as exc:
+        raise OutputError(f"cannot append to {path}: {exc.strerror or exc}; what was measured before is kept, "
+                          "and a resume measures the rest") from exc
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _lines(path: Path) -> list[bytes]:
+    """The lines of a log as bytes (a binary or torn line is simply one that does not parse)."""
+    return [line for line in path.read_bytes().split(b"\n") if line.strip()]
+
+
+def _entry(line: bytes, minimum: float | None) -> tuple[tuple[str, str], float] | None:
+    try:
+        item = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(item, dict) or not isinstance(item.get("group"), str) or \
+            not isinstance(item.get("candidate"), str):
+        return None
+    value = item.get("value")
+    if value == "inf":
+        return (item["group"], item["candidate"]), math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if minimum is not None and value < minimum:
+        return None
+    return (item["group"], item["candidate"]), float(value)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({type(exc).__name__}: {exc}); this run cannot be read: analyze again "
+                       "into a new --out directory") from exc
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a mixprec run file (a JSON object); analyze again into a new --out directory")
+    return data

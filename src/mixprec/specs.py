@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batches import split_item
+from .batches import check_finite, split_item
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
-from .errors import SpecError
+from .errors import EvaluationError, SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups, discover_groups
 
@@ -69,6 +69,17 @@ def is_builtin(spec: str) -> bool:
     return spec in BUILTINS
 
 
+def is_code(spec: str, option: str) -> bool:
+    """Whether loading ``spec`` for ``option`` (model, data, eval) runs code that is not mixprec's:
+    file.py:function and package.module:function are imported and called, and a TorchScript model
+    file holds code. Built-in names and .npz/.pt data files (read without unpickling) are not code."""
+    if not spec or is_builtin(spec):
+        return False
+    if option == "data" and ":" not in spec and spec.endswith((".npz", ".pt")):
+        return False
+    return True
+
+
 def load_model(spec: str) -> nn.Module:
     """The float model named by ``spec``, in eval mode."""
     if is_builtin(spec):
@@ -98,6 +109,8 @@ def load_model(spec: str) -> nn.Module:
 
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None) -> list:
     """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SpecError(f"--calibration-samples must be an integer of at least 1, got {limit!r}")
     if is_builtin(spec):
         builtin = get_builtin(spec)
         return builtin.calibration(limit or builtin.default_calibration_samples)
@@ -105,18 +118,24 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
     if spec.endswith(".npz") and ":" not in spec:
         if not path.is_file():
             raise SpecError(f"--data file {path} does not exist")
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        arrays = _read_npz(path)
         inputs = _pick(arrays, ("inputs", "x", "images", "data"), path)
+        if inputs.ndim == 0:
+            raise SpecError(f"--data {path}: the inputs are a single number; give an array of shape (N, ...)")
         labels = next((arrays[k] for k in ("labels", "y", "targets") if k in arrays), None)
         return _batch(torch.from_numpy(inputs), None if labels is None else torch.from_numpy(labels), batch_size, limit)
     if spec.endswith(".pt") and ":" not in spec:
         if not path.is_file():
             raise SpecError(f"--data file {path} does not exist")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _read_pt(path)
         if isinstance(obj, torch.Tensor):
+            if not obj.dim():
+                raise SpecError(f"--data {path} holds a single number; give a tensor of shape (N, ...)")
             return _batch(obj, None, batch_size, limit)
         if isinstance(obj, dict) and "inputs" in obj:
+            if not isinstance(obj["inputs"], torch.Tensor) or not obj["inputs"].dim() or (
+                    obj.get("labels") is not None and not isinstance(obj["labels"], torch.Tensor)):
+                raise SpecError(f"--data {path}: 'inputs' (and 'labels') must be tensors of shape (N, ...)")
             return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
         if isinstance(obj, (list, tuple)):
             return _cap(list(obj), limit)
@@ -133,6 +152,50 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         except TypeError as exc:
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches") from exc
     raise SpecError(f"--data {spec!r} is not a built-in name, a .npz/.pt file or file.py:function")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file, numeric or boolean only; never unpickles."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK":
+        raise SpecError(f"--data {path} is not a .npz archive (a zip of .npy arrays); save the calibration "
+                        "arrays with numpy.savez(path, inputs=x, labels=y)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:  # zip, header and array readers of an untrusted file: each means "not a data file"
+        if "pickle" in str(exc) or "Object arrays" in str(exc):
+            reason = "it holds pickled (object) data, which mixprec never loads"
+        else:
+            reason = f"it is not a readable .npz archive ({type(exc).__name__}: {exc})"
+        raise SpecError(f"--data {path}: {reason}; save numeric arrays with numpy.savez(path, inputs=x, "
+                        "labels=y)") from exc
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise SpecError(f"--data {path}: member {name!r} is not a .npy array; save the arrays with "
+                            "numpy.savez(path, inputs=x)")
+        if array.dtype.kind not in "biuf":
+            raise SpecError(f"--data {path}: array {name!r} has dtype {array.dtype}; calibration arrays must be "
+                            "numbers or booleans (float inputs, integer token ids or labels)")
+    if not arrays:
+        raise SpecError(f"--data {path} holds no arrays; save them with numpy.savez(path, inputs=x)")
+    return arrays
+
+
+def _read_pt(path: Path) -> Any:
+    """A .pt data file through torch.load(weights_only=True): tensors and plain containers only."""
+    import pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SpecError(f"--data {path} holds Python objects other than tensors and plain containers, and "
+                        "mixprec never unpickles them (torch.load with weights_only=True refused it); save "
+                        "tensors, e.g. torch.save({'inputs': x, 'labels': y}, path)") from exc
+    except Exception as exc:  # the reader of an untrusted file fails in many ways; each means "not a data file"
+        first = str(exc).split(".")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"--data {path} is not a file torch.save wrote ({first}); save the calibration tensors "
+                        "with torch.save({'inputs': x}, path)") from exc
 
 
 def _pick(arrays: dict, keys: tuple[str, ...], path: Path) -> np.ndarray:
@@ -178,8 +241,45 @@ def load_eval(spec: str) -> Callable[[nn.Module], EvalResult]:
     fn = resolve_callable(spec, "--eval")
 
     def evaluate(model: nn.Module) -> EvalResult:
-        return to_eval_result(fn(model), f"--eval {spec}")
+        try:
+            value = fn(model)
+        except Exception as exc:
+            raise EvaluationError(f"--eval {spec} raised {type(exc).__name__}: {exc} ({user_frame(exc, fn)})") from exc
+        return to_eval_result(value, f"--eval {spec}")
     return evaluate
+
+
+def user_frame(exc: BaseException, fn: Callable) -> str:
+    """Where in the user's code ``exc`` was raised: the innermost frame in the file that defines ``fn``
+    (else the innermost frame), as 'file line N, in name'."""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)
+    source = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    mine = [f for f in frames if f.filename == source] or frames[-1:]
+    if not mine:
+        return f"in {getattr(fn, '__qualname__', fn)}"
+    frame = mine[-1]
+    return f"{frame.filename} line {frame.lineno}, in {frame.name}"
+
+
+def parse_device(spec: str) -> torch.device:
+    """A --device value that this torch can run on, else a SpecError saying what is available."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as exc:
+        raise SpecError(f"--device {spec!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device {spec}: this torch ({torch.__version__}) has no CUDA device available; "
+                            "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {spec}: there are {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise SpecError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise SpecError(f"--device {spec}: mixprec runs on cpu, cuda or mps")
+    return device
 
 
 def parse_pins(items: list[str]) -> dict[str, str]:
@@ -207,7 +307,11 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     if data_spec:
         data = load_data(data_spec, limit=calibration_samples)
     elif builtin is not None and needs_data:
+        if calibration_samples is not None and calibration_samples < 1:
+            raise SpecError(f"--calibration-samples must be at least 1, got {calibration_samples}")
         data = builtin.calibration(calibration_samples or builtin.default_calibration_samples)
+    if data:
+        check_finite(data, f"--data {data_spec}" if data_spec else f"the calibration data of {model_spec}")
     if builtin is not None:
         example = builtin.example_input()
     elif data:

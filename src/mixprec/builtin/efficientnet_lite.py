@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_atomic
 from ..batches import output_tensor
 from ..errors import ModelError, SpecError
 from ..evaluation import EvalResult
@@ -105,11 +106,7 @@ def load_images(files: tuple[Path, ...]) -> torch.Tensor:
         except (OSError, ValueError):
             pass  # unreadable or truncated: rebuild it below
     array = np.stack([_decode(f) for f in files])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, target)
+    write_atomic(target, lambda fh: np.save(fh, array))
     return torch.from_numpy(array)
 
 

@@ -24,6 +24,7 @@ class Metric:
     needs_grad: ClassVar[bool] = False  # differentiates the loss w.r.t. weights and layer inputs
     needs_outputs: ClassVar[bool] = False  # compares network outputs: analyze gives it an OutputRunner
     uses_evaluate: ClassVar[bool] = False  # its values depend on the user's evaluation function
+    minimum: ClassVar[float | None] = 0.0  # the least value an entry can have (None: any; a drop can be negative)
 
     def prepare(self, ctx) -> Any:
         """State shared by every chunk of one analysis (computed once, before the first chunk)."""

@@ -6,6 +6,7 @@ dealt round-robin to the ranks and rank 0 merges every rank's log into the table
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Callable
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..batches import check_finite
 from ..candidates import Candidate
-from ..errors import MixprecError
-from ..groups import ModelGroups
+from ..errors import MixprecError, ModelError
+from ..groups import ModelGroups, is_torchscript
 from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
@@ -47,12 +49,17 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     if config.needs_data and not data:
         raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
                            "give at least one batch (or use --metric roundoff, which needs none)")
+    if config.needs_data:
+        check_finite(list(data or []))
+    if is_torchscript(model) and metric != "roundoff":
+        raise ModelError(f"the {metric} metric runs the model with one group's layers swapped for quantized ones, "
+                         "and the layers of a TorchScript model cannot be swapped; give the model as "
+                         "file.py:function (an nn.Module), or use --metric roundoff (weights only, no swap)")
     ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
                          activation_method, evaluate, progress, points)
     if config.needs_labels and not ctx.has_labels:
         raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
     rank, world = _distributed()
-    names = [g.name for g in groups]
     cand_names = [c.name for c in candidates]
     run = None
     done: dict[tuple[str, str], float] = {}
@@ -66,8 +73,24 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-        run.claim(fingerprint, arguments, rank)
-        done = run.entries()
+    # one writer: rank 0 holds the run's lock from the check (claim) to the last write (the table)
+    with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():
+        if run is not None:
+            run.claim(fingerprint, arguments, rank)
+            done = run.entries(config.minimum)
+            if run.rejected and progress:
+                print(f"note: {run.rejected} line(s) of {run.path}/entries.rank*.jsonl are not valid entries (torn "
+                      "by a kill, edited, NaN or out of range); those entries are measured again")
+        return _measure(ctx, config, groups, candidates, done, run, rank, world, chunk_size, use_fx, progress)
+
+
+def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidates: list[Candidate],
+             done: dict[tuple[str, str], float], run: RunDirectory | None, rank: int, world: int,
+             chunk_size: int | None, use_fx: bool, progress: bool) -> SensitivityTable:
+    """Measure the entries not ``done``, chunk by chunk, each chunk appended to the run's log."""
+    metric = config.name
+    names = [g.name for g in groups]
+    cand_names = [c.name for c in candidates]
     size = chunk_size or max(1, math.ceil(len(groups) / 8))
     chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
     mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
@@ -79,17 +102,24 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
               desc=f"{metric} sensitivity", disable=not progress) as bar:
         state = config.prepare(ctx) if pending else None  # once per analysis, and only if there is work
         for chunk in pending:
+            entries, shown = len(chunk) * len(candidates), [0.0]
+
+            def tick(fraction: float) -> None:  # progress inside a chunk (one call per calibration batch)
+                bar.update(fraction * entries - shown[0])
+                shown[0] = fraction * entries
+            ctx.on_batch = tick
             values = config.measure(ctx, chunk, runner, state)
+            ctx.on_batch = None
             ctx._weights.clear()  # each group is measured in one chunk only: free its quantized weights
             named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
             if run is not None:
                 run.append_entries(named, rank)
             done.update(named)
-            bar.update(len(chunk) * len(candidates))
+            bar.update(entries - shown[0])
     if world > 1:
         torch.distributed.barrier()
         if run is not None:
-            done = run.entries()
+            done = run.entries(config.minimum)
     table = np.full((len(groups), len(candidates)), np.nan)
     for i, g in enumerate(names):
         for j, c in enumerate(cand_names):

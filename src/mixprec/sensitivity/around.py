@@ -47,6 +47,7 @@ class _State:
 @dataclass(frozen=True)
 class Around(Metric):
     name = "around"
+    minimum = None  # a move up from the base lowers the divergence
     base: str = "w4a8"
     divergence: str = "auto"
 

@@ -36,12 +36,17 @@ class MeasureContext:
     evaluate: Callable[[nn.Module], Any] | None = None  # the user's --eval (task metric)
     progress: bool = True
     points: dict[str, dict[str, str]] | None = None  # multipoint candidate -> layer -> points per channel
+    on_batch: Callable[[float], None] | None = field(default=None, repr=False)  # progress: fraction of a chunk done
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
     _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def layer(self, name: str) -> nn.Module:
+        """The float model's layer ``name`` (TorchScript models too, which lack get_submodule)."""
+        return dict(self.model.named_modules())[name]
 
     def inputs(self, index: int) -> Any:
         return to_device(split_item(self.data[index])[0], self.device)
@@ -71,7 +76,7 @@ class MeasureContext:
     def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
         key = (layer, candidate.weight, candidate.points)
         if key not in self._weights:
-            weight = self.model.get_submodule(layer).weight
+            weight = self.layer(layer).weight
             points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
             self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]

@@ -87,6 +87,7 @@ class Hessian(Metric):
     seed: int = 0  # of the Rademacher vectors: the same table on every run
 
     name = "hessian"
+    minimum = None  # Hutchinson estimates of an indefinite Hessian can be negative
     needs_grad = True
 
     def __post_init__(self):

@@ -77,6 +77,8 @@ class OutputRunner:
                             with torch.no_grad():
                                 record((g, c), run_model(model, ctx.inputs(b)))
                         self.forward_equivalents += 1
+            if ctx.on_batch is not None:
+                ctx.on_batch((b + 1) / len(ctx.data))
         return ratio_values(ctx, sums, "output")
 
 

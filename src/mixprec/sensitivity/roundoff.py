@@ -25,7 +25,7 @@ class Roundoff(Metric):
             for c, cand in enumerate(ctx.candidates):
                 noise = signal = 0.0
                 for layer in group.layer_names:
-                    w = ctx.model.get_submodule(layer).weight.detach().float()
+                    w = ctx.layer(layer).weight.detach().float()
                     noise += float((ctx.quantized_weight(layer, cand).float() - w).pow(2).sum())
                     signal += float(w.pow(2).sum())
                 values[(g, c)] = noise / signal if signal > 0 else 0.0

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MixprecError
-from ..plan import write_json_atomic
+from ..atomic import write_atomic, write_json_atomic
 
 TABLE_FORMAT = "mixprec-sensitivity"
 TABLE_VERSION = 1
@@ -57,13 +57,13 @@ class SensitivityTable:
         directory = Path(directory)
         json_path, csv_path = directory / "sensitivity.json", directory / "sensitivity.csv"
         write_json_atomic(json_path, self.to_dict())
-        tmp = csv_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+
+        def write_csv(f) -> None:
             writer = csv.writer(f)
             writer.writerow(["group", *self.candidates])
             for name, row in zip(self.groups, self.values):
                 writer.writerow([name, *(repr(float(v)) for v in row)])
-        tmp.replace(csv_path)
+        write_atomic(csv_path, write_csv, text=True)
         return json_path, csv_path
 
     @classmethod

@@ -23,6 +23,7 @@ from .context import MeasureContext, quantized_group
 @dataclass(frozen=True)
 class Task(Metric):
     name = "task"
+    minimum = None  # quantization can improve the metric: a negative drop
     uses_evaluate = True  # the evaluation function brings its own labelled data: needs_labels stays False
 
     def prepare(self, ctx: MeasureContext) -> EvalResult:

@@ -1,0 +1,203 @@
+"""The run directory: what survives a kill or a torn line, what is refused and leaves the run as it
+was, one writer at a time, and no code run because a run directory names it."""
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from mixprec.cli import main
+from mixprec.errors import RunError
+from mixprec.groups import discover_groups
+from mixprec.candidates import parse_candidates
+from mixprec.run_directory import RunDirectory
+from mixprec.sensitivity.analyze import analyze
+
+from hostile import error_line, user_files
+
+
+def tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    data = [torch.randn(4, 6) for _ in range(2)]
+    return model, discover_groups(model, data[0]), parse_candidates("w4a8,w8a8"), data
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_next_append_after_a_torn_line_starts_a_new_line(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.append_entries({("a", "w4a8"): 0.5})
+    log = tmp_path / "entries.rank0.jsonl"
+    log.write_bytes(log.read_bytes() + b'{"group": "b", "cand')  # killed mid-write
+    run.append_entries({("c", "w4a8"): 0.25})
+    assert run.entries() == {("a", "w4a8"): 0.5, ("c", "w4a8"): 0.25} and run.rejected == 1
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "Infinity", "-0.5", "true", '"nan"', '"0.5"', "null"])
+def test_invalid_entries_are_not_done(tmp_path, value):
+    (tmp_path / "entries.rank0.jsonl").write_text(f'{{"group": "a", "candidate": "w4a8", "value": {value}}}\n'
+                                                  '{"group": "a", "candidate": "w8a8", "value": "inf"}\n')
+    run = RunDirectory(tmp_path)
+    assert run.entries() == {("a", "w8a8"): math.inf} and run.rejected == 1
+
+
+def test_negative_entries_are_kept_where_the_metric_allows_them(tmp_path):
+    (tmp_path / "entries.rank0.jsonl").write_text('{"group": "a", "candidate": "w4a8", "value": -0.5}\n')
+    assert RunDirectory(tmp_path).entries(minimum=None) == {("a", "w4a8"): -0.5}
+    assert RunDirectory(tmp_path).entries(minimum=0.0) == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=60), st.text(max_size=60).map(str.encode),
+                          st.fixed_dictionaries({"group": st.text(max_size=3), "candidate": st.text(max_size=3),
+                                                 "value": st.one_of(st.floats(), st.text(max_size=4), st.none())}
+                                                ).map(lambda d: json.dumps(d).encode())), max_size=8))
+def test_any_bytes_in_an_entries_log_read_as_valid_entries_or_nothing(tmp_path_factory, lines):
+    directory = tmp_path_factory.mktemp("run")
+    (directory / "entries.rank0.jsonl").write_bytes(b"\n".join(lines))
+    run = RunDirectory(directory)
+    for (group, candidate), value in run.entries().items():
+        assert isinstance(group, str) and isinstance(candidate, str)
+        assert value == math.inf or (math.isfinite(value) and value >= 0)
+    run.append_entries({("g", "w4a8"): 1.0})  # and an append after any of it is read back
+    assert run.entries()[("g", "w4a8")] == 1.0
+
+
+def test_a_torn_log_resumes_to_the_same_table(tmp_path):
+    model, groups, cands, data = tiny()
+    fresh = analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path / "fresh", chunk_size=1,
+                    progress=False)
+    log = tmp_path / "fresh" / "entries.rank0.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:2]) + lines[2][:15])  # killed while writing the third entry
+    resumed = analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path / "fresh", chunk_size=1,
+                      progress=False)
+    assert resumed.values.tolist() == fresh.values.tolist()
+    assert [json.loads(l) for l in log.read_bytes().splitlines()[:2]] == [json.loads(l) for l in lines[:2]]
+    assert len(RunDirectory(tmp_path / "fresh").entries()) == 4
+
+
+def test_a_refused_analysis_leaves_the_run_as_it_was(tmp_path):
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    before = snapshot(tmp_path)
+    with pytest.raises(RunError, match="settings differ: candidates"):
+        analyze(model, groups, cands[:1], data, metric="sqnr", run_dir=tmp_path, progress=False)
+    with pytest.raises(RunError, match="different data"):
+        analyze(model, groups, cands, data[:1], metric="sqnr", run_dir=tmp_path, progress=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_second_writer_is_refused_at_once(tmp_path):
+    model, groups, cands, data = tiny()
+    with RunDirectory(tmp_path).lock():
+        with pytest.raises(RunError, match="being written by another mixprec process"):
+            analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+        assert list(tmp_path.iterdir()) == []
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)  # released: works
+
+
+def test_damaged_run_files_are_one_line(tmp_path, capsys):
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    (tmp_path / "sensitivity.json").write_bytes(b"\x80\x81 not json")
+    assert main(["solve", str(tmp_path), "--budget", "bytes=1x", "--out", str(tmp_path / "p.json")]) == 2
+    assert "sensitivity.json is damaged" in error_line(capsys)
+
+
+@pytest.fixture
+def user_run(tmp_path, monkeypatch):
+    """A run of user.py:model on data.npz; importing user.py afterwards leaves tmp_path/marker."""
+    user_files(tmp_path)
+    run = tmp_path / "run"
+    spec = str(tmp_path / "user.py") + ":model"
+    assert main(["analyze", "--model", spec, "--data", str(tmp_path / "data.npz"), "--out", str(run)]) == 0
+    monkeypatch.setenv("MIXPREC_TEST_MARKER", str(tmp_path / "marker"))
+    return run, spec, tmp_path
+
+
+@pytest.mark.parametrize("argv", [["analyze", "--resume", "RUN"],
+                                  ["solve", "RUN", "--budget", "bytes=0.5x", "--search", "greedy", "--eval",
+                                   "EVAL", "--out", "OUT/plan.json"],
+                                  ["pareto", "RUN", "--points", "3", "--no-guard", "--eval", "EVAL", "--out", "OUT"]])
+def test_a_run_directory_never_runs_code_that_is_not_named(user_run, capsys, argv):
+    run, spec, tmp = user_run
+    argv = [a.replace("RUN", str(run)).replace("OUT", str(tmp)).replace("EVAL", str(tmp / "user.py") + ":evaluate")
+            for a in argv]
+    if argv[0] == "analyze":
+        assert main(argv) == 2
+    else:  # --eval names the evaluation, the model stays the run's
+        assert main(argv) == 2
+    assert f"names --model {spec}, which is code" in error_line(capsys) and not (tmp / "marker").exists()
+    assert main(argv + ["--model", spec]) == 0  # named again: it runs (and the fingerprint matched)
+    assert (tmp / "marker").exists()
+
+
+def test_trust_run_says_what_it_runs_and_a_renamed_model_must_match(user_run, capsys):
+    run, spec, tmp = user_run
+    assert main(["analyze", "--resume", str(run), "--trust-run"]) == 0
+    assert f"--trust-run: running --model {spec}" in capsys.readouterr().out
+    (tmp / "other.py").write_text((tmp / "user.py").read_text().replace("manual_seed(0)", "manual_seed(5)"))
+    assert main(["analyze", "--resume", str(run), "--model", str(tmp / "other.py") + ":model"]) == 2
+    assert "different model" in error_line(capsys)
+
+
+def test_the_solve_guard_is_skipped_with_a_note_rather_than_running_the_runs_code(user_run, capsys):
+    run, spec, tmp = user_run
+    assert main(["solve", str(run), "--budget", "bytes=1200", "--out", str(tmp / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "guard skipped" in out and f"names --model {spec}, which is code" in out and not (tmp / "marker").exists()
+    assert main(["solve", str(run), "--budget", "bytes=1200", "--model", spec, "--out", str(tmp / "plan.json")]) == 0
+    assert "guard (" in capsys.readouterr().out and (tmp / "marker").exists()
+
+
+def test_resume_refuses_options_it_would_ignore(user_run, capsys):
+    run, spec, tmp = user_run
+    before = snapshot(run)
+    assert main(["analyze", "--resume", str(run), "--model", spec, "--candidates", "w4a8", "--metric", "kl"]) == 2
+    line = error_line(capsys)
+    assert "--candidates w4a8 (the run has w4a8,w8a8,w8a16)" in line and "--metric kl (the run has sqnr)" in line
+    assert snapshot(run) == before
+
+
+def test_progress_moves_inside_a_chunk(tmp_path, monkeypatch):
+    import mixprec.sensitivity.analyze as measuring
+    updates = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+    monkeypatch.setattr(measuring, "tqdm", Bar)
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, chunk_size=len(groups), progress=True)
+    entries = len(groups) * len(cands)
+    # one chunk holds every entry: the bar still moves after each of the 2 calibration batches
+    assert updates[0] == pytest.approx(entries / 2) and sum(updates) == pytest.approx(entries)
+
+
+def test_thread_count_is_chosen_and_said(monkeypatch):
+    from mixprec.threads import available_cpus, choose_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("MIXPREC_THREADS", "1")
+        assert choose_threads() == (1, "MIXPREC_THREADS=1") and torch.get_num_threads() == 1
+        monkeypatch.delenv("MIXPREC_THREADS")
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        threads, why = choose_threads()
+        assert threads == available_cpus()[0] == torch.get_num_threads() and "MIXPREC_THREADS" in why
+    finally:
+        torch.set_num_threads(before)
