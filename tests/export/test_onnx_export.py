@@ -244,3 +244,8 @@ def test_ort_module_reports_a_broken_file(tmp_path):
     path.write_bytes(b"not an onnx file")
     with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
         OrtModule(path)
+
+
+def test_export_is_a_pipeline_verb():
+    import mixprec
+    assert mixprec.export is export and "export" in mixprec.__all__
