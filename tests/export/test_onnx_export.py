@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():  # scoped to each test: the rest of the suite needs autograd
+        yield
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
