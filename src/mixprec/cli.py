@@ -366,6 +366,44 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export, report_path
+    if bool(args.plan) == bool(args.uniform):
+        raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    if not args.data and not is_builtin(args.model):
+        raise SpecError("--data is required for a model that is not built-in (calibration batches and the "
+                        "example input of the export)")
+    model, data, example, groups = _setup(args)
+    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
+    result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range,
+                    accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec) if eval_spec else None,
+                    example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
+                    threads=args.threads)
+    _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],
+           [(r["layer"], r["candidate"], r["format"], r["runtime_op"], "yes" if r["low_precision"] else "NO")
+            for r in result.layers])
+    if result.simulated is not None:
+        print(f"simulated {result.simulated.name} {result.simulated.value:.4g}, exported {result.exported.value:.4g}")
+    for where, value in result.agreement.items():
+        print(f"top-1 agreement of exported and simulated outputs on the {where} data: {100 * value:.2f}%")
+    _print_notes(result.notes)
+    print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .specs import load_model
+    if args.model.endswith(".onnx"):
+        from .export.ort import OrtModule
+        model = OrtModule(args.model, args.threads)
+    else:
+        model = load_model(args.model)
+    result = load_eval(args.eval)(model)
+    print(f"{result.name} {result.value:.6g}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates, n_plans=args.points)
@@ -544,6 +582,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", type=int, help="index of the front point to detail (default: chosen from the "
                    "measurements, else the middle point)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write the plan as an ONNX file for a runtime, and re-evaluate it there",
+                       description="Export a model quantized by a plan (or a uniform candidate) for a target "
+                       "runtime, with mixprec's own scales and zero-points: int8 QDQ for w<B>a8, MatMulNBits for "
+                       "weight-only Linear layers, float for fp32. Prints, per layer, what was written and what "
+                       "the runtime runs (low precision or a float fallback), the simulated and exported metric and "
+                       "their top-1 agreement; writes OUT and OUT's .report.json.")
+    _add_model_args(p)
+    p.add_argument("--plan", help="plan.json to export")
+    p.add_argument("--uniform", metavar="CAND", help="put every group on this candidate, e.g. w8a8")
+    from .export.targets import TARGETS
+    p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="target runtime (default ort-cpu)")
+    p.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--eval", help="evaluation run on the simulated and the exported model (default for a built-in "
+                   "model: its own)")
+    p.add_argument("--reduce-range", action="store_true", help="check that layers with 8-bit inputs have 7-bit "
+                   "weights (w7a8), which CPUs without VNNI run without saturation")
+    p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (default 4: inputs "
+                   "quantized to int8 inside the kernel)")
+    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="run an evaluation function on a model or an exported ONNX file",
+                       description="Evaluate a model: an ONNX file (run by ONNX Runtime, all optimisations on, "
+                       "through a thin nn.Module) or any --model spec, with your own --eval function.")
+    p.add_argument("--model", required=True, help="model.onnx, or a --model spec as for inspect")
+    p.add_argument("--eval", required=True, help="file.py:function taking the model, or a built-in name")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small CNN: analyze, Pareto front, report",
                        description="Train (once, cached) a small CNN on scikit-learn's digits, measure the "

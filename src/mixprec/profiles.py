@@ -1,4 +1,8 @@
-"""Hardware profiles: the candidate sets a target supports."""
+"""Hardware profiles: the candidate sets a target supports, and the target each one deploys to.
+
+A profile with a target (``PROFILE_TARGETS``) lists only candidates that ``mixprec.export`` can write
+for that target with its low-precision kernels where the runtime has them (docs/export.md).
+"""
 from __future__ import annotations
 
 from .candidates import Candidate, parse_candidates
@@ -13,7 +17,15 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "llm-gpu-weight-only": ("w2g64", "w3g64", "w3g128", "w4g64", "w4g128", "w4", "w8", "fp16"),
     # GPU with FP8 tensor cores (Hopper and later).
     "gpu-fp8": ("fp8", "w8a8", "w4a8", "fp16"),
+    # ONNX Runtime on a CPU with VNNI (AVX512-VNNI / AVX-VNNI): int8 QDQ convs and linears, 4/8-bit
+    # MatMulNBits for weight-only linears.
+    "ort-cpu": ("w8a8", "w4", "w8", "w4g32", "w4g128", "fp32"),
+    # ONNX Runtime on an AVX2 CPU without VNNI: its u8 x s8 kernels add pairs of products in 16 bits,
+    # which saturate with 8-bit weights; 7-bit weights (onnxruntime's reduce_range) never do.
+    "ort-cpu-avx2": ("w7a8", "w4", "w8", "w4g32", "w4g128", "fp32"),
 }
+# Profiles that deploy to an export target (mixprec.export's ``target``).
+PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu"}
 
 
 def profile_candidates(name: str) -> list[Candidate]:

@@ -1,0 +1,167 @@
+"""Exported against simulated, on ONNX Runtime CPU: top-1, agreement, file size, latency against FP32.
+
+    python benchmarks/export_ort.py resnet20 [--limit N] [--budget bits=6]
+
+For each plan (uniform w8a8; uniform w7a8, the 7-bit weights of onnxruntime's reduce_range; a mixed plan
+of w4a8/w7a8 solved by mixprec at --budget): the simulated and the exported top-1 on the evaluation split,
+the fraction of images whose top-1 prediction agrees, the ONNX file size, how many layers ONNX Runtime runs
+in low precision, and the median latency of the exported file and of the FP32 export at batch 1 and 64
+(warm-up, then rounds alternating between the two files; 2 intra-op threads, no spinning).
+Writes benchmarks/results/export_ort_<model>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixprec import __version__, analyze
+from mixprec.builtin import get_builtin
+from mixprec.export import cpu_has_vnni, export
+from mixprec.export.ort import make_session
+from mixprec.groups import discover_groups
+from mixprec.plan import Plan, write_json_atomic
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = 2
+TARGET_GAP = 0.1  # top-1 points: the issue's deployability target
+
+
+def latency_ms(paths: dict[str, Path], batch: int, example: torch.Tensor, rounds: int, per_round: int) -> dict:
+    """Median latency per file; rounds alternate between the files so that load on the machine hits both."""
+    sessions = {k: make_session(p, threads=THREADS) for k, p in paths.items()}
+    x = example[:1].expand(batch, *example.shape[1:]).contiguous().numpy()
+    name = sessions[next(iter(sessions))].get_inputs()[0].name
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():  # warm-up
+        for _ in range(max(3, per_round // 4)):
+            s.run(None, {name: x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                s.run(None, {name: x})
+                times[k].append(1000 * (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def mixed_plan(model, calibration, example, budget: str) -> Plan:
+    analysis = analyze(model, calibration, "w4a8,w7a8", "sqnr", progress=False)
+    plan = analysis.solve(budget)
+    plan.metadata["budget"] = budget
+    return plan
+
+
+def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) -> dict:
+    builtin = get_builtin(name)
+    model = builtin.model()
+    calibration = builtin.calibration(samples)
+    example = calibration[0]
+    groups = discover_groups(model, builtin.example_input())
+    plans = {"fp32": Plan.uniform(groups, "fp32"), "uniform w8a8": Plan.uniform(groups, "w8a8"),
+             "uniform w7a8": Plan.uniform(groups, "w7a8")}
+    start = time.perf_counter()
+    plans[f"mixed w4a8/w7a8 ({budget})"] = mixed_plan(model, calibration, example, budget)
+    mixed_seconds = time.perf_counter() - start
+    evaluate = (lambda m: builtin.evaluate(m, limit=limit))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for label, plan in plans.items():
+            path = Path(tmp) / f"{label.split()[0]}_{len(paths)}.onnx"
+            result = export(model, plan, calibration, "ort-cpu", path, evaluate=evaluate, progress=False,
+                            threads=THREADS)
+            paths[label] = path
+            low = sum(1 for l in result.layers if l["low_precision"])
+            rows.append({"plan": label, "candidates": dict(sorted(_counts(plan).items())),
+                         "simulated_top1": result.simulated.value, "exported_top1": result.exported.value,
+                         "gap": result.exported.value - result.simulated.value,
+                         "agreement": result.agreement.get("evaluation"), "size_bytes": result.size_bytes,
+                         "low_precision_layers": low, "layers": len(result.layers),
+                         "fallback_layers": [l["layer"] for l in result.fallbacks]})
+            print(f"{label}: simulated {result.simulated.value:.2f}, exported {result.exported.value:.2f}, "
+                  f"agreement {100 * result.agreement.get('evaluation', float('nan')):.2f}%, "
+                  f"{low}/{len(result.layers)} layers low precision, {result.size_bytes:,} bytes", flush=True)
+        for batch, per_round in ((1, 50), (64, 3)):
+            med = latency_ms(paths, batch, example, rounds, per_round)
+            for row in rows:
+                row[f"latency_ms_b{batch}"] = med[row["plan"]]
+                row[f"speedup_b{batch}"] = med["fp32"] / med[row["plan"]]
+            print(f"batch {batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), flush=True)
+    samples_eval = limit or 9000
+    return {"model": name, "rows": rows, "evaluation_images": samples_eval, "calibration_samples": samples,
+            "mixed_plan_seconds": mixed_seconds, "rounds": rounds, "threads": THREADS,
+            "command": "python benchmarks/export_ort.py " + " ".join(sys.argv[1:]),
+            "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
+                            "python": platform.python_version(), "cpu": _cpu(), "cpu_count": os.cpu_count(),
+                            "vnni": cpu_has_vnni()}}
+
+
+def _counts(plan: Plan) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for cand in plan.layer_candidates().values():
+        out[cand] = out.get(cand, 0) + 1
+    return out
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(r: dict) -> str:
+    env = r["environment"]
+    lines = [f"## Export to ONNX Runtime CPU: {r['model']}", "",
+             f"Simulated against exported top-1 on {r['evaluation_images']:,} evaluation images; agreement: images "
+             f"whose top-1 prediction is the same. Latency: median, {r['threads']} threads, batch 1 and 64, against "
+             f"the FP32 export. {env['cpu']} ({env['cpu_count']} cores, VNNI: {'yes' if env['vnni'] else 'no'}), "
+             f"onnxruntime {env['onnxruntime']}. Target: exported within {TARGET_GAP} point of simulated.", "",
+             "| plan | simulated | exported | gap | agreement | size | low-precision layers | b1 ms | b1 speed-up "
+             "| b64 ms | b64 speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        hit = "" if row["plan"] == "fp32" else (" (hit)" if abs(row["gap"]) <= TARGET_GAP else " (miss)")
+        lines.append(f"| {row['plan']} | {row['simulated_top1']:.2f} | {row['exported_top1']:.2f} | "
+                     f"{row['gap']:+.2f}{hit} | {100 * row['agreement']:.2f}% | {row['size_bytes']:,} | "
+                     f"{row['low_precision_layers']}/{row['layers']} | {row['latency_ms_b1']:.3f} | "
+                     f"{row['speedup_b1']:.2f}x | {row['latency_ms_b64']:.1f} | {row['speedup_b64']:.2f}x |")
+    lines += ["", f"`{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--limit", type=int, default=None, help="evaluation images (default all 9,000)")
+    parser.add_argument("--budget", default="bits=6", help="budget of the mixed plan (default bits=6)")
+    parser.add_argument("--calibration-samples", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=7, help="latency rounds alternating the files (default 7)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.models:
+        report = run(name, args.limit, args.budget, args.calibration_samples, args.rounds)
+        write_json_atomic(RESULTS / f"export_ort_{name}.json", report)
+        (RESULTS / f"export_ort_{name}.md").write_text(markdown(report))
+        print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

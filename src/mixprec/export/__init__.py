@@ -1,0 +1,259 @@
+"""export(model, plan, data, target="ort-cpu", out="model.onnx"): the plan as a file a runtime runs.
+
+Each layer becomes what its candidate says, with the codes, scales and zero-points of mixprec's
+simulation (nothing is recalibrated): int8 QDQ for w<B>a8, MatMulNBits for weight-only Linear layers,
+float for fp32 (mixprec.export.onnx_graph). The result says, per layer, the format written and the op
+ONNX Runtime really runs, low precision or a float fallback (mixprec.export.ort); with ``evaluate`` it
+also gives the simulated and exported metric and how often their predictions agree.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..batches import output_tensor, run_model, split_item
+from ..candidates import parse_candidate
+from ..errors import MixprecError, ModelError, PlanError
+from ..evaluation import EvalResult, to_eval_result
+from ..groups import is_torchscript, layer_kind
+from ..plan import Plan, write_json_atomic
+from ..swap import QuantizedLayer, set_module
+from .targets import TARGETS, check_layers, get_target
+
+__all__ = ["export", "ExportResult", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni"]
+
+
+def __getattr__(name: str):
+    if name == "OrtModule":
+        from .ort import OrtModule
+        return OrtModule
+    raise AttributeError(name)
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the ONNX file
+    target: str
+    layers: list[dict]  # per layer: candidate, node, format written, runtime op, low precision, note
+    size_bytes: int
+    simulated: EvalResult | None = None
+    exported: EvalResult | None = None
+    agreement: dict[str, Any] = field(default_factory=dict)  # {"calibration": f, "evaluation": f}: top-1 agreement
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> list[dict]:
+        """Layers the plan quantizes that the runtime computes in float."""
+        return [l for l in self.layers if l["candidate"] != "fp32" and not l["low_precision"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
+                "simulated": None if self.simulated is None else self.simulated.to_dict(),
+                "exported": None if self.exported is None else self.exported.to_dict(),
+                "agreement": self.agreement, "notes": self.notes, "layers": self.layers}
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI); without it ORT's u8 x s8 kernels saturate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine().lower() not in ("x86_64", "amd64")
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _float_copy(quantized: nn.Module) -> nn.Module:
+    """The simulated model with every QuantizedLayer replaced by its layer (weights as simulated)."""
+    import copy
+    model = copy.deepcopy(quantized).eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedLayer):
+            set_module(model, name, module.layer)
+    return model
+
+
+def _first_input(data: Iterable | None, example: Any) -> Any:
+    if example is not None:
+        return example
+    for item in data or []:
+        return split_item(item)[0]
+    raise MixprecError("export needs an example input: pass calibration data (or example_input=...)")
+
+
+def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: str = "ort-cpu",
+           out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
+           accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
+           example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
+           threads: int | None = None, progress: bool = True) -> ExportResult:
+    """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
+
+    data: calibration batches (as for apply; the first one is also the example input of the export).
+    quantized: the model ``apply(model, plan, data, ...)`` already made (e.g. with another rounding);
+    default: made here with nearest rounding. reduce_range: check that every layer with 8-bit inputs has
+    7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
+    accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
+    evaluate: the user's evaluation function; it runs on the simulated and the exported model.
+    Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically.
+    """
+    spec = get_target(target)
+    if not isinstance(plan, Plan):
+        raise PlanError(f"export takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
+    if is_torchscript(model):
+        raise ModelError("a TorchScript model cannot be exported to ONNX here; give the model as file.py:function")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise MixprecError(f"accuracy_level must be 0..4 (MatMulNBits), got {accuracy_level!r}")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise MixprecError(f"the exported file must end in .onnx, got {out}")
+    modules = plan.model_layers(model)  # a plan for another model is a PlanError here
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}
+    realisations = check_layers(spec, shapes, reduce_range)
+    _import_onnx()
+
+    from ..apply import apply
+    from .onnx_graph import export_float, layer_codes, rewrite
+    from .ort import OrtModule, runtime_kernels
+
+    batches = None if data is None else list(data)
+    if quantized is None:
+        quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
+                          progress=progress)
+    layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
+    missing = sorted(set(candidates) - set(layers_q))
+    if missing:
+        raise PlanError(f"the quantized model has no quantized layer {missing[0]!r} the plan names; pass the model "
+                        "apply(model, plan, data) made from this plan")
+    codes = {name: layer_codes(name, modules[name].weight, layers_q[name].layer.weight, candidates[name],
+                               realisations[name], layers_q[name].input_quantizer, weight_method)
+             for name in candidates}
+    example = _first_input(batches, example_input)
+    graph = export_float(_float_copy(quantized), example)
+    written = rewrite(graph, codes, accuracy_level)
+    graph.producer_name, graph.producer_version = "mixprec", _version()
+    _save_atomic(graph, out)
+    kernels = runtime_kernels(out, written)
+    rows = []
+    for name in candidates:
+        row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
+        row["note"] = _note(row, realisations[name].kind)
+        rows.append(row)
+    result = ExportResult(out, spec.name, rows, out.stat().st_size)
+    eight_bit = [r["layer"] for r in rows if realisations[r["layer"]].kind == "qdq"
+                 and candidates[r["layer"]].weight.bits == 8]
+    if eight_bit and not cpu_has_vnni():
+        result.notes.append(f"this CPU has no VNNI: ORT's u8 x s8 kernels add pairs of products in 16 bits and may "
+                            f"saturate on {len(eight_bit)} layer(s) with 8-bit weights (e.g. {eight_bit[0]}), which "
+                            "the simulation does not model; plan them as w7a8 (profile ort-cpu-avx2) for exact results")
+    if result.fallbacks:
+        result.notes.append(f"{len(result.fallbacks)} of {len(rows)} quantized layer(s) run in float on ONNX Runtime "
+                            f"(e.g. {result.fallbacks[0]['layer']}: {result.fallbacks[0]['note']})")
+    exported = OrtModule(out, threads)
+    if batches:
+        result.agreement["calibration"] = agreement(quantized, exported, [split_item(b)[0] for b in batches])
+    if evaluate is not None:
+        sim_out, exp_out = _Recorder(quantized), _Recorder(exported)
+        result.simulated = to_eval_result(evaluate(sim_out))
+        result.exported = to_eval_result(evaluate(exp_out))
+        if sim_out.predictions and len(sim_out.predictions) == len(exp_out.predictions):
+            same = sum(int((a == b).sum()) for a, b in zip(sim_out.predictions, exp_out.predictions))
+            total = sum(a.numel() for a in sim_out.predictions)
+            result.agreement["evaluation"] = same / max(total, 1)
+    write_json_atomic(report_path(out), result.to_dict())
+    return result
+
+
+def report_path(onnx_path: str | os.PathLike) -> Path:
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".report.json")
+
+
+def _note(row: dict, kind: str) -> str:
+    op, low = row["runtime_op"], row["low_precision"]
+    if kind == "float":
+        return "float, as planned"
+    if low:
+        return f"runs in low precision ({op})"
+    if kind == "qdq":
+        return (f"float fallback: ONNX Runtime runs a float {op} on dequantized values (it fuses an integer kernel "
+                "only where the output is quantized too, e.g. through a ReLU into the next layer's input quantizer)")
+    if kind == "dq_weight":
+        return f"float fallback by design: weights stored as integers, dequantized for a float {op}"
+    if kind == "fp16":
+        return f"float16 values, computed in float32 ({op})"
+    return f"float fallback ({op})"
+
+
+class _Recorder(nn.Module):
+    """Wraps a model for the user's evaluation: records the top-1 prediction of every output row."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.predictions: list[torch.Tensor] = []
+
+    def forward(self, *args, **kwargs):
+        output = self.model(*args, **kwargs)
+        try:
+            logits = output_tensor(output)
+            if logits.dim() >= 2 and logits.shape[-1] > 1 and torch.is_floating_point(logits):
+                self.predictions.append(logits.detach().argmax(-1).cpu())
+        except TypeError:
+            pass
+        return output
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+
+@torch.no_grad()
+def agreement(simulated: nn.Module, exported: nn.Module, inputs: list) -> float:
+    """Fraction of output rows whose top-1 (argmax of the last axis) is the same in both models."""
+    same = total = 0
+    for x in inputs:
+        a = output_tensor(run_model(simulated, x)).argmax(-1)
+        b = output_tensor(run_model(exported, x)).argmax(-1)
+        same += int((a == b).sum())
+        total += a.numel()
+    return same / max(total, 1)
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _import_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise MixprecError(f"export needs onnx and onnxruntime ({exc}); install them with "
+                           "pip install -e '.[export]'") from exc
+
+
+def _save_atomic(model_proto, path: Path) -> None:
+    """Write the ONNX file so that a crash never leaves a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model_proto.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

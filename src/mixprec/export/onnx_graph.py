@@ -1,0 +1,409 @@
+"""The ONNX graph of a planned model: the float graph torch exports, each planned layer rewritten to
+what its candidate says, with the codes, scales and zero-points of mixprec's simulation.
+
+    qdq        QuantizeLinear -> DequantizeLinear on the input (u8, the calibrated scale and zero-point);
+               the weight as int8 codes behind a per-channel DequantizeLinear; the bias as int32 with
+               scale = input scale x weight scale. ONNX Runtime fuses DQ -> op -> Q into integer kernels.
+    nbits      com.microsoft MatMulNBits: 4- or 8-bit codes in blocks, the candidate's scales, accuracy_level.
+    dq_weight  int8 codes behind a DequantizeLinear feeding the float op (inputs cast through float16 for a16).
+    fp16       float16 weight (and input) values, cast to float for the op.
+    float      untouched.
+
+Layers are found by the initializer their weight is exported as (``<layer>.weight``), never by node
+position. A BatchNormalization right after a rewritten Conv is folded into it: the weight scales are per
+output channel, so folding multiplies each channel's scale and keeps the simulated codes exactly.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..candidates import Candidate
+from ..errors import ModelError
+from ..formats import IntFormat
+from ..quantizers import int_qparams, weight_qparams
+from .targets import Realisation
+
+OPSET = 17
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class LayerCodes:
+    """A layer as the simulation holds it: integer weight codes with their scales and zero-points (one per
+    element, shape (out, inputs)), and the input quantizer's scale and zero-point (None: float input)."""
+
+    name: str
+    candidate: Candidate
+    realisation: Realisation
+    codes: np.ndarray | None = None  # int64 (out, k)
+    scales: np.ndarray | None = None  # float32 (out, k)
+    zero_points: np.ndarray | None = None  # int64 (out, k)
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+
+
+def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate,
+                realisation: Realisation, input_quantizer: Any = None, weight_method: str = "mse") -> LayerCodes:
+    """Codes of the simulated weight on the grid nearest rounding chooses for ``original`` (what apply's
+    quantize_weight does); a weight that is not on that grid is a ModelError, never re-rounded."""
+    out = LayerCodes(name, candidate, realisation)
+    fmt = candidate.weight
+    if isinstance(fmt, IntFormat):
+        rows = original.detach().to(torch.float32).reshape(original.shape[0], -1)
+        sim = simulated.detach().to(torch.float32).reshape(rows.shape)
+        scale, zero_point = weight_qparams(rows, fmt, weight_method)
+        codes = torch.clamp(torch.round(sim / scale) + zero_point, fmt.qmin, fmt.qmax)
+        error = ((codes - zero_point) * scale - sim).abs()
+        if bool((error > 1e-5 * scale + 1e-12).any()):
+            raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
+                             f"(largest error {float((error / scale).max()):.3g} steps), so its codes cannot be "
+                             "exported exactly; export a model quantized with rounding nearest, adaround or brecq")
+        out.codes = codes.to(torch.int64).numpy()
+        out.scales = scale.numpy().astype(np.float32)
+        out.zero_points = zero_point.to(torch.int64).numpy()
+    q = input_quantizer
+    if q is not None and isinstance(q.fmt, IntFormat):
+        scale, zero_point = int_qparams(q.lo.reshape(1).float().cpu(), q.hi.reshape(1).float().cpu(), q.fmt)
+        out.input_scale, out.input_zero_point = float(scale), int(zero_point)
+    return out
+
+
+def export_float(model: nn.Module, example: Any, opset: int = OPSET):
+    """The float ONNX graph of ``model`` (TorchScript exporter, nothing folded, so initializers keep the
+    state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
+    import onnx
+
+    if isinstance(example, torch.Tensor):
+        args, names, tensors = (example,), ["input"], [example]
+    elif isinstance(example, dict):
+        args, names, tensors = (dict(example),), list(example), list(example.values())
+    elif isinstance(example, (tuple, list)):
+        args, names, tensors = tuple(example), [f"input{i}" for i in range(len(example))], list(example)
+    else:
+        raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
+                         "a tuple or a dict of tensors")
+    dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: "sequence"})
+               for n, t in zip(names, tensors) if t.dim() >= 1}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=False,
+                              input_names=names, output_names=["output"], dynamic_axes={**dynamic, "output": {0: "batch"}})
+        except Exception as exc:  # the exporter raises many types; the message is what the user needs
+            raise ModelError(f"torch.onnx.export failed on the model: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+class _Graph:
+    """Index of an ONNX graph being rewritten: initializers by name, and new nodes to put before a node."""
+
+    def __init__(self, model):
+        self.model = model
+        self.graph = model.graph
+        self.nodes = list(self.graph.node)  # kept: protobuf may give a new wrapper object on each access
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.before: dict[int, list] = {}  # id(node) -> nodes emitted just before it
+        self.removed: set[int] = set()
+        self.new_inits: list = []
+        self.dequantized: dict[tuple, str] = {}  # (tensor, scale, zero-point) -> DQ output
+
+    def consumers(self, tensor: str) -> list:
+        return [n for n in self.nodes if tensor in n.input and id(n) not in self.removed]
+
+    def array(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+        return numpy_helper.to_array(self.inits[name])
+
+    def add_init(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+        self.new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def emit(self, before_node, node) -> None:
+        self.before.setdefault(id(before_node), []).append(node)
+
+    def finish(self) -> None:
+        nodes = []
+        for n in self.nodes:
+            nodes.extend(self.before.get(id(n), []))
+            if id(n) not in self.removed:
+                nodes.append(n)
+        nodes = _topological(nodes, {i.name for i in self.graph.input} | set(self.inits)
+                             | {i.name for i in self.new_inits} | {""})
+        used = {i for n in nodes for i in n.input}
+        inits = [i for i in self.graph.initializer if i.name in used] + [i for i in self.new_inits if i.name in used]
+        nodes, inits = [_copy(n) for n in nodes], [_copy(i) for i in inits]
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(inits)
+
+
+def _copy(message):
+    new = type(message)()
+    new.CopyFrom(message)
+    return new
+
+
+def _topological(nodes: list, available: set[str]) -> list:
+    """``nodes`` in an order where every input is produced first, as close to the given order as possible."""
+    done: list = []
+    waiting = list(nodes)
+    available = set(available)
+    while waiting:
+        ready = next((i for i, n in enumerate(waiting) if all(x in available for x in n.input)), None)
+        if ready is None:
+            node = waiting[0]
+            raise ModelError(f"the rewritten graph has a cycle or a missing input at node {node.name!r} "
+                             f"(inputs not produced: {[x for x in node.input if x not in available]})")
+        node = waiting.pop(ready)
+        done.append(node)
+        available.update(node.output)
+    return done
+
+
+def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4) -> dict[str, dict]:
+    """Rewrite the float graph ``model`` (onnx ModelProto, in place) per ``layers``; returns, per layer, the
+    ONNX node it became and the format written."""
+    from onnx import helper
+
+    g = _Graph(model)
+    written: dict[str, dict] = {}
+    for name, layer in layers.items():
+        weight = f"{name}.weight"
+        users = g.consumers(weight) if weight in g.inits else []
+        if len(users) != 1:
+            raise ModelError(f"layer {name!r}: the exported graph has {'no node' if not users else 'several nodes'} "
+                             f"reading initializer {weight!r}; layers are matched by their weight's name, so a layer "
+                             "whose weight torch renames, folds or shares cannot be exported")
+        node, transposed = users[0], False
+        kind = layer.realisation.kind
+        if kind == "float":
+            written[name] = {"node": node.name, "op": node.op_type, "format": "float32", "op_written": node.op_type,
+                             "batchnorm_folded": False}
+            continue
+        if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
+            matmuls = g.consumers(node.output[0])
+            if len(matmuls) != 1 or matmuls[0].op_type != "MatMul" or matmuls[0].input[1] != node.output[0]:
+                raise ModelError(f"layer {name!r}: its transposed weight does not feed exactly one MatMul")
+            g.removed.add(id(node))
+            node, transposed = matmuls[0], True
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or (node.op_type == "Gemm" and (
+                _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0 or _attr(node, "alpha", 1.0) != 1.0
+                or _attr(node, "beta", 1.0) != 1.0)):
+            raise ModelError(f"layer {name!r}: its weight feeds an ONNX {node.op_type} node {node.name!r}, which the "
+                             "exporter does not rewrite (Conv, Gemm with transB=1, MatMul)")
+        w = g.array(weight)
+        bias_name = node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] else None
+        bias = g.array(bias_name).astype(np.float64) if bias_name else None
+        scales = None if layer.scales is None else layer.scales.astype(np.float64)
+        codes = layer.codes
+        folded = None
+        if node.op_type == "Conv" and kind in ("qdq", "dq_weight"):
+            folded = _fold_batchnorm(g, node)
+            if folded is not None:
+                factor, shift = folded
+                scales = scales * factor[:, None]
+                bias = (bias if bias is not None else 0.0) * factor + shift
+        entry = {"node": node.name, "op": node.op_type, "batchnorm_folded": folded is not None}
+        if kind == "qdq":
+            entry.update(_write_qdq(g, node, name, layer, codes, scales, w.shape, bias, transposed))
+        elif kind == "nbits":
+            entry.update(_write_nbits(g, node, name, layer, codes, scales, w.shape, bias, accuracy_level, helper))
+        elif kind == "dq_weight":
+            entry.update(_write_dq_weight(g, node, name, layer, codes, scales, w.shape, bias, transposed))
+        else:
+            entry.update(_write_fp16(g, node, name, layer, w, transposed))
+        written[name] = entry
+    g.finish()
+    if any(e.get("op_written") == "MatMulNBits" for e in written.values()):
+        if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return written
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _fold_batchnorm(g: _Graph, conv) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fold the BatchNormalization that alone reads ``conv``'s output: y = factor * conv(x) + shift per channel."""
+    users = g.consumers(conv.output[0])
+    graph_outputs = {o.name for o in g.graph.output}
+    if len(users) != 1 or users[0].op_type != "BatchNormalization" or conv.output[0] in graph_outputs:
+        return None
+    bn = users[0]
+    if len(bn.output) != 1 or not all(i in g.inits for i in bn.input[1:5]):
+        return None
+    gamma, beta, mean, var = (g.array(i).astype(np.float64) for i in bn.input[1:5])
+    factor = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
+    g.removed.add(id(bn))
+    conv.output[0] = bn.output[0]
+    return factor, beta - mean * factor
+
+
+def _dequantized_input(g: _Graph, node, layer: LayerCodes) -> str:
+    """The output of a Q -> DQ pair on the node's input (one pair per tensor and quantizer)."""
+    from onnx import helper
+
+    tensor = node.input[0]
+    key = (tensor, layer.input_scale, layer.input_zero_point)
+    if key not in g.dequantized:
+        base = f"{tensor}_q{len([k for k in g.dequantized if k[0] == tensor]) or ''}"
+        scale = g.add_init(f"{base}.scale", np.array(layer.input_scale, dtype=np.float32))
+        zero = g.add_init(f"{base}.zero_point", np.array(layer.input_zero_point, dtype=np.uint8))
+        g.emit(node, helper.make_node("QuantizeLinear", [tensor, scale, zero], [f"{base}_quantized"],
+                                      name=f"{base}/QuantizeLinear"))
+        g.emit(node, helper.make_node("DequantizeLinear", [f"{base}_quantized", scale, zero], [f"{base}_dequantized"],
+                                      name=f"{base}/DequantizeLinear"))
+        g.dequantized[key] = f"{base}_dequantized"
+    return g.dequantized[key]
+
+
+def _channel_scales(scales: np.ndarray) -> np.ndarray:
+    return scales[:, 0]
+
+
+def _int8_weight(g: _Graph, node, name: str, codes: np.ndarray, scales: np.ndarray, shape: tuple,
+                 transposed: bool) -> str:
+    """int8 codes behind a per-channel DequantizeLinear (axis 0; 1 for a MatMul's transposed weight)."""
+    from onnx import helper
+
+    q = codes.reshape(shape).astype(np.int8)
+    if transposed:
+        q = np.ascontiguousarray(q.T)
+    channel = _channel_scales(scales).astype(np.float32)
+    w_q = g.add_init(f"{name}.weight_quantized", q)
+    w_s = g.add_init(f"{name}.weight_scale", channel)
+    w_z = g.add_init(f"{name}.weight_zero_point", np.zeros(channel.shape, dtype=np.int8))
+    out = f"{name}.weight_dequantized"
+    g.emit(node, helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [out], name=f"{name}.weight/DequantizeLinear",
+                                  axis=1 if transposed else 0))
+    return out
+
+
+def _float_bias(g: _Graph, node, name: str, bias: np.ndarray | None) -> None:
+    if bias is not None:
+        node.input[2] = g.add_init(f"{name}.bias_folded", bias.astype(np.float32))
+
+
+def _write_qdq(g, node, name, layer, codes, scales, shape, bias, transposed) -> dict:
+    from onnx import helper
+
+    node.input[0] = _dequantized_input(g, node, layer)
+    node.input[1] = _int8_weight(g, node, name, codes, scales, shape, transposed)
+    if bias is not None:  # int32 at scale s_x * s_w, as the integer kernels read it
+        bias_scale = (layer.input_scale * _channel_scales(scales)).astype(np.float32)
+        b_q = np.clip(np.round(bias / bias_scale.astype(np.float64)), -2**31, 2**31 - 1).astype(np.int32)
+        b_qn = g.add_init(f"{name}.bias_quantized", b_q)
+        b_s = g.add_init(f"{name}.bias_scale", bias_scale)
+        b_z = g.add_init(f"{name}.bias_zero_point", np.zeros(b_q.shape, dtype=np.int32))
+        g.emit(node, helper.make_node("DequantizeLinear", [b_qn, b_s, b_z], [f"{name}.bias_dequantized"],
+                                      name=f"{name}.bias/DequantizeLinear", axis=0))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = f"{name}.bias_dequantized"
+    bits = layer.candidate.weight.bits
+    return {"format": f"int8 QDQ: u8 input (per tensor), s8 weights (per channel{', ' + str(bits) + '-bit codes' if bits < 8 else ''})",
+            "op_written": node.op_type}
+
+
+def _write_dq_weight(g, node, name, layer, codes, scales, shape, bias, transposed) -> dict:
+    from onnx import helper
+
+    node.input[1] = _int8_weight(g, node, name, codes, scales, shape, transposed)
+    if node.op_type == "Conv":
+        if bias is not None:
+            while len(node.input) < 3:
+                node.input.append("")
+            _float_bias(g, node, name, bias)
+    elif bias is not None:
+        _float_bias(g, node, name, bias)
+    if layer.realisation.input_fp16:
+        _fp16_input(g, node, helper)
+    bits = layer.candidate.weight.bits
+    return {"format": f"s8 weights (per channel, {bits}-bit codes) dequantized for a float {node.op_type}"
+            + (", input rounded to float16" if layer.realisation.input_fp16 else ""), "op_written": node.op_type}
+
+
+def _fp16_input(g: _Graph, node, helper) -> None:
+    from onnx import TensorProto
+
+    tensor = node.input[0]
+    half, back = f"{tensor}_fp16", f"{tensor}_fp16_float"
+    if not any(n.output and n.output[0] == back for nodes in g.before.values() for n in nodes):
+        g.emit(node, helper.make_node("Cast", [tensor], [half], name=f"{half}/Cast", to=TensorProto.FLOAT16))
+        g.emit(node, helper.make_node("Cast", [half], [back], name=f"{back}/Cast", to=TensorProto.FLOAT))
+    node.input[0] = back
+
+
+def _write_fp16(g, node, name, layer, w, transposed) -> dict:
+    from onnx import TensorProto, helper
+
+    half = w.astype(np.float16)
+    w16 = g.add_init(f"{name}.weight_fp16", np.ascontiguousarray(half.T) if transposed else half)
+    g.emit(node, helper.make_node("Cast", [w16], [f"{name}.weight_float"], name=f"{name}.weight/Cast",
+                                  to=TensorProto.FLOAT))
+    node.input[1] = f"{name}.weight_float"
+    if layer.realisation.input_fp16:
+        _fp16_input(g, node, helper)
+    return {"format": "float16 weights" + (" and input" if layer.realisation.input_fp16 else "")
+            + f", float {node.op_type}", "op_written": node.op_type}
+
+
+def _write_nbits(g, node, name, layer, codes, scales, shape, bias, accuracy_level, helper) -> dict:
+    """MatMulNBits(A, B, scales, zero_points, g_idx, bias): dequantized B[n, k] = (code - zero_point) * scale
+    per block of ``block_size`` inputs; codes are unsigned, so signed codes move up by 2^(bits - 1)."""
+    fmt: IntFormat = layer.candidate.weight
+    bits, block = layer.realisation.weight_bits, layer.realisation.block_size
+    n, k = codes.shape
+    blocks = -(-k // block)
+    offset = -fmt.qmin if fmt.symmetric else 0  # signed codes -> unsigned
+    pad = blocks * block - k
+    unsigned = np.pad(codes + offset, ((0, 0), (0, pad))).reshape(n, blocks, block)
+    zeros = np.pad(layer.zero_points + offset, ((0, 0), (0, pad)), mode="edge").reshape(n, blocks, block)[:, :, 0]
+    block_scales = np.pad(scales, ((0, 0), (0, pad)), mode="edge").reshape(n, blocks, block)
+    per_block = block_scales[:, :, 0]
+    if not np.array_equal(block_scales, np.broadcast_to(per_block[:, :, None], block_scales.shape)):
+        raise ModelError(f"layer {name!r}: its scales change inside a MatMulNBits block of {block}")
+    unsigned = np.where(np.arange(blocks * block).reshape(blocks, block) < k, unsigned, zeros[:, :, None])
+    if bits == 4:
+        packed = (unsigned[:, :, 0::2] | (unsigned[:, :, 1::2] << 4)).astype(np.uint8)
+    else:
+        packed = unsigned.astype(np.uint8)
+    inputs = [node.input[0], g.add_init(f"{name}.weight_packed", packed),
+              g.add_init(f"{name}.weight_scales", per_block.reshape(-1).astype(np.float32))]
+    default_zero = 2 ** (bits - 1)
+    if not np.all(zeros == default_zero):
+        if bits == 4:
+            zp = np.pad(zeros, ((0, 0), (0, blocks % 2)), constant_values=default_zero)
+            zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+        else:
+            zp = zeros.astype(np.uint8).reshape(-1)
+        inputs.append(g.add_init(f"{name}.weight_zero_points", zp))
+    else:
+        inputs.append("")
+    inputs.append("")  # g_idx
+    if bias is not None:
+        inputs.append(g.add_init(f"{name}.bias_float", bias.astype(np.float32)))
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    new = helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
+                           K=k, N=n, bits=bits, block_size=block, accuracy_level=accuracy_level)
+    g.emit(node, new)
+    g.removed.add(id(node))
+    return {"format": f"MatMulNBits {bits}-bit ({fmt.bits}-bit codes{', asymmetric' if not fmt.symmetric else ''}), "
+                      f"blocks of {block}, accuracy_level {accuracy_level}", "op_written": "MatMulNBits"}

@@ -1,0 +1,146 @@
+"""ONNX Runtime side of the export: a session as an nn.Module, and what the runtime really runs.
+
+    OrtModule(path)      model(x) runs the ONNX file in an ORT session (all graph optimisations on), so the
+                         user's own evaluation function measures the exported artifact
+    runtime_kernels(path, written)   per layer, the op ONNX Runtime executes after its optimisations
+                         (read from the optimised graph it saves) and whether that op is low precision
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelError, SpecError
+
+# Ops that compute on integer (or packed low-bit) operands in ONNX Runtime's CPU provider.
+LOW_PRECISION_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                     "DynamicQuantizeMatMul", "QGemm", "MatMulNBits", "QAttention", "DynamicQuantizeLSTM"}
+
+
+def session_options(threads: int | None = None, level: str = "all", optimized_path: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    # No spinning threads left behind to slow down torch (or another session) in the same process.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return options
+
+
+def make_session(path: str | os.PathLike, threads: int | None = None, level: str = "all",
+                 optimized_path: str | None = None):
+    """An ORT CPU session; a file ORT cannot load is a ModelError naming the node when ORT does."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), session_options(threads, level, optimized_path),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        raise ModelError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+class OrtModule(nn.Module):
+    """An ONNX file as an nn.Module: ``forward`` feeds the ORT session and returns torch tensors.
+
+    Positional inputs map to the graph inputs in order, keyword inputs by name. The empty parameter lets
+    evaluation code that asks ``next(model.parameters()).device`` find the CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"ONNX model file not found: {path}")
+        self.path = path
+        self.session = make_session(path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def forward(self, *args: Any, **kwargs: Any):
+        if len(args) > len(self.input_names):
+            raise ModelError(f"{self.path.name} takes {len(self.input_names)} input(s) ({self.input_names}); "
+                             f"got {len(args)} positional")
+        feed = dict(zip(self.input_names, args))
+        for key, value in kwargs.items():
+            if key in self.input_names:  # extra keywords (e.g. token_type_ids the graph dropped) are ignored
+                feed[key] = value
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise ModelError(f"{self.path.name} needs input(s) {missing}")
+        arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                  for k, v in feed.items()}
+        outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(self.output_names, arrays)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def extra_repr(self) -> str:
+        return f"path={self.path}"
+
+
+def runtime_kernels(path: str | os.PathLike, written: dict[str, dict]) -> dict[str, dict]:
+    """Per layer, the op ONNX Runtime runs after optimisation (level all) and whether it is low precision.
+
+    A layer is followed from the int8/packed weight initializer the exporter gave it (``<layer>.weight_*``)
+    or, failing that, from its node name, to the node of the optimised graph that consumes it."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = os.path.join(tmp, "optimized.onnx")
+        make_session(path, threads=1, optimized_path=optimized)
+        graph = onnx.load(optimized, load_external_data=False).graph
+    by_input: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            by_input.setdefault(name, []).append(node)
+    producers = {o: n for n in graph.node for o in n.output}
+    out = {}
+    for layer, entry in written.items():
+        node = _find(graph, by_input, producers, layer, entry)
+        op = node.op_type if node is not None else "?"
+        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS}
+    return out
+
+
+def _find(graph, by_input: dict, producers: dict, layer: str, entry: dict):
+    prefixes = (f"{layer}.weight_quantized", f"{layer}.weight_packed", f"{layer}.weight_fp16", f"{layer}.weight")
+    for prefix in prefixes:
+        for name, nodes in by_input.items():
+            if name == prefix or name.startswith(prefix):
+                node = _compute_node(nodes, by_input)
+                if node is not None:
+                    return node
+    for node in graph.node:  # unfused float layers keep their node name
+        if node.name == entry["node"]:
+            return node
+    return None
+
+
+def _compute_node(nodes: list, by_input: dict):
+    """Follow a weight through DequantizeLinear / Cast / layout ops to the node that computes with it."""
+    passthrough = {"DequantizeLinear", "Cast", "Transpose", "Reshape", "ReorderInput", "ReorderOutput", "Identity"}
+    seen = set()
+    frontier = list(nodes)
+    while frontier:
+        node = frontier.pop(0)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type not in passthrough:
+            return node
+        for output in node.output:
+            frontier.extend(by_input.get(output, []))
+    return None

@@ -1,0 +1,125 @@
+"""Export targets: which candidates a runtime can be given, and how each becomes an ONNX layer.
+
+A realisation names what the exporter writes for a (layer kind, candidate) pair; ``None`` with a
+reason means the target cannot run it. Nothing here knows torch or onnx: the check runs before any
+work, on the plan alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..candidates import Candidate
+from ..errors import CandidateError
+from ..formats import FloatFormat, IntFormat
+
+# MatMulNBits stores 4- or 8-bit codes in blocks of a power of two >= 16 inputs.
+NBITS_MIN_BLOCK = 16
+NBITS_PER_CHANNEL_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    candidates: str  # what the target accepts, for error messages and docs
+
+
+TARGETS: dict[str, Target] = {
+    "ort-cpu": Target(
+        "ort-cpu", "ONNX Runtime, CPU execution provider",
+        "fp32; w<B>a8 with B <= 8 (int8 QDQ: u8 inputs, s8 per-channel weights; w7a8 for reduce_range); "
+        "weight-only w<B>, w<B>g<G> and their -asym forms with B <= 8 (MatMulNBits on Linear layers; G a multiple "
+        "of 16 with a power-of-two factor >= 16; on Conv layers per channel only, dequantized to a float conv); "
+        "w<B>a16 with B <= 8 and w16a16/fp16 (float16 values, float compute)"),
+}
+
+
+@dataclass(frozen=True)
+class Realisation:
+    """How one layer is written: ``qdq`` (integer input and weights), ``nbits`` (MatMulNBits),
+    ``dq_weight`` (integer weights dequantized to a float op), ``fp16`` (float16 values) or ``float``."""
+
+    kind: str
+    weight_bits: int | None = None  # bits of the stored codes (container)
+    block_size: int | None = None  # MatMulNBits block
+    input_fp16: bool = False
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise CandidateError(f"unknown export target {name!r}; targets: "
+                             + "; ".join(f"{t.name} ({t.description})" for t in TARGETS.values()))
+    return TARGETS[name]
+
+
+def nbits_block_size(group_size: int | None, inputs: int) -> int | None:
+    """MatMulNBits block for a grouped (or, ``group_size`` None, per-channel) weight, or None.
+
+    Every block must lie inside one of mixprec's groups: the largest power of two >= 16 dividing G
+    (the shorter last group then starts on a block boundary); per channel, one scale repeated."""
+    if group_size is None:
+        block = NBITS_MIN_BLOCK
+        while block * 2 <= min(inputs, NBITS_PER_CHANNEL_BLOCK):
+            block *= 2
+        return block
+    block = group_size & -group_size  # largest power of two dividing G
+    return block if block >= NBITS_MIN_BLOCK else None
+
+
+def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = False) -> Realisation | str:
+    """The realisation of ``candidate`` on a ``kind`` layer ('Conv1d', 'Conv2d', 'Linear') with ``inputs``
+    inputs per output channel, or the reason the target cannot run it."""
+    w, a = candidate.weight, candidate.activation
+    if candidate.multipoint:
+        return "multipoint weights are not exported yet"
+    if w is None:
+        return Realisation("float")
+    if isinstance(w, FloatFormat):
+        if w.kind == "fp16" and (a is None or a == FloatFormat("fp16")):
+            return Realisation("fp16", input_fp16=a is not None)
+        return f"{w.kind} weights have no ONNX Runtime CPU kernel"
+    assert isinstance(w, IntFormat)
+    if w.bits > 8:
+        return f"{w.bits}-bit integer weights have no ONNX Runtime CPU kernel (8 bits at most)"
+    if isinstance(a, IntFormat):
+        if a.bits != 8:
+            return f"{a.bits}-bit inputs: ONNX Runtime CPU quantizes activations to 8 bits only"
+        if w.granularity != "channel" or not w.symmetric:
+            return "integer inputs need symmetric per-channel weights (QLinearConv / QGemm)"
+        if reduce_range and w.bits > 7:
+            return "reduce_range needs weights of 7 bits at most: plan these layers with w7a8 (profile ort-cpu-avx2)"
+        return Realisation("qdq", 8)
+    if isinstance(a, FloatFormat):
+        if a.kind != "fp16":
+            return f"{a.kind} inputs have no ONNX Runtime CPU kernel"
+        if w.granularity != "channel":
+            return "grouped weights with float16 inputs are not exported"
+        return Realisation("dq_weight", 8, input_fp16=True)
+    if kind == "Linear":  # weight-only
+        block = nbits_block_size(w.group_size, inputs)
+        if block is None:
+            return (f"group size {w.group_size} has no power-of-two factor >= {NBITS_MIN_BLOCK}, "
+                    "which MatMulNBits blocks need")
+        return Realisation("nbits", 4 if w.bits <= 4 else 8, block)
+    if w.granularity != "channel":
+        return "grouped weights on a convolution are not exported (no blocked-weight conv kernel)"
+    return Realisation("dq_weight", 8)
+
+
+def check_layers(target: Target, layers: dict[str, tuple[str, int, Candidate]], reduce_range: bool = False
+                 ) -> dict[str, Realisation]:
+    """Realisation of every layer (name -> (kind, inputs, candidate)); one error lists every layer the
+    target cannot run, with the target's candidates."""
+    out: dict[str, Realisation] = {}
+    refused: list[str] = []
+    for name, (kind, inputs, candidate) in layers.items():
+        result = realise(candidate, kind, inputs, reduce_range)
+        if isinstance(result, str):
+            refused.append(f"{name} ({kind}, {candidate.name}): {result}")
+        else:
+            out[name] = result
+    if refused:
+        shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
+        raise CandidateError(f"target {target.name} cannot run {len(refused)} layer(s) of the plan:\n  "
+                             + "\n  ".join(shown) + f"\n{target.name} runs: {target.candidates}")
+    return out

@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from mixprec.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_export_then_evaluate_the_onnx_file(capsys, tmp_path):
+    out = tmp_path / "demo.onnx"
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w7a8", "--out", str(out), "--threads", "1",
+                 "--calibration-samples", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "ONNX Runtime runs" in text and "QLinearConv" in text and "simulated top1" in text
+    assert "top-1 agreement of exported and simulated outputs on the evaluation data" in text
+    report = json.loads((tmp_path / "demo.report.json").read_text())
+    assert report["exported"]["name"] == "top1" and abs(report["exported"]["value"] - report["simulated"]["value"]) < 1
+    assert main(["evaluate", "--model", str(out), "--eval", "demo-cnn", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"top1 {report['exported']['value']:.6g}"
+
+
+def test_export_errors_are_one_line(capsys, tmp_path):
+    assert main(["export", "--model", "demo-cnn", "--uniform", "fp8", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "target ort-cpu cannot run 4 layer(s)" in err and "Traceback" not in err
+    assert main(["evaluate", "--model", str(tmp_path / "missing.onnx"), "--eval", "demo-cnn"]) == 2
+    assert "not found" in capsys.readouterr().err

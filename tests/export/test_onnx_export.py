@@ -1,0 +1,256 @@
+"""Export to ONNX Runtime CPU: what is written is what was simulated, and the report tells what runs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():  # scoped to each test: the rest of the suite needs autograd
+        yield
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from onnx import numpy_helper  # noqa: E402
+
+from mixprec.apply import apply  # noqa: E402
+from mixprec.errors import CandidateError, ModelError, PlanError  # noqa: E402
+from mixprec.export import OrtModule, export, report_path  # noqa: E402
+from mixprec.groups import discover_groups  # noqa: E402
+from mixprec.plan import Plan  # noqa: E402
+
+
+class BnCnn(nn.Module):
+    """conv-BN-ReLU twice, a residual add, pooling and a linear: the shapes of a small ResNet."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+        for bn in (self.bn1, self.bn2):  # non-trivial statistics, one negative scale
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+        self.bn1.weight.data[3] = -0.7
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))  # read by conv2 alone
+        h = torch.relu(self.bn2(self.conv2(h)) + x.mean(dim=1, keepdim=True))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class Mlp(nn.Module):
+    """Linear layers on 2-D and 3-D inputs (Gemm and MatMul in ONNX), with inputs not a multiple of 32."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.up = nn.Linear(80, 64)
+        self.down = nn.Linear(64, 48, bias=False)
+        self.head = nn.Linear(48, 7)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.down(torch.relu(self.up(x)))))
+
+
+def batches(shape, n=3, size=16):
+    g = torch.Generator().manual_seed(2)
+    return [torch.randn(size, *shape, generator=g) for _ in range(n)]
+
+
+def plan(model, data, assignments):
+    groups = discover_groups(model, data[0])
+    p = Plan.uniform(groups, "fp32")
+    for layer, cand in assignments.items():
+        p.assignments[layer] = cand
+    return p
+
+
+def initializers(path):
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_int8_cnn_matches_simulation_and_folds_batchnorm(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
+    simulated = apply(model, p, data, progress=False)
+    exported = OrtModule(result.path)
+    x = batches((3, 8, 8), n=1, size=64)[0]
+    a, b = simulated(x), exported(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+    assert float((a.argmax(1) == b.argmax(1)).float().mean()) >= 0.98
+    assert result.agreement["calibration"] >= 0.98
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["conv1"]["batchnorm_folded"] and rows["conv2"]["batchnorm_folded"]
+    # conv1's output goes through a ReLU into conv2's input quantizer: ORT fuses an integer conv
+    assert rows["conv1"]["runtime_op"] == "QLinearConv" and rows["conv1"]["low_precision"]
+    assert rows["fc"]["low_precision"]  # QGemm with a float output
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert "BatchNormalization" not in ops and {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_written_codes_are_the_simulated_weights(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w4a8", "fc": "w8a8"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
+    simulated = apply(model, p, data, progress=False)
+    inits = initializers(result.path)
+    fc_w = inits["fc.weight_quantized"].astype(np.float64) * inits["fc.weight_scale"][:, None]
+    assert np.allclose(fc_w, simulated.fc.layer.weight.detach().numpy(), rtol=0, atol=1e-7)
+    codes = inits["conv2.weight_quantized"]
+    assert codes.dtype == np.int8 and codes.min() >= -8 and codes.max() <= 7  # 4-bit codes in int8
+    # BatchNorm folded: the codes stay, each channel's scale is multiplied by gamma / sqrt(var + eps)
+    bn = model.bn1
+    factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().numpy()
+    w = simulated.conv1.layer.weight.detach().numpy().reshape(16, -1)
+    folded = inits["conv1.weight_quantized"].reshape(16, -1) * inits["conv1.weight_scale"][:, None]
+    assert np.allclose(folded, w * factor[:, None], rtol=1e-5, atol=1e-7)
+
+
+def test_float_fallback_is_reported_not_silent(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "fp32"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    # conv2's output goes to the residual add, where the simulation has no quantizer: no integer kernel
+    assert not rows["conv2"]["low_precision"] and "float fallback" in rows["conv2"]["note"]
+    assert [r["layer"] for r in result.fallbacks] == ["conv2"]
+    assert any("run in float" in n for n in result.notes)
+    assert rows["fc"]["format"] == "float32" and rows["fc"]["note"] == "float, as planned"
+    saved = json.loads(report_path(result.path).read_text())
+    assert {r["layer"]: r["low_precision"] for r in saved["layers"]} == {"conv1": True, "conv2": False, "fc": False}
+
+
+def _dequantize_nbits(inits, name, n, k, bits, block):
+    packed, scales = inits[f"{name}.weight_packed"], inits[f"{name}.weight_scales"].reshape(n, -1)
+    blocks = scales.shape[1]
+    if bits == 4:
+        codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, block)
+    else:
+        codes = packed.reshape(n, blocks, block)
+    zp = inits.get(f"{name}.weight_zero_points")
+    if zp is None:
+        zeros = np.full((n, blocks), 2 ** (bits - 1))
+    elif bits == 4:
+        zeros = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, -1)[:, :blocks]
+    else:
+        zeros = zp.reshape(n, blocks)
+    w = (codes.astype(np.float64) - zeros[:, :, None]) * scales[:, :, None]
+    return w.reshape(n, blocks * block)[:, :k]
+
+
+@pytest.mark.parametrize("cands,bits,blocks", [
+    ({"up": "w4g32", "down": "w8", "head": "w4g16-asym"}, {"up": 4, "down": 8, "head": 4}, {"up": 32, "head": 16}),
+    ({"up": "w3g48", "down": "w4", "head": "w6g32"}, {"up": 4, "down": 4, "head": 8}, {"up": 16, "head": 32}),
+])
+def test_matmulnbits_dequantizes_exactly_to_the_simulated_weights(tmp_path, cands, bits, blocks):
+    model, data = Mlp().eval(), batches((5, 80))  # 3-D input: MatMul; 2-D would be Gemm
+    p = plan(model, data, cands)
+    result = export(model, p, data, out=tmp_path / "mlp.onnx", accuracy_level=0, progress=False)
+    simulated = apply(model, p, data, progress=False)
+    inits = initializers(result.path)
+    for name in ("up", "down", "head"):
+        layer = getattr(simulated, name).layer
+        n, k = layer.weight.shape
+        node = next(x for x in onnx.load(str(result.path)).graph.node if x.op_type == "MatMulNBits"
+                    and x.input[1] == f"{name}.weight_packed")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["bits"] == bits[name] and attrs["K"] == k and attrs["N"] == n
+        if name in blocks:
+            assert attrs["block_size"] == blocks[name]
+        w = _dequantize_nbits(inits, name, n, k, attrs["bits"], attrs["block_size"])
+        assert np.allclose(w, layer.weight.detach().numpy(), rtol=0, atol=1e-6)
+    assert all(r["runtime_op"] == "MatMulNBits" and r["low_precision"] for r in result.layers)
+    x = batches((5, 80), n=1)[0]
+    assert torch.allclose(OrtModule(result.path)(x), simulated(x), atol=1e-4)  # accuracy_level 0: float inputs
+
+
+def test_int8_linear_on_3d_inputs(tmp_path):
+    model, data = Mlp().eval(), batches((5, 80))
+    p = plan(model, data, {"up": "w7a8", "down": "w7a8", "head": "fp16"})
+    result = export(model, p, data, out=tmp_path / "mlp.onnx", progress=False)
+    x = batches((5, 80), n=1)[0]
+    simulated = apply(model, p, data, progress=False)
+    assert torch.allclose(OrtModule(result.path)(x), simulated(x), atol=2e-3)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["up"]["low_precision"]  # through a ReLU into down's input quantizer
+    assert not rows["down"]["low_precision"]  # into a float16 layer: no output quantizer, float MatMul
+    assert not rows["head"]["low_precision"] and "float16" in rows["head"]["format"]
+
+
+def test_candidates_the_target_cannot_run_are_listed(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "fp8", "conv2": "w4g32a8", "fc": "w8a8"})
+    with pytest.raises(CandidateError) as exc:
+        export(model, p, data, out=tmp_path / "x.onnx", progress=False)
+    message = str(exc.value)
+    assert "2 layer(s)" in message and "conv1 (Conv2d, fp8)" in message and "conv2 (Conv2d, w4g32a8)" in message
+    assert "ort-cpu runs:" in message and "w<B>a8" in message
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_reduce_range_needs_seven_bit_weights(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w8a8", "conv2": "w7a8", "fc": "w7a8"})
+    with pytest.raises(CandidateError, match="conv1 .*w7a8"):
+        export(model, p, data, out=tmp_path / "x.onnx", reduce_range=True, progress=False)
+
+
+def test_plan_for_another_model_is_refused(tmp_path):
+    data = batches((5, 80))
+    p = plan(Mlp().eval(), data, {"up": "w8a8"})
+    with pytest.raises(PlanError, match="another model"):
+        export(BnCnn().eval(), p, batches((3, 8, 8)), out=tmp_path / "x.onnx", progress=False)
+
+
+def test_weights_off_the_grid_are_refused(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8"})
+    quantized = apply(model, p, data, progress=False)
+    with torch.no_grad():
+        quantized.conv1.layer.weight.add_(1e-3)
+    with pytest.raises(ModelError, match="not on the grid"):
+        export(model, p, data, out=tmp_path / "x.onnx", quantized=quantized, progress=False)
+
+
+def test_evaluation_of_both_models_and_atomic_files(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
+    images = batches((3, 8, 8), n=2, size=32)
+    labels = [model(x).argmax(1) for x in images]
+
+    def evaluate(m):  # a user's function: reads the device from the parameters, as many do
+        device = next(m.parameters()).device
+        correct = sum(int((m(x.to(device)).argmax(1) == y).sum()) for x, y in zip(images, labels))
+        return {"main": "top1", "top1": 100 * correct / 64}
+
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", evaluate=evaluate, progress=False)
+    assert result.simulated.name == "top1" and abs(result.simulated.value - result.exported.value) <= 100 / 64 * 2
+    assert result.agreement["evaluation"] >= 0.95
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cnn.onnx", "cnn.report.json"]
+    saved = json.loads((tmp_path / "cnn.report.json").read_text())
+    assert saved["exported"]["value"] == result.exported.value and saved["size_bytes"] == result.path.stat().st_size
+
+
+def test_ort_module_reports_a_broken_file(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not an onnx file")
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load"):
+        OrtModule(path)
+
+
+def test_export_is_a_pipeline_verb():
+    import mixprec
+    assert mixprec.export is export and "export" in mixprec.__all__

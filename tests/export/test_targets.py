@@ -1,0 +1,38 @@
+import pytest
+
+from mixprec.candidates import parse_candidate
+from mixprec.errors import CandidateError
+from mixprec.export.targets import check_layers, get_target, nbits_block_size, realise
+from mixprec.profiles import PROFILE_TARGETS, PROFILES
+
+
+def test_block_size_lies_inside_mixprec_groups():
+    assert nbits_block_size(128, 576) == 128
+    assert nbits_block_size(96, 576) == 32  # blocks of 32 never cross a group of 96
+    assert nbits_block_size(24, 576) is None  # no power-of-two factor >= 16
+    assert nbits_block_size(None, 576) == 128 and nbits_block_size(None, 40) == 32 and nbits_block_size(None, 8) == 16
+
+
+@pytest.mark.parametrize("cand,kind,expected", [
+    ("w8a8", "Conv2d", "qdq"), ("w4a8", "Linear", "qdq"), ("w4g128", "Linear", "nbits"), ("w8", "Linear", "nbits"),
+    ("w4", "Conv2d", "dq_weight"), ("w8a16", "Linear", "dq_weight"), ("w16a16", "Conv2d", "fp16"), ("fp32", "Linear", "float"),
+])
+def test_realisations(cand, kind, expected):
+    assert realise(parse_candidate(cand), kind, 256).kind == expected
+
+
+@pytest.mark.parametrize("cand", ["fp8", "bf16", "w4x2a8", "w8a4", "w8a8-asym", "w4g32a8", "w12a8"])
+def test_what_ort_cpu_cannot_run(cand):
+    assert isinstance(realise(parse_candidate(cand), "Linear", 256), str)
+
+
+def test_every_target_profile_is_runnable_on_its_target():
+    for profile, target in PROFILE_TARGETS.items():
+        layers = {f"l{i}": (kind, 256, parse_candidate(c)) for i, c in enumerate(PROFILES[profile])
+                  for kind in ("Linear",)}
+        check_layers(get_target(target), layers, reduce_range=profile.endswith("avx2"))
+
+
+def test_unknown_target():
+    with pytest.raises(CandidateError, match="ort-cpu"):
+        get_target("tensorrt")
