@@ -221,7 +221,7 @@ def _analyze(args, rank: int) -> int:
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
     if rank == 0:
-        print(f"torch threads: {args.threads[0]} ({args.threads[1]})")
+        print(f"torch threads: {args.torch_threads[0]} ({args.torch_threads[1]})")
     model, data, _, groups = _setup(args)
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
@@ -373,6 +373,9 @@ def cmd_export(args) -> int:
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches and the "
                         "example input of the export)")
+    if not str(args.out).endswith(".onnx"):
+        raise SpecError(f"--out must name an .onnx file, got {args.out}")
+    check_output_file(args.out)
     model, data, example, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
@@ -637,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "device", None):
             args.device = str(parse_device(args.device))
-        args.threads = choose_threads()
+        args.torch_threads = choose_threads()
         return args.func(args)
     except KeyboardInterrupt:
         print("mixprec: interrupted", file=sys.stderr)

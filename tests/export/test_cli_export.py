@@ -28,3 +28,13 @@ def test_export_errors_are_one_line(capsys, tmp_path):
     assert "target ort-cpu cannot run 4 layer(s)" in err and "Traceback" not in err
     assert main(["evaluate", "--model", str(tmp_path / "missing.onnx"), "--eval", "demo-cnn"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_bad_out_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch):
+    import mixprec.cli as cli
+    monkeypatch.setattr(cli, "_setup", lambda args: pytest.fail("the model was loaded before --out was checked"))
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w8a8", "--out", str(tmp_path / "model.pt")]) == 2
+    assert "must name an .onnx file" in capsys.readouterr().err
+    (tmp_path / "dir.onnx").mkdir()
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w8a8", "--out", str(tmp_path / "dir.onnx")]) == 2
+    assert "is a directory" in capsys.readouterr().err

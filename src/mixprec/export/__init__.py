@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -19,6 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..atomic import write_atomic
 from ..batches import output_tensor, run_model, split_item
 from ..candidates import parse_candidate
 from ..errors import MixprecError, ModelError, PlanError
@@ -244,16 +243,5 @@ def _import_onnx() -> None:
 
 
 def _save_atomic(model_proto, path: Path) -> None:
-    """Write the ONNX file so that a crash never leaves a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model_proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the ONNX file so that a crash never leaves a half-written one (mixprec.atomic)."""
+    write_atomic(path, model_proto.SerializeToString())
