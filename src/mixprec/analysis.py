@@ -339,12 +339,13 @@ class Analysis:
     def _resolve_auto(self, divergence: str) -> str:
         """A built-in model says what its output is; other models are recognised from their output and
         labels when the divergence is first measured (mixprec.sensitivity.divergence.auto_kind)."""
-        if divergence not in ("auto", "auto-smooth") or not self.model_name or not is_builtin(self.model_name):
+        if divergence not in ("auto", "auto-smooth", "auto-guard") or not self.model_name \
+                or not is_builtin(self.model_name):
             return divergence
         from .builtin import get_builtin
         output = get_builtin(self.model_name).output
         if output == "logits":
-            return "kl" if divergence == "auto-smooth" else "agreement"
+            return {"auto-smooth": "kl", "auto-guard": "consensus"}.get(divergence, "agreement")
         return "kl" if output == "tokens" else "sqnr"
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
@@ -386,20 +387,18 @@ class Analysis:
         if not any(np.array_equal(r, choice) for r in rivals.values()):
             # auto for a classifier is a consensus: the mixed plan must disagree less with the float model's
             # top-1 AND have a lower 1/SQNR than every uniform rival (solvers/guard.py says why)
-            consensus = divergence == "consensus"
             try:
-                checker = self._checker("agreement" if consensus else divergence, device)
+                checker = self._checker("auto-guard" if divergence == "auto" else divergence, device)
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
                 "data")
 
             def measure(c: np.ndarray):
-                assignments = problem.assignments(c)
-                result = checker.measure(assignments)
-                if consensus or (divergence == "auto" and result.name == "agreement"):
+                result = checker.measure(problem.assignments(c))
+                if result.name == "agreement" and "sqnr" in result.details:  # the consensus, from one pass
                     kind[0] = "agreement+sqnr"
-                    return result.value, self._checker("sqnr", device).measure(assignments).value
+                    return result.value, float(result.details["sqnr"])
                 kind[0] = result.name  # what "auto" resolved to
                 return result.value
             result = guard(choice, rivals, measure)

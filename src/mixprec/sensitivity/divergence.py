@@ -9,7 +9,9 @@ guard and the measured searches decide with it, on the calibration data, never o
 user evaluates on. ``kind="auto"`` takes agreement for a classifier (2-D logits, its calibration
 items carrying integer labels), kl for a language model (a (batch, tokens, vocabulary) output with a
 vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection heads);
-``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show.
+``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show;
+``"auto-guard"`` takes ``"consensus"`` for classifiers: disagreement as the value and 1/SQNR in the
+details, from the same pass (the guard's pair).
 Why agreement for classifiers: on ResNet-56 at the BOPs of W4A8, KL on the calibration data ranked a
 mixed plan above uniform (0.320 against 0.367) while both top-1 disagreement (0.131 against 0.113)
 and accuracy on the evaluation split (78.97 against 79.91) ranked it below
@@ -48,15 +50,16 @@ def disagreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
 
 
 DIVERGENCES = {"kl": kl_divergence, "agreement": disagreement, "sqnr": sqnr_divergence}
-AUTO = ("auto", "auto-smooth")
+CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py)
+AUTO = ("auto", "auto-smooth", "auto-guard")
 
 
-def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False) -> str:
-    """agreement (kl if ``smooth``) for a classifier's logits with integer labels beside them, kl for an
-    LM's (batch, tokens, vocab) output, else sqnr."""
+def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False) -> str:
+    """agreement (kl if ``smooth``, consensus if ``guard``) for a classifier's logits with integer labels
+    beside them, kl for an LM's (batch, tokens, vocab) output, else sqnr."""
     if output.ndim == 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
             and not labels.is_floating_point() and labels.ndim == 1:
-        return "kl" if smooth else "agreement"
+        return "kl" if smooth else "consensus" if guard else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
         return "kl"
     return "sqnr"
@@ -68,8 +71,9 @@ class OutputDivergence:
     (lower is better), so plan evaluators can cache it like any metric."""
 
     def __init__(self, float_model: nn.Module, data: Iterable, kind: str = "auto", max_batches: int | None = None):
-        if kind not in AUTO and kind not in DIVERGENCES:
-            raise SpecError(f"unknown divergence {kind!r}; choose one of: {', '.join(AUTO + tuple(DIVERGENCES))}")
+        if kind not in AUTO and kind not in DIVERGENCES and kind != "consensus":
+            raise SpecError(f"unknown divergence {kind!r}; choose one of: "
+                            f"{', '.join(AUTO + tuple(DIVERGENCES) + ('consensus',))}")
         batches = [split_item(item) for item in data]
         if max_batches is not None:
             batches = batches[:max_batches]
@@ -91,16 +95,32 @@ class OutputDivergence:
                 self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).float()
                                   for x in self.inputs]
             if self.kind in AUTO:
-                self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth")
+                self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
+                                      guard=self.kind == "auto-guard")
         return self.reference
 
     @torch.no_grad()
+    def measure_all(self, model: nn.Module, kinds: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Several divergences from one pass of ``model`` over the data (default: this one's kind)."""
+        references = self._references()
+        kinds = kinds or (self.kind,)
+        sums = {k: [0.0, 0.0] for k in kinds}
+        for x, ref in zip(self.inputs, references):
+            out = output_tensor(run_model(model, to_device(x, self.device))).float()
+            for k in kinds:
+                n, d = DIVERGENCES[k](ref, out)
+                sums[k][0] += n
+                sums[k][1] += d
+        return {k: (n / d if d > 0 else float("inf")) for k, (n, d) in sums.items()}
+
     def measure(self, model: nn.Module) -> float:
-        num = den = 0.0
-        for x, ref in zip(self.inputs, self._references()):
-            n, d = DIVERGENCES[self.kind](ref, output_tensor(run_model(model, to_device(x, self.device))).float())
-            num, den = num + n, den + d
-        return num / den if den > 0 else float("inf")
+        self._references()  # resolves auto
+        return self(model).value
 
     def __call__(self, model: nn.Module) -> EvalResult:
-        return EvalResult(self.kind, self.measure(model), higher_is_better=False)
+        self._references()  # resolves auto
+        if self.kind == "consensus":  # one pass: disagreement is the value, 1/SQNR rides in the details
+            values = self.measure_all(model, CONSENSUS)
+            return EvalResult("agreement", values["agreement"], higher_is_better=False,
+                              details={"sqnr": values["sqnr"]})
+        return EvalResult(self.kind, self.measure_all(model)[self.kind], higher_is_better=False)

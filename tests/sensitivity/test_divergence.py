@@ -1,0 +1,35 @@
+"""Output divergences: several from one pass equal each measured alone; the guard's consensus."""
+import torch
+from torch import nn
+
+from mixprec.sensitivity.divergence import OutputDivergence
+
+
+def _classifier_and_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    data = [(torch.randn(32, 8), torch.randint(0, 5, (32,))) for _ in range(3)]
+    other = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other[2].weight.add_(0.3 * torch.randn_like(other[2].weight))
+    return model, data, other
+
+
+def test_one_pass_gives_each_divergence_as_measured_alone():
+    model, data, other = _classifier_and_data()
+    together = OutputDivergence(model, data, "kl").measure_all(other, ("kl", "agreement", "sqnr"))
+    for kind in ("kl", "agreement", "sqnr"):
+        assert together[kind] == OutputDivergence(model, data, kind).measure(other)
+    assert together["kl"] > 0 and together["sqnr"] > 0
+
+
+def test_the_guard_auto_of_a_labelled_classifier_is_the_consensus():
+    model, data, other = _classifier_and_data()
+    result = OutputDivergence(model, data, "auto-guard")(other)
+    assert result.name == "agreement" and not result.higher_is_better
+    assert result.value == OutputDivergence(model, data, "agreement").measure(other)
+    assert result.details["sqnr"] == OutputDivergence(model, data, "sqnr").measure(other)
+    unlabelled = [x for x, _ in data]  # no labels: not recognised as a classifier, 1/SQNR alone
+    assert OutputDivergence(model, unlabelled, "auto-guard")(other).name == "sqnr"
+    assert OutputDivergence(model, data, "auto")(other).name == "agreement"
