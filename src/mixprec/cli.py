@@ -136,7 +136,8 @@ def cmd_quantize(args) -> int:
     model, data, _, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    result = quantize_plan(model, plan, data, groups, evaluate=load_eval(eval_spec) if eval_spec else None,
+    evaluate = load_eval(eval_spec, args.model) if eval_spec else None
+    result = quantize_plan(model, plan, data, groups, evaluate=evaluate,
                            weight_range=args.weight_range, activation_range=args.activation_range,
                            rounding=rounding, rounding_checkpoint=cache_dir() / "rounding", device=args.device)
     out = result.save(args.out, model=args.model, plan=plan.metadata.get("candidate", args.plan))
@@ -199,7 +200,7 @@ def _analyze(args, rank: int) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
-    evaluate = load_eval(args.eval) if args.eval else None
+    evaluate = load_eval(args.eval, args.model) if args.eval else None
     analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,

@@ -23,6 +23,7 @@ from .costs import COST_KINDS, cost_tables
 from .errors import SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
+from .hf import check_dtype
 from .plan import Plan, write_json_atomic
 from .rounding import RoundingConfig, rounding_config
 
@@ -86,6 +87,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     batches = None if data is None else list(data)
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device)
+    check_dtype(model, device)
     counts = plan_points(model, plan, batches, weight_range, progress=progress)
     if counts:
         plan.metadata["points"] = counts
