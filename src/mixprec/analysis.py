@@ -481,7 +481,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             pins: dict[str, str] | None = None, evaluate: Callable | str | None = None, weight_range: str = "mse",
             activation_range: str = "mse", chunk_size: int | None = None, use_fx: bool = True,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
-            model_name: str | None = None, arguments: dict[str, Any] | None = None) -> Analysis:
+            model_name: str | None = None, arguments: dict[str, Any] | None = None,
+            prefix: str | None = None) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -491,7 +492,9 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     metric: a sensitivity metric (mixprec.sensitivity.METRICS; "roundoff" needs no data). groups:
     from :func:`mixprec.discover_groups` (default: discovered with ``tie``/``exclude``/``pins`` on the
     first batch). evaluate: model -> float or dict, needed by metric="task" and by measured searches
-    later. run_dir: finished entries are cached there and an interrupted analysis resumes; a run
+    later. prefix: how the output metrics (sqnr, kl) share the float computation before each group:
+    "auto" (torch.fx where the model traces, else its stack of blocks), "fx", "blocks" or "none"
+    (one full forward per entry; also use_fx=False). run_dir: finished entries are cached there and an interrupted analysis resumes; a run
     directory of another model, data or settings is refused before anything is written.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
@@ -530,7 +533,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
     table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
                           activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
-                          use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
+                          use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts,
+                          prefix=prefix)
     costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
     analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                         {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded], counts,

@@ -212,7 +212,7 @@ def _analyze(args, rank: int) -> int:
     print(f"{table.metric} sensitivity of {len(table.groups)} groups x {len(table.candidates)} candidates in "
           f"{meta['seconds']:.1f} s"
           + (f", {meta['forward_equivalents']:.1f} forward-equivalents"
-             f" ({'prefix shared via torch.fx' if meta['forked'] else 'full forwards: ' + meta['fallback_reason']})"
+             f" ({_prefix_note(meta)})"
              if "forward_equivalents" in meta else ""))
     worst = sorted(range(len(table.groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
     _table(["most sensitive groups", *table.candidates],
@@ -224,6 +224,15 @@ def _analyze(args, rank: int) -> int:
               f"({len(table.groups) * len(table.candidates)} evaluations; cached in {Path(args.out) / 'task'})")
         print(format_report(analysis.trust(evaluate, eval_name=args.eval)))
     return 0
+
+
+def _prefix_note(meta: dict) -> str:
+    sharing = meta.get("prefix_sharing", "fx" if meta.get("forked") else "none")
+    if sharing == "fx":
+        return "prefix shared via torch.fx"
+    if sharing == "blocks":
+        return "blocks before each group's answered from one float pass"
+    return "full forwards: " + meta["fallback_reason"]
 
 
 def _print_notes(notes) -> None:
