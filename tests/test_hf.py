@@ -34,7 +34,8 @@ def test_analyze_solve_quantize_from_a_checkpoint_and_a_text_file(checkpoint, tm
     assert main(["analyze", "--model", f"hf:{folder}", "--data", data, "--candidates", "w4a8,w8a8",
                  "--metric", "kl", "--out", str(tmp_path / "run")]) == 0
     table = json.loads((tmp_path / "run" / "sensitivity.json").read_text())
-    assert "lm.lm_head" in table["groups"] and len(table["groups"]) == 3 * 4 + 1
+    # four groups per block, and the embedding table and the output layer, each with its own candidates
+    assert {"lm.lm_head", "lm.model.embed_tokens"} <= set(table["groups"]) and len(table["groups"]) == 3 * 4 + 2
     assert main(["solve", str(tmp_path / "run"), "--budget", "bytes=0.9x", "--out", str(tmp_path / "plan.json")]) == 0
     assert main(["quantize", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
                  "--eval", f"ppl:{text}?windows=4&length=48", "--out", str(tmp_path / "q")]) == 0
@@ -119,3 +120,29 @@ def test_missing_config_shard_tokenizer_and_truncated_shard_are_named(checkpoint
 
     with pytest.raises(SpecError, match="needs --model hf:DIR"):
         load_data(f"text:{text}", model_spec="resnet20")
+
+
+def test_a_tied_embedding_is_one_group_whose_weight_is_counted_once(tmp_path):
+    from mixprec.costs import cost_tables
+    from mixprec.groups import discover_groups
+    from mixprec.pipeline import quantize_plan
+    from mixprec.plan import Plan
+    folder = write_checkpoint(tmp_path / "tied", layers=2, tie=True)
+    model = load(f"hf:{folder}")
+    tokens = torch.arange(24).view(2, 12)
+    groups = discover_groups(model, tokens)
+    tied = groups["lm.{model.embed_tokens,lm_head}"]
+    assert tied.tied_by == "shared weight"
+    tables = cost_tables(groups, ["fp32", "w4g16"], model)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # the tied tensor once
+    assert tables.uniform("bytes", "fp32") == model_bytes
+    assert tables.uniform("bits_per_weight", "fp32") == pytest.approx(32.0)
+    # the table is stored once, at the group's format: its bytes are those of one (vocab, hidden) matrix
+    row = groups.names.index(tied.name)
+    vocab, hidden = model.lm.lm_head.weight.shape
+    assert tables.tables["bytes"][row, 1] < vocab * hidden * 4.5 / 8 + vocab * 4
+    plan = Plan.uniform(groups, "w4g16")
+    quantized = quantize_plan(model, plan, [tokens], groups, rounding="gptq", progress=False).model
+    embedding = quantized.lm.model.embed_tokens.layer.weight
+    assert torch.equal(embedding, quantized.lm.lm_head.layer.weight)
+    assert not torch.equal(embedding, model.lm.lm_head.weight)
