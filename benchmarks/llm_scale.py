@@ -60,8 +60,8 @@ def _sync(device: torch.device) -> None:
 class Phases:
     """Wall time and peak GPU memory of each phase."""
 
-    def __init__(self, device: torch.device):
-        self.device, self.figures = device, {}
+    def __init__(self, device: torch.device, verbose: bool = True):
+        self.device, self.figures, self.verbose = device, {}, verbose
 
     def __call__(self, name: str, fn, *args, **kwargs):
         _sync(self.device)
@@ -75,8 +75,9 @@ class Phases:
             figures["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(self.device)
             figures["gpu_bytes_after"] = torch.cuda.memory_allocated(self.device)
         self.figures[name] = figures
-        print(f"{name:<9} {figures['seconds']:9.1f} s" + (f"   peak GPU {figures['peak_gpu_bytes'] / 2**30:6.2f} GiB"
-                                                        if "peak_gpu_bytes" in figures else ""), flush=True)
+        if self.verbose:
+                print(f"{name:<9} {figures['seconds']:9.1f} s" + (f"   peak GPU {figures['peak_gpu_bytes'] / 2**30:6.2f} GiB"
+                                                            if "peak_gpu_bytes" in figures else ""), flush=True)
         return result
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rank, world, device = init_distributed(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    phases = Phases(device)
+    phases = Phases(device, verbose=rank == 0)
     model = phases("build", build, args.shape, dtype, device, args.attn, args.seed)
     generator = torch.Generator().manual_seed(args.seed + 1)
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -130,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     data = list(tokens.split(args.batch))
     groups = phases("groups", discover_groups, model, tokens[:1].to(device))
     candidates = parse_candidates(args.candidates)
-    # a run directory: under torchrun, the ranks' entries meet there and rank 0 merges them
-    run_dir = Path(tempfile.gettempdir()) / f"mixprec_llm_scale_{args.shape}_{os.environ.get('MASTER_PORT', 'solo')}"
-    if rank == 0 and run_dir.exists():
-        shutil.rmtree(run_dir)
+    # Under torchrun the ranks' entries meet in a run directory and rank 0 merges them (claiming it hashes the
+    # weights, which is part of the analyze time); one process needs none.
+    run_dir = None
     if world > 1:
+        run_dir = Path(tempfile.gettempdir()) / f"mixprec_llm_scale_{args.shape}_{os.environ.get('MASTER_PORT')}"
+        if rank == 0 and run_dir.exists():
+            shutil.rmtree(run_dir)
         torch.distributed.barrier()
     def analyze():
         return mixprec.analyze(model, data, candidates, args.metric, run_dir, groups=groups, device=device,
@@ -164,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "params": total_params, "model_bytes": total_params * dtype.itemsize, "blocks": layers,
         "groups": len(groups), "candidates": args.candidates, "metric": args.metric,
         "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
-        "processes": world, "phases": phases.figures,
+        "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
         "analyze": {"forward_equivalents": meta.get("forward_equivalents"),
+                    "forward_equivalents_of": "rank 0's share of the groups" if world > 1 else "all groups",
                     "naive_forward_equivalents": len(groups) * len(candidates) * len(data),
                     "prefix_sharing": meta.get("prefix_sharing"), "fallback_reason": meta.get("fallback_reason"),
                     "table_seconds": meta.get("seconds")},
@@ -183,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{fe['naive_forward_equivalents']}; wrote {out}")
     if world > 1:
         torch.distributed.destroy_process_group()
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
