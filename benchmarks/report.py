@@ -47,8 +47,9 @@ def speed_section() -> list[str]:
     if not reports:
         return []
     lines = ["## Sensitivity measurement cost", "",
-             "Forked forward (the float prefix computed once per batch and shared by every fork) against the naive "
-             "loop (one full forward per group x candidate x batch), same data, same run.", ""]
+             "Forked forward (the float prefix computed once per batch and shared by every fork: through torch.fx, or "
+             "for models fx cannot trace, at block level, the blocks before a group's answered from one recorded float "
+             "pass) against the naive loop (one full forward per group x candidate x batch), same data, same run.", ""]
     for report in reports:
         lines += _speed_table(report)
     return lines
@@ -58,7 +59,8 @@ def _speed_table(report: dict) -> list[str]:
     lines = ["| model | groups | candidates | samples | forward-equivalents (forked / naive) | ratio | "
              "wall s (forked / naive) | ratio | max relative table difference |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        lines.append(f"| {r['model']} | {r['groups']} | {r['candidates']} | {r['calibration_samples']} | "
+        sharing = r["forked"].get("prefix_sharing", "fx")
+        lines.append(f"| {r['model']} ({sharing}) | {r['groups']} | {r['candidates']} | {r['calibration_samples']} | "
                      f"{r['forked']['forward_equivalents']:.1f} / {r['naive']['forward_equivalents']:.1f} | "
                      f"{r['forward_equivalent_ratio']:.3f} | {r['forked']['seconds']:.1f} / {r['naive']['seconds']:.1f} | "
                      f"{r['wall_time_ratio']:.3f} | {r['max_relative_difference']:.1e} |")

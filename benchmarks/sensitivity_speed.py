@@ -1,7 +1,9 @@
-"""Sensitivity measurement cost: the forked forward (float prefix shared, torch.fx) against the
-naive loop (one full forward per group x candidate x batch), in one run, on the same data.
+"""Sensitivity measurement cost: the shared float prefix (torch.fx where the model traces, else the
+stack of blocks; --prefix picks) against the naive loop (one full forward per group x candidate x
+batch), in one run, on the same data.
 
     python benchmarks/sensitivity_speed.py efficientnet-lite0 resnet56
+    python benchmarks/sensitivity_speed.py minilm smollm2 --samples 8 --out sensitivity_speed_blocks.json
 
 Prints and writes benchmarks/results/sensitivity_speed.json: forward-equivalents (MACs executed
 / MACs of one forward, per batch), wall time, and the max relative difference of the two tables.
@@ -28,7 +30,7 @@ from mixprec.sensitivity.analyze import analyze
 RESULTS = Path(__file__).parent / "results"
 
 
-def run(name: str, samples: int, candidates: str, metric: str) -> dict:
+def run(name: str, samples: int, candidates: str, metric: str, prefix: str = "auto") -> dict:
     builtin = get_builtin(name)
     model = builtin.model()
     data = builtin.calibration(samples)
@@ -37,15 +39,16 @@ def run(name: str, samples: int, candidates: str, metric: str) -> dict:
     out = {"model": name, "groups": len(groups), "candidates": candidates, "calibration_samples": samples,
            "batches": len(data), "metric": metric}
     tables = {}
-    for label, use_fx in (("forked", True), ("naive", False)):
+    for label, mode in (("forked", prefix), ("naive", "none")):
         start = time.perf_counter()
-        table = analyze(model, groups, cands, data, metric=metric, use_fx=use_fx, progress=False)
+        table = analyze(model, groups, cands, data, metric=metric, prefix=mode, progress=False)
         seconds = time.perf_counter() - start
         tables[label] = table.values
+        sharing = table.metadata["prefix_sharing"]
         out[label] = {"seconds": round(seconds, 2), "forward_equivalents": round(table.metadata["forward_equivalents"], 2),
-                      "traced": table.metadata["forked"]}
-        print(f"{name:<18} {label:<7} {seconds:8.1f} s  {table.metadata['forward_equivalents']:8.1f} forward-equivalents",
-              flush=True)
+                      "traced": sharing == "fx", "prefix_sharing": sharing}
+        print(f"{name:<18} {label:<7} {seconds:8.1f} s  {table.metadata['forward_equivalents']:8.1f} forward-equivalents"
+              f"  (prefix sharing: {sharing})", flush=True)
     a, b = tables["forked"], tables["naive"]
     out["max_relative_difference"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
     out["forward_equivalent_ratio"] = round(out["forked"]["forward_equivalents"] / out["naive"]["forward_equivalents"], 4)
@@ -61,10 +64,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--candidates", default="w4a8,w8a8,w8a16")
     parser.add_argument("--metric", default="sqnr")
+    parser.add_argument("--prefix", choices=("auto", "fx", "blocks"), default="auto",
+                        help="how the shared run shares the float prefix (auto: torch.fx, else blocks)")
     parser.add_argument("--out", default="sensitivity_speed.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
-    report = {"command": "python " + " ".join(sys.argv), "results": [run(m, args.samples, args.candidates, args.metric)
-                                                                     for m in args.models],
+    report = {"command": "python " + " ".join(sys.argv), "results": [run(m, args.samples, args.candidates, args.metric,
+                                                                         args.prefix) for m in args.models],
               "environment": {"mixprec": __version__, "torch": torch.__version__, "machine": platform.machine(),
                               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}}
     write_json_atomic(RESULTS / args.out, report)

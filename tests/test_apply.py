@@ -77,7 +77,7 @@ def test_excluded_layers_stay_float():
     assert isinstance(q[6], nn.Linear) and torch.equal(q[6].weight, model[6].weight)
 
 
-def test_tied_weights_the_other_user_stays_float():
+def test_tied_weights_are_one_group_and_stay_one_tensor():
     class Tied(nn.Module):
         def __init__(self):
             super().__init__()
@@ -90,9 +90,13 @@ def test_tied_weights_the_other_user_stays_float():
 
     model = Tied()
     ids = torch.randint(0, 10, (2, 5))
-    q = apply(model, Plan.uniform(discover_groups(model, ids), "w2"), None, progress=False)
-    assert torch.equal(q.embed.weight, model.embed.weight)
-    assert not torch.equal(q.head.weight, model.head.weight)
+    groups = discover_groups(model, ids)
+    assert groups.names == ["{embed,head}"] and groups.groups[0].tied_by == "shared weight"
+    original = model.embed.weight.detach().clone()
+    q = apply(model, Plan.uniform(groups, "w2"), None, progress=False)
+    assert torch.equal(q.embed.weight, q.head.weight)  # the table and the output layer: one format, one tensor
+    assert not torch.equal(q.head.weight, original)
+    assert torch.equal(model.embed.weight, original)  # the input model is untouched
 
 
 def test_weight_only_plan_needs_no_data_but_activations_do():

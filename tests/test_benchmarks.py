@@ -44,3 +44,18 @@ def test_analyze_run_makes_the_run_the_cli_makes(tmp_path, monkeypatch):
     assert made[0] == made[1]
     assert json.loads((cli / "costs.json").read_text()) == json.loads((lib / "costs.json").read_text())
     assert SensitivityTable.load(cli).values.tolist() == SensitivityTable.load(lib).values.tolist()
+
+
+def test_llm_scale_smoke_on_a_tiny_random_llama(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("llm_scale", None)
+    from llm_scale import main
+    out = tmp_path / "llm_scale_tiny.json"
+    assert main(["--shape", "tiny", "--samples", "2", "--length", "16", "--batch", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["phases"]) == {"build", "groups", "analyze", "solve", "quantize"}
+    analyze = report["analyze"]
+    assert analyze["prefix_sharing"] == "blocks"
+    assert 0 < analyze["forward_equivalents"] < analyze["naive_forward_equivalents"]
+    assert report["per_block"]["params"] * report["blocks"] < report["params"]

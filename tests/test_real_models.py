@@ -65,8 +65,10 @@ def test_apply_w8a8_on_real_models_stays_close_to_float(name, candidate, limit, 
 def test_apply_on_smollm2_weight_only():
     builtin, model = load_builtin_or_skip("smollm2")
     groups = discover_groups(model, builtin.example_input())
-    assert len(groups) == 30 * 4 + 1  # per layer {q,k,v}, o, {gate,up}, down; plus lm_head
-    assert sum(len(g.layers) > 1 for g in groups) == 60
+    # per layer {q,k,v}, o, {gate,up}, down; plus the embedding table with the lm_head that shares its weight
+    assert len(groups) == 30 * 4 + 1
+    assert groups["lm.{model.embed_tokens,lm_head}"].tied_by == "shared weight"
+    assert sum(len(g.layers) > 1 for g in groups) == 61
     fp32 = builtin.evaluate(model, limit=1).value
     w8 = builtin.evaluate(apply(model, Plan.uniform(groups, "w8"), None, progress=False), limit=1).value
     w2 = builtin.evaluate(apply(model, Plan.uniform(groups, "w2g64"), None, progress=False), limit=1).value

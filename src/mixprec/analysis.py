@@ -36,7 +36,7 @@ from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
 from .solvers.guard import MIXED, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import within
-from .specs import is_builtin, load_eval, prepare
+from .specs import is_builtin, load_eval, prepare, resolve_specs
 
 DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 
@@ -247,7 +247,8 @@ class Analysis:
                                 "--tie/--exclude options change?); analyze it again")
             if divergence_batches:  # a screen: the plans are also calibrated on these batches only
                 data = (data or [])[:divergence_batches]
-            return model, data, OutputDivergence(model, data or [], divergence) if divergence else load_eval(eval_spec)
+            score = OutputDivergence(model, data or [], divergence) if divergence else load_eval(eval_spec, a["model"])
+            return model, data, score
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
                              arguments.get("weight_range") or "mse", arguments.get("activation_range") or "mse",
                              device or arguments.get("device") or "cpu", rounding, rounding_options,
@@ -498,29 +499,41 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES,
-            metric: str = "sqnr", run_dir: str | Path | RunDirectory | None = None, *,
+def analyze(model: nn.Module | str, data: Iterable | str | None,
+            candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES, metric: str = "sqnr",
+            run_dir: str | Path | RunDirectory | None = None, *,
             groups: ModelGroups | None = None, tie: Iterable[str] = (), exclude: Iterable[str] = (),
-            pins: dict[str, str] | None = None, evaluate: Callable | None = None, weight_range: str = "mse",
+            pins: dict[str, str] | None = None, evaluate: Callable | str | None = None, weight_range: str = "mse",
             activation_range: str = "mse", chunk_size: int | None = None, use_fx: bool = True,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
-            model_name: str | None = None, arguments: dict[str, Any] | None = None) -> Analysis:
+            model_name: str | None = None, arguments: dict[str, Any] | None = None,
+            prefix: str | None = None) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
+    model, data, evaluate may also be spec strings, loaded as the command line loads them
+    (``model="hf:DIR?dtype=bf16", data="text:FILE?windows=64&length=1024", evaluate="ppl:FILE"``).
     data: calibration batches (inputs, or (inputs, labels) pairs). candidates: "w4a8,w8a8" or a list.
     metric: a sensitivity metric (mixprec.sensitivity.METRICS; "roundoff" needs no data). groups:
     from :func:`mixprec.discover_groups` (default: discovered with ``tie``/``exclude``/``pins`` on the
     first batch). evaluate: model -> float or dict, needed by metric="task" and by measured searches
-    later. run_dir: finished entries are cached there and an interrupted analysis resumes; a run
+    later. prefix: how the output metrics (sqnr, kl) share the float computation before each group:
+    "auto" (torch.fx where the model traces, else its stack of blocks), "fx", "blocks" or "none"
+    (one full forward per entry; also use_fx=False). run_dir: finished entries are cached there and an interrupted analysis resumes; a run
     directory of another model, data or settings is refused before anything is written.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
+    from .hf import check_dtype
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
+    model, data, evaluate, given = resolve_specs(model, data, evaluate)
+    if given:
+        model_name = model_name or given.get("model")
+        arguments = {**given, **(arguments or {})}
     batches = _batches(data)
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device).eval()
+    check_dtype(model, device)
     if groups is None:
         from .batches import split_item
         example = split_item(batches[0])[0] if batches else None
@@ -546,7 +559,8 @@ def analyze(model: nn.Module, data: Iterable | None, candidates: str | Iterable[
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():  # one writer, check to last write
         table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
                               activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
-                              use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts)
+                              use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts,
+                              prefix=prefix)
         costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
         analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],

@@ -155,7 +155,7 @@ def cmd_quantize(args) -> int:
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    evaluate = load_eval(eval_spec) if eval_spec else None
+    evaluate = load_eval(eval_spec, args.model) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
                            activation_range=args.activation_range, rounding=rounding,
                            rounding_checkpoint=cache_dir() / "rounding", device=args.device)
@@ -226,7 +226,7 @@ def _analyze(args, rank: int) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
-    evaluate = load_eval(args.eval) if args.eval else None
+    evaluate = load_eval(args.eval, args.model) if args.eval else None
     analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
@@ -238,7 +238,7 @@ def _analyze(args, rank: int) -> int:
     print(f"{table.metric} sensitivity of {len(table.groups)} groups x {len(table.candidates)} candidates in "
           f"{meta['seconds']:.1f} s"
           + (f", {meta['forward_equivalents']:.1f} forward-equivalents"
-             f" ({'prefix shared via torch.fx' if meta['forked'] else 'full forwards: ' + meta['fallback_reason']})"
+             f" ({_prefix_note(meta)})"
              if "forward_equivalents" in meta else ""))
     worst = sorted(range(len(table.groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
     _table(["most sensitive groups", *table.candidates],
@@ -250,6 +250,15 @@ def _analyze(args, rank: int) -> int:
               f"({len(table.groups) * len(table.candidates)} evaluations; cached in {Path(args.out) / 'task'})")
         print(format_report(analysis.trust(evaluate, eval_name=args.eval)))
     return 0
+
+
+def _prefix_note(meta: dict) -> str:
+    sharing = meta.get("prefix_sharing", "fx" if meta.get("forked") else "none")
+    if sharing == "fx":
+        return "prefix shared via torch.fx"
+    if sharing == "blocks":
+        return "blocks before each group's answered from one float pass"
+    return "full forwards: " + meta["fallback_reason"]
 
 
 def _print_notes(notes) -> None:

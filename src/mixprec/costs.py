@@ -35,7 +35,10 @@ COST_KINDS = ("bytes", "bops", "bits_per_weight")
 
 
 def weight_storage_bits(layer: Layer, candidate: Candidate, points: str | None = None) -> int:
-    """Storage bits of the layer's weight; ``points`` (one digit per output channel) for multipoint."""
+    """Storage bits of the layer's weight; ``points`` (one digit per output channel) for multipoint.
+    A weight shared with an earlier layer (``layer.weight_of``) is stored there: 0 here."""
+    if layer.weight_of:
+        return 0
     if candidate.weight is None:
         return layer.params * 32
     if not candidate.multipoint:
@@ -61,8 +64,10 @@ def _counts(layer: Layer, candidate: Candidate, points: str | None) -> list[int]
     return counts
 
 
-def input_quantizer_bits(candidate: Candidate) -> int:
+def input_quantizer_bits(candidate: Candidate, layer: Layer | None = None) -> int:
     fmt = candidate.activation
+    if layer is not None and layer.kind == "Embedding":  # its input is token ids: nothing to quantize
+        return 0
     if fmt is None or not (isinstance(fmt, IntFormat) or getattr(fmt, "scaled", False)):
         return 0
     zero_point = fmt.bits if isinstance(fmt, IntFormat) and not fmt.symmetric else 0
@@ -116,8 +121,9 @@ class CostTables:
 
 def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
     """Bytes of every parameter that no group quantizes (biases, norms, embeddings, excluded layers)."""
-    quantized = {f"{name}.weight" for name in (l.name for l in groups.layers)}
-    return float(sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n not in quantized))
+    # by identity: a weight shared by two layers (tied embeddings) is one parameter, under one of its names
+    quantized = {id(model.get_submodule(l.name).weight) for l in groups.layers}
+    return float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in quantized))
 
 
 def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: nn.Module | None = None,
@@ -126,7 +132,7 @@ def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: n
     a multipoint entry without them is NaN and listed in ``unknown`` (reading it raises)."""
     cands = [parse_candidate(c) for c in candidates]
     points = points or {}
-    all_weights = sum(l.params for l in groups.layers) + sum(l.params for l in groups.excluded)
+    all_weights = sum(l.params for l in [*groups.layers, *groups.excluded] if not l.weight_of)
     shape = (len(groups), len(cands))
     tables = {k: np.zeros(shape) for k in COST_KINDS}
     unknown: dict[tuple[str, str], str] = {}
@@ -143,14 +149,14 @@ def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: n
                 for k in COST_KINDS:
                     tables[k][i, j] = np.nan
                 continue
-            tables["bytes"][i, j] = (wbits + len(group.layers) * input_quantizer_bits(cand)) / 8
+            tables["bytes"][i, j] = (wbits + sum(input_quantizer_bits(cand, l) for l in group.layers)) / 8
             tables["bops"][i, j] = bops
             tables["bits_per_weight"][i, j] = wbits / all_weights
     excluded_macs = [l.macs for l in groups.excluded]
     fixed = {
         "bytes": other_param_bytes(model, groups) if model is not None else float("nan"),
         "bops": float(sum(excluded_macs) * 32 * 32) if None not in excluded_macs else float("nan"),
-        "bits_per_weight": sum(l.params for l in groups.excluded) * 32 / all_weights,
+        "bits_per_weight": sum(l.params for l in groups.excluded if not l.weight_of) * 32 / all_weights,
     }
     return CostTables(tuple(groups.names), tuple(c.name for c in cands), tables, fixed, unknown)
 

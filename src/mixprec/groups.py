@@ -1,8 +1,10 @@
 """Quantizer groups: find the quantizable layers of a model and decide which share a decision.
 
-A group is a layer's weight quantizer plus the quantizer of its input. Layers are tied into
-one group when they read the same tensor (Q/K/V projections, gate/up projections, the two
-convolutions of a branch point) or when the user ties them by name pattern. Discovery runs
+A group is a layer's weight quantizer plus the quantizer of its input (an embedding table has
+only its weight: its input is token ids). Layers are tied into one group when they read the same
+tensor (Q/K/V projections, gate/up projections, the two convolutions of a branch point), when they
+share one weight tensor (an output layer tied to the input embedding: the tensor is stored once,
+in one format), or when the user ties them by name pattern. Discovery runs
 one forward pass on an example input with hooks, which also counts MACs; without an example
 input (or for a model whose forward cannot be hooked) every layer is its own group and MACs
 are unknown.
@@ -22,7 +24,7 @@ from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
-QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Layer:
     weight_shape: tuple[int, ...]
     macs: int | None = None  # per sample of the example input
     input_shape: tuple[int, ...] | None = None  # per-sample input shape seen in the trace
+    weight_of: str = ""  # the earlier layer whose weight tensor this layer shares (stored, and costed, once)
 
     @property
     def params(self) -> int:
@@ -140,7 +143,9 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
             reads[name].add(_tensor_key(x))
             shapes.setdefault(name, tuple(x.shape[1:]))
             w = module.weight
-            if isinstance(module, nn.Linear):  # every output row costs in x out MACs
+            if isinstance(module, nn.Embedding):  # a table look-up: no multiply-accumulates
+                pass
+            elif isinstance(module, nn.Linear):  # every output row costs in x out MACs
                 macs[name] += (output.numel() // w.shape[0]) * w.shape[0] * w.shape[1]
             else:  # conv: every output element costs (in/groups) x kernel MACs
                 macs[name] += output.numel() * math.prod(w.shape[1:])
@@ -200,7 +205,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     layers = quantizable_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes "
-                         "nn.Conv1d, nn.Conv2d and nn.Linear); nothing to do")
+                         "nn.Conv1d, nn.Conv2d, nn.Linear and nn.Embedding); nothing to do")
     check_weights(layers)
     patterns = list(exclude)
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -232,10 +237,21 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     else:
         notes.append("no example input: every layer is its own group and MACs are unknown")
 
-    info = {n: Layer(n, layer_kind(m), tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n))
+    owner: dict[int, str] = {}  # id of a weight tensor -> the first layer holding it
+    for n, m in layers.items():
+        owner.setdefault(id(m.weight), n)
+    info = {n: Layer(n, layer_kind(m), tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n),
+                     owner[id(m.weight)] if owner[id(m.weight)] != n else "")
             for n, m in layers.items()}
     kept = [n for n in layers if n not in excluded_names]
+    shared = [n for n in layers if info[n].weight_of and (n in excluded_names) != (info[n].weight_of in excluded_names)]
+    if shared:
+        raise ModelError(f"layer {shared[0]!r} shares its weight with {info[shared[0]].weight_of!r}; exclude both "
+                         "or neither (one tensor is stored in one format)")
     uf = _UnionFind(kept)
+    for n in kept:
+        if info[n].weight_of:
+            uf.union(info[n].weight_of, n, "shared weight")
     if traced and tie_shared_inputs:
         first_reader: dict[tuple, str] = {}
         for n in kept:

@@ -154,8 +154,13 @@ def measure_points(model: nn.Module, layers: dict[str, list[Candidate]], data: I
     if data is None:
         raise MixprecError("multipoint candidates (e.g. " + next(iter(wanted.values()))[0].name + ") choose each "
                            "channel's number of points on calibration data; give --data (or calibration_data=...)")
-    moments = input_moments(model, wanted, data, progress)
     out: dict[str, Points] = {}
+    for name in [n for n in wanted if isinstance(model.get_submodule(n), nn.Embedding)]:
+        # a table's rows are looked up, not multiplied by an input: one point per row
+        rows = model.get_submodule(name).weight.shape[0]
+        for cand in wanted.pop(name):
+            out.setdefault(cand.name, {})[name] = "1" * rows
+    moments = input_moments(model, wanted, data, progress) if wanted else {}
     for name, cands in wanted.items():
         weight = model.get_submodule(name).weight.detach()
         rows = weight.to(torch.float32).reshape(weight.shape[0], -1)

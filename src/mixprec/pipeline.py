@@ -25,6 +25,7 @@ from .errors import EvaluationError, SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
 from .atomic import write_json_atomic
+from .hf import check_dtype
 from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 
@@ -104,6 +105,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     batches = None if data is None else list(data)
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device)
+    check_dtype(model, device)
     counts = plan_points(model, plan, batches, weight_range, progress=progress)
     if counts:
         plan.metadata["points"] = counts

@@ -1,13 +1,16 @@
 """Resolve the --model, --data and --eval specs of the command line.
 
 --model  ``path/to/file.py:function`` or ``package.module:function`` (returns an nn.Module),
-         a TorchScript file (``.pt``/``.pth``/``.ts`` saved with torch.jit.save), or a built-in name.
+         a TorchScript file (``.pt``/``.pth``/``.ts`` saved with torch.jit.save), a built-in name, or
+         ``hf:DIR[?dtype=bf16]``, a Hugging Face checkpoint folder (mixprec.hf).
 --data   ``file.py:function`` / ``package.module:function`` returning an iterable of input batches
          or of (inputs, labels) pairs; a ``.npz`` file (arrays ``inputs``/``x``/``images``/``data``
          and optionally ``labels``/``y``); a ``.pt`` file holding a tensor (N, ...), a list of
-         batches, or a dict with ``inputs`` (and ``labels``).
+         batches, or a dict with ``inputs`` (and ``labels``); ``text:FILE[?windows=N&length=L&seed=S]``,
+         token windows of a text file tokenized by an hf: model's tokenizer (mixprec.text_data).
 --eval   ``file.py:function`` / ``package.module:function`` taking the model and returning a float
-         (higher is better) or a dict with a main metric (see mixprec.evaluation).
+         (higher is better) or a dict with a main metric (see mixprec.evaluation); or
+         ``ppl:FILE[?windows=N&length=L]``, perplexity of an hf: causal LM on a text file.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups, discover_groups
+from . import hf, text_data
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -72,8 +76,9 @@ def is_builtin(spec: str) -> bool:
 def is_code(spec: str, option: str) -> bool:
     """Whether loading ``spec`` for ``option`` (model, data, eval) runs code that is not mixprec's:
     file.py:function and package.module:function are imported and called, and a TorchScript model
-    file holds code. Built-in names and .npz/.pt data files (read without unpickling) are not code."""
-    if not spec or is_builtin(spec):
+    file holds code. Built-in names, .npz/.pt data files (read without unpickling), Hugging Face folders
+    (hf:, safetensors only, never remote code), text: data and ppl: evaluations are not code."""
+    if not spec or is_builtin(spec) or spec.startswith(("hf:", "text:", "ppl:")):
         return False
     if option == "data" and ":" not in spec and spec.endswith((".npz", ".pt")):
         return False
@@ -84,6 +89,8 @@ def load_model(spec: str) -> nn.Module:
     """The float model named by ``spec``, in eval mode."""
     if is_builtin(spec):
         model = get_builtin(spec).model()
+    elif hf.is_hf(spec):
+        model = hf.load(spec)
     elif spec.endswith((".pt", ".pth", ".ts")) and ":" not in spec:
         path = Path(spec)
         if not path.is_file():
@@ -107,10 +114,14 @@ def load_model(spec: str) -> nn.Module:
     return model.eval()
 
 
-def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None) -> list:
-    """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples."""
+def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
+              model_spec: str | None = None) -> list:
+    """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples.
+    ``text:`` data is tokenized by the tokenizer of ``model_spec`` (an hf: model)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SpecError(f"--calibration-samples must be an integer of at least 1, got {limit!r}")
+    if spec.startswith("text:"):
+        return text_data.calibration_batches(spec, *hf.tokenizer_for(model_spec, spec), limit=limit)
     if is_builtin(spec):
         builtin = get_builtin(spec)
         return builtin.calibration(limit or builtin.default_calibration_samples)
@@ -233,8 +244,13 @@ def _cap(batches: list, limit: int | None) -> list:
     return out
 
 
-def load_eval(spec: str) -> Callable[[nn.Module], EvalResult]:
-    """A function model -> EvalResult from a built-in name or file.py:function."""
+def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module], EvalResult]:
+    """A function model -> EvalResult from a built-in name, file.py:function or ``ppl:FILE`` (with the
+    tokenizer of ``model_spec``, an hf: causal language model)."""
+    if spec.startswith("ppl:"):
+        if hf.is_hf(model_spec or "") and not hf.is_causal(model_spec):
+            raise SpecError(f"--eval {spec!r} is a perplexity, and {model_spec!r} is not a causal language model")
+        return text_data.perplexity_evaluation(spec, *hf.tokenizer_for(model_spec, spec))
     if is_builtin(spec):
         evaluate = get_builtin(spec).evaluate
         return lambda model: evaluate(model)
@@ -305,7 +321,7 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     all_excludes = (list(builtin.default_excludes) if builtin else []) + list(excludes)
     data = None
     if data_spec:
-        data = load_data(data_spec, limit=calibration_samples)
+        data = load_data(data_spec, limit=calibration_samples, model_spec=model_spec)
     elif builtin is not None and needs_data:
         if calibration_samples is not None and calibration_samples < 1:
             raise SpecError(f"--calibration-samples must be at least 1, got {calibration_samples}")
@@ -314,9 +330,32 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
         check_finite(data, f"--data {data_spec}" if data_spec else f"the calibration data of {model_spec}")
     if builtin is not None:
         example = builtin.example_input()
+    elif hf.is_hf(model_spec):  # one sequence is enough to tie the projections and count MACs per token
+        example = split_item(data[0])[0][:1] if data else hf.example_input(model)
     elif data:
         example = split_item(data[0])[0]
     else:
         example = None
     groups = discover_groups(model, example, ties=list(ties), exclude=all_excludes, pins=all_pins)
     return model, data, example, groups
+
+
+def resolve_specs(model: nn.Module | str, data: Any, evaluate: Any = None,
+                  calibration_samples: int | None = None) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
+    """For the Python API: a model, data or evaluation given as a spec string (``"hf:DIR"``,
+    ``"text:FILE"``, ``"ppl:FILE"``, a built-in name...) loaded as the command line would; anything
+    else passed through. Returns (model, data, evaluate, the specs given, as run arguments)."""
+    model_spec = model if isinstance(model, str) else None
+    given = {k: v for k, v in (("model", model_spec), ("data", data if isinstance(data, str) else None),
+                               ("eval", evaluate if isinstance(evaluate, str) else None),
+                               ("calibration_samples", calibration_samples)) if v is not None}
+    if isinstance(data, str):
+        data = load_data(data, limit=calibration_samples, model_spec=model_spec)
+    elif data is None and model_spec is not None and is_builtin(model_spec):
+        builtin = get_builtin(model_spec)
+        data = builtin.calibration(calibration_samples or builtin.default_calibration_samples)
+    if isinstance(evaluate, str):
+        evaluate = load_eval(evaluate, model_spec)
+    if model_spec is not None:
+        model = load_model(model_spec)
+    return model, data, evaluate, given

@@ -44,7 +44,8 @@ def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "ms
 
 
 class QuantizedLayer(nn.Module):
-    """A Conv/Linear layer with a fake-quantized weight and a quantizer on its input."""
+    """A Conv/Linear layer with a fake-quantized weight and a quantizer on its input (an Embedding:
+    the weight only)."""
 
     def __init__(self, layer: nn.Module, candidate: Candidate, weight_method: str = "mse",
                  activation_method: str = "mse", *, weight: torch.Tensor | None = None,
@@ -58,6 +59,8 @@ class QuantizedLayer(nn.Module):
         new = nearest_weight(old, candidate, weight_method) if weight is None else weight
         layer.weight = nn.Parameter(new, requires_grad=old.requires_grad)
         self.layer = layer
+        if isinstance(layer, nn.Embedding):  # its input is token ids
+            input_quantizer = ActivationQuantizer(None)
         self.input_quantizer = input_quantizer or ActivationQuantizer(candidate.activation, activation_method)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import numbers
 import os
 import shutil
@@ -18,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from ..batches import output_tensor
 from ..cache import cache_dir
 from ..errors import MissingDataError, ModelError, SpecError
 from ..evaluation import EvalResult
+from ..text_data import perplexity as text_perplexity
 from . import Builtin, data_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -140,23 +137,7 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int, count: in
     if window < 2 or count < 1 or window * count > len(ids):
         raise SpecError(f"{count} windows of {window} tokens do not fit a stream of {len(ids)} tokens; "
                         "ask for fewer or shorter windows (window >= 2)")
-    device = next(model.parameters(), torch.empty(0)).device
-    windows = ids[: window * count].view(count, window)
-    nll, predicted = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in tqdm(windows.split(max(1, 2048 // window)), desc=f"perplexity {count}x{window}",
-                              leave=False, disable=None):
-                batch = batch.to(device)
-                logits = output_tensor(model(batch))
-                nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
-                                       reduction="sum").item()
-                predicted += batch[:, 1:].numel()
-    finally:
-        model.train(was_training)
-    return math.exp(nll / predicted), predicted
+    return text_perplexity(model, ids[: window * count].view(count, window))
 
 
 def evaluate(model: torch.nn.Module, limit: int | None = None) -> EvalResult:

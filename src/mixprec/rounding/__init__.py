@@ -100,8 +100,17 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     wanted = plan.layer_candidates()
     candidates = {name: parse_candidate(c) for name, c in wanted.items()}
     targets = {name: c.weight for name, c in candidates.items() if isinstance(c.weight, IntFormat)}
+    # Embedding tables have no input to reconstruct from, and a weight shared by two layers (an output layer
+    # tied to the embedding) is one tensor that must stay one: every back-end rounds those to nearest.
+    holders: dict[int, int] = {}
+    for name in targets:
+        holders[id(layers[name].weight)] = holders.get(id(layers[name].weight), 0) + 1
+    tables = {name: nearest_weight(layers[name].weight, candidates[name], weight_method) for name in targets
+              if isinstance(layers[name], nn.Embedding) or holders[id(layers[name].weight)] > 1}
+    targets = {name: fmt for name, fmt in targets.items() if name not in tables}
     if not config.needs_data:
-        return {name: nearest_weight(layers[name].weight, candidates[name], weight_method) for name in targets}
+        return {**tables, **{name: nearest_weight(layers[name].weight, candidates[name], weight_method)
+                             for name in targets}}
     if is_torchscript(model):
         raise RoundingError(f"{config.name} rounding needs an eager model to hook (give it as file.py:function), not "
                             "a TorchScript file; or use --rounding nearest")
@@ -110,7 +119,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         raise RoundingError(f"{config.name} rounding needs calibration data (the layers' inputs); pass --data "
                             "(or calibration_data=...), or use rounding='nearest'")
     if not targets:
-        return {}
+        return tables
     done, save = _checkpoint(checkpoint, config.name, config.options(), weight_method, activation_method, wanted,
                              model, batches)
     if config.blockwise:
@@ -122,7 +131,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         rounded = round_layers(model, plan, batches, candidates, targets, config, weight_method, activation_method,
                                progress, done, save)
     save(rounded, final=True)
-    return {name: rounded[name] for name in targets}
+    return {**tables, **{name: rounded[name] for name in targets}}
 
 
 def _fingerprint(digest: Any, value: Any) -> None:

@@ -38,12 +38,14 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             metric: str | Metric = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse",
             activation_method: str = "mse", evaluate: Callable | None = None, chunk_size: int | None = None,
             use_fx: bool = True, progress: bool = True, arguments: dict[str, Any] | None = None,
-            points: dict[str, dict[str, str]] | None = None) -> SensitivityTable:
+            points: dict[str, dict[str, str]] | None = None, prefix: str | None = None) -> SensitivityTable:
     """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused.
 
     ``metric``: a name of mixprec.sensitivity.METRICS or a config such as ``Hessian(samples=32)``.
     ``points``: multipoint candidate -> layer -> points per channel (mixprec.multipoint.measure_points);
-    measured on ``data`` when missing."""
+    measured on ``data`` when missing. ``prefix``: how output metrics share the float prefix, "auto"
+    (torch.fx, else the stack of blocks, else one full forward per entry), "fx", "blocks" or "none"
+    (default: "auto", or "none" with use_fx=False)."""
     config = metric_config(metric)
     metric = config.name
     if config.needs_data and not data:
@@ -81,12 +83,13 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             if run.rejected and progress:
                 print(f"note: {run.rejected} line(s) of {run.path}/entries.rank*.jsonl are not valid entries (torn "
                       "by a kill, edited, NaN or out of range); those entries are measured again")
-        return _measure(ctx, config, groups, candidates, done, run, rank, world, chunk_size, use_fx, progress)
+        return _measure(ctx, config, groups, candidates, done, run, rank, world, chunk_size, use_fx, progress,
+                        prefix)
 
 
 def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidates: list[Candidate],
              done: dict[tuple[str, str], float], run: RunDirectory | None, rank: int, world: int,
-             chunk_size: int | None, use_fx: bool, progress: bool) -> SensitivityTable:
+             chunk_size: int | None, use_fx: bool, progress: bool, prefix: str | None = None) -> SensitivityTable:
     """Measure the entries not ``done``, chunk by chunk, each chunk appended to the run's log."""
     metric = config.name
     names = [g.name for g in groups]
@@ -95,7 +98,7 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
     mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
     pending = [chunk for chunk in mine if any((names[g], c) not in done for g in chunk for c in cand_names)]
-    runner = OutputRunner(ctx, use_fx) if config.needs_outputs else None
+    runner = OutputRunner(ctx, use_fx, prefix) if config.needs_outputs else None
     start = time.perf_counter()
     total = sum(len(chunk) for chunk in mine) * len(candidates)
     with tqdm(total=total, initial=total - sum(len(c) for c in pending) * len(candidates), unit="entry",
@@ -129,8 +132,8 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     if pending:
         metadata.update(config.metadata(state))
     if runner is not None:
-        metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.forked is not None,
-                        fallback_reason=runner.fallback_reason)
+        metadata.update(forward_equivalents=runner.forward_equivalents, forked=runner.prefix_sharing != "none",
+                        prefix_sharing=runner.prefix_sharing, fallback_reason=runner.fallback_reason)
     result = SensitivityTable(names, cand_names, table, metric, metadata)
     if run is not None and rank == 0 and result.complete:
         run.write_table(result)

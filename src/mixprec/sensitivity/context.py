@@ -64,7 +64,7 @@ class MeasureContext:
         if self._observers is None:
             layers = dict(self.model.named_modules())
             observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=1 << 18)
-                         for l in self.groups.layers}
+                         for l in self.groups.layers if l.kind != "Embedding"}  # an embedding reads token ids
             with on_inputs({name: layers[name] for name in observers},
                            lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
@@ -94,6 +94,8 @@ class MeasureContext:
     def input_quantizer(self, layer: str, fmt: Format | None,
                         observers: dict[str, ActivationQuantizer] | None = None) -> ActivationQuantizer:
         """A quantizer for the layer's input, calibrated on what ``observers`` saw (default: the float inputs)."""
+        if isinstance(self.model.get_submodule(layer), nn.Embedding):
+            fmt = None  # token ids in: nothing to quantize
         quantizer = ActivationQuantizer(fmt, self.activation_method)
         if quantizer.needs_calibration:
             seen = (observers or self.observers())[layer]

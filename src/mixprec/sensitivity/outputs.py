@@ -2,7 +2,9 @@
 quantized against the float output, on every calibration batch.
 
 Traceable models go through :class:`ForkedForward` (the float prefix is shared by every fork);
-others fall back to one full forward per (group, candidate, batch).
+others made of a stack of blocks through :class:`BlockForward` (the blocks before a group's are
+answered from one recorded float pass); the rest run one full forward per (group, candidate, batch).
+``prefix`` picks: "auto" (fx, else blocks, else full forwards), "fx", "blocks" or "none".
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import torch
 
 from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
+from .blocks import BlockForward, NotBlocked
 from .forked import ForkedForward, NotTraceable
+
+PREFIX_MODES = ("auto", "fx", "blocks", "none")
 
 # (float output, quantized output) -> (numerator, denominator) summed over batches; value = num / den
 Divergence = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
@@ -23,25 +28,46 @@ Divergence = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
 class OutputRunner:
     """Holds the float outputs and the traced graph across chunks of one analysis."""
 
-    def __init__(self, ctx: MeasureContext, use_fx: bool = True):
+    def __init__(self, ctx: MeasureContext, use_fx: bool = True, prefix: str | None = None):
+        prefix = prefix or ("auto" if use_fx else "none")
+        if prefix not in PREFIX_MODES:
+            raise ValueError(f"prefix must be one of {PREFIX_MODES}, got {prefix!r}")
         self.ctx = ctx
         self.forward_equivalents = 0.0
         macs = {l.name: l.macs or 0 for l in ctx.groups.layers}
         self.forked = None
+        self.blocks = None
         self.fallback_reason = ""
-        if use_fx:
+        if prefix in ("auto", "fx"):
             try:
                 self.forked = ForkedForward(ctx.model, macs)
             except NotTraceable as exc:
                 self.fallback_reason = str(exc)
+        if self.forked is None and prefix in ("auto", "blocks"):
+            try:
+                self.blocks = BlockForward(ctx.model, macs)
+            except NotBlocked as exc:
+                self.fallback_reason = "; ".join(r for r in (self.fallback_reason, str(exc)) if r)
         self._reference: dict[int, torch.Tensor] = {}
         # per batch, where the last float pass stopped and its live values: the next chunk goes on from there
         self._checkpoints: dict[int, tuple[int, dict]] = {}
 
+    @property
+    def prefix_sharing(self) -> str:
+        """How the float prefix is shared: "fx", "blocks" or "none" (one full forward per entry)."""
+        return "fx" if self.forked is not None else "blocks" if self.blocks is not None else "none"
+
     def reference(self, batch: int) -> torch.Tensor:
         if batch not in self._reference:
             with torch.no_grad():
-                out = run_model(self.ctx.model, self.ctx.inputs(batch))
+                out = None
+                if self.blocks is not None:
+                    try:
+                        out = self.blocks.float_pass(batch, self.ctx.inputs(batch))
+                    except NotBlocked as exc:
+                        self.blocks, self.fallback_reason = None, str(exc)
+                if out is None:
+                    out = run_model(self.ctx.model, self.ctx.inputs(batch))
             self._reference[batch] = output_tensor(out).float()
             self.forward_equivalents += 1
         return self._reference[batch]
@@ -49,6 +75,12 @@ class OutputRunner:
     def measure(self, group_indices: list[int], divergence: Divergence) -> dict[tuple[int, int], float]:
         ctx = self.ctx
         sums = {(g, c): [0.0, 0.0] for g in group_indices for c in range(len(ctx.candidates))}
+        if self.blocks is not None:
+            for b in range(len(ctx.data)):
+                self.reference(b)  # records every block's output (or finds the blocks unusable)
+        if self.blocks is not None:
+            self._measure_blocks(group_indices, divergence, sums)
+            return ratio_values(ctx, sums, "output")
         for b in range(len(ctx.data)):
             ref = self.reference(b)
 
@@ -80,6 +112,22 @@ class OutputRunner:
             if ctx.on_batch is not None:
                 ctx.on_batch((b + 1) / len(ctx.data))
         return ratio_values(ctx, sums, "output")
+
+
+    def _measure_blocks(self, group_indices: list[int], divergence: Divergence, sums: dict) -> None:
+        ctx, blocks = self.ctx, self.blocks
+        for g in group_indices:
+            group = ctx.groups.groups[g]
+            skipped = blocks.fork_block(group.layer_names)
+            for c, cand in enumerate(ctx.candidates):
+                with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
+                    for b in range(len(ctx.data)):
+                        with blocks.skipping(b, skipped), torch.no_grad():
+                            output = run_model(model, ctx.inputs(b))
+                        num, den = divergence(self._reference[b], output_tensor(output).float())
+                        sums[(g, c)][0] += num
+                        sums[(g, c)][1] += den
+                        self.forward_equivalents += blocks.cost(skipped)
 
 
 def ratio_values(ctx: MeasureContext, sums: dict, what: str) -> dict[tuple[int, int], float]:

@@ -1,0 +1,196 @@
+"""Time and memory of analyze -> solve -> quantize on Llama-shaped models with RANDOM weights.
+
+Only the times, forward-equivalents and memory figures mean anything here: the weights are a random
+initialisation of the real shape (Llama-3.2-1B, Llama-3.1-8B), the tokens are random, and so the
+sensitivities, the plan and the divergences say nothing about a trained model.
+
+    python benchmarks/llm_scale.py --shape tiny --device cpu                     # smoke test, seconds
+    python benchmarks/llm_scale.py --shape 8b --device cuda --dtype bf16 --samples 16 --length 512
+    torchrun --nproc_per_node 2 benchmarks/llm_scale.py --shape 8b --device cuda --dtype bf16
+
+Phases: build (random init on the device), groups (discover_groups on one sequence), analyze (the
+--metric table over N x L random tokens; its forward-equivalents and how the prefix was shared),
+solve (exact plan at --budget, guard on) and quantize (apply with --rounding). Peak GPU memory is
+torch.cuda.max_memory_allocated per phase. Per-block figures (parameters, bytes, seconds of each
+phase per block) let larger shapes be extrapolated: with an output metric, analyze runs about
+(groups x candidates) forks of a cost proportional to the blocks, so its time grows with
+blocks^2 x (block MACs), and quantize with blocks x (block MACs). Under torchrun the analysis is
+sharded over the processes (mixprec.sensitivity.analyze); rank 0 solves, quantizes and writes
+benchmarks/results/llm_scale_<shape>[_<suffix>].json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import mixprec
+from mixprec import __version__
+from mixprec.candidates import parse_candidates
+from mixprec.groups import discover_groups
+from mixprec.hf import CausalLM
+from mixprec.pipeline import quantize_plan
+from mixprec.plan import write_json_atomic
+
+RESULTS = Path(__file__).parent / "results"
+# the published shapes: Llama-3.2-1B and Llama-3.1-8B config.json; tiny is for a CPU smoke test
+SHAPES = {
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, tie_word_embeddings=True),
+    "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+               num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True, rope_theta=500000.0),
+    "8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False, rope_theta=500000.0),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Phases:
+    """Wall time and peak GPU memory of each phase."""
+
+    def __init__(self, device: torch.device, verbose: bool = True):
+        self.device, self.figures, self.verbose = device, {}, verbose
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        _sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        _sync(self.device)
+        figures = {"seconds": round(time.perf_counter() - start, 3)}
+        if self.device.type == "cuda":
+            figures["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(self.device)
+            figures["gpu_bytes_after"] = torch.cuda.memory_allocated(self.device)
+        self.figures[name] = figures
+        if self.verbose:
+                print(f"{name:<9} {figures['seconds']:9.1f} s" + (f"   peak GPU {figures['peak_gpu_bytes'] / 2**30:6.2f} GiB"
+                                                            if "peak_gpu_bytes" in figures else ""), flush=True)
+        return result
+
+
+def build(shape: str, dtype: torch.dtype, device: torch.device, attention: str, seed: int) -> CausalLM:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    config = LlamaConfig(max_position_embeddings=8192, **SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+    return CausalLM(lm).eval()
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world, torch.device("cuda", local) if device == "cuda" else torch.device(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=list(SHAPES), default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--samples", type=int, default=16, help="calibration sequences (N)")
+    parser.add_argument("--length", type=int, default=512, help="tokens per sequence (L)")
+    parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
+    parser.add_argument("--candidates", default="w4g128,w8,fp16")
+    parser.add_argument("--metric", default="kl", help="kl or sqnr (output metrics), or any other metric")
+    parser.add_argument("--prefix", choices=("auto", "blocks", "none"), default="auto",
+                        help="how forks share the float prefix (auto: torch.fx, else blocks)")
+    parser.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa")
+    parser.add_argument("--budget", default="bits=5")
+    parser.add_argument("--rounding", default="nearest", help="nearest or gptq")
+    parser.add_argument("--no-quantize", action="store_true", help="stop after solve")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--suffix", default="", help="added to the result file name")
+    parser.add_argument("--out", help="write the JSON here instead of benchmarks/results/")
+    args = parser.parse_args(argv)
+    rank, world, device = init_distributed(args.device)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    phases = Phases(device, verbose=rank == 0)
+    model = phases("build", build, args.shape, dtype, device, args.attn, args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    tokens = torch.randint(0, vocab, (args.samples, args.length), generator=generator)
+    data = list(tokens.split(args.batch))
+    groups = phases("groups", discover_groups, model, tokens[:1].to(device))
+    candidates = parse_candidates(args.candidates)
+    # Under torchrun the ranks' entries meet in a run directory and rank 0 merges them (claiming it hashes the
+    # weights, which is part of the analyze time); one process needs none.
+    run_dir = None
+    if world > 1:
+        run_dir = Path(tempfile.gettempdir()) / f"mixprec_llm_scale_{args.shape}_{os.environ.get('MASTER_PORT')}"
+        if rank == 0 and run_dir.exists():
+            shutil.rmtree(run_dir)
+        torch.distributed.barrier()
+    def analyze():
+        return mixprec.analyze(model, data, candidates, args.metric, run_dir, groups=groups, device=device,
+                               progress=rank == 0, prefix=args.prefix)
+    analysis = phases("analyze", analyze)
+    meta = analysis.table.metadata
+    if rank != 0:
+        torch.distributed.destroy_process_group()
+        return 0
+    plan = phases("solve", analysis.solve, args.budget)
+    if not args.no_quantize:
+        result = phases("quantize", quantize_plan, model, plan, data, groups, rounding=args.rounding, device=device,
+                        progress=True)
+        del result
+    layers = SHAPES[args.shape]["num_hidden_layers"]
+    block = model.lm.model.layers[0]
+    block_params = sum(p.numel() for p in block.parameters())
+    total_params = sum(p.numel() for p in model.parameters())
+    per_block = {"params": block_params, "bytes": block_params * dtype.itemsize,
+                 **{f"{phase}_seconds": round(f["seconds"] / layers, 4) for phase, f in phases.figures.items()
+                    if phase in ("analyze", "quantize")}}
+    report = {
+        "note": "random weights and random tokens: only times, forward-equivalents and memory are meaningful",
+        "command": ("torchrun --nproc_per_node %d " % world if world > 1 else "python ") + " ".join(
+            sys.argv[:1] + (sys.argv[1:] if argv is None else argv)),
+        "shape": args.shape, "config": SHAPES[args.shape], "dtype": str(dtype).replace("torch.", ""),
+        "params": total_params, "model_bytes": total_params * dtype.itemsize, "blocks": layers,
+        "groups": len(groups), "candidates": args.candidates, "metric": args.metric,
+        "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
+        "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
+        "analyze": {"forward_equivalents": meta.get("forward_equivalents"),
+                    "forward_equivalents_of": "rank 0's share of the groups" if world > 1 else "all groups",
+                    "naive_forward_equivalents": len(groups) * len(candidates) * len(data),
+                    "prefix_sharing": meta.get("prefix_sharing"), "fallback_reason": meta.get("fallback_reason"),
+                    "table_seconds": meta.get("seconds")},
+        "plan": {"budget": args.budget, "candidates_used": sorted(set(plan.assignments.values())),
+                 "guard": (plan.metadata.get("guard") or {}).get("chosen")},
+        "per_block": per_block, "rounding": args.rounding,
+        "environment": {"mixprec": __version__, "torch": torch.__version__, "device": str(device),
+                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                        or platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()},
+    }
+    out = Path(args.out) if args.out else RESULTS / f"llm_scale_{args.shape}{'_' + args.suffix if args.suffix else ''}.json"
+    write_json_atomic(out, report)
+    fe = report["analyze"]
+    print(f"analyze: {fe['forward_equivalents']:.1f} forward-equivalents ({fe['prefix_sharing']}), naive "
+          f"{fe['naive_forward_equivalents']}; wrote {out}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

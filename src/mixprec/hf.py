@@ -1,0 +1,241 @@
+"""Hugging Face checkpoint folders as models: ``hf:DIR`` (config.json + safetensors, and a tokenizer
+for text data and perplexity), loaded from the folder alone (``local_files_only``; no network).
+
+    hf:DIR[?dtype=fp32|bf16|fp16&attn=eager|sdpa]
+
+A causal language model (its config's architecture ends in ``ForCausalLM``) becomes a module that
+maps token ids (B, L) to logits (B, L, vocab); any other model (an encoder) maps them to its last
+hidden state. Both take one LongTensor, which is what ``text:FILE`` data gives. The weights are
+checked before transformers sees them: every shard the index names must exist and open, and every
+weight the model needs must be in them (tied output weights excepted).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+from .text_data import split_spec
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+ATTENTION = ("eager", "sdpa")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json")
+
+
+class CausalLM(nn.Module):
+    """A causal language model returning only its logits (no KV cache, no output dataclass)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+class Encoder(nn.Module):
+    """An encoder returning its last hidden state for token ids, every token attended."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    folder: Path
+    dtype: torch.dtype
+    attention: str
+
+    @property
+    def dtype_name(self) -> str:
+        return next(k for k, v in DTYPES.items() if v == self.dtype)
+
+
+def is_hf(spec: str) -> bool:
+    return isinstance(spec, str) and spec.startswith("hf:")
+
+
+def parse(spec: str) -> Checkpoint:
+    path, options = split_spec(spec, "hf:")
+    unknown = sorted(set(options) - {"dtype", "attn"})
+    if unknown:
+        raise SpecError(f"--model {spec!r}: unknown option(s) {unknown}; options: dtype (fp32, bf16, fp16), "
+                        "attn (eager, sdpa)")
+    dtype = options.get("dtype", "fp32").lower()
+    if dtype not in DTYPES:
+        raise SpecError(f"--model {spec!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    attention = options.get("attn", "eager")
+    if attention not in ATTENTION:
+        raise SpecError(f"--model {spec!r}: attn {attention!r} is not one of {', '.join(ATTENTION)}")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SpecError(f"--model {spec!r}: {folder} is not a folder (a Hugging Face checkpoint folder with "
+                        "config.json and *.safetensors)")
+    return Checkpoint(folder, DTYPES[dtype], attention)
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SpecError(f"{path} is missing: a Hugging Face checkpoint folder needs its config.json "
+                        "(save it with model.save_pretrained(folder))")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path} is not valid JSON ({exc})") from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of the checkpoint, each checked to exist and to open."""
+    from safetensors import safe_open
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{index} is not a safetensors index (JSON with a weight_map): {exc}") from None
+        files = [folder / name for name in dict.fromkeys(weight_map.values())]
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf"))
+        raise SpecError(f"{folder} has no model.safetensors (nor model.safetensors.index.json)"
+                        + (f"; it has {found}: convert the weights to safetensors (model.save_pretrained(folder) "
+                           "writes them), mixprec does not unpickle weight files" if found else ""))
+    for path in files:
+        if not path.is_file():
+            raise SpecError(f"checkpoint shard {path} is missing (named by {index.name})")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # safetensors raises its own error types for every kind of damage
+            raise SpecError(f"checkpoint shard {path} is corrupt or truncated ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); copy it again") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(header))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        if 8 + header + end != size:
+            raise SpecError(f"checkpoint shard {path} is {size} bytes, its header describes {8 + header + end}: "
+                            "it is truncated or corrupt; copy it again")
+    return files
+
+
+def _architecture(config: dict, folder: Path) -> str:
+    names = config.get("architectures") or []
+    if not names:
+        raise SpecError(f"{folder / 'config.json'} names no architectures; save the checkpoint with "
+                        "save_pretrained, which records it")
+    return names[0]
+
+
+def load(spec: str) -> nn.Module:
+    """The model of ``hf:DIR``, in eval mode on the CPU, in the asked dtype."""
+    checkpoint = parse(spec)
+    folder = checkpoint.folder
+    config = read_config(folder)
+    architecture = _architecture(config, folder)
+    files = weight_files(folder)
+    try:
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    except ImportError as exc:
+        raise SpecError(f"--model {spec!r} needs transformers and safetensors: pip install -e '.[models]' ({exc})") \
+            from exc
+    causal = architecture.endswith("ForCausalLM")
+    try:
+        hf_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # an unknown model_type, a bad field: transformers' message says which
+        raise SpecError(f"{folder / 'config.json'} is not a config transformers {transformers.__version__} can read: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        model, info = auto.from_pretrained(folder, config=hf_config, dtype=checkpoint.dtype, local_files_only=True,
+                                           trust_remote_code=False,
+                                           attn_implementation=checkpoint.attention, output_loading_info=True,
+                                           use_safetensors=True)
+    except Exception as exc:
+        raise SpecError(f"loading {folder} ({architecture}) from {', '.join(p.name for p in files)} failed: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    missing = [k for k in info.get("missing_keys", ()) if not _tied(model, k)]
+    if missing:
+        raise SpecError(f"{folder}: {len(missing)} weight(s) the {architecture} needs are in none of "
+                        f"{', '.join(p.name for p in files)}, e.g. {sorted(missing)[:3]}; the checkpoint is "
+                        "incomplete or of another model")
+    model.eval()
+    return (CausalLM(model) if causal else Encoder(model)).eval()
+
+
+def _tied(model: nn.Module, key: str) -> bool:
+    """A key reported missing that names a parameter shared with another name (a tied output embedding)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return any(key in group and len(group) > 1 for group in names.values())
+
+
+def example_input(model: nn.Module, tokens: int = 64) -> torch.Tensor:
+    """Token ids (1, tokens) for tracing groups and counting MACs when no data is given."""
+    inner = getattr(model, "lm", None) or getattr(model, "encoder", None) or model
+    vocab = int(getattr(getattr(inner, "config", None), "vocab_size", 0) or 2)
+    return (torch.arange(tokens) % vocab).unsqueeze(0)
+
+
+@lru_cache(maxsize=4)
+def tokenizer(folder: str):
+    """The checkpoint's tokenizer, from the folder alone."""
+    path = Path(folder)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); text data and perplexity "
+                        "tokenize with the model's own tokenizer: save it beside the weights with "
+                        "tokenizer.save_pretrained(folder)")
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise SpecError(f"the tokenizer in {path} does not load: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def tokenizer_for(model_spec: str | None, what: str):
+    """(tokenizer, key) of the ``hf:DIR`` model that ``what`` (a text: or ppl: spec) is read with."""
+    if not is_hf(model_spec or ""):
+        raise SpecError(f"{what!r} tokenizes with the model's tokenizer, so it needs --model hf:DIR "
+                        f"(the model here is {model_spec!r})")
+    folder = parse(model_spec).folder.resolve()
+    return tokenizer(str(folder)), str(folder)
+
+
+def check_dtype(model: nn.Module, device: torch.device | str) -> None:
+    """Raise a SpecError naming the dtype if ``device`` cannot run a matmul in the model's dtype."""
+    param = next(model.parameters(), None)
+    if param is None or param.dtype == torch.float32:
+        return
+    device = torch.device(device)
+    dtype = param.dtype
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise SpecError(f"this GPU ({torch.cuda.get_device_name(device)}) cannot run bfloat16; load the model with "
+                        "?dtype=fp16 or ?dtype=fp32")
+    try:
+        x = torch.ones(2, 2, dtype=dtype, device=device)
+        (x @ x).sum().item()
+    except RuntimeError as exc:
+        raise SpecError(f"the device {device} cannot run the model's dtype {str(dtype).replace('torch.', '')} "
+                        f"({str(exc).splitlines()[0]}); load it with ?dtype=fp32") from None
+
+
+def is_causal(spec: str) -> bool:
+    """Whether the checkpoint of ``spec`` is a causal language model (by its config's architecture)."""
+    folder = parse(spec).folder
+    return _architecture(read_config(folder), folder).endswith("ForCausalLM")

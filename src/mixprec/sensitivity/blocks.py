@@ -1,0 +1,172 @@
+"""Measure one-group-quantized outputs from the group's block onward, for models torch.fx cannot trace.
+
+Most deep models are a stack of blocks called one after the other (the decoder or encoder layers of
+a transformer, the residual blocks of a ResNet stage): the elements of an ``nn.Sequential`` or
+``nn.ModuleList`` that hold quantized layers. One float pass per calibration batch records every
+block's output. A fork for a group whose first layer runs inside block k (or after it) then runs the
+whole model with blocks 0..k-1 answering from that record instead of computing: their ``forward``
+returns a copy of the recorded output, so the model's own code between and after the blocks runs
+unchanged and block k sees exactly its float input. Only the layers of blocks k.. (and those
+outside every block) compute, so a table costs about 1 + sum_g C * (1 - blocks before g's) forward-
+equivalents per batch instead of G * C, and equals the naive table (the same operations on the
+same values).
+
+The record holds every block's output of every batch (the memory of one activation per block and
+batch); blocks must each be called once per forward, in one order, or the runner falls back to one
+full forward per entry.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..batches import run_model
+
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+class NotBlocked(Exception):
+    pass
+
+
+def find_block_stack(model: nn.Module, layers: list[str]) -> list[str]:
+    """Names of the blocks: the elements (not themselves containers) of the outermost
+    nn.Sequential/nn.ModuleList containers on the way to the quantized layers, that hold at least one."""
+    inside = lambda block, layer: layer == block or layer.startswith(block + ".")  # noqa: E731
+    blocks: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if not any(inside(full, layer) for layer in layers):
+                continue
+            if isinstance(module, CONTAINERS) and not isinstance(child, CONTAINERS):
+                blocks.append(full)
+            else:
+                visit(full, child)
+    visit("", model)
+    return blocks
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a recorded output, so that in-place code after a block cannot change the record."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_copy(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _copy(v)) for k, v in value.items())
+    return value
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_detach(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _detach(v)) for k, v in value.items())
+    return value
+
+
+class BlockForward:
+    def __init__(self, model: nn.Module, layer_macs: dict[str, int]):
+        if isinstance(model, torch.jit.ScriptModule):
+            raise NotBlocked("a TorchScript model's blocks cannot be replaced")
+        self.model = model
+        self.blocks = find_block_stack(model, list(layer_macs))
+        if len(self.blocks) < 2:
+            raise NotBlocked(f"no stack of blocks (nn.Sequential/nn.ModuleList elements) holds the quantized layers "
+                             f"({len(self.blocks)} found)")
+        self.modules = [model.get_submodule(b) for b in self.blocks]
+        # MACs inside each block; a stubbed block's layers do not run
+        self.block_macs = [sum(m for layer, m in layer_macs.items() if layer == b or layer.startswith(b + "."))
+                           for b in self.blocks]
+        self.full_macs = sum(layer_macs.values())
+        self.layer_block = {layer: next((k for k, b in enumerate(self.blocks)
+                                         if layer == b or layer.startswith(b + ".")), None) for layer in layer_macs}
+        self._outputs: dict[int, list[Any]] = {}  # batch -> output of every block, in call order
+        self._first_calls: dict[str, int] | None = None  # layer -> event index of its first call (first batch)
+        self._block_ends: list[int] = []
+
+    @torch.no_grad()
+    def float_pass(self, batch: int, inputs: Any) -> Any:
+        """The float model's output on ``inputs``, recording every block's output for ``batch``."""
+        outputs: list[Any] = [None] * len(self.blocks)
+        calls = [0] * len(self.blocks)
+        order: list[int] = []
+        events: list[tuple[str, Any]] = []  # ("block_end", k) and ("layer", name), in call order
+        first_batch = self._first_calls is None
+        handles = []
+
+        def on_output(k):
+            def hook(module, args, output):
+                calls[k] += 1
+                order.append(k)
+                outputs[k] = _detach(output)
+                events.append(("block_end", k))
+            return hook
+
+        for k, module in enumerate(self.modules):
+            handles.append(module.register_forward_hook(on_output(k)))
+        if first_batch:
+            for name in self.layer_block:
+                handles.append(self.model.get_submodule(name).register_forward_pre_hook(
+                    lambda m, a, name=name: events.append(("layer", name))))
+        try:
+            out = run_model(self.model, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        if calls != [1] * len(self.blocks) or order != list(range(len(self.blocks))):
+            raise NotBlocked("the blocks are not each called once, in order, per forward "
+                             f"({dict(zip(self.blocks, calls))})")
+        if first_batch:
+            first: dict[str, int] = {}
+            for i, (kind, what) in enumerate(events):
+                if kind == "layer":
+                    first.setdefault(what, i)
+                else:
+                    self._block_ends.append(i)
+            self._first_calls = first
+        self._outputs[batch] = outputs
+        return out
+
+    def fork_block(self, layers: tuple[str, ...]) -> int:
+        """How many blocks finish before the first of ``layers`` runs (the blocks a fork may skip)."""
+        called = [self._first_calls[l] for l in layers if l in self._first_calls]
+        if not called:
+            return 0  # never called: nothing to skip safely
+        start = min(called)
+        return sum(1 for end in self._block_ends if end < start)
+
+    def cost(self, skipped: int) -> float:
+        """Forward-equivalents of one fork that skips the first ``skipped`` blocks."""
+        if self.full_macs <= 0:
+            return 1.0
+        return (self.full_macs - sum(self.block_macs[:skipped])) / self.full_macs
+
+    @contextmanager
+    def skipping(self, batch: int, skipped: int) -> Iterator[None]:
+        """Blocks 0..skipped-1 return their recorded float outputs on ``batch`` instead of computing."""
+        outputs = self._outputs[batch]
+        patched = []
+        try:
+            for k in range(skipped):
+                module = self.modules[k]
+                module.forward = lambda *args, _out=outputs[k], **kwargs: _copy(_out)
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+    def forget(self, batch: int) -> None:
+        self._outputs.pop(batch, None)

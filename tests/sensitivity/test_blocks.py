@@ -1,0 +1,97 @@
+"""Block-level prefix reuse (mixprec.sensitivity.blocks): the same table as one full forward per
+entry, for fewer forward-equivalents, on models torch.fx cannot trace."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mixprec.candidates import parse_candidates
+from mixprec.groups import discover_groups
+from mixprec.sensitivity.analyze import analyze
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent control flow: torch.fx cannot trace this model
+            return x
+        out = self.fc2(torch.relu(self.fc1(x)))
+        out += x  # in place on the block's own value: a recorded output must not be changed by it
+        return out
+
+
+class Stack(nn.Module):
+    def __init__(self, width=8, blocks=4, repeat_first=False):
+        super().__init__()
+        self.stem = nn.Linear(4, width)
+        self.blocks = nn.ModuleList(Block(width) for _ in range(blocks))
+        self.head = nn.Linear(width, 3)
+        self.repeat_first = repeat_first
+
+    def forward(self, x):
+        h = self.stem(x)
+        skip = h
+        for block in self.blocks:
+            h = block(h)
+        if self.repeat_first:  # a block called twice: its output is no longer one value per forward
+            h = self.blocks[0](h)
+        return self.head(h + skip)  # a value from before the blocks, used after them
+
+
+def tables(model, data, metric="sqnr"):
+    groups = discover_groups(model, data[0])
+    cands = parse_candidates("w4a8,w8a8")
+    return {prefix: analyze(model, groups, cands, data, metric=metric, prefix=prefix, progress=False)
+            for prefix in ("blocks", "none")}
+
+
+@pytest.mark.parametrize("metric", ["sqnr", "kl"])
+def test_blocks_give_the_naive_table_for_fewer_forward_equivalents(metric):
+    torch.manual_seed(0)
+    model = Stack().eval()
+    data = [torch.randn(5, 4) for _ in range(3)]
+    t = tables(model, data, metric)
+    assert t["blocks"].metadata["prefix_sharing"] == "blocks"
+    np.testing.assert_allclose(t["blocks"].values, t["none"].values, rtol=1e-6, atol=0)
+    # stem and first block forks run everything, the head's fork only the stem and the head
+    assert t["blocks"].metadata["forward_equivalents"] < 0.8 * t["none"].metadata["forward_equivalents"]
+
+
+def test_a_block_called_twice_falls_back_to_full_forwards():
+    torch.manual_seed(0)
+    model = Stack(repeat_first=True).eval()
+    data = [torch.randn(5, 4) for _ in range(2)]
+    t = tables(model, data)
+    meta = t["blocks"].metadata
+    assert meta["prefix_sharing"] == "none" and "called once" in meta["fallback_reason"]
+    np.testing.assert_allclose(t["blocks"].values, t["none"].values, rtol=1e-6, atol=0)
+
+
+def test_auto_prefers_fx_and_uses_blocks_where_fx_fails():
+    torch.manual_seed(0)
+    traceable = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = [torch.randn(5, 4)]
+    cands = parse_candidates("w8a8")
+    meta = analyze(traceable, discover_groups(traceable, data[0]), cands, data, progress=False).metadata
+    assert meta["prefix_sharing"] == "fx"
+    model = Stack().eval()
+    meta = analyze(model, discover_groups(model, data[0]), cands, data, progress=False).metadata
+    assert meta["prefix_sharing"] == "blocks" and meta["fallback_reason"]
+
+
+def test_hugging_face_llama_blocks_equal_the_naive_table(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from mixprec.specs import load_data, load_model
+    from tiny_llama import write_checkpoint, write_text
+    folder, text = write_checkpoint(tmp_path / "llama"), write_text(tmp_path / "corpus.txt")
+    spec = f"hf:{folder}"
+    model = load_model(spec)
+    data = load_data(f"text:{text}?windows=4&length=32&batch=2", model_spec=spec)
+    t = tables(model, data, "kl")
+    assert t["blocks"].metadata["prefix_sharing"] == "blocks"
+    np.testing.assert_allclose(t["blocks"].values, t["none"].values, rtol=1e-5, atol=1e-12)
+    assert t["blocks"].metadata["forward_equivalents"] < t["none"].metadata["forward_equivalents"]

@@ -1,0 +1,148 @@
+"""hf:DIR checkpoints, text:FILE calibration windows and ppl:FILE perplexity, on a tiny Llama that
+the test writes with save_pretrained (random weights, its own small tokenizer)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+import mixprec  # noqa: E402
+from mixprec.cli import main  # noqa: E402
+from mixprec.errors import SpecError  # noqa: E402
+from mixprec.hf import check_dtype, load  # noqa: E402
+from mixprec.specs import load_data, load_eval  # noqa: E402
+from mixprec.text_data import token_split  # noqa: E402
+from tiny_llama import write_checkpoint, write_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return write_checkpoint(root / "tiny-llama"), write_text(root / "corpus.txt")
+
+
+def copy_of(checkpoint, tmp_path):
+    return shutil.copytree(checkpoint, tmp_path / "copy")
+
+
+def test_analyze_solve_quantize_from_a_checkpoint_and_a_text_file(checkpoint, tmp_path, capsys):
+    folder, text = checkpoint
+    data = f"text:{text}?windows=6&length=48&batch=3"
+    assert main(["analyze", "--model", f"hf:{folder}", "--data", data, "--candidates", "w4a8,w8a8",
+                 "--metric", "kl", "--out", str(tmp_path / "run")]) == 0
+    table = json.loads((tmp_path / "run" / "sensitivity.json").read_text())
+    # four groups per block, and the embedding table and the output layer, each with its own candidates
+    assert {"lm.lm_head", "lm.model.embed_tokens"} <= set(table["groups"]) and len(table["groups"]) == 3 * 4 + 2
+    assert main(["solve", str(tmp_path / "run"), "--budget", "bytes=0.9x", "--out", str(tmp_path / "plan.json")]) == 0
+    assert main(["quantize", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
+                 "--eval", f"ppl:{text}?windows=4&length=48", "--out", str(tmp_path / "q")]) == 0
+    result = json.loads((tmp_path / "q" / "result.json").read_text())
+    assert result["metric_name"] == "perplexity" and result["metric"] > 1
+    assert result["metric_details"]["windows"] == 4 and result["metric_details"]["first_token"] == 0
+
+
+def test_python_api_takes_the_same_spec_strings(checkpoint):
+    folder, text = checkpoint
+    analysis = mixprec.analyze(f"hf:{folder}", f"text:{text}?windows=4&length=32", "w8a8", metric="sqnr",
+                               evaluate=f"ppl:{text}?windows=2&length=32", progress=False)
+    assert analysis.model_name == f"hf:{folder}" and analysis.table.complete
+    assert analysis.evaluate(analysis.model).name == "perplexity"
+
+
+def test_calibration_windows_come_from_the_second_half_and_evaluation_from_the_first(checkpoint):
+    folder, text = checkpoint
+    spec = f"hf:{folder}"
+    batches = load_data(f"text:{text}?windows=5&length=40&seed=3&batch=2", model_spec=spec)
+    assert [tuple(b.shape) for b in batches] == [(2, 40), (2, 40), (1, 40)]
+    from mixprec.hf import tokenizer_for
+    split = token_split(text, *tokenizer_for(spec, "text:"))
+    windows, starts = split.calibration_windows(5, 40, seed=3)
+    assert min(starts) >= split.half and torch.equal(torch.cat(batches), windows)
+    assert split.evaluation_windows(None, 40).numel() <= split.half
+    # another seed, other windows; the same seed, the same windows
+    assert split.calibration_windows(5, 40, seed=4)[1] != starts
+    assert split.calibration_windows(5, 40, seed=3)[1] == starts
+
+
+def test_a_text_too_short_names_the_numbers(checkpoint):
+    folder, text = checkpoint
+    with pytest.raises(SpecError, match=r"holds \d+ windows of 1000 tokens, and 50 were asked for"):
+        load_data(f"text:{text}?windows=50&length=1000", model_spec=f"hf:{folder}")
+    with pytest.raises(SpecError, match=r"holds \d+ windows of 4000 tokens, and 1 were asked for"):
+        load_eval(f"ppl:{text}?length=4000", f"hf:{folder}")
+
+
+def test_dtype_is_the_one_asked_for(checkpoint):
+    folder, _ = checkpoint
+    assert next(load(f"hf:{folder}?dtype=bf16").parameters()).dtype == torch.bfloat16
+    assert next(load(f"hf:{folder}").parameters()).dtype == torch.float32
+    with pytest.raises(SpecError, match="dtype 'int3' is not one of"):
+        load(f"hf:{folder}?dtype=int3")
+
+
+def test_a_dtype_the_device_cannot_run_is_named(monkeypatch):
+    model = torch.nn.Linear(2, 2).to(torch.float16)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError('"addmm_impl_cpu_" not implemented for \'Half\'')
+    monkeypatch.setattr(torch.Tensor, "__matmul__", refuse)
+    with pytest.raises(SpecError, match="cannot run the model's dtype float16"):
+        check_dtype(model, "cpu")
+
+
+def test_missing_config_shard_tokenizer_and_truncated_shard_are_named(checkpoint, tmp_path):
+    folder, text = checkpoint
+    broken = copy_of(folder, tmp_path)
+    (broken / "config.json").unlink()
+    with pytest.raises(SpecError, match="config.json is missing"):
+        load(f"hf:{broken}")
+
+    broken = copy_of(folder, tmp_path / "b")
+    shard = broken / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(SpecError, match=r"model.safetensors is .*(corrupt|truncated)"):
+        load(f"hf:{broken}")
+
+    broken = copy_of(folder, tmp_path / "c")
+    (broken / "model.safetensors").rename(broken / "model-00001-of-00002.safetensors")
+    (broken / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(SpecError, match="shard .*model-00002-of-00002.safetensors is missing"):
+        load(f"hf:{broken}")
+
+    broken = copy_of(folder, tmp_path / "d")
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(SpecError, match="has no tokenizer"):
+        load_data(f"text:{text}", model_spec=f"hf:{broken}")
+
+    with pytest.raises(SpecError, match="needs --model hf:DIR"):
+        load_data(f"text:{text}", model_spec="resnet20")
+
+
+def test_a_tied_embedding_is_one_group_whose_weight_is_counted_once(tmp_path):
+    from mixprec.costs import cost_tables
+    from mixprec.groups import discover_groups
+    from mixprec.pipeline import quantize_plan
+    from mixprec.plan import Plan
+    folder = write_checkpoint(tmp_path / "tied", layers=2, tie=True)
+    model = load(f"hf:{folder}")
+    tokens = torch.arange(24).view(2, 12)
+    groups = discover_groups(model, tokens)
+    tied = groups["lm.{model.embed_tokens,lm_head}"]
+    assert tied.tied_by == "shared weight"
+    tables = cost_tables(groups, ["fp32", "w4g16"], model)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # the tied tensor once
+    assert tables.uniform("bytes", "fp32") == model_bytes
+    assert tables.uniform("bits_per_weight", "fp32") == pytest.approx(32.0)
+    # the table is stored once, at the group's format: its bytes are those of one (vocab, hidden) matrix
+    row = groups.names.index(tied.name)
+    vocab, hidden = model.lm.lm_head.weight.shape
+    assert tables.tables["bytes"][row, 1] < vocab * hidden * 4.5 / 8 + vocab * 4
+    plan = Plan.uniform(groups, "w4g16")
+    quantized = quantize_plan(model, plan, [tokens], groups, rounding="gptq", progress=False).model
+    embedding = quantized.lm.model.embed_tokens.layer.weight
+    assert torch.equal(embedding, quantized.lm.lm_head.layer.weight)
+    assert not torch.equal(embedding, model.lm.lm_head.weight)
