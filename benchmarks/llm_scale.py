@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--suffix", default="", help="added to the result file name")
     parser.add_argument("--out", help="write the JSON here instead of benchmarks/results/")
+    parser.add_argument("--save-table", help="also save the sensitivity table in this directory (rank 0)")
     args = parser.parse_args(argv)
     rank, world, device = init_distributed(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         torch.distributed.destroy_process_group()
         return 0
+    if args.save_table:
+        analysis.table.save(args.save_table)
     plan = phases("solve", analysis.solve, args.budget)
     if not args.no_quantize:
         result = phases("quantize", quantize_plan, model, plan, data, groups, rounding=args.rounding, device=device,
