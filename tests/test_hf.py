@@ -146,3 +146,23 @@ def test_a_tied_embedding_is_one_group_whose_weight_is_counted_once(tmp_path):
     embedding = quantized.lm.model.embed_tokens.layer.weight
     assert torch.equal(embedding, quantized.lm.lm_head.layer.weight)
     assert not torch.equal(embedding, model.lm.lm_head.weight)
+
+
+def test_two_processes_give_the_single_process_table_with_block_prefixes(checkpoint, tmp_path):
+    """The sharded path of a model fx cannot trace (forks from block inputs), under torchrun with gloo."""
+    import os
+    import subprocess
+    import sys
+    folder, text = checkpoint
+    args = ["analyze", "--model", f"hf:{folder}", "--data", f"text:{text}?windows=4&length=32&batch=2",
+            "--candidates", "w4a8,w8a8", "--metric", "kl", "--chunk-size", "2"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mixprec.cli", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = (json.loads((tmp_path / k / "sensitivity.json").read_text()) for k in ("one", "two"))
+    assert one["metadata"]["prefix_sharing"] == two["metadata"]["prefix_sharing"] == "blocks"
+    flat = lambda rows: [v for row in rows for v in row]  # noqa: E731
+    assert two["groups"] == one["groups"] and flat(two["values"]) == pytest.approx(flat(one["values"]), rel=1e-6)
