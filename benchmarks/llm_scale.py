@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--suffix", default="", help="added to the result file name")
     parser.add_argument("--out", help="write the JSON here instead of benchmarks/results/")
+    parser.add_argument("--run-dir", action="store_true",
+                        help="use a run directory in one process too (as the command line does: the weights are "
+                             "hashed for its fingerprint), for a like-for-like comparison with torchrun")
     parser.add_argument("--save-table", help="also save the sensitivity table in this directory (rank 0)")
     args = parser.parse_args(argv)
     rank, world, device = init_distributed(args.device)
@@ -135,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun the ranks' entries meet in a run directory and rank 0 merges them (claiming it hashes the
     # weights, which is part of the analyze time); one process needs none.
     run_dir = None
-    if world > 1:
+    if world > 1 or args.run_dir:
         run_dir = Path(tempfile.gettempdir()) / f"mixprec_llm_scale_{args.shape}_{os.environ.get('MASTER_PORT')}"
         if rank == 0 and run_dir.exists():
             shutil.rmtree(run_dir)
-        torch.distributed.barrier()
+        if world > 1:
+            torch.distributed.barrier()
     def analyze():
         return mixprec.analyze(model, data, candidates, args.metric, run_dir, groups=groups, device=device,
                                progress=rank == 0, prefix=args.prefix)

@@ -46,7 +46,9 @@ def main() -> int:
     common = ["--shape", args.shape, "--device", args.device, "--samples", str(args.samples), "--length",
               str(args.length), "--metric", args.metric, "--candidates", args.candidates, "--no-quantize"]
     script = str(HERE / "llm_scale.py")
-    run([sys.executable, script, *common, "--save-table", str(work / "one"), "--out", str(work / "one.json")])
+    # both with a run directory, as `mixprec analyze --out RUN` has: the weights are hashed in each
+    run([sys.executable, script, *common, "--run-dir", "--save-table", str(work / "one"), "--out",
+         str(work / "one.json")])
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc), script,
          *common, "--save-table", str(work / "many"), "--out", str(work / "many.json")])
     one, many = (json.loads((work / f"{k}.json").read_text()) for k in ("one", "many"))

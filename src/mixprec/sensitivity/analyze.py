@@ -96,7 +96,9 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     cand_names = [c.name for c in candidates]
     size = chunk_size or max(1, math.ceil(len(groups) / 8))
     chunks = [list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)]
-    mine = [chunk for k, chunk in enumerate(chunks) if k % world == rank]
+    # dealt in a snake (0 1 1 0 0 1 ...): forks of later groups are cheaper where the prefix is shared, so
+    # round-robin would give rank 0 the dearer chunk of every round
+    mine = [chunk for k, chunk in enumerate(chunks) if k % (2 * world) in (rank, 2 * world - 1 - rank)]
     pending = [chunk for chunk in mine if any((names[g], c) not in done for g in chunk for c in cand_names)]
     runner = OutputRunner(ctx, use_fx, prefix) if config.needs_outputs else None
     start = time.perf_counter()
