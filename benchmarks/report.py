@@ -322,7 +322,7 @@ def llm_scale_section() -> list[str]:
                   f"{one['analyze']['table_seconds']:.1f} s against {many['analyze']['table_seconds']:.1f} s on rank 0 "
                   f"({one['analyze']['table_seconds'] / many['analyze']['table_seconds']:.2f}x); rank 0 ran "
                   f"{many['analyze']['forward_equivalents']:.0f} of the {one['analyze']['forward_equivalents']:.0f} "
-                  "forward-equivalents, and the sharded run also hashes the weights for its run directory.", ""]
+                  "forward-equivalents; both runs hash the weights for their run directory.", ""]
     return lines
 
 
