@@ -121,9 +121,12 @@ class CostTables:
 
 def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
     """Bytes of every parameter that no group quantizes (biases, norms, embeddings, excluded layers)."""
-    # by identity: a weight shared by two layers (tied embeddings) is one parameter, under one of its names
-    quantized = {id(model.get_submodule(l.name).weight) for l in groups.layers}
-    return float(sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in quantized))
+    # by storage: a weight shared by two layers (tied embeddings) is one parameter, under one of its names
+    # (named_modules and data_ptr, not get_submodule and id: TorchScript modules have neither reliably)
+    modules = dict(model.named_modules())
+    quantized = {modules[l.name].weight.data_ptr() for l in groups.layers}
+    return float(sum(p.numel() * p.element_size() for p in model.parameters()
+                     if p.numel() == 0 or p.data_ptr() not in quantized))
 
 
 def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: nn.Module | None = None,
