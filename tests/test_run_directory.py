@@ -1,5 +1,6 @@
 """The run directory: what survives a kill or a torn line, what is refused and leaves the run as it
 was, one writer at a time, and no code run because a run directory names it."""
+import copy
 import json
 import math
 
@@ -201,3 +202,19 @@ def test_thread_count_is_chosen_and_said(monkeypatch):
         assert threads == available_cpus()[0] == torch.get_num_threads() and "MIXPREC_THREADS" in why
     finally:
         torch.set_num_threads(before)
+
+
+def test_multipoint_points_are_not_measured_for_a_run_that_will_be_refused(tmp_path, monkeypatch):
+    import mixprec
+    import mixprec.multipoint as multipoint
+    model, _, _, data = tiny()
+    mixprec.analyze(model, data, "w4a8,w8a8", run_dir=tmp_path, progress=False)
+    before = snapshot(tmp_path)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    monkeypatch.setattr(multipoint, "measure_points",
+                        lambda *a, **k: pytest.fail("points measured before the run was checked"))
+    with pytest.raises(RunError, match="different model"):
+        mixprec.analyze(other, data, "w4x2a8,w8a8", run_dir=tmp_path, progress=False)
+    assert snapshot(tmp_path) == before

@@ -547,6 +547,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
         else 0
     wanted = [c for c in cands if c.multipoint]
+    run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
+        from .sensitivity.store import data_hash, model_hash
+        run.refuse_other(model_hash(model), data_hash(batches))
     counts = measure_points(model, {l.name: wanted for l in groups.layers}, batches, weight_range,
                             progress=progress and rank == 0) if wanted else {}
     if verbose and rank == 0:
@@ -555,7 +559,6 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             print(f"multipoint {cand}: " + ", ".join(
                 f"{digits.count(str(k)) / len(digits):.1%} of channels with {k} point{'s' if k > 1 else ''}"
                 for k in range(1, parse_candidate(cand).points + 1)))
-    run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():  # one writer, check to last write
         table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
                               activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,

@@ -70,6 +70,15 @@ class RunDirectory:
         fingerprint = self._run_json().get("fingerprint", {})
         return fingerprint if isinstance(fingerprint, dict) else {}
 
+    def refuse_other(self, model_hash: str, data_hash: str) -> None:
+        """Before costly work that precedes the full check (multipoint point counts): a run made for
+        another model or other data is refused now, writing nothing."""
+        existing = self.fingerprint()
+        differs = [k for k, v in (("model", model_hash), ("data", data_hash)) if existing.get(k) not in (None, v)]
+        if differs:
+            raise RunError(f"{self.path} holds an analysis of a different {' and '.join(differs)}; nothing was "
+                           "written to it. Use a new --out directory, or delete this one")
+
     def code_specs(self) -> dict[str, str]:
         """The specs this run names that are code (option -> spec): loading them runs it."""
         from .specs import is_code
