@@ -218,3 +218,15 @@ def test_multipoint_points_are_not_measured_for_a_run_that_will_be_refused(tmp_p
     with pytest.raises(RunError, match="different model"):
         mixprec.analyze(other, data, "w4x2a8,w8a8", run_dir=tmp_path, progress=False)
     assert snapshot(tmp_path) == before
+
+
+def test_resume_refuses_an_option_typed_at_its_default_that_differs_from_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--metric", "roundoff",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = snapshot(run)
+    assert main(["analyze", "--resume", str(run), "--metric", "sqnr"]) == 2  # sqnr is the default metric
+    assert "--metric sqnr (the run has roundoff)" in error_line(capsys)
+    assert snapshot(run) == before
+    assert main(["analyze", "--resume", str(run), "--metric", "roundoff"]) == 0  # the run's own: fine

@@ -195,12 +195,29 @@ def _metric(args):
                          divergence=getattr(args, "around_divergence", None) or "auto")
 
 
+_NOT_GIVEN = object()
+
+
+def _typed_options(argv: list[str] | None, command: str) -> set[str] | None:
+    """The options of ``command`` typed on this command line (None when unknown, e.g. called from Python)."""
+    if argv is None:
+        return None
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"func"}
+
+
 def cmd_analyze(args) -> int:
     if args.resume:
         run = RunDirectory(args.resume)
-        defaults = vars(build_parser().parse_args(["analyze"]))
         given = {k: getattr(args, k, None) for k in ANALYZE_ARGS if k != "out"}
-        saved = run.resume_arguments(given, {k: defaults.get(k) for k in given}, args.trust_run)
+        typed = _typed_options(getattr(args, "argv", None), "analyze")
+        defaults = vars(build_parser().parse_args(["analyze"]))
+        # an option typed on the command line counts as given even at its default value
+        defaults = {k: (_NOT_GIVEN if typed is not None and k in typed else defaults.get(k)) for k in given}
+        saved = run.resume_arguments(given, defaults, args.trust_run)
         _say_trusted(run, args.trust_run, given)
         for key in ANALYZE_ARGS:
             if key in saved:
@@ -643,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line, before or after the command
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = debug
+    args.argv = [a for a in argv if a != "--debug"]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
