@@ -18,7 +18,7 @@ full forward per entry.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -51,29 +51,26 @@ def find_block_stack(model: nn.Module, layers: list[str]) -> list[str]:
     return blocks
 
 
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_map_tensors(v, fn) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _map_tensors(v, fn)) for k, v in value.items())
+    return value
+
+
 def _copy(value: Any) -> Any:
     """A copy of a recorded output, so that in-place code after a block cannot change the record."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_copy(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copy(v) for v in value)
-    if isinstance(value, dict):
-        return type(value)((k, _copy(v)) for k, v in value.items())
-    return value
+    return _map_tensors(value, torch.Tensor.clone)
 
 
 def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_detach(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_detach(v) for v in value)
-    if isinstance(value, dict):
-        return type(value)((k, _detach(v)) for k, v in value.items())
-    return value
+    return _map_tensors(value, torch.Tensor.detach)
 
 
 class BlockForward:
