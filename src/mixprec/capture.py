@@ -62,14 +62,48 @@ def on_inputs(modules: dict[str, nn.Module],
             h.remove()
 
 
-def detach(value: Any) -> Any:
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def inside(block: str, layer: str) -> bool:
+    """Whether module ``layer`` is ``block`` or within it (by dotted name)."""
+    return layer == block or layer.startswith(block + ".")
+
+
+def container_blocks(model: nn.Module, layers: list[str], layers_are_blocks: bool = True) -> list[str]:
+    """Names of the blocks: the elements (not themselves containers) of the outermost
+    nn.Sequential/nn.ModuleList containers on the way to ``layers``, that hold at least one of them.
+    ``layers_are_blocks=False``: a listed layer that is itself such an element is not a block."""
+    blocks: list[str] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if (not layers_are_blocks and full in layers) or not any(inside(full, layer) for layer in layers):
+                continue
+            if isinstance(module, CONTAINERS) and not isinstance(child, CONTAINERS):
+                blocks.append(full)
+            else:
+                visit(full, child)
+    visit("", model)
+    return blocks
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts kept)."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(map_tensors(v, fn) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(detach(v) for v in value)
+        return type(value)(map_tensors(v, fn) for v in value)
     if isinstance(value, dict):
-        return {k: detach(v) for k, v in value.items()}
+        return type(value)((k, map_tensors(v, fn)) for k, v in value.items())
     return value
+
+
+def detach(value: Any) -> Any:
+    return map_tensors(value, torch.Tensor.detach)
 
 
 def block_inputs(model: nn.Module, block: str, items: list, run: Callable[[nn.Module, Any, int], Any]) -> list:

@@ -41,12 +41,11 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..batches import output_tensor
-from ..capture import StopForward, block_inputs, detach, on_inputs
+from ..capture import StopForward, block_inputs, container_blocks, detach, inside, on_inputs
 from ..errors import RoundingError
 from ..formats import IntFormat
 from .adaround import AdaRound, SoftRounding, annealed_beta
 
-CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,6 @@ class BRECQ(AdaRound):
 
 def find_blocks(model: nn.Module, layers: list[str], names: list[str] | None = None) -> dict[str, list[str]]:
     """Block module name -> the given layers inside it; a layer outside every block is its own block."""
-    inside = lambda block, layer: layer == block or layer.startswith(block + ".")  # noqa: E731
     if names is not None:
         modules = dict(model.named_modules())
         for name in names:
@@ -88,18 +86,7 @@ def find_blocks(model: nn.Module, layers: list[str], names: list[str] | None = N
                 raise RoundingError(f"brecq blocks {name!r} and {overlap[0]!r} overlap; give disjoint modules")
         blocks = list(names)
     else:
-        blocks = []
-
-        def visit(prefix: str, module: nn.Module) -> None:
-            for child_name, child in module.named_children():
-                full = f"{prefix}.{child_name}" if prefix else child_name
-                if full in layers or not any(inside(full, layer) for layer in layers):
-                    continue
-                if isinstance(module, CONTAINERS) and not isinstance(child, CONTAINERS):
-                    blocks.append(full)
-                else:
-                    visit(full, child)
-        visit("", model)
+        blocks = container_blocks(model, layers, layers_are_blocks=False)
     found = {block: [layer for layer in layers if inside(block, layer)] for block in blocks}
     found = {block: members for block, members in found.items() if members}
     covered = {layer for members in found.values() for layer in members}

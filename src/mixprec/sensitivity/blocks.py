@@ -18,59 +18,21 @@ full forward per entry.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..batches import run_model
-
-CONTAINERS = (nn.Sequential, nn.ModuleList)
-
+from ..capture import container_blocks, detach, map_tensors
 
 class NotBlocked(Exception):
     pass
 
 
-def find_block_stack(model: nn.Module, layers: list[str]) -> list[str]:
-    """Names of the blocks: the elements (not themselves containers) of the outermost
-    nn.Sequential/nn.ModuleList containers on the way to the quantized layers, that hold at least one."""
-    inside = lambda block, layer: layer == block or layer.startswith(block + ".")  # noqa: E731
-    blocks: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        for child_name, child in module.named_children():
-            full = f"{prefix}.{child_name}" if prefix else child_name
-            if not any(inside(full, layer) for layer in layers):
-                continue
-            if isinstance(module, CONTAINERS) and not isinstance(child, CONTAINERS):
-                blocks.append(full)
-            else:
-                visit(full, child)
-    visit("", model)
-    return blocks
-
-
-def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts kept)."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_map_tensors(v, fn) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return type(value)((k, _map_tensors(v, fn)) for k, v in value.items())
-    return value
-
-
 def _copy(value: Any) -> Any:
     """A copy of a recorded output, so that in-place code after a block cannot change the record."""
-    return _map_tensors(value, torch.Tensor.clone)
-
-
-def _detach(value: Any) -> Any:
-    return _map_tensors(value, torch.Tensor.detach)
+    return map_tensors(value, torch.Tensor.clone)
 
 
 class BlockForward:
@@ -78,7 +40,7 @@ class BlockForward:
         if isinstance(model, torch.jit.ScriptModule):
             raise NotBlocked("a TorchScript model's blocks cannot be replaced")
         self.model = model
-        self.blocks = find_block_stack(model, list(layer_macs))
+        self.blocks = container_blocks(model, list(layer_macs))
         if len(self.blocks) < 2:
             raise NotBlocked(f"no stack of blocks (nn.Sequential/nn.ModuleList elements) holds the quantized layers "
                              f"({len(self.blocks)} found)")
@@ -107,7 +69,7 @@ class BlockForward:
             def hook(module, args, output):
                 calls[k] += 1
                 order.append(k)
-                outputs[k] = _detach(output)
+                outputs[k] = detach(output)
                 events.append(("block_end", k))
             return hook
 
