@@ -102,7 +102,6 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
     problem = sqnr.problem()
     evaluator = sqnr.evaluator(device=device)
     reference = evaluator.reference().to_dict()
-    higher = reference["higher_is_better"]
     print(f"{model}: float {reference['name']} {reference['value']:.3f}", flush=True)
 
     def measure(assignments: dict[str, str]) -> dict:
@@ -120,8 +119,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
             budget = problem.cost(kind, base)
             uniform = measure(problem.assignments(base))
-            se = standard_error({**reference, "value": uniform["value"]})
-            row = {"at": cand, "kind": kind, "budget": budget, "uniform": uniform["value"], "standard_error": se}
+            row = {"at": cand, "kind": kind, "budget": budget, "uniform": uniform["value"]}
             for label, analysis, table_problem in studied:
                 plain = SOLVERS["exact"](table_problem, Goal({kind: budget}))
                 row[f"{label}_exact"] = measure(table_problem.assignments(plain.choice))["value"]
@@ -138,10 +136,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
                 row[f"{label}_local"] = measure(local.assignments)["value"]
-            for key in [k for k in KEYS if k in row]:
-                value = row[key]
-                row[f"{key}_not_worse"] = bool(value >= uniform["value"] - se if higher else value <= uniform["value"] + se)
-            rows.append(row)
+            rows.append(row)  # standard errors and verdicts: verdicts(), from the saved figures
             if partial is not None:  # what is done survives a run cut short
                 write_json_atomic(partial, {"model": model, "reference": reference, "rows": rows,
                                             "analysis_seconds": analyses, "environment": {"device": device},
