@@ -1,7 +1,7 @@
 """NNCF's weight compression side by side with mixprec at the same true bits per weight.
 
     pip install nncf==3.4.0      # the benchmark extra: pip install -e ".[bench]"
-    python benchmarks/nncf_compare.py minilm [--grid full|small]
+    python benchmarks/nncf_compare.py minilm [--grid full|small|awq] [--rounding gptq] [--pin lm_head=w8]
 
 For each NNCF configuration (`nncf.compress_weights`, torch backend: INT4 sym/asym, group sizes
 32/64/128, ratio 1.0/0.8/0.6, data-free and data-aware) the script compresses the model, measures
@@ -9,8 +9,16 @@ it with the model's own evaluation, and computes its true average bits per weigh
 both tools quantize (the Linear layers): the packed codes, every scale and zero-point, and the
 backup-precision layers, read from the compressed model's own tensors. Then mixprec's exact plan
 (default metric, from the analysis of `benchmarks/run.py MODEL`) at that same bits-per-weight
-budget is applied and measured on the same data. NNCF failures are recorded verbatim.
-Writes benchmarks/results/nncf_<model>.json and .md.
+budget is applied and measured on the same data, twice: the exact plan alone, and mixprec's default
+plan (`solve`: the exact plan guarded against the uniform plans within the budget, on the
+calibration data). The verdict is the default plan's. NNCF failures are recorded verbatim.
+
+--rounding gptq: mixprec measures the sensitivity with GPTQ-rounded weights (analyze --rounding
+gptq), its guard compares plans rounded by GPTQ, and every mixprec plan is applied with GPTQ: the
+data-aware mixprec against NNCF's data-aware rows. --grid awq adds NNCF's strongest data-aware
+settings (AWQ and scale estimation) at ratio 1.0 and 0.8 to the full grid.
+Rows are saved as they finish, so an interrupted run keeps what it measured (``partial``).
+Writes benchmarks/results/nncf_<model><suffix>.json and .md.
 """
 from __future__ import annotations
 
@@ -43,17 +51,26 @@ def grid(size: str) -> list[dict]:
     data = (False, True)
     if size == "small":  # every group size and ratio, data-free only
         data = (False,)
-    return [{"mode": m, "group_size": g, "ratio": r, "data_aware": d}
+    rows = [{"mode": m, "group_size": g, "ratio": r, "data_aware": d}
             for m, g, r, d in itertools.product(modes, groups, ratios, data)]
+    if size in ("awq", "ratio1"):  # NNCF's strongest data-aware settings on top
+        rows += [{"mode": m, "group_size": g, "ratio": r, "data_aware": True, "awq": True, "scale_estimation": True}
+                 for m, g, r in itertools.product(modes, (32, 64), (1.0, 0.8))]
+    if size == "ratio1":  # every layer in 4 bits (NNCF's default), the group sizes the model's widths allow
+        rows = [r for r in rows if r["ratio"] == 1.0 and r["group_size"] in (32, 64)]
+    return rows
 
 
 def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[str, str]]:
     """Storage bits of the given layers in an NNCF-compressed model (codes, scales, zero-points),
     and the storage dtype of each layer's weight."""
     buffers = dict(model.named_buffers())
-    bits, kinds = 0.0, {}
+    bits, kinds, seen = 0.0, {}, set()
     for name in layers:
         weight = model.get_submodule(name).weight
+        if weight.data_ptr() in seen:  # a tied weight (lm_head = embedding) is stored once
+            continue
+        seen.add(weight.data_ptr())
         tag = name.replace(".", ":") + ":weight__"
         extra = sum(t.numel() * t.element_size() for n, t in buffers.items() if tag in n)
         bits += 8 * (weight.numel() * weight.element_size() + extra)
@@ -61,9 +78,11 @@ def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[st
     return bits, kinds
 
 
-def pin_groups(problem: AllocationProblem, pins: list[str]) -> tuple[AllocationProblem, dict[str, str]]:
-    """``PATTERN=CAND`` items: matching groups may take only CAND (e.g. lm_head=w8, as NNCF keeps it).
-    Returns the problem so restricted and the pinned groups."""
+def pin_groups(problem: AllocationProblem, pins: list[str],
+               layers: dict[str, list[str]] | None = None) -> tuple[AllocationProblem, dict[str, str]]:
+    """``PATTERN=CAND`` items: groups whose name or one of whose layers (``layers``: group -> layer names)
+    matches may take only CAND (e.g. lm_head=w8, as NNCF keeps it; a tied lm_head pins its embedding
+    too). Returns the problem so restricted and the pinned groups."""
     import fnmatch
     from mixprec.candidates import parse_candidate
     allowed = problem.allowed.copy()
@@ -74,7 +93,8 @@ def pin_groups(problem: AllocationProblem, pins: list[str]) -> tuple[AllocationP
         if cand not in problem.candidates:
             raise SystemExit(f"--pin {item}: {cand} is not one of the run's candidates {list(problem.candidates)}")
         for i, group in enumerate(problem.groups):
-            if fnmatch.fnmatch(group, pattern) or fnmatch.fnmatch(group, f"*{pattern}"):
+            names = [group, *(layers or {}).get(group, [])]
+            if any(fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n, f"*{pattern}") for n in names):
                 allowed[i] = [c == cand for c in problem.candidates]
                 pinned[group] = cand
         if not any(v == cand for v in pinned.values()):
@@ -82,24 +102,53 @@ def pin_groups(problem: AllocationProblem, pins: list[str]) -> tuple[AllocationP
     return replace(problem, allowed=allowed, pins={**problem.pins, **pinned}), pinned
 
 
-def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = ()) -> dict:
+def mixprec_analysis(model_name: str, device: str, rounding: str) -> Analysis:
+    """The default metric's analysis of ``model_name`` (benchmarks/run.py's run directory; analysed here
+    when missing), measured with ``rounding``."""
+    from run import CONFIGS, analysis_arguments, analyze_run
+    config = CONFIGS[model_name]
+    metric = config.metrics[0]
+    run = RESULTS / "tmp" / f"run_{model_name}" / metric
+    if rounding != "nearest":
+        run = RESULTS / "tmp" / f"run_{model_name}_{rounding}" / metric
+    if not (run / "sensitivity.json").is_file():
+        start = time.perf_counter()
+        analyze_run(run, analysis_arguments(model_name, config.candidates, metric, device, run, rounding=rounding))
+        print(f"analysed {model_name} ({metric}, rounding {rounding}) in {time.perf_counter() - start:.0f} s", flush=True)
+    return Analysis.load(run)
+
+
+def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
+            save=None) -> dict:
     import nncf
-    from run import CONFIGS
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
-    analysis = Analysis.load(RESULTS / "tmp" / f"run_{model_name}" / CONFIGS[model_name].metrics[0])
-    evaluator = analysis.evaluator(device=device)
-    problem, pinned = pin_groups(analysis.problem(), list(pins))
+    analysis = mixprec_analysis(model_name, device, rounding)
+    evaluator = analysis.evaluator(device=device, rounding=rounding)
+    problem, pinned = pin_groups(analysis.problem(), list(pins), analysis.groups)
+    analysis.pins.update(pinned)  # the default plan (solve) sees the same restriction
     layers = [layer for group in analysis.groups.values() for layer in group]
-    weights = sum(model.get_submodule(name).weight.numel() for name in layers)
-    weights += sum(model.get_submodule(name).weight.numel() for name in analysis.excluded)
+    tensors = {id(model.get_submodule(name).weight): model.get_submodule(name).weight
+               for name in [*layers, *analysis.excluded]}  # a tied weight counts once, as mixprec's costs count it
+    weights = sum(t.numel() for t in tensors.values())
     calibration = builtin.calibration(builtin.default_calibration_samples)
     reference = evaluator.reference()
     print(f"{model_name}: float {reference.name} {reference.value:.3f}; {len(layers)} layers, {weights:,} weights")
+    def report(rows: list, partial: bool) -> dict:
+        return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
+                "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
+                "mixprec_rounding": rounding, "rows": rows, "partial": partial,
+                "command": "python " + " ".join(sys.argv),
+                "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
+                            "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+                            "python": platform.python_version(), "machine": platform.machine(),
+                            "threads": torch.get_num_threads()}}
+
     rows = []
     for config in grid(size):
         label = (f"{config['mode'].lower()} g{config['group_size']} ratio {config['ratio']}"
-                 f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}")
+                 f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}"
+                 f"{' + AWQ + scale estimation' if config.get('awq') else ''}")
         row: dict = {"config": config, "label": label}
         start = time.perf_counter()
         try:
@@ -108,7 +157,8 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
                 group_size=config["group_size"], ratio=config["ratio"],
                 dataset=nncf.Dataset(calibration),  # the torch backend traces the model with it
                 sensitivity_metric=(nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION if config["data_aware"]
-                                    else nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR))
+                                    else nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR),
+                **({"awq": True, "scale_estimation": True} if config.get("awq") else {}))
             row["compress_seconds"] = round(time.perf_counter() - start, 1)
             bits, kinds = true_bits(compressed, layers)
             row["bits_per_weight"] = bits / weights
@@ -124,64 +174,105 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
         try:
             solution = SOLVERS["exact"](problem, Goal({"bits_per_weight": row["bits_per_weight"]}))
             assignments = problem.assignments(solution.choice)
-            measured = evaluator.measure(assignments)
-            row["mixprec"] = measured.to_dict()
-            row["mixprec_bits_per_weight"] = solution.costs["bits_per_weight"]
-            row["mixprec_candidates"] = sorted(set(assignments.values()))
+            row["mixprec_exact"] = evaluator.measure(assignments).to_dict()
+            row["mixprec_exact_candidates"] = sorted(set(assignments.values()))
+            start = time.perf_counter()
+            plan = analysis.solve(budget={"bits_per_weight": row["bits_per_weight"]}, device=device)
+            row["guard_seconds"] = round(time.perf_counter() - start, 1)
+            row["mixprec"] = evaluator.measure(plan.assignments).to_dict()
+            row["mixprec_bits_per_weight"] = plan.metadata["predicted_costs"]["bits_per_weight"]
+            row["mixprec_candidates"] = sorted(set(plan.assignments.values()))
+            row["mixprec_guard"] = plan.metadata.get("guard", {}).get("chosen", "mixed")
         except InfeasibleBudget as exc:
             row["mixprec_error"] = str(exc)
         better = (lambda a, b: a >= b) if reference.higher_is_better else (lambda a, b: a <= b)
         if "mixprec" in row:
             row["mixprec_at_least_as_good"] = bool(better(row["mixprec"]["value"], row["nncf"]["value"]))
+            row["mixprec_exact_at_least_as_good"] = bool(better(row["mixprec_exact"]["value"], row["nncf"]["value"]))
         rows.append(row)
-        print(f"{label:<34} {row['bits_per_weight']:.3f} b/w: NNCF {row['nncf']['value']:.3f}, mixprec "
-              f"{row.get('mixprec', {}).get('value', float('nan')):.3f}", flush=True)
-    return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
-            "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
-            "rows": rows,
-            "command": "python " + " ".join(sys.argv),
-            "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
-                            "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-                            "python": platform.python_version(), "machine": platform.machine(),
-                            "threads": torch.get_num_threads()}}
+        print(f"{label:<34} {row['bits_per_weight']:.3f} b/w: NNCF {row['nncf']['value']:.3f}, mixprec default "
+              f"{row.get('mixprec', {}).get('value', float('nan')):.3f} ({row.get('mixprec_guard')}), exact "
+              f"{row.get('mixprec_exact', {}).get('value', float('nan')):.3f}", flush=True)
+        if save is not None:
+            save(report(rows, partial=True))
+    return report(rows, partial=False)
 
 
 def markdown(r: dict) -> str:
     ref = r["reference"]
+    if "mixprec_rounding" not in r:  # written before the default (guarded) plan was measured
+        return _markdown_exact_only(r)
     lines = [f"## {r['model']}: NNCF `compress_weights` against mixprec at the same bits per weight", "",
-             f"Float {ref['name']} {ref['value']:.3f}. Bits per weight over the {r['layers']} Linear layers "
+             f"Float {ref['name']} {ref['value']:.3f}. Bits per weight over the {r['layers']} quantized layers "
              f"({r['weights']:,} weights), read from NNCF's compressed tensors (codes, scales, zero-points, "
-             f"backup layers). mixprec: exact plan, {r['mixprec_metric']} sensitivity, candidates "
+             f"backup layers). mixprec: {r['mixprec_metric']} sensitivity, candidates "
              f"{', '.join(r['mixprec_candidates'])}"
              f"{'; pinned: ' + ', '.join(f'{g}={c}' for g, c in r['mixprec_pins'].items()) if r.get('mixprec_pins') else ''}"
-             ". NNCF also compresses the embeddings to 8 bits; mixprec leaves "
-             "them in float, so in total bytes NNCF's models are smaller.", "",
-             f"| NNCF configuration | bits/weight | NNCF {ref['name']} | mixprec {ref['name']} | mixprec bits/weight "
-             "| mixprec at least as good |", "|---|---|---|---|---|---|"]
-    wins = total = 0
+             f"; weights rounded by {r.get('mixprec_rounding', 'nearest')} (measurement, guard and the applied plans)."
+             " Default = the plan `solve` returns (the exact plan, guarded against the uniform plans within the "
+             "budget on the calibration data); exact = the exact plan alone. Verdict: the default plan.", "",
+             f"| NNCF configuration | bits/weight | NNCF {ref['name']} | mixprec default {ref['name']} | guard chose "
+             f"| mixprec exact {ref['name']} | mixprec bits/weight | default at least as good |",
+             "|---|---|---|---|---|---|---|---|"]
+    wins = total = exact_wins = 0
     for row in r["rows"]:
         if "nncf_error" in row:
-            lines.append(f"| {row['label']} | | failed: `{row['nncf_error'][:160]}` | | | |")
+            lines.append(f"| {row['label']} | | failed: `{row['nncf_error'][:160]}` | | | | | |")
             continue
         m = row.get("mixprec")
         total += 1
         wins += bool(row.get("mixprec_at_least_as_good"))
+        exact_wins += bool(row.get("mixprec_exact_at_least_as_good"))
+        exact = row.get("mixprec_exact") or {}
         lines.append(f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['nncf']['value']:.3f} | "
-                     f"{m['value']:.3f} | {row['mixprec_bits_per_weight']:.3f} | "
+                     f"{m['value']:.3f} | {row.get('mixprec_guard', '')} | {exact.get('value', float('nan')):.3f} | "
+                     f"{row['mixprec_bits_per_weight']:.3f} | "
                      f"{'yes' if row.get('mixprec_at_least_as_good') else 'no'} |" if m else
                      f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['nncf']['value']:.3f} | "
-                     f"{row.get('mixprec_error', '')} | | |")
+                     f"{row.get('mixprec_error', '')} | | | | |")
     env = r["environment"]
-    lines += ["", f"mixprec at least as good in {wins} of {total} configurations. `{r['command']}` — NNCF "
+    lines += ["", f"mixprec's default plan at least as good in {wins} of {total} configurations (the exact plan "
+              f"alone: {exact_wins}){' (partial: the run was cut short)' if r.get('partial') else ''}. "
+              f"`{r['command']}` — NNCF "
               f"{env['nncf']}, torch {env['torch']}, {env['threads']} threads, evaluations on "
               f"{env.get('device', 'cpu')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, mixprec {env['mixprec']}.", ""]
+    return "\n".join(lines)
+
+
+def _markdown_exact_only(r: dict) -> str:
+    """The table of a result file that measured the exact plan only."""
+    ref = r["reference"]
+    lines = [f"## {r['model']}: NNCF `compress_weights` against mixprec's exact plan at the same bits per weight", "",
+             f"Float {ref['name']} {ref['value']:.3f}; {r['layers']} layers ({r['weights']:,} weights). mixprec: the "
+             f"exact plan alone (unguarded, nearest rounding), {r['mixprec_metric']} sensitivity"
+             f"{'; pinned: ' + ', '.join(f'{g}={c}' for g, c in r['mixprec_pins'].items()) if r.get('mixprec_pins') else ''}"
+             ". Measured before embeddings became groups.", "",
+             f"| NNCF configuration | bits/weight | NNCF {ref['name']} | mixprec {ref['name']} | mixprec bits/weight "
+             "| mixprec at least as good |", "|---|---|---|---|---|---|"]
+    wins = total = 0
+    for row in r["rows"]:
+        m = row.get("mixprec")
+        if "nncf_error" in row or not m:
+            continue  # NNCF failures are listed in the result file
+        total += 1
+        wins += bool(row.get("mixprec_at_least_as_good"))
+        lines.append(f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['nncf']['value']:.3f} | {m['value']:.3f} | "
+                     f"{row['mixprec_bits_per_weight']:.3f} | {'yes' if row.get('mixprec_at_least_as_good') else 'no'} |")
+    env = r["environment"]
+    lines += ["", f"mixprec's exact plan at least as good in {wins} of {total} configurations. `{r['command']}` — "
+              f"NNCF {env['nncf']}, torch {env['torch']}, evaluations on {env.get('device', 'cpu')}"
+              f"{' (' + env['gpu'] + ')' if env.get('gpu') else ''}.", ""]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", choices=("minilm", "smollm2"))
-    parser.add_argument("--grid", choices=("full", "small"), default="full")
+    parser.add_argument("--grid", choices=("full", "small", "awq", "ratio1"), default="full",
+                        help="full: 36 NNCF settings; small: data-free only; awq: full plus AWQ + scale estimation; "
+                        "ratio1: ratio 1.0 only, group sizes 32 and 64, with and without AWQ")
+    parser.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
+                        help="mixprec's rounding: measurement, guard and applied plans (default nearest)")
     parser.add_argument("--device", default="cpu", help="device for the evaluations (NNCF compresses on the CPU)")
     parser.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
                         help="restrict mixprec's matching groups to one candidate, e.g. lm_head=w8")
@@ -192,14 +283,16 @@ def main() -> int:
     except ImportError:
         print("skipped: nncf is not installed (pip install -e \".[bench]\")")
         return 0
+    name = f"nncf_{args.model}{args.out_suffix}"
+
+    def save(report: dict) -> None:
+        write_json_atomic(RESULTS / f"{name}.json", report)
+        (RESULTS / f"{name}.md").write_text(markdown(report))
     try:
-        report = compare(args.model, args.grid, args.device, args.pin)
+        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0
-    name = f"nncf_{args.model}{args.out_suffix}"
-    write_json_atomic(RESULTS / f"{name}.json", report)
-    (RESULTS / f"{name}.md").write_text(markdown(report))
     print(f"wrote {RESULTS / f'{name}.json'} and .md")
     return 0
 

@@ -157,7 +157,9 @@ def nncf_section() -> list[str]:
         rows = [row for row in r["rows"] if "mixprec_at_least_as_good" in row]
         losses = sorted({f"ratio {row['config']['ratio']}" for row in rows if not row["mixprec_at_least_as_good"]})
         pins = ", ".join(f"{g}={c}" for g, c in r.get("mixprec_pins", {}).items())
-        lines.append(f"| {r['model']}{' (pinned ' + pins + ')' if pins else ''} | "
+        plan = (f"default plan, {r['mixprec_rounding']} rounding, NNCF grid of {len(r['rows'])}"
+                f"{', partial' if r.get('partial') else ''}" if "mixprec_rounding" in r else "exact plan, nearest")
+        lines.append(f"| {r['model']}{' (pinned ' + pins + ')' if pins else ''} ({plan}) | "
                      f"{sum(row['mixprec_at_least_as_good'] for row in rows)} of {len(rows)} | "
                      f"{', '.join(losses) or 'nowhere'} |")
     return lines + ["", "Where mixprec loses on SmolLM2 without pins: in every configuration where it loses, "
@@ -313,7 +315,7 @@ def llm_scale_section() -> list[str]:
     for r in sharded:
         one, many = r["one_process"], r["sharded"]
         lines += [f"Sharded analysis, {r['shape']} shape on {r['processes']} processes "
-                  f"({r.get('environment', {}).get('machine', r['device'])}; `{r['command']}`): the merged table "
+                  f"({_sharded_machine(r)}; `{r['command']}`): the merged table "
                   f"{'equals' if r['max_relative_difference'] == 0 else 'differs from'} the one-process table "
                   f"(largest relative difference {r['max_relative_difference']:.3g} over {r['entries']} entries). "
                   f"analyze {r['analyze_seconds']['1']:.1f} s on one, {r['analyze_seconds'][str(r['processes'])]:.1f} s "
@@ -324,6 +326,14 @@ def llm_scale_section() -> list[str]:
                   f"{many['analyze']['forward_equivalents']:.0f} of the {one['analyze']['forward_equivalents']:.0f} "
                   "forward-equivalents; both runs hash the weights for their run directory.", ""]
     return lines
+
+
+def _sharded_machine(r: dict) -> str:
+    """The machine a sharded run names, else the accelerator its one-process run recorded."""
+    if r.get("environment", {}).get("machine"):
+        return r["environment"]["machine"]
+    name = r.get("one_process", {}).get("environment", {}).get("device_name")
+    return f"{r['processes']} x {name} (one host), NCCL" if name else r["device"]
 
 
 def front_speed_section() -> list[str]:

@@ -32,6 +32,19 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+def environment(device: str, nproc: int) -> dict:
+    """The machine in words: the accelerators, the backend and the NCCL setting that matters here."""
+    import os
+    import torch
+    if device.startswith("cuda") and torch.cuda.is_available():
+        names = sorted({torch.cuda.get_device_name(i) for i in range(min(nproc, torch.cuda.device_count()))})
+        machine = (f"{nproc} x {' + '.join(names)} (one host), NCCL, "
+                   f"NCCL_NVLS_ENABLE={os.environ.get('NCCL_NVLS_ENABLE', 'unset')}")
+    else:
+        machine = f"{nproc} CPU processes, gloo"
+    return {"machine": machine, "torch": torch.__version__}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="tiny")
@@ -70,6 +83,7 @@ def main() -> int:
         "analyze_seconds": {"1": t1, str(args.nproc): tn}, "speedup": round(t1 / tn, 3),
         "one_process": one, "sharded": many,
         "command": " ".join(["python", "benchmarks/sharded_analysis.py", *sys.argv[1:]]),
+        "environment": environment(args.device, args.nproc),
     }
     out = RESULTS / f"sharded_analysis_{args.shape}_{args.nproc}.json"
     write_json_atomic(out, result)

@@ -259,7 +259,7 @@ class Analysis:
               candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
               kind: str | None = None, max_drop: str | float | None = None,
               evaluate: Callable | str | None = None, device: str | None = None,
-              rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
+              rounding: str | RoundingConfig | None = None, rounding_options: dict | None = None,
               evaluator: PlanEvaluator | None = None, guard: bool = True, guard_divergence: str = "auto",
               verbose: bool = False, **options: Any) -> Plan:
         """One candidate per group: the least total sensitivity within every budget (``search="exact"``),
@@ -274,15 +274,16 @@ class Analysis:
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
-        rounding = rounding_config(rounding, **(rounding_options or {}))
+        rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         problem = self.problem(candidates, cost_files)
         budgets = self.budgets(budget, problem) if budget else {}
         if search in ("exact", "refine") and not budgets:
             raise SpecError(f"--search {search} needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
         measured_search = search in MEASURED or (search == "greedy-pareto" and max_drop is not None)
-        if rounding.name != "nearest" and not measured_search:
-            raise SpecError(f"--rounding {rounding.name} changes how plans are measured, and --search {search} measures "
-                            "none; use it with --search refine, greedy, bisection or greedy-pareto --max-drop")
+        if rounding.name != "nearest" and not measured_search and not guard and rounding != self.rounding:
+            raise SpecError(f"--rounding {rounding.name} changes how plans are measured, and --search {search} without "
+                            "the guard measures none; use it with the guard, or --search refine, greedy, bisection or "
+                            "greedy-pareto --max-drop")
         say = print if verbose else (lambda *_: None)
         goal = Goal(budgets, ALIASES.get(kind, kind) if kind else None)
         if measured_search:
@@ -300,7 +301,7 @@ class Analysis:
         else:
             evaluator = None
         if search == "local":
-            goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say)
+            goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say, rounding)
         solution = SOLVERS[search](problem, goal, **options)
         notes = [step["note"] for step in solution.trace if step.get("note")]
         guarded = None
@@ -308,7 +309,7 @@ class Analysis:
             kind_of_plan = goal.kind or problem.default_kind
             guard_budgets = budgets or {kind_of_plan: solution.costs[kind_of_plan]}
             guarded, guard_kind, note = self._guard(problem, solution.choice, guard_budgets, guard_divergence, device,
-                                                    say)
+                                                    say, rounding)
             if note:
                 notes.append(note)
             if guarded is not None and guarded.chosen != MIXED:
@@ -322,19 +323,32 @@ class Analysis:
                     "predicted_costs": solution.costs, "evaluations": solution.evaluations,
                     "measured": measured.to_dict() if measured else None, "trace": solution.trace,
                     "run": str(self.run.path) if self.run else None}
+        if rounding.name != "nearest":  # what the measurements assumed: apply the plan with the same rounding
+            metadata["rounding"] = rounding.name
         if guarded is not None:
             metadata["guard"] = guarded.to_dict(guard_kind, "calibration data")
         if problem.notes or notes:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)
 
-    def _checker(self, divergence: str, device: str | None, batches: int | None = None) -> PlanEvaluator:
+    @property
+    def rounding(self) -> RoundingConfig:
+        """The rounding the sensitivity was measured with (``analyze(..., rounding=)``; nearest by default):
+        the guard and the local search measure plans with it, and so do solve's and pareto's
+        measurements unless told otherwise."""
+        saved = dict(self.table.metadata.get("rounding") or {"name": "nearest"})
+        return rounding_config(saved.pop("name"), **saved)
+
+    def _checker(self, divergence: str, device: str | None, batches: int | None = None,
+                 rounding: RoundingConfig | None = None) -> PlanEvaluator:
         """The divergence evaluator the guard and the local search measure with (one per analysis and
-        number of batches)."""
+        number of batches), rounding plans with ``rounding`` (default: as the sensitivity was measured)."""
         divergence = self._resolve_auto(divergence)
-        key = (divergence, str(device), batches)
+        rounding = rounding or self.rounding
+        key = (divergence, str(device), batches, rounding)
         if key not in self._checkers:  # the model and float outputs load once
-            self._checkers[key] = self.evaluator(device=device, divergence=divergence, divergence_batches=batches)
+            self._checkers[key] = self.evaluator(device=device, divergence=divergence, divergence_batches=batches,
+                                                 rounding=rounding)
         return self._checkers[key]
 
     def _resolve_auto(self, divergence: str) -> str:
@@ -350,14 +364,14 @@ class Analysis:
         return "kl" if output == "tokens" else "sqnr"
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
-                    say: Callable[[str], None]) -> tuple[Goal, dict]:
+                    say: Callable[[str], None], rounding: RoundingConfig | None = None) -> tuple[Goal, dict]:
         """The local search measures by the output divergence on the calibration data, and starts from the
         exact plan and every uniform plan within the budget."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
         # moves need small differences to show: KL for classifiers, not top-1 disagreement
         divergence = "auto-smooth" if divergence in ("auto", "consensus") else divergence
-        checker = self._checker(divergence, device)
+        checker = self._checker(divergence, device, rounding=rounding)
         say("local search: measuring plans by their output divergence on the calibration data")
         measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
         starts = [SOLVERS["exact"](problem, goal).choice, *self.uniform_rivals(problem, goal.budgets).values()]
@@ -365,7 +379,7 @@ class Analysis:
         if options.pop("staged", False) and batches is not None and batches >= 4:
             # cheap to expensive: a quarter of the batches screens each round's moves, all of them decide.
             # Off by default: on ResNet-20 it found the same plan in more time (local_search_stages.py)
-            screener = self._checker(divergence, device, batches // 4)
+            screener = self._checker(divergence, device, batches // 4, rounding)
             options = {"screen": lambda choice: screener.measure(problem.assignments(choice)).value,
                        "moves_per_round": 16, **options}
         return Goal(goal.budgets, goal.kind, measure), {"starts": starts, **options}
@@ -379,7 +393,7 @@ class Analysis:
         return None
 
     def _guard(self, problem: AllocationProblem, choice: np.ndarray, budgets: dict[str, float], divergence: str,
-               device: str | None, say: Callable[[str], None]):
+               device: str | None, say: Callable[[str], None], rounding: RoundingConfig | None = None):
         """(GuardResult or None, the divergence measured with, a note for the user or None)."""
         rivals = self.uniform_rivals(problem, budgets)
         if not rivals:
@@ -389,7 +403,7 @@ class Analysis:
             # auto for a classifier is a consensus: the mixed plan must disagree less with the float model's
             # top-1 AND have a lower 1/SQNR than every uniform rival (solvers/guard.py says why)
             try:
-                checker = self._checker("auto-guard" if divergence == "auto" else divergence, device)
+                checker = self._checker("auto-guard" if divergence == "auto" else divergence, device, rounding=rounding)
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
@@ -411,7 +425,7 @@ class Analysis:
     # ---- the Pareto front ---------------------------------------------------------------------------
     def pareto(self, kind: str = "bops", n_plans: int = 30, method: str = "exact", *,
                evaluate: Callable | str | bool | None = None, candidates: str | Iterable[str] | None = None,
-               cost_files: Iterable[str] = (), device: str | None = None, rounding: str | RoundingConfig = "nearest",
+               cost_files: Iterable[str] = (), device: str | None = None, rounding: str | RoundingConfig | None = None,
                rounding_options: dict | None = None, guard: bool = True, guard_divergence: str = "auto",
                progress: bool = True) -> Front:
         """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
@@ -420,13 +434,13 @@ class Analysis:
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
         problem = self.problem(candidates, cost_files)
-        rounding = rounding_config(rounding, **(rounding_options or {}))
+        rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
         if kind not in problem.costs:
             raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}")
         if n_plans < 1:
             raise SpecError(f"n_plans (--points) must be at least 1, got {n_plans}")
-        if rounding.name != "nearest" and not evaluate:
+        if rounding.name != "nearest" and not evaluate and rounding != self.rounding:
             raise SpecError(f"--rounding {rounding.name} is how --eval measures the plans; add --eval")
         start = time.perf_counter()
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
@@ -437,7 +451,7 @@ class Analysis:
             choice, search, guarded = p.solution.choice, method, None
             if guard:
                 guarded, guard_kind, note = self._guard(problem, choice, {kind: p.solution.costs[kind]},
-                                                        guard_divergence, device, lambda *_: None)
+                                                        guard_divergence, device, lambda *_: None, rounding)
                 if guarded is None and note:  # no model to measure with: the front stays unguarded
                     print(f"note: {note}")
                     guard = False
@@ -507,7 +521,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             activation_range: str = "mse", chunk_size: int | None = None, use_fx: bool = True,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
             model_name: str | None = None, arguments: dict[str, Any] | None = None,
-            prefix: str | None = None) -> Analysis:
+            prefix: str | None = None, rounding: str | RoundingConfig | None = None) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -519,7 +533,9 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     first batch). evaluate: model -> float or dict, needed by metric="task" and by measured searches
     later. prefix: how the output metrics (sqnr, kl) share the float computation before each group:
     "auto" (torch.fx where the model traces, else its stack of blocks), "fx", "blocks" or "none"
-    (one full forward per entry; also use_fx=False). run_dir: finished entries are cached there and an interrupted analysis resumes; a run
+    (one full forward per entry; also use_fx=False). rounding: "gptq" (or "adaround", or a config)
+    measures each candidate with the weights that rounding makes of it, for a plan that will be applied
+    with it (rounding-aware measurement; :meth:`Analysis.solve`'s guard then measures with it too). run_dir: finished entries are cached there and an interrupted analysis resumes; a run
     directory of another model, data or settings is refused before anything is written.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
@@ -563,7 +579,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         table = measure_table(model, groups, cands, batches, metric=metric, run_dir=run, weight_method=weight_range,
                               activation_method=activation_range, evaluate=evaluate, chunk_size=chunk_size,
                               use_fx=use_fx, progress=progress and rank == 0, arguments=arguments, points=counts,
-                              prefix=prefix)
+                              prefix=prefix, rounding=rounding)
         costs = cost_tables(groups, [c.name for c in cands], model, points=counts)
         analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],

@@ -129,7 +129,12 @@ def cmd_inspect(args) -> int:
 
 
 def _rounding(args):
-    """--rounding with --act-order and --rounding-iterations, as a rounding config (mixprec.rounding)."""
+    """--rounding with --act-order and --rounding-iterations, as a rounding config (mixprec.rounding);
+    None where --rounding was not given and has no default (solve, pareto: the analysis's rounding)."""
+    if args.rounding is None:
+        if args.rounding_iterations is not None:
+            raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
+        return None
     options: dict[str, Any] = {}
     if getattr(args, "act_order", False):
         if args.rounding != "gptq":
@@ -182,7 +187,7 @@ def _init_distributed() -> int:
 
 
 ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
-                "around", "around_divergence", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
+                "around", "around_divergence", "rounding", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
                 "device", "out")
 
 
@@ -247,7 +252,7 @@ def _analyze(args, rank: int) -> int:
     analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
-                       verbose=rank == 0, model_name=args.model,
+                       verbose=rank == 0, model_name=args.model, rounding=args.rounding,
                        arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
         return 0
@@ -285,8 +290,9 @@ def _print_notes(notes) -> None:
 
 def _add_measure_rounding(p) -> None:
     from .rounding import ROUNDINGS
-    p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest",
-                   help="how the weights of measured plans are rounded (default nearest); a learned rounding "
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default=None,
+                   help="how the weights of measured plans (the guard's too) are rounded (default: as the analysis "
+                   "measured, nearest unless analyze --rounding said otherwise); a learned rounding "
                    "(e.g. brecq) makes the measured searches, refine above all, reconstruction-aware: each plan "
                    "and each probe is measured after reconstruction, and the sensitivities re-scaled from that")
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
@@ -521,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--around-divergence", choices=("auto", "kl", "sqnr"), default="auto",
                    help="with --around: KL of the output distribution (classifiers, language models) or 1/SQNR; "
                    "auto picks KL for logits (default auto)")
+    p.add_argument("--rounding", choices=("nearest", "gptq", "adaround"), default="nearest",
+                   help="measure each candidate with the weights this rounding makes of it (rounding-aware: for a plan "
+                   "you will apply with quantize --rounding gptq); each layer is rounded alone from its float "
+                   "inputs. solve's guard then measures plans with it too (default nearest)")
     p.add_argument("--eval", help="evaluation function (needed by --metric task)")
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")

@@ -162,16 +162,17 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
 
 
 def planned_model(model: nn.Module, plan: Plan, data: list, weight_method: str = "mse",
-                  activation_method: str = "mse") -> nn.Module:
+                  activation_method: str = "mse", weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The copy ``apply(model, plan, data)`` makes (nearest rounding, the plan's or measured multipoint
-    points, activations calibrated), with no gradients: what the rounding back-ends work on."""
+    points, activations calibrated), with no gradients: what the rounding back-ends work on.
+    weights: ready-made weights of some layers (rounded), used as they are."""
     check_range_methods(weight_method, activation_method)
     check_weights(plan.model_layers(model))
     quantized = copy.deepcopy(model).eval()
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     points = plan_points(model, plan, data, weight_method) if any(c.multipoint for c in candidates.values()) else {}
-    quantized = quantize_layers(quantized, candidates, data, weights=multipoint_weights(model, candidates, points,
-                                                                                        weight_method),
+    ready = {**multipoint_weights(model, candidates, points, weight_method), **(weights or {})}
+    quantized = quantize_layers(quantized, candidates, data, weights=ready,
                                 weight_method=weight_method, activation_method=activation_method, progress=False)
     for p in quantized.parameters():
         p.requires_grad_(False)

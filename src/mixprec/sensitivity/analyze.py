@@ -23,6 +23,7 @@ from ..groups import ModelGroups, is_torchscript
 from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
+from ..rounding import RoundingConfig, rounding_config
 from ..run_directory import RunDirectory
 from .store import data_hash, model_hash
 from .table import SensitivityTable
@@ -38,15 +39,19 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             metric: str | Metric = DEFAULT_METRIC, run_dir=None, weight_method: str = "mse",
             activation_method: str = "mse", evaluate: Callable | None = None, chunk_size: int | None = None,
             use_fx: bool = True, progress: bool = True, arguments: dict[str, Any] | None = None,
-            points: dict[str, dict[str, str]] | None = None, prefix: str | None = None) -> SensitivityTable:
+            points: dict[str, dict[str, str]] | None = None, prefix: str | None = None,
+            rounding: str | RoundingConfig | None = None) -> SensitivityTable:
     """Sensitivity table of ``model``; with ``run_dir``, finished entries are cached and reused.
 
     ``metric``: a name of mixprec.sensitivity.METRICS or a config such as ``Hessian(samples=32)``.
     ``points``: multipoint candidate -> layer -> points per channel (mixprec.multipoint.measure_points);
     measured on ``data`` when missing. ``prefix``: how output metrics share the float prefix, "auto"
     (torch.fx, else the stack of blocks, else one full forward per entry), "fx", "blocks" or "none"
-    (default: "auto", or "none" with use_fx=False)."""
+    (default: "auto", or "none" with use_fx=False). ``rounding``: a layer-wise rounding ("gptq",
+    GPTQ(...), "adaround") the measured weights get instead of nearest (rounding-aware measurement,
+    MeasureContext); the entries then say what that rounding will leave of each candidate's damage."""
     config = metric_config(metric)
+    rounder = _measure_rounding(rounding)
     metric = config.name
     if config.needs_data and not data:
         raise MixprecError(f"the {metric} metric measures on calibration data, and the data is empty; "
@@ -58,7 +63,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                          "and the layers of a TorchScript model cannot be swapped; give the model as "
                          "file.py:function (an nn.Module), or use --metric roundoff (weights only, no swap)")
     ctx = MeasureContext(model.eval(), groups, list(candidates), list(data or []), weight_method,
-                         activation_method, evaluate, progress, points)
+                         activation_method, evaluate, progress, points, rounding=rounder)
     if config.needs_labels and not ctx.has_labels:
         raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
     rank, world = _distributed()
@@ -71,6 +76,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         settings = {"metric": metric, **({"metric_options": options} if options else {}), "candidates": cand_names,
                     "groups": {g.name: list(g.layer_names) for g in groups},
                     "weight_method": weight_method, "activation_method": activation_method}
+        if rounder is not None:  # nearest (the default) adds no key: older runs stay valid
+            settings["rounding"] = {"name": rounder.name, **rounder.changed()}
         if config.uses_evaluate:  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
@@ -85,6 +92,20 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                       "by a kill, edited, NaN or out of range); those entries are measured again")
         return _measure(ctx, config, groups, candidates, done, run, rank, world, chunk_size, use_fx, progress,
                         prefix)
+
+
+def _measure_rounding(rounding: str | RoundingConfig | None) -> RoundingConfig | None:
+    """The rounding config the measurement uses, None for nearest; only layer-wise back-ends qualify."""
+    if rounding is None:
+        return None
+    config = rounding_config(rounding)
+    if not config.needs_data:
+        return None
+    if config.blockwise:
+        raise MixprecError(f"rounding-aware measurement rounds each (layer, candidate) alone, and {config.name} "
+                           "reconstructs whole blocks of a finished plan; measure with rounding='gptq' (or "
+                           "'adaround', or 'nearest') and apply the plan with rounding='brecq'")
+    return config
 
 
 def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidates: list[Candidate],
@@ -113,6 +134,8 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
                 bar.update(fraction * entries - shown[0])
                 shown[0] = fraction * entries
             ctx.on_batch = tick
+            if ctx.rounding is not None:  # the chunk's layers rounded at every candidate, few passes in all
+                ctx.round_layers([layer for g in chunk for layer in groups.groups[g].layer_names])
             values = config.measure(ctx, chunk, runner, state)
             ctx.on_batch = None
             ctx._weights.clear()  # each group is measured in one chunk only: free its quantized weights
@@ -131,6 +154,8 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
             table[i, j] = done.get((g, c), np.nan)
     metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
                 "calibration_batches": len(ctx.data)}
+    if ctx.rounding is not None:
+        metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.changed()}
     if pending:
         metadata.update(config.metadata(state))
     if runner is not None:

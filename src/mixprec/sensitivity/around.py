@@ -63,7 +63,13 @@ class Around(Metric):
     def prepare(self, ctx: MeasureContext) -> _State:
         base = parse_candidate(self.base).name
         plan = Plan.uniform(ctx.groups, base)
-        quantized = planned_model(ctx.model, plan, ctx.data, ctx.weight_method, ctx.activation_method)
+        weights = None
+        if ctx.rounding is not None:  # rounding-aware: the base's weights rounded as the moved groups' are
+            wanted = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+            for cand in set(wanted.values()):
+                ctx.round_layers([n for n, c in wanted.items() if c == cand], [cand])
+            weights = {name: ctx.quantized_weight(name, c) for name, c in wanted.items() if ctx.rounds(name, c)}
+        quantized = planned_model(ctx.model, plan, ctx.data, ctx.weight_method, ctx.activation_method, weights)
         layers = quantized_layers(quantized)
         observers = {name: ActivationQuantizer(_PROBE, ctx.activation_method, max_samples=1 << 18) for name in layers}
         # a moved group's input quantizer is calibrated as apply calibrates it: on the pass with every

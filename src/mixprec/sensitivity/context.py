@@ -5,6 +5,14 @@ Only one group is quantized at a time, so every layer's input is the float model
 activation ranges are observed once, on a float pass, and reused for every candidate.
 Multipoint candidates use the point counts given in ``points`` (as costs.json records them), or
 choose them on the calibration data the first time they are needed (one float pass).
+
+Rounding-aware measurement (``rounding``: a layer-wise config such as GPTQ()): each layer's weight
+at an integer candidate is rounded by that back-end from the layer's own float inputs, instead of
+to the nearest grid point; what the measurement sees is then what ``apply(..., rounding=...)`` will
+make, up to GPTQ's sequential inputs (a layer's rounding needs only its own inputs, so every
+(layer, candidate) can be rounded alone). The inputs of a chunk's layers are gathered in one float
+pass (round_layers), their state kept only until every candidate is rounded. Embeddings and
+weights shared by two layers get nearest rounding, as in round_weights.
 """
 from __future__ import annotations
 
@@ -18,10 +26,11 @@ from torch import nn
 from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
 from ..capture import layer_input, on_inputs
-from ..formats import Format
+from ..formats import Format, IntFormat
 from ..groups import ModelGroups, QuantizerGroup
 from ..multipoint import measure_points
 from ..quantizers import ActivationQuantizer
+from ..rounding.config import RoundingConfig
 from ..swap import QuantizedLayer, nearest_weight, set_module
 
 
@@ -37,8 +46,10 @@ class MeasureContext:
     progress: bool = True
     points: dict[str, dict[str, str]] | None = None  # multipoint candidate -> layer -> points per channel
     on_batch: Callable[[float], None] | None = field(default=None, repr=False)  # progress: fraction of a chunk done
+    rounding: RoundingConfig | None = None  # a layer-wise rounding the measured weights get (None: nearest)
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
     _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _nearest_only: set[str] | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -75,11 +86,63 @@ class MeasureContext:
 
     def quantized_weight(self, layer: str, candidate: Candidate) -> torch.Tensor:
         key = (layer, candidate.weight, candidate.points)
+        if key not in self._weights and self.rounds(layer, candidate):
+            self.round_layers([layer], [candidate])
         if key not in self._weights:
             weight = self.layer(layer).weight
             points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
             self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]
+
+    def rounds(self, layer: str, candidate: Candidate) -> bool:
+        """Whether ``layer`` at ``candidate`` gets the data-aware rounding (else nearest)."""
+        if self.rounding is None or not self.rounding.needs_data or candidate.multipoint \
+                or not isinstance(candidate.weight, IntFormat):
+            return False
+        if self._nearest_only is None:
+            holders: dict[str, int] = {}
+            for l in self.groups.layers:
+                holders[l.weight_of or l.name] = holders.get(l.weight_of or l.name, 0) + 1
+            self._nearest_only = {l.name for l in self.groups.layers
+                                  if l.kind == "Embedding" or holders[l.weight_of or l.name] > 1}
+        return layer not in self._nearest_only
+
+    @torch.no_grad()
+    def round_layers(self, layers: list[str], candidates: list[Candidate] | None = None) -> None:
+        """Round the weights of ``layers`` at ``candidates`` (default: all) with ``rounding`` and keep them.
+
+        The layers' inputs are gathered on float passes over the calibration data, as many layers
+        per pass as fit in STATE_BYTES of state (GPTQ: one Hessian per layer); each state is
+        dropped once its layer is rounded at every candidate."""
+        todo = [(name, [c for c in (candidates or self.candidates) if self.rounds(name, c)
+                        and (name, c.weight, c.points) not in self._weights]) for name in dict.fromkeys(layers)]
+        todo = [(name, cands) for name, cands in todo if cands]
+        modules = dict(self.model.named_modules())
+        while todo:
+            batch, size = [], 0
+            for name, cands in todo:
+                need = _state_bytes(modules[name])
+                if batch and size + need > STATE_BYTES:
+                    break
+                batch.append((name, cands))
+                size += need
+            todo = todo[len(batch):]
+            states: dict[str, Any] = {}
+
+            def see(name, module, args, kwargs):
+                states[name] = self.rounding.observe(states.get(name), module, layer_input(args, kwargs))
+            with on_inputs({name: modules[name] for name, _ in batch}, see):
+                for i in range(len(self.data)):
+                    run_model(self.model, self.inputs(i))
+            for name, cands in batch:
+                state = states.pop(name, None)
+                for cand in cands:
+                    key = (name, cand.weight, cand.points)
+                    if state is None:  # never called on the calibration data: nothing to reconstruct
+                        self._weights[key] = nearest_weight(modules[name].weight, cand, self.weight_method)
+                    else:
+                        self._weights[key] = self.rounding.round_layer(modules[name], state, cand.weight,
+                                                                       self.weight_method)
 
     def multipoint_points(self) -> dict[str, dict[str, str]]:
         """Points per channel of every (layer, multipoint candidate); measured once if not given."""
@@ -120,6 +183,15 @@ class MeasureContext:
         return out
 
 
+STATE_BYTES = 2 << 30  # rounding state gathered in one pass (GPTQ: 4 bytes per Hessian entry)
+
+
+def _state_bytes(layer: nn.Module) -> int:
+    """What a layer-wise rounding keeps of a layer's inputs: GPTQ's X X^T per convolution group."""
+    columns = layer.weight[0].numel() if layer.weight.dim() > 1 else 1
+    return 4 * columns * columns * max(1, getattr(layer, "groups", 1))
+
+
 class quantized_group:
     """Context manager: swap one group's layers into ``model`` in place, restore on exit."""
 
@@ -139,6 +211,4 @@ class quantized_group:
 
 
 # Any calibrated format works for observing: observation keeps raw min/max and samples.
-from ..formats import IntFormat  # noqa: E402
-
 _PROBE = IntFormat(8, symmetric=False)

@@ -1,0 +1,93 @@
+"""Rounding-aware measurement: each candidate measured with the weights GPTQ makes of it."""
+import json
+
+import pytest
+import torch
+
+import mixprec
+from mixprec.batches import split_item
+from mixprec.builtin import get_builtin
+from mixprec.candidates import parse_candidate
+from mixprec.cli import main
+from mixprec.errors import MixprecError
+from mixprec.rounding import round_weights
+from mixprec.sensitivity import Around
+from mixprec.sensitivity.context import MeasureContext
+
+CANDIDATES = "w2,w4,w8"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(128)
+    return model, data
+
+
+def test_first_layer_weight_is_what_gptq_makes_of_it(demo):
+    """The first layer reads the model input, so sequential GPTQ (apply's) sees exactly the float inputs
+    the measurement rounds from: the measured weight must equal the applied one."""
+    model, data = demo
+    groups = mixprec.discover_groups(model, split_item(data[0])[0])
+    first = groups.layers[0].name
+    ctx = MeasureContext(model, groups, [parse_candidate("w2")], data, rounding=mixprec.GPTQ())
+    plan = mixprec.Plan.uniform(groups, "w2")
+    applied = round_weights(model, plan, data, "gptq", progress=False)[first]
+    assert torch.equal(ctx.quantized_weight(first, parse_candidate("w2")), applied)
+    nearest = MeasureContext(model, groups, [parse_candidate("w2")], data).quantized_weight(first, parse_candidate("w2"))
+    assert not torch.equal(nearest, applied)
+
+
+def test_gptq_table_is_lower_and_recorded(demo):
+    model, data = demo
+    nearest = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False)
+    gptq = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False, rounding="gptq")
+    assert gptq.table.metadata["rounding"] == {"name": "gptq"}
+    assert "rounding" not in nearest.table.metadata
+    assert gptq.rounding.name == "gptq" and nearest.rounding.name == "nearest"
+    low = gptq.table.candidates.index("w2")
+    # GPTQ minimises each layer's output error: at 2 bits the damage it leaves is lower in total
+    assert gptq.table.values[:, low].sum() < nearest.table.values[:, low].sum()
+    assert (gptq.table.values[:, gptq.table.candidates.index("w8")] < 1e-3).all()
+
+
+def test_solve_guards_with_the_analysis_rounding(demo):
+    model, data = demo
+    analysis = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False, rounding="gptq")
+    plan = analysis.solve(budget="bits=3")
+    assert plan.metadata["rounding"] == "gptq"
+    assert "guard" in plan.metadata
+    checker = next(iter(analysis._checkers.values()))
+    assert checker.rounding.name == "gptq"  # the guard measured its plans with GPTQ too
+    plain = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False).solve(budget="bits=3")
+    assert "rounding" not in plain.metadata
+
+
+def test_around_with_rounding(demo):
+    model, data = demo
+    analysis = mixprec.analyze(model, data, candidates=CANDIDATES, metric=Around("w4", "kl"), progress=False,
+                               rounding="gptq", activation_range="minmax")
+    table = analysis.table
+    assert (table.values[:, table.candidates.index("w4")] == 0).all()
+    assert (table.values[:, table.candidates.index("w2")] > 0).all()
+    assert table.metadata["rounding"] == {"name": "gptq"}
+
+
+def test_blockwise_rounding_is_refused(demo):
+    model, data = demo
+    with pytest.raises(MixprecError, match="brecq"):
+        mixprec.analyze(model, data, candidates=CANDIDATES, progress=False, rounding="brecq")
+
+
+def test_cli_rounding_is_part_of_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--model", "demo-cnn", "--candidates", CANDIDATES, "--calibration-samples", "64"]
+    assert main(["analyze", *common, "--rounding", "gptq", "--out", str(run)]) == 0
+    assert json.loads((run / "sensitivity.json").read_text())["metadata"]["rounding"] == {"name": "gptq"}
+    assert main(["analyze", "--resume", str(run)]) == 0  # the rounding comes back with the run
+    capsys.readouterr()
+    assert main(["analyze", *common, "--out", str(run)]) != 0  # measured with nearest rounding: another run
+    assert "settings differ: rounding" in capsys.readouterr().err
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--budget", "bits=3", "--out", str(plan)]) == 0
+    assert json.loads(plan.read_text())["metadata"]["rounding"] == "gptq"
