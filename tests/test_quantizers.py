@@ -83,10 +83,17 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).pow(2).mean().item()
 
 
-def assert_half_step(x: torch.Tensor, xq: torch.Tensor, scale: torch.Tensor) -> None:
+def assert_half_step(x: torch.Tensor, xq: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None,
+                     fmt: IntFormat | None = None) -> None:
+    """Within half a step of x, or, given the format, of x clamped to the grid's ends: a symmetric
+    grid keeps the extreme of its range at qmin, and the other side reaches qmax / -qmin of it."""
+    if fmt is not None:
+        ends = ((fmt.qmin - zero) * scale, (fmt.qmax - zero) * scale)
+        x = torch.maximum(torch.minimum(x, torch.maximum(*ends)), torch.minimum(*ends))
     err = (xq - x).abs()
     # Two float32 roundings (x / s and (q - z) * s) add a few ulps of |x| and of s.
-    bound = scale / 2 + 4e-6 * scale + 4 * torch.finfo(torch.float32).eps * x.abs()
+    step = scale.abs()  # symmetric scales are signed (int_qparams)
+    bound = step / 2 + 4e-6 * step + 4 * torch.finfo(torch.float32).eps * x.abs()
     worst = (err - bound).max().item()
     assert worst <= 0, f"error exceeds half a step by {worst}"
 
@@ -107,7 +114,7 @@ def test_minmax_error_at_most_half_step(w, fmt):
     q = quantize_weight(w, fmt, "minmax")
     assert q.shape == w.shape and q.dtype == w.dtype
     rows, scale, zero = reference_qparams(w, fmt)
-    assert_half_step(rows, q.reshape(rows.shape), scale)
+    assert_half_step(rows, q.reshape(rows.shape), scale, zero, fmt)
     # The output lies on each block's grid: (q / s + z) is an integer in [qmin, qmax].
     assert_on_grid(q.reshape(rows.shape), scale, zero, fmt)
 
@@ -119,8 +126,8 @@ def test_values_inside_range_within_half_step(seed, fmt, lo, width):
     hi = lo + width
     x = torch.rand(200, generator=torch.Generator().manual_seed(seed)) * width + lo
     lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
-    scale, _ = int_qparams(lo_t, hi_t, fmt)
-    assert_half_step(x, fake_quant_range(x, lo_t, hi_t, fmt), scale.expand_as(x))
+    scale, zero = int_qparams(lo_t, hi_t, fmt)
+    assert_half_step(x, fake_quant_range(x, lo_t, hi_t, fmt), scale.expand_as(x), zero.expand_as(x), fmt)
 
 
 # ---------------------------------------------------------------- clamping, zero-point, zero
@@ -137,15 +144,16 @@ def test_clamping_and_zero_point(fmt, lo, hi, seed):
     assert fmt.qmin <= zero.item() <= fmt.qmax and zero.item() == round(zero.item())
     if fmt.symmetric:
         assert zero.item() == 0
-    bottom = (fmt.qmin - zero) * scale
-    top = (fmt.qmax - zero) * scale
+    ends = ((fmt.qmin - zero) * scale, (fmt.qmax - zero) * scale)  # a signed scale swaps them
+    bottom, top = torch.minimum(*ends), torch.maximum(*ends)
+    step = scale.abs()
     # Zero is exactly representable.
     assert fake_quant_range(torch.zeros(5), lo_t, hi_t, fmt).eq(0).all()
     # Far outside the range: exactly the grid ends. Anywhere: never beyond the grid ends.
     span = max(abs(lo), abs(hi), 1.0)
     g = torch.Generator().manual_seed(seed)
-    far_above = top + scale + torch.rand(50, generator=g) * 10 * span
-    far_below = bottom - scale - torch.rand(50, generator=g) * 10 * span
+    far_above = top + step + torch.rand(50, generator=g) * 10 * span
+    far_below = bottom - step - torch.rand(50, generator=g) * 10 * span
     assert torch.equal(fake_quant_range(far_above, lo_t, hi_t, fmt), top.expand(50))
     assert torch.equal(fake_quant_range(far_below, lo_t, hi_t, fmt), bottom.expand(50))
     anywhere = (torch.rand(200, generator=g) - 0.5) * 40 * span
@@ -153,8 +161,23 @@ def test_clamping_and_zero_point(fmt, lo, hi, seed):
     assert out.min() >= bottom and out.max() <= top
     # The clipping range [lo, hi] (widened to hold 0) is covered to within half a step.
     lo0, hi0 = min(lo, 0.0), max(hi, 0.0)
-    assert bottom.item() <= lo0 + scale.item() * (0.5 + 1e-5)
-    assert top.item() >= hi0 - scale.item() * (0.5 + 1e-5)
+    assert bottom.item() <= lo0 + step.item() * (0.5 + 1e-5)
+    assert top.item() >= hi0 - step.item() * (0.5 + 1e-5)
+    if fmt.symmetric:  # the end of larger magnitude is exactly on the grid, at code qmin: nothing is clipped
+        extreme = lo0 if -lo0 >= hi0 else hi0
+        assert fake_quant_range(torch.tensor([extreme]), lo_t, hi_t, fmt).item() == pytest.approx(extreme, rel=1e-6)
+        assert torch.round(torch.tensor(extreme) / scale).item() == fmt.qmin
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_symmetric_grid_uses_every_level(bits, sign):
+    """min-max symmetric quantization of a ramp uses all 2^B codes whichever side holds the extreme."""
+    fmt = IntFormat(bits, symmetric=True, granularity="tensor")
+    x = sign * torch.linspace(-1.0, 1.0 - 2.0 ** (1 - bits), 4001)  # the grid spans [-1, qmax / -qmin]
+    levels = torch.unique(quantize_weight(x.reshape(1, -1), fmt, "minmax"))
+    assert len(levels) == 2 ** bits
+    assert levels.abs().max().item() == pytest.approx(1.0)  # the extreme is kept, not clipped
 
 
 @FAST
@@ -311,8 +334,9 @@ def test_short_last_group_has_own_scale(seed, group, full_groups, tail, bits, sy
     assert torch.equal(q[:, :full], qs[:, :full])  # other groups unaffected
     assert torch.equal(qs[:, :full], quantize_weight(w[:, :full], fmt, "minmax"))
     # The tail is quantized on its own range.
-    tail_scale, _ = int_qparams(spiked[:, full:].amin(1, keepdim=True), spiked[:, full:].amax(1, keepdim=True), fmt)
-    assert_half_step(spiked[:, full:], qs[:, full:], tail_scale.expand(3, tail))
+    tail_scale, tail_zero = int_qparams(spiked[:, full:].amin(1, keepdim=True), spiked[:, full:].amax(1, keepdim=True),
+                                        fmt)
+    assert_half_step(spiked[:, full:], qs[:, full:], tail_scale.expand(3, tail), tail_zero.expand(3, tail), fmt)
     assert fmt.num_scales((3, k)) == 3 * (full_groups + 1)
 
 
@@ -323,8 +347,8 @@ def test_conv_weight_shape_and_bound(seed, out, cin, kh, kw, fmt):
     w = gaussian(seed, 0.3, (out, cin, kh, kw))
     q = quantize_weight(w, fmt, "minmax")
     assert q.shape == w.shape
-    rows, scale, _ = reference_qparams(w, fmt)  # groups run over in x kh x kw of each output channel
-    assert_half_step(rows, q.reshape(rows.shape), scale)
+    rows, scale, zero = reference_qparams(w, fmt)  # groups run over in x kh x kw of each output channel
+    assert_half_step(rows, q.reshape(rows.shape), scale, zero, fmt)
 
 
 def test_one_dimensional_weight_uses_one_scale():

@@ -22,18 +22,24 @@ _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def int_qparams(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero-point mapping [lo, hi] onto [qmin, qmax]; the grid always holds 0 exactly."""
+    """Scale and zero-point mapping [lo, hi] onto [qmin, qmax]; the grid always holds 0 exactly.
+
+    Symmetric: the scale is signed, so that the extreme of the range (the end of larger magnitude)
+    lands exactly on qmin = -2^(B-1) whichever its sign, and all 2^B levels are used; the other side
+    reaches qmax / -qmin of the extreme (7/8 at 4 bits), and values beyond that are clipped. llama.cpp's
+    Q4_0 and NNCF's INT4_SYM do the same. An unsigned max|x| / qmax leaves qmin unused: 15 levels of
+    16 at 4 bits, 3 of 4 at 2 bits (benchmarks/symmetric_grid.py measures both)."""
     tiny = torch.finfo(torch.float32).tiny
     if fmt.symmetric:
-        amax = torch.maximum(-lo, hi).clamp_min(0)
-        scale = amax / fmt.qmax
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        scale = torch.where(-lo >= hi, lo, hi) / fmt.qmin  # > 0 when lo is the extreme, < 0 when hi is
         zero_point = torch.zeros_like(scale)
     else:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         scale = (hi - lo) / (fmt.qmax - fmt.qmin)
         zero_point = torch.zeros_like(scale)
     # A zero (or denormal) range means a constant-zero tensor: any scale reproduces it exactly.
-    scale = torch.where(scale > tiny, scale, torch.ones_like(scale))
+    scale = torch.where(scale.abs() > tiny, scale, torch.ones_like(scale))
     if not fmt.symmetric:
         zero_point = torch.clamp(torch.round(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax)
     return scale, zero_point

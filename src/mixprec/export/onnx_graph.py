@@ -61,9 +61,9 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
         scale, zero_point = weight_qparams(rows, fmt, weight_method)
         codes = torch.clamp(torch.round(sim / scale) + zero_point, fmt.qmin, fmt.qmax)
         error = ((codes - zero_point) * scale - sim).abs()
-        if bool((error > 1e-5 * scale + 1e-12).any()):
+        if bool((error > 1e-5 * scale.abs() + 1e-12).any()):
             raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
-                             f"(largest error {float((error / scale).max()):.3g} steps), so its codes cannot be "
+                             f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
                              "exported exactly; export a model quantized with rounding nearest, adaround or brecq")
         out.codes = codes.to(torch.int64).numpy()
         out.scales = scale.numpy().astype(np.float32)
