@@ -258,6 +258,10 @@ def _markdown_exact_only(r: dict) -> str:
         wins += bool(row.get("mixprec_at_least_as_good"))
         lines.append(f"| {row['label']} | {row['bits_per_weight']:.3f} | {row['nncf']['value']:.3f} | {m['value']:.3f} | "
                      f"{row['mixprec_bits_per_weight']:.3f} | {'yes' if row.get('mixprec_at_least_as_good') else 'no'} |")
+    failed = [row for row in r["rows"] if "nncf_error" in row]
+    if failed:
+        lines += ["", f"NNCF failed on {len(failed)} configuration(s), e.g. {failed[0]['label']}: "
+                  f"`{failed[0]['nncf_error'].splitlines()[0][:140]}`."]
     env = r["environment"]
     lines += ["", f"mixprec's exact plan at least as good in {wins} of {total} configurations. `{r['command']}` — "
               f"NNCF {env['nncf']}, torch {env['torch']}, evaluations on {env.get('device', 'cpu')}"

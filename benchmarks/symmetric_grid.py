@@ -139,7 +139,7 @@ def main() -> int:
 
 def markdown(r: dict) -> str:
     ref = r["reference"]
-    lines = [f"## {r['model']}: symmetric grid, signed scale against max|x| / qmax", "",
+    lines = [f"## Symmetric grid, {r['model']}: signed scale against max|x| / qmax", "",
              f"Uniform plans ({r['pinned']}); float {ref['name']} {ref['value']:.4g}"
              f"{' on the first ' + str(r['limit']) + ' evaluation items' if r.get('limit') else ''}.", "",
              f"| candidate | weight range | max\\|x\\|/qmax (former) | signed scale (now) |", "|---|---|---|---|"]
