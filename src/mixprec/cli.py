@@ -427,6 +427,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from .export.latency import profile, save_profile
+    if not args.data and not is_builtin(args.model):
+        raise SpecError("--data is required for a model that is not built-in (each layer is timed on the input it "
+                        "sees on the first calibration batch)")
+    if not str(args.out).endswith(".csv"):
+        raise SpecError(f"--out must name a .csv file (the cost table solve --cost latency_ms=FILE reads), got {args.out}")
+    check_output_file(args.out)
+    model, data, _, groups = _setup(args)
+    result = profile(model, data, _candidates(args), groups=groups, target=args.target, batch_size=args.batch_size,
+                     threads=args.threads, repeats=args.repeats, weight_method=args.weight_range,
+                     activation_method=args.activation_range, whole=not args.no_whole)
+    cands = ["fp32", *[c for c in result.candidates if c != "fp32"]]
+    _table(["layer", *(f"{c} ms" for c in cands)],
+           [(layer, *(f"{row[c]:.4g} ({result.ops[layer][c]})" if row[c] == row[c] else "-" for c in cands))
+            for layer, row in result.layers.items()])
+    print(f"float model {result.float_model_ms:.4g} ms on {result.target} (batch {result.batch_size}); the rest "
+          f"(outside the layers) {result.rest_ms:.4g} ms")
+    for cand, w in result.whole.items():
+        print(f"uniform {cand}: per-layer sum {w['predicted_ms']:.4g} ms, whole model measured {w['measured_ms']:.4g} ms "
+              f"({w['measured_ms'] / result.float_model_ms:.2f}x the float model)")
+    reasons = sorted(set(result.skipped.values()))
+    if reasons:
+        print(f"note: {len(result.skipped)} (layer, candidate) entries cannot run on {result.target} and are left out "
+              f"of the table (the solver never chooses them): " + "; ".join(reasons[:3]))
+    csv_path, json_path = save_profile(result, args.out)
+    print(f"wrote {csv_path} (use: mixprec solve RUN --cost latency_ms={csv_path} --budget latency_ms=...) and {json_path}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .specs import load_model
     if args.model.endswith(".onnx"):
@@ -644,6 +674,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("profile", help="time every layer at every candidate on a runtime: a latency cost table",
+                       description="Export each layer alone at each candidate (as export writes it) and time it in "
+                       "ONNX Runtime on the input it sees on the first calibration batch (median of repeated runs); "
+                       "also time the whole model in float and at every uniform candidate, against the per-layer "
+                       "sum. Writes OUT (.csv: layer,candidate,latency_ms and the rest of the model as '*', what "
+                       "solve --cost latency_ms=OUT reads) and OUT's .json.")
+    _add_model_args(p)
+    p.add_argument("--candidates", default="w8a8,w4a8,fp32", help="comma-separated candidates (default w8a8,w4a8,fp32)")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    from .export.targets import TARGETS as _TARGETS
+    p.add_argument("--target", choices=sorted(_TARGETS), default="ort-cpu", help="runtime to time on (default ort-cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="rows per timed input (default: the first "
+                   "calibration batch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed runs at least (median kept; default 20)")
+    p.add_argument("--no-whole", action="store_true", help="skip timing the whole model at each uniform candidate")
+    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--out", required=True, help="the cost table to write (.csv)")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("evaluate", help="run an evaluation function on a model or an exported ONNX file",
                        description="Evaluate a model: an ONNX file (run by ONNX Runtime, all optimisations on, "

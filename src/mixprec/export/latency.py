@@ -1,0 +1,284 @@
+"""Latency measured on the target: every layer at every candidate, and the whole model, as it deploys.
+
+    profile(model, data, candidates, target="ort-cpu", batch_size=None) -> LatencyProfile
+    LatencyProfile.write_csv(path)   the cost table `solve --cost latency_ms=FILE` reads
+
+Each layer is exported alone (a one-layer model, exactly as ``export`` writes it inside a whole
+model: mixprec's scales and zero-points, the target's realisation of the candidate) with the input
+it sees on the first calibration batch, and timed in an ONNX Runtime session (all optimisations
+on, no thread spinning): a few warm-up runs, then runs until REPEATS runs and MIN_SECONDS have
+passed, the median kept. A layer at ``fp32`` is timed too, as the float baseline. The rest of the
+model (what no layer accounts for: activations, adds, pooling, the graph's own overheads) is the
+float model's end-to-end median minus the sum of its layers' float medians, written as the ``*``
+row (never below 0). The whole model is also exported and timed at every uniform candidate the
+target runs, so the output says how well the per-layer sum predicts the whole: per-layer graphs
+pay a quantize/dequantize at their edges that a whole int8 graph fuses away, so the sum is an
+estimate to be checked, not a promise. Candidates the target cannot run are left out (empty, so
+the solver never chooses them), with the reason.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..atomic import write_atomic
+from ..batches import run_model, split_item
+from ..candidates import Candidate, parse_candidate
+from ..capture import layer_input, on_inputs
+from ..errors import CandidateError, MixprecError
+from ..groups import ModelGroups, discover_groups, layer_kind
+from ..plan import Plan, write_json_atomic
+from .targets import get_target, realise
+
+REPEATS = 20
+MIN_SECONDS = 0.2
+WARMUP = 3
+FLOAT = "fp32"
+
+
+@dataclass
+class LatencyProfile:
+    target: str
+    batch_size: int
+    threads: int | None
+    candidates: list[str]  # the candidates asked for (fp32 is timed as the baseline whether asked or not)
+    layers: dict[str, dict[str, float]]  # layer -> candidate -> median ms (NaN: the target cannot run it)
+    ops: dict[str, dict[str, str]]  # layer -> candidate -> the op the runtime runs ("" where not run)
+    float_model_ms: float
+    rest_ms: float  # the float model minus the sum of its layers at fp32, >= 0
+    whole: dict[str, dict[str, float]] = field(default_factory=dict)  # uniform candidate -> predicted, measured ms
+    skipped: dict[str, str] = field(default_factory=dict)  # "layer/candidate" -> why the target cannot run it
+
+    def predicted_ms(self, assignments: dict[str, str]) -> float:
+        """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
+        return self.rest_ms + sum(self.layers[layer][cand] for layer, cand in assignments.items())
+
+    def write_csv(self, path: str | Path) -> Path:
+        """``layer,candidate,latency_ms`` rows and the ``*`` row (the rest of the model); atomically."""
+        lines = ["layer,candidate,latency_ms"]
+        for layer, row in self.layers.items():
+            for cand in self.candidates:
+                if math.isfinite(row[cand]):
+                    lines.append(f"{layer},{cand},{row[cand]:.6f}")
+        lines.append(f"*,,{self.rest_ms:.6f}")
+        return write_atomic(Path(path), ("\n".join(lines) + "\n").encode())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "batch_size": self.batch_size, "threads": self.threads,
+                "candidates": self.candidates,
+                "layers": {k: {c: (v if math.isfinite(v) else None) for c, v in row.items()}
+                           for k, row in self.layers.items()},
+                "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
+                "whole": self.whole, "skipped": self.skipped}
+
+
+class _Single(nn.Module):
+    """One layer as a model, for its own ONNX graph."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def _resize(value: Any, batch: int) -> Any:
+    """``value`` (a tensor or a structure of them) with ``batch`` rows: sliced, or the rows repeated."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return value
+        reps = math.ceil(batch / value.shape[0])
+        return value.repeat(reps, *([1] * (value.dim() - 1)))[:batch] if reps > 1 else value[:batch]
+    if isinstance(value, dict):
+        return {k: _resize(v, batch) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_resize(v, batch) for v in value)
+    return value
+
+
+def time_session(session, feed: dict[str, np.ndarray], repeats: int = REPEATS, min_seconds: float = MIN_SECONDS) -> float:
+    """Median milliseconds of ``session.run`` on ``feed`` after WARMUP runs (at least ``repeats`` runs and
+    ``min_seconds``, at most 50x ``repeats`` runs)."""
+    for _ in range(WARMUP):
+        session.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50 * repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    if isinstance(inputs, dict):
+        values = [inputs[n] for n in names if n in inputs]
+    elif isinstance(inputs, (tuple, list)):
+        values = list(inputs)
+    else:
+        values = [inputs]
+    return {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+
+
+def _timed_export(model: nn.Module, plan: Plan, data: list, example: Any, target: str, threads: int | None,
+                  repeats: int, weight_method: str, activation_method: str, tmp: Path,
+                  output_range: tuple[float, float] | None = None) -> tuple[float, dict]:
+    """(median ms, per-layer export rows) of ``model`` quantized by ``plan`` and exported for ``target``.
+    output_range: quantize the graph's output to u8 over this range, as the next layer's input quantizer
+    does inside a whole int8 graph (ONNX Runtime fuses an integer conv only where its output is quantized)."""
+    from . import export
+    from .ort import make_session, runtime_kernels
+    out = tmp / "model.onnx"
+    result = export(model, plan, data, target, out, example_input=example, weight_method=weight_method,
+                    activation_method=activation_method, threads=threads, progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    if output_range is not None:
+        _quantize_output(out, *output_range)
+        for name, kernel in runtime_kernels(out, rows).items():
+            rows[name].update(kernel)
+    session = make_session(out, threads)
+    return time_session(session, _feed(session, example), repeats), rows
+
+
+def _quantize_output(path: Path, lo: float, hi: float) -> None:
+    """QuantizeLinear -> DequantizeLinear (u8, per tensor) on the graph's output, in place."""
+    import onnx
+    from onnx import helper, numpy_helper
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    output = graph.output[0].name
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    zero = int(np.clip(round(-lo / scale), 0, 255))
+    graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), "output_qscale"),
+                              numpy_helper.from_array(np.array(zero, dtype=np.uint8), "output_qzero")])
+    for node in graph.node:
+        node.output[:] = [f"{output}_float" if o == output else o for o in node.output]
+    graph.node.extend([
+        helper.make_node("QuantizeLinear", [f"{output}_float", "output_qscale", "output_qzero"], [f"{output}_q"],
+                         name="output/QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [f"{output}_q", "output_qscale", "output_qzero"], [output],
+                         name="output/DequantizeLinear")])
+    onnx.save(graph_model, str(path))
+
+
+def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | Candidate], *,
+            groups: ModelGroups | None = None, target: str = "ort-cpu", batch_size: int | None = None,
+            threads: int | None = None, repeats: int = REPEATS, weight_method: str = "mse",
+            activation_method: str = "mse", whole: bool = True, progress: bool = True) -> LatencyProfile:
+    """Time every layer of ``model``'s groups at every candidate on ``target`` (see the module docstring).
+
+    data: calibration batches (the first gives each layer's input and, for candidates with activation
+    quantizers, its calibration); batch_size: rows per timed input (default: the first batch's);
+    threads: ONNX Runtime intra-op threads (default: its own); whole: also time the whole model at
+    every uniform candidate the target runs, against the per-layer estimate."""
+    get_target(target)
+    batches = [item for item in data]
+    if not batches:
+        raise MixprecError("profiling needs calibration data: each layer is timed on the input it sees")
+    first = split_item(batches[0])[0]
+    model = model.eval()
+    if groups is None:
+        groups = discover_groups(model, first)
+    if isinstance(candidates, str):
+        candidates = [c for c in candidates.split(",") if c.strip()]
+    cands = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
+    names = list(dict.fromkeys([FLOAT, *(c.name for c in cands)]))
+    example = first if batch_size is None else _resize(first, batch_size)
+    rows = batch_size or _rows(first)
+    modules = {l.name: model.get_submodule(l.name) for l in groups.layers}
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name, module, args, kwargs):
+        seen.setdefault(name, layer_input(args, kwargs).detach())
+    with on_inputs(modules, keep), torch.no_grad():
+        run_model(model, example)
+    layers: dict[str, dict[str, float]] = {}
+    ops: dict[str, dict[str, str]] = {}
+    skipped: dict[str, str] = {}
+    todo = [(name, c) for name in modules for c in names]
+    with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
+        for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
+            layer = modules[name]
+            row, oprow = layers.setdefault(name, {}), ops.setdefault(name, {})
+            kind = layer_kind(layer)
+            reason = None
+            if name not in seen:
+                reason = "not called on the first calibration batch"
+            elif kind == "Embedding" and cand != FLOAT:
+                reason = "embedding tables are not exported to this target yet"
+            else:
+                realised = realise(parse_candidate(cand), kind, int(layer.weight[0].numel()))
+                reason = realised if isinstance(realised, str) else None
+            if cand == FLOAT:
+                realised = None
+            if reason is not None:
+                row[cand], oprow[cand] = math.nan, ""
+                skipped[f"{name}/{cand}"] = reason
+                continue
+            single = _Single(layer)
+            x = seen[name]
+            single_groups = discover_groups(single, x)
+            plan = Plan.uniform(single_groups, cand)
+            output_range = None
+            if realised is not None and realised.kind == "qdq":  # inside an int8 graph the output goes on quantized (to the next layer)
+                with torch.no_grad():
+                    y = layer(x)
+                output_range = (float(y.min()), float(y.max()))
+            try:
+                ms, written = _timed_export(single, plan, [x], x, target, threads, repeats, weight_method,
+                                            activation_method, Path(tmp), output_range)
+            except (CandidateError, MixprecError) as exc:
+                row[cand], oprow[cand] = math.nan, ""
+                skipped[f"{name}/{cand}"] = str(exc).splitlines()[0]
+                continue
+            op = written["layer"]["runtime_op"]
+            row[cand], oprow[cand] = ms, ("float" if op == "?" and cand == FLOAT else op)
+        float_plan = Plan.uniform(groups, FLOAT)
+        float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
+                                    weight_method, activation_method, Path(tmp))
+        rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
+        result = LatencyProfile(target, rows, threads, [c.name for c in cands], layers, ops, float_ms, rest,
+                                skipped=skipped)
+        if whole:
+            for cand in names:
+                plan = Plan.uniform(groups, cand)
+                assignments = plan.layer_candidates()
+                if any(not math.isfinite(layers[n][c]) for n, c in assignments.items()):
+                    continue
+                measured = float_ms if cand == FLOAT else _timed_export(
+                    model, plan, batches, example, target, threads, repeats, weight_method, activation_method,
+                    Path(tmp))[0]
+                result.whole[cand] = {"predicted_ms": result.predicted_ms(assignments), "measured_ms": measured}
+    return result
+
+
+def _rows(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0]) if value.dim() else 1
+    if isinstance(value, dict):
+        return _rows(next(iter(value.values())))
+    if isinstance(value, (tuple, list)):
+        return _rows(value[0])
+    return 1
+
+
+def save_profile(result: LatencyProfile, csv_path: str | Path) -> tuple[Path, Path]:
+    """Write the CSV cost table and, beside it, the whole profile as JSON."""
+    csv_path = Path(csv_path)
+    json_path = csv_path.with_suffix(".json")
+    result.write_csv(csv_path)
+    write_json_atomic(json_path, result.to_dict())
+    return csv_path, json_path
