@@ -15,6 +15,7 @@ from torch import nn
 
 from .apply import apply
 from .errors import SpecError
+from .quantizers import GRID_VERSION
 from .evaluation import EvalResult, to_eval_result
 from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
@@ -50,7 +51,7 @@ class PlanEvaluator:
         self.point_counts = point_counts or {}
         self.weight_range, self.activation_range = weight_range or "mse", activation_range or "mse"
         self.device = torch.device(device)
-        self.settings = dict(settings)
+        self.settings = {**dict(settings), "grid": GRID_VERSION}  # plans measured on another grid are not reused
         self.rounding = rounding_config(rounding, **(rounding_options or {}))
         if self.rounding.name != "nearest":  # nearest's keys stay as they were, so older logs still count
             self.settings["rounding"] = [self.rounding.name, sorted(self.rounding.changed().items())]

@@ -17,6 +17,9 @@ from torch import nn
 from .formats import FP8_MAX, FloatFormat, Format, IntFormat
 
 RANGE_METHODS = ("minmax", "percentile", "mse")
+# Which integer grid the quantizers make; part of every cache key (run entries, plan evaluations,
+# rounding checkpoints), so results measured on another grid are never reused. 2: signed symmetric scales.
+GRID_VERSION = 2
 MSE_GRID = torch.linspace(1.0, 0.2, 41)
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 

@@ -46,7 +46,7 @@ from ..errors import RoundingError
 from ..formats import IntFormat
 from ..groups import is_torchscript
 from ..plan import Plan
-from ..quantizers import RANGE_METHODS
+from ..quantizers import GRID_VERSION, RANGE_METHODS
 from ..swap import nearest_weight, planned_model
 from .adaround import AdaRound
 from .brecq import BRECQ
@@ -157,7 +157,7 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
         return {}, lambda weights, final=False: None
     digest = hashlib.sha256(json.dumps({"method": method, "options": repr(sorted(options.items())),
                                         "weight_method": weight_method, "activation_method": activation_method,
-                                        "formats": sorted(wanted.items())}).encode())
+                                        "formats": sorted(wanted.items()), "grid": GRID_VERSION}).encode())
     _fingerprint(digest, model.state_dict())
     _fingerprint(digest, batches)
     path = Path(directory) / f"{method}-{digest.hexdigest()[:20]}.pt"

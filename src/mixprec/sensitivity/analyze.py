@@ -20,6 +20,7 @@ from ..batches import check_finite
 from ..candidates import Candidate
 from ..errors import MixprecError, ModelError
 from ..groups import ModelGroups, is_torchscript
+from ..quantizers import GRID_VERSION
 from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
@@ -75,7 +76,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         options = config.changed_options()
         settings = {"metric": metric, **({"metric_options": options} if options else {}), "candidates": cand_names,
                     "groups": {g.name: list(g.layer_names) for g in groups},
-                    "weight_method": weight_method, "activation_method": activation_method}
+                    "weight_method": weight_method, "activation_method": activation_method, "grid": GRID_VERSION}
         if rounder is not None:  # nearest (the default) adds no key: older runs stay valid
             settings["rounding"] = {"name": rounder.name, **rounder.changed()}
         if config.uses_evaluate:  # the entries depend on which evaluation measured them
