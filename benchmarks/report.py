@@ -316,6 +316,13 @@ def export_section() -> list[str]:
     return [line for r in reports for line in export_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def profile_section() -> list[str]:
+    """benchmarks/profile_ort.py: per-layer latency sum against the whole model on ONNX Runtime CPU."""
+    from profile_ort import markdown as profile_markdown
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("profile_ort_*.json"))]
+    return [line for r in reports for line in profile_markdown(r).splitlines()] + ([""] if reports else [])
+
+
 def llm_scale_section() -> list[str]:
     """benchmarks/llm_scale.py and benchmarks/sharded_analysis.py: time and memory at LLM scale, one and
     several GPUs (random weights: only times, memory and equality mean anything)."""
@@ -385,7 +392,7 @@ def main() -> None:
              "Every result file except `symmetric_grid_*.json` was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", ""]
-    lines += never_worse_section() + run_section() + nncf_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + export_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
+    lines += never_worse_section() + run_section() + nncf_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + export_section() + profile_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 
