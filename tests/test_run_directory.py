@@ -230,3 +230,20 @@ def test_resume_refuses_an_option_typed_at_its_default_that_differs_from_the_run
     assert "--metric sqnr (the run has roundoff)" in error_line(capsys)
     assert snapshot(run) == before
     assert main(["analyze", "--resume", str(run), "--metric", "roundoff"]) == 0  # the run's own: fine
+
+
+def test_a_run_measured_on_an_earlier_grid_is_refused(tmp_path):
+    """Sensitivities measured with the former symmetric grid (no "grid" in the settings) are not reused."""
+    import mixprec
+    from mixprec.builtin import get_builtin
+    from mixprec.errors import SpecError
+    b = get_builtin("demo-cnn")
+    run = tmp_path / "run"
+    mixprec.analyze(b.model(), b.calibration(32), candidates="w4a8,w8a8", metric="roundoff", run_dir=run,
+                    progress=False)
+    mixprec.Analysis.load(run)  # this grid: fine
+    saved = json.loads((run / "run.json").read_text())
+    del saved["fingerprint"]["settings"]["grid"]
+    (run / "run.json").write_text(json.dumps(saved))
+    with pytest.raises(SpecError, match="earlier integer grid"):
+        mixprec.Analysis.load(run)

@@ -28,6 +28,7 @@ from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator, plan_point_counts
+from .quantizers import GRID_VERSION
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
@@ -88,6 +89,11 @@ class Analysis:
         spec, a TorchScript model): that runs only when named again in ``specs`` ({"model": ..., "data":
         ..., "eval": ...}, checked against the run's fingerprint) or with ``trust_run``."""
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        settings = run.fingerprint().get("settings") if run.exists else None
+        if isinstance(settings, dict) and settings.get("grid") != GRID_VERSION:
+            raise SpecError(f"{run.path} was measured with an earlier integer grid of mixprec (symmetric scales "
+                            "max|x|/qmax, before signed scales): its sensitivities describe weights that apply no "
+                            "longer makes; analyze again into a new directory")
         table = run.read_table()
         saved = run.read_costs()
         costs = CostTables.from_dict(saved["costs"])
