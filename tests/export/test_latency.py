@@ -27,8 +27,9 @@ def measured(demo):
 def test_every_layer_is_timed_at_every_runnable_candidate(measured):
     for layer, row in measured.layers.items():
         assert set(row) == {"fp32", "w8a8", "w4", "fp8"}
-        for cand in ("fp32", "w8a8", "w4"):
-            assert math.isfinite(row[cand]) and row[cand] > 0, (layer, cand)
+        for cand in ("fp32", "w8a8", "w4"):  # less the session's own cost: a tiny layer may come out at 0
+            assert math.isfinite(row[cand]) and row[cand] >= 0, (layer, cand)
+        assert measured.overhead_ms[layer] > 0
         assert math.isnan(row["fp8"])  # no fp8 kernel on ONNX Runtime CPU: left out, with the reason
         assert "no ONNX Runtime CPU kernel" in measured.skipped[f"{layer}/fp8"]
     assert measured.batch_size == 32 and measured.float_model_ms > 0 and measured.rest_ms >= 0

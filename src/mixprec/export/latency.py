@@ -7,7 +7,10 @@ Each layer is exported alone (a one-layer model, exactly as ``export`` writes it
 model: mixprec's scales and zero-points, the target's realisation of the candidate) with the input
 it sees on the first calibration batch, and timed in an ONNX Runtime session (all optimisations
 on, no thread spinning): a few warm-up runs, then runs until REPEATS runs and MIN_SECONDS have
-passed, the median kept. A layer at ``fp32`` is timed too, as the float baseline. The rest of the
+passed, the median kept, less what a session that only passes the same input through costs (the call
+and the copies, which a whole graph pays once, not once per layer; ``overhead_ms``). A layer at
+``fp32`` is timed too, as the float baseline (a layer faster than the timing noise of that
+difference comes out at 0). The rest of the
 model (what no layer accounts for: activations, adds, pooling, the graph's own overheads) is the
 float model's end-to-end median minus the sum of its layers' float medians, written as the ``*``
 row (never below 0). The whole model is also exported and timed at every uniform candidate the
@@ -58,6 +61,7 @@ class LatencyProfile:
     rest_ms: float  # the float model minus the sum of its layers at fp32, >= 0
     whole: dict[str, dict[str, float]] = field(default_factory=dict)  # uniform candidate -> predicted, measured ms
     skipped: dict[str, str] = field(default_factory=dict)  # "layer/candidate" -> why the target cannot run it
+    overhead_ms: dict[str, float] = field(default_factory=dict)  # layer -> a one-layer session's own cost, subtracted
 
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
@@ -79,7 +83,7 @@ class LatencyProfile:
                 "layers": {k: {c: (v if math.isfinite(v) else None) for c, v in row.items()}
                            for k, row in self.layers.items()},
                 "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
-                "whole": self.whole, "skipped": self.skipped}
+                "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms}
 
 
 class _Single(nn.Module):
@@ -208,6 +212,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     layers: dict[str, dict[str, float]] = {}
     ops: dict[str, dict[str, str]] = {}
     skipped: dict[str, str] = {}
+    overhead: dict[str, float] = {}
     todo = [(name, c) for name in modules for c in names]
     with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
         for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
@@ -245,13 +250,15 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                 skipped[f"{name}/{cand}"] = str(exc).splitlines()[0]
                 continue
             op = written["layer"]["runtime_op"]
-            row[cand], oprow[cand] = ms, ("float" if op == "?" and cand == FLOAT else op)
+            if name not in overhead:
+                overhead[name] = _overhead(x, threads, repeats, Path(tmp))
+            row[cand], oprow[cand] = max(0.0, ms - overhead[name]), ("float" if op == "?" and cand == FLOAT else op)
         float_plan = Plan.uniform(groups, FLOAT)
         float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
                                     weight_method, activation_method, Path(tmp))
         rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
         result = LatencyProfile(target, rows, threads, [c.name for c in cands], layers, ops, float_ms, rest,
-                                skipped=skipped)
+                                skipped=skipped, overhead_ms=overhead)
         if whole:
             for cand in names:
                 plan = Plan.uniform(groups, cand)
@@ -263,6 +270,22 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                     Path(tmp))[0]
                 result.whole[cand] = {"predicted_ms": result.predicted_ms(assignments), "measured_ms": measured}
     return result
+
+
+def _overhead(x: torch.Tensor, threads: int | None, repeats: int, tmp: Path) -> float:
+    """Median ms of a session that only passes ``x`` through (Identity): what every one-layer session
+    costs beyond its layer (the call, the input and output copies), which a whole graph pays once."""
+    import onnx
+    from onnx import TensorProto, helper
+    from .ort import make_session
+    dtype = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}.get(x.dtype, TensorProto.FLOAT)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead",
+                              [helper.make_tensor_value_info("x", dtype, list(x.shape))],
+                              [helper.make_tensor_value_info("y", dtype, list(x.shape))])
+    path = tmp / "overhead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = make_session(path, threads)
+    return time_session(session, {"x": x.detach().cpu().numpy()}, repeats)
 
 
 def _rows(value: Any) -> int:
