@@ -58,3 +58,16 @@ def test_parser_has_the_documented_commands():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert {"inspect", "quantize", "demo"} <= set(commands)
+
+
+def test_gpu_out_of_memory_is_one_line_with_what_to_do(monkeypatch, capsys):
+    import torch
+    import mixprec.cli as cli
+
+    def oom(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(cli, "cmd_inspect", oom)
+    assert cli.main(["inspect", "--model", "demo-cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err
+    assert "--calibration-samples" in err and "torchrun" in err and "Traceback" not in err
