@@ -167,3 +167,18 @@ def test_model_hash_covers_batchnorm_counters_and_changes_with_weights():
     with torch.no_grad():
         model[1].running_mean.add_(1)
     assert model_hash(model) != before
+
+
+def test_tensor_hash_reads_the_bytes_in_place_with_the_same_digest():
+    """hash_tensors hashes each tensor's bytes through a memoryview: the digest is the one of the byte
+    copies it replaced (so run directories keep their fingerprints), for every dtype and shape."""
+    import hashlib
+    from mixprec.sensitivity.store import hash_tensors
+    tensors = [torch.randn(3, 5), torch.randn(4).to(torch.bfloat16), torch.tensor(2.5), torch.zeros(0),
+               torch.arange(6).reshape(2, 3).t(), torch.randint(0, 9, (7,), dtype=torch.int64)]
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    assert hash_tensors(tensors) == digest.hexdigest()[:16]
