@@ -159,6 +159,10 @@ def cmd_quantize(args) -> int:
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
+    chosen_with = plan.metadata.get("rounding")
+    if chosen_with and chosen_with != rounding.name:
+        print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard); it is "
+              f"applied here with {rounding.name} rounding: add --rounding {chosen_with} to deploy what was measured")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     evaluate = load_eval(eval_spec, args.model) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,

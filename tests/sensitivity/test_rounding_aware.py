@@ -91,3 +91,7 @@ def test_cli_rounding_is_part_of_the_run(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     assert main(["solve", str(run), "--budget", "bits=3", "--out", str(plan)]) == 0
     assert json.loads(plan.read_text())["metadata"]["rounding"] == "gptq"
+    capsys.readouterr()
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan), "--calibration-samples", "64",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert "add --rounding gptq" in capsys.readouterr().out  # applied with nearest: the user is told
