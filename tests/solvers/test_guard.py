@@ -79,8 +79,11 @@ def test_a_consensus_guard_returns_mixed_only_when_it_is_lowest_on_every_diverge
     result = guard(np.array([0]), choices, lambda c: measured[int(c[0])])
     wins = all(mixed[k] < min(r[k] for r in rivals) for k in range(2))
     assert (result.chosen == MIXED) == wins
-    if not wins:  # the uniform plan returned is the best rival, lexicographically
-        assert measured[int(result.choice[0])] == min(rivals)
+    if not wins:  # the uniform plan returned is the best rival: no other ranks better on average
+        returned = measured[int(result.choice[0])]
+        rank = lambda v: sum(sum(r[k] < v[k] for r in rivals) for k in range(2))  # noqa: E731
+        assert rank(returned) == min(rank(r) for r in rivals)
+        assert not any(r[0] < returned[0] and r[1] < returned[1] for r in rivals)  # nothing dominates it
         assert "every divergence" in result.reason
     assert result.to_dict("agreement+sqnr", "calibration data")["measured"][MIXED] == list(mixed)
 
@@ -94,3 +97,14 @@ def test_the_default_guard_of_a_classifier_measures_agreement_and_sqnr(demo):
     assert all(len(v) == 2 for v in info["measured"].values())
     single = analysis.solve("bops=0.4x", guard_divergence="kl").metadata["guard"]
     assert single["divergence"] == "kl" and all(isinstance(v, float) for v in single["measured"].values())
+
+
+def test_among_uniform_rivals_no_divergence_is_privileged_by_its_place():
+    """Two rivals, each lower on one divergence: the mean ranks tie, and the last divergence (the continuous
+    1/SQNR of a classifier's consensus) decides, not the first (top-1 disagreement, in whole samples)."""
+    rivals = {"uniform w2a8": np.array([1]), "uniform w2a8, first/last w8a8": np.array([2])}
+    measured = {0: (0.7754, 1.50), 1: (0.7754, 2.97), 2: (0.78125, 2.83)}  # ResNet-20 at the BOPs of w2a8
+    result = guard(np.array([0]), rivals, lambda c: measured[int(c[0])])
+    assert result.chosen == "uniform w2a8, first/last w8a8"  # the mixed plan ties on disagreement: uniform
+    dominated = {0: (0.5, 1.0), 1: (0.6, 2.0), 2: (0.4, 1.5)}
+    assert guard(np.array([0]), rivals, lambda c: dominated[int(c[0])]).chosen == "uniform w2a8, first/last w8a8"

@@ -5,7 +5,8 @@ that meets the same budgets and pins (mixprec's promise: never worse than unifor
                first and last groups at 8 bits (the baseline users compare against)
     D(p)    <- a label-free divergence of plan p's output from the float model, on calibration data,
                or a tuple of divergences (D_1(p), ..., D_k(p)) that must agree
-    best    <- argmin over rivals of D (tuples: lexicographically)
+    best    <- argmin over rivals of D (tuples: the lowest mean rank over the divergences, ties to the
+               last divergence, then to the label; a rival lower on every divergence always wins)
     return the mixed plan if D_i(mixed) < min over rivals of D_i for every i, else best
 
 Ties go to uniform. The divergence is measured, not predicted: the additive sensitivity model is
@@ -51,6 +52,22 @@ class GuardResult:
                 "measured": {k: _finite(v) for k, v in self.divergence.items()}}
 
 
+def _best(rivals: dict[str, np.ndarray], measured: dict[str, Measured]) -> str:
+    """The rival to return: with one divergence the lowest; with several, the lowest mean rank, ties to the last
+    divergence (for classifiers 1/SQNR, continuous where top-1 disagreement moves in whole samples), then the
+    label. No divergence is privileged by its place in the tuple, and a rival lower on all of them wins."""
+    labels = sorted(rivals)
+    values = {label: _tuple(measured[label]) for label in labels}
+    width = len(next(iter(values.values())))
+    if width == 1:
+        return min(labels, key=lambda label: (values[label], label))
+    ranks = {label: 0.0 for label in labels}
+    for i in range(width):
+        for label in labels:  # ties share the better rank
+            ranks[label] += sum(values[other][i] < values[label][i] for other in labels)
+    return min(labels, key=lambda label: (ranks[label], values[label][-1], label))
+
+
 def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[np.ndarray], Measured]) -> GuardResult:
     """The mixed ``choice`` against the uniform ``rivals`` (label -> choice), by ``measure`` (lower is better;
     a tuple of divergences: the mixed plan must be lower on every one)."""
@@ -62,7 +79,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     measured = {MIXED: measure(choice)}
     for label, rival in rivals.items():
         measured[label] = measure(rival)
-    best = min(rivals, key=lambda label: (_tuple(measured[label]), label))
+    best = _best(rivals, measured)
     mixed = _tuple(measured[MIXED])
     lowest = [min(_tuple(measured[label])[i] for label in rivals) for i in range(len(mixed))]
     if all(m < low for m, low in zip(mixed, lowest)):
