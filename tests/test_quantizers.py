@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from mixprec.formats import FP8_MAX, FloatFormat, IntFormat
@@ -135,6 +135,7 @@ def test_values_inside_range_within_half_step(seed, fmt, lo, width):
 @FAST
 @given(fmt=int_formats(granularities=("tensor",)), lo=st.floats(-1e3, 1e3), hi=st.floats(-1e3, 1e3),
        seed=st.integers(0, 2**31 - 1))
+@example(fmt=IntFormat(2, True, "tensor"), lo=5.0, hi=-4.0, seed=0)  # the other side short of the range
 def test_clamping_and_zero_point(fmt, lo, hi, seed):
     lo, hi = min(lo, hi), max(lo, hi)
     assume(max(-lo, hi, hi - lo) > 1e-3)
@@ -159,10 +160,14 @@ def test_clamping_and_zero_point(fmt, lo, hi, seed):
     anywhere = (torch.rand(200, generator=g) - 0.5) * 40 * span
     out = fake_quant_range(anywhere, lo_t, hi_t, fmt)
     assert out.min() >= bottom and out.max() <= top
-    # The clipping range [lo, hi] (widened to hold 0) is covered to within half a step.
     lo0, hi0 = min(lo, 0.0), max(hi, 0.0)
-    assert bottom.item() <= lo0 + step.item() * (0.5 + 1e-5)
-    assert top.item() >= hi0 - step.item() * (0.5 + 1e-5)
+    if not fmt.symmetric:  # the clipping range [lo, hi] (widened to hold 0) is covered to within half a step
+        assert bottom.item() <= lo0 + step.item() * (0.5 + 1e-5)
+        assert top.item() >= hi0 - step.item() * (0.5 + 1e-5)
+    else:  # the other side of a symmetric grid reaches qmax steps, qmax / -qmin of the extreme
+        extreme = lo0 if -lo0 >= hi0 else hi0
+        other_end = top if extreme < 0 else bottom
+        assert abs(other_end.item()) == pytest.approx(fmt.qmax * step.item(), rel=1e-6)
     if fmt.symmetric:  # the end of larger magnitude is exactly on the grid, at code qmin: nothing is clipped
         extreme = lo0 if -lo0 >= hi0 else hi0
         assert fake_quant_range(torch.tensor([extreme]), lo_t, hi_t, fmt).item() == pytest.approx(extreme, rel=1e-6)
