@@ -14,13 +14,12 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
 
-import mixprec
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni
 from mixprec.export.latency import profile
+from mixprec.pipeline import environment
 from mixprec.plan import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,9 +48,9 @@ def main() -> int:
                   f"float {result.float_model_ms:.3f} ms", flush=True)
     report = {"model": args.model, "candidates": args.candidates, "runs": runs,
               "command": "python " + " ".join(["benchmarks/profile_ort.py", *sys.argv[1:]]),
-              "environment": {"mixprec": mixprec.__version__, "torch": torch.__version__,
-                              "onnxruntime": __import__("onnxruntime").__version__, "vnni": cpu_has_vnni(),
-                              "processor": platform.processor() or platform.machine(), "threads": args.threads}}
+              "environment": {**environment("cpu"), "onnxruntime": __import__("onnxruntime").__version__,
+                              "vnni": cpu_has_vnni(), "processor": platform.processor() or platform.machine(),
+                              "threads": args.threads}}  # ONNX Runtime's threads, not torch's
     out = RESULTS / f"profile_ort_{args.model}.json"
     write_json_atomic(out, report)
     out.with_suffix(".md").write_text(markdown(report))

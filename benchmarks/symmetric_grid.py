@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import mixprec.quantizers as quantizers
 from mixprec.batches import split_item
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
+from mixprec.pipeline import environment
 from mixprec.plan import write_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,8 +128,7 @@ def main() -> int:
     report = {"model": args.model, "reference": reference.to_dict(), "limit": args.limit, "rows": rows,
               "nncf": nncf_rows, "pinned": "lm_head (and its tied embedding) at w8" if llm else "first and last at w8a8",
               "command": "python " + " ".join(["benchmarks/symmetric_grid.py", *sys.argv[1:]]),
-              "environment": {"mixprec": mixprec.__version__, "torch": torch.__version__, "device": "cpu",
-                              "threads": torch.get_num_threads(), "machine": platform.machine()}}
+              "environment": environment("cpu")}
     out = RESULTS / f"symmetric_grid_{args.model}.json"
     write_json_atomic(out, report)
     out.with_suffix(".md").write_text(markdown(report))
@@ -142,7 +141,7 @@ def markdown(r: dict) -> str:
     lines = [f"## Symmetric grid, {r['model']}: signed scale against max|x| / qmax", "",
              f"Uniform plans ({r['pinned']}); float {ref['name']} {ref['value']:.4g}"
              f"{' on the first ' + str(r['limit']) + ' evaluation items' if r.get('limit') else ''}.", "",
-             f"| candidate | weight range | max\\|x\\|/qmax (former) | signed scale (now) |", "|---|---|---|---|"]
+             "| candidate | weight range | max\\|x\\|/qmax (former) | signed scale (now) |", "|---|---|---|---|"]
     by = {(x["candidate"], x["weight_range"], x["grid"]): x["metric"]["value"] for x in r["rows"]}
     for cand, method in dict.fromkeys((x["candidate"], x["weight_range"]) for x in r["rows"]):
         lines.append(f"| {cand} | {method} | {by[(cand, method, 'unsigned')]:.4g} | {by[(cand, method, 'signed')]:.4g} |")

@@ -688,8 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--candidates", default="w8a8,w4a8,fp32", help="comma-separated candidates (default w8a8,w4a8,fp32)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
-    from .export.targets import TARGETS as _TARGETS
-    p.add_argument("--target", choices=sorted(_TARGETS), default="ort-cpu", help="runtime to time on (default ort-cpu)")
+    p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="runtime to time on (default ort-cpu)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="rows per timed input (default: the first "
                    "calibration batch's)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")

@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 from ..atomic import write_atomic
 from ..batches import run_model, split_item
 from ..candidates import Candidate, parse_candidate
-from ..capture import layer_input, on_inputs
+from ..capture import layer_input, map_tensors, on_inputs
 from ..errors import CandidateError, MixprecError
 from ..groups import ModelGroups, discover_groups, layer_kind
 from ..plan import Plan, write_json_atomic
+from ..sensitivity.store import flatten_tensors
 from .targets import get_target, realise
 
 REPEATS = 20
@@ -99,16 +100,12 @@ class _Single(nn.Module):
 
 def _resize(value: Any, batch: int) -> Any:
     """``value`` (a tensor or a structure of them) with ``batch`` rows: sliced, or the rows repeated."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0:
-            return value
-        reps = math.ceil(batch / value.shape[0])
-        return value.repeat(reps, *([1] * (value.dim() - 1)))[:batch] if reps > 1 else value[:batch]
-    if isinstance(value, dict):
-        return {k: _resize(v, batch) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_resize(v, batch) for v in value)
-    return value
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0:
+            return t
+        reps = math.ceil(batch / t.shape[0])
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch] if reps > 1 else t[:batch]
+    return map_tensors(value, rows)
 
 
 def time_session(session, feed: dict[str, np.ndarray], repeats: int = REPEATS, min_seconds: float = MIN_SECONDS) -> float:
@@ -289,13 +286,9 @@ def _overhead(x: torch.Tensor, threads: int | None, repeats: int, tmp: Path) -> 
 
 
 def _rows(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return int(value.shape[0]) if value.dim() else 1
-    if isinstance(value, dict):
-        return _rows(next(iter(value.values())))
-    if isinstance(value, (tuple, list)):
-        return _rows(value[0])
-    return 1
+    """Rows of the first tensor in ``value`` (1 for a scalar or none)."""
+    first = next(iter(flatten_tensors(value)), None)
+    return int(first.shape[0]) if first is not None and first.dim() else 1
 
 
 def save_profile(result: LatencyProfile, csv_path: str | Path) -> tuple[Path, Path]:
