@@ -69,13 +69,14 @@ class LatencyProfile:
         return self.rest_ms + sum(self.layers[layer][cand] for layer, cand in assignments.items())
 
     def write_csv(self, path: str | Path) -> Path:
-        """``layer,candidate,latency_ms`` rows and the ``*`` row (the rest of the model); atomically."""
+        """``layer,candidate,latency_ms`` rows and the ``*`` row (the rest of the model), every value written in
+        full (repr) so the table the solver reads is the profile itself; atomically."""
         lines = ["layer,candidate,latency_ms"]
         for layer, row in self.layers.items():
             for cand in self.candidates:
                 if math.isfinite(row[cand]):
-                    lines.append(f"{layer},{cand},{row[cand]:.6f}")
-        lines.append(f"*,,{self.rest_ms:.6f}")
+                    lines.append(f"{layer},{cand},{row[cand]!r}")
+        lines.append(f"*,,{self.rest_ms!r}")
         return write_atomic(Path(path), ("\n".join(lines) + "\n").encode())
 
     def to_dict(self) -> dict[str, Any]:
