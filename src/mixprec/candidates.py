@@ -13,6 +13,10 @@ Grammar (case-insensitive)::
     fp8 | fp8e5m2             FP8 e4m3 (or e5m2) weights per channel and inputs per tensor
     fp16 | bf16               16-bit float weights and inputs
     fp32                      no quantization (the float reference)
+    q8_0 | q4_0               GGUF's (llama.cpp's) block formats, weight-only: blocks of 32 inputs,
+                               one float16 scale each, min/max ranges; q8_0: d = max|x| / 127,
+                               codes -127..127; q4_0: d = (the value of largest magnitude) / -8,
+                               codes -8..7 (mixprec.export.gguf writes them)
 
 Examples: w8a8, w4a8, w8a16, w16a16 (float16), w4, w4g128, w2g64, w4g128-asym, fp8, fp16,
 w4x2a8 (4-bit, up to 2 points per channel, 8-bit inputs), w4g128x2.
@@ -28,9 +32,15 @@ from .formats import FloatFormat, Format, IntFormat
 VALID_FORMS = ("w<B>a<B> (e.g. w8a8, w4a8, w8a16, w16a16)", "w<B> weight-only (e.g. w4, w8)",
                "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>", "suffix -asym (e.g. w4g128-asym)",
                "multipoint x<K> after the weight part, up to K points per channel (e.g. w4x2a8, w4g128x2)",
-               "fp8, fp8e5m2, fp16, bf16, fp32")
+               "fp8, fp8e5m2, fp16, bf16, fp32", "GGUF blocks q8_0, q4_0")
 _PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+))?(-asym)?$")
 MAX_POINTS = 8
+# GGUF's Q8_0 and Q4_0 (ggml-quants.c, quantize_row_q8_0_ref / quantize_row_q4_0_ref): 32 inputs a block.
+GGUF_BLOCK = 32
+GGUF_FORMATS = {
+    "q8_0": IntFormat(8, True, "group", GGUF_BLOCK, narrow_range=True, scale_dtype="fp16", range_method="minmax"),
+    "q4_0": IntFormat(4, True, "group", GGUF_BLOCK, scale_dtype="fp16", range_method="minmax"),
+}
 # Bits an unquantized (float) input is counted at in BOPs: weight-only kernels run on float16.
 FLOAT_ACTIVATION_BITS = 16
 
@@ -89,7 +99,8 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
               "bf16": (FloatFormat("bf16"), FloatFormat("bf16")),
               "fp8": (FloatFormat("fp8_e4m3", "channel"), FloatFormat("fp8_e4m3")),
               "fp8e4m3": (FloatFormat("fp8_e4m3", "channel"), FloatFormat("fp8_e4m3")),
-              "fp8e5m2": (FloatFormat("fp8_e5m2", "channel"), FloatFormat("fp8_e5m2"))}
+              "fp8e5m2": (FloatFormat("fp8_e5m2", "channel"), FloatFormat("fp8_e5m2")),
+              **{name: (fmt, None) for name, fmt in GGUF_FORMATS.items()}}
     if text in floats:
         canonical = {"fp8e4m3": "fp8"}.get(text, text)
         return Candidate(canonical, *floats[text])

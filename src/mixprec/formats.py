@@ -16,20 +16,37 @@ FLOAT_KINDS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8_e4m3": 8, "fp8_e5m2": 8}
 FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
 # Scales are stored as float16 (as in GPTQ/AWQ/NNCF checkpoints); zero-points at the weight bit-width.
 SCALE_BITS = 16
+RANGE_METHODS = ("minmax", "percentile", "mse")
+SCALE_DTYPES = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
 class IntFormat:
-    """Uniform affine integer grid: q = clamp(round(x / scale) + zero_point, qmin, qmax)."""
+    """Uniform affine integer grid: q = clamp(round(x / scale) + zero_point, qmin, qmax).
+
+    The defaults are mixprec's own grids. GGUF's block formats (candidates q8_0, q4_0) fix three more
+    things: ``narrow_range`` (symmetric codes -qmax..qmax, scale max|x| / qmax: Q8_0), ``scale_dtype``
+    'fp16' (codes are chosen with the float32 scale, values dequantized with it rounded to float16,
+    as ggml stores it) and ``range_method`` (the range the format is defined with, whatever the caller
+    asks: GGUF's are min/max)."""
 
     bits: int
     symmetric: bool = True
     granularity: str = "tensor"
     group_size: int | None = None
+    narrow_range: bool = False
+    scale_dtype: str = "fp32"
+    range_method: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
             raise CandidateError(f"integer bit-width must be 2..16, got {self.bits!r}")
+        if self.narrow_range and not self.symmetric:
+            raise CandidateError("narrow_range (codes -qmax..qmax) needs a symmetric grid")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise CandidateError(f"scale_dtype must be one of {SCALE_DTYPES}, got {self.scale_dtype!r}")
+        if self.range_method is not None and self.range_method not in RANGE_METHODS:
+            raise CandidateError(f"range_method must be one of {RANGE_METHODS} or None, got {self.range_method!r}")
         if self.granularity not in GRANULARITIES:
             raise CandidateError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.granularity == "group":
@@ -40,7 +57,9 @@ class IntFormat:
 
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+        if not self.symmetric:
+            return 0
+        return -self.qmax if self.narrow_range else -(2 ** (self.bits - 1))
 
     @property
     def qmax(self) -> int:
@@ -65,7 +84,8 @@ class IntFormat:
     @property
     def name(self) -> str:
         g = {"tensor": "t", "channel": "c"}.get(self.granularity, f"g{self.group_size}")
-        return f"int{self.bits}{'s' if self.symmetric else 'a'}-{g}"
+        return (f"int{self.bits}{'s' if self.symmetric else 'a'}{'n' if self.narrow_range else ''}-{g}"
+                + ("-fp16scale" if self.scale_dtype == "fp16" else ""))
 
 
 @dataclass(frozen=True)

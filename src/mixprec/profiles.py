@@ -23,6 +23,8 @@ PROFILES: dict[str, tuple[str, ...]] = {
     # ONNX Runtime on an AVX2 CPU without VNNI: its u8 x s8 kernels add pairs of products in 16 bits,
     # which saturate with 8-bit weights; 7-bit weights (onnxruntime's reduce_range) never do.
     "ort-cpu-avx2": ("w7a8", "w4", "w8", "w4g32", "w4g128", "fp32"),
+    # llama.cpp: the GGUF types the gguf package writes, simulated bit for bit (mixprec.export.gguf).
+    "gguf": ("q8_0", "q4_0", "fp16"),
 }
 # Profiles that deploy to an export target (mixprec.export's ``target``).
 PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu"}

@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import FP8_MAX, FloatFormat, Format, IntFormat
+from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat
 
-RANGE_METHODS = ("minmax", "percentile", "mse")
 # Which integer grid the quantizers make; part of every cache key (run entries, plan evaluations,
 # rounding checkpoints), so results measured on another grid are never reused. 2: signed symmetric scales.
 GRID_VERSION = 2
@@ -33,7 +32,10 @@ def int_qparams(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[tor
     Q4_0 and NNCF's INT4_SYM do the same. An unsigned max|x| / qmax leaves qmin unused: 15 levels of
     16 at 4 bits, 3 of 4 at 2 bits (benchmarks/symmetric_grid.py measures both)."""
     tiny = torch.finfo(torch.float32).tiny
-    if fmt.symmetric:
+    if fmt.symmetric and fmt.narrow_range:  # max|x| on +-qmax (GGUF Q8_0: d = amax / 127)
+        scale = torch.maximum(-lo.clamp(max=0), hi.clamp(min=0)) / fmt.qmax
+        zero_point = torch.zeros_like(scale)
+    elif fmt.symmetric:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         scale = torch.where(-lo >= hi, lo, hi) / fmt.qmin  # > 0 when lo is the extreme, < 0 when hi is
         zero_point = torch.zeros_like(scale)
@@ -49,9 +51,15 @@ def int_qparams(lo: torch.Tensor, hi: torch.Tensor, fmt: IntFormat) -> tuple[tor
 
 
 def fake_quant_int(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
-    # x_hat = s * (clamp(round(x / s) + z, qmin, qmax) - z)
+    # x_hat = s' * (clamp(round(x / s) + z, qmin, qmax) - z), s' = s as stored
     q = torch.clamp(torch.round(x / scale) + zero_point, fmt.qmin, fmt.qmax)
-    return (q - zero_point) * scale
+    return (q - zero_point) * stored_scale(scale, fmt)
+
+
+def stored_scale(scale: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """The scale values are dequantized with: ``scale``, or ``scale`` rounded to float16 for formats that
+    store it so (GGUF blocks; the codes are still chosen with the float32 scale, as ggml's quantizers do)."""
+    return scale.to(torch.float16).to(scale.dtype) if fmt.scale_dtype == "fp16" else scale
 
 
 def fp8_scale(amax: torch.Tensor, kind: str) -> torch.Tensor:
@@ -75,9 +83,12 @@ def fake_quant_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: F
 
 def choose_range(rows: torch.Tensor, fmt: Format, method: str = "mse", percentile: float = 99.99,
                  lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row clipping range (R, 1) for float32 ``rows`` (R, K); ``lo``/``hi`` override the row extremes."""
+    """Per-row clipping range (R, 1) for float32 ``rows`` (R, K); ``lo``/``hi`` override the row extremes.
+
+    A format that fixes its range method (GGUF's: minmax) is calibrated with it, whatever ``method`` says."""
     if method not in RANGE_METHODS:
         raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+    method = getattr(fmt, "range_method", None) or method
     lo = rows.amin(dim=1, keepdim=True) if lo is None else lo
     hi = rows.amax(dim=1, keepdim=True) if hi is None else hi
     if method == "percentile":

@@ -79,6 +79,8 @@ def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = F
             return Realisation("fp16", input_fp16=a is not None)
         return f"{w.kind} weights have no ONNX Runtime CPU kernel"
     assert isinstance(w, IntFormat)
+    if w.scale_dtype != "fp32" or w.narrow_range:
+        return f"{candidate.name} is a GGUF block format: llama.cpp runs it (mixprec.export.gguf)"
     if w.bits > 8:
         return f"{w.bits}-bit integer weights have no ONNX Runtime CPU kernel (8 bits at most)"
     if isinstance(a, IntFormat):

@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from ..errors import RoundingError
 from ..formats import IntFormat
-from ..quantizers import weight_qparams
+from ..quantizers import stored_scale, weight_qparams
 from .config import RoundingConfig
 
 ZETA, GAMMA = 1.1, -0.1
@@ -106,7 +106,8 @@ class SoftRounding:
 
     def _weight(self, up: torch.Tensor) -> torch.Tensor:
         fmt = self.fmt
-        return (torch.clamp(self.floor + up + self.zero_point, fmt.qmin, fmt.qmax) - self.zero_point) * self.scale
+        return ((torch.clamp(self.floor + up + self.zero_point, fmt.qmin, fmt.qmax) - self.zero_point)
+                * stored_scale(self.scale, fmt))
 
     def soft(self) -> torch.Tensor:
         return self._weight(rectified_sigmoid(self.V))
