@@ -274,13 +274,39 @@ def test_a_folder_with_other_weights_is_refused(tmp_path):
         write_compressed_tensors(model, make_plan(model, {"0.self_attn.o_proj": "w8"}), tmp_path, progress=False)
 
 
-def test_tied_weights_cannot_take_two_formats(tmp_path):
+def test_a_tied_output_embedding_is_stored_once_and_cannot_take_another_format(tmp_path):
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = CausalLM(transformers.LlamaForCausalLM(config)).eval()
-    plan = make_plan(model, {}, head="w8")
-    if "lm.lm_head" not in plan.layer_candidates():
-        pytest.skip("the tied output layer is grouped with the embedding here")
-    with pytest.raises((ModelError, CandidateError)):
-        write_compressed_tensors(model, plan, tmp_path / "tied", progress=False)
+    plan = make_plan(model, {"0.self_attn.o_proj": "w4g32"})
+    assert plan.layer_candidates()["lm.lm_head"] == "fp32"  # grouped with the embedding it shares
+    result = write_compressed_tensors(model, plan, tmp_path / "tied", progress=False)
+    tensors, _ = load_dequantized(tmp_path / "tied")
+    assert result.readback.exact and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors
+    assert "lm_head" in result.ignore
+    alone = Plan({"head": "w8"}, {"head": ["lm.lm_head"]})
+    with pytest.raises(ModelError, match="lm_head.weight shares its tensor with model.embed_tokens.weight"):
+        write_compressed_tensors(model, alone, tmp_path / "no", progress=False)
+
+
+@needs_ct
+@pytest.mark.parametrize("candidate", ["w4g32", "w3g32-asym", "w8"])
+def test_transformers_loads_a_one_scheme_checkpoint_to_the_simulated_model(tmp_path, candidate):
+    # transformers' dequantize-on-load decompresses every dense layer with the first config group's scheme,
+    # so only a checkpoint with one group goes through it (mixed ones are read by compressed-tensors above)
+    model = tiny_llama(seed=4)
+    plan = make_plan(model, {})
+    for group in plan.assignments:
+        if group not in ("lm.model.embed_tokens", "lm.lm_head"):
+            plan.assignments[group] = candidate
+    quantized = apply(model, plan, progress=False)
+    write_compressed_tensors(model, plan, tmp_path / "one", quantized=quantized, progress=False)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "one", local_files_only=True, dtype=torch.float32,
+        quantization_config=transformers.CompressedTensorsConfig(dequantize=True)).eval()
+    state = loaded.state_dict()
+    for key, want in simulated(quantized, plan).items():
+        assert torch.equal(state[key], want), key
+    tokens = batches(1)[0]
+    assert torch.equal(loaded(input_ids=tokens, use_cache=False).logits, quantized(tokens))

@@ -189,16 +189,20 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
         raise PlanError(f"the quantized model does not hold layer {wrong[0]!r} at {candidates[wrong[0]].name}; pass "
                         "the model apply(model, plan, data) made from this plan")
 
-    tensors, expected = _float_tensors(root, {n[len(prefix):] for n in candidates})
+    changed = {n[len(prefix):] for n, c in candidates.items() if c.weight is not None}  # fp32 layers stay as they are
+    tensors = _float_tensors(root, changed)
+    expected = dict(tensors)
     groups: dict[Scheme, list[str]] = {}
     rows = []
     for name, candidate in candidates.items():
         local = name[len(prefix):]
-        simulated = layers_q[name].layer.weight.detach().cpu()
-        expected[f"{local}.weight"] = simulated
         scheme = schemes[name]
         rows.append({"layer": local, "candidate": candidate.name, "format": "dense" if scheme is None else scheme.format})
-        if scheme is None:
+        if local not in changed:
+            continue
+        simulated = layers_q[name].layer.weight.detach().cpu()
+        expected[f"{local}.weight"] = simulated
+        if scheme is None:  # float16/bfloat16 values
             tensors[f"{local}.weight"] = simulated.contiguous()
             continue
         groups.setdefault(scheme, []).append(local)
@@ -276,25 +280,26 @@ def _hf_config(root: nn.Module) -> dict[str, Any]:
     return data
 
 
-def _float_tensors(root: nn.Module, planned: set[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The state dict of ``root`` without the planned layers' weights (written per scheme), a tensor shared under
-    two names kept under the first (a tied output embedding, which the config re-ties); and the same tensors as
-    the expected read-back."""
+def _float_tensors(root: nn.Module, changed: set[str]) -> dict[str, torch.Tensor]:
+    """The state dict of ``root`` without the weights of the ``changed`` layers (written per scheme); a tensor
+    shared under two names (a tied output embedding, which the config re-ties on loading) is kept once, under
+    its first name."""
     tensors: dict[str, torch.Tensor] = {}
     first: dict[tuple, str] = {}
     for key, value in root.state_dict().items():
         layer = key.rpartition(".")[0]
         ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.dtype)
         if ident in first and value.numel():
-            if layer in planned or first[ident].rpartition(".")[0] in planned:
+            if layer in changed or first[ident].rpartition(".")[0] in changed:
                 raise ModelError(f"{key} shares its tensor with {first[ident]} (tied weights); a checkpoint stores it "
-                                 f"once, so both cannot take different formats: plan {layer!r} as fp32 or untie them")
+                                 f"once, so both cannot take different formats: plan {layer!r} like the other or "
+                                 "untie them")
             continue
         first[ident] = key
-        if key.endswith(".weight") and layer in planned:
+        if key.endswith(".weight") and layer in changed:
             continue
         tensors[key] = value.detach().cpu()
-    return tensors, dict(tensors)
+    return tensors
 
 
 def _layer_tensors(name: str, original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, scheme: Scheme,
