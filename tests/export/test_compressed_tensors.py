@@ -16,7 +16,7 @@ from mixprec.hf import CausalLM  # noqa: E402
 from mixprec.plan import Plan  # noqa: E402
 
 try:
-    import compressed_tensors  # noqa: F401
+    import compressed_tensors  # noqa: F401  (only whether it is installed)
     HAS_CT = True
 except ImportError:
     HAS_CT = False

@@ -434,18 +434,16 @@ def load_dequantized(folder: str | os.PathLike, reader: str = "auto",
     if reader not in READERS:
         raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
     if reader == "auto":
-        try:
-            import compressed_tensors  # noqa: F401
-            reader = "compressed-tensors"
-        except ImportError:
-            reader = "mixprec"
+        reader = "compressed-tensors" if _compressed_tensors_version() else "mixprec"
     tensors = load_file(str(folder / WEIGHTS_FILE))
     if reader == "compressed-tensors":
-        import compressed_tensors
+        if not _compressed_tensors_version():
+            raise MixprecError("reader 'compressed-tensors' needs the package: pip install -e '.[export]' "
+                               "(compressed-tensors==0.20.0), or use reader='mixprec'")
         from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
         dequantizer = CompressedTensorsDequantizer(str(folder), dtype=torch.float32)
         out = dequantizer.process(tensors)
-        label = f"compressed-tensors {compressed_tensors.__version__} CompressedTensorsDequantizer"
+        label = f"compressed-tensors {_compressed_tensors_version()} CompressedTensorsDequantizer"
     else:
         out = _dequantize(json.loads((folder / "config.json").read_text())["quantization_config"], tensors)
         label = "mixprec reader (compressed-tensors layout)"
@@ -453,6 +451,14 @@ def load_dequantized(folder: str | os.PathLike, reader: str = "auto",
         if key in out:
             out[key] = out[key].to(dtype)
     return out, label
+
+
+def _compressed_tensors_version() -> str | None:
+    try:
+        import compressed_tensors
+    except ImportError:
+        return None
+    return compressed_tensors.__version__
 
 
 def _dequantize(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
