@@ -26,11 +26,11 @@ from mixprec.quantizers import quantize_weight, weight_qparams  # noqa: E402
 QTYPES = {"q8_0": T.Q8_0, "q4_0": T.Q4_0}
 
 
-def tiny_llama(hidden=64, layers=3, tie=False, vocab=300, seed=0):
+def tiny_llama(hidden=64, layers=3, tie=False, vocab=300, seed=0, init=0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=tie)
+                         tie_word_embeddings=tie, initializer_range=init)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
 
@@ -247,9 +247,11 @@ def test_a_tie_rounds_to_even_and_the_file_keeps_mixprec_codes(tmp_path):
 
 def test_llama_cpp_runs_the_file_as_simulated(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    model = tiny_llama(layers=2)
+    # weights 5x the usual initialisation, so that attention (and the RoPE layout of Q and K) matters: with
+    # Q/K left unpermuted the logits below are off by 73 % of their largest value (fp32), 79 % (mixed)
+    model = tiny_llama(layers=2, init=0.1)
     ids = torch.randint(0, 300, (1, 24), generator=torch.Generator().manual_seed(1))
-    for plan, tolerance in ((plan_of({n: "fp32" for n in linear_names(model)}), 1e-3), (mixed_plan(model), None)):
+    for plan, tolerance in ((plan_of({n: "fp32" for n in linear_names(model)}), 5e-3), (mixed_plan(model), 0.1)):
         result = export_gguf(model, plan, tmp_path / "m.gguf", progress=False)
         simulated = apply(model, plan, None, weight_method="minmax", progress=False)
         with torch.no_grad():
@@ -257,8 +259,8 @@ def test_llama_cpp_runs_the_file_as_simulated(tmp_path):
         llm = llama_cpp.Llama(str(result.path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
         llm.eval(ids[0].tolist())
         got = np.asarray(llm.scores[: ids.shape[1]], np.float32)
-        if tolerance is not None:  # float32 weights: the same model up to float rounding (RoPE layout included)
-            assert np.abs(got - want).max() < tolerance
-        else:  # llama.cpp rounds the inputs of Q8_0/Q4_0 matmuls to Q8_0 blocks, which is not simulated
-            assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
         del llm
+        # fp32: the same model up to llama.cpp's float16 KV cache; mixed: llama.cpp also rounds the inputs of
+        # Q8_0/Q4_0 matmuls to Q8_0 blocks, which the weight-only simulation does not (2.5 % measured)
+        assert np.abs(got - want).max() < tolerance * np.abs(want).max()
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
