@@ -122,6 +122,11 @@ def test_tied_output_is_read_from_the_embedding_unless_planned(tmp_path):
     written = tensors(result.path)
     assert written["output.weight"].tensor_type == T.Q4_0 and written["token_embd.weight"].tensor_type == T.F16
     assert result.readback["mismatched"] == []
+    both = {"model.embed_tokens": "q8_0", "lm_head": "q8_0"}  # one tied group: the same blocks, written once
+    result = export_gguf(model, plan_of({**{n: "q4_0" for n in layers}, **both}), tmp_path / "c.gguf", progress=False)
+    written = tensors(result.path)
+    assert "output.weight" not in written and written["token_embd.weight"].tensor_type == T.Q8_0
+    assert result.readback["mismatched"] == [] and result.type_counts()["Q8_0"] == 1
 
 
 def test_metadata_and_vocabulary(tmp_path):

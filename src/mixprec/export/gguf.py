@@ -157,6 +157,11 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         if key in planned:
             layer = planned[key]
             kind = types[layer]
+            tied = expected.get("token_embd.weight")
+            if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and tied is not None \
+                    and any(r["name"] == "token_embd.weight" and r["type"] == kind for r in rows) \
+                    and torch.equal(tied, simulated[key]):
+                continue  # tied and planned alike (one group): the same blocks as token_embd, read from there
             data = _encode(state[key], simulated[key], candidates[layer], kind, layer)
             expected[gguf_name] = simulated[key]
         else:
