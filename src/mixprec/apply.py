@@ -70,8 +70,10 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
         weights = round_weights(model, plan, calibration_data, rounding, weight_method=weight_method,
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, **(rounding_options or {}))
+    sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
-                           activation_method=activation_method, calibrate=calibrate, progress=progress)
+                           activation_method=activation_method, calibrate=calibrate, progress=progress,
+                           sources=sources)
 
 
 def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str,

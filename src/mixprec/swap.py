@@ -30,6 +30,7 @@ from .groups import check_weights
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
+from .weight_cache import NEAREST
 
 
 def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "mse", points: str | None = None,
@@ -40,7 +41,11 @@ def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "ms
     errors); without them one point, on the candidate's weight format."""
     if points is not None:
         return multipoint_weight(weight, candidate, points, method, layer)
-    return quantize_weight(weight.detach(), candidate.weight, method)
+    fmt = candidate.weight
+    if fmt is None or method == "minmax":  # a copy or one pass: not worth the memory
+        return quantize_weight(weight.detach(), fmt, method)
+    return NEAREST.get(weight, ("nearest", repr(fmt), method),
+                       lambda: quantize_weight(weight.detach(), fmt, method))
 
 
 class QuantizedLayer(nn.Module):
@@ -103,21 +108,28 @@ def multipoint_weights(model: nn.Module, candidates: dict[str, Candidate], point
 
 def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: Iterable | None, *,
                     weights: dict[str, torch.Tensor] | None = None, weight_method: str = "mse",
-                    activation_method: str = "mse", calibrate: bool = True, progress: bool = True) -> nn.Module:
+                    activation_method: str = "mse", calibrate: bool = True, progress: bool = True,
+                    sources: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """``model`` with every layer of ``candidates`` (name -> candidate) a QuantizedLayer; returns it.
 
     model: a deep copy, taken by the caller before its passes over the data (a model in training
     mode changes on every pass). weights: ready-made weights by layer name (rounded, multipoint);
     the other layers get nearest_weight. The activation quantizers are calibrated on ``data``
     (input batches or (inputs, labels) pairs); ``calibrate=False`` leaves them uncalibrated, for a
-    saved quantized state dict to be loaded on top.
+    saved quantized state dict to be loaded on top. sources: the float weights nearest rounding reads
+    instead of the layers' own (the caller's model before its copy: the weight cache knows its tensors,
+    so plans measured one after another quantize each (layer, candidate) once).
     """
     weights = weights or {}
+    sources = sources or {}
     names = list(candidates)
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
         layer = model.get_submodule(name)
+        weight = weights.get(name)
+        if weight is None and name in sources:
+            weight = nearest_weight(sources[name], candidates[name], weight_method)
         set_module(model, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,
-                                               weight=weights.get(name)))
+                                               weight=weight))
     quantizers = [m.input_quantizer for m in quantized_layers(model).values() if m.input_quantizer.needs_calibration]
     if not calibrate:
         for q in quantizers:

@@ -1,0 +1,97 @@
+"""Nearest-rounded weights remembered per float tensor: a search that measures many plans of one model
+quantizes each (layer, candidate) once.
+
+A weight's nearest rounding depends only on the float tensor, the candidate's weight format and the
+range method, yet every measured plan (the guard's rivals, the local search's moves, refine, a Pareto
+front's evaluations) used to choose every layer's range again; with the mse range method that is
+dozens of passes over each weight, most of the cost of measuring a plan of an LLM.
+
+The cache is keyed by the float tensor itself, held weakly (an entry goes when its model goes), and by
+the tensor's version counter (an in-place change of the weight makes its entries stale). It holds at
+most ``MIXPREC_WEIGHT_CACHE_MB`` megabytes (default 4096; 0 turns it off), the least recently used
+entries leaving first. Callers get a copy, so nothing they do to it reaches the cache.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+DEFAULT_MB = 4096
+
+
+def _limit_bytes() -> int:
+    text = os.environ.get("MIXPREC_WEIGHT_CACHE_MB", str(DEFAULT_MB))
+    try:
+        mb = float(text)
+    except ValueError:
+        raise ValueError(f"MIXPREC_WEIGHT_CACHE_MB must be a number of megabytes, got {text!r}") from None
+    return max(0, int(mb * 2**20))
+
+
+class WeightCache:
+    """(float tensor, its version, key) -> a derived tensor, least recently used out past ``limit`` bytes."""
+
+    def __init__(self, limit_bytes: int | None = None):
+        self.limit = limit_bytes
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.refs: dict[int, weakref.ref] = {}  # id(tensor) -> a weak reference that drops its entries
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self.dead: list[int] = []  # owners whose tensor is gone (a weakref callback only records them)
+
+    def _drop_owner(self, owner: int) -> None:
+        self.refs.pop(owner, None)
+        for key in [k for k in self.entries if k[0] == owner]:
+            self.bytes -= _nbytes(self.entries.pop(key))
+
+    def get(self, tensor: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()`` for ``tensor`` and ``key``, from the cache when it is there; always a fresh copy."""
+        limit = _limit_bytes() if self.limit is None else self.limit
+        while self.dead:
+            gone = self.dead.pop()
+            if gone in self.refs and self.refs[gone]() is None:
+                self._drop_owner(gone)
+        owner = id(tensor)
+        ref = self.refs.get(owner)
+        if ref is not None and ref() is not tensor:  # the id was reused by another tensor
+            self._drop_owner(owner)
+            ref = None
+        full = (owner, tensor._version, key)
+        if full in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(full)
+            return self.entries[full].clone()
+        self.misses += 1
+        value = make()
+        size = _nbytes(value)
+        if limit == 0 or size > limit:
+            return value
+        if ref is None:
+            try:
+                self.refs[owner] = weakref.ref(tensor, lambda _, owner=owner: self.dead.append(owner))
+            except TypeError:  # not weak-referenceable: never cached
+                return value
+        for stale in [k for k in self.entries if k[0] == owner and k[1] != tensor._version]:
+            self.bytes -= _nbytes(self.entries.pop(stale))
+        self.entries[full] = value.detach().clone()
+        self.bytes += size
+        while self.bytes > limit and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= _nbytes(old)
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.refs.clear()
+        self.bytes = 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+NEAREST = WeightCache()
