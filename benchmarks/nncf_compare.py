@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import platform
 import sys
 import time
@@ -42,6 +43,12 @@ from mixprec.solvers import SOLVERS, AllocationProblem, Goal
 from mixprec.solvers.exact import InfeasibleBudget
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def grid_index(config: dict) -> int:
+    """Where ``config`` sits in the largest grid (the order rows are shown in)."""
+    full = grid("awq")
+    return full.index(config) if config in full else len(full)
 
 
 def grid(size: str) -> list[dict]:
@@ -119,7 +126,9 @@ def mixprec_analysis(model_name: str, device: str, rounding: str) -> Analysis:
 
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
-            save=None) -> dict:
+            save=None, part: tuple[int, int] = (0, 1), done: list | None = None) -> dict:
+    """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
+    (by label) and not measured again."""
     import nncf
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
@@ -137,18 +146,24 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     def report(rows: list, partial: bool) -> dict:
         return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
                 "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
-                "mixprec_rounding": rounding, "rows": rows, "partial": partial,
+                "mixprec_rounding": rounding, "rows": rows, "partial": partial, "grid": size,
                 "command": "python " + " ".join(sys.argv),
                 "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
                             "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                             "python": platform.python_version(), "machine": platform.machine(),
                             "threads": torch.get_num_threads()}}
 
+    earlier = {row["label"]: row for row in done or []}
     rows = []
-    for config in grid(size):
+    for index, config in enumerate(grid(size)):
+        if index % part[1] != part[0]:
+            continue
         label = (f"{config['mode'].lower()} g{config['group_size']} ratio {config['ratio']}"
                  f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}"
                  f"{' + AWQ + scale estimation' if config.get('awq') else ''}")
+        if label in earlier:
+            rows.append(earlier[label])
+            continue
         row: dict = {"config": config, "label": label}
         start = time.perf_counter()
         try:
@@ -281,19 +296,44 @@ def main() -> int:
     parser.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
                         help="restrict mixprec's matching groups to one candidate, e.g. lm_head=w8")
     parser.add_argument("--out-suffix", default="", help="suffix for the result files, e.g. _pinned")
+    parser.add_argument("--part", default="0/1", metavar="K/N",
+                        help="only the grid's rows i with i %% N == K (run the N parts at once, one per GPU; each "
+                        "writes <name>_partK); rows a cut-short run saved are kept and not measured again")
+    parser.add_argument("--merge", type=int, metavar="N",
+                        help="only merge the N part files (_part0 .. _partN-1) into one result, in grid order")
     args = parser.parse_args()
+    k, n = (int(x) for x in args.part.split("/"))
+    if not 0 <= k < n:
+        raise SystemExit(f"--part K/N needs 0 <= K < N, got {args.part}")
     try:
         import nncf  # noqa: F401
     except ImportError:
         print("skipped: nncf is not installed (pip install -e \".[bench]\")")
         return 0
     name = f"nncf_{args.model}{args.out_suffix}"
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{name}_part{i}.json").read_text()) for i in range(args.merge)]
+        labels = [row["label"] for row in sorted((r for p in parts for r in p["rows"]),
+                                                  key=lambda r: grid_index(r["config"]))]
+        by_label = {r["label"]: r for p in parts for r in p["rows"]}
+        merged = {**parts[0], "rows": [by_label[x] for x in labels],
+                  "partial": any(p["partial"] for p in parts) or len(labels) < len(grid(parts[0]["grid"])),
+                  "command": " ; ".join(p["command"] for p in parts)}
+        write_json_atomic(RESULTS / f"{name}.json", merged)
+        (RESULTS / f"{name}.md").write_text(markdown(merged))
+        print(markdown(merged))
+        return 0
+    if n > 1:
+        name += f"_part{k}"
+    previous = RESULTS / f"{name}.json"
+    done = json.loads(previous.read_text())["rows"] if previous.is_file() and \
+        json.loads(previous.read_text()).get("partial") else []
 
     def save(report: dict) -> None:
         write_json_atomic(RESULTS / f"{name}.json", report)
         (RESULTS / f"{name}.md").write_text(markdown(report))
     try:
-        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save))
+        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0
