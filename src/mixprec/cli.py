@@ -404,8 +404,13 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export, report_path
+    from .export.targets import get_target
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    if args.float_type and args.target != "gguf":
+        raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
+    if get_target(args.target).writer != "export":
+        return _export_file(args)
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (calibration batches and the "
                         "example input of the export)")
@@ -429,6 +434,107 @@ def cmd_export(args) -> int:
     _print_notes(result.notes)
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0
+
+
+def _export_file(args) -> int:
+    """export --target gguf | compressed-tensors: check the plan on the target, apply it (nearest rounding), write
+    and read back the file or folder, and report; no runtime of those targets runs here."""
+    from collections import Counter
+
+    from .apply import apply
+    from .evaluation import to_eval_result
+    from .export import check_target, export_gguf, report_path, write_compressed_tensors
+    from .export.compressed_tensors import REPORT_FILE, check_output_folder
+    from .groups import layer_kind
+    gguf = args.target == "gguf"
+    if gguf and not str(args.out).endswith(".gguf"):
+        raise SpecError(f"--out must name a .gguf file for --target gguf, got {args.out}")
+    out = check_output_file(args.out) if gguf else check_output_folder(args.out, "--out")
+    args.needs_data = not gguf  # GGUF's candidates are weight-only: no calibration
+    model, data, _, groups = _setup(args)
+    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    check_target(args.target, {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
+                               for name, m in plan.model_layers(model).items()})
+    weight_method = "minmax" if gguf else args.weight_range  # GGUF's q8_0/q4_0 fix their own (min/max) ranges
+    quantized = apply(model, plan, None if gguf else data, weight_method=weight_method,
+                      activation_method=args.activation_range)
+    notes = []
+    folder = _checkpoint_folder(args.model)
+    if gguf:
+        tokenizer, pre, note = _gguf_tokenizer(args.model, folder)
+        notes += [note] if note else []
+        result = export_gguf(model, plan, out, quantized=quantized, tokenizer=tokenizer, tokenizer_pre=pre,
+                             float_type=args.float_type or "f32", progress=False)
+        _table(["layer", "candidate", "GGUF tensor", "type", "bytes"],
+               [(t["layer"], t["candidate"], t["name"], t["type"], format_bytes(t["bytes"]))
+                for t in result.tensors if t["layer"] is not None])
+        rest = Counter(t["type"] for t in result.tensors if t["layer"] is None)
+        print(f"outside the plan: {sum(rest.values())} tensor(s), " + ", ".join(f"{n} {k}" for k, n in sorted(rest.items())))
+        check = result.readback
+        print(f"read back (gguf.GGUFReader): {check['exact']}/{check['tensors']} tensors exactly the simulated weights")
+        report = report_path(out)
+    else:
+        result = write_compressed_tensors(model, plan, out, quantized=quantized, weight_method=args.weight_range,
+                                          activation_method=args.activation_range, source_folder=folder,
+                                          progress=False)
+        _table(["layer", "candidate", "config group", "format"],
+               [(r["layer"], r["candidate"], r["group"] or "ignore", r["format"]) for r in result.layers])
+        for name, group in result.groups.items():
+            w, a = group["weights"], group["input_activations"]
+            print(f"{name}: {group['format']}, weights {w['num_bits']}-bit {w['type']} {w['strategy']}"
+                  + (f" {w['group_size']}" if w["group_size"] else "") + ("" if w["symmetric"] else " asymmetric")
+                  + (f", inputs {a['num_bits']}-bit {a['type']} per {a['strategy']}" if a else "")
+                  + f"; {len(group['targets'])} layer(s)")
+        print(f"ignore (dense Linear layers): {len(result.ignore)}")
+        check = result.readback
+        print(f"read back ({check.reader}): {check.compared} tensors, "
+              + ("exactly the simulated weights" if check.exact else f"{len(check.mismatched)} differ"))
+        report = out / REPORT_FILE
+    evaluation = None
+    if args.eval:
+        evaluation = to_eval_result(load_eval(args.eval, args.model)(quantized))
+        print(f"simulated {evaluation.name} {evaluation.value:.4g} (mixprec's simulation of the plan; the "
+              f"{args.target} export itself was not re-evaluated: mixprec has no runtime for it)")
+    _print_notes(notes + result.notes)
+    write_json_atomic(report, {"target": args.target, "model": args.model, "plan": args.plan or f"uniform {args.uniform}",
+                               **result.to_dict(), "simulated": None if evaluation is None else evaluation.to_dict(),
+                               "exported_evaluated": False})
+    print(f"wrote {out} ({format_bytes(result.size_bytes)}) and {report}")
+    return 0
+
+
+def _checkpoint_folder(model_spec: str) -> Path | None:
+    """The Hugging Face folder of an hf:DIR model or of the built-in smollm2 (its tokenizer and files), else None."""
+    from . import hf
+    if hf.is_hf(model_spec):
+        return hf.parse(model_spec).folder
+    if model_spec == "smollm2":
+        from .builtin import smollm2
+        return smollm2.converted_dir()
+    return None
+
+
+def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str, str | None]:
+    """(tokenizer, llama.cpp pre-tokenizer name, note) for export_gguf: the folder's own tokenizer, loaded from it
+    alone; for smollm2 the pre-tokenizer of the GGUF it came from. No tokenizer: (None, "default", why)."""
+    from . import hf
+    from .export.gguf import vocabulary_refusal
+    if folder is None:
+        return None, "default", None  # export_gguf notes that the file has no vocabulary
+    try:
+        tokenizer = hf.tokenizer(str(folder))
+    except SpecError as exc:
+        return None, "default", f"the file has no vocabulary: {exc}"
+    refusal = vocabulary_refusal(tokenizer)
+    if refusal:
+        return None, "default", f"the file has no vocabulary: {refusal} (llama.cpp runs it on token ids)"
+    if model_spec == "smollm2":
+        import gguf
+        from .builtin import smollm2
+        return tokenizer, gguf.GGUFReader(str(smollm2.gguf_path())).fields["tokenizer.ggml.pre"].contents(), None
+    return tokenizer, "default", (f"the tokenizer of {folder} is written with llama.cpp's pre-tokenizer 'default' (a "
+                                  "model llama.cpp knows names its own in convert_hf_to_gguf.py)")
 
 
 def cmd_profile(args) -> int:
@@ -656,20 +762,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "measurements, else the middle point)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write the plan as an ONNX file for a runtime, and re-evaluate it there",
-                       description="Export a model quantized by a plan (or a uniform candidate) for a target "
-                       "runtime, with mixprec's own scales and zero-points: int8 QDQ for w<B>a8, MatMulNBits for "
-                       "weight-only Linear layers, float for fp32. Prints, per layer, what was written and what "
-                       "the runtime runs (low precision or a float fallback), the simulated and exported metric and "
-                       "their top-1 agreement; writes OUT and OUT's .report.json.")
+    p = sub.add_parser("export", help="write the plan for a runtime: ONNX (re-evaluated there), GGUF or "
+                       "compressed-tensors", description="Export a model quantized by a plan (or a uniform "
+                       "candidate) for a target runtime, with mixprec's own scales and zero-points. ort-cpu: an "
+                       "ONNX file, int8 QDQ for w<B>a8, MatMulNBits for weight-only Linear layers, float for fp32; "
+                       "prints, per layer, what was written and what the runtime runs (low precision or a float "
+                       "fallback), the simulated and exported metric and their top-1 agreement; writes OUT and OUT's "
+                       ".report.json. gguf: a Llama causal LM as a .gguf file for llama.cpp (q8_0, q4_0, fp16, fp32), "
+                       "with OUT's .report.json. compressed-tensors: a checkpoint folder OUT for vLLM, with "
+                       "OUT/mixprec-report.json. Both are read back against the simulation; neither is re-evaluated.")
     _add_model_args(p)
     p.add_argument("--plan", help="plan.json to export")
     p.add_argument("--uniform", metavar="CAND", help="put every group on this candidate, e.g. w8a8")
     from .export.targets import TARGETS
-    p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="target runtime (default ort-cpu)")
-    p.add_argument("--out", required=True, help="ONNX file to write (.onnx)")
-    p.add_argument("--eval", help="evaluation run on the simulated and the exported model (default for a built-in "
-                   "model: its own)")
+    p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="target runtime (default ort-cpu): "
+                   + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
+    p.add_argument("--out", required=True, help="file to write: .onnx (ort-cpu) or .gguf (gguf); for "
+                   "compressed-tensors a folder (new, empty or written by mixprec)")
+    p.add_argument("--eval", help="ort-cpu: evaluation run on the simulated and the exported model (default for a "
+                   "built-in model: its own); gguf, compressed-tensors: run on the simulated model only")
+    p.add_argument("--float-type", choices=("f32", "f16"), default=None, help="gguf: the type of 2-D tensors "
+                   "outside the plan (default f32)")
     p.add_argument("--reduce-range", action="store_true", help="check that layers with 8-bit inputs have 7-bit "
                    "weights (w7a8), which CPUs without VNNI run without saturation")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (default 4: inputs "

@@ -27,7 +27,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "gguf": ("q8_0", "q4_0", "fp16"),
 }
 # Profiles that deploy to an export target (mixprec.export's ``target``).
-PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu"}
+PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu", "gguf": "gguf"}
 
 
 def profile_candidates(name: str) -> list[Candidate]:

@@ -274,6 +274,18 @@ def test_a_folder_with_other_weights_is_refused(tmp_path):
         write_compressed_tensors(model, make_plan(model, {"0.self_attn.o_proj": "w8"}), tmp_path, progress=False)
 
 
+def test_a_folder_of_files_mixprec_did_not_write_is_refused_and_one_it_wrote_is_rewritten(tmp_path):
+    model = tiny_llama()
+    plan = make_plan(model, {"0.self_attn.o_proj": "w8"})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(OutputError, match="holds files mixprec did not write"):
+        write_compressed_tensors(model, plan, tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "config.json").read_text() == "{}"
+    write_compressed_tensors(model, plan, tmp_path / "ours", progress=False)
+    assert write_compressed_tensors(model, plan, tmp_path / "ours", progress=False).readback.exact
+
+
 def test_a_tied_output_embedding_is_stored_once_and_cannot_take_another_format(tmp_path):
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)

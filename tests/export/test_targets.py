@@ -2,7 +2,7 @@ import pytest
 
 from mixprec.candidates import parse_candidate
 from mixprec.errors import CandidateError
-from mixprec.export.targets import check_layers, get_target, nbits_block_size, realise
+from mixprec.export.targets import TARGETS, check_target, get_onnx_target, get_target, nbits_block_size, realise
 from mixprec.profiles import PROFILE_TARGETS, PROFILES
 
 
@@ -27,12 +27,29 @@ def test_what_ort_cpu_cannot_run(cand):
 
 
 def test_every_target_profile_is_runnable_on_its_target():
-    for profile, target in PROFILE_TARGETS.items():
-        layers = {f"l{i}": (kind, 256, parse_candidate(c)) for i, c in enumerate(PROFILES[profile])
-                  for kind in ("Linear",)}
-        check_layers(get_target(target), layers, reduce_range=profile.endswith("avx2"))
+    assert PROFILE_TARGETS["gguf"] == "gguf"
+    for profile, target in PROFILE_TARGETS.items():  # gguf's through mixprec.export.gguf.check_plan
+        layers = {f"l{i}": ("Linear", (64, 256), parse_candidate(c)) for i, c in enumerate(PROFILES[profile])}
+        assert len(check_target(target, layers, reduce_range=profile.endswith("avx2"))) == len(layers)
+
+
+@pytest.mark.parametrize("target,cand,why", [
+    ("ort-cpu", "q4_0", "llama.cpp runs it"), ("gguf", "w4g32", "no GGUF type is exactly this candidate"),
+    ("compressed-tensors", "w12", "12-bit integer weights")])
+def test_check_target_is_the_check_of_the_target(target, cand, why):
+    with pytest.raises(CandidateError) as info:
+        check_target(target, {"a": ("Linear", (64, 256), parse_candidate(cand)),
+                              "b": ("Linear", (64, 256), parse_candidate("fp32"))})
+    message = str(info.value)
+    assert "1 layer(s)" in message and why in message and TARGETS[target].candidates in message
 
 
 def test_unknown_target():
-    with pytest.raises(CandidateError, match="ort-cpu"):
+    with pytest.raises(CandidateError, match="ort-cpu.*gguf.*compressed-tensors"):
         get_target("tensorrt")
+
+
+def test_onnx_functions_name_the_writer_of_other_targets():
+    assert get_onnx_target("ort-cpu").name == "ort-cpu"
+    with pytest.raises(CandidateError, match=r"profile writes ONNX files; .*write_compressed_tensors"):
+        get_onnx_target("compressed-tensors", "profile")

@@ -5,6 +5,14 @@ simulation (nothing is recalibrated): int8 QDQ for w<B>a8, MatMulNBits for weigh
 float for fp32 (mixprec.export.onnx_graph). The result says, per layer, the format written and the op
 ONNX Runtime really runs, low precision or a float fallback (mixprec.export.ort); with ``evaluate`` it
 also gives the simulated and exported metric and how often their predictions agree.
+
+The other targets are files of their own, each with its own function and result (``export`` and
+``ExportResult`` stay ONNX's):
+
+    export_gguf(model, plan, "model.gguf", tokenizer=...) -> GGUFExport             target gguf (llama.cpp)
+    write_compressed_tensors(model, plan, "out_dir") -> CompressedTensorsExport     target compressed-tensors (vLLM)
+
+``check_target(target, layers)`` checks a plan for any of them before any work.
 """
 from __future__ import annotations
 
@@ -25,9 +33,12 @@ from ..evaluation import EvalResult, to_eval_result
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..swap import QuantizedLayer, set_module
-from .targets import TARGETS, check_layers, get_target
+from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
+from .gguf import GGUFExport, export_gguf
+from .targets import TARGETS, check_layers, check_target, get_onnx_target
 
-__all__ = ["export", "ExportResult", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni"]
+__all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
+           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni"]
 
 
 def __getattr__(name: str):
@@ -100,9 +111,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
     evaluate: the user's evaluation function; it runs on the simulated and the exported model.
-    Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically.
+    Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically. The targets gguf and
+    compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
-    spec = get_target(target)
+    spec = get_onnx_target(target)
     if not isinstance(plan, Plan):
         raise PlanError(f"export takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
     if is_torchscript(model):

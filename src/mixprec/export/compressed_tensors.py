@@ -46,17 +46,15 @@ from ..groups import layer_kind
 from ..plan import Plan
 from ..quantizers import choose_range, fp8_scale, int_qparams, weight_qparams
 from ..swap import QuantizedLayer
+from .targets import TARGETS
 
 __all__ = ["write_compressed_tensors", "read_back", "load_dequantized", "CompressedTensorsExport", "ReadBack",
-           "layer_scheme", "pack_int32", "unpack_int32", "ACCEPTED"]
+           "layer_scheme", "check_plan", "check_output_folder", "pack_int32", "unpack_int32", "ACCEPTED"]
 
 CT_VERSION = "0.20.0"  # the compressed-tensors release whose layout is written
 WEIGHTS_FILE = "model.safetensors"
 REPORT_FILE = "mixprec-report.json"
-ACCEPTED = ("fp32 (ignored); integer weight-only w<B>, w<B>g<G> and -asym with B <= 8 (pack-quantized; G must divide "
-            "the layer's inputs); w<B>a<A> with B, A <= 8 (int-quantized, static per-tensor inputs); fp8 e4m3 "
-            "(float-quantized); fp16/bf16/w16a16 and w<B>a16 are written with their simulated weights but without "
-            "the float16 input cast (the serving dtype's job); Linear layers only")
+ACCEPTED = TARGETS["compressed-tensors"].candidates
 # Files of a Hugging Face folder a server needs beside the weights (copied with ``source_folder``).
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
               "merges.txt", "added_tokens.json", "generation_config.json", "chat_template.jinja")
@@ -158,8 +156,9 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     ``apply(model, plan, data)`` made (default: made here with nearest rounding, ``data`` calibrating inputs).
     source_folder: a checkpoint folder whose tokenizer and generation files are copied beside the weights.
     reader: how the read-back dequantizes (``auto``: compressed-tensors' own if installed, else mixprec's).
-    Raises a CandidateError listing every layer compressed-tensors cannot hold, before writing anything, and a
-    ModelError if what was written does not read back to the simulated weights bit for bit.
+    Raises a CandidateError listing every layer compressed-tensors cannot hold, before writing anything (so does an
+    ``out`` folder holding files of its own, e.g. the source checkpoint), and a ModelError if what was written does
+    not read back to the simulated weights bit for bit.
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"write_compressed_tensors takes a mixprec Plan, got {type(plan).__name__}; load one with "
@@ -169,11 +168,7 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     schemes = _check_layers(modules, candidates)
-    out = check_output_dir(out)
-    stale = sorted(p.name for p in out.glob("*.safetensors*") if p.name != WEIGHTS_FILE) if out.is_dir() else []
-    if stale:
-        raise OutputError(f"{out} already holds {stale[0]}, which a server would load with {WEIGHTS_FILE}; give an "
-                          "empty or new folder")
+    out = check_output_folder(out)
     prefix, root = _hf_root(model)
     outside = sorted(n for n in candidates if not n.startswith(prefix))
     if outside:
@@ -243,13 +238,31 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     return result
 
 
+def check_output_folder(out: str | os.PathLike, what: str = "out") -> Path:
+    """Before any work: ``out`` is a new or empty folder, or one an earlier export wrote (it holds REPORT_FILE)
+    with no other weights file a server would load too."""
+    out = check_output_dir(out, what)
+    stale = sorted(p.name for p in out.glob("*.safetensors*") if p.name != WEIGHTS_FILE) if out.is_dir() else []
+    if stale:
+        raise OutputError(f"{out} already holds {stale[0]}, which a server would load with {WEIGHTS_FILE}; give an "
+                          "empty or new folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).is_file():
+        raise OutputError(f"{what} {out} holds files mixprec did not write (it has no {REPORT_FILE}), and config.json "
+                          f"and {WEIGHTS_FILE} there would be replaced; give an empty or new folder")
+    return out
+
+
 def _check_layers(modules: dict[str, nn.Module], candidates: dict[str, Candidate]) -> dict[str, Scheme | None]:
-    """Scheme of every planned layer; one CandidateError lists every layer compressed-tensors cannot hold."""
+    return check_plan({name: (layer_kind(modules[name]) or type(modules[name]).__name__,
+                              int(modules[name].weight[0].numel()), candidate) for name, candidate in candidates.items()})
+
+
+def check_plan(layers: dict[str, tuple[str, int, Candidate]]) -> dict[str, Scheme | None]:
+    """Scheme of every planned layer (name -> (kind, inputs per output, candidate)); one CandidateError lists
+    every layer compressed-tensors cannot hold."""
     schemes, refused = {}, []
-    for name, candidate in candidates.items():
-        module = modules[name]
-        kind = layer_kind(module) or type(module).__name__
-        result = layer_scheme(candidate, kind, int(module.weight[0].numel()))
+    for name, (kind, inputs, candidate) in layers.items():
+        result = layer_scheme(candidate, kind, inputs)
         if isinstance(result, str):
             refused.append(f"{name} ({kind}, {candidate.name}): {result}")
         else:

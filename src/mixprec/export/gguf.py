@@ -31,10 +31,13 @@ from ..plan import Plan
 from ..quantizers import stored_scale, weight_qparams
 from ..swap import QuantizedLayer
 
-__all__ = ["export_gguf", "read_back", "gguf_type", "GGUFExport", "GGUF_CANDIDATES"]
+from .targets import TARGETS
+
+__all__ = ["export_gguf", "read_back", "gguf_type", "check_plan", "vocabulary_refusal", "GGUFExport",
+           "GGUF_CANDIDATES"]
 
 # What the gguf target runs (profile "gguf" plus fp32), for error messages.
-GGUF_CANDIDATES = "q8_0 (Q8_0), q4_0 (Q4_0), fp16 or w16a16 (F16) -- profile gguf -- and fp32 (F32)"
+GGUF_CANDIDATES = TARGETS["gguf"].candidates
 FLOAT_TYPES = ("f32", "f16")
 # mixprec's names of llama.cpp's file types (gguf.LlamaFileType), by the type most planned weights take.
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
@@ -319,18 +322,26 @@ def _write_metadata(writer, gguf, config, name: str, types: dict[str, str]) -> N
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def vocabulary_refusal(tokenizer) -> str | None:
+    """Why ``tokenizer`` cannot be written as a GGUF vocabulary, or None: only byte-level BPE (GPT-2 style)
+    tokenizers with a fast backend are."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    if (spec.get("model") or {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        return "GGUF export writes byte-level BPE tokenizers (GPT-2 style, as SmolLM2's) only"
+    return None
+
+
 def _write_vocab(writer, gguf, tokenizer, vocab_size: int, pre: str) -> None:
     """A byte-level BPE tokenizer as llama.cpp's ``gpt2`` vocabulary (tokens, types, merges, special ids,
     as convert_hf_to_gguf.py's _set_vocab_gpt2); no tokenizer: model ``none`` with ``vocab_size`` tokens."""
     if tokenizer is None:
         writer.add_tokenizer_model("none")
         return
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else {}
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ModelError("GGUF export writes byte-level BPE tokenizers (GPT-2 style, as SmolLM2's) only; pass "
-                         "tokenizer=None to write the model without a vocabulary")
+    refusal = vocabulary_refusal(tokenizer)
+    if refusal:
+        raise ModelError(f"{refusal}; pass tokenizer=None to write the model without a vocabulary")
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:
         raise ModelError(f"the tokenizer has token ids up to {max(vocab.values())}, the model {vocab_size} embeddings")

@@ -42,7 +42,7 @@ from ..errors import CandidateError, MixprecError
 from ..groups import ModelGroups, discover_groups, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..sensitivity.store import flatten_tensors
-from .targets import get_target, realise
+from .targets import get_onnx_target, realise
 
 REPEATS = 20
 MIN_SECONDS = 0.2
@@ -186,7 +186,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     quantizers, its calibration); batch_size: rows per timed input (default: the first batch's);
     threads: ONNX Runtime intra-op threads (default: its own); whole: also time the whole model at
     every uniform candidate the target runs, against the per-layer estimate."""
-    get_target(target)
+    get_onnx_target(target, "profile")
     batches = [item for item in data]
     if not batches:
         raise MixprecError("profiling needs calibration data: each layer is timed on the input it sees")

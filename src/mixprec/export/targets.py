@@ -2,7 +2,9 @@
 
 A realisation names what the exporter writes for a (layer kind, candidate) pair; ``None`` with a
 reason means the target cannot run it. Nothing here knows torch or onnx: the check runs before any
-work, on the plan alone.
+work, on the plan alone. The targets ``gguf`` and ``compressed-tensors`` are files of their own
+(mixprec.export.gguf, mixprec.export.compressed_tensors); :func:`check_target` checks a plan for any
+target with the check of the module that writes it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ class Target:
     name: str
     description: str
     candidates: str  # what the target accepts, for error messages and docs
+    writer: str = "export"  # the function of mixprec.export that writes it
+    out: str = "an .onnx file"  # what --out / out names
 
 
 TARGETS: dict[str, Target] = {
@@ -31,6 +35,17 @@ TARGETS: dict[str, Target] = {
         "weight-only w<B>, w<B>g<G> and their -asym forms with B <= 8 (MatMulNBits on Linear layers; G a multiple "
         "of 16 with a power-of-two factor >= 16; on Conv layers per channel only, dequantized to a float conv); "
         "w<B>a16 with B <= 8 and w16a16/fp16 (float16 values, float compute)"),
+    "gguf": Target(
+        "gguf", "llama.cpp: a GGUF file of a Llama causal LM",
+        "q8_0 (Q8_0), q4_0 (Q4_0), fp16 or w16a16 (F16) -- profile gguf -- and fp32 (F32); Q8_0/Q4_0 layers need "
+        "inputs in whole blocks of 32", writer="export_gguf", out="a .gguf file"),
+    "compressed-tensors": Target(
+        "compressed-tensors", "a compressed-tensors checkpoint folder (what vLLM serves)",
+        "fp32 (ignored); integer weight-only w<B>, w<B>g<G> and -asym with B <= 8 (pack-quantized; G must divide "
+        "the layer's inputs); w<B>a<A> with B, A <= 8 (int-quantized, static per-tensor inputs); fp8 e4m3 "
+        "(float-quantized); fp16/bf16/w16a16 and w<B>a16 are written with their simulated weights but without "
+        "the float16 input cast (the serving dtype's job); Linear layers only",
+        writer="write_compressed_tensors", out="a folder"),
 }
 
 
@@ -50,6 +65,16 @@ def get_target(name: str) -> Target:
         raise CandidateError(f"unknown export target {name!r}; targets: "
                              + "; ".join(f"{t.name} ({t.description})" for t in TARGETS.values()))
     return TARGETS[name]
+
+
+def get_onnx_target(name: str, what: str = "export()") -> Target:
+    """A target ``export`` writes as ONNX (and ``profile`` times); the others name their own writer."""
+    target = get_target(name)
+    if target.writer != "export":
+        raise CandidateError(f"{what} writes ONNX files; target {target.name} ({target.description}) is {target.out} "
+                             f"written by mixprec.export.{target.writer}(model, plan, out, ...) or mixprec export "
+                             f"--target {target.name}")
+    return target
 
 
 def nbits_block_size(group_size: int | None, inputs: int) -> int | None:
@@ -125,3 +150,26 @@ def check_layers(target: Target, layers: dict[str, tuple[str, int, Candidate]], 
         raise CandidateError(f"target {target.name} cannot run {len(refused)} layer(s) of the plan:\n  "
                              + "\n  ".join(shown) + f"\n{target.name} runs: {target.candidates}")
     return out
+
+
+def check_target(target: str | Target, layers: dict[str, tuple[str, tuple[int, ...], Candidate]],
+                 reduce_range: bool = False) -> dict:
+    """What ``target`` makes of every planned layer (name -> (kind, weight shape, candidate)): an ONNX
+    Realisation, a GGUF type or a compressed-tensors scheme (None: left dense). One CandidateError lists
+    every layer the target cannot run, with the target's candidates."""
+    spec = get_target(target.name if isinstance(target, Target) else target)
+    if spec.name == "gguf":
+        from .gguf import check_plan
+        return check_plan({name: (shape, candidate) for name, (_, shape, candidate) in layers.items()})
+    inputs = {name: (kind, _inputs(shape), candidate) for name, (kind, shape, candidate) in layers.items()}
+    if spec.name == "compressed-tensors":
+        from .compressed_tensors import check_plan
+        return check_plan(inputs)
+    return check_layers(spec, inputs, reduce_range)
+
+
+def _inputs(shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape[1:]:
+        count *= int(d)
+    return count
