@@ -103,7 +103,7 @@ class Analysis:
         try:
             return cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})),
                        list(saved.get("excluded", [])), dict(saved.get("points", {})), saved.get("model"), run,
-                       weight_range=arguments.get("weight_range") or "mse",
+                       weight_range=_run_weight_range(arguments),
                        activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
                        trust_run=trust_run)
         except (KeyError, TypeError, ValueError) as exc:
@@ -256,7 +256,7 @@ class Analysis:
             score = OutputDivergence(model, data or [], divergence) if divergence else load_eval(eval_spec, a["model"])
             return model, data, score
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
-                             arguments.get("weight_range") or "mse", arguments.get("activation_range") or "mse",
+                             _run_weight_range(arguments), arguments.get("activation_range") or "mse",
                              device or arguments.get("device") or "cpu", rounding, rounding_options,
                              "divergences" if divergence else "evaluations")
 
@@ -561,15 +561,18 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
     cands = _candidate_list(candidates)
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0
+    run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    if weight_range == "auto":  # each candidate's range method chosen by measurement (mixprec.weight_ranges)
+        cands, weight_range = _resolve_weight_ranges(model, groups, cands, batches, activation_range, run,
+                                                     progress and rank == 0, verbose and rank == 0)
     names = [c.name for c in cands]
     for pin in sorted({g.pinned for g in groups if g.pinned and g.pinned not in names}):
         if verbose:
             print(f"note: adding pinned candidate {pin} to the candidates")
         cands.append(parse_candidate(pin))
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-        else 0
     wanted = [c for c in cands if c.multipoint]
-    run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
         from .sensitivity.store import data_hash, model_hash
         run.refuse_other(model_hash(model), data_hash(batches))
@@ -593,6 +596,37 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def _run_weight_range(arguments: dict) -> str:
+    """The weight range method a run's plans are applied with: "auto" resolved every open candidate's range
+    into its name (w4g64-minmax), and what is left is mse."""
+    method = arguments.get("weight_range") or "mse"
+    return "mse" if method == "auto" else method
+
+
+def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Candidate], batches: list,
+                           activation_range: str, run: RunDirectory | None, progress: bool,
+                           verbose: bool) -> tuple[list[Candidate], str]:
+    """weight_range="auto": the candidates with their range methods chosen on the calibration data (kept in
+    the run directory), and the method for the rest (mse)."""
+    from .sensitivity.store import data_hash, model_hash
+    from .weight_ranges import choose_weight_ranges
+    if not batches:
+        raise SpecError("weight_range='auto' (--weight-range auto) measures each candidate's uniform plan with mse "
+                        "and with minmax ranges on the calibration data; give --data, or choose mse or minmax")
+    if run is not None and run.exists:  # another model's run is refused before anything is measured
+        run.refuse_other(model_hash(model), data_hash(batches))
+    key = {"model": model_hash(model), "data": data_hash(batches), "activation_range": activation_range,
+           "grid": GRID_VERSION}
+    resolved, choices = choose_weight_ranges(model, groups, cands, batches, activation_method=activation_range,
+                                             run_path=run.path if run is not None else None, key=key,
+                                             progress=progress)
+    if verbose:
+        for c in choices:
+            print(f"weight range of {c.candidate}: {c.chosen} (" + ", ".join(
+                f"{m} {v:.4g}" for m, v in c.divergences.items()) + f" {c.divergence} on the calibration data)")
+    return resolved, "mse"
 
 
 def _divergence_key(divergence: str, batches: int | None) -> str:

@@ -2,7 +2,7 @@
 
 Grammar (case-insensitive)::
 
-    w<B>[g<G>][x<K>][a<B>][-asym]
+    w<B>[g<G>][x<K>][a<B>][-asym][-minmax|-mse]
                                integer weights of B bits (2..16; w16 = float16), per output
                                channel, or per group of G inputs; x<K>: multipoint, up to K
                                (2..8) B-bit points per output channel, each with its own
@@ -10,6 +10,9 @@ Grammar (case-insensitive)::
                                (mixprec.multipoint); a<B> quantizes the layer input to B bits
                                (a16 = float16); without a<B> the candidate is weight-only and
                                the input stays float. -asym: asymmetric weights (zero-points).
+                               -minmax / -mse: this candidate's weight ranges are chosen so,
+                               whatever --weight-range says (two candidates that differ only in
+                               it cost the same; analyze --weight-range auto picks per candidate).
     fp8 | fp8e5m2             FP8 e4m3 (or e5m2) weights per channel and inputs per tensor
     fp16 | bf16               16-bit float weights and inputs
     fp32                      no quantization (the float reference)
@@ -19,7 +22,7 @@ Grammar (case-insensitive)::
                                codes -8..7 (mixprec.export.gguf writes them)
 
 Examples: w8a8, w4a8, w8a16, w16a16 (float16), w4, w4g128, w2g64, w4g128-asym, fp8, fp16,
-w4x2a8 (4-bit, up to 2 points per channel, 8-bit inputs), w4g128x2.
+w4x2a8 (4-bit, up to 2 points per channel, 8-bit inputs), w4g128x2, w4g64-minmax.
 """
 from __future__ import annotations
 
@@ -31,9 +34,12 @@ from .formats import FloatFormat, Format, IntFormat
 
 VALID_FORMS = ("w<B>a<B> (e.g. w8a8, w4a8, w8a16, w16a16)", "w<B> weight-only (e.g. w4, w8)",
                "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>", "suffix -asym (e.g. w4g128-asym)",
+               "suffix -minmax or -mse: the weight range method (e.g. w4g64-minmax)",
                "multipoint x<K> after the weight part, up to K points per channel (e.g. w4x2a8, w4g128x2)",
                "fp8, fp8e5m2, fp16, bf16, fp32", "GGUF blocks q8_0, q4_0")
-_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+))?(-asym)?$")
+_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+))?(-asym)?(?:-(minmax|mse))?$")
+# Weight range methods a candidate can fix for itself (suffix -minmax / -mse).
+CANDIDATE_RANGES = ("minmax", "mse")
 MAX_POINTS = 8
 # GGUF's Q8_0 and Q4_0 (ggml-quants.c, quantize_row_q8_0_ref / quantize_row_q4_0_ref): 32 inputs a block.
 GGUF_BLOCK = 32
@@ -107,30 +113,31 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     match = _PATTERN.match(text)
     if not match:
         raise CandidateError(f"unknown candidate {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
-    wbits_s, group_s, points_s, abits_s, asym = match.groups()
+    wbits_s, group_s, points_s, abits_s, asym, weight_range = match.groups()
     wbits = _int_bits(wbits_s, "weight", spec)
     points = int(points_s) if points_s else 1
     if not 1 <= points <= MAX_POINTS:
         raise CandidateError(f"candidate {spec!r}: the number of points x<K> must be 1..{MAX_POINTS} "
                              f"(e.g. w4x2), got {points}")
     if wbits == 16:
-        if group_s or asym or points > 1:
+        if group_s or asym or points > 1 or weight_range:
             raise CandidateError(f"candidate {spec!r}: w16 means float16 weights, which take no group size, "
-                                 "points (x<K>) or -asym")
+                                 "points (x<K>), -asym or a range suffix")
         weight: Format = FloatFormat("fp16")
     elif group_s:
         group = int(group_s)
         if group < 1:
             raise CandidateError(f"candidate {spec!r}: group size must be >= 1")
-        weight = IntFormat(wbits, symmetric=not asym, granularity="group", group_size=group)
+        weight = IntFormat(wbits, symmetric=not asym, granularity="group", group_size=group,
+                           range_method=weight_range)
     else:
-        weight = IntFormat(wbits, symmetric=not asym, granularity="channel")
+        weight = IntFormat(wbits, symmetric=not asym, granularity="channel", range_method=weight_range)
     activation: Format | None = None
     if abits_s:
         abits = _int_bits(abits_s, "activation", spec)
         activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
     name = (f"w{wbits}" + (f"g{int(group_s)}" if group_s else "") + (f"x{points}" if points > 1 else "")
-            + (f"a{int(abits_s)}" if abits_s else "") + (asym or ""))
+            + (f"a{int(abits_s)}" if abits_s else "") + (asym or "") + (f"-{weight_range}" if weight_range else ""))
     return Candidate(name, weight, activation, points)
 
 

@@ -673,7 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "inputs. solve's guard then measures plans with it too (default nearest)")
     p.add_argument("--eval", help="evaluation function (needed by --metric task)")
     p.add_argument("--out", help="run directory for the cache and the table")
-    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
+    p.add_argument("--weight-range", choices=(*RANGE_METHODS, "auto"), default="mse",
+                   help="weight range calibration; auto: each candidate's uniform plan is measured with mse and with "
+                   "minmax ranges on the calibration data and the candidate becomes the better variant, e.g. "
+                   "w4g64-minmax (default mse)")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")

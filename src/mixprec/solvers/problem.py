@@ -158,8 +158,13 @@ class AllocationProblem:
         return {g: self.candidates[int(c)] for g, c in zip(self.groups, choice)}
 
     def candidate_index(self, candidate: str) -> int:
+        """Where ``candidate`` is; a name without a range suffix (w4a8) stands for the run's variant of it
+        (w4a8-minmax after weight_range="auto"), which costs the same."""
         if candidate not in self.candidates:
-            raise MixprecError(f"{candidate} is not one of the candidates here ({', '.join(self.candidates)})")
+            variants = [c for c in self.candidates if c in (f"{candidate}-mse", f"{candidate}-minmax")]
+            if not variants:
+                raise MixprecError(f"{candidate} is not one of the candidates here ({', '.join(self.candidates)})")
+            candidate = variants[0]
         return self.candidates.index(candidate)
 
     def uniform_choice(self, candidate: str) -> np.ndarray:
