@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import CONFIGS, RESULTS, analysis_arguments, analyze_run, first_last_choice  # noqa: E402
+from run import CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, first_last_choice  # noqa: E402
 
 from mixprec import Analysis, __version__, analyze  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
@@ -73,11 +73,14 @@ def verdicts(result: dict) -> dict:
     return result
 
 
-def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None) -> Analysis:
-    """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache)."""
-    run = work / "sqnr"
+def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None,
+                  weight_range: str = "mse") -> Analysis:
+    """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache; another weight
+    range method has its own)."""
+    run = work / ("sqnr" if weight_range == "mse" else f"sqnr_{weight_range}")
     if not (run / "sensitivity.json").is_file():
-        analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples))
+        analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
+                                            weight_range=weight_range))
     return Analysis.load(run)
 
 
@@ -95,10 +98,10 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
-              partial: Path | None = None, local: bool = True) -> dict:
+              partial: Path | None = None, local: bool = True, weight_range: str = "mse") -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
-    sqnr = sqnr_analysis(model, config.candidates, work, device, samples)
+    sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range)
     problem = sqnr.problem()
     evaluator = sqnr.evaluator(device=device)
     reference = evaluator.reference().to_dict()
@@ -109,7 +112,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
 
     highest = max(problem.candidates, key=lambda c: problem.uniform_cost("bytes", c))
     rows, analyses = [], {"sqnr": sqnr.table.metadata.get("seconds")}
-    for cand in [c for c in problem.candidates if c != highest and (not at or c in at)]:
+    for cand in [c for c in problem.candidates if c != highest and (not at or base_name(c) in at)]:
         studied = [("sqnr", sqnr, problem)] if "sqnr" in tables else []
         if "around" in tables:
             around = _around(model, cand, config.candidates, work, device, samples)
@@ -138,7 +141,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
                 row[f"{label}_local"] = measure(local.assignments)["value"]
-            if cand == config.target and kind == config.kinds[0]:  # the half-gap target's upper end
+            if base_name(cand) == config.target and kind == config.kinds[0]:  # the half-gap target's upper end
                 upper = first_last_choice(problem, config.upper) if config.pin_first_last else \
                     problem.uniform_choice(config.upper)
                 row["upper"] = {"candidate": config.upper, "metric": measure(problem.assignments(upper))["value"]}
@@ -229,6 +232,8 @@ def main() -> int:
     parser.add_argument("--tables", default="sqnr,around", help="which tables to solve on: sqnr, around or both")
     parser.add_argument("--no-local", action="store_true", help="skip the measured local search (the default "
                         "plan is exact + guard; the local search is the costly part)")
+    parser.add_argument("--weight-range", choices=("mse", "minmax", "auto"), default="mse",
+                        help="the analysis's weight range method (auto: chosen per candidate on the calibration data)")
     parser.add_argument("--out-suffix", default="")
     parser.add_argument("--render", action="store_true",
                         help="only re-derive the verdicts and rewrite the .md from the saved .json")
@@ -244,7 +249,7 @@ def main() -> int:
         result = benchmark(args.model, args.device, args.calibration_samples,
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
                            tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"),
-                           local=not args.no_local)
+                           local=not args.no_local, weight_range=args.weight_range)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

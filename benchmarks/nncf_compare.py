@@ -37,7 +37,7 @@ import torch
 
 from mixprec import Analysis, __version__
 from mixprec.builtin import get_builtin
-from mixprec.errors import MissingDataError
+from mixprec.errors import MissingDataError, MixprecError
 from mixprec.plan import write_json_atomic
 from mixprec.solvers import SOLVERS, AllocationProblem, Goal
 from mixprec.solvers.exact import InfeasibleBudget
@@ -97,7 +97,9 @@ def pin_groups(problem: AllocationProblem, pins: list[str],
     for item in pins:
         pattern, _, cand = item.partition("=")
         cand = parse_candidate(cand).name
-        if cand not in problem.candidates:
+        try:  # w8 stands for the run's w8-minmax after weight_range="auto"
+            cand = problem.candidates[problem.candidate_index(cand)]
+        except MixprecError:
             raise SystemExit(f"--pin {item}: {cand} is not one of the run's candidates {list(problem.candidates)}")
         for i, group in enumerate(problem.groups):
             names = [group, *(layers or {}).get(group, [])]
@@ -109,7 +111,7 @@ def pin_groups(problem: AllocationProblem, pins: list[str],
     return replace(problem, allowed=allowed, pins={**problem.pins, **pinned}), pinned
 
 
-def mixprec_analysis(model_name: str, device: str, rounding: str) -> Analysis:
+def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: str = "mse") -> Analysis:
     """The default metric's analysis of ``model_name`` (benchmarks/run.py's run directory; analysed here
     when missing), measured with ``rounding``."""
     from run import CONFIGS, analysis_arguments, analyze_run
@@ -118,21 +120,24 @@ def mixprec_analysis(model_name: str, device: str, rounding: str) -> Analysis:
     run = RESULTS / "tmp" / f"run_{model_name}" / metric
     if rounding != "nearest":
         run = RESULTS / "tmp" / f"run_{model_name}_{rounding}" / metric
+    if weight_range != "mse":  # as benchmarks/never_worse.py names it
+        run = run.parent / f"{metric}_{weight_range}"
     if not (run / "sensitivity.json").is_file():
         start = time.perf_counter()
-        analyze_run(run, analysis_arguments(model_name, config.candidates, metric, device, run, rounding=rounding))
+        analyze_run(run, analysis_arguments(model_name, config.candidates, metric, device, run, rounding=rounding,
+                                            weight_range=weight_range))
         print(f"analysed {model_name} ({metric}, rounding {rounding}) in {time.perf_counter() - start:.0f} s", flush=True)
     return Analysis.load(run)
 
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
-            save=None, part: tuple[int, int] = (0, 1), done: list | None = None) -> dict:
+            save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse") -> dict:
     """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
     (by label) and not measured again."""
     import nncf
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
-    analysis = mixprec_analysis(model_name, device, rounding)
+    analysis = mixprec_analysis(model_name, device, rounding, weight_range)
     evaluator = analysis.evaluator(device=device, rounding=rounding)
     problem, pinned = pin_groups(analysis.problem(), list(pins), analysis.groups)
     analysis.pins.update(pinned)  # the default plan (solve) sees the same restriction
@@ -146,7 +151,8 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     def report(rows: list, partial: bool) -> dict:
         return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
                 "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
-                "mixprec_rounding": rounding, "rows": rows, "partial": partial, "grid": size,
+                "mixprec_rounding": rounding, "mixprec_weight_range": weight_range, "rows": rows, "partial": partial,
+                "grid": size,
                 "command": "python " + " ".join(sys.argv),
                 "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
                             "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -296,6 +302,8 @@ def main() -> int:
     parser.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
                         help="restrict mixprec's matching groups to one candidate, e.g. lm_head=w8")
     parser.add_argument("--out-suffix", default="", help="suffix for the result files, e.g. _pinned")
+    parser.add_argument("--weight-range", choices=("mse", "minmax", "auto"), default="mse",
+                        help="mixprec's weight range method (auto: chosen per candidate on the calibration data)")
     parser.add_argument("--part", default="0/1", metavar="K/N",
                         help="only the grid's rows i with i %% N == K (run the N parts at once, one per GPU; each "
                         "writes <name>_partK); rows a cut-short run saved are kept and not measured again")
@@ -333,7 +341,7 @@ def main() -> int:
         write_json_atomic(RESULTS / f"{name}.json", report)
         (RESULTS / f"{name}.md").write_text(markdown(report))
     try:
-        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done))
+        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done, args.weight_range))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0

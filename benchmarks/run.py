@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -124,11 +125,16 @@ class Measured:
         return out
 
 
+def base_name(candidate: str) -> str:
+    """The candidate without the range suffix weight_range="auto" gives it (w4a8-minmax -> w4a8)."""
+    return re.sub(r"-(minmax|mse)$", "", candidate)
+
+
 def first_last_choice(problem: AllocationProblem, candidate: str) -> np.ndarray:
     choice = problem.uniform_choice(candidate)
     weight_bits = int(candidate[1]) if candidate[0] == "w" and candidate[1].isdigit() else 16
-    if weight_bits < 8 and "w8a8" in problem.candidates:
-        choice[[0, -1]] = problem.candidates.index("w8a8")
+    if weight_bits < 8 and any(base_name(c) == "w8a8" for c in problem.candidates):
+        choice[[0, -1]] = problem.candidate_index("w8a8")
     return choice
 
 
