@@ -190,11 +190,69 @@ def nncf_section() -> list[str]:
                     "forces some groups to w3g64, and the sqnr table underrates 3-bit damage the same way.", ""]
 
 
+def _never_worse_targets(model: str, r: dict) -> list[str]:
+    """The target rows of one never_worse result: never worse per plan kind, the half gap, the cost."""
+    from never_worse import KEYS
+    lines = []
+    grid = "signed grid" if "_signed" in r.get("command", "") or "_auto" in r.get("command", "") else "former grid"
+    ranges = ", weight ranges auto" if "--weight-range auto" in r.get("command", "") else ""
+    for key in [k for k in KEYS if k in r["summary"]]:
+        got, total = (int(x) for x in r["summary"][key].split(" of "))
+        lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}, {grid}{ranges}) | {got} of {total} "
+                     f"budgets{'' if len(r['rows']) >= 10 or model in ('minilm', 'smollm2') else ' (only at ' + ', '.join(sorted({x['at'] for x in r['rows']})) + ')'}"
+                     f" | {'yes' if got == total else 'no'} |")
+    gap_row = next((x for x in r["rows"] if "upper" in x), None)
+    if gap_row is not None:
+        upper, lower = gap_row["upper"]["metric"], gap_row["uniform"]
+        default = (gap_row["sqnr_guarded"] - lower) / (upper - lower) if upper != lower else float("nan")
+        lines.append(f"| >= 50 % of the gap to {gap_row['upper']['candidate']} at the {gap_row['kind']} of "
+                     f"{gap_row['at']} | {model} ({grid}{ranges}) | default {default:.0%} ({gap_row['sqnr_guarded']:.2f}; "
+                     f"uniform {lower:.2f}, {gap_row['upper']['candidate']} {upper:.2f}) | "
+                     f"{'yes' if default >= 0.5 else 'no'} |")
+        return lines
+    run = load(f"run_{model}.json")
+    row = next((x for x in r["rows"] if x["kind"] == "bops" and x["at"] == "w4a8"), None)
+    if model.startswith("resnet") and run and row and "w8a8" in run.get("uniform", {}):
+        upper, lower = run["uniform"]["w8a8"]["metric"], row["uniform"]
+        best = max([k for k in KEYS if k in row], key=lambda k: row[k])
+        share = (row[best] - lower) / (upper - lower)
+        default = (row["sqnr_guarded"] - lower) / (upper - lower)
+        lines.append(f"| >= 50 % of the W4A8 -> W8A8 gap at the BOPs of W4A8 | {model} | default {default:.0%}; "
+                     f"best {best} {share:.0%} ({row[best]:.2f}; W4A8 {lower:.2f}, W8A8 {upper:.2f} from "
+                     f"run_{model}.json, former grid) | {'yes' if default >= 0.5 else 'no'} (the default plan; "
+                     f"{'a' if share >= 0.5 else 'no'} non-default plan reaches it) |")
+    if row:
+        analysis = r["analysis_seconds"].get("sqnr") or 0
+        for key in [k for k in ("sqnr", "around") if f"{k}_local_seconds" in row]:
+            extra = row[f"{key}_guard_seconds"] + row[f"{key}_local_seconds"] + (
+                r["analysis_seconds"].get(f"around_{row['at']}", 0) if key == "around" else 0)
+            lines.append(f"| search + guard <= 2x the analysis time ({key}, at the BOPs of W4A8) | {model} | "
+                         f"{extra:.0f} s against {analysis:.0f} s ({extra / analysis:.1f}x) | "
+                         f"{'yes' if extra <= 2 * analysis else 'no'} |")
+    return lines
+
+
+def _nncf_targets() -> list[str]:
+    """The NNCF target: mixprec's default plan at least as good in every configuration NNCF ran (full grid)."""
+    lines = []
+    for path in sorted(RESULTS.glob("nncf_smollm2*.json")):
+        r = json.loads(path.read_text())
+        rows = [x for x in r["rows"] if "mixprec_at_least_as_good" in x]
+        if r.get("grid") != "full" or not rows:
+            continue
+        wins = sum(x["mixprec_at_least_as_good"] for x in rows)
+        ranges = r.get("mixprec_weight_range", "mse")
+        lines.append(f"| at least as good as NNCF in 24 of 24 configurations | smollm2 (`{path.stem}`, weight ranges "
+                     f"{ranges}, {r['environment'].get('gpu') or r['environment']['device']}) | {wins} of {len(rows)} | "
+                     f"{'yes' if wins == len(rows) == 24 else 'no'} |")
+    return lines
+
+
 def never_worse_section() -> list[str]:
     """benchmarks/never_worse.py: mixed against uniform at equal cost, and the targets of the promise."""
-    from never_worse import KEYS, markdown as never_worse_markdown
+    from never_worse import markdown as never_worse_markdown
     reports = {p.stem.removeprefix("never_worse_"): json.loads(p.read_text())
-               for p in sorted(RESULTS.glob("never_worse_*.json"))}
+               for p in sorted(RESULTS.glob("never_worse_*.json")) if not p.stem.endswith(".partial")}
     if not reports:
         return []
     lines = ["## Never worse than uniform", "",
@@ -205,36 +263,15 @@ def never_worse_section() -> list[str]:
     for model in MODELS:
         # the run on the current (signed) grid if there is one, else this machine's, else the GPU run (other
         # suffixes are earlier variants)
-        r = reports.get(f"{model}_signed") or reports.get(model) or reports.get(f"{model}_h100")
-        if r is None:
+        current = [reports[f"{model}{v}"] for v in ("_signed", "_auto") if f"{model}{v}" in reports]
+        fallback = reports.get(model) or reports.get(f"{model}_h100")
+        if not current and fallback is None:
             lines.append(f"| never worse at every uniform candidate's cost | {model} | not run | no |")
             continue
-        for key in [k for k in KEYS if k in r["summary"]]:
-            got, total = (int(x) for x in r["summary"][key].split(" of "))
-            grid = "signed grid" if "_signed" in r.get("command", "") else "former grid"
-            lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}, {grid}) | {got} of {total} budgets"
-                         f"{'' if len(r['rows']) >= 10 else ' (only at ' + ', '.join(sorted({x['at'] for x in r['rows']})) + ')'}"
-                         f" | {'yes' if got == total else 'no'} |")
-        run = load(f"run_{model}.json")
-        row = next((x for x in r["rows"] if x["kind"] == "bops" and x["at"] == "w4a8"), None)
-        if model.startswith("resnet") and run and row and "w8a8" in run.get("uniform", {}):
-            upper, lower = run["uniform"]["w8a8"]["metric"], row["uniform"]
-            best = max([k for k in KEYS if k in row], key=lambda k: row[k])
-            share = (row[best] - lower) / (upper - lower)
-            default = (row["sqnr_guarded"] - lower) / (upper - lower)
-            lines.append(f"| >= 50 % of the W4A8 -> W8A8 gap at the BOPs of W4A8 | {model} | default {default:.0%}; "
-                         f"best {best} {share:.0%} ({row[best]:.2f}; W4A8 {lower:.2f}, W8A8 {upper:.2f} from "
-                         f"run_{model}.json, former grid) | {'yes' if share >= 0.5 else 'no'} |")
-        if row:
-            analysis = r["analysis_seconds"].get("sqnr") or 0
-            for key in [k for k in ("sqnr", "around") if f"{k}_local_seconds" in row]:
-                extra = row[f"{key}_guard_seconds"] + row[f"{key}_local_seconds"] + (
-                    r["analysis_seconds"].get(f"around_{row['at']}", 0) if key == "around" else 0)
-                lines.append(f"| search + guard <= 2x the analysis time ({key}, at the BOPs of W4A8) | {model} | "
-                             f"{extra:.0f} s against {analysis:.0f} s ({extra / analysis:.1f}x) | "
-                             f"{'yes' if extra <= 2 * analysis else 'no'} |")
-    lines += ["| at least as good as NNCF in 24 of 24 configurations | smollm2 | the full grid not run with the default "
-              "plan; ratio 1.0 only, partial (NNCF section) | no |", ""]
+        for r in current or [fallback]:
+            lines += _never_worse_targets(model, r)
+    lines += _nncf_targets()
+    lines += [""]
     for path in sorted(RESULTS.glob("guard_divergences_*.json")):
         r = json.loads(path.read_text())
         lines += [f"Which divergence ranks the exact plan against uniform as the evaluation split does: {r['model']} "
@@ -392,7 +429,8 @@ def main() -> None:
     lines = ["# Benchmarks", "", "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; "
              "every figure comes from those files, each made by the command shown with it.", "",
              "Symmetric integer grids now use a signed scale (all 2^B levels; see \"Symmetric grid\" below). "
-             "Measured on it: `symmetric_grid_*`, `never_worse_*_signed` and `profile_ort_*`; every other result "
+             "Measured on it: `symmetric_grid_*`, `never_worse_*_signed`, `never_worse_*_auto`, `nncf_*_signed`, "
+             "`nncf_*_auto`, `weight_cache_*`, `gguf_*` and `profile_ort_*`; every other result "
              "file was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", ""]
