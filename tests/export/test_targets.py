@@ -2,7 +2,8 @@ import pytest
 
 from mixprec.candidates import parse_candidate
 from mixprec.errors import CandidateError
-from mixprec.export.targets import TARGETS, check_target, get_onnx_target, get_target, nbits_block_size, realise
+from mixprec.export.checks import check_target
+from mixprec.export.targets import TARGETS, get_onnx_target, get_target, nbits_block_size, realise
 from mixprec.profiles import PROFILE_TARGETS, PROFILES
 
 

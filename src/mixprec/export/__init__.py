@@ -33,9 +33,10 @@ from ..evaluation import EvalResult, to_eval_result
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..swap import QuantizedLayer, set_module
+from .checks import check_target
 from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
 from .gguf import GGUFExport, export_gguf
-from .targets import TARGETS, check_layers, check_target, get_onnx_target
+from .targets import TARGETS, check_layers, get_onnx_target
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
            "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni"]

@@ -40,13 +40,13 @@ from torch import nn
 
 from ..atomic import check_output_dir, write_atomic, write_json_atomic
 from ..candidates import Candidate, parse_candidate
-from ..errors import CandidateError, MixprecError, ModelError, OutputError, PlanError
+from ..errors import MixprecError, ModelError, OutputError, PlanError
 from ..formats import FloatFormat, IntFormat
 from ..groups import layer_kind
 from ..plan import Plan
 from ..quantizers import choose_range, fp8_scale, int_qparams, weight_qparams
 from ..swap import QuantizedLayer
-from .targets import TARGETS
+from .targets import TARGETS, refuse_layers
 
 __all__ = ["write_compressed_tensors", "read_back", "load_dequantized", "CompressedTensorsExport", "ReadBack",
            "layer_scheme", "check_plan", "check_output_folder", "pack_int32", "unpack_int32", "ACCEPTED"]
@@ -267,10 +267,7 @@ def check_plan(layers: dict[str, tuple[str, int, Candidate]]) -> dict[str, Schem
             refused.append(f"{name} ({kind}, {candidate.name}): {result}")
         else:
             schemes[name] = result
-    if refused:
-        shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
-        raise CandidateError(f"a compressed-tensors checkpoint cannot hold {len(refused)} layer(s) of the plan:\n  "
-                             + "\n  ".join(shown) + f"\ncompressed-tensors export accepts: {ACCEPTED}")
+    refuse_layers(refused, "a compressed-tensors checkpoint cannot hold", f"compressed-tensors export accepts: {ACCEPTED}")
     return schemes
 
 

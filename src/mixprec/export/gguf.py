@@ -25,13 +25,13 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..candidates import GGUF_BLOCK, GGUF_FORMATS, Candidate, parse_candidate
-from ..errors import CandidateError, MixprecError, ModelError, PlanError
+from ..errors import MixprecError, ModelError, PlanError
 from ..formats import FloatFormat
 from ..plan import Plan
 from ..quantizers import stored_scale, weight_qparams
 from ..swap import QuantizedLayer
 
-from .targets import TARGETS
+from .targets import TARGETS, refuse_layers
 
 __all__ = ["export_gguf", "read_back", "gguf_type", "check_plan", "vocabulary_refusal", "GGUFExport",
            "GGUF_CANDIDATES"]
@@ -89,10 +89,7 @@ def check_plan(layers: dict[str, tuple[tuple[int, ...], Candidate]]) -> dict[str
                            f"{shape[-1]} inputs are a multiple of {GGUF_BLOCK}; plan it as fp16")
         else:
             types[name] = kind
-    if refused:
-        shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
-        raise CandidateError(f"target gguf cannot write {len(refused)} layer(s) of the plan:\n  " + "\n  ".join(shown)
-                             + f"\ngguf writes: {GGUF_CANDIDATES}")
+    refuse_layers(refused, "target gguf cannot write", f"gguf writes: {GGUF_CANDIDATES}")
     return types
 
 

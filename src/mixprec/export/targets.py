@@ -3,7 +3,7 @@
 A realisation names what the exporter writes for a (layer kind, candidate) pair; ``None`` with a
 reason means the target cannot run it. Nothing here knows torch or onnx: the check runs before any
 work, on the plan alone. The targets ``gguf`` and ``compressed-tensors`` are files of their own
-(mixprec.export.gguf, mixprec.export.compressed_tensors); :func:`check_target` checks a plan for any
+(mixprec.export.gguf, mixprec.export.compressed_tensors); mixprec.export.checks checks a plan for any
 target with the check of the module that writes it.
 """
 from __future__ import annotations
@@ -145,31 +145,13 @@ def check_layers(target: Target, layers: dict[str, tuple[str, int, Candidate]], 
             refused.append(f"{name} ({kind}, {candidate.name}): {result}")
         else:
             out[name] = result
-    if refused:
-        shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
-        raise CandidateError(f"target {target.name} cannot run {len(refused)} layer(s) of the plan:\n  "
-                             + "\n  ".join(shown) + f"\n{target.name} runs: {target.candidates}")
+    refuse_layers(refused, f"target {target.name} cannot run", f"{target.name} runs: {target.candidates}")
     return out
 
 
-def check_target(target: str | Target, layers: dict[str, tuple[str, tuple[int, ...], Candidate]],
-                 reduce_range: bool = False) -> dict:
-    """What ``target`` makes of every planned layer (name -> (kind, weight shape, candidate)): an ONNX
-    Realisation, a GGUF type or a compressed-tensors scheme (None: left dense). One CandidateError lists
-    every layer the target cannot run, with the target's candidates."""
-    spec = get_target(target.name if isinstance(target, Target) else target)
-    if spec.name == "gguf":
-        from .gguf import check_plan
-        return check_plan({name: (shape, candidate) for name, (_, shape, candidate) in layers.items()})
-    inputs = {name: (kind, _inputs(shape), candidate) for name, (kind, shape, candidate) in layers.items()}
-    if spec.name == "compressed-tensors":
-        from .compressed_tensors import check_plan
-        return check_plan(inputs)
-    return check_layers(spec, inputs, reduce_range)
-
-
-def _inputs(shape: tuple[int, ...]) -> int:
-    count = 1
-    for d in shape[1:]:
-        count *= int(d)
-    return count
+def refuse_layers(refused: list[str], what: str, accepts: str) -> None:
+    """One CandidateError for every layer a target cannot take (``refused``: one line each, the first 20
+    shown), opened by ``what`` and closed by what the target ``accepts``; nothing when none is refused."""
+    if refused:
+        shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
+        raise CandidateError(f"{what} {len(refused)} layer(s) of the plan:\n  " + "\n  ".join(shown) + f"\n{accepts}")
