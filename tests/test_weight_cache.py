@@ -79,3 +79,22 @@ def test_zero_limit_turns_it_off(monkeypatch):
     monkeypatch.setenv("MIXPREC_WEIGHT_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="megabytes"):
         cache.get(w, ("k",), lambda: w + 1)
+
+
+def test_analysis_keeps_its_own_weights_not_a_second_copy():
+    """The measurement context keeps every weight it makes; the cache would hold each a second time."""
+    import mixprec
+    model, data = model_and_data()
+    NEAREST.clear()
+    misses = NEAREST.misses
+    mixprec.analyze(model, data, candidates="w3a8,w8a8", progress=False)
+    assert NEAREST.misses == misses and not NEAREST.entries
+
+
+def test_a_format_with_minmax_ranges_is_not_cached():
+    """One min/max pass costs less than the memory an entry takes, whatever method the caller names."""
+    NEAREST.clear()
+    w = torch.randn(6, 64)
+    nearest_weight(w, parse_candidate("w4g32-minmax"), "mse")
+    nearest_weight(w, parse_candidate("w4g32"), "mse")
+    assert len(NEAREST.entries) == 1

@@ -34,15 +34,17 @@ from .weight_cache import NEAREST
 
 
 def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "mse", points: str | None = None,
-                   layer: str = "") -> torch.Tensor:
+                   layer: str = "", cache: bool = True) -> torch.Tensor:
     """``weight`` at ``candidate`` with nearest rounding; same shape, dtype and device.
 
     points: one digit per output channel, its number of multipoint points (``layer`` names it in
-    errors); without them one point, on the candidate's weight format."""
+    errors); without them one point, on the candidate's weight format. cache: through the weight cache
+    (mixprec.weight_cache); off for callers that keep every weight they make themselves."""
     if points is not None:
         return multipoint_weight(weight, candidate, points, method, layer)
     fmt = candidate.weight
-    if fmt is None or method == "minmax":  # a copy or one pass: not worth the memory
+    if not cache or fmt is None or (getattr(fmt, "range_method", None) or method) == "minmax":
+        # kept by the caller, a copy, or one pass: not worth the memory
         return quantize_weight(weight.detach(), fmt, method)
     return NEAREST.get(weight, ("nearest", repr(fmt), method),
                        lambda: quantize_weight(weight.detach(), fmt, method))
