@@ -204,7 +204,13 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
     gap_row = next((x for x in r["rows"] if "upper" in x), None)
     if gap_row is not None:
         upper, lower = gap_row["upper"]["metric"], gap_row["uniform"]
-        default = (gap_row["sqnr_guarded"] - lower) / (upper - lower) if upper != lower else float("nan")
+        if (upper - lower) * (1 if r["reference"]["higher_is_better"] else -1) <= 0:
+            lines.append(f"| >= 50 % of the gap to {gap_row['upper']['candidate']} at the {gap_row['kind']} of "
+                         f"{gap_row['at']} | {model} ({grid}{ranges}) | no gap: uniform {gap_row['upper']['candidate']} "
+                         f"{upper:.2f} is not better than uniform {lower:.2f} (default plan {gap_row['sqnr_guarded']:.2f}) "
+                         "| n/a |")
+            return lines
+        default = (gap_row["sqnr_guarded"] - lower) / (upper - lower)
         lines.append(f"| >= 50 % of the gap to {gap_row['upper']['candidate']} at the {gap_row['kind']} of "
                      f"{gap_row['at']} | {model} ({grid}{ranges}) | default {default:.0%} ({gap_row['sqnr_guarded']:.2f}; "
                      f"uniform {lower:.2f}, {gap_row['upper']['candidate']} {upper:.2f}) | "
