@@ -98,7 +98,8 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
-              partial: Path | None = None, local: bool = True, weight_range: str = "mse") -> dict:
+              partial: Path | None = None, local: bool = True, weight_range: str = "mse",
+              guard_margin: float = 1.0) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range)
@@ -128,12 +129,14 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_exact"] = measure(table_problem.assignments(plain.choice))["value"]
                 checks_before = sum(len(c.results) for c in analysis._checkers.values())
                 start = time.perf_counter()
-                plan = analysis.solve({kind: budget}, device=device)
+                plan = analysis.solve({kind: budget}, device=device, guard_margin=guard_margin)
                 row[f"{label}_guard_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_guard_evaluations"] = sum(len(c.results) for c in analysis._checkers.values()) - \
                     checks_before
                 row[f"{label}_guarded"] = measure(plan.assignments)["value"]
                 row[f"{label}_guard_chose"] = plan.metadata.get("guard", {}).get("chosen")
+                if plan.metadata.get("guard", {}).get("paired_z"):  # the mixed plan against each rival, in SEs
+                    row[f"{label}_guard_z"] = plan.metadata["guard"]["paired_z"]
                 if not local:
                     continue
                 start = time.perf_counter()
@@ -156,7 +159,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 f"{key} {row[key]:.3f}" for key in KEYS if key in row), flush=True)
     return verdicts({"model": model, "reference": reference, "rows": rows, "analysis_seconds": analyses,
                      "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
-                     "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples}})
+                     "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
+                                     "guard_margin": guard_margin}})
 
 
 
@@ -174,13 +178,25 @@ def markdown(result: dict) -> str:
                             f"{r[key]:.2f}" + ("" if r[key + "_not_worse"] else " (worse)"))
         lines.append(f"| {r['kind']} of {r['at']} | {r['uniform']:.2f} ± {r['standard_error']:.2f} | "
                      f"{mark('sqnr_exact')} | {mark('sqnr_guarded')} | {mark('sqnr_local')} | {mark('around_exact')} | "
-                     f"{mark('around_guarded')} | {mark('around_local')} | {r['sqnr_guard_chose']} / "
-                     f"{r.get('around_guard_chose', '—')} |")
+                     f"{mark('around_guarded')} | {mark('around_local')} | {chose(r, 'sqnr')} / "
+                     f"{chose(r, 'around')} |")
+    margin = result.get("environment", {}).get("guard_margin")
+    if margin is not None:
+        lines += ["", f"The guard returns the mixed plan only when it is lower than every uniform rival on every "
+                  f"divergence by more than {margin:g} standard error(s) of the paired per-sample difference on the "
+                  "calibration data; z: the closest of those differences, in standard errors."]
     lines += ["", "Not worse than uniform: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".",
               "", "Analysis seconds: " + ", ".join(f"{k} {v}" for k, v in result["analysis_seconds"].items()) + "."]
     lines += gap_lines(result)
     lines += cost_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def chose(row: dict, label: str) -> str:
+    """What the guard returned, with the closest paired difference (in standard errors) where measured."""
+    chosen = row.get(f"{label}_guard_chose") or "—"
+    z = [v for zs in (row.get(f"{label}_guard_z") or {}).values() for v in zs if v is not None]
+    return chosen + (f" (z {max(z):+.2f})" if z else "")
 
 
 def gap_lines(result: dict) -> list[str]:
@@ -234,6 +250,8 @@ def main() -> int:
                         "plan is exact + guard; the local search is the costly part)")
     parser.add_argument("--weight-range", choices=("mse", "minmax", "auto"), default="mse",
                         help="the analysis's weight range method (auto: chosen per candidate on the calibration data)")
+    parser.add_argument("--guard-margin", type=float, default=1.0,
+                        help="the guard's margin in standard errors of the paired difference (default 1, as solve)")
     parser.add_argument("--out-suffix", default="")
     parser.add_argument("--render", action="store_true",
                         help="only re-derive the verdicts and rewrite the .md from the saved .json")
@@ -249,7 +267,8 @@ def main() -> int:
         result = benchmark(args.model, args.device, args.calibration_samples,
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
                            tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"),
-                           local=not args.no_local, weight_range=args.weight_range)
+                           local=not args.no_local, weight_range=args.weight_range,
+                           guard_margin=args.guard_margin)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

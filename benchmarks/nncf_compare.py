@@ -45,6 +45,30 @@ from mixprec.solvers.exact import InfeasibleBudget
 RESULTS = Path(__file__).parent / "results"
 
 
+def nncf_side(row: dict, model, config: dict, calibration, layers: list[str], weights: int, builtin,
+              device: str) -> None:
+    """Compress with NNCF and measure: row gets compress_seconds, bits_per_weight, layer_storage and nncf,
+    or nncf_error (recorded verbatim: the comparison goes on)."""
+    import nncf
+    start = time.perf_counter()
+    try:
+        compressed = nncf.compress_weights(
+            copy.deepcopy(model), mode=getattr(nncf.CompressWeightsMode, config["mode"]),
+            group_size=config["group_size"], ratio=config["ratio"],
+            dataset=nncf.Dataset(calibration),  # the torch backend traces the model with it
+            sensitivity_metric=(nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION if config["data_aware"]
+                                else nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR),
+            **({"awq": True, "scale_estimation": True} if config.get("awq") else {}))
+        row["compress_seconds"] = round(time.perf_counter() - start, 1)
+        bits, kinds = true_bits(compressed, layers)
+        row["bits_per_weight"] = bits / weights
+        row["layer_storage"] = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
+        row["nncf"] = builtin.evaluate(compressed.to(device)).to_dict()
+        del compressed
+    except Exception as exc:
+        row["nncf_error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
 def grid_index(config: dict) -> int:
     """Where ``config`` sits in the largest grid (the order rows are shown in)."""
     full = grid("awq")
@@ -131,9 +155,12 @@ def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: 
 
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
-            save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse") -> dict:
+            save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse",
+            nncf_from: dict | None = None, guard_margin: float = 1.0) -> dict:
     """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
-    (by label) and not measured again."""
+    (by label) and not measured again; nncf_from: an earlier result of the same model, grid and evaluation
+    device whose NNCF side (compression, bits, metric, failures) is reused, so that only mixprec's side is
+    measured again."""
     import nncf
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
@@ -152,7 +179,8 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
         return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
                 "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
                 "mixprec_rounding": rounding, "mixprec_weight_range": weight_range, "rows": rows, "partial": partial,
-                "grid": size,
+                "grid": size, "guard_margin": guard_margin,
+                **({"nncf_from": nncf_from["command"]} if nncf_from else {}),
                 "command": "python " + " ".join(sys.argv),
                 "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
                             "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -160,6 +188,7 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
                             "threads": torch.get_num_threads()}}
 
     earlier = {row["label"]: row for row in done or []}
+    reused = {row["label"]: row for row in (nncf_from or {}).get("rows", [])}
     rows = []
     for index, config in enumerate(grid(size)):
         if index % part[1] != part[0]:
@@ -171,24 +200,13 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
             rows.append(earlier[label])
             continue
         row: dict = {"config": config, "label": label}
-        start = time.perf_counter()
-        try:
-            compressed = nncf.compress_weights(
-                copy.deepcopy(model), mode=getattr(nncf.CompressWeightsMode, config["mode"]),
-                group_size=config["group_size"], ratio=config["ratio"],
-                dataset=nncf.Dataset(calibration),  # the torch backend traces the model with it
-                sensitivity_metric=(nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION if config["data_aware"]
-                                    else nncf.SensitivityMetric.WEIGHT_QUANTIZATION_ERROR),
-                **({"awq": True, "scale_estimation": True} if config.get("awq") else {}))
-            row["compress_seconds"] = round(time.perf_counter() - start, 1)
-            bits, kinds = true_bits(compressed, layers)
-            row["bits_per_weight"] = bits / weights
-            row["layer_storage"] = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
-            result = builtin.evaluate(compressed.to(device))
-            row["nncf"] = result.to_dict()
-            del compressed
-        except Exception as exc:  # recorded verbatim: the comparison goes on
-            row["nncf_error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        if label in reused:  # NNCF's side as measured before: only mixprec's is measured again
+            row.update({k: v for k, v in reused[label].items()
+                        if k in ("compress_seconds", "bits_per_weight", "layer_storage", "nncf", "nncf_error")})
+            row["nncf_reused"] = True
+        else:
+            nncf_side(row, model, config, calibration, layers, weights, builtin, device)
+        if "nncf_error" in row:
             rows.append(row)
             print(f"{label}: NNCF failed: {row['nncf_error']}")
             continue
@@ -198,7 +216,8 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
             row["mixprec_exact"] = evaluator.measure(assignments).to_dict()
             row["mixprec_exact_candidates"] = sorted(set(assignments.values()))
             start = time.perf_counter()
-            plan = analysis.solve(budget={"bits_per_weight": row["bits_per_weight"]}, device=device)
+            plan = analysis.solve(budget={"bits_per_weight": row["bits_per_weight"]}, device=device,
+                                  guard_margin=guard_margin)
             row["guard_seconds"] = round(time.perf_counter() - start, 1)
             row["mixprec"] = evaluator.measure(plan.assignments).to_dict()
             row["mixprec_bits_per_weight"] = plan.metadata["predicted_costs"]["bits_per_weight"]
@@ -256,7 +275,11 @@ def markdown(r: dict) -> str:
               f"alone: {exact_wins}){' (partial: the run was cut short)' if r.get('partial') else ''}. "
               f"`{r['command']}` — NNCF "
               f"{env['nncf']}, torch {env['torch']}, {env['threads']} threads, evaluations on "
-              f"{env.get('device', 'cpu')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, mixprec {env['mixprec']}.", ""]
+              f"{env.get('device', 'cpu')}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}, mixprec {env['mixprec']}."
+              + (f" The guard's margin: {r['guard_margin']:g} standard error(s) of the paired difference."
+                 if "guard_margin" in r else "")
+              + (f" NNCF's columns are reused from `{r['nncf_from']}` (same model, grid and evaluation; NNCF is "
+                 "deterministic here), only mixprec's side was measured again." if r.get("nncf_from") else ""), ""]
     return "\n".join(lines)
 
 
@@ -307,6 +330,10 @@ def main() -> int:
     parser.add_argument("--part", default="0/1", metavar="K/N",
                         help="only the grid's rows i with i %% N == K (run the N parts at once, one per GPU; each "
                         "writes <name>_partK); rows a cut-short run saved are kept and not measured again")
+    parser.add_argument("--nncf-from", metavar="FILE", help="reuse NNCF's side (compression, bits, metric) from this "
+                        "earlier result of the same model and grid; only mixprec's side is measured")
+    parser.add_argument("--guard-margin", type=float, default=1.0,
+                        help="mixprec's guard margin in standard errors (default 1, as solve)")
     parser.add_argument("--merge", type=int, metavar="N",
                         help="only merge the N part files (_part0 .. _partN-1) into one result, in grid order")
     args = parser.parse_args()
@@ -341,7 +368,12 @@ def main() -> int:
         write_json_atomic(RESULTS / f"{name}.json", report)
         (RESULTS / f"{name}.md").write_text(markdown(report))
     try:
-        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done, args.weight_range))
+        nncf_from = json.loads(Path(args.nncf_from).read_text()) if args.nncf_from else None
+        if nncf_from and (nncf_from.get("model") != args.model or nncf_from.get("grid") != args.grid):
+            raise SystemExit(f"--nncf-from {args.nncf_from} is {nncf_from.get('model')} on grid {nncf_from.get('grid')}, "
+                             f"not {args.model} on {args.grid}")
+        save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done, args.weight_range,
+                     nncf_from, args.guard_margin))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0

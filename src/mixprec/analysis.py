@@ -34,7 +34,7 @@ from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
-from .solvers.guard import MIXED, guard
+from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import within
 from .specs import is_builtin, load_eval, prepare, resolve_specs
@@ -267,7 +267,7 @@ class Analysis:
               evaluate: Callable | str | None = None, device: str | None = None,
               rounding: str | RoundingConfig | None = None, rounding_options: dict | None = None,
               evaluator: PlanEvaluator | None = None, guard: bool = True, guard_divergence: str = "auto",
-              verbose: bool = False, **options: Any) -> Plan:
+              guard_margin: float = 1.0, verbose: bool = False, **options: Any) -> Plan:
         """One candidate per group: the least total sensitivity within every budget (``search="exact"``),
         or one of the seed papers' searches (``mixprec.solvers.SOLVERS``; their own options as keywords,
         e.g. ``qem=1.5`` for mixquant, ``rounds=2`` for refine). Searches that measure plans use
@@ -277,7 +277,9 @@ class Analysis:
         (and each one's variant with the first and last groups at 8 bits) by a label-free output
         divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr or consensus, which
         is agreement and sqnr together and what auto is for classifiers); the better plan
-        is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why."""
+        is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why. A tie is a
+        difference within ``guard_margin`` standard errors of the paired per-sample difference on the
+        calibration data (default 1; 0: any lower measurement wins)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
@@ -315,7 +317,7 @@ class Analysis:
             kind_of_plan = goal.kind or problem.default_kind
             guard_budgets = budgets or {kind_of_plan: solution.costs[kind_of_plan]}
             guarded, guard_kind, note = self._guard(problem, solution.choice, guard_budgets, guard_divergence, device,
-                                                    say, rounding)
+                                                    say, rounding, guard_margin)
             if note:
                 notes.append(note)
             if guarded is not None and guarded.chosen != MIXED:
@@ -399,7 +401,8 @@ class Analysis:
         return None
 
     def _guard(self, problem: AllocationProblem, choice: np.ndarray, budgets: dict[str, float], divergence: str,
-               device: str | None, say: Callable[[str], None], rounding: RoundingConfig | None = None):
+               device: str | None, say: Callable[[str], None], rounding: RoundingConfig | None = None,
+               margin: float = 1.0):
         """(GuardResult or None, the divergence measured with, a note for the user or None)."""
         rivals = self.uniform_rivals(problem, budgets)
         if not rivals:
@@ -419,12 +422,17 @@ class Analysis:
                 result = checker.measure(problem.assignments(c))
                 if result.name == "agreement" and "sqnr" in result.details:  # the consensus, from one pass
                     kind[0] = "agreement+sqnr"
-                    return result.value, float(result.details["sqnr"])
-                kind[0] = result.name  # what "auto" resolved to
-                return result.value
-            result = guard(choice, rivals, measure)
+                    names, values = ("agreement", "sqnr"), (result.value, float(result.details["sqnr"]))
+                else:
+                    kind[0] = result.name  # what "auto" resolved to
+                    names, values = (result.name,), (result.value,)
+                samples = result.details.get("samples") or {}
+                if all(n in samples for n in names):  # per-sample shares: the guard's paired test
+                    return Sampled(values, tuple(np.asarray(samples[n], dtype=np.float64) for n in names))
+                return values if len(values) > 1 else values[0]
+            result = guard(choice, rivals, measure, margin)
         else:
-            result = guard(choice, rivals, lambda c: float("nan"))
+            result = guard(choice, rivals, lambda c: float("nan"), margin)
         note = f"guard: returned {result.chosen}: {result.reason}" if result.chosen != MIXED else None
         return result, kind[0], note
 
@@ -433,7 +441,7 @@ class Analysis:
                evaluate: Callable | str | bool | None = None, candidates: str | Iterable[str] | None = None,
                cost_files: Iterable[str] = (), device: str | None = None, rounding: str | RoundingConfig | None = None,
                rounding_options: dict | None = None, guard: bool = True, guard_divergence: str = "auto",
-               progress: bool = True) -> Front:
+               guard_margin: float = 1.0, progress: bool = True) -> Front:
         """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
         ``n_plans`` evenly spaced budgets), with every uniform candidate beside them. ``evaluate``
         (True: the analysis's own evaluation) measures the float model and every plan (cached).
@@ -457,7 +465,8 @@ class Analysis:
             choice, search, guarded = p.solution.choice, method, None
             if guard:
                 guarded, guard_kind, note = self._guard(problem, choice, {kind: p.solution.costs[kind]},
-                                                        guard_divergence, device, lambda *_: None, rounding)
+                                                        guard_divergence, device, lambda *_: None, rounding,
+                                                        guard_margin)
                 if guarded is None and note:  # no model to measure with: the front stays unguarded
                     print(f"note: {note}")
                     guard = False
@@ -632,4 +641,5 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 def _divergence_key(divergence: str, batches: int | None) -> str:
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)"}
-    return f"divergence:{rules.get(divergence, divergence)}" + (f":first{batches}" if batches else "")
+    # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
+    return f"divergence:{rules.get(divergence, divergence)}" + (f":first{batches}" if batches else "") + ":per-sample"

@@ -46,6 +46,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a margin in standard errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
     p.add_argument("--model", required=True, help="built-in name (%s), file.py:function, package.module:function "
                    "or a TorchScript file" % ", ".join(BUILTINS))
@@ -292,6 +303,13 @@ def _print_notes(notes) -> None:
         print(f"note: {note}")
 
 
+def _add_guard_margin(p) -> None:
+    p.add_argument("--guard-margin", type=non_negative_float, default=1.0, metavar="Z",
+                   help="the mixed plan must beat every uniform plan by more than Z standard errors of the paired "
+                   "per-sample difference of each divergence on the calibration data, else the uniform plan is "
+                   "returned (ties go to uniform; default 1; 0: any lower measurement wins)")
+
+
 def _add_measure_rounding(p) -> None:
     from .rounding import ROUNDINGS
     p.add_argument("--rounding", choices=list(ROUNDINGS), default=None,
@@ -340,8 +358,8 @@ def cmd_solve(args) -> int:
     analysis = _load_run(args)
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
-                          guard=not args.no_guard, guard_divergence=args.guard_divergence, verbose=True,
-                          **_search_options(args))
+                          guard=not args.no_guard, guard_divergence=args.guard_divergence,
+                          guard_margin=args.guard_margin, verbose=True, **_search_options(args))
     meta = plan.metadata
     total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
@@ -372,7 +390,8 @@ def cmd_pareto(args) -> int:
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
                             cost_files=args.cost, device=args.device, rounding=_rounding(args),
-                            guard=not args.no_guard, guard_divergence=args.guard_divergence)
+                            guard=not args.no_guard, guard_divergence=args.guard_divergence,
+                            guard_margin=args.guard_margin)
     print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
     front.save(args.out)
     out, kind, reference = Path(args.out), front.kind, front.reference
@@ -728,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "disagreement, output KL, 1/SQNR, or consensus (the mixed plan must be lower on both "
                    "disagreement and 1/SQNR); auto: consensus for classifiers, KL for language models, "
                    "1/SQNR otherwise (default auto)")
+    _add_guard_margin(p)
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
 
@@ -752,6 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-guard", action="store_true", help="keep every front plan as solved (by default each is "
                    "compared with the uniform plans within its cost on the calibration data, as solve does)")
     p.add_argument("--guard-divergence", choices=("auto", "agreement", "kl", "sqnr", "consensus"), default="auto")
+    _add_guard_margin(p)
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)
 

@@ -1,4 +1,5 @@
 """Output divergences: several from one pass equal each measured alone; the guard's consensus."""
+import pytest
 import torch
 from torch import nn
 
@@ -33,3 +34,28 @@ def test_the_guard_auto_of_a_labelled_classifier_is_the_consensus():
     unlabelled = [x for x, _ in data]  # no labels: not recognised as a classifier, 1/SQNR alone
     assert OutputDivergence(model, unlabelled, "auto-guard")(other).name == "sqnr"
     assert OutputDivergence(model, data, "auto")(other).name == "agreement"
+
+
+def test_per_sample_shares_add_up_to_each_divergence():
+    model, data, other = _classifier_and_data()
+    values, samples = OutputDivergence(model, data, "kl").measure_samples(other, ("kl", "agreement", "sqnr"))
+    for kind in ("kl", "agreement", "sqnr"):
+        assert samples[kind].shape == (96,)  # one share per calibration sample: 3 batches of 32
+        assert samples[kind].sum() == pytest.approx(values[kind], rel=1e-6)  # float32 outputs
+        assert (samples[kind] >= 0).all()
+    result = OutputDivergence(model, data, "auto-guard")(other)
+    assert set(result.details["samples"]) == {"agreement", "sqnr"}
+    assert sum(result.details["samples"]["sqnr"]) == pytest.approx(result.details["sqnr"], rel=1e-5)
+
+
+def test_a_language_models_shares_are_per_sequence():
+    torch.manual_seed(0)
+    lm = nn.Sequential(nn.Embedding(120, 16), nn.Linear(16, 120)).eval()
+    noisy = nn.Sequential(nn.Embedding(120, 16), nn.Linear(16, 120)).eval()
+    noisy.load_state_dict(lm.state_dict())
+    with torch.no_grad():
+        noisy[1].weight.add_(0.2 * torch.randn_like(noisy[1].weight))
+    data = [torch.randint(0, 120, (4, 10)) for _ in range(2)]
+    values, samples = OutputDivergence(lm, data, "auto").measure_samples(noisy)
+    assert list(values) == ["kl"] and samples["kl"].shape == (8,)  # 2 batches of 4 sequences
+    assert samples["kl"].sum() == pytest.approx(values["kl"], rel=1e-6)

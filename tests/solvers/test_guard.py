@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 import mixprec
 from mixprec.builtin import get_builtin
-from mixprec.solvers.guard import MIXED, guard
+from mixprec.solvers.guard import MIXED, Sampled, guard, paired_z
 
 
 @given(st.lists(st.floats(0, 10, allow_nan=False), min_size=2, max_size=6))
@@ -55,10 +55,13 @@ def test_solve_returns_the_better_of_mixed_and_uniform_on_the_calibration_diverg
         plan = analysis.solve(budget)
         guard_info = plan.metadata["guard"]
         measured = {k: v for k, v in guard_info["measured"].items() if v is not None}
-        if measured:  # the plan was measured against its rivals: mixed only if lowest on every divergence
+        if measured:  # measured against its rivals: mixed only if lower on every divergence, beyond 1 standard error
             rivals = [v for k, v in measured.items() if k != MIXED]
             lowest = [min(r[i] for r in rivals) for i in range(len(measured[MIXED]))]
-            mixed_wins = all(m < low for m, low in zip(measured[MIXED], lowest))
+            z = guard_info["paired_z"]
+            assert guard_info["margin_se"] == 1.0 and guard_info["samples"] == 128
+            mixed_wins = all(m < low for m, low in zip(measured[MIXED], lowest)) \
+                and all(v is not None and v < -1.0 for zs in z.values() for v in zs)
             assert (guard_info["chosen"] == MIXED) == mixed_wins
             if not mixed_wins:
                 assert measured[guard_info["chosen"]] == min(rivals)
@@ -108,3 +111,64 @@ def test_among_uniform_rivals_no_divergence_is_privileged_by_its_place():
     assert result.chosen == "uniform w2a8, first/last w8a8"  # the mixed plan ties on disagreement: uniform
     dominated = {0: (0.5, 1.0), 1: (0.6, 2.0), 2: (0.4, 1.5)}
     assert guard(np.array([0]), rivals, lambda c: dominated[int(c[0])]).chosen == "uniform w2a8, first/last w8a8"
+
+
+def _sampled(rng, n, shift, width=1):
+    return Sampled(tuple(0.0 for _ in range(width)), tuple(rng.normal(shift, 1.0, n) / n for _ in range(width)))
+
+
+def _with_values(s: Sampled) -> Sampled:
+    return Sampled(tuple(float(x.sum()) for x in s.samples), s.samples)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(2, 300), st.floats(-1, 1), st.floats(0, 3))
+def test_paired_z_is_the_sum_of_differences_over_its_standard_error(seed, n, shift, margin):
+    rng = np.random.default_rng(seed)
+    a, b = _with_values(_sampled(rng, n, shift)), _with_values(_sampled(rng, n, 0.0))
+    d = a.samples[0] - b.samples[0]
+    z = paired_z(a, b, 0)
+    assert z == pytest.approx(d.sum() / (np.sqrt(n) * d.std(ddof=1)), rel=1e-9)
+    result = guard(np.array([0]), {"uniform a": np.array([1])}, lambda c: a if c[0] == 0 else b, margin)
+    wins = a.values[0] < b.values[0] and z < -margin
+    assert (result.chosen == MIXED) == wins
+    assert result.to_dict("kl", "calibration data")["paired_z"]["uniform a"] == [round(z, 3)]
+
+
+def test_a_mixed_plan_lower_within_the_noise_is_a_tie_and_uniform_is_returned():
+    """ResNet-56 at the BOPs of W4A8: the mixed plan disagreed with the float model's top-1 on 46 of 512
+    calibration images, uniform on 48; the two plans differed on some 40 images in all."""
+    n = 512
+    mixed, rival = np.zeros(n), np.zeros(n)
+    mixed[:46] = 1
+    rival[:30] = 1
+    rival[46:64] = 1  # 30 shared disagreements, 16 only the mixed plan's, 18 only uniform's
+    m = Sampled((mixed.sum() / n,), (mixed / n,))
+    r = Sampled((rival.sum() / n,), (rival / n,))
+    measure = lambda c: m if c[0] == 0 else r  # noqa: E731
+    strict = guard(np.array([0]), {"uniform w4a8": np.array([1])}, measure, margin=0)
+    assert strict.chosen == MIXED  # any lower value wins
+    tied = guard(np.array([0]), {"uniform w4a8": np.array([1])}, measure)
+    assert tied.chosen == "uniform w4a8" and "standard error" in tied.reason
+    assert -1 < tied.z["uniform w4a8"][0] < 0
+    clear = rival.copy()
+    clear[64:120] = 1  # uniform now disagrees on 56 more images: far beyond the noise
+    far = Sampled((clear.sum() / n,), (clear / n,))
+    assert guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: m if c[0] == 0 else far).chosen == MIXED
+
+
+def test_the_margin_applies_to_every_rival_and_every_divergence():
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.normal(1.0, 0.1, (2, n)) / n
+    mixed = Sampled((base[0].sum(), base[1].sum()), (base[0], base[1]))
+    far = Sampled(((base[0] + 0.01).sum(), (base[1] + 0.01).sum()), (base[0] + 0.01, base[1] + 0.01))
+    wiggle = np.where(np.arange(n) % 2 == 0, 0.02, -0.02)
+    near1 = base[1] + (0.0002 + wiggle) / n  # the second divergence: a hair above the mixed plan's, within the noise
+    near = Sampled(((base[0] + 0.01).sum(), near1.sum()), (base[0] + 0.01, near1))
+    rivals = {"uniform a": np.array([1]), "uniform b": np.array([2])}
+    values = {0: mixed, 1: far, 2: near}
+    result = guard(np.array([0]), rivals, lambda c: values[int(c[0])])
+    assert result.chosen != MIXED and -1 < result.z["uniform b"][1] < 0 and result.z["uniform a"][1] < -1
+    assert guard(np.array([0]), rivals, lambda c: values[int(c[0])], margin=0).chosen == MIXED
+    with pytest.raises(ValueError, match="margin"):
+        guard(np.array([0]), rivals, lambda c: values[int(c[0])], margin=-1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,7 +50,32 @@ def disagreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     return float((a != b).sum()), float(a.numel())
 
 
-DIVERGENCES = {"kl": kl_divergence, "agreement": disagreement, "sqnr": sqnr_divergence}
+def _samples(ref: torch.Tensor) -> int:
+    """How many samples an output holds: its first dimension (a batch), or one for a 1-D output."""
+    return ref.shape[0] if ref.ndim >= 2 else 1
+
+
+def kl_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sample: the sum of KL over its rows (one for a classifier, its tokens for an LM), number of rows)."""
+    log_p = torch.log_softmax(ref.reshape(-1, ref.shape[-1]), dim=-1)
+    log_q = torch.log_softmax(out.reshape(-1, out.shape[-1]), dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)
+    return kl.reshape(_samples(ref), -1).sum(dim=1), float(kl.numel())
+
+
+def disagreement_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sample: its rows whose top-1 differs from the float model's, number of rows)."""
+    a = ref.reshape(-1, ref.shape[-1]).argmax(dim=-1)
+    b = out.reshape(-1, out.shape[-1]).argmax(dim=-1)
+    return (a != b).reshape(_samples(ref), -1).sum(dim=1).double(), float(a.numel())
+
+
+def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sample: ||out - ref||^2, ||ref||^2 over the whole output)."""
+    return (out - ref).pow(2).reshape(_samples(ref), -1).sum(dim=1), float(ref.pow(2).sum())
+
+
+DIVERGENCES = {"kl": kl_samples, "agreement": disagreement_samples, "sqnr": sqnr_samples}
 CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py)
 AUTO = ("auto", "auto-smooth", "auto-guard")
 
@@ -100,27 +126,43 @@ class OutputDivergence:
         return self.reference
 
     @torch.no_grad()
-    def measure_all(self, model: nn.Module, kinds: tuple[str, ...] | None = None) -> dict[str, float]:
-        """Several divergences from one pass of ``model`` over the data (default: this one's kind)."""
+    def measure_samples(self, model: nn.Module, kinds: tuple[str, ...] | None = None
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Several divergences from one pass of ``model`` over the data (default: this one's kind), and
+        each one's share per calibration sample (they add up to the divergence). Two models' shares,
+        sample by sample, give a paired difference and its standard error (the guard's noise margin)."""
         references = self._references()
         kinds = kinds or (self.kind,)
         sums = {k: [0.0, 0.0] for k in kinds}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
         for x, ref in zip(self.inputs, references):
             out = output_tensor(run_model(model, to_device(x, self.device))).float()
             for k in kinds:
-                n, d = DIVERGENCES[k](ref, out)
-                sums[k][0] += n
+                per_sample, d = DIVERGENCES[k](ref, out)
+                sums[k][0] += float(per_sample.sum())
                 sums[k][1] += d
-        return {k: (n / d if d > 0 else float("inf")) for k, (n, d) in sums.items()}
+                parts[k].append(per_sample.double().cpu().numpy())
+        values = {k: (n / d if d > 0 else float("inf")) for k, (n, d) in sums.items()}
+        samples = {k: np.concatenate(parts[k]) / sums[k][1] if sums[k][1] > 0 else np.concatenate(parts[k])
+                   for k in kinds}
+        return values, samples
+
+    def measure_all(self, model: nn.Module, kinds: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Several divergences from one pass of ``model`` over the data (default: this one's kind)."""
+        return self.measure_samples(model, kinds)[0]
 
     def measure(self, model: nn.Module) -> float:
         self._references()  # resolves auto
         return self(model).value
 
     def __call__(self, model: nn.Module) -> EvalResult:
+        """The divergence as an EvalResult; ``details["samples"]`` holds each kind's per-sample shares
+        (6 significant digits), so that a cached measurement still supports a paired comparison."""
         self._references()  # resolves auto
+        kinds = CONSENSUS if self.kind == "consensus" else (self.kind,)
+        values, samples = self.measure_samples(model, kinds)
+        details: dict[str, Any] = {"samples": {k: [float(f"{v:.6g}") for v in samples[k]] for k in kinds}}
         if self.kind == "consensus":  # one pass: disagreement is the value, 1/SQNR rides in the details
-            values = self.measure_all(model, CONSENSUS)
-            return EvalResult("agreement", values["agreement"], higher_is_better=False,
-                              details={"sqnr": values["sqnr"]})
-        return EvalResult(self.kind, self.measure_all(model)[self.kind], higher_is_better=False)
+            details["sqnr"] = values["sqnr"]
+            return EvalResult("agreement", values["agreement"], higher_is_better=False, details=details)
+        return EvalResult(self.kind, values[self.kind], higher_is_better=False, details=details)
