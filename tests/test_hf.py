@@ -37,6 +37,9 @@ def test_analyze_solve_quantize_from_a_checkpoint_and_a_text_file(checkpoint, tm
     # four groups per block, and the embedding table and the output layer, each with its own candidates
     assert {"lm.lm_head", "lm.model.embed_tokens"} <= set(table["groups"]) and len(table["groups"]) == 3 * 4 + 2
     assert main(["solve", str(tmp_path / "run"), "--budget", "bytes=0.9x", "--out", str(tmp_path / "plan.json")]) == 0
+    guard = json.loads((tmp_path / "plan.json").read_text())["metadata"]["guard"]
+    # the guard scores a causal LM's calibration windows on their own next tokens, per window
+    assert guard["divergence"] == "nll" and guard["samples"] == 6 and guard["measured"]["mixed"] > 0
     assert main(["quantize", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
                  "--eval", f"ppl:{text}?windows=4&length=48", "--out", str(tmp_path / "q")]) == 0
     result = json.loads((tmp_path / "q" / "result.json").read_text())

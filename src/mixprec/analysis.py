@@ -275,8 +275,9 @@ class Analysis:
 
         guard (default on): the plan is measured against every uniform plan within the same budgets
         (and each one's variant with the first and last groups at 8 bits) by a label-free output
-        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr or consensus, which
-        is agreement and sqnr together and what auto is for classifiers); the better plan
+        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr, nll or consensus,
+        which is agreement and sqnr together and what auto is for classifiers; auto is nll, the next-token
+        negative log-likelihood of the calibration text, for language models); the better plan
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why. A tie is a
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
@@ -369,7 +370,9 @@ class Analysis:
         output = get_builtin(self.model_name).output
         if output == "logits":
             return {"auto-smooth": "kl", "auto-guard": "consensus"}.get(divergence, "agreement")
-        return "kl" if output == "tokens" else "sqnr"
+        if output == "tokens":  # the guard scores an LM's calibration text itself (its own next tokens)
+            return "nll" if divergence == "auto-guard" else "kl"
+        return "sqnr"
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
                     say: Callable[[str], None], rounding: RoundingConfig | None = None) -> tuple[Goal, dict]:
@@ -640,6 +643,7 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 
 def _divergence_key(divergence: str, batches: int | None) -> str:
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
-    rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)"}
+    rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
+             "auto-guard": "auto(classifier=agreement+sqnr,lm=nll,other=sqnr)"}
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     return f"divergence:{rules.get(divergence, divergence)}" + (f":first{batches}" if batches else "") + ":per-sample"

@@ -742,11 +742,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the uniform plans within the budget (the guard is on by default: the plan and every uniform "
                    "plan within the budget, also with the first and last groups at 8 bits, are measured on the "
                    "calibration data, and the better one is returned)")
-    p.add_argument("--guard-divergence", choices=("auto", "agreement", "kl", "sqnr", "consensus"), default="auto",
+    p.add_argument("--guard-divergence", choices=("auto", "agreement", "kl", "sqnr", "nll", "consensus"), default="auto",
                    help="what the guard measures against the float model on the calibration data: top-1 "
-                   "disagreement, output KL, 1/SQNR, or consensus (the mixed plan must be lower on both "
-                   "disagreement and 1/SQNR); auto: consensus for classifiers, KL for language models, "
-                   "1/SQNR otherwise (default auto)")
+                   "disagreement, output KL, 1/SQNR, nll (a language model's next-token negative log-likelihood "
+                   "on its calibration text), or consensus (the mixed plan must be lower on both disagreement and "
+                   "1/SQNR); auto: consensus for classifiers, nll for language models given token ids, 1/SQNR "
+                   "otherwise (default auto)")
     _add_guard_margin(p)
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
@@ -771,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_rounding(p)
     p.add_argument("--no-guard", action="store_true", help="keep every front plan as solved (by default each is "
                    "compared with the uniform plans within its cost on the calibration data, as solve does)")
-    p.add_argument("--guard-divergence", choices=("auto", "agreement", "kl", "sqnr", "consensus"), default="auto")
+    p.add_argument("--guard-divergence", choices=("auto", "agreement", "kl", "sqnr", "nll", "consensus"), default="auto")
     _add_guard_margin(p)
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)

@@ -59,3 +59,44 @@ def test_a_language_models_shares_are_per_sequence():
     values, samples = OutputDivergence(lm, data, "auto").measure_samples(noisy)
     assert list(values) == ["kl"] and samples["kl"].shape == (8,)  # 2 batches of 4 sequences
     assert samples["kl"].sum() == pytest.approx(values["kl"], rel=1e-6)
+
+
+@torch.no_grad()
+def test_nll_scores_each_sequence_on_its_own_next_tokens():
+    torch.manual_seed(0)
+    lm = nn.Sequential(nn.Embedding(120, 16), nn.Linear(16, 120)).eval()
+    data = [torch.randint(0, 120, (4, 10)) for _ in range(2)]
+    values, samples = OutputDivergence(lm, data, "nll").measure_samples(lm, ("nll",))
+    expected = []
+    for x in data:  # by hand: position t predicts token t + 1
+        logp = torch.log_softmax(lm(x), dim=-1)
+        expected += [-sum(float(logp[b, t, x[b, t + 1]]) for t in range(9)) for b in range(4)]
+    assert samples["nll"] * 72 == pytest.approx(expected, rel=1e-5)  # 8 sequences x 9 predicted tokens
+    assert values["nll"] == pytest.approx(sum(expected) / 72, rel=1e-5)
+    masked = [{"input_ids": x, "attention_mask": torch.cat([torch.ones(4, 6), torch.zeros(4, 4)], 1).long()}
+              for x in data]
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids)
+    only_real = OutputDivergence(Wrapped(), masked, "nll").measure_all(Wrapped(), ("nll",))["nll"]
+    by_hand = []
+    for x in data:
+        logp = torch.log_softmax(lm(x), dim=-1)
+        by_hand += [-float(logp[b, t, x[b, t + 1]]) for b in range(4) for t in range(5)]  # tokens 1..5 are real
+    assert only_real == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-5)
+
+
+def test_the_guard_auto_of_a_language_model_given_token_ids_is_nll():
+    torch.manual_seed(0)
+    lm = nn.Sequential(nn.Embedding(120, 16), nn.Linear(16, 120)).eval()
+    data = [torch.randint(0, 120, (4, 10))]
+    assert OutputDivergence(lm, data, "auto-guard")(lm).name == "nll"
+    assert OutputDivergence(lm, data, "auto")(lm).name == "kl"  # searches keep KL
+    embedding_model = nn.Sequential(nn.Linear(8, 4)).eval()
+    with pytest.raises(Exception, match="nll divergence needs a language model"):
+        OutputDivergence(embedding_model, [torch.randn(3, 8)], "nll")(embedding_model)

@@ -3,6 +3,8 @@
     kl:        mean over predicted rows (classifier samples, LM tokens) of KL(softmax(y) || softmax(y_q))
     agreement: share of rows whose top-1 differs from the float model's (label-free disagreement)
     sqnr:      sum ||y_q - y||^2 / sum ||y||^2   (1 / SQNR; for outputs that are not logits)
+    nll:       mean over predicted tokens of -log softmax(y_q)[next token]   (a language model on its
+               calibration text, which is its own label; not a divergence from the float model)
 
 The same formulas as the kl and sqnr sensitivity metrics, applied to a whole quantized model: the
 guard and the measured searches decide with it, on the calibration data, never on the data the
@@ -11,7 +13,11 @@ items carrying integer labels), kl for a language model (a (batch, tokens, vocab
 vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection heads);
 ``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show;
 ``"auto-guard"`` takes ``"consensus"`` for classifiers: disagreement as the value and 1/SQNR in the
-details, from the same pass (the guard's pair).
+details, from the same pass (the guard's pair); and nll for language models given token ids.
+Why nll for language models: on SmolLM2 at 5.05 and 5.10 bits/weight (lm_head at 8 bits), KL on the
+calibration windows ranked the exact plan above uniform w4g64 by 8 and 5 standard errors, while the
+next-token NLL on the same windows and the evaluation perplexity ranked it below (38.40 against 37.36,
+38.24 against 36.66; benchmarks/guard_noise_lm.py).
 Why agreement for classifiers: on ResNet-56 at the BOPs of W4A8, KL on the calibration data ranked a
 mixed plan above uniform (0.320 against 0.367) while both top-1 disagreement (0.131 against 0.113)
 and accuracy on the evaluation split (78.97 against 79.91) ranked it below
@@ -75,19 +81,51 @@ def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, fl
     return (out - ref).pow(2).reshape(_samples(ref), -1).sum(dim=1), float(ref.pow(2).sum())
 
 
+def token_ids(inputs: Any) -> torch.Tensor | None:
+    """The (batch, tokens) integer ids a language model was given: the input tensor itself, or a dict's
+    ``input_ids``; None for anything else."""
+    ids = inputs.get("input_ids") if isinstance(inputs, dict) else inputs
+    if isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point() and not ids.is_complex():
+        return ids
+    return None
+
+
+def nll_samples(inputs: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sequence: the sum over its positions of -log q(next token), number of predicted tokens).
+    The calibration text is its own label: logits at position t are scored on token t+1, where the
+    attention mask (if any) marks both as real tokens."""
+    ids = token_ids(inputs)
+    if ids is None or out.ndim != 3 or out.shape[:2] != ids.shape:
+        raise SpecError("the nll divergence needs a language model's (batch, tokens, vocabulary) logits for inputs of "
+                        f"(batch, tokens) token ids; got inputs {getattr(ids, 'shape', type(inputs).__name__)} and "
+                        f"output {tuple(out.shape)}: use --guard-divergence kl or sqnr")
+    log_q = torch.log_softmax(out[:, :-1].float(), dim=-1)
+    nll = -log_q.gather(-1, ids[:, 1:, None].to(out.device))[..., 0]
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+        keep = (mask[:, 1:] * mask[:, :-1]).to(nll.device, nll.dtype)
+        nll = nll * keep
+        return nll.sum(dim=1), float(keep.sum())
+    return nll.sum(dim=1), float(nll.numel())
+
+
 DIVERGENCES = {"kl": kl_samples, "agreement": disagreement_samples, "sqnr": sqnr_samples}
+TASK = {"nll": nll_samples}  # scored from the inputs and the output alone: no float reference
 CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py)
 AUTO = ("auto", "auto-smooth", "auto-guard")
 
 
-def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False) -> str:
+def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False,
+              inputs: Any = None) -> str:
     """agreement (kl if ``smooth``, consensus if ``guard``) for a classifier's logits with integer labels
-    beside them, kl for an LM's (batch, tokens, vocab) output, else sqnr."""
+    beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` and the inputs are
+    its token ids; else sqnr."""
     if output.ndim == 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
             and not labels.is_floating_point() and labels.ndim == 1:
         return "kl" if smooth else "consensus" if guard else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
-        return "kl"
+        ids = token_ids(inputs)
+        return "nll" if guard and ids is not None and tuple(ids.shape) == tuple(output.shape[:2]) else "kl"
     return "sqnr"
 
 
@@ -97,9 +135,9 @@ class OutputDivergence:
     (lower is better), so plan evaluators can cache it like any metric."""
 
     def __init__(self, float_model: nn.Module, data: Iterable, kind: str = "auto", max_batches: int | None = None):
-        if kind not in AUTO and kind not in DIVERGENCES and kind != "consensus":
+        if kind not in AUTO and kind not in DIVERGENCES and kind not in TASK and kind != "consensus":
             raise SpecError(f"unknown divergence {kind!r}; choose one of: "
-                            f"{', '.join(AUTO + tuple(DIVERGENCES) + ('consensus',))}")
+                            f"{', '.join(AUTO + tuple(DIVERGENCES) + tuple(TASK) + ('consensus',))}")
         batches = [split_item(item) for item in data]
         if max_batches is not None:
             batches = batches[:max_batches]
@@ -122,7 +160,7 @@ class OutputDivergence:
                                   for x in self.inputs]
             if self.kind in AUTO:
                 self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
-                                      guard=self.kind == "auto-guard")
+                                      guard=self.kind == "auto-guard", inputs=self.inputs[0])
         return self.reference
 
     @torch.no_grad()
@@ -136,9 +174,10 @@ class OutputDivergence:
         sums = {k: [0.0, 0.0] for k in kinds}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
         for x, ref in zip(self.inputs, references):
-            out = output_tensor(run_model(model, to_device(x, self.device))).float()
+            x = to_device(x, self.device)
+            out = output_tensor(run_model(model, x)).float()
             for k in kinds:
-                per_sample, d = DIVERGENCES[k](ref, out)
+                per_sample, d = TASK[k](x, out) if k in TASK else DIVERGENCES[k](ref, out)
                 sums[k][0] += float(per_sample.sum())
                 sums[k][1] += d
                 parts[k].append(per_sample.double().cpu().numpy())
