@@ -135,9 +135,11 @@ def pin_groups(problem: AllocationProblem, pins: list[str],
     return replace(problem, allowed=allowed, pins={**problem.pins, **pinned}), pinned
 
 
-def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: str = "mse") -> Analysis:
+def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: str = "mse",
+                     extra: tuple[str, ...] = ()) -> Analysis:
     """The default metric's analysis of ``model_name`` (benchmarks/run.py's run directory; analysed here
-    when missing), measured with ``rounding``."""
+    when missing), measured with ``rounding``; ``extra`` candidates beside the configuration's get a run
+    directory of their own."""
     from run import CONFIGS, analysis_arguments, analyze_run
     config = CONFIGS[model_name]
     metric = config.metrics[0]
@@ -146,17 +148,19 @@ def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: 
         run = RESULTS / "tmp" / f"run_{model_name}_{rounding}" / metric
     if weight_range != "mse":  # as benchmarks/never_worse.py names it
         run = run.parent / f"{metric}_{weight_range}"
+    if extra:
+        run = run.parent / f"{run.name}_plus_{'_'.join(extra)}"
     if not (run / "sensitivity.json").is_file():
         start = time.perf_counter()
-        analyze_run(run, analysis_arguments(model_name, config.candidates, metric, device, run, rounding=rounding,
-                                            weight_range=weight_range))
+        analyze_run(run, analysis_arguments(model_name, ",".join([config.candidates, *extra]), metric, device, run,
+                                            rounding=rounding, weight_range=weight_range))
         print(f"analysed {model_name} ({metric}, rounding {rounding}) in {time.perf_counter() - start:.0f} s", flush=True)
     return Analysis.load(run)
 
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
             save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse",
-            nncf_from: dict | None = None, guard_margin: float = 1.0) -> dict:
+            nncf_from: dict | None = None, guard_margin: float = 1.0, extra: tuple[str, ...] = ()) -> dict:
     """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
     (by label) and not measured again; nncf_from: an earlier result of the same model, grid and evaluation
     device whose NNCF side (compression, bits, metric, failures) is reused, so that only mixprec's side is
@@ -164,7 +168,7 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     import nncf
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
-    analysis = mixprec_analysis(model_name, device, rounding, weight_range)
+    analysis = mixprec_analysis(model_name, device, rounding, weight_range, extra)
     evaluator = analysis.evaluator(device=device, rounding=rounding)
     problem, pinned = pin_groups(analysis.problem(), list(pins), analysis.groups)
     analysis.pins.update(pinned)  # the default plan (solve) sees the same restriction
@@ -334,6 +338,9 @@ def main() -> int:
                         "earlier result of the same model and grid; only mixprec's side is measured")
     parser.add_argument("--guard-margin", type=float, default=1.0,
                         help="mixprec's guard margin in standard errors (default 1, as solve)")
+    parser.add_argument("--add-candidates", default="", metavar="LIST",
+                        help="candidates beside the model's configuration, e.g. w8-asym (NNCF keeps lm_head in int8 "
+                        "asymmetric: --add-candidates w8-asym --pin lm_head=w8-asym compares like with like)")
     parser.add_argument("--merge", type=int, metavar="N",
                         help="only merge the N part files (_part0 .. _partN-1) into one result, in grid order")
     args = parser.parse_args()
@@ -373,7 +380,7 @@ def main() -> int:
             raise SystemExit(f"--nncf-from {args.nncf_from} is {nncf_from.get('model')} on grid {nncf_from.get('grid')}, "
                              f"not {args.model} on {args.grid}")
         save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done, args.weight_range,
-                     nncf_from, args.guard_margin))
+                     nncf_from, args.guard_margin, tuple(c for c in args.add_candidates.split(",") if c)))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0
