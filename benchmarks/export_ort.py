@@ -85,6 +85,7 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) ->
                          "simulated_top1": result.simulated.value, "exported_top1": result.exported.value,
                          "gap": result.exported.value - result.simulated.value,
                          "agreement": result.agreement.get("evaluation"), "size_bytes": result.size_bytes,
+                         "evaluation_samples": result.exported.details.get("samples"),
                          "low_precision_layers": low, "layers": len(result.layers),
                          "fallback_layers": [l["layer"] for l in result.fallbacks]})
             print(f"{label}: simulated {result.simulated.value:.2f}, exported {result.exported.value:.2f}, "
@@ -96,7 +97,7 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) ->
                 row[f"latency_ms_b{batch}"] = med[row["plan"]]
                 row[f"speedup_b{batch}"] = med["fp32"] / med[row["plan"]]
             print(f"batch {batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), flush=True)
-    samples_eval = limit or 9000
+    samples_eval = int(rows[0]["evaluation_samples"]) if rows and rows[0].get("evaluation_samples") else limit
     return {"model": name, "rows": rows, "evaluation_images": samples_eval, "calibration_samples": samples,
             "mixed_plan_seconds": mixed_seconds, "rounds": rounds, "threads": THREADS,
             "command": "python benchmarks/export_ort.py " + " ".join(sys.argv[1:]),
@@ -130,7 +131,7 @@ def _cpu() -> str:
 def markdown(r: dict) -> str:
     env = r["environment"]
     lines = [f"## Export to ONNX Runtime CPU: {r['model']}", "",
-             f"Simulated against exported top-1 on {r['evaluation_images']:,} evaluation images; agreement: images "
+             f"Simulated against exported top-1 on {format(r['evaluation_images'], ',') if r['evaluation_images'] else 'all'} evaluation images; agreement: images "
              f"whose top-1 prediction is the same. Latency: median, {r['threads']} threads, batch 1 and 64, against "
              f"the FP32 export. {env['cpu']} ({env['cpu_count']} cores, VNNI: {'yes' if env['vnni'] else 'no'}), "
              f"onnxruntime {env['onnxruntime']}. Target: exported within {TARGET_GAP} point of simulated.", "",
