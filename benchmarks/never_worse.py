@@ -99,7 +99,7 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
               partial: Path | None = None, local: bool = True, weight_range: str = "mse",
-              guard_margin: float = 1.0) -> dict:
+              guard_margin: float = 1.0, guard_divergence: str = "auto") -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range)
@@ -129,7 +129,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_exact"] = measure(table_problem.assignments(plain.choice))["value"]
                 checks_before = sum(len(c.results) for c in analysis._checkers.values())
                 start = time.perf_counter()
-                plan = analysis.solve({kind: budget}, device=device, guard_margin=guard_margin)
+                plan = analysis.solve({kind: budget}, device=device, guard_margin=guard_margin,
+                                      guard_divergence=guard_divergence)
                 row[f"{label}_guard_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_guard_evaluations"] = sum(len(c.results) for c in analysis._checkers.values()) - \
                     checks_before
@@ -140,7 +141,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 if not local:
                     continue
                 start = time.perf_counter()
-                local = analysis.solve({kind: budget}, search="local", device=device)
+                local = analysis.solve({kind: budget}, search="local", device=device, guard_margin=guard_margin,
+                                       guard_divergence=guard_divergence)
                 row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
                 row[f"{label}_local"] = measure(local.assignments)["value"]
@@ -160,7 +162,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
     return verdicts({"model": model, "reference": reference, "rows": rows, "analysis_seconds": analyses,
                      "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
-                                     "guard_margin": guard_margin}})
+                                     "guard_margin": guard_margin, "guard_divergence": guard_divergence}})
 
 
 
@@ -252,6 +254,8 @@ def main() -> int:
                         help="the analysis's weight range method (auto: chosen per candidate on the calibration data)")
     parser.add_argument("--guard-margin", type=float, default=1.0,
                         help="the guard's margin in standard errors of the paired difference (default 1, as solve)")
+    parser.add_argument("--guard-divergence", default="auto",
+                        help="what the guard and the local search measure (default auto, as solve)")
     parser.add_argument("--out-suffix", default="")
     parser.add_argument("--render", action="store_true",
                         help="only re-derive the verdicts and rewrite the .md from the saved .json")
@@ -268,7 +272,7 @@ def main() -> int:
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
                            tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"),
                            local=not args.no_local, weight_range=args.weight_range,
-                           guard_margin=args.guard_margin)
+                           guard_margin=args.guard_margin, guard_divergence=args.guard_divergence)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

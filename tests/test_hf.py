@@ -40,6 +40,10 @@ def test_analyze_solve_quantize_from_a_checkpoint_and_a_text_file(checkpoint, tm
     guard = json.loads((tmp_path / "plan.json").read_text())["metadata"]["guard"]
     # the guard scores a causal LM's calibration windows on their own next tokens, per window
     assert guard["divergence"] == "nll" and guard["samples"] == 6 and guard["measured"]["mixed"] > 0
+    assert main(["solve", str(tmp_path / "run"), "--budget", "bytes=0.9x", "--search", "local", "--evaluations", "6",
+                 "--out", str(tmp_path / "local.json")]) == 0
+    logged = [json.loads(line)["result"]["name"] for line in (tmp_path / "run" / "divergences.jsonl").open()]
+    assert len(logged) > 2 and set(logged) == {"nll"}  # the local search scores the text's next tokens too
     assert main(["quantize", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
                  "--eval", f"ppl:{text}?windows=4&length=48", "--out", str(tmp_path / "q")]) == 0
     result = json.loads((tmp_path / "q" / "result.json").read_text())

@@ -363,15 +363,15 @@ class Analysis:
     def _resolve_auto(self, divergence: str) -> str:
         """A built-in model says what its output is; other models are recognised from their output and
         labels when the divergence is first measured (mixprec.sensitivity.divergence.auto_kind)."""
-        if divergence not in ("auto", "auto-smooth", "auto-guard") or not self.model_name \
+        if divergence not in ("auto", "auto-smooth", "auto-guard", "auto-search") or not self.model_name \
                 or not is_builtin(self.model_name):
             return divergence
         from .builtin import get_builtin
         output = get_builtin(self.model_name).output
         if output == "logits":
-            return {"auto-smooth": "kl", "auto-guard": "consensus"}.get(divergence, "agreement")
-        if output == "tokens":  # the guard scores an LM's calibration text itself (its own next tokens)
-            return "nll" if divergence == "auto-guard" else "kl"
+            return {"auto-smooth": "kl", "auto-search": "kl", "auto-guard": "consensus"}.get(divergence, "agreement")
+        if output == "tokens":  # the guard and the search score an LM's calibration text itself (its next tokens)
+            return "nll" if divergence in ("auto-guard", "auto-search") else "kl"
         return "sqnr"
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
@@ -380,8 +380,9 @@ class Analysis:
         exact plan and every uniform plan within the budget."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
-        # moves need small differences to show: KL for classifiers, not top-1 disagreement
-        divergence = "auto-smooth" if divergence in ("auto", "consensus") else divergence
+        # moves need small differences to show: KL for classifiers, not top-1 disagreement; NLL of the
+        # calibration text for language models, as the guard (benchmarks/guard_noise_lm.py)
+        divergence = "auto-search" if divergence in ("auto", "consensus") else divergence
         checker = self._checker(divergence, device, rounding=rounding)
         say("local search: measuring plans by their output divergence on the calibration data")
         measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
@@ -644,6 +645,7 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 def _divergence_key(divergence: str, batches: int | None) -> str:
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
-             "auto-guard": "auto(classifier=agreement+sqnr,lm=nll,other=sqnr)"}
+             "auto-guard": "auto(classifier=agreement+sqnr,lm=nll,other=sqnr)",
+             "auto-search": "auto(classifier=kl,lm=nll,other=sqnr)"}
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     return f"divergence:{rules.get(divergence, divergence)}" + (f":first{batches}" if batches else "") + ":per-sample"

@@ -14,6 +14,8 @@ vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection
 ``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show;
 ``"auto-guard"`` takes ``"consensus"`` for classifiers: disagreement as the value and 1/SQNR in the
 details, from the same pass (the guard's pair); and nll for language models given token ids.
+``"auto-search"`` (the measured local search) takes kl for classifiers (small differences must show)
+and nll for language models given token ids.
 Why nll for language models: on SmolLM2 at 5.05 and 5.10 bits/weight (lm_head at 8 bits), KL on the
 calibration windows ranked the exact plan above uniform w4g64 by 8 and 5 standard errors, while the
 next-token NLL on the same windows and the evaluation perplexity ranked it below (38.40 against 37.36,
@@ -112,20 +114,21 @@ def nll_samples(inputs: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
 DIVERGENCES = {"kl": kl_samples, "agreement": disagreement_samples, "sqnr": sqnr_samples}
 TASK = {"nll": nll_samples}  # scored from the inputs and the output alone: no float reference
 CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py)
-AUTO = ("auto", "auto-smooth", "auto-guard")
+AUTO = ("auto", "auto-smooth", "auto-guard", "auto-search")
 
 
 def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False,
-              inputs: Any = None) -> str:
-    """agreement (kl if ``smooth``, consensus if ``guard``) for a classifier's logits with integer labels
-    beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` and the inputs are
-    its token ids; else sqnr."""
+              inputs: Any = None, search: bool = False) -> str:
+    """agreement (kl if ``smooth`` or ``search``, consensus if ``guard``) for a classifier's logits with
+    integer labels beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` or
+    ``search`` and the inputs are its token ids; else sqnr."""
     if output.ndim == 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
             and not labels.is_floating_point() and labels.ndim == 1:
-        return "kl" if smooth else "consensus" if guard else "agreement"
+        return "kl" if smooth or search else "consensus" if guard else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
         ids = token_ids(inputs)
-        return "nll" if guard and ids is not None and tuple(ids.shape) == tuple(output.shape[:2]) else "kl"
+        own_text = ids is not None and tuple(ids.shape) == tuple(output.shape[:2])
+        return "nll" if (guard or search) and own_text else "kl"
     return "sqnr"
 
 
@@ -160,7 +163,8 @@ class OutputDivergence:
                                   for x in self.inputs]
             if self.kind in AUTO:
                 self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
-                                      guard=self.kind == "auto-guard", inputs=self.inputs[0])
+                                      guard=self.kind == "auto-guard", inputs=self.inputs[0],
+                                      search=self.kind == "auto-search")
         return self.reference
 
     @torch.no_grad()
