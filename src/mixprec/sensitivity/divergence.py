@@ -38,24 +38,22 @@ from ..errors import SpecError
 from ..evaluation import EvalResult
 
 
-def kl_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """(sum over rows of KL(softmax(ref) || softmax(out)), number of rows)."""
+def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(ref) || softmax(out)) of every row (the last dimension is the vocabulary)."""
     log_p = torch.log_softmax(ref.reshape(-1, ref.shape[-1]), dim=-1)
     log_q = torch.log_softmax(out.reshape(-1, out.shape[-1]), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)  # >= 0 up to rounding
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)  # >= 0 up to rounding
+
+
+def kl_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
+    """(sum over rows of KL(softmax(ref) || softmax(out)), number of rows)."""
+    kl = _kl_rows(ref, out)
     return float(kl.sum()), float(kl.numel())
 
 
 def sqnr_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
     """(||out - ref||^2, ||ref||^2)."""
     return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
-
-
-def disagreement(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """(rows whose top-1 differs from the float model's, rows)."""
-    a = ref.reshape(-1, ref.shape[-1]).argmax(dim=-1)
-    b = out.reshape(-1, out.shape[-1]).argmax(dim=-1)
-    return float((a != b).sum()), float(a.numel())
 
 
 def _samples(ref: torch.Tensor) -> int:
@@ -65,9 +63,7 @@ def _samples(ref: torch.Tensor) -> int:
 
 def kl_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(per sample: the sum of KL over its rows (one for a classifier, its tokens for an LM), number of rows)."""
-    log_p = torch.log_softmax(ref.reshape(-1, ref.shape[-1]), dim=-1)
-    log_q = torch.log_softmax(out.reshape(-1, out.shape[-1]), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)
+    kl = _kl_rows(ref, out)
     return kl.reshape(_samples(ref), -1).sum(dim=1), float(kl.numel())
 
 

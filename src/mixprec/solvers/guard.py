@@ -64,14 +64,6 @@ def paired_z(a: Measured, b: Measured, i: int) -> float | None:
     return total / se
 
 
-def _lower(a: Measured, b: Measured, i: int, margin: float) -> bool:
-    """Whether ``a`` is lower than ``b`` on divergence i beyond the noise (any lower value without samples)."""
-    z = paired_z(a, b, i) if margin > 0 else None
-    if z is None:
-        return _tuple(a)[i] < _tuple(b)[i]
-    return z < -margin and _tuple(a)[i] < _tuple(b)[i]
-
-
 def _finite(value: Measured):
     if isinstance(value, Sampled):
         value = list(value.values) if len(value.values) > 1 else value.values[0]
@@ -139,18 +131,24 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     best = _best(rivals, measured)
     mixed = measured[MIXED]
     width = len(_tuple(mixed))
-    z = {label: [paired_z(mixed, measured[label], i) for i in range(width)] for label in rivals}
-    z = {label: zs for label, zs in z.items() if any(v is not None for v in zs)}
-    lowest = [min(_tuple(measured[label])[i] for label in rivals) for i in range(width)]
-    raw_wins = all(m < low for m, low in zip(_tuple(mixed), lowest))
-    if all(_lower(mixed, measured[label], i, margin) for label in rivals for i in range(width)):
+    z_all = {label: [paired_z(mixed, measured[label], i) for i in range(width)] for label in rivals}
+    z = {label: zs for label, zs in z_all.items() if any(v is not None for v in zs)}
+
+    def lower(label: str, i: int, noise: bool = True) -> bool:
+        """The mixed plan below this rival on divergence i; beyond the noise where per-sample shares say it."""
+        below = _tuple(mixed)[i] < _tuple(measured[label])[i]
+        zi = z_all[label][i]
+        return below and (not noise or margin <= 0 or zi is None or zi < -margin)
+
+    if all(lower(label, i) for label in rivals for i in range(width)):
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {_show(mixed)} against "
                            f"{_show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
                            margin, z)
-    if raw_wins:  # lower everywhere, but within the noise against some rival
+    if all(lower(label, i, noise=False) for label in rivals for i in range(width)):
+        # lower everywhere, but within the noise against some rival
         close = min(((label, i, z[label][i]) for label in z for i in range(width) if z[label][i] is not None
-                     and not _lower(mixed, measured[label], i, margin)), key=lambda t: -t[2], default=None)
+                     and not lower(label, i)), key=lambda t: -t[2], default=None)
         where = f" (against {close[0]}: {abs(close[2]):.2f} standard errors)" if close else ""
         return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
                            f"{_show(mixed)}: lower, but by less than {margin:g} standard error(s) of the paired "
