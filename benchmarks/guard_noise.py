@@ -24,11 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS, first_last_choice  # noqa: E402
+from run import CONFIGS, RESULTS, first_last_choice, save_result  # noqa: E402
 
 from mixprec import __version__, apply  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
-from mixprec.plan import write_json_atomic  # noqa: E402
 from mixprec.sensitivity.divergence import OutputDivergence  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.solvers.guard import Sampled, paired_z  # noqa: E402
@@ -147,10 +146,7 @@ def main() -> int:
         print(f"skipped: {exc}")
         return 0
     out = RESULTS / f"guard_noise_{args.model}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}.json and .md")
+    save_result(out, result, markdown(result))
     return 0
 
 

@@ -23,12 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from nncf_compare import pin_groups  # noqa: E402
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS  # noqa: E402
+from run import CONFIGS, RESULTS, save_result  # noqa: E402
 
 from mixprec import __version__, apply  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
-from mixprec.plan import write_json_atomic  # noqa: E402
 from mixprec.sensitivity.divergence import OutputDivergence  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.solvers.guard import Sampled, paired_z  # noqa: E402
@@ -135,10 +134,7 @@ def main() -> int:
         print(f"skipped: {exc}")
         return 0
     out = RESULTS / f"guard_noise_lm_{args.model}"
-    write_json_atomic(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}.json and .md")
+    save_result(out, result, markdown(result))
     return 0
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, first_last_choice  # noqa: E402
+from run import (CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, first_last_choice,  # noqa: E402
+                 save_result)
 
 from mixprec import Analysis, __version__, analyze  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
@@ -263,9 +264,7 @@ def main() -> int:
     out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
     if args.render:
         result = verdicts(json.loads(out.with_suffix(".json").read_text()))
-        write_json_atomic(out.with_suffix(".json"), result)
-        out.with_suffix(".md").write_text(markdown(result))
-        print(markdown(result))
+        save_result(out, result, markdown(result))
         return 0
     try:
         result = benchmark(args.model, args.device, args.calibration_samples,
@@ -277,10 +276,7 @@ def main() -> int:
         print(f"skipped: {exc}")
         return 0
     out.with_suffix(".partial.json").unlink(missing_ok=True)
-    write_json_atomic(out.with_suffix(".json"), result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}.json and .md")
+    save_result(out, result, markdown(result))
     return 0
 
 

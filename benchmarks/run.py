@@ -125,6 +125,14 @@ class Measured:
         return out
 
 
+def save_result(out: Path, result: dict, text: str) -> None:
+    """Write a benchmark's ``result`` as out.json (atomically) and its markdown ``text`` as out.md, and show it."""
+    write_json_atomic(out.with_suffix(".json"), result)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {out}.json and .md")
+
+
 def base_name(candidate: str) -> str:
     """The candidate without the range suffix weight_range="auto" gives it (w4a8-minmax -> w4a8)."""
     return re.sub(r"-(minmax|mse)$", "", candidate)
