@@ -20,6 +20,7 @@ from torch import nn
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights, is_torchscript
+from .joins import insert_join_quantizers
 from .multipoint import plan_points
 from .plan import Plan
 from .rounding import ROUNDINGS, RoundingConfig, round_weights
@@ -32,7 +33,8 @@ __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "q
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
           progress: bool = True, rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
-          rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None) -> nn.Module:
+          rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None,
+          joins: bool | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
@@ -43,6 +45,9 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     ``rounding_checkpoint``: a directory where the rounding resumes from after an interruption.
     points: layer -> points per output channel of its multipoint candidate (default
     ``plan.metadata["points"]``; layers without are chosen on ``calibration_data``, :func:`plan_points`).
+    joins: also quantize, at 8 bits, the tensors that residual adds and concatenations read and write, as an
+    int8 runtime graph does (mixprec.joins; the model must trace with torch.fx, and the result is an
+    fx.GraphModule whose modules keep their names). Default: ``plan.metadata["joins"]`` (False).
     """
     check_range_methods(weight_method, activation_method)
     method = rounding.name if isinstance(rounding, RoundingConfig) else rounding
@@ -54,6 +59,14 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     if method != "nearest" and calibration_data is None:
         raise MixprecError(f"rounding={method!r} needs calibration data (the layers' inputs); pass --data "
                            "(or calibration_data=...), or use rounding='nearest'")
+    if joins is None:
+        joins = bool(plan.metadata.get("joins", False))
+    if joins and calibration_data is None:
+        raise MixprecError("join quantizers (joins=True) are calibrated on data; pass --data (or "
+                           "calibration_data=...)")
+    if joins and is_torchscript(model):
+        raise ModelError("join quantizers need a model torch.fx can trace, not a TorchScript model; give the "
+                         "model as file.py:function or quantize without joins")
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     quantized = copy.deepcopy(model).eval()  # before any pass: a model in training mode changes on each
@@ -71,6 +84,8 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
+    if joins:
+        quantized = insert_join_quantizers(quantized, activation_method)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,
                            sources=sources)

@@ -27,6 +27,7 @@ from .batches import describe_shape, run_model, shapes_compatible, split_item, t
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights
+from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
@@ -133,22 +134,37 @@ def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: It
         set_module(model, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,
                                                weight=weight))
     quantizers = [m.input_quantizer for m in quantized_layers(model).values() if m.input_quantizer.needs_calibration]
+    joins = {n: q for n, q in join_quantizers(model).items() if q.observing}
     if not calibrate:
-        for q in quantizers:
+        for q in quantizers + list(joins.values()):
             q.observing = False
         return model
-    if quantizers:
+    if quantizers or joins:
         if data is None:
             raise MixprecError("the plan quantizes activations, which needs calibration data; pass --data "
                                "(or calibration_data=...), or choose weight-only candidates")
-        calibrate_activations(model, data, progress=progress)
+        calibrate_activations(model, data, progress=progress)  # join quantizers calibrate in the same pass
         for name, layer in quantized_layers(model).items():
             q = layer.input_quantizer
             if q.needs_calibration and q._seen_lo is None:
                 raise ModelError(f"layer {name!r} saw no finite input during calibration (not called by the "
                                  "calibration data, or only NaN/Inf); exclude it or check the data")
             q.finish_calibration()
+        for name, q in joins.items():
+            if q._seen_lo is None:
+                raise ModelError(f"join quantizer {name} ({q.where}) saw no finite value during calibration")
+            q.finish_calibration()
+    share_join_ranges(model)
     return model
+
+
+def share_join_ranges(model: nn.Module) -> None:
+    """A layer whose 8-bit input quantizer reads a join quantizer's tensor takes its range (mixprec.joins)."""
+    layers = quantized_layers(model)
+    for layer, join in layers_reading_joins(model).items():
+        q, j = layers[layer].input_quantizer if layer in layers else None, model.get_submodule(join)
+        if q is not None and q.fmt == j.fmt and q.method == j.method and not q.observing and not j.observing:
+            q.lo, q.hi = j.lo.clone().to(q.lo.device), j.hi.clone().to(q.hi.device)
 
 
 @torch.no_grad()

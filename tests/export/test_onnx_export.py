@@ -85,7 +85,7 @@ def test_int8_cnn_matches_simulation_and_folds_batchnorm(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
     result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
-    simulated = apply(model, p, data, progress=False)
+    simulated = apply(model, p, data, progress=False, joins=True)  # the export adds join quantizers
     exported = OrtModule(result.path)
     x = batches((3, 8, 8), n=1, size=64)[0]
     a, b = simulated(x), exported(x)
@@ -119,12 +119,31 @@ def test_written_codes_are_the_simulated_weights(tmp_path):
     assert np.allclose(folded, w * factor[:, None], rtol=1e-5, atol=1e-7)
 
 
-def test_float_fallback_is_reported_not_silent(tmp_path):
+def test_join_quantizers_make_the_layer_before_a_residual_add_an_integer_kernel(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "fp32"})
     result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
     rows = {r["layer"]: r for r in result.layers}
-    # conv2's output goes to the residual add, where the simulation has no quantizer: no integer kernel
+    assert rows["conv2"]["runtime_op"] == "QLinearConv" and not result.fallbacks
+    assert [j["runtime_op"] for j in result.joins] == ["QLinearAdd"]
+    assert any("1 of 1 residual add" in n for n in result.notes)
+    assert json.loads(report_path(result.path).read_text())["joins"][0]["low_precision"]
+    simulated = apply(model, p, data, progress=False, joins=True)
+    x = batches((3, 8, 8), n=1, size=64)[0]
+    a, b = simulated(x), OrtModule(result.path)(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+    # one Q -> DQ pair on the residual tensor however many read it
+    graph = onnx.load(str(result.path)).graph
+    quantized = [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) == len(set(quantized))
+
+
+def test_float_fallback_is_reported_not_silent(tmp_path):
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "fp32"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False, joins=False)
+    rows = {r["layer"]: r for r in result.layers}
+    # without join quantizers conv2's output goes to a float residual add: no integer kernel
     assert not rows["conv2"]["low_precision"] and "float fallback" in rows["conv2"]["note"]
     assert [r["layer"] for r in result.fallbacks] == ["conv2"]
     assert any("run in float" in n for n in result.notes)

@@ -59,6 +59,7 @@ class ExportResult:
     exported: EvalResult | None = None
     agreement: dict[str, Any] = field(default_factory=dict)  # {"calibration": f, "evaluation": f}: top-1 agreement
     notes: list[str] = field(default_factory=list)
+    joins: list[dict] = field(default_factory=list)  # per residual add/concatenation: op run, low precision
 
     @property
     def fallbacks(self) -> list[dict]:
@@ -69,7 +70,7 @@ class ExportResult:
         return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
                 "simulated": None if self.simulated is None else self.simulated.to_dict(),
                 "exported": None if self.exported is None else self.exported.to_dict(),
-                "agreement": self.agreement, "notes": self.notes, "layers": self.layers}
+                "agreement": self.agreement, "notes": self.notes, "layers": self.layers, "joins": self.joins}
 
 
 def cpu_has_vnni() -> bool:
@@ -103,7 +104,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
            out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
-           threads: int | None = None, progress: bool = True) -> ExportResult:
+           threads: int | None = None, progress: bool = True, joins: bool | None = None) -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
@@ -112,6 +113,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
     evaluate: the user's evaluation function; it runs on the simulated and the exported model.
+    joins: quantize the tensors residual adds and concatenations read and write (mixprec.joins), so that
+    ONNX Runtime runs the layers around them as integer kernels too; default: the plan's
+    ``metadata["joins"]``, else on when some layer has 8-bit integer inputs and the model traces with
+    torch.fx. Ignored when ``quantized`` is given (it has join quantizers or not).
     Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically. The targets gguf and
     compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
@@ -133,12 +138,16 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
 
     from ..apply import apply
     from .onnx_graph import export_float, layer_codes, rewrite
-    from .ort import OrtModule, runtime_kernels
+    from ..joins import onnx_mode
+    from .ort import OrtModule, join_kernels, runtime_kernels
 
     batches = None if data is None else list(data)
+    notes: list[str] = []
     if quantized is None:
+        if joins is None:
+            joins = _default_joins(model, plan, realisations, batches, notes)
         quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                          progress=progress)
+                          progress=progress, joins=joins)
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     missing = sorted(set(candidates) - set(layers_q))
     if missing:
@@ -148,7 +157,9 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                                realisations[name], layers_q[name].input_quantizer, weight_method)
              for name in candidates}
     example = _first_input(batches, example_input)
-    graph = export_float(_float_copy(quantized), example)
+    floated = _float_copy(quantized)
+    with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
+        graph = export_float(floated, example)
     written = rewrite(graph, codes, accuracy_level)
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
@@ -158,7 +169,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
         row["note"] = _note(row, realisations[name].kind)
         rows.append(row)
-    result = ExportResult(out, spec.name, rows, out.stat().st_size)
+    result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes)
+    result.joins = join_kernels(out, quantized)
+    if result.joins:
+        fused = sum(1 for j in result.joins if j["low_precision"])
+        notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")
     eight_bit = [r["layer"] for r in rows if realisations[r["layer"]].kind == "qdq"
                  and candidates[r["layer"]].weight.bits == 8]
     if eight_bit and not cpu_has_vnni():
@@ -181,6 +196,24 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             result.agreement["evaluation"] = same / max(total, 1)
     write_json_atomic(report_path(out), result.to_dict())
     return result
+
+
+def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: list | None, notes: list[str]) -> bool:
+    """Join quantizers by default where the plan's metadata says so, else where some layer runs int8 QDQ and
+    the model traces (a model torch.fx cannot trace is exported without them, with a note)."""
+    if "joins" in plan.metadata:
+        return bool(plan.metadata["joins"])
+    if batches is None or not any(r.kind == "qdq" for r in realisations.values()):
+        return False
+    from ..joins import trace
+    try:
+        trace(model)
+    except ModelError as exc:
+        notes.append(f"residual adds and concatenations are left in float: {exc}")
+        return False
+    notes.append("the plan does not say whether it was chosen with join quantizers; they are added, as the int8 "
+                 "graph needs them (the simulated metric includes them)")
+    return True
 
 
 def report_path(onnx_path: str | os.PathLike) -> Path:

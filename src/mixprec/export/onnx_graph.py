@@ -177,6 +177,7 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4) -> di
     from onnx import helper
 
     g = _Graph(model)
+    _quantizer_constants(g)
     written: dict[str, dict] = {}
     for name, layer in layers.items():
         weight = f"{name}.weight"
@@ -255,11 +256,83 @@ def _fold_batchnorm(g: _Graph, conv) -> tuple[np.ndarray, np.ndarray] | None:
     return factor, beta - mean * factor
 
 
+def _quantizer_constants(g: _Graph) -> None:
+    """Give every QuantizeLinear/DequantizeLinear of the traced graph (join quantizers, written by torch as
+    Constant -> Cast chains) its scale and zero-point as initializers, which the rewrite can compare."""
+    from onnx import numpy_helper
+
+    producers = {o: n for n in g.nodes for o in n.output}
+
+    def value(tensor: str):
+        if tensor in g.inits:
+            return g.array(tensor)
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            return numpy_helper.to_array(_attr(node, "value", None))
+        if node.op_type == "Cast":
+            from onnx import helper
+            inner = value(node.input[0])
+            return None if inner is None else inner.astype(helper.tensor_dtype_to_np_dtype(_attr(node, "to", 1)))
+        return None
+
+    for node in g.nodes:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or id(node) in g.removed:
+            continue
+        for i in (1, 2):
+            if i < len(node.input) and node.input[i] and node.input[i] not in g.inits:
+                array = value(node.input[i])
+                if array is not None:
+                    name = f"{node.name or node.output[0]}.{'scale' if i == 1 else 'zero_point'}"
+                    node.input[i] = g.add_init(name, array)
+                    g.inits[name] = g.new_inits[-1]
+    used = {i for n in g.nodes if id(n) not in g.removed for i in n.input}
+    changed = True
+    while changed:  # Constant/Cast chains nothing reads any more
+        changed = False
+        for node in g.nodes:
+            if (id(node) not in g.removed and node.op_type in ("Constant", "Cast")
+                    and not any(o in used for o in node.output) and not any(
+                        o in {x.name for x in g.graph.output} for o in node.output)):
+                g.removed.add(id(node))
+                changed = True
+        used = {i for n in g.nodes if id(n) not in g.removed for i in n.input}
+
+
+def _same_quantizer(g: _Graph, node, scale: float, zero_point: int) -> bool:
+    s, z = node.input[1], node.input[2] if len(node.input) > 2 else ""
+    if s not in g.inits or not z or z not in g.inits:
+        return False
+    zs = g.array(z)
+    return (zs.dtype == np.uint8 and zs.size == 1 and int(zs.reshape(-1)[0]) == zero_point
+            and float(g.array(s).reshape(-1)[0]) == float(np.float32(scale)) and g.array(s).size == 1)
+
+
+def _existing_pair(g: _Graph, tensor: str, scale: float, zero_point: int) -> str | None:
+    """A Q -> DQ pair the graph already has on ``tensor`` with this scale and zero-point (a join quantizer),
+    or ``tensor`` itself when it is the output of such a pair: the layer reads it instead of a second pair."""
+    for n in g.nodes:
+        if id(n) not in g.removed and n.op_type == "DequantizeLinear" and tensor in n.output:
+            if _same_quantizer(g, n, scale, zero_point):
+                return tensor
+    for q in g.consumers(tensor):
+        if q.op_type == "QuantizeLinear" and q.input[0] == tensor and _same_quantizer(g, q, scale, zero_point):
+            for dq in g.consumers(q.output[0]):
+                if dq.op_type == "DequantizeLinear" and _same_quantizer(g, dq, scale, zero_point):
+                    return dq.output[0]
+    return None
+
+
 def _dequantized_input(g: _Graph, node, layer: LayerCodes) -> str:
-    """The output of a Q -> DQ pair on the node's input (one pair per tensor and quantizer)."""
+    """The output of a Q -> DQ pair on the node's input (one pair per tensor and quantizer, shared with a
+    join quantizer's pair of the same scale and zero-point)."""
     from onnx import helper
 
     tensor = node.input[0]
+    existing = _existing_pair(g, tensor, layer.input_scale, layer.input_zero_point)
+    if existing is not None:
+        return existing
     key = (tensor, layer.input_scale, layer.input_zero_point)
     if key not in g.dequantized:
         base = f"{tensor}_q{len([k for k in g.dequantized if k[0] == tensor]) or ''}"

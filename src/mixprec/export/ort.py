@@ -144,3 +144,32 @@ def _compute_node(nodes: list, by_input: dict):
         for output in node.output:
             frontier.extend(by_input.get(output, []))
     return None
+
+
+JOIN_OPS = {"Add", "Sum", "Concat"}
+
+
+def join_kernels(path: str | os.PathLike, quantized: nn.Module) -> list[dict]:
+    """Per residual add or concatenation whose inputs the exported file dequantizes (join quantizers), the
+    op ONNX Runtime runs after optimisation and whether it is low precision (QLinearAdd, QLinearConcat)."""
+    import onnx
+
+    from ..joins import join_quantizers
+
+    if not join_quantizers(quantized):
+        return []
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    joins = [n.name for n in graph.node if n.op_type in JOIN_OPS
+             and any(producers.get(i) == "DequantizeLinear" for i in n.input)]
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = os.path.join(tmp, "optimized.onnx")
+        make_session(path, threads=1, optimized_path=optimized)
+        nodes = onnx.load(optimized, load_external_data=False).graph.node
+    out = []
+    for name in joins:
+        match = next((n for n in nodes if n.name == name), None) or next(
+            (n for n in nodes if n.name.startswith(name)), None)
+        op = match.op_type if match is not None else "?"
+        out.append({"node": name, "runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or op.startswith("QLinear")})
+    return out

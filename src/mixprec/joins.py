@@ -1,0 +1,241 @@
+"""Join quantizers: 8-bit quantizers on the tensors that residual adds and concatenations read and write,
+where an int8 runtime graph has them.
+
+An int8 graph (ONNX Runtime's QDQ format) runs a convolution as an integer kernel only when its output
+is quantized too, and an add only when both its inputs and its output are. Quantizing only layer inputs
+(mixprec's groups) leaves every layer that feeds a residual add in float. With join quantizers, the
+simulated model has the quantizers of the graph that runs:
+
+    each input of an add or concatenation of two or more tensors gets a quantizer, unless it is already
+    the output of one;
+    its output gets one too, after the ReLU that alone reads it if there is one (a ReLU before an unsigned
+    quantizer whose range starts at 0 changes nothing, and ONNX Runtime drops it).
+
+Join quantizers are not chosen by a plan: they are 8-bit, per tensor, calibrated with the layers' input
+quantizers, with the activation range method. A layer whose 8-bit input quantizer reads a tensor that a
+join quantizer reads (or writes) takes the join quantizer's range, so the exported graph holds one
+quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_graph).
+
+    insert_join_quantizers(model)  ``model`` traced by torch.fx, with uncalibrated join quantizers
+                                   (mixprec.swap.quantize_joins calibrates them)
+    join_quantizers(model)         name -> JoinQuantizer of a model
+    layers_reading_joins(model)    layer -> the join quantizer on its input tensor (they share a range)
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+from .candidates import parse_candidate
+from .errors import ModelError
+from .quantizers import ActivationQuantizer, int_qparams
+
+JOIN_FORMAT = parse_candidate("w8a8").activation  # unsigned 8-bit, what ONNX Runtime's QDQ graph uses
+CONTAINER = "mixprec_joins"
+_ADDS = {operator.add, operator.iadd, torch.add}
+_CATS = {torch.cat, torch.concat}
+_RELUS = {torch.relu, torch.nn.functional.relu}
+
+
+class JoinQuantizer(ActivationQuantizer):
+    """An 8-bit per-tensor quantizer on a join's input or output.
+
+    ``passthrough``: values go through unchanged. ``onnx``: written as an ONNX QuantizeLinear/DequantizeLinear pair when the model is
+    exported (torch's fake_quantize_per_tensor_affine), with the scale and zero-point of the simulation."""
+
+    def __init__(self, method: str = "mse", where: str = ""):
+        super().__init__(JOIN_FORMAT, method)
+        self.where = where
+        self.passthrough = False
+        self.onnx = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.passthrough or not torch.is_floating_point(x):
+            return x
+        if self.onnx and not self.observing:
+            scale, zero_point = self.qparams()
+            fmt = self.fmt
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, fmt.qmin, fmt.qmax)
+        return super().forward(x)
+
+    def qparams(self) -> tuple[float, int]:
+        scale, zero_point = int_qparams(self.lo.reshape(1).float().cpu(), self.hi.reshape(1).float().cpu(), self.fmt)
+        return float(scale), int(zero_point)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, where={self.where}"
+
+
+class _Tracer(fx.Tracer):
+    """Quantizers (and mixprec's quantized layers) are leaves: their forward branches on tensor values."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        quantized_layer = isinstance(getattr(m, "input_quantizer", None), ActivationQuantizer)
+        return isinstance(m, ActivationQuantizer) or quantized_layer or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as a GraphModule (submodules keep their names); quantizers are leaves."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds of errors on data-dependent code
+        raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}; quantize without join quantizers "
+                         "(joins=False) or make the forward free of data-dependent control flow") from exc
+    name = type(model).__name__
+    return fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
+
+
+def _is_join(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_function" and node.target in _ADDS:
+        return sum(isinstance(a, fx.Node) for a in node.args[:2]) == 2 and not node.kwargs.get("alpha")
+    if node.op == "call_method" and node.target in ("add", "add_"):
+        return len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]) and not node.kwargs
+    if node.op == "call_function" and node.target in _CATS:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        return isinstance(tensors, (list, tuple)) and sum(isinstance(t, fx.Node) for t in tensors) >= 2
+    return False
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_function" and node.target in _RELUS:
+        return True
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return True
+    return node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)
+
+
+def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """The node is a quantizer's output, or that output through Identity/Dropout modules (which the
+    exported graph drops)."""
+    while node.op == "call_module" and isinstance(modules.get(node.target), (nn.Identity, nn.Dropout)):
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return False
+    return node.op == "call_module" and isinstance(modules.get(node.target), ActivationQuantizer)
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    if node.op == "call_function" and node.target in _CATS:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        return [t for t in tensors if isinstance(t, fx.Node)]
+    return [a for a in node.args[:2] if isinstance(a, fx.Node)]
+
+
+def insert_join_quantizers(model: nn.Module, method: str = "mse") -> fx.GraphModule:
+    """``model`` traced, with an uncalibrated JoinQuantizer at every join (see the module docstring)."""
+    gm = trace(model)
+    modules = dict(gm.named_modules())
+    container = nn.Module()
+    gm.add_module(CONTAINER, container)
+    graph = gm.graph
+    used_names: set[str] = set()
+
+    def new_quantizer(after: fx.Node, where: str) -> fx.Node:
+        base = where.replace(".", "_") or "join"
+        name, k = base, 1
+        while name in used_names:
+            k += 1
+            name = f"{base}_{k}"
+        used_names.add(name)
+        container.add_module(name, JoinQuantizer(method, where))
+        modules[f"{CONTAINER}.{name}"] = container.get_submodule(name)
+        with graph.inserting_after(after):
+            return graph.call_module(f"{CONTAINER}.{name}", (after,))
+
+    joins = [n for n in graph.nodes if _is_join(n, modules)]
+    for join in joins:
+        label = _label(join)
+        for i, source in enumerate(_tensor_inputs(join)):
+            if _is_quantized(source, modules):
+                continue
+            q = new_quantizer(source, f"{label}.in{i}")
+            join.replace_input_with(source, q)
+        end = join
+        users = list(end.users)
+        if len(users) == 1 and _is_relu(users[0], modules):
+            end = users[0]
+        users = list(end.users)
+        if users and all(_is_quantized(u, modules) for u in users):
+            continue
+        q = new_quantizer(end, f"{label}.out")
+        end.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _label(node: fx.Node) -> str:
+    """A readable place for a join: the module path of its node (fx names nodes after their code)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return f"{path}.{node.name}" if path else node.name
+
+
+def layers_reading_joins(model: nn.Module) -> dict[str, str]:
+    """Quantized layer (a call_module target of the traced ``model``) -> the join quantizer on its input tensor: one
+    that reads the same tensor, or whose output the layer reads (through Identity/Dropout). Such a layer's
+    8-bit input quantizer takes the join quantizer's range, so that the runtime graph quantizes the
+    tensor once for all its readers."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return {}
+    modules = dict(model.named_modules())
+    out: dict[str, str] = {}
+    for node in graph.nodes:
+        if (node.op != "call_module" or not node.args
+                or not isinstance(getattr(modules.get(node.target), "input_quantizer", None), ActivationQuantizer)):
+            continue  # quantized layers only
+        source = node.args[0]
+        if not isinstance(source, fx.Node):
+            continue
+        while source.op == "call_module" and isinstance(modules.get(source.target), (nn.Identity, nn.Dropout)):
+            source = source.args[0]
+        if source.op == "call_module" and isinstance(modules.get(source.target), JoinQuantizer):
+            out[node.target] = source.target
+            continue
+        readers, frontier = [], list(source.users)
+        while frontier:  # through Identity/Dropout, which the exported graph drops
+            user = frontier.pop(0)
+            module = modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(module, JoinQuantizer):
+                readers.append(user.target)
+            elif isinstance(module, (nn.Identity, nn.Dropout)):
+                frontier.extend(user.users)
+        if readers:
+            out[node.target] = readers[0]
+    return out
+
+
+def join_quantizers(model: nn.Module) -> dict[str, JoinQuantizer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, JoinQuantizer)}
+
+
+@contextlib.contextmanager
+def onnx_mode(model: nn.Module) -> Iterator[None]:
+    """Join quantizers are written as QuantizeLinear/DequantizeLinear pairs by torch.onnx.export."""
+    quantizers = list(join_quantizers(model).values())
+    for q in quantizers:
+        q.onnx = True
+    try:
+        yield
+    finally:
+        for q in quantizers:
+            q.onnx = False
+
+
+def count(model: nn.Module) -> int:
+    return len(join_quantizers(model))
+
+
+def describe(model: nn.Module) -> list[dict[str, Any]]:
+    """Per join quantizer: where it is and its range (for reports)."""
+    out = []
+    for name, q in join_quantizers(model).items():
+        scale, zero_point = q.qparams() if q.calibrated else (None, None)
+        out.append({"name": name, "where": q.where, "scale": scale, "zero_point": zero_point})
+    return out

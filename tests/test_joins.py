@@ -1,0 +1,121 @@
+"""Join quantizers: where they go in the traced graph, their calibration with the layers, shared ranges."""
+import pytest
+import torch
+from torch import nn
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
+
+from mixprec.apply import apply
+from mixprec.errors import ModelError
+from mixprec.groups import discover_groups
+from mixprec.joins import JoinQuantizer, insert_join_quantizers, join_quantizers, layers_reading_joins
+from mixprec.plan import Plan
+from mixprec.swap import quantized_layers
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.shortcut = nn.Identity()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bn(self.conv(x)) + self.shortcut(x))
+        y = y + 1.0  # a constant: not a join
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.after = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.after(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x) + x
+        return self.fc(x)
+
+
+def data(shape, n=2, size=8):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(size, *shape, generator=g) for _ in range(n)]
+
+
+def uniform(model, batches, candidate, **metadata):
+    return Plan.uniform(discover_groups(model, batches[0]), candidate, metadata)
+
+
+def test_a_residual_add_gets_quantizers_on_both_inputs_and_after_its_relu():
+    gm = insert_join_quantizers(Residual().eval())
+    wheres = sorted(q.where for q in join_quantizers(gm).values())
+    assert len(wheres) == 3 and [w.rsplit(".", 1)[1] for w in wheres] == ["in0", "in1", "out"]
+    nodes = {n.name: n for n in gm.graph.nodes}
+    add = next(n for n in nodes.values() if n.op == "call_function" and n.args and any(
+        isinstance(a, torch.fx.Node) and a.op == "call_module" and "in0" in a.target for a in n.args))
+    assert all(isinstance(gm.get_submodule(a.target), JoinQuantizer) for a in add.args)
+    relu = next(iter(add.users))
+    assert isinstance(gm.get_submodule(next(iter(relu.users)).target), JoinQuantizer)  # the ReLU's output
+
+
+def test_a_concatenation_gets_quantizers_and_module_names_are_kept():
+    gm = insert_join_quantizers(Concat().eval())
+    assert len(join_quantizers(gm)) == 3
+    assert {"a", "b", "after"} <= {n for n, _ in gm.named_modules()}
+
+
+def test_layers_reading_a_joined_tensor_share_its_range_and_results_are_unchanged_by_sharing():
+    model, batches = Residual().eval(), data((3, 6, 6))
+    q = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+    shared = layers_reading_joins(q)
+    assert shared == {"conv": shared["conv"]} and shared["conv"].endswith("in1")  # conv reads the shortcut's tensor
+    layer, join = quantized_layers(q)["conv"].input_quantizer, q.get_submodule(shared["conv"])
+    assert float(layer.lo) == float(join.lo) and float(layer.hi) == float(join.hi)
+    # quantizing an already quantized tensor on the same grid changes nothing
+    x = batches[0]
+    once = join(x)
+    assert torch.equal(layer(once), once)
+
+
+def test_joins_change_the_output_and_follow_the_plan_metadata():
+    model, batches = Residual().eval(), data((3, 6, 6))
+    x = batches[0]
+    plain = apply(model, uniform(model, batches, "w8a8"), batches, progress=False)
+    joined = apply(model, uniform(model, batches, "w8a8", joins=True), batches, progress=False)
+    assert not join_quantizers(plain) and len(join_quantizers(joined)) == 3
+    assert not torch.equal(plain(x), joined(x))
+    assert float((plain(x) - joined(x)).abs().max()) < 0.1 * float(plain(x).abs().max())
+
+
+def test_a_model_fx_cannot_trace_is_a_clear_error():
+    model, batches = DataDependent().eval(), data((4,))
+    with pytest.raises(ModelError, match="torch.fx"):
+        apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+
+
+def test_joins_need_calibration_data():
+    model, batches = Residual().eval(), data((3, 6, 6))
+    with pytest.raises(Exception, match="calibrat"):
+        apply(model, uniform(model, batches, "w8"), None, progress=False, joins=True)
