@@ -2,8 +2,9 @@
 
     python benchmarks/export_ort.py resnet20 [--limit N] [--budget bits=6]
 
-For each plan (uniform w8a8; uniform w7a8, the 7-bit weights of onnxruntime's reduce_range; a mixed plan
-of w4a8/w7a8 solved by mixprec at --budget): the simulated and the exported top-1 on the evaluation split,
+For each plan (uniform w8a8; uniform w7a8, the 7-bit weights of onnxruntime's reduce_range, with and
+without join quantizers; a mixed plan of w4a8/w7a8 solved by mixprec at --budget, analysed with join
+quantizers): the simulated and the exported top-1 on the evaluation split,
 the fraction of images whose top-1 prediction agrees, the ONNX file size, how many layers ONNX Runtime runs
 in low precision, and the median latency of the exported file and of the FP32 export at batch 1 and 64
 (warm-up, then rounds alternating between the two files; 2 intra-op threads, no spinning).
@@ -53,23 +54,27 @@ def latency_ms(paths: dict[str, Path], batch: int, example: torch.Tensor, rounds
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def mixed_plan(model, calibration, example, budget: str) -> Plan:
-    analysis = analyze(model, calibration, "w4a8,w7a8", "sqnr", progress=False)
+def mixed_plan(model, calibration, example, budget: str, joins: bool) -> Plan:
+    analysis = analyze(model, calibration, "w4a8,w7a8", "sqnr", progress=False, joins=joins)
     plan = analysis.solve(budget)
     plan.metadata["budget"] = budget
     return plan
 
 
-def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) -> dict:
+def run(name: str, limit: int | None, budget: str, samples: int, rounds: int, joins: bool = True) -> dict:
     builtin = get_builtin(name)
     model = builtin.model()
     calibration = builtin.calibration(samples)
     example = calibration[0]
     groups = discover_groups(model, builtin.example_input())
-    plans = {"fp32": Plan.uniform(groups, "fp32"), "uniform w8a8": Plan.uniform(groups, "w8a8"),
-             "uniform w7a8": Plan.uniform(groups, "w7a8")}
+    # joins: the int8 plans carry join quantizers (8-bit residual adds, mixprec.joins); one plan without them
+    # shows what they change
+    plans = {"fp32": Plan.uniform(groups, "fp32"), "uniform w8a8": Plan.uniform(groups, "w8a8", {"joins": joins}),
+             "uniform w7a8": Plan.uniform(groups, "w7a8", {"joins": joins})}
+    if joins:
+        plans["uniform w7a8, no joins"] = Plan.uniform(groups, "w7a8", {"joins": False})
     start = time.perf_counter()
-    plans[f"mixed w4a8/w7a8 ({budget})"] = mixed_plan(model, calibration, example, budget)
+    plans[f"mixed w4a8/w7a8 ({budget})"] = mixed_plan(model, calibration, example, budget, joins)
     mixed_seconds = time.perf_counter() - start
     evaluate = (lambda m: builtin.evaluate(m, limit=limit))
     rows = []
@@ -82,6 +87,8 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) ->
             paths[label] = path
             low = sum(1 for l in result.layers if l["low_precision"])
             rows.append({"plan": label, "candidates": dict(sorted(_counts(plan).items())),
+                         "joins": bool(plan.metadata.get("joins")), "join_ops": len(result.joins),
+                         "join_ops_low_precision": sum(1 for j in result.joins if j["low_precision"]),
                          "simulated_top1": result.simulated.value, "exported_top1": result.exported.value,
                          "gap": result.exported.value - result.simulated.value,
                          "agreement": result.agreement.get("evaluation"), "size_bytes": result.size_bytes,
@@ -90,7 +97,8 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int) ->
                          "fallback_layers": [l["layer"] for l in result.fallbacks]})
             print(f"{label}: simulated {result.simulated.value:.2f}, exported {result.exported.value:.2f}, "
                   f"agreement {100 * result.agreement.get('evaluation', float('nan')):.2f}%, "
-                  f"{low}/{len(result.layers)} layers low precision, {result.size_bytes:,} bytes", flush=True)
+                  f"{low}/{len(result.layers)} layers low precision, {rows[-1]['join_ops_low_precision']}/"
+                  f"{len(result.joins)} joins, {result.size_bytes:,} bytes", flush=True)
         for batch, per_round in ((1, 50), (64, 3)):
             med = latency_ms(paths, batch, example, rounds, per_round)
             for row in rows:
@@ -135,13 +143,16 @@ def markdown(r: dict) -> str:
              f"whose top-1 prediction is the same. Latency: median, {r['threads']} threads, batch 1 and 64, against "
              f"the FP32 export. {env['cpu']} ({env['cpu_count']} cores, VNNI: {'yes' if env['vnni'] else 'no'}), "
              f"onnxruntime {env['onnxruntime']}. Target: exported within {TARGET_GAP} point of simulated.", "",
-             "| plan | simulated | exported | gap | agreement | size | low-precision layers | b1 ms | b1 speed-up "
-             "| b64 ms | b64 speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Joins: the residual adds (and concatenations) ONNX Runtime runs as integer kernels, where the plan has "
+             "join quantizers (mixprec.joins); without them the layers that feed an add stay float.", "",
+             "| plan | simulated | exported | gap | agreement | size | low-precision layers | integer joins | b1 ms "
+             "| b1 speed-up | b64 ms | b64 speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         hit = "" if row["plan"] == "fp32" else (" (hit)" if abs(row["gap"]) <= TARGET_GAP else " (miss)")
         lines.append(f"| {row['plan']} | {row['simulated_top1']:.2f} | {row['exported_top1']:.2f} | "
                      f"{row['gap']:+.2f}{hit} | {100 * row['agreement']:.2f}% | {row['size_bytes']:,} | "
-                     f"{row['low_precision_layers']}/{row['layers']} | {row['latency_ms_b1']:.3f} | "
+                     f"{row['low_precision_layers']}/{row['layers']} | "
+                     f"{row.get('join_ops_low_precision', 0)}/{row.get('join_ops', 0)} | {row['latency_ms_b1']:.3f} | "
                      f"{row['speedup_b1']:.2f}x | {row['latency_ms_b64']:.1f} | {row['speedup_b64']:.2f}x |")
     lines += ["", f"`{r['command']}`"]
     return "\n".join(lines) + "\n"
@@ -154,11 +165,12 @@ def main() -> None:
     parser.add_argument("--budget", default="bits=6", help="budget of the mixed plan (default bits=6)")
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7, help="latency rounds alternating the files (default 7)")
+    parser.add_argument("--no-joins", action="store_true", help="plans without join quantizers (as before they existed)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     RESULTS.mkdir(exist_ok=True)
     for name in args.models:
-        report = run(name, args.limit, args.budget, args.calibration_samples, args.rounds)
+        report = run(name, args.limit, args.budget, args.calibration_samples, args.rounds, not args.no_joins)
         write_json_atomic(RESULTS / f"export_ort_{name}.json", report)
         (RESULTS / f"export_ort_{name}.md").write_text(markdown(report))
         print(markdown(report))

@@ -66,14 +66,14 @@ CONFIGS = {
 
 def analysis_arguments(model: str, candidates: str, metric: str, device: str, run_dir: Path,
                        samples: int | None = None, pins: list[str] = (), weight_range: str = "mse",
-                       rounding: str = "nearest") -> dict:
+                       rounding: str = "nearest", joins: bool = False) -> dict:
     """The arguments `mixprec analyze --model ...` records in run.json: a run's evaluator loads the
     model, data and evaluation they name, and its cache keys hash them."""
     return {"model": model, "data": None, "calibration_samples": samples, "tie": [], "exclude": [],
             "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
             "around_divergence": "auto", "rounding": rounding, "eval": None,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
-            "device": device, "out": str(run_dir)}
+            "device": device, "out": str(run_dir), "joins": joins}
 
 
 def analyze_run(run_dir: Path, arguments: dict) -> Analysis:
@@ -87,7 +87,7 @@ def analyze_run(run_dir: Path, arguments: dict) -> Analysis:
                          weight_range=a.get("weight_range") or "mse",
                          activation_range=a.get("activation_range") or "mse", chunk_size=a.get("chunk_size"),
                          use_fx=not a.get("no_fx"), device=a.get("device") or "cpu", model_name=a["model"],
-                         arguments=a, rounding=a.get("rounding"))
+                         arguments=a, rounding=a.get("rounding"), joins=bool(a.get("joins")))
 
 
 def analyze(model: str, config: Config, work: Path, device: str, samples: int | None) -> dict[str, float]:

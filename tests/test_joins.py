@@ -119,3 +119,52 @@ def test_joins_need_calibration_data():
     model, batches = Residual().eval(), data((3, 6, 6))
     with pytest.raises(Exception, match="calibrat"):
         apply(model, uniform(model, batches, "w8"), None, progress=False, joins=True)
+
+
+RESIDUAL_PY = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.bn(self.conv(x)) + x)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def model():
+    return Net().eval()
+'''
+
+
+def test_cli_analyze_with_joins_makes_plans_that_export_integer_adds(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import numpy as np
+
+    from mixprec.cli import main
+
+    (tmp_path / "user.py").write_text(RESIDUAL_PY)
+    g = torch.Generator().manual_seed(1)
+    np.savez(tmp_path / "data.npz", inputs=torch.randn(16, 1, 8, 8, generator=g).numpy())
+    spec = ["--model", f"{tmp_path / 'user.py'}:model", "--data", str(tmp_path / "data.npz")]
+    assert main(["analyze", *spec, "--candidates", "w4a8,w7a8", "--joins", "--out", str(tmp_path / "run")]) == 0
+    table = json.loads((tmp_path / "run" / "sensitivity.json").read_text())
+    assert table["metadata"]["joins"] is True
+    assert main(["solve", str(tmp_path / "run"), "--budget", "bits=6", *spec, "--out", str(tmp_path / "plan.json")]) == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["metadata"]["joins"] is True
+    out = tmp_path / "model.onnx"
+    assert main(["export", *spec, "--plan", str(tmp_path / "plan.json"), "--target", "ort-cpu", "--out", str(out)]) == 0
+    report = json.loads(out.with_name("model.report.json").read_text())
+    assert [j["runtime_op"] for j in report["joins"]] == ["QLinearAdd"]
+    assert all(layer["low_precision"] for layer in report["layers"])

@@ -164,6 +164,8 @@ class Analysis:
     def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
         """A plan of these groups; it keeps the point counts of its multipoint layers (the ones its costs assume)."""
         plan = Plan(dict(assignments), self.groups, self.excluded, dict(metadata or {}))
+        if self.joins:  # measured with join quantizers: applied and exported with them
+            plan.metadata["joins"] = True
         counts = plan_point_counts(assignments, self.groups, self.point_counts)
         if counts:
             plan.metadata["points"] = counts
@@ -241,12 +243,17 @@ class Analysis:
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
         settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else eval_spec
+        if self.joins:
+            settings["joins"] = True
         run_groups = list(self.groups)
 
         def load():
             a = arguments
             model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"),
                                              a.get("tie") or [], a.get("exclude") or [], a.get("pin") or [])
+            if self.joins:  # the analysed model had join quantizers, calibrated on all of the data
+                from .swap import with_join_quantizers
+                model = with_join_quantizers(model.eval(), data or [], a.get("activation_range") or "mse")
             self.run.check_loaded(model, data)
             if list(groups.names) != run_groups:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
@@ -339,6 +346,11 @@ class Analysis:
         if problem.notes or notes:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)
+
+    @property
+    def joins(self) -> bool:
+        """Whether the sensitivity was measured with join quantizers (``analyze(..., joins=True)``)."""
+        return bool(self.table.metadata.get("joins", False))
 
     @property
     def rounding(self) -> RoundingConfig:
@@ -540,7 +552,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             activation_range: str = "mse", chunk_size: int | None = None, use_fx: bool = True,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
             model_name: str | None = None, arguments: dict[str, Any] | None = None,
-            prefix: str | None = None, rounding: str | RoundingConfig | None = None) -> Analysis:
+            prefix: str | None = None, rounding: str | RoundingConfig | None = None,
+            joins: bool = False) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -556,6 +569,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     measures each candidate with the weights that rounding makes of it, for a plan that will be applied
     with it (rounding-aware measurement; :meth:`Analysis.solve`'s guard then measures with it too). run_dir: finished entries are cached there and an interrupted analysis resumes; a run
     directory of another model, data or settings is refused before anything is written.
+    joins: measure with join quantizers (mixprec.joins: 8-bit quantizers on the tensors residual adds and
+    concatenations read and write, as ONNX Runtime's int8 graph has them; the model must trace with
+    torch.fx); every plan of this analysis then says so (``metadata["joins"]``) and apply and export use them.
+    Its divergences are measured from the model with its joins quantized and its layers float.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
     from .hf import check_dtype
@@ -569,6 +586,11 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device).eval()
     check_dtype(model, device)
+    if joins:
+        from .joins import trace
+        from .swap import with_join_quantizers
+        trace(model)  # a model fx cannot trace: a clear error before any work
+        model = with_join_quantizers(model, batches, activation_range, progress=progress and verbose)
     if groups is None:
         from .batches import split_item
         example = split_item(batches[0])[0] if batches else None

@@ -20,7 +20,7 @@ from torch import nn
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights, is_torchscript
-from .joins import insert_join_quantizers
+from .joins import insert_join_quantizers, join_quantizers
 from .multipoint import plan_points
 from .plan import Plan
 from .rounding import ROUNDINGS, RoundingConfig, round_weights
@@ -84,7 +84,7 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
-    if joins:
+    if joins and not join_quantizers(quantized):  # a model with calibrated join quantizers keeps them
         quantized = insert_join_quantizers(quantized, activation_method)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,

@@ -17,13 +17,13 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import SpecError, error_line
+from .errors import ModelError, SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
 from .pipeline import check_plan_groups, quantize_plan
 from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
-from .profiles import PROFILES, profile_candidates
+from .profiles import PROFILES, profile_candidates, profile_joins
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
 from .run_directory import RunDirectory
@@ -203,7 +203,7 @@ def _init_distributed() -> int:
 
 ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
                 "around", "around_divergence", "rounding", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
-                "device", "out")
+                "device", "out", "joins")
 
 
 def _metric(args):
@@ -264,10 +264,11 @@ def _analyze(args, rank: int) -> int:
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
     evaluate = load_eval(args.eval, args.model) if args.eval else None
+    args.joins = _joins(args, model)  # recorded as resolved: a resumed run measures as this one did
     analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
-                       verbose=rank == 0, model_name=args.model, rounding=args.rounding,
+                       verbose=rank == 0, model_name=args.model, rounding=args.rounding, joins=args.joins,
                        arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
         return 0
@@ -287,6 +288,25 @@ def _analyze(args, rank: int) -> int:
               f"({len(table.groups) * len(table.candidates)} evaluations; cached in {Path(args.out) / 'task'})")
         print(format_report(analysis.trust(evaluate, eval_name=args.eval)))
     return 0
+
+
+def _joins(args, model) -> bool:
+    """--joins, or a profile whose target's int8 graph quantizes residual adds (ort-cpu, ort-cpu-avx2) for a
+    model torch.fx can trace (one it cannot is measured without, with a note)."""
+    if getattr(args, "joins", False):
+        return True
+    if not profile_joins(getattr(args, "profile", None)):
+        return False
+    from .joins import trace
+    try:
+        trace(model)
+    except ModelError as exc:
+        print(f"note: profile {args.profile} quantizes residual adds in its int8 graph, but this model is measured "
+              f"without join quantizers: {exc}")
+        return False
+    print(f"note: profile {args.profile} measures with join quantizers (8-bit residual adds and concatenations, "
+          "as its int8 graph runs them; --joins)")
+    return True
 
 
 def _prefix_note(meta: dict) -> str:
@@ -699,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
+    p.add_argument("--joins", action="store_true",
+                   help="measure with 8-bit quantizers on the tensors residual adds and concatenations read and write, "
+                        "as ONNX Runtime's int8 graph has them (on by default with --profile ort-cpu/ort-cpu-avx2 "
+                        "where the model traces with torch.fx); its plans are applied and exported with them")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyze)
 

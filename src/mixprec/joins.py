@@ -20,6 +20,7 @@ quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_grap
                                    (mixprec.swap.quantize_joins calibrates them)
     join_quantizers(model)         name -> JoinQuantizer of a model
     layers_reading_joins(model)    layer -> the join quantizer on its input tensor (they share a range)
+    passthrough(model)             context: join quantizers pass values through (the float model)
 """
 from __future__ import annotations
 
@@ -78,16 +79,21 @@ class _Tracer(fx.Tracer):
         return isinstance(m, ActivationQuantizer) or quantized_layer or super().is_leaf_module(m, qualname)
 
 
+def graph_module(model: nn.Module) -> fx.GraphModule:
+    """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors."""
+    graph = _Tracer().trace(model)
+    name = type(model).__name__
+    return fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a GraphModule (submodules keep their names); quantizers are leaves."""
+    """graph_module(model), a ModelError that says what to do where fx cannot trace it."""
     try:
-        graph = _Tracer().trace(model)
+        return graph_module(model)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}; quantize without join quantizers "
                          "(joins=False) or make the forward free of data-dependent control flow") from exc
-    name = type(model).__name__
-    return fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
 
 
 def _is_join(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -213,6 +219,20 @@ def layers_reading_joins(model: nn.Module) -> dict[str, str]:
 
 def join_quantizers(model: nn.Module) -> dict[str, JoinQuantizer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, JoinQuantizer)}
+
+
+@contextlib.contextmanager
+def passthrough(model: nn.Module) -> Iterator[None]:
+    """Join quantizers pass values through inside the block: ``model`` is the float model again."""
+    quantizers = list(join_quantizers(model).values())
+    before = [q.passthrough for q in quantizers]
+    for q in quantizers:
+        q.passthrough = True
+    try:
+        yield
+    finally:
+        for q, b in zip(quantizers, before):
+            q.passthrough = b
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .apply import apply
+from .joins import passthrough
 from .errors import SpecError
 from .quantizers import GRID_VERSION
 from .evaluation import EvalResult, to_eval_result
@@ -103,7 +104,8 @@ class PlanEvaluator:
         model, data, evaluate = self._load()
         start = time.perf_counter()
         if assignments is None:
-            result = to_eval_result(evaluate(model))
+            with passthrough(model):  # the float model, join quantizers (mixprec.joins) off
+                result = to_eval_result(evaluate(model))
         else:
             checkpoints = None if self.rounding.name == "nearest" or self.run is None else self.run.rounding_checkpoints
             quantized = apply(model, self.plan(assignments), data, weight_method=self.weight_range,

@@ -30,6 +30,14 @@ PROFILES: dict[str, tuple[str, ...]] = {
 PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu", "gguf": "gguf"}
 
 
+def profile_joins(name: str | None) -> bool:
+    """Whether a profile's target quantizes residual adds and concatenations in its int8 graph, so that its
+    analyses measure with join quantizers (mixprec.joins)."""
+    from .export.targets import TARGETS
+    target = PROFILE_TARGETS.get(name or "")
+    return bool(target and TARGETS[target].joins)
+
+
 def profile_candidates(name: str) -> list[Candidate]:
     if name not in PROFILES:
         raise CandidateError(f"unknown hardware profile {name!r}; profiles: "

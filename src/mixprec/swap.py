@@ -8,6 +8,7 @@
     quantize_layers(model, candidates, data, weights=...)   every named layer of ``model`` (a copy)
         swapped for a QuantizedLayer, its weight given or made by nearest_weight, the activation
         quantizers calibrated on ``data``
+    with_join_quantizers(model, data)   ``model`` traced with calibrated join quantizers (mixprec.joins)
     planned_model(model, plan, data)   the copy apply(model, plan, data) makes with nearest
         rounding, frozen: the working model of the rounding back-ends
 
@@ -189,6 +190,24 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
     if count == 0:
         raise MixprecError("the calibration data is empty; give at least one batch")
     return count
+
+
+def with_join_quantizers(model: nn.Module, data: Iterable, method: str = "mse", progress: bool = False) -> nn.Module:
+    """``model`` traced by torch.fx, with join quantizers (mixprec.joins) calibrated on ``data`` through the
+    float model: the model an analysis measures when its plans will run with join quantizers. Its other
+    modules are ``model``'s own, under the same names; deterministic for the same model and data."""
+    traced = insert_join_quantizers(model, method)
+    quantizers = join_quantizers(traced)
+    if quantizers:
+        if not data:
+            raise MixprecError("join quantizers are calibrated on data; give calibration data (--data)")
+        with torch.no_grad():
+            calibrate_activations(traced, data, progress=progress)
+        for name, q in quantizers.items():
+            if q._seen_lo is None:
+                raise ModelError(f"join quantizer {name} ({q.where}) saw no finite value during calibration")
+            q.finish_calibration()
+    return traced
 
 
 def planned_model(model: nn.Module, plan: Plan, data: list, weight_method: str = "mse",

@@ -247,9 +247,12 @@ def _fold_batchnorm(g: _Graph, conv) -> tuple[np.ndarray, np.ndarray] | None:
     if len(users) != 1 or users[0].op_type != "BatchNormalization" or conv.output[0] in graph_outputs:
         return None
     bn = users[0]
-    if len(bn.output) != 1 or not all(i in g.inits for i in bn.input[1:5]):
+    # torch's exporter writes equal initializers once and the others as Identity nodes of it
+    identities = {n.output[0]: n.input[0] for n in g.nodes if n.op_type == "Identity" and id(n) not in g.removed}
+    params = [identities.get(i, i) for i in bn.input[1:5]]
+    if len(bn.output) != 1 or not all(i in g.inits for i in params):
         return None
-    gamma, beta, mean, var = (g.array(i).astype(np.float64) for i in bn.input[1:5])
+    gamma, beta, mean, var = (g.array(i).astype(np.float64) for i in params)
     factor = gamma / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
     g.removed.add(id(bn))
     conv.output[0] = bn.output[0]

@@ -26,6 +26,7 @@ class Target:
     candidates: str  # what the target accepts, for error messages and docs
     writer: str = "export"  # the function of mixprec.export that writes it
     out: str = "an .onnx file"  # what --out / out names
+    joins: bool = False  # its int8 graph quantizes residual adds and concatenations (mixprec.joins)
 
 
 TARGETS: dict[str, Target] = {
@@ -34,7 +35,7 @@ TARGETS: dict[str, Target] = {
         "fp32; w<B>a8 with B <= 8 (int8 QDQ: u8 inputs, s8 per-channel weights; w7a8 for reduce_range); "
         "weight-only w<B>, w<B>g<G> and their -asym forms with B <= 8 (MatMulNBits on Linear layers; G a multiple "
         "of 16 with a power-of-two factor >= 16; on Conv layers per channel only, dequantized to a float conv); "
-        "w<B>a16 with B <= 8 and w16a16/fp16 (float16 values, float compute)"),
+        "w<B>a16 with B <= 8 and w16a16/fp16 (float16 values, float compute)", joins=True),
     "gguf": Target(
         "gguf", "llama.cpp: a GGUF file of a Llama causal LM",
         "q8_0 (Q8_0), q4_0 (Q4_0), fp16 or w16a16 (F16) -- profile gguf -- and fp32 (F32); Q8_0/Q4_0 layers need "

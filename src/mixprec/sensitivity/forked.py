@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import fx, nn
 
+from ..joins import graph_module
+
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                  operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
                  operator.imod: operator.mod, operator.ipow: operator.pow, operator.iand: operator.and_,
@@ -33,7 +35,7 @@ class NotTraceable(Exception):
 class ForkedForward:
     def __init__(self, model: nn.Module, layer_macs: dict[str, int] | None = None):
         try:
-            self.graph_module = fx.symbolic_trace(model)
+            self.graph_module = graph_module(model)
         except Exception as exc:  # fx raises many kinds of errors on data-dependent code
             raise NotTraceable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         self.model = model
