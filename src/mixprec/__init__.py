@@ -9,6 +9,7 @@ The pipeline, one call per step::
     exported = mixprec.export(model, plan, data, target="ort-cpu", out="model.onnx")  # -> ExportResult
     mixprec.export_gguf(model, plan, "model.gguf")                                  # -> GGUFExport (llama.cpp)
     mixprec.write_compressed_tensors(model, plan, "out_dir")                        # -> CompressedTensorsExport (vLLM)
+    deployed = mixprec.deploy_cuda(model, plan, data)                               # -> CudaDeployment (torch's GPU kernels)
     latency = mixprec.profile_latency(model, data, "w8a8,w4a8", target="ort-cpu")      # -> LatencyProfile
 
 or all at once: ``mixprec.quantize(model, data, budget="bops=w4a8", evaluate=fn)``.
@@ -22,6 +23,7 @@ from .costs import cost_tables  # noqa: E402
 from .errors import MixprecError  # noqa: E402
 from .export import ExportResult, export  # noqa: E402  (the function; the package stays importable as mixprec.export.*)
 from .export.compressed_tensors import CompressedTensorsExport, write_compressed_tensors  # noqa: E402
+from .export.cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda  # noqa: E402
 from .export.gguf import GGUFExport, export_gguf  # noqa: E402
 from .export.latency import LatencyProfile, profile as profile_latency  # noqa: E402
 from .front import Front, FrontPlan  # noqa: E402
@@ -35,5 +37,5 @@ from .sensitivity import metric_config  # noqa: E402
 __all__ = ["analyze", "Analysis", "apply", "quantize", "quantize_plan", "QuantizeResult", "Front", "FrontPlan",
            "Candidate", "parse_candidate", "parse_candidates", "cost_tables", "MixprecError", "discover_groups",
            "Plan", "RunDirectory", "export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
-           "CompressedTensorsExport", "profile_latency", "LatencyProfile", "metric_config", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config",
+           "CompressedTensorsExport", "deploy_cuda", "save_cuda", "load_cuda", "CudaDeployment", "profile_latency", "LatencyProfile", "metric_config", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config",
            "__version__"]

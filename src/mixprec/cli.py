@@ -448,6 +448,8 @@ def cmd_export(args) -> int:
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if args.float_type and args.target != "gguf":
         raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
+    if args.target == "cuda":
+        return _export_cuda(args)
     if get_target(args.target).writer != "export":
         return _export_file(args)
     if not args.data and not is_builtin(args.model):
@@ -540,6 +542,55 @@ def _export_file(args) -> int:
                                **result.to_dict(), "simulated": None if evaluation is None else evaluation.to_dict(),
                                "exported_evaluated": False})
     print(f"wrote {out} ({format_bytes(result.size_bytes)}) and {report}")
+    return 0
+
+
+def _export_cuda(args) -> int:
+    """export --target cuda: the plan on torch's low-bit kernels, saved as a folder; with --eval, the simulated
+    and the deployed model evaluated side by side on --device (off a GPU, the kernels' CPU twins run)."""
+    from .apply import apply
+    from .evaluation import to_eval_result
+    from .export import check_target, deploy_cuda, save_cuda
+    from .export.compressed_tensors import check_output_folder
+    from .groups import layer_kind
+    out = check_output_folder(args.out, "--out")
+    model, data, _, groups = _setup(args)
+    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
+    check_target("cuda", {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
+                          for name, m in plan.model_layers(model).items()})
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    quantized = apply(model, plan, data, weight_method=args.weight_range, activation_method=args.activation_range,
+                      joins=False)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    deployment = deploy_cuda(model, plan, data, quantized=quantized, device=device, dtype=dtype,
+                             weight_method=args.weight_range, activation_method=args.activation_range)
+    save_cuda(deployment, out)
+    eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
+    simulated = deployed = None
+    if eval_spec:
+        evaluate = load_eval(eval_spec, args.model)
+        simulated = to_eval_result(evaluate(quantized))
+        deployed = to_eval_result(evaluate(deployment.model))
+        deployment.refresh()
+    _table(["layer", "candidate", "kind", "runs as"],
+           [(r["layer"], r["candidate"], r["kind"], r["kernel"]) for r in deployment.layers])
+    if simulated is not None:
+        print(f"simulated {simulated.name} {simulated.value:.4g}, deployed {deployed.value:.4g} "
+              f"({deployment.dtype} on {device})")
+    notes = [] if device.startswith("cuda") else [
+        f"deployed on {device}: the kernels' CPU twins ran, in float32; on a GPU the model runs in bfloat16"]
+    if deployment.fallbacks:
+        notes.append(f"{len(deployment.fallbacks)} layer(s) fell back to a dequantized matmul "
+                     f"(e.g. {deployment.fallbacks[0]['layer']}: {deployment.fallbacks[0]['kernel']})")
+    _print_notes(notes)
+    report = out / "mixprec-cuda-report.json"
+    write_json_atomic(report, {"target": "cuda", "model": args.model, "plan": args.plan or f"uniform {args.uniform}",
+                               "device": device, "dtype": deployment.dtype, "layers": deployment.layers,
+                               "simulated": None if simulated is None else simulated.to_dict(),
+                               "deployed": None if deployed is None else deployed.to_dict(), "notes": notes})
+    print(f"wrote {out} and {report}")
     return 0
 
 
@@ -819,7 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "fallback), the simulated and exported metric and their top-1 agreement; writes OUT and OUT's "
                        ".report.json. gguf: a Llama causal LM as a .gguf file for llama.cpp (q8_0, q4_0, fp16, fp32), "
                        "with OUT's .report.json. compressed-tensors: a checkpoint folder OUT for vLLM, with "
-                       "OUT/mixprec-report.json. Both are read back against the simulation; neither is re-evaluated.")
+                       "OUT/mixprec-report.json. Both are read back against the simulation; neither is re-evaluated. cuda: the "
+                       "plan on torch's low-bit GPU kernels (int4 tinygemm, int8 weight-only, fp8 _scaled_mm), saved "
+                       "as a folder OUT; --eval evaluates the simulated and the deployed model.")
     _add_model_args(p)
     p.add_argument("--plan", help="plan.json to export")
     p.add_argument("--uniform", metavar="CAND", help="put every group on this candidate, e.g. w8a8")
@@ -839,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    p.add_argument("--device", default=None, help="cuda: the device to deploy on (default cuda where there is one)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="time every layer at every candidate on a runtime: a latency cost table",

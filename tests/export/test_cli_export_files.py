@@ -115,8 +115,8 @@ def test_bad_outs_are_refused_before_the_model_loads(checkpoint, tmp_path, capsy
 
 
 def test_python_api_names_the_writer_of_each_target():
-    assert {"export_gguf", "write_compressed_tensors"} <= set(mixprec.__all__)
+    assert {"export_gguf", "write_compressed_tensors", "deploy_cuda"} <= set(mixprec.__all__)
     from mixprec.export import TARGETS
-    assert set(TARGETS) == {"ort-cpu", "gguf", "compressed-tensors"}
+    assert set(TARGETS) == {"ort-cpu", "gguf", "compressed-tensors", "cuda"}
     with pytest.raises(CandidateError, match=r"mixprec.export.export_gguf\(model, plan, out"):
         mixprec.export(torch.nn.Linear(4, 4), Plan({}, {}), None, target="gguf", out="m.gguf")

@@ -11,6 +11,7 @@ The other targets are files of their own, each with its own function and result 
 
     export_gguf(model, plan, "model.gguf", tokenizer=...) -> GGUFExport             target gguf (llama.cpp)
     write_compressed_tensors(model, plan, "out_dir") -> CompressedTensorsExport     target compressed-tensors (vLLM)
+    deploy_cuda(model, plan, data) -> CudaDeployment; save_cuda / load_cuda           target cuda (torch's kernels)
 
 ``check_target(target, layers)`` checks a plan for any of them before any work.
 """
@@ -35,11 +36,13 @@ from ..plan import Plan, write_json_atomic
 from ..swap import QuantizedLayer, set_module
 from .checks import check_target
 from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
+from .cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda
 from .gguf import GGUFExport, export_gguf
 from .targets import TARGETS, check_layers, get_onnx_target
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
-           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni"]
+           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni",
+           "deploy_cuda", "save_cuda", "load_cuda", "CudaDeployment"]
 
 
 def __getattr__(name: str):

@@ -1,13 +1,13 @@
 """check_target(target, layers): a plan checked for any export target, before any work, by the check of
 the module that writes that target (ONNX Runtime's realisations, GGUF's types, compressed-tensors'
-schemes). It sits above the writers, which read their candidates' text from mixprec.export.targets.
+schemes, the cuda kernels). It sits above the writers, which read their candidates' text from mixprec.export.targets.
 """
 from __future__ import annotations
 
 import math
 
 from ..candidates import Candidate
-from . import compressed_tensors, gguf
+from . import compressed_tensors, cuda, gguf
 from .targets import Target, check_layers, get_target
 
 
@@ -19,6 +19,8 @@ def check_target(target: str | Target, layers: dict[str, tuple[str, tuple[int, .
     spec = get_target(target.name if isinstance(target, Target) else target)
     if spec.name == "gguf":
         return gguf.check_plan({name: (shape, candidate) for name, (_, shape, candidate) in layers.items()})
+    if spec.name == "cuda":
+        return cuda.check_plan(layers)
     inputs = {name: (kind, _inputs(shape), candidate) for name, (kind, shape, candidate) in layers.items()}
     if spec.name == "compressed-tensors":
         return compressed_tensors.check_plan(inputs)

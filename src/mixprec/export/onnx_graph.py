@@ -65,9 +65,9 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
             raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
                              f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
                              "exported exactly; export a model quantized with rounding nearest, adaround or brecq")
-        out.codes = codes.to(torch.int64).numpy()
-        out.scales = scale.numpy().astype(np.float32)
-        out.zero_points = zero_point.to(torch.int64).numpy()
+        out.codes = codes.to(torch.int64).cpu().numpy()
+        out.scales = scale.cpu().numpy().astype(np.float32)
+        out.zero_points = zero_point.to(torch.int64).cpu().numpy()
     q = input_quantizer
     if q is not None and isinstance(q.fmt, IntFormat):
         scale, zero_point = int_qparams(q.lo.reshape(1).float().cpu(), q.hi.reshape(1).float().cpu(), q.fmt)

@@ -47,6 +47,12 @@ TARGETS: dict[str, Target] = {
         "(float-quantized); fp16/bf16/w16a16 and w<B>a16 are written with their simulated weights but without "
         "the float16 input cast (the serving dtype's job); Linear layers only",
         writer="write_compressed_tensors", out="a folder"),
+    "cuda": Target(
+        "cuda", "torch's low-bit kernels on an NVIDIA GPU: a deployed model, saved as a folder",
+        "w<B>g<G> / w<B> weight-only with B <= 4 (int4 tinygemm; G in 32, 64, 128, 256 dividing the inputs); w<B> "
+        "with B <= 8 symmetric per channel (int8 weight-only); fp8 (e4m3, row-wise _scaled_mm); fp16, bf16, "
+        "w16a16; fp32; Linear layers (Embedding layers on weight-only candidates: a lookup of the simulated rows)",
+        writer="deploy_cuda", out="a folder"),
 }
 
 

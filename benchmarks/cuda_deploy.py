@@ -1,0 +1,238 @@
+"""Target cuda on the GPU: torch's low-bit kernels against float16, and deployed against simulated.
+
+    python benchmarks/cuda_deploy.py kernels            Linear layers of the Llama-3-8B shape (q/o 4096x4096,
+                                                        k/v 1024x4096, gate/up 14336x4096, down 4096x14336),
+                                                        random weights, at decode (1 row) and prefill (2,048
+                                                        rows): median time of each deployed kernel (int4 g128
+                                                        tinygemm, int8 weight-only, fp8 row-wise) against the
+                                                        float16 F.linear, and the sum over one decoder layer
+    python benchmarks/cuda_deploy.py smollm2 [--windows N]   SmolLM2-135M: per plan (uniform fp16, w8, fp8, w4g64
+                                                        with lm_head w8, a mixed plan mixprec solves), the
+                                                        perplexity of the simulated model (float32) and of the
+                                                        deployed one (bfloat16 and the kernels), and greedy
+                                                        decoding at batch 1 (tokens/s) against float16
+
+Only times and memory are meaningful for the random weights of ``kernels``. Writes
+benchmarks/results/cuda_<what>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import save_result  # noqa: E402
+
+from mixprec import __version__  # noqa: E402
+from mixprec.export.cuda import Fp8Linear, HalfLinear, Int4Linear, Int8Linear  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+LLAMA8B = {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096), "o_proj": (4096, 4096),
+           "gate_proj": (14336, 4096), "up_proj": (14336, 4096), "down_proj": (4096, 14336)}
+
+
+def environment() -> dict:
+    return {"mixprec": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def median_ms(fn, min_time: float = 0.3) -> float:
+    from torch.utils.benchmark import Timer
+    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1000
+
+
+def kernel_modules(n: int, k: int, device: str) -> dict:
+    """One random layer in each deployed form (codes and scales from a real rounding of its weight)."""
+    g = torch.Generator().manual_seed(n * 7 + k)
+    w = torch.randn(n, k, generator=g) / k ** 0.5
+    out = {"fp16": HalfLinear(w, None, torch.float16)}
+    # int4, symmetric, groups of 128
+    groups = w.reshape(n, k // 128, 128)
+    scale = groups.abs().amax(-1) / 8
+    codes = torch.clamp(torch.round(groups / scale[..., None]), -8, 7).reshape(n, k) + 8
+    out["int4 g128"] = Int4Linear(codes.to(torch.uint8), scale, torch.zeros_like(scale), 128, None)
+    s8 = w.abs().amax(1) / 127
+    out["int8"] = Int8Linear(torch.round(w / s8[:, None]).to(torch.int8), s8, None)
+    s_fp8 = w.abs().amax(1) / 448
+    out["fp8"] = Fp8Linear((w / s_fp8[:, None]).to(torch.float8_e4m3fn), s_fp8, 4.0 / 448, None)
+    return {name: m.to(device) for name, m in out.items()}
+
+
+def kernels(device: str) -> dict:
+    rows = []
+    for rows_in, label in ((1, "decode"), (2048, "prefill")):
+        for layer, (n, k) in LLAMA8B.items():
+            modules = kernel_modules(n, k, device)
+            x16 = torch.randn(rows_in, k, device=device, dtype=torch.float16)
+            xb = x16.to(torch.bfloat16)
+            with torch.no_grad():
+                times = {"fp16": median_ms(lambda: modules["fp16"](x16))}
+                for name in ("int4 g128", "int8", "fp8"):
+                    times[name] = median_ms(lambda m=modules[name]: m(xb))
+            kernels_run = {name: getattr(m, "kernel", "") for name, m in modules.items()}
+            rows.append({"shape": label, "rows": rows_in, "layer": layer, "out": n, "in": k, "ms": times,
+                         "kernels": kernels_run})
+            print(label, layer, {k2: round(v, 4) for k2, v in times.items()}, flush=True)
+            del modules
+            torch.cuda.empty_cache()
+    totals = {}
+    for label in ("decode", "prefill"):
+        part = [r for r in rows if r["shape"] == label]
+        totals[label] = {name: sum(r["ms"][name] for r in part) for name in part[0]["ms"]}
+    return {"what": "kernels", "rows": rows, "decoder_layer_ms": totals, "environment": environment(),
+            "command": "python benchmarks/cuda_deploy.py " + " ".join(sys.argv[1:])}
+
+
+def kernels_markdown(r: dict) -> str:
+    env = r["environment"]
+    names = ["fp16", "int4 g128", "int8", "fp8"]
+    lines = ["## Target cuda: torch's low-bit kernels against float16", "",
+             f"Linear layers of the Llama-3-8B shape with random weights (only the times mean anything), median of "
+             f"torch.utils.benchmark, {env['gpu']}, torch {env['torch']}. Decode: 1 row; prefill: 2,048 rows. "
+             "int4: tinygemm (torch._weight_int4pack_mm), groups of 128, bfloat16 activations; int8: "
+             "torch._weight_int8pack_mm; fp8: e4m3 inputs and weights, torch._scaled_mm row-wise. The kernel "
+             "that really ran is in the JSON (a fallback would say so).", "",
+             "| shape | layer | " + " | ".join(f"{n} ms" for n in names) + " | " +
+             " | ".join(f"{n} speed-up" for n in names[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(names) - 1)]
+    for row in r["rows"]:
+        t = row["ms"]
+        lines.append(f"| {row['shape']} | {row['layer']} ({row['out']}x{row['in']}) | "
+                     + " | ".join(f"{t[n]:.4f}" for n in names) + " | "
+                     + " | ".join(f"{t['fp16'] / t[n]:.2f}x" for n in names[1:]) + " |")
+    for label, t in r["decoder_layer_ms"].items():
+        lines.append(f"| {label} | **one decoder layer's linears** | " + " | ".join(f"{t[n]:.4f}" for n in names)
+                     + " | " + " | ".join(f"**{t['fp16'] / t[n]:.2f}x**" for n in names[1:]) + " |")
+    kernels_run = sorted({f"{n}: {k}" for row in r["rows"] for n, k in row["kernels"].items()})
+    lines += ["", "Kernels run: " + "; ".join(kernels_run) + ".", "", f"`{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- SmolLM2 ---------------------------------------------------------------------------------------------
+
+def decode_tokens_per_s(lm, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Greedy generation at batch 1 with the KV cache, eager; tokens per second after one warm-up."""
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    sync = torch.cuda.synchronize if prompt.is_cuda else (lambda: None)
+    with torch.no_grad():
+        lm.generate(prompt, **kwargs)
+        sync()
+        start = time.perf_counter()
+        lm.generate(prompt, **kwargs)
+        sync()
+    return new_tokens / (time.perf_counter() - start)
+
+
+def smollm2(device: str, windows: int, new_tokens: int, budget: str, calibration_samples: int) -> dict:
+    import copy
+
+    from mixprec import analyze
+    from mixprec.apply import apply
+    from mixprec.builtin import get_builtin
+    from mixprec.export.cuda import deploy_cuda
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+
+    b = get_builtin("smollm2")
+    model = b.model().to(device).eval()
+    data = b.calibration(calibration_samples)
+    # lm_head and the embedding it is tied to are one group, at w8 in the w4 plans
+    groups = discover_groups(model, b.example_input().to(device))
+    prompt = b.example_input()[:, :32].to(device)
+    head = next(g.name for g in groups if any(l.endswith("lm_head") for l in g.layer_names))
+
+    def uniform(candidate, head_candidate=None):
+        plan = Plan.uniform(groups, candidate)
+        plan.assignments[head] = head_candidate or candidate
+        return plan
+
+    plans = {"uniform fp16": uniform("fp16"), "uniform w8": uniform("w8"), "uniform fp8": uniform("fp8"),
+             "uniform w4g64, lm_head w8": uniform("w4g64", "w8")}
+    start = time.perf_counter()
+    analysis = analyze(model, data, "w4g64,w8", "sqnr", pins={"*lm_head": "w8"}, progress=False, device=device)
+    mixed = analysis.solve(budget, guard=True)
+    plans[f"mixed w4g64/w8 ({budget})"] = mixed
+    mixed_seconds = time.perf_counter() - start
+    evaluate = lambda m: b.evaluate(m, limit=windows)  # noqa: E731
+    float16 = copy.deepcopy(model).to(torch.float16)
+    reference = {"float32 ppl": evaluate(model).value, "float16 ppl": evaluate(float16).value,
+                 "float16 tokens/s": decode_tokens_per_s(float16.lm, prompt, new_tokens)}
+    del float16
+    print(reference, flush=True)
+    rows = []
+    for label, plan in plans.items():
+        simulated = apply(model, plan, data, progress=False)
+        sim_ppl = evaluate(simulated).value
+        deployment = deploy_cuda(model, plan, data, quantized=simulated, device=device, progress=False)
+        del simulated
+        dep_ppl = evaluate(deployment.model).value
+        deployment.refresh()
+        tps = decode_tokens_per_s(deployment.model.lm, prompt, new_tokens)
+        kinds: dict[str, int] = {}
+        for row in deployment.layers:
+            kinds[row["kernel"]] = kinds.get(row["kernel"], 0) + 1
+        bits = plan.metadata.get("predicted_costs", {}).get("bits_per_weight")
+        rows.append({"plan": label, "simulated_ppl": sim_ppl, "deployed_ppl": dep_ppl,
+                     "gap_percent": 100 * (dep_ppl - sim_ppl) / sim_ppl, "tokens_per_s": tps,
+                     "speedup_vs_fp16": tps / reference["float16 tokens/s"], "kernels": kinds,
+                     "fallbacks": [r["layer"] for r in deployment.fallbacks], "bits_per_weight": bits,
+                     "chosen": (plan.metadata.get("guard") or {}).get("chosen")})
+        print(rows[-1], flush=True)
+        del deployment
+        torch.cuda.empty_cache()
+    return {"what": "smollm2", "rows": rows, "reference": reference, "windows": windows, "new_tokens": new_tokens,
+            "mixed_plan_seconds": mixed_seconds, "calibration_samples": calibration_samples,
+            "environment": environment(), "command": "python benchmarks/cuda_deploy.py " + " ".join(sys.argv[1:])}
+
+
+def smollm2_markdown(r: dict) -> str:
+    env, ref = r["environment"], r["reference"]
+    lines = ["## Target cuda: SmolLM2-135M deployed against simulated", "",
+             f"Perplexity on the first {r['windows']} WikiText-2 evaluation windows: simulated (float32 fake "
+             f"quantization) against deployed (bfloat16 model, the planned layers on torch's kernels). Decoding: "
+             f"greedy, batch 1, {r['new_tokens']} new tokens after a 32-token prompt, eager, KV cache; against the "
+             f"float16 model ({ref['float16 tokens/s']:.1f} tokens/s, perplexity {ref['float16 ppl']:.3f}; float32 "
+             f"{ref['float32 ppl']:.3f}). {env['gpu']}, torch {env['torch']}. Target: deployed within 0.5 % of "
+             "simulated.", "",
+             "| plan | simulated ppl | deployed ppl | gap | tokens/s | against fp16 | kernels |",
+             "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        hit = "hit" if abs(row["gap_percent"]) <= 0.5 else "miss"
+        kinds = "; ".join(f"{k} x{v}" for k, v in row["kernels"].items())
+        lines.append(f"| {row['plan']} | {row['simulated_ppl']:.3f} | {row['deployed_ppl']:.3f} | "
+                     f"{row['gap_percent']:+.2f}% ({hit}) | {row['tokens_per_s']:.1f} | {row['speedup_vs_fp16']:.2f}x | "
+                     f"{kinds} |")
+    lines += ["", f"`{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("kernels", "smollm2"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--windows", type=int, default=40, help="SmolLM2 evaluation windows (default all 40)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--budget", default="bits=6", help="budget of the mixed plan (default bits=6)")
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    args = parser.parse_args()
+    if args.what == "kernels" and not args.device.startswith("cuda"):
+        raise SystemExit("kernels times the CUDA kernels: --device cuda")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("this benchmark measures CUDA kernels and needs a GPU (--device cuda)")
+    RESULTS.mkdir(exist_ok=True)
+    if args.what == "kernels":
+        result = kernels(args.device)
+        save_result(RESULTS / "cuda_kernels", result, kernels_markdown(result))
+    else:
+        result = smollm2(args.device, args.windows, args.new_tokens, args.budget, args.calibration_samples)
+        save_result(RESULTS / "cuda_deploy_smollm2", result, smollm2_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
