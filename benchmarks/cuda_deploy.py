@@ -59,9 +59,12 @@ def kernel_modules(n: int, k: int, device: str) -> dict:
     out["int4 g128"] = Int4Linear(codes.to(torch.uint8), scale, torch.zeros_like(scale), 128, None)
     s8 = w.abs().amax(1) / 127
     out["int8"] = Int8Linear(torch.round(w / s8[:, None]).to(torch.int8), s8, None)
+    out["int8 compiled"] = Int8Linear(torch.round(w / s8[:, None]).to(torch.int8), s8, None)
     s_fp8 = w.abs().amax(1) / 448
     out["fp8"] = Fp8Linear((w / s_fp8[:, None]).to(torch.float8_e4m3fn), s_fp8, 4.0 / 448, None)
-    return {name: m.to(device) for name, m in out.items()}
+    out = {name: m.to(device) for name, m in out.items()}
+    out["int8 compiled"].compile()
+    return out
 
 
 def kernels(device: str) -> dict:
@@ -73,7 +76,7 @@ def kernels(device: str) -> dict:
             xb = x16.to(torch.bfloat16)
             with torch.no_grad():
                 times = {"fp16": median_ms(lambda: modules["fp16"](x16))}
-                for name in ("int4 g128", "int8", "fp8"):
+                for name in ("int4 g128", "int8", "int8 compiled", "fp8"):
                     times[name] = median_ms(lambda m=modules[name]: m(xb))
             kernels_run = {name: getattr(m, "kernel", "") for name, m in modules.items()}
             rows.append({"shape": label, "rows": rows_in, "layer": layer, "out": n, "in": k, "ms": times,
@@ -91,13 +94,12 @@ def kernels(device: str) -> dict:
 
 def kernels_markdown(r: dict) -> str:
     env = r["environment"]
-    names = ["fp16", "int4 g128", "int8", "fp8"]
-    lines = ["## Target cuda: torch's low-bit kernels against float16", "",
-             f"Linear layers of the Llama-3-8B shape with random weights (only the times mean anything), median of "
-             f"torch.utils.benchmark, {env['gpu']}, torch {env['torch']}. Decode: 1 row; prefill: 2,048 rows. "
-             "int4: tinygemm (torch._weight_int4pack_mm), groups of 128, bfloat16 activations; int8: "
-             "torch._weight_int8pack_mm; fp8: e4m3 inputs and weights, torch._scaled_mm row-wise. The kernel "
-             "that really ran is in the JSON (a fallback would say so).", "",
+    names = [n for n in ("fp16", "int4 g128", "int8", "int8 compiled", "fp8") if n in r["rows"][0]["ms"]]
+    lines = ["## Target cuda: torch's low-bit kernels against float16" + (" (first run)" if r.get("note") else ""),
+             "", f"Linear layers of the Llama-3-8B shape with random weights (only the times mean anything), median "
+             f"of torch.utils.benchmark, {env['gpu']}, torch {env['torch']}. Decode: 1 row; prefill: 2,048 rows. "
+             "int4 in groups of 128 with bfloat16 activations; fp8: e4m3 inputs and weights. The kernel each form "
+             "ran is listed below the table." + (f" Note: {r['note']}." if r.get("note") else ""), "",
              "| shape | layer | " + " | ".join(f"{n} ms" for n in names) + " | " +
              " | ".join(f"{n} speed-up" for n in names[1:]) + " |",
              "|---|---|" + "---|" * (2 * len(names) - 1)]
@@ -129,7 +131,8 @@ def decode_tokens_per_s(lm, prompt: torch.Tensor, new_tokens: int) -> float:
     return new_tokens / (time.perf_counter() - start)
 
 
-def smollm2(device: str, windows: int, new_tokens: int, budget: str, calibration_samples: int) -> dict:
+def smollm2(device: str, windows: int, new_tokens: int, budget: str, calibration_samples: int,
+            compile_int8: bool = False) -> dict:
     import copy
 
     from mixprec import analyze
@@ -169,7 +172,8 @@ def smollm2(device: str, windows: int, new_tokens: int, budget: str, calibration
     for label, plan in plans.items():
         simulated = apply(model, plan, data, progress=False)
         sim_ppl = evaluate(simulated).value
-        deployment = deploy_cuda(model, plan, data, quantized=simulated, device=device, progress=False)
+        deployment = deploy_cuda(model, plan, data, quantized=simulated, device=device, progress=False,
+                                 compile=compile_int8)
         del simulated
         dep_ppl = evaluate(deployment.model).value
         deployment.refresh()
@@ -220,6 +224,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--budget", default="bits=6", help="budget of the mixed plan (default bits=6)")
     parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--compile", action="store_true", help="smollm2: int8 layers through torch.compile")
     args = parser.parse_args()
     if args.what == "kernels" and not args.device.startswith("cuda"):
         raise SystemExit("kernels times the CUDA kernels: --device cuda")
@@ -230,7 +235,8 @@ def main() -> None:
         result = kernels(args.device)
         save_result(RESULTS / "cuda_kernels", result, kernels_markdown(result))
     else:
-        result = smollm2(args.device, args.windows, args.new_tokens, args.budget, args.calibration_samples)
+        result = smollm2(args.device, args.windows, args.new_tokens, args.budget, args.calibration_samples,
+                         args.compile)
         save_result(RESULTS / "cuda_deploy_smollm2", result, smollm2_markdown(result))
 
 

@@ -12,8 +12,10 @@ re-rounded):
 
     w<B>g<G>, w<B> with B <= 4 (-asym too)   int4 weight-only, tinygemm (torch._weight_int4pack_mm): codes
         q = c + 8 (symmetric) or c, per group of G in {32, 64, 128, 256} a bfloat16 scale and zero
-        with w = (q - 8) * scale + zero; bfloat16 activations
-    w<B> with 5 <= B <= 8, symmetric        int8 weight-only, per channel (torch._weight_int8pack_mm)
+        with w = (q - 8) * scale + zero; bfloat16 activations; above 16 rows (prefill) the weight is
+        dequantized to bfloat16 for cuBLAS, where tinygemm is slow
+    w<B> with 5 <= B <= 8, symmetric        int8 weight-only, per channel: on CUDA the codes cast in the matmul
+        and the scales applied to its output (optionally through torch.compile, which fuses the cast)
     fp8                                     e4m3 weights with per-channel scales, inputs quantized to e4m3
         with the calibrated per-tensor scale, torch._scaled_mm row-wise (bfloat16 output)
     fp16, bf16, w16a16                      half-precision weights and inputs, cuBLAS
@@ -70,7 +72,7 @@ def realise(candidate: Candidate, kind: str, shape: tuple[int, int]) -> CudaLaye
         return "multipoint weights are not deployed"
     if w is None:
         return CudaLayer("float")
-    if kind == "Embedding" and a is None and not (isinstance(w, FloatFormat) and w.scaled):
+    if kind == "Embedding":  # its input is token ids, whatever the candidate says of inputs
         return CudaLayer("table")  # a lookup reads one row per token: the simulated rows, in the model's dtype
     if kind != "Linear":
         return f"{kind} layers are not deployed to cuda (Linear layers only)"
@@ -138,9 +140,21 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self._packed: tuple | None = None
 
+    # tinygemm is a decode kernel: measured on an H100 it is 25x slower than float16 at 2,048 rows, so
+    # above this many rows the weight is dequantized to bfloat16 for cuBLAS (benchmarks/cuda_deploy.py)
+    MAX_TINYGEMM_ROWS = 16
+
     @property
     def kernel(self) -> str:
-        return "torch._weight_int4pack_mm (tinygemm)" if self.codes.is_cuda else "_weight_int4pack_mm_for_cpu"
+        if not self.codes.is_cuda:
+            return "_weight_int4pack_mm_for_cpu"
+        return (f"torch._weight_int4pack_mm (tinygemm) up to {self.MAX_TINYGEMM_ROWS} rows; dequantized to bfloat16 "
+                "for cuBLAS above")
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        g = self.group
+        return ((self.codes.to(dtype) - 8) * self.scales.to(dtype).repeat_interleave(g, dim=1)
+                + self.zeros.to(dtype).repeat_interleave(g, dim=1))
 
     def _pack(self):
         device = self.codes.device
@@ -161,7 +175,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device, packed, sz, dtype = self._pack()
         rows = _rows(x).to(dtype)
-        if device.type == "cuda":
+        if device.type == "cuda" and rows.shape[0] > self.MAX_TINYGEMM_ROWS:
+            y = F.linear(rows, self.dequantized(dtype))
+        elif device.type == "cuda":
             y = torch._weight_int4pack_mm(rows, packed, self.group, sz)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, self.group, sz)
@@ -171,8 +187,10 @@ class Int4Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """int8 weight-only per channel (torch._weight_int8pack_mm); a dequantized matmul where the device has
-    no such kernel (reported)."""
+    """int8 weight-only per channel. On CUDA: y = (x @ codes^T) * scales with the codes cast to the input's
+    dtype in the matmul (torch._weight_int8pack_mm measured 7x slower than float16 on an H100 at decode);
+    elsewhere torch._weight_int8pack_mm. ``compiled``: the CUDA form through torch.compile, which fuses the
+    cast into the matrix-vector product."""
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -180,25 +198,31 @@ class Int8Linear(nn.Module):
         self.register_buffer("codes", codes.to(torch.int8))
         self.register_buffer("scales", scales.to(torch.float32))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.fallback: str | None = None
+        self.compiled = None
 
     @property
     def kernel(self) -> str:
-        return f"dequantized matmul ({self.fallback})" if self.fallback else "torch._weight_int8pack_mm"
+        if not self.codes.is_cuda:
+            return "torch._weight_int8pack_mm"
+        return "int8 codes cast in the matmul" + (", torch.compile" if self.compiled is not None else ", eager")
+
+    def compile(self) -> "Int8Linear":
+        self.compiled = torch.compile(_int8_matmul, dynamic=True)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x)
-        y = None
-        if self.fallback is None:
-            try:
-                y = torch._weight_int8pack_mm(rows, self.codes, self.scales.to(rows.dtype))
-            except (RuntimeError, NotImplementedError) as exc:
-                self.fallback = str(exc).splitlines()[0][:120]
-        if y is None:
-            y = F.linear(rows, (self.codes.to(rows.dtype) * self.scales.to(rows.dtype)[:, None]))
+        if rows.is_cuda:
+            y = (self.compiled or _int8_matmul)(rows, self.codes, self.scales)
+        else:
+            y = torch._weight_int8pack_mm(rows, self.codes, self.scales.to(rows.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _int8_matmul(rows: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return F.linear(rows, codes.to(rows.dtype)) * scales.to(rows.dtype)
 
 
 class Fp8Linear(nn.Module):
@@ -333,7 +357,8 @@ class CudaDeployment:
 
     @property
     def fallbacks(self) -> list[dict]:
-        return [l for l in self.layers if "dequantized" in l["kernel"]]
+        """Layers that run no kernel of their format (none today: each kind has one; kept for the report)."""
+        return [l for l in self.layers if l["kernel"].startswith("dequantized matmul")]
 
     def refresh(self) -> None:
         """Re-read each layer's kernel (an int8 layer learns on its first call whether its kernel runs)."""
@@ -344,12 +369,13 @@ class CudaDeployment:
 
 def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, quantized: nn.Module | None = None,
                 device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
-                weight_method: str = "mse", activation_method: str = "mse", progress: bool = True) -> CudaDeployment:
+                weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
+                compile: bool = False) -> CudaDeployment:
     """``plan`` on ``model`` as a model whose planned Linear layers run low-bit kernels on ``device``.
 
     data: calibration batches (fp8 layers need their input scales). quantized: the model
     ``apply(model, plan, data)`` made (default: made here, nearest rounding). The rest of the model is cast
-    to ``dtype``. ``model`` itself is not changed."""
+    to ``dtype``. ``model`` itself is not changed. compile: int8 layers through torch.compile (CUDA)."""
     import copy
 
     from ..apply import apply
@@ -374,7 +400,10 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
             set_module(deployed, name, module.layer)
     deployed = deployed.to(device=device, dtype=dtype)
     for name, layer in layers.items():
-        set_module(deployed, name, _module(layer, tensors[name], dtype).to(device))
+        module = _module(layer, tensors[name], dtype).to(device)
+        if compile and isinstance(module, Int8Linear) and module.codes.is_cuda:
+            module.compile()
+        set_module(deployed, name, module)
     rows = [{"layer": n, "candidate": candidates[n].name, "kind": layers[n].kind,
              "kernel": getattr(deployed.get_submodule(n), "kernel", "")} for n in layers]
     return CudaDeployment(deployed, rows, str(dtype).replace("torch.", ""), str(device), tensors, plan.to_dict(),
