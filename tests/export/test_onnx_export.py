@@ -64,6 +64,24 @@ class Mlp(nn.Module):
         return self.head(torch.relu(self.down(torch.relu(self.up(x)))))
 
 
+class SamePadCnn(nn.Module):
+    """A conv whose output is zero-padded before a stride-2 conv: the "same" padding of TF-ported models
+    (EfficientNet-Lite's Conv2dStaticSamePadding), then a conv reading the padded tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.expand = nn.Conv2d(3, 16, 1)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.down = nn.Conv2d(16, 16, 3, stride=2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.clamp(self.expand(x), 0, 6)  # ReLU6, as EfficientNet-Lite
+        h = torch.relu(self.down(self.pad(h)))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
 def batches(shape, n=3, size=16):
     g = torch.Generator().manual_seed(2)
     return [torch.randn(size, *shape, generator=g) for _ in range(n)]
@@ -99,6 +117,25 @@ def test_int8_cnn_matches_simulation_and_folds_batchnorm(tmp_path):
     assert rows["fc"]["low_precision"]  # QGemm with a float output
     ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert "BatchNormalization" not in ops and {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_a_zero_pad_between_two_int8_convs_is_quantized_on_both_sides(tmp_path):
+    """Quantizing commutes with padding by zero, so the Q -> DQ pair is also put before the Pad: the first
+    conv becomes an integer kernel, and the output is the simulated one."""
+    model, data = SamePadCnn().eval(), batches((3, 9, 9))
+    p = plan(model, data, {"expand": "w7a8", "down": "w7a8", "fc": "w7a8"})
+    result = export(model, p, data, out=tmp_path / "pad.onnx", progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["expand"]["runtime_op"] == "QLinearConv" and rows["expand"]["low_precision"]
+    graph = onnx.load(str(result.path)).graph
+    pad = next(n for n in graph.node if n.op_type == "Pad")
+    producer = next(n for n in graph.node if pad.input[0] in n.output)
+    assert producer.op_type == "DequantizeLinear"  # the pair before the Pad
+    simulated, exported = apply(model, p, data, progress=False), OrtModule(result.path)
+    x = batches((3, 9, 9), n=1, size=64)[0]
+    a, b = simulated(x), exported(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+    assert float((a.argmax(1) == b.argmax(1)).float().mean()) >= 0.98
 
 
 def test_written_codes_are_the_simulated_weights(tmp_path):

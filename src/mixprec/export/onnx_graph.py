@@ -329,13 +329,26 @@ def _existing_pair(g: _Graph, tensor: str, scale: float, zero_point: int) -> str
 
 def _dequantized_input(g: _Graph, node, layer: LayerCodes) -> str:
     """The output of a Q -> DQ pair on the node's input (one pair per tensor and quantizer, shared with a
-    join quantizer's pair of the same scale and zero-point)."""
-    from onnx import helper
+    join quantizer's pair of the same scale and zero-point).
 
+    Where the input comes from a zero Pad whose only consumer is this node (the "same" padding of
+    TF-ported convolutions), the pair is also put before the Pad: quantizing commutes with padding by
+    zero (0.0 is the zero-point exactly, and Q(DQ(q)) = q), so the result is the simulated one, and
+    ONNX Runtime can run the producer, the Pad and this node in integers instead of the producer in
+    float (EfficientNet-Lite0's stride-2 expansion convs)."""
     tensor = node.input[0]
     existing = _existing_pair(g, tensor, layer.input_scale, layer.input_zero_point)
     if existing is not None:
         return existing
+    pad = _zero_pad(g, tensor)
+    if pad is not None and len(g.consumers(tensor)) == 1:
+        pad.input[0] = _qdq(g, pad, pad.input[0], layer)
+    return _qdq(g, node, tensor, layer)
+
+
+def _qdq(g: _Graph, node, tensor: str, layer: LayerCodes) -> str:
+    from onnx import helper
+
     key = (tensor, layer.input_scale, layer.input_zero_point)
     if key not in g.dequantized:
         base = f"{tensor}_q{len([k for k in g.dequantized if k[0] == tensor]) or ''}"
@@ -347,6 +360,26 @@ def _dequantized_input(g: _Graph, node, layer: LayerCodes) -> str:
                                       name=f"{base}/DequantizeLinear"))
         g.dequantized[key] = f"{base}_dequantized"
     return g.dequantized[key]
+
+
+def _zero_pad(g: _Graph, tensor: str):
+    """The Pad node producing ``tensor`` if it pads with the constant 0 (else None)."""
+    from onnx import numpy_helper
+    pad = next((n for n in g.nodes if tensor in n.output and id(n) not in g.removed), None)
+    if pad is None or pad.op_type != "Pad" or _attr(pad, "mode", b"constant") not in (b"constant", "constant"):
+        return None
+    if len(pad.input) < 3 or not pad.input[2]:
+        return pad  # no constant_value: zero
+    name = pad.input[2]
+    if name in g.inits:
+        value = g.array(name)
+    else:
+        const = next((n for n in g.nodes if name in n.output and n.op_type == "Constant"), None)
+        attr = next((a for a in const.attribute if a.name == "value"), None) if const is not None else None
+        if attr is None:
+            return None
+        value = numpy_helper.to_array(attr.t)
+    return pad if np.all(np.asarray(value) == 0) else None
 
 
 def _channel_scales(scales: np.ndarray) -> np.ndarray:
