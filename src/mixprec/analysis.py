@@ -73,13 +73,18 @@ class Analysis:
     # code the run names may run without that (RunDirectory.specs_to_run)
     specs: dict[str, str | None] = field(default_factory=dict)
     trust_run: bool = False
+    target: str | None = None  # the export target plans are for (analyze(..., target=)); None: any
+    refused: dict[str, list[str]] = field(default_factory=dict)  # group -> candidates the target cannot run
     _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
 
     # ---- on disk ----------------------------------------------------------------------------------
     def saved(self) -> dict[str, Any]:
         """What costs.json holds."""
-        return {"model": self.model_name, "costs": self.costs.to_dict(), "groups": self.groups, "pins": self.pins,
-                "excluded": self.excluded, "points": self.point_counts}
+        out = {"model": self.model_name, "costs": self.costs.to_dict(), "groups": self.groups, "pins": self.pins,
+               "excluded": self.excluded, "points": self.point_counts}
+        if self.target:
+            out.update(target=self.target, refused=self.refused)
+        return out
 
     @classmethod
     def load(cls, run_dir: str | Path | RunDirectory, specs: dict[str, str | None] | None = None,
@@ -105,7 +110,8 @@ class Analysis:
                        list(saved.get("excluded", [])), dict(saved.get("points", {})), saved.get("model"), run,
                        weight_range=_run_weight_range(arguments),
                        activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
-                       trust_run=trust_run)
+                       trust_run=trust_run, target=saved.get("target"),
+                       refused={g: list(c) for g, c in (saved.get("refused") or {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); analyze again") from exc
 
@@ -123,6 +129,9 @@ class Analysis:
         allowed = np.ones(table.values.shape, dtype=bool)
         for g, pin in self.pins.items():
             allowed[table.groups.index(g)] = [c == pin for c in table.candidates]
+        for g, refused in self.refused.items():  # what the target cannot run is never chosen
+            if g in table.groups and g not in self.pins:
+                allowed[table.groups.index(g)] &= [c not in refused for c in table.candidates]
         if candidates:
             names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
             keep = {parse_candidate(c).name for c in names if c.strip()}
@@ -149,6 +158,9 @@ class Analysis:
             allowed &= ~np.isnan(custom)
             tables[kind] = np.nan_to_num(custom, nan=0.0)
             fixed[kind] = constant
+        if any(self.refused.values()):
+            notes.append(f"target {self.target} cannot run {sum(len(c) for c in self.refused.values())} (group, "
+                         "candidate) pair(s) of this run; those are not chosen")
         empty = [g for g, row in zip(table.groups, allowed) if not row.any()]
         if empty:
             raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
@@ -553,7 +565,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
             model_name: str | None = None, arguments: dict[str, Any] | None = None,
             prefix: str | None = None, rounding: str | RoundingConfig | None = None,
-            joins: bool = False) -> Analysis:
+            joins: bool = False, target: str | None = None) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -573,6 +585,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     concatenations read and write, as ONNX Runtime's int8 graph has them; the model must trace with
     torch.fx); every plan of this analysis then says so (``metadata["joins"]``) and apply and export use them.
     Its divergences are measured from the model with its joins quantized and its layers float.
+    target: the export target the plans are for (mixprec.export.TARGETS, e.g. "ort-cpu"; a profile's
+    target with --profile): the (group, candidate) pairs it cannot run are measured but never chosen.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
     from .hf import check_dtype
@@ -628,9 +642,30 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
                             counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
+        if target:
+            analysis.target, analysis.refused = target, _refused(model, groups, cands, target)
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def _refused(model: nn.Module, groups: ModelGroups, cands: list[Candidate], target: str) -> dict[str, list[str]]:
+    """Group -> the candidates ``target`` cannot run on one of its layers (its export check)."""
+    from .errors import CandidateError
+    from .export.checks import check_target
+    from .export.targets import get_target
+    from .groups import layer_kind
+    get_target(target)  # an unknown target is an error naming the targets
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        for cand in cands:
+            layers = {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), cand)
+                      for name in g.layer_names for m in [model.get_submodule(name)]}
+            try:
+                check_target(target, layers)
+            except CandidateError:
+                out.setdefault(g.name, []).append(cand.name)
+    return out
 
 
 def _run_weight_range(arguments: dict) -> str:

@@ -23,7 +23,7 @@ from .groups import ModelGroups
 from .pipeline import check_plan_groups, quantize_plan
 from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
-from .profiles import PROFILES, profile_candidates, profile_joins
+from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates, profile_joins
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
 from .run_directory import RunDirectory
@@ -269,6 +269,7 @@ def _analyze(args, rank: int) -> int:
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
                        verbose=rank == 0, model_name=args.model, rounding=args.rounding, joins=args.joins,
+                       target=PROFILE_TARGETS.get(args.profile or ""),
                        arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
         return 0

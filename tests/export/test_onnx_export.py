@@ -310,3 +310,19 @@ def test_ort_module_reports_a_broken_file(tmp_path):
 def test_export_is_a_pipeline_verb():
     import mixprec
     assert mixprec.export is export and "export" in mixprec.__all__
+
+
+def test_an_analysis_for_a_target_never_chooses_what_the_target_cannot_run(tmp_path):
+    from mixprec.analysis import Analysis, analyze
+
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    analysis = analyze(model, data, "w4g16,w7a8", "roundoff", tmp_path / "run", target="ort-cpu", progress=False)
+    # grouped weights on a conv: the ort-cpu target refuses them; on the Linear layer they are MatMulNBits
+    assert analysis.refused == {"conv1": ["w4g16"], "conv2": ["w4g16"]}
+    for budget in ("bits=7.1", "bits=8"):  # 7.07 is the least the target allows
+        plan = analysis.solve(budget, guard=False)
+        assert plan.assignments["conv1"] == "w7a8" and plan.assignments["conv2"] == "w7a8"
+        export(model, plan, data, out=tmp_path / "m.onnx", progress=False)  # the target takes it
+    reloaded = Analysis.load(tmp_path / "run")
+    assert reloaded.target == "ort-cpu" and reloaded.refused == analysis.refused
+    assert any("cannot run 2" in n for n in reloaded.problem().notes)
