@@ -168,3 +168,15 @@ def test_cli_analyze_with_joins_makes_plans_that_export_integer_adds(tmp_path, c
     report = json.loads(out.with_name("model.report.json").read_text())
     assert [j["runtime_op"] for j in report["joins"]] == ["QLinearAdd"]
     assert all(layer["low_precision"] for layer in report["layers"])
+
+
+def test_a_saved_model_with_joins_reloads_onto_apply_without_calibration(tmp_path):
+    model, batches = Residual().eval(), data((3, 6, 6))
+    plan = uniform(model, batches, "w8a8", joins=True)
+    quantized = apply(model, plan, batches, progress=False)
+    torch.save(quantized.state_dict(), tmp_path / "model.pt")
+    assert any(k.startswith("mixprec_joins.") for k in quantized.state_dict())
+    rebuilt = apply(model, plan, batches, progress=False, calibrate=False)
+    rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    x = batches[1]
+    assert torch.equal(rebuilt(x), quantized(x))
