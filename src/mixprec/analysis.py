@@ -600,10 +600,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     device = torch.device(device) if device is not None else _device_of(model)
     model = model.to(device).eval()
     check_dtype(model, device)
-    if joins:
-        from .joins import trace
+    if joins:  # a model fx cannot trace is a clear error here, before any measurement
         from .swap import with_join_quantizers
-        trace(model)  # a model fx cannot trace: a clear error before any work
         model = with_join_quantizers(model, batches, activation_range, progress=progress and verbose)
     if groups is None:
         from .batches import split_item

@@ -17,7 +17,7 @@ join quantizer reads (or writes) takes the join quantizer's range, so the export
 quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_graph).
 
     insert_join_quantizers(model)  ``model`` traced by torch.fx, with uncalibrated join quantizers
-                                   (mixprec.swap.quantize_joins calibrates them)
+                                   (mixprec.swap calibrates them: quantize_layers, with_join_quantizers)
     join_quantizers(model)         name -> JoinQuantizer of a model
     layers_reading_joins(model)    layer -> the join quantizer on its input tensor (they share a range)
     passthrough(model)             context: join quantizers pass values through (the float model)
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import fx, nn
@@ -96,15 +96,17 @@ def trace(model: nn.Module) -> fx.GraphModule:
                          "(joins=False) or make the forward free of data-dependent control flow") from exc
 
 
-def _is_join(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _is_join(node: fx.Node) -> bool:
+    """An add of two tensors or a concatenation of two or more."""
     if node.op == "call_function" and node.target in _ADDS:
-        return sum(isinstance(a, fx.Node) for a in node.args[:2]) == 2 and not node.kwargs.get("alpha")
-    if node.op == "call_method" and node.target in ("add", "add_"):
-        return len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2]) and not node.kwargs
-    if node.op == "call_function" and node.target in _CATS:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        return isinstance(tensors, (list, tuple)) and sum(isinstance(t, fx.Node) for t in tensors) >= 2
-    return False
+        plain = not node.kwargs.get("alpha")
+    elif node.op == "call_method" and node.target in ("add", "add_"):
+        plain = not node.kwargs
+    elif node.op == "call_function" and node.target in _CATS:
+        plain = True
+    else:
+        return False
+    return plain and len(_tensor_inputs(node)) >= 2
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -115,20 +117,28 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)
 
 
-def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """The node is a quantizer's output, or that output through Identity/Dropout modules (which the
-    exported graph drops)."""
-    while node.op == "call_module" and isinstance(modules.get(node.target), (nn.Identity, nn.Dropout)):
+_DROPPED = (nn.Identity, nn.Dropout)  # modules the exported graph drops: a tensor passes them unchanged
+
+
+def _before_dropped(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """``node``, or what it reads through Identity/Dropout modules (None: not a node there)."""
+    while node.op == "call_module" and isinstance(modules.get(node.target), _DROPPED):
         node = node.args[0]
         if not isinstance(node, fx.Node):
-            return False
-    return node.op == "call_module" and isinstance(modules.get(node.target), ActivationQuantizer)
+            return None
+    return node
+
+
+def _is_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """The node is a quantizer's output, or that output through Identity/Dropout modules."""
+    node = _before_dropped(node, modules)
+    return node is not None and node.op == "call_module" and isinstance(modules.get(node.target), ActivationQuantizer)
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     if node.op == "call_function" and node.target in _CATS:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        return [t for t in tensors if isinstance(t, fx.Node)]
+        return [t for t in tensors if isinstance(t, fx.Node)] if isinstance(tensors, (list, tuple)) else []
     return [a for a in node.args[:2] if isinstance(a, fx.Node)]
 
 
@@ -153,7 +163,7 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse") -> fx.GraphMod
         with graph.inserting_after(after):
             return graph.call_module(f"{CONTAINER}.{name}", (after,))
 
-    joins = [n for n in graph.nodes if _is_join(n, modules)]
+    joins = [n for n in graph.nodes if _is_join(n)]
     for join in joins:
         label = _label(join)
         for i, source in enumerate(_tensor_inputs(join)):
@@ -196,11 +206,9 @@ def layers_reading_joins(model: nn.Module) -> dict[str, str]:
         if (node.op != "call_module" or not node.args
                 or not isinstance(getattr(modules.get(node.target), "input_quantizer", None), ActivationQuantizer)):
             continue  # quantized layers only
-        source = node.args[0]
-        if not isinstance(source, fx.Node):
+        source = _before_dropped(node.args[0], modules) if isinstance(node.args[0], fx.Node) else None
+        if source is None:
             continue
-        while source.op == "call_module" and isinstance(modules.get(source.target), (nn.Identity, nn.Dropout)):
-            source = source.args[0]
         if source.op == "call_module" and isinstance(modules.get(source.target), JoinQuantizer):
             out[node.target] = source.target
             continue
@@ -210,7 +218,7 @@ def layers_reading_joins(model: nn.Module) -> dict[str, str]:
             module = modules.get(user.target) if user.op == "call_module" else None
             if isinstance(module, JoinQuantizer):
                 readers.append(user.target)
-            elif isinstance(module, (nn.Identity, nn.Dropout)):
+            elif isinstance(module, _DROPPED):
                 frontier.extend(user.users)
         if readers:
             out[node.target] = readers[0]
@@ -246,16 +254,3 @@ def onnx_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for q in quantizers:
             q.onnx = False
-
-
-def count(model: nn.Module) -> int:
-    return len(join_quantizers(model))
-
-
-def describe(model: nn.Module) -> list[dict[str, Any]]:
-    """Per join quantizer: where it is and its range (for reports)."""
-    out = []
-    for name, q in join_quantizers(model).items():
-        scale, zero_point = q.qparams() if q.calibrated else (None, None)
-        out.append({"name": name, "where": q.where, "scale": scale, "zero_point": zero_point})
-    return out

@@ -151,10 +151,7 @@ def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: It
                 raise ModelError(f"layer {name!r} saw no finite input during calibration (not called by the "
                                  "calibration data, or only NaN/Inf); exclude it or check the data")
             q.finish_calibration()
-        for name, q in joins.items():
-            if q._seen_lo is None:
-                raise ModelError(f"join quantizer {name} ({q.where}) saw no finite value during calibration")
-            q.finish_calibration()
+        _finish_joins(joins)
     share_join_ranges(model)
     return model
 
@@ -203,11 +200,16 @@ def with_join_quantizers(model: nn.Module, data: Iterable, method: str = "mse", 
             raise MixprecError("join quantizers are calibrated on data; give calibration data (--data)")
         with torch.no_grad():
             calibrate_activations(traced, data, progress=progress)
-        for name, q in quantizers.items():
-            if q._seen_lo is None:
-                raise ModelError(f"join quantizer {name} ({q.where}) saw no finite value during calibration")
-            q.finish_calibration()
+        _finish_joins(quantizers)
     return traced
+
+
+def _finish_joins(quantizers: dict) -> None:
+    """Fix the ranges of join quantizers (name -> JoinQuantizer) that observed a calibration pass."""
+    for name, q in quantizers.items():
+        if q._seen_lo is None:
+            raise ModelError(f"join quantizer {name} ({q.where}) saw no finite value during calibration")
+        q.finish_calibration()
 
 
 def planned_model(model: nn.Module, plan: Plan, data: list, weight_method: str = "mse",

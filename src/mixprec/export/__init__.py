@@ -142,7 +142,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     from ..apply import apply
     from .onnx_graph import export_float, layer_codes, rewrite
     from ..joins import onnx_mode
-    from .ort import OrtModule, join_kernels, runtime_kernels
+    from .ort import OrtModule, join_kernels, optimized_graph, runtime_kernels
 
     batches = None if data is None else list(data)
     notes: list[str] = []
@@ -166,14 +166,15 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     written = rewrite(graph, codes, accuracy_level)
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
-    kernels = runtime_kernels(out, written)
+    optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
+    kernels = runtime_kernels(out, written, optimized)
     rows = []
     for name in candidates:
         row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
         row["note"] = _note(row, realisations[name].kind)
         rows.append(row)
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes)
-    result.joins = join_kernels(out, quantized)
+    result.joins = join_kernels(out, quantized, optimized)
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
         notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")

@@ -290,17 +290,13 @@ def _quantizer_constants(g: _Graph) -> None:
                     name = f"{node.name or node.output[0]}.{'scale' if i == 1 else 'zero_point'}"
                     node.input[i] = g.add_init(name, array)
                     g.inits[name] = g.new_inits[-1]
-    used = {i for n in g.nodes if id(n) not in g.removed for i in n.input}
-    changed = True
-    while changed:  # Constant/Cast chains nothing reads any more
-        changed = False
-        for node in g.nodes:
-            if (id(node) not in g.removed and node.op_type in ("Constant", "Cast")
-                    and not any(o in used for o in node.output) and not any(
-                        o in {x.name for x in g.graph.output} for o in node.output)):
-                g.removed.add(id(node))
-                changed = True
-        used = {i for n in g.nodes if id(n) not in g.removed for i in n.input}
+    outputs = {x.name for x in g.graph.output}
+    dead = True
+    while dead:  # Constant/Cast chains nothing reads any more
+        needed = outputs | {i for n in g.nodes if id(n) not in g.removed for i in n.input}
+        dead = [n for n in g.nodes if id(n) not in g.removed and n.op_type in ("Constant", "Cast")
+                and not any(o in needed for o in n.output)]
+        g.removed.update(id(n) for n in dead)
 
 
 def _same_quantizer(g: _Graph, node, scale: float, zero_point: int) -> bool:

@@ -2,6 +2,7 @@
 
     OrtModule(path)      model(x) runs the ONNX file in an ORT session (all graph optimisations on), so the
                          user's own evaluation function measures the exported artifact
+    optimized_graph(path)            the graph ONNX Runtime runs after its optimisations
     runtime_kernels(path, written)   per layer, the op ONNX Runtime executes after its optimisations
                          (read from the optimised graph it saves) and whether that op is low precision
 """
@@ -91,17 +92,23 @@ class OrtModule(nn.Module):
         return f"path={self.path}"
 
 
-def runtime_kernels(path: str | os.PathLike, written: dict[str, dict]) -> dict[str, dict]:
-    """Per layer, the op ONNX Runtime runs after optimisation (level all) and whether it is low precision.
-
-    A layer is followed from the int8/packed weight initializer the exporter gave it (``<layer>.weight_*``)
-    or, failing that, from its node name, to the node of the optimised graph that consumes it."""
+def optimized_graph(path: str | os.PathLike):
+    """The graph ONNX Runtime runs for the file at ``path`` after its optimisations (level all)."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
         make_session(path, threads=1, optimized_path=optimized)
-        graph = onnx.load(optimized, load_external_data=False).graph
+        return onnx.load(optimized, load_external_data=False).graph
+
+
+def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=None) -> dict[str, dict]:
+    """Per layer, the op ONNX Runtime runs after optimisation (level all) and whether it is low precision.
+
+    A layer is followed from the int8/packed weight initializer the exporter gave it (``<layer>.weight_*``)
+    or, failing that, from its node name, to the node of the optimised graph that consumes it.
+    graph: that optimised graph, if the caller already has it (optimized_graph(path))."""
+    graph = optimized_graph(path) if graph is None else graph
     by_input: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -149,9 +156,10 @@ def _compute_node(nodes: list, by_input: dict):
 JOIN_OPS = {"Add", "Sum", "Concat"}
 
 
-def join_kernels(path: str | os.PathLike, quantized: nn.Module) -> list[dict]:
+def join_kernels(path: str | os.PathLike, quantized: nn.Module, optimized=None) -> list[dict]:
     """Per residual add or concatenation whose inputs the exported file dequantizes (join quantizers), the
-    op ONNX Runtime runs after optimisation and whether it is low precision (QLinearAdd, QLinearConcat)."""
+    op ONNX Runtime runs after optimisation and whether it is low precision (QLinearAdd, QLinearConcat).
+    optimized: the optimised graph, if the caller already has it (optimized_graph(path))."""
     import onnx
 
     from ..joins import join_quantizers
@@ -162,10 +170,7 @@ def join_kernels(path: str | os.PathLike, quantized: nn.Module) -> list[dict]:
     producers = {o: n.op_type for n in graph.node for o in n.output}
     joins = [n.name for n in graph.node if n.op_type in JOIN_OPS
              and any(producers.get(i) == "DequantizeLinear" for i in n.input)]
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = os.path.join(tmp, "optimized.onnx")
-        make_session(path, threads=1, optimized_path=optimized)
-        nodes = onnx.load(optimized, load_external_data=False).graph.node
+    nodes = (optimized_graph(path) if optimized is None else optimized).node
     out = []
     for name in joins:
         match = next((n for n in nodes if n.name == name), None) or next(
