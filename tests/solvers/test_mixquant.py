@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from mixprec.errors import MixprecError
 from mixprec.solvers.exact import InfeasibleBudget, plan_costs
 from mixprec.solvers.mixquant import mixquant, mixquant_choice
+from mixprec.solvers.problem import within
 
 
 @st.composite
@@ -59,14 +60,14 @@ def test_budget_mode_is_the_smallest_breakpoint_qem_whose_plan_fits(instance, fr
     assert mixquant_choice(S, costs, "bytes", probe, base=base, allowed=allowed).tolist() == plans[below].tolist()
     cheapest, dearest = plan_cost(plans[-1]), plan_cost(plans[0])
     budget = cheapest + fraction * (dearest - cheapest) if dearest > cheapest else cheapest + fraction
-    fits = [i for i, plan in enumerate(plans) if plan_cost(plan) <= budget + 1e-9]
+    fits = [i for i, plan in enumerate(plans) if within(plan_cost(plan), budget)]  # the solvers' tolerance
     if not fits:
         with pytest.raises(InfeasibleBudget, match=f"the smallest achievable is {cheapest:.6g}"):
             mixquant(S, costs, "bytes", fixed, allowed, budget=budget, base=base)
         return
     solution = mixquant(S, costs, "bytes", fixed, allowed, budget=budget, base=base)
     assert solution.choice.tolist() == plans[fits[0]].tolist()
-    assert solution.costs["bytes"] <= budget + 1e-9
+    assert within(solution.costs["bytes"], budget)
     assert solution.costs["bytes"] == max(plan_cost(plans[i]) for i in fits)  # the most expensive qem-plan that fits
     assert solution.trace[-1]["chosen"] and solution.trace[-1]["qem"] == breakpoints[fits[0]]
     assert solution.trace[-1]["base"] == base
