@@ -25,6 +25,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,10 +76,12 @@ def verdicts(result: dict) -> dict:
 
 
 def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None,
-                  weight_range: str = "mse") -> Analysis:
+                  weight_range: str = "mse", extra: tuple[str, ...] = ()) -> Analysis:
     """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache; another weight
-    range method has its own)."""
+    range method, or ``extra`` candidates, have their own, named as benchmarks/nncf_compare.py names them)."""
     run = work / ("sqnr" if weight_range == "mse" else f"sqnr_{weight_range}")
+    if extra:
+        run = run.parent / f"{run.name}_plus_{'_'.join(extra)}"
     if not (run / "sensitivity.json").is_file():
         analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
                                             weight_range=weight_range))
@@ -100,10 +103,12 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
               partial: Path | None = None, local: bool = True, weight_range: str = "mse",
-              guard_margin: float = 1.0, guard_divergence: str = "auto") -> dict:
+              guard_margin: float = 1.0, guard_divergence: str = "auto", extra: tuple[str, ...] = ()) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
-    sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range)
+    if extra:  # more candidates: analyses of their own
+        config = replace(config, candidates=",".join([config.candidates, *extra]))
+    sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range, extra)
     problem = sqnr.problem()
     evaluator = sqnr.evaluator(device=device)
     reference = evaluator.reference().to_dict()
@@ -117,7 +122,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
     for cand in [c for c in problem.candidates if c != highest and (not at or base_name(c) in at)]:
         studied = [("sqnr", sqnr, problem)] if "sqnr" in tables else []
         if "around" in tables:
-            around = _around(model, cand, config.candidates, work, device, samples)
+            around = _around(model, cand, config.candidates, work / "_".join(extra) if extra else work, device,
+                             samples)
             analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
             studied.append(("around", around, around.problem()))
         for kind in kinds or config.kinds:
@@ -163,7 +169,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
     return verdicts({"model": model, "reference": reference, "rows": rows, "analysis_seconds": analyses,
                      "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
-                                     "guard_margin": guard_margin, "guard_divergence": guard_divergence}})
+                                     "guard_margin": guard_margin, "guard_divergence": guard_divergence,
+                                     "candidates": config.candidates}})
 
 
 
@@ -257,6 +264,9 @@ def main() -> int:
                         help="the guard's margin in standard errors of the paired difference (default 1, as solve)")
     parser.add_argument("--guard-divergence", default="auto",
                         help="what the guard and the local search measure (default auto, as solve)")
+    parser.add_argument("--add-candidates", default="", metavar="LIST",
+                        help="candidates beside the model's configuration, e.g. activation bit-widths for a CNN "
+                        "(w3a6,w4a6,w5a6,w6a6,w8a6) or 5- and 6-bit weights for an LLM (w5g64,w5g128,w6g128)")
     parser.add_argument("--out-suffix", default="")
     parser.add_argument("--render", action="store_true",
                         help="only re-derive the verdicts and rewrite the .md from the saved .json")
@@ -271,7 +281,8 @@ def main() -> int:
                            args.kinds.split(",") if args.kinds else None, args.at.split(",") if args.at else None,
                            tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"),
                            local=not args.no_local, weight_range=args.weight_range,
-                           guard_margin=args.guard_margin, guard_divergence=args.guard_divergence)
+                           guard_margin=args.guard_margin, guard_divergence=args.guard_divergence,
+                           extra=tuple(c for c in args.add_candidates.split(",") if c))
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

@@ -158,14 +158,22 @@ def mixprec_analysis(model_name: str, device: str, rounding: str, weight_range: 
     return Analysis.load(run)
 
 
+def _nncf_version(nncf_from: dict | None) -> str | None:
+    """The installed NNCF's version, else the one whose results ``nncf_from`` reuses."""
+    try:
+        import nncf
+        return nncf.__version__
+    except ImportError:
+        return (nncf_from or {}).get("environment", {}).get("nncf")
+
+
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
             save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse",
             nncf_from: dict | None = None, guard_margin: float = 1.0, extra: tuple[str, ...] = ()) -> dict:
     """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
     (by label) and not measured again; nncf_from: an earlier result of the same model, grid and evaluation
     device whose NNCF side (compression, bits, metric, failures) is reused, so that only mixprec's side is
-    measured again."""
-    import nncf
+    measured again (NNCF need not be installed then)."""
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
     analysis = mixprec_analysis(model_name, device, rounding, weight_range, extra)
@@ -186,7 +194,7 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
                 "grid": size, "guard_margin": guard_margin,
                 **({"nncf_from": nncf_from["command"]} if nncf_from else {}),
                 "command": "python " + " ".join(sys.argv),
-                "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
+                "environment": {"mixprec": __version__, "nncf": _nncf_version(nncf_from), "torch": torch.__version__,
                             "device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
                             "python": platform.python_version(), "machine": platform.machine(),
                             "threads": torch.get_num_threads()}}
@@ -347,9 +355,7 @@ def main() -> int:
     k, n = (int(x) for x in args.part.split("/"))
     if not 0 <= k < n:
         raise SystemExit(f"--part K/N needs 0 <= K < N, got {args.part}")
-    try:
-        import nncf  # noqa: F401
-    except ImportError:
+    if not args.nncf_from and not args.merge and _nncf_version(None) is None:
         print("skipped: nncf is not installed (pip install -e \".[bench]\")")
         return 0
     name = f"nncf_{args.model}{args.out_suffix}"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -195,10 +196,13 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
     from never_worse import KEYS
     lines = []
     command = r.get("command", "")
-    grid = "signed grid" if any(s in command for s in ("_signed", "_auto", "_margin")) else "former grid"
+    grid = "signed grid" if any(s in command for s in ("_signed", "_auto", "_margin", "--add-candidates")) \
+        else "former grid"
     margin = r.get("environment", {}).get("guard_margin")
+    added = re.search(r"--add-candidates (\S+)", command)
     ranges = (", weight ranges auto" if "--weight-range auto" in command else "") + (
-        f", guard margin {margin:g} SE" if margin is not None else ", guard without a margin")
+        f", guard margin {margin:g} SE" if margin is not None else ", guard without a margin") + (
+        f", candidates + {added.group(1)}" if added else "")
     for key in [k for k in KEYS if k in r["summary"]]:
         got, total = (int(x) for x in r["summary"][key].split(" of "))
         lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}, {grid}{ranges}) | {got} of {total} "
@@ -258,6 +262,46 @@ def _nncf_targets() -> list[str]:
     return lines
 
 
+def _activation_bits(reports: dict) -> list[str]:
+    """Activation bit-widths: the default plan at the BOPs of W4A8 with 8-bit activations only, and with
+    6-bit activations among the candidates (never_worse_<model>_margin against _abits)."""
+    lines = []
+    for model in MODELS:
+        plain, wider = reports.get(f"{model}_margin"), reports.get(f"{model}_abits")
+        if not plain or not wider:
+            continue
+        row = lambda r: next(x for x in r["rows"] if x["kind"] == "bops" and x["at"] == "w4a8")  # noqa: E731
+        a, b = row(plain), row(wider)
+        added = re.search(r"--add-candidates (\S+)", wider["command"]).group(1)
+        lines.append(f"| {model} | {a['uniform']:.2f} | {a['sqnr_guarded']:.2f} | {b['sqnr_guarded']:.2f} | "
+                     f"{a['upper']['metric']:.2f} | {added} |")
+    if not lines:
+        return []
+    return ["### Activation bit-widths", "",
+            "At a BOPs budget a layer pays weight bits x activation bits. With 8-bit activations only, the "
+            "default plan at the BOPs of W4A8 is uniform W4A8 (the guard finds no mixed plan that is surely "
+            "better); with 6-bit activations among the candidates (`--profile int-cnn-a6`), the exact plan "
+            "moves bits from activations to weights and closes most or all of the gap to W8A8 "
+            "(`benchmarks/never_worse.py MODEL --add-candidates ...`, evaluation split; uniform plans keep the "
+            "first and last layers at w8a8):", "",
+            "| model | uniform W4A8 | default plan, a8 candidates | default plan, a6 added | uniform W8A8 | added |",
+            "|---|---|---|---|---|---|", *lines, ""]
+
+
+def _at_budget_targets() -> list[str]:
+    """The moonshot: SmolLM2's default plan at perplexity <= 31 at 5.1 bits per weight (benchmarks/at_budget.py)."""
+    lines = []
+    for path in sorted(RESULTS.glob("at_budget_smollm2*.json")):
+        r = json.loads(path.read_text())
+        if r["budget"].replace(" ", "") not in ("bits_per_weight=5.1", "bits=5.1"):
+            continue
+        value = r["plan"]["metric"]["value"]
+        lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, candidates "
+                     f"{', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
+                     f"{'yes' if value <= 31 else 'no'} |")
+    return lines
+
+
 def never_worse_section() -> list[str]:
     """benchmarks/never_worse.py: mixed against uniform at equal cost, and the targets of the promise."""
     from never_worse import markdown as never_worse_markdown
@@ -273,8 +317,9 @@ def never_worse_section() -> list[str]:
     for model in MODELS:
         # the run on the current (signed) grid if there is one, else this machine's, else the GPU run (other
         # suffixes are earlier variants)
-        current = [reports[f"{model}{v}"] for v in ("_margin", "_signed_margin", "_auto_margin")
-                   if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs)
+        current = [reports[f"{model}{v}"] for v in ("_margin", "_signed_margin", "_auto_margin", "_abits", "_w56")
+                   if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
+        # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights)
         current = current or [reports[f"{model}{v}"] for v in ("_signed", "_auto") if f"{model}{v}" in reports]
         fallback = reports.get(model) or reports.get(f"{model}_h100")
         if not current and fallback is None:
@@ -283,7 +328,11 @@ def never_worse_section() -> list[str]:
         for r in current or [fallback]:
             lines += _never_worse_targets(model, r)
     lines += _nncf_targets()
-    lines += [""]
+    lines += _at_budget_targets()
+    lines += [""] + _activation_bits(reports)
+    from at_budget import markdown as at_budget_markdown
+    for path in sorted(RESULTS.glob("at_budget_*.json")):
+        lines += at_budget_markdown(json.loads(path.read_text())).replace("# ", "### ", 1).splitlines() + [""]
     for path in sorted(RESULTS.glob("guard_divergences_*.json")):
         r = json.loads(path.read_text())
         lines += [f"Which divergence ranks the exact plan against uniform as the evaluation split does: {r['model']} "

@@ -13,6 +13,10 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "mobile-npu": ("w4a8", "w8a8", "w8a16", "w16a16"),
     # Integer CNN accelerator with 2..8-bit weights on 8-bit activations (the CNN benchmarks).
     "int-cnn": ("w2a8", "w3a8", "w4a8", "w5a8", "w6a8", "w8a8"),
+    # The same accelerator with 6-bit activations too: at a BOPs budget (weight bits x activation bits),
+    # a layer's activations at 6 bits often cost less accuracy than its weights at 4 or 3
+    # (benchmarks/never_worse.py --add-candidates w3a6,w4a6,w5a6,w6a6,w8a6).
+    "int-cnn-a6": ("w2a8", "w3a8", "w4a8", "w5a8", "w6a8", "w8a8", "w3a6", "w4a6", "w5a6", "w6a6", "w8a6"),
     # GPU serving LLMs with weight-only kernels (float16 activations).
     "llm-gpu-weight-only": ("w2g64", "w3g64", "w3g128", "w4g64", "w4g128", "w4", "w8", "fp16"),
     # GPU with FP8 tensor cores (Hopper and later).

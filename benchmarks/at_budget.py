@@ -1,0 +1,106 @@
+"""The default plan at one budget, against every uniform plan that fits it, on the evaluation split.
+
+    python benchmarks/at_budget.py smollm2 --budget bits_per_weight=5.1 [--device cuda] [--weight-range auto]
+        [--add-candidates w5g64,w5g128,w6g128] [--search local]
+
+The sqnr analysis is benchmarks/never_worse.py's (the same run directory, so one analysis serves both);
+the plan is what `mixprec solve RUN --budget ...` returns (exact solver, guard on, decisions on the
+calibration data); every uniform candidate whose plan fits the budget (for CNNs also with the first
+and last groups at w8a8) is measured beside it. Writes benchmarks/results/at_budget_<model><suffix>.json
+and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from never_worse import sqnr_analysis  # noqa: E402
+from run import CONFIGS, RESULTS, first_last_choice, save_result  # noqa: E402
+
+from mixprec import __version__  # noqa: E402
+from mixprec.errors import MissingDataError  # noqa: E402
+
+
+def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tuple[str, ...],
+              search: str | None) -> dict:
+    config = CONFIGS[model]
+    candidates = ",".join([config.candidates, *extra])
+    analysis = sqnr_analysis(model, candidates, RESULTS / "tmp" / f"run_{model}", device, None, weight_range, extra)
+    problem = analysis.problem()
+    budgets = analysis.budgets(budget, problem)  # kind -> limit
+    evaluator = analysis.evaluator(device=device)
+    reference = evaluator.reference().to_dict()
+    start = time.perf_counter()
+    plan = analysis.solve(budgets, device=device, **({"search": search} if search else {}))
+    seconds = time.perf_counter() - start
+    measured = evaluator.measure(plan.assignments).to_dict()
+    costs = plan.metadata["predicted_costs"]
+    print(f"{model} at {budget}: default plan {measured['name']} {measured['value']:.3f} "
+          f"({plan.metadata.get('guard', {}).get('chosen', 'mixed')})", flush=True)
+    uniform = []
+    for cand in problem.candidates:
+        choices = [(f"uniform {cand}", problem.uniform_choice(cand))]
+        if config.pin_first_last and (first_last_choice(problem, cand) != choices[0][1]).any():
+            choices.append((f"uniform {cand}, first/last w8a8", first_last_choice(problem, cand)))
+        for label, choice in choices:
+            _, cost = problem.totals(choice)
+            if all(cost[kind] <= limit * (1 + 1e-9) for kind, limit in budgets.items()):
+                value = evaluator.measure(problem.assignments(choice)).to_dict()["value"]
+                uniform.append({"candidate": cand, "variant": label, "costs": cost, "metric": value})
+                print(f"  {label}: {value:.3f}", flush=True)
+    return {"model": model, "budget": budget, "reference": reference,
+            "plan": {"metric": measured, "costs": costs, "candidates_used": sorted(set(plan.assignments.values())),
+                     "guard": plan.metadata.get("guard", {}).get("chosen", "mixed"), "solve_seconds": round(seconds, 1),
+                     "search": search or "exact"},
+            "uniform": uniform, "candidates": list(problem.candidates),
+            "command": " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]]),
+            "environment": {"mixprec": __version__, "device": device, "weight_range": weight_range}}
+
+
+def markdown(result: dict) -> str:
+    ref, plan = result["reference"], result["plan"]
+    higher = ref["higher_is_better"]
+    best = max if higher else min
+    lines = [f"# {result['model']} at {result['budget']}", "",
+             f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}; candidates "
+             f"{', '.join(result['candidates'])}. Decisions on calibration data, metric on the evaluation split.", "",
+             "| plan | candidates used | costs | metric |", "|---|---|---|---|",
+             f"| default ({plan['search']} + guard: {plan['guard']}) | {', '.join(plan['candidates_used'])} | "
+             + ", ".join(f"{k} {v:.4g}" for k, v in plan["costs"].items()) + f" | **{plan['metric']['value']:.2f}** |"]
+    for u in result["uniform"]:
+        lines.append(f"| {u['variant']} | {u['candidate']} | "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in u["costs"].items()) + f" | {u['metric']:.2f} |")
+    if result["uniform"]:
+        top = best(result["uniform"], key=lambda u: u["metric"])
+        lines += ["", f"Best uniform plan within the budget: {top['variant']}, {top['metric']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(CONFIGS))
+    parser.add_argument("--budget", required=True, help="as `mixprec solve --budget`, e.g. bits_per_weight=5.1")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weight-range", choices=("mse", "minmax", "auto"), default="mse")
+    parser.add_argument("--add-candidates", default="", metavar="LIST",
+                        help="candidates beside the model's configuration (as benchmarks/never_worse.py)")
+    parser.add_argument("--search", help="solve --search (default: the exact solver)")
+    parser.add_argument("--out-suffix", default="")
+    args = parser.parse_args()
+    try:
+        result = benchmark(args.model, args.budget, args.device, args.weight_range,
+                           tuple(c for c in args.add_candidates.split(",") if c), args.search)
+    except MissingDataError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    # save_result adds .json/.md with Path.with_suffix: no dot may stand in the name (5.1 -> 5p1)
+    save_result(RESULTS / f"at_budget_{args.model}{args.out_suffix.replace('.', 'p')}", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
