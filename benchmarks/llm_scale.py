@@ -155,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_table:
         analysis.table.save(args.save_table)
     plan = phases("solve", analysis.solve, args.budget)
-    if not args.no_quantize:
-        result = phases("quantize", quantize_plan, model, plan, data, groups, rounding=args.rounding, device=device,
-                        progress=True)
-        del result
     layers = SHAPES[args.shape]["num_hidden_layers"]
     block = model.lm.model.layers[0]
     block_params = sum(p.numel() for p in block.parameters())
     total_params = sum(p.numel() for p in model.parameters())
+    if not args.no_quantize:  # in place, as `mixprec quantize` does: the float model is not needed again
+        result = phases("quantize", quantize_plan, model, plan, data, groups, rounding=args.rounding, device=device,
+                        progress=True, inplace=True)
+        del result
     per_block = {"params": block_params, "bytes": block_params * dtype.itemsize,
                  **{f"{phase}_seconds": round(f["seconds"] / layers, 4) for phase, f in phases.figures.items()
                     if phase in ("analyze", "quantize")}}

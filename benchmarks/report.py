@@ -464,6 +464,8 @@ def llm_scale_section() -> list[str]:
                          f"{a['forward_equivalents']:.0f} ({a['naive_forward_equivalents']}; {a['prefix_sharing']}) | "
                          f"{r['environment'].get('device_name', '')} | `{r['command']}` |")
         lines.append("")
+        lines += [f"`{r['command'].split()[-1]}`: {r['remark']}." for r in scale if r.get("remark")]
+        lines += [""] if any(r.get("remark") for r in scale) else []
     for r in sharded:
         one, many = r["one_process"], r["sharded"]
         lines += [f"Sharded analysis, {r['shape']} shape on {r['processes']} processes "

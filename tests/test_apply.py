@@ -175,3 +175,92 @@ def test_torchscript_model_weight_only(tmp_path):
     assert torch.equal(scripted(x), model(x))  # input model untouched
     with pytest.raises(ModelError, match="weight-only"):
         apply(scripted, Plan.uniform(groups, "w4a8"), batches(), progress=False)
+
+
+def test_applied_beside_measures_what_apply_builds_and_leaves_the_model_whole():
+    from mixprec.apply import applied_beside
+    model, data, x = small_cnn(), batches(), batches(1)[0]
+    plan = plan_for(model, "w4a8")
+    params = dict(model.named_parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = apply(model, plan, data, progress=False)(x)
+    with applied_beside(model, plan, data, progress=False) as q:
+        assert torch.equal(q(x), expected)
+        assert q[0].layer.bias is model[0].bias  # what the copy keeps as it is, it shares: no second copy
+        assert q[0].layer.weight is not model[0].weight
+    with pytest.raises(RuntimeError, match="inside"):
+        with applied_beside(model, plan, data, progress=False):
+            raise RuntimeError("inside")
+    assert dict(model.named_parameters()) == params  # the same Parameter objects, with the same values
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.device == before[k].device
+
+
+def test_a_weight_a_float_layer_also_reads_never_leaves_the_device():
+    from mixprec.apply import _Offload
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # b reads a's weight; b stays float
+
+    model = Shared()
+    offload = _Offload(model, ["a", "c"])
+    assert offload.users[id(model.a.weight)] == -1 and offload.users[id(model.c.weight)] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_applied_beside_keeps_the_replaced_float_weights_in_cpu_memory_meanwhile():
+    from mixprec.apply import applied_beside
+    model, data = small_cnn().cuda(), [b.cuda() for b in batches()]
+    plan = plan_for(small_cnn(), "w4a8")
+    expected = apply(model, plan, data, progress=False)(data[0])
+    with applied_beside(model, plan, data, progress=False) as q:
+        assert model[0].weight.device.type == "cpu" and model[0].bias.device.type == "cuda"
+        assert torch.equal(q(data[0]), expected)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_inplace_quantizes_the_model_itself_as_a_copy_would_be():
+    model, data, x = small_cnn(), batches(), batches(1)[0]
+    plan = plan_for(model, "w4a8")
+    expected = apply(model, plan, data, progress=False)(x)
+    q = apply(model, plan, data, progress=False, inplace=True)
+    assert q is model and set(quantized_layers(model)) == {"0", "2", "6"}
+    assert torch.equal(q(x), expected)
+
+
+def test_the_guard_reads_nothing_of_the_float_weights_a_measured_plan_replaces(monkeypatch):
+    """On a GPU the float weights a measured plan replaces wait in CPU memory (applied_beside). Here they
+    go to the meta device instead, on the CPU: the guard's divergences must come out the same, so nothing
+    (the float reference outputs, the device the inputs go to) reads them while a plan is measured."""
+    import importlib
+
+    import mixprec
+    apply_module = importlib.import_module("mixprec.apply")  # the module (mixprec.apply is the function)
+
+    model, data = small_cnn(), batches()
+    analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", "sqnr", progress=False)
+    problem = analysis.problem()
+    budget = {"bops": (problem.uniform_cost("bops", "w2a8") + problem.uniform_cost("bops", "w4a8")) / 2}
+    clean = analysis.solve(budget, guard_margin=0)
+    assert clean.metadata["guard"]["measured"]  # the guard measured plans (the exact one is mixed)
+    saved = {}
+
+    def poison(self, name):  # the float layer's weight is swapped for one on the meta device
+        layer = self.model.get_submodule(name)
+        if self.users.get(id(layer.weight), -1) > 0 and name not in saved:
+            saved[name] = (layer, layer.weight)
+            layer._parameters["weight"] = nn.Parameter(torch.empty_like(layer.weight, device="meta"))
+
+    def restore(self):
+        for layer, weight in saved.values():
+            layer._parameters["weight"] = weight
+        saved.clear()
+
+    monkeypatch.setattr(apply_module._Offload, "quantized", poison)
+    monkeypatch.setattr(apply_module._Offload, "restore", restore)
+    poisoned = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", "sqnr", progress=False).solve(budget, guard_margin=0)
+    assert poisoned.metadata["guard"] == clean.metadata["guard"]
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())

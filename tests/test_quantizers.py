@@ -495,3 +495,24 @@ def test_activation_none_is_identity():
 def test_activation_unknown_method_raises():
     with pytest.raises(ValueError, match="range method"):
         ActivationQuantizer(IntFormat(8), "absmax")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["channel", "group"]), st.sampled_from(["mse", "minmax"]),
+       st.sampled_from([torch.float32, torch.bfloat16]), st.integers(1, 9))
+def test_a_weight_quantized_a_chunk_of_rows_at_a_time_is_the_weight_quantized_whole(seed, granularity, method,
+                                                                                   dtype, chunk_rows):
+    """Rows (channels, groups) are quantized independently, so chunking the rows to bound float32 memory
+    (ROW_CHUNK_ELEMENTS) changes nothing, bit for bit, in the weight's own dtype."""
+    import mixprec.quantizers as q
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(13, 3, 7, generator=g) * torch.rand(13, 1, 1, generator=g) * 4).to(dtype)
+    fmt = IntFormat(4, symmetric=True, granularity=granularity, group_size=8 if granularity == "group" else None)
+    whole = q.quantize_weight(w, fmt, method)
+    old = q.ROW_CHUNK_ELEMENTS
+    try:
+        q.ROW_CHUNK_ELEMENTS = 21 * chunk_rows  # chunk_rows rows of 21 values
+        chunked = q.quantize_weight(w, fmt, method)
+    finally:
+        q.ROW_CHUNK_ELEMENTS = old
+    assert chunked.dtype == w.dtype and chunked.shape == w.shape and torch.equal(chunked, whole)

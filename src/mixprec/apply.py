@@ -11,8 +11,10 @@ the calibration are mixprec.swap's.
 from __future__ import annotations
 
 import copy
+import gc
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -34,7 +36,7 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
           progress: bool = True, rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
           rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None,
-          joins: bool | None = None) -> nn.Module:
+          joins: bool | None = None, inplace: bool = False) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
     calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
@@ -48,7 +50,20 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     joins: also quantize, at 8 bits, the tensors that residual adds and concatenations read and write, as an
     int8 runtime graph does (mixprec.joins; the model must trace with torch.fx, and the result is an
     fx.GraphModule whose modules keep their names). Default: ``plan.metadata["joins"]`` (False).
+    inplace: quantize ``model`` itself, not a copy: each replaced float weight is dropped as its quantized
+    one is made, so a large model needs about one model's memory, not two. Use the returned model;
+    the one passed in is its float original no more.
     """
+    return _apply(model, plan, calibration_data, weight_method=weight_method, activation_method=activation_method,
+                  calibrate=calibrate, progress=progress, rounding=rounding, rounding_options=rounding_options,
+                  rounding_checkpoint=rounding_checkpoint, points=points, joins=joins, inplace=inplace)
+
+
+def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
+           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
+           progress: bool = True, rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
+           rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None,
+           joins: bool | None = None, offload: "_Offload | None" = None, inplace: bool = False) -> nn.Module:
     check_range_methods(weight_method, activation_method)
     method = rounding.name if isinstance(rounding, RoundingConfig) else rounding
     if method not in ROUNDINGS:
@@ -69,7 +84,10 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
                          "model as file.py:function or quantize without joins")
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
-    quantized = copy.deepcopy(model).eval()  # before any pass: a model in training mode changes on each
+    # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the
+    # tensors it keeps, and each float weight it replaces leaves the device once quantized (applied_beside)
+    quantized = model.eval() if inplace else \
+        copy.deepcopy(model, offload.memo(model) if offload is not None else None).eval()
     candidates = {name: parse_candidate(c) for name, c in wanted.items()}
     multipoint = sorted(name for name, c in candidates.items() if c.multipoint)
     if multipoint and method != "nearest":
@@ -88,7 +106,79 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
         quantized = insert_join_quantizers(quantized, activation_method)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,
-                           sources=sources)
+                           sources=sources, after_layer=offload.quantized if offload is not None else None)
+
+
+class _Offload:
+    """The float weights of the planned layers, moved to CPU memory one by one as their quantized copies
+    are made, and back on ``restore()``. A weight read by a layer the plan leaves float stays."""
+
+    def __init__(self, model: nn.Module, layers: Iterable[str]):
+        self.layers = list(layers)
+        self.users: dict[int, int] = {}  # id(weight) -> planned layers not yet quantized that read it
+        self.params: dict[int, nn.Parameter] = {}
+        for name in self.layers:
+            weight = model.get_submodule(name).weight
+            self.users[id(weight)] = self.users.get(id(weight), 0) + 1
+            self.params[id(weight)] = weight
+        planned = set(self.layers)
+        for name, module in model.named_modules():  # a weight that a float layer reads too never moves
+            weight = getattr(module, "weight", None)
+            if name not in planned and isinstance(weight, torch.Tensor) and id(weight) in self.params:
+                self.users[id(weight)] = -1
+        self.model = model
+        self.moved: dict[int, torch.device] = {}
+
+    @staticmethod
+    def memo(model: nn.Module) -> dict:
+        """deepcopy's memo: the copy shares every parameter with ``model`` (buffers, which a forward may
+        update, are copied). The planned layers' weights are replaced in the copy (QuantizedLayer sets a
+        new Parameter); the other parameters are only read, so nothing the copy does reaches ``model``."""
+        return {id(p): p for p in model.parameters()}
+
+    def quantized(self, name: str) -> None:
+        weight = self.model.get_submodule(name).weight
+        key = id(weight)
+        if self.users.get(key, -1) < 0:
+            return
+        self.users[key] -= 1
+        if self.users[key] == 0 and weight.device.type != "cpu":
+            self.moved[key] = weight.device
+            weight.data = weight.data.to("cpu")
+
+    def restore(self) -> None:
+        for key, device in self.moved.items():
+            param = self.params[key]
+            param.data = param.data.to(device)
+        self.moved.clear()
+
+
+@contextmanager
+def applied_beside(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, **options) -> Iterator[nn.Module]:
+    """``apply(model, plan, calibration_data, **options)`` for a measurement on ``model``'s device that
+    needs about one model's memory there, not two: the quantized copy shares every tensor it keeps as
+    it is, and each float weight it replaces waits in CPU memory until the block ends, when ``model``
+    is whole again (also after an error). Drop every reference to the quantized model inside the block
+    (``del``): the float weights come back only after it is gone. With a rounding that reads the data
+    (GPTQ...) or a TorchScript model, the plain copy is made."""
+    method = options.get("rounding", "nearest")
+    method = method.name if isinstance(method, RoundingConfig) else method
+    if method != "nearest" or is_torchscript(model):
+        quantized = apply(model, plan, calibration_data, **options)
+        try:
+            yield quantized
+        finally:
+            del quantized
+        return
+    offload = _Offload(model, list(plan.layer_candidates()))
+    try:
+        quantized = _apply(model, plan, calibration_data, offload=offload, **options)
+        yield quantized
+    finally:
+        quantized = None
+        if offload.moved:
+            gc.collect()  # the quantized copy (cycles included) is freed before the float weights return
+        offload.restore()
 
 
 def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str,

@@ -178,7 +178,8 @@ def cmd_quantize(args) -> int:
     evaluate = load_eval(eval_spec, args.model) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
                            activation_range=args.activation_range, rounding=rounding,
-                           rounding_checkpoint=cache_dir() / "rounding", device=args.device)
+                           rounding_checkpoint=cache_dir() / "rounding", device=args.device,
+                           inplace=True)  # the float model is not needed again: one model's memory, not two
     out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"

@@ -97,9 +97,10 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                   activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
                   rounding_options: dict | None = None,
                   rounding_checkpoint: str | Path | None = None, device: str | torch.device | None = None,
-                  progress: bool = True) -> QuantizeResult:
+                  progress: bool = True, inplace: bool = False) -> QuantizeResult:
     """Apply ``plan`` (mixprec.apply), price it and, with ``evaluate``, measure it. Multipoint layers take
-    the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them."""
+    the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them.
+    inplace: quantize ``model`` itself (apply's ``inplace``: about one model's memory instead of two)."""
     check_plan_groups(plan, groups)
     config = rounding_config(rounding, **(rounding_options or {}))
     batches = None if data is None else list(data)
@@ -116,7 +117,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     start = time.perf_counter()
     quantized = apply(model, plan, batches, weight_method=weight_range, activation_method=activation_range,
                       rounding=config, rounding_checkpoint=rounding_checkpoint,
-                      points=counts, progress=progress)
+                      points=counts, progress=progress, inplace=inplace)
     result = QuantizeResult(quantized, plan, {k: tables.total(k, plan.assignments) for k in COST_KINDS},
                             apply_seconds=time.perf_counter() - start, rounding=config.name,
                             rounding_options=config.changed())

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .apply import apply
+from .apply import applied_beside
 from .joins import passthrough
 from .errors import SpecError
 from .quantizers import GRID_VERSION
@@ -108,12 +108,15 @@ class PlanEvaluator:
                 result = to_eval_result(evaluate(model))
         else:
             checkpoints = None if self.rounding.name == "nearest" or self.run is None else self.run.rounding_checkpoints
-            quantized = apply(model, self.plan(assignments), data, weight_method=self.weight_range,
-                              activation_method=self.activation_range, progress=False,
-                              points=self.plan_point_counts(assignments), rounding=self.rounding,
-                              rounding_checkpoint=checkpoints)
-            result = to_eval_result(evaluate(quantized))
-            del quantized
+            # beside the float model: on a GPU, its replaced weights wait in CPU memory meanwhile, so an
+            # evaluation that also reads the float model (an output divergence) takes what it needs first
+            getattr(evaluate, "prepare", lambda: None)()
+            with applied_beside(model, self.plan(assignments), data, weight_method=self.weight_range,
+                                activation_method=self.activation_range, progress=False,
+                                points=self.plan_point_counts(assignments), rounding=self.rounding,
+                                rounding_checkpoint=checkpoints) as quantized:
+                result = to_eval_result(evaluate(quantized))
+                del quantized  # gone before the float weights come back
         seconds = time.perf_counter() - start
         self.measured += 1
         self.seconds += seconds

@@ -112,23 +112,29 @@ def _quantize_rows(rows: torch.Tensor, fmt: Format, method: str, percentile: flo
     return fake_quant_range(rows, lo, hi, fmt)
 
 
+ROW_CHUNK_ELEMENTS = 1 << 24  # weights quantized per channel or group go through float32 this many at a time
+
+
 def quantize_weight(w: torch.Tensor, fmt: Format | None, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """Fake-quantized copy of ``w`` (dim 0 = output channels); same shape, dtype and device."""
     if fmt is None:
         return w.clone()
     if isinstance(fmt, FloatFormat) and not fmt.scaled:
         return _cast_float(w, fmt)
-    x = w.detach().to(torch.float32)
-    out = x.shape[0] if x.dim() >= 2 else 1
-    rows = x.reshape(out, -1)
-    granularity = fmt.granularity if x.dim() >= 2 else "tensor"
+    out = w.shape[0] if w.dim() >= 2 else 1
+    granularity = fmt.granularity if w.dim() >= 2 else "tensor"
     if granularity == "tensor":
-        q = _quantize_rows(rows.reshape(1, -1), fmt, method, percentile).reshape(rows.shape)
-    elif granularity == "channel":
-        q = _quantize_rows(rows, fmt, method, percentile)
-    else:
-        q = _quantize_groups(rows, fmt, method, percentile)
-    return q.reshape(w.shape).to(w.dtype)
+        rows = w.detach().to(torch.float32).reshape(1, -1)
+        return _quantize_rows(rows, fmt, method, percentile).reshape(w.shape).to(w.dtype)
+    # per channel or group, rows are independent: a chunk of rows at a time in float32, so a large
+    # weight (an LLM's 128k x 4k output layer) needs no float32 copies of the whole tensor
+    source = w.detach().reshape(out, -1)
+    q = torch.empty(source.shape, dtype=w.dtype, device=w.device)
+    step = max(1, ROW_CHUNK_ELEMENTS // max(1, source.shape[1]))
+    quantize = _quantize_rows if granularity == "channel" else _quantize_groups
+    for i in range(0, out, step):
+        q[i:i + step] = quantize(source[i:i + step].to(torch.float32), fmt, method, percentile).to(w.dtype)
+    return q.reshape(w.shape)
 
 
 def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile: float) -> torch.Tensor:

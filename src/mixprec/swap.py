@@ -18,7 +18,7 @@ quantize_layers; the sensitivity metrics swap one group at a time with set_modul
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -113,7 +113,8 @@ def multipoint_weights(model: nn.Module, candidates: dict[str, Candidate], point
 def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: Iterable | None, *,
                     weights: dict[str, torch.Tensor] | None = None, weight_method: str = "mse",
                     activation_method: str = "mse", calibrate: bool = True, progress: bool = True,
-                    sources: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                    sources: dict[str, torch.Tensor] | None = None,
+                    after_layer: Callable[[str], None] | None = None) -> nn.Module:
     """``model`` with every layer of ``candidates`` (name -> candidate) a QuantizedLayer; returns it.
 
     model: a deep copy, taken by the caller before its passes over the data (a model in training
@@ -122,18 +123,22 @@ def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: It
     (input batches or (inputs, labels) pairs); ``calibrate=False`` leaves them uncalibrated, for a
     saved quantized state dict to be loaded on top. sources: the float weights nearest rounding reads
     instead of the layers' own (the caller's model before its copy: the weight cache knows its tensors,
-    so plans measured one after another quantize each (layer, candidate) once).
+    so plans measured one after another quantize each (layer, candidate) once); each entry is removed once
+    used, so that a float weight nothing else holds is freed layer by layer. after_layer: called with
+    each layer's name once its quantized weight is in place.
     """
     weights = weights or {}
-    sources = sources or {}
+    sources = sources if sources is not None else {}  # emptied as the layers are quantized
     names = list(candidates)
     for name in tqdm(names, desc="quantizing weights", disable=not progress or len(names) < 20, leave=False):
         layer = model.get_submodule(name)
         weight = weights.get(name)
-        if weight is None and name in sources:
-            weight = nearest_weight(sources[name], candidates[name], weight_method)
+        if weight is None and name in sources:  # popped: a float weight no other layer reads can go now
+            weight = nearest_weight(sources.pop(name), candidates[name], weight_method)
         set_module(model, name, QuantizedLayer(layer, candidates[name], weight_method, activation_method,
                                                weight=weight))
+        if after_layer is not None:
+            after_layer(name)
     quantizers = [m.input_quantizer for m in quantized_layers(model).values() if m.input_quantizer.needs_calibration]
     joins = {n: q for n, q in join_quantizers(model).items() if q.observing}
     if not calibrate:

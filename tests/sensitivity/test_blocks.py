@@ -95,3 +95,26 @@ def test_hugging_face_llama_blocks_equal_the_naive_table(tmp_path):
     assert t["blocks"].metadata["prefix_sharing"] == "blocks"
     np.testing.assert_allclose(t["blocks"].values, t["none"].values, rtol=1e-5, atol=1e-12)
     assert t["blocks"].metadata["forward_equivalents"] < t["none"].metadata["forward_equivalents"]
+
+
+def test_a_record_kept_away_comes_back_as_a_fresh_copy_on_its_device():
+    from collections import namedtuple
+
+    from mixprec.sensitivity.blocks import _Away, _copy
+    Out = namedtuple("Out", "hidden extra")
+    t, u = torch.randn(2, 3), torch.randn(4)
+    record = Out(_Away(t), [u, {"n": 3}])
+    fetched = _copy(record)
+    assert isinstance(fetched, Out) and fetched.extra[1] == {"n": 3}
+    assert torch.equal(fetched.hidden, t) and fetched.hidden.device == t.device
+    assert torch.equal(fetched.extra[0], u) and fetched.extra[0].data_ptr() != u.data_ptr()
+    fetched.hidden.add_(1)  # in-place code after a block never reaches the record
+    assert torch.equal(_copy(record).hidden, t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_on_a_gpu_the_record_waits_in_cpu_memory():
+    from mixprec.sensitivity.blocks import _Away, _park
+    parked = _park((torch.randn(3, device="cuda"), torch.randn(2)))
+    assert isinstance(parked[0], _Away) and parked[0].tensor.device.type == "cpu"
+    assert isinstance(parked[1], torch.Tensor)

@@ -100,3 +100,29 @@ def test_the_guard_auto_of_a_language_model_given_token_ids_is_nll():
     embedding_model = nn.Sequential(nn.Linear(8, 4)).eval()
     with pytest.raises(Exception, match="nll divergence needs a language model"):
         OutputDivergence(embedding_model, [torch.randn(3, 8)], "nll")(embedding_model)
+
+
+@pytest.mark.parametrize("kind", ["kl", "agreement", "sqnr"])
+def test_low_precision_outputs_are_scored_in_float32_a_chunk_of_rows_at_a_time(kind, monkeypatch):
+    """A bfloat16 LM's logits are kept and scored in their own dtype, chunk by chunk: the result is the
+    float32 computation on the same (exactly upcast) values, whatever the chunk size."""
+    from mixprec.sensitivity import divergence as d
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 7, 130, generator=g).bfloat16()
+    out = (ref.float() + 0.3 * torch.randn(3, 7, 130, generator=g)).bfloat16()
+    whole = [t.double() for t in d.DIVERGENCES[kind](ref.float(), out.float())[:1]]
+    monkeypatch.setattr(d, "CHUNK_ELEMENTS", 400)  # 3 rows per chunk
+    per_sample, rows = d.DIVERGENCES[kind](ref, out)
+    assert per_sample.dtype != torch.bfloat16 and rows == d.DIVERGENCES[kind](ref.float(), out.float())[1]
+    assert torch.allclose(per_sample.double(), whole[0], rtol=1e-5, atol=1e-6)
+
+
+def test_nll_is_the_same_chunk_by_chunk(monkeypatch):
+    from mixprec.sensitivity import divergence as d
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 130, (2, 9), generator=g)
+    logits = torch.randn(2, 9, 130, generator=g).bfloat16()
+    whole, n = d.nll_samples(ids, logits.float())
+    monkeypatch.setattr(d, "CHUNK_ELEMENTS", 300)  # 2 rows per chunk
+    chunked, m = d.nll_samples({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, logits)
+    assert n == m == 16 and torch.allclose(chunked, whole, rtol=1e-6)

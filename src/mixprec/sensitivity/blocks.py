@@ -12,8 +12,9 @@ equivalents per batch instead of G * C, and equals the naive table (the same ope
 same values).
 
 The record holds every block's output of every batch (the memory of one activation per block and
-batch); blocks must each be called once per forward, in one order, or the runner falls back to one
-full forward per entry.
+batch), in CPU memory when the model runs on an accelerator: a fork fetches one block's output per
+batch, and the accelerator keeps room for the model. Blocks must each be called once per forward, in
+one order, or the runner falls back to one full forward per entry.
 """
 from __future__ import annotations
 
@@ -30,9 +31,38 @@ class NotBlocked(Exception):
     pass
 
 
+class _Away:
+    """A recorded tensor kept in CPU memory, and the device it goes back to."""
+    __slots__ = ("tensor", "device")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.device = tensor.device
+        self.tensor = tensor.to("cpu")
+        try:  # page-locked: the copy back does not stop the host while the device works
+            self.tensor = self.tensor.pin_memory()
+        except RuntimeError:
+            pass
+
+
+def _park(value: Any) -> Any:
+    """A block's detached output for the record: tensors on an accelerator move to CPU memory."""
+    return map_tensors(value, lambda t: _Away(t) if t.device.type != "cpu" else t)
+
+
 def _copy(value: Any) -> Any:
-    """A copy of a recorded output, so that in-place code after a block cannot change the record."""
-    return map_tensors(value, torch.Tensor.clone)
+    """A copy of a recorded output on its own device, so that in-place code after a block cannot change
+    the record."""
+    if isinstance(value, _Away):  # asynchronous from page-locked memory; the record is never written again
+        return value.tensor.to(value.device, non_blocking=value.tensor.is_pinned())
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_copy(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _copy(v)) for k, v in value.items())
+    return value
 
 
 class BlockForward:
@@ -69,7 +99,7 @@ class BlockForward:
             def hook(module, args, output):
                 calls[k] += 1
                 order.append(k)
-                outputs[k] = detach(output)
+                outputs[k] = _park(detach(output))
                 events.append(("block_end", k))
             return hook
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -93,6 +93,12 @@ class MeasureContext:
             points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
             self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer, cache=False)
         return self._weights[key]
+
+    def forget_weights(self, layers: Iterable[str]) -> None:
+        """Drop the quantized weights of ``layers`` (every candidate): their measurements are done."""
+        layers = set(layers)
+        for key in [k for k in self._weights if k[0] in layers]:
+            del self._weights[key]
 
     def rounds(self, layer: str, candidate: Candidate) -> bool:
         """Whether ``layer`` at ``candidate`` gets the data-aware rounding (else nearest)."""

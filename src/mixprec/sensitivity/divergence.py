@@ -38,11 +38,26 @@ from ..errors import SpecError
 from ..evaluation import EvalResult
 
 
+CHUNK_ELEMENTS = 1 << 24  # rows of a (tokens, vocabulary) output are scored this many values at a time
+
+
+def _row_chunks(x: torch.Tensor) -> int:
+    """Rows per chunk of ``x``'s rows (its last dimension is a row), so that the float32 temporaries of
+    one chunk stay near CHUNK_ELEMENTS values: a language model's logits (2,048 tokens x 128k vocabulary)
+    are scored without a float32 copy of the whole output."""
+    return max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
+
+
 def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(ref) || softmax(out)) of every row (the last dimension is the vocabulary)."""
-    log_p = torch.log_softmax(ref.reshape(-1, ref.shape[-1]), dim=-1)
-    log_q = torch.log_softmax(out.reshape(-1, out.shape[-1]), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0)  # >= 0 up to rounding
+    """KL(softmax(ref) || softmax(out)) of every row (the last dimension is the vocabulary), in float32
+    whatever the outputs' dtype, a chunk of rows at a time."""
+    ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+    step, parts = _row_chunks(ref), []
+    for i in range(0, ref.shape[0], step):
+        log_p = torch.log_softmax(ref[i:i + step].float(), dim=-1)
+        log_q = torch.log_softmax(out[i:i + step].float(), dim=-1)
+        parts.append((log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0))  # >= 0 up to rounding
+    return torch.cat(parts)
 
 
 def kl_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
@@ -52,7 +67,8 @@ def kl_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
 
 
 def sqnr_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
-    """(||out - ref||^2, ||ref||^2)."""
+    """(||out - ref||^2, ||ref||^2), in float32."""
+    ref, out = ref.float(), out.float()
     return float((out - ref).pow(2).sum()), float(ref.pow(2).sum())
 
 
@@ -75,7 +91,8 @@ def disagreement_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Te
 
 
 def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(per sample: ||out - ref||^2, ||ref||^2 over the whole output)."""
+    """(per sample: ||out - ref||^2, ||ref||^2 over the whole output), in float32."""
+    ref, out = ref.float(), out.float()
     return (out - ref).pow(2).reshape(_samples(ref), -1).sum(dim=1), float(ref.pow(2).sum())
 
 
@@ -97,8 +114,10 @@ def nll_samples(inputs: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
         raise SpecError("the nll divergence needs a language model's (batch, tokens, vocabulary) logits for inputs of "
                         f"(batch, tokens) token ids; got inputs {getattr(ids, 'shape', type(inputs).__name__)} and "
                         f"output {tuple(out.shape)}: use --guard-divergence kl or sqnr")
-    log_q = torch.log_softmax(out[:, :-1].float(), dim=-1)
-    nll = -log_q.gather(-1, ids[:, 1:, None].to(out.device))[..., 0]
+    logits, targets = out[:, :-1].reshape(-1, out.shape[-1]), ids[:, 1:].reshape(-1, 1).to(out.device)
+    step = _row_chunks(logits)
+    nll = torch.cat([-torch.log_softmax(logits[i:i + step].float(), dim=-1).gather(-1, targets[i:i + step])[:, 0]
+                     for i in range(0, logits.shape[0], step)]).reshape(ids.shape[0], -1)
     mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
     if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
         keep = (mask[:, 1:] * mask[:, :-1]).to(nll.device, nll.dtype)
@@ -146,21 +165,36 @@ class OutputDivergence:
         self.inputs = [inputs for inputs, _ in batches]
         self._labels = batches[0][1]
         self.reference: list[torch.Tensor] | None = None  # made on first use, where the model is by then
+        self._device: torch.device | None = None
 
     @property
     def device(self) -> torch.device:
-        param = next(self.float_model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        """Where the float model ran for its reference outputs (fixed then: while a plan is measured, a
+        plan evaluator may hold some of the float model's weights in CPU memory)."""
+        if self._device is None:
+            param = next(self.float_model.parameters(), None)
+            return param.device if param is not None else torch.device("cpu")
+        return self._device
+
+    def prepare(self) -> None:
+        """Compute the float model's outputs now (they are otherwise made on first use), before a plan
+        evaluator moves the float model's weights out of the way (mixprec.apply.applied_beside)."""
+        self._references()
 
     def _references(self) -> list[torch.Tensor]:
         if self.reference is None:
+            self._device = self.device
             with torch.no_grad():
-                self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).float()
+                # kept in the model's output dtype (a bfloat16 LM's logits: half the memory); every
+                # divergence computes in float32
+                self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).detach()
                                   for x in self.inputs]
             if self.kind in AUTO:
                 self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
                                       guard=self.kind == "auto-guard", inputs=self.inputs[0],
                                       search=self.kind == "auto-search")
+            if self.kind in TASK:  # scored on the inputs alone: the float outputs need not stay
+                self.reference = [None] * len(self.reference)
         return self.reference
 
     @torch.no_grad()
@@ -175,7 +209,7 @@ class OutputDivergence:
         parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
         for x, ref in zip(self.inputs, references):
             x = to_device(x, self.device)
-            out = output_tensor(run_model(model, x)).float()
+            out = output_tensor(run_model(model, x))
             for k in kinds:
                 per_sample, d = TASK[k](x, out) if k in TASK else DIVERGENCES[k](ref, out)
                 sums[k][0] += float(per_sample.sum())

@@ -68,7 +68,7 @@ class OutputRunner:
                         self.blocks, self.fallback_reason = None, str(exc)
                 if out is None:
                     out = run_model(self.ctx.model, self.ctx.inputs(batch))
-            self._reference[batch] = output_tensor(out).float()
+            self._reference[batch] = output_tensor(out).detach()  # its own dtype: divergences compute in float32
             self.forward_equivalents += 1
         return self._reference[batch]
 
@@ -85,7 +85,7 @@ class OutputRunner:
             ref = self.reference(b)
 
             def record(key, output):
-                num, den = divergence(ref, output_tensor(output).float())
+                num, den = divergence(ref, output_tensor(output))
                 sums[key][0] += num
                 sums[key][1] += den
 
@@ -124,10 +124,11 @@ class OutputRunner:
                     for b in range(len(ctx.data)):
                         with blocks.skipping(b, skipped), torch.no_grad():
                             output = run_model(model, ctx.inputs(b))
-                        num, den = divergence(self._reference[b], output_tensor(output).float())
+                        num, den = divergence(self._reference[b], output_tensor(output))
                         sums[(g, c)][0] += num
                         sums[(g, c)][1] += den
                         self.forward_equivalents += blocks.cost(skipped)
+            ctx.forget_weights(group.layer_names)  # a group's forks are all done: free its quantized weights
 
 
 def ratio_values(ctx: MeasureContext, sums: dict, what: str) -> dict[tuple[int, int], float]:
