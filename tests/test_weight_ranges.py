@@ -57,8 +57,8 @@ def test_choice_is_the_variant_that_measures_lower(demo, tmp_path):
 
     def fail(*args, **kwargs):
         raise AssertionError("measured again")
-    original = weight_ranges.apply
-    weight_ranges.apply = fail
+    original = weight_ranges.applied_beside
+    weight_ranges.applied_beside = fail
     try:  # kept with the run: read back, not measured
         again, _ = weight_ranges.choose_weight_ranges(model, groups, cands, data, progress=False,
                                                       run_path=tmp_path, key={"k": 1})
@@ -67,7 +67,7 @@ def test_choice_is_the_variant_that_measures_lower(demo, tmp_path):
             weight_ranges.choose_weight_ranges(model, groups, cands, data, progress=False, run_path=tmp_path,
                                                key={"k": 2})
     finally:
-        weight_ranges.apply = original
+        weight_ranges.applied_beside = original
 
 
 def test_analyze_auto_names_the_range_in_the_table_and_the_plan(demo):

@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from .apply import apply
+from .apply import applied_beside
 from .candidates import Candidate, parse_candidate
 from .formats import IntFormat
 from .groups import ModelGroups
@@ -66,15 +66,16 @@ def choose_weight_ranges(model: nn.Module, groups: ModelGroups, candidates: list
     saved = _read(run_path, key, names)
     if saved is None and todo:
         divergence = OutputDivergence(model, data, kind="auto-smooth")
+        divergence.prepare()  # the float outputs, before any plan moves the float weights (applied_beside)
         choices = []
         bar = tqdm(total=len(todo) * len(METHODS), desc="choosing weight ranges", unit="plan", disable=not progress)
         for cand in todo:
             measured = {}
             for method in METHODS:
                 plan = Plan.uniform(groups, variant(cand, method).name)
-                quantized = apply(model, plan, data, activation_method=activation_method, progress=False)
-                measured[method] = float(divergence.measure(quantized))
-                del quantized
+                with applied_beside(model, plan, data, activation_method=activation_method, progress=False) as q:
+                    measured[method] = float(divergence.measure(q))
+                    del q
                 bar.update()
             best = min(METHODS, key=lambda m: (measured[m], METHODS.index(m)))
             choices.append(RangeChoice(cand.name, variant(cand, best).name, measured, divergence.kind))
