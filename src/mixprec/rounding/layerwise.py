@@ -90,7 +90,9 @@ def _working_model(model: nn.Module, plan: Plan, batches: list, candidates: dict
         for name, layer in modules.items():  # float until rounded, as in the other path
             _set_weight(layer, model.get_submodule(name).weight.detach().clone())
         return working, modules
-    working = copy.deepcopy(model).eval()
+    # the copy shares the float parameters (the steps only read them, and a rounded or float-format weight
+    # goes in as a new Parameter): a second copy of a large model is not made
+    working = copy.deepcopy(model, {id(p): p for p in model.parameters()}).eval()
     modules = {name: working.get_submodule(name) for name in targets}
     if config.sequential:  # later layers must see earlier float-format layers as apply will make them
         for name, c in candidates.items():
