@@ -2,7 +2,10 @@
 
 Returns a quantized (simulated) copy: every planned layer becomes a :class:`QuantizedLayer`
 whose weight is fake-quantized once and whose input goes through an activation quantizer
-calibrated on the calibration data. The input model is never modified. Multipoint layers
+calibrated on the calibration data. The input model is not modified, unless ``inplace=True`` asks
+for the model itself to be quantized (one model's memory instead of two). :func:`applied_beside` is
+the same quantized model for one measurement beside the float model: on a GPU it holds about one
+model's memory, the float weights it replaces waiting in CPU memory until the measurement ends. Multipoint layers
 (``w4x2``) take the point counts the plan stores (``plan.metadata["points"]``, written by
 ``mixprec solve``), else they are chosen on the calibration data (mixprec.multipoint).
 The weights come from a rounding back-end (mixprec.rounding) or nearest rounding; the swap and
