@@ -29,8 +29,8 @@ from .joins import insert_join_quantizers, join_quantizers
 from .multipoint import plan_points
 from .plan import Plan
 from .rounding import ROUNDINGS, RoundingConfig, round_weights
-from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, multipoint_weights, nearest_weight,
-                   quantize_layers, quantized_layers, set_module)
+from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, copy_sharing_parameters,
+                   multipoint_weights, nearest_weight, quantize_layers, quantized_layers, set_module)
 
 __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "quantized_layers", "set_module"]
 
@@ -89,8 +89,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     check_weights(plan.model_layers(model))
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the
     # tensors it keeps, and each float weight it replaces leaves the device once quantized (applied_beside)
-    quantized = model.eval() if inplace else \
-        copy.deepcopy(model, offload.memo(model) if offload is not None else None).eval()
+    quantized = model if inplace else copy_sharing_parameters(model) if offload is not None else copy.deepcopy(model)
+    quantized = quantized.eval()
     candidates = {name: parse_candidate(c) for name, c in wanted.items()}
     multipoint = sorted(name for name, c in candidates.items() if c.multipoint)
     if multipoint and method != "nearest":
@@ -117,27 +117,20 @@ class _Offload:
     are made, and back on ``restore()``. A weight read by a layer the plan leaves float stays."""
 
     def __init__(self, model: nn.Module, layers: Iterable[str]):
-        self.layers = list(layers)
+        layers = list(layers)
         self.users: dict[int, int] = {}  # id(weight) -> planned layers not yet quantized that read it
         self.params: dict[int, nn.Parameter] = {}
-        for name in self.layers:
+        for name in layers:
             weight = model.get_submodule(name).weight
             self.users[id(weight)] = self.users.get(id(weight), 0) + 1
             self.params[id(weight)] = weight
-        planned = set(self.layers)
+        planned = set(layers)
         for name, module in model.named_modules():  # a weight that a float layer reads too never moves
             weight = getattr(module, "weight", None)
             if name not in planned and isinstance(weight, torch.Tensor) and id(weight) in self.params:
                 self.users[id(weight)] = -1
         self.model = model
         self.moved: dict[int, torch.device] = {}
-
-    @staticmethod
-    def memo(model: nn.Module) -> dict:
-        """deepcopy's memo: the copy shares every parameter with ``model`` (buffers, which a forward may
-        update, are copied). The planned layers' weights are replaced in the copy (QuantizedLayer sets a
-        new Parameter); the other parameters are only read, so nothing the copy does reaches ``model``."""
-        return {id(p): p for p in model.parameters()}
 
     def quantized(self, name: str) -> None:
         weight = self.model.get_submodule(name).weight

@@ -89,16 +89,17 @@ def container_blocks(model: nn.Module, layers: list[str], layers_are_blocks: boo
     return blocks
 
 
-def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``value`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts kept)."""
-    if isinstance(value, torch.Tensor):
+def map_tensors(value: Any, fn: Callable[[Any], Any], leaves: type | tuple[type, ...] = torch.Tensor) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts kept);
+    ``leaves``: the types ``fn`` is applied to (default: tensors)."""
+    if isinstance(value, leaves):
         return fn(value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(map_tensors(v, fn) for v in value))
+        return type(value)(*(map_tensors(v, fn, leaves) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(v, fn) for v in value)
+        return type(value)(map_tensors(v, fn, leaves) for v in value)
     if isinstance(value, dict):
-        return type(value)((k, map_tensors(v, fn)) for k, v in value.items())
+        return type(value)((k, map_tensors(v, fn, leaves)) for k, v in value.items())
     return value
 
 

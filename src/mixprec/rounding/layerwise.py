@@ -16,7 +16,6 @@ the same.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Callable
 
@@ -28,7 +27,7 @@ from ..candidates import Candidate
 from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs
 from ..formats import IntFormat
 from ..plan import Plan
-from ..swap import nearest_weight, planned_model
+from ..swap import copy_sharing_parameters, nearest_weight, planned_model
 from . import chain
 from .config import RoundingConfig
 
@@ -90,9 +89,8 @@ def _working_model(model: nn.Module, plan: Plan, batches: list, candidates: dict
         for name, layer in modules.items():  # float until rounded, as in the other path
             _set_weight(layer, model.get_submodule(name).weight.detach().clone())
         return working, modules
-    # the copy shares the float parameters (the steps only read them, and a rounded or float-format weight
-    # goes in as a new Parameter): a second copy of a large model is not made
-    working = copy.deepcopy(model, {id(p): p for p in model.parameters()}).eval()
+    # the steps only read the float parameters, and a rounded or float-format weight goes in as a new Parameter
+    working = copy_sharing_parameters(model).eval()
     modules = {name: working.get_submodule(name) for name in targets}
     if config.sequential:  # later layers must see earlier float-format layers as apply will make them
         for name, c in candidates.items():

@@ -49,20 +49,16 @@ def _park(value: Any) -> Any:
     return map_tensors(value, lambda t: _Away(t) if t.device.type != "cpu" else t)
 
 
+def _fetch(t: torch.Tensor | _Away) -> torch.Tensor:
+    if isinstance(t, _Away):  # asynchronous from page-locked memory; the record is never written again
+        return t.tensor.to(t.device, non_blocking=t.tensor.is_pinned())
+    return t.clone()
+
+
 def _copy(value: Any) -> Any:
     """A copy of a recorded output on its own device, so that in-place code after a block cannot change
     the record."""
-    if isinstance(value, _Away):  # asynchronous from page-locked memory; the record is never written again
-        return value.tensor.to(value.device, non_blocking=value.tensor.is_pinned())
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(_copy(v) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copy(v) for v in value)
-    if isinstance(value, dict):
-        return type(value)((k, _copy(v)) for k, v in value.items())
-    return value
+    return map_tensors(value, _fetch, (torch.Tensor, _Away))
 
 
 class BlockForward:
