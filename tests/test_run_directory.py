@@ -89,7 +89,7 @@ def test_a_refused_analysis_leaves_the_run_as_it_was(tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(RunError, match="settings differ: candidates"):
         analyze(model, groups, cands[:1], data, metric="sqnr", run_dir=tmp_path, progress=False)
-    with pytest.raises(RunError, match="different data"):
+    with pytest.raises(RunError, match="made with other data"):
         analyze(model, groups, cands, data[:1], metric="sqnr", run_dir=tmp_path, progress=False)
     assert snapshot(tmp_path) == before
 
@@ -145,7 +145,7 @@ def test_trust_run_says_what_it_runs_and_a_renamed_model_must_match(user_run, ca
     assert f"--trust-run: running --model {spec}" in capsys.readouterr().out
     (tmp / "other.py").write_text((tmp / "user.py").read_text().replace("manual_seed(0)", "manual_seed(5)"))
     assert main(["analyze", "--resume", str(run), "--model", str(tmp / "other.py") + ":model"]) == 2
-    assert "different model" in error_line(capsys)
+    assert "made with other model" in error_line(capsys)
 
 
 def test_the_solve_guard_is_skipped_with_a_note_rather_than_running_the_runs_code(user_run, capsys):
@@ -215,7 +215,7 @@ def test_multipoint_points_are_not_measured_for_a_run_that_will_be_refused(tmp_p
         next(other.parameters()).add_(1.0)
     monkeypatch.setattr(multipoint, "measure_points",
                         lambda *a, **k: pytest.fail("points measured before the run was checked"))
-    with pytest.raises(RunError, match="different model"):
+    with pytest.raises(RunError, match="made with other model"):
         mixprec.analyze(other, data, "w4x2a8,w8a8", run_dir=tmp_path, progress=False)
     assert snapshot(tmp_path) == before
 

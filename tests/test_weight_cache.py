@@ -4,6 +4,7 @@ import gc
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from mixprec.apply import apply
@@ -81,14 +82,22 @@ def test_zero_limit_turns_it_off(monkeypatch):
         cache.get(w, ("k",), lambda: w + 1)
 
 
-def test_analysis_keeps_its_own_weights_not_a_second_copy():
-    """The measurement context keeps every weight it makes; the cache would hold each a second time."""
+def test_analysis_leaves_only_range_choices_which_the_next_plan_reuses():
+    """The measurement context keeps every weight it makes; the cache keeps only the mse search's
+    choices (a byte per range), and the plans measured after the analysis skip the search."""
     import mixprec
     model, data = model_and_data()
     NEAREST.clear()
-    misses = NEAREST.misses
     mixprec.analyze(model, data, candidates="w3a8,w8a8", progress=False)
-    assert NEAREST.misses == misses and not NEAREST.entries
+    assert NEAREST.entries and all(v.dtype == torch.uint8 for v in NEAREST.entries.values())
+    weights = sum(m.weight.numel() for m in (model[0], model[3]))
+    assert NEAREST.bytes <= 2 * (8 + 5)  # one byte per output channel of each layer, at two candidates
+    assert NEAREST.bytes < weights / 10
+    misses, hits = NEAREST.misses, NEAREST.hits
+    quantized = apply(model, Plan.uniform(discover_groups(model, data[0]), "w3a8"), data, progress=False)
+    assert NEAREST.misses == misses and NEAREST.hits - hits == 2
+    fresh = quantize_weight(model[3].weight.detach(), parse_candidate("w3a8").weight, "mse")
+    assert torch.equal(quantized.state_dict()["3.layer.weight"], fresh)
 
 
 def test_a_format_with_minmax_ranges_is_not_cached():
@@ -98,3 +107,40 @@ def test_a_format_with_minmax_ranges_is_not_cached():
     nearest_weight(w, parse_candidate("w4g32-minmax"), "mse")
     nearest_weight(w, parse_candidate("w4g32"), "mse")
     assert len(NEAREST.entries) == 1
+
+
+FORMATS = ["w4a8", "w3g16", "w5g24-asym", "w2g8", "w8", "fp8", "w4g32-minmax"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(out=st.integers(1, 9), k=st.integers(1, 70), fmt=st.sampled_from(FORMATS), seed=st.integers(0, 2**16),
+       chunk=st.sampled_from([None, 16, 64]))
+def test_a_remembered_choice_gives_the_same_weight_bit_for_bit(out, k, fmt, seed, chunk):
+    """quantize_weight_choice with the choice an earlier call made: the same tensor as the search
+    (whatever the shape, the groups' remainder, the row chunks), with one byte per range."""
+    import mixprec.quantizers as q
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, k, generator=generator) * torch.rand(out, 1, generator=generator) * 3
+    weight_format = parse_candidate(fmt).weight
+    saved = q.ROW_CHUNK_ELEMENTS
+    try:
+        if chunk is not None:
+            q.ROW_CHUNK_ELEMENTS = chunk
+        searched, choice = q.quantize_weight_choice(w, weight_format, "mse")
+        assert torch.equal(searched, quantize_weight(w, weight_format, "mse"))
+        if choice is None:  # a format that fixes minmax ranges: nothing to remember
+            assert getattr(weight_format, "range_method", None) == "minmax"
+            return
+        assert choice.dtype == torch.uint8 and choice.shape[0] == out
+        groups = getattr(weight_format, "group_size", None)
+        assert choice.shape[1] == (-(-k // groups) if weight_format.granularity == "group" else 1)
+        again, same = q.quantize_weight_choice(w, weight_format, "mse", choice=choice)
+        assert torch.equal(again, searched) and torch.equal(same, choice)
+    finally:
+        q.ROW_CHUNK_ELEMENTS = saved
+
+
+def test_percentile_ranges_are_not_cached():
+    NEAREST.clear()
+    nearest_weight(torch.randn(6, 64), parse_candidate("w4g32"), "percentile")
+    assert not NEAREST.entries

@@ -86,6 +86,15 @@ def choose_range(rows: torch.Tensor, fmt: Format, method: str = "mse", percentil
     """Per-row clipping range (R, 1) for float32 ``rows`` (R, K); ``lo``/``hi`` override the row extremes.
 
     A format that fixes its range method (GGUF's: minmax) is calibrated with it, whatever ``method`` says."""
+    lo, hi, _ = _rows_range(rows, fmt, method, percentile, lo=lo, hi=hi)
+    return lo, hi
+
+
+def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float, choice: torch.Tensor | None = None,
+                lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
+    """(lo, hi, choice): the range of each row and, for the mse method, which clipping factor of
+    ``MSE_GRID`` each row got (uint8 (R, 1); ``len(MSE_GRID)``: none beat the full range). A given
+    ``choice`` skips the search and gives the range the search that made it gave."""
     if method not in RANGE_METHODS:
         raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
     method = getattr(fmt, "range_method", None) or method
@@ -94,22 +103,27 @@ def choose_range(rows: torch.Tensor, fmt: Format, method: str = "mse", percentil
     if method == "percentile":
         q = torch.tensor([1 - percentile / 100, percentile / 100], dtype=rows.dtype, device=rows.device)
         tails = torch.quantile(rows, q, dim=1, keepdim=True)
-        return torch.minimum(tails[0], lo.new_zeros(())), torch.maximum(tails[1], hi.new_zeros(()))
+        return torch.minimum(tails[0], lo.new_zeros(())), torch.maximum(tails[1], hi.new_zeros(())), None
     if method == "minmax":
-        return lo, hi
+        return lo, hi, None
+    if choice is None:
+        choice = _mse_choice(rows, lo, hi, fmt)
+    factors = torch.cat([MSE_GRID, MSE_GRID.new_ones(1)]).to(device=lo.device, dtype=lo.dtype)
+    best = factors[choice.long()]
+    return best * lo, best * hi, choice
+
+
+def _mse_choice(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """The first factor alpha of ``MSE_GRID`` with the least squared error of each row quantized on
+    [alpha lo, alpha hi], as its index (uint8 (R, 1))."""
     best_err = torch.full_like(lo, float("inf"))
-    best = torch.ones_like(lo)
-    for alpha in MSE_GRID.tolist():
+    choice = torch.full(lo.shape, len(MSE_GRID), dtype=torch.uint8, device=lo.device)
+    for i, alpha in enumerate(MSE_GRID.tolist()):
         err = (fake_quant_range(rows, alpha * lo, alpha * hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best = torch.where(better, torch.full_like(best, alpha), best)
-    return best * lo, best * hi
-
-
-def _quantize_rows(rows: torch.Tensor, fmt: Format, method: str, percentile: float) -> torch.Tensor:
-    lo, hi = choose_range(rows, fmt, method, percentile)
-    return fake_quant_range(rows, lo, hi, fmt)
+        choice.masked_fill_(better, i)
+    return choice
 
 
 ROW_CHUNK_ELEMENTS = 1 << 24  # weights quantized per channel or group go through float32 this many at a time
@@ -117,36 +131,64 @@ ROW_CHUNK_ELEMENTS = 1 << 24  # weights quantized per channel or group go throug
 
 def quantize_weight(w: torch.Tensor, fmt: Format | None, method: str = "mse", percentile: float = 99.99) -> torch.Tensor:
     """Fake-quantized copy of ``w`` (dim 0 = output channels); same shape, dtype and device."""
+    return quantize_weight_choice(w, fmt, method, percentile)[0]
+
+
+def quantize_weight_choice(w: torch.Tensor, fmt: Format | None, method: str = "mse", percentile: float = 99.99,
+                           choice: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`quantize_weight` and the mse search's choice for every range of ``w`` (uint8, one per
+    output channel and group: (out, groups); None for other methods and unscaled formats). Given the
+    ``choice`` an earlier call returned for the same tensor and format, the search is skipped (one pass
+    instead of ``len(MSE_GRID)``) and the result is the same, bit for bit."""
     if fmt is None:
-        return w.clone()
+        return w.clone(), None
     if isinstance(fmt, FloatFormat) and not fmt.scaled:
-        return _cast_float(w, fmt)
+        return _cast_float(w, fmt), None
     out = w.shape[0] if w.dim() >= 2 else 1
     granularity = fmt.granularity if w.dim() >= 2 else "tensor"
     if granularity == "tensor":
         rows = w.detach().to(torch.float32).reshape(1, -1)
-        return _quantize_rows(rows, fmt, method, percentile).reshape(w.shape).to(w.dtype)
+        q, made = _quantize_part(rows, fmt, method, percentile, choice)
+        return q.reshape(w.shape).to(w.dtype), made
     # per channel or group, rows are independent: a chunk of rows at a time in float32, so a large
     # weight (an LLM's 128k x 4k output layer) needs no float32 copies of the whole tensor
     source = w.detach().reshape(out, -1)
     q = torch.empty(source.shape, dtype=w.dtype, device=w.device)
     step = max(1, ROW_CHUNK_ELEMENTS // max(1, source.shape[1]))
-    quantize = _quantize_rows if granularity == "channel" else _quantize_groups
+    quantize = _quantize_part if granularity == "channel" else _quantize_groups
+    choices = []
     for i in range(0, out, step):
-        q[i:i + step] = quantize(source[i:i + step].to(torch.float32), fmt, method, percentile).to(w.dtype)
-    return q.reshape(w.shape)
+        part, made = quantize(source[i:i + step].to(torch.float32), fmt, method, percentile,
+                              None if choice is None else choice[i:i + step])
+        q[i:i + step] = part.to(w.dtype)
+        choices.append(made)
+    made = torch.cat(choices) if choices and choices[0] is not None else None
+    return q.reshape(w.shape), made
 
 
-def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile: float) -> torch.Tensor:
+def _quantize_part(rows: torch.Tensor, fmt: Format, method: str, percentile: float,
+                   choice: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    lo, hi, made = _rows_range(rows, fmt, method, percentile, choice)
+    return fake_quant_range(rows, lo, hi, fmt), made
+
+
+def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile: float,
+                     choice: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     out, k = rows.shape
     size = fmt.group_size
     full = (k // size) * size
-    parts = []
+    parts, made = [], []
     if full:
-        parts.append(_quantize_rows(rows[:, :full].reshape(-1, size), fmt, method, percentile).reshape(out, full))
+        given = None if choice is None else choice[:, :full // size].reshape(-1, 1)
+        part, chosen = _quantize_part(rows[:, :full].reshape(-1, size), fmt, method, percentile, given)
+        parts.append(part.reshape(out, full))
+        made.append(None if chosen is None else chosen.reshape(out, full // size))
     if full < k:  # the shorter last group gets its own scale
-        parts.append(_quantize_rows(rows[:, full:], fmt, method, percentile))
-    return torch.cat(parts, dim=1)
+        given = None if choice is None else choice[:, full // size:]
+        part, chosen = _quantize_part(rows[:, full:], fmt, method, percentile, given)
+        parts.append(part)
+        made.append(chosen)
+    return torch.cat(parts, dim=1), (torch.cat(made, dim=1) if made[0] is not None else None)
 
 
 def weight_qparams(rows: torch.Tensor, fmt: IntFormat, method: str = "mse",

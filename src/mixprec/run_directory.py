@@ -76,7 +76,7 @@ class RunDirectory:
         existing = self.fingerprint()
         differs = [k for k, v in (("model", model_hash), ("data", data_hash)) if existing.get(k) not in (None, v)]
         if differs:
-            raise RunError(f"{self.path} holds an analysis of a different {' and '.join(differs)}; nothing was "
+            raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)}; nothing was "
                            "written to it. Use a new --out directory, or delete this one")
 
     def code_specs(self) -> dict[str, str]:
@@ -174,7 +174,7 @@ class RunDirectory:
                                  if settings.get(k) != fingerprint.get("settings", {}).get(k))
                 if "settings" in differs:
                     hashes.append(f"settings differ: {', '.join(changed)}")
-                raise RunError(f"{self.path} holds an analysis of a different {' and '.join(differs)} "
+                raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)} "
                                f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory, "
                                "or delete this one")
         elif rank == 0:

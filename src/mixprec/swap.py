@@ -33,25 +33,28 @@ from .groups import check_weights
 from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
-from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight
+from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight, quantize_weight_choice
 from .weight_cache import NEAREST
 
 
 def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "mse", points: str | None = None,
-                   layer: str = "", cache: bool = True) -> torch.Tensor:
+                   layer: str = "") -> torch.Tensor:
     """``weight`` at ``candidate`` with nearest rounding; same shape, dtype and device.
 
     points: one digit per output channel, its number of multipoint points (``layer`` names it in
-    errors); without them one point, on the candidate's weight format. cache: through the weight cache
-    (mixprec.weight_cache); off for callers that keep every weight they make themselves."""
+    errors); without them one point, on the candidate's weight format. With the mse range method, the
+    range search's outcome is remembered for the next call on the same tensor (mixprec.weight_cache)."""
     if points is not None:
         return multipoint_weight(weight, candidate, points, method, layer)
     fmt = candidate.weight
-    if not cache or fmt is None or (getattr(fmt, "range_method", None) or method) == "minmax":
-        # kept by the caller, a copy, or one pass: not worth the memory
+    if fmt is None or (getattr(fmt, "range_method", None) or method) != "mse":
         return quantize_weight(weight.detach(), fmt, method)
-    return NEAREST.get(weight, ("nearest", repr(fmt), method),
-                       lambda: quantize_weight(weight.detach(), fmt, method))
+    key = ("mse-choice", repr(fmt))
+    choice = NEAREST.lookup(weight, key)
+    quantized, made = quantize_weight_choice(weight.detach(), fmt, method, choice=choice)
+    if choice is None and made is not None:
+        NEAREST.store(weight, key, made)
+    return quantized
 
 
 class QuantizedLayer(nn.Module):

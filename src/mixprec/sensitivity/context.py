@@ -91,7 +91,7 @@ class MeasureContext:
         if key not in self._weights:
             weight = self.layer(layer).weight
             points = self.multipoint_points()[candidate.name][layer] if candidate.multipoint else None
-            self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer, cache=False)
+            self._weights[key] = nearest_weight(weight, candidate, self.weight_method, points, layer)
         return self._weights[key]
 
     def forget_weights(self, layers: Iterable[str]) -> None:
@@ -145,7 +145,7 @@ class MeasureContext:
                 for cand in cands:
                     key = (name, cand.weight, cand.points)
                     if state is None:  # never called on the calibration data: nothing to reconstruct
-                        self._weights[key] = nearest_weight(modules[name].weight, cand, self.weight_method, cache=False)
+                        self._weights[key] = nearest_weight(modules[name].weight, cand, self.weight_method)
                     else:
                         self._weights[key] = self.rounding.round_layer(modules[name], state, cand.weight,
                                                                        self.weight_method)
