@@ -7,6 +7,9 @@ sensitivities, the plan and the divergences say nothing about a trained model.
     python benchmarks/llm_scale.py --shape tiny --device cpu                     # smoke test, seconds
     python benchmarks/llm_scale.py --shape 8b --device cuda --dtype bf16 --samples 16 --length 512
     torchrun --nproc_per_node 2 benchmarks/llm_scale.py --shape 8b --device cuda --dtype bf16
+    python benchmarks/llm_scale.py --shape 8b --device cuda --uniform w4g128 --rounding gptq   # quantize only
+    python benchmarks/llm_scale.py --shape 8b --device cuda --samples 64 --length 1024 --run-path RUN
+        # a run directory kept in RUN: killed (by a time limit), the same command resumes the analysis
 
 Phases: build (random init on the device), groups (discover_groups on one sequence), analyze (the
 --metric table over N x L random tokens; its forward-equivalents and how the prefix was shared),
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", action="store_true",
                         help="use a run directory in one process too (as the command line does: the weights are "
                              "hashed for its fingerprint), for a like-for-like comparison with torchrun")
+    parser.add_argument("--run-path", help="the run directory to use and keep: an analysis stopped part-way resumes "
+                                           "from its finished entries (their seconds are in the earlier attempt's log)")
+    parser.add_argument("--uniform", help="skip analyze and solve: quantize the uniform plan of this candidate "
+                                          "(e.g. the time of --rounding gptq alone)")
     parser.add_argument("--save-table", help="also save the sensitivity table in this directory (rank 0)")
     args = parser.parse_args(argv)
     rank, world, device = init_distributed(args.device)
@@ -138,23 +145,31 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun the ranks' entries meet in a run directory and rank 0 merges them (claiming it hashes the
     # weights, which is part of the analyze time); one process needs none.
     run_dir = None
-    if world > 1 or args.run_dir:
+    if args.run_path:
+        run_dir = Path(args.run_path)
+    elif world > 1 or args.run_dir:
         run_dir = Path(tempfile.gettempdir()) / f"mixprec_llm_scale_{args.shape}_{os.environ.get('MASTER_PORT')}"
         if rank == 0 and run_dir.exists():
             shutil.rmtree(run_dir)
         if world > 1:
             torch.distributed.barrier()
+    resumed = run_dir is not None and (run_dir / "run.json").is_file()
     def analyze():
         return mixprec.analyze(model, data, candidates, args.metric, run_dir, groups=groups, device=device,
                                progress=rank == 0, prefix=args.prefix)
-    analysis = phases("analyze", analyze)
-    meta = analysis.table.metadata
+    if args.uniform:
+        from mixprec.plan import Plan
+        analysis, meta, plan = None, {}, Plan.uniform(groups, args.uniform)
+    else:
+        analysis = phases("analyze", analyze)
+        meta = analysis.table.metadata
     if rank != 0:
         torch.distributed.destroy_process_group()
         return 0
-    if args.save_table:
-        analysis.table.save(args.save_table)
-    plan = phases("solve", analysis.solve, args.budget)
+    if analysis is not None:
+        if args.save_table:
+            analysis.table.save(args.save_table)
+        plan = phases("solve", analysis.solve, args.budget)
     layers = SHAPES[args.shape]["num_hidden_layers"]
     block = model.lm.model.layers[0]
     block_params = sum(p.numel() for p in block.parameters())
@@ -175,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         "groups": len(groups), "candidates": args.candidates, "metric": args.metric,
         "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
         "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
-        "analyze": {"forward_equivalents": meta.get("forward_equivalents"),
+        "resumed": resumed,
+        "analyze": None if analysis is None else {"forward_equivalents": meta.get("forward_equivalents"),
                     "forward_equivalents_of": "rank 0's share of the groups" if world > 1 else "all groups",
                     "naive_forward_equivalents": len(groups) * len(candidates) * len(data),
                     "prefix_sharing": meta.get("prefix_sharing"), "fallback_reason": meta.get("fallback_reason"),
                     "table_seconds": meta.get("seconds")},
-        "plan": {"budget": args.budget, "candidates_used": sorted(set(plan.assignments.values())),
+        "plan": {"budget": None if args.uniform else args.budget, "candidates_used": sorted(set(plan.assignments.values())),
                  "guard": (plan.metadata.get("guard") or {}).get("chosen")},
         "per_block": per_block, "rounding": args.rounding,
         "environment": {"mixprec": __version__, "torch": torch.__version__, "device": str(device),
@@ -190,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"llm_scale_{args.shape}{'_' + args.suffix if args.suffix else ''}.json"
     write_json_atomic(out, report)
     fe = report["analyze"]
-    print(f"analyze: {fe['forward_equivalents']:.1f} forward-equivalents ({fe['prefix_sharing']}), naive "
-          f"{fe['naive_forward_equivalents']}; wrote {out}")
+    print((f"analyze: {fe['forward_equivalents']:.1f} forward-equivalents ({fe['prefix_sharing']}), naive "
+           f"{fe['naive_forward_equivalents']}; " if fe else "") + f"wrote {out}")
     if world > 1:
         torch.distributed.destroy_process_group()
-    if run_dir is not None:
+    if run_dir is not None and not args.run_path:
         shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 

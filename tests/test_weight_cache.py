@@ -144,3 +144,34 @@ def test_percentile_ranges_are_not_cached():
     NEAREST.clear()
     nearest_weight(torch.randn(6, 64), parse_candidate("w4g32"), "percentile")
     assert not NEAREST.entries
+
+
+def _reference_choice(rows, fmt):
+    """The mse search as first written: a fresh fake-quantized copy per factor."""
+    from mixprec.quantizers import MSE_GRID, fake_quant_range
+    lo, hi = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+    best_err, best = torch.full_like(lo, float("inf")), torch.ones_like(lo)
+    for alpha in MSE_GRID.tolist():
+        err = (fake_quant_range(rows, alpha * lo, alpha * hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, alpha), best)
+    return best * lo, best * hi
+
+
+@settings(max_examples=60, deadline=None)
+@given(out=st.integers(1, 12), k=st.integers(2, 80), fmt=st.sampled_from(["w4a8", "w3a8-asym", "w2a8", "w8", "fp8", "q4_0", "w5a8-asym"]),
+       seed=st.integers(0, 2**16), zeros=st.booleans())
+def test_the_in_place_search_chooses_the_ranges_the_plain_one_does(out, k, fmt, seed, zeros):
+    from mixprec.quantizers import choose_range
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(out, k, generator=generator) * torch.rand(out, 1, generator=generator) * 4
+    if zeros:
+        rows[0] = 0.0
+        rows[:, : k // 3] = torch.round(rows[:, : k // 3])
+    weight_format = parse_candidate(fmt).weight
+    if getattr(weight_format, "range_method", None) == "minmax":
+        return
+    lo, hi = choose_range(rows, weight_format, "mse")
+    ref_lo, ref_hi = _reference_choice(rows, weight_format)
+    assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi)

@@ -224,7 +224,8 @@ class Analysis:
             if fn is None and divergence is None:
                 raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
             from .sensitivity.store import data_hash, model_hash
-            settings = {"model": model_hash(self.model), "data": data_hash(self.data or []),
+            recorded = self.run.fingerprint().get("model") if self.run is not None and self.run.exists else None
+            settings = {"model": model_hash(self.model, recorded), "data": data_hash(self.data or []),
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
                         else getattr(fn, "__qualname__", repr(fn))}
@@ -622,7 +623,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     wanted = [c for c in cands if c.multipoint]
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
         from .sensitivity.store import data_hash, model_hash
-        run.refuse_other(model_hash(model), data_hash(batches))
+        run.refuse_other(model_hash(model, run.fingerprint().get("model")), data_hash(batches))
     counts = measure_points(model, {l.name: wanted for l in groups.layers}, batches, weight_range,
                             progress=progress and rank == 0) if wanted else {}
     if verbose and rank == 0:
@@ -683,9 +684,10 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
     if not batches:
         raise SpecError("weight_range='auto' (--weight-range auto) measures each candidate's uniform plan with mse "
                         "and with minmax ranges on the calibration data; give --data, or choose mse or minmax")
+    fingerprint = model_hash(model, run.fingerprint().get("model") if run is not None and run.exists else None)
     if run is not None and run.exists:  # another model's run is refused before anything is measured
-        run.refuse_other(model_hash(model), data_hash(batches))
-    key = {"model": model_hash(model), "data": data_hash(batches), "activation_range": activation_range,
+        run.refuse_other(fingerprint, data_hash(batches))
+    key = {"model": fingerprint, "data": data_hash(batches), "activation_range": activation_range,
            "grid": GRID_VERSION}
     resolved, choices = choose_weight_ranges(model, groups, cands, batches, activation_method=activation_range,
                                              run_path=run.path if run is not None else None, key=key,

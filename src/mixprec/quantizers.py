@@ -119,7 +119,7 @@ def _mse_choice(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: For
     best_err = torch.full_like(lo, float("inf"))
     choice = torch.full(lo.shape, len(MSE_GRID), dtype=torch.uint8, device=lo.device)
     for i, alpha in enumerate(MSE_GRID.tolist()):
-        err = (fake_quant_range(rows, alpha * lo, alpha * hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
+        err = _squared_error(rows, alpha * lo, alpha * hi, fmt)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         choice.masked_fill_(better, i)
@@ -164,6 +164,21 @@ def quantize_weight_choice(w: torch.Tensor, fmt: Format | None, method: str = "m
         choices.append(made)
     made = torch.cat(choices) if choices and choices[0] is not None else None
     return q.reshape(w.shape), made
+
+
+def _squared_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Each row's sum of squared errors quantized on [lo, hi]: ``fake_quant_range``'s values, in one
+    buffer updated in place (the search's inner loop; a symmetric grid's zero-point is 0 and skipped)."""
+    if not isinstance(fmt, IntFormat):
+        return (fake_quant_range(rows, lo, hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
+    scale, zero_point = int_qparams(lo, hi, fmt)
+    q = torch.div(rows, scale).round_()
+    if not fmt.symmetric:
+        q.add_(zero_point)
+    q.clamp_(fmt.qmin, fmt.qmax)
+    if not fmt.symmetric:
+        q.sub_(zero_point)
+    return q.mul_(stored_scale(scale, fmt)).sub_(rows).square_().sum(dim=1, keepdim=True)
 
 
 def _quantize_part(rows: torch.Tensor, fmt: Format, method: str, percentile: float,

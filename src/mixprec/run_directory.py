@@ -126,7 +126,7 @@ class RunDirectory:
         from .sensitivity.store import data_hash, model_hash
         fingerprint = self.fingerprint() if self.exists else {}
         differs = []
-        if fingerprint.get("model") and model_hash(model) != fingerprint["model"]:
+        if fingerprint.get("model") and model_hash(model, fingerprint["model"]) != fingerprint["model"]:
             differs.append("model")
         if fingerprint.get("data") and data is not None and data_hash(list(data)) != fingerprint["data"]:
             differs.append("calibration data")

@@ -182,3 +182,45 @@ def test_tensor_hash_reads_the_bytes_in_place_with_the_same_digest():
         flat = t.detach().cpu().contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     assert hash_tensors(tensors) == digest.hexdigest()[:16]
+
+
+def test_model_hash_is_the_sha256_of_each_tensors_digest_read_in_chunks(monkeypatch):
+    """Each tensor's digest (shape, dtype, bytes) is taken on its own thread, a chunk at a time; the
+    model's hash is the sha256 of the digests in name order, whatever the chunk size."""
+    import hashlib
+    from mixprec.sensitivity import store
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(2, 3).to(torch.bfloat16))
+    model.register_buffer("mask", torch.tensor([True, False, True]))
+    reference = hashlib.sha256()
+    for _, t in sorted(model.state_dict().items()):
+        digest = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
+        flat = t.detach().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        reference.update(digest.digest())
+    expected = reference.hexdigest()[:16]
+    assert store.model_hash(model) == expected
+    monkeypatch.setattr(store, "HASH_CHUNK_BYTES", 7)
+    assert store.model_hash(model) == expected
+
+
+def test_a_run_fingerprinted_by_the_former_single_hash_still_resumes(tmp_path):
+    """Runs written before the per-tensor hash recorded one sha256 over all the bytes: the same model
+    is recognised by it, and another model is still refused."""
+    from mixprec.sensitivity.store import hash_tensors, model_hash
+    model, groups, cands = setup()
+    analyze(model, groups, cands, data(), metric="roundoff", run_dir=tmp_path, chunk_size=1, progress=False)
+    run_json = tmp_path / "run.json"
+    run = json.loads(run_json.read_text())
+    legacy = hash_tensors(t for _, t in sorted(model.state_dict().items()))
+    assert run["fingerprint"]["model"] == model_hash(model) != legacy
+    run["fingerprint"]["model"] = legacy
+    run_json.write_text(json.dumps(run))
+    assert model_hash(model, legacy) == legacy
+    table = analyze(model, groups, cands, data(), metric="roundoff", run_dir=tmp_path, progress=False)
+    assert table.complete
+    other = Residual()
+    with torch.no_grad():
+        other.head.weight.add_(1)
+    assert model_hash(other, legacy) != legacy
+    with pytest.raises(MixprecError, match="made with other model"):
+        analyze(other, groups, cands, data(), metric="roundoff", run_dir=tmp_path, progress=False)

@@ -91,7 +91,14 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(columns, device=W.device)
     W, H, scale, zero_point = W[:, perm], H[perm][:, perm], scale[:, perm], zero_point[:, perm]
     regroup = fmt.granularity == "group" and not static_groups
-    group = perm // fmt.group_size if regroup else None  # group of the column at each position
+    # the group of the column at each position, and each group's positions (all at or after its first),
+    # worked out once on the host: the column loop below never waits for the device
+    group = (perm // fmt.group_size).tolist() if regroup else []
+    positions: dict[int, list[int]] = {}
+    for position, g in enumerate(group):
+        positions.setdefault(g, []).append(position)
+    members_of = {g: slice(p[0], p[-1] + 1) if p[-1] - p[0] == len(p) - 1 else torch.tensor(p, device=W.device)
+                  for g, p in positions.items()}  # a slice (a view) where a group's columns stay together
     started: set[int] = set()
     Hinv = _inverse_cholesky(H, percdamp)  # H^-1 = Cholesky(H^-1)^T (sec. 4, step 3)
     Q = torch.zeros_like(W)
@@ -101,12 +108,12 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             p = i1 + i
-            if regroup and int(group[p]) not in started:
-                members = (group == group[p]).nonzero().squeeze(1)  # all at or after p
-                current = W[:, members] - Err1[:, :i] @ Hinv[i1:p, members]  # with this block's pending updates
+            if regroup and group[p] not in started:
+                members = members_of[group[p]]  # all at or after p
+                current = W[:, members] - Err1[:, :i] @ Hinv[i1:p, members].contiguous()  # with the pending updates
                 s, z = int_qparams(*choose_range(current, fmt, method), fmt)
                 scale[:, members], zero_point[:, members] = s, z
-                started.add(int(group[p]))
+                started.add(group[p])
             w = W1[:, i]
             q = fake_quant_int(w, scale[:, p], zero_point[:, p], fmt)
             Q[:, p] = q

@@ -84,8 +84,9 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             settings["joins"] = True
         if config.uses_evaluate:  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
-        fingerprint = {"model": model_hash(model), "data": data_hash(ctx.data), "settings": settings}
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+        recorded = run.fingerprint().get("model") if run.exists else None
+        fingerprint = {"model": model_hash(model, recorded), "data": data_hash(ctx.data), "settings": settings}
     # one writer: rank 0 holds the run's lock from the check (claim) to the last write (the table)
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():
         if run is not None:

@@ -1,11 +1,22 @@
 """Fingerprints of what an analysis measured with: hashes of the model weights and of the
-calibration data (the run directory, mixprec.run_directory, keeps them in run.json)."""
+calibration data (the run directory, mixprec.run_directory, keeps them in run.json).
+
+A model's hash is the sha256 of its tensors' own sha256 digests (each over the tensor's shape, dtype
+and bytes), in the order of their names: the digests are taken on several threads at once (hashlib
+releases the interpreter lock), 64 MB at a time from an accelerator, where one sha256 over all the
+bytes in a row ran at about 1.3 GB/s, some 12 s for an 8B model in bfloat16 at each of analyze, the
+guard and quantize. Runs written before recorded that single hash: a model is still recognised by it
+(``recorded``)."""
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import torch
+
+HASH_CHUNK_BYTES = 64 << 20  # read from an accelerator this many bytes at a time
 
 
 def hash_tensors(tensors: Iterable[torch.Tensor]) -> str:
@@ -18,6 +29,32 @@ def hash_tensors(tensors: Iterable[torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tensor_digest(t: torch.Tensor) -> bytes:
+    digest = hashlib.sha256(str((tuple(t.shape), str(t.dtype))).encode())
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.numel():
+        raw = flat.view(torch.uint8)
+        for i in range(0, raw.numel(), HASH_CHUNK_BYTES):
+            digest.update(memoryview(raw[i:i + HASH_CHUNK_BYTES].cpu().numpy()))
+    return digest.digest()
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def model_hash(model: torch.nn.Module, recorded: str | None = None) -> str:
+    """The model's fingerprint; ``recorded``: the one a run holds, returned when it is this model's
+    hash as runs written before the per-tensor scheme recorded it."""
+    tensors = [t for _, t in sorted(model.state_dict(keep_vars=True).items())]
+    with ThreadPoolExecutor(_threads()) as pool:
+        digests = list(pool.map(_tensor_digest, tensors))
+    value = hashlib.sha256(b"".join(digests)).hexdigest()[:16]
+    if recorded and recorded != value and hash_tensors(t for t in tensors) == recorded:
+        return recorded
+    return value
+
+
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -26,10 +63,6 @@ def flatten_tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, (tuple, list)):
         return [t for v in obj for t in flatten_tensors(v)]
     return []
-
-
-def model_hash(model: torch.nn.Module) -> str:
-    return hash_tensors(t for _, t in sorted(model.state_dict().items()))
 
 
 def data_hash(data: list) -> str:
