@@ -103,7 +103,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     if method != "nearest":
         weights = round_weights(model, plan, calibration_data, rounding, weight_method=weight_method,
                                 activation_method=activation_method, progress=progress,
-                                checkpoint=rounding_checkpoint, **(rounding_options or {}))
+                                checkpoint=rounding_checkpoint, inplace=inplace, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
     if joins and not join_quantizers(quantized):  # a model with calibrated join quantizers keeps them
         quantized = insert_join_quantizers(quantized, activation_method)  # calibrated with the layers

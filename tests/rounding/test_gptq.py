@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from mixprec.candidates import parse_candidate
 from mixprec.formats import IntFormat
 from mixprec.plan import Plan
 from mixprec.quantizers import fake_quant_int, quantize_weight, weight_qparams
@@ -161,3 +162,54 @@ def test_grouped_conv_gptq_beats_nearest():
         conv = lambda w: nn.functional.conv2d(x, w, padding=1, groups=2)
         error = lambda w: float((conv(w) - conv(model[0].weight)).pow(2).sum())
         assert error(q["0"]) < 0.9 * error(nearest["0"])
+
+
+def test_layers_reading_one_input_are_rounded_in_one_column_loop():
+    """Q/K/V-like layers with one Hessian and one format: their rows go through GPTQ together, with the
+    weights each gets alone; another format or another input is rounded apart."""
+    from mixprec.capture import add_moments
+    from mixprec.rounding.gptq import GPTQ, stack_rows
+    torch.manual_seed(0)
+    layers = {n: nn.Linear(64, r, bias=False) for n, r in [("q", 64), ("k", 32), ("v", 32), ("o", 48)]}
+    x = torch.randn(500, 64) @ torch.randn(64, 64)
+    states = {n: add_moments(None, layer, x) for n, layer in layers.items()}
+    states["o"] = add_moments(None, layers["o"], torch.randn(500, 64))
+    formats = {n: parse_candidate("w4g16").weight for n in layers}
+    assert stack_rows(layers, states, formats) == [["q", "k", "v"], ["o"]]
+    config = GPTQ()
+    together = config.round_step(layers, states, formats, "mse")
+    for name, layer in layers.items():
+        assert torch.equal(together[name], config.round_layer(layer, states[name], formats[name], "mse"))
+    formats["k"] = parse_candidate("w3g16").weight
+    assert stack_rows(layers, states, formats) == [["q"], ["k"], ["v"], ["o"]]
+
+
+def test_a_large_layer_goes_a_chunk_of_rows_at_a_time_with_the_same_result(monkeypatch):
+    from mixprec.capture import add_moments
+    from mixprec.rounding import gptq as module
+    torch.manual_seed(1)
+    layer = nn.Linear(48, 40, bias=False)
+    state = add_moments(None, layer, correlated_inputs(k=48))
+    fmt = parse_candidate("w4g16").weight
+    whole = module.GPTQ().round_layer(layer, state, fmt, "mse")
+    monkeypatch.setattr(module, "ROW_CHUNK_ELEMENTS", 7 * 48)  # chunks of 7 rows, the last one shorter
+    assert torch.equal(module.GPTQ().round_layer(layer, state, fmt, "mse"), whole)
+
+
+def test_in_place_gptq_hands_each_float_weight_over_to_its_rounded_one():
+    """apply(..., inplace=True) with GPTQ: the same weights as a copy gets, and no layer is held twice
+    (each float parameter's data became the rounded tensor the quantized layer keeps)."""
+    from mixprec.apply import apply
+    from mixprec.groups import discover_groups
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    data = [torch.randn(64, 32) @ torch.randn(32, 32) for _ in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w4g16")
+    copied = apply(model, plan, data, rounding="gptq", progress=False)
+    floats = {i: model[i].weight for i in (0, 2, 4)}
+    in_place = apply(model, plan, data, rounding="gptq", progress=False, inplace=True)
+    assert in_place is model
+    for i, old in floats.items():
+        rounded = in_place[i].layer.weight
+        assert torch.equal(rounded, copied[i].layer.weight)
+        assert old.data_ptr() == rounded.data_ptr()  # the float tensor's storage was given up, not kept beside

@@ -80,14 +80,17 @@ def _unknown(method: Any) -> RoundingError:
 
 def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str | RoundingConfig, *,
                   weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
-                  checkpoint: str | Path | None = None, **options: Any) -> dict[str, torch.Tensor]:
+                  checkpoint: str | Path | None = None, inplace: bool = False, **options: Any) -> dict[str, torch.Tensor]:
     """Fake-quantized weight of every planned layer with an integer weight format, rounded by ``method``.
 
     method: a name in ROUNDINGS or a config (GPTQ(act_order=True)); options: its options, set on
     it (e.g. act_order=True for gptq, iterations=200 for adaround). calibration_data: iterable of
     input batches or (inputs, labels) pairs, iterated once per step. activation_method: the
     activation range method, for the back-ends that see quantized activations while rounding.
-    checkpoint: a directory to resume from (see the module docstring). The model is not modified.
+    checkpoint: a directory to resume from (see the module docstring). The model is not modified, unless
+    ``inplace``: then, with a sequential back-end (GPTQ), each rounded layer's float weight gives way to its
+    rounded weight as soon as it is made (the parameter's data becomes the returned tensor), so a large
+    model is never held twice; for ``apply(..., inplace=True)``, which replaces those weights anyway.
     """
     if not isinstance(method, RoundingConfig) and method not in ROUNDINGS:
         raise _unknown(method)
@@ -129,7 +132,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
                                      weight_method, progress, done=done, save=save)
     else:
         rounded = round_layers(model, plan, batches, candidates, targets, config, weight_method, activation_method,
-                               progress, done, save)
+                               progress, done, save, release=inplace and config.sequential)
     save(rounded, final=True)
     return {**tables, **{name: rounded[name] for name in targets}}
 

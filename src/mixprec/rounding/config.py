@@ -21,6 +21,12 @@ class RoundingConfig:
     sequential: ClassVar[bool] = False
     blockwise: ClassVar[bool] = False
 
+    def round_step(self, layers: dict, states: dict, formats: dict, weight_method: str) -> dict:
+        """The rounded weights of one step's layers (they read the same input): each rounded alone
+        (``round_layer``), unless a back-end rounds them together."""
+        return {name: self.round_layer(layer, states[name], formats[name], weight_method)
+                for name, layer in layers.items()}
+
     def options(self) -> dict[str, Any]:
         """Every option with its value (the defaults filled in)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

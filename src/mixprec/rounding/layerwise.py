@@ -34,8 +34,12 @@ from .config import RoundingConfig
 
 def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[str, Candidate],
                  targets: dict[str, IntFormat], config: RoundingConfig, weight_method: str, activation_method: str,
-                 progress: bool, done: dict[str, torch.Tensor], save: Callable) -> dict[str, torch.Tensor]:
-    """Rounded weights of ``targets``, step by step (``done``: already rounded; save(weights) after each step)."""
+                 progress: bool, done: dict[str, torch.Tensor], save: Callable,
+                 release: bool = False) -> dict[str, torch.Tensor]:
+    """Rounded weights of ``targets``, step by step (``done``: already rounded; save(weights) after each step).
+
+    release: each rounded layer's float weight in ``model`` takes the rounded tensor as its data once
+    the step is done (a sequential back-end reads it no more), so the model is never held twice."""
     device = next(model.parameters()).device
     working, modules = _working_model(model, plan, batches, candidates, targets, config, weight_method,
                                       activation_method)
@@ -63,12 +67,14 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
             else:
                 module = working.get_submodule(block)
                 states = _observe(kept, lambda x, i: chain.run_block(module, x), modules, step, calls, config)
-            for name in step:
-                rounded[name] = config.round_layer(modules[name], states[name], targets[name], weight_method)
+            rounded.update(config.round_step({name: modules[name] for name in step}, states,
+                                             {name: targets[name] for name in step}, weight_method))
             save(rounded)
         if config.sequential:
             for name in step:
                 _set_weight(modules[name], rounded[name])
+                if release:
+                    model.get_submodule(name).weight.data = rounded[name]
         if block is not None and chained.get(index + 1) != block:  # the block is done: its outputs go on
             kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
         bar.update(1)
