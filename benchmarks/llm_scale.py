@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": len(groups), "candidates": args.candidates, "metric": args.metric,
         "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
         "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
+        "offload": os.environ.get("MIXPREC_OFFLOAD", "auto"),
         "resumed": resumed,
         "analyze": None if analysis is None else {"forward_equivalents": meta.get("forward_equivalents"),
                     "forward_equivalents_of": "rank 0's share of the groups" if world > 1 else "all groups",

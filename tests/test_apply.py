@@ -211,8 +211,9 @@ def test_a_weight_a_float_layer_also_reads_never_leaves_the_device():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_applied_beside_keeps_the_replaced_float_weights_in_cpu_memory_meanwhile():
+def test_applied_beside_keeps_the_replaced_float_weights_in_cpu_memory_meanwhile(monkeypatch):
     from mixprec.apply import applied_beside
+    monkeypatch.setenv("MIXPREC_OFFLOAD", "always")  # a small model on a large GPU would stay put (auto)
     model, data = small_cnn().cuda(), [b.cuda() for b in batches()]
     plan = plan_for(small_cnn(), "w4a8")
     expected = apply(model, plan, data, progress=False)(data[0])
@@ -220,6 +221,20 @@ def test_applied_beside_keeps_the_replaced_float_weights_in_cpu_memory_meanwhile
         assert model[0].weight.device.type == "cpu" and model[0].bias.device.type == "cuda"
         assert torch.equal(q(data[0]), expected)
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_the_float_weights_move_only_where_the_device_lacks_room(monkeypatch):
+    from mixprec.apply import _Offload, applied_beside, lacks_room
+    gib = 1 << 30
+    assert not lacks_room(free=60 * gib, total=80 * gib, needed=16 * gib)  # an 8B model on an H100
+    assert lacks_room(free=7 * gib, total=24 * gib, needed=16 * gib)  # the same on a 24 GB card
+    assert lacks_room(free=17 * gib, total=80 * gib, needed=16 * gib)  # less than the margin left
+    model, data = small_cnn(), batches()
+    assert not _Offload(model, ["0"]).wanted()  # CPU weights have nowhere to go
+    monkeypatch.setenv("MIXPREC_OFFLOAD", "sometimes")
+    with pytest.raises(MixprecError, match="MIXPREC_OFFLOAD must be one of auto, always, never"):
+        with applied_beside(model, plan_for(model, "w4a8"), data, progress=False):
+            pass
 
 
 def test_inplace_quantizes_the_model_itself_as_a_copy_would_be():

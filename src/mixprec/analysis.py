@@ -224,8 +224,11 @@ class Analysis:
             if fn is None and divergence is None:
                 raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
             from .sensitivity.store import data_hash, model_hash
+            # the measurements' key names the model only where they are kept (the run's log); in this
+            # process they are keyed by the evaluator itself (hashing an 8B model costs seconds)
             recorded = self.run.fingerprint().get("model") if self.run is not None and self.run.exists else None
-            settings = {"model": model_hash(self.model, recorded), "data": data_hash(self.data or []),
+            settings = {"model": model_hash(self.model, recorded) if self.run is not None else "in memory",
+                        "data": data_hash(self.data or []),
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
                         else getattr(fn, "__qualname__", repr(fn))}

@@ -91,7 +91,7 @@ def stack_rows(layers: dict[str, nn.Module], states: dict[str, list], formats: d
     return runs
 
 
-ROW_CHUNK_ELEMENTS = 1 << 28  # a layer's rows go through GPTQ this many weights at a time (float32 work copies)
+ROW_CHUNK_ELEMENTS = 1 << 26  # a layer's rows go through GPTQ this many weights at a time (float32 work copies)
 
 
 def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,

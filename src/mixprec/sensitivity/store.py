@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
@@ -35,8 +36,27 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
     if flat.numel():
         raw = flat.view(torch.uint8)
         for i in range(0, raw.numel(), HASH_CHUNK_BYTES):
-            digest.update(memoryview(raw[i:i + HASH_CHUNK_BYTES].cpu().numpy()))
+            part = raw[i:i + HASH_CHUNK_BYTES]
+            staging = _staging() if part.device.type == "cuda" else None
+            if staging is not None:  # page-locked: the copy runs at the bus's speed, not pageable memory's
+                part = staging[:part.numel()].copy_(part)
+            digest.update(memoryview(part.cpu().numpy()))
     return digest.digest()
+
+
+_local = threading.local()
+
+
+def _staging() -> torch.Tensor | None:
+    """This thread's page-locked buffer for chunks read from an accelerator (None where pinning fails)."""
+    buffer = getattr(_local, "buffer", False)
+    if buffer is False or (buffer is not None and buffer.numel() < HASH_CHUNK_BYTES):
+        try:
+            buffer = torch.empty(HASH_CHUNK_BYTES, dtype=torch.uint8, pin_memory=True)
+        except RuntimeError:
+            buffer = None
+        _local.buffer = buffer
+    return buffer
 
 
 def _threads() -> int:
