@@ -91,7 +91,7 @@ def stack_rows(layers: dict[str, nn.Module], states: dict[str, list], formats: d
     return runs
 
 
-ROW_CHUNK_ELEMENTS = 1 << 26  # a layer's rows go through GPTQ this many weights at a time (float32 work copies)
+ROW_CHUNK_ELEMENTS = 1 << 27  # a layer's rows go through GPTQ this many weights at a time (float32 work copies)
 
 
 def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
@@ -132,9 +132,10 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
     dead = torch.diag(H) == 0
     H[dead, dead] = 1  # a column no input reaches: its value never matters; the reference sets it to 0
     W[:, dead] = 0
-    # act-order (sec. 4, "Additional details"): columns with the largest H_pp first
+    # act-order (sec. 4, "Additional details"): columns with the largest H_pp first (else no copies)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(columns, device=W.device)
-    W, H, scale, zero_point = W[:, perm], H[perm][:, perm], scale[:, perm], zero_point[:, perm]
+    if act_order:
+        W, H, scale, zero_point = W[:, perm], H[perm][:, perm], scale[:, perm], zero_point[:, perm]
     regroup = fmt.granularity == "group" and not static_groups
     # the group of the column at each position, and each group's positions (all at or after its first),
     # worked out once on the host: the column loop below never waits for the device
@@ -166,17 +167,21 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
             W1[:, i:] -= err.unsqueeze(1) @ Hinv[p, p:i2].unsqueeze(0)  # W_:,p: -= E [H^-1]_p,p:
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's errors onto all later columns at once
+    if not act_order:
+        return Q, scale, zero_point
     inverse = torch.argsort(perm)
     return Q[:, inverse], scale[:, inverse], zero_point[:, inverse]
 
 
 def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + lambda I)^-1, lambda = percdamp * mean diag(H), more if H stays singular."""
-    identity = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean = torch.diag(H).mean()
     damp = percdamp * mean
     for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(H + damp * identity)
+        damped = H.clone()
+        damped.diagonal().add_(damp)  # H + damp I, without an identity matrix as large as H
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
             if int(info) == 0:
