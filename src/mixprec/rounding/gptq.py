@@ -126,12 +126,14 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
     anew at each group's start unless ``static_groups``. Returns (quantized weight, scale,
     zero_point), each (rows, columns), in the original column order.
     """
-    W, H = weight.clone(), hessian.clone()
+    W, H = weight.clone(), hessian
     scale, zero_point = scale.clone(), zero_point.clone()
     columns = W.shape[1]
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1  # a column no input reaches: its value never matters; the reference sets it to 0
-    W[:, dead] = 0
+    if bool(dead.any()):  # a column no input reaches: its value never matters; the reference sets it to 0
+        H = H.clone()  # the caller's Hessian stays as it was (a layer's row chunks share it)
+        H[dead, dead] = 1
+        W[:, dead] = 0
     # act-order (sec. 4, "Additional details"): columns with the largest H_pp first (else no copies)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(columns, device=W.device)
     if act_order:
@@ -147,6 +149,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_
                   for g, p in positions.items()}  # a slice (a view) where a group's columns stay together
     started: set[int] = set()
     Hinv = _inverse_cholesky(H, percdamp)  # H^-1 = Cholesky(H^-1)^T (sec. 4, step 3)
+    del H
     Q = torch.zeros_like(W)
     for i1 in range(0, columns, block_size):  # lazy batch updates (sec. 4, step 2)
         i2 = min(i1 + block_size, columns)
@@ -183,7 +186,10 @@ def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
         L, info = torch.linalg.cholesky_ex(damped)
         del damped
         if int(info) == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            inverse = torch.cholesky_inverse(L)
+            del L  # one Hessian-sized matrix fewer at the peak (a down projection's is 14336^2 floats)
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0:
                 return U
         damp = torch.maximum(damp * 10, 1e-6 * mean)
