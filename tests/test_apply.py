@@ -224,7 +224,8 @@ def test_applied_beside_keeps_the_replaced_float_weights_in_cpu_memory_meanwhile
 
 
 def test_the_float_weights_move_only_where_the_device_lacks_room(monkeypatch):
-    from mixprec.apply import _Offload, applied_beside, lacks_room
+    from mixprec.apply import _Offload, applied_beside
+    from mixprec.offload import lacks_room
     gib = 1 << 30
     assert not lacks_room(free=60 * gib, total=80 * gib, needed=16 * gib)  # an 8B model on an H100
     assert lacks_room(free=7 * gib, total=24 * gib, needed=16 * gib)  # the same on a 24 GB card

@@ -14,7 +14,6 @@ the calibration are mixprec.swap's.
 from __future__ import annotations
 
 import copy
-import os
 import gc
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from .errors import MixprecError, ModelError
 from .groups import check_weights, is_torchscript
 from .joins import insert_join_quantizers, join_quantizers
 from .multipoint import plan_points
+from .offload import policy, should_move
 from .plan import Plan
 from .rounding import ROUNDINGS, RoundingConfig, round_weights
 from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, copy_sharing_parameters,
@@ -113,15 +113,6 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
                            sources=sources, after_layer=offload.quantized if offload is not None else None)
 
 
-OFFLOAD_POLICIES = ("auto", "always", "never")
-
-
-def lacks_room(free: int, total: int, needed: int) -> bool:
-    """Whether ``needed`` more bytes, plus a margin for the measurement itself (a tenth of the device, at
-    least 2 GiB), exceed the ``free`` bytes of a device of ``total`` bytes."""
-    return free < needed + max(2 << 30, total // 10)
-
-
 class _Offload:
     """The float weights of the planned layers, moved to CPU memory one by one as their quantized copies
     are made, and back on ``restore()``. A weight read by a layer the plan leaves float stays."""
@@ -144,23 +135,10 @@ class _Offload:
         self.active = True
 
     def wanted(self) -> bool:
-        """Whether the weights should move (``MIXPREC_OFFLOAD``, see applied_beside): with ``auto``, when
-        the device's free memory (the caching allocator's unused blocks included) lacks room for
-        the weights that would move (:func:`lacks_room`)."""
-        policy = os.environ.get("MIXPREC_OFFLOAD", "auto").strip().lower()
-        if policy not in OFFLOAD_POLICIES:
-            raise MixprecError(f"MIXPREC_OFFLOAD must be one of {', '.join(OFFLOAD_POLICIES)}, got {policy!r}")
+        """Whether the weights should move (mixprec.offload: ``MIXPREC_OFFLOAD``, room on the device)."""
+        policy()  # a bad setting is refused even where nothing would move
         movable = [p for key, p in self.params.items() if self.users.get(key, -1) > 0 and p.device.type != "cpu"]
-        if policy == "never" or not movable:
-            return False
-        if policy == "always":
-            return True
-        device = movable[0].device
-        if device.type != "cuda":
-            return True
-        free, total = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return lacks_room(free, total, sum(p.numel() * p.element_size() for p in movable))
+        return bool(movable) and should_move(movable[0].device, sum(p.numel() * p.element_size() for p in movable))
 
     def quantized(self, name: str) -> None:
         weight = self.model.get_submodule(name).weight

@@ -213,3 +213,22 @@ def test_in_place_gptq_hands_each_float_weight_over_to_its_rounded_one():
         rounded = in_place[i].layer.weight
         assert torch.equal(rounded, copied[i].layer.weight)
         assert old.data_ptr() == rounded.data_ptr()  # the float tensor's storage was given up, not kept beside
+
+
+def test_a_float_weight_rounded_in_place_is_not_served_its_old_range_choice():
+    """The weight cache keys on the tensor's version: rounding in place moves it on, so a later nearest
+    rounding of that tensor searches its ranges again instead of reusing the float values' choice."""
+    from mixprec.apply import apply
+    from mixprec.groups import discover_groups
+    from mixprec.swap import nearest_weight
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    data = [torch.randn(64, 32) for _ in range(2)]
+    cand = parse_candidate("w3g16")
+    nearest_weight(model[0].weight, cand)  # a choice cached for the float values
+    version = model[0].weight._version
+    float_weight = model[0].weight
+    apply(model, Plan.uniform(discover_groups(model, data[0]), "w3g16"), data, rounding="gptq", progress=False,
+          inplace=True)
+    assert float_weight._version > version
+    assert torch.equal(nearest_weight(float_weight, cand), quantize_weight(float_weight.detach(), cand.weight, "mse"))

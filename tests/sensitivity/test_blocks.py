@@ -100,10 +100,10 @@ def test_hugging_face_llama_blocks_equal_the_naive_table(tmp_path):
 def test_a_record_kept_away_comes_back_as_a_fresh_copy_on_its_device():
     from collections import namedtuple
 
-    from mixprec.sensitivity.blocks import _Away, _copy
+    from mixprec.sensitivity.blocks import Away, _copy
     Out = namedtuple("Out", "hidden extra")
     t, u = torch.randn(2, 3), torch.randn(4)
-    record = Out(_Away(t), [u, {"n": 3}])
+    record = Out(Away(t), [u, {"n": 3}])
     fetched = _copy(record)
     assert isinstance(fetched, Out) and fetched.extra[1] == {"n": 3}
     assert torch.equal(fetched.hidden, t) and fetched.hidden.device == t.device
@@ -114,7 +114,30 @@ def test_a_record_kept_away_comes_back_as_a_fresh_copy_on_its_device():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 def test_on_a_gpu_the_record_waits_in_cpu_memory():
-    from mixprec.sensitivity.blocks import _Away, _park
+    from mixprec.sensitivity.blocks import Away, _park
     parked = _park((torch.randn(3, device="cuda"), torch.randn(2)))
-    assert isinstance(parked[0], _Away) and parked[0].tensor.device.type == "cpu"
+    assert isinstance(parked[0], Away) and parked[0].tensor.device.type == "cpu"
     assert isinstance(parked[1], torch.Tensor)
+
+
+@pytest.mark.parametrize("metric", ["sqnr", "kl"])
+def test_float_outputs_kept_in_cpu_memory_give_the_same_table(metric, monkeypatch):
+    """Where the device lacks room for every float output (mixprec.offload), they wait in page-locked
+    CPU memory and come back batch by batch: the table is the one kept on the device gives."""
+    from mixprec.sensitivity import outputs
+    torch.manual_seed(0)
+    model = Stack().eval()
+    data = [torch.randn(5, 4) for _ in range(3)]
+    kept = tables(model, data, metric)["blocks"]
+    parked = []
+
+    class Counted(outputs.Away):
+        def __init__(self, tensor):
+            parked.append(tensor.shape)
+            super().__init__(tensor)
+    monkeypatch.setattr(outputs, "should_move", lambda device, needed: True)
+    monkeypatch.setattr(outputs, "Away", Counted)
+    moved = tables(model, data, metric)
+    assert len(parked) == 2 * len(data)  # each batch's float output, in each of the two tables
+    np.testing.assert_array_equal(moved["blocks"].values, kept.values)
+    np.testing.assert_allclose(moved["none"].values, kept.values, rtol=1e-6, atol=0)

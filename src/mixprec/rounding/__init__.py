@@ -88,8 +88,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     input batches or (inputs, labels) pairs, iterated once per step. activation_method: the
     activation range method, for the back-ends that see quantized activations while rounding.
     checkpoint: a directory to resume from (see the module docstring). The model is not modified, unless
-    ``inplace``: then, with a sequential back-end (GPTQ), each rounded layer's float weight gives way to its
-    rounded weight as soon as it is made (the parameter's data becomes the returned tensor), so a large
+    ``inplace``: then, with a sequential back-end (GPTQ), each rounded layer's float weight takes its
+    rounded values as soon as they are made (in place; the returned tensor shares them), so a large
     model is never held twice; for ``apply(..., inplace=True)``, which replaces those weights anyway.
     """
     if not isinstance(method, RoundingConfig) and method not in ROUNDINGS:

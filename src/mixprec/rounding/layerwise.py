@@ -38,8 +38,8 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
                  release: bool = False) -> dict[str, torch.Tensor]:
     """Rounded weights of ``targets``, step by step (``done``: already rounded; save(weights) after each step).
 
-    release: each rounded layer's float weight in ``model`` takes the rounded tensor as its data once
-    the step is done (a sequential back-end reads it no more), so the model is never held twice."""
+    release: each rounded layer's float weight in ``model`` takes the rounded values in place once the
+    step is done (a sequential back-end reads it no more), so the model is never held twice."""
     device = next(model.parameters()).device
     working, modules = _working_model(model, plan, batches, candidates, targets, config, weight_method,
                                       activation_method)
@@ -72,9 +72,13 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
             save(rounded)
         if config.sequential:
             for name in step:
+                if release:  # the float tensor takes the rounded values (in place: its version moves on, so
+                    # nothing cached for the float values, mixprec.weight_cache, is served again) and stands for them
+                    weight = model.get_submodule(name).weight
+                    with torch.no_grad():
+                        weight.copy_(rounded[name])
+                    rounded[name] = weight.detach()
                 _set_weight(modules[name], rounded[name])
-                if release:
-                    model.get_submodule(name).weight.data = rounded[name]
         if block is not None and chained.get(index + 1) != block:  # the block is done: its outputs go on
             kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
         bar.update(1)

@@ -31,7 +31,7 @@ class NotBlocked(Exception):
     pass
 
 
-class _Away:
+class Away:
     """A recorded tensor kept in CPU memory, and the device it goes back to."""
     __slots__ = ("tensor", "device")
 
@@ -46,11 +46,11 @@ class _Away:
 
 def _park(value: Any) -> Any:
     """A block's detached output for the record: tensors on an accelerator move to CPU memory."""
-    return map_tensors(value, lambda t: _Away(t) if t.device.type != "cpu" else t)
+    return map_tensors(value, lambda t: Away(t) if t.device.type != "cpu" else t)
 
 
-def _fetch(t: torch.Tensor | _Away) -> torch.Tensor:
-    if isinstance(t, _Away):  # asynchronous from page-locked memory; the record is never written again
+def fetch(t: torch.Tensor | Away) -> torch.Tensor:
+    if isinstance(t, Away):  # asynchronous from page-locked memory; the record is never written again
         return t.tensor.to(t.device, non_blocking=t.tensor.is_pinned())
     return t.clone()
 
@@ -58,7 +58,7 @@ def _fetch(t: torch.Tensor | _Away) -> torch.Tensor:
 def _copy(value: Any) -> Any:
     """A copy of a recorded output on its own device, so that in-place code after a block cannot change
     the record."""
-    return map_tensors(value, _fetch, (torch.Tensor, _Away))
+    return map_tensors(value, fetch, (torch.Tensor, Away))
 
 
 class BlockForward:

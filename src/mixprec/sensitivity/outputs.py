@@ -16,7 +16,8 @@ import torch
 
 from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
-from .blocks import BlockForward, NotBlocked
+from ..offload import should_move
+from .blocks import Away, BlockForward, NotBlocked, fetch
 from .forked import ForkedForward, NotTraceable
 
 PREFIX_MODES = ("auto", "fx", "blocks", "none")
@@ -48,7 +49,10 @@ class OutputRunner:
                 self.blocks = BlockForward(ctx.model, macs)
             except NotBlocked as exc:
                 self.fallback_reason = "; ".join(r for r in (self.fallback_reason, str(exc)) if r)
-        self._reference: dict[int, torch.Tensor] = {}
+        # the float outputs, on the model's device, or in page-locked CPU memory where it lacks room for
+        # all of them (mixprec.offload): an LM's logits on 64 x 1,024 tokens are 16.8 GB in bfloat16
+        self._reference: dict[int, torch.Tensor | Away] = {}
+        self._park: bool | None = None
         # per batch, where the last float pass stopped and its live values: the next chunk goes on from there
         self._checkpoints: dict[int, tuple[int, dict]] = {}
 
@@ -68,9 +72,16 @@ class OutputRunner:
                         self.blocks, self.fallback_reason = None, str(exc)
                 if out is None:
                     out = run_model(self.ctx.model, self.ctx.inputs(batch))
-            self._reference[batch] = output_tensor(out).detach()  # its own dtype: divergences compute in float32
+            ref = output_tensor(out).detach()  # its own dtype: divergences compute in float32
+            if self._park is None:  # decided at the first batch, for all of them
+                self._park = should_move(ref.device, ref.numel() * ref.element_size() * len(self.ctx.data))
+            self._reference[batch] = Away(ref) if self._park else ref
             self.forward_equivalents += 1
-        return self._reference[batch]
+        return self._float_output(batch)
+
+    def _float_output(self, batch: int) -> torch.Tensor:
+        ref = self._reference[batch]
+        return fetch(ref) if isinstance(ref, Away) else ref
 
     def measure(self, group_indices: list[int], divergence: Divergence) -> dict[tuple[int, int], float]:
         ctx = self.ctx
@@ -119,15 +130,19 @@ class OutputRunner:
         for g in group_indices:
             group = ctx.groups.groups[g]
             skipped = blocks.fork_block(group.layer_names)
-            for c, cand in enumerate(ctx.candidates):
-                with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
-                    for b in range(len(ctx.data)):
+            modules = [ctx.quantized_modules(group, cand) for cand in ctx.candidates]
+            for b in range(len(ctx.data)):  # batch by batch: a float output kept in CPU memory comes back once
+                ref = self._float_output(b)
+                for c, replaced in enumerate(modules):
+                    with quantized_group(ctx.model, replaced) as model:
                         with blocks.skipping(b, skipped), torch.no_grad():
                             output = run_model(model, ctx.inputs(b))
-                        num, den = divergence(self._reference[b], output_tensor(output))
-                        sums[(g, c)][0] += num
-                        sums[(g, c)][1] += den
-                        self.forward_equivalents += blocks.cost(skipped)
+                    num, den = divergence(ref, output_tensor(output))
+                    sums[(g, c)][0] += num
+                    sums[(g, c)][1] += den
+                    self.forward_equivalents += blocks.cost(skipped)
+                del ref
+            del modules
             ctx.forget_weights(group.layer_names)  # a group's forks are all done: free its quantized weights
 
 
