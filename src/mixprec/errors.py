@@ -58,9 +58,10 @@ def error_line(exc: BaseException) -> str:
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError (and the other accelerators')
         return (f"the GPU ran out of memory ({str(exc).splitlines()[0] if str(exc) else 'no detail'}). Measure on "
                 "fewer or shorter calibration windows (--calibration-samples, text:FILE?windows=N&length=L) or in "
-                "smaller batches (text:FILE?batch=B), load the model in bf16 (hf:DIR?dtype=bf16), use --metric "
-                "local (layer outputs only), or shard the groups over several GPUs with torchrun; streaming "
-                "blocks from CPU memory is not available yet")
+                "smaller batches (text:FILE?batch=B), load the model in bf16 (hf:DIR?dtype=bf16), set "
+                "MIXPREC_OFFLOAD=always (float weights and outputs wait in CPU memory while plans are measured), use "
+                "--metric local (layer outputs only), or shard the groups over several GPUs with torchrun; "
+                "streaming blocks from CPU memory is not available yet")
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
