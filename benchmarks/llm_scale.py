@@ -53,6 +53,44 @@ SHAPES = {
                num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False, rope_theta=500000.0),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Llama-3.1-70B's config.json: not built here (141 GB in bfloat16), only extrapolated to from a run
+LLAMA_70B = dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                 num_attention_heads=64, num_key_value_heads=8, tie_word_embeddings=False)
+
+
+def block_params(config: dict) -> int:
+    """Weights of one decoder layer: Q/K/V/O, gate/up/down and its two norms."""
+    h, i = config["hidden_size"], config["intermediate_size"]
+    kv = config["num_key_value_heads"] * (h // config["num_attention_heads"])
+    return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+
+
+def total_params(config: dict) -> int:
+    embeddings = config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings") else 2)
+    return config["num_hidden_layers"] * block_params(config) + embeddings + config["hidden_size"]
+
+
+def extrapolate(config: dict, target: dict, phases: dict, dtype_bytes: int, rounding: str) -> dict:
+    """This run's times and peak memory carried over to the ``target`` shape, on the same calibration
+    tokens and device: analyze (forks from a group's block to the end) grows with blocks^2 x block
+    weights; nearest quantize with the weights; GPTQ with blocks x the columns its loops visit per block
+    (3 hidden + intermediate: Q/K/V, O, gate/up in one loop each, down); peak memory with the model."""
+    blocks, blocks_t = config["num_hidden_layers"], target["num_hidden_layers"]
+    per_block = block_params(target) / block_params(config)
+    model_t = total_params(target) * dtype_bytes
+    columns = lambda c: 3 * c["hidden_size"] + c["intermediate_size"]  # noqa: E731
+    out = {"params": total_params(target), "model_bytes": model_t}
+    if "analyze" in phases:
+        out["analyze_seconds"] = round(phases["analyze"]["seconds"] * per_block * (blocks_t / blocks) ** 2, 1)
+    if "quantize" in phases:
+        scale = (blocks_t * columns(target)) / (blocks * columns(config)) if rounding != "nearest" else \
+            total_params(target) / total_params(config)
+        out["quantize_seconds"] = round(phases["quantize"]["seconds"] * scale, 1)
+    peaks = [f.get("peak_gpu_bytes") for f in phases.values() if f.get("peak_gpu_bytes")]
+    if peaks:
+        ratio = max(peaks) / (total_params(config) * dtype_bytes)
+        out["peak_gpu_bytes"] = round(ratio * model_t)
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -200,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "plan": {"budget": None if args.uniform else args.budget, "candidates_used": sorted(set(plan.assignments.values())),
                  "guard": (plan.metadata.get("guard") or {}).get("chosen")},
         "per_block": per_block, "rounding": args.rounding,
+        # from the real shapes only (a tiny model's times are overheads, not per-block work)
+        "extrapolated_70b": extrapolate(SHAPES[args.shape], LLAMA_70B, phases.figures, dtype.itemsize, args.rounding)
+        if args.shape in ("1b", "8b") else None,
         "environment": {"mixprec": __version__, "torch": torch.__version__, "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                         or platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()},

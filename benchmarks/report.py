@@ -441,6 +441,31 @@ def profile_section() -> list[str]:
     return [line for r in reports for line in profile_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def _extrapolated_70b(scale: list[dict]) -> list[str]:
+    """Each 8b run carried over to Llama-3.1-70B's shape (llm_scale.extrapolate: per-block scaling)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_scale import LLAMA_70B, extrapolate, total_params
+    runs = [r for r in scale if r["shape"] == "8b" and r.get("processes", 1) == 1]
+    if not runs:
+        return []
+    model = total_params(LLAMA_70B) * 2
+    lines = [f"Extrapolated to Llama-3.1-70B's shape (80 blocks, {total_params(LLAMA_70B) / 1e9:.1f}B weights, "
+             f"{model / 2**30:.0f} GiB in bfloat16) from each 8b run above, on the same tokens and GPU kind "
+             "(`benchmarks/llm_scale.py`, `extrapolate`: analyze grows with blocks^2 x block weights, nearest "
+             "quantize with the weights, GPTQ with blocks x the columns its loops visit, peak memory with the model). "
+             f"None of it fits one 80 GB GPU: the model alone needs {model / 2**30:.0f} GiB; streaming blocks from CPU "
+             "memory is not built.", "",
+             "| run | analyze s | quantize s | peak GPU |", "|---|---|---|---|"]
+    for r in runs:
+        e = extrapolate(r["config"], LLAMA_70B, r["phases"], 2 if r["dtype"] in ("bfloat16", "float16") else 4,
+                        r.get("rounding", "nearest"))
+        lines.append(f"| `{r['command'].split()[-1]}` | {e.get('analyze_seconds', '-')} | "
+                     f"{e.get('quantize_seconds', '-')} | "
+                     f"{e['peak_gpu_bytes'] / 2**30:.0f} GiB ({e['peak_gpu_bytes'] / model:.2f}x) |")
+    return lines + [""]
+
+
 def llm_scale_section() -> list[str]:
     """benchmarks/llm_scale.py and benchmarks/sharded_analysis.py: time and memory at LLM scale, one and
     several GPUs (random weights: only times, memory and equality mean anything)."""
@@ -468,6 +493,7 @@ def llm_scale_section() -> list[str]:
         lines.append("")
         lines += [f"`{r['command'].split()[-1]}`: {r['remark']}." for r in scale if r.get("remark")]
         lines += [""] if any(r.get("remark") for r in scale) else []
+        lines += _extrapolated_70b(scale)
     for r in sharded:
         one, many = r["one_process"], r["sharded"]
         lines += [f"Sharded analysis, {r['shape']} shape on {r['processes']} processes "
