@@ -59,3 +59,10 @@ def test_llm_scale_smoke_on_a_tiny_random_llama(tmp_path, monkeypatch):
     assert analyze["prefix_sharing"] == "blocks"
     assert 0 < analyze["forward_equivalents"] < analyze["naive_forward_equivalents"]
     assert report["per_block"]["params"] * report["blocks"] < report["params"]
+    # the weight counts the 70B extrapolation uses are the built model's own; a tiny model is not carried over
+    from llm_scale import SHAPES, block_params, extrapolate, total_params
+    assert total_params(SHAPES["tiny"]) == report["params"] and block_params(SHAPES["tiny"]) == report["per_block"]["params"]
+    assert report["extrapolated_70b"] is None
+    assert total_params(SHAPES["8b"]) == 8_030_261_248  # Llama-3.1-8B's published count
+    grown = extrapolate(SHAPES["8b"], SHAPES["8b"], report["phases"], 2, "nearest")  # onto itself: unchanged
+    assert grown["analyze_seconds"] == round(report["phases"]["analyze"]["seconds"], 1)
