@@ -283,10 +283,11 @@ class ActivationQuantizer(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1).to(torch.float32)
-        finite = flat[torch.isfinite(flat)]
+        mask = torch.isfinite(flat)
+        finite = flat if bool(mask.all()) else flat[mask]  # no masked copy in the usual, all-finite case
         if finite.numel() == 0:
             return
-        lo, hi = finite.min(), finite.max()
+        lo, hi = torch.aminmax(finite)
         self._seen_lo = lo if self._seen_lo is None else torch.minimum(self._seen_lo, lo)
         self._seen_hi = hi if self._seen_hi is None else torch.maximum(self._seen_hi, hi)
         if self.method != "minmax":
