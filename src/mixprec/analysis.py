@@ -223,11 +223,10 @@ class Analysis:
             fn = evaluate or self.evaluate
             if fn is None and divergence is None:
                 raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
-            from .sensitivity.store import data_hash, model_hash
+            from .sensitivity.store import data_hash
             # the measurements' key names the model only where they are kept (the run's log); in this
             # process they are keyed by the evaluator itself (hashing an 8B model costs seconds)
-            recorded = self.run.fingerprint().get("model") if self.run is not None and self.run.exists else None
-            settings = {"model": model_hash(self.model, recorded) if self.run is not None else "in memory",
+            settings = {"model": self.run.model_hash(self.model) if self.run is not None else "in memory",
                         "data": data_hash(self.data or []),
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
@@ -625,8 +624,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         cands.append(parse_candidate(pin))
     wanted = [c for c in cands if c.multipoint]
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
-        from .sensitivity.store import data_hash, model_hash
-        run.refuse_other(model_hash(model, run.fingerprint().get("model")), data_hash(batches))
+        from .sensitivity.store import data_hash
+        run.refuse_other(run.model_hash(model), data_hash(batches))
     counts = measure_points(model, {l.name: wanted for l in groups.layers}, batches, weight_range,
                             progress=progress and rank == 0) if wanted else {}
     if verbose and rank == 0:
@@ -687,7 +686,7 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
     if not batches:
         raise SpecError("weight_range='auto' (--weight-range auto) measures each candidate's uniform plan with mse "
                         "and with minmax ranges on the calibration data; give --data, or choose mse or minmax")
-    fingerprint = model_hash(model, run.fingerprint().get("model") if run is not None and run.exists else None)
+    fingerprint = run.model_hash(model) if run is not None else model_hash(model)
     if run is not None and run.exists:  # another model's run is refused before anything is measured
         run.refuse_other(fingerprint, data_hash(batches))
     key = {"model": fingerprint, "data": data_hash(batches), "activation_range": activation_range,

@@ -132,7 +132,7 @@ class _Offload:
                 self.users[id(weight)] = -1
         self.model = model
         self.moved: dict[int, torch.device] = {}
-        self.active = True
+        self.active = self.wanted()  # with room enough on the device, nothing moves
 
     def wanted(self) -> bool:
         """Whether the weights should move (mixprec.offload: ``MIXPREC_OFFLOAD``, room on the device)."""
@@ -179,7 +179,6 @@ def applied_beside(model: nn.Module, plan: Plan, calibration_data: Iterable | No
             del quantized
         return
     offload = _Offload(model, list(plan.layer_candidates()))
-    offload.active = offload.wanted()  # with room enough on the device, nothing moves
     try:
         quantized = _apply(model, plan, calibration_data, offload=offload, **options)
         yield quantized

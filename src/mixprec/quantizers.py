@@ -20,6 +20,7 @@ from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat
 # rounding checkpoints), so results measured on another grid are never reused. 2: signed symmetric scales.
 GRID_VERSION = 2
 MSE_GRID = torch.linspace(1.0, 0.2, 41)
+_MSE_FACTORS = torch.cat([MSE_GRID, MSE_GRID.new_ones(1)])  # by choice index; the last: no factor beat the full range
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
@@ -108,8 +109,7 @@ def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float,
         return lo, hi, None
     if choice is None:
         choice = _mse_choice(rows, lo, hi, fmt)
-    factors = torch.cat([MSE_GRID, MSE_GRID.new_ones(1)]).to(device=lo.device, dtype=lo.dtype)
-    best = factors[choice.long()]
+    best = _MSE_FACTORS.to(device=lo.device, dtype=lo.dtype)[choice.long()]
     return best * lo, best * hi, choice
 
 

@@ -70,6 +70,11 @@ class RunDirectory:
         fingerprint = self._run_json().get("fingerprint", {})
         return fingerprint if isinstance(fingerprint, dict) else {}
 
+    def model_hash(self, model) -> str:
+        """``model``'s fingerprint, as this run records it where it holds one made by the former hash."""
+        from .sensitivity.store import model_hash
+        return model_hash(model, self.fingerprint().get("model") if self.exists else None)
+
     def refuse_other(self, model_hash: str, data_hash: str) -> None:
         """Before costly work that precedes the full check (multipoint point counts): a run made for
         another model or other data is refused now, writing nothing."""
@@ -123,10 +128,10 @@ class RunDirectory:
 
     def check_loaded(self, model, data: list | None) -> None:
         """The model and calibration data loaded for this run are the ones it measured (its fingerprint)."""
-        from .sensitivity.store import data_hash, model_hash
+        from .sensitivity.store import data_hash
         fingerprint = self.fingerprint() if self.exists else {}
         differs = []
-        if fingerprint.get("model") and model_hash(model, fingerprint["model"]) != fingerprint["model"]:
+        if fingerprint.get("model") and self.model_hash(model) != fingerprint["model"]:
             differs.append("model")
         if fingerprint.get("data") and data is not None and data_hash(list(data)) != fingerprint["data"]:
             differs.append("calibration data")

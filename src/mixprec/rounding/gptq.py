@@ -66,9 +66,8 @@ class GPTQ(RoundingConfig):
                 out[names[0]] = self.round_layer(layers[names[0]], states[names[0]], formats[names[0]], weight_method)
                 continue
             weights = [layers[name].weight.detach() for name in names]
-            stacked = nn.Linear(weights[0].shape[1], sum(w.shape[0] for w in weights), bias=False, device="meta")
-            stacked.weight = nn.Parameter(torch.cat(weights), requires_grad=False)
-            rounded = self.round_layer(stacked, states[names[0]], formats[names[0]], weight_method)
+            rounded = round_weight(torch.cat(weights), states[names[0]], formats[names[0]], weight_method,
+                                   **self.options())
             for name, part in zip(names, rounded.split([w.shape[0] for w in weights])):
                 out[name] = part.clone()
         return out
@@ -94,12 +93,15 @@ def stack_rows(layers: dict[str, nn.Module], states: dict[str, list], formats: d
 ROW_CHUNK_ELEMENTS = 1 << 27  # a layer's rows go through GPTQ this many weights at a time (float32 work copies)
 
 
-def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
-                block_size: int, percdamp: float, static_groups: bool) -> torch.Tensor:
-    """The layer's weight rounded by GPTQ, in its dtype. Rows are independent given the Hessian, so a
-    large layer (an LLM's output layer) goes a chunk of rows at a time: its float32 copies, grids and
-    result stay a few GB, not several copies of the whole layer."""
-    weight = layer.weight.detach()
+def round_layer(layer: nn.Module, state: list, fmt: IntFormat, weight_method: str, **options) -> torch.Tensor:
+    return round_weight(layer.weight.detach(), state, fmt, weight_method, **options)
+
+
+def round_weight(weight: torch.Tensor, state: list, fmt: IntFormat, weight_method: str, *, act_order: bool,
+                 block_size: int, percdamp: float, static_groups: bool) -> torch.Tensor:
+    """``weight`` rounded by GPTQ from its inputs' ``state``, in its dtype. Rows are independent given the
+    Hessian, so a large weight (an LLM's output layer) goes a chunk of rows at a time: its float32 copies,
+    grids and result stay a few GB, not several copies of the whole layer."""
     source = weight.reshape(weight.shape[0], -1)
     hessians = 2 * state[0] / state[1]  # H = 2 X X^T / n (sec. 3)
     rows = source.shape[0] // hessians.shape[0]

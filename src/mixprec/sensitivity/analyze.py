@@ -27,7 +27,7 @@ from .outputs import OutputRunner
 from ..joins import join_quantizers
 from ..rounding import RoundingConfig, rounding_config
 from ..run_directory import RunDirectory
-from .store import data_hash, model_hash
+from .store import data_hash
 from .table import SensitivityTable
 
 
@@ -85,8 +85,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         if config.uses_evaluate:  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-        recorded = run.fingerprint().get("model") if run.exists else None
-        fingerprint = {"model": model_hash(model, recorded), "data": data_hash(ctx.data), "settings": settings}
+        fingerprint = {"model": run.model_hash(model), "data": data_hash(ctx.data), "settings": settings}
     # one writer: rank 0 holds the run's lock from the check (claim) to the last write (the table)
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():
         if run is not None:
