@@ -180,3 +180,40 @@ def test_a_saved_model_with_joins_reloads_onto_apply_without_calibration(tmp_pat
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     x = batches[1]
     assert torch.equal(rebuilt(x), quantized(x))
+
+
+class ConvThenPool(nn.Module):
+    """Convs whose outputs go on to a pooling (after BatchNorm and ReLU6), to another conv, and out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+        self.side = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = torch.clamp(self.stem(x), 0, 6)  # read by a conv alone: the conv's input quantizer is enough
+        pooled = self.pool(self.act(self.bn(self.head(h))))
+        return self.fc(pooled.flatten(1)), self.side(h)  # side's output is a model output
+
+
+def test_a_conv_whose_output_no_quantizer_reads_gets_one_after_what_it_fuses():
+    """ONNX Runtime runs a conv in integers only with a quantized output: the head conv (read by a pooling)
+    gets a quantizer after its BatchNorm and ReLU6; the stem (read by convs) and side (an output) do not."""
+    gm = insert_join_quantizers(ConvThenPool().eval())
+    quantizers = join_quantizers(gm)
+    assert sorted(q.where for q in quantizers.values()) == ["head.out"]
+    pool = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "pool")
+    source = pool.args[0]
+    assert isinstance(gm.get_submodule(source.target), JoinQuantizer)
+    assert source.args[0].target == "act"  # after the ReLU6, which the integer conv takes in
+    model, batches = ConvThenPool().eval(), data((3, 6, 6))
+    p = uniform(model, batches, "w8a8")
+    joined, plain = apply(model, p, batches, progress=False, joins=True), apply(model, p, batches, progress=False)
+    a, b = joined(batches[0])[0], plain(batches[0])[0]
+    assert not torch.equal(a, b) and float((a - b).abs().max()) < 0.05 * float(b.abs().max())

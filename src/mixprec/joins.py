@@ -9,7 +9,12 @@ simulated model has the quantizers of the graph that runs:
     each input of an add or concatenation of two or more tensors gets a quantizer, unless it is already
     the output of one;
     its output gets one too, after the ReLU that alone reads it if there is one (a ReLU before an unsigned
-    quantizer whose range starts at 0 changes nothing, and ONNX Runtime drops it).
+    quantizer whose range starts at 0 changes nothing, and ONNX Runtime drops it);
+    a convolution whose output (after the BatchNorm, ReLU, ReLU6 or clamp that alone reads it, which the
+    runtime fuses into the integer conv) is read by anything but quantizable layers and quantizers (a
+    pooling, a mean, an activation the conv does not fuse) gets one there too, unless it is the model's
+    output: ONNX Runtime has no integer conv with a float output, so without it that conv runs in float
+    (EfficientNet-Lite0's last conv, before its global average pooling).
 
 Join quantizers are not chosen by a plan: they are 8-bit, per tensor, calibrated with the layers' input
 quantizers, with the activation range method. A layer whose 8-bit input quantizer reads a tensor that a
@@ -40,6 +45,10 @@ CONTAINER = "mixprec_joins"
 _ADDS = {operator.add, operator.iadd, torch.add}
 _CATS = {torch.cat, torch.concat}
 _RELUS = {torch.relu, torch.nn.functional.relu}
+_CLAMPS = {torch.clamp, torch.clip, torch.nn.functional.relu6, torch.nn.functional.hardtanh}
+_FUSED_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class JoinQuantizer(ActivationQuantizer):
@@ -117,7 +126,44 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU)
 
 
+def _fuses_into_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """BatchNorm (folded by the export), ReLU, ReLU6 or a clamp: what the runtime's integer conv takes in."""
+    if _is_relu(node, modules):
+        return True
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _FUSED_MODULES)
+    if node.op == "call_function":
+        return node.target in _CLAMPS
+    return node.op == "call_method" and node.target in ("clamp", "clamp_", "clip", "clip_")
+
+
 _DROPPED = (nn.Identity, nn.Dropout)  # modules the exported graph drops: a tensor passes them unchanged
+
+
+def _read_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``node`` is a quantizer or a quantizable layer (whose input quantizer the runtime graph puts on the
+    tensor), or an Identity/Dropout that only such nodes read."""
+    if _is_zero_pad(node, modules):  # quantizing commutes with it; the export moves the reader's pair before it
+        return bool(node.users) and all(_read_quantized(u, modules) for u in node.users)
+    if node.op != "call_module":
+        return False
+    module = modules.get(node.target)
+    if isinstance(module, (ActivationQuantizer, *_LAYERS)):
+        return True
+    return isinstance(module, _DROPPED) and bool(node.users) and all(_read_quantized(u, modules) for u in node.users)
+
+
+def _is_zero_pad(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A padding by the constant 0 (nn.ZeroPad*d, nn.ConstantPad*d(value=0), F.pad in constant mode)."""
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                                   nn.ConstantPad3d)) and float(module.value) == 0.0
+    if node.op == "call_function" and node.target is torch.nn.functional.pad:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+        return mode == "constant" and (value is None or value == 0)
+    return False
 
 
 def _before_dropped(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
@@ -179,6 +225,15 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse") -> fx.GraphMod
         if users and all(_is_quantized(u, modules) for u in users):
             continue
         q = new_quantizer(end, f"{label}.out")
+        end.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), _CONVS)]:
+        end = conv
+        while len(end.users) == 1 and _fuses_into_conv(next(iter(end.users)), modules):
+            end = next(iter(end.users))
+        users = list(end.users)
+        if not users or any(u.op == "output" for u in users) or all(_read_quantized(u, modules) for u in users):
+            continue
+        q = new_quantizer(end, f"{conv.target}.out")
         end.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
     graph.lint()
     gm.recompile()

@@ -119,23 +119,58 @@ def test_int8_cnn_matches_simulation_and_folds_batchnorm(tmp_path):
     assert "BatchNormalization" not in ops and {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
-def test_a_zero_pad_between_two_int8_convs_is_quantized_on_both_sides(tmp_path):
-    """Quantizing commutes with padding by zero, so the Q -> DQ pair is also put before the Pad: the first
-    conv becomes an integer kernel, and the output is the simulated one."""
+def test_a_zero_pad_before_an_int8_conv_goes_into_the_conv(tmp_path):
+    """A zero Pad before a Conv becomes the Conv's own padding (an integer conv pads with the zero-point, which
+    is 0.0 exactly): both convs run as integer kernels with nothing float between them, and the output is
+    the simulated one."""
     model, data = SamePadCnn().eval(), batches((3, 9, 9))
     p = plan(model, data, {"expand": "w7a8", "down": "w7a8", "fc": "w7a8"})
     result = export(model, p, data, out=tmp_path / "pad.onnx", progress=False)
     rows = {r["layer"]: r for r in result.layers}
     assert rows["expand"]["runtime_op"] == "QLinearConv" and rows["expand"]["low_precision"]
+    assert rows["down"]["runtime_op"] == "QLinearConv" and rows["down"]["low_precision"]
     graph = onnx.load(str(result.path)).graph
-    pad = next(n for n in graph.node if n.op_type == "Pad")
-    producer = next(n for n in graph.node if pad.input[0] in n.output)
-    assert producer.op_type == "DequantizeLinear"  # the pair before the Pad
-    simulated, exported = apply(model, p, data, progress=False), OrtModule(result.path)
+    assert not [n for n in graph.node if n.op_type in ("Pad", "Shape", "ConstantOfShape")]  # folded, and its
+    down = next(n for n in graph.node if n.name == rows["down"]["node"])  # shape arithmetic removed
+    pads = next(list(a.ints) for a in down.attribute if a.name == "pads")
+    assert pads == [0, 0, 1, 1]  # (top, left, bottom, right) of ZeroPad2d((0, 1, 0, 1))
+    # the export adds join quantizers: one on down's output, which a mean reads (an integer conv needs it)
+    simulated, exported = apply(model, p, data, progress=False, joins=True), OrtModule(result.path)
     x = batches((3, 9, 9), n=1, size=64)[0]
     a, b = simulated(x), exported(x)
     assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
     assert float((a.argmax(1) == b.argmax(1)).float().mean()) >= 0.98
+
+
+class PaddedFeatures(nn.Module):
+    """A zero pad of the feature axis before a linear layer: not a Conv, so the Pad stays."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.up = nn.Linear(12, 15)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.pad(torch.relu(self.up(x)), (0, 1)))
+
+
+def test_a_zero_pad_that_cannot_go_into_a_conv_is_quantized_on_both_sides(tmp_path):
+    """Quantizing commutes with padding by zero, so the Q -> DQ pair is also put before a Pad that stays: the
+    layer before it becomes an integer kernel, and the output is the simulated one."""
+    model, data = PaddedFeatures().eval(), batches((12,))
+    p = plan(model, data, {"up": "w7a8", "head": "w7a8"})
+    result = export(model, p, data, out=tmp_path / "pad.onnx", progress=False)
+    graph = onnx.load(str(result.path)).graph
+    pad = next(n for n in graph.node if n.op_type == "Pad")
+    producer = next(n for n in graph.node if pad.input[0] in n.output)
+    assert producer.op_type == "DequantizeLinear"  # the pair before the Pad
+    consumer = next(n for n in graph.node if pad.output[0] in n.input)
+    assert consumer.op_type == "QuantizeLinear"  # and the layer's own pair after it
+    simulated, exported = apply(model, p, data, progress=False), OrtModule(result.path)
+    x = batches((12,), n=1, size=64)[0]
+    a, b = simulated(x), exported(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
 
 
 def test_written_codes_are_the_simulated_weights(tmp_path):

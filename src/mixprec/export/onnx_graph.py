@@ -139,6 +139,13 @@ class _Graph:
                 nodes.append(n)
         nodes = _topological(nodes, {i.name for i in self.graph.input} | set(self.inits)
                              | {i.name for i in self.new_inits} | {""})
+        outputs = {o.name for o in self.graph.output}
+        while True:  # what nothing reads any more (the shape arithmetic of a Pad folded into a Conv)
+            needed = outputs | {i for n in nodes for i in n.input}
+            live = [n for n in nodes if any(o in needed for o in n.output)]
+            if len(live) == len(nodes):
+                break
+            nodes = live
         used = {i for n in nodes for i in n.input}
         inits = [i for i in self.graph.initializer if i.name in used] + [i for i in self.new_inits if i.name in used]
         nodes, inits = [_copy(n) for n in nodes], [_copy(i) for i in inits]
@@ -328,18 +335,77 @@ def _dequantized_input(g: _Graph, node, layer: LayerCodes) -> str:
     join quantizer's pair of the same scale and zero-point).
 
     Where the input comes from a zero Pad whose only consumer is this node (the "same" padding of
-    TF-ported convolutions), the pair is also put before the Pad: quantizing commutes with padding by
-    zero (0.0 is the zero-point exactly, and Q(DQ(q)) = q), so the result is the simulated one, and
-    ONNX Runtime can run the producer, the Pad and this node in integers instead of the producer in
-    float (EfficientNet-Lite0's stride-2 expansion convs)."""
+    TF-ported convolutions), quantizing commutes with the padding (0.0 is the zero-point exactly, and
+    Q(DQ(q)) = q), so the result is the simulated one either way:
+    - a Pad of constant spatial pads before a Conv goes into the Conv's own ``pads`` (an integer conv pads
+      with the zero-point), and the pair reads the Pad's input: ONNX Runtime then runs the producer and
+      this node as integer kernels with nothing between them (it neither fuses a Pad between Q/DQ pairs
+      into the conv nor runs it in integers);
+    - any other zero Pad gets the pair on both sides, so that at least the producer runs in integers."""
     tensor = node.input[0]
     existing = _existing_pair(g, tensor, layer.input_scale, layer.input_zero_point)
     if existing is not None:
         return existing
     pad = _zero_pad(g, tensor)
     if pad is not None and len(g.consumers(tensor)) == 1:
+        if _fold_pad_into_conv(g, pad, node):
+            return _dequantized_input(g, node, layer)
         pad.input[0] = _qdq(g, pad, pad.input[0], layer)
     return _qdq(g, node, tensor, layer)
+
+
+def _fold_pad_into_conv(g: _Graph, pad, conv) -> bool:
+    """Fold a zero Pad that alone feeds ``conv`` into the Conv's ``pads`` attribute (True), where its pads
+    are constant, non-negative, on the spatial axes only, and the Conv pads explicitly (no auto_pad)."""
+    from onnx import helper
+    if conv.op_type != "Conv" or _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return False
+    pads = _constant(g, pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+    axes = _constant(g, pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
+    if pads is None or axes is not None or pads.ndim != 1 or pads.size % 2 or pads.size < 6:
+        return False
+    rank = pads.size // 2
+    begin, end = pads[:rank].astype(np.int64), pads[rank:].astype(np.int64)
+    if begin[:2].any() or end[:2].any() or (pads < 0).any():
+        return False
+    spatial = rank - 2
+    old = [int(v) for v in _attr(conv, "pads", [0] * (2 * spatial))]
+    new = [old[i] + int(begin[2 + i]) for i in range(spatial)] + [old[spatial + i] + int(end[2 + i]) for i in range(spatial)]
+    for a in list(conv.attribute):
+        if a.name == "pads":
+            conv.attribute.remove(a)
+    conv.attribute.append(helper.make_attribute("pads", new))
+    conv.input[0] = pad.input[0]
+    g.removed.add(id(pad))
+    return True
+
+
+_FOLDABLE = {"Cast", "Reshape", "Transpose", "Slice", "Concat", "ConstantOfShape", "Shape", "Gather", "Add", "Sub",
+             "Mul", "Div", "Neg", "Unsqueeze", "Squeeze", "Range", "Identity"}
+
+
+def _constant(g: _Graph, tensor: str, depth: int = 0):
+    """The value of ``tensor`` where it is computed from constants alone (an initializer, a Constant node, or
+    shape arithmetic on them, as torch's exporter writes a Pad's pads), else None."""
+    from onnx import numpy_helper
+    if tensor in g.inits:
+        return g.array(tensor)
+    node = next((n for n in g.nodes if tensor in n.output and id(n) not in g.removed), None)
+    if node is None or depth > 64:
+        return None
+    if node.op_type == "Constant":
+        attr = _attr(node, "value", None)
+        return None if attr is None else numpy_helper.to_array(attr)
+    if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    inputs = [(_constant(g, i, depth + 1) if i else None) for i in node.input]
+    if any(v is None for i, v in zip(node.input, inputs) if i):
+        return None
+    from onnx.reference import ReferenceEvaluator
+    try:
+        return np.asarray(ReferenceEvaluator(node).run(None, {i: v for i, v in zip(node.input, inputs) if i})[0])
+    except Exception:  # an op the reference evaluator does not run: not folded, the Pad stays
+        return None
 
 
 def _qdq(g: _Graph, node, tensor: str, layer: LayerCodes) -> str:
