@@ -640,7 +640,8 @@ def cmd_profile(args) -> int:
     model, data, _, groups = _setup(args)
     result = profile(model, data, _candidates(args), groups=groups, target=args.target, batch_size=args.batch_size,
                      threads=args.threads, repeats=args.repeats, weight_method=args.weight_range,
-                     activation_method=args.activation_range, whole=not args.no_whole)
+                     activation_method=args.activation_range, whole=not args.no_whole, method=args.method,
+                     around=args.around, checks=args.checks)
     cands = ["fp32", *[c for c in result.candidates if c != "fp32"]]
     _table(["layer", *(f"{c} ms" for c in cands)],
            [(layer, *(f"{row[c]:.4g} ({result.ops[layer][c]})" if row[c] == row[c] else "-" for c in cands))
@@ -649,7 +650,11 @@ def cmd_profile(args) -> int:
           f"(outside the layers) {result.rest_ms:.4g} ms")
     for cand, w in result.whole.items():
         print(f"uniform {cand}: per-layer sum {w['predicted_ms']:.4g} ms, whole model measured {w['measured_ms']:.4g} ms "
-              f"({w['measured_ms'] / result.float_model_ms:.2f}x the float model)")
+              f"({result.float_model_ms / w['measured_ms']:.2f}x the float model's speed)")
+    for i, check in enumerate(result.checks, 1):
+        error = check["predicted_ms"] / check["measured_ms"] - 1
+        print(f"random mixed plan {i}: table {check['predicted_ms']:.4g} ms, whole model measured "
+              f"{check['measured_ms']:.4g} ms ({100 * error:+.1f}%)")
     reasons = sorted(set(result.skipped.values()))
     if reasons:
         print(f"note: {len(result.skipped)} (layer, candidate) entries cannot run on {result.target} and are left out "
@@ -898,11 +903,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="time every layer at every candidate on a runtime: a latency cost table",
-                       description="Export each layer alone at each candidate (as export writes it) and time it in "
-                       "ONNX Runtime on the input it sees on the first calibration batch (median of repeated runs); "
-                       "also time the whole model in float and at every uniform candidate, against the per-layer "
-                       "sum. Writes OUT (.csv: layer,candidate,latency_ms and the rest of the model as '*', what "
-                       "solve --cost latency_ms=OUT reads) and OUT's .json.")
+                       description="Time every layer at every candidate on ONNX Runtime. --method graph (default): "
+                       "export the whole model at every uniform candidate, time it end to end, and read each layer's "
+                       "kernel time inside that graph from ONNX Runtime's own profiler (the table predicts every "
+                       "uniform plan exactly); with --around CAND, also time each group moved to each other "
+                       "candidate with the rest at CAND, so plans near that point are predicted with their "
+                       "float/integer boundaries; random mixed plans are timed against the table (--checks). "
+                       "--method layers: export each layer alone and time it on the input it sees on the first "
+                       "calibration batch. Writes OUT (.csv: layer,candidate,latency_ms and the rest of the model as "
+                       "'*', what solve --cost latency_ms=OUT reads) and OUT's .json.")
     _add_model_args(p)
     p.add_argument("--candidates", default="w8a8,w4a8,fp32", help="comma-separated candidates (default w8a8,w4a8,fp32)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
@@ -911,7 +920,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibration batch's)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed runs at least (median kept; default 20)")
-    p.add_argument("--no-whole", action="store_true", help="skip timing the whole model at each uniform candidate")
+    p.add_argument("--method", choices=("graph", "layers"), default="graph",
+                   help="graph: each layer's kernel inside the whole model (default); layers: each layer alone")
+    p.add_argument("--around", default=None, metavar="CAND",
+                   help="with --method graph: measure each group's move away from the uniform plan at CAND "
+                   "(e.g. w7a8: which layers to leave in float)")
+    p.add_argument("--checks", type=int, default=2, help="with --method graph: random mixed plans timed as a whole "
+                   "against the table (default 2)")
+    p.add_argument("--no-whole", action="store_true", help="with --method layers: skip timing the whole model at "
+                   "each uniform candidate")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--out", required=True, help="the cost table to write (.csv)")

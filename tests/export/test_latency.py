@@ -1,4 +1,6 @@
-"""Latency measured on ONNX Runtime CPU: every layer at every candidate, the whole model, the cost table."""
+"""Latency measured on ONNX Runtime CPU: every layer at every candidate, the whole model, the cost table.
+Both methods: each layer's kernel inside the whole graph (default, and around an operating point), and
+each layer alone."""
 import csv
 import math
 
@@ -21,7 +23,19 @@ def demo():
 @pytest.fixture(scope="module")
 def measured(demo):
     model, data = demo
-    return profile(model, data, "w8a8,w4,fp8", threads=1, repeats=3, progress=False)
+    return profile(model, data, "w8a8,w4,fp8", threads=1, repeats=3, progress=False, method="layers")
+
+
+@pytest.fixture(scope="module")
+def in_graph(demo):
+    model, data = demo
+    return profile(model, data, "w8a8,w4,fp8", threads=1, repeats=5, progress=False, checks=1)
+
+
+@pytest.fixture(scope="module")
+def around(demo):
+    model, data = demo
+    return profile(model, data, "w8a8", threads=1, repeats=5, progress=False, around="w8a8", checks=0)
 
 
 def test_every_layer_is_timed_at_every_runnable_candidate(measured):
@@ -75,3 +89,43 @@ def test_cli_profile(tmp_path, capsys):
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert main(["profile", "--model", "demo-cnn", "--out", str(tmp_path / "lat.txt")]) == 2
     assert ".csv" in capsys.readouterr().err
+
+
+def test_in_graph_every_layer_is_timed_at_every_runnable_candidate(in_graph):
+    assert in_graph.method == "graph"
+    for layer, row in in_graph.layers.items():
+        assert set(row) == {"fp32", "w8a8", "w4", "fp8"}
+        for cand in ("fp32", "w8a8"):
+            assert math.isfinite(row[cand]) and row[cand] >= 0, (layer, cand)
+        assert math.isnan(row["fp8"]) and "no ONNX Runtime CPU kernel" in in_graph.skipped[f"{layer}/fp8"]
+    assert in_graph.ops["conv1"]["w8a8"] == "QLinearConv" and in_graph.ops["conv1"]["fp32"] in ("Conv", "FusedConv")
+    assert in_graph.ops["fc"]["w4"] == "MatMulNBits"
+    assert in_graph.ops["conv1"]["w4"] in ("Conv", "FusedConv")  # weight-only conv: dequantized to a float conv
+    assert in_graph.rest_ms >= 0
+
+
+def test_in_graph_table_predicts_every_uniform_plan_it_timed_and_checks_a_mixed_one(in_graph):
+    assert {"fp32", "w8a8"} <= set(in_graph.whole)
+    for cand, row in in_graph.whole.items():
+        assert row["predicted_ms"] == pytest.approx(row["measured_ms"], rel=1e-9)
+        assert in_graph.predicted_ms({n: cand for n in in_graph.layers}) == pytest.approx(row["measured_ms"])
+    assert in_graph.whole["fp32"]["measured_ms"] == in_graph.float_model_ms
+    (check,) = in_graph.checks
+    assert check["measured_ms"] > 0 and check["predicted_ms"] == pytest.approx(
+        in_graph.predicted_ms(check["assignments"]))
+
+
+def test_around_an_operating_point_the_base_plan_is_predicted_and_every_move_is_timed(around):
+    assert around.method == "graph around w8a8"
+    base = {n: "w8a8" for n in around.layers}
+    assert around.predicted_ms(base) == pytest.approx(around.whole["w8a8"]["measured_ms"], rel=1e-9)
+    for layer, row in around.layers.items():
+        assert math.isfinite(row["fp32"]) and row["fp32"] >= 0  # the move to float, measured in the whole graph
+
+
+def test_around_needs_a_candidate_of_the_profile(demo):
+    model, data = demo
+    with pytest.raises(mixprec.errors.MixprecError, match="not among the candidates"):
+        profile(model, data, "w8a8", around="w4a8", progress=False)
+    with pytest.raises(mixprec.errors.MixprecError, match="method='graph'"):
+        profile(model, data, "w8a8", around="w8a8", method="layers", progress=False)

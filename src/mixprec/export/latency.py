@@ -3,21 +3,32 @@
     profile(model, data, candidates, target="ort-cpu", batch_size=None) -> LatencyProfile
     LatencyProfile.write_csv(path)   the cost table `solve --cost latency_ms=FILE` reads
 
-Each layer is exported alone (a one-layer model, exactly as ``export`` writes it inside a whole
+Two methods:
+
+``graph`` (the default): the whole model is exported at every uniform candidate (each layer at the candidate
+where the target runs it, else in float; join quantizers as ``export`` adds them) and timed end to end in an
+ONNX Runtime session (all optimisations on, no thread spinning: a few warm-up runs, then runs until REPEATS
+runs and MIN_SECONDS have passed, the median kept). ONNX Runtime's own profiler then gives the time of
+each layer's kernel inside that graph (the node the layer became after fusion; median over the profiled
+runs). Whatever the layers' kernels do not account for (activations, adds, pooling, quantize/dequantize,
+the session's own overhead) is the rest of that graph. The ``*`` row is the smallest rest of all the
+uniform graphs; each graph's rest above it is shared among its layers in proportion to their kernel times,
+so the table predicts every uniform plan's measured time exactly. A mixed plan's prediction is checked,
+not promised: ``checks`` random mixed plans are exported, timed and compared with the table (the
+float/integer boundaries of a mixed graph cost quantize/dequantize pairs no uniform graph has).
+
+``layers``: each layer is exported alone (a one-layer model, exactly as ``export`` writes it inside a whole
 model: mixprec's scales and zero-points, the target's realisation of the candidate) with the input
-it sees on the first calibration batch, and timed in an ONNX Runtime session (all optimisations
-on, no thread spinning): a few warm-up runs, then runs until REPEATS runs and MIN_SECONDS have
-passed, the median kept, less what a session that only passes the same input through costs (the call
-and the copies, which a whole graph pays once, not once per layer; ``overhead_ms``). A layer at
-``fp32`` is timed too, as the float baseline (a layer faster than the timing noise of that
-difference comes out at 0). The rest of the
-model (what no layer accounts for: activations, adds, pooling, the graph's own overheads) is the
-float model's end-to-end median minus the sum of its layers' float medians, written as the ``*``
-row (never below 0). The whole model is also exported and timed at every uniform candidate the
-target runs, so the output says how well the per-layer sum predicts the whole: per-layer graphs
-pay a quantize/dequantize at their edges that a whole int8 graph fuses away, so the sum is an
-estimate to be checked, not a promise. Candidates the target cannot run are left out (empty, so
-the solver never chooses them), with the reason.
+it sees on the first calibration batch, and timed in its own session, less what a session that only
+passes the same input through costs (the call and the copies, which a whole graph pays once, not once
+per layer; ``overhead_ms``). A layer at ``fp32`` is timed too, as the float baseline (a layer faster than
+the timing noise of that difference comes out at 0). The rest of the model is the float model's
+end-to-end median minus the sum of its layers' float medians. Per-layer graphs pay a quantize/dequantize
+at their edges that a whole int8 graph fuses away, and an int8 conv inside a whole graph runs with
+integer neighbours, so this sum is an estimate to be checked, not a promise (``whole``: every uniform
+plan timed as a whole, against it).
+
+Candidates the target cannot run are left out (empty, so the solver never chooses them), with the reason.
 """
 from __future__ import annotations
 
@@ -63,6 +74,8 @@ class LatencyProfile:
     whole: dict[str, dict[str, float]] = field(default_factory=dict)  # uniform candidate -> predicted, measured ms
     skipped: dict[str, str] = field(default_factory=dict)  # "layer/candidate" -> why the target cannot run it
     overhead_ms: dict[str, float] = field(default_factory=dict)  # layer -> a one-layer session's own cost, subtracted
+    method: str = "layers"
+    checks: list[dict] = field(default_factory=list)  # mixed plans: assignments, predicted and measured ms
 
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
@@ -85,7 +98,8 @@ class LatencyProfile:
                 "layers": {k: {c: (v if math.isfinite(v) else None) for c, v in row.items()}
                            for k, row in self.layers.items()},
                 "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
-                "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms}
+                "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms, "method": self.method,
+                "checks": self.checks}
 
 
 class _Single(nn.Module):
@@ -179,14 +193,23 @@ def _quantize_output(path: Path, lo: float, hi: float) -> None:
 def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | Candidate], *,
             groups: ModelGroups | None = None, target: str = "ort-cpu", batch_size: int | None = None,
             threads: int | None = None, repeats: int = REPEATS, weight_method: str = "mse",
-            activation_method: str = "mse", whole: bool = True, progress: bool = True) -> LatencyProfile:
+            activation_method: str = "mse", whole: bool = True, progress: bool = True, method: str = "graph",
+            around: str | None = None, checks: int = 2, seed: int = 0) -> LatencyProfile:
     """Time every layer of ``model``'s groups at every candidate on ``target`` (see the module docstring).
 
     data: calibration batches (the first gives each layer's input and, for candidates with activation
     quantizers, its calibration); batch_size: rows per timed input (default: the first batch's);
-    threads: ONNX Runtime intra-op threads (default: its own); whole: also time the whole model at
-    every uniform candidate the target runs, against the per-layer estimate."""
+    threads: ONNX Runtime intra-op threads (default: its own); method: ``graph`` (each layer's kernel timed
+    inside the whole model at each uniform candidate) or ``layers`` (each layer alone); whole (``layers``):
+    also time the whole model at every uniform candidate the target runs, against the per-layer estimate;
+    around (``graph``): a candidate; the table is measured around its uniform plan instead (each group moved
+    to each other candidate with the rest at ``around``, timed as a whole: the entries are the base graph's
+    kernel times plus each move's measured change, so a plan near that operating point is predicted with
+    its float/integer boundaries); checks (``graph``): random mixed plans (``seed``) timed as a whole against
+    the table's prediction."""
     get_onnx_target(target, "profile")
+    if method not in ("graph", "layers"):
+        raise MixprecError(f"profile method must be 'graph' or 'layers', got {method!r}")
     batches = [item for item in data]
     if not batches:
         raise MixprecError("profiling needs calibration data: each layer is timed on the input it sees")
@@ -198,9 +221,172 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
         candidates = [c for c in candidates.split(",") if c.strip()]
     cands = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     names = list(dict.fromkeys([FLOAT, *(c.name for c in cands)]))
+    if around is not None:
+        if method != "graph":
+            raise MixprecError("around= measures in the whole graph: use it with method='graph'")
+        around = parse_candidate(around).name
+        if around not in names:
+            raise MixprecError(f"around={around!r} is not among the candidates {names}; add it to the candidates")
     example = first if batch_size is None else _resize(first, batch_size)
     rows = batch_size or _rows(first)
     modules = {l.name: model.get_submodule(l.name) for l in groups.layers}
+    skipped: dict[str, str] = {}
+    runnable: dict[str, dict[str, bool]] = {}
+    for name, layer in modules.items():
+        kind = layer_kind(layer)
+        for cand in names:
+            reason = None
+            if kind == "Embedding" and cand != FLOAT:
+                reason = "embedding tables are not exported to this target yet"
+            elif cand != FLOAT:
+                realised = realise(parse_candidate(cand), kind, int(layer.weight[0].numel()))
+                reason = realised if isinstance(realised, str) else None
+            runnable.setdefault(name, {})[cand] = reason is None
+            if reason is not None:
+                skipped[f"{name}/{cand}"] = reason
+    with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
+        if method == "graph":
+            return _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable, skipped,
+                                  target, rows, threads, repeats, weight_method, activation_method, Path(tmp),
+                                  progress, checks, seed, around)
+        return _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands], runnable,
+                               skipped, target, rows, threads, repeats, weight_method, activation_method, whole,
+                               Path(tmp), progress)
+
+
+def _plan(groups: ModelGroups, assignments: dict[str, str]) -> Plan:
+    """The plan putting each layer (every layer of a group alike) on its candidate in ``assignments``."""
+    plan = Plan.uniform(groups, FLOAT)
+    for group in groups.groups:
+        plan.assignments[group.name] = assignments[group.layer_names[0]]
+    return plan
+
+
+def _uniform_where_runnable(groups: ModelGroups, cand: str, runnable: dict[str, dict[str, bool]]) -> dict[str, str]:
+    """Each group at ``cand`` where the target runs it on all of the group's layers, else in float."""
+    out: dict[str, str] = {}
+    for group in groups.groups:
+        ok = all(runnable[layer][cand] for layer in group.layer_names)
+        for layer in group.layer_names:
+            out[layer] = cand if ok else FLOAT
+    return out
+
+
+def node_times(path: Path, feed: dict[str, np.ndarray], threads: int | None, repeats: int, tmp: Path) -> dict[str, float]:
+    """Median milliseconds of each node of the optimised graph at ``path``, from ONNX Runtime's own profiler
+    (WARMUP runs first, then ``repeats`` profiled runs)."""
+    import json
+    from .ort import make_session
+    session = make_session(path, threads, profile_prefix=str(tmp / "ort_profile"))
+    for _ in range(WARMUP + repeats):
+        session.run(None, feed)
+    profile_file = session.end_profiling()
+    try:
+        events = json.loads(Path(profile_file).read_text())
+    finally:
+        Path(profile_file).unlink(missing_ok=True)
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
+            durations.setdefault(event["name"][:-len("_kernel_time")], []).append(event["dur"] / 1000.0)
+    return {name: statistics.median(d[WARMUP:] if len(d) > WARMUP else d) for name, d in durations.items()}
+
+
+def _profile_graph(model, batches, example, groups, names, asked, runnable, skipped, target, rows, threads, repeats,
+                   weight_method, activation_method, tmp: Path, progress: bool, checks: int, seed: int,
+                   around: str | None = None) -> LatencyProfile:
+    from . import export
+    from .ort import make_session
+    graphs: dict[str, dict] = {}  # candidate -> its uniform graph: assignments, measured ms, kernel ms per layer
+    ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
+    todo = [c for c in names if c == FLOAT or any(runnable[l][c] for l in runnable)]
+    for cand in tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph", disable=not progress):
+        assignments = _uniform_where_runnable(groups, cand, runnable)
+        out = tmp / "model.onnx"
+        result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
+                        weight_method=weight_method, activation_method=activation_method, threads=threads,
+                        progress=False)
+        session = make_session(out, threads)
+        feed = _feed(session, example)
+        measured = time_session(session, feed, repeats)
+        nodes = node_times(out, feed, threads, repeats, tmp)
+        kernels: dict[str, float] = {}
+        for row in result.layers:
+            node = row.get("runtime_node", "")
+            if node not in nodes:
+                raise MixprecError(f"layer {row['layer']!r}: ONNX Runtime's profile of the uniform {cand} graph has "
+                                   f"no node {node or '(none found)'!r}; time this model with method='layers' "
+                                   "(--method layers)")
+            kernels[row["layer"]] = nodes[node]
+            if assignments[row["layer"]] == cand:
+                ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
+        graphs[cand] = {"assignments": assignments, "measured_ms": measured, "kernels": kernels,
+                        "rest_ms": measured - sum(kernels.values())}
+    rest = max(0.0, min(g["rest_ms"] for g in graphs.values()))
+    layers: dict[str, dict[str, float]] = {layer: {c: math.nan for c in names} for layer in runnable}
+    for cand, g in graphs.items():
+        total = sum(g["kernels"].values())
+        extra = g["measured_ms"] - rest - total  # this graph's rest above the smallest, shared by kernel time
+        for layer, ms in g["kernels"].items():
+            if g["assignments"][layer] == cand:
+                share = extra * ms / total if total > 0 else extra / len(g["kernels"])
+                layers[layer][cand] = max(0.0, ms + share)
+    if around is not None:
+        layers, rest = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
+                               threads, repeats, weight_method, activation_method, tmp, progress)
+    for layer in layers:
+        for cand in names:
+            ops[layer].setdefault(cand, "")
+    float_ms = graphs[FLOAT]["measured_ms"]
+    result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest, skipped=skipped,
+                            method="graph" if around is None else f"graph around {around}")
+    for cand, g in graphs.items():
+        if all(a == cand for a in g["assignments"].values()):
+            result.whole[cand] = {"predicted_ms": result.predicted_ms(g["assignments"]),
+                                  "measured_ms": g["measured_ms"]}
+    rng = np.random.default_rng(seed)
+    for _ in tqdm(range(checks), desc="timing mixed plans against the table", unit="plan", disable=not progress):
+        assignments = {}
+        for group in groups.groups:
+            options = [c for c in names if all(math.isfinite(layers[l][c]) for l in group.layer_names)]
+            pick = options[int(rng.integers(len(options)))]
+            assignments.update({layer: pick for layer in group.layer_names})
+        ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
+                              weight_method, activation_method, tmp)
+        result.checks.append({"assignments": assignments, "predicted_ms": result.predicted_ms(assignments),
+                              "measured_ms": ms})
+    return result
+
+
+def _around(model, batches, example, groups, names, runnable, base_graph: dict, around: str, target, threads,
+            repeats, weight_method, activation_method, tmp: Path, progress: bool):
+    """(table, rest) measured around the uniform plan at ``around``: a layer's entry at its base candidate is
+    its kernel time in the base graph, and at another candidate that plus the measured change of the whole
+    graph when its group moves there (shared among the group's layers by kernel time)."""
+    base = base_graph["assignments"]
+    shares = base_graph["kernels"]
+    rest = max(0.0, base_graph["measured_ms"] - sum(shares.values()))
+    layers = {layer: {c: math.nan for c in names} for layer in runnable}
+    for layer, cand in base.items():
+        layers[layer][cand] = shares[layer]
+    moves = [(group, cand) for group in groups.groups for cand in names
+             if cand != base[group.layer_names[0]] and all(runnable[l][cand] for l in group.layer_names)]
+    for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
+                            disable=not progress):
+        assignments = dict(base)
+        assignments.update({layer: cand for layer in group.layer_names})
+        ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
+                              weight_method, activation_method, tmp)
+        delta = ms - base_graph["measured_ms"]
+        total = sum(shares[l] for l in group.layer_names)
+        for layer in group.layer_names:
+            part = delta * shares[layer] / total if total > 0 else delta / len(group.layer_names)
+            layers[layer][cand] = max(0.0, shares[layer] + part)
+    return layers, rest
+
+
+def _profile_layers(model, batches, example, groups, modules, names, asked, runnable, skipped, target, rows, threads,
+                    repeats, weight_method, activation_method, whole: bool, tmp: Path, progress: bool) -> LatencyProfile:
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, module, args, kwargs):
@@ -209,64 +395,55 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
         run_model(model, example)
     layers: dict[str, dict[str, float]] = {}
     ops: dict[str, dict[str, str]] = {}
-    skipped: dict[str, str] = {}
     overhead: dict[str, float] = {}
     todo = [(name, c) for name in modules for c in names]
-    with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
-        for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
-            layer = modules[name]
-            row, oprow = layers.setdefault(name, {}), ops.setdefault(name, {})
-            kind = layer_kind(layer)
-            reason = None
-            if name not in seen:
-                reason = "not called on the first calibration batch"
-            elif kind == "Embedding" and cand != FLOAT:
-                reason = "embedding tables are not exported to this target yet"
-            else:
-                realised = realise(parse_candidate(cand), kind, int(layer.weight[0].numel()))
-                reason = realised if isinstance(realised, str) else None
-            if cand == FLOAT:
-                realised = None
-            if reason is not None:
-                row[cand], oprow[cand] = math.nan, ""
-                skipped[f"{name}/{cand}"] = reason
+    for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
+        layer = modules[name]
+        row, oprow = layers.setdefault(name, {}), ops.setdefault(name, {})
+        if not runnable[name][cand]:
+            row[cand], oprow[cand] = math.nan, ""
+            continue
+        if name not in seen:
+            row[cand], oprow[cand] = math.nan, ""
+            skipped[f"{name}/{cand}"] = "not called on the first calibration batch"
+            continue
+        realised = None if cand == FLOAT else realise(parse_candidate(cand), layer_kind(layer),
+                                                      int(layer.weight[0].numel()))
+        single = _Single(layer)
+        x = seen[name]
+        single_groups = discover_groups(single, x)
+        plan = Plan.uniform(single_groups, cand)
+        output_range = None
+        if realised is not None and realised.kind == "qdq":  # inside an int8 graph the output goes on quantized (to the next layer)
+            with torch.no_grad():
+                y = layer(x)
+            output_range = (float(y.min()), float(y.max()))
+        try:
+            ms, written = _timed_export(single, plan, [x], x, target, threads, repeats, weight_method,
+                                        activation_method, tmp, output_range)
+        except (CandidateError, MixprecError) as exc:
+            row[cand], oprow[cand] = math.nan, ""
+            skipped[f"{name}/{cand}"] = str(exc).splitlines()[0]
+            continue
+        op = written["layer"]["runtime_op"]
+        if name not in overhead:
+            overhead[name] = _overhead(x, threads, repeats, tmp)
+        row[cand], oprow[cand] = max(0.0, ms - overhead[name]), ("float" if op == "?" and cand == FLOAT else op)
+    float_plan = Plan.uniform(groups, FLOAT)
+    float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
+                                weight_method, activation_method, tmp)
+    rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
+    result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest,
+                            skipped=skipped, overhead_ms=overhead, method="layers")
+    if whole:
+        for cand in names:
+            plan = Plan.uniform(groups, cand)
+            assignments = plan.layer_candidates()
+            if any(not math.isfinite(layers[n][c]) for n, c in assignments.items()):
                 continue
-            single = _Single(layer)
-            x = seen[name]
-            single_groups = discover_groups(single, x)
-            plan = Plan.uniform(single_groups, cand)
-            output_range = None
-            if realised is not None and realised.kind == "qdq":  # inside an int8 graph the output goes on quantized (to the next layer)
-                with torch.no_grad():
-                    y = layer(x)
-                output_range = (float(y.min()), float(y.max()))
-            try:
-                ms, written = _timed_export(single, plan, [x], x, target, threads, repeats, weight_method,
-                                            activation_method, Path(tmp), output_range)
-            except (CandidateError, MixprecError) as exc:
-                row[cand], oprow[cand] = math.nan, ""
-                skipped[f"{name}/{cand}"] = str(exc).splitlines()[0]
-                continue
-            op = written["layer"]["runtime_op"]
-            if name not in overhead:
-                overhead[name] = _overhead(x, threads, repeats, Path(tmp))
-            row[cand], oprow[cand] = max(0.0, ms - overhead[name]), ("float" if op == "?" and cand == FLOAT else op)
-        float_plan = Plan.uniform(groups, FLOAT)
-        float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
-                                    weight_method, activation_method, Path(tmp))
-        rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
-        result = LatencyProfile(target, rows, threads, [c.name for c in cands], layers, ops, float_ms, rest,
-                                skipped=skipped, overhead_ms=overhead)
-        if whole:
-            for cand in names:
-                plan = Plan.uniform(groups, cand)
-                assignments = plan.layer_candidates()
-                if any(not math.isfinite(layers[n][c]) for n, c in assignments.items()):
-                    continue
-                measured = float_ms if cand == FLOAT else _timed_export(
-                    model, plan, batches, example, target, threads, repeats, weight_method, activation_method,
-                    Path(tmp))[0]
-                result.whole[cand] = {"predicted_ms": result.predicted_ms(assignments), "measured_ms": measured}
+            measured = float_ms if cand == FLOAT else _timed_export(
+                model, plan, batches, example, target, threads, repeats, weight_method, activation_method, tmp)[0]
+            result.whole[cand] = {"predicted_ms": result.predicted_ms(assignments), "measured_ms": measured}
     return result
 
 

@@ -24,7 +24,11 @@ LOW_PRECISION_OPS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteg
                      "DynamicQuantizeMatMul", "QGemm", "MatMulNBits", "QAttention", "DynamicQuantizeLSTM"}
 
 
-def session_options(threads: int | None = None, level: str = "all", optimized_path: str | None = None):
+def session_options(threads: int | None = None, level: str = "all", optimized_path: str | None = None,
+                    profile_prefix: str | None = None):
+    """ORT session options: ``threads`` intra-op threads, graph optimisation ``level`` (all, basic, none),
+    the optimised graph saved to ``optimized_path``, and with ``profile_prefix`` ORT's own per-node profiler on
+    (its JSON file starts with that prefix)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,16 +44,19 @@ def session_options(threads: int | None = None, level: str = "all", optimized_pa
     options.log_severity_level = 3
     if optimized_path:
         options.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return options
 
 
 def make_session(path: str | os.PathLike, threads: int | None = None, level: str = "all",
-                 optimized_path: str | None = None):
+                 optimized_path: str | None = None, profile_prefix: str | None = None):
     """An ORT CPU session; a file ORT cannot load is a ModelError naming the node when ORT does."""
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), session_options(threads, level, optimized_path),
+        return ort.InferenceSession(str(path), session_options(threads, level, optimized_path, profile_prefix),
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise ModelError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
@@ -103,22 +110,30 @@ def optimized_graph(path: str | os.PathLike):
 
 
 def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=None) -> dict[str, dict]:
-    """Per layer, the op ONNX Runtime runs after optimisation (level all) and whether it is low precision.
+    """Per layer, the op ONNX Runtime runs after optimisation (level all), whether it is low precision, and
+    the optimised node's name (``runtime_node``, what ORT's profiler calls it).
 
     A layer is followed from the int8/packed weight initializer the exporter gave it (``<layer>.weight_*``)
     or, failing that, from its node name, to the node of the optimised graph that consumes it.
     graph: that optimised graph, if the caller already has it (optimized_graph(path))."""
+    import onnx
+
     graph = optimized_graph(path) if graph is None else graph
     by_input: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             by_input.setdefault(name, []).append(node)
     producers = {o: n for n in graph.node for o in n.output}
+    original = None
     out = {}
     for layer, entry in written.items():
         node = _find(graph, by_input, producers, layer, entry)
+        if node is None:  # a float layer whose weight ONNX Runtime re-laid out and whose node it renamed
+            original = onnx.load(str(path), load_external_data=False).graph if original is None else original
+            node = _fused_node(graph, original, entry["node"])
         op = node.op_type if node is not None else "?"
-        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS}
+        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS,
+                      "runtime_node": node.name if node is not None else ""}
     return out
 
 
@@ -133,6 +148,36 @@ def _find(graph, by_input: dict, producers: dict, layer: str, entry: dict):
     for node in graph.node:  # unfused float layers keep their node name
         if node.name == entry["node"]:
             return node
+    return None
+
+
+_FUSED_AFTER = {"BatchNormalization", "Relu", "Clip", "Add", "Sum", "Sigmoid", "Mul", "LeakyRelu", "HardSigmoid"}
+_COMPUTE = {"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+
+
+def _fused_node(graph, original, node_name: str):
+    """The compute node of the optimised ``graph`` that the original node ``node_name`` became, where ONNX
+    Runtime named it after (or gave it) the output of the last op it fused in (its BatchNorm, activation or
+    add; NCHWc convs add the suffix ``_nchwc``)."""
+    start = next((n for n in original.node if n.name == node_name), None)
+    if start is None:
+        return None
+    consumers: dict[str, list] = {}
+    for n in original.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names, node = [], start
+    for _ in range(4):
+        names.extend(node.output)
+        users = consumers.get(node.output[0], []) if node.output else []
+        if len(users) != 1 or users[0].op_type not in _FUSED_AFTER:
+            break
+        node = users[0]
+    for name in reversed(names):  # the deepest fusion first
+        for n in graph.node:
+            if n.op_type in _COMPUTE and (n.name in (name, f"{name}_nchwc") or name in n.output
+                                          or f"{name}_nchwc" in n.output):
+                return n
     return None
 
 
