@@ -76,15 +76,18 @@ def verdicts(result: dict) -> dict:
 
 
 def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None,
-                  weight_range: str = "mse", extra: tuple[str, ...] = ()) -> Analysis:
+                  weight_range: str = "mse", extra: tuple[str, ...] = (), rounding: str = "nearest") -> Analysis:
     """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache; another weight
-    range method, or ``extra`` candidates, have their own, named as benchmarks/nncf_compare.py names them)."""
+    range method, ``extra`` candidates, or another rounding have their own, named as
+    benchmarks/nncf_compare.py names them)."""
     run = work / ("sqnr" if weight_range == "mse" else f"sqnr_{weight_range}")
     if extra:
         run = run.parent / f"{run.name}_plus_{'_'.join(extra)}"
+    if rounding != "nearest":
+        run = run.parent / f"{run.name}_{rounding}"
     if not (run / "sensitivity.json").is_file():
         analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
-                                            weight_range=weight_range))
+                                            weight_range=weight_range, rounding=rounding))
     return Analysis.load(run)
 
 

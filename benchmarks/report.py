@@ -296,8 +296,9 @@ def _at_budget_targets() -> list[str]:
         if r["budget"].replace(" ", "") not in ("bits_per_weight=5.1", "bits=5.1"):
             continue
         value = r["plan"]["metric"]["value"]
-        lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, candidates "
-                     f"{', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
+        rounding = r.get("rounding", "nearest")
+        lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding} rounding, "
+                     f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
                      f"{'yes' if value <= 31 else 'no'} |")
     return lines
 
