@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="sequences per batch")
     parser.add_argument("--candidates", default="w4g128,w8,fp16")
     parser.add_argument("--metric", default="kl", help="kl or sqnr (output metrics), or any other metric")
+    parser.add_argument("--around", default=None, metavar="CAND",
+                        help="measure around the uniform plan at CAND (the never-worse issue's in-context metric; "
+                        "replaces --metric)")
     parser.add_argument("--prefix", choices=("auto", "blocks", "none"), default="auto",
                         help="how forks share the float prefix (auto: torch.fx, else blocks)")
     parser.add_argument("--attn", choices=("eager", "sdpa"), default="sdpa")
@@ -192,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             torch.distributed.barrier()
     resumed = run_dir is not None and (run_dir / "run.json").is_file()
+    metric = args.metric
+    if args.around:
+        from mixprec.sensitivity.around import Around
+        metric = Around(base=args.around)
+
     def analyze():
-        return mixprec.analyze(model, data, candidates, args.metric, run_dir, groups=groups, device=device,
+        return mixprec.analyze(model, data, candidates, metric, run_dir, groups=groups, device=device,
                                progress=rank == 0, prefix=args.prefix)
     if args.uniform:
         from mixprec.plan import Plan
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv[:1] + (sys.argv[1:] if argv is None else argv)),
         "shape": args.shape, "config": SHAPES[args.shape], "dtype": str(dtype).replace("torch.", ""),
         "params": total_params, "model_bytes": total_params * dtype.itemsize, "blocks": layers,
-        "groups": len(groups), "candidates": args.candidates, "metric": args.metric,
+        "groups": len(groups), "candidates": args.candidates,
+        "metric": f"around {args.around}" if args.around else args.metric,
         "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
         "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
         "offload": os.environ.get("MIXPREC_OFFLOAD", "auto"),
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, report)
     fe = report["analyze"]
     print((f"analyze: {fe['forward_equivalents']:.1f} forward-equivalents ({fe['prefix_sharing']}), naive "
-           f"{fe['naive_forward_equivalents']}; " if fe else "") + f"wrote {out}")
+           f"{fe['naive_forward_equivalents']}; " if fe and fe["forward_equivalents"] is not None else "")
+          + f"wrote {out}")
     if world > 1:
         torch.distributed.destroy_process_group()
     if run_dir is not None and not args.run_path:
