@@ -1,14 +1,15 @@
 """The default plan at one budget, against every uniform plan that fits it, on the evaluation split.
 
     python benchmarks/at_budget.py smollm2 --budget bits_per_weight=5.1 [--device cuda] [--weight-range auto]
-        [--add-candidates w5g64,w5g128,w6g128] [--search local] [--rounding gptq]
+        [--add-candidates w5g64,w5g128,w6g128] [--search local] [--rounding gptq [--rounding-aware]]
 
 The sqnr analysis is benchmarks/never_worse.py's (the same run directory, so one analysis serves both);
 the plan is what `mixprec solve RUN --budget ...` returns (exact solver, guard on, decisions on the
 calibration data); every uniform candidate whose plan fits the budget (for CNNs also with the first
-and last groups at w8a8) is measured beside it. --rounding gptq: the sensitivity is measured with
-GPTQ-rounded weights (analyze --rounding gptq), and the plan, the guard and every uniform plan are applied
-with GPTQ (mixed+GPTQ against uniform+GPTQ at the same budget). Writes benchmarks/results/at_budget_<model><suffix>.json
+and last groups at w8a8) is measured beside it. --rounding gptq: the guard and every plan, the default
+and the uniform ones, are applied with GPTQ (mixed+GPTQ against uniform+GPTQ at the same budget);
+with --rounding-aware the sensitivity is measured with GPTQ-rounded weights too (analyze --rounding
+gptq). Writes benchmarks/results/at_budget_<model><suffix>.json
 and .md.
 """
 from __future__ import annotations
@@ -28,19 +29,19 @@ from mixprec.errors import MissingDataError  # noqa: E402
 
 
 def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tuple[str, ...],
-              search: str | None, rounding: str = "nearest") -> dict:
+              search: str | None, rounding: str = "nearest", aware: bool = False) -> dict:
     config = CONFIGS[model]
     candidates = ",".join([config.candidates, *extra])
     start = time.perf_counter()
     analysis = sqnr_analysis(model, candidates, RESULTS / "tmp" / f"run_{model}", device, None, weight_range, extra,
-                             rounding)
+                             rounding if aware else "nearest")
     analysis_seconds = time.perf_counter() - start
     problem = analysis.problem()
     budgets = analysis.budgets(budget, problem)  # kind -> limit
     evaluator = analysis.evaluator(device=device, rounding=rounding)
     reference = evaluator.reference().to_dict()
     start = time.perf_counter()
-    plan = analysis.solve(budgets, device=device, **({"search": search} if search else {}))
+    plan = analysis.solve(budgets, device=device, rounding=rounding, **({"search": search} if search else {}))
     seconds = time.perf_counter() - start
     measured = evaluator.measure(plan.assignments).to_dict()
     costs = plan.metadata["predicted_costs"]
@@ -64,7 +65,7 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
             "uniform": uniform, "candidates": list(problem.candidates),
             "command": " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]]),
             "environment": {"mixprec": __version__, "device": device, "weight_range": weight_range},
-            "rounding": rounding, "analysis_seconds": round(analysis_seconds, 1)}
+            "rounding": rounding, "rounding_aware": aware, "analysis_seconds": round(analysis_seconds, 1)}
 
 
 def markdown(result: dict) -> str:
@@ -73,7 +74,9 @@ def markdown(result: dict) -> str:
     best = max if higher else min
     lines = [f"# {result['model']} at {result['budget']}", "",
              f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}; weights rounded by "
-             f"{result.get('rounding', 'nearest')} (measurement, guard and every plan); candidates "
+             f"{result.get('rounding', 'nearest')} (the guard and every plan; the sensitivity "
+             f"{'too' if result.get('rounding_aware') or result.get('rounding', 'nearest') == 'nearest' else 'with nearest'}); "
+             "candidates "
              f"{', '.join(result['candidates'])}. Decisions on calibration data, metric on the evaluation split.", "",
              "| plan | candidates used | costs | metric |", "|---|---|---|---|",
              f"| default ({plan['search']} + guard: {plan['guard']}) | {', '.join(plan['candidates_used'])} | "
@@ -98,11 +101,14 @@ def main() -> int:
     parser.add_argument("--search", help="solve --search (default: the exact solver)")
     parser.add_argument("--rounding", choices=("nearest", "gptq"), default="nearest",
                         help="rounding of the measurement, the guard and every applied plan (default nearest)")
+    parser.add_argument("--rounding-aware", action="store_true",
+                        help="with --rounding gptq: measure the sensitivity with GPTQ-rounded weights too")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     try:
         result = benchmark(args.model, args.budget, args.device, args.weight_range,
-                           tuple(c for c in args.add_candidates.split(",") if c), args.search, args.rounding)
+                           tuple(c for c in args.add_candidates.split(",") if c), args.search, args.rounding,
+                           args.rounding_aware)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0
