@@ -442,6 +442,13 @@ def profile_section() -> list[str]:
     return [line for r in reports for line in profile_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def latency_budget_section() -> list[str]:
+    """benchmarks/latency_budget.py: plans under a measured latency budget, exported and re-measured."""
+    from latency_budget import markdown as latency_markdown
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("latency_budget_*.json"))]
+    return [line for r in reports for line in latency_markdown(r).splitlines()] + ([""] if reports else [])
+
+
 def _extrapolated_70b(scale: list[dict]) -> list[str]:
     """Each 8b run carried over to Llama-3.1-70B's shape (llm_scale.extrapolate: per-block scaling)."""
     import sys
@@ -576,7 +583,8 @@ def main() -> None:
              "every figure comes from those files, each made by the command shown with it.", "",
              "Symmetric integer grids now use a signed scale (all 2^B levels; see \"Symmetric grid\" below). "
              "Measured on it: `symmetric_grid_*`, `never_worse_*_signed`, `never_worse_*_auto`, `never_worse_*_margin`, "
-             "`nncf_*_signed`, `nncf_*_auto*`, `guard_noise*`, `weight_cache_*`, `gguf_*` and `profile_ort_*`; every other "
+             "`nncf_*_signed`, `nncf_*_auto*`, `guard_noise*`, `weight_cache_*`, `gguf_*`, `profile_ort_*`, `latency_budget_*`, "
+             "`export_ort_efficientnet-lite0` and `at_budget_*_gptq`; every other "
              "result file was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", "",
@@ -584,7 +592,7 @@ def main() -> None:
              "(`--guard-margin`, default 1) and scores language models by the next-token NLL of their calibration "
              "text. Measured with it: `never_worse_*_margin` and `nncf_*_margin`; the other never-worse and NNCF files "
              "ran the guard without a margin (and with KL for language models), and their rows say so.", ""]
-    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + export_section() + cuda_section() + gguf_section() + profile_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
+    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + export_section() + cuda_section() + gguf_section() + profile_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 
