@@ -217,3 +217,18 @@ def test_a_conv_whose_output_no_quantizer_reads_gets_one_after_what_it_fuses():
     joined, plain = apply(model, p, batches, progress=False, joins=True), apply(model, p, batches, progress=False)
     a, b = joined(batches[0])[0], plain(batches[0])[0]
     assert not torch.equal(a, b) and float((a - b).abs().max()) < 0.05 * float(b.abs().max())
+
+
+def test_a_conv_before_a_layer_the_plan_leaves_in_float_gets_an_output_quantizer():
+    """Mixed int8/float plans: the conv before a float layer keeps an integer kernel only with its output
+    quantized, so apply puts a join quantizer there; before an integer layer it needs none."""
+    model, batches = ConvThenPool().eval(), data((3, 6, 6))
+    groups = discover_groups(model, batches[0])
+    mixed = Plan.uniform(groups, "w8a8", {"joins": True})
+    mixed.assignments["{head,side}"] = "fp32"  # both read stem's output (after its clamp): in float
+    quantized = apply(model, mixed, batches, progress=False)
+    assert sorted(q.where for q in join_quantizers(quantized).values()) == ["stem.out"]  # head: float, none
+    every = apply(model, uniform(model, batches, "w8a8", joins=True), batches, progress=False)
+    assert sorted(q.where for q in join_quantizers(every).values()) == ["head.out"]
+    gm = insert_join_quantizers(ConvThenPool().eval())  # no plan (an analysis): every layer counts as integer
+    assert sorted(q.where for q in join_quantizers(gm).values()) == ["head.out"]

@@ -11,17 +11,20 @@ simulated model has the quantizers of the graph that runs:
     its output gets one too, after the ReLU that alone reads it if there is one (a ReLU before an unsigned
     quantizer whose range starts at 0 changes nothing, and ONNX Runtime drops it);
     a convolution whose output (after the BatchNorm, ReLU, ReLU6 or clamp that alone reads it, which the
-    runtime fuses into the integer conv) is read by anything but quantizable layers and quantizers (a
-    pooling, a mean, an activation the conv does not fuse) gets one there too, unless it is the model's
-    output: ONNX Runtime has no integer conv with a float output, so without it that conv runs in float
-    (EfficientNet-Lite0's last conv, before its global average pooling).
+    runtime fuses into the integer conv) is read by anything but layers with integer inputs and quantizers
+    (a pooling, a mean, an activation the conv does not fuse, a layer the plan leaves in float) gets one
+    there too, unless it is the model's output: ONNX Runtime has no integer conv with a float output, so
+    without it that conv runs in float (EfficientNet-Lite0's last conv, before its global average pooling;
+    the conv before a layer a mixed plan leaves in float).
 
 Join quantizers are not chosen by a plan: they are 8-bit, per tensor, calibrated with the layers' input
 quantizers, with the activation range method. A layer whose 8-bit input quantizer reads a tensor that a
 join quantizer reads (or writes) takes the join quantizer's range, so the exported graph holds one
 quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_graph).
 
-    insert_join_quantizers(model)  ``model`` traced by torch.fx, with uncalibrated join quantizers
+    insert_join_quantizers(model, integer_inputs=None)
+                                   ``model`` traced by torch.fx, with uncalibrated join quantizers
+                                   (integer_inputs: the layers a plan gives integer inputs; None: all)
                                    (mixprec.swap calibrates them: quantize_layers, with_join_quantizers)
     join_quantizers(model)         name -> JoinQuantizer of a model
     layers_reading_joins(model)    layer -> the join quantizer on its input tensor (they share a range)
@@ -140,17 +143,22 @@ def _fuses_into_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 _DROPPED = (nn.Identity, nn.Dropout)  # modules the exported graph drops: a tensor passes them unchanged
 
 
-def _read_quantized(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """``node`` is a quantizer or a quantizable layer (whose input quantizer the runtime graph puts on the
-    tensor), or an Identity/Dropout that only such nodes read."""
+def _read_quantized(node: fx.Node, modules: dict[str, nn.Module], integer_inputs: set[str] | None = None) -> bool:
+    """``node`` is a quantizer or a layer with integer inputs (whose input quantizer the runtime graph puts on
+    the tensor; every layer when ``integer_inputs`` is None), or an Identity/Dropout or zero padding that only
+    such nodes read."""
+    def readers_quantized() -> bool:
+        return bool(node.users) and all(_read_quantized(u, modules, integer_inputs) for u in node.users)
     if _is_zero_pad(node, modules):  # quantizing commutes with it; the export moves the reader's pair before it
-        return bool(node.users) and all(_read_quantized(u, modules) for u in node.users)
+        return readers_quantized()
     if node.op != "call_module":
         return False
     module = modules.get(node.target)
-    if isinstance(module, (ActivationQuantizer, *_LAYERS)):
+    if isinstance(module, ActivationQuantizer):
         return True
-    return isinstance(module, _DROPPED) and bool(node.users) and all(_read_quantized(u, modules) for u in node.users)
+    if isinstance(module, _LAYERS):
+        return integer_inputs is None or node.target in integer_inputs
+    return isinstance(module, _DROPPED) and readers_quantized()
 
 
 def _is_zero_pad(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -188,8 +196,12 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return [a for a in node.args[:2] if isinstance(a, fx.Node)]
 
 
-def insert_join_quantizers(model: nn.Module, method: str = "mse") -> fx.GraphModule:
-    """``model`` traced, with an uncalibrated JoinQuantizer at every join (see the module docstring)."""
+def insert_join_quantizers(model: nn.Module, method: str = "mse",
+                           integer_inputs: set[str] | None = None) -> fx.GraphModule:
+    """``model`` traced, with an uncalibrated JoinQuantizer at every join (see the module docstring).
+    integer_inputs: names of the layers whose inputs a plan quantizes to integers (None: every layer, as
+    an analysis measures before any plan): a conv read only by other layers still gets an output quantizer
+    where one of them is not among these."""
     gm = trace(model)
     modules = dict(gm.named_modules())
     container = nn.Module()
@@ -226,12 +238,14 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse") -> fx.GraphMod
             continue
         q = new_quantizer(end, f"{label}.out")
         end.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
-    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), _CONVS)]:
+    for conv in [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), _CONVS)
+                 and (integer_inputs is None or n.target in integer_inputs)]:  # a float conv needs none
         end = conv
         while len(end.users) == 1 and _fuses_into_conv(next(iter(end.users)), modules):
             end = next(iter(end.users))
         users = list(end.users)
-        if not users or any(u.op == "output" for u in users) or all(_read_quantized(u, modules) for u in users):
+        if not users or any(u.op == "output" for u in users) or all(
+                _read_quantized(u, modules, integer_inputs) for u in users):
             continue
         q = new_quantizer(end, f"{conv.target}.out")
         end.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)

@@ -142,6 +142,21 @@ def test_a_zero_pad_before_an_int8_conv_goes_into_the_conv(tmp_path):
     assert float((a.argmax(1) == b.argmax(1)).float().mean()) >= 0.98
 
 
+def test_an_int8_conv_before_a_float_conv_still_runs_as_an_integer_kernel(tmp_path):
+    """A mixed plan leaves ``down`` in float: ``expand`` gets its output quantized (a join quantizer, in the
+    simulation too), so ONNX Runtime still runs it in integers; the output is the simulated one."""
+    model, data = SamePadCnn().eval(), batches((3, 9, 9))
+    p = plan(model, data, {"expand": "w7a8", "down": "fp32", "fc": "w7a8"})
+    result = export(model, p, data, out=tmp_path / "mixed.onnx", progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["expand"]["runtime_op"] == "QLinearConv" and rows["expand"]["low_precision"]
+    assert not rows["down"]["low_precision"]
+    simulated, exported = apply(model, p, data, progress=False, joins=True), OrtModule(result.path)
+    x = batches((3, 9, 9), n=1, size=64)[0]
+    a, b = simulated(x), exported(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+
+
 class PaddedFeatures(nn.Module):
     """A zero pad of the feature axis before a linear layer: not a Conv, so the Pad stays."""
 

@@ -137,6 +137,29 @@ def time_session(session, feed: dict[str, np.ndarray], repeats: int = REPEATS, m
     return 1000 * statistics.median(times)
 
 
+def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS, rounds: int = 5) -> tuple[float, float]:
+    """Median milliseconds of two sessions on the same ``feed``, timed in alternating rounds (WARMUP runs each
+    first, then ``rounds`` rounds of about ``repeats`` / 2 runs of each, at least MIN_SECONDS / 2 of each in
+    all), so that a drift of the machine's speed hits both alike: their difference is what a change costs."""
+    for session in (first, second):
+        for _ in range(WARMUP):
+            session.run(None, feed)
+    times: tuple[list[float], list[float]] = ([], [])
+    per_round = max(1, math.ceil(repeats / 2 / rounds))
+    spent = [0.0, 0.0]
+    while len(times[0]) < rounds * per_round or min(spent) < MIN_SECONDS / 2:
+        for i, session in enumerate((first, second)):
+            for _ in range(per_round):
+                t = time.perf_counter()
+                session.run(None, feed)
+                elapsed = time.perf_counter() - t
+                times[i].append(elapsed)
+                spent[i] += elapsed
+        if len(times[0]) >= 50 * repeats:
+            break
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+
+
 def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
     names = [i.name for i in session.get_inputs()]
     if isinstance(inputs, dict):
@@ -362,22 +385,36 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
             repeats, weight_method, activation_method, tmp: Path, progress: bool):
     """(table, rest) measured around the uniform plan at ``around``: a layer's entry at its base candidate is
     its kernel time in the base graph, and at another candidate that plus the measured change of the whole
-    graph when its group moves there (shared among the group's layers by kernel time)."""
+    graph when its group moves there (the moved graph and the base timed in alternating rounds; shared
+    among the group's layers by kernel time)."""
     base = base_graph["assignments"]
-    shares = base_graph["kernels"]
-    rest = max(0.0, base_graph["measured_ms"] - sum(shares.values()))
+    kernels, measured = base_graph["kernels"], base_graph["measured_ms"]
+    total = sum(kernels.values())
+    # profiled kernels can add up to more than the unprofiled run: then they are scaled down to it, rest 0
+    scale = measured / total if total > measured > 0 else 1.0
+    shares = {layer: ms * scale for layer, ms in kernels.items()}
+    rest = max(0.0, measured - sum(shares.values()))
     layers = {layer: {c: math.nan for c in names} for layer in runnable}
     for layer, cand in base.items():
         layers[layer][cand] = shares[layer]
     moves = [(group, cand) for group in groups.groups for cand in names
              if cand != base[group.layer_names[0]] and all(runnable[l][cand] for l in group.layer_names)]
+    from . import export
+    from .ort import make_session
+    base_path = tmp / "base.onnx"
+    export(model, _plan(groups, base), batches, target, base_path, example_input=example, weight_method=weight_method,
+           activation_method=activation_method, threads=threads, progress=False)
+    base_session = make_session(base_path, threads)
+    feed = _feed(base_session, example)
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
         assignments = dict(base)
         assignments.update({layer: cand for layer in group.layer_names})
-        ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
-                              weight_method, activation_method, tmp)
-        delta = ms - base_graph["measured_ms"]
+        path = tmp / "move.onnx"
+        export(model, _plan(groups, assignments), batches, target, path, example_input=example,
+               weight_method=weight_method, activation_method=activation_method, threads=threads, progress=False)
+        base_ms, ms = time_pair(base_session, make_session(path, threads), feed, repeats)
+        delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
         total = sum(shares[l] for l in group.layer_names)
         for layer in group.layer_names:
             part = delta * shares[layer] / total if total > 0 else delta / len(group.layer_names)
