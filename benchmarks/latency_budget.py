@@ -5,8 +5,8 @@
 For a built-in CNN: the sensitivity analysis (sqnr, with join quantizers, candidates: the target's int8
 candidate and fp32); per batch size, `mixprec profile --around INT8` (each layer's kernel timed inside the
 whole uniform int8 graph by ONNX Runtime's profiler, and each group's move to float timed as a whole);
-then the plans `solve` gives at latency budgets from the fastest plan the table predicts up to the float
-model's time, each exported, its top-1 measured on the exported ONNX file (evaluation split, the first --limit
+then the plans `solve` gives at latency budgets from the fastest plan the table predicts up to what it
+predicts for the float model, each exported, its top-1 measured on the exported ONNX file (evaluation split, the first --limit
 images) and its latency measured against the float and the uniform int8 files (median of rounds that
 alternate the files; 2 intra-op threads, no spinning). Beside each, the plan a BOPs budget gives at the same
 BOPs, deployed and measured the same way. The int8 candidate is w7a8 on a CPU without VNNI (ONNX Runtime's
@@ -79,10 +79,11 @@ def run(name: str, batch_sizes: list[int], points: int, limit: int | None, sampl
                            checks=0, progress=False)
             profile_seconds = time.perf_counter() - start
             csv = save_profile(prof, tmp / f"latency_b{batch}.csv")[0]
-            # from the fastest plan the table knows (each layer at its fastest entry) up to the float model's
-            # time (or the uniform int8 model's, where int8 is the slower)
+            # from the fastest plan the table knows (each layer at its fastest entry) up to what it predicts for
+            # the float model (above that the float plan fits: no sensitivity), or for uniform int8 where that
+            # is the slower
             fast = prof.rest_ms + sum(min(v for v in row.values() if v == v) for row in prof.layers.values())
-            slow = max(prof.float_model_ms, prof.whole.get(int8, {}).get("measured_ms", 0.0), fast)
+            slow = max(prof.predicted_ms({n: c for n in prof.layers}) for c in ("fp32", int8))
             budgets = [fast + (slow - fast) * k / points for k in range(points + 1)]
             rows = []
             for budget in budgets:
