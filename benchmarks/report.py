@@ -492,7 +492,9 @@ def llm_scale_section() -> list[str]:
             phases = ", ".join(f"{k} {v['seconds']:.1f}" for k, v in r["phases"].items())
             peak = max((v.get("peak_gpu_bytes") or 0) for v in r["phases"].values())
             a = r["analyze"]
-            fe = (f"{a['forward_equivalents']:.0f} ({a['naive_forward_equivalents']}; {a['prefix_sharing']})" if a
+            fe = (f"{a['forward_equivalents']:.0f} ({a['naive_forward_equivalents']}; {a['prefix_sharing']})"
+                  if a and a.get("forward_equivalents") is not None
+                  else "not counted by this metric" if a
                   else f"none: uniform {r['plan']['candidates_used'][0]}, rounding {r.get('rounding', 'nearest')}")
             lines.append(f"| {r['shape']} | {r['dtype']} | {cal['sequences']} x {cal['tokens_per_sequence']} | "
                          f"{r['metric'] if a else '-'} | {phases} | {peak / 2**30:.1f} GiB ({peak / r['model_bytes']:.2f}x) | "
