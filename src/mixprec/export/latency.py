@@ -320,12 +320,12 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
                    around: str | None = None) -> LatencyProfile:
     from . import export
     from .ort import make_session
-    graphs: dict[str, dict] = {}  # candidate -> its uniform graph: assignments, measured ms, kernel ms per layer
+    graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
     ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
     todo = [c for c in names if c == FLOAT or any(runnable[l][c] for l in runnable)]
     for cand in tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph", disable=not progress):
         assignments = _uniform_where_runnable(groups, cand, runnable)
-        out = tmp / "model.onnx"
+        out = tmp / f"uniform_{len(graphs)}.onnx"  # kept: the base of --around is one of these
         result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
                         weight_method=weight_method, activation_method=activation_method, threads=threads,
                         progress=False)
@@ -343,7 +343,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             kernels[row["layer"]] = nodes[node]
             if assignments[row["layer"]] == cand:
                 ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
-        graphs[cand] = {"assignments": assignments, "measured_ms": measured, "kernels": kernels,
+        graphs[cand] = {"path": out, "assignments": assignments, "measured_ms": measured, "kernels": kernels,
                         "rest_ms": measured - sum(kernels.values())}
     rest = max(0.0, min(g["rest_ms"] for g in graphs.values()))
     layers: dict[str, dict[str, float]] = {layer: {c: math.nan for c in names} for layer in runnable}
@@ -401,10 +401,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
              if cand != base[group.layer_names[0]] and all(runnable[l][cand] for l in group.layer_names)]
     from . import export
     from .ort import make_session
-    base_path = tmp / "base.onnx"
-    export(model, _plan(groups, base), batches, target, base_path, example_input=example, weight_method=weight_method,
-           activation_method=activation_method, threads=threads, progress=False)
-    base_session = make_session(base_path, threads)
+    base_session = make_session(base_graph["path"], threads)  # the uniform graph already exported and timed
     feed = _feed(base_session, example)
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):

@@ -268,42 +268,19 @@ def _fold_batchnorm(g: _Graph, conv) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _quantizer_constants(g: _Graph) -> None:
     """Give every QuantizeLinear/DequantizeLinear of the traced graph (join quantizers, written by torch as
-    Constant -> Cast chains) its scale and zero-point as initializers, which the rewrite can compare."""
-    from onnx import numpy_helper
-
+    Constant -> Cast chains) its scale and zero-point as initializers, which the rewrite can compare (the
+    chains nothing reads any more go with the other dead nodes when the graph is finished)."""
     producers = {o: n for n in g.nodes for o in n.output}
-
-    def value(tensor: str):
-        if tensor in g.inits:
-            return g.array(tensor)
-        node = producers.get(tensor)
-        if node is None:
-            return None
-        if node.op_type == "Constant":
-            return numpy_helper.to_array(_attr(node, "value", None))
-        if node.op_type == "Cast":
-            from onnx import helper
-            inner = value(node.input[0])
-            return None if inner is None else inner.astype(helper.tensor_dtype_to_np_dtype(_attr(node, "to", 1)))
-        return None
-
     for node in g.nodes:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or id(node) in g.removed:
             continue
         for i in (1, 2):
             if i < len(node.input) and node.input[i] and node.input[i] not in g.inits:
-                array = value(node.input[i])
+                array = _constant(g, node.input[i], producers=producers)
                 if array is not None:
                     name = f"{node.name or node.output[0]}.{'scale' if i == 1 else 'zero_point'}"
                     node.input[i] = g.add_init(name, array)
                     g.inits[name] = g.new_inits[-1]
-    outputs = {x.name for x in g.graph.output}
-    dead = True
-    while dead:  # Constant/Cast chains nothing reads any more
-        needed = outputs | {i for n in g.nodes if id(n) not in g.removed for i in n.input}
-        dead = [n for n in g.nodes if id(n) not in g.removed and n.op_type in ("Constant", "Cast")
-                and not any(o in needed for o in n.output)]
-        g.removed.update(id(n) for n in dead)
 
 
 def _same_quantizer(g: _Graph, node, scale: float, zero_point: int) -> bool:
@@ -384,13 +361,17 @@ _FOLDABLE = {"Cast", "Reshape", "Transpose", "Slice", "Concat", "ConstantOfShape
              "Mul", "Div", "Neg", "Unsqueeze", "Squeeze", "Range", "Identity"}
 
 
-def _constant(g: _Graph, tensor: str, depth: int = 0):
+def _constant(g: _Graph, tensor: str, depth: int = 0, producers: dict | None = None):
     """The value of ``tensor`` where it is computed from constants alone (an initializer, a Constant node, or
-    shape arithmetic on them, as torch's exporter writes a Pad's pads), else None."""
+    shape arithmetic on them, as torch's exporter writes a Pad's pads), else None. producers: output name ->
+    node, where the caller has that index of the graph (else the graph is searched)."""
     from onnx import numpy_helper
     if tensor in g.inits:
         return g.array(tensor)
-    node = next((n for n in g.nodes if tensor in n.output and id(n) not in g.removed), None)
+    if producers is not None:
+        node = producers.get(tensor)
+    else:
+        node = next((n for n in g.nodes if tensor in n.output and id(n) not in g.removed), None)
     if node is None or depth > 64:
         return None
     if node.op_type == "Constant":
@@ -398,7 +379,7 @@ def _constant(g: _Graph, tensor: str, depth: int = 0):
         return None if attr is None else numpy_helper.to_array(attr)
     if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
         return None
-    inputs = [(_constant(g, i, depth + 1) if i else None) for i in node.input]
+    inputs = [(_constant(g, i, depth + 1, producers) if i else None) for i in node.input]
     if any(v is None for i, v in zip(node.input, inputs) if i):
         return None
     from onnx.reference import ReferenceEvaluator
@@ -426,22 +407,13 @@ def _qdq(g: _Graph, node, tensor: str, layer: LayerCodes) -> str:
 
 def _zero_pad(g: _Graph, tensor: str):
     """The Pad node producing ``tensor`` if it pads with the constant 0 (else None)."""
-    from onnx import numpy_helper
     pad = next((n for n in g.nodes if tensor in n.output and id(n) not in g.removed), None)
     if pad is None or pad.op_type != "Pad" or _attr(pad, "mode", b"constant") not in (b"constant", "constant"):
         return None
     if len(pad.input) < 3 or not pad.input[2]:
         return pad  # no constant_value: zero
-    name = pad.input[2]
-    if name in g.inits:
-        value = g.array(name)
-    else:
-        const = next((n for n in g.nodes if name in n.output and n.op_type == "Constant"), None)
-        attr = next((a for a in const.attribute if a.name == "value"), None) if const is not None else None
-        if attr is None:
-            return None
-        value = numpy_helper.to_array(attr.t)
-    return pad if np.all(np.asarray(value) == 0) else None
+    value = _constant(g, pad.input[2])
+    return pad if value is not None and np.all(value == 0) else None
 
 
 def _channel_scales(scales: np.ndarray) -> np.ndarray:
