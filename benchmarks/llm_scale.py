@@ -93,6 +93,17 @@ def extrapolate(config: dict, target: dict, phases: dict, dtype_bytes: int, roun
     return out
 
 
+def _stream_figures(model) -> dict:
+    """What streaming moved: blocks fetched onto the device and their bytes, over every phase."""
+    from mixprec.streaming import stream_of
+    stream = stream_of(model)
+    if stream is None:
+        return {}
+    sizes = stream.block_bytes
+    return {"blocks": len(sizes), "block_bytes": max(sizes), "fetches": stream.fetches,
+            "fetched_bytes": stream.fetched_bytes, "fetched_models": round(stream.fetched_bytes / max(sum(sizes), 1), 2)}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -172,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uniform", help="skip analyze and solve: quantize the uniform plan of this candidate "
                                           "(e.g. the time of --rounding gptq alone)")
     parser.add_argument("--save-table", help="also save the sensitivity table in this directory (rank 0)")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream the decoder layers from CPU memory (mixprec.streaming): the model is built on the "
+                             "device, then its blocks move to page-locked CPU memory before the analysis")
     args = parser.parse_args(argv)
     rank, world, device = init_distributed(args.device)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     phases = Phases(device, verbose=rank == 0)
     model = phases("build", build, args.shape, dtype, device, args.attn, args.seed)
+    if args.stream:
+        from mixprec.streaming import stream_blocks
+        phases("stream", stream_blocks, model, device)
     generator = torch.Generator().manual_seed(args.seed + 1)
     vocab = SHAPES[args.shape]["vocab_size"]
     tokens = torch.randint(0, vocab, (args.samples, args.length), generator=generator)
@@ -202,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def analyze():
         return mixprec.analyze(model, data, candidates, metric, run_dir, groups=groups, device=device,
-                               progress=rank == 0, prefix=args.prefix)
+                               progress=rank == 0, prefix=args.prefix, stream=args.stream)
     if args.uniform:
         from mixprec.plan import Plan
         analysis, meta, plan = None, {}, Plan.uniform(groups, args.uniform)
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     total_params = sum(p.numel() for p in model.parameters())
     if not args.no_quantize:  # in place, as `mixprec quantize` does: the float model is not needed again
         result = phases("quantize", quantize_plan, model, plan, data, groups, rounding=args.rounding, device=device,
-                        progress=True, inplace=True)
+                        progress=True, inplace=True, stream=args.stream)
         del result
     per_block = {"params": block_params, "bytes": block_params * dtype.itemsize,
                  **{f"{phase}_seconds": round(f["seconds"] / layers, 4) for phase, f in phases.figures.items()
@@ -238,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {"sequences": args.samples, "tokens_per_sequence": args.length, "batch": args.batch},
         "processes": world, "run_directory": run_dir is not None, "phases": phases.figures,
         "offload": os.environ.get("MIXPREC_OFFLOAD", "auto"),
+        "stream": _stream_figures(model) if args.stream else None,
         "resumed": resumed,
         "analyze": None if analysis is None else {"forward_equivalents": meta.get("forward_equivalents"),
                     "forward_equivalents_of": "rank 0's share of the groups" if world > 1 else "all groups",

@@ -38,6 +38,7 @@ from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import within
 from .specs import is_builtin, load_eval, prepare, resolve_specs
+from .streaming import device_of, place, stream_blocks
 
 DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 
@@ -261,6 +262,7 @@ class Analysis:
         if self.joins:
             settings["joins"] = True
         run_groups = list(self.groups)
+        device = device or arguments.get("device") or "cpu"
 
         def load():
             a = arguments
@@ -270,6 +272,8 @@ class Analysis:
                 from .swap import with_join_quantizers
                 model = with_join_quantizers(model.eval(), data or [], a.get("activation_range") or "mse")
             self.run.check_loaded(model, data)
+            if a.get("stream"):  # analysed with its blocks streamed: measured the same way
+                stream_blocks(model, device)
             if list(groups.names) != run_groups:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
                                 "--tie/--exclude options change?); analyze it again")
@@ -279,7 +283,7 @@ class Analysis:
             return model, data, score
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
                              _run_weight_range(arguments), arguments.get("activation_range") or "mse",
-                             device or arguments.get("device") or "cpu", rounding, rounding_options,
+                             device, rounding, rounding_options,
                              "divergences" if divergence else "evaluations")
 
     # ---- solve -------------------------------------------------------------------------------------------
@@ -555,8 +559,7 @@ class Analysis:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return device_of(model)
 
 
 def analyze(model: nn.Module | str, data: Iterable | str | None,
@@ -568,7 +571,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
             model_name: str | None = None, arguments: dict[str, Any] | None = None,
             prefix: str | None = None, rounding: str | RoundingConfig | None = None,
-            joins: bool = False, target: str | None = None) -> Analysis:
+            joins: bool = False, target: str | None = None, stream: bool = False) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -590,6 +593,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     Its divergences are measured from the model with its joins quantized and its layers float.
     target: the export target the plans are for (mixprec.export.TARGETS, e.g. "ort-cpu"; a profile's
     target with --profile): the (group, candidate) pairs it cannot run are measured but never chosen.
+    stream: keep the model's stack of blocks in CPU memory and bring each onto ``device`` only while it
+    runs (mixprec.streaming): a model larger than the accelerator is measured in the memory of about two
+    blocks plus what is outside the blocks. The stream stays on the model, so the plans the analysis
+    solves and quantizes stream too.
     Under torchrun the groups are sharded over the processes; rank 0 gets the merged table.
     """
     from .hf import check_dtype
@@ -601,7 +608,11 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         arguments = {**given, **(arguments or {})}
     batches = _batches(data)
     device = torch.device(device) if device is not None else _device_of(model)
-    model = model.to(device).eval()
+    if stream:
+        if joins:
+            raise SpecError("joins and stream cannot be combined: join quantizers need the whole model traced")
+        stream_blocks(model, device)
+    model = place(model, device).eval()
     check_dtype(model, device)
     if joins:  # a model fx cannot trace is a clear error here, before any measurement
         from .swap import with_join_quantizers

@@ -179,7 +179,7 @@ def cmd_quantize(args) -> int:
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
                            activation_range=args.activation_range, rounding=rounding,
                            rounding_checkpoint=cache_dir() / "rounding", device=args.device,
-                           inplace=True)  # the float model is not needed again: one model's memory, not two
+                           stream=args.stream, inplace=True)  # the float model is not needed again: one model's memory, not two
     out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
@@ -204,7 +204,7 @@ def _init_distributed() -> int:
 
 ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
                 "around", "around_divergence", "rounding", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
-                "device", "out", "joins")
+                "device", "out", "joins", "stream")
 
 
 def _metric(args):
@@ -270,7 +270,7 @@ def _analyze(args, rank: int) -> int:
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
                        verbose=rank == 0, model_name=args.model, rounding=args.rounding, joins=args.joins,
-                       target=PROFILE_TARGETS.get(args.profile or ""),
+                       target=PROFILE_TARGETS.get(args.profile or ""), stream=args.stream,
                        arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
         return 0
@@ -737,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help=f"adaround, brecq: optimisation steps per layer or block (default "
                         f"{ROUNDINGS['adaround']().iterations})")
+    p.add_argument("--stream", action="store_true", help="keep the model's stack of blocks (an LLM's decoder layers) "
+                   "in CPU memory and bring each onto --device only while it runs: a model larger than the GPU, in "
+                   "about two blocks' memory plus what lies outside the blocks; slower by the copies")
     p.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda)")
     p.set_defaults(func=cmd_quantize)
 
@@ -781,6 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure with 8-bit quantizers on the tensors residual adds and concatenations read and write, "
                         "as ONNX Runtime's int8 graph has them (on by default with --profile ort-cpu/ort-cpu-avx2 "
                         "where the model traces with torch.fx); its plans are applied and exported with them")
+    p.add_argument("--stream", action="store_true", help="keep the model's stack of blocks (an LLM's decoder layers) "
+                   "in CPU memory and bring each onto --device only while it runs: a model larger than the GPU, in "
+                   "about two blocks' memory plus what lies outside the blocks; slower by the copies")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyze)
 

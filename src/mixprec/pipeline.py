@@ -18,6 +18,7 @@ from torch import nn
 from . import __version__
 from .atomic import save_torch_atomic
 from .analysis import DEFAULT_CANDIDATES, _device_of, analyze
+from .streaming import place, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate
 from .costs import COST_KINDS, cost_tables
@@ -97,15 +98,18 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                   activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
                   rounding_options: dict | None = None,
                   rounding_checkpoint: str | Path | None = None, device: str | torch.device | None = None,
-                  progress: bool = True, inplace: bool = False) -> QuantizeResult:
+                  progress: bool = True, inplace: bool = False, stream: bool = False) -> QuantizeResult:
     """Apply ``plan`` (mixprec.apply), price it and, with ``evaluate``, measure it. Multipoint layers take
     the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them.
-    inplace: quantize ``model`` itself (apply's ``inplace``: about one model's memory instead of two)."""
+    inplace: quantize ``model`` itself (apply's ``inplace``: about one model's memory instead of two).
+    stream: the model's blocks wait in CPU memory and come onto ``device`` one at a time (mixprec.streaming)."""
     check_plan_groups(plan, groups)
     config = rounding_config(rounding, **(rounding_options or {}))
     batches = None if data is None else list(data)
     device = torch.device(device) if device is not None else _device_of(model)
-    model = model.to(device)
+    if stream:
+        stream_blocks(model, device)
+    model = place(model, device)
     check_dtype(model, device)
     counts = plan_points(model, plan, batches, weight_range, progress=progress)
     if counts:

@@ -21,6 +21,7 @@ from .evaluation import EvalResult, to_eval_result
 from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
+from .streaming import place
 
 FLOAT = "float model"
 
@@ -84,7 +85,7 @@ class PlanEvaluator:
     def _load(self):
         if self._loaded is None:
             model, data, evaluate = self._load_fn()
-            self._loaded = (model.to(self.device).eval(), data, evaluate)
+            self._loaded = (place(model, self.device).eval(), data, evaluate)
         return self._loaded
 
     def plan(self, assignments: dict[str, str]) -> Plan:

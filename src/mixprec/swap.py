@@ -34,6 +34,7 @@ from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
 from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight, quantize_weight_choice
+from .streaming import compute_device
 from .weight_cache import NEAREST
 
 
@@ -44,16 +45,22 @@ def nearest_weight(weight: torch.Tensor, candidate: Candidate, method: str = "ms
     points: one digit per output channel, its number of multipoint points (``layer`` names it in
     errors); without them one point, on the candidate's weight format. With the mse range method, the
     range search's outcome is remembered for the next call on the same tensor (mixprec.weight_cache)."""
+    work = compute_device(weight)  # a streamed model's weight in CPU memory: quantized on its accelerator
+    source = weight.detach() if work is None else weight.detach().to(work)
+    home = (lambda t: t) if work is None else (lambda t: t.to(weight.device))
     if points is not None:
-        return multipoint_weight(weight, candidate, points, method, layer)
+        return home(multipoint_weight(source, candidate, points, method, layer))
     fmt = candidate.weight
     if fmt is None or (getattr(fmt, "range_method", None) or method) != "mse":
-        return quantize_weight(weight.detach(), fmt, method)
+        return home(quantize_weight(source, fmt, method))
     key = ("mse-choice", repr(fmt))
     choice = NEAREST.lookup(weight, key)
-    quantized, made = quantize_weight_choice(weight.detach(), fmt, method, choice=choice)
+    if choice is not None and choice.device != source.device:
+        choice = choice.to(source.device)
+    quantized, made = quantize_weight_choice(source, fmt, method, choice=choice)
     if choice is None and made is not None:
         NEAREST.store(weight, key, made)
+    quantized = home(quantized)
     return quantized
 
 

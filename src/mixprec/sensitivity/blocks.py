@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..batches import run_model
-from ..capture import container_blocks, detach, map_tensors
+from ..capture import StopForward, container_blocks, detach, map_tensors
 
 class NotBlocked(Exception):
     pass
@@ -44,9 +44,30 @@ class Away:
             pass
 
 
-def _park(value: Any) -> Any:
-    """A block's detached output for the record: tensors on an accelerator move to CPU memory."""
-    return map_tensors(value, lambda t: Away(t) if t.device.type != "cpu" else t)
+def _park(value: Any, memo: dict | None = None) -> Any:
+    """A block's detached output for the record: tensors on an accelerator move to CPU memory (each
+    tensor once where ``memo`` is given: the arguments every block shares)."""
+    def away(t):
+        if t.device.type == "cpu":
+            return t
+        if memo is None:
+            return Away(t)
+        if id(t) not in memo:
+            memo[id(t)] = (t, Away(t))  # the tensor kept alive so that its id stays its own
+        return memo[id(t)][1]
+    return map_tensors(value, away)
+
+
+def first_tensor(output: Any) -> Any:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (tensor,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [tensor] + list(output[1:])
+    return tensor
 
 
 def fetch(t: torch.Tensor | Away) -> torch.Tensor:
@@ -78,6 +99,12 @@ class BlockForward:
         self.layer_block = {layer: next((k for k, b in enumerate(self.blocks)
                                          if layer == b or layer.startswith(b + ".")), None) for layer in layer_macs}
         self._outputs: dict[int, list[Any]] = {}  # batch -> output of every block, in call order
+        # streamed models (mixprec.streaming): batch -> every block's call but its first input, and whether
+        # each block's first input was the previous block's output on every batch (a chain)
+        self.record_calls = False
+        self._calls: dict[int, list[Any]] = {}
+        self.chained = True
+        self.unchained_reason = ""
         self._first_calls: dict[str, int] | None = None  # layer -> event index of its first call (first batch)
         self._block_ends: list[int] = []
 
@@ -91,16 +118,36 @@ class BlockForward:
         first_batch = self._first_calls is None
         handles = []
 
+        raw: list[Any] = [None] * len(self.blocks)
+        block_calls: list[Any] = [None] * len(self.blocks)
+        memo: dict = {}
+
         def on_output(k):
             def hook(module, args, output):
                 calls[k] += 1
                 order.append(k)
                 outputs[k] = _park(detach(output))
                 events.append(("block_end", k))
+                if self.record_calls:
+                    raw[k] = first_tensor(output)
+            return hook
+
+        def on_call(k):
+            def hook(module, args, kwargs):
+                first = args[0] if args else next(iter(kwargs.values()), None)
+                if k > 0 and first is not raw[k - 1] and self.chained:
+                    self.chained = False
+                    self.unchained_reason = (f"block {self.blocks[k]}'s first input is not block "
+                                             f"{self.blocks[k - 1]}'s output")
+                rest = (args[1:], kwargs) if args else ((), dict(list(kwargs.items())[1:]))
+                block_calls[k] = (bool(args), next(iter(kwargs), None) if not args else None,
+                                  _park(detach(rest), memo))
             return hook
 
         for k, module in enumerate(self.modules):
             handles.append(module.register_forward_hook(on_output(k)))
+            if self.record_calls:
+                handles.append(module.register_forward_pre_hook(on_call(k), with_kwargs=True))
         if first_batch:
             for name in self.layer_block:
                 handles.append(self.model.get_submodule(name).register_forward_pre_hook(
@@ -122,7 +169,40 @@ class BlockForward:
                     self._block_ends.append(i)
             self._first_calls = first
         self._outputs[batch] = outputs
+        if self.record_calls:
+            self._calls[batch] = block_calls
         return out
+
+    def block_call(self, batch: int, k: int, first: torch.Tensor) -> tuple[tuple, dict]:
+        """(args, kwargs) of block ``k``'s call on ``batch``, with ``first`` as its first input (the
+        previous block's output in a fork): the rest as the float pass called it."""
+        positional, key, rest = self._calls[batch][k]
+        args, kwargs = map_tensors(rest, fetch, (torch.Tensor, Away))
+        if positional:
+            return (first, *args), kwargs
+        return (), {key: first, **kwargs}
+
+    def capture_call(self, batch: int, k: int, inputs: Any) -> tuple[tuple, dict]:
+        """(args, kwargs) the model passes to block ``k`` on ``inputs``, blocks 0..k-1 answering from the
+        record of ``batch``: the model's code up to block k runs, no block computes."""
+        seen: list = []
+
+        def stop(*args, **kwargs):
+            seen.append((args, kwargs))
+            raise StopForward
+
+        module = self.modules[k]
+        with self.skipping(batch, k):
+            module.forward = stop
+            try:
+                run_model(self.model, inputs)
+            except StopForward:
+                pass
+            finally:
+                del module.forward
+        if not seen:
+            raise NotBlocked(f"the model did not call block {self.blocks[k]}")
+        return seen[0]
 
     def fork_block(self, layers: tuple[str, ...]) -> int:
         """How many blocks finish before the first of ``layers`` runs (the blocks a fork may skip)."""
@@ -139,14 +219,18 @@ class BlockForward:
         return (self.full_macs - sum(self.block_macs[:skipped])) / self.full_macs
 
     @contextmanager
-    def skipping(self, batch: int, skipped: int) -> Iterator[None]:
-        """Blocks 0..skipped-1 return their recorded float outputs on ``batch`` instead of computing."""
+    def skipping(self, batch: int, skipped: int, last: Any = None) -> Iterator[None]:
+        """Blocks 0..skipped-1 return their recorded float outputs on ``batch`` instead of computing;
+        ``last``: the first tensor block skipped-1 returns instead of its recorded one (a fork's)."""
         outputs = self._outputs[batch]
         patched = []
         try:
             for k in range(skipped):
                 module = self.modules[k]
-                module.forward = lambda *args, _out=outputs[k], **kwargs: _copy(_out)
+                if last is not None and k == skipped - 1:
+                    module.forward = lambda *args, _out=outputs[k], **kwargs: replace_first(_copy(_out), last)
+                else:
+                    module.forward = lambda *args, _out=outputs[k], **kwargs: _copy(_out)
                 patched.append(module)
             yield
         finally:
@@ -155,3 +239,4 @@ class BlockForward:
 
     def forget(self, batch: int) -> None:
         self._outputs.pop(batch, None)
+        self._calls.pop(batch, None)

@@ -17,7 +17,8 @@ import torch
 from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
 from ..offload import should_move
-from .blocks import Away, BlockForward, NotBlocked, fetch
+from ..streaming import stream_of
+from .blocks import Away, BlockForward, NotBlocked, fetch, first_tensor
 from .forked import ForkedForward, NotTraceable
 
 PREFIX_MODES = ("auto", "fx", "blocks", "none")
@@ -39,6 +40,13 @@ class OutputRunner:
         self.forked = None
         self.blocks = None
         self.fallback_reason = ""
+        # a streamed model (mixprec.streaming) runs its forks block-major: each block fetched once per group;
+        # fx would trace through the blocks, past the hooks that bring them onto the device
+        self.stream = stream_of(ctx.model)
+        if self.stream is not None and prefix == "fx":
+            raise ValueError("a streamed model shares its float prefix by blocks, not fx: use prefix='blocks' or 'auto'")
+        if prefix == "auto" and self.stream is not None:
+            prefix = "blocks"
         if prefix in ("auto", "fx"):
             try:
                 self.forked = ForkedForward(ctx.model, macs)
@@ -49,6 +57,8 @@ class OutputRunner:
                 self.blocks = BlockForward(ctx.model, macs)
             except NotBlocked as exc:
                 self.fallback_reason = "; ".join(r for r in (self.fallback_reason, str(exc)) if r)
+        if self.blocks is not None and self.stream is not None:
+            self.blocks.record_calls = True
         # the float outputs, on the model's device, or in page-locked CPU memory where it lacks room for
         # all of them (mixprec.offload): an LM's logits on 64 x 1,024 tokens are 16.8 GB in bfloat16
         self._reference: dict[int, torch.Tensor | Away] = {}
@@ -130,6 +140,9 @@ class OutputRunner:
         for g in group_indices:
             group = ctx.groups.groups[g]
             skipped = blocks.fork_block(group.layer_names)
+            if self.stream is not None and blocks.chained and skipped < len(blocks.modules):
+                self._fork_block_major(g, skipped, divergence, sums)
+                continue
             modules = [ctx.quantized_modules(group, cand) for cand in ctx.candidates]
             for b in range(len(ctx.data)):  # batch by batch: a float output kept in CPU memory comes back once
                 ref = self._float_output(b)
@@ -144,6 +157,49 @@ class OutputRunner:
                 del ref
             del modules
             ctx.forget_weights(group.layer_names)  # a group's forks are all done: free its quantized weights
+
+
+    def _fork_block_major(self, g: int, skipped: int, divergence: Divergence, sums: dict) -> None:
+        """One group's forks on a streamed model: block by block from the group's block, every candidate
+        and batch through each block while it is on the device; then the model's code after the blocks
+        (norm, head) on the last block's fork outputs. The same operations on the same values as
+        running the model for each fork."""
+        ctx, blocks = self.ctx, self.blocks
+        group = ctx.groups.groups[g]
+        n, batches = len(blocks.modules), range(len(ctx.data))
+        if blocks.blocks[skipped] in self.stream.blocks:  # the group's weights quantized on the device
+            self.stream.load(self.stream.blocks.index(blocks.blocks[skipped]))
+        modules = [ctx.quantized_modules(group, cand) for cand in ctx.candidates]
+        state: dict[tuple[int, int], tuple] = {}
+        for c, replaced in enumerate(modules):
+            with quantized_group(ctx.model, replaced), torch.no_grad():
+                for b in batches:
+                    state[c, b] = blocks.capture_call(b, skipped, ctx.inputs(b))
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        for k in range(skipped, n):
+            module = blocks.modules[k]
+            for c, replaced in enumerate(modules):
+                with quantized_group(ctx.model, replaced), torch.no_grad():
+                    for b in batches:
+                        args, kwargs = state.pop((c, b))
+                        out = first_tensor(module(*args, **kwargs))
+                        if k + 1 < n:
+                            state[c, b] = blocks.block_call(b, k + 1, out)
+                        else:
+                            outputs[c, b] = out
+        for b in batches:  # batch by batch: a float output kept in CPU memory comes back once
+            ref = self._float_output(b)
+            for c, replaced in enumerate(modules):
+                with quantized_group(ctx.model, replaced), torch.no_grad():
+                    with blocks.skipping(b, n, last=outputs.pop((c, b))):
+                        output = run_model(ctx.model, ctx.inputs(b))
+                num, den = divergence(ref, output_tensor(output))
+                sums[(g, c)][0] += num
+                sums[(g, c)][1] += den
+                self.forward_equivalents += blocks.cost(skipped)
+            del ref
+        del modules
+        ctx.forget_weights(group.layer_names)
 
 
 def ratio_values(ctx: MeasureContext, sums: dict, what: str) -> dict[tuple[int, int], float]:

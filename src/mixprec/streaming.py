@@ -1,0 +1,265 @@
+"""Streaming blocks: a model larger than the accelerator, measured and quantized one block at a time.
+
+    stream_blocks(model, device) -> BlockStream   the model's stack of blocks (mixprec.capture's
+        container_blocks: the decoder layers of an LLM, the residual blocks of a CNN) waits in
+        CPU memory; everything else (embeddings, norms, lm_head) moves to ``device``. Each block
+        comes onto the device when it is called and stays until two others have come (the block
+        being run and the next one, fetched ahead on a side stream while the current one computes).
+    place(model, device)   model.to(device), or for a streamed model its parts outside the blocks
+    device_of(model)       where the model computes (a streamed model's device, else its first parameter's)
+
+The stream stays on the model (``model._mixprec_stream``) until :meth:`BlockStream.close`, so every
+later forward pass streams too: the float passes, the forks of an analysis, the guard's plans,
+GPTQ's block passes and the quantized model. A block at rest keeps its tensors in CPU memory
+(page-locked where the system allows, so a copy to the device does not stop the host); a tensor
+changed in place on the device by ``param.copy_`` (GPTQ writing a rounded weight) is copied back
+when its block leaves, and a tensor that appeared on the device while the block was there (a
+quantized layer swapped in) leaves with it.
+
+Forks of an output metric run block-major on a streamed model (mixprec.sensitivity.outputs): each
+block is fetched once per group and runs every candidate's and batch's activations, so the
+transfers are one model's worth per group, not one per (candidate, batch).
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .capture import container_blocks
+from .errors import MixprecError
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+RESIDENT = 2  # blocks on the device at once: the one running and the one fetched ahead
+_STREAMS: "weakref.WeakSet[BlockStream]" = weakref.WeakSet()  # streams open in this process
+
+
+def _tensors(module: nn.Module) -> Iterable[tuple[nn.Module, str, str]]:
+    """(owner, attribute, "p" or "b") of every parameter and buffer of ``module``, each tensor once."""
+    seen: set[int] = set()
+    for owner in module.modules():
+        for kind, table in (("p", owner._parameters), ("b", owner._buffers)):
+            for name, tensor in table.items():
+                if tensor is not None and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    yield owner, name, kind
+
+
+class BlockStream:
+    def __init__(self, model: nn.Module, device: torch.device | str, blocks: list[str] | None = None):
+        self.model, self.device = model, torch.device(device)
+        if blocks is None:
+            layers = [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+            blocks = container_blocks(model, layers)
+        first = next(iter(model.named_parameters()), (None, None))[0]
+        # a block holding the model's first parameter stays on the device: code that asks
+        # next(model.parameters()).device (evaluation functions) must find the device
+        blocks = [b for b in blocks if first is None or not (first == b or first.startswith(b + "."))]
+        if len(blocks) < 2:
+            raise MixprecError(f"streaming needs a stack of at least 2 blocks (the nn.Sequential/nn.ModuleList elements "
+                               f"that hold the layers); this model has {len(blocks)}: run it without streaming")
+        self.blocks = blocks
+        self.modules = [model.get_submodule(b) for b in blocks]
+        self._index = {id(m): k for k, m in enumerate(self.modules)}
+        # a copy of the model that shares its parameters (copy_sharing_parameters) finds its block by them
+        self._by_param = {id(t): k for k, m in enumerate(self.modules) for t in m.parameters()}
+        # on the device: key (a block index, or a foreign module's id) -> (module, [(owner, name, kind, cpu, version)])
+        self._resident: OrderedDict[object, tuple[nn.Module, list]] = OrderedDict()
+        self._ready: dict[object, torch.cuda.Event] = {}  # fetched ahead: the event their copies end at
+        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.fetched_bytes = 0
+        self.fetches = 0
+        in_blocks = {id(t) for m in self.modules for t in (*m.parameters(), *m.buffers())}
+        with torch.no_grad():
+            for param in model.parameters():
+                if id(param) not in in_blocks:
+                    param.data = param.data.to(self.device)
+            for owner in model.modules():
+                for name, buf in owner._buffers.items():
+                    if buf is not None and id(buf) not in in_blocks:
+                        owner._buffers[name] = buf.to(self.device)
+            for module in self.modules:  # at rest in CPU memory
+                for owner, name, kind in _tensors(module):
+                    self._rest(owner, name, kind, self._pinned(self._get(owner, name, kind)))
+        self._handles = [m.register_forward_pre_hook(self._before) for m in self.modules]
+        model._mixprec_stream = self
+        _STREAMS.add(self)
+
+    def __deepcopy__(self, memo):  # a copy of the model streams through the same stream
+        return self
+
+    @property
+    def block_bytes(self) -> list[int]:
+        return [sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers())) for m in self.modules]
+
+    def _pinned(self, tensor: torch.Tensor) -> torch.Tensor:
+        cpu = tensor.detach().to("cpu")
+        if self.device.type != "cuda":
+            return cpu
+        try:
+            return cpu.pin_memory()
+        except RuntimeError:  # no page-locked memory to spare: a pageable copy still works
+            return cpu
+
+    @staticmethod
+    def _get(owner: nn.Module, name: str, kind: str) -> torch.Tensor:
+        return (owner._parameters if kind == "p" else owner._buffers)[name]
+
+    @staticmethod
+    def _rest(owner: nn.Module, name: str, kind: str, tensor: torch.Tensor) -> None:
+        if kind == "p":
+            owner._parameters[name].data = tensor
+        else:
+            owner._buffers[name] = tensor
+
+    def _before(self, module: nn.Module, args) -> None:
+        if "forward" in module.__dict__:  # answered from a record (mixprec.sensitivity.blocks): nothing runs
+            return
+        k = self._index.get(id(module))
+        if k is None:  # a copy of the model
+            first = next(module.parameters(), None)
+            k = self._by_param.get(id(first)) if first is not None else None
+            if k is None or any(id(t) not in self._by_param for t in module.parameters()):
+                self.load(("module", id(module)), module)  # its own tensors: streamed like a block
+                return
+        self.load(k)
+        if k + 1 < len(self.modules):
+            self.prefetch(k + 1)
+
+    def load(self, key, module: nn.Module | None = None) -> None:
+        """Block ``key`` (an index, or a foreign ``module``) on the device, ready for the current stream."""
+        if key not in self._resident:
+            self._make_room(keep=key)
+            module = self.modules[key] if module is None else module
+            self._resident[key] = (module, self._copy_in(module))
+        self._resident.move_to_end(key)
+        event = self._ready.pop(key, None)
+        if event is not None:
+            main = torch.cuda.current_stream(self.device)
+            main.wait_event(event)
+            for owner, name, kind, _, _ in self._resident[key][1]:
+                self._get(owner, name, kind).data.record_stream(main)
+
+    def prefetch(self, k: int) -> None:
+        """Start copying block ``k`` to the device on the side stream (at once without one)."""
+        if k in self._resident:
+            return
+        self._make_room(keep=k, protect=next(reversed(self._resident), None))
+        if self._side is None:
+            self._resident[k] = (self.modules[k], self._copy_in(self.modules[k]))
+            return
+        self._side.wait_stream(torch.cuda.current_stream(self.device))  # room made on the main stream first
+        with torch.cuda.stream(self._side):
+            self._resident[k] = (self.modules[k], self._copy_in(self.modules[k]))
+            event = torch.cuda.Event()
+            event.record(self._side)
+        self._ready[k] = event
+        self._resident.move_to_end(k, last=False)  # fetched ahead, not yet used: first to go
+
+    def _copy_in(self, module: nn.Module) -> list:
+        entries = []
+        with torch.no_grad():
+            for owner, name, kind in _tensors(module):
+                held = self._get(owner, name, kind)
+                if held.device == self.device:
+                    continue  # made on the device while the block was there (or a CPU device: nothing moves)
+                cpu = held.data if kind == "p" else held
+                self._rest(owner, name, kind, cpu.to(self.device, non_blocking=True))
+                entries.append((owner, name, kind, cpu, self._get(owner, name, kind)._version))
+                self.fetched_bytes += cpu.numel() * cpu.element_size()
+        if entries:
+            self.fetches += 1
+        return entries
+
+    def _make_room(self, keep, protect=None) -> None:
+        while len(self._resident) >= RESIDENT:
+            victim = next((k for k in self._resident if k not in (keep, protect)), None)
+            if victim is None:
+                return
+            self.evict(victim)
+
+    def evict(self, key) -> None:
+        """Block ``key`` back to CPU memory: tensors changed in place copied back, tensors made on the
+        device while it was there moved out."""
+        held = self._resident.pop(key, None)
+        self._ready.pop(key, None)
+        if held is None or self.device.type == "cpu":
+            return
+        module, entries = held
+        loaded = set()
+        with torch.no_grad():
+            for owner, name, kind, cpu, version in entries:
+                loaded.add((id(owner), name, kind))
+                current = self._get(owner, name, kind)
+                if current is None or current.device != self.device:
+                    continue
+                if current._version != version:  # written in place (GPTQ's rounded weight)
+                    cpu.copy_(current.data if kind == "p" else current)
+                self._rest(owner, name, kind, cpu)
+            for owner, name, kind in _tensors(module):
+                t = self._get(owner, name, kind)
+                if (id(owner), name, kind) not in loaded and t.device == self.device:
+                    self._rest(owner, name, kind, self._pinned(t))
+
+    def release(self) -> None:
+        """Every block back to CPU memory."""
+        for key in list(self._resident):
+            self.evict(key)
+
+    def close(self) -> None:
+        """Stop streaming: the blocks go back to CPU memory and the hooks are removed."""
+        self.release()
+        for h in self._handles:
+            h.remove()
+        if getattr(self.model, "_mixprec_stream", None) is self:
+            del self.model._mixprec_stream
+        _STREAMS.discard(self)
+
+
+def stream_of(model: nn.Module) -> BlockStream | None:
+    return getattr(model, "_mixprec_stream", None)
+
+
+def stream_blocks(model: nn.Module, device: torch.device | str, blocks: list[str] | None = None) -> BlockStream:
+    """Stream ``model``'s blocks to ``device`` from CPU memory from now on (see the module docstring);
+    a model already streamed keeps its stream."""
+    existing = stream_of(model)
+    if existing is not None:
+        if existing.device != torch.device(device):
+            raise MixprecError(f"the model already streams to {existing.device}, not {device}")
+        return existing
+    return BlockStream(model, device, blocks)
+
+
+def place(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` on ``device``: model.to(device), or for a streamed model only the parts outside its blocks
+    (which are already there)."""
+    stream = stream_of(model)
+    if stream is None:
+        return model.to(device)
+    if stream.device != torch.device(device):
+        raise MixprecError(f"the model streams its blocks to {stream.device}; it cannot run on {device}. "
+                           f"Ask for the same device, or call close() on its stream first")
+    return model
+
+
+def compute_device(tensor: torch.Tensor) -> torch.device | None:
+    """Where to compute on ``tensor`` if not where it is: a tensor in CPU memory while a stream to an
+    accelerator is open (a streamed block's weight at rest, or a copy of one) is worked on there."""
+    if tensor.device.type != "cpu":
+        return None
+    for stream in list(_STREAMS):
+        if stream.device.type != "cpu":
+            return stream.device
+    return None
+
+
+def device_of(model: nn.Module) -> torch.device:
+    stream = stream_of(model)
+    if stream is not None:
+        return stream.device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
