@@ -70,11 +70,15 @@ def total_params(config: dict) -> int:
     return config["num_hidden_layers"] * block_params(config) + embeddings + config["hidden_size"]
 
 
-def extrapolate(config: dict, target: dict, phases: dict, dtype_bytes: int, rounding: str) -> dict:
+def extrapolate(config: dict, target: dict, phases: dict, dtype_bytes: int, rounding: str,
+                streamed: bool = False) -> dict:
     """This run's times and peak memory carried over to the ``target`` shape, on the same calibration
     tokens and device: analyze (forks from a group's block to the end) grows with blocks^2 x block
     weights; nearest quantize with the weights; GPTQ with blocks x the columns its loops visit per block
-    (3 hidden + intermediate: Q/K/V, O, gate/up in one loop each, down); peak memory with the model."""
+    (3 hidden + intermediate: Q/K/V, O, gate/up in one loop each, down); peak memory with the model, or
+    for a streamed run (``streamed``) with what stays on the device: the weights outside the blocks
+    (embeddings, lm_head) and two blocks change to the target's, the rest (activations, logits) is
+    kept as measured (the same tokens and vocabulary)."""
     blocks, blocks_t = config["num_hidden_layers"], target["num_hidden_layers"]
     per_block = block_params(target) / block_params(config)
     model_t = total_params(target) * dtype_bytes
@@ -86,8 +90,13 @@ def extrapolate(config: dict, target: dict, phases: dict, dtype_bytes: int, roun
         scale = (blocks_t * columns(target)) / (blocks * columns(config)) if rounding != "nearest" else \
             total_params(target) / total_params(config)
         out["quantize_seconds"] = round(phases["quantize"]["seconds"] * scale, 1)
-    peaks = [f.get("peak_gpu_bytes") for f in phases.values() if f.get("peak_gpu_bytes")]
-    if peaks:
+    # a streamed run builds the model on the device before its blocks move out: its work starts after that
+    peaks = [f.get("peak_gpu_bytes") for phase, f in phases.items() if f.get("peak_gpu_bytes")
+             and not (streamed and phase in ("build", "stream"))]
+    if peaks and streamed:
+        held = lambda c: (total_params(c) - (c["num_hidden_layers"] - 2) * block_params(c)) * dtype_bytes  # noqa: E731
+        out["peak_gpu_bytes"] = round(max(peaks) - held(config) + held(target))
+    elif peaks:
         ratio = max(peaks) / (total_params(config) * dtype_bytes)
         out["peak_gpu_bytes"] = round(ratio * model_t)
     return out
@@ -266,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                  "guard": (plan.metadata.get("guard") or {}).get("chosen")},
         "per_block": per_block, "rounding": args.rounding,
         # from the real shapes only (a tiny model's times are overheads, not per-block work)
-        "extrapolated_70b": extrapolate(SHAPES[args.shape], LLAMA_70B, phases.figures, dtype.itemsize, args.rounding)
+        "extrapolated_70b": extrapolate(SHAPES[args.shape], LLAMA_70B, phases.figures, dtype.itemsize, args.rounding,
+                                        args.stream)
         if args.shape in ("1b", "8b") else None,
         "environment": {"mixprec": __version__, "torch": torch.__version__, "device": str(device),
                         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

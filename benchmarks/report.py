@@ -449,6 +449,38 @@ def latency_budget_section() -> list[str]:
     return [line for r in reports for line in latency_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def _run_label(r: dict) -> str:
+    """A run of llm_scale.py by its --suffix (else the last word of its command)."""
+    words = r["command"].split()
+    return words[words.index("--suffix") + 1] if "--suffix" in words[:-1] else words[-1]
+
+
+def _streamed_runs(scale: list[dict]) -> list[str]:
+    """Each streamed run (llm_scale.py --stream) against the unstreamed run of the same shape, tokens and
+    metric with the lowest peak: time and peak memory per phase, and what the stream copied."""
+    lines = []
+    for r in scale:
+        s = r.get("stream")
+        if not s or not r.get("analyze"):
+            continue
+        same = [o for o in scale if not o.get("stream") and o.get("analyze") and o["shape"] == r["shape"]
+                and o["calibration"] == r["calibration"] and o["metric"] == r["metric"]
+                and o.get("processes", 1) == 1 and "quantize" in o["phases"]]
+        peak = lambda run, phase: run["phases"][phase]["peak_gpu_bytes"] / run["model_bytes"]  # noqa: E731
+        text = (f"`{_run_label(r)}` (streamed: the {s['blocks']} decoder layers, "
+                f"{s['block_bytes'] / 2**20:.0f} MiB each, wait in page-locked CPU memory and come onto the GPU two at "
+                f"a time; {s['fetches']} block copies, {s['fetched_models']:.1f} models' worth of blocks over all phases): "
+                + ", ".join(f"{phase} {r['phases'][phase]['seconds']:.1f} s at {peak(r, phase):.2f}x the model"
+                            for phase in ("analyze", "solve", "quantize") if phase in r["phases"]))
+        if same:
+            base = min(same, key=lambda o: max(v.get("peak_gpu_bytes") or 0 for v in o["phases"].values()))
+            text += (f"; unstreamed (`{_run_label(base)}`): "
+                     + ", ".join(f"{phase} {base['phases'][phase]['seconds']:.1f} s at {peak(base, phase):.2f}x"
+                                 for phase in ("analyze", "solve", "quantize") if phase in base["phases"]))
+        lines += [text + ".", ""]
+    return lines
+
+
 def _extrapolated_70b(scale: list[dict]) -> list[str]:
     """Each 8b run carried over to Llama-3.1-70B's shape (llm_scale.extrapolate: per-block scaling)."""
     import sys
@@ -461,14 +493,16 @@ def _extrapolated_70b(scale: list[dict]) -> list[str]:
     lines = [f"Extrapolated to Llama-3.1-70B's shape (80 blocks, {total_params(LLAMA_70B) / 1e9:.1f}B weights, "
              f"{model / 2**30:.0f} GiB in bfloat16) from each 8b run above, on the same tokens and GPU kind "
              "(`benchmarks/llm_scale.py`, `extrapolate`: analyze grows with blocks^2 x block weights, nearest "
-             "quantize with the weights, GPTQ with blocks x the columns its loops visit, peak memory with the model). "
-             f"None of it fits one 80 GB GPU: the model alone needs {model / 2**30:.0f} GiB; streaming blocks from CPU "
-             "memory is not built.", "",
+             "quantize with the weights, GPTQ with blocks x the columns its loops visit, peak memory with the model; "
+             "for a streamed run, the weights outside the blocks and two blocks change to the 70B's and its "
+             "activations and logits stay as measured). Unstreamed, none of it fits one 80 GB GPU: the model alone "
+             f"needs {model / 2**30:.0f} GiB. Streamed, the blocks wait in CPU memory (the host needs the "
+             f"{model / 2**30:.0f} GiB).", "",
              "| run | analyze s | quantize s | peak GPU |", "|---|---|---|---|"]
     for r in runs:
         e = extrapolate(r["config"], LLAMA_70B, r["phases"], 2 if r["dtype"] in ("bfloat16", "float16") else 4,
-                        r.get("rounding", "nearest"))
-        lines.append(f"| `{r['command'].split()[-1]}` | {e.get('analyze_seconds', '-')} | "
+                        r.get("rounding", "nearest"), bool(r.get("stream")))
+        lines.append(f"| `{_run_label(r)}` | {e.get('analyze_seconds', '-')} | "
                      f"{e.get('quantize_seconds', '-')} | "
                      f"{e['peak_gpu_bytes'] / 2**30:.0f} GiB ({e['peak_gpu_bytes'] / model:.2f}x) |")
     return lines + [""]
@@ -490,7 +524,8 @@ def llm_scale_section() -> list[str]:
         for r in scale:
             cal = r["calibration"]
             phases = ", ".join(f"{k} {v['seconds']:.1f}" for k, v in r["phases"].items())
-            peak = max((v.get("peak_gpu_bytes") or 0) for v in r["phases"].values())
+            peak = max((v.get("peak_gpu_bytes") or 0) for k, v in r["phases"].items()
+                       if not (r.get("stream") and k in ("build", "stream")))  # built on the device, then streamed
             a = r["analyze"]
             fe = (f"{a['forward_equivalents']:.0f} ({a['naive_forward_equivalents']}; {a['prefix_sharing']})"
                   if a and a.get("forward_equivalents") is not None
@@ -501,8 +536,9 @@ def llm_scale_section() -> list[str]:
                          f"{fe} | "
                          f"{r['environment'].get('device_name', '')} | `{r['command']}` |")
         lines.append("")
-        lines += [f"`{r['command'].split()[-1]}`: {r['remark']}." for r in scale if r.get("remark")]
+        lines += [f"`{_run_label(r)}`: {r['remark']}." for r in scale if r.get("remark")]
         lines += [""] if any(r.get("remark") for r in scale) else []
+        lines += _streamed_runs(scale)
         lines += _extrapolated_70b(scale)
     for r in sharded:
         one, many = r["one_process"], r["sharded"]

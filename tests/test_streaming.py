@@ -157,3 +157,34 @@ def test_the_command_line_streams_analyze_solve_and_quantize(tmp_path, capsys):
     assert main(["quantize", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
                  "--eval", f"ppl:{text}?windows=2&length=32", "--out", str(tmp_path / "q2")]) == 0
     assert json.loads((tmp_path / "q2" / "result.json").read_text())["metric"] == pytest.approx(streamed, rel=1e-6)
+
+
+def _gptq(stream: bool, device: str):
+    from mixprec.pipeline import quantize_plan
+    from mixprec.plan import Plan
+    torch.manual_seed(0)
+    model = Stack(width=64, blocks=4).eval()
+    data = [torch.randn(16, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    groups = discover_groups(model, data[0])
+    plan = Plan.uniform(groups, "w4a8")
+    result = quantize_plan(model, plan, data, groups, rounding="gptq", device=device, progress=False,
+                           inplace=True, stream=stream)
+    with torch.no_grad():
+        return result.model(data[0].to(device)).cpu(), result.model
+
+
+def test_gptq_in_place_on_a_streamed_model_gives_the_unstreamed_model():
+    expected, _ = _gptq(False, "cpu")
+    out, model = _gptq(True, "cpu")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert stream_of(model) is not None
+
+
+@GPU
+def test_gptq_on_a_gpu_leaves_the_blocks_in_cpu_memory():
+    expected, _ = _gptq(False, "cuda")
+    out, model = _gptq(True, "cuda")
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    stream_of(model).release()
+    assert all(t.device.type == "cpu" for t in (*model.blocks.parameters(), *model.blocks.buffers()))
+    assert model.stem.layer.weight.device.type == "cuda"

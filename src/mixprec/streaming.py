@@ -50,7 +50,7 @@ def _tensors(module: nn.Module) -> Iterable[tuple[nn.Module, str, str]]:
 
 class BlockStream:
     def __init__(self, model: nn.Module, device: torch.device | str, blocks: list[str] | None = None):
-        self.model, self.device = model, torch.device(device)
+        self.model, self.device = model, _indexed(torch.device(device))
         if blocks is None:
             layers = [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
             blocks = container_blocks(model, layers)
@@ -64,10 +64,9 @@ class BlockStream:
         self.blocks = blocks
         self.modules = [model.get_submodule(b) for b in blocks]
         self._index = {id(m): k for k, m in enumerate(self.modules)}
-        # a copy of the model that shares its parameters (copy_sharing_parameters) finds its block by them
-        self._by_param = {id(t): k for k, m in enumerate(self.modules) for t in m.parameters()}
-        # on the device: key (a block index, or a foreign module's id) -> (module, [(owner, name, kind, cpu, version)])
-        self._resident: OrderedDict[object, tuple[nn.Module, list]] = OrderedDict()
+        # on the device: key (a block index, or a copy's module) -> (module, {tensor: (owner, name, kind, cpu, version)})
+        self._resident: OrderedDict[object, tuple[nn.Module, dict]] = OrderedDict()
+        self._owner: dict[object, object] = {}  # tensor on the device -> the key that brought it
         self._ready: dict[object, torch.cuda.Event] = {}  # fetched ahead: the event their copies end at
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.fetched_bytes = 0
@@ -119,28 +118,35 @@ class BlockStream:
         if "forward" in module.__dict__:  # answered from a record (mixprec.sensitivity.blocks): nothing runs
             return
         k = self._index.get(id(module))
-        if k is None:  # a copy of the model
-            first = next(module.parameters(), None)
-            k = self._by_param.get(id(first)) if first is not None else None
-            if k is None or any(id(t) not in self._by_param for t in module.parameters()):
-                self.load(("module", id(module)), module)  # its own tensors: streamed like a block
-                return
+        if k is None:  # a copy of a block (a model copy's): its tensors, shared or its own, come for the call
+            self.load(("module", id(module)), module)
+            return
         self.load(k)
         if k + 1 < len(self.modules):
             self.prefetch(k + 1)
 
+    @staticmethod
+    def _ident(owner: nn.Module, name: str, kind: str, tensor: torch.Tensor):
+        # a parameter is itself wherever it is shared (a model copy that shares the parameters); a buffer is
+        # replaced on each move, so it is known by its place
+        return id(tensor) if kind == "p" else (id(owner), name)
+
     def load(self, key, module: nn.Module | None = None) -> None:
-        """Block ``key`` (an index, or a foreign ``module``) on the device, ready for the current stream."""
+        """Block ``key`` (an index, or a copy's ``module``) on the device, ready for the current stream."""
         if key not in self._resident:
             self._make_room(keep=key)
             module = self.modules[key] if module is None else module
-            self._resident[key] = (module, self._copy_in(module))
+            self._resident[key] = (module, {})
+            self._copy_in(key, module)
         self._resident.move_to_end(key)
+        self._wait(key)
+
+    def _wait(self, key) -> None:
         event = self._ready.pop(key, None)
         if event is not None:
             main = torch.cuda.current_stream(self.device)
             main.wait_event(event)
-            for owner, name, kind, _, _ in self._resident[key][1]:
+            for owner, name, kind, _, _ in self._resident[key][1].values():
                 self._get(owner, name, kind).data.record_stream(main)
 
     def prefetch(self, k: int) -> None:
@@ -148,31 +154,41 @@ class BlockStream:
         if k in self._resident:
             return
         self._make_room(keep=k, protect=next(reversed(self._resident), None))
+        self._resident[k] = (self.modules[k], {})
         if self._side is None:
-            self._resident[k] = (self.modules[k], self._copy_in(self.modules[k]))
+            self._copy_in(k, self.modules[k])
             return
         self._side.wait_stream(torch.cuda.current_stream(self.device))  # room made on the main stream first
         with torch.cuda.stream(self._side):
-            self._resident[k] = (self.modules[k], self._copy_in(self.modules[k]))
+            self._copy_in(k, self.modules[k])
             event = torch.cuda.Event()
             event.record(self._side)
         self._ready[k] = event
         self._resident.move_to_end(k, last=False)  # fetched ahead, not yet used: first to go
 
-    def _copy_in(self, module: nn.Module) -> list:
-        entries = []
+    def _copy_in(self, key, module: nn.Module) -> None:
+        entries = self._resident[key][1]
+        copied = False
         with torch.no_grad():
             for owner, name, kind in _tensors(module):
                 held = self._get(owner, name, kind)
+                ident = self._ident(owner, name, kind, held)
+                before = self._owner.get(ident)
+                if before is not None and before != key and before in self._resident:
+                    self._wait(before)  # on the device for another key (a copy's call): it is this key's now
+                    entries[ident] = self._resident[before][1].pop(ident)
+                    self._owner[ident] = key
+                    continue
                 if held.device == self.device:
                     continue  # made on the device while the block was there (or a CPU device: nothing moves)
                 cpu = held.data if kind == "p" else held
                 self._rest(owner, name, kind, cpu.to(self.device, non_blocking=True))
-                entries.append((owner, name, kind, cpu, self._get(owner, name, kind)._version))
+                entries[ident] = (owner, name, kind, cpu, self._get(owner, name, kind)._version)
+                self._owner[ident] = key
                 self.fetched_bytes += cpu.numel() * cpu.element_size()
-        if entries:
+                copied = True
+        if copied:
             self.fetches += 1
-        return entries
 
     def _make_room(self, keep, protect=None) -> None:
         while len(self._resident) >= RESIDENT:
@@ -186,13 +202,15 @@ class BlockStream:
         device while it was there moved out."""
         held = self._resident.pop(key, None)
         self._ready.pop(key, None)
-        if held is None or self.device.type == "cpu":
+        if held is None:
             return
         module, entries = held
-        loaded = set()
+        for ident in entries:
+            self._owner.pop(ident, None)
+        if self.device.type == "cpu":
+            return
         with torch.no_grad():
-            for owner, name, kind, cpu, version in entries:
-                loaded.add((id(owner), name, kind))
+            for owner, name, kind, cpu, version in entries.values():
                 current = self._get(owner, name, kind)
                 if current is None or current.device != self.device:
                     continue
@@ -201,7 +219,8 @@ class BlockStream:
                 self._rest(owner, name, kind, cpu)
             for owner, name, kind in _tensors(module):
                 t = self._get(owner, name, kind)
-                if (id(owner), name, kind) not in loaded and t.device == self.device:
+                ident = self._ident(owner, name, kind, t)
+                if ident not in entries and ident not in self._owner and t.device == self.device:
                     self._rest(owner, name, kind, self._pinned(t))
 
     def release(self) -> None:
@@ -219,6 +238,13 @@ class BlockStream:
         _STREAMS.discard(self)
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` as the tensors on it name it (``cuda:0``), so that device comparisons hold."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def stream_of(model: nn.Module) -> BlockStream | None:
     return getattr(model, "_mixprec_stream", None)
 
@@ -228,7 +254,7 @@ def stream_blocks(model: nn.Module, device: torch.device | str, blocks: list[str
     a model already streamed keeps its stream."""
     existing = stream_of(model)
     if existing is not None:
-        if existing.device != torch.device(device):
+        if existing.device != _indexed(torch.device(device)):
             raise MixprecError(f"the model already streams to {existing.device}, not {device}")
         return existing
     return BlockStream(model, device, blocks)
@@ -240,7 +266,7 @@ def place(model: nn.Module, device: torch.device | str) -> nn.Module:
     stream = stream_of(model)
     if stream is None:
         return model.to(device)
-    if stream.device != torch.device(device):
+    if stream.device != _indexed(torch.device(device)):
         raise MixprecError(f"the model streams its blocks to {stream.device}; it cannot run on {device}. "
                            f"Ask for the same device, or call close() on its stream first")
     return model

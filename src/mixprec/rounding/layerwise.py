@@ -27,6 +27,7 @@ from ..candidates import Candidate
 from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs
 from ..formats import IntFormat
 from ..plan import Plan
+from ..streaming import stream_of
 from ..swap import copy_sharing_parameters, nearest_weight, planned_model
 from . import chain
 from .config import RoundingConfig
@@ -77,7 +78,11 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
                     weight = model.get_submodule(name).weight
                     with torch.no_grad():
                         weight.copy_(rounded[name])
-                    rounded[name] = weight.detach()
+                    # a streamed model's parameter goes back to CPU memory with its block (mixprec.streaming):
+                    # the parameter itself stands for the values, not a view of where they are now
+                    rounded[name] = weight if stream_of(model) is not None else weight.detach()
+                    if modules[name].weight is weight:  # the working copy shares it: it reads the rounded values
+                        continue
                 _set_weight(modules[name], rounded[name])
         if block is not None and chained.get(index + 1) != block:  # the block is done: its outputs go on
             kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
