@@ -188,3 +188,24 @@ def test_gptq_on_a_gpu_leaves_the_blocks_in_cpu_memory():
     stream_of(model).release()
     assert all(t.device.type == "cpu" for t in (*model.blocks.parameters(), *model.blocks.buffers()))
     assert model.stem.layer.weight.device.type == "cuda"
+
+
+@GPU
+def test_on_a_gpu_streamed_tables_equal_the_unstreamed_ones(tmp_path):
+    data = [torch.randn(5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def make():
+        torch.manual_seed(0)
+        return Stack(width=64, blocks=5).eval()
+    t = analyses(make, data, metric="kl", device="cuda")
+    np.testing.assert_allclose(t[True].table.values, t[False].table.values, rtol=1e-3, atol=1e-7)
+    pytest.importorskip("transformers")
+    from tiny_llama import write_checkpoint
+    from mixprec.hf import load
+    folder = write_checkpoint(tmp_path / "llama", layers=4)
+    tokens = [torch.randint(0, 200, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    t = analyses(lambda: load(f"hf:{folder}"), tokens, candidates="w4g16,w8", metric="kl", device="cuda")
+    np.testing.assert_allclose(t[True].table.values, t[False].table.values, rtol=1e-3, atol=1e-7)
+    stream = stream_of(t[True].model)
+    stream.release()
+    assert stream.fetches > 4 and all(p.device.type == "cpu" for b in stream.modules for p in b.parameters())

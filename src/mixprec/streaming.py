@@ -137,7 +137,8 @@ class BlockStream:
             self._make_room(keep=key)
             module = self.modules[key] if module is None else module
             self._resident[key] = (module, {})
-            self._copy_in(key, module)
+        # also when it is there already: a layer swapped in since its last call may hold tensors in CPU memory
+        self._copy_in(key, self._resident[key][0])
         self._resident.move_to_end(key)
         self._wait(key)
 
@@ -146,8 +147,8 @@ class BlockStream:
         if event is not None:
             main = torch.cuda.current_stream(self.device)
             main.wait_event(event)
-            for owner, name, kind, _, _ in self._resident[key][1].values():
-                self._get(owner, name, kind).data.record_stream(main)
+            for obj, kind, _, _, _, _, moved in self._resident[key][1].values():
+                moved.record_stream(main)
 
     def prefetch(self, k: int) -> None:
         """Start copying block ``k`` to the device on the side stream (at once without one)."""
@@ -182,8 +183,12 @@ class BlockStream:
                 if held.device == self.device:
                     continue  # made on the device while the block was there (or a CPU device: nothing moves)
                 cpu = held.data if kind == "p" else held
-                self._rest(owner, name, kind, cpu.to(self.device, non_blocking=True))
-                entries[ident] = (owner, name, kind, cpu, self._get(owner, name, kind)._version)
+                moved = cpu.to(self.device, non_blocking=True)
+                self._rest(owner, name, kind, moved)
+                # the parameter object itself (a layer swapped in later may hold another under the same name),
+                # or for a buffer the tensor put in its place
+                entries[ident] = (held if kind == "p" else None, kind, owner, name, cpu,
+                                  held._version if kind == "p" else moved._version, moved)
                 self._owner[ident] = key
                 self.fetched_bytes += cpu.numel() * cpu.element_size()
                 copied = True
@@ -210,13 +215,17 @@ class BlockStream:
         if self.device.type == "cpu":
             return
         with torch.no_grad():
-            for owner, name, kind, cpu, version in entries.values():
-                current = self._get(owner, name, kind)
-                if current is None or current.device != self.device:
-                    continue
-                if current._version != version:  # written in place (GPTQ's rounded weight)
-                    cpu.copy_(current.data if kind == "p" else current)
-                self._rest(owner, name, kind, cpu)
+            for obj, kind, owner, name, cpu, version, moved in entries.values():
+                if kind == "p":
+                    if obj.device != self.device:
+                        continue
+                    if obj._version != version:  # written in place (GPTQ's rounded weight)
+                        cpu.copy_(obj.data)
+                    obj.data = cpu
+                elif owner._buffers.get(name) is moved:  # a buffer put elsewhere since is not this one
+                    if moved._version != version:
+                        cpu.copy_(moved)
+                    owner._buffers[name] = cpu
             for owner, name, kind in _tensors(module):
                 t = self._get(owner, name, kind)
                 ident = self._ident(owner, name, kind, t)
