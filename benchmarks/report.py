@@ -461,11 +461,16 @@ def _streamed_runs(scale: list[dict]) -> list[str]:
     lines = []
     for r in scale:
         s = r.get("stream")
-        if not s or not r.get("analyze"):
+        if not s:
             continue
-        same = [o for o in scale if not o.get("stream") and o.get("analyze") and o["shape"] == r["shape"]
-                and o["calibration"] == r["calibration"] and o["metric"] == r["metric"]
-                and o.get("processes", 1) == 1 and "quantize" in o["phases"]]
+        if r.get("analyze"):  # the same measurement unstreamed
+            same = [o for o in scale if not o.get("stream") and o.get("analyze") and o["shape"] == r["shape"]
+                    and o["calibration"] == r["calibration"] and o["metric"] == r["metric"]
+                    and o.get("processes", 1) == 1 and "quantize" in o["phases"]]
+        else:  # the same uniform plan and rounding unstreamed
+            same = [o for o in scale if not o.get("stream") and not o.get("analyze") and o["shape"] == r["shape"]
+                    and o["calibration"] == r["calibration"] and o.get("rounding") == r.get("rounding")
+                    and o["plan"]["candidates_used"] == r["plan"]["candidates_used"]]
         peak = lambda run, phase: run["phases"][phase]["peak_gpu_bytes"] / run["model_bytes"]  # noqa: E731
         text = (f"`{_run_label(r)}` (streamed: the {s['blocks']} decoder layers, "
                 f"{s['block_bytes'] / 2**20:.0f} MiB each, wait in page-locked CPU memory and come onto the GPU two at "

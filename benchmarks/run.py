@@ -73,7 +73,7 @@ def analysis_arguments(model: str, candidates: str, metric: str, device: str, ru
             "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
             "around_divergence": "auto", "rounding": rounding, "eval": None,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
-            "device": device, "out": str(run_dir), "joins": joins}
+            "device": device, "out": str(run_dir), "joins": joins, "stream": False}
 
 
 def analyze_run(run_dir: Path, arguments: dict) -> Analysis:

@@ -56,12 +56,12 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory; use fewer --calibration-samples or a smaller --chunk-size"
     if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError (and the other accelerators')
-        return (f"the GPU ran out of memory ({str(exc).splitlines()[0] if str(exc) else 'no detail'}). Measure on "
+        return (f"the GPU ran out of memory ({str(exc).splitlines()[0] if str(exc) else 'no detail'}). Add --stream "
+                "(the model's blocks wait in CPU memory and come onto the GPU one at a time), measure on "
                 "fewer or shorter calibration windows (--calibration-samples, text:FILE?windows=N&length=L) or in "
                 "smaller batches (text:FILE?batch=B), load the model in bf16 (hf:DIR?dtype=bf16), set "
                 "MIXPREC_OFFLOAD=always (float weights and outputs wait in CPU memory while plans are measured), use "
-                "--metric local (layer outputs only), or shard the groups over several GPUs with torchrun; "
-                "streaming blocks from CPU memory is not available yet")
+                "--metric local (layer outputs only), or shard the groups over several GPUs with torchrun")
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
