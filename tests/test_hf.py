@@ -173,3 +173,27 @@ def test_two_processes_give_the_single_process_table_with_block_prefixes(checkpo
     assert one["metadata"]["prefix_sharing"] == two["metadata"]["prefix_sharing"] == "blocks"
     flat = lambda rows: [v for row in rows for v in row]  # noqa: E731
     assert two["groups"] == one["groups"] and flat(two["values"]) == pytest.approx(flat(one["values"]), rel=1e-6)
+
+
+def test_gpt2_conv1d_layers_become_linear_layers_with_the_same_outputs(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from mixprec.groups import discover_groups
+    from mixprec.hf import conv1d_to_linear
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        before = model(input_ids=tokens).logits
+    # a GPT-2 given as it is: its Conv1D layers are named as left float, with the way out
+    note = " ".join(discover_groups(model, tokens).notes)
+    assert "Conv1D" in note and "conv1d_to_linear" in note
+    model.save_pretrained(tmp_path / "gpt2")
+    assert conv1d_to_linear(model) == 2 * 4  # c_attn, c_proj, c_fc and the MLP's c_proj per block
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=tokens).logits, before, rtol=1e-5, atol=1e-5)
+    loaded = load(f"hf:{tmp_path / 'gpt2'}")
+    groups = discover_groups(loaded, tokens)
+    assert not any("Conv1D" in n for n in groups.notes)
+    assert {"lm.transformer.h.0.attn.c_attn", "lm.transformer.h.1.mlp.c_proj"} <= {l.name for l in groups.layers}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), before, rtol=1e-5, atol=1e-5)

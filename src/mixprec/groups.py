@@ -116,6 +116,22 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if layer_kind(m)}
 
 
+def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
+    """(name, type, elements) of the modules that hold a weight matrix of their own (2-D or more) but are no
+    layer mixprec quantizes: a custom projection, transformers' Conv1D. They stay float, which a user
+    should know; norms and biases (1-D) are not counted."""
+    if is_torchscript(model):
+        return []
+    out = []
+    for name, module in model.named_modules():
+        if layer_kind(module):
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+        if own:
+            out.append((name, type(module).__name__, sum(p.numel() for p in own)))
+    return out
+
+
 def check_weights(layers: dict[str, nn.Module]) -> None:
     for name, module in layers.items():
         bad = ~torch.isfinite(module.weight.detach())
@@ -217,6 +233,15 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
                          f"{list(layers)[0]!r})")
     notes = []
+    uncovered = unquantized_weights(model)
+    total = sum(p.numel() for p in model.parameters())
+    held = sum(n for _, _, n in uncovered)
+    kinds = sorted({kind for _, kind, _ in uncovered})
+    if uncovered and (held >= 0.01 * total or "Conv1D" in kinds):  # a class token or two is not worth a note
+        notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) mixprec does not "
+                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float"
+                     + (". Hugging Face's Conv1D (GPT-2) becomes nn.Linear when the model is loaded with hf:DIR, or "
+                        "call mixprec.hf.conv1d_to_linear(model) first" if "Conv1D" in kinds else ""))
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):
         notes.append("TorchScript model: forward hooks do not run inside it, so layers are not tied by shared "

@@ -3,7 +3,8 @@ for text data and perplexity), loaded from the folder alone (``local_files_only`
 
     hf:DIR[?dtype=fp32|bf16|fp16&attn=eager|sdpa]
 
-A causal language model (its config's architecture ends in ``ForCausalLM``) becomes a module that
+A causal language model (its config's architecture ends in ``ForCausalLM`` or ``LMHeadModel``, as GPT-2's
+``GPT2LMHeadModel``) becomes a module that
 maps token ids (B, L) to logits (B, L, vocab); any other model (an encoder) maps them to its last
 hidden state. Both take one LongTensor, which is what ``text:FILE`` data gives. The weights are
 checked before transformers sees them: every shard the index names must exist and open, and every
@@ -153,7 +154,7 @@ def load(spec: str) -> nn.Module:
     except ImportError as exc:
         raise SpecError(f"--model {spec!r} needs transformers and safetensors: pip install -e '.[models]' ({exc})") \
             from exc
-    causal = architecture.endswith("ForCausalLM")
+    causal = causal_architecture(architecture)
     try:
         hf_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # an unknown model_type, a bad field: transformers' message says which
@@ -173,8 +174,31 @@ def load(spec: str) -> nn.Module:
         raise SpecError(f"{folder}: {len(missing)} weight(s) the {architecture} needs are in none of "
                         f"{', '.join(p.name for p in files)}, e.g. {sorted(missing)[:3]}; the checkpoint is "
                         "incomplete or of another model")
+    conv1d_to_linear(model)
     model.eval()
     return (CausalLM(model) if causal else Encoder(model)).eval()
+
+
+def conv1d_to_linear(model: nn.Module) -> int:
+    """Replace transformers' ``Conv1D`` layers (GPT-2's attention and MLP: y = x W + b with W of shape
+    (in, out)) by the equivalent ``nn.Linear`` (weight W transposed), which mixprec quantizes per output
+    channel like any linear layer; returns how many were replaced."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
+            continue
+        fan_in, fan_out = module.weight.shape
+        linear = nn.Linear(fan_in, fan_out, bias=module.bias is not None, device=module.weight.device,
+                           dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        linear.requires_grad_(module.weight.requires_grad)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+        replaced += 1
+    return replaced
 
 
 def _tied(model: nn.Module, key: str) -> bool:
@@ -238,4 +262,9 @@ def check_dtype(model: nn.Module, device: torch.device | str) -> None:
 def is_causal(spec: str) -> bool:
     """Whether the checkpoint of ``spec`` is a causal language model (by its config's architecture)."""
     folder = parse(spec).folder
-    return _architecture(read_config(folder), folder).endswith("ForCausalLM")
+    return causal_architecture(_architecture(read_config(folder), folder))
+
+
+def causal_architecture(name: str) -> bool:
+    """Whether a config's architecture is a causal language model (LlamaForCausalLM, GPT2LMHeadModel)."""
+    return name.endswith(("ForCausalLM", "LMHeadModel"))
