@@ -464,7 +464,7 @@ def cmd_export(args) -> int:
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range,
-                    accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec) if eval_spec else None,
+                    accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
                     example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
                     threads=args.threads)
     _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],

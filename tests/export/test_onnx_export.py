@@ -376,3 +376,32 @@ def test_an_analysis_for_a_target_never_chooses_what_the_target_cannot_run(tmp_p
     reloaded = Analysis.load(tmp_path / "run")
     assert reloaded.target == "ort-cpu" and reloaded.refused == analysis.refused
     assert any("cannot run 2" in n for n in reloaded.problem().notes)
+
+
+class Tokens(nn.Module):
+    """An embedding and a head, and a layer whose output is thrown away (an encoder's unused pooler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head, self.pooler = nn.Embedding(50, 32), nn.Linear(32, 10), nn.Linear(32, 32)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        self.pooler(h[:, 0])  # computed, never returned: torch leaves it out of the ONNX graph
+        return self.head(h)
+
+
+@pytest.mark.parametrize("embed, kind", [("w8", "s8 rows"), ("w4g16", "simulated 4-bit grouped"),
+                                         ("w8-asym", "u8 rows")])
+def test_an_embedding_is_written_as_its_rows_and_an_unused_layer_is_left_out(tmp_path, embed, kind):
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    data = [torch.randint(0, 50, (4, 6)) for _ in range(2)]
+    p = plan(model, data, {"embed": embed, "head": "w8", "pooler": "w8"})
+    result = export(model, p, data, out=tmp_path / "tokens.onnx", accuracy_level=0, progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert kind in rows["embed"]["format"] and rows["embed"]["runtime_op"] == "Gather"
+    assert rows["pooler"]["absent"] and "does not run" in rows["pooler"]["note"]
+    assert [r["layer"] for r in result.fallbacks] == ["embed"]  # said, not silent; the pooler is no fallback
+    simulated = apply(model, p, data, progress=False)
+    torch.testing.assert_close(OrtModule(result.path)(data[0]), simulated(data[0]), rtol=0, atol=1e-5)

@@ -67,7 +67,7 @@ class ExportResult:
     @property
     def fallbacks(self) -> list[dict]:
         """Layers the plan quantizes that the runtime computes in float."""
-        return [l for l in self.layers if l["candidate"] != "fp32" and not l["low_precision"]]
+        return [l for l in self.layers if l["candidate"] != "fp32" and not l["low_precision"] and not l.get("absent")]
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
@@ -163,11 +163,13 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     floated = _float_copy(quantized)
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
-    written = rewrite(graph, codes, accuracy_level)
+    written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example))
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
-    kernels = runtime_kernels(out, written, optimized)
+    kernels = runtime_kernels(out, {n: e for n, e in written.items() if not e.get("absent")}, optimized)
+    kernels.update({n: {"runtime_op": "-", "low_precision": False, "runtime_node": ""}
+                    for n, e in written.items() if e.get("absent")})
     rows = []
     for name in candidates:
         row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
@@ -225,8 +227,24 @@ def report_path(onnx_path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".report.json")
 
 
+def _idle(model: nn.Module, name: str, example: Any) -> bool:
+    """Whether layer ``name``'s output never reaches the model's output on ``example`` (an encoder's pooler
+    when only the hidden states are returned): NaN put into its output does not come out."""
+    def poison(module, args, output):
+        return output * float("nan")
+    handle = model.get_submodule(name).register_forward_hook(poison)
+    try:
+        with torch.no_grad():
+            out = output_tensor(run_model(model, example))
+    finally:
+        handle.remove()
+    return not bool(torch.isnan(out).any())
+
+
 def _note(row: dict, kind: str) -> str:
     op, low = row["runtime_op"], row["low_precision"]
+    if row.get("absent"):
+        return "not in the exported graph: the model does not run this layer"
     if kind == "float":
         return "float, as planned"
     if low:
@@ -234,6 +252,8 @@ def _note(row: dict, kind: str) -> str:
     if kind == "qdq":
         return (f"float fallback: ONNX Runtime runs a float {op} on dequantized values (it fuses an integer kernel "
                 "only where the output is quantized too, e.g. through a ReLU into the next layer's input quantizer)")
+    if kind == "simulated":
+        return f"float by design: the simulated rows stored in float32 for a float {op}"
     if kind == "dq_weight":
         return f"float fallback by design: weights stored as integers, dequantized for a float {op}"
     if kind == "fp16":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable, Any
 
 import numpy as np
 import torch
@@ -178,9 +178,11 @@ def _topological(nodes: list, available: set[str]) -> list:
     return done
 
 
-def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4) -> dict[str, dict]:
+def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
+            idle: Callable[[str], bool] = lambda name: False) -> dict[str, dict]:
     """Rewrite the float graph ``model`` (onnx ModelProto, in place) per ``layers``; returns, per layer, the
-    ONNX node it became and the format written."""
+    ONNX node it became and the format written. idle(name): whether a layer no node reads never reaches the
+    model's output (torch leaves such layers out of the graph): written as absent, not refused."""
     from onnx import helper
 
     g = _Graph(model)
@@ -189,6 +191,10 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4) -> di
     for name, layer in layers.items():
         weight = f"{name}.weight"
         users = g.consumers(weight) if weight in g.inits else []
+        if not users and idle(name):
+            written[name] = {"node": "", "op": "-", "format": "not exported (the model does not run it)",
+                             "op_written": "-", "batchnorm_folded": False, "absent": True}
+            continue
         if len(users) != 1:
             raise ModelError(f"layer {name!r}: the exported graph has {'no node' if not users else 'several nodes'} "
                              f"reading initializer {weight!r}; layers are matched by their weight's name, so a layer "
@@ -198,6 +204,9 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4) -> di
         if kind == "float":
             written[name] = {"node": node.name, "op": node.op_type, "format": "float32", "op_written": node.op_type,
                              "batchnorm_folded": False}
+            continue
+        if node.op_type == "Gather" and node.input[0] == weight:  # an embedding's rows
+            written[name] = _write_gather(g, node, name, layer, g.array(weight), helper)
             continue
         if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
             matmuls = g.consumers(node.output[0])
@@ -480,6 +489,41 @@ def _write_dq_weight(g, node, name, layer, codes, scales, shape, bias, transpose
     bits = layer.candidate.weight.bits
     return {"format": f"s8 weights (per channel, {bits}-bit codes) dequantized for a float {node.op_type}"
             + (", input rounded to float16" if layer.realisation.input_fp16 else ""), "op_written": node.op_type}
+
+
+def _write_gather(g: _Graph, node, name: str, layer: LayerCodes, w: np.ndarray, helper) -> dict:
+    """An embedding: integer rows behind a per-row DequantizeLinear, or its simulated rows in float32."""
+    entry = {"node": node.name, "op": "Gather", "batchnorm_folded": False, "op_written": "Gather"}
+    fmt = layer.candidate.weight
+    if layer.codes is None:  # float16 rows
+        g.inits[f"{name}.weight"].CopyFrom(_tensor(w.astype(np.float16).astype(np.float32), f"{name}.weight"))
+        return {**entry, "format": "float32 rows holding the float16 values (a float Gather)"}
+    rows = layer.codes.reshape(w.shape[0], -1)
+    zero = layer.zero_points.reshape(w.shape[0], -1)
+    scales = layer.scales.reshape(w.shape[0], -1)
+    if layer.realisation.kind == "simulated":  # grouped: every group's scale, applied here
+        groups = scales.shape[1]
+        size = -(-rows.shape[1] // groups)
+        expand = lambda a: np.repeat(a, size, axis=1)[:, :rows.shape[1]]  # noqa: E731
+        values = ((rows - expand(zero)) * expand(scales.astype(np.float64))).astype(np.float32).reshape(w.shape)
+        g.inits[f"{name}.weight"].CopyFrom(_tensor(values, f"{name}.weight"))
+        return {**entry, "format": f"float32 rows holding the simulated {fmt.bits}-bit grouped values (no blocked "
+                                   "dequantize before a Gather here)"}
+    signed = bool((rows < 0).any()) or bool((zero == 0).all())
+    dtype = np.int8 if signed else np.uint8
+    q = g.add_init(f"{name}.weight_quantized", rows.astype(dtype).reshape(w.shape))
+    s_ = g.add_init(f"{name}.weight_scale", scales[:, 0].astype(np.float32))
+    z = g.add_init(f"{name}.weight_zero_point", zero[:, 0].astype(dtype))
+    out = f"{name}.weight_dequantized"
+    g.emit(node, helper.make_node("DequantizeLinear", [q, s_, z], [out], name=f"{name}.weight/DequantizeLinear", axis=0))
+    node.input[0] = out
+    return {**entry, "format": f"{'s8' if signed else 'u8'} rows (per row, {fmt.bits}-bit codes) dequantized for a "
+                               "float Gather"}
+
+
+def _tensor(array: np.ndarray, name: str):
+    from onnx import numpy_helper
+    return numpy_helper.from_array(array, name)
 
 
 def _fp16_input(g: _Graph, node, helper) -> None:
