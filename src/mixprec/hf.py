@@ -37,6 +37,9 @@ class CausalLM(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # an explicit mask keeps transformers off its packed-sequence check
+            # (torch.diff, which the ONNX exporter cannot write); every token attended, as without one
+            return self.lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 

@@ -405,3 +405,31 @@ def test_an_embedding_is_written_as_its_rows_and_an_unused_layer_is_left_out(tmp
     assert [r["layer"] for r in result.fallbacks] == ["embed"]  # said, not silent; the pooler is no fallback
     simulated = apply(model, p, data, progress=False)
     torch.testing.assert_close(OrtModule(result.path)(data[0]), simulated(data[0]), rtol=0, atol=1e-5)
+
+
+class TiedLM(nn.Module):
+    """An embedding whose weight the output layer reads too (tied, as in GPT-2 and SmolLM2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix = nn.Embedding(40, 32), nn.Linear(32, 32)
+        self.out = nn.Linear(32, 40, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.mix(self.embed(ids))))
+
+
+def test_a_tied_embedding_and_output_layer_each_take_their_own_reader_of_the_weight(tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    data = [torch.randint(0, 40, (4, 6)) for _ in range(2)]
+    groups = discover_groups(model, data[0])
+    tied = next(g.name for g in groups.groups if len(g.layers) == 2)  # one group: one tensor, one format
+    p = plan(model, data, {tied: "w8", "mix": "w4g16"})
+    assert p.layer_candidates() == {"embed": "w8", "out": "w8", "mix": "w4g16"}
+    result = export(model, p, data, out=tmp_path / "tied.onnx", accuracy_level=0, progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["embed"]["runtime_op"] == "Gather" and rows["out"]["runtime_op"] == "MatMulNBits"
+    simulated = apply(model, p, data, progress=False)
+    torch.testing.assert_close(OrtModule(result.path)(data[0]), simulated(data[0]), rtol=0, atol=1e-5)

@@ -163,7 +163,12 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     floated = _float_copy(quantized)
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
-    written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example))
+    holders: dict[int, list[str]] = {}
+    for name in candidates:  # tied weights (an embedding and the output layer): one tensor, several layers
+        holders.setdefault(id(modules[name].weight), []).append(name)
+    shared = {n: [o for o in names if o != n] for names in holders.values() if len(names) > 1 for n in names}
+    written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example), shared=shared,
+                      kinds={name: layer_kind(modules[name]) for name in candidates})
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins

@@ -179,18 +179,35 @@ def _topological(nodes: list, available: set[str]) -> list:
 
 
 def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
-            idle: Callable[[str], bool] = lambda name: False) -> dict[str, dict]:
+            idle: Callable[[str], bool] = lambda name: False, shared: dict[str, list[str]] | None = None,
+            kinds: dict[str, str] | None = None) -> dict[str, dict]:
     """Rewrite the float graph ``model`` (onnx ModelProto, in place) per ``layers``; returns, per layer, the
     ONNX node it became and the format written. idle(name): whether a layer no node reads never reaches the
-    model's output (torch leaves such layers out of the graph): written as absent, not refused."""
+    model's output (torch leaves such layers out of the graph): written as absent, not refused. shared: layer ->
+    the other layers holding the same weight (a tied embedding and output layer), found under whichever name
+    torch exported it; the Gather reading it is the Embedding's (``kinds``), the other node the Linear's."""
     from onnx import helper
 
     g = _Graph(model)
     _quantizer_constants(g)
+    for node in list(g.nodes):  # an Identity of a weight (torch writes one for a tied weight's second name):
+        if node.op_type == "Identity" and node.input[0] in g.inits:  # its readers read the weight itself
+            for reader in g.consumers(node.output[0]):
+                for i, tensor in enumerate(reader.input):
+                    if tensor == node.output[0]:
+                        reader.input[i] = node.input[0]
+            if node.output[0] not in {o.name for o in g.graph.output}:
+                g.removed.add(id(node))
     written: dict[str, dict] = {}
     for name, layer in layers.items():
         weight = f"{name}.weight"
+        ties = (shared or {}).get(name, [])
+        if weight not in g.inits:
+            weight = next((f"{o}.weight" for o in ties if f"{o}.weight" in g.inits), weight)
         users = g.consumers(weight) if weight in g.inits else []
+        if len(users) > 1 and ties:  # each holder of a tied weight takes its own reader
+            lookup = (kinds or {}).get(name) == "Embedding"
+            users = [u for u in users if (u.op_type == "Gather" and u.input[0] == weight) == lookup]
         if not users and idle(name):
             written[name] = {"node": "", "op": "-", "format": "not exported (the model does not run it)",
                              "op_written": "-", "batchnorm_folded": False, "absent": True}
