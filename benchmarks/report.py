@@ -420,8 +420,12 @@ def symmetric_grid_section() -> list[str]:
 def export_section() -> list[str]:
     """benchmarks/export_ort.py: exported against simulated on ONNX Runtime CPU, size and latency."""
     from export_ort import markdown as export_markdown
-    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("export_ort_*.json"))]
-    return [line for r in reports for line in export_markdown(r).splitlines()] + ([""] if reports else [])
+    from export_ort_lm import markdown as lm_markdown
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("export_ort_*.json"))
+               if not p.name.startswith("export_ort_lm_")]
+    lms = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("export_ort_lm_*.json"))]
+    return ([line for r in reports for line in export_markdown(r).splitlines()] + ([""] if reports else [])
+            + [line for r in lms for line in lm_markdown(r).splitlines()] + ([""] if lms else []))
 
 
 def cuda_section() -> list[str]:

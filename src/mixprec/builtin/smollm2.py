@@ -21,6 +21,7 @@ import torch
 from ..cache import cache_dir
 from ..errors import MissingDataError, ModelError, SpecError
 from ..evaluation import EvalResult
+from ..hf import CausalLM  # the logits-only wrapper every hf: causal LM gets
 from ..text_data import perplexity as text_perplexity
 from . import Builtin, data_file
 
@@ -29,18 +30,6 @@ TEXT = "text/wikitext-2-raw-test.txt"
 WINDOW = 512
 EVAL_WINDOWS = 40
 CALIBRATION_BATCH = 4
-
-
-class CausalLM(torch.nn.Module):
-    """The language model returning only its logits (no KV cache, no output dataclass), so that
-    every caller and hook sees one plain tensor."""
-
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
 @lru_cache(maxsize=None)
