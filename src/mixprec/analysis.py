@@ -236,7 +236,7 @@ class Analysis:
             score = OutputDivergence(model, data or [], divergence) if divergence else fn
             return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
-                                 device or _device_of(model), rounding, rounding_options,
+                                 device or device_of(model), rounding, rounding_options,
                                  "divergences" if divergence else "evaluations")
         return self._evaluator_from_run(evaluate, device, rounding, rounding_options, divergence, divergence_batches)
 
@@ -558,10 +558,6 @@ class Analysis:
                 {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return device_of(model)
-
-
 def analyze(model: nn.Module | str, data: Iterable | str | None,
             candidates: str | Iterable[str | Candidate] = DEFAULT_CANDIDATES, metric: str = "sqnr",
             run_dir: str | Path | RunDirectory | None = None, *,
@@ -607,7 +603,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}
     batches = _batches(data)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     if stream:
         if joins:
             raise SpecError("joins and stream cannot be combined: join quantizers need the whole model traced")

@@ -107,6 +107,20 @@ def detach(value: Any) -> Any:
     return map_tensors(value, torch.Tensor.detach)
 
 
+def first_tensor(output: Any) -> Any:
+    """A block's main output: the first element of a tuple or list, else the output itself."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    """``output`` with ``tensor`` in place of its main output (first_tensor)."""
+    if isinstance(output, tuple):
+        return (tensor,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [tensor] + list(output[1:])
+    return tensor
+
+
 def block_inputs(model: nn.Module, block: str, items: list, run: Callable[[nn.Module, Any, int], Any]) -> list:
     """(args, kwargs) of ``block``'s call on every item, detached; run(model, item, index) stops there."""
     inputs: list[tuple[tuple, dict]] = []

@@ -17,8 +17,8 @@ from torch import nn
 
 from . import __version__
 from .atomic import save_torch_atomic
-from .analysis import DEFAULT_CANDIDATES, _device_of, analyze
-from .streaming import place, stream_blocks
+from .analysis import DEFAULT_CANDIDATES, analyze
+from .streaming import device_of, place, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate
 from .costs import COST_KINDS, cost_tables
@@ -68,7 +68,7 @@ class QuantizeResult:
         out.mkdir(parents=True, exist_ok=True)
         save_torch_atomic(self.model.state_dict(), out / "model.pt")
         self.plan.save(out / "plan.json")
-        device = _device_of(self.model)
+        device = device_of(self.model)
         write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
         if evaluate is not None:
             try:
@@ -106,7 +106,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     check_plan_groups(plan, groups)
     config = rounding_config(rounding, **(rounding_options or {}))
     batches = None if data is None else list(data)
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     if stream:
         stream_blocks(model, device)
     model = place(model, device)

@@ -31,8 +31,8 @@ from torch import nn
 
 from .capture import container_blocks
 from .errors import MixprecError
+from .groups import quantizable_layers
 
-QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 RESIDENT = 2  # blocks on the device at once: the one running and the one fetched ahead
 _STREAMS: "weakref.WeakSet[BlockStream]" = weakref.WeakSet()  # streams open in this process
 
@@ -52,8 +52,7 @@ class BlockStream:
     def __init__(self, model: nn.Module, device: torch.device | str, blocks: list[str] | None = None):
         self.model, self.device = model, _indexed(torch.device(device))
         if blocks is None:
-            layers = [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
-            blocks = container_blocks(model, layers)
+            blocks = container_blocks(model, list(quantizable_layers(model)))
         first = next(iter(model.named_parameters()), (None, None))[0]
         # a block holding the model's first parameter stays on the device: code that asks
         # next(model.parameters()).device (evaluation functions) must find the device
@@ -64,7 +63,8 @@ class BlockStream:
         self.blocks = blocks
         self.modules = [model.get_submodule(b) for b in blocks]
         self._index = {id(m): k for k, m in enumerate(self.modules)}
-        # on the device: key (a block index, or a copy's module) -> (module, {tensor: (owner, name, kind, cpu, version)})
+        # on the device: key (a block index, or a copy's module) -> (module, {tensor: entry}), an entry being
+        # (the parameter or None, kind, owner, name, its CPU tensor, its version when moved, the device tensor)
         self._resident: OrderedDict[object, tuple[nn.Module, dict]] = OrderedDict()
         self._owner: dict[object, object] = {}  # tensor on the device -> the key that brought it
         self._ready: dict[object, torch.cuda.Event] = {}  # fetched ahead: the event their copies end at

@@ -41,7 +41,8 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..batches import output_tensor
-from ..capture import StopForward, block_inputs, container_blocks, detach, inside, on_inputs
+from ..capture import (StopForward, block_inputs, container_blocks, detach, first_tensor, inside, on_inputs,
+                       replace_first)
 from ..errors import RoundingError
 from ..formats import IntFormat
 from .adaround import AdaRound, SoftRounding, annealed_beta
@@ -92,18 +93,6 @@ def find_blocks(model: nn.Module, layers: list[str], names: list[str] | None = N
     covered = {layer for members in found.values() for layer in members}
     found.update({layer: [layer] for layer in layers if layer not in covered})
     return found
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (tensor,) + output[1:]
-    if isinstance(output, list):
-        return [tensor] + output[1:]
-    return tensor
 
 
 def _log_probs(out: Any) -> torch.Tensor:
@@ -168,7 +157,7 @@ def _float_outputs(model: nn.Module, block: str, batches: list, run) -> list[tor
     expected: list[int] = []  # calls per batch, learnt from the first
 
     def hook(module, args, output):
-        outputs.append(_first_tensor(output).detach())
+        outputs.append(first_tensor(output).detach())
         calls[-1] += 1
         if expected and calls[-1] >= expected[0]:
             raise StopForward
@@ -196,9 +185,9 @@ def _quantized_side(quantized: nn.Module, block: str, batches: list, reference: 
     module = quantized.get_submodule(block)
 
     def post(m, args, output):
-        leaf = _first_tensor(output).detach().requires_grad_(True)
+        leaf = first_tensor(output).detach().requires_grad_(True)
         leaves.append(leaf)
-        return _replace_first(output, leaf)
+        return replace_first(output, leaf)
 
     handle = module.register_forward_hook(post)
     try:
@@ -252,7 +241,7 @@ def _reconstruct(block: nn.Module, block_name: str, floats: dict[str, torch.Tens
                 g = grads[i] if grads is not None else None
             with torch.enable_grad():
                 soft = {paths[name]: r.soft().to(params[paths[name]].dtype) for name, r in roundings.items()}
-                out = _first_tensor(functional_call(block, {**params, **soft}, args, kwargs))
+                out = first_tensor(functional_call(block, {**params, **soft}, args, kwargs))
                 error = (out.float() - z.float()).pow(2)
                 if g is not None:
                     error = error * g.float().pow(2)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..capture import StopForward
+from ..capture import StopForward, first_tensor
 from . import brecq
 
 _PLAIN = (torch.Tensor, type(None), bool, int, float, str)
@@ -68,7 +68,7 @@ def find_chain(model: nn.Module, inputs: Any, layers: list[str],
     if sorted(order) != sorted(blocks) or not all(_plain(e[1]) and _plain(e[2]) for e in log):
         return {}
     for (_, args0, kwargs0, out0), (_, args1, kwargs1, _) in zip(log, log[1:]):
-        if (not args1 or out0 is None or args1[0] is not brecq._first_tensor(out0) or len(args1) != len(args0)
+        if (not args1 or out0 is None or args1[0] is not first_tensor(out0) or len(args1) != len(args0)
                 or any(a is not b for a, b in zip(args1[1:], args0[1:]))
                 or kwargs1.keys() != kwargs0.keys() or any(kwargs1[k] is not kwargs0[k] for k in kwargs0)):
             return {}
@@ -89,6 +89,6 @@ def next_inputs(module: nn.Module, inputs: list) -> list:
     out = []
     with torch.no_grad():
         for args, kwargs in inputs:
-            result = brecq._first_tensor(run_block(module, (args, kwargs))).detach()
+            result = first_tensor(run_block(module, (args, kwargs))).detach()
             out.append(((result,) + tuple(args[1:]), kwargs))
     return out

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..batches import run_model
-from ..capture import StopForward, container_blocks, detach, map_tensors
+from ..capture import StopForward, container_blocks, detach, first_tensor, map_tensors, replace_first
 
 class NotBlocked(Exception):
     pass
@@ -56,18 +56,6 @@ def _park(value: Any, memo: dict | None = None) -> Any:
             memo[id(t)] = (t, Away(t))  # the tensor kept alive so that its id stays its own
         return memo[id(t)][1]
     return map_tensors(value, away)
-
-
-def first_tensor(output: Any) -> Any:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def replace_first(output: Any, tensor: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (tensor,) + tuple(output[1:])
-    if isinstance(output, list):
-        return [tensor] + list(output[1:])
-    return tensor
 
 
 def fetch(t: torch.Tensor | Away) -> torch.Tensor:

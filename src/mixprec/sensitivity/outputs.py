@@ -18,7 +18,8 @@ from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
 from ..offload import should_move
 from ..streaming import stream_of
-from .blocks import Away, BlockForward, NotBlocked, fetch, first_tensor
+from ..capture import first_tensor
+from .blocks import Away, BlockForward, NotBlocked, fetch
 from .forked import ForkedForward, NotTraceable
 
 PREFIX_MODES = ("auto", "fx", "blocks", "none")
@@ -145,16 +146,7 @@ class OutputRunner:
                 continue
             modules = [ctx.quantized_modules(group, cand) for cand in ctx.candidates]
             for b in range(len(ctx.data)):  # batch by batch: a float output kept in CPU memory comes back once
-                ref = self._float_output(b)
-                for c, replaced in enumerate(modules):
-                    with quantized_group(ctx.model, replaced) as model:
-                        with blocks.skipping(b, skipped), torch.no_grad():
-                            output = run_model(model, ctx.inputs(b))
-                    num, den = divergence(ref, output_tensor(output))
-                    sums[(g, c)][0] += num
-                    sums[(g, c)][1] += den
-                    self.forward_equivalents += blocks.cost(skipped)
-                del ref
+                self._score_batch(g, b, modules, divergence, sums, skipped, blocks.cost(skipped))
             del modules
             ctx.forget_weights(group.layer_names)  # a group's forks are all done: free its quantized weights
 
@@ -187,19 +179,26 @@ class OutputRunner:
                             state[c, b] = blocks.block_call(b, k + 1, out)
                         else:
                             outputs[c, b] = out
-        for b in batches:  # batch by batch: a float output kept in CPU memory comes back once
-            ref = self._float_output(b)
-            for c, replaced in enumerate(modules):
-                with quantized_group(ctx.model, replaced), torch.no_grad():
-                    with blocks.skipping(b, n, last=outputs.pop((c, b))):
-                        output = run_model(ctx.model, ctx.inputs(b))
-                num, den = divergence(ref, output_tensor(output))
-                sums[(g, c)][0] += num
-                sums[(g, c)][1] += den
-                self.forward_equivalents += blocks.cost(skipped)
-            del ref
+        for b in batches:  # every block answers from the record, the last with the fork's output
+            self._score_batch(g, b, modules, divergence, sums, n, blocks.cost(skipped), outputs)
         del modules
         ctx.forget_weights(group.layer_names)
+
+    def _score_batch(self, g: int, b: int, modules: list, divergence: Divergence, sums: dict, skipped: int,
+                     cost: float, lasts: dict | None = None) -> None:
+        """Each candidate's output on batch ``b`` against the float one, blocks 0..skipped-1 answering from
+        the record (the last of them with ``lasts[c, b]``, a block-major fork's output, where given)."""
+        ctx, blocks = self.ctx, self.blocks
+        ref = self._float_output(b)  # once per batch: a float output kept in CPU memory comes back once
+        for c, replaced in enumerate(modules):
+            last = None if lasts is None else lasts.pop((c, b))
+            with quantized_group(ctx.model, replaced) as model, torch.no_grad():
+                with blocks.skipping(b, skipped, last=last):
+                    output = run_model(model, ctx.inputs(b))
+            num, den = divergence(ref, output_tensor(output))
+            sums[(g, c)][0] += num
+            sums[(g, c)][1] += den
+            self.forward_equivalents += cost
 
 
 def ratio_values(ctx: MeasureContext, sums: dict, what: str) -> dict[tuple[int, int], float]:
