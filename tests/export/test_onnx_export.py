@@ -1,5 +1,6 @@
 """Export to ONNX Runtime CPU: what is written is what was simulated, and the report tells what runs."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,9 +382,9 @@ def test_an_analysis_for_a_target_never_chooses_what_the_target_cannot_run(tmp_p
 class Tokens(nn.Module):
     """An embedding and a head, and a layer whose output is thrown away (an encoder's unused pooler)."""
 
-    def __init__(self):
+    def __init__(self, dim: int = 32):
         super().__init__()
-        self.embed, self.head, self.pooler = nn.Embedding(50, 32), nn.Linear(32, 10), nn.Linear(32, 32)
+        self.embed, self.head, self.pooler = nn.Embedding(50, dim), nn.Linear(dim, 10), nn.Linear(dim, dim)
 
     def forward(self, ids):
         h = self.embed(ids)
@@ -391,20 +392,31 @@ class Tokens(nn.Module):
         return self.head(h)
 
 
-@pytest.mark.parametrize("embed, kind", [("w8", "s8 rows"), ("w4g16", "simulated 4-bit grouped"),
-                                         ("w8-asym", "u8 rows")])
-def test_an_embedding_is_written_as_its_rows_and_an_unused_layer_is_left_out(tmp_path, embed, kind):
+@pytest.mark.parametrize("embed, dim, kind", [("w8", 32, "s8 rows (per row, 8-bit"),
+                                              ("w4g16", 32, "s8 rows (4-bit codes in groups of 16"),
+                                              ("w8-asym", 32, "u8 rows (per row"),
+                                              ("w4g16", 24, "float32 rows holding the simulated 4-bit")])
+def test_an_embedding_is_written_as_its_rows_and_an_unused_layer_is_left_out(tmp_path, embed, dim, kind):
+    import onnx
+    from onnx import numpy_helper
+
     torch.manual_seed(0)
-    model = Tokens().eval()
-    data = [torch.randint(0, 50, (4, 6)) for _ in range(2)]
-    p = plan(model, data, {"embed": embed, "head": "w8", "pooler": "w8"})
-    result = export(model, p, data, out=tmp_path / "tokens.onnx", accuracy_level=0, progress=False)
+    model = Tokens(dim).eval()
+    data = [torch.randint(0, 50, (4, 6)) for _ in range(2)] + [torch.randint(0, 50, (2, 9))]  # other lengths too
+    p = plan(model, data[:2], {"embed": embed, "head": "w8", "pooler": "w8"})
+    result = export(model, p, data[:2], out=tmp_path / "tokens.onnx", accuracy_level=0, progress=False)
     rows = {r["layer"]: r for r in result.layers}
     assert kind in rows["embed"]["format"] and rows["embed"]["runtime_op"] == "Gather"
     assert rows["pooler"]["absent"] and "does not run" in rows["pooler"]["note"]
-    assert [r["layer"] for r in result.fallbacks] == ["embed"]  # said, not silent; the pooler is no fallback
+    whole = dim % 16 == 0 or embed != "w4g16"
+    # integer rows are low precision (each lookup dequantizes its own rows); partial groups are float, and said
+    assert [r["layer"] for r in result.fallbacks] == ([] if whole else ["embed"])
+    tables = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer}
+    if whole:  # no float copy of the table is left in the file
+        assert tables["embed.weight_quantized"].dtype in (np.int8, np.uint8) and "embed.weight" not in tables
     simulated = apply(model, p, data, progress=False)
-    torch.testing.assert_close(OrtModule(result.path)(data[0]), simulated(data[0]), rtol=0, atol=1e-5)
+    for ids in data:
+        torch.testing.assert_close(OrtModule(result.path)(ids), simulated(ids), rtol=0, atol=1e-5)
 
 
 class TiedLM(nn.Module):
@@ -433,3 +445,31 @@ def test_a_tied_embedding_and_output_layer_each_take_their_own_reader_of_the_wei
     assert rows["embed"]["runtime_op"] == "Gather" and rows["out"]["runtime_op"] == "MatMulNBits"
     simulated = apply(model, p, data, progress=False)
     torch.testing.assert_close(OrtModule(result.path)(data[0]), simulated(data[0]), rtol=0, atol=1e-5)
+    # kept float, the output layer reads the tied weight through a Transpose: its runtime op is still found
+    floated = export(model, plan(model, data, {tied: "fp32", "mix": "w4g16"}), data, out=tmp_path / "float.onnx",
+                     accuracy_level=0, progress=False)
+    assert {r["layer"]: r["runtime_op"] for r in floated.layers} == {"embed": "Gather", "out": "MatMul",
+                                                                     "mix": "MatMulNBits"}
+
+
+class Differences(nn.Module):
+    """A model with an op the ONNX exporter has no symbolic for (aten::diff at opset 17)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.diff(self.l(x), dim=-1)
+
+
+def test_a_failed_torch_export_is_one_line_and_its_graph_goes_to_a_log_file(capfd):
+    from mixprec.export.onnx_graph import export_float
+
+    with pytest.raises(ModelError, match="aten::diff") as info:
+        export_float(Differences(), torch.randn(2, 8))
+    printed = capfd.readouterr()
+    assert "Torch IR graph" not in printed.out + printed.err  # not hundreds of lines on the terminal
+    log = Path(str(info.value).split("failed on: ")[1].rstrip(")"))
+    assert "aten::diff" in log.read_text()  # kept for whoever wants the graph
+    log.unlink()

@@ -252,6 +252,8 @@ def _note(row: dict, kind: str) -> str:
         return "not in the exported graph: the model does not run this layer"
     if kind == "float":
         return "float, as planned"
+    if kind == "dq_weight" and row.get("op") == "Gather":
+        return "integer rows in the file; a lookup dequantizes only the rows it reads"
     if low:
         return f"runs in low precision ({op})"
     if kind == "qdq":

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Any
 
@@ -92,15 +94,56 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: "sequence"})
                for n, t in zip(names, tensors) if t.dim() >= 1}
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _output_to_file() as log:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=False,
                               input_names=names, output_names=["output"], dynamic_axes={**dynamic, "output": {0: "batch"}})
         except Exception as exc:  # the exporter raises many types; the message is what the user needs
-            raise ModelError(f"torch.onnx.export failed on the model: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        kept = _keep_log(log)
+        raise ModelError(f"torch.onnx.export failed on the model: {type(failure).__name__}: "
+                         f"{str(failure).splitlines()[0] if str(failure) else ''}"
+                         + (f" (torch's log of the export, with the graph it failed on: {kept})" if kept else "")
+                         ) from failure
+    Path(log).unlink(missing_ok=True)
     return onnx.load_from_string(buffer.getvalue())
+
+
+@contextmanager
+def _output_to_file():
+    """Everything the process writes to stdout and stderr meanwhile (torch's exporter prints its whole graph
+    from C++ when it fails) goes to a temporary file, whose path this yields."""
+    import os
+    import sys
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="mixprec-onnx-export-", suffix=".log")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {n: os.dup(n) for n in (1, 2)}
+    try:
+        for n in saved:
+            os.dup2(fd, n)
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for n, old in saved.items():
+            os.dup2(old, n)
+            os.close(old)
+        os.close(fd)
+
+
+def _keep_log(path: str) -> str:
+    """``path`` if it holds anything, else removed and ''."""
+    if Path(path).stat().st_size:
+        return path
+    Path(path).unlink(missing_ok=True)
+    return ""
 
 
 class _Graph:
@@ -219,6 +262,8 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
         node, transposed = users[0], False
         kind = layer.realisation.kind
         if kind == "float":
+            if node.op_type == "Transpose" and len(g.consumers(node.output[0])) == 1:  # a weight read transposed:
+                node = g.consumers(node.output[0])[0]  # the layer is the node computing with it (a tied output)
             written[name] = {"node": node.name, "op": node.op_type, "format": "float32", "op_written": node.op_type,
                              "batchnorm_folded": False}
             continue
@@ -509,7 +554,9 @@ def _write_dq_weight(g, node, name, layer, codes, scales, shape, bias, transpose
 
 
 def _write_gather(g: _Graph, node, name: str, layer: LayerCodes, w: np.ndarray, helper) -> dict:
-    """An embedding: integer rows behind a per-row DequantizeLinear, or its simulated rows in float32."""
+    """An embedding: the integer rows of the looked-up tokens gathered with their scales (and zero-points),
+    then dequantized (Cast, Sub, Mul: the float32 values DequantizeLinear computes), so a lookup dequantizes
+    its own rows, never the whole table; float16 rows, or groups that do not tile a row, as float32 values."""
     entry = {"node": node.name, "op": "Gather", "batchnorm_folded": False, "op_written": "Gather"}
     fmt = layer.candidate.weight
     if layer.codes is None:  # float16 rows
@@ -517,25 +564,40 @@ def _write_gather(g: _Graph, node, name: str, layer: LayerCodes, w: np.ndarray, 
         return {**entry, "format": "float32 rows holding the float16 values (a float Gather)"}
     rows = layer.codes.reshape(w.shape[0], -1)
     zero = layer.zero_points.reshape(w.shape[0], -1)
-    scales = layer.scales.reshape(w.shape[0], -1)
-    if layer.realisation.kind == "simulated":  # grouped: every group's scale, applied here
-        groups = scales.shape[1]
-        size = -(-rows.shape[1] // groups)
-        expand = lambda a: np.repeat(a, size, axis=1)[:, :rows.shape[1]]  # noqa: E731
-        values = ((rows - expand(zero)) * expand(scales.astype(np.float64))).astype(np.float32).reshape(w.shape)
+    scales = layer.scales.reshape(w.shape[0], -1)  # one per element
+    dim = rows.shape[1]
+    size = fmt.group_size if fmt.granularity == "group" else dim
+    if dim % size or len(w.shape) != 2:  # a last, partial group: the simulated values in float32
+        values = ((rows - zero) * scales.astype(np.float64)).astype(np.float32).reshape(w.shape)
         g.inits[f"{name}.weight"].CopyFrom(_tensor(values, f"{name}.weight"))
-        return {**entry, "format": f"float32 rows holding the simulated {fmt.bits}-bit grouped values (no blocked "
-                                   "dequantize before a Gather here)"}
-    signed = bool((rows < 0).any()) or bool((zero == 0).all())
+        return {**entry, "format": f"float32 rows holding the simulated {fmt.bits}-bit values ({dim} values a row "
+                                   f"are not whole groups of {size})"}
+    groups = dim // size
+    per_group = lambda a: a.reshape(w.shape[0], groups, size)[:, :, :1]  # noqa: E731
+    if not (np.array_equal(np.broadcast_to(per_group(scales), (w.shape[0], groups, size)).reshape(rows.shape), scales)
+            and np.array_equal(np.broadcast_to(per_group(zero), (w.shape[0], groups, size)).reshape(rows.shape), zero)):
+        raise ModelError(f"layer {name!r}: its scales are not constant over groups of {size} values, as "
+                         f"{layer.candidate.name} says")
+    signed = int(rows.min()) >= -128 and int(rows.max()) <= 127
     dtype = np.int8 if signed else np.uint8
-    q = g.add_init(f"{name}.weight_quantized", rows.astype(dtype).reshape(w.shape))
-    s_ = g.add_init(f"{name}.weight_scale", scales[:, 0].astype(np.float32))
-    z = g.add_init(f"{name}.weight_zero_point", zero[:, 0].astype(dtype))
-    out = f"{name}.weight_dequantized"
-    g.emit(node, helper.make_node("DequantizeLinear", [q, s_, z], [out], name=f"{name}.weight/DequantizeLinear", axis=0))
-    node.input[0] = out
-    return {**entry, "format": f"{'s8' if signed else 'u8'} rows (per row, {fmt.bits}-bit codes) dequantized for a "
-                               "float Gather"}
+    ids = node.input[1]
+    out = node.output[0]
+    op = lambda kind, inputs, suffix, **attrs: g.emit(node, helper.make_node(  # noqa: E731
+        kind, inputs, [f"{name}.lookup/{suffix}"], name=f"{name}.lookup/{suffix}", **attrs)) or f"{name}.lookup/{suffix}"
+    q = g.add_init(f"{name}.weight_quantized", rows.astype(dtype).reshape(w.shape[0], groups, size))
+    s_ = g.add_init(f"{name}.weight_scale", per_group(scales).astype(np.float32))
+    values = op("Cast", [op("Gather", [q, ids], "codes")], "codes_float", to=1)  # 1: FLOAT
+    if bool((zero != 0).any()):
+        z = g.add_init(f"{name}.weight_zero_point", per_group(zero).astype(np.float32))  # exact: small integers
+        values = op("Sub", [values, op("Gather", [z, ids], "zero_points")], "centred")
+    values = op("Mul", [values, op("Gather", [s_, ids], "scales")], "values")
+    tail = g.add_init(f"{name}.lookup/row", np.array([dim], dtype=np.int64))
+    shape = op("Concat", [op("Shape", [ids], "ids_shape"), tail], "shape", axis=0)
+    g.emit(node, helper.make_node("Reshape", [values, shape], [out], name=f"{name}.lookup/Reshape"))
+    g.removed.add(id(node))
+    layout = f"per row, {fmt.bits}-bit codes" if groups == 1 else f"{fmt.bits}-bit codes in groups of {size}"
+    return {**entry, "op_written": "Gather (integer rows, dequantized after the lookup)",
+            "format": f"{'s8' if signed else 'u8'} rows ({layout}) gathered with their scales, then dequantized"}
 
 
 def _tensor(array: np.ndarray, name: str):

@@ -132,7 +132,8 @@ def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=Non
             original = onnx.load(str(path), load_external_data=False).graph if original is None else original
             node = _fused_node(graph, original, entry["node"])
         op = node.op_type if node is not None else "?"
-        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS,
+        lookup = op == "Gather" and node.input[0].startswith(f"{layer}.weight_quantized")  # integer rows looked up
+        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or lookup,
                       "runtime_node": node.name if node is not None else ""}
     return out
 

@@ -60,7 +60,7 @@ TARGETS: dict[str, Target] = {
 class Realisation:
     """How one layer is written: ``qdq`` (integer input and weights), ``nbits`` (MatMulNBits),
     ``dq_weight`` (integer weights dequantized to a float op), ``fp16`` (float16 values), ``simulated`` (an
-    embedding's simulated rows in float32: grouped rows have no dequantize before a Gather here) or ``float``."""
+    embedding's float16 rows stored as float32 values) or ``float``."""
 
     kind: str
     weight_bits: int | None = None  # bits of the stored codes (container)
@@ -108,16 +108,15 @@ def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = F
     if w is None:
         return Realisation("float")
     if kind == "Embedding":  # a Gather of rows: its input is token ids, so only the weight counts
-        if isinstance(w, IntFormat) and w.scale_dtype == "fp32" and not w.narrow_range and w.bits <= 8 \
-                and w.granularity == "channel":
-            return Realisation("dq_weight", 8)  # integer rows, each with its scale, dequantized before the Gather
+        if isinstance(w, IntFormat) and w.scale_dtype == "fp32" and not w.narrow_range and w.bits <= 8:
+            return Realisation("dq_weight", 8)  # the looked-up integer rows and their scales, dequantized after
         if isinstance(w, IntFormat) and (w.scale_dtype != "fp32" or w.narrow_range):
             return f"{candidate.name} is a GGUF block format: llama.cpp runs it (mixprec.export.gguf)"
         if isinstance(w, FloatFormat) and w.kind != "fp16":
             return f"{w.kind} weights have no ONNX Runtime CPU kernel"
         if isinstance(w, IntFormat) and w.bits > 8:
             return f"{w.bits}-bit integer weights have no ONNX Runtime CPU kernel (8 bits at most)"
-        return Realisation("simulated")  # grouped or float16 rows: the simulated values stored in float32
+        return Realisation("simulated")  # float16 rows: the simulated values stored in float32
     if isinstance(w, FloatFormat):
         if w.kind == "fp16" and (a is None or a == FloatFormat("fp16")):
             return Realisation("fp16", input_fp16=a is not None)
