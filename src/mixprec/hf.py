@@ -12,6 +12,7 @@ weight the model needs must be in them (tied output weights excepted).
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +42,89 @@ class CausalLM(nn.Module):
             # (torch.diff, which the ONNX exporter cannot write); every token attended, as without one
             return self.lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits
         return self.lm(input_ids=input_ids, use_cache=False).logits
+
+    def onnx_step(self, input_ids: torch.Tensor) -> dict | None:
+        """What the ONNX export traces for this model: one step of a served model with its KV cache
+        (:class:`CachedStep`), so one file runs a prompt (an empty cache) and each decoded token (the cache
+        so far); None where the model's cache is not a stack of key/value tensors per layer, or ``input_ids``
+        has fewer than 3 tokens to trace with (then the graph maps token ids to logits, without a cache)."""
+        return CachedStep.signature(self.lm, input_ids)
+
+
+def _cache_argument(lm: nn.Module) -> str:
+    """The keyword a Hugging Face model takes its KV cache by (``cache`` from transformers 5.2x on)."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _cache_tensors(cache) -> list:
+    """Key, value, key, value, ... of each layer of a DynamicCache (either layout transformers has used)."""
+    if hasattr(cache, "layers"):
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for pair in zip(cache.key_cache, cache.value_cache) for t in pair]
+
+
+class CachedStep(nn.Module):
+    """(input_ids, position_ids, attention_mask, past key and value of each layer) -> (logits, present key
+    and value of each layer): a causal LM's step with its KV cache as plain tensors (B, heads, tokens, dim)."""
+
+    def __init__(self, lm: nn.Module, layers: int):
+        super().__init__()
+        self.lm, self.layers = lm, layers
+
+    def forward(self, input_ids, position_ids, attention_mask, *past):
+        from transformers import DynamicCache
+
+        try:
+            cache = DynamicCache(config=self.lm.config)
+        except TypeError:  # transformers before the config argument
+            cache = DynamicCache()
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                      use_cache=True, **{_cache_argument(self.lm): cache})
+        return (out.logits, *_cache_tensors(_cache_of(out)))
+
+    @staticmethod
+    def signature(lm: nn.Module, input_ids: torch.Tensor) -> dict | None:
+        """torch.onnx.export's arguments for the step, traced on a real cache of ``input_ids``' first tokens
+        and 2 or more new ones (a trace on one new token would keep only the decoding path), checked against
+        the model's own logits; None where that does not hold."""
+        if input_ids.dim() != 2 or input_ids.shape[1] < 3:
+            return None
+        batch, length = input_ids.shape
+        past_length = length // 2 if length >= 4 else 1
+        with torch.no_grad():
+            try:
+                full = lm(input_ids=input_ids, use_cache=False).logits
+                past = _cache_tensors(_cache_of(lm(input_ids=input_ids[:, :past_length], use_cache=True)))
+                if not past or not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in past):
+                    return None
+                layers = range(len(past) // 2)
+                step = CachedStep(lm, len(layers)).eval()
+                positions = torch.arange(past_length, length, device=input_ids.device).expand(batch, -1)
+                mask = torch.ones(batch, length, dtype=torch.long, device=input_ids.device)
+                args = (input_ids[:, past_length:], positions, mask, *past)
+                logits = step(*args)[0]
+            except Exception:  # a cache of another kind (sliding, hybrid, static): the graph without one
+                return None
+        if not torch.allclose(logits.float(), full[:, past_length:].float(), rtol=1e-3, atol=1e-3):
+            return None
+        names = [f"past_key_values.{i}.{kv}" for i in range(len(layers)) for kv in ("key", "value")]
+        presents = [n.replace("past_key_values", "present") for n in names]
+        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
+                   "attention_mask": {0: "batch", 1: "total_sequence"}, "logits": {0: "batch", 1: "sequence"},
+                   **{n: {0: "batch", 2: "past_sequence"} for n in names},
+                   **{n: {0: "batch", 2: "total_sequence"} for n in presents}}
+        cache_info = {"layers": len(layers), "past": names, "present": presents,
+                      "shapes": [[int(t.shape[1]), int(t.shape[3])] for t in past], "dtype": str(past[0].dtype)}
+        return {"module": step, "args": args, "input_names": ["input_ids", "position_ids", "attention_mask", *names],
+                "output_names": ["logits", *presents], "dynamic_axes": dynamic,
+                "metadata": {"mixprec.kv_cache": json.dumps(cache_info)}}
 
 
 class Encoder(nn.Module):

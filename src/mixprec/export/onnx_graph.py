@@ -93,12 +93,19 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                          "a tuple or a dict of tensors")
     dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: "sequence"})
                for n, t in zip(names, tensors) if t.dim() >= 1}
+    module, outputs, metadata = model, ["output"], {}
+    dynamic["output"] = {0: "batch"}
+    step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
+    signature = step(example) if callable(step) and isinstance(example, torch.Tensor) else None
+    if signature is not None:
+        module, args, names = signature["module"], signature["args"], signature["input_names"]
+        outputs, dynamic, metadata = signature["output_names"], signature["dynamic_axes"], signature["metadata"]
     buffer = io.BytesIO()
     with warnings.catch_warnings(), _output_to_file() as log:
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=False,
-                              input_names=names, output_names=["output"], dynamic_axes={**dynamic, "output": {0: "batch"}})
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=False,
+                              input_names=names, output_names=outputs, dynamic_axes=dynamic)
         except Exception as exc:  # the exporter raises many types; the message is what the user needs
             failure = exc
         else:
@@ -110,7 +117,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                          + (f" (torch's log of the export, with the graph it failed on: {kept})" if kept else "")
                          ) from failure
     Path(log).unlink(missing_ok=True)
-    return onnx.load_from_string(buffer.getvalue())
+    graph = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    return graph
 
 
 @contextmanager

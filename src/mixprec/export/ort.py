@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -66,7 +67,11 @@ class OrtModule(nn.Module):
     """An ONNX file as an nn.Module: ``forward`` feeds the ORT session and returns torch tensors.
 
     Positional inputs map to the graph inputs in order, keyword inputs by name. The empty parameter lets
-    evaluation code that asks ``next(model.parameters()).device`` find the CPU."""
+    evaluation code that asks ``next(model.parameters()).device`` find the CPU.
+
+    A language model exported with its KV cache (metadata ``mixprec.kv_cache``) called with token ids alone
+    runs them as a prompt: positions 0.., every token attended, an empty cache; it returns the logits only,
+    as the model it was exported from does. Called with every input, it returns every output."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         super().__init__()
@@ -77,6 +82,8 @@ class OrtModule(nn.Module):
         self.session = make_session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map.get("mixprec.kv_cache")
+        self.kv_cache = json.loads(meta) if meta else None
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, *args: Any, **kwargs: Any):
@@ -87,13 +94,28 @@ class OrtModule(nn.Module):
         for key, value in kwargs.items():
             if key in self.input_names:  # extra keywords (e.g. token_type_ids the graph dropped) are ignored
                 feed[key] = value
+        prompt = self.kv_cache is not None and "input_ids" in feed and not any(n in feed for n in self.kv_cache["past"])
+        if prompt:
+            feed = {**self.prompt_inputs(feed["input_ids"]), **feed}
         missing = [n for n in self.input_names if n not in feed]
         if missing:
             raise ModelError(f"{self.path.name} needs input(s) {missing}")
         arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
                   for k, v in feed.items()}
-        outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(self.output_names, arrays)]
+        names = self.output_names[:1] if prompt else self.output_names
+        outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def prompt_inputs(self, input_ids: Any) -> dict[str, np.ndarray]:
+        """The inputs beside the token ids that run them as a prompt: positions from 0, every token attended,
+        an empty KV cache."""
+        ids = np.asarray(input_ids.detach().cpu() if isinstance(input_ids, torch.Tensor) else input_ids)
+        batch, length = ids.shape
+        dtype = np.float16 if self.kv_cache["dtype"] == "torch.float16" else np.float32
+        return {"position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
+                "attention_mask": np.ones((batch, length), dtype=np.int64),
+                **{name: np.zeros((batch, heads, 0, dim), dtype=dtype)
+                   for name, (heads, dim) in zip(self.kv_cache["past"], self.kv_cache["shapes"])}}
 
     def extra_repr(self) -> str:
         return f"path={self.path}"
