@@ -129,3 +129,20 @@ def test_around_needs_a_candidate_of_the_profile(demo):
         profile(model, data, "w8a8", around="w4a8", progress=False)
     with pytest.raises(mixprec.errors.MixprecError, match="method='graph'"):
         profile(model, data, "w8a8", around="w8a8", method="layers", progress=False)
+
+
+@pytest.mark.parametrize("method", ["graph", "layers"])
+def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch
+    from mixprec.hf import CausalLM
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    model = CausalLM(lm.eval()).eval()
+    data = [torch.randint(0, 64, (2, 12))]
+    result = profile(model, data, "w8,w4g32", threads=1, repeats=3, progress=False, method=method, checks=0)
+    # token ids reach the embedding alone and the whole graph (fed as a prompt on an empty cache)
+    assert all(math.isfinite(result.layers["lm.model.embed_tokens"][c]) for c in ("fp32", "w8", "w4g32"))
+    assert not result.skipped and math.isfinite(result.whole["w8"]["measured_ms"])

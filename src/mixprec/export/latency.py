@@ -161,6 +161,7 @@ def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS
 
 
 def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
+    from .ort import kv_cache, prompt_inputs
     names = [i.name for i in session.get_inputs()]
     if isinstance(inputs, dict):
         values = [inputs[n] for n in names if n in inputs]
@@ -168,7 +169,11 @@ def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
         values = list(inputs)
     else:
         values = [inputs]
-    return {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+    feed = {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
+    cache = kv_cache(session)
+    if cache is not None and len(values) == 1:  # a language model's token ids: timed as a prompt
+        feed = {**prompt_inputs(cache, values[0]), **feed}
+    return feed
 
 
 def _timed_export(model: nn.Module, plan: Plan, data: list, example: Any, target: str, threads: int | None,
@@ -259,9 +264,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
         kind = layer_kind(layer)
         for cand in names:
             reason = None
-            if kind == "Embedding" and cand != FLOAT:
-                reason = "embedding tables are not exported to this target yet"
-            elif cand != FLOAT:
+            if cand != FLOAT:
                 realised = realise(parse_candidate(cand), kind, int(layer.weight[0].numel()))
                 reason = realised if isinstance(realised, str) else None
             runnable.setdefault(name, {})[cand] = reason is None
@@ -485,16 +488,17 @@ def _overhead(x: torch.Tensor, threads: int | None, repeats: int, tmp: Path) -> 
     """Median ms of a session that only passes ``x`` through (Identity): what every one-layer session
     costs beyond its layer (the call, the input and output copies), which a whole graph pays once."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
     from .ort import make_session
-    dtype = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}.get(x.dtype, TensorProto.FLOAT)
+    array = x.detach().cpu().numpy()
+    dtype = helper.np_dtype_to_tensor_dtype(array.dtype)  # token ids (an embedding's input) too
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead",
                               [helper.make_tensor_value_info("x", dtype, list(x.shape))],
                               [helper.make_tensor_value_info("y", dtype, list(x.shape))])
     path = tmp / "overhead.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     session = make_session(path, threads)
-    return time_session(session, {"x": x.detach().cpu().numpy()}, repeats)
+    return time_session(session, {"x": array}, repeats)
 
 
 def _rows(value: Any) -> int:

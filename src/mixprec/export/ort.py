@@ -82,8 +82,7 @@ class OrtModule(nn.Module):
         self.session = make_session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        meta = self.session.get_modelmeta().custom_metadata_map.get("mixprec.kv_cache")
-        self.kv_cache = json.loads(meta) if meta else None
+        self.kv_cache = kv_cache(self.session)
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, *args: Any, **kwargs: Any):
@@ -107,15 +106,27 @@ class OrtModule(nn.Module):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def prompt_inputs(self, input_ids: Any) -> dict[str, np.ndarray]:
-        """The inputs beside the token ids that run them as a prompt: positions from 0, every token attended,
-        an empty KV cache."""
-        ids = np.asarray(input_ids.detach().cpu() if isinstance(input_ids, torch.Tensor) else input_ids)
-        batch, length = ids.shape
-        dtype = np.float16 if self.kv_cache["dtype"] == "torch.float16" else np.float32
-        return {"position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
-                "attention_mask": np.ones((batch, length), dtype=np.int64),
-                **{name: np.zeros((batch, heads, 0, dim), dtype=dtype)
-                   for name, (heads, dim) in zip(self.kv_cache["past"], self.kv_cache["shapes"])}}
+        """The inputs beside the token ids that run them as a prompt (:func:`prompt_inputs`)."""
+        return prompt_inputs(self.kv_cache, input_ids)
+
+
+def kv_cache(session) -> dict | None:
+    """The KV cache a language model's file was exported with (its ``mixprec.kv_cache`` metadata: the
+    past and present tensors' names, (heads, dim) of each, dtype), or None."""
+    meta = session.get_modelmeta().custom_metadata_map.get("mixprec.kv_cache")
+    return json.loads(meta) if meta else None
+
+
+def prompt_inputs(cache: dict, input_ids: Any) -> dict[str, np.ndarray]:
+    """The inputs beside ``input_ids`` (batch, tokens) that run them as a prompt on a file with a KV cache:
+    positions from 0, every token attended, an empty cache."""
+    ids = np.asarray(input_ids.detach().cpu() if isinstance(input_ids, torch.Tensor) else input_ids)
+    batch, length = ids.shape
+    dtype = np.float16 if cache["dtype"] == "torch.float16" else np.float32
+    return {"position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
+            "attention_mask": np.ones((batch, length), dtype=np.int64),
+            **{name: np.zeros((batch, heads, 0, dim), dtype=dtype)
+               for name, (heads, dim) in zip(cache["past"], cache["shapes"])}}
 
     def extra_repr(self) -> str:
         return f"path={self.path}"
