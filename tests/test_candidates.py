@@ -31,6 +31,11 @@ DOCUMENTED = {
     "fp16": (FP16, FP16, 16, 16),
     "bf16": (FloatFormat("bf16"), FloatFormat("bf16"), 16, 16),
     "fp32": (None, None, 32, 32),
+    # inputs quantized at run time per block of each row (MatMulNBits' accuracy_level 4)
+    "w8a8d32": (IntFormat(8, True, "channel"), IntFormat(8, True, "group", 32, narrow_range=True,
+                                                         range_method="minmax"), 8, 8),
+    "w4g64a8d64": (IntFormat(4, True, "group", 64), IntFormat(8, True, "group", 64, narrow_range=True,
+                                                              range_method="minmax"), 4, 8),
 }
 
 
@@ -171,3 +176,9 @@ def test_round_trip(wbits, group, abits, asym, upper):
     assert c.weight_bits == wbits and c.activation_bits == (abits or 16)
     assert parse_candidate(c.name) == c
     assert parse_candidates([c.name]) == [c]
+
+
+@pytest.mark.parametrize("spec", ["w8a16d32", "w8a8d0", "w8d32", "w8a12d32"])
+def test_dynamic_inputs_need_at_most_8_bits_in_blocks(spec):
+    with pytest.raises(CandidateError):
+        parse_candidate(spec)

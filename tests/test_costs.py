@@ -57,7 +57,8 @@ def test_conv_weight_groups_run_over_in_times_kernel():
 
 @pytest.mark.parametrize("spec,bits", [("w4a8", 16 + 8), ("w8a8", 24), ("w4g128a8", 24), ("w4a4", 16 + 4),
                                        ("w8a16", 0), ("w16a16", 0), ("w4", 0), ("w4g128", 0), ("fp8", 16),
-                                       ("fp8e5m2", 16), ("fp16", 0), ("bf16", 0), ("fp32", 0)])
+                                       ("fp8e5m2", 16), ("fp16", 0), ("bf16", 0), ("fp32", 0),
+                                       ("w8a8d32", 0), ("w4g64a8d64", 0)])  # dynamic: scales made at run time
 def test_input_quantizer_bits(spec, bits):
     # Asymmetric integer inputs: one float16 scale + a zero-point at the input bit-width.
     assert input_quantizer_bits(parse_candidate(spec)) == bits

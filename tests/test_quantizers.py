@@ -18,6 +18,7 @@ from mixprec.quantizers import (
     ActivationQuantizer,
     fake_quant_fp8,
     fake_quant_int,
+    fake_quant_blocks,
     fake_quant_range,
     fp8_scale,
     int_qparams,
@@ -516,3 +517,38 @@ def test_a_weight_quantized_a_chunk_of_rows_at_a_time_is_the_weight_quantized_wh
     finally:
         q.ROW_CHUNK_ELEMENTS = old
     assert chunked.dtype == w.dtype and chunked.shape == w.shape and torch.equal(chunked, whole)
+
+
+# ---------------------------------------------------------------- dynamic inputs per block (a8d<N>)
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 4), k=st.integers(1, 70), block=st.sampled_from([4, 16, 32]),
+       log_scale=st.floats(-8, 8))
+def test_block_inputs_are_each_blocks_symmetric_grid(seed, rows, k, block, log_scale):
+    """Every block of every row on its own narrow grid, scale max|x| / 127 (MLAS's QuantizeARow_CompInt8),
+    recomputed here with an explicit loop; within half a step of the input; a shorter last block too."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g) * 2.0 ** log_scale
+    fmt = IntFormat(8, True, "group", block, narrow_range=True, range_method="minmax")
+    out = fake_quant_blocks(x, fmt)
+    assert out.shape == x.shape
+    for r in range(rows):
+        for start in range(0, k, block):
+            part = x[r, start:start + block]
+            amax = part.abs().max()
+            scale = amax / 127
+            codes = torch.round(part * (torch.tensor(127.0) / amax)) if amax > 0 else torch.zeros_like(part)
+            assert torch.equal(out[r, start:start + block], codes * scale)
+            assert bool((codes.abs() <= 127).all()) and (amax == 0 or codes.abs().max() == 127)
+            assert bool(((out[r, start:start + block] - part).abs() <= scale / 2 * (1 + 1e-5) + 1e-30).all())
+
+
+def test_block_inputs_zero_block_and_the_activation_quantizer_needs_no_calibration():
+    fmt = IntFormat(8, True, "group", 4, narrow_range=True, range_method="minmax")
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, -0.5, 0.25, 2.0]])
+    out = fake_quant_blocks(x, fmt)
+    assert torch.equal(out[0, :4], torch.zeros(4)) and out[0, 7] == 2.0
+    q = ActivationQuantizer(fmt)
+    assert not q.needs_calibration and q.calibrated
+    assert torch.equal(q(x), out)  # at once: ranges come from the values
+    assert torch.equal(q(x.double()), out.double())  # computed in float32, returned in the input's dtype

@@ -24,7 +24,7 @@ from torch import nn
 
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
-from .formats import IntFormat
+from .formats import IntFormat, is_dynamic
 from .groups import check_weights, is_torchscript
 from .joins import insert_join_quantizers, join_quantizers
 from .multipoint import plan_points
@@ -108,7 +108,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
                                 checkpoint=rounding_checkpoint, inplace=inplace, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
     if joins and not join_quantizers(quantized):  # a model with calibrated join quantizers keeps them
-        integer = {name for name, c in candidates.items() if isinstance(c.activation, IntFormat)}
+        integer = {name for name, c in candidates.items() if isinstance(c.activation, IntFormat)
+                   and not is_dynamic(c.activation)}  # the layers whose inputs an int8 graph quantizes statically
         quantized = insert_join_quantizers(quantized, activation_method, integer)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,

@@ -2,14 +2,18 @@
 
 Grammar (case-insensitive)::
 
-    w<B>[g<G>][x<K>][a<B>][-asym][-minmax|-mse]
+    w<B>[g<G>][x<K>][a<B>[d<N>]][-asym][-minmax|-mse]
                                integer weights of B bits (2..16; w16 = float16), per output
                                channel, or per group of G inputs; x<K>: multipoint, up to K
                                (2..8) B-bit points per output channel, each with its own
                                scales, the count chosen per channel on calibration data
                                (mixprec.multipoint); a<B> quantizes the layer input to B bits
                                (a16 = float16); without a<B> the candidate is weight-only and
-                               the input stays float. -asym: asymmetric weights (zero-points).
+                               the input stays float; a<B>d<N>: the input is quantized at run time,
+                               each row's blocks of N values with their own symmetric scale
+                               max|x| / (2^(B-1) - 1) (ONNX Runtime's MatMulNBits at
+                               accuracy_level 4 does this with B = 8 and N its block; ort-cpu
+                               exports w8a8d32 / w4g64a8d64 so). -asym: asymmetric weights.
                                -minmax / -mse: this candidate's weight ranges are chosen so,
                                whatever --weight-range says (two candidates that differ only in
                                it cost the same; analyze --weight-range auto picks per candidate).
@@ -33,11 +37,12 @@ from .errors import CandidateError
 from .formats import FloatFormat, Format, IntFormat
 
 VALID_FORMS = ("w<B>a<B> (e.g. w8a8, w4a8, w8a16, w16a16)", "w<B> weight-only (e.g. w4, w8)",
-               "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>", "suffix -asym (e.g. w4g128-asym)",
+               "w<B>g<G> grouped weight-only (e.g. w4g128, w2g64)", "w<B>g<G>a<B>",
+               "dynamic inputs in blocks a<B>d<N> (e.g. w8a8d32, w4g64a8d64)", "suffix -asym (e.g. w4g128-asym)",
                "suffix -minmax or -mse: the weight range method (e.g. w4g64-minmax)",
                "multipoint x<K> after the weight part, up to K points per channel (e.g. w4x2a8, w4g128x2)",
                "fp8, fp8e5m2, fp16, bf16, fp32", "GGUF blocks q8_0, q4_0")
-_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+))?(-asym)?(?:-(minmax|mse))?$")
+_PATTERN = re.compile(r"^w(\d+)(?:g(\d+))?(?:x(\d+))?(?:a(\d+)(?:d(\d+))?)?(-asym)?(?:-(minmax|mse))?$")
 # Weight range methods a candidate can fix for itself (suffix -minmax / -mse).
 CANDIDATE_RANGES = ("minmax", "mse")
 MAX_POINTS = 8
@@ -113,7 +118,7 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     match = _PATTERN.match(text)
     if not match:
         raise CandidateError(f"unknown candidate {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
-    wbits_s, group_s, points_s, abits_s, asym, weight_range = match.groups()
+    wbits_s, group_s, points_s, abits_s, block_s, asym, weight_range = match.groups()
     wbits = _int_bits(wbits_s, "weight", spec)
     points = int(points_s) if points_s else 1
     if not 1 <= points <= MAX_POINTS:
@@ -135,9 +140,17 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     activation: Format | None = None
     if abits_s:
         abits = _int_bits(abits_s, "activation", spec)
-        activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
+        if block_s:  # dynamic: each row's blocks of N inputs get their own symmetric scale at run time
+            block = int(block_s)
+            if abits > 8 or block < 1:
+                raise CandidateError(f"candidate {spec!r}: dynamic inputs a<B>d<N> take B <= 8 bits in blocks of "
+                                     f"N >= 1 inputs (e.g. w8a8d32), got a{abits}d{block}")
+            activation = IntFormat(abits, symmetric=True, granularity="group", group_size=block, narrow_range=True,
+                                   range_method="minmax")
+        else:
+            activation = FloatFormat("fp16") if abits == 16 else IntFormat(abits, symmetric=False, granularity="tensor")
     name = (f"w{wbits}" + (f"g{int(group_s)}" if group_s else "") + (f"x{points}" if points > 1 else "")
-            + (f"a{int(abits_s)}" if abits_s else "") + (asym or "") + (f"-{weight_range}" if weight_range else ""))
+            + (f"a{int(abits_s)}" if abits_s else "") + (f"d{int(block_s)}" if block_s else "") + (asym or "") + (f"-{weight_range}" if weight_range else ""))
     return Candidate(name, weight, activation, points)
 
 

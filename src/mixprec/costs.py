@@ -27,7 +27,7 @@ from torch import nn
 
 from .candidates import Candidate, parse_candidate
 from .errors import CandidateError
-from .formats import SCALE_BITS, IntFormat
+from .formats import SCALE_BITS, IntFormat, is_dynamic
 from .groups import Layer, ModelGroups
 from .solvers.problem import plan_costs
 
@@ -68,8 +68,8 @@ def input_quantizer_bits(candidate: Candidate, layer: Layer | None = None) -> in
     fmt = candidate.activation
     if layer is not None and layer.kind == "Embedding":  # its input is token ids: nothing to quantize
         return 0
-    if fmt is None or not (isinstance(fmt, IntFormat) or getattr(fmt, "scaled", False)):
-        return 0
+    if fmt is None or not (isinstance(fmt, IntFormat) or getattr(fmt, "scaled", False)) or is_dynamic(fmt):
+        return 0  # nothing stored: float inputs, or scales computed from the values at run time
     zero_point = fmt.bits if isinstance(fmt, IntFormat) and not fmt.symmetric else 0
     return SCALE_BITS + zero_point
 

@@ -123,3 +123,9 @@ class FloatFormat:
 
 
 Format = IntFormat | FloatFormat
+
+
+def is_dynamic(fmt: "Format | None") -> bool:
+    """An input format whose ranges come from the values at run time: an integer grid per block of each row's
+    last dimension (candidates ``w<B>[g<G>]a8d<N>``, what ONNX Runtime's MatMulNBits does at accuracy_level 4)."""
+    return isinstance(fmt, IntFormat) and fmt.granularity == "group"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat
+from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat, is_dynamic
 
 # Which integer grid the quantizers make; part of every cache key (run entries, plan evaluations,
 # rounding checkpoints), so results measured on another grid are never reused. 2: signed symmetric scales.
@@ -242,6 +242,23 @@ def _cast_float(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     return x.to(dtype).to(x.dtype)
 
 
+def fake_quant_blocks(x: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """Symmetric narrow-range codes per block of ``fmt.group_size`` values along the last dimension, the scale
+    of each block max|x| / qmax, with MLAS's arithmetic (QuantizeARow_CompInt8): codes = round-half-even(x *
+    (qmax / max|x|)), values = codes * (max|x| / qmax), an all-zero block zero; a last, shorter block on its
+    own values."""
+    k, size = x.shape[-1], fmt.group_size
+    pad = (-k) % size
+    rows = torch.nn.functional.pad(x, (0, pad)) if pad else x
+    blocks = rows.reshape(*rows.shape[:-1], -1, size)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    qmax = torch.tensor(float(fmt.qmax), dtype=x.dtype, device=x.device)
+    inverse = torch.where(amax > 0, qmax / amax, torch.zeros_like(amax))
+    codes = torch.clamp(torch.round(blocks * inverse), -fmt.qmax, fmt.qmax)
+    values = (codes * (amax / qmax)).reshape(rows.shape)
+    return values[..., :k] if pad else values
+
+
 class ActivationQuantizer(nn.Module):
     """Per-tensor quantizer of a layer input: observes while ``observing``, then quantizes.
 
@@ -264,7 +281,8 @@ class ActivationQuantizer(nn.Module):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.fmt is not None and not (isinstance(self.fmt, FloatFormat) and not self.fmt.scaled)
+        return (self.fmt is not None and not (isinstance(self.fmt, FloatFormat) and not self.fmt.scaled)
+                and not is_dynamic(self.fmt))
 
     @property
     def calibrated(self) -> bool:
@@ -275,6 +293,8 @@ class ActivationQuantizer(nn.Module):
             return x
         if isinstance(self.fmt, FloatFormat) and not self.fmt.scaled:
             return _cast_float(x, self.fmt)
+        if is_dynamic(self.fmt):
+            return fake_quant_blocks(x.to(torch.float32), self.fmt).to(x.dtype)
         if self.observing:
             self._observe(x)
             return x

@@ -473,3 +473,29 @@ def test_a_failed_torch_export_is_one_line_and_its_graph_goes_to_a_log_file(capf
     log = Path(str(info.value).split("failed on: ")[1].rstrip(")"))
     assert "aten::diff" in log.read_text()  # kept for whoever wants the graph
     log.unlink()
+
+
+
+class TwoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(256, 192), nn.Linear(192, 96)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("a, b", [("w8a8d32", "w4g64a8d64"), ("w4a8d64", "w8a8d16")])
+def test_dynamic_block_inputs_are_simulated_as_matmulnbits_computes_them(tmp_path, a, b):
+    """MatMulNBits at accuracy_level 4 quantizes each row's blocks of inputs to int8: candidates a8d<N> say so,
+    and the exported file computes what the simulation does, whatever accuracy_level the export is given."""
+    torch.manual_seed(0)
+    model = TwoLinear().eval()
+    data = [torch.randn(8, 256) * 3 for _ in range(2)]
+    p = plan(model, data, {"a": a, "b": b})
+    simulated = apply(model, p, data, progress=False)
+    for level in (0, 4):
+        result = export(model, p, data, out=tmp_path / "m.onnx", accuracy_level=level, progress=False)
+        assert all("accuracy_level 4" in r["format"] for r in result.layers)
+        assert all(r["runtime_op"] == "MatMulNBits" for r in result.layers)
+        torch.testing.assert_close(OrtModule(result.path)(data[1]), simulated(data[1]), rtol=0, atol=2e-5)

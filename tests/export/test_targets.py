@@ -54,3 +54,24 @@ def test_onnx_functions_name_the_writer_of_other_targets():
     assert get_onnx_target("ort-cpu").name == "ort-cpu"
     with pytest.raises(CandidateError, match=r"profile writes ONNX files; .*write_compressed_tensors"):
         get_onnx_target("compressed-tensors", "profile")
+
+
+@pytest.mark.parametrize("cand,kind,inputs,block", [("w8a8d32", "Linear", 256, 32), ("w4g64a8d64", "Linear", 256, 64),
+                                                    ("w4g128a8d32", "Linear", 256, 32), ("w8a8d128", "Linear", 64, 128)])
+def test_dynamic_block_inputs_are_matmulnbits_at_accuracy_level_4(cand, kind, inputs, block):
+    r = realise(parse_candidate(cand), kind, inputs)
+    assert (r.kind, r.block_size, r.accuracy_level) == ("nbits", block, 4)
+    assert realise(parse_candidate("w8"), "Linear", 256).accuracy_level is None  # the export's argument
+
+
+@pytest.mark.parametrize("cand,kind", [("w8a8d32", "Conv2d"), ("w4g64a8d24", "Linear"), ("w4g48a8d32", "Linear"),
+                                       ("w4a4d32", "Linear")])
+def test_dynamic_block_inputs_ort_cpu_cannot_run(cand, kind):
+    assert isinstance(realise(parse_candidate(cand), kind, 256), str)
+
+
+def test_other_targets_refuse_dynamic_block_inputs():
+    from mixprec.export.compressed_tensors import layer_scheme
+    from mixprec.export.cuda import realise as cuda_realise
+    assert "MatMulNBits" in layer_scheme(parse_candidate("w4g64a8d64"), "Linear", 256)
+    assert isinstance(cuda_realise(parse_candidate("w4g64a8d64"), "Linear", (64, 256)), str)

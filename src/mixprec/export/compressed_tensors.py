@@ -41,7 +41,7 @@ from torch import nn
 from ..atomic import check_output_dir, write_atomic, write_json_atomic
 from ..candidates import Candidate, parse_candidate
 from ..errors import MixprecError, ModelError, OutputError, PlanError
-from ..formats import FloatFormat, IntFormat
+from ..formats import FloatFormat, IntFormat, is_dynamic
 from ..groups import layer_kind
 from ..plan import Plan
 from ..quantizers import choose_range, fp8_scale, int_qparams, weight_qparams
@@ -106,6 +106,9 @@ def layer_scheme(candidate: Candidate, kind: str, inputs: int) -> Scheme | None 
                     "tile a row exactly (mixprec's shorter last group has no place); choose a group size dividing it")
         group = w.group_size
     weights = _args(w.bits, "int", w.symmetric, "group" if group else w.granularity, group)
+    if is_dynamic(a):
+        return (f"{candidate.name}: inputs quantized per block at run time are ONNX Runtime's MatMulNBits arithmetic "
+                "(target ort-cpu); compressed-tensors is written here with static per-tensor inputs")
     if isinstance(a, IntFormat):
         if a.bits > 8:
             return f"{a.bits}-bit inputs: compressed-tensors' integer inputs have 8 bits at most"

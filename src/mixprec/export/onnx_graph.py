@@ -307,7 +307,8 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
         if kind == "qdq":
             entry.update(_write_qdq(g, node, name, layer, codes, scales, w.shape, bias, transposed))
         elif kind == "nbits":
-            entry.update(_write_nbits(g, node, name, layer, codes, scales, w.shape, bias, accuracy_level, helper))
+            level = accuracy_level if layer.realisation.accuracy_level is None else layer.realisation.accuracy_level
+            entry.update(_write_nbits(g, node, name, layer, codes, scales, w.shape, bias, level, helper))
         elif kind == "dq_weight":
             entry.update(_write_dq_weight(g, node, name, layer, codes, scales, w.shape, bias, transposed))
         else:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from ..candidates import Candidate
 from ..errors import CandidateError
-from ..formats import FloatFormat, IntFormat
+from ..formats import FloatFormat, IntFormat, is_dynamic
+
 
 # MatMulNBits stores 4- or 8-bit codes in blocks of a power of two >= 16 inputs.
 NBITS_MIN_BLOCK = 16
@@ -66,6 +67,7 @@ class Realisation:
     weight_bits: int | None = None  # bits of the stored codes (container)
     block_size: int | None = None  # MatMulNBits block
     input_fp16: bool = False
+    accuracy_level: int | None = None  # MatMulNBits' accuracy_level the candidate fixes (None: the export's)
 
 
 def get_target(name: str) -> Target:
@@ -126,6 +128,18 @@ def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = F
         return f"{candidate.name} is a GGUF block format: llama.cpp runs it (mixprec.export.gguf)"
     if w.bits > 8:
         return f"{w.bits}-bit integer weights have no ONNX Runtime CPU kernel (8 bits at most)"
+    if is_dynamic(a):  # MatMulNBits at accuracy_level 4: int8 inputs per block of the kernel's BlkLen
+        if kind != "Linear":
+            return "inputs quantized per block at run time are MatMulNBits' (Linear layers only)"
+        if a.bits != 8 or w.bits > 8:
+            return "MatMulNBits quantizes inputs to 8 bits per block (a8d<N>), with weights of at most 8 bits"
+        n = a.group_size
+        if n < NBITS_MIN_BLOCK or n & (n - 1) or (w.granularity == "group" and w.group_size % n):
+            return (f"input blocks of {n}: MatMulNBits blocks are powers of two >= {NBITS_MIN_BLOCK}"
+                    + (f" dividing the weight groups of {w.group_size}" if w.granularity == "group" else ""))
+        if w.granularity not in ("group", "channel"):
+            return "MatMulNBits needs per-channel or grouped weights"
+        return Realisation("nbits", 4 if w.bits <= 4 else 8, n, accuracy_level=4)
     if isinstance(a, IntFormat):
         if a.bits != 8:
             return f"{a.bits}-bit inputs: ONNX Runtime CPU quantizes activations to 8 bits only"
