@@ -4,7 +4,9 @@
 
 For each plan (FP32; uniform w8, exported with MatMulNBits' accuracy_level 4 (int8 inputs per block inside
 the kernel, the fast path) and 0 (float inputs, what the simulation computes); uniform w4g64 with the tied
-embedding/output group at w8; any --plan files; accuracy_level 4 unless said): the simulated and the
+embedding/output group at w8; the same formats with the kernel's int8 inputs simulated (w8a8d32, w8a8d128,
+w4g64a8d64 with w8a8d32 outside the blocks: always accuracy_level 4); any --plan files; accuracy_level 4
+unless said): the simulated and the
 exported perplexity on the model's first N evaluation windows (the built-in's own evaluation), the top-1
 agreement of their next-token predictions, the ONNX file size, how many layers ONNX Runtime runs in low
 precision, and the median latency of the exported file against the FP32 export: a prompt of a full window
@@ -44,6 +46,14 @@ def plans_for(groups, extra: list[str]) -> dict[str, Plan]:
         if any(layer.kind == "Embedding" for layer in group.layers):
             four.assignments[group.name] = "w8"
     plans["uniform w4g64, embedding/output w8"] = four
+    # the same formats with MatMulNBits' int8 inputs in the simulation (a8d<N>): what accuracy_level 4 computes
+    plans["uniform w8a8d32"] = Plan.uniform(groups, "w8a8d32")
+    plans["uniform w8a8d128"] = Plan.uniform(groups, "w8a8d128")
+    dynamic = Plan.uniform(groups, "w4g64a8d64")
+    for group in groups.groups:
+        if any(layer.kind == "Embedding" for layer in group.layers):
+            dynamic.assignments[group.name] = "w8a8d32"
+    plans["uniform w4g64a8d64, embedding/output w8a8d32"] = dynamic
     for path in extra:
         plans[f"plan {Path(path).name}"] = Plan.load(path)
     return plans
