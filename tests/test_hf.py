@@ -197,3 +197,23 @@ def test_gpt2_conv1d_layers_become_linear_layers_with_the_same_outputs(tmp_path)
     assert {"lm.transformer.h.0.attn.c_attn", "lm.transformer.h.1.mlp.c_proj"} <= {l.name for l in groups.layers}
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens), before, rtol=1e-5, atol=1e-5)
+
+
+def test_the_ort_cpu_lm_profile_plans_what_matmulnbits_computes(checkpoint, tmp_path, capsys):
+    """--profile ort-cpu-lm: a8d candidates, no join quantizers, and the exported file's perplexity is the
+    simulated one (MatMulNBits at accuracy_level 4, its int8 inputs simulated)."""
+    from mixprec.profiles import profile_joins
+    assert not profile_joins("ort-cpu-lm") and profile_joins("ort-cpu")
+    folder, text = checkpoint
+    data = f"text:{text}?windows=4&length=32&batch=2"
+    assert main(["analyze", "--model", f"hf:{folder}", "--data", data, "--profile", "ort-cpu-lm", "--metric", "kl",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert main(["solve", str(tmp_path / "run"), "--budget", "bits=6", "--out", str(tmp_path / "plan.json")]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert not plan["metadata"].get("joins") and all("a8d" in c or c == "fp32" for c in plan["assignments"].values())
+    capsys.readouterr()
+    assert main(["export", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
+                 "--eval", f"ppl:{text}?windows=2&length=32", "--out", str(tmp_path / "m.onnx")]) == 0
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    simulated, exported = report["simulated"]["value"], report["exported"]["value"]
+    assert abs(exported - simulated) <= 1e-3 * simulated

@@ -27,11 +27,17 @@ PROFILES: dict[str, tuple[str, ...]] = {
     # ONNX Runtime on an AVX2 CPU without VNNI: its u8 x s8 kernels add pairs of products in 16 bits,
     # which saturate with 8-bit weights; 7-bit weights (onnxruntime's reduce_range) never do.
     "ort-cpu-avx2": ("w7a8", "w4", "w8", "w4g32", "w4g128", "fp32"),
+    # ONNX Runtime's fast path for language models: MatMulNBits at accuracy_level 4, whose int8 inputs per
+    # block the a8d<N> candidates simulate, so the exported file computes what the plan measured.
+    "ort-cpu-lm": ("w4g32a8d32", "w4g64a8d64", "w4g128a8d128", "w8a8d32", "fp32"),
     # llama.cpp: the GGUF types the gguf package writes, simulated bit for bit (mixprec.export.gguf).
     "gguf": ("q8_0", "q4_0", "fp16"),
 }
 # Profiles that deploy to an export target (mixprec.export's ``target``).
-PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu", "gguf": "gguf"}
+PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu", "ort-cpu-lm": "ort-cpu",
+                                   "gguf": "gguf"}
+# Profiles whose plans have no integer-input (QDQ) layers, so no join quantizers, whatever their target does.
+NO_JOINS = ("ort-cpu-lm",)
 
 
 def profile_joins(name: str | None) -> bool:
@@ -39,7 +45,7 @@ def profile_joins(name: str | None) -> bool:
     analyses measure with join quantizers (mixprec.joins)."""
     from .export.targets import TARGETS
     target = PROFILE_TARGETS.get(name or "")
-    return bool(target and TARGETS[target].joins)
+    return bool(target and TARGETS[target].joins) and name not in NO_JOINS
 
 
 def profile_candidates(name: str) -> list[Candidate]:

@@ -497,5 +497,17 @@ def test_dynamic_block_inputs_are_simulated_as_matmulnbits_computes_them(tmp_pat
     for level in (0, 4):
         result = export(model, p, data, out=tmp_path / "m.onnx", accuracy_level=level, progress=False)
         assert all("accuracy_level 4" in r["format"] for r in result.layers)
+        assert not any("simulated float inputs" in n for n in result.notes)
         assert all(r["runtime_op"] == "MatMulNBits" for r in result.layers)
         torch.testing.assert_close(OrtModule(result.path)(data[1]), simulated(data[1]), rtol=0, atol=2e-5)
+
+
+def test_weight_only_layers_at_accuracy_level_4_are_said_to_differ_from_the_simulation(tmp_path):
+    torch.manual_seed(0)
+    model = TwoLinear().eval()
+    data = [torch.randn(8, 256) for _ in range(2)]
+    p = plan(model, data, {"a": "w8", "b": "w4g64"})
+    noted = export(model, p, data, out=tmp_path / "m.onnx", accuracy_level=4, progress=False).notes
+    assert any("2 weight-only layer(s)" in n and "w8a8d32" in n for n in noted)
+    exact = export(model, p, data, out=tmp_path / "m.onnx", accuracy_level=0, progress=False).notes
+    assert not any("simulated float inputs" in n for n in exact)

@@ -40,6 +40,7 @@ def test_one_file_runs_the_prompt_and_each_decoded_token_as_simulated(tmp_path, 
     result = export(model, plan, data, out=tmp_path / "lm.onnx", accuracy_level=0, progress=False)
     exported, simulated = OrtModule(result.path), apply(model, plan, data, progress=False)
     cache = exported.kv_cache
+    assert any("with its KV cache" in n for n in result.notes)
     assert cache["layers"] == 2 and exported.input_names[:3] == ["input_ids", "position_ids", "attention_mask"]
     assert exported.output_names[1:] == cache["present"] and len(cache["past"]) == 4
     tokens = torch.randint(0, 64, (1, 10))
@@ -66,4 +67,5 @@ def test_prompts_too_short_to_trace_a_cache_export_without_one(tmp_path):
                     accuracy_level=0, progress=False)
     exported = OrtModule(result.path)
     assert exported.kv_cache is None and exported.input_names == ["input"]
+    assert any("without a KV cache" in n for n in result.notes)  # said, with why
     assert json.dumps(result.to_dict())  # the report is written as before

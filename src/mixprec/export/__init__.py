@@ -191,10 +191,23 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         result.notes.append(f"this CPU has no VNNI: ORT's u8 x s8 kernels add pairs of products in 16 bits and may "
                             f"saturate on {len(eight_bit)} layer(s) with 8-bit weights (e.g. {eight_bit[0]}), which "
                             "the simulation does not model; plan them as w7a8 (profile ort-cpu-avx2) for exact results")
+    unsimulated = [r["layer"] for r in rows if realisations[r["layer"]].kind == "nbits"
+                   and realisations[r["layer"]].accuracy_level is None and accuracy_level != 0]
+    if unsimulated:
+        result.notes.append(f"{len(unsimulated)} weight-only layer(s) (e.g. {unsimulated[0]}) run MatMulNBits at "
+                            f"accuracy_level {accuracy_level}, which quantizes their inputs to int8 per block; the plan "
+                            "simulated float inputs. Plan them as w<B>a8d<N> (e.g. w8a8d32, w4g64a8d64) to simulate "
+                            "that, or export with accuracy_level 0 (float inputs, slower)")
     if result.fallbacks:
         result.notes.append(f"{len(result.fallbacks)} of {len(rows)} quantized layer(s) run in float on ONNX Runtime "
                             f"(e.g. {result.fallbacks[0]['layer']}: {result.fallbacks[0]['note']})")
     exported = OrtModule(out, threads)
+    if callable(getattr(model, "onnx_step", None)):
+        result.notes.append(
+            "written with its KV cache: one step of a served model (logits and the cache with the new tokens)"
+            if exported.kv_cache is not None else
+            "written without a KV cache (token ids in, logits out): the model's cache is not one key/value pair of "
+            "tensors per layer, or the example input has fewer than 3 tokens to trace the cached step with")
     if batches:
         result.agreement["calibration"] = agreement(quantized, exported, [split_item(b)[0] for b in batches])
     if evaluate is not None:
