@@ -37,19 +37,25 @@ TARGET_GAP = 0.1  # top-1 points: the issue's deployability target
 
 
 def latency_ms(paths: dict[str, Path], batch: int, example: torch.Tensor, rounds: int, per_round: int) -> dict:
-    """Median latency per file; rounds alternate between the files so that load on the machine hits both."""
+    """Median latency per file on ``batch`` rows of ``example``."""
     sessions = {k: make_session(p, threads=THREADS) for k, p in paths.items()}
     x = example[:1].expand(batch, *example.shape[1:]).contiguous().numpy()
     name = sessions[next(iter(sessions))].get_inputs()[0].name
+    return latency_feeds(sessions, {k: {name: x} for k in sessions}, rounds, per_round)
+
+
+def latency_feeds(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
+    """Median milliseconds of ``sessions[k].run`` on ``feeds[k]``; rounds alternate between the files, so that
+    load on the machine hits all of them."""
     times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():  # warm-up
+    for k, s in sessions.items():  # warm-up
         for _ in range(max(3, per_round // 4)):
-            s.run(None, {name: x})
+            s.run(None, feeds[k])
     for _ in range(rounds):
         for k, s in sessions.items():
             for _ in range(per_round):
                 start = time.perf_counter()
-                s.run(None, {name: x})
+                s.run(None, feeds[k])
                 times[k].append(1000 * (time.perf_counter() - start))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -17,7 +17,6 @@ cache returned too: what a server runs per generated token). Rounds alternate be
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export_ort import RESULTS, THREADS, _counts, _cpu, _ort_version
+from export_ort import RESULTS, THREADS, _counts, _cpu, _ort_version, latency_feeds
 from mixprec import __version__
 from mixprec.builtin import get_builtin
 from mixprec.export import OrtModule, cpu_has_vnni, export
@@ -67,22 +66,6 @@ def decode_inputs(module: OrtModule, window: torch.Tensor, context: int) -> dict
     _, *present = module.session.run(None, module.prompt_inputs(prompt) | {"input_ids": prompt.numpy()})
     return {"input_ids": window[:, context:context + 1].numpy(), "position_ids": np.array([[context]]),
             "attention_mask": np.ones((1, context + 1), dtype=np.int64), **dict(zip(module.kv_cache["past"], present))}
-
-
-def latency_feeds(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
-    """Median milliseconds of ``sessions[k].run`` on ``feeds[k]``; rounds alternate between the files, so that
-    load on the machine hits all of them."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for k, s in sessions.items():  # warm-up
-        for _ in range(max(3, per_round // 4)):
-            s.run(None, feeds[k])
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                s.run(None, feeds[k])
-                times[k].append(1000 * (time.perf_counter() - start))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, context: int) -> dict:

@@ -104,8 +104,8 @@ class CachedStep(nn.Module):
                 past = _cache_tensors(_cache_of(lm(input_ids=input_ids[:, :past_length], use_cache=True)))
                 if not past or not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in past):
                     return None
-                layers = range(len(past) // 2)
-                step = CachedStep(lm, len(layers)).eval()
+                layers = len(past) // 2
+                step = CachedStep(lm, layers).eval()
                 positions = torch.arange(past_length, length, device=input_ids.device).expand(batch, -1)
                 mask = torch.ones(batch, length, dtype=torch.long, device=input_ids.device)
                 args = (input_ids[:, past_length:], positions, mask, *past)
@@ -114,13 +114,13 @@ class CachedStep(nn.Module):
                 return None
         if not torch.allclose(logits.float(), full[:, past_length:].float(), rtol=1e-3, atol=1e-3):
             return None
-        names = [f"past_key_values.{i}.{kv}" for i in range(len(layers)) for kv in ("key", "value")]
+        names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
         presents = [n.replace("past_key_values", "present") for n in names]
         dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
                    "attention_mask": {0: "batch", 1: "total_sequence"}, "logits": {0: "batch", 1: "sequence"},
                    **{n: {0: "batch", 2: "past_sequence"} for n in names},
                    **{n: {0: "batch", 2: "total_sequence"} for n in presents}}
-        cache_info = {"layers": len(layers), "past": names, "present": presents,
+        cache_info = {"layers": layers, "past": names, "present": presents,
                       "shapes": [[int(t.shape[1]), int(t.shape[3])] for t in past], "dtype": str(past[0].dtype)}
         return {"module": step, "args": args, "input_names": ["input_ids", "position_ids", "attention_mask", *names],
                 "output_names": ["logits", *presents], "dynamic_axes": dynamic,
