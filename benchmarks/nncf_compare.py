@@ -169,11 +169,13 @@ def _nncf_version(nncf_from: dict | None) -> str | None:
 
 def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (), rounding: str = "nearest",
             save=None, part: tuple[int, int] = (0, 1), done: list | None = None, weight_range: str = "mse",
-            nncf_from: dict | None = None, guard_margin: float = 1.0, extra: tuple[str, ...] = ()) -> dict:
+            nncf_from: dict | None = None, guard_margin: float = 1.0, extra: tuple[str, ...] = (),
+            search: str = "exact", rows_like: str | None = None) -> dict:
     """part (k, n): only the grid's rows i with i % n == k; done: rows of an earlier run cut short, kept
     (by label) and not measured again; nncf_from: an earlier result of the same model, grid and evaluation
     device whose NNCF side (compression, bits, metric, failures) is reused, so that only mixprec's side is
-    measured again (NNCF need not be installed then)."""
+    measured again (NNCF need not be installed then). search: mixprec's default plan is ``solve(search=...)``
+    (exact, or local: the measured local search); rows_like: only the grid's rows whose label contains it."""
     builtin = get_builtin(model_name)
     model = builtin.model().eval()
     analysis = mixprec_analysis(model_name, device, rounding, weight_range, extra)
@@ -191,7 +193,7 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
         return {"model": model_name, "reference": reference.to_dict(), "weights": weights, "layers": len(layers),
                 "mixprec_metric": problem.metric, "mixprec_candidates": list(problem.candidates), "mixprec_pins": pinned,
                 "mixprec_rounding": rounding, "mixprec_weight_range": weight_range, "rows": rows, "partial": partial,
-                "grid": size, "guard_margin": guard_margin,
+                "grid": size, "guard_margin": guard_margin, "search": search, "rows_like": rows_like,
                 **({"nncf_from": nncf_from["command"]} if nncf_from else {}),
                 "command": "python " + " ".join(sys.argv),
                 "environment": {"mixprec": __version__, "nncf": _nncf_version(nncf_from), "torch": torch.__version__,
@@ -203,11 +205,11 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     reused = {row["label"]: row for row in (nncf_from or {}).get("rows", [])}
     rows = []
     for index, config in enumerate(grid(size)):
-        if index % part[1] != part[0]:
-            continue
         label = (f"{config['mode'].lower()} g{config['group_size']} ratio {config['ratio']}"
                  f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}"
                  f"{' + AWQ + scale estimation' if config.get('awq') else ''}")
+        if index % part[1] != part[0] or (rows_like and not any(t in label for t in rows_like.split("|"))):
+            continue
         if label in earlier:
             rows.append(earlier[label])
             continue
@@ -222,21 +224,34 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
             rows.append(row)
             print(f"{label}: NNCF failed: {row['nncf_error']}")
             continue
-        try:
-            solution = SOLVERS["exact"](problem, Goal({"bits_per_weight": row["bits_per_weight"]}))
-            assignments = problem.assignments(solution.choice)
-            row["mixprec_exact"] = evaluator.measure(assignments).to_dict()
-            row["mixprec_exact_candidates"] = sorted(set(assignments.values()))
-            start = time.perf_counter()
-            plan = analysis.solve(budget={"bits_per_weight": row["bits_per_weight"]}, device=device,
-                                  guard_margin=guard_margin)
-            row["guard_seconds"] = round(time.perf_counter() - start, 1)
-            row["mixprec"] = evaluator.measure(plan.assignments).to_dict()
-            row["mixprec_bits_per_weight"] = plan.metadata["predicted_costs"]["bits_per_weight"]
-            row["mixprec_candidates"] = sorted(set(plan.assignments.values()))
-            row["mixprec_guard"] = plan.metadata.get("guard", {}).get("chosen", "mixed")
-        except InfeasibleBudget as exc:
-            row["mixprec_error"] = str(exc)
+        same = next((r for r in rows if r.get("bits_per_weight") == row["bits_per_weight"] and "mixprec" in r), None)
+        if same is not None and search != "exact":  # the same budget: the same plan, not a search resumed
+            row.update({k: v for k, v in same.items() if k.startswith("mixprec") or k == "guard_seconds"})
+            row["mixprec_same_budget_as"] = same["label"]
+        else:
+            try:
+                solution = SOLVERS["exact"](problem, Goal({"bits_per_weight": row["bits_per_weight"]}))
+                assignments = problem.assignments(solution.choice)
+                row["mixprec_exact"] = evaluator.measure(assignments).to_dict()
+                row["mixprec_exact_candidates"] = sorted(set(assignments.values()))
+                start = time.perf_counter()
+                plan = analysis.solve(budget={"bits_per_weight": row["bits_per_weight"]}, device=device,
+                                      guard_margin=guard_margin, search=search)
+                row["mixprec_search"] = search
+                if search == "local":
+                    trace = plan.metadata["trace"]
+                    row["mixprec_search_evaluations"] = plan.metadata["evaluations"]
+                    row["mixprec_search_accepted"] = sum(step["role"] == "accepted" for step in trace)
+                    row["mixprec_search_stop"] = next((step.get("reason") for step in reversed(trace)
+                                                       if step["role"] == "stop"), None)
+                    row["mixprec_search_losses"] = [step["loss"] for step in trace if step["role"] in ("start", "accepted")]
+                row["guard_seconds"] = round(time.perf_counter() - start, 1)
+                row["mixprec"] = evaluator.measure(plan.assignments).to_dict()
+                row["mixprec_bits_per_weight"] = plan.metadata["predicted_costs"]["bits_per_weight"]
+                row["mixprec_candidates"] = sorted(set(plan.assignments.values()))
+                row["mixprec_guard"] = plan.metadata.get("guard", {}).get("chosen", "mixed")
+            except InfeasibleBudget as exc:
+                row["mixprec_error"] = str(exc)
         better = (lambda a, b: a >= b) if reference.higher_is_better else (lambda a, b: a <= b)
         if "mixprec" in row:
             row["mixprec_at_least_as_good"] = bool(better(row["mixprec"]["value"], row["nncf"]["value"]))
@@ -261,8 +276,15 @@ def markdown(r: dict) -> str:
              f"{', '.join(r['mixprec_candidates'])}"
              f"{'; pinned: ' + ', '.join(f'{g}={c}' for g, c in r['mixprec_pins'].items()) if r.get('mixprec_pins') else ''}"
              f"; weights rounded by {r.get('mixprec_rounding', 'nearest')} (measurement, guard and the applied plans)."
-             " Default = the plan `solve` returns (the exact plan, guarded against the uniform plans within the "
-             "budget on the calibration data); exact = the exact plan alone. Verdict: the default plan.", "",
+             + (" Default = the plan `solve --search local` returns (the measured local search from the exact and "
+                "the best uniform plans, deciding by the NLL of the calibration text within its time budget of 1x the "
+                "analysis, then guarded against the uniform plans within the budget)"
+                if r.get("search") == "local" else
+                " Default = the plan `solve` returns (the exact plan, guarded against the uniform plans within the "
+                "budget on the calibration data)")
+             + "; exact = the exact plan alone. Verdict: the default plan."
+             + (f" Only the grid's rows whose label holds {r['rows_like']!r} were run." if r.get("rows_like") else "")
+             + (f" Note: {r['note']}." if r.get("note") else ""), "",
              f"| NNCF configuration | bits/weight | NNCF {ref['name']} | mixprec default {ref['name']} | guard chose "
              f"| mixprec exact {ref['name']} | mixprec bits/weight | default at least as good |",
              "|---|---|---|---|---|---|---|---|"]
@@ -349,6 +371,9 @@ def main() -> int:
     parser.add_argument("--add-candidates", default="", metavar="LIST",
                         help="candidates beside the model's configuration, e.g. w8-asym (NNCF keeps lm_head in int8 "
                         "asymmetric: --add-candidates w8-asym --pin lm_head=w8-asym compares like with like)")
+    parser.add_argument("--search", choices=("exact", "local"), default="exact",
+                        help="mixprec's default plan: solve's exact plan (guarded), or its measured local search")
+    parser.add_argument("--rows", metavar="TEXT", help="only the grid's rows whose label contains TEXT, e.g. 'ratio 1.0'")
     parser.add_argument("--merge", type=int, metavar="N",
                         help="only merge the N part files (_part0 .. _partN-1) into one result, in grid order")
     args = parser.parse_args()
@@ -386,7 +411,8 @@ def main() -> int:
             raise SystemExit(f"--nncf-from {args.nncf_from} is {nncf_from.get('model')} on grid {nncf_from.get('grid')}, "
                              f"not {args.model} on {args.grid}")
         save(compare(args.model, args.grid, args.device, args.pin, args.rounding, save, (k, n), done, args.weight_range,
-                     nncf_from, args.guard_margin, tuple(c for c in args.add_candidates.split(",") if c)))
+                     nncf_from, args.guard_margin, tuple(c for c in args.add_candidates.split(",") if c),
+                     args.search, args.rows))
     except MissingDataError as exc:
         print(f"skipped {args.model}: {exc}")
         return 0

@@ -275,9 +275,11 @@ def _nncf_targets() -> list[str]:
         wins = sum(x["mixprec_at_least_as_good"] for x in rows)
         ranges = r.get("mixprec_weight_range", "mse")
         guard = f"guard margin {r['guard_margin']:g} SE" if "guard_margin" in r else "guard without a margin"
+        scope = (f", `solve --search local`, only the rows {r['rows_like']!r}: the target needs all 24"
+                 if r.get("rows_like") else ", `solve --search local`" if r.get("search") == "local" else "")
         lines.append(f"| at least as good as NNCF in 24 of 24 configurations | smollm2 (`{path.stem}`, weight ranges "
-                     f"{ranges}, {guard}, {r['environment'].get('gpu') or r['environment']['device']}) | {wins} of {len(rows)} | "
-                     f"{'yes' if wins == len(rows) == 24 else 'no'} |")
+                     f"{ranges}, {guard}{scope}, {r['environment'].get('gpu') or r['environment']['device']}) | "
+                     f"{wins} of {len(rows)} | {'yes' if wins == len(rows) == 24 else 'no'} |")
     return lines
 
 
@@ -316,7 +318,9 @@ def _at_budget_targets() -> list[str]:
             continue
         value = r["plan"]["metric"]["value"]
         rounding = r.get("rounding", "nearest")
-        lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding} rounding, "
+        search = r["plan"].get("search", "exact")
+        rounding += f" rounding, {search} search" if search != "exact" else " rounding"
+        lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding}, "
                      f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
                      f"{'yes' if value <= 31 else 'no'} |")
     return lines

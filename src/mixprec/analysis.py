@@ -417,7 +417,13 @@ class Analysis:
         checker = self._checker(divergence, device, rounding=rounding)
         say("local search: measuring plans by their output divergence on the calibration data")
         measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
-        starts = [SOLVERS["exact"](problem, goal).choice, *self.uniform_rivals(problem, goal.budgets).values()]
+        # the exact plan and the two uniform plans the table ranks best (the others are cheaper and worse:
+        # measuring them would spend evaluations on starts the search never takes)
+        rivals = sorted(self.uniform_rivals(problem, goal.budgets).values(), key=lambda c: problem.totals(c)[0])
+        starts = [SOLVERS["exact"](problem, goal).choice, *rivals[:2]]
+        seconds = self._search_seconds(options.pop("time_budget", "1x"))
+        if seconds is not None:
+            options = {"seconds": seconds, **options}
         batches = self._calibration_batches()
         if options.pop("staged", False) and batches is not None and batches >= 4:
             # cheap to expensive: a quarter of the batches screens each round's moves, all of them decide.
@@ -426,6 +432,26 @@ class Analysis:
             options = {"screen": lambda choice: screener.measure(problem.assignments(choice)).value,
                        "moves_per_round": 16, **options}
         return Goal(goal.budgets, goal.kind, measure), {"starts": starts, **options}
+
+    def _search_seconds(self, budget: str | float | None) -> float | None:
+        """The local search's time budget in seconds: ``"1x"`` is once the analysis's own measured time
+        (None where the table does not record it), ``"90s"`` or 90 are seconds, None is no limit."""
+        if budget is None:
+            return None
+        text = str(budget).strip().lower()
+        try:
+            if text.endswith("x"):
+                factor = float(text[:-1])
+                analysis = self.table.metadata.get("seconds")
+                value = factor * float(analysis) if analysis else None
+            else:
+                factor = value = float(text[:-1] if text.endswith("s") else text)
+        except ValueError:
+            factor = value = -1.0
+        if not factor > 0 or factor != factor:
+            raise SpecError(f"--time-budget {budget!r} must be a multiple of the analysis time (1x, 0.5x) or a "
+                            "number of seconds (90s, 90)")
+        return value
 
     def _calibration_batches(self) -> int | None:
         """How many calibration batches the measurements run on (None where unknown without loading)."""

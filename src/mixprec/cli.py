@@ -355,7 +355,7 @@ def _search_options(args) -> dict[str, Any]:
     if name == "refine":
         return {"rounds": args.rounds, "probes": args.probes}
     if name == "local":
-        return {"evaluations": args.evaluations}
+        return {"evaluations": args.evaluations, "time_budget": args.time_budget}
     return {}
 
 
@@ -820,8 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=2, help="refine: correction rounds (default 2)")
     p.add_argument("--probes", type=positive_int, default=16, help="refine: lowered groups measured in context per round "
                    "(default 16)")
-    p.add_argument("--evaluations", type=positive_int, default=64, help="local: plans measured at most, each one forward "
-                   "pass over the calibration data (default 64)")
+    p.add_argument("--evaluations", type=positive_int, default=None, help="local: plans measured at most, each one "
+                   "forward pass over the calibration data (default: as many as --time-budget allows)")
+    p.add_argument("--time-budget", default="1x", metavar="1x|SECONDS",
+                   help="local: no new measurement once the search has taken this long, as a multiple of the "
+                   "analysis's own time (default 1x) or in seconds (90s); the best plan so far is returned")
     p.add_argument("--eval", help="evaluation for measured searches (default: the built-in model's own, or the "
                    "analysis's --eval)")
     p.add_argument("--device", default=None, help="device for measured searches (default: the analysis's)")

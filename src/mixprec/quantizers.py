@@ -302,12 +302,15 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1).to(torch.float32)
-        mask = torch.isfinite(flat)
-        finite = flat if bool(mask.all()) else flat[mask]  # no masked copy in the usual, all-finite case
+        finite = x.detach().reshape(-1).to(torch.float32)
         if finite.numel() == 0:
             return
-        lo, hi = torch.aminmax(finite)
+        lo, hi = torch.aminmax(finite)  # NaN propagates to both, an infinity to one of them
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):  # the rare case: observe the finite values only
+            finite = finite[torch.isfinite(finite)]
+            if finite.numel() == 0:
+                return
+            lo, hi = torch.aminmax(finite)
         self._seen_lo = lo if self._seen_lo is None else torch.minimum(self._seen_lo, lo)
         self._seen_hi = hi if self._seen_hi is None else torch.maximum(self._seen_hi, hi)
         if self.method != "minmax":

@@ -57,6 +57,15 @@ def test_cli_local_search_decides_on_calibration_data(tmp_path):
     assert meta["predicted_costs"]["bops"] <= meta["budgets"]["bops"] * (1 + 1e-12)
     assert 1 <= meta["evaluations"] <= 12
     assert (run / "divergences.jsonl").is_file() and not (run / "evaluations.jsonl").exists()  # no eval split used
+    assert meta["trace"][-1]["role"] == "stop" and meta["trace"][-1]["reason"]
+    # a time budget in seconds; one that is neither seconds nor a multiple of the analysis time is refused
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--search", "local", "--time-budget", "0.01s",
+                 "--out", str(tmp_path / "quick.json")]) == 0
+    quick = json.loads((tmp_path / "quick.json").read_text())["metadata"]
+    assert "time budget of 0.0 s" in quick["trace"][-1]["reason"] or quick["evaluations"] <= 3
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--search", "local", "--time-budget", "soon",
+                 "--out", str(tmp_path / "bad.json")]) != 0
+    assert not (tmp_path / "bad.json").exists()
 
 
 @settings(max_examples=20, deadline=None)
@@ -72,3 +81,60 @@ def test_a_noisy_screen_changes_which_moves_are_measured_never_the_guarantees(se
     result = local_search(problem, goal, starts=[mid], evaluations=20, screen=screen, survivors=2)
     assert problem.cost("bytes", result.choice) <= goal.budgets["bytes"] * (1 + 1e-12)
     assert result.measured_loss <= measure(mid) and result.evaluations <= 20
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["best", "first"]))
+def test_both_acceptance_rules_keep_the_guarantees(seed, accept):
+    problem, truth = problem_of(seed, groups=6)
+    rows = np.arange(len(problem.groups))
+    measure = lambda choice: float(truth[rows, choice].sum())  # noqa: E731
+    mid = problem.uniform_choice("c1")
+    goal = Goal({"bytes": problem.cost("bytes", mid)}, measure=measure)
+    result = local_search(problem, goal, starts=[mid], evaluations=25, accept=accept)
+    assert problem.cost("bytes", result.choice) <= goal.budgets["bytes"] * (1 + 1e-12)
+    assert result.measured_loss == measure(result.choice) <= measure(mid) and result.evaluations <= 25
+    accepted = [s["loss"] for s in result.trace if s["role"] == "accepted"]
+    assert accepted == sorted(accepted, reverse=True) and len(set(accepted)) == len(accepted)  # each strictly better
+
+
+def test_first_improvement_takes_the_first_better_move_of_a_round():
+    problem, truth = problem_of(7, groups=6)
+    rows = np.arange(len(problem.groups))
+    measure = lambda choice: float(truth[rows, choice].sum())  # noqa: E731
+    mid = problem.uniform_choice("c1")
+    goal = Goal({"bytes": problem.cost("bytes", mid)}, measure=measure)
+    result = local_search(problem, goal, starts=[mid], evaluations=40, accept="first")
+    steps = result.trace
+    for i, step in enumerate(steps):
+        if step["role"] == "accepted":  # the move measured just before it is the one taken
+            assert steps[i - 1]["role"] == "move" and steps[i - 1]["loss"] == step["loss"]
+
+
+def test_the_time_budget_stops_the_search_and_says_so():
+    import time
+
+    problem, truth = problem_of(11, groups=8, cands=4)
+    rows = np.arange(len(problem.groups))
+
+    def slow(choice):
+        time.sleep(0.05)
+        return float(truth[rows, choice].sum())
+    mid = problem.uniform_choice("c1")
+    goal = Goal({"bytes": problem.cost("bytes", mid)}, measure=slow)
+    result = local_search(problem, goal, starts=[mid], evaluations=200, seconds=0.12)
+    assert result.evaluations <= 4  # the start, then moves until 0.12 s have gone
+    assert "time budget" in result.trace[-1]["reason"]
+    assert result.measured_loss <= slow(mid)
+
+
+def test_bad_search_settings_are_clear_errors():
+    import pytest
+
+    from mixprec.errors import MixprecError
+    problem, truth = problem_of(1)
+    goal = Goal({"bytes": problem.cost("bytes", problem.uniform_choice("c1"))}, measure=lambda c: 0.0)
+    with pytest.raises(MixprecError, match="accept"):
+        local_search(problem, goal, accept="random")
+    with pytest.raises(MixprecError, match="seconds"):
+        local_search(problem, goal, seconds=0)

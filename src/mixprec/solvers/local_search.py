@@ -1,22 +1,28 @@
 """local: a measured local search within the budgets (mixprec's own; EvoPress and ExLlamaV3's greedy
 dKL-per-bit are the references). The table proposes, a measurement decides:
 
-    plan <- the start that measures best (the exact plan, the uniform plans within the budget)
-    repeat while evaluations remain:
+    plan <- the start that measures best (the exact plan, the best uniform plans within the budget)
+    repeat until the time budget or the evaluations are spent:
         moves <- every single move (one group to another candidate) within the budgets, and for each
                  move up that does not fit, the same move paired with the one move down that makes it
-                 fit at the least predicted damage
-        take the `moves_per_round` moves with the best predicted change  dS = sum of S[g, new] - S[g, old]
-        with `screen` (the divergence on a few calibration batches): keep the `survivors` that screen best
-        measure those on all the calibration data
-        plan <- the best measured one if it measures strictly better than plan, else stop
+                 fit at the least predicted damage, ranked by the predicted change dS = sum of S[g, new] - S[g, old]
+        walk the ranked moves not yet measured, `moves_per_round` at a time (with `screen`, the divergence on
+        a few calibration batches, keeping the `survivors` of each chunk that screen best); measure them
+        on all the calibration data and take the first that measures strictly better than plan
+        ("best": the best of its chunk)
+        no move measures better: stop
     return plan
 
+Taking the first better move (rather than measuring a whole round and taking its best) reached the
+same plans with 25-28 instead of 35-59 evaluations on ResNet-20 (CPU), and walking on past a round
+with no better move lets a search with time left find moves the table ranks low.
 ``measure(choice) -> loss`` is a label-free divergence on the calibration data (never the evaluation
 split); every returned plan meets every budget and measures no worse than every start.
 """
 from __future__ import annotations
 
+import sys
+import time
 from typing import Callable
 
 import numpy as np
@@ -77,15 +83,25 @@ def moves(problem: AllocationProblem, budgets: dict[str, float], choice: np.ndar
 
 
 def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray] | None = None,
-                 evaluations: int = 64, moves_per_round: int = 8, screen: Callable[[np.ndarray], float] | None = None,
-                 survivors: int = 2) -> Solution:
+                 evaluations: int | None = None, moves_per_round: int = 8,
+                 screen: Callable[[np.ndarray], float] | None = None, survivors: int = 2,
+                 seconds: float | None = None, accept: str = "first") -> Solution:
     """Improve the best of ``starts`` (default: the exact plan) by measured moves within ``goal.budgets``,
-    with ``goal.measure`` (lower is better), at most ``evaluations`` full measurements. ``screen``: a
-    cheaper measure of the same kind (fewer batches) that picks the ``survivors`` of each round's moves."""
+    with ``goal.measure`` (lower is better), at most ``evaluations`` full measurements (None: no limit
+    where ``seconds`` is given, else 64), and no new one once the search has taken ``seconds`` (None: no
+    time limit). ``screen``: a cheaper measure of the same kind (fewer batches) that picks the
+    ``survivors`` of each chunk of ``moves_per_round`` moves. ``accept``: "first" takes the first move
+    (in predicted order) that measures better; "best" the best of the first chunk that holds a better one."""
     if not goal.budgets:
         raise MixprecError("search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
     if goal.measure is None:
         raise MixprecError("search local measures plans: give a measure (the guard's divergence on calibration data)")
+    if accept not in ("best", "first"):
+        raise MixprecError(f"accept must be 'best' or 'first', got {accept!r}")
+    if seconds is not None and not seconds > 0:
+        raise MixprecError(f"seconds must be a positive number of seconds, got {seconds!r}")
+    if evaluations is None:
+        evaluations = 64 if seconds is None else sys.maxsize
     if evaluations < 1 or moves_per_round < 1 or survivors < 1:
         raise MixprecError(f"evaluations, moves_per_round and survivors must be >= 1, got {evaluations}, "
                            f"{moves_per_round} and {survivors}")
@@ -114,22 +130,43 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     starts = [np.asarray(s) for s in starts if _fits(problem, budgets, np.asarray(s))]
     if not starts:
         raise MixprecError("no start plan meets the budget")
+    began = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return seconds is not None and time.perf_counter() - began >= seconds
+
     plan = min(starts, key=lambda s: measure(s, "start"))
     loss = measure(plan, "start")
-    while len(losses) < evaluations:
-        proposals = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
-        if screen is None:
-            proposals = proposals[:min(moves_per_round, evaluations - len(losses))]
-        else:
-            proposals = sorted(proposals[:moves_per_round], key=cheap)[:min(survivors, evaluations - len(losses))]
-        if not proposals:
+    stop = None
+    while stop is None:
+        ranked = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
+        if not ranked:
+            stop = "no move within the budget is left to measure"
             break
-        best = min(proposals, key=lambda new: measure(new, "move"))
-        if measure(best, "move") >= loss:
-            trace.append({"step": len(trace), "role": "stop", "reason": "no proposed move measures better"})
+        best, best_loss = None, loss
+        for first in range(0, len(ranked), moves_per_round):
+            chunk = ranked[first:first + moves_per_round]
+            if screen is not None:
+                chunk = sorted(chunk, key=cheap)[:survivors]
+            for new in chunk:
+                if len(losses) >= evaluations:
+                    stop = f"{evaluations} evaluations made"
+                elif out_of_time():
+                    stop = f"time budget of {seconds:.1f} s spent"
+                if stop is not None or (best is not None and accept == "first"):
+                    break
+                value = measure(new, "move")
+                if value < best_loss:
+                    best, best_loss = new, value
+            if best is not None or stop is not None:
+                break
+        if best is None:
+            stop = stop or "every move within the budget measured, none better"
             break
-        plan, loss = best, measure(best, "move")
+        plan, loss = best, best_loss
         trace.append({"step": len(trace), "role": "accepted", "loss": loss, "evaluations": len(losses)})
+    trace.append({"step": len(trace), "role": "stop", "reason": stop,
+                  "seconds": round(time.perf_counter() - began, 2)})
     objective, costs = problem.totals(plan)
     if screen is not None:
         trace.append({"step": len(trace), "role": "screened", "plans": len(screened)})
