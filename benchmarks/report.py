@@ -215,7 +215,7 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
     from never_worse import KEYS
     lines = []
     command = r.get("command", "")
-    grid = "signed grid" if any(s in command for s in ("_signed", "_auto", "_margin", "--add-candidates")) \
+    grid = "signed grid" if any(s in command for s in ("_signed", "_auto", "_margin", "_local", "--add-candidates")) \
         else "former grid"
     margin = r.get("environment", {}).get("guard_margin")
     added = re.search(r"--add-candidates (\S+)", command)
@@ -225,8 +225,15 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
     for key in [k for k in KEYS if k in r["summary"]]:
         got, total = (int(x) for x in r["summary"][key].split(" of "))
         lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}, {grid}{ranges}) | {got} of {total} "
-                     f"budgets{'' if len(r['rows']) >= 10 or model in ('minilm', 'smollm2') else ' (only at ' + ', '.join(sorted({x['at'] for x in r['rows']})) + ')'}"
+                     f"budgets{'' if len(r['rows']) >= (5 if model in ('minilm', 'smollm2') else 10) else ' (only at ' + ', '.join(sorted({x['at'] for x in r['rows']})) + ')'}"
                      f" | {'yes' if got == total else 'no'} |")
+    analysis = (r.get("analysis_seconds") or {}).get("sqnr")
+    local = [x["sqnr_local_seconds"] for x in r["rows"] if "sqnr_local_seconds" in x]
+    if analysis and local and "--no-local" not in command:  # the search and its guard, one solve call
+        worst = max(local) / analysis
+        lines.append(f"| the local search and its guard add at most 2x the analysis time | {model} "
+                     f"({r['environment']['device']}, {grid}{ranges}) | worst {worst:.2f}x ({max(local):.1f} s; "
+                     f"analysis {analysis:.1f} s) | {'yes' if worst <= 2 else 'no'} |")
     gap_row = next((x for x in r["rows"] if "upper" in x), None)
     if gap_row is not None:
         upper, lower = gap_row["upper"]["metric"], gap_row["uniform"]
@@ -341,9 +348,10 @@ def never_worse_section() -> list[str]:
     for model in MODELS:
         # the run on the current (signed) grid if there is one, else this machine's, else the GPU run (other
         # suffixes are earlier variants)
-        current = [reports[f"{model}{v}"] for v in ("_margin", "_signed_margin", "_auto_margin", "_abits", "_w56")
+        current = [reports[f"{model}{v}"] for v in ("_margin", "_signed_margin", "_auto_margin", "_abits", "_w56", "_local")
                    if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
-        # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights)
+        # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights); _local: the
+        # local search as it runs now (first better move, a time budget of 1x the analysis)
         current = current or [reports[f"{model}{v}"] for v in ("_signed", "_auto") if f"{model}{v}" in reports]
         fallback = reports.get(model) or reports.get(f"{model}_h100")
         if not current and fallback is None:

@@ -802,9 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact (default): optimal integer program; greedy-pareto: AIMET AMP's greedy path "
                    "(Pandey et al. 2023); greedy, bisection: Schaefer et al. 2023, lower precision while the "
                    "measured drop stays within --max-drop; mixquant: Kloberdanz & Le 2023, QEM swept to meet the "
-                   "budget; refine: exact, then corrected by real measurements; local: from the exact and the uniform plans "
-                   "within the budget, single and paired moves kept only when the output divergence on the "
-                   "calibration data improves")
+                   "budget; refine: exact, then corrected by real measurements; local: from the exact and the two best uniform "
+                   "plans within the budget, single and paired moves kept only when the output divergence on the "
+                   "calibration data improves, for --time-budget")
     _add_allocation_args(p)
     _add_run_spec_args(p)
     p.add_argument("--max-drop", help="measured metric drop allowed, relative (1%%) or in the metric's units "
