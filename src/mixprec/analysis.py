@@ -347,6 +347,10 @@ class Analysis:
                                                     say, rounding, guard_margin)
             if note:
                 notes.append(note)
+            if guarded is not None and guarded.chosen != MIXED and search == "exact" and budgets:
+                notes.append("a uniform plan is the answer at this budget; --search local (in Python: "
+                             "search='local') measures moves from the exact and the best uniform plans on the "
+                             "calibration data for as long as the analysis took, and can find a mixed plan that beats uniform")
             if guarded is not None and guarded.chosen != MIXED:
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None

@@ -65,6 +65,7 @@ def test_solve_returns_the_better_of_mixed_and_uniform_on_the_calibration_diverg
             assert (guard_info["chosen"] == MIXED) == mixed_wins
             if not mixed_wins:
                 assert measured[guard_info["chosen"]] == min(rivals)
+                assert any("--search local" in n for n in plan.metadata["notes"])  # what to try next
         for kind, value in plan.metadata["budgets"].items():
             assert plan.metadata["predicted_costs"][kind] <= value * (1 + 1e-12)
         unguarded = analysis.solve(budget, guard=False)
@@ -172,3 +173,12 @@ def test_the_margin_applies_to_every_rival_and_every_divergence():
     assert guard(np.array([0]), rivals, lambda c: values[int(c[0])], margin=0).chosen == MIXED
     with pytest.raises(ValueError, match="margin"):
         guard(np.array([0]), rivals, lambda c: values[int(c[0])], margin=-1)
+
+
+def test_a_uniform_answer_names_the_local_search_as_what_to_try_next(demo):
+    _, _, _, analysis = demo
+    plan = analysis.solve("bops=w2a8")  # only uniform w2a8 fits: the exact plan is that uniform plan
+    assert plan.metadata["guard"]["chosen"] == "uniform w2a8"
+    assert any("--search local" in note for note in plan.metadata["notes"])
+    mixed = analysis.solve("bytes=w4a8", guard=False)  # no guard, no advice about it
+    assert not any("--search local" in note for note in mixed.metadata.get("notes", []))
