@@ -89,9 +89,10 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     """Improve the best of ``starts`` (default: the exact plan) by measured moves within ``goal.budgets``,
     with ``goal.measure`` (lower is better), at most ``evaluations`` full measurements (None: no limit
     where ``seconds`` is given, else 64), and no new one once the search has taken ``seconds`` (None: no
-    time limit). ``screen``: a cheaper measure of the same kind (fewer batches) that picks the
-    ``survivors`` of each chunk of ``moves_per_round`` moves. ``accept``: "first" takes the first move
-    (in predicted order) that measures better; "best" the best of the first chunk that holds a better one."""
+    time limit; the first ``moves_per_round`` moves are measured whatever the time). ``screen``: a
+    cheaper measure of the same kind (fewer batches) that picks the ``survivors`` of each chunk of
+    ``moves_per_round`` moves. ``accept``: "first" takes the first move (in predicted order) that
+    measures better; "best" the best of the first chunk that holds a better one."""
     if not goal.budgets:
         raise MixprecError("search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
     if goal.measure is None:
@@ -132,11 +133,14 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
         raise MixprecError("no start plan meets the budget")
     began = time.perf_counter()
 
-    def out_of_time() -> bool:
-        return seconds is not None and time.perf_counter() - began >= seconds
-
     plan = min(starts, key=lambda s: measure(s, "start"))
     loss = measure(plan, "start")
+    measured_starts = len(losses)
+
+    def out_of_time() -> bool:  # the first chunk of moves is always measured: a tiny model's analysis can
+        # take less time than loading it for the first measurement
+        return seconds is not None and time.perf_counter() - began >= seconds \
+            and len(losses) - measured_starts >= moves_per_round
     stop = None
     while stop is None:
         ranked = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
@@ -165,8 +169,12 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
             break
         plan, loss = best, best_loss
         trace.append({"step": len(trace), "role": "accepted", "loss": loss, "evaluations": len(losses)})
-    trace.append({"step": len(trace), "role": "stop", "reason": stop,
-                  "seconds": round(time.perf_counter() - began, 2)})
+    spent = time.perf_counter() - began
+    taken = sum(step["role"] == "accepted" for step in trace)
+    first = min(losses[tuple(int(c) for c in s)] for s in starts)
+    trace.append({"step": len(trace), "role": "stop", "reason": stop, "seconds": round(spent, 2),
+                  "note": f"local search: {len(losses)} plans measured in {spent:.1f} s, {taken} move(s) taken, "
+                          f"measured loss {first:.4g} -> {loss:.4g}; stopped: {stop}"})
     objective, costs = problem.totals(plan)
     if screen is not None:
         trace.append({"step": len(trace), "role": "screened", "plans": len(screened)})
