@@ -13,9 +13,9 @@ dKL-per-bit are the references). The table proposes, a measurement decides:
         no move measures better: stop
     return plan
 
-Taking the first better move (rather than measuring a whole round and taking its best) reached the
-same plans with 25-28 instead of 35-59 evaluations on ResNet-20 (CPU), and walking on past a round
-with no better move lets a search with time left find moves the table ranks low.
+Taking the first better move (rather than measuring a whole chunk and taking its best) spends fewer
+measurements per move taken, and walking on past a chunk with no better move lets a search with time
+left find moves the table ranks low.
 ``measure(choice) -> loss`` is a label-free divergence on the calibration data (never the evaluation
 split); every returned plan meets every budget and measures no worse than every start.
 """
