@@ -347,11 +347,12 @@ class Analysis:
                                                     say, rounding, guard_margin)
             if note:
                 notes.append(note)
-            if guarded is not None and guarded.chosen != MIXED and search == "exact" and budgets:
-                notes.append("a uniform plan is the answer at this budget; --search local (in Python: "
-                             "search='local') measures moves from the exact and the best uniform plans on the "
-                             "calibration data for as long as the analysis took, and can find a mixed plan that beats uniform")
             if guarded is not None and guarded.chosen != MIXED:
+                if search == "exact" and budgets:
+                    notes.append("a uniform plan is the answer at this budget; --search local (in Python: "
+                                 "search='local') measures moves from the exact and the best uniform plans on the "
+                                 "calibration data for as long as the analysis took, and can find a mixed plan "
+                                 "that beats uniform")
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
@@ -444,18 +445,16 @@ class Analysis:
             return None
         text = str(budget).strip().lower()
         try:
-            if text.endswith("x"):
-                factor = float(text[:-1])
-                analysis = self.table.metadata.get("seconds")
-                value = factor * float(analysis) if analysis else None
-            else:
-                factor = value = float(text[:-1] if text.endswith("s") else text)
+            number = float(text[:-1] if text[-1:] in ("x", "s") else text)
         except ValueError:
-            factor = value = -1.0
-        if not factor > 0 or factor != factor:
+            number = -1.0
+        if not number > 0:  # NaN too
             raise SpecError(f"--time-budget {budget!r} must be a multiple of the analysis time (1x, 0.5x) or a "
                             "number of seconds (90s, 90)")
-        return value
+        if text.endswith("x"):
+            analysis = self.table.metadata.get("seconds")
+            return number * float(analysis) if analysis else None
+        return number
 
     def _calibration_batches(self) -> int | None:
         """How many calibration batches the measurements run on (None where unknown without loading)."""

@@ -132,15 +132,15 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     if not starts:
         raise MixprecError("no start plan meets the budget")
     began = time.perf_counter()
-
     plan = min(starts, key=lambda s: measure(s, "start"))
-    loss = measure(plan, "start")
+    loss = start_loss = measure(plan, "start")
     measured_starts = len(losses)
 
     def out_of_time() -> bool:  # the first chunk of moves is always measured: a tiny model's analysis can
         # take less time than loading it for the first measurement
         return seconds is not None and time.perf_counter() - began >= seconds \
             and len(losses) - measured_starts >= moves_per_round
+
     stop = None
     while stop is None:
         ranked = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
@@ -171,10 +171,9 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
         trace.append({"step": len(trace), "role": "accepted", "loss": loss, "evaluations": len(losses)})
     spent = time.perf_counter() - began
     taken = sum(step["role"] == "accepted" for step in trace)
-    first = min(losses[tuple(int(c) for c in s)] for s in starts)
     trace.append({"step": len(trace), "role": "stop", "reason": stop, "seconds": round(spent, 2),
                   "note": f"local search: {len(losses)} plans measured in {spent:.1f} s, {taken} move(s) taken, "
-                          f"measured loss {first:.4g} -> {loss:.4g}; stopped: {stop}"})
+                          f"measured loss {start_loss:.4g} -> {loss:.4g}; stopped: {stop}"})
     objective, costs = problem.totals(plan)
     if screen is not None:
         trace.append({"step": len(trace), "role": "screened", "plans": len(screened)})
