@@ -1,7 +1,7 @@
 """The default plan at one budget, against every uniform plan that fits it, on the evaluation split.
 
     python benchmarks/at_budget.py smollm2 --budget bits_per_weight=5.1 [--device cuda] [--weight-range auto]
-        [--add-candidates w5g64,w5g128,w6g128] [--search local] [--rounding gptq [--rounding-aware]]
+        [--add-candidates w5g64,w5g128,w6g128] [--search local [--time-budget 300s]] [--rounding gptq [--rounding-aware]]
 
 The sqnr analysis is benchmarks/never_worse.py's (the same run directory, so one analysis serves both);
 the plan is what `mixprec solve RUN --budget ...` returns (exact solver, guard on, decisions on the
@@ -29,7 +29,8 @@ from mixprec.errors import MissingDataError  # noqa: E402
 
 
 def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tuple[str, ...],
-              search: str | None, rounding: str = "nearest", aware: bool = False) -> dict:
+              search: str | None, rounding: str = "nearest", aware: bool = False,
+              time_budget: str | None = None) -> dict:
     config = CONFIGS[model]
     candidates = ",".join([config.candidates, *extra])
     start = time.perf_counter()
@@ -41,7 +42,10 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
     evaluator = analysis.evaluator(device=device, rounding=rounding)
     reference = evaluator.reference().to_dict()
     start = time.perf_counter()
-    plan = analysis.solve(budgets, device=device, rounding=rounding, **({"search": search} if search else {}))
+    options = {"search": search} if search else {}
+    if time_budget:
+        options["time_budget"] = time_budget
+    plan = analysis.solve(budgets, device=device, rounding=rounding, **options)
     seconds = time.perf_counter() - start
     measured = evaluator.measure(plan.assignments).to_dict()
     costs = plan.metadata["predicted_costs"]
@@ -61,7 +65,9 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
     return {"model": model, "budget": budget, "reference": reference,
             "plan": {"metric": measured, "costs": costs, "candidates_used": sorted(set(plan.assignments.values())),
                      "guard": plan.metadata.get("guard", {}).get("chosen", "mixed"), "solve_seconds": round(seconds, 1),
-                     "search": search or "exact"},
+                     "search": search or "exact", "time_budget": time_budget,
+                     "search_notes": [step["note"] for step in plan.metadata.get("trace") or []
+                                      if isinstance(step, dict) and step.get("note")]},
             "uniform": uniform, "candidates": list(problem.candidates),
             "command": " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]]),
             "environment": {"mixprec": __version__, "device": device, "weight_range": weight_range},
@@ -87,6 +93,9 @@ def markdown(result: dict) -> str:
     if result["uniform"]:
         top = best(result["uniform"], key=lambda u: u["metric"])
         lines += ["", f"Best uniform plan within the budget: {top['variant']}, {top['metric']:.2f}."]
+    lines += [f"The {note}." for note in plan.get("search_notes") or []]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -103,12 +112,13 @@ def main() -> int:
                         help="rounding of the measurement, the guard and every applied plan (default nearest)")
     parser.add_argument("--rounding-aware", action="store_true",
                         help="with --rounding gptq: measure the sensitivity with GPTQ-rounded weights too")
+    parser.add_argument("--time-budget", help="with --search local: as `mixprec solve --time-budget` (default 1x)")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     try:
         result = benchmark(args.model, args.budget, args.device, args.weight_range,
                            tuple(c for c in args.add_candidates.split(",") if c), args.search, args.rounding,
-                           args.rounding_aware)
+                           args.rounding_aware, args.time_budget)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

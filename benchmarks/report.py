@@ -326,7 +326,10 @@ def _at_budget_targets() -> list[str]:
         value = r["plan"]["metric"]["value"]
         rounding = r.get("rounding", "nearest")
         search = r["plan"].get("search", "exact")
-        rounding += f" rounding, {search} search" if search != "exact" else " rounding"
+        rounding += " rounding" + (" (sensitivity measured with it too)" if r.get("rounding_aware") else "")
+        if search != "exact":
+            budget = r["plan"].get("time_budget")
+            rounding += f", {search} search" + (f" (time budget {budget})" if budget else "")
         lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding}, "
                      f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
                      f"{'yes' if value <= 31 else 'no'} |")
@@ -690,7 +693,7 @@ def main() -> None:
              "Symmetric integer grids now use a signed scale (all 2^B levels; see \"Symmetric grid\" below). "
              "Measured on it: `symmetric_grid_*`, `never_worse_*_signed`, `never_worse_*_auto`, `never_worse_*_margin`, "
              "`nncf_*_signed`, `nncf_*_auto*`, `guard_noise*`, `weight_cache_*`, `gguf_*`, `profile_ort_*`, `latency_budget_*`, "
-             "`export_ort_efficientnet-lite0` and `at_budget_*_gptq`; every other "
+             "`export_ort_efficientnet-lite0` and `at_budget_*_gptq*`; every other "
              "result file was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", "",
