@@ -21,13 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.export import cpu_has_vnni, export
+from mixprec.errors import ModelError
+from mixprec.export.latency import _feed, _resize
 from mixprec.export.ort import make_session
+from mixprec.joins import trace
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan, write_json_atomic
 
@@ -36,12 +38,21 @@ THREADS = 2
 TARGET_GAP = 0.1  # top-1 points: the issue's deployability target
 
 
-def latency_ms(paths: dict[str, Path], batch: int, example: torch.Tensor, rounds: int, per_round: int) -> dict:
-    """Median latency per file on ``batch`` rows of ``example``."""
+def latency_ms(paths: dict[str, Path], batch: int, example, rounds: int, per_round: int) -> dict:
+    """Median latency per file on ``batch`` rows of ``example`` (a tensor, or a dict of them: a tokenized batch;
+    its rows sliced or repeated, as `mixprec profile --batch-size` does)."""
     sessions = {k: make_session(p, threads=THREADS) for k, p in paths.items()}
-    x = example[:1].expand(batch, *example.shape[1:]).contiguous().numpy()
-    name = sessions[next(iter(sessions))].get_inputs()[0].name
-    return latency_feeds(sessions, {k: {name: x} for k in sessions}, rounds, per_round)
+    x = _resize(example[:1] if isinstance(example, torch.Tensor) else example, batch)
+    return latency_feeds(sessions, {k: _feed(s, x) for k, s in sessions.items()}, rounds, per_round)
+
+
+def traceable(model) -> bool:
+    """Whether torch.fx traces ``model``: join quantizers (integer residual adds) need it."""
+    try:
+        trace(model)
+    except ModelError:
+        return False
+    return True
 
 
 def latency_feeds(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
@@ -73,6 +84,7 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int, jo
     calibration = builtin.calibration(samples)
     example = calibration[0]
     groups = discover_groups(model, builtin.example_input())
+    joins = joins and traceable(model)
     # joins: the int8 plans carry join quantizers (8-bit residual adds, mixprec.joins); one plan without them
     # shows what they change
     plans = {"fp32": Plan.uniform(groups, "fp32"), "uniform w8a8": Plan.uniform(groups, "w8a8", {"joins": joins}),
@@ -91,6 +103,7 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int, jo
             result = export(model, plan, calibration, "ort-cpu", path, evaluate=evaluate, progress=False,
                             threads=THREADS)
             paths[label] = path
+            metric = result.exported.name
             low = sum(1 for l in result.layers if l["low_precision"])
             rows.append({"plan": label, "candidates": dict(sorted(_counts(plan).items())),
                          "joins": bool(plan.metadata.get("joins")), "join_ops": len(result.joins),
@@ -112,7 +125,7 @@ def run(name: str, limit: int | None, budget: str, samples: int, rounds: int, jo
                 row[f"speedup_b{batch}"] = med["fp32"] / med[row["plan"]]
             print(f"batch {batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), flush=True)
     samples_eval = int(rows[0]["evaluation_samples"]) if rows and rows[0].get("evaluation_samples") else limit
-    return {"model": name, "rows": rows, "evaluation_images": samples_eval, "calibration_samples": samples,
+    return {"model": name, "metric": metric, "rows": rows, "evaluation_images": samples_eval, "calibration_samples": samples,
             "mixed_plan_seconds": mixed_seconds, "rounds": rounds, "threads": THREADS,
             "command": "python benchmarks/export_ort.py " + " ".join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
@@ -144,9 +157,13 @@ def _cpu() -> str:
 
 def markdown(r: dict) -> str:
     env = r["environment"]
+    metric = r.get("metric", "top1")
+    count = format(r['evaluation_images'], ',') if r['evaluation_images'] else 'all'
+    what = (f"top-1 on {count} evaluation images; agreement: images whose top-1 prediction is the same"
+            if metric == "top1" else
+            f"{metric} on {count} evaluation samples; agreement: output rows whose largest entry is at the same index")
     lines = [f"## Export to ONNX Runtime CPU: {r['model']}", "",
-             f"Simulated against exported top-1 on {format(r['evaluation_images'], ',') if r['evaluation_images'] else 'all'} evaluation images; agreement: images "
-             f"whose top-1 prediction is the same. Latency: median, {r['threads']} threads, batch 1 and 64, against "
+             f"Simulated against exported {what}. Latency: median, {r['threads']} threads, batch 1 and 64, against "
              f"the FP32 export. {env['cpu']} ({env['cpu_count']} cores, VNNI: {'yes' if env['vnni'] else 'no'}), "
              f"onnxruntime {env['onnxruntime']}. Target: exported within {TARGET_GAP} point of simulated.", "",
              "Joins: the residual adds (and concatenations) ONNX Runtime runs as integer kernels, where the plan has "

@@ -511,3 +511,48 @@ def test_weight_only_layers_at_accuracy_level_4_are_said_to_differ_from_the_simu
     assert any("2 weight-only layer(s)" in n and "w8a8d32" in n for n in noted)
     exact = export(model, p, data, out=tmp_path / "m.onnx", accuracy_level=0, progress=False).notes
     assert not any("simulated float inputs" in n for n in exact)
+
+
+class Encoder(nn.Module):
+    """Keyword inputs, as a Hugging Face encoder takes them: forward's order is not the tokenizer's dict order."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.types, self.head = nn.Embedding(50, 16), nn.Embedding(2, 16), nn.Linear(16, 8)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        h = self.embed(input_ids) + (0 if token_type_ids is None else self.types(token_type_ids))
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((h * mask).sum(1) / mask.sum(1))
+
+
+def _tokens(batch: int, length: int) -> dict:
+    ids = torch.randint(1, 50, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # a padded row: a mask read as token types (or the reverse) changes the output
+    # the dict in a tokenizer's order (input_ids, token_type_ids, attention_mask), not forward's
+    return {"input_ids": ids, "token_type_ids": (torch.arange(length) % 2).expand(batch, length).clone(),
+            "attention_mask": mask}
+
+
+@pytest.mark.parametrize("cand", ["fp32", "w8a8"])
+def test_dict_inputs_are_named_in_the_order_forward_takes_them(tmp_path, cand):
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    data = [_tokens(4, 7), _tokens(3, 5)]
+    p = Plan.uniform(discover_groups(model, data[0]), cand)
+    joins = cand != "fp32"  # the int8 graph's embedding sum on an 8-bit grid: simulated alike
+    result = export(model, p, data, out=tmp_path / "encoder.onnx", progress=False, joins=joins)
+    exported = OrtModule(result.path)
+    assert exported.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    simulated = apply(model, p, data, progress=False, joins=joins)
+    for x in data:
+        torch.testing.assert_close(exported(**x), simulated(**x), rtol=0, atol=1e-4)
+
+
+def test_a_dict_input_forward_does_not_name_is_a_clear_error(tmp_path):
+    model = Encoder().eval()
+    data = [{**_tokens(2, 4), "labels": torch.zeros(2, dtype=torch.long)}]
+    with pytest.raises(ModelError, match=r"'labels'.*does not name"):
+        export(model, Plan.uniform(discover_groups(model, {k: v for k, v in data[0].items() if k != "labels"}), "fp32"),
+               data, out=tmp_path / "encoder.onnx", progress=False)

@@ -15,6 +15,7 @@ output channel, so folding multiplies each channel's scale and keeps the simulat
 """
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from contextlib import contextmanager
@@ -85,7 +86,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     if isinstance(example, torch.Tensor):
         args, names, tensors = (example,), ["input"], [example]
     elif isinstance(example, dict):
-        args, names, tensors = (dict(example),), list(example), list(example.values())
+        # the exporter passes a trailing dict as keyword arguments and makes the graph's inputs in the order of
+        # forward's parameters: the names must follow that order, not the dict's
+        names = _keyword_order(model, example)
+        args, tensors = (dict(example),), [example[n] for n in names]
     elif isinstance(example, (tuple, list)):
         args, names, tensors = tuple(example), [f"input{i}" for i in range(len(example))], list(example)
     else:
@@ -121,6 +125,21 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def _keyword_order(model: nn.Module, example: dict) -> list[str]:
+    """The keys of ``example`` in the order of ``model.forward``'s parameters (how the exporter orders the
+    graph's inputs); a key forward does not name is a clear error, since the exporter would drop it."""
+    try:
+        parameters = [n for n in inspect.signature(model.forward).parameters if n != "self"]
+    except (TypeError, ValueError):  # no signature to read: the dict's order
+        return list(example)
+    unnamed = [k for k in example if k not in parameters]
+    if unnamed:
+        raise ModelError(f"the example input has {unnamed}, which {type(model).__name__}.forward does not name "
+                         f"(its parameters: {parameters}); ONNX export passes a dict input as keyword arguments, "
+                         "so give only the inputs forward names")
+    return [n for n in parameters if n in example]
 
 
 @contextmanager
