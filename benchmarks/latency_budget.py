@@ -1,13 +1,14 @@
 """Schaefer et al.'s experiment on ONNX Runtime CPU: plans under a measured latency budget, deployed and re-measured.
 
-    python benchmarks/latency_budget.py resnet20 [--batch-sizes 1,32] [--points 5] [--limit 2000] [--threads 2]
+    python benchmarks/latency_budget.py resnet20 [--batch-sizes 1,32] [--points 5] [--limit 2000]
 
-For a built-in CNN: the sensitivity analysis (sqnr, with join quantizers, candidates: the target's int8
-candidate and fp32); per batch size, `mixprec profile --around INT8` (each layer's kernel timed inside the
-whole uniform int8 graph by ONNX Runtime's profiler, and each group's move to float timed as a whole);
+For a built-in model: the sensitivity analysis (sqnr, with join quantizers where torch.fx traces the model,
+candidates: the target's int8 candidate and fp32); per batch size, `mixprec profile --around INT8` (each
+layer's kernel timed inside the whole uniform int8 graph by ONNX Runtime's profiler, and each group's move to
+float timed as a whole; a saving within 2 standard errors of its paired timing entered as no change);
 then the plans `solve` gives at latency budgets from the fastest plan the table predicts up to what it
-predicts for the float model, each exported, its top-1 measured on the exported ONNX file (evaluation split, the first --limit
-images) and its latency measured against the float and the uniform int8 files (median of rounds that
+predicts for the float model, each exported, its metric measured on the exported ONNX file (evaluation split,
+the first --limit samples) and its latency measured against the float and the uniform int8 files (median of rounds that
 alternate the files; 2 intra-op threads, no spinning). Beside each, the plan a BOPs budget gives at the same
 BOPs, deployed and measured the same way. The int8 candidate is w7a8 on a CPU without VNNI (ONNX Runtime's
 u8 x s8 kernels saturate with 8-bit weights there) and w8a8 with VNNI. Writes
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from export_ort import _cpu, _ort_version, latency_ms
+from export_ort import _cpu, _ort_version, latency_ms, traceable
 from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni, export
-from mixprec.export.latency import profile, save_profile
+from mixprec.export.latency import SAVING_SE, profile, save_profile
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan, write_json_atomic
 
@@ -48,12 +49,13 @@ def run(name: str, batch_sizes: list[int], points: int, limit: int | None, sampl
     calibration = builtin.calibration(samples)
     groups = discover_groups(model, builtin.example_input())
     int8 = "w8a8" if cpu_has_vnni() else "w7a8"
+    joins = traceable(model)  # join quantizers (integer residual adds) where torch.fx traces the model
     start = time.perf_counter()
-    analysis = analyze(model, calibration, f"{int8},fp32", "sqnr", progress=False, joins=True)
+    analysis = analyze(model, calibration, f"{int8},fp32", "sqnr", progress=False, joins=joins)
     analysis_seconds = time.perf_counter() - start
     evaluate = (lambda m: builtin.evaluate(m, limit=limit))
     measured: dict[tuple, dict] = {}  # plan -> exported top-1, its file (one export per distinct plan)
-    out: dict = {"model": name, "int8": int8, "analysis_seconds": analysis_seconds, "batches": []}
+    out: dict = {"model": name, "int8": int8, "joins": joins, "analysis_seconds": analysis_seconds, "batches": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
@@ -63,15 +65,16 @@ def run(name: str, batch_sizes: list[int], points: int, limit: int | None, sampl
                 path = tmp / f"plan_{len(measured)}.onnx"
                 result = export(model, plan, calibration, "ort-cpu", path, evaluate=evaluate, progress=False,
                                 threads=THREADS)
+                out["metric"] = result.exported.name
                 measured[key] = {"path": path, "simulated_top1": result.simulated.value,
                                  "exported_top1": result.exported.value,
                                  "low_precision_layers": sum(1 for l in result.layers if l["low_precision"]),
                                  "layers": len(result.layers)}
-                print(f"  exported {len(measured)}: {result.exported.value:.2f} top-1", flush=True)
+                print(f"  exported {len(measured)}: {result.exported.name} {result.exported.value:.2f}", flush=True)
             return measured[key]
 
         float_plan = Plan.uniform(groups, "fp32")
-        int8_plan = Plan.uniform(groups, int8, {"joins": True})
+        int8_plan = Plan.uniform(groups, int8, {"joins": True} if joins else None)
         base = {"fp32": deploy(float_plan), "uniform " + int8: deploy(int8_plan)}
         for batch in batch_sizes:
             start = time.perf_counter()
@@ -140,14 +143,19 @@ def best_within(r: dict, batch: dict, kind: str) -> dict | None:
 
 def markdown(r: dict) -> str:
     env = r["environment"]
+    metric = r.get("metric", "top1")
     limit = f"the first {r['evaluation_images']:,}" if r["evaluation_images"] else "all"
+    limit += " evaluation images" if metric == "top1" else " evaluation samples (or all, if fewer)"
     lines = [f"## Latency budgets on ONNX Runtime CPU: {r['model']}", "",
              f"Schaefer et al.'s experiment: plans of {r['int8']} and fp32 layers chosen by `solve` under a latency "
              f"budget from `mixprec profile --around {r['int8']}` (each layer's kernel in the whole int8 graph, by ONNX "
-             "Runtime's profiler, and each group's move to float timed as a whole), exported and re-measured: top-1 "
-             f"of the exported ONNX file on {limit} evaluation images, latency as the median of rounds alternating "
+             f"Runtime's profiler, and each group's move to float timed as a whole"
+             + ("; a saving within 2 standard errors of its paired timing entered as no change"
+                if any(b["profile"].get("moves") for b in r["batches"]) else "")
+             + f"), exported and re-measured: {metric} "
+             f"of the exported ONNX file on {limit}, latency as the median of rounds alternating "
              f"the files ({r['threads']} threads; {env['cpu']}, VNNI {'yes' if env['vnni'] else 'no'}, onnxruntime "
-             f"{env['onnxruntime']}). Beside each, the plan a BOPs budget gives at the same BOPs. Float top-1 "
+             f"{env['onnxruntime']}). Beside each, the plan a BOPs budget gives at the same BOPs. Float {metric} "
              f"{r['fp32_top1']:.2f}; uniform {r['int8']} {r['uniform_top1']:.2f}. Predicted: the profile's table "
              "(its speed-up against the float model timed in the same profile); measured: minutes later, all files "
              "in one alternating measurement. On this shared 2-core machine a file's median moved by up to a third "
@@ -155,8 +163,8 @@ def markdown(r: dict) -> str:
     for batch in r["batches"]:
         lines += [f"Batch {batch['batch_size']}: fp32 {batch['fp32_ms']:.3f} ms, uniform {r['int8']} "
                   f"{batch['uniform_ms']:.3f} ms ({batch['uniform_speedup']:.2f}x); profile {batch['profile_seconds']:.0f} s.",
-                  "", "| budget ms | latency plan | top-1 | predicted ms | predicted speed-up | measured ms | speed-up | "
-                  "BOPs plan | top-1 | measured ms | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "", f"| budget ms | latency plan | {metric} | predicted ms | predicted speed-up | measured ms | speed-up | "
+                  f"BOPs plan | {metric} | measured ms | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         profiled_float = batch["profile"]["float_model_ms"]
         for row in batch["rows"]:
             a, b = row["latency"], row["bops"]
@@ -164,6 +172,13 @@ def markdown(r: dict) -> str:
             lines.append(f"| {row['budget_ms']:.3f} | {desc(a)} | {a['exported_top1']:.2f} | {a['predicted_ms']:.3f} | "
                          f"{profiled_float / a['predicted_ms']:.2f}x | {a['measured_ms']:.3f} | {a['speedup']:.2f}x | "
                          f"{desc(b)} | {b['exported_top1']:.2f} | {b['measured_ms']:.3f} | {b['speedup']:.2f}x |")
+        moves = batch["profile"].get("moves") or []
+        if moves:
+            noise = sum(1 for m in moves if m["entered_ms"] != m["change_ms"])
+            faster = sum(1 for m in moves if m["entered_ms"] < 0)
+            lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}; surely faster than the base "
+                      f"(a saving of at least {SAVING_SE:g} standard errors): {faster}; faster by less, entered as no "
+                      f"change: {noise}."]
         differ = [row for row in batch["rows"] if row["latency"]["assignments"] != row["bops"]["assignments"]]
         faster = sum(1 for row in differ if row["latency"]["measured_ms"] < row["bops"]["measured_ms"])
         lines += ["", f"Where the two plans differ ({len(differ)} of {len(batch['rows'])} budgets), the latency plan "
@@ -172,7 +187,7 @@ def markdown(r: dict) -> str:
         target = "" if r["model"] not in ("efficientnet-lite0", "minilm") else (
             f" (target {SPEED_TARGET}x: {'met' if best and best['speedup'] >= SPEED_TARGET else 'missed'})")
         lines += ["", f"Fastest latency-budgeted plan within {DROP:g} point of float: "
-                  + (f"{best['speedup']:.2f}x at {best['exported_top1']:.2f} top-1{target}." if best else
+                  + (f"{best['speedup']:.2f}x at {best['exported_top1']:.2f} {metric}{target}." if best else
                      f"none{target}."), ""]
     lines += [f"`{r['command']}`", ""]
     return "\n".join(lines)

@@ -3,6 +3,7 @@ Both methods: each layer's kernel inside the whole graph (default, and around an
 each layer alone."""
 import csv
 import math
+import statistics
 
 import pytest
 
@@ -11,7 +12,8 @@ pytest.importorskip("onnxruntime")
 import mixprec  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
 from mixprec.cli import main  # noqa: E402
-from mixprec.export.latency import profile, save_profile  # noqa: E402
+from mixprec.export import latency  # noqa: E402
+from mixprec.export.latency import SAVING_SE, profile, save_profile, time_pair  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,64 @@ def test_around_an_operating_point_the_base_plan_is_predicted_and_every_move_is_
     assert around.predicted_ms(base) == pytest.approx(around.whole["w8a8"]["measured_ms"], rel=1e-9)
     for layer, row in around.layers.items():
         assert math.isfinite(row["fp32"]) and row["fp32"] >= 0  # the move to float, measured in the whole graph
+
+
+def test_around_every_move_is_recorded_and_a_saving_within_the_noise_is_entered_as_none(demo, around):
+    model, data = demo
+    groups = mixprec.discover_groups(model, data[0])
+    assert len(around.moves) == len(groups.groups)  # one move per group: w8a8 -> fp32
+    for move in around.moves:
+        assert move["candidate"] == "fp32" and move["se_ms"] >= 0
+        noisy_saving = -SAVING_SE * move["se_ms"] < move["change_ms"] < 0
+        assert move["entered_ms"] == (0.0 if noisy_saving else move["change_ms"])
+        layers = next(g.layer_names for g in groups.groups if g.name == move["group"])
+        base = sum(around.layers[layer]["w8a8"] for layer in layers)
+        moved = sum(around.layers[layer]["fp32"] for layer in layers)
+        if all(around.layers[layer]["fp32"] > 0 for layer in layers):  # no entry clamped at 0 ms
+            assert moved == pytest.approx(base + move["entered_ms"], rel=1e-9, abs=1e-12)
+    assert around.to_dict()["moves"] == around.moves
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class _Session:
+    """Advances the clock by duration(run index) on each run."""
+
+    def __init__(self, clock, duration):
+        self.clock, self.duration, self.runs = clock, duration, 0
+
+    def run(self, outputs, feed):
+        self.clock.now += self.duration(self.runs)
+        self.runs += 1
+
+
+def test_time_pair_gives_both_medians_and_the_standard_error_of_the_paired_differences(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    base = _Session(clock, lambda i: 0.010)
+    # 2 runs a round (repeats 20, rounds 5) after 3 warm-up runs; the second session is 2 ms slower, and
+    # 1 ms faster than that in even rounds, 1 ms slower in odd ones
+    moved = _Session(clock, lambda i: 0.012 + (0.001 if ((i - 3) // 2) % 2 else -0.001))
+    first, second, se = time_pair(base, moved, {}, repeats=20, rounds=5)
+    rounds = (moved.runs - 3) // 2
+    assert base.runs == moved.runs and rounds >= 5
+    differences = [2.0 + (1.0 if k % 2 else -1.0) for k in range(rounds)]
+    assert first == pytest.approx(10.0)
+    assert second == pytest.approx(statistics.median([12.0 + d - 2.0 for d in differences]))
+    assert se == pytest.approx(statistics.stdev(differences) / math.sqrt(rounds))
+
+
+def test_time_pair_of_two_identical_sessions_has_no_error(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    a, b = _Session(clock, lambda i: 0.005), _Session(clock, lambda i: 0.005)
+    assert time_pair(a, b, {}, repeats=10, rounds=4) == pytest.approx((5.0, 5.0, 0.0))
 
 
 def test_around_needs_a_candidate_of_the_profile(demo):

@@ -57,6 +57,11 @@ from .targets import get_onnx_target, realise
 
 REPEATS = 20
 MIN_SECONDS = 0.2
+# A move to another candidate that measures faster than the base counts as a saving only when the saving is
+# at least this many standard errors of the paired timing: a saving within the noise is entered as no change.
+# Otherwise the solver picks exactly the moves whose noise came out negative (each a "free" layer in higher
+# precision), and the sum of those selected errors is a prediction the deployed plan misses.
+SAVING_SE = 2.0
 WARMUP = 3
 FLOAT = "fp32"
 
@@ -76,6 +81,7 @@ class LatencyProfile:
     overhead_ms: dict[str, float] = field(default_factory=dict)  # layer -> a one-layer session's own cost, subtracted
     method: str = "layers"
     checks: list[dict] = field(default_factory=list)  # mixed plans: assignments, predicted and measured ms
+    moves: list[dict] = field(default_factory=list)  # around: each move's measured change, its error, what is entered
 
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
@@ -99,7 +105,7 @@ class LatencyProfile:
                            for k, row in self.layers.items()},
                 "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
                 "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms, "method": self.method,
-                "checks": self.checks}
+                "checks": self.checks, "moves": self.moves}
 
 
 class _Single(nn.Module):
@@ -137,27 +143,36 @@ def time_session(session, feed: dict[str, np.ndarray], repeats: int = REPEATS, m
     return 1000 * statistics.median(times)
 
 
-def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS, rounds: int = 5) -> tuple[float, float]:
-    """Median milliseconds of two sessions on the same ``feed``, timed in alternating rounds (WARMUP runs each
-    first, then ``rounds`` rounds of about ``repeats`` / 2 runs of each, at least MIN_SECONDS / 2 of each in
-    all), so that a drift of the machine's speed hits both alike: their difference is what a change costs."""
+def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS,
+              rounds: int = 5) -> tuple[float, float, float]:
+    """(first ms, second ms, standard error of their difference) of two sessions on the same ``feed``, timed
+    in alternating rounds (WARMUP runs each first, then at least ``rounds`` rounds of about ``repeats`` / 2 runs
+    of each, at least MIN_SECONDS / 2 of each in all), so that a drift of the machine's speed hits both alike:
+    their difference is what a change costs. The times are the medians of all runs; the standard error is
+    that of the mean of the rounds' paired differences (each round's median against the other's)."""
     for session in (first, second):
         for _ in range(WARMUP):
             session.run(None, feed)
     times: tuple[list[float], list[float]] = ([], [])
+    differences: list[float] = []
     per_round = max(1, math.ceil(repeats / 2 / rounds))
     spent = [0.0, 0.0]
-    while len(times[0]) < rounds * per_round or min(spent) < MIN_SECONDS / 2:
+    while len(differences) < max(2, rounds) or min(spent) < MIN_SECONDS / 2:
+        medians = []
         for i, session in enumerate((first, second)):
+            run = []
             for _ in range(per_round):
                 t = time.perf_counter()
                 session.run(None, feed)
-                elapsed = time.perf_counter() - t
-                times[i].append(elapsed)
-                spent[i] += elapsed
+                run.append(time.perf_counter() - t)
+            times[i].extend(run)
+            spent[i] += sum(run)
+            medians.append(statistics.median(run))
+        differences.append(medians[1] - medians[0])
         if len(times[0]) >= 50 * repeats:
             break
-    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+    se = statistics.stdev(differences) / math.sqrt(len(differences))
+    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1]), 1000 * se
 
 
 def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
@@ -233,7 +248,8 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     around (``graph``): a candidate; the table is measured around its uniform plan instead (each group moved
     to each other candidate with the rest at ``around``, timed as a whole: the entries are the base graph's
     kernel times plus each move's measured change, so a plan near that operating point is predicted with
-    its float/integer boundaries); checks (``graph``): random mixed plans (``seed``) timed as a whole against
+    its float/integer boundaries; a saving within SAVING_SE standard errors of the paired timing is entered
+    as no change, and ``moves`` keeps every measured change); checks (``graph``): random mixed plans (``seed``) timed as a whole against
     the table's prediction."""
     get_onnx_target(target, "profile")
     if method not in ("graph", "layers"):
@@ -357,15 +373,16 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             if g["assignments"][layer] == cand:
                 share = extra * ms / total if total > 0 else extra / len(g["kernels"])
                 layers[layer][cand] = max(0.0, ms + share)
+    moves: list[dict] = []
     if around is not None:
-        layers, rest = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
+        layers, rest, moves = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
                                threads, repeats, weight_method, activation_method, tmp, progress)
     for layer in layers:
         for cand in names:
             ops[layer].setdefault(cand, "")
     float_ms = graphs[FLOAT]["measured_ms"]
     result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest, skipped=skipped,
-                            method="graph" if around is None else f"graph around {around}")
+                            method="graph" if around is None else f"graph around {around}", moves=moves)
     for cand, g in graphs.items():
         if all(a == cand for a in g["assignments"].values()):
             result.whole[cand] = {"predicted_ms": result.predicted_ms(g["assignments"]),
@@ -386,10 +403,12 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
 
 def _around(model, batches, example, groups, names, runnable, base_graph: dict, around: str, target, threads,
             repeats, weight_method, activation_method, tmp: Path, progress: bool):
-    """(table, rest) measured around the uniform plan at ``around``: a layer's entry at its base candidate is
-    its kernel time in the base graph, and at another candidate that plus the measured change of the whole
-    graph when its group moves there (the moved graph and the base timed in alternating rounds; shared
-    among the group's layers by kernel time)."""
+    """(table, rest, moves) measured around the uniform plan at ``around``: a layer's entry at its base
+    candidate is its kernel time in the base graph, and at another candidate that plus the measured change of
+    the whole graph when its group moves there (the moved graph and the base timed in alternating rounds;
+    shared among the group's layers by kernel time). A change that saves time by less than SAVING_SE
+    standard errors of its paired timing is entered as no change; ``moves`` lists every move's measured
+    change, its standard error and what was entered."""
     base = base_graph["assignments"]
     kernels, measured = base_graph["kernels"], base_graph["measured_ms"]
     total = sum(kernels.values())
@@ -406,6 +425,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
     from .ort import make_session
     base_session = make_session(base_graph["path"], threads)  # the uniform graph already exported and timed
     feed = _feed(base_session, example)
+    record: list[dict] = []
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
         assignments = dict(base)
@@ -413,13 +433,16 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
         path = tmp / "move.onnx"
         export(model, _plan(groups, assignments), batches, target, path, example_input=example,
                weight_method=weight_method, activation_method=activation_method, threads=threads, progress=False)
-        base_ms, ms = time_pair(base_session, make_session(path, threads), feed, repeats)
-        delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
+        base_ms, ms, se = time_pair(base_session, make_session(path, threads), feed, repeats, rounds=7)
+        measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
+        delta = 0.0 if -SAVING_SE * se < measured_delta < 0 else measured_delta
+        record.append({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se,
+                       "entered_ms": delta})
         total = sum(shares[l] for l in group.layer_names)
         for layer in group.layer_names:
             part = delta * shares[layer] / total if total > 0 else delta / len(group.layer_names)
             layers[layer][cand] = max(0.0, shares[layer] + part)
-    return layers, rest
+    return layers, rest, record
 
 
 def _profile_layers(model, batches, example, groups, modules, names, asked, runnable, skipped, target, rows, threads,
