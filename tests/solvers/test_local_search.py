@@ -139,3 +139,22 @@ def test_bad_search_settings_are_clear_errors():
         local_search(problem, goal, accept="random")
     with pytest.raises(MixprecError, match="seconds"):
         local_search(problem, goal, seconds=0)
+
+
+def test_a_plan_that_measures_nan_is_never_taken_and_its_trace_entry_is_json():
+    import json
+    import math
+
+    problem, truth = problem_of(7)
+    rows = np.arange(len(problem.groups))
+    start = problem.uniform_choice("c1")
+    broken = {tuple(int(c) for c in new) for _, new in moves(problem, {"bytes": problem.cost("bytes", start)}, start)}
+
+    def measure(choice):  # every move from the start is a broken model (NaN); the start itself is fine
+        return math.nan if tuple(int(c) for c in choice) in broken else float(truth[rows, choice].sum())
+    goal = Goal({"bytes": problem.cost("bytes", start)}, measure=measure)
+    result = local_search(problem, goal, starts=[start], evaluations=20)
+    assert np.array_equal(result.choice, start) and math.isfinite(result.measured_loss)
+    measured = [step for step in result.trace if step["role"] == "move"]
+    assert measured and all(step["loss"] is None for step in measured)  # inf in the search, None in JSON
+    json.dumps(result.trace, allow_nan=False)

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import MixprecError
 from .exact import solve_exact
 from .problem import AllocationProblem, Goal, Solution, within
+from .search_inputs import LossCache, json_loss
 
 
 def _fits(problem: AllocationProblem, budgets: dict[str, float], choice: np.ndarray) -> bool:
@@ -109,32 +110,24 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     budgets = goal.budgets
     if not starts:
         starts = [solve_exact(problem.sensitivity, problem.costs, budgets, problem.fixed, problem.allowed).choice]
-    losses: dict[tuple, float] = {}
-    screened: dict[tuple, float] = {}
     trace: list[dict] = []
+    role = "start"
 
-    def cheap(choice: np.ndarray) -> float:
-        key = tuple(int(c) for c in choice)
-        if key not in screened:
-            screened[key] = float(screen(np.array(key)))
-        return screened[key]
+    def record(choice: np.ndarray, loss: float) -> None:
+        objective, costs = problem.totals(choice)
+        trace.append({"step": len(trace), "role": role, "loss": json_loss(loss), "predicted": objective,
+                      "costs": costs})
 
-    def measure(choice: np.ndarray, role: str) -> float:
-        key = tuple(int(c) for c in choice)
-        if key not in losses:
-            losses[key] = float(goal.measure(np.array(key)))
-            objective, costs = problem.totals(np.array(key))
-            trace.append({"step": len(trace), "role": role, "loss": losses[key], "predicted": objective,
-                          "costs": costs})
-        return losses[key]
-
+    losses = LossCache(goal.measure, record)  # a NaN loss (a broken plan) counts as +inf: never taken
+    cheap = LossCache(screen) if screen is not None else None
     starts = [np.asarray(s) for s in starts if _fits(problem, budgets, np.asarray(s))]
     if not starts:
         raise MixprecError("no start plan meets the budget")
     began = time.perf_counter()
-    plan = min(starts, key=lambda s: measure(s, "start"))
-    loss = start_loss = measure(plan, "start")
+    plan = min(starts, key=losses)
+    loss = start_loss = losses(plan)
     measured_starts = len(losses)
+    role = "move"
 
     def out_of_time() -> bool:  # the first chunk of moves is always measured: a tiny model's analysis can
         # take less time than loading it for the first measurement
@@ -143,14 +136,14 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
 
     stop = None
     while stop is None:
-        ranked = [new for _, new in moves(problem, budgets, plan) if tuple(int(c) for c in new) not in losses]
+        ranked = [new for _, new in moves(problem, budgets, plan) if new not in losses]
         if not ranked:
             stop = "no move within the budget is left to measure"
             break
         best, best_loss = None, loss
         for first in range(0, len(ranked), moves_per_round):
             chunk = ranked[first:first + moves_per_round]
-            if screen is not None:
+            if cheap is not None:
                 chunk = sorted(chunk, key=cheap)[:survivors]
             for new in chunk:
                 if len(losses) >= evaluations:
@@ -159,7 +152,7 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
                     stop = f"time budget of {seconds:.1f} s spent"
                 if stop is not None or (best is not None and accept == "first"):
                     break
-                value = measure(new, "move")
+                value = losses(new)
                 if value < best_loss:
                     best, best_loss = new, value
             if best is not None or stop is not None:
@@ -168,14 +161,14 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
             stop = stop or "every move within the budget measured, none better"
             break
         plan, loss = best, best_loss
-        trace.append({"step": len(trace), "role": "accepted", "loss": loss, "evaluations": len(losses)})
+        trace.append({"step": len(trace), "role": "accepted", "loss": json_loss(loss), "evaluations": len(losses)})
     spent = time.perf_counter() - began
     taken = sum(step["role"] == "accepted" for step in trace)
     trace.append({"step": len(trace), "role": "stop", "reason": stop, "seconds": round(spent, 2),
                   "note": f"local search: {len(losses)} plans measured in {spent:.1f} s, {taken} move(s) taken, "
                           f"measured loss {start_loss:.4g} -> {loss:.4g}; stopped: {stop}"})
     objective, costs = problem.totals(plan)
-    if screen is not None:
-        trace.append({"step": len(trace), "role": "screened", "plans": len(screened)})
+    if cheap is not None:
+        trace.append({"step": len(trace), "role": "screened", "plans": len(cheap)})
     return Solution(plan, objective, costs, evaluations=len(losses), measured_loss=loss, trace=trace)
 

@@ -39,10 +39,13 @@ class LossCache:
     """``measure`` behind a cache keyed by the plan: no plan is measured twice; ``len()`` = distinct measurements.
     A NaN loss (a broken quantized model) counts as +inf, so it never meets a loss bound."""
 
-    def __init__(self, measure: Callable[[np.ndarray], float]):
+    def __init__(self, measure: Callable[[np.ndarray], float],
+                 measured: Callable[[np.ndarray, float], None] | None = None):
+        """measured(choice, loss): called once per new measurement (a search's trace)."""
         if not callable(measure):
             raise MixprecError(f"measure must be a function choice -> loss; got {type(measure).__name__}")
         self.measure = measure
+        self.measured = measured
         self.losses: dict[tuple[int, ...], float] = {}
 
     def __call__(self, choice: np.ndarray) -> float:
@@ -50,7 +53,12 @@ class LossCache:
         if key not in self.losses:
             loss = float(self.measure(np.array(key)))
             self.losses[key] = math.inf if math.isnan(loss) else loss
+            if self.measured is not None:
+                self.measured(np.array(key), self.losses[key])
         return self.losses[key]
+
+    def __contains__(self, choice) -> bool:
+        return tuple(int(c) for c in choice) in self.losses
 
     def __len__(self) -> int:
         return len(self.losses)
