@@ -457,9 +457,12 @@ def export_section() -> list[str]:
     from export_ort_lm import markdown as lm_markdown
     reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("export_ort_*.json"))
                if not p.name.startswith("export_ort_lm_")]
+    from decode_ops import markdown as decode_markdown
     lms = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("export_ort_lm_*.json"))]
+    decode = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("decode_ops_*.json"))]
     return ([line for r in reports for line in export_markdown(r).splitlines()] + ([""] if reports else [])
-            + [line for r in lms for line in lm_markdown(r).splitlines()] + ([""] if lms else []))
+            + [line for r in lms for line in lm_markdown(r).splitlines()] + ([""] if lms else [])
+            + [line for r in decode for line in decode_markdown(r).splitlines()])
 
 
 def cuda_section() -> list[str]:
@@ -693,7 +696,7 @@ def main() -> None:
              "Symmetric integer grids now use a signed scale (all 2^B levels; see \"Symmetric grid\" below). "
              "Measured on it: `symmetric_grid_*`, `never_worse_*_signed`, `never_worse_*_auto`, `never_worse_*_margin`, "
              "`nncf_*_signed`, `nncf_*_auto*`, `guard_noise*`, `weight_cache_*`, `gguf_*`, `profile_ort_*`, `latency_budget_*`, "
-             "`export_ort_efficientnet-lite0` and `at_budget_*_gptq*`; every other "
+             "`export_ort_efficientnet-lite0`, `export_ort_minilm`, `decode_ops_*` and `at_budget_*_gptq*`; every other "
              "result file was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", "",
