@@ -178,6 +178,8 @@ def markdown(r: dict) -> str:
                      f"{row.get('join_ops_low_precision', 0)}/{row.get('join_ops', 0)} | {row['latency_ms_b1']:.3f} | "
                      f"{row['speedup_b1']:.2f}x | {row['latency_ms_b64']:.1f} | {row['speedup_b64']:.2f}x |")
     lines += ["", f"`{r['command']}`"]
+    if r.get("note"):
+        lines += ["", f"Note: {r['note']}"]
     return "\n".join(lines) + "\n"
 
 

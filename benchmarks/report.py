@@ -451,6 +451,73 @@ def symmetric_grid_section() -> list[str]:
     return [line for r in reports for line in grid_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def deploy_targets_section() -> list[str]:
+    """The targets of deploying what the plan says, computed from the export, latency and GPU result files."""
+    from export_ort import TARGET_GAP
+    from export_ort_lm import DECODE_PPL, DECODE_SPEEDUP, TARGET_GAP as LM_GAP
+    from latency_budget import DROP, SPEED_TARGET, best_within
+    rows = []
+
+    def gaps(plans: list[dict], key: str, limit: float, unit: str) -> tuple[str, str]:
+        misses = [f"{p['plan']} {p[key]:+.2f}{unit}" for p in plans if abs(p[key]) > limit]
+        return (f"{len(plans) - len(misses)} of {len(plans)} plans" + (f"; missed: {', '.join(misses)}" if misses else ""),
+                "yes" if plans and not misses else "no")
+
+    for path in sorted(RESULTS.glob("export_ort_*.json")):
+        r = json.loads(path.read_text())
+        lm = path.name.startswith("export_ort_lm_")
+        plans = [row for row in r["rows"] if row["plan"] != "fp32"]
+        measured, met = gaps(plans, "gap_percent" if lm else "gap", LM_GAP if lm else TARGET_GAP, " %" if lm else "")
+        limit = f"{LM_GAP} % perplexity" if lm else f"{TARGET_GAP} point"
+        env = r["environment"]
+        rows.append(f"| exported within {limit} of simulated (ONNX Runtime CPU) | {r['model']} (`{path.stem}`, "
+                    f"{env['cpu']}, VNNI {'yes' if env['vnni'] else 'no'}) | {measured} | {met} |")
+    for path in sorted(RESULTS.glob("cuda_deploy_*.json")):
+        r = json.loads(path.read_text())
+        measured, met = gaps(r["rows"], "gap_percent", 0.5, " %")
+        rows.append(f"| deployed within 0.5 % perplexity of simulated (torch's CUDA kernels) | smollm2 (`{path.stem}`) | "
+                    f"{measured} | {met} |")
+    for path in sorted(RESULTS.glob("latency_budget_*.json")):
+        r = json.loads(path.read_text())
+        if r["model"] not in ("efficientnet-lite0", "minilm"):
+            continue
+        for batch in r["batches"]:
+            best = best_within(r, batch, "latency")
+            figure = (f"{best['speedup']:.2f}x at {best['exported_top1']:.2f} (float {r['fp32_top1']:.2f}; uniform "
+                      f"{r['int8']} {batch['uniform_speedup']:.2f}x in the same measurement)" if best else "none")
+            rows.append(f"| latency-budgeted plan >= {SPEED_TARGET}x FP32 within {DROP:g} point, batch "
+                        f"{batch['batch_size']} | {r['model']} (`{path.stem}`, {r['environment']['cpu']}) | {figure} | "
+                        f"{'yes' if best and best['speedup'] >= SPEED_TARGET else 'no'} |")
+    for path in sorted(RESULTS.glob("export_ort_lm_*.json")):
+        r = json.loads(path.read_text())
+        base = next(row for row in r["rows"] if row["plan"] == "fp32")
+        within = [row for row in r["rows"] if row["plan"] != "fp32"
+                  and row["exported_ppl"] <= (1 + DECODE_PPL / 100) * base["exported_ppl"]]
+        best = max(within, key=lambda row: row["speedup_decode"], default=None)
+        figure = (f"{best['speedup_decode']:.2f}x ({best['plan']}; the fastest plan, at any perplexity: "
+                  f"{max(row['speedup_decode'] for row in r['rows']):.2f}x; why: `decode_ops_{r['model']}`)"
+                  if best else "none within the perplexity")
+        rows.append(f"| decode >= {DECODE_SPEEDUP}x FP32 at batch 1 within {DECODE_PPL} % perplexity (ONNX Runtime CPU) "
+                    f"| {r['model']} (`{path.stem}`) | {figure} | "
+                    f"{'yes' if best and best['speedup_decode'] >= DECODE_SPEEDUP else 'no'} |")
+    for path in sorted(RESULTS.glob("cuda_deploy_*.json")):
+        r = json.loads(path.read_text())
+        reference = r["reference"]["float16 ppl"]
+        within = [row for row in r["rows"] if row["deployed_ppl"] <= 1.01 * reference]
+        best = max(within, key=lambda row: row["speedup_vs_fp16"], default=None)
+        need = 1 / (1 - 0.276)
+        figure = (f"{best['speedup_vs_fp16']:.2f}x fp16's tokens/s ({best['plan']}; {need:.2f}x needed)" if best
+                  else "none within 1 %")
+        rows.append(f"| more than 27.6 % lower latency than FP16 at <= 1 % drop (H100) | smollm2 (`{path.stem}`) | "
+                    f"{figure} | {'yes' if best and best['speedup_vs_fp16'] > need else 'no'} |")
+    if not rows:
+        return []
+    return ["## Deploying what the plan says: targets", "",
+            "Computed from `benchmarks/results/export_ort_*.json`, `cuda_deploy_*.json` and `latency_budget_*.json`; "
+            "each file's section below gives the command and the machine.", "",
+            "| target | model (result file) | measured | met |", "|---|---|---|---|", *rows, ""]
+
+
 def export_section() -> list[str]:
     """benchmarks/export_ort.py: exported against simulated on ONNX Runtime CPU, size and latency."""
     from export_ort import markdown as export_markdown
@@ -696,7 +763,7 @@ def main() -> None:
              "Symmetric integer grids now use a signed scale (all 2^B levels; see \"Symmetric grid\" below). "
              "Measured on it: `symmetric_grid_*`, `never_worse_*_signed`, `never_worse_*_auto`, `never_worse_*_margin`, "
              "`nncf_*_signed`, `nncf_*_auto*`, `guard_noise*`, `weight_cache_*`, `gguf_*`, `profile_ort_*`, `latency_budget_*`, "
-             "`export_ort_efficientnet-lite0`, `export_ort_minilm`, `decode_ops_*` and `at_budget_*_gptq*`; every other "
+             "`export_ort_efficientnet-lite0*`, `export_ort_resnet20`, `export_ort_resnet56`, `export_ort_minilm`, `decode_ops_*` and `at_budget_*_gptq*`; every other "
              "result file was measured with the former grid, max|x| / qmax, "
              "which left the lowest code unused: rerun now, those benchmarks give other figures (at 4 bits and "
              "below, mostly better ones).", "",
@@ -704,7 +771,7 @@ def main() -> None:
              "(`--guard-margin`, default 1) and scores language models by the next-token NLL of their calibration "
              "text. Measured with it: `never_worse_*_margin` and `nncf_*_margin`; the other never-worse and NNCF files "
              "ran the guard without a margin (and with KL for language models), and their rows say so.", ""]
-    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + export_section() + cuda_section() + gguf_section() + profile_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
+    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + cuda_section() + gguf_section() + profile_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 
