@@ -27,13 +27,13 @@ import torch
 
 from export_ort import RESULTS, THREADS, _cpu, _ort_version
 from export_ort_lm import DECODE_SPEEDUP, decode_inputs, plans_for
+from run import save_result
 from mixprec import __version__
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import OrtModule, cpu_has_vnni, export
 from mixprec.export.ort import make_session
 from mixprec.groups import discover_groups
-from mixprec.plan import write_json_atomic
 
 MATMULS = ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul")
 PLANS = ("fp32", "uniform w8", "uniform w4g64, embedding/output w8")
@@ -138,9 +138,7 @@ def main() -> int:
         print(f"skipped {args.model}: {exc}")
         return 0
     RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / f"decode_ops_{args.model}.json", report)
-    (RESULTS / f"decode_ops_{args.model}.md").write_text(markdown(report))
-    print(markdown(report))
+    save_result(RESULTS / f"decode_ops_{args.model}", report, markdown(report))
     return 0
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 from export_ort import _cpu, _ort_version, latency_ms, traceable
+from run import save_result
 from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni, export
 from mixprec.export.latency import SAVING_SE, profile, save_profile
 from mixprec.groups import discover_groups
-from mixprec.plan import Plan, write_json_atomic
+from mixprec.plan import Plan
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
@@ -211,9 +212,7 @@ def main() -> int:
         except MissingDataError as exc:
             print(f"skipped {name}: {exc}")
             continue
-        write_json_atomic(RESULTS / f"latency_budget_{name}.json", report)
-        (RESULTS / f"latency_budget_{name}.md").write_text(markdown(report))
-        print(markdown(report))
+        save_result(RESULTS / f"latency_budget_{name}", report, markdown(report))
     return 0
 
 

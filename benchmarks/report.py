@@ -454,7 +454,7 @@ def symmetric_grid_section() -> list[str]:
 def deploy_targets_section() -> list[str]:
     """The targets of deploying what the plan says, computed from the export, latency and GPU result files."""
     from export_ort import TARGET_GAP
-    from export_ort_lm import DECODE_PPL, DECODE_SPEEDUP, TARGET_GAP as LM_GAP
+    from export_ort_lm import DECODE_PPL, DECODE_SPEEDUP, TARGET_GAP as LM_GAP, fastest_decode_within
     from latency_budget import DROP, SPEED_TARGET, best_within
     rows = []
 
@@ -490,10 +490,7 @@ def deploy_targets_section() -> list[str]:
                         f"{'yes' if best and best['speedup'] >= SPEED_TARGET else 'no'} |")
     for path in sorted(RESULTS.glob("export_ort_lm_*.json")):
         r = json.loads(path.read_text())
-        base = next(row for row in r["rows"] if row["plan"] == "fp32")
-        within = [row for row in r["rows"] if row["plan"] != "fp32"
-                  and row["exported_ppl"] <= (1 + DECODE_PPL / 100) * base["exported_ppl"]]
-        best = max(within, key=lambda row: row["speedup_decode"], default=None)
+        best = fastest_decode_within(r)
         figure = (f"{best['speedup_decode']:.2f}x ({best['plan']}; the fastest plan, at any perplexity: "
                   f"{max(row['speedup_decode'] for row in r['rows']):.2f}x; why: `decode_ops_{r['model']}`)"
                   if best else "none within the perplexity")
