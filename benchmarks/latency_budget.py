@@ -5,7 +5,7 @@
 For a built-in model: the sensitivity analysis (sqnr, with join quantizers where torch.fx traces the model,
 candidates: the target's int8 candidate and fp32); per batch size, `mixprec profile --around INT8` (each
 layer's kernel timed inside the whole uniform int8 graph by ONNX Runtime's profiler, and each group's move to
-float timed as a whole; a saving within 2 standard errors of its paired timing entered as no change);
+float timed as a whole, entered at its measured change plus 2 standard errors of its paired timing);
 then the plans `solve` gives at latency budgets from the fastest plan the table predicts up to what it
 predicts for the float model, each exported, its metric measured on the exported ONNX file (evaluation split,
 the first --limit samples) and its latency measured against the float and the uniform int8 files (median of rounds that
@@ -30,7 +30,7 @@ from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni, export
-from mixprec.export.latency import SAVING_SE, profile, save_profile
+from mixprec.export.latency import MOVE_SE, profile, save_profile
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
@@ -136,6 +136,15 @@ def run(name: str, batch_sizes: list[int], points: int, limit: int | None, sampl
     return out
 
 
+def _move_rule(r: dict) -> str:
+    moves = [m for b in r["batches"] for m in b["profile"].get("moves") or []]
+    if not moves:
+        return ""
+    if all(m.get("entered") for m in moves):
+        return f"; each move entered at its {moves[0]['entered']} of its paired timing, what it may cost"
+    return "; a saving within 2 standard errors of its paired timing entered as no change"
+
+
 def best_within(r: dict, batch: dict, kind: str) -> dict | None:
     """The fastest measured plan of ``kind`` whose exported top-1 is within DROP points of float."""
     ok = [row[kind] for row in batch["rows"] if row[kind]["exported_top1"] >= r["fp32_top1"] - DROP]
@@ -151,8 +160,7 @@ def markdown(r: dict) -> str:
              f"Schaefer et al.'s experiment: plans of {r['int8']} and fp32 layers chosen by `solve` under a latency "
              f"budget from `mixprec profile --around {r['int8']}` (each layer's kernel in the whole int8 graph, by ONNX "
              f"Runtime's profiler, and each group's move to float timed as a whole"
-             + ("; a saving within 2 standard errors of its paired timing entered as no change"
-                if any(b["profile"].get("moves") for b in r["batches"]) else "")
+             + (_move_rule(r))
              + f"), exported and re-measured: {metric} "
              f"of the exported ONNX file on {limit}, latency as the median of rounds alternating "
              f"the files ({r['threads']} threads; {env['cpu']}, VNNI {'yes' if env['vnni'] else 'no'}, onnxruntime "
@@ -175,11 +183,18 @@ def markdown(r: dict) -> str:
                          f"{desc(b)} | {b['exported_top1']:.2f} | {b['measured_ms']:.3f} | {b['speedup']:.2f}x |")
         moves = batch["profile"].get("moves") or []
         if moves:
-            noise = sum(1 for m in moves if m["entered_ms"] != m["change_ms"])
             faster = sum(1 for m in moves if m["entered_ms"] < 0)
-            lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}; surely faster than the base "
-                      f"(a saving of at least {SAVING_SE:g} standard errors): {faster}; faster by less, entered as no "
-                      f"change: {noise}."]
+            if all(m.get("entered") for m in moves):  # entered at the upper end of the timing interval
+                noise = sum(1 for m in moves if m["change_ms"] < 0 <= m["entered_ms"])
+                rule = moves[0]["entered"]
+                lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}, each entered at its "
+                          f"{rule}; surely faster than the base (entered as a saving): {faster}; measured faster by "
+                          f"less (entered as a cost): {noise}."]
+            else:  # profiles made before: a saving within 2 standard errors entered as no change
+                noise = sum(1 for m in moves if m["entered_ms"] != m["change_ms"])
+                lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}; surely faster than the "
+                          f"base (a saving of at least 2 standard errors): {faster}; faster by less, entered as no "
+                          f"change: {noise}."]
         differ = [row for row in batch["rows"] if row["latency"]["assignments"] != row["bops"]["assignments"]]
         faster = sum(1 for row in differ if row["latency"]["measured_ms"] < row["bops"]["measured_ms"])
         lines += ["", f"Where the two plans differ ({len(differ)} of {len(batch['rows'])} budgets), the latency plan "

@@ -57,11 +57,12 @@ from .targets import get_onnx_target, realise
 
 REPEATS = 20
 MIN_SECONDS = 0.2
-# A move to another candidate that measures faster than the base counts as a saving only when the saving is
-# at least this many standard errors of the paired timing: a saving within the noise is entered as no change.
-# Otherwise the solver picks exactly the moves whose noise came out negative (each a "free" layer in higher
-# precision), and the sum of those selected errors is a prediction the deployed plan misses.
-SAVING_SE = 2.0
+# Each move around a base is entered at the upper end of its paired timing's interval: its measured change plus
+# MOVE_SE standard errors. A latency budget is a constraint, so a move counts as saving only what it surely saves,
+# and as costing what it may cost. Entered as measured, the solver picks exactly the moves whose noise came out
+# negative (each a "free" layer in higher precision); entered as zero when within the noise, it still takes those
+# "free" layers at the tightest budget, and each costs real time in the deployed plan.
+MOVE_SE = 2.0
 WARMUP = 3
 FLOAT = "fp32"
 
@@ -248,8 +249,8 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     around (``graph``): a candidate; the table is measured around its uniform plan instead (each group moved
     to each other candidate with the rest at ``around``, timed as a whole: the entries are the base graph's
     kernel times plus each move's measured change, so a plan near that operating point is predicted with
-    its float/integer boundaries; a saving within SAVING_SE standard errors of the paired timing is entered
-    as no change, and ``moves`` keeps every measured change); checks (``graph``): random mixed plans (``seed``) timed as a whole against
+    its float/integer boundaries; each move is entered at its measured change plus MOVE_SE standard errors
+    of the paired timing, and ``moves`` keeps every measured change); checks (``graph``): random mixed plans (``seed``) timed as a whole against
     the table's prediction."""
     get_onnx_target(target, "profile")
     if method not in ("graph", "layers"):
@@ -406,9 +407,9 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
     """(table, rest, moves) measured around the uniform plan at ``around``: a layer's entry at its base
     candidate is its kernel time in the base graph, and at another candidate that plus the measured change of
     the whole graph when its group moves there (the moved graph and the base timed in alternating rounds;
-    shared among the group's layers by kernel time). A change that saves time by less than SAVING_SE
-    standard errors of its paired timing is entered as no change; ``moves`` lists every move's measured
-    change, its standard error and what was entered."""
+    shared among the group's layers by kernel time). Each change is entered at the upper end of its
+    interval, the measured change plus MOVE_SE standard errors of its paired timing; ``moves`` lists every
+    move's measured change, its standard error and what was entered."""
     base = base_graph["assignments"]
     kernels, measured = base_graph["kernels"], base_graph["measured_ms"]
     total = sum(kernels.values())
@@ -435,9 +436,9 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
                weight_method=weight_method, activation_method=activation_method, threads=threads, progress=False)
         base_ms, ms, se = time_pair(base_session, make_session(path, threads), feed, repeats, rounds=7)
         measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
-        delta = 0.0 if -SAVING_SE * se < measured_delta < 0 else measured_delta
+        delta = measured_delta + MOVE_SE * se  # what the move may cost (or surely saves, where negative)
         record.append({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se,
-                       "entered_ms": delta})
+                       "entered_ms": delta, "entered": f"change + {MOVE_SE:g} se"})
         total = sum(shares[l] for l in group.layer_names)
         for layer in group.layer_names:
             part = delta * shares[layer] / total if total > 0 else delta / len(group.layer_names)
