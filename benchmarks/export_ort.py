@@ -41,9 +41,9 @@ TARGET_GAP = 0.1  # top-1 points: the issue's deployability target
 def latency_ms(paths: dict[str, Path], batch: int, example, rounds: int, per_round: int) -> dict:
     """Median latency per file on ``batch`` rows of ``example`` (a tensor, or a dict of them: a tokenized batch;
     its rows sliced or repeated, as `mixprec profile --batch-size` does)."""
-    sessions = {k: make_session(p, threads=THREADS) for k, p in paths.items()}
+    make = {k: (lambda p=p: make_session(p, threads=THREADS)) for k, p in paths.items()}
     x = _resize(example[:1] if isinstance(example, torch.Tensor) else example, batch)
-    return latency_feeds(sessions, {k: _feed(s, x) for k, s in sessions.items()}, rounds, per_round)
+    return latency_feeds(make, {k: _feed(m(), x) for k, m in make.items()}, rounds, per_round)
 
 
 def traceable(model) -> bool:
@@ -55,19 +55,27 @@ def traceable(model) -> bool:
     return True
 
 
-def latency_feeds(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
-    """Median milliseconds of ``sessions[k].run`` on ``feeds[k]``; rounds alternate between the files, so that
-    load on the machine hits all of them."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for k, s in sessions.items():  # warm-up
-        for _ in range(max(3, per_round // 4)):
-            s.run(None, feeds[k])
-    for _ in range(rounds):
-        for k, s in sessions.items():
+def latency_feeds(make: dict, feeds: dict, rounds: int, per_round: int) -> dict:
+    """Median milliseconds of each file's session (``make[k]()`` makes one) on ``feeds[k]``. Rounds alternate
+    between the files, so that load on the machine hits all of them, and each round makes every session anew
+    in an order rotated by one file: of two sessions made one after the other, the one made first measured
+    slower (FP32 made before int8 gave MiniLM 1.67x-1.86x at batch 1, made after it 1.60x-1.70x, on a
+    2-core Xeon), so a fixed order would favour the files made last. ``rounds`` is raised to a whole number of
+    rotations, so that each file is made at each place equally often."""
+    keys = list(make)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(-(-max(rounds, 1) // len(keys)) * len(keys)):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        sessions = {k: make[k]() for k in order}
+        for k in order:  # warm-up
+            for _ in range(max(3, per_round // 4)):
+                sessions[k].run(None, feeds[k])
+        for k in order:
             for _ in range(per_round):
                 start = time.perf_counter()
-                s.run(None, feeds[k])
+                sessions[k].run(None, feeds[k])
                 times[k].append(1000 * (time.perf_counter() - start))
+        del sessions
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -29,6 +29,7 @@ from export_ort import RESULTS, THREADS, _counts, _cpu, _ort_version, latency_fe
 from mixprec import __version__
 from mixprec.builtin import get_builtin
 from mixprec.export import OrtModule, cpu_has_vnni, export
+from mixprec.export.ort import make_session
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan, write_json_atomic
 
@@ -102,7 +103,8 @@ def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, co
         prefill = {label: m.prompt_inputs(window) | {"input_ids": window.numpy()} for label, m in modules.items()}
         decode = {label: decode_inputs(m, window, context) for label, m in modules.items()}
         for shape, feeds, per_round in (("prefill", prefill, 5), ("decode", decode, 30)):
-            med = latency_feeds({k: m.session for k, m in modules.items()}, feeds, rounds, per_round)
+            make = {k: (lambda p=paths[k]: make_session(p, THREADS)) for k in modules}
+            med = latency_feeds(make, feeds, rounds, per_round)
             for row in rows:
                 row[f"latency_ms_{shape}"] = med[row["plan"]]
                 row[f"speedup_{shape}"] = med["fp32"] / med[row["plan"]]

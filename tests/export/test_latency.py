@@ -3,6 +3,7 @@ Both methods: each layer's kernel inside the whole graph (default, and around an
 each layer alone."""
 import csv
 import math
+from pathlib import Path
 import statistics
 
 import pytest
@@ -13,7 +14,7 @@ import mixprec  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
 from mixprec.cli import main  # noqa: E402
 from mixprec.export import latency  # noqa: E402
-from mixprec.export.latency import MOVE_SE, profile, save_profile, time_pair  # noqa: E402
+from mixprec.export.latency import MOVE_SE, profile, save_profile, time_files, time_pair  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,43 @@ def test_time_pair_of_two_identical_sessions_has_no_error(monkeypatch):
     monkeypatch.setattr(latency, "time", clock)
     a, b = _Session(clock, lambda i: 0.005), _Session(clock, lambda i: 0.005)
     assert time_pair(a, b, {}, repeats=10, rounds=4) == pytest.approx((5.0, 5.0, 0.0))
+
+
+def test_time_pair_takes_turns_at_going_first_in_an_even_number_of_rounds(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    order = []
+
+    class Logged(_Session):
+        def run(self, outputs, feed):
+            order.append(self.name)
+            super().run(outputs, feed)
+    a, b = Logged(clock, lambda i: 0.004), Logged(clock, lambda i: 0.006)
+    a.name, b.name = "a", "b"
+    time_pair(a, b, {}, repeats=20, rounds=5)
+    rounds = [order[6:][i:i + 4] for i in range(0, len(order) - 6, 4)]  # after 3 warm-up runs each
+    assert len(rounds) % 2 == 0 and len(rounds) >= 5
+    assert [r[0] for r in rounds] == ["a", "b"] * (len(rounds) // 2)
+
+
+def test_time_files_cancels_what_the_order_of_making_the_sessions_costs(monkeypatch):
+    """The session made first of a pair runs 1 ms slower (what a 2-core Xeon measured, in kind): one pair
+    alone would call a file 1 ms faster than itself; time_files makes the pair in both orders."""
+    clock = _Clock()
+    monkeypatch.setattr(latency, "time", clock)
+    made = []
+
+    def make_session(path, threads=None):
+        made.append(str(path))
+        first_of_pair = len(made) % 2 == 1
+        own = {"a.onnx": 0.010, "b.onnx": 0.012}[Path(path).name]
+        return _Session(clock, lambda i: own + (0.001 if first_of_pair else 0.0))
+    import importlib
+    monkeypatch.setattr(importlib.import_module("mixprec.export.ort"), "make_session", make_session)
+    assert time_files("a.onnx", "a.onnx", 2, {}, repeats=8) == pytest.approx((10.5, 10.5, 0.0))
+    first, second, se = time_files("a.onnx", "b.onnx", 2, {}, repeats=8)
+    assert second - first == pytest.approx(2.0) and se == pytest.approx(0.0)
+    assert made[-4:] == ["a.onnx", "b.onnx", "b.onnx", "a.onnx"]
 
 
 def test_around_needs_a_candidate_of_the_profile(demo):

@@ -149,8 +149,11 @@ def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS
     """(first ms, second ms, standard error of their difference) of two sessions on the same ``feed``, timed
     in alternating rounds (WARMUP runs each first, then at least ``rounds`` rounds of about ``repeats`` / 2 runs
     of each, at least MIN_SECONDS / 2 of each in all), so that a drift of the machine's speed hits both alike:
-    their difference is what a change costs. The times are the medians of all runs; the standard error is
-    that of the mean of the rounds' paired differences (each round's median against the other's)."""
+    their difference is what a change costs. Within a round the two take turns at going first (ABBA): the
+    session that runs second in a round measured faster, the same file against itself by 2-5 % (a 2-core
+    Xeon, MiniLM at batch 1), so a fixed order made every change look like a saving. The times are the
+    medians of all runs; the standard error is that of the mean of the rounds' paired differences (each
+    round's median against the other's)."""
     for session in (first, second):
         for _ in range(WARMUP):
             session.run(None, feed)
@@ -158,9 +161,12 @@ def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS
     differences: list[float] = []
     per_round = max(1, math.ceil(repeats / 2 / rounds))
     spent = [0.0, 0.0]
-    while len(differences) < max(2, rounds) or min(spent) < MIN_SECONDS / 2:
-        medians = []
-        for i, session in enumerate((first, second)):
+    # an even number of rounds, so that each session goes first as often as the other
+    while len(differences) < max(2, rounds) or min(spent) < MIN_SECONDS / 2 or len(differences) % 2:
+        medians = [0.0, 0.0]
+        order = (0, 1) if len(differences) % 2 == 0 else (1, 0)
+        for i in order:
+            session = (first, second)[i]
             run = []
             for _ in range(per_round):
                 t = time.perf_counter()
@@ -168,12 +174,29 @@ def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS
                 run.append(time.perf_counter() - t)
             times[i].extend(run)
             spent[i] += sum(run)
-            medians.append(statistics.median(run))
+            medians[i] = statistics.median(run)
         differences.append(medians[1] - medians[0])
-        if len(times[0]) >= 50 * repeats:
+        if len(times[0]) >= 50 * repeats and len(differences) % 2 == 0:
             break
     se = statistics.stdev(differences) / math.sqrt(len(differences))
     return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1]), 1000 * se
+
+
+def time_files(first: str | Path, second: str | Path, threads: int | None, feed: dict[str, np.ndarray],
+               repeats: int = REPEATS, rounds: int = 4) -> tuple[float, float, float]:
+    """``time_pair`` of two ONNX files, twice: once with the first file's session made first, once with the
+    second's; (first ms, second ms, standard error of their difference), the two measurements averaged. Of
+    two sessions of the same file made one after the other, the one made first measured slower (by 1-6 %,
+    MiniLM at batch 1 on a 2-core Xeon) whichever ran first in a round, so one order would bias every change."""
+    from .ort import make_session
+    results = []
+    for swapped in (False, True):
+        made = [make_session(path, threads) for path in ((second, first) if swapped else (first, second))]
+        a, b = reversed(made) if swapped else made
+        results.append(time_pair(a, b, feed, repeats, rounds))
+        del made, a, b
+    return (sum(r[0] for r in results) / 2, sum(r[1] for r in results) / 2,
+            math.sqrt(sum(r[2] ** 2 for r in results)) / 2)
 
 
 def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
@@ -424,8 +447,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
              if cand != base[group.layer_names[0]] and all(runnable[l][cand] for l in group.layer_names)]
     from . import export
     from .ort import make_session
-    base_session = make_session(base_graph["path"], threads)  # the uniform graph already exported and timed
-    feed = _feed(base_session, example)
+    feed = _feed(make_session(base_graph["path"], threads), example)  # the uniform graph, exported and timed
     record: list[dict] = []
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
@@ -434,7 +456,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
         path = tmp / "move.onnx"
         export(model, _plan(groups, assignments), batches, target, path, example_input=example,
                weight_method=weight_method, activation_method=activation_method, threads=threads, progress=False)
-        base_ms, ms, se = time_pair(base_session, make_session(path, threads), feed, repeats, rounds=7)
+        base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
         measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
         delta = measured_delta + MOVE_SE * se  # what the move may cost (or surely saves, where negative)
         record.append({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se,
