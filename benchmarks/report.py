@@ -557,6 +557,13 @@ def profile_section() -> list[str]:
     return [line for r in reports for line in profile_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def session_order_section() -> list[str]:
+    """benchmarks/session_order.py: what the order of making ONNX Runtime sessions does to a latency comparison."""
+    from session_order import markdown as order_markdown
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("session_order_*.json"))]
+    return [line for r in reports for line in order_markdown(r).splitlines()] + ([""] if reports else [])
+
+
 def latency_budget_section() -> list[str]:
     """benchmarks/latency_budget.py: plans under a measured latency budget, exported and re-measured."""
     from latency_budget import markdown as latency_markdown
@@ -777,8 +784,15 @@ def main() -> None:
              "The guard now calls a difference within one standard error of the paired per-sample difference a tie "
              "(`--guard-margin`, default 1) and scores language models by the next-token NLL of their calibration "
              "text. Measured with it: `never_worse_*_margin` and `nncf_*_margin`; the other never-worse and NNCF files "
-             "ran the guard without a margin (and with KL for language models), and their rows say so.", ""]
-    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + cuda_section() + gguf_section() + profile_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
+             "ran the guard without a margin (and with KL for language models), and their rows say so.", "",
+             "Latency comparisons on ONNX Runtime CPU now make every session anew each round, in an order rotated "
+             "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
+             "two sessions of the same file made one after the other, the one made first measured slower "
+             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*` and `export_ort_lm_smollm2`. "
+             "The other `export_ort_*` files made each session once, FP32's first, which favoured the int8 file: "
+             "MiniLM at batch 1 ran 1.79x with FP32's session made first and 1.73x rotated, so read their "
+             "speed-ups as a few per cent high.", ""]
+    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 
