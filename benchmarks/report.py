@@ -788,9 +788,9 @@ def main() -> None:
              "Latency comparisons on ONNX Runtime CPU now make every session anew each round, in an order rotated "
              "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
              "two sessions of the same file made one after the other, the one made first measured slower "
-             "(`session_order_*`). Measured so: `latency_budget_*` and `session_order_*`. "
-             "The `export_ort_*` files (`export_ort_lm_*` too) made each session once, FP32's first, which favoured "
-             "the int8 file: "
+             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*` and `export_ort_minilm`. "
+             "The other `export_ort_*` files (`export_ort_lm_*` too) made each session once, FP32's first, which "
+             "favoured the int8 file: "
              "MiniLM at batch 1 ran 1.79x with FP32's session made first and 1.73x rotated, so read their "
              "speed-ups as a few per cent high.", ""]
     lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
