@@ -788,7 +788,7 @@ def main() -> None:
              "Latency comparisons on ONNX Runtime CPU now make every session anew each round, in an order rotated "
              "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
              "two sessions of the same file made one after the other, the one made first measured slower "
-             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*`, `export_ort_minilm` and `export_ort_resnet20`. "
+             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*`, `export_ort_minilm`, `export_ort_resnet20` and `export_ort_efficientnet-lite0`. "
              "The other `export_ort_*` files (`export_ort_lm_*` too) made each session once, FP32's first, which "
              "favoured the int8 file: "
              "MiniLM at batch 1 ran 1.79x with FP32's session made first and 1.73x rotated, so read their "
