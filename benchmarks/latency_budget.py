@@ -30,7 +30,7 @@ from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni, export
-from mixprec.export.latency import MOVE_SE, profile, save_profile
+from mixprec.export.latency import profile, save_profile
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
