@@ -30,7 +30,7 @@ from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
 from mixprec.errors import MissingDataError
 from mixprec.export import cpu_has_vnni, export
-from mixprec.export.latency import profile, save_profile
+from mixprec.export.latency import move_counts, profile, save_profile
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
@@ -183,14 +183,14 @@ def markdown(r: dict) -> str:
                          f"{desc(b)} | {b['exported_top1']:.2f} | {b['measured_ms']:.3f} | {b['speedup']:.2f}x |")
         moves = batch["profile"].get("moves") or []
         if moves:
-            faster = sum(1 for m in moves if m["entered_ms"] < 0)
             if all(m.get("entered") for m in moves):  # entered at the upper end of the timing interval
-                noise = sum(1 for m in moves if m["change_ms"] < 0 <= m["entered_ms"])
+                faster, noise = move_counts(moves)
                 rule = moves[0]["entered"]
                 lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}, each entered at its "
                           f"{rule}; surely faster than the base (entered as a saving): {faster}; measured faster by "
                           f"less (entered as a cost): {noise}."]
             else:  # profiles made before: a saving within 2 standard errors entered as no change
+                faster = sum(1 for m in moves if m["entered_ms"] < 0)
                 noise = sum(1 for m in moves if m["entered_ms"] != m["change_ms"])
                 lines += ["", f"Moves to fp32 timed around uniform {r['int8']}: {len(moves)}; surely faster than the "
                           f"base (a saving of at least 2 standard errors): {faster}; faster by less, entered as no "

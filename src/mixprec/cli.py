@@ -630,7 +630,7 @@ def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str, str
 
 
 def cmd_profile(args) -> int:
-    from .export.latency import MOVE_SE, profile, save_profile
+    from .export.latency import MOVE_SE, move_counts, profile, save_profile
     if not args.data and not is_builtin(args.model):
         raise SpecError("--data is required for a model that is not built-in (each layer is timed on the input it "
                         "sees on the first calibration batch)")
@@ -656,10 +656,9 @@ def cmd_profile(args) -> int:
         print(f"random mixed plan {i}: table {check['predicted_ms']:.4g} ms, whole model measured "
               f"{check['measured_ms']:.4g} ms ({100 * error:+.1f}%)")
     if result.moves:
-        faster = [m for m in result.moves if m["entered_ms"] < 0]
-        noise = [m for m in result.moves if m["change_ms"] < 0 <= m["entered_ms"]]
+        faster, noise = move_counts(result.moves)
         print(f"moves around the base: {len(result.moves)} timed, each entered at its measured change + {MOVE_SE:g} "
-              f"standard errors; {len(faster)} surely faster than the base (entered as a saving); {len(noise)} "
+              f"standard errors; {faster} surely faster than the base (entered as a saving); {noise} "
               "measured faster by less than that (entered as a cost; moves in the JSON)")
     reasons = sorted(set(result.skipped.values()))
     if reasons:

@@ -149,11 +149,10 @@ def time_pair(first, second, feed: dict[str, np.ndarray], repeats: int = REPEATS
     """(first ms, second ms, standard error of their difference) of two sessions on the same ``feed``, timed
     in alternating rounds (WARMUP runs each first, then at least ``rounds`` rounds of about ``repeats`` / 2 runs
     of each, at least MIN_SECONDS / 2 of each in all), so that a drift of the machine's speed hits both alike:
-    their difference is what a change costs. Within a round the two take turns at going first (ABBA): the
-    session that runs second in a round measured faster, the same file against itself by 2-5 % (a 2-core
-    Xeon, MiniLM at batch 1), so a fixed order made every change look like a saving. The times are the
-    medians of all runs; the standard error is that of the mean of the rounds' paired differences (each
-    round's median against the other's)."""
+    their difference is what a change costs. Within a round the two take turns at going first (ABBA, an even
+    number of rounds), so that a session's place in the round cannot bias the difference; which session was
+    made first can (``time_files`` cancels that). The times are the medians of all runs; the standard error
+    is that of the mean of the rounds' paired differences (each round's median against the other's)."""
     for session in (first, second):
         for _ in range(WARMUP):
             session.run(None, feed)
@@ -197,6 +196,13 @@ def time_files(first: str | Path, second: str | Path, threads: int | None, feed:
         del made, a, b
     return (sum(r[0] for r in results) / 2, sum(r[1] for r in results) / 2,
             math.sqrt(sum(r[2] ** 2 for r in results)) / 2)
+
+
+def move_counts(moves: list[dict]) -> tuple[int, int]:
+    """(moves that surely save time: entered as a saving, moves measured faster than the base within the
+    noise: entered as a cost) of a profile's ``moves``."""
+    return (sum(1 for m in moves if m["entered_ms"] < 0),
+            sum(1 for m in moves if m["change_ms"] < 0 <= m["entered_ms"]))
 
 
 def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
