@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import save_result  # noqa: E402
@@ -51,16 +50,22 @@ def median_ms(fn, min_time: float = 0.3) -> float:
     return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1000
 
 
+def int4_linear(weight: torch.Tensor, group: int, bias: torch.Tensor | None = None) -> Int4Linear:
+    """``weight`` (out, in) rounded to symmetric int4 in groups of ``group`` inputs, on its device."""
+    w = weight.detach().float()
+    n, k = w.shape
+    groups = w.reshape(n, k // group, group)
+    scale = (groups.abs().amax(-1) / 8).clamp_min(1e-12)
+    codes = torch.clamp(torch.round(groups / scale[..., None]), -8, 7).reshape(n, k) + 8
+    return Int4Linear(codes.to(torch.uint8), scale, torch.zeros_like(scale), group, bias)
+
+
 def kernel_modules(n: int, k: int, device: str) -> dict:
     """One random layer in each deployed form (codes and scales from a real rounding of its weight)."""
     g = torch.Generator().manual_seed(n * 7 + k)
     w = torch.randn(n, k, generator=g) / k ** 0.5
     out = {"fp16": HalfLinear(w, None, torch.float16)}
-    # int4, symmetric, groups of 128
-    groups = w.reshape(n, k // 128, 128)
-    scale = groups.abs().amax(-1) / 8
-    codes = torch.clamp(torch.round(groups / scale[..., None]), -8, 7).reshape(n, k) + 8
-    out["int4 g128"] = Int4Linear(codes.to(torch.uint8), scale, torch.zeros_like(scale), 128, None)
+    out["int4 g128"] = int4_linear(w, 128)
     s8 = w.abs().amax(1) / 127
     out["int8"] = Int8Linear(torch.round(w / s8[:, None]).to(torch.int8), s8, None)
     out["int8 compiled"] = Int8Linear(torch.round(w / s8[:, None]).to(torch.int8), s8, None)
@@ -214,16 +219,6 @@ SHAPES = {  # LlamaConfig arguments: the shapes of SmolLM2-135M and Llama-3-8B
 GROUPS = {"smollm2-135m": 64, "llama-3-8b": 128}  # int4 groups: SmolLM2's 576 inputs are 9 groups of 64
 
 
-def _int4(linear: torch.nn.Linear, group: int) -> Int4Linear:
-    """The layer's weight rounded to symmetric int4 in groups (as ``kernel_modules`` does), on its device."""
-    w = linear.weight.detach().float()
-    n, k = w.shape
-    groups = w.reshape(n, k // group, group)
-    scale = (groups.abs().amax(-1) / 8).clamp_min(1e-12)
-    codes = torch.clamp(torch.round(groups / scale[..., None]), -8, 7).reshape(n, k) + 8
-    return Int4Linear(codes.to(torch.uint8), scale, torch.zeros_like(scale), group, linear.bias)
-
-
 def graph_tokens_per_s(lm, prompt: torch.Tensor, new_tokens: int) -> float:
     """Greedy decoding at batch 1 with a static KV cache and each decoding step replayed as one CUDA graph
     (no Python or launch cost per kernel): tokens per second over ``new_tokens`` steps after the prompt."""
@@ -296,14 +291,14 @@ def shape_decode(device: str, shape: str, new_tokens: int, group: int, prompt_to
     measure("float16", "F.linear in float16 (cuBLAS)")
     lm.to(torch.bfloat16)
     measure("bfloat16", "F.linear in bfloat16 (cuBLAS)")
-    linears = [(name, m) for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear)]
-    if config.tie_word_embeddings:  # the output layer shares the embedding's weight: it stays bfloat16
-        linears = [(name, m) for name, m in linears if m.weight is not lm.get_input_embeddings().weight]
-    for name, module in linears:
-        set_module(lm, name, _int4(module, group).to(device))
-        del module
+    tied = lm.get_input_embeddings().weight  # an output layer sharing it stays bfloat16
+    linears = [name for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and m.weight is not tied]
+    for name in linears:  # one at a time, so that each float weight is freed as its int4 layer replaces it
+        linear = lm.get_submodule(name)
+        set_module(lm, name, int4_linear(linear.weight, group, linear.bias).to(device))
+    del linear
     torch.cuda.empty_cache()
-    measure(f"int4 g{group}, {len(linears)} Linear layers", lm.get_submodule(linears[0][0]).kernel)
+    measure(f"int4 g{group}, {len(linears)} Linear layers", lm.get_submodule(linears[0]).kernel)
     for row in rows:
         row["speedup_vs_fp16"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
         if "graph_tokens_per_s" in row and "graph_tokens_per_s" in rows[0]:
