@@ -25,6 +25,9 @@ from mixprec.errors import CandidateError, ModelError, PlanError  # noqa: E402
 from mixprec.export import OrtModule, export, report_path  # noqa: E402
 from mixprec.groups import discover_groups  # noqa: E402
 from mixprec.plan import Plan  # noqa: E402
+from mixprec.candidates import parse_candidate  # noqa: E402
+from mixprec.export.onnx_graph import BIAS_LIMIT, fit_bias  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 class BnCnn(nn.Module):
@@ -205,6 +208,54 @@ def test_written_codes_are_the_simulated_weights(tmp_path):
     w = simulated.conv1.layer.weight.detach().numpy().reshape(16, -1)
     folded = inits["conv1.weight_quantized"].reshape(16, -1) * inits["conv1.weight_scale"][:, None]
     assert np.allclose(folded, w * factor[:, None], rtol=1e-5, atol=1e-7)
+
+
+def test_a_channel_a_batchnorm_silences_keeps_its_bias_in_int32(tmp_path):
+    """A BatchNorm gain of 1e-9 folds to a weight scale of about 1e-11: the channel's bias (its whole output)
+    would overflow int32 at input scale x weight scale. It must not be clipped to almost nothing."""
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    model.bn2.weight.data[5], model.bn2.bias.data[5] = 1e-9, 0.8
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["conv2"]["bias_refit_channels"] == 1 and "bias_refit_channels" not in rows["conv1"]
+    assert any("1 channel(s) of 1 layer(s) (e.g. conv2)" in note for note in result.notes)
+    inits = initializers(result.path)
+    bias = inits["conv2.bias_quantized"].astype(np.float64) * inits["conv2.bias_scale"]
+    bn = model.bn2
+    factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+    folded = (model.conv2.bias.detach().double().numpy() - bn.running_mean.double().numpy()) * factor \
+        + bn.bias.detach().double().numpy()
+    assert abs(bias[5] - folded[5]) < 1e-6 and abs(folded[5] - 0.8) < 1e-3
+    assert np.abs(inits["conv2.bias_quantized"]).max() <= 2 ** 30
+    simulated, exported = apply(model, p, data, progress=False, joins=True), OrtModule(result.path)
+    x = batches((3, 8, 8), n=1, size=64)[0]
+    a, b = simulated(x), exported(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(2, 8))
+def test_fit_bias_keeps_every_int32_bias_in_range_and_moves_weights_by_at_most_half_a_step(seed, bits):
+    rng = np.random.default_rng(seed)
+    fmt = parse_candidate(f"w{bits}a8").weight
+    out, k = 6, 5
+    channel = rng.uniform(1e-3, 1e-1, out) * rng.choice([-1, 1], out)
+    tiny = rng.random(out) < 0.5
+    channel[tiny] = rng.uniform(1e-13, 1e-10, int(tiny.sum())) * rng.choice([-1, 1], int(tiny.sum()))
+    codes = rng.integers(fmt.qmin, fmt.qmax + 1, (out, k))
+    scales = np.repeat(channel[:, None], k, axis=1)
+    bias, input_scale = rng.uniform(-3, 3, out), float(rng.uniform(1e-3, 1e-1))
+    new_codes, new_scales, refit = fit_bias(codes, scales, bias, input_scale, fmt)
+    need = np.abs(bias) / (input_scale * np.abs(new_scales[:, 0]))
+    assert need.max() <= BIAS_LIMIT * (1 + 1e-9)
+    moved = np.flatnonzero(new_scales[:, 0] != channel)
+    assert refit == moved.size and set(moved) <= set(np.flatnonzero(tiny))
+    assert np.all(np.sign(new_scales[:, 0]) == np.sign(channel))
+    assert new_codes.min() >= fmt.qmin and new_codes.max() <= fmt.qmax
+    weights_before, weights_after = codes * scales, new_codes * new_scales
+    step = np.abs(new_scales)
+    assert np.all(np.abs(weights_after - weights_before) <= step / 2 * (1 + 1e-9))
 
 
 def test_join_quantizers_make_the_layer_before_a_residual_add_an_integer_kernel(tmp_path):

@@ -185,6 +185,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
         notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")
+    refit = [r for r in rows if r.get("bias_refit_channels")]
+    if refit:
+        notes.append(f"{sum(r['bias_refit_channels'] for r in refit)} channel(s) of {len(refit)} layer(s) (e.g. "
+                     f"{refit[0]['layer']}) that a folded BatchNorm all but silences got a larger weight scale, so "
+                     "that their int32 bias fits (docs/export.md)")
     eight_bit = [r["layer"] for r in rows if realisations[r["layer"]].kind == "qdq"
                  and candidates[r["layer"]].weight.bits == 8]
     if eight_bit and not cpu_has_vnni():

@@ -323,6 +323,10 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
                 scales = scales * factor[:, None]
                 bias = (bias if bias is not None else 0.0) * factor + shift
         entry = {"node": node.name, "op": node.op_type, "batchnorm_folded": folded is not None}
+        if kind == "qdq" and bias is not None and layer.input_scale is not None:
+            codes, scales, refit = fit_bias(codes, scales, bias, layer.input_scale, layer.candidate.weight)
+            if refit:
+                entry["bias_refit_channels"] = refit
         if kind == "qdq":
             entry.update(_write_qdq(g, node, name, layer, codes, scales, w.shape, bias, transposed))
         elif kind == "nbits":
@@ -537,6 +541,34 @@ def _int8_weight(g: _Graph, node, name: str, codes: np.ndarray, scales: np.ndarr
     g.emit(node, helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [out], name=f"{name}.weight/DequantizeLinear",
                                   axis=1 if transposed else 0))
     return out
+
+
+BIAS_LIMIT = 2 ** 30  # the largest int32 bias code written: room left in the int32 accumulator for the products
+
+
+def fit_bias(codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, input_scale: float,
+             fmt: IntFormat) -> tuple[np.ndarray, np.ndarray, int]:
+    """Codes and per-channel scales at which every channel's int32 bias (at scale input scale x weight scale)
+    fits in BIAS_LIMIT; returns (codes, scales, channels changed).
+
+    A BatchNorm folded with a near-zero gain leaves a channel whose weight scale is tiny (1e-10) and whose bias
+    is about all of its output: at that scale its bias overflows int32, and a clipped bias would make the
+    channel output almost nothing instead of its constant. Such a channel gets the smallest weight scale at
+    which its bias fits, its codes re-rounded to it: its weights, which contributed about scale x 127 per
+    input, now contribute at most half a step of the new scale, still far below any input step.
+    """
+    channel = scales[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.abs(bias) / (input_scale * np.abs(channel))
+    over = np.flatnonzero(np.isfinite(bias) & (need > BIAS_LIMIT))
+    if not over.size:
+        return codes, scales, 0
+    codes, scales = codes.copy(), scales.copy()
+    for c in over:
+        new = np.abs(bias[c]) / (input_scale * BIAS_LIMIT) * (1.0 if channel[c] >= 0 else -1.0)
+        codes[c] = np.clip(np.round(codes[c] * (channel[c] / new)), fmt.qmin, fmt.qmax)
+        scales[c] = new
+    return codes, scales, int(over.size)
 
 
 def _float_bias(g: _Graph, node, name: str, bias: np.ndarray | None) -> None:
