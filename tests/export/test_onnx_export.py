@@ -402,6 +402,29 @@ def test_evaluation_of_both_models_and_atomic_files(tmp_path):
     assert saved["exported"]["value"] == result.exported.value and saved["size_bytes"] == result.path.stat().st_size
 
 
+def test_an_evaluation_that_restores_the_mode_it_found_leaves_the_quantized_model_in_eval_mode(tmp_path):
+    """export wraps the simulated model to record its predictions; an evaluation that sets eval() and then
+    restores the mode it found must restore the model's mode, not the wrapper's (a BatchNorm in training mode
+    would compute with batch statistics from then on)."""
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
+    quantized = apply(model, p, data, progress=False, joins=True).eval()
+    x = batches((3, 8, 8), n=1, size=8)[0]
+    before = quantized(x).detach()
+
+    def evaluate(m):
+        was_training = m.training
+        m.eval()
+        with torch.no_grad():
+            value = float(m(x).sum())
+        m.train(was_training)
+        return value
+
+    export(model, p, data, out=tmp_path / "cnn.onnx", quantized=quantized, evaluate=evaluate, progress=False)
+    assert not quantized.training and not any(m.training for m in quantized.modules())
+    assert torch.equal(quantized(x).detach(), before)
+
+
 def test_ort_module_reports_a_broken_file(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"not an onnx file")

@@ -292,6 +292,7 @@ class _Recorder(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.train(model.training)  # an evaluation that restores the mode it found restores the model's own
         self.predictions: list[torch.Tensor] = []
 
     def forward(self, *args, **kwargs):
