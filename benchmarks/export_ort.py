@@ -163,6 +163,16 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def gap_noise(row: dict, samples: int | None) -> float | None:
+    """An upper bound, in points, on the standard error of a top-1 gap that is rounding noise: the gap is
+    (images only the exported model gets right - images only the simulated one gets right) / N; both counts come
+    from the D images whose predictions differ, so with no side favoured its standard error is at most
+    sqrt(D) / N = sqrt(disagreement / N)."""
+    if not samples or row.get("agreement") is None:
+        return None
+    return 100 * ((1 - row["agreement"]) / samples) ** 0.5
+
+
 def markdown(r: dict) -> str:
     env = r["environment"]
     metric = r.get("metric", "top1")
@@ -176,12 +186,17 @@ def markdown(r: dict) -> str:
              f"onnxruntime {env['onnxruntime']}. Target: exported within {TARGET_GAP} point of simulated.", "",
              "Joins: the residual adds (and concatenations) ONNX Runtime runs as integer kernels, where the plan has "
              "join quantizers (mixprec.joins); without them the layers that feed an add stay float.", "",
-             "| plan | simulated | exported | gap | agreement | size | low-precision layers | integer joins | b1 ms "
-             "| b1 speed-up | b64 ms | b64 speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Noise: an upper bound on the standard error of a gap that is rounding noise, sqrt(disagreement / "
+             "images) (`gap_noise`): the int8 kernels round the bias and requantize in their own order, and each code "
+             "that differs by a step moves the codes after it (`int8_divergence_*`).", "",
+             "| plan | simulated | exported | gap | noise | agreement | size | low-precision layers | integer joins "
+             "| b1 ms | b1 speed-up | b64 ms | b64 speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         hit = "" if row["plan"] == "fp32" else (" (hit)" if abs(row["gap"]) <= TARGET_GAP else " (miss)")
+        noise = gap_noise(row, r["evaluation_images"]) if metric == "top1" and row["plan"] != "fp32" else None
         lines.append(f"| {row['plan']} | {row['simulated_top1']:.2f} | {row['exported_top1']:.2f} | "
-                     f"{row['gap']:+.2f}{hit} | {100 * row['agreement']:.2f}% | {row['size_bytes']:,} | "
+                     f"{row['gap']:+.2f}{hit} | {'—' if noise is None else f'±{noise:.2f}'} | "
+                     f"{100 * row['agreement']:.2f}% | {row['size_bytes']:,} | "
                      f"{row['low_precision_layers']}/{row['layers']} | "
                      f"{row.get('join_ops_low_precision', 0)}/{row.get('join_ops', 0)} | {row['latency_ms_b1']:.3f} | "
                      f"{row['speedup_b1']:.2f}x | {row['latency_ms_b64']:.1f} | {row['speedup_b64']:.2f}x |")

@@ -66,3 +66,18 @@ def test_llm_scale_smoke_on_a_tiny_random_llama(tmp_path, monkeypatch):
     assert total_params(SHAPES["8b"]) == 8_030_261_248  # Llama-3.1-8B's published count
     grown = extrapolate(SHAPES["8b"], SHAPES["8b"], report["phases"], 2, "nearest")  # onto itself: unchanged
     assert grown["analyze_seconds"] == round(report["phases"]["analyze"]["seconds"], 1)
+
+
+def test_int8_divergence_compares_a_padded_tensor_at_its_offset():
+    import numpy as np
+    sys.path.insert(0, str(BENCHMARKS))
+    from int8_divergence import _compare
+    rng = np.random.default_rng(0)
+    ort = rng.integers(0, 256, (2, 3, 5, 6))
+    padded = np.full((2, 3, 7, 8), 127)
+    padded[:, :, 1:6, 2:8] = ort  # zero-point padding: one row above, one below, two columns left
+    assert _compare(padded, ort.astype(np.uint8)) == (0.0, 0, True)
+    moved = ort.copy()
+    moved[0, 0, 0, 0] += 3
+    frac, largest, was_padded = _compare(moved, ort.astype(np.uint8))
+    assert frac == 1 / ort.size and largest == 3 and not was_padded

@@ -1,0 +1,212 @@
+"""How far ONNX Runtime's int8 kernels drift from mixprec's simulation, quantizer by quantizer.
+
+    python benchmarks/int8_divergence.py efficientnet-lite0 [--plan w8a8] [--images 32]
+
+Exports a uniform plan (with join quantizers) to ONNX Runtime CPU, makes every QuantizeLinear output of the
+file a graph output, and runs --images calibration images through the file and through the simulated model.
+For each QuantizeLinear, in graph order, it compares the u8 codes the runtime computes with the codes of the
+simulated quantizer of the same tensor (the layer whose weight the DequantizeLinear after it feeds, or the
+join quantizer of the same name): the fraction that differ and the largest difference. It does so twice:
+with the simulation as it is, and with the integer kernels' int32 bias rounding added to it (per channel, the
+rounding error of the bias the exported file holds, added after the layer or the BatchNorm folded into it).
+Then it runs the built-in's evaluation through both and counts the predictions that agree.
+Writes benchmarks/results/int8_divergence_<model>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from export_ort import RESULTS, THREADS, _cpu, _ort_version
+from mixprec import __version__
+from mixprec.apply import apply
+from mixprec.builtin import get_builtin
+from mixprec.export import OrtModule, cpu_has_vnni, export
+from mixprec.export.ort import make_session
+from mixprec.groups import discover_groups
+from mixprec.plan import Plan, write_json_atomic
+from mixprec.quantizers import ActivationQuantizer, int_qparams
+
+
+def _graph_outputs(path: Path, out: Path) -> list:
+    """The file again with every QuantizeLinear output a graph output; returns the QuantizeLinear nodes."""
+    import onnx
+    model = onnx.load(str(path))
+    names = {o.name for o in model.graph.output}
+    nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    for node in nodes:
+        if node.output[0] not in names:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+    onnx.save(model, str(out))
+    return [(n, model) for n in nodes]
+
+
+def _quantizer_of(node, model, modules: dict) -> str | None:
+    """The simulated quantizer of a QuantizeLinear: a join quantizer of its name, or the input quantizer of the
+    layer whose weight the DequantizeLinear after it feeds."""
+    join = f"mixprec_joins.{node.name.strip('/').split('/')[0]}"
+    if join in modules:
+        return join
+    dequantized = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == node.output[0]]
+    for reader in model.graph.node:
+        if any(i in dequantized for i in reader.input) and len(reader.input) > 1 \
+                and reader.input[1].endswith(".weight_dequantized"):
+            name = f"{reader.input[1][:-len('.weight_dequantized')]}.input_quantizer"
+            if name in modules:
+                return name
+    return None
+
+
+def _codes(quantizer: ActivationQuantizer, x: torch.Tensor) -> np.ndarray:
+    scale, zero = int_qparams(quantizer.lo.reshape(1).float(), quantizer.hi.reshape(1).float(), quantizer.fmt)
+    return torch.clamp(torch.round(x.float() / scale) + zero, quantizer.fmt.qmin, quantizer.fmt.qmax).to(torch.int64).numpy()
+
+
+def _compare(sim: np.ndarray, ort: np.ndarray) -> tuple[float, int, bool]:
+    """(fraction differing, largest difference, padded); a simulated tensor larger than the runtime's (its zero
+    padding, which the exported file moved into the conv) is compared at the offset that matches best."""
+    ort = ort.astype(np.int64)
+    padded = sim.shape != ort.shape
+    if padded:
+        if sim.ndim != 4 or sim.shape[:2] != ort.shape[:2]:
+            return float("nan"), -1, True
+        dh, dw = sim.shape[2] - ort.shape[2], sim.shape[3] - ort.shape[3]
+        views = [sim[:, :, i:i + ort.shape[2], j:j + ort.shape[3]] for i in range(dh + 1) for j in range(dw + 1)]
+        sim = min(views, key=lambda v: int((v != ort).sum()))
+    diff = np.abs(sim - ort)
+    return float((diff > 0).mean()), int(diff.max()), padded
+
+
+def bias_rounding_hooks(model: nn.Module, quantized: nn.Module, initializers: dict) -> list:
+    """Forward hooks on ``quantized`` that add each int8 layer's int32 bias rounding error (as the exported file
+    holds it) after the layer, or after the BatchNorm folded into it; returns the handles."""
+    traced = fx.symbolic_trace(model)
+    modules, qmodules = dict(model.named_modules()), dict(quantized.named_modules())
+    handles = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+            continue
+        if f"{node.target}.bias_quantized" not in initializers:
+            continue
+        layer = modules[node.target]
+        written = (initializers[f"{node.target}.bias_quantized"].astype(np.float64)
+                   * initializers[f"{node.target}.bias_scale"].astype(np.float64))
+        bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros_like(written)
+        users, target = list(node.users), node.target
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], nn.BatchNorm2d):
+            bn = modules[users[0].target]
+            factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
+            bias = bias * factor + bn.bias.detach().double().numpy() - bn.running_mean.double().numpy() * factor
+            target = users[0].target
+        shape = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
+        error = torch.tensor(written - bias, dtype=torch.float32).view(shape)
+        handles.append(qmodules[target].register_forward_hook(lambda m, i, o, e=error: o + e))
+    return handles
+
+
+def _agreement(builtin, simulated: nn.Module, exported: nn.Module) -> tuple[float, int]:
+    from mixprec.export import _Recorder
+    a, b = _Recorder(simulated), _Recorder(exported)
+    builtin.evaluate(a)
+    builtin.evaluate(b)
+    pa, pb = torch.cat(a.predictions), torch.cat(b.predictions)
+    return float((pa == pb).float().mean()), int(pa.numel())
+
+
+def run(name: str, candidate: str, images: int, samples: int) -> dict:
+    from onnx import numpy_helper
+    import onnx
+    builtin = get_builtin(name)
+    model = builtin.model()
+    calibration = builtin.calibration(samples)
+    groups = discover_groups(model, builtin.example_input())
+    plan = Plan.uniform(groups, candidate, {"joins": True})
+    quantized = apply(model, plan, calibration, joins=True, progress=False)
+    x = torch.cat([b if torch.is_tensor(b) else b[0] for b in calibration])[:images]
+    modules = dict(quantized.named_modules())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        result = export(model, plan, calibration, "ort-cpu", path, quantized=quantized, progress=False, threads=THREADS)
+        initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+        nodes = _graph_outputs(path, Path(tmp) / "outputs.onnx")
+        session = make_session(Path(tmp) / "outputs.onnx", THREADS)
+        outputs = dict(zip([o.name for o in session.get_outputs()],
+                           session.run(None, {session.get_inputs()[0].name: x.numpy()})))
+        rows = [{"node": n.name, "quantizer": _quantizer_of(n, m, modules)} for n, m in nodes]
+        passes = {}
+        for label, hooked in (("simulation", False), ("simulation + int32 bias rounding", True)):
+            handles = bias_rounding_hooks(model, quantized, initializers) if hooked else []
+            seen: dict[str, np.ndarray] = {}
+            recorders = [modules[r["quantizer"]].register_forward_hook(
+                lambda mod, inp, out, key=r["quantizer"]: seen.__setitem__(key, _codes(mod, inp[0])))
+                for r in rows if r["quantizer"]]
+            with torch.no_grad():
+                quantized(x)
+            for h in recorders:
+                h.remove()
+            for r, (n, _) in zip(rows, nodes):
+                if r["quantizer"] in seen:
+                    frac, largest, padded = _compare(seen[r["quantizer"]], outputs[n.output[0]])
+                    r[label] = {"differ": frac, "largest": largest, "padded": padded}
+            start = time.perf_counter()
+            agree, count = _agreement(builtin, quantized, OrtModule(path, THREADS))
+            passes[label] = {"agreement": agree, "predictions": count, "bias_hooks": len(handles),
+                             "seconds": time.perf_counter() - start}
+            for h in handles:
+                h.remove()
+            print(f"{label}: {len(handles)} bias hooks, predictions agreeing {100 * agree:.2f}% of {count}", flush=True)
+    return {"model": name, "plan": f"uniform {candidate}, join quantizers", "images": int(x.shape[0]),
+            "calibration_samples": samples, "rows": rows, "passes": passes,
+            "refit_channels": sum(l.get("bias_refit_channels", 0) for l in result.layers),
+            "command": "python benchmarks/int8_divergence.py " + " ".join(sys.argv[1:]),
+            "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
+                            "cpu": _cpu(), "vnni": cpu_has_vnni()}}
+
+
+def markdown(r: dict) -> str:
+    labels = list(r["passes"])
+    env = r["environment"]
+    lines = [f"## int8 on ONNX Runtime against the simulation, quantizer by quantizer: {r['model']}", "",
+             f"{r['plan']}; codes compared on {r['images']} calibration images, in graph order; {env['cpu']} "
+             f"(VNNI: {'yes' if env['vnni'] else 'no'}), onnxruntime {env['onnxruntime']}. Second pair of columns: "
+             "the simulation with the int32 bias rounding of the integer kernels added. "
+             "Padded: the simulated tensor is the zero-padded input of a conv (compared at its best offset).", "",
+             "| QuantizeLinear | simulated quantizer | " + " | ".join(f"{l}: codes differing | largest" for l in labels)
+             + " |", "|---|---|" + "---|---|" * len(labels)]
+    for row in r["rows"]:
+        cells = []
+        for l in labels:
+            c = row.get(l)
+            cells += (["—", "—"] if c is None else
+                      [f"{100 * c['differ']:.3f}%" + (" (padded)" if c["padded"] else ""), str(c["largest"])])
+        lines.append(f"| `{row['node']}` | `{row['quantizer'] or 'none found'}` | " + " | ".join(cells) + " |")
+    lines += ["", "Top-1 predictions of the built-in's evaluation that agree with the exported file: "
+              + "; ".join(f"{l} {100 * p['agreement']:.2f}% of {p['predictions']:,}" for l, p in r["passes"].items())
+              + ".", "", f"Channels that a folded BatchNorm all but silences, given a larger weight scale so that their "
+              f"int32 bias fits (`fit_bias`): {r['refit_channels']}.", "", f"`{r['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--plan", default="w8a8", help="uniform candidate (default w8a8)")
+    parser.add_argument("--images", type=int, default=32, help="calibration images whose codes are compared")
+    parser.add_argument("--calibration-samples", type=int, default=256)
+    args = parser.parse_args()
+    report = run(args.model, args.plan, args.images, args.calibration_samples)
+    write_json_atomic(RESULTS / f"int8_divergence_{args.model}.json", report)
+    (RESULTS / f"int8_divergence_{args.model}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
