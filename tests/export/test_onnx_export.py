@@ -258,6 +258,13 @@ def test_fit_bias_keeps_every_int32_bias_in_range_and_moves_weights_by_at_most_h
     assert np.all(np.abs(weights_after - weights_before) <= step / 2 * (1 + 1e-9))
 
 
+def test_fit_bias_gives_a_zero_scale_channel_a_usable_scale():
+    fmt = parse_candidate("w8a8").weight
+    codes, scales = np.zeros((2, 3), dtype=np.int64), np.array([[0.0] * 3, [0.02] * 3])
+    new_codes, new_scales, refit = fit_bias(codes, scales, np.array([0.0, 0.1]), 0.05, fmt)
+    assert refit == 1 and new_scales[0, 0] == 1.0 and not new_codes[0].any() and new_scales[1, 0] == 0.02
+
+
 def test_join_quantizers_make_the_layer_before_a_residual_add_an_integer_kernel(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "fp32"})

@@ -560,12 +560,12 @@ def fit_bias(codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, input_scal
     channel = scales[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         need = np.abs(bias) / (input_scale * np.abs(channel))
-    over = np.flatnonzero(np.isfinite(bias) & (need > BIAS_LIMIT))
+    over = np.flatnonzero((np.isfinite(bias) & (need > BIAS_LIMIT)) | (channel == 0))
     if not over.size:
         return codes, scales, 0
     codes, scales = codes.copy(), scales.copy()
-    for c in over:
-        new = np.abs(bias[c]) / (input_scale * BIAS_LIMIT) * (1.0 if channel[c] >= 0 else -1.0)
+    for c in over:  # a zero scale (and bias) gets scale 1: its codes are all zero whatever the scale
+        new = (np.abs(bias[c]) / (input_scale * BIAS_LIMIT) if bias[c] else 1.0) * (1.0 if channel[c] >= 0 else -1.0)
         codes[c] = np.clip(np.round(codes[c] * (channel[c] / new)), fmt.qmin, fmt.qmax)
         scales[c] = new
     return codes, scales, int(over.size)
