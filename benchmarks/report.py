@@ -809,7 +809,7 @@ def main() -> None:
              "Latency comparisons on ONNX Runtime CPU now make every session anew each round, in an order rotated "
              "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
              "two sessions of the same file made one after the other, the one made first measured slower "
-             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*`, `export_ort_minilm`, `export_ort_resnet20`, "
+             "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*`, `export_ort_minilm`, `export_ort_resnet20`, `export_ort_resnet56`, "
              "`export_ort_efficientnet-lite0` and `export_ort_lm_smollm2`. "
              "The other `export_ort_*` files (and `decode_ops_*`) made each session once, FP32's first, which "
              "favoured the int8 file: "
