@@ -36,8 +36,9 @@ from mixprec.plan import Plan, write_json_atomic
 from mixprec.quantizers import ActivationQuantizer, int_qparams
 
 
-def _graph_outputs(path: Path, out: Path) -> list:
-    """The file again with every QuantizeLinear output a graph output; returns the QuantizeLinear nodes."""
+def _graph_outputs(path: Path, out: Path) -> tuple:
+    """The file again with every QuantizeLinear output a graph output; returns (its graph, its QuantizeLinear
+    nodes)."""
     import onnx
     model = onnx.load(str(path))
     names = {o.name for o in model.graph.output}
@@ -46,7 +47,7 @@ def _graph_outputs(path: Path, out: Path) -> list:
         if node.output[0] not in names:
             model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
     onnx.save(model, str(out))
-    return [(n, model) for n in nodes]
+    return model, nodes
 
 
 def _quantizer_of(node, model, modules: dict) -> str | None:
@@ -136,11 +137,11 @@ def run(name: str, candidate: str, images: int, samples: int) -> dict:
         path = Path(tmp) / "model.onnx"
         result = export(model, plan, calibration, "ort-cpu", path, quantized=quantized, progress=False, threads=THREADS)
         initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-        nodes = _graph_outputs(path, Path(tmp) / "outputs.onnx")
+        graph, nodes = _graph_outputs(path, Path(tmp) / "outputs.onnx")
         session = make_session(Path(tmp) / "outputs.onnx", THREADS)
         outputs = dict(zip([o.name for o in session.get_outputs()],
                            session.run(None, {session.get_inputs()[0].name: x.numpy()})))
-        rows = [{"node": n.name, "quantizer": _quantizer_of(n, m, modules)} for n, m in nodes]
+        rows = [{"node": n.name, "quantizer": _quantizer_of(n, graph, modules)} for n in nodes]
         passes = {}
         for label, hooked in (("simulation", False), ("simulation + int32 bias rounding", True)):
             handles = bias_rounding_hooks(model, quantized, initializers) if hooked else []
@@ -152,7 +153,7 @@ def run(name: str, candidate: str, images: int, samples: int) -> dict:
                 quantized(x)
             for h in recorders:
                 h.remove()
-            for r, (n, _) in zip(rows, nodes):
+            for r, n in zip(rows, nodes):
                 if r["quantizer"] in seen:
                     frac, largest, padded = _compare(seen[r["quantizer"]], outputs[n.output[0]])
                     r[label] = {"differ": frac, "largest": largest, "padded": padded}

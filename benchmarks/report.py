@@ -461,7 +461,7 @@ def deploy_targets_section() -> list[str]:
 
     def gaps(plans: list[dict], key: str, limit: float, unit: str, samples: int | None = None) -> tuple[str, str]:
         def noise(p: dict) -> str:
-            bound = gap_noise(p, samples) if samples else None
+            bound = gap_noise(p, samples)
             return "" if bound is None else f" (noise ±{bound:.2f})"
         misses = [f"{p['plan']} {p[key]:+.2f}{unit}{noise(p)}" for p in plans if abs(p[key]) > limit]
         return (f"{len(plans) - len(misses)} of {len(plans)} plans" + (f"; missed: {', '.join(misses)}" if misses else ""),

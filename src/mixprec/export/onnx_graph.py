@@ -323,11 +323,11 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
                 scales = scales * factor[:, None]
                 bias = (bias if bias is not None else 0.0) * factor + shift
         entry = {"node": node.name, "op": node.op_type, "batchnorm_folded": folded is not None}
-        if kind == "qdq" and bias is not None and layer.input_scale is not None:
-            codes, scales, refit = fit_bias(codes, scales, bias, layer.input_scale, layer.candidate.weight)
-            if refit:
-                entry["bias_refit_channels"] = refit
         if kind == "qdq":
+            if bias is not None and layer.input_scale is not None:
+                codes, scales, refit = fit_bias(codes, scales, bias, layer.input_scale, layer.candidate.weight)
+                if refit:
+                    entry["bias_refit_channels"] = refit
             entry.update(_write_qdq(g, node, name, layer, codes, scales, w.shape, bias, transposed))
         elif kind == "nbits":
             level = accuracy_level if layer.realisation.accuracy_level is None else layer.realisation.accuracy_level
@@ -564,7 +564,7 @@ def fit_bias(codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, input_scal
     if not over.size:
         return codes, scales, 0
     codes, scales = codes.copy(), scales.copy()
-    for c in over:  # a zero scale (and bias) gets scale 1: its codes are all zero whatever the scale
+    for c in over:  # a zero scale with a zero bias gets scale 1: its codes are all zero whatever the scale
         new = (np.abs(bias[c]) / (input_scale * BIAS_LIMIT) if bias[c] else 1.0) * (1.0 if channel[c] >= 0 else -1.0)
         codes[c] = np.clip(np.round(codes[c] * (channel[c] / new)), fmt.qmin, fmt.qmax)
         scales[c] = new
