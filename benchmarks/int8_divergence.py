@@ -7,14 +7,19 @@ file a graph output, and runs --images calibration images through the file and t
 For each QuantizeLinear, in graph order, it compares the u8 codes the runtime computes with the codes of the
 simulated quantizer of the same tensor (the layer whose weight the DequantizeLinear after it feeds, or the
 join quantizer of the same name): the fraction that differ and the largest difference. It does so twice:
-with the simulation as it is, and with the integer kernels' int32 bias rounding added to it (per channel, the
-rounding error of the bias the exported file holds, added after the layer or the BatchNorm folded into it).
-Then it runs the built-in's evaluation through both and counts the predictions that agree.
+with the simulation as mixprec runs it for the ort-cpu target, which rounds each integer layer's bias to int32
+as the kernels do (mixprec.integer_bias), and without that rounding (``integer_bias.unrounded``). Before
+comparing, it checks that the simulated bias rounding is the file's own: per layer, the simulated error against
+the int32 bias the file holds (``bias_check``: the largest difference in steps of the bias scale, over channels
+whose code float32 holds exactly).
+Then it runs the built-in's evaluation through the file once and through both simulations, and counts the
+predictions that agree.
 Writes benchmarks/results/int8_divergence_<model>.json and .md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -22,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.fx as fx
 from torch import nn
 
 from export_ort import RESULTS, THREADS, _cpu, _ort_version
@@ -32,6 +36,7 @@ from mixprec.builtin import get_builtin
 from mixprec.export import OrtModule, cpu_has_vnni, export
 from mixprec.export.ort import make_session
 from mixprec.groups import discover_groups
+from mixprec.integer_bias import rounding_error, unrounded
 from mixprec.plan import Plan, write_json_atomic
 from mixprec.quantizers import ActivationQuantizer, int_qparams
 
@@ -86,40 +91,32 @@ def _compare(sim: np.ndarray, ort: np.ndarray) -> tuple[float, int, bool]:
     return float((diff > 0).mean()), int(diff.max()), padded
 
 
-def bias_rounding_hooks(model: nn.Module, quantized: nn.Module, initializers: dict) -> list:
-    """Forward hooks on ``quantized`` that add each int8 layer's int32 bias rounding error (as the exported file
-    holds it) after the layer, or after the BatchNorm folded into it; returns the handles."""
-    traced = fx.symbolic_trace(model)
-    modules, qmodules = dict(model.named_modules()), dict(quantized.named_modules())
-    handles = []
-    for node in traced.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+def bias_check(quantized: nn.Module, initializers: dict) -> dict:
+    """Per layer with an int32 bias in the file: the simulated rounding error (mixprec.integer_bias) against the
+    file's, code x bias scale - folded bias, in steps of the bias scale; channels whose code is above 2^24 (where
+    float32 no longer holds the product exactly) are left out. Returns {"layers", "worst_steps"}."""
+    worst, layers = 0.0, 0
+    for name, m in quantized.named_modules():
+        fold = getattr(m, "integer_bias", None)
+        if fold is None or f"{name}.bias_quantized" not in initializers:
             continue
-        if f"{node.target}.bias_quantized" not in initializers:
-            continue
-        layer = modules[node.target]
-        written = (initializers[f"{node.target}.bias_quantized"].astype(np.float64)
-                   * initializers[f"{node.target}.bias_scale"].astype(np.float64))
-        bias = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros_like(written)
-        users, target = list(node.users), node.target
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(modules[users[0].target], nn.BatchNorm2d):
-            bn = modules[users[0].target]
-            factor = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().double().numpy()
-            bias = bias * factor + bn.bias.detach().double().numpy() - bn.running_mean.double().numpy() * factor
-            target = users[0].target
-        shape = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
-        error = torch.tensor(written - bias, dtype=torch.float32).view(shape)
-        handles.append(qmodules[target].register_forward_hook(lambda m, i, o, e=error: o + e))
-    return handles
+        code = initializers[f"{name}.bias_quantized"].astype(np.float64)
+        scale = initializers[f"{name}.bias_scale"].astype(np.float64)
+        factor, shift = fold.factor_shift(m.layer.weight.shape[0], m.layer.weight)
+        bias = m.layer.bias.detach().double() if m.layer.bias is not None else torch.zeros_like(factor)
+        folded = (factor * bias + shift).numpy()
+        simulated = rounding_error(m.layer, m.parsed, m.input_quantizer, fold, m.layer.weight.dim()).numpy()
+        steps = np.abs(simulated * factor.numpy() - (code * scale - folded)) / scale
+        exact = np.abs(code) < 2 ** 24
+        worst, layers = max(worst, float(steps[exact].max(initial=0.0))), layers + 1
+    return {"layers": layers, "worst_steps": worst}
 
 
-def _agreement(builtin, simulated: nn.Module, exported: nn.Module) -> tuple[float, int]:
+def _predictions(builtin, model: nn.Module) -> torch.Tensor:
     from mixprec.export import _Recorder
-    a, b = _Recorder(simulated), _Recorder(exported)
-    builtin.evaluate(a)
-    builtin.evaluate(b)
-    pa, pb = torch.cat(a.predictions), torch.cat(b.predictions)
-    return float((pa == pb).float().mean()), int(pa.numel())
+    recorder = _Recorder(model)
+    builtin.evaluate(recorder)
+    return torch.cat(recorder.predictions)
 
 
 def run(name: str, candidate: str, images: int, samples: int) -> dict:
@@ -142,34 +139,50 @@ def run(name: str, candidate: str, images: int, samples: int) -> dict:
         outputs = dict(zip([o.name for o in session.get_outputs()],
                            session.run(None, {session.get_inputs()[0].name: x.numpy()})))
         rows = [{"node": n.name, "quantizer": _quantizer_of(n, graph, modules)} for n in nodes]
+        check = bias_check(quantized, initializers)
+        print(f"simulated bias rounding against the file's: {check['layers']} layers, worst "
+              f"{check['worst_steps']:.2g} steps", flush=True)
+        exported = _predictions(builtin, OrtModule(path, THREADS))
         passes = {}
-        for label, hooked in (("simulation", False), ("simulation + int32 bias rounding", True)):
-            handles = bias_rounding_hooks(model, quantized, initializers) if hooked else []
+        for label, rounded in (("simulation without int32 bias rounding", False),
+                               ("simulation (int32 bias rounding)", True)):
             seen: dict[str, np.ndarray] = {}
             recorders = [modules[r["quantizer"]].register_forward_hook(
                 lambda mod, inp, out, key=r["quantizer"]: seen.__setitem__(key, _codes(mod, inp[0])))
                 for r in rows if r["quantizer"]]
-            with torch.no_grad():
-                quantized(x)
-            for h in recorders:
-                h.remove()
-            for r, n in zip(rows, nodes):
-                if r["quantizer"] in seen:
-                    frac, largest, padded = _compare(seen[r["quantizer"]], outputs[n.output[0]])
-                    r[label] = {"differ": frac, "largest": largest, "padded": padded}
-            start = time.perf_counter()
-            agree, count = _agreement(builtin, quantized, OrtModule(path, THREADS))
-            passes[label] = {"agreement": agree, "predictions": count, "bias_hooks": len(handles),
+            with contextlib.nullcontext() if rounded else unrounded(quantized):
+                with torch.no_grad():
+                    quantized(x)
+                for h in recorders:
+                    h.remove()
+                for r, n in zip(rows, nodes):
+                    if r["quantizer"] in seen:
+                        frac, largest, padded = _compare(seen[r["quantizer"]], outputs[n.output[0]])
+                        r[label] = {"differ": frac, "largest": largest, "padded": padded}
+                start = time.perf_counter()
+                simulated = _predictions(builtin, quantized)
+            agree = float((simulated == exported).float().mean())
+            passes[label] = {"agreement": agree, "predictions": int(exported.numel()),
                              "seconds": time.perf_counter() - start}
-            for h in handles:
-                h.remove()
-            print(f"{label}: {len(handles)} bias hooks, predictions agreeing {100 * agree:.2f}% of {count}", flush=True)
+            print(f"{label}: predictions agreeing {100 * agree:.2f}% of {exported.numel()}", flush=True)
     return {"model": name, "plan": f"uniform {candidate}, join quantizers", "images": int(x.shape[0]),
-            "calibration_samples": samples, "rows": rows, "passes": passes,
+            "calibration_samples": samples, "rows": rows, "passes": passes, "bias_check": check,
             "refit_channels": sum(l.get("bias_refit_channels", 0) for l in result.layers),
             "command": "python benchmarks/int8_divergence.py " + " ".join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
                             "cpu": _cpu(), "vnni": cpu_has_vnni()}}
+
+
+def _columns(r: dict) -> str:
+    """What the two pairs of columns are (results made before the simulation rounded biases had them the other way)."""
+    if "bias_check" not in r:
+        return ("First pair of columns: the simulation as it was, without the integer kernels' int32 bias rounding; "
+                "second pair: with that rounding added from the file's own biases (forward hooks). ")
+    c = r["bias_check"]
+    return ("First pair of columns: the simulation without the integer kernels' int32 bias rounding; second pair: "
+            "the simulation as mixprec runs it for the ort-cpu target, with it (mixprec.integer_bias; against the "
+            f"file's own int32 biases, {c['layers']} layers, the largest difference is {c['worst_steps']:.2g} steps "
+            "of a bias scale). ")
 
 
 def markdown(r: dict) -> str:
@@ -177,9 +190,8 @@ def markdown(r: dict) -> str:
     env = r["environment"]
     lines = [f"## int8 on ONNX Runtime against the simulation, quantizer by quantizer: {r['model']}", "",
              f"{r['plan']}; codes compared on {r['images']} calibration images, in graph order; {env['cpu']} "
-             f"(VNNI: {'yes' if env['vnni'] else 'no'}), onnxruntime {env['onnxruntime']}. Second pair of columns: "
-             "the simulation with the int32 bias rounding of the integer kernels added. "
-             "Padded: the simulated tensor is the zero-padded input of a conv (compared at its best offset).", "",
+             f"(VNNI: {'yes' if env['vnni'] else 'no'}), onnxruntime {env['onnxruntime']}. "
+             + _columns(r) + "Padded: the simulated tensor is the zero-padded input of a conv (compared at its best offset).", "",
              "| QuantizeLinear | simulated quantizer | " + " | ".join(f"{l}: codes differing | largest" for l in labels)
              + " |", "|---|---|" + "---|---|" * len(labels)]
     for row in r["rows"]:

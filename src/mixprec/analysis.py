@@ -259,8 +259,9 @@ class Analysis:
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
         settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else eval_spec
-        if self.joins:
+        if self.joins:  # the int8 graph: join quantizers and the kernels' int32 bias rounding (integer_bias)
             settings["joins"] = True
+            settings["integer_bias"] = 1
         run_groups = list(self.groups)
         device = device or arguments.get("device") or "cpu"
 

@@ -26,7 +26,7 @@ from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .formats import IntFormat, is_dynamic
 from .groups import check_weights, is_torchscript
-from .joins import insert_join_quantizers, join_quantizers
+from .joins import insert_join_quantizers, int8_graph
 from .multipoint import plan_points
 from .offload import policy, should_move
 from .plan import Plan
@@ -107,7 +107,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, inplace=inplace, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
-    if joins and not join_quantizers(quantized):  # a model with calibrated join quantizers keeps them
+    if joins and not int8_graph(quantized):  # a model with calibrated join quantizers keeps them
         integer = {name for name, c in candidates.items() if isinstance(c.activation, IntFormat)
                    and not is_dynamic(c.activation)}  # the layers whose inputs an int8 graph quantizes statically
         quantized = insert_join_quantizers(quantized, activation_method, integer)  # calibrated with the layers

@@ -27,6 +27,7 @@ quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_grap
                                    (integer_inputs: the layers a plan gives integer inputs; None: all)
                                    (mixprec.swap calibrates them: quantize_layers, with_join_quantizers)
     join_quantizers(model)         name -> JoinQuantizer of a model
+    int8_graph(model)              whether the model was traced with join quantizers (an int8 graph's simulation)
     layers_reading_joins(model)    layer -> the join quantizer on its input tensor (they share a range)
     passthrough(model)             context: join quantizers pass values through (the float model)
 """
@@ -292,6 +293,13 @@ def layers_reading_joins(model: nn.Module) -> dict[str, str]:
         if readers:
             out[node.target] = readers[0]
     return out
+
+
+def int8_graph(model: nn.Module) -> bool:
+    """Whether ``model`` simulates a runtime's int8 graph: traced with join quantizers inserted (perhaps none, where
+    its graph has no join), so its quantized layers also round their bias as the integer kernels do
+    (mixprec.integer_bias)."""
+    return isinstance(getattr(model, CONTAINER, None), nn.Module)
 
 
 def join_quantizers(model: nn.Module) -> dict[str, JoinQuantizer]:

@@ -30,6 +30,7 @@ from .batches import describe_shape, run_model, shapes_compatible, split_item, t
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights
+from .integer_bias import attach as attach_integer_bias, rounding_error
 from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
@@ -83,9 +84,17 @@ class QuantizedLayer(nn.Module):
         if isinstance(layer, nn.Embedding):  # its input is token ids
             input_quantizer = ActivationQuantizer(None)
         self.input_quantizer = input_quantizer or ActivationQuantizer(candidate.activation, activation_method)
+        self.parsed = candidate
+        self.integer_bias = None  # mixprec.integer_bias.BiasFold: round the bias as an int8 graph's kernel does
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.layer(self.input_quantizer(x), *args, **kwargs)
+        out = self.layer(self.input_quantizer(x), *args, **kwargs)
+        fold = self.integer_bias
+        if fold is not None and fold.enabled and not self.input_quantizer.observing:
+            error = rounding_error(self.layer, self.parsed, self.input_quantizer, fold, x.dim())
+            if error is not None:  # per output channel: dimension 1 of a conv's output, the last of a Gemm's
+                out = out + error.to(out.dtype).reshape((-1,) + (1,) * (out.dim() - 2))
+        return out
 
     def __getattr__(self, name: str):
         # Model code sometimes reads layer attributes (weight, in_features, ...) directly.
@@ -158,6 +167,7 @@ def quantize_layers(model: nn.Module, candidates: dict[str, Candidate], data: It
                                                weight=weight))
         if after_layer is not None:
             after_layer(name)
+    attach_integer_bias(model)  # in a model with an int8 graph's join quantizers: int32 biases as the kernels round them
     quantizers = [m.input_quantizer for m in quantized_layers(model).values() if m.input_quantizer.needs_calibration]
     joins = {n: q for n, q in join_quantizers(model).items() if q.observing}
     if not calibrate:

@@ -24,7 +24,7 @@ from ..quantizers import GRID_VERSION
 from . import DEFAULT_METRIC, Metric, metric_config
 from .context import MeasureContext
 from .outputs import OutputRunner
-from ..joins import join_quantizers
+from ..joins import int8_graph
 from ..rounding import RoundingConfig, rounding_config
 from ..run_directory import RunDirectory
 from .store import data_hash
@@ -80,8 +80,9 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                     "weight_method": weight_method, "activation_method": activation_method, "grid": GRID_VERSION}
         if rounder is not None:  # nearest (the default) adds no key: older runs stay valid
             settings["rounding"] = {"name": rounder.name, **rounder.changed()}
-        if join_quantizers(model):  # measured with join quantizers (mixprec.joins)
+        if int8_graph(model):  # measured with join quantizers (mixprec.joins) and int32 biases (integer_bias)
             settings["joins"] = True
+            settings["integer_bias"] = 1
         if config.uses_evaluate:  # the entries depend on which evaluation measured them
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
@@ -160,7 +161,7 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
                 "calibration_batches": len(ctx.data)}
     if ctx.rounding is not None:
         metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.changed()}
-    if join_quantizers(ctx.model):
+    if int8_graph(ctx.model):
         metadata["joins"] = True
     if pending:
         metadata.update(config.metadata(state))

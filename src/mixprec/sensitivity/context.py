@@ -28,6 +28,7 @@ from ..candidates import Candidate
 from ..capture import layer_input, on_inputs
 from ..formats import Format, IntFormat
 from ..groups import ModelGroups, QuantizerGroup
+from ..integer_bias import attach as attach_integer_bias
 from ..multipoint import measure_points
 from ..quantizers import ActivationQuantizer
 from ..rounding.config import RoundingConfig
@@ -186,6 +187,7 @@ class MeasureContext:
             clone._parameters = dict(float_layer._parameters)
             out[layer] = QuantizedLayer(clone, candidate, weight=self.quantized_weight(layer, candidate),
                                         input_quantizer=self.input_quantizer(layer, candidate.activation, observers))
+        attach_integer_bias(self.model, out)  # measured in an int8 graph: its kernels' int32 bias rounding too
         return out
 
 
