@@ -160,7 +160,9 @@ def test_cli_analyze_with_joins_makes_plans_that_export_integer_adds(tmp_path, c
     spec = ["--model", f"{tmp_path / 'user.py'}:model", "--data", str(tmp_path / "data.npz")]
     assert main(["analyze", *spec, "--candidates", "w4a8,w7a8", "--joins", "--out", str(tmp_path / "run")]) == 0
     table = json.loads((tmp_path / "run" / "sensitivity.json").read_text())
-    assert table["metadata"]["joins"] is True
+    assert table["metadata"]["joins"] is True and table["metadata"]["integer_bias"] == 1
+    from mixprec.analysis import Analysis
+    assert not any("int32 bias" in n for n in Analysis.load(tmp_path / "run").problem().notes)
     assert main(["solve", str(tmp_path / "run"), "--budget", "bits=6", *spec, "--out", str(tmp_path / "plan.json")]) == 0
     assert json.loads((tmp_path / "plan.json").read_text())["metadata"]["joins"] is True
     out = tmp_path / "model.onnx"
@@ -168,6 +170,10 @@ def test_cli_analyze_with_joins_makes_plans_that_export_integer_adds(tmp_path, c
     report = json.loads(out.with_name("model.report.json").read_text())
     assert [j["runtime_op"] for j in report["joins"]] == ["QLinearAdd"]
     assert all(layer["low_precision"] for layer in report["layers"])
+    del table["metadata"]["integer_bias"]  # a run measured before the int32 bias rounding was simulated
+    (tmp_path / "run" / "sensitivity.json").write_text(json.dumps(table))
+    notes = Analysis.load(tmp_path / "run").problem().notes
+    assert any("before mixprec simulated the int8 kernels' int32 bias rounding" in n for n in notes)
 
 
 def test_a_saved_model_with_joins_reloads_onto_apply_without_calibration(tmp_path):

@@ -159,6 +159,10 @@ class Analysis:
             allowed &= ~np.isnan(custom)
             tables[kind] = np.nan_to_num(custom, nan=0.0)
             fixed[kind] = constant
+        if self.joins and not table.metadata.get("integer_bias"):
+            notes.append("this run was measured before mixprec simulated the int8 kernels' int32 bias rounding "
+                         "(mixprec.integer_bias); its plans are applied and evaluated with it, its sensitivities are "
+                         "not: analyze again into a new directory to measure them so")
         if any(self.refused.values()):
             notes.append(f"target {self.target} cannot run {sum(len(c) for c in self.refused.values())} (group, "
                          "candidate) pair(s) of this run; those are not chosen")

@@ -41,8 +41,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @dataclass
 class BiasFold:
-    """How a layer's bias reaches the int32 accumulator: the BatchNorm folded into it (module name, None:
-    no BatchNorm), read at run time so the fold follows the model's own statistics."""
+    """How a layer's bias reaches the int32 accumulator: the BatchNorm module folded into it (None: none), whose
+    statistics are read at each forward; ``enabled`` False leaves the bias unrounded (``unrounded``)."""
 
     batchnorm: nn.Module | None = None
     enabled: bool = True

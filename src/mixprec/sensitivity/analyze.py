@@ -161,8 +161,9 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
                 "calibration_batches": len(ctx.data)}
     if ctx.rounding is not None:
         metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.changed()}
-    if int8_graph(ctx.model):
+    if int8_graph(ctx.model):  # join quantizers, and the int32 bias rounding of mixprec.integer_bias
         metadata["joins"] = True
+        metadata["integer_bias"] = 1
     if pending:
         metadata.update(config.metadata(state))
     if runner is not None:
