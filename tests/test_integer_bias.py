@@ -8,7 +8,7 @@ from torch import nn
 from mixprec.apply import apply
 from mixprec.candidates import parse_candidate
 from mixprec.groups import discover_groups
-from mixprec.integer_bias import BIAS_LIMIT, BiasFold, attach, bias_folds, rounding_error, unrounded
+from mixprec.integer_bias import BIAS_LIMIT, BiasFold, attach, bias_folds, integer_kernel, rounding_error, unrounded
 from mixprec.joins import insert_join_quantizers, int8_graph
 from mixprec.plan import Plan
 from mixprec.quantizers import ActivationQuantizer, quantize_weight
@@ -128,6 +128,21 @@ def test_layers_without_an_int32_bias_are_left_alone():
     linear.weight.data = quantize_weight(linear.weight.data, cand.weight, "minmax")
     assert rounding_error(linear, cand, q, BiasFold(None), 2) is not None  # a Gemm with its bias
     assert rounding_error(linear, cand, q, BiasFold(None), 3) is None  # a MatMul and a float Add
+
+
+def test_integer_kernels_are_what_the_export_writes_as_qdq():
+    from mixprec.export.targets import realise
+    from mixprec.profiles import PROFILES
+    names = {c for cands in PROFILES.values() for c in cands} | {
+        "w8a8-asym", "w4g64a8", "w8a16", "w6a6", "w4x2a8", "fp8", "w8a8d32", "w16a8", "q8_0", "w3a8", "w8-asym"}
+    checked = 0
+    for name in sorted(names):
+        cand = parse_candidate(name)
+        for kind in ("Conv2d", "Linear"):
+            result = realise(cand, kind, 64)
+            assert integer_kernel(cand) == (not isinstance(result, str) and result.kind == "qdq"), (name, kind)
+            checked += 1
+    assert checked > 40
 
 
 def test_attach_needs_an_int8_graph():

@@ -19,6 +19,7 @@ dimensions it becomes a MatMul and a float Add.
 
     bias_folds(model)              layer -> the BatchNorm the export folds into it (None: none), for a traced model
     attach(model, layers=None)     the quantized layers of a traced int8-graph model round their bias (in place)
+    integer_kernel(candidate)      whether the target runs a layer at ``candidate`` with integer inputs and weights
     rounding_error(...)            the per-channel error added to a layer's output
     unrounded(model)               context: the layers of ``model`` leave their bias unrounded (the plain simulation)
 """
@@ -31,6 +32,8 @@ from typing import Iterator
 import torch
 from torch import fx, nn
 
+from .candidates import Candidate
+from .formats import IntFormat, is_dynamic
 from .joins import int8_graph
 from .quantizers import int_qparams
 
@@ -108,6 +111,16 @@ def attach(model: nn.Module, layers: dict[str, nn.Module] | None = None) -> int:
     return count
 
 
+def integer_kernel(candidate: Candidate) -> bool:
+    """Whether ONNX Runtime's CPU target runs a Conv/Linear at ``candidate`` as an integer kernel with an int32
+    bias: 8-bit static inputs and symmetric per-channel integer weights of at most 8 bits (what
+    mixprec.export.targets.realise writes as 'qdq')."""
+    w, a = candidate.weight, candidate.activation
+    return (not candidate.multipoint and isinstance(w, IntFormat) and isinstance(a, IntFormat) and not is_dynamic(a)
+            and a.bits == 8 and w.bits <= 8 and w.granularity == "channel" and w.symmetric
+            and w.scale_dtype == "fp32" and not w.narrow_range)
+
+
 def _weight_step(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per output channel, the step of a symmetric signed grid the weight lies on: max|w| / 2^(B-1) (1 where the
     row is all zero, as int_qparams gives a zero range)."""
@@ -116,18 +129,12 @@ def _weight_step(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(step > 0, step, torch.ones_like(step))
 
 
-def rounding_error(layer: nn.Module, candidate, input_quantizer, fold: BiasFold,
+def rounding_error(layer: nn.Module, candidate: Candidate, input_quantizer, fold: BiasFold,
                    input_dims: int) -> torch.Tensor | None:
     """Per output channel, what the integer kernel adds beyond the float layer (its int32 bias rounding error,
     divided by the folded BatchNorm's factor), float64; None where the layer has no int32 bias (no bias and no
     BatchNorm, a Linear on more than 2-d inputs, a realisation other than integer inputs and weights)."""
-    from .export.targets import realise
-    if isinstance(layer, nn.Linear) and input_dims != 2:
-        return None
-    kind = type(layer).__name__
-    inputs = layer.weight[0].numel()
-    realisation = realise(candidate, kind if kind in ("Conv1d", "Conv2d", "Linear") else "Conv2d", inputs)
-    if isinstance(realisation, str) or realisation.kind != "qdq":
+    if (isinstance(layer, nn.Linear) and input_dims != 2) or not integer_kernel(candidate):
         return None
     if layer.bias is None and fold.batchnorm is None:
         return None
