@@ -287,6 +287,33 @@ def _nncf_targets() -> list[str]:
         lines.append(f"| at least as good as NNCF in 24 of 24 configurations | smollm2 (`{path.stem}`, weight ranges "
                      f"{ranges}, {guard}{scope}, {r['environment'].get('gpu') or r['environment']['device']}) | "
                      f"{wins} of {len(rows)} | {'yes' if wins == len(rows) == 24 else 'no'} |")
+    return lines + _nncf_combined()
+
+
+def _nncf_combined() -> list[str]:
+    """One row for the files that measured the same mixprec configuration on different rows of the grid (--rows):
+    their rows together, each label once."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted(RESULTS.glob("nncf_smollm2*.json")):
+        r = json.loads(path.read_text())
+        if r.get("grid") != "full" or not r.get("rows_like") or r.get("partial"):
+            continue
+        key = json.dumps([r.get("mixprec_candidates"), r.get("mixprec_pins"), r.get("mixprec_weight_range"),
+                          r.get("guard_margin"), r.get("search"), r.get("mixprec_rounding")], sort_keys=True)
+        groups.setdefault(key, []).append((path.stem, r))
+    lines = []
+    for files in groups.values():
+        if len(files) < 2:
+            continue
+        rows = {x["label"]: x for _, r in files for x in r["rows"] if "mixprec_at_least_as_good" in x}
+        wins = sum(x["mixprec_at_least_as_good"] for x in rows.values())
+        r = files[0][1]
+        names = " + ".join(f"`{stem}`" for stem, _ in files)
+        lines.append(f"| at least as good as NNCF in 24 of 24 configurations | smollm2 ({names} together, weight ranges "
+                     f"{r.get('mixprec_weight_range', 'mse')}, guard margin {r.get('guard_margin', 1):g} SE, `solve "
+                     f"--search {r.get('search')}`, rows {' and '.join(repr(f['rows_like']) for _, f in files)}: "
+                     f"{len(rows)} of the 24 measured) | {wins} of {len(rows)} | "
+                     f"{'yes' if wins == len(rows) == 24 else 'no'} |")
     return lines
 
 
