@@ -247,3 +247,11 @@ def test_a_run_measured_on_an_earlier_grid_is_refused(tmp_path):
     (run / "run.json").write_text(json.dumps(saved))
     with pytest.raises(SpecError, match="earlier integer grid"):
         mixprec.Analysis.load(run)
+
+
+def test_a_run_measured_before_a_simulated_setting_existed_says_what_it_lacks(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True}})
+    with pytest.raises(RunError, match="settings differ: integer_bias; it was measured before mixprec simulated "
+                                       "the int8 kernels' int32 bias rounding"):
+        run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True, "integer_bias": 1}})

@@ -39,6 +39,11 @@ from .sensitivity.table import SensitivityTable
 SPEC_OPTIONS = ("model", "data", "eval")  # the arguments that name what to load (and may be code)
 
 
+# Settings a run records that mixprec itself added: what a run that lacks one was measured without.
+SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the int8 kernels' int32 bias "
+                                   "rounding, mixprec.integer_bias"}
+
+
 class RunDirectory:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -179,6 +184,7 @@ class RunDirectory:
                                  if settings.get(k) != fingerprint.get("settings", {}).get(k))
                 if "settings" in differs:
                     hashes.append(f"settings differ: {', '.join(changed)}")
+                    hashes += [SETTING_CHANGES[k] for k in changed if k in SETTING_CHANGES]
                 raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)} "
                                f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory, "
                                "or delete this one")
