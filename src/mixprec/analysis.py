@@ -353,7 +353,7 @@ class Analysis:
             if note:
                 notes.append(note)
             if guarded is not None and guarded.chosen != MIXED:
-                if search == "exact" and budgets:
+                if search == "exact" and budgets and not np.array_equal(guarded.choice, problem.least_sensitive()):
                     notes.append("a uniform plan is the answer at this budget; --search local (in Python: "
                                  "search='local') measures moves from the exact and the best uniform plans on the "
                                  "calibration data for as long as the analysis took, and can find a mixed plan "
