@@ -13,13 +13,15 @@ comparing, it checks that the simulated bias rounding is the file's own: per lay
 the int32 bias the file holds (``bias_check``: the largest difference in steps of the bias scale, over channels
 whose code float32 holds exactly).
 Then it runs the built-in's evaluation through the file once and through both simulations, and counts the
-predictions that agree.
+predictions that agree; and once more through the simulation with its layers in float64, which shows how much
+of the disagreement any change of float arithmetic makes by itself.
 Writes benchmarks/results/int8_divergence_<model>.json and .md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 import tempfile
 import time
@@ -112,6 +114,17 @@ def bias_check(quantized: nn.Module, initializers: dict) -> dict:
     return {"layers": layers, "worst_steps": worst}
 
 
+class _Float64(nn.Module):
+    """``model`` with float64 parameters and buffers, fed float64 inputs; float32 outputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.double()).float()
+
+
 def _predictions(builtin, model: nn.Module) -> torch.Tensor:
     from mixprec.export import _Recorder
     recorder = _Recorder(model)
@@ -165,12 +178,29 @@ def run(name: str, candidate: str, images: int, samples: int) -> dict:
             passes[label] = {"agreement": agree, "predictions": int(exported.numel()),
                              "seconds": time.perf_counter() - start}
             print(f"{label}: predictions agreeing {100 * agree:.2f}% of {exported.numel()}", flush=True)
-    return {"model": name, "plan": f"uniform {candidate}, join quantizers", "images": int(x.shape[0]),
+        # the same simulation with its layers in float64 (its quantizers still round float32 values): how much of
+        # the disagreement is the float arithmetic itself, whatever the runtime does
+        wide = _predictions(builtin, _Float64(copy.deepcopy(quantized)))
+        float64 = {"agreement": float((wide == exported).float().mean()), "predictions": int(exported.numel()),
+                   "agreement_with_float32": float((wide == simulated).float().mean())}
+        print(f"simulation in float64: agreeing with the file {100 * float64['agreement']:.2f}%, with the float32 "
+              f"simulation {100 * float64['agreement_with_float32']:.2f}%", flush=True)
+    return {"float64": float64, "model": name, "plan": f"uniform {candidate}, join quantizers", "images": int(x.shape[0]),
             "calibration_samples": samples, "rows": rows, "passes": passes, "bias_check": check,
             "refit_channels": sum(l.get("bias_refit_channels", 0) for l in result.layers),
             "command": "python benchmarks/int8_divergence.py " + " ".join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
                             "cpu": _cpu(), "vnni": cpu_has_vnni()}}
+
+
+def _float64_sentence(r: dict) -> str:
+    f = r.get("float64")
+    if not f:
+        return ""
+    return (f" The same simulation with its layers in float64 (quantizers rounding float32 values) agrees with the "
+            f"file on {100 * f['agreement']:.2f}% and with itself in float32 on {100 * f['agreement_with_float32']:.2f}%: "
+            "what is left is float rounding at the quantizers' rounding boundaries, which any change of arithmetic "
+            "moves.")
 
 
 def _columns(r: dict) -> str:
@@ -203,7 +233,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| `{row['node']}` | `{row['quantizer'] or 'none found'}` | " + " | ".join(cells) + " |")
     lines += ["", "Top-1 predictions of the built-in's evaluation that agree with the exported file: "
               + "; ".join(f"{l} {100 * p['agreement']:.2f}% of {p['predictions']:,}" for l, p in r["passes"].items())
-              + ".", "", f"Channels that a folded BatchNorm all but silences, given a larger weight scale so that their "
+              + "." + _float64_sentence(r), "", f"Channels that a folded BatchNorm all but silences, given a larger weight scale so that their "
               f"int32 bias fits (`fit_bias`): {r['refit_channels']}.", "", f"`{r['command']}`"]
     return "\n".join(lines) + "\n"
 
