@@ -37,7 +37,7 @@ from .formats import IntFormat, is_dynamic
 from .joins import int8_graph
 from .quantizers import int_qparams
 
-BIAS_LIMIT = 2 ** 30  # as mixprec.export.onnx_graph.BIAS_LIMIT: the largest bias code the export writes
+BIAS_LIMIT = 2 ** 30  # the largest int32 bias code the export writes: room left in the accumulator for the products
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

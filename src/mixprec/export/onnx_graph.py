@@ -30,6 +30,7 @@ from torch import nn
 from ..candidates import Candidate
 from ..errors import ModelError
 from ..formats import IntFormat
+from ..integer_bias import BIAS_LIMIT  # the largest int32 bias code written
 from ..quantizers import int_qparams, weight_qparams
 from .targets import Realisation
 
@@ -543,7 +544,6 @@ def _int8_weight(g: _Graph, node, name: str, codes: np.ndarray, scales: np.ndarr
     return out
 
 
-BIAS_LIMIT = 2 ** 30  # the largest int32 bias code written: room left in the int32 accumulator for the products
 
 
 def fit_bias(codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, input_scale: float,
