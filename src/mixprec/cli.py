@@ -473,7 +473,10 @@ def cmd_export(args) -> int:
     if result.simulated is not None:
         print(f"simulated {result.simulated.name} {result.simulated.value:.4g}, exported {result.exported.value:.4g}")
     for where, value in result.agreement.items():
-        print(f"top-1 agreement of exported and simulated outputs on the {where} data: {100 * value:.2f}%")
+        n = result.outputs.get(where)
+        detail = (f" ({round((1 - value) * n):,} of {n:,} differ: a top-1 accuracy gap from these alone has a standard "
+                  f"error of at most {result.noise():.2f} points)" if n and where == "evaluation" else "")
+        print(f"top-1 agreement of exported and simulated outputs on the {where} data: {100 * value:.2f}%{detail}")
     _print_notes(result.notes)
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0

@@ -16,7 +16,10 @@ def test_export_then_evaluate_the_onnx_file(capsys, tmp_path):
     text = capsys.readouterr().out
     assert "ONNX Runtime runs" in text and "QLinearConv" in text and "simulated top1" in text
     assert "top-1 agreement of exported and simulated outputs on the evaluation data" in text
+    assert "differ: a top-1 accuracy gap from these alone has a standard error of at most" in text
     report = json.loads((tmp_path / "demo.report.json").read_text())
+    n, agree = report["outputs"]["evaluation"], report["agreement"]["evaluation"]
+    assert n == 597 and abs(report["noise"] - 100 * ((1 - agree) / n) ** 0.5) < 1e-12  # the demo's held-out images
     assert report["exported"]["name"] == "top1" and abs(report["exported"]["value"] - report["simulated"]["value"]) < 1
     assert main(["evaluate", "--model", str(out), "--eval", "demo-cnn", "--threads", "1"]) == 0
     assert capsys.readouterr().out.strip() == f"top1 {report['exported']['value']:.6g}"

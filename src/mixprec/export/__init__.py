@@ -61,6 +61,7 @@ class ExportResult:
     simulated: EvalResult | None = None
     exported: EvalResult | None = None
     agreement: dict[str, Any] = field(default_factory=dict)  # {"calibration": f, "evaluation": f}: top-1 agreement
+    outputs: dict[str, int] = field(default_factory=dict)  # how many outputs each agreement counts
     notes: list[str] = field(default_factory=list)
     joins: list[dict] = field(default_factory=list)  # per residual add/concatenation: op run, low precision
 
@@ -69,11 +70,23 @@ class ExportResult:
         """Layers the plan quantizes that the runtime computes in float."""
         return [l for l in self.layers if l["candidate"] != "fp32" and not l["low_precision"] and not l.get("absent")]
 
+    def noise(self) -> float | None:
+        """An upper bound, in points, on the standard error of a top-1 accuracy gap (in percent) between the
+        simulated and the exported model that comes from the evaluation outputs whose top-1 differs alone: the gap is
+        (outputs only the file gets right - outputs only the simulation gets right) / N, both counts out of the D
+        that differ, so with neither side favoured its standard error is at most sqrt(D) / N; None without an
+        evaluation."""
+        n, agree = self.outputs.get("evaluation"), self.agreement.get("evaluation")
+        if not n or agree is None:
+            return None
+        return 100 * ((1 - agree) / n) ** 0.5
+
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
                 "simulated": None if self.simulated is None else self.simulated.to_dict(),
                 "exported": None if self.exported is None else self.exported.to_dict(),
-                "agreement": self.agreement, "notes": self.notes, "layers": self.layers, "joins": self.joins}
+                "agreement": self.agreement, "outputs": self.outputs, "noise": self.noise(), "notes": self.notes,
+                "layers": self.layers, "joins": self.joins}
 
 
 def cpu_has_vnni() -> bool:
@@ -223,6 +236,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             same = sum(int((a == b).sum()) for a, b in zip(sim_out.predictions, exp_out.predictions))
             total = sum(a.numel() for a in sim_out.predictions)
             result.agreement["evaluation"] = same / max(total, 1)
+            result.outputs["evaluation"] = total
     write_json_atomic(report_path(out), result.to_dict())
     return result
 
