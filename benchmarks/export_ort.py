@@ -25,7 +25,7 @@ import torch
 
 from mixprec import __version__, analyze
 from mixprec.builtin import get_builtin
-from mixprec.export import cpu_has_vnni, export
+from mixprec.export import cpu_has_vnni, export, noise_bound
 from mixprec.errors import ModelError
 from mixprec.export.latency import _feed, _resize
 from mixprec.export.ort import make_session
@@ -168,9 +168,7 @@ def gap_noise(row: dict, samples: int | None) -> float | None:
     (images only the exported model gets right - images only the simulated one gets right) / N; both counts come
     from the D images whose predictions differ, so with no side favoured its standard error is at most
     sqrt(D) / N = sqrt(disagreement / N)."""
-    if not samples or row.get("agreement") is None:
-        return None
-    return 100 * ((1 - row["agreement"]) / samples) ** 0.5
+    return noise_bound(row.get("agreement"), samples)
 
 
 def markdown(r: dict) -> str:

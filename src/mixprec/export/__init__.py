@@ -41,7 +41,7 @@ from .gguf import GGUFExport, export_gguf
 from .targets import TARGETS, check_layers, get_onnx_target
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
-           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "cpu_has_vnni",
+           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "noise_bound", "cpu_has_vnni",
            "deploy_cuda", "save_cuda", "load_cuda", "CudaDeployment"]
 
 
@@ -76,10 +76,7 @@ class ExportResult:
         (outputs only the file gets right - outputs only the simulation gets right) / N, both counts out of the D
         that differ, so with neither side favoured its standard error is at most sqrt(D) / N; None without an
         evaluation."""
-        n, agree = self.outputs.get("evaluation"), self.agreement.get("evaluation")
-        if not n or agree is None:
-            return None
-        return 100 * ((1 - agree) / n) ** 0.5
+        return noise_bound(self.agreement.get("evaluation"), self.outputs.get("evaluation"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
@@ -87,6 +84,14 @@ class ExportResult:
                 "exported": None if self.exported is None else self.exported.to_dict(),
                 "agreement": self.agreement, "outputs": self.outputs, "noise": self.noise(), "notes": self.notes,
                 "layers": self.layers, "joins": self.joins}
+
+
+def noise_bound(agreement: float | None, outputs: int | None) -> float | None:
+    """sqrt((1 - agreement) / outputs) in points: at most the standard error of a top-1 accuracy gap (in percent)
+    made by the outputs whose top-1 differs alone (ExportResult.noise); None when either is unknown."""
+    if not outputs or agreement is None:
+        return None
+    return 100 * ((1 - agreement) / outputs) ** 0.5
 
 
 def cpu_has_vnni() -> bool:
