@@ -6,16 +6,18 @@ folding the BatchNorm that alone reads a convolution's output into the weights: 
 The bias the kernel adds is then round(B / S) * S, not B = factor * bias + shift, with S = s_x * s_w * factor.
 One step of S is small, but it is the same on every output of a channel, and on a deep network those offsets
 are most of what still makes the file's codes differ from the simulated ones
-(``benchmarks/int8_divergence.py``: ResNet-56, top-1 agreement with the file 99.27 % without it, 99.91 % with).
+(``benchmarks/int8_divergence.py``: ResNet-56, top-1 agreement with the file 99.27 % without it, 99.92 % with).
 
 Where a simulation runs the int8 graph of a target (join quantizers, mixprec.joins), every layer that the
-target runs with integer inputs and weights (``realise(...)`` gives 'qdq') rounds its bias so: the rounding
-error of each channel is added to the layer's output, divided by the BatchNorm's factor, so that the BatchNorm
-after it, unfolded in the simulation, makes it the error of the folded bias. s_w is the step of the layer's
-symmetric weight grid, max|w_q| / 2^(B-1) per channel (the extreme of the range lands on the lowest code); a
-channel whose bias the export refits (``fit_bias``: a BatchNorm that all but silences it) is rounded at the
-refitted scale. A Linear counts only on 2-d inputs, which torch exports as a Gemm with its bias; on more
-dimensions it becomes a MatMul and a float Add.
+target runs with integer inputs and weights (``integer_kernel``: what mixprec.export.targets.realise writes as
+'qdq') rounds its bias so: the rounding error of each channel is added to the layer's output, divided by the
+BatchNorm's factor, so that the BatchNorm after it, unfolded in the simulation, makes it the error of the
+folded bias. s_w is the step of the layer's symmetric weight grid, max|w_q| / 2^(B-1) per channel (with nearest
+rounding the extreme of the range lands on the lowest code; a weight that another rounding keeps off that code
+gets a smaller step, so its bias is rounded more finely than in the file); a channel whose bias the export
+refits (``fit_bias``: a BatchNorm that all but silences it) is rounded at the refitted scale. A Linear counts
+only on 2-d inputs, which torch exports as a Gemm with its bias; on more dimensions it becomes a MatMul and a
+float Add.
 
     bias_folds(model)              layer -> the BatchNorm the export folds into it (None: none), for a traced model
     attach(model, layers=None)     the quantized layers of a traced int8-graph model round their bias (in place)
