@@ -845,9 +845,9 @@ def main() -> None:
              "Plans that run as ONNX Runtime's int8 graph (join quantizers) are now simulated with the integer "
              "kernels' int32 bias rounding (`mixprec.integer_bias`). Measured with it: `int8_divergence_*` (both, "
              "side by side), `export_ort_resnet20`, `export_ort_resnet56`, `export_ort_efficientnet-lite0`, "
-             "`export_ort_minilm` and `latency_budget_efficientnet-lite0` (MiniLM has no join quantizers: torch.fx "
-             "does not trace it, so nothing of it changes); the simulated figures of the `export_ort_*_avx2` files "
-             "and the analysis of `latency_budget_resnet20` leave that rounding out "
+             "`export_ort_minilm`, `latency_budget_efficientnet-lite0` and `latency_budget_resnet20` (MiniLM has no "
+             "join quantizers: torch.fx does not trace it, so nothing of it changes); the simulated figures of the "
+             "`export_ort_*_avx2` files leave that rounding out "
              "(the files they exported hold the same int32 biases).", ""]
     lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
