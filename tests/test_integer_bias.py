@@ -179,3 +179,12 @@ def test_the_simulated_rounding_is_the_files_int32_bias(tmp_path):
         with unrounded(quantized):
             far = (quantized(x) - exported(x)).abs().mean()
     assert float(near) < float(far)  # the file computes what the simulation with the rounding computes
+
+
+def test_an_unbatched_input_gets_the_same_rounding_per_channel():
+    model, batches = Block().eval(), data()
+    joined = apply(model, uniform(model, batches, "w4a8"), batches, progress=False)
+    conv = joined.get_submodule("conv2")
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(conv(x)[0], conv(x[0]), atol=1e-6)  # (C, H, W) in: the error still per channel

@@ -92,8 +92,8 @@ class QuantizedLayer(nn.Module):
         fold = self.integer_bias
         if fold is not None and fold.enabled and not self.input_quantizer.observing:
             error = rounding_error(self.layer, self.parsed, self.input_quantizer, fold, x.dim())
-            if error is not None:  # per output channel: dimension 1 of a conv's output, the last of a Gemm's
-                out = out + error.to(out.dtype).reshape((-1,) + (1,) * (out.dim() - 2))
+            if error is not None:  # per output channel: before a conv's spatial dimensions, the last of a Gemm's
+                out = out + error.to(out.dtype).reshape((-1,) + (1,) * (self.layer.weight.dim() - 2))
         return out
 
     def __getattr__(self, name: str):
