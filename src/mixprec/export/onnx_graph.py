@@ -544,8 +544,6 @@ def _int8_weight(g: _Graph, node, name: str, codes: np.ndarray, scales: np.ndarr
     return out
 
 
-
-
 def fit_bias(codes: np.ndarray, scales: np.ndarray, bias: np.ndarray, input_scale: float,
              fmt: IntFormat) -> tuple[np.ndarray, np.ndarray, int]:
     """Codes and per-channel scales at which every channel's int32 bias (at scale input scale x weight scale)
