@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .attention import ExplicitAttention, explicit_attention
 from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
@@ -214,7 +215,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
 
     ties: name patterns (fnmatch); all layers matching one pattern form one group.
     exclude: name patterns of layers left in float. pins: name pattern -> candidate.
+    The groups are those of ``explicit_attention(model)`` (mixprec.attention): an ``nn.MultiheadAttention``
+    counts as its four projection layers, as every other step of mixprec sees it.
     """
+    model = explicit_attention(model)
     pins = dict(pins or {})
     for candidate in pins.values():
         parse_candidate(candidate)
@@ -233,6 +237,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
                          f"{list(layers)[0]!r})")
     notes = []
+    attention = [n for n, m in model.named_modules() if isinstance(m, ExplicitAttention)]
+    if attention:
+        notes.append(f"{len(attention)} nn.MultiheadAttention module(s) (e.g. {attention[0]}) run as their q_proj, "
+                     "k_proj, v_proj and out_proj Linear layers, which are quantized like any other (mixprec.attention)")
     uncovered = unquantized_weights(model)
     total = sum(p.numel() for p in model.parameters())
     held = sum(n for _, _, n in uncovered)

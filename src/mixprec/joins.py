@@ -42,6 +42,7 @@ from torch import fx, nn
 
 from .candidates import parse_candidate
 from .errors import ModelError
+from .groups import QUANTIZABLE
 from .quantizers import ActivationQuantizer, int_qparams
 
 JOIN_FORMAT = parse_candidate("w8a8").activation  # unsigned 8-bit, what ONNX Runtime's QDQ graph uses
@@ -85,11 +86,17 @@ class JoinQuantizer(ActivationQuantizer):
 
 
 class _Tracer(fx.Tracer):
-    """Quantizers (and mixprec's quantized layers) are leaves: their forward branches on tensor values."""
+    """Quantizers (and mixprec's quantized layers) are leaves: their forward branches on tensor values.
+    A torch.nn container of quantizable layers (nn.TransformerEncoder and its layers) is traced through,
+    not kept whole as fx keeps torch.nn's modules: its layers must be nodes of the graph."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         quantized_layer = isinstance(getattr(m, "input_quantizer", None), ActivationQuantizer)
-        return isinstance(m, ActivationQuantizer) or quantized_layer or super().is_leaf_module(m, qualname)
+        if isinstance(m, ActivationQuantizer) or quantized_layer:
+            return True
+        if isinstance(m, (nn.MultiheadAttention, *QUANTIZABLE)):  # MultiheadAttention never calls its out_proj
+            return True
+        return super().is_leaf_module(m, qualname) and not any(isinstance(sub, QUANTIZABLE) for sub in m.modules())
 
 
 def graph_module(model: nn.Module) -> fx.GraphModule:

@@ -637,3 +637,18 @@ def test_a_dict_input_forward_does_not_name_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match=r"'labels'.*does not name"):
         export(model, Plan.uniform(discover_groups(model, {k: v for k, v in data[0].items() if k != "labels"}), "fp32"),
                data, out=tmp_path / "encoder.onnx", progress=False)
+
+
+def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kernels(tmp_path):
+    from test_attention import TinyViT, tokens
+    model, data = TinyViT().eval(), tokens()
+    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    assert "encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}" in p.assignments  # nn.MultiheadAttention, explicit
+    result = export(model, p, data, out=tmp_path / "vit.onnx", progress=False)
+    simulated = apply(model, p, data, progress=False)
+    x = tokens(n=1, size=32)[0]
+    a, b = simulated(x), OrtModule(result.path)(x)
+    assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())
+    rows = {r["layer"]: r for r in result.layers}
+    for layer in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        assert rows[f"encoder.layers.1.self_attn.{layer}"]["low_precision"], rows[f"encoder.layers.1.self_attn.{layer}"]

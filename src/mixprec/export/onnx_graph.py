@@ -109,8 +109,11 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     with warnings.catch_warnings(), _output_to_file() as log:
         warnings.simplefilter("ignore")
         try:
+            # initializers kept as inputs: the exporter then stores two equal weights as two tensors under their
+            # own names, not one read by an Identity (layers are matched by their weight's name)
             torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, do_constant_folding=False,
-                              input_names=names, output_names=outputs, dynamic_axes=dynamic)
+                              input_names=names, output_names=outputs, dynamic_axes=dynamic,
+                              keep_initializers_as_inputs=True)
         except Exception as exc:  # the exporter raises many types; the message is what the user needs
             failure = exc
         else:
@@ -123,6 +126,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                          ) from failure
     Path(log).unlink(missing_ok=True)
     graph = onnx.load_from_string(buffer.getvalue())
+    stored = {i.name for i in graph.graph.initializer}
+    kept = [i for i in graph.graph.input if i.name not in stored]  # weights are constants, not inputs
+    del graph.graph.input[:]
+    graph.graph.input.extend(kept)
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph

@@ -1,0 +1,178 @@
+"""Explicit attention: nn.MultiheadAttention with its projections as Linear layers mixprec can quantize.
+
+``nn.MultiheadAttention`` keeps its input projections as one ``in_proj_weight`` parameter and reads
+its ``out_proj`` weight directly, without calling the module; ``nn.TransformerEncoderLayer`` and
+``nn.TransformerEncoder`` in eval mode may run all of it as one fused kernel. Hooks, fake-quantized
+layers and exported integer kernels see none of that. :func:`explicit_attention` returns the model
+with every ``nn.MultiheadAttention`` replaced by an :class:`ExplicitAttention` computing the same
+function through four ``nn.Linear`` layers, ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``
+(the names Hugging Face models use), so self-attention's three projections are found reading one
+tensor and tied into one group like any other layers. Every public entry point calls it, so
+discovered groups, plans, applied models and exports all name the same layers.
+
+The model passed in is not modified: where it has such a module, the result is a copy that shares
+its other parameters; the projections are copies of the attention's weights. An
+``nn.TransformerEncoder`` of the copy no longer turns a padded batch into a nested tensor: its layers
+then compute the padded positions too (the fused path leaves them at zero), as in training.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["ExplicitAttention", "explicit_attention", "attention_modules"]
+
+
+class ExplicitAttention(nn.Module):
+    """``nn.MultiheadAttention``'s forward, with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` called as layers.
+
+    Same signature and outputs: ``(output, weights or None)``; batch-first or not, unbatched inputs,
+    boolean or additive masks, ``key_padding_mask``, ``bias_k``/``bias_v``, ``add_zero_attn``,
+    ``kdim``/``vdim``, dropout in training.
+    """
+
+    # read by nn.TransformerEncoderLayer's and nn.TransformerEncoder's fused-path checks: a None
+    # in_proj_bias makes them call this module (and the feed-forward layers) as modules
+    in_proj_weight = None
+    in_proj_bias = None
+
+    def __init__(self, embed_dim: int, num_heads: int, *, kdim: int | None = None, vdim: int | None = None,
+                 bias: bool = True, add_bias_kv: bool = False, add_zero_attn: bool = False, dropout: float = 0.0,
+                 batch_first: bool = False):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.batch_first, self.dropout, self.add_zero_attn = batch_first, dropout, add_zero_attn
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.bias_k = nn.Parameter(torch.zeros(1, 1, embed_dim)) if add_bias_kv else None
+        self.bias_v = nn.Parameter(torch.zeros(1, 1, embed_dim)) if add_bias_kv else None
+
+    @classmethod
+    def from_float(cls, mha: nn.MultiheadAttention) -> "ExplicitAttention":
+        """The same function as ``mha``, its weights copied into the four layers."""
+        e = mha.embed_dim
+        out = cls(e, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=mha.in_proj_bias is not None,
+                  add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, dropout=mha.dropout,
+                  batch_first=mha.batch_first)
+        ref = mha.out_proj.weight
+        out = out.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                weights = mha.in_proj_weight.split(e)
+            else:
+                weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+            layers = (out.q_proj, out.k_proj, out.v_proj)
+            for layer, w in zip(layers, weights):
+                layer.weight.copy_(w)
+            if mha.in_proj_bias is not None:
+                for layer, b in zip(layers, mha.in_proj_bias.split(e)):
+                    layer.bias.copy_(b)
+            out.out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                out.out_proj.bias.copy_(mha.out_proj.bias)
+            if mha.bias_k is not None:
+                out.bias_k.copy_(mha.bias_k)
+                out.bias_v.copy_(mha.bias_v)
+        return out.train(mha.training)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        b, length, _ = query.shape
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        # as nn.MultiheadAttention: without padding or weights, is_causal replaces attn_mask by a causal mask
+        # over every key, the bias_k and zero-attention slots included
+        causal = is_causal and key_padding_mask is None and not need_weights
+        mask = None if causal else self._mask(attn_mask, key_padding_mask, is_causal, b, length, k.shape[1], q.dtype)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(b, 1, -1)], 1)
+            v = torch.cat([v, self.bias_v.expand(b, 1, -1)], 1)
+            mask = None if mask is None else F.pad(mask, (0, 1))
+        heads = (b, -1, self.num_heads, self.head_dim)
+        q, k, v = (t.reshape(heads).transpose(1, 2) for t in (q, k, v))
+        if self.add_zero_attn:
+            zeros = k.new_zeros(b, self.num_heads, 1, self.head_dim)
+            k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
+            mask = None if mask is None else F.pad(mask, (0, 1))
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+            if mask is not None:
+                scores = scores + mask
+            weights = scores.softmax(-1)
+            attended = F.dropout(weights, p) @ v if p else weights @ v
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        out = self.out_proj(attended.transpose(1, 2).reshape(b, length, self.embed_dim))
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(1)
+        if unbatched:
+            out = out.squeeze(0)
+            weights = None if weights is None else weights.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    def _mask(self, attn_mask, key_padding_mask, is_causal: bool, b: int, length: int, source: int, dtype):
+        """One additive mask of shape (batch or 1, heads or 1, length, source), or None."""
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(length, source, dtype=torch.bool).triu(1)
+        mask = None
+        if attn_mask is not None:
+            mask = _additive(attn_mask, dtype)
+            mask = mask.reshape(1, 1, length, source) if mask.dim() == 2 else mask.reshape(b, self.num_heads,
+                                                                                               length, source)
+        if key_padding_mask is not None:
+            padding = _additive(key_padding_mask, dtype).reshape(b, 1, 1, source)
+            mask = padding if mask is None else mask + padding
+        return mask
+
+
+def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    """A boolean mask (True: not attended) as 0 / -inf; an additive mask as it is."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """Names of the ``nn.MultiheadAttention`` modules of ``model``."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+
+
+def explicit_attention(model: nn.Module) -> nn.Module:
+    """``model`` itself where it has no ``nn.MultiheadAttention``; else a copy (sharing its other parameters)
+    with each replaced by an equivalent :class:`ExplicitAttention`. TorchScript models are returned as they are."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    names = attention_modules(model)
+    if not names:
+        return model
+    copied = copy.deepcopy(model, {id(p): p for p in model.parameters()})  # parameters shared, buffers copied
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(copied.get_submodule(parent), child, ExplicitAttention.from_float(copied.get_submodule(name)))
+    for module in copied.modules():
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+    return copied

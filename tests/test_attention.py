@@ -1,0 +1,151 @@
+"""nn.MultiheadAttention made explicit: the same function, and its projections quantized like any layer."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from mixprec.apply import apply
+from mixprec.attention import ExplicitAttention, attention_modules, explicit_attention
+from mixprec.groups import discover_groups
+from mixprec.joins import _Tracer, graph_module
+from mixprec.plan import Plan
+
+
+class TinyViT(nn.Module):
+    """Patches, a cls token, an nn.TransformerEncoder (batch first), a head: the usual user-written transformer."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, d)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        layer = nn.TransformerEncoderLayer(d, 4, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x, padding=None):
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(x)], 1)
+        if padding is not None:
+            padding = torch.cat([padding.new_zeros(x.shape[0], 1), padding], 1)
+        return self.head(self.encoder(h, src_key_padding_mask=padding)[:, 0])
+
+
+def tokens(n=3, size=8, length=6):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(size, length, 4, generator=g) for _ in range(n)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch_first=st.booleans(), bias=st.booleans(), bias_kv=st.booleans(), zero_attn=st.booleans(),
+       other_dims=st.booleans(), need_weights=st.booleans(), average=st.booleans(),
+       masks=st.sampled_from(["none", "bool", "float", "padding", "both", "per_head", "causal"]),
+       unbatched=st.booleans(), seed=st.integers(0, 1000))
+def test_explicit_attention_computes_what_multihead_attention_computes(batch_first, bias, bias_kv, zero_attn,
+                                                                      other_dims, need_weights, average, masks,
+                                                                      unbatched, seed):
+    torch.manual_seed(seed)
+    kdim = 12 if other_dims else None
+    mha = nn.MultiheadAttention(16, 4, bias=bias, add_bias_kv=bias_kv, add_zero_attn=zero_attn, kdim=kdim,
+                                vdim=kdim, batch_first=batch_first).eval()
+    if bias_kv:
+        nn.init.normal_(mha.bias_k)
+        nn.init.normal_(mha.bias_v)
+    explicit = ExplicitAttention.from_float(mha).eval()
+    b, length, source = 3, 5, 7
+    q, k, v = torch.randn(b, length, 16), torch.randn(b, source, kdim or 16), torch.randn(b, source, kdim or 16)
+    padding = torch.zeros(b, source, dtype=torch.bool)
+    padding[:, -2:] = True
+    kwargs = {"none": {}, "bool": {"attn_mask": torch.rand(length, source) > 0.7},
+              "float": {"attn_mask": torch.randn(length, source)}, "padding": {"key_padding_mask": padding},
+              "both": {"attn_mask": torch.rand(length, source) > 0.8, "key_padding_mask": padding},
+              "per_head": {"attn_mask": torch.randn(b * 4, length, source)},
+              "causal": {"attn_mask": torch.ones(length, source, dtype=torch.bool).triu(1), "is_causal": True}}[masks]
+    if unbatched:
+        if masks in ("per_head", "padding", "both"):
+            return  # a per-batch mask needs a batch
+        q, k, v = q[0], k[0], v[0]
+    elif not batch_first:
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    with torch.no_grad():
+        want = mha(q, k, v, need_weights=need_weights, average_attn_weights=average, **kwargs)
+        got = explicit(q, k, v, need_weights=need_weights, average_attn_weights=average, **kwargs)
+    assert got[0].shape == want[0].shape
+    assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-4, equal_nan=True)
+    if need_weights:
+        assert torch.allclose(got[1], want[1], atol=1e-6, equal_nan=True)
+    else:
+        assert got[1] is None and want[1] is None
+
+
+def test_a_transformer_encoder_keeps_its_outputs_and_calls_every_layer():
+    model = TinyViT().eval()
+    converted = explicit_attention(model)
+    assert attention_modules(model) == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    assert attention_modules(converted) == [] and attention_modules(model)  # the model passed in is kept
+    assert converted.embed.weight is model.embed.weight  # other parameters shared, not copied
+    x = tokens()[0]
+    padding = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+    padding[:, -2:] = True
+    called = []
+    for name, m in converted.named_modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_pre_hook(lambda mod, args, name=name: called.append(name))
+    with torch.no_grad():  # eval and no grad: the fused path nn.TransformerEncoderLayer takes where it can
+        assert torch.allclose(converted(x), model(x), atol=1e-5)
+        # a padded batch: the original runs nested tensors, the copy computes the padded positions too,
+        # which the cls token does not attend to
+        assert torch.allclose(converted(x, padding), model(x, padding), atol=1e-5)
+    assert {"encoder.layers.0.self_attn.q_proj", "encoder.layers.1.self_attn.out_proj",
+            "encoder.layers.1.linear2"} <= set(called)
+    assert explicit_attention(converted) is converted  # nothing left to convert
+    plain = nn.Sequential(nn.Linear(3, 3))
+    assert explicit_attention(plain) is plain
+
+
+def test_attention_projections_are_groups_and_the_plan_quantizes_them():
+    model = TinyViT().eval()
+    data = tokens()
+    groups = discover_groups(model, data[0])
+    names = {g.name: g for g in groups}
+    qkv = names["encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}"]
+    assert qkv.tied_by == "shared input" and qkv.macs > 0
+    assert names["encoder.layers.0.self_attn.out_proj"].macs > 0
+    low = apply(model, Plan.uniform(groups, "w2a8"), data, progress=False)
+    only = {g.name: ("w2a8" if "self_attn" in g.name else "w8a8") for g in groups}
+    attention_low = apply(model, Plan(only, {g.name: list(g.layer_names) for g in groups}), data, progress=False)
+    high = apply(model, Plan.uniform(groups, "w8a8"), data, progress=False)
+    with torch.no_grad():
+        x = data[0]
+        reference = model(x)
+        error = {k: float((m(x) - reference).pow(2).mean()) for k, m in
+                 (("w2", low), ("attention w2", attention_low), ("w8", high))}
+    # the attention's projections really run quantized: at 2 bits they alone move the outputs
+    assert error["attention w2"] > 20 * error["w8"]
+    assert error["w2"] > error["w8"]
+
+
+def test_fx_traces_through_torch_nn_containers_of_quantizable_layers():
+    tracer = _Tracer()
+    encoder_layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    assert not tracer.is_leaf_module(encoder_layer, "layer")  # its linear1 and linear2 must be graph nodes
+    assert not tracer.is_leaf_module(nn.TransformerEncoder(encoder_layer, 1, enable_nested_tensor=False), "enc")
+    assert tracer.is_leaf_module(nn.Linear(2, 2), "fc") and tracer.is_leaf_module(nn.ReLU(), "act")
+    assert tracer.is_leaf_module(nn.MultiheadAttention(8, 2), "attn")  # never calls its out_proj: kept whole
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+            self.norm = nn.LayerNorm(4)
+
+        def forward(self, x):
+            return self.norm(self.block(x) + x)
+
+    traced = graph_module(Custom())
+    assert {n.target for n in traced.graph.nodes if n.op == "call_module"} == {"block.0", "block.1", "norm"}
+
+
+@pytest.mark.parametrize("script", [True])
+def test_torchscript_models_are_left_as_they_are(script):
+    model = torch.jit.script(nn.Sequential(nn.Linear(4, 4)))
+    assert explicit_attention(model) is model
