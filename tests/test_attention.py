@@ -1,11 +1,11 @@
 """nn.MultiheadAttention made explicit: the same function, and its projections quantized like any layer."""
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from mixprec.apply import apply
-from mixprec.attention import ExplicitAttention, attention_modules, explicit_attention
+from mixprec.attention import ExplicitAttention, attention_modules
+from mixprec.canonical import canonical
 from mixprec.groups import discover_groups
 from mixprec.joins import _Tracer, graph_module
 from mixprec.plan import Plan
@@ -79,7 +79,7 @@ def test_explicit_attention_computes_what_multihead_attention_computes(batch_fir
 
 def test_a_transformer_encoder_keeps_its_outputs_and_calls_every_layer():
     model = TinyViT().eval()
-    converted = explicit_attention(model)
+    converted = canonical(model)
     assert attention_modules(model) == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
     assert attention_modules(converted) == [] and attention_modules(model)  # the model passed in is kept
     assert converted.embed.weight is model.embed.weight  # other parameters shared, not copied
@@ -97,9 +97,9 @@ def test_a_transformer_encoder_keeps_its_outputs_and_calls_every_layer():
         assert torch.allclose(converted(x, padding), model(x, padding), atol=1e-5)
     assert {"encoder.layers.0.self_attn.q_proj", "encoder.layers.1.self_attn.out_proj",
             "encoder.layers.1.linear2"} <= set(called)
-    assert explicit_attention(converted) is converted  # nothing left to convert
+    assert canonical(converted) is converted  # nothing left to convert
     plain = nn.Sequential(nn.Linear(3, 3))
-    assert explicit_attention(plain) is plain
+    assert canonical(plain) is plain
 
 
 def test_attention_projections_are_groups_and_the_plan_quantizes_them():
@@ -143,9 +143,3 @@ def test_fx_traces_through_torch_nn_containers_of_quantizable_layers():
 
     traced = graph_module(Custom())
     assert {n.target for n in traced.graph.nodes if n.op == "call_module"} == {"block.0", "block.1", "norm"}
-
-
-@pytest.mark.parametrize("script", [True])
-def test_torchscript_models_are_left_as_they_are(script):
-    model = torch.jit.script(nn.Sequential(nn.Linear(4, 4)))
-    assert explicit_attention(model) is model

@@ -95,3 +95,18 @@ def test_wrong_example_shape_is_a_clear_error():
 def test_group_name():
     assert group_name(["a.b.q_proj", "a.b.k_proj", "a.b.v_proj"]) == "a.b.{q_proj,k_proj,v_proj}"
     assert group_name(["x"]) == "x"
+
+
+def test_a_model_of_two_inputs_given_a_pair_is_told_how_to_batch():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    x, y = torch.randn(2, 3), torch.randn(2, 4)
+    with pytest.raises(ModelError, match=r"read as \(inputs, labels\).*\(\(input1, input2, \.\.\.\), labels\)"):
+        discover_groups(TwoInputs(), x)  # what split_item makes of the item (x, y)
+    assert len(discover_groups(TwoInputs(), (x, y))) == 2

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import explicit_attention
+from .canonical import canonical
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
@@ -634,7 +634,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
     model, data, evaluate, given = resolve_specs(model, data, evaluate)
-    model = explicit_attention(model)
+    model = canonical(model)
     if given:
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from .attention import explicit_attention
+from .canonical import canonical
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .formats import IntFormat, is_dynamic
@@ -88,7 +88,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     if joins and is_torchscript(model):
         raise ModelError("join quantizers need a model torch.fx can trace, not a TorchScript model; give the "
                          "model as file.py:function or quantize without joins")
-    model = explicit_attention(model)  # the layers plans name (mixprec.attention)
+    model = canonical(model)  # the layers plans name (mixprec.canonical)
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the

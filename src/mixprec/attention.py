@@ -3,28 +3,25 @@
 ``nn.MultiheadAttention`` keeps its input projections as one ``in_proj_weight`` parameter and reads
 its ``out_proj`` weight directly, without calling the module; ``nn.TransformerEncoderLayer`` and
 ``nn.TransformerEncoder`` in eval mode may run all of it as one fused kernel. Hooks, fake-quantized
-layers and exported integer kernels see none of that. :func:`explicit_attention` returns the model
-with every ``nn.MultiheadAttention`` replaced by an :class:`ExplicitAttention` computing the same
+layers and exported integer kernels see none of that. mixprec.canonical replaces every
+``nn.MultiheadAttention`` of a copy of the model by an :class:`ExplicitAttention` computing the same
 function through four ``nn.Linear`` layers, ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``
 (the names Hugging Face models use), so self-attention's three projections are found reading one
-tensor and tied into one group like any other layers. Every public entry point calls it, so
-discovered groups, plans, applied models and exports all name the same layers.
+tensor and tied into one group like any other layers.
 
-The model passed in is not modified: where it has such a module, the result is a copy that shares
-its other parameters; the projections are copies of the attention's weights. An
-``nn.TransformerEncoder`` of the copy no longer turns a padded batch into a nested tensor: its layers
-then compute the padded positions too (the fused path leaves them at zero), as in training.
+The projections are copies of the attention's weights. An ``nn.TransformerEncoder`` of the copy no
+longer turns a padded batch into a nested tensor: its layers then compute the padded positions too
+(the fused path leaves them at zero), as in training.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ExplicitAttention", "explicit_attention", "attention_modules"]
+__all__ = ["ExplicitAttention", "attention_modules", "make_explicit"]
 
 
 class ExplicitAttention(nn.Module):
@@ -160,19 +157,13 @@ def attention_modules(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
 
 
-def explicit_attention(model: nn.Module) -> nn.Module:
-    """``model`` itself where it has no ``nn.MultiheadAttention``; else a copy (sharing its other parameters)
-    with each replaced by an equivalent :class:`ExplicitAttention`. TorchScript models are returned as they are."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return model
-    names = attention_modules(model)
-    if not names:
-        return model
-    copied = copy.deepcopy(model, {id(p): p for p in model.parameters()})  # parameters shared, buffers copied
+def make_explicit(model: nn.Module, names: list[str]) -> None:
+    """Replace ``model``'s (a copy's) nn.MultiheadAttention modules ``names`` by ExplicitAttention, in place; its
+    nn.TransformerEncoder modules then compute padded positions instead of making nested tensors."""
     for name in names:
         parent, _, child = name.rpartition(".")
-        setattr(copied.get_submodule(parent), child, ExplicitAttention.from_float(copied.get_submodule(name)))
-    for module in copied.modules():
+        setattr(model.get_submodule(parent) if parent else model, child,
+                ExplicitAttention.from_float(model.get_submodule(name)))
+    for module in model.modules():
         if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False
-    return copied

@@ -20,7 +20,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .attention import ExplicitAttention, explicit_attention
+from .attention import ExplicitAttention
+from .canonical import canonical
 from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
@@ -215,10 +216,11 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
 
     ties: name patterns (fnmatch); all layers matching one pattern form one group.
     exclude: name patterns of layers left in float. pins: name pattern -> candidate.
-    The groups are those of ``explicit_attention(model)`` (mixprec.attention): an ``nn.MultiheadAttention``
-    counts as its four projection layers, as every other step of mixprec sees it.
+    The groups are those of ``canonical(model)``, as every other step of mixprec sees the model
+    (mixprec.canonical): an ``nn.MultiheadAttention`` counts as its four projection layers, and a
+    reparametrized weight (weight_norm) as the plain weight it computes.
     """
-    model = explicit_attention(model)
+    model = canonical(model)
     pins = dict(pins or {})
     for candidate in pins.values():
         parse_candidate(candidate)
@@ -262,8 +264,12 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
             macs, shapes, reads = trace(model, example_input, layers)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shape = _describe(example_input)
+            hint = (" A data item that is a 2-tuple is read as (inputs, labels): give a model of several inputs "
+                    "batches of ((input1, input2, ...), labels), of a tuple of 3 or more, or of a dict of its "
+                    "arguments." if "required positional argument" in str(exc) else "")
             raise ModelError(f"the model failed on the example input {shape}: "
-                             f"{str(exc).splitlines()[0]}. Check that the data matches what the model expects.") from exc
+                             f"{str(exc).splitlines()[0]}. Check that the data matches what the model expects.{hint}"
+                             ) from exc
         unused = [n for n in layers if not reads[n]]
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")
@@ -308,9 +314,9 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         pinned = {c for p, c in pins.items() for n in names if fnmatch.fnmatchcase(n, p)}
         if len(pinned) > 1:
             raise ModelError(f"group {group_name(names)} has conflicting pins {sorted(pinned)}")
-        canonical = parse_candidate(pinned.pop()).name if pinned else None
+        pin = parse_candidate(pinned.pop()).name if pinned else None
         groups.append(QuantizerGroup(group_name(names), tuple(info[n] for n in names),
-                                     uf.reason.get(root, "") if len(names) > 1 else "", canonical))
+                                     uf.reason.get(root, "") if len(names) > 1 else "", pin))
     for p in pins:
         if not any(fnmatch.fnmatchcase(n, p) for n in kept):
             raise ModelError(f"pin pattern {p!r} matches no quantized layer")

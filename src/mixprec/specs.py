@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import explicit_attention
+from .canonical import canonical
 from .batches import check_finite, split_item
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
@@ -112,7 +112,7 @@ def load_model(spec: str) -> nn.Module:
                         "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
     if not isinstance(model, nn.Module):
         raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
-    return explicit_attention(model).eval()
+    return canonical(model).eval()
 
 
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,

@@ -652,3 +652,30 @@ def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kern
     rows = {r["layer"]: r for r in result.layers}
     for layer in ("q_proj", "k_proj", "v_proj", "out_proj"):
         assert rows[f"encoder.layers.1.self_attn.{layer}"]["low_precision"], rows[f"encoder.layers.1.self_attn.{layer}"]
+
+
+class TwoHeads(nn.Module):
+    """Returns a dict holding a tensor and a tuple: the exported file gives them back in that structure."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body = nn.Linear(6, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return {"logits": self.head(h), "extra": (h, h.sum(0))}
+
+
+def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path):
+    model, data = TwoHeads().eval(), batches((6,))
+    p = plan(model, data, {"body": "w8a8", "head": "w8a8"})
+    result = export(model, p, data, out=tmp_path / "heads.onnx", progress=False)
+    simulated = apply(model, p, data, progress=False)
+    x = batches((6,), n=1, size=5)[0]  # another batch size: the batch axis of each output is dynamic
+    got, want = OrtModule(result.path)(x), simulated(x)
+    assert list(got) == ["logits", "extra"] and isinstance(got["extra"], tuple)
+    assert got["logits"].shape == (5, 3) and got["extra"][0].shape == (5, 12) and got["extra"][1].shape == (12,)
+    assert torch.allclose(got["logits"], want["logits"], atol=1e-4)
+    assert torch.allclose(got["extra"][1], want["extra"][1], atol=1e-3)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomic
-from ..attention import explicit_attention
+from ..canonical import canonical
 from ..batches import output_tensor, run_model, split_item
 from ..candidates import parse_candidate
 from ..errors import MixprecError, ModelError, PlanError
@@ -152,7 +152,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     out = Path(out)
     if out.suffix != ".onnx":
         raise MixprecError(f"the exported file must end in .onnx, got {out}")
-    model = explicit_attention(model)  # the layers plans name (mixprec.attention)
+    model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..attention import explicit_attention
+from ..canonical import canonical
 from ..candidates import Candidate, parse_candidate
 from ..errors import MixprecError, ModelError, PlanError
 from ..formats import FloatFormat, IntFormat
@@ -385,7 +385,7 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
 
     if not isinstance(plan, Plan):
         raise PlanError(f"deploy_cuda takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
-    model = explicit_attention(model)  # the layers plans name (mixprec.attention)
+    model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)
     candidates = {n: parse_candidate(c) for n, c in plan.layer_candidates().items()}
     layers = check_plan({n: (layer_kind(m), tuple(m.weight.shape), candidates[n]) for n, m in modules.items()})
@@ -451,7 +451,7 @@ def load_cuda(model: nn.Module, folder: str | os.PathLike, device: str | torch.d
         layer, name = key.split("::", 1)
         tensors.setdefault(layer, {})[name] = t
     plan = Plan.from_dict(manifest["plan"])
-    model = explicit_attention(model)  # the layers plans name (mixprec.attention)
+    model = canonical(model)  # the layers plans name (mixprec.canonical)
     plan.model_layers(model)  # an artifact of another model is a PlanError here
     import copy
     deployed = copy.deepcopy(model).eval().to(device=device, dtype=dtype)

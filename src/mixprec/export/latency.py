@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic
-from ..attention import explicit_attention
+from ..canonical import canonical
 from ..batches import run_model, split_item
 from ..candidates import Candidate, parse_candidate
 from ..capture import layer_input, map_tensors, on_inputs
@@ -289,7 +289,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     if not batches:
         raise MixprecError("profiling needs calibration data: each layer is timed on the input it sees")
     first = split_item(batches[0])[0]
-    model = explicit_attention(model).eval()
+    model = canonical(model).eval()
     if groups is None:
         groups = discover_groups(model, first)
     if isinstance(candidates, str):

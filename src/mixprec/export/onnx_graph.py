@@ -79,6 +79,9 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
     return out
 
 
+OUTPUTS_KEY = "mixprec.outputs"  # the metadata holding the structure of several outputs
+
+
 def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     """The float ONNX graph of ``model`` (TorchScript exporter, nothing folded, so initializers keep the
     state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
@@ -100,6 +103,11 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                for n, t in zip(names, tensors) if t.dim() >= 1}
     module, outputs, metadata = model, ["output"], {}
     dynamic["output"] = {0: "batch"}
+    structure = _output_structure(model, example, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
+    if structure is not None:  # several outputs (a tuple, a dict): each named, OrtModule rebuilds the structure
+        outputs, batched, metadata[OUTPUTS_KEY] = structure
+        dynamic.pop("output")
+        dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
     signature = step(example) if callable(step) and isinstance(example, torch.Tensor) else None
     if signature is not None:
@@ -133,6 +141,28 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tuple[list[str], list[bool], str] | None:
+    """For a model that returns several tensors (in tuples, lists and dicts): the graph's output names, whether
+    each leads with the batch, and the structure as JSON (``torch.utils._pytree``); None for one tensor or
+    a structure of other things (the exporter's own outputs then)."""
+    from torch.utils._pytree import tree_flatten, treespec_dumps
+    with torch.no_grad():
+        try:
+            produced = (model(**example) if isinstance(example, dict) else
+                        model(*example) if isinstance(example, (tuple, list)) else model(example))
+        except Exception:  # the exporter's own error says more
+            return None
+    leaves, spec = tree_flatten(produced)
+    if len(leaves) < 2 or not all(isinstance(t, torch.Tensor) for t in leaves):
+        return None
+    try:
+        text = treespec_dumps(spec)
+    except Exception:  # a container type pytree cannot write
+        return None
+    names = ["output"] + [f"output{i}" for i in range(1, len(leaves))]
+    return names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in leaves], text
 
 
 def _keyword_order(model: nn.Module, example: dict) -> list[str]:

@@ -71,7 +71,9 @@ class OrtModule(nn.Module):
 
     A language model exported with its KV cache (metadata ``mixprec.kv_cache``) called with token ids alone
     runs them as a prompt: positions 0.., every token attended, an empty cache; it returns the logits only,
-    as the model it was exported from does. Called with every input, it returns every output."""
+    as the model it was exported from does. Called with every input, it returns every output. A model that
+    returned several tensors in tuples, lists or dicts (metadata ``mixprec.outputs``) gets them back in that
+    structure."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         super().__init__()
@@ -83,6 +85,7 @@ class OrtModule(nn.Module):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kv_cache = kv_cache(self.session)
+        self.structure = output_structure(self.session)
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, *args: Any, **kwargs: Any):
@@ -103,11 +106,25 @@ class OrtModule(nn.Module):
                   for k, v in feed.items()}
         names = self.output_names[:1] if prompt else self.output_names
         outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
+        if self.structure is not None and len(outputs) == self.structure.num_leaves:
+            from torch.utils._pytree import tree_unflatten
+            return tree_unflatten(outputs, self.structure)  # the dict or tuple the model returned
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def prompt_inputs(self, input_ids: Any) -> dict[str, np.ndarray]:
         """The inputs beside the token ids that run them as a prompt (:func:`prompt_inputs`)."""
         return prompt_inputs(self.kv_cache, input_ids)
+
+
+def output_structure(session):
+    """The structure (a torch.utils._pytree spec) of the outputs of a model that returned several tensors, as
+    its file's ``mixprec.outputs`` metadata records it; None if absent or unreadable."""
+    from torch.utils._pytree import treespec_loads
+    meta = session.get_modelmeta().custom_metadata_map.get("mixprec.outputs")
+    try:
+        return treespec_loads(meta) if meta else None
+    except Exception:
+        return None
 
 
 def kv_cache(session) -> dict | None:

@@ -1,0 +1,89 @@
+"""The canonical model: the form in which every step of mixprec sees a user's model.
+
+Two kinds of module compute a layer's weight or output where hooks and swapped layers cannot see it:
+
+- a weight reparametrized (``torch.nn.utils.parametrizations.weight_norm``/``spectral_norm``, any
+  ``torch.nn.utils.parametrize`` parametrization, and the older hook-based ``weight_norm`` and
+  ``spectral_norm``) is recomputed at every access; for a trained model in inference it is one fixed
+  tensor, so it is folded into a plain ``weight`` parameter holding that tensor;
+- ``nn.MultiheadAttention`` becomes :class:`mixprec.attention.ExplicitAttention` (its projections as
+  ``nn.Linear`` layers).
+
+:func:`canonical` returns ``model`` itself where neither occurs, else a copy (sharing the parameters it
+does not change), so the model passed in is never modified. Every public entry point (analyze, apply,
+discover_groups, export, profile, deploy_cuda and the command line's model loading) calls it, so groups,
+plans, applied models and exports all name the same layers.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .attention import attention_modules, make_explicit
+
+__all__ = ["canonical", "reparametrized"]
+
+
+def _hooked(module: nn.Module) -> list[str]:
+    """Names of the weights the older hook-based weight_norm/spectral_norm recompute before each call."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+    return [hook.name for hook in module._forward_pre_hooks.values() if isinstance(hook, (WeightNorm, SpectralNorm))]
+
+
+def reparametrized(model: nn.Module) -> list[str]:
+    """``module.tensor`` names of the weights ``model`` recomputes from other parameters."""
+    out = []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            out += [f"{name}.{t}" if name else t for t in module.parametrizations]
+        out += [f"{name}.{t}" if name else t for t in _hooked(module)]
+    return out
+
+
+def canonical(model: nn.Module) -> nn.Module:
+    """``model`` with its reparametrized weights folded and its nn.MultiheadAttention made explicit (see the
+    module docstring); ``model`` itself when it has neither, and TorchScript models as they are."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    attention = attention_modules(model)
+    if not attention and not reparametrized(model):
+        return model
+    memo = {id(p): p for n, p in model.named_parameters()}  # parameters shared, buffers copied
+    for module in model.modules():
+        for tensor in _hooked(module):  # a computed weight is no graph leaf: deepcopy cannot copy it
+            value = getattr(module, tensor)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                memo[id(value)] = value.detach().clone()
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        if parametrize.is_parametrized(module):
+            _fold_parametrizations(module)
+        for tensor in _hooked(module):  # torch's own removal leaves the weight it computed as a parameter
+            from torch.nn.utils.spectral_norm import SpectralNorm
+            kinds = [type(h) for h in module._forward_pre_hooks.values() if getattr(h, "name", None) == tensor]
+            if SpectralNorm in kinds:
+                torch.nn.utils.remove_spectral_norm(module, tensor)
+            else:
+                torch.nn.utils.remove_weight_norm(module, tensor)
+    make_explicit(copied, attention)
+    return copied
+
+
+def _fold_parametrizations(module: nn.Module) -> None:
+    """Each parametrized tensor of ``module`` (a copy) becomes a plain parameter holding its current value.
+    Not torch's remove_parametrizations: that edits the parametrized class, which the copy shares with
+    the model it was copied from, and writes a single original in place."""
+    values = {}
+    with torch.no_grad():
+        for tensor, plist in module.parametrizations.items():
+            value = getattr(module, tensor)
+            grad = any(p.requires_grad for p in plist.parameters(recurse=False)) or value.requires_grad
+            values[tensor] = nn.Parameter(value.detach().clone(), requires_grad=grad)
+    module.__class__ = module.__class__.__bases__[0]  # parametrize made Parametrized<cls> a subclass of cls
+    del module._modules["parametrizations"]
+    for tensor, value in values.items():
+        module.register_parameter(tensor, value)

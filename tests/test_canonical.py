@@ -1,0 +1,60 @@
+"""The canonical model: reparametrized weights folded, attention explicit, the model passed in untouched."""
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from mixprec.apply import apply
+from mixprec.canonical import canonical, reparametrized
+from mixprec.groups import discover_groups
+from mixprec.plan import Plan
+
+
+def reparametrized_model():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hook-based forms are deprecated, and still in use
+        return nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 8)), nn.ReLU(),
+                             parametrizations.spectral_norm(nn.Linear(8, 8)), nn.ReLU(),
+                             torch.nn.utils.weight_norm(nn.Linear(8, 8)), nn.ReLU(),
+                             torch.nn.utils.spectral_norm(nn.Linear(8, 8)), nn.ReLU(),
+                             parametrizations.orthogonal(nn.Linear(8, 8)), nn.Linear(8, 3)).eval()
+
+
+def test_reparametrized_weights_are_folded_into_plain_parameters_and_the_model_is_kept():
+    model = reparametrized_model()
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        want = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert reparametrized(model) == ["0.weight", "2.weight", "4.weight", "6.weight", "8.weight"]
+    folded = canonical(model)
+    assert reparametrized(folded) == []
+    assert all(type(folded[i]) is nn.Linear and isinstance(folded[i].weight, nn.Parameter) for i in (0, 2, 4, 6, 8))
+    with torch.no_grad():
+        assert torch.equal(folded(x), want)
+        assert torch.equal(model(x), want)  # the model passed in still computes, from its own parameters
+    assert reparametrized(model) == ["0.weight", "2.weight", "4.weight", "6.weight", "8.weight"]
+    assert before.keys() == model.state_dict().keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert folded[9].weight is model[9].weight  # what is not folded is shared, not copied
+
+
+def test_a_weight_normed_model_is_quantized_with_its_weights_on_the_grid():
+    model = reparametrized_model()
+    data = [torch.randn(16, 4) for _ in range(2)]
+    groups = discover_groups(model, data[0])
+    assert len(groups) == 6 and all(g.macs for g in groups)
+    quantized = apply(model, Plan.uniform(groups, "w2a8"), data, progress=False)
+    codes = quantized.get_submodule("0").layer.weight.detach()
+    assert len(torch.unique(codes[0])) <= 4  # 2-bit codes of the folded weight, per output channel
+    with torch.no_grad():
+        assert not torch.allclose(quantized(data[0]), model(data[0]), atol=1e-3)
+
+
+def test_a_model_with_nothing_to_change_is_returned_itself():
+    plain = nn.Sequential(nn.Linear(3, 3))
+    assert canonical(plain) is plain
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4)))
+    assert canonical(scripted) is scripted
