@@ -679,3 +679,22 @@ def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path)
     assert got["logits"].shape == (5, 3) and got["extra"][0].shape == (5, 12) and got["extra"][1].shape == (12,)
     assert torch.allclose(got["logits"], want["logits"], atol=1e-4)
     assert torch.allclose(got["extra"][1], want["extra"][1], atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_exports_as_float32_around_its_integer_kernels(tmp_path, dtype):
+    model = Mlp().eval().to(dtype)
+    data = [x.to(dtype) for x in batches((80,))]
+    p = plan(model, data, {"up": "w8a8", "down": "w4a8", "head": "w8a8"})
+    result = export(model, p, data, out=tmp_path / "half.onnx", progress=False)
+    assert any("float32 around its integer" in n for n in result.notes)
+    simulated = apply(model, p, data, progress=False)
+    x = data[0]
+    got, want = OrtModule(result.path)(x), simulated(x).float()  # the file takes the model's own input
+    assert got.dtype == torch.float32
+    assert float((got - want).abs().max()) < 0.03 * float(want.abs().max())
+    codes = initializers(result.path)
+    up = simulated.get_submodule("up")
+    weights = [v for k, v in codes.items() if k.startswith("up.weight") and v.dtype == np.int8]
+    assert weights and weights[0].shape == tuple(up.layer.weight.shape)  # the 8-bit codes, read back from bf16
+    assert all(r["low_precision"] for r in result.layers)

@@ -114,6 +114,17 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
     return model
 
 
+def _as_float32(inputs: Any) -> Any:
+    """``inputs`` with its floating tensors (in tuples, lists and dicts) as float32."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.float() if inputs.is_floating_point() else inputs
+    if isinstance(inputs, dict):
+        return {k: _as_float32(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_as_float32(v) for v in inputs)
+    return inputs
+
+
 def _first_input(data: Iterable | None, example: Any) -> Any:
     if example is not None:
         return example
@@ -181,6 +192,13 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
              for name in candidates}
     example = _first_input(batches, example_input)
     floated = _float_copy(quantized)
+    narrow = sorted({str(p.dtype).replace("torch.", "") for p in quantized.parameters()
+                     if p.is_floating_point() and p.dtype != torch.float32})
+    if narrow:  # ONNX Runtime's CPU kernels run float32: the file is float32 around its integer kernels
+        floated, example = floated.float(), _as_float32(example)
+        notes.append(f"the model is {'/'.join(narrow)}: the file is float32 around its integer and low-bit kernels "
+                     "(ONNX Runtime's CPU float type), so its float layers and its dequantized weights are float32 "
+                     f"where the simulation rounded them to {'/'.join(narrow)}")
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
     holders: dict[int, list[str]] = {}

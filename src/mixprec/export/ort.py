@@ -63,6 +63,9 @@ def make_session(path: str | os.PathLike, threads: int | None = None, level: str
         raise ModelError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
 
 
+_FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64}
+
+
 class OrtModule(nn.Module):
     """An ONNX file as an nn.Module: ``forward`` feeds the ORT session and returns torch tensors.
 
@@ -83,6 +86,7 @@ class OrtModule(nn.Module):
         self.path = path
         self.session = make_session(path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kv_cache = kv_cache(self.session)
         self.structure = output_structure(self.session)
@@ -102,14 +106,24 @@ class OrtModule(nn.Module):
         missing = [n for n in self.input_names if n not in feed]
         if missing:
             raise ModelError(f"{self.path.name} needs input(s) {missing}")
-        arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-                  for k, v in feed.items()}
+        arrays = {k: self._array(k, v) for k, v in feed.items()}
         names = self.output_names[:1] if prompt else self.output_names
         outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
         if self.structure is not None and len(outputs) == self.structure.num_leaves:
             from torch.utils._pytree import tree_unflatten
             return tree_unflatten(outputs, self.structure)  # the dict or tuple the model returned
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _array(self, name: str, value: Any) -> np.ndarray:
+        """``value`` for the graph input ``name``; a float tensor of another width (a bfloat16 or float16
+        model's input) is cast to the graph's float type."""
+        if not isinstance(value, torch.Tensor):
+            return np.asarray(value)
+        value = value.detach().cpu()
+        wanted = self.input_types.get(name)
+        if value.is_floating_point() and wanted in _FLOATS and value.dtype != _FLOATS[wanted]:
+            value = value.to(_FLOATS[wanted])
+        return value.numpy()
 
     def prompt_inputs(self, input_ids: Any) -> dict[str, np.ndarray]:
         """The inputs beside the token ids that run them as a prompt (:func:`prompt_inputs`)."""
