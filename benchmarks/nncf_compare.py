@@ -291,7 +291,7 @@ def markdown(r: dict) -> str:
     wins = total = exact_wins = 0
     for row in r["rows"]:
         if "nncf_error" in row:
-            lines.append(f"| {row['label']} | | failed: `{row['nncf_error'][:160]}` | | | | | |")
+            lines.append(f"| {row['label']} | | failed: `{' '.join(row['nncf_error'].split())[:160]}` | | | | | |")
             continue
         m = row.get("mixprec")
         total += 1
