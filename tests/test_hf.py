@@ -184,9 +184,11 @@ def test_gpt2_conv1d_layers_become_linear_layers_with_the_same_outputs(tmp_path)
     tokens = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
         before = model(input_ids=tokens).logits
-    # a GPT-2 given as it is: its Conv1D layers are named as left float, with the way out
-    note = " ".join(discover_groups(model, tokens).notes)
-    assert "Conv1D" in note and "conv1d_to_linear" in note
+    # a GPT-2 given in Python: its Conv1D layers are groups too (mixprec.canonical), the model left as it is
+    given = discover_groups(model, tokens)
+    assert not any("Conv1D" in n for n in given.notes)
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"} <= {l.name for l in given.layers}
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     model.save_pretrained(tmp_path / "gpt2")
     assert conv1d_to_linear(model) == 2 * 4  # c_attn, c_proj, c_fc and the MLP's c_proj per block
     with torch.no_grad():

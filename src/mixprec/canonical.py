@@ -7,7 +7,8 @@ Two kinds of module compute a layer's weight or output where hooks and swapped l
   ``spectral_norm``) is recomputed at every access; for a trained model in inference it is one fixed
   tensor, so it is folded into a plain ``weight`` parameter holding that tensor;
 - ``nn.MultiheadAttention`` becomes :class:`mixprec.attention.ExplicitAttention` (its projections as
-  ``nn.Linear`` layers).
+  ``nn.Linear`` layers);
+- transformers' ``Conv1D`` (GPT-2's attention and MLP) becomes the equivalent ``nn.Linear``.
 
 :func:`canonical` returns ``model`` itself where neither occurs, else a copy (sharing the parameters it
 does not change), so the model passed in is never modified. Every public entry point (analyze, apply,
@@ -24,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from .attention import attention_modules, make_explicit
 
-__all__ = ["canonical", "reparametrized"]
+__all__ = ["canonical", "reparametrized", "conv1d_to_linear"]
 
 
 def _hooked(module: nn.Module) -> list[str]:
@@ -45,12 +46,14 @@ def reparametrized(model: nn.Module) -> list[str]:
 
 
 def canonical(model: nn.Module) -> nn.Module:
-    """``model`` with its reparametrized weights folded and its nn.MultiheadAttention made explicit (see the
-    module docstring); ``model`` itself when it has neither, and TorchScript models as they are."""
+    """``model`` with its reparametrized weights folded, its nn.MultiheadAttention made explicit and its Conv1D
+    layers as nn.Linear (see the module docstring); ``model`` itself when it has none of them, and TorchScript
+    models as they are."""
     if isinstance(model, torch.jit.ScriptModule):
         return model
     attention = attention_modules(model)
-    if not attention and not reparametrized(model):
+    conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]
+    if not attention and not conv1d and not reparametrized(model):
         return model
     memo = {id(p): p for n, p in model.named_parameters()}  # parameters shared, buffers copied
     for module in model.modules():
@@ -70,6 +73,7 @@ def canonical(model: nn.Module) -> nn.Module:
             else:
                 torch.nn.utils.remove_weight_norm(module, tensor)
     make_explicit(copied, attention)
+    conv1d_to_linear(copied)
     return copied
 
 
@@ -87,3 +91,31 @@ def _fold_parametrizations(module: nn.Module) -> None:
     del module._modules["parametrizations"]
     for tensor, value in values.items():
         module.register_parameter(tensor, value)
+
+
+def conv1d_to_linear(model: nn.Module) -> int:
+    """Replace transformers' ``Conv1D`` layers (GPT-2's attention and MLP: y = x W + b with W of shape
+    (in, out)) by the equivalent ``nn.Linear`` (weight W transposed), which mixprec quantizes per output
+    channel like any linear layer; returns how many were replaced."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not _is_conv1d(module):
+            continue
+        fan_in, fan_out = module.weight.shape
+        linear = nn.Linear(fan_in, fan_out, bias=module.bias is not None, device=module.weight.device,
+                           dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        linear.requires_grad_(module.weight.requires_grad)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+        replaced += 1
+    return replaced
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): y = x W + b with W of shape (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
+        and module.weight.dim() == 2

@@ -247,11 +247,9 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     total = sum(p.numel() for p in model.parameters())
     held = sum(n for _, _, n in uncovered)
     kinds = sorted({kind for _, kind, _ in uncovered})
-    if uncovered and (held >= 0.01 * total or "Conv1D" in kinds):  # a class token or two is not worth a note
+    if uncovered and held >= 0.01 * total:  # a class token or two is not worth a note
         notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) mixprec does not "
-                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float"
-                     + (". Hugging Face's Conv1D (GPT-2) becomes nn.Linear when the model is loaded with hf:DIR, or "
-                        "call mixprec.hf.conv1d_to_linear(model) first" if "Conv1D" in kinds else ""))
+                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float")
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):
         notes.append("TorchScript model: forward hooks do not run inside it, so layers are not tied by shared "

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import SpecError
+from .canonical import conv1d_to_linear  # noqa: F401  (mixprec.hf.conv1d_to_linear, as documented)
 from .text_data import split_spec
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -264,28 +265,6 @@ def load(spec: str) -> nn.Module:
     conv1d_to_linear(model)
     model.eval()
     return (CausalLM(model) if causal else Encoder(model)).eval()
-
-
-def conv1d_to_linear(model: nn.Module) -> int:
-    """Replace transformers' ``Conv1D`` layers (GPT-2's attention and MLP: y = x W + b with W of shape
-    (in, out)) by the equivalent ``nn.Linear`` (weight W transposed), which mixprec quantizes per output
-    channel like any linear layer; returns how many were replaced."""
-    replaced = 0
-    for name, module in list(model.named_modules()):
-        if type(module).__name__ != "Conv1D" or not hasattr(module, "nf") or module.weight.dim() != 2:
-            continue
-        fan_in, fan_out = module.weight.shape
-        linear = nn.Linear(fan_in, fan_out, bias=module.bias is not None, device=module.weight.device,
-                           dtype=module.weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(module.weight.t())
-            if module.bias is not None:
-                linear.bias.copy_(module.bias)
-        linear.requires_grad_(module.weight.requires_grad)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, linear)
-        replaced += 1
-    return replaced
 
 
 def _tied(model: nn.Module, key: str) -> bool:

@@ -69,3 +69,24 @@ def test_prompts_too_short_to_trace_a_cache_export_without_one(tmp_path):
     assert exported.kv_cache is None and exported.input_names == ["input"]
     assert any("without a KV cache" in n for n in result.notes)  # said, with why
     assert json.dumps(result.to_dict())  # the report is written as before
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_hugging_face_model_given_in_python_exports_and_reads_back_as_its_output(tmp_path, arch):
+    import transformers as t
+    torch.manual_seed(0)
+    lm = (t.LlamaForCausalLM(t.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2)) if arch == "llama" else
+          t.GPT2LMHeadModel(t.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64))).eval()
+    data = [torch.randint(0, 64, (2, 12)) for _ in range(2)]
+    groups = discover_groups(lm, data[0])  # GPT-2's Conv1D layers are groups too (mixprec.canonical)
+    assert len(groups.layers) >= 2 * 4 + 1
+    plan = Plan.uniform(groups, "w8")
+    result = export(lm, plan, data, out=tmp_path / "lm.onnx", accuracy_level=0, progress=False)  # no cache object
+    assert lm.config.use_cache is True  # the model is given back as it came
+    tokens = torch.randint(0, 64, (3, 9))  # another batch and length
+    with torch.no_grad():
+        expected = apply(lm, plan, data, progress=False)(tokens).logits
+    out = OrtModule(result.path)(tokens)
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-4)  # read as the model's output is read
+    assert out["logits"] is out.logits and out[0] is out.logits

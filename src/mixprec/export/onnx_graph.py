@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -107,17 +107,33 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                for n, t in zip(names, tensors) if t.dim() >= 1}
     module, outputs, metadata = model, ["output"], {}
     dynamic["output"] = {0: "batch"}
-    structure = _output_structure(model, example, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
-    if structure is not None:  # several outputs (a tuple, a dict): each named, OrtModule rebuilds the structure
-        outputs, batched, metadata[OUTPUTS_KEY] = structure
-        dynamic.pop("output")
-        dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
     signature = step(example) if callable(step) and isinstance(example, torch.Tensor) else None
     if signature is not None:
         module, args, names = signature["module"], signature["args"], signature["input_names"]
         outputs, dynamic, metadata = signature["output_names"], signature["dynamic_axes"], signature["metadata"]
     buffer = io.BytesIO()
+    ids_only = signature is None and isinstance(example, torch.Tensor) and not example.is_floating_point()
+    with _without_cache(model if signature is None else None), _all_attended(model if ids_only else None):
+        if signature is None:
+            structure = _output_structure(model, example, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
+            if structure is not None:  # a tuple, a dict, a model output: each tensor named, OrtModule rebuilds it
+                outputs, batched, metadata[OUTPUTS_KEY] = structure
+                dynamic.pop("output")
+                dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
+        _export(module, args, buffer, opset, names, outputs, dynamic)
+    graph = onnx.load_from_string(buffer.getvalue())
+    stored = {i.name for i in graph.graph.initializer}
+    kept = [i for i in graph.graph.input if i.name not in stored]  # weights are constants, not inputs
+    del graph.graph.input[:]
+    graph.graph.input.extend(kept)
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    return graph
+
+
+def _export(module, args, buffer, opset: int, names: list[str], outputs: list[str], dynamic: dict) -> None:
+    """torch.onnx.export into ``buffer``; a failure is one ModelError line, torch's log kept in a file it names."""
     with warnings.catch_warnings(), _output_to_file() as log:
         warnings.simplefilter("ignore")
         try:
@@ -137,14 +153,45 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                          + (f" (torch's log of the export, with the graph it failed on: {kept})" if kept else "")
                          ) from failure
     Path(log).unlink(missing_ok=True)
-    graph = onnx.load_from_string(buffer.getvalue())
-    stored = {i.name for i in graph.graph.initializer}
-    kept = [i for i in graph.graph.input if i.name not in stored]  # weights are constants, not inputs
-    del graph.graph.input[:]
-    graph.graph.input.extend(kept)
-    for key, value in metadata.items():
-        graph.metadata_props.add(key=key, value=value)
-    return graph
+
+
+@contextmanager
+def _all_attended(model):
+    """A Hugging Face model given token ids alone is exported with an explicit all-ones attention mask: without
+    one transformers checks for packed sequences with torch.diff, which the exporter cannot write. Every token
+    is attended, as without a mask. (Its forward is replaced on the instance, so its parameters keep their
+    names.)"""
+    if model is None or not _takes_mask(model):
+        yield
+        return
+    forward = type(model).forward
+    model.forward = lambda input_ids: forward(model, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def _takes_mask(model: nn.Module) -> bool:
+    try:
+        return hasattr(model, "config") and "attention_mask" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@contextmanager
+def _without_cache(model):
+    """A Hugging Face model (``config.use_cache``) given in Python exports its logits without its KV cache
+    object, which the exporter cannot write (a model loaded with hf:DIR exports its cache as tensors)."""
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", False) is True
+    if cached:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if cached:
+            config.use_cache = True
 
 
 def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tuple[list[str], list[bool], str] | None:
@@ -158,8 +205,10 @@ def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tupl
                         model(*example) if isinstance(example, (tuple, list)) else model(example))
         except Exception:  # the exporter's own error says more
             return None
-    leaves, spec = tree_flatten(produced)
-    if len(leaves) < 2 or not all(isinstance(t, torch.Tensor) for t in leaves):
+    if isinstance(produced, torch.Tensor):
+        return None
+    leaves, spec = tree_flatten(_plain(produced))
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
         return None
     try:
         text = treespec_dumps(spec)
@@ -167,6 +216,16 @@ def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tupl
         return None
     names = ["output"] + [f"output{i}" for i in range(1, len(leaves))]
     return names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in leaves], text
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its mappings (dicts, a Hugging Face model's output) as dicts of their non-None items and
+    its sequences as tuples or lists, in order: the structure the exporter writes the outputs in."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value] if isinstance(value, list) else tuple(_plain(v) for v in value)
+    return value
 
 
 def _keyword_order(model: nn.Module, example: dict) -> list[str]:

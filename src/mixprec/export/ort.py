@@ -63,6 +63,33 @@ def make_session(path: str | os.PathLike, threads: int | None = None, level: str
         raise ModelError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
 
 
+class Outputs(dict):
+    """A dict of a model's outputs that also reads as a Hugging Face model output: ``out.logits``, ``out[0]``,
+    ``out.to_tuple()``."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+
+def _outputs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return Outputs({k: _outputs(v) for k, v in value.items()})
+    if isinstance(value, (tuple, list)):
+        return type(value)(_outputs(v) for v in value)
+    return value
+
+
 _FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64}
 
 
@@ -111,7 +138,7 @@ class OrtModule(nn.Module):
         outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
         if self.structure is not None and len(outputs) == self.structure.num_leaves:
             from torch.utils._pytree import tree_unflatten
-            return tree_unflatten(outputs, self.structure)  # the dict or tuple the model returned
+            return _outputs(tree_unflatten(outputs, self.structure))  # the dict or tuple the model returned
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _array(self, name: str, value: Any) -> np.ndarray:
