@@ -99,7 +99,7 @@ class ExplicitAttention(nn.Module):
         # as nn.MultiheadAttention: without padding or weights, is_causal replaces attn_mask by a causal mask
         # over every key, the bias_k and zero-attention slots included
         causal = is_causal and key_padding_mask is None and not need_weights
-        mask = None if causal else self._mask(attn_mask, key_padding_mask, is_causal, b, length, k.shape[1], q.dtype)
+        mask = None if causal else self._mask(attn_mask, key_padding_mask, is_causal, b, length, k.shape[1], q)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(b, 1, -1)], 1)
             v = torch.cat([v, self.bias_v.expand(b, 1, -1)], 1)
@@ -130,10 +130,11 @@ class ExplicitAttention(nn.Module):
             out = out.transpose(0, 1)
         return out, weights
 
-    def _mask(self, attn_mask, key_padding_mask, is_causal: bool, b: int, length: int, source: int, dtype):
-        """One additive mask of shape (batch or 1, heads or 1, length, source), or None."""
+    def _mask(self, attn_mask, key_padding_mask, is_causal: bool, b: int, length: int, source: int, like):
+        """One additive mask of shape (batch or 1, heads or 1, length, source) in ``like``'s dtype, or None."""
+        dtype = like.dtype
         if attn_mask is None and is_causal:
-            attn_mask = torch.ones(length, source, dtype=torch.bool).triu(1)
+            attn_mask = torch.ones(length, source, dtype=torch.bool, device=like.device).triu(1)
         mask = None
         if attn_mask is not None:
             mask = _additive(attn_mask, dtype)
