@@ -439,6 +439,19 @@ def test_ort_module_reports_a_broken_file(tmp_path):
         OrtModule(path)
 
 
+def test_a_file_with_an_op_ort_lacks_is_reported_with_the_node(tmp_path):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    relu = helper.make_node("Relu", ["x"], ["h"], name="fine")
+    fancy = helper.make_node("FancyOp", ["h"], ["y"], name="layer3/fancy", domain="com.example")
+    graph = helper.make_graph([relu, fancy], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.example", 1)]), tmp_path / "f.onnx")
+    with pytest.raises(ModelError, match=r"FancyOp.*\(node 'layer3/fancy', op com.example:FancyOp\)"):
+        OrtModule(tmp_path / "f.onnx")
+
+
 def test_export_is_a_pipeline_verb():
     import mixprec
     assert mixprec.export is export and "export" in mixprec.__all__

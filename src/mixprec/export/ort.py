@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,29 @@ def make_session(path: str | os.PathLike, threads: int | None = None, level: str
         return ort.InferenceSession(str(path), session_options(threads, level, optimized_path, profile_prefix),
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise ModelError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX Runtime cannot load {path}: {message}{_nodes_named(path, message)}") from exc
+
+
+def _nodes_named(path: str | os.PathLike, message: str) -> str:
+    """The nodes of the file ``message`` points at by op type or by output name, where ORT names neither node:
+    ' (node 'a', op FancyOp)' or ''."""
+    try:
+        import onnx
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # not readable as ONNX at all: ORT's message says so
+        return ""
+    hits = []
+    for node in graph.node:
+        op = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+        if node.name and node.name in message:
+            return ""  # ORT named it
+        if re.search(rf"(?<![\w.:]){re.escape(op)}\b", message) or any(
+                o and re.search(rf"\({re.escape(o)}\)|'{re.escape(o)}'", message) for o in node.output):
+            hits.append(f"{node.name or '(unnamed)'!r}, op {op}")
+    if not hits:
+        return ""
+    return f" (node {hits[0]}" + (f", and {len(hits) - 1} more" if len(hits) > 1 else "") + ")"
 
 
 class Outputs(dict):
