@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import describe_shape, run_model, to_device
-from .errors import ModelError
+from .errors import MixprecError, ModelError
 
 
 class StopForward(BaseException):
@@ -155,6 +155,10 @@ def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(layer, nn.Linear):
         return x.reshape(1, -1, x.shape[-1])
+    if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        raise MixprecError(f"{type(layer).__name__} layers have no input columns for GPTQ's Hessian (or multipoint's "
+                           "fit); round them with rounding adaround, brecq or nearest, or exclude them "
+                           "(--exclude NAME)")
     dims = len(layer.kernel_size)
     if x.dim() == dims + 1:  # unbatched input
         x = x.unsqueeze(0)

@@ -26,7 +26,8 @@ from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
-QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)  # weight (in, out / groups, kernel): channel axis 0 is the input
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
                 pass
             elif isinstance(module, nn.Linear):  # every output row costs in x out MACs
                 macs[name] += (output.numel() // w.shape[0]) * w.shape[0] * w.shape[1]
+            elif isinstance(module, TRANSPOSED):  # every input element costs (out/groups) x kernel MACs
+                macs[name] += x.numel() * math.prod(w.shape[1:])
             else:  # conv: every output element costs (in/groups) x kernel MACs
                 macs[name] += output.numel() * math.prod(w.shape[1:])
         return fn
@@ -227,7 +230,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     layers = quantizable_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes "
-                         "nn.Conv1d, nn.Conv2d, nn.Linear and nn.Embedding); nothing to do")
+                         "nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d/2d, nn.Linear and nn.Embedding); nothing to do")
     check_weights(layers)
     patterns = list(exclude)
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

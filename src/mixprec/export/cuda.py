@@ -67,7 +67,6 @@ class CudaLayer:
 
 def realise(candidate: Candidate, kind: str, shape: tuple[int, int]) -> CudaLayer | str:
     """What ``candidate`` becomes on a ``kind`` layer of weight ``shape`` (out, in), or why it cannot."""
-    n, k = shape
     w, a = candidate.weight, candidate.activation
     if candidate.multipoint:
         return "multipoint weights are not deployed"
@@ -77,6 +76,7 @@ def realise(candidate: Candidate, kind: str, shape: tuple[int, int]) -> CudaLaye
         return CudaLayer("table")  # a lookup reads one row per token: the simulated rows, in the model's dtype
     if kind != "Linear":
         return f"{kind} layers are not deployed to cuda (Linear layers only)"
+    n, k = shape
     if isinstance(w, FloatFormat):
         if w.kind in ("fp16", "bf16"):
             return CudaLayer("half", dtype="float16" if w.kind == "fp16" else "bfloat16")

@@ -406,13 +406,14 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
                 raise ModelError(f"layer {name!r}: its transposed weight does not feed exactly one MatMul")
             g.removed.add(id(node))
             node, transposed = matmuls[0], True
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or (node.op_type == "Gemm" and (
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or (node.op_type == "Gemm" and (
                 _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0 or _attr(node, "alpha", 1.0) != 1.0
                 or _attr(node, "beta", 1.0) != 1.0)):
             raise ModelError(f"layer {name!r}: its weight feeds an ONNX {node.op_type} node {node.name!r}, which the "
-                             "exporter does not rewrite (Conv, Gemm with transB=1, MatMul)")
+                             "exporter does not rewrite (Conv, ConvTranspose, Gemm with transB=1, MatMul)")
         w = g.array(weight)
-        bias_name = node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] else None
+        bias_name = node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 \
+            and node.input[2] else None
         bias = g.array(bias_name).astype(np.float64) if bias_name else None
         scales = None if layer.scales is None else layer.scales.astype(np.float64)
         codes = layer.codes
@@ -699,7 +700,7 @@ def _write_dq_weight(g, node, name, layer, codes, scales, shape, bias, transpose
     from onnx import helper
 
     node.input[1] = _int8_weight(g, node, name, codes, scales, shape, transposed)
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvTranspose"):  # scales along the weight's axis 0: a ConvTranspose's inputs
         if bias is not None:
             while len(node.input) < 3:
                 node.input.append("")

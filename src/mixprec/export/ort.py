@@ -267,7 +267,7 @@ def _find(graph, by_input: dict, producers: dict, layer: str, entry: dict):
 
 
 _FUSED_AFTER = {"BatchNormalization", "Relu", "Clip", "Add", "Sum", "Sigmoid", "Mul", "LeakyRelu", "HardSigmoid"}
-_COMPUTE = {"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+_COMPUTE = {"Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
 def _fused_node(graph, original, node_name: str):

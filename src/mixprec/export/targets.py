@@ -102,7 +102,7 @@ def nbits_block_size(group_size: int | None, inputs: int) -> int | None:
 
 
 def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = False) -> Realisation | str:
-    """The realisation of ``candidate`` on a ``kind`` layer ('Conv1d', 'Conv2d', 'Linear') with ``inputs``
+    """The realisation of ``candidate`` on a ``kind`` layer ('Conv1d', 'Conv2d', 'ConvTranspose2d', 'Linear') with ``inputs``
     inputs per output channel, or the reason the target cannot run it."""
     w, a = candidate.weight, candidate.activation
     if candidate.multipoint:
@@ -140,6 +140,9 @@ def realise(candidate: Candidate, kind: str, inputs: int, reduce_range: bool = F
         if w.granularity not in ("group", "channel"):
             return "MatMulNBits needs per-channel or grouped weights"
         return Realisation("nbits", 4 if w.bits <= 4 else 8, n, accuracy_level=4)
+    if kind.startswith("ConvTranspose") and isinstance(a, IntFormat):
+        return ("integer inputs on a transposed convolution: ONNX Runtime CPU has no integer ConvTranspose kernel "
+                "for its weights' scales (per input channel); plan it weight-only (e.g. w8, w4), fp16 or fp32")
     if isinstance(a, IntFormat):
         if a.bits != 8:
             return f"{a.bits}-bit inputs: ONNX Runtime CPU quantizes activations to 8 bits only"
