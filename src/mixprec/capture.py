@@ -155,7 +155,7 @@ def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(layer, nn.Linear):
         return x.reshape(1, -1, x.shape[-1])
-    if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+    if isinstance(layer, (nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
         raise MixprecError(f"{type(layer).__name__} layers have no input columns for GPTQ's Hessian (or multipoint's "
                            "fit); round them with rounding adaround, brecq or nearest, or exclude them "
                            "(--exclude NAME)")

@@ -26,8 +26,9 @@ from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
-QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)  # weight (in, out / groups, kernel): channel axis 0 is the input
+NO_COLUMNS = (nn.Conv3d, *TRANSPOSED)  # no im2col column form of the input here (GPTQ's Hessian): rounded to nearest
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     layers = quantizable_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes "
-                         "nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d/2d, nn.Linear and nn.Embedding); nothing to do")
+                         "nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d, nn.Linear and nn.Embedding); nothing to do")
     check_weights(layers)
     patterns = list(exclude)
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

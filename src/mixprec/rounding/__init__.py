@@ -44,7 +44,7 @@ from ..candidates import parse_candidate
 from ..capture import forward
 from ..errors import RoundingError
 from ..formats import IntFormat
-from ..groups import TRANSPOSED, is_torchscript
+from ..groups import NO_COLUMNS, is_torchscript
 from ..plan import Plan
 from ..quantizers import GRID_VERSION, RANGE_METHODS
 from ..swap import nearest_weight, planned_model
@@ -105,13 +105,13 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     targets = {name: c.weight for name, c in candidates.items() if isinstance(c.weight, IntFormat)}
     # Embedding tables have no input to reconstruct from, and a weight shared by two layers (an output layer
     # tied to the embedding) is one tensor that must stay one: every back-end rounds those to nearest. So does
-    # GPTQ a transposed convolution, whose input has no column form for its Hessian (capture.layer_columns).
+    # GPTQ a 3-D or transposed convolution, whose input has no column form for its Hessian (capture.layer_columns).
     holders: dict[int, int] = {}
     for name in targets:
         holders[id(layers[name].weight)] = holders.get(id(layers[name].weight), 0) + 1
     tables = {name: nearest_weight(layers[name].weight, candidates[name], weight_method) for name in targets
               if isinstance(layers[name], nn.Embedding) or holders[id(layers[name].weight)] > 1
-              or (config.name == "gptq" and isinstance(layers[name], TRANSPOSED))}
+              or (config.name == "gptq" and isinstance(layers[name], NO_COLUMNS))}
     targets = {name: fmt for name, fmt in targets.items() if name not in tables}
     if not config.needs_data:
         return {**tables, **{name: nearest_weight(layers[name].weight, candidates[name], weight_method)

@@ -1,4 +1,4 @@
-"""Transposed convolutions (a decoder's upsampling) are quantizer groups: priced, quantized, rounded, exported."""
+"""Transposed and 3-D convolutions are quantizer groups: priced, quantized, rounded, exported."""
 import pytest
 import torch
 from torch import nn
@@ -83,3 +83,38 @@ def test_export_writes_a_weight_only_transposed_convolution_and_refuses_integer_
     plan.assignments["up"] = "w8a8"
     with pytest.raises((CandidateError, MixprecError), match="up .*integer inputs on a transposed convolution"):
         export(model, plan, batches, out=tmp_path / "dec2.onnx", progress=False)
+
+
+class Video(nn.Module):
+    """Conv3d-BatchNorm3d-ReLU and a residual Conv3d: a video or volume model's layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.c1 = nn.Conv3d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(8)
+        self.c2 = nn.Conv3d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.c1(x)))
+        return self.fc((torch.relu(self.c2(h)) + h).mean((2, 3, 4)))
+
+
+def test_a_conv3d_is_a_group_gptq_rounds_to_nearest_and_ort_runs_as_an_integer_kernel(tmp_path):
+    model = Video().eval()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(2, 3, 4, 6, 6, generator=g) for _ in range(3)]
+    groups = discover_groups(model, batches[0])
+    assert {l.name: l.macs for l in groups.layers}["c1"] == 8 * 4 * 6 * 6 * 3 * 27
+    plan = Plan.uniform(groups, "w4a8")
+    rounded = round_weights(model, plan, batches, "gptq", progress=False)
+    assert torch.equal(rounded["c1"], nearest_weight(model.c1.weight, parse_candidate("w4a8"), "mse"))
+    pytest.importorskip("onnxruntime")
+    from mixprec.export import OrtModule, export
+    result = export(model, plan, batches, out=tmp_path / "video.onnx", progress=False)
+    assert {r["layer"]: r["runtime_op"] for r in result.layers}["c2"] == "QLinearConv"
+    simulated = apply(model, plan, batches, progress=False, joins=True)
+    with torch.no_grad():
+        want = simulated(batches[1])
+    assert float((OrtModule(result.path)(batches[1]) - want).abs().max()) < 1e-4 * float(want.abs().max())
