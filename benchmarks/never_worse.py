@@ -31,11 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from run import (CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, first_last_choice,  # noqa: E402
-                 save_result)
+                 save_result, specs)
 
 from mixprec import Analysis, __version__, analyze  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
 from mixprec.plan import write_json_atomic  # noqa: E402
+from mixprec.quantizers import GRID_VERSION  # noqa: E402
 from mixprec.sensitivity import Around  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.specs import prepare  # noqa: E402
@@ -88,7 +89,14 @@ def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples:
     if not (run / "sensitivity.json").is_file():
         analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
                                             weight_range=weight_range, rounding=rounding))
-    return Analysis.load(run)
+    return load(run, model)
+
+
+def load(run: Path, model: str) -> Analysis:
+    """A run of ``model``; an example's code specs named again, as its command line would name them."""
+    model_spec, data_spec, eval_spec = specs(model)
+    named = {"model": model_spec, "data": data_spec, "eval": eval_spec} if data_spec else None
+    return Analysis.load(run, specs=named)
 
 
 def _around(model: str, cand: str, candidates: str, work: Path, device: str, samples: int | None) -> Analysis:
@@ -97,10 +105,11 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
     if not (run / "sensitivity.json").is_file():
         arguments = analysis_arguments(model, candidates, "sqnr", device, run, samples)
         arguments.update(metric="around", around=cand, around_divergence="auto")
-        net, data, _, groups = prepare(model, None, samples)
+        model_spec, data_spec, _ = specs(model)
+        net, data, _, groups = prepare(model_spec, data_spec, samples)
         analyze(net, data or [], candidates, Around(base=cand), run, groups=groups, device=device,
-                model_name=model, arguments=arguments)
-    return Analysis.load(run)
+                model_name=model_spec, arguments=arguments)
+    return load(run, model)
 
 
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
@@ -173,7 +182,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                      "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
                                      "guard_margin": guard_margin, "guard_divergence": guard_divergence,
-                                     "candidates": config.candidates}})
+                                     "candidates": config.candidates, "grid": GRID_VERSION}})
 
 
 

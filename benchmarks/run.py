@@ -64,14 +64,31 @@ CONFIGS = {
 }
 
 
+# models written as a user writes them (examples/), given to mixprec as file.py:function specs
+EXAMPLES = {"vit-digits": "vit_digits.py", "byte-gpt": "byte_gpt.py"}
+CONFIGS["vit-digits"] = Config("w2a8,w3a8,w4a8,w6a8,w8a8", ("bops", "bytes"), "w4a8", "w8a8", ("sqnr",), True)
+CONFIGS["byte-gpt"] = Config("w2g32,w3g32,w4g32,w8,fp16", ("bits_per_weight", "bytes"), "w4g32", "w8", ("sqnr",),
+                             False)
+
+
+def specs(model: str) -> tuple[str, str | None, str | None]:
+    """(model, data, eval) specs of a benchmark's model name: a built-in name and no other spec, or an
+    example's file.py:build, :calibration and :evaluate."""
+    if model not in EXAMPLES:
+        return model, None, None
+    path = Path(__file__).resolve().parents[1] / "examples" / EXAMPLES[model]
+    return f"{path}:build", f"{path}:calibration", f"{path}:evaluate"
+
+
 def analysis_arguments(model: str, candidates: str, metric: str, device: str, run_dir: Path,
                        samples: int | None = None, pins: list[str] = (), weight_range: str = "mse",
                        rounding: str = "nearest", joins: bool = False) -> dict:
     """The arguments `mixprec analyze --model ...` records in run.json: a run's evaluator loads the
     model, data and evaluation they name, and its cache keys hash them."""
-    return {"model": model, "data": None, "calibration_samples": samples, "tie": [], "exclude": [],
+    model_spec, data_spec, eval_spec = specs(model)
+    return {"model": model_spec, "data": data_spec, "calibration_samples": samples, "tie": [], "exclude": [],
             "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
-            "around_divergence": "auto", "rounding": rounding, "eval": None,
+            "around_divergence": "auto", "rounding": rounding, "eval": eval_spec,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
             "device": device, "out": str(run_dir), "joins": joins, "stream": False}
 

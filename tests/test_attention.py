@@ -143,3 +143,21 @@ def test_fx_traces_through_torch_nn_containers_of_quantizable_layers():
 
     traced = graph_module(Custom())
     assert {n.target for n in traced.graph.nodes if n.op == "call_module"} == {"block.0", "block.1", "norm"}
+
+
+def test_the_examples_are_models_mixprec_quantizes_as_written():
+    import importlib.util
+    from pathlib import Path
+    groups_of = {}
+    for name in ("vit_digits", "byte_gpt"):
+        path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        torch.manual_seed(0)  # untrained: only the structure is checked here
+        model = (module.ViT() if name == "vit_digits" else module.ByteGPT()).eval()
+        x = torch.rand(4, 1, 8, 8) if name == "vit_digits" else torch.randint(0, 256, (2, 16))
+        groups_of[name] = {g.name for g in discover_groups(model, x)}
+    assert "encoder.layers.1.self_attn.{q_proj,k_proj,v_proj}" in groups_of["vit_digits"]
+    assert "{tokens,out}" in groups_of["byte_gpt"]  # the tied output layer shares the embedding's group
+    assert "blocks.layers.0.self_attn.out_proj" in groups_of["byte_gpt"]

@@ -1,0 +1,82 @@
+"""A model as a user writes it: a small vision transformer (nn.TransformerEncoder, a class token, learned
+positions) on scikit-learn's 8x8 handwritten digits, each image cut into 16 patches of 2x2 pixels.
+
+    mixprec analyze --model examples/vit_digits.py:build --data examples/vit_digits.py:calibration \
+        --candidates w2a8,w3a8,w4a8,w6a8,w8a8 --out runs/vit
+    mixprec solve runs/vit --budget bops=w4a8 --model examples/vit_digits.py:build \
+        --data examples/vit_digits.py:calibration --out plan.json
+    mixprec export --model examples/vit_digits.py:build --data examples/vit_digits.py:calibration \
+        --plan plan.json --target ort-cpu --out vit.onnx --eval examples/vit_digits.py:evaluate
+
+The data are real (1,797 images shipped inside scikit-learn, so nothing is downloaded): the split of
+mixprec's built-in demo, 1,200 training images (the first 256 also calibrate) and 597 held out for
+evaluation. The model trains once (about a minute on two cores) and is cached in mixprec's cache folder.
+Its attention is torch's own nn.MultiheadAttention, which mixprec runs as four projection layers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixprec.builtin.demo_cnn import TRAIN, digits
+from mixprec.cache import cache_dir, save_atomic
+
+SEED, EPOCHS, VERSION = 0, 60, "v1"
+
+
+class ViT(nn.Module):
+    def __init__(self, width: int = 64, heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.zeros(1, 17, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, 1, 8, 8)
+        n = images.shape[0]
+        patches = images.reshape(n, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(n, 16, 4)
+        h = torch.cat([self.cls.expand(n, -1, -1), self.embed(patches)], 1) + self.pos
+        return self.head(self.norm(self.encoder(h)[:, 0]))
+
+
+def _train() -> ViT:
+    torch.manual_seed(SEED)
+    model = ViT()
+    nn.init.normal_(model.pos, std=0.02)
+    images, labels = digits()
+    x, y = images[:TRAIN], labels[:TRAIN]
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(SEED)
+    for _ in range(EPOCHS):
+        for idx in torch.randperm(TRAIN, generator=generator).split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            optimiser.step()
+    return model.eval()
+
+
+def build() -> ViT:
+    path = cache_dir() / f"example_vit_digits_{VERSION}.pt"
+    model = ViT()
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    model = _train()
+    save_atomic(model.state_dict(), path)
+    return model
+
+
+def calibration() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    images, labels = digits()
+    return list(zip(images[:256].split(64), labels[:256].split(64)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module) -> dict:
+    images, labels = digits()
+    x, y = images[TRAIN:], labels[TRAIN:]
+    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(256), y.split(256)))
+    return {"main": "top1", "top1": 100.0 * correct / len(y), "samples": len(y)}
