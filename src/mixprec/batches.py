@@ -52,19 +52,25 @@ def batch_size(inputs: Any) -> int:
 
 
 def output_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model output (logits of HF outputs, first element of tuples)."""
+    """The main tensor of a model output: its logits or last hidden state (an attribute, as Hugging Face outputs
+    hold them, or a dict key), else the first tensor of a dict, tuple or list that is not a scalar (a loss
+    computed beside the outputs when the batch holds labels), else its first tensor."""
     if isinstance(output, torch.Tensor):
         return output
     for key in ("logits", "last_hidden_state"):
-        value = getattr(output, key, None)
+        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
         if isinstance(value, torch.Tensor):
             return value
-    if isinstance(output, dict):
-        for v in output.values():
-            if isinstance(v, torch.Tensor):
-                return v
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
+    values = list(output.values()) if isinstance(output, dict) else list(output) if isinstance(output, (tuple, list)) \
+        else []
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if isinstance(output, (tuple, list)) and values and not isinstance(values[0], torch.Tensor):
+        tensors = []
+    for tensor in tensors:
+        if tensor.dim() > 0:
+            return tensor
+    if tensors:
+        return tensors[0]
     raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
 
 
