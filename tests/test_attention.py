@@ -161,3 +161,33 @@ def test_the_examples_are_models_mixprec_quantizes_as_written():
     assert "encoder.layers.1.self_attn.{q_proj,k_proj,v_proj}" in groups_of["vit_digits"]
     assert "{tokens,out}" in groups_of["byte_gpt"]  # the tied output layer shares the embedding's group
     assert "blocks.layers.0.self_attn.out_proj" in groups_of["byte_gpt"]
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block written by hand around nn.MultiheadAttention (as timm-style code does)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        h = self.n1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.n2(x))
+
+
+def test_hand_written_blocks_around_multihead_attention_trace_with_their_projections_as_nodes():
+    from mixprec.joins import insert_join_quantizers, join_quantizers
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), Block(), Block(), nn.Linear(16, 3)).eval()
+    x = tokens()[0]
+    traced = graph_module(canonical(model))
+    called = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert called[1:6] == ["1.n1", "1.attn.q_proj", "1.attn.k_proj", "1.attn.v_proj", "1.attn.out_proj"]
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+    joined = insert_join_quantizers(canonical(model))  # the residual adds get their int8 graph's quantizers
+    outputs = [name for name in join_quantizers(joined) if name.endswith("_out")]
+    assert len(outputs) == 4  # both residual adds of both blocks: their int8 graph's quantizers

@@ -9,6 +9,10 @@ function through four ``nn.Linear`` layers, ``q_proj``, ``k_proj``, ``v_proj`` a
 (the names Hugging Face models use), so self-attention's three projections are found reading one
 tensor and tied into one group like any other layers.
 
+What depends on the inputs' ranks and masks runs in functions torch.fx keeps whole, so a model of blocks
+written around nn.MultiheadAttention traces with its projections as graph nodes (forked measurement, join
+quantizers); nn.TransformerEncoder itself does not trace (its fused-path checks branch on tensor shapes).
+
 The projections are copies of the attention's weights. An ``nn.TransformerEncoder`` of the copy no
 longer turns a padded batch into a nested tensor: its layers then compute the padded positions too
 (the fused path leaves them at zero), as in training.
@@ -87,63 +91,86 @@ class ExplicitAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
                 average_attn_weights: bool = True, is_causal: bool = False):
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        b, length, _ = query.shape
-        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
-        # as nn.MultiheadAttention: without padding or weights, is_causal replaces attn_mask by a causal mask
-        # over every key, the bias_k and zero-attention slots included
-        causal = is_causal and key_padding_mask is None and not need_weights
-        mask = None if causal else self._mask(attn_mask, key_padding_mask, is_causal, b, length, k.shape[1], q)
-        if self.bias_k is not None:
-            k = torch.cat([k, self.bias_k.expand(b, 1, -1)], 1)
-            v = torch.cat([v, self.bias_v.expand(b, 1, -1)], 1)
-            mask = None if mask is None else F.pad(mask, (0, 1))
-        heads = (b, -1, self.num_heads, self.head_dim)
-        q, k, v = (t.reshape(heads).transpose(1, 2) for t in (q, k, v))
-        if self.add_zero_attn:
-            zeros = k.new_zeros(b, self.num_heads, 1, self.head_dim)
-            k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
-            mask = None if mask is None else F.pad(mask, (0, 1))
-        p = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores + mask
-            weights = scores.softmax(-1)
-            attended = F.dropout(weights, p) @ v if p else weights @ v
-        else:
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        out = self.out_proj(attended.transpose(1, 2).reshape(b, length, self.embed_dim))
-        if weights is not None and average_attn_weights:
-            weights = weights.mean(1)
-        if unbatched:
-            out = out.squeeze(0)
-            weights = None if weights is None else weights.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)
-        return out, weights
+        # the projections are called as modules; what depends on the inputs' ranks and masks happens in functions
+        # torch.fx keeps whole (fx.wrap), so a model built of these traces (forks, join quantizers)
+        query_, key_, value_, padding = _batch_first(query, key, value, key_padding_mask, self.batch_first)
+        q, k, v = self.q_proj(query_), self.k_proj(key_), self.v_proj(value_)
+        attended, weights = _attend(q, k, v, attn_mask, padding, self.bias_k, self.bias_v, self.num_heads,
+                                    self.add_zero_attn, self.dropout if self.training else 0.0, need_weights,
+                                    average_attn_weights, is_causal)
+        return _restore(self.out_proj(attended), weights, query, self.batch_first)
 
-    def _mask(self, attn_mask, key_padding_mask, is_causal: bool, b: int, length: int, source: int, like):
-        """One additive mask of shape (batch or 1, heads or 1, length, source) in ``like``'s dtype, or None."""
-        dtype = like.dtype
-        if attn_mask is None and is_causal:
-            attn_mask = torch.ones(length, source, dtype=torch.bool, device=like.device).triu(1)
-        mask = None
-        if attn_mask is not None:
-            mask = _additive(attn_mask, dtype)
-            mask = mask.reshape(1, 1, length, source) if mask.dim() == 2 else mask.reshape(b, self.num_heads,
-                                                                                               length, source)
-        if key_padding_mask is not None:
-            padding = _additive(key_padding_mask, dtype).reshape(b, 1, 1, source)
-            mask = padding if mask is None else mask + padding
-        return mask
+
+def _batch_first(query, key, value, key_padding_mask, batch_first: bool):
+    """The inputs as (batch, sequence, features), an unbatched call given a batch of one."""
+    if query.dim() == 2:
+        return (query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0),
+                None if key_padding_mask is None else key_padding_mask.unsqueeze(0))
+    if not batch_first:
+        return query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), key_padding_mask
+    return query, key, value, key_padding_mask
+
+
+def _attend(q, k, v, attn_mask, key_padding_mask, bias_k, bias_v, num_heads: int, add_zero_attn: bool,
+            dropout: float, need_weights: bool, average_attn_weights: bool, is_causal: bool):
+    """Attention of the projected (batch, sequence, features) q, k, v: the heads' outputs joined again, and the
+    attention weights (or None), as nn.MultiheadAttention computes them."""
+    b, length, width = q.shape
+    head_dim = width // num_heads
+    # as nn.MultiheadAttention: without padding or weights, is_causal replaces attn_mask by a causal mask
+    # over every key, the bias_k and zero-attention slots included
+    causal = is_causal and key_padding_mask is None and not need_weights
+    mask = None if causal else _mask(attn_mask, key_padding_mask, is_causal, b, num_heads, length, k.shape[1], q)
+    if bias_k is not None:
+        k = torch.cat([k, bias_k.expand(b, 1, -1)], 1)
+        v = torch.cat([v, bias_v.expand(b, 1, -1)], 1)
+        mask = None if mask is None else F.pad(mask, (0, 1))
+    heads = (b, -1, num_heads, head_dim)
+    q, k, v = (t.reshape(heads).transpose(1, 2) for t in (q, k, v))
+    if add_zero_attn:
+        zeros = k.new_zeros(b, num_heads, 1, head_dim)
+        k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
+        mask = None if mask is None else F.pad(mask, (0, 1))
+    weights = None
+    if need_weights:
+        scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(-1)
+        attended = F.dropout(weights, dropout) @ v if dropout else weights @ v
+        if average_attn_weights:
+            weights = weights.mean(1)
+    else:
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    return attended.transpose(1, 2).reshape(b, length, width), weights
+
+
+def _restore(out, weights, query, batch_first: bool):
+    """(output, weights) in the layout of ``query``: unbatched, or sequence first."""
+    if query.dim() == 2:
+        return out.squeeze(0), None if weights is None else weights.squeeze(0)
+    if not batch_first:
+        out = out.transpose(0, 1)
+    return out, weights
+
+
+def _mask(attn_mask, key_padding_mask, is_causal: bool, b: int, num_heads: int, length: int, source: int, like):
+    """One additive mask of shape (batch or 1, heads or 1, length, source) in ``like``'s dtype, or None."""
+    dtype = like.dtype
+    if attn_mask is None and is_causal:
+        attn_mask = torch.ones(length, source, dtype=torch.bool, device=like.device).triu(1)
+    mask = None
+    if attn_mask is not None:
+        mask = _additive(attn_mask, dtype)
+        mask = mask.reshape(1, 1, length, source) if mask.dim() == 2 else mask.reshape(b, num_heads, length, source)
+    if key_padding_mask is not None:
+        padding = _additive(key_padding_mask, dtype).reshape(b, 1, 1, source)
+        mask = padding if mask is None else mask + padding
+    return mask
+
+
+for _name in ("_batch_first", "_attend", "_restore"):  # whole calls in a torch.fx graph
+    torch.fx.wrap(_name)
 
 
 def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
