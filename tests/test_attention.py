@@ -191,3 +191,36 @@ def test_hand_written_blocks_around_multihead_attention_trace_with_their_project
     joined = insert_join_quantizers(canonical(model))  # the residual adds get their int8 graph's quantizers
     outputs = [name for name in join_quantizers(joined) if name.endswith("_out")]
     assert len(outputs) == 4  # both residual adds of both blocks: their int8 graph's quantizers
+
+
+def test_torch_transformer_modules_trace_as_the_same_function():
+    class Unpadded(TinyViT):  # fx traces every argument as a tensor: no optional padding argument here
+        def forward(self, x):
+            return super().forward(x)
+
+    model = Unpadded().eval()
+    x = tokens()[0]
+    traced = graph_module(canonical(model))
+    assert "encoder.layers.1.self_attn.v_proj" in {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.decoder = nn.TransformerDecoder(layer, 2)
+
+        def forward(self, tgt, memory):
+            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+            return self.decoder(tgt, memory, tgt_mask=mask)  # a causal mask torch checks by comparing tensors
+
+    seq = Seq2Seq().eval()
+    tgt, memory = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    traced = graph_module(canonical(seq))
+    with torch.no_grad():
+        assert torch.allclose(traced(tgt, memory), seq(tgt, memory), atol=1e-5)
+    groups = {g.name for g in discover_groups(seq, (tgt, memory))}
+    # cross-attention: every layer's keys and values read the encoder's memory, so they share one input quantizer
+    assert ("decoder.layers.{0.multihead_attn.k_proj,0.multihead_attn.v_proj,1.multihead_attn.k_proj,"
+            "1.multihead_attn.v_proj}") in groups

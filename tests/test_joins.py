@@ -238,3 +238,32 @@ def test_a_conv_before_a_layer_the_plan_leaves_in_float_gets_an_output_quantizer
     assert sorted(q.where for q in join_quantizers(every).values()) == ["head.out"]
     gm = insert_join_quantizers(ConvThenPool().eval())  # no plan (an analysis): every layer counts as integer
     assert sorted(q.where for q in join_quantizers(gm).values()) == ["head.out"]
+
+
+def test_optional_arguments_the_data_leaves_out_are_traced_as_none():
+    from mixprec.joins import graph_module
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x, mask=None):
+            h = self.a(x)
+            if mask is not None:  # data-dependent on the argument's presence, as attention masks are
+                h = h * mask
+            return self.b(h + x)
+
+    model, x, mask = Masked().eval(), torch.randn(3, 4), (torch.rand(3, 4) > 0.5).float()
+    plain = graph_module(model, x)  # the data gives x alone: mask is traced as None
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+    with pytest.raises(AssertionError, match="mask has been specialized"):
+        plain(x, mask)
+    masked = graph_module(model, (x, mask))  # the data gives the mask: traced as a tensor
+    with torch.no_grad():
+        assert torch.equal(masked(x, mask), model(x, mask))
+    quantized = apply(model, Plan.uniform(discover_groups(model, x), "w8a8"), [x, x], progress=False, joins=True)
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), model(x), atol=0.1)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical
+from .batches import split_item
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .formats import IntFormat, is_dynamic
@@ -89,6 +90,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
         raise ModelError("join quantizers need a model torch.fx can trace, not a TorchScript model; give the "
                          "model as file.py:function or quantize without joins")
     model = canonical(model)  # the layers plans name (mixprec.canonical)
+    if calibration_data is not None and not isinstance(calibration_data, (list, tuple)):
+        calibration_data = list(calibration_data)  # read more than once (a generator would be spent)
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the
@@ -112,7 +115,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     if joins and not int8_graph(quantized):  # a model with calibrated join quantizers keeps them
         integer = {name for name, c in candidates.items() if isinstance(c.activation, IntFormat)
                    and not is_dynamic(c.activation)}  # the layers whose inputs an int8 graph quantizes statically
-        quantized = insert_join_quantizers(quantized, activation_method, integer)  # calibrated with the layers
+        example = next((split_item(item)[0] for item in calibration_data), None)
+        quantized = insert_join_quantizers(quantized, activation_method, integer, example)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,
                            sources=sources, after_layer=offload.quantized if offload is not None else None)

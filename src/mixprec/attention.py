@@ -11,7 +11,8 @@ tensor and tied into one group like any other layers.
 
 What depends on the inputs' ranks and masks runs in functions torch.fx keeps whole, so a model of blocks
 written around nn.MultiheadAttention traces with its projections as graph nodes (forked measurement, join
-quantizers); nn.TransformerEncoder itself does not trace (its fused-path checks branch on tensor shapes).
+quantizers); torch's nn.TransformerEncoder(Layer) and nn.TransformerDecoder, whose fused-path and causal-mask
+checks branch on tensor values, run as their Traced forms here (the same function, without the checks).
 
 The projections are copies of the attention's weights. An ``nn.TransformerEncoder`` of the copy no
 longer turns a padded batch into a nested tensor: its layers then compute the padded positions too
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ExplicitAttention", "attention_modules", "make_explicit"]
+__all__ = ["ExplicitAttention", "TracedEncoderLayer", "TracedEncoder", "TracedDecoder", "attention_modules",
+           "make_explicit"]
 
 
 class ExplicitAttention(nn.Module):
@@ -185,13 +187,58 @@ def attention_modules(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
 
 
+class TracedEncoderLayer(nn.TransformerEncoderLayer):
+    """nn.TransformerEncoderLayer's own computation without its fused-path checks, which branch on tensor shapes:
+    the same function, which torch.fx traces. Its masks go to the attention as given (ExplicitAttention reads
+    boolean and additive masks alike)."""
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        return self.norm2(x + self._ff_block(x))
+
+
+class TracedEncoder(nn.TransformerEncoder):
+    """nn.TransformerEncoder's layers in turn, without nested tensors or the check that a mask is causal (which
+    compares tensors); a causal mask not declared causal is applied as the mask it is, with the same result."""
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool | None = None):
+        output = src
+        for layer in self.layers:
+            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return output if self.norm is None else self.norm(output)
+
+
+class TracedDecoder(nn.TransformerDecoder):
+    """nn.TransformerDecoder's layers in turn, without the check that a mask is causal (see TracedEncoder)."""
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool | None = None, memory_is_causal: bool = False):
+        output = tgt
+        for layer in self.layers:
+            output = layer(output, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                           tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                           tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal)
+        return output if self.norm is None else self.norm(output)
+
+
+_TRACED = {nn.TransformerEncoderLayer: TracedEncoderLayer, nn.TransformerEncoder: TracedEncoder,
+           nn.TransformerDecoder: TracedDecoder}
+
+
 def make_explicit(model: nn.Module, names: list[str]) -> None:
-    """Replace ``model``'s (a copy's) nn.MultiheadAttention modules ``names`` by ExplicitAttention, in place; its
-    nn.TransformerEncoder modules then compute padded positions instead of making nested tensors."""
+    """Replace ``model``'s (a copy's) nn.MultiheadAttention modules ``names`` by ExplicitAttention, in place, and
+    run its nn.TransformerEncoder(Layer) and nn.TransformerDecoder modules as their Traced forms (the same
+    parameters and function; padded positions are computed instead of being skipped by nested tensors)."""
     for name in names:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
                 ExplicitAttention.from_float(model.get_submodule(name)))
     for module in model.modules():
+        if type(module) in _TRACED:  # exactly torch's classes: a subclass may compute something else
+            module.__class__ = _TRACED[type(module)]
         if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False

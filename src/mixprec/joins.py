@@ -34,6 +34,7 @@ quantize/dequantize pair there, shared by every reader (mixprec.export.onnx_grap
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 from typing import Iterator
 
@@ -99,17 +100,36 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) and not any(isinstance(sub, QUANTIZABLE) for sub in m.modules())
 
 
-def graph_module(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors."""
-    graph = _Tracer().trace(model)
+def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
+    """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors.
+    example: an input as the data gives it; the optional arguments it leaves out (default None: a mask) are
+    traced as None, not as tensors (calling the graph with one of them later is an error that says so)."""
+    graph = _Tracer().trace(model, concrete_args=_absent_optionals(model, example))
     name = type(model).__name__
     return fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """graph_module(model), a ModelError that says what to do where fx cannot trace it."""
+def _absent_optionals(model: nn.Module, example) -> dict | None:
+    """{argument: None} for ``model.forward``'s arguments of default None that ``example`` does not give."""
+    if example is None:
+        return None
     try:
-        return graph_module(model)
+        signature = inspect.signature(model.forward)
+        bound = (signature.bind_partial(**example) if isinstance(example, dict) else
+                 signature.bind_partial(*example) if isinstance(example, (tuple, list)) else
+                 signature.bind_partial(example))
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    absent = {name: None for name, p in signature.parameters.items()
+              if p.kind in kinds and p.default is None and name not in bound.arguments}
+    return absent or None
+
+
+def trace(model: nn.Module, example=None) -> fx.GraphModule:
+    """graph_module(model, example), a ModelError that says what to do where fx cannot trace it."""
+    try:
+        return graph_module(model, example)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}; quantize without join quantizers "
@@ -205,12 +225,12 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
 
 
 def insert_join_quantizers(model: nn.Module, method: str = "mse",
-                           integer_inputs: set[str] | None = None) -> fx.GraphModule:
+                           integer_inputs: set[str] | None = None, example=None) -> fx.GraphModule:
     """``model`` traced, with an uncalibrated JoinQuantizer at every join (see the module docstring).
     integer_inputs: names of the layers whose inputs a plan quantizes to integers (None: every layer, as
     an analysis measures before any plan): a conv read only by other layers still gets an output quantizer
-    where one of them is not among these."""
-    gm = trace(model)
+    where one of them is not among these. example: an input as the data gives it (see graph_module)."""
+    gm = trace(model, example)
     modules = dict(gm.named_modules())
     container = nn.Module()
     gm.add_module(CONTAINER, container)

@@ -227,7 +227,8 @@ def with_join_quantizers(model: nn.Module, data: Iterable, method: str = "mse", 
     """``model`` traced by torch.fx, with join quantizers (mixprec.joins) calibrated on ``data`` through the
     float model: the model an analysis measures when its plans will run with join quantizers. Its other
     modules are ``model``'s own, under the same names; deterministic for the same model and data."""
-    traced = insert_join_quantizers(model, method)
+    data = list(data)
+    traced = insert_join_quantizers(model, method, example=split_item(data[0])[0] if data else None)
     quantizers = join_quantizers(traced)
     if quantizers:
         if not data:

@@ -658,7 +658,8 @@ def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kern
     p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
     assert "encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}" in p.assignments  # nn.MultiheadAttention, explicit
     result = export(model, p, data, out=tmp_path / "vit.onnx", progress=False)
-    simulated = apply(model, p, data, progress=False)
+    assert result.joins and all(j["low_precision"] for j in result.joins)  # it traces: its residual adds are int8
+    simulated = apply(model, p, data, progress=False, joins=True)  # the model the export simulated
     x = tokens(n=1, size=32)[0]
     a, b = simulated(x), OrtModule(result.path)(x)
     assert float((a - b).abs().max()) < 1e-2 * float(a.abs().max())

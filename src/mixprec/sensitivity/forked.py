@@ -33,9 +33,9 @@ class NotTraceable(Exception):
 
 
 class ForkedForward:
-    def __init__(self, model: nn.Module, layer_macs: dict[str, int] | None = None):
+    def __init__(self, model: nn.Module, layer_macs: dict[str, int] | None = None, example: Any = None):
         try:
-            self.graph_module = graph_module(model)
+            self.graph_module = graph_module(model, example)
         except Exception as exc:  # fx raises many kinds of errors on data-dependent code
             raise NotTraceable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         self.model = model

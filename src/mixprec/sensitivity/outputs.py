@@ -50,7 +50,7 @@ class OutputRunner:
             prefix = "blocks"
         if prefix in ("auto", "fx"):
             try:
-                self.forked = ForkedForward(ctx.model, macs)
+                self.forked = ForkedForward(ctx.model, macs, ctx.inputs(0) if ctx.data else None)
             except NotTraceable as exc:
                 self.fallback_reason = str(exc)
         if self.forked is None and prefix in ("auto", "blocks"):
