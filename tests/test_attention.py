@@ -224,3 +224,22 @@ def test_torch_transformer_modules_trace_as_the_same_function():
     # cross-attention: every layer's keys and values read the encoder's memory, so they share one input quantizer
     assert ("decoder.layers.{0.multihead_attn.k_proj,0.multihead_attn.v_proj,1.multihead_attn.k_proj,"
             "1.multihead_attn.v_proj}") in groups
+
+
+def test_a_whole_nn_transformer_traces_as_the_same_function():
+    torch.manual_seed(0)
+
+    class Translator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Transformer(16, 4, 1, 1, 32, dropout=0.0, batch_first=True)
+
+        def forward(self, src, tgt):
+            return self.model(src, tgt, tgt_mask=nn.Transformer.generate_square_subsequent_mask(tgt.shape[1]))
+
+    model = Translator().eval()
+    src, tgt = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
+    traced = graph_module(canonical(model))
+    with torch.no_grad():
+        assert torch.allclose(traced(src, tgt), model(src, tgt), atol=1e-5)
+    assert "model.encoder.layers.0.self_attn.q_proj" in {n.target for n in traced.graph.nodes if n.op == "call_module"}

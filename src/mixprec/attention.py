@@ -11,8 +11,9 @@ tensor and tied into one group like any other layers.
 
 What depends on the inputs' ranks and masks runs in functions torch.fx keeps whole, so a model of blocks
 written around nn.MultiheadAttention traces with its projections as graph nodes (forked measurement, join
-quantizers); torch's nn.TransformerEncoder(Layer) and nn.TransformerDecoder, whose fused-path and causal-mask
-checks branch on tensor values, run as their Traced forms here (the same function, without the checks).
+quantizers); torch's nn.TransformerEncoder(Layer), nn.TransformerDecoder and nn.Transformer, whose fused-path,
+causal-mask and shape checks branch on tensor values, run as their Traced forms here (the same function,
+without the checks).
 
 The projections are copies of the attention's weights. An ``nn.TransformerEncoder`` of the copy no
 longer turns a padded batch into a nested tensor: its layers then compute the padded positions too
@@ -26,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ExplicitAttention", "TracedEncoderLayer", "TracedEncoder", "TracedDecoder", "attention_modules",
-           "make_explicit"]
+__all__ = ["ExplicitAttention", "TracedEncoderLayer", "TracedEncoder", "TracedDecoder", "TracedTransformer",
+           "attention_modules", "make_explicit"]
 
 
 class ExplicitAttention(nn.Module):
@@ -225,13 +226,25 @@ class TracedDecoder(nn.TransformerDecoder):
         return output if self.norm is None else self.norm(output)
 
 
+class TracedTransformer(nn.Transformer):
+    """nn.Transformer's encoder then decoder, without its checks of the inputs' shapes."""
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal: bool | None = None,
+                tgt_is_causal: bool | None = None, memory_is_causal: bool = False):
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+
 _TRACED = {nn.TransformerEncoderLayer: TracedEncoderLayer, nn.TransformerEncoder: TracedEncoder,
-           nn.TransformerDecoder: TracedDecoder}
+           nn.TransformerDecoder: TracedDecoder, nn.Transformer: TracedTransformer}
 
 
 def make_explicit(model: nn.Module, names: list[str]) -> None:
     """Replace ``model``'s (a copy's) nn.MultiheadAttention modules ``names`` by ExplicitAttention, in place, and
-    run its nn.TransformerEncoder(Layer) and nn.TransformerDecoder modules as their Traced forms (the same
+    run its nn.TransformerEncoder(Layer), nn.TransformerDecoder and nn.Transformer modules as their Traced forms (the same
     parameters and function; padded positions are computed instead of being skipped by nested tensors)."""
     for name in names:
         parent, _, child = name.rpartition(".")
