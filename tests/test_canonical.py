@@ -39,6 +39,8 @@ def test_reparametrized_weights_are_folded_into_plain_parameters_and_the_model_i
     assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert folded[9].weight is model[9].weight  # what is not folded is shared, not copied
+    notes = discover_groups(model, x).notes  # what canonical did is said
+    assert any(n.startswith("5 reparametrized weight(s)") and "e.g. 0.weight" in n for n in notes)
 
 
 def test_a_weight_normed_model_is_quantized_with_its_weights_on_the_grid():

@@ -25,7 +25,9 @@ from torch.nn.utils import parametrize
 
 from .attention import attention_modules, make_explicit
 
-__all__ = ["canonical", "reparametrized", "conv1d_to_linear"]
+__all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear"]
+
+NOTES = "_mixprec_canonical"
 
 
 def _hooked(module: nn.Module) -> list[str]:
@@ -53,7 +55,8 @@ def canonical(model: nn.Module) -> nn.Module:
         return model
     attention = attention_modules(model)
     conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]
-    if not attention and not conv1d and not reparametrized(model):
+    folded = reparametrized(model)
+    if not attention and not conv1d and not folded:
         return model
     memo = {id(p): p for n, p in model.named_parameters()}  # parameters shared, buffers copied
     for module in model.modules():
@@ -74,7 +77,22 @@ def canonical(model: nn.Module) -> nn.Module:
                 torch.nn.utils.remove_weight_norm(module, tensor)
     make_explicit(copied, attention)
     conv1d_to_linear(copied)
+    done = []
+    if attention:
+        done.append(f"{len(attention)} nn.MultiheadAttention module(s) (e.g. {attention[0]}) run as their q_proj, "
+                    "k_proj, v_proj and out_proj Linear layers, quantized like any other (mixprec.attention)")
+    if folded:
+        done.append(f"{len(folded)} reparametrized weight(s) (weight_norm, spectral_norm or a parametrization; e.g. "
+                    f"{folded[0]}) folded into the plain weight they compute")
+    if conv1d:
+        done.append(f"{len(conv1d)} transformers Conv1D layer(s) (e.g. {conv1d[0]}) run as the equivalent nn.Linear")
+    copied.__dict__[NOTES] = tuple(done)  # read by discover_groups; not a module, parameter or buffer
     return copied
+
+
+def conversions(model: nn.Module) -> tuple[str, ...]:
+    """What canonical changed to make ``model`` (one line each), () for a model it returned as it was."""
+    return tuple(model.__dict__.get(NOTES, ()))
 
 
 def _fold_parametrizations(module: nn.Module) -> None:

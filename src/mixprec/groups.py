@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .attention import ExplicitAttention
-from .canonical import canonical
+from .canonical import canonical, conversions
 from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
@@ -243,10 +243,11 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
                          f"{list(layers)[0]!r})")
     notes = []
+    notes += conversions(model)
     attention = [n for n, m in model.named_modules() if isinstance(m, ExplicitAttention)]
-    if attention:
+    if attention and not notes:  # converted earlier (a traced copy keeps the modules, not canonical's notes)
         notes.append(f"{len(attention)} nn.MultiheadAttention module(s) (e.g. {attention[0]}) run as their q_proj, "
-                     "k_proj, v_proj and out_proj Linear layers, which are quantized like any other (mixprec.attention)")
+                     "k_proj, v_proj and out_proj Linear layers, quantized like any other (mixprec.attention)")
     uncovered = unquantized_weights(model)
     total = sum(p.numel() for p in model.parameters())
     held = sum(n for _, _, n in uncovered)
