@@ -712,3 +712,36 @@ def test_a_half_precision_model_exports_as_float32_around_its_integer_kernels(tm
     weights = [v for k, v in codes.items() if k.startswith("up.weight") and v.dtype == np.int8]
     assert weights and weights[0].shape == tuple(up.layer.weight.shape)  # the 8-bit codes, read back from bf16
     assert all(r["low_precision"] for r in result.layers)
+
+
+class Siamese(nn.Module):
+    """One encoder (conv, conv, linear) called on both inputs, and one linear called twice on 3-D inputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.encoder = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8))
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, a, b):
+        h = torch.stack([self.encoder(a), self.encoder(b)], 1)  # (N, 2, 8)
+        return self.head(torch.relu(self.mix(torch.relu(self.mix(h)))).mean(1))
+
+
+def test_a_layer_the_model_calls_twice_is_written_at_every_call(tmp_path):
+    model = Siamese().eval()
+    g = torch.Generator().manual_seed(6)
+    pairs = [(torch.randn(4, 1, 6, 6, generator=g), torch.randn(4, 1, 6, 6, generator=g)) for _ in range(3)]
+    data = [(pair, torch.zeros(4)) for pair in pairs]  # a 2-tuple item is (inputs, labels)
+    p = Plan.uniform(discover_groups(model, pairs[0]), "w8a8")
+    result = export(model, p, data, out=tmp_path / "siamese.onnx", progress=False)
+    rows = {r["layer"]: r for r in result.layers}
+    assert rows["encoder.0"]["calls"] == 2 and rows["mix"]["calls"] == 2 and "calls" not in rows["head"]
+    assert all(r["low_precision"] for r in result.layers)
+    simulated = apply(model, p, data, progress=False, joins=bool(result.joins))
+    with torch.no_grad():
+        want = simulated(*pairs[1])
+    got = OrtModule(result.path)(*pairs[1])
+    assert float((got - want).abs().max()) < 1e-2 * float(want.abs().max())

@@ -385,65 +385,74 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
             written[name] = {"node": "", "op": "-", "format": "not exported (the model does not run it)",
                              "op_written": "-", "batchnorm_folded": False, "absent": True}
             continue
-        if len(users) != 1:
-            raise ModelError(f"layer {name!r}: the exported graph has {'no node' if not users else 'several nodes'} "
-                             f"reading initializer {weight!r}; layers are matched by their weight's name, so a layer "
-                             "whose weight torch renames, folds or shares cannot be exported")
-        node, transposed = users[0], False
-        kind = layer.realisation.kind
-        if kind == "float":
-            if node.op_type == "Transpose" and len(g.consumers(node.output[0])) == 1:  # a weight read transposed:
-                node = g.consumers(node.output[0])[0]  # the layer is the node computing with it (a tied output)
-            written[name] = {"node": node.name, "op": node.op_type, "format": "float32", "op_written": node.op_type,
-                             "batchnorm_folded": False}
-            continue
-        if node.op_type == "Gather" and node.input[0] == weight:  # an embedding's rows
-            written[name] = _write_gather(g, node, name, layer, g.array(weight), helper)
-            continue
-        if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
-            matmuls = g.consumers(node.output[0])
-            if len(matmuls) != 1 or matmuls[0].op_type != "MatMul" or matmuls[0].input[1] != node.output[0]:
-                raise ModelError(f"layer {name!r}: its transposed weight does not feed exactly one MatMul")
-            g.removed.add(id(node))
-            node, transposed = matmuls[0], True
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or (node.op_type == "Gemm" and (
-                _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0 or _attr(node, "alpha", 1.0) != 1.0
-                or _attr(node, "beta", 1.0) != 1.0)):
-            raise ModelError(f"layer {name!r}: its weight feeds an ONNX {node.op_type} node {node.name!r}, which the "
-                             "exporter does not rewrite (Conv, ConvTranspose, Gemm with transB=1, MatMul)")
-        w = g.array(weight)
-        bias_name = node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 \
-            and node.input[2] else None
-        bias = g.array(bias_name).astype(np.float64) if bias_name else None
-        scales = None if layer.scales is None else layer.scales.astype(np.float64)
-        codes = layer.codes
-        folded = None
-        if node.op_type == "Conv" and kind in ("qdq", "dq_weight"):
-            folded = _fold_batchnorm(g, node)
-            if folded is not None:
-                factor, shift = folded
-                scales = scales * factor[:, None]
-                bias = (bias if bias is not None else 0.0) * factor + shift
-        entry = {"node": node.name, "op": node.op_type, "batchnorm_folded": folded is not None}
-        if kind == "qdq":
-            if bias is not None and layer.input_scale is not None:
-                codes, scales, refit = fit_bias(codes, scales, bias, layer.input_scale, layer.candidate.weight)
-                if refit:
-                    entry["bias_refit_channels"] = refit
-            entry.update(_write_qdq(g, node, name, layer, codes, scales, w.shape, bias, transposed))
-        elif kind == "nbits":
-            level = accuracy_level if layer.realisation.accuracy_level is None else layer.realisation.accuracy_level
-            entry.update(_write_nbits(g, node, name, layer, codes, scales, w.shape, bias, level, helper))
-        elif kind == "dq_weight":
-            entry.update(_write_dq_weight(g, node, name, layer, codes, scales, w.shape, bias, transposed))
-        else:
-            entry.update(_write_fp16(g, node, name, layer, w, transposed))
-        written[name] = entry
+        if not users:
+            raise ModelError(f"layer {name!r}: the exported graph has no node reading initializer {weight!r}; layers "
+                             "are matched by their weight's name, so a layer whose weight torch renames, folds or "
+                             "shares cannot be exported")
+        # a layer the model calls more than once (one encoder on both inputs of a siamese model): every call's
+        # node is rewritten alike, each with initializers of its own (the file holds the weight once per call)
+        entries = [_rewrite_reader(g, name if k == 0 else f"{name}.call{k}", layer, node, weight, accuracy_level,
+                                   helper, name) for k, node in enumerate(users)]
+        written[name] = {**entries[0], **({"calls": len(entries)} if len(entries) > 1 else {})}
     g.finish()
     if any(e.get("op_written") == "MatMulNBits" for e in written.values()):
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return written
+
+
+def _rewrite_reader(g: _Graph, tag: str, layer: LayerCodes, node, weight: str, accuracy_level: int, helper,
+                    name: str) -> dict:
+    """Rewrite the node ``node`` that reads layer ``name``'s weight initializer per ``layer``; ``tag`` names what is
+    written for this node (the layer's name, or the name and its call for a layer called again)."""
+    transposed = False
+    kind = layer.realisation.kind
+    if kind == "float":
+        if node.op_type == "Transpose" and len(g.consumers(node.output[0])) == 1:  # a weight read transposed:
+            node = g.consumers(node.output[0])[0]  # the layer is the node computing with it (a tied output)
+        return {"node": node.name, "op": node.op_type, "format": "float32", "op_written": node.op_type,
+                "batchnorm_folded": False}
+    if node.op_type == "Gather" and node.input[0] == weight:  # an embedding's rows
+        return _write_gather(g, node, tag, layer, g.array(weight), helper)
+    if node.op_type == "Transpose" and list(_attr(node, "perm", [1, 0])) == [1, 0]:
+        matmuls = g.consumers(node.output[0])
+        if len(matmuls) != 1 or matmuls[0].op_type != "MatMul" or matmuls[0].input[1] != node.output[0]:
+            raise ModelError(f"layer {name!r}: its transposed weight does not feed exactly one MatMul")
+        g.removed.add(id(node))
+        node, transposed = matmuls[0], True
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or (node.op_type == "Gemm" and (
+            _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0 or _attr(node, "alpha", 1.0) != 1.0
+            or _attr(node, "beta", 1.0) != 1.0)):
+        raise ModelError(f"layer {name!r}: its weight feeds an ONNX {node.op_type} node {node.name!r}, which the "
+                         "exporter does not rewrite (Conv, ConvTranspose, Gemm with transB=1, MatMul)")
+    w = g.array(weight)
+    bias_name = node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 \
+        and node.input[2] else None
+    bias = g.array(bias_name).astype(np.float64) if bias_name else None
+    scales = None if layer.scales is None else layer.scales.astype(np.float64)
+    codes = layer.codes
+    folded = None
+    if node.op_type == "Conv" and kind in ("qdq", "dq_weight"):
+        folded = _fold_batchnorm(g, node)
+        if folded is not None:
+            factor, shift = folded
+            scales = scales * factor[:, None]
+            bias = (bias if bias is not None else 0.0) * factor + shift
+    entry = {"node": node.name, "op": node.op_type, "batchnorm_folded": folded is not None}
+    if kind == "qdq":
+        if bias is not None and layer.input_scale is not None:
+            codes, scales, refit = fit_bias(codes, scales, bias, layer.input_scale, layer.candidate.weight)
+            if refit:
+                entry["bias_refit_channels"] = refit
+        entry.update(_write_qdq(g, node, tag, layer, codes, scales, w.shape, bias, transposed))
+    elif kind == "nbits":
+        level = accuracy_level if layer.realisation.accuracy_level is None else layer.realisation.accuracy_level
+        entry.update(_write_nbits(g, node, tag, layer, codes, scales, w.shape, bias, level, helper))
+    elif kind == "dq_weight":
+        entry.update(_write_dq_weight(g, node, tag, layer, codes, scales, w.shape, bias, transposed))
+    else:
+        entry.update(_write_fp16(g, node, tag, layer, w, transposed))
+    return entry
 
 
 def _attr(node, name: str, default):
