@@ -739,6 +739,7 @@ def test_a_layer_the_model_calls_twice_is_written_at_every_call(tmp_path):
     result = export(model, p, data, out=tmp_path / "siamese.onnx", progress=False)
     rows = {r["layer"]: r for r in result.layers}
     assert rows["encoder.0"]["calls"] == 2 and rows["mix"]["calls"] == 2 and "calls" not in rows["head"]
+    assert len(set(rows["mix"]["runtime_nodes"])) == 2  # each call's kernel found (profile times them all)
     assert all(r["low_precision"] for r in result.layers)
     simulated = apply(model, p, data, progress=False, joins=bool(result.joins))
     with torch.no_grad():

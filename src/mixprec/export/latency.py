@@ -385,12 +385,13 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
         nodes = node_times(out, feed, threads, repeats, tmp)
         kernels: dict[str, float] = {}
         for row in result.layers:
-            node = row.get("runtime_node", "")
-            if node not in nodes:
+            called = row.get("runtime_nodes") or [row.get("runtime_node", "")]  # every call of a layer called again
+            missing = [node for node in called if node not in nodes]
+            if missing:
                 raise MixprecError(f"layer {row['layer']!r}: ONNX Runtime's profile of the uniform {cand} graph has "
-                                   f"no node {node or '(none found)'!r}; time this model with method='layers' "
+                                   f"no node {missing[0] or '(none found)'!r}; time this model with method='layers' "
                                    "(--method layers)")
-            kernels[row["layer"]] = nodes[node]
+            kernels[row["layer"]] = sum(nodes[node] for node in called)
             if assignments[row["layer"]] == cand:
                 ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
         graphs[cand] = {"path": out, "assignments": assignments, "measured_ms": measured, "kernels": kernels,

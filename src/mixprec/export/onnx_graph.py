@@ -393,7 +393,10 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
         # node is rewritten alike, each with initializers of its own (the file holds the weight once per call)
         entries = [_rewrite_reader(g, name if k == 0 else f"{name}.call{k}", layer, node, weight, accuracy_level,
                                    helper, name) for k, node in enumerate(users)]
-        written[name] = {**entries[0], **({"calls": len(entries)} if len(entries) > 1 else {})}
+        written[name] = entries[0]
+        if len(entries) > 1:
+            written[name].update(calls=len(entries), call_tags=[name, *(f"{name}.call{k}" for k in range(1, len(entries)))],
+                                 call_nodes=[e["node"] for e in entries])
     g.finish()
     if any(e.get("op_written") == "MatMulNBits" for e in written.values()):
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):

@@ -241,14 +241,19 @@ def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=Non
     original = None
     out = {}
     for layer, entry in written.items():
-        node = _find(graph, by_input, producers, layer, entry)
-        if node is None:  # a float layer whose weight ONNX Runtime re-laid out and whose node it renamed
-            original = onnx.load(str(path), load_external_data=False).graph if original is None else original
-            node = _fused_node(graph, original, entry["node"])
-        op = node.op_type if node is not None else "?"
-        lookup = op == "Gather" and node.input[0].startswith(f"{layer}.weight_quantized")  # integer rows looked up
-        out[layer] = {"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or lookup,
-                      "runtime_node": node.name if node is not None else ""}
+        calls = []  # a layer the model calls more than once: each call's node (its initializers carry its tag)
+        for tag, node_name in zip(entry.get("call_tags", [layer]), entry.get("call_nodes", [entry["node"]])):
+            node = _find(graph, by_input, producers, tag, {**entry, "node": node_name})
+            if node is None:  # a float layer whose weight ONNX Runtime re-laid out and whose node it renamed
+                original = onnx.load(str(path), load_external_data=False).graph if original is None else original
+                node = _fused_node(graph, original, node_name)
+            op = node.op_type if node is not None else "?"
+            lookup = op == "Gather" and node.input[0].startswith(f"{tag}.weight_quantized")  # integer rows looked up
+            calls.append({"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or lookup,
+                          "runtime_node": node.name if node is not None else ""})
+        out[layer] = {**calls[0], "low_precision": all(c["low_precision"] for c in calls)}
+        if len(calls) > 1:
+            out[layer]["runtime_nodes"] = [c["runtime_node"] for c in calls]
     return out
 
 
