@@ -60,3 +60,10 @@ def test_a_model_with_nothing_to_change_is_returned_itself():
     assert canonical(plain) is plain
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4)))
     assert canonical(scripted) is scripted
+
+
+def test_a_compiled_model_is_taken_as_the_module_it_compiles():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    compiled = torch.compile(model)  # a wrapper; nothing is compiled until it is called
+    assert canonical(compiled) is model
+    assert [l.name for l in discover_groups(compiled, torch.randn(2, 4)).layers] == ["0", "2"]

@@ -1,6 +1,6 @@
 """The canonical model: the form in which every step of mixprec sees a user's model.
 
-Two kinds of module compute a layer's weight or output where hooks and swapped layers cannot see it:
+Some modules compute a layer's weight or output where hooks and swapped layers cannot see it:
 
 - a weight reparametrized (``torch.nn.utils.parametrizations.weight_norm``/``spectral_norm``, any
   ``torch.nn.utils.parametrize`` parametrization, and the older hook-based ``weight_norm`` and
@@ -10,7 +10,8 @@ Two kinds of module compute a layer's weight or output where hooks and swapped l
   ``nn.Linear`` layers);
 - transformers' ``Conv1D`` (GPT-2's attention and MLP) becomes the equivalent ``nn.Linear``.
 
-:func:`canonical` returns ``model`` itself where neither occurs, else a copy (sharing the parameters it
+A ``torch.compile``'d model is taken as the module it compiles (its layers under their own names).
+:func:`canonical` returns ``model`` itself where none of these occurs, else a copy (sharing the parameters it
 does not change), so the model passed in is never modified. Every public entry point (analyze, apply,
 discover_groups, export, profile, deploy_cuda and the command line's model loading) calls it, so groups,
 plans, applied models and exports all name the same layers.
@@ -53,6 +54,8 @@ def canonical(model: nn.Module) -> nn.Module:
     models as they are."""
     if isinstance(model, torch.jit.ScriptModule):
         return model
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod  # torch.compile's wrapper: the module it compiles, its layers under their own names
     attention = attention_modules(model)
     conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]
     folded = reparametrized(model)
