@@ -659,6 +659,7 @@ def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kern
     assert "encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}" in p.assignments  # nn.MultiheadAttention, explicit
     result = export(model, p, data, out=tmp_path / "vit.onnx", progress=False)
     assert result.joins and all(j["low_precision"] for j in result.joins)  # it traces: its residual adds are int8
+    assert any("float inputs of shape (*, 6, 4)" in n for n in result.notes)  # its sequence length is fixed
     simulated = apply(model, p, data, progress=False, joins=True)  # the model the export simulated
     x = tokens(n=1, size=32)[0]
     a, b = simulated(x), OrtModule(result.path)(x)

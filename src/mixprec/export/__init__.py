@@ -125,6 +125,14 @@ def _as_float32(inputs: Any) -> Any:
     return inputs
 
 
+def _fixed_axes(example: Any) -> str:
+    """The shapes of the example's float inputs with more than a batch axis, as (*, ...), comma-joined."""
+    tensors = (list(example.values()) if isinstance(example, dict) else list(example)
+               if isinstance(example, (tuple, list)) else [example])
+    return ", ".join(str((("*",) + tuple(t.shape[1:]))).replace("'", "") for t in tensors
+                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2)
+
+
 def _first_input(data: Iterable | None, example: Any) -> Any:
     if example is not None:
         return example
@@ -201,6 +209,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                      f"where the simulation rounded them to {'/'.join(narrow)}")
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
+    fixed = _fixed_axes(example)
+    if fixed and not callable(getattr(model, "onnx_step", None)):
+        notes.append(f"the file takes float inputs of shape {fixed} (* the batch): only the batch axis of a float "
+                     "input is dynamic, so a sequence or image of another size needs its own export")
     holders: dict[int, list[str]] = {}
     for name in candidates:  # tied weights (an embedding and the output layer): one tensor, several layers
         holders.setdefault(id(modules[name].weight), []).append(name)
