@@ -61,17 +61,16 @@ def output_tensor(output: Any) -> torch.Tensor:
         value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
         if isinstance(value, torch.Tensor):
             return value
-    values = list(output.values()) if isinstance(output, dict) else list(output) if isinstance(output, (tuple, list)) \
-        else []
+    if isinstance(output, dict):
+        values = list(output.values())
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        values = list(output)
+    else:  # a tuple that does not lead with a tensor names no main output
+        values = []
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
-    if isinstance(output, (tuple, list)) and values and not isinstance(values[0], torch.Tensor):
-        tensors = []
-    for tensor in tensors:
-        if tensor.dim() > 0:
-            return tensor
-    if tensors:
-        return tensors[0]
-    raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
+    if not tensors:
+        raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
+    return next((t for t in tensors if t.dim() > 0), tensors[0])
 
 
 def describe_shape(inputs: Any) -> Any:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .attention import attention_modules, make_explicit
+from .attention import ExplicitAttention, attention_modules, make_explicit
 
 __all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear"]
 
@@ -80,10 +80,7 @@ def canonical(model: nn.Module) -> nn.Module:
                 torch.nn.utils.remove_weight_norm(module, tensor)
     make_explicit(copied, attention)
     conv1d_to_linear(copied)
-    done = []
-    if attention:
-        done.append(f"{len(attention)} nn.MultiheadAttention module(s) (e.g. {attention[0]}) run as their q_proj, "
-                    "k_proj, v_proj and out_proj Linear layers, quantized like any other (mixprec.attention)")
+    done = [_attention_note(attention)] if attention else []
     if folded:
         done.append(f"{len(folded)} reparametrized weight(s) (weight_norm, spectral_norm or a parametrization; e.g. "
                     f"{folded[0]}) folded into the plain weight they compute")
@@ -94,8 +91,18 @@ def canonical(model: nn.Module) -> nn.Module:
 
 
 def conversions(model: nn.Module) -> tuple[str, ...]:
-    """What canonical changed to make ``model`` (one line each), () for a model it returned as it was."""
-    return tuple(model.__dict__.get(NOTES, ()))
+    """What canonical changed to make ``model`` (one line each), () for a model it returned as it was. A model
+    traced from a canonical one (join quantizers) keeps its modules, not these notes: its explicit attention
+    is still named."""
+    if NOTES in model.__dict__:
+        return tuple(model.__dict__[NOTES])
+    attention = [n for n, m in model.named_modules() if isinstance(m, ExplicitAttention)]
+    return (_attention_note(attention),) if attention else ()
+
+
+def _attention_note(names: list[str]) -> str:
+    return (f"{len(names)} nn.MultiheadAttention module(s) (e.g. {names[0]}) run as their q_proj, k_proj, v_proj "
+            "and out_proj Linear layers, quantized like any other (mixprec.attention)")
 
 
 def _fold_parametrizations(module: nn.Module) -> None:

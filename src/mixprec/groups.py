@@ -20,7 +20,6 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .attention import ExplicitAttention
 from .canonical import canonical, conversions
 from .batches import batch_size, run_model, to_device
 from .candidates import parse_candidate
@@ -242,12 +241,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         raise ModelError(f"--exclude {' '.join(map(repr, patterns))} leaves all {len(layers)} quantizable layers in "
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
                          f"{list(layers)[0]!r})")
-    notes = []
-    notes += conversions(model)
-    attention = [n for n, m in model.named_modules() if isinstance(m, ExplicitAttention)]
-    if attention and not notes:  # converted earlier (a traced copy keeps the modules, not canonical's notes)
-        notes.append(f"{len(attention)} nn.MultiheadAttention module(s) (e.g. {attention[0]}) run as their q_proj, "
-                     "k_proj, v_proj and out_proj Linear layers, quantized like any other (mixprec.attention)")
+    notes = list(conversions(model))
     uncovered = unquantized_weights(model)
     total = sum(p.numel() for p in model.parameters())
     held = sum(n for _, _, n in uncovered)

@@ -30,6 +30,7 @@ from ..atomic import write_atomic
 from ..canonical import canonical
 from ..batches import output_tensor, run_model, split_item
 from ..candidates import parse_candidate
+from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
 from ..evaluation import EvalResult, to_eval_result
 from ..groups import is_torchscript, layer_kind
@@ -114,17 +115,6 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
     return model
 
 
-def _as_float32(inputs: Any) -> Any:
-    """``inputs`` with its floating tensors (in tuples, lists and dicts) as float32."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.float() if inputs.is_floating_point() else inputs
-    if isinstance(inputs, dict):
-        return {k: _as_float32(v) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_as_float32(v) for v in inputs)
-    return inputs
-
-
 def _fixed_axes(example: Any) -> str:
     """The shapes of the example's float inputs with more than a batch axis, as (*, ...), comma-joined."""
     tensors = (list(example.values()) if isinstance(example, dict) else list(example)
@@ -203,7 +193,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     narrow = sorted({str(p.dtype).replace("torch.", "") for p in quantized.parameters()
                      if p.is_floating_point() and p.dtype != torch.float32})
     if narrow:  # ONNX Runtime's CPU kernels run float32: the file is float32 around its integer kernels
-        floated, example = floated.float(), _as_float32(example)
+        floated, example = floated.float(), map_tensors(example, lambda t: t.float() if t.is_floating_point() else t)
         notes.append(f"the model is {'/'.join(narrow)}: the file is float32 around its integer and low-bit kernels "
                      "(ONNX Runtime's CPU float type), so its float layers and its dequantized weights are float32 "
                      f"where the simulation rounded them to {'/'.join(narrow)}")
