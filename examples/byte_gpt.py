@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mixprec.builtin import data_file
-from mixprec.cache import cache_dir, save_atomic
+from mixprec.cache import trained
 
 SEED, STEPS, LENGTH, VERSION = 0, 400, 64, "v1"
 
@@ -70,14 +70,7 @@ def _train() -> ByteGPT:
 
 
 def build() -> ByteGPT:
-    path = cache_dir() / f"example_byte_gpt_{VERSION}.pt"
-    model = ByteGPT()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    model = _train()
-    save_atomic(model.state_dict(), path)
-    return model
+    return trained(f"example_byte_gpt_{VERSION}.pt", ByteGPT(), _train)
 
 
 def calibration() -> list[torch.Tensor]:

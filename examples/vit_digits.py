@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mixprec.builtin.demo_cnn import TRAIN, digits
-from mixprec.cache import cache_dir, save_atomic
+from mixprec.cache import trained
 
 SEED, EPOCHS, VERSION = 0, 60, "v1"
 
@@ -59,14 +59,7 @@ def _train() -> ViT:
 
 
 def build() -> ViT:
-    path = cache_dir() / f"example_vit_digits_{VERSION}.pt"
-    model = ViT()
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    model = _train()
-    save_atomic(model.state_dict(), path)
-    return model
+    return trained(f"example_vit_digits_{VERSION}.pt", ViT(), _train)
 
 
 def calibration() -> list[tuple[torch.Tensor, torch.Tensor]]:

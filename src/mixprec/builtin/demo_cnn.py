@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import Builtin
-from ..cache import cache_dir, save_atomic
+from ..cache import trained
 from ..errors import MixprecError
 from ..evaluation import EvalResult
 
@@ -63,17 +63,7 @@ def train(progress: bool = False) -> DigitsCNN:
 
 
 def load_model() -> DigitsCNN:
-    path = cache_dir() / f"demo_cnn_digits_{WEIGHTS_VERSION}.pt"
-    model = DigitsCNN()
-    if path.is_file():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return model.eval()
-        except (RuntimeError, EOFError):
-            path.unlink()  # a damaged cache is rebuilt
-    model = train()
-    save_atomic(model.state_dict(), path)
-    return model
+    return trained(f"demo_cnn_digits_{WEIGHTS_VERSION}.pt", DigitsCNN(), train)
 
 
 def calibration(n: int = 256) -> list[torch.Tensor]:
