@@ -67,3 +67,10 @@ def test_a_compiled_model_is_taken_as_the_module_it_compiles():
     compiled = torch.compile(model)  # a wrapper; nothing is compiled until it is called
     assert canonical(compiled) is model
     assert [l.name for l in discover_groups(compiled, torch.randn(2, 4)).layers] == ["0", "2"]
+
+
+def test_a_data_parallel_model_is_taken_as_the_module_it_wraps():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    wrapped = nn.DataParallel(torch.compile(nn.DataParallel(model)))  # nested wrappers, unwrapped to the last
+    assert canonical(wrapped) is model
+    assert [l.name for l in discover_groups(wrapped, torch.randn(2, 4)).layers] == ["0", "2"]

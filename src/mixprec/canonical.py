@@ -10,7 +10,9 @@ Some modules compute a layer's weight or output where hooks and swapped layers c
   ``nn.Linear`` layers);
 - transformers' ``Conv1D`` (GPT-2's attention and MLP) becomes the equivalent ``nn.Linear``.
 
-A ``torch.compile``'d model is taken as the module it compiles (its layers under their own names).
+A ``torch.compile``'d model is taken as the module it compiles, and a model wrapped in ``nn.DataParallel`` or
+``DistributedDataParallel`` as the module it wraps (its layers under their own names, without ``_orig_mod.`` or
+``module.``; torch's exporter refuses the data-parallel wrappers, and quantizing needs one device).
 :func:`canonical` returns ``model`` itself where none of these occurs, else a copy (sharing the parameters it
 does not change), so the model passed in is never modified. Every public entry point (analyze, apply,
 discover_groups, export, profile, deploy_cuda and the command line's model loading) calls it, so groups,
@@ -26,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from .attention import ExplicitAttention, attention_modules, make_explicit
 
-__all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear"]
+__all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear", "unwrapped"]
 
 NOTES = "_mixprec_canonical"
 
@@ -54,8 +56,7 @@ def canonical(model: nn.Module) -> nn.Module:
     models as they are."""
     if isinstance(model, torch.jit.ScriptModule):
         return model
-    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod  # torch.compile's wrapper: the module it compiles, its layers under their own names
+    model = unwrapped(model)
     attention = attention_modules(model)
     conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]
     folded = reparametrized(model)
@@ -88,6 +89,18 @@ def canonical(model: nn.Module) -> nn.Module:
         done.append(f"{len(conv1d)} transformers Conv1D layer(s) (e.g. {conv1d[0]}) run as the equivalent nn.Linear")
     copied.__dict__[NOTES] = tuple(done)  # read by discover_groups; not a module, parameter or buffer
     return copied
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's and the data-parallel wrappers (nested ones too); ``model`` otherwise."""
+    from torch.nn.parallel import DistributedDataParallel
+    while True:
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, DistributedDataParallel)) and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
 
 
 def conversions(model: nn.Module) -> tuple[str, ...]:

@@ -477,6 +477,9 @@ def cmd_export(args) -> int:
         detail = (f" ({round((1 - value) * n):,} of {n:,} differ: a top-1 accuracy gap from these alone has a standard "
                   f"error of at most {result.noise():.2f} points)" if n and where == "evaluation" else "")
         print(f"top-1 agreement of exported and simulated outputs on the {where} data: {100 * value:.2f}%{detail}")
+    for where, value in result.sqnr_db.items():
+        print(f"exported against simulated outputs on the {where} data: "
+              + (f"SQNR {value:.1f} dB" if value != float("inf") else "equal"))
     _print_notes(result.notes)
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0

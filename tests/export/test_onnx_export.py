@@ -683,6 +683,50 @@ class TwoHeads(nn.Module):
         return {"logits": self.head(h), "extra": (h, h.sum(0))}
 
 
+def test_top1_is_taken_on_a_class_axis_only():
+    from mixprec.export import top1
+    assert top1(torch.tensor([[0.1, 0.9], [2.0, 1.0]])).tolist() == [1, 0]  # (batch, classes)
+    assert top1(torch.zeros(2, 5, 7)).shape == (2, 5)  # (batch, tokens, vocabulary)
+    seg = torch.zeros(1, 3, 2, 2)
+    seg[0, 2, 1, 0] = 1.0  # (batch, classes, height, width): the class axis is 1
+    assert top1(seg).tolist() == [[[0, 0], [2, 0]]]
+    assert top1(torch.zeros(8)) is None and top1(torch.zeros(8, 1)) is None  # a regression's outputs
+    assert top1(torch.zeros(2, 1, 4, 4)) is None  # an image of one channel
+    assert top1(torch.zeros(2, 3, dtype=torch.long)) is None
+
+
+class Regressor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body, self.out = nn.Linear(6, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.body(x))).squeeze(-1)
+
+
+def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):
+    model, data = Regressor().eval(), batches((6,))
+    result = export(model, plan(model, data, {"body": "w8a8", "out": "w8a8"}), data, out=tmp_path / "r.onnx",
+                    progress=False)
+    assert "calibration" not in result.agreement  # the argmax over a batch of scalars would mean nothing
+    assert 30 < result.sqnr_db["calibration"] < float("inf")  # int8 kernels, not bit-exact, but close
+    classifier, cdata = Mlp().eval(), batches((80,))
+    result = export(classifier, plan(classifier, cdata, {"up": "w8a8"}), cdata, out=tmp_path / "c.onnx", progress=False)
+    assert result.agreement["calibration"] > 0.9 and result.sqnr_db["calibration"] > 30
+    assert json.loads(report_path(result.path).read_text())["sqnr_db"]["calibration"] > 30
+
+
+def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):
+    model, data = Mlp().eval(), batches((80,))
+    wrapped = nn.DataParallel(model)  # torch's exporter refuses the wrapper itself
+    p = plan(wrapped, data, {"up": "w8a8", "down": "w4a8"})
+    assert set(p.assignments) == {"up", "down", "head"}
+    result = export(wrapped, p, data, out=tmp_path / "dp.onnx", progress=False)
+    simulated = apply(wrapped, p, data, progress=False)
+    assert torch.allclose(OrtModule(result.path)(data[0]), simulated(data[0]), atol=1e-4)
+
+
 def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path):
     model, data = TwoHeads().eval(), batches((6,))
     p = plan(model, data, {"body": "w8a8", "head": "w8a8"})

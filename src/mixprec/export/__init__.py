@@ -17,6 +17,8 @@ The other targets are files of their own, each with its own function and result 
 """
 from __future__ import annotations
 
+import math
+
 import os
 import platform
 from dataclasses import dataclass, field
@@ -43,7 +45,8 @@ from .gguf import GGUFExport, export_gguf
 from .targets import TARGETS, check_layers, get_onnx_target
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
-           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "noise_bound", "cpu_has_vnni",
+           "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "output_sqnr", "top1",
+           "noise_bound", "cpu_has_vnni",
            "deploy_cuda", "save_cuda", "load_cuda", "CudaDeployment"]
 
 
@@ -64,6 +67,7 @@ class ExportResult:
     exported: EvalResult | None = None
     agreement: dict[str, Any] = field(default_factory=dict)  # {"calibration": f, "evaluation": f}: top-1 agreement
     outputs: dict[str, int] = field(default_factory=dict)  # how many outputs each agreement counts
+    sqnr_db: dict[str, float] = field(default_factory=dict)  # {"calibration": dB}: exported against simulated outputs
     notes: list[str] = field(default_factory=list)
     joins: list[dict] = field(default_factory=list)  # per residual add/concatenation: op run, low precision
 
@@ -84,7 +88,9 @@ class ExportResult:
         return {"path": str(self.path), "target": self.target, "size_bytes": self.size_bytes,
                 "simulated": None if self.simulated is None else self.simulated.to_dict(),
                 "exported": None if self.exported is None else self.exported.to_dict(),
-                "agreement": self.agreement, "outputs": self.outputs, "noise": self.noise(), "notes": self.notes,
+                "agreement": self.agreement, "outputs": self.outputs, "noise": self.noise(),
+                "sqnr_db": {k: v if math.isfinite(v) else None for k, v in self.sqnr_db.items()},  # None: equal
+                "notes": self.notes,
                 "layers": self.layers, "joins": self.joins}
 
 
@@ -254,7 +260,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             "written without a KV cache (token ids in, logits out): the model's cache is not one key/value pair of "
             "tensors per layer, or the example input has fewer than 3 tokens to trace the cached step with")
     if batches:
-        result.agreement["calibration"] = agreement(quantized, exported, [split_item(b)[0] for b in batches])
+        inputs = [split_item(b)[0] for b in batches]
+        same = agreement(quantized, exported, inputs)
+        if same is not None:
+            result.agreement["calibration"] = same
+        result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
     if evaluate is not None:
         sim_out, exp_out = _Recorder(quantized), _Recorder(exported)
         result.simulated = to_eval_result(evaluate(sim_out))
@@ -281,8 +291,9 @@ def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: li
     except ModelError as exc:
         notes.append(f"residual adds and concatenations are left in float: {exc}")
         return False
-    notes.append("the plan does not say whether it was chosen with join quantizers; they are added, as the int8 "
-                 "graph needs them (the simulated metric includes them)")
+    notes.append("join quantizers are added on the residual adds and concatenations, as ONNX Runtime's int8 graph "
+                 "needs them; the plan was measured without them (analyze --joins measures with them), so the "
+                 "simulated metric here, which includes them, can differ from quantize's")
     return True
 
 
@@ -339,9 +350,9 @@ class _Recorder(nn.Module):
     def forward(self, *args, **kwargs):
         output = self.model(*args, **kwargs)
         try:
-            logits = output_tensor(output)
-            if logits.dim() >= 2 and logits.shape[-1] > 1 and torch.is_floating_point(logits):
-                self.predictions.append(logits.detach().argmax(-1).cpu())
+            top = top1(output_tensor(output))
+            if top is not None:
+                self.predictions.append(top.cpu())
         except TypeError:
             pass
         return output
@@ -353,16 +364,42 @@ class _Recorder(nn.Module):
             return getattr(super().__getattr__("model"), name)
 
 
+def top1(output: torch.Tensor) -> torch.Tensor | None:
+    """Each prediction's class: the argmax of the last axis of a (batch, classes) or (batch, tokens, vocabulary)
+    output, of the channel axis of a (batch, classes, height, width) one (segmentation); None for an output
+    with no class axis (a regression's, an image's of one channel), where top-1 means nothing."""
+    if not torch.is_floating_point(output) or output.dim() < 2:
+        return None
+    axis = 1 if output.dim() == 4 else -1
+    return output.detach().argmax(axis) if output.shape[axis] > 1 and output.dim() <= 4 else None
+
+
 @torch.no_grad()
-def agreement(simulated: nn.Module, exported: nn.Module, inputs: list) -> float:
-    """Fraction of output rows whose top-1 (argmax of the last axis) is the same in both models."""
+def agreement(simulated: nn.Module, exported: nn.Module, inputs: list) -> float | None:
+    """Fraction of predictions (:func:`top1`) that are the same in both models; None for outputs without classes."""
     same = total = 0
     for x in inputs:
-        a = output_tensor(run_model(simulated, x)).argmax(-1)
-        b = output_tensor(run_model(exported, x)).argmax(-1)
+        a = top1(output_tensor(run_model(simulated, x)))
+        b = top1(output_tensor(run_model(exported, x)))
+        if a is None or b is None:
+            return None
         same += int((a == b).sum())
         total += a.numel()
     return same / max(total, 1)
+
+
+@torch.no_grad()
+def output_sqnr(simulated: nn.Module, exported: nn.Module, inputs: list) -> float:
+    """10 log10(sum sim^2 / sum (exp - sim)^2) over the outputs on ``inputs``, in dB (inf where they are equal)."""
+    signal = noise = 0.0
+    for x in inputs:
+        a = output_tensor(run_model(simulated, x)).double()
+        b = output_tensor(run_model(exported, x)).double().to(a.device)
+        signal += float((a * a).sum())
+        noise += float(((b - a) ** 2).sum())
+    if noise == 0:
+        return float("inf")
+    return 10 * math.log10(signal / noise) if signal > 0 else float("-inf")
 
 
 def _version() -> str:
