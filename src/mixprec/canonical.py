@@ -8,7 +8,9 @@ Some modules compute a layer's weight or output where hooks and swapped layers c
   tensor, so it is folded into a plain ``weight`` parameter holding that tensor;
 - ``nn.MultiheadAttention`` becomes :class:`mixprec.attention.ExplicitAttention` (its projections as
   ``nn.Linear`` layers);
-- transformers' ``Conv1D`` (GPT-2's attention and MLP) becomes the equivalent ``nn.Linear``.
+- transformers' ``Conv1D`` (GPT-2's attention and MLP) becomes the equivalent ``nn.Linear``;
+- ``nn.EmbeddingBag`` becomes :class:`mixprec.embedding_bag.ExplicitEmbeddingBag` (an ``nn.Embedding``
+  look-up and the bag's reduction), so that its table is quantized and exported like an embedding's.
 
 A ``torch.compile``'d model is taken as the module it compiles, and a model wrapped in ``nn.DataParallel`` or
 ``DistributedDataParallel`` as the module it wraps (its layers under their own names, without ``_orig_mod.`` or
@@ -27,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .attention import ExplicitAttention, attention_modules, make_explicit
+from .embedding_bag import bag_modules, make_explicit_bags
 
 __all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear", "unwrapped"]
 
@@ -60,7 +63,8 @@ def canonical(model: nn.Module) -> nn.Module:
     attention = attention_modules(model)
     conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]
     folded = reparametrized(model)
-    if not attention and not conv1d and not folded:
+    bags = bag_modules(model)
+    if not attention and not conv1d and not folded and not bags:
         return model
     memo = {id(p): p for n, p in model.named_parameters()}  # parameters shared, buffers copied
     for module in model.modules():
@@ -81,12 +85,16 @@ def canonical(model: nn.Module) -> nn.Module:
                 torch.nn.utils.remove_weight_norm(module, tensor)
     make_explicit(copied, attention)
     conv1d_to_linear(copied)
+    make_explicit_bags(copied, bags)
     done = [_attention_note(attention)] if attention else []
     if folded:
         done.append(f"{len(folded)} reparametrized weight(s) (weight_norm, spectral_norm or a parametrization; e.g. "
                     f"{folded[0]}) folded into the plain weight they compute")
     if conv1d:
         done.append(f"{len(conv1d)} transformers Conv1D layer(s) (e.g. {conv1d[0]}) run as the equivalent nn.Linear")
+    if bags:
+        done.append(f"{len(bags)} nn.EmbeddingBag module(s) (e.g. {bags[0]}) run as an embedding look-up and the "
+                    "bag's reduction, their table quantized like an embedding's (mixprec.embedding_bag)")
     copied.__dict__[NOTES] = tuple(done)  # read by discover_groups; not a module, parameter or buffer
     return copied
 

@@ -106,9 +106,10 @@ def is_torchscript(model: nn.Module) -> bool:
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    """'Conv2d', 'Linear', ... for a quantizable layer (eager or TorchScript), else None."""
+    """'Conv2d', 'Linear', ... for a quantizable layer (eager or TorchScript), else None; a subclass of one
+    (mixprec.embedding_bag's, a user's own nn.Linear) is of the kind it derives from."""
     if isinstance(module, QUANTIZABLE):
-        return type(module).__name__
+        return next(kind.__name__ for kind in QUANTIZABLE if isinstance(module, kind))
     if isinstance(module, torch.jit.ScriptModule):
         name = getattr(module, "original_name", "")
         return name if name in {c.__name__ for c in QUANTIZABLE} else None
