@@ -115,6 +115,29 @@ def test_a_model_fx_cannot_trace_is_a_clear_error():
         apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
 
 
+class Rotary(nn.Module):
+    """A position table sliced by the input's length in forward, as rotary embeddings are."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("table", torch.randn(16, 4), persistent=False)
+
+    def forward(self, x):  # (batch, tokens, 4)
+        h = self.a(x) * self.table[: x.shape[1]]
+        return self.b(h + x)
+
+
+def test_a_buffer_sliced_by_the_input_length_traces_and_its_add_is_joined():
+    model, batches = Rotary().eval(), data((6, 4))
+    quantized = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+    assert join_quantizers(quantized)
+    shorter = torch.randn(2, 3, 4)  # another length slices the table anew
+    assert quantized(shorter).shape == (2, 3, 4)
+    assert torch.allclose(quantized(shorter), model(shorter), atol=0.1)
+
+
 def test_joins_need_calibration_data():
     model, batches = Residual().eval(), data((3, 6, 6))
     with pytest.raises(Exception, match="calibrat"):

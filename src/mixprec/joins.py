@@ -89,7 +89,10 @@ class JoinQuantizer(ActivationQuantizer):
 class _Tracer(fx.Tracer):
     """Quantizers (and mixprec's quantized layers) are leaves: their forward branches on tensor values.
     A torch.nn container of quantizable layers (nn.TransformerEncoder and its layers) is traced through,
-    not kept whole as fx keeps torch.nn's modules: its layers must be nodes of the graph."""
+    not kept whole as fx keeps torch.nn's modules: its layers must be nodes of the graph. Buffers are nodes
+    too (get_attr), so a forward may slice one by its input's size (rotary tables: ``self.cos[:t]``)."""
+
+    proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         quantized_layer = isinstance(getattr(m, "input_quantizer", None), ActivationQuantizer)

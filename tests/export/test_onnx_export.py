@@ -717,6 +717,43 @@ def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_pat
     assert json.loads(report_path(result.path).read_text())["sqnr_db"]["calibration"] > 30
 
 
+class RmsMlp(nn.Module):
+    """nn.RMSNorm (aten::rms_norm, which torch's exporter cannot write at opset 17) and F.rms_norm without a
+    weight or an eps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.up, self.norm, self.down = nn.Linear(12, 16), nn.RMSNorm(16, eps=1e-5), nn.Linear(16, 3)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.down(nn.functional.rms_norm(self.norm(self.up(x)), (16,)))
+
+
+def test_rms_norm_exports_as_the_ops_it_computes(tmp_path):
+    model, data = RmsMlp().eval(), batches((12,))
+    p = plan(model, data, {"up": "w8", "down": "w8"})
+    result = export(model, p, data, out=tmp_path / "rms.onnx", progress=False, accuracy_level=0)  # float inputs
+    simulated = apply(model, p, data, progress=False)
+    assert torch.allclose(OrtModule(result.path)(data[0]), simulated(data[0]), atol=1e-4)
+
+
+def test_a_complex_tensor_is_refused_with_a_hint(tmp_path):
+    class Complex(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.view_as_real(torch.view_as_complex(self.fc(x).reshape(-1, 2, 2))).reshape(-1, 4)
+
+    model, data = Complex().eval(), batches((4,))
+    with pytest.raises(ModelError, match="no complex numbers"):
+        export(model, plan(model, data, {"fc": "w8"}), data, out=tmp_path / "c.onnx", progress=False)
+
+
 def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):
     model, data = Mlp().eval(), batches((80,))
     wrapped = nn.DataParallel(model)  # torch's exporter refuses the wrapper itself

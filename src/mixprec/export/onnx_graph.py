@@ -132,8 +132,35 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     return graph
 
 
+def _rms_norm(g, input, normalized_shape, weight, eps):
+    """aten::rms_norm (nn.RMSNorm, F.rms_norm), which torch's exporter cannot write before opset 23, as the
+    ops it computes: input / sqrt(mean(input^2 over the normalized axes) + eps) * weight; eps None is
+    float32's machine epsilon, as torch takes for a float32 input (the file's float type)."""
+    from torch.onnx import symbolic_helper as sh
+    axes = list(range(-len(sh._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = torch.finfo(torch.float32).eps if sh._is_none(eps) else sh._get_const(eps, "f", "eps")
+    square = g.op("Mul", input, input)
+    mean = (g.op("ReduceMean", square, axes_i=axes, keepdims_i=1) if g.opset < 18 else  # axes an input from 18
+            g.op("ReduceMean", square, g.op("Constant", value_t=torch.tensor(axes)), keepdims_i=1))
+    out = g.op("Div", input, g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps)))))
+    return out if sh._is_none(weight) else g.op("Mul", out, weight)
+
+
+_SYMBOLICS = {"aten::rms_norm": _rms_norm}  # ops of torch modules the exporter cannot write at OPSET
+
+
+_HINTS = {"complex": "; ONNX has no complex numbers: write the computation with real tensors (rotary embeddings "
+                      "as x * cos + rotate_half(x) * sin, as Hugging Face's Llama does)"}
+
+
+def _register_symbolics(opset: int) -> None:
+    for name, function in _SYMBOLICS.items():
+        torch.onnx.register_custom_op_symbolic(name, function, opset)
+
+
 def _export(module, args, buffer, opset: int, names: list[str], outputs: list[str], dynamic: dict) -> None:
     """torch.onnx.export into ``buffer``; a failure is one ModelError line, torch's log kept in a file it names."""
+    _register_symbolics(opset)
     with warnings.catch_warnings(), _output_to_file() as log:
         warnings.simplefilter("ignore")
         try:
@@ -148,8 +175,9 @@ def _export(module, args, buffer, opset: int, names: list[str], outputs: list[st
             failure = None
     if failure is not None:
         kept = _keep_log(log)
-        raise ModelError(f"torch.onnx.export failed on the model: {type(failure).__name__}: "
-                         f"{str(failure).splitlines()[0] if str(failure) else ''}"
+        message = str(failure).splitlines()[0] if str(failure) else ""
+        hint = next((h for op, h in _HINTS.items() if op in message), "")
+        raise ModelError(f"torch.onnx.export failed on the model: {type(failure).__name__}: {message}{hint}"
                          + (f" (torch's log of the export, with the graph it failed on: {kept})" if kept else "")
                          ) from failure
     Path(log).unlink(missing_ok=True)
