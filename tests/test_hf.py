@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -205,8 +206,9 @@ def test_gpt2_conv1d_layers_become_linear_layers_with_the_same_outputs(tmp_path)
 def test_the_ort_cpu_lm_profile_plans_what_matmulnbits_computes(checkpoint, tmp_path, capsys):
     """--profile ort-cpu-lm: a8d candidates, no join quantizers, and the exported file's perplexity is the
     simulated one (MatMulNBits at accuracy_level 4, its int8 inputs simulated)."""
-    from mixprec.profiles import profile_joins
-    assert not profile_joins("ort-cpu-lm") and profile_joins("ort-cpu")
+    from mixprec.joins import default_joins
+    from mixprec.profiles import profile_candidates
+    assert not default_joins(nn.Linear(2, 2), "ort-cpu", profile_candidates("ort-cpu-lm"))[0]  # no int8 QDQ layer
     folder, text = checkpoint
     data = f"text:{text}?windows=4&length=32&batch=2"
     assert main(["analyze", "--model", f"hf:{folder}", "--data", data, "--profile", "ort-cpu-lm", "--metric", "kl",

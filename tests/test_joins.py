@@ -138,6 +138,27 @@ def test_a_buffer_sliced_by_the_input_length_traces_and_its_add_is_joined():
     assert torch.allclose(quantized(shorter), model(shorter), atol=0.1)
 
 
+def test_joins_default_to_what_the_target_runs():
+    from mixprec.joins import default_joins
+    model = Residual().eval()
+    assert default_joins(model, "ort-cpu", ["w4a8", "w8a8"])[0]  # int8 QDQ layers on a target with an int8 graph
+    assert not default_joins(model, "ort-cpu", ["w4g32", "w8a8d32"])[0]  # weight-only and dynamic inputs: no QDQ
+    assert default_joins(model, None, ["w8a8"]) == (False, None)  # no target: simulation as the layers compute
+    assert not default_joins(model, "gguf", ["q8_0"])[0]
+    joins, note = default_joins(DataDependent().eval(), "ort-cpu", ["w8a8"])
+    assert not joins and "torch.fx" in note
+
+
+def test_an_analysis_for_ort_cpu_measures_with_joins_unless_told_not_to():
+    import mixprec
+    model, batches = Residual().eval(), data((3, 6, 6))
+    assert mixprec.analyze(model, batches, "w4a8,w8a8", target="ort-cpu", progress=False).joins
+    assert not mixprec.analyze(model, batches, "w4a8,w8a8", target="ort-cpu", joins=False, progress=False).joins
+    assert not mixprec.analyze(model, batches, "w4a8,w8a8", progress=False).joins
+    result = mixprec.quantize(model, batches, "bytes=w4a8", candidates="w4a8,w8a8", target="ort-cpu", progress=False)
+    assert result.plan.metadata.get("joins") and join_quantizers(result.model)
+
+
 def test_joins_need_calibration_data():
     model, batches = Residual().eval(), data((3, 6, 6))
     with pytest.raises(Exception, match="calibrat"):

@@ -602,7 +602,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             device: str | torch.device | None = None, progress: bool = True, verbose: bool = False,
             model_name: str | None = None, arguments: dict[str, Any] | None = None,
             prefix: str | None = None, rounding: str | RoundingConfig | None = None,
-            joins: bool = False, target: str | None = None, stream: bool = False) -> Analysis:
+            joins: bool | None = None, target: str | None = None, stream: bool = False) -> Analysis:
     """Measure the sensitivity of every quantizer group of ``model`` at every candidate, and price
     every (group, candidate) in bytes, BOPs and bits per weight.
 
@@ -621,7 +621,9 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     joins: measure with join quantizers (mixprec.joins: 8-bit quantizers on the tensors residual adds and
     concatenations read and write, as ONNX Runtime's int8 graph has them; the model must trace with
     torch.fx); every plan of this analysis then says so (``metadata["joins"]``) and apply and export use them.
-    Its divergences are measured from the model with its joins quantized and its layers float.
+    Its divergences are measured from the model with its joins quantized and its layers float. None (the
+    default): on for a target whose int8 graph has them (ort-cpu) when some candidate is int8 QDQ and the
+    model traces (mixprec.joins.default_joins; verbose prints why), else off.
     target: the export target the plans are for (mixprec.export.TARGETS, e.g. "ort-cpu"; a profile's
     target with --profile): the (group, candidate) pairs it cannot run are measured but never chosen.
     stream: keep the model's stack of blocks in CPU memory and bring each onto ``device`` only while it
@@ -640,6 +642,13 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         arguments = {**given, **(arguments or {})}
     batches = _batches(data)
     device = torch.device(device) if device is not None else device_of(model)
+    if joins is None:
+        joins = False
+        if not stream:
+            from .joins import default_joins
+            joins, note = default_joins(model, target, _candidate_list(candidates))
+            if note and verbose:
+                print(f"note: {note}")
     if stream:
         if joins:
             raise SpecError("joins and stream cannot be combined: join quantizers need the whole model traced")

@@ -17,13 +17,13 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import ModelError, SpecError, error_line
+from .errors import SpecError, error_line
 from .front import Front
 from .groups import ModelGroups
 from .pipeline import check_plan_groups, quantize_plan
 from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
-from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates, profile_joins
+from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
 from .rounding import rounding_config
 from .run_directory import RunDirectory
@@ -293,22 +293,16 @@ def _analyze(args, rank: int) -> int:
 
 
 def _joins(args, model) -> bool:
-    """--joins, or a profile whose target's int8 graph quantizes residual adds (ort-cpu, ort-cpu-avx2) for a
-    model torch.fx can trace (one it cannot is measured without, with a note)."""
-    if getattr(args, "joins", False):
-        return True
-    if not profile_joins(getattr(args, "profile", None)):
+    """--joins / --no-joins, else mixprec.joins.default_joins for the profile's target (its note printed)."""
+    if getattr(args, "joins", None) is not None:
+        return bool(args.joins)
+    if getattr(args, "stream", False):  # a streamed model is never traced whole
         return False
-    from .joins import trace
-    try:
-        trace(model)
-    except ModelError as exc:
-        print(f"note: profile {args.profile} quantizes residual adds in its int8 graph, but this model is measured "
-              f"without join quantizers: {exc}")
-        return False
-    print(f"note: profile {args.profile} measures with join quantizers (8-bit residual adds and concatenations, "
-          "as its int8 graph runs them; --joins)")
-    return True
+    from .joins import default_joins
+    joins, note = default_joins(model, PROFILE_TARGETS.get(getattr(args, "profile", None) or ""), _candidates(args))
+    if note:
+        print(f"note: {note}")
+    return joins
 
 
 def _prefix_note(meta: dict) -> str:
@@ -791,10 +785,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
-    p.add_argument("--joins", action="store_true",
+    p.add_argument("--joins", action=argparse.BooleanOptionalAction, default=None,
                    help="measure with 8-bit quantizers on the tensors residual adds and concatenations read and write, "
                         "as ONNX Runtime's int8 graph has them (on by default with --profile ort-cpu/ort-cpu-avx2 "
-                        "where the model traces with torch.fx); its plans are applied and exported with them")
+                        "where the model traces with torch.fx; --no-joins turns them off); its plans are applied and "
+                        "exported with them")
     p.add_argument("--stream", action="store_true", help="keep the model's stack of blocks (an LLM's decoder layers) "
                    "in CPU memory and bring each onto --device only while it runs: a model larger than the GPU, in "
                    "about two blocks' memory plus what lies outside the blocks; slower by the copies")

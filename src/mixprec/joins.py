@@ -139,6 +139,30 @@ def trace(model: nn.Module, example=None) -> fx.GraphModule:
                          "(joins=False) or make the forward free of data-dependent control flow") from exc
 
 
+def default_joins(model: nn.Module, target: str | None, candidates) -> tuple[bool, str | None]:
+    """Whether an analysis for ``target`` measures with join quantizers when the caller does not say, and a note
+    saying why (None where nothing needs saying): yes when the target's int8 graph quantizes residual adds and
+    concatenations (mixprec.export.TARGETS' ``joins``: ort-cpu), some candidate gives a layer static 8-bit
+    integer inputs (the int8 QDQ layers that graph is made of; weight-only and a8d candidates give none) and
+    ``model`` traces with torch.fx; a model that does not trace is measured without them, with a note."""
+    from .candidates import parse_candidate
+    from .export.targets import TARGETS
+    from .formats import IntFormat, is_dynamic
+    if target is None or target not in TARGETS or not TARGETS[target].joins:
+        return False, None
+    parsed = [c if not isinstance(c, str) else parse_candidate(c) for c in candidates]
+    if not any(isinstance(c.activation, IntFormat) and c.activation.bits <= 8 and not is_dynamic(c.activation)
+               for c in parsed):
+        return False, None
+    try:
+        trace(model)
+    except ModelError as exc:
+        return False, (f"target {target} quantizes residual adds in its int8 graph, but this model is measured "
+                       f"without join quantizers: {exc}")
+    return True, (f"target {target} measures with join quantizers (8-bit residual adds and concatenations, as its "
+                  "int8 graph runs them; --no-joins or joins=False turns them off)")
+
+
 def _is_join(node: fx.Node) -> bool:
     """An add of two tensors or a concatenation of two or more."""
     if node.op == "call_function" and node.target in _ADDS:

@@ -135,14 +135,17 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
              search: str = "exact", evaluate: Callable[[nn.Module], Any] | None = None,
              groups: ModelGroups | None = None, run_dir: str | Path | None = None, weight_range: str = "mse",
              activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
-             rounding_options: dict | None = None,
+             rounding_options: dict | None = None, target: str | None = None, joins: bool | None = None,
              device: str | torch.device | None = None, progress: bool = True, **search_options: Any) -> QuantizeResult:
     """Model + calibration data + budget -> the quantized model and its plan, in one call:
     :func:`mixprec.analyze`, :meth:`Analysis.solve` (``search``, ``search_options``), then
-    :func:`quantize_plan` (evaluated with ``evaluate`` when given)."""
+    :func:`quantize_plan` (evaluated with ``evaluate`` when given). target: the export target the plan is for
+    (``"ort-cpu"``: candidates it cannot run are never chosen, and its int8 graph's join quantizers are
+    measured and applied; ``joins`` as :func:`mixprec.analyze`'s)."""
     batches = list(data)
     analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
-                       weight_range=weight_range, activation_range=activation_range, device=device, progress=progress)
+                       weight_range=weight_range, activation_range=activation_range, device=device, progress=progress,
+                       target=target, joins=joins)
     plan = analysis.solve(budget, search, evaluate=evaluate, **search_options)
     return quantize_plan(analysis.model, plan, batches, analysis.model_groups, evaluate=evaluate,
                          weight_range=weight_range, activation_range=activation_range, rounding=rounding,

@@ -36,16 +36,6 @@ PROFILES: dict[str, tuple[str, ...]] = {
 # Profiles that deploy to an export target (mixprec.export's ``target``).
 PROFILE_TARGETS: dict[str, str] = {"ort-cpu": "ort-cpu", "ort-cpu-avx2": "ort-cpu", "ort-cpu-lm": "ort-cpu",
                                    "gguf": "gguf"}
-# Profiles whose plans have no integer-input (QDQ) layers, so no join quantizers, whatever their target does.
-NO_JOINS = ("ort-cpu-lm",)
-
-
-def profile_joins(name: str | None) -> bool:
-    """Whether a profile's target quantizes residual adds and concatenations in its int8 graph, so that its
-    analyses measure with join quantizers (mixprec.joins)."""
-    from .export.targets import TARGETS
-    target = PROFILE_TARGETS.get(name or "")
-    return bool(target and TARGETS[target].joins) and name not in NO_JOINS
 
 
 def profile_candidates(name: str) -> list[Candidate]:
