@@ -153,6 +153,14 @@ def test_bad_plan_files(tmp_path, data, match):
         assert path in str(info.value)  # file-level errors say which file
 
 
+def test_an_assignment_added_after_construction_is_refused_where_the_plan_is_used():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    plan = Plan.uniform(discover_groups(model, torch.randn(2, 4)), "w8")
+    plan.assignments["typo"] = "w4"  # would otherwise be ignored, the group meant left at w8
+    with pytest.raises(PlanError, match=r"unknown \['typo'\].*its groups: \['0', '2'\]"):
+        plan.model_layers(model)
+
+
 def test_malformed_json(tmp_path):
     with pytest.raises(PlanError, match="is not valid JSON"):
         Plan.load(write(tmp_path, '{"format": "mixprec-plan", '))

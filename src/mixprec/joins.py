@@ -109,7 +109,12 @@ def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
     traced as None, not as tensors (calling the graph with one of them later is an error that says so)."""
     graph = _Tracer().trace(model, concrete_args=_absent_optionals(model, example))
     name = type(model).__name__
-    return fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
+    traced = fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
+    kept = dict(traced.named_modules())
+    for layer, module in model.named_modules():  # a layer forward never calls (T5's `shared`) keeps its name,
+        if layer and layer not in kept and isinstance(module, QUANTIZABLE):  # so plans that list it still apply
+            traced.add_submodule(layer, module)
+    return traced
 
 
 def _absent_optionals(model: nn.Module, example) -> dict | None:

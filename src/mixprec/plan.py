@@ -24,10 +24,7 @@ class Plan:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        missing = sorted(set(self.groups) - set(self.assignments))
-        extra = sorted(set(self.assignments) - set(self.groups))
-        if missing or extra:
-            raise PlanError(f"plan assignments do not match its groups: missing {missing[:5]}, unknown {extra[:5]}")
+        self.check_assignments()
         for group, cand in self.assignments.items():
             self.assignments[group] = parse_candidate(cand).name
         seen: dict[str, str] = {layer: "excluded" for layer in self.excluded}
@@ -60,8 +57,19 @@ class Plan:
     def layer_candidates(self) -> dict[str, str]:
         return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
 
+    def check_assignments(self) -> None:
+        """Every group assigned and every assignment a group's, as at construction: a plan whose ``assignments``
+        were edited afterwards (a mistyped group name would otherwise be ignored) is a PlanError."""
+        missing = sorted(set(self.groups) - set(self.assignments))
+        extra = sorted(set(self.assignments) - set(self.groups))
+        if missing or extra:
+            raise PlanError(f"plan assignments do not match its groups: missing {missing[:5]}, unknown {extra[:5]} "
+                            f"(its groups: {sorted(self.groups)[:6]}{'...' if len(self.groups) > 6 else ''}; a tied "
+                            "group is named by its layers, e.g. 'a.{q,k,v}')")
+
     def model_layers(self, model) -> dict:
         """The model's layers this plan names (name -> module); a name the model lacks is a PlanError."""
+        self.check_assignments()
         layers = quantizable_layers(model)
         unknown = sorted(set(self.layer_candidates()) - set(layers))
         if unknown:

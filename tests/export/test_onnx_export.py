@@ -546,26 +546,26 @@ def test_a_tied_embedding_and_output_layer_each_take_their_own_reader_of_the_wei
                                                                      "mix": "MatMulNBits"}
 
 
-class Differences(nn.Module):
-    """A model with an op the ONNX exporter has no symbolic for (aten::diff at opset 17)."""
+class Unexportable(nn.Module):
+    """A model with an op the ONNX exporter has no symbolic for (aten::logcumsumexp at opset 17)."""
 
     def __init__(self):
         super().__init__()
         self.l = nn.Linear(8, 8)
 
     def forward(self, x):
-        return torch.diff(self.l(x), dim=-1)
+        return torch.logcumsumexp(self.l(x), dim=-1)
 
 
 def test_a_failed_torch_export_is_one_line_and_its_graph_goes_to_a_log_file(capfd):
     from mixprec.export.onnx_graph import export_float
 
-    with pytest.raises(ModelError, match="aten::diff") as info:
-        export_float(Differences(), torch.randn(2, 8))
+    with pytest.raises(ModelError, match="aten::logcumsumexp") as info:
+        export_float(Unexportable(), torch.randn(2, 8))
     printed = capfd.readouterr()
     assert "Torch IR graph" not in printed.out + printed.err  # not hundreds of lines on the terminal
     log = Path(str(info.value).split("failed on: ")[1].rstrip(")"))
-    assert "aten::diff" in log.read_text()  # kept for whoever wants the graph
+    assert "aten::logcumsumexp" in log.read_text()  # kept for whoever wants the graph
     log.unlink()
 
 
@@ -752,6 +752,44 @@ def test_a_complex_tensor_is_refused_with_a_hint(tmp_path):
     model, data = Complex().eval(), batches((4,))
     with pytest.raises(ModelError, match="no complex numbers"):
         export(model, plan(model, data, {"fc": "w8"}), data, out=tmp_path / "c.onnx", progress=False)
+
+
+class Seq2Seq(nn.Module):
+    """An encoder-decoder's shapes: two token inputs of their own lengths, one table held by three layers of
+    which one is never called (T5's ``shared``), positions from a cumulative sum of a mask (Whisper's), and
+    torch.diff (transformers' packed-sequence check)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.shared = nn.Embedding(50, 16)
+        self.encoder_embed, self.decoder_embed = nn.Embedding(50, 16), nn.Embedding(50, 16)
+        self.encoder_embed.weight = self.decoder_embed.weight = self.shared.weight
+        self.mix = nn.Linear(16, 16)
+
+    def forward(self, input_ids, decoder_input_ids):
+        memory = self.encoder_embed(input_ids).mean(1, keepdim=True)
+        positions = (decoder_input_ids != 0).cumsum(-1)  # a cumulative sum of booleans
+        steps = torch.diff(decoder_input_ids, dim=-1, prepend=decoder_input_ids[:, :1])
+        h = self.decoder_embed(decoder_input_ids) + 0.01 * positions[..., None] + 0.001 * steps[..., None]
+        return self.mix(h + memory)
+
+
+def test_an_encoder_decoder_exports_with_two_lengths_and_a_table_held_thrice(tmp_path):
+    model = Seq2Seq().eval()
+    g = torch.Generator().manual_seed(8)
+    data = [{"input_ids": torch.randint(0, 50, (4, 12), generator=g),
+             "decoder_input_ids": torch.randint(0, 50, (4, 6), generator=g)} for _ in range(2)]
+    p = Plan.uniform(discover_groups(model, data[0]), "w8")  # the three holders of the table: one group
+    p.assignments["mix"] = "w8a8"
+    result = export(model, p, data, out=tmp_path / "s2s.onnx", progress=False)
+    assert {r["layer"]: r.get("absent", False) for r in result.layers} == {
+        "shared": True, "encoder_embed": False, "decoder_embed": False, "mix": False}
+    assert len(result.joins) == 3  # added by default, as the int8 layer needs them; simulated with them below
+    simulated = apply(model, p, data, progress=False, joins=True)
+    other = {"input_ids": torch.randint(0, 50, (3, 9), generator=g),  # other lengths, each its own
+             "decoder_input_ids": torch.randint(0, 50, (3, 4), generator=g)}
+    assert torch.allclose(OrtModule(result.path)(**other), simulated(**other), atol=1e-4)
 
 
 def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):

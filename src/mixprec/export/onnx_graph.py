@@ -103,8 +103,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     else:
         raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
                          "a tuple or a dict of tensors")
-    dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: "sequence"})
-               for n, t in zip(names, tensors) if t.dim() >= 1}
+    # integer inputs (token ids, masks) have a dynamic length of their own: an encoder-decoder's two sequences
+    # differ, and ONNX Runtime takes two axes of one name to be equal
+    dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: f"{n}_length"} if t.dim() >= 2
+                   else {0: "batch"}) for n, t in zip(names, tensors) if t.dim() >= 1}
     module, outputs, metadata = model, ["output"], {}
     dynamic["output"] = {0: "batch"}
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
@@ -123,6 +125,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
                 dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
         _export(module, args, buffer, opset, names, outputs, dynamic)
     graph = onnx.load_from_string(buffer.getvalue())
+    _cast_bool_cumsums(graph)
     stored = {i.name for i in graph.graph.initializer}
     kept = [i for i in graph.graph.input if i.name not in stored]  # weights are constants, not inputs
     del graph.graph.input[:]
@@ -130,6 +133,31 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def _cast_bool_cumsums(model) -> None:
+    """torch's exporter writes a cumulative sum of booleans (Whisper's positions from its mask) as a CumSum of a
+    bool tensor, which ONNX does not allow and ONNX Runtime refuses to load; torch sums them as int64, so the
+    input is cast to int64 first."""
+    import onnx
+    from onnx import TensorProto, helper
+    cumsums = [n for n in model.graph.node if n.op_type == "CumSum"]
+    if not cumsums:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes ONNX cannot infer: left to ONNX Runtime's own error
+        return
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info)
+             + list(inferred.graph.input) + list(inferred.graph.output)}
+    for node in cumsums:
+        if types.get(node.input[0]) == TensorProto.BOOL:
+            cast = helper.make_node("Cast", [node.input[0]], [node.input[0] + "_as_int64"], to=TensorProto.INT64,
+                                    name=node.name + "/bool_to_int64")
+            node.input[0] = cast.output[0]
+            nodes = list(model.graph.node)
+            del model.graph.node[:]
+            model.graph.node.extend(nodes[:nodes.index(node)] + [cast] + nodes[nodes.index(node):])
 
 
 def _rms_norm(g, input, normalized_shape, weight, eps):
@@ -146,7 +174,27 @@ def _rms_norm(g, input, normalized_shape, weight, eps):
     return out if sh._is_none(weight) else g.op("Mul", out, weight)
 
 
-_SYMBOLICS = {"aten::rms_norm": _rms_norm}  # ops of torch modules the exporter cannot write at OPSET
+def _diff(g, input, n, dim, prepend, append):
+    """aten::diff (transformers' packed-sequence check on position ids), which torch's exporter cannot write:
+    the input (with prepend/append concatenated along ``dim``) less itself shifted by one, n times."""
+    from torch.onnx import symbolic_helper as sh
+    n, dim = sh._get_const(n, "i", "n"), sh._get_const(dim, "i", "dim")
+    if not sh._is_none(prepend):
+        input = g.op("Concat", prepend, input, axis_i=dim)
+    if not sh._is_none(append):
+        input = g.op("Concat", input, append, axis_i=dim)
+
+    def const(value: int):
+        return g.op("Constant", value_t=torch.tensor([value], dtype=torch.int64))
+    for _ in range(n):
+        later = g.op("Slice", input, const(1), const(torch.iinfo(torch.int64).max), const(dim))
+        earlier = g.op("Slice", input, const(0), const(-1), const(dim))
+        input = g.op("Sub", later, earlier)
+    return input
+
+
+# ops of torch and transformers code that torch's exporter cannot write at OPSET
+_SYMBOLICS = {"aten::rms_norm": _rms_norm, "aten::diff": _diff}
 
 
 _HINTS = {"complex": "; ONNX has no complex numbers: write the computation with real tensors (rotary embeddings "
@@ -211,14 +259,14 @@ def _takes_mask(model: nn.Module) -> bool:
 def _without_cache(model):
     """A Hugging Face model (``config.use_cache``) given in Python exports its logits without its KV cache
     object, which the exporter cannot write (a model loaded with hf:DIR exports its cache as tensors)."""
-    config = getattr(model, "config", None)
-    cached = getattr(config, "use_cache", False) is True
-    if cached:
+    configs = {} if model is None else {id(c): c for c in (getattr(m, "config", None) for m in model.modules())
+                                           if getattr(c, "use_cache", False) is True}  # an encoder-decoder's parts
+    for config in configs.values():                                                 # each keep a config of their own
         config.use_cache = False
     try:
         yield
     finally:
-        if cached:
+        for config in configs.values():
             config.use_cache = True
 
 
@@ -403,7 +451,9 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
     for name, layer in layers.items():
         weight = f"{name}.weight"
         ties = (shared or {}).get(name, [])
-        if weight not in g.inits:
+        if weight not in g.inits and ties and idle(name):  # a tied holder the model never runs (T5's `shared`):
+            weight = ""                                      # the weight it shares is its callers' to rewrite
+        if weight and weight not in g.inits:
             weight = next((f"{o}.weight" for o in ties if f"{o}.weight" in g.inits), weight)
         users = g.consumers(weight) if weight in g.inits else []
         if len(users) > 1 and ties:  # each holder of a tied weight takes its own reader
