@@ -26,16 +26,19 @@ from run import CONFIGS, RESULTS, first_last_choice, save_result  # noqa: E402
 
 from mixprec import __version__  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
+from mixprec.rounding import rounding_config  # noqa: E402
 
 
 def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tuple[str, ...],
               search: str | None, rounding: str = "nearest", aware: bool = False,
-              time_budget: str | None = None) -> dict:
+              time_budget: str | None = None, rounding_options: dict | None = None) -> dict:
     config = CONFIGS[model]
     candidates = ",".join([config.candidates, *extra])
     start = time.perf_counter()
     analysis = sqnr_analysis(model, candidates, RESULTS / "tmp" / f"run_{model}", device, None, weight_range, extra,
-                             rounding if aware else "nearest")
+                             rounding if aware else "nearest", rounding_options if aware else None)
+    options_used = dict(rounding_options or {})
+    rounding = rounding_config(rounding, **options_used)
     analysis_seconds = time.perf_counter() - start
     problem = analysis.problem()
     budgets = analysis.budgets(budget, problem)  # kind -> limit
@@ -71,7 +74,8 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
             "uniform": uniform, "candidates": list(problem.candidates),
             "command": " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]]),
             "environment": {"mixprec": __version__, "device": device, "weight_range": weight_range},
-            "rounding": rounding, "rounding_aware": aware, "analysis_seconds": round(analysis_seconds, 1)}
+            "rounding": rounding.name, "rounding_options": options_used, "rounding_aware": aware,
+            "analysis_seconds": round(analysis_seconds, 1)}
 
 
 def markdown(result: dict) -> str:
@@ -80,7 +84,9 @@ def markdown(result: dict) -> str:
     best = max if higher else min
     lines = [f"# {result['model']} at {result['budget']}", "",
              f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}; weights rounded by "
-             f"{result.get('rounding', 'nearest')} (the guard and every plan; the sensitivity "
+             f"{result.get('rounding', 'nearest')}"
+             + "".join(f" {k.replace('_', '-')}" for k, v in (result.get("rounding_options") or {}).items() if v)
+             + " (the guard and every plan; the sensitivity "
              f"{'too' if result.get('rounding_aware') or result.get('rounding', 'nearest') == 'nearest' else 'with nearest'}); "
              "candidates "
              f"{', '.join(result['candidates'])}. Decisions on calibration data, metric on the evaluation split.", "",
@@ -112,13 +118,16 @@ def main() -> int:
                         help="rounding of the measurement, the guard and every applied plan (default nearest)")
     parser.add_argument("--rounding-aware", action="store_true",
                         help="with --rounding gptq: measure the sensitivity with GPTQ-rounded weights too")
+    parser.add_argument("--act-order", action="store_true", help="with --rounding gptq: GPTQ's act-order")
+    parser.add_argument("--static-groups", action="store_true", help="with --rounding gptq: static groups")
     parser.add_argument("--time-budget", help="with --search local: as `mixprec solve --time-budget` (default 1x)")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     try:
         result = benchmark(args.model, args.budget, args.device, args.weight_range,
                            tuple(c for c in args.add_candidates.split(",") if c), args.search, args.rounding,
-                           args.rounding_aware, args.time_budget)
+                           args.rounding_aware, args.time_budget,
+                           {k: True for k in ("act_order", "static_groups") if getattr(args, k)})
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

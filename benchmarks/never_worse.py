@@ -77,7 +77,8 @@ def verdicts(result: dict) -> dict:
 
 
 def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples: int | None,
-                  weight_range: str = "mse", extra: tuple[str, ...] = (), rounding: str = "nearest") -> Analysis:
+                  weight_range: str = "mse", extra: tuple[str, ...] = (), rounding: str = "nearest",
+                  rounding_options: dict | None = None) -> Analysis:
     """The sqnr run benchmarks/run.py makes (shared with it: the same directory and cache; another weight
     range method, ``extra`` candidates, or another rounding have their own, named as
     benchmarks/nncf_compare.py names them)."""
@@ -85,10 +86,11 @@ def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples:
     if extra:
         run = run.parent / f"{run.name}_plus_{'_'.join(extra)}"
     if rounding != "nearest":
-        run = run.parent / f"{run.name}_{rounding}"
+        run = run.parent / "_".join([run.name, rounding, *sorted(k for k, v in (rounding_options or {}).items() if v)])
     if not (run / "sensitivity.json").is_file():
         analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
-                                            weight_range=weight_range, rounding=rounding))
+                                            weight_range=weight_range, rounding=rounding,
+                                            rounding_options=rounding_options))
     return load(run, model)
 
 

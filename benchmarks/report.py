@@ -353,7 +353,8 @@ def _at_budget_targets() -> list[str]:
         if r["budget"].replace(" ", "") not in ("bits_per_weight=5.1", "bits=5.1"):
             continue
         value = r["plan"]["metric"]["value"]
-        rounding = r.get("rounding", "nearest")
+        rounding = r.get("rounding", "nearest") + "".join(
+            f" {k.replace('_', '-')}" for k, v in (r.get("rounding_options") or {}).items() if v)
         search = r["plan"].get("search", "exact")
         rounding += " rounding" + (" (sensitivity measured with it too)" if r.get("rounding_aware") else "")
         if search != "exact":

@@ -1,5 +1,5 @@
-"""Rounding back-ends at uniform candidates: metric and wall time of nearest, gptq, gptq with
-act-order and adaround, at identical costs (rounding never changes the grid).
+"""Rounding back-ends at uniform candidates: metric and wall time of nearest, gptq (plain, with act-order,
+with static groups, with both), adaround and brecq, at identical costs (rounding never changes the grid).
 
     python benchmarks/rounding.py demo-cnn --candidates w2a8,w3a8,w4a8,w3g16a8
 
@@ -28,6 +28,8 @@ from uniform import VISION, first_last_pins
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDINGS = {"nearest": ("nearest", {}), "gptq": ("gptq", {}), "gptq-act-order": ("gptq", {"act_order": True}),
+             "gptq-static-groups": ("gptq", {"static_groups": True}),
+             "gptq-act-order-static-groups": ("gptq", {"act_order": True, "static_groups": True}),
              "adaround": ("adaround", {}), "brecq": ("brecq", {})}
 
 

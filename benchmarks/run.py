@@ -32,6 +32,7 @@ from mixprec.costs import format_bytes, format_count
 from mixprec.errors import MissingDataError
 from mixprec.plan import write_json_atomic
 from mixprec.plan_evaluation import PlanEvaluator
+from mixprec.rounding import rounding_config
 from mixprec.run_directory import RunDirectory
 from mixprec.solvers import SOLVERS, AllocationProblem, Goal
 from mixprec.specs import prepare
@@ -82,7 +83,7 @@ def specs(model: str) -> tuple[str, str | None, str | None]:
 
 def analysis_arguments(model: str, candidates: str, metric: str, device: str, run_dir: Path,
                        samples: int | None = None, pins: list[str] = (), weight_range: str = "mse",
-                       rounding: str = "nearest", joins: bool = False) -> dict:
+                       rounding: str = "nearest", joins: bool = False, rounding_options: dict | None = None) -> dict:
     """The arguments `mixprec analyze --model ...` records in run.json: a run's evaluator loads the
     model, data and evaluation they name, and its cache keys hash them."""
     model_spec, data_spec, eval_spec = specs(model)
@@ -90,7 +91,8 @@ def analysis_arguments(model: str, candidates: str, metric: str, device: str, ru
             "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
             "around_divergence": "auto", "rounding": rounding, "eval": eval_spec,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
-            "device": device, "out": str(run_dir), "joins": joins, "stream": False}
+            "device": device, "out": str(run_dir), "joins": joins, "stream": False,
+            **({"rounding_options": dict(rounding_options)} if rounding_options else {})}
 
 
 def analyze_run(run_dir: Path, arguments: dict) -> Analysis:
@@ -104,7 +106,9 @@ def analyze_run(run_dir: Path, arguments: dict) -> Analysis:
                          weight_range=a.get("weight_range") or "mse",
                          activation_range=a.get("activation_range") or "mse", chunk_size=a.get("chunk_size"),
                          use_fx=not a.get("no_fx"), device=a.get("device") or "cpu", model_name=a["model"],
-                         arguments=a, rounding=a.get("rounding"), joins=bool(a.get("joins")))
+                         arguments=a, rounding=rounding_config(a.get("rounding") or "nearest",
+                                                               **(a.get("rounding_options") or {})),
+                         joins=bool(a.get("joins")))
 
 
 def analyze(model: str, config: Config, work: Path, device: str, samples: int | None) -> dict[str, float]:

@@ -147,10 +147,11 @@ def _rounding(args):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
         return None
     options: dict[str, Any] = {}
-    if getattr(args, "act_order", False):
-        if args.rounding != "gptq":
-            raise SpecError("--act-order is an option of --rounding gptq")
-        options["act_order"] = True
+    for flag in ("act_order", "static_groups"):
+        if getattr(args, flag, False):
+            if args.rounding != "gptq":
+                raise SpecError(f"--{flag.replace('_', '-')} is an option of --rounding gptq")
+            options[flag] = True
     if args.rounding_iterations is not None:
         if args.rounding not in ("adaround", "brecq"):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
@@ -170,10 +171,12 @@ def cmd_quantize(args) -> int:
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
-    chosen_with = plan.metadata.get("rounding")
-    if chosen_with and chosen_with != rounding.name:
-        print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard); it is "
-              f"applied here with {rounding.name} rounding: add --rounding {chosen_with} to deploy what was measured")
+    chosen_with, chosen_options = plan.metadata.get("rounding"), plan.metadata.get("rounding_options") or {}
+    if chosen_with and (chosen_with != rounding.name or chosen_options != rounding.changed()):
+        flags = " ".join(f"--{k.replace('_', '-')}" for k, v in chosen_options.items() if v is True)
+        print(f"note: this plan was chosen with {chosen_with}-rounded weights {chosen_options or ''}(its "
+              f"sensitivities and guard); it is applied here with {rounding.name} rounding {rounding.changed() or ''}"
+              f": add --rounding {chosen_with}{' ' + flags if flags else ''} to deploy what was measured")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     evaluate = load_eval(eval_spec, args.model) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
@@ -739,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
                    "calibration data and resume after an interruption (default nearest)")
     p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--static-groups", action="store_true", help="gptq with groups: each group's scale chosen before "
+                   "any column is quantized, not at the group's first column (with --act-order, the combination "
+                   "GPTQ's users run; measured in BENCHMARKS.md, benchmarks/rounding.py)")
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help=f"adaround, brecq: optimisation steps per layer or block (default "
                         f"{ROUNDINGS['adaround']().iterations})")

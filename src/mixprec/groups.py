@@ -230,8 +230,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         parse_candidate(candidate)
     layers = quantizable_layers(model)
     if not layers:
-        raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes "
-                         "nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d, nn.Linear and nn.Embedding); nothing to do")
+        raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes nn.Conv1d/2d/3d, "
+                         "nn.ConvTranspose1d/2d, nn.Linear, nn.Embedding and nn.EmbeddingBag); nothing to do")
     check_weights(layers)
     patterns = list(exclude)
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]

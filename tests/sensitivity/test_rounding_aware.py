@@ -63,6 +63,22 @@ def test_solve_guards_with_the_analysis_rounding(demo):
     assert "rounding" not in plain.metadata
 
 
+def test_a_plan_records_its_rounding_options_and_quantize_says_when_they_differ(demo, tmp_path, capsys):
+    model, data = demo
+    analysis = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False,
+                               rounding=mixprec.GPTQ(act_order=True, static_groups=True))
+    plan = analysis.solve(budget="bits=3")
+    assert plan.metadata["rounding"] == "gptq"
+    assert plan.metadata["rounding_options"] == {"act_order": True, "static_groups": True}
+    path = plan.save(tmp_path / "plan.json")
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert "--rounding gptq --act-order --static-groups to deploy what was measured" in capsys.readouterr().out
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq", "--act-order",
+                 "--static-groups", "--out", str(tmp_path / "q2")]) == 0
+    assert "to deploy what was measured" not in capsys.readouterr().out
+
+
 def test_around_with_rounding(demo):
     model, data = demo
     analysis = mixprec.analyze(model, data, candidates=CANDIDATES, metric=Around("w4", "kl"), progress=False,
