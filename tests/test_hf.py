@@ -222,3 +222,14 @@ def test_the_ort_cpu_lm_profile_plans_what_matmulnbits_computes(checkpoint, tmp_
     report = json.loads((tmp_path / "m.report.json").read_text())
     simulated, exported = report["simulated"]["value"], report["exported"]["value"]
     assert abs(exported - simulated) <= 1e-3 * simulated
+
+
+def test_an_encoder_decoder_folder_is_refused_with_the_way_to_quantize_it(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+    from mixprec.errors import SpecError
+    from mixprec.specs import load_model
+    T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+                               ).save_pretrained(tmp_path / "t5")
+    with pytest.raises(SpecError, match="encoder-decoder .*decoder_input_ids"):
+        load_model(f"hf:{tmp_path / 't5'}")

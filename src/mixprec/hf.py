@@ -243,6 +243,10 @@ def load(spec: str) -> nn.Module:
         raise SpecError(f"--model {spec!r} needs transformers and safetensors: pip install -e '.[models]' ({exc})") \
             from exc
     causal = causal_architecture(architecture)
+    if isinstance(config, dict) and config.get("is_encoder_decoder") and not causal:
+        raise SpecError(f"{folder} holds an encoder-decoder ({architecture}); hf: loads causal language models and "
+                        "encoders, whose data is token ids. Load it in Python and give mixprec dict batches with "
+                        "input_ids and decoder_input_ids (mixprec.analyze, mixprec.quantize, mixprec.export)")
     try:
         hf_config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # an unknown model_type, a bad field: transformers' message says which
