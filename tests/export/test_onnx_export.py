@@ -659,7 +659,7 @@ def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kern
     assert "encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}" in p.assignments  # nn.MultiheadAttention, explicit
     result = export(model, p, data, out=tmp_path / "vit.onnx", progress=False)
     assert result.joins and all(j["low_precision"] for j in result.joins)  # it traces: its residual adds are int8
-    assert any("float inputs of shape (*, 6, 4)" in n for n in result.notes)  # its sequence length is fixed
+    assert any("inputs of shape (*, 6, 4)" in n for n in result.notes)  # its sequence length is fixed
     simulated = apply(model, p, data, progress=False, joins=True)  # the model the export simulated
     x = tokens(n=1, size=32)[0]
     a, b = simulated(x), OrtModule(result.path)(x)
@@ -703,6 +703,28 @@ class Regressor(nn.Module):
 
     def forward(self, x):
         return self.out(torch.relu(self.body(x))).squeeze(-1)
+
+
+class Pixels(nn.Module):
+    """uint8 images, scaled inside forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(9)
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x.float() / 255)).mean((2, 3)))
+
+
+def test_an_integer_image_keeps_its_shape_and_says_so(tmp_path):
+    model = Pixels().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 256, (4, 3, 10, 10), generator=g, dtype=torch.uint8) for _ in range(2)]
+    result = export(model, plan(model, data, {"conv": "w8a8", "fc": "w8a8"}), data, out=tmp_path / "u8.onnx",
+                    progress=False)
+    assert any("inputs of shape (*, 3, 10, 10)" in n for n in result.notes)  # not a token axis: fixed, and said
+    assert OrtModule(result.path)(data[0][:1]).shape == (1, 4)  # another batch size runs
 
 
 def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):

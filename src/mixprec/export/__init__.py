@@ -122,11 +122,13 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
 
 
 def _fixed_axes(example: Any) -> str:
-    """The shapes of the example's float inputs with more than a batch axis, as (*, ...), comma-joined."""
+    """The shapes of the example's inputs whose axes but the batch are fixed in the file (all but token ids and
+    masks, mixprec.export.onnx_graph.token_like), as (*, ...), comma-joined."""
+    from .onnx_graph import token_like
     tensors = (list(example.values()) if isinstance(example, dict) else list(example)
                if isinstance(example, (tuple, list)) else [example])
     return ", ".join(str((("*",) + tuple(t.shape[1:]))).replace("'", "") for t in tensors
-                     if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2)
+                     if isinstance(t, torch.Tensor) and t.dim() >= 2 and not token_like(t))
 
 
 def _first_input(data: Iterable | None, example: Any) -> Any:
@@ -207,8 +209,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         graph = export_float(floated, example)
     fixed = _fixed_axes(example)
     if fixed and not callable(getattr(model, "onnx_step", None)):
-        notes.append(f"the file takes float inputs of shape {fixed} (* the batch): only the batch axis of a float "
-                     "input is dynamic, so a sequence or image of another size needs its own export")
+        notes.append(f"the file takes inputs of shape {fixed} (* the batch): only the batch axis of an input other "
+                     "than token ids is dynamic, so a sequence or image of another size needs its own export")
     holders: dict[int, list[str]] = {}
     for name in candidates:  # tied weights (an embedding and the output layer): one tensor, several layers
         holders.setdefault(id(modules[name].weight), []).append(name)
@@ -228,6 +230,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         rows.append(row)
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes)
     result.joins = join_kernels(out, quantized, optimized)
+    if not result.joins:  # the model has no residual add or concatenation: nothing was added
+        notes[:] = [n for n in notes if n != JOINS_ADDED]
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
         notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")
@@ -291,10 +295,13 @@ def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: li
     except ModelError as exc:
         notes.append(f"residual adds and concatenations are left in float: {exc}")
         return False
-    notes.append("join quantizers are added on the residual adds and concatenations, as ONNX Runtime's int8 graph "
-                 "needs them; the plan was measured without them (analyze --joins measures with them), so the "
-                 "simulated metric here, which includes them, can differ from quantize's")
+    notes.append(JOINS_ADDED)
     return True
+
+
+JOINS_ADDED = ("join quantizers are added on the residual adds and concatenations, as ONNX Runtime's int8 graph needs "
+               "them; the plan was measured without them (analyze --joins measures with them), so the simulated "
+               "metric here, which includes them, can differ from quantize's")
 
 
 def report_path(onnx_path: str | os.PathLike) -> Path:

@@ -103,10 +103,11 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     else:
         raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
                          "a tuple or a dict of tensors")
-    # integer inputs (token ids, masks) have a dynamic length of their own: an encoder-decoder's two sequences
-    # differ, and ONNX Runtime takes two axes of one name to be equal
-    dynamic = {n: ({0: "batch"} if torch.is_floating_point(t) else {0: "batch", 1: f"{n}_length"} if t.dim() >= 2
-                   else {0: "batch"}) for n, t in zip(names, tensors) if t.dim() >= 1}
+    # (batch, length) integer inputs (token ids, masks) have a dynamic length of their own: an encoder-decoder's
+    # two sequences differ, and ONNX Runtime takes two axes of one name to be equal; other inputs (float, or
+    # integer images) keep their other axes (mixprec.export notes their fixed shape)
+    dynamic = {n: ({0: "batch", 1: f"{n}_length"} if token_like(t) else {0: "batch"})
+               for n, t in zip(names, tensors) if t.dim() >= 1}
     module, outputs, metadata = model, ["output"], {}
     dynamic["output"] = {0: "batch"}
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
@@ -133,6 +134,11 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def token_like(t: torch.Tensor) -> bool:
+    """A (batch, length) integer input: token ids or a mask, exported with a dynamic length."""
+    return not torch.is_floating_point(t) and t.dim() == 2
 
 
 def _cast_bool_cumsums(model) -> None:
