@@ -727,6 +727,34 @@ def test_an_integer_image_keeps_its_shape_and_says_so(tmp_path):
     assert OrtModule(result.path)(data[0][:1]).shape == (1, 4)  # another batch size runs
 
 
+class WithLoss(nn.Module):
+    """A Hugging Face-style forward: optional labels, a loss when they are given."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(10)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, features, labels=None):
+        logits = self.fc(features)
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def test_labels_in_training_batches_are_left_out_of_the_file(tmp_path):
+    model = WithLoss().eval()
+    g = torch.Generator().manual_seed(2)
+    data = [{"features": torch.randn(8, 6, generator=g), "labels": torch.randint(0, 3, (8,), generator=g)}
+            for _ in range(2)]
+    result = export(model, plan(model, data, {"fc": "w8a8"}), data, out=tmp_path / "loss.onnx", progress=False)
+    assert any("leaves out the input(s) ['labels']" in n for n in result.notes)
+    exported = OrtModule(result.path)
+    assert exported.input_names == ["features"]
+    out = exported(**data[0])  # the batch as the user's evaluation gives it: its labels are ignored
+    assert list(out) == ["logits"] and result.agreement["calibration"] == 1.0
+
+
 def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):
     model, data = Regressor().eval(), batches((6,))
     result = export(model, plan(model, data, {"body": "w8a8", "out": "w8a8"}), data, out=tmp_path / "r.onnx",

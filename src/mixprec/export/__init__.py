@@ -131,6 +131,32 @@ def _fixed_axes(example: Any) -> str:
                      if isinstance(t, torch.Tensor) and t.dim() >= 2 and not token_like(t))
 
 
+LABEL_KEYS = ("labels", "label", "label_ids", "start_positions", "end_positions")  # Hugging Face's loss targets
+
+
+def _label_keys(model: nn.Module, example: Any) -> list[str]:
+    """The targets (``labels``, ...) in a dict example that ``model.forward`` takes as optional arguments for its
+    loss (Hugging Face models, batches made for training): a deployed model predicts without them."""
+    if not isinstance(example, dict):
+        return []
+    import inspect
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return []
+    return [k for k in LABEL_KEYS if k in example and k in parameters
+            and parameters[k].default is not inspect.Parameter.empty]
+
+
+def _drop(item: Any, keys: list[str]) -> Any:
+    """A calibration item (a dict of inputs, or an (inputs, labels) pair) without ``keys`` in its inputs."""
+    if isinstance(item, dict):
+        return {k: v for k, v in item.items() if k not in keys}
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], dict):
+        return (_drop(item[0], keys), item[1])
+    return item
+
+
 def _first_input(data: Iterable | None, example: Any) -> Any:
     if example is not None:
         return example
@@ -183,6 +209,12 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
 
     batches = None if data is None else list(data)
     notes: list[str] = []
+    labels = _label_keys(model, _first_input(batches, example_input) if batches or example_input is not None else None)
+    if labels:  # traced, calibrated and exported without them: the file predicts
+        batches = None if batches is None else [_drop(item, labels) for item in batches]
+        example_input = _drop(example_input, labels)
+        notes.append(f"the file leaves out the input(s) {labels}: the model takes them for its loss, not for its "
+                     "prediction (OrtModule ignores them where they are given)")
     if quantized is None:
         if joins is None:
             joins = _default_joins(model, plan, realisations, batches, notes)
