@@ -37,8 +37,8 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
     start = time.perf_counter()
     analysis = sqnr_analysis(model, candidates, RESULTS / "tmp" / f"run_{model}", device, None, weight_range, extra,
                              rounding if aware else "nearest", rounding_options if aware else None)
-    options_used = dict(rounding_options or {})
-    rounding = rounding_config(rounding, **options_used)
+    rounding = rounding_config(rounding, **dict(rounding_options or {}))
+    options_used = {k: getattr(rounding, k) for k in ("act_order", "static_groups") if hasattr(rounding, k)}
     analysis_seconds = time.perf_counter() - start
     problem = analysis.problem()
     budgets = analysis.budgets(budget, problem)  # kind -> limit
@@ -118,7 +118,8 @@ def main() -> int:
                         help="rounding of the measurement, the guard and every applied plan (default nearest)")
     parser.add_argument("--rounding-aware", action="store_true",
                         help="with --rounding gptq: measure the sensitivity with GPTQ-rounded weights too")
-    parser.add_argument("--act-order", action="store_true", help="with --rounding gptq: GPTQ's act-order")
+    parser.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --rounding gptq: GPTQ's act-order (mixprec's default; --no-act-order: off)")
     parser.add_argument("--static-groups", action="store_true", help="with --rounding gptq: static groups")
     parser.add_argument("--time-budget", help="with --search local: as `mixprec solve --time-budget` (default 1x)")
     parser.add_argument("--out-suffix", default="")
@@ -127,7 +128,8 @@ def main() -> int:
         result = benchmark(args.model, args.budget, args.device, args.weight_range,
                            tuple(c for c in args.add_candidates.split(",") if c), args.search, args.rounding,
                            args.rounding_aware, args.time_budget,
-                           {k: True for k in ("act_order", "static_groups") if getattr(args, k)})
+                           {k: getattr(args, k) for k in ("act_order", "static_groups") if getattr(args, k) is not None
+                            and (k == "act_order" or getattr(args, k))})
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

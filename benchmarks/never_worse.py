@@ -35,6 +35,7 @@ from run import (CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, f
 
 from mixprec import Analysis, __version__, analyze  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
+from mixprec.rounding import rounding_config  # noqa: E402
 from mixprec.plan import write_json_atomic  # noqa: E402
 from mixprec.quantizers import GRID_VERSION  # noqa: E402
 from mixprec.sensitivity import Around  # noqa: E402
@@ -86,7 +87,8 @@ def sqnr_analysis(model: str, candidates: str, work: Path, device: str, samples:
     if extra:
         run = run.parent / f"{run.name}_plus_{'_'.join(extra)}"
     if rounding != "nearest":
-        run = run.parent / "_".join([run.name, rounding, *sorted(k for k, v in (rounding_options or {}).items() if v)])
+        options = rounding_config(rounding, **(rounding_options or {})).options()  # defaults named too
+        run = run.parent / "_".join([run.name, rounding, *sorted(k for k, v in options.items() if v is True)])
     if not (run / "sensitivity.json").is_file():
         analyze_run(run, analysis_arguments(model, candidates, "sqnr", device, run, samples,
                                             weight_range=weight_range, rounding=rounding,

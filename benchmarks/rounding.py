@@ -27,8 +27,10 @@ from mixprec.plan import Plan, write_json_atomic
 from uniform import VISION, first_last_pins
 
 RESULTS = Path(__file__).parent / "results"
-ROUNDINGS = {"nearest": ("nearest", {}), "gptq": ("gptq", {}), "gptq-act-order": ("gptq", {"act_order": True}),
-             "gptq-static-groups": ("gptq", {"static_groups": True}),
+# each gptq variant says its act-order explicitly: "gptq" is the paper's column order (mixprec's default is act-order)
+ROUNDINGS = {"nearest": ("nearest", {}), "gptq": ("gptq", {"act_order": False}),
+             "gptq-act-order": ("gptq", {"act_order": True}),
+             "gptq-static-groups": ("gptq", {"act_order": False, "static_groups": True}),
              "gptq-act-order-static-groups": ("gptq", {"act_order": True, "static_groups": True}),
              "adaround": ("adaround", {}), "brecq": ("brecq", {})}
 

@@ -371,8 +371,8 @@ class Analysis:
                     "run": str(self.run.path) if self.run else None}
         if rounding.name != "nearest":  # what the measurements assumed: apply the plan with the same rounding
             metadata["rounding"] = rounding.name
-            if rounding.changed():
-                metadata["rounding_options"] = rounding.changed()
+            if rounding.options():  # every option, defaults too: a default may change between versions
+                metadata["rounding_options"] = rounding.options()
         if guarded is not None:
             metadata["guard"] = guarded.to_dict(guard_kind, "calibration data")
         if problem.notes or notes:

@@ -148,10 +148,11 @@ def _rounding(args):
         return None
     options: dict[str, Any] = {}
     for flag in ("act_order", "static_groups"):
-        if getattr(args, flag, False):
+        value = getattr(args, flag, None)
+        if value is not None and value is not False or (flag == "act_order" and value is False):
             if args.rounding != "gptq":
                 raise SpecError(f"--{flag.replace('_', '-')} is an option of --rounding gptq")
-            options[flag] = True
+            options[flag] = bool(value)
     if args.rounding_iterations is not None:
         if args.rounding not in ("adaround", "brecq"):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
@@ -172,11 +173,15 @@ def cmd_quantize(args) -> int:
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
     chosen_with, chosen_options = plan.metadata.get("rounding"), plan.metadata.get("rounding_options") or {}
-    if chosen_with and (chosen_with != rounding.name or chosen_options != rounding.changed()):
-        flags = " ".join(f"--{k.replace('_', '-')}" for k, v in chosen_options.items() if v is True)
-        print(f"note: this plan was chosen with {chosen_with}-rounded weights {chosen_options or ''}(its "
-              f"sensitivities and guard); it is applied here with {rounding.name} rounding {rounding.changed() or ''}"
-              f": add --rounding {chosen_with}{' ' + flags if flags else ''} to deploy what was measured")
+    if chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
+                                                           for k, v in chosen_options.items())):
+        defaults = rounding_config(chosen_with).options()  # flags for the switches set otherwise than by default
+        flags = " ".join(f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in chosen_options.items()
+                         if isinstance(v, bool) and v != defaults.get(k))
+        print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard"
+              + (f"; options {chosen_options}" if chosen_options else "") + f"); it is applied here with "
+              f"{rounding.name} rounding (options {rounding.options()}): add --rounding {chosen_with}"
+              f"{' ' + flags if flags else ''} to deploy what was measured")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     evaluate = load_eval(eval_spec, args.model) if eval_spec else None
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
@@ -741,7 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "grid: nearest, gptq (column by column with the Hessian of the layer inputs), adaround "
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
                    "calibration data and resume after an interruption (default nearest)")
-    p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: quantize columns by decreasing Hessian diagonal (the default; --no-act-order: in the "
+                        "weight's own order, as the paper's reference code by default)")
     p.add_argument("--static-groups", action="store_true", help="gptq with groups: each group's scale chosen before "
                    "any column is quantized, not at the group's first column (with --act-order, the combination "
                    "GPTQ's users run; measured in BENCHMARKS.md, benchmarks/rounding.py)")

@@ -124,7 +124,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                       points=counts, progress=progress, inplace=inplace)
     result = QuantizeResult(quantized, plan, {k: tables.total(k, plan.assignments) for k in COST_KINDS},
                             apply_seconds=time.perf_counter() - start, rounding=config.name,
-                            rounding_options=config.changed())
+                            rounding_options=config.options())
     if evaluate is not None:
         result.evaluate(evaluate)
     return result

@@ -56,7 +56,7 @@ class PlanEvaluator:
         self.settings = {**dict(settings), "grid": GRID_VERSION}  # plans measured on another grid are not reused
         self.rounding = rounding_config(rounding, **(rounding_options or {}))
         if self.rounding.name != "nearest":  # nearest's keys stay as they were, so older logs still count
-            self.settings["rounding"] = [self.rounding.name, sorted(self.rounding.changed().items())]
+            self.settings["rounding"] = [self.rounding.name, sorted(self.rounding.options().items())]
         self.run, self.log_name = run, log_name
         self.log = run.log_path(log_name) if run is not None else None
         self.seconds_of: dict[str, float] = {}  # evaluation time of each logged plan, by key

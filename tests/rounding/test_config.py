@@ -14,12 +14,12 @@ from test_round_weights import TwoLayers, plan_of  # noqa: E402  (tests/rounding
 def test_configs_hold_the_back_ends_options_and_defaults():
     assert [c.name for c in ROUNDINGS.values()] == list(ROUNDINGS)
     assert Nearest().options() == {} and not Nearest.needs_data
-    assert GPTQ().options() == {"act_order": False, "block_size": 128, "percdamp": 0.01, "static_groups": False}
+    assert GPTQ().options() == {"act_order": True, "block_size": 128, "percdamp": 0.01, "static_groups": False}
     assert GPTQ.sequential and not AdaRound.sequential and BRECQ.blockwise
     assert list(BRECQ().options()) == [*AdaRound().options(), "fisher", "blocks"]
-    assert GPTQ(act_order=True, block_size=128).changed() == {"act_order": True}
+    assert GPTQ(act_order=False, block_size=128).changed() == {"act_order": False}
     with pytest.raises(dataclasses.FrozenInstanceError):
-        GPTQ().act_order = True
+        GPTQ().act_order = False
     assert mixprec.GPTQ is GPTQ and mixprec.rounding_config is rounding_config
 
 
@@ -30,7 +30,7 @@ def test_rounding_config_takes_a_name_or_a_config_and_checks_the_options():
     with pytest.raises(RoundingError, match="unknown rounding 'obq'; choose one of: nearest, gptq, adaround, brecq"):
         rounding_config("obq")
     with pytest.raises(RoundingError, match=r"gptq rounding has no option 'iterations'; its options \(defaults\): "
-                                            r"act_order=False, block_size=128"):
+                                            r"act_order=True, block_size=128"):
         rounding_config(GPTQ(), iterations=3)
     with pytest.raises(RoundingError, match="brecq option fisher must be True"):
         BRECQ(fisher=1)

@@ -14,7 +14,9 @@ from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 from mixprec.quantizers import fake_quant_int, quantize_weight, weight_qparams
 from mixprec.rounding import ROUNDINGS, adaround, round_weights
-from mixprec.rounding.gptq import gptq
+from mixprec.rounding.gptq import GPTQ, gptq
+
+DEFAULT = GPTQ().options()  # what rounding="gptq" runs (act-order on)
 
 from test_gptq import correlated_inputs, one_thread  # noqa: F401  (tests/rounding is on sys.path: rootdir mode)
 
@@ -43,7 +45,7 @@ def test_gptq_is_sequential_and_adaround_reads_the_float_model():
     # GPTQ: fc2's Hessian comes from fc1 with its GPTQ weight (the paper's layer-by-layer quantization)
     x2 = torch.relu(nn.functional.linear(x, q["fc1"], model.fc1.bias)).detach()
     w2 = model.fc2.weight.detach()
-    expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt)
+    expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt, **DEFAULT)
     assert torch.allclose(q["fc2"], expected, atol=1e-6)
     # AdaRound: fc2 learns on the float model's fc1 output
     a = round_weights(model, plan, data, "adaround", progress=False, iterations=20)
@@ -81,7 +83,7 @@ def test_layers_on_one_input_share_a_pass_and_reused_layers_see_every_call():
     h2 = torch.relu(model.o(h)).detach()
     both = torch.cat([h.detach(), h2])
     w = model.o.weight.detach()
-    expected, _, _ = gptq(w, 2 * both.T @ both / len(both), *weight_qparams(w, fmt), fmt)
+    expected, _, _ = gptq(w, 2 * both.T @ both / len(both), *weight_qparams(w, fmt), fmt, **DEFAULT)
     assert torch.allclose(q["o"], expected, atol=1e-6)
 
 
@@ -156,15 +158,15 @@ def test_apply_gptq_on_demo_cnn_beats_nearest_at_same_cost():
 def test_cli_quantize_with_gptq_records_the_rounding(tmp_path, capsys):
     base = ["quantize", "--model", "demo-cnn", "--uniform", "w3a8"]
     assert main(base + ["--out", str(tmp_path / "nearest")]) == 0
-    assert main(base + ["--rounding", "gptq", "--act-order", "--out", str(tmp_path / "gptq")]) == 0
+    assert main(base + ["--rounding", "gptq", "--no-act-order", "--out", str(tmp_path / "gptq")]) == 0
     nearest = json.loads((tmp_path / "nearest" / "result.json").read_text())
     result = json.loads((tmp_path / "gptq" / "result.json").read_text())
     assert nearest["rounding"] == "nearest" and result["rounding"] == "gptq"
-    assert result["rounding_options"] == {"act_order": True}
+    assert result["rounding_options"] == {**DEFAULT, "act_order": False}  # every option, defaults too
     assert result["costs"] == nearest["costs"]
     assert result["metric"] >= nearest["metric"] - 0.5
     assert main(base + ["--rounding", "adaround", "--rounding-iterations", "20", "--out", str(tmp_path / "ada")]) == 0
-    assert json.loads((tmp_path / "ada" / "result.json").read_text())["rounding_options"] == {"iterations": 20}
+    assert json.loads((tmp_path / "ada" / "result.json").read_text())["rounding_options"]["iterations"] == 20
     capsys.readouterr()
     assert main(base + ["--rounding", "adaround", "--act-order", "--out", str(tmp_path / "x")]) == 2
     assert "--act-order is an option of --rounding gptq" in capsys.readouterr().err
@@ -187,5 +189,5 @@ def test_gptq_sees_the_inputs_the_plans_activation_quantizers_make():
     x2 = torch.cat(seen)
     assert len(torch.unique(x2)) <= 16  # 4-bit inputs
     w2 = model.fc2.weight.detach()
-    expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt)
+    expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt, **DEFAULT)
     assert torch.allclose(q["fc2"], expected, atol=1e-5)

@@ -42,7 +42,7 @@ def test_gptq_table_is_lower_and_recorded(demo):
     model, data = demo
     nearest = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False)
     gptq = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False, rounding="gptq")
-    assert gptq.table.metadata["rounding"] == {"name": "gptq"}
+    assert gptq.table.metadata["rounding"] == {"name": "gptq", **mixprec.GPTQ().options()}
     assert "rounding" not in nearest.table.metadata
     assert gptq.rounding.name == "gptq" and nearest.rounding.name == "nearest"
     low = gptq.table.candidates.index("w2")
@@ -69,11 +69,11 @@ def test_a_plan_records_its_rounding_options_and_quantize_says_when_they_differ(
                                rounding=mixprec.GPTQ(act_order=True, static_groups=True))
     plan = analysis.solve(budget="bits=3")
     assert plan.metadata["rounding"] == "gptq"
-    assert plan.metadata["rounding_options"] == {"act_order": True, "static_groups": True}
+    assert plan.metadata["rounding_options"] == {**mixprec.GPTQ().options(), "act_order": True, "static_groups": True}
     path = plan.save(tmp_path / "plan.json")
     assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq",
                  "--out", str(tmp_path / "q")]) == 0
-    assert "--rounding gptq --act-order --static-groups to deploy what was measured" in capsys.readouterr().out
+    assert "--rounding gptq --static-groups to deploy what was measured" in capsys.readouterr().out  # act-order: default
     assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq", "--act-order",
                  "--static-groups", "--out", str(tmp_path / "q2")]) == 0
     assert "to deploy what was measured" not in capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_around_with_rounding(demo):
     table = analysis.table
     assert (table.values[:, table.candidates.index("w4")] == 0).all()
     assert (table.values[:, table.candidates.index("w2")] > 0).all()
-    assert table.metadata["rounding"] == {"name": "gptq"}
+    assert table.metadata["rounding"] == {"name": "gptq", **mixprec.GPTQ().options()}
 
 
 def test_blockwise_rounding_is_refused(demo):
@@ -99,7 +99,7 @@ def test_cli_rounding_is_part_of_the_run(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", "demo-cnn", "--candidates", CANDIDATES, "--calibration-samples", "64"]
     assert main(["analyze", *common, "--rounding", "gptq", "--out", str(run)]) == 0
-    assert json.loads((run / "sensitivity.json").read_text())["metadata"]["rounding"] == {"name": "gptq"}
+    assert json.loads((run / "sensitivity.json").read_text())["metadata"]["rounding"] == {"name": "gptq", **mixprec.GPTQ().options()}
     assert main(["analyze", "--resume", str(run)]) == 0  # the rounding comes back with the run
     capsys.readouterr()
     assert main(["analyze", *common, "--out", str(run)]) != 0  # measured with nearest rounding: another run

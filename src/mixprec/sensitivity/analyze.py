@@ -79,7 +79,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                     "groups": {g.name: list(g.layer_names) for g in groups},
                     "weight_method": weight_method, "activation_method": activation_method, "grid": GRID_VERSION}
         if rounder is not None:  # nearest (the default) adds no key: older runs stay valid
-            settings["rounding"] = {"name": rounder.name, **rounder.changed()}
+            settings["rounding"] = {"name": rounder.name, **rounder.options()}
         if int8_graph(model):  # measured with join quantizers (mixprec.joins) and int32 biases (integer_bias)
             settings["joins"] = True
             settings["integer_bias"] = 1
@@ -160,7 +160,7 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
                 "calibration_batches": len(ctx.data)}
     if ctx.rounding is not None:
-        metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.changed()}
+        metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.options()}
     if int8_graph(ctx.model):  # join quantizers, and the int32 bias rounding of mixprec.integer_bias
         metadata["joins"] = True
         metadata["integer_bias"] = 1
