@@ -754,6 +754,12 @@ def test_labels_in_training_batches_are_left_out_of_the_file(tmp_path):
     out = exported(**data[0])  # the batch as the user's evaluation gives it: its labels are ignored
     assert list(out) == ["logits"] and result.agreement["calibration"] == 1.0
 
+    def accuracy(m):  # a user's evaluation, passing the labels in as its batches carry them
+        return float((m(**data[1])["logits"].argmax(-1) == data[1]["labels"]).float().mean())
+    result = export(model, plan(model, data, {"fc": "w8a8"}), data, out=tmp_path / "loss2.onnx", progress=False,
+                    evaluate=accuracy)
+    assert result.simulated.value == result.exported.value
+
 
 def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):
     model, data = Regressor().eval(), batches((6,))

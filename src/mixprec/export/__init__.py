@@ -302,7 +302,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             result.agreement["calibration"] = same
         result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
     if evaluate is not None:
-        sim_out, exp_out = _Recorder(quantized), _Recorder(exported)
+        sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
         result.simulated = to_eval_result(evaluate(sim_out))
         result.exported = to_eval_result(evaluate(exp_out))
         if sim_out.predictions and len(sim_out.predictions) == len(exp_out.predictions):
@@ -378,16 +378,18 @@ def _note(row: dict, kind: str) -> str:
 
 
 class _Recorder(nn.Module):
-    """Wraps a model for the user's evaluation: records the top-1 prediction of every output row."""
+    """Wraps a model for the user's evaluation: records the top-1 prediction of every output row. ``drop``: keyword
+    arguments the model was traced and exported without (loss targets), left out of its calls as the file does."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, drop: list[str] = ()):
         super().__init__()
         self.model = model
+        self.drop = tuple(drop)
         self.train(model.training)  # an evaluation that restores the mode it found restores the model's own
         self.predictions: list[torch.Tensor] = []
 
     def forward(self, *args, **kwargs):
-        output = self.model(*args, **kwargs)
+        output = self.model(*args, **{k: v for k, v in kwargs.items() if k not in self.drop})
         try:
             top = top1(output_tensor(output))
             if top is not None:
