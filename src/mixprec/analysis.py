@@ -30,7 +30,7 @@ from .groups import ModelGroups, discover_groups
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .quantizers import GRID_VERSION
-from .rounding import RoundingConfig, rounding_config
+from .rounding import RoundingConfig, recorded_rounding, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
 from .sensitivity.table import SensitivityTable
@@ -390,7 +390,7 @@ class Analysis:
         the guard and the local search measure plans with it, and so do solve's and pareto's
         measurements unless told otherwise."""
         saved = dict(self.table.metadata.get("rounding") or {"name": "nearest"})
-        return rounding_config(saved.pop("name"), **saved)
+        return recorded_rounding(saved.pop("name"), saved)  # a run of an older mixprec: its defaults
 
     def _checker(self, divergence: str, device: str | None, batches: int | None = None,
                  rounding: RoundingConfig | None = None) -> PlanEvaluator:

@@ -25,7 +25,7 @@ from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
 from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
-from .rounding import rounding_config
+from .rounding import ROUNDINGS, recorded_rounding, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
@@ -172,7 +172,9 @@ def cmd_quantize(args) -> int:
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
-    chosen_with, chosen_options = plan.metadata.get("rounding"), plan.metadata.get("rounding_options") or {}
+    chosen_with = plan.metadata.get("rounding")
+    chosen_options = recorded_rounding(chosen_with, plan.metadata.get("rounding_options")).options() \
+        if chosen_with in ROUNDINGS else {}  # a plan of an older mixprec: its defaults
     if chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
                                                            for k, v in chosen_options.items())):
         defaults = rounding_config(chosen_with).options()  # flags for the switches set otherwise than by default
@@ -335,7 +337,6 @@ def _add_guard_margin(p) -> None:
 
 
 def _add_measure_rounding(p) -> None:
-    from .rounding import ROUNDINGS
     p.add_argument("--rounding", choices=list(ROUNDINGS), default=None,
                    help="how the weights of measured plans (the guard's too) are rounded (default: as the analysis "
                    "measured, nearest unless analyze --rounding said otherwise); a learned rounding "
@@ -741,7 +742,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help="weight range calibration")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
-    from .rounding import ROUNDINGS
     p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest", help="how weights go onto their "
                    "grid: nearest, gptq (column by column with the Hessian of the layer inputs), adaround "
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "

@@ -111,3 +111,21 @@ def test_cli_rounding_is_part_of_the_run(tmp_path, capsys):
     assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan), "--calibration-samples", "64",
                  "--out", str(tmp_path / "q")]) == 0
     assert "add --rounding gptq" in capsys.readouterr().out  # applied with nearest: the user is told
+
+
+def test_a_run_or_plan_of_an_older_mixprec_keeps_the_gptq_it_was_measured_with(demo, tmp_path, capsys):
+    """Records once named only the options that differed from the defaults of the time: GPTQ without act-order
+    was recorded as {"name": "gptq"}, and must not be read as today's default (act-order)."""
+    from mixprec.rounding import recorded_rounding
+    assert recorded_rounding("gptq", None).act_order is False
+    assert recorded_rounding("gptq", mixprec.GPTQ().options()).act_order is True
+    model, data = demo
+    analysis = mixprec.analyze(model, data, candidates=CANDIDATES, progress=False, rounding="gptq")
+    analysis.table.metadata["rounding"] = {"name": "gptq"}  # as an older mixprec wrote it
+    assert analysis.rounding.act_order is False
+    plan = analysis.solve(budget="bits=3")
+    plan.metadata.pop("rounding_options")
+    path = plan.save(tmp_path / "old.json")
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert "--rounding gptq --no-act-order to deploy what was measured" in capsys.readouterr().out

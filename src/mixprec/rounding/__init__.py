@@ -58,7 +58,18 @@ from .nearest import Nearest
 ROUNDINGS: dict[str, type[RoundingConfig]] = {c.name: c for c in (Nearest, GPTQ, AdaRound, BRECQ)}
 SAVE_EVERY_S = 30.0
 
-__all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "round_weights"]
+__all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "round_weights",
+           "recorded_rounding"]
+
+# Defaults that have changed: a record that does not name such an option was made under the former default
+# (records name every option since; before, only the ones that differed from the defaults of the time).
+FORMER_DEFAULTS: dict[str, dict[str, Any]] = {"gptq": {"act_order": False}}
+
+
+def recorded_rounding(name: str, options: dict[str, Any] | None) -> RoundingConfig:
+    """The rounding a run, plan or result recorded (its name and options), an option it leaves out read at the
+    default of the time it was recorded (FORMER_DEFAULTS)."""
+    return rounding_config(name, **{**FORMER_DEFAULTS.get(name, {}), **(options or {})})
 
 
 def rounding_config(method: str | RoundingConfig = "nearest", **options: Any) -> RoundingConfig:
