@@ -14,7 +14,7 @@ from mixprec.costs import format_bytes, format_count
 RESULTS = Path(__file__).parent / "results"
 OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
 MODELS = ("resnet20", "resnet56", "efficientnet-lite0", "minilm", "smollm2")
-EXAMPLES = ("vit-digits", "byte-gpt")  # models written as a user writes them (examples/), given as file specs
+EXAMPLES = ("vit-digits", "byte-gpt", "se-digits")  # models written as a user writes them (examples/), given as file specs
 
 
 def load(name: str) -> dict | None:

@@ -66,8 +66,9 @@ CONFIGS = {
 
 
 # models written as a user writes them (examples/), given to mixprec as file.py:function specs
-EXAMPLES = {"vit-digits": "vit_digits.py", "byte-gpt": "byte_gpt.py"}
+EXAMPLES = {"vit-digits": "vit_digits.py", "byte-gpt": "byte_gpt.py", "se-digits": "se_digits.py"}
 CONFIGS["vit-digits"] = Config("w2a8,w3a8,w4a8,w6a8,w8a8", ("bops", "bytes"), "w4a8", "w8a8", ("sqnr",), True)
+CONFIGS["se-digits"] = Config("w2a8,w3a8,w4a8,w6a8,w8a8", ("bops", "bytes"), "w4a8", "w8a8", ("sqnr",), True)
 CONFIGS["byte-gpt"] = Config("w2g32,w3g32,w4g32,w8,fp16", ("bits_per_weight", "bytes"), "w4g32", "w8", ("sqnr",),
                              False)
 

@@ -761,6 +761,22 @@ def test_labels_in_training_batches_are_left_out_of_the_file(tmp_path):
     assert result.simulated.value == result.exported.value
 
 
+def test_the_se_example_exports_as_simulated_with_its_residual_add_in_integers(tmp_path):
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "examples" / "se_digits.py"
+    spec = importlib.util.spec_from_file_location("example_se_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)  # untrained: the structure is what is checked
+    model, data = module.SENet().eval(), batches((1, 8, 8), n=2)
+    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    result = export(model, p, data, out=tmp_path / "se.onnx", progress=False)
+    assert len(result.joins) == 1 and result.joins[0]["low_precision"]  # the block's add
+    simulated = apply(model, p, data, progress=False, joins=True)
+    assert result.sqnr_db["calibration"] > 30
+    assert (OrtModule(result.path)(data[0]).argmax(1) == simulated(data[0]).argmax(1)).float().mean() > 0.9
+
+
 def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):
     model, data = Regressor().eval(), batches((6,))
     result = export(model, plan(model, data, {"body": "w8a8", "out": "w8a8"}), data, out=tmp_path / "r.onnx",
