@@ -110,3 +110,28 @@ def test_a_model_of_two_inputs_given_a_pair_is_told_how_to_batch():
     with pytest.raises(ModelError, match=r"read as \(inputs, labels\).*\(\(input1, input2, \.\.\.\), labels\)"):
         discover_groups(TwoInputs(), x)  # what split_item makes of the item (x, y)
     assert len(discover_groups(TwoInputs(), (x, y))) == 2
+
+
+class ScriptedPart(nn.Module):
+    """An eager model with a torch.jit.script'ed submodule: its layers can be neither hooked nor swapped."""
+
+    def __init__(self):
+        super().__init__()
+        self.part = torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()))
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(self.part(x)).mean((2, 3)))
+
+
+def test_layers_inside_a_scripted_submodule_stay_float_and_are_named():
+    from mixprec.apply import apply
+    from mixprec.groups import unquantized_weights
+    from mixprec.plan import Plan
+    model, x = ScriptedPart().eval(), torch.randn(2, 1, 6, 6)
+    groups = discover_groups(model, x)
+    assert [l.name for l in groups.layers] == ["conv", "fc"]
+    assert unquantized_weights(model)[0][:2] == ("part", "a TorchScript submodule")
+    quantized = apply(model, Plan.uniform(groups, "w8a8"), [x], progress=False)
+    assert quantized(x).shape == (2, 3)

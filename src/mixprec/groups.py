@@ -117,7 +117,20 @@ def layer_kind(module: nn.Module) -> str | None:
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if layer_kind(m)}
+    """Name -> layer of every layer mixprec quantizes; in an eager model, none inside a TorchScript submodule
+    (its layers can be neither hooked nor swapped; unquantized_weights names it)."""
+    scripted = [] if is_torchscript(model) else _scripted_submodules(model)
+    return {name: m for name, m in model.named_modules()
+            if layer_kind(m) and not any(name == s or name.startswith(s + ".") for s in scripted)}
+
+
+def _scripted_submodules(model: nn.Module) -> list[str]:
+    """The outermost TorchScript submodules of an eager model."""
+    out: list[str] = []
+    for name, module in model.named_modules():
+        if name and isinstance(module, torch.jit.ScriptModule) and not any(name.startswith(s + ".") for s in out):
+            out.append(name)
+    return out
 
 
 def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
@@ -126,9 +139,11 @@ def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
     should know; norms and biases (1-D) are not counted."""
     if is_torchscript(model):
         return []
-    out = []
+    scripted = _scripted_submodules(model)
+    out = [(name, "a TorchScript submodule", sum(p.numel() for p in model.get_submodule(name).parameters()
+                                                  if p.dim() >= 2)) for name in scripted]
     for name, module in model.named_modules():
-        if layer_kind(module):
+        if layer_kind(module) or any(name == s or name.startswith(s + ".") for s in scripted):
             continue
         own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
         if own:

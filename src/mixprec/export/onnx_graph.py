@@ -204,7 +204,9 @@ _SYMBOLICS = {"aten::rms_norm": _rms_norm, "aten::diff": _diff}
 
 
 _HINTS = {"complex": "; ONNX has no complex numbers: write the computation with real tensors (rotary embeddings "
-                      "as x * cos + rotate_half(x) * sin, as Hugging Face's Llama does)"}
+                      "as x * cos + rotate_half(x) * sin, as Hugging Face's Llama does)",
+          "not part of the active trace": "; torch's exporter cannot trace a TorchScript submodule of an eager model: "
+                                          "give that part as the plain nn.Module, not torch.jit.script'ed"}
 
 
 def _register_symbolics(opset: int) -> None:
