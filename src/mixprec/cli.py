@@ -147,12 +147,13 @@ def _rounding(args):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
         return None
     options: dict[str, Any] = {}
-    for flag in ("act_order", "static_groups"):
-        value = getattr(args, flag, None)
-        if value is not None and value is not False or (flag == "act_order" and value is False):
+    given = {"act_order": getattr(args, "act_order", None),  # --act-order / --no-act-order, None: not given
+             "static_groups": getattr(args, "static_groups", False) or None}  # --static-groups, or not given
+    for flag, value in given.items():
+        if value is not None:
             if args.rounding != "gptq":
                 raise SpecError(f"--{flag.replace('_', '-')} is an option of --rounding gptq")
-            options[flag] = bool(value)
+            options[flag] = value
     if args.rounding_iterations is not None:
         if args.rounding not in ("adaround", "brecq"):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
