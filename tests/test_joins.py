@@ -138,6 +138,28 @@ def test_a_buffer_sliced_by_the_input_length_traces_and_its_add_is_joined():
     assert torch.allclose(quantized(shorter), model(shorter), atol=0.1)
 
 
+class BufferBranch(nn.Module):
+    """A forward that branches on a buffer's value: traced with its buffers as constants."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("scale_inputs", torch.tensor(True))
+
+    def forward(self, x):
+        if self.scale_inputs:
+            x = 0.5 * x
+        return self.b(self.a(x) + x)
+
+
+def test_a_forward_that_branches_on_a_buffer_still_traces():
+    model, batches = BufferBranch().eval(), data((4,))
+    quantized = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+    assert join_quantizers(quantized)
+    assert torch.allclose(quantized(batches[0]), model(batches[0]), atol=0.1)
+
+
 def test_joins_default_to_what_the_target_runs():
     from mixprec.joins import default_joins
     model = Residual().eval()

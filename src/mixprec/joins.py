@@ -90,9 +90,12 @@ class _Tracer(fx.Tracer):
     """Quantizers (and mixprec's quantized layers) are leaves: their forward branches on tensor values.
     A torch.nn container of quantizable layers (nn.TransformerEncoder and its layers) is traced through,
     not kept whole as fx keeps torch.nn's modules: its layers must be nodes of the graph. Buffers are nodes
-    too (get_attr), so a forward may slice one by its input's size (rotary tables: ``self.cos[:t]``)."""
+    too (get_attr), so a forward may slice one by its input's size (rotary tables: ``self.cos[:t]``); a model
+    that branches on a buffer's value is traced with its buffers as constants instead (graph_module)."""
 
-    proxy_buffer_attributes = True
+    def __init__(self, proxy_buffers: bool = True):
+        super().__init__()
+        self.proxy_buffer_attributes = proxy_buffers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         quantized_layer = isinstance(getattr(m, "input_quantizer", None), ActivationQuantizer)
@@ -107,7 +110,14 @@ def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
     """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors.
     example: an input as the data gives it; the optional arguments it leaves out (default None: a mask) are
     traced as None, not as tensors (calling the graph with one of them later is an error that says so)."""
-    graph = _Tracer().trace(model, concrete_args=_absent_optionals(model, example))
+    concrete = _absent_optionals(model, example)
+    try:
+        graph = _Tracer().trace(model, concrete_args=concrete)
+    except Exception as exc:  # e.g. `if self.count > 0:` on a buffer: its value, not a node, is what it needs
+        try:
+            graph = _Tracer(proxy_buffers=False).trace(model, concrete_args=concrete)
+        except Exception:
+            raise exc from None
     name = type(model).__name__
     traced = fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
     kept = dict(traced.named_modules())
