@@ -466,11 +466,17 @@ def cmd_export(args) -> int:
     check_output_file(args.out)
     model, data, example, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    rounding = _rounding(args)
+    chosen_with = plan.metadata.get("rounding")
+    if args.rounding is None and chosen_with in ROUNDINGS:  # the plan was measured with these weights: deploy them
+        rounding = recorded_rounding(chosen_with, plan.metadata.get("rounding_options"))
+        print(f"note: the plan was chosen with {chosen_with}-rounded weights; they are what the file holds "
+              f"(options {rounding.options()}; --rounding nearest writes nearest rounding's instead)")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range,
                     accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
                     example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
-                    threads=args.threads)
+                    threads=args.threads, rounding=rounding or "nearest")
     _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],
            [(r["layer"], r["candidate"], r["format"], r["runtime_op"], "yes" if r["low_precision"] else "NO")
             for r in result.layers])
@@ -928,6 +934,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="ort-cpu: how the weights the file holds "
+                   "go onto their grid (default: the rounding the plan was chosen with, else nearest; the codes must "
+                   "lie on nearest rounding's grid: adaround, brecq, gptq per channel or with --static-groups)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None, help="with --rounding gptq")
+    p.add_argument("--static-groups", action="store_true", help="with --rounding gptq")
+    p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
+                   help="with --rounding adaround or brecq")
     p.add_argument("--device", default=None, help="cuda: the device to deploy on (default cuda where there is one)")
     p.set_defaults(func=cmd_export)
 

@@ -41,3 +41,27 @@ def test_a_bad_out_is_refused_before_the_model_loads(capsys, tmp_path, monkeypat
     (tmp_path / "dir.onnx").mkdir()
     assert main(["export", "--model", "demo-cnn", "--uniform", "w8a8", "--out", str(tmp_path / "dir.onnx")]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_plan_chosen_with_gptq_weights_exports_them(capsys, tmp_path):
+    """A plan measured with GPTQ-rounded weights deploys them: the file's codes are GPTQ's, not nearest's."""
+    import torch
+    import mixprec
+    from mixprec.builtin import get_builtin
+    from mixprec.export import OrtModule
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    plan = mixprec.Plan.uniform(mixprec.discover_groups(model, data[0]), "w4a8",
+                                {"rounding": "gptq", "rounding_options": mixprec.GPTQ().options()})
+    path = plan.save(tmp_path / "plan.json")
+    base = ["export", "--model", "demo-cnn", "--plan", str(path), "--calibration-samples", "64", "--threads", "1"]
+    assert main(base + ["--out", str(tmp_path / "gptq.onnx")]) == 0
+    assert "chosen with gptq-rounded weights; they are what the file holds" in capsys.readouterr().out
+    assert main(base + ["--rounding", "nearest", "--out", str(tmp_path / "nearest.onnx")]) == 0
+    x = data[-1]
+    gptq = mixprec.apply(model, plan, data, rounding="gptq", progress=False, joins=True)
+    with torch.no_grad():
+        want = gptq(x)
+    got, other = OrtModule(tmp_path / "gptq.onnx")(x), OrtModule(tmp_path / "nearest.onnx")(x)
+    assert (got - want).abs().max() < (other - want).abs().max()  # the file holds GPTQ's weights
+    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.95

@@ -169,12 +169,14 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
            out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
-           threads: int | None = None, progress: bool = True, joins: bool | None = None) -> ExportResult:
+           threads: int | None = None, progress: bool = True, joins: bool | None = None,
+           rounding: Any = "nearest") -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
-    quantized: the model ``apply(model, plan, data, ...)`` already made (e.g. with another rounding);
-    default: made here with nearest rounding. reduce_range: check that every layer with 8-bit inputs has
+    quantized: the model ``apply(model, plan, data, ...)`` already made; default: made here with ``rounding``
+    (nearest; a name or a config of mixprec.rounding: the codes written are the weights it makes, which must lie
+    on nearest rounding's grid: adaround, brecq, and gptq per channel or with static_groups=True). reduce_range: check that every layer with 8-bit inputs has
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
     evaluate: the user's evaluation function; it runs on the simulated and the exported model.
@@ -219,7 +221,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         if joins is None:
             joins = _default_joins(model, plan, realisations, batches, notes)
         quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
-                          progress=progress, joins=joins)
+                          progress=progress, joins=joins, rounding=rounding)
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     missing = sorted(set(candidates) - set(layers_q))
     if missing:

@@ -72,7 +72,8 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
         if bool((error > 1e-5 * scale.abs() + rounding * sim.abs() + 1e-12).any()):
             raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
                              f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
-                             "exported exactly; export a model quantized with rounding nearest, adaround or brecq")
+                             "exported exactly; export a model quantized with rounding nearest, adaround, brecq, or gptq with "
+                             "static groups (--static-groups, GPTQ(static_groups=True))")
         out.codes = codes.to(torch.int64).cpu().numpy()
         out.scales = scale.cpu().numpy().astype(np.float32)
         out.zero_points = zero_point.to(torch.int64).cpu().numpy()
