@@ -143,8 +143,10 @@ def _rounding(args):
     """--rounding with --act-order and --rounding-iterations, as a rounding config (mixprec.rounding);
     None where --rounding was not given and has no default (solve, pareto: the analysis's rounding)."""
     if args.rounding is None:
-        if args.rounding_iterations is not None:
+        if getattr(args, "rounding_iterations", None) is not None:
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
+        if getattr(args, "act_order", None) is not None or getattr(args, "static_groups", False):
+            raise SpecError("--act-order/--no-act-order and --static-groups are options of --rounding gptq; add it")
         return None
     options: dict[str, Any] = {}
     given = {"act_order": getattr(args, "act_order", None),  # --act-order / --no-act-order, None: not given

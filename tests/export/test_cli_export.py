@@ -57,6 +57,8 @@ def test_a_plan_chosen_with_gptq_weights_exports_them(capsys, tmp_path):
     base = ["export", "--model", "demo-cnn", "--plan", str(path), "--calibration-samples", "64", "--threads", "1"]
     assert main(base + ["--out", str(tmp_path / "gptq.onnx")]) == 0
     assert "chosen with gptq-rounded weights; they are what the file holds" in capsys.readouterr().out
+    assert main(base + ["--static-groups", "--out", str(tmp_path / "x.onnx")]) == 2  # a gptq switch alone
+    assert "are options of --rounding gptq" in capsys.readouterr().err
     assert main(base + ["--rounding", "nearest", "--out", str(tmp_path / "nearest.onnx")]) == 0
     x = data[-1]
     gptq = mixprec.apply(model, plan, data, rounding="gptq", progress=False, joins=True)
