@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mixprec.builtin.demo_cnn import TRAIN, digits
+from mixprec.builtin.demo_cnn import TRAIN, digits, fit
 from mixprec.cache import trained
 
 SEED, EPOCHS, VERSION = 0, 40, "v1"
@@ -57,17 +57,7 @@ class SENet(nn.Module):
 def _train() -> SENet:
     torch.manual_seed(SEED)
     model = SENet()
-    images, labels = digits()
-    x, y = images[:TRAIN], labels[:TRAIN]
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    model.train()
-    for _ in range(EPOCHS):
-        for idx in torch.randperm(TRAIN, generator=generator).split(64):
-            optimiser.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimiser.step()
-    return model.eval()
+    return fit(model, EPOCHS, lr=3e-3)
 
 
 def build() -> SENet:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixprec.builtin.demo_cnn import TRAIN, digits
+from mixprec.builtin.demo_cnn import TRAIN, digits, fit
 from mixprec.cache import trained
 
 SEED, EPOCHS, VERSION = 0, 60, "v1"
@@ -46,16 +46,7 @@ def _train() -> ViT:
     torch.manual_seed(SEED)
     model = ViT()
     nn.init.normal_(model.pos, std=0.02)
-    images, labels = digits()
-    x, y = images[:TRAIN], labels[:TRAIN]
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(SEED)
-    for _ in range(EPOCHS):
-        for idx in torch.randperm(TRAIN, generator=generator).split(64):
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimiser.step()
-    return model.eval()
+    return fit(model, EPOCHS, lr=2e-3)
 
 
 def build() -> ViT:
