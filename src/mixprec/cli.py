@@ -25,7 +25,7 @@ from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
 from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
-from .rounding import ROUNDINGS, recorded_rounding, rounding_config
+from .rounding import ROUNDINGS, plan_rounding, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
@@ -175,12 +175,13 @@ def cmd_quantize(args) -> int:
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
+    chosen = plan_rounding(plan.metadata)  # a plan of an older mixprec: the defaults of its time
     chosen_with = plan.metadata.get("rounding")
-    chosen_options = recorded_rounding(chosen_with, plan.metadata.get("rounding_options")).options() \
-        if chosen_with in ROUNDINGS else {}  # a plan of an older mixprec: its defaults
+    chosen_options = chosen.options() if chosen is not None else {}
     if chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
                                                            for k, v in chosen_options.items())):
-        defaults = rounding_config(chosen_with).options()  # flags for the switches set otherwise than by default
+        # the flags of the switches set otherwise than by default
+        defaults = rounding_config(chosen.name).options() if chosen is not None else {}
         flags = " ".join(f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in chosen_options.items()
                          if isinstance(v, bool) and v != defaults.get(k))
         print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard"
@@ -469,10 +470,9 @@ def cmd_export(args) -> int:
     model, data, example, groups = _setup(args)
     plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
     rounding = _rounding(args)
-    chosen_with = plan.metadata.get("rounding")
-    if args.rounding is None and chosen_with in ROUNDINGS:  # the plan was measured with these weights: deploy them
-        rounding = recorded_rounding(chosen_with, plan.metadata.get("rounding_options"))
-        print(f"note: the plan was chosen with {chosen_with}-rounded weights; they are what the file holds "
+    if args.rounding is None and plan_rounding(plan.metadata) is not None:  # measured with these weights: deploy them
+        rounding = plan_rounding(plan.metadata)
+        print(f"note: the plan was chosen with {rounding.name}-rounded weights; they are what the file holds "
               f"(options {rounding.options()}; --rounding nearest writes nearest rounding's instead)")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range,

@@ -120,15 +120,19 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Name -> layer of every layer mixprec quantizes; in an eager model, none inside a TorchScript submodule
     (its layers can be neither hooked nor swapped; unquantized_weights names it)."""
     scripted = [] if is_torchscript(model) else _scripted_submodules(model)
-    return {name: m for name, m in model.named_modules()
-            if layer_kind(m) and not any(name == s or name.startswith(s + ".") for s in scripted)}
+    return {name: m for name, m in model.named_modules() if layer_kind(m) and not _within(name, scripted)}
+
+
+def _within(name: str, modules: list[str]) -> bool:
+    """Whether module ``name`` is one of ``modules`` or inside one."""
+    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 def _scripted_submodules(model: nn.Module) -> list[str]:
     """The outermost TorchScript submodules of an eager model."""
     out: list[str] = []
     for name, module in model.named_modules():
-        if name and isinstance(module, torch.jit.ScriptModule) and not any(name.startswith(s + ".") for s in out):
+        if name and isinstance(module, torch.jit.ScriptModule) and not _within(name, out):
             out.append(name)
     return out
 
@@ -143,7 +147,7 @@ def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
     out = [(name, "a TorchScript submodule", sum(p.numel() for p in model.get_submodule(name).parameters()
                                                   if p.dim() >= 2)) for name in scripted]
     for name, module in model.named_modules():
-        if layer_kind(module) or any(name == s or name.startswith(s + ".") for s in scripted):
+        if layer_kind(module) or _within(name, scripted):
             continue
         own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
         if own:

@@ -59,7 +59,7 @@ ROUNDINGS: dict[str, type[RoundingConfig]] = {c.name: c for c in (Nearest, GPTQ,
 SAVE_EVERY_S = 30.0
 
 __all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "round_weights",
-           "recorded_rounding"]
+           "recorded_rounding", "plan_rounding"]
 
 # Defaults that have changed: a record that does not name such an option was made under the former default
 # (records name every option since; before, only the ones that differed from the defaults of the time).
@@ -70,6 +70,13 @@ def recorded_rounding(name: str, options: dict[str, Any] | None) -> RoundingConf
     """The rounding a run, plan or result recorded (its name and options), an option it leaves out read at the
     default of the time it was recorded (FORMER_DEFAULTS)."""
     return rounding_config(name, **{**FORMER_DEFAULTS.get(name, {}), **(options or {})})
+
+
+def plan_rounding(metadata: dict[str, Any]) -> RoundingConfig | None:
+    """The rounding a plan's metadata says it was chosen with (its ``rounding`` and ``rounding_options``), or None
+    where it names none (nearest) or one this mixprec does not have."""
+    name = metadata.get("rounding")
+    return recorded_rounding(name, metadata.get("rounding_options")) if name in ROUNDINGS else None
 
 
 def rounding_config(method: str | RoundingConfig = "nearest", **options: Any) -> RoundingConfig:
