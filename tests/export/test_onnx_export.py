@@ -284,6 +284,18 @@ def test_join_quantizers_make_the_layer_before_a_residual_add_an_integer_kernel(
     assert len(quantized) == len(set(quantized))
 
 
+def test_the_join_note_is_given_where_a_join_quantizer_is_added_and_only_there(tmp_path):
+    # SamePadCnn has no residual add, but its last conv's output goes to a mean: the int8 graph quantizes it there
+    model, data = SamePadCnn().eval(), batches((3, 9, 9))
+    p = plan(model, data, {"expand": "w8a8", "down": "w8a8", "fc": "w8a8"})
+    result = export(model, p, data, out=tmp_path / "cnn.onnx", progress=False)
+    assert not result.joins and any("join quantizers are added" in n for n in result.notes)
+    mlp, mlp_data = Mlp().eval(), batches((80,))
+    p = plan(mlp, mlp_data, {"up": "w8a8", "down": "w8a8", "head": "w8a8"})
+    result = export(mlp, p, mlp_data, out=tmp_path / "mlp.onnx", progress=False)
+    assert not any("join quantizers are added" in n for n in result.notes)
+
+
 def test_float_fallback_is_reported_not_silent(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "fp32"})

@@ -206,7 +206,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
 
     from ..apply import apply
     from .onnx_graph import export_float, layer_codes, rewrite
-    from ..joins import onnx_mode
+    from ..joins import join_quantizers, onnx_mode
     from .ort import OrtModule, join_kernels, optimized_graph, runtime_kernels
 
     batches = None if data is None else list(data)
@@ -264,7 +264,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         rows.append(row)
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes)
     result.joins = join_kernels(out, quantized, optimized)
-    if not result.joins:  # the model has no residual add or concatenation: nothing was added
+    if not join_quantizers(quantized):  # no tensor of this model needed one: nothing was added
         notes[:] = [n for n in notes if n != JOINS_ADDED]
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
@@ -333,8 +333,9 @@ def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: li
     return True
 
 
-JOINS_ADDED = ("join quantizers are added on the residual adds and concatenations, as ONNX Runtime's int8 graph needs "
-               "them; the plan was measured without them (analyze --joins measures with them), so the simulated "
+JOINS_ADDED = ("join quantizers are added where ONNX Runtime's int8 graph quantizes a tensor (residual adds, "
+               "concatenations, and a convolution's output that a pooling, a mean or a float layer reads); the plan was "
+               "measured without them (analyze --joins or --profile ort-cpu measures with them), so the simulated "
                "metric here, which includes them, can differ from quantize's")
 
 
