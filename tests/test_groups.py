@@ -135,3 +135,22 @@ def test_layers_inside_a_scripted_submodule_stay_float_and_are_named():
     assert unquantized_weights(model)[0][:2] == ("part", "a TorchScript submodule")
     quantized = apply(model, Plan.uniform(groups, "w8a8"), [x], progress=False)
     assert quantized(x).shape == (2, 3)
+
+
+def test_a_dict_batch_with_a_key_forward_does_not_take_is_one_clear_line():
+    class Pixels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, pixels, ids=None):
+            return self.fc(pixels)
+
+    batch = {"pixels": torch.randn(8, 4), "ids": [f"item{i}" for i in range(8)], "label": torch.zeros(8)}
+    with pytest.raises(ModelError) as info:
+        discover_groups(Pixels(), batch)
+    message = str(info.value)
+    assert "'ids': '8 x str'" in message and "'label': (8,)" in message  # a list of values: its length and type
+    assert "unexpected keyword argument 'label'" in message and "leave out the keys forward does not take" in message
+    assert discover_groups(Pixels(), {k: v for k, v in batch.items() if k != "label"}).example_shape == {
+        "pixels": (8, 4), "ids": "8 x str"}

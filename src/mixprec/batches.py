@@ -74,11 +74,16 @@ def output_tensor(output: Any) -> torch.Tensor:
 
 
 def describe_shape(inputs: Any) -> Any:
+    """The shapes of a batch's tensors in its structure; a list of plain values (a batch's ids or texts) as
+    its length and type ("32 x str"), not one entry per value."""
     if isinstance(inputs, torch.Tensor):
         return tuple(inputs.shape)
     if isinstance(inputs, dict):
         return {k: describe_shape(v) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
+        kinds = {type(v).__name__ for v in inputs}
+        if len(inputs) > 3 and len(kinds) == 1 and not isinstance(inputs[0], (torch.Tensor, dict, tuple, list)):
+            return f"{len(inputs)} x {kinds.pop()}"
         return [describe_shape(v) for v in inputs]
     return type(inputs).__name__
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, conversions
-from .batches import batch_size, run_model, to_device
+from .batches import batch_size, describe_shape, run_model, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -283,7 +283,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
             shape = _describe(example_input)
             hint = (" A data item that is a 2-tuple is read as (inputs, labels): give a model of several inputs "
                     "batches of ((input1, input2, ...), labels), of a tuple of 3 or more, or of a dict of its "
-                    "arguments." if "required positional argument" in str(exc) else "")
+                    "arguments." if "required positional argument" in str(exc) else
+                    " A dict item is passed to forward as keyword arguments: leave out the keys forward does not "
+                    "take, or give batches of (dict of inputs, labels)." if "unexpected keyword argument" in str(exc)
+                    else "")
             raise ModelError(f"the model failed on the example input {shape}: "
                              f"{str(exc).splitlines()[0]}. Check that the data matches what the model expects.{hint}"
                              ) from exc
@@ -338,18 +341,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         if not any(fnmatch.fnmatchcase(n, p) for n in kept):
             raise ModelError(f"pin pattern {p!r} matches no quantized layer")
     return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
-                       _shape(example_input) if traced else None, tuple(notes))
-
-
-def _shape(inputs: Any):
-    if isinstance(inputs, torch.Tensor):
-        return tuple(inputs.shape)
-    if isinstance(inputs, dict):
-        return {k: _shape(v) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return [_shape(v) for v in inputs]
-    return type(inputs).__name__
+                       describe_shape(example_input) if traced else None, tuple(notes))
 
 
 def _describe(inputs: Any) -> str:
-    return f"of shape {_shape(inputs)}"
+    return f"of shape {describe_shape(inputs)}"
