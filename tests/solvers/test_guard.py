@@ -81,7 +81,8 @@ def test_a_consensus_guard_returns_mixed_only_when_it_is_lowest_on_every_diverge
     choices = {f"uniform {i}": np.array([i + 1]) for i in range(len(rivals))}
     measured = {0: mixed, **{i + 1: v for i, v in enumerate(rivals)}}
     result = guard(np.array([0]), choices, lambda c: measured[int(c[0])])
-    wins = all(mixed[k] < min(r[k] for r in rivals) for k in range(2))
+    deciding = [[k for k in range(2) if not (mixed[k] == 0 and r[k] == 0)] for r in rivals]  # both 0: silent
+    wins = all(ks and all(mixed[k] < r[k] for k in ks) for r, ks in zip(rivals, deciding))
     assert (result.chosen == MIXED) == wins
     if not wins:  # the uniform plan returned is the best rival: no other ranks better on average
         returned = measured[int(result.choice[0])]
@@ -90,6 +91,19 @@ def test_a_consensus_guard_returns_mixed_only_when_it_is_lowest_on_every_diverge
         assert not any(r[0] < returned[0] and r[1] < returned[1] for r in rivals)  # nothing dominates it
         assert "every divergence" in result.reason
     assert result.to_dict("agreement+sqnr", "calibration data")["measured"][MIXED] == list(mixed)
+
+
+def test_a_divergence_both_plans_measure_zero_on_does_not_decide():
+    # no top-1 disagreement with the float model on any calibration sample for either plan: 1/SQNR decides
+    choices = {"uniform w4": np.array([1])}
+    measured = {0: (0.0, 0.0005), 1: (0.0, 0.002)}
+    assert guard(np.array([0]), choices, lambda c: measured[int(c[0])], margin=0).chosen == MIXED
+    measured = {0: (0.0, 0.003), 1: (0.0, 0.002)}  # worse on the divergence that decides
+    assert guard(np.array([0]), choices, lambda c: measured[int(c[0])], margin=0).chosen == "uniform w4"
+    measured = {0: (0.0, 0.0), 1: (0.0, 0.0)}  # nothing decides: a tie, to uniform
+    assert guard(np.array([0]), choices, lambda c: measured[int(c[0])], margin=0).chosen == "uniform w4"
+    measured = {0: (0.0, 0.0005), 1: (1.0, 0.002)}  # 0 against a rival above 0 still decides
+    assert guard(np.array([0]), choices, lambda c: measured[int(c[0])], margin=0).chosen == MIXED
 
 
 def test_the_default_guard_of_a_classifier_measures_agreement_and_sqnr(demo):

@@ -8,7 +8,8 @@ that meets the same budgets and pins (mixprec's promise: never worse than unifor
     best    <- argmin over rivals of D (tuples: the lowest mean rank over the divergences, ties to the
                last divergence, then to the label; a rival lower on every divergence always wins)
     return the mixed plan if, for every rival r and every i, D_i(mixed) < D_i(r) by more than
-           ``margin`` standard errors of the paired difference, else best
+           ``margin`` standard errors of the paired difference, else best (a divergence on which both
+           measure exactly 0, both plans reproducing the float model there, does not decide between them)
 
 Ties go to uniform, and a tie is a difference within the measurement's noise: each divergence is a
 sum of per-sample shares (mixprec.sensitivity.divergence), so two plans measured on the same
@@ -116,8 +117,9 @@ def _best(rivals: dict[str, np.ndarray], measured: dict[str, Measured]) -> str:
 def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[np.ndarray], Measured],
           margin: float = 1.0) -> GuardResult:
     """The mixed ``choice`` against the uniform ``rivals`` (label -> choice), by ``measure`` (lower is better;
-    a tuple of divergences: the mixed plan must be lower on every one; :class:`Sampled` divergences: lower by
-    more than ``margin`` standard errors of the paired difference with every rival)."""
+    a tuple of divergences: the mixed plan must be lower on every one, except those on which it and the rival
+    both measure 0; :class:`Sampled` divergences: lower by more than ``margin`` standard errors of the paired
+    difference with every rival)."""
     if margin < 0 or not np.isfinite(margin):
         raise ValueError(f"the guard's margin is a number of standard errors >= 0, got {margin}")
     if not rivals:
@@ -134,20 +136,27 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     z_all = {label: [paired_z(mixed, measured[label], i) for i in range(width)] for label in rivals}
     z = {label: zs for label, zs in z_all.items() if any(v is not None for v in zs)}
 
+    def silent(label: str) -> list[int]:
+        """The divergences that decide against this rival: all but those on which both plans measure exactly 0
+        (both reproduce the float model there, e.g. no top-1 disagreement on any calibration sample), which
+        say nothing between them; none left is a tie."""
+        return [i for i in range(width) if not (_tuple(mixed)[i] == 0 and _tuple(measured[label])[i] == 0)]
+
     def lower(label: str, i: int, noise: bool = True) -> bool:
         """The mixed plan below this rival on divergence i; beyond the noise where per-sample shares say it."""
         below = _tuple(mixed)[i] < _tuple(measured[label])[i]
         zi = z_all[label][i]
         return below and (not noise or margin <= 0 or zi is None or zi < -margin)
 
-    if all(lower(label, i) for label in rivals for i in range(width)):
+    deciding = {label: silent(label) for label in rivals}
+    if all(deciding.values()) and all(lower(label, i) for label in rivals for i in deciding[label]):
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {_show(mixed)} against "
                            f"{_show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
                            margin, z)
-    if all(lower(label, i, noise=False) for label in rivals for i in range(width)):
+    if all(deciding.values()) and all(lower(label, i, noise=False) for label in rivals for i in deciding[label]):
         # lower everywhere, but within the noise against some rival
-        close = min(((label, i, z[label][i]) for label in z for i in range(width) if z[label][i] is not None
+        close = min(((label, i, z[label][i]) for label in z for i in deciding[label] if z[label][i] is not None
                      and not lower(label, i)), key=lambda t: -t[2], default=None)
         where = f" (against {close[0]}: {abs(close[2]):.2f} standard errors)" if close else ""
         return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
