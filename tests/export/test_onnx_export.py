@@ -656,6 +656,47 @@ def test_dict_inputs_are_named_in_the_order_forward_takes_them(tmp_path, cand):
         torch.testing.assert_close(exported(**x), simulated(**x), rtol=0, atol=1e-4)
 
 
+class WithIds(nn.Module):
+    """Takes a batch's ids (strings) and a flag beside its tensors, in a dict or positionally."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x, ids=None, scale: float = 1.0, bias=None):
+        out = self.fc(x) * scale
+        return out if bias is None else out + bias
+
+
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+def test_inputs_that_are_not_tensors_are_constants_of_the_file_and_ignored_when_given(tmp_path, form):
+    model = WithIds().eval()
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 6, generator=g) for _ in range(2)]
+    bias = torch.randn(4, 3, generator=g)
+    ids = [f"item{i}" for i in range(4)]
+    if form == "dict":
+        data = [{"ids": ids, "x": x, "scale": 2.0, "bias": bias} for x in xs]
+    else:
+        data = [(x, ids, 2.0, bias) for x in xs]
+    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    result = export(model, p, data, out=tmp_path / "ids.onnx", progress=False)
+    exported = OrtModule(result.path)
+    assert exported.input_names == (["x", "bias"] if form == "dict" else ["input0", "input3"])
+    assert any("are not tensors" in n and ("'ids', 'scale'" if form == "dict" else "[1, 2]") in n
+               for n in result.notes)
+    simulated = apply(model, p, data, progress=False, joins=True)  # the add of the bias runs as an integer kernel
+    for item in data:
+        if form == "dict":
+            torch.testing.assert_close(exported(**item), simulated(**item), rtol=0, atol=1e-4)
+        else:
+            torch.testing.assert_close(exported(*item), simulated(*item), rtol=0, atol=1e-4)
+    # the flag is the example's: 2.0 is in the file
+    torch.testing.assert_close(exported(xs[0], bias) if form == "tuple" else exported(x=xs[0], bias=bias),
+                               simulated(xs[0], None, 2.0, bias), rtol=0, atol=1e-4)
+
+
 def test_a_dict_input_forward_does_not_name_is_a_clear_error(tmp_path):
     model = Encoder().eval()
     data = [{**_tokens(2, 4), "labels": torch.zeros(2, dtype=torch.long)}]

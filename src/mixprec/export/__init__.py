@@ -121,6 +121,16 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
     return model
 
 
+def _plain_inputs(example: Any) -> list:
+    """The keys (a dict) or positions (a tuple) of the example's inputs that are not tensors (a batch's ids, a
+    flag): ONNX inputs are tensors, so the exporter traces them as constants (mixprec.export.onnx_graph)."""
+    if isinstance(example, dict):
+        return [k for k, v in example.items() if not isinstance(v, torch.Tensor)]
+    if isinstance(example, (tuple, list)):
+        return [i for i, v in enumerate(example) if not isinstance(v, torch.Tensor)]
+    return []
+
+
 def _fixed_axes(example: Any) -> str:
     """The shapes of the example's inputs whose axes but the batch are fixed in the file (all but token ids and
     masks, mixprec.export.onnx_graph.token_like), as (*, ...), comma-joined."""
@@ -241,6 +251,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                      f"where the simulation rounded them to {'/'.join(narrow)}")
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
+    plain = _plain_inputs(example)
+    if plain:
+        notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
+                     "values for them, and OrtModule ignores them where they are given")
     fixed = _fixed_axes(example)
     if fixed and not callable(getattr(model, "onnx_step", None)):
         notes.append(f"the file takes inputs of shape {fixed} (* the batch): only the batch axis of an input other "

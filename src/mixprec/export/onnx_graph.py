@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,15 +93,22 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
     import onnx
 
+    constants, positions = {}, []
     if isinstance(example, torch.Tensor):
         args, names, tensors = (example,), ["input"], [example]
     elif isinstance(example, dict):
         # the exporter passes a trailing dict as keyword arguments and makes the graph's inputs in the order of
         # forward's parameters: the names must follow that order, not the dict's
-        names = _keyword_order(model, example)
-        args, tensors = (dict(example),), [example[n] for n in names]
+        constants = {k: v for k, v in example.items() if not isinstance(v, torch.Tensor)}
+        names = _keyword_order(model, {k: v for k, v in example.items() if k not in constants})
+        tensors = [example[n] for n in names]
+        # with non-tensor values, forward is bound to them and takes the tensors in order (_bound)
+        args = tuple(tensors) if constants else (dict(zip(names, tensors)),)
     elif isinstance(example, (tuple, list)):
-        args, names, tensors = tuple(example), [f"input{i}" for i in range(len(example))], list(example)
+        positions = [i for i, v in enumerate(example) if not isinstance(v, torch.Tensor)]
+        kept = [i for i in range(len(example)) if i not in positions]
+        args, names, tensors = (tuple(example[i] for i in kept), [f"input{i}" for i in kept],
+                                [example[i] for i in kept])
     else:
         raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
                          "a tuple or a dict of tensors")
@@ -118,9 +126,13 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
         outputs, dynamic, metadata = signature["output_names"], signature["dynamic_axes"], signature["metadata"]
     buffer = io.BytesIO()
     ids_only = signature is None and isinstance(example, torch.Tensor) and not example.is_floating_point()
-    with _without_cache(model if signature is None else None), _all_attended(model if ids_only else None):
+    if positions:  # the file runs the model as traced on the example's values there; OrtModule skips them
+        metadata[CONSTANTS_KEY] = json.dumps(positions)
+    with _without_cache(model if signature is None else None), _all_attended(model if ids_only else None), \
+            _bound(model if signature is None else None, example, constants, positions, names):
         if signature is None:
-            structure = _output_structure(model, example, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
+            called = args[0] if len(args) == 1 and isinstance(args[0], (dict, torch.Tensor)) else args
+            structure = _output_structure(model, called, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
             if structure is not None:  # a tuple, a dict, a model output: each tensor named, OrtModule rebuilds it
                 outputs, batched, metadata[OUTPUTS_KEY] = structure
                 dynamic.pop("output")
@@ -135,6 +147,43 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+CONSTANTS_KEY = "mixprec.constant_inputs"  # metadata: positions of the example's non-tensor inputs (not in the file)
+
+
+@contextmanager
+def _bound(model: nn.Module | None, example: Any, constants: dict, positions: list[int], names: list[str]):
+    """``model.forward`` with the example's non-tensor inputs (a batch's ids or texts, a flag) bound to their
+    values, so the exporter traces it on its tensors alone: ONNX inputs are tensors, and those values are
+    constants of the trace. The model itself is called (its state-dict names, which name the file's weights,
+    unchanged); nothing is bound where there is nothing to bind."""
+    if model is None or not (constants or positions):
+        yield
+        return
+    own = model.__dict__.get("forward")  # an instance's own forward, put back after
+    forward = model.forward
+    if constants:
+        keys = [k for k in names if k not in constants]
+
+        def by_name(*tensors):
+            return forward(**dict(zip(keys, tensors)), **constants)
+        model.forward = by_name
+    else:
+        fixed = {i: example[i] for i in positions}
+        total = len(example)
+
+        def positional(*tensors):
+            it = iter(tensors)
+            return forward(*[fixed[i] if i in fixed else next(it) for i in range(total)])
+        model.forward = positional
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward  # the class's forward again
+        else:
+            model.forward = own
 
 
 def token_like(t: torch.Tensor) -> bool:

@@ -119,7 +119,9 @@ _FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "te
 class OrtModule(nn.Module):
     """An ONNX file as an nn.Module: ``forward`` feeds the ORT session and returns torch tensors.
 
-    Positional inputs map to the graph inputs in order, keyword inputs by name. The empty parameter lets
+    Positional inputs map to the graph inputs in order, keyword inputs by name; keywords the graph does not take,
+    and positional inputs that were not tensors when it was exported (its metadata ``mixprec.constant_inputs``),
+    are ignored. The empty parameter lets
     evaluation code that asks ``next(model.parameters()).device`` find the CPU.
 
     A language model exported with its KV cache (metadata ``mixprec.kv_cache``) called with token ids alone
@@ -140,9 +142,12 @@ class OrtModule(nn.Module):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kv_cache = kv_cache(self.session)
         self.structure = output_structure(self.session)
+        self.constants = _constant_positions(self.session)
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, *args: Any, **kwargs: Any):
+        if self.constants and len(args) > len(self.input_names):  # the non-tensor inputs the file was traced with
+            args = tuple(a for i, a in enumerate(args) if i not in self.constants)
         if len(args) > len(self.input_names):
             raise ModelError(f"{self.path.name} takes {len(self.input_names)} input(s) ({self.input_names}); "
                              f"got {len(args)} positional")
@@ -178,6 +183,17 @@ class OrtModule(nn.Module):
     def prompt_inputs(self, input_ids: Any) -> dict[str, np.ndarray]:
         """The inputs beside the token ids that run them as a prompt (:func:`prompt_inputs`)."""
         return prompt_inputs(self.kv_cache, input_ids)
+
+
+def _constant_positions(session) -> set[int]:
+    """The positions of the non-tensor inputs the model was exported with (metadata ``mixprec.constant_inputs``):
+    values of the trace, not inputs of the file."""
+    import json
+    meta = session.get_modelmeta().custom_metadata_map.get("mixprec.constant_inputs")
+    try:
+        return {int(i) for i in json.loads(meta)} if meta else set()
+    except (ValueError, TypeError):
+        return set()
 
 
 def output_structure(session):
