@@ -746,6 +746,13 @@ def test_top1_is_taken_on_a_class_axis_only():
     assert top1(torch.zeros(8)) is None and top1(torch.zeros(8, 1)) is None  # a regression's outputs
     assert top1(torch.zeros(2, 1, 4, 4)) is None  # an image of one channel
     assert top1(torch.zeros(2, 3, dtype=torch.long)) is None
+    # an output that reproduces a float input's channels is a signal or a picture, not classes
+    assert top1(torch.zeros(2, 8, 16), torch.zeros(2, 8, 16)) is None  # a 1-D autoencoder
+    assert top1(torch.zeros(2, 3, 8, 8), {"image": torch.zeros(2, 3, 4, 4)}) is None  # RGB in, RGB out (upscaled)
+    assert top1(torch.zeros(2, 21, 4, 4), torch.zeros(2, 3, 4, 4)).shape == (2, 4, 4)  # segmentation
+    assert top1(torch.zeros(2, 50, 30), torch.zeros(2, 50, 80)).shape == (2, 50)  # frame classes from features
+    assert top1(torch.zeros(2, 5, 7), torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5)  # tokens in
+    assert top1(torch.zeros(2, 10), torch.zeros(2, 10)).shape == (2,)  # (batch, classes): as many features
 
 
 class Regressor(nn.Module):

@@ -408,7 +408,7 @@ class _Recorder(nn.Module):
     def forward(self, *args, **kwargs):
         output = self.model(*args, **{k: v for k, v in kwargs.items() if k not in self.drop})
         try:
-            top = top1(output_tensor(output))
+            top = top1(output_tensor(output), [*args, *kwargs.values()])
             if top is not None:
                 self.predictions.append(top.cpu())
         except TypeError:
@@ -422,14 +422,29 @@ class _Recorder(nn.Module):
             return getattr(super().__getattr__("model"), name)
 
 
-def top1(output: torch.Tensor) -> torch.Tensor | None:
+def top1(output: torch.Tensor, inputs: Any = None) -> torch.Tensor | None:
     """Each prediction's class: the argmax of the last axis of a (batch, classes) or (batch, tokens, vocabulary)
     output, of the channel axis of a (batch, classes, height, width) one (segmentation); None for an output
-    with no class axis (a regression's, an image's of one channel), where top-1 means nothing."""
+    with no class axis (a regression's, an image's of one channel), where top-1 means nothing. ``inputs``: the
+    model's inputs, if known; a signal or image output (3-D or 4-D) of the rank of a float input and as wide as it
+    on that axis reproduces its channels (an autoencoder's or a denoiser's signal, an image-to-image model's
+    picture): no classes."""
     if not torch.is_floating_point(output) or output.dim() < 2:
         return None
-    axis = 1 if output.dim() == 4 else -1
-    return output.detach().argmax(axis) if output.shape[axis] > 1 and output.dim() <= 4 else None
+    axis = 1 if output.dim() == 4 else output.dim() - 1
+    if output.dim() > 4 or output.shape[axis] < 2:
+        return None
+    if output.dim() >= 3 and any(t.is_floating_point() and t.dim() == output.dim() and t.shape[axis] == output.shape[axis]
+                                 for t in _tensors(inputs)):
+        return None
+    return output.detach().argmax(axis)
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else []
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 @torch.no_grad()
@@ -437,8 +452,8 @@ def agreement(simulated: nn.Module, exported: nn.Module, inputs: list) -> float 
     """Fraction of predictions (:func:`top1`) that are the same in both models; None for outputs without classes."""
     same = total = 0
     for x in inputs:
-        a = top1(output_tensor(run_model(simulated, x)))
-        b = top1(output_tensor(run_model(exported, x)))
+        a = top1(output_tensor(run_model(simulated, x)), x)
+        b = top1(output_tensor(run_model(exported, x)), x)
         if a is None or b is None:
             return None
         same += int((a == b).sum())
