@@ -99,8 +99,14 @@ def load_model(spec: str) -> nn.Module:
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as exc:
-            raise SpecError(f"{path} is not a TorchScript file ({str(exc).splitlines()[0]}); save the model "
-                            "with torch.jit.save(torch.jit.script(model), path), or give file.py:function") from exc
+            raise SpecError(f"{path} is not a TorchScript file ({_torch_file_kind(path) or str(exc).splitlines()[0]}); "
+                            "save the model with torch.jit.save(torch.jit.script(model), path), or give "
+                            "file.py:function, a function that builds the model (and loads its weights with "
+                            "torch.load(path, weights_only=True))") from exc
+    elif spec.endswith(".pt2") and ":" not in spec:
+        raise SpecError(f"--model {spec!r} is a torch.export program: its layers are calls of aten operators, not "
+                        "modules mixprec can quantize; give file.py:function returning the nn.Module it was exported "
+                        "from")
     elif ":" in spec:
         fn = resolve_callable(spec, "--model")
         try:
@@ -113,6 +119,26 @@ def load_model(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
     return canonical(model).eval()
+
+
+def _torch_file_kind(path: Path) -> str | None:
+    """What a .pt file that is not TorchScript holds, read without unpickling anything but tensors: a state dict
+    (or another container of tensors), or a pickled object (torch.save(model)); None where it is neither."""
+    import zipfile
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "it is not a zip archive, as torch writes"
+    if not any(n.endswith("/data.pkl") for n in names):
+        return None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return ("it was saved with torch.save(model): a pickled model, which mixprec does not unpickle, since "
+                "loading it runs code")
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return f"it holds a state dict of {len(loaded)} tensors, the weights without the model's code"
+    return f"it holds a {type(loaded).__name__} saved with torch.save, not a model"
 
 
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
