@@ -80,13 +80,13 @@ class _Pickled(nn.Linear):
 def test_model_files_saved_another_way_say_what_they_hold_and_nothing_is_unpickled(tmp_path, monkeypatch):
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    with pytest.raises(SpecError, match="state dict of 4 tensors.*torch.load\(path, weights_only=True\)"):
+    with pytest.raises(SpecError, match=r"state dict of 4 tensors.*torch.load\(path, weights_only=True\)"):
         load_model(str(tmp_path / "weights.pt"))
     torch.save(_Pickled(4, 3), tmp_path / "whole.pt")
     loads = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real(*a, **k))
-    with pytest.raises(SpecError, match="saved with torch.save\(model\): a pickled model, which mixprec does not"):
+    with pytest.raises(SpecError, match=r"saved with torch.save\(model\): a pickled model, which mixprec does not"):
         load_model(str(tmp_path / "whole.pt"))
     assert loads and all(loads)  # weights_only every time
     exported = torch.export.export(model, (torch.randn(2, 4),))
