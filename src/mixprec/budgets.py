@@ -5,7 +5,9 @@ other cost table the run holds. VALUE:
 - absolute, with an optional unit: ``2.5MB``, ``800KB``, ``1.2G`` (BOPs), ``4.5`` (bits);
   K/M/G/T are powers of 1000, KiB/MiB/GiB powers of 1024, a trailing ``B`` is ignored;
 - the cost of a uniform candidate: ``bops=w4a8`` = the BOPs of the model all at w4a8;
-- a fraction of the highest-precision plan (every group on its most expensive allowed candidate): ``0.5x``.
+- a fraction of the highest-precision plan (every group on its most expensive allowed candidate): ``0.5x``;
+  in a measured table (``latency_ms=0.8x``), of that plan's measured cost: every group on its candidate of
+  most bytes, the float model where fp32 is a candidate (mixprec.solvers.problem.highest_cost).
 Examples: ``--budget bytes=2.5MB``, ``--budget bops=w4a8,bytes=0.3x``, ``--budget bits=4.25``.
 """
 from __future__ import annotations

@@ -52,3 +52,20 @@ def test_pareto_writes_non_dominated_plans_and_uniform_points(tmp_path, capsys):
         reachable = [s for c, s in zip(costs, sens) if c <= point["costs"]["bytes"] + 1e-9]
         assert reachable and min(reachable) <= point["predicted_sensitivity"] + 1e-12
     assert main(["pareto", str(run), "--budget-kind", "speed", "--out", str(run)]) == 2
+
+
+def test_a_fraction_of_a_measured_table_is_of_the_highest_precision_plan_not_the_slowest():
+    import numpy as np
+    from mixprec.budgets import parse_budgets
+    from mixprec.solvers.problem import AllocationProblem
+    # two groups; candidates fp32, w8a8, w4: the weight-only kernel is the slowest, fp32 the fastest
+    S = np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 5.0]])
+    costs = {"bytes": np.array([[400.0, 100.0, 50.0], [800.0, 200.0, 100.0]]),
+             "bops": np.array([[1024.0, 64.0, 128.0], [2048.0, 128.0, 256.0]]),
+             "latency_ms": np.array([[1.0, 1.2, 2.0], [2.0, 2.5, 3.0]])}
+    problem = AllocationProblem(("a", "b"), ("fp32", "w8a8", "w4"), S, costs, {"latency_ms": 0.5},
+                                np.ones_like(S, dtype=bool))
+    assert problem.highest_cost("latency_ms") == 0.5 + 1.0 + 2.0  # fp32 everywhere, not the w4 plan's 5.5
+    assert problem.highest_cost("bytes") == 1200.0 and problem.highest_cost("bops") == 3072.0
+    budgets = parse_budgets("latency_ms=0.8x", list(costs), problem.uniform_cost, problem.highest_cost)
+    assert budgets["latency_ms"] == 0.8 * 3.5

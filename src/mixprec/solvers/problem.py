@@ -181,8 +181,13 @@ class AllocationProblem:
         return [c for j, c in enumerate(self.candidates) if self.allowed[free, j].all()]
 
     def highest_cost(self, kind: str) -> float:
-        """Cost of the most expensive allowed plan (the base of fractional budgets such as 0.5x)."""
-        return max_costs({kind: self.costs[kind]}, self.fixed, self.allowed)[kind]
+        """The base of fractional budgets such as 0.5x: the cost of the most expensive allowed plan in bytes, BOPs
+        and bits per weight; in a measured table (latency_ms, ...) the cost of the highest-precision plan, every
+        group on its candidate of most bytes (the float model's latency, not the slowest plan's: a quantized
+        kernel can be slower than the float one)."""
+        if kind in STANDARD_KINDS or "bytes" not in self.costs:
+            return max_costs({kind: self.costs[kind]}, self.fixed, self.allowed)[kind]
+        return self.cost(kind, self.highest("bytes"))
 
     def highest(self, kind: str) -> np.ndarray:
         """Every group on its most expensive allowed candidate in ``kind`` (ties: the less sensitive)."""
