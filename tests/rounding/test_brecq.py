@@ -219,3 +219,16 @@ def test_cli_quantize_with_brecq(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(base + ["--act-order", "--out", str(tmp_path / "x")]) == 2
     assert "--act-order is an option of --rounding gptq" in capsys.readouterr().err
+
+
+class NoGrad(Net):
+    @torch.no_grad()
+    def forward(self, x):
+        return super().forward(x)
+
+
+def test_a_forward_without_gradients_is_a_clear_error_that_names_the_roundings_that_need_none():
+    model, batches = NoGrad().eval(), data(256)
+    plan = plan_of({n: "w4a8" for n in LAYERS})
+    with pytest.raises(RoundingError, match="torch.no_grad or torch.inference_mode.*gptq or adaround"):
+        round_weights(model, plan, batches, "brecq", progress=False, iterations=2)

@@ -198,6 +198,13 @@ def _quantized_side(quantized: nn.Module, block: str, batches: list, reference: 
                     out = run(quantized, batch, index)
                     log_p = reference[index]
                     kl = (log_p.exp() * (log_p - _log_probs(out))).sum() / log_p.shape[0]  # KL, batch mean
+                    if not kl.requires_grad:
+                        raise RoundingError(
+                            f"brecq weights the output of block {block!r} by the Fisher of the model output, which needs "
+                            "gradients through the model, but its output does not depend on the block's through "
+                            "autograd (a forward under torch.no_grad or torch.inference_mode, or a detached output); "
+                            "take the decorator off forward, or round with gptq or adaround, which need no gradients "
+                            "through the model")
                     found = torch.autograd.grad(kl, leaves, allow_unused=True)
                 grads += [torch.ones_like(leaf) if g is None else g.abs() + 1 for leaf, g in zip(leaves, found)]
     finally:
