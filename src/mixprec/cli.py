@@ -493,8 +493,20 @@ def cmd_export(args) -> int:
         print(f"exported against simulated outputs on the {where} data: "
               + (f"SQNR {value:.1f} dB" if value != float("inf") else "equal"))
     _print_notes(result.notes)
+    from . import hf
+    if hf.is_hf(args.model):  # mixprec evaluate reads a ppl: or text: spec with its tokenizer
+        _record_source(report_path(result.path), args.model)
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0
+
+
+def _record_source(report: Path, model_spec: str) -> None:
+    """The hf: folder a file was exported from, as an absolute spec, in its report (``source_model``)."""
+    import json
+    from . import hf
+    data = json.loads(report.read_text())
+    data["source_model"] = "hf:" + str(hf.parse(model_spec).folder.resolve())
+    write_json_atomic(report, data)
 
 
 def _export_file(args) -> int:
@@ -689,12 +701,21 @@ def cmd_profile(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .specs import load_model
+    tokenizer = args.tokenizer  # whose tokenizer ppl: and text: specs read with
     if args.model.endswith(".onnx"):
+        from .export import report_path
         from .export.ort import OrtModule
         model = OrtModule(args.model, args.threads)
+        if tokenizer is None and report_path(args.model).is_file():  # the hf: folder it was exported from
+            import json
+            try:
+                tokenizer = json.loads(report_path(args.model).read_text()).get("source_model")
+            except (ValueError, OSError, AttributeError):  # an unreadable report: --tokenizer names it instead
+                tokenizer = None
     else:
         model = load_model(args.model)
-    result = load_eval(args.eval)(model)
+        tokenizer = tokenizer or args.model
+    result = load_eval(args.eval, tokenizer)(model)
     print(f"{result.name} {result.value:.6g}")
     return 0
 
@@ -984,6 +1005,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model.onnx, or a --model spec as for inspect")
     p.add_argument("--eval", required=True, help="file.py:function taking the model, or a built-in name")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--tokenizer", metavar="hf:DIR", help="the Hugging Face folder whose tokenizer a ppl: or text: "
+                   "--eval reads with (default: the --model, or for a file mixprec exported from an hf: model, "
+                   "that model, as its report records)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small CNN: analyze, Pareto front, report",

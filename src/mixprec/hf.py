@@ -306,7 +306,9 @@ def tokenizer_for(model_spec: str | None, what: str):
     """(tokenizer, key) of the ``hf:DIR`` model that ``what`` (a text: or ppl: spec) is read with."""
     if not is_hf(model_spec or ""):
         raise SpecError(f"{what!r} tokenizes with the model's tokenizer, so it needs --model hf:DIR "
-                        f"(the model here is {model_spec!r})")
+                        + (f"(the model here is {model_spec!r})" if model_spec else
+                           "(for an exported .onnx file: mixprec evaluate --tokenizer hf:DIR, the folder it was "
+                           "exported from)"))
     folder = parse(model_spec).folder.resolve()
     return tokenizer(str(folder)), str(folder)
 
