@@ -671,12 +671,13 @@ def cmd_profile(args) -> int:
     result = profile(model, data, _candidates(args), groups=groups, target=args.target, batch_size=args.batch_size,
                      threads=args.threads, repeats=args.repeats, weight_method=args.weight_range,
                      activation_method=args.activation_range, whole=not args.no_whole, method=args.method,
-                     around=args.around, checks=args.checks)
+                     around=args.around, checks=args.checks, decode=args.decode)
     cands = ["fp32", *[c for c in result.candidates if c != "fp32"]]
     _table(["layer", *(f"{c} ms" for c in cands)],
            [(layer, *(f"{row[c]:.4g} ({result.ops[layer][c]})" if row[c] == row[c] else "-" for c in cands))
             for layer, row in result.layers.items()])
-    print(f"float model {result.float_model_ms:.4g} ms on {result.target} (batch {result.batch_size}); the rest "
+    shape = f"one decoding step on a {result.decode}-token cache, " if result.decode else ""
+    print(f"float model {result.float_model_ms:.4g} ms on {result.target} ({shape}batch {result.batch_size}); the rest "
           f"(outside the layers) {result.rest_ms:.4g} ms")
     for cand, w in result.whole.items():
         print(f"uniform {cand}: per-layer sum {w['predicted_ms']:.4g} ms, whole model measured {w['measured_ms']:.4g} ms "
@@ -992,6 +993,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. w7a8: which layers to leave in float)")
     p.add_argument("--checks", type=int, default=2, help="with --method graph: random mixed plans timed as a whole "
                    "against the table (default 2)")
+    p.add_argument("--decode", type=int, default=None, metavar="CACHE",
+                   help="a language model exported with its KV cache: time one decoding step (a token per row, "
+                   "--batch-size rows) on a cache of CACHE tokens, what a server runs per generated token, instead "
+                   "of the calibration batch as a prompt (prefill)")
     p.add_argument("--no-whole", action="store_true", help="with --method layers: skip timing the whole model at "
                    "each uniform candidate")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")

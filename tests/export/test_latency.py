@@ -245,3 +245,31 @@ def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
     # token ids reach the embedding alone and the whole graph (fed as a prompt on an empty cache)
     assert all(math.isfinite(result.layers["lm.model.embed_tokens"][c]) for c in ("fp32", "w8", "w4g32"))
     assert not result.skipped and math.isfinite(result.whole["w8"]["measured_ms"])
+
+
+def test_a_language_model_is_timed_at_one_decoding_step_on_a_cache_of_the_length_asked(monkeypatch):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import torch
+    from mixprec.export import latency
+    from mixprec.hf import CausalLM
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    model = CausalLM(lm.eval()).eval()
+    data = [torch.randint(0, 64, (2, 12))]
+    feeds = []
+    timed = latency.time_session
+    monkeypatch.setattr(latency, "time_session", lambda session, feed, *a: feeds.append(feed) or timed(session, feed, *a))
+    result = profile(model, data, "w8", threads=1, repeats=3, progress=False, checks=1, decode=20, batch_size=1)
+    assert result.decode == 20 and result.to_dict()["decode"] == 20 and math.isfinite(result.whole["w8"]["measured_ms"])
+    for feed in feeds:  # one token per row, at position 20, on a cache of 20 tokens per layer
+        assert feed["input_ids"].shape == (1, 1) and feed["position_ids"].tolist() == [[20]]
+        assert feed["attention_mask"].shape == (1, 21)
+        past = [v for k, v in feed.items() if k not in ("input_ids", "position_ids", "attention_mask")]
+        assert past and all(v.shape[0] == 1 and v.shape[2] == 20 for v in past)
+    with pytest.raises(mixprec.errors.MixprecError, match="method='graph'"):
+        profile(model, data, "w8", decode=20, method="layers", progress=False)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    with pytest.raises(mixprec.errors.MixprecError, match="KV cache"):
+        profile(cnn, [torch.randn(2, 3, 6, 6)], "w8a8", decode=20, progress=False, checks=0)

@@ -84,6 +84,7 @@ class LatencyProfile:
     method: str = "layers"
     checks: list[dict] = field(default_factory=list)  # mixed plans: assignments, predicted and measured ms
     moves: list[dict] = field(default_factory=list)  # around: each move's measured change, its error, what is entered
+    decode: int | None = None  # a language model timed at one decoding step on a KV cache of this many tokens
 
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
@@ -107,7 +108,7 @@ class LatencyProfile:
                            for k, row in self.layers.items()},
                 "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
                 "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms, "method": self.method,
-                "checks": self.checks, "moves": self.moves}
+                "checks": self.checks, "moves": self.moves, "decode": self.decode}
 
 
 class _Single(nn.Module):
@@ -206,7 +207,10 @@ def move_counts(moves: list[dict]) -> tuple[int, int]:
             sum(1 for m in moves if m["change_ms"] < 0 <= m["entered_ms"]))
 
 
-def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
+def _feed(session, inputs: Any, decode: int | None = None) -> dict[str, np.ndarray]:
+    """The session's inputs from ``inputs``; a language model's token ids run as a prompt, or with ``decode``
+    as one decoding step: the first token of each row on a KV cache of ``decode`` tokens (zeros: the same work
+    as any cache of that length)."""
     from .ort import kv_cache, prompt_inputs
     names = [i.name for i in session.get_inputs()]
     if isinstance(inputs, dict):
@@ -217,14 +221,26 @@ def _feed(session, inputs: Any) -> dict[str, np.ndarray]:
         values = [inputs]
     feed = {n: v.detach().cpu().numpy() for n, v in zip(names, values)}
     cache = kv_cache(session)
-    if cache is not None and len(values) == 1:  # a language model's token ids: timed as a prompt
+    lm = cache is not None and len(values) == 1  # a language model's token ids
+    if decode is not None and not lm:
+        raise MixprecError("a decoding step is timed on a language model exported with its KV cache (token ids in, "
+                           "logits and the cache out); this model's file has none: profile it without decode")
+    if lm and decode is None:  # timed as a prompt
         feed = {**prompt_inputs(cache, values[0]), **feed}
+    elif lm:
+        ids = feed[names[0]][:, :1]
+        batch = ids.shape[0]
+        empty = prompt_inputs(cache, ids)
+        feed = {names[0]: ids, "position_ids": np.full((batch, 1), decode, dtype=np.int64),
+                "attention_mask": np.ones((batch, decode + 1), dtype=np.int64),
+                **{name: np.zeros((batch, past.shape[1], decode, past.shape[3]), dtype=past.dtype)
+                   for name, past in empty.items() if name in cache["past"]}}
     return feed
 
 
 def _timed_export(model: nn.Module, plan: Plan, data: list, example: Any, target: str, threads: int | None,
                   repeats: int, weight_method: str, activation_method: str, tmp: Path,
-                  output_range: tuple[float, float] | None = None) -> tuple[float, dict]:
+                  output_range: tuple[float, float] | None = None, decode: int | None = None) -> tuple[float, dict]:
     """(median ms, per-layer export rows) of ``model`` quantized by ``plan`` and exported for ``target``.
     output_range: quantize the graph's output to u8 over this range, as the next layer's input quantizer
     does inside a whole int8 graph (ONNX Runtime fuses an integer conv only where its output is quantized)."""
@@ -239,7 +255,7 @@ def _timed_export(model: nn.Module, plan: Plan, data: list, example: Any, target
         for name, kernel in runtime_kernels(out, rows).items():
             rows[name].update(kernel)
     session = make_session(out, threads)
-    return time_session(session, _feed(session, example), repeats), rows
+    return time_session(session, _feed(session, example, decode), repeats), rows
 
 
 def _quantize_output(path: Path, lo: float, hi: float) -> None:
@@ -268,7 +284,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
             groups: ModelGroups | None = None, target: str = "ort-cpu", batch_size: int | None = None,
             threads: int | None = None, repeats: int = REPEATS, weight_method: str = "mse",
             activation_method: str = "mse", whole: bool = True, progress: bool = True, method: str = "graph",
-            around: str | None = None, checks: int = 2, seed: int = 0) -> LatencyProfile:
+            around: str | None = None, checks: int = 2, seed: int = 0, decode: int | None = None) -> LatencyProfile:
     """Time every layer of ``model``'s groups at every candidate on ``target`` (see the module docstring).
 
     data: calibration batches (the first gives each layer's input and, for candidates with activation
@@ -281,7 +297,8 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     kernel times plus each move's measured change, so a plan near that operating point is predicted with
     its float/integer boundaries; each move is entered at its measured change plus MOVE_SE standard errors
     of the paired timing, and ``moves`` keeps every measured change); checks (``graph``): random mixed plans (``seed``) timed as a whole against
-    the table's prediction."""
+    the table's prediction; decode (``graph``, a language model exported with its KV cache): time one decoding
+    step, a token per row on a KV cache of ``decode`` tokens, instead of the calibration batch as a prompt."""
     get_onnx_target(target, "profile")
     if method not in ("graph", "layers"):
         raise MixprecError(f"profile method must be 'graph' or 'layers', got {method!r}")
@@ -296,6 +313,9 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
         candidates = [c for c in candidates.split(",") if c.strip()]
     cands = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     names = list(dict.fromkeys([FLOAT, *(c.name for c in cands)]))
+    if decode is not None and (method != "graph" or decode < 1):
+        raise MixprecError(f"decode= is a KV cache of at least 1 token, timed in the whole graph (method='graph'); "
+                           f"got decode={decode!r} with method={method!r}")
     if around is not None:
         if method != "graph":
             raise MixprecError("around= measures in the whole graph: use it with method='graph'")
@@ -321,7 +341,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
         if method == "graph":
             return _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable, skipped,
                                   target, rows, threads, repeats, weight_method, activation_method, Path(tmp),
-                                  progress, checks, seed, around)
+                                  progress, checks, seed, around, decode)
         return _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands], runnable,
                                skipped, target, rows, threads, repeats, weight_method, activation_method, whole,
                                Path(tmp), progress)
@@ -367,7 +387,7 @@ def node_times(path: Path, feed: dict[str, np.ndarray], threads: int | None, rep
 
 def _profile_graph(model, batches, example, groups, names, asked, runnable, skipped, target, rows, threads, repeats,
                    weight_method, activation_method, tmp: Path, progress: bool, checks: int, seed: int,
-                   around: str | None = None) -> LatencyProfile:
+                   around: str | None = None, decode: int | None = None) -> LatencyProfile:
     from . import export
     from .ort import make_session
     graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
@@ -380,7 +400,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
                         weight_method=weight_method, activation_method=activation_method, threads=threads,
                         progress=False)
         session = make_session(out, threads)
-        feed = _feed(session, example)
+        feed = _feed(session, example, decode)
         measured = time_session(session, feed, repeats)
         nodes = node_times(out, feed, threads, repeats, tmp)
         kernels: dict[str, float] = {}
@@ -408,13 +428,14 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     moves: list[dict] = []
     if around is not None:
         layers, rest, moves = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
-                               threads, repeats, weight_method, activation_method, tmp, progress)
+                                      threads, repeats, weight_method, activation_method, tmp, progress, decode)
     for layer in layers:
         for cand in names:
             ops[layer].setdefault(cand, "")
     float_ms = graphs[FLOAT]["measured_ms"]
     result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest, skipped=skipped,
-                            method="graph" if around is None else f"graph around {around}", moves=moves)
+                            method="graph" if around is None else f"graph around {around}", moves=moves,
+                            decode=decode)
     for cand, g in graphs.items():
         if all(a == cand for a in g["assignments"].values()):
             result.whole[cand] = {"predicted_ms": result.predicted_ms(g["assignments"]),
@@ -427,14 +448,14 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             pick = options[int(rng.integers(len(options)))]
             assignments.update({layer: pick for layer in group.layer_names})
         ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
-                              weight_method, activation_method, tmp)
+                              weight_method, activation_method, tmp, decode=decode)
         result.checks.append({"assignments": assignments, "predicted_ms": result.predicted_ms(assignments),
                               "measured_ms": ms})
     return result
 
 
 def _around(model, batches, example, groups, names, runnable, base_graph: dict, around: str, target, threads,
-            repeats, weight_method, activation_method, tmp: Path, progress: bool):
+            repeats, weight_method, activation_method, tmp: Path, progress: bool, decode: int | None = None):
     """(table, rest, moves) measured around the uniform plan at ``around``: a layer's entry at its base
     candidate is its kernel time in the base graph, and at another candidate that plus the measured change of
     the whole graph when its group moves there (the moved graph and the base timed in alternating rounds;
@@ -455,7 +476,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
              if cand != base[group.layer_names[0]] and all(runnable[l][cand] for l in group.layer_names)]
     from . import export
     from .ort import make_session
-    feed = _feed(make_session(base_graph["path"], threads), example)  # the uniform graph, exported and timed
+    feed = _feed(make_session(base_graph["path"], threads), example, decode)  # the uniform graph, exported and timed
     record: list[dict] = []
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
