@@ -255,3 +255,25 @@ def test_a_run_measured_before_a_simulated_setting_existed_says_what_it_lacks(tm
     with pytest.raises(RunError, match="settings differ: integer_bias; it was measured before mixprec simulated "
                                        "the int8 kernels' int32 bias rounding"):
         run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True, "integer_bias": 1}})
+
+
+def test_a_run_of_a_model_in_memory_reopens_with_it_and_guards_as_the_analysis_did(tmp_path):
+    import mixprec
+    from mixprec.errors import SpecError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(16, 12) for _ in range(4)]
+    analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", metric="sqnr", run_dir=tmp_path / "run", progress=False)
+    made = analysis.solve(budget="bytes=0.6x")
+    reopened = mixprec.Analysis.load(tmp_path / "run")  # no model: the guard is skipped, and says so
+    assert "guard" not in reopened.solve(budget="bytes=0.6x").metadata
+    again = mixprec.Analysis.load(tmp_path / "run", model=model, data=data)
+    plan = again.solve(budget="bytes=0.6x")
+    assert plan.assignments == made.assignments and plan.metadata["guard"] == made.metadata["guard"]
+    other = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    with pytest.raises(RunError, match="model loaded now differ"):
+        mixprec.Analysis.load(tmp_path / "run", model=other, data=data)
+    with pytest.raises(RunError, match="calibration data"):
+        mixprec.Analysis.load(tmp_path / "run", model=model, data=data[:2])
+    with pytest.raises(SpecError, match="model= needs data="):
+        mixprec.Analysis.load(tmp_path / "run", model=model)

@@ -90,11 +90,14 @@ class Analysis:
 
     @classmethod
     def load(cls, run_dir: str | Path | RunDirectory, specs: dict[str, str | None] | None = None,
-             trust_run: bool = False) -> "Analysis":
+             trust_run: bool = False, *, model: nn.Module | None = None, data: Iterable | None = None,
+             evaluate: Callable | None = None) -> "Analysis":
         """Reopen an analysis run (sensitivity.json and costs.json) for allocation; no model needed.
         Measuring plans loads the model, data and evaluation the run names, except code (a .py or module
         spec, a TorchScript model): that runs only when named again in ``specs`` ({"model": ..., "data":
-        ..., "eval": ...}, checked against the run's fingerprint) or with ``trust_run``."""
+        ..., "eval": ...}, checked against the run's fingerprint) or with ``trust_run``. A run made from a
+        model in memory names none: give ``model`` and ``data`` (and ``evaluate``) again, checked against the
+        fingerprint, for the steps that measure plans (the guard, the local search, pareto's evaluation)."""
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         settings = run.fingerprint().get("settings") if run.exists else None
         if isinstance(settings, dict) and settings.get("grid") != GRID_VERSION:
@@ -108,14 +111,34 @@ class Analysis:
             raise SpecError(f"{run.path}: the cost tables and the sensitivity table list different groups")
         arguments = run.arguments() if run.exists else {}
         try:
-            return cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})),
-                       list(saved.get("excluded", [])), dict(saved.get("points", {})), saved.get("model"), run,
-                       weight_range=_run_weight_range(arguments),
-                       activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
-                       trust_run=trust_run, target=saved.get("target"),
-                       refused={g: list(c) for g, c in (saved.get("refused") or {}).items()})
+            analysis = cls(table, costs, dict(saved["groups"]), dict(saved.get("pins", {})),
+                           list(saved.get("excluded", [])), dict(saved.get("points", {})), saved.get("model"), run,
+                           weight_range=_run_weight_range(arguments),
+                           activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
+                           trust_run=trust_run, target=saved.get("target"),
+                           refused={g: list(c) for g, c in (saved.get("refused") or {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); analyze again") from exc
+        if model is not None:
+            analysis._attach(model, data, evaluate)
+        elif data is not None or evaluate is not None:
+            raise SpecError("data= and evaluate= go with model=: the model the run measured, given again")
+        return analysis
+
+    def _attach(self, model: nn.Module, data: Iterable | None, evaluate: Callable | None) -> None:
+        """The model and calibration data this run measured, given again in memory (checked against its
+        fingerprint, prepared as the analysis prepared them), for measuring plans."""
+        batches = _batches(data)
+        if not batches:
+            raise SpecError("model= needs data=: the calibration batches the run measured (plans are calibrated and "
+                            "measured on them)")
+        model, _, evaluate, _ = resolve_specs(model, batches, evaluate)
+        model = canonical(model).eval()
+        if self.joins:  # measured with join quantizers, calibrated on all of the data
+            from .swap import with_join_quantizers
+            model = with_join_quantizers(model, batches, self.activation_range, progress=False)
+        self.run.check_loaded(model, batches)
+        self.model, self.data, self.evaluate = model, batches, evaluate
 
     # ---- the allocation problem -----------------------------------------------------------------------
     def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
