@@ -266,7 +266,8 @@ def test_a_run_of_a_model_in_memory_reopens_with_it_and_guards_as_the_analysis_d
     analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", metric="sqnr", run_dir=tmp_path / "run", progress=False)
     made = analysis.solve(budget="bytes=0.6x")
     reopened = mixprec.Analysis.load(tmp_path / "run")  # no model: the guard is skipped, and says so
-    assert "guard" not in reopened.solve(budget="bytes=0.6x").metadata
+    with pytest.warns(mixprec.errors.GuardSkipped, match="guard skipped"):
+        assert "guard" not in reopened.solve(budget="bytes=0.6x").metadata
     again = mixprec.Analysis.load(tmp_path / "run", model=model, data=data)
     plan = again.solve(budget="bytes=0.6x")
     assert plan.assignments == made.assignments and plan.metadata["guard"] == made.metadata["guard"]

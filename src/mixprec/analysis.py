@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,7 +25,7 @@ from .canonical import canonical
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
-from .errors import SpecError
+from .errors import GuardSkipped, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
@@ -376,6 +377,8 @@ class Analysis:
                                                     say, rounding, guard_margin)
             if note:
                 notes.append(note)
+            if guarded is None and note and note.startswith("guard skipped"):
+                warnings.warn(note, GuardSkipped, stacklevel=2)
             if guarded is not None and guarded.chosen != MIXED:
                 if search == "exact" and budgets and not np.array_equal(guarded.choice, problem.least_sensitive()):
                     notes.append("a uniform plan is the answer at this budget; --search local (in Python: "

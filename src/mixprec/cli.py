@@ -1036,6 +1036,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+    from .errors import GuardSkipped
+    warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
     try:
         if getattr(args, "device", None):
             args.device = str(parse_device(args.device))

@@ -9,6 +9,11 @@ class CandidateError(MixprecError, ValueError):
     """A candidate string or format that does not parse or is out of range."""
 
 
+class GuardSkipped(UserWarning):
+    """solve returned a plan without comparing it with the uniform plans (nothing here could measure plans):
+    mixprec's promise, never worse than uniform, was not checked. The command line prints it as a note."""
+
+
 class SpecError(MixprecError):
     """A --model / --data / --eval spec that does not resolve."""
 
