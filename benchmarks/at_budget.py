@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS, first_last_choice, save_result, specs  # noqa: E402
+from run import CONFIGS, EXAMPLES, RESULTS, first_last_choice, save_result, specs  # noqa: E402
 
 from mixprec import __version__  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
@@ -64,6 +64,15 @@ def add_final(result: dict, model: str, device: str, weight_range: str, extra: t
     result["final_calibration_samples"] = samples
     result["final_command"] = " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]])
     return result
+
+
+def calibration_samples(model: str, analysis) -> int | None:
+    """The calibration samples the analysis measured on: as asked, else the built-in model's default."""
+    asked = analysis.run.arguments().get("calibration_samples") if analysis.run else None
+    if asked is None and model not in EXAMPLES:
+        from mixprec.builtin import get_builtin
+        asked = get_builtin(model).default_calibration_samples
+    return asked
 
 
 def final_evaluator(model: str, analysis, evaluator: PlanEvaluator, samples: int, device: str) -> PlanEvaluator:
@@ -133,7 +142,7 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
             "environment": {"mixprec": __version__, "device": device, "weight_range": weight_range},
             "rounding": rounding.name, "rounding_options": options_used, "rounding_aware": aware,
             "analysis_seconds": round(analysis_seconds, 1), "final_calibration_samples": final_samples,
-            "calibration_samples": analysis.run.arguments().get("calibration_samples") if analysis.run else None}
+            "calibration_samples": calibration_samples(model, analysis)}
 
 
 def markdown(result: dict) -> str:

@@ -363,6 +363,15 @@ def _at_budget_targets() -> list[str]:
         lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding}, "
                      f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
                      f"{'yes' if value <= 31 else 'no'} |")
+        n = r.get("final_calibration_samples")
+        if n and "final" in r["plan"]["metric"]:
+            final = r["plan"]["metric"]["final"]
+            uniform = min((u for u in r["uniform"] if "final" in u), key=lambda u: u["final"], default=None)
+            versus = f"; best uniform {uniform['variant']} {uniform['final']:.2f} the same way" if uniform else ""
+            lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, the same plan "
+                         f"deployed with its {rounding.split(' rounding')[0]} rounding on {n} calibration samples "
+                         f"instead of the analysis's {r.get('calibration_samples') or 'default'}) | {final:.2f}"
+                         f"{versus} | {'yes' if final <= 31 else 'no'} |")
     return lines
 
 
