@@ -163,6 +163,17 @@ def _rounding(args):
     return rounding_config(args.rounding, **options)
 
 
+def _plan_of(args, groups: ModelGroups, same_groups: bool = True) -> Plan:
+    """--plan (made for this model's groups; ``same_groups=False``: any plan naming its layers, as export
+    takes) or --uniform, with the --pin options applied and said."""
+    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    if same_groups:
+        check_plan_groups(plan, groups)
+    for change in plan.pin(groups):
+        print(f"note: pin applied: {change}")
+    return plan
+
+
 def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
@@ -171,10 +182,7 @@ def cmd_quantize(args) -> int:
     check_output_dir(args.out)
     rounding = _rounding(args)
     model, data, _, groups = _setup(args)
-    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
-    check_plan_groups(plan, groups)
-    for change in plan.pin(groups):
-        print(f"note: pin applied: {change}")
+    plan = _plan_of(args, groups)
     chosen = plan_rounding(plan.metadata)  # a plan of an older mixprec: the defaults of its time
     chosen_with = plan.metadata.get("rounding")
     chosen_options = chosen.options() if chosen is not None else {}
@@ -468,7 +476,7 @@ def cmd_export(args) -> int:
         raise SpecError(f"--out must name an .onnx file, got {args.out}")
     check_output_file(args.out)
     model, data, example, groups = _setup(args)
-    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    plan = _plan_of(args, groups, same_groups=False)
     rounding = _rounding(args)
     if args.rounding is None and plan_rounding(plan.metadata) is not None:  # measured with these weights: deploy them
         rounding = plan_rounding(plan.metadata)
@@ -525,7 +533,7 @@ def _export_file(args) -> int:
     out = check_output_file(args.out) if gguf else check_output_folder(args.out, "--out")
     args.needs_data = not gguf  # GGUF's candidates are weight-only: no calibration
     model, data, _, groups = _setup(args)
-    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    plan = _plan_of(args, groups, same_groups=False)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     check_target(args.target, {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
                                for name, m in plan.model_layers(model).items()})
@@ -587,7 +595,7 @@ def _export_cuda(args) -> int:
     from .groups import layer_kind
     out = check_output_folder(args.out, "--out")
     model, data, _, groups = _setup(args)
-    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    plan = _plan_of(args, groups, same_groups=False)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     check_target("cuda", {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
                           for name, m in plan.model_layers(model).items()})

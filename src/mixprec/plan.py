@@ -44,12 +44,18 @@ class Plan:
                    {"kind": "uniform", "candidate": name, **(metadata or {})})
 
     def pin(self, groups: ModelGroups) -> list[str]:
-        """Put every pinned group of ``groups`` (--pin) on its pin; returns what changed, one line each."""
+        """Put every pinned group of ``groups`` (--pin) on its pin: the plan's groups that hold its layers (the
+        same group where the plan was made for these groups; a plan written per layer too); returns what
+        changed, one line each."""
         changed = []
+        owner = {layer: name for name, layers in self.groups.items() for layer in layers}
         for g in groups:
-            if g.pinned and g.name in self.assignments and self.assignments[g.name] != g.pinned:
-                changed.append(f"group {g.name}: {self.assignments[g.name]} in the plan, {g.pinned} by its pin")
-                self.assignments[g.name] = g.pinned
+            if not g.pinned:
+                continue
+            for name in sorted({owner[layer] for layer in g.layer_names if layer in owner}):
+                if self.assignments.get(name) != g.pinned:
+                    changed.append(f"group {name}: {self.assignments.get(name)} in the plan, {g.pinned} by its pin")
+                    self.assignments[name] = g.pinned
         if changed:
             self.metadata["pinned"] = changed
         return changed

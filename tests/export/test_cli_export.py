@@ -67,3 +67,18 @@ def test_a_plan_chosen_with_gptq_weights_exports_them(capsys, tmp_path):
     got, other = OrtModule(tmp_path / "gptq.onnx")(x), OrtModule(tmp_path / "nearest.onnx")(x)
     assert (got - want).abs().max() < (other - want).abs().max()  # the file holds GPTQ's weights
     assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.95
+
+
+def test_a_pin_given_with_a_plan_is_applied_on_export_and_the_target_error_says_how(capsys, tmp_path):
+    from mixprec.plan import Plan
+    # a plan written per layer: the target cannot run fp8; the error names the pin that fixes it
+    Plan({"conv1": "fp8", "conv2": "w8a8", "conv3": "w8a8", "fc": "w8a8"},
+         {n: [n] for n in ("conv1", "conv2", "conv3", "fc")}).save(tmp_path / "plan.json")
+    base = ["export", "--model", "demo-cnn", "--plan", str(tmp_path / "plan.json"), "--calibration-samples", "32",
+            "--threads", "1"]
+    assert main(base + ["--out", str(tmp_path / "a.onnx")]) == 2
+    assert "--pin 'conv1=fp32'" in capsys.readouterr().err
+    assert main(base + ["--pin", "conv1=fp32", "--out", str(tmp_path / "b.onnx")]) == 0
+    assert "pin applied: group conv1: fp8 in the plan, fp32 by its pin" in capsys.readouterr().out
+    rows = {r["layer"]: r for r in json.loads((tmp_path / "b.report.json").read_text())["layers"]}
+    assert rows["conv1"]["candidate"] == "fp32" and rows["conv2"]["candidate"] == "w8a8"

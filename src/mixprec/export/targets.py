@@ -189,4 +189,8 @@ def refuse_layers(refused: list[str], what: str, accepts: str) -> None:
     shown), opened by ``what`` and closed by what the target ``accepts``; nothing when none is refused."""
     if refused:
         shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
-        raise CandidateError(f"{what} {len(refused)} layer(s) of the plan:\n  " + "\n  ".join(shown) + f"\n{accepts}")
+        first = refused[0].split(" (")[0]
+        raise CandidateError(f"{what} {len(refused)} layer(s) of the plan:\n  " + "\n  ".join(shown) + f"\n{accepts}\n"
+                             f"To deploy this plan, pin those layers to a candidate the target takes (--pin "
+                             f"'{first}=fp32' on the command line; the plan's costs change), or plan for the target: "
+                             "analyze with a profile of it (--profile) or analyze(..., target=...)")
