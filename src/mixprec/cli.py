@@ -645,9 +645,10 @@ def _checkpoint_folder(model_spec: str) -> Path | None:
     return None
 
 
-def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str, str | None]:
+def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str | None, str | None]:
     """(tokenizer, llama.cpp pre-tokenizer name, note) for export_gguf: the folder's own tokenizer, loaded from it
-    alone; for smollm2 the pre-tokenizer of the GGUF it came from. No tokenizer: (None, "default", why)."""
+    alone; for smollm2 the pre-tokenizer of the GGUF it came from, else None (export_gguf's default: the model
+    type's). No tokenizer: (None, "default", why)."""
     from . import hf
     from .export.gguf import vocabulary_refusal
     if folder is None:
@@ -663,8 +664,7 @@ def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str, str
         import gguf
         from .builtin import smollm2
         return tokenizer, gguf.GGUFReader(str(smollm2.gguf_path())).fields["tokenizer.ggml.pre"].contents(), None
-    return tokenizer, "default", (f"the tokenizer of {folder} is written with llama.cpp's pre-tokenizer 'default' (a "
-                                  "model llama.cpp knows names its own in convert_hf_to_gguf.py)")
+    return tokenizer, None, None
 
 
 def cmd_profile(args) -> int:
@@ -942,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "ONNX file, int8 QDQ for w<B>a8, MatMulNBits for weight-only Linear layers, float for fp32; "
                        "prints, per layer, what was written and what the runtime runs (low precision or a float "
                        "fallback), the simulated and exported metric and their top-1 agreement; writes OUT and OUT's "
-                       ".report.json. gguf: a Llama causal LM as a .gguf file for llama.cpp (q8_0, q4_0, fp16, fp32), "
+                       ".report.json. gguf: a Llama, Mistral or Qwen2 causal LM as a .gguf file for llama.cpp (q8_0, q4_0, fp16, fp32), "
                        "with OUT's .report.json. compressed-tensors: a checkpoint folder OUT for vLLM, with "
                        "OUT/mixprec-report.json. Both are read back against the simulation; neither is re-evaluated. cuda: the "
                        "plan on torch's low-bit GPU kernels (int4 tinygemm, int8 weight-only, fp8 _scaled_mm), saved "

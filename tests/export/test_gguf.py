@@ -35,6 +35,25 @@ def tiny_llama(hidden=64, layers=3, tie=False, vocab=300, seed=0, init=0.02):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_causal_lm(arch: str, layers=3, init=0.02, seed=0):
+    """A tiny Llama, Mistral or Qwen2 (its q/k/v biases set to non-zero values, so that they are written)."""
+    if arch == "llama":
+        return tiny_llama(layers=layers, init=init, seed=seed)
+    import transformers
+    config_class, model_class = {"mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[arch]
+    config = config_class(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                          tie_word_embeddings=False, initializer_range=init)
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
 def linear_names(model):
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
@@ -59,13 +78,17 @@ def gguf_values(tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------- export
 
-def test_mixed_plan_reads_back_as_simulated(tmp_path):
-    model = tiny_llama()
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_mixed_plan_reads_back_as_simulated(tmp_path, arch):
+    model = tiny_causal_lm(arch)
     plan = mixed_plan(model)
     result = export_gguf(model, plan, tmp_path / "m.gguf", progress=False)
     simulated = apply(model, plan, None, weight_method="minmax", progress=False)
     written = tensors(result.path)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3)
+    architecture = gguf.MODEL_ARCH.QWEN2 if arch == "qwen2" else gguf.MODEL_ARCH.LLAMA
+    fields = gguf.GGUFReader(str(result.path)).fields
+    assert fields["general.architecture"].contents() == gguf.MODEL_ARCH_NAMES[architecture]
+    names = gguf.get_tensor_name_map(architecture, 3)
     seen_types = set()
     for layer, cand in plan.layer_candidates().items():
         name = names.get_name(layer) + ".weight"
@@ -74,7 +97,7 @@ def test_mixed_plan_reads_back_as_simulated(tmp_path):
         seen_types.add(tensor.tensor_type.name)
         values = gguf_values(tensor)
         want = simulated.get_submodule(layer).layer.weight.detach().numpy()
-        if layer.endswith(("q_proj", "k_proj")):  # stored permuted for llama.cpp's RoPE, read back un-permuted
+        if layer.endswith(("q_proj", "k_proj")) and arch != "qwen2":  # permuted for llama.cpp's llama RoPE
             heads = 4 if layer.endswith("q_proj") else 2
             assert not np.array_equal(values, want)
             assert np.array_equal(values, _permute_rows(want, heads))
@@ -84,6 +107,10 @@ def test_mixed_plan_reads_back_as_simulated(tmp_path):
             assert not np.array_equal(values, model.get_submodule(layer).weight.detach().numpy())
     assert seen_types == {"Q4_0", "Q8_0", "F16"}
     assert np.array_equal(gguf_values(written["token_embd.weight"]), model.model.embed_tokens.weight.detach().numpy())
+    if arch == "qwen2":  # Q, K and V's biases, F32, as they are (qwen2 rotates halves, as HF Qwen2)
+        bias = model.model.layers[1].self_attn.k_proj.bias.detach().numpy()
+        assert written["blk.1.attn_k.bias"].tensor_type == T.F32
+        assert np.array_equal(gguf_values(written["blk.1.attn_k.bias"]).ravel(), bias)
     assert written["output_norm.weight"].tensor_type == T.F32
     assert result.readback["exact"] == result.readback["tensors"] == len(written) and not result.readback["mismatched"]
     assert result.size_bytes == result.path.stat().st_size
@@ -175,7 +202,7 @@ def test_inputs_not_whole_blocks_are_refused(tmp_path):
 
 def test_other_models_and_names_are_refused(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(64, 64))
-    with pytest.raises(ModelError, match="Llama"):
+    with pytest.raises(ModelError, match="model type llama, mistral, qwen2"):
         export_gguf(model, plan_of({"0": "q8_0"}), tmp_path / "m.gguf")
     with pytest.raises(Exception, match=r"\.gguf"):
         export_gguf(tiny_llama(layers=1), plan_of({"lm_head": "q8_0"}), tmp_path / "m.onnx")
@@ -250,11 +277,12 @@ def test_a_tie_rounds_to_even_and_the_file_keeps_mixprec_codes(tmp_path):
 
 # ---------------------------------------------------------------- llama.cpp itself, where it is installed
 
-def test_llama_cpp_runs_the_file_as_simulated(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_llama_cpp_runs_the_file_as_simulated(tmp_path, arch):
     llama_cpp = pytest.importorskip("llama_cpp")
     # weights 5x the usual initialisation, so that attention (and the RoPE layout of Q and K) matters: with
     # Q/K left unpermuted the logits below are off by 73 % of their largest value (fp32), 79 % (mixed)
-    model = tiny_llama(layers=2, init=0.1)
+    model = tiny_causal_lm(arch, layers=2, init=0.1)
     ids = torch.randint(0, 300, (1, 24), generator=torch.Generator().manual_seed(1))
     for plan, tolerance in ((plan_of({n: "fp32" for n in linear_names(model)}), 5e-3), (mixed_plan(model), 0.1)):
         result = export_gguf(model, plan, tmp_path / "m.gguf", progress=False)

@@ -1,13 +1,14 @@
-"""export_gguf(model, plan, out="model.gguf"): a Llama causal LM as a GGUF file for llama.cpp, each
+"""export_gguf(model, plan, out="model.gguf"): a Llama, Mistral or Qwen2 causal LM as a GGUF file for llama.cpp, each
 planned layer at the GGUF type of its candidate (q8_0 -> Q8_0, q4_0 -> Q4_0, fp16 -> F16, fp32 -> F32).
 
 Nothing is re-quantized: every Q8_0/Q4_0 block gets the codes and the float16 scale of mixprec's own
 simulation (mixprec.candidates.GGUF_FORMATS), so a GGUF reader dequantizes exactly the simulated
 weight, ties in rounding included; :func:`read_back` proves it on the written file and the export
 reports it. Tensors outside the plan are F32 (``float_type="f16"``: F16 for 2-D ones); norms and
-biases are always F32, as llama.cpp expects. The rows of Q and K are permuted as llama.cpp's HF
-converter does (convert_hf_to_gguf.py, LlamaModel.permute): its ``llama`` architecture rotates
-adjacent pairs, HF Llama rotates halves. Blocks lie along the inputs, so the permutation moves whole
+biases are always F32, as llama.cpp expects. For Llama and Mistral (llama.cpp's ``llama`` architecture)
+the rows of Q and K are permuted as llama.cpp's HF converter does (convert_hf_to_gguf.py,
+LlamaModel.permute): that architecture rotates adjacent pairs, HF Llama rotates halves; Qwen2 (its
+``qwen2`` architecture, which rotates halves) is written as it is, biases of Q, K and V included. Blocks lie along the inputs, so the permutation moves whole
 rows of blocks; the read-back undoes it before comparing.
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ __all__ = ["export_gguf", "read_back", "gguf_type", "check_plan", "vocabulary_re
 
 # What the gguf target runs (profile "gguf" plus fp32), for error messages.
 GGUF_CANDIDATES = TARGETS["gguf"].candidates
+# Hugging Face model types written, as llama.cpp's converter (convert_hf_to_gguf.py) writes them: its
+# architecture, and whether the rows of Q and K are permuted (its llama architecture rotates adjacent pairs,
+# HF Llama and Mistral rotate halves; its qwen2 architecture rotates halves, as HF Qwen2 does).
+ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False)}
+# llama.cpp's pre-tokenizer of a model type whose byte-level BPE splits text its own way.
+PRE_TOKENIZERS = {"qwen2": "qwen2"}
 FLOAT_TYPES = ("f32", "f16")
 # mixprec's names of llama.cpp's file types (gguf.LlamaFileType), by the type most planned weights take.
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
@@ -94,17 +101,19 @@ def check_plan(layers: dict[str, tuple[tuple[int, ...], Candidate]]) -> dict[str
 
 
 def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gguf", *,
-                quantized: nn.Module | None = None, tokenizer: Any = None, tokenizer_pre: str = "default",
+                quantized: nn.Module | None = None, tokenizer: Any = None, tokenizer_pre: str | None = None,
                 float_type: str = "f32", name: str | None = None, progress: bool = True) -> GGUFExport:
-    """Write ``plan`` applied to ``model`` (a Hugging Face Llama causal LM, or a module holding one) as
-    a GGUF file for llama.cpp's ``llama`` architecture, read it back and report.
+    """Write ``plan`` applied to ``model`` (a Hugging Face Llama, Mistral or Qwen2 causal LM, or a module
+    holding one) as a GGUF file for llama.cpp (its ``llama`` architecture, or ``qwen2``), read it back and
+    report.
 
     quantized: the model ``apply(model, plan, ...)`` already made with a rounding that keeps nearest
     rounding's scales (adaround, brecq, gptq with static_groups=True); default: made here with nearest
     rounding. tokenizer: the model's Hugging
     Face tokenizer (a byte-level BPE is written as llama.cpp's ``gpt2`` vocabulary; without one the file
     has no vocabulary and is fed token ids); tokenizer_pre: llama.cpp's pre-tokenizer name (e.g.
-    ``smollm``; see its convert_hf_to_gguf.py). float_type: the type of 2-D tensors outside the plan.
+    ``smollm``; see its convert_hf_to_gguf.py; default: the model type's, ``qwen2`` for Qwen2, else
+    ``default``). float_type: the type of 2-D tensors outside the plan.
     The file is written atomically; a read-back that differs from the simulation is a MixprecError.
     """
     if not isinstance(plan, Plan):
@@ -115,12 +124,24 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
     if out.suffix != ".gguf":
         raise MixprecError(f"the exported file must end in .gguf, got {out}")
     gguf = _import_gguf()
-    prefix, lm = _find_llama(model)
+    prefix, lm, model_type = _find_causal_lm(model)
+    arch, permute = ARCHITECTURES[model_type]
+    arch = getattr(gguf.MODEL_ARCH, arch)
+    notes = []
+    if tokenizer_pre is None:
+        tokenizer_pre = PRE_TOKENIZERS.get(model_type, "default")
+        if tokenizer is not None and model_type not in PRE_TOKENIZERS:
+            notes.append("the tokenizer is written with llama.cpp's pre-tokenizer 'default' (a model llama.cpp knows "
+                         "names its own in convert_hf_to_gguf.py: pass tokenizer_pre=)")
+    window = getattr(lm.config, "sliding_window", None)
+    if model_type == "mistral" and window and window < lm.config.max_position_embeddings:
+        notes.append(f"the model attends within a sliding window of {window} tokens, which llama.cpp's llama "
+                     "architecture does not: contexts longer than that differ")
     modules = plan.model_layers(model)
     candidates = {n: parse_candidate(c) for n, c in plan.layer_candidates().items()}
     outside = sorted(n for n in candidates if not n.startswith(prefix))
     if outside:
-        raise PlanError(f"the plan quantizes layer(s) outside the Llama model ({outside[:3]}); GGUF holds only it")
+        raise PlanError(f"the plan quantizes layer(s) outside the causal LM ({outside[:3]}); GGUF holds only it")
     types = check_plan({n: (tuple(m.weight.shape), candidates[n]) for n, m in modules.items()})
 
     if quantized is None:
@@ -137,9 +158,9 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
 
     config = lm.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     state = {k: v.detach().to(torch.float32).cpu() for k, v in lm.state_dict().items()}
-    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     rows: list[dict] = []
     expected: dict[str, torch.Tensor] = {}  # GGUF name -> what its read-back must equal (HF layout)
     permuted: dict[str, int] = {}  # GGUF name -> heads of its row permutation
@@ -147,13 +168,14 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         module_name, _, suffix = key.rpartition(".")
         base = names.get_name(module_name)
         if base is None or suffix not in ("weight", "bias"):
-            raise ModelError(f"no GGUF name for tensor {key!r} of the llama architecture; is this a plain "
-                             "LlamaForCausalLM?")
+            raise ModelError(f"no GGUF name for tensor {key!r} of llama.cpp's {gguf.MODEL_ARCH_NAMES[arch]} "
+                             f"architecture; is this a plain {type(lm).__name__}?")
         if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and key not in planned:
             continue  # llama.cpp reads the tied output from token_embd
         gguf_name = f"{base}.{suffix}"
-        row_heads = (heads if module_name.endswith("self_attn.q_proj")
-                     else kv_heads if module_name.endswith("self_attn.k_proj") else None)
+        row_heads = None if not permute or suffix != "weight" else (
+            heads if module_name.endswith("self_attn.q_proj")
+            else kv_heads if module_name.endswith("self_attn.k_proj") else None)
         if key in planned:
             layer = planned[key]
             kind = types[layer]
@@ -189,7 +211,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
 
     write_atomic(out, write)
     check = read_back(out, expected, permuted)
-    result = GGUFExport(out, out.stat().st_size, rows, check)
+    result = GGUFExport(out, out.stat().st_size, rows, check, notes=notes)
     if check["mismatched"]:
         raise MixprecError(f"{out}: {len(check['mismatched'])} tensor(s) read back differ from the simulated model "
                            f"(e.g. {check['mismatched'][0]}); this is a bug in mixprec's GGUF export, please report it")
@@ -272,14 +294,16 @@ def _unpermute_rows(a: np.ndarray, heads: int) -> np.ndarray:
     return a.reshape(heads, a.shape[0] // heads // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
 
 
-def _find_llama(model: nn.Module) -> tuple[str, nn.Module]:
-    """(name prefix with its dot, the Llama causal LM): ``model`` itself or the first module it holds."""
+def _find_causal_lm(model: nn.Module) -> tuple[str, nn.Module, str]:
+    """(name prefix with its dot, the causal LM, its model type): ``model`` itself or the first module it holds
+    of a type GGUF export writes (ARCHITECTURES)."""
     for module_name, module in model.named_modules():
-        config = getattr(module, "config", None)
-        if getattr(config, "model_type", None) == "llama" and hasattr(module, "lm_head"):
-            return (module_name + "." if module_name else ""), module
+        model_type = getattr(getattr(module, "config", None), "model_type", None)
+        if model_type in ARCHITECTURES and hasattr(module, "lm_head"):
+            return (module_name + "." if module_name else ""), module, model_type
     found = {getattr(getattr(m, "config", None), "model_type", None) for m in model.modules()} - {None}
-    raise ModelError("GGUF export writes Hugging Face Llama causal LMs (config.model_type 'llama', e.g. SmolLM2); "
+    raise ModelError(f"GGUF export writes Hugging Face causal LMs of model type {', '.join(sorted(ARCHITECTURES))} "
+                     "(e.g. SmolLM2, Qwen2.5); "
                      + (f"this model is {sorted(found)}" if found else f"got a {type(model).__name__}"))
 
 
@@ -291,7 +315,7 @@ def _rope_parameters(config) -> dict:
 
 
 def _write_metadata(writer, gguf, config, name: str, types: dict[str, str]) -> None:
-    """The hyper-parameters llama.cpp reads for the llama architecture (convert_hf_to_gguf.py's)."""
+    """The hyper-parameters llama.cpp reads for the llama and qwen2 architectures (convert_hf_to_gguf.py's)."""
     rope = _rope_parameters(config)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "linear"):

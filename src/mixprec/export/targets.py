@@ -38,7 +38,7 @@ TARGETS: dict[str, Target] = {
         "of 16 with a power-of-two factor >= 16; on Conv layers per channel only, dequantized to a float conv); "
         "w<B>a16 with B <= 8 and w16a16/fp16 (float16 values, float compute)", joins=True),
     "gguf": Target(
-        "gguf", "llama.cpp: a GGUF file of a Llama causal LM",
+        "gguf", "llama.cpp: a GGUF file of a Llama, Mistral or Qwen2 causal LM",
         "q8_0 (Q8_0), q4_0 (Q4_0), fp16 or w16a16 (F16) -- profile gguf -- and fp32 (F32); Q8_0/Q4_0 layers need "
         "inputs in whole blocks of 32", writer="export_gguf", out="a .gguf file"),
     "compressed-tensors": Target(
