@@ -1,7 +1,7 @@
 """SmolLM2 exported to GGUF for llama.cpp: uniform Q8_0, uniform Q4_0 and one mixed plan, against
 mixprec's simulation.
 
-    python benchmarks/gguf_llama_cpp.py [--windows 20] [--threads 2] [--budget bits=6]
+    python benchmarks/gguf_llama_cpp.py [--windows 20] [--threads 2] [--budget bits=6] [--no-repack] [--tiny]
 
 Plans: uniform fp16 (F16, the float reference llama.cpp runs), uniform q8_0, uniform q4_0, and a mixed
 plan of the profile gguf (q8_0/q4_0/fp16) that mixprec solves at --budget with the data-free roundoff
@@ -12,7 +12,8 @@ evaluation windows (the first N windows of 512 tokens of WikiText-2 test, each a
 ``llama_cpp`` (llama-cpp-python) imports, llama.cpp's perplexity on the same token ids (fed as ids, each
 window in a fresh context, all logits) and its speed: prompt tokens/s over those windows and generation
 tokens/s (64 greedy tokens after a 64-token prompt). Without llama_cpp it says so and writes the rest.
-Writes benchmarks/results/gguf_llama_cpp.json.
+--no-repack: llama.cpp's CPU repacking of weights off (its --no-repack); --tiny: a Llama of width 128
+trained here instead of SmolLM2. Writes benchmarks/results/gguf_llama_cpp[_tiny][_norepack].json.
 """
 from __future__ import annotations
 
@@ -67,11 +68,23 @@ def gguf_quants_differences(model, quantized, plan: Plan) -> dict:
     return {"weights": total, "differ": differ}
 
 
-def llama_cpp_measure(llama_cpp, path: Path, windows: torch.Tensor, threads: int) -> dict:
-    """Perplexity on ``windows`` (each alone, as mixprec's text_perplexity) and prompt / generation speed."""
+def llama_cpp_measure(llama_cpp, path: Path, windows: torch.Tensor, threads: int, repack: bool = True) -> dict:
+    """Perplexity on ``windows`` (each alone, as mixprec's text_perplexity) and prompt / generation speed.
+    repack=False: llama.cpp's CPU weight repacking off (its --no-repack: model parameter use_extra_bufts)."""
     count, length = windows.shape
-    llm = llama_cpp.Llama(str(path), n_ctx=length, n_batch=length, n_ubatch=length, logits_all=True,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    import llama_cpp.llama as binding
+    defaults = binding.llama_cpp.llama_model_default_params
+
+    def params():
+        p = defaults()
+        p.use_extra_bufts = repack
+        return p
+    binding.llama_cpp.llama_model_default_params = params  # read once, as the model loads
+    try:
+        llm = llama_cpp.Llama(str(path), n_ctx=length, n_batch=length, n_ubatch=length, logits_all=True,
+                              n_threads=threads, n_threads_batch=threads, verbose=False)
+    finally:
+        binding.llama_cpp.llama_model_default_params = defaults
     nll, predicted, prompt_s = 0.0, 0, 0.0
     for row in windows.tolist():
         llm.reset()
@@ -96,6 +109,34 @@ def llama_cpp_measure(llama_cpp, path: Path, windows: torch.Tensor, threads: int
             "prompt_tokens_per_s": count * length / prompt_s, "generate_tokens_per_s": generated / generate_s}
 
 
+TINY_STEPS = 150
+
+
+def tiny_llama():
+    """A LlamaForCausalLM of width 128 (3 blocks, 4 heads, 2 KV heads, tied embeddings) on SmolLM2's tokenizer,
+    trained for TINY_STEPS steps of 16 x 128 tokens (AdamW, lr 3e-3, seed 0) on the calibration end of the text
+    (the evaluation windows are its first tokens)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from mixprec.hf import CausalLM
+    ids = smollm2.token_ids()
+    train = ids[smollm2.WINDOW * smollm2.EVAL_WINDOWS:]
+    config = LlamaConfig(vocab_size=len(smollm2.tokenizer()), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(lm.parameters(), 3e-3)
+    lm.train()
+    for _ in range(TINY_STEPS):
+        starts = torch.randint(0, len(train) - 129, (16,))
+        x = torch.stack([train[i:i + 128] for i in starts])
+        loss = lm(input_ids=x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return CausalLM(lm.eval()).eval()
+
+
 def mixed_plan(model, data, budget: str) -> Plan:
     analysis = analyze(model, data, candidates=",".join(PROFILES["gguf"]), metric="roundoff", progress=False)
     return analysis.solve(budget=budget)
@@ -106,11 +147,18 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=20, help="evaluation windows of 512 tokens (at most 40)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", default="bits=6", help="the mixed plan's budget (solve's syntax)")
-    parser.add_argument("--out", default=str(RESULTS / "gguf_llama_cpp.json"))
+    parser.add_argument("--no-repack", action="store_true",
+                        help="llama.cpp's CPU weight repacking off (its --no-repack), as it runs them otherwise")
+    parser.add_argument("--tiny", action="store_true",
+                        help="instead of SmolLM2, a Llama of width 128 (3 blocks, SmolLM2's tokenizer) trained here "
+                             f"for {TINY_STEPS} steps on the text before the evaluation windows' end")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/gguf_llama_cpp[_tiny][_norepack].json")
     args = parser.parse_args(argv)
+    args.out = args.out or str(RESULTS / ("gguf_llama_cpp" + ("_tiny" if args.tiny else "")
+                                          + ("_norepack" if args.no_repack else "") + ".json"))
     torch.set_num_threads(args.threads)
     builtin = get_builtin("smollm2")
-    model = builtin.model()
+    model = tiny_llama() if args.tiny else builtin.model()
     data = builtin.calibration(8)
     llama_cpp, reason = llama_cpp_or_reason()
     if reason:
@@ -140,7 +188,7 @@ def main(argv=None) -> int:
                    "gguf_quants": gguf_quants_differences(model, quantized, plan)}
             row["simulated_perplexity"] = builtin.evaluate(quantized, limit=args.windows).value
             if llama_cpp is not None:
-                row["llama_cpp"] = llama_cpp_measure(llama_cpp, path, windows, args.threads)
+                row["llama_cpp"] = llama_cpp_measure(llama_cpp, path, windows, args.threads, not args.no_repack)
             rows.append(row)
             lc = row.get("llama_cpp", {})
             print(f"{name:>14}: {result.size_bytes / 2**20:7.1f} MiB  types {row['types']}  read-back "
@@ -150,7 +198,8 @@ def main(argv=None) -> int:
                   + (f"  llama.cpp ppl {lc['perplexity']:.4f}, prompt {lc['prompt_tokens_per_s']:.0f} tok/s, "
                      f"generate {lc['generate_tokens_per_s']:.1f} tok/s" if lc else ""))
             del quantized
-    out = {"model": "smollm2", "windows": args.windows, "window_tokens": smollm2.WINDOW, "threads": args.threads,
+    out = {"model": f"tiny llama (width 128, {TINY_STEPS} steps)" if args.tiny else "smollm2",
+           "repack": not args.no_repack, "windows": args.windows, "window_tokens": smollm2.WINDOW, "threads": args.threads,
            "budget": args.budget, "mixed_metric": "roundoff",
            "llama_cpp": None if llama_cpp is None else getattr(llama_cpp, "__version__", "?"),
            "llama_cpp_missing": reason, "mixprec": __version__, "torch": torch.__version__,

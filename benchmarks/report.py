@@ -808,27 +808,33 @@ def weight_cache_section() -> list[str]:
 
 
 def gguf_section() -> list[str]:
-    """benchmarks/gguf_llama_cpp.py: GGUF files read back exactly, perplexity in llama.cpp against the simulation."""
-    path = RESULTS / "gguf_llama_cpp.json"
-    if not path.is_file():
+    """benchmarks/gguf_llama_cpp.py: GGUF files read back exactly, perplexity in llama.cpp against the simulation
+    (each result file: SmolLM2 or the tiny Llama, llama.cpp's CPU repacking of weights on or off)."""
+    paths = sorted(RESULTS.glob("gguf_llama_cpp*.json"))
+    if not paths:
         return []
-    r = json.loads(path.read_text())
-    lines = ["## GGUF in llama.cpp", "",
-             f"`python benchmarks/gguf_llama_cpp.py --windows {r['windows']}`: {r['model']}, first {r['windows']} "
-             f"windows of {r['window_tokens']} tokens, llama-cpp-python {r['llama_cpp'] or 'not installed'}, "
-             f"{r['threads']} CPU threads (a shared CPU: speeds are rough).", "",
-             "| plan | file MiB | tensors read back exactly | simulated perplexity | llama.cpp perplexity "
-             "| prompt / generate tokens/s |", "|---|---|---|---|---|---|"]
-    for row in r["rows"]:
-        if "readback" not in row:
-            lines.append(f"| {row['plan']} | | | {row['simulated_perplexity']:.4f} | | |")
-            continue
-        cpp = row.get("llama_cpp") or {}
-        lines.append(f"| {row['plan']} | {row['size_bytes'] / 2**20:.1f} | {row['readback']['exact']} of "
-                     f"{row['readback']['tensors']} | {row['simulated_perplexity']:.4f} | "
-                     f"{cpp.get('perplexity', float('nan')):.4f} | {cpp.get('prompt_tokens_per_s', float('nan')):.0f} / "
-                     f"{cpp.get('generate_tokens_per_s', float('nan')):.0f} |")
-    return lines + [""]
+    lines = ["## GGUF in llama.cpp", ""]
+    for path in paths:
+        r = json.loads(path.read_text())
+        repack = r.get("repack", True)
+        flags = (" --tiny" if path.stem.startswith("gguf_llama_cpp_tiny") else "") + ("" if repack else " --no-repack")
+        lines += [f"`python benchmarks/gguf_llama_cpp.py --windows {r['windows']}{flags}`: {r['model']}, first "
+                  f"{r['windows']} windows of {r['window_tokens']} tokens, llama-cpp-python {r['llama_cpp'] or 'not installed'}, "
+                  f"llama.cpp's CPU weight repacking {'on (its default)' if repack else 'off (--no-repack)'}, "
+                  f"{r['threads']} CPU threads (a shared CPU: speeds are rough).", "",
+                  "| plan | file MiB | tensors read back exactly | simulated perplexity | llama.cpp perplexity "
+                  "| prompt / generate tokens/s |", "|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            if "readback" not in row:
+                lines.append(f"| {row['plan']} | | | {row['simulated_perplexity']:.4f} | | |")
+                continue
+            cpp = row.get("llama_cpp") or {}
+            lines.append(f"| {row['plan']} | {row['size_bytes'] / 2**20:.1f} | {row['readback']['exact']} of "
+                         f"{row['readback']['tensors']} | {row['simulated_perplexity']:.4f} | "
+                         f"{cpp.get('perplexity', float('nan')):.4f} | {cpp.get('prompt_tokens_per_s', float('nan')):.0f} / "
+                         f"{cpp.get('generate_tokens_per_s', float('nan')):.0f} |")
+        lines.append("")
+    return lines
 
 
 def main() -> None:
