@@ -32,8 +32,7 @@ from mixprec import __version__, analyze
 from mixprec.apply import apply
 from mixprec.builtin import get_builtin
 from mixprec.builtin import smollm2
-from mixprec.candidates import parse_candidate
-from mixprec.export.gguf import export_gguf, gguf_type
+from mixprec.export.gguf import export_gguf
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan, write_json_atomic
 from mixprec.profiles import PROFILES
