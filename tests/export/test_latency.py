@@ -230,8 +230,8 @@ def test_around_needs_a_candidate_of_the_profile(demo):
         profile(model, data, "w8a8", around="w8a8", method="layers", progress=False)
 
 
-@pytest.mark.parametrize("method", ["graph", "layers"])
-def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
+def tiny_lm():
+    """(a one-block Llama as hf: loads it, one batch of token ids), for the language-model profiles."""
     pytest.importorskip("transformers")
     from transformers import LlamaConfig, LlamaForCausalLM
     import torch
@@ -239,8 +239,12 @@ def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2))
-    model = CausalLM(lm.eval()).eval()
-    data = [torch.randint(0, 64, (2, 12))]
+    return CausalLM(lm.eval()).eval(), [torch.randint(0, 64, (2, 12))]
+
+
+@pytest.mark.parametrize("method", ["graph", "layers"])
+def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
+    model, data = tiny_lm()
     result = profile(model, data, "w8,w4g32", threads=1, repeats=3, progress=False, method=method, checks=0)
     # token ids reach the embedding alone and the whole graph (fed as a prompt on an empty cache)
     assert all(math.isfinite(result.layers["lm.model.embed_tokens"][c]) for c in ("fp32", "w8", "w4g32"))
@@ -248,16 +252,8 @@ def test_a_language_model_with_its_kv_cache_and_embedding_is_profiled(method):
 
 
 def test_a_language_model_is_timed_at_one_decoding_step_on_a_cache_of_the_length_asked(monkeypatch):
-    pytest.importorskip("transformers")
-    from transformers import LlamaConfig, LlamaForCausalLM
     import torch
-    from mixprec.export import latency
-    from mixprec.hf import CausalLM
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2))
-    model = CausalLM(lm.eval()).eval()
-    data = [torch.randint(0, 64, (2, 12))]
+    model, data = tiny_lm()
     feeds = []
     timed = latency.time_session
     monkeypatch.setattr(latency, "time_session", lambda session, feed, *a: feeds.append(feed) or timed(session, feed, *a))

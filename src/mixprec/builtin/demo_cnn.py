@@ -72,11 +72,16 @@ def load_model() -> DigitsCNN:
     return trained(f"demo_cnn_digits_{WEIGHTS_VERSION}.pt", DigitsCNN(), train)
 
 
-def calibration(n: int = 256) -> list[torch.Tensor]:
+def labeled_calibration(n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` digits (the calibration set) as (images, labels) batches of 64."""
     if not 1 <= n <= 256:
         raise MixprecError(f"the demo's calibration set has 256 images; asked for {n}")
-    images, _ = digits()
-    return list(images[:n].split(64))
+    images, labels = digits()
+    return list(zip(images[:n].split(64), labels[:n].split(64)))
+
+
+def calibration(n: int = 256) -> list[torch.Tensor]:
+    return [images for images, _ in labeled_calibration(n)]
 
 
 @torch.no_grad()
