@@ -225,16 +225,9 @@ def _feed(session, inputs: Any, decode: int | None = None) -> dict[str, np.ndarr
     if decode is not None and not lm:
         raise MixprecError("a decoding step is timed on a language model exported with its KV cache (token ids in, "
                            "logits and the cache out); this model's file has none: profile it without decode")
-    if lm and decode is None:  # timed as a prompt
-        feed = {**prompt_inputs(cache, values[0]), **feed}
-    elif lm:
-        ids = feed[names[0]][:, :1]
-        batch = ids.shape[0]
-        empty = prompt_inputs(cache, ids)
-        feed = {names[0]: ids, "position_ids": np.full((batch, 1), decode, dtype=np.int64),
-                "attention_mask": np.ones((batch, decode + 1), dtype=np.int64),
-                **{name: np.zeros((batch, past.shape[1], decode, past.shape[3]), dtype=past.dtype)
-                   for name, past in empty.items() if name in cache["past"]}}
+    if lm:  # a prompt, or its first token on a cache of ``decode`` tokens
+        ids = feed[names[0]] if decode is None else feed[names[0]][:, :1]
+        feed = {**prompt_inputs(cache, ids, decode or 0), names[0]: ids}
     return feed
 
 

@@ -214,15 +214,17 @@ def kv_cache(session) -> dict | None:
     return json.loads(meta) if meta else None
 
 
-def prompt_inputs(cache: dict, input_ids: Any) -> dict[str, np.ndarray]:
-    """The inputs beside ``input_ids`` (batch, tokens) that run them as a prompt on a file with a KV cache:
-    positions from 0, every token attended, an empty cache."""
+def prompt_inputs(cache: dict, input_ids: Any, past: int = 0) -> dict[str, np.ndarray]:
+    """The inputs beside ``input_ids`` (batch, tokens) that run them on a file with a KV cache: as a prompt
+    (``past`` 0: positions from 0, every token attended, an empty cache), or after ``past`` cached tokens
+    (positions from ``past``, all attended, a cache of zeros that long: the work of any cache of that length,
+    as mixprec.export.latency times a decoding step)."""
     ids = np.asarray(input_ids.detach().cpu() if isinstance(input_ids, torch.Tensor) else input_ids)
     batch, length = ids.shape
     dtype = np.float16 if cache["dtype"] == "torch.float16" else np.float32
-    return {"position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
-            "attention_mask": np.ones((batch, length), dtype=np.int64),
-            **{name: np.zeros((batch, heads, 0, dim), dtype=dtype)
+    return {"position_ids": np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy(),
+            "attention_mask": np.ones((batch, past + length), dtype=np.int64),
+            **{name: np.zeros((batch, heads, past, dim), dtype=dtype)
                for name, (heads, dim) in zip(cache["past"], cache["shapes"])}}
 
     def extra_repr(self) -> str:
