@@ -483,7 +483,9 @@ def cmd_export(args) -> int:
         print(f"note: the plan was chosen with {rounding.name}-rounded weights; they are what the file holds "
               f"(options {rounding.options()}; --rounding nearest writes nearest rounding's instead)")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
-    result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range,
+    from . import hf
+    source = "hf:" + str(hf.parse(args.model).folder.resolve()) if hf.is_hf(args.model) else None
+    result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range, source_model=source,
                     accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
                     example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
                     threads=args.threads, rounding=rounding or "nearest")
@@ -501,20 +503,8 @@ def cmd_export(args) -> int:
         print(f"exported against simulated outputs on the {where} data: "
               + (f"SQNR {value:.1f} dB" if value != float("inf") else "equal"))
     _print_notes(result.notes)
-    from . import hf
-    if hf.is_hf(args.model):  # mixprec evaluate reads a ppl: or text: spec with its tokenizer
-        _record_source(report_path(result.path), args.model)
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0
-
-
-def _record_source(report: Path, model_spec: str) -> None:
-    """The hf: folder a file was exported from, as an absolute spec, in its report (``source_model``)."""
-    import json
-    from . import hf
-    data = json.loads(report.read_text())
-    data["source_model"] = "hf:" + str(hf.parse(model_spec).folder.resolve())
-    write_json_atomic(report, data)
 
 
 def _export_file(args) -> int:

@@ -70,6 +70,7 @@ class ExportResult:
     sqnr_db: dict[str, float] = field(default_factory=dict)  # {"calibration": dB}: exported against simulated outputs
     notes: list[str] = field(default_factory=list)
     joins: list[dict] = field(default_factory=list)  # per residual add/concatenation: op run, low precision
+    source_model: str | None = None  # the hf: folder the model came from (mixprec evaluate reads with its tokenizer)
 
     @property
     def fallbacks(self) -> list[dict]:
@@ -91,7 +92,8 @@ class ExportResult:
                 "agreement": self.agreement, "outputs": self.outputs, "noise": self.noise(),
                 "sqnr_db": {k: v if math.isfinite(v) else None for k, v in self.sqnr_db.items()},  # None: equal
                 "notes": self.notes,
-                "layers": self.layers, "joins": self.joins}
+                "layers": self.layers, "joins": self.joins,
+                **({"source_model": self.source_model} if self.source_model else {})}
 
 
 def noise_bound(agreement: float | None, outputs: int | None) -> float | None:
@@ -180,7 +182,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
            threads: int | None = None, progress: bool = True, joins: bool | None = None,
-           rounding: Any = "nearest") -> ExportResult:
+           rounding: Any = "nearest", source_model: str | None = None) -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
@@ -194,6 +196,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     ONNX Runtime runs the layers around them as integer kernels too; default: the plan's
     ``metadata["joins"]``, else on when some layer has 8-bit integer inputs and the model traces with
     torch.fx. Ignored when ``quantized`` is given (it has join quantizers or not).
+    source_model: the ``hf:`` folder the model was loaded from, recorded in the report, so that ``mixprec
+    evaluate`` reads a ppl: or text: evaluation of the file with that folder's tokenizer.
     Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically. The targets gguf and
     compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
@@ -276,7 +280,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
         row["note"] = _note(row, realisations[name].kind)
         rows.append(row)
-    result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes)
+    result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes, source_model=source_model)
     result.joins = join_kernels(out, quantized, optimized)
     if not join_quantizers(quantized):  # no tensor of this model needed one: nothing was added
         notes[:] = [n for n in notes if n != JOINS_ADDED]
