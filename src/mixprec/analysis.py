@@ -134,12 +134,16 @@ class Analysis:
             raise SpecError("model= needs data=: the calibration batches the run measured (plans are calibrated and "
                             "measured on them)")
         model, _, evaluate, _ = resolve_specs(model, batches, evaluate)
-        model = canonical(model).eval()
-        if self.joins:  # measured with join quantizers, calibrated on all of the data
+        self.model, self.data, self.evaluate = self._as_measured(canonical(model).eval(), batches), batches, evaluate
+
+    def _as_measured(self, model: nn.Module, data: list | None) -> nn.Module:
+        """``model`` (loaded again) as this run measured it: with its join quantizers where it had them,
+        calibrated on all of ``data``, and checked against the run's fingerprint."""
+        if self.joins:
             from .swap import with_join_quantizers
-            model = with_join_quantizers(model, batches, self.activation_range, progress=False)
-        self.run.check_loaded(model, batches)
-        self.model, self.data, self.evaluate = model, batches, evaluate
+            model = with_join_quantizers(model.eval(), data or [], self.activation_range)
+        self.run.check_loaded(model, data)
+        return model
 
     # ---- the allocation problem -----------------------------------------------------------------------
     def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
@@ -298,10 +302,7 @@ class Analysis:
             a = arguments
             model, data, _, groups = prepare(a["model"], a.get("data"), a.get("calibration_samples"),
                                              a.get("tie") or [], a.get("exclude") or [], a.get("pin") or [])
-            if self.joins:  # the analysed model had join quantizers, calibrated on all of the data
-                from .swap import with_join_quantizers
-                model = with_join_quantizers(model.eval(), data or [], a.get("activation_range") or "mse")
-            self.run.check_loaded(model, data)
+            model = self._as_measured(model, data)
             if a.get("stream"):  # analysed with its blocks streamed: measured the same way
                 stream_blocks(model, device)
             if list(groups.names) != run_groups:
