@@ -38,6 +38,7 @@ from ..evaluation import EvalResult, to_eval_result
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..swap import QuantizedLayer, set_module
+from ..sensitivity.store import flatten_tensors
 from .checks import check_target
 from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
 from .cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda
@@ -121,16 +122,6 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
         if isinstance(module, QuantizedLayer):
             set_module(model, name, module.layer)
     return model
-
-
-def _plain_inputs(example: Any) -> list:
-    """The keys (a dict) or positions (a tuple) of the example's inputs that are not tensors (a batch's ids, a
-    flag): ONNX inputs are tensors, so the exporter traces them as constants (mixprec.export.onnx_graph)."""
-    if isinstance(example, dict):
-        return [k for k, v in example.items() if not isinstance(v, torch.Tensor)]
-    if isinstance(example, (tuple, list)):
-        return [i for i, v in enumerate(example) if not isinstance(v, torch.Tensor)]
-    return []
 
 
 def _fixed_axes(example: Any) -> str:
@@ -219,7 +210,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     _import_onnx()
 
     from ..apply import apply
-    from .onnx_graph import export_float, layer_codes, rewrite
+    from .onnx_graph import export_float, layer_codes, plain_inputs, rewrite
     from ..joins import join_quantizers, onnx_mode
     from .ort import OrtModule, join_kernels, optimized_graph, runtime_kernels
 
@@ -255,7 +246,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                      f"where the simulation rounded them to {'/'.join(narrow)}")
     with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
         graph = export_float(floated, example)
-    plain = _plain_inputs(example)
+    plain = plain_inputs(example)
     if plain:
         notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
                      "values for them, and OrtModule ignores them where they are given")
@@ -439,16 +430,11 @@ def top1(output: torch.Tensor, inputs: Any = None) -> torch.Tensor | None:
     if output.dim() > 4 or output.shape[axis] < 2:
         return None
     if output.dim() >= 3 and any(t.is_floating_point() and t.dim() == output.dim() and t.shape[axis] == output.shape[axis]
-                                 for t in _tensors(inputs)):
+                                 for t in flatten_tensors(inputs)):
         return None
     return output.detach().argmax(axis)
 
 
-def _tensors(inputs: Any) -> list[torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        return [inputs]
-    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else []
-    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 @torch.no_grad()

@@ -99,13 +99,13 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     elif isinstance(example, dict):
         # the exporter passes a trailing dict as keyword arguments and makes the graph's inputs in the order of
         # forward's parameters: the names must follow that order, not the dict's
-        constants = {k: v for k, v in example.items() if not isinstance(v, torch.Tensor)}
+        constants = {k: example[k] for k in plain_inputs(example)}
         names = _keyword_order(model, {k: v for k, v in example.items() if k not in constants})
         tensors = [example[n] for n in names]
         # with non-tensor values, forward is bound to them and takes the tensors in order (_bound)
         args = tuple(tensors) if constants else (dict(zip(names, tensors)),)
     elif isinstance(example, (tuple, list)):
-        positions = [i for i, v in enumerate(example) if not isinstance(v, torch.Tensor)]
+        positions = plain_inputs(example)
         kept = [i for i in range(len(example)) if i not in positions]
         args, names, tensors = (tuple(example[i] for i in kept), [f"input{i}" for i in kept],
                                 [example[i] for i in kept])
@@ -147,6 +147,16 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def plain_inputs(example: Any) -> list:
+    """The keys (a dict) or positions (a tuple) of the example's inputs that are not tensors (a batch's ids, a
+    flag): ONNX inputs are tensors, so the file is traced with these as constants (_bound)."""
+    if isinstance(example, dict):
+        return [k for k, v in example.items() if not isinstance(v, torch.Tensor)]
+    if isinstance(example, (tuple, list)):
+        return [i for i, v in enumerate(example) if not isinstance(v, torch.Tensor)]
+    return []
 
 
 CONSTANTS_KEY = "mixprec.constant_inputs"  # metadata: positions of the example's non-tensor inputs (not in the file)
