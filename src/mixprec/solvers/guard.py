@@ -136,7 +136,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     z_all = {label: [paired_z(mixed, measured[label], i) for i in range(width)] for label in rivals}
     z = {label: zs for label, zs in z_all.items() if any(v is not None for v in zs)}
 
-    def silent(label: str) -> list[int]:
+    def deciding_against(label: str) -> list[int]:
         """The divergences that decide against this rival: all but those on which both plans measure exactly 0
         (both reproduce the float model there, e.g. no top-1 disagreement on any calibration sample), which
         say nothing between them; none left is a tie."""
@@ -148,7 +148,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         zi = z_all[label][i]
         return below and (not noise or margin <= 0 or zi is None or zi < -margin)
 
-    deciding = {label: silent(label) for label in rivals}
+    deciding = {label: deciding_against(label) for label in rivals}
     if all(deciding.values()) and all(lower(label, i) for label in rivals for i in deciding[label]):
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {_show(mixed)} against "
