@@ -1,7 +1,7 @@
 """The default plan at one budget, against every uniform plan that fits it, on the evaluation split.
 
     python benchmarks/at_budget.py smollm2 --budget bits_per_weight=5.1 [--device cuda] [--weight-range auto]
-        [--add-candidates w5g64,w5g128,w6g128] [--search local [--time-budget 300s]] [--rounding gptq [--rounding-aware]]
+        [--add-candidates w5g64,w5g128,w6g128] [--search local [--time-budget 300s] [--evaluations N]] [--rounding gptq [--rounding-aware]]
         [--final-samples N [--final-only]]
 
 The sqnr analysis is benchmarks/never_worse.py's (the same run directory, so one analysis serves both);
@@ -92,7 +92,7 @@ def final_evaluator(model: str, analysis, evaluator: PlanEvaluator, samples: int
 def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tuple[str, ...],
               search: str | None, rounding: str = "nearest", aware: bool = False,
               time_budget: str | None = None, rounding_options: dict | None = None,
-              final_samples: int | None = None) -> dict:
+              final_samples: int | None = None, evaluations: int | None = None) -> dict:
     config = CONFIGS[model]
     start = time.perf_counter()
     analysis, rounding = analysed(model, device, weight_range, extra, rounding, aware, rounding_options)
@@ -106,6 +106,8 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
     options = {"search": search} if search else {}
     if time_budget:
         options["time_budget"] = time_budget
+    if evaluations:
+        options["evaluations"] = evaluations
     plan = analysis.solve(budgets, device=device, rounding=rounding, **options)
     seconds = time.perf_counter() - start
     measured = evaluator.measure(plan.assignments).to_dict()
@@ -134,7 +136,7 @@ def benchmark(model: str, budget: str, device: str, weight_range: str, extra: tu
             "plan": {"metric": measured, "costs": costs, "candidates_used": sorted(set(plan.assignments.values())),
                      "assignments": plan.assignments,
                      "guard": plan.metadata.get("guard", {}).get("chosen", "mixed"), "solve_seconds": round(seconds, 1),
-                     "search": search or "exact", "time_budget": time_budget,
+                     "search": search or "exact", "time_budget": time_budget, "evaluations": evaluations,
                      "search_notes": [step["note"] for step in plan.metadata.get("trace") or []
                                       if isinstance(step, dict) and step.get("note")]},
             "uniform": uniform, "candidates": list(problem.candidates),
@@ -198,6 +200,9 @@ def main() -> int:
                         help="with --rounding gptq: GPTQ's act-order (mixprec's default; --no-act-order: off)")
     parser.add_argument("--static-groups", action="store_true", help="with --rounding gptq: static groups")
     parser.add_argument("--time-budget", help="with --search local: as `mixprec solve --time-budget` (default 1x)")
+    parser.add_argument("--evaluations", type=int, metavar="N",
+                        help="with --search local: as `mixprec solve --evaluations` (plans measured at most; with a "
+                             "--time-budget that is never reached, the search no longer depends on the machine's speed)")
     parser.add_argument("--final-samples", type=int, metavar="N",
                         help="also measure the default plan and every uniform plan with their weights rounded and "
                              "ranges calibrated on N calibration samples (the deployment step; the plan is still "
@@ -220,7 +225,8 @@ def main() -> int:
         return 0
     try:
         result = benchmark(args.model, args.budget, args.device, args.weight_range, extra, args.search, args.rounding,
-                           args.rounding_aware, args.time_budget, options, args.final_samples)
+                           args.rounding_aware, args.time_budget, options, args.final_samples,
+                           args.evaluations)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

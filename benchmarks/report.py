@@ -358,8 +358,9 @@ def _at_budget_targets() -> list[str]:
         search = r["plan"].get("search", "exact")
         rounding += " rounding" + (" (sensitivity measured with it too)" if r.get("rounding_aware") else "")
         if search != "exact":
-            budget = r["plan"].get("time_budget")
-            rounding += f", {search} search" + (f" (time budget {budget})" if budget else "")
+            budget, evaluations = r["plan"].get("time_budget"), r["plan"].get("evaluations")
+            limits = [f"time budget {budget}"] * bool(budget) + [f"at most {evaluations} plans measured"] * bool(evaluations)
+            rounding += f", {search} search" + (f" ({', '.join(limits)})" if limits else "")
         lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding}, "
                      f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
                      f"{'yes' if value <= 31 else 'no'} |")
