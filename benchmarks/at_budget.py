@@ -62,6 +62,8 @@ def add_final(result: dict, model: str, device: str, weight_range: str, extra: t
         u["final"] = final.measure(problem.assignments(choice)).to_dict()["value"]
         print(f"  {u['variant']}, {samples} calibration samples: {u['final']:.3f}", flush=True)
     result["final_calibration_samples"] = samples
+    if result.get("calibration_samples") is None:  # results saved before it was recorded
+        result["calibration_samples"] = calibration_samples(model, analysis)
     result["final_command"] = " ".join(["python", "benchmarks/at_budget.py", *sys.argv[1:]])
     return result
 

@@ -368,7 +368,7 @@ def _at_budget_targets() -> list[str]:
         if n and "final" in r["plan"]["metric"]:
             final = r["plan"]["metric"]["final"]
             uniform = min((u for u in r["uniform"] if "final" in u), key=lambda u: u["final"], default=None)
-            versus = f"; best uniform {uniform['variant']} {uniform['final']:.2f} the same way" if uniform else ""
+            versus = f"; best {uniform['variant']} {uniform['final']:.2f} the same way" if uniform else ""
             lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, the same plan "
                          f"deployed with its {rounding.split(' rounding')[0]} rounding on {n} calibration samples "
                          f"instead of the analysis's {r.get('calibration_samples') or 'default'}) | {final:.2f}"
