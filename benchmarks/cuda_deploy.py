@@ -225,7 +225,19 @@ GROUPS = {"smollm2-135m": 64, "llama-3-8b": 128}  # int4 groups: SmolLM2's 576 i
 
 def graph_tokens_per_s(lm, prompt: torch.Tensor, new_tokens: int) -> float:
     """Greedy decoding at batch 1 with a static KV cache and each decoding step replayed as one CUDA graph
-    (no Python or launch cost per kernel): tokens per second over ``new_tokens`` steps after the prompt."""
+    (no Python or launch cost per kernel): tokens per second over ``new_tokens`` steps after the prompt.
+    Attention runs through SDPA for it: the eager attention's mask copies a host scalar, which a capture refuses."""
+    before = lm.config._attn_implementation
+    if before != "sdpa":
+        lm.set_attn_implementation("sdpa")
+    try:
+        return _graph_tokens_per_s(lm, prompt, new_tokens)
+    finally:
+        if before != "sdpa":
+            lm.set_attn_implementation(before)
+
+
+def _graph_tokens_per_s(lm, prompt: torch.Tensor, new_tokens: int) -> float:
     from transformers import StaticCache
     length = prompt.shape[1]
     cache = StaticCache(config=lm.config, max_cache_len=length + new_tokens + 8)
@@ -359,7 +371,7 @@ def smollm2_markdown(r: dict) -> str:
              f"Perplexity on the first {r['windows']} WikiText-2 evaluation windows: simulated (float32 fake "
              f"quantization) against deployed (bfloat16 model, the planned layers on torch's kernels). Decoding: "
              f"greedy, batch 1, {r['new_tokens']} new tokens after a 32-token prompt, KV cache, eager (Hugging Face "
-             f"generate) and with each step replayed as one CUDA graph (a static cache); against the float16 model "
+             f"generate) and with each step replayed as one CUDA graph (a static cache, attention through SDPA); against the float16 model "
              f"({ref['float16 tokens/s']:.1f} tokens/s eager"
              + (f", {ref['float16 graph tokens/s']:.1f} as CUDA graphs" if "float16 graph tokens/s" in ref else "")
              + f", perplexity {ref['float16 ppl']:.3f}; float32 "
@@ -381,9 +393,10 @@ def smollm2_markdown(r: dict) -> str:
     if within:
         best = max(within, key=lambda row: row["graph_speedup_vs_fp16"])
         lower = 100 * (1 - 1 / best["graph_speedup_vs_fp16"])
+        change = f"{lower:.1f} % lower" if lower >= 0 else f"{-lower:.1f} % higher"
         lines += ["", f"Fastest as CUDA graphs within 1 % of float16's perplexity: {best['plan']}, "
-                      f"{best['graph_speedup_vs_fp16']:.2f}x float16 ({lower:.1f} % lower latency a token; the issue's "
-                      f"bar: more than 27.6 %): {'met' if lower > 27.6 else 'missed'}."]
+                      f"{best['graph_speedup_vs_fp16']:.2f}x float16 ({change} latency a token; the issue's "
+                      f"bar: more than 27.6 % lower): {'met' if lower > 27.6 else 'missed'}."]
     lines += ["", f"`{r['command']}`"]
     return "\n".join(lines) + "\n"
 
