@@ -259,6 +259,12 @@ def fake_quant_blocks(x: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
     return values[..., :k] if pad else values
 
 
+def needs_calibration(fmt: Format | None) -> bool:
+    """Whether an input quantizer of ``fmt`` needs a range from calibration data (not float, unscaled float
+    casts or dynamic formats, whose ranges come from each input)."""
+    return fmt is not None and not (isinstance(fmt, FloatFormat) and not fmt.scaled) and not is_dynamic(fmt)
+
+
 class ActivationQuantizer(nn.Module):
     """Per-tensor quantizer of a layer input: observes while ``observing``, then quantizes.
 
@@ -281,8 +287,7 @@ class ActivationQuantizer(nn.Module):
 
     @property
     def needs_calibration(self) -> bool:
-        return (self.fmt is not None and not (isinstance(self.fmt, FloatFormat) and not self.fmt.scaled)
-                and not is_dynamic(self.fmt))
+        return needs_calibration(self.fmt)
 
     @property
     def calibrated(self) -> bool:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from mixprec.plan import Plan
-from mixprec.rounding import chain, round_weights
+from mixprec.rounding import chain, prefix, round_weights
 from mixprec.capture import forward
 
 from test_gptq import correlated_inputs, one_thread  # noqa: F401  (tests/rounding is on sys.path: rootdir mode)
@@ -60,6 +60,7 @@ def test_chained_rounding_equals_step_by_step_with_fewer_passes(monkeypatch):
     chained = round_weights(model, plan_for(model), data, "gptq", progress=False)
     chained_passes = Stack.passes
     monkeypatch.setattr(chain, "find_chain", lambda *a: {})
+    monkeypatch.setattr(prefix, "STORE", prefix.PrefixStore())  # round it again, not from the plan just rounded
     Stack.passes = 0
     stepwise = round_weights(model, plan_for(model), data, "gptq", progress=False)
     for name in stepwise:

@@ -27,9 +27,10 @@ from ..candidates import Candidate
 from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs
 from ..formats import IntFormat
 from ..plan import Plan
+from ..quantizers import needs_calibration
 from ..streaming import stream_of
 from ..swap import copy_sharing_parameters, nearest_weight, planned_model
-from . import chain
+from . import chain, prefix
 from .config import RoundingConfig
 
 
@@ -44,7 +45,17 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
     device = next(model.parameters()).device
     working, modules = _working_model(model, plan, batches, candidates, targets, config, weight_method,
                                       activation_method)
-    steps, calls = _steps(working, batches[0], modules, device)
+    others = {name: working.get_submodule(name) for name in candidates if name not in modules}
+    steps, calls, positions = _steps(working, batches[0], modules, device, others)
+    # calibrated input ranges depend on the whole plan; float casts and dynamic ranges only on the inputs
+    shared = config.sequential and not release and not any(needs_calibration(c.activation)
+                                                            for c in candidates.values())
+    if shared:  # steps a plan rounded a moment ago shares with this one are taken as they are (prefix.py)
+        wanted = {name: c.name for name, c in candidates.items()}
+        key = prefix.STORE.key(model, config, weight_method, batches)
+        reused = prefix.STORE.lookup(model, key, wanted, positions, steps)
+        prefix.STORE.reused_steps += sum(all(n in reused for n in step) for step in steps)
+        done = {**reused, **done}
     never = [name for name in targets if name not in calls]
     if never:
         warnings.warn(f"{len(never)} planned layer(s) were not called on the first calibration batch, e.g. "
@@ -70,6 +81,7 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
                 states = _observe(kept, lambda x, i: chain.run_block(module, x), modules, step, calls, config)
             rounded.update(config.round_step({name: modules[name] for name in step}, states,
                                              {name: targets[name] for name in step}, weight_method))
+            prefix.STORE.rounded_steps += 1
             save(rounded)
         if config.sequential:
             for name in step:
@@ -88,6 +100,8 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
             kept = chain.next_inputs(working.get_submodule(block), kept) if index + 1 in chained else None
         bar.update(1)
     bar.close()
+    if shared:
+        prefix.STORE.keep(model, key, wanted, positions, steps, {name: rounded[name] for name in targets})
     return rounded
 
 
@@ -140,14 +154,21 @@ def _set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
     layer.weight = nn.Parameter(weight, requires_grad=False)
 
 
-def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
-           device: torch.device) -> tuple[list[list[str]], dict[str, int]]:
-    """Steps (layer names) in the order ``inputs`` calls the layers, and how often each is called."""
+def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module], device: torch.device,
+           others: dict[str, nn.Module] | None = None
+           ) -> tuple[list[list[str]], dict[str, int], dict[str, tuple[int, int]]]:
+    """Steps (layer names) in the order ``inputs`` calls ``modules``, how often each is called, and the
+    (first, last) position of each of ``modules`` and ``others`` among the calls to any of them."""
     steps: list[list[str]] = []
     calls: dict[str, int] = {}
+    positions: dict[str, tuple[int, int]] = {}
     step_input: list[torch.Tensor] = []  # the input of the current step (one reference only)
 
     def see(name, module, args, kwargs):
+        positions[name] = (positions.get(name, (count[0],))[0], count[0])
+        count[0] += 1
+        if name not in modules:
+            return
         if name not in calls:
             x = layer_input(args, kwargs)
             if step_input and x is step_input[0]:
@@ -157,9 +178,10 @@ def _steps(model: nn.Module, inputs: Any, modules: dict[str, nn.Module],
                 step_input[:] = [x]
         calls[name] = calls.get(name, 0) + 1
 
-    with on_inputs(modules, see), torch.no_grad():
+    count = [0]  # calls so far, to any of them
+    with on_inputs({**(others or {}), **modules}, see), torch.no_grad():
         forward(model, inputs, 0, device)
-    return steps, calls
+    return steps, calls, positions
 
 
 def _observe(items: list, run: Callable[[Any, int], Any], modules: dict[str, nn.Module], step: list[str],
