@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -35,6 +36,25 @@ def plan_point_counts(assignments: dict[str, str], groups: dict[str, list[str]],
     what the plan's costs assume): layer -> digits, from the analysis's candidate -> layer -> digits."""
     return {layer: point_counts[cand][layer] for g, cand in assignments.items() if cand in point_counts
             for layer in groups[g]}
+
+
+KEPT_CHECKPOINTS = 2
+
+
+def prune_checkpoints(directory: Path, keep: int = KEPT_CHECKPOINTS) -> None:
+    """Only the ``keep`` newest rounding checkpoints of a run stay. A measured plan's result is in the run's log
+    once it is measured, so its rounded weights (a copy of the planned weights, each) only speed up measuring it
+    again; a search measures dozens of plans, and an LLM's copies would fill the disk. The newest stay: the
+    plan just measured, and one being rounded by another process."""
+    try:
+        files = sorted(directory.glob("*.pt"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in files[keep:]:
+        try:
+            old.unlink()
+        except OSError:  # gone already (another process pruning), or not ours to remove: it stays
+            pass
 
 
 class PlanEvaluator:
@@ -124,6 +144,8 @@ class PlanEvaluator:
         if self.run is not None:
             self.run.append_evaluation({"key": key, "plan": assignments if assignments is not None else FLOAT,
                                         "result": result.to_dict(), "seconds": round(seconds, 3)}, self.log_name)
+            if assignments is not None and self.rounding.name != "nearest":
+                prune_checkpoints(self.run.rounding_checkpoints)
         self.results[key] = result
         self.seconds_of[key] = seconds
         return result

@@ -9,7 +9,7 @@
     sensitivity.json, .csv   the finished sensitivity table
     evaluations.jsonl        append-only log of measured plans (mixprec.plan_evaluation), user's metric
     divergences.jsonl        the same for the guard's output divergences on the calibration data
-    rounding/                checkpoints of learned roundings of measured plans
+    rounding/                checkpoints of learned roundings of measured plans (the two newest)
     task/                    the trust report's own run (the task metric), a run directory itself
 
 A run made for another model, data or settings is refused before anything is written to it.

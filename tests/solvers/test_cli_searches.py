@@ -164,3 +164,18 @@ def test_reconstruction_aware_refine_measures_each_plan_after_brecq(tmp_path, ca
     assert main(["solve", str(run), "--search", "refine", "--budget", "bops=0.5x", "--rounding", "gptq",
                  "--rounding-iterations", "5", "--out", str(plan)]) == 2
     assert "--rounding-iterations is an option of --rounding adaround and --rounding brecq" in capsys.readouterr().err
+
+
+def test_a_search_keeps_only_the_newest_rounding_checkpoints(tmp_path):
+    # each measured plan's GPTQ weights are a copy of the model's: a search of dozens of plans of an LLM would
+    # fill the disk; the results are in evaluations.jsonl
+    from mixprec.plan_evaluation import KEPT_CHECKPOINTS
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--calibration-samples", "64",
+                 "--weight-range", "minmax", "--activation-range", "minmax", "--out", str(run)]) == 0
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--search", "local", "--budget", "bops=0.5x", "--evaluations", "6",
+                 "--rounding", "gptq", "--out", str(plan)]) == 0
+    logged = [json.loads(line) for line in (run / "divergences.jsonl").read_text().splitlines()]  # the guard and search
+    assert sum(entry["plan"] != "float model" for entry in logged) > KEPT_CHECKPOINTS
+    assert 1 <= len(list((run / "rounding").glob("gptq-*.pt"))) <= KEPT_CHECKPOINTS
