@@ -191,3 +191,23 @@ def test_gptq_sees_the_inputs_the_plans_activation_quantizers_make():
     w2 = model.fc2.weight.detach()
     expected, _, _ = gptq(w2, 2 * x2.T @ x2 / len(x2), *weight_qparams(w2, fmt), fmt, **DEFAULT)
     assert torch.allclose(q["fc2"], expected, atol=1e-5)
+
+
+def test_a_checkpoint_of_a_model_changed_in_place_since_is_not_read(tmp_path, monkeypatch):
+    # the model's hash is remembered between calls (a search checkpoints every plan of one model): a weight
+    # changed in place must still give another checkpoint, never the stale one
+    from mixprec.rounding import prefix
+    model = TwoLayers().eval()
+    plan = plan_of({"fc1": "w4", "fc2": "w4"})
+    data = [torch.randn(8, 64, generator=torch.Generator().manual_seed(0))]
+    round_weights(model, plan, data, "gptq", progress=False, checkpoint=tmp_path)
+    with torch.no_grad():
+        model.fc1.weight.mul_(3.0)
+    monkeypatch.setattr(prefix, "STORE", prefix.PrefixStore())
+    again = round_weights(model, plan, data, "gptq", progress=False, checkpoint=tmp_path)
+    fresh = TwoLayers().eval()
+    with torch.no_grad():
+        fresh.fc1.weight.mul_(3.0)
+    expected = round_weights(fresh, plan, data, "gptq", progress=False)
+    assert all(torch.equal(again[n], expected[n]) for n in expected)
+    assert len(list(tmp_path.glob("gptq-*.pt"))) == 2

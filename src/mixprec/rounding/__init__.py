@@ -31,6 +31,7 @@ import hashlib
 import json
 import time
 import warnings
+import weakref
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -173,6 +174,24 @@ def _fingerprint(digest: Any, value: Any) -> None:
         digest.update(repr(value).encode())
 
 
+_MODEL_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _model_digest(model: nn.Module) -> str:
+    """A hash of the model's state dict, computed again only when a tensor of it changed in place (its version)
+    or was replaced: a search checkpoints every plan it measures of one model, and hashing an LLM's weights
+    (copied to the host) costs a second or more each time."""
+    state = model.state_dict(keep_vars=True)
+    versions = tuple((name, id(t), t._version) for name, t in state.items() if isinstance(t, torch.Tensor))
+    known = _MODEL_DIGESTS.get(model)
+    if known is not None and known[0] == versions:
+        return known[1]
+    digest = hashlib.sha256()
+    _fingerprint(digest, {name: t.detach() if isinstance(t, torch.Tensor) else t for name, t in state.items()})
+    _MODEL_DIGESTS[model] = (versions, digest.hexdigest())
+    return digest.hexdigest()
+
+
 def _checkpoint(directory: str | Path | None, method: str, options: dict, weight_method: str, activation_method: str,
                 wanted: dict[str, str], model: nn.Module, batches: list) -> tuple[dict, Callable]:
     """(weights already rounded, save(weights, final=False)); no-ops without a directory."""
@@ -181,7 +200,7 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
     digest = hashlib.sha256(json.dumps({"method": method, "options": repr(sorted(options.items())),
                                         "weight_method": weight_method, "activation_method": activation_method,
                                         "formats": sorted(wanted.items()), "grid": GRID_VERSION}).encode())
-    _fingerprint(digest, model.state_dict())
+    digest.update(_model_digest(model).encode())
     _fingerprint(digest, batches)
     path = Path(directory) / f"{method}-{digest.hexdigest()[:20]}.pt"
     done: dict[str, torch.Tensor] = {}
