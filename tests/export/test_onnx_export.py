@@ -998,3 +998,31 @@ def test_a_layer_the_model_calls_twice_is_written_at_every_call(tmp_path):
         want = simulated(*pairs[1])
     got = OrtModule(result.path)(*pairs[1])
     assert float((got - want).abs().max()) < 1e-2 * float(want.abs().max())
+
+
+class KeywordsOnly(nn.Module):
+    """forward(**feats): the inputs only by the names the batches give them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, **feats):
+        return self.a(feats["left"]) + self.b(feats["right"])
+
+
+def test_a_forward_that_takes_only_keyword_arguments_analyses_and_exports(tmp_path):
+    from mixprec import analyze
+    model = KeywordsOnly().eval()
+    g = torch.Generator().manual_seed(0)
+    data = [{"left": torch.randn(16, 8, generator=g), "right": torch.randn(16, 8, generator=g)} for _ in range(2)]
+    analysis = analyze(model, data, "w4a8,w8a8", "sqnr", progress=False)  # the fx forks bind **feats
+    assert analysis.table.values.shape == (2, 2) and np.isfinite(analysis.table.values).all()
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    result = export(model, plan, data, target="ort-cpu", out=tmp_path / "kw.onnx", progress=False)
+    simulated = apply(model, plan, data, progress=False, joins=True)
+    exported = OrtModule(result.path)
+    with torch.no_grad():
+        for batch in data:
+            assert torch.allclose(exported(**batch), simulated(**batch), atol=1e-5)

@@ -93,7 +93,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
     import onnx
 
-    constants, positions = {}, []
+    constants, positions, by_name = {}, [], False
     if isinstance(example, torch.Tensor):
         args, names, tensors = (example,), ["input"], [example]
     elif isinstance(example, dict):
@@ -102,8 +102,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
         constants = {k: example[k] for k in plain_inputs(example)}
         names = _keyword_order(model, {k: v for k, v in example.items() if k not in constants})
         tensors = [example[n] for n in names]
-        # with non-tensor values, forward is bound to them and takes the tensors in order (_bound)
-        args = tuple(tensors) if constants else (dict(zip(names, tensors)),)
+        # with non-tensor values, or a forward(**kwargs) (the exporter binds a dict to named parameters only),
+        # forward is bound by name and takes the tensors in order (_bound)
+        by_name = bool(constants) or _var_keyword(model)
+        args = tuple(tensors) if by_name else (dict(zip(names, tensors)),)
     elif isinstance(example, (tuple, list)):
         positions = plain_inputs(example)
         kept = [i for i in range(len(example)) if i not in positions]
@@ -129,7 +131,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     if positions:  # the file runs the model as traced on the example's values there; OrtModule skips them
         metadata[CONSTANTS_KEY] = json.dumps(positions)
     with _without_cache(model if signature is None else None), _all_attended(model if ids_only else None), \
-            _bound(model if signature is None else None, example, constants, positions, names):
+            _bound(model if signature is None else None, example, constants, positions, names, by_name):
         if signature is None:
             called = args[0] if len(args) == 1 and isinstance(args[0], (dict, torch.Tensor)) else args
             structure = _output_structure(model, called, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
@@ -163,17 +165,19 @@ CONSTANTS_KEY = "mixprec.constant_inputs"  # metadata: positions of the example'
 
 
 @contextmanager
-def _bound(model: nn.Module | None, example: Any, constants: dict, positions: list[int], names: list[str]):
+def _bound(model: nn.Module | None, example: Any, constants: dict, positions: list[int], names: list[str],
+           by_name: bool = False):
     """``model.forward`` with the example's non-tensor inputs (a batch's ids or texts, a flag) bound to their
     values, so the exporter traces it on its tensors alone: ONNX inputs are tensors, and those values are
     constants of the trace. The model itself is called (its state-dict names, which name the file's weights,
-    unchanged); nothing is bound where there is nothing to bind."""
-    if model is None or not (constants or positions):
+    unchanged); nothing is bound where there is nothing to bind. by_name: a dict input is passed by name
+    (forward(**kwargs), which the exporter cannot bind a dict to), constants or not."""
+    if model is None or not (constants or positions or by_name):
         yield
         return
     own = model.__dict__.get("forward")  # an instance's own forward, put back after
     forward = model.forward
-    if constants:
+    if constants or by_name:
         keys = [k for k in names if k not in constants]
 
         def by_name(*tensors):
@@ -372,14 +376,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _var_keyword(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes **kwargs."""
+    try:
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def _keyword_order(model: nn.Module, example: dict) -> list[str]:
     """The keys of ``example`` in the order of ``model.forward``'s parameters (how the exporter orders the
     graph's inputs); a key forward does not name is a clear error, since the exporter would drop it."""
     try:
-        parameters = [n for n in inspect.signature(model.forward).parameters if n != "self"]
+        signature = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):  # no signature to read: the dict's order
         return list(example)
+    parameters = [n for n, p in signature.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     unnamed = [k for k in example if k not in parameters]
+    if unnamed and any(p.kind == p.VAR_KEYWORD for p in signature.values()):  # forward(**kwargs) takes them all
+        return [n for n in parameters if n in example] + unnamed
     if unnamed:
         raise ModelError(f"the example input has {unnamed}, which {type(model).__name__}.forward does not name "
                          f"(its parameters: {parameters}); ONNX export passes a dict input as keyword arguments, "

@@ -76,8 +76,9 @@ class ForkedForward:
             bound = self.signature.bind_partial(inputs)
         env = {}
         for node in self.placeholders:
-            if node.target in bound.arguments:
-                env[node] = bound.arguments[node.target]
+            name = node.target.lstrip("*")  # fx names a forward's *args and **kwargs '*args' and '**kwargs'
+            if name in bound.arguments:
+                env[node] = bound.arguments[name]
             elif node.args:
                 env[node] = node.args[0]
             else:
