@@ -74,3 +74,23 @@ def test_a_data_parallel_model_is_taken_as_the_module_it_wraps():
     wrapped = nn.DataParallel(torch.compile(nn.DataParallel(model)))  # nested wrappers, unwrapped to the last
     assert canonical(wrapped) is model
     assert [l.name for l in discover_groups(wrapped, torch.randn(2, 4)).layers] == ["0", "2"]
+
+
+def test_a_model_in_training_mode_is_measured_in_eval_mode_and_keeps_its_mode():
+    import pytest
+
+    from mixprec import analyze, quantize
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 4)).train()
+    data = [torch.randn(32, 8) for _ in range(2)]
+    with pytest.warns(UserWarning, match="training mode"):
+        analysis = analyze(model, data, "w4a8,w8a8", "sqnr", progress=False)
+    assert all(m.training for m in model.modules())  # the caller's model keeps its mode
+    assert not any(m.training for m in analysis.model.modules())  # dropout off: measurements repeat
+    with pytest.warns(UserWarning, match="training mode"):
+        again = analyze(model, data, "w4a8,w8a8", "sqnr", progress=False)
+    assert (again.table.values == analysis.table.values).all()
+    with pytest.warns(UserWarning, match="training mode"):
+        result = quantize(model, data, "bops=0.6x", candidates="w4a8,w8a8", progress=False)
+    assert all(m.training for m in model.modules())
+    assert not any(m.training for m in result.model.modules())

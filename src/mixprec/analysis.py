@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .canonical import canonical
+from .canonical import canonical, in_eval_mode
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
@@ -134,7 +134,8 @@ class Analysis:
             raise SpecError("model= needs data=: the calibration batches the run measured (plans are calibrated and "
                             "measured on them)")
         model, _, evaluate, _ = resolve_specs(model, batches, evaluate)
-        self.model, self.data, self.evaluate = self._as_measured(canonical(model).eval(), batches), batches, evaluate
+        self.model, self.data, self.evaluate = (self._as_measured(in_eval_mode(canonical(model), False), batches),
+                                                batches, evaluate)
 
     def _as_measured(self, model: nn.Module, data: list | None) -> nn.Module:
         """``model`` (loaded again) as this run measured it: with its join quantizers where it had them,
@@ -665,7 +666,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
     model, data, evaluate, given = resolve_specs(model, data, evaluate)
-    model = canonical(model)
+    model = in_eval_mode(canonical(model), verbose)
     if given:
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}

@@ -23,6 +23,7 @@ plans, applied models and exports all name the same layers.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -168,3 +169,19 @@ def _is_conv1d(module: nn.Module) -> bool:
     """transformers' Conv1D (GPT-2): y = x W + b with W of shape (in, out)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
         and module.weight.dim() == 2
+
+
+def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
+    """``model`` in eval mode, as every measurement runs it (dropout off, batch-norm statistics read, not
+    updated). A model in training mode is not switched: a copy sharing its parameters is (the model passed in
+    is never changed), with a note."""
+    if not any(m.training for m in model.modules()):
+        return model
+    from .swap import copy_sharing_parameters
+    note = ("the model is in training mode (model.train()): it is measured, quantized and exported in eval mode, "
+            "dropout off and batch-norm statistics as they are; the model passed in keeps its mode")
+    if verbose:
+        print(f"note: {note}")
+    else:
+        warnings.warn(note, stacklevel=3)
+    return copy_sharing_parameters(model).eval()

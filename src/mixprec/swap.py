@@ -86,6 +86,7 @@ class QuantizedLayer(nn.Module):
         self.input_quantizer = input_quantizer or ActivationQuantizer(candidate.activation, activation_method)
         self.parsed = candidate
         self.integer_bias = None  # mixprec.integer_bias.BiasFold: round the bias as an int8 graph's kernel does
+        self.train(layer.training)  # the mode of the layer it stands for, as the rest of the model has it
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.layer(self.input_quantizer(x), *args, **kwargs)

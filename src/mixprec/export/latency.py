@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic
-from ..canonical import canonical
+from ..canonical import canonical, in_eval_mode
 from ..batches import run_model, split_item
 from ..candidates import Candidate, parse_candidate
 from ..capture import layer_input, map_tensors, on_inputs
@@ -299,7 +299,7 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     if not batches:
         raise MixprecError("profiling needs calibration data: each layer is timed on the input it sees")
     first = split_item(batches[0])[0]
-    model = canonical(model).eval()
+    model = in_eval_mode(canonical(model), False)
     if groups is None:
         groups = discover_groups(model, first)
     if isinstance(candidates, str):
