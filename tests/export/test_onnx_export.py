@@ -1026,3 +1026,24 @@ def test_a_forward_that_takes_only_keyword_arguments_analyses_and_exports(tmp_pa
     with torch.no_grad():
         for batch in data:
             assert torch.allclose(exported(**batch), simulated(**batch), atol=1e-5)
+
+
+class WithNoneOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.aux = nn.Linear(8, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return {"logits": self.fc(x), "aux": None, "nested": [self.aux(x), {"deep": x.sum(1)}]}
+
+
+def test_a_dict_output_comes_back_from_the_file_with_its_none_values(tmp_path):
+    model = WithNoneOutput().eval()
+    data = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    result = export(model, plan, data, target="ort-cpu", out=tmp_path / "none.onnx", progress=False)
+    out, simulated = OrtModule(result.path)(data[0]), apply(model, plan, data, progress=False)(data[0])
+    assert list(out) == ["logits", "aux", "nested"] and out["aux"] is None
+    assert torch.allclose(out["logits"], simulated["logits"], atol=2e-3)  # the int8 kernel's rounding
+    assert torch.allclose(out["nested"][1]["deep"], simulated["nested"][1]["deep"], atol=1e-5)

@@ -86,6 +86,7 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
 
 
 OUTPUTS_KEY = "mixprec.outputs"  # the metadata holding the structure of several outputs
+NONES_KEY = "mixprec.output_nones"  # the positions among its leaves of the None values a dict output held
 
 
 def export_float(model: nn.Module, example: Any, opset: int = OPSET):
@@ -136,7 +137,9 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
             called = args[0] if len(args) == 1 and isinstance(args[0], (dict, torch.Tensor)) else args
             structure = _output_structure(model, called, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
             if structure is not None:  # a tuple, a dict, a model output: each tensor named, OrtModule rebuilds it
-                outputs, batched, metadata[OUTPUTS_KEY] = structure
+                outputs, batched, metadata[OUTPUTS_KEY], nones = structure
+                if nones:
+                    metadata[NONES_KEY] = json.dumps(nones)
                 dynamic.pop("output")
                 dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
         _export(module, args, buffer, opset, names, outputs, dynamic)
@@ -342,10 +345,12 @@ def _without_cache(model):
             config.use_cache = True
 
 
-def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tuple[list[str], list[bool], str] | None:
+def _output_structure(model: nn.Module, example: Any,
+                      batch: int | None) -> tuple[list[str], list[bool], str, list[int]] | None:
     """For a model that returns several tensors (in tuples, lists and dicts): the graph's output names, whether
-    each leads with the batch, and the structure as JSON (``torch.utils._pytree``); None for one tensor or
-    a structure of other things (the exporter's own outputs then)."""
+    each leads with the batch, the structure as JSON (``torch.utils._pytree``) and the positions of its None
+    leaves (a dict's None values: the file has no output for them, OrtModule puts them back); None for one
+    tensor or a structure of other things (the exporter's own outputs then)."""
     from torch.utils._pytree import tree_flatten, treespec_dumps
     with torch.no_grad():
         try:
@@ -356,21 +361,24 @@ def _output_structure(model: nn.Module, example: Any, batch: int | None) -> tupl
     if isinstance(produced, torch.Tensor):
         return None
     leaves, spec = tree_flatten(_plain(produced))
-    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+    nones = [i for i, leaf in enumerate(leaves) if leaf is None]
+    tensors = [leaf for leaf in leaves if leaf is not None]
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
         return None
     try:
         text = treespec_dumps(spec)
     except Exception:  # a container type pytree cannot write
         return None
-    names = ["output"] + [f"output{i}" for i in range(1, len(leaves))]
-    return names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in leaves], text
+    names = ["output"] + [f"output{i}" for i in range(1, len(tensors))]
+    return names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in tensors], text, nones
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with its mappings (dicts, a Hugging Face model's output) as dicts of their non-None items and
-    its sequences as tuples or lists, in order: the structure the exporter writes the outputs in."""
+    """``value`` with its mappings (dicts, a Hugging Face model's output) as dicts and its sequences as tuples or
+    lists, in order: the structure the exporter writes the outputs in. A Hugging Face output's None fields
+    are not among its items; a plain dict's None values stay (leaves the file has no output for)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items() if v is not None}
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value] if isinstance(value, list) else tuple(_plain(v) for v in value)
     return value

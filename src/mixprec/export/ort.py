@@ -142,7 +142,8 @@ class OrtModule(nn.Module):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kv_cache = kv_cache(self.session)
         self.structure = output_structure(self.session)
-        self.constants = _constant_positions(self.session)
+        self.nones = _positions(self.session, "mixprec.output_nones")
+        self.constants = _positions(self.session, "mixprec.constant_inputs")
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, *args: Any, **kwargs: Any):
@@ -164,9 +165,11 @@ class OrtModule(nn.Module):
         arrays = {k: self._array(k, v) for k, v in feed.items()}
         names = self.output_names[:1] if prompt else self.output_names
         outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
-        if self.structure is not None and len(outputs) == self.structure.num_leaves:
+        if self.structure is not None and len(outputs) + len(self.nones) == self.structure.num_leaves:
             from torch.utils._pytree import tree_unflatten
-            return _outputs(tree_unflatten(outputs, self.structure))  # the dict or tuple the model returned
+            it = iter(outputs)  # a dict's None values have no output in the file: they go back where they were
+            leaves = [None if i in self.nones else next(it) for i in range(self.structure.num_leaves)]
+            return _outputs(tree_unflatten(leaves, self.structure))  # the dict or tuple the model returned
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _array(self, name: str, value: Any) -> np.ndarray:
@@ -185,11 +188,12 @@ class OrtModule(nn.Module):
         return prompt_inputs(self.kv_cache, input_ids)
 
 
-def _constant_positions(session) -> set[int]:
-    """The positions of the non-tensor inputs the model was exported with (metadata ``mixprec.constant_inputs``):
-    values of the trace, not inputs of the file."""
+def _positions(session, key: str) -> set[int]:
+    """The positions a file's metadata ``key`` lists (a JSON list of integers): ``mixprec.constant_inputs``, the
+    non-tensor inputs the model was exported with (values of the trace, not inputs of the file), and
+    ``mixprec.output_nones``, the None values among its outputs' leaves (no output of the file)."""
     import json
-    meta = session.get_modelmeta().custom_metadata_map.get("mixprec.constant_inputs")
+    meta = session.get_modelmeta().custom_metadata_map.get(key)
     try:
         return {int(i) for i in json.loads(meta)} if meta else set()
     except (ValueError, TypeError):
