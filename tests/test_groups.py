@@ -154,3 +154,17 @@ def test_a_dict_batch_with_a_key_forward_does_not_take_is_one_clear_line():
     assert "unexpected keyword argument 'label'" in message and "leave out the keys forward does not take" in message
     assert discover_groups(Pixels(), {k: v for k, v in batch.items() if k != "label"}).example_shape == {
         "pixels": (8, 4), "ids": "8 x str"}
+
+
+def test_embedding_tables_reading_the_same_ids_are_not_tied():
+    # their input is indices, never quantized: a token and a position table each take their own format
+    class TwoTables(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos, self.head = nn.Embedding(50, 8), nn.Embedding(50, 8), nn.Linear(8, 4)
+
+        def forward(self, ids):
+            return self.head(self.tok(ids) + self.pos(ids))
+
+    groups = discover_groups(TwoTables(), torch.randint(0, 50, (2, 6)))
+    assert sorted(groups.names) == ["head", "pos", "tok"]

@@ -245,3 +245,48 @@ def test_an_encoder_decoder_folder_is_refused_with_the_way_to_quantize_it(tmp_pa
                                ).save_pretrained(tmp_path / "t5")
     with pytest.raises(SpecError, match="encoder-decoder .*decoder_input_ids"):
         load_model(f"hf:{tmp_path / 't5'}")
+
+
+def _tiny_bert(folder, head: bool):
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    (BertForSequenceClassification if head else BertModel)(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_an_encoder_saved_with_its_classifier_keeps_it_and_takes_dict_batches_with_a_mask(tmp_path):
+    from mixprec.specs import load_model, prepare
+    folder = _tiny_bert(tmp_path / "bert", head=True)
+    model = load_model(f"hf:{folder}")
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[:, 8:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask)
+        assert logits.shape == (4, 3)  # the task head's logits, not the hidden state
+        assert not torch.allclose(logits, model(input_ids=ids))  # the mask is used
+    data = tmp_path / "data.py"
+    data.write_text("import torch\ndef calib():\n    g = torch.Generator().manual_seed(0)\n"
+                    "    ids = torch.randint(0, 64, (4, 12), generator=g)\n"
+                    "    return [{'input_ids': ids, 'attention_mask': torch.ones_like(ids)}] * 2\n")
+    _, batches, example, groups = prepare(f"hf:{folder}", f"{data}:calib")
+    assert example["input_ids"].shape == (1, 12)  # the first sample of a dict batch
+    assert any(name.endswith("classifier") for name in groups.names)
+
+
+def test_a_bare_encoder_still_gives_its_last_hidden_state(tmp_path):
+    from mixprec.specs import load_model
+    model = load_model(f"hf:{_tiny_bert(tmp_path / 'bare', head=False)}")
+    with torch.no_grad():
+        assert model(torch.randint(0, 64, (2, 5))).shape == (2, 5, 32)
+
+
+def test_an_image_model_folder_is_refused_with_how_to_load_it(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+    from mixprec.specs import load_model
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(SpecError, match="pixel_values, not token ids.*file.py:function"):
+        load_model(f"hf:{tmp_path / 'vit'}")

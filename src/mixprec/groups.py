@@ -314,6 +314,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     if traced and tie_shared_inputs:
         first_reader: dict[tuple, str] = {}
         for n in kept:
+            if info[n].kind.startswith("Embedding"):  # its input is indices, never quantized: nothing to share
+                continue
             for key in reads[n]:
                 if key in first_reader:
                     uf.union(first_reader[key], n, "shared input")

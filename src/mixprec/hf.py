@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,14 +130,19 @@ class CachedStep(nn.Module):
 
 
 class Encoder(nn.Module):
-    """An encoder returning its last hidden state for token ids, every token attended."""
+    """An encoder for token ids: its task head's logits where the checkpoint has one (a sequence or token
+    classifier), else its last hidden state. Every token is attended unless an attention mask is given
+    (dict batches with input_ids and attention_mask)."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = self.encoder(input_ids=input_ids, attention_mask=mask)
+        logits = getattr(out, "logits", None)
+        return logits if logits is not None else out.last_hidden_state
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ def load(spec: str) -> nn.Module:
     except Exception as exc:  # an unknown model_type, a bad field: transformers' message says which
         raise SpecError(f"{folder / 'config.json'} is not a config transformers {transformers.__version__} can read: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    auto = AutoModelForCausalLM if causal else AutoModel
+    auto = AutoModelForCausalLM if causal else _encoder_class(transformers, architecture, AutoModel)
     try:
         model, info = auto.from_pretrained(folder, config=hf_config, dtype=checkpoint.dtype, local_files_only=True,
                                            trust_remote_code=False,
@@ -261,6 +267,11 @@ def load(spec: str) -> nn.Module:
     except Exception as exc:
         raise SpecError(f"loading {folder} ({architecture}) from {', '.join(p.name for p in files)} failed: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    wanted = getattr(model, "main_input_name", "input_ids")
+    if wanted != "input_ids":
+        raise SpecError(f"{folder} holds {architecture}, whose input is {wanted}, not token ids; hf: loads language "
+                        "models and text encoders. Load it in Python (transformers' from_pretrained) and give it as "
+                        "file.py:function, with batches of its inputs")
     missing = [k for k in info.get("missing_keys", ()) if not _tied(model, k)]
     if missing:
         raise SpecError(f"{folder}: {len(missing)} weight(s) the {architecture} needs are in none of "
@@ -269,6 +280,16 @@ def load(spec: str) -> nn.Module:
     conv1d_to_linear(model)
     model.eval()
     return (CausalLM(model) if causal else Encoder(model)).eval()
+
+
+HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForMaskedLM")
+
+
+def _encoder_class(transformers: Any, architecture: str, default: Any) -> Any:
+    """The class that loads an encoder with the task head its checkpoint was saved with (its logits are the
+    output: what the user's evaluation reads), else the bare model (AutoModel)."""
+    cls = getattr(transformers, architecture, None)
+    return cls if cls is not None and architecture.endswith(HEADS) else default
 
 
 def _tied(model: nn.Module, key: str) -> bool:

@@ -358,13 +358,24 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     if builtin is not None:
         example = builtin.example_input()
     elif hf.is_hf(model_spec):  # one sequence is enough to tie the projections and count MACs per token
-        example = split_item(data[0])[0][:1] if data else hf.example_input(model)
+        example = _first_row(split_item(data[0])[0]) if data else hf.example_input(model)
     elif data:
         example = split_item(data[0])[0]
     else:
         example = None
     groups = discover_groups(model, example, ties=list(ties), exclude=all_excludes, pins=all_pins)
     return model, data, example, groups
+
+
+def _first_row(inputs: Any) -> Any:
+    """The first sample of a batch: of a tensor, or of each tensor in a dict, tuple or list of them."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:1]
+    if isinstance(inputs, dict):
+        return {k: _first_row(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_first_row(v) for v in inputs)
+    return inputs
 
 
 def resolve_specs(model: nn.Module | str, data: Any, evaluate: Any = None,
