@@ -222,3 +222,26 @@ def test_numeric_npz_arrays_load(tmp_path, dtype, shape):
     np.savez(tmp_path / "d.npz", inputs=np.zeros(shape, dtype=dtype))
     batches = load_data(str(tmp_path / "d.npz"))
     assert sum(len(b) for b in batches) == shape[0]
+
+
+@pytest.mark.parametrize("candidates,metric", [("w4a8,w8a8", "sqnr"), ("w4,w8", "sqnr"), ("w4,w8", "fisher")])
+def test_a_model_that_fails_on_a_later_calibration_batch_is_named_by_analyze(tmp_path, capsys, candidates, metric):
+    # the first batch passes the early checks; the failure on batch 2 is the user's model or data, not mixprec's
+    code = tmp_path / "flaky.py"
+    code.write_text("import torch\nfrom torch import nn\n"
+                    "class Flaky(nn.Module):\n"
+                    "    def __init__(self):\n"
+                    "        super().__init__(); torch.manual_seed(0); self.a = nn.Linear(64, 10)\n"
+                    "    def forward(self, x):\n"
+                    "        if x.shape[0] == 5:\n"
+                    "            raise ValueError('batch of 5 not supported')\n"
+                    "        return self.a(x.flatten(1))\n"
+                    "def build():\n    return Flaky()\n"
+                    "def data():\n    g = torch.Generator().manual_seed(0)\n"
+                    "    return [(torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g))"
+                    " for n in (8, 8, 5)]\n")
+    assert main(["analyze", "--model", f"{code}:build", "--data", f"{code}:data", "--candidates", candidates,
+                 "--metric", metric, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "calibration batch 2 of shape (5, 64)" in err and "batch of 5 not supported" in err
+    assert "internal error" not in err

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..batches import run_model, split_item, to_device
 from ..candidates import Candidate
-from ..capture import layer_input, on_inputs
+from ..capture import forward, layer_input, on_inputs
 from ..formats import Format, IntFormat
 from ..groups import ModelGroups, QuantizerGroup
 from ..integer_bias import attach as attach_integer_bias
@@ -81,7 +81,7 @@ class MeasureContext:
                            lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
                     for i in range(len(self.data)):
-                        run_model(self.model, self.inputs(i))
+                        forward(self.model, self.inputs(i), i, self.device)  # a failing batch is named
             self._observers = observers
         return self._observers
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batches import output_tensor, run_model
+from ..batches import output_tensor
+from ..capture import forward as run_batch
 from ..errors import MixprecError
 from ..formats import Format
 from ..groups import is_torchscript
@@ -92,7 +93,7 @@ def forward(ctx: MeasureContext, batch: int, metric: str, capture_inputs: bool):
     if capture_inputs:
         handles = [ctx.model.get_submodule(name).register_forward_pre_hook(hook(name)) for name in layer_names(ctx)]
     try:
-        out = output_tensor(run_model(ctx.model, ctx.inputs(batch)))
+        out = output_tensor(run_batch(ctx.model, ctx.inputs(batch), batch, ctx.device))  # a failing batch is named
     finally:
         for h in handles:
             h.remove()

@@ -18,7 +18,7 @@ from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
 from ..offload import should_move
 from ..streaming import stream_of
-from ..capture import first_tensor
+from ..capture import first_tensor, forward
 from .blocks import Away, BlockForward, NotBlocked, fetch
 from .forked import ForkedForward, NotTraceable
 
@@ -81,8 +81,8 @@ class OutputRunner:
                         out = self.blocks.float_pass(batch, self.ctx.inputs(batch))
                     except NotBlocked as exc:
                         self.blocks, self.fallback_reason = None, str(exc)
-                if out is None:
-                    out = run_model(self.ctx.model, self.ctx.inputs(batch))
+                if out is None:  # a batch the model fails on is named (capture.forward)
+                    out = forward(self.ctx.model, self.ctx.inputs(batch), batch, self.ctx.device)
             ref = output_tensor(out).detach()  # its own dtype: divergences compute in float32
             if self._park is None:  # decided at the first batch, for all of them
                 self._park = should_move(ref.device, ref.numel() * ref.element_size() * len(self.ctx.data))
