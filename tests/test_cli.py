@@ -71,3 +71,12 @@ def test_gpu_out_of_memory_is_one_line_with_what_to_do(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err
     assert "--calibration-samples" in err and "torchrun" in err and "Traceback" not in err
+
+
+def test_demo_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert main(["demo", "--out", str(afile)]) == 2
+    captured = capsys.readouterr()
+    assert "is an existing file, not a directory" in captured.err and "analyz" not in captured.out.lower()
+    assert afile.read_text() == "keep me"

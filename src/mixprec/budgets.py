@@ -47,6 +47,13 @@ def parse_budgets(text: str, kinds: list[str], uniform_cost: Callable[[str, str]
 
 def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
     low = value.lower()
+    try:  # a negative, zero, infinite or NaN number is a number all the same, and its own error
+        number = float(low[:-1] if low.endswith("x") else low)
+    except ValueError:
+        number = None
+    if number is not None and not (np.isfinite(number) and number > 0):
+        raise MixprecError(f"budget {kind}={value}: a budget must be a positive finite number (e.g. {kind}=0.5x or "
+                           f"{kind}=w4a8)")
     if low.endswith("x"):
         try:
             return float(low[:-1]) * highest_cost(kind)

@@ -720,7 +720,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .atomic import check_output_dir
     from .demo import run_demo
+    if args.out:
+        check_output_dir(args.out)  # before the banner and any work, as every other command
     return run_demo(out=Path(args.out) if args.out else None, candidates=args.candidates, n_plans=args.points)
 
 

@@ -69,3 +69,10 @@ def test_a_fraction_of_a_measured_table_is_of_the_highest_precision_plan_not_the
     assert problem.highest_cost("bytes") == 1200.0 and problem.highest_cost("bops") == 3072.0
     budgets = parse_budgets("latency_ms=0.8x", list(costs), problem.uniform_cost, problem.highest_cost)
     assert budgets["latency_ms"] == 0.8 * 3.5
+
+
+@pytest.mark.parametrize("text", ["bytes=-5", "bytes=-0.5x", "bytes=0", "bytes=nan", "bytes=inf"])
+def test_a_budget_that_is_not_a_positive_number_says_so(text):
+    from mixprec.budgets import parse_budgets
+    with pytest.raises(MixprecError, match="must be a positive finite number"):
+        parse_budgets(text, ["bytes"], lambda kind, cand: 1.0, lambda kind: 100.0)
