@@ -198,6 +198,12 @@ class Analysis:
                          "candidate) pair(s) of this run; those are not chosen")
         empty = [g for g, row in zip(table.groups, allowed) if not row.any()]
         if empty:
+            by_target = [g for g in empty if set(self.refused.get(g, ())) >= set(table.candidates)]
+            if by_target:
+                raise SpecError(f"target {self.target} can run none of the candidates of group(s) {by_target[:3]} "
+                                f"({', '.join(table.candidates)}); add a candidate it runs there (a weight-only one such "
+                                f"as w8, or fp32) to --candidates, or leave the layers float with --exclude "
+                                f"{by_target[0]}")
             raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
         return AllocationProblem(tuple(table.groups), tuple(table.candidates), table.values, tables, fixed, allowed,
                                  dict(self.pins), table.metric, tuple(notes))

@@ -596,7 +596,9 @@ def _rewrite_reader(g: _Graph, tag: str, layer: LayerCodes, node, weight: str, a
             _attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0 or _attr(node, "alpha", 1.0) != 1.0
             or _attr(node, "beta", 1.0) != 1.0)):
         raise ModelError(f"layer {name!r}: its weight feeds an ONNX {node.op_type} node {node.name!r}, which the "
-                         "exporter does not rewrite (Conv, ConvTranspose, Gemm with transB=1, MatMul)")
+                         "exporter does not rewrite (Conv, ConvTranspose, Gemm with transB=1, MatMul): the model "
+                         "uses the weight as a tensor, not as the layer. Leave it float: analyze and solve with "
+                         f"--exclude {name} (or pin it to fp32 with --pin {name}=fp32 and export again)")
     w = g.array(weight)
     bias_name = node.input[2] if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2 \
         and node.input[2] else None
