@@ -576,7 +576,7 @@ class Analysis:
                 if guarded is None and note:  # no model to measure with: the front stays unguarded
                     print(f"note: {note}")
                     guard = False
-                elif guarded is not None and guarded.chosen != MIXED:
+                elif guarded is not None and guarded.chosen != MIXED and guarded.divergence:  # measured and replaced
                     choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
             objective, costs = problem.totals(choice)
             assignments = problem.assignments(choice)

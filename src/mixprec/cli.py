@@ -440,7 +440,7 @@ def cmd_pareto(args) -> int:
     guarded = [p.search.split("guard: ")[1] for p in front.plans if p.search and "guard: " in p.search]
     if guarded:
         print(f"guard: {len(guarded)} of {len(front.plans)} front plans measured no better than a uniform plan within "
-              f"their cost on the calibration data and were replaced by it ({', '.join(sorted(set(guarded)))})")
+              f"their cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})")
     for cand in front.uniform_above_front():
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
     report = analysis.report(front, out)

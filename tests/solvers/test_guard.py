@@ -196,3 +196,16 @@ def test_a_uniform_answer_names_the_local_search_as_what_to_try_next(demo):
     assert any("--search local" in note for note in plan.metadata["notes"])
     mixed = analysis.solve("bytes=w4a8", guard=False)  # no guard, no advice about it
     assert not any("--search local" in note for note in mixed.metadata.get("notes", []))
+
+
+def test_a_front_plan_that_is_uniform_already_is_not_said_to_be_replaced(demo):
+    _, model, data, _ = demo
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", model_name="demo-cnn", progress=False)
+    front = analysis.pareto("bops", 6)
+    uniform_names = {f"uniform {c}" for c in ("w2a8", "w4a8", "w8a8")}
+    for plan in front.plans:
+        guard = plan.guard or {}
+        if guard.get("chosen") in uniform_names and not guard.get("measured"):  # uniform as solved: nothing measured
+            assert "guard:" not in (plan.search or "")
+        if "guard:" in (plan.search or ""):  # said to be replaced: it was measured against its rival
+            assert guard.get("measured")
