@@ -80,3 +80,12 @@ def test_demo_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "is an existing file, not a directory" in captured.err and "analyz" not in captured.out.lower()
     assert afile.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["inspect", "analyze", "profile"])
+def test_candidates_and_a_profile_together_are_refused(command, capsys):
+    # a profile is its own list of candidates: --candidates beside it was silently ignored
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--model", "demo-cnn", "--candidates", "w4,w8", "--profile", "ort-cpu"])
+    assert exit_.value.code == 2
+    assert "--profile: not allowed with argument --candidates" in capsys.readouterr().err

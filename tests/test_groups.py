@@ -168,3 +168,13 @@ def test_embedding_tables_reading_the_same_ids_are_not_tied():
 
     groups = discover_groups(TwoTables(), torch.randint(0, 50, (2, 6)))
     assert sorted(groups.names) == ["head", "pos", "tok"]
+
+
+def test_a_pattern_that_matches_nothing_says_how_patterns_match():
+    import pytest
+
+    from mixprec.errors import ModelError
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    for kwargs in ({"ties": ["0|2"]}, {"exclude": ["fc*"]}, {"pins": {"head": "w8a8"}}):
+        with pytest.raises(ModelError, match="shell-style glob matched against whole layer names"):
+            discover_groups(model, torch.randn(2, 4), **kwargs)

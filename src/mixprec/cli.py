@@ -64,7 +64,8 @@ def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> 
                    "(default for a built-in model: its own calibration set)")
     p.add_argument("--calibration-samples", type=positive_int, default=None, help="cap on calibration samples")
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN",
-                   help="tie all layers matching this name pattern into one group (repeatable)")
+                   help="tie all layers matching this name pattern (a shell-style glob on whole layer names, e.g. "
+                        "'layer1.*.conv?'; see inspect) into one group (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this pattern in float (repeatable)")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
@@ -757,9 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="list quantizer groups, ties, parameters, MACs and uniform costs",
                        description="List the quantizer groups of a model and the cost of every uniform candidate.")
     _add_model_args(p)
-    p.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="comma-separated candidates; forms: "
-                   + "; ".join(VALID_FORMS) + f" (default {DEFAULT_CANDIDATES})")
-    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    which = p.add_mutually_exclusive_group()  # a profile is its own list of candidates
+    which.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="comma-separated candidates; forms: "
+                       + "; ".join(VALID_FORMS) + f" (default {DEFAULT_CANDIDATES})")
+    which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
     p.add_argument("--json", help="also write the groups and costs to this JSON file")
     p.set_defaults(func=cmd_inspect)
 
@@ -808,8 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie", action="append", default=[], metavar="PATTERN")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
-    p.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates")
-    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    which = p.add_mutually_exclusive_group()  # a profile is its own list of candidates
+    which.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates")
+    which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
     p.add_argument("--metric", default="sqnr", help="sensitivity metric: " + ", ".join(_metric_names()))
     p.add_argument("--around", metavar="CAND", help="measure around an operating point: the model with every group "
                    "on CAND (pins kept), each group moved alone to each candidate, the change of the output "
@@ -980,8 +983,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "calibration batch. Writes OUT (.csv: layer,candidate,latency_ms and the rest of the model as "
                        "'*', what solve --cost latency_ms=OUT reads) and OUT's .json.")
     _add_model_args(p)
-    p.add_argument("--candidates", default="w8a8,w4a8,fp32", help="comma-separated candidates (default w8a8,w4a8,fp32)")
-    p.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
+    which = p.add_mutually_exclusive_group()  # a profile is its own list of candidates
+    which.add_argument("--candidates", default="w8a8,w4a8,fp32",
+                       help="comma-separated candidates (default w8a8,w4a8,fp32)")
+    which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
     p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="runtime to time on (default ort-cpu)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="rows per timed input (default: the first "
                    "calibration batch's)")

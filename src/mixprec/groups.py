@@ -232,6 +232,10 @@ def group_name(names: list[str]) -> str:
     return (prefix + "." if prefix else "") + "{" + ",".join(rest) + "}"
 
 
+GLOB_HINT = (" (a pattern is a shell-style glob matched against whole layer names: *, ?, [...]; one pattern per "
+             "option, repeated for several; `mixprec inspect` lists the layers and the modules left float)")
+
+
 def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterable[str] = (),
                     exclude: Iterable[str] = (), pins: dict[str, str] | None = None,
                     tie_shared_inputs: bool = True) -> ModelGroups:
@@ -256,7 +260,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
-            raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}")
+            raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}{GLOB_HINT}")
     if len(excluded_names) == len(layers):
         raise ModelError(f"--exclude {' '.join(map(repr, patterns))} leaves all {len(layers)} quantizable layers in "
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
@@ -324,7 +328,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     for pattern in ties:
         matched = [n for n in kept if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}")
+            raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}{GLOB_HINT}")
         for n in matched[1:]:
             uf.union(matched[0], n, f"tie {pattern}")
 
@@ -341,7 +345,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                                      uf.reason.get(root, "") if len(names) > 1 else "", pin))
     for p in pins:
         if not any(fnmatch.fnmatchcase(n, p) for n in kept):
-            raise ModelError(f"pin pattern {p!r} matches no quantized layer")
+            raise ModelError(f"pin pattern {p!r} matches no quantized layer; layers look like {kept[:3]}{GLOB_HINT}")
     return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
                        describe_shape(example_input) if traced else None, tuple(notes))
 
