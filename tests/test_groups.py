@@ -178,3 +178,18 @@ def test_a_pattern_that_matches_nothing_says_how_patterns_match():
     for kwargs in ({"ties": ["0|2"]}, {"exclude": ["fc*"]}, {"pins": {"head": "w8a8"}}):
         with pytest.raises(ModelError, match="shell-style glob matched against whole layer names"):
             discover_groups(model, torch.randn(2, 4), **kwargs)
+
+
+def test_the_note_on_float_weights_names_the_parameters_a_model_holds_itself():
+    class WithTable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(16, 8))
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(x + self.pos[: x.shape[1]].mean(0))
+
+    groups = discover_groups(WithTable(), torch.randn(2, 8))
+    note = next(n for n in groups.notes if "stay float" in n)
+    assert "'pos'" in note and "''" not in note

@@ -149,9 +149,11 @@ def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
     for name, module in model.named_modules():
         if layer_kind(module) or _within(name, scripted):
             continue
-        own = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() >= 2]
         if own:
-            out.append((name, type(module).__name__, sum(p.numel() for p in own)))
+            # a parameter of a module (a position table, a class token) is named through it; the model's own by itself
+            label = ", ".join(f"{name}.{n}" if name else n for n, _ in own)
+            out.append((label, type(module).__name__, sum(p.numel() for _, p in own)))
     return out
 
 
