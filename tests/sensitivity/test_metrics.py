@@ -98,3 +98,13 @@ def test_task_prepares_only_when_there_is_work(tmp_path):
     resumed = analyze(model, groups, cands, data(), metric=Task(), evaluate=evaluate, run_dir=tmp_path, progress=False)
     assert calls == [] and "task_float_value" not in resumed.metadata
     assert resumed.values.tolist() == first.values.tolist()
+
+
+def test_a_trust_report_row_without_a_correlation_says_undefined_and_why():
+    import math
+
+    from mixprec.sensitivity.trust import format_report
+    text = format_report([{"metric": "sqnr", "spearman": math.nan, "seconds": 1.0},
+                          {"metric": "kl", "spearman": 0.5, "seconds": 2.0}])
+    assert "nan" not in text and "undefined" in text and "0.500" in text
+    assert text.splitlines()[1].startswith("kl")  # a defined correlation ranks first

@@ -26,5 +26,14 @@ def format_report(rows: list[dict]) -> str:
     """Rows of {metric, spearman, seconds} as an aligned text table, best correlation first."""
     rows = sorted(rows, key=lambda r: -np.nan_to_num(r["spearman"], nan=-2))
     lines = [f"{'metric':<10} {'Spearman vs measured drop':>26} {'seconds':>9}"]
-    lines += [f"{r['metric']:<10} {r['spearman']:>26.3f} {r['seconds']:>9.1f}" for r in rows]
+    lines += [f"{r['metric']:<10} {_rho(r['spearman']):>26} {r['seconds']:>9.1f}" for r in rows]
+    if any(not np.isfinite(r["spearman"]) for r in rows):
+        lines.append("undefined: no rank correlation where every value is equal (the measured metric did not change "
+                     "on any entry, or the metric gave every entry the same value) or fewer than 3 entries are "
+                     "measured by both; evaluate on more or harder data to see drops")
     return "\n".join(lines)
+
+
+def _rho(value: float) -> str:
+    return f"{value:.3f}" if np.isfinite(value) else "undefined"
+
