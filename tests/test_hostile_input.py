@@ -245,3 +245,14 @@ def test_a_model_that_fails_on_a_later_calibration_batch_is_named_by_analyze(tmp
     err = capsys.readouterr().err
     assert "calibration batch 2 of shape (5, 64)" in err and "batch of 5 not supported" in err
     assert "internal error" not in err
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_a_data_file_with_fewer_labels_than_inputs_is_refused_when_read(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".npz":
+        np.savez(path, inputs=np.zeros((16, 4), np.float32), labels=np.zeros(3, np.int64))
+    else:
+        torch.save({"inputs": torch.zeros(16, 4), "labels": torch.zeros(3, dtype=torch.long)}, path)
+    with pytest.raises(SpecError, match="16 inputs and 3 labels"):
+        load_data(str(path))

@@ -274,7 +274,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     kinds = sorted({kind for _, kind, _ in uncovered})
     if uncovered and held >= 0.01 * total:  # a class token or two is not worth a note
         notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) mixprec does not "
-                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float")
+                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float, counted in bytes; "
+                     "their compute is in no MACs or BOPs figure (those count the quantizable layers)")
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):
         notes.append("TorchScript model: forward hooks do not run inside it, so layers are not tied by shared "

@@ -246,6 +246,9 @@ def _pick(arrays: dict, keys: tuple[str, ...], path: Path) -> np.ndarray:
 
 
 def _batch(inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int, limit: int | None) -> list:
+    if labels is not None and len(labels) != len(inputs):
+        raise SpecError(f"the data file holds {len(inputs)} inputs and {len(labels)} labels; give one label per input "
+                        "(or no labels: the label-free metrics need none)")
     if limit is not None:
         inputs = inputs[:limit]
         labels = None if labels is None else labels[:limit]
