@@ -36,6 +36,7 @@ from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
+from .solvers.exact import InfeasibleBudget
 from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import within
@@ -373,9 +374,15 @@ class Analysis:
             goal = Goal(budgets, goal.kind, measure, max_loss)
         else:
             evaluator = None
-        if search == "local":
-            goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say, rounding)
-        solution = SOLVERS[search](problem, goal, **options)
+        try:
+            if search == "local":
+                goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say, rounding)
+            solution = SOLVERS[search](problem, goal, **options)
+        except InfeasibleBudget as exc:
+            if not problem.notes:
+                raise
+            # what the problem leaves out (cost-table gaps, the target's refusals) is often why
+            raise InfeasibleBudget(f"{exc}. Note: {'; '.join(problem.notes)}") from None
         notes = [step["note"] for step in solution.trace if step.get("note")]
         guarded = None
         if guard:

@@ -179,3 +179,18 @@ def test_a_search_keeps_only_the_newest_rounding_checkpoints(tmp_path):
     logged = [json.loads(line) for line in (run / "divergences.jsonl").read_text().splitlines()]  # the guard and search
     assert sum(entry["plan"] != "float model" for entry in logged) > KEPT_CHECKPOINTS
     assert 1 <= len(list((run / "rounding").glob("gptq-*.pt"))) <= KEPT_CHECKPOINTS
+
+
+def test_an_unreachable_budget_says_what_the_cost_table_lacks(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    groups = json.loads((run / "sensitivity.json").read_text())["groups"]
+    table = tmp_path / "lat.csv"  # only w8a8 is timed: w4a8 is never chosen, so a tight budget cannot be met
+    rows = ["group,candidate,latency_ms"] + [f"{g},w8a8,1.0" for g in groups]
+    table.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["solve", str(run), "--cost", f"latency_ms={table}", "--budget", "latency_ms=0.5x", "--no-guard",
+                 "--out", str(tmp_path / "plan.json")]) == 2
+    err = capsys.readouterr().err
+    assert "no plan meets the budget" in err and "has no latency_ms for" in err
