@@ -89,3 +89,22 @@ def test_candidates_and_a_profile_together_are_refused(command, capsys):
         main([command, "--model", "demo-cnn", "--candidates", "w4,w8", "--profile", "ort-cpu"])
     assert exit_.value.code == 2
     assert "--profile: not allowed with argument --candidates" in capsys.readouterr().err
+
+
+def test_a_plan_edited_after_solve_is_quantized_with_a_note_and_its_real_costs(tmp_path, capsys):
+    run, plan_path = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bops=0.5x", "--no-guard", "--out", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    plan["assignments"] = {g: "w8a8" for g in plan["assignments"]}  # every group up: over the budget
+    plan_path.write_text(json.dumps(plan))
+    capsys.readouterr()
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan_path), "--calibration-samples", "64",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not those it records" in printed and "exceeds the budget it records: bops" in printed
+    written = json.loads((out / "plan.json").read_text())["metadata"]
+    result = json.loads((out / "result.json").read_text())
+    assert written["edited_after_solve"] and written["predicted_costs"]["bops"] == result["costs"]["bops"]

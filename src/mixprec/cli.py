@@ -203,6 +203,7 @@ def cmd_quantize(args) -> int:
                            activation_range=args.activation_range, rounding=rounding,
                            rounding_checkpoint=cache_dir() / "rounding", device=args.device,
                            stream=args.stream, inplace=True)  # the float model is not needed again: one model's memory, not two
+    _check_recorded_costs(result.plan, result.costs)
     out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
@@ -718,6 +719,24 @@ def cmd_evaluate(args) -> int:
     result = load_eval(args.eval, tokenizer)(model)
     print(f"{result.name} {result.value:.6g}")
     return 0
+
+
+def _check_recorded_costs(plan, costs: dict[str, float]) -> None:
+    """A plan whose costs are not the ones it records (edited by hand after solve) gets its real costs recorded,
+    and a note where it now exceeds a budget it records."""
+    recorded, budgets = plan.metadata.get("predicted_costs"), plan.metadata.get("budgets") or {}
+    if not isinstance(recorded, dict) or any(parse_candidate(c).multipoint for c in plan.assignments.values()):
+        return  # nothing recorded, or point counts chosen at apply, which the prediction could not know
+    changed = {k: v for k, v in costs.items() if k in recorded and not np.isclose(recorded[k], v, rtol=1e-6)}
+    if not changed:
+        return
+    over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
+            if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
+    print("note: this plan's costs are not those it records (changed after solve?)"
+          + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
+          + "; the plan.json written here records its real costs")
+    plan.metadata["predicted_costs"] = {**recorded, **changed}
+    plan.metadata["edited_after_solve"] = True
 
 
 def cmd_demo(args) -> int:
