@@ -290,3 +290,17 @@ def test_an_image_model_folder_is_refused_with_how_to_load_it(tmp_path):
                                         intermediate_size=64, image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
     with pytest.raises(SpecError, match="pixel_values, not token ids.*file.py:function"):
         load_model(f"hf:{tmp_path / 'vit'}")
+
+
+def test_export_gives_no_top1_agreement_for_a_bare_encoders_hidden_state(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mixprec.export import export
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+    from mixprec.specs import load_model
+    ids = [torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    for head in (False, True):
+        model = load_model(f"hf:{_tiny_bert(tmp_path / f'bert{head}', head=head)}")
+        plan = Plan.uniform(discover_groups(model, ids[0][:1]), "w8a8")
+        result = export(model, plan, ids, target="ort-cpu", out=tmp_path / f"b{head}.onnx", progress=False)
+        assert ("calibration" in result.agreement) == head  # classes only where the head gives them

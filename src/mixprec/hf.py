@@ -137,6 +137,8 @@ class Encoder(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+        # a bare encoder's output is features, not classes: export's top-1 agreement would mean nothing
+        self.returns_hidden_state = not type(encoder).__name__.endswith(HEADS)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
