@@ -200,6 +200,10 @@ def test_thread_count_is_chosen_and_said(monkeypatch):
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         threads, why = choose_threads()
         assert threads == available_cpus()[0] == torch.get_num_threads() and "MIXPREC_THREADS" in why
+        assert "ignored" not in why
+        monkeypatch.setenv("MIXPREC_THREADS", "abc")  # a typo is said, and the default used
+        threads, why = choose_threads()
+        assert threads == available_cpus()[0] and "MIXPREC_THREADS='abc' ignored" in why
     finally:
         torch.set_num_threads(before)
 

@@ -27,11 +27,14 @@ def available_cpus() -> tuple[int, str]:
 
 def choose_threads() -> tuple[int, str]:
     """Set torch's thread count (unless OMP_NUM_THREADS or MIXPREC_THREADS says it) and say why."""
+    ignored = ""
     for name in ("MIXPREC_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) > 0:
             torch.set_num_threads(int(value))
             return int(value), f"{name}={value}"
+        if value and not ignored:  # a typo is said, not silently replaced by the default
+            ignored = f"; {name}={value!r} ignored: it must be a positive whole number"
     cpus, why = available_cpus()
     torch.set_num_threads(cpus)
-    return cpus, f"{why}; set MIXPREC_THREADS to change"
+    return cpus, f"{why}; set MIXPREC_THREADS to change{ignored}"
