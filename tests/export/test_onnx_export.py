@@ -1047,3 +1047,16 @@ def test_a_dict_output_comes_back_from_the_file_with_its_none_values(tmp_path):
     assert list(out) == ["logits", "aux", "nested"] and out["aux"] is None
     assert torch.allclose(out["logits"], simulated["logits"], atol=2e-3)  # the int8 kernel's rounding
     assert torch.allclose(out["nested"][1]["deep"], simulated["nested"][1]["deep"], atol=1e-5)
+
+
+def test_a_failing_evaluation_leaves_the_file_with_its_report(tmp_path, capsys):
+    model = WithNoneOutput().eval()
+    data = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+
+    def broken(m):
+        raise ValueError("the user's evaluation fails")
+    with pytest.raises(Exception, match="the user's evaluation fails"):
+        export(model, plan, data, target="ort-cpu", out=tmp_path / "m.onnx", evaluate=broken, progress=False)
+    assert (tmp_path / "m.onnx").exists() and report_path(tmp_path / "m.onnx").exists()
+    assert "the evaluation failed" in capsys.readouterr().out

@@ -314,8 +314,14 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
     if evaluate is not None:
         sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
-        result.simulated = to_eval_result(evaluate(sim_out))
-        result.exported = to_eval_result(evaluate(exp_out))
+        try:
+            result.simulated = to_eval_result(evaluate(sim_out))
+            result.exported = to_eval_result(evaluate(exp_out))
+        except BaseException:  # the file is written: its report too (without the metrics), and the error says so
+            write_json_atomic(report_path(out), result.to_dict())
+            print(f"note: {out} and its report {report_path(out)} were written; the evaluation failed, so the "
+                  "report holds no metric (mixprec evaluate --model FILE --eval SPEC measures the file again)")
+            raise
         if sim_out.predictions and len(sim_out.predictions) == len(exp_out.predictions):
             same = sum(int((a == b).sum()) for a, b in zip(sim_out.predictions, exp_out.predictions))
             total = sum(a.numel() for a in sim_out.predictions)
