@@ -362,6 +362,7 @@ class Analysis:
         goal = Goal(budgets, ALIASES.get(kind, kind) if kind else None)
         if measured_search:
             evaluator = evaluator or self.evaluator(evaluate, device, rounding)
+            max_loss = evaluator.max_loss(max_drop if max_drop is not None else "1%")  # checked before measuring
             ref = evaluator.reference()
             say(f"float model: {ref.name} {ref.value:.4g}" + (f" (evaluations are cached in {evaluator.log})"
                                                                if evaluator.log else ""))
@@ -370,7 +371,6 @@ class Analysis:
                 result = evaluator.measure(problem.assignments(choice))
                 say(f"  measured plan: {result.name} {result.value:.4g} ({evaluator.measured} new evaluations)")
                 return evaluator.loss(result)
-            max_loss = evaluator.max_loss(max_drop if max_drop is not None else "1%")
             goal = Goal(budgets, goal.kind, measure, max_loss)
         else:
             evaluator = None
@@ -465,6 +465,7 @@ class Analysis:
         exact plan and every uniform plan within the budget."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
+        seconds = self._search_seconds(options.pop("time_budget", "1x"))  # a bad one is refused before any measuring
         # moves need small differences to show: KL for classifiers, not top-1 disagreement; NLL of the
         # calibration text for language models, as the guard (benchmarks/guard_noise_lm.py)
         divergence = "auto-search" if divergence in ("auto", "consensus") else divergence
@@ -475,7 +476,6 @@ class Analysis:
         # measuring them would spend evaluations on starts the search never takes)
         rivals = sorted(self.uniform_rivals(problem, goal.budgets).values(), key=lambda c: problem.totals(c)[0])
         starts = [SOLVERS["exact"](problem, goal).choice, *rivals[:2]]
-        seconds = self._search_seconds(options.pop("time_budget", "1x"))
         if seconds is not None:
             options = {"seconds": seconds, **options}
         batches = self._calibration_batches()

@@ -162,9 +162,10 @@ class PlanEvaluator:
         """``"1%"``: 1 % of the float model's metric; ``0.5`` or ``"0.5"``: 0.5 in the metric's units."""
         text = str(max_drop).strip()
         try:
-            if text.endswith("%"):
-                return float(text[:-1]) / 100 * abs(self.reference().value)
-            return float(text)
+            number = float(text[:-1] if text.endswith("%") else text)
         except ValueError:
+            number = float("nan")
+        if not number >= 0 or number == float("inf"):  # NaN, negative, infinite: refused before any measurement
             raise SpecError(f"--max-drop {text!r} must be a percentage of the float model's metric (1%) or an "
-                            "amount in the metric's units (0.5)") from None
+                            "amount in the metric's units (0.5), at least 0")
+        return number / 100 * abs(self.reference().value) if text.endswith("%") else number

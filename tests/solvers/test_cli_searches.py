@@ -194,3 +194,18 @@ def test_an_unreachable_budget_says_what_the_cost_table_lacks(tmp_path, capsys):
                  "--out", str(tmp_path / "plan.json")]) == 2
     err = capsys.readouterr().err
     assert "no plan meets the budget" in err and "has no latency_ms for" in err
+
+
+@pytest.mark.parametrize("option", [["--search", "greedy", "--max-drop", "abc"], ["--search", "greedy", "--max-drop=-1%"],
+                                    ["--search", "local", "--budget", "bops=0.5x", "--time-budget", "5min"]])
+def test_a_bad_search_option_is_refused_before_anything_is_measured(run, tmp_path, capsys, option, monkeypatch):
+    from mixprec.plan_evaluation import PlanEvaluator
+
+    def never(*a, **k):
+        raise AssertionError("measured before the option was checked")
+    monkeypatch.setattr(PlanEvaluator, "measure", never)
+    monkeypatch.setattr(PlanEvaluator, "reference", never)
+    capsys.readouterr()
+    assert main(["solve", str(run), *option, "--out", str(tmp_path / "plan.json")]) == 2
+    err = capsys.readouterr().err
+    assert ("--max-drop" if any("max-drop" in o for o in option) else "--time-budget") in err
