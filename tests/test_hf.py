@@ -304,3 +304,17 @@ def test_export_gives_no_top1_agreement_for_a_bare_encoders_hidden_state(tmp_pat
         plan = Plan.uniform(discover_groups(model, ids[0][:1]), "w8a8")
         result = export(model, plan, ids, target="ort-cpu", out=tmp_path / f"b{head}.onnx", progress=False)
         assert ("calibration" in result.agreement) == head  # classes only where the head gives them
+
+
+def test_the_note_on_untraceable_joins_of_a_hugging_face_model_fits_it(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mixprec.export import export
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+    from mixprec.specs import load_model
+    ids = [torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))]
+    model = load_model(f"hf:{_tiny_bert(tmp_path / 'bert', head=True)}")
+    plan = Plan.uniform(discover_groups(model, ids[0][:1]), "w8a8")
+    result = export(model, plan, ids, target="ort-cpu", out=tmp_path / "b.onnx", progress=False)
+    note = next(n for n in result.notes if "tracing failed" in n)
+    assert "Hugging Face models do not trace" in note and "data-dependent" not in note

@@ -149,9 +149,13 @@ def trace(model: nn.Module, example=None) -> fx.GraphModule:
     try:
         return graph_module(model, example)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
+        hf = any(type(m).__module__.startswith("transformers.") for m in model.modules())
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}; quantize without join quantizers "
-                         "(joins=False) or make the forward free of data-dependent control flow") from exc
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}; "
+                         + ("Hugging Face models do not trace with torch.fx here, so their residual adds stay float "
+                            "(their layers are quantized as planned)" if hf else
+                            "quantize without join quantizers (joins=False) or make the forward free of "
+                            "data-dependent control flow")) from exc
 
 
 def default_joins(model: nn.Module, target: str | None, candidates) -> tuple[bool, str | None]:
