@@ -209,3 +209,22 @@ def test_a_front_plan_that_is_uniform_already_is_not_said_to_be_replaced(demo):
             assert "guard:" not in (plan.search or "")
         if "guard:" in (plan.search or ""):  # said to be replaced: it was measured against its rival
             assert guard.get("measured")
+
+
+def test_a_difference_just_under_the_margin_never_reads_as_the_margin():
+    # z = -0.998 against a margin of 1: the message must not say "1.00 standard errors"
+    from mixprec.solvers.guard import paired_z
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    spread = np.array([0.3, -0.2, 0.1, -0.4, 0.2])
+    for shift in np.linspace(0.01, 0.3, 3000):
+        mixed = Sampled((float((base - shift + spread).sum()),), (base - shift + spread,))
+        rival = Sampled((float(base.sum()),), (base,))
+        z = paired_z(mixed, rival, 0)
+        if -1.0 < z < -0.995:
+            break
+    else:
+        raise AssertionError("no shift gives z just above -1")
+    measured = {0: mixed, 1: rival}
+    result = guard(np.array([0]), {"uniform w4": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
+    assert result.chosen == "uniform w4" and "1.00 standard errors" not in result.reason
+    assert "0.99 standard errors" in result.reason

@@ -25,6 +25,8 @@ alone each misranked one of two measured failures of the exact plan, and never b
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -158,7 +160,8 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         # lower everywhere, but within the noise against some rival
         close = min(((label, i, z[label][i]) for label in z for i in deciding[label] if z[label][i] is not None
                      and not lower(label, i)), key=lambda t: -t[2], default=None)
-        where = f" (against {close[0]}: {abs(close[2]):.2f} standard errors)" if close else ""
+        # rounded down: 0.998 standard errors must not read as the margin of 1 it missed
+        where = f" (against {close[0]}: {math.floor(abs(close[2]) * 100) / 100:.2f} standard errors)" if close else ""
         return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
                            f"{_show(mixed)}: lower, but by less than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
