@@ -68,6 +68,7 @@ def run(model_name: str, device: str, moves: int) -> dict:
             out.append(round_weights(model, plan, batches, "gptq", progress=False))
             sync()
             times.append(time.perf_counter() - start)
+            print(f"  store {mode}, plan {len(times)}/{len(plans)}: {times[-1]:.2f} s", flush=True)  # a cut run shows
         results[mode], seconds[mode] = out, times
         reused[mode] = {"reused_steps": prefix.STORE.reused_steps, "rounded_steps": prefix.STORE.rounded_steps}
         print(f"store {mode}: {sum(times):.1f} s for {len(plans)} plans, {reused[mode]}", flush=True)
