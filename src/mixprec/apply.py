@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from .canonical import canonical
+from .canonical import canonical, copy_sharing_parameters
 from .batches import split_item
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
@@ -33,8 +33,8 @@ from .multipoint import plan_points
 from .offload import policy, should_move
 from .plan import Plan
 from .rounding import ROUNDINGS, RoundingConfig, round_weights
-from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, copy_sharing_parameters,
-                   multipoint_weights, nearest_weight, quantize_layers, quantized_layers, set_module)
+from .swap import (QuantizedLayer, calibrate_activations, check_range_methods, multipoint_weights, nearest_weight,
+                   quantize_layers, quantized_layers, set_module)
 
 __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "quantized_layers", "set_module"]
 

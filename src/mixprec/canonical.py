@@ -18,7 +18,8 @@ A ``torch.compile``'d model is taken as the module it compiles, and a model wrap
 :func:`canonical` returns ``model`` itself where none of these occurs, else a copy (sharing the parameters it
 does not change), so the model passed in is never modified. Every public entry point (analyze, apply,
 discover_groups, export, profile, deploy_cuda and the command line's model loading) calls it, so groups,
-plans, applied models and exports all name the same layers.
+plans, applied models and exports all name the same layers. A model in training mode is measured on a copy in
+eval mode (:func:`in_eval_mode`), its mode left as it was.
 """
 from __future__ import annotations
 
@@ -177,7 +178,6 @@ def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
     is never changed), with a note."""
     if not any(m.training for m in model.modules()):
         return model
-    from .swap import copy_sharing_parameters
     note = ("the model is in training mode (model.train()): it is measured, quantized and exported in eval mode, "
             "dropout off and batch-norm statistics as they are; the model passed in keeps its mode")
     if verbose:
@@ -185,3 +185,10 @@ def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
     else:
         warnings.warn(note, stacklevel=3)
     return copy_sharing_parameters(model).eval()
+
+
+def copy_sharing_parameters(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are ``model``'s own tensors (buffers, which a forward may
+    update, are copied): no second copy of a large model's weights, for code that replaces the copy's
+    parameters (QuantizedLayer sets a new Parameter) and only reads the others."""
+    return copy.deepcopy(model, {id(p): p for p in model.parameters()})

@@ -9,8 +9,6 @@
         swapped for a QuantizedLayer, its weight given or made by nearest_weight, the activation
         quantizers calibrated on ``data``
     with_join_quantizers(model, data)   ``model`` traced with calibrated join quantizers (mixprec.joins)
-    copy_sharing_parameters(model)   a copy of ``model`` that shares its parameters (for code that
-        only replaces them)
     planned_model(model, plan, data)   the copy apply(model, plan, data) makes with nearest
         rounding, frozen: the working model of the rounding back-ends
 
@@ -106,13 +104,6 @@ class QuantizedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"candidate={self.candidate}"
-
-
-def copy_sharing_parameters(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters are ``model``'s own tensors (buffers, which a forward may
-    update, are copied): no second copy of a large model's weights, for code that replaces the copy's
-    parameters (QuantizedLayer sets a new Parameter) and only reads the others."""
-    return copy.deepcopy(model, {id(p): p for p in model.parameters()})
 
 
 def set_module(root: nn.Module, name: str, module: nn.Module) -> None:

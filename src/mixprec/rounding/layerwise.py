@@ -29,7 +29,8 @@ from ..formats import IntFormat
 from ..plan import Plan
 from ..quantizers import needs_calibration
 from ..streaming import stream_of
-from ..swap import copy_sharing_parameters, nearest_weight, planned_model
+from ..canonical import copy_sharing_parameters
+from ..swap import nearest_weight, planned_model
 from . import chain, prefix
 from .config import RoundingConfig
 
