@@ -318,3 +318,26 @@ def test_the_note_on_untraceable_joins_of_a_hugging_face_model_fits_it(tmp_path)
     result = export(model, plan, ids, target="ort-cpu", out=tmp_path / "b.onnx", progress=False)
     note = next(n for n in result.notes if "tracing failed" in n)
     assert "Hugging Face models do not trace" in note and "data-dependent" not in note
+
+
+def test_a_sliding_window_model_exports_without_a_cache_and_equals_its_simulation(tmp_path):
+    # a cached step traced on one example keeps that example's sliding-window mask: wrong at other lengths
+    pytest.importorskip("onnxruntime")
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from mixprec.export import OrtModule, export
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+    from mixprec.specs import load_model
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                                     max_position_embeddings=128)).save_pretrained(tmp_path / "swa")
+    model = load_model(f"hf:{tmp_path / 'swa'}")
+    ids = [torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plan = Plan.uniform(discover_groups(model, ids[0][:1]), "fp32")
+    result = export(model, plan, ids, target="ort-cpu", out=tmp_path / "swa.onnx", progress=False)
+    assert any("without a KV cache" in n for n in result.notes)
+    other = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(5))  # another length
+    with torch.no_grad():
+        assert torch.allclose(OrtModule(result.path)(other), model(other), atol=1e-4)

@@ -98,6 +98,10 @@ class CachedStep(nn.Module):
         the model's own logits; None where that does not hold."""
         if input_ids.dim() != 2 or input_ids.shape[1] < 3:
             return None
+        config = getattr(lm, "config", None)
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if isinstance(window, int) and window < getattr(config, "max_position_embeddings", window + 1):
+            return None  # a sliding window: the traced step keeps the example's mask, wrong at other lengths
         batch, length = input_ids.shape
         past_length = length // 2 if length >= 4 else 1
         with torch.no_grad():

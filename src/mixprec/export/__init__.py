@@ -305,7 +305,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             "written with its KV cache: one step of a served model (logits and the cache with the new tokens)"
             if exported.kv_cache is not None else
             "written without a KV cache (token ids in, logits out): the model's cache is not one key/value pair of "
-            "tensors per layer, or the example input has fewer than 3 tokens to trace the cached step with")
+            "tensors per layer, it attends within a sliding window (a traced cached step would keep the example's "
+            "mask), or the example input has fewer than 3 tokens to trace the cached step with")
     if batches:
         inputs = [split_item(b)[0] for b in batches]
         same = None if getattr(model, "returns_hidden_state", False) else agreement(quantized, exported, inputs)
