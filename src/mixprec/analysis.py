@@ -384,6 +384,13 @@ class Analysis:
             # what the problem leaves out (cost-table gaps, the target's refusals) is often why
             raise InfeasibleBudget(f"{exc}. Note: {'; '.join(problem.notes)}") from None
         notes = [step["note"] for step in solution.trace if step.get("note")]
+        over = [f"{k} {solution.costs[k]:.6g} > {b:.6g}" for k, b in budgets.items()
+                if k in solution.costs and not within(solution.costs[k], b)]
+        if over:  # a search bounded by a measured drop, not by the budget (greedy, bisection): said, never silent
+            note = (f"this plan exceeds the budget ({', '.join(over)}): search {search} stops at the measured drop "
+                    "(--max-drop), not at a budget; --search exact, local or greedy-pareto meets the budget")
+            notes.append(note)
+            warnings.warn(note, stacklevel=2)
         guarded = None
         if guard:
             kind_of_plan = goal.kind or problem.default_kind

@@ -228,3 +228,16 @@ def test_a_difference_just_under_the_margin_never_reads_as_the_margin():
     result = guard(np.array([0]), {"uniform w4": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
     assert result.chosen == "uniform w4" and "1.00 standard errors" not in result.reason
     assert "0.99 standard errors" in result.reason
+
+
+def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(demo):
+    # greedy and bisection lower groups while the measured drop allows: the budget's value does not bound them
+    b, _, _, analysis = demo
+    budget = f"bops={analysis.problem().uniform_cost('bops', 'w2a8') * 1.01:.0f}"
+    for search in ("greedy", "bisection"):
+        with pytest.warns(UserWarning, match="exceeds the budget"):
+            plan = analysis.solve(budget, search=search, evaluate=lambda m: b.evaluate(m, limit=256), max_drop="0.5%",
+                                  guard=False)
+        assert any("exceeds the budget" in n for n in plan.metadata.get("notes", []))
+    exact = analysis.solve(budget, guard=False)  # the exact solver meets it, and says nothing of the kind
+    assert not any("exceeds the budget" in n for n in exact.metadata.get("notes", []))
