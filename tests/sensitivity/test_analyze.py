@@ -224,3 +224,23 @@ def test_a_run_fingerprinted_by_the_former_single_hash_still_resumes(tmp_path):
     assert model_hash(other, legacy) != legacy
     with pytest.raises(MixprecError, match="made with other model"):
         analyze(other, groups, cands, data(), metric="roundoff", run_dir=tmp_path, progress=False)
+
+
+def test_input_ranges_are_searched_once_per_layer_and_format_not_per_batch(monkeypatch):
+    # the mse range search of an input quantizer was redone for every batch x group x candidate: an
+    # analysis grew with the square of the batches (225 batches of 8 samples took 39 s for a small CNN)
+    from torch import nn
+
+    import mixprec
+    from mixprec.quantizers import ActivationQuantizer
+    calls = []
+    original = ActivationQuantizer.finish_calibration
+    monkeypatch.setattr(ActivationQuantizer, "finish_calibration",
+                        lambda self: (calls.append(1), original(self))[1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    for batches in (4, 16):
+        calls.clear()
+        data = [torch.randn(8, 16) for _ in range(batches)]
+        mixprec.analyze(model, data, "w4a8,w8a8", "sqnr", progress=False, use_fx=False)
+        assert len(calls) <= 2 * 2  # two layers x two formats, whatever the number of batches

@@ -50,6 +50,8 @@ class MeasureContext:
     rounding: RoundingConfig | None = None  # a layer-wise rounding the measured weights get (None: nearest)
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
     _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    # input quantizers calibrated on the float inputs, per (layer, format): the same for every batch and fork
+    _calibrated: dict[tuple[str, Format | None], ActivationQuantizer] = field(default_factory=dict, repr=False)
     _nearest_only: set[str] | None = field(default=None, repr=False)
 
     @property
@@ -166,6 +168,8 @@ class MeasureContext:
         """A quantizer for the layer's input, calibrated on what ``observers`` saw (default: the float inputs)."""
         if isinstance(self.model.get_submodule(layer), nn.Embedding):
             fmt = None  # token ids in: nothing to quantize
+        if observers is None and (layer, fmt) in self._calibrated:  # its range search was done once already
+            return self._calibrated[(layer, fmt)]
         quantizer = ActivationQuantizer(fmt, self.activation_method)
         if quantizer.needs_calibration:
             seen = (observers or self.observers())[layer]
@@ -174,7 +178,10 @@ class MeasureContext:
             quantizer.finish_calibration()
         else:
             quantizer.observing = False
-        return quantizer.to(self.device)
+        quantizer = quantizer.to(self.device)
+        if observers is None:
+            self._calibrated[(layer, fmt)] = quantizer
+        return quantizer
 
     def quantized_modules(self, group: QuantizerGroup, candidate: Candidate,
                           observers: dict[str, ActivationQuantizer] | None = None) -> dict[str, nn.Module]:
