@@ -213,6 +213,9 @@ class Analysis:
         """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""
         if isinstance(budget, dict):
             budget = ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
+        if not isinstance(budget, str):
+            raise SpecError(f"a budget is a string such as 'bytes=2MB' or 'bops=w4a8,bytes=0.5x', or a dict such as "
+                            f"{{'bytes': 2e6}}; got {type(budget).__name__} {budget!r}")
         return parse_budgets(budget, list(problem.costs), problem.uniform_cost, problem.highest_cost)
 
     def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
@@ -348,6 +351,13 @@ class Analysis:
         calibration data (default 1; 0: any lower measurement wins)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
+        from .sensitivity.divergence import AUTO, DIVERGENCES, TASK
+        known = ("auto", *AUTO, *DIVERGENCES, *TASK, "consensus", "nll")
+        if guard_divergence not in known:  # checked before any work (a typo turned the guard off with a warning)
+            raise SpecError(f"unknown guard divergence {guard_divergence!r}; choose one of: auto, agreement, kl, "
+                            "sqnr, nll, consensus")
+        if not isinstance(guard_margin, (int, float)) or isinstance(guard_margin, bool) or not guard_margin >= 0:
+            raise SpecError(f"guard_margin must be a number of standard errors >= 0 (default 1), got {guard_margin!r}")
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         problem = self.problem(candidates, cost_files)
         budgets = self.budgets(budget, problem) if budget else {}

@@ -241,3 +241,19 @@ def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(d
         assert any("exceeds the budget" in n for n in plan.metadata.get("notes", []))
     exact = analysis.solve(budget, guard=False)  # the exact solver meets it, and says nothing of the kind
     assert not any("exceeds the budget" in n for n in exact.metadata.get("notes", []))
+
+
+@pytest.mark.parametrize("kwargs,says", [({"guard_divergence": "xx"}, "unknown guard divergence 'xx'"),
+                                         ({"guard_margin": "1"}, "guard_margin must be a number"),
+                                         ({"guard_margin": -1}, "guard_margin must be a number")])
+def test_a_bad_guard_option_is_an_error_not_a_guard_turned_off(demo, kwargs, says):
+    from mixprec.errors import SpecError
+    with pytest.raises(SpecError, match=says):
+        demo[3].solve("bops=0.5x", **kwargs)
+
+
+@pytest.mark.parametrize("budget", [2000, 2000.0, ["bytes=2000"]])
+def test_a_budget_that_is_not_a_string_or_dict_says_what_to_give(demo, budget):
+    from mixprec.errors import SpecError
+    with pytest.raises(SpecError, match="a budget is a string such as 'bytes=2MB'"):
+        demo[3].solve(budget)
