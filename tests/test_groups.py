@@ -193,3 +193,15 @@ def test_the_note_on_float_weights_names_the_parameters_a_model_holds_itself():
     groups = discover_groups(WithTable(), torch.randn(2, 8))
     note = next(n for n in groups.notes if "stay float" in n)
     assert "'pos'" in note and "''" not in note
+
+
+def test_a_bare_string_pattern_is_one_pattern_and_pins_must_be_a_dict():
+    import pytest
+
+    from mixprec.errors import ModelError
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(2, 4)
+    assert discover_groups(model, x, exclude="2").excluded[0].name == "2"  # not the characters of '2'
+    assert len(discover_groups(model, x, ties="[02]").groups) == 1
+    with pytest.raises(ModelError, match="pins is a dict"):
+        discover_groups(model, x, pins=["0=w8a8"])

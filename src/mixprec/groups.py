@@ -250,6 +250,11 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     reparametrized weight (weight_norm) as the plain weight it computes.
     """
     model = canonical(model)
+    ties = [ties] if isinstance(ties, str) else list(ties)  # one pattern as a bare string, not its characters
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    if pins is not None and not isinstance(pins, dict):
+        raise ModelError(f"pins is a dict of name pattern -> candidate, e.g. {{'conv1': 'w8a8'}}; got "
+                         f"{type(pins).__name__} {pins!r}")
     pins = dict(pins or {})
     for candidate in pins.values():
         parse_candidate(candidate)
