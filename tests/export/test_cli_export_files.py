@@ -38,7 +38,7 @@ def test_uniform_q4_0_to_gguf_reads_back_exactly_with_the_folder_tokenizer(check
     assert "GGUF tensor" in text and "Q4_0" in text
     assert f"read back (gguf.GGUFReader): {LAYERS + 7}/{LAYERS + 7} tensors exactly the simulated weights" in text
     assert "pre-tokenizer 'default'" in text and "not re-evaluated" not in text  # no --eval: no metric
-    report = json.loads((tmp_path / "tiny.report.json").read_text())
+    report = json.loads((tmp_path / "tiny.gguf.report.json").read_text())
     assert report["target"] == "gguf" and report["types"] == {"Q4_0": LAYERS} and report["simulated"] is None
     assert report["readback"]["exact"] == report["readback"]["tensors"] and not report["readback"]["mismatched"]
     reader, tensors = fields(out)
@@ -59,7 +59,7 @@ def test_a_mixed_plan_file_to_gguf_with_f16_outside_and_the_simulated_metric(che
                  "--float-type", "f16", "--eval", f"ppl:{text_file}?windows=2&length=32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "simulated perplexity" in printed and "the gguf export itself was not re-evaluated" in printed
-    report = json.loads((tmp_path / "mixed.report.json").read_text())
+    report = json.loads((tmp_path / "mixed.gguf.report.json").read_text())
     assert report["simulated"]["name"] == "perplexity"
     assert report["readback"]["exact"] == report["readback"]["tensors"]
     _, tensors = fields(out)
@@ -120,3 +120,10 @@ def test_python_api_names_the_writer_of_each_target():
     assert set(TARGETS) == {"ort-cpu", "gguf", "compressed-tensors", "cuda"}
     with pytest.raises(CandidateError, match=r"mixprec.export.export_gguf\(model, plan, out"):
         mixprec.export(torch.nn.Linear(4, 4), Plan({}, {}), None, target="gguf", out="m.gguf")
+
+
+def test_an_onnx_file_and_a_gguf_file_of_one_name_keep_a_report_each():
+    from mixprec.export import report_path
+    assert report_path("m.onnx").name == "m.report.json"  # as it always was: mixprec evaluate reads it
+    assert report_path("m.gguf").name == "m.gguf.report.json"
+    assert report_path("m.onnx") != report_path("m.gguf")

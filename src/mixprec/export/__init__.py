@@ -356,8 +356,10 @@ JOINS_ADDED = ("join quantizers are added where ONNX Runtime's int8 graph quanti
 
 
 def report_path(onnx_path: str | os.PathLike) -> Path:
+    """The report beside an exported file: ``model.report.json`` for ``model.onnx``, ``model.gguf.report.json``
+    for any other file (``model.gguf``), so that two targets' files of one name keep a report each."""
     path = Path(onnx_path)
-    return path.with_name(path.stem + ".report.json")
+    return path.with_name((path.stem if path.suffix == ".onnx" else path.name) + ".report.json")
 
 
 def _idle(model: nn.Module, name: str, example: Any) -> bool:
