@@ -148,3 +148,23 @@ def test_cli_export_cuda_writes_an_artifact_that_loads(tmp_path, capsys):
     assert main(["export", *spec, "--uniform", "w8a8", "--target", "cuda", "--device", "cpu",
                  "--out", str(tmp_path / "no")]) == 2
     assert "integer inputs" in capsys.readouterr().err
+
+
+def test_an_embedding_with_a_forward_of_its_own_keeps_it_when_deployed(tmp_path):
+    # OPT's learned positions subclass nn.Embedding with a forward taking a mask and adding an offset: a plain
+    # lookup in its place broke the model (an internal error)
+    transformers = pytest.importorskip("transformers")
+    from mixprec.specs import load_model
+    torch.manual_seed(0)
+    transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32)).save_pretrained(tmp_path / "opt")
+    model = load_model(f"hf:{tmp_path / 'opt'}")
+    ids = [torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plan = Plan.uniform(discover_groups(model, ids[0][:1]), "w8")
+    deployment = deploy_cuda(model, plan, ids, device="cpu", dtype=torch.float32, progress=False)
+    simulated = apply(model, plan, ids, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(deployment.model(ids[0]), simulated(ids[0]), atol=1e-3)
+    row = next(r for r in deployment.layers if r["layer"].endswith("embed_positions"))
+    assert "own forward" in row["kernel"]

@@ -346,6 +346,19 @@ def _module(layer: CudaLayer, tensors: dict[str, torch.Tensor], dtype: torch.dty
     return HalfLinear(tensors["weight"], bias, torch.float32)
 
 
+def _put(deployed: nn.Module, name: str, module: nn.Module) -> None:
+    """``module`` in the deployed model at ``name``. An embedding of its own kind (a subclass with a forward of its
+    own: OPT's learned positions take an attention mask and add an offset) keeps that forward: only its rows
+    become the simulated ones."""
+    from ..swap import set_module
+    old = deployed.get_submodule(name)
+    if isinstance(module, Table) and type(old) is not nn.Embedding and isinstance(old, nn.Embedding):
+        old.weight = nn.Parameter(module.weight, requires_grad=False)
+        old.kernel = module.kernel + f" (through {type(old).__name__}'s own forward)"
+        return
+    set_module(deployed, name, module)
+
+
 @dataclass
 class CudaDeployment:
     model: nn.Module  # the deployed model (on ``device``, in ``dtype`` outside the planned layers)
@@ -405,7 +418,7 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
         module = _module(layer, tensors[name], dtype).to(device)
         if compile and isinstance(module, Int8Linear) and module.codes.is_cuda:
             module.compile()
-        set_module(deployed, name, module)
+        _put(deployed, name, module)
     rows = [{"layer": n, "candidate": candidates[n].name, "kind": layers[n].kind,
              "kernel": getattr(deployed.get_submodule(n), "kernel", "")} for n in layers]
     return CudaDeployment(deployed, rows, str(dtype).replace("torch.", ""), str(device), tensors, plan.to_dict(),
@@ -438,7 +451,6 @@ def load_cuda(model: nn.Module, folder: str | os.PathLike, device: str | torch.d
     for ``device``'s kernels."""
     from safetensors.torch import load_file
 
-    from ..swap import set_module
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -458,7 +470,7 @@ def load_cuda(model: nn.Module, folder: str | os.PathLike, device: str | torch.d
     rows, realised = [], {}
     for row in manifest["layers"]:
         layer = realised[row["layer"]] = CudaLayer(row["kind"], row.get("group"), row.get("dtype"))
-        set_module(deployed, row["layer"], _module(layer, tensors[row["layer"]], dtype).to(device))
+        _put(deployed, row["layer"], _module(layer, tensors[row["layer"]], dtype).to(device))
         rows.append({**{k: row[k] for k in ("layer", "candidate", "kind")},
                      "kernel": getattr(deployed.get_submodule(row["layer"]), "kernel", "")})
     return CudaDeployment(deployed, rows, str(dtype).replace("torch.", ""), str(device), tensors, manifest["plan"],
