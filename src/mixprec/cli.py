@@ -583,9 +583,9 @@ def _export_cuda(args) -> int:
     from .apply import apply
     from .evaluation import to_eval_result
     from .export import check_target, deploy_cuda, save_cuda
-    from .export.compressed_tensors import check_output_folder
+    from .export.cuda import check_cuda_folder
     from .groups import layer_kind
-    out = check_output_folder(args.out, "--out")
+    out = check_cuda_folder(args.out, "--out")
     model, data, _, groups = _setup(args)
     plan = _plan_of(args, groups, same_groups=False)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}

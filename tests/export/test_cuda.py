@@ -148,6 +148,15 @@ def test_cli_export_cuda_writes_an_artifact_that_loads(tmp_path, capsys):
     assert main(["export", *spec, "--uniform", "w8a8", "--target", "cuda", "--device", "cpu",
                  "--out", str(tmp_path / "no")]) == 2
     assert "integer inputs" in capsys.readouterr().err
+    # the same export again into its own folder replaces it; a folder of other files is refused
+    assert main(["export", *spec, "--uniform", "w8", "--target", "cuda", "--device", "cpu", "--out", str(out)]) == 0
+    assert {r["kind"] for r in json.loads((out / "mixprec-cuda-report.json").read_text())["layers"]} == {"int8"}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", *spec, "--uniform", "w8", "--target", "cuda", "--device", "cpu", "--out", str(other)]) == 2
+    assert "holds files mixprec did not write" in capsys.readouterr().err
 
 
 def test_an_embedding_with_a_forward_of_its_own_keeps_it_when_deployed(tmp_path):

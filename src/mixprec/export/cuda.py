@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from ..canonical import canonical
 from ..candidates import Candidate, parse_candidate
-from ..errors import MixprecError, ModelError, PlanError
+from ..errors import MixprecError, ModelError, OutputError, PlanError
 from ..formats import FloatFormat, IntFormat
 from ..plan import Plan
 from ..quantizers import choose_range, fp8_scale
@@ -344,6 +344,17 @@ def _module(layer: CudaLayer, tensors: dict[str, torch.Tensor], dtype: torch.dty
     if layer.kind == "table":
         return Table(tensors["weight"], dtype)
     return HalfLinear(tensors["weight"], bias, torch.float32)
+
+
+def check_cuda_folder(out: str | os.PathLike, what: str = "--out") -> Path:
+    """Before any work: ``out`` is a new or empty folder, or one an earlier cuda export wrote (it holds MANIFEST),
+    whose files are replaced."""
+    from ..atomic import check_output_dir
+    out = check_output_dir(out, what)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise OutputError(f"{what} {out} holds files mixprec did not write (it has no {MANIFEST}); give an empty or "
+                          "new folder, or one an earlier --target cuda export wrote")
+    return out
 
 
 def _put(deployed: nn.Module, name: str, module: nn.Module) -> None:
