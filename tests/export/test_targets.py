@@ -75,3 +75,14 @@ def test_other_targets_refuse_dynamic_block_inputs():
     from mixprec.export.cuda import realise as cuda_realise
     assert "MatMulNBits" in layer_scheme(parse_candidate("w4g64a8d64"), "Linear", 256)
     assert isinstance(cuda_realise(parse_candidate("w4g64a8d64"), "Linear", (64, 256)), str)
+
+
+def test_export_to_a_target_of_its_own_names_the_real_calls():
+    import pytest
+
+    from mixprec.errors import CandidateError
+    from mixprec.export.targets import get_onnx_target
+    with pytest.raises(CandidateError, match=r"deploy_cuda\(model, plan, data, device=...\) and save_cuda"):
+        get_onnx_target("cuda")
+    with pytest.raises(CandidateError, match=r"export_gguf\(model, plan, out"):
+        get_onnx_target("gguf")

@@ -81,9 +81,10 @@ def get_onnx_target(name: str, what: str = "export()") -> Target:
     """A target ``export`` writes as ONNX (and ``profile`` times); the others name their own writer."""
     target = get_target(name)
     if target.writer != "export":
+        call = (f"mixprec.export.{target.writer}(model, plan, data, device=...) and save_cuda(deployment, out)"
+                if target.writer == "deploy_cuda" else f"mixprec.export.{target.writer}(model, plan, out, ...)")
         raise CandidateError(f"{what} writes ONNX files; target {target.name} ({target.description}) is {target.out} "
-                             f"written by mixprec.export.{target.writer}(model, plan, out, ...) or mixprec export "
-                             f"--target {target.name}")
+                             f"written by {call} or mixprec export --target {target.name}")
     return target
 
 
