@@ -280,3 +280,19 @@ def test_the_guard_reads_nothing_of_the_float_weights_a_measured_plan_replaces(m
     poisoned = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", "sqnr", progress=False).solve(budget, guard_margin=0)
     assert poisoned.metadata["guard"] == clean.metadata["guard"]
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_apply_takes_the_path_of_a_plan_json_and_refuses_other_things(tmp_path):
+    import pytest
+
+    from mixprec.errors import PlanError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(4, 8)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    plan.save(tmp_path / "plan.json")
+    from_path = apply(model, str(tmp_path / "plan.json"), data, progress=False)
+    with torch.no_grad():
+        assert torch.equal(from_path(data[0]), apply(model, plan, data, progress=False)(data[0]))
+    with pytest.raises(PlanError, match="a mixprec Plan or the path of a plan.json, got dict"):
+        apply(model, plan.to_dict(), data, progress=False)

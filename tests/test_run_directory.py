@@ -276,7 +276,7 @@ def test_a_run_of_a_model_in_memory_reopens_with_it_and_guards_as_the_analysis_d
     plan = again.solve(budget="bytes=0.6x")
     assert plan.assignments == made.assignments and plan.metadata["guard"] == made.metadata["guard"]
     other = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-    with pytest.raises(RunError, match="model loaded now differ"):
+    with pytest.raises(RunError, match="model loaded now differs"):
         mixprec.Analysis.load(tmp_path / "run", model=other, data=data)
     with pytest.raises(RunError, match="calibration data"):
         mixprec.Analysis.load(tmp_path / "run", model=model, data=data[:2])

@@ -137,3 +137,11 @@ def test_eval_results(user_file):
     with pytest.raises(SpecError, match="expected a float"):
         to_eval_result("high")
     assert to_eval_result({"acc": 0.9}).name == "acc"
+
+
+def test_a_dict_evaluation_with_one_numpy_or_torch_number_is_taken():
+    import numpy as np
+
+    from mixprec.evaluation import to_eval_result
+    assert to_eval_result({"acc": np.float32(0.75)}).value == 0.75
+    assert to_eval_result({"acc": torch.tensor(0.5), "note": "x"}).name == "acc"

@@ -289,7 +289,8 @@ class Analysis:
                             divergence_batches: int | None = None) -> PlanEvaluator:
         if self.run is None or not self.run.exists or not (self.specs.get("model") or self.run.arguments().get("model")):
             raise SpecError("measuring plans needs the model: this analysis has none in memory and its run "
-                            "directory names no --model to load")
+                            "directory names no --model to load; reopen it with its model and data, "
+                            "Analysis.load(run, model=..., data=...), or give --model/--data on the command line")
         # a divergence measures on the calibration data: no evaluation is loaded
         needed = ("model", "data") if divergence is not None else ("model", "data", "eval")
         arguments = self.run.specs_to_run({**self.specs, "eval": eval_spec or self.specs.get("eval")},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,7 +26,7 @@ from torch import nn
 from .canonical import canonical, copy_sharing_parameters
 from .batches import split_item
 from .candidates import Candidate, parse_candidate
-from .errors import MixprecError, ModelError
+from .errors import MixprecError, ModelError, PlanError
 from .formats import IntFormat, is_dynamic
 from .groups import check_weights, is_torchscript
 from .joins import insert_join_quantizers, int8_graph
@@ -59,8 +60,14 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     fx.GraphModule whose modules keep their names). Default: ``plan.metadata["joins"]`` (False).
     inplace: quantize ``model`` itself, not a copy: each replaced float weight is dropped as its quantized
     one is made, so a large model needs about one model's memory, not two. Use the returned model;
-    the one passed in is its float original no more.
+    the one passed in is its float original no more. ``plan``: a Plan, or the path of a plan.json.
     """
+    if isinstance(plan, (str, os.PathLike)):  # a plan.json, as solve and quantize write it
+        plan = Plan.load(plan)
+    if not isinstance(plan, Plan):
+        raise PlanError(f"apply takes a mixprec Plan or the path of a plan.json, got {type(plan).__name__}; "
+                        "load one with Plan.load(path), make one with Plan.uniform(groups, 'w8a8') or "
+                        "analysis.plan(front_plan.assignments)")
     return _apply(model, plan, calibration_data, weight_method=weight_method, activation_method=activation_method,
                   calibrate=calibrate, progress=progress, rounding=rounding, rounding_options=rounding_options,
                   rounding_checkpoint=rounding_checkpoint, points=points, joins=joins, inplace=inplace)

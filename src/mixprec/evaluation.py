@@ -38,7 +38,8 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
             if main not in value:
                 raise SpecError(f"{source} returned a dict whose 'main' is {main!r}, but it has no key {main!r}; keys: {sorted(value)}")
         else:
-            numeric = [k for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            numeric = [k for k, v in value.items() if not isinstance(v, bool) and (
+                isinstance(v, (int, float)) or (hasattr(v, "item") and getattr(v, "ndim", 1) == 0))]  # numpy, torch
             if len(numeric) != 1:
                 raise SpecError(f"{source} returned a dict with keys {sorted(value)}; name the main metric with "
                                 "a 'main' key, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
@@ -46,7 +47,8 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
         higher = bool(value.get("higher_is_better", True))
         details = {k: v for k, v in value.items() if k not in ("main", "higher_is_better", main)}
         try:
-            result = EvalResult(str(main), float(value[main]), higher, details)
+            number = value[main].item() if hasattr(value[main], "item") else value[main]
+            result = EvalResult(str(main), float(number), higher, details)
         except (TypeError, ValueError):
             raise EvaluationError(f"{source} returned {value[main]!r} for {main!r}; expected a number") from None
         return _finite(result, source)

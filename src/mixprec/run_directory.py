@@ -141,7 +141,8 @@ class RunDirectory:
         if fingerprint.get("data") and data is not None and data_hash(list(data)) != fingerprint["data"]:
             differs.append("calibration data")
         if differs:
-            raise RunError(f"the {' and '.join(differs)} loaded now differ from what {self.path} measured (its "
+            raise RunError(f"the {' and '.join(differs)} loaded now {'differ' if len(differs) > 1 else 'differs'} "
+                           f"from what {self.path} measured (its "
                            "fingerprint); give the --model/--data of the analysis, or analyze again")
 
     # the writer's lock ------------------------------------------------------------------------
