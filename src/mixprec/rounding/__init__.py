@@ -55,6 +55,7 @@ from .config import RoundingConfig
 from .gptq import GPTQ
 from .layerwise import round_layers
 from .nearest import Nearest
+from .prefix import fingerprint
 
 ROUNDINGS: dict[str, type[RoundingConfig]] = {c.name: c for c in (Nearest, GPTQ, AdaRound, BRECQ)}
 SAVE_EVERY_S = 30.0
@@ -158,22 +159,6 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     return {**tables, **{name: rounded[name] for name in targets}}
 
 
-def _fingerprint(digest: Any, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, dict):
-        for k in sorted(value, key=str):
-            digest.update(str(k).encode())
-            _fingerprint(digest, value[k])
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _fingerprint(digest, v)
-    else:
-        digest.update(repr(value).encode())
-
-
 _MODEL_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
@@ -187,7 +172,7 @@ def _model_digest(model: nn.Module) -> str:
     if known is not None and known[0] == versions:
         return known[1]
     digest = hashlib.sha256()
-    _fingerprint(digest, {name: t.detach() if isinstance(t, torch.Tensor) else t for name, t in state.items()})
+    fingerprint(digest, {name: t.detach() if isinstance(t, torch.Tensor) else t for name, t in state.items()})
     _MODEL_DIGESTS[model] = (versions, digest.hexdigest())
     return digest.hexdigest()
 
@@ -201,7 +186,7 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
                                         "weight_method": weight_method, "activation_method": activation_method,
                                         "formats": sorted(wanted.items()), "grid": GRID_VERSION}).encode())
     digest.update(_model_digest(model).encode())
-    _fingerprint(digest, batches)
+    fingerprint(digest, batches)
     path = Path(directory) / f"{method}-{digest.hexdigest()[:20]}.pt"
     done: dict[str, torch.Tensor] = {}
     if path.exists():

@@ -46,11 +46,11 @@ def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[s
     device = next(model.parameters()).device
     working, modules = _working_model(model, plan, batches, candidates, targets, config, weight_method,
                                       activation_method)
-    others = {name: working.get_submodule(name) for name in candidates if name not in modules}
-    steps, calls, positions = _steps(working, batches[0], modules, device, others)
     # calibrated input ranges depend on the whole plan; float casts and dynamic ranges only on the inputs
     shared = config.sequential and not release and not any(needs_calibration(c.activation)
                                                             for c in candidates.values())
+    others = {name: working.get_submodule(name) for name in candidates if name not in modules} if shared else None
+    steps, calls, positions = _steps(working, batches[0], modules, device, others)
     if shared:  # steps a plan rounded a moment ago shares with this one are taken as they are (prefix.py)
         wanted = {name: c.name for name, c in candidates.items()}
         key = prefix.STORE.key(model, config, weight_method, batches)

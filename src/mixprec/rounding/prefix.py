@@ -81,8 +81,7 @@ class PrefixStore:
         """The model (by identity, and its parameters' versions: an in-place change starts afresh), the
         rounding and its options, the range method and the calibration data (by content)."""
         digest = hashlib.sha256()
-        for batch in batches:
-            _digest(digest, batch)
+        fingerprint(digest, batches)
         versions = tuple(p._version for p in model.parameters())
         return id(model), versions, repr(config), weight_method, digest.hexdigest()
 
@@ -129,18 +128,20 @@ class PrefixStore:
             del self.entries[oldest]
 
 
-def _digest(digest: Any, value: Any) -> None:
+def fingerprint(digest: Any, value: Any) -> None:
+    """Feed ``value`` (tensors by content, dicts by key, sequences in order, anything else by repr) into
+    ``digest``: the calibration data of this store's keys and of the rounding checkpoints' (rounding/__init__)."""
     if isinstance(value, torch.Tensor):
-        t = value.detach()
-        digest.update(f"{t.dtype}{tuple(t.shape)}{t.device}".encode())
-        digest.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(value, dict):
         for k in sorted(value, key=str):
             digest.update(str(k).encode())
-            _digest(digest, value[k])
+            fingerprint(digest, value[k])
     elif isinstance(value, (list, tuple)):
         for v in value:
-            _digest(digest, v)
+            fingerprint(digest, v)
     else:
         digest.update(repr(value).encode())
 
