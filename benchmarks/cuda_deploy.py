@@ -199,6 +199,7 @@ def smollm2(device: str, windows: int, new_tokens: int, budget: str, calibration
                      "gap_percent": 100 * (dep_ppl - sim_ppl) / sim_ppl, "tokens_per_s": tps,
                      "speedup_vs_fp16": tps / reference["float16 tokens/s"], "kernels": kinds,
                      "fallbacks": [r["layer"] for r in deployment.fallbacks], "bits_per_weight": bits,
+                     "dtype": deployment.dtype,
                      "chosen": (plan.metadata.get("guard") or {}).get("chosen"), **graph})
         print(rows[-1], flush=True)
         del deployment
@@ -369,7 +370,8 @@ def smollm2_markdown(r: dict) -> str:
     env, ref = r["environment"], r["reference"]
     lines = ["## Target cuda: SmolLM2-135M deployed against simulated", "",
              f"Perplexity on the first {r['windows']} WikiText-2 evaluation windows: simulated (float32 fake "
-             f"quantization) against deployed (bfloat16 model, the planned layers on torch's kernels). Decoding: "
+             f"quantization) against deployed (the planned layers on torch's kernels, the model around them in "
+             f"the dtype column's type). Decoding: "
              f"greedy, batch 1, {r['new_tokens']} new tokens after a 32-token prompt, KV cache, eager (Hugging Face "
              f"generate) and with each step replayed as one CUDA graph (a static cache, attention through SDPA); against the float16 model "
              f"({ref['float16 tokens/s']:.1f} tokens/s eager"
@@ -377,13 +379,13 @@ def smollm2_markdown(r: dict) -> str:
              + f", perplexity {ref['float16 ppl']:.3f}; float32 "
              f"{ref['float32 ppl']:.3f}). {env['gpu']}, torch {env['torch']}. Target: deployed within 0.5 % of "
              "simulated.", "",
-             "| plan | simulated ppl | deployed ppl | gap | tokens/s | against fp16 | CUDA graph tokens/s | against fp16 "
-             "| kernels |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| plan | dtype | simulated ppl | deployed ppl | gap | tokens/s | against fp16 | CUDA graph tokens/s "
+             "| against fp16 | kernels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         hit = "hit" if abs(row["gap_percent"]) <= 0.5 else "miss"
         kinds = "; ".join(f"{k} x{v}" for k, v in row["kernels"].items())
-        lines.append(f"| {row['plan']} | {row['simulated_ppl']:.3f} | {row['deployed_ppl']:.3f} | "
+        lines.append(f"| {row['plan']} | {row.get('dtype', 'bfloat16')} | {row['simulated_ppl']:.3f} | {row['deployed_ppl']:.3f} | "
                      f"{row['gap_percent']:+.2f}% ({hit}) | {row['tokens_per_s']:.1f} | {row['speedup_vs_fp16']:.2f}x | "
                      + (f"{row['graph_tokens_per_s']:.1f} | {row.get('graph_speedup_vs_fp16', float('nan')):.2f}x | "
                         if "graph_tokens_per_s" in row else f"{row.get('graph_error', 'not measured')} | | ")

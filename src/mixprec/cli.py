@@ -595,8 +595,7 @@ def _export_cuda(args) -> int:
     model = model.to(device)
     quantized = apply(model, plan, data, weight_method=args.weight_range, activation_method=args.activation_range,
                       joins=False)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    deployment = deploy_cuda(model, plan, data, quantized=quantized, device=device, dtype=dtype,
+    deployment = deploy_cuda(model, plan, data, quantized=quantized, device=device, dtype=args.dtype,
                              weight_method=args.weight_range, activation_method=args.activation_range)
     save_cuda(deployment, out)
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
@@ -989,6 +988,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help="with --rounding adaround or brecq")
     p.add_argument("--device", default=None, help="cuda: the device to deploy on (default cuda where there is one)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                   help="cuda: the dtype the model around the planned layers runs in (default auto: float32 off a "
+                   "GPU; on CUDA float16 where most planned layers are fp16, else bfloat16, as int4 and fp8 kernels "
+                   "compute; a layer of the other dtype casts its input and output)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="time every layer at every candidate on a runtime: a latency cost table",

@@ -12,8 +12,8 @@ from torch import nn
 
 from mixprec.apply import apply
 from mixprec.errors import CandidateError
-from mixprec.export.cuda import (Fp8Linear, Int4Linear, Int8Linear, check_plan, deploy_cuda, load_cuda,
-                                 save_cuda)
+from mixprec.export.cuda import (CudaLayer, Fp8Linear, Int4Linear, Int8Linear, check_plan, deploy_cuda, load_cuda,
+                                 model_dtype, save_cuda)
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
@@ -73,6 +73,23 @@ def test_each_candidate_runs_its_kernel_with_the_simulated_weights():
     sim_mid = dict(simulated.named_modules())["mid"]
     assert torch.allclose(modules["mid"](mid_in), sim_mid(mid_in), atol=1e-4, rtol=1e-4)
     assert not deployment.fallbacks
+
+
+def test_the_model_runs_in_the_dtype_most_planned_layers_compute_in():
+    fp16, bf16 = CudaLayer("half", dtype="float16"), CudaLayer("half", dtype="bfloat16")
+    int4, int8, fp8 = CudaLayer("int4", group=64), CudaLayer("int8"), CudaLayer("fp8")
+    assert model_dtype({"a": fp16, "b": fp16, "c": int8}, "cuda") == torch.float16  # no cast at all
+    assert model_dtype({"a": fp16, "b": fp16, "c": int4}, "cuda") == torch.float16  # one layer casts, not two
+    assert model_dtype({"a": fp16, "b": int4, "c": fp8}, "cuda") == torch.bfloat16
+    assert model_dtype({"a": fp16, "b": bf16}, "cuda") == torch.bfloat16  # a tie keeps bfloat16
+    assert model_dtype({"a": int8}, "cuda:1") == torch.bfloat16
+    assert model_dtype({"a": fp16}, "cpu") == torch.float32  # the kernels' CPU twins compute in float32
+    model, batches = Mlp().eval(), data()
+    plan = plan_for(model, batches, {"up": "fp16", "mid": "fp16", "fp8": "w8", "head": "fp16", "last": "fp32"})
+    assert deploy_cuda(model, plan, batches, device="cpu", progress=False).dtype == "float32"
+    assert deploy_cuda(model, plan, batches, device="cpu", dtype="float16", progress=False).dtype == "float16"
+    with pytest.raises(Exception, match="dtype 'half' is not one of auto, bfloat16, float16, float32"):
+        deploy_cuda(model, plan, batches, device="cpu", dtype="half", progress=False)
 
 
 def test_int4_codes_and_zeros_reproduce_asymmetric_groups():

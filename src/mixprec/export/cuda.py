@@ -24,7 +24,8 @@ re-rounded):
         no kernel to gain; a tied output layer still runs its own kernel)
 
 The kernels round differently from the simulation in two ways, both reported: tinygemm keeps scales
-and zeros in bfloat16, and the model around the planned layers runs in ``dtype`` (bfloat16 by default).
+and zeros in bfloat16, and the model around the planned layers runs in ``dtype`` (model_dtype: float16 where
+most planned layers are fp16, else bfloat16).
 Integer inputs (w8a8, w4a8) are refused: torch's int8 GEMM was slower than fp16 on the H100.
 """
 from __future__ import annotations
@@ -392,15 +393,29 @@ class CudaDeployment:
             row["kernel"] = getattr(modules[row["layer"]], "kernel", row["kernel"])
 
 
+def model_dtype(layers: dict[str, CudaLayer], device: str | torch.device) -> torch.dtype:
+    """The dtype the model around the planned layers runs in: float32 off a GPU; on CUDA, float16 where more
+    planned layers compute in float16 (fp16 weights) than in bfloat16 (int4 tinygemm, fp8, bf16 weights), else
+    bfloat16. Each planned layer whose own dtype differs casts its input and output: measured on an H100, an
+    all-fp16 plan decoded SmolLM2 at 0.75x float16 with the model in bfloat16 (benchmarks/cuda_deploy.py)."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    kinds = [layer.dtype if layer.kind == "half" else layer.kind for layer in layers.values()]
+    halves = kinds.count("float16")
+    bf16s = sum(kinds.count(k) for k in ("bfloat16", "int4", "fp8"))
+    return torch.float16 if halves > bf16s else torch.bfloat16
+
+
 def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, quantized: nn.Module | None = None,
-                device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                device: str | torch.device = "cuda", dtype: torch.dtype | str | None = "auto",
                 weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
                 compile: bool = False) -> CudaDeployment:
     """``plan`` on ``model`` as a model whose planned Linear layers run low-bit kernels on ``device``.
 
     data: calibration batches (fp8 layers need their input scales). quantized: the model
     ``apply(model, plan, data)`` made (default: made here, nearest rounding). The rest of the model is cast
-    to ``dtype``. ``model`` itself is not changed. compile: int8 layers through torch.compile (CUDA)."""
+    to ``dtype`` ("auto" or None: :func:`model_dtype`, from the plan). ``model`` itself is not changed.
+    compile: int8 layers through torch.compile (CUDA)."""
     import copy
 
     from ..apply import apply
@@ -418,6 +433,12 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
         quantized = apply(model, plan, list(data) if data is not None and needs_data else None,
                           weight_method=weight_method, activation_method=activation_method, progress=progress,
                           joins=False)
+    if dtype is None or dtype == "auto":
+        dtype = model_dtype(layers, device)
+    elif isinstance(dtype, str):
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise MixprecError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32")
+        dtype = getattr(torch, dtype)
     q_modules = dict(quantized.named_modules())
     tensors = {n: _portable(n, layers[n], modules[n], q_modules[n], candidates[n], weight_method) for n in layers}
     deployed = copy.deepcopy(model).eval()
