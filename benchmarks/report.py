@@ -359,7 +359,8 @@ def _at_budget_targets() -> list[str]:
         rounding += " rounding" + (" (sensitivity measured with it too)" if r.get("rounding_aware") else "")
         if search != "exact":
             budget, evaluations = r["plan"].get("time_budget"), r["plan"].get("evaluations")
-            limits = [f"time budget {budget}"] * bool(budget) + [f"at most {evaluations} plans measured"] * bool(evaluations)
+            limits = ([f"time budget {budget}"] if budget else ["its default time budget"] * (search == "local")) \
+                + [f"at most {evaluations} plans measured"] * bool(evaluations)
             rounding += f", {search} search" + (f" ({', '.join(limits)})" if limits else "")
         lines.append(f"| moonshot: perplexity <= 31 at 5.1 bits per weight | smollm2 (`{path.stem}`, {rounding}, "
                      f"candidates {', '.join(r['candidates'])}) | {value:.2f} (guard: {r['plan']['guard']}) | "
