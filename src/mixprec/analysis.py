@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, in_eval_mode
+from .batches import as_batches
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
@@ -47,7 +48,7 @@ DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 
 
 def _batches(data: Iterable | None) -> list:
-    return [] if data is None else list(data)
+    return [] if data is None else as_batches(data)
 
 
 def _candidate_list(candidates: str | Iterable[str | Candidate]) -> list[Candidate]:
@@ -583,8 +584,9 @@ class Analysis:
         kind = ALIASES.get(kind, kind)
         if kind not in problem.costs:
             raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}")
-        if n_plans < 1:
-            raise SpecError(f"n_plans (--points) must be at least 1, got {n_plans}")
+        if n_plans < 2:
+            raise SpecError(f"n_plans (--points) must be at least 2, the cheapest and the most expensive plan, got "
+                            f"{n_plans}; for one plan at one budget, solve")
         if rounding.name != "nearest" and not evaluate and rounding != self.rounding:
             raise SpecError(f"--rounding {rounding.name} is how --eval measures the plans; add --eval")
         start = time.perf_counter()
@@ -696,6 +698,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     from .hf import check_dtype
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
+    if groups is not None and (tie or exclude or pins):
+        named = "=, ".join(n for n, v in (("tie", tie), ("exclude", exclude), ("pins", pins)) if v)
+        raise SpecError(f"give groups= or {named}=, not both: groups already say which layers are tied, excluded "
+                        f"and pinned; pass {named}= to discover_groups(model, example, ...) instead")
     model, data, evaluate, given = resolve_specs(model, data, evaluate)
     model = in_eval_mode(canonical(model), verbose)
     if given:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, copy_sharing_parameters
-from .batches import split_item
+from .batches import as_batches, split_item
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError, PlanError
 from .formats import IntFormat, is_dynamic
@@ -97,8 +97,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
         raise ModelError("join quantizers need a model torch.fx can trace, not a TorchScript model; give the "
                          "model as file.py:function or quantize without joins")
     model = canonical(model)  # the layers plans name (mixprec.canonical)
-    if calibration_data is not None and not isinstance(calibration_data, (list, tuple)):
-        calibration_data = list(calibration_data)  # read more than once (a generator would be spent)
+    calibration_data = as_batches(calibration_data)  # a list: read more than once (a generator would be spent)
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the

@@ -12,6 +12,34 @@ from typing import Any
 import torch
 
 
+def tensors_of(inputs: Any) -> Any:
+    """``inputs`` with every numpy array in it (at any depth of dicts, tuples and lists) as a torch tensor
+    sharing its memory where it can, so numpy calibration data works wherever tensors do."""
+    import numpy as np
+    if isinstance(inputs, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(inputs)) if inputs.dtype != object else inputs
+    if isinstance(inputs, dict):
+        return {k: tensors_of(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(tensors_of(v) for v in inputs)
+    return inputs
+
+
+def as_batches(data: Any) -> list | None:
+    """Calibration data as a list of items (None stays None), numpy arrays in them made tensors. A single
+    tensor or array is refused: an iterable of batches is wanted, e.g. ``[x]`` or ``list(x.split(32))``."""
+    if data is None:
+        return None
+    import numpy as np
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        from .errors import SpecError
+        split = "list(x.split(32))" if isinstance(data, torch.Tensor) else "[x[i:i + 32] for i in range(0, len(x), 32)]"
+        raise SpecError(f"data is one {type(data).__name__} of shape {tuple(data.shape)}: give an iterable of "
+                        f"batches, e.g. [x] for one batch or {split} for batches of 32 (iterated itself, it "
+                        f"would give one sample at a time, without its batch axis)")
+    return [tensors_of(item) for item in data]
+
+
 def split_item(item: Any) -> tuple[Any, Any]:
     """Return (inputs, labels or None) for one data item."""
     if isinstance(item, (tuple, list)) and len(item) == 2:

@@ -35,6 +35,15 @@ from .specs import is_builtin, load_eval, parse_device, prepare
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
 
+def front_points(text: str) -> int:
+    """argparse type: the plans of a front, at least 2 (its cheapest and its most expensive plan)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a front has at least 2 points (the cheapest and the most expensive plan), "
+                                         f"got {value}; for one plan at one budget, use solve")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a count of samples, points, steps)."""
     try:
@@ -203,7 +212,6 @@ def cmd_quantize(args) -> int:
                            activation_range=args.activation_range, rounding=rounding,
                            rounding_checkpoint=cache_dir() / "rounding", device=args.device,
                            stream=args.stream, inplace=True)  # the float model is not needed again: one model's memory, not two
-    _check_recorded_costs(result.plan, result.costs)
     out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
     metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
@@ -720,24 +728,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _check_recorded_costs(plan, costs: dict[str, float]) -> None:
-    """A plan whose costs are not the ones it records (edited by hand after solve) gets its real costs recorded,
-    and a note where it now exceeds a budget it records."""
-    recorded, budgets = plan.metadata.get("predicted_costs"), plan.metadata.get("budgets") or {}
-    if not isinstance(recorded, dict) or any(parse_candidate(c).multipoint for c in plan.assignments.values()):
-        return  # nothing recorded, or point counts chosen at apply, which the prediction could not know
-    changed = {k: v for k, v in costs.items() if k in recorded and not np.isclose(recorded[k], v, rtol=1e-6)}
-    if not changed:
-        return
-    over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
-            if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
-    print("note: this plan's costs are not those it records (changed after solve?)"
-          + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
-          + "; the plan.json written here records its real costs")
-    plan.metadata["predicted_costs"] = {**recorded, **changed}
-    plan.metadata["edited_after_solve"] = True
-
-
 def cmd_demo(args) -> int:
     from .atomic import check_output_dir
     from .demo import run_demo
@@ -922,7 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
                    "(default bops)")
-    p.add_argument("--points", type=positive_int, default=30)
+    p.add_argument("--points", type=front_points, default=30)
     p.add_argument("--method", choices=("exact", "lagrangian"), default="exact",
                    help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
                    "each optimal at its own cost, in milliseconds")
@@ -1049,7 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and every uniform candidate, and write an HTML report.")
     p.add_argument("--out", help="output directory (default ./mixprec-demo)")
     p.add_argument("--candidates", default=DEMO_CANDIDATES, help=f"candidates (default {DEMO_CANDIDATES})")
-    p.add_argument("--points", type=positive_int, default=12, help="plans on the front (default 12)")
+    p.add_argument("--points", type=front_points, default=12, help="plans on the front (default 12)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, conversions
-from .batches import batch_size, describe_shape, run_model, to_device
+from .batches import batch_size, describe_shape, run_model, tensors_of, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -250,6 +250,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     reparametrized weight (weight_norm) as the plain weight it computes.
     """
     model = canonical(model)
+    example_input = tensors_of(example_input)  # numpy inputs work as tensors do
     ties = [ties] if isinstance(ties, str) else list(ties)  # one pattern as a bare string, not its characters
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     if pins is not None and not isinstance(pins, dict):

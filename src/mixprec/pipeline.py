@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
 from .atomic import save_torch_atomic
+from .batches import as_batches
 from .analysis import DEFAULT_CANDIDATES, analyze
 from .streaming import device_of, place, stream_blocks
 from .apply import apply, plan_points
-from .candidates import Candidate
+from .candidates import Candidate, parse_candidate
 from .costs import COST_KINDS, cost_tables
 from .errors import EvaluationError, SpecError
 from .evaluation import EvalResult, to_eval_result
@@ -102,10 +105,15 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     """Apply ``plan`` (mixprec.apply), price it and, with ``evaluate``, measure it. Multipoint layers take
     the plan's stored point counts, else counts chosen on ``data``; the returned plan keeps them.
     inplace: quantize ``model`` itself (apply's ``inplace``: about one model's memory instead of two).
-    stream: the model's blocks wait in CPU memory and come onto ``device`` one at a time (mixprec.streaming)."""
+    stream: the model's blocks wait in CPU memory and come onto ``device`` one at a time (mixprec.streaming).
+    The groups' pins (discover_groups(pins=...)) are applied to ``plan``, and a plan whose costs are not those it
+    records (edited after solve) gets its real costs recorded; each with a note (printed with ``progress``, else
+    a warning)."""
     check_plan_groups(plan, groups)
+    for change in plan.pin(groups):
+        _note(f"pin applied: {change}", progress)
     config = rounding_config(rounding, **(rounding_options or {}))
-    batches = None if data is None else list(data)
+    batches = as_batches(data)
     device = torch.device(device) if device is not None else device_of(model)
     if stream:
         stream_blocks(model, device)
@@ -122,12 +130,40 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     quantized = apply(model, plan, batches, weight_method=weight_range, activation_method=activation_range,
                       rounding=config, rounding_checkpoint=rounding_checkpoint,
                       points=counts, progress=progress, inplace=inplace)
-    result = QuantizeResult(quantized, plan, {k: tables.total(k, plan.assignments) for k in COST_KINDS},
+    costs = {k: tables.total(k, plan.assignments) for k in COST_KINDS}
+    check_recorded_costs(plan, costs, progress)
+    result = QuantizeResult(quantized, plan, costs,
                             apply_seconds=time.perf_counter() - start, rounding=config.name,
                             rounding_options=config.options())
     if evaluate is not None:
         result.evaluate(evaluate)
     return result
+
+
+def _note(note: str, verbose: bool) -> None:
+    if verbose:
+        print(f"note: {note}")
+    else:
+        warnings.warn(note, stacklevel=3)
+
+
+def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = True) -> None:
+    """A plan whose costs are not the ones it records (edited by hand after solve) gets its real costs recorded
+    (``metadata["predicted_costs"]``, ``metadata["edited_after_solve"]``), with a note that names any budget it
+    records and now exceeds."""
+    recorded, budgets = plan.metadata.get("predicted_costs"), plan.metadata.get("budgets") or {}
+    if not isinstance(recorded, dict) or any(parse_candidate(c).multipoint for c in plan.assignments.values()):
+        return  # nothing recorded, or point counts chosen at apply, which the prediction could not know
+    changed = {k: v for k, v in costs.items() if k in recorded and not np.isclose(recorded[k], v, rtol=1e-6)}
+    if not changed:
+        return
+    over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
+            if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
+    _note("this plan's costs are not those it records (changed after solve?)"
+          + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
+          + "; the plan this step returns and saves records its real costs", verbose)
+    plan.metadata["predicted_costs"] = {**recorded, **changed}
+    plan.metadata["edited_after_solve"] = True
 
 
 def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
@@ -142,7 +178,7 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
     :func:`quantize_plan` (evaluated with ``evaluate`` when given). target: the export target the plan is for
     (``"ort-cpu"``: candidates it cannot run are never chosen, and its int8 graph's join quantizers are
     measured and applied; ``joins`` as :func:`mixprec.analyze`'s)."""
-    batches = list(data)
+    batches = as_batches(data)
     analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
                        weight_range=weight_range, activation_range=activation_range, device=device, progress=progress,
                        target=target, joins=joins)

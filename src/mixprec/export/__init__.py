@@ -30,7 +30,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..canonical import canonical
-from ..batches import output_tensor, run_model, split_item
+from ..batches import as_batches, output_tensor, run_model, split_item
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
@@ -214,7 +214,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     from ..joins import join_quantizers, onnx_mode
     from .ort import OrtModule, join_kernels, optimized_graph, runtime_kernels
 
-    batches = None if data is None else list(data)
+    batches = as_batches(data)
     notes: list[str] = []
     labels = _label_keys(model, _first_input(batches, example_input) if batches or example_input is not None else None)
     if labels:  # traced, calibrated and exported without them: the file predicts

@@ -1,0 +1,99 @@
+"""The Python API on what users hand it: numpy calibration data, groups given together with tie/pin options,
+a one-point front, pins and hand-edited plans in quantize_plan (as the command line treats them)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mixprec
+from mixprec.apply import apply
+from mixprec.cli import main
+from mixprec.errors import SpecError
+from mixprec.groups import discover_groups
+from mixprec.plan import Plan
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.up = nn.Linear(8, 32)
+        self.down = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def numpy_batches(n=3):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((16, 8)).astype(np.float32) for _ in range(n)]
+
+
+def test_numpy_calibration_batches_are_taken_as_tensors_everywhere():
+    model, data = Mlp().eval(), numpy_batches()
+    as_tensors = [torch.from_numpy(x) for x in data]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    reference = mixprec.analyze(model, as_tensors, "w4a8,w8a8", progress=False)
+    np.testing.assert_allclose(analysis.table.values, reference.table.values)
+    plan = analysis.solve("bits=6")
+    from_numpy = mixprec.quantize_plan(model, plan, data, analysis.model_groups, progress=False).model
+    from_tensors = apply(model, plan, as_tensors, progress=False)
+    x = as_tensors[0]
+    assert torch.equal(from_numpy(x), from_tensors(x))
+    # (inputs, labels) pairs of arrays, and an example input as an array
+    pairs = [(x, np.zeros(16, dtype=np.int64)) for x in data]
+    assert torch.equal(apply(model, plan, pairs, progress=False)(x), from_tensors(x))
+    assert [g.name for g in discover_groups(model, data[0])] == [g.name for g in discover_groups(model, x)]
+
+
+@pytest.mark.parametrize("kind", ["tensor", "ndarray"])
+def test_one_array_as_the_data_is_refused_with_how_to_batch_it(kind):
+    x = np.zeros((64, 8), dtype=np.float32)
+    data = torch.from_numpy(x) if kind == "tensor" else x
+    with pytest.raises(SpecError, match=r"data is one \w+ of shape \(64, 8\): give an iterable of batches"):
+        mixprec.analyze(Mlp().eval(), data, "w4a8,w8a8", progress=False)
+
+
+def test_groups_together_with_tie_or_pins_is_refused_not_half_used():
+    model, data = Mlp().eval(), numpy_batches()
+    groups = discover_groups(model, data[0])
+    with pytest.raises(SpecError, match="give groups= or tie=, pins=, not both"):
+        mixprec.analyze(model, data, "w4a8,w8a8", groups=groups, tie=["*"], pins={"up": "w8a8"}, progress=False)
+    pinned = discover_groups(model, data[0], pins={"up": "w8a8"})  # the way: pins on the groups
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", groups=pinned, progress=False)
+    assert analysis.solve("bits=8.2").assignments == {"up": "w8a8", "down": "w4a8"}
+
+
+def test_a_front_has_at_least_two_points(tmp_path, capsys):
+    model, data = Mlp().eval(), numpy_batches()
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    with pytest.raises(SpecError, match="must be at least 2"):
+        analysis.pareto("bops", 1, guard=False)
+    assert len(analysis.pareto("bops", 2, guard=False).plans) >= 1
+    with pytest.raises(SystemExit):
+        main(["pareto", str(tmp_path), "--points", "1"])
+    assert "a front has at least 2 points" in capsys.readouterr().err
+
+
+def test_quantize_plan_applies_the_groups_pins_and_records_edited_costs():
+    model, data = Mlp().eval(), numpy_batches()
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    plan = analysis.solve("bits=6")
+    plan.assignments = {g: "w8a8" for g in plan.assignments}  # edited after solve: over its bits budget
+    pinned = discover_groups(model, data[0], pins={"down": "w4a8"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = mixprec.quantize_plan(model, plan, data, pinned, progress=False)
+    notes = [str(w.message) for w in caught]
+    assert any("pin applied: group down: w8a8 in the plan, w4a8 by its pin" in n for n in notes)
+    assert result.plan.assignments == {"up": "w8a8", "down": "w4a8"}
+    assert any("not those it records" in n and "exceeds the budget it records: bits_per_weight" in n for n in notes)
+    assert result.plan.metadata["edited_after_solve"]
+    assert result.plan.metadata["predicted_costs"]["bits_per_weight"] == pytest.approx(result.costs["bits_per_weight"])
+    plain = Plan.uniform(pinned, "w8a8")  # no recorded costs: nothing to say about them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixprec.quantize_plan(model, plain, data, pinned, progress=False)
+    assert not any("not those it records" in str(w.message) for w in caught)
