@@ -97,3 +97,66 @@ def test_quantize_plan_applies_the_groups_pins_and_records_edited_costs():
         warnings.simplefilter("always")
         mixprec.quantize_plan(model, plain, data, pinned, progress=False)
     assert not any("not those it records" in str(w.message) for w in caught)
+
+
+def test_quantize_plan_names_what_groups_is_when_given_the_analysis_dict():
+    model, data = Mlp().eval(), numpy_batches()
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    with pytest.raises(SpecError, match=r"analysis.model_groups.*got dict \(analysis.groups maps group names"):
+        mixprec.quantize_plan(model, analysis.solve("bits=6"), data, analysis.groups, progress=False)
+
+
+def tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from mixprec.hf import CausalLM
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2, n_positions=16)
+    torch.manual_seed(0)
+    return CausalLM(transformers.GPT2LMHeadModel(config)).eval()
+
+
+@pytest.mark.parametrize("ids, said", [
+    (torch.randint(0, 100, (2, 20)), "Its sequences are 20 tokens long, and the model (GPT2Config) has 16 positions"),
+    (torch.full((2, 8), 250), "Its token ids reach 250, and the model's vocabulary (GPT2Config) has 100 entries: "
+                              "was the data tokenized with another model's tokenizer?")])
+def test_a_language_model_failing_on_its_inputs_says_why(ids, said):
+    model = tiny_gpt2()
+    with pytest.raises(mixprec.errors.ModelError, match="index out of range") as caught:
+        mixprec.analyze(model, [ids], "w8", progress=False)
+    assert said in str(caught.value)
+
+
+def test_a_perplexity_evaluation_on_windows_the_model_cannot_take_is_an_evaluation_error(tmp_path):
+    from mixprec.errors import EvaluationError
+    from mixprec.text_data import perplexity_evaluation
+
+    class Bytes:  # a tokenizer of byte values: ids up to 255 for a model of 100
+        def __call__(self, text, **_):
+            return {"input_ids": list(text.encode()[:4000])}
+    text = tmp_path / "t.txt"
+    text.write_text("mixprec measures what it plans. " * 200)
+    evaluate = perplexity_evaluation(f"ppl:{text}?windows=2&length=8", Bytes(), "bytes")
+    with pytest.raises(EvaluationError, match="Its token ids reach .*vocabulary .* has 100 entries"):
+        evaluate(tiny_gpt2())
+
+
+def test_an_onnx_file_fed_ids_outside_its_table_is_a_model_error_with_a_hint(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mixprec.errors import ModelError
+    from mixprec.export import OrtModule, export
+
+    class Embedder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(50, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.head(self.table(ids))
+    model, data = Embedder().eval(), [torch.randint(0, 50, (4, 6)) for _ in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8")
+    result = export(model, plan, data, out=tmp_path / "e.onnx", progress=False)
+    session = OrtModule(result.path)
+    session(data[0])  # in range: runs
+    with pytest.raises(ModelError, match=r"ONNX Runtime could not run e.onnx on inputs \{'\w+': \(4, 6\)\}") as caught:
+        session(torch.full((4, 6), 70))
+    assert "tokenizer" in str(caught.value)

@@ -94,3 +94,26 @@ def test_a_model_in_training_mode_is_measured_in_eval_mode_and_keeps_its_mode():
         result = quantize(model, data, "bops=0.6x", candidates="w4a8,w8a8", progress=False)
     assert all(m.training for m in model.modules())
     assert not any(m.training for m in result.model.modules())
+
+
+def test_modules_made_explicit_keep_the_mode_of_the_ones_they_replace():
+    """An eval-mode model whose canonical form replaces modules (attention, EmbeddingBag) is not taken for a
+    model in training mode: no note, and the canonical copy is in eval mode throughout."""
+    class Bagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(20, 8, mode="mean")
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, ids):
+            x = self.bag(ids).unsqueeze(1)
+            return self.head(self.attn(x, x, x)[0][:, 0])
+    model = Bagged().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training-mode note would be an error here
+        converted = canonical(model)
+        discover_groups(model, torch.randint(0, 20, (4, 5)))
+    assert converted is not model and not any(m.training for m in converted.modules())
+    model.train()
+    assert all(m.training for m in canonical(model).modules())

@@ -249,7 +249,7 @@ def make_explicit(model: nn.Module, names: list[str]) -> None:
     for name in names:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
-                ExplicitAttention.from_float(model.get_submodule(name)))
+                ExplicitAttention.from_float(model.get_submodule(name)).train(model.get_submodule(name).training))
     for module in model.modules():
         if type(module) in _TRACED:  # exactly torch's classes: a subclass may compute something else
             module.__class__ = _TRACED[type(module)]

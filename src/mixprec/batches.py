@@ -145,3 +145,41 @@ def check_finite(batches: list, source: str = "the calibration data") -> None:
                 bad = int((~torch.isfinite(t)).sum())
                 raise SpecError(f"{source}: batch {index} (0-based) has {bad} NaN or infinite input value(s); "
                                 "every measurement on it would be NaN or inf. Clean or drop that batch")
+
+
+def token_limits(model: torch.nn.Module) -> tuple[int | None, int | None, str]:
+    """(vocabulary size, learned positions, where they were read) of a language model: its Hugging Face config's
+    ``vocab_size`` and ``n_positions``/``max_position_embeddings`` where a module of it has a config (positions
+    only for a model with a position table, not rotary ones), else its largest embedding table's rows."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        if isinstance(vocab, int):
+            positions = getattr(config, "n_positions", None)
+            if positions is None and any("position" in n and isinstance(m, torch.nn.Embedding)
+                                         for n, m in module.named_modules()):
+                positions = getattr(config, "max_position_embeddings", None)
+            return vocab, positions if isinstance(positions, int) else None, f"{type(config).__name__}"
+    tables = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    return (max(tables) if tables else None), None, "its largest nn.Embedding"
+
+
+def input_hint(model: torch.nn.Module, inputs: Any) -> str:
+    """Why a language model would fail on ``inputs``, as a sentence to add to its error, or "": token ids
+    outside its vocabulary (a tokenizer of another model) or sequences longer than its position table."""
+    try:
+        ids = inputs.get("input_ids") if isinstance(inputs, dict) else first_tensor(inputs)
+    except TypeError:
+        return ""
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.numel() == 0:
+        return ""
+    vocab, positions, source = token_limits(model)
+    hints = []
+    top = int(ids.max())
+    if vocab is not None and (top >= vocab or int(ids.min()) < 0):
+        hints.append(f"its token ids reach {top}, and the model's vocabulary ({source}) has {vocab} entries: was the "
+                     "data tokenized with another model's tokenizer?")
+    if positions is not None and ids.dim() >= 2 and ids.shape[-1] > positions:
+        hints.append(f"its sequences are {ids.shape[-1]} tokens long, and the model ({source}) has {positions} "
+                     "positions: give shorter windows (e.g. length= in a text: or ppl: spec).")
+    return (" " + " ".join(h[0].upper() + h[1:] for h in hints)) if hints else ""

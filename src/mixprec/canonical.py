@@ -160,10 +160,20 @@ def conv1d_to_linear(model: nn.Module) -> int:
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
         linear.requires_grad_(module.weight.requires_grad)
+        linear.train(module.training)  # a new module is in training mode: it takes the mode of the one it replaces
+        linear.__dict__[FROM_CONV1D] = True  # its checkpoint tensor is (in, out): read by export targets
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, linear)
         replaced += 1
     return replaced
+
+
+FROM_CONV1D = "_mixprec_from_conv1d"
+
+
+def from_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is a transformers Conv1D, or the nn.Linear canonical made of one."""
+    return _is_conv1d(module) or bool(module.__dict__.get(FROM_CONV1D))
 
 
 def _is_conv1d(module: nn.Module) -> bool:

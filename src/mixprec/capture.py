@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batches import describe_shape, run_model, to_device
+from .batches import describe_shape, input_hint, run_model, to_device
 from .errors import MixprecError, ModelError
 
 
@@ -39,7 +39,7 @@ def forward(model: nn.Module, inputs: Any, index: int, device: torch.device) -> 
         return None
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
-                         f"{str(exc).splitlines()[0]}") from exc
+                         f"{str(exc).splitlines()[0]}.{input_hint(model, inputs)}") from exc
 
 
 def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:

@@ -106,4 +106,5 @@ def make_explicit_bags(model: nn.Module, names: list[str]) -> None:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, ExplicitEmbeddingBag(parent.get_submodule(child)))
+        bag = parent.get_submodule(child)
+        setattr(parent, child, ExplicitEmbeddingBag(bag).train(bag.training))

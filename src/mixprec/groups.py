@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, conversions
-from .batches import batch_size, describe_shape, run_model, tensors_of, to_device
+from .batches import batch_size, describe_shape, input_hint, run_model, tensors_of, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -301,8 +301,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                     "take, or give batches of (dict of inputs, labels)." if "unexpected keyword argument" in str(exc)
                     else "")
             raise ModelError(f"the model failed on the example input {shape}: "
-                             f"{str(exc).splitlines()[0]}. Check that the data matches what the model expects.{hint}"
-                             ) from exc
+                             f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)} Check that the data "
+                             f"matches what the model expects.{hint}") from exc
         unused = [n for n in layers if not reads[n]]
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")

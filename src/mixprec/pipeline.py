@@ -90,6 +90,10 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
     """A plan fits a model when it names exactly the model's groups."""
+    if not isinstance(groups, ModelGroups):
+        raise SpecError(f"groups is the model's ModelGroups: analysis.model_groups, or mixprec.discover_groups(model, "
+                        f"example_input) with the options the plan was made with; got {type(groups).__name__}"
+                        + (" (analysis.groups maps group names to layer names)" if isinstance(groups, dict) else ""))
     different = sorted(set(groups.names) ^ set(plan.groups))
     if different:
         raise SpecError(f"the plan's groups do not match this model's groups (e.g. {different[:3]}); was it made for "

@@ -167,7 +167,14 @@ def perplexity_evaluation(spec: str, tokenizer, tokenizer_key: str) -> Callable[
     digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
 
     def evaluate(model: nn.Module) -> EvalResult:
-        ppl, tokens = perplexity(model, windows)
+        try:
+            ppl, tokens = perplexity(model, windows)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            from .batches import input_hint
+            from .errors import EvaluationError
+            raise EvaluationError(f"--eval {spec}: the model failed on its windows of shape "
+                                  f"{tuple(windows.shape)}: {str(exc).splitlines()[0]}.{input_hint(model, windows)}"
+                                  ) from exc
         return EvalResult("perplexity", ppl, higher_is_better=False,
                           details={"file": str(path), "windows": int(windows.shape[0]), "length": length,
                                    "tokens": tokens, "first_token": 0, "token_ids_sha256": digest})

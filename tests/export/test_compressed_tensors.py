@@ -256,6 +256,25 @@ def test_a_quantized_embedding_is_refused():
         write_compressed_tensors(model, plan, "unused", progress=False)
 
 
+@pytest.mark.parametrize("canonical_first", [False, True])
+def test_gpt2_conv1d_layers_are_refused_before_anything_is_written(tmp_path, canonical_first):
+    from mixprec.canonical import canonical
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+    torch.manual_seed(0)
+    model = CausalLM(transformers.GPT2LMHeadModel(config)).eval()
+    model = canonical(model) if canonical_first else model  # as the command line hands it over, or as loaded
+    plan = Plan.uniform(discover_groups(model, batches(1)[0]), "fp32")
+    plan.assignments["lm.transformer.h.0.mlp.c_fc"] = "w8"
+    with pytest.raises(PlanError, match=r"1 planned layer\(s\) \(e.g. lm.transformer.h.0.mlp.c_fc\) are transformers "
+                                        r"Conv1D layers"):
+        write_compressed_tensors(model, plan, tmp_path / "gpt2", progress=False)
+    assert not (tmp_path / "gpt2").exists()
+
+
+def test_a_mixed_checkpoint_says_transformers_did_not_load_it(mixed):
+    assert any("schemes (config groups)" in note for note in mixed[4].notes)
+
+
 def test_a_plan_for_another_model_is_refused(tmp_path):
     plan = make_plan(tiny_llama(), {"0.self_attn.o_proj": "w8"})
     other = torch.nn.Sequential(torch.nn.Linear(8, 8))

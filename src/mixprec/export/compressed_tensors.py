@@ -168,6 +168,15 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
                         "Plan.load(path)")
     if reader not in READERS:
         raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
+    from ..canonical import from_conv1d
+    every = dict(model.named_modules())
+    conv1d = sorted(n for n, c in plan.layer_candidates().items()
+                    if n in every and from_conv1d(every[n]) and parse_candidate(c).weight is not None)
+    if conv1d:
+        raise PlanError(f"{len(conv1d)} planned layer(s) (e.g. {conv1d[0]}) are transformers Conv1D layers (GPT-2's "
+                        "layout: weight (in, out)), which compressed-tensors checkpoints do not hold (their packed "
+                        "weights are (out, in), for nn.Linear); keep them float (--exclude) or export to another "
+                        "target (gguf, ort-cpu, cuda)")
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     schemes = _check_layers(modules, candidates)
@@ -420,6 +429,11 @@ def _notes(root: nn.Module, config: dict, candidates: dict[str, Candidate], pref
     if dtypes - {"float32"}:
         notes.append(f"the model is in {'/'.join(sorted(dtypes))}: scales are stored in float32, which dequantizes "
                      "exactly; a runtime holding scales in the model dtype rounds them")
+    kinds = {s for s in schemes.values() if s is not None}
+    if len(kinds) > 1:
+        notes.append(f"the checkpoint holds {len(kinds)} schemes (config groups), as a mixed plan does: vLLM serves "
+                     "them; transformers' dequantize-on-load (CompressedTensorsConfig(dequantize=True)) loaded only "
+                     "one-scheme checkpoints here (transformers 5.24 failed on mixed ones)")
     by_local = {n[len(prefix):]: schemes[n] for n in candidates}
     names = {n for n, _ in root.named_modules()}
     for shards in FUSED_SHARDS:

@@ -164,7 +164,17 @@ class OrtModule(nn.Module):
             raise ModelError(f"{self.path.name} needs input(s) {missing}")
         arrays = {k: self._array(k, v) for k, v in feed.items()}
         names = self.output_names[:1] if prompt else self.output_names
-        outputs = [torch.from_numpy(np.asarray(o)) for o in self.session.run(names, arrays)]
+        try:
+            results = self.session.run(names, arrays)
+        except Exception as exc:  # onnxruntime's own error types: a bad input is the caller's, not internal
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+            hint = (". An index input (token ids?) is outside a table of the file: was it tokenized with another "
+                    "model's tokenizer (--tokenizer)?" if "Gather" in str(exc) and "idx=" in str(exc) else "")
+            raise ModelError(f"ONNX Runtime could not run {self.path.name} on inputs {shapes}: "
+                             f"{str(exc).splitlines()[0]}{hint}") from exc
+        outputs = [torch.from_numpy(np.asarray(o)) for o in results]
         if self.structure is not None and len(outputs) + len(self.nones) == self.structure.num_leaves:
             from torch.utils._pytree import tree_unflatten
             it = iter(outputs)  # a dict's None values have no output in the file: they go back where they were

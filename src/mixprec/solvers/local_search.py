@@ -166,7 +166,7 @@ def local_search(problem: AllocationProblem, goal: Goal, starts: list[np.ndarray
     taken = sum(step["role"] == "accepted" for step in trace)
     trace.append({"step": len(trace), "role": "stop", "reason": stop, "seconds": round(spent, 2),
                   "note": f"local search: {len(losses)} plans measured in {spent:.1f} s, {taken} move(s) taken, "
-                          f"measured loss {start_loss:.4g} -> {loss:.4g}; stopped: {stop}"})
+                          f"measured loss {start_loss:.6g} -> {loss:.6g} ({loss - start_loss:+.3g}); stopped: {stop}"})
     objective, costs = problem.totals(plan)
     if cheap is not None:
         trace.append({"step": len(trace), "role": "screened", "plans": len(cheap)})
