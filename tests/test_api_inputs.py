@@ -160,3 +160,81 @@ def test_an_onnx_file_fed_ids_outside_its_table_is_a_model_error_with_a_hint(tmp
     with pytest.raises(ModelError, match=r"ONNX Runtime could not run e.onnx on inputs \{'\w+': \(4, 6\)\}") as caught:
         session(torch.full((4, 6), 70))
     assert "tokenizer" in str(caught.value)
+
+
+def test_a_layer_the_data_never_calls_is_a_clear_error_with_the_way_out():
+    class Head(Mlp):
+        def __init__(self):
+            super().__init__()
+            self.aux = nn.Linear(32, 4)  # a training-only head: forward never calls it
+
+    data = numpy_batches()
+    for prefix in ("auto", "none"):  # traced by torch.fx, and by full forwards (a quantizer that saw nothing)
+        with pytest.raises(mixprec.errors.ModelError, match=r"aux.*never called.*--exclude NAME"):
+            mixprec.analyze(Head().eval(), data, "w4a8,w8a8", prefix=prefix, progress=False)
+    analysis = mixprec.analyze(Head().eval(), data, "w4a8,w8a8", exclude=["aux"], progress=False)
+    assert "aux" not in analysis.groups
+
+
+def test_several_outputs_are_noted_as_measured_through_one():
+    class TwoHeads(Mlp):
+        def __init__(self):
+            super().__init__()
+            self.extra = nn.Linear(32, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.up(x))
+            return self.down(h), self.extra(h)
+
+    class WithLoss(Mlp):
+        def forward(self, x):
+            y = super().forward(x)
+            return {"loss": y.pow(2).mean(), "logits": y}
+    x = torch.randn(4, 8)
+    notes = discover_groups(TwoHeads().eval(), x).notes
+    assert any("returns 2 output tensors" in n and "only output[0] of shape (4, 4)" in n for n in notes)
+    assert not any("output tensors" in n for n in discover_groups(WithLoss().eval(), x).notes)
+    assert not any("output tensors" in n for n in discover_groups(Mlp().eval(), x).notes)
+
+
+def test_kl_or_agreement_on_a_regression_output_is_refused_not_measured_as_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)).eval()
+    data = [(torch.randn(16, 8), torch.randn(16, 1)) for _ in range(3)]
+    with pytest.raises(SpecError, match=r"kl compares class scores .* shape \(16, 1\) \(a regression\?\)"):
+        mixprec.analyze(model, data, "w2a8,w8a8", metric="kl", progress=False)
+    analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", progress=False)
+    for divergence in ("kl", "agreement", "consensus"):
+        with pytest.raises(SpecError, match="use sqnr"):
+            analysis.solve("bits=5.5", guard_divergence=divergence)
+    assert analysis.solve("bits=5.5").metadata["guard"]["divergence"]  # auto: sqnr, measured
+
+
+@pytest.mark.parametrize("returned, said", [
+    ({"main": "mse", "mse": 0.3, "higher_is_better": "False"}, "higher_is_better='False'; it must be True or False"),
+    ({"main": "mse", "mse": 0.3, "lower_is_better": True}, "the key 'lower_is_better', which mixprec does not read")])
+def test_a_metric_direction_mixprec_would_misread_is_refused(returned, said):
+    from mixprec.evaluation import to_eval_result
+    with pytest.raises(SpecError, match=said):
+        to_eval_result(returned)
+    assert not to_eval_result({"main": "mse", "mse": 0.3, "higher_is_better": False}).higher_is_better
+    assert not to_eval_result({"main": "mse", "mse": 0.3, "higher_is_better": np.bool_(False)}).higher_is_better
+
+
+def test_an_export_of_a_forward_that_branches_on_values_says_the_path_is_fixed(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mixprec.export import export
+
+    class Branching(Mlp):
+        def forward(self, x):
+            h = torch.relu(self.up(x))
+            if h.sum() > 0:  # data-dependent: the file keeps the branch its example took
+                h = h * 2
+            return self.down(h)
+    model, data = Branching().eval(), [torch.from_numpy(x) for x in numpy_batches()]
+    plan = Plan.uniform(discover_groups(model, data[0]), "fp32")
+    notes = export(model, plan, data, out=tmp_path / "b.onnx", progress=False).notes
+    assert any("branches or loops on tensor values" in n for n in notes)
+    plain = export(Mlp().eval(), Plan.uniform(discover_groups(Mlp().eval(), data[0]), "fp32"), data,
+                   out=tmp_path / "p.onnx", progress=False).notes
+    assert not any("branches or loops" in n for n in plain)

@@ -108,3 +108,25 @@ def test_a_plan_edited_after_solve_is_quantized_with_a_note_and_its_real_costs(t
     written = json.loads((out / "plan.json").read_text())["metadata"]
     result = json.loads((out / "result.json").read_text())
     assert written["edited_after_solve"] and written["predicted_costs"]["bops"] == result["costs"]["bops"]
+
+
+def test_a_front_point_is_written_as_a_plan_that_quantize_takes(tmp_path, capsys):
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    assert main(["pareto", str(run), "--budget-kind", "bops", "--points", "4", "--no-guard", "--out", str(front)]) == 0
+    points = json.loads((front / "pareto.json").read_text())["points"]
+    capsys.readouterr()
+    assert main(["report", str(front), "--write-plan", str(tmp_path / "p.json")]) != 0
+    assert "--write-plan needs --select N" in capsys.readouterr().err
+    assert main(["report", str(front), "--select", "1", "--write-plan", str(tmp_path / "p.json")]) == 0
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["assignments"] == points[1]["assignments"] and plan["metadata"]["front_point"] == 1
+    capsys.readouterr()
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(tmp_path / "p.json"), "--calibration-samples", "64",
+                 "--out", str(tmp_path / "q")]) == 0
+    result = json.loads((tmp_path / "q" / "result.json").read_text())
+    assert result["costs"]["bops"] == pytest.approx(points[1]["costs"]["bops"])
+    assert "not those it records" not in capsys.readouterr().out
+    assert main(["report", str(front), "--select", "9", "--write-plan", str(tmp_path / "x.json")]) != 0
+    assert "front point 9 does not exist: the front has" in capsys.readouterr().err

@@ -101,6 +101,29 @@ def output_tensor(output: Any) -> torch.Tensor:
     return next((t for t in tensors if t.dim() > 0), tensors[0])
 
 
+def outputs_note(output: Any) -> str | None:
+    """A note where ``output`` holds several non-scalar tensors and no logits or last hidden state: every
+    measurement (sensitivity, the guard, export's checks) reads only the one :func:`output_tensor` picks."""
+    if isinstance(output, torch.Tensor):
+        return None
+    for key in ("logits", "last_hidden_state"):
+        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return None
+    values = list(output.values()) if isinstance(output, dict) else list(output) \
+        if isinstance(output, (tuple, list)) else []
+    tensors = [v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if len(tensors) < 2:
+        return None
+    main = output_tensor(output)
+    where = next((f"[{k!r}]" for k, v in output.items() if v is main), "") if isinstance(output, dict) else \
+        f"[{next(i for i, v in enumerate(values) if v is main)}]"
+    return (f"the model returns {len(tensors)} output tensors; sensitivity, the guard and export's checks measure "
+            f"only output{where} of shape {tuple(main.shape)}: layers that feed only the others are measured as free "
+            "to quantize. To weigh them, wrap the model so that it returns the tensor to keep close (e.g. the outputs "
+            "concatenated, each scaled as it matters)")
+
+
 def describe_shape(inputs: Any) -> Any:
     """The shapes of a batch's tensors in its structure; a list of plain values (a batch's ids or texts) as
     its length and type ("32 x str"), not one entry per value."""

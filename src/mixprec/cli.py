@@ -463,6 +463,13 @@ def cmd_report(args) -> int:
     path = Path(args.pareto)
     check_output_dir(path if path.is_dir() else path.parent, "report directory")
     analysis = Analysis.load(args.run or front.run or "")
+    if args.write_plan:
+        if args.select is None:
+            raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
+        plan = front.plan(args.select)
+        plan.save(args.write_plan)
+        print(f"wrote {args.write_plan}: front point {args.select}, {front.kind} "
+              f"{plan.metadata['predicted_costs'][front.kind]:.6g} (use it with quantize or export --plan)")
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
@@ -936,6 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "selected plan, and predicted against measured metric.")
     p.add_argument("pareto", help="directory holding pareto.json (or the file)")
     p.add_argument("--run", help="analysis run directory (default: the one pareto.json names)")
+    p.add_argument("--write-plan", metavar="PLAN.json", help="also write front point --select as a plan.json, "
+                   "for quantize and export --plan")
     p.add_argument("--select", type=int, help="index of the front point to detail (default: chosen from the "
                    "measurements, else the middle point)")
     p.set_defaults(func=cmd_report)

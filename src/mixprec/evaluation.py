@@ -23,6 +23,11 @@ class EvalResult:
         return f"{self.name}={self.value:.4g}"
 
 
+# keys that look like a metric's direction but are not the one mixprec reads (higher_is_better)
+DIRECTION_KEYS = {"lower_is_better", "higher_better", "lower_better", "is_higher_better", "greater_is_better",
+                  "higherisbetter", "lowerisbetter", "maximize", "minimize"}
+
+
 def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResult:
     """Accept what a user's eval function returns: an EvalResult, a float (higher is better),
     or a dict naming its main metric with key ``main`` (optional ``higher_is_better``)."""
@@ -44,7 +49,17 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
                 raise SpecError(f"{source} returned a dict with keys {sorted(value)}; name the main metric with "
                                 "a 'main' key, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
             main = numeric[0]
-        higher = bool(value.get("higher_is_better", True))
+        higher = value.get("higher_is_better", True)
+        if not isinstance(higher, bool) and not (hasattr(higher, "item") and getattr(higher, "ndim", 1) == 0
+                                                 and isinstance(higher.item(), bool)):
+            raise SpecError(f"{source} returned higher_is_better={higher!r}; it must be True or False (a string such as "
+                            "'False' would read as true)")
+        higher = bool(higher)
+        lookalike = sorted(k for k in value if isinstance(k, str) and k != "higher_is_better"
+                           and k.lower().replace("-", "_") in DIRECTION_KEYS)
+        if lookalike:
+            raise SpecError(f"{source} returned the key {lookalike[0]!r}, which mixprec does not read: say the "
+                            "direction with 'higher_is_better': True or False (default True)")
         details = {k: v for k, v in value.items() if k not in ("main", "higher_is_better", main)}
         try:
             number = value[main].item() if hasattr(value[main], "item") else value[main]

@@ -7,10 +7,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
 from .atomic import write_json_atomic
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 @dataclass
@@ -96,6 +99,27 @@ class Front:
             if best is None or (u.measured["value"] > best if higher else u.measured["value"] < best):
                 out.append(cand)
         return out
+
+    def plan(self, index: int) -> "Plan":
+        """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its
+        costs, predicted sensitivity, search and guard in the metadata."""
+        from .plan import Plan
+        if not -len(self.plans) <= index < len(self.plans):
+            raise SpecError(f"front point {index} does not exist: the front has {len(self.plans)} points, 0 (the "
+                            f"cheapest) to {len(self.plans) - 1}")
+        point = self.plans[index]
+        if point.assignments is None:
+            raise SpecError(f"front point {index} holds no assignments (a pareto.json of an older mixprec?): solve at "
+                            f"its cost instead, --budget {self.kind}={point.costs[self.kind]:.6g}")
+        metadata = {"front_point": index % len(self.plans), "kind": self.kind, "method": self.method,
+                    "predicted_costs": dict(point.costs), "predicted_sensitivity": point.predicted_sensitivity,
+                    "search": point.search or self.method, "model": self.model, "run": self.run}
+        if point.guard is not None:
+            metadata["guard"] = point.guard
+        if point.measured is not None:
+            metadata["measured"] = point.measured
+        return Plan(dict(point.assignments), {g: list(v) for g, v in self.groups.items()}, list(self.excluded),
+                    metadata)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, conversions
-from .batches import batch_size, describe_shape, input_hint, run_model, tensors_of, to_device
+from .batches import batch_size, describe_shape, input_hint, outputs_note, run_model, tensors_of, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -169,8 +169,9 @@ def _tensor_key(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device.type)
 
 
-def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> tuple[dict, dict, dict]:
-    """One hooked forward pass: per layer MACs and input shape, and which tensor each layer read."""
+def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> tuple[dict, dict, dict, str | None]:
+    """One hooked forward pass: per layer MACs and input shape, which tensor each layer read, and a note where
+    the model returns several outputs (batches.outputs_note)."""
     macs: dict[str, int] = {n: 0 for n in layers}
     shapes: dict[str, tuple] = {}
     reads: dict[str, set] = {n: set() for n in layers}
@@ -198,11 +199,11 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
     device = next(iter(layers.values())).weight.device
     try:
         with torch.no_grad():
-            run_model(model, to_device(example_input, device))
+            output = run_model(model, to_device(example_input, device))
     finally:
         for h in handles:
             h.remove()
-    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads
+    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output)
 
 
 class _UnionFind:
@@ -291,7 +292,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     reads: dict[str, set] = {}
     if traced:
         try:
-            macs, shapes, reads = trace(model, example_input, layers)
+            macs, shapes, reads, output_note = trace(model, example_input, layers)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shape = _describe(example_input)
             hint = (" A data item that is a 2-tuple is read as (inputs, labels): give a model of several inputs "
@@ -303,6 +304,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
             raise ModelError(f"the model failed on the example input {shape}: "
                              f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)} Check that the data "
                              f"matches what the model expects.{hint}") from exc
+        if output_note:
+            notes.append(output_note)
         unused = [n for n in layers if not reads[n]]
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")

@@ -163,7 +163,8 @@ def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = Tr
         return
     over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
             if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
-    _note("this plan's costs are not those it records (changed after solve?)"
+    why = "its pins applied" if plan.metadata.get("pinned") else "changed after solve?"
+    _note(f"this plan's costs are not those it records ({why})"
           + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
           + "; the plan this step returns and saves records its real costs", verbose)
     plan.metadata["predicted_costs"] = {**recorded, **changed}

@@ -242,7 +242,9 @@ def _pick(arrays: dict, keys: tuple[str, ...], path: Path) -> np.ndarray:
             return arrays[k]
     if len(arrays) == 1:
         return next(iter(arrays.values()))
-    raise SpecError(f"--data {path}: no array named one of {keys}; arrays: {sorted(arrays)}")
+    raise SpecError(f"--data {path}: no array named one of {keys}; arrays: {sorted(arrays)}. An .npz holds one input "
+                    "array (and labels); a model of several inputs takes a .pt file of batches or a file.py:function "
+                    "that returns them (dicts or tuples of tensors)")
 
 
 def _batch(inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int, limit: int | None) -> list:

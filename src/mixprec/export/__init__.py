@@ -222,6 +222,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         example_input = _drop(example_input, labels)
         notes.append(f"the file leaves out the input(s) {labels}: the model takes them for its loss, not for its "
                      "prediction (OrtModule ignores them where they are given)")
+    flow = control_flow(model)
+    if flow:
+        notes.append(f"the model's forward branches or loops on tensor values (torch.fx: {flow}): the file holds the "
+                     "path its example batch took, branches and loop counts fixed, so an input that would take "
+                     "another path computes something else there; compare the exported figures on varied data")
     if quantized is None:
         if joins is None:
             joins = _default_joins(model, plan, realisations, batches, notes)
@@ -330,6 +335,20 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             result.outputs["evaluation"] = total
     write_json_atomic(report_path(out), result.to_dict())
     return result
+
+
+def control_flow(model: nn.Module) -> str | None:
+    """The first line of torch.fx's error where ``model``'s forward has control flow on tensor values (which
+    torch.export fixes to the path of its example), else None (it traces, or fails for another reason)."""
+    from ..joins import graph_module
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        return None  # fx does not trace them here for other reasons; their branches are on shapes and settings
+    try:
+        graph_module(model)
+    except Exception as exc:  # fx raises many kinds of errors
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return text if "control flow" in text or "cannot be iterated" in text else None
+    return None
 
 
 def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: list | None, notes: list[str]) -> bool:

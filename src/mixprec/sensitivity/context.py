@@ -175,6 +175,12 @@ class MeasureContext:
             seen = (observers or self.observers())[layer]
             quantizer._seen_lo, quantizer._seen_hi = seen._seen_lo, seen._seen_hi
             quantizer._samples = list(seen._samples)
+            if quantizer._seen_lo is None:
+                from ..errors import ModelError
+                raise ModelError(f"layer {layer!r} saw no finite input on the calibration data: it is never called "
+                                 "by it (a training-only head, or the branch of an if the data does not take), or its "
+                                 "inputs are only NaN/Inf. Leave it in float: exclude=[...] in Python, --exclude NAME "
+                                 "on the command line")
             quantizer.finish_calibration()
         else:
             quantizer.observing = False

@@ -48,9 +48,20 @@ def _row_chunks(x: torch.Tensor) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
 
 
+def check_class_scores(ref: torch.Tensor, what: str) -> None:
+    """KL and top-1 agreement read class scores along the output's last axis: an output without two or more
+    (a regression's (N, 1) or (N,)) would measure 0, or nonsense, for any model."""
+    if ref.ndim < 2 or ref.shape[-1] < 2:
+        from ..errors import SpecError
+        raise SpecError(f"{what} compares class scores along the model output's last axis, and this output has shape "
+                        f"{tuple(ref.shape)} (a regression?), where it measures nothing: use sqnr (--metric sqnr, "
+                        f"--guard-divergence sqnr, or auto, which picks it for such outputs)")
+
+
 def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ref) || softmax(out)) of every row (the last dimension is the vocabulary), in float32
     whatever the outputs' dtype, a chunk of rows at a time."""
+    check_class_scores(ref, "kl")
     ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
     step, parts = _row_chunks(ref), []
     for i in range(0, ref.shape[0], step):
@@ -85,6 +96,7 @@ def kl_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, floa
 
 def disagreement_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(per sample: its rows whose top-1 differs from the float model's, number of rows)."""
+    check_class_scores(ref, "top-1 agreement")
     a = ref.reshape(-1, ref.shape[-1]).argmax(dim=-1)
     b = out.reshape(-1, out.shape[-1]).argmax(dim=-1)
     return (a != b).reshape(_samples(ref), -1).sum(dim=1).double(), float(a.numel())

@@ -65,7 +65,10 @@ class ForkedForward:
         for i, node in enumerate(self.nodes):
             if node.op == "call_module" and node.target in layers:
                 return i
-        raise KeyError(f"none of {sorted(layers)} is called in the traced graph")
+        from ..errors import ModelError
+        raise ModelError(f"layer(s) {sorted(layers)} are never called by the model's forward (as torch.fx traced it): "
+                         "there is nothing of them to measure. Leave them in float: exclude=[...] in Python, "
+                         "--exclude NAME on the command line (e.g. a head used only in training)")
 
     def _bind(self, inputs: Any) -> dict[fx.Node, Any]:
         if isinstance(inputs, dict):
