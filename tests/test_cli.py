@@ -130,3 +130,15 @@ def test_a_front_point_is_written_as_a_plan_that_quantize_takes(tmp_path, capsys
     assert "not those it records" not in capsys.readouterr().out
     assert main(["report", str(front), "--select", "9", "--write-plan", str(tmp_path / "x.json")]) != 0
     assert "front point 9 does not exist: the front has" in capsys.readouterr().err
+
+
+def test_report_names_the_run_a_moved_front_points_to(tmp_path, capsys):
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    assert main(["pareto", str(run), "--budget-kind", "bops", "--points", "3", "--no-guard", "--out", str(front)]) == 0
+    run.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["report", str(front)]) != 0
+    assert f"names the run {str(run)!r}: give --run DIR where that run is now" in capsys.readouterr().err
+    assert main(["report", str(front), "--run", str(tmp_path / "moved")]) == 0

@@ -462,7 +462,13 @@ def cmd_report(args) -> int:
     front = Front.load(args.pareto)
     path = Path(args.pareto)
     check_output_dir(path if path.is_dir() else path.parent, "report directory")
-    analysis = Analysis.load(args.run or front.run or "")
+    try:
+        analysis = Analysis.load(args.run or front.run or "")
+    except SpecError as exc:
+        if args.run:
+            raise
+        raise SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where that run is now"
+                        ) from exc
     if args.write_plan:
         if args.select is None:
             raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
