@@ -110,7 +110,8 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     elif isinstance(example, (tuple, list)):
         positions = plain_inputs(example)
         kept = [i for i in range(len(example)) if i not in positions]
-        args, names, tensors = (tuple(example[i] for i in kept), [f"input{i}" for i in kept],
+        positional = _positional_names(model, len(example))
+        args, names, tensors = (tuple(example[i] for i in kept), [positional[i] for i in kept],
                                 [example[i] for i in kept])
     else:
         raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
@@ -390,6 +391,18 @@ def _var_keyword(model: nn.Module) -> bool:
         return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return False
+
+
+def _positional_names(model: nn.Module, count: int) -> list[str]:
+    """The graph input names of ``count`` positional inputs: forward's parameter names (``x``, ``mask``), so
+    that the file takes them by name as the model does; ``input<i>`` where forward names none (``*args``)."""
+    try:
+        signature = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        signature = {}
+    named = [n for n, p in signature.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = [named[i] if i < len(named) else f"input{i}" for i in range(count)]
+    return names if len(set(names)) == len(names) else [f"input{i}" for i in range(count)]
 
 
 def _keyword_order(model: nn.Module, example: dict) -> list[str]:
