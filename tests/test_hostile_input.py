@@ -256,3 +256,12 @@ def test_a_data_file_with_fewer_labels_than_inputs_is_refused_when_read(tmp_path
         torch.save({"inputs": torch.zeros(16, 4), "labels": torch.zeros(3, dtype=torch.long)}, path)
     with pytest.raises(SpecError, match="16 inputs and 3 labels"):
         load_data(str(path))
+
+
+@pytest.mark.parametrize("command", ["inspect", "analyze"])
+def test_data_without_samples_is_one_clear_error_for_every_command(user, capsys, command):
+    np.savez(user / "empty.npz", inputs=np.zeros((0, 1, 8, 8), dtype=np.float32))
+    extra = ["--candidates", "w8a8", "--out", str(user / "run")] if command == "analyze" else []
+    assert main([command, "--model", str(user / "user.py") + ":model", "--data", str(user / "empty.npz"),
+                 *extra]) != 0
+    assert "empty.npz holds no samples: give at least one batch" in error_line(capsys)

@@ -354,6 +354,8 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     data = None
     if data_spec:
         data = load_data(data_spec, limit=calibration_samples, model_spec=model_spec)
+        if not data:
+            raise SpecError(f"--data {data_spec} holds no samples: give at least one batch")
     elif builtin is not None and needs_data:
         if calibration_samples is not None and calibration_samples < 1:
             raise SpecError(f"--calibration-samples must be at least 1, got {calibration_samples}")
