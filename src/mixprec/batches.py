@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
 def tensors_of(inputs: Any) -> Any:
     """``inputs`` with every numpy array in it (at any depth of dicts, tuples and lists) as a torch tensor
     sharing its memory where it can, so numpy calibration data works wherever tensors do."""
-    import numpy as np
     if isinstance(inputs, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(inputs)) if inputs.dtype != object else inputs
     if isinstance(inputs, dict):
@@ -30,7 +30,6 @@ def as_batches(data: Any) -> list | None:
     tensor or array is refused: an iterable of batches is wanted, e.g. ``[x]`` or ``list(x.split(32))``."""
     if data is None:
         return None
-    import numpy as np
     if isinstance(data, (torch.Tensor, np.ndarray)):
         from .errors import SpecError
         split = "list(x.split(32))" if isinstance(data, torch.Tensor) else "[x[i:i + 32] for i in range(0, len(x), 32)]"
@@ -79,23 +78,37 @@ def batch_size(inputs: Any) -> int:
     return int(first_tensor(inputs).shape[0])
 
 
+def _named_output(output: Any) -> torch.Tensor | None:
+    """An output's logits or last hidden state (an attribute, as Hugging Face outputs hold them, or a dict key)."""
+    for key in ("logits", "last_hidden_state"):
+        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a dict, tuple or list output, in order; none for a tuple that does not lead with a tensor
+    (it names no main output)."""
+    if isinstance(output, dict):
+        values = list(output.values())
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        values = list(output)
+    else:
+        values = []
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
 def output_tensor(output: Any) -> torch.Tensor:
     """The main tensor of a model output: its logits or last hidden state (an attribute, as Hugging Face outputs
     hold them, or a dict key), else the first tensor of a dict, tuple or list that is not a scalar (a loss
     computed beside the outputs when the batch holds labels), else its first tensor."""
     if isinstance(output, torch.Tensor):
         return output
-    for key in ("logits", "last_hidden_state"):
-        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    if isinstance(output, dict):
-        values = list(output.values())
-    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        values = list(output)
-    else:  # a tuple that does not lead with a tensor names no main output
-        values = []
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    named = _named_output(output)
+    if named is not None:
+        return named
+    tensors = _output_tensors(output)
     if not tensors:
         raise TypeError(f"cannot find the output tensor in a {type(output).__name__}")
     return next((t for t in tensors if t.dim() > 0), tensors[0])
@@ -104,20 +117,14 @@ def output_tensor(output: Any) -> torch.Tensor:
 def outputs_note(output: Any) -> str | None:
     """A note where ``output`` holds several non-scalar tensors and no logits or last hidden state: every
     measurement (sensitivity, the guard, export's checks) reads only the one :func:`output_tensor` picks."""
-    if isinstance(output, torch.Tensor):
+    if isinstance(output, torch.Tensor) or _named_output(output) is not None:
         return None
-    for key in ("logits", "last_hidden_state"):
-        value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
-        if isinstance(value, torch.Tensor):
-            return None
-    values = list(output.values()) if isinstance(output, dict) else list(output) \
-        if isinstance(output, (tuple, list)) else []
-    tensors = [v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0]
+    tensors = [t for t in _output_tensors(output) if t.dim() > 0]
     if len(tensors) < 2:
         return None
-    main = output_tensor(output)
-    where = next((f"[{k!r}]" for k, v in output.items() if v is main), "") if isinstance(output, dict) else \
-        f"[{next(i for i, v in enumerate(values) if v is main)}]"
+    main = tensors[0]  # output_tensor's pick: the first that is not a scalar
+    where = next(f"[{k!r}]" for k, v in output.items() if v is main) if isinstance(output, dict) else \
+        f"[{next(i for i, v in enumerate(output) if v is main)}]"
     return (f"the model returns {len(tensors)} output tensors; sensitivity, the guard and export's checks measure "
             f"only output{where} of shape {tuple(main.shape)}: layers that feed only the others are measured as free "
             "to quantize. To weigh them, wrap the model so that it returns the tensor to keep close (e.g. the outputs "

@@ -24,7 +24,6 @@ eval mode (:func:`in_eval_mode`), its mode left as it was.
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 from torch import nn
@@ -32,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from .attention import ExplicitAttention, attention_modules, make_explicit
 from .embedding_bag import bag_modules, make_explicit_bags
+from .errors import notify
 
 __all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear", "unwrapped"]
 
@@ -190,10 +190,7 @@ def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
         return model
     note = ("the model is in training mode (model.train()): it is measured, quantized and exported in eval mode, "
             "dropout off and batch-norm statistics as they are; the model passed in keeps its mode")
-    if verbose:
-        print(f"note: {note}")
-    else:
-        warnings.warn(note, stacklevel=3)
+    notify(note, verbose, stacklevel=4)
     return copy_sharing_parameters(model).eval()
 
 

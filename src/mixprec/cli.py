@@ -18,6 +18,7 @@ from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
 from .errors import SpecError, error_line
+from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
 from .groups import ModelGroups
 from .pipeline import check_plan_groups, quantize_plan
@@ -993,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help="with --rounding adaround or brecq")
     p.add_argument("--device", default=None, help="cuda: the device to deploy on (default cuda where there is one)")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+    p.add_argument("--dtype", choices=CUDA_DTYPES, default="auto",
                    help="cuda: the dtype the model around the planned layers runs in (default auto: float32 off a "
                    "GPU; on CUDA float16 where most planned layers are fp16, else bfloat16, as int4 and fp8 kernels "
                    "compute; a layer of the other dtype casts its input and output)")

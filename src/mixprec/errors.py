@@ -45,6 +45,16 @@ class OutputError(MixprecError):
     """An output path that cannot be written (an existing file, read-only, no space, a name too long)."""
 
 
+def notify(note: str, verbose: bool, stacklevel: int = 3) -> None:
+    """A note to the user: printed as ``note: ...`` where the caller reports progress, else a UserWarning
+    (attributed ``stacklevel`` frames up: the library call the user made)."""
+    if verbose:
+        print(f"note: {note}")
+    else:
+        import warnings
+        warnings.warn(note, stacklevel=stacklevel)
+
+
 class EvaluationError(MixprecError):
     """The user's evaluation function raised or returned something that is not a finite metric."""
 

@@ -28,6 +28,11 @@ DIRECTION_KEYS = {"lower_is_better", "higher_better", "lower_better", "is_higher
                   "higherisbetter", "lowerisbetter", "maximize", "minimize"}
 
 
+def _scalar(value: Any) -> bool:
+    """A numpy or torch scalar (0-d): read with ``.item()``."""
+    return hasattr(value, "item") and getattr(value, "ndim", 1) == 0
+
+
 def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResult:
     """Accept what a user's eval function returns: an EvalResult, a float (higher is better),
     or a dict naming its main metric with key ``main`` (optional ``higher_is_better``)."""
@@ -35,7 +40,7 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
         return _finite(value, source)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _finite(EvalResult("metric", float(value)), source)
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+    if _scalar(value):
         return _finite(EvalResult("metric", float(value.item())), source)
     if isinstance(value, dict):
         if "main" in value:
@@ -43,15 +48,14 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
             if main not in value:
                 raise SpecError(f"{source} returned a dict whose 'main' is {main!r}, but it has no key {main!r}; keys: {sorted(value)}")
         else:
-            numeric = [k for k, v in value.items() if not isinstance(v, bool) and (
-                isinstance(v, (int, float)) or (hasattr(v, "item") and getattr(v, "ndim", 1) == 0))]  # numpy, torch
+            numeric = [k for k, v in value.items()
+                       if not isinstance(v, bool) and (isinstance(v, (int, float)) or _scalar(v))]  # numpy, torch
             if len(numeric) != 1:
                 raise SpecError(f"{source} returned a dict with keys {sorted(value)}; name the main metric with "
                                 "a 'main' key, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
             main = numeric[0]
         higher = value.get("higher_is_better", True)
-        if not isinstance(higher, bool) and not (hasattr(higher, "item") and getattr(higher, "ndim", 1) == 0
-                                                 and isinstance(higher.item(), bool)):
+        if not isinstance(higher, bool) and not (_scalar(higher) and isinstance(higher.item(), bool)):
             raise SpecError(f"{source} returned higher_is_better={higher!r}; it must be True or False (a string such as "
                             "'False' would read as true)")
         higher = bool(higher)

@@ -144,12 +144,17 @@ def _absent_optionals(model: nn.Module, example) -> dict | None:
     return absent or None
 
 
+def from_transformers(model: nn.Module) -> bool:
+    """Whether ``model`` holds Hugging Face transformers modules (which torch.fx does not trace here)."""
+    return any(type(m).__module__.startswith("transformers.") for m in model.modules())
+
+
 def trace(model: nn.Module, example=None) -> fx.GraphModule:
     """graph_module(model, example), a ModelError that says what to do where fx cannot trace it."""
     try:
         return graph_module(model, example)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
-        hf = any(type(m).__module__.startswith("transformers.") for m in model.modules())
+        hf = from_transformers(model)
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}; "
                          + ("Hugging Face models do not trace with torch.fx here, so their residual adds stay float "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,7 +24,7 @@ from .streaming import device_of, place, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate, parse_candidate
 from .costs import COST_KINDS, cost_tables
-from .errors import EvaluationError, SpecError
+from .errors import EvaluationError, SpecError, notify
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
 from .atomic import write_json_atomic
@@ -115,7 +114,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     a warning)."""
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
-        _note(f"pin applied: {change}", progress)
+        notify(f"pin applied: {change}", progress)
     config = rounding_config(rounding, **(rounding_options or {}))
     batches = as_batches(data)
     device = torch.device(device) if device is not None else device_of(model)
@@ -144,13 +143,6 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     return result
 
 
-def _note(note: str, verbose: bool) -> None:
-    if verbose:
-        print(f"note: {note}")
-    else:
-        warnings.warn(note, stacklevel=3)
-
-
 def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = True) -> None:
     """A plan whose costs are not the ones it records (edited by hand after solve) gets its real costs recorded
     (``metadata["predicted_costs"]``, ``metadata["edited_after_solve"]``), with a note that names any budget it
@@ -164,7 +156,7 @@ def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = Tr
     over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
             if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
     why = "its pins applied" if plan.metadata.get("pinned") else "changed after solve?"
-    _note(f"this plan's costs are not those it records ({why})"
+    notify(f"this plan's costs are not those it records ({why})"
           + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
           + "; the plan this step returns and saves records its real costs", verbose)
     plan.metadata["predicted_costs"] = {**recorded, **changed}

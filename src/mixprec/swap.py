@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import describe_shape, input_hint, run_model, shapes_compatible, split_item, to_device
+from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
+from .capture import forward
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
 from .groups import check_weights
@@ -204,11 +205,7 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
         elif not shapes_compatible(inputs, reference):
             raise ModelError(f"calibration batch {index} has shape {describe_shape(inputs)}; expected "
                              f"the same layout as batch 0, {describe_shape(reference)} (any batch size)")
-        try:
-            run_model(model, to_device(inputs, device))
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
-                             f"{str(exc).splitlines()[0]}.{input_hint(model, inputs)}") from exc
+        forward(model, inputs, index, device)
         count += 1
     if count == 0:
         raise MixprecError("the calibration data is empty; give at least one batch")

@@ -340,8 +340,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
 def control_flow(model: nn.Module) -> str | None:
     """The first line of torch.fx's error where ``model``'s forward has control flow on tensor values (which
     torch.export fixes to the path of its example), else None (it traces, or fails for another reason)."""
-    from ..joins import graph_module
-    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+    from ..joins import from_transformers, graph_module
+    if from_transformers(model):
         return None  # fx does not trace them here for other reasons; their branches are on shapes and settings
     try:
         graph_module(model)

@@ -393,6 +393,9 @@ class CudaDeployment:
             row["kernel"] = getattr(modules[row["layer"]], "kernel", row["kernel"])
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # deploy_cuda(dtype=...) by name
+
+
 def model_dtype(layers: dict[str, CudaLayer], device: str | torch.device) -> torch.dtype:
     """The dtype the model around the planned layers runs in: float32 off a GPU; on CUDA, float16 where more
     planned layers compute in float16 (fp16 weights) than in bfloat16 (int4 tinygemm, fp8, bf16 weights), else
@@ -436,8 +439,8 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
     if dtype is None or dtype == "auto":
         dtype = model_dtype(layers, device)
     elif isinstance(dtype, str):
-        if dtype not in ("bfloat16", "float16", "float32"):
-            raise MixprecError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32")
+        if dtype not in DTYPES:
+            raise MixprecError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         dtype = getattr(torch, dtype)
     q_modules = dict(quantized.named_modules())
     tensors = {n: _portable(n, layers[n], modules[n], q_modules[n], candidates[n], weight_method) for n in layers}
