@@ -34,6 +34,7 @@ from run import (CONFIGS, RESULTS, analysis_arguments, analyze_run, base_name, f
                  save_result, specs)
 
 from mixprec import Analysis, __version__, analyze  # noqa: E402
+from mixprec.analysis import HOLDOUT  # noqa: E402
 from mixprec.errors import MissingDataError  # noqa: E402
 from mixprec.rounding import rounding_config  # noqa: E402
 from mixprec.plan import write_json_atomic  # noqa: E402
@@ -119,7 +120,8 @@ def _around(model: str, cand: str, candidates: str, work: Path, device: str, sam
 def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | None,
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
               partial: Path | None = None, local: bool = True, weight_range: str = "mse",
-              guard_margin: float = 1.0, guard_divergence: str = "auto", extra: tuple[str, ...] = ()) -> dict:
+              guard_margin: float = 1.0, guard_divergence: str = "auto", extra: tuple[str, ...] = (),
+              guard_holdout: float | None = None) -> dict:
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     if extra:  # more candidates: analyses of their own
@@ -166,7 +168,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                     continue
                 start = time.perf_counter()
                 local = analysis.solve({kind: budget}, search="local", device=device, guard_margin=guard_margin,
-                                       guard_divergence=guard_divergence)
+                                       guard_divergence=guard_divergence, guard_holdout=guard_holdout)
                 row[f"{label}_local_seconds"] = round(time.perf_counter() - start, 2)
                 row[f"{label}_local_evaluations"] = local.metadata["evaluations"]
                 row[f"{label}_local"] = measure(local.assignments)["value"]
@@ -190,6 +192,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                      "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
                                      "guard_margin": guard_margin, "guard_divergence": guard_divergence,
+                                     "guard_holdout": HOLDOUT if guard_holdout is None else guard_holdout,
                                      "candidates": config.candidates, "grid": GRID_VERSION}})
 
 
@@ -290,6 +293,10 @@ def main() -> int:
                         help="the guard's margin in standard errors of the paired difference (default 1, as solve)")
     parser.add_argument("--guard-divergence", default="auto",
                         help="what the guard and the local search measure (default auto, as solve)")
+    parser.add_argument("--guard-holdout", type=float, default=None,
+                        help="after the local search, the fraction of the calibration batches the guard decides on, "
+                        "held apart from the search's (default: solve's, mixprec.analysis.HOLDOUT; 0: all batches "
+                        "for both, as before)")
     parser.add_argument("--add-candidates", default="", metavar="LIST",
                         help="candidates beside the model's configuration, e.g. activation bit-widths for a CNN "
                         "(w3a6,w4a6,w5a6,w6a6,w8a6) or 5- and 6-bit weights for an LLM (w5g64,w5g128,w6g128)")
@@ -308,7 +315,8 @@ def main() -> int:
                            tuple(args.tables.split(",")), partial=out.with_suffix(".partial.json"),
                            local=not args.no_local, weight_range=args.weight_range,
                            guard_margin=args.guard_margin, guard_divergence=args.guard_divergence,
-                           extra=tuple(c for c in args.add_candidates.split(",") if c))
+                           extra=tuple(c for c in args.add_candidates.split(",") if c),
+                           guard_holdout=args.guard_holdout)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .analysis import Analysis, analyze
+from .analysis import HOLDOUT, Analysis, analyze
 from .builtin import BUILTINS, get_builtin
 from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
@@ -407,7 +407,8 @@ def cmd_solve(args) -> int:
     plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
                           max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
                           guard=not args.no_guard, guard_divergence=args.guard_divergence,
-                          guard_margin=args.guard_margin, verbose=True, **_search_options(args))
+                          guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
+                          **_search_options(args))
     meta = plan.metadata
     total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
@@ -916,6 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "1/SQNR); auto: consensus for classifiers, nll for language models given token ids, 1/SQNR "
                    "otherwise (default auto)")
     _add_guard_margin(p)
+    p.add_argument("--guard-holdout", type=non_negative_float, default=None, metavar="FRACTION",
+                   help="local: the fraction of the calibration batches held apart from the search, on which the "
+                   "guard compares its plan with the uniform plans (the search takes the moves that measure best "
+                   "on its own batches, so there its plan measures better than it is), at least one batch "
+                   f"(default {HOLDOUT:g}: the search and the guard both use every batch)")
     p.add_argument("--out", default="plan.json", help="plan file to write (default plan.json)")
     p.set_defaults(func=cmd_solve)
 

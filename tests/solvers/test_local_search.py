@@ -158,3 +158,29 @@ def test_a_plan_that_measures_nan_is_never_taken_and_its_trace_entry_is_json():
     measured = [step for step in result.trace if step["role"] == "move"]
     assert measured and all(step["loss"] is None for step in measured)  # inf in the search, None in JSON
     json.dumps(result.trace, allow_nan=False)
+
+
+def test_guard_holdout_judges_the_local_plan_on_batches_the_search_never_measured(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from mixprec import Analysis
+    from mixprec.cli import main
+    from mixprec.errors import SpecError
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--calibration-samples", "128",
+                 "--out", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--search", "local", "--evaluations", "6",
+                 "--guard-holdout", "0.5", "--out", str(plan)]) == 0
+    meta = json.loads(plan.read_text())["metadata"]
+    batches = Analysis.load(run).table.metadata["calibration_batches"]
+    held = round(batches * 0.5)
+    assert meta["guard"]["data"].startswith(f"calibration batches {batches - held + 1}-{batches} of {batches}")
+    assert f"(batches 1-{batches - held}; the guard decides on the others)" in capsys.readouterr().out
+    analysis = Analysis.load(run)
+    assert analysis._held_apart(True, 0.5) == ((0, batches - held), (batches - held, batches))
+    assert analysis._held_apart(True, 0.01) == ((0, batches - 1), (batches - 1, batches))  # at least one batch
+    assert analysis._held_apart(False, 0.5) == analysis._held_apart(True, 0) == (None, None)
+    with pytest.raises(SpecError, match="guard_holdout"):
+        Analysis.load(run).solve("bops=w4a8", search="local", guard_holdout=1.0, evaluations=2)
