@@ -1005,6 +1005,35 @@ def test_a_layer_the_model_calls_twice_is_written_at_every_call(tmp_path):
     assert float((got - want).abs().max()) < 1e-2 * float(want.abs().max())
 
 
+class TransposedUse(nn.Module):
+    """A classifier whose encoder weight also decodes, read as a tensor: F.linear(h, enc.weight.t())."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.enc, self.head = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.enc(x))
+        return self.head(h), nn.functional.linear(h, self.enc.weight.t())
+
+
+def test_a_weight_also_read_as_a_tensor_is_refused_not_written_as_a_second_call(tmp_path):
+    model = TransposedUse().eval()
+    data = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    groups = discover_groups(model, data[0])
+    with pytest.raises(ModelError, match=r"layer 'enc': its weight is read by 2 nodes.*calls the layer 1 time"):
+        export(model, Plan.uniform(groups, W8), data, out=tmp_path / "t.onnx", progress=False)
+    assert not (tmp_path / "t.onnx").exists()
+    kept = Plan.uniform(groups, W8)
+    kept.assignments["enc"] = "fp32"  # the layer left float: its weight is written as it is
+    result = export(model, kept, data, out=tmp_path / "kept.onnx", progress=False)
+    with torch.no_grad():
+        want = model(data[1])[1]
+    got = OrtModule(result.path)(data[1])[1]
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+
+
 class KeywordsOnly(nn.Module):
     """forward(**feats): the inputs only by the names the batches give them."""
 

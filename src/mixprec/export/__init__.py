@@ -264,7 +264,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         holders.setdefault(id(modules[name].weight), []).append(name)
     shared = {n: [o for o in names if o != n] for names in holders.values() if len(names) > 1 for n in names}
     written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example), shared=shared,
-                      kinds={name: layer_kind(modules[name]) for name in candidates})
+                      kinds={name: layer_kind(modules[name]) for name in candidates},
+                      calls=_calls(quantized, list(candidates), example))
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
@@ -379,6 +380,20 @@ def report_path(onnx_path: str | os.PathLike) -> Path:
     for any other file (``model.gguf``), so that two targets' files of one name keep a report each."""
     path = Path(onnx_path)
     return path.with_name((path.stem if path.suffix == ".onnx" else path.name) + ".report.json")
+
+
+def _calls(model: nn.Module, names: list[str], example: Any) -> dict[str, int]:
+    """How many times the model calls each of the layers ``names`` on ``example`` (a siamese encoder: twice)."""
+    counts = dict.fromkeys(names, 0)
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: counts.__setitem__(n, counts[n] + 1))
+               for n in names]
+    try:
+        with torch.no_grad():
+            run_model(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return counts
 
 
 def _idle(model: nn.Module, name: str, example: Any) -> bool:

@@ -533,12 +533,14 @@ def _topological(nodes: list, available: set[str]) -> list:
 
 def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
             idle: Callable[[str], bool] = lambda name: False, shared: dict[str, list[str]] | None = None,
-            kinds: dict[str, str] | None = None) -> dict[str, dict]:
+            kinds: dict[str, str] | None = None, calls: dict[str, int] | None = None) -> dict[str, dict]:
     """Rewrite the float graph ``model`` (onnx ModelProto, in place) per ``layers``; returns, per layer, the
     ONNX node it became and the format written. idle(name): whether a layer no node reads never reaches the
     model's output (torch leaves such layers out of the graph): written as absent, not refused. shared: layer ->
     the other layers holding the same weight (a tied embedding and output layer), found under whichever name
-    torch exported it; the Gather reading it is the Embedding's (``kinds``), the other node the Linear's."""
+    torch exported it; the Gather reading it is the Embedding's (``kinds``), the other node the Linear's. calls:
+    layer -> how many times the model calls it; a weight read by more nodes than that is refused (the model
+    also uses it as a tensor, e.g. F.linear(x, layer.weight.t()), which the simulation leaves to the model)."""
     from onnx import helper
 
     g = _Graph(model)
@@ -571,6 +573,15 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
             raise ModelError(f"layer {name!r}: the exported graph has no node reading initializer {weight!r}; layers "
                              "are matched by their weight's name, so a layer whose weight torch renames, folds or "
                              "shares cannot be exported")
+        called = (calls or {}).get(name, 0)
+        if called and len(users) > called and layer.realisation.kind != "float":
+            raise ModelError(
+                f"layer {name!r}: its weight is read by {len(users)} nodes of the exported graph "
+                f"({', '.join(repr(u.name) for u in users)}) but the model calls the layer {called} time(s): the "
+                "model also uses the weight as a tensor outside the layer (e.g. F.linear(x, layer.weight.t()), a "
+                "decoder tied to an encoder), which the exporter cannot realise as the layer's format. Leave it "
+                f"float (analyze and solve with --exclude {name}, or --pin {name}=fp32), or give that other use a "
+                "layer of its own")
         # a layer the model calls more than once (one encoder on both inputs of a siamese model): every call's
         # node is rewritten alike, each with initializers of its own (the file holds the weight once per call)
         entries = [_rewrite_reader(g, name if k == 0 else f"{name}.call{k}", layer, node, weight, accuracy_level,
