@@ -145,3 +145,50 @@ def test_a_dict_evaluation_with_one_numpy_or_torch_number_is_taken():
     from mixprec.evaluation import to_eval_result
     assert to_eval_result({"acc": np.float32(0.75)}).value == 0.75
     assert to_eval_result({"acc": torch.tensor(0.5), "note": "x"}).name == "acc"
+
+
+def test_calibration_samples_cut_every_kind_of_data_to_exactly_that_many(tmp_path, monkeypatch):
+    x, y = torch.randn(128, 3), torch.arange(128) % 4
+    torch.save([(x[:64], y[:64]), (x[64:], y[64:])], tmp_path / "batches.pt")
+    for limit, sizes in ((10, [10]), (100, [64, 36]), (500, [64, 64])):
+        data = load_data(str(tmp_path / "batches.pt"), limit=limit)
+        assert [len(b[0]) for b in data] == sizes and all(len(b[1]) == len(b[0]) for b in data)
+    (tmp_path / "numpy_data.py").write_text(
+        "import numpy as np\n"
+        "def batches():\n"
+        "    x = np.ones((64, 3), dtype=np.float32)\n"
+        "    return [(x, np.zeros(64, dtype=np.int64)), (x, np.zeros(64, dtype=np.int64))]\n")
+    monkeypatch.chdir(tmp_path)
+    data = load_data("numpy_data.py:batches", limit=70)  # numpy batches, cut: it said 'returned a list'
+    assert [len(b[0]) for b in data] == [64, 6] and isinstance(data[1][0], torch.Tensor)
+
+
+def test_data_whose_items_are_no_batches_or_whose_generator_fails_is_a_clear_error(tmp_path, monkeypatch):
+    for name, obj in (("ints", [1, 2, 3]), ("strings", ["a", "b"]), ("none", [None, torch.ones(2, 3)])):
+        torch.save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(SpecError, match="batch 0 is a .* holding no tensor with a batch axis"):
+            load_data(str(tmp_path / f"{name}.pt"))
+    (tmp_path / "shards.py").write_text(
+        "import torch\n"
+        "def shards():\n"
+        "    yield torch.ones(4, 3)\n"
+        "    raise ValueError('bad shard 2')\n"
+        "def number():\n"
+        "    return 3\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match=r"shards.*reading batch 1 failed: ValueError: bad shard 2"):
+        load_data("shards.py:shards", limit=64)
+    with pytest.raises(SpecError, match="returned a int, expected an iterable of batches"):
+        load_data("shards.py:number")
+    np.savez(tmp_path / "scalar.npz", inputs=np.ones((8, 3), dtype=np.float32), labels=np.int64(3))
+    with pytest.raises(SpecError, match="labels are a single number"):
+        load_data(str(tmp_path / "scalar.npz"))
+
+
+def test_gradient_metrics_name_a_label_that_is_not_a_class():
+    from mixprec.errors import MixprecError
+    from mixprec.sensitivity.gradients import loss
+    out = torch.randn(4, 10, requires_grad=True)
+    with pytest.raises(MixprecError, match="label 103 is not a class of the 10 output columns"):
+        loss(out, torch.tensor([1, 2, 103, 4]), "fisher")
+    assert loss(out, torch.tensor([1, -100, 9, 0]), "fisher")[1] == 3  # -100: ignored, as cross_entropy does

@@ -18,13 +18,14 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .canonical import canonical
+from .capture import map_tensors
 from .batches import check_finite, split_item
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
@@ -161,6 +162,9 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         if inputs.ndim == 0:
             raise SpecError(f"--data {path}: the inputs are a single number; give an array of shape (N, ...)")
         labels = next((arrays[k] for k in ("labels", "y", "targets") if k in arrays), None)
+        if labels is not None and labels.ndim == 0:
+            raise SpecError(f"--data {path}: the labels are a single number; give one label per input, an array "
+                            f"of shape ({len(inputs)},)")
         return _batch(torch.from_numpy(inputs), None if labels is None else torch.from_numpy(labels), batch_size, limit)
     if spec.endswith(".pt") and ":" not in spec:
         if not path.is_file():
@@ -176,7 +180,7 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
                 raise SpecError(f"--data {path}: 'inputs' (and 'labels') must be tensors of shape (N, ...)")
             return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
         if isinstance(obj, (list, tuple)):
-            return _cap(list(obj), limit)
+            return _cap(obj, limit, f"--data {path}")
         raise SpecError(f"--data {path}: expected a tensor, a list of batches or a dict with 'inputs', "
                         f"got {type(obj).__name__}")
     if ":" in spec:
@@ -185,10 +189,10 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             data = fn()
         except Exception as exc:
             raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
-        try:
-            return _cap(list(data), limit)
-        except TypeError as exc:
-            raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches") from exc
+        if isinstance(data, (torch.Tensor, np.ndarray)) or not hasattr(data, "__iter__"):
+            raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
+                            "(a list or a generator of tensors, (inputs, labels) pairs or dicts of tensors)")
+        return _cap(data, limit, f"--data {spec!r}")
     raise SpecError(f"--data {spec!r} is not a built-in name, a .npz/.pt file or file.py:function")
 
 
@@ -263,16 +267,32 @@ def _batch(inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int, l
     return out
 
 
-def _cap(batches: list, limit: int | None) -> list:
-    if limit is None:
-        return batches
-    from .batches import batch_size as size_of, split_item
-    out, seen = [], 0
-    for item in batches:
-        if seen >= limit:
+def _cap(batches: Iterable, limit: int | None, source: str) -> list:
+    """The batches of a list or a user's iterable (numpy arrays made tensors), each checked to hold a tensor,
+    up to ``limit`` samples: the last batch is cut so that exactly ``limit`` are taken. An error raised by the
+    user's iterable is reported as theirs."""
+    from .batches import batch_size as size_of, split_item, tensors_of
+    out, seen, it = [], 0, iter(batches)
+    while limit is None or seen < limit:
+        try:
+            item = next(it)
+        except StopIteration:
             break
+        except Exception as exc:
+            raise SpecError(f"{source}: reading batch {len(out)} failed: {type(exc).__name__}: {exc}") from exc
+        item = tensors_of(item)
+        inputs, labels = split_item(item)
+        try:
+            n = size_of(inputs)
+        except (TypeError, IndexError):
+            raise SpecError(f"{source}: batch {len(out)} is a {type(item).__name__} holding no tensor with a batch "
+                            "axis; each batch must be a tensor, an (inputs, labels) pair or a dict of tensors") from None
+        if limit is not None and seen + n > limit:  # the last batch cut to the samples asked for
+            keep = limit - seen
+            item = map_tensors(item, lambda t, n=n, keep=keep: t[:keep] if t.dim() and t.shape[0] == n else t)
+            n = keep
         out.append(item)
-        seen += size_of(split_item(item)[0])
+        seen += n
     return out
 
 

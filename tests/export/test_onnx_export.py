@@ -1094,3 +1094,18 @@ def test_a_failing_evaluation_leaves_the_file_with_its_report(tmp_path, capsys):
         export(model, plan, data, target="ort-cpu", out=tmp_path / "m.onnx", evaluate=broken, progress=False)
     assert (tmp_path / "m.onnx").exists() and report_path(tmp_path / "m.onnx").exists()
     assert "the evaluation failed" in capsys.readouterr().out
+
+
+def test_an_exported_metric_beyond_rounding_noise_of_the_simulated_is_said_plainly(tmp_path):
+    from mixprec.evaluation import EvalResult
+    from mixprec.export import ExportResult, _gap_note
+
+    def result(simulated, exported, agreement):
+        return ExportResult(tmp_path / "m.onnx", "ort-cpu", [], 0, EvalResult("top1", simulated),
+                            EvalResult("top1", exported), {"evaluation": agreement}, {"evaluation": 600})
+    far = result(76.21, 71.52, 0.8978)  # 61 of 600 differ: noise at most 1.30 points; the gap is 4.69
+    note = _gap_note(far, saturating=True)
+    assert note and "-4.69 from the simulated 76.21" in note and "w7a8" in note and "ort-cpu-avx2" in note
+    assert "saturation" not in _gap_note(far, saturating=False)
+    assert _gap_note(result(76.21, 75.71, 0.99), saturating=True) is None  # 0.50 within twice the noise (2 x 0.41)
+    assert _gap_note(result(76.21, 76.21, 1.0), saturating=True) is None

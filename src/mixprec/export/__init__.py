@@ -334,8 +334,29 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             total = sum(a.numel() for a in sim_out.predictions)
             result.agreement["evaluation"] = same / max(total, 1)
             result.outputs["evaluation"] = total
+        gap_note = _gap_note(result, bool(eight_bit) and not cpu_has_vnni())
+        if gap_note:
+            result.notes.insert(0, gap_note)
     write_json_atomic(report_path(out), result.to_dict())
     return result
+
+
+def _gap_note(result: ExportResult, saturating: bool) -> str | None:
+    """A plain warning where the exported metric is further from the simulated than rounding noise explains
+    (more than twice ExportResult.noise): the file does not compute what was simulated."""
+    noise = result.noise()
+    if noise is None or result.simulated is None or result.exported is None:
+        return None
+    gap = result.exported.value - result.simulated.value
+    if abs(gap) <= max(2 * noise, 0.1):
+        return None
+    why = ("most likely the int8 kernels' 16-bit saturation on this CPU without VNNI (the note below): plan those "
+           "layers as w7a8, e.g. analyze with --profile ort-cpu-avx2, and export again" if saturating else
+           "the runtime computes these layers otherwise than the simulation; compare the layers' formats above and "
+           "see docs/export.md")
+    return (f"the exported {result.exported.name} is {gap:+.2f} from the simulated {result.simulated.value:.4g}, "
+            f"beyond twice the noise of the outputs that differ (±{noise:.2f}): the file does not compute what "
+            f"was simulated; {why}")
 
 
 def control_flow(model: nn.Module) -> str | None:

@@ -119,6 +119,12 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
             raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
                                f"{tuple(out.shape)} against the labels {tuple(labels.shape)} ({labels.dtype}); "
                                "expected integer class labels, one per output row (or give no labels)")
+        bad = target[(target != -100) & ((target < 0) | (target >= logits.shape[-1]))]
+        if bad.numel():
+            raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
+                               f"{tuple(out.shape)} against the labels, but label {int(bad[0])} is not a class of "
+                               f"the {logits.shape[-1]} output columns (0..{logits.shape[-1] - 1}); check the labels "
+                               "of the data (or give none: the metric then uses the model's own predictions)")
     return F.cross_entropy(logits, target, reduction="sum"), int((target != -100).sum())
 
 
