@@ -196,6 +196,13 @@ def test_several_outputs_are_noted_as_measured_through_one():
     assert not any("output tensors" in n for n in discover_groups(WithLoss().eval(), x).notes)
     assert not any("output tensors" in n for n in discover_groups(Mlp().eval(), x).notes)
 
+    class DictOfTwo(TwoHeads):
+        def forward(self, x):
+            logits, ink = super().forward(x)
+            return {"logits": logits, "ink": ink}
+    notes = discover_groups(DictOfTwo().eval(), x).notes  # a plain dict with 'logits': the others named too
+    assert any("returns 2 output tensors" in n and "only output['logits'] of shape (4, 4)" in n for n in notes)
+
 
 def test_kl_or_agreement_on_a_regression_output_is_refused_not_measured_as_zero():
     torch.manual_seed(0)

@@ -117,12 +117,15 @@ def output_tensor(output: Any) -> torch.Tensor:
 def outputs_note(output: Any) -> str | None:
     """A note where ``output`` holds several non-scalar tensors and no logits or last hidden state: every
     measurement (sensitivity, the guard, export's checks) reads only the one :func:`output_tensor` picks."""
-    if isinstance(output, torch.Tensor) or _named_output(output) is not None:
+    if isinstance(output, torch.Tensor):
+        return None
+    named = _named_output(output)
+    if named is not None and type(output) is not dict:  # a Hugging Face output: its logits or hidden state
         return None
     tensors = [t for t in _output_tensors(output) if t.dim() > 0]
     if len(tensors) < 2:
         return None
-    main = tensors[0]  # output_tensor's pick: the first that is not a scalar
+    main = named if named is not None else tensors[0]  # output_tensor's pick
     where = next(f"[{k!r}]" for k, v in output.items() if v is main) if isinstance(output, dict) else \
         f"[{next(i for i, v in enumerate(output) if v is main)}]"
     return (f"the model returns {len(tensors)} output tensors; sensitivity, the guard and export's checks measure "
