@@ -142,3 +142,27 @@ def test_report_names_the_run_a_moved_front_points_to(tmp_path, capsys):
     assert main(["report", str(front)]) != 0
     assert f"names the run {str(run)!r}: give --run DIR where that run is now" in capsys.readouterr().err
     assert main(["report", str(front), "--run", str(tmp_path / "moved")]) == 0
+
+
+def test_task_metric_without_eval_is_refused_before_the_run_directory_is_written(tmp_path, capsys):
+    from mixprec.cli import main
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 2)\n"
+                                     "def data():\n    return [torch.randn(8, 4)]\n")
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", str(tmp_path / "net.py") + ":build", "--data", str(tmp_path / "net.py") + ":data",
+                 "--candidates", "w8a8", "--metric", "task", "--out", str(run)]) != 0
+    assert "give --eval file.py:evaluate" in capsys.readouterr().err and not run.exists()
+    # a built-in model measures with its own evaluation
+    assert main(["analyze", "--model", "demo-cnn", "--calibration-samples", "32", "--candidates", "w4a8,w8a8",
+                 "--metric", "task", "--out", str(run)]) == 0
+    assert "--metric task measures with demo-cnn's own evaluation" in capsys.readouterr().out
+
+
+def test_an_unknown_budget_kind_lists_the_short_names_too():
+    import pytest
+
+    from mixprec.budgets import parse_budgets
+    from mixprec.errors import MixprecError
+    with pytest.raises(MixprecError, match=r"kinds here: bytes, bits_per_weight \(also bits = bits_per_weight, "
+                                            r"size = bytes, bpw = bits_per_weight\)"):
+        parse_budgets("foo=1", ["bytes", "bits_per_weight"], lambda kind, cand: 0.0, lambda kind: 0.0)

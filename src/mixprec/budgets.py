@@ -36,7 +36,9 @@ def parse_budgets(text: str, kinds: list[str], uniform_cost: Callable[[str, str]
             raise MixprecError(f"budget {item!r} must look like KIND=VALUE, e.g. bytes=2.5MB, bops=w4a8, bits=4.5, "
                                "bytes=0.5x")
         if kind not in kinds:
-            raise MixprecError(f"unknown budget kind {kind!r}; kinds here: {', '.join(kinds)}")
+            also = [f"{a} = {k}" for a, k in ALIASES.items() if k in kinds]
+            raise MixprecError(f"unknown budget kind {kind!r}; kinds here: {', '.join(kinds)}"
+                               + (f" (also {', '.join(also)})" if also else ""))
         if kind in budgets:
             raise MixprecError(f"budget kind {kind!r} given twice")
         budgets[kind] = _value(kind, value, uniform_cost, highest_cost)

@@ -279,6 +279,12 @@ def cmd_analyze(args) -> int:
         args.out = args.resume
     elif not args.model or not args.out:
         raise SpecError("give --model SPEC and --out RUN_DIR (or --resume RUN_DIR to continue a run)")
+    if args.metric == "task" and not args.eval:  # refused before the run directory is written
+        if not is_builtin(args.model):
+            raise SpecError("--metric task measures the drop of your own metric: give --eval file.py:evaluate (a "
+                            "function model -> metric), or use a label-free metric such as --metric sqnr")
+        args.eval = args.model
+        print(f"note: --metric task measures with {args.model}'s own evaluation (--eval {args.model})")
     check_output_dir(args.out)
     rank = _init_distributed()
     try:

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 
-from ..candidates import Candidate
+from ..candidates import Candidate, parse_candidate
 from . import compressed_tensors, cuda, gguf
 from .targets import Target, check_layers, get_target
 
 
-def check_target(target: str | Target, layers: dict[str, tuple[str, tuple[int, ...], Candidate]],
+def check_target(target: str | Target, layers: dict[str, tuple[str, tuple[int, ...], Candidate | str]],
                  reduce_range: bool = False) -> dict:
     """What ``target`` makes of every planned layer (name -> (kind, weight shape, candidate)): an ONNX
     Realisation, a GGUF type or a compressed-tensors scheme (None: left dense). One CandidateError lists
     every layer the target cannot run, with the target's candidates."""
     spec = get_target(target.name if isinstance(target, Target) else target)
+    layers = {name: (kind, shape, parse_candidate(c) if isinstance(c, str) else c)  # a name too: "w4a8"
+              for name, (kind, shape, c) in layers.items()}
     if spec.name == "gguf":
         return gguf.check_plan({name: (shape, candidate) for name, (_, shape, candidate) in layers.items()})
     if spec.name == "cuda":
