@@ -166,3 +166,14 @@ def test_an_unknown_budget_kind_lists_the_short_names_too():
     with pytest.raises(MixprecError, match=r"kinds here: bytes, bits_per_weight \(also bits = bits_per_weight, "
                                             r"size = bytes, bpw = bits_per_weight\)"):
         parse_budgets("foo=1", ["bytes", "bits_per_weight"], lambda kind, cand: 0.0, lambda kind: 0.0)
+
+
+def test_an_interrupted_analysis_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from mixprec import cli
+
+    def stop(args, rank):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_analyze", stop)
+    run = tmp_path / "run"
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
+    assert f"mixprec analyze --resume {run} continues" in capsys.readouterr().err

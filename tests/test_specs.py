@@ -192,3 +192,12 @@ def test_gradient_metrics_name_a_label_that_is_not_a_class():
     with pytest.raises(MixprecError, match="label 103 is not a class of the 10 output columns"):
         loss(out, torch.tensor([1, 2, 103, 4]), "fisher")
     assert loss(out, torch.tensor([1, -100, 9, 0]), "fisher")[1] == 3  # -100: ignored, as cross_entropy does
+
+
+def test_a_data_file_whose_path_holds_a_colon_is_read_as_a_file(tmp_path):
+    folder = tmp_path / "c:d"
+    folder.mkdir()
+    np.savez(folder / "x.npz", inputs=np.ones((4, 3), dtype=np.float32))
+    torch.save(torch.ones(4, 3), folder / "x.pt")
+    assert [len(b) for b in load_data(str(folder / "x.npz"))] == [4]
+    assert [len(b) for b in load_data(str(folder / "x.pt"))] == [4]

@@ -1091,7 +1091,10 @@ def main(argv: list[str] | None = None) -> int:
         args.torch_threads = choose_threads()
         return args.func(args)
     except KeyboardInterrupt:
-        print("mixprec: interrupted", file=sys.stderr)
+        resume = ""
+        if getattr(args, "func", None) is cmd_analyze and getattr(args, "out", None):
+            resume = f"; what was measured is kept: mixprec analyze --resume {args.out} continues"
+        print(f"mixprec: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
         if args.debug:

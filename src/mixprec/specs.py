@@ -154,7 +154,7 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         builtin = get_builtin(spec)
         return builtin.calibration(limit or builtin.default_calibration_samples)
     path = Path(spec)
-    if spec.endswith(".npz") and ":" not in spec:
+    if spec.endswith(".npz") and (":" not in spec or path.is_file()):  # a file whose path holds ':' too
         if not path.is_file():
             raise SpecError(f"--data file {path} does not exist")
         arrays = _read_npz(path)
@@ -166,7 +166,7 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             raise SpecError(f"--data {path}: the labels are a single number; give one label per input, an array "
                             f"of shape ({len(inputs)},)")
         return _batch(torch.from_numpy(inputs), None if labels is None else torch.from_numpy(labels), batch_size, limit)
-    if spec.endswith(".pt") and ":" not in spec:
+    if spec.endswith(".pt") and (":" not in spec or path.is_file()):  # a file whose path holds ':' too
         if not path.is_file():
             raise SpecError(f"--data file {path} does not exist")
         obj = _read_pt(path)
@@ -228,8 +228,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_pt(path: Path) -> Any:
     """A .pt data file through torch.load(weights_only=True): tensors and plain containers only."""
     import pickle
+    import warnings
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise SpecError(f"--data {path} holds Python objects other than tensors and plain containers, and "
                         "mixprec never unpickles them (torch.load with weights_only=True refused it); save "

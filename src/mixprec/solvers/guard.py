@@ -163,7 +163,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         # rounded down: 0.998 standard errors must not read as the margin of 1 it missed
         where = f" (against {close[0]}: {math.floor(abs(close[2]) * 100) / 100:.2f} standard errors)" if close else ""
         return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
-                           f"{_show(mixed)}: lower, but by less than {margin:g} standard error(s) of the paired "
+                           f"{_show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
                            "returned", margin, z)
     return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
