@@ -177,3 +177,18 @@ def test_an_interrupted_analysis_says_how_to_resume(tmp_path, monkeypatch, capsy
     run = tmp_path / "run"
     assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
     assert f"mixprec analyze --resume {run} continues" in capsys.readouterr().err
+
+
+def test_pareto_says_why_it_has_fewer_plans_than_points_and_lists_them_cheapest_first(tmp_path, capsys):
+    import json
+
+    from mixprec.cli import main
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--calibration-samples", "32", "--candidates", "w4a8,w8a8",
+                 "--out", str(run)]) == 0
+    assert main(["pareto", str(run), "--budget-kind", "bops", "--points", "30", "--out", str(tmp_path / "front")]) == 0
+    out = capsys.readouterr().out
+    plans = json.loads((tmp_path / "front" / "pareto.json").read_text())["points"]
+    assert len(plans) < 30 and f"note: 30 budgets gave {len(plans)} distinct plans" in out
+    costs = [p["costs"]["bops"] for p in plans]
+    assert costs == sorted(costs)

@@ -649,6 +649,7 @@ class Analysis:
                 continue
             plans.append(FrontPlan(costs, objective, assignments, None, search,
                                    guarded.to_dict(guard_kind, "calibration data") if guarded else None))
+        plans.sort(key=lambda q: q.costs[kind])  # a plan the guard replaced may cost less than the one before it
         uniform = {}
         for cand in problem.uniform_candidates():
             choice = problem.uniform_choice(cand)

@@ -448,6 +448,13 @@ def cmd_pareto(args) -> int:
                             guard=not args.no_guard, guard_divergence=args.guard_divergence,
                             guard_margin=args.guard_margin)
     print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
+    if len(front.plans) < args.points:
+        print(f"note: {args.points} budgets gave {len(front.plans)} distinct plans: budgets between two steps of the "
+              "costs give the same plan, and a plan no better than a cheaper one is dropped (more candidates, or "
+              "a finer cost kind, give more steps)")
+    if analysis.joins:
+        print("note: the analysis has join quantizers (the int8 graph of ONNX Runtime): every plan keeps them, so "
+              "the fp32 plan is not the float model (the reference is)")
     front.save(args.out)
     out, kind, reference = Path(args.out), front.kind, front.reference
     header = [kind, f"predicted {front.metric}"] + (["measured " + reference["name"]] if reference else [])

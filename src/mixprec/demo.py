@@ -36,8 +36,12 @@ def run_demo(out: Path | None = None, candidates: str = DEMO_CANDIDATES, n_plans
     print(f"float model: {ref['name']} {ref['value']:.2f}")
     print(f"{'plan':<32} {'BOPs':>9} {'bytes':>9} {ref['name']:>8}")
     rows = [(f"uniform {c}", u) for c, u in front.uniform.items()]
-    rows += [(f"#{i} " + (p.search.split("guard: ")[1].replace(", first/last", " +8-bit ends")
-                          if p.search and "guard: " in p.search else "mixed"), p) for i, p in enumerate(front.plans)]
+    def label(p) -> str:
+        if p.search and "guard: " in p.search:
+            return p.search.split("guard: ")[1].replace(", first/last", " +8-bit ends")
+        same = next((c for c, u in front.uniform.items() if u.assignments == p.assignments), None)
+        return f"uniform {same}" if same else "mixed"
+    rows += [(f"#{i} {label(p)}", p) for i, p in enumerate(front.plans)]
     for name, item in sorted(rows, key=lambda r: r[1].costs["bops"]):
         print(f"{name:<32} {format_count(item.costs['bops']):>9} {format_bytes(item.costs['bytes']):>9} "
               f"{item.measured['value']:>8.2f}")
