@@ -192,3 +192,22 @@ def test_pareto_says_why_it_has_fewer_plans_than_points_and_lists_them_cheapest_
     assert len(plans) < 30 and f"note: 30 budgets gave {len(plans)} distinct plans" in out
     costs = [p["costs"]["bops"] for p in plans]
     assert costs == sorted(costs)
+
+
+def test_every_command_that_reads_the_model_says_which_weights_stay_float(tmp_path, capsys):
+    from mixprec.cli import main
+    (tmp_path / "net.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(8, 8)\n"
+        "        self.proj = torch.nn.Parameter(torch.randn(8, 8))\n"
+        "    def forward(self, x):\n"
+        "        return torch.nn.functional.linear(torch.relu(self.fc(x)), self.proj)\n"
+        "def build():\n    return Net().eval()\n"
+        "def data():\n    return [torch.randn(8, 8)]\n")
+    spec = str(tmp_path / "net.py")
+    assert main(["quantize", "--model", spec + ":build", "--data", spec + ":data", "--uniform", "w8a8",
+                 "--out", str(tmp_path / "q")]) == 0
+    assert "they stay float" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,14 @@ def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> 
                    help="fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)")
 
 
-def _setup(args) -> tuple[torch.nn.Module, list | None, Any, ModelGroups]:
-    """Model, calibration batches, example input and groups for the model/data arguments."""
-    return prepare(args.model, args.data, args.calibration_samples, args.tie, args.exclude, args.pin,
-                   needs_data=getattr(args, "needs_data", True))
+def _setup(args, notes: bool = True) -> tuple[torch.nn.Module, list | None, Any, ModelGroups]:
+    """Model, calibration batches, example input and groups for the model/data arguments; the groups' notes
+    (weights left float, several outputs, conversions) printed, as every command that reads the model says them."""
+    model, data, example, groups = prepare(args.model, args.data, args.calibration_samples, args.tie, args.exclude,
+                                           args.pin, needs_data=getattr(args, "needs_data", True))
+    if notes and os.environ.get("RANK", "0") == "0":  # one process of a torchrun says them
+        _print_notes(groups.notes)
+    return model, data, example, groups
 
 
 def _print_groups(groups: ModelGroups) -> None:
@@ -118,7 +123,7 @@ def cmd_inspect(args) -> int:
     args.needs_data = False
     if args.json:
         check_output_file(args.json, "--json")
-    model, _, example, groups = _setup(args)
+    model, _, example, groups = _setup(args, notes=False)  # inspect prints them below its table
     cands = _candidates(args)
     costs = cost_tables(groups, [c.name for c in cands], model)
     total_params = sum(p.numel() for p in model.parameters())
