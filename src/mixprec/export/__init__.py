@@ -265,7 +265,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     shared = {n: [o for o in names if o != n] for names in holders.values() if len(names) > 1 for n in names}
     written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example), shared=shared,
                       kinds={name: layer_kind(modules[name]) for name in candidates},
-                      calls=_calls(quantized, list(candidates), example))
+                      calls=_calls(floated, list(candidates), example))  # the model as exported
     graph.producer_name, graph.producer_version = "mixprec", _version()
     _save_atomic(graph, out)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
