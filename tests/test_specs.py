@@ -201,3 +201,13 @@ def test_a_data_file_whose_path_holds_a_colon_is_read_as_a_file(tmp_path):
     torch.save(torch.ones(4, 3), folder / "x.pt")
     assert [len(b) for b in load_data(str(folder / "x.npz"))] == [4]
     assert [len(b) for b in load_data(str(folder / "x.pt"))] == [4]
+
+
+def test_a_pt_file_of_inputs_and_labels_saved_as_a_pair_is_batched(tmp_path):
+    x, y = torch.randn(100, 1, 8, 8), torch.arange(100) % 10
+    torch.save((x, y), tmp_path / "pair.pt")
+    data = load_data(str(tmp_path / "pair.pt"), batch_size=32, limit=70)
+    assert [tuple(b[0].shape) for b in data] == [(32, 1, 8, 8), (32, 1, 8, 8), (6, 1, 8, 8)]
+    assert torch.equal(torch.cat([b[1] for b in data]), y[:70])
+    torch.save([x[:50], x[50:]], tmp_path / "two_batches.pt")  # a list of batches stays one
+    assert [len(b) for b in load_data(str(tmp_path / "two_batches.pt"))] == [50, 50]

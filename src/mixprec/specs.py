@@ -179,6 +179,10 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
                     obj.get("labels") is not None and not isinstance(obj["labels"], torch.Tensor)):
                 raise SpecError(f"--data {path}: 'inputs' (and 'labels') must be tensors of shape (N, ...)")
             return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
+        if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj) \
+                and obj[0].dim() >= 2 and obj[1].dim() == 1 and not obj[1].is_floating_point() \
+                and len(obj[0]) == len(obj[1]):  # torch.save((x, y), path): inputs and their labels
+            return _batch(obj[0], obj[1], batch_size, limit)
         if isinstance(obj, (list, tuple)):
             return _cap(obj, limit, f"--data {path}")
         raise SpecError(f"--data {path}: expected a tensor, a list of batches or a dict with 'inputs', "
