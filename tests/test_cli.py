@@ -211,3 +211,12 @@ def test_every_command_that_reads_the_model_says_which_weights_stay_float(tmp_pa
     assert main(["quantize", "--model", spec + ":build", "--data", spec + ":data", "--uniform", "w8a8",
                  "--out", str(tmp_path / "q")]) == 0
     assert "they stay float" in capsys.readouterr().out
+
+
+def test_a_mistyped_model_name_is_said_as_such_not_as_missing_data(tmp_path, monkeypatch, capsys):
+    from mixprec.cli import main
+    monkeypatch.chdir(tmp_path)
+    for command in (["quantize", "--uniform", "w4a8", "--out", "q"], ["analyze", "--out", "run"]):
+        assert main([command[0], "--model", "resnet2O", *command[1:]]) != 0
+        err = capsys.readouterr().err
+        assert "--model 'resnet2O' is not a built-in name" in err and "--data is required" not in err

@@ -32,7 +32,7 @@ from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .solvers import SOLVERS
 from .threads import choose_threads
-from .specs import is_builtin, load_eval, parse_device, prepare
+from .specs import check_model_spec, is_builtin, load_eval, parse_device, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
@@ -194,6 +194,7 @@ def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
     if not args.data and not is_builtin(args.model):
+        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
     check_output_dir(args.out)
     rounding = _rounding(args)
@@ -301,6 +302,7 @@ def cmd_analyze(args) -> int:
 
 def _analyze(args, rank: int) -> int:
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
+        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
     if rank == 0:
         print(f"torch threads: {args.torch_threads[0]} ({args.torch_threads[1]})")
@@ -513,6 +515,7 @@ def cmd_export(args) -> int:
     if get_target(args.target).writer != "export":
         return _export_file(args)
     if not args.data and not is_builtin(args.model):
+        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
         raise SpecError("--data is required for a model that is not built-in (calibration batches and the "
                         "example input of the export)")
     if not str(args.out).endswith(".onnx"):
@@ -702,6 +705,7 @@ def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str | No
 def cmd_profile(args) -> int:
     from .export.latency import MOVE_SE, move_counts, profile, save_profile
     if not args.data and not is_builtin(args.model):
+        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
         raise SpecError("--data is required for a model that is not built-in (each layer is timed on the input it "
                         "sees on the first calibration batch)")
     if not str(args.out).endswith(".csv"):

@@ -87,6 +87,14 @@ def is_code(spec: str, option: str) -> bool:
     return True
 
 
+def check_model_spec(spec: str) -> None:
+    """A SpecError for a ``--model`` that names no kind of model mixprec reads (before anything is loaded)."""
+    if is_builtin(spec) or hf.is_hf(spec) or ":" in spec or spec.endswith((".pt", ".pth", ".ts", ".pt2")):
+        return
+    raise SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
+                    "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+
+
 def load_model(spec: str) -> nn.Module:
     """The float model named by ``spec``, in eval mode."""
     if is_builtin(spec):
@@ -115,8 +123,8 @@ def load_model(spec: str) -> nn.Module:
         except Exception as exc:
             raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
     else:
-        raise SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
-                        "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+        check_model_spec(spec)
+        raise AssertionError(spec)  # check_model_spec raised: no other form is left
     if not isinstance(model, nn.Module):
         raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
     return canonical(model).eval()
