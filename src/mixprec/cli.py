@@ -728,7 +728,9 @@ def cmd_profile(args) -> int:
               f"({result.float_model_ms / w['measured_ms']:.2f}x the float model's speed)")
     for i, check in enumerate(result.checks, 1):
         error = check["predicted_ms"] / check["measured_ms"] - 1
-        print(f"random mixed plan {i}: table {check['predicted_ms']:.4g} ms, whole model measured "
+        used = sorted(set(check["assignments"].values()))
+        what = "mixed" if len(used) > 1 else f"drawn uniform: {used[0]}" if used else "empty"
+        print(f"random plan {i} ({what}): table {check['predicted_ms']:.4g} ms, whole model measured "
               f"{check['measured_ms']:.4g} ms ({100 * error:+.1f}%)")
     if result.moves:
         faster, noise = move_counts(result.moves)
