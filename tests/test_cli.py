@@ -220,3 +220,15 @@ def test_a_mistyped_model_name_is_said_as_such_not_as_missing_data(tmp_path, mon
         assert main([command[0], "--model", "resnet2O", *command[1:]]) != 0
         err = capsys.readouterr().err
         assert "--model 'resnet2O' is not a built-in name" in err and "--data is required" not in err
+
+
+def test_a_mistyped_candidate_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from mixprec import cli
+
+    def never(args, notes=True):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(cli, "_setup", never)
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w99a8", "--out", str(tmp_path / "r")]) == 2
+    assert "w99a8" in capsys.readouterr().err
+    assert cli.main(["analyze", "--model", "demo-cnn", "--metric", "sqrn", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown sensitivity metric 'sqrn'" in capsys.readouterr().err

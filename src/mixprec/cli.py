@@ -304,6 +304,9 @@ def _analyze(args, rank: int) -> int:
     if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
         check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
         raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    if not getattr(args, "around", None) and args.metric not in _metric_names():  # before the model loads
+        raise SpecError(f"unknown sensitivity metric {args.metric!r}; metrics: {', '.join(_metric_names())}")
+    candidates, metric = _candidates(args), _metric(args)  # a mistyped one is refused before the model loads
     if rank == 0:
         print(f"torch threads: {args.torch_threads[0]} ({args.torch_threads[1]})")
     model, data, _, groups = _setup(args)
@@ -312,7 +315,7 @@ def _analyze(args, rank: int) -> int:
         device = torch.device("cuda", torch.cuda.current_device())
     evaluate = load_eval(args.eval, args.model) if args.eval else None
     args.joins = _joins(args, model)  # recorded as resolved: a resumed run measures as this one did
-    analysis = analyze(model, data or [], _candidates(args), _metric(args), args.out, groups=groups,
+    analysis = analyze(model, data or [], candidates, metric, args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
                        verbose=rank == 0, model_name=args.model, rounding=args.rounding, joins=args.joins,
