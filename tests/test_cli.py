@@ -232,3 +232,11 @@ def test_a_mistyped_candidate_is_refused_before_the_model_loads(tmp_path, monkey
     assert "w99a8" in capsys.readouterr().err
     assert cli.main(["analyze", "--model", "demo-cnn", "--metric", "sqrn", "--out", str(tmp_path / "r")]) == 2
     assert "unknown sensitivity metric 'sqrn'" in capsys.readouterr().err
+
+
+def test_an_option_argparse_refuses_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", "--model", "demo-cnn", "--calibration-samples", "0", "--out", "run"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "mixprec: error: argument --calibration-samples: must be at least 1, got 0 (see: mixprec analyze --help)"]

@@ -798,9 +798,16 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
                    "(or one column per candidate; a row named * is the rest of the model); repeatable")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, as every other mixprec error (argparse prints its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"mixprec: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixprec", description="Mixed-precision post-training quantization "
-                                     "of PyTorch models.")
+    parser = _Parser(prog="mixprec", description="Mixed-precision post-training quantization "
+                     "of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"mixprec {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
