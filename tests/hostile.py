@@ -45,6 +45,14 @@ def evaluate_nan(m):
 
 def evaluate_raises(m):
     raise ValueError("the user's evaluation broke")
+
+
+def evaluate_text(m):
+    return "good"
+
+
+def evaluate_exits(m):
+    raise SystemExit(3)
 '''
 
 

@@ -77,6 +77,10 @@ def test_a_failing_evaluation_names_the_users_line_and_keeps_the_model(user, cap
     assert "raised ValueError: the user's evaluation broke" in line and "user.py line" in line
     assert "evaluate_raises" in line and "the quantized model was written" in line
     assert (user / "q" / "model.pt").is_file() and json.loads((user / "q" / "result.json").read_text())["metric"] is None
+    for fn, says in (("evaluate_text", "str"), ("evaluate_exits", "the evaluation called exit(3)")):
+        assert quantize(user, "--uniform", "w8a8", "--eval", str(user / "user.py") + ":" + fn, out=fn) == 2
+        line = error_line(capsys)
+        assert says in line and "the quantized model was written" in line and (user / fn / "model.pt").is_file()
 
 
 def test_a_nan_evaluation_is_refused_and_result_json_stays_valid(user, capsys):

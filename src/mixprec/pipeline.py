@@ -24,7 +24,7 @@ from .streaming import device_of, place, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate, parse_candidate
 from .costs import COST_KINDS, cost_tables
-from .errors import EvaluationError, SpecError, notify
+from .errors import EvaluationError, MixprecError, SpecError, notify
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
 from .atomic import write_json_atomic
@@ -75,8 +75,9 @@ class QuantizeResult:
         if evaluate is not None:
             try:
                 self.evaluate(evaluate)
-            except EvaluationError as exc:
-                raise EvaluationError(f"{exc}; the quantized model was written to {out / 'model.pt'} (with "
+            except (MixprecError, SystemExit) as exc:  # a bad return or a user's exit() too: the files are kept
+                what = f"the evaluation called exit({exc.code})" if isinstance(exc, SystemExit) else str(exc)
+                raise EvaluationError(f"{what}; the quantized model was written to {out / 'model.pt'} (with "
                                       "plan.json and result.json, not evaluated)") from exc
             write_json_atomic(out / "result.json", {**extra, **self.to_dict(), "environment": environment(device)})
         return out
