@@ -180,6 +180,8 @@ def test_data_whose_items_are_no_batches_or_whose_generator_fails_is_a_clear_err
         load_data("shards.py:shards", limit=64)
     with pytest.raises(SpecError, match="returned a int, expected an iterable of batches"):
         load_data("shards.py:number")
+    torch.save([["one", "two", "three"], ["four"]], tmp_path / "texts.pt")  # batches of plain values: as they are
+    assert load_data(str(tmp_path / "texts.pt"), limit=3) == [["one", "two", "three"]]
     np.savez(tmp_path / "scalar.npz", inputs=np.ones((8, 3), dtype=np.float32), labels=np.int64(3))
     with pytest.raises(SpecError, match="labels are a single number"):
         load_data(str(tmp_path / "scalar.npz"))

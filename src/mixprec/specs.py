@@ -300,8 +300,14 @@ def _cap(batches: Iterable, limit: int | None, source: str) -> list:
         try:
             n = size_of(inputs)
         except (TypeError, IndexError):
-            raise SpecError(f"{source}: batch {len(out)} is a {type(item).__name__} holding no tensor with a batch "
-                            "axis; each batch must be a tensor, an (inputs, labels) pair or a dict of tensors") from None
+            if inputs is None or isinstance(inputs, (int, float, str, bytes)) or not hasattr(inputs, "__len__") \
+                    or (isinstance(inputs, torch.Tensor) and not inputs.dim()):
+                raise SpecError(f"{source}: batch {len(out)} is a {type(item).__name__} holding no tensor with a "
+                                "batch axis; each batch must be a tensor, an (inputs, labels) pair or a dict of "
+                                "tensors") from None
+            out.append(item)  # a batch of plain values (a model that tokenizes its own texts): as it is
+            seen += len(inputs)
+            continue
         if limit is not None and seen + n > limit:  # the last batch cut to the samples asked for
             keep = limit - seen
             item = map_tensors(item, lambda t, n=n, keep=keep: t[:keep] if t.dim() and t.shape[0] == n else t)
