@@ -11,7 +11,7 @@ scikit-learn's 8x8 handwritten digits.
 
 The data are real (1,797 images shipped inside scikit-learn, so nothing is downloaded): the split of
 mixprec's built-in demo, 1,200 training images (the first 256 also calibrate) and 597 held out for
-evaluation. The model trains once (about 2 minutes of CPU time: 136 s measured on a 2-core AMD EPYC) and is cached in mixprec's cache folder.
+evaluation. The model trains once (a few minutes of CPU time on two cores) and is cached in mixprec's cache folder.
 """
 from __future__ import annotations
 
