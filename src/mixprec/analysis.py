@@ -283,12 +283,10 @@ class Analysis:
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
                         else getattr(fn, "__qualname__", repr(fn))}
-            model, data = self.model, self.data
-            score = None
+            model, data, score = self.model, self.data, fn
             if divergence:
                 data, scored = _divergence_data(data, divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
-            score = score or fn
             return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
                                  device or device_of(model), rounding, rounding_options,

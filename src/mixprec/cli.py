@@ -83,6 +83,14 @@ def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> 
                    help="fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)")
 
 
+def _require_data(args, why: str) -> None:
+    """--data is needed for a model that is not built-in (``why``: what the batches are for); a mistyped model
+    name is said as such, not as missing data."""
+    if not args.data and not is_builtin(args.model):
+        check_model_spec(args.model)
+        raise SpecError(f"--data is required for a model that is not built-in ({why})")
+
+
 def _setup(args, notes: bool = True) -> tuple[torch.nn.Module, list | None, Any, ModelGroups]:
     """Model, calibration batches, example input and groups for the model/data arguments; the groups' notes
     (weights left float, several outputs, conversions) printed, as every command that reads the model says them."""
@@ -193,9 +201,7 @@ def _plan_of(args, groups: ModelGroups, same_groups: bool = True) -> Plan:
 def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
-    if not args.data and not is_builtin(args.model):
-        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
-        raise SpecError("--data is required for a model that is not built-in (calibration batches)")
+    _require_data(args, "calibration batches")
     check_output_dir(args.out)
     rounding = _rounding(args)
     model, data, _, groups = _setup(args)
@@ -250,6 +256,8 @@ def _metric(args):
     """--metric, or with --around CAND the around metric (the change of the output divergence when one
     group moves from the plan with every group on CAND)."""
     if not getattr(args, "around", None):
+        if args.metric not in _metric_names():
+            raise SpecError(f"unknown sensitivity metric {args.metric!r}; metrics: {', '.join(_metric_names())}")
         return args.metric
     return metric_config("around", base=parse_candidate(args.around).name,
                          divergence=getattr(args, "around_divergence", None) or "auto")
@@ -301,11 +309,8 @@ def cmd_analyze(args) -> int:
 
 
 def _analyze(args, rank: int) -> int:
-    if not args.data and not is_builtin(args.model) and args.metric != "roundoff":
-        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
-        raise SpecError("--data is required for a model that is not built-in (calibration batches)")
-    if not getattr(args, "around", None) and args.metric not in _metric_names():  # before the model loads
-        raise SpecError(f"unknown sensitivity metric {args.metric!r}; metrics: {', '.join(_metric_names())}")
+    if args.metric != "roundoff":  # the data-free metric needs no calibration batches
+        _require_data(args, "calibration batches")
     candidates, metric = _candidates(args), _metric(args)  # a mistyped one is refused before the model loads
     if rank == 0:
         print(f"torch threads: {args.torch_threads[0]} ({args.torch_threads[1]})")
@@ -517,10 +522,7 @@ def cmd_export(args) -> int:
         return _export_cuda(args)
     if get_target(args.target).writer != "export":
         return _export_file(args)
-    if not args.data and not is_builtin(args.model):
-        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
-        raise SpecError("--data is required for a model that is not built-in (calibration batches and the "
-                        "example input of the export)")
+    _require_data(args, "calibration batches and the example input of the export")
     if not str(args.out).endswith(".onnx"):
         raise SpecError(f"--out must name an .onnx file, got {args.out}")
     check_output_file(args.out)
@@ -707,10 +709,7 @@ def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str | No
 
 def cmd_profile(args) -> int:
     from .export.latency import MOVE_SE, move_counts, profile, save_profile
-    if not args.data and not is_builtin(args.model):
-        check_model_spec(args.model)  # a mistyped name: said as such, not as missing data
-        raise SpecError("--data is required for a model that is not built-in (each layer is timed on the input it "
-                        "sees on the first calibration batch)")
+    _require_data(args, "each layer is timed on the input it sees on the first calibration batch")
     if not str(args.out).endswith(".csv"):
         raise SpecError(f"--out must name a .csv file (the cost table solve --cost latency_ms=FILE reads), got {args.out}")
     check_output_file(args.out)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .canonical import canonical
 from .capture import map_tensors
-from .batches import check_finite, split_item
+from .batches import batch_size, check_finite, split_item, tensors_of
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError
@@ -87,12 +87,15 @@ def is_code(spec: str, option: str) -> bool:
     return True
 
 
+def _not_a_model(spec: str) -> SpecError:
+    return SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
+                     "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+
+
 def check_model_spec(spec: str) -> None:
     """A SpecError for a ``--model`` that names no kind of model mixprec reads (before anything is loaded)."""
-    if is_builtin(spec) or hf.is_hf(spec) or ":" in spec or spec.endswith((".pt", ".pth", ".ts", ".pt2")):
-        return
-    raise SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
-                    "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+    if not (is_builtin(spec) or hf.is_hf(spec) or ":" in spec or spec.endswith((".pt", ".pth", ".ts", ".pt2"))):
+        raise _not_a_model(spec)
 
 
 def load_model(spec: str) -> nn.Module:
@@ -123,8 +126,7 @@ def load_model(spec: str) -> nn.Module:
         except Exception as exc:
             raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
     else:
-        check_model_spec(spec)
-        raise AssertionError(spec)  # check_model_spec raised: no other form is left
+        raise _not_a_model(spec)
     if not isinstance(model, nn.Module):
         raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
     return canonical(model).eval()
@@ -286,7 +288,6 @@ def _cap(batches: Iterable, limit: int | None, source: str) -> list:
     """The batches of a list or a user's iterable (numpy arrays made tensors), each checked to hold a tensor,
     up to ``limit`` samples: the last batch is cut so that exactly ``limit`` are taken. An error raised by the
     user's iterable is reported as theirs."""
-    from .batches import batch_size as size_of, split_item, tensors_of
     out, seen, it = [], 0, iter(batches)
     while limit is None or seen < limit:
         try:
@@ -296,9 +297,9 @@ def _cap(batches: Iterable, limit: int | None, source: str) -> list:
         except Exception as exc:
             raise SpecError(f"{source}: reading batch {len(out)} failed: {type(exc).__name__}: {exc}") from exc
         item = tensors_of(item)
-        inputs, labels = split_item(item)
+        inputs = split_item(item)[0]
         try:
-            n = size_of(inputs)
+            n = batch_size(inputs)
         except (TypeError, IndexError):
             if inputs is None or isinstance(inputs, (int, float, str, bytes)) or not hasattr(inputs, "__len__") \
                     or (isinstance(inputs, torch.Tensor) and not inputs.dim()):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import describe_shape, run_model, shapes_compatible, split_item, to_device
+from .batches import describe_shape, shapes_compatible, split_item
 from .capture import forward
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError
