@@ -1,12 +1,14 @@
 """A language model exported to ONNX Runtime CPU against its simulation: perplexity, file size, latency.
 
-    python benchmarks/export_ort_lm.py smollm2 [--windows 40] [--plan plan.json]
+    python benchmarks/export_ort_lm.py smollm2 [--windows 40] [--plan plan.json] [--decoder fused|traced]
+        [--only LABEL ...]
 
 For each plan (FP32; uniform w8, exported with MatMulNBits' accuracy_level 4 (int8 inputs per block inside
 the kernel, the fast path) and 0 (float inputs, what the simulation computes); uniform w4g64 with the tied
 embedding/output group at w8; the same formats with the kernel's int8 inputs simulated (w8a8d32, w8a8d128,
 w4g64a8d64 with w8a8d32 outside the blocks: always accuracy_level 4); any --plan files; accuracy_level 4
-unless said): the simulated and the
+unless said; each written as --decoder says, fused by default: ONNX Runtime's fused decoder ops, and then
+FP32 and uniform w8a8d128 also as the traced step, to compare the two graphs): the simulated and the
 exported perplexity on the model's first N evaluation windows (the built-in's own evaluation), the top-1
 agreement of their next-token predictions, the ONNX file size, how many layers ONNX Runtime runs in low
 precision, and the median latency of the exported file against the FP32 export: a prompt of a full window
@@ -37,8 +39,12 @@ TARGET_GAP = 0.5  # percent of perplexity: the issue's deployability target for 
 DECODE_SPEEDUP, DECODE_PPL = 2.5, 5  # the issue's decode target: tokens/s against FP32, within this % perplexity
 
 
-def plans_for(groups, extra: list[str]) -> dict[str, Plan]:
-    """label -> plan; a label ending in "accuracy_level 0" is exported with float inputs to MatMulNBits."""
+TRACED = ", traced step"  # a label ending so is exported with decoder="traced"
+
+
+def plans_for(groups, extra: list[str], decoder: str = "fused") -> dict[str, Plan]:
+    """label -> plan; a label ending in "accuracy_level 0" is exported with float inputs to MatMulNBits, one
+    ending in TRACED as the traced step."""
     plans = {"fp32": Plan.uniform(groups, "fp32"), "uniform w8": Plan.uniform(groups, "w8"),
              "uniform w8, accuracy_level 0": Plan.uniform(groups, "w8")}
     four = Plan.uniform(groups, "w4g64")
@@ -56,6 +62,9 @@ def plans_for(groups, extra: list[str]) -> dict[str, Plan]:
     plans["uniform w4g64a8d64, embedding/output w8a8d32"] = dynamic
     for path in extra:
         plans[f"plan {Path(path).name}"] = Plan.load(path)
+    if decoder == "fused":  # the former graph beside it, for its speed
+        plans["fp32" + TRACED] = plans["fp32"]
+        plans["uniform w8a8d128" + TRACED] = plans["uniform w8a8d128"]
     return plans
 
 
@@ -69,7 +78,8 @@ def decode_inputs(module: OrtModule, window: torch.Tensor, context: int) -> dict
             "attention_mask": np.ones((1, context + 1), dtype=np.int64), **dict(zip(module.kv_cache["past"], present))}
 
 
-def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, context: int) -> dict:
+def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, context: int,
+        decoder: str = "fused", only: list[str] = ()) -> dict:
     builtin = get_builtin(name)
     model = builtin.model()
     calibration = builtin.calibration(samples)
@@ -78,15 +88,23 @@ def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, co
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for label, plan in plans_for(groups, extra).items():
+        plans = plans_for(groups, extra, decoder)
+        unknown = sorted(set(only) - set(plans))
+        if unknown:
+            raise SystemExit(f"--only {unknown[0]!r}: no such plan; the plans are {sorted(plans)}")
+        for label, plan in plans.items():
+            if only and label != "fp32" and label not in only:
+                continue
             path = Path(tmp) / f"plan_{len(paths)}.onnx"
             start = time.perf_counter()
             level = 0 if label.endswith("accuracy_level 0") else 4  # 4: int8 inputs inside MatMulNBits
+            graph = "traced" if label.endswith(TRACED) else decoder
             result = export(model, plan, calibration, "ort-cpu", path, evaluate=evaluate, progress=False,
-                            threads=THREADS, accuracy_level=level)
+                            threads=THREADS, accuracy_level=level, decoder=graph)
             paths[label] = path
             sim, exp = result.simulated.value, result.exported.value
-            rows.append({"plan": label, "accuracy_level": level, "candidates": dict(sorted(_counts(plan).items())),
+            rows.append({"plan": label, "accuracy_level": level, "decoder": graph,
+                         "candidates": dict(sorted(_counts(plan).items())),
                          "simulated_ppl": sim, "exported_ppl": exp, "gap_percent": 100 * (exp - sim) / sim,
                          "agreement": result.agreement.get("evaluation"), "size_bytes": result.size_bytes,
                          "low_precision_layers": sum(1 for l in result.layers if l["low_precision"]),
@@ -110,7 +128,7 @@ def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, co
                 row[f"speedup_{shape}"] = med["fp32"] / med[row["plan"]]
             print(f"{shape}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
     return {"model": name, "rows": rows, "windows": windows, "window_tokens": int(calibration[0].shape[-1]),
-            "decode_context": context,
+            "decode_context": context, "decoder": decoder,
             "calibration_samples": samples, "rounds": rounds, "threads": THREADS,
             "command": "python benchmarks/export_ort_lm.py " + " ".join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
@@ -139,7 +157,10 @@ def markdown(r: dict) -> str:
              f"{r['threads']} threads, against the FP32 export: a prompt of {r['window_tokens']} tokens (prefill, "
              f"empty KV cache) and one decoding step (one token on a KV cache of {r['decode_context']} tokens). "
              f"{env['cpu']} (VNNI: {'yes' if env['vnni'] else 'no'}), onnxruntime {env['onnxruntime']}. "
-             f"Target: exported within {TARGET_GAP} % of simulated.", "",
+             + ("Graph: ONNX Runtime's fused decoder ops (GroupQueryAttention, SkipSimplifiedLayerNormalization; "
+                f"export's default), except the rows ending '{TRACED}' (the step torch.onnx traces, as before). "
+                if r.get("decoder") == "fused" else "Graph: the step torch.onnx traces. " if r.get("decoder") else "")
+             + f"Target: exported within {TARGET_GAP} % of simulated.", "",
              "| plan | simulated | exported | gap | agreement | size | low-precision layers | prefill ms | "
              "prefill speed-up | decode ms | decode speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
@@ -172,9 +193,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds alternating the files (default 5)")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--context", type=int, default=256, help="KV cache tokens before the timed decoding step")
+    parser.add_argument("--decoder", choices=("fused", "traced"), default="fused",
+                        help="the graph of every plan (export's decoder); fused adds FP32 and uniform w8a8d128 traced")
+    parser.add_argument("--only", action="append", default=[], help="export only this plan label, and FP32 "
+                        "(repeatable; default: every plan)")
     args = parser.parse_args()
     for name in args.models:
-        report = run(name, args.windows, args.plan, args.rounds, args.calibration_samples, args.context)
+        report = run(name, args.windows, args.plan, args.rounds, args.calibration_samples, args.context,
+                     args.decoder, args.only)
         write_json_atomic(RESULTS / f"export_ort_lm_{name}.json", report)
         (RESULTS / f"export_ort_lm_{name}.md").write_text(markdown(report))
         print(markdown(report))

@@ -341,3 +341,23 @@ def test_a_sliding_window_model_exports_without_a_cache_and_equals_its_simulatio
     other = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(5))  # another length
     with torch.no_grad():
         assert torch.allclose(OrtModule(result.path)(other), model(other), atol=1e-4)
+
+
+def test_export_writes_a_llama_folder_with_fused_decoder_ops_unless_told_traced(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    folder = write_checkpoint(tmp_path / "llama64", layers=2, hidden=64)
+    text = write_text(tmp_path / "corpus.txt")
+    data = f"text:{text}?windows=2&length=16"
+    common = ["export", "--model", f"hf:{folder}", "--data", data, "--uniform", "w8a8d32"]
+    assert main(common + ["--out", str(tmp_path / "fused.onnx")]) == 0
+    assert "written with ONNX Runtime's fused decoder ops" in capsys.readouterr().out
+    assert main(common + ["--decoder", "traced", "--out", str(tmp_path / "traced.onnx")]) == 0
+    assert "fused decoder ops" not in capsys.readouterr().out
+    fused = json.loads((tmp_path / "fused.report.json").read_text())
+    traced = json.loads((tmp_path / "traced.report.json").read_text())
+    assert [l["op_written"] for l in fused["layers"]] == [l["op_written"] for l in traced["layers"]]
+    for report in (fused, traced):  # both compute the simulation (None: exactly)
+        assert report["sqnr_db"]["calibration"] is None or report["sqnr_db"]["calibration"] > 40
+    with pytest.raises(SystemExit) as exit_:
+        main(common + ["--decoder", "fast", "--out", str(tmp_path / "x.onnx")])
+    assert exit_.value.code == 2 and "--decoder: invalid choice: 'fast'" in capsys.readouterr().err

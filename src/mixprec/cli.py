@@ -537,7 +537,8 @@ def cmd_export(args) -> int:
     from . import hf
     source = "hf:" + str(hf.parse(args.model).folder.resolve()) if hf.is_hf(args.model) else None
     result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range, source_model=source,
-                    accuracy_level=args.accuracy_level, evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
+                    accuracy_level=args.accuracy_level, decoder=args.decoder,
+                    evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
                     example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
                     threads=args.threads, rounding=rounding or "nearest")
     _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],
@@ -1022,6 +1023,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights (w7a8), which CPUs without VNNI run without saturation")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (default 4: inputs "
                    "quantized to int8 inside the kernel)")
+    p.add_argument("--decoder", choices=("fused", "traced"), default="fused", help="ort-cpu, a Llama-family causal "
+                   "LM: its cached step written with ONNX Runtime's fused decoder ops (default; checked against the "
+                   "model's logits, else traced, with a note) or as torch.onnx traces it")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")

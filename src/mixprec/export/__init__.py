@@ -168,12 +168,15 @@ def _first_input(data: Iterable | None, example: Any) -> Any:
     raise MixprecError("export needs an example input: pass calibration data (or example_input=...)")
 
 
+DECODERS = ("fused", "traced")
+
+
 def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: str = "ort-cpu",
            out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
            threads: int | None = None, progress: bool = True, joins: bool | None = None,
-           rounding: Any = "nearest", source_model: str | None = None) -> ExportResult:
+           rounding: Any = "nearest", source_model: str | None = None, decoder: str = "fused") -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
@@ -189,6 +192,9 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     torch.fx. Ignored when ``quantized`` is given (it has join quantizers or not).
     source_model: the ``hf:`` folder the model was loaded from, recorded in the report, so that ``mixprec
     evaluate`` reads a ppl: or text: evaluation of the file with that folder's tokenizer.
+    decoder: for a Llama-family causal LM, "fused" (default) writes its cached step with ONNX Runtime's fused
+    decoder ops (:mod:`mixprec.export.decoder_graph`; checked against the model's logits, else the traced
+    step, with a note saying why); "traced" writes the step torch.onnx traces.
     Writes ``out`` and ``out`` with suffix ``.report.json``, each atomically. The targets gguf and
     compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
@@ -197,6 +203,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         raise PlanError(f"export takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
     if is_torchscript(model):
         raise ModelError("a TorchScript model cannot be exported to ONNX here; give the model as file.py:function")
+    if decoder not in DECODERS:
+        raise MixprecError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise MixprecError(f"accuracy_level must be 0..4 (MatMulNBits), got {accuracy_level!r}")
     out = Path(out)
@@ -249,8 +257,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         notes.append(f"the model is {'/'.join(narrow)}: the file is float32 around its integer and low-bit kernels "
                      "(ONNX Runtime's CPU float type), so its float layers and its dequantized weights are float32 "
                      f"where the simulation rounded them to {'/'.join(narrow)}")
-    with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
-        graph = export_float(floated, example)
+    graph = _fused_decoder(floated, example, quantized, notes) if decoder == "fused" else None
+    if graph is None:
+        with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
+            graph = export_float(floated, example)
     plain = plain_inputs(example)
     if plain:
         notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
@@ -339,6 +349,27 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             result.notes.insert(0, gap_note)
     write_json_atomic(report_path(out), result.to_dict())
     return result
+
+
+def _fused_decoder(floated: nn.Module, example: Any, quantized: nn.Module, notes: list[str]):
+    """The fused decoder graph of a causal LM (mixprec.export.decoder_graph), or None (the traced step is
+    written), with a note either way for a model that exports its cached step."""
+    if not callable(getattr(floated, "onnx_step", None)):
+        return None
+    from ..joins import join_quantizers
+    from .decoder_graph import fused_step
+    from .onnx_graph import OPSET
+
+    if join_quantizers(quantized):
+        graph, why = None, "the plan quantizes residual adds (join quantizers), which the fused ops do not hold"
+    else:
+        graph, why = fused_step(floated, example, OPSET)
+    if graph is None:
+        notes.append(f"written as the traced step, not with ONNX Runtime's fused decoder ops: {why}")
+        return None
+    notes.append("written with ONNX Runtime's fused decoder ops (GroupQueryAttention, SkipSimplifiedLayerNormalization"
+                 "; checked against the model's own logits); decoder='traced' (--decoder traced) writes the traced step")
+    return graph
 
 
 def _gap_note(result: ExportResult, saturating: bool) -> str | None:
