@@ -335,9 +335,11 @@ def _analyze(args, rank: int) -> int:
              f" ({_prefix_note(meta)})"
              if "forward_equivalents" in meta else ""))
     worst = sorted(range(len(table.groups)), key=lambda i: -float(np.nan_to_num(table.values[i].max(), nan=-1)))[:10]
-    _table(["most sensitive groups", *table.candidates],
-           [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
-    print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv")
+    shown = "most sensitive groups" if len(worst) == len(table.groups) else \
+        f"most sensitive {len(worst)} of {len(table.groups)} groups"
+    _table([shown, *table.candidates], [(table.groups[i], *(f"{v:.3g}" for v in table.values[i])) for i in worst])
+    print(f"wrote {Path(args.out) / 'sensitivity.json'} and sensitivity.csv"
+          + (" (every group)" if len(worst) < len(table.groups) else ""))
     if evaluate is not None and table.metric != "task":
         from .sensitivity.trust import format_report
         print(f"trust report: measuring the real metric drop of every entry "

@@ -76,3 +76,16 @@ def test_sigkill_mid_run_then_resume_recomputes_nothing_finished(tmp_path):
     assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w3a8,w4a8,w6a8,w8a8", "--out", str(fresh)]) == 0
     flat = lambda rows: [v for row in rows for v in row]
     assert flat(values(run)) == pytest.approx(flat(values(fresh)), rel=1e-9)
+
+
+def test_analyze_says_when_its_table_shows_some_of_the_groups(tmp_path, capsys):
+    (tmp_path / "deep.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(12)]).eval()\n\n"
+        "def data():\n    torch.manual_seed(1)\n    return [torch.randn(16, 8) for _ in range(2)]\n")
+    assert main(["analyze", "--model", f"{tmp_path / 'deep.py'}:build", "--data", f"{tmp_path / 'deep.py'}:data",
+                 "--candidates", "w2a8,w8a8", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "most sensitive 10 of 12 groups" in out and "sensitivity.csv (every group)" in out
+    assert len(values(tmp_path / "run")) == 12

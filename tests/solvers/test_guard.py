@@ -1,4 +1,6 @@
 """The guard returns the mixed plan only when it measures strictly better than every uniform rival."""
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -228,6 +230,23 @@ def test_a_difference_just_under_the_margin_never_reads_as_the_margin():
     result = guard(np.array([0]), {"uniform w4": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
     assert result.chosen == "uniform w4" and "1.00 standard errors" not in result.reason
     assert "0.99 standard errors" in result.reason
+
+
+def test_a_tie_on_one_of_two_divergences_names_it_and_gives_the_others():
+    # lower on both, beyond the margin on the second only: the message says which one missed the margin
+    from mixprec.solvers.guard import paired_z
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    noisy = base - 0.05 + np.array([0.3, -0.2, 0.1, -0.4, 0.2])  # lower, within the noise
+    clear = base - 0.5 + np.array([0.01, -0.01, 0.0, 0.01, -0.01])  # lower, far beyond it
+    mixed = Sampled((float(noisy.sum()), float(clear.sum())), (noisy, clear))
+    rival = Sampled((float(base.sum()), float(base.sum())), (base, base))
+    first, second = paired_z(mixed, rival, 0), paired_z(mixed, rival, 1)
+    assert -1 < first < 0 and second < -5
+    measured = {0: mixed, 1: rival}
+    result = guard(np.array([0]), {"uniform w4": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
+    assert result.chosen == "uniform w4"
+    assert (f"{math.floor(abs(first) * 100) / 100:.2f} standard errors on divergence 1 of 2; on the other(s): "
+            f"{abs(second):.2f}") in result.reason
 
 
 def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(demo):

@@ -161,7 +161,14 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         close = min(((label, i, z[label][i]) for label in z for i in deciding[label] if z[label][i] is not None
                      and not lower(label, i)), key=lambda t: -t[2], default=None)
         # rounded down: 0.998 standard errors must not read as the margin of 1 it missed
-        where = f" (against {close[0]}: {math.floor(abs(close[2]) * 100) / 100:.2f} standard errors)" if close else ""
+        where = ""
+        if close:
+            label, i, _ = close
+            where = f" (against {label}: {math.floor(abs(z[label][i]) * 100) / 100:.2f} standard errors"
+            if width > 1:  # which divergence missed the margin, and what the others measured
+                others = ", ".join(f"{abs(v):.2f}" for k, v in enumerate(z[label]) if k != i and v is not None)
+                where += f" on divergence {i + 1} of {width}" + (f"; on the other(s): {others}" if others else "")
+            where += ")"
         return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
                            f"{_show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
