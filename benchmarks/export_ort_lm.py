@@ -1,7 +1,7 @@
 """A language model exported to ONNX Runtime CPU against its simulation: perplexity, file size, latency.
 
     python benchmarks/export_ort_lm.py smollm2 [--windows 40] [--plan plan.json] [--decoder fused|traced]
-        [--only LABEL ...]
+        [--only LABEL ...] [--out-suffix S]
 
 For each plan (FP32; uniform w8, exported with MatMulNBits' accuracy_level 4 (int8 inputs per block inside
 the kernel, the fast path) and 0 (float inputs, what the simulation computes); uniform w4g64 with the tied
@@ -14,7 +14,7 @@ agreement of their next-token predictions, the ONNX file size, how many layers O
 precision, and the median latency of the exported file against the FP32 export: a prompt of a full window
 (prefill, empty KV cache) and one decoding step (one new token on a KV cache of --context tokens, the
 cache returned too: what a server runs per generated token). Rounds alternate between the files,
-2 intra-op threads. Writes benchmarks/results/export_ort_lm_<model>.json and .md.
+2 intra-op threads. Writes benchmarks/results/export_ort_lm_<model><suffix>.json and .md.
 """
 from __future__ import annotations
 
@@ -195,14 +195,15 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=256, help="KV cache tokens before the timed decoding step")
     parser.add_argument("--decoder", choices=("fused", "traced"), default="fused",
                         help="the graph of every plan (export's decoder); fused adds FP32 and uniform w8a8d128 traced")
+    parser.add_argument("--out-suffix", default="", help="appended to the result files' names")
     parser.add_argument("--only", action="append", default=[], help="export only this plan label, and FP32 "
                         "(repeatable; default: every plan)")
     args = parser.parse_args()
     for name in args.models:
         report = run(name, args.windows, args.plan, args.rounds, args.calibration_samples, args.context,
                      args.decoder, args.only)
-        write_json_atomic(RESULTS / f"export_ort_lm_{name}.json", report)
-        (RESULTS / f"export_ort_lm_{name}.md").write_text(markdown(report))
+        write_json_atomic(RESULTS / f"export_ort_lm_{name}{args.out_suffix}.json", report)
+        (RESULTS / f"export_ort_lm_{name}{args.out_suffix}.md").write_text(markdown(report))
         print(markdown(report))
 
 
