@@ -55,6 +55,10 @@ def unsupported(model: nn.Module) -> str | None:
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
     if isinstance(window, int) and window < getattr(config, "max_position_embeddings", window + 1):
         return f"it attends within a sliding window of {window} tokens"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type in ("dynamic", "longrope"):  # tables that depend on the sequence's length: not one cos/sin cache
+        return f"its rotary positions are scaled by the sequence's length ({rope_type!r})"
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
     if not head_dim or head_dim % 16:
@@ -107,6 +111,7 @@ class _Builder:
         from onnx import helper, numpy_helper
         self.helper, self.numpy_helper, self.names = helper, numpy_helper, names
         self.nodes, self.inits, self.count = [], {}, 0
+        self.tensors: dict[tuple, list] = {}  # shape -> (initializer name, tensor) written
 
     def init(self, name: str, array: np.ndarray) -> str:
         if name not in self.inits:
@@ -114,7 +119,14 @@ class _Builder:
         return name
 
     def param(self, p: torch.Tensor) -> str:
-        return self.init(self.names[id(p)], p.detach().float().cpu().numpy())
+        """The initializer of ``p`` under its name; a tensor equal to one written already (a tied embedding and
+        output layer whose simulated weights are copies) is read from that one, as torch's exporter dedups it."""
+        for name, other in self.tensors.get(tuple(p.shape), []):
+            if other is p or torch.equal(other, p.detach()):
+                return name
+        name = self.init(self.names[id(p)], p.detach().float().cpu().numpy())
+        self.tensors.setdefault(tuple(p.shape), []).append((name, p.detach()))
+        return name
 
     def node(self, op: str, inputs: list[str], outputs: int | list[str] = 1, name: str = "", domain: str = "",
              **attrs) -> list[str]:
