@@ -19,6 +19,7 @@ cache returned too: what a server runs per generated token). Rounds alternate be
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -130,7 +131,7 @@ def run(name: str, windows: int, extra: list[str], rounds: int, samples: int, co
     return {"model": name, "rows": rows, "windows": windows, "window_tokens": int(calibration[0].shape[-1]),
             "decode_context": context, "decoder": decoder,
             "calibration_samples": samples, "rounds": rounds, "threads": THREADS,
-            "command": "python benchmarks/export_ort_lm.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/export_ort_lm.py " + shlex.join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "torch": torch.__version__, "onnxruntime": _ort_version(),
                             "cpu": _cpu(), "vnni": cpu_has_vnni()}}
 
