@@ -31,7 +31,7 @@ import torch
 from export_ort import RESULTS, THREADS, _counts, _cpu, _ort_version, latency_feeds
 from mixprec import __version__
 from mixprec.builtin import get_builtin
-from mixprec.export import OrtModule, cpu_has_vnni, export
+from mixprec.export import DECODERS, OrtModule, cpu_has_vnni, export
 from mixprec.export.ort import make_session
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan, write_json_atomic
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds alternating the files (default 5)")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--context", type=int, default=256, help="KV cache tokens before the timed decoding step")
-    parser.add_argument("--decoder", choices=("fused", "traced"), default="fused",
+    parser.add_argument("--decoder", choices=DECODERS, default="fused",
                         help="the graph of every plan (export's decoder); fused adds FP32 and uniform w8a8d128 traced")
     parser.add_argument("--out-suffix", default="", help="appended to the result files' names")
     parser.add_argument("--only", action="append", default=[], help="export only this plan label, and FP32 "

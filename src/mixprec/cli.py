@@ -19,6 +19,7 @@ from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
 from .errors import SpecError, error_line
+from .export import DECODERS
 from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
 from .groups import ModelGroups
@@ -1025,7 +1026,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights (w7a8), which CPUs without VNNI run without saturation")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (default 4: inputs "
                    "quantized to int8 inside the kernel)")
-    p.add_argument("--decoder", choices=("fused", "traced"), default="fused", help="ort-cpu, a Llama-family causal "
+    p.add_argument("--decoder", choices=DECODERS, default="fused", help="ort-cpu, a Llama-family causal "
                    "LM: its cached step written with ONNX Runtime's fused decoder ops (default; checked against the "
                    "model's logits, else traced, with a note) or as torch.onnx traces it")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")

@@ -59,8 +59,7 @@ def unsupported(model: nn.Module) -> str | None:
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
     if rope_type in ("dynamic", "longrope"):  # tables that depend on the sequence's length: not one cos/sin cache
         return f"its rotary positions are scaled by the sequence's length ({rope_type!r})"
-    heads = int(getattr(config, "num_attention_heads", 0) or 0)
-    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
+    head_dim = _heads(config)[2]
     if not head_dim or head_dim % 16:
         return f"its head size {head_dim} is not a multiple of 16 (GroupQueryAttention's CPU kernel)"
     inner = getattr(lm, "model", None)
@@ -77,6 +76,14 @@ def unsupported(model: nn.Module) -> str | None:
         if attn.o_proj.bias is not None or any(getattr(mlp, f"{p}_proj").bias is not None for p in ("gate", "up", "down")):
             return f"layer {i} has biases outside q/k/v"
     return None
+
+
+def _heads(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a decoder's config (0 where it names no heads)."""
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0))
+    return heads, kv_heads, head_dim
 
 
 def _names(model: nn.Module) -> dict[int, str]:
@@ -145,17 +152,15 @@ class _Builder:
         return y
 
 
-def build(model: nn.Module, past: list[torch.Tensor], opset: int):
+def build(model: nn.Module, opset: int):
     """The fused step's float graph (onnx ModelProto) of ``model`` (a CausalLM wrapper; unsupported(model) is
-    None); ``past``: the traced step's cache example, key and value of each layer (B, kv heads, T, dim)."""
+    None)."""
     from onnx import TensorProto, helper
 
     lm = decoder_of(model)
     config, inner = lm.config, lm.model
     layers = list(inner.layers)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(past[0].shape[-1])
+    heads, kv_heads, head_dim = _heads(config)
     cos, sin = _rotary_tables(lm, head_dim)
     b = _Builder(_names(model))
     b.init("rotary.cos_cache", cos)
@@ -235,16 +240,6 @@ def build(model: nn.Module, past: list[torch.Tensor], opset: int):
     return proto
 
 
-def _run(session, input_ids: torch.Tensor, past: list[np.ndarray], start: int) -> list[np.ndarray]:
-    batch, length = input_ids.shape
-    feed: dict[str, Any] = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
-                            "position_ids": np.broadcast_to(np.arange(start, start + length), (batch, length)).astype(np.int64),
-                            "attention_mask": np.ones((batch, start + length), dtype=np.int64)}
-    names = [i.name for i in session.get_inputs()][3:]
-    feed.update(dict(zip(names, past)))
-    return session.run(None, feed)
-
-
 def fused_step(model: nn.Module, example: torch.Tensor, opset: int) -> tuple[Any, str | None]:
     """(graph, None) where ``model``'s fused step is written and checked against its own logits, else
     (None, why not). ``example``: token ids (B, L >= 2)."""
@@ -259,14 +254,13 @@ def fused_step(model: nn.Module, example: torch.Tensor, opset: int) -> tuple[Any
         return None, "the model is not float32"
     import onnxruntime as ort
 
+    from .ort import prompt_inputs
+
     key = f"{type(lm).__qualname__}:{lm.config.to_json_string()}"
     example = example[:1, :64].cpu()
     cut = example.shape[1] // 2
-    heads = int(getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads)
-    head_dim = int(getattr(lm.config, "head_dim", None) or lm.config.hidden_size // lm.config.num_attention_heads)
-    empty = [torch.zeros(1, heads, 0, head_dim) for _ in range(2 * len(lm.model.layers))]
     try:
-        proto = build(model, empty, opset)
+        proto = build(model, opset)
         payload = proto.SerializeToString()
     except (ValueError, AttributeError, KeyError) as failure:
         return None, f"it could not be written with fused ops ({type(failure).__name__}: {failure})"
@@ -281,8 +275,11 @@ def fused_step(model: nn.Module, example: torch.Tensor, opset: int) -> tuple[Any
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-        first = _run(session, example[:, :cut], [np.zeros(t.shape, np.float32) for t in empty], 0)
-        second = _run(session, example[:, cut:], first[1:], cut)
+        cache = json.loads(next(p.value for p in proto.metadata_props if p.key == "mixprec.kv_cache"))
+        ids = example.numpy()
+        first = session.run(None, {"input_ids": ids[:, :cut], **prompt_inputs(cache, ids[:, :cut])})
+        step = prompt_inputs(cache, ids[:, cut:], past=cut) | dict(zip(cache["past"], first[1:]))
+        second = session.run(None, {"input_ids": ids[:, cut:], **step})
     except Exception as failure:  # an ONNX Runtime without these contrib ops, or a shape it refuses
         return None, f"ONNX Runtime did not run its fused step ({type(failure).__name__}: {str(failure)[:200]})"
     got = np.concatenate([first[0], second[0]], axis=1)
