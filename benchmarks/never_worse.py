@@ -193,8 +193,16 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
                                      "guard_margin": guard_margin, "guard_divergence": guard_divergence,
                                      "guard_holdout": HOLDOUT if guard_holdout is None else guard_holdout,
+                                     # the guard's consensus adds the calibration labels' cross-entropy
+                                     "guard_labels": _labelled(model),
                                      "candidates": config.candidates, "grid": GRID_VERSION}})
 
+
+
+def _labelled(model: str) -> bool:
+    """Whether the built-in model gives the guard its calibration labels (a classifier's consensus then has ce)."""
+    from mixprec.builtin import get_builtin
+    return get_builtin(model).calibration_labels is not None
 
 
 def _cached_divergences(work: Path) -> int:

@@ -223,7 +223,8 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
     added = re.search(r"--add-candidates (\S+)", command)
     ranges = (", weight ranges auto" if "--weight-range auto" in command else "") + (
         f", guard margin {margin:g} SE" if margin is not None else ", guard without a margin") + (
-        f", candidates + {added.group(1)}" if added else "")
+        f", candidates + {added.group(1)}" if added else "") + (
+        ", guard given the calibration labels (ce)" if r.get("environment", {}).get("guard_labels") else "")
     for key in [k for k in KEYS if k in r["summary"]]:
         got, total = (int(x) for x in r["summary"][key].split(" of "))
         lines.append(f"| never worse ({key}) | {model} ({r['environment']['device']}, {grid}{ranges}) | {got} of {total} "
@@ -392,7 +393,9 @@ def never_worse_section() -> list[str]:
     for model in (*MODELS, *EXAMPLES):
         # the run on the current (signed) grid if there is one, else this machine's, else the GPU run (other
         # suffixes are earlier variants)
-        current = [reports[f"{model}{v}"] for v in ("_margin", "_signed_margin", "_auto_margin", "_abits", "_w56", "_local")
+        # _labels: the guard given the calibration labels (a classifier's consensus with ce), which replaces _margin
+        guards = ("_labels",) if f"{model}_labels" in reports else ("_margin", "_signed_margin", "_auto_margin")
+        current = [reports[f"{model}{v}"] for v in (*guards, "_abits", "_w56", "_local")
                    if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
         # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights); _local: the
         # local search as it runs now (first better move, a time budget of 1x the analysis)
@@ -422,6 +425,9 @@ def never_worse_section() -> list[str]:
                          f"{e['metric']:.2f} / {u['metric']:.2f} | {b['metric']} | {b['consensus']} |")
         lines += ["", f"Ranked as the evaluation split does, of {r['n_points']} points: " + ", ".join(
             f"{k} {v}" for k, v in r["agrees_with_metric"].items()) + ".", ""]
+    from guard_labels import markdown as guard_labels_markdown
+    for path in sorted(RESULTS.glob("guard_labels_*.json")):
+        lines += guard_labels_markdown(json.loads(path.read_text())).replace("## ", "### ", 1).splitlines() + [""]
     from guard_noise import markdown as guard_noise_markdown
     from guard_noise_lm import markdown as guard_noise_lm_markdown
     for path in sorted(RESULTS.glob("guard_noise_*.json")):

@@ -285,7 +285,7 @@ class Analysis:
                         else getattr(fn, "__qualname__", repr(fn))}
             model, data, score = self.model, self.data, fn
             if divergence:
-                data, scored = _divergence_data(data, divergence_batches)
+                data, scored = _divergence_data(builtin_labelled(self.model_name, data), divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
             return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
@@ -330,7 +330,7 @@ class Analysis:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
                                 "--tie/--exclude options change?); analyze it again")
             if divergence:
-                data, scored = _divergence_data(data, divergence_batches)
+                data, scored = _divergence_data(builtin_labelled(a["model"], data), divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
             else:
                 score = load_eval(eval_spec, a["model"])
@@ -356,19 +356,21 @@ class Analysis:
 
         guard (default on): the plan is measured against every uniform plan within the same budgets
         (and each one's variant with the first and last groups at 8 bits) by a label-free output
-        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr, nll or consensus,
-        which is agreement and sqnr together and what auto is for classifiers; auto is nll, the next-token
-        negative log-likelihood of the calibration text, for language models); the better plan
+        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr, nll, ce or
+        consensus, which is agreement and sqnr together, with ce, the cross-entropy against the labels, where
+        the calibration items are (inputs, labels) pairs or the built-in model has calibration labels, and
+        what auto is for classifiers; auto is nll, the next-token negative log-likelihood of the calibration
+        text, for language models); the better plan
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why. A tie is a
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
-        from .sensitivity.divergence import AUTO, DIVERGENCES, TASK
-        known = ("auto", *AUTO, *DIVERGENCES, *TASK, "consensus", "nll")
+        from .sensitivity.divergence import AUTO, DIVERGENCES, LABELLED, TASK
+        known = ("auto", *AUTO, *DIVERGENCES, *TASK, *LABELLED, "consensus")
         if guard_divergence not in known:  # checked before any work (a typo turned the guard off with a warning)
             raise SpecError(f"unknown guard divergence {guard_divergence!r}; choose one of: auto, agreement, kl, "
-                            "sqnr, nll, consensus")
+                            "sqnr, nll, ce, consensus")
         if not isinstance(guard_margin, (int, float)) or isinstance(guard_margin, bool) or not guard_margin >= 0:
             raise SpecError(f"guard_margin must be a number of standard errors >= 0 (default 1), got {guard_margin!r}")
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
@@ -589,8 +591,9 @@ class Analysis:
             def measure(c: np.ndarray):
                 result = checker.measure(problem.assignments(c))
                 if result.name == "agreement" and "sqnr" in result.details:  # the consensus, from one pass
-                    kind[0] = "agreement+sqnr"
-                    names, values = ("agreement", "sqnr"), (result.value, float(result.details["sqnr"]))
+                    names = tuple(result.details.get("consensus") or ("agreement", "sqnr"))
+                    kind[0] = "+".join(names)
+                    values = (result.value, *(float(result.details[n]) for n in names[1:]))
                 else:
                     kind[0] = result.name  # what "auto" resolved to
                     names, values = (result.name,), (result.value,)
@@ -598,7 +601,9 @@ class Analysis:
                 if all(n in samples for n in names):  # per-sample shares: the guard's paired test
                     return Sampled(values, tuple(np.asarray(samples[n], dtype=np.float64) for n in names))
                 return values if len(values) > 1 else values[0]
-            result = guard(choice, rivals, measure, margin)
+            measure(choice)  # says what the divergence resolved to (the checker keeps it: guard measures it again free)
+            # the labels' cross-entropy vetoes a mixed plan; disagreement and 1/SQNR rank the uniform plans
+            result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None)
         else:
             result = guard(choice, rivals, lambda c: float("nan"), margin)
         note = f"guard: returned {result.chosen}: {result.reason}" if result.chosen != MIXED else None
@@ -857,11 +862,32 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
     return resolved, "mse"
 
 
+def builtin_labelled(model_spec: str | None, data: list | None) -> list | None:
+    """A built-in model's own calibration batches with its calibration labels beside them (for the guard's
+    cross-entropy; the sensitivity metrics see the batches without them, as they were measured); any other
+    data unchanged: the user's own (inputs, labels) pairs carry their labels already."""
+    if not data or not model_spec or not is_builtin(model_spec):
+        return data
+    from .batches import batch_size, split_item
+    from .builtin import get_builtin
+    builtin = get_builtin(model_spec)
+    if builtin.calibration_labels is None or any(split_item(item)[1] is not None for item in data):
+        return data
+    sizes = [batch_size(split_item(item)[0]) for item in data]
+    labels, own = builtin.calibration_labels(sum(sizes)), builtin.calibration(sum(sizes))
+    same = len(own) == len(data) and all(
+        isinstance(x, torch.Tensor) and x.shape == o.shape and torch.equal(x.cpu(), o) for x, o in zip(data, own))
+    if not same or [len(y) for y in labels] != sizes:  # not the built-in's own images: no labels rather than wrong ones
+        return data
+    return [(item, y) for item, y in zip(data, labels)]
+
+
 def _divergence_key(divergence: str, batches: int | tuple[int, int] | None) -> str:
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
-             "auto-guard": "auto(classifier=agreement+sqnr,lm=nll,other=sqnr)",
-             "auto-search": "auto(classifier=kl,lm=nll,other=sqnr)"}
+             "auto-guard": "auto(classifier=agreement+sqnr+ce-given-labels,lm=nll,other=sqnr)",
+             "consensus": "consensus(agreement+sqnr+ce-given-labels)"}
+    rules["auto-search"] = "auto(classifier=kl,lm=nll,other=sqnr)"
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     if isinstance(batches, tuple):
         part = f":batches{batches[0]}-{batches[1]}"

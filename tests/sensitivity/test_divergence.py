@@ -31,6 +31,8 @@ def test_the_guard_auto_of_a_labelled_classifier_is_the_consensus():
     assert result.name == "agreement" and not result.higher_is_better
     assert result.value == OutputDivergence(model, data, "agreement").measure(other)
     assert result.details["sqnr"] == OutputDivergence(model, data, "sqnr").measure(other)
+    assert result.details["ce"] == OutputDivergence(model, data, "ce").measure(other)
+    assert result.details["consensus"] == ["agreement", "sqnr", "ce"]
     unlabelled = [x for x, _ in data]  # no labels: not recognised as a classifier, 1/SQNR alone
     assert OutputDivergence(model, unlabelled, "auto-guard")(other).name == "sqnr"
     assert OutputDivergence(model, data, "auto")(other).name == "agreement"
@@ -44,7 +46,7 @@ def test_per_sample_shares_add_up_to_each_divergence():
         assert samples[kind].sum() == pytest.approx(values[kind], rel=1e-6)  # float32 outputs
         assert (samples[kind] >= 0).all()
     result = OutputDivergence(model, data, "auto-guard")(other)
-    assert set(result.details["samples"]) == {"agreement", "sqnr"}
+    assert set(result.details["samples"]) == {"agreement", "sqnr", "ce"}
     assert sum(result.details["samples"]["sqnr"]) == pytest.approx(result.details["sqnr"], rel=1e-5)
 
 
@@ -126,3 +128,21 @@ def test_nll_is_the_same_chunk_by_chunk(monkeypatch):
     monkeypatch.setattr(d, "CHUNK_ELEMENTS", 300)  # 2 rows per chunk
     chunked, m = d.nll_samples({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, logits)
     assert n == m == 16 and torch.allclose(chunked, whole, rtol=1e-6)
+
+
+def test_ce_is_the_cross_entropy_against_the_labels_and_needs_them():
+    model, data, other = _classifier_and_data()
+    values, samples = OutputDivergence(model, data, "ce").measure_samples(other)
+    with torch.no_grad():
+        expected = torch.cat([nn.functional.cross_entropy(other(x), y, reduction="none") for x, y in data])
+    assert values["ce"] == pytest.approx(float(expected.mean()), rel=1e-6)
+    assert samples["ce"] * 96 == pytest.approx(expected.double().numpy(), rel=1e-5)  # shares of the mean
+    ignored = [(x, torch.where(torch.arange(32) < 8, -100, y)) for x, y in data]  # -100: not scored
+    with torch.no_grad():
+        kept = torch.cat([nn.functional.cross_entropy(other(x), y, reduction="none")[8:] for x, y in data])
+    assert OutputDivergence(model, ignored, "ce").measure(other) == pytest.approx(float(kept.mean()), rel=1e-6)
+    from mixprec.errors import SpecError
+    with pytest.raises(SpecError, match="needs \\(inputs, labels\\) calibration items"):
+        OutputDivergence(model, [x for x, _ in data], "ce").measure(other)
+    consensus = OutputDivergence(model, [x for x, _ in data], "consensus")(other)  # no labels: the pair
+    assert consensus.details["consensus"] == ["agreement", "sqnr"] and "ce" not in consensus.details

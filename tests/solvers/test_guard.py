@@ -108,15 +108,42 @@ def test_a_divergence_both_plans_measure_zero_on_does_not_decide():
     assert guard(np.array([0]), choices, lambda c: measured[int(c[0])], margin=0).chosen == MIXED
 
 
-def test_the_default_guard_of_a_classifier_measures_agreement_and_sqnr(demo):
-    _, model, data, _ = demo
+def test_the_default_guard_of_a_classifier_measures_agreement_sqnr_and_given_labels_ce(demo):
+    """The built-in's own calibration images get its calibration labels beside them (the guard's ce); other
+    images of the same shapes do not (no labels rather than wrong ones)."""
+    b, model, data, _ = demo
     analysis = mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", model_name="demo-cnn", progress=False)
     info = analysis.solve("bops=0.4x").metadata["guard"]
     assert info["measured"], "a mixed plan between uniform points is measured against its rivals"
-    assert info["divergence"] == "agreement+sqnr"
-    assert all(len(v) == 2 for v in info["measured"].values())
+    assert info["divergence"] == "agreement+sqnr+ce"
+    assert all(len(v) == 3 for v in info["measured"].values())
     single = analysis.solve("bops=0.4x", guard_divergence="kl").metadata["guard"]
     assert single["divergence"] == "kl" and all(isinstance(v, float) for v in single["measured"].values())
+    ce = analysis.solve("bops=0.4x", guard_divergence="ce").metadata["guard"]
+    assert ce["divergence"] == "ce" and all(v > 0 for v in ce["measured"].values())
+    shuffled = [x.flip(0) for x in data]  # not the built-in's calibration images: the pair, unlabelled
+    other = mixprec.analyze(model, shuffled, candidates="w2a8,w4a8,w8a8", model_name="demo-cnn", progress=False)
+    assert other.solve("bops=0.4x").metadata["guard"]["divergence"] == "agreement+sqnr"
+    labelled = [(x, y) for x, y in zip(data, b.calibration_labels(128))]  # the user's own pairs: their labels
+    own = mixprec.analyze(model, labelled, candidates="w2a8,w4a8,w8a8", progress=False)
+    assert own.solve("bops=0.4x").metadata["guard"]["divergence"] == "agreement+sqnr+ce"
+
+
+def test_a_mixed_plan_closer_to_float_but_tied_on_the_labels_loss_is_not_returned():
+    """ResNet-56 at the bytes of W5A8: the exact plan disagreed with the float model less and had a far lower
+    1/SQNR than uniform W5A8, but no lower cross-entropy against the labels; it scored lower on the evaluation
+    split. A consensus with ce returns uniform."""
+    rng = np.random.default_rng(0)
+    n = 512
+    base = [rng.random(n) / n for _ in range(3)]  # the rival's shares of agreement, 1/SQNR, ce
+    rival = Sampled(tuple(float(b.sum()) for b in base), tuple(base))
+    # far below the rival on agreement and 1/SQNR (3 and 8 per-sample standard deviations); on ce, above it
+    shares = [b + rng.normal(shift, 1.0, n) / n for b, shift in zip(base, (-3.0, -8.0, 0.03))]
+    mixed = Sampled(tuple(float(x.sum()) for x in shares), tuple(shares))
+    assert paired_z(mixed, rival, 0) < -10 and paired_z(mixed, rival, 1) < -10 and paired_z(mixed, rival, 2) > -1
+    result = guard(np.array([0]), {"uniform w5a8": np.array([1])}, lambda c: mixed if c[0] == 0 else rival, margin=1.0)
+    assert result.chosen == "uniform w5a8"
+    assert "divergence 3 of 3" in result.reason or "must measure lower on every divergence" in result.reason
 
 
 def test_among_uniform_rivals_no_divergence_is_privileged_by_its_place():
@@ -276,3 +303,13 @@ def test_a_budget_that_is_not_a_string_or_dict_says_what_to_give(demo, budget):
     from mixprec.errors import SpecError
     with pytest.raises(SpecError, match="a budget is a string such as 'bytes=2MB'"):
         demo[3].solve(budget)
+
+
+def test_the_labels_loss_vetoes_the_mixed_plan_but_does_not_rank_the_uniform_plans():
+    """ResNet-20 at the BOPs of W2A8: near collapse, ce ranked plain W2A8 over its first/last-8-bit variant
+    (21.73 against 24.61 on the evaluation split); with rank_by=2 disagreement and 1/SQNR rank them."""
+    rivals = {"uniform w2a8": np.array([1]), "uniform w2a8, first/last w8a8": np.array([2])}
+    measured = {0: (0.9, 9.0, 9.0), 1: (0.77, 3.0, 4.0), 2: (0.77, 2.8, 5.0)}  # (disagreement, 1/SQNR, ce)
+    assert guard(np.array([0]), rivals, lambda c: measured[int(c[0])]).chosen == "uniform w2a8"
+    assert guard(np.array([0]), rivals, lambda c: measured[int(c[0])], rank_by=2).chosen == \
+        "uniform w2a8, first/last w8a8"

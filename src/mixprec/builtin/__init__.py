@@ -35,6 +35,9 @@ class Builtin:
     # layer-name pattern -> candidate kept fixed (e.g. first conv at w8a8)
     default_pins: dict[str, str] = field(default_factory=dict)
     default_excludes: tuple[str, ...] = ()
+    # (num_samples) -> the class labels of calibration(num_samples), batched as it batches them; only the
+    # guard reads them (its cross-entropy), the sensitivity metrics see the images alone; None: no labels
+    calibration_labels: Callable[[int], list] | None = None
     # what the output is: "logits" (a classifier), "tokens" (a language model's logits per token) or
     # "embedding"; it picks the guard's divergence (agreement, kl, sqnr) where the data carries no labels
     output: str = "logits"

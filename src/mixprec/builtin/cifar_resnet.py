@@ -158,6 +158,13 @@ def calibration(n: int) -> list[torch.Tensor]:
     return [preprocess(pool[i:min(i + CALIB_BATCH, n)]) for i in range(0, n, CALIB_BATCH)]
 
 
+def calibration_labels(n: int) -> list[torch.Tensor]:
+    """The class labels of ``calibration(n)``, batched as it batches the images (for the guard only)."""
+    calibration(n)  # the same checks and errors
+    labels = _dataset()[3]
+    return [labels[i:min(i + CALIB_BATCH, n)] for i in range(0, n, CALIB_BATCH)]
+
+
 def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> EvalResult:
     """Top-1 accuracy in percent on the given uint8 images, on the model's device, in eval mode."""
     device = next(model.parameters()).device
@@ -200,6 +207,7 @@ def builtin(name: str) -> Builtin:
         description=f"ResNet-{6 * blocks + 2} for CIFAR-10 (akamaster weights, option-A shortcuts)",
         model=lambda: load_model(name),
         calibration=calibration,
+        calibration_labels=calibration_labels,
         evaluate=evaluate,
         example_input=lambda: calibration(2)[0],
         calibration_source="CIFAR-10 test images 900-999 of each class (1,000; test_jpeg_q75.npz), disjoint from evaluation",

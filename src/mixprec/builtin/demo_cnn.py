@@ -84,6 +84,10 @@ def calibration(n: int = 256) -> list[torch.Tensor]:
     return [images for images, _ in labeled_calibration(n)]
 
 
+def calibration_labels(n: int = 256) -> list[torch.Tensor]:
+    return [labels for _, labels in labeled_calibration(n)]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, limit: int | None = None) -> EvalResult:
     images, labels = digits()
@@ -101,6 +105,7 @@ def builtin(name: str = "demo-cnn") -> Builtin:
         description="4-layer CNN trained on scikit-learn's 8x8 handwritten digits (built-in demo)",
         model=load_model,
         calibration=calibration,
+        calibration_labels=calibration_labels,
         evaluate=evaluate,
         example_input=lambda: digits()[0][:2],
         calibration_source="256 of the 1,200 training images of sklearn digits",

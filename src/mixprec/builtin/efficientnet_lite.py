@@ -146,6 +146,20 @@ def calibration(n: int) -> list[torch.Tensor]:
     return [preprocess(images[i:min(i + CALIB_BATCH, n)]) for i in range(0, n, CALIB_BATCH)]
 
 
+def calibration_labels(n: int) -> list[torch.Tensor]:
+    """The ImageNet class of each of ``calibration(n)``'s images (from the WordNet id its file name starts
+    with, in imagenet/synset_words.txt order), batched as it batches them (for the guard only)."""
+    calibration(n)  # the same checks and errors
+    words = data_file("imagenet/synset_words.txt", "ImageNet class list")
+    index = {line.split()[0]: i for i, line in enumerate(words.read_text().splitlines()) if line.strip()}
+    files = calibration_set()[0][:n]
+    unknown = [f.name for f in files if f.name.split("_")[0] not in index]
+    if unknown:
+        raise ModelError(f"calibration image {unknown[0]} does not start with a WordNet id of {words}")
+    labels = torch.tensor([index[f.name.split("_")[0]] for f in files])
+    return [labels[i:i + CALIB_BATCH] for i in range(0, n, CALIB_BATCH)]
+
+
 def evaluate(model: nn.Module, limit: int | None = None) -> EvalResult:
     """Top-1 (main) and top-5 accuracy in percent on val1300 or its first ``limit`` images
     (a larger ``limit`` uses all 1,300; ``details["samples"]`` says how many were used)."""
@@ -179,6 +193,7 @@ def builtin(name: str = NAME) -> Builtin:
         description="EfficientNet-Lite0 (ImageNet, ReLU6, TF weights converted to PyTorch)",
         model=load_model,
         calibration=calibration,
+        calibration_labels=calibration_labels,
         evaluate=evaluate,
         example_input=lambda: calibration(1)[0],
         calibration_source="250 ImageNet training images (imagenet/calib, one per 4th class), sorted by name",

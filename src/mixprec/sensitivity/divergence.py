@@ -5,6 +5,8 @@
     sqnr:      sum ||y_q - y||^2 / sum ||y||^2   (1 / SQNR; for outputs that are not logits)
     nll:       mean over predicted tokens of -log softmax(y_q)[next token]   (a language model on its
                calibration text, which is its own label; not a divergence from the float model)
+    ce:        mean over samples of -log softmax(y_q)[label]   (a classifier whose calibration items
+               are (inputs, labels) pairs: the task loss itself; not a divergence from the float model)
 
 The same formulas as the kl and sqnr sensitivity metrics, applied to a whole quantized model: the
 guard and the measured searches decide with it, on the calibration data, never on the data the
@@ -13,7 +15,8 @@ items carrying integer labels), kl for a language model (a (batch, tokens, vocab
 vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection heads);
 ``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show;
 ``"auto-guard"`` takes ``"consensus"`` for classifiers: disagreement as the value and 1/SQNR in the
-details, from the same pass (the guard's pair); and nll for language models given token ids.
+details, from the same pass (the guard's pair), and the cross-entropy against the labels beside them
+where every calibration batch carries integer class labels; and nll for language models given token ids.
 ``"auto-search"`` (the measured local search) takes kl for classifiers (small differences must show)
 and nll for language models given token ids.
 Why nll for language models: on SmolLM2 at 5.05 and 5.10 bits/weight (lm_head at 8 bits), KL on the
@@ -24,6 +27,12 @@ Why agreement for classifiers: on ResNet-56 at the BOPs of W4A8, KL on the calib
 mixed plan above uniform (0.320 against 0.367) while both top-1 disagreement (0.131 against 0.113)
 and accuracy on the evaluation split (78.97 against 79.91) ranked it below
 (benchmarks/guard_divergences.py).
+Why the labels' cross-entropy joins the consensus where there are labels: closer to the float model is
+not always more accurate. On ResNet-56 at the bytes of W5A8 the exact plan disagreed with the float
+model's top-1 less than uniform W5A8 (paired z -1.89 on the 512 calibration images, -10.38 on the 9,000
+evaluation images) and had a far lower 1/SQNR (-22.3, -88.2), yet scored 82.49 against uniform's 83.33
+(float: 83.23). The labels' cross-entropy on the calibration images called it a tie (-0.46; +2.00 on the
+evaluation split), so the guard returns uniform (benchmarks/guard_labels.py, guard_labels_resnet56).
 """
 from __future__ import annotations
 
@@ -108,6 +117,25 @@ def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, fl
     return (out - ref).pow(2).reshape(_samples(ref), -1).sum(dim=1), float(ref.pow(2).sum())
 
 
+def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sample: -log softmax(out)[label], number of samples), in float32; labels -100 (ignored) add 0."""
+    if not class_labels(labels, out):
+        raise SpecError("the ce divergence needs (inputs, labels) calibration items whose labels are one integer class "
+                        f"per sample of a (samples, classes) output; got labels "
+                        f"{getattr(labels, 'shape', type(labels).__name__)} for output {tuple(out.shape)}: use "
+                        "--guard-divergence agreement, kl or sqnr")
+    labels = labels.to(out.device)
+    keep = labels != -100
+    ce = torch.nn.functional.cross_entropy(out.float(), labels.where(keep, 0), reduction="none") * keep
+    return ce, float(keep.sum())
+
+
+def class_labels(labels: Any, out: torch.Tensor) -> bool:
+    """Whether ``labels`` are one integer class per row of a classifier's (samples, classes) output."""
+    return isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point() \
+        and not labels.is_complex() and out.ndim == 2 and out.shape[-1] >= 2 and labels.shape[0] == out.shape[0]
+
+
 def token_ids(inputs: Any) -> torch.Tensor | None:
     """The (batch, tokens) integer ids a language model was given: the input tensor itself, or a dict's
     ``input_ids``; None for anything else."""
@@ -140,7 +168,8 @@ def nll_samples(inputs: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 DIVERGENCES = {"kl": kl_samples, "agreement": disagreement_samples, "sqnr": sqnr_samples}
 TASK = {"nll": nll_samples}  # scored from the inputs and the output alone: no float reference
-CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py)
+LABELLED = {"ce": ce_samples}  # scored from the calibration labels and the output: no float reference
+CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py), with ce given labels
 AUTO = ("auto", "auto-smooth", "auto-guard", "auto-search")
 
 
@@ -165,9 +194,10 @@ class OutputDivergence:
     (lower is better), so plan evaluators can cache it like any metric."""
 
     def __init__(self, float_model: nn.Module, data: Iterable, kind: str = "auto", max_batches: int | None = None):
-        if kind not in AUTO and kind not in DIVERGENCES and kind not in TASK and kind != "consensus":
+        if kind not in AUTO and kind not in DIVERGENCES and kind not in TASK and kind not in LABELLED \
+                and kind != "consensus":
             raise SpecError(f"unknown divergence {kind!r}; choose one of: "
-                            f"{', '.join(AUTO + tuple(DIVERGENCES) + tuple(TASK) + ('consensus',))}")
+                            f"{', '.join(AUTO + tuple(DIVERGENCES) + tuple(TASK) + tuple(LABELLED) + ('consensus',))}")
         batches = [split_item(item) for item in data]
         if max_batches is not None:
             batches = batches[:max_batches]
@@ -175,6 +205,7 @@ class OutputDivergence:
             raise SpecError("measuring a divergence needs calibration data; give at least one batch")
         self.float_model, self.kind = float_model, kind
         self.inputs = [inputs for inputs, _ in batches]
+        self.labels = [labels for _, labels in batches]
         self._labels = batches[0][1]
         self.reference: list[torch.Tensor] | None = None  # made on first use, where the model is by then
         self._device: torch.device | None = None
@@ -205,9 +236,17 @@ class OutputDivergence:
                 self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
                                       guard=self.kind == "auto-guard", inputs=self.inputs[0],
                                       search=self.kind == "auto-search")
-            if self.kind in TASK:  # scored on the inputs alone: the float outputs need not stay
+            if self.kind in TASK or self.kind in LABELLED:  # scored without them: the float outputs need not stay
                 self.reference = [None] * len(self.reference)
         return self.reference
+
+    @property
+    def consensus(self) -> tuple[str, ...]:
+        """The divergences the consensus measures: top-1 disagreement and 1/SQNR, and the labels'
+        cross-entropy where every calibration batch carries one integer class per sample."""
+        references = self._references()
+        labelled = all(ref is not None and class_labels(labels, ref) for ref, labels in zip(references, self.labels))
+        return CONSENSUS + (("ce",) if labelled else ())
 
     @torch.no_grad()
     def measure_samples(self, model: nn.Module, kinds: tuple[str, ...] | None = None
@@ -219,11 +258,12 @@ class OutputDivergence:
         kinds = kinds or (self.kind,)
         sums = {k: [0.0, 0.0] for k in kinds}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
-        for x, ref in zip(self.inputs, references):
+        for x, ref, labels in zip(self.inputs, references, self.labels):
             x = to_device(x, self.device)
             out = output_tensor(run_model(model, x))
             for k in kinds:
-                per_sample, d = TASK[k](x, out) if k in TASK else DIVERGENCES[k](ref, out)
+                per_sample, d = TASK[k](x, out) if k in TASK else LABELLED[k](labels, out) if k in LABELLED \
+                    else DIVERGENCES[k](ref, out)
                 sums[k][0] += float(per_sample.sum())
                 sums[k][1] += d
                 parts[k].append(per_sample.double().cpu().numpy())
@@ -244,10 +284,10 @@ class OutputDivergence:
         """The divergence as an EvalResult; ``details["samples"]`` holds each kind's per-sample shares
         (6 significant digits), so that a cached measurement still supports a paired comparison."""
         self._references()  # resolves auto
-        kinds = CONSENSUS if self.kind == "consensus" else (self.kind,)
+        kinds = self.consensus if self.kind == "consensus" else (self.kind,)
         values, samples = self.measure_samples(model, kinds)
         details: dict[str, Any] = {"samples": {k: [float(f"{v:.6g}") for v in samples[k]] for k in kinds}}
-        if self.kind == "consensus":  # one pass: disagreement is the value, 1/SQNR rides in the details
-            details["sqnr"] = values["sqnr"]
+        if self.kind == "consensus":  # one pass: disagreement is the value, the others ride in the details
+            details.update({k: values[k] for k in kinds[1:]}, consensus=list(kinds))
             return EvalResult("agreement", values["agreement"], higher_is_better=False, details=details)
         return EvalResult(self.kind, values[self.kind], higher_is_better=False, details=details)
