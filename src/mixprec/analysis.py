@@ -285,7 +285,7 @@ class Analysis:
                         else getattr(fn, "__qualname__", repr(fn))}
             model, data, score = self.model, self.data, fn
             if divergence:
-                data, scored = _divergence_data(builtin_labelled(self.model_name, data), divergence_batches)
+                data, scored = _divergence_data(_labelled(self.model_name, data), divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
             return PlanEvaluator(lambda: (model, data, score), self.groups, self.excluded, settings, self.run,
                                  self.point_counts, self.weight_range, self.activation_range,
@@ -330,7 +330,7 @@ class Analysis:
                 raise SpecError(f"the model's groups no longer match the run {self.run.path} (did the model or the "
                                 "--tie/--exclude options change?); analyze it again")
             if divergence:
-                data, scored = _divergence_data(builtin_labelled(a["model"], data), divergence_batches)
+                data, scored = _divergence_data(_labelled(a["model"], data), divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
             else:
                 score = load_eval(eval_spec, a["model"])
@@ -862,24 +862,13 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
     return resolved, "mse"
 
 
-def builtin_labelled(model_spec: str | None, data: list | None) -> list | None:
-    """A built-in model's own calibration batches with its calibration labels beside them (for the guard's
-    cross-entropy; the sensitivity metrics see the batches without them, as they were measured); any other
-    data unchanged: the user's own (inputs, labels) pairs carry their labels already."""
+def _labelled(model_spec: str | None, data: list | None) -> list | None:
+    """The guard's data: a built-in classifier's own calibration batches with its labels beside them
+    (Builtin.labelled); any other data as it is."""
     if not data or not model_spec or not is_builtin(model_spec):
         return data
-    from .batches import batch_size, split_item
     from .builtin import get_builtin
-    builtin = get_builtin(model_spec)
-    if builtin.calibration_labels is None or any(split_item(item)[1] is not None for item in data):
-        return data
-    sizes = [batch_size(split_item(item)[0]) for item in data]
-    labels, own = builtin.calibration_labels(sum(sizes)), builtin.calibration(sum(sizes))
-    same = len(own) == len(data) and all(
-        isinstance(x, torch.Tensor) and x.shape == o.shape and torch.equal(x.cpu(), o) for x, o in zip(data, own))
-    if not same or [len(y) for y in labels] != sizes:  # not the built-in's own images: no labels rather than wrong ones
-        return data
-    return [(item, y) for item, y in zip(data, labels)]
+    return get_builtin(model_spec).labelled(data)
 
 
 def _divergence_key(divergence: str, batches: int | tuple[int, int] | None) -> str:

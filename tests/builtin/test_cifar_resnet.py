@@ -112,3 +112,11 @@ def test_missing_data_names_the_file(monkeypatch, tmp_path):
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(MixprecError, match="resnet20"):
         cifar_resnet.builtin("resnet18")
+
+
+def test_calibration_labels_are_the_calibration_images_labels(data_available):
+    b = cifar_resnet.builtin("resnet20")
+    labels = b.calibration_labels(100)
+    assert [len(y) for y in labels] == [len(x) for x in b.calibration(100)] == [64, 36]
+    assert torch.equal(torch.cat(labels), cifar_resnet._dataset()[3][:100])
+    assert torch.cat(labels)[:10].tolist() == list(range(10))  # the pool interleaves the classes

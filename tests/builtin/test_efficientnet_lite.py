@@ -132,3 +132,10 @@ def test_missing_data_names_the_file(monkeypatch, tmp_path):
     finally:
         el.validation_set.cache_clear()
         el.calibration_set.cache_clear()
+
+
+def test_calibration_labels_come_from_the_file_names(builtin):
+    """One training image per 4th class, sorted by WordNet id: classes 0, 4, 8, ... in synset order."""
+    labels = builtin.calibration_labels(40)
+    assert [len(y) for y in labels] == [len(x) for x in builtin.calibration(40)]
+    assert torch.cat(labels).tolist() == list(range(0, 160, 4))
