@@ -395,7 +395,8 @@ def never_worse_section() -> list[str]:
         # suffixes are earlier variants)
         # _labels: the guard given the calibration labels (a classifier's consensus with ce), which replaces _margin
         guards = ("_labels",) if f"{model}_labels" in reports else ("_margin", "_signed_margin", "_auto_margin")
-        current = [reports[f"{model}{v}"] for v in (*guards, "_abits", "_w56", "_local")
+        searches = ("_labels_local",) if f"{model}_labels_local" in reports else ("_local",)
+        current = [reports[f"{model}{v}"] for v in (*guards, "_abits", "_w56", *searches)
                    if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
         # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights); _local: the
         # local search as it runs now (first better move, a time budget of 1x the analysis)
