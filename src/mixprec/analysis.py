@@ -875,8 +875,8 @@ def _divergence_key(divergence: str, batches: int | tuple[int, int] | None) -> s
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
              "auto-guard": "auto(classifier=agreement+sqnr+ce-given-labels,lm=nll,other=sqnr)",
+             "auto-search": "auto(classifier=kl,lm=nll,other=sqnr)",
              "consensus": "consensus(agreement+sqnr+ce-given-labels)"}
-    rules["auto-search"] = "auto(classifier=kl,lm=nll,other=sqnr)"
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     if isinstance(batches, tuple):
         part = f":batches{batches[0]}-{batches[1]}"

@@ -144,5 +144,7 @@ def test_ce_is_the_cross_entropy_against_the_labels_and_needs_them():
     from mixprec.errors import SpecError
     with pytest.raises(SpecError, match="needs \\(inputs, labels\\) calibration items"):
         OutputDivergence(model, [x for x, _ in data], "ce").measure(other)
+    with pytest.raises(SpecError, match="label 7 is not one of them"):
+        OutputDivergence(model, [(x, torch.full((32,), 7)) for x, _ in data], "ce").measure(other)
     consensus = OutputDivergence(model, [x for x, _ in data], "consensus")(other)  # no labels: the pair
     assert consensus.details["consensus"] == ["agreement", "sqnr"] and "ce" not in consensus.details

@@ -126,6 +126,11 @@ def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
                         "--guard-divergence agreement, kl or sqnr")
     labels = labels.to(out.device)
     keep = labels != -100
+    bad = labels[keep & ((labels < 0) | (labels >= out.shape[-1]))]
+    if bad.numel():
+        raise SpecError(f"the ce divergence scores the output's {out.shape[-1]} classes against the labels, but label "
+                        f"{int(bad[0])} is not one of them (0..{out.shape[-1] - 1}; -100 is ignored): check the labels "
+                        "of the calibration data")
     ce = torch.nn.functional.cross_entropy(out.float(), labels.where(keep, 0), reduction="none") * keep
     return ce, float(keep.sum())
 
