@@ -313,3 +313,14 @@ def test_the_labels_loss_vetoes_the_mixed_plan_but_does_not_rank_the_uniform_pla
     assert guard(np.array([0]), rivals, lambda c: measured[int(c[0])]).chosen == "uniform w2a8"
     assert guard(np.array([0]), rivals, lambda c: measured[int(c[0])], rank_by=2).chosen == \
         "uniform w2a8, first/last w8a8"
+
+
+def test_the_reason_names_the_rival_and_divergence_the_mixed_plan_is_not_lower_on():
+    """The best rival's figures can all be above the mixed plan's while another rival blocks it: the reason says
+    which, so that "uniform returned" never reads as a contradiction."""
+    rivals = {"uniform w3a8": np.array([1]), "uniform w3a8, first/last w8a8": np.array([2])}
+    measured = {0: (0.0039, 0.0103, 0.0136), 1: (0.0078, 0.0174, 0.0249), 2: (0.0039, 0.0180, 0.0140)}
+    result = guard(np.array([0]), rivals, lambda c: measured[int(c[0])], margin=0, rank_by=2)
+    assert result.chosen == "uniform w3a8"
+    assert "against uniform w3a8, first/last w8a8 on divergence 1 of 3 it measures 0.0039, not lower than 0.0039" \
+        in result.reason

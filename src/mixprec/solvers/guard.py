@@ -178,7 +178,15 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
                            f"{_show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
                            "returned", margin, z)
+    # which rival and divergence the mixed plan is not lower on (the best rival's figures may all be higher)
+    blocking = next(((label, i) for label in sorted(rivals) for i in deciding[label] if not lower(label, i, noise=False)),
+                    None)
+    where = ""
+    if blocking is not None and (width > 1 or blocking[0] != best):
+        label, i = blocking
+        where = (f"; against {label}" + (f" on divergence {i + 1} of {width}" if width > 1 else "")
+                 + f" it measures {_tuple(mixed)[i]:.4g}, not lower than {_tuple(measured[label])[i]:.4g}")
     return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
                        f"{_show(mixed)} (ties go to uniform"
                        + (", and the mixed plan must measure lower on every divergence" if width > 1 else "")
-                       + "): the uniform plan is returned", margin, z)
+                       + f"{where}): the uniform plan is returned", margin, z)
