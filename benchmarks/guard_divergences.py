@@ -11,18 +11,16 @@ Writes benchmarks/results/guard_divergences_<model>.json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS, first_last_choice  # noqa: E402
+from run import CONFIGS, RESULTS, first_last_choice, points_main  # noqa: E402
 
 from mixprec import __version__, apply  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
-from mixprec.errors import MissingDataError  # noqa: E402
 from mixprec.plan import write_json_atomic  # noqa: E402
 from mixprec.sensitivity.divergence import OutputDivergence  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
@@ -70,24 +68,15 @@ def benchmark(model_name: str, at: list[str], kinds: list[str], device: str) -> 
             "environment": {"mixprec": __version__, "device": device}}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=sorted(CONFIGS))
-    parser.add_argument("--at", default="w3a8,w4a8,w5a8")
-    parser.add_argument("--kinds", default=None, help="budget kinds (default: the model's configuration)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    kinds = args.kinds.split(",") if args.kinds else list(CONFIGS[args.model].kinds)
-    try:
-        result = benchmark(args.model, args.at.split(","), kinds, args.device)
-    except MissingDataError as exc:
-        print(f"skipped: {exc}")
-        return 0
-    out = RESULTS / f"guard_divergences_{args.model}.json"
+def _save(model: str, result: dict) -> None:
+    out = RESULTS / f"guard_divergences_{model}.json"
     write_json_atomic(out, result)
     print(f"agrees with the evaluation metric at {result['n_points']} points: {result['agrees_with_metric']}; "
           f"wrote {out}")
-    return 0
+
+
+def main() -> int:
+    return points_main(__doc__, sorted(CONFIGS), "w3a8,w4a8,w5a8", benchmark, _save)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes benchmarks/results/guard_labels_<model>.json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS, base_name, first_last_choice  # noqa: E402
+from run import CONFIGS, RESULTS, base_name, first_last_choice, points_main, save_result  # noqa: E402
 
 from mixprec import __version__, apply  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
-from mixprec.errors import MissingDataError  # noqa: E402
-from mixprec.plan import write_json_atomic  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.solvers.guard import _best  # noqa: E402
 from mixprec.specs import prepare  # noqa: E402
@@ -166,23 +163,8 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=("resnet20", "resnet56", "efficientnet-lite0"))
-    parser.add_argument("--at", default="w2a8,w3a8,w4a8,w5a8,w6a8")
-    parser.add_argument("--kinds", default=None, help="budget kinds (default: the model's configuration)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    kinds = args.kinds.split(",") if args.kinds else list(CONFIGS[args.model].kinds)
-    try:
-        result = benchmark(args.model, args.at.split(","), kinds, args.device)
-    except MissingDataError as exc:
-        print(f"skipped: {exc}")
-        return 0
-    out = RESULTS / f"guard_labels_{args.model}.json"
-    write_json_atomic(out, result)
-    out.with_suffix(".md").write_text(markdown(result))
-    print(f"wrote {out}")
-    return 0
+    return points_main(__doc__, ("resnet20", "resnet56", "efficientnet-lite0"), "w2a8,w3a8,w4a8,w5a8,w6a8", benchmark,
+                       lambda model, result: save_result(RESULTS / f"guard_labels_{model}", result, markdown(result)))
 
 
 if __name__ == "__main__":

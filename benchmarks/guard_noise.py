@@ -14,7 +14,6 @@ benchmarks/results/guard_noise_<model>.json and .md.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from never_worse import sqnr_analysis  # noqa: E402
-from run import CONFIGS, RESULTS, first_last_choice, save_result  # noqa: E402
+from run import CONFIGS, RESULTS, first_last_choice, points_main, save_result  # noqa: E402
 
 from mixprec import __version__, apply  # noqa: E402
-from mixprec.errors import MissingDataError  # noqa: E402
 from mixprec.sensitivity.divergence import OutputDivergence  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.solvers.guard import Sampled, paired_z  # noqa: E402
@@ -133,21 +131,8 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=CIFAR)
-    parser.add_argument("--at", default="w4a8,w5a8")
-    parser.add_argument("--kinds", default=None, help="budget kinds (default: the model's configuration)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    kinds = args.kinds.split(",") if args.kinds else list(CONFIGS[args.model].kinds)
-    try:
-        result = benchmark(args.model, args.at.split(","), kinds, args.device)
-    except MissingDataError as exc:
-        print(f"skipped: {exc}")
-        return 0
-    out = RESULTS / f"guard_noise_{args.model}"
-    save_result(out, result, markdown(result))
-    return 0
+    return points_main(__doc__, CIFAR, "w4a8,w5a8", benchmark,
+                       lambda model, result: save_result(RESULTS / f"guard_noise_{model}", result, markdown(result)))
 
 
 if __name__ == "__main__":

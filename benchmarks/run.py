@@ -155,6 +155,26 @@ def save_result(out: Path, result: dict, text: str) -> None:
     print(f"wrote {out}.json and .md")
 
 
+def points_main(doc: str, models, default_at: str, benchmark, save) -> int:
+    """The command line of a study of plans at the cost of uniform candidates: MODEL [--at CANDS]
+    [--kinds KINDS] [--device DEV]; ``benchmark(model, at, kinds, device)`` makes the result and
+    ``save(model, result)`` writes it; missing data skips with its message."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("model", choices=models)
+    parser.add_argument("--at", default=default_at)
+    parser.add_argument("--kinds", default=None, help="budget kinds (default: the model's configuration)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    kinds = args.kinds.split(",") if args.kinds else list(CONFIGS[args.model].kinds)
+    try:
+        result = benchmark(args.model, args.at.split(","), kinds, args.device)
+    except MissingDataError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    save(args.model, result)
+    return 0
+
+
 def base_name(candidate: str) -> str:
     """The candidate without the range suffix weight_range="auto" gives it (w4a8-minmax -> w4a8)."""
     return re.sub(r"-(minmax|mse)$", "", candidate)
