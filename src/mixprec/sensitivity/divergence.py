@@ -135,10 +135,12 @@ def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     return ce, float(keep.sum())
 
 
-def class_labels(labels: Any, out: torch.Tensor) -> bool:
-    """Whether ``labels`` are one integer class per row of a classifier's (samples, classes) output."""
+def class_labels(labels: Any, out: torch.Tensor, per_row: bool = True) -> bool:
+    """Whether ``labels`` are integer classes (1-D) beside a classifier's (samples, classes) output, one per
+    row of it (``per_row``)."""
     return isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point() \
-        and not labels.is_complex() and out.ndim == 2 and out.shape[-1] >= 2 and labels.shape[0] == out.shape[0]
+        and not labels.is_complex() and out.ndim == 2 and out.shape[-1] >= 2 \
+        and (not per_row or labels.shape[0] == out.shape[0])
 
 
 def token_ids(inputs: Any) -> torch.Tensor | None:
@@ -183,8 +185,7 @@ def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bo
     """agreement (kl if ``smooth`` or ``search``, consensus if ``guard``) for a classifier's logits with
     integer labels beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` or
     ``search`` and the inputs are its token ids; else sqnr."""
-    if output.ndim == 2 and output.shape[-1] >= 2 and isinstance(labels, torch.Tensor) \
-            and not labels.is_floating_point() and labels.ndim == 1:
+    if class_labels(labels, output, per_row=False):
         return "kl" if smooth or search else "consensus" if guard else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
         ids = token_ids(inputs)
