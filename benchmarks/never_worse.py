@@ -122,6 +122,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
               partial: Path | None = None, local: bool = True, weight_range: str = "mse",
               guard_margin: float = 1.0, guard_divergence: str = "auto", extra: tuple[str, ...] = (),
               guard_holdout: float | None = None) -> dict:
+    """The result of the study; the rows a run cut short left in ``partial`` (same command) are kept, and only
+    the budgets they lack are measured."""
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     if extra:  # more candidates: analyses of their own
@@ -138,6 +140,13 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
 
     highest = max(problem.candidates, key=lambda c: problem.uniform_cost("bytes", c))
     rows, analyses = [], {"sqnr": sqnr.table.metadata.get("seconds")}
+    command = " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]])
+    if partial is not None and partial.is_file():  # a run cut short: keep its rows, measure the rest
+        earlier = json.loads(partial.read_text())
+        if earlier.get("command") == command:
+            rows = earlier["rows"]
+            print(f"resuming {partial.name}: {len(rows)} budget(s) measured before", flush=True)
+    done = {(row["at"], row["kind"]) for row in rows}
     for cand in [c for c in problem.candidates if c != highest and (not at or base_name(c) in at)]:
         studied = [("sqnr", sqnr, problem)] if "sqnr" in tables else []
         if "around" in tables:
@@ -146,6 +155,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
             studied.append(("around", around, around.problem()))
         for kind in kinds or config.kinds:
+            if (cand, kind) in done:
+                continue
             base = first_last_choice(problem, cand) if config.pin_first_last else problem.uniform_choice(cand)
             budget = problem.cost(kind, base)
             uniform = measure(problem.assignments(base))
@@ -180,8 +191,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             if partial is not None:  # what is done survives a run cut short
                 write_json_atomic(partial, {"model": model, "reference": reference, "rows": rows,
                                             "analysis_seconds": analyses, "environment": {"device": device},
-                                            "command": " ".join(["python", "benchmarks/never_worse.py",
-                                                                 *sys.argv[1:]]),
+                                            "command": command,
                                             "note": f"cut short after {len(rows)} rows"})
             print(f"{kind} of {cand:<7} uniform {row['uniform']:.3f}  " + "  ".join(
                 f"{key} {row[key]:.3f}" for key in KEYS if key in row), flush=True)
@@ -189,7 +199,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                     "local search's seconds are lower than a fresh run's, and the local search, given the analysis "
                     "time, measures more plans"} if cached else {}
     return verdicts({"model": model, "reference": reference, "rows": rows, "analysis_seconds": analyses, **note,
-                     "command": " ".join(["python", "benchmarks/never_worse.py", *sys.argv[1:]]),
+                     "command": command,
                      "environment": {"mixprec": __version__, "device": device, "calibration_samples": samples,
                                      "guard_margin": guard_margin, "guard_divergence": guard_divergence,
                                      "guard_holdout": HOLDOUT if guard_holdout is None else guard_holdout,

@@ -1,0 +1,148 @@
+"""How much of the W4A8 -> W8A8 gap can any plan of these candidates close at the BOPs of W4A8? A bound, not
+a method: a measured local search that decides on half of the evaluation split itself (top-1 on its even
+images), reported on that half and on the other half (the odd images), which it never saw.
+
+    python benchmarks/gap_bound.py resnet20 [--at w4a8] [--kind bops] [--device cuda] [--seconds 300] \
+        [--add-candidates w3a6,w4a6,w5a6,w6a6,w8a6]
+
+mixprec decides on calibration data only (the guard, the local search); this script looks at the labels
+the plans are judged on, so the plan it finds is as good as a search could hope for on the searched half,
+and its figure on the held half says how much of that is real. Where even this search leaves the gap
+mostly open, no plan mixprec could pick from calibration data would close it: the target is out of the
+candidates' reach, not the solver's.
+
+The search is mixprec's local search (mixprec.solvers.local_search: single moves and paired moves within
+the budget, in the order the sqnr table ranks them, the first better one taken), started from the uniform
+plan with the first and last layers at w8a8, the plain uniform plan and the exact plan on the sqnr table.
+Writes benchmarks/results/gap_bound_<model><suffix>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from run import CONFIGS, RESULTS, base_name, first_last_choice, save_result  # noqa: E402
+
+from mixprec import __version__  # noqa: E402
+from mixprec.errors import MissingDataError  # noqa: E402
+from mixprec.solvers import SOLVERS, Goal  # noqa: E402
+from mixprec.solvers.local_search import local_search  # noqa: E402
+
+MODELS = ("resnet20", "resnet56")  # built-ins whose evaluation split this script can halve
+
+
+def _half(model, parity: int):
+    from mixprec.builtin.cifar_resnet import _dataset, top1
+    images, labels = _dataset()[:2]
+    return top1(model, images[parity::2], labels[parity::2])
+
+
+def searched_half(model):
+    """Top-1 on the even images of the evaluation split: what the bound's search decides on."""
+    return _half(model, 0)
+
+
+def held_half(model):
+    """Top-1 on the odd images of the evaluation split: never seen by the search."""
+    return _half(model, 1)
+
+
+def benchmark(model: str, at: str, kind: str, device: str, seconds: float, extra: tuple[str, ...]) -> dict:
+    from never_worse import sqnr_analysis
+    config = CONFIGS[model]
+    candidates = ",".join([config.candidates, *extra])
+    work = RESULTS / "tmp" / f"run_{model}"
+    sqnr = sqnr_analysis(model, candidates, work, device, None, extra=extra)
+    problem = sqnr.problem()
+    here = Path(__file__).resolve()
+    searched = sqnr.evaluator(f"{here}:searched_half", device=device)
+    held = sqnr.evaluator(f"{here}:held_half", device=device)
+    full = sqnr.evaluator(device=device)
+    at_name = next(c for c in problem.candidates if base_name(c) == at)
+    upper_name = next(c for c in problem.candidates if base_name(c) == config.upper)
+    base = first_last_choice(problem, at_name)
+    budget = problem.cost(kind, base)
+    measured = []
+
+    def error(choice) -> float:  # top-1 error on the searched half, lower is better
+        value = 100.0 - searched.measure(problem.assignments(choice)).value
+        measured.append(value)
+        if len(measured) % 10 == 0:
+            print(f"{len(measured)} plans measured, best error on the searched half {min(measured):.2f}", flush=True)
+        return value
+
+    goal = Goal({kind: budget}, measure=error)
+    exact = SOLVERS["exact"](problem, Goal({kind: budget})).choice
+    starts = [base, problem.uniform_choice(at_name), exact]
+    start = time.perf_counter()
+    found = local_search(problem, goal, starts, seconds=seconds)
+    seconds = time.perf_counter() - start
+
+    def figures(choice) -> dict:
+        assignments = problem.assignments(choice)
+        return {"searched_half": searched.measure(assignments).value, "held_half": held.measure(assignments).value,
+                "evaluation_split": full.measure(assignments).value, "costs": problem.totals(choice)[1],
+                "candidates_used": sorted(set(assignments.values()))}
+
+    plans = {"uniform": figures(base), "exact": figures(exact), "bound": figures(found.choice),
+             "upper": figures(first_last_choice(problem, upper_name))}
+    plans["bound"]["assignments"] = problem.assignments(found.choice)
+    gaps = {}
+    for split in ("searched_half", "held_half", "evaluation_split"):
+        low, high = plans["uniform"][split], plans["upper"][split]
+        gaps[split] = {name: (plans[name][split] - low) / (high - low) if high != low else None
+                       for name in ("exact", "bound")}
+    note = next((step["note"] for step in found.trace if step["role"] == "stop"), "")
+    return {"model": model, "at": at, "kind": kind, "budget": budget, "upper": config.upper,
+            "candidates": problem.candidates, "plans": plans, "gap_recovered": gaps,
+            "search": {"evaluations": found.evaluations, "seconds": round(seconds, 1), "note": note},
+            "command": " ".join(["python", "benchmarks/gap_bound.py", *sys.argv[1:]]),
+            "environment": {"mixprec": __version__, "device": device}}
+
+
+def markdown(r: dict) -> str:
+    p, g = r["plans"], r["gap_recovered"]
+    pct = lambda x: "—" if x is None else f"{x:.0%}"  # noqa: E731
+    lines = [f"### How much of the gap can any plan close? {r['model']}, {r['kind']} of {r['at']}", "",
+             f"`{r['command']}` ({r['environment']['device']}); candidates {', '.join(r['candidates'])}. A bound, not "
+             "a method: the search decides on the even images of the evaluation split (top-1), and the odd images "
+             "say how much of what it found holds on images it never saw. Uniform plans keep the first and last "
+             "layers at w8a8.", "",
+             "| plan | searched half | held half | evaluation split | gap recovered, held half | "
+             "gap recovered, searched half |", "|---|---|---|---|---|---|"]
+    for name, label in (("uniform", f"uniform {r['at']}"), ("exact", "exact plan on the sqnr table"),
+                        ("bound", "the bound's plan"), ("upper", f"uniform {r['upper']}")):
+        gap = g["held_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
+        gap_a = g["searched_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
+        lines.append(f"| {label} | {p[name]['searched_half']:.2f} | {p[name]['held_half']:.2f} | "
+                     f"{p[name]['evaluation_split']:.2f} | {pct(gap)} | {pct(gap_a)} |")
+    lines += ["", f"The bound's plan uses {', '.join(p['bound']['candidates_used'])}. {r['search']['note']}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--at", default="w4a8")
+    parser.add_argument("--kind", default="bops")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seconds", type=float, default=300, help="how long the search may measure plans")
+    parser.add_argument("--add-candidates", default="", metavar="LIST")
+    parser.add_argument("--out-suffix", default="")
+    args = parser.parse_args()
+    extra = tuple(c for c in args.add_candidates.split(",") if c)
+    try:
+        result = benchmark(args.model, args.at, args.kind, args.device, args.seconds, extra)
+    except MissingDataError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    save_result(RESULTS / f"gap_bound_{args.model}{args.out_suffix}", result, markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
