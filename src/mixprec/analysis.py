@@ -434,6 +434,7 @@ class Analysis:
                                  "search='local') measures moves from the exact and the best uniform plans on the "
                                  "calibration data for as long as the analysis took, and can find a mixed plan "
                                  "that beats uniform")
+                    notes += _one_activation_width(problem.candidates, budgets)
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
@@ -603,7 +604,8 @@ class Analysis:
                 return values if len(values) > 1 else values[0]
             measure(choice)  # says what the divergence resolved to (the checker keeps it: guard measures it again free)
             # the labels' cross-entropy vetoes a mixed plan; disagreement and 1/SQNR rank the uniform plans
-            result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None)
+            result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None,
+                           names=tuple(SHOWN.get(n, n) for n in kind[0].split("+")))
         else:
             result = guard(choice, rivals, lambda c: float("nan"), margin)
         note = f"guard: returned {result.chosen}: {result.reason}" if result.chosen != MIXED else None
@@ -860,6 +862,30 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
             print(f"weight range of {c.candidate}: {c.chosen} (" + ", ".join(
                 f"{m} {v:.4g}" for m, v in c.divergences.items()) + f" {c.divergence} on the calibration data)")
     return resolved, "mse"
+
+
+# how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
+# differs from the float model's; sqnr's the noise-to-signal ratio)
+SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR"}
+
+def _one_activation_width(candidates: list[str], budgets: dict[str, float]) -> list[str]:
+    """A note where a BOPs budget meets candidates that all quantize activations to one width: a mixed plan can then
+    move only weight bits, and activation candidates are often the cheaper damage (BENCHMARKS.md, "Activation
+    bit-widths": ResNet-20/56 at the BOPs of w4a8 close 81 % and 115 % of the gap to w8a8 with 6-bit ones, 0 % without)."""
+    if "bops" not in budgets:
+        return []
+    from .formats import IntFormat
+    integer = [c for c in parse_candidates(list(candidates)) if isinstance(c.activation, IntFormat)]
+    widths = {c.activation_bits for c in integer}
+    if len(widths) != 1:  # none (weight-only or float formats) or several already
+        return []
+    width = widths.pop()
+    if width < 6:  # nothing narrower worth suggesting
+        return []
+    return [f"every candidate here quantizes activations to {width} bits, so at a BOPs budget (weight bits x "
+            f"activation bits) a mixed plan can only move weight bits; candidates with fewer activation bits "
+            f"(e.g. w4a{width - 2},w5a{width - 2},w8a{width - 2}; --profile int-cnn-a6) let it trade them instead, "
+            "which often costs less accuracy"]
 
 
 def _labelled(model_spec: str | None, data: list | None) -> list | None:

@@ -223,8 +223,26 @@ def test_a_uniform_answer_names_the_local_search_as_what_to_try_next(demo):
     plan = analysis.solve("bops=w2a8")  # only uniform w2a8 fits: the exact plan is that uniform plan
     assert plan.metadata["guard"]["chosen"] == "uniform w2a8"
     assert any("--search local" in note for note in plan.metadata["notes"])
+    # every candidate has 8-bit activations: at a BOPs budget, activation candidates are the other lever
+    assert any("w4a6,w5a6,w8a6" in note for note in plan.metadata["notes"])
     mixed = analysis.solve("bytes=w4a8", guard=False)  # no guard, no advice about it
     assert not any("--search local" in note for note in mixed.metadata.get("notes", []))
+
+
+@pytest.mark.parametrize("candidates, budgets, said", [
+    (["w2a8", "w4a8", "w8a8"], {"bops": 1.0}, True),
+    (["w2a8-mse", "w4a8-minmax", "w8a8", "fp32"], {"bops": 1.0}, True),  # float and range suffixes change nothing
+    (["w2a8", "w4a8", "w8a8"], {"bytes": 1.0}, False),  # activation bits cost no bytes
+    (["w4a8", "w8a8", "w4a6", "w8a6"], {"bops": 1.0}, False),  # activation widths already to choose from
+    (["w4", "w8", "fp16"], {"bops": 1.0}, False),  # weight-only: no activation quantizer to narrow
+    (["w2a4", "w4a4"], {"bops": 1.0}, False),  # nothing narrower worth suggesting
+])
+def test_a_bops_budget_over_one_activation_width_suggests_narrower_activations(candidates, budgets, said):
+    from mixprec.analysis import _one_activation_width
+    notes = _one_activation_width(candidates, budgets)
+    assert bool(notes) == said
+    if said:
+        assert "8 bits" in notes[0] and "int-cnn-a6" in notes[0]
 
 
 def test_a_front_plan_that_is_uniform_already_is_not_said_to_be_replaced(demo):
@@ -324,3 +342,12 @@ def test_the_reason_names_the_rival_and_divergence_the_mixed_plan_is_not_lower_o
     assert result.chosen == "uniform w3a8"
     assert "against uniform w3a8, first/last w8a8 on divergence 1 of 3 it measures 0.0039, not lower than 0.0039" \
         in result.reason
+    # given their names, the reason says which divergence: on agreement, and every figure with its name
+    named = guard(np.array([0]), rivals, lambda c: measured[int(c[0])], margin=0, rank_by=2,
+                  names=("agreement", "sqnr", "ce"))
+    assert "against uniform w3a8, first/last w8a8 on agreement it measures 0.0039, not lower than 0.0039" \
+        in named.reason
+    assert "agreement 0.0078 / sqnr 0.0174 / ce 0.0249" in named.reason
+    # names that do not fit the divergences are not used
+    assert "on divergence 1 of 3" in guard(np.array([0]), rivals, lambda c: measured[int(c[0])], margin=0,
+                                           rank_by=2, names=("agreement", "sqnr")).reason

@@ -76,8 +76,11 @@ def _finite(value: Measured):
     return value if np.isfinite(value) else None
 
 
-def _show(value: Measured) -> str:
-    return " / ".join(f"{v:.4g}" for v in _tuple(value))
+def _show(value: Measured, names: tuple[str, ...] | None = None) -> str:
+    values = _tuple(value)
+    if names is not None and len(names) == len(values) > 1:  # "agreement 0.05 / sqnr 0.01 / ce 0.67"
+        return " / ".join(f"{name} {v:.4g}" for name, v in zip(names, values))
+    return " / ".join(f"{v:.4g}" for v in values)
 
 
 @dataclass(frozen=True)
@@ -119,14 +122,15 @@ def _best(rivals: dict[str, np.ndarray], measured: dict[str, Measured], rank_by:
 
 
 def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[np.ndarray], Measured],
-          margin: float = 1.0, rank_by: int | None = None) -> GuardResult:
+          margin: float = 1.0, rank_by: int | None = None, names: tuple[str, ...] | None = None) -> GuardResult:
     """The mixed ``choice`` against the uniform ``rivals`` (label -> choice), by ``measure`` (lower is better;
     a tuple of divergences: the mixed plan must be lower on every one, except those on which it and the rival
     both measure 0; :class:`Sampled` divergences: lower by more than ``margin`` standard errors of the paired
     difference with every rival). ``rank_by``: the uniform plan returned otherwise is ranked on the first
     ``rank_by`` divergences only (default all); the others only veto the mixed plan (a classifier's labels'
     cross-entropy: among uniform plans near collapse it ranked ResNet-20's W2A8 variants as the evaluation split
-    did not, 21.73 over 24.61, where disagreement and 1/SQNR rank them right; benchmarks/guard_labels.py)."""
+    did not, 21.73 over 24.61, where disagreement and 1/SQNR rank them right; benchmarks/guard_labels.py).
+    ``names``: the divergences' names, for the reason (else "divergence i of n")."""
     if margin < 0 or not np.isfinite(margin):
         raise ValueError(f"the guard's margin is a number of standard errors >= 0, got {margin}")
     if not rivals:
@@ -140,6 +144,15 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     best = _best(rivals, measured, rank_by)
     mixed = measured[MIXED]
     width = len(_tuple(mixed))
+    if names is not None and len(names) != width:
+        names = None
+
+    def called(i: int) -> str:
+        return f"on {names[i]}" if names is not None else f"on divergence {i + 1} of {width}"
+
+    def show(value: Measured) -> str:
+        return _show(value, names)
+
     z_all = {label: [paired_z(mixed, measured[label], i) for i in range(width)] for label in rivals}
     z = {label: zs for label, zs in z_all.items() if any(v is not None for v in zs)}
 
@@ -158,8 +171,8 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     deciding = {label: deciding_against(label) for label in rivals}
     if all(deciding.values()) and all(lower(label, i) for label in rivals for i in deciding[label]):
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
-        return GuardResult(MIXED, choice, measured, f"the mixed plan measures {_show(mixed)} against "
-                           f"{_show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
+        return GuardResult(MIXED, choice, measured, f"the mixed plan measures {show(mixed)} against "
+                           f"{show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
                            margin, z)
     if all(deciding.values()) and all(lower(label, i, noise=False) for label in rivals for i in deciding[label]):
         # lower everywhere, but within the noise against some rival
@@ -172,10 +185,13 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
             where = f" (against {label}: {math.floor(abs(z[label][i]) * 100) / 100:.2f} standard errors"
             if width > 1:  # which divergence missed the margin, and what the others measured
                 others = ", ".join(f"{abs(v):.2f}" for k, v in enumerate(z[label]) if k != i and v is not None)
-                where += f" on divergence {i + 1} of {width}" + (f"; on the other(s): {others}" if others else "")
+                if names is not None:
+                    others = ", ".join(f"{abs(v):.2f} on {names[k]}" for k, v in enumerate(z[label])
+                                       if k != i and v is not None)
+                where += f" {called(i)}" + (f"; on the other(s): {others}" if others else "")
             where += ")"
-        return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
-                           f"{_show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
+        return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
+                           f"{show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
                            "returned", margin, z)
     # which rival and divergence the mixed plan is not lower on (the best rival's figures may all be higher)
@@ -184,9 +200,9 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     where = ""
     if blocking is not None and (width > 1 or blocking[0] != best):
         label, i = blocking
-        where = (f"; against {label}" + (f" on divergence {i + 1} of {width}" if width > 1 else "")
+        where = (f"; against {label}" + (f" {called(i)}" if width > 1 else "")
                  + f" it measures {_tuple(mixed)[i]:.4g}, not lower than {_tuple(measured[label])[i]:.4g}")
-    return GuardResult(best, rivals[best], measured, f"{best} measures {_show(measured[best])}, the mixed plan "
-                       f"{_show(mixed)} (ties go to uniform"
+    return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
+                       f"{show(mixed)} (ties go to uniform"
                        + (", and the mixed plan must measure lower on every divergence" if width > 1 else "")
                        + f"{where}): the uniform plan is returned", margin, z)
