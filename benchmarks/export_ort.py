@@ -212,13 +212,15 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7, help="latency rounds alternating the files (default 7)")
     parser.add_argument("--no-joins", action="store_true", help="plans without join quantizers (as before they existed)")
+    parser.add_argument("--out-suffix", default="", help="appended to the result's name (e.g. _avx2 for a CPU "
+                        "without VNNI, kept beside a run on one with it)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     RESULTS.mkdir(exist_ok=True)
     for name in args.models:
         report = run(name, args.limit, args.budget, args.calibration_samples, args.rounds, not args.no_joins)
-        write_json_atomic(RESULTS / f"export_ort_{name}.json", report)
-        (RESULTS / f"export_ort_{name}.md").write_text(markdown(report))
+        write_json_atomic(RESULTS / f"export_ort_{name}{args.out_suffix}.json", report)
+        (RESULTS / f"export_ort_{name}{args.out_suffix}.md").write_text(markdown(report))
         print(markdown(report))
 
 

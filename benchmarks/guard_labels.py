@@ -29,7 +29,7 @@ from run import CONFIGS, RESULTS, base_name, first_last_choice, points_main, sav
 from mixprec import __version__, apply  # noqa: E402
 from mixprec.builtin import get_builtin  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
-from mixprec.solvers.guard import _best  # noqa: E402
+from mixprec.solvers.guard import best_rival  # noqa: E402
 from mixprec.specs import prepare  # noqa: E402
 
 KINDS = ("agreement", "sqnr", "ce")
@@ -74,7 +74,7 @@ def verdict(rivals: dict, z: dict, values: dict, kinds: tuple[str, ...]) -> str:
     if all(z[label][k] < -MARGIN for label in rivals for k in kinds):
         return "mixed"
     # as the library: ce only vetoes the mixed plan, disagreement and 1/SQNR rank the uniform plans
-    return _best(rivals, {label: tuple(values[label][k] for k in KINDS[:2]) for label in rivals})
+    return best_rival(rivals, {label: tuple(values[label][k] for k in KINDS[:2]) for label in rivals})
 
 
 def benchmark(model_name: str, at: list[str], kinds: list[str], device: str) -> dict:

@@ -104,7 +104,7 @@ class GuardResult:
         return out
 
 
-def _best(rivals: dict[str, np.ndarray], measured: dict[str, Measured], rank_by: int | None = None) -> str:
+def best_rival(rivals: dict[str, np.ndarray], measured: dict[str, Measured], rank_by: int | None = None) -> str:
     """The rival to return: with one divergence the lowest; with several, the lowest mean rank, ties to the last
     divergence (for classifiers 1/SQNR, or the labels' cross-entropy where there are labels: continuous where
     top-1 disagreement moves in whole samples), then the
@@ -141,7 +141,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     measured = {MIXED: measure(choice)}
     for label, rival in rivals.items():
         measured[label] = measure(rival)
-    best = _best(rivals, measured, rank_by)
+    best = best_rival(rivals, measured, rank_by)
     mixed = measured[MIXED]
     width = len(_tuple(mixed))
     if names is not None and len(names) != width:
