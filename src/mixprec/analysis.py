@@ -41,7 +41,7 @@ from .solvers.exact import InfeasibleBudget
 from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import within
-from .specs import is_builtin, load_eval, prepare, resolve_specs
+from .specs import is_builtin, load_eval, prepare, resolve_specs, spec_source_hash
 from .streaming import device_of, place, stream_blocks
 
 DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
@@ -271,8 +271,12 @@ class Analysis:
         with the plans calibrated on all of them; mixprec.sensitivity.divergence): on the analysed
         model when this process made the analysis, else on the model and data the run's arguments
         name (the built-in model's own evaluation by default)."""
-        if self.model is not None and not isinstance(evaluate, str):
-            fn = evaluate or self.evaluate
+        named = self.run is not None and self.run.exists and bool(self.specs.get("model")
+                                                                   or self.run.arguments().get("model"))
+        if self.model is not None and (not isinstance(evaluate, str) or not named):
+            # a spec with the model in memory and a run that names none: the spec's function on this model
+            spec = evaluate if isinstance(evaluate, str) else None
+            fn = load_eval(spec, self.model_name) if spec is not None else evaluate or self.evaluate
             if fn is None and divergence is None:
                 raise SpecError("measuring plans needs an evaluation: pass evaluate=fn (model -> float or dict)")
             from .sensitivity.store import data_hash
@@ -282,7 +286,10 @@ class Analysis:
                         "data": data_hash(self.data or []),
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
-                        else getattr(fn, "__qualname__", repr(fn))}
+                        else spec or getattr(fn, "__qualname__", repr(fn))}
+            source = None if divergence else spec_source_hash(spec) if spec is not None else _source_hash(fn)
+            if source is not None:  # an edited evaluation function measures anew
+                settings["eval_source"] = source
             model, data, score = self.model, self.data, fn
             if divergence:
                 data, scored = _divergence_data(_labelled(self.model_name, data), divergence_batches)
@@ -313,6 +320,9 @@ class Analysis:
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
         settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else eval_spec
+        source = None if divergence else spec_source_hash(eval_spec)
+        if source is not None:  # an edited evaluation file measures anew (the key holds only names otherwise)
+            settings["eval_source"] = source
         if self.joins:  # the int8 graph: join quantizers and the kernels' int32 bias rounding (integer_bias)
             settings["joins"] = True
             settings["integer_bias"] = 1
@@ -867,6 +877,15 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 # how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
 # differs from the float model's; sqnr's the noise-to-signal ratio)
 SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR"}
+
+def _source_hash(fn: Callable) -> str | None:
+    """The sha256 (first 16 hex digits) of a function's source text, where Python can read it."""
+    import hashlib
+    import inspect
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
 
 def _one_activation_width(candidates: list[str], budgets: dict[str, float]) -> list[str]:
     """A note where a BOPs budget meets candidates that all quantize activations to one width: a mixed plan can then

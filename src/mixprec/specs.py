@@ -37,6 +37,19 @@ from . import hf, text_data
 DEFAULT_BATCH_SIZE = 32
 
 
+def spec_source_hash(spec: str | None) -> str | None:
+    """The sha256 (first 16 hex digits) of the file a ``file.py:function`` spec names, else None: a cache keyed by
+    the spec alone would keep serving what the function measured before its file was edited."""
+    target, sep, attr = (spec or "").rpartition(":")
+    if not sep or not target or not (target.endswith(".py") or "/" in target or "\\" in target):
+        return None
+    path = Path(target)
+    if not path.is_file():
+        return None
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def resolve_callable(spec: str, what: str) -> Callable:
     """``file.py:function`` or ``package.module:function`` -> the function."""
     target, sep, attr = spec.rpartition(":")

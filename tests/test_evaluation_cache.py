@@ -1,0 +1,47 @@
+"""Measured plans are cached on disk by what measured them: an edited evaluation measures anew."""
+import mixprec
+from mixprec.builtin import get_builtin
+from mixprec.specs import spec_source_hash
+
+
+def test_a_file_spec_is_keyed_by_its_content(tmp_path):
+    f = tmp_path / "ev.py"
+    f.write_text("def score(model):\n    return 1.0\n")
+    first = spec_source_hash(f"{f}:score")
+    assert first is not None and first == spec_source_hash(f"{f}:other")  # the file, whatever the function
+    f.write_text("def score(model):\n    return 2.0\n")
+    assert spec_source_hash(f"{f}:score") != first
+    for spec in ("demo-cnn", "ppl:wiki.txt", "package.module:function", f"{tmp_path}/missing.py:score", None):
+        assert spec_source_hash(spec) is None
+
+
+def test_an_edited_evaluation_function_is_measured_again_not_read_from_the_run(tmp_path):
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    run = tmp_path / "run"
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=run, progress=False)
+    plan = {g: "w4a8" for g in analysis.groups}
+
+    def score(model):  # noqa: ARG001
+        return 1.0
+    assert analysis.evaluator(score).measure(plan).value == 1.0
+    assert analysis.evaluator(score).measure(plan).value == 1.0  # the same function: from the run's log
+
+    def score(model):  # noqa: ARG001, F811 (the same name, edited)
+        return 2.0
+    assert analysis.evaluator(score).measure(plan).value == 2.0
+
+
+def test_an_edited_evaluation_file_is_measured_again(tmp_path):
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    run = tmp_path / "run"
+    mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=run, progress=False)
+    f = tmp_path / "ev.py"
+    f.write_text("def score(model):\n    return 1.0\n")
+    reopened = mixprec.Analysis.load(run, model=model, data=data)
+    plan = {g: "w4a8" for g in reopened.groups}
+    spec = f"{f}:score"
+    assert reopened.evaluator(spec).measure(plan).value == 1.0
+    f.write_text("def score(model):\n    return 2.0\n")
+    assert mixprec.Analysis.load(run, model=model, data=data).evaluator(spec).measure(plan).value == 2.0
