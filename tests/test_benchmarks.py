@@ -81,3 +81,16 @@ def test_int8_divergence_compares_a_padded_tensor_at_its_offset():
     moved[0, 0, 0, 0] += 3
     frac, largest, was_padded = _compare(moved, ort.astype(np.uint8))
     assert frac == 1 / ort.size and largest == 3 and not was_padded
+
+
+def test_gap_bound_halves_hold_every_class_in_equal_shares_and_share_no_image():
+    import torch
+    sys.path.insert(0, str(BENCHMARKS))
+    from gap_bound import half_mask
+    labels = torch.arange(10).repeat(90)  # the evaluation split's round-robin order over the classes
+    searched, held = half_mask(labels, 0), half_mask(labels, 1)
+    assert not (searched & held).any() and (searched | held).all()
+    for mask in (searched, held):  # every class, 45 images each (every other image would be 5 classes)
+        assert torch.bincount(labels[mask], minlength=10).tolist() == [45] * 10
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    assert torch.bincount(shuffled[half_mask(shuffled, 0)], minlength=10).tolist() == [45] * 10
