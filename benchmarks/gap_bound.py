@@ -1,15 +1,14 @@
-"""How much of the W4A8 -> W8A8 gap can any plan of these candidates close at the BOPs of W4A8? A bound, not
-a method: a measured local search that decides on half of the evaluation split itself (top-1 on every other
+"""How much of the W4A8 -> W8A8 gap can any plan of these candidates close at the BOPs of W4A8? Not a
+method: a measured local search that decides on half of the evaluation split itself (top-1 on every other
 image of each class), reported on that half and on the other half, which it never saw.
 
     python benchmarks/gap_bound.py resnet20 [--at w4a8] [--kind bops] [--device cuda] [--seconds 300] \
         [--add-candidates w3a6,w4a6,w5a6,w6a6,w8a6]
 
 mixprec decides on calibration data only (the guard, the local search); this script looks at the labels
-the plans are judged on, so the plan it finds is as good as a search could hope for on the searched half,
-and its figure on the held half says how much of that is real. Where even this search leaves the gap
-mostly open, no plan mixprec could pick from calibration data would close it: the target is out of the
-candidates' reach, not the solver's.
+the plans are judged on, so what it finds is what a search with those labels reaches in its time, and its
+figure on the held half says how much of that is real. It is a bound only as far as the search went: a
+short search that leaves the gap open proves nothing about plans it did not measure.
 
 The search is mixprec's local search (mixprec.solvers.local_search: single moves and paired moves within
 the budget, in the order the sqnr table ranks them, the first better one taken), started from the uniform
@@ -123,19 +122,19 @@ def markdown(r: dict) -> str:
     p, g = r["plans"], r["gap_recovered"]
     pct = lambda x: "—" if x is None else f"{x:.0%}"  # noqa: E731
     lines = [f"### How much of the gap can any plan close? {r['model']}, {r['kind']} of {r['at']}", "",
-             f"`{r['command']}` ({r['environment']['device']}); candidates {', '.join(r['candidates'])}. A bound, not "
-             "a method: the search decides on half of the evaluation split (top-1 on every other image of each "
+             f"`{r['command']}` ({r['environment']['device']}); candidates {', '.join(r['candidates'])}. Not a method, "
+             "and a bound only as far as its search went: the search decides on half of the evaluation split (top-1 on every other image of each "
              "class), and the other half says how much of what it found holds on images it never saw. Uniform plans keep the first and last "
              "layers at w8a8.", "",
              "| plan | searched half | held half | evaluation split | gap recovered, held half | "
              "gap recovered, searched half |", "|---|---|---|---|---|---|"]
     for name, label in (("uniform", f"uniform {r['at']}"), ("exact", "exact plan on the sqnr table"),
-                        ("bound", "the bound's plan"), ("upper", f"uniform {r['upper']}")):
+                        ("bound", "the search's best plan"), ("upper", f"uniform {r['upper']}")):
         gap = g["held_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
         gap_a = g["searched_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
         lines.append(f"| {label} | {p[name]['searched_half']:.2f} | {p[name]['held_half']:.2f} | "
                      f"{p[name]['evaluation_split']:.2f} | {pct(gap)} | {pct(gap_a)} |")
-    lines += ["", f"The bound's plan uses {', '.join(p['bound']['candidates_used'])}. {r['search']['note']}.", ""]
+    lines += ["", f"The search's best plan uses {', '.join(p['bound']['candidates_used'])}. {r['search']['note']}.", ""]
     return "\n".join(lines)
 
 

@@ -282,10 +282,11 @@ def _gap_bound_reason(model: str, gap_row: dict) -> str:
     if not r or (r["kind"], r["at"]) != (gap_row["kind"], gap_row["at"]):
         return ""
     held, searched = r["gap_recovered"]["held_half"]["bound"], r["gap_recovered"]["searched_half"]["bound"]
-    return (f"; why: out of these candidates' reach as far as measured: a search that decides on half of the "
-            f"evaluation split's own labels (`gap_bound_{model}`, {r['search']['evaluations']} plans) reaches "
-            f"{searched:.0%} of the gap there and {held:.0%} on the other half; with 6-bit activation candidates "
-            f"the default plan closes it (rows 'candidates + w3a6,...')")
+    return (f"; how far plans of these candidates go: a search that decides on half of the evaluation split's own "
+            f"labels (`gap_bound_{model}`, {r['search']['evaluations']} plans, {r['environment']['device']}) reached "
+            f"{searched:.0%} of the gap there and {held:.0%} on the other half (a short search, not a proof that more "
+            f"is out of reach); with 6-bit activation candidates the default plan closes it (rows 'candidates + "
+            f"w3a6,...')")
 
 
 def _nncf_targets() -> list[str]:
