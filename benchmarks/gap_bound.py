@@ -130,8 +130,9 @@ def markdown(r: dict) -> str:
              "gap recovered, searched half |", "|---|---|---|---|---|---|"]
     for name, label in (("uniform", f"uniform {r['at']}"), ("exact", "exact plan on the sqnr table"),
                         ("bound", "the search's best plan"), ("upper", f"uniform {r['upper']}")):
-        gap = g["held_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
-        gap_a = g["searched_half"].get(name) if name in ("exact", "bound") else (0.0 if name == "uniform" else 1.0)
+        # the gap's ends by definition: uniform closes none of it, the upper plan all
+        gap, gap_a = ({"uniform": 0.0, "upper": 1.0}[name] if name in ("uniform", "upper") else g[split][name]
+                      for split in ("held_half", "searched_half"))
         lines.append(f"| {label} | {p[name]['searched_half']:.2f} | {p[name]['held_half']:.2f} | "
                      f"{p[name]['evaluation_split']:.2f} | {pct(gap)} | {pct(gap_a)} |")
     lines += ["", f"The search's best plan uses {', '.join(p['bound']['candidates_used'])}. {r['search']['note']}.", ""]

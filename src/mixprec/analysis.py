@@ -287,9 +287,8 @@ class Analysis:
                         "weight_range": self.weight_range, "activation_range": self.activation_range,
                         "eval": _divergence_key(divergence, divergence_batches) if divergence
                         else spec or getattr(fn, "__qualname__", repr(fn))}
-            source = None if divergence else spec_source_hash(spec) if spec is not None else _source_hash(fn)
-            if source is not None:  # an edited evaluation function measures anew
-                settings["eval_source"] = source
+            if not divergence:
+                settings.update(_eval_source(spec if spec is not None else fn))
             model, data, score = self.model, self.data, fn
             if divergence:
                 data, scored = _divergence_data(_labelled(self.model_name, data), divergence_batches)
@@ -320,9 +319,8 @@ class Analysis:
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
         settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else eval_spec
-        source = None if divergence else spec_source_hash(eval_spec)
-        if source is not None:  # an edited evaluation file measures anew (the key holds only names otherwise)
-            settings["eval_source"] = source
+        if not divergence:
+            settings.update(_eval_source(eval_spec))
         if self.joins:  # the int8 graph: join quantizers and the kernels' int32 bias rounding (integer_bias)
             settings["joins"] = True
             settings["integer_bias"] = 1
@@ -376,11 +374,11 @@ class Analysis:
         calibration data (default 1; 0: any lower measurement wins)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
-        from .sensitivity.divergence import AUTO, DIVERGENCES, LABELLED, TASK
+        from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, LABELLED, TASK
         known = ("auto", *AUTO, *DIVERGENCES, *TASK, *LABELLED, "consensus")
         if guard_divergence not in known:  # checked before any work (a typo turned the guard off with a warning)
-            raise SpecError(f"unknown guard divergence {guard_divergence!r}; choose one of: auto, agreement, kl, "
-                            "sqnr, nll, ce, consensus")
+            raise SpecError(f"unknown guard divergence {guard_divergence!r}; choose one of: "
+                            f"{', '.join(GUARD_CHOICES)}")
         if not isinstance(guard_margin, (int, float)) or isinstance(guard_margin, bool) or not guard_margin >= 0:
             raise SpecError(f"guard_margin must be a number of standard errors >= 0 (default 1), got {guard_margin!r}")
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
@@ -878,14 +876,22 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 # differs from the float model's; sqnr's the noise-to-signal ratio)
 SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR"}
 
-def _source_hash(fn: Callable) -> str | None:
-    """The sha256 (first 16 hex digits) of a function's source text, where Python can read it."""
-    import hashlib
-    import inspect
-    try:
-        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
-    except (OSError, TypeError):
-        return None
+
+def _eval_source(evaluate: Callable | str | None) -> dict[str, str]:
+    """What the measurements' key adds for the evaluation's code, so an edited one measures anew (the key holds
+    only its name otherwise): the sha256 (16 hex digits) of a ``file.py:function`` spec's file or of a function's
+    source text; nothing where there is none to read (a built-in name, ``ppl:``, a module, a compiled function)."""
+    if isinstance(evaluate, str) or evaluate is None:
+        source = spec_source_hash(evaluate)
+    else:
+        import hashlib
+        import inspect
+        try:
+            source = hashlib.sha256(inspect.getsource(evaluate).encode()).hexdigest()[:16]
+        except (OSError, TypeError):
+            source = None
+    return {} if source is None else {"eval_source": source}
+
 
 def _one_activation_width(candidates: list[str], budgets: dict[str, float]) -> list[str]:
     """A note where a BOPs budget meets candidates that all quantize activations to one width: a mixed plan can then

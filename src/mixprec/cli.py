@@ -31,12 +31,12 @@ from .quantizers import RANGE_METHODS
 from .rounding import ROUNDINGS, plan_rounding, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
+from .sensitivity.divergence import GUARD_CHOICES
 from .solvers import SOLVERS
 from .threads import choose_threads
 from .specs import check_model_spec, is_builtin, load_eval, parse_device, prepare
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
-GUARD_DIVERGENCES = ("auto", "agreement", "kl", "sqnr", "nll", "ce", "consensus")
 
 
 def front_points(text: str) -> int:
@@ -948,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the uniform plans within the budget (the guard is on by default: the plan and every uniform "
                    "plan within the budget, also with the first and last groups at 8 bits, are measured on the "
                    "calibration data, and the better one is returned)")
-    p.add_argument("--guard-divergence", choices=GUARD_DIVERGENCES, default="auto",
+    p.add_argument("--guard-divergence", choices=GUARD_CHOICES, default="auto",
                    help="what the guard measures on the calibration data: against the float model, top-1 "
                    "disagreement, output KL or 1/SQNR; nll (a language model's next-token negative log-likelihood "
                    "on its calibration text); ce (a classifier's cross-entropy against the labels of --data "
@@ -984,7 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_rounding(p)
     p.add_argument("--no-guard", action="store_true", help="keep every front plan as solved (by default each is "
                    "compared with the uniform plans within its cost on the calibration data, as solve does)")
-    p.add_argument("--guard-divergence", choices=GUARD_DIVERGENCES, default="auto")
+    p.add_argument("--guard-divergence", choices=GUARD_CHOICES, default="auto")
     _add_guard_margin(p)
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)

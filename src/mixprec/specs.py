@@ -37,14 +37,17 @@ from . import hf, text_data
 DEFAULT_BATCH_SIZE = 32
 
 
+def _names_a_file(target: str) -> bool:
+    """Whether the part of a ``target:function`` spec before the colon is a file path (else a module name)."""
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
 def spec_source_hash(spec: str | None) -> str | None:
     """The sha256 (first 16 hex digits) of the file a ``file.py:function`` spec names, else None: a cache keyed by
     the spec alone would keep serving what the function measured before its file was edited."""
-    target, sep, attr = (spec or "").rpartition(":")
-    if not sep or not target or not (target.endswith(".py") or "/" in target or "\\" in target):
-        return None
+    target, sep, _ = (spec or "").rpartition(":")
     path = Path(target)
-    if not path.is_file():
+    if not sep or not target or not _names_a_file(target) or not path.is_file():
         return None
     import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -55,7 +58,7 @@ def resolve_callable(spec: str, what: str) -> Callable:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise SpecError(f"{what} spec {spec!r} must look like path/to/file.py:function or package.module:function")
-    if target.endswith(".py") or "/" in target or "\\" in target:
+    if _names_a_file(target):
         path = Path(target)
         if not path.is_file():
             raise SpecError(f"{what} spec {spec!r}: file {path} does not exist")
@@ -339,8 +342,8 @@ def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module],
             raise SpecError(f"--eval {spec!r} is a perplexity, and {model_spec!r} is not a causal language model")
         return text_data.perplexity_evaluation(spec, *hf.tokenizer_for(model_spec, spec))
     if is_builtin(spec):
-        evaluate = get_builtin(spec).evaluate
-        return lambda model: evaluate(model)
+        builtin_evaluate = get_builtin(spec).evaluate
+        return lambda model: builtin_evaluate(model)
     fn = resolve_callable(spec, "--eval")
 
     def evaluate(model: nn.Module) -> EvalResult:

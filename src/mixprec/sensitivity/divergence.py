@@ -178,6 +178,8 @@ TASK = {"nll": nll_samples}  # scored from the inputs and the output alone: no f
 LABELLED = {"ce": ce_samples}  # scored from the calibration labels and the output: no float reference
 CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py), with ce given labels
 AUTO = ("auto", "auto-smooth", "auto-guard", "auto-search")
+# what a user may give the guard (solve --guard-divergence); the other auto kinds are the searches' own
+GUARD_CHOICES = ("auto", "agreement", "kl", "sqnr", "nll", "ce", "consensus")
 
 
 def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False,
@@ -212,7 +214,6 @@ class OutputDivergence:
         self.float_model, self.kind = float_model, kind
         self.inputs = [inputs for inputs, _ in batches]
         self.labels = [labels for _, labels in batches]
-        self._labels = batches[0][1]
         self.reference: list[torch.Tensor] | None = None  # made on first use, where the model is by then
         self._device: torch.device | None = None
 
@@ -239,7 +240,7 @@ class OutputDivergence:
                 self.reference = [output_tensor(run_model(self.float_model, to_device(x, self.device))).detach()
                                   for x in self.inputs]
             if self.kind in AUTO:
-                self.kind = auto_kind(self.reference[0], self._labels, smooth=self.kind == "auto-smooth",
+                self.kind = auto_kind(self.reference[0], self.labels[0], smooth=self.kind == "auto-smooth",
                                       guard=self.kind == "auto-guard", inputs=self.inputs[0],
                                       search=self.kind == "auto-search")
             if self.kind in TASK or self.kind in LABELLED:  # scored without them: the float outputs need not stay

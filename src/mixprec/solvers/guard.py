@@ -184,10 +184,8 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
             label, i, _ = close
             where = f" (against {label}: {math.floor(abs(z[label][i]) * 100) / 100:.2f} standard errors"
             if width > 1:  # which divergence missed the margin, and what the others measured
-                others = ", ".join(f"{abs(v):.2f}" for k, v in enumerate(z[label]) if k != i and v is not None)
-                if names is not None:
-                    others = ", ".join(f"{abs(v):.2f} on {names[k]}" for k, v in enumerate(z[label])
-                                       if k != i and v is not None)
+                others = ", ".join(f"{abs(v):.2f}" + (f" on {names[k]}" if names is not None else "")
+                                   for k, v in enumerate(z[label]) if k != i and v is not None)
                 where += f" {called(i)}" + (f"; on the other(s): {others}" if others else "")
             where += ")"
         return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
