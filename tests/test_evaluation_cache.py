@@ -45,3 +45,25 @@ def test_an_edited_evaluation_file_is_measured_again(tmp_path):
     assert reopened.evaluator(spec).measure(plan).value == 1.0
     f.write_text("def score(model):\n    return 2.0\n")
     assert mixprec.Analysis.load(run, model=model, data=data).evaluator(spec).measure(plan).value == 2.0
+
+
+def test_a_function_in_memory_measures_a_run_that_names_its_model(tmp_path):
+    """A run reopened from its directory (the model named by the run, none in memory) takes a Python function as
+    its evaluation, as a model in memory does; an edited one measures anew."""
+    from mixprec.cli import main
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    reopened = mixprec.Analysis.load(run)
+    plan = {g: "w4a8" for g in reopened.groups}
+    seen = []
+
+    def score(model):
+        seen.append(sum(p.numel() for p in model.parameters()))
+        return 3.0
+    assert reopened.evaluator(score).measure(plan).value == 3.0
+    assert seen and seen[0] > 0  # called with the run's model
+
+    def score(model):  # noqa: ARG001, F811 (the same name, edited)
+        return 4.0
+    assert mixprec.Analysis.load(run).evaluator(score).measure(plan).value == 4.0

@@ -299,28 +299,32 @@ class Analysis:
                                  "divergences" if divergence else "evaluations")
         return self._evaluator_from_run(evaluate, device, rounding, rounding_options, divergence, divergence_batches)
 
-    def _evaluator_from_run(self, eval_spec: str | None, device: str | None, rounding: str,
+    def _evaluator_from_run(self, eval_spec: Callable | str | None, device: str | None, rounding: str,
                             rounding_options: dict | None, divergence: str | None = None,
                             divergence_batches: int | tuple[int, int] | None = None) -> PlanEvaluator:
         if self.run is None or not self.run.exists or not (self.specs.get("model") or self.run.arguments().get("model")):
             raise SpecError("measuring plans needs the model: this analysis has none in memory and its run "
                             "directory names no --model to load; reopen it with its model and data, "
                             "Analysis.load(run, model=..., data=...), or give --model/--data on the command line")
+        # a function in memory scores the run's model as it is: no evaluation spec is loaded
+        fn = eval_spec if eval_spec is not None and not isinstance(eval_spec, str) else None
+        eval_spec = None if fn is not None else eval_spec
         # a divergence measures on the calibration data: no evaluation is loaded
-        needed = ("model", "data") if divergence is not None else ("model", "data", "eval")
+        needed = ("model", "data") if divergence is not None or fn is not None else ("model", "data", "eval")
         arguments = self.run.specs_to_run({**self.specs, "eval": eval_spec or self.specs.get("eval")},
                                           self.trust_run, needed)
         model_spec = arguments.get("model")
-        if divergence is None:
+        if divergence is None and fn is None:
             eval_spec = eval_spec or arguments.get("eval") or (model_spec if is_builtin(model_spec) else None)
             if not eval_spec:
                 raise SpecError("measuring plans needs an evaluation: give --eval file.py:function (the model is "
                                 "not built-in and the analysis had no --eval)")
         settings = {k: arguments.get(k) for k in ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                                                   "weight_range", "activation_range")}
-        settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else eval_spec
+        settings["eval"] = _divergence_key(divergence, divergence_batches) if divergence else \
+            getattr(fn, "__qualname__", repr(fn)) if fn is not None else eval_spec
         if not divergence:
-            settings.update(_eval_source(eval_spec))
+            settings.update(_eval_source(fn if fn is not None else eval_spec))
         if self.joins:  # the int8 graph: join quantizers and the kernels' int32 bias rounding (integer_bias)
             settings["joins"] = True
             settings["integer_bias"] = 1
@@ -341,7 +345,7 @@ class Analysis:
                 data, scored = _divergence_data(_labelled(a["model"], data), divergence_batches)
                 score = OutputDivergence(model, scored, divergence)
             else:
-                score = load_eval(eval_spec, a["model"])
+                score = fn if fn is not None else load_eval(eval_spec, a["model"])
             return model, data, score
         return PlanEvaluator(load, self.groups, self.excluded, settings, self.run, self.point_counts,
                              _run_weight_range(arguments), arguments.get("activation_range") or "mse",
