@@ -291,6 +291,12 @@ def _gap_bound_reason(model: str, gap_row: dict) -> str:
              f"labels (`gap_bound_{model}`, {r['search']['evaluations']} plans, {r['environment']['device']}) reached "
              f"{searched:.0%} of the gap there and {held:.0%} on the other half (a short search, not a proof that more "
              f"is out of reach)")
+    kl = load(f"gap_bound_{model}_kl.json")
+    if kl and (kl["kind"], kl["at"]) == (r["kind"], r["at"]):
+        found += (f"; the same search deciding label-free on the same half (KL from the float model, what mixprec's "
+                  f"local search minimises; `gap_bound_{model}_kl`, {kl['search']['evaluations']} plans) closed "
+                  f"{kl['gap_recovered']['held_half']['bound']:.0%} on the held half: a lower KL is not a higher top-1 "
+                  "here")
     timed = load(f"search_time_{model}.json")
     if timed and timed["rows"]:
         best = max(timed["rows"], key=lambda x: x["gap"] if x["gap"] is not None else -1)
