@@ -351,3 +351,47 @@ def test_the_reason_names_the_rival_and_divergence_the_mixed_plan_is_not_lower_o
     # names that do not fit the divergences are not used
     assert "on divergence 1 of 3" in guard(np.array([0]), rivals, lambda c: measured[int(c[0])], margin=0,
                                            rank_by=2, names=("agreement", "sqnr")).reason
+
+
+def test_one_differing_image_of_top1_disagreement_abstains_and_the_others_decide():
+    """A new user's small CNN: the mixed plan disagreed with the float model on 0 of 256 calibration images,
+    uniform on 1 (z = -1.00 exactly, which no plan can beat at a margin of 1), while 1/SQNR was far lower. The
+    disagreement cannot decide at this margin; 1/SQNR does. The same single image against the mixed plan vetoes."""
+    n = 256
+    rng = np.random.default_rng(1)
+    none, one = np.zeros(n), np.zeros(n)
+    one[7] = 1 / n
+    quiet = rng.uniform(0.5, 1.5, n) / n * 0.01
+    loud = quiet * 3
+    mixed = Sampled((0.0, float(quiet.sum())), (none, quiet))
+    rival = Sampled((1 / n, float(loud.sum())), (one, loud))
+    assert paired_z(mixed, rival, 0) == pytest.approx(-1.0)
+    measured = {0: mixed, 1: rival}
+    result = guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
+    assert result.chosen == MIXED
+    worse = Sampled((1 / n, float(quiet.sum())), (one, quiet))  # the one image is the mixed plan's: a veto
+    measured = {0: worse, 1: Sampled((0.0, float(loud.sum())), (none, loud))}
+    assert guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])],
+                 margin=1.0).chosen == "uniform w4a8"
+    alone = {0: Sampled((0.0,), (none,)), 1: Sampled((1 / n,), (one,))}  # a single divergence still ties
+    assert guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: alone[int(c[0])],
+                 margin=1.0).chosen == "uniform w4a8"
+
+
+@given(st.integers(2, 300), st.data())
+def test_k_differing_samples_bound_the_paired_z_by_the_abstention_rule(n, data):
+    # the largest |z| that k nonzero paired differences can give is sqrt(k (n - 1) / (n - k)), reached by equal ones
+    from mixprec.solvers.guard import _unresolvable
+    k = data.draw(st.integers(1, n - 1))
+    values = np.array(data.draw(st.lists(st.floats(0.01, 10), min_size=k, max_size=k)))
+    signs = np.array(data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=k, max_size=k)))
+    a, b = np.zeros(n), np.zeros(n)
+    a[:k] = values * signs
+    bound = math.sqrt(k * (n - 1) / (n - k))
+    z = paired_z(Sampled((float(a.sum()),), (a,)), Sampled((0.0,), (b,)), 0)
+    assert abs(z) <= bound * (1 + 1e-9)
+    equal = np.zeros(n)
+    equal[:k] = 1.0
+    assert abs(paired_z(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0)) == pytest.approx(bound)
+    assert _unresolvable(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0, bound) is True
+    assert _unresolvable(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0, bound * 0.999) is False

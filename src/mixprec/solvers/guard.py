@@ -9,7 +9,9 @@ that meets the same budgets and pins (mixprec's promise: never worse than unifor
                last divergence, then to the label; a rival lower on every divergence always wins)
     return the mixed plan if, for every rival r and every i, D_i(mixed) < D_i(r) by more than
            ``margin`` standard errors of the paired difference, else best (a divergence on which both
-           measure exactly 0, both plans reproducing the float model there, does not decide between them)
+           measure exactly 0, both plans reproducing the float model there, does not decide between them;
+           nor, among several, one on which the mixed plan is not higher and too few samples differ for any
+           difference to exceed the margin)
 
 Ties go to uniform, and a tie is a difference within the measurement's noise: each divergence is a
 sum of per-sample shares (mixprec.sensitivity.divergence), so two plans measured on the same
@@ -65,7 +67,23 @@ def paired_z(a: Measured, b: Measured, i: int) -> float | None:
     total = float(d.sum())
     if se == 0:
         return 0.0 if total == 0 else float(np.sign(total)) * float("inf")
-    return total / se
+    return float(total / se)
+
+
+def _unresolvable(a: Measured, b: Measured, i: int, margin: float) -> bool:
+    """Whether divergence i cannot tell ``a`` from ``b`` beyond ``margin`` standard errors however its samples
+    fell: their paired difference is nonzero on k of n samples, and k nonzero differences give a paired z of at
+    most sqrt(k (n - 1) / (n - k)) (equal values of one sign; k = 1 gives exactly 1). True also where both measure
+    exactly 0 (k = 0); False without per-sample shares unless both are 0."""
+    if _tuple(a)[i] == 0 and _tuple(b)[i] == 0:
+        return True
+    if not (isinstance(a, Sampled) and isinstance(b, Sampled)):
+        return False
+    sa, sb = np.asarray(a.samples[i], dtype=np.float64), np.asarray(b.samples[i], dtype=np.float64)
+    if sa.shape != sb.shape or sa.size < 2:
+        return False
+    n, k = sa.size, int(np.count_nonzero(sa - sb))
+    return k < n and math.sqrt(k * (n - 1) / (n - k)) <= margin
 
 
 def _finite(value: Measured):
@@ -159,8 +177,12 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     def deciding_against(label: str) -> list[int]:
         """The divergences that decide against this rival: all but those on which both plans measure exactly 0
         (both reproduce the float model there, e.g. no top-1 disagreement on any calibration sample), which
-        say nothing between them; none left is a tie."""
-        return [i for i in range(width) if not (_tuple(mixed)[i] == 0 and _tuple(measured[label])[i] == 0)]
+        say nothing between them, and, with several divergences, those on which the mixed plan is not higher and
+        too few samples differ to show any difference beyond the margin (top-1 disagreement on 0 against 1 of
+        256 images: 1 standard error, whichever plan is better); none left is a tie."""
+        rival = measured[label]
+        return [i for i in range(width) if not (_tuple(mixed)[i] == 0 and _tuple(rival)[i] == 0) and not (
+            width > 1 and _tuple(mixed)[i] <= _tuple(rival)[i] and _unresolvable(mixed, rival, i, margin))]
 
     def lower(label: str, i: int, noise: bool = True) -> bool:
         """The mixed plan below this rival on divergence i; beyond the noise where per-sample shares say it."""
