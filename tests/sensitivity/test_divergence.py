@@ -148,3 +148,21 @@ def test_ce_is_the_cross_entropy_against_the_labels_and_needs_them():
         OutputDivergence(model, [(x, torch.full((32,), 7)) for x, _ in data], "ce").measure(other)
     consensus = OutputDivergence(model, [x for x, _ in data], "consensus")(other)  # no labels: the pair
     assert consensus.details["consensus"] == ["agreement", "sqnr"] and "ce" not in consensus.details
+
+
+def test_a_regression_output_of_one_value_per_input_gives_one_sample_per_input():
+    """A (N,) output is N samples for the guard's paired test (it was one per batch: 4 samples for 256 inputs, and
+    no test at all for one batch); a single input's 1-D output stays one sample."""
+    from mixprec.sensitivity.divergence import OutputDivergence
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1), torch.nn.Flatten(0))
+    data = [torch.randn(64, 5) for _ in range(4)]
+    other = torch.nn.Sequential(*[m for m in net])
+    values, samples = OutputDivergence(net, data, "sqnr").measure_samples(other)
+    assert samples["sqnr"].shape == (256,)
+    column = torch.nn.Sequential(*list(net)[:-1])  # the same model with a (N, 1) output: the same shares
+    values_col, samples_col = OutputDivergence(column, data, "sqnr").measure_samples(column)
+    assert samples_col["sqnr"].shape == (256,)
+    single = torch.nn.Linear(5, 3)  # one input of shape (5,): its (3,) output is one sample
+    _, one = OutputDivergence(single, [torch.randn(5)], "sqnr").measure_samples(single)
+    assert one["sqnr"].shape == (1,)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..batches import output_tensor, run_model, split_item, to_device
+from ..batches import first_tensor, output_tensor, run_model, split_item, to_device
 from ..errors import SpecError
 from ..evaluation import EvalResult
 
@@ -95,6 +95,16 @@ def sqnr_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]
 def _samples(ref: torch.Tensor) -> int:
     """How many samples an output holds: its first dimension (a batch), or one for a 1-D output."""
     return ref.shape[0] if ref.ndim >= 2 else 1
+
+
+def _per_sample_vector(inputs: Any, out: torch.Tensor) -> bool:
+    """Whether a 1-D output holds one value per input of the batch: its length is the inputs' leading dimension,
+    above 1 (a single input's (D,) output, e.g. features of one image, stays one sample)."""
+    try:
+        lead = first_tensor(inputs)
+    except TypeError:
+        return False
+    return lead.ndim >= 1 and lead.shape[0] > 1 and out.shape[0] == lead.shape[0]
 
 
 def kl_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -268,6 +278,9 @@ class OutputDivergence:
         for x, ref, labels in zip(self.inputs, references, self.labels):
             x = to_device(x, self.device)
             out = output_tensor(run_model(model, x))
+            if out.ndim == 1 and ref is not None and _per_sample_vector(x, out):
+                # one value per input (a regression's (N,) output): N samples of one value each, not one sample
+                ref, out = ref.reshape(-1, 1), out.reshape(-1, 1)
             for k in kinds:
                 per_sample, d = TASK[k](x, out) if k in TASK else LABELLED[k](labels, out) if k in LABELLED \
                     else DIVERGENCES[k](ref, out)
