@@ -199,3 +199,17 @@ def test_a_model_without_gradients_is_a_clear_error(metric):
         analyze(MLP(), discover_groups(MLP(), items[0]), parse_candidates("w4"), bad_labels, metric=metric,
                 progress=False)
 
+
+
+@pytest.mark.parametrize("metric", GRADIENT_METRICS)
+@pytest.mark.parametrize("labelled", [False, True])
+def test_a_regression_output_is_refused_with_what_to_use_instead(metric, labelled):
+    """An (N,) or (N, 1) output has no classes: the softmax of the cross-entropy ran across the batch's rows (a
+    meaningless table, without a word) when no labels were given; the error now says to use sqnr."""
+    torch.manual_seed(0)
+    for net in (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)),
+                nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0))):
+        items = [(torch.randn(16, 4), torch.randn(16)) if labelled else torch.randn(16, 4) for _ in range(2)]
+        first = items[0][0] if labelled else items[0]
+        with pytest.raises(MixprecError, match="a regression.*use sqnr"):
+            analyze(net, discover_groups(net, first), parse_candidates("w4a8"), items, metric=metric, progress=False)

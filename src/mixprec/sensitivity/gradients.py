@@ -106,6 +106,8 @@ def forward(ctx: MeasureContext, batch: int, metric: str, capture_inputs: bool):
 
 def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """(loss summed over rows, number of rows); see the module docstring for which loss."""
+    from .divergence import check_class_scores
+    check_class_scores(out, f"the {metric} metric (the cross-entropy of a classifier's logits)")
     logits = out.float().reshape(-1, out.shape[-1]) if out.dim() > 1 else out.float().reshape(1, -1)
     if labels is None and sample_labels is None:
         log_p = torch.log_softmax(logits.detach(), dim=-1)
