@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import mixprec
+from mixprec.builtin import get_builtin
 from mixprec.apply import apply
 from mixprec.cli import main
 from mixprec.errors import SpecError
@@ -245,3 +246,18 @@ def test_an_export_of_a_forward_that_branches_on_values_says_the_path_is_fixed(t
     plain = export(Mlp().eval(), Plan.uniform(discover_groups(Mlp().eval(), data[0]), "fp32"), data,
                    out=tmp_path / "p.onnx", progress=False).notes
     assert not any("branches or loops" in n for n in plain)
+
+
+def test_a_run_reopened_with_its_model_gives_the_groups_quantize_plan_takes(tmp_path):
+    """README: quantize_plan(model, plan, data, analysis.model_groups); after Analysis.load(run, model=, data=)
+    model_groups was None, and quantize_plan's error asked for analysis.model_groups."""
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    run = tmp_path / "run"
+    first = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=run, progress=False)
+    reopened = mixprec.Analysis.load(run, model=model, data=data)
+    assert reopened.model_groups is not None
+    assert [g.name for g in reopened.model_groups] == [g.name for g in first.model_groups]
+    plan = reopened.solve("bytes=w4a8", guard=False)
+    result = mixprec.quantize_plan(model, plan, data, reopened.model_groups)
+    assert set(result.plan.assignments) == set(plan.assignments)

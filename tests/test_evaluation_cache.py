@@ -67,3 +67,4 @@ def test_a_function_in_memory_measures_a_run_that_names_its_model(tmp_path):
     def score(model):  # noqa: ARG001, F811 (the same name, edited)
         return 4.0
     assert mixprec.Analysis.load(run).evaluator(score).measure(plan).value == 4.0
+

@@ -26,7 +26,7 @@ from .batches import as_batches
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
-from .errors import GuardSkipped, SpecError
+from .errors import GuardSkipped, MixprecError, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups
 from .plan import Plan
@@ -142,6 +142,20 @@ class Analysis:
         model, _, evaluate, _ = resolve_specs(model, batches, evaluate)
         self.model, self.data, self.evaluate = (self._as_measured(in_eval_mode(canonical(model), False), batches),
                                                 batches, evaluate)
+        self.model_groups = self._groups_of(self.model, batches)
+
+    def _groups_of(self, model: nn.Module, batches: list) -> ModelGroups | None:
+        """The model's groups as the run recorded them (for quantize_plan): discovered again with the run's ties,
+        exclusions and pins; None where they do not come out the same (give discover_groups the plan's options)."""
+        from .batches import split_item
+        arguments = self.run.arguments() if self.run is not None and self.run.exists else {}
+        try:
+            found = discover_groups(model, split_item(batches[0])[0], ties=list(arguments.get("tie") or []),
+                                    exclude=list(self.excluded), pins=dict(self.pins))
+        except MixprecError:
+            return None
+        same = {g.name: list(g.layer_names) for g in found} == {k: list(v) for k, v in self.groups.items()}
+        return found if same else None
 
     def _as_measured(self, model: nn.Module, data: list | None) -> nn.Module:
         """``model`` (loaded again) as this run measured it: with its join quantizers where it had them,
