@@ -240,3 +240,24 @@ def test_an_option_argparse_refuses_is_one_error_line(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "mixprec: error: argument --calibration-samples: must be at least 1, got 0 (see: mixprec analyze --help)"]
+
+
+def test_solve_says_how_to_apply_the_plan_with_the_data_a_model_of_ones_own_needs(tmp_path, capsys):
+    """The hint after solve ran as printed: `mixprec quantize --model M.py:build --plan P --out DIR` without --data
+    is an error for a model that is not built-in."""
+    from mixprec.cli import main
+    spec = tmp_path / "mine.py"
+    spec.write_text("import torch\nfrom torch import nn\n"
+                    "def build():\n    torch.manual_seed(0)\n"
+                    "    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))\n"
+                    "def calibration():\n    torch.manual_seed(1)\n    return [torch.randn(32, 6) for _ in range(2)]\n")
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", f"{spec}:build", "--data", f"{spec}:calibration", "--candidates", "w4a8,w8a8",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bytes=w4a8", "--no-guard", "--out", str(plan)]) == 0
+    hint = capsys.readouterr().out.split("apply it with: ")[1].strip()
+    assert f"--data {spec}:calibration" in hint
+    out = tmp_path / "q"
+    assert main(hint.replace("DIR", str(out)).split()[1:]) == 0
+    assert (out / "plan.json").is_file()

@@ -452,9 +452,17 @@ def cmd_solve(args) -> int:
         print(f"search {args.search}: {meta['evaluations']} plans measured; this plan: {meta['measured']['name']} "
               f"{meta['measured']['value']:.4g}")
     plan.save(args.out)
-    print(f"wrote {args.out}; apply it with: mixprec quantize --model {analysis.model_name} --plan {args.out} "
-          "--out DIR")
+    print(f"wrote {args.out}; apply it with: {_quantize_hint(analysis, args)}")
     return 0
+
+
+def _quantize_hint(analysis: Analysis, args) -> str:
+    """The quantize command that applies the plan just written: the model and calibration data the run measured
+    (a model that is not built-in needs its --data named)."""
+    arguments = analysis.run.arguments() if analysis.run is not None and analysis.run.exists else {}
+    model = getattr(args, "model", None) or analysis.model_name or arguments.get("model") or "MODEL"
+    data = getattr(args, "data", None) or arguments.get("data") or (None if is_builtin(model) else "DATA")
+    return f"mixprec quantize --model {model}" + (f" --data {data}" if data else "") + f" --plan {args.out} --out DIR"
 
 
 def cmd_pareto(args) -> int:
