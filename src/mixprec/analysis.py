@@ -399,6 +399,7 @@ class Analysis:
                             f"{', '.join(GUARD_CHOICES)}")
         if not isinstance(guard_margin, (int, float)) or isinstance(guard_margin, bool) or not guard_margin >= 0:
             raise SpecError(f"guard_margin must be a number of standard errors >= 0 (default 1), got {guard_margin!r}")
+        _check_search_options(search, options)
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         problem = self.problem(candidates, cost_files)
         budgets = self.budgets(budget, problem) if budget else {}
@@ -893,6 +894,21 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 # how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
 # differs from the float model's; sqnr's the noise-to-signal ratio)
 SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR"}
+
+
+def _check_search_options(search: str, options: dict) -> None:
+    """Keywords solve passes to the search: each one the search takes, else an error naming solve's own keywords and
+    the search's (a misspelt ``guard_margn=0`` reached the solver as a bare TypeError)."""
+    import inspect
+    accepted = [name for name, param in inspect.signature(SOLVERS[search]).parameters.items()
+                if name not in ("problem", "goal") and param.kind is not param.VAR_POSITIONAL]
+    if search == "local":
+        accepted += ["time_budget", "staged"]  # read by solve itself for the local search
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        own = [name for name in inspect.signature(Analysis.solve).parameters if name not in ("self", "options")]
+        raise SpecError(f"solve got unknown keyword(s) {', '.join(unknown)}: solve takes {', '.join(own)}, and "
+                        f"search {search!r} takes {', '.join(accepted) or 'no options of its own'}")
 
 
 def _eval_source(evaluate: Callable | str | None) -> dict[str, str]:

@@ -395,3 +395,10 @@ def test_k_differing_samples_bound_the_paired_z_by_the_abstention_rule(n, data):
     assert abs(paired_z(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0)) == pytest.approx(bound)
     assert _unresolvable(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0, bound) is True
     assert _unresolvable(Sampled((float(k),), (equal,)), Sampled((0.0,), (b,)), 0, bound * 0.999) is False
+
+
+def test_a_misspelt_solve_keyword_is_an_error_naming_the_keywords(demo):
+    # guard_margn=0 reached the exact solver as a bare TypeError
+    analysis = demo[3]
+    with pytest.raises(mixprec.MixprecError, match="unknown keyword.*guard_margn.*guard_margin.*time_limit_s"):
+        analysis.solve("bytes=w4a8", guard_margn=0)
