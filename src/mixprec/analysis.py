@@ -615,9 +615,16 @@ class Analysis:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
                 "data")
+            bar, seen = None, set()
+            if say is print:  # a progress bar where the steps are shown: each plan is a pass over the data
+                from tqdm.auto import tqdm
+                bar = tqdm(total=len(rivals) + 1, desc="guard", unit="plan", leave=False)
 
             def measure(c: np.ndarray):
                 result = checker.measure(problem.assignments(c))
+                if bar is not None and c.tobytes() not in seen:
+                    seen.add(c.tobytes())
+                    bar.update(1)
                 if result.name == "agreement" and "sqnr" in result.details:  # the consensus, from one pass
                     names = tuple(result.details.get("consensus") or ("agreement", "sqnr"))
                     kind[0] = "+".join(names)
@@ -631,8 +638,12 @@ class Analysis:
                 return values if len(values) > 1 else values[0]
             measure(choice)  # says what the divergence resolved to (the checker keeps it: guard measures it again free)
             # the labels' cross-entropy vetoes a mixed plan; disagreement and 1/SQNR rank the uniform plans
-            result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None,
-                           names=tuple(SHOWN.get(n, n) for n in kind[0].split("+")))
+            try:
+                result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None,
+                               names=tuple(SHOWN.get(n, n) for n in kind[0].split("+")))
+            finally:
+                if bar is not None:
+                    bar.close()
         else:
             result = guard(choice, rivals, lambda c: float("nan"), margin)
         note = f"guard: returned {result.chosen}: {result.reason}" if result.chosen != MIXED else None
