@@ -71,7 +71,8 @@ def test_a_fraction_of_a_measured_table_is_of_the_highest_precision_plan_not_the
     assert budgets["latency_ms"] == 0.8 * 3.5
 
 
-@pytest.mark.parametrize("text", ["bytes=-5", "bytes=-0.5x", "bytes=0", "bytes=nan", "bytes=inf"])
+@pytest.mark.parametrize("text", ["bytes=-5", "bytes=-0.5x", "bytes=0", "bytes=nan", "bytes=inf", "bytes=-5KB",
+                                  "bytes=-1.5 MiB"])
 def test_a_budget_that_is_not_a_positive_number_says_so(text):
     from mixprec.budgets import parse_budgets
     with pytest.raises(MixprecError, match="must be a positive finite number"):
