@@ -191,3 +191,25 @@ def test_constructor_checks():
 def test_assignments_of_wrong_type_is_plan_error(tmp_path, assignments):
     with pytest.raises(PlanError, match="is malformed"):
         Plan.load(write(tmp_path, {**GOOD, "assignments": assignments}))
+
+
+def test_a_hand_edited_plan_with_an_unknown_candidate_names_its_file_and_group(tmp_path):
+    from mixprec.errors import PlanError
+    plan = Plan({"conv1": "w4a8", "fc": "w8a8"}, {"conv1": ["conv1"], "fc": ["fc"]}, [], {})
+    path = plan.save(tmp_path / "plan.json")
+    text = path.read_text().replace('"w4a8"', '"w4a8x"')
+    path.write_text(text)
+    with pytest.raises(PlanError, match=r"plan.json: group 'conv1': unknown candidate 'w4a8x'"):
+        Plan.load(path)
+
+
+def test_a_plan_for_another_model_says_which_groups_are_whose():
+    from mixprec.errors import SpecError
+    from mixprec.groups import discover_groups
+    from mixprec.pipeline import check_plan_groups
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    groups = discover_groups(model, torch.randn(2, 4))
+    other = Plan({"emb": "w8a8"}, {"emb": ["emb"]}, [], {})
+    with pytest.raises(SpecError, match=r"1 of the plan's groups are not this model's \(e.g. \['emb'\]\); 2 of this "
+                                        r"model's groups are not in the plan"):
+        check_plan_groups(other, groups)

@@ -94,9 +94,12 @@ def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
         raise SpecError(f"groups is the model's ModelGroups: analysis.model_groups, or mixprec.discover_groups(model, "
                         f"example_input) with the options the plan was made with; got {type(groups).__name__}"
                         + (" (analysis.groups maps group names to layer names)" if isinstance(groups, dict) else ""))
-    different = sorted(set(groups.names) ^ set(plan.groups))
-    if different:
-        raise SpecError(f"the plan's groups do not match this model's groups (e.g. {different[:3]}); was it made for "
+    only_plan, only_model = sorted(set(plan.groups) - set(groups.names)), sorted(set(groups.names) - set(plan.groups))
+    if only_plan or only_model:
+        parts = ([f"{len(only_plan)} of the plan's groups are not this model's (e.g. {only_plan[:3]})"] * bool(only_plan)
+                 + [f"{len(only_model)} of this model's groups are not in the plan (e.g. {only_model[:3]})"]
+                 * bool(only_model))
+        raise SpecError(f"the plan's groups do not match this model's groups: {'; '.join(parts)}; was it made for "
                         "another model or with other --tie/--exclude options?")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .atomic import write_json_atomic  # noqa: F401  (imported from here by older code)
 from .candidates import parse_candidate
-from .errors import PlanError
+from .errors import MixprecError, PlanError
 from .groups import ModelGroups, quantizable_layers
 
 PLAN_FORMAT = "mixprec-plan"
@@ -106,6 +106,12 @@ class Plan:
             raise PlanError(f"{source} is malformed: 'groups' must map group names to lists of layer names")
         if not _is_names(excluded) or not isinstance(metadata, dict):
             raise PlanError(f"{source} is malformed: 'excluded' must be a list of layer names, 'metadata' a dict")
+        from .candidates import parse_candidate
+        for group, candidate in assignments.items():  # a hand-edited candidate: named with its file and group here
+            try:
+                parse_candidate(candidate)
+            except MixprecError as exc:
+                raise PlanError(f"{source}: group {group!r}: {exc}") from exc
         return cls(dict(assignments), {k: list(v) for k, v in groups.items()}, list(excluded), dict(metadata))
 
     def save(self, path: str | os.PathLike) -> Path:
