@@ -213,3 +213,15 @@ def test_a_pt_file_of_inputs_and_labels_saved_as_a_pair_is_batched(tmp_path):
     assert torch.equal(torch.cat([b[1] for b in data]), y[:70])
     torch.save([x[:50], x[50:]], tmp_path / "two_batches.pt")  # a list of batches stays one
     assert [len(b) for b in load_data(str(tmp_path / "two_batches.pt"))] == [50, 50]
+
+
+def test_an_evaluation_that_raises_is_located_in_the_users_file_even_when_decorated(tmp_path):
+    """An --eval function under @torch.no_grad() raised from the user's line, but the error named torch's
+    _contextlib.py (the decorator's frame), not the user's file."""
+    from mixprec.errors import EvaluationError
+    from mixprec.specs import load_eval
+    f = tmp_path / "ev.py"
+    f.write_text("import torch\n\n@torch.no_grad()\ndef score(model):\n    x = 1\n    raise KeyError('num')\n")
+    fn = load_eval(f"{f}:score", None)
+    with pytest.raises(EvaluationError, match=rf"{f} line 6, in score"):
+        fn(torch.nn.Linear(2, 2))

@@ -358,8 +358,13 @@ def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module],
 def user_frame(exc: BaseException, fn: Callable) -> str:
     """Where in the user's code ``exc`` was raised: the innermost frame in the file that defines ``fn``
     (else the innermost frame), as 'file line N, in name'."""
+    import inspect
     import traceback
     frames = traceback.extract_tb(exc.__traceback__)
+    try:  # a decorated function (@torch.no_grad()): the user's own, not the decorator's file
+        fn = inspect.unwrap(fn)
+    except ValueError:
+        pass
     source = getattr(getattr(fn, "__code__", None), "co_filename", None)
     mine = [f for f in frames if f.filename == source] or frames[-1:]
     if not mine:
