@@ -402,3 +402,10 @@ def test_a_misspelt_solve_keyword_is_an_error_naming_the_keywords(demo):
     analysis = demo[3]
     with pytest.raises(mixprec.MixprecError, match="unknown keyword.*guard_margn.*guard_margin.*time_limit_s"):
         analysis.solve("bytes=w4a8", guard_margn=0)
+
+
+def test_a_single_divergence_is_named_in_the_reason():
+    measured = {0: 0.0118, 1: 0.0089}
+    result = guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])], margin=0,
+                   names=("1/SQNR",))
+    assert result.chosen == "uniform w4a8" and "measures 1/SQNR 0.0089, the mixed plan 1/SQNR 0.0118" in result.reason

@@ -96,7 +96,7 @@ def _finite(value: Measured):
 
 def _show(value: Measured, names: tuple[str, ...] | None = None) -> str:
     values = _tuple(value)
-    if names is not None and len(names) == len(values) > 1:  # "agreement 0.05 / sqnr 0.01 / ce 0.67"
+    if names is not None and len(names) == len(values):  # "disagreement 0.05 / 1/SQNR 0.01 / ce 0.67", "nll 2.31"
         return " / ".join(f"{name} {v:.4g}" for name, v in zip(names, values))
     return " / ".join(f"{v:.4g}" for v in values)
 
