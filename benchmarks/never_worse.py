@@ -43,6 +43,8 @@ from mixprec.sensitivity import Around  # noqa: E402
 from mixprec.solvers import SOLVERS, Goal  # noqa: E402
 from mixprec.specs import prepare  # noqa: E402
 
+import torch  # noqa: E402
+
 
 KEYS = ("sqnr_exact", "sqnr_guarded", "sqnr_local", "around_exact", "around_guarded", "around_local")
 
@@ -210,9 +212,16 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
 
 
 def _labelled(model: str) -> bool:
-    """Whether the built-in model gives the guard its calibration labels (a classifier's consensus then has ce)."""
-    from mixprec.builtin import get_builtin
-    return get_builtin(model).calibration_labels is not None
+    """Whether the model gives the guard its calibration labels (a classifier's consensus then has ce): a built-in's
+    calibration labels, or an example's calibration items that are (inputs, integer labels) pairs."""
+    from mixprec.builtin import BUILTINS, get_builtin
+    if model in BUILTINS:
+        return get_builtin(model).calibration_labels is not None
+    from mixprec.batches import split_item
+    from mixprec.specs import resolve_callable
+    items = resolve_callable(specs(model)[1], "calibration data")()
+    labels = split_item(items[0])[1] if items else None
+    return isinstance(labels, torch.Tensor) and not labels.is_floating_point()
 
 
 def _cached_divergences(work: Path) -> int:
