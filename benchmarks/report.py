@@ -308,6 +308,12 @@ def _gap_bound_reason(model: str, gap_row: dict) -> str:
                   f"{100 * (best['gap'] or 0):.0f} % with up to {max((x['time_budget'] for x in timed['rows']), key=lambda t: float(t.rstrip('xs')))} the "
                   f"analysis time and {', '.join(sorted({str(x['samples'] or 'the default') for x in timed['rows']}))} "
                   f"calibration samples (`search_time_{model}`)")
+    labelled = [(path.stem, json.loads(path.read_text())) for path in sorted(RESULTS.glob(f"search_time_{model}_ce*.json"))]
+    rows = [f"{100 * (x['gap'] or 0):.0f} % at {x['time_budget']} (`{stem}`, {r['environment']['device']})"
+            for stem, r in labelled for x in r["rows"]]
+    if rows:
+        found += (f"; deciding on the calibration labels' cross-entropy instead (`--guard-divergence ce`: the search "
+                  f"and the guard), it closed {', '.join(rows)}")
     return found + "; with 6-bit activation candidates the default plan closes it (rows 'candidates + w3a6,...')"
 
 

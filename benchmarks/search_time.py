@@ -34,7 +34,7 @@ def gap_share(value: float, low: float, high: float) -> float | None:
 
 
 def study(model: str, device: str, samples: list[int | None], budgets: list[str], at: str, kind: str,
-          partial: Path) -> dict:
+          partial: Path, divergence: str = "auto") -> dict:
     config = CONFIGS[model]
     command = " ".join(["python", "benchmarks/search_time.py", *sys.argv[1:]])
     rows = []
@@ -63,7 +63,8 @@ def study(model: str, device: str, samples: list[int | None], budgets: list[str]
             if (n, time_budget) in done:
                 continue
             start = time.perf_counter()
-            plan = analysis.solve({kind: budget}, search="local", device=device, time_budget=time_budget)
+            plan = analysis.solve({kind: budget}, search="local", device=device, time_budget=time_budget,
+                                  guard_divergence=divergence)
             seconds = time.perf_counter() - start
             value = evaluator.measure(plan.assignments).value
             stop = [s for s in plan.metadata["trace"] if s.get("role") == "stop"]
@@ -79,15 +80,18 @@ def study(model: str, device: str, samples: list[int | None], budgets: list[str]
                   f"guard {r['guard']}: top-1 {value:.2f} ({100 * (r['gap'] or 0):.0f} % of the gap)", flush=True)
             write_json_atomic(partial, {"model": model, "rows": rows, "references": references, "command": command})
     return {"model": model, "at": at, "kind": kind, "rows": rows, "references": references, "command": command,
-            "environment": {"mixprec": __version__, "device": device}}
+            "environment": {"mixprec": __version__, "device": device}, "divergence": divergence}
 
 
 def markdown(result: dict) -> str:
     lines = [f"### The local search's time and calibration data: {result['model']}, {result['kind']} of "
              f"{result['at']}", "",
              f"`{result['command']}` ({result['environment']['device']}). `solve --search local` (exact plan on the "
-             "sqnr table and the uniform plans as starts, KL on the calibration batches, the guard on the batches "
-             "held apart); top-1 on the evaluation split, which decides nothing. The rows ran one after another in one "
+             "sqnr table and the uniform plans as starts; " + (
+                 "KL from the float model on the calibration batches, and the guard's consensus"
+                 if result.get("divergence", "auto") == "auto" else
+                 f"`--guard-divergence {result['divergence']}`: the search and the guard both decide on it, on the "
+                 "calibration batches") + "); top-1 on the evaluation split, which decides nothing. The rows ran one after another in one "
              "process, and a plan an earlier row measured on the same calibration data is read from the run's cache: "
              "a later row's plans measured include those, its seconds do not.", "",
              "| calibration samples | analysis s | time budget | search + guard s | plans measured | moves | guard "
@@ -110,13 +114,16 @@ def main() -> None:
                                                                 "--time-budget)")
     parser.add_argument("--at", default="w4a8")
     parser.add_argument("--kind", default="bops")
+    parser.add_argument("--divergence", default="auto", help="solve's --guard-divergence, which the local search "
+                                                              "decides on too (ce: the calibration labels)")
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     samples = [None if s == "default" else int(s) for s in args.samples.split(",")]
     name = f"search_time_{args.model}{args.out_suffix}"
     partial = RESULTS / f"{name}.partial.json"
     try:
-        result = study(args.model, args.device, samples, args.budgets.split(","), args.at, args.kind, partial)
+        result = study(args.model, args.device, samples, args.budgets.split(","), args.at, args.kind, partial,
+                       args.divergence)
     except MissingDataError as exc:
         sys.exit(f"skipped: {exc}")
     save_result(RESULTS / name, result, markdown(result))
