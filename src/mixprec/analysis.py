@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, in_eval_mode
-from .batches import as_batches
+from .batches import as_batches, split_item
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
@@ -147,7 +147,6 @@ class Analysis:
     def _groups_of(self, model: nn.Module, batches: list) -> ModelGroups | None:
         """The model's groups as the run recorded them (for quantize_plan): discovered again with the run's ties,
         exclusions and pins; None where they do not come out the same (give discover_groups the plan's options)."""
-        from .batches import split_item
         arguments = self.run.arguments() if self.run is not None and self.run.exists else {}
         try:
             found = discover_groups(model, split_item(batches[0])[0], ties=list(arguments.get("tie") or []),
@@ -808,7 +807,6 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         from .swap import with_join_quantizers
         model = with_join_quantizers(model, batches, activation_range, progress=progress and verbose)
     if groups is None:
-        from .batches import split_item
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
     cands = _candidate_list(candidates)

@@ -53,8 +53,7 @@ def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
         number = float(low[:-1] if low.endswith("x") else low)
     except ValueError:
         number = None
-        signed = _NUMBER.match(value.lstrip().removeprefix("-"))
-        if value.lstrip().startswith("-") and signed:  # -5KB: a number with a unit, negative
+        if value.lstrip().startswith("-") and _NUMBER.match(value.lstrip()[1:]):  # -5KB: a number with a unit
             number = -1.0
     if number is not None and not (np.isfinite(number) and number > 0):
         raise MixprecError(f"budget {kind}={value}: a budget must be a positive finite number (e.g. {kind}=0.5x or "

@@ -106,7 +106,6 @@ class Plan:
             raise PlanError(f"{source} is malformed: 'groups' must map group names to lists of layer names")
         if not _is_names(excluded) or not isinstance(metadata, dict):
             raise PlanError(f"{source} is malformed: 'excluded' must be a list of layer names, 'metadata' a dict")
-        from .candidates import parse_candidate
         for group, candidate in assignments.items():  # a hand-edited candidate: named with its file and group here
             try:
                 parse_candidate(candidate)

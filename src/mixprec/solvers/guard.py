@@ -54,15 +54,21 @@ def _tuple(value: Measured) -> tuple[float, ...]:
     return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
 
 
-def paired_z(a: Measured, b: Measured, i: int) -> float | None:
-    """(D_i(a) - D_i(b)) in standard errors of the paired difference over their shared samples; None
-    without per-sample shares for both, on different samples, or fewer than 2 of them."""
+def _paired(a: Measured, b: Measured, i: int) -> np.ndarray | None:
+    """Divergence i's per-sample differences a - b; None without per-sample shares for both, on different
+    samples, or fewer than 2 of them."""
     if not (isinstance(a, Sampled) and isinstance(b, Sampled)):
         return None
     sa, sb = np.asarray(a.samples[i], dtype=np.float64), np.asarray(b.samples[i], dtype=np.float64)
-    if sa.shape != sb.shape or sa.size < 2:
+    return sa - sb if sa.shape == sb.shape and sa.size >= 2 else None
+
+
+def paired_z(a: Measured, b: Measured, i: int) -> float | None:
+    """(D_i(a) - D_i(b)) in standard errors of the paired difference over their shared samples; None
+    without per-sample shares for both, on different samples, or fewer than 2 of them."""
+    d = _paired(a, b, i)
+    if d is None:
         return None
-    d = sa - sb
     se = np.sqrt(d.size) * d.std(ddof=1)
     total = float(d.sum())
     if se == 0:
@@ -73,16 +79,12 @@ def paired_z(a: Measured, b: Measured, i: int) -> float | None:
 def _unresolvable(a: Measured, b: Measured, i: int, margin: float) -> bool:
     """Whether divergence i cannot tell ``a`` from ``b`` beyond ``margin`` standard errors however its samples
     fell: their paired difference is nonzero on k of n samples, and k nonzero differences give a paired z of at
-    most sqrt(k (n - 1) / (n - k)) (equal values of one sign; k = 1 gives exactly 1). True also where both measure
-    exactly 0 (k = 0); False without per-sample shares unless both are 0."""
-    if _tuple(a)[i] == 0 and _tuple(b)[i] == 0:
-        return True
-    if not (isinstance(a, Sampled) and isinstance(b, Sampled)):
+    most sqrt(k (n - 1) / (n - k)) (equal values of one sign; k = 1 gives exactly 1). False without per-sample
+    shares."""
+    d = _paired(a, b, i)
+    if d is None:
         return False
-    sa, sb = np.asarray(a.samples[i], dtype=np.float64), np.asarray(b.samples[i], dtype=np.float64)
-    if sa.shape != sb.shape or sa.size < 2:
-        return False
-    n, k = sa.size, int(np.count_nonzero(sa - sb))
+    n, k = d.size, int(np.count_nonzero(d))
     return k < n and math.sqrt(k * (n - 1) / (n - k)) <= margin
 
 
