@@ -68,3 +68,61 @@ def test_a_function_in_memory_measures_a_run_that_names_its_model(tmp_path):
         return 4.0
     assert mixprec.Analysis.load(run).evaluator(score).measure(plan).value == 4.0
 
+
+
+def _factory(value):
+    def score(model):  # noqa: ARG001
+        return value
+    return score
+
+
+def test_closures_of_one_factory_are_measured_each_with_its_own_values(tmp_path):
+    """Two closures of one factory share their name and source; keyed by those alone, the second was served the
+    first one's logged figures."""
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
+    plan = {g: "w4a8" for g in analysis.groups}
+    assert analysis.evaluator(_factory(1.0)).measure(plan).value == 1.0
+    assert analysis.evaluator(_factory(2.0)).measure(plan).value == 2.0
+    reopened = mixprec.Analysis.load(tmp_path / "run", model=model, data=data)
+    assert reopened.evaluator(_factory(1.0)).cached(plan).value == 1.0  # the same values: read from the log
+    assert reopened.evaluator(_factory(3.0)).cached(plan) is None
+
+
+def test_a_function_fingerprint_follows_its_code_and_every_bound_value():
+    import functools
+
+    import numpy as np
+    import torch
+
+    from mixprec.fingerprint import fingerprint, key
+
+    same = fingerprint(_factory(1.0))
+    assert same is not None and same == fingerprint(_factory(1.0))
+    values = [2.0, "1.0", (1.0,), {"a": 1.0}, torch.arange(4.0), torch.arange(4.0) + 1, np.arange(4.0),
+              [torch.zeros(2), 1], None, torch.device("cpu"), torch.float16, len, np, functools]
+    prints = [fingerprint(_factory(v)) for v in values]
+    assert None not in prints and len(set(prints + [same])) == len(values) + 1
+    assert fingerprint(_factory(torch.arange(4.0))) == fingerprint(_factory(torch.arange(4.0).clone()))
+
+    def scaled(model, factor=1.0):  # noqa: ARG001
+        return factor
+    assert fingerprint(functools.partial(scaled, factor=2.0)) != fingerprint(functools.partial(scaled, factor=3.0))
+
+    def other_default(model, factor=2.0):  # noqa: ARG001
+        return factor
+    other_default.__qualname__ = scaled.__qualname__  # the same name: only the source and defaults differ
+    assert fingerprint(other_default) != fingerprint(scaled)
+
+    def recursive(model, depth=0):
+        return depth if depth > 2 else recursive(model, depth + 1)
+    assert fingerprint(recursive) == fingerprint(recursive)  # a closure over itself ends
+
+    class Loader:  # an object of the user's class: no content to hash
+        pass
+    loader = Loader()
+    bound = _factory(loader)
+    assert fingerprint(bound) is None
+    assert key(bound) == key(bound) and key(bound).startswith("process-")  # while it lives, in this process
+    assert key(_factory(Loader())) != key(bound)

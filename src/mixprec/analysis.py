@@ -922,17 +922,15 @@ def _check_search_options(search: str, options: dict) -> None:
 
 def _eval_source(evaluate: Callable | str | None) -> dict[str, str]:
     """What the measurements' key adds for the evaluation's code, so an edited one measures anew (the key holds
-    only its name otherwise): the sha256 (16 hex digits) of a ``file.py:function`` spec's file or of a function's
-    source text; nothing where there is none to read (a built-in name, ``ppl:``, a module, a compiled function)."""
+    only its name otherwise): the sha256 (16 hex digits) of a ``file.py:function`` spec's file; for a function in
+    memory, of its file and the values bound to it (mixprec.fingerprint: two closures of one factory are two keys),
+    or a token of this process where those values cannot be hashed; nothing for a built-in name, ``ppl:`` or a
+    module's function named by a spec."""
     if isinstance(evaluate, str) or evaluate is None:
         source = spec_source_hash(evaluate)
     else:
-        import hashlib
-        import inspect
-        try:
-            source = hashlib.sha256(inspect.getsource(evaluate).encode()).hexdigest()[:16]
-        except (OSError, TypeError):
-            source = None
+        from .fingerprint import key
+        source = key(evaluate)
     return {} if source is None else {"eval_source": source}
 
 
