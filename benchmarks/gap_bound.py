@@ -84,9 +84,17 @@ def _log_probs(model, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def searched_half_kl(model, name: str):
-    """Mean KL(float || plan) of the class probabilities on the searched half: label-free, as mixprec's local
-    search decides (on calibration data), here on the 4,500 images of the searched half."""
+DECIDERS = {  # what a label-free search can minimise on the searched half, against the float model
+    "kl": "KL from the float model's class probabilities",
+    "pseudo": "cross-entropy against the float model's top-1 class (its predictions as labels)",
+    "agreement": "the share of images whose top-1 differs from the float model's",
+}
+
+
+def searched_half_divergence(model, name: str, decide: str = "kl"):
+    """A label-free divergence from the float model on the searched half (``DECIDERS``), as mixprec's local search
+    decides on calibration data, here on the 4,500 images of the searched half: mean KL(float || plan), mean
+    cross-entropy against the float model's top-1 class, or the percentage of top-1 predictions that differ."""
     from mixprec.builtin.cifar_resnet import _dataset
     from mixprec.evaluation import EvalResult
     images, labels = _dataset()[:2]
@@ -95,8 +103,14 @@ def searched_half_kl(model, name: str):
         from mixprec.builtin.cifar_resnet import load_model
         _FLOAT[name] = _log_probs(load_model(name).to(next(model.parameters()).device), images)
     ref, got = _FLOAT[name], _log_probs(model, images)
-    kl = (ref.exp() * (ref - got)).sum(1).mean().item()
-    return EvalResult("kl", kl, False, details={"samples": len(images)})
+    top = ref.argmax(1)
+    if decide == "kl":
+        value = (ref.exp() * (ref - got)).sum(1).mean().item()
+    elif decide == "pseudo":
+        value = -got.gather(1, top[:, None]).mean().item()
+    else:
+        value = 100.0 * (got.argmax(1) != top).float().mean().item()
+    return EvalResult(decide, value, False, details={"samples": len(images)})
 
 
 def benchmark(model: str, at: str, kind: str, device: str, seconds: float, extra: tuple[str, ...],
@@ -110,9 +124,9 @@ def benchmark(model: str, at: str, kind: str, device: str, seconds: float, extra
     here = Path(__file__).resolve()
     searched = sqnr.evaluator(f"{here}:searched_half", device=device)
 
-    def kl_on_searched_half(net):
-        return searched_half_kl(net, model)
-    decider = sqnr.evaluator(kl_on_searched_half, device=device) if decide == "kl" else None
+    def divergence_on_searched_half(net):
+        return searched_half_divergence(net, model, decide)
+    decider = sqnr.evaluator(divergence_on_searched_half, device=device) if decide in DECIDERS else None
     held = sqnr.evaluator(f"{here}:held_half", device=device)
     full = sqnr.evaluator(device=device)
     at_name = next(c for c in problem.candidates if base_name(c) == at)
@@ -121,12 +135,12 @@ def benchmark(model: str, at: str, kind: str, device: str, seconds: float, extra
     budget = problem.cost(kind, base)
     measured = []
 
-    def error(choice) -> float:  # top-1 error (or KL to the float model) on the searched half, lower is better
+    def error(choice) -> float:  # top-1 error (or a divergence from the float model) on the searched half, lower is better
         value = decider.measure(problem.assignments(choice)).value if decider is not None else \
             100.0 - searched.measure(problem.assignments(choice)).value
         measured.append(value)
         if len(measured) % 10 == 0:
-            print(f"{len(measured)} plans measured, best {'KL' if decide == 'kl' else 'top-1 error'} on the searched half "
+            print(f"{len(measured)} plans measured, best {decide if decide in DECIDERS else 'top-1 error'} on the searched half "
                   f"{min(measured):.4g}", flush=True)
         return value
 
@@ -166,8 +180,8 @@ def markdown(r: dict) -> str:
     lines = [f"### How much of the gap can any plan close? {r['model']}, {r['kind']} of {r['at']}", "",
              f"`{r['command']}` ({r['environment']['device']}); candidates {', '.join(r['candidates'])}. Not a method, "
              "and a bound only as far as its search went: the search decides on half of the evaluation split (" + (
-                 "KL from the float model's class probabilities, label-free as mixprec's local search, on"
-                 if r["search"].get("decides_on") == "kl" else "top-1 on") + " every other image of each "
+                 DECIDERS[r["search"]["decides_on"]] + ", label-free as mixprec's local search, on"
+                 if r["search"].get("decides_on") in DECIDERS else "top-1 on") + " every other image of each "
              "class), and the other half says how much of what it found holds on images it never saw. Uniform plans keep the first and last "
              "layers at w8a8.", "",
              "| plan | searched half | held half | evaluation split | gap recovered, held half | "
@@ -191,9 +205,10 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=300, help="how long the search may measure plans")
     parser.add_argument("--add-candidates", default="", metavar="LIST")
-    parser.add_argument("--decide", choices=("top1", "kl"), default="top1",
+    parser.add_argument("--decide", choices=("top1", *DECIDERS), default="top1",
                         help="what the search minimises on the searched half: top-1 error against its labels, or "
-                             "(label-free, as mixprec's local search) the KL divergence from the float model")
+                             "a label-free divergence from the float model: " + "; ".join(
+                                 f"{k}: {v}" for k, v in DECIDERS.items()))
     parser.add_argument("--out-suffix", default="")
     args = parser.parse_args()
     extra = tuple(c for c in args.add_candidates.split(",") if c)
