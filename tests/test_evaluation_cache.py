@@ -126,3 +126,20 @@ def test_a_function_fingerprint_follows_its_code_and_every_bound_value():
     assert fingerprint(bound) is None
     assert key(bound) == key(bound) and key(bound).startswith("process-")  # while it lives, in this process
     assert key(_factory(Loader())) != key(bound)
+
+
+def test_a_task_table_measured_by_another_closure_of_one_factory_is_refused_not_reused(tmp_path):
+    import pytest
+
+    from mixprec.errors import RunError
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(32)
+    run = tmp_path / "run"
+    mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="task", evaluate=_factory(1.0), run_dir=run,
+                    progress=False)
+    again = mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="task", evaluate=_factory(1.0), run_dir=run,
+                            progress=False)  # the same values: the run's entries
+    assert again.table is not None
+    with pytest.raises(RunError, match="eval_source"):
+        mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="task", evaluate=_factory(2.0), run_dir=run,
+                        progress=False)

@@ -41,7 +41,9 @@ SPEC_OPTIONS = ("model", "data", "eval")  # the arguments that name what to load
 
 # Settings a run records that mixprec itself added: what a run that lacks one was measured without.
 SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the int8 kernels' int32 bias "
-                                   "rounding, mixprec.integer_bias"}
+                                   "rounding, mixprec.integer_bias",
+                   "eval_source": "the evaluation's code (its file, or the values bound to the function) is not the "
+                                  "one that measured the entries there"}
 
 
 class RunDirectory:

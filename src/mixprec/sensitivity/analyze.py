@@ -83,8 +83,11 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         if int8_graph(model):  # measured with join quantizers (mixprec.joins) and int32 biases (integer_bias)
             settings["joins"] = True
             settings["integer_bias"] = 1
-        if config.uses_evaluate:  # the entries depend on which evaluation measured them
+        if config.uses_evaluate:  # the entries depend on which evaluation measured them, and on its code
             settings["eval"] = (arguments or {}).get("eval") or getattr(evaluate, "__qualname__", repr(evaluate))
+            source = _eval_code((arguments or {}).get("eval"), evaluate)
+            if source is not None:
+                settings["eval_source"] = source
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         fingerprint = {"model": run.model_hash(model), "data": data_hash(ctx.data), "settings": settings}
     # one writer: rank 0 holds the run's lock from the check (claim) to the last write (the table)
@@ -173,3 +176,13 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     if run is not None and rank == 0 and result.complete:
         run.write_table(result)
     return result
+
+
+def _eval_code(spec: str | None, evaluate: Callable | None) -> str | None:
+    """The hash of the evaluation's code for the run's fingerprint: a ``file.py:function`` spec's file, else the
+    function's file, text and bound values (mixprec.fingerprint); None where neither can be read (the run is then
+    keyed by the evaluation's name alone, so that it resumes)."""
+    from ..fingerprint import fingerprint
+    from ..specs import spec_source_hash
+    found = spec_source_hash(spec) if isinstance(spec, str) else None
+    return found if found is not None or evaluate is None else fingerprint(evaluate)
