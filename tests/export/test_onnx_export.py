@@ -1109,3 +1109,8 @@ def test_an_exported_metric_beyond_rounding_noise_of_the_simulated_is_said_plain
     assert "saturation" not in _gap_note(far, saturating=False)
     assert _gap_note(result(76.21, 75.71, 0.99), saturating=True) is None  # 0.50 within twice the noise (2 x 0.41)
     assert _gap_note(result(76.21, 76.21, 1.0), saturating=True) is None
+    # every prediction the same, the figures apart: the evaluation function's doing, not the file's (seen: an
+    # evaluation comparing with a reference model built anew, unseeded, on each call gave 100 against 0)
+    same = _gap_note(result(100.0, 0.0, 1.0), saturating=True)
+    assert same and "same prediction on all 600" in same and "evaluation function" in same
+    assert "saturation" not in same

@@ -381,6 +381,13 @@ def _gap_note(result: ExportResult, saturating: bool) -> str | None:
     gap = result.exported.value - result.simulated.value
     if abs(gap) <= max(2 * noise, 0.1):
         return None
+    if result.agreement.get("evaluation") == 1.0:  # the same predictions, other figures: the evaluation's doing
+        return (f"the exported {result.exported.name} is {gap:+.2f} from the simulated {result.simulated.value:.4g}, "
+                f"yet both models give the same prediction on all {result.outputs.get('evaluation')} outputs of the "
+                "evaluation data: the evaluation function gives other figures for the same predictions. Does it "
+                "depend on randomness or on state kept between calls (a reference model built anew, unseeded, on "
+                "each call), or on the type of the model it is given (the exported file is an nn.Module around an "
+                "ONNX Runtime session)? `mixprec evaluate --model FILE --eval SPEC` measures the file alone")
     why = ("most likely the int8 kernels' 16-bit saturation on this CPU without VNNI (the note below): plan those "
            "layers as w7a8, e.g. analyze with --profile ort-cpu-avx2, and export again" if saturating else
            "the runtime computes these layers otherwise than the simulation; compare the layers' formats above and "
