@@ -127,6 +127,15 @@ def test_a_function_fingerprint_follows_its_code_and_every_bound_value():
     assert key(bound) == key(bound) and key(bound).startswith("process-")  # while it lives, in this process
     assert key(_factory(Loader())) != key(bound)
 
+    class Evaluator:  # a bound method is made anew at each access: one key while its object lives
+        def top1(self, model):  # noqa: ARG002
+            return 1.0
+
+        def top5(self, model):  # noqa: ARG002
+            return 2.0
+    ev = Evaluator()
+    assert key(ev.top1) == key(ev.top1) != key(ev.top5) and key(Evaluator().top1) != key(ev.top1)
+
 
 def test_a_task_table_measured_by_another_closure_of_one_factory_is_refused_not_reused(tmp_path):
     import pytest

@@ -62,8 +62,10 @@ def key(fn: Callable) -> str:
     found = fingerprint(fn)
     if found is not None:
         return found
+    # a bound method is made anew at each attribute access: its object holds the token (one per method name)
+    owner, suffix = (fn.__self__, f".{fn.__func__.__qualname__}") if isinstance(fn, types.MethodType) else (fn, "")
     try:
-        return _TOKENS.setdefault(fn, f"process-{uuid.uuid4().hex[:16]}")
+        return _TOKENS.setdefault(owner, f"process-{uuid.uuid4().hex[:16]}") + suffix
     except TypeError:  # not weakly referable: a token for this call alone
         return f"process-{uuid.uuid4().hex[:16]}"
 
