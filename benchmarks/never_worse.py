@@ -177,6 +177,8 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                 row[f"{label}_guard_chose"] = plan.metadata.get("guard", {}).get("chosen")
                 if plan.metadata.get("guard", {}).get("paired_z"):  # the mixed plan against each rival, in SEs
                     row[f"{label}_guard_z"] = plan.metadata["guard"]["paired_z"]
+                if plan.metadata.get("guard", {}).get("deciding"):  # where some divergence abstained
+                    row[f"{label}_guard_deciding"] = plan.metadata["guard"]["deciding"]
                 if not local:
                     continue
                 start = time.perf_counter()
@@ -261,7 +263,9 @@ def markdown(result: dict) -> str:
 def chose(row: dict, label: str) -> str:
     """What the guard returned, with the closest paired difference (in standard errors) where measured."""
     chosen = row.get(f"{label}_guard_chose") or "—"
-    z = [v for zs in (row.get(f"{label}_guard_z") or {}).values() for v in zs if v is not None]
+    deciding = row.get(f"{label}_guard_deciding") or {}  # a divergence that abstained says nothing: its z is left out
+    z = [v for rival, zs in (row.get(f"{label}_guard_z") or {}).items() for i, v in enumerate(zs)
+         if v is not None and (rival not in deciding or i in deciding[rival])]
     return chosen + (f" (z {max(z):+.2f})" if z else "")
 
 

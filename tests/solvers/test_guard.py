@@ -369,6 +369,8 @@ def test_one_differing_image_of_top1_disagreement_abstains_and_the_others_decide
     measured = {0: mixed, 1: rival}
     result = guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0)
     assert result.chosen == MIXED
+    # plan.json says which divergence decided (the disagreement abstained), so a reader leaves its z aside
+    assert result.to_dict("consensus", "calibration")["deciding"] == {"uniform w4a8": [1]}
     worse = Sampled((1 / n, float(quiet.sum())), (one, quiet))  # the one image is the mixed plan's: a veto
     measured = {0: worse, 1: Sampled((0.0, float(loud.sum())), (none, loud))}
     assert guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])],

@@ -111,6 +111,8 @@ class GuardResult:
     reason: str = ""
     margin: float = 0.0  # standard errors of the paired difference the mixed plan had to win by
     z: dict[str, list] = field(default_factory=dict)  # rival -> per divergence, D(mixed) - D(rival) in standard errors
+    # rival -> the divergences that decided against it (the others abstained: both 0, or too few samples differ)
+    deciding: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self, kind: str, data: str) -> dict:
         out = {"divergence": kind, "data": data, "chosen": self.chosen, "reason": self.reason,
@@ -118,6 +120,8 @@ class GuardResult:
         if self.z:
             out["paired_z"] = {k: [None if v is None or not np.isfinite(v) else round(v, 3) for v in zs]
                                for k, zs in self.z.items()}
+        if self.deciding and any(len(v) < len(_tuple(self.divergence[MIXED])) for v in self.deciding.values()):
+            out["deciding"] = self.deciding  # only where some divergence abstained: else every one decided
         samples = [len(v.samples[0]) for v in self.divergence.values() if isinstance(v, Sampled) and v.samples]
         if samples:
             out["samples"] = samples[0]
@@ -197,7 +201,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {show(mixed)} against "
                            f"{show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
-                           margin, z)
+                           margin, z, deciding)
     if all(deciding.values()) and all(lower(label, i, noise=False) for label in rivals for i in deciding[label]):
         # lower everywhere, but within the noise against some rival
         close = min(((label, i, z[label][i]) for label in z for i in deciding[label] if z[label][i] is not None
@@ -215,7 +219,7 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
                            f"{show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
-                           "returned", margin, z)
+                           "returned", margin, z, deciding)
     # which rival and divergence the mixed plan is not lower on (the best rival's figures may all be higher)
     blocking = next(((label, i) for label in sorted(rivals) for i in deciding[label] if not lower(label, i, noise=False)),
                     None)
@@ -227,4 +231,4 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
                        f"{show(mixed)} (ties go to uniform"
                        + (", and the mixed plan must measure lower on every divergence" if width > 1 else "")
-                       + f"{where}): the uniform plan is returned", margin, z)
+                       + f"{where}): the uniform plan is returned", margin, z, deciding)
