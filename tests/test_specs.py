@@ -215,6 +215,39 @@ def test_a_pt_file_of_inputs_and_labels_saved_as_a_pair_is_batched(tmp_path):
     assert [len(b) for b in load_data(str(tmp_path / "two_batches.pt"))] == [50, 50]
 
 
+def test_a_pt_pair_of_inputs_and_targets_of_any_shape_is_inputs_and_labels_never_a_second_batch(tmp_path):
+    """A new user's segmentation masks (N, H, W), regression targets (N, 1) and a denoiser's clean images (the
+    inputs' shape) saved as torch.save((x, y)) were read as two batches: the targets calibrated the model (or failed
+    as a batch of another layout)."""
+    from mixprec.errors import SpecError
+    x = torch.randn(40, 3, 8, 8)
+    for y in (torch.randint(0, 4, (40, 8, 8)), torch.randn(40, 1), torch.randn(40, 3, 8, 8)):
+        torch.save((x, y), tmp_path / "pair.pt")
+        data = load_data(str(tmp_path / "pair.pt"), batch_size=16)
+        assert [tuple(b[0].shape) for b in data] == [(16, 3, 8, 8), (16, 3, 8, 8), (8, 3, 8, 8)]
+        assert torch.equal(torch.cat([b[1] for b in data]), y)
+    torch.save({"x": x, "targets": y}, tmp_path / "keys.pt")  # the names a .npz file takes
+    assert torch.equal(torch.cat([b[1] for b in load_data(str(tmp_path / "keys.pt"))]), y)
+    torch.save([x, torch.randint(0, 4, (40, 8, 8))], tmp_path / "list.pt")  # a list is batches: these cannot be
+    with pytest.raises(SpecError, match=r"save a tuple, torch.save\(\(x, y\), path\)"):
+        load_data(str(tmp_path / "list.pt"))
+
+
+def test_fewer_calibration_samples_than_asked_for_or_very_few_are_said(tmp_path):
+    from mixprec.specs import prepare
+    torch.save(torch.randn(10, 4), tmp_path / "few.pt")
+    model_file = tmp_path / "m.py"
+    model_file.write_text("import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3))\n")
+    _, data, _, groups = prepare(f"{model_file}:build", str(tmp_path / "few.pt"), calibration_samples=100)
+    assert sum(len(b) for b in data) == 10
+    assert any("--calibration-samples 100 asked for more samples" in n and "all 10 are used" in n
+               for n in groups.notes)
+    assert any("only 10 calibration sample(s)" in n for n in groups.notes)
+    torch.save(torch.randn(64, 4), tmp_path / "enough.pt")
+    _, _, _, groups = prepare(f"{model_file}:build", str(tmp_path / "enough.pt"), calibration_samples=64)
+    assert not any("calibration sample" in n for n in groups.notes)
+
+
 def test_an_evaluation_that_raises_is_located_in_the_users_file_even_when_decorated(tmp_path):
     """An --eval function under @torch.no_grad() raised from the user's line, but the error named torch's
     _contextlib.py (the decorator's frame), not the user's file."""

@@ -168,6 +168,11 @@ def _torch_file_kind(path: Path) -> str | None:
     return f"it holds a {type(loaded).__name__} saved with torch.save, not a model"
 
 
+# the names of the inputs and of their labels (or targets) in a .npz file or a .pt dict
+INPUT_KEYS = ("inputs", "x", "images", "data")
+LABEL_KEYS = ("labels", "y", "targets")
+
+
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
               model_spec: str | None = None) -> list:
     """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples.
@@ -184,10 +189,10 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         if not path.is_file():
             raise SpecError(f"--data file {path} does not exist")
         arrays = _read_npz(path)
-        inputs = _pick(arrays, ("inputs", "x", "images", "data"), path)
+        inputs = _pick(arrays, INPUT_KEYS, path)
         if inputs.ndim == 0:
             raise SpecError(f"--data {path}: the inputs are a single number; give an array of shape (N, ...)")
-        labels = next((arrays[k] for k in ("labels", "y", "targets") if k in arrays), None)
+        labels = next((arrays[k] for k in LABEL_KEYS if k in arrays), None)
         if labels is not None and labels.ndim == 0:
             raise SpecError(f"--data {path}: the labels are a single number; give one label per input, an array "
                             f"of shape ({len(inputs)},)")
@@ -200,16 +205,26 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             if not obj.dim():
                 raise SpecError(f"--data {path} holds a single number; give a tensor of shape (N, ...)")
             return _batch(obj, None, batch_size, limit)
-        if isinstance(obj, dict) and "inputs" in obj:
-            if not isinstance(obj["inputs"], torch.Tensor) or not obj["inputs"].dim() or (
-                    obj.get("labels") is not None and not isinstance(obj["labels"], torch.Tensor)):
-                raise SpecError(f"--data {path}: 'inputs' (and 'labels') must be tensors of shape (N, ...)")
-            return _batch(obj["inputs"], obj.get("labels"), batch_size, limit)
+        key = next((k for k in INPUT_KEYS if isinstance(obj, dict) and k in obj), None)
+        if key is not None:  # the keys a .npz file takes, too
+            labels = next((obj[k] for k in LABEL_KEYS if obj.get(k) is not None), None)
+            if not isinstance(obj[key], torch.Tensor) or not obj[key].dim() or (
+                    labels is not None and not isinstance(labels, torch.Tensor)):
+                raise SpecError(f"--data {path}: {key!r} (and {'/'.join(repr(k) for k in LABEL_KEYS)}) must be "
+                                "tensors of shape (N, ...)")
+            return _batch(obj[key], labels, batch_size, limit)
         if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj) \
-                and obj[0].dim() >= 2 and obj[1].dim() == 1 and not obj[1].is_floating_point() \
-                and len(obj[0]) == len(obj[1]):  # torch.save((x, y), path): inputs and their labels
+                and obj[0].dim() >= 1 and obj[1].dim() >= 1 and len(obj[0]) == len(obj[1]):
+            # torch.save((x, y), path): inputs and their labels or targets (class labels, masks, regression
+            # targets, a denoiser's clean images); a list holds batches
             return _batch(obj[0], obj[1], batch_size, limit)
         if isinstance(obj, (list, tuple)):
+            if len(obj) == 2 and all(isinstance(t, torch.Tensor) and t.dim() for t in obj) \
+                    and len(obj[0]) == len(obj[1]) and obj[0].shape[1:] != obj[1].shape[1:]:
+                raise SpecError(f"--data {path} holds a list of two tensors of {len(obj[0])} rows and other shapes, "
+                                f"{tuple(obj[0].shape)} and {tuple(obj[1].shape)}: a list is read as batches, which "
+                                "share one layout. For inputs and their labels or targets, save a tuple, "
+                                "torch.save((x, y), path), or a dict, torch.save({'inputs': x, 'labels': y}, path)")
             return _cap(obj, limit, f"--data {path}")
         raise SpecError(f"--data {path}: expected a tensor, a list of batches or a dict with 'inputs', "
                         f"got {type(obj).__name__}")
@@ -434,7 +449,32 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
     else:
         example = None
     groups = discover_groups(model, example, ties=list(ties), exclude=all_excludes, pins=all_pins)
+    if data_spec and data:
+        import dataclasses
+        groups = dataclasses.replace(groups, notes=groups.notes + tuple(_data_notes(data, data_spec,
+                                                                                    calibration_samples)))
     return model, data, example, groups
+
+
+# fewer calibration samples than this get a note: activation ranges and sensitivities measured on a handful
+# vary from one handful to the next
+FEW_SAMPLES = 16
+
+
+def _data_notes(data: list, data_spec: str, calibration_samples: int | None) -> list[str]:
+    """Notes on the calibration data a user gave: fewer samples than --calibration-samples asked for, or very few."""
+    try:
+        count = sum(batch_size(split_item(item)[0]) for item in data)
+    except (TypeError, IndexError):  # batches of plain values (a model that tokenizes its own texts)
+        return []
+    notes = []
+    if calibration_samples is not None and count < calibration_samples:
+        notes.append(f"--calibration-samples {calibration_samples} asked for more samples than --data {data_spec} "
+                     f"holds: all {count} are used")
+    if count < FEW_SAMPLES:
+        notes.append(f"only {count} calibration sample(s): activation ranges and sensitivities measured on so few "
+                     "vary from one set to the next; the built-in models calibrate on 128 to 512 images (32 text windows)")
+    return notes
 
 
 def _first_row(inputs: Any) -> Any:
