@@ -261,3 +261,17 @@ def test_a_run_reopened_with_its_model_gives_the_groups_quantize_plan_takes(tmp_
     plan = reopened.solve("bytes=w4a8", guard=False)
     result = mixprec.quantize_plan(model, plan, data, reopened.model_groups)
     assert set(result.plan.assignments) == set(plan.assignments)
+
+
+def test_float64_calibration_data_is_read_as_float32_and_a_dataset_gets_a_dataloader_hint():
+    """numpy's default float64 failed in the Python API (the CLI's files were cast already), and a TensorDataset
+    or a list of single samples got only the model's own shape error."""
+    from torch.utils.data import TensorDataset
+    model, data = Mlp().eval(), numpy_batches()
+    as_float64 = [x.astype(np.float64) for x in data]
+    reference = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    analysis = mixprec.analyze(model, as_float64, "w4a8,w8a8", progress=False)
+    np.testing.assert_allclose(analysis.table.values, reference.table.values, rtol=1e-5)
+    dataset = TensorDataset(torch.from_numpy(np.concatenate(data)))
+    with pytest.raises(SpecError, match=r"TensorDataset, a Dataset.*DataLoader\(data, batch_size=32\)"):
+        mixprec.analyze(model, dataset, "w4a8,w8a8", progress=False)

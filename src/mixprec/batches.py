@@ -26,17 +26,35 @@ def tensors_of(inputs: Any) -> Any:
 
 
 def as_batches(data: Any) -> list | None:
-    """Calibration data as a list of items (None stays None), numpy arrays in them made tensors. A single
-    tensor or array is refused: an iterable of batches is wanted, e.g. ``[x]`` or ``list(x.split(32))``."""
+    """Calibration data as a list of items (None stays None), numpy arrays in them made tensors and float64
+    tensors float32 (numpy's default type; the command line reads data files so too). A single tensor or array
+    is refused, and so is a map-style Dataset: an iterable of batches is wanted, e.g. ``[x]``,
+    ``list(x.split(32))`` or a DataLoader."""
     if data is None:
         return None
+    from torch.utils.data import Dataset, IterableDataset
+
+    from .errors import SpecError
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        from .errors import SpecError
         split = "list(x.split(32))" if isinstance(data, torch.Tensor) else "[x[i:i + 32] for i in range(0, len(x), 32)]"
         raise SpecError(f"data is one {type(data).__name__} of shape {tuple(data.shape)}: give an iterable of "
                         f"batches, e.g. [x] for one batch or {split} for batches of 32 (iterated itself, it "
                         f"would give one sample at a time, without its batch axis)")
-    return [tensors_of(item) for item in data]
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        raise SpecError(f"data is a {type(data).__name__}, a Dataset: iterated, it gives one sample at a time, "
+                        "without its batch axis; give batches, e.g. torch.utils.data.DataLoader(data, batch_size=32)")
+    return [_single(tensors_of(item)) for item in data]
+
+
+def _single(item: Any) -> Any:
+    """float64 tensors in ``item`` (at any depth) as float32: the precision the model computes in."""
+    if isinstance(item, torch.Tensor):
+        return item.float() if item.dtype == torch.float64 else item
+    if isinstance(item, dict):
+        return {k: _single(v) for k, v in item.items()}
+    if isinstance(item, (tuple, list)):
+        return type(item)(_single(v) for v in item)
+    return item
 
 
 def split_item(item: Any) -> tuple[Any, Any]:
