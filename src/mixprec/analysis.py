@@ -441,13 +441,18 @@ class Analysis:
                 if k in solution.costs and not within(solution.costs[k], b)]
         if over:  # a search bounded by a measured drop, not by the budget (greedy, bisection): said, never silent
             note = (f"this plan exceeds the budget ({', '.join(over)}): search {search} stops at the measured drop "
-                    "(--max-drop), not at a budget; --search exact, local or greedy-pareto meets the budget")
+                    "(--max-drop), not at a budget; --search exact, local or greedy-pareto meets the budget"
+                    + ("; the guard compares it with the uniform plans of no greater cost than the plan itself"
+                       if guard else ""))
             notes.append(note)
             warnings.warn(note, stacklevel=2)
         guarded = None
         if guard:
             kind_of_plan = goal.kind or problem.default_kind
-            guard_budgets = budgets or {kind_of_plan: solution.costs[kind_of_plan]}
+            # rivals of no greater cost than the plan: the budget, or the plan's own cost where a search bounded by a
+            # measured drop went over it (uniform plans within the budget would be no like-for-like comparison)
+            guard_budgets = {k: max(b, solution.costs[k]) if k in solution.costs else b for k, b in budgets.items()} \
+                if budgets else {kind_of_plan: solution.costs[kind_of_plan]}
             guarded, guard_kind, note = self._guard(problem, solution.choice, guard_budgets, guard_divergence, device,
                                                     say, rounding, guard_margin, guard_part)
             if note:

@@ -305,6 +305,18 @@ def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(d
         assert any("exceeds the budget" in n for n in plan.metadata.get("notes", []))
     exact = analysis.solve(budget, guard=False)  # the exact solver meets it, and says nothing of the kind
     assert not any("exceeds the budget" in n for n in exact.metadata.get("notes", []))
+    # guarded, the plan over its budget is compared with the uniform plans of no greater cost than itself (the
+    # uniform plans within the budget were no like-for-like rivals)
+    with pytest.warns(UserWarning, match="exceeds the budget"):
+        guarded = analysis.solve(budget, search="greedy", evaluate=lambda m: b.evaluate(m, limit=256),
+                                 max_drop="0.5%")
+    assert any("no greater cost than the plan itself" in n for n in guarded.metadata["notes"])
+    limit = float(budget.split("=")[1])
+    # here greedy keeps every group at w8a8 (no lowering meets the drop): uniform w8a8 itself, never swapped for the
+    # uniform w2a8 within the budget that the drop forbids
+    assert guarded.metadata["guard"]["reason"] == "the plan is uniform w8a8"
+    assert analysis.problem().totals(np.array([analysis.problem().candidate_index(guarded.assignments[g])
+                                               for g in analysis.problem().groups]))[1]["bops"] > limit
 
 
 @pytest.mark.parametrize("kwargs,says", [({"guard_divergence": "xx"}, "unknown guard divergence 'xx'"),
