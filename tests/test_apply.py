@@ -175,6 +175,11 @@ def test_torchscript_model_weight_only(tmp_path):
     assert torch.equal(scripted(x), model(x))  # input model untouched
     with pytest.raises(ModelError, match="weight-only"):
         apply(scripted, Plan.uniform(groups, "w4a8"), batches(), progress=False)
+    assert not any("no example input" in n for n in groups.notes)  # it had one: the TorchScript note says why
+    import mixprec  # analyze refuses what quantize would refuse, before measuring anything
+    with pytest.raises(ModelError, match="TorchScript model takes weight-only candidates only.*w4a8 quantize"):
+        mixprec.analyze(scripted, batches(), "w4,w4a8", metric="roundoff", progress=False)
+    assert mixprec.analyze(scripted, batches(), "w4,w8", metric="roundoff", progress=False).table is not None
 
 
 def test_applied_beside_measures_what_apply_builds_and_leaves_the_model_whole():

@@ -28,7 +28,7 @@ from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
 from .errors import GuardSkipped, MixprecError, SpecError
 from .front import Front, FrontPlan
-from .groups import ModelGroups, discover_groups
+from .groups import ModelGroups, discover_groups, is_torchscript
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .quantizers import GRID_VERSION
@@ -815,6 +815,13 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
     cands = _candidate_list(candidates)
+    if is_torchscript(model):  # refused here, as quantize would refuse the plan after the whole analysis
+        quantizing = [c.name for c in cands if not c.weight_only and c.weight is not None]
+        if quantizing:
+            from .errors import ModelError
+            raise ModelError(f"a TorchScript model takes weight-only candidates only (e.g. w4, w8, w4g128): "
+                             f"{', '.join(quantizing)} quantize activations too, which a compiled graph cannot take "
+                             "new modules for. Give weight-only candidates, or the model as file.py:function")
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
         else 0
     run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)

@@ -309,7 +309,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         unused = [n for n in layers if not reads[n]]
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")
-    else:
+    elif not is_torchscript(model):  # a TorchScript model's own note says why it is not traced
         notes.append("no example input: every layer is its own group and MACs are unknown")
 
     owner: dict[int, str] = {}  # id of a weight tensor -> the first layer holding it
