@@ -258,3 +258,15 @@ def test_an_evaluation_that_raises_is_located_in_the_users_file_even_when_decora
     fn = load_eval(f"{f}:score", None)
     with pytest.raises(EvaluationError, match=rf"{f} line 6, in score"):
         fn(torch.nn.Linear(2, 2))
+
+
+def test_an_eval_function_that_cannot_take_the_model_is_refused_when_loaded(tmp_path):
+    from mixprec.errors import SpecError
+    from mixprec.specs import load_eval
+    f = tmp_path / "ev.py"
+    f.write_text("def none():\n    return 1.0\n\ndef two(model, loader):\n    return 1.0\n\n"
+                 "def fine(model, limit=10, *rest, **options):\n    return 2.0\n")
+    for name, sig in (("none", r"none\(\)"), ("two", r"two\(model, loader\)")):
+        with pytest.raises(SpecError, match=rf"called with the model as its one argument.*{sig}"):
+            load_eval(f"{f}:{name}")
+    assert load_eval(f"{f}:fine")(torch.nn.Linear(2, 2)).value == 2.0

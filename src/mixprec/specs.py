@@ -360,6 +360,7 @@ def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module],
         builtin_evaluate = get_builtin(spec).evaluate
         return lambda model: builtin_evaluate(model)
     fn = resolve_callable(spec, "--eval")
+    _check_takes_the_model(fn, spec)
 
     def evaluate(model: nn.Module) -> EvalResult:
         try:
@@ -368,6 +369,22 @@ def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module],
             raise EvaluationError(f"--eval {spec} raised {type(exc).__name__}: {exc} ({user_frame(exc, fn)})") from exc
         return to_eval_result(value, f"--eval {spec}")
     return evaluate
+
+
+def _check_takes_the_model(fn: Callable, spec: str) -> None:
+    """An --eval function is called with the model alone: one that cannot be is refused when it is loaded, before
+    any quantization (it failed after it, with the error located in mixprec)."""
+    import inspect
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a built-in or a C function: nothing to read
+        return
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        raise SpecError(f"--eval {spec}: the function is called with the model as its one argument, fn(model), but "
+                        f"its signature is {fn.__name__}{signature} ({exc}); give it one parameter for the model, "
+                        "e.g. def evaluate(model): ... return accuracy") from None
 
 
 def user_frame(exc: BaseException, fn: Callable) -> str:
