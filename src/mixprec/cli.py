@@ -495,6 +495,11 @@ def cmd_pareto(args) -> int:
               f"their cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})")
     for cand in front.uniform_above_front():
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
+    for i, j in front.below_cheaper():
+        print(f"note: front plan {i} ({kind} {front.plans[i].costs[kind]:.6g}) measures "
+              f"{front.plans[i].measured['value']:.4g}, worse than the cheaper plan {j} ({front.plans[j].measured['value']:.4g}):"
+              " the sensitivities, each measured alone, mispredict it; pick the cheaper one, or mixprec solve at that "
+              "budget with --search local, which measures its moves")
     report = analysis.report(front, out)
     print(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
     return 0

@@ -100,6 +100,24 @@ class Front:
                 out.append(cand)
         return out
 
+    def below_cheaper(self) -> list[tuple[int, int]]:
+        """(i, j): front plan i measures worse than plan j, which costs less. The sensitivities predicted i better
+        (it is on the front), the measurement says otherwise: a plan the user should not pick (measured plans
+        only; j is the best-measured cheaper plan)."""
+        out = []
+        for i, p in enumerate(self.plans):
+            if p.measured is None:
+                continue
+            higher = p.measured.get("higher_is_better", True)
+            cheaper = [(q.measured["value"], j) for j, q in enumerate(self.plans)
+                       if q.measured is not None and q.costs[self.kind] < p.costs[self.kind]]
+            if not cheaper:
+                continue
+            value, j = (max if higher else min)(cheaper)
+            if value > p.measured["value"] if higher else value < p.measured["value"]:
+                out.append((i, j))
+        return out
+
     def plan(self, index: int) -> "Plan":
         """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its
         costs, predicted sensitivity, search and guard in the metadata."""

@@ -561,6 +561,12 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
                 cells.append((_e(entry.get("evaluations", "")), True))
             rows.append((cells, False))
         parts.append("<h2>Uniform candidates and searches</h2>" + _table_html(header, rows))
+        below = _below_cheaper(pareto)
+        if below:
+            parts.append("<p class=\"note\"><b>Measured below a cheaper plan:</b> " + "; ".join(
+                f"front plan {i} measures worse than the cheaper plan {j}" for i, j in below)
+                + ". The sensitivities, each measured alone, mispredict these plans: pick the cheaper one, or solve "
+                "at that budget with <code>--search local</code>, which measures its moves.</p>")
         above = _uniform_above_front(pareto)
         if above:
             parts.append(f"<p class=\"note\"><b>Above the front:</b> uniform {_e(', '.join(above))} measure(s) better "
@@ -636,6 +642,13 @@ def _selected_html(pareto: dict, table: "SensitivityTable", costs: "CostTables |
             + (f", measured {_e(measured.get('name', 'metric'))} {_e(_num(measured['value']))}" if measured else "")
             + f"; candidates: {_e(summary)}.</p>" + _table_html(header, rows)
             + (f"<p class=\"note\">left in float: {_e(', '.join(map(str, excluded)))}</p>" if excluded else ""))
+
+
+def _below_cheaper(pareto: dict) -> list[tuple[int, int]]:
+    try:
+        return Front.from_dict(pareto).below_cheaper()
+    except (KeyError, TypeError, ValueError, AttributeError, MixprecError):
+        return []  # a hand-made or partial pareto.json: no flag rather than no report
 
 
 def _uniform_above_front(pareto: dict) -> list[str]:
