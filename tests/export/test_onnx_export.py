@@ -1,4 +1,5 @@
 """Export to ONNX Runtime CPU: what is written is what was simulated, and the report tells what runs."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -1114,3 +1115,117 @@ def test_an_exported_metric_beyond_rounding_noise_of_the_simulated_is_said_plain
     same = _gap_note(result(100.0, 0.0, 1.0), saturating=True)
     assert same and "same prediction on all 600" in same and "evaluation function" in same
     assert "saturation" not in same
+
+
+@dataclasses.dataclass
+class HeadsOut:
+    """A user's own output class (not a Hugging Face ModelOutput): what the evaluation reads as ``out.logits``."""
+    logits: torch.Tensor
+    aux: torch.Tensor
+    extra: tuple = ()
+    missing: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerOut:
+    hidden: torch.Tensor
+    pooled: torch.Tensor = dataclasses.field(init=False, default=None)  # set after construction
+
+    def __post_init__(self):
+        object.__setattr__(self, "pooled", self.hidden.mean(1))
+
+
+class DataclassHeads(nn.Module):
+    """Returns a @dataclass holding tensors, a tuple with a nested (frozen) dataclass, and a None."""
+
+    def __init__(self, inner: bool = True):
+        super().__init__()
+        torch.manual_seed(4)
+        self.body = nn.Linear(6, 12)
+        self.head = nn.Linear(12, 3)
+        self.aux = nn.Linear(12, 1)
+        self.inner = inner
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return HeadsOut(self.head(h), self.aux(h), extra=(InnerOut(h) if self.inner else h, h.sum(0)))
+
+
+def test_a_dataclass_output_exports_and_comes_back_as_that_dataclass(tmp_path):
+    model, data = DataclassHeads(inner=False).eval(), batches((6,))
+    p = plan(model, data, {"body": W8, "{head,aux}": W8})
+    result = export(model, p, data, out=tmp_path / "dc.onnx", progress=False)
+    simulated = apply(model, p, data, progress=False)
+    x = batches((6,), n=1, size=5)[0]  # another batch size: the batch axis of each output is dynamic
+    got, want = OrtModule(result.path)(x), simulated(x)
+    assert type(got) is HeadsOut and got.missing is None
+    assert got.logits.shape == (5, 3) and got.aux.shape == (5, 1)
+    assert got.extra[0].shape == (5, 12) and got.extra[1].shape == (12,)
+    # the user's evaluation reads out.logits as it does on the simulated model: within a step of the output grid
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-2)
+    torch.testing.assert_close(got.aux, want.aux, rtol=0, atol=1e-2)
+    torch.testing.assert_close(got.extra[1], want.extra[1], rtol=0, atol=1e-2)
+    assert result.agreement["calibration"] > 0.9  # export's own checks read the dataclass's logits
+
+
+def test_a_nested_dataclass_with_a_field_set_after_construction_comes_back_as_itself(tmp_path):
+    # joins off: torch.fx (which places them) rebuilds a dataclass output with its init=False fields as arguments
+    model, data = DataclassHeads().eval(), batches((6,))
+    p = plan(model, data, {"body": W8, "{head,aux}": W8})
+    result = export(model, p, data, out=tmp_path / "dc.onnx", progress=False, joins=False)
+    got, want = OrtModule(result.path)(data[0]), apply(model, p, data, progress=False, joins=False)(data[0])
+    assert type(got) is HeadsOut and type(got.extra[0]) is InnerOut
+    torch.testing.assert_close(got.extra[0].pooled, want.extra[0].pooled, rtol=0, atol=1e-3)  # set after construction
+    torch.testing.assert_close(got.extra[0].hidden, want.extra[0].hidden, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-2)
+
+
+def test_a_dataclass_output_whose_class_cannot_be_found_comes_back_as_a_dict_with_a_warning(tmp_path, monkeypatch):
+    model, data = DataclassHeads(inner=False).eval(), batches((6,))
+    p = plan(model, data, {"body": W8, "{head,aux}": W8})
+    result = export(model, p, data, out=tmp_path / "dc.onnx", progress=False)
+    from mixprec.export import ort as ort_module
+    monkeypatch.setattr(ort_module, "_find_class", lambda name, file, fields: (None, "its module is not loaded"))
+    exported = OrtModule(result.path)
+    with pytest.warns(UserWarning, match=r"dataclass HeadsOut .*its module is not loaded.*dict of its fields"):
+        got = exported(data[0])
+    assert isinstance(got, dict) and got.logits.shape == (16, 3) and got["aux"].shape == (16, 1)
+    assert got.missing is None and got.extra[1].shape == (12,)
+
+
+class Opaque:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class OpaqueOut(nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(6, 3)
+        self.wrap = wrap
+
+    def forward(self, x):
+        return self.wrap(self.fc(x))
+
+
+@pytest.mark.parametrize("wrap, named", [
+    (Opaque, r"its output is a .*Opaque"),
+    (lambda t: {"logits": t, "count": 3}, r"its output\['count'\] \(in a dict\) is an int"),
+    (lambda t: HeadsOut(t, t, extra=(t, "label")), r"its output.extra\[1\] \(in a HeadsOut\) is a str"),
+])
+def test_an_output_an_onnx_file_cannot_hold_is_a_clear_error_before_torch_exports(tmp_path, monkeypatch, wrap, named):
+    from mixprec.export import onnx_graph as graph
+    model, data = OpaqueOut(wrap).eval(), batches((6,))
+    p = plan(model, data, {"fc": W8})
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("torch.onnx.export ran")
+    monkeypatch.setattr(graph, "_export", not_reached)
+    import sys
+    monkeypatch.setattr(sys.modules["mixprec.apply"], "apply", not_reached)  # before any calibration, too
+    with pytest.raises(ModelError, match=named) as caught:
+        export(model, p, data, out=tmp_path / "bad.onnx", progress=False)
+    assert "dataclasses" in str(caught.value) and "dicts" in str(caught.value)
+    with pytest.raises(ModelError, match=named):  # the check the export makes, on the float model
+        graph.check_model_output(model, data[0])

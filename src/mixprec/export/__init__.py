@@ -230,6 +230,9 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         example_input = _drop(example_input, labels)
         notes.append(f"the file leaves out the input(s) {labels}: the model takes them for its loss, not for its "
                      "prediction (OrtModule ignores them where they are given)")
+    if batches or example_input is not None:  # an output the file cannot hold: said before any calibration
+        from .onnx_graph import check_model_output
+        check_model_output(model, _first_input(batches, example_input))
     flow = control_flow(model)
     if flow:
         notes.append(f"the model's forward branches or loops on tensor values (torch.fx: {flow}): the file holds the "

@@ -15,9 +15,11 @@ output channel, so folding multiplies each channel's scale and keeps the simulat
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import json
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +89,7 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
 
 OUTPUTS_KEY = "mixprec.outputs"  # the metadata holding the structure of several outputs
 NONES_KEY = "mixprec.output_nones"  # the positions among its leaves of the None values a dict output held
+CLASSES_KEY = "mixprec.output_classes"  # the dataclasses among the outputs (written as dicts of their fields)
 
 
 def export_float(model: nn.Module, example: Any, opset: int = OPSET):
@@ -121,7 +124,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     # integer images) keep their other axes (mixprec.export notes their fixed shape)
     dynamic = {n: ({0: "batch", 1: f"{n}_length"} if token_like(t) else {0: "batch"})
                for n, t in zip(names, tensors) if t.dim() >= 1}
-    module, outputs, metadata = model, ["output"], {}
+    module, outputs, metadata, structure, classes = model, ["output"], {}, None, []
     dynamic["output"] = {0: "batch"}
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
     signature = step(example) if callable(step) and isinstance(example, torch.Tensor) else None
@@ -138,12 +141,16 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
             called = args[0] if len(args) == 1 and isinstance(args[0], (dict, torch.Tensor)) else args
             structure = _output_structure(model, called, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
             if structure is not None:  # a tuple, a dict, a model output: each tensor named, OrtModule rebuilds it
-                outputs, batched, metadata[OUTPUTS_KEY], nones = structure
+                outputs, batched, metadata[OUTPUTS_KEY], nones, classes = structure
                 if nones:
                     metadata[NONES_KEY] = json.dumps(nones)
+                if classes:
+                    metadata[CLASSES_KEY] = json.dumps(classes)
                 dynamic.pop("output")
                 dynamic.update({n: {0: "batch"} for n, b in zip(outputs, batched) if b})
-        _export(module, args, buffer, opset, names, outputs, dynamic)
+        # dataclasses among the outputs are traced as the dicts of their fields (the exporter takes no dataclass)
+        with _plain_outputs(model if signature is None and structure is not None and classes else None):
+            _export(module, args, buffer, opset, names, outputs, dynamic)
     graph = onnx.load_from_string(buffer.getvalue())
     _cast_bool_cumsums(graph)
     stored = {i.name for i in graph.graph.initializer}
@@ -347,11 +354,13 @@ def _without_cache(model):
 
 
 def _output_structure(model: nn.Module, example: Any,
-                      batch: int | None) -> tuple[list[str], list[bool], str, list[int]] | None:
-    """For a model that returns several tensors (in tuples, lists and dicts): the graph's output names, whether
-    each leads with the batch, the structure as JSON (``torch.utils._pytree``) and the positions of its None
-    leaves (a dict's None values: the file has no output for them, OrtModule puts them back); None for one
-    tensor or a structure of other things (the exporter's own outputs then)."""
+                      batch: int | None) -> tuple[list[str], list[bool], str, list[int], list[dict]] | None:
+    """For a model that returns several tensors (in tuples, lists, dicts, dataclasses): the graph's output names,
+    whether each leads with the batch, the structure as JSON (``torch.utils._pytree``, a dataclass as the dict of
+    its fields), the positions of its None leaves (a dict's None values: the file has no output for them,
+    OrtModule puts them back) and the dataclasses it holds (:func:`_plain`, which OrtModule builds again); None
+    for one tensor, or a structure pytree cannot write (the exporter's own outputs then). An output the file
+    cannot hold (a number, a string, an object of another class) is a ModelError, raised before the export."""
     from torch.utils._pytree import tree_flatten, treespec_dumps
     with torch.no_grad():
         try:
@@ -361,28 +370,141 @@ def _output_structure(model: nn.Module, example: Any,
             return None
     if isinstance(produced, torch.Tensor):
         return None
-    leaves, spec = tree_flatten(_plain(produced))
+    check_output(produced)
+    classes: list[dict] = []
+    leaves, spec = tree_flatten(_plain(produced, classes))
     nones = [i for i, leaf in enumerate(leaves) if leaf is None]
     tensors = [leaf for leaf in leaves if leaf is not None]
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-        return None
     try:
         text = treespec_dumps(spec)
+        json.dumps(classes)
     except Exception:  # a container type pytree cannot write
         return None
     names = ["output"] + [f"output{i}" for i in range(1, len(tensors))]
-    return names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in tensors], text, nones
+    return (names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in tensors], text, nones,
+            classes)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with its mappings (dicts, a Hugging Face model's output) as dicts and its sequences as tuples or
-    lists, in order: the structure the exporter writes the outputs in. A Hugging Face output's None fields
-    are not among its items; a plain dict's None values stay (leaves the file has no output for)."""
+SUPPORTED_OUTPUTS = ("a tensor, or tuples, lists, dicts, dataclasses and Hugging Face model outputs of tensors "
+                     "(nested; None values allowed)")
+
+
+def check_output(produced: Any) -> None:
+    """A ModelError naming the first part of a model's output an ONNX file cannot hold (anything but tensors,
+    None, and tuples, lists, dicts and dataclasses of them), and what it can hold."""
+    found = _unsupported(produced, "output")
+    if found is None:
+        if not any(isinstance(leaf, torch.Tensor) for leaf in _leaves(produced)):
+            raise ModelError(f"the model's output ({type(produced).__name__}) holds no tensor, so there is nothing "
+                             f"for an ONNX file to output; export supports outputs that are {SUPPORTED_OUTPUTS}")
+        return
+    where, value = found
+    kind = type(value)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    whole = "" if where == "output" else f" (in a {type(produced).__name__})"
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    raise ModelError(f"cannot export the model to ONNX: its {where}{whole} is {article} {name}, which an ONNX file "
+                     f"cannot output; export supports outputs that are {SUPPORTED_OUTPUTS}: return those from forward "
+                     "(e.g. a @dataclass or a dict of its tensors), with anything else kept outside the model")
+
+
+def check_model_output(model: nn.Module, example: Any) -> None:
+    """:func:`check_output` on what ``model`` returns for ``example`` (a tensor, or a tuple or dict of inputs),
+    so that an output the file cannot hold fails before any slow work; nothing if the model fails to run."""
+    with torch.no_grad():
+        try:
+            produced = (model(**example) if isinstance(example, dict) else
+                        model(*example) if isinstance(example, (tuple, list)) else model(example))
+        except Exception:  # the model's own error comes later, where it is run for the export
+            return
+    if not isinstance(produced, torch.Tensor):
+        check_output(produced)
+
+
+def _is_dataclass(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _fields(value: Any) -> list:
+    """A dataclass's fields that the instance holds (one declared with init=False and never set has no value)."""
+    return [f for f in dataclasses.fields(value) if hasattr(value, f.name)]
+
+
+def _leaves(value: Any):
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        for v in value.values():
+            yield from _leaves(v)
+    elif _is_dataclass(value):
+        for f in _fields(value):
+            yield from _leaves(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _unsupported(value: Any, where: str) -> tuple[str, Any] | None:
+    """(where, value) of the first part of ``value`` that is neither a tensor, None, nor a tuple, list, mapping
+    or dataclass of them; None if there is none."""
+    if value is None or isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, Mapping):
+        parts = ((f"{where}[{k!r}]", v) for k, v in value.items())
+    elif _is_dataclass(value):
+        parts = ((f"{where}.{f.name}", getattr(value, f.name)) for f in _fields(value))
+    elif isinstance(value, (tuple, list)):
+        parts = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return where, value
+    return next((found for w, v in parts if (found := _unsupported(v, w)) is not None), None)
+
+
+def _plain(value: Any, classes: list[dict] | None = None, path: tuple = ()) -> Any:
+    """``value`` with its mappings (dicts, a Hugging Face model's output) and dataclasses as dicts and its
+    sequences as tuples or lists, in order: the structure the exporter writes the outputs in. A Hugging Face
+    output's None fields are not among its items; a plain dict's None values, and a dataclass's, stay (leaves
+    the file has no output for). classes: where each dataclass is appended as {"path": the keys and positions
+    that lead to it, "class": "module:qualname", "file": its module's file, "fields", "init": the fields its
+    constructor takes}, so OrtModule can build it again."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v, classes, path + (k,)) for k, v in value.items()}
+    if _is_dataclass(value):
+        fields = _fields(value)
+        if classes is not None:
+            kind = type(value)
+            module = sys.modules.get(kind.__module__)
+            classes.append({"path": list(path), "class": f"{kind.__module__}:{kind.__qualname__}",
+                            "file": getattr(module, "__file__", None), "fields": [f.name for f in fields],
+                            "init": [f.name for f in fields if f.init]})
+        return {f.name: _plain(getattr(value, f.name), classes, path + (f.name,)) for f in fields}
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value] if isinstance(value, list) else tuple(_plain(v) for v in value)
+        items = [_plain(v, classes, path + (i,)) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     return value
+
+
+@contextmanager
+def _plain_outputs(model: nn.Module | None):
+    """``model.forward`` returning its output as :func:`_plain` writes it (its dataclasses as dicts), for the
+    exporter, which takes tensors, tuples, lists and dicts only; the forward the instance had is put back after
+    (mixprec's own bindings, :func:`_bound`, keep their order)."""
+    if model is None:
+        yield
+        return
+    own = model.__dict__.get("forward")
+    forward = model.forward
+
+    def plain(*args, **kwargs):
+        return _plain(forward(*args, **kwargs))
+    model.forward = plain
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _var_keyword(model: nn.Module) -> bool:

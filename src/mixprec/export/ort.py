@@ -105,12 +105,108 @@ class Outputs(dict):
         return tuple(self.values())
 
 
-def _outputs(value: Any) -> Any:
+def _outputs(value: Any, classes: dict | None = None, path: tuple = ()) -> Any:
+    """The outputs of a file in the structure its model returned: its dicts as :class:`Outputs`, and the dicts
+    that were dataclasses (``classes``: path -> OutputClass) built again as instances of those."""
     if isinstance(value, dict):
-        return Outputs({k: _outputs(v) for k, v in value.items()})
+        fields = {k: _outputs(v, classes, path + (k,)) for k, v in value.items()}
+        kind = classes.get(path) if classes else None
+        return kind.build(fields) if kind is not None else Outputs(fields)
     if isinstance(value, (tuple, list)):
-        return type(value)(_outputs(v) for v in value)
+        return type(value)(_outputs(v, classes, path + (i,)) for i, v in enumerate(value))
     return value
+
+
+class OutputClass:
+    """A dataclass a model returned, as its file's metadata ``mixprec.output_classes`` names it: ``build``
+    makes it again from its fields, or, where that class cannot be found or constructed here, gives an
+    :class:`Outputs` (``out.logits`` and ``out["logits"]`` still read) with a warning saying why, once. The class
+    is looked up on the first call, so that a model or evaluation file loaded after the OrtModule counts."""
+
+    def __init__(self, entry: dict, where: str):
+        self.name = str(entry.get("class", "?"))
+        self.file = entry.get("file")
+        self.fields = list(entry.get("fields", []))
+        self.init = list(entry.get("init", self.fields))
+        self.where = where
+        self.kind: type | None = None
+        self.found = self.warned = False
+
+    def build(self, fields: dict) -> Any:
+        if not self.found:
+            self.found = True
+            self.kind, why = _find_class(self.name, self.file, self.fields)
+            if self.kind is None:
+                self._fall_back(why)
+        if self.kind is None:
+            return Outputs(fields)
+        try:
+            value = self.kind(**{k: fields[k] for k in self.init})
+            for k in self.fields:
+                if k not in self.init:  # a field its constructor does not take (init=False)
+                    object.__setattr__(value, k, fields[k])
+            return value
+        except Exception as exc:  # the user's class: its __init__ or __post_init__ may refuse anything
+            self._fall_back(f"constructing it from its fields raised {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            return Outputs(fields)
+
+    def _fall_back(self, why: str) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        import warnings
+        module, _, qualname = self.name.partition(":")
+        where = f"defined in {self.file}" if self.file else f"module {module}"
+        warnings.warn(f"{self.where}: the model returned a dataclass {qualname} ({where}), which cannot be built "
+                      f"again here: {why}; its outputs come back as a dict of its fields, which also reads as "
+                      "attributes (out.logits, out['logits'])", UserWarning, stacklevel=2)
+
+
+def _find_class(name: str, file: str | None, fields: list[str]) -> tuple[type | None, str]:
+    """The dataclass ``module:qualname`` names, with the ``fields`` the file recorded: from its module if it is
+    loaded (or another module loaded from the same ``file``: a model file mixprec loaded under another name);
+    never imported: a file's metadata does not make code run; (None, why) if it is not found or is not that
+    dataclass."""
+    import dataclasses
+    import sys
+
+    module_name, _, qualname = name.partition(":")
+    if not module_name or not qualname or "<locals>" in qualname:
+        return None, "it is defined inside a function" if "<locals>" in qualname else f"{name!r} names no class"
+
+    def same_file(module) -> bool:
+        path = getattr(module, "__file__", None)
+        try:
+            return bool(file and path and os.path.samefile(path, file))
+        except OSError:
+            return False
+
+    # a model file mixprec loaded (file.py:function) has a module name of that process alone, and __main__ is
+    # whichever script runs: those are found by their file; another module by its name
+    by_name = module_name != "__main__" and not module_name.startswith("_mixprec_user_")
+    modules, failure = [], ""
+    if by_name:  # already loaded only: a file's metadata never makes a module run (import it to get the class)
+        if sys.modules.get(module_name) is not None:
+            modules.append(sys.modules[module_name])
+        else:
+            failure = (f"its module {module_name} is not loaded in this process (import it before calling the file's "
+                       "model to get the dataclass back)")
+    elif sys.modules.get(module_name) is not None and (not file or same_file(sys.modules[module_name])):
+        modules.append(sys.modules[module_name])
+    modules += [m for m in list(sys.modules.values()) if m is not None and same_file(m) and m not in modules]
+    if not modules:
+        return None, failure or (f"its file {file} is not loaded in this process" if file else
+                                 f"its module {module_name} is not loaded in this process")
+    for module in modules:
+        kind = module
+        for part in qualname.split("."):
+            kind = getattr(kind, part, None)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            if {f.name for f in dataclasses.fields(kind)} >= set(fields):
+                return kind, ""
+            return None, f"its fields are now {[f.name for f in dataclasses.fields(kind)]}, not {fields}"
+    return None, f"{module_name} has no dataclass {qualname}"
 
 
 _FLOATS = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64}
@@ -143,6 +239,7 @@ class OrtModule(nn.Module):
         self.kv_cache = kv_cache(self.session)
         self.structure = output_structure(self.session)
         self.nones = _positions(self.session, "mixprec.output_nones")
+        self.classes = output_classes(self.session, path.name)
         self.constants = _positions(self.session, "mixprec.constant_inputs")
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -179,7 +276,8 @@ class OrtModule(nn.Module):
             from torch.utils._pytree import tree_unflatten
             it = iter(outputs)  # a dict's None values have no output in the file: they go back where they were
             leaves = [None if i in self.nones else next(it) for i in range(self.structure.num_leaves)]
-            return _outputs(tree_unflatten(leaves, self.structure))  # the dict or tuple the model returned
+            # the dict, tuple or dataclass the model returned
+            return _outputs(tree_unflatten(leaves, self.structure), self.classes)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _array(self, name: str, value: Any) -> np.ndarray:
@@ -219,6 +317,17 @@ def output_structure(session):
         return treespec_loads(meta) if meta else None
     except Exception:
         return None
+
+
+def output_classes(session, where: str = "") -> dict:
+    """The dataclasses among the outputs of a file's model (its ``mixprec.output_classes`` metadata), by their
+    path in the structure: path -> :class:`OutputClass`; {} if none or unreadable."""
+    meta = session.get_modelmeta().custom_metadata_map.get("mixprec.output_classes")
+    try:
+        entries = json.loads(meta) if meta else []
+        return {tuple(e["path"]): OutputClass(e, where) for e in entries}
+    except (ValueError, TypeError, KeyError):
+        return {}
 
 
 def kv_cache(session) -> dict | None:
