@@ -272,6 +272,8 @@ def test_float64_calibration_data_is_read_as_float32_and_a_dataset_gets_a_datalo
     reference = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
     analysis = mixprec.analyze(model, as_float64, "w4a8,w8a8", progress=False)
     np.testing.assert_allclose(analysis.table.values, reference.table.values, rtol=1e-5)
+    double = Mlp().double().eval()  # a model that computes in float64 keeps its float64 data
+    assert mixprec.analyze(double, as_float64, "w4a8,w8a8", progress=False).table is not None
     dataset = TensorDataset(torch.from_numpy(np.concatenate(data)))
     with pytest.raises(SpecError, match=r"TensorDataset, a Dataset.*DataLoader\(data, batch_size=32\)"):
         mixprec.analyze(model, dataset, "w4a8,w8a8", progress=False)

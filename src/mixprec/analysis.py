@@ -51,8 +51,8 @@ DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 HOLDOUT = 0.0
 
 
-def _batches(data: Iterable | None) -> list:
-    return [] if data is None else as_batches(data)
+def _batches(data: Iterable | None, model: nn.Module | None = None) -> list:
+    return [] if data is None else as_batches(data, model)
 
 
 def _candidate_list(candidates: str | Iterable[str | Candidate]) -> list[Candidate]:
@@ -135,7 +135,7 @@ class Analysis:
     def _attach(self, model: nn.Module, data: Iterable | None, evaluate: Callable | None) -> None:
         """The model and calibration data this run measured, given again in memory (checked against its
         fingerprint, prepared as the analysis prepared them), for measuring plans."""
-        batches = _batches(data)
+        batches = _batches(data, model)
         if not batches:
             raise SpecError("model= needs data=: the calibration batches the run measured (plans are calibrated and "
                             "measured on them)")
@@ -793,7 +793,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     if given:
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}
-    batches = _batches(data)
+    batches = _batches(data, model)
     device = torch.device(device) if device is not None else device_of(model)
     if joins is None:
         joins = False

@@ -97,7 +97,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
         raise ModelError("join quantizers need a model torch.fx can trace, not a TorchScript model; give the "
                          "model as file.py:function or quantize without joins")
     model = canonical(model)  # the layers plans name (mixprec.canonical)
-    calibration_data = as_batches(calibration_data)  # a list: read more than once (a generator would be spent)
+    calibration_data = as_batches(calibration_data, model)  # a list: read more than once (a generator would be spent)
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the

@@ -25,11 +25,11 @@ def tensors_of(inputs: Any) -> Any:
     return inputs
 
 
-def as_batches(data: Any) -> list | None:
+def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     """Calibration data as a list of items (None stays None), numpy arrays in them made tensors and float64
-    tensors float32 (numpy's default type; the command line reads data files so too). A single tensor or array
-    is refused, and so is a map-style Dataset: an iterable of batches is wanted, e.g. ``[x]``,
-    ``list(x.split(32))`` or a DataLoader."""
+    tensors float32 (numpy's default type; the command line reads data files so too), except for a ``model``
+    that computes in float64. A single tensor or array is refused, and so is a map-style Dataset: an iterable of
+    batches is wanted, e.g. ``[x]``, ``list(x.split(32))`` or a DataLoader."""
     if data is None:
         return None
     from torch.utils.data import Dataset, IterableDataset
@@ -43,7 +43,8 @@ def as_batches(data: Any) -> list | None:
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         raise SpecError(f"data is a {type(data).__name__}, a Dataset: iterated, it gives one sample at a time, "
                         "without its batch axis; give batches, e.g. torch.utils.data.DataLoader(data, batch_size=32)")
-    return [_single(tensors_of(item)) for item in data]
+    double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
+    return [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
 
 
 def _single(item: Any) -> Any:

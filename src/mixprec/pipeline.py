@@ -120,7 +120,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     for change in plan.pin(groups):
         notify(f"pin applied: {change}", progress)
     config = rounding_config(rounding, **(rounding_options or {}))
-    batches = as_batches(data)
+    batches = as_batches(data, model)
     device = torch.device(device) if device is not None else device_of(model)
     if stream:
         stream_blocks(model, device)
@@ -179,7 +179,7 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
     :func:`quantize_plan` (evaluated with ``evaluate`` when given). target: the export target the plan is for
     (``"ort-cpu"``: candidates it cannot run are never chosen, and its int8 graph's join quantizers are
     measured and applied; ``joins`` as :func:`mixprec.analyze`'s)."""
-    batches = as_batches(data)
+    batches = as_batches(data, model)
     analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
                        weight_range=weight_range, activation_range=activation_range, device=device, progress=progress,
                        target=target, joins=joins)

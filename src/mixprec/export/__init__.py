@@ -222,7 +222,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     from ..joins import join_quantizers, onnx_mode
     from .ort import OrtModule, join_kernels, optimized_graph, runtime_kernels
 
-    batches = as_batches(data)
+    batches = as_batches(data, model)
     notes: list[str] = []
     labels = _label_keys(model, _first_input(batches, example_input) if batches or example_input is not None else None)
     if labels:  # traced, calibrated and exported without them: the file predicts
