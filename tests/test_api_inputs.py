@@ -277,3 +277,21 @@ def test_float64_calibration_data_is_read_as_float32_and_a_dataset_gets_a_datalo
     dataset = TensorDataset(torch.from_numpy(np.concatenate(data)))
     with pytest.raises(SpecError, match=r"TensorDataset, a Dataset.*DataLoader\(data, batch_size=32\)"):
         mixprec.analyze(model, dataset, "w4a8,w8a8", progress=False)
+
+
+def test_a_list_of_single_samples_gets_a_hint_about_the_batch_axis():
+    """A list of samples, each without its batch axis, failed with the model's own shape error alone."""
+    from mixprec.errors import ModelError
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(2, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 16, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+    samples = [torch.randn(2, 16) for _ in range(8)]  # one sample each: (channels, length)
+    with pytest.raises(ModelError, match=r"one sample, without its batch axis\? Give batches: a DataLoader"):
+        mixprec.analyze(Net().eval(), samples, "w4a8,w8a8", progress=False)
+    assert mixprec.analyze(Net().eval(), [torch.stack(samples)], "w4a8,w8a8", progress=False).table is not None

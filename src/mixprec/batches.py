@@ -235,3 +235,21 @@ def input_hint(model: torch.nn.Module, inputs: Any) -> str:
         hints.append(f"its sequences are {ids.shape[-1]} tokens long, and the model ({source}) has {positions} "
                      "positions: give shorter windows (e.g. length= in a text: or ppl: spec).")
     return (" " + " ".join(h[0].upper() + h[1:] for h in hints)) if hints else ""
+
+
+def batch_axis_hint(model: torch.nn.Module, inputs: Any) -> str:
+    """A sentence to add to a model's error where its input looks like one sample without its batch axis (a
+    dimension fewer than its first convolution takes: a list of samples given where batches are wanted), or ""."""
+    try:
+        x = first_tensor(inputs)
+    except TypeError:
+        return ""
+    wanted = {torch.nn.Conv1d: 3, torch.nn.Conv2d: 4, torch.nn.Conv3d: 5, torch.nn.ConvTranspose1d: 3,
+              torch.nn.ConvTranspose2d: 4, torch.nn.ConvTranspose3d: 5}
+    first = next((m for m in model.modules() if type(m) in wanted), None)
+    if first is None or not isinstance(x, torch.Tensor) or x.dim() != wanted[type(first)] - 1:
+        return ""
+    return (f" The input has {x.dim()} dimensions, {tuple(x.shape)}, and the model's first convolution takes "
+            f"{wanted[type(first)]} with the batch first: is each calibration item one sample, without its batch "
+            "axis? Give batches: a DataLoader (torch.utils.data.DataLoader(dataset, batch_size=32)), or "
+            "list(x.split(32)) of a tensor of every sample.")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .canonical import canonical, conversions
-from .batches import batch_size, describe_shape, input_hint, outputs_note, run_model, tensors_of, to_device
+from .batches import batch_axis_hint, batch_size, describe_shape, input_hint, outputs_note, run_model, tensors_of, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
 
@@ -302,7 +302,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                     "take, or give batches of (dict of inputs, labels)." if "unexpected keyword argument" in str(exc)
                     else "")
             raise ModelError(f"the model failed on the example input {shape}: "
-                             f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)} Check that the data "
+                             f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)}"
+                             f"{batch_axis_hint(model, example_input)} Check that the data "
                              f"matches what the model expects.{hint}") from exc
         if output_note:
             notes.append(output_note)
