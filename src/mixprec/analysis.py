@@ -816,7 +816,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
     cands = _candidate_list(candidates)
     if is_torchscript(model):  # refused here, as quantize would refuse the plan after the whole analysis
-        quantizing = [c.name for c in cands if not c.weight_only and c.weight is not None]
+        quantizing = [c.name for c in cands if c.quantizes_input]
         if quantizing:
             from .errors import ModelError
             raise ModelError(f"a TorchScript model takes weight-only candidates only (e.g. w4, w8, w4g128): "

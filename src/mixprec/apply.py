@@ -207,7 +207,7 @@ def applied_beside(model: nn.Module, plan: Plan, calibration_data: Iterable | No
 def _apply_torchscript(model: nn.Module, candidates: dict[str, Candidate], weight_method: str,
                        weights: dict[str, torch.Tensor]) -> nn.Module:
     """A compiled graph cannot take new modules: weights are quantized in place, inputs stay float."""
-    with_activations = sorted(n for n, c in candidates.items() if not c.weight_only and c.weight is not None)
+    with_activations = sorted(n for n, c in candidates.items() if c.quantizes_input)
     if with_activations:
         raise ModelError(f"a TorchScript model takes weight-only candidates only (e.g. w4, w8, w4g128); layer "
                          f"{with_activations[0]!r} is planned as {candidates[with_activations[0]].name}. Give the "

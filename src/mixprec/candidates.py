@@ -88,6 +88,11 @@ class Candidate:
     def weight_only(self) -> bool:
         return self.activation is None
 
+    @property
+    def quantizes_input(self) -> bool:
+        """A quantized layer's input quantized too: what a TorchScript model cannot take (no module can be added)."""
+        return self.activation is not None and self.weight is not None
+
     def __str__(self) -> str:
         return self.name
 

@@ -159,19 +159,16 @@ def _is_array(value: Any) -> bool:
 def _feed_array(digest, value: Any, seen: _State) -> None:
     import numpy as np
     import torch
-    if isinstance(value, torch.Tensor):
-        flat = value.detach().contiguous().reshape(-1)
-        size = flat.numel() * flat.element_size()
-        raw = lambda: memoryview(flat.cpu().view(torch.uint8).numpy()) if flat.numel() else b""  # noqa: E731
-    else:
-        flat = np.ascontiguousarray(value).reshape(-1)
-        size = flat.nbytes
-        raw = lambda: memoryview(flat.view(np.uint8)) if flat.size else b""  # noqa: E731
-    seen.array_bytes += size
+
+    from .sensitivity.store import hash_tensors
+    try:
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+    except TypeError:  # an array of objects or strings
+        raise _Unkeyable(f"an array of {value.dtype}") from None
+    seen.array_bytes += tensor.numel() * tensor.element_size()
     if seen.array_bytes > MAX_HASHED_BYTES:
         raise _Unkeyable(f"more than {MAX_HASHED_BYTES} bytes of arrays")
-    digest.update(f"array{tuple(value.shape)}{value.dtype}".encode())
-    digest.update(raw())
+    digest.update(f"{type(value).__name__}:{hash_tensors([tensor])}".encode())
 
 
 def _is_simple_torch(value: Any) -> bool:

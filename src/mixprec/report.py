@@ -561,13 +561,13 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
                 cells.append((_e(entry.get("evaluations", "")), True))
             rows.append((cells, False))
         parts.append("<h2>Uniform candidates and searches</h2>" + _table_html(header, rows))
-        below = _below_cheaper(pareto)
+        below = _front_flags(pareto, "below_cheaper")
         if below:
             parts.append("<p class=\"note\"><b>Measured below a cheaper plan:</b> " + "; ".join(
                 f"front plan {i} measures worse than the cheaper plan {j}" for i, j in below)
                 + ". The sensitivities, each measured alone, mispredict these plans: pick the cheaper one, or solve "
                 "at that budget with <code>--search local</code>, which measures its moves.</p>")
-        above = _uniform_above_front(pareto)
+        above = _front_flags(pareto, "uniform_above_front")
         if above:
             parts.append(f"<p class=\"note\"><b>Above the front:</b> uniform {_e(', '.join(above))} measure(s) better "
                          "than every plan of the front that costs no more. The mixed plans do not improve on "
@@ -644,15 +644,9 @@ def _selected_html(pareto: dict, table: "SensitivityTable", costs: "CostTables |
             + (f"<p class=\"note\">left in float: {_e(', '.join(map(str, excluded)))}</p>" if excluded else ""))
 
 
-def _below_cheaper(pareto: dict) -> list[tuple[int, int]]:
+def _front_flags(pareto: dict, flag: str) -> list:
+    """What Front.<flag>() finds in ``pareto`` (below_cheaper, uniform_above_front)."""
     try:
-        return Front.from_dict(pareto).below_cheaper()
-    except (KeyError, TypeError, ValueError, AttributeError, MixprecError):
-        return []  # a hand-made or partial pareto.json: no flag rather than no report
-
-
-def _uniform_above_front(pareto: dict) -> list[str]:
-    try:
-        return Front.from_dict(pareto).uniform_above_front()
+        return getattr(Front.from_dict(pareto), flag)()
     except (KeyError, TypeError, ValueError, AttributeError, MixprecError):
         return []  # a hand-made or partial pareto.json: no flag rather than no report

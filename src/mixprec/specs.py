@@ -213,14 +213,14 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
                 raise SpecError(f"--data {path}: {key!r} (and {'/'.join(repr(k) for k in LABEL_KEYS)}) must be "
                                 "tensors of shape (N, ...)")
             return _batch(obj[key], labels, batch_size, limit)
-        if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj) \
-                and obj[0].dim() >= 1 and obj[1].dim() >= 1 and len(obj[0]) == len(obj[1]):
-            # torch.save((x, y), path): inputs and their labels or targets (class labels, masks, regression
-            # targets, a denoiser's clean images); a list holds batches
+        # two tensors of N rows each: in a tuple, torch.save((x, y), path), inputs and their labels or targets
+        # (class labels, masks, regression targets, a denoiser's clean images); in a list, batches
+        pair = isinstance(obj, (list, tuple)) and len(obj) == 2 and all(
+            isinstance(t, torch.Tensor) and t.dim() for t in obj) and len(obj[0]) == len(obj[1])
+        if pair and isinstance(obj, tuple):
             return _batch(obj[0], obj[1], batch_size, limit)
         if isinstance(obj, (list, tuple)):
-            if len(obj) == 2 and all(isinstance(t, torch.Tensor) and t.dim() for t in obj) \
-                    and len(obj[0]) == len(obj[1]) and obj[0].shape[1:] != obj[1].shape[1:]:
+            if pair and obj[0].shape[1:] != obj[1].shape[1:]:
                 raise SpecError(f"--data {path} holds a list of two tensors of {len(obj[0])} rows and other shapes, "
                                 f"{tuple(obj[0].shape)} and {tuple(obj[1].shape)}: a list is read as batches, which "
                                 "share one layout. For inputs and their labels or targets, save a tuple, "

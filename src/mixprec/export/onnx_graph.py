@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..batches import run_model
 from ..candidates import Candidate
 from ..errors import ModelError
 from ..formats import IntFormat
@@ -364,8 +365,7 @@ def _output_structure(model: nn.Module, example: Any,
     from torch.utils._pytree import tree_flatten, treespec_dumps
     with torch.no_grad():
         try:
-            produced = (model(**example) if isinstance(example, dict) else
-                        model(*example) if isinstance(example, (tuple, list)) else model(example))
+            produced = run_model(model, example)
         except Exception:  # the exporter's own error says more
             return None
     if isinstance(produced, torch.Tensor):
@@ -392,9 +392,10 @@ SUPPORTED_OUTPUTS = ("a tensor, or tuples, lists, dicts, dataclasses and Hugging
 def check_output(produced: Any) -> None:
     """A ModelError naming the first part of a model's output an ONNX file cannot hold (anything but tensors,
     None, and tuples, lists, dicts and dataclasses of them), and what it can hold."""
+    from torch.utils._pytree import tree_flatten
     found = _unsupported(produced, "output")
     if found is None:
-        if not any(isinstance(leaf, torch.Tensor) for leaf in _leaves(produced)):
+        if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(_plain(produced))[0]):
             raise ModelError(f"the model's output ({type(produced).__name__}) holds no tensor, so there is nothing "
                              f"for an ONNX file to output; export supports outputs that are {SUPPORTED_OUTPUTS}")
         return
@@ -417,8 +418,7 @@ def check_model_output(model: nn.Module, example: Any) -> None:
         return
     with torch.no_grad(), _without_cache(model):
         try:
-            produced = (model(**example) if isinstance(example, dict) else
-                        model(*example) if isinstance(example, (tuple, list)) else model(example))
+            produced = run_model(model, example)
         except Exception:  # the model's own error comes later, where it is run for the export
             return
     if not isinstance(produced, torch.Tensor):
@@ -432,20 +432,6 @@ def _is_dataclass(value: Any) -> bool:
 def _fields(value: Any) -> list:
     """A dataclass's fields that the instance holds (one declared with init=False and never set has no value)."""
     return [f for f in dataclasses.fields(value) if hasattr(value, f.name)]
-
-
-def _leaves(value: Any):
-    if isinstance(value, Mapping):
-        for v in value.values():
-            yield from _leaves(v)
-    elif _is_dataclass(value):
-        for f in _fields(value):
-            yield from _leaves(getattr(value, f.name))
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _leaves(v)
-    else:
-        yield value
 
 
 def _unsupported(value: Any, where: str) -> tuple[str, Any] | None:
