@@ -92,6 +92,17 @@ def grid(size: str) -> list[dict]:
     return rows
 
 
+def row_label(config: dict) -> str:
+    return (f"{config['mode'].lower()} g{config['group_size']} ratio {config['ratio']}"
+            f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}"
+            f"{' + AWQ + scale estimation' if config.get('awq') else ''}")
+
+
+def wanted(label: str, rows_like: str | None) -> bool:
+    """Whether --rows TEXT (alternatives separated by |) selects the row ``label``."""
+    return not rows_like or any(t in label for t in rows_like.split("|"))
+
+
 def true_bits(model: torch.nn.Module, layers: list[str]) -> tuple[float, dict[str, str]]:
     """Storage bits of the given layers in an NNCF-compressed model (codes, scales, zero-points),
     and the storage dtype of each layer's weight."""
@@ -205,10 +216,8 @@ def compare(model_name: str, size: str, device: str = "cpu", pins: list[str] = (
     reused = {row["label"]: row for row in (nncf_from or {}).get("rows", [])}
     rows = []
     for index, config in enumerate(grid(size)):
-        label = (f"{config['mode'].lower()} g{config['group_size']} ratio {config['ratio']}"
-                 f"{', data-aware (hessian_input_activation)' if config['data_aware'] else ', data-free (weight error)'}"
-                 f"{' + AWQ + scale estimation' if config.get('awq') else ''}")
-        if index % part[1] != part[0] or (rows_like and not any(t in label for t in rows_like.split("|"))):
+        label = row_label(config)
+        if index % part[1] != part[0] or not wanted(label, rows_like):
             continue
         if label in earlier:
             rows.append(earlier[label])
@@ -390,7 +399,8 @@ def main() -> int:
                                                   key=lambda r: grid_index(r["config"]))]
         by_label = {r["label"]: r for p in parts for r in p["rows"]}
         merged = {**parts[0], "rows": [by_label[x] for x in labels],
-                  "partial": any(p["partial"] for p in parts) or len(labels) < len(grid(parts[0]["grid"])),
+                  "partial": any(p["partial"] for p in parts) or len(labels) < sum(
+                      wanted(row_label(c), parts[0].get("rows_like")) for c in grid(parts[0]["grid"])),
                   "command": " ; ".join(p["command"] for p in parts)}
         write_json_atomic(RESULTS / f"{name}.json", merged)
         (RESULTS / f"{name}.md").write_text(markdown(merged))

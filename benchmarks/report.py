@@ -175,9 +175,11 @@ def ratio1_lines(reports: list[dict]) -> list[str]:
         if not rows or not r["command"].count("ratio1"):
             continue
         wins = sum(row["mixprec_at_least_as_good"] for row in rows)
-        detail = "; ".join(f"{row['label'].split(',')[0]}: NNCF {row['nncf']['value']:.2f}, mixprec "
-                           f"{row['mixprec']['value']:.2f} ({row['mixprec_guard']})" for row in rows
-                           if "data-free" in row["label"])
+        # ratio 1.0 without AWQ: data-aware NNCF gives the data-free figures, so those rows stand for both
+        detail = "; ".join(f"{row['label'].split(',')[0]}{' data-aware AWQ + scale estimation' if row['config'].get('awq') else ''}: "
+                           f"NNCF {row['nncf']['value']:.2f}, mixprec {row['mixprec']['value']:.2f} "
+                           f"({row['mixprec_guard']})" for row in rows
+                           if "data-free" in row["label"] or row["config"].get("awq"))
         out.append(f"- ratio 1.0, mixprec measured and applied with {r['mixprec_rounding']} rounding: at least as "
                    f"good in {wins} of {len(rows)} configurations{' (partial run)' if r.get('partial') else ''}. "
                    f"{detail}.")
