@@ -23,3 +23,49 @@ def test_a_front_plan_measured_worse_than_a_cheaper_one_is_named_with_the_best_c
 def test_a_uniform_plan_measured_better_than_every_front_plan_of_no_greater_cost_is_above_the_front():
     front = _front([(1, 50.0), (2, 60.0), (3, 70.0)], {"w4a8": (2, 65.0), "w8a8": (3, 69.0), "w2a8": (1, None)})
     assert front.uniform_above_front() == ["w4a8"]
+
+
+def test_a_higher_is_better_number_that_improves_as_plans_get_cheaper_is_called_a_likely_loss():
+    """A new user's evaluation returned the cross-entropy as a plain float, read as higher-is-better."""
+    loss = _front([(1, 9.0), (2, 6.0), (3, 4.2), (4, 4.1)])
+    assert loss.better_when_cheaper()
+    assert not _front([(1, 9.0), (2, 6.0), (3, 4.2), (4, 4.1)], higher=False).better_when_cheaper()  # said lower
+    assert not _front([(1, 50.0), (2, 60.0), (3, 70.0)]).better_when_cheaper()
+    assert not _front([(1, 9.0), (2, 6.0)]).better_when_cheaper()  # two points tell nothing
+    assert not _front([(1, 9.0), (2, 10.0), (3, 4.0)]).better_when_cheaper()  # the cheapest is not the best
+    assert _front([(1, 9.0), (2, 6.0), (3, 4.0), (4, None)]).better_when_cheaper()  # the measured ones tell
+    loss.reference = {"name": "metric", "value": 4.0, "higher_is_better": True}
+    assert loss.better_when_cheaper()  # the float model scores worst of all
+    loss.reference = {"name": "metric", "value": 10.0, "higher_is_better": True}
+    assert not loss.better_when_cheaper()  # the float model scores best: a noisy metric, not a loss
+
+
+def test_pareto_warns_and_the_report_says_so_when_the_evaluation_reads_upside_down(tmp_path):
+    import warnings
+
+    import torch
+    from torch import nn
+
+    import mixprec
+    from mixprec.errors import EvaluationNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(16, 16) for _ in range(4)]
+    with torch.no_grad():
+        targets = [model(x) for x in data]
+
+    def mse(m):  # a loss, returned as a plain float
+        with torch.no_grad():
+            return sum(float(((m(x) - t) ** 2).mean()) for x, t in zip(data, targets))
+    analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        front = analysis.pareto("bops", n_plans=4, evaluate=mse, progress=False)
+    assert front.better_when_cheaper()
+    assert any(issubclass(w.category, EvaluationNote) and "higher_is_better" in str(w.message) for w in caught)
+    page = analysis.report(front, tmp_path).read_text()
+    assert "Better when cheaper" in page
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        front = analysis.pareto("bops", n_plans=4, evaluate=lambda m: -mse(m), progress=False)
+    assert not front.better_when_cheaper() and not [w for w in caught if issubclass(w.category, EvaluationNote)]

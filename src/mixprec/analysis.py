@@ -709,10 +709,15 @@ class Analysis:
             reference = evaluator.reference().to_dict()
             for item in tqdm([*plans, *uniform.values()], desc="evaluating plans", unit="plan", disable=not progress):
                 item.measured = evaluator.measure(item.assignments).to_dict()
-        return Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
-                     self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
-                     candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
-                     solve_s)
+        front = Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
+                      self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
+                      candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
+                      solve_s)
+        if evaluate and front.better_when_cheaper():
+            from .errors import EvaluationNote
+            from .front import INVERTED
+            warnings.warn(INVERTED, EvaluationNote, stacklevel=2)
+        return front
 
     def report(self, front: Front, out_dir: str | Path, select: int | None = None) -> Path:
         """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``."""
@@ -815,6 +820,12 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
     cands = _candidate_list(candidates)
+    if target == "ort-cpu":  # said before the measurement, not after an export
+        from .export import saturation_note
+        from .errors import TargetNote
+        note = saturation_note(cands)
+        if note:
+            warnings.warn(note, TargetNote, stacklevel=2)
     if is_torchscript(model):  # refused here, as quantize would refuse the plan after the whole analysis
         quantizing = [c.name for c in cands if c.quantizes_input]
         if quantizing:

@@ -1132,8 +1132,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     import warnings
-    from .errors import GuardSkipped
+    from .errors import EvaluationNote, GuardSkipped, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
+    plain = warnings.showwarning
+
+    def show(message, category, *rest, **kw):  # these read as the command's other notes
+        if issubclass(category, (TargetNote, EvaluationNote)):
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            plain(message, category, *rest, **kw)
+    warnings.showwarning = show
     try:
         if getattr(args, "device", None):
             args.device = str(parse_device(args.device))
@@ -1150,6 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = plain
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ class GuardSkipped(UserWarning):
     mixprec's promise, never worse than uniform, was not checked. The command line prints it as a note."""
 
 
+class TargetNote(UserWarning):
+    """Something about the target runtime that the simulation does not model, said before any measurement (in
+    Python a warning; the command line prints it as a note)."""
+
+
+class EvaluationNote(UserWarning):
+    """What the measurements of the user's evaluation function suggest about the function itself (in Python a
+    warning; the command line prints it as a note)."""
+
+
 class SpecError(MixprecError):
     """A --model / --data / --eval spec that does not resolve."""
 

@@ -561,6 +561,9 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
                 cells.append((_e(entry.get("evaluations", "")), True))
             rows.append((cells, False))
         parts.append("<h2>Uniform candidates and searches</h2>" + _table_html(header, rows))
+        if _front_flags(pareto, "better_when_cheaper"):
+            from .front import INVERTED
+            parts.append(f"<p class=\"note\"><b>Better when cheaper:</b> {_e(INVERTED)}.</p>")
         below = _front_flags(pareto, "below_cheaper")
         if below:
             parts.append("<p class=\"note\"><b>Measured below a cheaper plan:</b> " + "; ".join(
@@ -645,7 +648,7 @@ def _selected_html(pareto: dict, table: "SensitivityTable", costs: "CostTables |
 
 
 def _front_flags(pareto: dict, flag: str) -> list:
-    """What Front.<flag>() finds in ``pareto`` (below_cheaper, uniform_above_front)."""
+    """What Front.<flag>() finds in ``pareto`` (below_cheaper, uniform_above_front, better_when_cheaper)."""
     try:
         return getattr(Front.from_dict(pareto), flag)()
     except (KeyError, TypeError, ValueError, AttributeError, MixprecError):

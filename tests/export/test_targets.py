@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 
 from mixprec.candidates import parse_candidate
@@ -86,3 +88,42 @@ def test_export_to_a_target_of_its_own_names_the_real_calls():
         get_onnx_target("cuda")
     with pytest.raises(CandidateError, match=r"export_gguf\(model, plan, out"):
         get_onnx_target("gguf")
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+def test_analyze_for_ort_cpu_names_the_8_bit_weights_a_cpu_without_vnni_saturates(monkeypatch, vnni):
+    import warnings
+
+    import torch
+    from torch import nn
+
+    import mixprec
+    export = importlib.import_module("mixprec.export")  # the package (mixprec.export is also a function)
+    from mixprec.errors import TargetNote
+    monkeypatch.setattr(export, "cpu_has_vnni", lambda: vnni)
+    assert export.saturation_note(parse_candidate(c) for c in ("w7a8", "w8", "w8a16", "w8a8d32", "fp32")) is None
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    data = [torch.randn(4, 8) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mixprec.analyze(model, data, "w4a8,w8a8", target="ort-cpu", progress=False)
+        mixprec.analyze(model, data, "w4a8,w8a8", progress=False)  # no target: nothing to say
+    notes = [str(w.message) for w in caught if issubclass(w.category, TargetNote)]
+    if vnni:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and "planned as w8a8 " in notes[0] and "w7a8" in notes[0] and "w4a8" not in notes[0]
+
+
+def test_the_command_line_prints_the_target_note_as_a_note(monkeypatch, capsys, tmp_path):
+    import warnings
+
+    export = importlib.import_module("mixprec.export")  # the package (mixprec.export is also a function)
+    from mixprec.cli import main
+    monkeypatch.setattr(export, "cpu_has_vnni", lambda: False)
+    before = warnings.showwarning
+    assert main(["analyze", "--model", "demo-cnn", "--profile", "ort-cpu", "--calibration-samples", "64",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "note: this CPU has no VNNI" in err and "UserWarning" not in err
+    assert warnings.showwarning is before  # restored for the rest of the process
