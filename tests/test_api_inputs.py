@@ -1,5 +1,6 @@
 """The Python API on what users hand it: numpy calibration data, groups given together with tie/pin options,
 a one-point front, pins and hand-edited plans in quantize_plan (as the command line treats them)."""
+import math
 import warnings
 
 import numpy as np
@@ -295,3 +296,21 @@ def test_a_list_of_single_samples_gets_a_hint_about_the_batch_axis():
     with pytest.raises(ModelError, match=r"one sample, without its batch axis\? Give batches: a DataLoader"):
         mixprec.analyze(Net().eval(), samples, "w4a8,w8a8", progress=False)
     assert mixprec.analyze(Net().eval(), [torch.stack(samples)], "w4a8,w8a8", progress=False).table is not None
+
+
+def test_a_fractional_budget_no_plan_meets_is_told_as_the_fraction_the_model_can_reach():
+    """What stays outside the candidates (biases, LayerNorms, scales) sets a floor: a new user asked bytes=0.5x of a
+    small transformer and was told the smallest size in bytes only."""
+    from mixprec.solvers.exact import InfeasibleBudget
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.Linear(8, 32), nn.TransformerEncoder(layer, 1), nn.Linear(32, 3)).eval()
+    data = [torch.randn(4, 6, 8) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    problem = analysis.problem()
+    floor = problem.cost("bytes", problem.cheapest("bytes")) / problem.highest_cost("bytes")
+    assert 0.5 < floor < 1
+    with pytest.raises(InfeasibleBudget, match=rf"bytes can go down to {math.ceil(floor * 1000) / 1000:.3f}x, and "
+                                               r"0\.5x was asked"):
+        analysis.solve("bytes=0.5x")
+    analysis.solve(f"bytes={math.ceil(floor * 1000) / 1000}x", guard=False)  # the fraction it names is met

@@ -11,6 +11,7 @@ resumable (mixprec.run_directory), and ``Analysis.load(run_dir)`` reopens it wit
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -432,10 +433,11 @@ class Analysis:
                                                  search_part)
             solution = SOLVERS[search](problem, goal, **options)
         except InfeasibleBudget as exc:
-            if not problem.notes:
-                raise
             # what the problem leaves out (cost-table gaps, the target's refusals) is often why
-            raise InfeasibleBudget(f"{exc}. Note: {'; '.join(problem.notes)}") from None
+            notes = [*_as_fractions(problem, budgets), *problem.notes]
+            if not notes:
+                raise
+            raise InfeasibleBudget(f"{exc}. Note: {'; '.join(notes)}") from None
         notes = [step["note"] for step in solution.trace if step.get("note")]
         over = [f"{k} {solution.costs[k]:.6g} > {b:.6g}" for k, b in budgets.items()
                 if k in solution.costs and not within(solution.costs[k], b)]
@@ -870,6 +872,18 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def _as_fractions(problem: AllocationProblem, budgets: dict[str, float]) -> list[str]:
+    """The budgets no plan meets, as fractions of the most expensive plan (the base of budgets such as 0.5x): what
+    is kept outside the candidates (biases, norms, scales, float layers) sets a floor no fraction goes under."""
+    out = []
+    for kind, budget in budgets.items():
+        top, low = problem.highest_cost(kind), problem.cost(kind, problem.cheapest(kind))
+        if top > 0 and low > budget * (1 + 1e-9):
+            out.append(f"as a fraction of the most expensive plan ({top:.6g}), {kind} can go down to "
+                       f"{math.ceil(low / top * 1000) / 1000:.3f}x, and {budget / top:.3g}x was asked")
+    return out
 
 
 def _refused(model: nn.Module, groups: ModelGroups, cands: list[Candidate], target: str) -> dict[str, list[str]]:
