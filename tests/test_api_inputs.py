@@ -314,3 +314,32 @@ def test_a_fractional_budget_no_plan_meets_is_told_as_the_fraction_the_model_can
                                                r"0\.5x was asked"):
         analysis.solve("bytes=0.5x")
     analysis.solve(f"bytes={math.ceil(floor * 1000) / 1000}x", guard=False)  # the fraction it names is met
+
+
+@pytest.mark.parametrize("search", ["greedy", "bisection"])
+def test_a_measured_search_says_when_its_plans_beat_the_float_model_as_a_loss_read_upside_down_would(search):
+    """An evaluation returning the mean squared error as a plain float: greedy took every group to w2a8 'within 1 %'
+    and said nothing."""
+    from mixprec.errors import EvaluationNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(16, 16) for _ in range(4)]
+    with torch.no_grad():
+        targets = [model(x) for x in data]
+
+    def mse(m):
+        with torch.no_grad():
+            return sum(float(((m(x) - t) ** 2).mean()) for x, t in zip(data, targets))
+    analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = analysis.solve(search=search, evaluate=mse, max_drop="1%", guard=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, EvaluationNote)]
+    assert len(said) == 1 and "higher_is_better" in said[0] and said[0] in plan.metadata["notes"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = analysis.solve(search=search, evaluate=lambda m: {"main": "mse", "mse": mse(m),
+                                                                 "higher_is_better": False},
+                              max_drop="1%", guard=False)
+    assert not [w for w in caught if issubclass(w.category, EvaluationNote)]
+    assert "w2a8" not in plan.assignments.values()  # read the right way up, the 1 % drop keeps it near float

@@ -419,9 +419,12 @@ class Analysis:
             say(f"float model: {ref.name} {ref.value:.4g}" + (f" (evaluations are cached in {evaluator.log})"
                                                                if evaluator.log else ""))
 
+            searched = []  # every plan the search measured
+
             def measure(choice: np.ndarray) -> float:
                 result = evaluator.measure(problem.assignments(choice))
                 say(f"  measured plan: {result.name} {result.value:.4g} ({evaluator.measured} new evaluations)")
+                searched.append(result)
                 return evaluator.loss(result)
             goal = Goal(budgets, goal.kind, measure, max_loss)
         else:
@@ -439,6 +442,12 @@ class Analysis:
                 raise
             raise InfeasibleBudget(f"{exc}. Note: {'; '.join(notes)}") from None
         notes = [step["note"] for step in solution.trace if step.get("note")]
+        if measured_search:
+            note = _upside_down(evaluator, searched, max_loss)
+            if note:
+                from .errors import EvaluationNote
+                notes.append(note)
+                warnings.warn(note, EvaluationNote, stacklevel=2)
         over = [f"{k} {solution.costs[k]:.6g} > {b:.6g}" for k, b in budgets.items()
                 if k in solution.costs and not within(solution.costs[k], b)]
         if over:  # a search bounded by a measured drop, not by the budget (greedy, bisection): said, never silent
@@ -872,6 +881,21 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def _upside_down(evaluator, measured: list, max_loss: float) -> str | None:
+    """A note where a measured search's plans scored better than the float model by more than the drop it allows
+    (and by more than 1 %): a loss or error rate returned as a plain number, read as higher-is-better, makes
+    the cheapest plans look best."""
+    ref = evaluator.reference()
+    better = [r for r in measured if r.higher_is_better and -evaluator.loss(r) > max(max_loss, 0.01 * abs(ref.value))]
+    if not better or not ref.higher_is_better:
+        return None
+    best = max(better, key=lambda r: r.value)
+    return (f"{len(better)} measured plan(s) scored better than the float model by more than the allowed drop (best "
+            f"{best.name} {best.value:.4g} against {ref.value:.4g}): if the evaluation returns a loss or an error rate "
+            "(lower is better), return {'main': 'loss', 'loss': value, 'higher_is_better': False}; read as "
+            "higher-is-better it makes the cheapest plans look best")
 
 
 def _as_fractions(problem: AllocationProblem, budgets: dict[str, float]) -> list[str]:

@@ -429,11 +429,15 @@ def _load_run(args) -> Analysis:
 def cmd_solve(args) -> int:
     check_output_file(args.out)
     analysis = _load_run(args)
-    plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost, kind=args.kind,
-                          max_drop=args.max_drop, evaluate=args.eval, device=args.device, rounding=_rounding(args),
-                          guard=not args.no_guard, guard_divergence=args.guard_divergence,
-                          guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
-                          **_search_options(args))
+    import warnings
+    from .errors import EvaluationNote
+    with warnings.catch_warnings():  # the plan's notes hold it: printed once, with them
+        warnings.filterwarnings("ignore", category=EvaluationNote)
+        plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost,
+                              kind=args.kind, max_drop=args.max_drop, evaluate=args.eval, device=args.device,
+                              rounding=_rounding(args), guard=not args.no_guard, guard_divergence=args.guard_divergence,
+                              guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
+                              **_search_options(args))
     meta = plan.metadata
     total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
