@@ -904,7 +904,7 @@ def _as_fractions(problem: AllocationProblem, budgets: dict[str, float]) -> list
     out = []
     for kind, budget in budgets.items():
         top, low = problem.highest_cost(kind), problem.cost(kind, problem.cheapest(kind))
-        if top > 0 and low > budget * (1 + 1e-9):
+        if top > 0 and not within(low, budget):  # as the exact solver decides it
             out.append(f"as a fraction of the most expensive plan ({top:.6g}), {kind} can go down to "
                        f"{math.ceil(low / top * 1000) / 1000:.3f}x, and {budget / top:.3g}x was asked")
     return out

@@ -132,8 +132,7 @@ class Front:
         measured = [p for p in self.plans if p.measured is not None]
         if len(measured) < 3 or not all(p.measured.get("higher_is_better", True) for p in measured):
             return False
-        measured = sorted((p.costs[self.kind], p.measured["value"]) for p in measured)
-        values = [v for _, v in measured]
+        values = [value for _, value in sorted((p.costs[self.kind], p.measured["value"]) for p in measured)]
         floor = self.reference["value"] if self.reference and self.reference.get("higher_is_better", True) else None
         return values[0] == max(values) > min(values) == values[-1] and (floor is None or floor <= values[-1])
 

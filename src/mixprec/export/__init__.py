@@ -43,7 +43,7 @@ from .checks import check_target
 from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
 from .cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda
 from .gguf import GGUFExport, export_gguf
-from .targets import TARGETS, check_layers, get_onnx_target
+from .targets import TARGETS, check_layers, get_onnx_target, realise
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
            "CompressedTensorsExport", "check_target", "TARGETS", "OrtModule", "agreement", "output_sqnr", "top1",
@@ -118,17 +118,14 @@ def saturation_note(candidates: Iterable) -> str | None:
     """A note for plans made for ort-cpu on this CPU when it has no VNNI and some candidate is int8 QDQ with 8-bit
     weights (w8a8): ONNX Runtime's kernels here saturate on those layers, which the simulation does not model.
     None where nothing is at risk."""
-    from ..formats import IntFormat
-    at_risk = [c.name for c in candidates if isinstance(c.weight, IntFormat) and c.weight.bits == 8
-               and isinstance(c.activation, IntFormat) and c.activation.bits == 8
-               and c.activation.granularity == "tensor"]
+    at_risk = [c.name for c in candidates  # what export's own note names: int8 QDQ layers with 8-bit weights
+               if getattr(realise(c, "Linear", 256), "kind", None) == "qdq" and c.weight.bits == 8]
     if not at_risk or cpu_has_vnni():
         return None
     return (f"this CPU has no VNNI: ONNX Runtime's int8 kernels on it add pairs of u8 x s8 products in 16 bits, "
             f"which saturate with 8-bit weights, so layers planned as {', '.join(at_risk)} can run here far less "
-            "accurately than simulated. If this CPU is where the "
-            "model runs, use w7a8 instead (--profile ort-cpu-avx2), which runs as simulated; a CPU with VNNI runs "
-            "w8a8 as simulated")
+            "accurately than simulated. If this CPU is where the model runs, use w7a8 instead (--profile "
+            "ort-cpu-avx2), which runs as simulated; a CPU with VNNI runs w8a8 as simulated")
 
 
 def _float_copy(quantized: nn.Module) -> nn.Module:
