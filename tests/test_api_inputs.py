@@ -343,3 +343,43 @@ def test_a_measured_search_says_when_its_plans_beat_the_float_model_as_a_loss_re
                               max_drop="1%", guard=False)
     assert not [w for w in caught if issubclass(w.category, EvaluationNote)]
     assert "w2a8" not in plan.assignments.values()  # read the right way up, the 1 % drop keeps it near float
+
+
+def test_weights_outside_every_quantized_layer_are_said_in_python_and_in_a_budget_they_make_unreachable(capsys,
+                                                                                                       tmp_path):
+    """A weight used through F.linear stays float: analyze said nothing in Python, and bytes=0.8x failed with only
+    'can go down to 0.971x'."""
+    from mixprec.errors import ModelNote
+    from mixprec.solvers.exact import InfeasibleBudget
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(32, 16))
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.head(torch.nn.functional.linear(x, self.w))
+    torch.manual_seed(0)
+    data = [torch.randn(8, 16) for _ in range(2)]
+    with pytest.warns(ModelNote, match=r"80% of the weights are in 1 module\(s\) mixprec does not quantize"):
+        analysis = mixprec.analyze(Functional().eval(), data, "w4a8,w8a8", progress=False)
+    with pytest.raises(InfeasibleBudget, match=r"can go down to 0\.9\d\dx, and 0\.8x was asked; 80% of the weights"):
+        analysis.solve("bytes=0.8x")
+    with warnings.catch_warnings():  # a model with nothing to say warns nothing
+        warnings.simplefilter("error", ModelNote)
+        mixprec.analyze(Mlp().eval(), [torch.randn(4, 8)], "w4a8,w8a8", progress=False)
+    # the command line prints the note once, as its own, and leaves Python's warning filters as they were
+    model_file = tmp_path / "functional.py"
+    model_file.write_text("import torch\nfrom torch import nn\n\n\nclass F(nn.Module):\n    def __init__(self):\n"
+                          "        super().__init__()\n        self.w = nn.Parameter(torch.randn(32, 16))\n"
+                          "        self.head = nn.Linear(32, 4)\n\n    def forward(self, x):\n"
+                          "        return self.head(torch.nn.functional.linear(x, self.w))\n\n\n"
+                          "def model():\n    return F().eval()\n\n\ndef data():\n"
+                          "    return [torch.randn(8, 16) for _ in range(2)]\n")
+    filters = list(warnings.filters)
+    assert main(["analyze", "--model", f"{model_file}:model", "--data", f"{model_file}:data", "--candidates",
+                 "w4a8,w8a8", "--out", str(tmp_path / "run")]) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("mixprec does not quantize") == 1
+    assert warnings.filters == filters

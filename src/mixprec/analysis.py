@@ -438,6 +438,9 @@ class Analysis:
         except InfeasibleBudget as exc:
             # what the problem leaves out (cost-table gaps, the target's refusals) is often why
             notes = [*_as_fractions(problem, budgets), *problem.notes]
+            if notes and self.model_groups is not None:  # weights in no quantized layer are a floor no plan lowers
+                from .groups import NOT_QUANTIZED
+                notes += [n for n in self.model_groups.notes if NOT_QUANTIZED in n]
             if not notes:
                 raise
             raise InfeasibleBudget(f"{exc}. Note: {'; '.join(notes)}") from None
@@ -830,6 +833,9 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     if groups is None:
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
+        from .errors import ModelNote
+        for note in groups.notes:  # what inspect prints, said to a Python user too
+            warnings.warn(note, ModelNote, stacklevel=2)
     cands = _candidate_list(candidates)
     if target == "ort-cpu":  # said before the measurement, not after an export
         from .export import saturation_note

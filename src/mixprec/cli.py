@@ -1136,8 +1136,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     import warnings
-    from .errors import EvaluationNote, GuardSkipped, TargetNote
+    with warnings.catch_warnings():  # the filters and the hook below last for this command only
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command, its warnings of mixprec's own kinds printed as its other notes are."""
+    import warnings
+    from .errors import EvaluationNote, GuardSkipped, ModelNote, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
+    warnings.filterwarnings("ignore", category=ModelNote)  # printed by every command that reads the model
     plain = warnings.showwarning
 
     def show(message, category, *rest, **kw):  # these read as the command's other notes
@@ -1162,8 +1170,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    finally:
-        warnings.showwarning = plain
 
 
 if __name__ == "__main__":

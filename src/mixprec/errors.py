@@ -24,6 +24,12 @@ class EvaluationNote(UserWarning):
     warning; the command line prints it as a note)."""
 
 
+class ModelNote(UserWarning):
+    """What mixprec noticed about the model when it found its groups: weights in modules it does not quantize
+    (they stay float and set a floor under every bytes budget), several outputs, conversions made. In Python
+    ``analyze`` warns each; the command line prints them as notes of its own."""
+
+
 class SpecError(MixprecError):
     """A --model / --data / --eval spec that does not resolve."""
 

@@ -137,6 +137,9 @@ def _scripted_submodules(model: nn.Module) -> list[str]:
     return out
 
 
+NOT_QUANTIZED = "mixprec does not quantize"  # words of the note on weights outside every layer it quantizes
+
+
 def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
     """(name, type, elements) of the modules that hold a weight matrix of their own (2-D or more) but are no
     layer mixprec quantizes: a custom projection, transformers' Conv1D. They stay float, which a user
@@ -280,8 +283,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     held = sum(n for _, _, n in uncovered)
     kinds = sorted({kind for _, kind, _ in uncovered})
     if uncovered and held >= 0.01 * total:  # a class token or two is not worth a note
-        notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) mixprec does not "
-                     f"quantize ({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float, counted in bytes; "
+        notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) {NOT_QUANTIZED} "
+                     f"({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float, counted in bytes; "
                      "their compute is in no MACs or BOPs figure (those count the quantizable layers)")
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):
