@@ -3,6 +3,7 @@ guard, with sensitivities measured alone (sqnr around the float model) and aroun
 point (the around metric, based at the uniform candidate whose cost is the budget).
 
     python benchmarks/never_worse.py resnet20 [--device cuda] [--calibration-samples N] [--kinds bops,bytes]
+        [--rounding gptq --tables sqnr]
 
 For every uniform candidate below the highest precision and every budget kind of the model's
 configuration (benchmarks/run.py CONFIGS), at the cost of the uniform plan (for CNNs, with the first
@@ -16,6 +17,8 @@ Decisions (tables, guard) use the calibration data only; every plan is evaluated
 evaluation split. "not worse" means metric >= uniform - one standard error of the uniform's
 metric (binomial for top-1; for other metrics, >= uniform). Times: each analysis, and the guard's
 divergence evaluations (in forward passes over the calibration data and seconds).
+--rounding R: the sensitivity is measured with R-rounded weights, and every plan (uniform, mixed, the guard's
+rivals) is applied with R: mixed against uniform when both are rounded so (the gap to W8A8 is then R's own).
 Writes benchmarks/results/never_worse_<model>.json and .md.
 """
 from __future__ import annotations
@@ -123,17 +126,19 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
               at: list[str] | None = None, tables: tuple[str, ...] = ("sqnr", "around"),
               partial: Path | None = None, local: bool = True, weight_range: str = "mse",
               guard_margin: float = 1.0, guard_divergence: str = "auto", extra: tuple[str, ...] = (),
-              guard_holdout: float | None = None) -> dict:
+              guard_holdout: float | None = None, rounding: str = "nearest") -> dict:
     """The result of the study; the rows a run cut short left in ``partial`` (same command) are kept, and only
-    the budgets they lack are measured."""
+    the budgets they lack are measured. rounding: the sensitivity is measured with it (analyze --rounding), and
+    every plan, uniform or mixed, is applied with it for the guard and for the evaluation."""
     config = CONFIGS[model]
     work = RESULTS / "tmp" / f"run_{model}"
     if extra:  # more candidates: analyses of their own
         config = replace(config, candidates=",".join([config.candidates, *extra]))
-    cached = _cached_divergences(work)  # timings of a run that reuses them are not a fresh run's
-    sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range, extra)
+    sqnr = sqnr_analysis(model, config.candidates, work, device, samples, weight_range, extra, rounding)
+    # timings of a run that reuses the measurements of the run directories it solves on are not a fresh run's
+    cached = _cached_divergences(sqnr.run.path)
     problem = sqnr.problem()
-    evaluator = sqnr.evaluator(device=device)
+    evaluator = sqnr.evaluator(device=device, rounding=rounding)
     reference = evaluator.reference().to_dict()
     print(f"{model}: float {reference['name']} {reference['value']:.3f}", flush=True)
 
@@ -155,6 +160,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
             around = _around(model, cand, config.candidates, work / "_".join(extra) if extra else work, device,
                              samples)
             analyses[f"around_{cand}"] = around.table.metadata.get("seconds")
+            cached += _cached_divergences(around.run.path)
             studied.append(("around", around, around.problem()))
         for kind in kinds or config.kinds:
             if (cand, kind) in done:
@@ -208,7 +214,7 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                                      "guard_margin": guard_margin, "guard_divergence": guard_divergence,
                                      "guard_holdout": HOLDOUT if guard_holdout is None else guard_holdout,
                                      # the guard's consensus adds the calibration labels' cross-entropy
-                                     "guard_labels": _labelled(model),
+                                     "guard_labels": _labelled(model), "rounding": rounding,
                                      "candidates": config.candidates, "grid": GRID_VERSION}})
 
 
@@ -226,10 +232,10 @@ def _labelled(model: str) -> bool:
     return isinstance(labels, torch.Tensor) and not labels.is_floating_point()
 
 
-def _cached_divergences(work: Path) -> int:
-    """Divergence measurements already on disk in the run directories under ``work`` (mixprec caches the guard's
-    and the local search's measurements in a run's divergences.jsonl)."""
-    return sum(len(f.read_text().splitlines()) for f in work.rglob("divergences.jsonl")) if work.is_dir() else 0
+def _cached_divergences(run: Path) -> int:
+    """Divergence measurements already on disk in the run directory ``run`` (mixprec caches the guard's and the
+    local search's measurements in a run's divergences.jsonl)."""
+    return sum(len(f.read_text().splitlines()) for f in run.rglob("divergences.jsonl")) if run.is_dir() else 0
 
 
 def markdown(result: dict) -> str:
@@ -237,6 +243,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Never worse than uniform: {result['model']}", "",
              f"`{result['command']}`; float {ref['name']} {ref['value']:.2f}. Decisions on calibration data, "
              "metrics on the evaluation split; not worse = within one standard error of uniform."
+             + (f" Every plan (uniform, mixed, the guard's) rounded by {rounding}, the sensitivity measured with it."
+                if (rounding := result.get("environment", {}).get("rounding", "nearest")) != "nearest" else "")
              + (f" Note: {result['note']}." if result.get("note") else ""), "",
              "| budget | uniform | sqnr exact | sqnr + guard | sqnr local | around exact | around + guard | around local "
              "| guard chose (sqnr / around) |",
@@ -331,10 +339,16 @@ def main() -> int:
     parser.add_argument("--add-candidates", default="", metavar="LIST",
                         help="candidates beside the model's configuration, e.g. activation bit-widths for a CNN "
                         "(w3a6,w4a6,w5a6,w6a6,w8a6) or 5- and 6-bit weights for an LLM (w5g64,w5g128,w6g128)")
+    parser.add_argument("--rounding", default="nearest",
+                        help="how every plan's weights are rounded (e.g. gptq): the sensitivity is measured with it "
+                        "and the uniform and mixed plans are all applied with it (default nearest); only the sqnr "
+                        "table (--tables sqnr)")
     parser.add_argument("--out-suffix", default="")
     parser.add_argument("--render", action="store_true",
                         help="only re-derive the verdicts and rewrite the .md from the saved .json")
     args = parser.parse_args()
+    if args.rounding != "nearest" and "around" in args.tables.split(","):
+        raise SystemExit("--rounding is measured on the sqnr table only: add --tables sqnr")
     out = RESULTS / f"never_worse_{args.model}{args.out_suffix}"
     if args.render:
         result = verdicts(json.loads(out.with_suffix(".json").read_text()))
@@ -347,7 +361,7 @@ def main() -> int:
                            local=not args.no_local, weight_range=args.weight_range,
                            guard_margin=args.guard_margin, guard_divergence=args.guard_divergence,
                            extra=tuple(c for c in args.add_candidates.split(",") if c),
-                           guard_holdout=args.guard_holdout)
+                           guard_holdout=args.guard_holdout, rounding=args.rounding)
     except MissingDataError as exc:
         print(f"skipped: {exc}")
         return 0
