@@ -257,6 +257,10 @@ def _never_worse_targets(model: str, r: dict) -> list[str]:
             return lines
         default = (gap_row["sqnr_guarded"] - lower) / (upper - lower)
         why = _gap_bound_reason(model, gap_row) if default < 0.5 and not added and rounding == "nearest" else ""
+        se = gap_row.get("standard_error") or 0
+        if abs(upper - lower) < se:  # no plan's share of it can be told from the evaluation's noise
+            why += (f"; the gap itself, {abs(upper - lower):.2f} points, is less than one standard error of the "
+                    f"evaluation ({se:.2f})")
         lines.append(f"| >= 50 % of the gap to {gap_row['upper']['candidate']} at the {gap_row['kind']} of "
                      f"{gap_row['at']} | {model} ({grid}{ranges}) | default {default:.0%} ({gap_row['sqnr_guarded']:.2f}; "
                      f"uniform {lower:.2f}, {gap_row['upper']['candidate']} {upper:.2f}){why} | "
@@ -504,10 +508,10 @@ def never_worse_section() -> list[str]:
         guards = ("_labels",) if f"{model}_labels" in reports else ("_margin", "_signed_margin", "_auto_margin")
         searches = ("_labels_local",) if f"{model}_labels_local" in reports else ("_local",)
         wider = ("_abits_labels",) if f"{model}_abits_labels" in reports else ("_abits",)
-        current = [reports[f"{model}{v}"] for v in (*guards, *wider, "_w56", *searches)
+        current = [reports[f"{model}{v}"] for v in (*guards, *wider, "_w56", "_gptq", *searches)
                    if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
-        # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights); _local: the
-        # local search as it runs now (first better move, a time budget of 1x the analysis)
+        # _abits, _w56: the same with more candidates (6-bit activations; 5- and 6-bit weights); _gptq: every plan
+        # rounded by GPTQ; _local: the local search as it runs now (first better move, a time budget of 1x the analysis)
         current = current or [reports[f"{model}{v}"] for v in ("_signed", "_auto") if f"{model}{v}" in reports]
         # _holdout_0: the guard judging a local search's plan on all the calibration batches, the default now
         fallback = reports.get(f"{model}_holdout_0") or reports.get(model) or reports.get(f"{model}_h100")
@@ -683,7 +687,7 @@ def deploy_targets_section() -> list[str]:
                           if best and traced else "")
         figure = (f"{best['speedup_decode']:.2f}x ({best['plan']}; the fastest plan, at any perplexity: "
                   f"{max(row['speedup_decode'] for row in r['rows']):.2f}x{against_traced}; "
-                  + ("where the traced step's time went" if r.get("decoder") == "fused" else "why")
+                  + ("where each graph's time goes, by op type" if r.get("decoder") == "fused" else "why")
                   + f": `decode_ops_{r['model']}`)" if best else "none within the perplexity")
         rows.append(f"| decode >= {DECODE_SPEEDUP}x FP32 at batch 1 within {DECODE_PPL} % perplexity (ONNX Runtime CPU) "
                     f"| {r['model']} (`{path.stem}`) | {figure} | "
@@ -1022,8 +1026,8 @@ def main() -> None:
              "A Llama-family causal LM now exports with ONNX Runtime's fused decoder ops (GroupQueryAttention, "
              "SkipSimplifiedLayerNormalization; `export(..., decoder=\"fused\")`, the default). Measured so: "
              "`export_ort_lm_smollm2_fused` (with FP32 and uniform w8a8d128 also as the traced step, rows ending "
-             "', traced step'); `export_ort_lm_smollm2` and `decode_ops_smollm2` were written as the traced step, "
-             "and on another CPU.", ""]
+             "', traced step'); `export_ort_lm_smollm2` was written as the traced step, and on another CPU; "
+             "`decode_ops_smollm2` times both graphs.", ""]
     lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
