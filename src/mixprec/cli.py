@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -429,7 +430,6 @@ def _load_run(args) -> Analysis:
 def cmd_solve(args) -> int:
     check_output_file(args.out)
     analysis = _load_run(args)
-    import warnings
     from .errors import EvaluationNote
     with warnings.catch_warnings():  # the plan's notes hold it: printed once, with them
         warnings.filterwarnings("ignore", category=EvaluationNote)
@@ -1135,14 +1135,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    import warnings
     with warnings.catch_warnings():  # the filters and the hook below last for this command only
         return _run(args)
 
 
 def _run(args) -> int:
     """The command, its warnings of mixprec's own kinds printed as its other notes are."""
-    import warnings
     from .errors import EvaluationNote, GuardSkipped, ModelNote, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
     warnings.filterwarnings("ignore", category=ModelNote)  # printed by every command that reads the model
