@@ -625,7 +625,7 @@ class Analysis:
         kind = [divergence]
         if not any(np.array_equal(r, choice) for r in rivals.values()):
             # auto for a classifier is a consensus: the mixed plan must disagree less with the float model's
-            # top-1 AND have a lower 1/SQNR than every uniform rival (solvers/guard.py says why)
+            # top-1 AND have a lower 1/SQNR than the best uniform rival (solvers/guard.py says why)
             try:
                 checker = self._checker("auto-guard" if divergence == "auto" else divergence, device, batches,
                                         rounding=rounding)

@@ -7,11 +7,16 @@ that meets the same budgets and pins (mixprec's promise: never worse than unifor
                or a tuple of divergences (D_1(p), ..., D_k(p)) that must agree
     best    <- argmin over rivals of D (tuples: the lowest mean rank over the divergences, ties to the
                last divergence, then to the label; a rival lower on every divergence always wins)
-    return the mixed plan if, for every rival r and every i, D_i(mixed) < D_i(r) by more than
-           ``margin`` standard errors of the paired difference, else best (a divergence on which both
-           measure exactly 0, both plans reproducing the float model there, does not decide between them;
-           nor, among several, one on which the mixed plan is not higher and too few samples differ for any
-           difference to exceed the margin)
+    return the mixed plan if, for every i, D_i(mixed) < D_i(best) by more than ``margin`` standard
+           errors of the paired difference, else best (a divergence on which both measure exactly 0, both
+           plans reproducing the float model there, does not decide between them; nor, among several, one
+           on which the mixed plan is not higher and too few samples differ for any difference to exceed
+           the margin)
+
+The mixed plan is judged against the plan that would replace it, not against every rival: with several
+divergences, a rival ranked below best that measures lower than the mixed plan on one of them would
+otherwise veto it and have best returned, a plan the mixed plan measures lower than on every divergence.
+With one divergence, best is the lowest rival and the two readings agree.
 
 Ties go to uniform, and a tie is a difference within the measurement's noise: each divergence is a
 sum of per-sample shares (mixprec.sensitivity.divergence), so two plans measured on the same
@@ -21,7 +26,7 @@ top-1 on 2 fewer of 512 calibration images than uniform (0.41 standard errors) a
 on the evaluation split; without per-sample shares (``margin=0`` or a plain float), any lower
 value wins. The divergence is measured, not predicted: the additive sensitivity model is
 what fails near aggressive plans, so the guard does not trust it. With several divergences the
-mixed plan must win on each (a consensus): for classifiers, top-1 disagreement alone and 1/SQNR
+mixed plan must win on each against the best rival (a consensus): for classifiers, top-1 disagreement alone and 1/SQNR
 alone each misranked one of two measured failures of the exact plan, and never both at once
 (benchmarks/guard_divergences.py); given labels, the cross-entropy against them joins, since a plan
 closer to the float model on both can still be less accurate (benchmarks/guard_labels.py).
@@ -148,9 +153,9 @@ def best_rival(rivals: dict[str, np.ndarray], measured: dict[str, Measured], ran
 def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[np.ndarray], Measured],
           margin: float = 1.0, rank_by: int | None = None, names: tuple[str, ...] | None = None) -> GuardResult:
     """The mixed ``choice`` against the uniform ``rivals`` (label -> choice), by ``measure`` (lower is better;
-    a tuple of divergences: the mixed plan must be lower on every one, except those on which it and the rival
-    both measure 0; :class:`Sampled` divergences: lower by more than ``margin`` standard errors of the paired
-    difference with every rival). ``rank_by``: the uniform plan returned otherwise is ranked on the first
+    a tuple of divergences: the mixed plan must be lower than the best rival, the one returned otherwise, on
+    every one, except those on which both measure 0; :class:`Sampled` divergences: lower by more than ``margin``
+    standard errors of the paired difference). ``rank_by``: the uniform plan returned otherwise is ranked on the first
     ``rank_by`` divergences only (default all); the others only veto the mixed plan (a classifier's labels'
     cross-entropy: among uniform plans near collapse it ranked ResNet-20's W2A8 variants as the evaluation split
     did not, 21.73 over 24.61, where disagreement and 1/SQNR rank them right; benchmarks/guard_labels.py).
@@ -197,37 +202,39 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
         return below and (not noise or margin <= 0 or zi is None or zi < -margin)
 
     deciding = {label: deciding_against(label) for label in rivals}
-    if all(deciding.values()) and all(lower(label, i) for label in rivals for i in deciding[label]):
-        tested = f", lower by more than {margin:g} standard error(s) of the paired difference" if z and margin > 0 else ""
+    # the mixed plan is judged against the plan it would be replaced by: a veto by another rival would return
+    # `best`, which the mixed plan measures lower than on every divergence (so a dominated plan, not a safer one)
+    against = deciding[best]
+    if against and all(lower(best, i) for i in against):
+        tested = f", lower by more than {margin:g} standard error(s) of the paired difference" \
+            if best in z and margin > 0 else ""
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {show(mixed)} against "
                            f"{show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
                            margin, z, deciding)
-    if all(deciding.values()) and all(lower(label, i, noise=False) for label in rivals for i in deciding[label]):
-        # lower everywhere, but within the noise against some rival
-        close = min(((label, i, z[label][i]) for label in z for i in deciding[label] if z[label][i] is not None
-                     and not lower(label, i)), key=lambda t: -t[2], default=None)
+    if against and all(lower(best, i, noise=False) for i in against):
+        # lower everywhere, but within the noise on some divergence
+        close = min(((i, z[best][i]) for i in against if best in z and z[best][i] is not None
+                     and not lower(best, i)), key=lambda t: -t[1], default=None)
         # rounded down: 0.998 standard errors must not read as the margin of 1 it missed
         where = ""
         if close:
-            label, i, _ = close
-            where = f" (against {label}: {math.floor(abs(z[label][i]) * 100) / 100:.2f} standard errors"
+            i, zi = close
+            where = f" ({math.floor(abs(zi) * 100) / 100:.2f} standard errors"
             if width > 1:  # which divergence missed the margin, and what the others measured
                 others = ", ".join(f"{abs(v):.2f}" + (f" on {names[k]}" if names is not None else "")
-                                   for k, v in enumerate(z[label]) if k != i and v is not None)
+                                   for k, v in enumerate(z[best]) if k != i and v is not None)
                 where += f" {called(i)}" + (f"; on the other(s): {others}" if others else "")
             where += ")"
         return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
                            f"{show(mixed)}: lower, but by no more than {margin:g} standard error(s) of the paired "
                            f"difference on the calibration samples{where}; ties go to uniform: the uniform plan is "
                            "returned", margin, z, deciding)
-    # which rival and divergence the mixed plan is not lower on (the best rival's figures may all be higher)
-    blocking = next(((label, i) for label in sorted(rivals) for i in deciding[label] if not lower(label, i, noise=False)),
-                    None)
+    # the divergence the mixed plan is not lower on
+    blocking = next((i for i in against if not lower(best, i, noise=False)), None)
     where = ""
-    if blocking is not None and (width > 1 or blocking[0] != best):
-        label, i = blocking
-        where = (f"; against {label}" + (f" {called(i)}" if width > 1 else "")
-                 + f" it measures {_tuple(mixed)[i]:.4g}, not lower than {_tuple(measured[label])[i]:.4g}")
+    if blocking is not None and width > 1:
+        where = (f"; {called(blocking)} it measures {_tuple(mixed)[blocking]:.4g}, not lower than "
+                 f"{_tuple(measured[best])[blocking]:.4g}")
     return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
                        f"{show(mixed)} (ties go to uniform"
                        + (", and the mixed plan must measure lower on every divergence" if width > 1 else "")
