@@ -121,6 +121,33 @@ def test_mixed_plan_reads_back_as_simulated(tmp_path, arch):
             assert row["bytes"] == np.prod(row["shape"]) // 32 * block_bytes[row["type"]]
 
 
+def test_a_llamas_q_and_k_biases_are_permuted_with_their_rows(tmp_path):
+    """attention_bias=True: llama.cpp's converter permutes q_proj.bias and k_proj.bias as it permutes their
+    weights' rows (its llama architecture rotates adjacent pairs); v_proj.bias is written as it is."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=False, attention_bias=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(0, 0.5)
+    plan = plan_of({n: "q8_0" for n in linear_names(model) if n != "lm_head"})
+    result = export_gguf(model, plan, tmp_path / "m.gguf", progress=False)
+    written = tensors(result.path)
+    attention = model.model.layers[0].self_attn
+    for gguf_name, module, heads in (("blk.0.attn_q.bias", attention.q_proj, 4), ("blk.0.attn_k.bias", attention.k_proj, 2)):
+        bias = module.bias.detach().numpy()
+        values = gguf_values(written[gguf_name]).ravel()
+        assert written[gguf_name].tensor_type == T.F32
+        assert not np.array_equal(values, bias) and np.array_equal(values, _permute_rows(bias, heads))
+    assert np.array_equal(gguf_values(written["blk.0.attn_v.bias"]).ravel(), attention.v_proj.bias.detach().numpy())
+    assert {r["name"]: r["permuted"] for r in result.tensors}["blk.0.attn_k.bias"]
+    assert result.readback["exact"] == result.readback["tensors"] and not result.readback["mismatched"]
+
+
 def test_read_back_catches_a_changed_block(tmp_path):
     model = tiny_llama(layers=1)
     plan = plan_of({n: "q4_0" for n in linear_names(model)})

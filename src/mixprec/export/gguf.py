@@ -6,7 +6,7 @@ simulation (mixprec.candidates.GGUF_FORMATS), so a GGUF reader dequantizes exact
 weight, ties in rounding included; :func:`read_back` proves it on the written file and the export
 reports it. Tensors outside the plan are F32 (``float_type="f16"``: F16 for 2-D ones); norms and
 biases are always F32, as llama.cpp expects. For Llama and Mistral (llama.cpp's ``llama`` architecture)
-the rows of Q and K are permuted as llama.cpp's HF converter does (convert_hf_to_gguf.py,
+the rows of Q and K, and their biases, are permuted as llama.cpp's HF converter does (convert_hf_to_gguf.py,
 LlamaModel.permute): that architecture rotates adjacent pairs, HF Llama rotates halves; Qwen2 (its
 ``qwen2`` architecture, which rotates halves) is written as it is, biases of Q, K and V included. Blocks lie along the inputs, so the permutation moves whole
 rows of blocks; the read-back undoes it before comparing.
@@ -173,7 +173,8 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and key not in planned:
             continue  # llama.cpp reads the tied output from token_embd
         gguf_name = f"{base}.{suffix}"
-        row_heads = None if not permute or suffix != "weight" else (
+        # llama.cpp's converter permutes the biases of Q and K with their rows (attention_bias=True)
+        row_heads = None if not permute else (
             heads if module_name.endswith("self_attn.q_proj")
             else kv_heads if module_name.endswith("self_attn.k_proj") else None)
         if key in planned:
