@@ -148,6 +148,24 @@ def test_a_llamas_q_and_k_biases_are_permuted_with_their_rows(tmp_path):
     assert result.readback["exact"] == result.readback["tensors"] and not result.readback["mismatched"]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_exports_its_codes_and_says_how_the_simulation_rounds_them(tmp_path, dtype):
+    """A bfloat16/float16 model simulates code x scale rounded to its type; the file holds the codes and
+    scales (llama.cpp multiplies them unrounded), and they round to exactly the simulated weights."""
+    model = tiny_llama(layers=1).to(dtype)
+    plan = mixed_plan(model)
+    result = export_gguf(model, plan, tmp_path / "m.gguf", progress=False)
+    assert result.readback["exact"] == result.readback["tensors"] and not result.readback["mismatched"]
+    assert any(str(dtype).replace("torch.", "") in n and "code x scale" in n for n in result.notes)
+    simulated = apply(model, plan, None, weight_method="minmax", progress=False)
+    written = tensors(result.path)
+    up = "model.layers.0.mlp.up_proj"
+    name = "blk.0.ffn_up.weight"
+    assert written[name].tensor_type in (T.Q4_0, T.Q8_0)
+    held = torch.from_numpy(gguf_values(written[name]).astype(np.float32))
+    assert torch.equal(held.to(dtype), simulated.get_submodule(up).layer.weight.detach())
+
+
 def test_read_back_catches_a_changed_block(tmp_path):
     model = tiny_llama(layers=1)
     plan = plan_of({n: "q4_0" for n in linear_names(model)})

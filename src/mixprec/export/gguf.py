@@ -148,13 +148,22 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         from ..apply import apply
         quantized = apply(model, plan, None, weight_method="minmax", progress=progress)
     simulated: dict[str, torch.Tensor] = {}  # HF parameter name -> simulated weight
+    dtypes: set[torch.dtype] = set()
     for layer in candidates:
         module = quantized.get_submodule(layer)
         if not isinstance(module, QuantizedLayer):
             raise PlanError(f"the quantized model has no quantized layer {layer!r} the plan names; pass the model "
                             "apply(model, plan) made from this plan")
         simulated[layer[len(prefix):] + ".weight"] = module.layer.weight.detach().to(torch.float32).cpu()
+        dtypes.add(module.layer.weight.dtype)
     planned = {layer[len(prefix):] + ".weight": layer for layer in candidates}
+    low = sorted((d for d in dtypes if d not in (torch.float32, torch.float64)), key=str)
+    model_dtype = low[0] if low else torch.float32
+    if low:
+        notes.append(f"the model's weights are {str(model_dtype).replace('torch.', '')}: its simulation holds each "
+                     "quantized weight as code x scale rounded to that type, the file holds the code and scale, "
+                     "which llama.cpp multiplies unrounded (a difference of at most half that type's epsilon of "
+                     "each weight); the read-back compares the file with code x scale")
 
     config = lm.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
@@ -180,13 +189,13 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         if key in planned:
             layer = planned[key]
             kind = types[layer]
-            tied = expected.get("token_embd.weight")
+            tied = simulated.get("model.embed_tokens.weight", expected.get("token_embd.weight"))
             if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and tied is not None \
                     and any(r["name"] == "token_embd.weight" and r["type"] == kind for r in rows) \
                     and torch.equal(tied, simulated[key]):
                 continue  # tied and planned alike (one group): the same blocks as token_embd, read from there
-            data = _encode(state[key], simulated[key], candidates[layer], kind, layer)
-            expected[gguf_name] = simulated[key]
+            data, expected[gguf_name] = _encode(state[key], simulated[key], candidates[layer], kind, layer,
+                                                dtype=model_dtype)
         else:
             layer, kind = None, "F32" if value.dim() < 2 or float_type == "f32" else "F16"
             data = value.numpy() if kind == "F32" else value.numpy().astype(np.float16)
@@ -251,16 +260,23 @@ def read_back(path: str | os.PathLike, expected: dict[str, torch.Tensor], permut
             "max_abs_error": errors}
 
 
-def block_codes(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, layer: str = ""
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def block_codes(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, layer: str = "",
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes (rows, inputs) int8, float16 scale per block (rows, inputs / 32)) of a simulated Q8_0/Q4_0
     weight: its own codes on the grid its format chose for ``original`` (a weight off that grid is an
-    error, never re-rounded)."""
+    error, never re-rounded). ``dtype``: the model's, in which the simulation holds code * scale rounded to
+    it (bfloat16, float16): up to half its epsilon of the value, less than a quarter step for 8-bit codes in
+    bfloat16, so the codes are still read exactly; float32: exactly code * scale."""
     fmt = candidate.weight
     scale, _ = weight_qparams(original, fmt, fmt.range_method or "minmax")
     step = stored_scale(scale, fmt)
-    codes = torch.where(step != 0, simulated / torch.where(step != 0, step, 1), 0)
-    on_grid = (codes == torch.round(codes)) & (codes >= fmt.qmin) & (codes <= fmt.qmax) & (codes * step == simulated)
+    if dtype in (torch.float32, torch.float64):
+        codes = torch.where(step != 0, simulated / torch.where(step != 0, step, 1), 0)
+        held = codes * step == simulated
+    else:
+        codes = torch.round(torch.where(step != 0, simulated / torch.where(step != 0, step, 1), 0))
+        held = (codes * step).to(dtype).to(simulated.dtype) == simulated
+    on_grid = (codes == torch.round(codes)) & (codes >= fmt.qmin) & (codes <= fmt.qmax) & held
     if not bool(on_grid.all()):
         raise ModelError(f"layer {layer!r}: the quantized weight is not on the {candidate.name} grid of its min/max "
                          "scales, so its codes cannot be written exactly; quantize it with a rounding that keeps them (nearest, "
@@ -268,13 +284,18 @@ def block_codes(original: torch.Tensor, simulated: torch.Tensor, candidate: Cand
     return codes.to(torch.int8), step[:, ::GGUF_BLOCK].to(torch.float16)
 
 
-def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, kind: str, layer: str) -> np.ndarray:
-    """The layer's data as GGUF stores it: float32/float16 values, or Q8_0/Q4_0 blocks (uint8 rows)."""
+def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, kind: str, layer: str,
+            dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, torch.Tensor]:
+    """(the layer's data as GGUF stores it: float32/float16 values, or Q8_0/Q4_0 blocks (uint8 rows); the
+    float32 values the file holds: the simulated weight, or code * scale of each block, which a model of
+    ``dtype`` bfloat16 or float16 simulates rounded to that type)."""
     if kind == "F32":
-        return simulated.numpy()
+        return simulated.numpy(), simulated
     if kind == "F16":
-        return simulated.numpy().astype(np.float16)
-    codes, scales = block_codes(original, simulated, candidate, layer)
+        return simulated.numpy().astype(np.float16), simulated.to(torch.float16).to(torch.float32)
+    codes, scales = block_codes(original, simulated, candidate, layer, dtype)
+    held = (codes.to(torch.float32).reshape(codes.shape[0], -1, GGUF_BLOCK)
+            * scales.to(torch.float32).unsqueeze(-1)).reshape(codes.shape)
     rows, inputs = codes.shape
     q = codes.numpy().reshape(rows, inputs // GGUF_BLOCK, GGUF_BLOCK)
     d = scales.numpy().reshape(rows, inputs // GGUF_BLOCK, 1).view(np.uint8)  # 2 bytes, little-endian
@@ -283,7 +304,7 @@ def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidat
     else:  # block_q4_0: fp16 d, qs[16]: code j + 8 in the low nibble of byte j, code j + 16 + 8 in the high one
         u = (q + 8).astype(np.uint8)
         body = u[..., : GGUF_BLOCK // 2] | (u[..., GGUF_BLOCK // 2:] << np.uint8(4))
-    return np.concatenate([d, body], axis=-1).reshape(rows, -1)
+    return np.concatenate([d, body], axis=-1).reshape(rows, -1), held
 
 
 def _permute_rows(a: np.ndarray, heads: int) -> np.ndarray:
