@@ -92,6 +92,7 @@ def test_tied_weights_are_one_group_and_stay_one_tensor():
     ids = torch.randint(0, 10, (2, 5))
     groups = discover_groups(model, ids)
     assert groups.names == ["{embed,head}"] and groups.groups[0].tied_by == "shared weight"
+    assert groups.groups[0].params == 60  # the one table, counted once
     original = model.embed.weight.detach().clone()
     q = apply(model, Plan.uniform(groups, "w2"), None, progress=False)
     assert torch.equal(q.embed.weight, q.head.weight)  # the table and the output layer: one format, one tensor

@@ -261,3 +261,23 @@ def test_solve_says_how_to_apply_the_plan_with_the_data_a_model_of_ones_own_need
     out = tmp_path / "q"
     assert main(hint.replace("DIR", str(out)).split()[1:]) == 0
     assert (out / "plan.json").is_file()
+
+
+def test_the_quantize_hint_is_quoted_for_a_shell_and_names_the_plans_rounding():
+    """A data spec with '&' pasted unquoted sends the command to the background; a GPTQ plan applied without
+    --rounding gptq deploys other weights than were measured."""
+    import shlex
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from mixprec.cli import _quantize_hint
+    from mixprec.plan import Plan
+    analysis = SimpleNamespace(run=None, model_name=None)
+    args = Namespace(model="hf:my model", data="text:corpus.txt?windows=2&length=32", out="plan.json")
+    plan = Plan({"fc": "w4g32"}, {"fc": ["fc"]},
+                metadata={"rounding": "gptq", "rounding_options": {"act_order": False, "static_groups": True}})
+    assert shlex.split(_quantize_hint(analysis, args, plan)) == [
+        "mixprec", "quantize", "--model", "hf:my model", "--data", "text:corpus.txt?windows=2&length=32",
+        "--rounding", "gptq", "--no-act-order", "--static-groups", "--plan", "plan.json", "--out", "DIR"]
+    plain = Plan({"fc": "w4g32"}, {"fc": ["fc"]})
+    assert "--rounding" not in _quantize_hint(analysis, args, plain)

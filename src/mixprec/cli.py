@@ -19,7 +19,7 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import SpecError, error_line
+from .errors import PlanError, SpecError, error_line
 from .export import DECODERS
 from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
@@ -439,12 +439,16 @@ def cmd_solve(args) -> int:
                               guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
                               **_search_options(args))
     meta = plan.metadata
-    total, costs, budgets = max(meta["predicted_sensitivity"], 1e-300), meta["predicted_costs"], meta["budgets"]
+    total, costs, budgets = meta["predicted_sensitivity"], meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
+    chosen = [(i, table.candidates.index(plan.assignments[g])) for i, g in enumerate(table.groups)]
+    # a share of S is a share only of a positive total of non-negative entries (an --around table holds
+    # changes from its base, which are negative where a move helps)
+    shares = total > 0 and all(table.values[i, c] >= 0 for i, c in chosen)
     rows = []
-    for i, g in enumerate(table.groups):
-        c = table.candidates.index(plan.assignments[g])
-        rows.append((g, table.candidates[c], f"{table.values[i, c]:.3g}", f"{100 * table.values[i, c] / total:.1f}%",
+    for i, c in chosen:
+        rows.append((table.groups[i], table.candidates[c], f"{table.values[i, c]:.3g}",
+                     f"{100 * table.values[i, c] / total:.1f}%" if shares else "-",
                      f"{100 * bytes_of[i, c] / max(costs['bytes'], 1e-300):.1f}%"))
     _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
     print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
@@ -456,17 +460,31 @@ def cmd_solve(args) -> int:
         print(f"search {args.search}: {meta['evaluations']} plans measured; this plan: {meta['measured']['name']} "
               f"{meta['measured']['value']:.4g}")
     plan.save(args.out)
-    print(f"wrote {args.out}; apply it with: {_quantize_hint(analysis, args)}")
+    print(f"wrote {args.out}; apply it with: {_quantize_hint(analysis, args, plan)}")
     return 0
 
 
-def _quantize_hint(analysis: Analysis, args) -> str:
-    """The quantize command that applies the plan just written: the model and calibration data the run measured
-    (a model that is not built-in needs its --data named)."""
+def _quantize_hint(analysis: Analysis, args, plan: Plan | None = None) -> str:
+    """The quantize command that applies the plan just written, quoted for a shell: the model and calibration data
+    the run measured (a model that is not built-in needs its --data named), and the rounding the plan was chosen
+    with."""
+    import shlex
     arguments = analysis.run.arguments() if analysis.run is not None and analysis.run.exists else {}
     model = getattr(args, "model", None) or analysis.model_name or arguments.get("model") or "MODEL"
     data = getattr(args, "data", None) or arguments.get("data") or (None if is_builtin(model) else "DATA")
-    return f"mixprec quantize --model {model}" + (f" --data {data}" if data else "") + f" --plan {args.out} --out DIR"
+    rounding = plan_rounding(plan.metadata) if plan is not None else None
+    flags = ""
+    if rounding is not None and rounding.name != "nearest":
+        defaults = rounding_config(rounding.name).options()
+        flags = f" --rounding {rounding.name}" + "".join(
+            f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in rounding.options().items()
+            if isinstance(v, bool) and v != defaults.get(k))
+        iterations = rounding.options().get("iterations")
+        if iterations is not None and iterations != defaults.get("iterations"):
+            flags += f" --rounding-iterations {iterations}"
+    return (f"mixprec quantize --model {shlex.quote(str(model))}"
+            + (f" --data {shlex.quote(str(data))}" if data else "") + flags
+            + f" --plan {shlex.quote(str(args.out))} --out DIR")
 
 
 def cmd_pareto(args) -> int:
@@ -549,11 +567,7 @@ def cmd_export(args) -> int:
     check_output_file(args.out)
     model, data, example, groups = _setup(args)
     plan = _plan_of(args, groups, same_groups=False)
-    rounding = _rounding(args)
-    if args.rounding is None and plan_rounding(plan.metadata) is not None:  # measured with these weights: deploy them
-        rounding = plan_rounding(plan.metadata)
-        print(f"note: the plan was chosen with {rounding.name}-rounded weights; they are what the file holds "
-              f"(options {rounding.options()}; --rounding nearest writes nearest rounding's instead)")
+    rounding = _export_rounding(args, plan)
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     from . import hf
     source = "hf:" + str(hf.parse(args.model).folder.resolve()) if hf.is_hf(args.model) else None
@@ -580,9 +594,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_rounding(args, plan: Plan):
+    """The rounding an export writes the weights of: --rounding, else the one the plan was chosen with (measured
+    with those weights: deploy them), else None (nearest); refused before it runs where its weights cannot lie
+    on the file's grid."""
+    from .export import check_rounding_grid
+    rounding = _rounding(args)
+    recorded = args.rounding is None and plan_rounding(plan.metadata) is not None
+    if recorded:
+        rounding = plan_rounding(plan.metadata)
+    try:
+        check_rounding_grid(rounding, {n: parse_candidate(c) for n, c in plan.layer_candidates().items()})
+    except PlanError as exc:
+        if recorded:
+            raise PlanError(f"the plan was chosen with {rounding.name}-rounded weights (options "
+                            f"{rounding.options()}), which export would write: {exc}") from exc
+        raise
+    if recorded:
+        print(f"note: the plan was chosen with {rounding.name}-rounded weights; they are what the file holds "
+              f"(options {rounding.options()}; --rounding nearest writes nearest rounding's instead)")
+    return rounding
+
+
 def _export_file(args) -> int:
-    """export --target gguf | compressed-tensors: check the plan on the target, apply it (nearest rounding), write
-    and read back the file or folder, and report; no runtime of those targets runs here."""
+    """export --target gguf | compressed-tensors: check the plan on the target, apply it (with --rounding, else the
+    plan's own rounding, else nearest), write and read back the file or folder, and report; no runtime of those
+    targets runs here."""
     from collections import Counter
 
     from .apply import apply
@@ -600,9 +637,13 @@ def _export_file(args) -> int:
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     check_target(args.target, {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
                                for name, m in plan.model_layers(model).items()})
+    rounding = _export_rounding(args, plan)
+    if rounding is not None and rounding.name != "nearest" and data is None:
+        raise SpecError(f"{rounding.name} rounding reads calibration batches: give --data (or --rounding nearest)")
     weight_method = "minmax" if gguf else args.weight_range  # GGUF's q8_0/q4_0 fix their own (min/max) ranges
-    quantized = apply(model, plan, None if gguf else data, weight_method=weight_method,
-                      activation_method=args.activation_range)
+    quantized = apply(model, plan, None if gguf and (rounding is None or rounding.name == "nearest") else data,
+                      weight_method=weight_method, activation_method=args.activation_range,
+                      rounding=rounding or "nearest", rounding_checkpoint=cache_dir() / "rounding")
     notes = []
     folder = _checkpoint_folder(args.model)
     if gguf:
@@ -610,6 +651,8 @@ def _export_file(args) -> int:
         notes += [note] if note else []
         result = export_gguf(model, plan, out, quantized=quantized, tokenizer=tokenizer, tokenizer_pre=pre,
                              float_type=args.float_type or "f32", progress=False)
+        if note:  # the command's note says why the file has no vocabulary: export_gguf's says it again
+            result.notes[:] = [n for n in result.notes if not n.startswith("no tokenizer given")]
         _table(["layer", "candidate", "GGUF tensor", "type", "bytes"],
                [(t["layer"], t["candidate"], t["name"], t["type"], format_bytes(t["bytes"]))
                 for t in result.tensors if t["layer"] is not None])
@@ -662,10 +705,11 @@ def _export_cuda(args) -> int:
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     check_target("cuda", {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])
                           for name, m in plan.model_layers(model).items()})
+    rounding = _export_rounding(args, plan)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     quantized = apply(model, plan, data, weight_method=args.weight_range, activation_method=args.activation_range,
-                      joins=False)
+                      joins=False, rounding=rounding or "nearest", rounding_checkpoint=cache_dir() / "rounding")
     deployment = deploy_cuda(model, plan, data, quantized=quantized, device=device, dtype=args.dtype,
                              weight_method=args.weight_range, activation_method=args.activation_range)
     save_cuda(deployment, out)

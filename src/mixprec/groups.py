@@ -57,7 +57,8 @@ class QuantizerGroup:
 
     @property
     def params(self) -> int:
-        return sum(l.params for l in self.layers)
+        """Weights the group holds: a weight its layers share (tied embedding and output layer) counted once."""
+        return sum(l.params for l in self.layers if not l.weight_of)
 
     @property
     def macs(self) -> int | None:

@@ -101,6 +101,48 @@ def test_a_candidate_gguf_cannot_write_is_one_error_listing_the_layers(checkpoin
     assert not (tmp_path / "x.gguf").exists()
 
 
+def test_the_rounding_asked_for_is_what_the_gguf_file_holds(checkpoint, tmp_path, capsys):
+    """--rounding gptq --static-groups: the file holds GPTQ's codes (other blocks than nearest's), read back
+    exactly; without --data there is nothing for GPTQ to read, which is said before any work."""
+    folder, text_file = checkpoint
+    data = f"text:{text_file}?windows=2&length=32"
+    nearest, gptq = tmp_path / "nearest.gguf", tmp_path / "gptq.gguf"
+    base = ["export", "--model", f"hf:{folder}", "--uniform", "q4_0", "--target", "gguf"]
+    assert main(base + ["--out", str(nearest)]) == 0
+    assert main(base + ["--data", data, "--rounding", "gptq", "--static-groups", "--out", str(gptq)]) == 0
+    assert "tensors exactly the simulated weights" in capsys.readouterr().out
+    _, a = fields(nearest)
+    _, b = fields(gptq)
+    assert a.keys() == b.keys()
+    differ = [n for n in a if n.endswith("ffn_up.weight") and bytes(a[n].data) != bytes(b[n].data)]
+    assert differ  # GPTQ moved codes
+    assert main(base + ["--rounding", "gptq", "--static-groups", "--out", str(tmp_path / "x.gguf")]) == 2
+    assert "gptq rounding reads calibration batches: give --data" in capsys.readouterr().err
+
+
+def test_gptq_with_dynamic_groups_is_refused_before_it_runs(checkpoint, tmp_path, capsys, monkeypatch):
+    """Its group scales are its own, not the file's: refused before GPTQ runs, whether asked for or recorded in
+    the plan, and without a note that the file holds GPTQ's weights."""
+    import sys
+    folder, text_file = checkpoint
+    data = f"text:{text_file}?windows=2&length=32"
+    monkeypatch.setattr(sys.modules["mixprec.apply"], "apply", lambda *a, **k: pytest.fail("rounded before the check"))
+    assert main(["export", "--model", f"hf:{folder}", "--data", data, "--uniform", "q4_0", "--target", "gguf",
+                 "--rounding", "gptq", "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "GPTQ with dynamic groups" in err and "--static-groups" in err and "Traceback" not in err
+    model = load(f"hf:{folder}")
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    plan = Plan({n: "w4g32" for n in linears}, {n: [n] for n in linears}, metadata={"rounding": "gptq"})
+    plan.save(tmp_path / "plan.json")
+    for target, out in (("ort-cpu", "x.onnx"), ("compressed-tensors", "ct")):
+        assert main(["export", "--model", f"hf:{folder}", "--data", data, "--plan", str(tmp_path / "plan.json"),
+                     "--target", target, "--out", str(tmp_path / out)]) == 2
+        captured = capsys.readouterr()
+        assert "the plan was chosen with gptq-rounded weights" in captured.err and "--static-groups" in captured.err
+        assert "they are what the file holds" not in captured.out
+
+
 def test_bad_outs_are_refused_before_the_model_loads(checkpoint, tmp_path, capsys, monkeypatch):
     import mixprec.cli as cli
     folder, _ = checkpoint

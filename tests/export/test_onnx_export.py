@@ -522,6 +522,7 @@ def test_an_embedding_is_written_as_its_rows_and_an_unused_layer_is_left_out(tmp
     whole = dim % 16 == 0 or embed != "w4g16"
     # integer rows are low precision (each lookup dequantizes its own rows); partial groups are float, and said
     assert [r["layer"] for r in result.fallbacks] == ([] if whole else ["embed"])
+    assert rows["embed"]["note"].startswith("integer rows in the file" if whole else "float by design: float32 rows")
     tables = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.path)).graph.initializer}
     if whole:  # no float copy of the table is left in the file
         assert tables["embed.weight_quantized"].dtype in (np.int8, np.uint8) and "embed.weight" not in tables

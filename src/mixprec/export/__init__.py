@@ -128,6 +128,25 @@ def saturation_note(candidates: Iterable) -> str | None:
             "ort-cpu-avx2), which runs as simulated; a CPU with VNNI runs w8a8 as simulated")
 
 
+def check_rounding_grid(rounding: Any, candidates: dict) -> None:
+    """A file holds each integer weight as codes on nearest rounding's scales (ONNX, GGUF, compressed-tensors):
+    refuse, before any rounding runs, a rounding that makes its own scales for grouped weights, GPTQ with
+    dynamic groups (its default), which chooses each group's scale from weights it has already updated.
+    ``candidates``: layer -> Candidate."""
+    from ..rounding import rounding_config
+    config = None if rounding is None else rounding_config(rounding)
+    if config is None or getattr(config, "name", "") != "gptq" or getattr(config, "static_groups", True):
+        return
+    grouped = sorted(name for name, c in candidates.items()
+                     if getattr(c.weight, "granularity", None) == "group")
+    if grouped:
+        raise PlanError(f"GPTQ with dynamic groups (its default) makes each group's scale from the weights it has "
+                        f"already updated, so the weights of the {len(grouped)} layer(s) with grouped formats "
+                        f"({', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''}) are not on the grid of the "
+                        "scales an exported file holds: export with --rounding gptq --static-groups "
+                        "(GPTQ(static_groups=True)), or --rounding nearest")
+
+
 def _float_copy(quantized: nn.Module) -> nn.Module:
     """The simulated model with every QuantizedLayer replaced by its layer (weights as simulated)."""
     import copy
@@ -229,6 +248,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}
     realisations = check_layers(spec, shapes, reduce_range)
+    if quantized is None:
+        check_rounding_grid(rounding, candidates)
     _import_onnx()
 
     from ..apply import apply
@@ -493,6 +514,8 @@ def _note(row: dict, kind: str) -> str:
     if kind == "float":
         return "float, as planned"
     if kind == "dq_weight" and row.get("op") == "Gather":
+        if str(row.get("format", "")).startswith("float32 rows"):  # groups that do not tile a row
+            return f"float by design: {row['format']}, for a float Gather"
         return "integer rows in the file; a lookup dequantizes only the rows it reads"
     if low:
         return f"runs in low precision ({op})"

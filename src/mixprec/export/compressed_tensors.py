@@ -176,7 +176,7 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
         raise PlanError(f"{len(conv1d)} planned layer(s) (e.g. {conv1d[0]}) are transformers Conv1D layers (GPT-2's "
                         "layout: weight (in, out)), which compressed-tensors checkpoints do not hold (their packed "
                         "weights are (out, in), for nn.Linear); keep them float (--exclude) or export to another "
-                        "target (gguf, ort-cpu, cuda)")
+                        "target (ort-cpu, cuda)")
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     schemes = _check_layers(modules, candidates)
