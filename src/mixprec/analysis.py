@@ -692,7 +692,7 @@ class Analysis:
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
                               method=method)
         solve_s = time.perf_counter() - start
-        plans = []
+        plans, replaced = [], 0
         for p in solved:
             choice, search, guarded = p.solution.choice, method, None
             if guard:
@@ -704,6 +704,7 @@ class Analysis:
                     guard = False
                 elif guarded is not None and guarded.chosen != MIXED and guarded.divergence:  # measured and replaced
                     choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
+                    replaced += 1
             objective, costs = problem.totals(choice)
             assignments = problem.assignments(choice)
             if any(q.assignments == assignments for q in plans):
@@ -726,7 +727,7 @@ class Analysis:
         front = Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
                       self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
-                      solve_s)
+                      solve_s, {"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote
             from .front import INVERTED

@@ -512,9 +512,12 @@ def cmd_pareto(args) -> int:
              *([f"{p.measured['value']:.4g}"] if reference else []),
              ",".join(sorted(set(p.assignments.values())))) for p in front.plans])
     guarded = [p.search.split("guard: ")[1] for p in front.plans if p.search and "guard: " in p.search]
+    counts = front.extra.get("guard_replaced") or {}
     if guarded:
-        print(f"guard: {len(guarded)} of {len(front.plans)} front plans measured no better than a uniform plan within "
-              f"their cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})")
+        solved, replaced = counts.get("solved", len(front.plans)), counts.get("replaced", len(guarded))
+        print(f"guard: {replaced} of the {solved} plans solved measured no better than a uniform plan within their "
+              f"cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})"
+              + (f"; equal plans merged, {len(front.plans)} front plans remain" if solved != len(front.plans) else ""))
     for cand in front.uniform_above_front():
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
     for i, j in front.below_cheaper():

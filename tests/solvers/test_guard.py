@@ -261,6 +261,10 @@ def test_a_front_plan_that_is_uniform_already_is_not_said_to_be_replaced(demo):
             assert "guard:" not in (plan.search or "")
         if "guard:" in (plan.search or ""):  # said to be replaced: it was measured against its rival
             assert guard.get("measured")
+    # counted over the plans solved, before equal plans merge (a replaced plan may equal its neighbour)
+    counts = front.extra["guard_replaced"]
+    assert counts["solved"] >= len(front.plans)
+    assert counts["replaced"] >= sum("guard:" in (p.search or "") for p in front.plans)
 
 
 def test_a_difference_just_under_the_margin_never_reads_as_the_margin():
