@@ -281,3 +281,14 @@ def test_the_quantize_hint_is_quoted_for_a_shell_and_names_the_plans_rounding():
         "--rounding", "gptq", "--no-act-order", "--static-groups", "--plan", "plan.json", "--out", "DIR"]
     plain = Plan({"fc": "w4g32"}, {"fc": ["fc"]})
     assert "--rounding" not in _quantize_hint(analysis, args, plain)
+
+
+@pytest.mark.parametrize("value", ["4.5MB", "4.5KiB", "4.5B", "4k"])
+def test_bits_per_weight_take_no_unit(value):
+    from mixprec.budgets import parse_budgets
+    from mixprec.errors import MixprecError
+    with pytest.raises(MixprecError, match="bits per weight is a plain number"):
+        parse_budgets(f"bits={value}", ["bytes", "bits_per_weight"], lambda kind, cand: 0.0, lambda kind: 1.0)
+    assert parse_budgets("bytes=4.5KiB", ["bytes"], lambda kind, cand: 0.0, lambda kind: 1.0) == {"bytes": 4608.0}
+    assert parse_budgets("bits=4.5", ["bits_per_weight"], lambda kind, cand: 0.0, lambda kind: 1.0) == \
+        {"bits_per_weight": 4.5}

@@ -270,3 +270,17 @@ def test_an_eval_function_that_cannot_take_the_model_is_refused_when_loaded(tmp_
         with pytest.raises(SpecError, match=rf"called with the model as its one argument.*{sig}"):
             load_eval(f"{f}:{name}")
     assert load_eval(f"{f}:fine")(torch.nn.Linear(2, 2)).value == 2.0
+
+
+def test_a_mistyped_function_name_gets_the_closest_of_the_files_own_functions(tmp_path):
+    from mixprec.errors import SpecError
+    from mixprec.specs import load_model
+    spec = tmp_path / "mine.py"
+    spec.write_text("from dataclasses import dataclass\nfrom pathlib import Path\nimport torch\n"
+                    + "".join(f"def helper_{c}():\n    pass\n" for c in "abcdefghijkl")
+                    + "def seg_build():\n    return torch.nn.Linear(2, 2)\n")
+    with pytest.raises(SpecError) as info:
+        load_model(f"{spec}:seg_buidl")
+    message = str(info.value)
+    assert "did you mean 'seg_build'?" in message
+    assert "dataclass" not in message and "Path" not in message  # imported names are not the file's own

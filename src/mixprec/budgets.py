@@ -3,7 +3,8 @@
 KIND: ``bytes``, ``bops``, ``bits`` (average bits per weight; also ``bits_per_weight``), or any
 other cost table the run holds. VALUE:
 - absolute, with an optional unit: ``2.5MB``, ``800KB``, ``1.2G`` (BOPs), ``4.5`` (bits);
-  K/M/G/T are powers of 1000, KiB/MiB/GiB powers of 1024, a trailing ``B`` is ignored;
+  K/M/G/T are powers of 1000, KiB/MiB/GiB powers of 1024, a trailing ``B`` is ignored (bits per weight
+  take no unit);
 - the cost of a uniform candidate: ``bops=w4a8`` = the BOPs of the model all at w4a8;
 - a fraction of the highest-precision plan (every group on its most expensive allowed candidate): ``0.5x``;
   in a measured table (``latency_ms=0.8x``), of that plan's measured cost: every group on its candidate of
@@ -66,6 +67,10 @@ def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
     match = _NUMBER.match(value)
     if match:
         number, unit = match.groups()
+        if kind == "bits_per_weight" and (unit or value.rstrip().lower().endswith("b")):
+            raise MixprecError(f"budget bits={value}: bits per weight is a plain number (e.g. bits=4.5), or the bits "
+                               "of a uniform candidate (bits=w4g64) or a fraction (bits=0.5x); a size in bytes is "
+                               f"bytes={value}")
         return float(number) * _UNITS[(unit or "").lower()]
     try:
         cost = uniform_cost(kind, value)

@@ -80,8 +80,16 @@ def resolve_callable(spec: str, what: str) -> Callable:
             raise SpecError(f"{what} spec {spec!r}: cannot import module {target!r} ({exc})") from exc
     fn = getattr(module, attr, None)
     if fn is None:
+        import difflib
+        import inspect
+        # the file's own functions and classes first: names it imported (torch, dataclass, Path) are noise here
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        raise SpecError(f"{what} spec {spec!r}: {target} has no attribute {attr!r}; callables there: {names[:10]}")
+        own = [n for n in names if getattr(inspect.getmodule(getattr(module, n)), "__name__", None) == module.__name__]
+        close = difflib.get_close_matches(attr, own or names, n=3, cutoff=0.6)
+        listed = own or names
+        raise SpecError(f"{what} spec {spec!r}: {target} has no attribute {attr!r}"
+                        + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
+                        + f" (its functions and classes: {listed[:15]}{' ...' if len(listed) > 15 else ''})")
     if not callable(fn):
         raise SpecError(f"{what} spec {spec!r}: {attr!r} is not callable")
     return fn

@@ -166,3 +166,23 @@ def test_a_regression_output_of_one_value_per_input_gives_one_sample_per_input()
     single = torch.nn.Linear(5, 3)  # one input of shape (5,): its (3,) output is one sample
     _, one = OutputDivergence(single, [torch.randn(5)], "sqnr").measure_samples(single)
     assert one["sqnr"].shape == (1,)
+
+
+def test_a_segmentation_output_is_scored_along_its_class_axis():
+    """(batch, classes, height, width): KL and top-1 disagreement per pixel, over the classes on axis 1. A shift of
+    every class score of a pixel by one amount leaves its probabilities, so both measure 0; flipping the winning
+    class of one pixel is one disagreement of batch x height x width."""
+    from mixprec.sensitivity.divergence import disagreement_samples, kl_divergence, kl_samples
+    torch.manual_seed(0)
+    ref = torch.randn(2, 3, 4, 5)
+    shifted = ref + torch.randn(2, 1, 4, 5)  # the same for every class of a pixel
+    kl, rows = kl_divergence(ref, shifted)
+    assert rows == 2 * 4 * 5 and abs(kl) < 1e-5
+    per_sample, rows = disagreement_samples(ref, shifted)
+    assert rows == 40 and per_sample.tolist() == [0.0, 0.0]
+    flipped = ref.clone()
+    winner = int(ref[1, :, 2, 3].argmax())
+    flipped[1, winner, 2, 3] -= 100.0
+    per_sample, _ = disagreement_samples(ref, flipped)
+    assert per_sample.tolist() == [0.0, 1.0]
+    assert kl_samples(ref, flipped)[0][1] > 0 and kl_samples(ref, flipped)[0][0] == 0

@@ -57,12 +57,20 @@ def _row_chunks(x: torch.Tensor) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
 
 
+def class_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its class scores along the last axis: a (batch, classes, height, width) output (segmentation,
+    channels first as torch's convolutions write them) has them on axis 1, a (batch, classes) or (batch, tokens,
+    vocabulary) one last; the batch stays first (mixprec.export.top1 reads the same axes)."""
+    return x.movedim(1, -1) if x.ndim == 4 else x
+
+
 def check_class_scores(ref: torch.Tensor, what: str) -> None:
-    """KL and top-1 agreement read class scores along the output's last axis: an output without two or more
-    (a regression's (N, 1) or (N,)) would measure 0, or nonsense, for any model."""
-    if ref.ndim < 2 or ref.shape[-1] < 2:
+    """KL and top-1 agreement read class scores along the output's class axis (:func:`class_last`): an output
+    without two or more (a regression's (N, 1) or (N,)) would measure 0, or nonsense, for any model."""
+    if ref.ndim < 2 or class_last(ref).shape[-1] < 2:
         from ..errors import SpecError
-        raise SpecError(f"{what} compares class scores along the model output's last axis, and this output has shape "
+        raise SpecError(f"{what} compares class scores along the model output's class axis (the last, or axis 1 "
+                        "of a 4-D output), and this output has shape "
                         f"{tuple(ref.shape)} (a regression?), where it measures nothing: use sqnr (--metric sqnr, "
                         f"--guard-divergence sqnr, or auto, which picks it for such outputs)")
 
@@ -71,6 +79,7 @@ def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """KL(softmax(ref) || softmax(out)) of every row (the last dimension is the vocabulary), in float32
     whatever the outputs' dtype, a chunk of rows at a time."""
     check_class_scores(ref, "kl")
+    ref, out = class_last(ref), class_last(out)
     ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
     step, parts = _row_chunks(ref), []
     for i in range(0, ref.shape[0], step):
@@ -116,6 +125,7 @@ def kl_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, floa
 def disagreement_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(per sample: its rows whose top-1 differs from the float model's, number of rows)."""
     check_class_scores(ref, "top-1 agreement")
+    ref, out = class_last(ref), class_last(out)
     a = ref.reshape(-1, ref.shape[-1]).argmax(dim=-1)
     b = out.reshape(-1, out.shape[-1]).argmax(dim=-1)
     return (a != b).reshape(_samples(ref), -1).sum(dim=1).double(), float(a.numel())
