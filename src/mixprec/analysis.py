@@ -459,7 +459,8 @@ class Analysis:
                     + ("; the guard compares it with the uniform plans of no greater cost than the plan itself"
                        if guard else ""))
             notes.append(note)
-            warnings.warn(note, stacklevel=2)
+            from .errors import BudgetNote
+            warnings.warn(note, BudgetNote, stacklevel=2)
         guarded = None
         if guard:
             kind_of_plan = goal.kind or problem.default_kind

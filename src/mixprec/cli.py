@@ -430,9 +430,10 @@ def _load_run(args) -> Analysis:
 def cmd_solve(args) -> int:
     check_output_file(args.out)
     analysis = _load_run(args)
-    from .errors import EvaluationNote
-    with warnings.catch_warnings():  # the plan's notes hold it: printed once, with them
+    from .errors import BudgetNote, EvaluationNote
+    with warnings.catch_warnings():  # the plan's notes hold them: printed once, with them
         warnings.filterwarnings("ignore", category=EvaluationNote)
+        warnings.filterwarnings("ignore", category=BudgetNote)
         plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost,
                               kind=args.kind, max_drop=args.max_drop, evaluate=args.eval, device=args.device,
                               rounding=_rounding(args), guard=not args.no_guard, guard_divergence=args.guard_divergence,

@@ -24,6 +24,11 @@ class EvaluationNote(UserWarning):
     warning; the command line prints it as a note)."""
 
 
+class BudgetNote(UserWarning):
+    """A plan returned over its budget (a search bounded by a measured drop, greedy or bisection, not by the
+    budget): in Python a warning; the command line prints it as a note."""
+
+
 class ModelNote(UserWarning):
     """What mixprec noticed about the model when it found its groups: weights in modules it does not quantize
     (they stay float and set a floor under every bytes budget), several outputs, conversions made. In Python

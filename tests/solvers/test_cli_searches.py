@@ -110,6 +110,15 @@ def test_measured_searches_keep_the_drop_within_the_bound(run, tmp_path, search)
     assert meta["evaluations"] >= 1
 
 
+def test_a_plan_over_its_budget_is_one_note_not_a_python_warning(run, tmp_path, capsys, recwarn):
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--search", "greedy", "--max-drop", "0.0001", "--budget", "bops=0.3x",
+                 "--no-guard", "--out", str(plan)]) == 0  # stops at the drop, long before the budget
+    captured = capsys.readouterr()
+    assert captured.out.count("this plan exceeds the budget") == 1
+    assert not [w for w in recwarn if "exceeds the budget" in str(w.message)]  # printed as a note only
+
+
 def test_search_argument_errors(run, tmp_path, capsys):
     plan = str(tmp_path / "plan.json")
     for argv, message in ((["--search", "exact"], "needs --budget"),

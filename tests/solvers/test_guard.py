@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 
 import mixprec
 from mixprec.builtin import get_builtin
+from mixprec.errors import BudgetNote
 from mixprec.solvers.guard import MIXED, Sampled, guard, paired_z
 
 
@@ -308,7 +309,7 @@ def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(d
     b, _, _, analysis = demo
     budget = f"bops={analysis.problem().uniform_cost('bops', 'w2a8') * 1.01:.0f}"
     for search in ("greedy", "bisection"):
-        with pytest.warns(UserWarning, match="exceeds the budget"):
+        with pytest.warns(BudgetNote, match="exceeds the budget"):
             plan = analysis.solve(budget, search=search, evaluate=lambda m: b.evaluate(m, limit=256), max_drop="0.5%",
                                   guard=False)
         assert any("exceeds the budget" in n for n in plan.metadata.get("notes", []))
@@ -316,7 +317,7 @@ def test_a_search_that_stops_at_the_drop_says_when_its_plan_exceeds_the_budget(d
     assert not any("exceeds the budget" in n for n in exact.metadata.get("notes", []))
     # guarded, the plan over its budget is compared with the uniform plans of no greater cost than itself (the
     # uniform plans within the budget were no like-for-like rivals)
-    with pytest.warns(UserWarning, match="exceeds the budget"):
+    with pytest.warns(BudgetNote, match="exceeds the budget"):
         guarded = analysis.solve(budget, search="greedy", evaluate=lambda m: b.evaluate(m, limit=256),
                                  max_drop="0.5%")
     assert any("no greater cost than the plan itself" in n for n in guarded.metadata["notes"])
