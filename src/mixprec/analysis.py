@@ -271,7 +271,12 @@ class Analysis:
             else:
                 if edges and fits(choice):
                     rivals[f"uniform {cand}, first/last {problem.candidates[choice[edges[0]]]}"] = choice
-        return rivals
+        # one plan, one rival: a variant whose first and last groups are all the groups (a model of one or two)
+        # is another uniform plan, measured once and named as what it is
+        unique: dict[bytes, str] = {}
+        for label in sorted(rivals, key=lambda label: (", first/last" in label, label)):
+            unique.setdefault(np.asarray(rivals[label]).tobytes(), label)
+        return {label: choice for label, choice in rivals.items() if label in unique.values()}
 
     # ---- measuring plans -------------------------------------------------------------------------------
     def evaluator(self, evaluate: Callable | str | None = None, device: str | None = None,

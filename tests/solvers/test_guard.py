@@ -439,3 +439,17 @@ def test_a_single_divergence_is_named_in_the_reason():
     result = guard(np.array([0]), {"uniform w4a8": np.array([1])}, lambda c: measured[int(c[0])], margin=0,
                    names=("1/SQNR",))
     assert result.chosen == "uniform w4a8" and "measures 1/SQNR 0.0089, the mixed plan 1/SQNR 0.0118" in result.reason
+
+
+def test_a_first_last_variant_that_is_another_uniform_plan_is_measured_once_under_its_own_name():
+    """Two groups: the first and last are all of them, so 'uniform w2a8, first/last w8a8' is uniform w8a8."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = [torch.randn(16, 6) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", progress=False)
+    problem = analysis.problem()
+    rivals = analysis.uniform_rivals(problem, {"bytes": problem.totals(problem.uniform_choice("w8a8"))[1]["bytes"]})
+    assert sorted(rivals) == ["uniform w2a8", "uniform w4a8", "uniform w8a8"]
+    assert len({r.tobytes() for r in rivals.values()}) == len(rivals)
