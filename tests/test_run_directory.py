@@ -256,6 +256,7 @@ def test_a_run_measured_on_an_earlier_grid_is_refused(tmp_path):
 def test_a_run_measured_before_a_simulated_setting_existed_says_what_it_lacks(tmp_path):
     run = RunDirectory(tmp_path)
     run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True}})
+    run.append_entries({("fc", "w8a8"): 0.5})  # measured: a run to keep
     with pytest.raises(RunError, match="settings differ: integer_bias; it was measured before mixprec simulated "
                                        "the int8 kernels' int32 bias rounding"):
         run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True, "integer_bias": 1}})
@@ -282,3 +283,15 @@ def test_a_run_of_a_model_in_memory_reopens_with_it_and_guards_as_the_analysis_d
         mixprec.Analysis.load(tmp_path / "run", model=model, data=data[:2])
     with pytest.raises(SpecError, match="model= needs data="):
         mixprec.Analysis.load(tmp_path / "run", model=model)
+
+
+def test_a_run_that_stopped_before_measuring_anything_is_started_anew_with_other_settings(tmp_path):
+    """An analyze refused after it claimed the directory (a metric that does not fit the output) leaves only
+    run.json: the corrected command takes the directory over, and a run with entries is still refused."""
+    run = RunDirectory(tmp_path / "run")
+    run.claim({"model": "m", "data": "d", "settings": {"metric": "kl"}})
+    run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr"}})
+    assert run.fingerprint()["settings"] == {"metric": "sqnr"}
+    run.append_entries({("fc", "w8a8"): 0.5})
+    with pytest.raises(RunError, match="settings differ: metric"):
+        run.claim({"model": "m", "data": "d", "settings": {"metric": "kl"}})

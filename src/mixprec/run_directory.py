@@ -176,7 +176,11 @@ class RunDirectory:
         """Check that the run is new or made for this ``fingerprint`` (else refuse, writing nothing);
         a new run records the fingerprint and the arguments (rank 0 only)."""
         path = self.path / "run.json"
-        if path.is_file():
+        if path.is_file() and rank == 0 and self._nothing_measured():
+            # an analysis that stopped before its first entry (e.g. refused a metric that does not fit the
+            # output): nothing to keep, so the corrected command starts the run anew
+            write_json_atomic(path, {"fingerprint": fingerprint, "arguments": arguments or {}})
+        elif path.is_file():
             existing = self.fingerprint()
             differs = [k for k in ("model", "data", "settings") if existing.get(k) != fingerprint.get(k)]
             if differs:
@@ -196,6 +200,15 @@ class RunDirectory:
             write_json_atomic(path, {"fingerprint": fingerprint, "arguments": arguments or {}})
         else:
             self.path.mkdir(parents=True, exist_ok=True)
+
+    def _nothing_measured(self) -> bool:
+        """Whether the run holds only its run.json (and empty entry logs): started, nothing measured or written."""
+        for p in self.path.iterdir():
+            if p.name == "run.json" or p.name.startswith(".") or (
+                    p.name.startswith("entries.rank") and p.is_file() and p.stat().st_size == 0):
+                continue
+            return False
+        return True
 
     # entries.rank<R>.jsonl -----------------------------------------------------------------------
     def entries(self, minimum: float | None = 0.0) -> dict[tuple[str, str], float]:
