@@ -38,6 +38,13 @@ def test_a_higher_is_better_number_that_improves_as_plans_get_cheaper_is_called_
     assert loss.better_when_cheaper()  # the float model scores worst of all
     loss.reference = {"name": "metric", "value": 10.0, "higher_is_better": True}
     assert not loss.better_when_cheaper()  # the float model scores best: a noisy metric, not a loss
+    # an MSE returned as a plain float: the two dearest plans swap by noise, the float model scores worst of all
+    mse = _front([(1, 0.0774), (2, 0.0332), (3, 0.0109), (4, 0.009094), (5, 0.009127)])
+    assert not mse.better_when_cheaper()  # without the float model's figure the order alone is not monotone
+    mse.reference = {"name": "metric", "value": 0.0076, "higher_is_better": True}
+    assert mse.better_when_cheaper()
+    mse.reference = {"name": "metric", "value": 0.0095, "higher_is_better": True}
+    assert not mse.better_when_cheaper()  # the float model above the best dear plan: not read as a loss
 
 
 def test_pareto_warns_and_the_report_says_so_when_the_evaluation_reads_upside_down(tmp_path):

@@ -519,9 +519,9 @@ def cmd_pareto(args) -> int:
         print(f"guard: {replaced} of the {solved} plans solved measured no better than a uniform plan within their "
               f"cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})"
               + (f"; equal plans merged, {len(front.plans)} front plans remain" if solved != len(front.plans) else ""))
-    for cand in front.uniform_above_front():
+    for cand in ([] if front.better_when_cheaper() else front.uniform_above_front()):
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
-    for i, j in front.below_cheaper():
+    for i, j in ([] if front.better_when_cheaper() else front.below_cheaper()):  # an inverted metric: said instead
         print(f"note: front plan {i} ({kind} {front.plans[i].costs[kind]:.6g}) measures "
               f"{front.plans[i].measured['value']:.4g}, worse than the cheaper plan {j} ({front.plans[j].measured['value']:.4g}):"
               " the sensitivities, each measured alone, mispredict it; pick the cheaper one, or mixprec solve at that "

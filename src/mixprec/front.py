@@ -13,7 +13,7 @@ from .errors import SpecError
 from .atomic import write_json_atomic
 
 # What Front.better_when_cheaper() means for the user (the command line and the HTML report say it).
-INVERTED = ("every measured plan scores better than the dearer ones, the float model's neighbours worst: a plain "
+INVERTED = ("the cheapest plan scores best and the dearest ones (or the float model) worst: a plain "
             "number from the evaluation function is read as higher-is-better; if it is a loss or an error rate, "
             "return {'main': 'loss', 'loss': value, 'higher_is_better': False} (or an EvalResult with "
             "higher_is_better=False), or the front's flags and the measured searches read it upside down")
@@ -127,14 +127,19 @@ class Front:
     def better_when_cheaper(self) -> bool:
         """The measurements read as higher-is-better (a plain number from the evaluation function) get better as
         plans get cheaper: the cheapest measured plan scores best and the dearest worst (and the float model, where
-        it was measured, no better), with at least three measured. Quantization makes a model worse, so the number
+        it was measured, no better), with at least three measured; or the cheapest scores best and the float model
+        worst of all (the dearest plans, near the float model, may swap places by noise). Quantization makes a model worse, so the number
         is most likely a loss or an error rate that the function should return with higher_is_better=False."""
         measured = [p for p in self.plans if p.measured is not None]
         if len(measured) < 3 or not all(p.measured.get("higher_is_better", True) for p in measured):
             return False
         values = [value for _, value in sorted((p.costs[self.kind], p.measured["value"]) for p in measured)]
         floor = self.reference["value"] if self.reference and self.reference.get("higher_is_better", True) else None
-        return values[0] == max(values) > min(values) == values[-1] and (floor is None or floor <= values[-1])
+        if not values[0] == max(values) > min(values):
+            return False
+        if floor is not None and floor <= min(values):  # the float model worst of all: whatever the dearest plans
+            return True  # do among themselves (two near the float model can swap by noise)
+        return values[-1] == min(values) and (floor is None or floor <= values[-1])
 
     def plan(self, index: int) -> "Plan":
         """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its
