@@ -76,6 +76,9 @@ def test_analyze_auto_names_the_range_in_the_table_and_the_plan(demo):
     assert all(c.endswith(("-mse", "-minmax")) for c in analysis.table.candidates)
     plan = analysis.solve(budget="bops=w4a8")
     assert set(plan.assignments.values()) <= set(analysis.table.candidates)
+    # --candidates without the suffix name the run's variants, as budgets do
+    restricted = analysis.solve(budget="bops=w8a8", candidates="w2a8,w8a8", guard=False)
+    assert {c.split("-")[0] for c in restricted.assignments.values()} <= {"w2a8", "w8a8"}
     with pytest.raises(SpecError, match="calibration data"):
         mixprec.analyze(model, [], candidates="w4a8", metric="roundoff", weight_range="auto", progress=False)
 

@@ -186,6 +186,10 @@ class Analysis:
         if candidates:
             names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
             keep = {parse_candidate(c).name for c in names if c.strip()}
+            # a name without a range suffix (w4) stands for the run's variant of it (w4-mse after weight_range=
+            # "auto"), as in budgets and pins
+            keep = {next((v for v in (f"{c}-mse", f"{c}-minmax") if v in table.candidates), c)
+                    if c not in table.candidates else c for c in keep}
             unknown = sorted(keep - set(table.candidates))
             if unknown:
                 raise SpecError(f"--candidates names {unknown}, which this run did not measure; its candidates: "
