@@ -205,3 +205,24 @@ def test_a_bare_string_pattern_is_one_pattern_and_pins_must_be_a_dict():
     assert len(discover_groups(model, x, ties="[02]").groups) == 1
     with pytest.raises(ModelError, match="pins is a dict"):
         discover_groups(model, x, pins=["0=w8a8"])
+
+
+def test_an_embedding_with_max_norm_is_said():
+    """torch renormalises the rows an Embedding(max_norm) reads, in place, at each lookup: neither the
+    quantized table nor an ONNX file does."""
+    import torch
+    from torch import nn
+
+    from mixprec.groups import discover_groups
+
+    class Bag(nn.Module):
+        def __init__(self, max_norm):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 8, max_norm=max_norm), nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids).mean(1))
+
+    ids = torch.randint(0, 20, (4, 5))
+    assert any("max_norm" in n and "'emb'" in n for n in discover_groups(Bag(1.0), ids).notes)
+    assert not any("max_norm" in n for n in discover_groups(Bag(None), ids).notes)

@@ -380,7 +380,7 @@ def _print_notes(notes) -> None:
 
 def _add_guard_margin(p) -> None:
     p.add_argument("--guard-margin", type=non_negative_float, default=1.0, metavar="Z",
-                   help="the mixed plan must beat every uniform plan by more than Z standard errors of the paired "
+                   help="the mixed plan must beat the best uniform plan by more than Z standard errors of the paired "
                    "per-sample difference of each divergence on the calibration data, else the uniform plan is "
                    "returned (ties go to uniform; default 1; 0: any lower measurement wins)")
 
@@ -593,7 +593,7 @@ def cmd_export(args) -> int:
     for where, value in result.sqnr_db.items():
         print(f"exported against simulated outputs on the {where} data: "
               + (f"SQNR {value:.1f} dB" if value != float("inf") else "equal"))
-    _print_notes(result.notes)
+    _print_notes([n for n in result.notes if n not in groups.notes])  # the model's own notes were said already
     print(f"wrote {result.path} ({format_bytes(result.size_bytes)}) and {report_path(result.path)}")
     return 0
 

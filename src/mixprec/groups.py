@@ -139,6 +139,12 @@ def _scripted_submodules(model: nn.Module) -> list[str]:
 
 
 NOT_QUANTIZED = "mixprec does not quantize"  # words of the note on weights outside every layer it quantizes
+# torch renormalises the rows an Embedding(max_norm=...) reads, in place, at every lookup; ONNX has no such op
+MAX_NORM_NOTE = ("{count} embedding(s) with max_norm (e.g. {example!r}): torch renormalises the rows each lookup reads, "
+                 "in place, so the table changes as the model runs; quantization sees the table as it is, and an "
+                 "ONNX export holds it as its example batch left it and never renormalises (the exported outputs "
+                 "differ, even at fp32): renormalise the table once (with torch.no_grad(), weight rows scaled to "
+                 "max_norm) and set max_norm=None before quantizing")
 
 
 def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
@@ -287,6 +293,9 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) {NOT_QUANTIZED} "
                      f"({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float, counted in bytes; "
                      "their compute is in no MACs or BOPs figure (those count the quantizable layers)")
+    renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
+    if renormed:
+        notes.append(MAX_NORM_NOTE.format(count=len(renormed), example=renormed[0]))
     traced = example_input is not None and not is_torchscript(model)
     if is_torchscript(model):
         notes.append("TorchScript model: forward hooks do not run inside it, so layers are not tied by shared "

@@ -268,6 +268,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     if batches or example_input is not None:  # an output the file cannot hold: said before any calibration
         from .onnx_graph import check_model_output
         check_model_output(model, _first_input(batches, example_input))
+    renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
+    if renormed:
+        from ..groups import MAX_NORM_NOTE
+        notes.append(MAX_NORM_NOTE.format(count=len(renormed), example=renormed[0]))
     flow = control_flow(model)
     if flow:
         notes.append(f"the model's forward branches or loops on tensor values (torch.fx: {flow}): the file holds the "
