@@ -1230,3 +1230,26 @@ def test_an_output_an_onnx_file_cannot_hold_is_a_clear_error_before_torch_export
     assert "dataclasses" in str(caught.value) and "dicts" in str(caught.value)
     with pytest.raises(ModelError, match=named):  # the check the export makes, on the float model
         graph.check_model_output(model, data[0])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_a_sequence_first_model_is_told_its_file_fixes_the_batch(tmp_path, batch_first):
+    """nn.MultiheadAttention's default layout reads (length, batch, features): axis 0 of the file, the one left
+    dynamic, is then the sequence, and the batch is fixed at the example's."""
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head = nn.MultiheadAttention(16, 2, batch_first=batch_first), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    model = Attend().eval()
+    data = [torch.randn(5, 4, 16) for _ in range(2)]
+    groups = discover_groups(model, data[0])
+    result = export(model, Plan.uniform(groups, "w8"), data, out=tmp_path / "a.onnx", progress=False)
+    said = [n for n in result.notes if "sequence-first" in n]
+    assert bool(said) == (not batch_first)
+    if said:
+        assert "'attn'" in said[0] and "batch (axis 1) is fixed" in said[0]

@@ -243,6 +243,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     out = Path(out)
     if out.suffix != ".onnx":
         raise MixprecError(f"the exported file must end in .onnx, got {out}")
+    # before canonical makes attention explicit: which modules read (sequence, batch, ...) inputs
+    from ..attention import ExplicitAttention
+    sequence_first = [n for n, m in model.named_modules()
+                      if isinstance(m, (nn.MultiheadAttention, ExplicitAttention, nn.TransformerEncoderLayer,
+                                        nn.TransformerDecoderLayer, nn.RNNBase)) and not getattr(m, "batch_first", True)]
     model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
@@ -308,7 +313,12 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
                      "values for them, and OrtModule ignores them where they are given")
     fixed = _fixed_axes(example)
-    if fixed and not callable(getattr(model, "onnx_step", None)):
+    if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)):
+        notes.append(f"the model reads sequence-first inputs ({len(sequence_first)} module(s) with batch_first=False, "
+                     f"e.g. {sequence_first[0]!r}), so the file's dynamic axis, axis 0 of inputs of shape {fixed}, is "
+                     "the sequence, and the batch (axis 1) is fixed at the example's: evaluate the file with batches "
+                     "of that size, or build the model with batch_first=True and export it again")
+    elif fixed and not callable(getattr(model, "onnx_step", None)):
         notes.append(f"the file takes inputs of shape {fixed} (* the batch): only the batch axis of an input other "
                      "than token ids is dynamic, so a sequence or image of another size needs its own export")
     holders: dict[int, list[str]] = {}
