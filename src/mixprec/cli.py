@@ -262,6 +262,11 @@ def _metric(args):
         if args.metric not in _metric_names():
             raise SpecError(f"unknown sensitivity metric {args.metric!r}; metrics: {', '.join(_metric_names())}")
         return args.metric
+    if getattr(args, "metric", "sqnr") not in (None, "sqnr"):
+        hint = f"--around-divergence {args.metric}" if args.metric in ("kl", "sqnr") else "--around-divergence kl|sqnr"
+        raise SpecError(f"--around measures its own metric (the change of an output divergence around the base "
+                        f"plan), so --metric {args.metric} would be ignored: drop --metric, and choose the divergence "
+                        f"with {hint}")
     return metric_config("around", base=parse_candidate(args.around).name,
                          divergence=getattr(args, "around_divergence", None) or "auto")
 

@@ -58,3 +58,11 @@ def test_cli_around(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     assert main(["solve", str(run), "--budget", "bops=w4a8", "--out", str(plan)]) == 0
     assert main(["analyze", "--resume", str(run)]) == 0  # the around settings come back with the run
+
+
+def test_cli_around_with_another_metric_is_an_error_naming_the_divergence_option(tmp_path, capsys):
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--around", "w4a8",
+                 "--metric", "kl", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--metric kl would be ignored" in err and "--around-divergence kl" in err
+    assert not (tmp_path / "run").exists()
