@@ -226,3 +226,25 @@ def test_an_embedding_with_max_norm_is_said():
     ids = torch.randint(0, 20, (4, 5))
     assert any("max_norm" in n and "'emb'" in n for n in discover_groups(Bag(1.0), ids).notes)
     assert not any("max_norm" in n for n in discover_groups(Bag(None), ids).notes)
+
+
+def test_a_tie_pattern_of_one_layer_is_said_and_a_tie_over_shared_inputs_names_both_reasons():
+    import torch
+    from torch import nn
+
+    from mixprec.groups import discover_groups
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(torch.cat([self.q(x), self.k(x)], -1))
+
+    x = torch.randn(3, 4)
+    groups = discover_groups(Two(), x, ties=["q", "out"])
+    assert len(groups.groups) == 2  # q and k share their input; 'q' and 'out' tie nothing each
+    assert sum("matches only" in n for n in groups.notes) == 2
+    tied = discover_groups(Two(), x, ties=["*"])
+    assert len(tied.groups) == 1 and tied.groups[0].tied_by == "shared input + tie *"

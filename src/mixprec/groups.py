@@ -231,7 +231,10 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
-            self.reason[ra] = self.reason.get(ra) or self.reason.get(rb) or reason
+            # every reason that joined the group, in order ("shared input + tie *proj")
+            reasons = [r for part in (self.reason.get(ra), self.reason.get(rb), reason) if part
+                       for r in part.split(" + ")]
+            self.reason[ra] = " + ".join(dict.fromkeys(reasons))
 
 
 def group_name(names: list[str]) -> str:
@@ -355,6 +358,9 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         matched = [n for n in kept if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
             raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}{GLOB_HINT}")
+        if len(matched) == 1:
+            notes.append(f"tie pattern {pattern!r} matches only {matched[0]}: it ties nothing (each --tie ties the "
+                         "layers one pattern matches: give one pattern that matches every layer to tie)")
         for n in matched[1:]:
             uf.union(matched[0], n, f"tie {pattern}")
 
