@@ -284,3 +284,14 @@ def test_a_mistyped_function_name_gets_the_closest_of_the_files_own_functions(tm
     message = str(info.value)
     assert "did you mean 'seg_build'?" in message
     assert "dataclass" not in message and "Path" not in message  # imported names are not the file's own
+
+
+def test_the_state_dict_quantize_wrote_says_how_to_evaluate_the_quantized_model(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    out = tmp_path / "q"
+    out.mkdir()
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "plan.json").write_text("{}")
+    (out / "result.json").write_text("{}")
+    with pytest.raises(SpecError, match=r"the state dict `mixprec quantize` wrote.*--plan .*plan.json --eval SPEC"):
+        load_model(str(out / "model.pt"))

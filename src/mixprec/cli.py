@@ -1104,9 +1104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="ort-cpu: how the weights the file holds "
-                   "go onto their grid (default: the rounding the plan was chosen with, else nearest; the codes must "
-                   "lie on nearest rounding's grid: adaround, brecq, gptq per channel or with --static-groups)")
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="how the weights the file holds go onto "
+                   "their grid, on every target (default: the rounding the plan was chosen with, else nearest; the "
+                   "codes must lie on nearest rounding's grid: adaround, brecq, gptq per channel or with "
+                   "--static-groups; gguf reads --data for any but nearest)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None, help="with --rounding gptq")
     p.add_argument("--static-groups", action="store_true", help="with --rounding gptq")
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",

@@ -135,10 +135,17 @@ def load_model(spec: str) -> nn.Module:
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as exc:
+            written = (path.parent / "plan.json").is_file() and (path.parent / "result.json").is_file()
             raise SpecError(f"{path} is not a TorchScript file ({_torch_file_kind(path) or str(exc).splitlines()[0]}); "
-                            "save the model with torch.jit.save(torch.jit.script(model), path), or give "
-                            "file.py:function, a function that builds the model (and loads its weights with "
-                            "torch.load(path, weights_only=True))") from exc
+                            + (f"it is the state dict `mixprec quantize` wrote beside {path.parent / 'plan.json'}: "
+                               "evaluate the quantized model with `mixprec quantize --model YOUR_MODEL --data DATA "
+                               f"--plan {path.parent / 'plan.json'} --eval SPEC --out DIR`, or in Python load it "
+                               "onto apply(model, Plan.load(plan.json), data, calibrate=False) with "
+                               "load_state_dict(torch.load(path, weights_only=True)) (README, 'quantize')"
+                               if written else
+                               "save the model with torch.jit.save(torch.jit.script(model), path), or give "
+                               "file.py:function, a function that builds the model (and loads its weights with "
+                               "torch.load(path, weights_only=True))")) from exc
     elif spec.endswith(".pt2") and ":" not in spec:
         raise SpecError(f"--model {spec!r} is a torch.export program: its layers are calls of aten operators, not "
                         "modules mixprec can quantize; give file.py:function returning the nn.Module it was exported "
