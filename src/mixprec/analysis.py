@@ -41,7 +41,7 @@ from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
 from .solvers.exact import InfeasibleBudget
 from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
-from .solvers.problem import within
+from .solvers.problem import range_variant, within
 from .specs import is_builtin, load_eval, prepare, resolve_specs, spec_source_hash
 from .streaming import device_of, place, stream_blocks
 
@@ -188,8 +188,7 @@ class Analysis:
             keep = {parse_candidate(c).name for c in names if c.strip()}
             # a name without a range suffix (w4) stands for the run's variant of it (w4-mse after weight_range=
             # "auto"), as in budgets and pins
-            keep = {next((v for v in (f"{c}-mse", f"{c}-minmax") if v in table.candidates), c)
-                    if c not in table.candidates else c for c in keep}
+            keep = {range_variant(c, table.candidates) for c in keep}
             unknown = sorted(keep - set(table.candidates))
             if unknown:
                 raise SpecError(f"--candidates names {unknown}, which this run did not measure; its candidates: "

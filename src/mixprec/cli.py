@@ -201,6 +201,16 @@ def _plan_of(args, groups: ModelGroups, same_groups: bool = True) -> Plan:
     return plan
 
 
+def _switch_flags(rounding) -> str:
+    """The command-line flags of a rounding's switches set otherwise than by default ("--no-act-order
+    --static-groups"); "" for None or a rounding at its defaults."""
+    if rounding is None:
+        return ""
+    defaults = rounding_config(rounding.name).options()
+    return " ".join(f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in rounding.options().items()
+                    if isinstance(v, bool) and v != defaults.get(k))
+
+
 def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
@@ -214,10 +224,7 @@ def cmd_quantize(args) -> int:
     chosen_options = chosen.options() if chosen is not None else {}
     if chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
                                                            for k, v in chosen_options.items())):
-        # the flags of the switches set otherwise than by default
-        defaults = rounding_config(chosen.name).options() if chosen is not None else {}
-        flags = " ".join(f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in chosen_options.items()
-                         if isinstance(v, bool) and v != defaults.get(k))
+        flags = _switch_flags(chosen)
         print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard"
               + (f"; options {chosen_options}" if chosen_options else "") + f"); it is applied here with "
               f"{rounding.name} rounding (options {rounding.options()}): add --rounding {chosen_with}"
@@ -481,12 +488,10 @@ def _quantize_hint(analysis: Analysis, args, plan: Plan | None = None) -> str:
     rounding = plan_rounding(plan.metadata) if plan is not None else None
     flags = ""
     if rounding is not None and rounding.name != "nearest":
-        defaults = rounding_config(rounding.name).options()
-        flags = f" --rounding {rounding.name}" + "".join(
-            f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in rounding.options().items()
-            if isinstance(v, bool) and v != defaults.get(k))
+        switches = _switch_flags(rounding)
+        flags = f" --rounding {rounding.name}" + (f" {switches}" if switches else "")
         iterations = rounding.options().get("iterations")
-        if iterations is not None and iterations != defaults.get("iterations"):
+        if iterations is not None and iterations != rounding_config(rounding.name).options().get("iterations"):
             flags += f" --rounding-iterations {iterations}"
     return (f"mixprec quantize --model {shlex.quote(str(model))}"
             + (f" --data {shlex.quote(str(data))}" if data else "") + flags
@@ -524,9 +529,10 @@ def cmd_pareto(args) -> int:
         print(f"guard: {replaced} of the {solved} plans solved measured no better than a uniform plan within their "
               f"cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})"
               + (f"; equal plans merged, {len(front.plans)} front plans remain" if solved != len(front.plans) else ""))
-    for cand in ([] if front.better_when_cheaper() else front.uniform_above_front()):
+    inverted = front.better_when_cheaper()  # an inverted metric is said instead of the notes it would upset
+    for cand in ([] if inverted else front.uniform_above_front()):
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
-    for i, j in ([] if front.better_when_cheaper() else front.below_cheaper()):  # an inverted metric: said instead
+    for i, j in ([] if inverted else front.below_cheaper()):
         print(f"note: front plan {i} ({kind} {front.plans[i].costs[kind]:.6g}) measures "
               f"{front.plans[i].measured['value']:.4g}, worse than the cheaper plan {j} ({front.plans[j].measured['value']:.4g}):"
               " the sensitivities, each measured alone, mispredict it; pick the cheaper one, or mixprec solve at that "

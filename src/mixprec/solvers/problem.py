@@ -114,6 +114,14 @@ class Goal:
 STANDARD_KINDS = ("bytes", "bops", "bits_per_weight")
 
 
+def range_variant(candidate: str, candidates) -> str:
+    """``candidate``, or where it is not among ``candidates`` but its range variant is (w4a8 after
+    weight_range="auto": w4a8-mse or w4a8-minmax), that variant; else ``candidate`` unchanged."""
+    if candidate in candidates:
+        return candidate
+    return next((c for c in candidates if c in (f"{candidate}-mse", f"{candidate}-minmax")), candidate)
+
+
 @dataclass(frozen=True)
 class AllocationProblem:
     groups: tuple[str, ...]
@@ -160,12 +168,10 @@ class AllocationProblem:
     def candidate_index(self, candidate: str) -> int:
         """Where ``candidate`` is; a name without a range suffix (w4a8) stands for the run's variant of it
         (w4a8-minmax after weight_range="auto"), which costs the same."""
-        if candidate not in self.candidates:
-            variants = [c for c in self.candidates if c in (f"{candidate}-mse", f"{candidate}-minmax")]
-            if not variants:
-                raise MixprecError(f"{candidate} is not one of the candidates here ({', '.join(self.candidates)})")
-            candidate = variants[0]
-        return self.candidates.index(candidate)
+        found = range_variant(candidate, self.candidates)
+        if found not in self.candidates:
+            raise MixprecError(f"{candidate} is not one of the candidates here ({', '.join(self.candidates)})")
+        return self.candidates.index(found)
 
     def uniform_choice(self, candidate: str) -> np.ndarray:
         """Every group on ``candidate`` except pinned groups, which keep their pin."""
