@@ -215,7 +215,9 @@ def benchmark(model: str, device: str, samples: int | None, kinds: list[str] | N
                                      "guard_holdout": HOLDOUT if guard_holdout is None else guard_holdout,
                                      # the guard's consensus adds the calibration labels' cross-entropy
                                      "guard_labels": _labelled(model), "rounding": rounding,
-                                     "candidates": config.candidates, "grid": GRID_VERSION}})
+                                     "candidates": config.candidates, "grid": GRID_VERSION,
+                                     # the mixed plan is judged against the rival that would replace it
+                                     "guard_rule": "best_rival"}})
 
 
 
@@ -258,7 +260,10 @@ def markdown(result: dict) -> str:
                      f"{chose(r, 'around')} |")
     margin = result.get("environment", {}).get("guard_margin")
     if margin is not None:
-        lines += ["", f"The guard returns the mixed plan only when it is lower than every uniform rival on every "
+        against = ("the best uniform rival (the one it would be replaced by)"
+                   if result["environment"].get("guard_rule") == "best_rival" else
+                   "every uniform rival (the guard's former rule)")
+        lines += ["", f"The guard returns the mixed plan only when it is lower than {against} on every "
                   f"divergence by more than {margin:g} standard error(s) of the paired per-sample difference on the "
                   "calibration data; z: the closest of those differences, in standard errors."]
     lines += ["", "Not worse than uniform: " + ", ".join(f"{k} {v}" for k, v in result["summary"].items()) + ".",

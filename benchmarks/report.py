@@ -989,6 +989,13 @@ def gguf_section() -> list[str]:
     return lines
 
 
+def _best_rival_remeasured() -> str:
+    """The never-worse files measured with the guard's best-rival rule (their environment says so)."""
+    names = sorted(p.stem for p in RESULTS.glob("never_worse_*.json")
+                   if json.loads(p.read_text()).get("environment", {}).get("guard_rule") == "best_rival")
+    return ", ".join(f"`{n}`" for n in names) or "none"
+
+
 def _best_rival_count() -> str:
     """' (N; M of them worse than uniform by more than one standard error)', from guard_best_rival.json."""
     path = RESULTS / "guard_best_rival.json"
@@ -1015,8 +1022,9 @@ def main() -> None:
              "ran the guard without a margin (and with KL for language models), and their rows say so.", "",
              "The guard now judges the mixed plan against the best uniform rival (the plan it would be replaced by) "
              "instead of against every uniform rival within the budget; with one divergence (language models, "
-             "1/SQNR) the two agree. Every never-worse and NNCF file ran the former rule: `guard_best_rival` reads "
-             "their stored guard figures and lists the decisions the new rule changes" + _best_rival_count() + ".", "",
+             "1/SQNR) the two agree. Measured with it: " + _best_rival_remeasured() + "; every other never-worse and "
+             "NNCF file ran the former rule: `guard_best_rival` reads their stored guard figures and lists the "
+             "decisions the new rule changes" + _best_rival_count() + ".", "",
              "Latency comparisons on ONNX Runtime CPU now make every session anew each round, in an order rotated "
              "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
              "two sessions of the same file made one after the other, the one made first measured slower "
