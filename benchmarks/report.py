@@ -506,7 +506,7 @@ def never_worse_section() -> list[str]:
         # suffixes are earlier variants)
         # _labels: the guard given the calibration labels (a classifier's consensus with ce), which replaces _margin
         guards = ("_labels",) if f"{model}_labels" in reports else ("_margin", "_signed_margin", "_auto_margin")
-        searches = ("_labels_local",) if f"{model}_labels_local" in reports else ("_local",)
+        searches = ("_labels_local", "_local")  # both where both ran (another machine, or GPU against CPU)
         wider = ("_abits_labels",) if f"{model}_abits_labels" in reports else ("_abits",)
         current = [reports[f"{model}{v}"] for v in (*guards, *wider, "_w56", "_gptq", *searches)
                    if f"{model}{v}" in reports]  # the guard as solve runs it now (a noise margin; nll for LMs);
