@@ -138,6 +138,25 @@ def test_a_buffer_sliced_by_the_input_length_traces_and_its_add_is_joined():
     assert torch.allclose(quantized(shorter), model(shorter), atol=0.1)
 
 
+class MetaNamed(nn.Module):
+    """A submodule named ``meta``, the name of fx.GraphModule's own dict."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.meta, self.head = nn.Sequential(nn.Linear(4, 4)), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.head(self.meta(x) + x)
+
+
+def test_a_submodule_named_meta_traces_and_its_add_is_joined():
+    model, batches = MetaNamed().eval(), data((4,))
+    quantized = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+    assert join_quantizers(quantized)
+    assert torch.allclose(quantized(batches[0]), model(batches[0]), atol=0.1)
+
+
 class BufferBranch(nn.Module):
     """A forward that branches on a buffer's value: traced with its buffers as constants."""
 

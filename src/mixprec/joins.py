@@ -106,6 +106,17 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) and not any(isinstance(sub, QUANTIZABLE) for sub in m.modules())
 
 
+class _GraphModule(fx.GraphModule):
+    """An fx.GraphModule whose model may have a submodule named ``meta``: fx's own ``meta`` dict (scratch
+    space of fx passes, which mixprec does not run) is kept aside as ``_fx_meta`` instead of clashing with it."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "meta" and isinstance(value, dict) and name in self.__dict__.get("_modules", {}):
+            object.__setattr__(self, "_fx_meta", value)
+            return
+        super().__setattr__(name, value)
+
+
 def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
     """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors.
     example: an input as the data gives it; the optional arguments it leaves out (default None: a mask) are
@@ -119,7 +130,7 @@ def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
         except Exception:
             raise exc from None
     name = type(model).__name__
-    traced = fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
+    traced = _GraphModule(model, graph, name if name.isidentifier() else "Traced")
     kept = dict(traced.named_modules())
     for layer, module in model.named_modules():  # a layer forward never calls (T5's `shared`) keeps its name,
         if layer and layer not in kept and isinstance(module, QUANTIZABLE):  # so plans that list it still apply
