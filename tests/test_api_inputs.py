@@ -162,6 +162,8 @@ def test_an_onnx_file_fed_ids_outside_its_table_is_a_model_error_with_a_hint(tmp
     with pytest.raises(ModelError, match=r"ONNX Runtime could not run e.onnx on inputs \{'\w+': \(4, 6\)\}") as caught:
         session(torch.full((4, 6), 70))
     assert "tokenizer" in str(caught.value)
+    with pytest.raises(ModelError, match=r"Got: 3 Expected: 2 Please fix.*\(the file takes \w+ \(\w+, \w+\)\)"):
+        session(torch.randint(0, 50, (4, 6, 2)))  # every line of ONNX Runtime's message, and what the file takes
 
 
 def test_a_layer_the_data_never_calls_is_a_clear_error_with_the_way_out():

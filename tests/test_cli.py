@@ -292,3 +292,15 @@ def test_bits_per_weight_take_no_unit(value):
     assert parse_budgets("bytes=4.5KiB", ["bytes"], lambda kind, cand: 0.0, lambda kind: 1.0) == {"bytes": 4608.0}
     assert parse_budgets("bits=4.5", ["bits_per_weight"], lambda kind, cand: 0.0, lambda kind: 1.0) == \
         {"bits_per_weight": 4.5}
+
+
+@pytest.mark.parametrize("text, hint", [("bytes=2.5XB", "units K, M, G, T and KiB"),
+                                        ("bits=4.5;bytes=30KB", "separated by commas")])
+def test_a_malformed_budget_value_lists_the_units_and_the_separator(text, hint):
+    from mixprec.budgets import parse_budgets
+    from mixprec.errors import MixprecError
+
+    def no_candidate(kind, cand):
+        raise MixprecError(f"{cand} is not one of the candidates here")
+    with pytest.raises(MixprecError, match=hint):
+        parse_budgets(text, ["bytes", "bits_per_weight"], no_candidate, lambda kind: 1.0)

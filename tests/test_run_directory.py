@@ -142,7 +142,7 @@ def test_a_run_directory_never_runs_code_that_is_not_named(user_run, capsys, arg
 def test_trust_run_says_what_it_runs_and_a_renamed_model_must_match(user_run, capsys):
     run, spec, tmp = user_run
     assert main(["analyze", "--resume", str(run), "--trust-run"]) == 0
-    assert f"--trust-run: running --model {spec}" in capsys.readouterr().out
+    assert f"--trust-run: --model {spec}, as" in capsys.readouterr().out
     (tmp / "other.py").write_text((tmp / "user.py").read_text().replace("manual_seed(0)", "manual_seed(5)"))
     assert main(["analyze", "--resume", str(run), "--model", str(tmp / "other.py") + ":model"]) == 2
     assert "made with other model" in error_line(capsys)

@@ -75,8 +75,11 @@ def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
     try:
         cost = uniform_cost(kind, value)
     except MixprecError as exc:
-        raise MixprecError(f"budget value {value!r} for {kind} is neither a number (e.g. 2.5MB), a fraction "
-                           f"(e.g. 0.5x) nor a candidate of this run ({exc})") from exc
+        hint = ("; several budgets are separated by commas, e.g. bytes=30KB,bops=w4a8"
+                if any(c in value for c in ";: ") else "")
+        raise MixprecError(f"budget value {value!r} for {kind} is neither a number (e.g. 2.5MB; units K, M, G, T "
+                           f"and KiB, MiB, GiB, TiB, with or without B), a fraction (e.g. 0.5x) nor a candidate of "
+                           f"this run ({exc}){hint}") from exc
     if not np.isfinite(cost):
         raise MixprecError(f"the {kind} cost of uniform {value} is unknown (no MACs were counted?)")
     return cost

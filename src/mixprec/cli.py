@@ -382,7 +382,8 @@ def _prefix_note(meta: dict) -> str:
         return "prefix shared via torch.fx"
     if sharing == "blocks":
         return "blocks before each group's answered from one float pass"
-    return "full forwards: " + meta["fallback_reason"]
+    reason = meta.get("fallback_reason")
+    return "full forwards: " + reason if reason else "full forwards (prefix sharing off)"
 
 
 def _print_notes(notes) -> None:
@@ -428,7 +429,8 @@ def _say_trusted(run: RunDirectory, trust_run: bool, given: dict) -> None:
     if trust_run and run.exists:
         for option, spec in run.code_specs().items():
             if not given.get(option):
-                print(f"--trust-run: running --{option} {spec}, as {run.path}/run.json names it")
+                print(f"--trust-run: --{option} {spec}, as {run.path}/run.json names it, runs if a step measures "
+                      "plans", flush=True)
 
 
 def _load_run(args) -> Analysis:
@@ -1218,16 +1220,28 @@ def _run(args) -> int:
         args.torch_threads = choose_threads()
         return args.func(args)
     except KeyboardInterrupt:
+        _close_bars()
         resume = ""
         if getattr(args, "func", None) is cmd_analyze and getattr(args, "out", None):
             resume = f"; what was measured is kept: mixprec analyze --resume {args.out} continues"
         print(f"mixprec: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
+        _close_bars()
         if args.debug:
             raise
         print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _close_bars() -> None:
+    """Close the progress bars an error left open, so that the message starts a line of its own."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the error: nothing left to tidy
+            pass
 
 
 if __name__ == "__main__":

@@ -269,8 +269,10 @@ class OrtModule(nn.Module):
             shapes = {k: tuple(v.shape) for k, v in arrays.items()}
             hint = (". An index input (token ids?) is outside a table of the file: was it tokenized with another "
                     "model's tokenizer (--tokenizer)?" if "Gather" in str(exc) and "idx=" in str(exc) else "")
-            raise ModelError(f"ONNX Runtime could not run {self.path.name} on inputs {shapes}: "
-                             f"{str(exc).splitlines()[0]}{hint}") from exc
+            detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # the indices at fault
+            expects = ", ".join(f"{i.name} {_shape(i.shape)}" for i in self.session.get_inputs())
+            raise ModelError(f"ONNX Runtime could not run {self.path.name} on inputs {shapes}: {detail[:600]} "
+                             f"(the file takes {expects}){hint}") from exc
         outputs = [torch.from_numpy(np.asarray(o)) for o in results]
         if self.structure is not None and len(outputs) + len(self.nones) == self.structure.num_leaves:
             from torch.utils._pytree import tree_unflatten
@@ -484,3 +486,8 @@ def join_kernels(path: str | os.PathLike, quantized: nn.Module, optimized=None) 
         op = match.op_type if match is not None else "?"
         out.append({"node": name, "runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or op.startswith("QLinear")})
     return out
+
+
+def _shape(dims) -> str:
+    """An ONNX input's shape as ORT lists it, a named (dynamic) axis shown by its name: (batch, 1, 16, 16)."""
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in dims) + ")"
