@@ -295,3 +295,21 @@ def test_the_state_dict_quantize_wrote_says_how_to_evaluate_the_quantized_model(
     (out / "result.json").write_text("{}")
     with pytest.raises(SpecError, match=r"the state dict `mixprec quantize` wrote.*--plan .*plan.json --eval SPEC"):
         load_model(str(out / "model.pt"))
+
+
+def test_spec_functions_that_want_arguments_or_return_a_state_dict_say_what_to_do(tmp_path):
+    from mixprec.specs import load_data
+    spec = tmp_path / "mine.py"
+    spec.write_text("import torch\n"
+                    "def data_needs(n):\n    return [torch.randn(n, 4)]\n"
+                    "def weights():\n    return torch.nn.Linear(4, 2).state_dict()\n"
+                    "def broken():\n    raise TypeError('missing 1 required positional argument: x')\n"
+                    "def build():\n    return broken()\n")
+    with pytest.raises(SpecError, match=r"calls a --data function with no arguments, and data_needs\(\) requires n: "
+                                        r"give it a default"):
+        load_data(f"{spec}:data_needs")
+    with pytest.raises(SpecError, match=r"gave a OrderedDict, .*that is a state dict: build the model in the function"):
+        load_model(f"{spec}:weights")
+    with pytest.raises(SpecError) as info:  # a TypeError from inside a function that takes none: no such hint
+        load_model(f"{spec}:build")
+    assert "no arguments" not in str(info.value)

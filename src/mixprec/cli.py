@@ -540,7 +540,8 @@ def cmd_pareto(args) -> int:
               " the sensitivities, each measured alone, mispredict it; pick the cheaper one, or mixprec solve at that "
               "budget with --search local, which measures its moves")
     report = analysis.report(front, out)
-    print(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
+    pngs = [name for name in ("pareto.png", "heatmap.png", "predicted_vs_measured.png") if (out / name).is_file()]
+    print(f"wrote {out / 'pareto.json'}, {', '.join(str(out / n) for n in pngs)} and {report}")
     return 0
 
 
@@ -849,6 +850,9 @@ def cmd_evaluate(args) -> int:
         tokenizer = tokenizer or args.model
     result = load_eval(args.eval, tokenizer)(model)
     print(f"{result.name} {result.value:.6g}")
+    for name, value in result.details.items():  # the evaluation's other figures, as it returned them
+        print(f"{name} {value:.6g}" if isinstance(value, (int, float)) and not isinstance(value, bool)
+              else f"{name} {value}")
     return 0
 
 

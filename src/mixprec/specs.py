@@ -155,11 +155,16 @@ def load_model(spec: str) -> nn.Module:
         try:
             model = fn()
         except Exception as exc:
-            raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+            raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
+                            + _no_arguments_hint(fn, "model")) from exc
     else:
         raise _not_a_model(spec)
     if not isinstance(model, nn.Module):
-        raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module")
+        hint = ("; that is a state dict: build the model in the function, load it there "
+                "(model.load_state_dict(torch.load(path, weights_only=True))) and return the model"
+                if isinstance(model, dict) and model and all(isinstance(v, torch.Tensor) for v in model.values())
+                else "")
+        raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module{hint}")
     return canonical(model).eval()
 
 
@@ -248,7 +253,8 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         try:
             data = fn()
         except Exception as exc:
-            raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}") from exc
+            raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
+                            + _no_arguments_hint(fn, "data")) from exc
         if isinstance(data, (torch.Tensor, np.ndarray)) or not hasattr(data, "__iter__"):
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
                             "(a list or a generator of tensors, (inputs, labels) pairs or dicts of tensors)")
@@ -539,3 +545,19 @@ def resolve_specs(model: nn.Module | str, data: Any, evaluate: Any = None,
     if model_spec is not None:
         model = load_model(model_spec)
     return model, data, evaluate, given
+
+
+def _no_arguments_hint(fn, option: str) -> str:
+    """What to do where the --model/--data function wants arguments: mixprec calls it with none."""
+    import inspect
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        return ""
+    required = [p.name for p in parameters if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not required:
+        return ""
+    return (f"; mixprec calls a --{option} function with no arguments, and {fn.__name__}() requires "
+            f"{', '.join(required)}: give {'it a default' if len(required) == 1 else 'them defaults'}, or wrap it in "
+            "a function that takes none")

@@ -22,7 +22,8 @@ def test_export_then_evaluate_the_onnx_file(capsys, tmp_path):
     assert n == 597 and abs(report["noise"] - 100 * ((1 - agree) / n) ** 0.5) < 1e-12  # the demo's held-out images
     assert report["exported"]["name"] == "top1" and abs(report["exported"]["value"] - report["simulated"]["value"]) < 1
     assert main(["evaluate", "--model", str(out), "--eval", "demo-cnn", "--threads", "1"]) == 0
-    assert capsys.readouterr().out.strip() == f"top1 {report['exported']['value']:.6g}"
+    assert capsys.readouterr().out.strip().splitlines() == [f"top1 {report['exported']['value']:.6g}",
+                                                            f"samples {n}"]  # the evaluation's details too
 
 
 def test_export_errors_are_one_line(capsys, tmp_path):

@@ -27,6 +27,9 @@ def format_report(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: -np.nan_to_num(r["spearman"], nan=-2))
     lines = [f"{'metric':<10} {'Spearman vs measured drop':>26} {'seconds':>9}"]
     lines += [f"{r['metric']:<10} {_rho(r['spearman']):>26} {r['seconds']:>9.1f}" for r in rows]
+    if any(r["metric"] == "task" for r in rows):
+        lines.append("task: the measured drops themselves (1 by definition; its seconds are what measuring every "
+                     "entry cost)")
     if any(not np.isfinite(r["spearman"]) for r in rows):
         lines.append("undefined: no rank correlation where every value is equal (the measured metric did not change "
                      "on any entry, or the metric gave every entry the same value) or fewer than 3 entries are "
