@@ -1034,7 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the guard measures on the calibration data: against the float model, top-1 "
                    "disagreement, output KL or 1/SQNR; nll (a language model's next-token negative log-likelihood "
                    "on its calibration text); ce (a classifier's cross-entropy against the labels of --data "
-                   "(inputs, labels) pairs); or consensus (the mixed plan must be lower on disagreement, 1/SQNR "
+                   "(inputs, labels) pairs, per pixel for a segmentation model's labels); or consensus (the mixed plan must be lower on disagreement, 1/SQNR "
                    "and, given labels, ce); auto: consensus for classifiers, nll for language models given token "
                    "ids, 1/SQNR otherwise (default auto)")
     _add_guard_margin(p)

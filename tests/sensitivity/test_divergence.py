@@ -150,6 +150,24 @@ def test_ce_is_the_cross_entropy_against_the_labels_and_needs_them():
     assert consensus.details["consensus"] == ["agreement", "sqnr"] and "ce" not in consensus.details
 
 
+def test_ce_scores_a_segmentation_model_per_pixel_against_labels_per_pixel():
+    torch.manual_seed(3)
+    model = nn.Conv2d(3, 5, 3, padding=1).eval()  # (samples, 5 classes, 6, 6)
+    other = nn.Conv2d(3, 5, 3, padding=1).eval()
+    data = [(torch.randn(4, 3, 6, 6), torch.randint(0, 5, (4, 6, 6))) for _ in range(2)]
+    data[1][1][0, :2] = -100  # ignored pixels: not scored, not counted
+    values, samples = OutputDivergence(model, data, "ce").measure_samples(other)
+    with torch.no_grad():
+        pixels = torch.cat([nn.functional.cross_entropy(other(x), y, reduction="none", ignore_index=-100)
+                            .reshape(4, -1).sum(1) for x, y in data])
+        kept = sum(int((y != -100).sum()) for _, y in data)
+    assert values["ce"] == pytest.approx(float(pixels.sum()) / kept, rel=1e-5)
+    assert samples["ce"] * kept == pytest.approx(pixels.double().numpy(), rel=1e-5)  # per image
+    from mixprec.errors import SpecError
+    with pytest.raises(SpecError, match="one per pixel of a \\(samples, classes, height, width\\) output"):
+        OutputDivergence(model, [(x, y[:, :3]) for x, y in data], "ce").measure(other)  # labels of another size
+
+
 def test_a_regression_output_of_one_value_per_input_gives_one_sample_per_input():
     """A (N,) output is N samples for the guard's paired test (it was one per batch: 4 samples for 256 inputs, and
     no test at all for one batch); a single input's 1-D output stays one sample."""

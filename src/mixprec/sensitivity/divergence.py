@@ -138,21 +138,36 @@ def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, fl
 
 
 def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(per sample: -log softmax(out)[label], number of samples), in float32; labels -100 (ignored) add 0."""
-    if not class_labels(labels, out):
+    """(per sample: the sum over its rows of -log softmax(out)[label], number of rows), in float32; a classifier
+    has one row a sample, a segmentation model's (samples, classes, height, width) output one a pixel, beside
+    (samples, height, width) labels; labels -100 (ignored) add 0 and are not counted."""
+    pixels = pixel_labels(labels, out)
+    if not pixels and not class_labels(labels, out):
         raise SpecError("the ce divergence needs (inputs, labels) calibration items whose labels are one integer class "
-                        f"per sample of a (samples, classes) output; got labels "
+                        "per sample of a (samples, classes) output, or one per pixel of a (samples, classes, height, "
+                        "width) output; got labels "
                         f"{getattr(labels, 'shape', type(labels).__name__)} for output {tuple(out.shape)}: use "
                         "--guard-divergence agreement, kl or sqnr")
-    labels = labels.to(out.device)
+    samples = out.shape[0]
+    scores = class_last(out) if pixels else out
+    classes = scores.shape[-1]
+    labels = labels.to(out.device).reshape(-1)
     keep = labels != -100
-    bad = labels[keep & ((labels < 0) | (labels >= out.shape[-1]))]
+    bad = labels[keep & ((labels < 0) | (labels >= classes))]
     if bad.numel():
-        raise SpecError(f"the ce divergence scores the output's {out.shape[-1]} classes against the labels, but label "
-                        f"{int(bad[0])} is not one of them (0..{out.shape[-1] - 1}; -100 is ignored): check the labels "
+        raise SpecError(f"the ce divergence scores the output's {classes} classes against the labels, but label "
+                        f"{int(bad[0])} is not one of them (0..{classes - 1}; -100 is ignored): check the labels "
                         "of the calibration data")
-    ce = torch.nn.functional.cross_entropy(out.float(), labels.where(keep, 0), reduction="none") * keep
-    return ce, float(keep.sum())
+    ce = torch.nn.functional.cross_entropy(scores.reshape(-1, classes).float(), labels.where(keep, 0),
+                                           reduction="none") * keep
+    return ce.reshape(samples, -1).sum(dim=1), float(keep.sum())
+
+
+def pixel_labels(labels: Any, out: torch.Tensor) -> bool:
+    """Whether ``labels`` are integer classes per pixel, (samples, height, width), beside a segmentation model's
+    (samples, classes, height, width) output."""
+    return isinstance(labels, torch.Tensor) and not labels.is_floating_point() and not labels.is_complex() \
+        and out.ndim == 4 and out.shape[1] >= 2 and labels.shape == (out.shape[0], *out.shape[2:])
 
 
 def class_labels(labels: Any, out: torch.Tensor, per_row: bool = True) -> bool:
