@@ -150,11 +150,14 @@ class MetaNamed(nn.Module):
         return self.head(self.meta(x) + x)
 
 
-def test_a_submodule_named_meta_traces_and_its_add_is_joined():
+def test_a_submodule_named_as_a_graph_module_attribute_is_named_in_the_error(tmp_path):
     model, batches = MetaNamed().eval(), data((4,))
-    quantized = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
-    assert join_quantizers(quantized)
-    assert torch.allclose(quantized(batches[0]), model(batches[0]), atol=0.1)
+    with pytest.raises(ModelError, match=r"the submodule 'meta' has the name of an attribute of torch.fx's "
+                                         r"GraphModule: rename it \(e.g. self.meta_net\)"):
+        apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
+    from mixprec.sensitivity.forked import ForkedForward, NotTraceable
+    with pytest.raises(NotTraceable, match="rename it, e.g. self.meta_net"):
+        ForkedForward(model)
 
 
 class BufferBranch(nn.Module):

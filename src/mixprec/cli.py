@@ -381,7 +381,9 @@ def _prefix_note(meta: dict) -> str:
     if sharing == "fx":
         return "prefix shared via torch.fx"
     if sharing == "blocks":
-        return "blocks before each group's answered from one float pass"
+        reason = meta.get("fallback_reason")
+        return "blocks before each group's answered from one float pass" + (
+            f"; torch.fx did not trace the model: {reason}" if reason else "")
     reason = meta.get("fallback_reason")
     return "full forwards: " + reason if reason else "full forwards (prefix sharing off)"
 

@@ -106,17 +106,6 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) and not any(isinstance(sub, QUANTIZABLE) for sub in m.modules())
 
 
-class _GraphModule(fx.GraphModule):
-    """An fx.GraphModule whose model may have a submodule named ``meta``: fx's own ``meta`` dict (scratch
-    space of fx passes, which mixprec does not run) is kept aside as ``_fx_meta`` instead of clashing with it."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "meta" and isinstance(value, dict) and name in self.__dict__.get("_modules", {}):
-            object.__setattr__(self, "_fx_meta", value)
-            return
-        super().__setattr__(name, value)
-
-
 def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
     """``model`` as a GraphModule (submodules keep their names), quantizers as leaves; fx's own errors.
     example: an input as the data gives it; the optional arguments it leaves out (default None: a mask) are
@@ -130,7 +119,7 @@ def graph_module(model: nn.Module, example=None) -> fx.GraphModule:
         except Exception:
             raise exc from None
     name = type(model).__name__
-    traced = _GraphModule(model, graph, name if name.isidentifier() else "Traced")
+    traced = fx.GraphModule(model, graph, name if name.isidentifier() else "Traced")
     kept = dict(traced.named_modules())
     for layer, module in model.named_modules():  # a layer forward never calls (T5's `shared`) keeps its name,
         if layer and layer not in kept and isinstance(module, QUANTIZABLE):  # so plans that list it still apply
@@ -166,12 +155,24 @@ def trace(model: nn.Module, example=None) -> fx.GraphModule:
         return graph_module(model, example)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
         hf = from_transformers(model)
+        clash = fx_name_clash(model)
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}; "
-                         + ("Hugging Face models do not trace with torch.fx here, so their residual adds stay float "
+                         + (f"the submodule {clash!r} has the name of an attribute of torch.fx's GraphModule: rename "
+                            f"it (e.g. self.{clash}_net) to have the joins quantized" if clash else
+                            "Hugging Face models do not trace with torch.fx here, so their residual adds stay float "
                             "(their layers are quantized as planned)" if hf else
                             "quantize without join quantizers (joins=False) or make the forward free of "
                             "data-dependent control flow")) from exc
+
+
+FX_RESERVED = ("meta", "graph", "code", "_graph", "_code", "_tracer_cls", "_tracer_extras")
+
+
+def fx_name_clash(model: nn.Module) -> str | None:
+    """The first direct submodule of ``model`` named as an attribute torch.fx's GraphModule sets itself
+    (``meta``: GraphModule's dict), which no GraphModule of the model can hold: fx fails to build it."""
+    return next((name for name, _ in model.named_children() if name in FX_RESERVED), None)
 
 
 def default_joins(model: nn.Module, target: str | None, candidates) -> tuple[bool, str | None]:
