@@ -304,3 +304,36 @@ def test_a_malformed_budget_value_lists_the_units_and_the_separator(text, hint):
         raise MixprecError(f"{cand} is not one of the candidates here")
     with pytest.raises(MixprecError, match=hint):
         parse_budgets(text, ["bytes", "bits_per_weight"], no_candidate, lambda kind: 1.0)
+
+
+def test_analyze_takes_gptqs_static_groups_and_records_them(tmp_path, capsys):
+    from mixprec.cli import main
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4g16a8,w8a8", "--rounding", "gptq",
+                 "--static-groups", "--calibration-samples", "32", "--out", str(run)]) == 0
+    meta = json.loads((run / "sensitivity.json").read_text())["metadata"]
+    assert meta["rounding"]["name"] == "gptq" and meta["rounding"]["static_groups"] is True
+    capsys.readouterr()
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--static-groups",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--static-groups is an option of --rounding gptq" in capsys.readouterr().err
+
+
+def test_the_resume_hint_of_an_interrupted_analysis_names_the_code_the_run_needs(tmp_path, monkeypatch, capsys):
+    from mixprec import cli
+    spec = tmp_path / "mine.py"
+    spec.write_text("import torch\n"
+                    "def build():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(4, 8), "
+                    "torch.nn.ReLU(), torch.nn.Linear(8, 3))\n"
+                    "def data():\n    torch.manual_seed(1)\n    return [torch.randn(8, 4) for _ in range(2)]\n")
+    run = tmp_path / "run"
+    assert cli.main(["analyze", "--model", f"{spec}:build", "--data", f"{spec}:data", "--candidates", "w8a8,w4a8",
+                     "--out", str(run)]) == 0
+
+    def stop(args, rank):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_analyze", stop)
+    capsys.readouterr()
+    assert cli.main(["analyze", "--resume", str(run), "--model", f"{spec}:build", "--data", f"{spec}:data"]) == 130
+    assert (f"mixprec analyze --resume {run} --model {spec}:build --data {spec}:data continues"
+            in capsys.readouterr().err)

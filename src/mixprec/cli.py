@@ -183,7 +183,7 @@ def _rounding(args):
             if args.rounding != "gptq":
                 raise SpecError(f"--{flag.replace('_', '-')} is an option of --rounding gptq")
             options[flag] = value
-    if args.rounding_iterations is not None:
+    if getattr(args, "rounding_iterations", None) is not None:
         if args.rounding not in ("adaround", "brecq"):
             raise SpecError("--rounding-iterations is an option of --rounding adaround and --rounding brecq")
         options["iterations"] = args.rounding_iterations
@@ -258,8 +258,8 @@ def _init_distributed() -> int:
 
 
 ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin", "candidates", "profile", "metric",
-                "around", "around_divergence", "rounding", "eval", "weight_range", "activation_range", "chunk_size", "no_fx",
-                "device", "out", "joins", "stream")
+                "around", "around_divergence", "rounding", "act_order", "static_groups", "eval", "weight_range",
+                "activation_range", "chunk_size", "no_fx", "device", "out", "joins", "stream")
 
 
 def _metric(args):
@@ -338,7 +338,7 @@ def _analyze(args, rank: int) -> int:
     analysis = analyze(model, data or [], candidates, metric, args.out, groups=groups,
                        evaluate=evaluate, weight_range=args.weight_range, activation_range=args.activation_range,
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
-                       verbose=rank == 0, model_name=args.model, rounding=args.rounding, joins=args.joins,
+                       verbose=rank == 0, model_name=args.model, rounding=_rounding(args), joins=args.joins,
                        target=PROFILE_TARGETS.get(args.profile or ""), stream=args.stream,
                        arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
     if rank != 0:
@@ -969,6 +969,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure each candidate with the weights this rounding makes of it (rounding-aware: for a plan "
                    "you will apply with quantize --rounding gptq); each layer is rounded alone from its float "
                    "inputs. solve's guard then measures plans with it too (default nearest)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --rounding gptq: columns by decreasing Hessian diagonal (the default; --no-act-order: "
+                        "in the weight's own order)")
+    p.add_argument("--static-groups", action="store_true", help="with --rounding gptq: each group's scale chosen "
+                   "before any column is quantized, as export needs for grouped formats")
     p.add_argument("--eval", help="evaluation function (needed by --metric task)")
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=(*RANGE_METHODS, "auto"), default="mse",
@@ -1229,7 +1234,7 @@ def _run(args) -> int:
         _close_bars()
         resume = ""
         if getattr(args, "func", None) is cmd_analyze and getattr(args, "out", None):
-            resume = f"; what was measured is kept: mixprec analyze --resume {args.out} continues"
+            resume = f"; what was measured is kept: {_resume_command(args.out)} continues"
         print(f"mixprec: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
@@ -1238,6 +1243,18 @@ def _run(args) -> int:
             raise
         print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _resume_command(out: str) -> str:
+    """The command that continues the analysis in ``out``, naming again the code (.py, module or TorchScript specs)
+    the run names: mixprec runs code only where the command line names it."""
+    import shlex
+    try:
+        code = RunDirectory(out).code_specs() if RunDirectory(out).exists else {}
+    except Exception:  # a run directory the interruption left without its arguments: the plain command
+        code = {}
+    return f"mixprec analyze --resume {shlex.quote(str(out))}" + "".join(
+        f" --{option} {shlex.quote(spec)}" for option, spec in code.items())
 
 
 def _close_bars() -> None:
