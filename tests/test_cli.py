@@ -337,3 +337,13 @@ def test_the_resume_hint_of_an_interrupted_analysis_names_the_code_the_run_needs
     assert cli.main(["analyze", "--resume", str(run), "--model", f"{spec}:build", "--data", f"{spec}:data"]) == 130
     assert (f"mixprec analyze --resume {run} --model {spec}:build --data {spec}:data continues"
             in capsys.readouterr().err)
+
+
+def test_a_missing_plan_file_is_said_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import mixprec.cli as cli
+    monkeypatch.setattr(cli, "_setup", lambda args: pytest.fail("the model was loaded before --plan was read"))
+    missing = str(tmp_path / "typo.json")
+    assert cli.main(["quantize", "--model", "demo-cnn", "--plan", missing, "--out", str(tmp_path / "q")]) == 2
+    assert "plan file not found" in capsys.readouterr().err
+    assert cli.main(["export", "--model", "demo-cnn", "--plan", missing, "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "plan file not found" in capsys.readouterr().err

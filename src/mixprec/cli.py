@@ -214,6 +214,8 @@ def _switch_flags(rounding) -> str:
 def cmd_quantize(args) -> int:
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    if args.plan:  # read before the model loads: a missing or damaged plan file is said at once
+        Plan.load(args.plan)
     _require_data(args, "calibration batches")
     check_output_dir(args.out)
     rounding = _rounding(args)
@@ -575,6 +577,8 @@ def cmd_export(args) -> int:
     from .export.targets import get_target
     if bool(args.plan) == bool(args.uniform):
         raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    if args.plan:  # read before the model loads: a missing or damaged plan file is said at once
+        Plan.load(args.plan)
     if args.float_type and args.target != "gguf":
         raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
     if args.target == "cuda":
