@@ -30,6 +30,7 @@ def test_export_errors_are_one_line(capsys, tmp_path):
     assert main(["export", "--model", "demo-cnn", "--uniform", "fp8", "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert "target ort-cpu cannot run 4 layer(s)" in err and "Traceback" not in err
+    assert "--profile ort-cpu or --profile ort-cpu-avx2 or --profile ort-cpu-lm" in err  # the profiles that plan for it
     assert main(["evaluate", "--model", str(tmp_path / "missing.onnx"), "--eval", "demo-cnn"]) == 2
     assert "not found" in capsys.readouterr().err
 

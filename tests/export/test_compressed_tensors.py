@@ -238,6 +238,7 @@ def test_inexpressible_candidates_are_listed_before_anything_is_written(tmp_path
         write_compressed_tensors(model, plan, tmp_path / "no", progress=False)
     message = str(info.value)
     assert "cannot hold 5 layer(s)" in message
+    assert "--profile" not in message and "analyze with --candidates it accepts" in message  # no profile plans for it
     for layer, why in [("lm.model.layers.0.self_attn.o_proj", "group size 48 does not divide the layer's 64 inputs"),
                        ("lm.model.layers.0.mlp.down_proj", "12-bit"), ("lm.model.layers.1.self_attn.o_proj",
                        "multipoint"), ("lm.model.layers.1.mlp.gate_proj", "e4m3"),

@@ -96,7 +96,7 @@ def check_plan(layers: dict[str, tuple[tuple[int, ...], Candidate]]) -> dict[str
                            f"{shape[-1]} inputs are a multiple of {GGUF_BLOCK}; plan it as fp16")
         else:
             types[name] = kind
-    refuse_layers(refused, "target gguf cannot write", f"gguf writes: {GGUF_CANDIDATES}")
+    refuse_layers(refused, "target gguf cannot write", f"gguf writes: {GGUF_CANDIDATES}", ("gguf",))
     return types
 
 

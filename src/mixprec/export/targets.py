@@ -181,17 +181,22 @@ def check_layers(target: Target, layers: dict[str, tuple[str, int, Candidate]], 
             refused.append(f"{name} ({kind}, {candidate.name}): {result}")
         else:
             out[name] = result
-    refuse_layers(refused, f"target {target.name} cannot run", f"{target.name} runs: {target.candidates}")
+    from ..profiles import PROFILE_TARGETS
+    refuse_layers(refused, f"target {target.name} cannot run", f"{target.name} runs: {target.candidates}",
+                  tuple(sorted(p for p, t in PROFILE_TARGETS.items() if t == target.name)))
     return out
 
 
-def refuse_layers(refused: list[str], what: str, accepts: str) -> None:
+def refuse_layers(refused: list[str], what: str, accepts: str, profiles: tuple[str, ...] = ()) -> None:
     """One CandidateError for every layer a target cannot take (``refused``: one line each, the first 20
-    shown), opened by ``what`` and closed by what the target ``accepts``; nothing when none is refused."""
+    shown), opened by ``what`` and closed by what the target ``accepts``; nothing when none is refused.
+    ``profiles``: the analyze profiles that plan for this target (none: plan with candidates it accepts)."""
     if refused:
         shown = refused[:20] + ([f"... and {len(refused) - 20} more"] if len(refused) > 20 else [])
         first = refused[0].split(" (")[0]
+        plan_for = (f"analyze with a profile of it (--profile {' or --profile '.join(profiles)}) or analyze(..., "
+                    "target=...)" if profiles else "analyze with --candidates it accepts (listed above)")
         raise CandidateError(f"{what} {len(refused)} layer(s) of the plan:\n  " + "\n  ".join(shown) + f"\n{accepts}\n"
                              f"To deploy this plan, pin those layers to a candidate the target takes (--pin "
-                             f"'{first}=fp32' on the command line; the plan's costs change), or plan for the target: "
-                             "analyze with a profile of it (--profile) or analyze(..., target=...)")
+                             f"'{first}=fp32' on the command line; the plan's costs change, and a layer tied to it, "
+                             f"such as a tied output layer, moves with it), or plan for the target: {plan_for}")
