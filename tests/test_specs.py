@@ -313,3 +313,12 @@ def test_spec_functions_that_want_arguments_or_return_a_state_dict_say_what_to_d
     with pytest.raises(SpecError) as info:  # a TypeError from inside a function that takes none: no such hint
         load_model(f"{spec}:build")
     assert "no arguments" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["ppl", "val_loss", "top1-error", "WER"])
+def test_a_dict_metric_named_as_a_loss_must_say_its_direction(key):
+    with pytest.raises(SpecError, match=f"{key!r} reads as a loss, so add 'higher_is_better': False"):
+        to_eval_result({key: 11.8})
+    said = to_eval_result({key: 11.8, "higher_is_better": False})
+    assert said.name == key and said.higher_is_better is False
+    assert to_eval_result({"accuracy": 0.9}).higher_is_better  # not a loss's name: higher is better, as before

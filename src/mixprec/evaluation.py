@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,16 @@ class EvalResult:
 # keys that look like a metric's direction but are not the one mixprec reads (higher_is_better)
 DIRECTION_KEYS = {"lower_is_better", "higher_better", "lower_better", "is_higher_better", "greater_is_better",
                   "higherisbetter", "lowerisbetter", "maximize", "minimize"}
+
+
+# words of a metric's name that mean lower is better (perplexity, loss, error rates, distances)
+LOSS_WORDS = {"ppl", "perplexity", "loss", "nll", "error", "err", "mse", "mae", "rmse", "wer", "cer", "bpc", "bpb",
+              "distance", "divergence", "kl"}
+
+
+def _reads_as_loss(name: str) -> bool:
+    """Whether a metric's name reads as lower-is-better: one of its words (split at _ - . and spaces) is a loss's."""
+    return any(word in LOSS_WORDS for word in re.split(r"[_\-.\s]+", name.lower()))
 
 
 def _scalar(value: Any) -> bool:
@@ -54,6 +65,10 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
                 raise SpecError(f"{source} returned a dict with keys {sorted(value)}; name the main metric with "
                                 "a 'main' key, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
             main = numeric[0]
+        if "higher_is_better" not in value and _reads_as_loss(str(main)):
+            raise SpecError(f"{source} returned {main!r} without 'higher_is_better', and mixprec takes a metric as "
+                            f"higher-is-better unless told: {main!r} reads as a loss, so add 'higher_is_better': False "
+                            "to the dict (or True, if higher is better)")
         higher = value.get("higher_is_better", True)
         if not isinstance(higher, bool) and not (_scalar(higher) and isinstance(higher.item(), bool)):
             raise SpecError(f"{source} returned higher_is_better={higher!r}; it must be True or False (a string such as "
