@@ -347,3 +347,26 @@ def test_a_missing_plan_file_is_said_before_the_model_loads(tmp_path, monkeypatc
     assert "plan file not found" in capsys.readouterr().err
     assert cli.main(["export", "--model", "demo-cnn", "--plan", missing, "--out", str(tmp_path / "m.onnx")]) == 2
     assert "plan file not found" in capsys.readouterr().err
+
+
+def test_pareto_on_an_around_run_says_its_predictions_hold_near_the_base(tmp_path, capsys, monkeypatch):
+    from mixprec import cli
+    from mixprec.analysis import Analysis
+    run = tmp_path / "run"
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--around", "w4a8",
+                     "--calibration-samples", "32", "--out", str(run)]) == 0
+
+    def stop(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the note comes before the front is solved
+    monkeypatch.setattr(Analysis, "pareto", stop)
+    capsys.readouterr()
+    assert cli.main(["pareto", str(run), "--budget-kind", "bops", "--points", "3", "--out", str(tmp_path / "p")]) == 130
+    assert "measured each group moved alone from uniform w4a8 (--around)" in capsys.readouterr().out
+
+
+def test_figures_in_a_note_get_the_digits_that_tell_them_apart():
+    from mixprec.cli import _distinct
+    assert _distinct(80.1, 79.2) == ("80.1", "79.2")
+    worse, better = _distinct(11.77621, 11.77601)
+    assert worse != better and float(worse) > float(better)
+    assert _distinct(1.0, 1.0) == ("1", "1")  # equal stays equal, at most 10 digits

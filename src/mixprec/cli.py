@@ -508,6 +508,11 @@ def cmd_pareto(args) -> int:
     check_output_dir(args.out)
     analysis = _load_run(args)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
+    base = analysis.table.metadata.get("around")
+    if base:
+        print(f"note: this run measured each group moved alone from uniform {base} (--around): its predictions hold "
+              f"near that plan's cost and mispredict far from it, so a front over the whole range may collapse to few "
+              "plans; for a whole front, analyze without --around (or with a base near each budget)")
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
                             cost_files=args.cost, device=args.device, rounding=_rounding(args),
@@ -539,8 +544,9 @@ def cmd_pareto(args) -> int:
     for cand in ([] if inverted else front.uniform_above_front()):
         print(f"note: uniform {cand} measures better than every front plan that costs no more")
     for i, j in ([] if inverted else front.below_cheaper()):
+        worse, better = _distinct(front.plans[i].measured["value"], front.plans[j].measured["value"])
         print(f"note: front plan {i} ({kind} {front.plans[i].costs[kind]:.6g}) measures "
-              f"{front.plans[i].measured['value']:.4g}, worse than the cheaper plan {j} ({front.plans[j].measured['value']:.4g}):"
+              f"{worse}, worse than the cheaper plan {j} ({better}):"
               " the sensitivities, each measured alone, mispredict it; pick the cheaper one, or mixprec solve at that "
               "budget with --search local, which measures its moves")
     report = analysis.report(front, out)
@@ -1247,6 +1253,13 @@ def _run(args) -> int:
             raise
         print(f"mixprec: error: {error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _distinct(a: float, b: float, digits: int = 4) -> tuple[str, str]:
+    """``a`` and ``b`` with as many significant digits (4 at least, 10 at most) as it takes to tell them apart."""
+    while digits < 10 and f"{a:.{digits}g}" == f"{b:.{digits}g}":
+        digits += 1
+    return f"{a:.{digits}g}", f"{b:.{digits}g}"
 
 
 def _resume_command(out: str) -> str:
