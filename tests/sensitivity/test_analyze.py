@@ -244,3 +244,31 @@ def test_input_ranges_are_searched_once_per_layer_and_format_not_per_batch(monke
         data = [torch.randn(8, 16) for _ in range(batches)]
         mixprec.analyze(model, data, "w4a8,w8a8", "sqnr", progress=False, use_fx=False)
         assert len(calls) <= 2 * 2  # two layers x two formats, whatever the number of batches
+
+
+@pytest.mark.parametrize("use_fx", [True, False])
+def test_progress_moves_inside_one_calibration_batch_entry_by_entry(monkeypatch, use_fx):
+    """One batch and one chunk (an LLM's analysis on few long windows): the bar still moves per entry, in whole
+    entries, up to the total."""
+    import mixprec.sensitivity.analyze as module
+    updates = []
+
+    class Bar:
+        def __init__(self, total, initial=0, **kw):
+            self.n = initial
+
+        def update(self, k):
+            updates.append(k)
+            self.n += k
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(module, "tqdm", Bar)
+    model, groups, cands = setup()
+    analyze(model, groups, cands, data(1), chunk_size=len(groups.groups), use_fx=use_fx)
+    entries = len(groups.groups) * len(cands)
+    assert sum(updates) == entries and all(isinstance(k, int) and k > 0 for k in updates)
+    assert len(updates) >= len(groups.groups)  # not one jump at the chunk's end

@@ -136,11 +136,13 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
               desc=f"{metric} sensitivity", disable=not progress) as bar:
         state = config.prepare(ctx) if pending else None  # once per analysis, and only if there is work
         for chunk in pending:
-            entries, shown = len(chunk) * len(candidates), [0.0]
+            entries, shown = len(chunk) * len(candidates), [0]
 
-            def tick(fraction: float) -> None:  # progress inside a chunk (one call per calibration batch)
-                bar.update(fraction * entries - shown[0])
-                shown[0] = fraction * entries
+            def tick(fraction: float) -> None:  # progress inside a chunk, in whole entries (a fraction of the chunk)
+                whole = min(entries, int(fraction * entries + 1e-9))
+                if whole > shown[0]:
+                    bar.update(whole - shown[0])
+                    shown[0] = whole
             ctx.on_batch = tick
             if ctx.rounding is not None:  # the chunk's layers rounded at every candidate, few passes in all
                 ctx.round_layers([layer for g in chunk for layer in groups.groups[g].layer_names])
@@ -151,7 +153,8 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
             if run is not None:
                 run.append_entries(named, rank)
             done.update(named)
-            bar.update(entries - shown[0])
+            if entries > shown[0]:
+                bar.update(entries - shown[0])
     if world > 1:
         torch.distributed.barrier()
         if run is not None:

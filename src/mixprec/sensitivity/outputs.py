@@ -103,13 +103,18 @@ class OutputRunner:
         if self.blocks is not None:
             self._measure_blocks(group_indices, divergence, sums)
             return ratio_values(ctx, sums, "output")
+        entries, recorded = len(sums), [0]
         for b in range(len(ctx.data)):
             ref = self.reference(b)
+            recorded[0] = 0
 
             def record(key, output):
                 num, den = divergence(ref, output_tensor(output))
                 sums[key][0] += num
                 sums[key][1] += den
+                recorded[0] += 1
+                if ctx.on_batch is not None:  # progress inside the batch: one tick per entry measured
+                    ctx.on_batch((b + recorded[0] / max(entries, 1)) / len(ctx.data))
 
             if self.forked is not None:
                 fork_points: dict[int, list] = {}
@@ -138,7 +143,9 @@ class OutputRunner:
 
     def _measure_blocks(self, group_indices: list[int], divergence: Divergence, sums: dict) -> None:
         ctx, blocks = self.ctx, self.blocks
-        for g in group_indices:
+        for i, g in enumerate(group_indices):
+            if i and ctx.on_batch is not None:  # progress: one tick per group measured (every batch and candidate)
+                ctx.on_batch(i / len(group_indices))
             group = ctx.groups.groups[g]
             skipped = blocks.fork_block(group.layer_names)
             if self.stream is not None and blocks.chained and skipped < len(blocks.modules):
