@@ -58,7 +58,7 @@ def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
             number = -1.0
     if number is not None and not (np.isfinite(number) and number > 0):
         raise MixprecError(f"budget {kind}={value}: a budget must be a positive finite number (e.g. {kind}=0.5x or "
-                           f"{kind}=w4a8)")
+                           f"{kind}=CANDIDATE, the cost of a candidate of this run all over)")
     if low.endswith("x"):
         try:
             return float(low[:-1]) * highest_cost(kind)
