@@ -90,7 +90,9 @@ def analysis_arguments(model: str, candidates: str, metric: str, device: str, ru
     model_spec, data_spec, eval_spec = specs(model)
     return {"model": model_spec, "data": data_spec, "calibration_samples": samples, "tie": [], "exclude": [],
             "pin": list(pins), "candidates": candidates, "profile": None, "metric": metric, "around": None,
-            "around_divergence": "auto", "rounding": rounding, "eval": eval_spec,
+            "around_divergence": "auto", "rounding": rounding,
+            "act_order": (rounding_options or {}).get("act_order"),
+            "static_groups": bool((rounding_options or {}).get("static_groups")), "eval": eval_spec,
             "weight_range": weight_range, "activation_range": "mse", "chunk_size": None, "no_fx": False,
             "device": device, "out": str(run_dir), "joins": joins, "stream": False,
             **({"rounding_options": dict(rounding_options)} if rounding_options else {})}

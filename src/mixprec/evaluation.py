@@ -65,10 +65,6 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
                 raise SpecError(f"{source} returned a dict with keys {sorted(value)}; name the main metric with "
                                 "a 'main' key, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
             main = numeric[0]
-        if "higher_is_better" not in value and _reads_as_loss(str(main)):
-            raise SpecError(f"{source} returned {main!r} without 'higher_is_better', and mixprec takes a metric as "
-                            f"higher-is-better unless told: {main!r} reads as a loss, so add 'higher_is_better': False "
-                            "to the dict (or True, if higher is better)")
         higher = value.get("higher_is_better", True)
         if not isinstance(higher, bool) and not (_scalar(higher) and isinstance(higher.item(), bool)):
             raise SpecError(f"{source} returned higher_is_better={higher!r}; it must be True or False (a string such as "
@@ -79,6 +75,10 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
         if lookalike:
             raise SpecError(f"{source} returned the key {lookalike[0]!r}, which mixprec does not read: say the "
                             "direction with 'higher_is_better': True or False (default True)")
+        if "higher_is_better" not in value and _reads_as_loss(str(main)):
+            raise SpecError(f"{source} returned {main!r} without 'higher_is_better', and mixprec takes a metric as "
+                            f"higher-is-better unless told: {main!r} reads as a loss, so add 'higher_is_better': False "
+                            "to the dict (or True, if higher is better)")
         details = {k: v for k, v in value.items() if k not in ("main", "higher_is_better", main)}
         try:
             number = value[main].item() if hasattr(value[main], "item") else value[main]
