@@ -166,6 +166,8 @@ def test_ce_scores_a_segmentation_model_per_pixel_against_labels_per_pixel():
     from mixprec.errors import SpecError
     with pytest.raises(SpecError, match="one per pixel of a \\(samples, classes, height, width\\) output"):
         OutputDivergence(model, [(x, y[:, :3]) for x, y in data], "ce").measure(other)  # labels of another size
+    consensus = OutputDivergence(model, data, "consensus")(other)  # per-pixel labels join the consensus
+    assert consensus.details["consensus"] == ["agreement", "sqnr", "ce"]
 
 
 def test_a_regression_output_of_one_value_per_input_gives_one_sample_per_input():

@@ -285,9 +285,11 @@ class OutputDivergence:
     @property
     def consensus(self) -> tuple[str, ...]:
         """The divergences the consensus measures: top-1 disagreement and 1/SQNR, and the labels'
-        cross-entropy where every calibration batch carries one integer class per sample."""
+        cross-entropy where every calibration batch carries one integer class per sample (or per pixel of a
+        segmentation model's output)."""
         references = self._references()
-        labelled = all(ref is not None and class_labels(labels, ref) for ref, labels in zip(references, self.labels))
+        labelled = all(ref is not None and (class_labels(labels, ref) or pixel_labels(labels, ref))
+                       for ref, labels in zip(references, self.labels))
         return CONSENSUS + (("ce",) if labelled else ())
 
     @torch.no_grad()
