@@ -1045,7 +1045,7 @@ def _divergence_key(divergence: str, batches: int | tuple[int, int] | None) -> s
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
              "auto-guard": "auto(classifier=agreement+sqnr+ce-given-labels,lm=nll,other=sqnr)",
              "auto-search": "auto(classifier=kl,lm=nll,other=sqnr)",
-             "consensus": "consensus(agreement+sqnr+ce-given-labels)"}
+             "consensus": "consensus(agreement+sqnr+ce-given-labels-per-sample-or-pixel)"}
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     if isinstance(batches, tuple):
         part = f":batches{batches[0]}-{batches[1]}"
