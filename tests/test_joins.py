@@ -156,7 +156,7 @@ def test_a_submodule_named_as_a_graph_module_attribute_is_named_in_the_error(tmp
                                          r"GraphModule: rename it \(e.g. self.meta_net\)"):
         apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)
     from mixprec.sensitivity.forked import ForkedForward, NotTraceable
-    with pytest.raises(NotTraceable, match="rename it, e.g. self.meta_net"):
+    with pytest.raises(NotTraceable, match=r"rename it \(e.g. self.meta_net\) to have it traced"):
         ForkedForward(model)
 
 

@@ -190,10 +190,20 @@ def _rounding(args):
     return rounding_config(args.rounding, **options)
 
 
+def _read_plan(args) -> None:
+    """Exactly one of --plan and --uniform; the plan file read before the model loads (a missing or damaged one
+    is said at once), kept as ``args.plan_read`` for :func:`_plan_of`."""
+    if bool(args.plan) == bool(args.uniform):
+        raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
+    args.plan_read = Plan.load(args.plan) if args.plan else None
+
+
 def _plan_of(args, groups: ModelGroups, same_groups: bool = True) -> Plan:
     """--plan (made for this model's groups; ``same_groups=False``: any plan naming its layers, as export
     takes) or --uniform, with the --pin options applied and said."""
-    plan = Plan.load(args.plan) if args.plan else Plan.uniform(groups, args.uniform, {"model": args.model})
+    read = getattr(args, "plan_read", None)
+    plan = read if read is not None else Plan.load(args.plan) if args.plan else \
+        Plan.uniform(groups, args.uniform, {"model": args.model})
     if same_groups:
         check_plan_groups(plan, groups)
     for change in plan.pin(groups):
@@ -212,10 +222,7 @@ def _switch_flags(rounding) -> str:
 
 
 def cmd_quantize(args) -> int:
-    if bool(args.plan) == bool(args.uniform):
-        raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
-    if args.plan:  # read before the model loads: a missing or damaged plan file is said at once
-        Plan.load(args.plan)
+    _read_plan(args)
     _require_data(args, "calibration batches")
     check_output_dir(args.out)
     rounding = _rounding(args)
@@ -382,11 +389,10 @@ def _prefix_note(meta: dict) -> str:
     sharing = meta.get("prefix_sharing", "fx" if meta.get("forked") else "none")
     if sharing == "fx":
         return "prefix shared via torch.fx"
+    reason = meta.get("fallback_reason")
     if sharing == "blocks":
-        reason = meta.get("fallback_reason")
         return "blocks before each group's answered from one float pass" + (
             f"; torch.fx did not trace the model: {reason}" if reason else "")
-    reason = meta.get("fallback_reason")
     return "full forwards: " + reason if reason else "full forwards (prefix sharing off)"
 
 
@@ -581,10 +587,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from .export import export, report_path
     from .export.targets import get_target
-    if bool(args.plan) == bool(args.uniform):
-        raise SpecError("give exactly one of --plan plan.json or --uniform CANDIDATE (e.g. --uniform w8a8)")
-    if args.plan:  # read before the model loads: a missing or damaged plan file is said at once
-        Plan.load(args.plan)
+    _read_plan(args)
     if args.float_type and args.target != "gguf":
         raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
     if args.target == "cuda":
@@ -1267,7 +1270,8 @@ def _resume_command(out: str) -> str:
     the run names: mixprec runs code only where the command line names it."""
     import shlex
     try:
-        code = RunDirectory(out).code_specs() if RunDirectory(out).exists else {}
+        run = RunDirectory(out)
+        code = run.code_specs() if run.exists else {}
     except Exception:  # a run directory the interruption left without its arguments: the plain command
         code = {}
     return f"mixprec analyze --resume {shlex.quote(str(out))}" + "".join(

@@ -155,11 +155,10 @@ def trace(model: nn.Module, example=None) -> fx.GraphModule:
         return graph_module(model, example)
     except Exception as exc:  # fx raises many kinds of errors on data-dependent code
         hf = from_transformers(model)
-        clash = fx_name_clash(model)
+        clash = fx_clash_hint(model)
         raise ModelError(f"join quantizers need a model torch.fx can trace, and tracing failed: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}; "
-                         + (f"the submodule {clash!r} has the name of an attribute of torch.fx's GraphModule: rename "
-                            f"it (e.g. self.{clash}_net) to have the joins quantized" if clash else
+                         + (f"{clash} to have the joins quantized" if clash else
                             "Hugging Face models do not trace with torch.fx here, so their residual adds stay float "
                             "(their layers are quantized as planned)" if hf else
                             "quantize without join quantizers (joins=False) or make the forward free of "
@@ -169,10 +168,12 @@ def trace(model: nn.Module, example=None) -> fx.GraphModule:
 FX_RESERVED = ("meta", "graph", "code", "_graph", "_code", "_tracer_cls", "_tracer_extras")
 
 
-def fx_name_clash(model: nn.Module) -> str | None:
-    """The first direct submodule of ``model`` named as an attribute torch.fx's GraphModule sets itself
-    (``meta``: GraphModule's dict), which no GraphModule of the model can hold: fx fails to build it."""
-    return next((name for name, _ in model.named_children() if name in FX_RESERVED), None)
+def fx_clash_hint(model: nn.Module) -> str:
+    """What to rename where a direct submodule of ``model`` is named as an attribute torch.fx's GraphModule sets
+    itself (``meta``: GraphModule's dict), which no GraphModule of the model can hold; "" where none is."""
+    clash = next((name for name, _ in model.named_children() if name in FX_RESERVED), None)
+    return (f"the submodule {clash!r} has the name of an attribute of torch.fx's GraphModule: rename it "
+            f"(e.g. self.{clash}_net)") if clash else ""
 
 
 def default_joins(model: nn.Module, target: str | None, candidates) -> tuple[bool, str | None]:

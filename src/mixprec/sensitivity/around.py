@@ -14,7 +14,6 @@ base model.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +93,7 @@ class Around(Metric):
                 state: _State | None = None) -> dict[tuple[int, int], float]:
         values = {}
         todo = [(g, c) for g in group_indices for c in range(len(ctx.candidates))]
-        for g, c in tqdm(todo, desc="moving groups", leave=False, disable=not ctx.progress or len(todo) < 8
-                         or not sys.stderr.isatty()):
+        for g, c in tqdm(todo, desc="moving groups", leave=False, disable=not ctx.nested_progress or len(todo) < 8):
             group, cand = ctx.groups.groups[g], ctx.candidates[c]
             if cand.name == state.base_of[group.name]:
                 values[(g, c)] = 0.0

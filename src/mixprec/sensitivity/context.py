@@ -17,6 +17,7 @@ weights shared by two layers get nearest rounding, as in round_weights.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -57,6 +58,12 @@ class MeasureContext:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def nested_progress(self) -> bool:
+        """Whether a bar inside the analysis's own bar is shown: only on a terminal, where its cursor moves
+        redraw it (in a log they would be escape codes)."""
+        return self.progress and sys.stderr.isatty()
 
     def layer(self, name: str) -> nn.Module:
         """The float model's layer ``name`` (TorchScript models too, which lack get_submodule)."""

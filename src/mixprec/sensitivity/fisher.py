@@ -15,7 +15,6 @@ the hessian metric uses; see gradients.py).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ def squared_gradients(ctx: MeasureContext, seed: int) -> SquaredGradients:
         quantizers = gradients.input_quantizers(ctx)
         unique = list({id(w): w for w in weights.values()}.values())  # a tied weight is one variable
         slot = {name: next(i for i, u in enumerate(unique) if u is w) for name, w in weights.items()}
-        for b in tqdm(range(len(ctx.data)), desc="fisher gradients", unit="batch", disable=not ctx.progress or not sys.stderr.isatty()):
+        for b in tqdm(range(len(ctx.data)), desc="fisher gradients", unit="batch", disable=not ctx.nested_progress):
             out, captured = gradients.forward(ctx, b, "fisher", capture)
             labels = ctx.labels(b) if ctx.has_labels else None
             loss, n = gradients.loss(out, labels, "fisher", sample_labels=None if labels is not None else generator)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import fx, nn
 
-from ..joins import fx_name_clash, graph_module
+from ..joins import fx_clash_hint, graph_module
 
 _OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
                  operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
@@ -37,10 +37,9 @@ class ForkedForward:
         try:
             self.graph_module = graph_module(model, example)
         except Exception as exc:  # fx raises many kinds of errors on data-dependent code
-            clash = fx_name_clash(model)
+            clash = fx_clash_hint(model)
             raise NotTraceable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                               + (f" (the submodule {clash!r} has the name of an attribute of torch.fx's GraphModule: "
-                                  f"rename it, e.g. self.{clash}_net, to have it traced)" if clash else "")) from exc
+                               + (f" ({clash} to have it traced)" if clash else "")) from exc
         self.model = model
         self.nodes = list(self.graph_module.graph.nodes)
         self.index = {node: i for i, node in enumerate(self.nodes)}
