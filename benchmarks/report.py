@@ -54,6 +54,9 @@ def speed_section() -> list[str]:
              "pass) against the naive loop (one full forward per group x candidate x batch), same data, same run.", ""]
     for report in reports:
         lines += _speed_table(report)
+    from range_search import markdown as range_search_markdown
+    for path in sorted(RESULTS.glob("range_search_*.json")):
+        lines += range_search_markdown(json.loads(path.read_text())).replace("## ", "### ", 1).splitlines() + [""]
     return lines
 
 

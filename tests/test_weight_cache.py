@@ -161,8 +161,11 @@ def _reference_choice(rows, fmt):
 
 @settings(max_examples=60, deadline=None)
 @given(out=st.integers(1, 12), k=st.integers(2, 80), fmt=st.sampled_from(["w4a8", "w3a8-asym", "w2a8", "w8", "fp8", "q4_0", "w5a8-asym"]),
-       seed=st.integers(0, 2**16), zeros=st.booleans())
-def test_the_in_place_search_chooses_the_ranges_the_plain_one_does(out, k, fmt, seed, zeros):
+       seed=st.integers(0, 2**16), zeros=st.booleans(), per_pass=st.sampled_from([1, 2, 5, 40, 41, 1000]))
+def test_the_in_place_search_chooses_the_ranges_the_plain_one_does(out, k, fmt, seed, zeros, per_pass):
+    """Also with several factors a pass (the whole grid, or chunks that end anywhere in it): the first
+    factor of least error wins across chunks as within one."""
+    from mixprec import quantizers
     from mixprec.quantizers import choose_range
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randn(out, k, generator=generator) * torch.rand(out, 1, generator=generator) * 4
@@ -172,6 +175,8 @@ def test_the_in_place_search_chooses_the_ranges_the_plain_one_does(out, k, fmt, 
     weight_format = parse_candidate(fmt).weight
     if getattr(weight_format, "range_method", None) == "minmax":
         return
-    lo, hi = choose_range(rows, weight_format, "mse")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quantizers, "MSE_BATCH_ELEMENTS", per_pass * out * k)
+        lo, hi = choose_range(rows, weight_format, "mse")
     ref_lo, ref_hi = _reference_choice(rows, weight_format)
     assert torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi)

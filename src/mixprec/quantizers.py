@@ -115,15 +115,26 @@ def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float,
 
 def _mse_choice(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: Format) -> torch.Tensor:
     """The first factor alpha of ``MSE_GRID`` with the least squared error of each row quantized on
-    [alpha lo, alpha hi], as its index (uint8 (R, 1))."""
+    [alpha lo, alpha hi], as its index (uint8 (R, 1)). Several factors are tried in one pass where the
+    rows are small (an activation's sample, a small layer): the same errors, fewer kernel launches."""
     best_err = torch.full_like(lo, float("inf"))
     choice = torch.full(lo.shape, len(MSE_GRID), dtype=torch.uint8, device=lo.device)
-    for i, alpha in enumerate(MSE_GRID.tolist()):
-        err = _squared_error(rows, alpha * lo, alpha * hi, fmt)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        choice.masked_fill_(better, i)
+    limit = MSE_BATCH_ELEMENTS_CUDA if rows.is_cuda else MSE_BATCH_ELEMENTS
+    step = max(1, limit // max(1, rows.numel()))
+    factors = MSE_GRID.to(device=lo.device, dtype=lo.dtype)
+    for first in range(0, len(MSE_GRID), step):
+        alphas = factors[first:first + step].reshape(-1, 1, 1)
+        err = _squared_error(rows, alphas * lo, alphas * hi, fmt)  # (factors, R, 1)
+        err = torch.where(torch.isnan(err), torch.full_like(err, float("inf")), err)  # NaN is never better
+        least, index = err.min(dim=0)  # the first of equal errors, as one factor at a time would keep
+        better = least < best_err
+        best_err = torch.where(better, least, best_err)
+        choice = torch.where(better, (index + first).to(torch.uint8), choice)
     return choice
+
+
+MSE_BATCH_ELEMENTS = 1 << 18  # how many elements one pass of the mse search holds (factors x rows): small rows
+MSE_BATCH_ELEMENTS_CUDA = 1 << 24  # (an activation sample) take several factors a pass; a GPU, whose cost is launches, more
 
 
 ROW_CHUNK_ELEMENTS = 1 << 24  # weights quantized per channel or group go through float32 this many at a time
@@ -170,7 +181,7 @@ def _squared_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: 
     """Each row's sum of squared errors quantized on [lo, hi]: ``fake_quant_range``'s values, in one
     buffer updated in place (the search's inner loop; a symmetric grid's zero-point is 0 and skipped)."""
     if not isinstance(fmt, IntFormat):
-        return (fake_quant_range(rows, lo, hi, fmt) - rows).pow(2).sum(dim=1, keepdim=True)
+        return (fake_quant_range(rows, lo, hi, fmt) - rows).pow(2).sum(dim=-1, keepdim=True)
     scale, zero_point = int_qparams(lo, hi, fmt)
     q = torch.div(rows, scale).round_()
     if not fmt.symmetric:
@@ -178,7 +189,7 @@ def _squared_error(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: 
     q.clamp_(fmt.qmin, fmt.qmax)
     if not fmt.symmetric:
         q.sub_(zero_point)
-    return q.mul_(stored_scale(scale, fmt)).sub_(rows).square_().sum(dim=1, keepdim=True)
+    return q.mul_(stored_scale(scale, fmt)).sub_(rows).square_().sum(dim=-1, keepdim=True)
 
 
 def _quantize_part(rows: torch.Tensor, fmt: Format, method: str, percentile: float,
