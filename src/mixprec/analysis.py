@@ -644,7 +644,7 @@ class Analysis:
                 "data")
             bar, seen = None, set()
             if say is print:  # a progress bar where the steps are shown: each plan is a pass over the data
-                from tqdm.auto import tqdm
+                from .progress import tqdm
                 bar = tqdm(total=len(rivals) + 1, desc="guard", unit="plan", leave=False)
 
             def measure(c: np.ndarray):
@@ -728,7 +728,7 @@ class Analysis:
             uniform[cand] = FrontPlan(costs, objective, problem.assignments(choice))
         reference = None
         if evaluate:
-            from tqdm.auto import tqdm
+            from .progress import tqdm
             evaluator = self.evaluator(None if evaluate is True else evaluate, device, rounding)
             reference = evaluator.reference().to_dict()
             for item in tqdm([*plans, *uniform.values()], desc="evaluating plans", unit="plan", disable=not progress):

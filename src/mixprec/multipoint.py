@@ -40,7 +40,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .batches import run_model, split_item, to_device
 from .candidates import Candidate, parse_candidate

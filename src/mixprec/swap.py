@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .batches import describe_shape, shapes_compatible, split_item
 from .capture import forward

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .apply import applied_beside
 from .candidates import Candidate, parse_candidate

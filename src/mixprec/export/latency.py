@@ -43,7 +43,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..atomic import write_atomic
 from ..canonical import canonical, in_eval_mode

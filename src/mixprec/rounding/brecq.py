@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..batches import output_tensor
 from ..capture import (StopForward, block_inputs, container_blocks, detach, first_tensor, inside, on_inputs,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..candidates import Candidate
 from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs

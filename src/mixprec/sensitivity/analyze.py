@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..batches import check_finite
 from ..candidates import Candidate

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..batches import run_model
 from ..candidates import parse_candidate

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from . import Metric, gradients
 from .context import MeasureContext
