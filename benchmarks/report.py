@@ -563,6 +563,10 @@ def never_worse_section() -> list[str]:
     if (RESULTS / "guard_best_rival.json").exists():
         lines += guard_best_rival_markdown(json.loads((RESULTS / "guard_best_rival.json").read_text())).replace(
             "## ", "### ", 1).splitlines() + [""]
+    from guard_veto import markdown as guard_veto_markdown
+    if (RESULTS / "guard_veto.json").exists():
+        lines += guard_veto_markdown(json.loads((RESULTS / "guard_veto.json").read_text())).replace(
+            "## ", "### ", 1).splitlines() + [""]
     for path in sorted(RESULTS.glob("local_search_stages_*.json")):
         r = json.loads(path.read_text())
         rows = r["rows"]

@@ -453,3 +453,25 @@ def test_a_first_last_variant_that_is_another_uniform_plan_is_measured_once_unde
     rivals = analysis.uniform_rivals(problem, {"bytes": problem.totals(problem.uniform_choice("w8a8"))[1]["bytes"]})
     assert sorted(rivals) == ["uniform w2a8", "uniform w4a8", "uniform w8a8"]
     assert len({r.tobytes() for r in rivals.values()}) == len(rivals)
+
+
+def test_a_veto_within_the_noise_says_so_and_that_more_samples_can_resolve_it():
+    """Far lower on two divergences, a hair higher on the third: uniform is returned (the consensus is strict,
+    benchmarks/guard_veto.py), and the reason says the blocking difference is within the noise."""
+    rng = np.random.default_rng(0)
+    n = 256
+    rival = [rng.normal(1.0, 0.3, n) for _ in range(3)]
+    mixed = [rival[0] - 0.5, rival[1] - 0.5, rival[2] + np.where(np.arange(n) % 2, 0.31, -0.3)]  # z about +0.27
+    measured = {0: Sampled(tuple(float(x.sum()) for x in mixed), tuple(mixed)),
+                1: Sampled(tuple(float(x.sum()) for x in rival), tuple(rival))}
+    result = guard(np.array([0]), {"uniform w3a8": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0,
+                   names=("agreement", "sqnr", "ce"))
+    assert result.chosen == "uniform w3a8"
+    assert "on ce it measures" in result.reason and "within the noise" in result.reason
+    assert "more calibration samples can tell the plans apart" in result.reason
+    # a veto by a clear margin does not call itself noise
+    clear = [rival[0] - 0.5, rival[1] - 0.5, rival[2] + 0.5]
+    measured[0] = Sampled(tuple(float(x.sum()) for x in clear), tuple(clear))
+    result = guard(np.array([0]), {"uniform w3a8": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0,
+                   names=("agreement", "sqnr", "ce"))
+    assert result.chosen == "uniform w3a8" and "within the noise" not in result.reason

@@ -235,6 +235,10 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     if blocking is not None and width > 1:
         where = (f"; {called(blocking)} it measures {_tuple(mixed)[blocking]:.4g}, not lower than "
                  f"{_tuple(measured[best])[blocking]:.4g}")
+        zb = z[best][blocking] if best in z else None
+        if zb is not None and margin > 0 and abs(zb) <= margin:  # a tie there: more samples may tell them apart
+            where += (f", a difference of {zb:+.2f} standard errors, within the noise: more calibration samples "
+                      "can tell the plans apart")
     return GuardResult(best, rivals[best], measured, f"{best} measures {show(measured[best])}, the mixed plan "
                        f"{show(mixed)} (ties go to uniform"
                        + (", and the mixed plan must measure lower on every divergence" if width > 1 else "")
