@@ -1253,3 +1253,39 @@ def test_a_sequence_first_model_is_told_its_file_fixes_the_batch(tmp_path, batch
     assert bool(said) == (not batch_first)
     if said:
         assert "'attn'" in said[0] and "batch (axis 1) is fixed" in said[0]
+
+
+class WithDefaults(nn.Module):
+    """forward's defaulted parameters: torch's exporter would make each an input of the file."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x, temperature: float = 2.0, mask=None):
+        out = self.fc(x) / temperature
+        return out if mask is None else out * mask
+
+
+class KeywordsWithDefaults(WithDefaults):
+    def forward(self, *, image, temperature=2.0):
+        return self.fc(image) / temperature
+
+
+@pytest.mark.parametrize("form", ["tensor", "tuple", "dict"])
+def test_defaulted_parameters_the_example_does_not_give_are_constants_not_inputs(tmp_path, form):
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(16, 8, generator=g) for _ in range(2)]
+    model = (KeywordsWithDefaults() if form == "dict" else WithDefaults()).eval()
+    data = {"tensor": xs, "tuple": [(x,) for x in xs], "dict": [{"image": x} for x in xs]}[form]
+    plan = Plan.uniform(discover_groups(model, data[0]), W8)
+    result = export(model, plan, data, target="ort-cpu", out=tmp_path / "defaults.onnx", progress=False)
+    import onnx
+    inputs = [i.name for i in onnx.load(str(result.path)).graph.input]
+    assert len(inputs) == 1, inputs  # no temperature (float64) or mask input
+    exported, simulated = OrtModule(result.path), apply(model, plan, data, progress=False, joins=True)
+    call = {"tensor": lambda m, b: m(b), "tuple": lambda m, b: m(*b), "dict": lambda m, b: m(**b)}[form]
+    with torch.no_grad():
+        for batch in data:  # the default divides: a file that ignored it would be twice too large
+            assert torch.allclose(call(exported, batch), call(simulated, batch), atol=2e-3)

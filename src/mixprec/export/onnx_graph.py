@@ -98,9 +98,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
     import onnx
 
-    constants, positions, by_name = {}, [], False
+    constants, positions, by_name, defaults = {}, [], False, False
     if isinstance(example, torch.Tensor):
         args, names, tensors = (example,), ["input"], [example]
+        defaults = _unfilled_defaults(model, 1)
     elif isinstance(example, dict):
         # the exporter passes a trailing dict as keyword arguments and makes the graph's inputs in the order of
         # forward's parameters: the names must follow that order, not the dict's
@@ -109,7 +110,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
         tensors = [example[n] for n in names]
         # with non-tensor values, or a forward(**kwargs) (the exporter binds a dict to named parameters only),
         # forward is bound by name and takes the tensors in order (_bound)
-        by_name = bool(constants) or _var_keyword(model)
+        by_name = bool(constants) or _var_keyword(model) or _unfilled_defaults(model, names)
         args = tuple(tensors) if by_name else (dict(zip(names, tensors)),)
     elif isinstance(example, (tuple, list)):
         positions = plain_inputs(example)
@@ -117,6 +118,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
         positional = _positional_names(model, len(example))
         args, names, tensors = (tuple(example[i] for i in kept), [positional[i] for i in kept],
                                 [example[i] for i in kept])
+        defaults = _unfilled_defaults(model, len(example))
     else:
         raise ModelError(f"cannot export a model whose input is a {type(example).__name__}; give a tensor, "
                          "a tuple or a dict of tensors")
@@ -137,7 +139,7 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     if positions:  # the file runs the model as traced on the example's values there; OrtModule skips them
         metadata[CONSTANTS_KEY] = json.dumps(positions)
     with _without_cache(model if signature is None else None), _all_attended(model if ids_only else None), \
-            _bound(model if signature is None else None, example, constants, positions, names, by_name):
+            _bound(model if signature is None else None, example, constants, positions, names, by_name, defaults):
         if signature is None:
             called = args[0] if len(args) == 1 and isinstance(args[0], (dict, torch.Tensor)) else args
             structure = _output_structure(model, called, tensors[0].shape[0] if tensors and tensors[0].dim() else None)
@@ -178,13 +180,15 @@ CONSTANTS_KEY = "mixprec.constant_inputs"  # metadata: positions of the example'
 
 @contextmanager
 def _bound(model: nn.Module | None, example: Any, constants: dict, positions: list[int], names: list[str],
-           by_name: bool = False):
+           by_name: bool = False, defaults: bool = False):
     """``model.forward`` with the example's non-tensor inputs (a batch's ids or texts, a flag) bound to their
     values, so the exporter traces it on its tensors alone: ONNX inputs are tensors, and those values are
     constants of the trace. The model itself is called (its state-dict names, which name the file's weights,
     unchanged); nothing is bound where there is nothing to bind. by_name: a dict input is passed by name
-    (forward(**kwargs), which the exporter cannot bind a dict to), constants or not."""
-    if model is None or not (constants or positions or by_name):
+    (forward(**kwargs), which the exporter cannot bind a dict to), constants or not. defaults: forward has
+    parameters with defaults the example does not give (``temperature=1.0``), which the exporter would make
+    inputs of the file; called with the given tensors alone, forward takes its defaults as constants."""
+    if model is None or not (constants or positions or by_name or defaults):
         yield
         return
     own = model.__dict__.get("forward")  # an instance's own forward, put back after
@@ -197,7 +201,7 @@ def _bound(model: nn.Module | None, example: Any, constants: dict, positions: li
         model.forward = by_name
     else:
         fixed = {i: example[i] for i in positions}
-        total = len(example)
+        total = len(example) if isinstance(example, (tuple, list)) else 1
 
         def positional(*tensors):
             it = iter(tensors)
@@ -495,6 +499,20 @@ def _plain_outputs(model: nn.Module | None):
             del model.forward
         else:
             model.forward = own
+
+
+def _unfilled_defaults(model: nn.Module, given: int | list[str]) -> bool:
+    """Whether ``model.forward`` has parameters with a default that the example does not give (``given``: how
+    many positional inputs, or the names of the keyword inputs). torch's exporter fills such parameters with
+    their defaults and makes each an input of the file, which then needs a tensor nobody has (a float
+    ``temperature=1.0`` became a float64 input ``onnx::Cast_1``)."""
+    try:
+        parameters = [p for p in inspect.signature(model.forward).parameters.values()
+                      if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    rest = parameters[given:] if isinstance(given, int) else [p for p in parameters if p.name not in given]
+    return any(p.default is not p.empty for p in rest)
 
 
 def _var_keyword(model: nn.Module) -> bool:
