@@ -1232,16 +1232,20 @@ def test_an_output_an_onnx_file_cannot_hold_is_a_clear_error_before_torch_export
         graph.check_model_output(model, data[0])
 
 
-@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True, "transposed"])
 def test_a_sequence_first_model_is_told_its_file_fixes_the_batch(tmp_path, batch_first):
     """nn.MultiheadAttention's default layout reads (length, batch, features): axis 0 of the file, the one left
-    dynamic, is then the sequence, and the batch is fixed at the example's."""
+    dynamic, is then the sequence, and the batch is fixed at the example's. A model that transposes its
+    batch-first input for such a module itself is not told so: its file's axis 0 is the batch."""
     class Attend(nn.Module):
         def __init__(self):
             super().__init__()
-            self.attn, self.head = nn.MultiheadAttention(16, 2, batch_first=batch_first), nn.Linear(16, 3)
+            self.attn, self.head = nn.MultiheadAttention(16, 2, batch_first=batch_first is True), nn.Linear(16, 3)
 
         def forward(self, x):
+            if batch_first == "transposed":
+                x = x.transpose(0, 1)
+                return self.head(self.attn(x, x, x, need_weights=False)[0].transpose(0, 1))
             return self.head(self.attn(x, x, x, need_weights=False)[0])
 
     torch.manual_seed(0)
@@ -1250,7 +1254,7 @@ def test_a_sequence_first_model_is_told_its_file_fixes_the_batch(tmp_path, batch
     groups = discover_groups(model, data[0])
     result = export(model, Plan.uniform(groups, "w8"), data, out=tmp_path / "a.onnx", progress=False)
     said = [n for n in result.notes if "sequence-first" in n]
-    assert bool(said) == (not batch_first)
+    assert bool(said) == (batch_first is False)
     if said:
         assert "'attn'" in said[0] and "batch (axis 1) is fixed" in said[0]
 
@@ -1289,3 +1293,32 @@ def test_defaulted_parameters_the_example_does_not_give_are_constants_not_inputs
     with torch.no_grad():
         for batch in data:  # the default divides: a file that ignored it would be twice too large
             assert torch.allclose(call(exported, batch), call(simulated, batch), atol=2e-3)
+
+
+def test_a_recurrent_state_input_keeps_its_batch_axis_dynamic(tmp_path):
+    """nn.GRU's state is (layers, batch, hidden): its axis 1, not 0, is the batch, so the file runs other batches."""
+    class Stateful(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.inp, self.rnn, self.head = nn.Linear(6, 8), nn.GRU(8, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x, h0):
+            out, h = self.rnn(self.inp(x), h0)
+            return self.head(out)
+
+    model = Stateful().eval()
+    g = torch.Generator().manual_seed(0)
+    data = [((torch.randn(4, 5, 6, generator=g), torch.zeros(1, 4, 8)), torch.zeros(4, dtype=torch.long))
+            for _ in range(2)]  # (inputs, labels) pairs
+    plan = Plan.uniform(discover_groups(model, data[0][0]), W8)
+    result = export(model, plan, data, target="ort-cpu", out=tmp_path / "gru.onnx", progress=False)
+    import onnx
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in onnx.load(str(result.path)).graph.input}
+    assert shapes["h0"] == [1, "batch", 8] and shapes["x"] == ["batch", 5, 6]
+    assert any("(1, *, 8)" in n for n in result.notes)
+    x, h0 = torch.randn(7, 5, 6, generator=g), torch.zeros(1, 7, 8)  # another batch size
+    simulated = apply(model, plan, data, progress=False, joins=True)
+    with torch.no_grad():
+        assert torch.allclose(OrtModule(result.path)(x, h0), simulated(x, h0), atol=2e-3)

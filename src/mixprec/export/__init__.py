@@ -160,11 +160,34 @@ def _float_copy(quantized: nn.Module) -> nn.Module:
 def _fixed_axes(example: Any) -> str:
     """The shapes of the example's inputs whose axes but the batch are fixed in the file (all but token ids and
     masks, mixprec.export.onnx_graph.token_like), as (*, ...), comma-joined."""
-    from .onnx_graph import token_like
+    from .onnx_graph import batch_axis, batch_size, token_like
     tensors = (list(example.values()) if isinstance(example, dict) else list(example)
                if isinstance(example, (tuple, list)) else [example])
-    return ", ".join(str((("*",) + tuple(t.shape[1:]))).replace("'", "") for t in tensors
-                     if isinstance(t, torch.Tensor) and t.dim() >= 2 and not token_like(t))
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    batch = batch_size(tensors)
+
+    def shape(t: torch.Tensor) -> str:
+        axis = batch_axis(t, batch)
+        return str(tuple("*" if i == axis else n for i, n in enumerate(t.shape))).replace("'", "")
+    return ", ".join(shape(t) for t in tensors if t.dim() >= 2 and not token_like(t))
+
+
+def _batch_on_axis_one(model: nn.Module, example: Any) -> bool | None:
+    """Whether the model, given a tensor input, treats its axis 1 as the batch (a sequence-first model's (sequence,
+    batch, ...) input): its output on the input's first slice along axis 1 is the full output's first slice
+    along axis 1. A module with batch_first=False may read a tensor the model transposed itself, from a
+    batch-first input. None where it cannot be told (an input other than one tensor of 3 or more axes)."""
+    if not isinstance(example, torch.Tensor) or example.dim() < 3 or example.shape[1] < 2:
+        return None
+    try:
+        with torch.no_grad():
+            full, one = output_tensor(model(example)), output_tensor(model(example[:, :1]))
+    except Exception:  # the model refuses axis 1 of another size: not a batch axis
+        return False
+    if full.dim() < 2 or full.shape[1] != example.shape[1] or one.shape != full[:, :1].shape:
+        return False
+    scale = float(full.abs().max()) or 1.0
+    return bool(torch.allclose(one.float(), full[:, :1].float(), rtol=1e-3, atol=1e-4 * scale))
 
 
 LABEL_KEYS = ("labels", "label", "label_ids", "start_positions", "end_positions")  # Hugging Face's loss targets
@@ -313,7 +336,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
                      "values for them, and OrtModule ignores them where they are given")
     fixed = _fixed_axes(example)
-    if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)):
+    if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)) \
+            and _batch_on_axis_one(floated, example) is not False:
         notes.append(f"the model reads sequence-first inputs ({len(sequence_first)} module(s) with batch_first=False, "
                      f"e.g. {sequence_first[0]!r}), so the file's dynamic axis, axis 0 of inputs of shape {fixed}, is "
                      "the sequence, and the batch (axis 1) is fixed at the example's: evaluate the file with batches "

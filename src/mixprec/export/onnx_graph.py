@@ -125,7 +125,8 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     # (batch, length) integer inputs (token ids, masks) have a dynamic length of their own: an encoder-decoder's
     # two sequences differ, and ONNX Runtime takes two axes of one name to be equal; other inputs (float, or
     # integer images) keep their other axes (mixprec.export notes their fixed shape)
-    dynamic = {n: ({0: "batch", 1: f"{n}_length"} if token_like(t) else {0: "batch"})
+    batch = batch_size(tensors)
+    dynamic = {n: ({0: "batch", 1: f"{n}_length"} if token_like(t) else {batch_axis(t, batch): "batch"})
                for n, t in zip(names, tensors) if t.dim() >= 1}
     module, outputs, metadata, structure, classes = model, ["output"], {}, None, []
     dynamic["output"] = {0: "batch"}
@@ -163,6 +164,21 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     return graph
+
+
+def batch_size(tensors: list[torch.Tensor]) -> int | None:
+    """The example's batch size: the most common size of its inputs' first axes (the first input's on a tie)."""
+    sizes = [int(t.shape[0]) for t in tensors if t.dim() >= 1]
+    return max(sizes, key=lambda s: (sizes.count(s), -sizes.index(s))) if sizes else None
+
+
+def batch_axis(t: torch.Tensor, batch: int | None) -> int:
+    """The axis of input ``t`` that holds the batch: 0, unless its first axis is not the batch's size and exactly
+    one other axis is (a recurrent state of shape (layers, batch, hidden), nn.GRU's and nn.LSTM's)."""
+    if batch is None or t.dim() < 2 or t.shape[0] == batch:
+        return 0
+    others = [i for i in range(1, t.dim()) if t.shape[i] == batch]
+    return others[0] if len(others) == 1 else 0
 
 
 def plain_inputs(example: Any) -> list:
