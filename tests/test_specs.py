@@ -322,3 +322,18 @@ def test_a_dict_metric_named_as_a_loss_must_say_its_direction(key):
     said = to_eval_result({key: 11.8, "higher_is_better": False})
     assert said.name == key and said.higher_is_better is False
     assert to_eval_result({"accuracy": 0.9}).higher_is_better  # not a loss's name: higher is better, as before
+
+
+def test_a_model_given_in_training_mode_is_told_once_that_it_runs_in_eval_mode(tmp_path, capsys):
+    from mixprec.specs import load_model
+    (tmp_path / "train_mode.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5))\n"
+        "\ndef build_eval():\n    return build().eval()\n")
+    spec = f"{tmp_path / 'train_mode.py'}:build"
+    model = load_model(spec)
+    assert not any(m.training for m in model.modules())
+    load_model(spec)  # loaded again (a measurement's loader): no second note
+    out = capsys.readouterr().out
+    assert out.count("training mode") == 1 and "model.eval()" in out
+    load_model(f"{tmp_path / 'train_mode.py'}:build_eval")
+    assert "training mode" not in capsys.readouterr().out

@@ -27,7 +27,7 @@ from .batches import as_batches, split_item
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
-from .errors import GuardSkipped, MixprecError, SpecError
+from .errors import GuardNote, GuardSkipped, MixprecError, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups, is_torchscript
 from .plan import Plan
@@ -483,6 +483,8 @@ class Analysis:
             if guarded is None and note and note.startswith("guard skipped"):
                 warnings.warn(note, GuardSkipped, stacklevel=2)
             if guarded is not None and guarded.chosen != MIXED:
+                if note and guarded.divergence:  # measured, and replaced: Python users see it too
+                    warnings.warn(note, GuardNote, stacklevel=2)
                 if search == "exact" and budgets and not np.array_equal(guarded.choice, problem.least_sensitive()):
                     notes.append("a uniform plan is the answer at this budget; --search local (in Python: "
                                  "search='local') measures moves from the exact and the best uniform plans on the "

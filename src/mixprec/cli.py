@@ -1227,8 +1227,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """The command, its warnings of mixprec's own kinds printed as its other notes are."""
-    from .errors import EvaluationNote, GuardSkipped, ModelNote, TargetNote
+    from .errors import EvaluationNote, GuardNote, GuardSkipped, ModelNote, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
+    warnings.filterwarnings("ignore", category=GuardNote)  # likewise
     warnings.filterwarnings("ignore", category=ModelNote)  # printed by every command that reads the model
     plain = warnings.showwarning
 

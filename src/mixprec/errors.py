@@ -19,6 +19,11 @@ class TargetNote(UserWarning):
     Python a warning; the command line prints it as a note)."""
 
 
+class GuardNote(UserWarning):
+    """solve returned a uniform plan, which the guard measured at least as good as the mixed plan it replaced
+    (why: ``plan.metadata["guard"]``). The command line prints it as a note."""
+
+
 class EvaluationNote(UserWarning):
     """What the measurements of the user's evaluation function suggest about the function itself (in Python a
     warning; the command line prints it as a note)."""

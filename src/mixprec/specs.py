@@ -29,7 +29,7 @@ from .capture import map_tensors
 from .batches import batch_size, check_finite, split_item, tensors_of
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
-from .errors import EvaluationError, SpecError
+from .errors import EvaluationError, SpecError, notify
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups, discover_groups
 from . import hf, text_data
@@ -165,7 +165,15 @@ def load_model(spec: str) -> nn.Module:
                 if isinstance(model, dict) and model and all(isinstance(v, torch.Tensor) for v in model.values())
                 else "")
         raise SpecError(f"--model {spec!r} gave a {type(model).__name__}, expected a torch.nn.Module{hint}")
+    if any(m.training for m in model.modules()) and spec not in _TOLD_TRAINING:
+        _TOLD_TRAINING.add(spec)  # once per model, however often it is loaded
+        notify(f"--model {spec!r} gave a model in training mode (model.train()): it is measured, quantized and "
+               "exported in eval mode, dropout off and batch-norm statistics as they are; return model.eval() "
+               "to silence this", verbose=True)
     return canonical(model).eval()
+
+
+_TOLD_TRAINING: set[str] = set()
 
 
 def _torch_file_kind(path: Path) -> str | None:

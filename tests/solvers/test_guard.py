@@ -475,3 +475,22 @@ def test_a_veto_within_the_noise_says_so_and_that_more_samples_can_resolve_it():
     result = guard(np.array([0]), {"uniform w3a8": np.array([1])}, lambda c: measured[int(c[0])], margin=1.0,
                    names=("agreement", "sqnr", "ce"))
     assert result.chosen == "uniform w3a8" and "within the noise" not in result.reason
+
+
+
+def test_solve_in_python_warns_when_the_guard_measures_and_returns_a_uniform_plan(demo):
+    """The command line prints the guard's note; in Python a GuardNote says it (plan.metadata holds the reason)."""
+    import warnings
+    from mixprec.errors import GuardNote
+    _, _, _, analysis = demo
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # a mixed exact plan here; no difference can exceed this margin: a tie, uniform returned
+        plan = analysis.solve({"bops": analysis.problem().uniform_cost("bops", "w4a8") * 1.6}, guard_margin=1e6)
+    assert plan.metadata["guard"]["chosen"].startswith("uniform")
+    said = [w for w in caught if issubclass(w.category, GuardNote)]
+    assert len(said) == 1 and "guard: returned uniform" in str(said[0].message) and said[0].filename == __file__
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis.solve("bops=w2a8")  # the exact plan is uniform w2a8 itself: nothing was replaced, nothing said
+    assert not [w for w in caught if issubclass(w.category, GuardNote)]
