@@ -393,7 +393,8 @@ def _prefix_note(meta: dict) -> str:
     if sharing == "blocks":
         return "blocks before each group's answered from one float pass" + (
             f"; torch.fx did not trace the model: {reason}" if reason else "")
-    return "full forwards: " + reason if reason else "full forwards (prefix sharing off)"
+    return ("full forwards, one per entry (no float prefix shared): " + reason if reason
+            else "full forwards (prefix sharing off)")
 
 
 def _print_notes(notes) -> None:

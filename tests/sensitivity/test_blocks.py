@@ -141,3 +141,26 @@ def test_float_outputs_kept_in_cpu_memory_give_the_same_table(metric, monkeypatc
     assert len(parked) == 2 * len(data)  # each batch's float output, in each of the two tables
     np.testing.assert_array_equal(moved["blocks"].values, kept.values)
     np.testing.assert_allclose(moved["none"].values, kept.values, rtol=1e-6, atol=0)
+
+
+class Branching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.mean() > -100:  # a branch on a tensor's value: torch.fx cannot trace it
+            h = torch.relu(h)
+        return self.b(h)
+
+
+def test_the_fallback_reason_says_in_the_users_terms_why_torch_fx_failed():
+    torch.manual_seed(0)
+    model = Branching().eval()
+    data = [torch.randn(5, 4)]
+    meta = analyze(model, discover_groups(model, data[0]), parse_candidates("w8a8"), data, progress=False).metadata
+    assert meta["prefix_sharing"] == "none"
+    reason = meta["fallback_reason"]
+    assert reason.startswith("the forward branches or loops on a tensor's value") and "TraceError" in reason
+    assert "stack of two or more blocks" in reason and "found)" not in reason

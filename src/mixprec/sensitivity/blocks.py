@@ -77,8 +77,8 @@ class BlockForward:
         self.model = model
         self.blocks = container_blocks(model, list(layer_macs))
         if len(self.blocks) < 2:
-            raise NotBlocked(f"no stack of blocks (nn.Sequential/nn.ModuleList elements) holds the quantized layers "
-                             f"({len(self.blocks)} found)")
+            raise NotBlocked("nor do the quantized layers sit in a stack of two or more blocks (the elements of an "
+                             "nn.Sequential or nn.ModuleList), whose float outputs could be shared instead")
         self.modules = [model.get_submodule(b) for b in self.blocks]
         # MACs inside each block; a stubbed block's layers do not run
         self.block_macs = [sum(m for layer, m in layer_macs.items() if layer == b or layer.startswith(b + "."))

@@ -32,13 +32,22 @@ class NotTraceable(Exception):
     pass
 
 
+# torch.fx's errors on common code, in the user's terms (the error itself follows)
+FX_FAILURES = {"cannot be used as inputs to control flow": "the forward branches or loops on a tensor's value, "
+                                                          "which torch.fx cannot trace; ",
+               "Proxy object cannot be iterated": "the forward iterates over a tensor (a loop over it, or *args "
+                                                  "made of it), which torch.fx cannot trace; "}
+
+
 class ForkedForward:
     def __init__(self, model: nn.Module, layer_macs: dict[str, int] | None = None, example: Any = None):
         try:
             self.graph_module = graph_module(model, example)
         except Exception as exc:  # fx raises many kinds of errors on data-dependent code
             clash = fx_clash_hint(model)
-            raise NotTraceable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            what = next((w for phrase, w in FX_FAILURES.items() if phrase in first), "")
+            raise NotTraceable(f"{what}{type(exc).__name__}: {first}"
                                + (f" ({clash} to have it traced)" if clash else "")) from exc
         self.model = model
         self.nodes = list(self.graph_module.graph.nodes)
