@@ -83,6 +83,21 @@ def test_a_torn_log_resumes_to_the_same_table(tmp_path):
     assert len(RunDirectory(tmp_path / "fresh").entries()) == 4
 
 
+def test_a_resumed_analysis_records_the_time_of_every_session(tmp_path):
+    """The local search's default time budget is the analysis's time: a resume that measured little (or only
+    rewrote the table) must not record its own few milliseconds as the analysis's."""
+    model, groups, cands, data = tiny()
+    fresh = analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, chunk_size=1, progress=False)
+    run = RunDirectory(tmp_path)
+    assert abs(run.measured_seconds() - fresh.metadata["seconds"]) < 0.05 + 0.1 * fresh.metadata["seconds"]
+    log = tmp_path / "seconds.rank0.jsonl"
+    log.write_text("".join('{"seconds": 30.0}\n' for _ in log.read_text().splitlines()) + '{"seco')  # + a torn line
+    (tmp_path / "sensitivity.json").unlink()  # the table rewritten from the entries, nothing measured
+    resumed = analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, chunk_size=1, progress=False)
+    assert resumed.metadata["measured_chunks"] == 0 and resumed.metadata["seconds"] == 60.0  # two chunks of 30 s
+    assert RunDirectory(tmp_path).read_table().metadata["seconds"] == 60.0
+
+
 def test_a_refused_analysis_leaves_the_run_as_it_was(tmp_path):
     model, groups, cands, data = tiny()
     analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)

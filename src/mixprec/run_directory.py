@@ -4,6 +4,9 @@
                              settings) and the arguments that made the run
     entries.rank<R>.jsonl    append-only log of finished (group, candidate) entries, one per line,
                              flushed and fsync'ed: a Ctrl-C or SIGKILL loses at most the chunk in flight
+    seconds.rank<R>.jsonl    append-only log of the time each chunk of entries took: an analysis resumed
+                             after an interruption records the time of all its parts (a local search's
+                             default time budget is the analysis's time)
     costs.json               the cost tables, the groups (name -> layers), pins, excluded layers and the
                              multipoint point counts the costs were computed with
     sensitivity.json, .csv   the finished sensitivity table
@@ -205,7 +208,7 @@ class RunDirectory:
         """Whether the run holds only its run.json (and empty entry logs): started, nothing measured or written."""
         for p in self.path.iterdir():
             if p.name == "run.json" or p.name.startswith(".") or (
-                    p.name.startswith("entries.rank") and p.is_file() and p.stat().st_size == 0):
+                    p.name.startswith(("entries.rank", "seconds.rank")) and p.is_file() and p.stat().st_size == 0):
                 continue
             return False
         return True
@@ -230,6 +233,26 @@ class RunDirectory:
         _append_lines(self.path / f"entries.rank{rank}.jsonl",
                       [{"group": group, "candidate": candidate, "value": value if math.isfinite(value) else "inf"}
                        for (group, candidate), value in entries.items()])
+
+    def append_seconds(self, seconds: float, rank: int = 0) -> None:
+        """Log the time a chunk of entries took (the first chunk of a session: with what came before it)."""
+        _append_lines(self.path / f"seconds.rank{rank}.jsonl", [{"seconds": round(float(seconds), 4)}])
+
+    def measured_seconds(self) -> float | None:
+        """The time the logged chunks took, over every session of the run: the slowest rank's sum (ranks measure
+        side by side). None where nothing is logged (a run of an earlier version)."""
+        sums = []
+        for log in sorted(self.path.glob("seconds.rank*.jsonl")):
+            total = 0.0
+            for line in _lines(log):
+                try:
+                    value = json.loads(line.decode("utf-8")).get("seconds")
+                except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    continue  # a line torn by a kill: that chunk's time is lost, not the others'
+                if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+                    total += value
+            sums.append(total)
+        return max(sums) if sums and max(sums) > 0 else None
 
     # costs.json ------------------------------------------------------------------------------------
     def write_costs(self, saved: dict[str, Any]) -> None:

@@ -130,7 +130,7 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     mine = [chunk for k, chunk in enumerate(chunks) if k % (2 * world) in (rank, 2 * world - 1 - rank)]
     pending = [chunk for chunk in mine if any((names[g], c) not in done for g in chunk for c in cand_names)]
     runner = OutputRunner(ctx, use_fx, prefix) if config.needs_outputs else None
-    start = time.perf_counter()
+    start = since = time.perf_counter()
     total = sum(len(chunk) for chunk in mine) * len(candidates)
     with tqdm(total=total, initial=total - sum(len(c) for c in pending) * len(candidates), unit="entry",
               desc=f"{metric} sensitivity", disable=not progress) as bar:
@@ -152,6 +152,9 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
             named = {(names[g], cand_names[c]): v for (g, c), v in values.items()}
             if run is not None:
                 run.append_entries(named, rank)
+                now = time.perf_counter()
+                run.append_seconds(now - since, rank)
+                since = now
             done.update(named)
             if entries > shown[0]:
                 bar.update(entries - shown[0])
@@ -163,7 +166,10 @@ def _measure(ctx: MeasureContext, config: Metric, groups: ModelGroups, candidate
     for i, g in enumerate(names):
         for j, c in enumerate(cand_names):
             table[i, j] = done.get((g, c), np.nan)
-    metadata = {"seconds": round(time.perf_counter() - start, 3), "measured_chunks": len(pending),
+    # a resumed run: the time of every session's chunks, not only this one's (which may have measured nothing)
+    logged = run.measured_seconds() if run is not None else None
+    seconds = max(logged or 0.0, time.perf_counter() - start)
+    metadata = {"seconds": round(seconds, 3), "measured_chunks": len(pending),
                 "calibration_batches": len(ctx.data)}
     if ctx.rounding is not None:
         metadata["rounding"] = {"name": ctx.rounding.name, **ctx.rounding.options()}
