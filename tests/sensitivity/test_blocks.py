@@ -164,3 +164,24 @@ def test_the_fallback_reason_says_in_the_users_terms_why_torch_fx_failed():
     reason = meta["fallback_reason"]
     assert reason.startswith("the forward branches or loops on a tensor's value") and "TraceError" in reason
     assert "stack of two or more blocks" in reason and "found)" not in reason
+
+
+class TokenStack(Stack):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+
+    def forward(self, ids):
+        return super().forward(self.embed(ids).mean(1))
+
+
+def test_a_model_that_fails_on_a_later_batch_is_named_as_the_users_failure_not_mixprecs():
+    """The blocks' float pass runs each batch: the model's own error on batch 1 (a token id out of its
+    embedding's range) is the model's, named with the batch, as on a plain forward."""
+    from mixprec.errors import ModelError
+    torch.manual_seed(0)
+    model = TokenStack().eval()
+    data = [torch.randint(0, 10, (5, 3)), torch.full((5, 3), 12)]
+    with pytest.raises(ModelError, match=r"the model failed on calibration batch 1 of shape \(5, 3\): index out"):
+        analyze(model, discover_groups(model, data[0]), parse_candidates("w8a8"), data, metric="sqnr",
+                progress=False)

@@ -81,6 +81,12 @@ class OutputRunner:
                         out = self.blocks.float_pass(batch, self.ctx.inputs(batch))
                     except NotBlocked as exc:
                         self.blocks, self.fallback_reason = None, str(exc)
+                    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                        # the plain pass below names the batch where the model itself fails on it; where it runs,
+                        # the failure was the block record's, and full forwards take over
+                        forward(self.ctx.model, self.ctx.inputs(batch), batch, self.ctx.device)
+                        self.blocks = None
+                        self.fallback_reason = f"the blocks' float pass failed ({type(exc).__name__}: {exc})"
                 if out is None:  # a batch the model fails on is named (capture.forward)
                     out = forward(self.ctx.model, self.ctx.inputs(batch), batch, self.ctx.device)
             ref = output_tensor(out).detach()  # its own dtype: divergences compute in float32
