@@ -4,6 +4,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -312,3 +313,40 @@ def test_a_run_that_stopped_before_measuring_anything_is_started_anew_with_other
     run.append_entries({("fc", "w8a8"): 0.5})
     with pytest.raises(RunError, match="settings differ: metric"):
         run.claim({"model": "m", "data": "d", "settings": {"metric": "kl"}})
+
+
+@pytest.mark.parametrize("edit", [float("nan"), -1.0, -math.inf])
+def test_a_table_edited_to_hold_what_no_analysis_writes_is_refused_with_the_way_back(tmp_path, edit):
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "sensitivity.json").read_text())
+    saved["values"][0][0] = edit
+    (tmp_path / "sensitivity.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match=r"cannot be measured values.*analyze --resume"):
+        RunDirectory(tmp_path).read_table()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)  # the resume writes it again
+    assert np.isfinite(RunDirectory(tmp_path).read_table().values).all()
+
+
+def test_a_metric_whose_entries_may_be_negative_keeps_them(tmp_path):
+    from mixprec.sensitivity.table import SensitivityTable
+    SensitivityTable(["a"], ["w4a8"], np.array([[-0.5]]), "task").save(tmp_path)
+    assert RunDirectory(tmp_path).read_table().values[0, 0] == -0.5
+
+
+def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebuilds_it(tmp_path):
+    from mixprec.errors import SpecError
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    run = RunDirectory(tmp_path)
+    (tmp_path / "costs.json").write_text('{"bytes": {"a')  # truncated
+    with pytest.raises(RunError, match=r"costs.json is damaged.*analyze --resume .*measured entries are kept"):
+        run.read_costs()
+    (tmp_path / "costs.json").unlink()
+    with pytest.raises(SpecError, match=r"costs.json is missing; `mixprec analyze --resume"):
+        run.read_costs()
+    (tmp_path / "sensitivity.json").unlink()
+    with pytest.raises(SpecError, match=r"has no sensitivity.json .*analyze --resume .*\(4 entries logged are kept\)"):
+        run.read_table()
+    with pytest.raises(SpecError, match="is not an analysis run"):  # a folder that is no run at all
+        RunDirectory(tmp_path / "elsewhere").read_table()

@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from .atomic import write_json_atomic
 from .errors import RunError, SpecError
 from .sensitivity.table import SensitivityTable
@@ -260,9 +262,11 @@ class RunDirectory:
 
     def read_costs(self) -> dict[str, Any]:
         path = self.path / "costs.json"
+        remedy = (f"`mixprec analyze --resume {self.path}` writes it again (the costs are computed from the model; "
+                  "the measured entries are kept)")
         if not path.is_file():
-            raise SpecError(f"{path} is missing; re-run `mixprec analyze` with this version to record the costs")
-        return _read_json(path)
+            raise SpecError(f"{path} is missing; {remedy}")
+        return _read_json(path, remedy)
 
     # sensitivity.json / .csv -----------------------------------------------------------------------
     def write_table(self, table: SensitivityTable) -> None:
@@ -270,13 +274,23 @@ class RunDirectory:
 
     def read_table(self) -> SensitivityTable:
         if not (self.path / "sensitivity.json").is_file():
+            if (self.path / "run.json").is_file():  # an analysis run whose table is missing or not written yet
+                logged = len(self.entries(None))
+                raise SpecError(f"{self.path} has no sensitivity.json (an analysis interrupted before its table, or "
+                                f"the file removed); `mixprec analyze --resume {self.path}` measures what is left and "
+                                f"writes it ({logged} entr{'y' if logged == 1 else 'ies'} logged are kept)")
             raise SpecError(f"{self.path} is not an analysis run (no sensitivity.json); create one with "
                             f"`mixprec analyze --model ... --out {self.path}`")
         try:
-            return SensitivityTable.load(self.path)
+            table = SensitivityTable.load(self.path)
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{self.path / 'sensitivity.json'} is damaged ({type(exc).__name__}: {exc}); "
                            f"`mixprec analyze --resume {self.path}` writes it again from the entries") from exc
+        bad = _bad_entries(table)
+        if bad:
+            raise RunError(f"{self.path / 'sensitivity.json'} holds {bad}, which no analysis writes (edited or "
+                           f"damaged); `mixprec analyze --resume {self.path}` writes it again from the entries")
+        return table
 
     # evaluations.jsonl, rounding/, task/ -----------------------------------------------------------
     @property
@@ -311,6 +325,25 @@ class RunDirectory:
     def task(self) -> "RunDirectory":
         """The run of the trust report's task metric."""
         return RunDirectory(self.path / "task")
+
+
+def _bad_entries(table: SensitivityTable) -> str:
+    """What in a finished table no analysis writes: an unmeasured (NaN) entry, -inf, or a value below the
+    metric's least (a negative KL or 1/SQNR); '' where there is none."""
+    from .sensitivity import METRICS
+    values = table.values
+    minimum = getattr(METRICS.get(table.metric), "minimum", None)
+    where = np.isnan(values) | np.isneginf(values)
+    if minimum is not None:
+        where |= np.isfinite(values) & (values < minimum)
+    if not where.any():
+        return ""
+    g, c = (int(i) for i in np.argwhere(where)[0])
+    value = values[g, c]
+    what = "NaN" if math.isnan(value) else f"{value:g}" + (f" (a {table.metric} entry is at least {minimum:g})"
+                                                          if minimum is not None and value > -math.inf else "")
+    return (f"{int(where.sum())} entr{'y' if where.sum() == 1 else 'ies'} that cannot be measured values, e.g. "
+            f"{what} at ({table.groups[g]}, {table.candidates[c]})")
 
 
 def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
@@ -367,12 +400,12 @@ def _entry(line: bytes, minimum: float | None) -> tuple[tuple[str, str], float] 
     return (item["group"], item["candidate"]), float(value)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, remedy: str = "this run cannot be read: analyze again into a new --out directory"
+               ) -> dict[str, Any]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path} is damaged ({type(exc).__name__}: {exc}); this run cannot be read: analyze again "
-                       "into a new --out directory") from exc
+        raise RunError(f"{path} is damaged ({type(exc).__name__}: {exc}); {remedy}") from exc
     if not isinstance(data, dict):
-        raise RunError(f"{path} is not a mixprec run file (a JSON object); analyze again into a new --out directory")
+        raise RunError(f"{path} is not a mixprec run file (a JSON object); {remedy}")
     return data
