@@ -302,3 +302,27 @@ def test_apply_takes_the_path_of_a_plan_json_and_refuses_other_things(tmp_path):
         assert torch.equal(from_path(data[0]), apply(model, plan, data, progress=False)(data[0]))
     with pytest.raises(PlanError, match="a mixprec Plan or the path of a plan.json, got dict"):
         apply(model, plan.to_dict(), data, progress=False)
+
+
+def test_a_plan_chosen_with_gptq_and_applied_without_a_rounding_says_it_is_rounded_by_nearest(tmp_path):
+    import warnings
+    from mixprec import export
+    from mixprec.errors import RoundingNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(8, 8) for _ in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8")
+    plan.metadata.update(rounding="gptq", rounding_options={"static_groups": True})
+
+    def notes(call):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        return [w for w in caught if issubclass(w.category, RoundingNote)]
+    said = notes(lambda: apply(model, plan, data, progress=False))
+    assert len(said) == 1 and "gptq" in str(said[0].message) and said[0].filename == __file__
+    said = notes(lambda: export(model, plan, data, out=tmp_path / "m.onnx", progress=False))
+    assert len(said) == 1 and "export rounds it by nearest" in str(said[0].message) and said[0].filename == __file__
+    assert not notes(lambda: apply(model, plan, data, progress=False, rounding="nearest"))  # meant: nothing said
+    plan.metadata.pop("rounding")
+    assert not notes(lambda: apply(model, plan, data, progress=False))  # a nearest plan: nothing to say

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -42,7 +43,7 @@ __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "q
 
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
           weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
-          progress: bool = True, rounding: str | RoundingConfig = "nearest", rounding_options: dict | None = None,
+          progress: bool = True, rounding: str | RoundingConfig | None = None, rounding_options: dict | None = None,
           rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None,
           joins: bool | None = None, inplace: bool = False) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
@@ -51,7 +52,8 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     skips calibration (for loading a saved quantized state dict on top). rounding: how weights
     go onto their grid, a name in ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
     the calibration data) or a config (``GPTQ(act_order=True)``), with ``rounding_options`` set on
-    it (see mixprec.rounding);
+    it (see mixprec.rounding); None (the default) is nearest, with a RoundingNote warning where the plan's
+    metadata says it was chosen with another rounding (pass that rounding, or "nearest" to mean it);
     ``rounding_checkpoint``: a directory where the rounding resumes from after an interruption.
     points: layer -> points per output channel of its multipoint candidate (default
     ``plan.metadata["points"]``; layers without are chosen on ``calibration_data``, :func:`plan_points`).
@@ -68,9 +70,27 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
         raise PlanError(f"apply takes a mixprec Plan or the path of a plan.json, got {type(plan).__name__}; "
                         "load one with Plan.load(path), make one with Plan.uniform(groups, 'w8a8') or "
                         "analysis.plan(front_plan.assignments)")
+    if rounding is None:
+        rounding = "nearest"
+        note_plan_rounding(plan, "apply", stacklevel=3)
     return _apply(model, plan, calibration_data, weight_method=weight_method, activation_method=activation_method,
                   calibrate=calibrate, progress=progress, rounding=rounding, rounding_options=rounding_options,
                   rounding_checkpoint=rounding_checkpoint, points=points, joins=joins, inplace=inplace)
+
+
+def note_plan_rounding(plan: Plan, what: str, stacklevel: int = 4) -> None:
+    """A RoundingNote where ``plan`` was chosen with a learned rounding (its metadata says which) and ``what`` is
+    about to round it by nearest because no rounding was given: the weights then differ from those measured."""
+    from .rounding import plan_rounding
+    recorded = plan_rounding(plan.metadata)
+    if recorded is not None and recorded.name != "nearest":
+        from .errors import RoundingNote
+        options = ", ".join(f"{k}={v!r}" for k, v in recorded.options().items())
+        warnings.warn(f"the plan was chosen with {recorded.name} rounding ({options or 'its defaults'}), and {what} "
+                      f"rounds it by nearest, since no rounding was given: the weights differ from those the plan "
+                      f"was measured with. Pass rounding=mixprec.rounding.plan_rounding(plan.metadata) (or a "
+                      f"model apply made with it, as quantized=), or rounding='nearest' to mean nearest",
+                      RoundingNote, stacklevel=stacklevel)
 
 
 def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,

@@ -24,6 +24,11 @@ class GuardNote(UserWarning):
     (why: ``plan.metadata["guard"]``). The command line prints it as a note."""
 
 
+class RoundingNote(UserWarning):
+    """A plan chosen with a learned rounding (gptq, adaround, ...) is rounded by nearest because no rounding was
+    given (apply, export, write_compressed_tensors, deploy_cuda in Python)."""
+
+
 class EvaluationNote(UserWarning):
     """What the measurements of the user's evaluation function suggest about the function itself (in Python a
     warning; the command line prints it as a note)."""

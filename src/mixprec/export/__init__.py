@@ -232,12 +232,13 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
            threads: int | None = None, progress: bool = True, joins: bool | None = None,
-           rounding: Any = "nearest", source_model: str | None = None, decoder: str = "fused") -> ExportResult:
+           rounding: Any = None, source_model: str | None = None, decoder: str = "fused") -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
     quantized: the model ``apply(model, plan, data, ...)`` already made; default: made here with ``rounding``
-    (nearest; a name or a config of mixprec.rounding: the codes written are the weights it makes, which must lie
+    (None: nearest, with a RoundingNote where the plan was chosen with another; a name or a config of
+    mixprec.rounding: the codes written are the weights it makes, which must lie
     on nearest rounding's grid: adaround, brecq, and gptq per channel or with static_groups=True). reduce_range: check that every layer with 8-bit inputs has
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
@@ -277,6 +278,10 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}
     realisations = check_layers(spec, shapes, reduce_range)
     if quantized is None:
+        if rounding is None:
+            from ..apply import note_plan_rounding
+            note_plan_rounding(plan, "export", stacklevel=3)
+            rounding = "nearest"
         check_rounding_grid(rounding, candidates)
     _import_onnx()
 

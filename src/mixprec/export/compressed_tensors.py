@@ -187,9 +187,10 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
         raise PlanError(f"layer {outside[0]!r} of the plan is outside the Hugging Face model {prefix[:-1]!r} whose "
                         "weights the checkpoint holds")
     if quantized is None:
-        from ..apply import apply
+        from ..apply import apply, note_plan_rounding
+        note_plan_rounding(plan, "write_compressed_tensors", stacklevel=3)
         quantized = apply(model, plan, None if data is None else list(data), weight_method=weight_method,
-                          activation_method=activation_method, progress=progress)
+                          activation_method=activation_method, progress=progress, rounding="nearest")
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     wrong = sorted(n for n in candidates if n not in layers_q or layers_q[n].candidate != candidates[n].name)
     if wrong:

@@ -421,7 +421,7 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
     compile: int8 layers through torch.compile (CUDA)."""
     import copy
 
-    from ..apply import apply
+    from ..apply import apply, note_plan_rounding
     from ..groups import layer_kind
     from ..swap import QuantizedLayer, set_module
 
@@ -433,9 +433,10 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
     layers = check_plan({n: (layer_kind(m), tuple(m.weight.shape), candidates[n]) for n, m in modules.items()})
     if quantized is None:
         needs_data = any(l.kind == "fp8" for l in layers.values())
+        note_plan_rounding(plan, "deploy_cuda", stacklevel=3)
         quantized = apply(model, plan, list(data) if data is not None and needs_data else None,
                           weight_method=weight_method, activation_method=activation_method, progress=progress,
-                          joins=False)
+                          joins=False, rounding="nearest")
     if dtype is None or dtype == "auto":
         dtype = model_dtype(layers, device)
     elif isinstance(dtype, str):

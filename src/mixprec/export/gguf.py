@@ -145,8 +145,9 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
     types = check_plan({n: (tuple(m.weight.shape), candidates[n]) for n, m in modules.items()})
 
     if quantized is None:
-        from ..apply import apply
-        quantized = apply(model, plan, None, weight_method="minmax", progress=progress)
+        from ..apply import apply, note_plan_rounding
+        note_plan_rounding(plan, "export_gguf", stacklevel=3)
+        quantized = apply(model, plan, None, weight_method="minmax", progress=progress, rounding="nearest")
     simulated: dict[str, torch.Tensor] = {}  # HF parameter name -> simulated weight
     dtypes: set[torch.dtype] = set()
     for layer in candidates:
