@@ -76,3 +76,26 @@ def test_pareto_warns_and_the_report_says_so_when_the_evaluation_reads_upside_do
         warnings.simplefilter("always")
         front = analysis.pareto("bops", n_plans=4, evaluate=lambda m: -mse(m), progress=False)
     assert not front.better_when_cheaper() and not [w for w in caught if issubclass(w.category, EvaluationNote)]
+
+
+def test_a_front_measured_with_a_learned_rounding_writes_plans_that_carry_it(tmp_path):
+    """report --write-plan (front.plan) keeps the rounding the front's plans were measured with, so quantize and
+    export apply the plan as it was measured, as a plan from solve does."""
+    import torch
+    from torch import nn
+
+    import mixprec
+    from mixprec.rounding import plan_rounding
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(16, 16) for _ in range(2)]
+
+    def score(m):
+        with torch.no_grad():
+            return {"value": -sum(float(((m(x) - model(x)) ** 2).mean()) for x in data), "higher_is_better": True}
+    analysis = mixprec.analyze(model, data, "w4g8,w8", progress=False)
+    front = analysis.pareto("bits", n_plans=3, evaluate=score, rounding="gptq", progress=False, guard=False)
+    front.save(tmp_path)
+    plan = Front.load(tmp_path).plan(0)
+    assert plan.metadata["rounding"] == "gptq" and plan_rounding(plan.metadata).name == "gptq"
+    assert "rounding" not in analysis.pareto("bits", n_plans=3, progress=False, guard=False).plan(0).metadata

@@ -738,7 +738,9 @@ class Analysis:
         front = Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
                       self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
-                      solve_s, {"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {})
+                      solve_s, {**({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
+                                **({"rounding": rounding.name, "rounding_options": rounding.options()}
+                                   if rounding.name != "nearest" else {})})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote
             from .front import INVERTED
