@@ -137,7 +137,13 @@ def test_report_with_measurements_picks_the_cheapest_near_the_reference(tmp_path
         pareto["searches"][0]["predicted_sensitivity"]]
     rho = spearmanr(predicted, front + [60.0, 80.8, 79.0])[0]
     assert rho < -0.8
-    assert f"&rho; = {rho:.3f}</b> (n = 8 plans" in page
+    assert f"&rho; = {rho:.3f}</b> (n = 8 distinct plans" in page
+    # a uniform plan that is also a front plan (same prediction, same measurement) counts once
+    twice = measure(make_pareto(table), front)
+    twice["uniform"]["w8a8"] = {**twice["uniform"]["w8a8"], "predicted_sensitivity": twice["points"][4][
+        "predicted_sensitivity"], "measured": dict(twice["points"][4]["measured"])}
+    page = write_report(tmp_path / "twice", twice, table).read_text()
+    assert "(n = 7 distinct plans" in page
     assert NOT_MEASURED not in page
     assert "greedy-pareto" in page and ">-11<" in page  # the search row, and a front point's drop vs float
     assert len(embedded_pngs(page)) == 3

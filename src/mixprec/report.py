@@ -215,8 +215,11 @@ def _measured_info(pareto: dict) -> tuple[str, bool] | None:
 
 
 def _spearman(plans: list[_Measured]) -> tuple[float, float, int] | None:
-    """(rho, p-value, n) between predicted sensitivity and the measured metric, None below 3 plans."""
-    pairs = [(p.predicted, p.value) for p in plans if math.isfinite(p.predicted) and math.isfinite(p.value)]
+    """(rho, p-value, n) between predicted sensitivity and the measured metric over the distinct plans (a front
+    plan that is also a uniform plan counts once: the same plan twice would overstate the significance), None
+    below 3 plans."""
+    pairs = list(dict.fromkeys((p.predicted, p.value) for p in plans
+                               if math.isfinite(p.predicted) and math.isfinite(p.value)))
     if len(pairs) < 3:
         return None
     from scipy.stats import spearmanr
@@ -427,7 +430,10 @@ def _scatter_png(pareto: dict, plans: list[_Measured], spearman: tuple[float, fl
              "search": ("*", "black", "search")}
     for source, (marker, color, label) in style.items():
         mine = [p for p in plans if p.source == source]
-        if mine:
+        if mine and source == "front":  # rings over the other markers: a front plan that is a uniform plan shows as both
+            ax.scatter([p.predicted for p in mine], [p.value for p in mine], marker=marker, facecolors="none",
+                       edgecolors=color, linewidths=1.5, s=90, label=label, zorder=4)
+        elif mine:
             ax.scatter([p.predicted for p in mine], [p.value for p in mine], marker=marker, color=color,
                        s=60 if marker == "*" else 30, label=label, zorder=3)
         if source != "front":
@@ -440,7 +446,8 @@ def _scatter_png(pareto: dict, plans: list[_Measured], spearman: tuple[float, fl
     _set_sensitivity_scale(ax.set_xscale, [p.predicted for p in plans])
     ax.set_xlabel(_plain(f"predicted sensitivity ({pareto.get('metric') or '?'}, lower is better)"))
     ax.set_ylabel(_plain(f"measured {name} ({'higher' if higher else 'lower'} is better)"))
-    ax.set_title(f"Spearman rho = {spearman[0]:.3f} (n = {spearman[2]})" if spearman and math.isfinite(spearman[0])
+    ax.set_title(f"Spearman rho = {spearman[0]:.3f} (n = {spearman[2]} distinct plans)"
+                 if spearman and math.isfinite(spearman[0])
                  else "predicted vs measured")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -596,7 +603,7 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
         else:
             rho, p_value, n = spearman
             parts.append(f"<p>Spearman rank correlation between predicted sensitivity and measured {_e(mname)}: "
-                         f"<b>&rho; = {rho:.3f}</b> (n = {n} plans, p = {p_value:.2g}). Lower sensitivity should "
+                         f"<b>&rho; = {rho:.3f}</b> (n = {n} distinct plans, p = {p_value:.2g}). Lower sensitivity should "
                          f"mean {'higher' if higher else 'lower'} {_e(mname)}, so a metric that ranks plans "
                          f"perfectly gives &rho; = {'-1' if higher else '+1'}.</p>")
         parts.append(_img("predicted_vs_measured.png", pngs["predicted_vs_measured.png"], "predicted vs measured"))
