@@ -33,7 +33,7 @@ def test_wide_form_with_candidate_spellings_and_missing_entries(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("layer,candidate,ms\nconv9,w4a8,1\n", "unknown group"),
     ("layer,candidate,ms\nconv1,w4a8,fast\n", "not a number"),
-    ("layer,candidate,ms\nconv1,w4a8,1\n", "no entry for group"),
+    ("layer,candidate,ms\nconv1,w4a8,1\n", "no entry for 1 group"),
     ("layer,candidate,ms\n", "at least one row"),
     ("layer,candidate,ms\nconv1,w5z,1\n", "line 2"),
 ])
@@ -45,3 +45,24 @@ def test_bad_files_say_what_is_wrong(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(SpecError, match="not found"):
         load_cost_csv(str(tmp_path / "nope.csv"), GROUPS, CANDS)
+
+
+def test_a_long_form_header_without_its_value_column_is_named_as_such(tmp_path):
+    path = write(tmp_path, "layer,candidate\nconv1,w4a8\n")
+    with pytest.raises(SpecError, match="has no value column; the long form is name,candidate,value"):
+        load_cost_csv(path, GROUPS, CANDS)
+
+
+def test_an_entry_given_twice_with_two_costs_is_refused_and_the_same_cost_twice_is_not(tmp_path):
+    path = write(tmp_path, "layer,candidate,ms\nconv1,w4a8,0.6\nq,w4a8,1\nconv1,w4a8,100\n")
+    with pytest.raises(SpecError, match=r"line 4: \(conv1, w4a8\) costs 100 here and 0.6 on line 2"):
+        load_cost_csv(path, GROUPS, CANDS)
+    path = write(tmp_path, "layer,candidate,ms\nconv1,w4a8,0.6\nconv1,w4a8,0.6\nq,w4a8,1\nk,w4a8,1\nv,w4a8,1\n")
+    table, _ = load_cost_csv(path, GROUPS, CANDS)
+    assert table[0, CANDS.index("w4a8")] == 0.6
+
+
+def test_groups_without_entries_are_counted_and_named(tmp_path):
+    path = write(tmp_path, "layer,candidate,ms\nconv1,w4a8,0.6\n")
+    with pytest.raises(SpecError, match=r"has no entry for 1 group\(s\), e.g. \['qkv'\]"):
+        load_cost_csv(path, GROUPS, CANDS)

@@ -222,6 +222,11 @@ def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]
         return value
 
     long_form = len(header) >= 3 and header[1].lower() == "candidate"
+    if not long_form and len(header) >= 2 and header[1].lower() == "candidate":
+        raise SpecError(f"{path}: the header {','.join(header)!r} has no value column; the long form is "
+                        "name,candidate,value (e.g. 'layer,candidate,latency_ms'), the wide form "
+                        "name,<candidate>,<candidate>,... (e.g. 'layer,w4a8,w8a8')")
+    seen: dict[tuple[str, str], int] = {}  # entry -> the line that gave it
     for line, row in enumerate(rows[1:], start=2):
         cells = [c.strip() for c in row]
         if long_form:
@@ -240,7 +245,13 @@ def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]
                 cand = parse_candidate(cand).name
             except Exception as exc:
                 raise SpecError(f"{path} line {line}: {exc}") from None
-            entries[(cells[0], cand)] = number(value, line)
+            value = number(value, line)
+            if (cells[0], cand) in entries and entries[(cells[0], cand)] != value:
+                raise SpecError(f"{path} line {line}: ({cells[0]}, {cand}) costs {value:g} here and "
+                                f"{entries[(cells[0], cand)]:g} on line {seen[(cells[0], cand)]}; keep one row per "
+                                "entry")
+            entries[(cells[0], cand)] = value
+            seen.setdefault((cells[0], cand), line)
     names = {name for name, _ in entries}
     known = set(groups) | {layer for layers in groups.values() for layer in layers}
     unknown = sorted(names - known)
@@ -256,6 +267,6 @@ def load_cost_csv(path: str, groups: dict[str, list[str]], candidates: list[str]
                 table[i, j] = sum(entries[(layer, cand)] for layer in layers)
     empty = [g for g, row in zip(groups, table) if np.isnan(row).all()]
     if empty:
-        raise SpecError(f"{path} has no entry for group(s) {empty[:3]} (of {len(empty)}); add a row per layer "
+        raise SpecError(f"{path} has no entry for {len(empty)} group(s), e.g. {empty[:3]}; add a row per layer "
                         f"and candidate, e.g. '{groups[empty[0]][0]},{candidates[0]},1.25'")
     return table, fixed
