@@ -61,6 +61,16 @@ def test_conflicting_pins_in_one_group_are_refused():
         discover_groups(Branchy(), torch.randn(1, 3, 6, 6), pins={"q": "w8a8", "k": "w4a8"})
 
 
+def test_a_pin_on_an_excluded_layer_says_it_is_excluded_and_a_pattern_pinned_twice_is_refused():
+    from mixprec.errors import SpecError
+    from mixprec.specs import parse_pins
+    with pytest.raises(ModelError, match=r"matches only excluded layer\(s\) \['stem'\].*pin or exclude them, not both"):
+        discover_groups(Branchy(), torch.randn(1, 3, 6, 6), exclude=["stem"], pins={"stem": "w8a8"})
+    with pytest.raises(SpecError, match="--pin c1=w2a8 and --pin c1=w8a8 pin the same layers to two candidates"):
+        parse_pins(["c1=w2a8", "c1=w8a8"])
+    assert parse_pins(["c1=w8a8", "c1=w8a8", "c2=w4a8"]) == {"c1": "w8a8", "c2": "w4a8"}
+
+
 def test_patterns_that_match_nothing_are_reported():
     for kwargs in ({"exclude": ["nope*"]}, {"ties": ["nope*"]}, {"pins": {"nope": "w8a8"}}):
         with pytest.raises(ModelError, match="nope"):

@@ -377,6 +377,10 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                                      uf.reason.get(root, "") if len(names) > 1 else "", pin))
     for p in pins:
         if not any(fnmatch.fnmatchcase(n, p) for n in kept):
+            gone = [n for n in excluded_names if fnmatch.fnmatchcase(n, p)]
+            if gone:
+                raise ModelError(f"pin pattern {p!r} matches only excluded layer(s) {gone[:3]} (left in float by "
+                                 "--exclude or the model's defaults): pin or exclude them, not both")
             raise ModelError(f"pin pattern {p!r} matches no quantized layer; layers look like {kept[:3]}{GLOB_HINT}")
     return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
                        describe_shape(example_input) if traced else None, tuple(notes))

@@ -461,7 +461,11 @@ def parse_pins(items: list[str]) -> dict[str, str]:
         pattern, sep, cand = item.partition("=")
         if not sep or not pattern or not cand:
             raise SpecError(f"--pin {item!r} must look like PATTERN=CANDIDATE, e.g. conv1=w8a8")
-        pins[pattern] = parse_candidate(cand).name
+        cand = parse_candidate(cand).name
+        if pins.get(pattern, cand) != cand:
+            raise SpecError(f"--pin {pattern}={pins[pattern]} and --pin {item} pin the same layers to two "
+                            "candidates; keep one")
+        pins[pattern] = cand
     return pins
 
 
