@@ -857,6 +857,14 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         note = saturation_note(cands)
         if note:
             warnings.warn(note, TargetNote, stacklevel=2)
+    if target == "gguf":  # refused before the measurement, not after it by export
+        from .export.gguf import _find_causal_lm
+        try:
+            _find_causal_lm(model)
+        except MixprecError as exc:
+            raise MixprecError(f"the gguf target: {exc}. Its plans could never be exported; to simulate GGUF's "
+                               "types on this model anyway, give them as candidates without the profile "
+                               "(--candidates q8_0,q4_0,fp16)") from None
     if is_torchscript(model):  # refused here, as quantize would refuse the plan after the whole analysis
         quantizing = [c.name for c in cands if c.quantizes_input]
         if quantizing:

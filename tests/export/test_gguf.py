@@ -342,3 +342,15 @@ def test_llama_cpp_runs_the_file_as_simulated(tmp_path, arch):
         # Q8_0/Q4_0 matmuls to Q8_0 blocks, which the weight-only simulation does not (2.5 % measured)
         assert np.abs(got - want).max() < tolerance * np.abs(want).max()
         assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+
+
+def test_the_gguf_target_refuses_a_model_gguf_export_cannot_write_before_measuring():
+    """--profile gguf (target="gguf") plans for a file only Llama-family Hugging Face LMs become: a plain PyTorch
+    LM is refused at once, with the way to simulate GGUF's types without the target."""
+    import mixprec
+    from mixprec.errors import MixprecError
+    model = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Linear(8, 16)).eval()
+    data = [torch.randint(0, 16, (2, 5))]
+    with pytest.raises(MixprecError, match=r"the gguf target: GGUF export writes.*--candidates q8_0,q4_0,fp16"):
+        mixprec.analyze(model, data, "q8_0,q4_0,fp16", target="gguf", progress=False)
+    assert mixprec.analyze(model, data, "q8_0,q4_0,fp16", progress=False).table.complete  # simulated: fine
