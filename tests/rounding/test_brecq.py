@@ -232,3 +232,28 @@ def test_a_forward_without_gradients_is_a_clear_error_that_names_the_roundings_t
     plan = plan_of({n: "w4a8" for n in LAYERS})
     with pytest.raises(RoundingError, match="torch.no_grad or torch.inference_mode.*gptq or adaround"):
         round_weights(model, plan, batches, "brecq", progress=False, iterations=2)
+
+
+def test_a_ctrl_c_keeps_what_was_rounded_even_before_the_first_periodic_save(tmp_path, monkeypatch):
+    model = Net().eval()
+    plan = plan_of({n: "w3" for n in LAYERS})
+    batches = data(512)
+    options = {"iterations": 20}
+    monkeypatch.setattr(rounding_package, "SAVE_EVERY_S", 1e9)  # no periodic save would come
+    real = brecq._reconstruct
+    calls, interrupt = [], [True]
+
+    def interrupted(block, name, *args, **kwargs):
+        calls.append(name)
+        if interrupt[0] and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(block, name, *args, **kwargs)
+
+    monkeypatch.setattr(brecq, "_reconstruct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    assert len(list(tmp_path.glob("brecq-*.pt"))) == 1
+    calls.clear()
+    interrupt[0] = False
+    round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    assert calls == ["stage.1", "head"]  # the two blocks done before the Ctrl-C were kept

@@ -23,7 +23,8 @@ done=, save=).
 checkpoint=DIR keeps the weights rounded so far in DIR/<method>-<key>.pt, the key a hash of the
 method, its options, the range methods, the plan's formats, the model's weights and the
 calibration data; an interrupted run resumes from there, and a finished one is read back whole.
-It is written at most every 30 s (and at the end), so an interruption loses at most that.
+It is written at most every 30 s, at the end, and at a Ctrl-C (KeyboardInterrupt), so an interruption loses
+at most the layer or block in progress (a kill: at most the last 30 s).
 """
 from __future__ import annotations
 
@@ -147,14 +148,19 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
         return tables
     done, save = _checkpoint(checkpoint, config.name, config.options(), weight_method, activation_method, wanted,
                              model, batches)
-    if config.blockwise:
-        device = next(model.parameters()).device
-        quantized = planned_model(model, plan, batches, weight_method, activation_method)
-        rounded = config.round_model(model, quantized, batches, targets, lambda m, x, i: forward(m, x, i, device),
-                                     weight_method, progress, done=done, save=save)
-    else:
-        rounded = round_layers(model, plan, batches, candidates, targets, config, weight_method, activation_method,
-                               progress, done, save, release=inplace and config.sequential)
+    try:
+        if config.blockwise:
+            device = next(model.parameters()).device
+            quantized = planned_model(model, plan, batches, weight_method, activation_method)
+            rounded = config.round_model(model, quantized, batches, targets,
+                                         lambda m, x, i: forward(m, x, i, device), weight_method, progress,
+                                         done=done, save=save)
+        else:
+            rounded = round_layers(model, plan, batches, candidates, targets, config, weight_method,
+                                   activation_method, progress, done, save, release=inplace and config.sequential)
+    except KeyboardInterrupt:  # Ctrl-C: what was rounded so far is kept, however recently it was last saved
+        save(None, final=True)
+        raise
     save(rounded, final=True)
     return {**tables, **{name: rounded[name] for name in targets}}
 
@@ -196,8 +202,12 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
             warnings.warn(f"could not read the rounding checkpoint {path} ({exc}); starting again", stacklevel=3)
     last = [time.monotonic()]
     saved = [len(done)]
+    latest: list = [done]  # the weights rounded so far, as last handed to save
 
-    def save(weights: dict[str, torch.Tensor], final: bool = False) -> None:
+    def save(weights: dict[str, torch.Tensor] | None, final: bool = False) -> None:
+        """Write ``weights`` (None: the last ones handed over, at an interruption) every SAVE_EVERY_S, or now."""
+        weights = latest[0] if weights is None else weights
+        latest[0] = weights
         if len(weights) > saved[0] and (final or time.monotonic() - last[0] >= SAVE_EVERY_S):
             save_atomic({k: v.detach() for k, v in weights.items()}, path)
             last[0], saved[0] = time.monotonic(), len(weights)
