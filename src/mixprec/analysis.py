@@ -685,7 +685,8 @@ class Analysis:
                rounding_options: dict | None = None, guard: bool = True, guard_divergence: str = "auto",
                guard_margin: float = 1.0, progress: bool = True) -> Front:
         """The non-dominated plans for one cost kind, from the cheapest to the most expensive plan (at
-        ``n_plans`` evenly spaced budgets), with every uniform candidate beside them. ``evaluate``
+        ``n_plans`` evenly spaced budgets and at the cost of every uniform candidate, where a mixed plan is compared
+        with it), with every uniform candidate beside them. ``evaluate``
         (True: the analysis's own evaluation) measures the float model and every plan (cached).
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
@@ -700,8 +701,9 @@ class Analysis:
         if rounding.name != "nearest" and not evaluate and rounding != self.rounding:
             raise SpecError(f"--rounding {rounding.name} is how --eval measures the plans; add --eval")
         start = time.perf_counter()
+        uniform_costs = [problem.totals(problem.uniform_choice(c))[1][kind] for c in problem.uniform_candidates()]
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
-                              method=method)
+                              method=method, extra_budgets=uniform_costs)
         solve_s = time.perf_counter() - start
         plans, replaced = [], 0
         for p in solved:

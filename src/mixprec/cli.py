@@ -1069,7 +1069,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pareto", help="the whole trade-off: plans across one budget kind, plot and report",
                        description="Solve the plan at evenly spaced budgets of one kind, from the cheapest to the "
-                       "most expensive plan, drop dominated plans, and write pareto.json, pareto.png and report.html "
+                       "most expensive plan, and at the cost of each uniform candidate, drop dominated plans, and write pareto.json, pareto.png and report.html "
                        "(with the uniform candidates for comparison). --eval measures every plan for real.")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "

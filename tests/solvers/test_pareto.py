@@ -23,3 +23,20 @@ def test_front_is_non_dominated_monotone_and_exact(groups, cands, seed):
     # the ends: the cheapest plan's cost and the least-sensitive plan's damage
     assert cost[0] == 3.0 + costs["bytes"].min(axis=1).sum()
     assert abs(sens[-1] - S.min(axis=1).sum()) < 1e-9
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 6), st.integers(0, 2**31 - 1))
+def test_the_front_holds_the_best_plan_at_the_cost_of_every_uniform_plan(groups, seed):
+    """Budgets at the uniform plans' costs join the evenly spaced ones: a costly candidate (fp16) stretching the
+    range leaves no evenly spaced budget near the cheap uniform plans, where mixed plans are compared with them."""
+    rng = np.random.default_rng(seed)
+    bits = np.array([2.0, 3.0, 4.0, 16.0])
+    S = np.sort(rng.exponential(1.0, (groups, 4)), axis=1)[:, ::-1].copy()  # fewer bits, more damage
+    costs = {"bits": np.tile(bits, (groups, 1)) * rng.integers(1, 5, (groups, 1))}
+    uniform = [float(costs["bits"][:, j].sum()) for j in range(4)]
+    front = pareto_front(S, costs, "bits", points=3, extra_budgets=uniform)
+    for budget in uniform:
+        best = solve_exact(S, costs, {"bits": budget})
+        within = [p for p in front if p.solution.costs["bits"] <= budget + 1e-9]
+        assert within and abs(within[-1].solution.objective - best.objective) < 1e-9

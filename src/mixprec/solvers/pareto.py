@@ -28,8 +28,10 @@ class FrontPoint:
 
 def pareto_front(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: str, points: int = 30,
                  fixed: dict[str, float] | None = None, allowed: np.ndarray | None = None,
-                 method: str = "exact") -> list[FrontPoint]:
-    """Up to ``points`` non-dominated plans for budget kind ``kind``, cheapest first."""
+                 method: str = "exact", extra_budgets: list[float] = ()) -> list[FrontPoint]:
+    """The non-dominated plans for budget kind ``kind``, cheapest first, solved at ``points`` evenly spaced budgets
+    and at ``extra_budgets`` (the costs of the uniform plans: where a mixed plan is compared with them, which
+    evenly spaced budgets can miss when a costly candidate, fp16, stretches the range)."""
     if method not in METHODS:
         raise MixprecError(f"unknown front method {method!r}; choose one of {', '.join(METHODS)}")
     if kind not in costs:
@@ -38,7 +40,8 @@ def pareto_front(sensitivity: np.ndarray, costs: dict[str, np.ndarray], kind: st
     mask = allowed_mask(np.asarray(sensitivity, dtype=float), allowed)
     low = min_costs({kind: costs[kind]}, fixed, mask)[kind]
     high = max_costs({kind: costs[kind]}, fixed, mask)[kind]
-    budgets = np.linspace(low, high, max(points, 2))
+    budgets = np.unique(np.concatenate([np.linspace(low, high, max(points, 2)),
+                                        [b for b in extra_budgets if low <= b <= high]]))
     front: list[FrontPoint] = []
     if method == "exact":
         for budget in budgets:
