@@ -121,6 +121,13 @@ def _mse_choice(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, fmt: For
     choice = torch.full(lo.shape, len(MSE_GRID), dtype=torch.uint8, device=lo.device)
     limit = MSE_BATCH_ELEMENTS_CUDA if rows.is_cuda else MSE_BATCH_ELEMENTS
     step = max(1, limit // max(1, rows.numel()))
+    if step == 1:  # large rows: one factor a pass, on the rows' own shape (broadcasting over a factor axis is slower)
+        for i, alpha in enumerate(MSE_GRID.tolist()):
+            err = _squared_error(rows, alpha * lo, alpha * hi, fmt)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            choice.masked_fill_(better, i)
+        return choice
     factors = MSE_GRID.to(device=lo.device, dtype=lo.dtype)
     for first in range(0, len(MSE_GRID), step):
         alphas = factors[first:first + step].reshape(-1, 1, 1)
