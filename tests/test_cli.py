@@ -370,3 +370,17 @@ def test_figures_in_a_note_get_the_digits_that_tell_them_apart():
     worse, better = _distinct(11.77621, 11.77601)
     assert worse != better and float(worse) > float(better)
     assert _distinct(1.0, 1.0) == ("1", "1")  # equal stays equal, at most 10 digits
+
+
+def test_the_quantize_hint_repeats_the_runs_tie_exclude_and_pin_options(tmp_path, capsys):
+    """quantize discovers the groups again: without the run's --exclude the printed command refused the plan."""
+    from mixprec.cli import main
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--exclude", "fc",
+                 "--calibration-samples", "64", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bytes=0.8x", "--no-guard", "--out", str(plan)]) == 0
+    hint = capsys.readouterr().out.split("apply it with: ")[1].strip()
+    assert "--exclude fc" in hint
+    out = tmp_path / "q"
+    assert main(hint.replace("DIR", str(out)).split()[1:] + ["--calibration-samples", "64"]) == 0

@@ -506,8 +506,11 @@ def _quantize_hint(analysis: Analysis, args, plan: Plan | None = None) -> str:
         iterations = rounding.options().get("iterations")
         if iterations is not None and iterations != rounding_config(rounding.name).options().get("iterations"):
             flags += f" --rounding-iterations {iterations}"
+    # the run's --tie/--exclude/--pin: quantize discovers the groups again with them (and checks the plan's)
+    grouping = "".join(f" --{option} {shlex.quote(str(value))}" for option in ("tie", "exclude", "pin")
+                       for value in (arguments.get(option) or []))
     return (f"mixprec quantize --model {shlex.quote(str(model))}"
-            + (f" --data {shlex.quote(str(data))}" if data else "") + flags
+            + (f" --data {shlex.quote(str(data))}" if data else "") + grouping + flags
             + f" --plan {shlex.quote(str(args.out))} --out DIR")
 
 
