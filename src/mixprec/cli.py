@@ -283,8 +283,11 @@ def _metric(args):
         raise SpecError(f"--around measures its own metric (the change of an output divergence around the base "
                         f"plan), so --metric {args.metric} would be ignored: drop --metric, and choose the divergence "
                         f"with {hint}")
-    return metric_config("around", base=parse_candidate(args.around).name,
-                         divergence=getattr(args, "around_divergence", None) or "auto")
+    divergence = getattr(args, "around_divergence", None) or "auto"
+    model = getattr(args, "model", None)
+    if divergence == "auto" and isinstance(model, str) and is_builtin(model) and get_builtin(model).output == "logits":
+        divergence = "kl"  # a built-in classifier's logits (its calibration images come without their labels)
+    return metric_config("around", base=parse_candidate(args.around).name, divergence=divergence)
 
 
 _NOT_GIVEN = object()
@@ -981,7 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "divergence recorded (the around metric; replaces --metric)")
     p.add_argument("--around-divergence", choices=("auto", "kl", "sqnr"), default="auto",
                    help="with --around: KL of the output distribution (classifiers, language models) or 1/SQNR; "
-                   "auto picks KL for logits (default auto)")
+                   "auto picks KL for an LM's logits, a built-in classifier's, or a classifier's whose calibration items "
+                   "carry integer labels, else sqnr (default auto)")
     p.add_argument("--rounding", choices=("nearest", "gptq", "adaround"), default="nearest",
                    help="measure each candidate with the weights this rounding makes of it (rounding-aware: for a plan "
                    "you will apply with quantize --rounding gptq); each layer is rounded alone from its float "

@@ -66,3 +66,12 @@ def test_cli_around_with_another_metric_is_an_error_naming_the_divergence_option
     err = capsys.readouterr().err
     assert "--metric kl would be ignored" in err and "--around-divergence kl" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_measures_a_built_in_classifier_around_a_plan_by_kl(tmp_path):
+    """auto: KL for a built-in classifier's logits, although its calibration images come without labels."""
+    import json
+    from mixprec.cli import main
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--around", "w4a8",
+                 "--calibration-samples", "32", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "sensitivity.json").read_text())["metadata"]["divergence"] == "kl"
