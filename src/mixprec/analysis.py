@@ -437,6 +437,10 @@ class Analysis:
             goal = Goal(budgets, goal.kind, measure, max_loss)
         else:
             evaluator = None
+        if guard_holdout and not (search == "local" and guard):  # it holds batches apart from the local search
+            raise SpecError(f"guard_holdout (--guard-holdout) holds calibration batches apart from the local search "
+                            f"for the guard; with search={search!r}{'' if guard else ' and no guard'} there is "
+                            "nothing to hold them from: drop it, or use search='local' (--search local)")
         search_part, guard_part = self._held_apart(search == "local" and guard, guard_holdout)
         try:
             if search == "local":

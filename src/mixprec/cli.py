@@ -976,7 +976,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
     which = p.add_mutually_exclusive_group()  # a profile is its own list of candidates
-    which.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates")
+    which.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates (default "
+                       "w4a8,w8a8,w8a16)")
     which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
     p.add_argument("--metric", default="sqnr", help="sensitivity metric: " + ", ".join(_metric_names()))
     p.add_argument("--around", metavar="CAND", help="measure around an operating point: the model with every group "
@@ -1111,8 +1112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "measurements, else the middle point)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write the plan for a runtime: ONNX (re-evaluated there), GGUF or "
-                       "compressed-tensors", description="Export a model quantized by a plan (or a uniform "
+    p = sub.add_parser("export", help="write the plan for a runtime: ONNX (re-evaluated there), GGUF, "
+                       "compressed-tensors or torch's CUDA kernels", description="Export a model quantized by a plan (or a uniform "
                        "candidate) for a target runtime, with mixprec's own scales and zero-points. ort-cpu: an "
                        "ONNX file, int8 QDQ for w<B>a8, MatMulNBits for weight-only Linear layers, float for fp32; "
                        "prints, per layer, what was written and what the runtime runs (low precision or a float "
@@ -1174,7 +1175,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--candidates", default="w8a8,w4a8,fp32",
                        help="comma-separated candidates (default w8a8,w4a8,fp32)")
     which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
-    p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="runtime to time on (default ort-cpu)")
+    p.add_argument("--target", choices=sorted(n for n, t in TARGETS.items() if t.writer == "export"),
+                   default="ort-cpu", help="runtime to time on (default ort-cpu)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="rows per timed input (default: the first "
                    "calibration batch's)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")

@@ -494,3 +494,11 @@ def test_solve_in_python_warns_when_the_guard_measures_and_returns_a_uniform_pla
         warnings.simplefilter("always")
         analysis.solve("bops=w2a8")  # the exact plan is uniform w2a8 itself: nothing was replaced, nothing said
     assert not [w for w in caught if issubclass(w.category, GuardNote)]
+
+
+def test_a_guard_holdout_without_the_local_search_is_refused(demo):
+    from mixprec.errors import SpecError
+    _, _, _, analysis = demo
+    with pytest.raises(SpecError, match="nothing to hold them from: drop it, or use search='local'"):
+        analysis.solve("bops=w4a8", guard_holdout=0.5)
+    analysis.solve("bops=w4a8", guard_holdout=0.0)  # 0: nothing held apart, nothing to refuse
