@@ -22,14 +22,13 @@ Writes benchmarks/results/guard_veto.json and .md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import RESULTS, save_result  # noqa: E402
+from run import RESULTS, replay_main  # noqa: E402
 
 TABLES = ("sqnr", "around")
 
@@ -108,12 +107,7 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--margin", type=float, default=1.0, help="the guard's margin in standard errors")
-    args = parser.parse_args()
-    result = replay(args.margin)
-    save_result(RESULTS / "guard_veto", result, markdown(result))
-    return 0
+    return replay_main(__doc__, replay, markdown, "guard_veto")
 
 
 if __name__ == "__main__":

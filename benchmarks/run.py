@@ -157,6 +157,16 @@ def save_result(out: Path, result: dict, text: str) -> None:
     print(f"wrote {out}.json and .md")
 
 
+def replay_main(doc: str, replay, markdown, name: str) -> int:
+    """The command line of a study that replays the stored guard decisions: [--margin Z]; writes RESULTS/name."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--margin", type=float, default=1.0, help="the guard's margin in standard errors")
+    args = parser.parse_args()
+    result = replay(args.margin)
+    save_result(RESULTS / name, result, markdown(result))
+    return 0
+
+
 def points_main(doc: str, models, default_at: str, benchmark, save) -> int:
     """The command line of a study of plans at the cost of uniform candidates: MODEL [--at CANDS]
     [--kinds KINDS] [--device DEV]; ``benchmark(model, at, kinds, device)`` makes the result and

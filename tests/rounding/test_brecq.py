@@ -144,6 +144,27 @@ class Interrupted(BaseException):
     """Stands for Ctrl-C (pytest keeps KeyboardInterrupt for itself)."""
 
 
+def _interrupted_brecq(monkeypatch, tmp_path, model, plan, batches, options, error):
+    """brecq stopped by ``error`` as it starts its third block; then the calls of a resumed run (and its result)."""
+    real = brecq._reconstruct
+    calls, interrupt = [], [True]
+
+    def interrupted(block, name, *args, **kwargs):
+        calls.append(name)
+        if interrupt[0] and len(calls) == 3:
+            raise error
+        return real(block, name, *args, **kwargs)
+
+    monkeypatch.setattr(brecq, "_reconstruct", interrupted)
+    with pytest.raises(error):
+        round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    assert len(list(tmp_path.glob("brecq-*.pt"))) == 1
+    calls.clear()
+    interrupt[0] = False
+    resumed = round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    return calls, resumed
+
+
 def test_checkpoint_resumes_after_an_interruption(tmp_path, monkeypatch):
     model = Net().eval()
     plan = plan_of({n: "w3" for n in LAYERS})
@@ -151,22 +172,7 @@ def test_checkpoint_resumes_after_an_interruption(tmp_path, monkeypatch):
     options = {"iterations": 20}
     whole = round_weights(model, plan, batches, "brecq", progress=False, **options)
     monkeypatch.setattr(rounding_package, "SAVE_EVERY_S", 0.0)
-    real = brecq._reconstruct
-    calls, interrupt = [], [True]
-
-    def interrupted(block, name, *args, **kwargs):
-        calls.append(name)
-        if interrupt[0] and len(calls) == 3:
-            raise Interrupted
-        return real(block, name, *args, **kwargs)
-
-    monkeypatch.setattr(brecq, "_reconstruct", interrupted)
-    with pytest.raises(Interrupted):
-        round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
-    assert len(list(tmp_path.glob("brecq-*.pt"))) == 1
-    calls.clear()
-    interrupt[0] = False
-    resumed = round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    calls, resumed = _interrupted_brecq(monkeypatch, tmp_path, model, plan, batches, options, Interrupted)
     assert calls == ["stage.1", "head"]  # stem and stage.0 were done before the interruption
     assert all(torch.equal(whole[n], resumed[n]) for n in LAYERS)
     calls.clear()
@@ -235,25 +241,7 @@ def test_a_forward_without_gradients_is_a_clear_error_that_names_the_roundings_t
 
 
 def test_a_ctrl_c_keeps_what_was_rounded_even_before_the_first_periodic_save(tmp_path, monkeypatch):
-    model = Net().eval()
-    plan = plan_of({n: "w3" for n in LAYERS})
-    batches = data(512)
-    options = {"iterations": 20}
     monkeypatch.setattr(rounding_package, "SAVE_EVERY_S", 1e9)  # no periodic save would come
-    real = brecq._reconstruct
-    calls, interrupt = [], [True]
-
-    def interrupted(block, name, *args, **kwargs):
-        calls.append(name)
-        if interrupt[0] and len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(block, name, *args, **kwargs)
-
-    monkeypatch.setattr(brecq, "_reconstruct", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
-    assert len(list(tmp_path.glob("brecq-*.pt"))) == 1
-    calls.clear()
-    interrupt[0] = False
-    round_weights(model, plan, batches, "brecq", progress=False, checkpoint=tmp_path, **options)
+    calls, _ = _interrupted_brecq(monkeypatch, tmp_path, Net().eval(), plan_of({n: "w3" for n in LAYERS}), data(512),
+                                  {"iterations": 20}, KeyboardInterrupt)
     assert calls == ["stage.1", "head"]  # the two blocks done before the Ctrl-C were kept
