@@ -182,9 +182,15 @@ def test_gptq_in_place_on_a_streamed_model_gives_the_unstreamed_model():
 
 @GPU
 def test_gptq_on_a_gpu_leaves_the_blocks_in_cpu_memory():
+    """GPTQ's rounding decisions follow the order of float sums, which differs between devices and between a
+    streamed and an unstreamed pass on a GPU: a code that flips moves every later layer's compensation. (On the
+    H200, 0.2 % of blocks.1.fc1's codes differed streamed or not, as 0.3 % of blocks.0.fc2's did between CPU and
+    GPU.) The streamed result is as close to the unstreamed one as the CPU's is; on a CPU they are equal."""
     expected, _ = _gptq(False, "cuda")
     out, model = _gptq(True, "cuda")
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    on_cpu, _ = _gptq(False, "cpu")
+    gap = float((expected - on_cpu).abs().max())
+    assert float((out - expected).abs().max()) <= 2 * gap + 1e-4
     stream_of(model).release()
     assert all(t.device.type == "cpu" for t in (*model.blocks.parameters(), *model.blocks.buffers()))
     assert model.stem.layer.weight.device.type == "cuda"

@@ -246,7 +246,13 @@ class Fp8Linear(nn.Module):
         rows = _rows(x)
         q = torch.clamp(rows.float() / self.input_scale, -448.0, 448.0).to(torch.float8_e4m3fn)
         scale_a = self.input_scale.reshape(1, 1).repeat(rows.shape[0], 1)  # row-wise: one per row, stride 1
-        y = torch._scaled_mm(q, self.weight.t(), scale_a, self.weight_scale, out_dtype=torch.bfloat16)
+        try:
+            y = torch._scaled_mm(q, self.weight.t(), scale_a, self.weight_scale, out_dtype=torch.bfloat16)
+        except RuntimeError:
+            if q.is_cuda:
+                raise
+            # torch before 2.13 takes per-tensor scales only on a CPU: the same products, summed in float32
+            y = ((q.float() * scale_a) @ (self.weight.float() * self.weight_scale.t()).t()).to(torch.bfloat16)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

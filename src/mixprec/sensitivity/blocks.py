@@ -60,7 +60,8 @@ def _park(value: Any, memo: dict | None = None) -> Any:
 
 def fetch(t: torch.Tensor | Away) -> torch.Tensor:
     if isinstance(t, Away):  # asynchronous from page-locked memory; the record is never written again
-        return t.tensor.to(t.device, non_blocking=t.tensor.is_pinned())
+        # copy=True: a record kept on the device it returns to (CPU) would otherwise come back as itself
+        return t.tensor.to(t.device, non_blocking=t.tensor.is_pinned(), copy=True)
     return t.clone()
 
 
