@@ -33,7 +33,7 @@ from .groups import ModelGroups, discover_groups, is_torchscript
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .quantizers import GRID_VERSION
-from .rounding import RoundingConfig, recorded_rounding, rounding_config
+from .rounding import RoundingConfig, recorded_rounding, rounding_config, rounding_metadata
 from .run_directory import RunDirectory
 from .sensitivity.divergence import OutputDivergence
 from .sensitivity.table import SensitivityTable
@@ -505,10 +505,7 @@ class Analysis:
                     "predicted_costs": solution.costs, "evaluations": solution.evaluations,
                     "measured": measured.to_dict() if measured else None, "trace": solution.trace,
                     "run": str(self.run.path) if self.run else None}
-        if rounding.name != "nearest":  # what the measurements assumed: apply the plan with the same rounding
-            metadata["rounding"] = rounding.name
-            if rounding.options():  # every option, defaults too: a default may change between versions
-                metadata["rounding_options"] = rounding.options()
+        metadata.update(rounding_metadata(rounding))  # what the measurements assumed: apply the plan with it too
         if guarded is not None:
             metadata["guard"] = guarded.to_dict(guard_kind, "calibration data" if guard_part is None else
                                                 f"calibration batches {guard_part[0] + 1}-{guard_part[1]} of "
@@ -745,8 +742,7 @@ class Analysis:
                       self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
                       solve_s, {**({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
-                                **({"rounding": rounding.name, "rounding_options": rounding.options()}
-                                   if rounding.name != "nearest" else {})})
+                                **rounding_metadata(rounding)})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote
             from .front import INVERTED

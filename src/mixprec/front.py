@@ -159,9 +159,8 @@ class Front:
             metadata["guard"] = point.guard
         if point.measured is not None:
             metadata["measured"] = point.measured
-        if self.extra.get("rounding"):  # measured with a learned rounding: quantize and export apply it too
-            metadata["rounding"] = self.extra["rounding"]
-            metadata["rounding_options"] = dict(self.extra.get("rounding_options") or {})
+        # measured with a learned rounding (mixprec.rounding.rounding_metadata): quantize and export apply it too
+        metadata.update({k: self.extra[k] for k in ("rounding", "rounding_options") if k in self.extra})
         return Plan(dict(point.assignments), {g: list(v) for g, v in self.groups.items()}, list(self.excluded),
                     metadata)
 

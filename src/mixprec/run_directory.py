@@ -333,9 +333,8 @@ def _bad_entries(table: SensitivityTable) -> str:
     from .sensitivity import METRICS
     values = table.values
     minimum = getattr(METRICS.get(table.metric), "minimum", None)
-    where = np.isnan(values) | np.isneginf(values)
-    if minimum is not None:
-        where |= np.isfinite(values) & (values < minimum)
+    where = np.array([[not _measured(float(v), minimum) for v in row] for row in values], dtype=bool).reshape(
+        values.shape)
     if not where.any():
         return ""
     g, c = (int(i) for i in np.argwhere(where)[0])
@@ -391,13 +390,18 @@ def _entry(line: bytes, minimum: float | None) -> tuple[tuple[str, str], float] 
             not isinstance(item.get("candidate"), str):
         return None
     value = item.get("value")
-    if value == "inf":
+    if value == "inf":  # written so (append_entries); a bare Infinity is not mixprec's
         return (item["group"], item["candidate"]), math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    if minimum is not None and value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not _measured(float(value), minimum):
         return None
     return (item["group"], item["candidate"]), float(value)
+
+
+def _measured(value: float, minimum: float | None) -> bool:
+    """Whether ``value`` is one a measurement writes: +inf (a group the candidate ruins) or a finite value at
+    least the metric's ``minimum`` (None: any); never NaN or -inf."""
+    return value == math.inf or (math.isfinite(value) and (minimum is None or value >= minimum))
 
 
 def _read_json(path: Path, remedy: str = "this run cannot be read: analyze again into a new --out directory"

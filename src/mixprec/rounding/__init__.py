@@ -62,7 +62,7 @@ ROUNDINGS: dict[str, type[RoundingConfig]] = {c.name: c for c in (Nearest, GPTQ,
 SAVE_EVERY_S = 30.0
 
 __all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ", "rounding_config", "round_weights",
-           "recorded_rounding", "plan_rounding"]
+           "recorded_rounding", "plan_rounding", "rounding_metadata"]
 
 # Defaults that have changed: a record that does not name such an option was made under the former default
 # (records name every option since; before, only the ones that differed from the defaults of the time).
@@ -73,6 +73,14 @@ def recorded_rounding(name: str, options: dict[str, Any] | None) -> RoundingConf
     """The rounding a run, plan or result recorded (its name and options), an option it leaves out read at the
     default of the time it was recorded (FORMER_DEFAULTS)."""
     return rounding_config(name, **{**FORMER_DEFAULTS.get(name, {}), **(options or {})})
+
+
+def rounding_metadata(config: RoundingConfig) -> dict[str, Any]:
+    """What a plan's metadata records of the rounding its measurements assumed (read back by plan_rounding):
+    nothing for nearest; the name and every option, defaults too (a default may change between versions)."""
+    if config.name == "nearest":
+        return {}
+    return {"rounding": config.name, **({"rounding_options": config.options()} if config.options() else {})}
 
 
 def plan_rounding(metadata: dict[str, Any]) -> RoundingConfig | None:
