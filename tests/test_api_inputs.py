@@ -101,6 +101,32 @@ def test_quantize_plan_applies_the_groups_pins_and_records_edited_costs():
     assert not any("not those it records" in str(w.message) for w in caught)
 
 
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.mha(x, x, x)[0].mean(1))
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["attention", "DataParallel"])
+def test_quantize_plan_takes_models_whose_groups_name_converted_layers(wrap):
+    # nn.MultiheadAttention's projections and a DataParallel's inner model are the layers the groups name
+    model = Attention().eval()
+    model = nn.DataParallel(model) if wrap else model
+    data = [torch.randn(8, 5, 16) for _ in range(3)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    plan = analysis.solve("bytes=w4a8", guard=False)
+    for groups in (analysis.model_groups, discover_groups(model, data[0])):
+        result = mixprec.quantize_plan(model, plan, data, groups, progress=False)
+        assert result.costs["bytes"] == pytest.approx(plan.metadata["predicted_costs"]["bytes"])
+        assert "mha.q_proj" in dict(result.model.named_modules()) or "module.mha.q_proj" in dict(
+            result.model.named_modules())
+
+
 def test_quantize_plan_names_what_groups_is_when_given_the_analysis_dict():
     model, data = Mlp().eval(), numpy_batches()
     analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
@@ -215,10 +241,11 @@ def test_kl_or_agreement_on_a_regression_output_is_refused_not_measured_as_zero(
     with pytest.raises(SpecError, match=r"kl compares class scores .* shape \(16, 1\) \(a regression\?\)"):
         mixprec.analyze(model, data, "w2a8,w8a8", metric="kl", progress=False)
     analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", progress=False)
-    for divergence in ("kl", "agreement", "consensus"):
+    for divergence in ("kl", "agreement"):
         with pytest.raises(SpecError, match="use sqnr"):
             analysis.solve("bits=5.5", guard_divergence=divergence)
-    assert analysis.solve("bits=5.5").metadata["guard"]["divergence"]  # auto: sqnr, measured
+    for divergence in ("auto", "consensus"):  # given float targets: 1/SQNR and the targets' error
+        assert analysis.solve("bits=5.5", guard_divergence=divergence).metadata["guard"]["divergence"] == "sqnr+mse"
 
 
 @pytest.mark.parametrize("returned, said", [

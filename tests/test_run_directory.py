@@ -169,6 +169,7 @@ def test_the_solve_guard_is_skipped_with_a_note_rather_than_running_the_runs_cod
     assert main(["solve", str(run), "--budget", "bytes=1200", "--out", str(tmp / "plan.json")]) == 0
     out = capsys.readouterr().out
     assert "guard skipped" in out and f"names --model {spec}, which is code" in out and not (tmp / "marker").exists()
+    assert f"(in Python: Analysis.load(run, {{'model': {spec!r}}})" in out  # what a Python user does instead
     assert main(["solve", str(run), "--budget", "bytes=1200", "--model", spec, "--out", str(tmp / "plan.json")]) == 0
     assert "guard (" in capsys.readouterr().out and (tmp / "marker").exists()
 

@@ -35,7 +35,7 @@ from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .quantizers import GRID_VERSION
 from .rounding import RoundingConfig, recorded_rounding, rounding_config, rounding_metadata
 from .run_directory import RunDirectory
-from .sensitivity.divergence import OutputDivergence
+from .sensitivity.divergence import LABELLED, OutputDivergence
 from .sensitivity.table import SensitivityTable
 from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
 from .solvers.exact import InfeasibleBudget
@@ -390,17 +390,18 @@ class Analysis:
 
         guard (default on): the plan is measured against every uniform plan within the same budgets
         (and each one's variant with the first and last groups at 8 bits) by a label-free output
-        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr, nll, ce or
+        divergence on the calibration data (``guard_divergence``: auto, agreement, kl, sqnr, nll, ce, mse or
         consensus, which is agreement and sqnr together, with ce, the cross-entropy against the labels, where
         the calibration items are (inputs, labels) pairs or the built-in model has calibration labels, and
-        what auto is for classifiers; auto is nll, the next-token negative log-likelihood of the calibration
-        text, for language models); the better plan
+        what auto is for classifiers; for an output with float targets of its shape in the calibration items,
+        consensus is sqnr and mse, the error against the targets, and auto takes it; auto is nll, the next-token
+        negative log-likelihood of the calibration text, for language models); the better plan
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why. A tie is a
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
-        from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, LABELLED, TASK
+        from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, TASK
         known = ("auto", *AUTO, *DIVERGENCES, *TASK, *LABELLED, "consensus")
         if guard_divergence not in known:  # checked before any work (a typo turned the guard off with a warning)
             raise SpecError(f"unknown guard divergence {guard_divergence!r}; choose one of: "
@@ -414,6 +415,10 @@ class Analysis:
         if search in ("exact", "refine") and not budgets:
             raise SpecError(f"--search {search} needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
         measured_search = search in MEASURED or (search == "greedy-pareto" and max_drop is not None)
+        if max_drop is not None and not measured_search:
+            raise SpecError(f"max_drop (--max-drop) is the measured drop a measured search allows (greedy, bisection, "
+                            f"refine, greedy-pareto); search {search!r} measures no plan by the evaluation, so it would "
+                            "be ignored: choose one of those searches, or leave max_drop out")
         if rounding.name != "nearest" and not measured_search and not guard and rounding != self.rounding:
             raise SpecError(f"--rounding {rounding.name} changes how plans are measured, and --search {search} without "
                             "the guard measures none; use it with the guard, or --search refine, greedy, bisection or "
@@ -442,10 +447,11 @@ class Analysis:
                             f"for the guard; with search={search!r}{'' if guard else ' and no guard'} there is "
                             "nothing to hold them from: drop it, or use search='local' (--search local)")
         search_part, guard_part = self._held_apart(search == "local" and guard, guard_holdout)
+        bar = None
         try:
             if search == "local":
-                goal, options = self._local_goal(problem, goal, options, guard_divergence, device, say, rounding,
-                                                 search_part)
+                goal, options, bar = self._local_goal(problem, goal, options, guard_divergence, device, say, rounding,
+                                                      search_part)
             solution = SOLVERS[search](problem, goal, **options)
         except InfeasibleBudget as exc:
             # what the problem leaves out (cost-table gaps, the target's refusals) is often why
@@ -456,6 +462,9 @@ class Analysis:
             if not notes:
                 raise
             raise InfeasibleBudget(f"{exc}. Note: {'; '.join(notes)}") from None
+        finally:
+            if bar is not None:
+                bar.close()
         notes = [step["note"] for step in solution.trace if step.get("note")]
         if measured_search:
             note = _upside_down(evaluator, searched, max_loss)
@@ -572,9 +581,10 @@ class Analysis:
 
     def _local_goal(self, problem: AllocationProblem, goal: Goal, options: dict, divergence: str, device: str | None,
                     say: Callable[[str], None], rounding: RoundingConfig | None = None,
-                    part: tuple[int, int] | None = None) -> tuple[Goal, dict]:
+                    part: tuple[int, int] | None = None) -> tuple[Goal, dict, Any]:
         """The local search measures by the output divergence on the calibration data, and starts from the
-        exact plan and every uniform plan within the budget."""
+        exact plan and every uniform plan within the budget; with the progress bar it updates (None unless the
+        steps are printed), which the caller closes."""
         if not goal.budgets:
             raise SpecError("--search local needs --budget, e.g. --budget bops=w4a8 (in Python: budget='bops=w4a8')")
         seconds = self._search_seconds(options.pop("time_budget", "1x"))  # a bad one is refused before any measuring
@@ -584,7 +594,21 @@ class Analysis:
         checker = self._checker(divergence, device, part, rounding=rounding)
         where = f" (batches {part[0] + 1}-{part[1]}; the guard decides on the others)" if part else ""
         say(f"local search: measuring plans by their output divergence on the calibration data{where}")
-        measure = lambda choice: checker.measure(problem.assignments(choice)).value  # noqa: E731
+        bar = None
+        if say is print:  # a progress bar where the steps are shown: each plan is a pass over the data
+            from .progress import tqdm
+            limit = f"{seconds:.0f} s" if seconds is not None else "no time limit"
+            bar = tqdm(total=options.get("evaluations"), desc=f"local search ({limit})", unit="plan", leave=False)
+
+        best = [math.inf]  # the lowest divergence measured so far, shown on the bar
+
+        def measure(choice: np.ndarray) -> float:
+            value = checker.measure(problem.assignments(choice)).value
+            if bar is not None:
+                best[0] = min(best[0], value)
+                bar.set_postfix_str(f"best {best[0]:.4g}", refresh=False)
+                bar.update()
+            return value
         # the exact plan and the two uniform plans the table ranks best (the others are cheaper and worse:
         # measuring them would spend evaluations on starts the search never takes)
         rivals = sorted(self.uniform_rivals(problem, goal.budgets).values(), key=lambda c: problem.totals(c)[0])
@@ -598,7 +622,7 @@ class Analysis:
             screener = self._checker(divergence, device, batches // 4, rounding)
             options = {"screen": lambda choice: screener.measure(problem.assignments(choice)).value,
                        "moves_per_round": 16, **options}
-        return Goal(goal.budgets, goal.kind, measure), {"starts": starts, **options}
+        return Goal(goal.budgets, goal.kind, measure), {"starts": starts, **options}, bar
 
     def _search_seconds(self, budget: str | float | None) -> float | None:
         """The local search's time budget in seconds: ``"1x"`` is once the analysis's own measured time
@@ -655,8 +679,8 @@ class Analysis:
                 if bar is not None and c.tobytes() not in seen:
                     seen.add(c.tobytes())
                     bar.update(1)
-                if result.name == "agreement" and "sqnr" in result.details:  # the consensus, from one pass
-                    names = tuple(result.details.get("consensus") or ("agreement", "sqnr"))
+                if result.details.get("consensus"):  # the consensus, from one pass
+                    names = tuple(result.details["consensus"])
                     kind[0] = "+".join(names)
                     values = (result.value, *(float(result.details[n]) for n in names[1:]))
                 else:
@@ -667,9 +691,12 @@ class Analysis:
                     return Sampled(values, tuple(np.asarray(samples[n], dtype=np.float64) for n in names))
                 return values if len(values) > 1 else values[0]
             measure(choice)  # says what the divergence resolved to (the checker keeps it: guard measures it again free)
-            # the labels' cross-entropy vetoes a mixed plan; disagreement and 1/SQNR rank the uniform plans
+            # the labels' cross-entropy (a regression's targets' error) vetoes a mixed plan; the divergences from
+            # the float model rank the uniform plans
+            names = kind[0].split("+")
+            rank_by = len(names) - 1 if len(names) > 1 and names[-1] in LABELLED else None
             try:
-                result = guard(choice, rivals, measure, margin, rank_by=2 if kind[0] == "agreement+sqnr+ce" else None,
+                result = guard(choice, rivals, measure, margin, rank_by=rank_by,
                                names=tuple(SHOWN.get(n, n) for n in kind[0].split("+")))
             finally:
                 if bar is not None:
@@ -993,7 +1020,7 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 
 # how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
 # differs from the float model's; sqnr's the noise-to-signal ratio)
-SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR"}
+SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR", "mse": "MSE against the targets"}
 
 
 def _check_search_options(search: str, options: dict) -> None:
@@ -1057,9 +1084,11 @@ def _labelled(model_spec: str | None, data: list | None) -> list | None:
 def _divergence_key(divergence: str, batches: int | tuple[int, int] | None) -> str:
     """What a logged divergence is keyed by: an auto kind names its rule, so a rule change is a new key."""
     rules = {"auto": "auto(classifier=agreement,lm=kl,other=sqnr)", "auto-smooth": "auto(classifier=kl,lm=kl,other=sqnr)",
-             "auto-guard": "auto(classifier=agreement+sqnr+ce-given-labels,lm=nll,other=sqnr)",
+             "auto-guard": "auto(classifier=agreement+sqnr+ce-given-labels,lm=nll,"
+                           "other=sqnr+mse-given-float-targets-else-sqnr)",
              "auto-search": "auto(classifier=kl,lm=nll,other=sqnr)",
-             "consensus": "consensus(agreement+sqnr+ce-given-labels-per-sample-or-pixel)"}
+             "consensus": "consensus(agreement+sqnr+ce-given-labels-per-sample-or-pixel,"
+                          "float-targets=sqnr+mse)"}
     # per-sample: the logged result carries each sample's share (the guard's paired test); older entries lack them
     if isinstance(batches, tuple):
         part = f":batches{batches[0]}-{batches[1]}"

@@ -438,6 +438,30 @@ def _search_options(args) -> dict[str, Any]:
     return {}
 
 
+# solve's options that belong to one search, with their defaults: given to another search they would be ignored
+SEARCH_OPTIONS = {"qem": ("mixquant", None), "base": ("mixquant", None), "low": ("greedy, bisection", None),
+                  "path_search": ("greedy-pareto", "binary"), "rounds": ("refine", 2), "probes": ("refine", 16),
+                  "evaluations": ("local", None), "time_budget": ("local", "1x")}
+
+
+def _check_misplaced_options(args) -> None:
+    """Refuse an option the chosen search (or --no-guard) would ignore: a user who forgot --search local would
+    believe a measured search ran."""
+    for option, (owners, default) in SEARCH_OPTIONS.items():
+        value = getattr(args, option, default)
+        if value != default and args.search not in owners.split(", "):
+            flag = "--" + option.replace("_", "-")
+            raise SpecError(f"{flag} is an option of --search {owners.replace(', ', ' or ')}; this solve runs --search "
+                            f"{args.search}, which does not use it: add --search {owners.split(', ')[0]}, or drop {flag}")
+    if args.no_guard:
+        given = [flag for flag, value, default in (("--guard-margin", args.guard_margin, 1.0),
+                                                   ("--guard-divergence", args.guard_divergence, "auto"))
+                 if value != default]
+        if given:
+            raise SpecError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} how the guard decides, and "
+                            "--no-guard turns the guard off: drop one or the other")
+
+
 def _say_trusted(run: RunDirectory, trust_run: bool, given: dict) -> None:
     """With --trust-run, say which code the run names and this command may run."""
     if trust_run and run.exists:
@@ -457,6 +481,7 @@ def _load_run(args) -> Analysis:
 
 def cmd_solve(args) -> int:
     check_output_file(args.out)
+    _check_misplaced_options(args)
     analysis = _load_run(args)
     from .errors import BudgetNote, EvaluationNote
     with warnings.catch_warnings():  # the plan's notes hold them: printed once, with them
@@ -1063,9 +1088,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the guard measures on the calibration data: against the float model, top-1 "
                    "disagreement, output KL or 1/SQNR; nll (a language model's next-token negative log-likelihood "
                    "on its calibration text); ce (a classifier's cross-entropy against the labels of --data "
-                   "(inputs, labels) pairs, per pixel for a segmentation model's labels); or consensus (the mixed plan must be lower on disagreement, 1/SQNR "
-                   "and, given labels, ce); auto: consensus for classifiers, nll for language models given token "
-                   "ids, 1/SQNR otherwise (default auto)")
+                   "(inputs, labels) pairs, per pixel for a segmentation model's labels); mse (the error against the "
+                   "float targets of --data (inputs, targets) pairs); or consensus (the mixed plan must be lower on "
+                   "disagreement, 1/SQNR and, given labels, ce; given float targets, on 1/SQNR and mse); auto: "
+                   "consensus for classifiers and for outputs given float targets, nll for language models given "
+                   "token ids, 1/SQNR otherwise (default auto)")
     _add_guard_margin(p)
     p.add_argument("--guard-holdout", type=non_negative_float, default=None, metavar="FRACTION",
                    help="local: the fraction of the calibration batches held apart from the search, on which the "

@@ -23,6 +23,7 @@ from .analysis import DEFAULT_CANDIDATES, analyze
 from .streaming import device_of, place, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate, parse_candidate
+from .canonical import canonical
 from .costs import COST_KINDS, cost_tables
 from .errors import EvaluationError, MixprecError, SpecError, notify
 from .evaluation import EvalResult, to_eval_result
@@ -120,6 +121,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     for change in plan.pin(groups):
         notify(f"pin applied: {change}", progress)
     config = rounding_config(rounding, **(rounding_options or {}))
+    model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
     batches = as_batches(data, model)
     device = torch.device(device) if device is not None else device_of(model)
     if stream:

@@ -116,7 +116,9 @@ class RunDirectory:
             raise RunError(f"{self.path} names {names}, which is code (a Python file or module, or a TorchScript "
                            "model), and mixprec never runs code because a run directory names it. Name it on this "
                            f"command line ({names}; it is checked against the run's fingerprint), or add --trust-run "
-                           "to run what the run names")
+                           "to run what the run names (in Python: Analysis.load(run, {"
+                           + ", ".join(f"{k!r}: {v!r}" for k, v in unnamed.items())
+                           + "}) or Analysis.load(run, trust_run=True))")
         arguments.update(given)
         return arguments
 

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import torch
 import pytest
 from hypothesis import given, strategies as st
 
@@ -502,3 +503,55 @@ def test_a_guard_holdout_without_the_local_search_is_refused(demo):
     with pytest.raises(SpecError, match="nothing to hold them from: drop it, or use search='local'"):
         analysis.solve("bops=w4a8", guard_holdout=0.5)
     analysis.solve("bops=w4a8", guard_holdout=0.0)  # 0: nothing held apart, nothing to refuse
+
+
+class Denoiser(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 1, 3, padding=1))
+
+    def forward(self, x):
+        return x - self.body(x)
+
+
+def test_a_regression_with_float_targets_is_guarded_by_sqnr_and_the_targets_error():
+    # closer to the float model is not always closer to the targets: the targets' mse vetoes, as ce does
+    import torch.nn.functional as F
+    from mixprec.apply import apply
+    model = Denoiser().eval()
+    gen = torch.Generator().manual_seed(1)
+    clean = [torch.rand(8, 1, 12, 12, generator=gen) for _ in range(4)]
+    pairs = [(c + 0.1 * torch.randn(c.shape, generator=gen), c) for c in clean]
+    analysis = mixprec.analyze(model, pairs, candidates="w2a8,w4a8,w8a8", progress=False)
+    plan = analysis.solve("bops=0.35x")  # a mixed plan between uniform points: measured against its rivals
+    info = plan.metadata["guard"]
+    assert info["divergence"] == "sqnr+mse"
+    assert all(len(v) == 2 for v in info["measured"].values())
+    uniform = mixprec.Plan.uniform(analysis.model_groups, "w2a8")
+    with torch.no_grad():
+        quantized = apply(model, uniform, pairs, progress=False)
+        direct = sum(F.mse_loss(quantized(x), y, reduction="sum").item() for x, y in pairs) / sum(
+            y.numel() for _, y in pairs)
+    assert info["measured"]["uniform w2a8"][1] == pytest.approx(direct, rel=1e-5)
+    inputs_only = mixprec.analyze(model, [x for x, _ in pairs], candidates="w2a8,w4a8,w8a8", progress=False)
+    assert inputs_only.solve("bops=0.35x").metadata["guard"]["divergence"] == "sqnr"  # no targets: 1/SQNR alone
+
+
+@given(st.integers(1, 4), st.sampled_from([(1,), (3,), (1, 5, 5), (2, 4)]), st.booleans())
+def test_mse_samples_add_up_to_the_mean_squared_error(batch, shape, flat_target):
+    from mixprec.sensitivity.divergence import mse_samples, regression_targets
+    gen = torch.Generator().manual_seed(batch)
+    out = torch.randn((batch, *shape), generator=gen)
+    target = torch.randn(out.shape, generator=gen)
+    if flat_target and shape == (1,):  # a (N, 1) output beside (N,) targets
+        target = target.reshape(batch)
+    assert regression_targets(target, out)
+    per_sample, count = mse_samples(target, out)
+    assert per_sample.shape == (batch,) and count == out.numel()
+    expected = torch.nn.functional.mse_loss(out, target.reshape(out.shape))
+    assert float(per_sample.sum()) / count == pytest.approx(float(expected), rel=1e-5)
+    assert not regression_targets(target.long(), out)  # integer labels are classes, not targets
+    assert not regression_targets(torch.randn(batch + 1, *shape), out)

@@ -184,3 +184,29 @@ def test_guard_holdout_judges_the_local_plan_on_batches_the_search_never_measure
     assert analysis._held_apart(False, 0.5) == analysis._held_apart(True, 0) == (None, None)
     with pytest.raises(SpecError, match="guard_holdout"):
         Analysis.load(run).solve("bops=w4a8", search="local", guard_holdout=1.0, evaluations=2)
+
+
+def test_options_the_chosen_search_would_ignore_are_refused(tmp_path, capsys):
+    # a user who forgot --search local would believe a measured search ran
+    import pytest
+
+    from mixprec import Analysis
+    from mixprec.cli import main
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    solve = ["solve", str(run), "--budget", "bops=w4a8", "--out", str(plan)]
+    for extra, said in ((["--time-budget", "5s"], "--time-budget is an option of --search local"),
+                        (["--evaluations", "3"], "--evaluations is an option of --search local"),
+                        (["--rounds", "3"], "--rounds is an option of --search refine"),
+                        (["--low", "w4a8"], "--low is an option of --search greedy or bisection"),
+                        (["--qem", "1.5"], "--qem is an option of --search mixquant"),
+                        (["--max-drop", "1%"], "max_drop (--max-drop) is the measured drop"),
+                        (["--no-guard", "--guard-margin", "2"], "--guard-margin sets how the guard decides")):
+        assert main([*solve, *extra]) != 0, extra
+        assert said in capsys.readouterr().err
+        assert not plan.exists()
+    from mixprec.errors import SpecError
+    with pytest.raises(SpecError, match="search 'exact' measures no plan"):
+        Analysis.load(run).solve("bops=w4a8", max_drop="1%")
+    assert main([*solve, "--search", "local", "--evaluations", "2", "--time-budget", "30s"]) == 0  # its own options

@@ -7,6 +7,8 @@
                calibration text, which is its own label; not a divergence from the float model)
     ce:        mean over samples of -log softmax(y_q)[label]   (a classifier whose calibration items
                are (inputs, labels) pairs: the task loss itself; not a divergence from the float model)
+    mse:       mean over output values of (y_q - target)^2   (a regression whose calibration items are
+               (inputs, targets) pairs, the targets float and of the output's shape: the task loss itself)
 
 The same formulas as the kl and sqnr sensitivity metrics, applied to a whole quantized model: the
 guard and the measured searches decide with it, on the calibration data, never on the data the
@@ -16,7 +18,11 @@ vocabulary of 100 or more) and sqnr otherwise (embeddings, regression, detection
 ``"auto-smooth"`` takes kl for classifiers too, for searches that need small differences to show;
 ``"auto-guard"`` takes ``"consensus"`` for classifiers: disagreement as the value and 1/SQNR in the
 details, from the same pass (the guard's pair), and the cross-entropy against the labels beside them
-where every calibration batch carries integer class labels; and nll for language models given token ids.
+where every calibration batch carries integer class labels; and nll for language models given token ids;
+for other outputs whose calibration items carry float targets of the output's shape, the consensus of
+1/SQNR and the mean squared error against the targets (closer to the float model is not always closer to
+the targets: a U-Net denoiser's mixed plan had the lower 1/SQNR and the higher error, on the calibration
+targets and on held-out data alike).
 ``"auto-search"`` (the measured local search) takes kl for classifiers (small differences must show)
 and nll for language models given token ids.
 Why nll for language models: on SmolLM2 at 5.05 and 5.10 bits/weight (lm_head at 8 bits), KL on the
@@ -163,6 +169,29 @@ def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     return ce.reshape(samples, -1).sum(dim=1), float(keep.sum())
 
 
+def mse_samples(targets: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(per sample: the sum of (out - target)^2 over its values, number of values), in float32, for float targets
+    of the output's shape."""
+    if not regression_targets(targets, out):
+        raise SpecError("the mse divergence needs (inputs, targets) calibration items whose targets are float tensors "
+                        f"of the output's shape; got targets {getattr(targets, 'shape', type(targets).__name__)} for "
+                        f"output {tuple(out.shape)}: use --guard-divergence sqnr")
+    error = (out.float() - targets.to(out.device).reshape(out.shape).float()).pow(2)
+    return error.reshape(_samples(out), -1).sum(dim=1), float(error.numel())
+
+
+def regression_targets(targets: Any, out: torch.Tensor) -> bool:
+    """Whether ``targets`` are float values of the output's shape (a (N,) output beside (N, 1) targets, or the
+    other way round, too)."""
+    if not isinstance(targets, torch.Tensor) or not targets.is_floating_point() or targets.numel() != out.numel():
+        return False
+    if targets.shape == out.shape:
+        return True
+    squeeze = lambda shape: tuple(d for d in shape[1:] if d != 1)  # noqa: E731
+    return out.ndim >= 1 and targets.ndim >= 1 and targets.shape[0] == out.shape[0] \
+        and squeeze(targets.shape) == squeeze(out.shape)
+
+
 def pixel_labels(labels: Any, out: torch.Tensor) -> bool:
     """Whether ``labels`` are integer classes per pixel, (samples, height, width), beside a segmentation model's
     (samples, classes, height, width) output."""
@@ -210,25 +239,27 @@ def nll_samples(inputs: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 DIVERGENCES = {"kl": kl_samples, "agreement": disagreement_samples, "sqnr": sqnr_samples}
 TASK = {"nll": nll_samples}  # scored from the inputs and the output alone: no float reference
-LABELLED = {"ce": ce_samples}  # scored from the calibration labels and the output: no float reference
+LABELLED = {"ce": ce_samples, "mse": mse_samples}  # scored from the calibration labels/targets and the output
 CONSENSUS = ("agreement", "sqnr")  # the guard's pair for classifiers (solvers/guard.py), with ce given labels
+REGRESSION_CONSENSUS = ("sqnr", "mse")  # the guard's pair for outputs with float targets beside them
 AUTO = ("auto", "auto-smooth", "auto-guard", "auto-search")
 # what a user may give the guard (solve --guard-divergence); the other auto kinds are the searches' own
-GUARD_CHOICES = ("auto", "agreement", "kl", "sqnr", "nll", "ce", "consensus")
+GUARD_CHOICES = ("auto", "agreement", "kl", "sqnr", "nll", "ce", "mse", "consensus")
 
 
 def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False,
               inputs: Any = None, search: bool = False) -> str:
     """agreement (kl if ``smooth`` or ``search``, consensus if ``guard``) for a classifier's logits with
     integer labels beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` or
-    ``search`` and the inputs are its token ids; else sqnr."""
+    ``search`` and the inputs are its token ids; else sqnr (consensus, with the targets' mse, if ``guard``
+    and float targets of the output's shape are beside it)."""
     if class_labels(labels, output, per_row=False):
         return "kl" if smooth or search else "consensus" if guard else "agreement"
     if output.ndim == 3 and output.shape[-1] >= 100:
         ids = token_ids(inputs)
         own_text = ids is not None and tuple(ids.shape) == tuple(output.shape[:2])
         return "nll" if (guard or search) and own_text else "kl"
-    return "sqnr"
+    return "consensus" if guard and regression_targets(labels, output) else "sqnr"
 
 
 class OutputDivergence:
@@ -286,10 +317,15 @@ class OutputDivergence:
     def consensus(self) -> tuple[str, ...]:
         """The divergences the consensus measures: top-1 disagreement and 1/SQNR, and the labels'
         cross-entropy where every calibration batch carries one integer class per sample (or per pixel of a
-        segmentation model's output)."""
+        segmentation model's output); for an output that is not class scores, with float targets of its shape
+        beside it in every batch, 1/SQNR and the targets' mean squared error. The last one of several scored
+        against labels or targets only vetoes (mixprec.solvers.guard's ``rank_by``)."""
         references = self._references()
+        pairs = list(zip(references, self.labels))
+        if pairs and all(ref is not None and regression_targets(labels, ref) for ref, labels in pairs):
+            return REGRESSION_CONSENSUS
         labelled = all(ref is not None and (class_labels(labels, ref) or pixel_labels(labels, ref))
-                       for ref, labels in zip(references, self.labels))
+                       for ref, labels in pairs)
         return CONSENSUS + (("ce",) if labelled else ())
 
     @torch.no_grad()
@@ -334,7 +370,7 @@ class OutputDivergence:
         kinds = self.consensus if self.kind == "consensus" else (self.kind,)
         values, samples = self.measure_samples(model, kinds)
         details: dict[str, Any] = {"samples": {k: [float(f"{v:.6g}") for v in samples[k]] for k in kinds}}
-        if self.kind == "consensus":  # one pass: disagreement is the value, the others ride in the details
+        if self.kind == "consensus":  # one pass: the first is the value, the others ride in the details
             details.update({k: values[k] for k in kinds[1:]}, consensus=list(kinds))
-            return EvalResult("agreement", values["agreement"], higher_is_better=False, details=details)
+            return EvalResult(kinds[0], values[kinds[0]], higher_is_better=False, details=details)
         return EvalResult(self.kind, values[self.kind], higher_is_better=False, details=details)
