@@ -83,6 +83,23 @@ class Plan:
                             "was it made for another model?")
         return {name: layers[name] for name in self.layer_candidates()}
 
+    def check_covers(self, model, verbose: bool = False) -> None:
+        """Every layer of ``model`` mixprec quantizes is one of the plan's or one it excludes (``model_layers``
+        checks the other direction). A plan mixprec made (solve, a front, Plan.uniform) named every layer of the
+        model it was made for: one it does not name here means another model (a smaller one of the same
+        family), a PlanError. A plan written by hand may name a few layers: the others stay float, said in a
+        note."""
+        layers = quantizable_layers(model)
+        unnamed = sorted(set(layers) - set(self.layer_candidates()) - set(self.excluded))
+        if not unnamed:
+            return
+        if "kind" in self.metadata or "front_point" in self.metadata:
+            raise PlanError(f"the model has {len(unnamed)} layer(s) the plan does not name, e.g. {unnamed[:3]}; was it "
+                            "made for another model? (a plan that leaves layers float lists them under \"excluded\", "
+                            "as --exclude writes it)")
+        from .errors import notify
+        notify(f"{len(unnamed)} layer(s) of the model are not in the plan and stay float (e.g. {unnamed[:3]})", verbose)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION,
                 "assignments": dict(self.assignments), "groups": {k: list(v) for k, v in self.groups.items()},

@@ -397,6 +397,24 @@ def test_plan_for_another_model_is_refused(tmp_path):
         export(BnCnn().eval(), p, batches((3, 8, 8)), out=tmp_path / "x.onnx", progress=False)
 
 
+def test_a_plan_for_a_smaller_model_of_the_same_layers_is_refused_and_a_hand_plan_says_what_stays_float(tmp_path):
+    import warnings
+    from mixprec.groups import discover_groups
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    big = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).eval()
+    data = batches((4, 8))
+    solved = Plan.uniform(discover_groups(small, data[0]), "w8a8")  # names "0" and "2", both layers of big
+    with pytest.raises(PlanError, match=r"1 layer\(s\) the plan does not name, e.g. \['4'\].*another model"):
+        export(big, solved, data, out=tmp_path / "x.onnx", progress=False)
+    assert not (tmp_path / "x.onnx").exists()
+    by_hand = Plan({"first": "w8a8"}, {"first": ["0"]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(big, by_hand, data, out=tmp_path / "y.onnx", progress=False)
+    assert any("2 layer(s) of the model are not in the plan and stay float" in str(w.message) for w in caught)
+
+
 def test_weights_off_the_grid_are_refused(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8"})

@@ -274,6 +274,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                                         nn.TransformerDecoderLayer, nn.RNNBase)) and not getattr(m, "batch_first", True)]
     model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
+    plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}
     realisations = check_layers(spec, shapes, reduce_range)
