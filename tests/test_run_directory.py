@@ -335,6 +335,24 @@ def test_a_metric_whose_entries_may_be_negative_keeps_them(tmp_path):
     assert RunDirectory(tmp_path).read_table().values[0, 0] == -0.5
 
 
+@pytest.mark.parametrize("value", [-4.99e9, float("inf"), float("-inf")])
+def test_a_cost_edited_to_be_negative_or_infinite_is_refused_with_the_resume_that_rebuilds_it(tmp_path, value):
+    # solve would otherwise call any budget met (bytes -5e9 within a budget of 1000)
+    import json
+    from mixprec.analysis import Analysis
+    from mixprec.errors import SpecError
+    import mixprec
+    model, _, _, data = tiny()
+    mixprec.analyze(model, data, "w4a8,w8a8", run_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "costs.json").read_text())
+    saved["costs"]["tables"]["bytes"][0][0] = value
+    (tmp_path / "costs.json").write_text(json.dumps(saved))
+    group, cand = saved["costs"]["groups"][0], saved["costs"]["candidates"][0]
+    with pytest.raises(SpecError, match=rf"costs.json is damaged .*bytes of group '{group}' at {cand} is .*a cost is a "
+                                        r"finite number >= 0.*analyze --resume"):
+        Analysis.load(tmp_path)
+
+
 def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebuilds_it(tmp_path):
     from mixprec.errors import SpecError
     model, groups, cands, data = tiny()

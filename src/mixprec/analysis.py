@@ -114,7 +114,12 @@ class Analysis:
                             "longer makes; analyze again into a new directory")
         table = run.read_table()
         saved = run.read_costs()
-        costs = CostTables.from_dict(saved["costs"])
+        try:
+            costs = CostTables.from_dict(saved["costs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); `mixprec analyze "
+                            f"--resume {run.path}` writes it again (the costs are computed from the model; the "
+                            "measured entries are kept)") from exc
         if list(costs.groups) != table.groups:
             raise SpecError(f"{run.path}: the cost tables and the sensitivity table list different groups")
         arguments = run.arguments() if run.exists else {}

@@ -114,9 +114,24 @@ class CostTables:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CostTables":
-        return cls(tuple(data["groups"]), tuple(data["candidates"]),
-                   {k: np.array(v, dtype=float) for k, v in data["tables"].items()},
-                   {k: float(v) for k, v in data["fixed"].items()})
+        """The tables ``to_dict`` wrote; a cost that is negative or infinite (a hand-edited file: solve would
+        call any budget met) is a ValueError naming it. NaN is an entry not known yet (multipoint)."""
+        groups, candidates = tuple(data["groups"]), tuple(data["candidates"])
+        tables = {k: np.array(v, dtype=float) for k, v in data["tables"].items()}
+        fixed = {k: float(v) for k, v in data["fixed"].items()}
+        for kind, table in tables.items():
+            if table.shape != (len(groups), len(candidates)):
+                raise ValueError(f"the {kind} table is {table.shape}, not {len(groups)} groups x {len(candidates)} "
+                                 "candidates")
+            bad = np.argwhere(~np.isnan(table) & ~(np.isfinite(table) & (table >= 0)))
+            if len(bad):
+                g, c = bad[0]
+                raise ValueError(f"{kind} of group {groups[g]!r} at {candidates[c]} is {table[g, c]!r}: a cost is a "
+                                 "finite number >= 0")
+        for kind, value in fixed.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"the fixed {kind} is {value!r}: a cost is a finite number >= 0")
+        return cls(groups, candidates, tables, fixed)
 
 
 def other_param_bytes(model: nn.Module, groups: ModelGroups) -> float:
