@@ -127,6 +127,19 @@ def test_quantize_plan_takes_models_whose_groups_name_converted_layers(wrap):
             result.model.named_modules())
 
 
+def test_a_pins_own_candidate_is_for_the_pinned_groups_only(tmp_path):
+    # --candidates w4a8,w8a8 --pin down=w6a8: w6a8 is measured for the pin, not offered to the other groups
+    model, data = Mlp().eval(), numpy_batches()
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", pins={"down": "w6a8"}, run_dir=tmp_path / "run",
+                               progress=False)
+    assert "w6a8" in analysis.table.candidates and analysis.pin_only == ["w6a8"]
+    for loaded in (analysis, mixprec.Analysis.load(tmp_path / "run")):
+        plan = loaded.solve("bits=8", guard=False)  # up at w6a8 would fit, w8a8 not; only w4a8 and w8a8 are up's
+        assert plan.assignments == {"up": "w4a8", "down": "w6a8"}
+        problem = loaded.problem()
+        assert problem.allowed[problem.groups.index("up")].tolist() == [c != "w6a8" for c in problem.candidates]
+
+
 def test_quantize_plan_names_what_groups_is_when_given_the_analysis_dict():
     model, data = Mlp().eval(), numpy_batches()
     analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)

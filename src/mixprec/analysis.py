@@ -85,6 +85,8 @@ class Analysis:
     trust_run: bool = False
     target: str | None = None  # the export target plans are for (analyze(..., target=)); None: any
     refused: dict[str, list[str]] = field(default_factory=dict)  # group -> candidates the target cannot run
+    # candidates added only because a --pin names them (not in --candidates): only their pinned groups take them
+    pin_only: list[str] = field(default_factory=list)
     _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
 
     # ---- on disk ----------------------------------------------------------------------------------
@@ -94,6 +96,8 @@ class Analysis:
                "excluded": self.excluded, "points": self.point_counts}
         if self.target:
             out.update(target=self.target, refused=self.refused)
+        if self.pin_only:
+            out["pin_only"] = self.pin_only
         return out
 
     @classmethod
@@ -129,7 +133,8 @@ class Analysis:
                            weight_range=_run_weight_range(arguments),
                            activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
                            trust_run=trust_run, target=saved.get("target"),
-                           refused={g: list(c) for g, c in (saved.get("refused") or {}).items()})
+                           refused={g: list(c) for g, c in (saved.get("refused") or {}).items()},
+                           pin_only=list(saved.get("pin_only") or []))
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); analyze again") from exc
         if model is not None:
@@ -188,6 +193,9 @@ class Analysis:
         for g, refused in self.refused.items():  # what the target cannot run is never chosen
             if g in table.groups and g not in self.pins:
                 allowed[table.groups.index(g)] &= [c not in refused for c in table.candidates]
+        if self.pin_only:  # a pin's own candidate, not one of --candidates, is for the pinned groups alone
+            unpinned = np.array([g not in self.pins for g in table.groups])
+            allowed[unpinned] &= np.array([c not in self.pin_only for c in table.candidates])[None, :]
         if candidates:
             names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
             keep = {parse_candidate(c).name for c in names if c.strip()}
@@ -913,9 +921,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         cands, weight_range = _resolve_weight_ranges(model, groups, cands, batches, activation_range, run,
                                                      progress and rank == 0, verbose and rank == 0)
     names = [c.name for c in cands]
-    for pin in sorted({g.pinned for g in groups if g.pinned and g.pinned not in names}):
+    pin_only = sorted({g.pinned for g in groups if g.pinned and g.pinned not in names})
+    for pin in pin_only:
         if verbose:
-            print(f"note: adding pinned candidate {pin} to the candidates")
+            print(f"note: adding pinned candidate {pin} to the candidates (for the pinned groups only)")
         cands.append(parse_candidate(pin))
     wanted = [c for c in cands if c.multipoint]
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
@@ -938,6 +947,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
                             counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
+        analysis.pin_only = pin_only
         if target:
             analysis.target, analysis.refused = target, _refused(model, groups, cands, target)
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
