@@ -870,6 +870,8 @@ def cmd_profile(args) -> int:
         print(f"moves around the base: {len(result.moves)} timed, each entered at its measured change + {MOVE_SE:g} "
               f"standard errors; {faster} surely faster than the base (entered as a saving); {noise} "
               "measured faster by less than that (entered as a cost; moves in the JSON)")
+    for note in result.notes():
+        print(f"note: {note}")
     reasons = sorted(set(result.skipped.values()))
     if reasons:
         print(f"note: {len(result.skipped)} (layer, candidate) entries cannot run on {result.target} and are left out "

@@ -269,3 +269,19 @@ def test_a_language_model_is_timed_at_one_decoding_step_on_a_cache_of_the_length
     cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
     with pytest.raises(mixprec.errors.MixprecError, match="KV cache"):
         profile(cnn, [torch.randn(2, 3, 6, 6)], "w8a8", decode=20, progress=False, checks=0)
+
+
+def test_a_table_whose_move_margins_add_up_far_above_a_measured_uniform_plan_says_so():
+    from mixprec.export.latency import LatencyProfile
+    profile = LatencyProfile("ort-cpu", 1, 2, ["w4g64", "w8"], {"a": {"w4g64": 1.0, "w8": 2.5}}, {}, 1.0, 0.0,
+                             whole={"w4g64": {"predicted_ms": 1.0, "measured_ms": 1.0},
+                                    "w8": {"predicted_ms": 2.5, "measured_ms": 1.2}},
+                             moves=[{"group": "a", "candidate": "w8", "change_ms": 0.2, "se_ms": 0.6,
+                                     "entered_ms": 1.4}])
+    notes = profile.notes()
+    assert len(notes) == 1 and "uniform w8 2.5 ms in the table, 1.2 ms measured" in notes[0]
+    assert "uniform w4g64" not in notes[0] and "more --repeats" in notes[0]
+    profile.whole["w8"]["measured_ms"] = 2.4  # within 25 %: nothing to say
+    assert profile.notes() == []
+    profile.whole["w8"]["measured_ms"], profile.moves = 1.2, []  # not around a base: the sum is an estimate anyway
+    assert profile.notes() == []

@@ -64,6 +64,7 @@ MIN_SECONDS = 0.2
 # negative (each a "free" layer in higher precision); entered as zero when within the noise, it still takes those
 # "free" layers at the tightest budget, and each costs real time in the deployed plan.
 MOVE_SE = 2.0
+OVER_PREDICTED = 1.25  # a uniform plan the around table predicts this much above its measured latency: a note
 WARMUP = 3
 FLOAT = "fp32"
 
@@ -89,6 +90,24 @@ class LatencyProfile:
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
         return self.rest_ms + sum(self.layers[layer][cand] for layer, cand in assignments.items())
+
+    def notes(self) -> list[str]:
+        """What the user should know about the table before solving with it: around a base, where the moves'
+        entries (each an upper end: its change + MOVE_SE standard errors) add up to far more than a uniform
+        plan measures whole, the timings are noisy against the moves' size, and a latency budget near what
+        that plan measures is out of reach."""
+        if not self.moves:
+            return []
+        over = {cand: w for cand, w in self.whole.items()
+                if w.get("measured_ms", 0) > 0 and w["predicted_ms"] > OVER_PREDICTED * w["measured_ms"]}
+        if not over:
+            return []
+        said = ", ".join(f"uniform {c} {w['predicted_ms']:.3g} ms in the table, {w['measured_ms']:.3g} ms measured"
+                         for c, w in over.items())
+        return [f"the table predicts {said}: each move is entered at its change + {MOVE_SE:g} standard errors (a "
+                "budget is a constraint), and here those margins add up (the timings are noisy against what a move "
+                "changes, as in a small model), so budgets near these plans' measured latency are out of reach; "
+                "more --repeats narrow the margins, or profile without --around"]
 
     def write_csv(self, path: str | Path) -> Path:
         """``layer,candidate,latency_ms`` rows and the ``*`` row (the rest of the model), every value written in
