@@ -128,8 +128,10 @@ def test_a_front_point_is_written_as_a_plan_that_quantize_takes(tmp_path, capsys
     result = json.loads((tmp_path / "q" / "result.json").read_text())
     assert result["costs"]["bops"] == pytest.approx(points[1]["costs"]["bops"])
     assert "not those it records" not in capsys.readouterr().out
-    assert main(["report", str(front), "--select", "9", "--write-plan", str(tmp_path / "x.json")]) != 0
-    assert "front point 9 does not exist: the front has" in capsys.readouterr().err
+    for select in ("9", "-1"):  # refused before the plan is written
+        assert main(["report", str(front), "--select", select, "--write-plan", str(tmp_path / "x.json")]) != 0
+        assert f"--select {select} is out of range: the front has" in capsys.readouterr().err
+        assert not (tmp_path / "x.json").exists()
 
 
 def test_report_names_the_run_a_moved_front_points_to(tmp_path, capsys):
@@ -176,7 +178,16 @@ def test_an_interrupted_analysis_says_how_to_resume(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(cli, "_analyze", stop)
     run = tmp_path / "run"
     assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
-    assert f"mixprec analyze --resume {run} continues" in capsys.readouterr().err
+    assert "nothing was measured yet: run the same command again" in capsys.readouterr().err  # no run to resume
+    from mixprec.run_directory import RunDirectory
+    monkeypatch.setattr(RunDirectory, "exists", property(lambda self: True))
+    monkeypatch.setattr(RunDirectory, "entries", lambda self, key: [])
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
+    assert f"no entry was measured yet (what precedes them, such as Hessian traces, is computed again): mixprec " \
+        f"analyze --resume {run} starts over" in capsys.readouterr().err
+    monkeypatch.setattr(RunDirectory, "entries", lambda self, key: [{}] * 3)
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
+    assert f"3 measured entries are kept: mixprec analyze --resume {run} continues" in capsys.readouterr().err
 
 
 def test_pareto_says_why_it_has_fewer_plans_than_points_and_lists_them_cheapest_first(tmp_path, capsys):
@@ -335,7 +346,7 @@ def test_the_resume_hint_of_an_interrupted_analysis_names_the_code_the_run_needs
     monkeypatch.setattr(cli, "_analyze", stop)
     capsys.readouterr()
     assert cli.main(["analyze", "--resume", str(run), "--model", f"{spec}:build", "--data", f"{spec}:data"]) == 130
-    assert (f"mixprec analyze --resume {run} --model {spec}:build --data {spec}:data continues"
+    assert (f"entries are kept: mixprec analyze --resume {run} --model {spec}:build --data {spec}:data continues"
             in capsys.readouterr().err)
 
 

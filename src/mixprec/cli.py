@@ -604,6 +604,9 @@ def cmd_report(args) -> int:
             raise
         raise SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where that run is now"
                         ) from exc
+    if args.select is not None and not 0 <= args.select < len(front.plans):  # checked before anything is written
+        raise SpecError(f"--select {args.select} is out of range: the front has {len(front.plans)} points, 0 (the "
+                        f"cheapest) to {len(front.plans) - 1}")
     if args.write_plan:
         if args.select is None:
             raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
@@ -1285,10 +1288,7 @@ def _run(args) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         _close_bars()
-        resume = ""
-        if getattr(args, "func", None) is cmd_analyze and getattr(args, "out", None):
-            resume = f"; what was measured is kept: {_resume_command(args.out)} continues"
-        print(f"mixprec: interrupted{resume}", file=sys.stderr)
+        print(f"mixprec: interrupted{_after_interrupt(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; --debug shows the traceback
         _close_bars()
@@ -1303,6 +1303,31 @@ def _distinct(a: float, b: float, digits: int = 4) -> tuple[str, str]:
     while digits < 10 and f"{a:.{digits}g}" == f"{b:.{digits}g}":
         digits += 1
     return f"{a:.{digits}g}", f"{b:.{digits}g}"
+
+
+def _after_interrupt(args) -> str:
+    """What an interrupted command kept and how to continue, as the end of its one line."""
+    func = getattr(args, "func", None)
+    if func is cmd_analyze and getattr(args, "out", None):
+        try:
+            run = RunDirectory(args.out)
+            logged = len(run.entries(None)) if run.exists else 0
+        except Exception:  # a run directory the interruption left half-written: say nothing it cannot back
+            return ""
+        if not run.exists:
+            return "; nothing was measured yet: run the same command again"
+        if not logged:
+            return (f"; no entry was measured yet (what precedes them, such as Hessian traces, is computed again): "
+                    f"{_resume_command(args.out)} starts over in the same run")
+        return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept: {_resume_command(args.out)} "
+                "continues")
+    rounding = getattr(args, "rounding", None)
+    if func in (cmd_quantize, cmd_export) and rounding not in (None, "nearest", "auto"):
+        return (f"; the {rounding} rounding done so far is kept ({cache_dir() / 'rounding'}): run the same command "
+                "again to continue from it")
+    if func is cmd_pareto:
+        return "; the plans measured so far are cached in the run: run the same command again to continue"
+    return ""
 
 
 def _resume_command(out: str) -> str:
