@@ -1340,3 +1340,21 @@ def test_a_recurrent_state_input_keeps_its_batch_axis_dynamic(tmp_path):
     simulated = apply(model, plan, data, progress=False, joins=True)
     with torch.no_grad():
         assert torch.allclose(OrtModule(result.path)(x, h0), simulated(x, h0), atol=2e-3)
+
+
+def test_a_float16_input_layer_the_runtime_fuses_into_matmulnbits_is_said_and_a_session_setting_undoes_it(tmp_path):
+    import onnxruntime as ort
+    model, data = Mlp().eval(), batches((5, 80))
+    result = export(model, plan(model, data, {"up": "w8a16", "down": "w8a16", "head": "w8a16"}), data,
+                    out=tmp_path / "x.onnx", progress=False)
+    fused = [row for row in result.layers if row.get("runtime_op") == "MatMulNBits"]
+    said = [n for n in result.notes if "fuses the DequantizeLinear + MatMul" in n]
+    assert bool(fused) == bool(said)  # said exactly when this ONNX Runtime fuses them
+    if fused:  # and the session setting the note names keeps float inputs
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+        options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(tmp_path / "x.onnx"), options, providers=["CPUExecutionProvider"])
+        levels = [a.i for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "MatMulNBits"
+                  for a in n.attribute if a.name == "accuracy_level"]
+        assert levels and set(levels) == {0}
