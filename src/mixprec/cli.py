@@ -225,14 +225,19 @@ def cmd_quantize(args) -> int:
     _read_plan(args)
     _require_data(args, "calibration batches")
     check_output_dir(args.out)
-    rounding = _rounding(args)
+    rounding = _rounding(args)  # None: not given, the plan's own (as export)
     model, data, _, groups = _setup(args)
     plan = _plan_of(args, groups)
     chosen = plan_rounding(plan.metadata)  # a plan of an older mixprec: the defaults of its time
     chosen_with = plan.metadata.get("rounding")
     chosen_options = chosen.options() if chosen is not None else {}
-    if chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
-                                                           for k, v in chosen_options.items())):
+    if rounding is None:
+        rounding = chosen or rounding_config("nearest")
+        if rounding.name != "nearest":
+            print(f"note: this plan was chosen with {rounding.name}-rounded weights: applied with {rounding.name} "
+                  "(--rounding nearest applies it by nearest rounding instead)")
+    elif chosen_with and (chosen_with != rounding.name or any(rounding.options().get(k) != v
+                                                             for k, v in chosen_options.items())):
         flags = _switch_flags(chosen)
         print(f"note: this plan was chosen with {chosen_with}-rounded weights (its sensitivities and guard"
               + (f"; options {chosen_options}" if chosen_options else "") + f"); it is applied here with "
@@ -971,10 +976,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help="weight range calibration")
     p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
-    p.add_argument("--rounding", choices=list(ROUNDINGS), default="nearest", help="how weights go onto their "
+    p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="how weights go onto their "
                    "grid: nearest, gptq (column by column with the Hessian of the layer inputs), adaround "
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
-                   "calibration data and resume after an interruption (default nearest)")
+                   "calibration data and resume after an interruption (default: the rounding the plan was chosen "
+                   "with, as export; nearest for --uniform and plans chosen with it)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="gptq: quantize columns by decreasing Hessian diagonal (the default; --no-act-order: in the "
                         "weight's own order, as the paper's reference code by default)")

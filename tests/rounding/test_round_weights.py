@@ -170,6 +170,18 @@ def test_cli_quantize_with_gptq_records_the_rounding(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--rounding", "adaround", "--act-order", "--out", str(tmp_path / "x")]) == 2
     assert "--act-order is an option of --rounding gptq" in capsys.readouterr().err
+    # a plan is applied with the rounding it was chosen with (as export does), unless --rounding says otherwise
+    plan = json.loads((tmp_path / "gptq" / "plan.json").read_text())
+    plan["metadata"].update(rounding="gptq", rounding_options={**DEFAULT, "act_order": False})
+    (tmp_path / "gptq_plan.json").write_text(json.dumps(plan))
+    again = ["quantize", "--model", "demo-cnn", "--plan", str(tmp_path / "gptq_plan.json")]
+    assert main(again + ["--out", str(tmp_path / "again")]) == 0
+    assert "this plan was chosen with gptq-rounded weights: applied with gptq" in capsys.readouterr().out
+    applied = json.loads((tmp_path / "again" / "result.json").read_text())
+    assert applied["rounding"] == "gptq" and applied["rounding_options"] == result["rounding_options"]
+    assert applied["metric"] == result["metric"]  # the same weights as --rounding gptq --no-act-order made
+    assert main(again + ["--rounding", "nearest", "--out", str(tmp_path / "near")]) == 0
+    assert json.loads((tmp_path / "near" / "result.json").read_text())["rounding"] == "nearest"
 
 
 def test_gptq_sees_the_inputs_the_plans_activation_quantizers_make():
