@@ -44,7 +44,15 @@ def test_a_higher_is_better_number_that_improves_as_plans_get_cheaper_is_called_
     mse.reference = {"name": "metric", "value": 0.0076, "higher_is_better": True}
     assert mse.better_when_cheaper()
     mse.reference = {"name": "metric", "value": 0.0095, "higher_is_better": True}
-    assert not mse.better_when_cheaper()  # the float model above the best dear plan: not read as a loss
+    # the float model between the dear plans, which sit on either side of it by noise, and the cheapest plan 8x
+    # "better" than it: a loss (a user's plain-float MSE: 0.1381 cheapest, 0.01299 / 0.01327 dearest, float 0.01341)
+    assert mse.better_when_cheaper()
+    probe = _front([(1, 0.1381), (2, 0.0410), (3, 0.0175), (4, 0.01299), (5, 0.01327)])
+    probe.reference = {"name": "metric", "value": 0.01341, "higher_is_better": True}
+    assert probe.better_when_cheaper()
+    noisy = _front([(1, 70.5), (2, 70.2), (3, 70.0)])  # an accuracy whose cheapest plan is a little above float
+    noisy.reference = {"name": "metric", "value": 70.4, "higher_is_better": True}
+    assert not noisy.better_when_cheaper()  # by less than the plans differ: noise, not a loss
 
 
 def test_pareto_warns_and_the_report_says_so_when_the_evaluation_reads_upside_down(tmp_path):

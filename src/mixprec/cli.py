@@ -1120,7 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
     p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
                    "(default bops)")
-    p.add_argument("--points", type=front_points, default=30)
+    p.add_argument("--points", type=front_points, default=30,
+                   help="evenly spaced budgets the front is solved at (default 30); it is also solved at the cost of "
+                   "every uniform candidate, where mixed and uniform plans are compared, so it can hold more plans "
+                   "(equal plans are merged)")
     p.add_argument("--method", choices=("exact", "lagrangian"), default="exact",
                    help="exact: integer program at each budget (default); lagrangian: the convex-hull plans, "
                    "each optimal at its own cost, in milliseconds")

@@ -3,6 +3,8 @@ and, where they were evaluated, the measured metric of each. ``to_dict``/``from_
 ``pareto.json`` schema that ``mixprec report`` reads (its key ``points`` holds the front's plans)."""
 from __future__ import annotations
 
+import numpy as np
+
 import json
 import os
 from dataclasses import dataclass, field
@@ -128,7 +130,10 @@ class Front:
         """The measurements read as higher-is-better (a plain number from the evaluation function) get better as
         plans get cheaper: the cheapest measured plan scores best and the dearest worst (and the float model, where
         it was measured, no better), with at least three measured; or the cheapest scores best and the float model
-        worst of all (the dearest plans, near the float model, may swap places by noise). Quantization makes a model worse, so the number
+        worst of all (the dearest plans, near the float model, may swap places by noise); or the cheapest scores
+        better than the float model by more than all the other plans differ, and the values fall with cost by rank
+        (Spearman's rho <= -0.7: the dearest plans on either side of the float model by noise). Quantization makes
+        a model worse, so the number
         is most likely a loss or an error rate that the function should return with higher_is_better=False."""
         measured = [p for p in self.plans if p.measured is not None]
         if len(measured) < 3 or not all(p.measured.get("higher_is_better", True) for p in measured):
@@ -139,7 +144,17 @@ class Front:
             return False
         if floor is not None and floor <= min(values):  # the float model worst of all: whatever the dearest plans
             return True  # do among themselves (two near the float model can swap by noise)
-        return values[-1] == min(values) and (floor is None or floor <= values[-1])
+        if values[-1] == min(values) and (floor is None or floor <= values[-1]):
+            return True
+        # the dearest plans, near the float model, on either side of it by noise: the cheapest plan beating the
+        # float model by more than all the other plans differ, and the values falling with cost by rank
+        # (Spearman's rho <= -0.7), tell
+        if floor is None or values[0] - floor <= max(values[1:]) - min(values[1:]):
+            return False
+        ranks = np.argsort(np.argsort(values)).astype(float)
+        n = len(values)
+        rho = 1 - 6 * float(((ranks - np.arange(n)) ** 2).sum()) / (n * (n * n - 1))
+        return rho <= -0.7
 
     def plan(self, index: int) -> "Plan":
         """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its

@@ -579,9 +579,13 @@ def _html(pareto: dict, table: "SensitivityTable", costs: "CostTables | None", s
                 "at that budget with <code>--search local</code>, which measures its moves.</p>")
         above = _front_flags(pareto, "uniform_above_front")
         if above:
+            guarded = any(p.get("guard") for p in pareto.get("plans", []))
+            advice = ("the guard, deciding on the calibration data, kept the mixed plans there, and the evaluation "
+                      "measures otherwise: prefer the uniform plan, or solve at that budget with <code>--search "
+                      "local</code>" if guarded else "prefer the uniform plan (or solve with the guard on)")
             parts.append(f"<p class=\"note\"><b>Above the front:</b> uniform {_e(', '.join(above))} measure(s) better "
-                         "than every plan of the front that costs no more. The mixed plans do not improve on "
-                         "uniform there; prefer the uniform plan (or solve with the guard on).</p>")
+                         f"than every plan of the front that costs no more. The mixed plans do not improve on "
+                         f"uniform there; {advice}.</p>")
 
     parts.append("<h2>Sensitivity heat-map</h2>"
                  f"<p class=\"note\">S[group, candidate] for {len(table.groups)} groups, log10 colour scale; "
