@@ -1358,3 +1358,16 @@ def test_a_float16_input_layer_the_runtime_fuses_into_matmulnbits_is_said_and_a_
         levels = [a.i for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "MatMulNBits"
                   for a in n.attribute if a.name == "accuracy_level"]
         assert levels and set(levels) == {0}
+
+
+def test_a_file_far_larger_than_the_plans_bytes_says_why(tmp_path):
+    # 4-bit weight-only conv codes are stored (and read by the kernels) as int8: the file is not the plan's bytes
+    import mixprec
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    solved = mixprec.analyze(model, data, "w4,w8", progress=False).solve("bytes=w4", guard=False)
+    result = export(model, solved, data, out=tmp_path / "x.onnx", progress=False)
+    planned = solved.metadata["predicted_costs"]["bytes"]
+    said = [n for n in result.notes if n.startswith("the file holds")]
+    assert result.size_bytes > 1.25 * planned and len(said) == 1
+    assert f"{result.size_bytes:,} bytes, {result.size_bytes / planned:.2f}x the plan's bytes cost" in said[0]
+    assert "keep their codes in 8-bit storage" in said[0]

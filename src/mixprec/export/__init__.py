@@ -35,6 +35,7 @@ from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
 from ..evaluation import EvalResult, to_eval_result
+from ..formats import IntFormat
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..swap import QuantizedLayer, set_module
@@ -225,6 +226,7 @@ def _first_input(data: Iterable | None, example: Any) -> Any:
 
 
 DECODERS = ("fused", "traced")
+OVER_PLANNED = 1.25  # a file this much larger than the plan's bytes cost: a note says why
 
 
 def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: str = "ort-cpu",
@@ -376,6 +378,16 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
         notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")
+    planned = (plan.metadata.get("predicted_costs") or {}).get("bytes")
+    if isinstance(planned, (int, float)) and planned > 0 and result.size_bytes > OVER_PLANNED * planned:
+        wider = [name for name, r in realisations.items() if r.weight_bits
+                 and isinstance(candidates[name].weight, IntFormat) and candidates[name].weight.bits < r.weight_bits]
+        notes.append(f"the file holds {result.size_bytes:,} bytes, {result.size_bytes / planned:.2f}x the plan's bytes "
+                     f"cost ({planned:,.0f})"
+                     + (f": {len(wider)} layer(s) (e.g. {wider[0]}) keep their codes in {realisations[wider[0]].weight_bits}-bit "
+                        "storage, which the runtime's kernels read, and the graph adds its own structure (names, shapes, "
+                        "nodes)" if wider else ": the graph adds its own structure (names, shapes, nodes), which "
+                        "weighs most beside a small model's weights"))
     refit = [r for r in rows if r.get("bias_refit_channels")]
     if refit:
         notes.append(f"{sum(r['bias_refit_channels'] for r in refit)} channel(s) of {len(refit)} layer(s) (e.g. "
