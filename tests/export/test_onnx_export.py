@@ -953,9 +953,11 @@ def test_a_data_parallel_model_exports_as_the_module_it_wraps(tmp_path):
     wrapped = nn.DataParallel(model)  # torch's exporter refuses the wrapper itself
     p = plan(wrapped, data, {"up": W8, "down": "w4a8"})
     assert set(p.assignments) == {"up", "down", "head"}
+    # with one GPU, nn.DataParallel moves the model onto it: the model is traced there, with its input
     result = export(wrapped, p, data, out=tmp_path / "dp.onnx", progress=False)
     simulated = apply(wrapped, p, data, progress=False)
-    assert torch.allclose(OrtModule(result.path)(data[0]), simulated(data[0]), atol=1e-4)
+    place = next(simulated.parameters()).device
+    assert torch.allclose(OrtModule(result.path)(data[0]), simulated(data[0].to(place)).cpu(), atol=1e-4)
 
 
 def test_several_outputs_come_back_in_the_structure_the_model_returned(tmp_path):

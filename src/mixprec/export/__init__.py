@@ -30,7 +30,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..canonical import canonical
-from ..batches import as_batches, output_tensor, run_model, split_item
+from ..batches import as_batches, output_tensor, run_model, split_item, to_device
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
@@ -295,6 +295,16 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
 
     batches = as_batches(data, model)
     notes: list[str] = []
+    from ..streaming import device_of
+    place = device_of(model)
+    if place.type != "cpu":  # ONNX Runtime CPU runs the file: traced, calibrated and compared on a CPU copy
+        import copy
+        model = copy.deepcopy(model).cpu()
+        quantized = None if quantized is None else copy.deepcopy(quantized).cpu()
+        batches = None if batches is None else [to_device(item, "cpu") for item in batches]
+        example_input = None if example_input is None else to_device(example_input, "cpu")
+        modules = plan.model_layers(model)  # the copy's layers
+        notes.append(f"the model is on {place}: it was exported, and compared with the file, from a copy on the CPU")
     labels = _label_keys(model, _first_input(batches, example_input) if batches or example_input is not None else None)
     if labels:  # traced, calibrated and exported without them: the file predicts
         batches = None if batches is None else [_drop(item, labels) for item in batches]
