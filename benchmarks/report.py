@@ -193,10 +193,12 @@ def ratio1_lines(reports: list[dict]) -> list[str]:
 def nncf_section() -> list[str]:
     """benchmarks/nncf_compare.py: NNCF's compress_weights against mixprec at equal bits per weight."""
     from nncf_compare import markdown as nncf_markdown
-    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("nncf_*.json"))]
+    reports = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("nncf_*.json"))
+               if not p.stem.startswith("nncf_codes_")]
     if not reports:
         return []
     lines = [line for r in reports for line in nncf_markdown(r).splitlines()]
+    lines += nncf_codes_section()
     lines += ["", "| comparison | mixprec at least as good | where it loses |", "|---|---|---|"]
     for r in reports:
         rows = [row for row in r["rows"] if "mixprec_at_least_as_good" in row]
@@ -355,6 +357,31 @@ def _nncf_targets() -> list[str]:
     return lines + _nncf_combined()
 
 
+def nncf_codes_section() -> list[str]:
+    """benchmarks/nncf_codes.py: NNCF at ratio 1.0 against mixprec's uniform plan of the same formats."""
+    from nncf_codes import markdown as codes_markdown
+    return [line for p in sorted(RESULTS.glob("nncf_codes_*.json"))
+            for line in ["", *codes_markdown(json.loads(p.read_text())).splitlines()]]
+
+
+def _ratio1_codes(label: str) -> str:
+    """For a configuration at ratio 1.0, what nncf_codes_smollm2 measured of it (same codes, and the perplexity
+    of mixprec's plan with NNCF's dequantized weights), else ""."""
+    path = RESULTS / "nncf_codes_smollm2.json"
+    if "ratio 1.0" not in label or not path.is_file():
+        return ""
+    codes = json.loads(path.read_text())
+    mode, group = label.split()[:2]
+    row = next((x for x in codes["rows"] if x["mode"].lower() == mode and f"g{x['group_size']}" == group), None)
+    if row is None:
+        return ""
+    four = row["formats"][row["candidate"]]
+    same = "the same 4-bit codes" if four["codes_differing"] == 0 else f"{four['codes_differing']:,} 4-bit codes differing"
+    return (f" (at ratio 1.0 both are uniform plans, with {same} (`nncf_codes_smollm2`): measured there, "
+            f"{row['mixprec']:.3f} against NNCF's {row['nncf']:.3f}, and {row['mixprec_nncf_4bit']:.3f} with the "
+            "4-bit layers dequantized as NNCF does, in float16)")
+
+
 def _nncf_misses(rows: list[dict]) -> str:
     """By how much mixprec's default plan missed, per NNCF configuration it lost (the data-free and data-aware rows
     of one configuration, often the same figures, once)."""
@@ -366,7 +393,7 @@ def _nncf_misses(rows: list[dict]) -> str:
     if not missed or len(missed) > 4:
         return ""
     said = [f"{' and '.join(sorted(set(labels)))} {ours:.3f} against NNCF's {theirs:.3f} ({100 * (ours / theirs - 1):+.2f} %)"
-            for (ours, theirs), labels in missed.items()]
+            f"{_ratio1_codes(labels[0])}" for (ours, theirs), labels in missed.items()]
     return "; missed: " + "; ".join(said)
 
 

@@ -110,6 +110,11 @@ def test_cli_rounding_is_part_of_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan), "--calibration-samples", "64",
                  "--out", str(tmp_path / "q")]) == 0
+    # applied with the rounding it was chosen with, as export does, and the user is told how to choose otherwise
+    assert "chosen with gptq-rounded weights: applied with gptq" in capsys.readouterr().out
+    assert json.loads((tmp_path / "q" / "result.json").read_text())["rounding"] == "gptq"
+    assert main(["quantize", "--model", "demo-cnn", "--plan", str(plan), "--calibration-samples", "64",
+                 "--rounding", "nearest", "--out", str(tmp_path / "n")]) == 0
     assert "add --rounding gptq" in capsys.readouterr().out  # applied with nearest: the user is told
 
 
