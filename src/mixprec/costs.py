@@ -126,7 +126,7 @@ class CostTables:
             bad = np.argwhere(~np.isnan(table) & ~(np.isfinite(table) & (table >= 0)))
             if len(bad):
                 g, c = bad[0]
-                raise ValueError(f"{kind} of group {groups[g]!r} at {candidates[c]} is {table[g, c]!r}: a cost is a "
+                raise ValueError(f"{kind} of group {groups[g]!r} at {candidates[c]} is {float(table[g, c])!r}: a cost is a "
                                  "finite number >= 0")
         for kind, value in fixed.items():
             if not (math.isfinite(value) and value >= 0):
