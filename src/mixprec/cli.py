@@ -1326,8 +1326,8 @@ def _after_interrupt(args) -> str:
         if not run.exists:
             return "; nothing was measured yet: run the same command again"
         if not logged:
-            return (f"; no entry was measured yet (what precedes them, such as Hessian traces, is computed again): "
-                    f"{_resume_command(args.out)} starts over in the same run")
+            return (f"; no entry was measured yet: {_resume_command(args.out)} continues (the hessian metric's "
+                    "traces from the last calibration batch they finished)")
         return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept: {_resume_command(args.out)} "
                 "continues")
     rounding = getattr(args, "rounding", None)

@@ -213,3 +213,36 @@ def test_a_regression_output_is_refused_with_what_to_use_instead(metric, labelle
         first = items[0][0] if labelled else items[0]
         with pytest.raises(MixprecError, match="a regression.*use sqnr"):
             analyze(net, discover_groups(net, first), parse_candidates("w4a8"), items, metric=metric, progress=False)
+
+
+def test_hessian_traces_interrupted_resume_where_they_stopped_and_give_the_same_table(tmp_path, monkeypatch):
+    # Ctrl-C during the traces kept nothing: every resume started them again (hours on a large model)
+    from mixprec.sensitivity import gradients
+    from mixprec.sensitivity.hessian import TRACES
+    model, groups, cands = setup()
+    items = data(4)
+    config = Hessian(samples=3)
+    whole = analyze(model, groups, cands, items, metric=config, progress=False)
+    forward, calls = gradients.forward, []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+    monkeypatch.setattr(gradients, "forward", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(model, groups, cands, items, metric=config, run_dir=tmp_path, progress=False)
+    saved = torch.load(tmp_path / TRACES, weights_only=True)
+    assert saved["next_batch"] == 2  # two batches kept, the third lost
+    calls.clear()
+    monkeypatch.setattr(gradients, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    resumed = analyze(model, groups, cands, items, metric=config, run_dir=tmp_path, progress=False)
+    assert len(calls) == 2  # only the batches not done
+    np.testing.assert_allclose(resumed.values, whole.values, rtol=1e-6, atol=0)
+    from mixprec.sensitivity.hessian import _load_traces
+    key = {"samples": 3, "seed": config.seed, "batches": 4}
+    assert _load_traces(tmp_path / TRACES, key)["next_batch"] == 4  # kept: a Ctrl-C among the entries loses none
+    assert _load_traces(tmp_path / TRACES, {**key, "samples": 5}) is None  # other settings: measured again
+    (tmp_path / TRACES).write_bytes(b"torn")
+    assert _load_traces(tmp_path / TRACES, key) is None  # damaged: measured again, from the start

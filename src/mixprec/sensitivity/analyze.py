@@ -94,6 +94,7 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():
         if run is not None:
             run.claim(fingerprint, arguments, rank)
+            ctx.checkpoint = run.path if world == 1 else None  # the run's fingerprint vouches for what it holds
             done = run.entries(config.minimum)
             if run.rejected and progress:
                 print(f"note: {run.rejected} line(s) of {run.path}/entries.rank*.jsonl are not valid entries (torn "

@@ -16,6 +16,8 @@ weights shared by two layers get nearest rounding, as in round_weights.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import copy
 import sys
 from dataclasses import dataclass, field
@@ -49,6 +51,9 @@ class MeasureContext:
     points: dict[str, dict[str, str]] | None = None  # multipoint candidate -> layer -> points per channel
     on_batch: Callable[[float], None] | None = field(default=None, repr=False)  # progress: fraction of a chunk done
     rounding: RoundingConfig | None = None  # a layer-wise rounding the measured weights get (None: nearest)
+    # where a metric keeps the state it builds before its entries (Hessian traces), to resume after an interruption:
+    # the run directory (one process), else None
+    checkpoint: Path | None = None
     _observers: dict[str, ActivationQuantizer] | None = field(default=None, repr=False)
     _weights: dict[tuple[str, Format | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
     # input quantizers calibrated on the float inputs, per (layer, format): the same for every batch and fork

@@ -23,8 +23,10 @@ block (G times the cost), reduce it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from ..atomic import save_torch_atomic
 from ..progress import tqdm
 
 from . import Metric, gradients
@@ -39,6 +41,27 @@ def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (2 * v - 1).to(like.dtype)
 
 
+TRACES = "hessian_traces.pt"  # in the run directory: the traces so far, resumed after an interruption
+
+
+def _load_traces(path: Path | None, key: dict) -> dict | None:
+    """The traces an interrupted analysis saved (tensors and plain values only: weights_only), if they were made
+    with the same samples, seed and number of batches; None otherwise (measured again)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+        if any(saved.get(k) != v for k, v in key.items()) or not 0 <= int(saved["next_batch"]) <= key["batches"]:
+            return None
+        saved["input_term"] = {tuple(k.split("\t", 1)): float(v) for k, v in saved["input_term"].items()}
+        saved["weight_trace"] = {str(k): float(v) for k, v in saved["weight_trace"].items()}
+        if not isinstance(saved["generator"], torch.Tensor) or any(len(k) != 2 for k in saved["input_term"]):
+            return None
+        return saved
+    except Exception:  # torn, edited or of an older layout: the traces are measured again
+        return None
+
+
 def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
     """Hutchinson's estimate with ``samples`` Rademacher vectors per batch (see the module docstring)."""
     capture = bool(gradients.activation_formats(ctx))
@@ -46,12 +69,23 @@ def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
     weight_trace: dict[str, float] = {}
     input_term: dict[tuple[str, object], float] = {}
     rows = 0
+    key = {"samples": samples, "seed": seed, "batches": len(ctx.data)}
+    path = None if ctx.checkpoint is None else Path(ctx.checkpoint) / TRACES
+    first, saved = 0, _load_traces(path, key)
     with gradients.differentiable_weights(ctx, "hessian") as weights, \
             tqdm(total=len(ctx.data) * samples, desc="hessian traces", unit="hvp", disable=not ctx.progress) as bar:
         quantizers = gradients.input_quantizers(ctx)
+        if saved is not None:  # an interrupted analysis: its traces so far, and the generator where it stood
+            formats = {(name, str(fmt)): (name, fmt) for name, qs in quantizers.items() for fmt in qs}
+            if all(k in formats for k in saved["input_term"]) and set(saved["weight_trace"]) <= set(weights):
+                first, rows = saved["next_batch"], saved["rows"]
+                weight_trace = dict(saved["weight_trace"])
+                input_term = {formats[k]: v for k, v in saved["input_term"].items()}
+                generator.set_state(saved["generator"].to(generator.get_state().device))
+                bar.update(first * samples)
         unique = list({id(w): w for w in weights.values()}.values())  # a tied weight is one variable
         slot = {name: next(i for i, u in enumerate(unique) if u is w) for name, w in weights.items()}
-        for b in range(len(ctx.data)):
+        for b in range(first, len(ctx.data)):
             out, captured = gradients.forward(ctx, b, "hessian", capture)
             loss, n = gradients.loss(out, ctx.labels(b) if ctx.has_labels else None, "hessian")
             rows += n
@@ -76,6 +110,10 @@ def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
                         noise = float((q(x).float() - x.float()).pow(2).sum())
                     input_term[(name, fmt)] = input_term.get((name, fmt), 0.0) + t / x.numel() * noise
             del grads, out, loss, captured
+            if path is not None:  # after every batch: an interruption loses at most the batch in progress
+                save_torch_atomic({**key, "next_batch": b + 1, "rows": rows, "weight_trace": weight_trace,
+                                   "input_term": {f"{name}\t{fmt}": v for (name, fmt), v in input_term.items()},
+                                   "generator": generator.get_state().cpu()}, path)
     rows = max(rows, 1)
     weight_avg = {name: weight_trace.get(name, 0.0) / rows / w.numel() for name, w in weights.items()}
     return weight_avg, {key: v / rows for key, v in input_term.items()}
