@@ -216,6 +216,8 @@ class Analysis:
             if kind in tables or kind in customs:
                 raise SpecError(f"cost kind {kind!r} already exists; name the custom table differently")
             customs[kind] = load_cost_csv(file, self.groups, table.candidates) + (file,)
+        bases = {kind: base for kind, (_, _, *source) in customs.items() if source
+                 for base in [_measured_float(source[0])] if base is not None}
         notes = []
         for kind, (custom, constant, *source) in customs.items():
             missing = np.isnan(custom) & allowed
@@ -242,7 +244,7 @@ class Analysis:
                                 f"{by_target[0]}")
             raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
         return AllocationProblem(tuple(table.groups), tuple(table.candidates), table.values, tables, fixed, allowed,
-                                 dict(self.pins), table.metric, tuple(notes))
+                                 dict(self.pins), table.metric, tuple(notes), bases)
 
     def budgets(self, budget: str | dict[str, Any], problem: AllocationProblem) -> dict[str, float]:
         """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""
@@ -1036,6 +1038,18 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 # how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
 # differs from the float model's; sqnr's the noise-to-signal ratio)
 SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR", "mse": "MSE against the targets"}
+
+
+def _measured_float(csv_file: str) -> float | None:
+    """The float model's measured latency in the profile JSON `mixprec profile` writes beside a cost CSV (the base of
+    ``latency_ms=0.8x``), or None where there is none."""
+    import json
+    path = Path(csv_file).with_suffix(".json")
+    try:
+        value = json.loads(path.read_text()).get("float_model_ms")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
 def _check_search_options(search: str, options: dict) -> None:

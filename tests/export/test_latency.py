@@ -279,9 +279,11 @@ def test_a_table_whose_move_margins_add_up_far_above_a_measured_uniform_plan_say
                              moves=[{"group": "a", "candidate": "w8", "change_ms": 0.2, "se_ms": 0.6,
                                      "entered_ms": 1.4}])
     notes = profile.notes()
-    assert len(notes) == 1 and "uniform w8 2.5 ms in the table, 1.2 ms measured" in notes[0]
+    assert len(notes) == 1 and "the table predicts uniform w8 at 2.5 ms, measured whole 1.2 ms" in notes[0]
     assert "uniform w4g64" not in notes[0] and "more --repeats" in notes[0]
     profile.whole["w8"]["measured_ms"] = 2.4  # within 25 %: nothing to say
     assert profile.notes() == []
+    profile.whole["w8"]["measured_ms"] = 3.5  # far below what it measures: far from the base, moves do not add up
+    assert len(profile.notes()) == 1 and "measure slower than the table says" in profile.notes()[0]
     profile.whole["w8"]["measured_ms"], profile.moves = 1.2, []  # not around a base: the sum is an estimate anyway
     assert profile.notes() == []

@@ -218,3 +218,24 @@ def test_a_bad_search_option_is_refused_before_anything_is_measured(run, tmp_pat
     assert main(["solve", str(run), *option, "--out", str(tmp_path / "plan.json")]) == 2
     err = capsys.readouterr().err
     assert ("--max-drop" if any("max-drop" in o for o in option) else "--time-budget") in err
+
+
+def test_a_latency_fraction_is_of_the_float_model_the_profile_measured(tmp_path):
+    # an --around table can predict the float plan far from what the float model measured: 0.99x was 65 % of it
+    from mixprec import Analysis
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,fp32", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    groups = json.loads((run / "sensitivity.json").read_text())["groups"]
+    table = tmp_path / "lat.csv"
+    rows = ["group,candidate,latency_ms"] + [f"{g},w4a8,1.0" for g in groups] + [f"{g},fp32,2.0" for g in groups]
+    table.write_text("\n".join(rows) + "\n")
+    analysis = Analysis.load(run)
+    problem = analysis.problem(cost_files=[f"latency_ms={table}"])
+    assert analysis.budgets("latency_ms=0.5x", problem)["latency_ms"] == pytest.approx(len(groups))  # the table's
+    (tmp_path / "lat.json").write_text(json.dumps({"float_model_ms": 12.0}))  # what profile wrote beside it
+    problem = analysis.problem(cost_files=[f"latency_ms={table}"])
+    assert analysis.budgets("latency_ms=0.5x", problem)["latency_ms"] == pytest.approx(6.0)  # the measured one's
+    (tmp_path / "lat.json").write_text("not json")
+    problem = analysis.problem(cost_files=[f"latency_ms={table}"])
+    assert analysis.budgets("latency_ms=0.5x", problem)["latency_ms"] == pytest.approx(len(groups))

@@ -92,22 +92,31 @@ class LatencyProfile:
         return self.rest_ms + sum(self.layers[layer][cand] for layer, cand in assignments.items())
 
     def notes(self) -> list[str]:
-        """What the user should know about the table before solving with it: around a base, where the moves'
-        entries (each an upper end: its change + MOVE_SE standard errors) add up to far more than a uniform
-        plan measures whole, the timings are noisy against the moves' size, and a latency budget near what
-        that plan measures is out of reach."""
+        """What the user should know about the table before solving with it: around a base, a uniform plan the
+        table predicts 1.25x above or below what it measures whole. Above: each move is entered at its change +
+        MOVE_SE standard errors, and the margins add up (timings noisy against the moves' size), so budgets near
+        that plan's measured latency are out of reach. Below (far from the base, where single moves do not add
+        up): plans there measure slower than predicted. Fractions (``latency_ms=0.8x``) are of the measured float
+        model either way."""
         if not self.moves:
             return []
-        over = {cand: w for cand, w in self.whole.items()
-                if w.get("measured_ms", 0) > 0 and w["predicted_ms"] > OVER_PREDICTED * w["measured_ms"]}
-        if not over:
-            return []
-        said = ", ".join(f"uniform {c} {w['predicted_ms']:.3g} ms in the table, {w['measured_ms']:.3g} ms measured"
-                         for c, w in over.items())
-        return [f"the table predicts {said}: each move is entered at its change + {MOVE_SE:g} standard errors (a "
-                "budget is a constraint), and here those margins add up (the timings are noisy against what a move "
-                "changes, as in a small model), so budgets near these plans' measured latency are out of reach; "
-                "more --repeats narrow the margins, or profile without --around"]
+        notes = []
+        for cand, w in self.whole.items():
+            measured, predicted = w.get("measured_ms", 0), w["predicted_ms"]
+            if not measured > 0:
+                continue
+            said = f"the table predicts uniform {cand} at {predicted:.3g} ms, measured whole {measured:.3g} ms"
+            if predicted > OVER_PREDICTED * measured:
+                notes.append(f"{said}: each move is entered at its change + {MOVE_SE:g} standard errors (a budget is a "
+                             "constraint), and here those margins add up (the timings are noisy against what a move "
+                             "changes, as in a small model), so budgets near this plan's measured latency are out of "
+                             "reach; more --repeats narrow the margins, or profile without --around")
+            elif predicted * OVER_PREDICTED < measured:
+                notes.append(f"{said}: moves timed one at a time around the base do not add up "
+                             "this far from it (the graph's boundaries change), so plans near this one measure "
+                             "slower than the table says; export and time them, or profile around a candidate "
+                             "nearer the budgets you solve for")
+        return notes
 
     def write_csv(self, path: str | Path) -> Path:
         """``layer,candidate,latency_ms`` rows and the ``*`` row (the rest of the model), every value written in

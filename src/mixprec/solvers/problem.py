@@ -133,6 +133,8 @@ class AllocationProblem:
     pins: dict[str, str] = field(default_factory=dict)  # group -> its one candidate
     metric: str = "sensitivity"
     notes: tuple[str, ...] = ()  # what the caller should know (e.g. entries a custom cost table lacks)
+    # kind -> the measured cost fractions of it are of (a latency profile's float model), where the table has one
+    bases: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         shape = (len(self.groups), len(self.candidates))
@@ -188,9 +190,12 @@ class AllocationProblem:
 
     def highest_cost(self, kind: str) -> float:
         """The base of fractional budgets such as 0.5x: the cost of the most expensive allowed plan in bytes, BOPs
-        and bits per weight; in a measured table (latency_ms, ...) the cost of the highest-precision plan, every
+        and bits per weight; in a measured table (latency_ms, ...) the float model's measured cost where the table
+        brings it (``bases``: a latency profile's float model), else the cost of the highest-precision plan, every
         group on its candidate of most bytes (the float model's latency, not the slowest plan's: a quantized
         kernel can be slower than the float one)."""
+        if kind in self.bases:  # measured: what the table predicts of the float plan can be far from it
+            return self.bases[kind]
         if kind in STANDARD_KINDS or "bytes" not in self.costs:
             return max_costs({kind: self.costs[kind]}, self.fixed, self.allowed)[kind]
         return self.cost(kind, self.highest("bytes"))
