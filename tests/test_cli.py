@@ -143,6 +143,9 @@ def test_report_names_the_run_a_moved_front_points_to(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(front)]) != 0
     assert f"names the run {str(run)!r}: give --run DIR where that run is now" in capsys.readouterr().err
+    # the plan is pareto.json's own: written although the report cannot be
+    assert main(["report", str(front), "--select", "0", "--write-plan", str(tmp_path / "p.json")]) != 0
+    assert (tmp_path / "p.json").is_file() and "wrote" in capsys.readouterr().out
     assert main(["report", str(front), "--run", str(tmp_path / "moved")]) == 0
 
 
@@ -395,3 +398,26 @@ def test_the_quantize_hint_repeats_the_runs_tie_exclude_and_pin_options(tmp_path
     assert "--exclude fc" in hint
     out = tmp_path / "q"
     assert main(hint.replace("DIR", str(out)).split()[1:] + ["--calibration-samples", "64"]) == 0
+
+
+def test_a_front_keeps_its_cost_table_by_an_absolute_path_for_report_run_elsewhere(tmp_path, monkeypatch, capsys):
+    import json
+    from mixprec.cli import main
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["analyze", "--model", "demo-cnn", "--calibration-samples", "32", "--candidates", "w4a8,w8a8",
+                 "--out", "run"]) == 0
+    groups = json.loads((work / "run" / "sensitivity.json").read_text())["groups"]
+    rows = ["group,candidate,latency_ms"] + [f"{g},{c},{t}" for g in groups for c, t in (("w4a8", 1.0), ("w8a8", 2.0))]
+    (work / "lat.csv").write_text("\n".join(rows) + "\n")
+    assert main(["pareto", "run", "--budget-kind", "latency_ms", "--cost", "latency_ms=lat.csv", "--points", "3",
+                 "--no-guard", "--out", "front"]) == 0
+    recorded = json.loads((work / "front" / "pareto.json").read_text())["cost_files"]
+    assert recorded == [f"latency_ms={work / 'lat.csv'}"]
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", str(work / "front")]) == 0
+    (work / "lat.csv").unlink()
+    capsys.readouterr()
+    assert main(["report", str(work / "front")]) == 2
+    assert "pareto.json names the cost table(s)" in capsys.readouterr().err

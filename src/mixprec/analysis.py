@@ -781,7 +781,8 @@ class Analysis:
             for item in tqdm([*plans, *uniform.values()], desc="evaluating plans", unit="plan", disable=not progress):
                 item.measured = evaluator.measure(item.assignments).to_dict()
         front = Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
-                      self.model_name, str(self.run.path.resolve()) if self.run else None, list(cost_files),
+                      self.model_name, str(self.run.path.resolve()) if self.run else None,
+                      [_absolute_cost_file(item) for item in cost_files],  # report reads them from anywhere
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
                       solve_s, {**({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
                                 **rounding_metadata(rounding)})
@@ -794,7 +795,13 @@ class Analysis:
     def report(self, front: Front, out_dir: str | Path, select: int | None = None) -> Path:
         """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``."""
         from .report import write_report
-        problem = self.problem(front.candidates, front.cost_files)
+        try:
+            problem = self.problem(front.candidates, front.cost_files)
+        except SpecError as exc:
+            if not front.cost_files:
+                raise
+            raise SpecError(f"{exc} (pareto.json names the cost table(s) {front.cost_files}, as pareto read them: "
+                            "put them back there)") from exc
         costs = CostTables(problem.groups, problem.candidates, problem.costs, problem.fixed)
         return write_report(Path(out_dir), front.to_dict(), self.table, costs, select=select)
 
@@ -1038,6 +1045,12 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
 # how the guard's reasons name the divergences: what each figure is (agreement's is the share of samples whose top-1
 # differs from the float model's; sqnr's the noise-to-signal ratio)
 SHOWN = {"agreement": "disagreement", "sqnr": "1/SQNR", "mse": "MSE against the targets"}
+
+
+def _absolute_cost_file(item: str) -> str:
+    """``KIND=FILE`` with FILE made absolute, as a front records it (report may run from another directory)."""
+    kind, sep, file = item.partition("=")
+    return f"{kind}={Path(file).resolve()}" if sep and file else item
 
 
 def _measured_float(csv_file: str) -> float | None:

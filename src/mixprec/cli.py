@@ -561,7 +561,11 @@ def cmd_pareto(args) -> int:
                             cost_files=args.cost, device=args.device, rounding=_rounding(args),
                             guard=not args.no_guard, guard_divergence=args.guard_divergence,
                             guard_margin=args.guard_margin)
-    print(f"{len(front.plans)} non-dominated plans ({args.method}) in {front.solve_seconds:.2f} s")
+    counts = front.extra.get("guard_replaced") or {}
+    print(f"{len(front.plans)} {'front' if counts.get('replaced') else 'non-dominated'} plans ({args.method}) in "
+          f"{front.solve_seconds:.2f} s" + ("; the uniform plans the guard put in measured better on the calibration "
+                                            "data, and may predict more damage than a cheaper plan"
+                                            if counts.get("replaced") else ""))
     if len(front.plans) < args.points:
         print(f"note: {args.points} budgets gave {len(front.plans)} distinct plans: budgets between two steps of the "
               "costs give the same plan, and a plan no better than a cheaper one is dropped (more candidates, or "
@@ -577,11 +581,11 @@ def cmd_pareto(args) -> int:
              *([f"{p.measured['value']:.4g}"] if reference else []),
              ",".join(sorted(set(p.assignments.values())))) for p in front.plans])
     guarded = [p.search.split("guard: ")[1] for p in front.plans if p.search and "guard: " in p.search]
-    counts = front.extra.get("guard_replaced") or {}
-    if guarded:
-        solved, replaced = counts.get("solved", len(front.plans)), counts.get("replaced", len(guarded))
+    solved, replaced = counts.get("solved", len(front.plans)), counts.get("replaced", len(guarded))
+    if replaced:  # said even where every replacement merged into another front plan
         print(f"guard: {replaced} of the {solved} plans solved measured no better than a uniform plan within their "
-              f"cost on the calibration data and were replaced by it ({'; '.join(sorted(set(guarded)))})"
+              f"cost on the calibration data and were replaced by it"
+              + (f" ({'; '.join(sorted(set(guarded)))})" if guarded else "")
               + (f"; equal plans merged, {len(front.plans)} front plans remain" if solved != len(front.plans) else ""))
     inverted = front.better_when_cheaper()  # an inverted metric is said instead of the notes it would upset
     for cand in ([] if inverted else front.uniform_above_front()):
@@ -602,6 +606,16 @@ def cmd_report(args) -> int:
     front = Front.load(args.pareto)
     path = Path(args.pareto)
     check_output_dir(path if path.is_dir() else path.parent, "report directory")
+    if args.select is not None and not 0 <= args.select < len(front.plans):  # checked before anything is written
+        raise SpecError(f"--select {args.select} is out of range: the front has {len(front.plans)} points, 0 (the "
+                        f"cheapest) to {len(front.plans) - 1}")
+    if args.write_plan:  # pareto.json holds the plan: written whether or not the run is still there
+        if args.select is None:
+            raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
+        plan = front.plan(args.select)
+        plan.save(args.write_plan)
+        print(f"wrote {args.write_plan}: front point {args.select}, {front.kind} "
+              f"{plan.metadata['predicted_costs'][front.kind]:.6g} (use it with quantize or export --plan)")
     try:
         analysis = Analysis.load(args.run or front.run or "")
     except SpecError as exc:
@@ -609,16 +623,6 @@ def cmd_report(args) -> int:
             raise
         raise SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where that run is now"
                         ) from exc
-    if args.select is not None and not 0 <= args.select < len(front.plans):  # checked before anything is written
-        raise SpecError(f"--select {args.select} is out of range: the front has {len(front.plans)} points, 0 (the "
-                        f"cheapest) to {len(front.plans) - 1}")
-    if args.write_plan:
-        if args.select is None:
-            raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
-        plan = front.plan(args.select)
-        plan.save(args.write_plan)
-        print(f"wrote {args.write_plan}: front point {args.select}, {front.kind} "
-              f"{plan.metadata['predicted_costs'][front.kind]:.6g} (use it with quantize or export --plan)")
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
