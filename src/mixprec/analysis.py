@@ -737,7 +737,9 @@ class Analysis:
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
         if kind not in problem.costs:
-            raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}")
+            from .budgets import unknown_kind_hint
+            raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}"
+                            + unknown_kind_hint(kind, list(problem.costs)))
         if n_plans < 2:
             raise SpecError(f"n_plans (--points) must be at least 2, the cheapest and the most expensive plan, got "
                             f"{n_plans}; for one plan at one budget, solve")

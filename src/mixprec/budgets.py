@@ -25,6 +25,16 @@ _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**
 _NUMBER = re.compile(r"^([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*(ki|mi|gi|ti|k|m|g|t)?b?$", re.IGNORECASE)
 
 
+def unknown_kind_hint(kind: str, known: list[str]) -> str:
+    """A misspelt kind: the one meant; another name: a custom cost table brings it (--cost KIND=FILE.csv)."""
+    import difflib
+    close = difflib.get_close_matches(kind, known, n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return (f"; a measured cost such as {kind} comes with its table: --cost {kind}=FILE.csv (mixprec profile writes "
+            "a latency one)")
+
+
 def parse_budgets(text: str, kinds: list[str], uniform_cost: Callable[[str, str], float],
                   highest_cost: Callable[[str], float]) -> dict[str, float]:
     """``uniform_cost(kind, candidate)`` and ``highest_cost(kind)`` resolve the relative forms."""
@@ -39,7 +49,8 @@ def parse_budgets(text: str, kinds: list[str], uniform_cost: Callable[[str, str]
         if kind not in kinds:
             also = [f"{a} = {k}" for a, k in ALIASES.items() if k in kinds]
             raise MixprecError(f"unknown budget kind {kind!r}; kinds here: {', '.join(kinds)}"
-                               + (f" (also {', '.join(also)})" if also else ""))
+                               + (f" (also {', '.join(also)})" if also else "")
+                               + unknown_kind_hint(kind, [*kinds, *ALIASES]))
         if kind in budgets:
             raise MixprecError(f"budget kind {kind!r} given twice")
         budgets[kind] = _value(kind, value, uniform_cost, highest_cost)

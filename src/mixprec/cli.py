@@ -853,6 +853,11 @@ def _gguf_tokenizer(model_spec: str, folder: Path | None) -> tuple[Any, str | No
 def cmd_profile(args) -> int:
     from .export.latency import MOVE_SE, move_counts, profile, save_profile
     _require_data(args, "each layer is timed on the input it sees on the first calibration batch")
+    if args.method == "layers" and args.checks != 2:  # options the chosen method would ignore
+        raise SpecError("--checks is an option of --method graph (random plans timed against its table)")
+    if args.method == "graph" and args.no_whole:
+        raise SpecError("--no-whole is an option of --method layers; --method graph times the whole model at every "
+                        "uniform candidate, which its table is made of")
     if not str(args.out).endswith(".csv"):
         raise SpecError(f"--out must name a .csv file (the cost table solve --cost latency_ms=FILE reads), got {args.out}")
     check_output_file(args.out)

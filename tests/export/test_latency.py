@@ -226,8 +226,16 @@ def test_around_needs_a_candidate_of_the_profile(demo):
     model, data = demo
     with pytest.raises(mixprec.errors.MixprecError, match="not among the candidates"):
         profile(model, data, "w8a8", around="w4a8", progress=False)
-    with pytest.raises(mixprec.errors.MixprecError, match="method='graph'"):
+    with pytest.raises(mixprec.errors.MixprecError, match=r"method='graph' \(--method graph\)"):
         profile(model, data, "w8a8", around="w8a8", method="layers", progress=False)
+
+
+@pytest.mark.parametrize("options, said", [(["--method", "layers", "--checks", "5"], "--checks is an option of --method graph"),
+                                           (["--no-whole"], "--no-whole is an option of --method layers")])
+def test_profile_refuses_an_option_its_method_would_ignore(tmp_path, capsys, options, said):
+    assert main(["profile", "--model", "demo-cnn", "--candidates", "w8a8", "--target", "ort-cpu", *options,
+                 "--out", str(tmp_path / "lat.csv")]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "lat.csv").exists()
 
 
 def tiny_lm():

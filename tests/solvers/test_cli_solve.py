@@ -15,6 +15,7 @@ def test_budget_syntax():
     assert parse("bops=1.2G") == {"bops": 1.2e9}
     assert parse("bops=w4a8,bytes=0.5x") == {"bops": 100.0, "bytes": 500.0}
     for bad, message in (("bytes", "KIND=VALUE"), ("speed=3", "unknown budget kind"), ("bytes=lots", "neither"),
+                         ("latency_ms=5", r"--cost latency_ms=FILE.csv"), ("byts=5", "did you mean bytes"),
                          ("bytes=1,bytes=2", "twice"), ("", "no budget")):
         with pytest.raises(MixprecError, match=message):
             parse(bad)

@@ -339,10 +339,12 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                            f"got decode={decode!r} with method={method!r}")
     if around is not None:
         if method != "graph":
-            raise MixprecError("around= measures in the whole graph: use it with method='graph'")
+            raise MixprecError("around= (--around) measures in the whole graph: use it with method='graph' "
+                               "(--method graph)")
         around = parse_candidate(around).name
         if around not in names:
-            raise MixprecError(f"around={around!r} is not among the candidates {names}; add it to the candidates")
+            raise MixprecError(f"around={around!r} (--around) is not among the candidates {names}; add it to the "
+                               "candidates (--candidates)")
     example = first if batch_size is None else _resize(first, batch_size)
     rows = batch_size or _rows(first)
     modules = {l.name: model.get_submodule(l.name) for l in groups.layers}
