@@ -421,3 +421,15 @@ def test_a_front_keeps_its_cost_table_by_an_absolute_path_for_report_run_elsewhe
     capsys.readouterr()
     assert main(["report", str(work / "front")]) == 2
     assert "pareto.json names the cost table(s)" in capsys.readouterr().err
+
+
+def test_output_piped_to_a_reader_that_closes_it_ends_quietly(monkeypatch, capsys):
+    # `mixprec pareto ... | head` printed "mixprec: error: Broken pipe" and exited 2
+    from mixprec import cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "cmd_inspect", closed)
+    monkeypatch.setattr("os.dup2", lambda *a: None)  # stdout stays pytest's
+    assert cli.main(["inspect", "--model", "demo-cnn"]) == 141
+    assert "error" not in capsys.readouterr().err

@@ -1304,6 +1304,13 @@ def _run(args) -> int:
             args.device = str(parse_device(args.device))
         args.torch_threads = choose_threads()
         return args.func(args)
+    except BrokenPipeError:  # the output was piped to a reader that closed it (| head): end quietly, as Unix tools do
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except KeyboardInterrupt:
         _close_bars()
         print(f"mixprec: interrupted{_after_interrupt(args)}", file=sys.stderr)
