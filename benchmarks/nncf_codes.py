@@ -161,6 +161,7 @@ def measure(model_name: str, device: str, windows: int | None) -> dict:
               f"weights {row['mixprec_nncf_4bit']:.4f}, with all of NNCF's {row['mixprec_nncf_all']:.4f}; codes "
               f"differing {differing:,} of {sum(t['codes'] for t in totals.values()):,}", flush=True)
     return {"model": model_name, "float": float_value, "metric": "perplexity", "windows": windows, "rows": rows,
+            "embedding": EMBEDDING,
             "command": "python " + " ".join(sys.argv),
             "environment": {"mixprec": __version__, "nncf": nncf.__version__, "torch": torch.__version__,
                             "device": device, "python": platform.python_version(), "machine": platform.machine(),

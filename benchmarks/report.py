@@ -353,7 +353,8 @@ def _nncf_targets() -> list[str]:
                  if r.get("rows_like") else ", `solve --search local`" if r.get("search") == "local" else "")
         lines.append(f"| at least as good as NNCF in 24 of 24 configurations | smollm2 (`{path.stem}`, weight ranges "
                      f"{ranges}, {guard}{scope}, {r['environment'].get('gpu') or r['environment']['device']}) | "
-                     f"{wins} of {len(rows)}{_nncf_misses(rows)} | {'yes' if wins == len(rows) == 24 else 'no'} |")
+                     f"{wins} of {len(rows)}{_nncf_misses(rows, r.get('mixprec_pins'))} | "
+                     f"{'yes' if wins == len(rows) == 24 else 'no'} |")
     return lines + _nncf_combined()
 
 
@@ -364,16 +365,19 @@ def nncf_codes_section() -> list[str]:
             for line in ["", *codes_markdown(json.loads(p.read_text())).splitlines()]]
 
 
-def _ratio1_codes(label: str) -> str:
-    """For a configuration at ratio 1.0, what nncf_codes_smollm2 measured of it (same codes, and the perplexity
-    of mixprec's plan with NNCF's dequantized weights), else ""."""
+def _ratio1_codes(label: str, chosen: str | None = None, pins: dict | None = None) -> str:
+    """For a configuration at ratio 1.0 where mixprec's default plan was the uniform plan nncf_codes_smollm2 compares
+    (``chosen``: the guard's "uniform w4g64-minmax"; ``pins``: the lm_head in w8-asym, as NNCF keeps it), what that
+    benchmark measured of it (the same codes, and the perplexity with NNCF's dequantized weights), else ""."""
     path = RESULTS / "nncf_codes_smollm2.json"
     if "ratio 1.0" not in label or not path.is_file():
         return ""
     codes = json.loads(path.read_text())
     mode, group = label.split()[:2]
     row = next((x for x in codes["rows"] if x["mode"].lower() == mode and f"g{x['group_size']}" == group), None)
-    if row is None:
+    embedding = codes.get("embedding", "w8-asym-minmax")
+    if row is None or chosen != f"uniform {row['candidate']}" or not pins \
+            or any(not str(p).startswith("w8-asym") for p in pins.values()) or embedding not in (pins or {}).values():
         return ""
     four = row["formats"][row["candidate"]]
     same = "the same 4-bit codes" if four["codes_differing"] == 0 else f"{four['codes_differing']:,} 4-bit codes differing"
@@ -382,18 +386,20 @@ def _ratio1_codes(label: str) -> str:
             "4-bit layers dequantized as NNCF does, in float16)")
 
 
-def _nncf_misses(rows: list[dict]) -> str:
+def _nncf_misses(rows: list[dict], pins: dict | None = None) -> str:
     """By how much mixprec's default plan missed, per NNCF configuration it lost (the data-free and data-aware rows
-    of one configuration, often the same figures, once)."""
+    of one configuration, often the same figures, once); ``pins``: the file's mixprec_pins."""
     missed: dict[tuple, list[str]] = {}
+    chosen: dict[tuple, str | None] = {}
     for x in rows:
         if not x["mixprec_at_least_as_good"]:
             ours, theirs = x["mixprec"]["value"], x["nncf"]["value"]
             missed.setdefault((round(ours, 3), round(theirs, 3)), []).append(x["label"].split(",")[0])
+            chosen[(round(ours, 3), round(theirs, 3))] = x.get("mixprec_guard")
     if not missed or len(missed) > 4:
         return ""
     said = [f"{' and '.join(sorted(set(labels)))} {ours:.3f} against NNCF's {theirs:.3f} ({100 * (ours / theirs - 1):+.2f} %)"
-            f"{_ratio1_codes(labels[0])}" for (ours, theirs), labels in missed.items()]
+            f"{_ratio1_codes(labels[0], chosen[(ours, theirs)], pins)}" for (ours, theirs), labels in missed.items()]
     return "; missed: " + "; ".join(said)
 
 

@@ -110,5 +110,9 @@ def test_the_nncf_target_says_by_how_much_each_lost_configuration_was_missed_onc
     assert _nncf_misses(rows[2:]) == ""
     codes = BENCHMARKS / "results" / "nncf_codes_smollm2.json"  # at ratio 1.0: what the code-by-code check measured
     if codes.is_file():
-        assert "at ratio 1.0 both are uniform plans, with the same 4-bit codes (`nncf_codes_smollm2`)" in \
-            _nncf_misses(rows)
+        said = "at ratio 1.0 both are uniform plans, with the same 4-bit codes (`nncf_codes_smollm2`)"
+        assert said not in _nncf_misses(rows)  # the plan the guard returned is not known: nothing is claimed
+        for x in rows:
+            x["mixprec_guard"] = "uniform w4g64-minmax"
+        assert said in _nncf_misses(rows, {"lm.{model.embed_tokens,lm_head}": "w8-asym-minmax"})
+        assert said not in _nncf_misses(rows, {"lm.{model.embed_tokens,lm_head}": "w8-minmax"})  # another embedding
