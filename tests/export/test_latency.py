@@ -86,7 +86,7 @@ def test_cost_table_feeds_the_solver(demo, measured, tmp_path):
 def test_cli_profile(tmp_path, capsys):
     out = tmp_path / "lat.csv"
     assert main(["profile", "--model", "demo-cnn", "--candidates", "w8a8,w4a8", "--calibration-samples", "16",
-                 "--repeats", "3", "--threads", "1", "--no-whole", "--out", str(out)]) == 0
+                 "--repeats", "3", "--threads", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "float model" in text and "QLinearConv" in text
     assert out.is_file() and out.with_suffix(".json").is_file()
