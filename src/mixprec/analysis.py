@@ -118,12 +118,15 @@ class Analysis:
                             "longer makes; analyze again into a new directory")
         table = run.read_table()
         saved = run.read_costs()
+
+        def damaged(exc: Exception) -> SpecError:  # costs.json read but not what analyze writes
+            return SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); `mixprec analyze "
+                             f"--resume {run.path}` writes it again (the costs are computed from the model; the "
+                             "measured entries are kept)")
         try:
             costs = CostTables.from_dict(saved["costs"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); `mixprec analyze "
-                            f"--resume {run.path}` writes it again (the costs are computed from the model; the "
-                            "measured entries are kept)") from exc
+            raise damaged(exc) from exc
         if list(costs.groups) != table.groups:
             raise SpecError(f"{run.path}: the cost tables and the sensitivity table list different groups")
         arguments = run.arguments() if run.exists else {}
@@ -136,7 +139,7 @@ class Analysis:
                            refused={g: list(c) for g, c in (saved.get("refused") or {}).items()},
                            pin_only=list(saved.get("pin_only") or []))
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"{run.path}/costs.json is damaged ({type(exc).__name__}: {exc}); analyze again") from exc
+            raise damaged(exc) from exc
         if model is not None:
             analysis._attach(model, data, evaluate)
         elif data is not None or evaluate is not None:
@@ -216,10 +219,12 @@ class Analysis:
             if kind in tables or kind in customs:
                 raise SpecError(f"cost kind {kind!r} already exists; name the custom table differently")
             customs[kind] = load_cost_csv(file, self.groups, table.candidates) + (file,)
-        bases = {kind: base for kind, (_, _, *source) in customs.items() if source
-                 for base in [_measured_float(source[0])] if base is not None}
         notes = []
+        bases = {}  # kind -> the float model's measured cost, where a profile's JSON lies beside its CSV
         for kind, (custom, constant, *source) in customs.items():
+            base = _measured_float(source[0]) if source else None
+            if base is not None:
+                bases[kind] = base
             missing = np.isnan(custom) & allowed
             if missing.any():
                 notes.append(f"{source[0] if source else kind} has no {kind} for {int(missing.sum())} (group, "
@@ -712,7 +717,7 @@ class Analysis:
             rank_by = len(names) - 1 if len(names) > 1 and names[-1] in LABELLED else None
             try:
                 result = guard(choice, rivals, measure, margin, rank_by=rank_by,
-                               names=tuple(SHOWN.get(n, n) for n in kind[0].split("+")))
+                               names=tuple(SHOWN.get(n, n) for n in names))
             finally:
                 if bar is not None:
                     bar.close()

@@ -3,13 +3,13 @@ and, where they were evaluated, the measured metric of each. ``to_dict``/``from_
 ``pareto.json`` schema that ``mixprec report`` reads (its key ``points`` holds the front's plans)."""
 from __future__ import annotations
 
-import numpy as np
-
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .errors import SpecError
 from .atomic import write_json_atomic

@@ -416,11 +416,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                             f"accuracy_level {accuracy_level}, which quantizes their inputs to int8 per block; the plan "
                             "simulated float inputs. Plan them as w<B>a8d<N> (e.g. w8a8d32, w4g64a8d64) to simulate "
                             "that, or export with accuracy_level 0 (float inputs, slower)")
-    fused = [r["layer"] for r in rows if realisations[r["layer"]].kind == "dq_weight"
-             and r.get("runtime_op") == "MatMulNBits"]
-    if fused:
-        result.notes.append(f"ONNX Runtime fuses the DequantizeLinear + MatMul of {len(fused)} layer(s) (e.g. "
-                            f"{fused[0]}) into MatMulNBits, at its session's accuracy level (default 4: inputs "
+    fused_dq = [r["layer"] for r in rows if realisations[r["layer"]].kind == "dq_weight"
+                     and r.get("runtime_op") == "MatMulNBits"]  # float inputs written, int8 inputs run
+    if fused_dq:
+        result.notes.append(f"ONNX Runtime fuses the DequantizeLinear + MatMul of {len(fused_dq)} layer(s) (e.g. "
+                            f"{fused_dq[0]}) into MatMulNBits, at its session's accuracy level (default 4: inputs "
                             "quantized to int8 per block), which the plan did not simulate (float inputs); a session "
                             "made with the config entry session.qdq_matmulnbits_accuracy_level = 0 runs them on float "
                             "inputs, as simulated")

@@ -16,11 +16,10 @@ weights shared by two layers get nearest rounding, as in round_weights.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import copy
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch

@@ -137,10 +137,14 @@ def disagreement_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Te
     return (a != b).reshape(_samples(ref), -1).sum(dim=1).double(), float(a.numel())
 
 
+def _squared_error(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Per sample: ||out - ref||^2, in float32 (``ref`` of the output's shape)."""
+    return (out.float() - ref.float()).pow(2).reshape(_samples(out), -1).sum(dim=1)
+
+
 def sqnr_samples(ref: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(per sample: ||out - ref||^2, ||ref||^2 over the whole output), in float32."""
-    ref, out = ref.float(), out.float()
-    return (out - ref).pow(2).reshape(_samples(ref), -1).sum(dim=1), float(ref.pow(2).sum())
+    return _squared_error(ref, out), float(ref.float().pow(2).sum())
 
 
 def ce_samples(labels: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -176,8 +180,7 @@ def mse_samples(targets: Any, out: torch.Tensor) -> tuple[torch.Tensor, float]:
         raise SpecError("the mse divergence needs (inputs, targets) calibration items whose targets are float tensors "
                         f"of the output's shape; got targets {getattr(targets, 'shape', type(targets).__name__)} for "
                         f"output {tuple(out.shape)}: use --guard-divergence sqnr")
-    error = (out.float() - targets.to(out.device).reshape(out.shape).float()).pow(2)
-    return error.reshape(_samples(out), -1).sum(dim=1), float(error.numel())
+    return _squared_error(targets.to(out.device).reshape(out.shape), out), float(out.numel())
 
 
 def regression_targets(targets: Any, out: torch.Tensor) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from ..atomic import save_torch_atomic
 from ..progress import tqdm
 
