@@ -277,6 +277,26 @@ def test_solve_says_how_to_apply_the_plan_with_the_data_a_model_of_ones_own_need
     assert (out / "plan.json").is_file()
 
 
+def test_solve_with_another_model_fails_before_the_guard_says_anything(tmp_path, capsys):
+    """The model given again is checked against the run's fingerprint before the guard announces its plans."""
+    spec = tmp_path / "mine.py"
+    spec.write_text("import torch\nfrom torch import nn\n"
+                    "def build(width=16):\n    torch.manual_seed(0)\n"
+                    "    return nn.Sequential(nn.Linear(6, width), nn.ReLU(), nn.Linear(width, 64), nn.ReLU(),\n"
+                    "                         nn.Linear(64, 3)).eval()\n"
+                    "def other():\n    return build(12)\n"
+                    "def calibration():\n    torch.manual_seed(1)\n    return [torch.randn(32, 6) for _ in range(2)]\n")
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", f"{spec}:build", "--data", f"{spec}:calibration", "--candidates", "w2a8,w4a8,w8a8",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bytes=0.7x", "--model", f"{spec}:other", "--data",
+                 f"{spec}:calibration", "--out", str(tmp_path / "plan.json")]) == 2
+    out, err = capsys.readouterr()
+    assert "differs from what" in err and "guard" not in out + err
+    assert not (tmp_path / "plan.json").exists()
+
+
 def test_the_quantize_hint_is_quoted_for_a_shell_and_names_the_plans_rounding():
     """A data spec with '&' pasted unquoted sends the command to the background; a GPTQ plan applied without
     --rounding gptq deploys other weights than were measured."""

@@ -687,6 +687,8 @@ class Analysis:
                                         rounding=rounding)
             except SpecError as exc:
                 return None, divergence, f"guard skipped (the plan is not compared with uniform plans): {exc}"
+            if any(checker.cached(problem.assignments(c)) is None for c in (choice, *rivals.values())):
+                checker.load()  # the model given again is checked against the run before anything is shown
             say(f"guard: measuring the plan and {len(rivals)} uniform plan(s) within the budget on the calibration "
                 "data")
             bar, seen = None, set()

@@ -102,7 +102,8 @@ class PlanEvaluator:
                           sort_keys=True, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:24]
 
-    def _load(self):
+    def load(self):
+        """(model, data, evaluate), loaded on first use: a model that is not the run's fails here."""
         if self._loaded is None:
             model, data, evaluate = self._load_fn()
             self._loaded = (place(model, self.device).eval(), data, evaluate)
@@ -122,7 +123,7 @@ class PlanEvaluator:
         key = self._key(assignments)
         if key in self.results:
             return self.results[key]
-        model, data, evaluate = self._load()
+        model, data, evaluate = self.load()
         start = time.perf_counter()
         if assignments is None:
             with passthrough(model):  # the float model, join quantizers (mixprec.joins) off
