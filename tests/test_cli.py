@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -453,3 +454,28 @@ def test_output_piped_to_a_reader_that_closes_it_ends_quietly(monkeypatch, capsy
     monkeypatch.setattr("os.dup2", lambda *a: None)  # stdout stays pytest's
     assert cli.main(["inspect", "--model", "demo-cnn"]) == 141
     assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["analyze", "--model", "demo-cnn", "--around-divergence", "kl", "--out", "{tmp}/run"], "add --around CAND"),
+    (["analyze", "--model", "demo-cnn", "--metric", "around", "--out", "{tmp}/run"], "give it as --around CAND"),
+    (["solve", "{run}", "--budget", "bops=w4a8", "--kind", "bytes", "--out", "{tmp}/p.json"], "drop --kind"),
+    (["pareto", "{run}", "--budget-kind", "bops", "--no-guard", "--guard-margin", "3", "--out", "{tmp}/front"],
+     "--no-guard turns the guard off"),
+    (["profile", "--model", "demo-cnn", "--candidates", "w8a8,fp32", "--target", "ort-cpu", "--checks", "-1",
+      "--out", "{tmp}/l.csv"], "--checks: must be at least 0"),
+    (["export", "--model", "demo-cnn", "--uniform", "w8a8", "--target", "ort-cpu", "--threads", "0",
+      "--out", "{tmp}/m.onnx"], "--threads: must be at least 1"),
+])
+def test_an_option_that_would_be_ignored_or_is_out_of_range_is_refused(argv, says, tmp_path, capsys):
+    run = tmp_path / "given-run"
+    if "{run}" in argv:
+        assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "64",
+                     "--out", str(run)]) == 0
+    capsys.readouterr()
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for a in argv]
+    with pytest.raises(SystemExit) if "must be at least" in says else contextlib.nullcontext() as exc:
+        code = main(argv)
+    assert (exc.value.code if exc is not None else code) == 2
+    assert says in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("run", "p.json", "front", "l.csv", "m.onnx"))

@@ -4,7 +4,7 @@ The pipeline, one call per step::
 
     analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="sqnr")  # groups, S, costs
     plan = analysis.solve(budget="bops=w4a8")                                      # -> Plan
-    front = analysis.pareto("bops", n_plans=20, evaluate=True)                     # -> Front
+    front = analysis.pareto("bops", n_plans=20, evaluate=fn)                       # -> Front (fn: model -> float)
     quantized = mixprec.apply(model, plan, data)                                   # the input model is untouched
     exported = mixprec.export(model, plan, data, target="ort-cpu", out="model.onnx")  # -> ExportResult
     mixprec.export_gguf(model, plan, "model.gguf")                                  # -> GGUFExport (llama.cpp)
@@ -21,7 +21,7 @@ from .apply import apply  # noqa: E402
 from .candidates import Candidate, parse_candidate, parse_candidates  # noqa: E402
 from .costs import cost_tables  # noqa: E402
 from .errors import MixprecError  # noqa: E402
-from .export import ExportResult, export  # noqa: E402  (the function; the package stays importable as mixprec.export.*)
+from .export import ExportResult, export  # noqa: E402  (the function; its modules import as `from mixprec.export.X import ...`)
 from .export.compressed_tensors import CompressedTensorsExport, write_compressed_tensors  # noqa: E402
 from .export.cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda  # noqa: E402
 from .export.gguf import GGUFExport, export_gguf  # noqa: E402

@@ -221,6 +221,7 @@ class Analysis:
             customs[kind] = load_cost_csv(file, self.groups, table.candidates) + (file,)
         notes = []
         bases = {}  # kind -> the float model's measured cost, where a profile's JSON lies beside its CSV
+        unknown = {}  # kind -> the entries its table lacks
         for kind, (custom, constant, *source) in customs.items():
             base = _measured_float(source[0]) if source else None
             if base is not None:
@@ -230,6 +231,7 @@ class Analysis:
                 notes.append(f"{source[0] if source else kind} has no {kind} for {int(missing.sum())} (group, "
                              "candidate) entries; those are not chosen")
             allowed &= ~np.isnan(custom)
+            unknown[kind] = np.isnan(custom)
             tables[kind] = np.nan_to_num(custom, nan=0.0)
             fixed[kind] = constant
         if self.joins and not table.metadata.get("integer_bias"):
@@ -249,7 +251,7 @@ class Analysis:
                                 f"{by_target[0]}")
             raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
         return AllocationProblem(tuple(table.groups), tuple(table.candidates), table.values, tables, fixed, allowed,
-                                 dict(self.pins), table.metric, tuple(notes), bases)
+                                 dict(self.pins), table.metric, tuple(notes), bases, unknown)
 
     def budgets(self, budget: str | dict[str, Any], problem: AllocationProblem) -> dict[str, float]:
         """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""
@@ -942,7 +944,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     pin_only = sorted({g.pinned for g in groups if g.pinned and g.pinned not in names})
     for pin in pin_only:
         if verbose:
-            print(f"note: adding pinned candidate {pin} to the candidates (for the pinned groups only)")
+            print(f"note: adding pinned candidate {pin} to the candidates (measured for every group, chosen for the "
+                  "pinned groups only)")
         cands.append(parse_candidate(pin))
     wanted = [c for c in cands if c.multipoint]
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points

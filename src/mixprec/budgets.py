@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import MixprecError
+from .errors import MissingCost, MixprecError
 
 ALIASES = {"bits": "bits_per_weight", "size": "bytes", "bpw": "bits_per_weight"}
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -85,6 +85,8 @@ def _value(kind: str, value: str, uniform_cost, highest_cost) -> float:
         return float(number) * _UNITS[(unit or "").lower()]
     try:
         cost = uniform_cost(kind, value)
+    except MissingCost:
+        raise
     except MixprecError as exc:
         hint = ("; several budgets are separated by commas, e.g. bytes=30KB,bops=w4a8"
                 if any(c in value for c in ";: ") else "")

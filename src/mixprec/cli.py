@@ -49,6 +49,17 @@ def front_points(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a count that may be none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (a count of samples, points, steps)."""
     try:
@@ -71,19 +82,31 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+SAMPLES_HELP = "cap on calibration samples (default: all the data gives; a built-in model's own default)"
+TIE_HELP = ("tie all layers matching this name pattern (a shell-style glob on whole layer names, e.g. "
+            "'layer1.*.conv?'; see inspect) into one group (repeatable)")
+EXCLUDE_HELP = "leave layers matching this pattern in float (repeatable)"
+PIN_HELP = "fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)"
+RANGE_HELP = {"weight": "weight range calibration (default mse: the range of least squared error; minmax, percentile)",
+              "activation": "activation range calibration on the calibration data (default mse; minmax, percentile)"}
+
+
+def _add_range_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help=RANGE_HELP["weight"])
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help=RANGE_HELP["activation"])
+
+
 def _add_model_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
-    p.add_argument("--model", required=True, help="built-in name (%s), file.py:function, package.module:function "
-                   "or a TorchScript file" % ", ".join(BUILTINS))
-    p.add_argument("--data", required=data_required, help="calibration data: file.py:function, .npz or .pt "
-                   "(default for a built-in model: its own calibration set)")
-    p.add_argument("--calibration-samples", type=positive_int, default=None, help="cap on calibration samples")
-    p.add_argument("--tie", action="append", default=[], metavar="PATTERN",
-                   help="tie all layers matching this name pattern (a shell-style glob on whole layer names, e.g. "
-                        "'layer1.*.conv?'; see inspect) into one group (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave layers matching this pattern in float (repeatable)")
-    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND",
-                   help="fix layers matching PATTERN to candidate CAND, e.g. --pin conv1=w8a8 (repeatable)")
+    p.add_argument("--model", required=True, help="built-in name (%s), file.py:function, package.module:function, "
+                   "a TorchScript file, or hf:DIR[?dtype=fp32|bf16|fp16] (a Hugging Face checkpoint folder, read "
+                   "offline)" % ", ".join(BUILTINS))
+    p.add_argument("--data", required=data_required, help="calibration data: file.py:function, .npz or .pt, or "
+                   "text:FILE[?windows=N&length=L] (token windows of a text file, with an hf: model; default for a "
+                   "built-in model: its own calibration set)")
+    p.add_argument("--calibration-samples", type=positive_int, default=None, help=SAMPLES_HELP)
+    p.add_argument("--tie", action="append", default=[], metavar="PATTERN", help=TIE_HELP)
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
+    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND", help=PIN_HELP)
 
 
 def _require_data(args, why: str) -> None:
@@ -280,6 +303,12 @@ def _metric(args):
     """--metric, or with --around CAND the around metric (the change of the output divergence when one
     group moves from the plan with every group on CAND)."""
     if not getattr(args, "around", None):
+        if getattr(args, "around_divergence", "auto") != "auto":
+            raise SpecError("--around-divergence chooses the divergence of --around, which is not given: add "
+                            "--around CAND (the operating point, e.g. --around w4a8), or drop --around-divergence")
+        if args.metric == "around":
+            raise SpecError("--metric around measures around an operating point: give it as --around CAND (e.g. "
+                            "--around w4a8: every group on w4a8, each moved alone to each candidate)")
         if args.metric not in _metric_names():
             raise SpecError(f"unknown sensitivity metric {args.metric!r}; metrics: {', '.join(_metric_names())}")
         return args.metric
@@ -421,8 +450,8 @@ def _add_measure_rounding(p) -> None:
     p.add_argument("--rounding", choices=list(ROUNDINGS), default=None,
                    help="how the weights of measured plans (the guard's too) are rounded (default: as the analysis "
                    "measured, nearest unless analyze --rounding said otherwise); a learned rounding "
-                   "(e.g. brecq) makes the measured searches, refine above all, reconstruction-aware: each plan "
-                   "and each probe is measured after reconstruction, and the sensitivities re-scaled from that")
+                   "(e.g. brecq) makes the measurements reconstruction-aware: each plan is measured after "
+                   "reconstruction (solve --search refine: each probe too, and the sensitivities re-scaled from that)")
     p.add_argument("--rounding-iterations", type=positive_int, default=None, metavar="N",
                    help="adaround, brecq: optimisation steps per layer or block")
 
@@ -458,6 +487,9 @@ def _check_misplaced_options(args) -> None:
             flag = "--" + option.replace("_", "-")
             raise SpecError(f"{flag} is an option of --search {owners.replace(', ', ' or ')}; this solve runs --search "
                             f"{args.search}, which does not use it: add --search {owners.split(', ')[0]}, or drop {flag}")
+    if getattr(args, "kind", None) and getattr(args, "budget", None):
+        raise SpecError(f"--kind names the cost a search lowers when no --budget is given; with --budget "
+                        f"{args.budget} the budget's kind is lowered: drop --kind")
     if args.no_guard:
         given = [flag for flag, value, default in (("--guard-margin", args.guard_margin, 1.0),
                                                    ("--guard-divergence", args.guard_divergence, "auto"))
@@ -549,6 +581,7 @@ def _quantize_hint(analysis: Analysis, args, plan: Plan | None = None) -> str:
 
 def cmd_pareto(args) -> int:
     check_output_dir(args.out)
+    _check_misplaced_options(args)
     analysis = _load_run(args)
     _print_notes(analysis.problem(args.candidates, args.cost).notes)
     base = analysis.table.metadata.get("around")
@@ -803,7 +836,8 @@ def _export_cuda(args) -> int:
         print(f"simulated {simulated.name} {simulated.value:.4g}, deployed {deployed.value:.4g} "
               f"({deployment.dtype} on {device})")
     notes = [] if device.startswith("cuda") else [
-        f"deployed on {device}: the kernels' CPU twins ran, in float32; on a GPU the model runs in bfloat16"]
+        f"deployed on {device}: the kernels' CPU twins ran, in float32; on a GPU the model runs in --dtype (auto: "
+        "float16 where most planned layers are fp16, else bfloat16)"]
     if deployment.fallbacks:
         notes.append(f"{len(deployment.fallbacks)} layer(s) fell back to a dequantized matmul "
                      f"(e.g. {deployment.fallbacks[0]['layer']}: {deployment.fallbacks[0]['kernel']})")
@@ -980,11 +1014,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--plan", help="plan.json to apply")
     p.add_argument("--uniform", metavar="CAND", help="put every group on this candidate, e.g. w8a8")
-    p.add_argument("--eval", help="evaluation: file.py:function returning a float or a dict (default for a "
-                   "built-in model: its own evaluation)")
+    p.add_argument("--eval", help="evaluation: file.py:function returning a float or a dict, or ppl:FILE[?windows=N&"
+                   "length=L] (perplexity of an hf: causal LM on a text file; default for a built-in model: its own "
+                   "evaluation)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse", help="weight range calibration")
-    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help="activation range calibration")
+    _add_range_args(p)
     p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="how weights go onto their "
                    "grid: nearest, gptq (column by column with the Hessian of the layer inputs), adaround "
                    "(learned per layer) or brecq (learned per block, Fisher-weighted); all but nearest read the "
@@ -1008,23 +1042,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="measure the sensitivity table S[group, candidate] (cached, resumable)",
                        description="Measure how much each quantizer group is damaged by each candidate, with "
                        "only that group quantized. Results go to --out incrementally; --resume RUN continues an "
-                       "interrupted run. Under `torchrun --nproc_per_node N mixprec analyze ...` the work is "
+                       "interrupted run. Under `torchrun --nproc_per_node N -m mixprec.cli analyze ...` the work is "
                        "sharded over N processes (gloo on CPU, nccl on GPU).")
     p.add_argument("--resume", metavar="RUN", help="continue the analysis in this run directory, with its settings "
-                   "(other options are refused; --model/--data/--eval name the run's code again)")
+                   "(other settings are refused, except --device and --chunk-size, which may change; --model/--data/--eval "
+                   "name the run's code again)")
     p.add_argument("--trust-run", action="store_true", help="with --resume: run the code the run names (its "
                    "--model, --data, --eval) without naming it again; the command says what it runs")
     p.add_argument("--model", help="as for inspect")
     p.add_argument("--data", help="calibration data (default for a built-in model: its own)")
-    p.add_argument("--calibration-samples", type=positive_int, default=None)
-    p.add_argument("--tie", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND")
+    p.add_argument("--calibration-samples", type=positive_int, default=None, help=SAMPLES_HELP)
+    p.add_argument("--tie", action="append", default=[], metavar="PATTERN", help=TIE_HELP)
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=EXCLUDE_HELP)
+    p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CAND", help=PIN_HELP)
     which = p.add_mutually_exclusive_group()  # a profile is its own list of candidates
     which.add_argument("--candidates", default="w4a8,w8a8,w8a16", help="comma-separated candidates (default "
                        "w4a8,w8a8,w8a16)")
     which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
-    p.add_argument("--metric", default="sqnr", help="sensitivity metric: " + ", ".join(_metric_names()))
+    p.add_argument("--metric", default="sqnr", help="sensitivity metric: " +
+                   ", ".join(m for m in _metric_names() if m != "around") +
+                   " (default sqnr; the around metric: --around CAND; docs/sensitivity.md)")
     p.add_argument("--around", metavar="CAND", help="measure around an operating point: the model with every group "
                    "on CAND (pins kept), each group moved alone to each candidate, the change of the output "
                    "divergence recorded (the around metric; replaces --metric)")
@@ -1041,14 +1078,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "in the weight's own order)")
     p.add_argument("--static-groups", action="store_true", help="with --rounding gptq: each group's scale chosen "
                    "before any column is quantized, as export needs for grouped formats")
-    p.add_argument("--eval", help="evaluation function (needed by --metric task)")
+    p.add_argument("--eval", help="evaluation for --metric task: file.py:function returning a float or a dict, or "
+                   "ppl:FILE (perplexity of an hf: causal LM)")
     p.add_argument("--out", help="run directory for the cache and the table")
     p.add_argument("--weight-range", choices=(*RANGE_METHODS, "auto"), default="mse",
                    help="weight range calibration; auto: each candidate's uniform plan is measured with mse and with "
                    "minmax ranges on the calibration data and the candidate becomes the better variant, e.g. "
                    "w4g64-minmax (default mse)")
-    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes")
+    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse", help=RANGE_HELP["activation"])
+    p.add_argument("--chunk-size", type=positive_int, default=None, help="groups measured between two cache writes "
+                   "(default: an eighth of the groups)")
     p.add_argument("--no-fx", action="store_true", help="do not trace with torch.fx (one full forward per entry)")
     p.add_argument("--joins", action=argparse.BooleanOptionalAction, default=None,
                    help="measure with 8-bit quantizers on the tensors residual adds and concatenations read and write, "
@@ -1058,7 +1097,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="keep the model's stack of blocks (an LLM's decoder layers) "
                    "in CPU memory and bring each onto --device only while it runs: a model larger than the GPU, in "
                    "about two blocks' memory plus what lies outside the blocks; slower by the copies")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device to measure on (cpu, cuda; default cpu)")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("solve", help="choose a candidate per group: least total sensitivity within budgets",
@@ -1145,7 +1184,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_rounding(p)
     p.add_argument("--no-guard", action="store_true", help="keep every front plan as solved (by default each is "
                    "compared with the uniform plans within its cost on the calibration data, as solve does)")
-    p.add_argument("--guard-divergence", choices=GUARD_CHOICES, default="auto")
+    p.add_argument("--guard-divergence", choices=GUARD_CHOICES, default="auto",
+                   help="what the guard of each point measures on the calibration data, as for solve (default auto)")
     _add_guard_margin(p)
     p.add_argument("--out", default=".", help="directory for pareto.json, pareto.png, report.html (default: .)")
     p.set_defaults(func=cmd_pareto)
@@ -1180,7 +1220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=sorted(TARGETS), default="ort-cpu", help="target runtime (default ort-cpu): "
                    + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
     p.add_argument("--out", required=True, help="file to write: .onnx (ort-cpu) or .gguf (gguf); for "
-                   "compressed-tensors a folder (new, empty or written by mixprec)")
+                   "compressed-tensors and cuda a folder (new, empty or written by mixprec)")
     p.add_argument("--eval", help="ort-cpu: evaluation run on the simulated and the exported model (default for a "
                    "built-in model: its own); gguf, compressed-tensors: run on the simulated model only")
     p.add_argument("--float-type", choices=("f32", "f16"), default=None, help="gguf: the type of 2-D tensors "
@@ -1192,9 +1232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=DECODERS, default="fused", help="ort-cpu, a Llama-family causal "
                    "LM: its cached step written with ONNX Runtime's fused decoder ops (default; checked against the "
                    "model's logits, else traced, with a note) or as torch.onnx traces it")
-    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    _add_range_args(p)
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     p.add_argument("--rounding", choices=list(ROUNDINGS), default=None, help="how the weights the file holds go onto "
                    "their grid, on every target (default: the rounding the plan was chosen with, else nearest; the "
                    "codes must lie on nearest rounding's grid: adaround, brecq, gptq per channel or with "
@@ -1236,7 +1275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--around", default=None, metavar="CAND",
                    help="with --method graph: measure each group's move away from the uniform plan at CAND "
                    "(e.g. w7a8: which layers to leave in float)")
-    p.add_argument("--checks", type=int, default=2, help="with --method graph: random mixed plans timed as a whole "
+    p.add_argument("--checks", type=non_negative_int, default=2, help="with --method graph: random mixed plans timed as a whole "
                    "against the table (default 2)")
     p.add_argument("--decode", type=int, default=None, metavar="CACHE",
                    help="a language model exported with its KV cache: time one decoding step (a token per row, "
@@ -1244,8 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the calibration batch as a prompt (prefill)")
     p.add_argument("--no-whole", action="store_true", help="with --method layers: skip timing the whole model at "
                    "each uniform candidate")
-    p.add_argument("--weight-range", choices=RANGE_METHODS, default="mse")
-    p.add_argument("--activation-range", choices=RANGE_METHODS, default="mse")
+    _add_range_args(p)
     p.add_argument("--out", required=True, help="the cost table to write (.csv)")
     p.set_defaults(func=cmd_profile)
 
@@ -1253,8 +1291,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a model: an ONNX file (run by ONNX Runtime, all optimisations on, "
                        "through a thin nn.Module) or any --model spec, with your own --eval function.")
     p.add_argument("--model", required=True, help="model.onnx, or a --model spec as for inspect")
-    p.add_argument("--eval", required=True, help="file.py:function taking the model, or a built-in name")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--eval", required=True, help="file.py:function taking the model, a built-in name, or "
+                   "ppl:FILE[?windows=N&length=L] (perplexity of a causal LM on a text file)")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--tokenizer", metavar="hf:DIR", help="the Hugging Face folder whose tokenizer a ppl: or text: "
                    "--eval reads with (default: the --model, or for a file mixprec exported from an hf: model, "
                    "that model, as its report records)")
@@ -1266,7 +1305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and every uniform candidate, and write an HTML report.")
     p.add_argument("--out", help="output directory (default ./mixprec-demo)")
     p.add_argument("--candidates", default=DEMO_CANDIDATES, help=f"candidates (default {DEMO_CANDIDATES})")
-    p.add_argument("--points", type=front_points, default=12, help="plans on the front (default 12)")
+    p.add_argument("--points", type=front_points, default=12, help="budgets the front is solved at (default 12; "
+                   "plans that come out the same or dominated are dropped, so the front can hold fewer)")
     p.set_defaults(func=cmd_demo)
     return parser
 

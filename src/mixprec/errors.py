@@ -9,6 +9,10 @@ class CandidateError(MixprecError, ValueError):
     """A candidate string or format that does not parse or is out of range."""
 
 
+class MissingCost(MixprecError):
+    """A budget names a uniform candidate whose cost a measured table (a latency CSV) does not give."""
+
+
 class GuardSkipped(UserWarning):
     """solve returned a plan without comparing it with the uniform plans (nothing here could measure plans):
     mixprec's promise, never worse than uniform, was not checked. The command line prints it as a note."""

@@ -49,6 +49,18 @@ def test_latency_table_as_a_budget(run, tmp_path):
     assert main(["solve", str(run), "--cost", "latency_ms", "--budget", "bytes=w4a8", "--out", str(plan)]) == 2
 
 
+def test_a_uniform_budget_the_latency_table_lacks_is_refused_not_read_as_the_rest_of_the_model(run, tmp_path, capsys):
+    csv, _ = latency_csv(run, tmp_path)
+    csv.write_text("\n".join(l for l in csv.read_text().splitlines() if ",w8a8," not in l) + "\n")
+    plan = tmp_path / "plan.json"
+    assert main(["solve", str(run), "--cost", f"latency_ms={csv}", "--budget", "latency_ms=w8a8",
+                 "--out", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert "latency_ms table has no w8a8 entry" in err and "0.8x" in err and not plan.exists()
+    assert main(["solve", str(run), "--cost", f"latency_ms={csv}", "--budget", "latency_ms=w4a8",
+                 "--out", str(plan)]) == 0
+
+
 def test_pareto_with_evaluation_report_and_cache(run, tmp_path, capsys):
     out = tmp_path / "front"
     assert main(["pareto", str(run), "--budget-kind", "bytes", "--points", "6", "--eval", "--out", str(out)]) == 0

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import MixprecError
+from ..errors import MissingCost, MixprecError
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class AllocationProblem:
     notes: tuple[str, ...] = ()  # what the caller should know (e.g. entries a custom cost table lacks)
     # kind -> the measured cost fractions of it are of (a latency profile's float model), where the table has one
     bases: dict[str, float] = field(default_factory=dict)
+    # kind -> (G, C) bool, the entries a measured table lacks (their cost is 0 in ``costs`` and never chosen)
+    unknown: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         shape = (len(self.groups), len(self.candidates))
@@ -181,7 +183,15 @@ class AllocationProblem:
         return np.array([self.candidates.index(self.pins[g]) if g in self.pins else j for g in self.groups])
 
     def uniform_cost(self, kind: str, candidate: str) -> float:
-        return self.cost(kind, self.uniform_choice(candidate))
+        choice = self.uniform_choice(candidate)
+        if kind in self.unknown:
+            lacking = [g for i, g in enumerate(self.groups) if self.unknown[kind][i, choice[i]]]
+            if lacking:
+                raise MissingCost(f"the {kind} table has no {self.candidates[choice[self.groups.index(lacking[0])]]} "
+                                   f"entry for {len(lacking)} group(s), e.g. {lacking[:3]}, so uniform {candidate} "
+                                   f"has no {kind} cost; give {kind} as a number or a fraction (0.8x), or a "
+                                   "candidate the table has for every group")
+        return self.cost(kind, choice)
 
     def uniform_candidates(self) -> list[str]:
         """Candidates every unpinned group may take."""
