@@ -1373,3 +1373,29 @@ def test_a_file_far_larger_than_the_plans_bytes_says_why(tmp_path):
     assert result.size_bytes > 1.25 * planned and len(said) == 1
     assert f"{result.size_bytes:,} bytes, {result.size_bytes / planned:.2f}x the plan's bytes cost" in said[0]
     assert "keep their codes in 8-bit storage" in said[0]
+
+
+def test_a_float_conv_onnx_runtime_quantizes_itself_is_reported_as_such(tmp_path):
+    """Between int8 convs, a conv the plan keeps float reads a dequantized input and feeds a quantized one:
+    ONNX Runtime's WeightBiasQuantization gives it per-tensor int8 weights (a QLinearConv). The report says so,
+    not "float, as planned", and a session without that optimizer runs it float, as simulated."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 4)).eval()
+    data = batches((3, 8, 8))
+    p = plan(model, data, {"0": W8, "2": "fp32", "4": W8, "7": W8})
+    result = export(model, p, data, out=tmp_path / "m.onnx", progress=False)
+    row = {r["layer"]: r for r in result.layers}["2"]
+    assert row["runtime_op"] == "QLinearConv" and row["low_precision"] and row["quantized_by_runtime"]
+    assert "ONNX Runtime quantizes it itself" in row["note"] and "WeightBiasQuantization" in row["note"]
+    assert any("WeightBiasQuantization" in n and "(2)" in n for n in result.notes)
+    x = batches((3, 8, 8), n=1, size=32)[0]
+    simulated = apply(model, p, data, progress=False, joins=True)(x).numpy()
+    options = ort.SessionOptions()
+    kept = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["WeightBiasQuantization"])
+    rewritten = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    name = kept.get_inputs()[0].name
+    err_kept = np.abs(kept.run(None, {name: x.numpy()})[0] - simulated).max()
+    err_rewritten = np.abs(rewritten.run(None, {name: x.numpy()})[0] - simulated).max()
+    assert err_kept < err_rewritten

@@ -381,6 +381,13 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         row = {"layer": name, "candidate": candidates[name].name, **written[name], **kernels[name]}
         row["note"] = _note(row, realisations[name].kind)
         rows.append(row)
+    requantized = [r["layer"] for r in rows if r.get("quantized_by_runtime")]
+    if requantized:
+        notes.append(f"{len(requantized)} layer(s) the plan keeps float ({', '.join(requantized[:3])}"
+                     f"{', ...' if len(requantized) > 3 else ''}) run as integer kernels: ONNX Runtime gives a float "
+                     "Conv/Gemm between a dequantized input and a quantized output its own per-tensor int8 weights "
+                     "(WeightBiasQuantization), which the simulation does not; the exported metric includes it. "
+                     "To run them float, make the session with disabled_optimizers=['WeightBiasQuantization']")
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes, source_model=source_model)
     result.joins = join_kernels(out, quantized, optimized)
     if not join_quantizers(quantized):  # no tensor of this model needed one: nothing was added
@@ -586,6 +593,10 @@ def _note(row: dict, kind: str) -> str:
     if row.get("absent"):
         return "not in the exported graph: the model does not run this layer"
     if kind == "float":
+        if row.get("quantized_by_runtime"):
+            return (f"planned float, but ONNX Runtime quantizes it itself to a {op} with its own per-tensor int8 "
+                    "weights (WeightBiasQuantization: its input is dequantized and its output quantized); "
+                    "disabled_optimizers=['WeightBiasQuantization'] in the InferenceSession keeps it float")
         return "float, as planned"
     if kind == "dq_weight" and row.get("op") == "Gather":
         if str(row.get("format", "")).startswith("float32 rows"):  # groups that do not tile a row

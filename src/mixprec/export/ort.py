@@ -390,14 +390,38 @@ def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=Non
             if node is None:  # a float layer whose weight ONNX Runtime re-laid out and whose node it renamed
                 original = onnx.load(str(path), load_external_data=False).graph if original is None else original
                 node = _fused_node(graph, original, node_name)
+            requantized = None
+            if node is None:  # a float layer ONNX Runtime quantized itself (WeightBiasQuantization)
+                node = requantized = _requantized_node(by_input, node_name)
             op = node.op_type if node is not None else "?"
             lookup = op == "Gather" and node.input[0].startswith(f"{tag}.weight_quantized")  # integer rows looked up
             calls.append({"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or lookup,
-                          "runtime_node": node.name if node is not None else ""})
+                          "runtime_node": node.name if node is not None else "",
+                          **({"quantized_by_runtime": True} if requantized is not None else {})})
         out[layer] = {**calls[0], "low_precision": all(c["low_precision"] for c in calls)}
+        if any(c.get("quantized_by_runtime") for c in calls):
+            out[layer]["quantized_by_runtime"] = True
         if len(calls) > 1:
             out[layer]["runtime_nodes"] = [c["runtime_node"] for c in calls]
     return out
+
+
+# ONNX Runtime's WeightBiasQuantization (level basic) gives a float Conv/ConvTranspose/Gemm whose input is
+# dequantized per tensor and whose output goes (through a Relu or Clip at most) to a QuantizeLinear its own
+# symmetric per-tensor int8 weights, named after the node, so the QDQ fusion makes an integer kernel of it;
+# disabled_optimizers=[RUNTIME_WEIGHT_QUANTIZATION] when making the session keeps such a layer float
+RUNTIME_WEIGHT_QUANTIZATION = "WeightBiasQuantization"
+
+
+def _requantized_node(by_input: dict, node_name: str):
+    """The integer node of the optimised graph that ONNX Runtime made of the float node ``node_name`` by
+    quantizing its weights itself (its initializer ``<node>_weight_q``), or None."""
+    for name, nodes in by_input.items():
+        if name.startswith(f"{node_name}_weight_q"):
+            node = _compute_node(nodes, by_input) if nodes else None
+            if node is not None:
+                return node
+    return None
 
 
 def _find(graph, by_input: dict, producers: dict, layer: str, entry: dict):
