@@ -1115,7 +1115,26 @@ def test_a_failing_evaluation_leaves_the_file_with_its_report(tmp_path, capsys):
     with pytest.raises(Exception, match="the user's evaluation fails"):
         export(model, plan, data, target="ort-cpu", out=tmp_path / "m.onnx", evaluate=broken, progress=False)
     assert (tmp_path / "m.onnx").exists() and report_path(tmp_path / "m.onnx").exists()
-    assert "the evaluation failed" in capsys.readouterr().out
+    assert "the comparison with the simulation stopped" in capsys.readouterr().out
+
+
+def test_an_export_interrupted_after_its_file_never_leaves_the_former_files_report(tmp_path, monkeypatch):
+    """Ctrl-C while the new file is compared with the simulation: the report beside it is the new file's."""
+    import sys
+    exporting = sys.modules["mixprec.export"]  # the package (the name mixprec.export is its function)
+    model = WithNoneOutput().eval()
+    data = [torch.randn(16, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    groups = discover_groups(model, data[0])
+    out = tmp_path / "m.onnx"
+    export(model, Plan.uniform(groups, "w4"), data, target="ort-cpu", out=out, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(exporting, "agreement", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(model, Plan.uniform(groups, W8), data, target="ort-cpu", out=out, progress=False)
+    written = json.loads(report_path(out).read_text())
+    assert {row["candidate"] for row in written["layers"]} == {W8}
 
 
 def test_an_exported_metric_beyond_rounding_noise_of_the_simulated_is_said_plainly(tmp_path):

@@ -371,6 +371,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                       kinds={name: layer_kind(modules[name]) for name in candidates},
                       calls=_calls(floated, list(candidates), example))  # the model as exported
     graph.producer_name, graph.producer_version = "mixprec", _version()
+    report_path(out).unlink(missing_ok=True)  # a report of an earlier file never sits beside this one
     _save_atomic(graph, out)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
     kernels = runtime_kernels(out, {n: e for n, e in written.items() if not e.get("absent")}, optimized)
@@ -442,22 +443,24 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             "written without a KV cache (token ids in, logits out): the model's cache is not one key/value pair of "
             "tensors per layer, it attends within a sliding window (a traced cached step would keep the example's "
             "mask), or the example input has fewer than 3 tokens to trace the cached step with")
-    if batches:
-        inputs = [split_item(b)[0] for b in batches]
-        same = None if getattr(model, "returns_hidden_state", False) else agreement(quantized, exported, inputs)
-        if same is not None:
-            result.agreement["calibration"] = same
-        result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
-    if evaluate is not None:
-        sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
-        try:
+    try:
+        if batches:
+            inputs = [split_item(b)[0] for b in batches]
+            same = None if getattr(model, "returns_hidden_state", False) else agreement(quantized, exported, inputs)
+            if same is not None:
+                result.agreement["calibration"] = same
+            result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
+        if evaluate is not None:
+            sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
             result.simulated = to_eval_result(evaluate(sim_out))
             result.exported = to_eval_result(evaluate(exp_out))
-        except BaseException:  # the file is written: its report too (without the metrics), and the error says so
-            write_json_atomic(report_path(out), result.to_dict())
-            print(f"note: {out} and its report {report_path(out)} were written; the evaluation failed, so the "
-                  "report holds no metric (mixprec evaluate --model FILE --eval SPEC measures the file again)")
-            raise
+    except BaseException:  # the file is written: its report too (without the metrics), and the error says so
+        write_json_atomic(report_path(out), result.to_dict())
+        print(f"note: {out} and its report {report_path(out)} were written; the comparison with the simulation "
+              "stopped, so the report holds no metric (mixprec evaluate --model FILE --eval SPEC measures the file "
+              "again)")
+        raise
+    if evaluate is not None:
         if sim_out.predictions and len(sim_out.predictions) == len(exp_out.predictions):
             same = sum(int((a == b).sum()) for a, b in zip(sim_out.predictions, exp_out.predictions))
             total = sum(a.numel() for a in sim_out.predictions)
