@@ -342,3 +342,28 @@ def test_transformers_loads_a_one_scheme_checkpoint_to_the_simulated_model(tmp_p
         assert torch.equal(state[key], want), key
     tokens = batches(1)[0]
     assert torch.equal(loaded(input_ids=tokens, use_cache=False).logits, quantized(tokens))
+
+
+def test_an_export_interrupted_while_writing_leaves_no_config_of_other_weights(tmp_path, monkeypatch):
+    """A rewrite stopped after the new weights: the folder has no config.json describing the former scheme, stays
+    mixprec's (the next export goes into it), and that export is whole."""
+    import sys
+    ct = sys.modules["mixprec.export.compressed_tensors"]
+    model = tiny_llama()
+    first, second = make_plan(model, {"0.self_attn.o_proj": "w4g32"}), make_plan(model, {"0.self_attn.o_proj": "w8"})
+    out = tmp_path / "ct"
+    write_compressed_tensors(model, first, out, progress=False)
+    real = ct.write_json_atomic
+
+    def stop_at_the_config(path, data):
+        if path.name == "config.json":
+            raise KeyboardInterrupt
+        real(path, data)
+    monkeypatch.setattr(ct, "write_json_atomic", stop_at_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        write_compressed_tensors(model, second, out, progress=False)
+    assert not (out / "config.json").exists()
+    assert "being written" in json.loads((out / ct.REPORT_FILE).read_text())["status"]
+    monkeypatch.setattr(ct, "write_json_atomic", real)
+    result = write_compressed_tensors(model, second, out, progress=False)
+    assert result.readback.exact and json.loads((out / "config.json").read_text())["quantization_config"]

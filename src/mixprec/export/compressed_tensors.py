@@ -235,6 +235,10 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
 
     from safetensors.torch import save
     payload = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    # an interruption from here on leaves no config.json that describes other weights: the folder stays marked as
+    # mixprec's (a report saying it is being written) and holds no config until the weights it describes are in
+    write_json_atomic(out / REPORT_FILE, {"status": "being written: an interrupted export; export again"})
+    (out / "config.json").unlink(missing_ok=True)
     write_atomic(out / WEIGHTS_FILE, payload)
     write_json_atomic(out / "config.json", config)
     if source_folder is not None:
