@@ -21,7 +21,8 @@ from .apply import apply  # noqa: E402
 from .candidates import Candidate, parse_candidate, parse_candidates  # noqa: E402
 from .costs import cost_tables  # noqa: E402
 from .errors import MixprecError  # noqa: E402
-from .export import ExportResult, export  # noqa: E402  (the function; its modules import as `from mixprec.export.X import ...`)
+from . import export  # noqa: E402  (the package, which called is the export function: mixprec.export(model, plan, data))
+from .export import ExportResult  # noqa: E402
 from .export.compressed_tensors import CompressedTensorsExport, write_compressed_tensors  # noqa: E402
 from .export.cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda  # noqa: E402
 from .export.gguf import GGUFExport, export_gguf  # noqa: E402

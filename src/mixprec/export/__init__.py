@@ -712,3 +712,16 @@ def _import_onnx() -> None:
 def _save_atomic(model_proto, path: Path) -> None:
     """Write the ONNX file so that a crash never leaves a half-written one (mixprec.atomic)."""
     write_atomic(path, model_proto.SerializeToString())
+
+
+class _ExportPackage(type(os)):
+    """``mixprec.export`` is this package (``mixprec.export.gguf``, ``import mixprec.export.latency as L``) and,
+    called, the export function: ``mixprec.export(model, plan, data, ...)`` is ``export(model, plan, data, ...)``."""
+
+    def __call__(self, *args, **kwargs) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _ExportPackage
