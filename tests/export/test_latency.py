@@ -110,6 +110,8 @@ def test_in_graph_every_layer_is_timed_at_every_runnable_candidate(in_graph):
 def test_in_graph_table_predicts_every_uniform_plan_it_timed_and_checks_a_mixed_one(in_graph):
     assert {"fp32", "w8a8"} <= set(in_graph.whole)
     for cand, row in in_graph.whole.items():
+        if any(cand in pooled for sets in in_graph.same_kernel.values() for pooled in sets):
+            continue  # entered at the mean of the candidates its kernel runs (tested below)
         assert row["predicted_ms"] == pytest.approx(row["measured_ms"], rel=1e-9)
         assert in_graph.predicted_ms({n: cand for n in in_graph.layers}) == pytest.approx(row["measured_ms"])
     assert in_graph.whole["fp32"]["measured_ms"] == in_graph.float_model_ms
@@ -295,3 +297,35 @@ def test_a_table_whose_move_margins_add_up_far_above_a_measured_uniform_plan_say
     assert len(profile.notes()) == 1 and "measure slower than the table says" in profile.notes()[0]
     profile.whole["w8"]["measured_ms"], profile.moves = 1.2, []  # not around a base: the sum is an estimate anyway
     assert profile.notes() == []
+
+
+def test_candidates_that_run_as_one_kernel_are_entered_at_the_mean_of_their_timings():
+    layers = {"a": {"fp32": 3.0, "w4a8": 1.0, "w6a8": 1.3, "w8a8": 1.6}, "b": {"fp32": 2.0, "w4a8": 0.5, "w8a8": math.nan}}
+    int8 = ("QLinearConv", "int8 QDQ: u8 input (per tensor), s8 weights (per channel)")
+    kernels = {"a": {"fp32": ("Conv", "float32"), "w4a8": int8, "w6a8": int8, "w8a8": int8},
+               "b": {"fp32": ("Conv", "float32"), "w4a8": int8, "w8a8": int8}}
+    pooled = latency.pool_same_kernels(layers, kernels)
+    assert pooled == {"a": [["w4a8", "w6a8", "w8a8"]]}  # b's w8a8 was not timed: nothing to pool with
+    assert layers["a"]["w4a8"] == layers["a"]["w6a8"] == layers["a"]["w8a8"] == pytest.approx(1.3)
+    assert layers["a"]["fp32"] == 3.0 and layers["b"] == {"fp32": 2.0, "w4a8": 0.5, "w8a8": layers["b"]["w8a8"]}
+    row = {"runtime_op": "QLinearConv", "format": "int8 QDQ: u8 input (per tensor), s8 weights (per channel, 4-bit codes)"}
+    assert latency.kernel_of(row) == int8
+
+
+def test_a_graph_profile_gives_codes_of_fewer_bits_in_the_same_kernel_one_latency(demo):
+    model, data = demo
+    result = profile(model, data, "w4a8,w8a8", threads=1, repeats=3, progress=False, checks=0)
+    for layer, row in result.layers.items():
+        assert row["w4a8"] == row["w8a8"], layer
+        assert ["w4a8", "w8a8"] in result.same_kernel[layer]
+    assert any("run as one kernel" in note for note in result.notes())
+
+
+def test_random_plans_far_off_the_table_are_said_to_be_so():
+    table = latency.LatencyProfile("ort-cpu", 1, 1, ["w8a8"], {"a": {"fp32": 1.0, "w8a8": 0.5}}, {"a": {}}, 1.2, 0.2,
+                                   method="graph")
+    table.checks = [{"assignments": {"a": "w8a8"}, "predicted_ms": 0.7, "measured_ms": 0.72}]
+    assert not table.notes()
+    table.checks.append({"assignments": {"a": "fp32"}, "predicted_ms": 1.2, "measured_ms": 2.3})
+    (note,) = table.notes()
+    assert "1 of 2 random plan(s)" in note and "more --repeats" in note

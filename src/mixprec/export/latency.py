@@ -33,6 +33,7 @@ Candidates the target cannot run are left out (empty, so the solver never choose
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import tempfile
 import time
@@ -86,6 +87,9 @@ class LatencyProfile:
     checks: list[dict] = field(default_factory=list)  # mixed plans: assignments, predicted and measured ms
     moves: list[dict] = field(default_factory=list)  # around: each move's measured change, its error, what is entered
     decode: int | None = None  # a language model timed at one decoding step on a KV cache of this many tokens
+    # layer -> sets of candidates the runtime runs as one kernel there (e.g. w4a8 and w8a8: int8 codes either
+    # way), entered at the mean of their timings: a difference between them is noise, not a saving
+    same_kernel: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def predicted_ms(self, assignments: dict[str, str]) -> float:
         """The per-layer estimate of a plan (layer -> candidate): its layers plus the rest."""
@@ -98,9 +102,24 @@ class LatencyProfile:
         that plan's measured latency are out of reach. Below (far from the base, where single moves do not add
         up): plans there measure slower than predicted. Fractions (``latency_ms=0.8x``) are of the measured float
         model either way."""
-        if not self.moves:
-            return []
         notes = []
+        if self.same_kernel:
+            example = next(iter(self.same_kernel.items()))
+            notes.append(f"on {len(self.same_kernel)} layer(s) several candidates run as one kernel (e.g. "
+                         f"{', '.join(example[1][0])} on {example[0]}: the same op on the same storage, codes of fewer "
+                         "bits in it); each is entered at the mean of their timings, as a difference between them is "
+                         "timing noise, not a saving")
+        off = [c for c in self.checks if c.get("measured_ms", 0) > 0
+               and not 1 / OVER_PREDICTED <= c["predicted_ms"] / c["measured_ms"] <= OVER_PREDICTED]
+        if off:
+            worst = max(off, key=lambda c: abs(c["predicted_ms"] / c["measured_ms"] - 1))
+            notes.append(f"{len(off)} of {len(self.checks)} random plan(s) timed whole are off the table by more than "
+                         f"{100 * (OVER_PREDICTED - 1):.0f}% (worst: table {worst['predicted_ms']:.3g} ms, measured "
+                         f"{worst['measured_ms']:.3g} ms): the table's timings are noisy (another load on the machine, "
+                         "too few --repeats) or the layers do not add up in this graph; profile again on an idle "
+                         "machine with more --repeats before solving with it")
+        if not self.moves:
+            return notes
         for cand, w in self.whole.items():
             measured, predicted = w.get("measured_ms", 0), w["predicted_ms"]
             if not measured > 0:
@@ -136,7 +155,7 @@ class LatencyProfile:
                            for k, row in self.layers.items()},
                 "ops": self.ops, "float_model_ms": self.float_model_ms, "rest_ms": self.rest_ms,
                 "whole": self.whole, "skipped": self.skipped, "overhead_ms": self.overhead_ms, "method": self.method,
-                "checks": self.checks, "moves": self.moves, "decode": self.decode}
+                "checks": self.checks, "moves": self.moves, "decode": self.decode, "same_kernel": self.same_kernel}
 
 
 class _Single(nn.Module):
@@ -370,6 +389,30 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                                Path(tmp), progress)
 
 
+def kernel_of(row: dict) -> tuple[str, str]:
+    """What the runtime runs for an exported layer row: its op and the format written, less the bits of the codes
+    (4-bit codes in int8 storage run the int8 kernel of 8-bit codes)."""
+    return row["runtime_op"], re.sub(r",? ?\d+-bit codes", "", str(row.get("format", "")))
+
+
+def pool_same_kernels(layers: dict[str, dict[str, float]], kernels: dict[str, dict[str, tuple]]) -> dict[str, list]:
+    """Enter the candidates of a layer that run as one kernel (``kernels``: layer -> candidate -> kernel_of) at the
+    mean of their timings, in place; returns layer -> the candidate sets pooled."""
+    pooled: dict[str, list[list[str]]] = {}
+    for layer, by_cand in kernels.items():
+        sets: dict[tuple, list[str]] = {}
+        for cand, kernel in by_cand.items():
+            if math.isfinite(layers[layer].get(cand, math.nan)):
+                sets.setdefault(kernel, []).append(cand)
+        for cands in sets.values():
+            if len(cands) > 1:
+                mean = sum(layers[layer][c] for c in cands) / len(cands)
+                for c in cands:
+                    layers[layer][c] = mean
+                pooled.setdefault(layer, []).append(sorted(cands))
+    return pooled
+
+
 def _plan(groups: ModelGroups, assignments: dict[str, str]) -> Plan:
     """The plan putting each layer (every layer of a group alike) on its candidate in ``assignments``."""
     plan = Plan.uniform(groups, FLOAT)
@@ -415,6 +458,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     from .ort import make_session
     graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
     ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
+    run_as: dict[str, dict[str, tuple]] = {layer: {} for layer in runnable}  # layer -> candidate -> kernel_of
     todo = [c for c in names if c == FLOAT or any(runnable[l][c] for l in runnable)]
     for cand in tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph", disable=not progress):
         assignments = _uniform_where_runnable(groups, cand, runnable)
@@ -437,6 +481,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             kernels[row["layer"]] = sum(nodes[node] for node in called)
             if assignments[row["layer"]] == cand:
                 ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
+                run_as[row["layer"]][cand] = kernel_of(row)
         graphs[cand] = {"path": out, "assignments": assignments, "measured_ms": measured, "kernels": kernels,
                         "rest_ms": measured - sum(kernels.values())}
     rest = max(0.0, min(g["rest_ms"] for g in graphs.values()))
@@ -448,6 +493,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             if g["assignments"][layer] == cand:
                 share = extra * ms / total if total > 0 else extra / len(g["kernels"])
                 layers[layer][cand] = max(0.0, ms + share)
+    same_kernel = pool_same_kernels(layers, run_as)
     moves: list[dict] = []
     if around is not None:
         layers, rest, moves = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
@@ -458,7 +504,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     float_ms = graphs[FLOAT]["measured_ms"]
     result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest, skipped=skipped,
                             method="graph" if around is None else f"graph around {around}", moves=moves,
-                            decode=decode)
+                            decode=decode, same_kernel=same_kernel if around is None else {})
     for cand, g in graphs.items():
         if all(a == cand for a in g["assignments"].values()):
             result.whole[cand] = {"predicted_ms": result.predicted_ms(g["assignments"]),
@@ -531,6 +577,7 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
     layers: dict[str, dict[str, float]] = {}
     ops: dict[str, dict[str, str]] = {}
     overhead: dict[str, float] = {}
+    run_as: dict[str, dict[str, tuple]] = {}  # layer -> candidate -> kernel_of
     todo = [(name, c) for name in modules for c in names]
     for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
         layer = modules[name]
@@ -564,12 +611,14 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
         if name not in overhead:
             overhead[name] = _overhead(x, threads, repeats, tmp)
         row[cand], oprow[cand] = max(0.0, ms - overhead[name]), ("float" if op == "?" and cand == FLOAT else op)
+        run_as.setdefault(name, {})[cand] = kernel_of(written["layer"])
+    same_kernel = pool_same_kernels(layers, run_as)
     float_plan = Plan.uniform(groups, FLOAT)
     float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
                                 weight_method, activation_method, tmp)
     rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
     result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest,
-                            skipped=skipped, overhead_ms=overhead, method="layers")
+                            skipped=skipped, overhead_ms=overhead, method="layers", same_kernel=same_kernel)
     if whole:
         for cand in names:
             plan = Plan.uniform(groups, cand)
