@@ -667,6 +667,16 @@ def cmd_export(args) -> int:
     _read_plan(args)
     if args.float_type and args.target != "gguf":
         raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
+    onnx = get_target(args.target).writer == "export"
+    for flag, value, default, owner, applies in (
+            ("--reduce-range", args.reduce_range, False, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
+            ("--accuracy-level", args.accuracy_level, 4, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
+            ("--decoder", args.decoder, "fused", "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
+            ("--threads", args.threads, None, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
+            ("--device", args.device, None, "--target cuda", args.target == "cuda"),
+            ("--dtype", args.dtype, "auto", "--target cuda", args.target == "cuda")):
+        if value != default and not applies:
+            raise SpecError(f"{flag} is an option of {owner}; --target {args.target} does not use it: drop {flag}")
     if args.target == "cuda":
         return _export_cuda(args)
     if get_target(args.target).writer != "export":
@@ -743,6 +753,9 @@ def _export_file(args) -> int:
     out = check_output_file(args.out) if gguf else check_output_folder(args.out, "--out")
     args.needs_data = not gguf  # GGUF's candidates are weight-only: no calibration
     model, data, _, groups = _setup(args)
+    if gguf:  # a model GGUF cannot hold is said before any of its layers' formats
+        from .export.gguf import _find_causal_lm
+        _find_causal_lm(model)
     plan = _plan_of(args, groups, same_groups=False)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     check_target(args.target, {name: (layer_kind(m) or type(m).__name__, tuple(m.weight.shape), candidates[name])

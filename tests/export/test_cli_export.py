@@ -84,3 +84,20 @@ def test_a_pin_given_with_a_plan_is_applied_on_export_and_the_target_error_says_
     assert "pin applied: group conv1: fp8 in the plan, fp32 by its pin" in capsys.readouterr().out
     rows = {r["layer"]: r for r in json.loads((tmp_path / "b.report.json").read_text())["layers"]}
     assert rows["conv1"]["candidate"] == "fp32" and rows["conv2"]["candidate"] == "w8a8"
+
+
+@pytest.mark.parametrize("target, option", [("gguf", ["--threads", "2"]), ("gguf", ["--accuracy-level", "0"]),
+                                            ("compressed-tensors", ["--decoder", "traced"]),
+                                            ("ort-cpu", ["--dtype", "float16"]), ("ort-cpu", ["--device", "cpu"])])
+def test_an_option_of_another_target_is_refused_before_anything_is_written(tmp_path, capsys, target, option):
+    out = tmp_path / ("m.gguf" if target == "gguf" else "m.onnx" if target == "ort-cpu" else "ct")
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w8a8", "--target", target, *option,
+                 "--out", str(out)]) == 2
+    assert f"{option[0]} is an option of" in capsys.readouterr().err and not out.exists()
+
+
+def test_gguf_of_a_model_it_cannot_hold_says_so_before_any_layer_format(tmp_path, capsys):
+    assert main(["export", "--model", "demo-cnn", "--uniform", "q8_0", "--target", "gguf",
+                 "--out", str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "GGUF export writes Hugging Face causal LMs" in err and "blocks of 32" not in err
