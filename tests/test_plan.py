@@ -213,3 +213,22 @@ def test_a_plan_for_another_model_says_which_groups_are_whose():
     with pytest.raises(SpecError, match=r"1 of the plan's groups are not this model's \(e.g. \['emb'\]\); 2 of this "
                                         r"model's groups are not in the plan"):
         check_plan_groups(other, groups)
+
+
+def test_a_plan_for_the_same_layers_under_another_prefix_says_so():
+    """A plan made on the network built in Python does not apply to it loaded with hf: (layers 'lm.<name>'), and
+    the other way round; the error says it is a naming, not another model."""
+    from torch import nn
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    wrapped = nn.Module()
+    wrapped.lm = net
+    bare = Plan({"0": "w8", "2": "w8"}, {"0": ["0"], "2": ["2"]})
+    with pytest.raises(PlanError, match="under the prefix 'lm.'"):
+        bare.model_layers(wrapped)
+    prefixed = Plan({"lm.0": "w8", "lm.2": "w8"}, {"lm.0": ["lm.0"], "lm.2": ["lm.2"]})
+    with pytest.raises(PlanError, match="with the prefix 'lm.'"):
+        prefixed.model_layers(net)
+    other = Plan({"0": "w8", "9": "w8"}, {"0": ["0"], "9": ["9"]})
+    with pytest.raises(PlanError) as error:
+        other.model_layers(wrapped)
+    assert "prefix" not in str(error.value)

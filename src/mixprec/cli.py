@@ -782,7 +782,11 @@ def _export_file(args) -> int:
         rest = Counter(t["type"] for t in result.tensors if t["layer"] is None)
         print(f"outside the plan: {sum(rest.values())} tensor(s), " + ", ".join(f"{n} {k}" for k, n in sorted(rest.items())))
         check = result.readback
-        print(f"read back (gguf.GGUFReader): {check['exact']}/{check['tensors']} tensors exactly the simulated weights")
+        halved = sum(1 for t in result.tensors if t["layer"] is None and t["type"] == "F16" and t["name"] != "")
+        print(f"read back (gguf.GGUFReader): {check['exact']}/{check['tensors']} tensors exactly as written"
+              + (f": the planned layers the simulated weights, the {halved} float16 tensors outside the plan their "
+                 "float32 weights rounded to float16 (the simulation and --eval keep float32)" if halved else
+                 ": the simulated weights"))
         report = report_path(out)
     else:
         result = write_compressed_tensors(model, plan, out, quantized=quantized, weight_method=args.weight_range,

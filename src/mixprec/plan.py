@@ -80,7 +80,7 @@ class Plan:
         unknown = sorted(set(self.layer_candidates()) - set(layers))
         if unknown:
             raise PlanError(f"the plan names {len(unknown)} layer(s) the model does not have, e.g. {unknown[:3]}; "
-                            "was it made for another model?")
+                            f"was it made for another model?{_prefix_hint(unknown, layers)}")
         return {name: layers[name] for name in self.layer_candidates()}
 
     def check_covers(self, model, verbose: bool = False) -> None:
@@ -150,3 +150,26 @@ class Plan:
 
 def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _prefix_hint(unknown: list[str], layers) -> str:
+    """Where the plan's layers are the model's under a name prefix added or dropped (a model loaded with hf:
+    names its layers ``lm.<name>``; one built in Python, ``<name>``), a hint saying which."""
+    names = set(layers)
+    for name in unknown:
+        for layer in names:
+            if layer.endswith("." + name):
+                prefix = layer[:-len(name)]
+                if all(prefix + n in names for n in unknown):
+                    return (f" Its layers are this model's under the prefix {prefix!r} (e.g. {prefix + name!r}): "
+                            "it was made for the same network named another way (an hf: model names its layers "
+                            "'lm.<name>', one built in Python '<name>'); solve again on the model as loaded here")
+            if name.endswith("." + layer):
+                prefix = name[:-len(layer)]
+                if all(n.startswith(prefix) and n[len(prefix):] in names for n in unknown):
+                    return (f" Its layers are this model's with the prefix {prefix!r} (e.g. {name!r} is {layer!r} "
+                            "here): it was made for the same network named another way (an hf: model names its "
+                            "layers 'lm.<name>', one built in Python '<name>'); solve again on the model as loaded "
+                            "here")
+        break  # one name decides: the hint holds for all of them or for none
+    return ""

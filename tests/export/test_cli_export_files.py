@@ -36,7 +36,7 @@ def test_uniform_q4_0_to_gguf_reads_back_exactly_with_the_folder_tokenizer(check
     assert main(["export", "--model", f"hf:{folder}", "--uniform", "q4_0", "--target", "gguf", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "GGUF tensor" in text and "Q4_0" in text
-    assert f"read back (gguf.GGUFReader): {LAYERS + 7}/{LAYERS + 7} tensors exactly the simulated weights" in text
+    assert f"read back (gguf.GGUFReader): {LAYERS + 7}/{LAYERS + 7} tensors exactly as written: the simulated weights" in text
     assert "pre-tokenizer 'default'" in text and "not re-evaluated" not in text  # no --eval: no metric
     report = json.loads((tmp_path / "tiny.gguf.report.json").read_text())
     assert report["target"] == "gguf" and report["types"] == {"Q4_0": LAYERS} and report["simulated"] is None
@@ -59,6 +59,7 @@ def test_a_mixed_plan_file_to_gguf_with_f16_outside_and_the_simulated_metric(che
                  "--float-type", "f16", "--eval", f"ppl:{text_file}?windows=2&length=32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "simulated perplexity" in printed and "the gguf export itself was not re-evaluated" in printed
+    assert "float16 tensors outside the plan their float32 weights rounded to float16" in printed
     report = json.loads((tmp_path / "mixed.gguf.report.json").read_text())
     assert report["simulated"]["name"] == "perplexity"
     assert report["readback"]["exact"] == report["readback"]["tensors"]
@@ -110,7 +111,7 @@ def test_the_rounding_asked_for_is_what_the_gguf_file_holds(checkpoint, tmp_path
     base = ["export", "--model", f"hf:{folder}", "--uniform", "q4_0", "--target", "gguf"]
     assert main(base + ["--out", str(nearest)]) == 0
     assert main(base + ["--data", data, "--rounding", "gptq", "--static-groups", "--out", str(gptq)]) == 0
-    assert "tensors exactly the simulated weights" in capsys.readouterr().out
+    assert "tensors exactly as written: the simulated weights" in capsys.readouterr().out
     _, a = fields(nearest)
     _, b = fields(gptq)
     assert a.keys() == b.keys()

@@ -433,7 +433,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
                             "made with the config entry session.qdq_matmulnbits_accuracy_level = 0 runs them on float "
                             "inputs, as simulated")
     if result.fallbacks:
-        result.notes.append(f"{len(result.fallbacks)} of {len(rows)} quantized layer(s) run in float on ONNX Runtime "
+        planned = sum(1 for r in rows if r["candidate"] != "fp32" and not r.get("absent"))
+        result.notes.append(f"{len(result.fallbacks)} of {planned} quantized layer(s) run in float on ONNX Runtime "
                             f"(e.g. {result.fallbacks[0]['layer']}: {result.fallbacks[0]['note']})")
     exported = OrtModule(out, threads)
     if callable(getattr(model, "onnx_step", None)):
@@ -551,9 +552,9 @@ def _default_joins(model: nn.Module, plan: Plan, realisations: dict, batches: li
 
 
 JOINS_ADDED = ("join quantizers are added where ONNX Runtime's int8 graph quantizes a tensor (residual adds, "
-               "concatenations, and a convolution's output that a pooling, a mean or a float layer reads); the plan was "
-               "measured without them (analyze --joins or --profile ort-cpu measures with them), so the simulated "
-               "metric here, which includes them, can differ from quantize's")
+               "concatenations, and a convolution's output that a pooling, a mean or a float layer reads); a plan solved "
+               "on an analysis without them is measured without them (analyze --joins or --profile ort-cpu measures "
+               "with them), so the simulated metric here, which includes them, can differ from quantize's")
 
 
 def report_path(onnx_path: str | os.PathLike) -> Path:
