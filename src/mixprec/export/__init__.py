@@ -345,6 +345,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
         notes.append(f"the model is {'/'.join(narrow)}: the file is float32 around its integer and low-bit kernels "
                      "(ONNX Runtime's CPU float type), so its float layers and its dequantized weights are float32 "
                      f"where the simulation rounded them to {'/'.join(narrow)}")
+    say = print if progress else (lambda *a, **k: None)
+    say("export: tracing the model to ONNX", flush=True)
     graph = _fused_decoder(floated, example, quantized, notes) if decoder == "fused" else None
     if graph is None:
         with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
@@ -373,6 +375,7 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     graph.producer_name, graph.producer_version = "mixprec", _version()
     report_path(out).unlink(missing_ok=True)  # a report of an earlier file never sits beside this one
     _save_atomic(graph, out)
+    say(f"export: wrote {out}; reading the kernels ONNX Runtime runs after optimisation", flush=True)
     optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
     kernels = runtime_kernels(out, {n: e for n, e in written.items() if not e.get("absent")}, optimized)
     kernels.update({n: {"runtime_op": "-", "low_precision": False, "runtime_node": ""}
@@ -444,6 +447,8 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
             "written without a KV cache (token ids in, logits out): the model's cache is not one key/value pair of "
             "tensors per layer, it attends within a sliding window (a traced cached step would keep the example's "
             "mask), or the example input has fewer than 3 tokens to trace the cached step with")
+    say("export: comparing the file with the simulation" + (" and evaluating both" if evaluate is not None else ""),
+        flush=True)
     try:
         if batches:
             inputs = [split_item(b)[0] for b in batches]
