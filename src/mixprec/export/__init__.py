@@ -724,8 +724,7 @@ class _ExportPackage(type(os)):
     """``mixprec.export`` is this package (``mixprec.export.gguf``, ``import mixprec.export.latency as L``) and,
     called, the export function: ``mixprec.export(model, plan, data, ...)`` is ``export(model, plan, data, ...)``."""
 
-    def __call__(self, *args, **kwargs) -> ExportResult:
-        return export(*args, **kwargs)
+    __call__ = staticmethod(export)  # the function itself: no frame of its own between the caller and export
 
 
 import sys as _sys  # noqa: E402
