@@ -763,7 +763,9 @@ class Analysis:
         for p in solved:
             choice, search, guarded = p.solution.choice, method, None
             if guard:
-                guarded, guard_kind, note = self._guard(problem, choice, {kind: p.solution.costs[kind]},
+                # against the uniform plans within the budget the point was solved at (as solve's guard), not
+                # within its own cost, which can lie just below a uniform candidate's it was solved for
+                guarded, guard_kind, note = self._guard(problem, choice, {kind: p.budget * (1 + 1e-12)},
                                                         guard_divergence, device, lambda *_: None, rounding,
                                                         guard_margin)
                 if guarded is None and note:  # no model to measure with: the front stays unguarded

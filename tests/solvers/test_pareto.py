@@ -40,3 +40,15 @@ def test_the_front_holds_the_best_plan_at_the_cost_of_every_uniform_plan(groups,
         best = solve_exact(S, costs, {"bits": budget})
         within = [p for p in front if p.solution.costs["bits"] <= budget + 1e-9]
         assert within and abs(within[-1].solution.objective - best.objective) < 1e-9
+
+
+def test_a_plan_solved_at_several_budgets_stands_for_the_highest():
+    """The same plan from an evenly spaced budget and from a uniform candidate's cost just above it: the front keeps
+    the candidate's budget, so the guard compares the plan with that uniform plan (as solve at that budget does)."""
+    from mixprec.solvers.pareto import FrontPoint, non_dominated
+    from mixprec.solvers.problem import Solution
+    plan = Solution(np.array([0, 1]), 0.5, {"bytes": 4.1765})
+    cheaper = Solution(np.array([0, 0]), 0.9, {"bytes": 3.0})
+    kept = non_dominated([FrontPoint(3.2, cheaper), FrontPoint(4.178, plan), FrontPoint(4.1802, plan)], "bytes")
+    assert [p.budget for p in kept] == [3.2, 4.1802]
+    assert kept[1].solution is plan

@@ -60,6 +60,12 @@ def non_dominated(front: list[FrontPoint], kind: str) -> list[FrontPoint]:
     front = sorted(front, key=lambda p: (p.solution.costs[kind], p.solution.objective))
     kept: list[FrontPoint] = []
     for point in front:  # cheapest first: keep a point only if it is strictly less sensitive than all cheaper ones
+        if kept and point.solution.costs[kind] == kept[-1].solution.costs[kind] \
+                and abs(point.solution.objective - kept[-1].solution.objective) <= 1e-15:
+            # the same plan from a higher budget: it stands for the highest (the guard compares it with the
+            # uniform plans within that budget, the one it was solved at for a uniform candidate's cost)
+            kept[-1] = FrontPoint(max(point.budget, kept[-1].budget), kept[-1].solution)
+            continue
         if not kept or point.solution.objective < kept[-1].solution.objective - 1e-15:
             if kept and point.solution.costs[kind] == kept[-1].solution.costs[kind]:
                 kept[-1] = point
