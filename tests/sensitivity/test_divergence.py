@@ -104,6 +104,16 @@ def test_the_guard_auto_of_a_language_model_given_token_ids_is_nll():
         OutputDivergence(embedding_model, [torch.randn(3, 8)], "nll")(embedding_model)
 
 
+def test_a_signal_of_many_samples_given_its_float_targets_is_a_regression_not_logits():
+    """A denoiser's (batch, channels, 128 samples) output with float targets of that shape: 1/SQNR (and the targets'
+    error for the guard), not KL over the time axis, which a constant offset leaves near 0."""
+    from mixprec.sensitivity.divergence import auto_kind
+    signal = torch.randn(4, 2, 128)
+    assert auto_kind(signal, signal + 0.1, guard=True, inputs=signal) == "consensus"
+    assert auto_kind(signal, signal + 0.1, inputs=signal) == "sqnr"
+    assert auto_kind(signal, None, inputs=torch.randint(0, 128, (4, 2))) == "kl"  # no targets: as before
+
+
 @pytest.mark.parametrize("kind", ["kl", "agreement", "sqnr"])
 def test_low_precision_outputs_are_scored_in_float32_a_chunk_of_rows_at_a_time(kind, monkeypatch):
     """A bfloat16 LM's logits are kept and scored in their own dtype, chunk by chunk: the result is the

@@ -253,11 +253,14 @@ GUARD_CHOICES = ("auto", "agreement", "kl", "sqnr", "nll", "ce", "mse", "consens
 def auto_kind(output: torch.Tensor, labels: Any, smooth: bool = False, guard: bool = False,
               inputs: Any = None, search: bool = False) -> str:
     """agreement (kl if ``smooth`` or ``search``, consensus if ``guard``) for a classifier's logits with
-    integer labels beside them; for an LM's (batch, tokens, vocab) output kl, or nll if ``guard`` or
-    ``search`` and the inputs are its token ids; else sqnr (consensus, with the targets' mse, if ``guard``
-    and float targets of the output's shape are beside it)."""
+    integer labels beside them; sqnr (consensus, with the targets' mse, if ``guard``) where float targets of the
+    output's shape are beside it (a regression or a denoiser, even of (batch, channels, >= 100 samples)); for an
+    LM's (batch, tokens, vocab) output kl, or nll if ``guard`` or ``search`` and the inputs are its token ids;
+    else sqnr."""
     if class_labels(labels, output, per_row=False):
         return "kl" if smooth or search else "consensus" if guard else "agreement"
+    if regression_targets(labels, output):  # float targets of the output's shape: a regression, whatever its shape
+        return "consensus" if guard else "sqnr"
     if output.ndim == 3 and output.shape[-1] >= 100:
         ids = token_ids(inputs)
         own_text = ids is not None and tuple(ids.shape) == tuple(output.shape[:2])
