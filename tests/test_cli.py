@@ -479,3 +479,17 @@ def test_an_option_that_would_be_ignored_or_is_out_of_range_is_refused(argv, say
     assert (exc.value.code if exc is not None else code) == 2
     assert says in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("run", "p.json", "front", "l.csv", "m.onnx"))
+
+
+def test_solve_refuses_an_eval_its_search_would_not_use_and_says_what_to_drop(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "64",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--eval", "demo-cnn", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--eval is what a measured search measures plans with" in capsys.readouterr().err
+    assert main(["solve", str(run), "--budget", "bops=w4a8", "--search", "local", "--guard-holdout", "0.25",
+                 "--no-guard", "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "keep the guard" in err and "use search='local'" not in err
+    assert not (tmp_path / "p.json").exists()

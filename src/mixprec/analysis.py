@@ -467,7 +467,9 @@ class Analysis:
         if guard_holdout and not (search == "local" and guard):  # it holds batches apart from the local search
             raise SpecError(f"guard_holdout (--guard-holdout) holds calibration batches apart from the local search "
                             f"for the guard; with search={search!r}{'' if guard else ' and no guard'} there is "
-                            "nothing to hold them from: drop it, or use search='local' (--search local)")
+                            "nothing to hold them from: drop it"
+                            + (", or use search='local' (--search local)" if search != "local" else "")
+                            + (", or keep the guard (drop guard=False, --no-guard)" if not guard else ""))
         search_part, guard_part = self._held_apart(search == "local" and guard, guard_holdout)
         bar = None
         try:

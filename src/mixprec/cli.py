@@ -33,7 +33,7 @@ from .rounding import ROUNDINGS, plan_rounding, rounding_config
 from .run_directory import RunDirectory
 from .sensitivity import metric_config
 from .sensitivity.divergence import GUARD_CHOICES
-from .solvers import SOLVERS
+from .solvers import MEASURED, SOLVERS
 from .threads import choose_threads
 from .specs import check_model_spec, is_builtin, load_eval, parse_device, prepare
 
@@ -487,6 +487,13 @@ def _check_misplaced_options(args) -> None:
             flag = "--" + option.replace("_", "-")
             raise SpecError(f"{flag} is an option of --search {owners.replace(', ', ' or ')}; this solve runs --search "
                             f"{args.search}, which does not use it: add --search {owners.split(', ')[0]}, or drop {flag}")
+    search = getattr(args, "search", None)  # pareto has none: its --eval measures the front's plans
+    measured = search in MEASURED or (search == "greedy-pareto" and getattr(args, "max_drop", None))
+    if getattr(args, "eval", None) and search and not measured:
+        raise SpecError(f"--eval is what a measured search measures plans with (--search greedy, bisection, refine, or "
+                        f"greedy-pareto with --max-drop); --search {args.search} measures none with it (the guard and "
+                        "the local search measure label-free divergences on the calibration data), so it would be "
+                        "ignored: drop --eval (quantize --plan PLAN --eval SPEC measures the plan)")
     if getattr(args, "kind", None) and getattr(args, "budget", None):
         raise SpecError(f"--kind names the cost a search lowers when no --budget is given; with --budget "
                         f"{args.budget} the budget's kind is lowered: drop --kind")
