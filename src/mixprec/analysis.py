@@ -507,6 +507,7 @@ class Analysis:
             from .errors import BudgetNote
             warnings.warn(note, BudgetNote, stacklevel=2)
         guarded = None
+        replaced = None
         if guard:
             kind_of_plan = goal.kind or problem.default_kind
             # rivals of no greater cost than the plan: the budget, or the plan's own cost where a search bounded by a
@@ -528,6 +529,7 @@ class Analysis:
                                  "calibration data for as long as the analysis took, and can find a mixed plan "
                                  "that beats uniform")
                     notes += _one_activation_width(problem.candidates, budgets)
+                replaced = problem.assignments(solution.choice)  # kept in the plan: to try it, or apply it anyway
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
@@ -543,6 +545,8 @@ class Analysis:
             metadata["guard"] = guarded.to_dict(guard_kind, "calibration data" if guard_part is None else
                                                 f"calibration batches {guard_part[0] + 1}-{guard_part[1]} of "
                                                 f"{guard_part[1]}, held apart from the local search's")
+            if guarded.chosen != MIXED and guarded.divergence:
+                metadata["guard"]["replaced_plan"] = replaced  # the mixed plan it measured and did not return
         if problem.notes or notes:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)

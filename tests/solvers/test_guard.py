@@ -75,7 +75,9 @@ def test_solve_returns_the_better_of_mixed_and_uniform_on_the_calibration_diverg
         unguarded = analysis.solve(budget, guard=False)
         assert "guard" not in unguarded.metadata
         if guard_info["chosen"] == MIXED:
-            assert unguarded.assignments == plan.assignments
+            assert unguarded.assignments == plan.assignments and "replaced_plan" not in guard_info
+        elif measured:  # the mixed plan it measured and did not return is kept, as --no-guard returns it
+            assert guard_info["replaced_plan"] == unguarded.assignments != plan.assignments
 
 
 @given(st.lists(st.tuples(st.floats(0, 10, allow_nan=False), st.floats(0, 10, allow_nan=False)),
@@ -555,3 +557,16 @@ def test_mse_samples_add_up_to_the_mean_squared_error(batch, shape, flat_target)
     assert float(per_sample.sum()) / count == pytest.approx(float(expected), rel=1e-5)
     assert not regression_targets(target.long(), out)  # integer labels are classes, not targets
     assert not regression_targets(torch.randn(batch + 1, *shape), out)
+
+
+def test_a_mixed_plan_the_guard_replaced_is_kept_in_the_plan(demo):
+    """A margin no plan can clear: the guard measures the mixed plan, returns a uniform one and keeps the mixed
+    plan's assignments (what --no-guard returns) beside its reasons."""
+    _, _, _, analysis = demo
+    unguarded = analysis.solve("bytes=0.4x", guard=False)
+    assert len(set(unguarded.assignments.values())) > 1
+    with pytest.warns(mixprec.errors.GuardNote):
+        plan = analysis.solve("bytes=0.4x", guard_margin=1e9)
+    guard_info = plan.metadata["guard"]
+    assert guard_info["chosen"] != MIXED and guard_info["measured"][MIXED] is not None
+    assert guard_info["replaced_plan"] == unguarded.assignments != plan.assignments
