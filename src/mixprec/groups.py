@@ -295,7 +295,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     if uncovered and held >= 0.01 * total:  # a class token or two is not worth a note
         notes.append(f"{held / max(total, 1):.0%} of the weights are in {len(uncovered)} module(s) {NOT_QUANTIZED} "
                      f"({', '.join(kinds)}; e.g. {uncovered[0][0]!r}): they stay float, counted in bytes; "
-                     "their compute is in no MACs or BOPs figure (those count the quantizable layers)")
+                     "whatever they compute (a custom projection's matmul; a position table or class token computes "
+                     "nothing) is in no MACs or BOPs figure (those count the quantizable layers)")
     renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
     if renormed:
         notes.append(MAX_NORM_NOTE.format(count=len(renormed), example=renormed[0]))
