@@ -64,6 +64,10 @@ def _candidate_list(candidates: str | Iterable[str | Candidate]) -> list[Candida
 
 @dataclass
 class Analysis:
+    """A finished sensitivity analysis: the table S[group, candidate], the exact cost tables and the groups, from
+    ``mixprec.analyze(...)`` or ``Analysis.load(run_dir)``. Its methods are the allocation half of the pipeline:
+    ``solve(budget)`` -> Plan (guarded against the uniform plans within the budget), ``pareto(kind, n)`` -> Front,
+    ``report(front, dir)``, ``problem()`` (the AllocationProblem every search takes) and ``plan(assignments)``."""
     table: SensitivityTable
     costs: CostTables  # columns: every candidate measured (the table's)
     groups: dict[str, list[str]]  # group -> layers

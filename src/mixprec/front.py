@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class FrontPlan:
+    """One plan of a front (or a uniform candidate beside it): its costs, predicted sensitivity, assignments, the
+    measured metric where evaluated, how it was found and the guard's comparison."""
     costs: dict[str, float]
     predicted_sensitivity: float
     assignments: dict[str, str] | None = None  # group -> candidate (kept in pareto.json for the front's plans)
@@ -52,6 +54,9 @@ class FrontPlan:
 
 @dataclass
 class Front:
+    """The Pareto front of one cost kind (``Analysis.pareto``): the non-dominated plans, cheapest first, each
+    guarded like solve's plans, and every uniform candidate beside them; measured where an evaluation was given.
+    ``plan(i)`` is point i as a Plan; ``save(dir)`` writes pareto.json, ``Front.load(dir)`` reads it back."""
     kind: str  # the cost kind the front spans
     metric: str  # the sensitivity metric of the predictions
     method: str  # exact or lagrangian

@@ -36,6 +36,9 @@ from .rounding import RoundingConfig, rounding_config
 
 @dataclass
 class QuantizeResult:
+    """What ``quantize`` and ``quantize_plan`` return: the quantized (fake-quant) model, the plan applied, its costs,
+    the evaluation where one was given, and how its weights were rounded; ``save(dir)`` writes what
+    ``mixprec quantize`` writes (model.pt, plan.json, result.json)."""
     model: nn.Module  # the quantized (simulated) model
     plan: Plan
     costs: dict[str, float]  # bytes, bops, bits_per_weight of the plan, with its point counts

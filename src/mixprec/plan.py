@@ -18,6 +18,10 @@ PLAN_VERSION = 1
 
 @dataclass
 class Plan:
+    """A candidate for every quantizer group (``assignments``: group -> candidate; ``groups``: group -> layers),
+    the layers left float and what made it (``metadata``: search, budgets, predicted costs, the guard's decision,
+    the rounding it was measured with). ``save(path)`` writes plan.json; ``Plan.load(path)`` reads one back;
+    ``Plan.uniform(groups, candidate)`` puts every group on one candidate."""
     assignments: dict[str, str]  # group name -> candidate name
     groups: dict[str, list[str]]  # group name -> layer names
     excluded: list[str] = field(default_factory=list)  # layers left in float

@@ -52,6 +52,9 @@ SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the
 
 
 class RunDirectory:
+    """An analysis run's folder: run.json (the arguments and the fingerprint of model, data and settings), the
+    entries measured so far (resumable after an interruption), sensitivity.json/csv and costs.json, and the logs
+    of measured plans (evaluations.jsonl, divergences.jsonl). A run of another model or data is refused."""
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.rejected = 0  # lines of the entries logs the last entries() call could not use

@@ -61,6 +61,9 @@ def __getattr__(name: str):
 
 @dataclass
 class ExportResult:
+    """What ``export`` wrote: the ONNX file, per layer the format written and the op ONNX Runtime runs (low
+    precision or a float fallback, with a note), the exported against the simulated outputs (agreement, SQNR) and,
+    with an evaluation, both metrics; ``to_dict()`` is the report written beside the file."""
     path: Path  # the ONNX file
     target: str
     layers: list[dict]  # per layer: candidate, node, format written, runtime op, low precision, note

@@ -134,6 +134,8 @@ class ReadBack:
 
 @dataclass
 class CompressedTensorsExport:
+    """What ``write_compressed_tensors`` wrote: the checkpoint folder, its config groups (one per format) and
+    ignored layers, per layer the group it went to, and the read-back against the simulated weights."""
     path: Path  # the folder
     groups: dict[str, dict]  # config group -> {"format", "weights", "input_activations", "targets"}
     ignore: list[str]

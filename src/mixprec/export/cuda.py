@@ -379,6 +379,8 @@ def _put(deployed: nn.Module, name: str, module: nn.Module) -> None:
 
 @dataclass
 class CudaDeployment:
+    """What ``deploy_cuda`` made: the model whose planned layers run torch's low-bit kernels, per layer the kernel
+    it runs, the dtype around them and the device; ``save_cuda(deployment, dir)`` writes it, ``load_cuda`` reads."""
     model: nn.Module  # the deployed model (on ``device``, in ``dtype`` outside the planned layers)
     layers: list[dict]  # per layer: candidate, kind, kernel
     dtype: str

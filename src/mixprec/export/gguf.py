@@ -52,6 +52,8 @@ _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4
 
 @dataclass
 class GGUFExport:
+    """What ``export_gguf`` wrote: the .gguf file, every tensor with its GGUF type and the plan's layer, and the
+    read-back check (each planned tensor dequantized by the gguf package against the simulated weights)."""
     path: Path
     size_bytes: int
     tensors: list[dict]  # per GGUF tensor: name, layer (plan's name or None), candidate, type, shape, bytes, permuted

@@ -72,6 +72,9 @@ FLOAT = "fp32"
 
 @dataclass
 class LatencyProfile:
+    """What ``profile`` measured on a target: per layer and candidate the milliseconds it adds (the cost table
+    ``solve --cost latency_ms=FILE`` reads, ``write_csv``), the rest of the model, the float model whole, and each
+    uniform plan (and random mixed plans) timed whole against the table's prediction."""
     target: str
     batch_size: int
     threads: int | None

@@ -9,5 +9,6 @@ from .config import RoundingConfig
 
 @dataclass(frozen=True)
 class Nearest(RoundingConfig):
+    """Round every weight to the nearest level of its grid (the default; no calibration data needed)."""
     name: ClassVar[str] = "nearest"
     needs_data: ClassVar[bool] = False
