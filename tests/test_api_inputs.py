@@ -425,3 +425,26 @@ def test_weights_outside_every_quantized_layer_are_said_in_python_and_in_a_budge
     said = capsys.readouterr()
     assert (said.out + said.err).count("mixprec does not quantize") == 1
     assert warnings.filters == filters
+
+
+def test_a_training_mode_model_is_left_as_it_was_by_discover_groups_and_export(tmp_path):
+    """Batch-norm statistics, the mode and the RNG of a model in training mode are the caller's: discover_groups and
+    export look at it in eval mode and change none of them."""
+    pytest.importorskip("onnxruntime")
+    import warnings
+    from torch import nn
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3)).train()
+    data = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    groups = discover_groups(model, data[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mixprec.export(model, Plan.uniform(groups, "w8a8"), data, out=tmp_path / "m.onnx", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(rng, torch.get_rng_state())

@@ -23,6 +23,7 @@ eval mode (:func:`in_eval_mode`), its mode left as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -192,6 +193,19 @@ def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
             "dropout off and batch-norm statistics as they are; the model passed in keeps its mode")
     notify(note, verbose, stacklevel=4)
     return copy_sharing_parameters(model).eval()
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """``model`` in eval mode for the block, each module's own mode restored after it: a forward that only looks
+    (tracing shapes and MACs) leaves a training-mode model's batch-norm statistics and the RNG as they were."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def copy_sharing_parameters(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .canonical import canonical, conversions
+from .canonical import canonical, conversions, evaluating
 from .batches import batch_axis_hint, batch_size, describe_shape, input_hint, outputs_note, run_model, tensors_of, to_device
 from .candidates import parse_candidate
 from .errors import ModelError
@@ -309,7 +309,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     reads: dict[str, set] = {}
     if traced:
         try:
-            macs, shapes, reads, output_note = trace(model, example_input, layers)
+            with evaluating(model):  # a look at shapes: a training-mode model's statistics stay as they were
+                macs, shapes, reads, output_note = trace(model, example_input, layers)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shape = _describe(example_input)
             hint = (" A data item that is a 2-tuple is read as (inputs, labels): give a model of several inputs "

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomic
-from ..canonical import canonical
+from ..canonical import canonical, in_eval_mode
 from ..batches import as_batches, output_tensor, run_model, split_item, to_device
 from ..candidates import parse_candidate
 from ..capture import map_tensors
@@ -277,7 +277,9 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     sequence_first = [n for n, m in model.named_modules()
                       if isinstance(m, (nn.MultiheadAttention, ExplicitAttention, nn.TransformerEncoderLayer,
                                         nn.TransformerDecoderLayer, nn.RNNBase)) and not getattr(m, "batch_first", True)]
-    model = canonical(model)  # the layers plans name (mixprec.canonical)
+    # the layers plans name (mixprec.canonical), in eval mode as every measurement runs it: a model in training mode
+    # is exported from a copy sharing its parameters, so its batch-norm statistics and the RNG stay as they were
+    model = in_eval_mode(canonical(model), progress)
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
     plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
