@@ -448,3 +448,21 @@ def test_a_training_mode_model_is_left_as_it_was_by_discover_groups_and_export(t
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_a_device_asked_for_never_moves_the_callers_model():
+    """model.to would move the caller's own parameters (a copy sharing them too): placed_copy makes the tensors on
+    the device asked, ties kept, and a device mixprec cannot run on is refused before anything moves."""
+    from mixprec.streaming import placed_copy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)).eval()
+    model[2].weight = model[0].weight  # tied
+    moved = placed_copy(model, "meta")
+    assert moved is not model and moved[0].weight.device.type == "meta" and moved[2].weight is moved[0].weight
+    assert model[0].weight.device.type == "cpu" and model[0].weight is model[2].weight
+    assert placed_copy(model, "cpu") is model  # already there: no copy
+    data = [torch.randn(8, 4) for _ in range(2)]
+    for device, says in (("meta", "mixprec runs on cpu, cuda or mps"), ("gpu", "is not a torch device")):
+        with pytest.raises(SpecError, match=says):
+            mixprec.analyze(model, data, candidates="w4a8,w8a8", device=device, progress=False)
+    assert model[0].weight.device.type == "cpu"

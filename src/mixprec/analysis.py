@@ -42,8 +42,8 @@ from .solvers.exact import InfeasibleBudget
 from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
 from .solvers.problem import range_variant, within
-from .specs import is_builtin, load_eval, prepare, resolve_specs, spec_source_hash
-from .streaming import device_of, place, stream_blocks
+from .specs import is_builtin, load_eval, parse_device, prepare, resolve_specs, spec_source_hash
+from .streaming import device_of, place, placed_copy, stream_blocks
 
 DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 # the fraction of the calibration batches a guard after a local search decides on, held apart from the search
@@ -901,7 +901,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}
     batches = _batches(data, model)
-    device = torch.device(device) if device is not None else device_of(model)
+    device = parse_device(device, "device") if device is not None else device_of(model)
     if joins is None:
         joins = False
         if not stream:
@@ -913,7 +913,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         if joins:
             raise SpecError("joins and stream cannot be combined: join quantizers need the whole model traced")
         stream_blocks(model, device)
-    model = place(model, device).eval()
+    model = placed_copy(model, device).eval()  # the caller's model stays where it is
     check_dtype(model, device)
     if joins:  # a model fx cannot trace is a clear error here, before any measurement
         from .swap import with_join_quantizers

@@ -20,7 +20,7 @@ from . import __version__
 from .atomic import save_torch_atomic
 from .batches import as_batches
 from .analysis import DEFAULT_CANDIDATES, analyze
-from .streaming import device_of, place, stream_blocks
+from .streaming import device_of, placed_copy, stream_blocks
 from .apply import apply, plan_points
 from .candidates import Candidate, parse_candidate
 from .canonical import canonical
@@ -31,6 +31,7 @@ from .groups import ModelGroups
 from .atomic import write_json_atomic
 from .hf import check_dtype
 from .plan import Plan
+from .specs import parse_device
 from .rounding import RoundingConfig, rounding_config
 
 
@@ -126,10 +127,10 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     config = rounding_config(rounding, **(rounding_options or {}))
     model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
     batches = as_batches(data, model)
-    device = torch.device(device) if device is not None else device_of(model)
+    device = parse_device(device, "device") if device is not None else device_of(model)
     if stream:
         stream_blocks(model, device)
-    model = place(model, device)
+    model = placed_copy(model, device)  # the caller's model stays where it is
     check_dtype(model, device)
     counts = plan_points(model, plan, batches, weight_range, progress=progress)
     if counts:

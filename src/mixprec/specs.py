@@ -434,23 +434,24 @@ def user_frame(exc: BaseException, fn: Callable) -> str:
     return f"{frame.filename} line {frame.lineno}, in {frame.name}"
 
 
-def parse_device(spec: str) -> torch.device:
-    """A --device value that this torch can run on, else a SpecError saying what is available."""
+def parse_device(spec: str | torch.device, option: str = "--device") -> torch.device:
+    """A --device value (``option``: how the caller names it, e.g. ``device=`` in Python) that this torch can run
+    on, else a SpecError saying what is available."""
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError) as exc:
-        raise SpecError(f"--device {spec!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+        raise SpecError(f"{option} {spec!r} is not a torch device; use cpu, cuda or cuda:N") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SpecError(f"--device {spec}: this torch ({torch.__version__}) has no CUDA device available; "
-                            "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+            raise SpecError(f"{option} {spec}: this torch ({torch.__version__}) has no CUDA device available; "
+                            f"use {option} cpu, or install a CUDA build of torch on a machine with a GPU")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SpecError(f"--device {spec}: there are {torch.cuda.device_count()} CUDA device(s), "
+            raise SpecError(f"{option} {spec}: there are {torch.cuda.device_count()} CUDA device(s), "
                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise SpecError(f"--device {spec}: MPS is not available here; use --device cpu")
+        raise SpecError(f"{option} {spec}: MPS is not available here; use {option} cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise SpecError(f"--device {spec}: mixprec runs on cpu, cuda or mps")
+        raise SpecError(f"{option} {spec}: mixprec runs on cpu, cuda or mps")
     return device
 
 

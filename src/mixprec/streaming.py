@@ -281,6 +281,26 @@ def place(model: nn.Module, device: torch.device | str) -> nn.Module:
     return model
 
 
+def placed_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` on ``device`` without moving the caller's model: where its tensors lie elsewhere, a copy whose
+    parameters and buffers are made on ``device`` (never a second copy where the model is; ties kept), since
+    ``model.to`` would move the caller's own parameters, those of a copy sharing them too. ``model`` itself where
+    it is there already, or streams its blocks (place)."""
+    target = _indexed(torch.device(device))
+    tensors = [*model.parameters(), *model.buffers()]
+    if stream_of(model) is not None or all(t.device == target for t in tensors):
+        return place(model, device)
+    import copy
+    memo: dict[int, torch.Tensor] = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = nn.Parameter(p.detach().to(target), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if id(b) not in memo:
+            memo[id(b)] = b.detach().to(target)
+    return copy.deepcopy(model, memo)
+
+
 def compute_device(tensor: torch.Tensor) -> torch.device | None:
     """Where to compute on ``tensor`` if not where it is: a tensor in CPU memory while a stream to an
     accelerator is open (a streamed block's weight at rest, or a copy of one) is worked on there."""
