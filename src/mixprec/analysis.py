@@ -14,6 +14,7 @@ import contextlib
 import math
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -524,6 +525,18 @@ class Analysis:
                 notes.append(note)
             if guarded is None and note and note.startswith("guard skipped"):
                 warnings.warn(note, GuardSkipped, stacklevel=2)
+            if guarded is not None and guarded.chosen != MIXED and goal.max_loss is not None and evaluator is not None:
+                # a measured search kept its plan within max_drop: a uniform rival that breaks it is no answer
+                rival = evaluator.measure(problem.assignments(guarded.choice))
+                if evaluator.loss(rival) > goal.max_loss:
+                    kept = (f"guard: {guarded.chosen} measures {rival.name} {rival.value:.4g}, a drop beyond "
+                            f"max_drop ({max_drop if max_drop is not None else '1%'}) that search {search} kept its "
+                            "plan within; the search's plan is returned")
+                    if note in notes:  # the guard's own note says it returned the uniform plan: it does not
+                        notes.remove(note)
+                    notes.append(kept)
+                    guarded = dataclasses.replace(guarded, chosen=MIXED, choice=solution.choice,
+                                                  reason=f"{guarded.reason}; but {kept}")
             if guarded is not None and guarded.chosen != MIXED:
                 if note and guarded.divergence:  # measured, and replaced: Python users see it too
                     warnings.warn(note, GuardNote, stacklevel=2)

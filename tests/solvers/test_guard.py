@@ -570,3 +570,20 @@ def test_a_mixed_plan_the_guard_replaced_is_kept_in_the_plan(demo):
     guard_info = plan.metadata["guard"]
     assert guard_info["chosen"] != MIXED and guard_info["measured"][MIXED] is not None
     assert guard_info["replaced_plan"] == unguarded.assignments != plan.assignments
+
+
+def test_the_guard_never_trades_a_plan_within_max_drop_for_a_uniform_one_beyond_it():
+    """greedy keeps its plan within max_drop as measured; a uniform rival the guard prefers on the divergences but
+    that measures beyond max_drop is no answer: the search's plan is returned, and the plan says why."""
+    from mixprec.swap import QuantizedLayer
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(128)
+
+    def score(m):  # each 4-bit layer costs 8 points, each 2-bit one 10: uniform w4a8 (first/last w8a8) drops 16%
+        chosen = [x.candidate for x in m.modules() if isinstance(x, QuantizedLayer)]
+        return 100.0 - 10 * chosen.count("w2a8") - 8 * chosen.count("w4a8")
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", evaluate=score, progress=False)
+    plan = analysis.solve(None, search="greedy", max_drop="15%", guard_margin=1e9)  # a margin no plan clears
+    assert plan.metadata["guard"]["chosen"] == MIXED and plan.metadata["measured"]["value"] >= 85
+    assert any("beyond max_drop (15%)" in note for note in plan.metadata["notes"])
+    assert not any(note.startswith("guard: returned") for note in plan.metadata["notes"])
