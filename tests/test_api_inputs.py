@@ -466,3 +466,23 @@ def test_a_device_asked_for_never_moves_the_callers_model():
         with pytest.raises(SpecError, match=says):
             mixprec.analyze(model, data, candidates="w4a8,w8a8", device=device, progress=False)
     assert model[0].weight.device.type == "cpu"
+
+
+def test_a_fully_convolutional_model_calibrated_at_two_resolutions_goes_through_every_step(tmp_path):
+    """analyze took images of two sizes; apply, quantize_plan and export take them too (export compares the file,
+    which has the first batch's size, on the batches of that size, and says so)."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    data = [torch.randn(8, 1, 8, 8), torch.randn(8, 1, 16, 16), torch.randn(8, 1, 8, 8)]
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", progress=False)
+    plan = analysis.solve("bytes=w4a8", guard=False)
+    quantized = mixprec.apply(model, plan, data, progress=False)
+    assert quantized(data[1]).shape == (8, 3)
+    mixprec.quantize_plan(model, plan, data, analysis.model_groups, progress=False)
+    result = mixprec.export(model, plan, data, out=tmp_path / "fcn.onnx", progress=False)
+    assert result.agreement["calibration"] == 1.0
+    assert any("1 of 3 calibration batches have other sizes" in n for n in result.notes)
+    with pytest.raises(mixprec.MixprecError, match="calibration batch 1"):
+        mixprec.apply(model, plan, [data[0], torch.randn(8, 1, 8)], progress=False)  # another rank

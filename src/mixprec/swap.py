@@ -204,7 +204,8 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
             reference = inputs
         elif not shapes_compatible(inputs, reference):
             raise ModelError(f"calibration batch {index} has shape {describe_shape(inputs)}; expected "
-                             f"the same layout as batch 0, {describe_shape(reference)} (any batch size)")
+                             f"the same structure as batch 0, {describe_shape(reference)} (tensors of the same rank; "
+                             "sizes may differ)")
         forward(model, inputs, index, device)
         count += 1
     if count == 0:
