@@ -115,9 +115,11 @@ def test_empty_calibration_data():
 
 def test_calibration_batch_of_wrong_shape_shows_expected_and_got():
     model = small_cnn()
-    data = batches(2) + [torch.randn(8, 3, 9, 9)]
-    with pytest.raises(ModelError, match=r"batch 2 has shape \(8, 3, 9, 9\).*\(8, 3, 8, 8\)"):
+    data = batches(2) + [torch.randn(8, 3, 9)]
+    with pytest.raises(ModelError, match=r"batch 2 has shape \(8, 3, 9\).*\(8, 3, 8, 8\)"):
         apply(model, plan_for(model, "w8a8"), data, progress=False)
+    # another resolution of the same rank: this fully convolutional model takes it, as the analysis does
+    apply(model, plan_for(model, "w8a8"), batches(2) + [torch.randn(8, 3, 9, 9)], progress=False)
     with pytest.raises(ModelError, match=r"batch 0 of shape \(8, 5, 8, 8\)"):
         apply(model, plan_for(model, "w8a8"), [torch.randn(8, 5, 8, 8)], progress=False)
 
