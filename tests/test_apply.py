@@ -328,3 +328,20 @@ def test_a_plan_chosen_with_gptq_and_applied_without_a_rounding_says_it_is_round
     assert not notes(lambda: apply(model, plan, data, progress=False, rounding="nearest"))  # meant: nothing said
     plan.metadata.pop("rounding")
     assert not notes(lambda: apply(model, plan, data, progress=False))  # a nearest plan: nothing to say
+
+
+def test_quantize_plan_without_a_rounding_says_a_gptq_plan_is_rounded_by_nearest():
+    import warnings
+    import mixprec
+    from mixprec.errors import RoundingNote
+    model = small_cnn()
+    data = batches(2)
+    groups = discover_groups(model, data[0])
+    plan = Plan.uniform(groups, "w8a8")
+    plan.metadata.update(rounding="gptq", rounding_options={"static_groups": True})
+    with pytest.warns(RoundingNote, match="quantize_plan rounds it by nearest") as said:
+        result = mixprec.quantize_plan(model, plan, data, groups, progress=False)
+    assert result.rounding == "nearest" and said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RoundingNote)  # asked for: nothing to say
+        mixprec.quantize_plan(model, plan, data, groups, progress=False, rounding="nearest")

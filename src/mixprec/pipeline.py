@@ -110,7 +110,7 @@ def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
 
 def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: ModelGroups, *,
                   evaluate: Callable[[nn.Module], Any] | None = None, weight_range: str = "mse",
-                  activation_range: str = "mse", rounding: str | RoundingConfig = "nearest",
+                  activation_range: str = "mse", rounding: str | RoundingConfig | None = None,
                   rounding_options: dict | None = None,
                   rounding_checkpoint: str | Path | None = None, device: str | torch.device | None = None,
                   progress: bool = True, inplace: bool = False, stream: bool = False) -> QuantizeResult:
@@ -124,6 +124,10 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
         notify(f"pin applied: {change}", progress)
+    if rounding is None:  # nearest, said where the plan was chosen with another rounding (as apply says it)
+        from .apply import note_plan_rounding
+        note_plan_rounding(plan, "quantize_plan", stacklevel=3)
+        rounding = "nearest"
     config = rounding_config(rounding, **(rounding_options or {}))
     model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
     batches = as_batches(data, model)
