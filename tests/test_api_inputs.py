@@ -486,3 +486,35 @@ def test_a_fully_convolutional_model_calibrated_at_two_resolutions_goes_through_
     assert any("1 of 3 calibration batches have other sizes" in n for n in result.notes)
     with pytest.raises(mixprec.MixprecError, match="calibration batch 1"):
         mixprec.apply(model, plan, [data[0], torch.randn(8, 1, 8)], progress=False)  # another rank
+
+
+def test_bad_arguments_to_the_python_api_are_mixprec_errors_that_say_what_to_give(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(8, 4) for _ in range(2)]
+    cases = [
+        (lambda: mixprec.analyze(model, data, weight_range="MSE", progress=False), "weight_range must be one of"),
+        (lambda: mixprec.analyze(model, data, activation_range="foo", progress=False), "activation_range must be"),
+        (lambda: mixprec.analyze(model, data, prefix="xyz", progress=False), "prefix must be one of"),
+        (lambda: mixprec.analyze(model.state_dict(), data, progress=False), "load_state_dict"),
+        (lambda: mixprec.analyze(model, data, pins=["2=w8a8"], progress=False), "pins is a dict"),
+        (lambda: mixprec.analyze(model, 5, progress=False), "iterable of batches"),
+        (lambda: mixprec.analyze(model, data, candidates=3, progress=False), "candidates is a string"),
+        (lambda: mixprec.apply(None, Plan({"0": "w8"}, {"0": ["0"]}), data, progress=False), "torch.nn.Module"),
+    ]
+    for call, says in cases:
+        with pytest.raises(mixprec.MixprecError, match=says):
+            call()
+    analysis = mixprec.analyze(model, data, candidates=None, progress=False)  # None: the default candidates
+    for call, says in [(lambda: analysis.pareto("bytes", 3.0), "whole number"),
+                       (lambda: analysis.pareto("bytes", 3, evaluate=5), "evaluate is a function")]:
+        with pytest.raises(mixprec.MixprecError, match=says):
+            call()
+    edited = analysis.solve("bytes=w4a8", guard=False)
+    del edited.assignments[next(iter(edited.assignments))]
+    with pytest.raises(mixprec.MixprecError, match="plan assignments do not match its groups"):
+        mixprec.apply(model, edited, data, progress=False)
+    front = analysis.pareto("bytes", 3)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(mixprec.MixprecError, match="is a file"):
+        analysis.report(front, tmp_path / "file")

@@ -28,7 +28,7 @@ from .batches import as_batches, split_item
 from .budgets import ALIASES, parse_budgets
 from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
-from .errors import GuardNote, GuardSkipped, MixprecError, SpecError
+from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups, is_torchscript
 from .plan import Plan
@@ -57,9 +57,14 @@ def _batches(data: Iterable | None, model: nn.Module | None = None) -> list:
     return [] if data is None else as_batches(data, model)
 
 
-def _candidate_list(candidates: str | Iterable[str | Candidate]) -> list[Candidate]:
+def _candidate_list(candidates: str | Iterable[str | Candidate] | None) -> list[Candidate]:
+    if candidates is None:
+        candidates = DEFAULT_CANDIDATES
     if isinstance(candidates, str):
         return parse_candidates(candidates)
+    if not isinstance(candidates, Iterable):
+        raise SpecError(f"candidates is a string such as 'w4a8,w8a8' or a list of candidates, got "
+                        f"{type(candidates).__name__} {candidates!r}")
     return [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
 
 
@@ -772,6 +777,11 @@ class Analysis:
             from .budgets import unknown_kind_hint
             raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}"
                             + unknown_kind_hint(kind, list(problem.costs)))
+        if isinstance(n_plans, bool) or not isinstance(n_plans, (int, np.integer)):
+            raise SpecError(f"n_plans (--points) is a whole number of budgets, got {type(n_plans).__name__} {n_plans!r}")
+        if evaluate is not None and not isinstance(evaluate, (bool, str)) and not callable(evaluate):
+            raise SpecError(f"evaluate is a function model -> metric (or a spec string, or True for the analysis's "
+                            f"own), got {type(evaluate).__name__} {evaluate!r}")
         if n_plans < 2:
             raise SpecError(f"n_plans (--points) must be at least 2, the cheapest and the most expensive plan, got "
                             f"{n_plans}; for one plan at one budget, solve")
@@ -831,6 +841,8 @@ class Analysis:
     def report(self, front: Front, out_dir: str | Path, select: int | None = None) -> Path:
         """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``."""
         from .report import write_report
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise OutputError(f"report: {out_dir} is a file; give a folder to write report.html and its plots into")
         try:
             problem = self.problem(front.candidates, front.cost_files)
         except SpecError as exc:
@@ -908,6 +920,11 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         named = "=, ".join(n for n, v in (("tie", tie), ("exclude", exclude), ("pins", pins)) if v)
         raise SpecError(f"give groups= or {named}=, not both: groups already say which layers are tied, excluded "
                         f"and pinned; pass {named}= to discover_groups(model, example, ...) instead")
+    from .formats import RANGE_METHODS
+    for name, value, allowed in (("weight_range", weight_range, (*RANGE_METHODS, "auto")),
+                                 ("activation_range", activation_range, RANGE_METHODS)):
+        if value not in allowed:  # refused before the model loads
+            raise SpecError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     model, data, evaluate, given = resolve_specs(model, data, evaluate)
     model = in_eval_mode(canonical(model), verbose)
     if given:
@@ -933,6 +950,9 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         model = with_join_quantizers(model, batches, activation_range, progress=progress and verbose)
     if groups is None:
         example = split_item(batches[0])[0] if batches else None
+        if pins is not None and not isinstance(pins, dict):
+            raise SpecError(f"pins is a dict of name pattern -> candidate, e.g. {{'fc2': 'w8a8'}}; got "
+                            f"{type(pins).__name__} {pins!r}")
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
         from .errors import ModelNote
         for note in groups.notes:  # what inspect prints, said to a Python user too

@@ -43,6 +43,14 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
         raise SpecError(f"data is a {type(data).__name__}, a Dataset: iterated, it gives one sample at a time, "
                         "without its batch axis; give batches, e.g. torch.utils.data.DataLoader(data, batch_size=32)")
+    if isinstance(data, dict):
+        raise SpecError("data is one dict: give an iterable of batches, e.g. [batch] for one dict batch of the "
+                        "model's keyword arguments, or a list or DataLoader of them")
+    try:
+        iter(data)
+    except TypeError:
+        raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "
+                        f"{type(data).__name__} {data!r:.60}") from None
     double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
     return [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
 

@@ -62,6 +62,12 @@ def canonical(model: nn.Module) -> nn.Module:
     models as they are."""
     if isinstance(model, torch.jit.ScriptModule):
         return model
+    if not isinstance(model, nn.Module):
+        from .errors import ModelError
+        what = ("a state dict: build the model and load it (model.load_state_dict(state)), then pass the model"
+                if isinstance(model, dict) else "a spec string is taken by analyze and quantize" if isinstance(model, str)
+                else "give the torch.nn.Module itself")
+        raise ModelError(f"the model must be a torch.nn.Module, got {type(model).__name__}: {what}")
     model = unwrapped(model)
     attention = attention_modules(model)
     conv1d = [n for n, m in model.named_modules() if _is_conv1d(m)]

@@ -65,6 +65,8 @@ class Plan:
         return changed
 
     def layer_candidates(self) -> dict[str, str]:
+        if any(g not in self.assignments for g in self.groups):  # edited after construction: said, not a KeyError
+            self.check_assignments()
         return {layer: self.assignments[g] for g, layers in self.groups.items() for layer in layers}
 
     def check_assignments(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import CandidateError
 from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat, is_dynamic
 
 # Which integer grid the quantizers make; part of every cache key (run entries, plan evaluations,
@@ -97,7 +98,8 @@ def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float,
     ``MSE_GRID`` each row got (uint8 (R, 1); ``len(MSE_GRID)``: none beat the full range). A given
     ``choice`` skips the search and gives the range the search that made it gave."""
     if method not in RANGE_METHODS:
-        raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+        raise CandidateError(f"a range method (weight_range, activation_range) must be one of "
+                             f"{', '.join(RANGE_METHODS)}, got {method!r}")
     method = getattr(fmt, "range_method", None) or method
     lo = rows.amin(dim=1, keepdim=True) if lo is None else lo
     hi = rows.amax(dim=1, keepdim=True) if hi is None else hi
@@ -293,7 +295,8 @@ class ActivationQuantizer(nn.Module):
     def __init__(self, fmt: Format | None, method: str = "mse", percentile: float = 99.99, max_samples: int = 1 << 20):
         super().__init__()
         if method not in RANGE_METHODS:
-            raise ValueError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+            raise CandidateError(f"a range method (weight_range, activation_range) must be one of "
+                             f"{', '.join(RANGE_METHODS)}, got {method!r}")
         self.fmt, self.method, self.percentile, self.max_samples = fmt, method, percentile, max_samples
         self.observing = self.needs_calibration
         self.register_buffer("lo", torch.zeros(()))

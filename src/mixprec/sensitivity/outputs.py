@@ -34,7 +34,8 @@ class OutputRunner:
     def __init__(self, ctx: MeasureContext, use_fx: bool = True, prefix: str | None = None):
         prefix = prefix or ("auto" if use_fx else "none")
         if prefix not in PREFIX_MODES:
-            raise ValueError(f"prefix must be one of {PREFIX_MODES}, got {prefix!r}")
+            from ..errors import SpecError
+            raise SpecError(f"prefix must be one of {', '.join(PREFIX_MODES)}, got {prefix!r}")
         self.ctx = ctx
         self.forward_equivalents = 0.0
         macs = {l.name: l.macs or 0 for l in ctx.groups.layers}
