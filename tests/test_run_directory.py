@@ -369,3 +369,18 @@ def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebu
         run.read_table()
     with pytest.raises(SpecError, match="is not an analysis run"):  # a folder that is no run at all
         RunDirectory(tmp_path / "elsewhere").read_table()
+
+
+def test_data_in_another_order_is_refused_with_what_to_do_about_shuffling(tmp_path):
+    import mixprec
+    from torch import nn
+    from mixprec.errors import RunError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(8, 4) for _ in range(3)]
+    mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(RunError, match="shuffle=True") as error:
+        mixprec.Analysis.load(tmp_path / "run", model=model, data=data[::-1])
+    assert "Analysis.load(run, model=..., data=...)" in str(error.value)
+    with pytest.raises(RunError, match="fixed order"):
+        mixprec.analyze(model, data[::-1], candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)

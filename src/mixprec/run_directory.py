@@ -51,6 +51,12 @@ SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the
                                   "one that measured the entries there"}
 
 
+# the data's fingerprint is of its batches in order: data read anew in another order is other data
+DATA_ORDER = (". The calibration data is fingerprinted batch by batch, in order: data that comes in another order "
+              "each time (a DataLoader with shuffle=True, a random sampler) is other data at each pass; give it in a "
+              "fixed order (shuffle=False, or a list of batches made once)")
+
+
 class RunDirectory:
     """An analysis run's folder: run.json (the arguments and the fingerprint of model, data and settings), the
     entries measured so far (resumable after an interruption), sensitivity.json/csv and costs.json, and the logs
@@ -97,7 +103,8 @@ class RunDirectory:
         differs = [k for k, v in (("model", model_hash), ("data", data_hash)) if existing.get(k) not in (None, v)]
         if differs:
             raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)}; nothing was "
-                           "written to it. Use a new --out directory, or delete this one")
+                           "written to it. Use a new --out directory (run_dir= in Python), or delete this one"
+                           f"{DATA_ORDER if 'data' in differs else ''}")
 
     def code_specs(self) -> dict[str, str]:
         """The specs this run names that are code (option -> spec): loading them runs it."""
@@ -154,8 +161,9 @@ class RunDirectory:
             differs.append("calibration data")
         if differs:
             raise RunError(f"the {' and '.join(differs)} loaded now {'differ' if len(differs) > 1 else 'differs'} "
-                           f"from what {self.path} measured (its "
-                           "fingerprint); give the --model/--data of the analysis, or analyze again")
+                           f"from what {self.path} measured (its fingerprint); give the model and data of the "
+                           f"analysis again (--model/--data; in Python Analysis.load(run, model=..., data=...)), or "
+                           f"analyze again{DATA_ORDER if 'calibration data' in differs else ''}")
 
     # the writer's lock ------------------------------------------------------------------------
     @contextmanager
@@ -203,8 +211,8 @@ class RunDirectory:
                     hashes.append(f"settings differ: {', '.join(changed)}")
                     hashes += [SETTING_CHANGES[k] for k in changed if k in SETTING_CHANGES]
                 raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)} "
-                               f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory, "
-                               "or delete this one")
+                               f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory "
+                               f"(run_dir= in Python), or delete this one{DATA_ORDER if 'data' in differs else ''}")
         elif rank == 0:
             self.path.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {"fingerprint": fingerprint, "arguments": arguments or {}})
