@@ -345,3 +345,12 @@ def test_quantize_plan_without_a_rounding_says_a_gptq_plan_is_rounded_by_nearest
     with warnings.catch_warnings():
         warnings.simplefilter("error", RoundingNote)  # asked for: nothing to say
         mixprec.quantize_plan(model, plan, data, groups, progress=False, rounding="nearest")
+
+
+def test_a_learned_rounding_under_inference_mode_is_a_clear_error():
+    model = small_cnn()
+    data = batches(2)
+    plan = plan_for(model, "w4a8")
+    for rounding in ("gptq", "adaround"):
+        with torch.inference_mode(), pytest.raises(MixprecError, match="inference_mode"):
+            apply(model, plan, data, progress=False, rounding=rounding)

@@ -1420,3 +1420,14 @@ def test_a_float_conv_onnx_runtime_quantizes_itself_is_reported_as_such(tmp_path
     err_kept = np.abs(kept.run(None, {name: x.numpy()})[0] - simulated).max()
     err_rewritten = np.abs(rewritten.run(None, {name: x.numpy()})[0] - simulated).max()
     assert err_kept < err_rewritten
+
+
+def test_export_takes_the_path_of_a_plan_as_apply_does_and_shows_its_own_signature(tmp_path):
+    import inspect
+    import mixprec
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = batches((6,))
+    Plan.uniform(discover_groups(model, data[0]), W8).save(tmp_path / "plan.json")
+    result = mixprec.export(model, str(tmp_path / "plan.json"), data, out=tmp_path / "m.onnx", progress=False)
+    assert {r["candidate"] for r in result.layers} == {W8}
+    assert list(inspect.signature(mixprec.export).parameters)[:3] == ["model", "plan", "data"]

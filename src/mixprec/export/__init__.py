@@ -232,7 +232,7 @@ DECODERS = ("fused", "traced")
 OVER_PLANNED = 1.25  # a file this much larger than the plan's bytes cost: a note says why
 
 
-def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: str = "ort-cpu",
+def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | None = None, target: str = "ort-cpu",
            out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
            example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
@@ -261,8 +261,11 @@ def export(model: nn.Module, plan: Plan, data: Iterable | None = None, target: s
     compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
     spec = get_onnx_target(target)
+    if isinstance(plan, (str, os.PathLike)):  # a plan.json, as apply takes it
+        plan = Plan.load(plan)
     if not isinstance(plan, Plan):
-        raise PlanError(f"export takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
+        raise PlanError(f"export takes a mixprec Plan or the path of a plan.json, got {type(plan).__name__}; load "
+                        "one with Plan.load(path)")
     if is_torchscript(model):
         raise ModelError("a TorchScript model cannot be exported to ONNX here; give the model as file.py:function")
     if decoder not in DECODERS:
@@ -752,6 +755,8 @@ class _ExportPackage(type(os)):
     __call__ = staticmethod(export)  # the function itself: no frame of its own between the caller and export
 
 
+import inspect as _inspect  # noqa: E402
 import sys as _sys  # noqa: E402
 
 _sys.modules[__name__].__class__ = _ExportPackage
+__signature__ = _inspect.signature(export)  # what help() and editors show for mixprec.export(...)

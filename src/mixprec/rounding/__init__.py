@@ -128,6 +128,10 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     if not isinstance(plan, Plan):
         raise RoundingError(f"plan must be a mixprec Plan (Plan.load(path), Plan.uniform(...)), got {type(plan).__name__}")
     config = rounding_config(method, **options)
+    if config.needs_data and torch.is_inference_mode_enabled():
+        raise RoundingError(f"{config.name} rounding updates weights and, for adaround and brecq, learns with "
+                            "gradients, which torch.inference_mode() forbids (its tensors cannot be changed or "
+                            "tracked); call it outside inference_mode (torch.no_grad() is fine)")
     layers = plan.model_layers(model)
     wanted = plan.layer_candidates()
     candidates = {name: parse_candidate(c) for name, c in wanted.items()}
