@@ -518,3 +518,20 @@ def test_bad_arguments_to_the_python_api_are_mixprec_errors_that_say_what_to_giv
     (tmp_path / "file").write_text("")
     with pytest.raises(mixprec.MixprecError, match="is a file"):
         analysis.report(front, tmp_path / "file")
+
+
+def test_notes_in_python_are_warnings_of_their_own_kind_whatever_progress_says(capsys):
+    """progress shows bars only: a pin quantize_plan applies and a training-mode model are PlanNote and ModelNote
+    warnings, which a user can filter, and nothing is printed."""
+    from mixprec.errors import ModelNote, PlanNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).train()
+    data = [torch.randn(8, 4) for _ in range(2)]
+    groups = discover_groups(model, data[0], pins={"2": "w8a8"})
+    plan = Plan.uniform(groups, "w4a8")
+    plan.assignments["2"] = "w4a8"
+    with pytest.warns(PlanNote, match="pin applied"):
+        mixprec.quantize_plan(model, plan, data, groups, progress=True)
+    with pytest.warns(ModelNote, match="training mode"):
+        mixprec.analyze(model, data, candidates="w4a8,w8a8", progress=False)
+    assert "note:" not in capsys.readouterr().out

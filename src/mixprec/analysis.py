@@ -792,7 +792,7 @@ class Analysis:
         solved = pareto_front(problem.sensitivity, problem.costs, kind, n_plans, problem.fixed, problem.allowed,
                               method=method, extra_budgets=uniform_costs)
         solve_s = time.perf_counter() - start
-        plans, replaced = [], 0
+        plans, replaced, skipped = [], 0, None
         for p in solved:
             choice, search, guarded = p.solution.choice, method, None
             if guard:
@@ -802,7 +802,8 @@ class Analysis:
                                                         guard_divergence, device, lambda *_: None, rounding,
                                                         guard_margin)
                 if guarded is None and note:  # no model to measure with: the front stays unguarded
-                    print(f"note: {note}")
+                    warnings.warn(note, GuardSkipped, stacklevel=2)
+                    skipped = note
                     guard = False
                 elif guarded is not None and guarded.chosen != MIXED and guarded.divergence:  # measured and replaced
                     choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
@@ -831,7 +832,7 @@ class Analysis:
                       [_absolute_cost_file(item) for item in cost_files],  # report reads them from anywhere
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
                       solve_s, {**({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
-                                **rounding_metadata(rounding)})
+                                **({"guard_skipped": skipped} if skipped else {}), **rounding_metadata(rounding)})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote
             from .front import INVERTED

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from .attention import ExplicitAttention, attention_modules, make_explicit
 from .embedding_bag import bag_modules, make_explicit_bags
-from .errors import notify
+from .errors import ModelNote, notify
 
 __all__ = ["canonical", "conversions", "reparametrized", "conv1d_to_linear", "unwrapped"]
 
@@ -197,7 +197,7 @@ def in_eval_mode(model: nn.Module, verbose: bool = True) -> nn.Module:
         return model
     note = ("the model is in training mode (model.train()): it is measured, quantized and exported in eval mode, "
             "dropout off and batch-norm statistics as they are; the model passed in keeps its mode")
-    notify(note, verbose, stacklevel=4)
+    notify(note, verbose, stacklevel=4, category=ModelNote)
     return copy_sharing_parameters(model).eval()
 
 

@@ -601,6 +601,8 @@ def cmd_pareto(args) -> int:
                             cost_files=args.cost, device=args.device, rounding=_rounding(args),
                             guard=not args.no_guard, guard_divergence=args.guard_divergence,
                             guard_margin=args.guard_margin)
+    if front.extra.get("guard_skipped"):
+        print(f"note: {front.extra['guard_skipped']}")
     counts = front.extra.get("guard_replaced") or {}
     print(f"{len(front.plans)} {'front' if counts.get('replaced') else 'non-dominated'} plans ({args.method}) in "
           f"{front.solve_seconds:.2f} s" + ("; the uniform plans the guard put in measured better on the calibration "
@@ -1351,7 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """The command, its warnings of mixprec's own kinds printed as its other notes are."""
-    from .errors import EvaluationNote, GuardNote, GuardSkipped, ModelNote, TargetNote
+    from .errors import EvaluationNote, GuardNote, GuardSkipped, ModelNote, PlanNote, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
     warnings.filterwarnings("ignore", category=GuardNote)  # likewise
     warnings.filterwarnings("ignore", category=ModelNote)  # printed by every command that reads the model
@@ -1360,6 +1362,8 @@ def _run(args) -> int:
     def show(message, category, *rest, **kw):  # these read as the command's other notes
         if issubclass(category, (TargetNote, EvaluationNote)):
             print(f"note: {message}", file=sys.stderr, flush=True)
+        elif issubclass(category, PlanNote):  # what applying the plan changed or left: among the command's output
+            print(f"note: {message}", flush=True)
         else:
             plain(message, category, *rest, **kw)
     warnings.showwarning = show

@@ -80,14 +80,20 @@ class OutputError(MixprecError):
     """An output path that cannot be written (an existing file, read-only, no space, a name too long)."""
 
 
-def notify(note: str, verbose: bool, stacklevel: int = 3) -> None:
-    """A note to the user: printed as ``note: ...`` where the caller reports progress, else a UserWarning
-    (attributed ``stacklevel`` frames up: the library call the user made)."""
+class PlanNote(UserWarning):
+    """Something about a plan as it is applied: a pin that changed a group's candidate, layers the plan does not
+    name (they stay float), costs recorded anew for a plan edited after solve. The command line prints it as a
+    note."""
+
+
+def notify(note: str, verbose: bool, stacklevel: int = 3, category: type[Warning] = UserWarning) -> None:
+    """A note to the user: printed as ``note: ...`` where the caller reports progress, else a warning of
+    ``category`` (attributed ``stacklevel`` frames up: the library call the user made)."""
     if verbose:
         print(f"note: {note}")
     else:
         import warnings
-        warnings.warn(note, stacklevel=stacklevel)
+        warnings.warn(note, category, stacklevel=stacklevel)
 
 
 class EvaluationError(MixprecError):

@@ -25,7 +25,7 @@ from .apply import apply, plan_points
 from .candidates import Candidate, parse_candidate
 from .canonical import canonical
 from .costs import COST_KINDS, cost_tables
-from .errors import EvaluationError, MixprecError, SpecError, notify
+from .errors import EvaluationError, MixprecError, PlanNote, SpecError, notify
 from .evaluation import EvalResult, to_eval_result
 from .groups import ModelGroups
 from .atomic import write_json_atomic
@@ -119,11 +119,11 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     inplace: quantize ``model`` itself (apply's ``inplace``: about one model's memory instead of two).
     stream: the model's blocks wait in CPU memory and come onto ``device`` one at a time (mixprec.streaming).
     The groups' pins (discover_groups(pins=...)) are applied to ``plan``, and a plan whose costs are not those it
-    records (edited after solve) gets its real costs recorded; each with a note (printed with ``progress``, else
-    a warning)."""
+    records (edited after solve) gets its real costs recorded; each with a PlanNote warning (the command line
+    prints it as a note; ``progress`` shows progress bars only)."""
     check_plan_groups(plan, groups)
     for change in plan.pin(groups):
-        notify(f"pin applied: {change}", progress)
+        notify(f"pin applied: {change}", False, category=PlanNote)  # the command line prints PlanNotes
     if rounding is None:  # nearest, said where the plan was chosen with another rounding (as apply says it)
         from .apply import note_plan_rounding
         note_plan_rounding(plan, "quantize_plan", stacklevel=3)
@@ -148,7 +148,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                       rounding=config, rounding_checkpoint=rounding_checkpoint,
                       points=counts, progress=progress, inplace=inplace)
     costs = {k: tables.total(k, plan.assignments) for k in COST_KINDS}
-    check_recorded_costs(plan, costs, progress)
+    check_recorded_costs(plan, costs, False)  # a PlanNote: the command line prints it
     result = QuantizeResult(quantized, plan, costs,
                             apply_seconds=time.perf_counter() - start, rounding=config.name,
                             rounding_options=config.options())
@@ -172,7 +172,7 @@ def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = Tr
     why = "its pins applied" if plan.metadata.get("pinned") else "changed after solve?"
     notify(f"this plan's costs are not those it records ({why})"
           + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
-          + "; the plan this step returns and saves records its real costs", verbose)
+          + "; the plan this step returns and saves records its real costs", verbose, stacklevel=4, category=PlanNote)
     plan.metadata["predicted_costs"] = {**recorded, **changed}
     plan.metadata["edited_after_solve"] = True
 

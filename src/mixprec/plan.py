@@ -103,8 +103,9 @@ class Plan:
             raise PlanError(f"the model has {len(unnamed)} layer(s) the plan does not name, e.g. {unnamed[:3]}; was it "
                             "made for another model? (a plan that leaves layers float lists them under \"excluded\", "
                             "as --exclude writes it)")
-        from .errors import notify
-        notify(f"{len(unnamed)} layer(s) of the model are not in the plan and stay float (e.g. {unnamed[:3]})", verbose)
+        from .errors import PlanNote, notify
+        notify(f"{len(unnamed)} layer(s) of the model are not in the plan and stay float (e.g. {unnamed[:3]})", verbose,
+               stacklevel=4, category=PlanNote)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION,

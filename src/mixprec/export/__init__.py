@@ -284,7 +284,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     # is exported from a copy sharing its parameters, so its batch-norm statistics and the RNG stay as they were
     model = in_eval_mode(canonical(model), progress)
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
-    plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
+    plan.check_covers(model)  # and every layer of the model is the plan's (or excluded; else a PlanNote)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     shapes = {name: (layer_kind(m), int(m.weight[0].numel()), candidates[name]) for name, m in modules.items()}
     realisations = check_layers(spec, shapes, reduce_range)

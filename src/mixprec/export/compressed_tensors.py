@@ -180,7 +180,7 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
                         "weights are (out, in), for nn.Linear); keep them float (--exclude) or export to another "
                         "target (ort-cpu, cuda)")
     modules = plan.model_layers(model)  # a plan for another model is a PlanError here
-    plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
+    plan.check_covers(model)  # and every layer of the model is the plan's (or excluded; else a PlanNote)
     candidates = {name: parse_candidate(c) for name, c in plan.layer_candidates().items()}
     schemes = _check_layers(modules, candidates)
     out = check_output_folder(out)

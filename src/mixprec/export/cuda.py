@@ -437,7 +437,7 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
         raise PlanError(f"deploy_cuda takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
     model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)
-    plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
+    plan.check_covers(model)  # and every layer of the model is the plan's (or excluded; else a PlanNote)
     candidates = {n: parse_candidate(c) for n, c in plan.layer_candidates().items()}
     layers = check_plan({n: (layer_kind(m), tuple(m.weight.shape), candidates[n]) for n, m in modules.items()})
     if quantized is None:

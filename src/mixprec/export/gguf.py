@@ -140,7 +140,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         notes.append(f"the model attends within a sliding window of {window} tokens, which llama.cpp's llama "
                      "architecture does not: contexts longer than that differ")
     modules = plan.model_layers(model)
-    plan.check_covers(model, progress)  # and every layer of the model is the plan's (or excluded)
+    plan.check_covers(model)  # and every layer of the model is the plan's (or excluded; else a PlanNote)
     candidates = {n: parse_candidate(c) for n, c in plan.layer_candidates().items()}
     outside = sorted(n for n in candidates if not n.startswith(prefix))
     if outside:
