@@ -193,6 +193,8 @@ class RunDirectory:
     def claim(self, fingerprint: dict[str, Any], arguments: dict[str, Any] | None = None, rank: int = 0) -> None:
         """Check that the run is new or made for this ``fingerprint`` (else refuse, writing nothing);
         a new run records the fingerprint and the arguments (rank 0 only)."""
+        # compared as run.json holds it: a tuple in a setting (adaround's beta) is a list once written
+        fingerprint = json.loads(json.dumps(fingerprint, default=str))
         path = self.path / "run.json"
         if path.is_file() and rank == 0 and self._nothing_measured():
             # an analysis that stopped before its first entry (e.g. refused a metric that does not fit the

@@ -134,3 +134,15 @@ def test_a_run_or_plan_of_an_older_mixprec_keeps_the_gptq_it_was_measured_with(d
     assert main(["quantize", "--model", "demo-cnn", "--plan", str(path), "--rounding", "gptq",
                  "--out", str(tmp_path / "q")]) == 0
     assert "--rounding gptq --no-act-order to deploy what was measured" in capsys.readouterr().out
+
+
+def test_an_adaround_run_resumes_and_solves(tmp_path, capsys):
+    """AdaRound's options hold a tuple (beta), a list once in run.json: the run resumes as the same settings and its
+    guard measures with the same rounding (a list in a config was unhashable)."""
+    run = tmp_path / "run"
+    common = ["--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "32"]
+    assert main(["analyze", *common, "--rounding", "adaround", "--out", str(run)]) == 0
+    assert main(["analyze", "--resume", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bytes=0.6x", "--out", str(tmp_path / "plan.json")]) == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["metadata"]["rounding"] == "adaround"
+    assert mixprec.rounding_config("adaround", beta=[20, 2]) == mixprec.rounding_config("adaround", beta=(20, 2))

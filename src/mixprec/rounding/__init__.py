@@ -100,6 +100,8 @@ def rounding_config(method: str | RoundingConfig = "nearest", **options: Any) ->
     if unknown:
         valid = ", ".join(f"{f.name}={f.default!r}" for f in fields(kind)) or "none"
         raise RoundingError(f"{kind.name} rounding has no option {unknown[0]!r}; its options (defaults): {valid}")
+    # a list is the tuple it was before JSON (run.json, plan.json: adaround's beta): one config, hashable, either way
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return replace(method, **options) if isinstance(method, RoundingConfig) else kind(**options)
 
 
