@@ -246,3 +246,25 @@ def test_hessian_traces_interrupted_resume_where_they_stopped_and_give_the_same_
     assert _load_traces(tmp_path / TRACES, {**key, "samples": 5}) is None  # other settings: measured again
     (tmp_path / TRACES).write_bytes(b"torn")
     assert _load_traces(tmp_path / TRACES, key) is None  # damaged: measured again, from the start
+
+
+def test_the_hessian_metric_measures_a_model_with_attention():
+    """nn.MultiheadAttention runs through scaled_dot_product_attention, whose fused CPU kernel has no second
+    derivative; the Hessian-vector products take torch's math kernel."""
+    import mixprec
+    from torch import nn
+
+    class Attending(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.head = nn.Linear(8, 16), nn.Linear(16, 3)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.head((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+    torch.manual_seed(0)
+    data = [torch.randn(4, 5, 8) for _ in range(2)]
+    table = mixprec.analyze(Attending().eval(), data, candidates="w4a8,w8a8", metric="hessian", progress=False).table
+    values = dict(zip(table.groups, table.values.tolist()))
+    assert all(v[0] > v[1] > 0 for v in values.values()) and "attn.out_proj" in values

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..atomic import save_torch_atomic
 from ..progress import tqdm
@@ -87,7 +88,10 @@ def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
         unique = list({id(w): w for w in weights.values()}.values())  # a tied weight is one variable
         slot = {name: next(i for i, u in enumerate(unique) if u is w) for name, w in weights.items()}
         for b in range(first, len(ctx.data)):
-            out, captured = gradients.forward(ctx, b, "hessian", capture)
+            # the Hessian-vector products differentiate the gradient again: attention through torch's math kernel,
+            # the one scaled_dot_product_attention kernel with a second derivative on every device
+            with sdpa_kernel(SDPBackend.MATH):
+                out, captured = gradients.forward(ctx, b, "hessian", capture)
             loss, n = gradients.loss(out, ctx.labels(b) if ctx.has_labels else None, "hessian")
             rows += n
             variables = unique + [z for _, _, z in captured]
