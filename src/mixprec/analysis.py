@@ -959,6 +959,12 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         for note in groups.notes:  # what inspect prints, said to a Python user too
             warnings.warn(note, ModelNote, stacklevel=2)
     cands = _candidate_list(candidates)
+    measured_with = rounding_config(rounding) if rounding is not None else None
+    multipoint = [c.name for c in cands if c.multipoint]
+    if measured_with is not None and measured_with.needs_data and multipoint:  # before any measurement
+        raise SpecError(f"rounding={measured_with.name!r} does not build multipoint weights ({', '.join(multipoint)}), "
+                        "so their entries would be measured with nearest rounding and no plan of them could be "
+                        "applied with it; measure them with rounding='nearest' (no --rounding), or drop them")
     if target == "ort-cpu":  # said before the measurement, not after an export
         from .export import saturation_note
         from .errors import TargetNote

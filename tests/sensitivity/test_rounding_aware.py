@@ -146,3 +146,20 @@ def test_an_adaround_run_resumes_and_solves(tmp_path, capsys):
     assert main(["solve", str(run), "--budget", "bytes=0.6x", "--out", str(tmp_path / "plan.json")]) == 0
     assert json.loads((tmp_path / "plan.json").read_text())["metadata"]["rounding"] == "adaround"
     assert mixprec.rounding_config("adaround", beta=[20, 2]) == mixprec.rounding_config("adaround", beta=(20, 2))
+
+
+def test_gptq_aware_analysis_rounds_a_transposed_conv_by_nearest_and_refuses_multipoint():
+    """As apply does: GPTQ has no Hessian for a ConvTranspose's input, so its entries are nearest-rounded (not an
+    error); multipoint candidates, which no learned rounding builds, are refused before any measurement."""
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(4, 2, 2, stride=2),
+                          nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1)).eval()
+    data = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+    aware = mixprec.analyze(model, data, candidates="w2a8,w4a8", rounding="gptq", progress=False).table
+    plain = mixprec.analyze(model, data, candidates="w2a8,w4a8", progress=False).table
+    up = aware.groups.index("2")
+    assert aware.values[up].tolist() == pytest.approx(plain.values[up].tolist())  # nearest for the transposed conv
+    assert aware.values[0][0] != pytest.approx(plain.values[0][0])  # GPTQ for the first conv
+    with pytest.raises(MixprecError, match="does not build multipoint weights"):
+        mixprec.analyze(model, data, candidates="w2a8,w2x2a8", rounding="gptq", progress=False)

@@ -123,8 +123,12 @@ class MeasureContext:
             holders: dict[str, int] = {}
             for l in self.groups.layers:
                 holders[l.weight_of or l.name] = holders.get(l.weight_of or l.name, 0) + 1
+            from ..groups import NO_COLUMNS
+            modules = dict(self.model.named_modules())
+            # as apply rounds them: embeddings, shared weights, and for GPTQ layers whose input has no columns
             self._nearest_only = {l.name for l in self.groups.layers
-                                  if l.kind == "Embedding" or holders[l.weight_of or l.name] > 1}
+                                  if l.kind == "Embedding" or holders[l.weight_of or l.name] > 1
+                                  or (self.rounding.name == "gptq" and isinstance(modules.get(l.name), NO_COLUMNS))}
         return layer not in self._nearest_only
 
     @torch.no_grad()
