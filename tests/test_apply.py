@@ -354,3 +354,15 @@ def test_a_learned_rounding_under_inference_mode_is_a_clear_error():
     for rounding in ("gptq", "adaround"):
         with torch.inference_mode(), pytest.raises(MixprecError, match="inference_mode"):
             apply(model, plan, data, progress=False, rounding=rounding)
+
+
+def test_a_learned_rounding_of_a_plan_without_integer_weights_says_so_and_is_recorded_as_nearest():
+    import mixprec
+    from mixprec.errors import PlanNote
+    model = small_cnn()
+    data = batches(2)
+    groups = discover_groups(model, data[0])
+    with pytest.warns(PlanNote, match="nothing to round"):
+        result = mixprec.quantize_plan(model, Plan.uniform(groups, "fp16"), data, groups, progress=False,
+                                       rounding="adaround")
+    assert result.rounding == "nearest"

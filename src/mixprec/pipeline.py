@@ -129,6 +129,13 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
         note_plan_rounding(plan, "quantize_plan", stacklevel=3)
         rounding = "nearest"
     config = rounding_config(rounding, **(rounding_options or {}))
+    from .formats import IntFormat
+    if config.name != "nearest" and not any(isinstance(parse_candidate(c).weight, IntFormat)
+                                            for c in plan.assignments.values()):
+        notify(f"rounding {config.name} rounds integer weights, and this plan has none "
+               f"({', '.join(sorted(set(plan.assignments.values())))}): nothing to round, recorded as nearest", False,
+               category=PlanNote)
+        config = rounding_config("nearest")
     model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
     batches = as_batches(data, model)
     device = parse_device(device, "device") if device is not None else device_of(model)
