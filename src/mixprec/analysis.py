@@ -53,6 +53,10 @@ DEFAULT_CANDIDATES = "w4a8,w8a8,w8a16"
 HOLDOUT = 0.0
 
 
+# metrics that price the weight error itself, blind to a rounding that trades it for less output error (GPTQ)
+WEIGHT_SPACE_METRICS = ("roundoff", "fisher", "hessian")
+
+
 def _batches(data: Iterable | None, model: nn.Module | None = None) -> list:
     return [] if data is None else as_batches(data, model)
 
@@ -960,6 +964,14 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
             warnings.warn(note, ModelNote, stacklevel=2)
     cands = _candidate_list(candidates)
     measured_with = rounding_config(rounding) if rounding is not None else None
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "name", str(metric))
+    if measured_with is not None and measured_with.needs_data and metric_name in WEIGHT_SPACE_METRICS:
+        from .errors import notify
+        notify(f"the {metric_name} metric prices each weight's own change, which {measured_with.name} does not "
+               "lower (it moves weights further to cancel their error in the layer's output), so with "
+               f"rounding={measured_with.name!r} it ranks candidates as damaged as nearest rounding, or more; an output "
+               "metric (sqnr, kl, local) sees what the rounding leaves", verbose, stacklevel=2,
+               category=UserWarning)
     multipoint = [c.name for c in cands if c.multipoint]
     if measured_with is not None and measured_with.needs_data and multipoint:  # before any measurement
         raise SpecError(f"rounding={measured_with.name!r} does not build multipoint weights ({', '.join(multipoint)}), "

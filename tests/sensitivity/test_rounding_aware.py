@@ -163,3 +163,12 @@ def test_gptq_aware_analysis_rounds_a_transposed_conv_by_nearest_and_refuses_mul
     assert aware.values[0][0] != pytest.approx(plain.values[0][0])  # GPTQ for the first conv
     with pytest.raises(MixprecError, match="does not build multipoint weights"):
         mixprec.analyze(model, data, candidates="w2a8,w2x2a8", rounding="gptq", progress=False)
+
+
+def test_a_weight_space_metric_with_a_learned_rounding_is_said_to_be_blind_to_it():
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    data = [torch.randn(8, 6) for _ in range(2)]
+    with pytest.warns(UserWarning, match="an output metric"):
+        mixprec.analyze(model, data, candidates="w2a8,w8a8", metric="roundoff", rounding="gptq", progress=False)
