@@ -870,10 +870,12 @@ class Analysis:
             raise SpecError("the trust report measures every entry for real: it needs the model and an evaluation")
         cands = [parse_candidate(c) for c in self.table.candidates]
         eval_name = eval_name or getattr(fn, "__qualname__", repr(fn))  # part of the task run's fingerprint
+        # each drop measured with the weights the table was measured with (a GPTQ-aware table against GPTQ's drops)
+        rounding = self.rounding if self.rounding.name != "nearest" else None
         truth = measure_table(self.model, self.model_groups, cands, self.data or [], metric="task",
                               run_dir=self.run.task if self.run else None, weight_method=self.weight_range,
                               activation_method=self.activation_range, evaluate=fn, progress=progress,
-                              arguments={"eval": eval_name})
+                              arguments={"eval": eval_name}, rounding=rounding)
         return [{"metric": self.table.metric, "spearman": rank_correlation(self.table, truth),
                  "seconds": self.table.metadata["seconds"]},
                 {"metric": "task", "spearman": 1.0, "seconds": truth.metadata["seconds"]}]

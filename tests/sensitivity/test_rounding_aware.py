@@ -172,3 +172,12 @@ def test_a_weight_space_metric_with_a_learned_rounding_is_said_to_be_blind_to_it
     data = [torch.randn(8, 6) for _ in range(2)]
     with pytest.warns(UserWarning, match="an output metric"):
         mixprec.analyze(model, data, candidates="w2a8,w8a8", metric="roundoff", rounding="gptq", progress=False)
+
+
+def test_the_trust_report_of_a_gptq_aware_table_measures_gptqs_drops(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--calibration-samples", "64",
+                 "--rounding", "gptq", "--eval", "demo-cnn", "--out", str(run)]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    truth = json.loads((run / "task" / "sensitivity.json").read_text())
+    assert truth["metadata"]["rounding"]["name"] == "gptq"
