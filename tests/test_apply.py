@@ -366,3 +366,15 @@ def test_a_learned_rounding_of_a_plan_without_integer_weights_says_so_and_is_rec
         result = mixprec.quantize_plan(model, Plan.uniform(groups, "fp16"), data, groups, progress=False,
                                        rounding="adaround")
     assert result.rounding == "nearest"
+
+
+def test_quantize_plan_says_which_layers_a_learned_rounding_leaves_to_nearest():
+    import mixprec
+    from mixprec.errors import PlanNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(4, 2, 2, stride=2),
+                          nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1)).eval()
+    data = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+    groups = discover_groups(model, data[0])
+    with pytest.warns(PlanNote, match=r"1 of 3 layer\(s\) with integer weights are rounded by nearest, not gptq"):
+        mixprec.quantize_plan(model, Plan.uniform(groups, "w4a8"), data, groups, progress=False, rounding="gptq")

@@ -137,6 +137,16 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
                category=PlanNote)
         config = rounding_config("nearest")
     model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
+    if config.needs_data:  # the layers no back-end reconstructs, said once here (not at every plan a search applies)
+        from .rounding import nearest_only
+        layers = plan.model_layers(model)
+        integer = [n for n, c in plan.layer_candidates().items() if isinstance(parse_candidate(c).weight, IntFormat)]
+        kept = nearest_only(layers, integer, config)
+        if kept:
+            notify(f"{len(kept)} of {len(integer)} layer(s) with integer weights are rounded by nearest, not "
+                   f"{config.name} (e.g. {kept[0]!r}): embeddings and weights shared by two layers have no input of "
+                   "their own to reconstruct" + (", and GPTQ has no Hessian for a transposed or 3-D convolution's "
+                                                 "input" if config.name == "gptq" else ""), False, category=PlanNote)
     batches = as_batches(data, model)
     device = parse_device(device, "device") if device is not None else device_of(model)
     if stream:

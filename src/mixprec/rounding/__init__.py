@@ -109,6 +109,18 @@ def _unknown(method: Any) -> RoundingError:
     return RoundingError(f"unknown rounding {method!r}; choose one of: {', '.join(ROUNDINGS)}")
 
 
+def nearest_only(layers: dict[str, nn.Module], targets: Iterable[str], config: RoundingConfig) -> list[str]:
+    """The layers of ``targets`` (names in ``layers``) every back-end rounds to nearest: embeddings (no input to
+    reconstruct from), weights shared by two layers (one tensor that must stay one), and for GPTQ a transposed or
+    3-D convolution, whose input has no column form for its Hessian (capture.layer_columns)."""
+    targets = list(targets)
+    holders: dict[int, int] = {}
+    for name in targets:
+        holders[id(layers[name].weight)] = holders.get(id(layers[name].weight), 0) + 1
+    return [name for name in targets if isinstance(layers[name], nn.Embedding) or holders[id(layers[name].weight)] > 1
+            or (config.name == "gptq" and isinstance(layers[name], NO_COLUMNS))]
+
+
 def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | None, method: str | RoundingConfig, *,
                   weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
                   checkpoint: str | Path | None = None, inplace: bool = False, **options: Any) -> dict[str, torch.Tensor]:
@@ -141,12 +153,8 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     # Embedding tables have no input to reconstruct from, and a weight shared by two layers (an output layer
     # tied to the embedding) is one tensor that must stay one: every back-end rounds those to nearest. So does
     # GPTQ a 3-D or transposed convolution, whose input has no column form for its Hessian (capture.layer_columns).
-    holders: dict[int, int] = {}
-    for name in targets:
-        holders[id(layers[name].weight)] = holders.get(id(layers[name].weight), 0) + 1
-    tables = {name: nearest_weight(layers[name].weight, candidates[name], weight_method) for name in targets
-              if isinstance(layers[name], nn.Embedding) or holders[id(layers[name].weight)] > 1
-              or (config.name == "gptq" and isinstance(layers[name], NO_COLUMNS))}
+    tables = {name: nearest_weight(layers[name].weight, candidates[name], weight_method)
+              for name in nearest_only(layers, targets, config)}
     targets = {name: fmt for name, fmt in targets.items() if name not in tables}
     if not config.needs_data:
         return {**tables, **{name: nearest_weight(layers[name].weight, candidates[name], weight_method)
