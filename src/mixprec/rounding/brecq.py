@@ -202,9 +202,10 @@ def _quantized_side(quantized: nn.Module, block: str, batches: list, reference: 
                         raise RoundingError(
                             f"brecq weights the output of block {block!r} by the Fisher of the model output, which needs "
                             "gradients through the model, but its output does not depend on the block's through "
-                            "autograd (a forward under torch.no_grad or torch.inference_mode, or a detached output); "
-                            "take the decorator off forward, or round with gptq or adaround, which need no gradients "
-                            "through the model")
+                            "autograd: the block feeds only an output mixprec does not measure (of a model with several "
+                            "outputs, the first or 'logits' is the one measured), or forward runs under torch.no_grad "
+                            "or torch.inference_mode, or detaches its output; round with gptq or adaround, which need "
+                            "no gradients through the model, or exclude the block's layers (--exclude)")
                     found = torch.autograd.grad(kl, leaves, allow_unused=True)
                 grads += [torch.ones_like(leaf) if g is None else g.abs() + 1 for leaf, g in zip(leaves, found)]
     finally:
