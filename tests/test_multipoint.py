@@ -257,3 +257,16 @@ def test_demo_model_analyze_solve_quantize(tmp_path, capsys):
     assert set(saved_plan["metadata"]["points"]) == {"conv1", "conv2", "conv3", "fc"}
     assert uniform["costs"]["bytes"] == pytest.approx(saved["costs"]["fixed"]["bytes"] + sum(
         row[saved["costs"]["candidates"].index("w4x2a8")] for row in saved["costs"]["tables"]["bytes"]))
+
+
+def test_a_transposed_conv_takes_one_point_per_row_as_an_embedding_does():
+    """Its input has no column form for the output error that picks the points: one point, not a failed analysis."""
+    import mixprec
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(4, 2, 2, stride=2),
+                          nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1)).eval()
+    data = [torch.randn(8, 1, 8, 8) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w4x2a8", progress=False)
+    assert set(analysis.point_counts["w4x2a8"]["2"]) == {"1"}
+    up = analysis.table.groups.index("2")
+    assert analysis.table.values[up][0] == pytest.approx(analysis.table.values[up][1])

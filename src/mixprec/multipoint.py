@@ -155,8 +155,10 @@ def measure_points(model: nn.Module, layers: dict[str, list[Candidate]], data: I
         raise MixprecError("multipoint candidates (e.g. " + next(iter(wanted.values()))[0].name + ") choose each "
                            "channel's number of points on calibration data; give --data (or calibration_data=...)")
     out: dict[str, Points] = {}
-    for name in [n for n in wanted if isinstance(model.get_submodule(n), nn.Embedding)]:
-        # a table's rows are looked up, not multiplied by an input: one point per row
+    from .groups import NO_COLUMNS
+    for name in [n for n in wanted if isinstance(model.get_submodule(n), (nn.Embedding, *NO_COLUMNS))]:
+        # a table's rows are looked up, not multiplied by an input; a transposed or 3-D conv's input has no column
+        # form for the output error that picks the points: one point per row
         rows = model.get_submodule(name).weight.shape[0]
         for cand in wanted.pop(name):
             out.setdefault(cand.name, {})[name] = "1" * rows
