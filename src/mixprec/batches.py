@@ -176,18 +176,20 @@ def describe_shape(inputs: Any) -> Any:
     return type(inputs).__name__
 
 
-def shapes_compatible(inputs: Any, reference: Any) -> bool:
+def shapes_compatible(inputs: Any, reference: Any, sizes: bool = False) -> bool:
     """Same structure, and each tensor of the same rank: sizes may differ (token batches in sequence length, a fully
     convolutional model's images in resolution, as the analysis takes them); a batch the model cannot take fails
-    in its forward, with the batch named (mixprec.capture.forward)."""
+    in its forward, with the batch named (mixprec.capture.forward). ``sizes``: every size but the batch's equal
+    too (what an exported file with fixed axes takes)."""
     if isinstance(reference, torch.Tensor):
-        return isinstance(inputs, torch.Tensor) and inputs.dim() == reference.dim()
+        return isinstance(inputs, torch.Tensor) and inputs.dim() == reference.dim() and (
+            not sizes or tuple(inputs.shape[1:]) == tuple(reference.shape[1:]))
     if isinstance(reference, dict):
         return isinstance(inputs, dict) and inputs.keys() == reference.keys() and all(
-            shapes_compatible(inputs[k], reference[k]) for k in reference)
+            shapes_compatible(inputs[k], reference[k], sizes) for k in reference)
     if isinstance(reference, (tuple, list)):
         return isinstance(inputs, (tuple, list)) and len(inputs) == len(reference) and all(
-            shapes_compatible(a, b) for a, b in zip(inputs, reference))
+            shapes_compatible(a, b, sizes) for a, b in zip(inputs, reference))
     return True
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..canonical import canonical, in_eval_mode
-from ..batches import as_batches, output_tensor, run_model, split_item, to_device
+from ..batches import as_batches, output_tensor, run_model, shapes_compatible, split_item, to_device
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
@@ -461,7 +461,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         if batches:
             inputs = [split_item(b)[0] for b in batches]
             if fixed:  # the file takes the example's sizes but for the batch: compared on the batches of those
-                kept = [x for x in inputs if _same_sizes(x, example)]
+                kept = [x for x in inputs if shapes_compatible(x, example, sizes=True)]
                 if len(kept) < len(inputs):
                     result.notes.append(f"{len(inputs) - len(kept)} of {len(inputs)} calibration batches have other "
                                         f"sizes than the file takes {fixed}: the file is compared with the simulation "
@@ -575,19 +575,6 @@ JOINS_ADDED = ("join quantizers are added where ONNX Runtime's int8 graph quanti
                "concatenations, and a convolution's output that a pooling, a mean or a float layer reads); a plan solved "
                "on an analysis without them is measured without them (analyze --joins or --profile ort-cpu measures "
                "with them), so the simulated metric here, which includes them, can differ from quantize's")
-
-
-def _same_sizes(inputs: Any, example: Any) -> bool:
-    """Whether ``inputs`` has ``example``'s structure and every tensor its sizes but the batch."""
-    if isinstance(example, torch.Tensor):
-        return isinstance(inputs, torch.Tensor) and tuple(inputs.shape[1:]) == tuple(example.shape[1:])
-    if isinstance(example, dict):
-        return isinstance(inputs, dict) and inputs.keys() == example.keys() and all(
-            _same_sizes(inputs[k], example[k]) for k in example)
-    if isinstance(example, (tuple, list)):
-        return isinstance(inputs, (tuple, list)) and len(inputs) == len(example) and all(
-            _same_sizes(a, b) for a, b in zip(inputs, example))
-    return True
 
 
 def report_path(onnx_path: str | os.PathLike) -> Path:
