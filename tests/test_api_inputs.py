@@ -535,3 +535,11 @@ def test_notes_in_python_are_warnings_of_their_own_kind_whatever_progress_says(c
     with pytest.warns(ModelNote, match="training mode"):
         mixprec.analyze(model, data, candidates="w4a8,w8a8", progress=False)
     assert "note:" not in capsys.readouterr().out
+
+
+def test_empty_data_is_one_error_without_a_note_about_the_missing_example_before_it():
+    model = nn.Sequential(nn.Linear(4, 4)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ModelNote first
+        with pytest.raises(SpecError, match="the data is empty"):
+            mixprec.analyze(model, [], candidates="w4a8,w8a8", progress=False)

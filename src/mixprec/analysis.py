@@ -938,6 +938,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         model_name = model_name or given.get("model")
         arguments = {**given, **(arguments or {})}
     batches = _batches(data, model)
+    from .sensitivity import metric_config
+    if not batches and metric_config(metric).needs_data:  # said before the groups are looked for without an input
+        raise SpecError(f"the {metric_config(metric).name} metric measures on calibration data, and the data is "
+                        "empty; give at least one batch (or use metric='roundoff', which needs none)")
     device = parse_device(device, "device") if device is not None else device_of(model)
     if joins is None:
         joins = False
