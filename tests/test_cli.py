@@ -460,6 +460,8 @@ def test_output_piped_to_a_reader_that_closes_it_ends_quietly(monkeypatch, capsy
     (["analyze", "--model", "demo-cnn", "--around-divergence", "kl", "--out", "{tmp}/run"], "add --around CAND"),
     (["analyze", "--model", "demo-cnn", "--metric", "around", "--out", "{tmp}/run"], "give it as --around CAND"),
     (["solve", "{run}", "--budget", "bops=w4a8", "--kind", "bytes", "--out", "{tmp}/p.json"], "drop --kind"),
+    (["solve", "{run}", "--budget", "bops=w4a8", "--path-search", "binary", "--out", "{tmp}/p.json"],
+     "--path-search is an option of --search greedy-pareto"),
     (["pareto", "{run}", "--budget-kind", "bops", "--no-guard", "--guard-margin", "3", "--out", "{tmp}/front"],
      "--no-guard turns the guard off"),
     (["profile", "--model", "demo-cnn", "--candidates", "w8a8,fp32", "--target", "ort-cpu", "--checks", "-1",

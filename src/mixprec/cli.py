@@ -479,9 +479,11 @@ SEARCH_OPTIONS = {"qem": ("mixquant", None), "base": ("mixquant", None), "low": 
 def _check_misplaced_options(args) -> None:
     """Refuse an option the chosen search (or --no-guard) would ignore: a user who forgot --search local would
     believe a measured search ran."""
+    typed = _typed_options(getattr(args, "argv", None), "solve") if hasattr(args, "search") else None
     for option, (owners, default) in SEARCH_OPTIONS.items():
         value = getattr(args, option, default)
-        if value != default and args.search not in owners.split(", "):
+        given = value != default or (typed is not None and option in typed)  # typed at its default value too
+        if given and args.search not in owners.split(", "):
             flag = "--" + option.replace("_", "-")
             raise SpecError(f"{flag} is an option of --search {owners.replace(', ', ' or ')}; this solve runs --search "
                             f"{args.search}, which does not use it: add --search {owners.split(', ')[0]}, or drop {flag}")
