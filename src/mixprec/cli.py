@@ -266,6 +266,9 @@ def cmd_quantize(args) -> int:
               f"{' ' + flags if flags else ''} to deploy what was measured")
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     evaluate = load_eval(eval_spec, args.model) if eval_spec else None
+    if args.device and not args.stream:  # the model this command loaded is its own: moved, not copied
+        from .streaming import place
+        model = place(model, args.device)
     result = quantize_plan(model, plan, data, groups, weight_range=args.weight_range,
                            activation_range=args.activation_range, rounding=rounding,
                            rounding_checkpoint=cache_dir() / "rounding", device=args.device,
@@ -377,6 +380,9 @@ def _analyze(args, rank: int) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and torch.distributed.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
+    if not args.stream:  # the model this command loaded is its own: moved, not copied (one model's memory)
+        from .streaming import place
+        model = place(model, device)
     evaluate = load_eval(args.eval, args.model) if args.eval else None
     args.joins = _joins(args, model)  # recorded as resolved: a resumed run measures as this one did
     analysis = analyze(model, data or [], candidates, metric, args.out, groups=groups,
