@@ -543,3 +543,32 @@ def test_empty_data_is_one_error_without_a_note_about_the_missing_example_before
         warnings.simplefilter("error")  # no ModelNote first
         with pytest.raises(SpecError, match="the data is empty"):
             mixprec.analyze(model, [], candidates="w4a8,w8a8", progress=False)
+
+
+def test_export_compares_on_the_batches_of_its_fixed_sizes_and_on_none_says_so(tmp_path):
+    """Token ids keep a free length in the file, so batches of other lengths are compared; where no batch has the
+    file's fixed sizes nothing is compared (no 0 % agreement, no infinite SQNR) and the note says so."""
+    pytest.importorskip("onnxruntime")
+
+    class IdsAndImage(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.conv, self.head = nn.Embedding(20, 4), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(8, 3)
+
+        def forward(self, ids, img):
+            return self.head(torch.cat([self.emb(ids).mean(1), self.conv(img).mean((2, 3))], 1))
+    torch.manual_seed(0)
+    model = IdsAndImage().eval()
+    data = [{"ids": torch.randint(0, 20, (4, n)), "img": torch.randn(4, 3, 8, 8)} for n in (5, 7, 9)]
+    groups = discover_groups(model, data[0])
+    plan = Plan.uniform(groups, "w8")
+    result = mixprec.export(model, plan, data, out=tmp_path / "a.onnx", progress=False)
+    assert result.agreement["calibration"] == 1.0 and not any("other sizes" in n for n in result.notes)
+    images = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    other = Plan.uniform(discover_groups(conv, images[0]), "w8a8")
+    result = mixprec.export(conv, other, images, out=tmp_path / "b.onnx", example_input=torch.randn(1, 3, 16, 16),
+                            progress=False)
+    assert "calibration" not in result.agreement and "calibration" not in result.sqnr_db
+    assert any("on none of them" in n for n in result.notes)
+

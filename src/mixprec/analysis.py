@@ -537,7 +537,8 @@ class Analysis:
             if guarded is not None and guarded.chosen != MIXED and goal.max_loss is not None and evaluator is not None:
                 # a measured search kept its plan within max_drop: a uniform rival that breaks it is no answer
                 rival = evaluator.measure(problem.assignments(guarded.choice))
-                if evaluator.loss(rival) > goal.max_loss:
+                own = evaluator.loss(evaluator.measure(problem.assignments(solution.choice)))  # cached: measured
+                if evaluator.loss(rival) > goal.max_loss >= own:  # only a plan that keeps the limit is kept for it
                     kept = (f"guard: {guarded.chosen} measures {rival.name} {rival.value:.4g}, a drop beyond "
                             f"max_drop ({max_drop if max_drop is not None else '1%'}) that search {search} kept its "
                             "plan within; the search's plan is returned")
@@ -976,7 +977,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         notify(f"the {metric_name} metric prices each weight's own change, which {measured_with.name} does not "
                "lower (it moves weights further to cancel their error in the layer's output), so with "
                f"rounding={measured_with.name!r} it ranks candidates as damaged as nearest rounding, or more; an output "
-               "metric (sqnr, kl, local) sees what the rounding leaves", verbose, stacklevel=2,
+               "metric (sqnr, kl, local) sees what the rounding leaves", verbose, stacklevel=3,
                category=UserWarning)
     multipoint = [c.name for c in cands if c.multipoint]
     if measured_with is not None and measured_with.needs_data and multipoint:  # before any measurement

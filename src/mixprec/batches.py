@@ -46,11 +46,9 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     if isinstance(data, dict):
         raise SpecError("data is one dict: give an iterable of batches, e.g. [batch] for one dict batch of the "
                         "model's keyword arguments, or a list or DataLoader of them")
-    try:
-        iter(data)
-    except TypeError:
-        raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "
-                        f"{type(data).__name__} {data!r:.60}") from None
+    if not (hasattr(type(data), "__iter__") or hasattr(type(data), "__getitem__")):  # not iter(): a DataLoader
+        raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "  # would
+                        f"{type(data).__name__} {data!r:.60}")  # draw a seed and start its workers for nothing
     double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
     return [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
 
@@ -176,20 +174,18 @@ def describe_shape(inputs: Any) -> Any:
     return type(inputs).__name__
 
 
-def shapes_compatible(inputs: Any, reference: Any, sizes: bool = False) -> bool:
+def shapes_compatible(inputs: Any, reference: Any) -> bool:
     """Same structure, and each tensor of the same rank: sizes may differ (token batches in sequence length, a fully
     convolutional model's images in resolution, as the analysis takes them); a batch the model cannot take fails
-    in its forward, with the batch named (mixprec.capture.forward). ``sizes``: every size but the batch's equal
-    too (what an exported file with fixed axes takes)."""
+    in its forward, with the batch named (mixprec.capture.forward)."""
     if isinstance(reference, torch.Tensor):
-        return isinstance(inputs, torch.Tensor) and inputs.dim() == reference.dim() and (
-            not sizes or tuple(inputs.shape[1:]) == tuple(reference.shape[1:]))
+        return isinstance(inputs, torch.Tensor) and inputs.dim() == reference.dim()
     if isinstance(reference, dict):
         return isinstance(inputs, dict) and inputs.keys() == reference.keys() and all(
-            shapes_compatible(inputs[k], reference[k], sizes) for k in reference)
+            shapes_compatible(inputs[k], reference[k]) for k in reference)
     if isinstance(reference, (tuple, list)):
         return isinstance(inputs, (tuple, list)) and len(inputs) == len(reference) and all(
-            shapes_compatible(a, b, sizes) for a, b in zip(inputs, reference))
+            shapes_compatible(a, b) for a, b in zip(inputs, reference))
     return True
 
 

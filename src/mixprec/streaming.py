@@ -291,6 +291,8 @@ def placed_copy(model: nn.Module, device: torch.device | str) -> nn.Module:
     if stream_of(model) is not None or all(t.device == target for t in tensors):
         return place(model, device)
     import copy
+    if isinstance(model, torch.jit.ScriptModule):  # its deepcopy copies the compiled module whole, memo unread
+        return copy.deepcopy(model).to(target)
     memo: dict[int, torch.Tensor] = {}
     for p in model.parameters():
         if id(p) not in memo:

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..canonical import canonical, in_eval_mode
-from ..batches import as_batches, output_tensor, run_model, shapes_compatible, split_item, to_device
+from ..batches import as_batches, output_tensor, run_model, split_item, to_device
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
@@ -460,17 +460,20 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     try:
         if batches:
             inputs = [split_item(b)[0] for b in batches]
-            if fixed:  # the file takes the example's sizes but for the batch: compared on the batches of those
-                kept = [x for x in inputs if shapes_compatible(x, example, sizes=True)]
+            if fixed:  # the file takes the example's fixed sizes (token ids' length is free): compared on those batches
+                kept = [x for x in inputs if _fixed_axes(x) == fixed]
                 if len(kept) < len(inputs):
                     result.notes.append(f"{len(inputs) - len(kept)} of {len(inputs)} calibration batches have other "
                                         f"sizes than the file takes {fixed}: the file is compared with the simulation "
-                                        "on the others")
+                                        + ("on the others" if kept else "on none of them (give calibration batches of "
+                                                                       "the example's sizes to compare)"))
                 inputs = kept
-            same = None if getattr(model, "returns_hidden_state", False) else agreement(quantized, exported, inputs)
+            same = None if getattr(model, "returns_hidden_state", False) or not inputs else \
+                agreement(quantized, exported, inputs)
             if same is not None:
                 result.agreement["calibration"] = same
-            result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
+            if inputs:
+                result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
         if evaluate is not None:
             sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
             result.simulated = to_eval_result(evaluate(sim_out))
