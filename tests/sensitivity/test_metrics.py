@@ -108,3 +108,11 @@ def test_a_trust_report_row_without_a_correlation_says_undefined_and_why():
                           {"metric": "kl", "spearman": 0.5, "seconds": 2.0}])
     assert "nan" not in text and "undefined" in text and "0.500" in text
     assert text.splitlines()[1].startswith("kl")  # a defined correlation ranks first
+
+
+def test_a_trust_report_of_an_around_table_says_its_drops_are_measured_from_float():
+    from mixprec.sensitivity.trust import format_report
+    text = format_report([{"metric": "around", "spearman": 0.2, "seconds": 1.0},
+                          {"metric": "task", "spearman": 1.0, "seconds": 2.0}])
+    assert "moves from the base plan" in text
+    assert "moves from the base plan" not in format_report([{"metric": "sqnr", "spearman": 0.5, "seconds": 1.0}])

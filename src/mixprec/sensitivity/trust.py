@@ -30,6 +30,9 @@ def format_report(rows: list[dict]) -> str:
     if any(r["metric"] == "task" for r in rows):
         lines.append("task: the measured drops themselves (1 by definition; its seconds are what measuring every "
                      "entry cost)")
+    if any(r["metric"] == "around" for r in rows):
+        lines.append("around: its entries are moves from the base plan, and the measured drops are each group alone "
+                     "from the float model, so the two rank different things; a low correlation here says little")
     if any(not np.isfinite(r["spearman"]) for r in rows):
         lines.append("undefined: no rank correlation where every value is equal (the measured metric did not change "
                      "on any entry, or the metric gave every entry the same value) or fewer than 3 entries are "
