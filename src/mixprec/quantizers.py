@@ -92,14 +92,19 @@ def choose_range(rows: torch.Tensor, fmt: Format, method: str = "mse", percentil
     return lo, hi
 
 
+def check_range_method(method: str) -> None:
+    """A weight or activation range method mixprec knows, else a CandidateError naming them."""
+    if method not in RANGE_METHODS:
+        raise CandidateError(f"a range method (weight_range, activation_range) must be one of "
+                             f"{', '.join(RANGE_METHODS)}, got {method!r}")
+
+
 def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float, choice: torch.Tensor | None = None,
                 lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
     """(lo, hi, choice): the range of each row and, for the mse method, which clipping factor of
     ``MSE_GRID`` each row got (uint8 (R, 1); ``len(MSE_GRID)``: none beat the full range). A given
     ``choice`` skips the search and gives the range the search that made it gave."""
-    if method not in RANGE_METHODS:
-        raise CandidateError(f"a range method (weight_range, activation_range) must be one of "
-                             f"{', '.join(RANGE_METHODS)}, got {method!r}")
+    check_range_method(method)
     method = getattr(fmt, "range_method", None) or method
     lo = rows.amin(dim=1, keepdim=True) if lo is None else lo
     hi = rows.amax(dim=1, keepdim=True) if hi is None else hi
@@ -294,9 +299,7 @@ class ActivationQuantizer(nn.Module):
 
     def __init__(self, fmt: Format | None, method: str = "mse", percentile: float = 99.99, max_samples: int = 1 << 20):
         super().__init__()
-        if method not in RANGE_METHODS:
-            raise CandidateError(f"a range method (weight_range, activation_range) must be one of "
-                             f"{', '.join(RANGE_METHODS)}, got {method!r}")
+        check_range_method(method)
         self.fmt, self.method, self.percentile, self.max_samples = fmt, method, percentile, max_samples
         self.observing = self.needs_calibration
         self.register_buffer("lo", torch.zeros(()))

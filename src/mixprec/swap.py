@@ -33,7 +33,7 @@ from .integer_bias import attach as attach_integer_bias, rounding_error
 from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
-from .quantizers import ActivationQuantizer, RANGE_METHODS, quantize_weight, quantize_weight_choice
+from .quantizers import ActivationQuantizer, check_range_method, quantize_weight, quantize_weight_choice
 from .streaming import compute_device
 from .weight_cache import NEAREST
 
@@ -119,8 +119,7 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 def check_range_methods(*methods: str) -> None:
     for method in methods:
-        if method not in RANGE_METHODS:
-            raise MixprecError(f"range method must be one of {RANGE_METHODS}, got {method!r}")
+        check_range_method(method)
 
 
 def multipoint_weights(model: nn.Module, candidates: dict[str, Candidate], points: dict[str, str],
