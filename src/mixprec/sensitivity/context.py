@@ -119,16 +119,11 @@ class MeasureContext:
         if self.rounding is None or not self.rounding.needs_data or candidate.multipoint \
                 or not isinstance(candidate.weight, IntFormat):
             return False
-        if self._nearest_only is None:
-            holders: dict[str, int] = {}
-            for l in self.groups.layers:
-                holders[l.weight_of or l.name] = holders.get(l.weight_of or l.name, 0) + 1
-            from ..groups import NO_COLUMNS
-            modules = dict(self.model.named_modules())
-            # as apply rounds them: embeddings, shared weights, and for GPTQ layers whose input has no columns
-            self._nearest_only = {l.name for l in self.groups.layers
-                                  if l.kind == "Embedding" or holders[l.weight_of or l.name] > 1
-                                  or (self.rounding.name == "gptq" and isinstance(modules.get(l.name), NO_COLUMNS))}
+        if self._nearest_only is None:  # as apply rounds them (mixprec.rounding.nearest_only)
+            from ..rounding import nearest_only
+            names = [l.name for l in self.groups.layers]
+            self._nearest_only = set(nearest_only({n: self.model.get_submodule(n) for n in names}, names,
+                                                  self.rounding))
         return layer not in self._nearest_only
 
     @torch.no_grad()
