@@ -44,6 +44,7 @@ from .checks import check_target
 from .compressed_tensors import CompressedTensorsExport, write_compressed_tensors
 from .cuda import CudaDeployment, deploy_cuda, load_cuda, save_cuda
 from .gguf import GGUFExport, export_gguf
+from .ort import RUNTIME_WEIGHT_QUANTIZATION
 from .targets import TARGETS, check_layers, get_onnx_target, realise
 
 __all__ = ["export", "ExportResult", "export_gguf", "GGUFExport", "write_compressed_tensors",
@@ -303,12 +304,11 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
 
     batches = as_batches(data, model)
     notes: list[str] = []
-    from ..streaming import device_of
+    from ..streaming import device_of, placed_copy
     place = device_of(model)
     if place.type != "cpu":  # ONNX Runtime CPU runs the file: traced, calibrated and compared on a CPU copy
-        import copy
-        model = copy.deepcopy(model).cpu()
-        quantized = None if quantized is None else copy.deepcopy(quantized).cpu()
+        model = placed_copy(model, "cpu")
+        quantized = None if quantized is None else placed_copy(quantized, "cpu")
         batches = None if batches is None else [to_device(item, "cpu") for item in batches]
         example_input = None if example_input is None else to_device(example_input, "cpu")
         modules = plan.model_layers(model)  # the copy's layers
@@ -398,8 +398,8 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         notes.append(f"{len(requantized)} layer(s) the plan keeps float ({', '.join(requantized[:3])}"
                      f"{', ...' if len(requantized) > 3 else ''}) run as integer kernels: ONNX Runtime gives a float "
                      "Conv/Gemm between a dequantized input and a quantized output its own per-tensor int8 weights "
-                     "(WeightBiasQuantization), which the simulation does not; the exported metric includes it. "
-                     "To run them float, make the session with disabled_optimizers=['WeightBiasQuantization']")
+                     f"({RUNTIME_WEIGHT_QUANTIZATION}), which the simulation does not; the exported metric includes it. "
+                     f"To run them float, make the session with disabled_optimizers=['{RUNTIME_WEIGHT_QUANTIZATION}']")
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes, source_model=source_model)
     result.joins = join_kernels(out, quantized, optimized)
     if not join_quantizers(quantized):  # no tensor of this model needed one: nothing was added
@@ -622,8 +622,8 @@ def _note(row: dict, kind: str) -> str:
     if kind == "float":
         if row.get("quantized_by_runtime"):
             return (f"planned float, but ONNX Runtime quantizes it itself to a {op} with its own per-tensor int8 "
-                    "weights (WeightBiasQuantization: its input is dequantized and its output quantized); "
-                    "disabled_optimizers=['WeightBiasQuantization'] in the InferenceSession keeps it float")
+                    f"weights ({RUNTIME_WEIGHT_QUANTIZATION}: its input is dequantized and its output quantized); "
+                    f"disabled_optimizers=['{RUNTIME_WEIGHT_QUANTIZATION}'] in the InferenceSession keeps it float")
         return "float, as planned"
     if kind == "dq_weight" and row.get("op") == "Gather":
         if str(row.get("format", "")).startswith("float32 rows"):  # groups that do not tile a row
