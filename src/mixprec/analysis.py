@@ -940,9 +940,10 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         arguments = {**given, **(arguments or {})}
     batches = _batches(data, model)
     from .sensitivity import metric_config
-    if not batches and metric_config(metric).needs_data:  # said before the groups are looked for without an input
-        raise SpecError(f"the {metric_config(metric).name} metric measures on calibration data, and the data is "
-                        "empty; give at least one batch (or use metric='roundoff', which needs none)")
+    config = metric_config(metric)
+    if not batches and config.needs_data:  # said before the groups are looked for without an input
+        raise SpecError(f"the {config.name} metric measures on calibration data, and the data is empty; give at "
+                        "least one batch (or use metric='roundoff', which needs none)")
     device = parse_device(device, "device") if device is not None else device_of(model)
     if joins is None:
         joins = False
@@ -962,19 +963,15 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         model = with_join_quantizers(model, batches, activation_range, progress=progress and verbose)
     if groups is None:
         example = split_item(batches[0])[0] if batches else None
-        if pins is not None and not isinstance(pins, dict):
-            raise SpecError(f"pins is a dict of name pattern -> candidate, e.g. {{'fc2': 'w8a8'}}; got "
-                            f"{type(pins).__name__} {pins!r}")
-        groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=dict(pins or {}))
+        groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=pins)  # it checks pins
         from .errors import ModelNote
         for note in groups.notes:  # what inspect prints, said to a Python user too
             warnings.warn(note, ModelNote, stacklevel=2)
     cands = _candidate_list(candidates)
     measured_with = rounding_config(rounding) if rounding is not None else None
-    metric_name = metric if isinstance(metric, str) else getattr(metric, "name", str(metric))
-    if measured_with is not None and measured_with.needs_data and metric_name in WEIGHT_SPACE_METRICS:
+    if measured_with is not None and measured_with.needs_data and config.name in WEIGHT_SPACE_METRICS:
         from .errors import notify
-        notify(f"the {metric_name} metric prices each weight's own change, which {measured_with.name} does not "
+        notify(f"the {config.name} metric prices each weight's own change, which {measured_with.name} does not "
                "lower (it moves weights further to cancel their error in the layer's output), so with "
                f"rounding={measured_with.name!r} it ranks candidates as damaged as nearest rounding, or more; an output "
                "metric (sqnr, kl, local) sees what the rounding leaves", verbose, stacklevel=3,

@@ -130,8 +130,8 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
         rounding = "nearest"
     config = rounding_config(rounding, **(rounding_options or {}))
     from .formats import IntFormat
-    if config.name != "nearest" and not any(isinstance(parse_candidate(c).weight, IntFormat)
-                                            for c in plan.assignments.values()):
+    integer = [n for n, c in plan.layer_candidates().items() if isinstance(parse_candidate(c).weight, IntFormat)]
+    if config.name != "nearest" and not integer:
         notify(f"rounding {config.name} rounds integer weights, and this plan has none "
                f"({', '.join(sorted(set(plan.assignments.values())))}): nothing to round, recorded as nearest", False,
                category=PlanNote)
@@ -139,9 +139,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     model = canonical(model)  # the layers the groups name (attention's projections, a wrapper's inner model)
     if config.needs_data:  # the layers no back-end reconstructs, said once here (not at every plan a search applies)
         from .rounding import nearest_only
-        layers = plan.model_layers(model)
-        integer = [n for n, c in plan.layer_candidates().items() if isinstance(parse_candidate(c).weight, IntFormat)]
-        kept = nearest_only(layers, integer, config)
+        kept = nearest_only(plan.model_layers(model), integer, config)
         if kept:
             notify(f"{len(kept)} of {len(integer)} layer(s) with integer weights are rounded by nearest, not "
                    f"{config.name} (e.g. {kept[0]!r}): embeddings and weights shared by two layers have no input of "
