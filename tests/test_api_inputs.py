@@ -572,3 +572,29 @@ def test_export_compares_on_the_batches_of_its_fixed_sizes_and_on_none_says_so(t
     assert "calibration" not in result.agreement and "calibration" not in result.sqnr_db
     assert any("on none of them" in n for n in result.notes)
 
+
+
+def test_range_methods_have_one_name_in_every_step_and_the_former_one_still_works(tmp_path):
+    """weight_range/activation_range, as analyze and the command line call them, set apply's and export's
+    ranges too; weight_method (the former name) gives the same model, and both names of one range disagreeing
+    are an error, not a silent choice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(8, 4) for _ in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w4a8")
+    new = mixprec.apply(model, plan, data, weight_range="minmax", activation_range="minmax", progress=False)
+    old = mixprec.apply(model, plan, data, weight_method="minmax", activation_method="minmax", progress=False)
+    mse = mixprec.apply(model, plan, data, progress=False)
+    x = torch.randn(16, 4)
+    assert torch.equal(new(x), old(x))
+    assert not torch.equal(new(x), mse(x))  # the name sets the range: minmax is not the default mse
+    with pytest.raises(mixprec.MixprecError, match="name one range twice"):
+        mixprec.apply(model, plan, data, weight_range="minmax", weight_method="mse", progress=False)
+    with pytest.raises(mixprec.MixprecError, match="must be one of"):
+        mixprec.apply(model, plan, data, activation_range="MSE", progress=False)
+    pytest.importorskip("onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = mixprec.export(model, plan, data, out=tmp_path / "m.onnx", weight_range="minmax",
+                                activation_range="minmax", progress=False)
+    assert result.path.exists()

@@ -31,6 +31,7 @@ from .errors import MixprecError, ModelError, PlanError
 from .formats import IntFormat, is_dynamic
 from .groups import check_weights, is_torchscript
 from .joins import insert_join_quantizers, int8_graph
+from .quantizers import range_methods
 from .multipoint import plan_points
 from .offload import policy, should_move
 from .plan import Plan
@@ -42,13 +43,16 @@ __all__ = ["apply", "plan_points", "QuantizedLayer", "calibrate_activations", "q
 
 
 def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None, *,
-          weight_method: str = "mse", activation_method: str = "mse", calibrate: bool = True,
+          weight_range: str | None = None, activation_range: str | None = None, calibrate: bool = True,
           progress: bool = True, rounding: str | RoundingConfig | None = None, rounding_options: dict | None = None,
           rounding_checkpoint: str | Path | None = None, points: dict[str, str] | None = None,
-          joins: bool | None = None, inplace: bool = False) -> nn.Module:
+          joins: bool | None = None, inplace: bool = False, weight_method: str | None = None,
+          activation_method: str | None = None) -> nn.Module:
     """Quantized copy of ``model`` following ``plan``; activation ranges from ``calibration_data``.
 
-    calibration_data: iterable of input batches or (inputs, labels) pairs. ``calibrate=False``
+    calibration_data: iterable of input batches or (inputs, labels) pairs. weight_range, activation_range: how
+    weight and activation ranges are set, mse (default), minmax or percentile, as in ``analyze`` (the former
+    names weight_method, activation_method are still taken). ``calibrate=False``
     skips calibration (for loading a saved quantized state dict on top). rounding: how weights
     go onto their grid, a name in ``ROUNDINGS`` (nearest, gptq, adaround, brecq; all but nearest read
     the calibration data) or a config (``GPTQ(act_order=True)``), with ``rounding_options`` set on
@@ -73,6 +77,7 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
     if rounding is None:
         rounding = "nearest"
         note_plan_rounding(plan, "apply", stacklevel=3)
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     return _apply(model, plan, calibration_data, weight_method=weight_method, activation_method=activation_method,
                   calibrate=calibrate, progress=progress, rounding=rounding, rounding_options=rounding_options,
                   rounding_checkpoint=rounding_checkpoint, points=points, joins=joins, inplace=inplace)

@@ -709,7 +709,7 @@ def cmd_export(args) -> int:
     result = export(model, plan, data, args.target, args.out, reduce_range=args.reduce_range, source_model=source,
                     accuracy_level=args.accuracy_level, decoder=args.decoder,
                     evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
-                    example_input=example, weight_method=args.weight_range, activation_method=args.activation_range,
+                    example_input=example, weight_range=args.weight_range, activation_range=args.activation_range,
                     threads=args.threads, rounding=rounding or "nearest")
     _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],
            [(r["layer"], r["candidate"], r["format"], r["runtime_op"], "yes" if r["low_precision"] else "NO")
@@ -778,9 +778,9 @@ def _export_file(args) -> int:
     rounding = _export_rounding(args, plan)
     if rounding is not None and rounding.name != "nearest" and data is None:
         raise SpecError(f"{rounding.name} rounding reads calibration batches: give --data (or --rounding nearest)")
-    weight_method = "minmax" if gguf else args.weight_range  # GGUF's q8_0/q4_0 fix their own (min/max) ranges
+    weight_range = "minmax" if gguf else args.weight_range  # GGUF's q8_0/q4_0 fix their own (min/max) ranges
     quantized = apply(model, plan, None if gguf and (rounding is None or rounding.name == "nearest") else data,
-                      weight_method=weight_method, activation_method=args.activation_range,
+                      weight_range=weight_range, activation_range=args.activation_range,
                       rounding=rounding or "nearest", rounding_checkpoint=cache_dir() / "rounding")
     notes = []
     folder = _checkpoint_folder(args.model)
@@ -804,8 +804,8 @@ def _export_file(args) -> int:
                  ": the simulated weights"))
         report = report_path(out)
     else:
-        result = write_compressed_tensors(model, plan, out, quantized=quantized, weight_method=args.weight_range,
-                                          activation_method=args.activation_range, source_folder=folder,
+        result = write_compressed_tensors(model, plan, out, quantized=quantized, weight_range=args.weight_range,
+                                          activation_range=args.activation_range, source_folder=folder,
                                           progress=False)
         _table(["layer", "candidate", "config group", "format"],
                [(r["layer"], r["candidate"], r["group"] or "ignore", r["format"]) for r in result.layers])
@@ -850,10 +850,10 @@ def _export_cuda(args) -> int:
     rounding = _export_rounding(args, plan)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    quantized = apply(model, plan, data, weight_method=args.weight_range, activation_method=args.activation_range,
+    quantized = apply(model, plan, data, weight_range=args.weight_range, activation_range=args.activation_range,
                       joins=False, rounding=rounding or "nearest", rounding_checkpoint=cache_dir() / "rounding")
     deployment = deploy_cuda(model, plan, data, quantized=quantized, device=device, dtype=args.dtype,
-                             weight_method=args.weight_range, activation_method=args.activation_range)
+                             weight_range=args.weight_range, activation_range=args.activation_range)
     save_cuda(deployment, out)
     eval_spec = args.eval or (args.model if is_builtin(args.model) else None)
     simulated = deployed = None
@@ -929,8 +929,8 @@ def cmd_profile(args) -> int:
     check_output_file(args.out)
     model, data, _, groups = _setup(args)
     result = profile(model, data, _candidates(args), groups=groups, target=args.target, batch_size=args.batch_size,
-                     threads=args.threads, repeats=args.repeats, weight_method=args.weight_range,
-                     activation_method=args.activation_range, whole=not args.no_whole, method=args.method,
+                     threads=args.threads, repeats=args.repeats, weight_range=args.weight_range,
+                     activation_range=args.activation_range, whole=not args.no_whole, method=args.method,
                      around=args.around, checks=args.checks, decode=args.decode)
     cands = ["fp32", *[c for c in result.candidates if c != "fp32"]]
     _table(["layer", *(f"{c} ms" for c in cands)],

@@ -159,7 +159,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
         by_candidate.setdefault(plan.layer_candidates()[layer], {})[layer] = digits
     tables = cost_tables(groups, sorted(set(plan.assignments.values()) | {"fp32"}), model, points=by_candidate)
     start = time.perf_counter()
-    quantized = apply(model, plan, batches, weight_method=weight_range, activation_method=activation_range,
+    quantized = apply(model, plan, batches, weight_range=weight_range, activation_range=activation_range,
                       rounding=config, rounding_checkpoint=rounding_checkpoint,
                       points=counts, progress=progress, inplace=inplace)
     costs = {k: tables.total(k, plan.assignments) for k in COST_KINDS}

@@ -99,6 +99,22 @@ def check_range_method(method: str) -> None:
                              f"{', '.join(RANGE_METHODS)}, got {method!r}")
 
 
+def range_methods(weight_range: str | None = None, activation_range: str | None = None,
+                  weight_method: str | None = None, activation_method: str | None = None) -> tuple[str, str]:
+    """(weight, activation) range methods from the names ``analyze`` and the command line use (weight_range,
+    activation_range) or the former names some functions took (weight_method, activation_method), each checked;
+    default mse. Both names of one range, set to different methods, are a CandidateError."""
+    out = []
+    for name, value, old_name, old in (("weight_range", weight_range, "weight_method", weight_method),
+                                       ("activation_range", activation_range, "activation_method", activation_method)):
+        if value is not None and old is not None and value != old:
+            raise CandidateError(f"{name}={value!r} and {old_name}={old!r} name one range twice; give {name} only")
+        method = value if value is not None else old if old is not None else "mse"
+        check_range_method(method)
+        out.append(method)
+    return out[0], out[1]
+
+
 def _rows_range(rows: torch.Tensor, fmt: Format, method: str, percentile: float, choice: torch.Tensor | None = None,
                 lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
     """(lo, hi, choice): the range of each row and, for the mse method, which clipping factor of

@@ -38,6 +38,7 @@ from ..evaluation import EvalResult, to_eval_result
 from ..formats import IntFormat
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
+from ..quantizers import range_methods
 from ..swap import QuantizedLayer, set_module
 from ..sensitivity.store import flatten_tensors
 from .checks import check_target
@@ -236,9 +237,10 @@ OVER_PLANNED = 1.25  # a file this much larger than the plan's bytes cost: a not
 def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | None = None, target: str = "ort-cpu",
            out: str | os.PathLike = "model.onnx", *, quantized: nn.Module | None = None, reduce_range: bool = False,
            accuracy_level: int = 4, evaluate: Callable[[nn.Module], Any] | None = None,
-           example_input: Any = None, weight_method: str = "mse", activation_method: str = "mse",
+           example_input: Any = None, weight_range: str | None = None, activation_range: str | None = None,
            threads: int | None = None, progress: bool = True, joins: bool | None = None,
-           rounding: Any = None, source_model: str | None = None, decoder: str = "fused") -> ExportResult:
+           rounding: Any = None, source_model: str | None = None, decoder: str = "fused",
+           weight_method: str | None = None, activation_method: str | None = None) -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
@@ -249,6 +251,8 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
     evaluate: the user's evaluation function; it runs on the simulated and the exported model.
+    weight_range, activation_range: mse (default), minmax or percentile, as in ``analyze`` and ``apply`` (the
+    former names weight_method, activation_method are still taken).
     joins: quantize the tensors residual adds and concatenations read and write (mixprec.joins), so that
     ONNX Runtime runs the layers around them as integer kernels too; default: the plan's
     ``metadata["joins"]``, else on when some layer has 8-bit integer inputs and the model traces with
@@ -262,6 +266,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     compressed-tensors are written by :func:`export_gguf` and :func:`write_compressed_tensors`.
     """
     spec = get_onnx_target(target)
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if isinstance(plan, (str, os.PathLike)):  # a plan.json, as apply takes it
         plan = Plan.load(plan)
     if not isinstance(plan, Plan):
@@ -334,7 +339,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     if quantized is None:
         if joins is None:
             joins = _default_joins(model, plan, realisations, batches, notes)
-        quantized = apply(model, plan, batches, weight_method=weight_method, activation_method=activation_method,
+        quantized = apply(model, plan, batches, weight_range=weight_method, activation_range=activation_method,
                           progress=progress, joins=joins, rounding=rounding)
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     missing = sorted(set(candidates) - set(layers_q))

@@ -44,7 +44,7 @@ from ..errors import MixprecError, ModelError, OutputError, PlanError
 from ..formats import FloatFormat, IntFormat, is_dynamic
 from ..groups import layer_kind
 from ..plan import Plan
-from ..quantizers import choose_range, fp8_scale, int_qparams, weight_qparams
+from ..quantizers import choose_range, fp8_scale, int_qparams, range_methods, weight_qparams
 from ..swap import QuantizedLayer
 from .targets import TARGETS, refuse_layers
 
@@ -151,9 +151,10 @@ class CompressedTensorsExport:
 
 
 def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLike, *, quantized: nn.Module | None = None,
-                             data: Iterable | None = None, weight_method: str = "mse", activation_method: str = "mse",
-                             source_folder: str | os.PathLike | None = None, reader: str = "auto",
-                             progress: bool = True) -> CompressedTensorsExport:
+                             data: Iterable | None = None, weight_range: str | None = None,
+                             activation_range: str | None = None, source_folder: str | os.PathLike | None = None,
+                             reader: str = "auto", progress: bool = True, weight_method: str | None = None,
+                             activation_method: str | None = None) -> CompressedTensorsExport:
     """Write ``plan`` applied to ``model`` as a compressed-tensors checkpoint folder ``out`` and read it back.
 
     model: the float model the plan was made for (a Hugging Face model, or any module holding one, such as
@@ -161,6 +162,8 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     ``apply(model, plan, data)`` made (default: made here with nearest rounding, ``data`` calibrating inputs).
     source_folder: a checkpoint folder whose tokenizer and generation files are copied beside the weights.
     reader: how the read-back dequantizes (``auto``: compressed-tensors' own if installed, else mixprec's).
+    weight_range, activation_range: mse (default), minmax or percentile, as in ``analyze`` (the former names
+    weight_method, activation_method are still taken).
     Raises a CandidateError listing every layer compressed-tensors cannot hold, before writing anything (so does an
     ``out`` folder holding files of its own, e.g. the source checkpoint), and a ModelError if what was written does
     not read back to the simulated weights bit for bit.
@@ -170,6 +173,7 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
                         "Plan.load(path)")
     if reader not in READERS:
         raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     from ..canonical import from_conv1d
     every = dict(model.named_modules())
     conv1d = sorted(n for n, c in plan.layer_candidates().items()
@@ -192,8 +196,8 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     if quantized is None:
         from ..apply import apply, note_plan_rounding
         note_plan_rounding(plan, "write_compressed_tensors", stacklevel=3)
-        quantized = apply(model, plan, None if data is None else list(data), weight_method=weight_method,
-                          activation_method=activation_method, progress=progress, rounding="nearest")
+        quantized = apply(model, plan, None if data is None else list(data), weight_range=weight_method,
+                          activation_range=activation_method, progress=progress, rounding="nearest")
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     wrong = sorted(n for n in candidates if n not in layers_q or layers_q[n].candidate != candidates[n].name)
     if wrong:
@@ -468,6 +472,7 @@ def load_dequantized(folder: str | os.PathLike, reader: str = "auto",
     folder = Path(folder)
     if reader not in READERS:
         raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if reader == "auto":
         reader = "compressed-tensors" if _compressed_tensors_version() else "mixprec"
     tensors = load_file(str(folder / WEIGHTS_FILE))

@@ -45,7 +45,7 @@ from ..candidates import Candidate, parse_candidate
 from ..errors import MixprecError, ModelError, OutputError, PlanError
 from ..formats import FloatFormat, IntFormat
 from ..plan import Plan
-from ..quantizers import choose_range, fp8_scale
+from ..quantizers import choose_range, fp8_scale, range_methods
 from .targets import refuse_layers
 
 TINYGEMM_GROUPS = (256, 128, 64, 32)
@@ -419,20 +419,23 @@ def model_dtype(layers: dict[str, CudaLayer], device: str | torch.device) -> tor
 
 def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, quantized: nn.Module | None = None,
                 device: str | torch.device = "cuda", dtype: torch.dtype | str | None = "auto",
-                weight_method: str = "mse", activation_method: str = "mse", progress: bool = True,
-                compile: bool = False) -> CudaDeployment:
+                weight_range: str | None = None, activation_range: str | None = None, progress: bool = True,
+                compile: bool = False, weight_method: str | None = None,
+                activation_method: str | None = None) -> CudaDeployment:
     """``plan`` on ``model`` as a model whose planned Linear layers run low-bit kernels on ``device``.
 
     data: calibration batches (fp8 layers need their input scales). quantized: the model
     ``apply(model, plan, data)`` made (default: made here, nearest rounding). The rest of the model is cast
     to ``dtype`` ("auto" or None: :func:`model_dtype`, from the plan). ``model`` itself is not changed.
-    compile: int8 layers through torch.compile (CUDA)."""
+    compile: int8 layers through torch.compile (CUDA). weight_range, activation_range: mse (default), minmax or
+    percentile, as in ``analyze`` (the former names weight_method, activation_method are still taken)."""
     import copy
 
     from ..apply import apply, note_plan_rounding
     from ..groups import layer_kind
     from ..swap import QuantizedLayer, set_module
 
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if not isinstance(plan, Plan):
         raise PlanError(f"deploy_cuda takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
     model = canonical(model)  # the layers plans name (mixprec.canonical)
@@ -444,7 +447,7 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
         needs_data = any(l.kind == "fp8" for l in layers.values())
         note_plan_rounding(plan, "deploy_cuda", stacklevel=3)
         quantized = apply(model, plan, list(data) if data is not None and needs_data else None,
-                          weight_method=weight_method, activation_method=activation_method, progress=progress,
+                          weight_range=weight_method, activation_range=activation_method, progress=progress,
                           joins=False, rounding="nearest")
     if dtype is None or dtype == "auto":
         dtype = model_dtype(layers, device)

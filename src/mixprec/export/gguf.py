@@ -150,7 +150,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
     if quantized is None:
         from ..apply import apply, note_plan_rounding
         note_plan_rounding(plan, "export_gguf", stacklevel=3)
-        quantized = apply(model, plan, None, weight_method="minmax", progress=progress, rounding="nearest")
+        quantized = apply(model, plan, None, weight_range="minmax", progress=progress, rounding="nearest")
     simulated: dict[str, torch.Tensor] = {}  # HF parameter name -> simulated weight
     dtypes: set[torch.dtype] = set()
     for layer in candidates:

@@ -54,6 +54,7 @@ from ..capture import layer_input, map_tensors, on_inputs
 from ..errors import CandidateError, MixprecError
 from ..groups import ModelGroups, discover_groups, layer_kind
 from ..plan import Plan, write_json_atomic
+from ..quantizers import range_methods
 from ..sensitivity.store import flatten_tensors
 from .targets import get_onnx_target, realise
 
@@ -290,8 +291,8 @@ def _timed_export(model: nn.Module, plan: Plan, data: list, example: Any, target
     from . import export
     from .ort import make_session, runtime_kernels
     out = tmp / "model.onnx"
-    result = export(model, plan, data, target, out, example_input=example, weight_method=weight_method,
-                    activation_method=activation_method, threads=threads, progress=False)
+    result = export(model, plan, data, target, out, example_input=example, weight_range=weight_method,
+                    activation_range=activation_method, threads=threads, progress=False)
     rows = {r["layer"]: r for r in result.layers}
     if output_range is not None:
         _quantize_output(out, *output_range)
@@ -325,9 +326,10 @@ def _quantize_output(path: Path, lo: float, hi: float) -> None:
 
 def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | Candidate], *,
             groups: ModelGroups | None = None, target: str = "ort-cpu", batch_size: int | None = None,
-            threads: int | None = None, repeats: int = REPEATS, weight_method: str = "mse",
-            activation_method: str = "mse", whole: bool = True, progress: bool = True, method: str = "graph",
-            around: str | None = None, checks: int = 2, seed: int = 0, decode: int | None = None) -> LatencyProfile:
+            threads: int | None = None, repeats: int = REPEATS, weight_range: str | None = None,
+            activation_range: str | None = None, whole: bool = True, progress: bool = True, method: str = "graph",
+            around: str | None = None, checks: int = 2, seed: int = 0, decode: int | None = None,
+            weight_method: str | None = None, activation_method: str | None = None) -> LatencyProfile:
     """Time every layer of ``model``'s groups at every candidate on ``target`` (see the module docstring).
 
     data: calibration batches (the first gives each layer's input and, for candidates with activation
@@ -341,8 +343,11 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
     its float/integer boundaries; each move is entered at its measured change plus MOVE_SE standard errors
     of the paired timing, and ``moves`` keeps every measured change); checks (``graph``): random mixed plans (``seed``) timed as a whole against
     the table's prediction; decode (``graph``, a language model exported with its KV cache): time one decoding
-    step, a token per row on a KV cache of ``decode`` tokens, instead of the calibration batch as a prompt."""
+    step, a token per row on a KV cache of ``decode`` tokens, instead of the calibration batch as a prompt.
+    weight_range, activation_range: mse (default), minmax or percentile, as in ``analyze`` (the former names
+    weight_method, activation_method are still taken)."""
     get_onnx_target(target, "profile")
+    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if method not in ("graph", "layers"):
         raise MixprecError(f"profile method must be 'graph' or 'layers', got {method!r}")
     batches = [item for item in data]
@@ -467,7 +472,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
         assignments = _uniform_where_runnable(groups, cand, runnable)
         out = tmp / f"uniform_{len(graphs)}.onnx"  # kept: the base of --around is one of these
         result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
-                        weight_method=weight_method, activation_method=activation_method, threads=threads,
+                        weight_range=weight_method, activation_range=activation_method, threads=threads,
                         progress=False)
         session = make_session(out, threads)
         feed = _feed(session, example, decode)
@@ -556,7 +561,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
         assignments.update({layer: cand for layer in group.layer_names})
         path = tmp / "move.onnx"
         export(model, _plan(groups, assignments), batches, target, path, example_input=example,
-               weight_method=weight_method, activation_method=activation_method, threads=threads, progress=False)
+               weight_range=weight_method, activation_range=activation_method, threads=threads, progress=False)
         base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
         measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
         delta = measured_delta + MOVE_SE * se  # what the move may cost (or surely saves, where negative)
