@@ -355,3 +355,33 @@ def test_optional_arguments_the_data_leaves_out_are_traced_as_none():
     quantized = apply(model, Plan.uniform(discover_groups(model, x), "w8a8"), [x, x], progress=False, joins=True)
     with torch.no_grad():
         assert torch.allclose(quantized(x), model(x), atol=0.1)
+
+
+class FloatResiduals(nn.Module):
+    """A transformer-like stack: residual adds between Linear layers, each followed by a LayerNorm."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c, self.head = (nn.Linear(8, 8) for _ in range(4))
+        self.ln = nn.LayerNorm(8)
+
+    def forward(self, x):
+        h = self.ln(x + self.a(x))
+        h = h + self.b(torch.relu(h))
+        return self.head(self.ln(h + self.c(h)))
+
+
+def test_a_join_among_float_layers_stays_float_and_one_beside_an_integer_layer_is_quantized():
+    """An add whose layers a plan leaves float enables no integer kernel: a quantizer there would only cost accuracy
+    and time (a QLinearAdd between float layers), so only the adds an integer layer writes or reads are joined."""
+    model, data = FloatResiduals().eval(), [torch.randn(16, 8) for _ in range(2)]
+    groups = discover_groups(model, data[0])
+
+    def joined(integer):
+        plan = Plan.uniform(groups, "fp32")
+        plan.assignments = {g: ("w8a8" if g in integer else "fp32") for g in plan.assignments}
+        return sorted(n.split(".")[-1] for n in join_quantizers(apply(model, plan, data, joins=True, progress=False)))
+    assert joined({"head"}) == []  # the head reads a LayerNorm, not a join
+    assert joined({"b", "head"}) == ["add_1_in0", "add_1_in1", "add_1_out"]  # b writes (through nothing) add_1's input
+    assert len(joined({"a", "b", "c", "head"})) == 8  # every add of an all-integer plan, as before
+    assert len(join_quantizers(insert_join_quantizers(model))) == 8  # an analysis, before any plan: every add

@@ -7,7 +7,9 @@ is quantized too, and an add only when both its inputs and its output are. Quant
 simulated model has the quantizers of the graph that runs:
 
     each input of an add or concatenation of two or more tensors gets a quantizer, unless it is already
-    the output of one;
+    the output of one, where a layer with integer inputs writes or reads the join's tensors (directly, or
+    through ReLU, BatchNorm, clamps, Identity/Dropout or zero padding): a join among float layers only
+    enables no integer kernel, and stays float;
     its output gets one too, after the ReLU that alone reads it if there is one (a ReLU before an unsigned
     quantizer whose range starts at 0 changes nothing, and ONNX Runtime drops it);
     a convolution whose output (after the BatchNorm, ReLU, ReLU6 or clamp that alone reads it, which the
@@ -314,6 +316,8 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse",
             return graph.call_module(f"{CONTAINER}.{name}", (after,))
 
     joins = [n for n in graph.nodes if _is_join(n)]
+    if integer_inputs is not None:  # a join among float layers only enables no integer kernel: it stays float
+        joins = [j for j in joins if _near_integer_layer(j, modules, integer_inputs)]
     for join in joins:
         label = _label(join)
         for i, source in enumerate(_tensor_inputs(join)):
@@ -344,6 +348,33 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse",
     graph.lint()
     gm.recompile()
     return gm
+
+
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A node between a layer and a join that the int8 graph quantizes around as if absent: a ReLU, BatchNorm
+    or clamp, an Identity/Dropout, a zero padding."""
+    if _fuses_into_conv(node, modules) or _is_zero_pad(node, modules):
+        return True
+    return node.op == "call_module" and isinstance(modules.get(node.target), _DROPPED)
+
+
+def _near_integer_layer(join: fx.Node, modules: dict[str, nn.Module], integer_inputs: set[str]) -> bool:
+    """Whether a layer the plan gives integer inputs writes a tensor ``join`` reads or reads the tensor it writes,
+    directly or through what ``_passes_through``: only then can its quantizers make an integer kernel of the join
+    or of a layer beside it."""
+    seen, frontier = {join}, [join]
+    while frontier:
+        node = frontier.pop()
+        for near in [*node.all_input_nodes, *node.users]:
+            if near in seen:
+                continue
+            seen.add(near)
+            if near.op == "call_module" and isinstance(modules.get(near.target), _LAYERS):
+                if near.target in integer_inputs:
+                    return True
+            elif _passes_through(near, modules):
+                frontier.append(near)
+    return False
 
 
 def _label(node: fx.Node) -> str:
