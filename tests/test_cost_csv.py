@@ -66,3 +66,33 @@ def test_groups_without_entries_are_counted_and_named(tmp_path):
     path = write(tmp_path, "layer,candidate,ms\nconv1,w4a8,0.6\n")
     with pytest.raises(SpecError, match=r"has no entry for 1 group\(s\), e.g. \['qkv'\]"):
         load_cost_csv(path, GROUPS, CANDS)
+
+
+def test_a_mixed_plan_priced_on_a_profile_timed_without_around_gets_a_note(tmp_path):
+    """A latency table of uniform graphs has no float/integer boundary in any entry: solve says so for a plan that
+    mixes float and integer inputs, and not once the table was timed around an operating point (its moves)."""
+    import json
+    import warnings
+
+    import torch
+    from torch import nn
+
+    import mixprec
+    from mixprec.errors import BudgetNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(16, 8) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w8a8,fp32", progress=False)
+    csv = tmp_path / "lat.csv"  # only layer 2 is faster in int8: the budget makes a mixed plan
+    csv.write_text("layer,candidate,latency_ms\n0,w8a8,1.0\n0,fp32,1.0\n2,w8a8,0.2\n2,fp32,1.0\n"
+                   "4,w8a8,1.0\n4,fp32,1.0\n*,,0.1\n")
+    profile = {"float_model_ms": 3.1, "method": "graph", "moves": []}
+    for moves, noted in (([], True), ([{"group": "2"}], False)):
+        (tmp_path / "lat.json").write_text(json.dumps({**profile, "moves": moves}))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = analysis.solve("latency_ms=2.5", cost_files=[f"latency_ms={csv}"], guard=False)
+        assert plan.assignments["2"] == "w8a8" and plan.assignments["0"] == "fp32"
+        said = [w for w in caught if issubclass(w.category, BudgetNote) and "without --around" in str(w.message)]
+        assert bool(said) is noted
+        assert any("without --around" in n for n in plan.metadata.get("notes", [])) is noted

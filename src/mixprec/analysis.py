@@ -558,6 +558,11 @@ class Analysis:
                     notes += _one_activation_width(problem.candidates, budgets)
                 replaced = problem.assignments(solution.choice)  # kept in the plan: to try it, or apply it anyway
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
+        boundaries = _unpriced_boundaries(cost_files, problem.assignments(solution.choice))
+        if boundaries:
+            from .errors import BudgetNote
+            notes.append(boundaries)
+            warnings.warn(boundaries, BudgetNote, stacklevel=2)
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
         if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(solution.choice, least):
@@ -1143,6 +1148,38 @@ def _measured_float(csv_file: str) -> float | None:
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def _unpriced_boundaries(cost_files: Iterable[str], assignments: dict[str, str]) -> str | None:
+    """A note where a latency table `mixprec profile` timed without ``--around`` prices a plan that mixes float and
+    integer-input groups: each entry was timed inside a graph of one uniform candidate, so the quantize/dequantize
+    pairs at the plan's float/integer boundaries (and the integer kernels a float neighbour prevents) are in no
+    entry, and the plan can run slower than the table predicts. None where no such table or plan."""
+    import json
+
+    from .formats import IntFormat, is_dynamic
+
+    def static_integer(name: str) -> bool:  # the inputs an int8 graph quantizes with QuantizeLinear nodes
+        activation = parse_candidate(name).activation
+        return isinstance(activation, IntFormat) and not is_dynamic(activation)
+    integer = sum(static_integer(c) for c in assignments.values())
+    if integer in (0, len(assignments)):
+        return None
+    for item in cost_files:
+        kind, _, file = item.partition("=")
+        try:
+            saved = json.loads(Path(file).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(saved, dict) or "float_model_ms" not in saved or saved.get("moves"):
+            continue
+        return (f"{kind.strip()} comes from {file}, which `mixprec profile` timed without --around: each entry was "
+                f"timed in a graph of one uniform candidate, and this plan mixes {len(assignments) - integer} "
+                f"group(s) with float (or dynamically quantized) inputs and {integer} with statically quantized integer ones, whose boundaries (quantize/dequantize pairs, "
+                "integer kernels a float neighbour prevents) no entry prices, so it can run slower than predicted; "
+                "profile with --around CAND (the plan's main integer candidate) to time each group's move with its "
+                "boundaries, or time the exported file")
+    return None
 
 
 def _check_search_options(search: str, options: dict) -> None:
