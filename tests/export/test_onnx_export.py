@@ -1431,3 +1431,28 @@ def test_export_takes_the_path_of_a_plan_as_apply_does_and_shows_its_own_signatu
     result = mixprec.export(model, str(tmp_path / "plan.json"), data, out=tmp_path / "m.onnx", progress=False)
     assert {r["candidate"] for r in result.layers} == {W8}
     assert list(inspect.signature(mixprec.export).parameters)[:3] == ["model", "plan", "data"]
+
+
+class ConvTwice(nn.Module):
+    """A conv called twice: its first call feeds a ReLU into itself (integer), its second is the model's output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.c = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.c(torch.relu(self.stem(x)))))
+
+
+def test_a_layer_called_twice_with_one_call_in_float_is_reported_by_that_call(tmp_path):
+    """The op shown and the note are those of the call that falls back, not of the first call (which ran integer
+    while the row said 'low precision: no' beside 'QLinearConv')."""
+    model = ConvTwice().eval()
+    data = [torch.randn(4, 1, 6, 6) for _ in range(2)]
+    p = Plan.uniform(discover_groups(model, data[0]), W8)
+    result = export(model, p, data, out=tmp_path / "twice.onnx", progress=False)
+    row = {r["layer"]: r for r in result.layers}["c"]
+    assert row["runtime_ops"][0] == "QLinearConv" and row["runtime_ops"][1] != "QLinearConv"
+    assert not row["low_precision"] and row["runtime_op"] == row["runtime_ops"][1]
+    assert row["fallback_calls"] == [1] and row["note"].startswith("call(s) 2 of 2")

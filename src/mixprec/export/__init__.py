@@ -621,6 +621,15 @@ def _idle(model: nn.Module, name: str, example: Any) -> bool:
 
 
 def _note(row: dict, kind: str) -> str:
+    note = _kernel_note(row, kind)
+    calls = row.get("fallback_calls")
+    if calls:  # a layer called more than once, some calls integer: say which calls are not
+        ops = row["runtime_ops"]
+        note = f"call(s) {', '.join(str(i + 1) for i in calls)} of {len(ops)} ({' / '.join(ops)}): {note}"
+    return note
+
+
+def _kernel_note(row: dict, kind: str) -> str:
     op, low = row["runtime_op"], row["low_precision"]
     if row.get("absent"):
         return "not in the exported graph: the model does not run this layer"

@@ -398,11 +398,17 @@ def runtime_kernels(path: str | os.PathLike, written: dict[str, dict], graph=Non
             calls.append({"runtime_op": op, "low_precision": op in LOW_PRECISION_OPS or lookup,
                           "runtime_node": node.name if node is not None else "",
                           **({"quantized_by_runtime": True} if requantized is not None else {})})
-        out[layer] = {**calls[0], "low_precision": all(c["low_precision"] for c in calls)}
+        # a layer called more than once is low precision only if every call is; the first call that is not
+        # stands for it, so that its op and note describe the fallback
+        fallback = next((i for i, c in enumerate(calls) if not c["low_precision"]), None)
+        out[layer] = {**calls[fallback or 0], "low_precision": fallback is None}
         if any(c.get("quantized_by_runtime") for c in calls):
             out[layer]["quantized_by_runtime"] = True
         if len(calls) > 1:
             out[layer]["runtime_nodes"] = [c["runtime_node"] for c in calls]
+            out[layer]["runtime_ops"] = [c["runtime_op"] for c in calls]
+            if fallback is not None and any(c["low_precision"] for c in calls):
+                out[layer]["fallback_calls"] = [i for i, c in enumerate(calls) if not c["low_precision"]]
     return out
 
 
