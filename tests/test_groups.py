@@ -258,3 +258,31 @@ def test_a_tie_pattern_of_one_layer_is_said_and_a_tie_over_shared_inputs_names_b
     assert sum("matches only" in n for n in groups.notes) == 2
     tied = discover_groups(Two(), x, ties=["*"])
     assert len(tied.groups) == 1 and tied.groups[0].tied_by == "shared input + tie *"
+
+
+class FunctionalUse(torch.nn.Module):
+    """conv and head are never called as modules: the forward computes with their weights itself."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.body = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 3)
+        self.spare = torch.nn.Linear(4, 3)  # not called and not read: dead code
+
+    def forward(self, x):
+        h = torch.relu(torch.nn.functional.conv2d(x, self.conv.weight, self.conv.bias, padding=1))
+        h = self.body(h).mean(dim=(2, 3))
+        return torch.nn.functional.linear(h, self.head.weight, self.head.bias)
+
+
+def test_layers_whose_weights_the_forward_reads_itself_stay_float_with_a_note():
+    """A layer used through F.conv2d/F.linear used to be priced as quantized and then fail as 'never called' (analyze)
+    or 'saw no finite input' (export): it is left float, and said why; a layer neither called nor read is dead code."""
+    from mixprec.groups import discover_groups
+    g = discover_groups(FunctionalUse().eval(), torch.randn(2, 1, 6, 6))
+    assert g.names == ["body", "spare"]
+    assert sorted(layer.name for layer in g.excluded) == ["conv", "head"]
+    assert any("reads their weights itself" in n and "conv" in n for n in g.notes)
+    assert any("not called on the example input (e.g. spare)" in n for n in g.notes)

@@ -216,6 +216,39 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
     return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output)
 
 
+def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> list[str]:
+    """Of ``layers`` (not called as modules on ``example_input``), those whose weight the forward reads anyway
+    (``F.conv2d(x, self.conv.weight)``, ``x @ self.proj.weight.T``): one more pass, watching every torch
+    function's tensor arguments."""
+    from torch.overrides import TorchFunctionMode
+
+    wanted = {id(m.weight): n for n, m in layers.items()}
+    seen: set[str] = set()
+
+    def look(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            name = wanted.get(id(value))
+            if name is not None:
+                seen.add(name)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                look(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                look(v)
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            look(args)
+            look(kwargs or {})
+            return func(*args, **(kwargs or {}))
+
+    device = next(iter(layers.values())).weight.device
+    with torch.no_grad(), Watch():
+        run_model(model, to_device(example_input, device))
+    return [n for n in layers if n in seen]
+
+
 class _UnionFind:
     def __init__(self, items: Iterable[str]):
         self.parent = {i: i for i in items}
@@ -326,6 +359,18 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         if output_note:
             notes.append(output_note)
         unused = [n for n in layers if not reads[n]]
+        if unused:  # never called as modules: some may be computed with their weights all the same
+            with evaluating(model):
+                outside = weights_read_outside(model, example_input, {n: layers[n] for n in unused})
+            if outside:
+                excluded_names += [n for n in outside if n not in excluded_names]
+                notes.append(f"{len(outside)} layer(s) (e.g. {outside[0]}) are never called, but the forward reads "
+                             f"their weights itself (F.conv2d(x, {outside[0]}.weight), x @ {outside[0]}.weight.T, "
+                             "...): mixprec quantizes a layer where its module is called, so they stay float, "
+                             f"counted in bytes as float; call the module ({outside[0]}(x)) to quantize it")
+                unused = [n for n in unused if n not in outside]
+                if len(excluded_names) == len(layers):
+                    raise ModelError(f"no quantizable layer is left: {notes[-1]}")
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")
     elif not is_torchscript(model):  # a TorchScript model's own note says why it is not traced
