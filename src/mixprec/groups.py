@@ -216,13 +216,16 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
     return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output)
 
 
-def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> list[str]:
+def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str, nn.Module],
+                         called: Iterable[nn.Module] = ()) -> list[str]:
     """Of ``layers`` (not called as modules on ``example_input``), those whose weight the forward reads anyway
     (``F.conv2d(x, self.conv.weight)``, ``x @ self.proj.weight.T``): one more pass, watching every torch
-    function's tensor arguments."""
+    function's tensor arguments. A weight one of the ``called`` layers holds too (a tied table) is read by that
+    call, and does not count."""
     from torch.overrides import TorchFunctionMode
 
-    wanted = {id(m.weight): n for n, m in layers.items()}
+    held = {id(m.weight) for m in called}
+    wanted = {id(m.weight): n for n, m in layers.items() if id(m.weight) not in held}
     seen: set[str] = set()
 
     def look(value: Any) -> None:
@@ -361,7 +364,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         unused = [n for n in layers if not reads[n]]
         if unused:  # never called as modules: some may be computed with their weights all the same
             with evaluating(model):
-                outside = weights_read_outside(model, example_input, {n: layers[n] for n in unused})
+                outside = weights_read_outside(model, example_input, {n: layers[n] for n in unused},
+                                               [m for n, m in layers.items() if reads[n]])
             if outside:
                 excluded_names += [n for n in outside if n not in excluded_names]
                 notes.append(f"{len(outside)} layer(s) (e.g. {outside[0]}) are never called, but the forward reads "

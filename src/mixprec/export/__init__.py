@@ -389,8 +389,15 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     report_path(out).unlink(missing_ok=True)  # a report of an earlier file never sits beside this one
     _save_atomic(graph, out)
     say(f"export: wrote {out}; reading the kernels ONNX Runtime runs after optimisation", flush=True)
-    optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
-    kernels = runtime_kernels(out, {n: e for n, e in written.items() if not e.get("absent")}, optimized)
+    try:
+        optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins
+        kernels = runtime_kernels(out, {n: e for n, e in written.items() if not e.get("absent")}, optimized)
+        joins = join_kernels(out, quantized, optimized)
+    except BaseException:  # an interruption (or ONNX Runtime's error) leaves a whole file without its report
+        print(f"note: {out} was written, but the export stopped before it read which kernels ONNX Runtime runs, so "
+              "it has no report and nothing says whether a layer falls back to float; export again to check it",
+              flush=True)
+        raise
     kernels.update({n: {"runtime_op": "-", "low_precision": False, "runtime_node": ""}
                     for n, e in written.items() if e.get("absent")})
     rows = []
@@ -406,7 +413,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                      f"({RUNTIME_WEIGHT_QUANTIZATION}), which the simulation does not; the exported metric includes it. "
                      f"To run them float, make the session with disabled_optimizers=['{RUNTIME_WEIGHT_QUANTIZATION}']")
     result = ExportResult(out, spec.name, rows, out.stat().st_size, notes=notes, source_model=source_model)
-    result.joins = join_kernels(out, quantized, optimized)
+    result.joins = joins
     if not join_quantizers(quantized):  # no tensor of this model needed one: nothing was added
         notes[:] = [n for n in notes if n != JOINS_ADDED]
     if result.joins:

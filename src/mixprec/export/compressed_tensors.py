@@ -472,7 +472,6 @@ def load_dequantized(folder: str | os.PathLike, reader: str = "auto",
     folder = Path(folder)
     if reader not in READERS:
         raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
-    weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if reader == "auto":
         reader = "compressed-tensors" if _compressed_tensors_version() else "mixprec"
     tensors = load_file(str(folder / WEIGHTS_FILE))

@@ -506,8 +506,20 @@ def join_kernels(path: str | os.PathLike, quantized: nn.Module, optimized=None) 
         return []
     graph = onnx.load(str(path), load_external_data=False).graph
     producers = {o: n.op_type for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def quantized_output(node) -> bool:  # its output goes to a QuantizeLinear, through a Relu at most
+        users = [u for o in node.output for u in readers.get(o, [])]
+        if len(users) == 1 and users[0].op_type == "Relu":
+            users = [u for o in users[0].output for u in readers.get(o, [])]
+        return any(u.op_type == "QuantizeLinear" for u in users)
+    # joins of the plan: a join reading dequantized tensors whose output is not quantized is float by design
+    # (no layer beside it has integer inputs: mixprec.joins)
     joins = [n.name for n in graph.node if n.op_type in JOIN_OPS
-             and any(producers.get(i) == "DequantizeLinear" for i in n.input)]
+             and any(producers.get(i) == "DequantizeLinear" for i in n.input) and quantized_output(n)]
     nodes = (optimized_graph(path) if optimized is None else optimized).node
     out = []
     for name in joins:
