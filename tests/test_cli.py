@@ -495,3 +495,17 @@ def test_solve_refuses_an_eval_its_search_would_not_use_and_says_what_to_drop(tm
     err = capsys.readouterr().err
     assert "keep the guard" in err and "use search='local'" not in err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_repeated_budget_is_every_budget_and_a_repeated_budget_kind_is_an_error(capsys):
+    """--budget bytes=70KB --budget bits=3 held only bits=3 (the last), and the plan broke the bytes budget."""
+    from mixprec.cli import build_parser
+    parser = build_parser()
+    args = parser.parse_args(["solve", "run", "--budget", "bytes=70KB", "--budget", "bits=3"])
+    assert args.budget == "bytes=70KB,bits=3"
+    assert parser.parse_args(["solve", "run", "--budget", "bops=w4a8"]).budget == "bops=w4a8"
+    assert parser.parse_args(["pareto", "run", "--budget-kind", "bytes"]).budget_kind == "bytes"
+    assert parser.parse_args(["pareto", "run"]).budget_kind == "bops"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pareto", "run", "--budget-kind", "bytes", "--budget-kind", "bops"])
+    assert "--budget-kind is given more than once" in capsys.readouterr().err

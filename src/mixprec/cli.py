@@ -1016,6 +1016,26 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
                    "(or one column per candidate; a row named * is the rest of the model); repeatable")
 
 
+class _JoinedBudgets(argparse.Action):
+    """--budget given more than once: the budgets together, as one comma-separated --budget (the last one alone
+    dropped the others without a word)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
+class _Once(argparse.Action):
+    """An option that takes one value: given twice, an error rather than the last one silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} is given more than once; it takes one value (got "
+                         f"{getattr(namespace, self.dest)!r} and {values!r})")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, as every other mixprec error (argparse prints its usage block first)."""
 
@@ -1139,7 +1159,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(2.5MB, 1.2G, 4.5), a uniform candidate's cost (bops=w4a8) or a fraction of the "
                        "highest-precision plan (0.5x).")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
-    p.add_argument("--budget", help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5")
+    p.add_argument("--budget", action=_JoinedBudgets, help="e.g. bytes=2.5MB or bops=w4a8,bytes=0.4x or bits=4.5 "
+                   "(repeat it or separate budgets by commas: every budget holds)")
     p.add_argument("--search", choices=list(SOLVERS), default="exact",
                    help="exact (default): optimal integer program; greedy-pareto: AIMET AMP's greedy path "
                    "(Pandey et al. 2023); greedy, bisection: Schaefer et al. 2023, lower precision while the "
@@ -1198,7 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "most expensive plan, and at the cost of each uniform candidate, drop dominated plans, and write pareto.json, pareto.png and report.html "
                        "(with the uniform candidates for comparison). --eval measures every plan for real.")
     p.add_argument("run", help="analysis run directory (from mixprec analyze)")
-    p.add_argument("--budget-kind", default="bops", help="bytes, bops, bits (per weight) or a --cost table's kind "
+    p.add_argument("--budget-kind", default="bops", action=_Once, help="bytes, bops, bits (per weight) or a --cost table's kind "
                    "(default bops)")
     p.add_argument("--points", type=front_points, default=30,
                    help="evenly spaced budgets the front is solved at (default 30); it is also solved at the cost of "
