@@ -232,3 +232,23 @@ def test_a_plan_for_the_same_layers_under_another_prefix_says_so():
     with pytest.raises(PlanError) as error:
         other.model_layers(wrapped)
     assert "prefix" not in str(error.value)
+
+
+def test_recorded_costs_that_are_unknown_compare_equal_and_a_changed_plan_names_its_model():
+    """A TorchScript model's BOPs are NaN, which plan.json holds as "nan": quantize crashed comparing that string;
+    a plan whose costs changed says which model it records, since another model's plan is the likelier cause."""
+    import warnings
+
+    from mixprec.errors import PlanNote
+    from mixprec.pipeline import check_recorded_costs
+    plan = Plan({"a": "w4"}, {"a": ["a"]}, metadata={"predicted_costs": {"bytes": 100.0, "bops": "nan"},
+                                                     "model": "models.py:small"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_recorded_costs(plan, {"bytes": 100.0, "bops": float("nan")}, verbose=False)
+    assert not caught and "edited_after_solve" not in plan.metadata
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_recorded_costs(plan, {"bytes": 60.0, "bops": float("nan")}, verbose=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, PlanNote)]
+    assert said and "models.py:small" in said[0] and "bytes 100 recorded, 60 now" in said[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -556,7 +557,8 @@ def cmd_solve(args) -> int:
                      f"{100 * bytes_of[i, c] / max(costs['bytes'], 1e-300):.1f}%"))
     _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
     print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
-        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {costs[k]:.6g}" for k in costs))
+        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {costs[k]:.6g}"
+        if math.isfinite(costs[k]) else f"{k} ? (unknown: {UNKNOWN_COST.get(k, 'not measured')})" for k in costs))
     _print_notes(meta.get("notes", []))
     if meta.get("guard") and meta["guard"]["chosen"] == "mixed":
         print(f"guard ({meta['guard']['divergence']} on the calibration data): {meta['guard']['reason']}")
@@ -1014,6 +1016,9 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost", action="append", default=[], metavar="KIND=FILE.csv",
                    help="a custom cost table, e.g. latency_ms=latency.csv with rows layer,candidate,latency_ms "
                    "(or one column per candidate; a row named * is the rest of the model); repeatable")
+
+
+UNKNOWN_COST = {"bops": "a TorchScript model's MACs are not traced"}  # why a cost can be NaN
 
 
 class _JoinedBudgets(argparse.Action):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -179,12 +180,25 @@ def check_recorded_costs(plan: Plan, costs: dict[str, float], verbose: bool = Tr
     recorded, budgets = plan.metadata.get("predicted_costs"), plan.metadata.get("budgets") or {}
     if not isinstance(recorded, dict) or any(parse_candidate(c).multipoint for c in plan.assignments.values()):
         return  # nothing recorded, or point counts chosen at apply, which the prediction could not know
-    changed = {k: v for k, v in costs.items() if k in recorded and not np.isclose(recorded[k], v, rtol=1e-6)}
+    def number(value) -> float:  # a cost JSON holds as "nan" (a TorchScript model's BOPs) is unknown, as NaN is
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    def same(a, b) -> bool:
+        a, b = number(a), number(b)
+        return (not math.isfinite(a) and not math.isfinite(b)) or bool(np.isclose(a, b, rtol=1e-6))
+    changed = {k: v for k, v in costs.items() if k in recorded and not same(recorded[k], v)}
     if not changed:
         return
     over = [f"{k} {costs[k]:.6g} > {budgets[k]:.6g}" for k in costs
             if isinstance(budgets.get(k), (int, float)) and costs[k] > budgets[k] * (1 + 1e-9)]
-    why = "its pins applied" if plan.metadata.get("pinned") else "changed after solve?"
+    made_for = plan.metadata.get("model")
+    why = ("its pins applied" if plan.metadata.get("pinned") else
+           f"edited after solve, or made for another model than this one: it records model {made_for!r}"
+           if made_for else "changed after solve, or made for another model?")
+    why += "; " + ", ".join(f"{k} {number(recorded[k]):.6g} recorded, {number(v):.6g} now" for k, v in changed.items())
     notify(f"this plan's costs are not those it records ({why})"
           + (f"; it exceeds the budget it records: {', '.join(over)}" if over else "")
           + "; the plan this step returns and saves records its real costs", verbose, stacklevel=4, category=PlanNote)
