@@ -384,3 +384,50 @@ def test_data_in_another_order_is_refused_with_what_to_do_about_shuffling(tmp_pa
     assert "Analysis.load(run, model=..., data=...)" in str(error.value)
     with pytest.raises(RunError, match="fixed order"):
         mixprec.analyze(model, data[::-1], candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
+
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+class Fixed(Net):  # the same weights, another forward: a bug fixed
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def net():
+    return Net()
+
+
+def fixed():
+    return Fixed()
+
+
+def data():
+    torch.manual_seed(1)
+    return [torch.randn(8, 4) for _ in range(2)]
+'''
+
+
+def test_a_run_of_a_model_whose_forward_changed_is_refused_and_the_same_model_again_is_not(tmp_path, capsys):
+    """The weights alone fingerprinted the model: a forward fixed after the analysis reused the old table."""
+    from mixprec.cli import main
+    (tmp_path / "models.py").write_text(MODELS)
+    spec = str(tmp_path / "models.py")
+    common = ["--data", f"{spec}:data", "--candidates", "w4a8,w8a8", "--out", str(tmp_path / "run")]
+    assert main(["analyze", "--model", f"{spec}:net", *common]) == 0
+    assert main(["analyze", "--model", f"{spec}:net", *common]) == 0  # the same code, imported anew: the same run
+    capsys.readouterr()
+    assert main(["analyze", "--model", f"{spec}:fixed", *common]) != 0
+    assert "other model code" in capsys.readouterr().err

@@ -1022,8 +1022,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         cands.append(parse_candidate(pin))
     wanted = [c for c in cands if c.multipoint]
     if wanted and run is not None and run.exists:  # refuse another model's run before measuring the points
-        from .sensitivity.store import data_hash
-        run.refuse_other(run.model_hash(model), data_hash(batches))
+        from .sensitivity.store import data_hash, structure_hash
+        run.refuse_other(run.model_hash(model), data_hash(batches), structure_hash(model))
     counts = measure_points(model, {l.name: wanted for l in groups.layers}, batches, weight_range,
                             progress=progress and rank == 0) if wanted else {}
     if verbose and rank == 0:
@@ -1107,14 +1107,14 @@ def _resolve_weight_ranges(model: nn.Module, groups: ModelGroups, cands: list[Ca
                            verbose: bool) -> tuple[list[Candidate], str]:
     """weight_range="auto": the candidates with their range methods chosen on the calibration data (kept in
     the run directory), and the method for the rest (mse)."""
-    from .sensitivity.store import data_hash, model_hash
+    from .sensitivity.store import data_hash, model_hash, structure_hash
     from .weight_ranges import choose_weight_ranges
     if not batches:
         raise SpecError("weight_range='auto' (--weight-range auto) measures each candidate's uniform plan with mse "
                         "and with minmax ranges on the calibration data; give --data, or choose mse or minmax")
     fingerprint = run.model_hash(model) if run is not None else model_hash(model)
     if run is not None and run.exists:  # another model's run is refused before anything is measured
-        run.refuse_other(fingerprint, data_hash(batches))
+        run.refuse_other(fingerprint, data_hash(batches), structure_hash(model))
     key = {"model": fingerprint, "data": data_hash(batches), "activation_range": activation_range,
            "grid": GRID_VERSION}
     resolved, choices = choose_weight_ranges(model, groups, cands, batches, activation_method=activation_range,

@@ -51,6 +51,8 @@ SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the
                                   "one that measured the entries there"}
 
 
+# a model of the same weights whose forward or modules differ (sensitivity.store.structure_hash)
+STRUCTURE = "model code (its forward or its modules; the weights are the same)"
 # the data's fingerprint is of its batches in order: data read anew in another order is other data
 DATA_ORDER = (". The calibration data is fingerprinted batch by batch, in order: data that comes in another order "
               "each time (a DataLoader with shuffle=True, a random sampler) is other data at each pass; give it in a "
@@ -96,11 +98,13 @@ class RunDirectory:
         from .sensitivity.store import model_hash
         return model_hash(model, self.fingerprint().get("model") if self.exists else None)
 
-    def refuse_other(self, model_hash: str, data_hash: str) -> None:
+    def refuse_other(self, model_hash: str, data_hash: str, structure: str | None = None) -> None:
         """Before costly work that precedes the full check (multipoint point counts): a run made for
-        another model or other data is refused now, writing nothing."""
+        another model (``structure``: its structure_hash) or other data is refused now, writing nothing."""
         existing = self.fingerprint()
         differs = [k for k, v in (("model", model_hash), ("data", data_hash)) if existing.get(k) not in (None, v)]
+        if structure is not None and existing.get("structure") not in (None, structure) and "model" not in differs:
+            differs.append(STRUCTURE)
         if differs:
             raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)}; nothing was "
                            "written to it. Use a new --out directory (run_dir= in Python), or delete this one"
@@ -152,11 +156,13 @@ class RunDirectory:
 
     def check_loaded(self, model, data: list | None) -> None:
         """The model and calibration data loaded for this run are the ones it measured (its fingerprint)."""
-        from .sensitivity.store import data_hash
+        from .sensitivity.store import data_hash, structure_hash
         fingerprint = self.fingerprint() if self.exists else {}
         differs = []
         if fingerprint.get("model") and self.model_hash(model) != fingerprint["model"]:
             differs.append("model")
+        elif fingerprint.get("structure") and structure_hash(model) != fingerprint["structure"]:
+            differs.append(STRUCTURE)
         if fingerprint.get("data") and data is not None and data_hash(list(data)) != fingerprint["data"]:
             differs.append("calibration data")
         if differs:
@@ -203,17 +209,20 @@ class RunDirectory:
         elif path.is_file():
             existing = self.fingerprint()
             differs = [k for k in ("model", "data", "settings") if existing.get(k) != fingerprint.get(k)]
+            if existing.get("structure") and existing["structure"] != fingerprint.get("structure"):
+                differs.append(STRUCTURE)  # runs written before it was recorded are not compared by it
             if differs:
                 hashes = [f"{k}: {existing.get(k)!r} there, {fingerprint.get(k)!r} now" for k in differs
-                          if k != "settings"]
+                          if k not in ("settings", STRUCTURE)]
                 settings = existing.get("settings") if isinstance(existing.get("settings"), dict) else {}
                 changed = sorted(k for k in set(settings) | set(fingerprint.get("settings", {}))
                                  if settings.get(k) != fingerprint.get("settings", {}).get(k))
                 if "settings" in differs:
                     hashes.append(f"settings differ: {', '.join(changed)}")
                     hashes += [SETTING_CHANGES[k] for k in changed if k in SETTING_CHANGES]
-                raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)} "
-                               f"({'; '.join(hashes)}); nothing was written to it. Use a new --out directory "
+                detail = f" ({'; '.join(hashes)})" if hashes else ""
+                raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)}"
+                               f"{detail}; nothing was written to it. Use a new --out directory "
                                f"(run_dir= in Python), or delete this one{DATA_ORDER if 'data' in differs else ''}")
         elif rank == 0:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from .outputs import OutputRunner
 from ..joins import int8_graph
 from ..rounding import RoundingConfig, rounding_config
 from ..run_directory import RunDirectory
-from .store import data_hash
+from .store import data_hash, structure_hash
 from .table import SensitivityTable
 
 
@@ -89,7 +89,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
             if source is not None:
                 settings["eval_source"] = source
         run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
-        fingerprint = {"model": run.model_hash(model), "data": data_hash(ctx.data), "settings": settings}
+        fingerprint = {"model": run.model_hash(model), "data": data_hash(ctx.data), "settings": settings,
+                       "structure": structure_hash(model)}
     # one writer: rank 0 holds the run's lock from the check (claim) to the last write (the table)
     with run.lock() if run is not None and rank == 0 else contextlib.nullcontext():
         if run is not None:

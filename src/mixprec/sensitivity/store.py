@@ -75,6 +75,42 @@ def model_hash(model: torch.nn.Module, recorded: str | None = None) -> str:
     return value
 
 
+# packages whose module classes a model is built of, whose code comes with their version: their classes count by
+# name (and the model's repr by their settings), a user's own classes by their code too
+_LIBRARY_PACKAGES = ("torch", "transformers", "mixprec", "torchvision", "timm")
+
+
+def structure_hash(model: torch.nn.Module) -> str:
+    """The fingerprint of what the model computes besides its weights: its module tree as ``repr`` prints it, the
+    code of every module class of the user's own (its syntax tree: comments and layout do not count), and for a
+    traced model (torch.fx) its generated forward, or a TorchScript model's code. A run measured with one forward
+    is not reused for another with the same weights (a bug fixed in forward, an activation changed)."""
+    import ast
+    import inspect
+    import textwrap
+    digest = hashlib.sha256()
+    code = getattr(model, "code", None)  # a torch.fx GraphModule's forward, or a TorchScript model's
+    if isinstance(code, str):
+        digest.update(code.encode())
+    try:
+        digest.update(repr(model).encode())
+    except Exception:  # a module whose extra_repr fails: its classes still count
+        pass
+    def name(cls: type) -> str:  # a user's file is imported under a name of its own each time: its classes by name
+        library = cls.__module__.split(".")[0] in _LIBRARY_PACKAGES
+        return f"{cls.__module__}.{cls.__qualname__}" if library else cls.__qualname__
+    for cls in sorted({type(m) for m in model.modules()}, key=name):
+        digest.update(name(cls).encode())
+        if cls.__module__.split(".")[0] in _LIBRARY_PACKAGES:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError, IndentationError):  # defined where no source is kept
+            continue
+        digest.update(ast.dump(tree).encode())
+    return digest.hexdigest()[:16]
+
+
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         return [obj]
