@@ -815,15 +815,16 @@ class Analysis:
                     warnings.warn(note, GuardSkipped, stacklevel=2)
                     skipped = note
                     guard = False
-                elif guarded is not None and guarded.chosen != MIXED and guarded.divergence:  # measured and replaced
-                    choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
-                    replaced += 1
+            record = guarded.to_dict(guard_kind, "calibration data") if guarded else None
+            if guarded is not None and guarded.chosen != MIXED and guarded.divergence:  # measured and replaced
+                choice, search = guarded.choice, f"{method}, guard: {guarded.chosen}"
+                record["replaced_plan"] = problem.assignments(p.solution.choice)  # as solve's plan.json keeps it
+                replaced += 1
             objective, costs = problem.totals(choice)
             assignments = problem.assignments(choice)
             if any(q.assignments == assignments for q in plans):
                 continue
-            plans.append(FrontPlan(costs, objective, assignments, None, search,
-                                   guarded.to_dict(guard_kind, "calibration data") if guarded else None))
+            plans.append(FrontPlan(costs, objective, assignments, None, search, record))
         plans.sort(key=lambda q: q.costs[kind])  # a plan the guard replaced may cost less than the one before it
         uniform = {}
         for cand in problem.uniform_candidates():
@@ -841,7 +842,8 @@ class Analysis:
                       self.model_name, str(self.run.path.resolve()) if self.run else None,
                       [_absolute_cost_file(item) for item in cost_files],  # report reads them from anywhere
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
-                      solve_s, {**({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
+                      solve_s, {"solved": len(solved),
+                                **({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
                                 **({"guard_skipped": skipped} if skipped else {}), **rounding_metadata(rounding)})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote

@@ -616,10 +616,11 @@ def cmd_pareto(args) -> int:
           f"{front.solve_seconds:.2f} s" + ("; the uniform plans the guard put in measured better on the calibration "
                                             "data, and may predict more damage than a cheaper plan"
                                             if counts.get("replaced") else ""))
-    if len(front.plans) < args.points:
-        print(f"note: {args.points} budgets gave {len(front.plans)} distinct plans: budgets between two steps of the "
-              "costs give the same plan, and a plan no better than a cheaper one is dropped (more candidates, or "
-              "a finer cost kind, give more steps)")
+    solved = front.extra.get("solved", len(front.plans))  # non-dominated plans before the guard (and its merges)
+    if solved < args.points:
+        print(f"note: {args.points} evenly spaced budgets and the costs of the uniform candidates gave {solved} "
+              "distinct plans: budgets between two steps of the costs give the same plan, and a plan no better than a "
+              "cheaper one is dropped (more candidates, or a finer cost kind, give more steps)")
     if analysis.joins:
         print("note: the analysis has join quantizers (the int8 graph of ONNX Runtime): every plan keeps them, so "
               "the fp32 plan is not the float model (the reference is)")

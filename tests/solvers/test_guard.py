@@ -1,4 +1,5 @@
 """The guard returns the mixed plan only when it measures strictly better than the best uniform rival."""
+import warnings
 import math
 
 import numpy as np
@@ -587,3 +588,17 @@ def test_the_guard_never_trades_a_plan_within_max_drop_for_a_uniform_one_beyond_
     assert plan.metadata["guard"]["chosen"] == MIXED and plan.metadata["measured"]["value"] >= 85
     assert any("beyond max_drop (15%)" in note for note in plan.metadata["notes"])
     assert not any(note.startswith("guard: returned") for note in plan.metadata["notes"])
+
+
+def test_a_front_point_the_guard_replaced_keeps_the_mixed_plan_too(demo):
+    """As solve's plan.json: pareto.json and the plan report --write-plan makes hold the mixed plan a point had
+    before the guard put a uniform one in its place."""
+    _, _, _, analysis = demo
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        front = analysis.pareto("bytes", 4, guard_margin=1e9)
+    replaced = [i for i, p in enumerate(front.plans) if p.guard and p.guard["chosen"] != MIXED and p.guard["measured"]]
+    assert replaced and front.extra["solved"] >= len(front.plans)
+    point = front.plans[replaced[0]]
+    assert point.guard["replaced_plan"] != point.assignments
+    assert front.plan(replaced[0]).metadata["guard"]["replaced_plan"] == point.guard["replaced_plan"]
