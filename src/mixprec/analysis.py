@@ -510,16 +510,7 @@ class Analysis:
                 from .errors import EvaluationNote
                 notes.append(note)
                 warnings.warn(note, EvaluationNote, stacklevel=2)
-        over = [f"{k} {solution.costs[k]:.6g} > {b:.6g}" for k, b in budgets.items()
-                if k in solution.costs and not within(solution.costs[k], b)]
-        if over:  # a search bounded by a measured drop, not by the budget (greedy, bisection): said, never silent
-            note = (f"this plan exceeds the budget ({', '.join(over)}): search {search} stops at the measured drop "
-                    "(--max-drop), not at a budget; --search exact, local or greedy-pareto meets the budget"
-                    + ("; the guard compares it with the uniform plans of no greater cost than the plan itself"
-                       if guard else ""))
-            notes.append(note)
-            from .errors import BudgetNote
-            warnings.warn(note, BudgetNote, stacklevel=2)
+        searched_costs = dict(solution.costs)  # the search's own plan, before the guard
         guarded = None
         replaced = None
         if guard:
@@ -558,6 +549,20 @@ class Analysis:
                     notes += _one_activation_width(problem.candidates, budgets)
                 replaced = problem.assignments(solution.choice)  # kept in the plan: to try it, or apply it anyway
                 solution = problem.solution(guarded.choice, evaluations=solution.evaluations, trace=solution.trace)
+        over = [f"{k} {solution.costs[k]:.6g} > {b:.6g}" for k, b in budgets.items()
+                if k in solution.costs and not within(solution.costs[k], b)]
+        if over:  # a search bounded by a measured drop, not by the budget (greedy, bisection): said, never silent
+            own = [f"{k} {searched_costs[k]:.6g}" for k in budgets if k in searched_costs]
+            note = (f"this plan exceeds the budget ({', '.join(over)}): search {search} stops at the measured drop "
+                    "(--max-drop), not at a budget; --search exact, local or greedy-pareto meets the budget"
+                    + (f"; the guard returned {guarded.chosen} in place of the search's plan ({', '.join(own)}), "
+                       "as the best uniform plan of no greater cost than that plan"
+                       if guarded is not None and guarded.chosen != MIXED and guarded.divergence else
+                       "; the guard compares it with the uniform plans of no greater cost than the plan itself"
+                       if guard else ""))
+            notes.append(note)
+            from .errors import BudgetNote
+            warnings.warn(note, BudgetNote, stacklevel=2)
         boundaries = _unpriced_boundaries(cost_files, problem.assignments(solution.choice))
         if boundaries:
             from .errors import BudgetNote

@@ -557,7 +557,8 @@ def cmd_solve(args) -> int:
                      f"{100 * bytes_of[i, c] / max(costs['bytes'], 1e-300):.1f}%"))
     _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
     print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
-        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g})" if k in budgets else f"{k} {costs[k]:.6g}"
+        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g}{', OVER' if costs[k] > budgets[k] * (1 + 1e-9) else ''})"
+        if k in budgets else f"{k} {costs[k]:.6g}"
         if math.isfinite(costs[k]) else f"{k} ? (unknown: {UNKNOWN_COST.get(k, 'not measured')})" for k in costs))
     _print_notes(meta.get("notes", []))
     if meta.get("guard") and meta["guard"]["chosen"] == "mixed":
