@@ -981,6 +981,12 @@ def cmd_evaluate(args) -> int:
                 tokenizer = json.loads(report_path(args.model).read_text()).get("source_model")
             except (ValueError, OSError, AttributeError):  # an unreadable report: --tokenizer names it instead
                 tokenizer = None
+            from . import hf
+            if (args.eval.startswith("ppl:") and isinstance(tokenizer, str) and hf.is_hf(tokenizer)
+                    and not Path(tokenizer[3:].split("?")[0]).is_dir()):
+                raise SpecError(f"{args.model} was exported from {tokenizer[3:]} (its report says so), whose tokenizer "
+                                "reads the evaluation's text, and that folder no longer exists; give the tokenizer "
+                                "with --tokenizer hf:DIR")
     else:
         model = load_model(args.model)
         tokenizer = tokenizer or args.model

@@ -388,6 +388,9 @@ def load_eval(spec: str, model_spec: str | None = None) -> Callable[[nn.Module],
     if is_builtin(spec):
         builtin_evaluate = get_builtin(spec).evaluate
         return lambda model: builtin_evaluate(model)
+    if spec.startswith("text:"):  # a data spec: its windows calibrate; a perplexity over them is ppl:
+        raise SpecError(f"--eval {spec!r}: text:FILE is calibration data (--data); the perplexity of a causal "
+                        f"language model over a text file is --eval ppl:{spec[len('text:'):]}")
     fn = resolve_callable(spec, "--eval")
     _check_takes_the_model(fn, spec)
 

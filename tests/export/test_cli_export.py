@@ -101,3 +101,19 @@ def test_gguf_of_a_model_it_cannot_hold_says_so_before_any_layer_format(tmp_path
                  "--out", str(tmp_path / "m.gguf")]) == 2
     err = capsys.readouterr().err
     assert "GGUF export writes Hugging Face causal LMs" in err and "blocks of 32" not in err
+
+
+def test_evaluate_says_when_the_folder_a_file_was_exported_from_is_gone_and_text_is_not_an_evaluation(tmp_path,
+                                                                                                    capsys):
+    """The tokenizer folder an ONNX file's report names had moved: the error blamed a --model hf:... never given."""
+    out = tmp_path / "demo.onnx"
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w8", "--out", str(out), "--threads", "1",
+                 "--calibration-samples", "32"]) == 0
+    report = tmp_path / "demo.report.json"
+    report.write_text(json.dumps({**json.loads(report.read_text()), "source_model": f"hf:{tmp_path / 'moved'}"}))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--eval", "ppl:" + str(tmp_path / "t.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "was exported from" in err and "no longer exists" in err and "--tokenizer hf:DIR" in err
+    assert main(["evaluate", "--model", str(out), "--eval", "text:" + str(tmp_path / "t.txt")]) == 2
+    assert "--eval ppl:" in capsys.readouterr().err
