@@ -286,3 +286,20 @@ def test_layers_whose_weights_the_forward_reads_itself_stay_float_with_a_note():
     assert sorted(layer.name for layer in g.excluded) == ["conv", "head"]
     assert any("reads their weights itself" in n and "conv" in n for n in g.notes)
     assert any("not called on the example input (e.g. spare)" in n for n in g.notes)
+
+
+def test_a_pattern_that_matches_the_end_of_layer_names_says_the_whole_name():
+    """--pin lm_head=w8 on an hf: model (its layers under 'lm.') listed the first layers, not 'lm.lm_head'."""
+    from mixprec.errors import ModelError
+    from mixprec.groups import discover_groups
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = torch.nn.ModuleDict({"body": torch.nn.Linear(4, 4), "lm_head": torch.nn.Linear(4, 3)})
+
+        def forward(self, x):
+            return self.lm["lm_head"](self.lm["body"](x))
+    for options in ({"pins": {"lm_head": "w8"}}, {"exclude": ["lm_head"]}, {"ties": ["lm_head"]}):
+        with pytest.raises(ModelError, match=r"matches the end of 1 layer name\(s\), e.g. 'lm.lm_head'.*'\*\.lm_head'"):
+            discover_groups(Wrapped(), torch.randn(2, 4), **options)

@@ -252,6 +252,16 @@ def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str,
     return [n for n in layers if n in seen]
 
 
+def _near_names(pattern: str, names: list[str]) -> str:
+    """A hint where the pattern matches the end of layer names: a whole name is matched, so 'lm_head' is not
+    'lm.lm_head' (an hf: model's layers are under 'lm.')."""
+    near = [n for n in names if fnmatch.fnmatchcase(n, f"*.{pattern}")]
+    if not near:
+        return ""
+    return (f"; it matches the end of {len(near)} layer name(s), e.g. {near[0]!r}: give the whole name, or "
+            f"'*.{pattern}'")
+
+
 class _UnionFind:
     def __init__(self, items: Iterable[str]):
         self.parent = {i: i for i in items}
@@ -318,7 +328,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
-            raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}{GLOB_HINT}")
+            raise ModelError(f"exclude pattern {p!r} matches no layer; layers look like {list(layers)[:3]}"
+                             f"{_near_names(p, list(layers))}{GLOB_HINT}")
     if len(excluded_names) == len(layers):
         raise ModelError(f"--exclude {' '.join(map(repr, patterns))} leaves all {len(layers)} quantizable layers in "
                          "float: nothing is left to quantize; exclude fewer layers (e.g. --exclude "
@@ -408,7 +419,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     for pattern in ties:
         matched = [n for n in kept if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}{GLOB_HINT}")
+            raise ModelError(f"tie pattern {pattern!r} matches no layer; layers look like {kept[:3]}"
+                             f"{_near_names(pattern, kept)}{GLOB_HINT}")
         if len(matched) == 1:
             notes.append(f"tie pattern {pattern!r} matches only {matched[0]}: it ties nothing (each --tie ties the "
                          "layers one pattern matches: give one pattern that matches every layer to tie)")
@@ -432,7 +444,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
             if gone:
                 raise ModelError(f"pin pattern {p!r} matches only excluded layer(s) {gone[:3]} (left in float by "
                                  "--exclude or the model's defaults): pin or exclude them, not both")
-            raise ModelError(f"pin pattern {p!r} matches no quantized layer; layers look like {kept[:3]}{GLOB_HINT}")
+            raise ModelError(f"pin pattern {p!r} matches no quantized layer; layers look like {kept[:3]}"
+                             f"{_near_names(p, kept)}{GLOB_HINT}")
     return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
                        describe_shape(example_input) if traced else None, tuple(notes))
 
