@@ -337,3 +337,26 @@ def test_a_model_given_in_training_mode_is_told_once_that_it_runs_in_eval_mode(t
     assert out.count("training mode") == 1 and "model.eval()" in out
     load_model(f"{tmp_path / 'train_mode.py'}:build_eval")
     assert "training mode" not in capsys.readouterr().out
+
+
+def test_specs_recorded_in_a_run_are_absolute_and_load_from_another_directory(tmp_path, monkeypatch, capsys):
+    """A run recorded --model models.py:net as typed: solve --trust-run and the printed quantize command failed from
+    any other working directory."""
+    from mixprec.cli import main
+    from mixprec.specs import absolute_spec
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n\n\ndef net():\n    torch.manual_seed(0)\n"
+                                   "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))\n\n\n"
+                                   "def data():\n    torch.manual_seed(1)\n    return [torch.randn(8, 4) for _ in range(2)]\n")
+    (tmp_path / "d").mkdir()
+    assert absolute_spec("m.py:net") == f"{tmp_path}/m.py:net"
+    assert absolute_spec("hf:d?dtype=bf16") == f"hf:{tmp_path}/d?dtype=bf16"
+    assert absolute_spec("text:w.txt?windows=2") == f"text:{tmp_path}/w.txt?windows=2"
+    for unchanged in ("demo-cnn", "package.module:function", None):
+        assert absolute_spec(unchanged) == unchanged
+    assert main(["analyze", "--model", "m.py:net", "--data", "m.py:data", "--candidates", "w4a8,w8a8",
+                 "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "d")
+    capsys.readouterr()
+    assert main(["solve", "../run", "--budget", "bytes=0.9x", "--trust-run", "--out", "plan.json"]) == 0
+    assert f"mixprec quantize --model {tmp_path}/m.py:net --data {tmp_path}/m.py:data" in capsys.readouterr().out

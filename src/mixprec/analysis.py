@@ -576,7 +576,7 @@ class Analysis:
                     "budgets": budgets, "predicted_sensitivity": solution.objective,
                     "predicted_costs": solution.costs, "evaluations": solution.evaluations,
                     "measured": measured.to_dict() if measured else None, "trace": solution.trace,
-                    "run": str(self.run.path) if self.run else None}
+                    "run": str(self.run.path.resolve()) if self.run else None}
         metadata.update(rounding_metadata(rounding))  # what the measurements assumed: apply the plan with it too
         if guarded is not None:
             metadata["guard"] = guarded.to_dict(guard_kind, "calibration data" if guard_part is None else

@@ -301,6 +301,16 @@ ANALYZE_ARGS = ("model", "data", "calibration_samples", "tie", "exclude", "pin",
                 "activation_range", "chunk_size", "no_fx", "device", "out", "joins", "stream")
 
 
+def _recorded_arguments(args) -> dict:
+    """The analysis's arguments as its run directory records them: the files and folders that --model, --data and
+    --eval name made absolute, so that solve, pareto and --resume load them from any working directory."""
+    from .specs import absolute_spec
+    arguments = {k: getattr(args, k, None) for k in ANALYZE_ARGS}
+    for option in ("model", "data", "eval"):
+        arguments[option] = absolute_spec(arguments[option])
+    return arguments
+
+
 def _metric(args):
     """--metric, or with --around CAND the around metric (the change of the output divergence when one
     group moves from the plan with every group on CAND)."""
@@ -391,7 +401,7 @@ def _analyze(args, rank: int) -> int:
                        chunk_size=args.chunk_size, use_fx=not args.no_fx, device=device, progress=rank == 0,
                        verbose=rank == 0, model_name=args.model, rounding=_rounding(args), joins=args.joins,
                        target=PROFILE_TARGETS.get(args.profile or ""), stream=args.stream,
-                       arguments={k: getattr(args, k, None) for k in ANALYZE_ARGS})
+                       arguments=_recorded_arguments(args))
     if rank != 0:
         return 0
     table, meta = analysis.table, analysis.table.metadata
@@ -577,7 +587,7 @@ def _quantize_hint(analysis: Analysis, args, plan: Plan | None = None) -> str:
     with."""
     import shlex
     arguments = analysis.run.arguments() if analysis.run is not None and analysis.run.exists else {}
-    model = getattr(args, "model", None) or analysis.model_name or arguments.get("model") or "MODEL"
+    model = getattr(args, "model", None) or arguments.get("model") or analysis.model_name or "MODEL"
     data = getattr(args, "data", None) or arguments.get("data") or (None if is_builtin(model) else "DATA")
     rounding = plan_rounding(plan.metadata) if plan is not None else None
     flags = ""

@@ -42,6 +42,23 @@ def _names_a_file(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
+def absolute_spec(spec: str | None) -> str | None:
+    """``spec`` with the file or folder it names made absolute (a built-in name, a package.module:function and any
+    spec naming no file as given), so that a run directory's recorded specs load from any working directory."""
+    if not spec or is_builtin(spec):
+        return spec
+    for prefix in ("hf:", "text:", "ppl:"):  # a folder or file, then ?options
+        if spec.startswith(prefix):
+            path, sep, query = spec[len(prefix):].partition("?")
+            return f"{prefix}{Path(path).expanduser().resolve()}{sep}{query}" if path else spec
+    target, sep, attr = spec.rpartition(":")
+    if sep and target and attr and _names_a_file(target):  # file.py:function
+        return f"{Path(target).expanduser().resolve()}:{attr}"
+    if not sep and Path(spec).expanduser().exists():  # a data file, a TorchScript model
+        return str(Path(spec).expanduser().resolve())
+    return spec
+
+
 def spec_source_hash(spec: str | None) -> str | None:
     """The sha256 (first 16 hex digits) of the file a ``file.py:function`` spec names, else None: a cache keyed by
     the spec alone would keep serving what the function measured before its file was edited."""
