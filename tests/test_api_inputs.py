@@ -598,3 +598,25 @@ def test_range_methods_have_one_name_in_every_step_and_the_former_one_still_work
         result = mixprec.export(model, plan, data, out=tmp_path / "m.onnx", weight_range="minmax",
                                 activation_range="minmax", progress=False)
     assert result.path.exists()
+
+
+def test_single_samples_are_refused_and_a_dict_argument_goes_in_a_one_tuple():
+    """(x_i, y_i) items with x_i of shape (8,) were taken as batches of 8 (MACs per sample 8x too small); a
+    forward(self, batch) reading a dict could not be fed: its 1-tuple form found no tensor."""
+    model = Mlp().eval()
+    samples = [(torch.randn(8), torch.tensor(1)) for _ in range(4)]
+    with pytest.raises(SpecError, match="one sample, not a batch"):
+        mixprec.analyze(model, samples, "w4a8,w8a8", progress=False)
+
+    class DictArg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = Mlp()
+
+        def forward(self, batch):
+            return self.mlp(batch["x"])
+    wrapped = DictArg().eval()
+    data = [(({"x": torch.randn(16, 8)},), torch.randint(0, 4, (16,))) for _ in range(2)]
+    analysis = mixprec.analyze(wrapped, data, "w4a8,w8a8", progress=False)
+    assert analysis.model_groups.layers[0].macs == 8 * 32  # per sample of the batch of 16
+    assert mixprec.apply(wrapped, analysis.solve("bytes=w4a8"), data, progress=False)({"x": torch.randn(2, 8)}).shape == (2, 4)

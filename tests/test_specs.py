@@ -360,3 +360,15 @@ def test_specs_recorded_in_a_run_are_absolute_and_load_from_another_directory(tm
     capsys.readouterr()
     assert main(["solve", "../run", "--budget", "bytes=0.9x", "--trust-run", "--out", "plan.json"]) == 0
     assert f"mixprec quantize --model {tmp_path}/m.py:net --data {tmp_path}/m.py:data" in capsys.readouterr().out
+
+
+def test_endless_calibration_data_without_a_cap_is_an_error_not_a_hang(monkeypatch):
+    import itertools
+
+    import torch
+
+    from mixprec import specs
+    monkeypatch.setattr(specs, "ENDLESS", 50)
+    with pytest.raises(specs.SpecError, match="still going: is it endless.*--calibration-samples"):
+        specs._cap(itertools.cycle([torch.randn(4, 3)]), None, "--data x.py:f")
+    assert len(specs._cap(itertools.cycle([torch.randn(4, 3)]), 400, "--data x.py:f")) == 100  # capped: fine

@@ -50,7 +50,27 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
         raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "  # would
                         f"{type(data).__name__} {data!r:.60}")  # draw a seed and start its workers for nothing
     double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
-    return [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
+    items = [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
+    check_batched(items)
+    return items
+
+
+def check_batched(items: list) -> None:
+    """(input, label) items whose label is one number are single samples, not batches: their first axis, taken as the
+    batch, is a feature axis (MACs and BOPs per sample come out wrong, and a cap on samples cuts inside one)."""
+    from .errors import SpecError
+    for i, item in enumerate(items[:1]):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            return
+        inputs, label = item
+        scalar = isinstance(label, (int, float)) and not isinstance(label, bool) or (
+            isinstance(label, torch.Tensor) and label.dim() == 0)
+        if scalar and isinstance(inputs, torch.Tensor):
+            raise SpecError(f"calibration item {i} is (a tensor of shape {tuple(inputs.shape)}, the label "
+                            f"{label.item() if isinstance(label, torch.Tensor) else label}): one sample, not a batch "
+                            "(its label has no batch axis), and mixprec takes the first axis of every input as the "
+                            "batch; give batches, e.g. torch.utils.data.DataLoader(dataset, batch_size=32), or "
+                            "(x[None], y[None]) for batches of one")
 
 
 def _single(item: Any) -> Any:
@@ -90,12 +110,20 @@ def run_model(model: torch.nn.Module, inputs: Any) -> Any:
 
 
 def first_tensor(inputs: Any) -> torch.Tensor:
+    """The first tensor of the model's inputs, at any depth (a forward(self, batch) given ({"ids": ...},) holds its
+    tensors in a dict inside the tuple of arguments)."""
     if isinstance(inputs, torch.Tensor):
         return inputs
-    values = inputs.values() if isinstance(inputs, dict) else inputs
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
     for v in values:
         if isinstance(v, torch.Tensor):
             return v
+    for v in values:
+        if isinstance(v, (dict, tuple, list)):
+            try:
+                return first_tensor(v)
+            except TypeError:
+                continue
     raise TypeError(f"no tensor in model inputs of type {type(inputs).__name__}")
 
 

@@ -364,7 +364,9 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                     "batches of ((input1, input2, ...), labels), of a tuple of 3 or more, or of a dict of its "
                     "arguments." if "required positional argument" in str(exc) else
                     " A dict item is passed to forward as keyword arguments: leave out the keys forward does not "
-                    "take, or give batches of (dict of inputs, labels)." if "unexpected keyword argument" in str(exc)
+                    "take, or give batches of (dict of inputs, labels); a forward that takes the dict itself "
+                    "(forward(self, batch)) is given it as its one argument by a 1-tuple: batches of (dict,), or "
+                    "((dict,), labels)." if "unexpected keyword argument" in str(exc)
                     else "")
             raise ModelError(f"the model failed on the example input {shape}: "
                              f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)}"

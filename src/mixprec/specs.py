@@ -26,7 +26,7 @@ from torch import nn
 
 from .canonical import canonical
 from .capture import map_tensors
-from .batches import batch_size, check_finite, split_item, tensors_of
+from .batches import batch_size, check_batched, check_finite, split_item, tensors_of
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError, notify
@@ -361,6 +361,9 @@ def _batch(inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int, l
     return out
 
 
+ENDLESS = 10_000  # batches read without a cap before the data is taken for endless
+
+
 def _cap(batches: Iterable, limit: int | None, source: str) -> list:
     """The batches of a list or a user's iterable (numpy arrays made tensors), each checked to hold a tensor,
     up to ``limit`` samples: the last batch is cut so that exactly ``limit`` are taken. An error raised by the
@@ -374,6 +377,11 @@ def _cap(batches: Iterable, limit: int | None, source: str) -> list:
         except Exception as exc:
             raise SpecError(f"{source}: reading batch {len(out)} failed: {type(exc).__name__}: {exc}") from exc
         item = tensors_of(item)
+        if not out:
+            check_batched([item])  # single samples are refused before any is cut as if it were a batch
+        if limit is None and len(out) >= ENDLESS:
+            raise SpecError(f"{source} gave {ENDLESS:,} batches and is still going: is it endless (itertools.cycle, a "
+                            "generator that loops)? Cap it with --calibration-samples N")
         inputs = split_item(item)[0]
         try:
             n = batch_size(inputs)
