@@ -1458,3 +1458,13 @@ def test_a_layer_called_twice_with_one_call_in_float_is_reported_by_that_call(tm
     assert row["runtime_ops"][0] == "QLinearConv" and row["runtime_ops"][1] != "QLinearConv"
     assert not row["low_precision"] and row["runtime_op"] == row["runtime_ops"][1]
     assert row["fallback_calls"] == [1] and row["note"].startswith("call(s) 2 of 2")
+
+
+def test_an_interrupted_export_leaves_no_log_behind():
+    """torch's output during the export goes to a temporary log, kept only to name in a failure's error: a Ctrl-C
+    left it in the temporary folder."""
+    from mixprec.export.onnx_graph import _output_to_file
+    with pytest.raises(KeyboardInterrupt):
+        with _output_to_file() as log:
+            raise KeyboardInterrupt
+    assert not Path(log).exists()

@@ -585,6 +585,10 @@ def _output_to_file():
         for n in saved:
             os.dup2(fd, n)
         yield path
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # an interruption (Ctrl-C): no failure to keep the log of
+            Path(path).unlink(missing_ok=True)
+        raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
