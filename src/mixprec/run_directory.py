@@ -221,6 +221,11 @@ class RunDirectory:
                     hashes.append(f"settings differ: {', '.join(changed)}")
                     hashes += [SETTING_CHANGES[k] for k in changed if k in SETTING_CHANGES]
                 detail = f" ({'; '.join(hashes)})" if hashes else ""
+                if (self.path.parent / "run.json").is_file():  # a run's own sub-run (the trust report's task/)
+                    raise RunError(f"{self.path}, where the run {self.path.parent} keeps the measurements of its "
+                                   f"trust report (--eval), holds ones made with other {' and '.join(differs)}{detail}; "
+                                   f"the run's own table is done. Delete {self.path} alone to measure them again "
+                                   "(the evaluation's whole file is fingerprinted: any edit to it counts)")
                 raise RunError(f"{self.path} holds an analysis made with other {' and '.join(differs)}"
                                f"{detail}; nothing was written to it. Use a new --out directory "
                                f"(run_dir= in Python), or delete this one{DATA_ORDER if 'data' in differs else ''}")
