@@ -276,7 +276,7 @@ def cmd_quantize(args) -> int:
                            stream=args.stream, inplace=True)  # the float model is not needed again: one model's memory, not two
     out = result.save(args.out, evaluate, model=args.model, plan=plan.metadata.get("candidate", args.plan))
     costs, evaluation = result.costs, result.evaluation
-    metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.4g}"
+    metric = "not evaluated (give --eval)" if evaluation is None else f"{evaluation.name} {evaluation.value:.6g}"
     print(f"{metric}; {format_bytes(costs['bytes'])}, {format_count(costs['bops'])} BOPs, "
           f"{costs['bits_per_weight']:.3f} bits/weight")
     print(f"wrote {out / 'model.pt'}, {out / 'plan.json'}, {out / 'result.json'}")
@@ -729,7 +729,7 @@ def cmd_export(args) -> int:
            [(r["layer"], r["candidate"], r["format"], r["runtime_op"], "yes" if r["low_precision"] else "NO")
             for r in result.layers])
     if result.simulated is not None:
-        print(f"simulated {result.simulated.name} {result.simulated.value:.4g}, exported {result.exported.value:.4g}")
+        print(f"simulated {result.simulated.name} {result.simulated.value:.6g}, exported {result.exported.value:.6g}")
     for where, value in result.agreement.items():
         n = result.outputs.get(where)
         detail = (f" ({round((1 - value) * n):,} of {n:,} differ: a top-1 accuracy gap from these alone has a standard "
@@ -837,7 +837,7 @@ def _export_file(args) -> int:
     evaluation = None
     if args.eval:
         evaluation = to_eval_result(load_eval(args.eval, args.model)(quantized))
-        print(f"simulated {evaluation.name} {evaluation.value:.4g} (mixprec's simulation of the plan; the "
+        print(f"simulated {evaluation.name} {evaluation.value:.6g} (mixprec's simulation of the plan; the "
               f"{args.target} export itself was not re-evaluated: mixprec has no runtime for it)")
     _print_notes(notes + result.notes)
     write_json_atomic(report, {"target": args.target, "model": args.model, "plan": args.plan or f"uniform {args.uniform}",
@@ -879,7 +879,7 @@ def _export_cuda(args) -> int:
     _table(["layer", "candidate", "kind", "runs as"],
            [(r["layer"], r["candidate"], r["kind"], r["kernel"]) for r in deployment.layers])
     if simulated is not None:
-        print(f"simulated {simulated.name} {simulated.value:.4g}, deployed {deployed.value:.4g} "
+        print(f"simulated {simulated.name} {simulated.value:.6g}, deployed {deployed.value:.6g} "
               f"({deployment.dtype} on {device})")
     notes = [] if device.startswith("cuda") else [
         f"deployed on {device}: the kernels' CPU twins ran, in float32; on a GPU the model runs in --dtype (auto: "
