@@ -1061,11 +1061,14 @@ def _upside_down(evaluator, measured: list, max_loss: float) -> str | None:
     (and by more than 1 %): a loss or error rate returned as a plain number, read as higher-is-better, makes
     the cheapest plans look best."""
     ref = evaluator.reference()
-    better = [r for r in measured if r.higher_is_better and -evaluator.loss(r) > max(max_loss, 0.01 * abs(ref.value))]
+    # a loss read as a score gains far more than a plan's noise around the float model: twice the allowed drop, and
+    # 5 % of the float model's score (quantized plans a few samples above float are noise, not a loss)
+    margin = max(2 * max_loss, 0.05 * abs(ref.value))
+    better = [r for r in measured if r.higher_is_better and -evaluator.loss(r) > margin]
     if not better or not ref.higher_is_better:
         return None
     best = max(better, key=lambda r: r.value)
-    return (f"{len(better)} measured plan(s) scored better than the float model by more than the allowed drop (best "
+    return (f"{len(better)} measured plan(s) scored better than the float model by more than {margin:.4g} (best "
             f"{best.name} {best.value:.4g} against {ref.value:.4g}): if the evaluation returns a loss or an error rate "
             "(lower is better), return {'main': 'loss', 'loss': value, 'higher_is_better': False}; read as "
             "higher-is-better it makes the cheapest plans look best")
