@@ -111,3 +111,14 @@ def test_quantize_on_a_full_disk_is_one_line_and_leaves_no_torn_model(tmp_path, 
                  "--uniform", "w8a8", "--out", str(tmp_path / "q")])
     assert code == 2 and "model.pt" in error_line(capsys)
     assert not (tmp_path / "q" / "model.pt").exists() and leftovers(tmp_path / "q") == []
+
+
+def test_an_output_file_inside_a_file_or_named_as_a_directory_says_what_to_give(tmp_path):
+    from mixprec.atomic import check_output_file
+    from mixprec.errors import OutputError
+    (tmp_path / "f.onnx").write_text("")
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(OutputError, match="is an existing file, so no file can be written inside it"):
+        check_output_file(tmp_path / "f.onnx" / "x.onnx")
+    with pytest.raises(OutputError, match=r"is a directory; give a file name, e.g. .*dir\.onnx/model\.onnx"):
+        check_output_file(tmp_path / "dir.onnx")

@@ -119,11 +119,16 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """Before any work: ``path`` can be written as a file (its directory is checked as above)."""
     path = Path(path)
-    check_output_dir(path.parent, what)
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():  # said of the file to write, not as if a directory were asked for
+        raise OutputError(f"{what} {path}: {parent} is an existing file, so no file can be written inside it; give a "
+                          "path whose folder is a directory (it is created if missing)")
+    check_output_dir(parent, what)
     if len(os.fsencode(path.name)) > _name_max(Path(".")):
         raise OutputError(f"{what} {path}: the file name is longer than the file system allows; choose a shorter one")
     if path.is_dir():
-        raise OutputError(f"{what} {path} is a directory; give a file name, e.g. {path / 'plan.json'}")
+        example = f"model{path.suffix}" if path.suffix and path.suffix != ".json" else "plan.json"
+        raise OutputError(f"{what} {path} is a directory; give a file name, e.g. {path / example}")
     return path
 
 
