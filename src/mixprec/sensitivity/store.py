@@ -96,10 +96,13 @@ def structure_hash(model: torch.nn.Module) -> str:
         digest.update(repr(model).encode())
     except Exception:  # a module whose extra_repr fails: its classes still count
         pass
+
     def name(cls: type) -> str:  # a user's file is imported under a name of its own each time: its classes by name
         library = cls.__module__.split(".")[0] in _LIBRARY_PACKAGES
         return f"{cls.__module__}.{cls.__qualname__}" if library else cls.__qualname__
-    for cls in sorted({type(m) for m in model.modules()}, key=name):
+    # every module's class and the classes it inherits from (a forward a subclass does not override is its base's)
+    classes = {base for m in model.modules() for base in type(m).__mro__ if base is not object}
+    for cls in sorted(classes, key=name):
         digest.update(name(cls).encode())
         if cls.__module__.split(".")[0] in _LIBRARY_PACKAGES:
             continue
