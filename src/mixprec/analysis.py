@@ -42,7 +42,7 @@ from .solvers import MEASURED, SOLVERS, AllocationProblem, Goal
 from .solvers.exact import InfeasibleBudget
 from .solvers.guard import MIXED, Sampled, guard
 from .solvers.pareto import pareto_front
-from .solvers.problem import range_variant, within
+from .solvers.problem import STANDARD_KINDS, range_variant, within
 from .specs import is_builtin, load_eval, parse_device, prepare, resolve_specs, spec_source_hash
 from .streaming import device_of, place, placed_copy, stream_blocks
 
@@ -1081,7 +1081,9 @@ def _as_fractions(problem: AllocationProblem, budgets: dict[str, float]) -> list
     for kind, budget in budgets.items():
         top, low = problem.highest_cost(kind), problem.cost(kind, problem.cheapest(kind))
         if top > 0 and not within(low, budget):  # as the exact solver decides it
-            out.append(f"as a fraction of the most expensive plan ({top:.6g}), {kind} can go down to "
+            base = ("the most expensive plan" if kind in STANDARD_KINDS else
+                    "the float model as measured" if kind in problem.bases else "the highest-precision plan")
+            out.append(f"as a fraction of {base} ({top:.6g}, the base of budgets such as 0.5x), {kind} can go down to "
                        f"{math.ceil(low / top * 1000) / 1000:.3f}x, and {budget / top:.3g}x was asked")
     return out
 
