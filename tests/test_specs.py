@@ -372,3 +372,11 @@ def test_endless_calibration_data_without_a_cap_is_an_error_not_a_hang(monkeypat
     with pytest.raises(specs.SpecError, match="still going: is it endless.*--calibration-samples"):
         specs._cap(itertools.cycle([torch.randn(4, 3)]), None, "--data x.py:f")
     assert len(specs._cap(itertools.cycle([torch.randn(4, 3)]), 400, "--data x.py:f")) == 100  # capped: fine
+
+
+def test_a_data_function_returning_a_dataset_is_told_to_return_a_dataloader(tmp_path):
+    from mixprec import specs
+    (tmp_path / "d.py").write_text("import torch\nfrom torch.utils.data import TensorDataset\n\n\ndef d():\n"
+                                   "    return TensorDataset(torch.randn(10, 3), torch.zeros(10))\n")
+    with pytest.raises(specs.SpecError, match=r"a Dataset: .*DataLoader\(dataset, batch_size=32\)"):
+        specs.load_data(f"{tmp_path / 'd.py'}:d")

@@ -1460,8 +1460,9 @@ def _after_interrupt(args) -> str:
         if not run.exists:
             return "; nothing was measured yet: run the same command again"
         if not logged:
-            return (f"; no entry was measured yet: {_resume_command(args.out)} continues (the hessian metric's "
-                    "traces from the last calibration batch they finished)")
+            return (f"; no entry was measured yet: {_resume_command(args.out)} continues"
+                    + (" (from the last calibration batch whose Hessian traces were finished)"
+                       if getattr(args, "metric", None) == "hessian" else ""))
         return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept: {_resume_command(args.out)} "
                 "continues")
     rounding = getattr(args, "rounding", None)

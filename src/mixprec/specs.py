@@ -280,6 +280,11 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         except Exception as exc:
             raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
                             + _no_arguments_hint(fn, "data")) from exc
+        from torch.utils.data import Dataset, IterableDataset
+        if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+            raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, a Dataset: it gives one sample at a "
+                            "time, without its batch axis; return batches, e.g. "
+                            "torch.utils.data.DataLoader(dataset, batch_size=32)")
         if isinstance(data, (torch.Tensor, np.ndarray)) or not hasattr(data, "__iter__"):
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
                             "(a list or a generator of tensors, (inputs, labels) pairs or dicts of tensors)")
