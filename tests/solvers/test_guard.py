@@ -602,3 +602,17 @@ def test_a_front_point_the_guard_replaced_keeps_the_mixed_plan_too(demo):
     point = front.plans[replaced[0]]
     assert point.guard["replaced_plan"] != point.assignments
     assert front.plan(replaced[0]).metadata["guard"]["replaced_plan"] == point.guard["replaced_plan"]
+
+
+def test_a_divergence_that_cannot_decide_is_not_said_to_be_lower():
+    """Both plans at 0 top-1 disagreement: the mixed plan wins on 1/SQNR alone, and the reason said it was lower
+    by more than the margin on every divergence."""
+    from mixprec.solvers.guard import Sampled, guard
+    n = 64
+    zero = np.zeros(n)
+    mixed = Sampled((0.0, 0.5), (zero, np.full(n, 0.5 / n)))
+    uniform = Sampled((0.0, 1.0), (zero, np.full(n, 1.0 / n) + np.linspace(-1e-3, 1e-3, n)))
+    result = guard(np.array([0, 1]), {"uniform w4a8": np.array([0, 0])},
+                   lambda c: mixed if c[1] else uniform, names=("disagreement", "1/SQNR"))
+    assert result.chosen == MIXED
+    assert "on 1/SQNR; on disagreement cannot tell them apart" in result.reason and "does not decide" in result.reason

@@ -208,6 +208,11 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     if against and all(lower(best, i) for i in against):
         tested = f", lower by more than {margin:g} standard error(s) of the paired difference" \
             if best in z and margin > 0 else ""
+        if tested and len(against) < width:  # the divergences that abstained are said, not claimed
+            abstained = [i for i in range(width) if i not in against]
+            tested = (f", lower by more than {margin:g} standard error(s) of the paired difference "
+                      + " and ".join(called(i) for i in against) + "; " + " and ".join(called(i) for i in abstained)
+                      + " cannot tell them apart (both 0, or too few samples differ) and does not decide")
         return GuardResult(MIXED, choice, measured, f"the mixed plan measures {show(mixed)} against "
                            f"{show(measured[best])} for the best uniform plan within the budget ({best}){tested}",
                            margin, z, deciding)
