@@ -431,3 +431,17 @@ def test_a_run_of_a_model_whose_forward_changed_is_refused_and_the_same_model_ag
     capsys.readouterr()
     assert main(["analyze", "--model", f"{spec}:fixed", *common]) != 0
     assert "other model code" in capsys.readouterr().err
+
+
+def test_a_run_analysed_on_a_device_this_machine_lacks_measures_plans_on_the_cpu_with_a_note():
+    """A run made with --device cuda and solved on a machine without CUDA ended in an internal AssertionError."""
+    import warnings
+
+    from mixprec.analysis import _recorded_device
+    from mixprec.errors import TargetNote
+    assert _recorded_device(None) == "cpu" and _recorded_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert _recorded_device("cuda") == "cpu"
+        assert any(issubclass(w.category, TargetNote) and "analysed on cuda" in str(w.message) for w in caught)

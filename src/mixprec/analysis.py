@@ -387,7 +387,7 @@ class Analysis:
             settings["joins"] = True
             settings["integer_bias"] = 1
         run_groups = list(self.groups)
-        device = device or arguments.get("device") or "cpu"
+        device = device or _recorded_device(arguments.get("device"))
 
         def load():
             a = arguments
@@ -1160,6 +1160,21 @@ def _measured_float(csv_file: str) -> float | None:
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def _recorded_device(recorded: str | None) -> str:
+    """The device the run was analysed on, where plans are measured by default; the CPU, with a note, where this
+    machine lacks it (a run made on a GPU machine, solved on a laptop)."""
+    if not recorded:
+        return "cpu"
+    try:
+        parse_device(recorded, "--device")
+    except SpecError:
+        from .errors import TargetNote
+        warnings.warn(f"the run was analysed on {recorded}, which this machine lacks: plans are measured on the cpu "
+                      "(give --device, device= in Python, to choose)", TargetNote, stacklevel=4)
+        return "cpu"
+    return recorded
 
 
 def _unpriced_boundaries(cost_files: Iterable[str], assignments: dict[str, str]) -> str | None:
