@@ -734,7 +734,8 @@ def deploy_targets_section() -> list[str]:
                   + ("where each graph's time goes, by op type" if r.get("decoder") == "fused" else "why")
                   + f": `decode_ops_{r['model']}`)" if best else "none within the perplexity")
         rows.append(f"| decode >= {DECODE_SPEEDUP}x FP32 at batch 1 within {DECODE_PPL} % perplexity (ONNX Runtime CPU) "
-                    f"| {r['model']} (`{path.stem}`) | {figure} | "
+                    f"| {r['model']} (`{path.stem}`, {r['environment']['cpu']}, VNNI "
+                    f"{'yes' if r['environment'].get('vnni') else 'no'}) | {figure} | "
                     f"{'yes' if best and best['speedup_decode'] >= DECODE_SPEEDUP else 'no'} |")
     for path in sorted(RESULTS.glob("cuda_deploy_*.json")):
         r = json.loads(path.read_text())
@@ -1069,7 +1070,7 @@ def main() -> None:
              "by one file, and `profile --around` times each move with its pair of sessions made in both orders: of "
              "two sessions of the same file made one after the other, the one made first measured slower "
              "(`session_order_*`). Measured so: `latency_budget_*`, `session_order_*`, `export_ort_minilm`, `export_ort_resnet20`, `export_ort_resnet56`, `export_ort_resnet20_avx2`, `export_ort_resnet56_avx2`, "
-             "`export_ort_efficientnet-lite0` and `export_ort_lm_smollm2`. "
+             "`export_ort_efficientnet-lite0`, `export_ort_lm_smollm2` and `export_ort_lm_smollm2_fused_vnni`. "
              "The other `export_ort_*` files (and `decode_ops_*`) made each session once, FP32's first, which "
              "favoured the int8 file: "
              "MiniLM at batch 1 ran 1.79x with FP32's session made first and 1.73x rotated, so read their "
@@ -1093,7 +1094,13 @@ def main() -> None:
              "SkipSimplifiedLayerNormalization; `export(..., decoder=\"fused\")`, the default). Measured so: "
              "`export_ort_lm_smollm2_fused` (with FP32 and uniform w8a8d128 also as the traced step, rows ending "
              "', traced step'); `export_ort_lm_smollm2` was written as the traced step, and on another CPU; "
-             "`decode_ops_smollm2` times both graphs.", ""]
+             "`decode_ops_smollm2` times both graphs.", "",
+             "Join quantizers now go only where a layer with integer inputs writes or reads the join's tensors: an "
+             "add or concatenation with no such layer beside it (in a mixed plan's float region, or between a "
+             "transformer's LayerNorms) stays float. Every result file but `export_ort_lm_smollm2_fused_vnni` (which "
+             "has no joins) was measured before; uniform plans of the CNNs, whose every add reads convs, are the "
+             "same either way, and the mixed plans with float layers of `latency_budget_*` would have fewer joins "
+             "now.", ""]
     lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")

@@ -329,3 +329,16 @@ def test_random_plans_far_off_the_table_are_said_to_be_so():
     table.checks.append({"assignments": {"a": "fp32"}, "predicted_ms": 1.2, "measured_ms": 2.3})
     (note,) = table.notes()
     assert "1 of 2 random plan(s)" in note and "more --repeats" in note
+
+
+def test_uniform_graphs_are_timed_whole_in_rotated_rounds_with_sessions_made_anew(monkeypatch):
+    """Each uniform graph was timed once, just after its export: the float SmolLM2 step measured 30.5 ms so, 22.6 ms
+    in the benchmark's rotated rounds. Each round makes every session anew, in an order rotated by one file."""
+    from mixprec.export import latency, ort
+    made, timed = [], iter([3.0, 1.0, 2.0, 9.0, 1.0, 2.0, 3.0, 1.0, 2.0])
+    monkeypatch.setattr(ort, "make_session", lambda path, threads: made.append(path) or path)
+    monkeypatch.setattr(latency, "time_session", lambda session, feed, repeats: next(timed))
+    result = latency.time_rotated(["a", "b", "c"], 1, [{}, {}, {}], rounds=3)
+    assert made == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    # timed in that order: a 3, 2, 1; b 1, 9, 2 (one slow round); c 2, 1, 3: each file's median over its rounds
+    assert result == [2.0, 2.0, 2.0]
