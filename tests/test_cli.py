@@ -187,8 +187,11 @@ def test_an_interrupted_analysis_says_how_to_resume(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(RunDirectory, "exists", property(lambda self: True))
     monkeypatch.setattr(RunDirectory, "entries", lambda self, key: [])
     assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
-    assert f"no entry was measured yet: mixprec analyze --resume {run} continues (the hessian metric's traces from " \
-        "the last calibration batch they finished)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"no entry was measured yet: mixprec analyze --resume {run} continues" in err and "Hessian" not in err
+    assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--metric", "hessian", "--out",
+                     str(run)]) == 130
+    assert "continues (from the last calibration batch whose Hessian traces were finished)" in capsys.readouterr().err
     monkeypatch.setattr(RunDirectory, "entries", lambda self, key: [{}] * 3)
     assert cli.main(["analyze", "--model", "demo-cnn", "--candidates", "w8a8", "--out", str(run)]) == 130
     assert f"3 measured entries are kept: mixprec analyze --resume {run} continues" in capsys.readouterr().err
