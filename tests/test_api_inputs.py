@@ -620,3 +620,11 @@ def test_single_samples_are_refused_and_a_dict_argument_goes_in_a_one_tuple():
     analysis = mixprec.analyze(wrapped, data, "w4a8,w8a8", progress=False)
     assert analysis.model_groups.layers[0].macs == 8 * 32  # per sample of the batch of 16
     assert mixprec.apply(wrapped, analysis.solve("bytes=w4a8"), data, progress=False)({"x": torch.randn(2, 8)}).shape == (2, 4)
+
+
+def test_labels_of_another_length_than_their_inputs_are_an_error():
+    """64 inputs and 32 labels per batch were taken, and the guard quietly dropped its labels' check."""
+    model = Mlp().eval()
+    data = [(torch.randn(16, 8), torch.randint(0, 4, (8,))) for _ in range(2)]
+    with pytest.raises(SpecError, match="holds 16 input rows and 8 labels"):
+        mixprec.analyze(model, data, "w4a8,w8a8", progress=False)

@@ -57,12 +57,24 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
 
 def check_batched(items: list) -> None:
     """(input, label) items whose label is one number are single samples, not batches: their first axis, taken as the
-    batch, is a feature axis (MACs and BOPs per sample come out wrong, and a cap on samples cuts inside one)."""
+    batch, is a feature axis (MACs and BOPs per sample come out wrong, and a cap on samples cuts inside one); labels
+    whose first axis is not the inputs' are an error too (the guard's label check dropped them without a word)."""
     from .errors import SpecError
-    for i, item in enumerate(items[:1]):
+    for i, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             return
         inputs, label = item
+        if i and not (isinstance(label, torch.Tensor) and label.dim()):
+            continue  # one sample per item is told from the first
+        if isinstance(label, torch.Tensor) and label.dim() and isinstance(inputs, (torch.Tensor, dict, tuple, list)):
+            try:
+                rows = int(first_tensor(inputs).shape[0])
+            except (TypeError, IndexError):
+                rows = None
+            if rows is not None and int(label.shape[0]) != rows:
+                raise SpecError(f"calibration item {i} holds {rows} input rows and {int(label.shape[0])} labels: "
+                                "the first axis of every input and of the labels is the batch, and they must match "
+                                "(labels of another length would be dropped by every check that reads them)")
         scalar = isinstance(label, (int, float)) and not isinstance(label, bool) or (
             isinstance(label, torch.Tensor) and label.dim() == 0)
         if scalar and isinstance(inputs, torch.Tensor):
