@@ -107,3 +107,15 @@ def test_a_front_measured_with_a_learned_rounding_writes_plans_that_carry_it(tmp
     plan = Front.load(tmp_path).plan(0)
     assert plan.metadata["rounding"] == "gptq" and plan_rounding(plan.metadata).name == "gptq"
     assert "rounding" not in analysis.pareto("bits", n_plans=3, progress=False, guard=False).plan(0).metadata
+
+
+def test_report_of_a_run_directory_says_to_make_a_front_of_it_elsewhere(tmp_path):
+    """It advised `mixprec pareto RUN --out RUN`, which writes the front into the run itself."""
+    import pytest
+
+    from mixprec.errors import SpecError
+    from mixprec.front import Front
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(SpecError, match=r"is an analysis run, not a pareto directory; .*--out FRONT_DIR"):
+        Front.load(tmp_path / "run")

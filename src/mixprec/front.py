@@ -195,6 +195,10 @@ class Front:
         path = Path(path)
         file = path / "pareto.json" if path.is_dir() else path
         if not file.is_file():
+            if path.is_dir() and (path / "run.json").is_file():  # an analysis run, not a pareto directory
+                raise SpecError(f"{path} is an analysis run, not a pareto directory; make a front of it with "
+                                f"`mixprec pareto {path} --out FRONT_DIR` (a directory of its own), then `mixprec "
+                                "report FRONT_DIR`")
             raise SpecError(f"{file} not found; make it with `mixprec pareto RUN --out {path}`")
         try:
             return cls.from_dict(json.loads(file.read_bytes().decode("utf-8")), str(file))
