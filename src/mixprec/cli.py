@@ -696,6 +696,8 @@ def cmd_export(args) -> int:
     _read_plan(args)
     if args.float_type and args.target != "gguf":
         raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
+    if args.tokenizer_pre and args.target != "gguf":
+        raise SpecError("--tokenizer-pre is an option of --target gguf (llama.cpp's pre-tokenizer name)")
     onnx = get_target(args.target).writer == "export"
     for flag, value, default, owner, applies in (
             ("--reduce-range", args.reduce_range, False, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
@@ -801,7 +803,8 @@ def _export_file(args) -> int:
     if gguf:
         tokenizer, pre, note = _gguf_tokenizer(args.model, folder)
         notes += [note] if note else []
-        result = export_gguf(model, plan, out, quantized=quantized, tokenizer=tokenizer, tokenizer_pre=pre,
+        result = export_gguf(model, plan, out, quantized=quantized, tokenizer=tokenizer,
+                             tokenizer_pre=args.tokenizer_pre or pre,
                              float_type=args.float_type or "f32", progress=False)
         if note:  # the command's note says why the file has no vocabulary: export_gguf's says it again
             result.notes[:] = [n for n in result.notes if not n.startswith("no tokenizer given")]
@@ -1301,6 +1304,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "built-in model: its own); gguf, compressed-tensors: run on the simulated model only")
     p.add_argument("--float-type", choices=("f32", "f16"), default=None, help="gguf: the type of 2-D tensors "
                    "outside the plan (default f32)")
+    p.add_argument("--tokenizer-pre", default=None, help="gguf: llama.cpp's pre-tokenizer name for the vocabulary "
+                   "(e.g. llama-bpe, qwen2, smollm; convert_hf_to_gguf.py names the one of each model; default: "
+                   "the model type's where mixprec knows it, else 'default')")
     p.add_argument("--reduce-range", action="store_true", help="check that layers with 8-bit inputs have 7-bit "
                    "weights (w7a8), which CPUs without VNNI run without saturation")
     p.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits accuracy_level (default 4: inputs "

@@ -170,3 +170,16 @@ def test_an_onnx_file_and_a_gguf_file_of_one_name_keep_a_report_each():
     assert report_path("m.onnx").name == "m.report.json"  # as it always was: mixprec evaluate reads it
     assert report_path("m.gguf").name == "m.gguf.report.json"
     assert report_path("m.onnx") != report_path("m.gguf")
+
+
+def test_the_gguf_pre_tokenizer_is_given_on_the_command_line(checkpoint, tmp_path, capsys):
+    """The note said 'pass tokenizer_pre=', which only Python could."""
+    folder, _ = checkpoint
+    out = tmp_path / "tiny.gguf"
+    assert main(["export", "--model", f"hf:{folder}", "--uniform", "q8_0", "--target", "gguf", "--tokenizer-pre",
+                 "llama-bpe", "--out", str(out)]) == 0
+    assert "pre-tokenizer 'default'" not in capsys.readouterr().out
+    assert fields(out)[0].fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    assert main(["export", "--model", "demo-cnn", "--uniform", "w8a8", "--tokenizer-pre", "llama-bpe", "--out",
+                 str(tmp_path / "x.onnx")]) == 2
+    assert "--tokenizer-pre is an option of --target gguf" in capsys.readouterr().err

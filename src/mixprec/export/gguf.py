@@ -134,7 +134,8 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         tokenizer_pre = PRE_TOKENIZERS.get(model_type, "default")
         if tokenizer is not None and model_type not in PRE_TOKENIZERS:
             notes.append("the tokenizer is written with llama.cpp's pre-tokenizer 'default' (a model llama.cpp knows "
-                         "names its own in convert_hf_to_gguf.py: pass tokenizer_pre=)")
+                         "names its own in convert_hf_to_gguf.py: give it with --tokenizer-pre NAME, "
+                         "tokenizer_pre= in Python)")
     window = getattr(lm.config, "sliding_window", None)
     if model_type == "mistral" and window and window < lm.config.max_position_embeddings:
         notes.append(f"the model attends within a sliding window of {window} tokens, which llama.cpp's llama "
