@@ -361,3 +361,20 @@ def test_export_writes_a_llama_folder_with_fused_decoder_ops_unless_told_traced(
     with pytest.raises(SystemExit) as exit_:
         main(common + ["--decoder", "fast", "--out", str(tmp_path / "x.onnx")])
     assert exit_.value.code == 2 and "--decoder: invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_windows_longer_than_the_model_s_positions_get_a_note(tmp_path):
+    """A rotary model computes windows past max_position_embeddings without an error: its perplexity there was given
+    without a word."""
+    import json
+    import warnings
+
+    from mixprec.errors import EvaluationNote
+    from mixprec.text_data import note_long_windows
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        note_long_windows("ppl:w.txt?length=256", 256, str(tmp_path))
+        note_long_windows("ppl:w.txt?length=1024", 1024, str(tmp_path))
+    said = [str(w.message) for w in caught if issubclass(w.category, EvaluationNote)]
+    assert len(said) == 1 and "1024 tokens are longer than the 512 positions" in said[0]

@@ -120,6 +120,25 @@ def token_split(path: str | Path, tokenizer, tokenizer_key: str) -> TextSplit:
     return TextSplit(_STREAMS[key], path)
 
 
+def note_long_windows(spec: str, length: int, tokenizer_key: str) -> None:
+    """An EvaluationNote where windows are longer than the positions the model was trained on
+    (``max_position_embeddings`` in its folder's config.json): a rotary model computes them all the same, past
+    what it learned (a model with a position table fails on them, with its own error)."""
+    import json
+    import warnings
+
+    from .errors import EvaluationNote
+    try:
+        config = json.loads((Path(tokenizer_key) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(positions, int) and length > positions:
+        warnings.warn(f"{spec!r}: windows of {length} tokens are longer than the {positions} positions the model "
+                      "was trained on (max_position_embeddings): it is measured past what it learned; give "
+                      f"length={positions} or less", EvaluationNote, stacklevel=3)
+
+
 def calibration_batches(spec: str, tokenizer, tokenizer_key: str, limit: int | None = None) -> list[torch.Tensor]:
     """``text:FILE?...`` -> batches of token windows (LongTensor (B, L)); ``limit`` caps the windows."""
     path, options = split_spec(spec, "text:")
@@ -128,6 +147,7 @@ def calibration_batches(spec: str, tokenizer, tokenizer_key: str, limit: int | N
     if limit is not None:
         count = min(count, limit) if "windows" in options else limit
     length = _int_option(spec, options, "length", DEFAULT_LENGTH, 2)
+    note_long_windows(spec, length, tokenizer_key)
     seed = _int_option(spec, options, "seed", 0, 0)
     batch = _int_option(spec, options, "batch", DEFAULT_BATCH, 1)
     windows, _ = token_split(path, tokenizer, tokenizer_key).calibration_windows(count, length, seed)
@@ -162,6 +182,7 @@ def perplexity_evaluation(spec: str, tokenizer, tokenizer_key: str) -> Callable[
     _check_keys(spec, options, ("windows", "length"))
     count = _int_option(spec, options, "windows", None, 1)
     length = _int_option(spec, options, "length", DEFAULT_LENGTH, 2)
+    note_long_windows(spec, length, tokenizer_key)
     split = token_split(path, tokenizer, tokenizer_key)
     windows = split.evaluation_windows(count, length)  # checked now, before any measurement
     digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:12]
