@@ -100,7 +100,8 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
 
     constants, positions, by_name, defaults = {}, [], False, False
     if isinstance(example, torch.Tensor):
-        args, names, tensors = (example,), ["input"], [example]
+        # named as forward names it (input_ids, x), as tuple and dict inputs are: the file takes it by that name
+        args, names, tensors = (example,), [_single_name(model)], [example]
         defaults = _unfilled_defaults(model, 1)
     elif isinstance(example, dict):
         # the exporter passes a trailing dict as keyword arguments and makes the graph's inputs in the order of
@@ -537,6 +538,13 @@ def _var_keyword(model: nn.Module) -> bool:
         return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return False
+
+
+def _single_name(model: nn.Module) -> str:
+    """The graph input name of a model's one tensor input: forward's first parameter name (``input_ids``, ``x``),
+    ``input`` where forward names none."""
+    name = _positional_names(model, 1)[0]
+    return "input" if name == "input0" else name
 
 
 def _positional_names(model: nn.Module, count: int) -> list[str]:
