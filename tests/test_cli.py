@@ -512,3 +512,18 @@ def test_a_repeated_budget_is_every_budget_and_a_repeated_budget_kind_is_an_erro
     with pytest.raises(SystemExit):
         parser.parse_args(["pareto", "run", "--budget-kind", "bytes", "--budget-kind", "bops"])
     assert "--budget-kind is given more than once" in capsys.readouterr().err
+
+
+def test_quantize_of_a_plan_made_with_run_options_not_given_names_them(tmp_path, capsys):
+    """The plan's groups came from --exclude/--tie options of its run: the refusal only asked whether it was made
+    with other options."""
+    run, plan = tmp_path / "run", tmp_path / "plan.json"
+    assert main(["analyze", "--model", "demo-cnn", "--calibration-samples", "32", "--candidates", "w4a8,w8a8",
+                 "--exclude", "fc", "--out", str(run)]) == 0
+    assert main(["solve", str(run), "--budget", "bytes=0.9x", "--no-guard", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["quantize", "--model", "demo-cnn", "--calibration-samples", "32", "--plan", str(plan),
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "was analysed with --exclude fc, which this command line does not give: add them" in capsys.readouterr().err
+    assert main(["quantize", "--model", "demo-cnn", "--calibration-samples", "32", "--plan", str(plan), "--exclude",
+                 "fc", "--out", str(tmp_path / "q")]) == 0

@@ -20,7 +20,7 @@ from .cache import cache_dir
 from .candidates import VALID_FORMS, parse_candidate, parse_candidates
 from .costs import COST_KINDS, cost_tables, format_bytes, format_count
 from .demo import DEMO_CANDIDATES
-from .errors import PlanError, SpecError, error_line
+from .errors import MixprecError, PlanError, SpecError, error_line
 from .export import DECODERS
 from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
@@ -227,10 +227,33 @@ def _plan_of(args, groups: ModelGroups, same_groups: bool = True) -> Plan:
     plan = read if read is not None else Plan.load(args.plan) if args.plan else \
         Plan.uniform(groups, args.uniform, {"model": args.model})
     if same_groups:
-        check_plan_groups(plan, groups)
+        try:
+            check_plan_groups(plan, groups)
+        except SpecError as exc:
+            missing = _run_grouping(plan, args)
+            if not missing:
+                raise
+            raise SpecError(f"{exc} The plan's run ({plan.metadata['run']}) was analysed with {missing}, which this "
+                            "command line does not give: add them") from None
     for change in plan.pin(groups):
         print(f"note: pin applied: {change}")
     return plan
+
+
+def _run_grouping(plan: Plan, args) -> str:
+    """The --tie/--exclude/--pin options of the run a plan was solved on that this command line lacks, as flags
+    ("" where the plan names no run, or it is gone, or nothing lacks)."""
+    import shlex
+    run = plan.metadata.get("run")
+    if not isinstance(run, str) or not (Path(run) / "run.json").is_file():
+        return ""
+    try:
+        arguments = RunDirectory(run).arguments()
+    except MixprecError:
+        return ""
+    flags = [f"--{option} {shlex.quote(str(value))}" for option in ("tie", "exclude", "pin")
+             for value in (arguments.get(option) or []) if value not in (getattr(args, option, None) or [])]
+    return " ".join(flags)
 
 
 def _switch_flags(rounding) -> str:
