@@ -1150,15 +1150,21 @@ def _absolute_cost_file(item: str) -> str:
     return f"{kind}={Path(file).resolve()}" if sep and file else item
 
 
-def _measured_float(csv_file: str) -> float | None:
-    """The float model's measured latency in the profile JSON `mixprec profile` writes beside a cost CSV (the base of
-    ``latency_ms=0.8x``), or None where there is none."""
+def _profile_beside(csv_file: str) -> dict | None:
+    """The profile JSON `mixprec profile` writes beside a cost CSV, or None where there is none (a table of the
+    user's own)."""
     import json
-    path = Path(csv_file).with_suffix(".json")
     try:
-        value = json.loads(path.read_text()).get("float_model_ms")
-    except (OSError, ValueError, AttributeError):
+        saved = json.loads(Path(csv_file).with_suffix(".json").read_text())
+    except (OSError, ValueError):
         return None
+    return saved if isinstance(saved, dict) and "float_model_ms" in saved else None
+
+
+def _measured_float(csv_file: str) -> float | None:
+    """The float model's measured latency in the profile JSON beside a cost CSV (the base of ``latency_ms=0.8x``),
+    or None where there is none."""
+    value = (_profile_beside(csv_file) or {}).get("float_model_ms")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
@@ -1182,30 +1188,22 @@ def _unpriced_boundaries(cost_files: Iterable[str], assignments: dict[str, str])
     integer-input groups: each entry was timed inside a graph of one uniform candidate, so the quantize/dequantize
     pairs at the plan's float/integer boundaries (and the integer kernels a float neighbour prevents) are in no
     entry, and the plan can run slower than the table predicts. None where no such table or plan."""
-    import json
-
-    from .formats import IntFormat, is_dynamic
-
-    def static_integer(name: str) -> bool:  # the inputs an int8 graph quantizes with QuantizeLinear nodes
-        activation = parse_candidate(name).activation
-        return isinstance(activation, IntFormat) and not is_dynamic(activation)
-    integer = sum(static_integer(c) for c in assignments.values())
+    from .formats import is_static_integer
+    integer = sum(is_static_integer(parse_candidate(c).activation) for c in assignments.values())
     if integer in (0, len(assignments)):
         return None
     for item in cost_files:
         kind, _, file = item.partition("=")
-        try:
-            saved = json.loads(Path(file).with_suffix(".json").read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(saved, dict) or "float_model_ms" not in saved or saved.get("moves"):
+        saved = _profile_beside(file)
+        if saved is None or saved.get("moves"):  # not a profile, or one timed around an operating point
             continue
         return (f"{kind.strip()} comes from {file}, which `mixprec profile` timed without --around: each entry was "
                 f"timed in a graph of one uniform candidate, and this plan mixes {len(assignments) - integer} "
-                f"group(s) with float (or dynamically quantized) inputs and {integer} with statically quantized integer ones, whose boundaries (quantize/dequantize pairs, "
-                "integer kernels a float neighbour prevents) no entry prices, so it can run slower than predicted; "
-                "profile with --around CAND (the plan's main integer candidate) to time each group's move with its "
-                "boundaries, or time the exported file")
+                f"group(s) with float (or dynamically quantized) inputs and {integer} with statically quantized "
+                "integer ones, whose boundaries (quantize/dequantize pairs, integer kernels a float neighbour "
+                "prevents) no entry prices, so it can run slower than predicted; profile with --around CAND (the "
+                "plan's main integer candidate) to time each group's move with its boundaries, or time the exported "
+                "file")
     return None
 
 

@@ -28,7 +28,7 @@ from .canonical import canonical, copy_sharing_parameters
 from .batches import as_batches, split_item
 from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError, PlanError
-from .formats import IntFormat, is_dynamic
+from .formats import is_static_integer
 from .groups import check_weights, is_torchscript
 from .joins import insert_join_quantizers, int8_graph
 from .quantizers import range_methods
@@ -144,8 +144,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
                                 checkpoint=rounding_checkpoint, inplace=inplace, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
     if joins and not int8_graph(quantized):  # a model with calibrated join quantizers keeps them
-        integer = {name for name, c in candidates.items() if isinstance(c.activation, IntFormat)
-                   and not is_dynamic(c.activation)}  # the layers whose inputs an int8 graph quantizes statically
+        integer = {name for name, c in candidates.items() if is_static_integer(c.activation)}
         example = next((split_item(item)[0] for item in calibration_data), None)
         quantized = insert_join_quantizers(quantized, activation_method, integer, example)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,

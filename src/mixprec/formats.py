@@ -129,3 +129,9 @@ def is_dynamic(fmt: "Format | None") -> bool:
     """An input format whose ranges come from the values at run time: an integer grid per block of each row's
     last dimension (candidates ``w<B>[g<G>]a8d<N>``, what ONNX Runtime's MatMulNBits does at accuracy_level 4)."""
     return isinstance(fmt, IntFormat) and fmt.granularity == "group"
+
+
+def is_static_integer(fmt: "Format | None") -> bool:
+    """An integer input format with calibrated ranges: the inputs an int8 graph quantizes with QuantizeLinear nodes
+    (not float, not weight-only, not dynamic)."""
+    return isinstance(fmt, IntFormat) and not is_dynamic(fmt)

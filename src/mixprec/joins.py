@@ -186,12 +186,11 @@ def default_joins(model: nn.Module, target: str | None, candidates) -> tuple[boo
     ``model`` traces with torch.fx; a model that does not trace is measured without them, with a note."""
     from .candidates import parse_candidate
     from .export.targets import TARGETS
-    from .formats import IntFormat, is_dynamic
+    from .formats import is_static_integer
     if target is None or target not in TARGETS or not TARGETS[target].joins:
         return False, None
     parsed = [c if not isinstance(c, str) else parse_candidate(c) for c in candidates]
-    if not any(isinstance(c.activation, IntFormat) and c.activation.bits <= 8 and not is_dynamic(c.activation)
-               for c in parsed):
+    if not any(is_static_integer(c.activation) and c.activation.bits <= 8 for c in parsed):
         return False, None
     try:
         trace(model)
