@@ -485,15 +485,14 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
     run_as: dict[str, dict[str, tuple]] = {layer: {} for layer in runnable}  # layer -> candidate -> kernel_of
     todo = [c for c in names if c == FLOAT or any(runnable[l][c] for l in runnable)]
+    feeds: dict[str, dict[str, np.ndarray]] = {}  # candidate -> the inputs its graph is timed on
     for cand in tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph", disable=not progress):
         assignments = _uniform_where_runnable(groups, cand, runnable)
         out = tmp / f"uniform_{len(graphs)}.onnx"  # kept: the base of --around is one of these
         result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
                         weight_range=weight_method, activation_range=activation_method, threads=threads,
                         progress=False)
-        session = make_session(out, threads)
-        feed = _feed(session, example, decode)
-        measured = time_session(session, feed, repeats)
+        feed = feeds[cand] = _feed(make_session(out, threads), example, decode)  # the session names the inputs
         nodes = node_times(out, feed, threads, repeats, tmp)
         kernels: dict[str, float] = {}
         for row in result.layers:
@@ -507,16 +506,11 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             if assignments[row["layer"]] == cand:
                 ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
                 run_as[row["layer"]][cand] = kernel_of(row)
-        graphs[cand] = {"path": out, "assignments": assignments, "measured_ms": measured, "kernels": kernels,
-                        "feed": feed}
-    if len(graphs) > 1:  # the whole graphs again, in rotated rounds: each timed once as exported drifted
-        rotated = time_rotated([g["path"] for g in graphs.values()], threads, [g["feed"] for g in graphs.values()],
-                               repeats)
-        for g, ms in zip(graphs.values(), rotated):
-            g["measured_ms"] = ms
-    for g in graphs.values():
-        g["rest_ms"] = g["measured_ms"] - sum(g["kernels"].values())
-        del g["feed"]
+        graphs[cand] = {"path": out, "assignments": assignments, "kernels": kernels}
+    # each graph whole, once all are exported, in rotated rounds (timed just after its export, one drifted)
+    rotated = time_rotated([g["path"] for g in graphs.values()], threads, [feeds[c] for c in graphs], repeats)
+    for g, ms in zip(graphs.values(), rotated):
+        g["measured_ms"], g["rest_ms"] = ms, ms - sum(g["kernels"].values())
     rest = max(0.0, min(g["rest_ms"] for g in graphs.values()))
     layers: dict[str, dict[str, float]] = {layer: {c: math.nan for c in names} for layer in runnable}
     for cand, g in graphs.items():
