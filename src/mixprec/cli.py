@@ -717,12 +717,10 @@ def cmd_export(args) -> int:
     from .export import export, report_path
     from .export.targets import get_target
     _read_plan(args)
-    if args.float_type and args.target != "gguf":
-        raise SpecError("--float-type is an option of --target gguf (the type of 2-D tensors outside the plan)")
-    if args.tokenizer_pre and args.target != "gguf":
-        raise SpecError("--tokenizer-pre is an option of --target gguf (llama.cpp's pre-tokenizer name)")
     onnx = get_target(args.target).writer == "export"
     for flag, value, default, owner, applies in (
+            ("--float-type", args.float_type, None, "--target gguf", args.target == "gguf"),
+            ("--tokenizer-pre", args.tokenizer_pre, None, "--target gguf", args.target == "gguf"),
             ("--reduce-range", args.reduce_range, False, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
             ("--accuracy-level", args.accuracy_level, 4, "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
             ("--decoder", args.decoder, "fused", "an ONNX target (ort-cpu, ort-cpu-avx2, ort-cpu-lm)", onnx),
