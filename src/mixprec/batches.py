@@ -32,17 +32,13 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     batches is wanted, e.g. ``[x]``, ``list(x.split(32))`` or a DataLoader."""
     if data is None:
         return None
-    from torch.utils.data import Dataset, IterableDataset
-
     from .errors import SpecError
     if isinstance(data, (torch.Tensor, np.ndarray)):
         split = "list(x.split(32))" if isinstance(data, torch.Tensor) else "[x[i:i + 32] for i in range(0, len(x), 32)]"
         raise SpecError(f"data is one {type(data).__name__} of shape {tuple(data.shape)}: give an iterable of "
                         f"batches, e.g. [x] for one batch or {split} for batches of 32 (iterated itself, it "
                         f"would give one sample at a time, without its batch axis)")
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        raise SpecError(f"data is a {type(data).__name__}, a Dataset: iterated, it gives one sample at a time, "
-                        "without its batch axis; give batches, e.g. torch.utils.data.DataLoader(data, batch_size=32)")
+    refuse_dataset(data, "data is", "data")
     if isinstance(data, dict):
         raise SpecError("data is one dict: give an iterable of batches, e.g. [batch] for one dict batch of the "
                         "model's keyword arguments, or a list or DataLoader of them")
@@ -53,6 +49,19 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     items = [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
     check_batched(items)
     return items
+
+
+def refuse_dataset(data: Any, said: str, name: str) -> None:
+    """A map-style Dataset given as calibration data is a SpecError (``said``: how the message starts, e.g. "data
+    is"; ``name``: the Dataset's name in the DataLoader it suggests): iterated, it gives one sample at a time,
+    without its batch axis."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    from .errors import SpecError
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        raise SpecError(f"{said} a {type(data).__name__}, a Dataset: iterated, it gives one sample at a time, "
+                        f"without its batch axis; give batches, e.g. torch.utils.data.DataLoader({name}, "
+                        "batch_size=32)")
 
 
 def check_batched(items: list) -> None:

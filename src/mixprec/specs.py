@@ -26,7 +26,7 @@ from torch import nn
 
 from .canonical import canonical
 from .capture import map_tensors
-from .batches import batch_size, check_batched, check_finite, split_item, tensors_of
+from .batches import batch_size, check_batched, check_finite, refuse_dataset, split_item, tensors_of
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError, notify
@@ -280,11 +280,7 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         except Exception as exc:
             raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
                             + _no_arguments_hint(fn, "data")) from exc
-        from torch.utils.data import Dataset, IterableDataset
-        if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-            raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, a Dataset: it gives one sample at a "
-                            "time, without its batch axis; return batches, e.g. "
-                            "torch.utils.data.DataLoader(dataset, batch_size=32)")
+        refuse_dataset(data, f"--data {spec!r} returned", "dataset")
         if isinstance(data, (torch.Tensor, np.ndarray)) or not hasattr(data, "__iter__"):
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
                             "(a list or a generator of tensors, (inputs, labels) pairs or dicts of tensors)")
