@@ -589,10 +589,8 @@ def cmd_solve(args) -> int:
                      f"{100 * table.values[i, c] / total:.1f}%" if shares else "-",
                      f"{100 * bytes_of[i, c] / max(costs['bytes'], 1e-300):.1f}%"))
     _table(["group", "candidate", "sensitivity", "share of S", "share of bytes"], rows)
-    print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; " + ", ".join(
-        f"{k} {costs[k]:.6g} (budget {budgets[k]:.6g}{', OVER' if costs[k] > budgets[k] * (1 + 1e-9) else ''})"
-        if k in budgets else f"{k} {costs[k]:.6g}"
-        if math.isfinite(costs[k]) else f"{k} ? (unknown: {UNKNOWN_COST.get(k, 'not measured')})" for k in costs))
+    print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; "
+          + ", ".join(_cost_text(k, costs[k], budgets.get(k)) for k in costs))
     _print_notes(meta.get("notes", []))
     if meta.get("guard") and meta["guard"]["chosen"] == "mixed":
         print(f"guard ({meta['guard']['divergence']} on the calibration data): {meta['guard']['reason']}")
@@ -1061,6 +1059,15 @@ def _add_allocation_args(p: argparse.ArgumentParser) -> None:
 
 
 UNKNOWN_COST = {"bops": "a TorchScript model's MACs are not traced"}  # why a cost can be NaN
+
+
+def _cost_text(kind: str, cost: float, budget: float | None) -> str:
+    """A plan's cost as solve prints it: with its budget (marked OVER where it exceeds it), or ? and why unknown."""
+    if budget is not None:
+        return f"{kind} {cost:.6g} (budget {budget:.6g}{', OVER' if cost > budget * (1 + 1e-9) else ''})"
+    if not math.isfinite(cost):
+        return f"{kind} ? (unknown: {UNKNOWN_COST.get(kind, 'not measured')})"
+    return f"{kind} {cost:.6g}"
 
 
 class _JoinedBudgets(argparse.Action):

@@ -1,7 +1,7 @@
 """The run directory of an analysis, and the one owner of every file in it.
 
-    run.json                 fingerprint (hashes of the model weights, of its structure and code, of the calibration data, of the
-                             settings) and the arguments that made the run
+    run.json                 fingerprint (hashes of the model weights, of its structure and code, of the
+                             calibration data, of the settings) and the arguments that made the run
     entries.rank<R>.jsonl    append-only log of finished (group, candidate) entries, one per line,
                              flushed and fsync'ed: a Ctrl-C or SIGKILL loses at most the chunk in flight
     seconds.rank<R>.jsonl    append-only log of the time each chunk of entries took: an analysis resumed
