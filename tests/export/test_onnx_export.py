@@ -263,6 +263,24 @@ def test_fit_bias_keeps_every_int32_bias_in_range_and_moves_weights_by_at_most_h
     assert np.all(np.abs(weights_after - weights_before) <= step / 2 * (1 + 1e-9))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from(["w8a8", "w4a8", "w4g32", "w3g16", "w8g64", "w2g8"]),
+       st.integers(1, 5), st.integers(1, 100))
+def test_layer_codes_keep_one_scale_per_group_and_give_back_every_element_exactly(seed, name, rows, k):
+    from mixprec.export.onnx_graph import layer_codes
+    from mixprec.export.targets import Realisation
+    from mixprec.quantizers import quantize_weight, weight_qparams
+    w = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
+    cand = parse_candidate(name)
+    codes = layer_codes("l", w, quantize_weight(w, cand.weight, "mse"), cand, Realisation("qdq"), None, "mse")
+    scale, zero_point = weight_qparams(w, cand.weight, "mse")
+    groups = -(-k // codes.group_size)
+    assert codes.codes.dtype == np.int16 and codes.group_scales.shape == (rows, groups)
+    assert np.array_equal(codes.scales, scale.numpy()) and np.array_equal(codes.zero_points, zero_point.numpy())
+    back = (codes.codes - codes.zero_points) * codes.scales.astype(np.float64)
+    assert np.allclose(back, quantize_weight(w, cand.weight, "mse").numpy(), rtol=0, atol=1e-6)
+
+
 def test_fit_bias_gives_a_zero_scale_channel_a_usable_scale():
     fmt = parse_candidate("w8a8").weight
     codes, scales = np.zeros((2, 3), dtype=np.int64), np.array([[0.0] * 3, [0.02] * 3])

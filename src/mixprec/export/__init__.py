@@ -153,10 +153,14 @@ def check_rounding_grid(rounding: Any, candidates: dict) -> None:
                         "(GPTQ(static_groups=True)), or --rounding nearest")
 
 
-def _float_copy(quantized: nn.Module) -> nn.Module:
-    """The simulated model with every QuantizedLayer replaced by its layer (weights as simulated)."""
+def _float_copy(quantized: nn.Module, share: bool = True) -> nn.Module:
+    """The simulated model with every QuantizedLayer replaced by its layer (weights as simulated).
+
+    share: the copy holds ``quantized``'s own parameter and buffer tensors (the export only reads them), so it
+    costs no second copy of the weights; False copies them too (for a copy that is then converted in place)."""
     import copy
-    model = copy.deepcopy(quantized).eval()
+    memo = {id(t): t for t in (*quantized.parameters(), *quantized.buffers())} if share else {}
+    model = copy.deepcopy(quantized, memo).eval()
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedLayer):
             set_module(model, name, module.layer)
@@ -350,9 +354,9 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                                realisations[name], layers_q[name].input_quantizer, weight_method)
              for name in candidates}
     example = _first_input(batches, example_input)
-    floated = _float_copy(quantized)
     narrow = sorted({str(p.dtype).replace("torch.", "") for p in quantized.parameters()
                      if p.is_floating_point() and p.dtype != torch.float32})
+    floated = _float_copy(quantized, share=not narrow)  # .float() below converts a copy's tensors in place
     if narrow:  # ONNX Runtime's CPU kernels run float32: the file is float32 around its integer kernels
         floated, example = floated.float(), map_tensors(example, lambda t: t.float() if t.is_floating_point() else t)
         notes.append(f"the model is {'/'.join(narrow)}: the file is float32 around its integer and low-bit kernels "
@@ -385,9 +389,11 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example), shared=shared,
                       kinds={name: layer_kind(modules[name]) for name in candidates},
                       calls=_calls(floated, list(candidates), example))  # the model as exported
+    del codes, floated  # the weights' codes are in the graph now
     graph.producer_name, graph.producer_version = "mixprec", _version()
     report_path(out).unlink(missing_ok=True)  # a report of an earlier file never sits beside this one
     _save_atomic(graph, out)
+    del graph  # ONNX Runtime reads the file
     say(f"export: wrote {out}; reading the kernels ONNX Runtime runs after optimisation", flush=True)
     try:
         optimized = optimized_graph(out)  # one optimisation of the file for the layers and the joins

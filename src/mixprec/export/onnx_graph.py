@@ -44,17 +44,38 @@ MS_DOMAIN = "com.microsoft"
 
 @dataclass
 class LayerCodes:
-    """A layer as the simulation holds it: integer weight codes with their scales and zero-points (one per
-    element, shape (out, inputs)), and the input quantizer's scale and zero-point (None: float input)."""
+    """A layer as the simulation holds it: integer weight codes (shape (out, inputs)) with the scale and zero-point
+    of each of their groups, and the input quantizer's scale and zero-point (None: float input).
+
+    The codes are kept in int16 and the scales and zero-points once per group (``group_size`` inputs of a row; a
+    per-channel or per-tensor weight has one group per row), so a model's codes take half its float32 weights'
+    memory; ``scales`` and ``zero_points`` give them per element, as (out, inputs) arrays made when read."""
 
     name: str
     candidate: Candidate
     realisation: Realisation
-    codes: np.ndarray | None = None  # int64 (out, k)
-    scales: np.ndarray | None = None  # float32 (out, k)
-    zero_points: np.ndarray | None = None  # int64 (out, k)
+    codes: np.ndarray | None = None  # int16 (int32 above 8 bits) (out, k)
+    group_scales: np.ndarray | None = None  # float32 (out, groups)
+    group_zero_points: np.ndarray | None = None  # int32 (out, groups)
+    group_size: int = 0  # inputs per group; the last group of a row may be shorter
     input_scale: float | None = None
     input_zero_point: int | None = None
+
+    def _per_element(self, per_group: np.ndarray | None) -> np.ndarray | None:
+        if per_group is None:
+            return None
+        return np.repeat(per_group, self.group_size, axis=1)[:, :self.codes.shape[1]]
+
+    @property
+    def scales(self) -> np.ndarray | None:
+        """float32 (out, k): each code's scale."""
+        return self._per_element(self.group_scales)
+
+    @property
+    def zero_points(self) -> np.ndarray | None:
+        """int64 (out, k): each code's zero-point."""
+        z = self._per_element(self.group_zero_points)
+        return None if z is None else z.astype(np.int64)
 
 
 def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate,
@@ -78,9 +99,13 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
                              f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
                              "exported exactly; export a model quantized with rounding nearest, adaround, brecq, or gptq with "
                              "static groups (--static-groups, GPTQ(static_groups=True))")
-        out.codes = codes.to(torch.int64).cpu().numpy()
-        out.scales = scale.cpu().numpy().astype(np.float32)
-        out.zero_points = zero_point.to(torch.int64).cpu().numpy()
+        del error
+        # weight_qparams gives every element its group's scale: one column per group keeps them all
+        size = fmt.group_size if fmt.granularity == "group" else rows.shape[1]
+        out.codes = codes.to(torch.int16 if fmt.bits <= 8 else torch.int32).cpu().numpy()
+        out.group_size = size
+        out.group_scales = scale[:, ::size].cpu().numpy().astype(np.float32)
+        out.group_zero_points = zero_point[:, ::size].to(torch.int32).cpu().numpy()
     q = input_quantizer
     if q is not None and isinstance(q.fmt, IntFormat):
         scale, zero_point = int_qparams(q.lo.reshape(1).float().cpu(), q.hi.reshape(1).float().cpu(), q.fmt)
@@ -156,7 +181,10 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
         # dataclasses among the outputs are traced as the dicts of their fields (the exporter takes no dataclass)
         with _plain_outputs(model if signature is None and structure is not None and classes else None):
             _export(module, args, buffer, opset, names, outputs, dynamic)
-    graph = onnx.load_from_string(buffer.getvalue())
+    graph = onnx.ModelProto()
+    with buffer.getbuffer() as view:  # parsed from the buffer itself: no third copy of the weights
+        graph.ParseFromString(view)
+    buffer.close()
     _cast_bool_cumsums(graph)
     stored = {i.name for i in graph.graph.initializer}
     kept = [i for i in graph.graph.input if i.name not in stored]  # weights are constants, not inputs
