@@ -429,9 +429,39 @@ def _output_structure(model: nn.Module, example: Any,
         json.dumps(classes)
     except Exception:  # a container type pytree cannot write
         return None
-    names = ["output"] + [f"output{i}" for i in range(1, len(tensors))]
+    names = _leaf_names(_plain(produced, []), inputs=_input_names(model, example))
     return (names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in tensors], text, nones,
             classes)
+
+
+def _leaf_names(plain: Any, inputs: set[str] = frozenset()) -> list[str]:
+    """The graph's names for the tensor leaves of a model's output (None leaves have none): a dict's keys and a
+    dataclass's fields by their path ("logits", "encoder.hidden"); leaves reached through tuples and lists alone,
+    and names that would repeat one already taken or an input's, "output", "output1", ..."""
+    from torch.utils._pytree import MappingKey, SequenceKey, tree_flatten_with_path
+    names: list[str] = []
+    for path, leaf in tree_flatten_with_path(plain)[0]:
+        if leaf is None:
+            continue
+        keyed = any(isinstance(k, MappingKey) for k in path)
+        name = ".".join(str(k.key) if isinstance(k, MappingKey) else str(k.idx) if isinstance(k, SequenceKey)
+                        else str(k).strip(".[]") for k in path)
+        if not keyed or not name or name in names or name in inputs or not name.isprintable():
+            name = "output" if not names else f"output{len(names)}"
+            while name in names or name in inputs:
+                name += "_"
+        names.append(name)
+    return names
+
+
+def _input_names(model: nn.Module, example: Any) -> set[str]:
+    """Names the graph's inputs may take (forward's parameters and a dict input's keys), which no output takes."""
+    import inspect
+    try:
+        taken = set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        taken = set()
+    return taken | (set(example) if isinstance(example, dict) else set())
 
 
 SUPPORTED_OUTPUTS = ("a tensor, or tuples, lists, dicts, dataclasses and Hugging Face model outputs of tensors "
