@@ -468,6 +468,23 @@ def test_a_device_asked_for_never_moves_the_callers_model():
     assert model[0].weight.device.type == "cpu"
 
 
+def test_plans_measured_on_a_device_leave_the_callers_model_where_and_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 4)).train()
+    data = [torch.randn(16, 8) for _ in range(3)]
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w4a8,w8a8", progress=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    analysis.solve("bytes=w4a8", device=device, search="local", evaluations=3)
+    assert model.training and all(m.training for m in model.modules())  # measured in eval mode, on a copy
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    if not torch.cuda.is_available():
+        for call in (lambda: analysis.solve("bytes=w4a8", device="cuda"),
+                     lambda: analysis.pareto("bytes", 3, device="cuda:0"),
+                     lambda: mixprec.deploy_cuda(model, analysis.solve("bytes=w4a8", guard=False), data)):
+            with pytest.raises(SpecError, match="device= cuda.*no CUDA device"):
+                call()
+
+
 def test_a_fully_convolutional_model_calibrated_at_two_resolutions_goes_through_every_step(tmp_path):
     """analyze took images of two sizes; apply, quantize_plan and export take them too (export compares the file,
     which has the first batch's size, on the batches of that size, and says so)."""

@@ -329,6 +329,7 @@ class Analysis:
         with the plans calibrated on all of them; mixprec.sensitivity.divergence): on the analysed
         model when this process made the analysis, else on the model and data the run's arguments
         name (the built-in model's own evaluation by default)."""
+        _check_device(device)
         named = self.run is not None and self.run.exists and bool(self.specs.get("model")
                                                                    or self.run.arguments().get("model"))
         if self.model is not None and (not isinstance(evaluate, str) or not named):
@@ -435,6 +436,7 @@ class Analysis:
         is returned (ties go to uniform) and ``plan.metadata["guard"]`` says which and why. A tie is a
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
+        _check_device(device)
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
         from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, TASK
@@ -785,6 +787,7 @@ class Analysis:
         (True: the analysis's own evaluation) measures the float model and every plan (cached).
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
+        _check_device(device)
         problem = self.problem(candidates, cost_files)
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
@@ -1166,6 +1169,14 @@ def _measured_float(csv_file: str) -> float | None:
     or None where there is none."""
     value = (_profile_beside(csv_file) or {}).get("float_model_ms")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def _check_device(device: str | None) -> None:
+    """A device asked for is one this torch runs on (a SpecError saying what it has, else), said before anything
+    is measured, whether or not the call comes to measure on it."""
+    if device is not None:
+        from .specs import parse_device
+        parse_device(device, "device=")
 
 
 def _recorded_device(recorded: str | None) -> str:

@@ -22,7 +22,8 @@ from .evaluation import EvalResult, to_eval_result
 from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
-from .streaming import place
+from .canonical import in_eval_mode
+from .streaming import placed_copy
 
 FLOAT = "float model"
 
@@ -106,7 +107,9 @@ class PlanEvaluator:
         """(model, data, evaluate), loaded on first use: a model that is not the run's fails here."""
         if self._loaded is None:
             model, data, evaluate = self._load_fn()
-            self._loaded = (place(model, self.device).eval(), data, evaluate)
+            # on the device without moving the caller's model there (a copy made there, where it lies elsewhere),
+            # and in eval mode without switching it (a copy sharing its parameters, where it trains)
+            self._loaded = (in_eval_mode(placed_copy(model, self.device), False), data, evaluate)
         return self._loaded
 
     def plan(self, assignments: dict[str, str]) -> Plan:

@@ -438,6 +438,8 @@ def deploy_cuda(model: nn.Module, plan: Plan, data: Iterable | None = None, *, q
     weight_method, activation_method = range_methods(weight_range, activation_range, weight_method, activation_method)
     if not isinstance(plan, Plan):
         raise PlanError(f"deploy_cuda takes a mixprec Plan, got {type(plan).__name__}; load one with Plan.load(path)")
+    from ..specs import parse_device
+    device = parse_device(device, "device=")  # a device this torch has, else a SpecError naming what it has
     model = canonical(model)  # the layers plans name (mixprec.canonical)
     modules = plan.model_layers(model)
     plan.check_covers(model)  # and every layer of the model is the plan's (or excluded; else a PlanNote)
@@ -499,6 +501,8 @@ def load_cuda(model: nn.Module, folder: str | os.PathLike, device: str | torch.d
     for ``device``'s kernels."""
     from safetensors.torch import load_file
 
+    from ..specs import parse_device
+    device = parse_device(device, "device=")
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
