@@ -12,7 +12,7 @@ import mixprec
 from mixprec.builtin import get_builtin
 from mixprec.apply import apply
 from mixprec.cli import main
-from mixprec.errors import SpecError
+from mixprec.errors import PlanError, PlanNote, SpecError
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
@@ -483,6 +483,20 @@ def test_plans_measured_on_a_device_leave_the_callers_model_where_and_as_it_was(
                      lambda: mixprec.deploy_cuda(model, analysis.solve("bytes=w4a8", guard=False), data)):
             with pytest.raises(SpecError, match="device= cuda.*no CUDA device"):
                 call()
+
+
+def test_apply_refuses_a_solved_plan_for_a_smaller_model_and_notes_a_hand_plan_naming_a_few_layers():
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    big = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    data = [torch.randn(8, 16) for _ in range(2)]
+    solved = mixprec.analyze(small, data, "w4a8,w8a8", progress=False).solve("bytes=0.7x", guard=False)
+    with pytest.raises(PlanError, match=r"1 layer\(s\) the plan does not name, e.g. \['4'\]"):
+        mixprec.apply(big, solved, data, progress=False)
+    by_hand = Plan({"0": "w8a8"}, {"0": ["0"]})
+    with pytest.warns(PlanNote, match="2 layer\\(s\\) of the model are not in the plan and stay float"):
+        quantized = mixprec.apply(big, by_hand, data, progress=False)
+    assert isinstance(quantized[2], nn.Linear) and not isinstance(quantized[0], nn.Linear)
 
 
 def test_a_fully_convolutional_model_calibrated_at_two_resolutions_goes_through_every_step(tmp_path):

@@ -263,3 +263,25 @@ def test_formatting():
     assert format_count(1.5e9) == "1.50G"
     assert format_count(42) == "42"
     assert format_count(float("nan")) == "?"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_float_layer_of_a_half_precision_model_is_priced_at_the_models_own_width(dtype):
+    """apply keeps an fp32-planned or excluded layer of a bfloat16 model in bfloat16: priced so, and the base of
+    `0.5x` budgets (the costliest plan) is the model as it is."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    model = model.to(dtype)
+    x = torch.randn(4, 64, dtype=dtype)
+    groups = discover_groups(model, x, exclude=["4"])
+    assert {l.float_bits for l in [*groups.layers, *groups.excluded]} == {16}
+    t = cost_tables(groups, ["w8a8", "fp16", "fp32"], model)
+    half = t.candidates.index("fp16")
+    for kind in ("bytes", "bits_per_weight", "bops"):
+        assert np.array_equal(t.tables[kind][:, t.candidates.index("fp32")], t.tables[kind][:, half]), kind
+    assert t.fixed["bits_per_weight"] == 16 * (32 * 10) / (64 * 64 + 64 * 32 + 32 * 10)
+    assert t.fixed["bops"] == 32 * 10 * 16 * 16
+    whole = float(t.tables["bytes"][:, t.candidates.index("fp32")].sum()) + t.fixed["bytes"]
+    assert whole == sum(p.numel() * p.element_size() for p in model.parameters())
+    single = discover_groups(model.float(), x.float(), exclude=["4"])  # float32: 32 bits, as before
+    assert {l.float_bits for l in single.layers} == {32}

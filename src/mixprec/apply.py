@@ -125,6 +125,7 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     calibration_data = as_batches(calibration_data, model)  # a list: read more than once (a generator would be spent)
     wanted = plan.layer_candidates()
     check_weights(plan.model_layers(model))
+    plan.check_covers(model, progress)  # a plan mixprec made names every layer: a PlanError, else a PlanNote
     # before any pass: a model in training mode changes on each; with ``offload``, the copy shares the
     # tensors it keeps, and each float weight it replaces leaves the device once quantized (applied_beside)
     quantized = model if inplace else copy_sharing_parameters(model) if offload is not None else copy.deepcopy(model)

@@ -39,8 +39,8 @@ def weight_storage_bits(layer: Layer, candidate: Candidate, points: str | None =
     A weight shared with an earlier layer (``layer.weight_of``) is stored there: 0 here."""
     if layer.weight_of:
         return 0
-    if candidate.weight is None:
-        return layer.params * 32
+    if candidate.weight is None:  # float: the layer keeps the model's own weight (16 bits in a bfloat16 model)
+        return layer.params * layer.float_bits
     if not candidate.multipoint:
         return candidate.weight.storage_bits(layer.weight_shape)
     counts = _counts(layer, candidate, points)
@@ -82,6 +82,8 @@ def layer_bops(layer: Layer, candidate: Candidate, points: str | None = None) ->
         points_per_channel = sum(counts) / len(counts)
     if layer.macs is None:
         return float("nan")
+    if candidate.weight is None:  # float: the model's own weights and inputs (16 bits each in a bfloat16 model)
+        return float(layer.macs) * layer.float_bits * layer.float_bits
     return float(layer.macs) * points_per_channel * candidate.weight_bits * candidate.activation_bits
 
 
@@ -170,11 +172,12 @@ def cost_tables(groups: ModelGroups, candidates: list[Candidate | str], model: n
             tables["bytes"][i, j] = (wbits + sum(input_quantizer_bits(cand, l) for l in group.layers)) / 8
             tables["bops"][i, j] = bops
             tables["bits_per_weight"][i, j] = wbits / all_weights
-    excluded_macs = [l.macs for l in groups.excluded]
+    excluded = groups.excluded  # float layers: the model's own width (16 bits in a bfloat16 model)
     fixed = {
         "bytes": other_param_bytes(model, groups) if model is not None else float("nan"),
-        "bops": float(sum(excluded_macs) * 32 * 32) if None not in excluded_macs else float("nan"),
-        "bits_per_weight": sum(l.params for l in groups.excluded if not l.weight_of) * 32 / all_weights,
+        "bops": float(sum(l.macs * l.float_bits ** 2 for l in excluded))
+        if all(l.macs is not None for l in excluded) else float("nan"),
+        "bits_per_weight": sum(l.params * l.float_bits for l in excluded if not l.weight_of) / all_weights,
     }
     return CostTables(tuple(groups.names), tuple(c.name for c in cands), tables, fixed, unknown)
 

@@ -38,6 +38,7 @@ class Layer:
     macs: int | None = None  # per sample of the example input
     input_shape: tuple[int, ...] | None = None  # per-sample input shape seen in the trace
     weight_of: str = ""  # the earlier layer whose weight tensor this layer shares (stored, and costed, once)
+    float_bits: int = 32  # the width of the model's own weight (16: bfloat16/float16), which a float layer keeps
 
     @property
     def params(self) -> int:
@@ -400,7 +401,8 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     for n, m in layers.items():
         owner.setdefault(id(m.weight), n)
     info = {n: Layer(n, layer_kind(m), tuple(m.weight.shape), macs.get(n) if traced else None, shapes.get(n),
-                     owner[id(m.weight)] if owner[id(m.weight)] != n else "")
+                     owner[id(m.weight)] if owner[id(m.weight)] != n else "",
+                     m.weight.element_size() * 8 if m.weight.is_floating_point() else 32)
             for n, m in layers.items()}
     kept = [n for n in layers if n not in excluded_names]
     shared = [n for n in layers if info[n].weight_of and (n in excluded_names) != (info[n].weight_of in excluded_names)]
