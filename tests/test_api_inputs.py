@@ -536,6 +536,11 @@ def test_bad_arguments_to_the_python_api_are_mixprec_errors_that_say_what_to_giv
     for call, says in cases:
         with pytest.raises(mixprec.MixprecError, match=says):
             call()
+    # one pattern (or cost file) as a bare string is that pattern, not its characters
+    one = mixprec.analyze(model, data, "w4a8,w8a8", exclude="2", tie="[02]", progress=False)
+    assert [l.name for l in one.model_groups.excluded] == ["2"] and one.model_groups.names == ["0"]
+    with pytest.raises(SpecError, match="cost table lat.csv not found"):
+        one.solve("latency_ms=0.2", cost_files="latency_ms=lat.csv")
     analysis = mixprec.analyze(model, data, candidates=None, progress=False)  # None: the default candidates
     for call, says in [(lambda: analysis.pareto("bytes", 3.0), "whole number"),
                        (lambda: analysis.pareto("bytes", 3, evaluate=5), "evaluate is a function")]:

@@ -200,6 +200,7 @@ class Analysis:
         its pin, ``candidates`` (a restriction of the measured ones), and the entries every custom
         cost table has. ``cost_files``: ``KIND=FILE.csv`` (rows layer,candidate,value; see README);
         ``custom_costs``: kind -> ((G, C) array with NaN where unknown, constant for the rest)."""
+        cost_files = _cost_items(cost_files)
         table = self.table
         col = [self.costs.candidates.index(c) for c in table.candidates]
         tables = {k: v[:, col] for k, v in self.costs.tables.items()}
@@ -437,6 +438,7 @@ class Analysis:
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
         _check_device(device)
+        cost_files = _cost_items(cost_files)
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
         from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, TASK
@@ -788,6 +790,7 @@ class Analysis:
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
         _check_device(device)
+        cost_files = _cost_items(cost_files)
         problem = self.problem(candidates, cost_files)
         rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
         kind = ALIASES.get(kind, kind)
@@ -939,6 +942,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     from .hf import check_dtype
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
+    tie, exclude = ([v] if isinstance(v, str) else list(v) for v in (tie, exclude))  # one pattern, or several
     if groups is not None and (tie or exclude or pins):
         named = "=, ".join(n for n, v in (("tie", tie), ("exclude", exclude), ("pins", pins)) if v)
         raise SpecError(f"give groups= or {named}=, not both: groups already say which layers are tied, excluded "
@@ -1169,6 +1173,11 @@ def _measured_float(csv_file: str) -> float | None:
     or None where there is none."""
     value = (_profile_beside(csv_file) or {}).get("float_model_ms")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def _cost_items(cost_files: str | Iterable[str]) -> list[str]:
+    """``cost_files`` as a list of KIND=FILE items: one item given as a string is one, not its characters."""
+    return [cost_files] if isinstance(cost_files, str) else list(cost_files)
 
 
 def _check_device(device: str | None) -> None:

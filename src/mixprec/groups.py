@@ -328,7 +328,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes nn.Conv1d/2d/3d, "
                          "nn.ConvTranspose1d/2d, nn.Linear, nn.Embedding and nn.EmbeddingBag); nothing to do")
     check_weights(layers)
-    patterns = list(exclude)
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude)  # one pattern, or several
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
