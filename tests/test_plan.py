@@ -252,3 +252,22 @@ def test_recorded_costs_that_are_unknown_compare_equal_and_a_changed_plan_names_
         check_recorded_costs(plan, {"bytes": 60.0, "bops": float("nan")}, verbose=False)
     said = [str(w.message) for w in caught if issubclass(w.category, PlanNote)]
     assert said and "models.py:small" in said[0] and "bytes 100 recorded, 60 now" in said[0]
+
+
+def test_a_uniform_plan_is_made_from_groups_a_plans_groups_dict_or_a_plan_and_anything_else_is_a_plan_error():
+    import torch
+    from torch import nn
+    from mixprec.errors import PlanError
+    from mixprec.groups import discover_groups
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    groups = discover_groups(model, torch.randn(4, 8), exclude=["4"])
+    made = Plan.uniform(groups, "w8a8")
+    assert made.excluded == ["4"] and made.assignments == {"0": "w8a8", "2": "w8a8"}
+    from_dict = Plan.uniform(made.groups, "w4a8")
+    assert from_dict.assignments == {"0": "w4a8", "2": "w4a8"} and from_dict.excluded == []
+    from_plan = Plan.uniform(made, "w4a8")
+    assert from_plan.groups == made.groups and from_plan.excluded == ["4"]
+    assert from_plan.metadata["kind"] == "uniform" and from_plan.metadata["candidate"] == "w4a8"
+    for bad in (["0", "2"], {"0": "0"}, None):
+        with pytest.raises(PlanError, match="Plan.uniform takes the ModelGroups"):
+            Plan.uniform(bad, "w8a8")

@@ -40,8 +40,19 @@ class Plan:
 
     @classmethod
     def uniform(cls, groups: ModelGroups, candidate: str, metadata: dict | None = None) -> "Plan":
-        """Every group on ``candidate``, except pinned groups, which keep their pin."""
+        """Every group on ``candidate``, except pinned groups, which keep their pin. ``groups``: the
+        ModelGroups of discover_groups (``analysis.model_groups``); a plan's own ``groups`` dict (group ->
+        layer names) is taken too, with nothing pinned or excluded, and so is a Plan (its groups and excluded
+        layers)."""
         name = parse_candidate(candidate).name
+        excluded = groups.excluded if isinstance(groups, Plan) else []
+        groups = groups.groups if isinstance(groups, Plan) else groups
+        if isinstance(groups, dict) and _is_names(list(groups)) and all(_is_names(v) for v in groups.values()):
+            return cls({g: name for g in groups}, {g: list(v) for g, v in groups.items()}, list(excluded),
+                       {"kind": "uniform", "candidate": name, **(metadata or {})})
+        if not isinstance(groups, ModelGroups):
+            raise PlanError(f"Plan.uniform takes the ModelGroups of discover_groups(model, example) (or "
+                            f"analysis.model_groups), or a plan's groups dict, got {type(groups).__name__}")
         return cls({g.name: g.pinned or name for g in groups},
                    {g.name: list(g.layer_names) for g in groups},
                    [l.name for l in groups.excluded],
