@@ -243,3 +243,13 @@ def test_a_whole_nn_transformer_traces_as_the_same_function():
     with torch.no_grad():
         assert torch.allclose(traced(src, tgt), model(src, tgt), atol=1e-5)
     assert "model.encoder.layers.0.self_attn.q_proj" in {n.target for n in traced.graph.nodes if n.op == "call_module"}
+
+
+def test_making_attention_explicit_leaves_the_callers_random_state_as_it_was():
+    from mixprec.attention import ExplicitAttention
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ExplicitAttention.from_float(mha)
+    assert torch.equal(torch.rand(3), expected)

@@ -65,9 +65,10 @@ class ExplicitAttention(nn.Module):
     def from_float(cls, mha: nn.MultiheadAttention) -> "ExplicitAttention":
         """The same function as ``mha``, its weights copied into the four layers."""
         e = mha.embed_dim
-        out = cls(e, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=mha.in_proj_bias is not None,
-                  add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, dropout=mha.dropout,
-                  batch_first=mha.batch_first)
+        with torch.random.fork_rng(devices=[]):  # the layers' initialisation, overwritten below, leaves the RNG be
+            out = cls(e, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=mha.in_proj_bias is not None,
+                      add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn, dropout=mha.dropout,
+                      batch_first=mha.batch_first)
         ref = mha.out_proj.weight
         out = out.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():

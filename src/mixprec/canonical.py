@@ -160,8 +160,9 @@ def conv1d_to_linear(model: nn.Module) -> int:
         if not _is_conv1d(module):
             continue
         fan_in, fan_out = module.weight.shape
-        linear = nn.Linear(fan_in, fan_out, bias=module.bias is not None, device=module.weight.device,
-                           dtype=module.weight.dtype)
+        # made uninitialised (its weights are copied in below): the random state stays as it was
+        linear = nn.utils.skip_init(nn.Linear, fan_in, fan_out, bias=module.bias is not None,
+                                    device=module.weight.device, dtype=module.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(module.weight.t())
             if module.bias is not None:
