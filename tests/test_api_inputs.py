@@ -664,3 +664,17 @@ def test_labels_of_another_length_than_their_inputs_are_an_error():
     data = [(torch.randn(16, 8), torch.randint(0, 4, (8,))) for _ in range(2)]
     with pytest.raises(SpecError, match="holds 16 input rows and 8 labels"):
         mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+
+
+def test_an_evaluation_no_search_measures_by_is_refused_not_ignored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [torch.randn(16, 8) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    for search in ("exact", "local"):
+        with pytest.raises(SpecError, match=f"search '{search}' .*measures no plan by it"):
+            analysis.solve("bytes=0.8x", search, evaluate=lambda m: 1.0)
+    calls = []
+    result = mixprec.quantize(model, data, "bytes=0.8x", candidates="w4a8,w8a8", evaluate=lambda m: calls.append(1) or 1.0,
+                              progress=False)  # the exact search, and the plan evaluated once
+    assert result.evaluation is not None and len(calls) == 1

@@ -459,6 +459,12 @@ class Analysis:
             raise SpecError(f"max_drop (--max-drop) is the measured drop a measured search allows (greedy, bisection, "
                             f"refine, greedy-pareto); search {search!r} measures no plan by the evaluation, so it would "
                             "be ignored: choose one of those searches, or leave max_drop out")
+        if evaluate is not None and not measured_search:
+            raise SpecError(f"evaluate is the metric a measured search decides by (greedy, bisection, refine, "
+                            f"greedy-pareto with max_drop); search {search!r} (and the guard, which decides on the "
+                            "calibration data) measures no plan by it, so it would be ignored: measure the plan with "
+                            "mixprec.quantize_plan(model, plan, data, analysis.model_groups, evaluate=fn), or leave "
+                            "evaluate out")
         if rounding.name != "nearest" and not measured_search and not guard and rounding != self.rounding:
             raise SpecError(f"--rounding {rounding.name} changes how plans are measured, and --search {search} without "
                             "the guard measures none; use it with the guard, or --search refine, greedy, bisection or "

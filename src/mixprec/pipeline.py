@@ -222,7 +222,7 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
     analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
                        weight_range=weight_range, activation_range=activation_range, device=device, progress=progress,
                        target=target, joins=joins)
-    plan = analysis.solve(budget, search, evaluate=evaluate, **search_options)
+    plan = analysis.solve(budget, search, **search_options)  # a measured search measures with the analysis's evaluate
     return quantize_plan(analysis.model, plan, batches, analysis.model_groups, evaluate=evaluate,
                          weight_range=weight_range, activation_range=activation_range, rounding=rounding,
                          rounding_options=rounding_options, device=device, progress=progress)
