@@ -21,3 +21,22 @@ def test_the_main_output_is_the_logits_not_a_loss_beside_them():
     assert output_tensor(Output()) is logits
     with pytest.raises(TypeError, match="cannot find the output tensor"):
         output_tensor(("text", logits))
+
+
+def test_named_tuple_and_dataclass_outputs_name_their_main_tensor_and_the_heads_left_unmeasured():
+    import collections
+    import dataclasses
+    from mixprec.batches import outputs_note
+    logits, score, boxes = torch.randn(4, 3), torch.randn(4, 1), torch.randn(4, 4)
+    Out = collections.namedtuple("Out", "logits score")
+
+    @dataclasses.dataclass
+    class Pred:
+        boxes: torch.Tensor
+        classes: torch.Tensor
+
+    assert output_tensor(Out(logits, score)) is logits
+    assert ".logits of shape (4, 3)" in outputs_note(Out(logits, score))  # score's layers measured as free
+    assert output_tensor(Pred(boxes, logits)) is boxes
+    assert "2 output tensors" in outputs_note(Pred(boxes, logits)) and ".boxes" in outputs_note(Pred(boxes, logits))
+    assert outputs_note(Pred(boxes, torch.tensor(0.5))) is None  # one tensor beside a scalar: nothing unmeasured

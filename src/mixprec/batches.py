@@ -161,16 +161,24 @@ def _named_output(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _output_tensors(output: Any) -> list[torch.Tensor]:
-    """The tensors of a dict, tuple or list output, in order; none for a tuple that does not lead with a tensor
-    (it names no main output)."""
+def _output_items(output: Any) -> list[tuple[str, Any]]:
+    """(where, value) of each entry of a dict, dataclass, named tuple, tuple or list output, in order ("['logits']",
+    ".boxes", "[0]"); none for a plain tuple or list that does not lead with a tensor (it names no main output)."""
+    import dataclasses
     if isinstance(output, dict):
-        values = list(output.values())
-    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        values = list(output)
-    else:
-        values = []
-    return [v for v in values if isinstance(v, torch.Tensor)]
+        return [(f"[{k!r}]", v) for k, v in output.items()]
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        return [(f".{f.name}", getattr(output, f.name)) for f in dataclasses.fields(output)]
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a named tuple
+        return [(f".{name}", v) for name, v in zip(output._fields, output)]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return [(f"[{i}]", v) for i, v in enumerate(output)]
+    return []
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors among an output's entries (:func:`_output_items`), in order."""
+    return [v for _, v in _output_items(output) if isinstance(v, torch.Tensor)]
 
 
 def output_tensor(output: Any) -> torch.Tensor:
@@ -194,14 +202,13 @@ def outputs_note(output: Any) -> str | None:
     if isinstance(output, torch.Tensor):
         return None
     named = _named_output(output)
-    if named is not None and type(output) is not dict:  # a Hugging Face output: its logits or hidden state
-        return None
+    if named is not None and type(output).__module__.startswith("transformers."):
+        return None  # a Hugging Face output: its logits or hidden state, beside caches and the loss
     tensors = [t for t in _output_tensors(output) if t.dim() > 0]
     if len(tensors) < 2:
         return None
     main = named if named is not None else tensors[0]  # output_tensor's pick
-    where = next(f"[{k!r}]" for k, v in output.items() if v is main) if isinstance(output, dict) else \
-        f"[{next(i for i, v in enumerate(output) if v is main)}]"
+    where = next(w for w, v in _output_items(output) if v is main)
     return (f"the model returns {len(tensors)} output tensors; sensitivity, the guard and export's checks measure "
             f"only output{where} of shape {tuple(main.shape)}: layers that feed only the others are measured as free "
             "to quantize. To weigh them, wrap the model so that it returns the tensor to keep close (e.g. the outputs "
