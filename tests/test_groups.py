@@ -303,3 +303,31 @@ def test_a_pattern_that_matches_the_end_of_layer_names_says_the_whole_name():
     for options in ({"pins": {"lm_head": "w8"}}, {"exclude": ["lm_head"]}, {"ties": ["lm_head"]}):
         with pytest.raises(ModelError, match=r"matches the end of 1 layer name\(s\), e.g. 'lm.lm_head'.*'\*\.lm_head'"):
             discover_groups(Wrapped(), torch.randn(2, 4), **options)
+
+
+class TiedByHand(torch.nn.Module):
+    """A GPT-style output computed with the embedding's table itself, beside a real tie (two layers, one weight)
+    and a read of a weight's shape only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.wte = torch.nn.Embedding(20, 8)
+        self.fc = torch.nn.Linear(8, 8)
+        self.emb2 = torch.nn.Embedding(20, 8)
+        self.out2 = torch.nn.Linear(8, 20, bias=False)
+        self.out2.weight = self.emb2.weight  # tied through modules: read inside both calls
+
+    def forward(self, ids):
+        h = torch.relu(self.fc(self.wte(ids) + self.emb2(ids)))
+        assert h.shape[-1] == self.fc.weight.shape[0]  # looks at a weight, reads none of its values
+        return torch.nn.functional.linear(h, self.wte.weight) + self.out2(h)
+
+
+def test_a_called_layer_whose_weight_the_forward_also_computes_with_stays_float_with_a_note():
+    from mixprec.groups import discover_groups
+    g = discover_groups(TiedByHand().eval(), torch.randint(0, 20, (2, 5)))
+    assert [layer.name for layer in g.excluded] == ["wte"]
+    assert sorted(tuple(sorted(group.layer_names)) for group in g) == [("emb2", "out2"), ("fc",)]
+    assert any("are called, but the forward also computes with their weights itself" in n and "wte" in n
+               for n in g.notes)

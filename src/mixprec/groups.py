@@ -217,23 +217,39 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
     return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output)
 
 
-def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str, nn.Module],
-                         called: Iterable[nn.Module] = ()) -> list[str]:
-    """Of ``layers`` (not called as modules on ``example_input``), those whose weight the forward reads anyway
-    (``F.conv2d(x, self.conv.weight)``, ``x @ self.proj.weight.T``): one more pass, watching every torch
-    function's tensor arguments. A weight one of the ``called`` layers holds too (a tied table) is read by that
-    call, and does not count."""
+_METADATA = frozenset({"shape", "dtype", "device", "requires_grad", "is_cuda", "is_leaf", "grad", "layout", "ndim",
+                       "size", "dim", "numel", "stride", "element_size", "data_ptr", "is_contiguous",
+                       "is_floating_point", "nelement", "storage_offset", "get_device"})
+
+
+def _reads_values(func) -> bool:
+    """Whether a torch function reads a tensor's values, not only what it is (its shape, dtype, device, ...)."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        name = getattr(getattr(func, "__self__", None), "__name__", "")
+    return name not in _METADATA
+
+
+def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> list[str]:
+    """Of ``layers``, those whose weight the forward reads outside the call of every layer that holds it: a layer
+    never called as a module but computed with its weight (``F.conv2d(x, self.conv.weight)``, ``x @
+    self.proj.weight.T``), or an embedding whose table the forward also multiplies by itself (``F.linear(h,
+    self.wte.weight)``, a tied output without its own layer). One more pass, watching every torch function's
+    tensor arguments; what a read only looks at (shape, dtype, device) does not count, and a weight two layers
+    hold (a tied table) is read inside either's call."""
     from torch.overrides import TorchFunctionMode
 
-    held = {id(m.weight) for m in called}
-    wanted = {id(m.weight): n for n, m in layers.items() if id(m.weight) not in held}
+    holders: dict[int, set[str]] = {}
+    for n, m in layers.items():
+        holders.setdefault(id(m.weight), set()).add(n)
+    running: list[str] = []  # the layers whose call the pass is inside
     seen: set[str] = set()
 
     def look(value: Any) -> None:
         if isinstance(value, torch.Tensor):
-            name = wanted.get(id(value))
-            if name is not None:
-                seen.add(name)
+            names = holders.get(id(value))
+            if names and not names.intersection(running):
+                seen.update(names)
         elif isinstance(value, (list, tuple)):
             for v in value:
                 look(v)
@@ -243,16 +259,33 @@ def weights_read_outside(model: nn.Module, example_input: Any, layers: dict[str,
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            look(args)
-            look(kwargs or {})
+            if _reads_values(func):
+                look(args)
+                look(kwargs or {})
             return func(*args, **(kwargs or {}))
 
+    def enter(name):
+        def fn(module, inputs):
+            running.append(name)
+        return fn
+
+    def leave(name):
+        def fn(module, inputs, output):  # returns None: the output stays the layer's
+            if running and running[-1] == name:
+                running.pop()
+        return fn
+
+    handles = [h for n, m in layers.items()
+               for h in (m.register_forward_pre_hook(enter(n)), m.register_forward_hook(leave(n)))]
     device = next(iter(layers.values())).weight.device
     try:
         with torch.no_grad(), Watch():
             run_model(model, to_device(example_input, device))
     except Exception:  # a forward that does not run under a function mode: nothing is known, nothing is excluded
         return []
+    finally:
+        for h in handles:
+            h.remove()
     return [n for n in layers if n in seen]
 
 
@@ -379,19 +412,25 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         if output_note:
             notes.append(output_note)
         unused = [n for n in layers if not reads[n]]
-        if unused:  # never called as modules: some may be computed with their weights all the same
-            with evaluating(model):
-                outside = weights_read_outside(model, example_input, {n: layers[n] for n in unused},
-                                               [m for n, m in layers.items() if reads[n]])
-            if outside:
-                excluded_names += [n for n in outside if n not in excluded_names]
-                notes.append(f"{len(outside)} layer(s) (e.g. {outside[0]}) are never called, but the forward reads "
-                             f"their weights itself (F.conv2d(x, {outside[0]}.weight), x @ {outside[0]}.weight.T, "
-                             "...): mixprec quantizes a layer where its module is called, so they stay float, "
-                             f"counted in bytes as float; call the module ({outside[0]}(x)) to quantize it")
-                unused = [n for n in unused if n not in outside]
-                if len(excluded_names) == len(layers):
-                    raise ModelError(f"no quantizable layer is left: {notes[-1]}")
+        with evaluating(model):  # layers whose weights the forward also computes with itself
+            outside = weights_read_outside(model, example_input, layers)
+        never = [n for n in outside if n in unused]  # never called as modules: computed with their weights
+        beside = [n for n in outside if n not in unused]  # called, and their weight read elsewhere too
+        excluded_names += [n for n in outside if n not in excluded_names]
+        if never:
+            notes.append(f"{len(never)} layer(s) (e.g. {never[0]}) are never called, but the forward reads "
+                         f"their weights itself (F.conv2d(x, {never[0]}.weight), x @ {never[0]}.weight.T, "
+                         "...): mixprec quantizes a layer where its module is called, so they stay float, "
+                         f"counted in bytes as float; call the module ({never[0]}(x)) to quantize it")
+            unused = [n for n in unused if n not in never]
+        if beside:
+            notes.append(f"{len(beside)} layer(s) (e.g. {beside[0]}) are called, but the forward also computes with "
+                         f"their weights itself (e.g. a tied output F.linear(h, {beside[0]}.weight)): that use would "
+                         "be neither priced nor exported as the layer's, so they stay float, counted in bytes as "
+                         "float; give the other use a module of its own sharing the weight (an nn.Linear whose "
+                         f"weight is {beside[0]}.weight) to quantize them together")
+        if outside and len(excluded_names) == len(layers):
+            raise ModelError(f"no quantizable layer is left: {notes[-1]}")
         if unused:
             notes.append(f"{len(unused)} layer(s) not called on the example input (e.g. {unused[0]}): MACs 0")
     elif not is_torchscript(model):  # a TorchScript model's own note says why it is not traced
