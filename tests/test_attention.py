@@ -253,3 +253,10 @@ def test_making_attention_explicit_leaves_the_callers_random_state_as_it_was():
     torch.manual_seed(123)
     ExplicitAttention.from_float(mha)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_explicit_attention_gives_its_stacked_weights_to_a_forward_that_reads_them():
+    mha = nn.MultiheadAttention(16, 2, batch_first=True)
+    assert torch.equal(ExplicitAttention.from_float(mha).in_proj_weight, mha.in_proj_weight)
+    other = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)  # three weights there: none stacked
+    assert other.in_proj_weight is None and ExplicitAttention.from_float(other).in_proj_weight is None

@@ -41,8 +41,16 @@ class ExplicitAttention(nn.Module):
 
     # read by nn.TransformerEncoderLayer's and nn.TransformerEncoder's fused-path checks: a None
     # in_proj_bias makes them call this module (and the feed-forward layers) as modules
-    in_proj_weight = None
     in_proj_bias = None
+
+    @property
+    def in_proj_weight(self) -> torch.Tensor | None:
+        """The q/k/v weights stacked, as nn.MultiheadAttention holds them, for a forward that reads them itself
+        (it then computes with the layers' weights outside their calls, so they stay float:
+        mixprec.groups.weights_read_outside); None where the keys' or values' width differs, as there."""
+        if not self._qkv_same_embed_dim:
+            return None
+        return torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
 
     def __init__(self, embed_dim: int, num_heads: int, *, kdim: int | None = None, vdim: int | None = None,
                  bias: bool = True, add_bias_kv: bool = False, add_zero_attn: bool = False, dropout: float = 0.0,

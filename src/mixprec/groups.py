@@ -403,7 +403,12 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                     " A dict item is passed to forward as keyword arguments: leave out the keys forward does not "
                     "take, or give batches of (dict of inputs, labels); a forward that takes the dict itself "
                     "(forward(self, batch)) is given it as its one argument by a 1-tuple: batches of (dict,), or "
-                    "((dict,), labels)." if "unexpected keyword argument" in str(exc)
+                    "((dict,), labels)." if "unexpected keyword argument" in str(exc) else
+                    " mixprec runs nn.MultiheadAttention with its q/k/v projections as layers of their own "
+                    "(q_proj, k_proj, v_proj, out_proj), where its in_proj_bias is None: a forward that reads "
+                    "in_proj_bias (or, with other key/value widths, in_proj_weight) itself cannot run so; read "
+                    "att.q_proj.bias (k_proj, v_proj) instead." if "NoneType" in str(exc) and any(
+                        type(m).__name__ == "ExplicitAttention" for m in model.modules())
                     else "")
             raise ModelError(f"the model failed on the example input {shape}: "
                              f"{str(exc).splitlines()[0]}.{input_hint(model, example_input)}"
