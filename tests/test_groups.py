@@ -331,3 +331,14 @@ def test_a_called_layer_whose_weight_the_forward_also_computes_with_stays_float_
     assert sorted(tuple(sorted(group.layer_names)) for group in g) == [("emb2", "out2"), ("fc",)]
     assert any("are called, but the forward also computes with their weights itself" in n and "wte" in n
                for n in g.notes)
+
+
+def test_lazy_layers_not_yet_initialised_are_a_model_error_saying_to_run_the_model_once():
+    from mixprec.errors import ModelError
+    from mixprec.groups import discover_groups
+    model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 5)
+    with pytest.raises(ModelError, match=r"1 layer\(s\) \(e.g. '0'\) are lazy .*call the model on one input"):
+        discover_groups(model, x)
+    model(x)  # initialised: an ordinary Linear now
+    assert discover_groups(model, x).names == ["0", "2"]

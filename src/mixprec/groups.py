@@ -169,6 +169,13 @@ def unquantized_weights(model: nn.Module) -> list[tuple[str, str, int]]:
 
 
 def check_weights(layers: dict[str, nn.Module]) -> None:
+    from torch.nn.parameter import is_lazy
+    lazy = [name for name, module in layers.items() if is_lazy(module.weight)]
+    if lazy:
+        raise ModelError(f"{len(lazy)} layer(s) (e.g. {lazy[0]!r}) are lazy (nn.LazyLinear, nn.LazyConv2d, ...) and "
+                         "not initialised yet: their weights have no shape until the model runs once; call the model "
+                         "on one input (model(example)) before quantizing it, e.g. at the end of the function that "
+                         "builds it")
     for name, module in layers.items():
         bad = ~torch.isfinite(module.weight.detach())
         if bad.any():

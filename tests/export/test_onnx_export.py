@@ -1488,3 +1488,22 @@ def test_an_interrupted_export_leaves_no_log_behind():
         with _output_to_file() as log:
             raise KeyboardInterrupt
     assert not Path(log).exists()
+
+
+def test_a_quantized_embedding_with_max_norm_is_refused_before_export_saying_how_to_plan_it(tmp_path):
+    class Renormed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.fc = nn.Embedding(40, 16, max_norm=1.0), nn.Linear(16, 4)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids).mean(1))
+
+    model = Renormed().eval()
+    data = [torch.randint(0, 40, (4, 6)) for _ in range(2)]
+    with pytest.raises(ModelError, match="layer 'emb' is an nn.Embedding with max_norm.*--pin emb=fp32"):
+        export(model, plan(model, data, {"emb": "w8a8", "fc": W8}), data, out=tmp_path / "r.onnx", progress=False)
+    result = export(model, plan(model, data, {"emb": "fp32", "fc": W8}), data, out=tmp_path / "r.onnx",
+                    progress=False)
+    assert any("max_norm" in n for n in result.notes)

@@ -332,6 +332,13 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         from .onnx_graph import check_model_output
         check_model_output(model, _first_input(batches, example_input))
     renormed = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.max_norm is not None]
+    coded = [n for n in renormed if n in candidates and isinstance(candidates[n].weight, IntFormat)]
+    if coded:  # the calibration passes would move the simulated table off its grid: no codes to write
+        raise ModelError(f"layer {coded[0]!r} is an nn.Embedding with max_norm, which renormalises the rows each "
+                         "lookup reads, in place, so its quantized table leaves its grid as the model runs and "
+                         f"cannot be written as integer codes; plan it float (--pin {coded[0]}=fp32, or --exclude "
+                         f"{coded[0]}), or renormalise the table once (with torch.no_grad(), rows scaled to max_norm) "
+                         "and set max_norm=None before quantizing")
     if renormed:
         from ..groups import MAX_NORM_NOTE
         notes.append(MAX_NORM_NOTE.format(count=len(renormed), example=renormed[0]))
