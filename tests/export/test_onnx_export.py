@@ -1507,3 +1507,22 @@ def test_a_quantized_embedding_with_max_norm_is_refused_before_export_saying_how
     result = export(model, plan(model, data, {"emb": "fp32", "fc": W8}), data, out=tmp_path / "r.onnx",
                     progress=False)
     assert any("max_norm" in n for n in result.notes)
+
+
+def test_a_bilinear_layer_kept_float_exports_as_an_einsum_that_computes_it(tmp_path):
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.bil, self.head = nn.Linear(10, 8), nn.Bilinear(8, 6, 5), nn.Linear(5, 3)
+
+        def forward(self, x, y):
+            return self.head(torch.relu(self.bil(torch.relu(self.a(x)), y)))
+
+    model = Pair().eval()
+    pairs = [(torch.randn(4, 10), torch.randn(4, 6)) for _ in range(2)]
+    data = [(pair, torch.zeros(4)) for pair in pairs]  # a 2-tuple item is (inputs, labels)
+    result = export(model, plan(model, [pairs[0]], {"a": W8, "head": W8}), data, out=tmp_path / "pair.onnx",
+                    progress=False)
+    assert "Einsum" in {n.op_type for n in onnx.load(result.path).graph.node}
+    assert result.sqnr_db["calibration"] > 60

@@ -324,8 +324,16 @@ def _diff(g, input, n, dim, prepend, append):
     return input
 
 
+def _bilinear(g, input1, input2, weight, bias):
+    """aten::bilinear (nn.Bilinear, a layer mixprec keeps float), which torch's exporter cannot write: y[..., k]
+    = sum over i, j of x1[..., i] W[k, i, j] x2[..., j], plus b[k], as one Einsum."""
+    from torch.onnx import symbolic_helper as sh
+    out = g.op("Einsum", input1, weight, input2, equation_s="...i,kij,...j->...k")
+    return out if sh._is_none(bias) else g.op("Add", out, bias)
+
+
 # ops of torch and transformers code that torch's exporter cannot write at OPSET
-_SYMBOLICS = {"aten::rms_norm": _rms_norm, "aten::diff": _diff}
+_SYMBOLICS = {"aten::rms_norm": _rms_norm, "aten::diff": _diff, "aten::bilinear": _bilinear}
 
 
 _HINTS = {"complex": "; ONNX has no complex numbers: write the computation with real tensors (rotary embeddings "
