@@ -381,7 +381,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                      "values for them, and OrtModule ignores them where they are given")
     fixed = _fixed_axes(example)
     if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)) \
-            and _batch_on_axis_one(floated, example) is not False:
+            and _batch_on_axis_one(floated, example) is True:  # None: it cannot be told, nothing claimed
         notes.append(f"the model reads sequence-first inputs ({len(sequence_first)} module(s) with batch_first=False, "
                      f"e.g. {sequence_first[0]!r}), so the file's dynamic axis, axis 0 of inputs of shape {fixed}, is "
                      "the sequence, and the batch (axis 1) is fixed at the example's: evaluate the file with batches "
