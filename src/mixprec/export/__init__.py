@@ -167,19 +167,44 @@ def _float_copy(quantized: nn.Module, share: bool = True) -> nn.Module:
     return model
 
 
-def _fixed_axes(example: Any) -> str:
-    """The shapes of the example's inputs whose axes but the batch are fixed in the file (all but token ids and
-    masks, mixprec.export.onnx_graph.token_like), as (*, ...), comma-joined."""
-    from .onnx_graph import batch_axis, batch_size, token_like
-    tensors = (list(example.values()) if isinstance(example, dict) else list(example)
-               if isinstance(example, (tuple, list)) else [example])
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    batch = batch_size(tensors)
+def _input_tensors(example: Any) -> list:
+    """The example's inputs as a list (a dict's values, a tuple's items, one tensor), in order."""
+    return (list(example.values()) if isinstance(example, dict) else list(example)
+            if isinstance(example, (tuple, list)) else [example])
 
-    def shape(t: torch.Tensor) -> str:
+
+def _free_axes(example: Any, others: list) -> list[set[int]]:
+    """For each of the example's inputs, the axes (but its batch axis) whose size the other calibration inputs
+    change: the file takes them as dynamic, so that it runs on every calibration batch (a sound clip or an image
+    of another length)."""
+    from .onnx_graph import batch_axis, batch_size
+    mine = _input_tensors(example)
+    batch = batch_size([t for t in mine if isinstance(t, torch.Tensor)])
+    free: list[set[int]] = [set() for _ in mine]
+    for other in others:
+        theirs = _input_tensors(other)
+        if len(theirs) != len(mine):
+            continue
+        for axes, t, o in zip(free, mine, theirs):
+            if isinstance(t, torch.Tensor) and isinstance(o, torch.Tensor) and o.dim() == t.dim():
+                axes.update(i for i in range(t.dim()) if i != batch_axis(t, batch) and o.shape[i] != t.shape[i])
+    return free
+
+
+def _fixed_axes(example: Any, free: list[set[int]] | None = None) -> str:
+    """The shapes of the example's inputs whose axes but the batch (and the ``free`` ones, :func:`_free_axes`, shown
+    as ?) are fixed in the file (all but token ids and masks, mixprec.export.onnx_graph.token_like), as (*, ...),
+    comma-joined."""
+    from .onnx_graph import batch_axis, batch_size, token_like
+    inputs = _input_tensors(example)
+    free = free if free is not None and len(free) == len(inputs) else [set() for _ in inputs]
+    pairs = [(t, f) for t, f in zip(inputs, free) if isinstance(t, torch.Tensor)]
+    batch = batch_size([t for t, _ in pairs])
+
+    def shape(t: torch.Tensor, axes: set[int]) -> str:
         axis = batch_axis(t, batch)
-        return str(tuple("*" if i == axis else n for i, n in enumerate(t.shape))).replace("'", "")
-    return ", ".join(shape(t) for t in tensors if t.dim() >= 2 and not token_like(t))
+        return str(tuple("*" if i == axis else "?" if i in axes else n for i, n in enumerate(t.shape))).replace("'", "")
+    return ", ".join(shape(t, f) for t, f in pairs if t.dim() >= 2 and not token_like(t))
 
 
 def _batch_on_axis_one(model: nn.Module, example: Any) -> bool | None:
@@ -371,24 +396,30 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                      f"where the simulation rounded them to {'/'.join(narrow)}")
     say = print if progress else (lambda *a, **k: None)
     say("export: tracing the model to ONNX", flush=True)
+    free = _free_axes(example, [split_item(b)[0] for b in batches or []])
     graph = _fused_decoder(floated, example, quantized, notes) if decoder == "fused" else None
     if graph is None:
         with onnx_mode(floated):  # join quantizers become QuantizeLinear/DequantizeLinear pairs
-            graph = export_float(floated, example)
+            graph = export_float(floated, example, free={id(t): f for t, f in zip(_input_tensors(example), free)
+                                                         if isinstance(t, torch.Tensor) and f})
     plain = plain_inputs(example)
     if plain:
         notes.append(f"the input(s) {plain} are not tensors: the file holds the model as traced with the example's "
                      "values for them, and OrtModule ignores them where they are given")
-    fixed = _fixed_axes(example)
+    fixed = _fixed_axes(example, free)
     if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)) \
             and _batch_on_axis_one(floated, example) is True:  # None: it cannot be told, nothing claimed
         notes.append(f"the model reads sequence-first inputs ({len(sequence_first)} module(s) with batch_first=False, "
                      f"e.g. {sequence_first[0]!r}), so the file's dynamic axis, axis 0 of inputs of shape {fixed}, is "
                      "the sequence, and the batch (axis 1) is fixed at the example's: evaluate the file with batches "
                      "of that size, or build the model with batch_first=True and export it again")
+    elif fixed and not callable(getattr(model, "onnx_step", None)) and "?" in fixed:
+        notes.append(f"the file takes inputs of shape {fixed} (* the batch, ? an axis whose size the calibration "
+                     "batches vary, dynamic too): an input's other axes are fixed at the example's")
     elif fixed and not callable(getattr(model, "onnx_step", None)):
         notes.append(f"the file takes inputs of shape {fixed} (* the batch): only the batch axis of an input other "
-                     "than token ids is dynamic, so a sequence or image of another size needs its own export")
+                     "than token ids is dynamic (and an axis whose size the calibration batches vary), so a "
+                     "sequence or image of another size needs its own export, or calibration batches of several")
     holders: dict[int, list[str]] = {}
     for name in candidates:  # tied weights (an embedding and the output layer): one tensor, several layers
         holders.setdefault(id(modules[name].weight), []).append(name)
@@ -486,7 +517,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         if batches:
             inputs = [split_item(b)[0] for b in batches]
             if fixed:  # the file takes the example's fixed sizes (token ids' length is free): compared on those batches
-                kept = [x for x in inputs if _fixed_axes(x) == fixed]
+                kept = [x for x in inputs if _fixed_axes(x, free) == fixed]
                 if len(kept) < len(inputs):
                     result.notes.append(f"{len(inputs) - len(kept)} of {len(inputs)} calibration batches have other "
                                         f"sizes than the file takes {fixed}: the file is compared with the simulation "

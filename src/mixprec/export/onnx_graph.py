@@ -118,9 +118,10 @@ NONES_KEY = "mixprec.output_nones"  # the positions among its leaves of the None
 CLASSES_KEY = "mixprec.output_classes"  # the dataclasses among the outputs (written as dicts of their fields)
 
 
-def export_float(model: nn.Module, example: Any, opset: int = OPSET):
+def export_float(model: nn.Module, example: Any, opset: int = OPSET, free: dict[int, set[int]] | None = None):
     """The float ONNX graph of ``model`` (TorchScript exporter, nothing folded, so initializers keep the
-    state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic."""
+    state-dict names and BatchNorm stays a node); batch (and sequence, for integer inputs) axes dynamic, and the
+    axes ``free`` names (the id of an example input tensor -> axes the calibration batches vary)."""
     import onnx
 
     constants, positions, by_name, defaults = {}, [], False, False
@@ -154,6 +155,9 @@ def export_float(model: nn.Module, example: Any, opset: int = OPSET):
     batch = batch_size(tensors)
     dynamic = {n: ({0: "batch", 1: f"{n}_length"} if token_like(t) else {batch_axis(t, batch): "batch"})
                for n, t in zip(names, tensors) if t.dim() >= 1}
+    for n, t in zip(names, tensors):  # axes the calibration batches vary (free: id of an input -> its axes)
+        for axis in sorted((free or {}).get(id(t), ())):
+            dynamic.setdefault(n, {}).setdefault(axis, f"{n}_axis{axis}")
     module, outputs, metadata, structure, classes = model, ["output"], {}, None, []
     dynamic["output"] = {0: "batch"}
     step = getattr(model, "onnx_step", None)  # a model that exports as something else (an LM's cached step)
