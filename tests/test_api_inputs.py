@@ -556,6 +556,8 @@ def test_bad_arguments_to_the_python_api_are_mixprec_errors_that_say_what_to_giv
     (tmp_path / "file").write_text("")
     with pytest.raises(mixprec.MixprecError, match="is a file"):
         analysis.report(front, tmp_path / "file")
+    with pytest.raises(mixprec.MixprecError, match="is an existing file, not a directory"):
+        front.save(tmp_path / "file")
 
 
 def test_notes_in_python_are_warnings_of_their_own_kind_whatever_progress_says(capsys):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import SpecError
-from .atomic import write_json_atomic
+from .atomic import check_output_dir, write_json_atomic
 
 # What Front.better_when_cheaper() means for the user (the command line and the HTML report say it).
 INVERTED = ("the cheapest plan scores best and the dearest ones (or the float model) worst: a plain "
@@ -185,7 +185,7 @@ class Front:
                     metadata)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        out = Path(out_dir)
+        out = check_output_dir(out_dir, "save:")  # a directory that can be written, else an OutputError
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "pareto.json", self.to_dict())
         return out / "pareto.json"

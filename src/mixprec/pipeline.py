@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import save_torch_atomic
+from .atomic import check_output_dir, save_torch_atomic
 from .batches import as_batches
 from .analysis import DEFAULT_CANDIDATES, analyze
 from .streaming import device_of, placed_copy, stream_blocks
@@ -72,7 +72,7 @@ class QuantizeResult:
         """Write ``model.pt`` (the quantized state dict), ``plan.json`` and ``result.json`` (``extra`` first).
         ``evaluate``: measured after the model and plan are written, so an evaluation that fails leaves
         them on disk (and says so)."""
-        out = Path(out_dir)
+        out = check_output_dir(out_dir, "save:")  # a directory that can be written, else an OutputError
         out.mkdir(parents=True, exist_ok=True)
         save_torch_atomic(self.model.state_dict(), out / "model.pt")
         self.plan.save(out / "plan.json")
