@@ -682,3 +682,14 @@ def test_an_evaluation_no_search_measures_by_is_refused_not_ignored():
     result = mixprec.quantize(model, data, "bytes=0.8x", candidates="w4a8,w8a8", evaluate=lambda m: calls.append(1) or 1.0,
                               progress=False)  # the exact search, and the plan evaluated once
     assert result.evaluation is not None and len(calls) == 1
+
+
+def test_a_batch_of_numbers_in_nested_lists_is_described_by_its_shape_not_row_by_row():
+    from mixprec.batches import describe_shape
+    batch = torch.randn(32, 1, 8, 8).tolist()
+    assert describe_shape(batch) == "nested lists of float, 32 x 1 x 8 x 8 (give tensors)"
+    assert isinstance(describe_shape([[1, 2], [3]]), list)  # ragged: described item by item
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    with pytest.raises(mixprec.MixprecError) as raised:
+        mixprec.analyze(model, [batch], candidates="w4a8,w8a8", progress=False)
+    assert len(str(raised.value)) < 400 and "32 x 1 x 8 x 8" in str(raised.value)

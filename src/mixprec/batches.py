@@ -226,8 +226,28 @@ def describe_shape(inputs: Any) -> Any:
         kinds = {type(v).__name__ for v in inputs}
         if len(inputs) > 3 and len(kinds) == 1 and not isinstance(inputs[0], (torch.Tensor, dict, tuple, list)):
             return f"{len(inputs)} x {kinds.pop()}"
+        nested = _nested_shape(inputs)
+        if nested is not None:  # numbers in nested lists (a tensor's .tolist()): its shape, not every row
+            return f"nested {type(inputs).__name__}s of {nested[1]}, {' x '.join(map(str, nested[0]))} (give tensors)"
         return [describe_shape(v) for v in inputs]
     return type(inputs).__name__
+
+
+def _nested_shape(value: Any) -> tuple[tuple[int, ...], str] | None:
+    """The shape and number type of numbers in nested lists (or tuples) of equal lengths, at least two deep; None
+    for anything else."""
+    shape: list[int] = []
+    level = [value]
+    while all(isinstance(v, (list, tuple)) for v in level):
+        lengths = {len(v) for v in level}
+        if len(lengths) != 1 or not lengths.pop():
+            return None
+        shape.append(len(level[0]))
+        level = [item for v in level for item in v]
+    kinds = {type(v).__name__ for v in level}
+    if len(shape) < 2 or len(kinds) != 1 or not isinstance(level[0], (int, float)) or isinstance(level[0], bool):
+        return None
+    return tuple(shape), kinds.pop()
 
 
 def shapes_compatible(inputs: Any, reference: Any) -> bool:
