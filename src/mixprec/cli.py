@@ -1493,17 +1493,19 @@ def _after_interrupt(args) -> str:
             return ""
         if not run.exists:
             return "; nothing was measured yet: run the same command again"
+        partial = ("entries are written a chunk of groups (an eighth of them) at a time, so those of the chunk "
+                   "in progress are measured again")
         if not logged:
-            return (f"; no entry was measured yet: {_resume_command(args.out)} continues"
+            return (f"; no entry was written yet ({partial}): {_resume_command(args.out)} continues"
                     + (" (from the last calibration batch whose Hessian traces were finished)"
                        if getattr(args, "metric", None) == "hessian" else ""))
-        return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept: {_resume_command(args.out)} "
-                "continues")
+        return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept ({partial}): "
+                f"{_resume_command(args.out)} continues")
     rounding = getattr(args, "rounding", None)
     if func in (cmd_quantize, cmd_export) and rounding not in (None, "nearest", "auto"):
         return (f"; the {rounding} rounding done so far is kept ({cache_dir() / 'rounding'}): run the same command "
                 "again to continue from it")
-    if func is cmd_pareto:
+    if func in (cmd_pareto, cmd_solve):
         return "; the plans measured so far are cached in the run: run the same command again to continue"
     return ""
 
