@@ -281,6 +281,17 @@ def test_a_run_measured_before_a_simulated_setting_existed_says_what_it_lacks(tm
         run.claim({"model": "m", "data": "d", "settings": {"metric": "sqnr", "joins": True, "integer_bias": 1}})
 
 
+def test_a_run_of_another_model_is_not_said_to_have_the_same_weights(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.claim({"model": "m", "data": "d", "structure": "s", "settings": {"metric": "sqnr"}})
+    run.append_entries({("fc", "w8a8"): 0.5})
+    with pytest.raises(RunError) as other:
+        run.claim({"model": "m2", "data": "d", "structure": "s2", "settings": {"metric": "sqnr"}})
+    assert "'m' there, 'm2' now" in str(other.value) and "weights are the same" not in str(other.value)
+    with pytest.raises(RunError, match="the weights are the same"):  # same weights, other code
+        run.claim({"model": "m", "data": "d", "structure": "s2", "settings": {"metric": "sqnr"}})
+
+
 def test_a_run_of_a_model_in_memory_reopens_with_it_and_guards_as_the_analysis_did(tmp_path):
     import mixprec
     from mixprec.errors import SpecError

@@ -209,7 +209,8 @@ class RunDirectory:
         elif path.is_file():
             existing = self.fingerprint()
             differs = [k for k in ("model", "data", "settings") if existing.get(k) != fingerprint.get(k)]
-            if existing.get("structure") and existing["structure"] != fingerprint.get("structure"):
+            if existing.get("structure") and existing["structure"] != fingerprint.get("structure") \
+                    and "model" not in differs:  # its words say the weights are the same
                 differs.append(STRUCTURE)  # runs written before it was recorded are not compared by it
             if differs:
                 hashes = [f"{k}: {existing.get(k)!r} there, {fingerprint.get(k)!r} now" for k in differs
