@@ -340,6 +340,19 @@ def test_a_table_edited_to_hold_what_no_analysis_writes_is_refused_with_the_way_
     assert np.isfinite(RunDirectory(tmp_path).read_table().values).all()
 
 
+def test_a_table_value_edited_to_another_valid_number_is_refused_against_its_entries_log(tmp_path):
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "sensitivity.json").read_text())
+    measured = saved["values"][0][0]
+    saved["values"][0][0] = 0.0  # a value a measurement could give: only the log tells it was not
+    (tmp_path / "sensitivity.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match=r"holds 0.0 for .* logged as .*the table edited\?.*analyze --resume"):
+        RunDirectory(tmp_path).read_table()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)  # the resume writes it again
+    assert RunDirectory(tmp_path).read_table().values[0, 0] == measured
+
+
 def test_a_metric_whose_entries_may_be_negative_keeps_them(tmp_path):
     from mixprec.sensitivity.table import SensitivityTable
     SensitivityTable(["a"], ["w4a8"], np.array([[-0.5]]), "task").save(tmp_path)
@@ -357,11 +370,33 @@ def test_a_cost_edited_to_be_negative_or_infinite_is_refused_with_the_resume_tha
     mixprec.analyze(model, data, "w4a8,w8a8", run_dir=tmp_path, progress=False)
     saved = json.loads((tmp_path / "costs.json").read_text())
     saved["costs"]["tables"]["bytes"][0][0] = value
+    with_checksum = dict(saved)
+    del saved["checksum"]  # as a run written before costs.json had one: its values are still checked
     (tmp_path / "costs.json").write_text(json.dumps(saved))
     group, cand = saved["costs"]["groups"][0], saved["costs"]["candidates"][0]
     with pytest.raises(SpecError, match=rf"costs.json is damaged .*bytes of group '{group}' at {cand} is .*a cost is a "
                                         r"finite number >= 0.*analyze --resume"):
         Analysis.load(tmp_path)
+    (tmp_path / "costs.json").write_text(json.dumps(with_checksum))
+    with pytest.raises(SpecError, match=r"costs.json is not as the analysis wrote it .*analyze --resume"):
+        Analysis.load(tmp_path)
+
+
+def test_a_cost_edited_to_another_valid_number_is_refused_by_the_files_checksum(tmp_path):
+    import json
+    import mixprec
+    from mixprec.analysis import Analysis
+    model, _, _, data = tiny()
+    mixprec.analyze(model, data, "w4a8,w8a8", run_dir=tmp_path, progress=False)
+    written = (tmp_path / "costs.json").read_text()
+    saved = json.loads(written)
+    saved["costs"]["tables"]["bops"][0][1] = 1.0  # a cost a model could have: solve would take it
+    (tmp_path / "costs.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match=r"costs.json is not as the analysis wrote it .*--cost KIND=FILE.csv"):
+        Analysis.load(tmp_path)
+    mixprec.analyze(model, data, "w4a8,w8a8", run_dir=tmp_path, progress=False)  # the resume writes it again
+    assert json.loads((tmp_path / "costs.json").read_text()) == json.loads(written)
+    assert "checksum" not in Analysis.load(tmp_path).saved()  # written again with its own, not a copy
 
 
 def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebuilds_it(tmp_path):

@@ -288,7 +288,9 @@ class RunDirectory:
 
     # costs.json ------------------------------------------------------------------------------------
     def write_costs(self, saved: dict[str, Any]) -> None:
-        write_json_atomic(self.path / "costs.json", saved)
+        """costs.json, with the checksum of its costs: they are computed from the model, never measured, so one
+        changed later is an edit, which read_costs refuses."""
+        write_json_atomic(self.path / "costs.json", {**saved, "checksum": _costs_checksum(saved)})
 
     def read_costs(self) -> dict[str, Any]:
         path = self.path / "costs.json"
@@ -296,7 +298,12 @@ class RunDirectory:
                   "the measured entries are kept)")
         if not path.is_file():
             raise SpecError(f"{path} is missing; {remedy}")
-        return _read_json(path, remedy)
+        saved = _read_json(path, remedy)
+        recorded = saved.pop("checksum", None) if isinstance(saved, dict) else None
+        if recorded is not None and recorded != _costs_checksum(saved):  # runs written before it are not checked
+            raise RunError(f"{path} is not as the analysis wrote it (its costs, computed from the model, were "
+                           f"edited); {remedy}. To plan with costs of your own, give a table: --cost KIND=FILE.csv")
+        return saved
 
     # sensitivity.json / .csv -----------------------------------------------------------------------
     def write_table(self, table: SensitivityTable) -> None:
@@ -320,7 +327,28 @@ class RunDirectory:
         if bad:
             raise RunError(f"{self.path / 'sensitivity.json'} holds {bad}, which no analysis writes (edited or "
                            f"damaged); `mixprec analyze --resume {self.path}` writes it again from the entries")
+        changed = self._unlike_entries(table)
+        if changed:
+            raise RunError(f"{self.path / 'sensitivity.json'} holds {changed}, which its entries log measured "
+                           f"otherwise (the table edited?); `mixprec analyze --resume {self.path}` writes it again "
+                           "from the entries (to plan with other sensitivities, pin groups or give a cost table "
+                           "instead)")
         return table
+
+    def _unlike_entries(self, table: SensitivityTable) -> str:
+        """The first entry of ``table`` that the run's entries log holds another value for ("" where none): the
+        table is written from the log, so a difference is an edit."""
+        rejected = getattr(self, "rejected", 0)
+        logged = self.entries(None)
+        self.rejected = rejected  # what the caller's own reading of the log counted
+        for i, group in enumerate(table.groups):
+            for j, candidate in enumerate(table.candidates):
+                value, measured = float(table.values[i, j]), logged.get((group, candidate))
+                if measured is None or (math.isnan(value) and math.isnan(measured)) or value == measured:
+                    continue
+                if not math.isclose(value, measured, rel_tol=1e-9, abs_tol=0.0):
+                    return f"{value!r} for {group} at {candidate}, logged as {measured!r}"
+        return ""
 
     # evaluations.jsonl, rounding/, task/ -----------------------------------------------------------
     @property
@@ -409,6 +437,13 @@ def _shown(value: Any) -> str:
 def _lines(path: Path) -> list[bytes]:
     """The lines of a log as bytes (a binary or torn line is simply one that does not parse)."""
     return [line for line in path.read_bytes().split(b"\n") if line.strip()]
+
+
+def _costs_checksum(saved: dict[str, Any]) -> str:
+    """The SHA-256 of costs.json's content but its checksum, as canonical JSON."""
+    import hashlib
+    body = json.dumps({k: v for k, v in saved.items() if k != "checksum"}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _entry(line: bytes, minimum: float | None) -> tuple[tuple[str, str], float] | None:
