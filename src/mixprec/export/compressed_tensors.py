@@ -239,13 +239,15 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     notes = _notes(root, config, candidates, prefix, schemes, expected)
     config["quantization_config"] = quantization_config
 
-    from safetensors.torch import save
-    payload = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    from safetensors.torch import save_file
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     # an interruption from here on leaves no config.json that describes other weights: the folder stays marked as
     # mixprec's (a report saying it is being written) and holds no config until the weights it describes are in
     write_json_atomic(out / REPORT_FILE, {"status": "being written: an interrupted export; export again"})
     (out / "config.json").unlink(missing_ok=True)
-    write_atomic(out / WEIGHTS_FILE, payload)
+    # written by safetensors tensor by tensor into the temporary file, not as one buffer of the whole checkpoint
+    write_atomic(out / WEIGHTS_FILE, lambda f: save_file(tensors, f.name, metadata={"format": "pt"}))
+    del tensors
     write_json_atomic(out / "config.json", config)
     if source_folder is not None:
         for file in SIDE_FILES:
@@ -470,22 +472,8 @@ def load_dequantized(folder: str | os.PathLike, reader: str = "auto",
     """
     from safetensors.torch import load_file
     folder = Path(folder)
-    if reader not in READERS:
-        raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
-    if reader == "auto":
-        reader = "compressed-tensors" if _compressed_tensors_version() else "mixprec"
-    tensors = load_file(str(folder / WEIGHTS_FILE))
-    if reader == "compressed-tensors":
-        if not _compressed_tensors_version():
-            raise MixprecError("reader 'compressed-tensors' needs the package: pip install -e '.[export]' "
-                               "(compressed-tensors==0.20.0), or use reader='mixprec'")
-        from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
-        dequantizer = CompressedTensorsDequantizer(str(folder), dtype=torch.float32)
-        out = dequantizer.process(tensors)
-        label = f"compressed-tensors {_compressed_tensors_version()} CompressedTensorsDequantizer"
-    else:
-        out = _dequantize(json.loads((folder / "config.json").read_text())["quantization_config"], tensors)
-        label = "mixprec reader (compressed-tensors layout)"
+    process, label = _reader(folder, reader)
+    out = process(load_file(str(folder / WEIGHTS_FILE)))
     for key, dtype in (dtypes or {}).items():
         if key in out:
             out[key] = out[key].to(dtype)
@@ -501,13 +489,16 @@ def _compressed_tensors_version() -> str | None:
 
 
 def _dequantize(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """mixprec's reader: w = (q - z) * s per channel or group, in the scale's dtype (compressed-tensors' dequantize)."""
+    """mixprec's reader: w = (q - z) * s per channel or group, in the scale's dtype (compressed-tensors' dequantize);
+    ``tensors`` may be some of the checkpoint's (one layer's): the targets it lacks are skipped."""
     tensors = dict(tensors)
     out = {}
     for group in config["config_groups"].values():
         args = group["weights"]
         bits = args["num_bits"]
         for layer in group["targets"]:
+            if f"{layer}.weight_scale" not in tensors:
+                continue
             scale = tensors.pop(f"{layer}.weight_scale")
             zero = tensors.pop(f"{layer}.weight_zero_point", None)
             if group["format"] == "pack-quantized":
@@ -528,18 +519,50 @@ def _dequantize(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tor
 def read_back(folder: str | os.PathLike, expected: dict[str, torch.Tensor], reader: str = "auto") -> ReadBack:
     """Dequantize the checkpoint in ``folder`` and compare every tensor of ``expected`` (name -> tensor, e.g. the
     simulated weights) with it bit for bit: same dtype, same shape, same bits (0.0 and -0.0 differ)."""
-    loaded, label = load_dequantized(folder, reader, {k: v.dtype for k, v in expected.items()})
+    from safetensors import safe_open
+    folder = Path(folder)
+    process, label = _reader(folder, reader)
     result = ReadBack(label, len(expected))
-    for key, want in expected.items():
-        got = loaded.get(key)
-        if got is None:
+    found: set[str] = set()
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:  # one module's tensors at a time
+        modules: dict[str, list[str]] = {}
+        for key in f.keys():
+            modules.setdefault(key.rpartition(".")[0], []).append(key)
+        for keys in modules.values():
+            for key, got in process({k: f.get_tensor(k) for k in keys}).items():
+                if key in expected:
+                    found.add(key)
+                    _compare(result, key, got.to(expected[key].dtype), expected[key])
+    for key in expected:
+        if key not in found:
             result.mismatched[key] = "missing"
-        elif got.dtype != want.dtype or got.shape != want.shape:
-            result.mismatched[key] = f"{got.dtype} {tuple(got.shape)} read, {want.dtype} {tuple(want.shape)} expected"
-        elif not _bits_equal(got, want):
-            differ = int((~_bit_mask(got, want)).sum())
-            result.mismatched[key] = f"{differ} of {want.numel()} values differ"
     return result
+
+
+def _reader(folder: Path, reader: str):
+    """(a function dequantizing some of the checkpoint's tensors, its label) for ``reader`` (load_dequantized's)."""
+    if reader not in READERS:
+        raise MixprecError(f"reader must be one of {READERS}, got {reader!r}")
+    if reader == "auto":
+        reader = "compressed-tensors" if _compressed_tensors_version() else "mixprec"
+    if reader == "compressed-tensors":
+        if not _compressed_tensors_version():
+            raise MixprecError("reader 'compressed-tensors' needs the package: pip install -e '.[export]' "
+                               "(compressed-tensors==0.20.0), or use reader='mixprec'")
+        from compressed_tensors.entrypoints.convert.converters.ct_dequantizer import CompressedTensorsDequantizer
+        dequantizer = CompressedTensorsDequantizer(str(folder), dtype=torch.float32)
+        return dequantizer.process, f"compressed-tensors {_compressed_tensors_version()} CompressedTensorsDequantizer"
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    return (lambda tensors: _dequantize(config, tensors)), "mixprec reader (compressed-tensors layout)"
+
+
+def _compare(result: "ReadBack", key: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    """``got`` against ``want`` bit for bit, a difference recorded in ``result.mismatched``."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        result.mismatched[key] = f"{got.dtype} {tuple(got.shape)} read, {want.dtype} {tuple(want.shape)} expected"
+    elif not _bits_equal(got, want):
+        differ = int((~_bit_mask(got, want)).sum())
+        result.mismatched[key] = f"{differ} of {want.numel()} values differ"
 
 
 def _bit_mask(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
