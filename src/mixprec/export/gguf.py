@@ -173,12 +173,12 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
     config = lm.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    state = {k: v.detach().to(torch.float32).cpu() for k, v in lm.state_dict().items()}
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     rows: list[dict] = []
-    expected: dict[str, torch.Tensor] = {}  # GGUF name -> what its read-back must equal (HF layout)
+    expected: dict[str, Any] = {}  # GGUF name -> what its read-back must equal (HF layout; a _Held, made then)
     permuted: dict[str, int] = {}  # GGUF name -> heads of its row permutation
-    for key, value in state.items():
+    for key, value in lm.state_dict().items():
+        value = value.detach().to(torch.float32).cpu()  # one tensor at a time: a bfloat16 model is not copied whole
         module_name, _, suffix = key.rpartition(".")
         base = names.get_name(module_name)
         if base is None or suffix not in ("weight", "bias"):
@@ -195,16 +195,17 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
             layer = planned[key]
             kind = types[layer]
             tied = simulated.get("model.embed_tokens.weight", expected.get("token_embd.weight"))
+            tied = tied() if isinstance(tied, _Held) else tied
             if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and tied is not None \
                     and any(r["name"] == "token_embd.weight" and r["type"] == kind for r in rows) \
                     and torch.equal(tied, simulated[key]):
                 continue  # tied and planned alike (one group): the same blocks as token_embd, read from there
-            data, expected[gguf_name] = _encode(state[key], simulated[key], candidates[layer], kind, layer,
+            data, expected[gguf_name] = _encode(value, simulated[key], candidates[layer], kind, layer,
                                                 dtype=model_dtype)
         else:
             layer, kind = None, "F32" if value.dim() < 2 or float_type == "f32" else "F16"
             data = value.numpy() if kind == "F32" else value.numpy().astype(np.float16)
-            expected[gguf_name] = value if kind == "F32" else value.to(torch.float16).to(torch.float32)
+            expected[gguf_name] = value if kind == "F32" else _Held(lambda v=value: v.to(torch.float16).to(torch.float32))
         if row_heads is not None:
             data = _permute_rows(data, row_heads)
             permuted[gguf_name] = row_heads
@@ -253,6 +254,7 @@ def read_back(path: str | os.PathLike, expected: dict[str, torch.Tensor], permut
     for name, want in expected.items():
         if name not in found:
             continue
+        want = want() if isinstance(want, _Held) else want  # made now, dropped after the comparison
         tensor = found[name]
         values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(tuple(want.shape))
         if name in permuted:
@@ -297,10 +299,10 @@ def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidat
     if kind == "F32":
         return simulated.numpy(), simulated
     if kind == "F16":
-        return simulated.numpy().astype(np.float16), simulated.to(torch.float16).to(torch.float32)
+        return simulated.numpy().astype(np.float16), _Held(lambda: simulated.to(torch.float16).to(torch.float32))
     codes, scales = block_codes(original, simulated, candidate, layer, dtype)
-    held = (codes.to(torch.float32).reshape(codes.shape[0], -1, GGUF_BLOCK)
-            * scales.to(torch.float32).unsqueeze(-1)).reshape(codes.shape)
+    held = _Held(lambda: (codes.to(torch.float32).reshape(codes.shape[0], -1, GGUF_BLOCK)
+                          * scales.to(torch.float32).unsqueeze(-1)).reshape(codes.shape))
     rows, inputs = codes.shape
     q = codes.numpy().reshape(rows, inputs // GGUF_BLOCK, GGUF_BLOCK)
     d = scales.numpy().reshape(rows, inputs // GGUF_BLOCK, 1).view(np.uint8)  # 2 bytes, little-endian
@@ -310,6 +312,17 @@ def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidat
         u = (q + 8).astype(np.uint8)
         body = u[..., : GGUF_BLOCK // 2] | (u[..., GGUF_BLOCK // 2:] << np.uint8(4))
     return np.concatenate([d, body], axis=-1).reshape(rows, -1), held
+
+
+class _Held:
+    """The float32 values a tensor of the file holds, made when the read-back compares them (from the codes and
+    scales, a quarter of their size), so that a whole model's worth of them is never held at once."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __call__(self) -> torch.Tensor:
+        return self.make()
 
 
 def _permute_rows(a: np.ndarray, heads: int) -> np.ndarray:
