@@ -1173,6 +1173,7 @@ def test_an_exported_metric_beyond_rounding_noise_of_the_simulated_is_said_plain
     note = _gap_note(far, saturating=True)
     assert note and "-4.69 from the simulated 76.21" in note and "w7a8" in note and "ort-cpu-avx2" in note
     assert "saturation" not in _gap_note(far, saturating=False)
+    assert "branches or loops on tensor values" in _gap_note(far, saturating=False, branching=True)
     assert _gap_note(result(76.21, 75.71, 0.99), saturating=True) is None  # 0.50 within twice the noise (2 x 0.41)
     assert _gap_note(result(76.21, 76.21, 1.0), saturating=True) is None
     # every prediction the same, the figures apart: the evaluation function's doing, not the file's (seen: an

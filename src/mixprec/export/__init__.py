@@ -546,7 +546,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
             total = sum(a.numel() for a in sim_out.predictions)
             result.agreement["evaluation"] = same / max(total, 1)
             result.outputs["evaluation"] = total
-        gap_note = _gap_note(result, bool(eight_bit) and not cpu_has_vnni())
+        gap_note = _gap_note(result, bool(eight_bit) and not cpu_has_vnni(), branching=flow is not None)
         if gap_note:
             result.notes.insert(0, gap_note)
     write_json_atomic(report_path(out), result.to_dict())
@@ -574,7 +574,7 @@ def _fused_decoder(floated: nn.Module, example: Any, quantized: nn.Module, notes
     return graph
 
 
-def _gap_note(result: ExportResult, saturating: bool) -> str | None:
+def _gap_note(result: ExportResult, saturating: bool, branching: bool = False) -> str | None:
     """A plain warning where the exported metric is further from the simulated than rounding noise explains
     (more than twice ExportResult.noise): the file does not compute what was simulated."""
     noise = result.noise()
@@ -590,7 +590,9 @@ def _gap_note(result: ExportResult, saturating: bool) -> str | None:
                 "depend on randomness or on state kept between calls (a reference model built anew, unseeded, on "
                 "each call), or on the type of the model it is given (the exported file is an nn.Module around an "
                 "ONNX Runtime session)? `mixprec evaluate --model FILE --eval SPEC` measures the file alone")
-    why = ("most likely the int8 kernels' 16-bit saturation on this CPU without VNNI (the note below): plan those "
+    why = ("most likely the forward's branches or loops on tensor values, fixed in the file at the path its example "
+           "batch took (the note below): inputs that take another path compute something else there" if branching
+           else "most likely the int8 kernels' 16-bit saturation on this CPU without VNNI (the note below): plan those "
            "layers as w7a8, e.g. analyze with --profile ort-cpu-avx2, and export again" if saturating else
            "the runtime computes these layers otherwise than the simulation; compare the layers' formats above and "
            "see docs/export.md")
