@@ -247,7 +247,7 @@ def write_compressed_tensors(model: nn.Module, plan: Plan, out: str | os.PathLik
     (out / "config.json").unlink(missing_ok=True)
     # written by safetensors tensor by tensor into the temporary file, not as one buffer of the whole checkpoint
     write_atomic(out / WEIGHTS_FILE, lambda f: save_file(tensors, f.name, metadata={"format": "pt"}))
-    del tensors
+    tensors.clear()  # written: the packed codes are not held through the read-back
     write_json_atomic(out / "config.json", config)
     if source_folder is not None:
         for file in SIDE_FILES:
