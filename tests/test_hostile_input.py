@@ -135,6 +135,11 @@ def test_torchscript_analyze_is_one_line_and_roundoff_runs(user, capsys):
     assert main(args + ["--out", str(user / "r1")]) == 2
     assert "TorchScript model cannot be swapped" in error_line(capsys)
     assert main(args + ["--metric", "roundoff", "--out", str(user / "r2")]) == 0
+    capsys.readouterr()
+    assert main(["inspect", "--model", str(user / "ts.pt"), "--data", str(user / "data.npz"), "--candidates",
+                 "w8a8,w8"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("w8")}
+    assert "(not for TorchScript)" in rows["w8a8"] and "TorchScript" not in rows["w8"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")

@@ -24,7 +24,7 @@ from .errors import MixprecError, PlanError, SpecError, error_line
 from .export import DECODERS
 from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
-from .groups import ModelGroups
+from .groups import ModelGroups, is_torchscript
 from .pipeline import check_plan_groups, quantize_plan
 from .atomic import check_output_dir, check_output_file, write_json_atomic
 from .plan import Plan
@@ -172,8 +172,10 @@ def cmd_inspect(args) -> int:
     print()
     rows = []
     known = [c for c in cands if not c.multipoint]
+    scripted = is_torchscript(model)  # its layers cannot get input quantizers: weight-only candidates only
     for c in known:
-        rows.append((c.name, format_bytes(costs.uniform("bytes", c.name)), format_count(costs.uniform("bops", c.name)),
+        rows.append((c.name + (" (not for TorchScript)" if scripted and c.quantizes_input else ""),
+                     format_bytes(costs.uniform("bytes", c.name)), format_count(costs.uniform("bops", c.name)),
                      f"{costs.uniform('bits_per_weight', c.name):.3f}"))
     print("cost of each uniform candidate (pinned groups keep their pin):")
     _table(["candidate", "bytes", "BOPs", "bits/weight"], rows)
