@@ -817,6 +817,13 @@ def session_order_section() -> list[str]:
     return [line for r in reports for line in order_markdown(r).splitlines()] + ([""] if reports else [])
 
 
+def export_memory_section() -> list[str]:
+    """benchmarks/export_memory.py: peak memory of each export target against the model's float32 weights."""
+    from export_memory import markdown as memory_markdown
+    path = RESULTS / "export_memory.json"
+    return memory_markdown(json.loads(path.read_text())).splitlines() + [""] if path.is_file() else []
+
+
 def latency_budget_section() -> list[str]:
     """benchmarks/latency_budget.py: plans under a measured latency budget, exported and re-measured."""
     from latency_budget import markdown as latency_markdown
@@ -1101,7 +1108,7 @@ def main() -> None:
              "has no joins) was measured before; uniform plans of the CNNs, whose every add reads convs, are the "
              "same either way, and the mixed plans with float layers of `latency_budget_*` would have fewer joins "
              "now.", ""]
-    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
+    lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + export_memory_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 

@@ -382,9 +382,6 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     if missing:
         raise PlanError(f"the quantized model has no quantized layer {missing[0]!r} the plan names; pass the model "
                         "apply(model, plan, data) made from this plan")
-    codes = {name: layer_codes(name, modules[name].weight, layers_q[name].layer.weight, candidates[name],
-                               realisations[name], layers_q[name].input_quantizer, weight_method)
-             for name in candidates}
     example = _first_input(batches, example_input)
     narrow = sorted({str(p.dtype).replace("torch.", "") for p in quantized.parameters()
                      if p.is_floating_point() and p.dtype != torch.float32})
@@ -424,6 +421,10 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     for name in candidates:  # tied weights (an embedding and the output layer): one tensor, several layers
         holders.setdefault(id(modules[name].weight), []).append(name)
     shared = {n: [o for o in names if o != n] for names in holders.values() if len(names) > 1 for n in names}
+    # the codes after the trace: torch's exporter holds the weights twice while it runs, the codes not beside them
+    codes = {name: layer_codes(name, modules[name].weight, layers_q[name].layer.weight, candidates[name],
+                               realisations[name], layers_q[name].input_quantizer, weight_method)
+             for name in candidates}
     written = rewrite(graph, codes, accuracy_level, idle=lambda name: _idle(quantized, name, example), shared=shared,
                       kinds={name: layer_kind(modules[name]) for name in candidates},
                       calls=_calls(floated, list(candidates), example))  # the model as exported
