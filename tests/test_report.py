@@ -258,3 +258,23 @@ def test_custom_kind_and_lazy_matplotlib(tmp_path):
     assert "<b>latency_ms</b>" in page and ">2.5<" in page
     code = "import sys, mixprec.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_front_with_infinite_measurements_is_read_back_and_drawn_without_them(tmp_path):
+    """A ruined plan's perplexity of inf is a measurement pareto keeps, written "inf" in pareto.json: the report
+    reads it back, and draws the finite ones (all infinite: a page all the same)."""
+    import json
+    table = make_table(["conv1", "layer1.0", "layer2.0", "fc"])
+    ppl = lambda v: {"name": "ppl", "value": v, "higher_is_better": False}  # noqa: E731
+    pareto = make_pareto(table)
+    for point, value in zip(pareto["points"], ["inf", 40.0, 35.0, 33.0, 32.0]):
+        point["measured"] = ppl(value)
+    pareto["reference"] = ppl(31.0)
+    (tmp_path / "some").mkdir()
+    page = write_report(tmp_path / "some", json.loads(json.dumps(pareto)), table).read_text()
+    assert "Selected plan" in page and len(embedded_pngs(page)) == 3
+    for point in pareto["points"]:
+        point["measured"] = ppl("inf")
+    pareto["reference"] = ppl("inf")
+    page = write_report(tmp_path / "all", pareto, table).read_text()
+    assert len(embedded_pngs(page)) == 3

@@ -125,6 +125,8 @@ def _check(pareto: Any, table: "SensitivityTable", costs: "CostTables | None", s
         measured = entry.get("measured")
         if measured is None:
             continue
+        if isinstance(measured, dict) and measured.get("value") in ("inf", "-inf"):  # as JSON holds an infinity
+            measured["value"] = float(measured["value"])  # (a ruined plan's perplexity: a measurement, kept)
         if not isinstance(measured, dict) or not _is_number(measured.get("value")) or \
                 not isinstance(measured.get("higher_is_better"), bool):
             raise SpecError(f"pareto.json {where}: 'measured' must be null or "
@@ -334,13 +336,13 @@ def _pareto_png(pareto: dict, select: int) -> bytes:
     if info:
         name, higher = info
 
-        def measured(entry: dict) -> float | None:
+        def measured(entry: dict) -> float | None:  # an infinite measurement (a ruined plan) is not drawn
             m = entry.get("measured")
-            return float(m["value"]) if m else None
+            return float(m["value"]) if m and math.isfinite(float(m["value"])) else None
 
         draw(axes[1], measured, "Pareto front (measured)")
         reference = pareto.get("reference")
-        if reference:
+        if reference and math.isfinite(float(reference["value"])):
             ref = float(reference["value"])
             axes[1].axhline(ref, color="grey", linestyle="--", label=f"float model {_num(ref)}")
             band = (ref - NEAR_REFERENCE * abs(ref), ref) if higher else (ref, ref + NEAR_REFERENCE * abs(ref))
@@ -426,6 +428,11 @@ def _scatter_png(pareto: dict, plans: list[_Measured], spearman: tuple[float, fl
     name, higher = _measured_info(pareto)
     fig = _new_figure(6.5, 4.8)
     ax = fig.add_subplot()
+    ruined = [p for p in plans if not math.isfinite(p.value)]  # an infinite perplexity: kept, but not a point
+    plans = [p for p in plans if math.isfinite(p.value)]
+    if ruined:
+        ax.text(0.01, 0.01, f"{len(ruined)} plan(s) measured {name} = inf, not drawn", transform=ax.transAxes,
+                fontsize=8, color="grey")
     style = {"front": ("o", "C0", "Pareto front"), "uniform": ("s", "C1", "uniform"),
              "search": ("*", "black", "search")}
     for source, (marker, color, label) in style.items():
@@ -441,7 +448,7 @@ def _scatter_png(pareto: dict, plans: list[_Measured], spearman: tuple[float, fl
                 ax.annotate(_plain(p.label), (p.predicted, p.value), textcoords="offset points", xytext=(5, 3),
                             fontsize=8)
     reference = pareto.get("reference")
-    if reference:
+    if reference and math.isfinite(float(reference["value"])):
         ax.axhline(float(reference["value"]), color="grey", linestyle="--", label="float model")
     _set_sensitivity_scale(ax.set_xscale, [p.predicted for p in plans])
     ax.set_xlabel(_plain(f"predicted sensitivity ({pareto.get('metric') or '?'}, lower is better)"))
@@ -450,7 +457,8 @@ def _scatter_png(pareto: dict, plans: list[_Measured], spearman: tuple[float, fl
                  if spearman and math.isfinite(spearman[0])
                  else "predicted vs measured")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
