@@ -380,3 +380,16 @@ def test_a_data_function_returning_a_dataset_is_told_to_return_a_dataloader(tmp_
                                    "    return TensorDataset(torch.randn(10, 3), torch.zeros(10))\n")
     with pytest.raises(specs.SpecError, match=r"a Dataset: .*DataLoader\(dataset, batch_size=32\)"):
         specs.load_data(f"{tmp_path / 'd.py'}:d")
+
+
+def test_float64_batches_from_a_data_function_are_read_as_float32_unless_the_model_computes_in_float64(tmp_path):
+    from mixprec.specs import prepare
+    (tmp_path / "user.py").write_text(
+        "import numpy as np, torch\n"
+        "def model():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()\n"
+        "def double():\n    return model().double()\n"
+        "def data():\n    return [np.random.default_rng(i).normal(size=(8, 4)) for i in range(2)]\n")
+    _, data, _, _ = prepare(f"{tmp_path}/user.py:model", f"{tmp_path}/user.py:data")
+    assert {batch.dtype for batch in data} == {torch.float32}
+    _, data, _, _ = prepare(f"{tmp_path}/user.py:double", f"{tmp_path}/user.py:data")
+    assert {batch.dtype for batch in data} == {torch.float64}

@@ -45,10 +45,16 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     if not (hasattr(type(data), "__iter__") or hasattr(type(data), "__getitem__")):  # not iter(): a DataLoader
         raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "  # would
                         f"{type(data).__name__} {data!r:.60}")  # draw a seed and start its workers for nothing
-    double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
-    items = [tensors_of(item) if double else _single(tensors_of(item)) for item in data]
+    items = in_model_precision([tensors_of(item) for item in data], model)
     check_batched(items)
     return items
+
+
+def in_model_precision(items: list, model: Any) -> list:
+    """``items`` with their float64 tensors as float32 (numpy's default float type), unless ``model`` computes in
+    float64."""
+    double = isinstance(model, torch.nn.Module) and any(p.dtype == torch.float64 for p in model.parameters())
+    return items if double else [_single(item) for item in items]
 
 
 def refuse_dataset(data: Any, said: str, name: str) -> None:

@@ -26,7 +26,8 @@ from torch import nn
 
 from .canonical import canonical
 from .capture import map_tensors
-from .batches import batch_size, check_batched, check_finite, refuse_dataset, split_item, tensors_of
+from .batches import (batch_size, check_batched, check_finite, in_model_precision, refuse_dataset, split_item,
+                      tensors_of)
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError, notify
@@ -519,6 +520,7 @@ def prepare(model_spec: str, data_spec: str | None = None, calibration_samples: 
             raise SpecError(f"--calibration-samples must be at least 1, got {calibration_samples}")
         data = builtin.calibration(calibration_samples or builtin.default_calibration_samples)
     if data:
+        data = in_model_precision(data, model)  # float64 arrays as float32, as the Python API takes them
         check_finite(data, f"--data {data_spec}" if data_spec else f"the calibration data of {model_spec}")
     if builtin is not None:
         example = builtin.example_input()
