@@ -393,3 +393,12 @@ def test_float64_batches_from_a_data_function_are_read_as_float32_unless_the_mod
     assert {batch.dtype for batch in data} == {torch.float32}
     _, data, _, _ = prepare(f"{tmp_path}/user.py:double", f"{tmp_path}/user.py:data")
     assert {batch.dtype for batch in data} == {torch.float64}
+
+
+def test_an_evaluations_other_figures_are_kept_as_json_holds_them():
+    import json
+    result = to_eval_result({"main": "acc", "acc": 0.5, "classes": {3, 1}, "loss": torch.tensor(0.25),
+                             "per_class": np.array([0.5, 0.75]), "model": nn.Linear(1, 1)})
+    assert result.value == 0.5 and result.details["classes"] == [1, 3] and result.details["loss"] == 0.25
+    assert result.details["per_class"] == [0.5, 0.75] and result.details["model"].startswith("Linear(")
+    json.dumps(result.details)  # the results and the run's logs are JSON

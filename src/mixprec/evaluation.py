@@ -79,7 +79,7 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
             raise SpecError(f"{source} returned {main!r} without 'higher_is_better', and mixprec takes a metric as "
                             f"higher-is-better unless told: {main!r} reads as a loss, so add 'higher_is_better': False "
                             "to the dict (or True, if higher is better)")
-        details = {k: v for k, v in value.items() if k not in ("main", "higher_is_better", main)}
+        details = {str(k): _plain_detail(v) for k, v in value.items() if k not in ("main", "higher_is_better", main)}
         try:
             number = value[main].item() if hasattr(value[main], "item") else value[main]
             result = EvalResult(str(main), float(number), higher, details)
@@ -88,6 +88,30 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
         return _finite(result, source)
     raise SpecError(f"{source} returned {type(value).__name__}; expected a float (higher is better) "
                     "or a dict with a main metric, e.g. {'main': 'accuracy', 'accuracy': 0.91}")
+
+
+def _plain_detail(value: Any) -> Any:
+    """An evaluation's other figure as JSON holds it (the results and logs are JSON): a tensor or numpy number as
+    its number (a tensor of several values as a list), a set as a sorted list, containers element by element, and
+    anything else as its text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors, numpy arrays and numbers
+        try:
+            return _plain_detail(value.tolist())
+        except Exception:
+            return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain_detail(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        items = [_plain_detail(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, (list, tuple)):
+        return [_plain_detail(v) for v in value]
+    return str(value)
 
 
 def _finite(result: EvalResult, source: str) -> EvalResult:
