@@ -531,3 +531,13 @@ def test_quantize_of_a_plan_made_with_run_options_not_given_names_them(tmp_path,
     assert "was analysed with --exclude fc, which this command line does not give: add them" in capsys.readouterr().err
     assert main(["quantize", "--model", "demo-cnn", "--calibration-samples", "32", "--plan", str(plan), "--exclude",
                  "fc", "--out", str(tmp_path / "q")]) == 0
+
+
+def test_a_leading_tilde_in_a_path_argument_is_the_home_directory(monkeypatch):
+    from mixprec.cli import _home
+    monkeypatch.setenv("HOME", "/home/user")
+    assert _home("~/m.py:model") == "/home/user/m.py:model"
+    assert _home("hf:~/SmolLM2") == "hf:/home/user/SmolLM2" and _home("ppl:~/w.txt?windows=4") == \
+        "ppl:/home/user/w.txt?windows=4"
+    assert _home("latency_ms=~/lat.csv") == "latency_ms=/home/user/lat.csv"
+    assert _home("bytes=2MB") == "bytes=2MB" and _home("a~b") == "a~b" and _home(3) == 3

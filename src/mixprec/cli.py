@@ -1437,6 +1437,31 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+SPEC_PREFIXES = ("hf:", "text:", "ppl:")  # a path follows them in a spec
+
+
+def _home(value: Any) -> Any:
+    """A path argument's leading ~ (after a spec's hf:/text:/ppl: or a --cost KIND=) as the home directory, as a
+    shell does where it does not expand it (quoted, or in --data=~/x)."""
+    if not isinstance(value, str) or "~" not in value:
+        return value
+    kind, sep, rest = value.partition("=")
+    if sep and rest.startswith("~") and "/" not in kind and ":" not in kind:  # --cost latency_ms=~/lat.csv
+        return f"{kind}={os.path.expanduser(rest)}"
+    prefix = next((p for p in SPEC_PREFIXES if value.startswith(p)), "")
+    rest = value[len(prefix):]
+    return prefix + os.path.expanduser(rest) if rest.startswith("~") else value
+
+
+def _expand_home(args) -> None:
+    """Every path argument of ``args`` with its leading ~ expanded (:func:`_home`)."""
+    for name, value in vars(args).items():
+        if isinstance(value, list):
+            setattr(args, name, [_home(v) for v in value])
+        elif isinstance(value, str):
+            setattr(args, name, _home(value))
+
+
 def _run(args) -> int:
     """The command, its warnings of mixprec's own kinds printed as its other notes are."""
     from .errors import EvaluationNote, GuardNote, GuardSkipped, ModelNote, PlanNote, TargetNote
@@ -1453,6 +1478,7 @@ def _run(args) -> int:
         else:
             plain(message, category, *rest, **kw)
     warnings.showwarning = show
+    _expand_home(args)
     try:
         if getattr(args, "device", None):
             args.device = str(parse_device(args.device))
