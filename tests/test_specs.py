@@ -402,3 +402,13 @@ def test_an_evaluations_other_figures_are_kept_as_json_holds_them():
     assert result.value == 0.5 and result.details["classes"] == [1, 3] and result.details["loss"] == 0.25
     assert result.details["per_class"] == [0.5, 0.75] and result.details["model"].startswith("Linear(")
     json.dumps(result.details)  # the results and the run's logs are JSON
+
+
+def test_a_model_file_or_function_that_fails_is_named_with_its_line(tmp_path):
+    (tmp_path / "raises.py").write_text("import torch\nx = 1\nraise RuntimeError('boom at import')\n")
+    (tmp_path / "calls.py").write_text("def model():\n    table = {}\n    return table['missing']\n")
+    with pytest.raises(SpecError, match=r"importing .*raises.py failed: RuntimeError: boom at import \(.*raises.py "
+                                        r"line 3, in <module>\)"):
+        load_model(f"{tmp_path}/raises.py:model")
+    with pytest.raises(SpecError, match=r"calling model\(\) failed: KeyError: 'missing' \(.*calls.py line 3, in model\)"):
+        load_model(f"{tmp_path}/calls.py:model")

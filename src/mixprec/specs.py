@@ -88,7 +88,8 @@ def resolve_callable(spec: str, what: str) -> Callable:
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:
-            raise SpecError(f"{what} spec {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+            raise SpecError(f"{what} spec {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}"
+                            f"{_frame_in(exc, path)}") from exc
         finally:
             sys.path.remove(str(path.resolve().parent))
     else:
@@ -173,8 +174,8 @@ def load_model(spec: str) -> nn.Module:
         try:
             model = fn()
         except Exception as exc:
-            raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
-                            + _no_arguments_hint(fn, "model")) from exc
+            raise SpecError(f"--model {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc} "
+                            f"({user_frame(exc, fn)})" + _no_arguments_hint(fn, "model")) from exc
     else:
         raise _not_a_model(spec)
     if not isinstance(model, nn.Module):
@@ -279,8 +280,8 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
         try:
             data = fn()
         except Exception as exc:
-            raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc}"
-                            + _no_arguments_hint(fn, "data")) from exc
+            raise SpecError(f"--data {spec!r}: calling {fn.__name__}() failed: {type(exc).__name__}: {exc} "
+                            f"({user_frame(exc, fn)})" + _no_arguments_hint(fn, "data")) from exc
         refuse_dataset(data, f"--data {spec!r} returned", "dataset")
         if isinstance(data, (torch.Tensor, np.ndarray)) or not hasattr(data, "__iter__"):
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
@@ -444,6 +445,14 @@ def _check_takes_the_model(fn: Callable, spec: str) -> None:
         raise SpecError(f"--eval {spec}: the function is called with the model as its one argument, fn(model), but "
                         f"its signature is {fn.__name__}{signature} ({exc}); give it one parameter for the model, "
                         "e.g. def evaluate(model): ... return accuracy") from None
+
+
+def _frame_in(exc: BaseException, path: Path) -> str:
+    """' (line N, in name)': where in the file ``path`` an error raised while importing it was raised ("" where
+    no frame is in it: a SyntaxError says its line itself)."""
+    import traceback
+    mine = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    return f" ({mine[-1].filename} line {mine[-1].lineno}, in {mine[-1].name})" if mine else ""
 
 
 def user_frame(exc: BaseException, fn: Callable) -> str:
