@@ -77,9 +77,9 @@ def test_calibration_windows_come_from_the_second_half_and_evaluation_from_the_f
 
 def test_a_text_too_short_names_the_numbers(checkpoint):
     folder, text = checkpoint
-    with pytest.raises(SpecError, match=r"holds \d+ windows of 1000 tokens, and 50 were asked for"):
+    with pytest.raises(SpecError, match=r"holds \d+ windows of 1000 tokens, and 50 are needed"):
         load_data(f"text:{text}?windows=50&length=1000", model_spec=f"hf:{folder}")
-    with pytest.raises(SpecError, match=r"holds \d+ windows of 4000 tokens, and 1 were asked for"):
+    with pytest.raises(SpecError, match=r"holds \d+ windows of 4000 tokens, and 1 is needed"):
         load_eval(f"ppl:{text}?length=4000", f"hf:{folder}")
 
 

@@ -82,7 +82,8 @@ class TextSplit:
         if count > slots:
             raise SpecError(f"{self.path} has {len(self.ids)} tokens; calibration reads the second half "
                             f"({len(self.ids) - self.half} tokens), which holds {slots} windows of {length} tokens, "
-                            f"and {count} were asked for; ask for fewer or shorter windows, or give a longer text")
+                            f"and {count} {'is' if count == 1 else 'are'} needed; ask for fewer or shorter windows, or "
+                            "give a longer text")
         chosen = np.sort(np.random.default_rng(seed).choice(slots, size=count, replace=False))
         starts = [self.half + int(s) * length for s in chosen]
         return torch.stack([self.ids[s:s + length] for s in starts]), starts
