@@ -93,8 +93,9 @@ class TextSplit:
         fit = self.half // length
         if fit < 1 or (count is not None and count > fit):
             raise SpecError(f"{self.path} has {len(self.ids)} tokens; evaluation reads the first half ({self.half} "
-                            f"tokens), which holds {fit} windows of {length} tokens, and {count or 1} were asked "
-                            "for; ask for fewer or shorter windows, or give a longer text")
+                            f"tokens), which holds {fit} windows of {length} tokens, and "
+                            f"{f'{count} were asked for' if count else 'at least 1 is needed'}; ask for fewer or "
+                            "shorter windows, or give a longer text")
         count = fit if count is None else count
         return self.ids[: count * length].view(count, length)
 
