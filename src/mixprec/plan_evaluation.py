@@ -109,7 +109,10 @@ class PlanEvaluator:
             model, data, evaluate = self._load_fn()
             # on the device without moving the caller's model there (a copy made there, where it lies elsewhere),
             # and in eval mode without switching it (a copy sharing its parameters, where it trains)
-            self._loaded = (in_eval_mode(placed_copy(model, self.device), False), data, evaluate)
+            placed = in_eval_mode(placed_copy(model, self.device), False)
+            if getattr(evaluate, "float_model", None) is model and getattr(evaluate, "reference", True) is None:
+                evaluate.float_model = placed  # a divergence from this model: its reference outputs made there too
+            self._loaded = (placed, data, evaluate)
         return self._loaded
 
     def plan(self, assignments: dict[str, str]) -> Plan:

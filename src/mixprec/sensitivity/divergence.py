@@ -344,9 +344,12 @@ class OutputDivergence:
         kinds = kinds or (self.kind,)
         sums = {k: [0.0, 0.0] for k in kinds}
         parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+        from ..streaming import device_of
+        place = device_of(model)  # where the measured model runs (its reference outputs may lie elsewhere)
         for x, ref, labels in zip(self.inputs, references, self.labels):
-            x = to_device(x, self.device)
+            x = to_device(x, place)
             out = output_tensor(run_model(model, x))
+            ref, labels = (None if ref is None else ref.to(out.device)), to_device(labels, out.device)
             if out.ndim == 1 and ref is not None and _per_sample_vector(x, out):
                 # one value per input (a regression's (N,) output): N samples of one value each, not one sample
                 ref, out = ref.reshape(-1, 1), out.reshape(-1, 1)
