@@ -131,7 +131,7 @@ def run(args) -> dict:
             "command": "python benchmarks/export_memory.py " + " ".join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "python": platform.python_version(),
                             "cpu": platform.processor() or platform.machine(),
-                            "before": str(args.before) if args.before else None}}
+                            "before": (args.before_label or str(args.before)) if args.before else None}}
 
 
 def markdown(r: dict) -> str:
@@ -140,7 +140,7 @@ def markdown(r: dict) -> str:
              "interpreter with torch, transformers and mixprec imported) / the model's float32 weight bytes "
              f"(MLP {r['weights_mb']['mlp']:.0f} MiB, Llama-shaped LM {r['weights_mb']['llama']:.0f} MiB, random "
              "weights)."
-             + (" `before`: the same commands with the mixprec of the checkout named in the command." if
+             + (f" `before`: the same commands with the mixprec of {r['environment']['before']}." if
                 r["environment"].get("before") else ""), "",
              "| command | " + " | ".join(f"{v}: peak MB (ratio), s" for v in dict.fromkeys(x["version"] for x in r["rows"]))
              + " |", "|---|" + "---|" * len({x["version"] for x in r["rows"]})]
@@ -158,6 +158,7 @@ def markdown(r: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="another checkout of mixprec, measured the same way beside this one")
+    parser.add_argument("--before-label", help="what the --before checkout is (e.g. its commit), for the table")
     parser.add_argument("--mlp-layers", type=int, default=12)
     parser.add_argument("--llama-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)

@@ -37,6 +37,8 @@ def forward(model: nn.Module, inputs: Any, index: int, device: torch.device) -> 
         return run_model(model, to_device(inputs, device))
     except StopForward:
         return None
+    except MixprecError:  # mixprec's own, raised by a hook during the pass: already says what is wrong
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ModelError(f"the model failed on calibration batch {index} of shape {describe_shape(inputs)}: "
                          f"{str(exc).splitlines()[0]}.{input_hint(model, inputs)}") from exc

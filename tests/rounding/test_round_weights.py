@@ -223,3 +223,25 @@ def test_a_checkpoint_of_a_model_changed_in_place_since_is_not_read(tmp_path, mo
     expected = round_weights(fresh, plan, data, "gptq", progress=False)
     assert all(torch.equal(again[n], expected[n]) for n in expected)
     assert len(list(tmp_path.glob("gptq-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("method", ["gptq", "adaround", "brecq"])
+def test_nan_inputs_from_some_samples_are_a_rounding_error_naming_the_layer(method):
+    """The model computes NaN for some calibration samples only (the data itself is finite): the learned
+    roundings fit them and GPTQ's Hessian sums them, so the result was garbage or a misleading error."""
+    class SomeNan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            return self.fc2(torch.where(x[:, :1] > 1.5, torch.sqrt(h), torch.relu(h)))  # NaN where h < 0
+
+    model = SomeNan().eval()
+    data = [torch.randn(32, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w4a8")
+    with pytest.raises(RoundingError, match=r"(layer|block) 'fc2': [\d,]+ of [\d,]+ (input|output) values on the "
+                                            r"calibration data are NaN or infinite"):
+        apply(model, plan, data, rounding=method, progress=False)

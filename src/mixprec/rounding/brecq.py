@@ -46,6 +46,7 @@ from ..capture import (StopForward, block_inputs, container_blocks, detach, firs
 from ..errors import RoundingError
 from ..formats import IntFormat
 from .adaround import AdaRound, SoftRounding, annealed_beta
+from .config import check_finite_input
 
 
 
@@ -158,6 +159,7 @@ def _float_outputs(model: nn.Module, block: str, batches: list, run) -> list[tor
 
     def hook(module, args, output):
         outputs.append(first_tensor(output).detach())
+        check_finite_input(block, outputs[-1], "brecq", "output")  # the target every layer of it is fit to
         calls[-1] += 1
         if expected and calls[-1] >= expected[0]:
             raise StopForward

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+import torch
+
+from ..errors import RoundingError
+
 
 @dataclass(frozen=True)
 class RoundingConfig:
@@ -34,3 +38,17 @@ class RoundingConfig:
     def changed(self) -> dict[str, Any]:
         """Only the options that differ from their defaults."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+def check_finite_input(name: str, x: torch.Tensor, method: str, what: str = "input") -> None:
+    """A RoundingError where some of a layer's (or block's) calibration ``what`` values are NaN or infinite: the
+    learned roundings fit them and the Hessian of GPTQ sums them, so a few bad samples ruin the rounding without
+    a word (where every value is bad, the layer's own error says it saw no finite input)."""
+    bad = ~torch.isfinite(x) if x.is_floating_point() else None
+    if bad is not None and bool(bad.any()) and not bool(bad.all()):
+        raise RoundingError(f"{'block' if what == 'output' else 'layer'} {name!r}: {int(bad.sum()):,} of "
+                            f"{x.numel():,} {what} values on the calibration data are NaN or infinite (the model "
+                            "computes them for some samples: a sqrt or log of a negative, a division by zero, an "
+                            f"overflow); {method} rounding learns from them and cannot use them. Give calibration "
+                            "data the model computes finite values for, fix the model, or round with nearest "
+                            "(--rounding nearest)")

@@ -32,7 +32,7 @@ from ..streaming import stream_of
 from ..canonical import copy_sharing_parameters
 from ..swap import nearest_weight, planned_model
 from . import chain, prefix
-from .config import RoundingConfig
+from .config import RoundingConfig, check_finite_input
 
 
 def round_layers(model: nn.Module, plan: Plan, batches: list, candidates: dict[str, Candidate],
@@ -194,7 +194,9 @@ def _observe(items: list, run: Callable[[Any, int], Any], modules: dict[str, nn.
 
     def see(name, module, args, kwargs):
         if name in seen:
-            states[name] = config.observe(states[name], module, layer_input(args, kwargs))
+            x = layer_input(args, kwargs)
+            check_finite_input(name, x, config.name)
+            states[name] = config.observe(states[name], module, x)
             seen[name] += 1
         elif all(seen[n] >= calls[n] for n in step):
             raise StopForward

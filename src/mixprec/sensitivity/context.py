@@ -33,7 +33,7 @@ from ..groups import ModelGroups, QuantizerGroup
 from ..integer_bias import attach as attach_integer_bias
 from ..multipoint import measure_points
 from ..quantizers import ActivationQuantizer
-from ..rounding.config import RoundingConfig
+from ..rounding.config import RoundingConfig, check_finite_input
 from ..swap import QuantizedLayer, nearest_weight, set_module
 
 
@@ -149,7 +149,9 @@ class MeasureContext:
             states: dict[str, Any] = {}
 
             def see(name, module, args, kwargs):
-                states[name] = self.rounding.observe(states.get(name), module, layer_input(args, kwargs))
+                x = layer_input(args, kwargs)
+                check_finite_input(name, x, self.rounding.name)
+                states[name] = self.rounding.observe(states.get(name), module, x)
             with on_inputs({name: modules[name] for name, _ in batch}, see):
                 for i in range(len(self.data)):
                     run_model(self.model, self.inputs(i))
