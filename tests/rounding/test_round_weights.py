@@ -245,3 +245,26 @@ def test_nan_inputs_from_some_samples_are_a_rounding_error_naming_the_layer(meth
     with pytest.raises(RoundingError, match=r"(layer|block) 'fc2': [\d,]+ of [\d,]+ (input|output) values on the "
                                             r"calibration data are NaN or infinite"):
         apply(model, plan, data, rounding=method, progress=False)
+
+
+def test_a_rounding_checkpoint_is_not_reused_for_a_model_with_the_same_weights_and_another_forward(tmp_path):
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    class Tanh(Mlp):
+        def forward(self, x):
+            return self.fc2(torch.tanh(self.fc1(x)))
+
+    data = [torch.randn(32, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    relu, tanh = Mlp().eval(), Tanh().eval()
+    plan = Plan.uniform(discover_groups(relu, data[0]), "w3a8")
+    for model in (relu, tanh):
+        apply(model, plan, data, rounding="adaround", rounding_options={"iterations": 20}, progress=False,
+              rounding_checkpoint=tmp_path)
+    assert len(list(tmp_path.glob("adaround-*.pt"))) == 2  # one each: the second was not read from the first's

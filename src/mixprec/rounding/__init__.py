@@ -23,8 +23,10 @@ done=, save=).
 checkpoint=DIR keeps the weights rounded so far in DIR/<method>-<key>.pt, the key a hash of the
 method, its options, the range methods, the plan's formats, the model's weights and the
 calibration data; an interrupted run resumes from there, and a finished one is read back whole.
-It is written at most every 30 s, at the end, and at a Ctrl-C (KeyboardInterrupt), so an interruption loses
-at most the layer or block in progress (a kill: at most the last 30 s).
+It is written as a layer or block finishes, at most every 30 s, at the end, and at a Ctrl-C (KeyboardInterrupt),
+so a Ctrl-C loses at most the layer or block in progress, and a kill that one and those finished since the last
+write (at most 30 s of them). Its key holds the model's weights and its code (mixprec.sensitivity.store's
+structure_hash), so a model with the same weights and another forward is rounded anew.
 """
 from __future__ import annotations
 
@@ -214,6 +216,8 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
                                         "weight_method": weight_method, "activation_method": activation_method,
                                         "formats": sorted(wanted.items()), "grid": GRID_VERSION}).encode())
     digest.update(_model_digest(model).encode())
+    from ..sensitivity.store import structure_hash  # what the model computes besides its weights: its code
+    digest.update(structure_hash(model).encode())
     fingerprint(digest, batches)
     path = Path(directory) / f"{method}-{digest.hexdigest()[:20]}.pt"
     done: dict[str, torch.Tensor] = {}
