@@ -193,6 +193,15 @@ class Analysis:
         self.run.check_loaded(model, data)
         return model
 
+    def _rounding(self, rounding: str | RoundingConfig | None, options: dict | None) -> RoundingConfig:
+        """The rounding plans are measured with: the analysis's (None), or ``rounding``; a name of the analysis's
+        own rounding keeps the switches it was measured with (gptq's static_groups, act_order) but the
+        ``options`` given, as the run's --rounding gptq --static-groups is still meant by solve --rounding gptq."""
+        own = self.rounding if isinstance(self.rounding, RoundingConfig) else None
+        if rounding is None or (isinstance(rounding, str) and own is not None and rounding == own.name):
+            return rounding_config(self.rounding, **(options or {}))
+        return rounding_config(rounding, **(options or {}))
+
     # ---- the allocation problem -----------------------------------------------------------------------
     def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
                 custom_costs: dict[str, tuple[np.ndarray, float]] | None = None) -> AllocationProblem:
@@ -449,7 +458,7 @@ class Analysis:
         if not isinstance(guard_margin, (int, float)) or isinstance(guard_margin, bool) or not guard_margin >= 0:
             raise SpecError(f"guard_margin must be a number of standard errors >= 0 (default 1), got {guard_margin!r}")
         _check_search_options(search, options)
-        rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
+        rounding = self._rounding(rounding, rounding_options)
         problem = self.problem(candidates, cost_files)
         budgets = self.budgets(budget, problem) if budget else {}
         if search in ("exact", "refine") and not budgets:
@@ -798,7 +807,7 @@ class Analysis:
         _check_device(device)
         cost_files = _cost_items(cost_files)
         problem = self.problem(candidates, cost_files)
-        rounding = rounding_config(self.rounding if rounding is None else rounding, **(rounding_options or {}))
+        rounding = self._rounding(rounding, rounding_options)
         kind = ALIASES.get(kind, kind)
         if kind not in problem.costs:
             from .budgets import unknown_kind_hint

@@ -214,6 +214,13 @@ def _rounding(args):
     return rounding_config(args.rounding, **options)
 
 
+def _measure_rounding(args):
+    """solve's and pareto's --rounding: its name where no switch of it was given (so that a run analysed with
+    --rounding gptq --static-groups keeps its switches: Analysis._rounding), else its config; None: not given."""
+    config = _rounding(args)
+    return args.rounding if config is not None and config == rounding_config(args.rounding) else config
+
+
 def _read_plan(args) -> None:
     """Exactly one of --plan and --uniform; the plan file read before the model loads (a missing or damaged one
     is said at once), kept as ``args.plan_read`` for :func:`_plan_of`."""
@@ -575,7 +582,8 @@ def cmd_solve(args) -> int:
         warnings.filterwarnings("ignore", category=BudgetNote)
         plan = analysis.solve(args.budget, args.search, candidates=args.candidates, cost_files=args.cost,
                               kind=args.kind, max_drop=args.max_drop, evaluate=args.eval, device=args.device,
-                              rounding=_rounding(args), guard=not args.no_guard, guard_divergence=args.guard_divergence,
+                              rounding=_measure_rounding(args), guard=not args.no_guard,
+                              guard_divergence=args.guard_divergence,
                               guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
                               **_search_options(args))
     meta = plan.metadata
@@ -640,7 +648,7 @@ def cmd_pareto(args) -> int:
               "plans; for a whole front, analyze without --around (or with a base near each budget)")
     front = analysis.pareto(args.budget_kind, args.points, args.method,
                             evaluate=True if args.eval == "auto" else args.eval, candidates=args.candidates,
-                            cost_files=args.cost, device=args.device, rounding=_rounding(args),
+                            cost_files=args.cost, device=args.device, rounding=_measure_rounding(args),
                             guard=not args.no_guard, guard_divergence=args.guard_divergence,
                             guard_margin=args.guard_margin)
     if front.extra.get("guard_skipped"):

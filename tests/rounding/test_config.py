@@ -50,3 +50,15 @@ def test_a_config_rounds_as_its_name_with_options():
     assert all(torch.equal(a, b) for a, b in zip(q1.state_dict().values(), q2.state_dict().values()))
     with pytest.raises(MixprecError, match="nearest rounding takes no options"):
         apply(model, plan, data, rounding=Nearest(), rounding_options={"act_order": True}, progress=False)
+
+
+def test_solve_with_the_name_of_the_analysis_rounding_keeps_the_switches_it_was_measured_with():
+    import types
+    from mixprec.analysis import Analysis
+    from mixprec.rounding import rounding_config
+    run = types.SimpleNamespace(rounding=rounding_config("gptq", static_groups=True, act_order=False))
+    assert Analysis._rounding(run, None, None) == run.rounding
+    assert Analysis._rounding(run, "gptq", None) == run.rounding  # solve --rounding gptq on that run
+    assert Analysis._rounding(run, "gptq", {"percdamp": 0.05}).static_groups is True
+    assert Analysis._rounding(run, rounding_config("gptq"), None).static_groups is False  # a config is taken as given
+    assert Analysis._rounding(run, "adaround", None).name == "adaround"
