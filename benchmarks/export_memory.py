@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -128,7 +129,7 @@ def run(args) -> dict:
                 print(f"{version:8s} {label:42s} peak {peak:7.0f} MB ({rows[-1]['ratio']:.2f}x the float32 "
                       f"weights above the interpreter's {base:.0f} MB), {seconds:.1f} s, status {status}", flush=True)
     return {"rows": rows, "weights_mb": weights, "threads": args.threads,
-            "command": "python benchmarks/export_memory.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/export_memory.py " + shlex.join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "python": platform.python_version(),
                             "cpu": platform.processor() or platform.machine(),
                             "before": (args.before_label or str(args.before)) if args.before else None}}

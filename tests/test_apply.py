@@ -378,3 +378,14 @@ def test_quantize_plan_says_which_layers_a_learned_rounding_leaves_to_nearest():
     groups = discover_groups(model, data[0])
     with pytest.warns(PlanNote, match=r"1 of 3 layer\(s\) with integer weights are rounded by nearest, not gptq"):
         mixprec.quantize_plan(model, Plan.uniform(groups, "w4a8"), data, groups, progress=False, rounding="gptq")
+
+
+def test_a_plan_recording_a_rounding_this_mixprec_lacks_is_refused_unless_a_rounding_is_given():
+    from mixprec.errors import RoundingError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(4, 8)]
+    plan = Plan.uniform(discover_groups(model, data[0]), "w8a8", metadata={"rounding": "gptq2"})
+    with pytest.raises(RoundingError, match="records rounding 'gptq2', which this mixprec does not have"):
+        apply(model, plan, data, progress=False)
+    assert apply(model, plan, data, rounding="nearest", progress=False) is not None

@@ -86,7 +86,13 @@ def apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = None
 def note_plan_rounding(plan: Plan, what: str, stacklevel: int = 4) -> None:
     """A RoundingNote where ``plan`` was chosen with a learned rounding (its metadata says which) and ``what`` is
     about to round it by nearest because no rounding was given: the weights then differ from those measured."""
-    from .rounding import plan_rounding
+    from .rounding import ROUNDINGS, plan_rounding
+    named = plan.metadata.get("rounding")
+    if named is not None and named not in ROUNDINGS:  # not silently nearest: the plan was measured otherwise
+        from .errors import RoundingError
+        raise RoundingError(f"the plan records rounding {named!r}, which this mixprec does not have "
+                            f"({', '.join(ROUNDINGS)}); give the rounding to apply it with (--rounding nearest, in "
+                            "Python rounding='nearest'), or use the mixprec that made the plan")
     recorded = plan_rounding(plan.metadata)
     if recorded is not None and recorded.name != "nearest":
         from .errors import RoundingNote

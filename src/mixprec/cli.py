@@ -286,6 +286,9 @@ def cmd_quantize(args) -> int:
     chosen_with = plan.metadata.get("rounding")
     chosen_options = chosen.options() if chosen is not None else {}
     if rounding is None:
+        if chosen_with is not None and chosen is None:  # a rounding this mixprec does not have: said, not nearest
+            from .apply import note_plan_rounding
+            note_plan_rounding(plan, "quantize")
         rounding = chosen or rounding_config("nearest")
         if rounding.name != "nearest":
             print(f"note: this plan was chosen with {rounding.name}-rounded weights: applied with {rounding.name} "
