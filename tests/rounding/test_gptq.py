@@ -232,3 +232,18 @@ def test_a_float_weight_rounded_in_place_is_not_served_its_old_range_choice():
           inplace=True)
     assert float_weight._version > version
     assert torch.equal(nearest_weight(float_weight, cand), quantize_weight(float_weight.detach(), cand.weight, "mse"))
+
+
+def test_gptq_on_fewer_input_rows_than_inputs_says_its_hessian_is_singular(monkeypatch):
+    from mixprec.apply import apply
+    from mixprec.errors import RoundingNote
+    from mixprec.groups import discover_groups
+    from mixprec.plan import Plan
+    from mixprec.rounding import gptq as module
+    monkeypatch.setattr(module, "_SAID_SHORT", [])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    few = [torch.randn(2, 32)]  # 2 rows for 32 inputs
+    plan = Plan.uniform(discover_groups(model, few[0]), "w4a8")
+    with pytest.warns(RoundingNote, match=r"layer 0 saw 2 input rows on the calibration data, fewer than its 32"):
+        apply(model, plan, few, rounding="gptq", progress=False)

@@ -16,6 +16,7 @@ stores and what the costs count. static_groups=True fixes them from the float we
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from ..capture import add_moments
-from ..errors import RoundingError
+from ..errors import RoundingError, RoundingNote
 from ..formats import IntFormat
 from ..quantizers import choose_range, fake_quant_int, int_qparams, weight_qparams
 from .config import RoundingConfig
@@ -63,6 +64,14 @@ class GPTQ(RoundingConfig):
         """Linear layers that read one input (Q/K/V, gate/up) at one format share the Hessian, and
         GPTQ treats every output row alike given it: their rows go through one column loop
         (:func:`stack_rows`), a third of the loops for Q/K/V."""
+        short = [name for name in layers if states[name][1] < states[name][0].shape[-1]]  # rows < inputs
+        if short and not _SAID_SHORT:  # once a process: an LLM's every layer would say it again
+            _SAID_SHORT.append(short[0])
+            rows, inputs = states[short[0]][1], states[short[0]][0].shape[-1]
+            warnings.warn(f"GPTQ: layer {short[0]} saw {rows} input rows on the calibration data, fewer than its "
+                          f"{inputs} inputs (and others may too), so its Hessian is singular and GPTQ's updates fit "
+                          "those few rows, which can end far worse than nearest rounding; give more calibration "
+                          f"samples (several times {inputs} rows)", RoundingNote, stacklevel=2)
         out: dict[str, torch.Tensor] = {}
         for names in stack_rows(layers, states, formats):
             if len(names) == 1:
@@ -74,6 +83,9 @@ class GPTQ(RoundingConfig):
             for name, part in zip(names, rounded.split([w.shape[0] for w in weights])):
                 out[name] = part.clone()
         return out
+
+
+_SAID_SHORT: list[str] = []  # the layer a process first said had fewer input rows than inputs
 
 
 def stack_rows(layers: dict[str, nn.Module], states: dict[str, list], formats: dict[str, IntFormat]) -> list[list[str]]:
