@@ -140,7 +140,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     multipoint = sorted(name for name, c in candidates.items() if c.multipoint)
     if multipoint and method != "nearest":
         raise MixprecError(f"rounding={method!r} does not build multipoint weights (layer {multipoint[0]!r} is "
-                           f"planned as {candidates[multipoint[0]].name}); use rounding='nearest'")
+                           f"planned as {candidates[multipoint[0]].name}); use rounding='nearest' "
+                           "(--rounding nearest)")
     counts = plan_points(model, plan, calibration_data, weight_method, points, progress) if multipoint else {}
     weights = multipoint_weights(model, candidates, counts, weight_method)
     if is_torchscript(model) and method == "nearest":
