@@ -463,7 +463,8 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         notes[:] = [n for n in notes if n != JOINS_ADDED]
     if result.joins:
         fused = sum(1 for j in result.joins if j["low_precision"])
-        notes.append(f"{fused} of {len(result.joins)} residual add(s)/concatenation(s) run as integer kernels")
+        notes.append(f"{fused} of the {len(result.joins)} residual add(s)/concatenation(s) with join quantizers run "
+                     "as integer kernels (those with no integer layer beside them have none and run in float)")
     planned = (plan.metadata.get("predicted_costs") or {}).get("bytes")
     if isinstance(planned, (int, float)) and planned > 0 and result.size_bytes > OVER_PLANNED * planned:
         wider = [name for name, r in realisations.items() if r.weight_bits
