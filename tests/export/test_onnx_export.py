@@ -295,7 +295,7 @@ def test_join_quantizers_make_the_layer_before_a_residual_add_an_integer_kernel(
     rows = {r["layer"]: r for r in result.layers}
     assert rows["conv2"]["runtime_op"] == "QLinearConv" and not result.fallbacks
     assert [j["runtime_op"] for j in result.joins] == ["QLinearAdd"]
-    assert any("1 of 1 residual add" in n for n in result.notes)
+    assert any("1 of the 1 residual add" in n for n in result.notes)
     assert json.loads(report_path(result.path).read_text())["joins"][0]["low_precision"]
     simulated = apply(model, p, data, progress=False, joins=True)
     x = batches((3, 8, 8), n=1, size=64)[0]
