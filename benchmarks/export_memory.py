@@ -122,13 +122,15 @@ def run(args) -> dict:
                 words = [w.replace("{tmp}", f"{tmp}/{version}") for w in words]
                 command = entry + [words[0], "--model", f"{spec}:{model}", "--data", f"{spec}:{model}_data",
                                    *words[1:]]
-                peak, seconds, status = peak_of(command, env)
-                rows.append({"version": version, "command": label, "model": model, "weights_mb": weights[model],
-                             "interpreter_mb": base, "peak_mb": peak, "seconds": seconds, "status": status,
-                             "ratio": (peak - base) / weights[model]})
-                print(f"{version:8s} {label:42s} peak {peak:7.0f} MB ({rows[-1]['ratio']:.2f}x the float32 "
-                      f"weights above the interpreter's {base:.0f} MB), {seconds:.1f} s, status {status}", flush=True)
-    return {"rows": rows, "weights_mb": weights, "threads": args.threads,
+                for repeat in range(args.repeats):  # the peak varies from run to run with the allocator's timing
+                    peak, seconds, status = peak_of(command, env)
+                    rows.append({"version": version, "command": label, "model": model, "repeat": repeat,
+                                 "weights_mb": weights[model], "interpreter_mb": base, "peak_mb": peak,
+                                 "seconds": seconds, "status": status, "ratio": (peak - base) / weights[model]})
+                    print(f"{version:8s} {label:42s} peak {peak:7.0f} MB ({rows[-1]['ratio']:.2f}x the float32 "
+                          f"weights above the interpreter's {base:.0f} MB), {seconds:.1f} s, status {status}",
+                          flush=True)
+    return {"rows": rows, "weights_mb": weights, "threads": args.threads, "repeats": args.repeats,
             "command": "python benchmarks/export_memory.py " + shlex.join(sys.argv[1:]),
             "environment": {"mixprec": __version__, "python": platform.python_version(),
                             "cpu": platform.processor() or platform.machine(),
@@ -142,15 +144,20 @@ def markdown(r: dict) -> str:
              f"(MLP {r['weights_mb']['mlp']:.0f} MiB, Llama-shaped LM {r['weights_mb']['llama']:.0f} MiB, random "
              "weights)."
              + (f" `before`: the same commands with the mixprec of {r['environment']['before']}." if
-                r["environment"].get("before") else ""), "",
-             "| command | " + " | ".join(f"{v}: peak MB (ratio), s" for v in dict.fromkeys(x["version"] for x in r["rows"]))
+                r["environment"].get("before") else "")
+             + (f" Each command ran {r['repeats']} times: the ratios of the runs, lowest first (the peak varies "
+                "from run to run with the memory allocator's timing)." if r.get("repeats", 1) > 1 else ""), "",
+             "| command | " + " | ".join(f"{v}: peak ratio of each run" for v in
+                                       dict.fromkeys(x["version"] for x in r["rows"]))
              + " |", "|---|" + "---|" * len({x["version"] for x in r["rows"]})]
     for command in dict.fromkeys(x["command"] for x in r["rows"]):
         cells = []
         for version in dict.fromkeys(x["version"] for x in r["rows"]):
-            row = next(x for x in r["rows"] if x["command"] == command and x["version"] == version)
-            cells.append(f"{row['peak_mb']:.0f} ({row['ratio']:.2f}x), {row['seconds']:.0f}"
-                         + ("" if row["status"] == 0 else f", FAILED (status {row['status']})"))
+            runs = sorted((x for x in r["rows"] if x["command"] == command and x["version"] == version),
+                          key=lambda x: x["ratio"])
+            failed = [x["status"] for x in runs if x["status"] != 0]
+            cells.append(", ".join(f"{x['ratio']:.2f}x" for x in runs) + f" ({runs[-1]['peak_mb']:.0f} MB at most)"
+                         + (f", FAILED (status {failed[0]})" if failed else ""))
         lines.append(f"| {command} | " + " | ".join(cells) + " |")
     lines += ["", f"`{r['command']}` ({r['threads']} threads, {r['environment']['cpu']})"]
     return "\n".join(lines) + "\n"
@@ -163,6 +170,7 @@ def main() -> int:
     parser.add_argument("--mlp-layers", type=int, default=12)
     parser.add_argument("--llama-layers", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each command (default 2)")
     args = parser.parse_args()
     result = run(args)
     RESULTS.mkdir(exist_ok=True)
