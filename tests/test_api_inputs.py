@@ -693,3 +693,13 @@ def test_a_batch_of_numbers_in_nested_lists_is_described_by_its_shape_not_row_by
     with pytest.raises(mixprec.MixprecError) as raised:
         mixprec.analyze(model, [batch], candidates="w4a8,w8a8", progress=False)
     assert len(str(raised.value)) < 400 and "32 x 1 x 8 x 8" in str(raised.value)
+
+
+def test_calibration_samples_of_several_sizes_are_said_as_costing_otherwise_than_the_first():
+    from mixprec.errors import ModelNote
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    data = [torch.randn(4, 3, n) for n in (20, 40, 20)]
+    with pytest.warns(ModelNote, match=r"samples of 2 sizes \(\(3, 20\), \(3, 40\)\): MACs and BOPs are counted per "
+                                       r"sample of the first batch's size"):
+        mixprec.analyze(model, data, "w4a8,w8a8", progress=False)

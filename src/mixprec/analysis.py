@@ -998,9 +998,11 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     if groups is None:
         example = split_item(batches[0])[0] if batches else None
         groups = discover_groups(model, example, ties=list(tie), exclude=list(exclude), pins=pins)  # it checks pins
+        from .batches import sizes_note
         from .errors import ModelNote
-        for note in groups.notes:  # what inspect prints, said to a Python user too
-            warnings.warn(note, ModelNote, stacklevel=2)
+        for note in [*groups.notes, sizes_note(batches or [])]:  # what inspect prints, said to a Python user too
+            if note:
+                warnings.warn(note, ModelNote, stacklevel=2)
     cands = _candidate_list(candidates)
     measured_with = rounding_config(rounding) if rounding is not None else None
     if measured_with is not None and measured_with.needs_data and config.name in WEIGHT_SPACE_METRICS:

@@ -221,6 +221,29 @@ def outputs_note(output: Any) -> str | None:
             "concatenated, each scaled as it matters)")
 
 
+def _per_sample(inputs: Any) -> Any:
+    """The shape of one sample of a batch's inputs (each tensor's shape without its first axis), in its structure."""
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape[1:])
+    if isinstance(inputs, dict):
+        return {k: _per_sample(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return [_per_sample(v) for v in inputs]
+    return None
+
+
+def sizes_note(items: list) -> str | None:
+    """A note where the calibration batches hold samples of several sizes (sequences or images of several
+    lengths): MACs, and so BOPs, are counted per sample on the first batch only."""
+    shapes = list(dict.fromkeys(repr(_per_sample(split_item(item)[0])) for item in items))
+    if len(shapes) < 2:
+        return None
+    return (f"the calibration batches hold samples of {len(shapes)} sizes ({shapes[0]}, {shapes[1]}"
+            f"{', ...' if len(shapes) > 2 else ''}): MACs and BOPs are counted per sample of the first batch's size "
+            f"{shapes[0]}, and a sample of another size costs otherwise (a sequence twice as long, twice the MACs of "
+            "its linear layers)")
+
+
 def describe_shape(inputs: Any) -> Any:
     """The shapes of a batch's tensors in its structure; a list of plain values (a batch's ids or texts) as
     its length and type ("32 x str"), not one entry per value."""

@@ -26,8 +26,8 @@ from torch import nn
 
 from .canonical import canonical
 from .capture import map_tensors
-from .batches import (batch_size, check_batched, check_finite, in_model_precision, refuse_dataset, split_item,
-                      tensors_of)
+from .batches import (batch_size, check_batched, check_finite, in_model_precision, refuse_dataset, sizes_note,
+                      split_item, tensors_of)
 from .builtin import BUILTINS, get_builtin
 from .candidates import parse_candidate
 from .errors import EvaluationError, SpecError, notify
@@ -565,6 +565,9 @@ def _data_notes(data: list, data_spec: str, calibration_samples: int | None) -> 
     if count < FEW_SAMPLES:
         notes.append(f"only {count} calibration sample(s): activation ranges and sensitivities measured on so few "
                      "vary from one set to the next; the built-in models calibrate on 128 to 512 images (32 text windows)")
+    sizes = sizes_note(data)
+    if sizes:
+        notes.append(sizes)
     return notes
 
 
