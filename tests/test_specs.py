@@ -412,3 +412,9 @@ def test_a_model_file_or_function_that_fails_is_named_with_its_line(tmp_path):
         load_model(f"{tmp_path}/raises.py:model")
     with pytest.raises(SpecError, match=r"calling model\(\) failed: KeyError: 'missing' \(.*calls.py line 3, in model\)"):
         load_model(f"{tmp_path}/calls.py:model")
+
+
+def test_a_metric_returned_as_text_is_refused_not_read_as_a_number():
+    from mixprec.errors import EvaluationError
+    with pytest.raises(EvaluationError, match="returned '0.5' for 'acc'; expected a number"):
+        to_eval_result({"main": "acc", "acc": "0.5"})

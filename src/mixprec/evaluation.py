@@ -82,6 +82,8 @@ def to_eval_result(value: Any, source: str = "evaluation function") -> EvalResul
         details = {str(k): _plain_detail(v) for k, v in value.items() if k not in ("main", "higher_is_better", main)}
         try:
             number = value[main].item() if hasattr(value[main], "item") else value[main]
+            if isinstance(number, (str, bytes)):  # float("0.5") would take text for a measurement
+                raise TypeError
             result = EvalResult(str(main), float(number), higher, details)
         except (TypeError, ValueError):
             raise EvaluationError(f"{source} returned {value[main]!r} for {main!r}; expected a number") from None
