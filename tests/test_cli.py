@@ -541,3 +541,19 @@ def test_a_leading_tilde_in_a_path_argument_is_the_home_directory(monkeypatch):
         "ppl:/home/user/w.txt?windows=4"
     assert _home("latency_ms=~/lat.csv") == "latency_ms=/home/user/lat.csv"
     assert _home("bytes=2MB") == "bytes=2MB" and _home("a~b") == "a~b" and _home(3) == 3
+
+
+def test_the_quiet_interrupt_handler_of_the_start_is_replaced_by_the_previous_one_when_the_command_runs(monkeypatch,
+                                                                                                          capsys):
+    import signal
+    from mixprec import _startup
+    from mixprec.cli import main
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(_startup, "_replaced", [previous])
+    signal.signal(signal.SIGINT, _startup._interrupted)  # as the import of the mixprec command installs it
+    try:
+        assert main([]) == 2  # no command: the help
+    finally:
+        installed = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
+    assert installed is previous and _startup._replaced == []

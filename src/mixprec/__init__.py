@@ -16,6 +16,8 @@ or all at once: ``mixprec.quantize(model, data, budget="bops=w4a8", evaluate=fn)
 """
 __version__ = "0.1.0"
 
+from . import _startup  # noqa: E402,F401  (the command line: a Ctrl-C while torch loads is one line, not a traceback)
+
 from .analysis import Analysis, analyze  # noqa: E402
 from .apply import apply  # noqa: E402
 from .candidates import Candidate, parse_candidate, parse_candidates  # noqa: E402

@@ -1435,6 +1435,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._startup import restore
+    restore()  # the imports are done: a Ctrl-C is the command's own KeyboardInterrupt from here on
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line, before or after the command
