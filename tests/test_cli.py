@@ -557,3 +557,12 @@ def test_the_quiet_interrupt_handler_of_the_start_is_replaced_by_the_previous_on
         installed = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, previous)
     assert installed is previous and _startup._replaced == []
+
+
+def test_inspect_json_to_standard_output_keeps_the_tables_on_standard_error(capsys):
+    import json
+    from mixprec.cli import main
+    assert main(["inspect", "--model", "demo-cnn", "--candidates", "w8a8,w4a8", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    found = json.loads(out)  # nothing else on stdout
+    assert list(found["uniform_costs"]) == ["w8a8", "w4a8"] and "cost of each uniform candidate" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -26,7 +27,7 @@ from .export.cuda import DTYPES as CUDA_DTYPES
 from .front import Front
 from .groups import ModelGroups, is_torchscript
 from .pipeline import check_plan_groups, quantize_plan
-from .atomic import check_output_dir, check_output_file, write_json_atomic
+from .atomic import check_output_dir, check_output_file, finite_json, write_json_atomic
 from .plan import Plan
 from .profiles import PROFILE_TARGETS, PROFILES, profile_candidates
 from .quantizers import RANGE_METHODS
@@ -153,6 +154,19 @@ def _candidates(args) -> list:
 
 
 def cmd_inspect(args) -> int:
+    if args.json == "-":  # the JSON alone on standard output for a script to read; the tables go to stderr
+        import contextlib
+        args.json = None
+        with contextlib.redirect_stdout(sys.stderr):
+            found = _inspect(args)
+        print(json.dumps(finite_json(found), indent=2))
+        return 0
+    _inspect(args)
+    return 0
+
+
+def _inspect(args) -> dict:
+    """inspect's tables printed (and its --json file written); returns what the JSON holds."""
     args.needs_data = False
     if args.json:
         check_output_file(args.json, "--json")
@@ -183,11 +197,12 @@ def cmd_inspect(args) -> int:
         if c.multipoint:
             print(f"note: {c.name} is not listed: its cost depends on the points each channel takes, chosen on "
                   f"calibration data; `mixprec analyze --candidates ...,{c.name}` measures it")
+    found = {"model": args.model, **groups.to_dict(), "uniform_costs": {
+        c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}}
     if args.json:
-        write_json_atomic(Path(args.json), {"model": args.model, **groups.to_dict(), "uniform_costs": {
-            c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}})
+        write_json_atomic(Path(args.json), found)
         print(f"wrote {args.json}")
-    return 0
+    return found
 
 
 def _rounding(args):
@@ -1124,7 +1139,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="comma-separated candidates; forms: "
                        + "; ".join(VALID_FORMS) + f" (default {DEFAULT_CANDIDATES})")
     which.add_argument("--profile", choices=sorted(PROFILES), help="use a hardware profile's candidates instead")
-    p.add_argument("--json", help="also write the groups and costs to this JSON file")
+    p.add_argument("--json", help="also write the groups and costs to this JSON file ('-': the JSON on standard "
+                   "output, the tables on standard error)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("quantize", help="apply a plan (or one uniform candidate) and evaluate",
