@@ -9,7 +9,7 @@ pytest.importorskip("safetensors")
 
 from mixprec.apply import apply  # noqa: E402
 from mixprec.errors import CandidateError, ModelError, OutputError, PlanError  # noqa: E402
-from mixprec.export.compressed_tensors import (ACCEPTED, load_dequantized, pack_int32, read_back,  # noqa: E402
+from mixprec.export.compressed_tensors import (ACCEPTED, WEIGHTS_FILE, load_dequantized, pack_int32, read_back,  # noqa: E402
                                                unpack_int32, write_compressed_tensors)
 from mixprec.groups import discover_groups  # noqa: E402
 from mixprec.hf import CausalLM  # noqa: E402
@@ -367,3 +367,16 @@ def test_an_export_interrupted_while_writing_leaves_no_config_of_other_weights(t
     monkeypatch.setattr(ct, "write_json_atomic", real)
     result = write_compressed_tensors(model, second, out, progress=False)
     assert result.readback.exact and json.loads((out / "config.json").read_text())["quantization_config"]
+
+
+def test_a_layer_made_a_few_rows_at_a_time_is_written_as_made_whole(mixed, tmp_path, monkeypatch):
+    """Large layers' codes are made in chunks of rows (their float temporaries would take several times the
+    weights): with chunks of a row or two, every format of the mixed plan writes the same tensors."""
+    from safetensors.torch import load_file
+    from mixprec.export import compressed_tensors
+    model, plan, quantized, out, _ = mixed
+    monkeypatch.setattr(compressed_tensors, "CHUNK_VALUES", 100)  # 1 or 2 rows of these layers at a time
+    write_compressed_tensors(model, plan, tmp_path / "chunked", quantized=quantized, progress=False)
+    whole, chunked = load_file(str(out / WEIGHTS_FILE)), load_file(str(tmp_path / "chunked" / WEIGHTS_FILE))
+    assert whole.keys() == chunked.keys()
+    assert all(torch.equal(whole[k], chunked[k]) for k in whole)

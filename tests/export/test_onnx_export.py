@@ -281,6 +281,21 @@ def test_layer_codes_keep_one_scale_per_group_and_give_back_every_element_exactl
     assert np.allclose(back, quantize_weight(w, cand.weight, "mse").numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["w4g16", "w8a8", "w3g16-asym", "w8"])
+def test_layer_codes_made_a_few_rows_at_a_time_are_those_made_whole(name, monkeypatch):
+    from mixprec.export import onnx_graph
+    from mixprec.export.targets import Realisation
+    from mixprec.quantizers import quantize_weight
+    w = torch.randn(37, 50, generator=torch.Generator().manual_seed(3))
+    cand = parse_candidate(name)
+    sim = quantize_weight(w, cand.weight, "mse")
+    whole = onnx_graph.layer_codes("l", w, sim, cand, Realisation("qdq"), None, "mse")
+    monkeypatch.setattr(onnx_graph, "CHUNK_VALUES", 120)  # two rows at a time
+    rows = onnx_graph.layer_codes("l", w, sim, cand, Realisation("qdq"), None, "mse")
+    assert np.array_equal(whole.codes, rows.codes) and np.array_equal(whole.group_scales, rows.group_scales)
+    assert np.array_equal(whole.group_zero_points, rows.group_zero_points) and whole.group_size == rows.group_size
+
+
 def test_fit_bias_gives_a_zero_scale_channel_a_usable_scale():
     fmt = parse_candidate("w8a8").weight
     codes, scales = np.zeros((2, 3), dtype=np.int64), np.array([[0.0] * 3, [0.02] * 3])

@@ -338,6 +338,9 @@ def _float_tensors(root: nn.Module, changed: set[str]) -> dict[str, torch.Tensor
     return tensors
 
 
+CHUNK_VALUES = 1 << 22  # weight values a layer's codes are made of at a time
+
+
 def _layer_tensors(name: str, original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, scheme: Scheme,
                    input_quantizer: Any, weight_method: str) -> dict[str, torch.Tensor]:
     """The tensors of one quantized layer as compressed-tensors lays them out for ``scheme.format``."""
@@ -353,19 +356,32 @@ def _layer_tensors(name: str, original: torch.Tensor, simulated: torch.Tensor, c
         out[f"{name}.input_scale"] = fp8_scale(torch.maximum(-q.lo, q.hi), "fp8_e4m3").reshape(1).float().cpu()
         return out
     fmt: IntFormat = candidate.weight
-    q, scale, zero = _int_codes(name, original, simulated, fmt, weight_method)
-    step = fmt.group_size if fmt.granularity == "group" else q.shape[1]
-    scale, zero = scale[:, ::step].contiguous(), zero[:, ::step].contiguous()  # one per group / channel
+    shape = list(original.shape)  # a Linear's (out, inputs)
+    original = original.reshape(original.shape[0], -1)
+    simulated = simulated.reshape(original.shape)
+    # rows a few million values at a time (each has its own scales but for a per-tensor format): the codes' float
+    # temporaries of a large output layer (128k x 4096) would take several times its weights
+    chunk = original.shape[0] if fmt.granularity == "tensor" else max(1, CHUNK_VALUES // max(original.shape[1], 1))
     shift = 0 if fmt.symmetric else 1 << (fmt.bits - 1)  # mixprec's asymmetric codes are 0..2^B-1
-    q, zero = q - shift, zero - shift
+    codes, scales, zeros = [], [], []
+    for start in range(0, original.shape[0], chunk):
+        q, scale, zero = _int_codes(name, original[start:start + chunk], simulated[start:start + chunk], fmt,
+                                    weight_method)
+        step = fmt.group_size if fmt.granularity == "group" else q.shape[1]
+        scales.append(scale[:, ::step].contiguous())  # one per group / channel
+        zeros.append(zero[:, ::step] - shift)
+        q = q - shift
+        codes.append(pack_int32(q, fmt.bits) if scheme.format == "pack-quantized" else q.to(torch.int8))
+        del q, scale, zero
+    scale, zero = torch.cat(scales), torch.cat(zeros)
     out[f"{name}.weight_scale"] = scale
     if scheme.format == "pack-quantized":
-        out[f"{name}.weight_packed"] = pack_int32(q, fmt.bits)
-        out[f"{name}.weight_shape"] = torch.tensor(list(original.shape), dtype=torch.int64)
+        out[f"{name}.weight_packed"] = torch.cat(codes)
+        out[f"{name}.weight_shape"] = torch.tensor(shape, dtype=torch.int64)
         if not fmt.symmetric:
             out[f"{name}.weight_zero_point"] = pack_int32(zero.t(), fmt.bits).t().contiguous()
         return out
-    out[f"{name}.weight"] = q.to(torch.int8)
+    out[f"{name}.weight"] = torch.cat(codes)
     if not fmt.symmetric:
         out[f"{name}.weight_zero_point"] = zero.to(torch.int8)
     a = input_quantizer

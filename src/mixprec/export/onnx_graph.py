@@ -85,32 +85,47 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
     out = LayerCodes(name, candidate, realisation)
     fmt = candidate.weight
     if isinstance(fmt, IntFormat):
-        rows = original.detach().to(torch.float32).reshape(original.shape[0], -1)
-        sim = simulated.detach().to(torch.float32).reshape(rows.shape)
-        scale, zero_point = weight_qparams(rows, fmt, weight_method)
-        codes = torch.clamp(torch.round(sim / scale) + zero_point, fmt.qmin, fmt.qmax)
-        error = ((codes - zero_point) * scale - sim).abs()
-        # a bfloat16 or float16 model holds code * scale rounded to its type: up to half its epsilon of the value
-        # (at most a quarter step for 8-bit codes in bfloat16), so the codes are still read back exactly
-        rounding = 0.0 if simulated.dtype in (torch.float32, torch.float64) else \
-            0.5 * torch.finfo(simulated.dtype).eps * 1.001
-        if bool((error > 1e-5 * scale.abs() + rounding * sim.abs() + 1e-12).any()):
-            raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
-                             f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
-                             "exported exactly; export a model quantized with rounding nearest, adaround, brecq, or gptq with "
-                             "static groups (--static-groups, GPTQ(static_groups=True))")
-        del error
-        # weight_qparams gives every element its group's scale: one column per group keeps them all
-        size = fmt.group_size if fmt.granularity == "group" else rows.shape[1]
-        out.codes = codes.to(torch.int16 if fmt.bits <= 8 else torch.int32).cpu().numpy()
-        out.group_size = size
-        out.group_scales = scale[:, ::size].cpu().numpy().astype(np.float32)
-        out.group_zero_points = zero_point[:, ::size].to(torch.int32).cpu().numpy()
+        total = original.shape[0]
+        # rows a few million values at a time (each has its own scales but for a per-tensor format): the float
+        # temporaries of a large output layer would take several times its weights
+        chunk = total if fmt.granularity == "tensor" else max(1, CHUNK_VALUES // max(original[0].numel(), 1))
+        parts = [_codes_of_rows(name, original[start:start + chunk], simulated[start:start + chunk], fmt,
+                                weight_method) for start in range(0, total, chunk)]
+        out.group_size = parts[0][3]
+        out.codes, out.group_scales, out.group_zero_points = (np.concatenate([p[i] for p in parts]) for i in range(3))
     q = input_quantizer
     if q is not None and isinstance(q.fmt, IntFormat):
         scale, zero_point = int_qparams(q.lo.reshape(1).float().cpu(), q.hi.reshape(1).float().cpu(), q.fmt)
         out.input_scale, out.input_zero_point = float(scale), int(zero_point)
     return out
+
+
+CHUNK_VALUES = 1 << 22  # weight values a layer's codes are made of at a time
+
+
+def _codes_of_rows(name: str, original: torch.Tensor, simulated: torch.Tensor, fmt: IntFormat,
+                   weight_method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(codes, scale and zero-point per group, group size) of some output rows of a layer (:func:`layer_codes`)."""
+    rows = original.detach().to(torch.float32).reshape(original.shape[0], -1)
+    sim = simulated.detach().to(torch.float32).reshape(rows.shape)
+    scale, zero_point = weight_qparams(rows, fmt, weight_method)
+    codes = torch.clamp(torch.round(sim / scale) + zero_point, fmt.qmin, fmt.qmax)
+    error = ((codes - zero_point) * scale - sim).abs()
+    # a bfloat16 or float16 model holds code * scale rounded to its type: up to half its epsilon of the value
+    # (at most a quarter step for 8-bit codes in bfloat16), so the codes are still read back exactly
+    rounding = 0.0 if simulated.dtype in (torch.float32, torch.float64) else \
+        0.5 * torch.finfo(simulated.dtype).eps * 1.001
+    if bool((error > 1e-5 * scale.abs() + rounding * sim.abs() + 1e-12).any()):
+        raise ModelError(f"layer {name!r}: the quantized weight is not on the grid of nearest rounding's scales "
+                         f"(largest error {float((error / scale.abs()).max()):.3g} steps), so its codes cannot be "
+                         "exported exactly; export a model quantized with rounding nearest, adaround, brecq, or gptq with "
+                         "static groups (--static-groups, GPTQ(static_groups=True))")
+    del error
+    # weight_qparams gives every element its group's scale: one column per group keeps them all
+    size = fmt.group_size if fmt.granularity == "group" else rows.shape[1]
+    return (codes.to(torch.int16 if fmt.bits <= 8 else torch.int32).cpu().numpy(),
+            scale[:, ::size].cpu().numpy().astype(np.float32),
+            zero_point[:, ::size].to(torch.int32).cpu().numpy(), size)
 
 
 OUTPUTS_KEY = "mixprec.outputs"  # the metadata holding the structure of several outputs
