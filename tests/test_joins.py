@@ -86,6 +86,28 @@ def test_a_concatenation_gets_quantizers_and_module_names_are_kept():
     assert {"a", "b", "after"} <= {n for n, _ in gm.named_modules()}
 
 
+class TwoJoins(nn.Module):
+    """One tensor (an in-place ReLU's) read by a concatenation and by an add, as a U-Net's skip is."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.fuse = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.a(x).relu_()
+        return self.fuse(torch.cat([self.b(h), h], dim=1)) + h
+
+
+def test_a_tensor_two_joins_read_gets_one_quantizer():
+    """Two quantizers of one tensor (one per join) left the conv before it without one output quantization, so
+    ONNX Runtime ran it in float; calibrated on the same tensor, they had the same range anyway."""
+    gm = insert_join_quantizers(TwoJoins().eval())
+    relu = next(n for n in gm.graph.nodes if n.op == "call_method" and n.target == "relu_")
+    readers = [u for u in relu.users if u.op == "call_module" and isinstance(gm.get_submodule(u.target), JoinQuantizer)]
+    assert len(readers) == 1 and len(readers[0].users) == 2  # the concatenation and the add read the one quantizer
+
+
 def test_layers_reading_a_joined_tensor_share_its_range_and_results_are_unchanged_by_sharing():
     model, batches = Residual().eval(), data((3, 6, 6))
     q = apply(model, uniform(model, batches, "w8a8"), batches, progress=False, joins=True)

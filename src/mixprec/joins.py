@@ -317,12 +317,14 @@ def insert_join_quantizers(model: nn.Module, method: str = "mse",
     joins = [n for n in graph.nodes if _is_join(n)]
     if integer_inputs is not None:  # a join among float layers only enables no integer kernel: it stays float
         joins = [j for j in joins if _near_integer_layer(j, modules, integer_inputs)]
+    made: dict[fx.Node, fx.Node] = {}  # a tensor two joins read: one quantizer (the same range), as a runtime has
     for join in joins:
         label = _label(join)
         for i, source in enumerate(_tensor_inputs(join)):
             if _is_quantized(source, modules):
                 continue
-            q = new_quantizer(source, f"{label}.in{i}")
+            q = made.get(source) or new_quantizer(source, f"{label}.in{i}")
+            made[source] = q
             join.replace_input_with(source, q)
         end = join
         users = list(end.users)
