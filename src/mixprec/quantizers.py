@@ -247,6 +247,17 @@ def _quantize_groups(rows: torch.Tensor, fmt: IntFormat, method: str, percentile
     return torch.cat(parts, dim=1), (torch.cat(made, dim=1) if made[0] is not None else None)
 
 
+CHUNK_VALUES = 1 << 22  # weight values whose codes :func:`row_chunks` lets a caller make at a time
+
+
+def row_chunks(rows: int, per_row: int, fmt: IntFormat) -> list[slice]:
+    """The output rows of a weight in slices of a few million values, whose codes can be made apart (each row
+    has its own scales but in a per-tensor format, whose one slice is every row): the float temporaries of
+    codes made whole for a large output layer (128k x 4096) take several times its weights."""
+    size = rows if fmt.granularity == "tensor" else max(1, CHUNK_VALUES // max(per_row, 1))
+    return [slice(start, start + size) for start in range(0, rows, size)]
+
+
 def weight_qparams(rows: torch.Tensor, fmt: IntFormat, method: str = "mse",
                    percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero-point of every element of a weight as :func:`quantize_weight` chooses them.

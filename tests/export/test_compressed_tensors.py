@@ -373,9 +373,9 @@ def test_a_layer_made_a_few_rows_at_a_time_is_written_as_made_whole(mixed, tmp_p
     """Large layers' codes are made in chunks of rows (their float temporaries would take several times the
     weights): with chunks of a row or two, every format of the mixed plan writes the same tensors."""
     from safetensors.torch import load_file
-    from mixprec.export import compressed_tensors
+    from mixprec import quantizers
     model, plan, quantized, out, _ = mixed
-    monkeypatch.setattr(compressed_tensors, "CHUNK_VALUES", 100)  # 1 or 2 rows of these layers at a time
+    monkeypatch.setattr(quantizers, "CHUNK_VALUES", 100)  # 1 or 2 rows of these layers at a time
     write_compressed_tensors(model, plan, tmp_path / "chunked", quantized=quantized, progress=False)
     whole, chunked = load_file(str(out / WEIGHTS_FILE)), load_file(str(tmp_path / "chunked" / WEIGHTS_FILE))
     assert whole.keys() == chunked.keys()

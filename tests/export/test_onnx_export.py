@@ -290,7 +290,8 @@ def test_layer_codes_made_a_few_rows_at_a_time_are_those_made_whole(name, monkey
     cand = parse_candidate(name)
     sim = quantize_weight(w, cand.weight, "mse")
     whole = onnx_graph.layer_codes("l", w, sim, cand, Realisation("qdq"), None, "mse")
-    monkeypatch.setattr(onnx_graph, "CHUNK_VALUES", 120)  # two rows at a time
+    from mixprec import quantizers
+    monkeypatch.setattr(quantizers, "CHUNK_VALUES", 120)  # two rows at a time
     rows = onnx_graph.layer_codes("l", w, sim, cand, Realisation("qdq"), None, "mse")
     assert np.array_equal(whole.codes, rows.codes) and np.array_equal(whole.group_scales, rows.group_scales)
     assert np.array_equal(whole.group_zero_points, rows.group_zero_points) and whole.group_size == rows.group_size

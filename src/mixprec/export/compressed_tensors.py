@@ -44,7 +44,7 @@ from ..errors import MixprecError, ModelError, OutputError, PlanError
 from ..formats import FloatFormat, IntFormat, is_dynamic
 from ..groups import layer_kind
 from ..plan import Plan
-from ..quantizers import choose_range, fp8_scale, int_qparams, range_methods, weight_qparams
+from ..quantizers import choose_range, fp8_scale, int_qparams, range_methods, row_chunks, weight_qparams
 from ..swap import QuantizedLayer
 from .targets import TARGETS, refuse_layers
 
@@ -338,9 +338,6 @@ def _float_tensors(root: nn.Module, changed: set[str]) -> dict[str, torch.Tensor
     return tensors
 
 
-CHUNK_VALUES = 1 << 22  # weight values a layer's codes are made of at a time
-
-
 def _layer_tensors(name: str, original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, scheme: Scheme,
                    input_quantizer: Any, weight_method: str) -> dict[str, torch.Tensor]:
     """The tensors of one quantized layer as compressed-tensors lays them out for ``scheme.format``."""
@@ -359,14 +356,10 @@ def _layer_tensors(name: str, original: torch.Tensor, simulated: torch.Tensor, c
     shape = list(original.shape)  # a Linear's (out, inputs)
     original = original.reshape(original.shape[0], -1)
     simulated = simulated.reshape(original.shape)
-    # rows a few million values at a time (each has its own scales but for a per-tensor format): the codes' float
-    # temporaries of a large output layer (128k x 4096) would take several times its weights
-    chunk = original.shape[0] if fmt.granularity == "tensor" else max(1, CHUNK_VALUES // max(original.shape[1], 1))
     shift = 0 if fmt.symmetric else 1 << (fmt.bits - 1)  # mixprec's asymmetric codes are 0..2^B-1
     codes, scales, zeros = [], [], []
-    for start in range(0, original.shape[0], chunk):
-        q, scale, zero = _int_codes(name, original[start:start + chunk], simulated[start:start + chunk], fmt,
-                                    weight_method)
+    for rows in row_chunks(original.shape[0], original.shape[1], fmt):  # a few million values at a time
+        q, scale, zero = _int_codes(name, original[rows], simulated[rows], fmt, weight_method)
         step = fmt.group_size if fmt.granularity == "group" else q.shape[1]
         scales.append(scale[:, ::step].contiguous())  # one per group / channel
         zeros.append(zero[:, ::step] - shift)

@@ -35,7 +35,7 @@ from ..candidates import Candidate
 from ..errors import ModelError
 from ..formats import IntFormat
 from ..integer_bias import BIAS_LIMIT  # the largest int32 bias code written
-from ..quantizers import int_qparams, weight_qparams
+from ..quantizers import int_qparams, row_chunks, weight_qparams
 from .targets import Realisation
 
 OPSET = 17
@@ -85,12 +85,8 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
     out = LayerCodes(name, candidate, realisation)
     fmt = candidate.weight
     if isinstance(fmt, IntFormat):
-        total = original.shape[0]
-        # rows a few million values at a time (each has its own scales but for a per-tensor format): the float
-        # temporaries of a large output layer would take several times its weights
-        chunk = total if fmt.granularity == "tensor" else max(1, CHUNK_VALUES // max(original[0].numel(), 1))
-        parts = [_codes_of_rows(name, original[start:start + chunk], simulated[start:start + chunk], fmt,
-                                weight_method) for start in range(0, total, chunk)]
+        parts = [_codes_of_rows(name, original[rows], simulated[rows], fmt, weight_method)
+                 for rows in row_chunks(original.shape[0], original[0].numel(), fmt)]
         out.group_size = parts[0][3]
         out.codes, out.group_scales, out.group_zero_points = (np.concatenate([p[i] for p in parts]) for i in range(3))
     q = input_quantizer
@@ -98,9 +94,6 @@ def layer_codes(name: str, original: torch.Tensor, simulated: torch.Tensor, cand
         scale, zero_point = int_qparams(q.lo.reshape(1).float().cpu(), q.hi.reshape(1).float().cpu(), q.fmt)
         out.input_scale, out.input_zero_point = float(scale), int(zero_point)
     return out
-
-
-CHUNK_VALUES = 1 << 22  # weight values a layer's codes are made of at a time
 
 
 def _codes_of_rows(name: str, original: torch.Tensor, simulated: torch.Tensor, fmt: IntFormat,
