@@ -441,7 +441,8 @@ def _output_structure(model: nn.Module, example: Any,
         return None
     check_output(produced)
     classes: list[dict] = []
-    leaves, spec = tree_flatten(_plain(produced, classes))
+    plain = _plain(produced, classes)
+    leaves, spec = tree_flatten(plain)
     nones = [i for i, leaf in enumerate(leaves) if leaf is None]
     tensors = [leaf for leaf in leaves if leaf is not None]
     try:
@@ -449,7 +450,7 @@ def _output_structure(model: nn.Module, example: Any,
         json.dumps(classes)
     except Exception:  # a container type pytree cannot write
         return None
-    names = _leaf_names(_plain(produced, []), inputs=_input_names(model, example))
+    names = _leaf_names(plain, inputs=_input_names(model, example))
     return (names, [batch is not None and t.dim() >= 1 and t.shape[0] == batch for t in tensors], text, nones,
             classes)
 
