@@ -175,7 +175,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     rows: list[dict] = []
-    expected: dict[str, Any] = {}  # GGUF name -> what its read-back must equal (HF layout; a _Held, made then)
+    expected: dict[str, Any] = {}  # GGUF name -> what its read-back must equal (HF layout; a function making it)
     permuted: dict[str, int] = {}  # GGUF name -> heads of its row permutation
     for key, value in lm.state_dict().items():
         value = value.detach().to(torch.float32).cpu()  # one tensor at a time: a bfloat16 model is not copied whole
@@ -195,7 +195,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
             layer = planned[key]
             kind = types[layer]
             tied = simulated.get("model.embed_tokens.weight", expected.get("token_embd.weight"))
-            tied = tied() if isinstance(tied, _Held) else tied
+            tied = tied() if callable(tied) else tied
             if key == "lm_head.weight" and getattr(config, "tie_word_embeddings", False) and tied is not None \
                     and any(r["name"] == "token_embd.weight" and r["type"] == kind for r in rows) \
                     and torch.equal(tied, simulated[key]):
@@ -205,7 +205,7 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
         else:
             layer, kind = None, "F32" if value.dim() < 2 or float_type == "f32" else "F16"
             data = value.numpy() if kind == "F32" else value.numpy().astype(np.float16)
-            expected[gguf_name] = value if kind == "F32" else _Held(lambda v=value: v.to(torch.float16).to(torch.float32))
+            expected[gguf_name] = value if kind == "F32" else (lambda v=value: v.to(torch.float16).to(torch.float32))
         if row_heads is not None:
             data = _permute_rows(data, row_heads)
             permuted[gguf_name] = row_heads
@@ -238,9 +238,9 @@ def export_gguf(model: nn.Module, plan: Plan, out: str | os.PathLike = "model.gg
 
 def read_back(path: str | os.PathLike, expected: dict[str, torch.Tensor], permuted: dict[str, int] | None = None
               ) -> dict[str, Any]:
-    """Read every tensor of ``expected`` (GGUF name -> float32 tensor in Hugging Face layout) from the GGUF
-    file with gguf.GGUFReader, dequantize it with gguf.quants.dequantize, undo the Q/K row permutation
-    (``permuted``: GGUF name -> heads) and compare value for value (+0 and -0 count as equal).
+    """Read every tensor of ``expected`` (GGUF name -> float32 tensor in Hugging Face layout, or a function making
+    it when compared) from the GGUF file with gguf.GGUFReader, dequantize it with gguf.quants.dequantize, undo the
+    Q/K row permutation (``permuted``: GGUF name -> heads) and compare value for value (+0 and -0 count as equal).
 
     Returns {"tensors": n, "exact": n equal, "mismatched": [names], "max_abs_error": {name: e}}."""
     gguf = _import_gguf()
@@ -254,7 +254,7 @@ def read_back(path: str | os.PathLike, expected: dict[str, torch.Tensor], permut
     for name, want in expected.items():
         if name not in found:
             continue
-        want = want() if isinstance(want, _Held) else want  # made now, dropped after the comparison
+        want = want() if callable(want) else want  # made now, dropped after the comparison
         tensor = found[name]
         values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(tuple(want.shape))
         if name in permuted:
@@ -292,17 +292,19 @@ def block_codes(original: torch.Tensor, simulated: torch.Tensor, candidate: Cand
 
 
 def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidate, kind: str, layer: str,
-            dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, torch.Tensor]:
+            dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, Any]:
     """(the layer's data as GGUF stores it: float32/float16 values, or Q8_0/Q4_0 blocks (uint8 rows); the
-    float32 values the file holds: the simulated weight, or code * scale of each block, which a model of
-    ``dtype`` bfloat16 or float16 simulates rounded to that type)."""
+    float32 values the file holds, or a function making them: the simulated weight, or code * scale of each block,
+    which a model of ``dtype`` bfloat16 or float16 simulates rounded to that type)."""
     if kind == "F32":
         return simulated.numpy(), simulated
     if kind == "F16":
-        return simulated.numpy().astype(np.float16), _Held(lambda: simulated.to(torch.float16).to(torch.float32))
+        return simulated.numpy().astype(np.float16), lambda: simulated.to(torch.float16).to(torch.float32)
     codes, scales = block_codes(original, simulated, candidate, layer, dtype)
-    held = _Held(lambda: (codes.to(torch.float32).reshape(codes.shape[0], -1, GGUF_BLOCK)
-                          * scales.to(torch.float32).unsqueeze(-1)).reshape(codes.shape))
+    # the values the file holds, made when the read-back compares them (from the codes and scales, a quarter of
+    # their size), so that a whole model's worth of them is never held at once
+    held = lambda: (codes.to(torch.float32).reshape(codes.shape[0], -1, GGUF_BLOCK)  # noqa: E731
+                    * scales.to(torch.float32).unsqueeze(-1)).reshape(codes.shape)
     rows, inputs = codes.shape
     q = codes.numpy().reshape(rows, inputs // GGUF_BLOCK, GGUF_BLOCK)
     d = scales.numpy().reshape(rows, inputs // GGUF_BLOCK, 1).view(np.uint8)  # 2 bytes, little-endian
@@ -312,17 +314,6 @@ def _encode(original: torch.Tensor, simulated: torch.Tensor, candidate: Candidat
         u = (q + 8).astype(np.uint8)
         body = u[..., : GGUF_BLOCK // 2] | (u[..., GGUF_BLOCK // 2:] << np.uint8(4))
     return np.concatenate([d, body], axis=-1).reshape(rows, -1), held
-
-
-class _Held:
-    """The float32 values a tensor of the file holds, made when the read-back compares them (from the codes and
-    scales, a quarter of their size), so that a whole model's worth of them is never held at once."""
-
-    def __init__(self, make):
-        self.make = make
-
-    def __call__(self) -> torch.Tensor:
-        return self.make()
 
 
 def _permute_rows(a: np.ndarray, heads: int) -> np.ndarray:
