@@ -343,10 +343,8 @@ class RunDirectory:
         self.rejected = rejected  # what the caller's own reading of the log counted
         for i, group in enumerate(table.groups):
             for j, candidate in enumerate(table.candidates):
-                value, measured = float(table.values[i, j]), logged.get((group, candidate))
-                if measured is None or (math.isnan(value) and math.isnan(measured)) or value == measured:
-                    continue
-                if not math.isclose(value, measured, rel_tol=1e-9, abs_tol=0.0):
+                value, measured = float(table.values[i, j]), logged.get((group, candidate))  # logged: never NaN
+                if measured is not None and not math.isclose(value, measured, rel_tol=1e-9):  # isclose(inf, inf)
                     return f"{value!r} for {group} at {candidate}, logged as {measured!r}"
         return ""
 
@@ -440,9 +438,9 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def _costs_checksum(saved: dict[str, Any]) -> str:
-    """The SHA-256 of costs.json's content but its checksum, as canonical JSON."""
+    """The SHA-256 of costs.json's content (without its checksum), as canonical JSON."""
     import hashlib
-    body = json.dumps({k: v for k, v in saved.items() if k != "checksum"}, sort_keys=True, default=str)
+    body = json.dumps(saved, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
