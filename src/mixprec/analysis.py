@@ -30,7 +30,7 @@ from .candidates import Candidate, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
 from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecError
 from .front import Front, FrontPlan
-from .groups import ModelGroups, discover_groups, is_torchscript
+from .groups import ModelGroups, discover_groups, is_torchscript, one_or_many
 from .plan import Plan
 from .plan_evaluation import PlanEvaluator, plan_point_counts
 from .quantizers import GRID_VERSION
@@ -209,7 +209,7 @@ class Analysis:
         its pin, ``candidates`` (a restriction of the measured ones), and the entries every custom
         cost table has. ``cost_files``: ``KIND=FILE.csv`` (rows layer,candidate,value; see README);
         ``custom_costs``: kind -> ((G, C) array with NaN where unknown, constant for the rest)."""
-        cost_files = _cost_items(cost_files)
+        cost_files = one_or_many(cost_files)
         table = self.table
         col = [self.costs.candidates.index(c) for c in table.candidates]
         tables = {k: v[:, col] for k, v in self.costs.tables.items()}
@@ -447,7 +447,7 @@ class Analysis:
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
         _check_device(device)
-        cost_files = _cost_items(cost_files)
+        cost_files = one_or_many(cost_files)
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
         from .sensitivity.divergence import AUTO, DIVERGENCES, GUARD_CHOICES, TASK
@@ -805,7 +805,7 @@ class Analysis:
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
         _check_device(device)
-        cost_files = _cost_items(cost_files)
+        cost_files = one_or_many(cost_files)
         problem = self.problem(candidates, cost_files)
         rounding = self._rounding(rounding, rounding_options)
         kind = ALIASES.get(kind, kind)
@@ -957,7 +957,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     from .hf import check_dtype
     from .multipoint import measure_points
     from .sensitivity.analyze import analyze as measure_table
-    tie, exclude = ([v] if isinstance(v, str) else list(v) for v in (tie, exclude))  # one pattern, or several
+    tie, exclude = one_or_many(tie), one_or_many(exclude)
     if groups is not None and (tie or exclude or pins):
         named = "=, ".join(n for n, v in (("tie", tie), ("exclude", exclude), ("pins", pins)) if v)
         raise SpecError(f"give groups= or {named}=, not both: groups already say which layers are tied, excluded "
@@ -1190,11 +1190,6 @@ def _measured_float(csv_file: str) -> float | None:
     or None where there is none."""
     value = (_profile_beside(csv_file) or {}).get("float_model_ms")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
-
-
-def _cost_items(cost_files: str | Iterable[str]) -> list[str]:
-    """``cost_files`` as a list of KIND=FILE items: one item given as a string is one, not its characters."""
-    return [cost_files] if isinstance(cost_files, str) else list(cost_files)
 
 
 def _check_device(device: str | None) -> None:

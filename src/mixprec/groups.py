@@ -103,6 +103,12 @@ class ModelGroups:
                 "excluded": [l.name for l in self.excluded]}
 
 
+def one_or_many(value: str | Iterable[str]) -> list[str]:
+    """A --tie/--exclude pattern or a KIND=FILE cost item given in Python as one string, or several: a list of
+    them (one string is one item, not its characters)."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def is_torchscript(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
@@ -355,8 +361,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     """
     model = canonical(model)
     example_input = tensors_of(example_input)  # numpy inputs work as tensors do
-    ties = [ties] if isinstance(ties, str) else list(ties)  # one pattern as a bare string, not its characters
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    ties, exclude = one_or_many(ties), one_or_many(exclude)
     if pins is not None and not isinstance(pins, dict):
         raise ModelError(f"pins is a dict of name pattern -> candidate, e.g. {{'conv1': 'w8a8'}}; got "
                          f"{type(pins).__name__} {pins!r}")
@@ -368,7 +373,7 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
         raise ModelError(f"{type(model).__name__} has no quantizable layers (mixprec quantizes nn.Conv1d/2d/3d, "
                          "nn.ConvTranspose1d/2d, nn.Linear, nn.Embedding and nn.EmbeddingBag); nothing to do")
     check_weights(layers)
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)  # one pattern, or several
+    patterns = exclude
     excluded_names = [n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     for p in patterns:
         if not any(fnmatch.fnmatchcase(n, p) for n in layers):
