@@ -448,11 +448,19 @@ def _check_takes_the_model(fn: Callable, spec: str) -> None:
 
 
 def _frame_in(exc: BaseException, path: Path) -> str:
-    """' (line N, in name)': where in the file ``path`` an error raised while importing it was raised ("" where
+    """' (file line N, in name)': where in the file ``path`` an error raised while importing it was raised ("" where
     no frame is in it: a SyntaxError says its line itself)."""
+    frame = _innermost_frame(exc, str(path))
+    return f" ({frame.filename} line {frame.lineno}, in {frame.name})" if frame else ""
+
+
+def _innermost_frame(exc: BaseException, source: str | None):
+    """The innermost frame of ``exc``'s traceback in the file ``source`` (None where none is)."""
     import traceback
-    mine = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
-    return f" ({mine[-1].filename} line {mine[-1].lineno}, in {mine[-1].name})" if mine else ""
+    if source is None:
+        return None
+    mine = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == Path(source).resolve()]
+    return mine[-1] if mine else None
 
 
 def user_frame(exc: BaseException, fn: Callable) -> str:
@@ -460,16 +468,14 @@ def user_frame(exc: BaseException, fn: Callable) -> str:
     (else the innermost frame), as 'file line N, in name'."""
     import inspect
     import traceback
-    frames = traceback.extract_tb(exc.__traceback__)
     try:  # a decorated function (@torch.no_grad()): the user's own, not the decorator's file
         fn = inspect.unwrap(fn)
     except ValueError:
         pass
     source = getattr(getattr(fn, "__code__", None), "co_filename", None)
-    mine = [f for f in frames if f.filename == source] or frames[-1:]
-    if not mine:
+    frame = _innermost_frame(exc, source) or next(iter(traceback.extract_tb(exc.__traceback__)[-1:]), None)
+    if frame is None:
         return f"in {getattr(fn, '__qualname__', fn)}"
-    frame = mine[-1]
     return f"{frame.filename} line {frame.lineno}, in {frame.name}"
 
 
