@@ -59,18 +59,22 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
     if short:
         raise InfeasibleBudget("no plan meets the budget: " + "; ".join(
             f"{k} <= {budgets[k]:.6g} asked, the smallest achievable is {lowest[k]:.6g}" for k in sorted(short)))
+    work = normalised(sensitivity, mask)
     if len(budgets) == 1:
         kind, budget = next(iter(budgets.items()))
-        mask = fix_by_lagrangian_bound(sensitivity, costs[kind], budget - fixed.get(kind, 0.0), mask)
+        mask, known = fix_by_lagrangian_bound(work, costs[kind], budget - fixed.get(kind, 0.0), mask)
     else:
-        mask = fix_by_lp_bound(sensitivity, {k: costs[k] for k in budgets},
-                               {k: b - fixed.get(k, 0.0) for k, b in budgets.items()}, mask)
+        mask, known = fix_by_lp_bound(work, {k: costs[k] for k in budgets},
+                                      {k: b - fixed.get(k, 0.0) for k, b in budgets.items()}, mask)
     free = np.flatnonzero(mask.sum(axis=1) > 1)  # groups left with a decision to make
     choice = mask.argmax(axis=1)  # the one candidate of every other group
     if len(free):
-        sub = mask[free]
+        sub, objective = _scaled_to_plan(work[free], mask[free], None if known is None else known[free])
+        if objective is None:  # the known plan is optimal: every free group at its least sensitive candidate
+            choice[free] = known[free]
+            return Solution(choice, *plan_costs(choice, sensitivity, costs, fixed))
         n = len(free) * cands
-        objective = np.where(sub, sensitivity[free], 0.0).ravel()
+        objective = objective.ravel()
         one_per_group = sparse.kron(sparse.eye(len(free)), np.ones((1, cands)), format="csr")
         constraints = [LinearConstraint(one_per_group, 1, 1)]
         settled = np.setdiff1d(np.arange(groups), free)
@@ -89,22 +93,50 @@ def solve_exact(sensitivity: np.ndarray, costs: dict[str, np.ndarray], budgets: 
     return Solution(choice, *plan_costs(choice, sensitivity, costs, fixed))
 
 
+def normalised(sensitivity: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The table each group's least sensitive allowed candidate subtracted from its row, then divided
+    by the largest allowed entry left (0 where not allowed): the same optimal plans, in numbers of
+    order 1. HiGHS's tolerances are absolute (its MIP gap 1e-6, its LP's 1e-7), and sqnr entries near
+    8 bits and float16 are 1e-7 and below: unscaled, it stopped at plans worse than the optimum."""
+    shifted = np.where(mask, sensitivity - np.where(mask, sensitivity, np.inf).min(axis=1, keepdims=True), 0.0)
+    top = float(shifted.max())
+    return shifted / top if top > 0 else shifted
+
+
+def _scaled_to_plan(work: np.ndarray, mask: np.ndarray, known: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The integer program's (mask, objective) for these groups: rows shifted to a least entry of 0,
+    and, given a feasible plan of total T in those units, every entry above T dropped (any plan using
+    one totals more than T) and the rest divided by T, so that the optimum is at most 1 and no more
+    than the plan's distance from it below 1: HiGHS's absolute gap is then a relative one. The
+    objective is None where the plan totals 0, which no plan can beat."""
+    objective = np.where(mask, work - np.where(mask, work, np.inf).min(axis=1, keepdims=True), 0.0)
+    if known is None:
+        return mask, objective
+    total = float(objective[np.arange(len(known)), known].sum())
+    if total <= 0:
+        return mask, None
+    mask = mask & (objective <= total)
+    return mask, np.where(mask, objective / total, 0.0)
+
+
 def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity: float,
-                            mask: np.ndarray) -> np.ndarray:
+                            mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Drop the entries no optimal plan can use, for one budget (reduced-cost fixing, e.g.
     Wolsey, "Integer Programming", sec. 7.5): with lambda the multiplier at the budget, any plan
     using (g, c) has S >= L(lambda) + r[g, c], where L is the Lagrangian bound and r the entry's
     reduced cost; an entry with L + r above a known feasible plan's S is dropped. The integer
-    program then decides only the few groups near the budget's critical slope."""
+    program then decides only the few groups near the budget's critical slope. Returns the
+    mask kept and the feasible plan it was measured against (None where none was found)."""
     path = lagrangian_path(sensitivity, {"cost": cost}, "cost", None, mask)
     fits = [i for i, p in enumerate(path) if within(p.costs["cost"], capacity)]
     if not fits:
-        return mask
+        return mask, None
     i = fits[-1]
     if i == len(path) - 1:  # the least sensitive plan fits: it is the answer
         keep = np.zeros_like(mask)
         keep[np.arange(len(mask)), path[i].choice] = True
-        return keep
+        return keep, path[i].choice
     lam = (path[i].objective - path[i + 1].objective) / (path[i + 1].costs["cost"] - path[i].costs["cost"])
     best = _fill(path[i].choice.copy(), sensitivity, {"cost": cost}, {"cost": capacity}, mask)
     upper = float(sensitivity[np.arange(len(best)), best].sum())
@@ -113,7 +145,7 @@ def fix_by_lagrangian_bound(sensitivity: np.ndarray, cost: np.ndarray, capacity:
     lower = float(floor.sum() - lam * capacity)
     keep = mask & (lower + (priced - floor) <= upper + 1e-9 * max(1.0, abs(upper)))
     keep[np.arange(len(best)), best] = True
-    return keep
+    return keep, best
 
 
 def _fill(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarray], capacity: dict[str, float],
@@ -132,7 +164,7 @@ def _fill(choice: np.ndarray, sensitivity: np.ndarray, costs: dict[str, np.ndarr
 
 
 def fix_by_lp_bound(sensitivity: np.ndarray, costs: dict[str, np.ndarray], capacity: dict[str, float],
-                    mask: np.ndarray) -> np.ndarray:
+                    mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Reduced-cost fixing for several budgets: the LP relaxation's value is a lower bound and its
     reduced costs price each entry; an entry whose bound exceeds a feasible plan (the LP solution
     rounded down to the cheapest candidate it mixes) cannot be in an optimal plan."""
@@ -145,20 +177,20 @@ def fix_by_lp_bound(sensitivity: np.ndarray, costs: dict[str, np.ndarray], capac
     lp = linprog(objective, A_ub=rows, b_ub=np.array(list(capacity.values())), A_eq=one_per_group,
                  b_eq=np.ones(groups), bounds=np.stack([np.zeros_like(upper), upper], axis=1), method="highs")
     if lp.status != 0 or lp.lower is None:
-        return mask
+        return mask, None
     x = lp.x.reshape(groups, cands)
     scale = {k: max(float(np.abs(c).max()), 1e-300) for k, c in costs.items()}
     price = sum(costs[k] / scale[k] for k in capacity)  # a group the LP splits takes its cheapest part
     choice = np.where(x > 1e-9, price, np.inf).argmin(axis=1)
     at = np.arange(groups)
     if any(costs[k][at, choice].sum() > b * (1 + 1e-12) + 1e-12 for k, b in capacity.items()):
-        return mask
+        return mask, None
     choice = _fill(choice, sensitivity, costs, capacity, mask)
     best = float(sensitivity[at, choice].sum())
     reduced = lp.lower.marginals.reshape(groups, cands)
     keep = mask & (lp.fun + reduced <= best + 1e-9 * max(1.0, abs(best)))
     keep[at, choice] = True
-    return keep
+    return keep, choice
 
 
 def exact_search(problem: AllocationProblem, goal: Goal, time_limit_s: float | None = None) -> Solution:
