@@ -101,6 +101,8 @@ class Analysis:
     refused: dict[str, list[str]] = field(default_factory=dict)  # group -> candidates the target cannot run
     # candidates added only because a --pin names them (not in --candidates): only their pinned groups take them
     pin_only: list[str] = field(default_factory=list)
+    # the groups of the first and last layer the forward calls (ModelGroups.edges); empty: the table's first and last
+    edges: list[str] = field(default_factory=list)
     _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
 
     # ---- on disk ----------------------------------------------------------------------------------
@@ -112,6 +114,8 @@ class Analysis:
             out.update(target=self.target, refused=self.refused)
         if self.pin_only:
             out["pin_only"] = self.pin_only
+        if self.edges:
+            out["edges"] = self.edges
         return out
 
     @classmethod
@@ -151,7 +155,7 @@ class Analysis:
                            activation_range=arguments.get("activation_range") or "mse", specs=dict(specs or {}),
                            trust_run=trust_run, target=saved.get("target"),
                            refused={g: list(c) for g, c in (saved.get("refused") or {}).items()},
-                           pin_only=list(saved.get("pin_only") or []))
+                           pin_only=list(saved.get("pin_only") or []), edges=list(saved.get("edges") or []))
         except (KeyError, TypeError, ValueError) as exc:
             raise damaged(exc) from exc
         if model is not None:
@@ -298,9 +302,13 @@ class Analysis:
 
     def uniform_rivals(self, problem: AllocationProblem, budgets: dict[str, float]) -> dict[str, np.ndarray]:
         """Every uniform plan within ``budgets`` (pins kept), and its variant with the first and last
-        groups at 8-bit weights (the same activation format), label -> choice."""
+        groups at 8-bit weights (the same activation format), label -> choice. First and last as the
+        forward calls them (``edges``, found when the groups were made); for a run made before that was
+        recorded, the table's first and last groups."""
         rivals = {}
-        edges = [i for i in dict.fromkeys([0, len(problem.groups) - 1]) if problem.groups[i] not in problem.pins]
+        ends = [problem.groups.index(g) for g in self.edges if g in problem.groups] if self.edges else \
+            [0, len(problem.groups) - 1]
+        edges = [i for i in dict.fromkeys(ends) if problem.groups[i] not in problem.pins]
         fits = lambda choice: all(within(problem.cost(k, choice), b) for k, b in budgets.items())  # noqa: E731
         for cand in problem.uniform_candidates():
             choice = problem.uniform_choice(cand)
@@ -1072,7 +1080,7 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         analysis = Analysis(table, costs, {g.name: list(g.layer_names) for g in groups},
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
                             counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
-        analysis.pin_only = pin_only
+        analysis.pin_only, analysis.edges = pin_only, list(groups.edges)
         if target:
             analysis.target, analysis.refused = target, _refused(model, groups, cands, target)
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement

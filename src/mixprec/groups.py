@@ -75,6 +75,7 @@ class ModelGroups:
     traced: bool = True
     example_shape: tuple | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    edges: tuple[str, ...] = ()  # the groups of the first and the last quantized layer the forward calls
 
     def __iter__(self):
         return iter(self.groups)
@@ -193,10 +194,12 @@ def _tensor_key(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device.type)
 
 
-def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) -> tuple[dict, dict, dict, str | None]:
-    """One hooked forward pass: per layer MACs and input shape, which tensor each layer read, and a note where
-    the model returns several outputs (batches.outputs_note)."""
+def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]
+          ) -> tuple[dict, dict, dict, str | None, list[str]]:
+    """One hooked forward pass: per layer MACs and input shape, which tensor each layer read, a note where
+    the model returns several outputs (batches.outputs_note), and the layers' calls in the order they ran."""
     macs: dict[str, int] = {n: 0 for n in layers}
+    calls: list[str] = []
     shapes: dict[str, tuple] = {}
     reads: dict[str, set] = {n: set() for n in layers}
     keep_alive: list[torch.Tensor] = []  # so that no tensor address is reused during the pass
@@ -206,6 +209,7 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
         def fn(module, inputs, output):
             x = inputs[0]
             keep_alive.append(x)
+            calls.append(name)
             reads[name].add(_tensor_key(x))
             shapes.setdefault(name, tuple(x.shape[1:]))
             w = module.weight
@@ -227,7 +231,7 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]) ->
     finally:
         for h in handles:
             h.remove()
-    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output)
+    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output), calls
 
 
 _METADATA = frozenset({"shape", "dtype", "device", "requires_grad", "is_cuda", "is_leaf", "grad", "layout", "ndim",
@@ -403,10 +407,11 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
     macs: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
     reads: dict[str, set] = {}
+    calls: list[str] = []
     if traced:
         try:
             with evaluating(model):  # a look at shapes: a training-mode model's statistics stay as they were
-                macs, shapes, reads, output_note = trace(model, example_input, layers)
+                macs, shapes, reads, output_note, calls = trace(model, example_input, layers)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             shape = _describe(example_input)
             hint = (" A data item that is a 2-tuple is read as (inputs, labels): give a model of several inputs "
@@ -510,7 +515,16 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
             raise ModelError(f"pin pattern {p!r} matches no quantized layer; layers look like {kept[:3]}"
                              f"{_near_names(p, kept)}{GLOB_HINT}")
     return ModelGroups(tuple(groups), tuple(info[n] for n in excluded_names), traced,
-                       describe_shape(example_input) if traced else None, tuple(notes))
+                       describe_shape(example_input) if traced else None, tuple(notes), _edges(groups, calls))
+
+
+def _edges(groups: list[QuantizerGroup], calls: list[str]) -> tuple[str, ...]:
+    """The group of the first quantized layer called and that of the last (one where they are the same):
+    the model's first and last layers as it runs them, whatever order its modules were declared in (a
+    head declared before the body is common). Empty without a trace."""
+    of = {layer: g.name for g in groups for layer in g.layer_names}
+    ran = [of[name] for name in calls if name in of]
+    return tuple(dict.fromkeys([ran[0], ran[-1]])) if ran else ()
 
 
 def _describe(inputs: Any) -> str:

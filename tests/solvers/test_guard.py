@@ -616,3 +616,33 @@ def test_a_divergence_that_cannot_decide_is_not_said_to_be_lower():
                    lambda c: mixed if c[1] else uniform, names=("disagreement", "1/SQNR"))
     assert result.chosen == MIXED
     assert "on 1/SQNR; on disagreement cannot tell them apart" in result.reason and "does not decide" in result.reason
+
+
+class _HeadFirst(torch.nn.Module):
+    """A head declared before the body (as many timm and Hugging Face models do): the first and last layers
+    it runs are conv1 and fc, while its modules are listed fc, conv1, conv2, conv3."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_the_first_last_rival_raises_the_layers_the_forward_runs_first_and_last(tmp_path):
+    torch.manual_seed(0)
+    model = _HeadFirst().eval()
+    data = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w8a8", progress=False, run_dir=tmp_path / "run")
+    assert analysis.table.groups[0] == "fc" and analysis.edges == ["conv1", "fc"]
+    for reopened in (analysis, mixprec.Analysis.load(tmp_path / "run")):  # the order is kept in costs.json
+        problem = reopened.problem()
+        rivals = reopened.uniform_rivals(problem, {"bytes": problem.totals(problem.uniform_choice("w8a8"))[1]["bytes"]})
+        variant = rivals["uniform w2a8, first/last w8a8"]
+        assert {g: problem.candidates[j] for g, j in zip(problem.groups, variant)} == \
+            {"fc": "w8a8", "conv1": "w8a8", "conv2": "w2a8", "conv3": "w2a8"}
