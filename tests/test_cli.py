@@ -28,6 +28,25 @@ def test_inspect_lists_groups_and_uniform_costs(capsys, tmp_path):
     assert costs["w8a16"]["bops"] == pytest.approx(2 * costs["w8a8"]["bops"], rel=0.01)
 
 
+def test_inspect_prices_uniform_candidates_with_the_pins_kept_as_solve_does(capsys, tmp_path):
+    """--pin fc=w6a8 (a candidate not listed): each uniform row is fc at w6a8, the rest on the row's candidate."""
+    from mixprec.builtin import get_builtin
+    from mixprec.costs import cost_tables
+    from mixprec.groups import discover_groups
+    out = tmp_path / "inspect.json"
+    assert main(["inspect", "--model", "demo-cnn", "--candidates", "w2a8,w8a8", "--pin", "fc=w6a8",
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())["uniform_costs"]
+    b = get_builtin("demo-cnn")
+    groups = discover_groups(b.model(), b.example_input())
+    costs = cost_tables(groups, ["w2a8", "w6a8", "w8a8"], b.model())
+    for cand in ("w2a8", "w8a8"):
+        plan = {g.name: "w6a8" if g.name == "fc" else cand for g in groups}
+        for kind in ("bytes", "bops", "bits_per_weight"):
+            assert data[cand][kind] == pytest.approx(costs.total(kind, plan))
+            assert data[cand][kind] != pytest.approx(costs.uniform(kind, cand))
+
+
 def test_quantize_writes_model_plan_and_result(capsys, tmp_path):
     out = tmp_path / "q"
     assert main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--out", str(out)]) == 0

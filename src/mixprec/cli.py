@@ -172,7 +172,11 @@ def _inspect(args) -> dict:
         check_output_file(args.json, "--json")
     model, _, example, groups = _setup(args, notes=False)  # inspect prints them below its table
     cands = _candidates(args)
-    costs = cost_tables(groups, [c.name for c in cands], model)
+    pinned = [g.pinned for g in groups if g.pinned and g.pinned not in {c.name for c in cands}]
+    costs = cost_tables(groups, [c.name for c in cands] + list(dict.fromkeys(pinned)), model)
+
+    def uniform(kind: str, candidate: str) -> float:  # pinned groups keep their pin, as in solve's budgets
+        return costs.total(kind, {g.name: g.pinned or candidate for g in groups})
     total_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {type(model).__name__}, {total_params:,} parameters, {len(groups.layers)} quantized "
           f"layers in {len(groups)} groups ({sum(1 for g in groups if len(g.layers) > 1)} tied)")
@@ -189,8 +193,8 @@ def _inspect(args) -> dict:
     scripted = is_torchscript(model)  # its layers cannot get input quantizers: weight-only candidates only
     for c in known:
         rows.append((c.name + (" (not for TorchScript)" if scripted and c.quantizes_input else ""),
-                     format_bytes(costs.uniform("bytes", c.name)), format_count(costs.uniform("bops", c.name)),
-                     f"{costs.uniform('bits_per_weight', c.name):.3f}"))
+                     format_bytes(uniform("bytes", c.name)), format_count(uniform("bops", c.name)),
+                     f"{uniform('bits_per_weight', c.name):.3f}"))
     print("cost of each uniform candidate (pinned groups keep their pin):")
     _table(["candidate", "bytes", "BOPs", "bits/weight"], rows)
     for c in cands:
@@ -198,7 +202,7 @@ def _inspect(args) -> dict:
             print(f"note: {c.name} is not listed: its cost depends on the points each channel takes, chosen on "
                   f"calibration data; `mixprec analyze --candidates ...,{c.name}` measures it")
     found = {"model": args.model, **groups.to_dict(), "uniform_costs": {
-        c.name: {k: costs.uniform(k, c.name) for k in COST_KINDS} for c in known}}
+        c.name: {k: uniform(k, c.name) for k in COST_KINDS} for c in known}}
     if args.json:
         write_json_atomic(Path(args.json), found)
         print(f"wrote {args.json}")
