@@ -11,6 +11,7 @@ resumable (mixprec.run_directory), and ``Analysis.load(run_dir)`` reopens it wit
 from __future__ import annotations
 
 import contextlib
+import numbers
 import math
 import time
 import warnings
@@ -284,7 +285,7 @@ class Analysis:
     def budgets(self, budget: str | dict[str, Any], problem: AllocationProblem) -> dict[str, float]:
         """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""
         if isinstance(budget, dict):
-            budget = ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
+            budget = ",".join(f"{k}={_budget_value(v)}" for k, v in budget.items())
         if not isinstance(budget, str):
             raise SpecError(f"a budget is a string such as 'bytes=2MB' or 'bops=w4a8,bytes=0.5x', or a dict such as "
                             f"{{'bytes': 2e6}}; got {type(budget).__name__} {budget!r}")
@@ -1086,6 +1087,16 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def _budget_value(value: Any) -> str:
+    """A budget dict's value as the text parse_budgets reads: a number of any kind (a numpy float64 computed
+    from cost arrays, a 0-d tensor) at full precision, anything else (a candidate, '2MB', '0.5x') as written."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (numbers.Real, np.number)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return repr(float(value))
+    return str(value)
 
 
 def _upside_down(evaluator, measured: list, max_loss: float) -> str | None:

@@ -251,3 +251,20 @@ def test_a_latency_fraction_is_of_the_float_model_the_profile_measured(tmp_path)
     (tmp_path / "lat.json").write_text("not json")
     problem = analysis.problem(cost_files=[f"latency_ms={table}"])
     assert analysis.budgets("latency_ms=0.5x", problem)["latency_ms"] == pytest.approx(len(groups))
+
+
+def test_a_budget_dict_takes_numbers_of_any_kind(tmp_path):
+    """A budget computed from cost arrays is a numpy float64 (repr 'np.float64(4437.0)' under numpy 2)."""
+    import numpy as np
+    import torch
+    from mixprec import Analysis
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "32",
+                 "--out", str(run)]) == 0
+    analysis = Analysis.load(run)
+    problem = analysis.problem()
+    value = problem.uniform_cost("bytes", "w4a8") * 1.25
+    for number in (value, np.float64(value), np.float32(value), torch.tensor(value, dtype=torch.float64)):
+        assert analysis.budgets({"bytes": number}, problem)["bytes"] == pytest.approx(value, rel=1e-6)
+    assert analysis.budgets({"bytes": np.int64(int(value))}, problem)["bytes"] == int(value)
+    assert analysis.budgets({"bytes": "w4a8"}, problem)["bytes"] == problem.uniform_cost("bytes", "w4a8")
