@@ -238,7 +238,8 @@ class Analysis:
             if unknown:
                 raise SpecError(f"--candidates names {unknown}, which this run did not measure; its candidates: "
                                 f"{', '.join(table.candidates)}")
-            allowed &= np.array([c in keep for c in table.candidates])[None, :]
+            pinned = np.array([g in self.pins for g in table.groups])  # a pin holds whatever --candidates says
+            allowed[~pinned] &= np.array([c in keep for c in table.candidates])[None, :]
         customs = dict(custom_costs or {})
         for item in cost_files:
             kind, sep, file = item.partition("=")
@@ -278,9 +279,31 @@ class Analysis:
                                 f"({', '.join(table.candidates)}); add a candidate it runs there (a weight-only one such "
                                 f"as w8, or fp32) to --candidates, or leave the layers float with --exclude "
                                 f"{by_target[0]}")
-            raise SpecError(f"group(s) {empty[:3]} have no candidate left (pins, --candidates and cost tables together)")
+            raise SpecError(self._nothing_left(empty, keep if candidates else None, unknown))
         return AllocationProblem(tuple(table.groups), tuple(table.candidates), table.values, tables, fixed, allowed,
                                  dict(self.pins), table.metric, tuple(notes), bases, unknown)
+
+    def _nothing_left(self, empty: list[str], keep: set[str] | None, lacking: dict[str, np.ndarray]) -> str:
+        """Why groups have no candidate left, and what to change: --candidates, a candidate measured only for the
+        pinned groups, or the entries a cost table lacks."""
+        table = self.table
+        reasons = []
+        if keep is not None:
+            for_pins = sorted(keep & set(self.pin_only))
+            usable = sorted(c for c in table.candidates if c not in self.pin_only)
+            reasons.append(f"--candidates {','.join(sorted(keep))}" + (
+                f" ({', '.join(for_pins)} {'was' if len(for_pins) == 1 else 'were'} measured only for the groups a "
+                f"--pin names)" if for_pins else "") + f" leaves them none; this run's candidates for every group: "
+                f"{', '.join(usable)}")
+        for kind, missing in lacking.items():
+            rows = [table.groups.index(g) for g in empty]
+            if missing[rows].all(axis=1).any():
+                reasons.append(f"the {kind} cost table has no entry for them; add rows for them to it")
+        refused = [g for g in empty if self.refused.get(g)]
+        if refused:
+            reasons.append(f"target {self.target} cannot run {', '.join(self.refused[refused[0]])} on {refused[0]}")
+        return (f"group(s) {empty[:3]}{' and more' if len(empty) > 3 else ''} have no candidate left: "
+                + ("; ".join(reasons) or "the pins, --candidates and cost tables together exclude every candidate"))
 
     def budgets(self, budget: str | dict[str, Any], problem: AllocationProblem) -> dict[str, float]:
         """``"bops=w4a8,bytes=2MB"`` or ``{"bops": "w4a8", "bytes": 2e6}`` as kind -> value."""

@@ -268,3 +268,18 @@ def test_a_budget_dict_takes_numbers_of_any_kind(tmp_path):
         assert analysis.budgets({"bytes": number}, problem)["bytes"] == pytest.approx(value, rel=1e-6)
     assert analysis.budgets({"bytes": np.int64(int(value))}, problem)["bytes"] == int(value)
     assert analysis.budgets({"bytes": "w4a8"}, problem)["bytes"] == problem.uniform_cost("bytes", "w4a8")
+
+
+def test_a_pin_holds_whatever_candidates_says_and_an_emptied_group_is_explained(tmp_path, capsys):
+    from mixprec import Analysis
+    from mixprec.errors import SpecError
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8", "--pin", "conv1=w6a8",
+                 "--calibration-samples", "32", "--out", str(run)]) == 0
+    analysis = Analysis.load(run)
+    plan = analysis.solve("bytes=w4a8", candidates="w2a8", guard=False)  # w6a8 left out: conv1 keeps its pin
+    assert plan.assignments["conv1"] == "w6a8" and set(plan.assignments.values()) == {"w6a8", "w2a8"}
+    with pytest.raises(SpecError, match=r"have no candidate left: --candidates w6a8 \(w6a8 was measured only for "
+                                        r"the groups a --pin names\) leaves them none; this run's candidates for "
+                                        r"every group: w2a8, w4a8"):
+        analysis.problem(candidates="w6a8")
