@@ -772,8 +772,8 @@ class Analysis:
         """(GuardResult or None, the divergence measured with, a note for the user or None); measured on the
         calibration batches ``batches`` (start, stop), default all."""
         rivals = self.uniform_rivals(problem, budgets)
-        if not rivals:
-            return None, divergence, None
+        if not rivals:  # recorded, so that a guard that had nothing to compare is told from one that never ran
+            return guard(choice, {}, lambda c: None, margin=margin), divergence, None
         kind = [divergence]
         if not any(np.array_equal(r, choice) for r in rivals.values()):
             # auto for a classifier is a consensus: the mixed plan must disagree less with the float model's

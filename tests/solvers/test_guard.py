@@ -646,3 +646,20 @@ def test_the_first_last_rival_raises_the_layers_the_forward_runs_first_and_last(
         variant = rivals["uniform w2a8, first/last w8a8"]
         assert {g: problem.candidates[j] for g, j in zip(problem.groups, variant)} == \
             {"fc": "w8a8", "conv1": "w8a8", "conv2": "w2a8", "conv3": "w2a8"}
+
+
+def test_a_guard_with_no_uniform_plan_within_the_budget_says_so_in_the_plan(demo, tmp_path):
+    """Two budgets that rank the candidates differently (bytes, and a latency table where only w8a8 on an inner
+    group is fast) are met by mixed plans only: the guard has nothing to compare (the first/last variants are
+    no faster), and plan.json still records that it ran."""
+    _, _, _, analysis = demo
+    problem = analysis.problem()
+    table = tmp_path / "latency.csv"
+    table.write_text("group,candidate,latency_ms\n" + "".join(
+        f"{g},{c},{1.0 if c == 'w8a8' and g not in analysis.edges else 2.0}\n"
+        for g in problem.groups for c in problem.candidates))
+    budget = {"bytes": problem.uniform_cost("bytes", "w4a8"), "latency_ms": 2.0 * len(problem.groups) - 0.5}
+    plan = analysis.solve(budget, cost_files=[f"latency_ms={table}"])
+    assert len(set(plan.assignments.values())) > 1
+    assert plan.metadata["guard"]["chosen"] == MIXED and plan.metadata["guard"]["measured"] == {}
+    assert plan.metadata["guard"]["reason"].startswith("no uniform plan meets the budget")

@@ -163,7 +163,8 @@ def guard(choice: np.ndarray, rivals: dict[str, np.ndarray], measure: Callable[[
     if margin < 0 or not np.isfinite(margin):
         raise ValueError(f"the guard's margin is a number of standard errors >= 0, got {margin}")
     if not rivals:
-        return GuardResult(MIXED, choice, {}, "no uniform plan meets the budget", margin)
+        return GuardResult(MIXED, choice, {}, "no uniform plan meets the budget (pins kept): none to compare with",
+                           margin)
     same = [label for label, rival in rivals.items() if np.array_equal(rival, choice)]
     if same:
         return GuardResult(same[0], choice, {}, f"the plan is {same[0]}", margin)
