@@ -751,8 +751,9 @@ class Analysis:
         except ValueError:
             number = -1.0
         if not number > 0:  # NaN too
-            raise SpecError(f"--time-budget {budget!r} must be a multiple of the analysis time (1x, 0.5x) or a "
-                            "number of seconds (90s, 90)")
+            raise SpecError(f"--time-budget {budget!r} must be a positive multiple of the analysis time (1x, 0.5x) "
+                            "or a positive number of seconds (90s, 90); to cap the search by plans measured instead, "
+                            "give --evaluations N")
         if text.endswith("x"):
             analysis = self.table.metadata.get("seconds")
             return number * float(analysis) if analysis else None

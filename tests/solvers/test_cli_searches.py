@@ -283,3 +283,15 @@ def test_a_pin_holds_whatever_candidates_says_and_an_emptied_group_is_explained(
                                         r"the groups a --pin names\) leaves them none; this run's candidates for "
                                         r"every group: w2a8, w4a8"):
         analysis.problem(candidates="w6a8")
+
+
+def test_a_budget_names_a_candidate_as_the_candidate_grammar_reads_it(tmp_path):
+    """--candidates W4A8 and --pin conv1=W8A8 are read; so is bops=W4A8 (and fp8e4m3 for fp8)."""
+    from mixprec import Analysis
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8,fp8", "--calibration-samples", "32",
+                 "--out", str(run)]) == 0
+    analysis = Analysis.load(run)
+    problem = analysis.problem()
+    assert analysis.budgets("bops=W4A8", problem) == analysis.budgets("bops=w4a8", problem)
+    assert analysis.budgets("bytes=FP8E4M3", problem) == {"bytes": problem.uniform_cost("bytes", "fp8")}

@@ -116,7 +116,16 @@ STANDARD_KINDS = ("bytes", "bops", "bits_per_weight")
 
 def range_variant(candidate: str, candidates) -> str:
     """``candidate``, or where it is not among ``candidates`` but its range variant is (w4a8 after
-    weight_range="auto": w4a8-mse or w4a8-minmax), that variant; else ``candidate`` unchanged."""
+    weight_range="auto": w4a8-mse or w4a8-minmax), that variant; else ``candidate`` unchanged. Written
+    any way the candidate grammar reads it (W4A8, fp8e4m3), it is the run's name of it."""
+    if candidate in candidates:
+        return candidate
+    from ..candidates import parse_candidate
+    from ..errors import CandidateError
+    try:
+        candidate = parse_candidate(candidate).name
+    except CandidateError:
+        return candidate
     if candidate in candidates:
         return candidate
     return next((c for c in candidates if c in (f"{candidate}-mse", f"{candidate}-minmax")), candidate)
