@@ -622,7 +622,10 @@ class Analysis:
         measured = evaluator.measure(problem.assignments(solution.choice)) if evaluator is not None else None
         least = problem.least_sensitive()
         if budgets and all(solution.costs[k] < budgets[k] for k in budgets) and np.array_equal(solution.choice, least):
-            notes.insert(0, "the budget does not bind: this is the least-sensitive plan overall")
+            among = ("overall" if problem.allowed.all() else
+                     "that the pins, --candidates and cost tables allow" if candidates or cost_files else
+                     "that the pins and the run allow")
+            notes.insert(0, f"the budget does not bind: this is the least-sensitive plan {among}")
         metadata = {"kind": "solved", "search": search, "model": self.model_name, "metric": self.table.metric,
                     "budgets": budgets, "predicted_sensitivity": solution.objective,
                     "predicted_costs": solution.costs, "evaluations": solution.evaluations,

@@ -295,3 +295,17 @@ def test_a_budget_names_a_candidate_as_the_candidate_grammar_reads_it(tmp_path):
     problem = analysis.problem()
     assert analysis.budgets("bops=W4A8", problem) == analysis.budgets("bops=w4a8", problem)
     assert analysis.budgets("bytes=FP8E4M3", problem) == {"bytes": problem.uniform_cost("bytes", "fp8")}
+
+
+def test_a_budget_that_does_not_bind_says_among_what_the_plan_is_least_sensitive(tmp_path):
+    from mixprec import Analysis
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--calibration-samples", "32",
+                 "--out", str(run)]) == 0
+    analysis = Analysis.load(run)
+    everything = analysis.solve("bytes=1GB", guard=False)
+    assert "the least-sensitive plan overall" in everything.metadata["notes"][0]
+    restricted = analysis.solve("bytes=1GB", candidates="w2a8,w4a8", guard=False)
+    assert set(restricted.assignments.values()) == {"w4a8"}
+    assert "the least-sensitive plan that the pins, --candidates and cost tables allow" in \
+        restricted.metadata["notes"][0]
