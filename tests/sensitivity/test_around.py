@@ -75,3 +75,15 @@ def test_the_command_line_measures_a_built_in_classifier_around_a_plan_by_kl(tmp
     assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--around", "w4a8",
                  "--calibration-samples", "32", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "sensitivity.json").read_text())["metadata"]["divergence"] == "kl"
+
+
+def test_a_run_around_a_base_refuses_other_pins(tmp_path, capsys):
+    """The base plan keeps the pins, so a pin changes every entry: the run directory must not serve the table
+    measured around another base."""
+    run = tmp_path / "run"
+    args = ["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--around", "w4a8",
+            "--calibration-samples", "32", "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--pin", "conv2=w2a8"]) == 2
+    assert "settings differ: pins" in capsys.readouterr().err

@@ -78,6 +78,9 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
         settings = {"metric": metric, **({"metric_options": options} if options else {}), "candidates": cand_names,
                     "groups": {g.name: list(g.layer_names) for g in groups},
                     "weight_method": weight_method, "activation_method": activation_method, "grid": GRID_VERSION}
+        pins = {g.name: g.pinned for g in groups if g.pinned}
+        if metric == "around" and pins:  # the base plan keeps the pins: every entry depends on them
+            settings["pins"] = pins
         if rounder is not None:  # nearest (the default) adds no key: older runs stay valid
             settings["rounding"] = {"name": rounder.name, **rounder.options()}
         if int8_graph(model):  # measured with join quantizers (mixprec.joins) and int32 biases (integer_bias)
