@@ -317,6 +317,11 @@ def needs_calibration(fmt: Format | None) -> bool:
     return fmt is not None and not (isinstance(fmt, FloatFormat) and not fmt.scaled) and not is_dynamic(fmt)
 
 
+# values an activation quantizer keeps for its range search (a 16th of it from each batch): apply's, and the
+# sensitivity analysis's, so that a table's entry is measured on the range the applied plan gets
+ACTIVATION_SAMPLES = 1 << 20
+
+
 class ActivationQuantizer(nn.Module):
     """Per-tensor quantizer of a layer input: observes while ``observing``, then quantizes.
 
@@ -324,7 +329,8 @@ class ActivationQuantizer(nn.Module):
     ``max_samples``) for the percentile and MSE methods.
     """
 
-    def __init__(self, fmt: Format | None, method: str = "mse", percentile: float = 99.99, max_samples: int = 1 << 20):
+    def __init__(self, fmt: Format | None, method: str = "mse", percentile: float = 99.99,
+                 max_samples: int = ACTIVATION_SAMPLES):
         super().__init__()
         check_range_method(method)
         self.fmt, self.method, self.percentile, self.max_samples = fmt, method, percentile, max_samples

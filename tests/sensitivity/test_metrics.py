@@ -116,3 +116,24 @@ def test_a_trust_report_of_an_around_table_says_its_drops_are_measured_from_floa
                           {"metric": "task", "spearman": 1.0, "seconds": 2.0}])
     assert "moves from the base plan" in text
     assert "moves from the base plan" not in format_report([{"metric": "sqnr", "spearman": 0.5, "seconds": 1.0}])
+
+
+def test_an_sqnr_entry_is_the_applied_plan_of_that_group_alone_on_large_activations():
+    """Batches of more than 16,384 activation values per layer: the table's input ranges come from as many
+    samples as apply's, so each entry is exactly 1/SQNR of the plan with only that group quantized."""
+    import torch
+    from torch import nn
+    from mixprec import Plan, apply
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 16 * 16, 10)).eval()
+    data = [torch.randn(32, 3, 16, 16) * (1 + i) for i in range(2)]  # 65,536+ values a batch at conv2's input
+    analysis = mixprec.analyze(model, data, candidates="w8a8", progress=False)
+    with torch.no_grad():
+        ref = [model(x) for x in data]
+    float_plan = {g: "fp32" for g in analysis.table.groups}
+    for g in analysis.table.groups:
+        q = apply(model, Plan({**float_plan, g: "w8a8"}, analysis.groups), data, progress=False)
+        with torch.no_grad():
+            err = sum(float(((q(x) - y) ** 2).sum()) for x, y in zip(data, ref))
+        assert analysis.table[g, "w8a8"] == pytest.approx(err / sum(float((y ** 2).sum()) for y in ref), rel=1e-5)

@@ -26,7 +26,7 @@ from ..capture import layer_input, on_inputs
 from ..errors import MixprecError
 from ..formats import IntFormat
 from ..plan import Plan
-from ..quantizers import ActivationQuantizer
+from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer
 from ..swap import planned_model, quantized_layers
 from . import Metric
 from .context import MeasureContext, quantized_group
@@ -71,7 +71,8 @@ class Around(Metric):
             weights = {name: ctx.quantized_weight(name, c) for name, c in wanted.items() if ctx.rounds(name, c)}
         quantized = planned_model(ctx.model, plan, ctx.data, ctx.weight_method, ctx.activation_method, weights)
         layers = quantized_layers(quantized)
-        observers = {name: ActivationQuantizer(_PROBE, ctx.activation_method, max_samples=1 << 18) for name in layers}
+        observers = {name: ActivationQuantizer(_PROBE, ctx.activation_method, max_samples=ACTIVATION_SAMPLES)
+                     for name in layers}
         # a moved group's input quantizer is calibrated as apply calibrates it: on the pass with every
         # weight quantized and every activation still float
         saved = {name: layer.input_quantizer for name, layer in layers.items()}

@@ -32,7 +32,7 @@ from ..formats import Format, IntFormat
 from ..groups import ModelGroups, QuantizerGroup
 from ..integer_bias import attach as attach_integer_bias
 from ..multipoint import measure_points
-from ..quantizers import ActivationQuantizer
+from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer
 from ..rounding.config import RoundingConfig, check_finite_input
 from ..swap import QuantizedLayer, nearest_weight, set_module
 
@@ -88,7 +88,7 @@ class MeasureContext:
         """Per layer, the observed float input (min/max and a sample), from one float pass."""
         if self._observers is None:
             layers = dict(self.model.named_modules())
-            observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=1 << 18)
+            observers = {l.name: ActivationQuantizer(_PROBE, self.activation_method, max_samples=ACTIVATION_SAMPLES)
                          for l in self.groups.layers if l.kind != "Embedding"}  # an embedding reads token ids
             with on_inputs({name: layers[name] for name in observers},
                            lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
