@@ -216,3 +216,19 @@ def test_a_segmentation_output_is_scored_along_its_class_axis():
     per_sample, _ = disagreement_samples(ref, flipped)
     assert per_sample.tolist() == [0.0, 1.0]
     assert kl_samples(ref, flipped)[0][1] > 0 and kl_samples(ref, flipped)[0][0] == 0
+
+
+def test_kl_has_no_rounding_floor_below_which_small_differences_vanish():
+    """Logits moved by float16 and bfloat16 rounding: the KL of each is far below float32's rounding of the
+    log-softmax (about 5e-8 a row, which a clamp at 0 only ever added), and must come out as computed in
+    float64, in the right order."""
+    from mixprec.sensitivity.divergence import kl_divergence
+    g = torch.Generator().manual_seed(0)
+    ref = 4 * torch.randn(64, 100, generator=g)
+    for rounded in (ref.half().float(), ref.bfloat16().float()):
+        exact = torch.nn.functional.kl_div(torch.log_softmax(rounded.double(), -1), torch.log_softmax(ref.double(), -1),
+                                           log_target=True, reduction="sum")
+        total, rows = kl_divergence(ref, rounded)
+        assert rows == 64 and total == pytest.approx(float(exact), rel=1e-3)
+    half, bf16 = (kl_divergence(ref, r)[0] for r in (ref.half().float(), ref.bfloat16().float()))
+    assert half < bf16 / 10
