@@ -182,3 +182,24 @@ def test_round_trip(wbits, group, abits, asym, upper):
 def test_dynamic_inputs_need_at_most_8_bits_in_blocks(spec):
     with pytest.raises(CandidateError):
         parse_candidate(spec)
+
+
+def test_candidates_that_are_one_format_under_the_runs_weight_range_are_refused():
+    from mixprec.candidates import check_distinct
+    cands = parse_candidates("w4a8,w4a8-mse")  # distinct names, and distinct under --weight-range minmax
+    check_distinct(cands, "minmax")
+    with pytest.raises(CandidateError, match=r"w4a8 and w4a8-mse are the same format \(a name without a range "
+                                             r"suffix takes --weight-range's \(mse\)\)"):
+        check_distinct(cands, "mse")
+    # after weight_range "auto" renamed w4a8 to the variant it chose
+    resolved = parse_candidates("w4a8-mse,w4a8-mse".split(",")[:1]) + [cands[1]]
+    with pytest.raises(CandidateError, match=r"--weight-range auto chose w4a8-mse for w4a8"):
+        check_distinct(resolved, "mse", ["w4a8", "w4a8-mse"])
+
+
+def test_analyze_refuses_candidates_that_are_one_format():
+    import torch
+    import mixprec
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(CandidateError, match="duplicate candidates: w4a8 and w4a8-mse"):
+        mixprec.analyze(model, [torch.randn(4, 4)], candidates="w4a8,w4a8-mse", progress=False)

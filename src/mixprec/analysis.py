@@ -27,7 +27,7 @@ from torch import nn
 from .canonical import canonical, in_eval_mode
 from .batches import as_batches, split_item
 from .budgets import ALIASES, parse_budgets
-from .candidates import Candidate, parse_candidate, parse_candidates
+from .candidates import Candidate, check_distinct, parse_candidate, parse_candidates
 from .costs import CostTables, cost_tables, load_cost_csv
 from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecError
 from .front import Front, FrontPlan
@@ -1077,9 +1077,11 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
         else 0
     run = None if run_dir is None else run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
+    given = [c.name for c in cands]
     if weight_range == "auto":  # each candidate's range method chosen by measurement (mixprec.weight_ranges)
         cands, weight_range = _resolve_weight_ranges(model, groups, cands, batches, activation_range, run,
                                                      progress and rank == 0, verbose and rank == 0)
+    check_distinct(cands, weight_range, given)
     names = [c.name for c in cands]
     pin_only = sorted({g.pinned for g in groups if g.pinned and g.pinned not in names})
     for pin in pin_only:

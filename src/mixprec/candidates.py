@@ -159,6 +159,28 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
     return Candidate(name, weight, activation, points)
 
 
+def check_distinct(candidates: list[Candidate], weight_range: str, given: list[str] | None = None) -> None:
+    """Refuse two candidates that are one format once a name without a range suffix takes the run's weight range
+    (w4a8 and w4a8-mse under weight_range "mse", or after "auto" chose mse for w4a8): the table would hold two
+    columns of the same entries, and a budget or pin naming one would be ambiguous."""
+    from dataclasses import replace
+    given = given if given is not None and len(given) == len(candidates) else [c.name for c in candidates]
+    seen: dict[tuple, int] = {}
+    for i, c in enumerate(candidates):
+        weight = c.weight
+        if isinstance(weight, IntFormat) and weight.range_method is None and weight_range in ("mse", "minmax"):
+            weight = replace(weight, range_method=weight_range)
+        key = (weight, c.activation, c.points)
+        if key in seen:
+            j = seen[key]
+            renamed = [k for k in (i, j) if given[k] != candidates[k].name]  # by weight_range "auto"
+            how = (f"--weight-range auto chose {candidates[renamed[0]].name} for {given[renamed[0]]}" if renamed else
+                   f"a name without a range suffix takes --weight-range's ({weight_range})")
+            raise CandidateError(f"duplicate candidates: {given[j]} and {given[i]} are the same format ({how}); "
+                                 "give one of them")
+        seen[key] = i
+
+
 def parse_candidates(specs: str | list[str]) -> list[Candidate]:
     """Parse a comma-separated list (or a list) of candidates, refusing duplicates."""
     items = [s for s in (specs.split(",") if isinstance(specs, str) else specs)]
