@@ -15,6 +15,26 @@ def test_a_file_spec_is_keyed_by_its_content(tmp_path):
         assert spec_source_hash(spec) is None
 
 
+def test_a_file_spec_is_keyed_by_the_helpers_beside_it_that_it_imports(tmp_path):
+    """ev.py calls helper.score and lib.metrics.top1 (a package beside it): editing either changes the key; an
+    installed package (numpy) and a file it does not import do not."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "__init__.py").write_text("")
+    (tmp_path / "lib" / "metrics.py").write_text("def top1(model):\n    return 1.0\n")
+    (tmp_path / "helper.py").write_text("from lib.metrics import top1\ndef score(model):\n    return top1(model)\n")
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+    f = tmp_path / "ev.py"
+    f.write_text("import numpy\nimport helper\ndef score(model):\n    return helper.score(model)\n")
+    first = spec_source_hash(f"{f}:score")
+    (tmp_path / "unrelated.py").write_text("x = 2\n")
+    assert spec_source_hash(f"{f}:score") == first
+    (tmp_path / "lib" / "metrics.py").write_text("def top1(model):\n    return 0.01\n")
+    second = spec_source_hash(f"{f}:score")
+    assert second != first
+    (tmp_path / "helper.py").write_text("from lib.metrics import top1\ndef score(model):\n    return 2 * top1(model)\n")
+    assert spec_source_hash(f"{f}:score") not in (first, second)
+
+
 def test_an_edited_evaluation_function_is_measured_again_not_read_from_the_run(tmp_path):
     b = get_builtin("demo-cnn")
     model, data = b.model(), b.calibration(64)

@@ -146,8 +146,62 @@ def _feed_file(digest, obj) -> bool:
         return False
     if not path or not Path(path).is_file():
         return False
-    digest.update(Path(path).read_bytes())
+    for file in source_files(Path(path)):
+        digest.update(file.read_bytes())
     return True
+
+
+def source_files(path: Path, limit: int = 64) -> list[Path]:
+    """``path`` and the user's own modules it imports, read from its import statements (nothing runs): a module
+    beside it (``import helper`` or ``from helper import score``: helper.py, or helper/ with its __init__.py and
+    the submodules named) and, in turn, what those import beside themselves; at most ``limit`` files. An edit to a
+    helper the evaluation calls changes its results as an edit to its own file does. Installed packages are not
+    followed (their version is not the user's edit)."""
+    import ast
+    found, todo = [], [path.resolve()]
+    while todo and len(found) < limit:
+        file = todo.pop(0)
+        if file in found:
+            continue
+        found.append(file)
+        try:
+            tree = ast.parse(file.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        root = path.resolve().parent
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = file.parent if node.level else root
+                for _ in range(max(node.level - 1, 0)):
+                    base = base.parent
+                module = (node.module or "").split(".")
+                names = [".".join([*filter(None, module), alias.name]) for alias in node.names] + \
+                    ([node.module] if node.module else [])
+                todo += [f for name in names for f in _module_files(base, name)]
+                continue
+            else:
+                continue
+            todo += [f for name in names for f in _module_files(root, name)]
+    return sorted(found, key=str)
+
+
+def _module_files(base: Path, dotted: str) -> list[Path]:
+    """The files of module ``dotted`` under ``base`` (a.b: a/__init__.py and a/b.py or a/b/__init__.py), where
+    they exist."""
+    parts, out, here = dotted.split("."), [], base
+    for i, part in enumerate(parts):
+        package, module = here / part / "__init__.py", here / f"{part}.py"
+        if package.is_file():
+            out.append(package.resolve())
+            here = here / part
+        elif module.is_file():
+            out.append(module.resolve())
+            break
+        else:
+            break
+    return out
 
 
 def _is_array(value: Any) -> bool:

@@ -47,8 +47,8 @@ SPEC_OPTIONS = ("model", "data", "eval")  # the arguments that name what to load
 # Settings a run records that mixprec itself added: what a run that lacks one was measured without.
 SETTING_CHANGES = {"integer_bias": "it was measured before mixprec simulated the int8 kernels' int32 bias "
                                    "rounding, mixprec.integer_bias",
-                   "eval_source": "the evaluation's code (its file, or the values bound to the function) is not the "
-                                  "one that measured the entries there"}
+                   "eval_source": "the evaluation's code (its file and the modules beside it that it imports, or the "
+                                  "values bound to the function) is not the one that measured the entries there"}
 
 
 # a model of the same weights whose forward or modules differ (sensitivity.store.structure_hash)

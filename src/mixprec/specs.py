@@ -61,14 +61,19 @@ def absolute_spec(spec: str | None) -> str | None:
 
 
 def spec_source_hash(spec: str | None) -> str | None:
-    """The sha256 (first 16 hex digits) of the file a ``file.py:function`` spec names, else None: a cache keyed by
-    the spec alone would keep serving what the function measured before its file was edited."""
+    """The sha256 (first 16 hex digits) of the file a ``file.py:function`` spec names and of the modules beside it
+    that it imports (fingerprint.source_files), else None: a cache keyed by the spec alone would keep serving what
+    the function measured before its file, or a helper it calls, was edited."""
     target, sep, _ = (spec or "").rpartition(":")
     path = Path(target)
     if not sep or not target or not _names_a_file(target) or not path.is_file():
         return None
     import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    from .fingerprint import source_files
+    digest = hashlib.sha256()
+    for file in source_files(path):  # the file and the helpers beside it that it imports
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_callable(spec: str, what: str) -> Callable:
