@@ -203,3 +203,16 @@ def test_analyze_refuses_candidates_that_are_one_format():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     with pytest.raises(CandidateError, match="duplicate candidates: w4a8 and w4a8-mse"):
         mixprec.analyze(model, [torch.randn(4, 4)], candidates="w4a8,w4a8-mse", progress=False)
+
+
+@pytest.mark.parametrize("spec, hint", [
+    ("w4-minmax-asym", "-asym comes before the range suffix (e.g. w4-asym-minmax)"),
+    ("w4a8-percentile", "percentile is a --weight-range or --activation-range value"),
+    ("w4a8d", "d takes a block size after it"), ("w4g", "g takes a group size after it"),
+    ("w4x", "x takes a number of points"), ("w4-pertensor", "there is no per-tensor weight candidate"),
+    ("w4g64-foo", "unknown suffix -foo"), ("q4_k", "the GGUF block types here are q8_0, q4_0"),
+    ("int8", "an integer candidate starts with w")])
+def test_an_unknown_candidate_says_which_part_is_wrong(spec, hint):
+    with pytest.raises(CandidateError) as exc:
+        parse_candidate(spec)
+    assert hint in str(exc.value) and "valid forms" in str(exc.value)

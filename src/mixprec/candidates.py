@@ -104,6 +104,37 @@ def _int_bits(text: str, what: str, spec: str) -> int:
     return bits
 
 
+def _what_is_wrong(text: str) -> str | None:
+    """The part of a candidate string that the grammar refuses, for the common slips, or None."""
+    suffixes = re.findall(r"-([a-z0-9_]+)", text)
+    ranges = [s for s in suffixes if s in CANDIDATE_RANGES]
+    if "asym" in suffixes and ranges and suffixes.index(ranges[0]) < suffixes.index("asym"):
+        return f"-asym comes before the range suffix (e.g. {text.replace('-asym', '').replace('-' + ranges[0], '')}" \
+               f"-asym-{ranges[0]})"
+    unknown = [s for s in suffixes if s not in (*CANDIDATE_RANGES, "asym")]
+    if unknown:
+        known = {"percentile": "percentile is a --weight-range or --activation-range value, not a candidate suffix "
+                               "(a candidate takes -minmax or -mse)",
+                 "sym": "weights are symmetric unless -asym is given"}
+        for s in unknown:
+            if s in known:
+                return known[s]
+            if s.replace("_", "").replace("-", "") in ("pertensor", "perchannel", "tensor", "channel"):
+                return "weights are per output channel unless grouped (g<G>, e.g. w4g128); there is no per-tensor " \
+                       "weight candidate"
+        return f"unknown suffix -{unknown[0]} (suffixes: -asym, then -minmax or -mse)"
+    body = text.split("-")[0]
+    for letter, what, example in (("g", "a group size", "w4g128"), ("x", "a number of points", "w4x2"),
+                                  ("a", "an activation bit-width", "w4a8"), ("d", "a block size", "w8a8d32")):
+        if re.search(letter + r"(?!\d)", body[1:]):
+            return f"{letter} takes {what} after it (e.g. {example})"
+    if re.match(r"q\d", body):
+        return f"the GGUF block types here are {', '.join(GGUF_FORMATS)}"
+    if not body.startswith("w") and body:
+        return "an integer candidate starts with w and its weight bits (e.g. w8a8: int8 weights and inputs)"
+    return None
+
+
 def parse_candidate(spec: str | Candidate) -> Candidate:
     """Parse a candidate string; the error lists the valid forms."""
     if isinstance(spec, Candidate):
@@ -122,7 +153,9 @@ def parse_candidate(spec: str | Candidate) -> Candidate:
         return Candidate(canonical, *floats[text])
     match = _PATTERN.match(text)
     if not match:
-        raise CandidateError(f"unknown candidate {spec!r}; valid forms: " + "; ".join(VALID_FORMS))
+        hint = _what_is_wrong(text)
+        raise CandidateError(f"unknown candidate {spec!r}{'; ' + hint if hint else ''}; valid forms: "
+                             + "; ".join(VALID_FORMS))
     wbits_s, group_s, points_s, abits_s, block_s, asym, weight_range = match.groups()
     wbits = _int_bits(wbits_s, "weight", spec)
     points = int(points_s) if points_s else 1
