@@ -478,6 +478,44 @@ def test_evaluation_of_both_models_and_atomic_files(tmp_path):
     assert saved["exported"]["value"] == result.exported.value and saved["size_bytes"] == result.path.stat().st_size
 
 
+def test_agreement_on_the_evaluation_data_needs_the_same_inputs_in_both_calls(tmp_path):
+    """A shuffled loader, or one that reads fewer samples on its second call, gives the two models other inputs:
+    comparing their predictions call by call measured a false 19 % agreement, or crashed on the sizes."""
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})
+    images = batches((3, 8, 8), n=4, size=16)
+    calls = []
+
+    def shuffled(m):  # each call draws its own order
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(len(calls)))
+        calls.append(1)
+        return float(sum(int(m(images[i]).argmax(1).sum()) for i in order))
+
+    def fewer(m):  # the second call reads half the samples
+        calls.append(1)
+        return float(sum(int(m(x).argmax(1).sum()) for x in images[: 4 // len(calls)]))
+
+    for evaluate in (shuffled, fewer):
+        calls.clear()
+        result = export(model, p, data, out=tmp_path / f"{evaluate.__name__}.onnx", evaluate=evaluate, progress=False)
+        assert "evaluation" not in result.agreement and result.noise() is None
+        assert any("gave the simulated and the exported model different inputs" in n for n in result.notes)
+    result = export(model, p, data, out=tmp_path / "fixed.onnx", progress=False,
+                    evaluate=lambda m: float(sum(int(m(x).argmax(1).sum()) for x in images)))
+    assert result.agreement["evaluation"] > 0.9 and result.outputs["evaluation"] == 64
+
+
+def test_a_gap_beyond_the_noise_is_flagged_for_an_accuracy_given_as_a_fraction():
+    from mixprec.evaluation import EvalResult
+    from mixprec.export import ExportResult, _gap_note
+    for scale in (1.0, 0.01):
+        result = ExportResult(Path("m.onnx"), "ort-cpu", [], 0, EvalResult("accuracy", 90 * scale),
+                              EvalResult("accuracy", 42 * scale), {"evaluation": 0.52}, {"evaluation": 100})
+        assert _gap_note(result, False) is not None
+        result.exported = EvalResult("accuracy", 89.9 * scale)  # within the noise
+        assert _gap_note(result, False) is None
+
+
 def test_an_evaluation_that_restores_the_mode_it_found_leaves_the_quantized_model_in_eval_mode(tmp_path):
     """export wraps the simulated model to record its predictions; an evaluation that sets eval() and then
     restores the mode it found must restore the model's mode, not the wrapper's (a BatchNorm in training mode
@@ -903,6 +941,12 @@ def test_a_regression_is_compared_by_the_sqnr_of_its_outputs_not_by_top1(tmp_pat
                     progress=False)
     assert "calibration" not in result.agreement  # the argmax over a batch of scalars would mean nothing
     assert 30 < result.sqnr_db["calibration"] < float("inf")  # int8 kernels, not bit-exact, but close
+    wide = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval()  # 4 targets a sample: an argmax
+    pairs = [(x, torch.randn(len(x), 4)) for x in data]  # is no prediction beside float targets of its shape
+    result = export(wide, plan(wide, data, {"0": W8, "2": W8}), pairs, out=tmp_path / "w.onnx", progress=False,
+                    evaluate=lambda m: float(sum(((m(x) - y) ** 2).mean() for x, y in pairs)))
+    assert result.agreement == {} and result.noise() is None and result.sqnr_db["calibration"] > 30
+    assert any("a regression" in n and "SQNR alone" in n for n in result.notes)
     classifier, cdata = Mlp().eval(), batches((80,))
     result = export(classifier, plan(classifier, cdata, {"up": W8}), cdata, out=tmp_path / "c.onnx", progress=False)
     assert result.agreement["calibration"] > 0.9 and result.sqnr_db["calibration"] > 30

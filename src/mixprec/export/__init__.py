@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -526,14 +527,20 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                                         + ("on the others" if kept else "on none of them (give calibration batches of "
                                                                        "the example's sizes to compare)"))
                 inputs = kept
-            same = None if getattr(model, "returns_hidden_state", False) or not inputs else \
+            regression = _regression(quantized, batches)
+            if regression:
+                result.notes.append("the calibration items hold float targets of the output's shape: a regression, "
+                                    "whose outputs have no classes, so the file is compared with the simulation by "
+                                    "SQNR alone (no top-1 agreement)")
+            same = None if getattr(model, "returns_hidden_state", False) or not inputs or regression else \
                 agreement(quantized, exported, inputs)
             if same is not None:
                 result.agreement["calibration"] = same
             if inputs:
                 result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
         if evaluate is not None:
-            sim_out, exp_out = _Recorder(quantized, labels), _Recorder(exported)
+            classes = not (batches and _regression(quantized, batches))
+            sim_out, exp_out = _Recorder(quantized, labels, classes), _Recorder(exported, classes=classes)
             result.simulated = to_eval_result(evaluate(sim_out))
             result.exported = to_eval_result(evaluate(exp_out))
     except BaseException:  # the file is written: its report too (without the metrics), and the error says so
@@ -543,11 +550,11 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
               "again)")
         raise
     if evaluate is not None:
-        if sim_out.predictions and len(sim_out.predictions) == len(exp_out.predictions):
-            same = sum(int((a == b).sum()) for a, b in zip(sim_out.predictions, exp_out.predictions))
-            total = sum(a.numel() for a in sim_out.predictions)
-            result.agreement["evaluation"] = same / max(total, 1)
-            result.outputs["evaluation"] = total
+        compared = _evaluation_agreement(sim_out, exp_out)
+        if isinstance(compared, str):
+            result.notes.append(compared)
+        elif compared is not None:
+            result.agreement["evaluation"], result.outputs["evaluation"] = compared
         gap_note = _gap_note(result, bool(eight_bit) and not cpu_has_vnni(), branching=flow is not None)
         if gap_note:
             result.notes.insert(0, gap_note)
@@ -583,7 +590,9 @@ def _gap_note(result: ExportResult, saturating: bool, branching: bool = False) -
     if noise is None or result.simulated is None or result.exported is None:
         return None
     gap = result.exported.value - result.simulated.value
-    if abs(gap) <= max(2 * noise, 0.1):
+    # the noise is in points of a percent; an accuracy given as a fraction (0.9) is in hundredths of them
+    unit = 0.01 if max(abs(result.exported.value), abs(result.simulated.value)) <= 1 else 1.0
+    if abs(gap) <= max(2 * noise, 0.1) * unit:
         return None
     if result.agreement.get("evaluation") == 1.0:  # the same predictions, other figures: the evaluation's doing
         return (f"the exported {result.exported.name} is {gap:+.2f} from the simulated {result.simulated.value:.4g}, "
@@ -716,19 +725,24 @@ class _Recorder(nn.Module):
     """Wraps a model for the user's evaluation: records the top-1 prediction of every output row. ``drop``: keyword
     arguments the model was traced and exported without (loss targets), left out of its calls as the file does."""
 
-    def __init__(self, model: nn.Module, drop: list[str] = ()):
+    def __init__(self, model: nn.Module, drop: list[str] = (), classes: bool = True):
         super().__init__()
         self.model = model
         self.drop = tuple(drop)
+        self.classes = classes  # False: a regression's outputs, whose argmax is no prediction
         self.train(model.training)  # an evaluation that restores the mode it found restores the model's own
         self.predictions: list[torch.Tensor] = []
+        self.inputs: list[str] = []  # a key of each recorded call's inputs: the two runs compared call by call
 
     def forward(self, *args, **kwargs):
         output = self.model(*args, **{k: v for k, v in kwargs.items() if k not in self.drop})
+        if not self.classes:
+            return output
         try:
             top = top1(output_tensor(output), [*args, *kwargs.values()])
             if top is not None:
                 self.predictions.append(top.cpu())
+                self.inputs.append(_inputs_key([*args, *kwargs.values()]))
         except TypeError:
             pass
         return output
@@ -738,6 +752,60 @@ class _Recorder(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(super().__getattr__("model"), name)
+
+
+@torch.no_grad()
+def _regression(model: nn.Module, batches: list) -> bool:
+    """Whether the first calibration item holds float targets of the model's output shape (a regression or a
+    denoiser: sensitivity.divergence.regression_targets), whose outputs have no classes to agree on."""
+    from ..sensitivity.divergence import regression_targets
+    inputs, targets = split_item(batches[0])
+    if targets is None:
+        return False
+    try:
+        return regression_targets(targets, output_tensor(run_model(model, inputs)).to(targets.device))
+    except (TypeError, AttributeError):
+        return False
+
+
+def _inputs_key(inputs: list) -> str:
+    """A cheap key of a call's tensors: shapes, dtypes and up to 4,096 values taken evenly from each (another order,
+    another sample or other random data changes it)."""
+    import hashlib
+    digest = hashlib.sha256()
+
+    def walk(value: Any):
+        if isinstance(value, dict):
+            for k in value:
+                digest.update(repr(k).encode())
+                walk(value[k])
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, (torch.Tensor, np.ndarray)):
+            x = torch.as_tensor(value).detach()
+            flat = x.reshape(-1)
+            digest.update(f"{tuple(x.shape)}{x.dtype}".encode())
+            digest.update(flat[:: max(1, flat.numel() // 4096)].double().cpu().numpy().tobytes())
+        else:
+            digest.update(repr(type(value)).encode())
+    walk(inputs)
+    return digest.hexdigest()
+
+
+def _evaluation_agreement(sim: "_Recorder", exp: "_Recorder") -> tuple[float, int] | str | None:
+    """(share of the evaluation's top-1 predictions that agree, their number), where the evaluation gave both models
+    the same inputs in the same order; else why not (a note), or None where it recorded no predictions."""
+    if not sim.predictions and not exp.predictions:
+        return None
+    if sim.inputs != exp.inputs:
+        return ("the evaluation gave the simulated and the exported model different inputs (a shuffled DataLoader, "
+                "random data drawn on each call, or a sample of another size), so their predictions are not compared "
+                "one by one and no agreement on the evaluation data is reported; give it a fixed order (shuffle=False "
+                "or a seeded generator) to have it")
+    same = sum(int((a == b).sum()) for a, b in zip(sim.predictions, exp.predictions))
+    total = sum(a.numel() for a in sim.predictions)
+    return same / max(total, 1), total
 
 
 def top1(output: torch.Tensor, inputs: Any = None) -> torch.Tensor | None:
