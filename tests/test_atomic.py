@@ -122,3 +122,13 @@ def test_an_output_file_inside_a_file_or_named_as_a_directory_says_what_to_give(
         check_output_file(tmp_path / "f.onnx" / "x.onnx")
     with pytest.raises(OutputError, match=r"is a directory; give a file name, e.g. .*dir\.onnx/model\.onnx"):
         check_output_file(tmp_path / "dir.onnx")
+
+
+def test_a_file_its_writer_makes_by_name_is_shared_like_any_new_file(tmp_path):
+    """safetensors' save_file replaces the file it is given by name with one of mode 0600: a server running as
+    another user could not read the checkpoint."""
+    import stat
+
+    from safetensors.torch import save_file
+    path = atomic.write_atomic(tmp_path / "w.safetensors", lambda f: save_file({"w": torch.ones(2)}, f.name))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~atomic._UMASK != 0o600

@@ -37,6 +37,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO], None] | bytes, t
                 write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: a writer given the name (safetensors' save_file) makes it 0600
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -484,9 +484,7 @@ def save_cuda(deployment: CudaDeployment, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     flat = {f"{layer}::{key}": t.contiguous() for layer, ts in deployment.tensors.items() for key, t in ts.items()}
-    tmp = out / (TENSORS + ".tmp")
-    save_file(flat, str(tmp))
-    os.replace(tmp, out / TENSORS)
+    write_atomic(out / TENSORS, lambda f: save_file(flat, f.name))  # shared as any new file (not safetensors' 0600)
     manifest = {"format": "mixprec-cuda", "version": 1, "dtype": deployment.dtype, "plan": deployment.plan,
                 "layers": [{"layer": r["layer"], "candidate": r["candidate"], "kind": r["kind"],
                             "group": deployment.realised[r["layer"]].group,
