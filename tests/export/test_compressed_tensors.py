@@ -380,3 +380,20 @@ def test_a_layer_made_a_few_rows_at_a_time_is_written_as_made_whole(mixed, tmp_p
     whole, chunked = load_file(str(out / WEIGHTS_FILE)), load_file(str(tmp_path / "chunked" / WEIGHTS_FILE))
     assert whole.keys() == chunked.keys()
     assert all(torch.equal(whole[k], chunked[k]) for k in whole)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_4_bit_asymmetric_grouped_layer_of_few_outputs_reads_back(tmp_path, reader):
+    """At most 8 outputs: its 4-bit zero-points pack into one int32 row, which compressed-tensors 0.20's
+    unpacking could not view (the export stopped with torch's stride error); the note says its loaders fail."""
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 4)).eval()
+    plan = Plan.uniform(discover_groups(model, torch.randn(8, 64)), "w4g32-asym")
+    result = write_compressed_tensors(model, plan, tmp_path / "ckpt", reader=reader, progress=False)
+    assert result.readback.exact and result.readback.compared == 2
+    assert any("pack their zero-points into one int32 row" in n for n in result.notes)
+    wide = nn.Sequential(nn.Linear(64, 16)).eval()  # two rows: no note
+    plan = Plan.uniform(discover_groups(wide, torch.randn(8, 64)), "w4g32-asym")
+    assert not any("one int32 row" in n for n in write_compressed_tensors(
+        wide, plan, tmp_path / "wide", reader=reader, progress=False).notes)
