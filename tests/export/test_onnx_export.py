@@ -459,6 +459,16 @@ def test_weights_off_the_grid_are_refused(tmp_path):
         export(model, p, data, out=tmp_path / "x.onnx", quantized=quantized, progress=False)
 
 
+def test_a_model_quantized_by_another_plan_is_refused(tmp_path):
+    """Quantized at w8a8 everywhere, exported for a plan that keeps fc float: the file would be neither plan, and
+    its "simulated" metric the other plan's."""
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w8a8", "conv2": "w8a8", "fc": "fp32"})
+    other = apply(model, plan(model, data, {"conv1": "w8a8", "conv2": "w8a8", "fc": "w8a8"}), data, progress=False)
+    with pytest.raises(PlanError, match="holds layer 'fc' at w8a8, the plan at fp32 .* made from another plan"):
+        export(model, p, data, out=tmp_path / "x.onnx", quantized=other, progress=False)
+
+
 def test_evaluation_of_both_models_and_atomic_files(tmp_path):
     model, data = BnCnn().eval(), batches((3, 8, 8))
     p = plan(model, data, {"conv1": "w7a8", "conv2": "w7a8", "fc": "w7a8"})

@@ -383,6 +383,11 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     if missing:
         raise PlanError(f"the quantized model has no quantized layer {missing[0]!r} the plan names; pass the model "
                         "apply(model, plan, data) made from this plan")
+    wrong = sorted(n for n in candidates if layers_q[n].candidate != candidates[n].name)
+    if wrong:  # a model quantized by another plan: the file would be neither, its "simulated" metric the other's
+        raise PlanError(f"the quantized model holds layer {wrong[0]!r} at {layers_q[wrong[0]].candidate}, the plan "
+                        f"at {candidates[wrong[0]].name} ({len(wrong)} layer(s) differ): it was made from another "
+                        "plan; pass the model apply(model, plan, data) made from this plan")
     example = _first_input(batches, example_input)
     narrow = sorted({str(p.dtype).replace("torch.", "") for p in quantized.parameters()
                      if p.is_floating_point() and p.dtype != torch.float32})
