@@ -342,3 +342,11 @@ def test_uniform_graphs_are_timed_whole_in_rotated_rounds_with_sessions_made_ane
     assert made == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     # timed in that order: a 3, 2, 1; b 1, 9, 2 (one slow round); c 2, 1, 3: each file's median over its rounds
     assert result == [2.0, 2.0, 2.0]
+
+
+def test_candidates_the_target_runs_on_no_layer_are_refused_before_any_timing(demo):
+    """fp8 and bf16 have no ONNX Runtime CPU kernel: the table would hold only the float row it adds, and the
+    failure would show only when solve found no entry."""
+    model, data = demo
+    with pytest.raises(mixprec.errors.MixprecError, match="runs none of the candidates fp8, bf16 on any layer"):
+        profile(model, data, "fp8,bf16", progress=False)

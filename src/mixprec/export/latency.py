@@ -404,6 +404,13 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
             runnable.setdefault(name, {})[cand] = reason is None
             if reason is not None:
                 skipped[f"{name}/{cand}"] = reason
+    asked = [c.name for c in cands]
+    if not any(runnable[layer][c] for layer in runnable for c in asked):  # a table with no entry to solve with
+        reasons = sorted({skipped[f"{layer}/{c}"] for layer in runnable for c in asked if f"{layer}/{c}" in skipped})
+        raise MixprecError(f"the {target} target runs none of the candidates {', '.join(asked)} on any layer of this "
+                           f"model ({'; '.join(reasons[:3])}): the table would have no entry; give candidates it runs "
+                           "(int8 with 8-bit inputs such as w8a8, weight-only such as w8 or w4g32 for linear layers, "
+                           "or fp32)")
     with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
         if method == "graph":
             return _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable, skipped,
