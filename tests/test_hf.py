@@ -378,3 +378,39 @@ def test_windows_longer_than_the_model_s_positions_get_a_note(tmp_path):
         note_long_windows("ppl:w.txt?length=1024", 1024, str(tmp_path))
     said = [str(w.message) for w in caught if issubclass(w.category, EvaluationNote)]
     assert len(said) == 1 and "1024 tokens are longer than the 512 positions" in said[0]
+
+
+def _padded_and_alone(checkpoint, side: str):
+    """Six texts of several lengths: each alone, and in two batches padded on ``side`` with an attention mask."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint[0])
+    tokenizer.pad_token, tokenizer.padding_side = "<unk>", side
+    texts = [t + "." for t in checkpoint[1].read_text().split(".")[1:13:2]]
+    alone = [{"input_ids": tokenizer(t, return_tensors="pt")["input_ids"]} for t in texts]
+    padded = [dict(tokenizer(texts[i:i + 3], padding=True, return_tensors="pt")) for i in (0, 3)]
+    assert all(bool((b["attention_mask"] == 0).any()) for b in padded)
+    return alone, padded
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_of_an_hf_model_gives_each_text_its_logits_alone(checkpoint, side):
+    model = load(f"hf:{checkpoint[0]}")
+    alone, padded = _padded_and_alone(checkpoint, side)
+    with torch.no_grad():
+        for b, batch in enumerate(padded):
+            logits = model(**batch)
+            for row in range(3):
+                real = batch["attention_mask"][row].bool()
+                assert torch.allclose(logits[row][real], model(**alone[3 * b + row])[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_leaves_the_sensitivity_table_as_the_texts_alone_give_it(checkpoint, side):
+    """sqnr and kl sum over the real tokens alone: the padded positions' logits are no text (left padded, a layer
+    came out 17x as sensitive)."""
+    model = load(f"hf:{checkpoint[0]}")
+    alone, padded = _padded_and_alone(checkpoint, side)
+    for metric in ("sqnr", "kl"):
+        tables = [mixprec.analyze(model, data, candidates="w3g16,w8", metric=metric, progress=False).table
+                  for data in (alone, padded)]
+        assert torch.allclose(torch.tensor(tables[0].values), torch.tensor(tables[1].values), rtol=2e-3)

@@ -39,7 +39,15 @@ class CausalLM(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``input_ids``; ``attention_mask`` (batch, tokens), 0 at padding: padded batches of texts of
+        several lengths, left or right padded. The real tokens take positions 0, 1, ... from their first one, as
+        Hugging Face's generation gives them, so a left-padded text gets the logits it gets alone."""
+        if attention_mask is not None:
+            extra = {}
+            if not bool(attention_mask.all()) and "position_ids" in inspect.signature(self.lm.forward).parameters:
+                extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
         if torch.onnx.is_in_onnx_export():  # an explicit mask keeps transformers off its packed-sequence check
             # (torch.diff, which the ONNX exporter cannot write); every token attended, as without one
             return self.lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits

@@ -42,7 +42,7 @@ evaluation split), so the guard returns uniform (benchmarks/guard_labels.py, gua
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -95,6 +95,36 @@ def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         log_q = torch.log_softmax(out[i:i + step].double(), dim=-1)
         parts.append((log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0).float())  # >= 0 up to rounding
     return torch.cat(parts)
+
+
+def token_mask(inputs: Any, out: torch.Tensor) -> torch.Tensor | None:
+    """The (batch, tokens) bool mask of the real tokens where a batch is padded: a dict batch's ``attention_mask``
+    beside a (batch, tokens, ...) output, with some 0 in it; None otherwise (nothing to leave out)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or out.ndim < 3 or tuple(out.shape[:2]) != tuple(mask.shape):
+        return None
+    mask = mask.to(out.device) != 0
+    return None if bool(mask.all()) else mask
+
+
+def on_real_tokens(divergence: Callable, mask: torch.Tensor | None) -> Callable:
+    """``divergence(ref, out) -> (num, den)`` over the real tokens of a padded batch alone: the padded positions'
+    logits are no text, and in the sums they changed a table's ranking (a layer 17x as sensitive on a left-padded
+    batch). ``mask``: token_mask's, or None (``divergence`` as it is)."""
+    if mask is None:
+        return divergence
+    return lambda ref, out: divergence(ref[mask.to(ref.device)], out[mask.to(out.device)])
+
+
+def _masked_samples(kind: str, ref: torch.Tensor, out: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, float]:
+    """A DIVERGENCES function's (per-sample shares, denominator) over the real tokens alone: the padded
+    positions are made equal (zero) in both outputs, so they add nothing, and a per-row divergence counts the real
+    rows only (sqnr's denominator already leaves the zeros out)."""
+    keep = mask.to(ref.device).reshape(*mask.shape, *([1] * (ref.ndim - 2)))
+    ref, out = ref * keep, out.to(ref.device) * keep
+    per_sample, den = DIVERGENCES[kind](ref, out)
+    return per_sample, (den if kind == "sqnr" else float(mask.sum()))
 
 
 def kl_divergence(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
@@ -355,9 +385,10 @@ class OutputDivergence:
             if out.ndim == 1 and ref is not None and _per_sample_vector(x, out):
                 # one value per input (a regression's (N,) output): N samples of one value each, not one sample
                 ref, out = ref.reshape(-1, 1), out.reshape(-1, 1)
+            mask = token_mask(x, out)  # a padded batch: its padding is no text
             for k in kinds:
                 per_sample, d = TASK[k](x, out) if k in TASK else LABELLED[k](labels, out) if k in LABELLED \
-                    else DIVERGENCES[k](ref, out)
+                    else DIVERGENCES[k](ref, out) if mask is None else _masked_samples(k, ref, out, mask)
                 sums[k][0] += float(per_sample.sum())
                 sums[k][1] += d
                 parts[k].append(per_sample.double().cpu().numpy())

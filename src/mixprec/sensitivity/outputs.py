@@ -16,6 +16,7 @@ import torch
 
 from ..batches import output_tensor, run_model
 from .context import MeasureContext, quantized_group
+from .divergence import on_real_tokens, token_mask
 from ..offload import should_move
 from ..streaming import stream_of
 from ..capture import first_tensor, forward
@@ -114,9 +115,10 @@ class OutputRunner:
         for b in range(len(ctx.data)):
             ref = self.reference(b)
             recorded[0] = 0
+            scored = on_real_tokens(divergence, token_mask(ctx.inputs(b), ref))  # a padded batch: real tokens alone
 
             def record(key, output):
-                num, den = divergence(ref, output_tensor(output))
+                num, den = scored(ref, output_tensor(output))
                 sums[key][0] += num
                 sums[key][1] += den
                 recorded[0] += 1
@@ -209,7 +211,7 @@ class OutputRunner:
             with quantized_group(ctx.model, replaced) as model, torch.no_grad():
                 with blocks.skipping(b, skipped, last=last):
                     output = run_model(model, ctx.inputs(b))
-            num, den = divergence(ref, output_tensor(output))
+            num, den = on_real_tokens(divergence, token_mask(ctx.inputs(b), ref))(ref, output_tensor(output))
             sums[(g, c)][0] += num
             sums[(g, c)][1] += den
             self.forward_equivalents += cost
