@@ -58,6 +58,9 @@ def test_python_api_takes_the_same_spec_strings(checkpoint):
                                evaluate=f"ppl:{text}?windows=2&length=32", progress=False)
     assert analysis.model_name == f"hf:{folder}" and analysis.table.complete
     assert analysis.evaluate(analysis.model).name == "perplexity"
+    result = mixprec.quantize(f"hf:{folder}", f"text:{text}?windows=4&length=32", "bits=6", candidates="w4g16,w8",
+                              evaluate=f"ppl:{text}?windows=2&length=32", progress=False)  # quantize takes them too
+    assert result.costs["bits_per_weight"] <= 6 and result.evaluation.name == "perplexity"
 
 
 def test_calibration_windows_come_from_the_second_half_and_evaluation_from_the_first(checkpoint):

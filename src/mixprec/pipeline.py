@@ -218,11 +218,12 @@ def quantize(model: nn.Module, data: Iterable, budget: str | dict[str, Any], *,
     :func:`quantize_plan` (evaluated with ``evaluate`` when given). target: the export target the plan is for
     (``"ort-cpu"``: candidates it cannot run are never chosen, and its int8 graph's join quantizers are
     measured and applied; ``joins`` as :func:`mixprec.analyze`'s)."""
-    batches = as_batches(data, model)
-    analysis = analyze(model, batches, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
+    # the model, data and evaluation as analyze resolved them (spec strings such as "hf:DIR" and "text:FILE" too)
+    analysis = analyze(model, data, candidates, metric, run_dir, groups=groups, evaluate=evaluate,
                        weight_range=weight_range, activation_range=activation_range, device=device, progress=progress,
                        target=target, joins=joins)
     plan = analysis.solve(budget, search, **search_options)  # a measured search measures with the analysis's evaluate
-    return quantize_plan(analysis.model, plan, batches, analysis.model_groups, evaluate=evaluate,
+    return quantize_plan(analysis.model, plan, analysis.data, analysis.model_groups,
+                         evaluate=None if evaluate is None else analysis.evaluate,
                          weight_range=weight_range, activation_range=activation_range, rounding=rounding,
                          rounding_options=rounding_options, device=device, progress=progress)
