@@ -417,3 +417,16 @@ def test_padding_leaves_the_sensitivity_table_as_the_texts_alone_give_it(checkpo
         tables = [mixprec.analyze(model, data, candidates="w3g16,w8", metric=metric, progress=False).table
                   for data in (alone, padded)]
         assert torch.allclose(torch.tensor(tables[0].values), torch.tensor(tables[1].values), rtol=2e-3)
+
+
+def test_a_folder_or_text_file_without_its_prefix_is_named_with_the_prefix(checkpoint):
+    from mixprec.specs import load_model
+    folder, text = checkpoint
+    with pytest.raises(SpecError, match=f"give it as --model hf:{folder}"):
+        load_model(str(folder))
+    with pytest.raises(SpecError, match=f"is --data text:{text}"):
+        load_data(str(text))
+    with pytest.raises(SpecError, match=f"is --eval ppl:{text}"):
+        load_eval(str(text))
+    with pytest.raises(SpecError, match="ppl: is the prefix of --eval ppl:FILE"):
+        load_data(f"ppl:{text}")

@@ -80,7 +80,8 @@ def resolve_callable(spec: str, what: str) -> Callable:
     """``file.py:function`` or ``package.module:function`` -> the function."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise SpecError(f"{what} spec {spec!r} must look like path/to/file.py:function or package.module:function")
+        raise SpecError(f"{what} spec {spec!r} must look like path/to/file.py:function or package.module:function"
+                        + _text_hint(spec, what))
     if _names_a_file(target):
         path = Path(target)
         if not path.is_file():
@@ -101,7 +102,10 @@ def resolve_callable(spec: str, what: str) -> Callable:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise SpecError(f"{what} spec {spec!r}: cannot import module {target!r} ({exc})") from exc
+            prefix = {"ppl": "--eval ppl:FILE (a perplexity over a text file)", "text": "--data text:FILE (calibration "
+                      "text)", "hf": "--model hf:DIR (a Hugging Face folder)"}.get(target.lower())
+            raise SpecError(f"{what} spec {spec!r}: cannot import module {target!r} ({exc})"
+                            + (f"; {target}: is the prefix of {prefix}, not of {what}" if prefix else "")) from exc
     fn = getattr(module, attr, None)
     if fn is None:
         import difflib
@@ -136,8 +140,22 @@ def is_code(spec: str, option: str) -> bool:
 
 
 def _not_a_model(spec: str) -> SpecError:
-    return SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), "
-                     "a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function")
+    folder = Path(spec).expanduser()
+    hint = (f"; {spec} is a Hugging Face checkpoint folder (it holds config.json): give it as --model hf:{spec}"
+            if (folder / "config.json").is_file() else
+            f"; a Hugging Face checkpoint folder is given as --model hf:DIR" if folder.is_dir() else "")
+    return SpecError(f"--model {spec!r} is not a built-in name ({', '.join(BUILTINS)}), a Hugging Face folder "
+                     "(hf:DIR), a TorchScript file (.pt/.pth/.ts) or file.py:function / package.module:function"
+                     + hint)
+
+
+def _text_hint(spec: str, option: str) -> str:
+    """For a plain text file given where a spec is expected: the prefix that reads it."""
+    if not spec.lower().endswith((".txt", ".text", ".md", ".raw")):
+        return ""
+    if option == "--data":
+        return f"; a text file of calibration text for a language model is --data text:{spec}"
+    return f"; the perplexity of a causal language model over a text file is --eval ppl:{spec}"
 
 
 def check_model_spec(spec: str) -> None:
@@ -292,7 +310,8 @@ def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None
             raise SpecError(f"--data {spec!r} returned a {type(data).__name__}, expected an iterable of batches "
                             "(a list or a generator of tensors, (inputs, labels) pairs or dicts of tensors)")
         return _cap(data, limit, f"--data {spec!r}")
-    raise SpecError(f"--data {spec!r} is not a built-in name, a .npz/.pt file or file.py:function")
+    raise SpecError(f"--data {spec!r} is not a built-in name, a .npz/.pt file, text:FILE (a language model's "
+                    f"calibration text) or file.py:function{_text_hint(spec, '--data')}")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
