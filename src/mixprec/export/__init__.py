@@ -492,7 +492,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         result.notes.append(f"this CPU has no VNNI: ORT's u8 x s8 kernels add pairs of products in 16 bits and may "
                             f"saturate on {len(eight_bit)} layer(s) with 8-bit weights (e.g. {eight_bit[0]}), which "
                             "the simulation does not model; plan them as w7a8 (profile ort-cpu-avx2) for exact results")
-    unsimulated = [r["layer"] for r in rows if realisations[r["layer"]].kind == "nbits"
+    unsimulated = [r["layer"] for r in rows if realisations[r["layer"]].kind == "nbits" and not r.get("absent")
                    and realisations[r["layer"]].accuracy_level is None and accuracy_level != 0]
     if unsimulated:
         result.notes.append(f"{len(unsimulated)} weight-only layer(s) (e.g. {unsimulated[0]}) run MatMulNBits at "
@@ -701,7 +701,8 @@ def _note(row: dict, kind: str) -> str:
 def _kernel_note(row: dict, kind: str) -> str:
     op, low = row["runtime_op"], row["low_precision"]
     if row.get("absent"):
-        return "not in the exported graph: the model does not run this layer"
+        return ("not in the exported graph: the traced example does not compute this layer into the outputs (a "
+                "layer whose output is unused, or on a branch the example does not take)")
     if kind == "float":
         if row.get("quantized_by_runtime"):
             return (f"planned float, but ONNX Runtime quantizes it itself to a {op} with its own per-tensor int8 "

@@ -803,7 +803,7 @@ def rewrite(model, layers: dict[str, LayerCodes], accuracy_level: int = 4,
             lookup = (kinds or {}).get(name) == "Embedding"
             users = [u for u in users if (u.op_type == "Gather" and u.input[0] == weight) == lookup]
         if not users and idle(name):
-            written[name] = {"node": "", "op": "-", "format": "not exported (the model does not run it)",
+            written[name] = {"node": "", "op": "-", "format": "not exported (not in the traced graph)",
                              "op_written": "-", "batchnorm_folded": False, "absent": True}
             continue
         if not users:
