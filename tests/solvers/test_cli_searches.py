@@ -253,15 +253,20 @@ def test_a_latency_fraction_is_of_the_float_model_the_profile_measured(tmp_path)
     assert analysis.budgets("latency_ms=0.5x", problem)["latency_ms"] == pytest.approx(len(groups))
 
 
+def _demo_run(tmp_path, candidates: str, *extra: str):
+    """A demo-cnn analysis of ``candidates`` on 32 calibration images (``extra``: more analyze options), reopened."""
+    from mixprec import Analysis
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", "demo-cnn", "--candidates", candidates, *extra, "--calibration-samples", "32",
+                 "--out", str(run)]) == 0
+    return Analysis.load(run)
+
+
 def test_a_budget_dict_takes_numbers_of_any_kind(tmp_path):
     """A budget computed from cost arrays is a numpy float64 (repr 'np.float64(4437.0)' under numpy 2)."""
     import numpy as np
     import torch
-    from mixprec import Analysis
-    run = tmp_path / "run"
-    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8", "--calibration-samples", "32",
-                 "--out", str(run)]) == 0
-    analysis = Analysis.load(run)
+    analysis = _demo_run(tmp_path, "w4a8,w8a8")
     problem = analysis.problem()
     value = problem.uniform_cost("bytes", "w4a8") * 1.25
     for number in (value, np.float64(value), np.float32(value), torch.tensor(value, dtype=torch.float64)):
@@ -271,12 +276,8 @@ def test_a_budget_dict_takes_numbers_of_any_kind(tmp_path):
 
 
 def test_a_pin_holds_whatever_candidates_says_and_an_emptied_group_is_explained(tmp_path, capsys):
-    from mixprec import Analysis
     from mixprec.errors import SpecError
-    run = tmp_path / "run"
-    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8", "--pin", "conv1=w6a8",
-                 "--calibration-samples", "32", "--out", str(run)]) == 0
-    analysis = Analysis.load(run)
+    analysis = _demo_run(tmp_path, "w2a8,w4a8", "--pin", "conv1=w6a8")
     plan = analysis.solve("bytes=w4a8", candidates="w2a8", guard=False)  # w6a8 left out: conv1 keeps its pin
     assert plan.assignments["conv1"] == "w6a8" and set(plan.assignments.values()) == {"w6a8", "w2a8"}
     with pytest.raises(SpecError, match=r"have no candidate left: --candidates w6a8 \(w6a8 was measured only for "
@@ -287,22 +288,14 @@ def test_a_pin_holds_whatever_candidates_says_and_an_emptied_group_is_explained(
 
 def test_a_budget_names_a_candidate_as_the_candidate_grammar_reads_it(tmp_path):
     """--candidates W4A8 and --pin conv1=W8A8 are read; so is bops=W4A8 (and fp8e4m3 for fp8)."""
-    from mixprec import Analysis
-    run = tmp_path / "run"
-    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w4a8,w8a8,fp8", "--calibration-samples", "32",
-                 "--out", str(run)]) == 0
-    analysis = Analysis.load(run)
+    analysis = _demo_run(tmp_path, "w4a8,w8a8,fp8")
     problem = analysis.problem()
     assert analysis.budgets("bops=W4A8", problem) == analysis.budgets("bops=w4a8", problem)
     assert analysis.budgets("bytes=FP8E4M3", problem) == {"bytes": problem.uniform_cost("bytes", "fp8")}
 
 
 def test_a_budget_that_does_not_bind_says_among_what_the_plan_is_least_sensitive(tmp_path):
-    from mixprec import Analysis
-    run = tmp_path / "run"
-    assert main(["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--calibration-samples", "32",
-                 "--out", str(run)]) == 0
-    analysis = Analysis.load(run)
+    analysis = _demo_run(tmp_path, "w2a8,w4a8,w8a8")
     everything = analysis.solve("bytes=1GB", guard=False)
     assert "the least-sensitive plan overall" in everything.metadata["notes"][0]
     restricted = analysis.solve("bytes=1GB", candidates="w2a8,w4a8", guard=False)
