@@ -585,3 +585,18 @@ def test_inspect_json_to_standard_output_keeps_the_tables_on_standard_error(caps
     out, err = capsys.readouterr()
     found = json.loads(out)  # nothing else on stdout
     assert list(found["uniform_costs"]) == ["w8a8", "w4a8"] and "cost of each uniform candidate" in err
+
+
+def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """Two processes on a machine of one GPU: the second took cuda:1 and failed with CUDA's 'invalid device
+    ordinal' as an internal error."""
+    import torch
+    from mixprec.cli import _init_distributed
+    from mixprec.errors import SpecError
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    with pytest.raises(SpecError, match="local rank 1 has no GPU of its own; give --nproc_per_node 1"):
+        _init_distributed()

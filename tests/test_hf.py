@@ -168,7 +168,7 @@ def test_two_processes_give_the_single_process_table_with_block_prefixes(checkpo
     args = ["analyze", "--model", f"hf:{folder}", "--data", f"text:{text}?windows=4&length=32&batch=2",
             "--candidates", "w4a8,w8a8", "--metric", "kl", "--chunk-size", "2"]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo, on a machine with GPUs too
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mixprec.cli", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
                           text=True, timeout=600)

@@ -344,6 +344,11 @@ def _init_distributed() -> int:
         return 0
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if backend == "nccl" and local >= gpus:  # each process takes the GPU of its local rank
+            raise SpecError(f"torchrun started more processes on this machine than it has CUDA devices ({gpus}): "
+                            f"local rank {local} has no GPU of its own; give --nproc_per_node {gpus} (one process a "
+                            "GPU), or CUDA_VISIBLE_DEVICES= to shard over CPU processes instead")
         torch.distributed.init_process_group(backend=backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -37,7 +37,7 @@ def test_two_processes_give_the_single_process_table(tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     args = ["analyze", "--model", "demo-cnn", "--candidates", "w2a8,w4a8,w8a8", "--chunk-size", "1"]
     assert main(args + ["--out", str(single)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo, on a machine with GPUs too
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mixprec.cli", *args, "--out", str(sharded)], env=env, capture_output=True,
                           text=True, timeout=600)
