@@ -184,3 +184,16 @@ def test_the_fused_graph_holds_a_tied_weight_once_even_when_copied(tie):
     graph = build(model, 17)
     held = sorted(i.name for i in graph.graph.initializer if "embed_tokens" in i.name or "lm_head" in i.name)
     assert held == (["lm.model.embed_tokens.weight"] if tie else ["lm.lm_head.weight", "lm.model.embed_tokens.weight"])
+
+
+def test_a_file_larger_than_the_plan_names_a_tied_weight_written_for_each_use(tmp_path):
+    """The plan prices a tied embedding once; the file holds its rows for the lookup and its codes for the output
+    layer: the size note says so, not only that the graph adds structure."""
+    model = tiny("llama", hidden=64)
+    tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    groups = discover_groups(model, tokens)
+    plan = Plan.uniform(groups, "w4g16")
+    plan.metadata["predicted_costs"] = {"bytes": 1000.0}  # far below what any file holds
+    result = export(model, plan, [tokens], out=tmp_path / "m.onnx", progress=False)
+    note = next(n for n in result.notes if n.startswith("the file holds"))
+    assert "share a weight with another, which the plan prices once and the file holds once for each" in note

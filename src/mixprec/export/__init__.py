@@ -475,12 +475,17 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     if isinstance(planned, (int, float)) and planned > 0 and result.size_bytes > OVER_PLANNED * planned:
         wider = [name for name, r in realisations.items() if r.weight_bits
                  and isinstance(candidates[name].weight, IntFormat) and candidates[name].weight.bits < r.weight_bits]
+        owners: dict[int, str] = {}
+        twice = [n for n, m in modules.items() if owners.setdefault(id(m.weight), n) != n]  # a tied weight's 2nd use
         notes.append(f"the file holds {result.size_bytes:,} bytes, {result.size_bytes / planned:.2f}x the plan's bytes "
                      f"cost ({planned:,.0f})"
                      + (f": {len(wider)} layer(s) (e.g. {wider[0]}) keep their codes in {realisations[wider[0]].weight_bits}-bit "
                         "storage, which the runtime's kernels read, and the graph adds its own structure (names, shapes, "
-                        "nodes)" if wider else ": the graph adds its own structure (names, shapes, nodes), which "
-                        "weighs most beside a small model's weights"))
+                        "nodes)" if wider else ": the graph adds its own structure (names, shapes, nodes) and "
+                        "constant tables (a decoder's rotary caches), which weigh most beside a small model's weights")
+                     + (f"; {len(twice)} layer(s) (e.g. {twice[0]}) share a weight with another, which the plan prices "
+                        "once and the file holds once for each (a tied embedding: its rows for the lookup, its "
+                        "codes for the output layer's matrix product)" if twice else ""))
     refit = [r for r in rows if r.get("bias_refit_channels")]
     if refit:
         notes.append(f"{sum(r['bias_refit_channels'] for r in refit)} channel(s) of {len(refit)} layer(s) (e.g. "
