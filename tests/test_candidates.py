@@ -211,7 +211,7 @@ def test_analyze_refuses_candidates_that_are_one_format():
     ("w4a8d", "d takes a block size after it"), ("w4g", "g takes a group size after it"),
     ("w4x", "x takes a number of points"), ("w4-pertensor", "there is no per-tensor weight candidate"),
     ("w4g64-foo", "unknown suffix -foo"), ("q4_k", "the GGUF block types here are q8_0, q4_0"),
-    ("int8", "an integer candidate starts with w")])
+    ("int8", "an integer candidate starts with w"), ("banana", "an integer candidate starts with w")])
 def test_an_unknown_candidate_says_which_part_is_wrong(spec, hint):
     with pytest.raises(CandidateError) as exc:
         parse_candidate(spec)

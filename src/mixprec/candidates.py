@@ -124,14 +124,15 @@ def _what_is_wrong(text: str) -> str | None:
                        "weight candidate"
         return f"unknown suffix -{unknown[0]} (suffixes: -asym, then -minmax or -mse)"
     body = text.split("-")[0]
+    if not re.match(r"w\d", body):  # not an integer candidate at all: the letters after w mean nothing here
+        if re.match(r"q\d", body):
+            return f"the GGUF block types here are {', '.join(GGUF_FORMATS)}"
+        return "an integer candidate starts with w and its weight bits (e.g. w8a8: int8 weights and inputs)" \
+            if body else None
     for letter, what, example in (("g", "a group size", "w4g128"), ("x", "a number of points", "w4x2"),
                                   ("a", "an activation bit-width", "w4a8"), ("d", "a block size", "w8a8d32")):
         if re.search(letter + r"(?!\d)", body[1:]):
             return f"{letter} takes {what} after it (e.g. {example})"
-    if re.match(r"q\d", body):
-        return f"the GGUF block types here are {', '.join(GGUF_FORMATS)}"
-    if not body.startswith("w") and body:
-        return "an integer candidate starts with w and its weight bits (e.g. w8a8: int8 weights and inputs)"
     return None
 
 
