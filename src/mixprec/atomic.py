@@ -58,9 +58,21 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through a temporary file."""
+    """torch.save through a temporary file. A write that stops part-way (a full disk, a file size limit) is the
+    OutputError naming the file that every other write gives: torch.save reports it as a RuntimeError of its
+    archive writer."""
+    import errno
+
     import torch
-    return write_atomic(path, lambda f: torch.save(obj, f))
+
+    def write(f) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            if not any(s in str(exc) for s in ("inline_container", "PytorchStreamWriter", "unexpected pos")):
+                raise
+            raise OSError(errno.ENOSPC, "the write stopped part-way (a full disk or a file size limit?)") from exc
+    return write_atomic(path, write)
 
 
 def finite_json(value: Any) -> Any:

@@ -782,7 +782,8 @@ def cmd_export(args) -> int:
                     accuracy_level=args.accuracy_level, decoder=args.decoder,
                     evaluate=load_eval(eval_spec, args.model) if eval_spec else None,
                     example_input=example, weight_range=args.weight_range, activation_range=args.activation_range,
-                    threads=args.threads, rounding=rounding or "nearest")
+                    threads=args.threads, rounding=rounding or "nearest",
+                    rounding_checkpoint=cache_dir() / "rounding")  # an interrupted rounding resumes
     _table(["layer", "candidate", "written as", "ONNX Runtime runs", "low precision"],
            [(r["layer"], r["candidate"], r["format"], r["runtime_op"], "yes" if r["low_precision"] else "NO")
             for r in result.layers])

@@ -1598,3 +1598,13 @@ def test_a_bilinear_layer_kept_float_exports_as_an_einsum_that_computes_it(tmp_p
                     progress=False)
     assert "Einsum" in {n.op_type for n in onnx.load(result.path).graph.node}
     assert result.sqnr_db["calibration"] > 60
+
+
+def test_an_export_with_a_learned_rounding_keeps_its_rounding_where_asked(tmp_path):
+    """mixprec export passes its cache's rounding folder: an interrupted GPTQ there resumes, as quantize's does
+    (the note at a Ctrl-C said so, and nothing was kept)."""
+    model, data = BnCnn().eval(), batches((3, 8, 8))
+    p = plan(model, data, {"conv1": "w8a8", "conv2": "w8a8", "fc": "w8a8"})
+    export(model, p, data, out=tmp_path / "g.onnx", rounding="gptq", rounding_checkpoint=tmp_path / "rounding",
+           progress=False)
+    assert len(list((tmp_path / "rounding").glob("gptq-*.pt"))) == 1

@@ -245,3 +245,28 @@ def test_a_ctrl_c_keeps_what_was_rounded_even_before_the_first_periodic_save(tmp
     calls, _ = _interrupted_brecq(monkeypatch, tmp_path, Net().eval(), plan_of({n: "w3" for n in LAYERS}), data(512),
                                   {"iterations": 20}, KeyboardInterrupt)
     assert calls == ["stage.1", "head"]  # the two blocks done before the Ctrl-C were kept
+
+
+def test_a_damaged_checkpoint_is_a_note_and_one_that_cannot_be_written_does_not_stop_the_rounding(tmp_path,
+                                                                                                   monkeypatch):
+    from mixprec import atomic
+    from mixprec.errors import RoundingNote
+    model = Net().eval()
+    plan = plan_of({n: "w3" for n in LAYERS})
+    batches = data(512)
+    whole = round_weights(model, plan, batches, "gptq", progress=False, checkpoint=tmp_path)
+    (path,) = tmp_path.glob("gptq-*.pt")
+    path.write_bytes(b"\x80\x04junk")  # not a checkpoint of plain tensors: never unpickled as code
+    with pytest.warns(RoundingNote, match="is damaged .*: the rounding starts again"):
+        again = round_weights(model, plan, batches, "gptq", progress=False, checkpoint=tmp_path)
+    assert all(torch.equal(whole[n], again[n]) for n in LAYERS)
+    path.unlink()
+
+    def full(obj, f):  # torch.save's archive writer on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 357632 vs 357528")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.warns(RoundingNote, match="could not be written .*full disk.*the rounding goes on"):
+        rounded = round_weights(model, plan, batches, "gptq", progress=False, checkpoint=tmp_path)
+    assert all(torch.equal(whole[n], rounded[n]) for n in LAYERS)
+    with pytest.raises(atomic.OutputError, match="cannot write .*model.pt: the write stopped part-way"):
+        atomic.save_torch_atomic({"w": torch.ones(1)}, tmp_path / "model.pt")

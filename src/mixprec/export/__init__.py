@@ -270,14 +270,16 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
            example_input: Any = None, weight_range: str | None = None, activation_range: str | None = None,
            threads: int | None = None, progress: bool = True, joins: bool | None = None,
            rounding: Any = None, source_model: str | None = None, decoder: str = "fused",
-           weight_method: str | None = None, activation_method: str | None = None) -> ExportResult:
+           weight_method: str | None = None, activation_method: str | None = None,
+           rounding_checkpoint: str | os.PathLike | None = None) -> ExportResult:
     """Write ``plan`` applied to ``model`` as an ONNX file for ``target`` and report what runs.
 
     data: calibration batches (as for apply; the first one is also the example input of the export).
     quantized: the model ``apply(model, plan, data, ...)`` already made; default: made here with ``rounding``
     (None: nearest, with a RoundingNote where the plan was chosen with another; a name or a config of
     mixprec.rounding: the codes written are the weights it makes, which must lie
-    on nearest rounding's grid: adaround, brecq, and gptq per channel or with static_groups=True). reduce_range: check that every layer with 8-bit inputs has
+    on nearest rounding's grid: adaround, brecq, and gptq per channel or with static_groups=True; with
+    ``rounding_checkpoint``, a folder where an interrupted rounding is kept and resumes, as apply's). reduce_range: check that every layer with 8-bit inputs has
     7-bit weights at most (no saturation in the u8 x s8 kernels of CPUs without VNNI).
     accuracy_level: MatMulNBits' (4: inputs quantized to int8 inside the kernel, the fast path).
     evaluate: the user's evaluation function; it runs on the simulated and the exported model.
@@ -377,7 +379,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
         if joins is None:
             joins = _default_joins(model, plan, realisations, batches, notes)
         quantized = apply(model, plan, batches, weight_range=weight_method, activation_range=activation_method,
-                          progress=progress, joins=joins, rounding=rounding)
+                          progress=progress, joins=joins, rounding=rounding, rounding_checkpoint=rounding_checkpoint)
     layers_q = {n: m for n, m in quantized.named_modules() if isinstance(m, QuantizedLayer)}
     missing = sorted(set(candidates) - set(layers_q))
     if missing:

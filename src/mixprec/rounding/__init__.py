@@ -31,6 +31,7 @@ structure_hash), so a model with the same weights and another forward is rounded
 from __future__ import annotations
 
 import hashlib
+import pickle
 import json
 import time
 import warnings
@@ -46,7 +47,7 @@ from ..batches import split_item
 from ..cache import save_atomic
 from ..candidates import parse_candidate
 from ..capture import forward
-from ..errors import RoundingError
+from ..errors import OutputError, RoundingError, RoundingNote
 from ..formats import IntFormat
 from ..groups import NO_COLUMNS, is_torchscript
 from ..plan import Plan
@@ -223,18 +224,30 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
     done: dict[str, torch.Tensor] = {}
     if path.exists():
         try:
-            done = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+            with warnings.catch_warnings():  # torch's own notes on a damaged file (its pickle protocol): ours below
+                warnings.simplefilter("ignore")
+                done = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
         except Exception as exc:  # a broken checkpoint costs a new start, never a wrong result
-            warnings.warn(f"could not read the rounding checkpoint {path} ({exc}); starting again", stacklevel=3)
+            why = str(exc).splitlines()[0] if not isinstance(exc, pickle.UnpicklingError) and "Weights only" not in \
+                str(exc) else "not a checkpoint of plain tensors"
+            warnings.warn(f"the rounding checkpoint {path} is damaged ({why}): the rounding starts again, and the "
+                          "damaged file is replaced", RoundingNote, stacklevel=3)
     last = [time.monotonic()]
     saved = [len(done)]
     latest: list = [done]  # the weights rounded so far, as last handed to save
+    failed: list = []  # a write of the checkpoint that failed (said once)
 
     def save(weights: dict[str, torch.Tensor] | None, final: bool = False) -> None:
         """Write ``weights`` (None: the last ones handed over, at an interruption) every SAVE_EVERY_S, or now."""
         weights = latest[0] if weights is None else weights
         latest[0] = weights
         if len(weights) > saved[0] and (final or time.monotonic() - last[0] >= SAVE_EVERY_S):
-            save_atomic({k: v.detach() for k, v in weights.items()}, path)
+            try:
+                save_atomic({k: v.detach() for k, v in weights.items()}, path)
+            except OutputError as exc:  # only a cache: the rounding goes on, said once
+                if not failed:
+                    warnings.warn(f"the rounding checkpoint could not be written ({exc}): the rounding goes on, but "
+                                  "an interruption now would start it again", RoundingNote, stacklevel=2)
+                failed.append(exc)
             last[0], saved[0] = time.monotonic(), len(weights)
     return done, save
