@@ -172,3 +172,31 @@ def test_a_task_table_measured_by_another_closure_of_one_factory_is_refused_not_
     with pytest.raises(RunError, match="eval_source"):
         mixprec.analyze(model, data, candidates="w4a8,w8a8", metric="task", evaluate=_factory(2.0), run_dir=run,
                         progress=False)
+
+
+def test_a_logged_measurement_no_measurement_gives_is_measured_again(tmp_path):
+    """NaN in the metrics' log, a negative divergence or share in the guard's: not measurements (an edited or
+    damaged line), so they are measured again, never trusted (a -1 made the guard return the mixed plan)."""
+    from mixprec.plan_evaluation import PlanEvaluator
+    from mixprec.run_directory import RunDirectory
+    run = RunDirectory(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    groups = {"a": ["a"]}
+
+    def logged(log_name, value, details=None):
+        evaluator = PlanEvaluator(lambda: None, groups, [], {}, run, log_name=log_name)
+        key = evaluator._key({"a": "w4"})
+        run.append_evaluation({"key": key, "result": {"name": "m", "value": value, "higher_is_better": False,
+                                                      "details": details or {}}}, log_name)
+        fresh = PlanEvaluator(lambda: None, groups, [], {}, run, log_name=log_name)
+        found = fresh.cached({"a": "w4"}) is not None
+        run.log_path(log_name).unlink()
+        return found
+
+    assert logged("evaluations", 0.5) and logged("evaluations", float("inf")) and not logged("evaluations", "nan")
+    assert logged("evaluations", -1.0)  # a metric of the user's may be negative
+    shares = {"samples": {"agreement": [0.25, 0.25], "sqnr": [0.1, 0.2]}, "sqnr": 0.3}
+    assert logged("divergences", 0.5, shares)
+    assert not logged("divergences", -1.0, shares)
+    assert not logged("divergences", 0.5, {**shares, "sqnr": -1.0})
+    assert not logged("divergences", 0.5, {**shares, "samples": {"agreement": [-1.0, 0.25]}})

@@ -6,6 +6,7 @@ are, the evaluation, the range methods, the rounding) and the plan."""
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import time
 from pathlib import Path
@@ -87,16 +88,43 @@ class PlanEvaluator:
         self._loaded = None
 
     def _read_log(self) -> dict[str, EvalResult]:
+        """The logged measurements; a line no measurement writes (torn, NaN, or for the divergences' log a
+        negative value or share, which no divergence has) is not one: it is measured again, as an entry is."""
         out = {}
         for entry in self.run.evaluations(self.log_name) if self.run is not None else []:
             try:
                 r = entry["result"]
-                out[entry["key"]] = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]),
-                                               r.get("details", {}))
-                self.seconds_of[entry["key"]] = float(entry.get("seconds", 0.0))
+                result = EvalResult(r["name"], float(r["value"]), bool(r["higher_is_better"]), r.get("details", {}))
             except (KeyError, TypeError, ValueError):
                 continue
+            if not self._possible(result):
+                continue
+            out[entry["key"]] = result
+            try:
+                self.seconds_of[entry["key"]] = float(entry.get("seconds", 0.0))
+            except (TypeError, ValueError):
+                pass
         return out
+
+    def _possible(self, result: EvalResult) -> bool:
+        """Whether a logged result is one a measurement can give: a number that is not NaN (an evaluation giving
+        NaN is refused), and for the label-free divergences (the guard's log) never below 0, nor any of the
+        per-sample shares or the consensus's figures beside it."""
+        if math.isnan(result.value):
+            return False
+        if self.log_name != "divergences":
+            return True
+        numbers = [result.value]
+        details = result.details if isinstance(result.details, dict) else {}
+        for name, value in details.items():
+            if name == "samples" and isinstance(value, dict):
+                numbers += [x for shares in value.values() if isinstance(shares, list) for x in shares]
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != "count":
+                numbers.append(value)
+        try:
+            return all(not math.isnan(float(x)) and float(x) >= 0 for x in numbers)
+        except (TypeError, ValueError):
+            return False
 
     def _key(self, assignments: dict[str, str] | None) -> str:
         body = json.dumps([self.settings, sorted(assignments.items()) if assignments is not None else FLOAT],
