@@ -865,7 +865,9 @@ class Analysis:
                               method=method, extra_budgets=uniform_costs)
         solve_s = time.perf_counter() - start
         plans, replaced, skipped = [], 0, None
-        for p in solved:
+        from .progress import tqdm
+        guard_start = time.perf_counter()
+        for p in tqdm(solved, desc="guard", unit="point", leave=False, disable=not (guard and progress)):
             choice, search, guarded = p.solution.choice, method, None
             if guard:
                 # against the uniform plans within the budget the point was solved at (as solve's guard), not
@@ -887,6 +889,7 @@ class Analysis:
             if any(q.assignments == assignments for q in plans):
                 continue
             plans.append(FrontPlan(costs, objective, assignments, None, search, record))
+        guard_s = time.perf_counter() - guard_start
         plans.sort(key=lambda q: q.costs[kind])  # a plan the guard replaced may cost less than the one before it
         uniform = {}
         for cand in problem.uniform_candidates():
@@ -905,7 +908,8 @@ class Analysis:
                       [_absolute_cost_file(item) for item in cost_files],  # report reads them from anywhere
                       candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
                       solve_s, {"solved": len(solved),
-                                **({"guard_replaced": {"solved": len(solved), "replaced": replaced}} if guard else {}),
+                                **({"guard_replaced": {"solved": len(solved), "replaced": replaced},
+                                    "guard_seconds": round(guard_s, 3)} if guard else {}),
                                 **({"guard_skipped": skipped} if skipped else {}), **rounding_metadata(rounding)})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote

@@ -681,8 +681,10 @@ def cmd_pareto(args) -> int:
     if front.extra.get("guard_skipped"):
         print(f"note: {front.extra['guard_skipped']}")
     counts = front.extra.get("guard_replaced") or {}
+    guard_s = front.extra.get("guard_seconds")
     print(f"{len(front.plans)} {'front' if counts.get('replaced') else 'non-dominated'} plans ({args.method}) in "
-          f"{front.solve_seconds:.2f} s" + ("; the uniform plans the guard put in measured better on the calibration "
+          f"{front.solve_seconds:.2f} s" + (f", the guard in {guard_s:.1f} s" if guard_s is not None else "")
+          + ("; the uniform plans the guard put in measured better on the calibration "
                                             "data, and may predict more damage than a cheaper plan"
                                             if counts.get("replaced") else ""))
     solved = front.extra.get("solved", len(front.plans))  # non-dominated plans before the guard (and its merges)
