@@ -220,6 +220,24 @@ def test_an_interrupted_analysis_says_how_to_resume(tmp_path, monkeypatch, capsy
     assert f"measured again): mixprec analyze --resume {run} continues" in err
 
 
+def test_an_interrupted_quantize_says_what_it_kept_and_only_what_it_kept(tmp_path, monkeypatch, capsys):
+    from mixprec import cli
+    monkeypatch.setenv("MIXPREC_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "q"
+    (tmp_path / "ev.py").write_text("def f(model):\n    raise KeyboardInterrupt\n")  # a Ctrl-C while it evaluates
+    assert cli.main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--eval", f"{tmp_path / 'ev.py'}:f",
+                     "--out", str(out)]) == 130
+    assert f"{out / 'model.pt'}, plan.json and result.json were written before the evaluation" in \
+        capsys.readouterr().err
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "quantize_plan", stop)  # interrupted before any rounding was kept
+    assert cli.main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--rounding", "gptq",
+                     "--out", str(tmp_path / "q2")]) == 130
+    assert "no gptq rounding was kept yet" in capsys.readouterr().err
+
+
 def test_pareto_says_why_it_has_fewer_plans_than_points_and_lists_them_cheapest_first(tmp_path, capsys):
     import json
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from .sensitivity.divergence import GUARD_CHOICES
 from .solvers import MEASURED, SOLVERS
 from .threads import choose_threads
 from .specs import check_model_spec, is_builtin, load_eval, parse_device, prepare
+
+_STARTED = time.time()  # files modified since are this command's (what an interruption kept)
 
 DEFAULT_CANDIDATES = "fp32,w8a8,w8a16,w4a8,w4,w4g128,fp16"
 
@@ -1571,12 +1574,28 @@ def _after_interrupt(args) -> str:
         return (f"; {logged} measured entr{'y is' if logged == 1 else 'ies are'} kept ({partial}): "
                 f"{_resume_command(args.out)} continues")
     rounding = getattr(args, "rounding", None)
+    out = Path(getattr(args, "out", None) or ".")
+    if func is cmd_quantize and _written_since_start(out / "model.pt"):
+        return (f"; {out / 'model.pt'}, plan.json and result.json were written before the evaluation, which was "
+                "interrupted: result.json holds no metric")
     if func in (cmd_quantize, cmd_export) and rounding not in (None, "nearest", "auto"):
-        return (f"; the {rounding} rounding done so far is kept ({cache_dir() / 'rounding'}): run the same command "
-                "again to continue from it")
+        folder = cache_dir() / "rounding"
+        if any(_written_since_start(f) for f in folder.glob("*.pt")) if folder.is_dir() else False:
+            return (f"; the {rounding} rounding done so far is kept ({folder}): run the same command again to "
+                    "continue from it")
+        return (f"; no {rounding} rounding was kept yet (it is written every 30 s of rounding, and at an "
+                "interruption once a layer is done): the same command starts it again")
     if func in (cmd_pareto, cmd_solve):
         return "; the plans measured so far are cached in the run: run the same command again to continue"
     return ""
+
+
+def _written_since_start(path: Path) -> bool:
+    """Whether ``path`` is a file this process wrote (modified since it started)."""
+    try:
+        return path.is_file() and path.stat().st_mtime >= _STARTED
+    except OSError:
+        return False
 
 
 def _resume_command(out: str) -> str:
