@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from mixprec.cli import main
-from mixprec.errors import RunError
+from mixprec.errors import RunError, SpecError
 from mixprec.groups import discover_groups
 from mixprec.candidates import parse_candidates
 from mixprec.run_directory import RunDirectory
@@ -117,6 +117,17 @@ def test_a_second_writer_is_refused_at_once(tmp_path):
             analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
         assert list(tmp_path.iterdir()) == []
     analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)  # released: works
+
+
+def test_a_reader_of_a_run_being_measured_is_told_to_wait_not_to_resume_it(tmp_path):
+    model, groups, cands, data = tiny()
+    analyze(model, groups, cands, data, metric="sqnr", run_dir=tmp_path, progress=False)
+    (tmp_path / "sensitivity.json").unlink()  # as while an analyze is still measuring
+    with RunDirectory(tmp_path).lock():
+        with pytest.raises(RunError, match="is being measured by another mixprec process .* wait for it"):
+            RunDirectory(tmp_path).read_table()
+    with pytest.raises(SpecError, match="has no sensitivity.json .*analyze --resume"):
+        RunDirectory(tmp_path).read_table()
 
 
 def test_damaged_run_files_are_one_line(tmp_path, capsys):

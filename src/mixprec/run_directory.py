@@ -196,6 +196,21 @@ class RunDirectory:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
+    def being_written(self) -> bool:
+        """Whether another process holds this run's lock (an analyze writing it) now."""
+        if self._lock_depth or not self.path.is_dir():
+            return False
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     def claim(self, fingerprint: dict[str, Any], arguments: dict[str, Any] | None = None, rank: int = 0) -> None:
         """Check that the run is new or made for this ``fingerprint`` (else refuse, writing nothing);
         a new run records the fingerprint and the arguments (rank 0 only)."""
@@ -312,6 +327,9 @@ class RunDirectory:
     def read_table(self) -> SensitivityTable:
         if not (self.path / "sensitivity.json").is_file():
             if (self.path / "run.json").is_file():  # an analysis run whose table is missing or not written yet
+                if self.being_written():
+                    raise RunError(f"{self.path} is being measured by another mixprec process (an analyze of this "
+                                   "run is running): its table is written when it finishes; wait for it")
                 logged = len(self.entries(None))
                 raise SpecError(f"{self.path} has no sensitivity.json (an analysis interrupted before its table, or "
                                 f"the file removed); `mixprec analyze --resume {self.path}` measures what is left and "
