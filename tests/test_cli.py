@@ -618,3 +618,28 @@ def test_more_torchrun_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     with pytest.raises(SpecError, match="local rank 1 has no GPU of its own; give --nproc_per_node 1"):
         _init_distributed()
+
+
+def test_an_edited_pareto_json_is_refused_before_anything_is_written_from_it(tmp_path, capsys):
+    import json
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["analyze", "--model", "demo-cnn", "--calibration-samples", "32", "--candidates", "w4a8,w8a8",
+                 "--out", str(run)]) == 0
+    assert main(["pareto", str(run), "--points", "4", "--no-guard", "--out", str(front)]) == 0
+    saved = json.loads((front / "pareto.json").read_text())
+    for edit, message in ((lambda p: p["points"][1]["costs"].update(bops=-5), "is no cost"),
+                          (lambda p: p["points"][1]["costs"].update(bops="nan"), "is no cost"),
+                          (lambda p: p["points"][1].update(predicted_sensitivity="nan"), "is not a number")):
+        edited = json.loads(json.dumps(saved))
+        edit(edited)
+        (front / "pareto.json").write_text(json.dumps(edited))
+        capsys.readouterr()
+        assert main(["report", str(front), "--select", "1", "--write-plan", str(tmp_path / "p.json")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+    edited = json.loads(json.dumps(saved))
+    point = edited["points"][0]["assignments"]
+    point[next(iter(point))] = "w8a8" if point[next(iter(point))] == "w4a8" else "w4a8"  # its costs stay
+    (front / "pareto.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert main(["report", str(front)]) == 2
+    assert "the point was edited" in capsys.readouterr().err

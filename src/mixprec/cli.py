@@ -748,9 +748,28 @@ def cmd_report(args) -> int:
             raise
         raise SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where that run is now"
                         ) from exc
+    _check_front_costs(front, analysis)
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
+
+
+def _check_front_costs(front: Front, analysis: Analysis) -> None:
+    """Each front plan's recorded cost is its assignments' cost in the run (an edited point is refused, not
+    reported with the costs of the plan it was); multipoint plans, whose costs depend on their point counts, and
+    plans of candidates the run does not price (another run's) are left to the report's own checks."""
+    costs = analysis.costs
+    if front.kind not in costs.tables:
+        return
+    for i, p in enumerate(front.plans):
+        if not p.assignments or any(c not in costs.candidates or parse_candidate(c).multipoint
+                                    for c in p.assignments.values()) or set(p.assignments) != set(costs.groups):
+            continue
+        priced = costs.total(front.kind, dict(p.assignments))
+        if not math.isclose(priced, p.costs[front.kind], rel_tol=1e-6, abs_tol=1e-9):
+            raise SpecError(f"pareto.json point {i} records a {front.kind} cost of {p.costs[front.kind]:.6g}, and its "
+                            f"assignments cost {priced:.6g} in the run: the point was edited (its plan or its costs); "
+                            "regenerate pareto.json with `mixprec pareto`")
 
 
 def cmd_export(args) -> int:

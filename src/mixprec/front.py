@@ -4,6 +4,7 @@ and, where they were evaluated, the measured metric of each. ``to_dict``/``from_
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,22 @@ class FrontPlan:
                    data.get("measured"), data.get("search"), data.get("guard"))
 
 
+def _check_numbers(item: Any, where: str) -> None:
+    """A plan of pareto.json as pareto writes it: costs that are numbers >= 0 and a predicted sensitivity that is a
+    number (no NaN); an edited or damaged one is refused before anything is written from it."""
+    costs = item.get("costs") if isinstance(item, dict) else None
+    if not isinstance(costs, dict):
+        raise SpecError(f"{where} has no 'costs'; regenerate pareto.json with `mixprec pareto`")
+    for kind, value in costs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+            raise SpecError(f"{where}: its {kind} cost {value!r} is no cost (a finite number >= 0): pareto.json "
+                            "was edited or damaged; regenerate it with `mixprec pareto`")
+    value = item.get("predicted_sensitivity")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SpecError(f"{where}: its predicted_sensitivity {value!r} is not a number: pareto.json was edited or "
+                        "damaged; regenerate it with `mixprec pareto`")
+
+
 @dataclass
 class Front:
     """The Pareto front of one cost kind (``Analysis.pareto``): the non-dominated plans, cheapest first, each
@@ -89,6 +106,9 @@ class Front:
         if not isinstance(data, dict) or not isinstance(data.get("points"), list) or "kind" not in data:
             raise SpecError(f"{source} is not a mixprec Pareto front (it needs 'kind' and a list 'points'); make "
                             "one with `mixprec pareto RUN --out DIR`")
+        for where, item in [*((f"point {i}", p) for i, p in enumerate(data["points"])),
+                            *((f"uniform {c}", u) for c, u in (data.get("uniform") or {}).items())]:
+            _check_numbers(item, f"{source} {where}")
         known = {"kind", "metric", "method", "points", "uniform", "reference", "groups", "excluded", "model", "run",
                  "cost_files", "candidates", "solve_seconds"}
         return cls(data["kind"], data.get("metric") or "", data.get("method") or "exact",
