@@ -119,3 +119,13 @@ def test_report_of_a_run_directory_says_to_make_a_front_of_it_elsewhere(tmp_path
     (tmp_path / "run" / "run.json").write_text("{}")
     with pytest.raises(SpecError, match=r"is an analysis run, not a pareto directory; .*--out FRONT_DIR"):
         Front.load(tmp_path / "run")
+
+
+def test_a_front_saved_over_another_leaves_none_of_the_other_fronts_report_beside_it(tmp_path):
+    """Saved, the new pareto.json stands alone until its own report is written: an interruption or a failing plot
+    write left the former front's report.html and plots beside it."""
+    from mixprec.front import REPORT_FILES, Front
+    for name in REPORT_FILES:
+        (tmp_path / name).write_text("the former front's")
+    Front("bytes", "sqnr", "exact", [], {}, {}).save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.json"]

@@ -53,6 +53,10 @@ class FrontPlan:
                    data.get("measured"), data.get("search"), data.get("guard"))
 
 
+# what report writes beside pareto.json (mixprec.report.write_report)
+REPORT_FILES = ("report.html", "pareto.png", "heatmap.png", "predicted_vs_measured.png")
+
+
 def _check_numbers(item: Any, where: str) -> None:
     """A plan of pareto.json as pareto writes it: costs that are numbers >= 0 and a predicted sensitivity that is a
     number (no NaN); an edited or damaged one is refused before anything is written from it."""
@@ -207,6 +211,8 @@ class Front:
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = check_output_dir(out_dir, "save:")  # a directory that can be written, else an OutputError
         out.mkdir(parents=True, exist_ok=True)
+        for name in REPORT_FILES:  # an earlier front's report and plots: never left beside this front
+            (out / name).unlink(missing_ok=True)
         write_json_atomic(out / "pareto.json", self.to_dict())
         return out / "pareto.json"
 
