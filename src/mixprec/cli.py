@@ -1606,6 +1606,10 @@ def _after_interrupt(args) -> str:
                 "interruption once a layer is done): the same command starts it again")
     if func in (cmd_pareto, cmd_solve):
         return "; the plans measured so far are cached in the run: run the same command again to continue"
+    if func is cmd_profile:
+        return (f"; the moves timed so far are kept ({cache_dir() / 'profile'}): the same command times only the "
+                "others" if getattr(args, "around", None) else
+                "; a profile without --around keeps nothing: the same command times it again")
     return ""
 
 

@@ -2,6 +2,7 @@
 Both methods: each layer's kernel inside the whole graph (default, and around an operating point), and
 each layer alone."""
 import csv
+import json
 import math
 from pathlib import Path
 import statistics
@@ -350,3 +351,28 @@ def test_candidates_the_target_runs_on_no_layer_are_refused_before_any_timing(de
     model, data = demo
     with pytest.raises(mixprec.errors.MixprecError, match="runs none of the candidates fp8, bf16 on any layer"):
         profile(model, data, "fp8,bf16", progress=False)
+
+
+def test_an_interrupted_profile_around_a_base_resumes_from_the_moves_it_timed(demo, tmp_path, monkeypatch):
+    """Timing every move around a base takes hours on a real model: each is logged as it is measured, and a run
+    again (after a Ctrl-C) times only the moves not logged."""
+    monkeypatch.setenv("MIXPREC_CACHE", str(tmp_path))
+    model, data = demo
+    timed = []
+    real = latency.time_files
+
+    def counted(*args, **kwargs):
+        timed.append(1)
+        if len(timed) == 2:
+            raise KeyboardInterrupt  # the second move: a Ctrl-C
+        return real(*args, **kwargs)
+    monkeypatch.setattr(latency, "time_files", counted)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, data, "w8a8", threads=1, repeats=3, progress=False, around="w8a8", checks=0)
+    (log,) = (tmp_path / "profile").glob("around-*.jsonl")
+    assert len(log.read_text().splitlines()) == 1
+    timed.clear()
+    monkeypatch.setattr(latency, "time_files", lambda *a, **k: (timed.append(1), real(*a, **k))[1])
+    resumed = profile(model, data, "w8a8", threads=1, repeats=3, progress=False, around="w8a8", checks=0)
+    assert len(timed) == len(resumed.moves) - 1  # the logged move is not timed again
+    assert resumed.moves[0]["change_ms"] == json.loads(log.read_text().splitlines()[0])["change_ms"]

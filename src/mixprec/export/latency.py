@@ -413,9 +413,11 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                            "or fp32)")
     with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
         if method == "graph":
+            log = None if around is None else _moves_log(model, batches, example, names, around, target, rows,
+                                                         threads, repeats, weight_method, activation_method, decode)
             return _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable, skipped,
                                   target, rows, threads, repeats, weight_method, activation_method, Path(tmp),
-                                  progress, checks, seed, around, decode)
+                                  progress, checks, seed, around, decode, log)
         return _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands], runnable,
                                skipped, target, rows, threads, repeats, weight_method, activation_method, whole,
                                Path(tmp), progress)
@@ -485,7 +487,7 @@ def node_times(path: Path, feed: dict[str, np.ndarray], threads: int | None, rep
 
 def _profile_graph(model, batches, example, groups, names, asked, runnable, skipped, target, rows, threads, repeats,
                    weight_method, activation_method, tmp: Path, progress: bool, checks: int, seed: int,
-                   around: str | None = None, decode: int | None = None) -> LatencyProfile:
+                   around: str | None = None, decode: int | None = None, log: Path | None = None) -> LatencyProfile:
     from . import export
     from .ort import make_session
     graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
@@ -531,7 +533,7 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     moves: list[dict] = []
     if around is not None:
         layers, rest, moves = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
-                                      threads, repeats, weight_method, activation_method, tmp, progress, decode)
+                                      threads, repeats, weight_method, activation_method, tmp, progress, decode, log)
     for layer in layers:
         for cand in names:
             ops[layer].setdefault(cand, "")
@@ -557,8 +559,47 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     return result
 
 
+def _moves_log(model, batches, example, names, around, target, rows, threads, repeats, weight_method,
+               activation_method, decode) -> Path:
+    """Where the moves timed around ``around`` are logged as they are measured (one JSON line each, in the cache's
+    profile/ folder), keyed by everything a move's timing depends on: the model's weights and code, the data, the
+    target and its settings. An interrupted profile resumes from it: the moves logged are not timed again."""
+    import hashlib
+    import json as _json
+
+    import onnxruntime
+
+    from ..batches import describe_shape
+    from ..cache import cache_dir
+    from ..sensitivity.store import data_hash, model_hash, structure_hash
+    key = _json.dumps([model_hash(model), structure_hash(model), data_hash(list(batches)), describe_shape(example),
+                       names, around, target, rows, threads, repeats, weight_method, activation_method, decode,
+                       onnxruntime.__version__], default=str)
+    folder = cache_dir() / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"around-{hashlib.sha256(key.encode()).hexdigest()[:20]}.jsonl"
+
+
+def _logged_moves(log: Path | None) -> dict[tuple[str, str], dict]:
+    """(group, candidate) -> the move's record, from the log (a torn or foreign line is skipped: timed again)."""
+    import json as _json
+    out = {}
+    if log is None or not log.is_file():
+        return out
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            item = _json.loads(line)
+            if all(isinstance(item[k], (int, float)) and math.isfinite(item[k]) for k in ("change_ms", "se_ms")) \
+                    and item["se_ms"] >= 0:
+                out[(str(item["group"]), str(item["candidate"]))] = item
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def _around(model, batches, example, groups, names, runnable, base_graph: dict, around: str, target, threads,
-            repeats, weight_method, activation_method, tmp: Path, progress: bool, decode: int | None = None):
+            repeats, weight_method, activation_method, tmp: Path, progress: bool, decode: int | None = None,
+            log: Path | None = None):
     """(table, rest, moves) measured around the uniform plan at ``around``: a layer's entry at its base
     candidate is its kernel time in the base graph, and at another candidate that plus the measured change of
     the whole graph when its group moves there (the moved graph and the base timed in alternating rounds;
@@ -581,15 +622,29 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
     from .ort import make_session
     feed = _feed(make_session(base_graph["path"], threads), example, decode)  # the uniform graph, exported and timed
     record: list[dict] = []
+    logged = _logged_moves(log)
+    if logged and progress:
+        print(f"profile: {sum((g.name, c) in logged for g, c in moves)} of the {len(moves)} moves were timed by an "
+              f"earlier run of this profile ({log}): they are not timed again")
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
         assignments = dict(base)
         assignments.update({layer: cand for layer in group.layer_names})
-        path = tmp / "move.onnx"
-        export(model, _plan(groups, assignments), batches, target, path, example_input=example,
-               weight_range=weight_method, activation_range=activation_method, threads=threads, progress=False)
-        base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
-        measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
+        if (group.name, cand) in logged:  # timed, paired with the base, by an interrupted run of this profile
+            measured_delta, se = logged[(group.name, cand)]["change_ms"], logged[(group.name, cand)]["se_ms"]
+        else:
+            path = tmp / "move.onnx"
+            export(model, _plan(groups, assignments), batches, target, path, example_input=example,
+                   weight_range=weight_method, activation_range=activation_method, threads=threads, progress=False)
+            base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
+            measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
+            if log is not None:
+                from ..run_directory import _append_lines
+                try:
+                    _append_lines(log, [{"group": group.name, "candidate": cand, "change_ms": measured_delta,
+                                         "se_ms": se}])
+                except (OSError, MixprecError):  # only a log: the profile goes on
+                    log = None
         delta = measured_delta + MOVE_SE * se  # what the move may cost (or surely saves, where negative)
         record.append({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se,
                        "entered_ms": delta, "entered": f"change + {MOVE_SE:g} se"})
