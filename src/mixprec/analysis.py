@@ -198,6 +198,14 @@ class Analysis:
         self.run.check_loaded(model, data)
         return model
 
+    def check_named(self, device: str | None = None) -> None:
+        """Load the model and data the command line named again (``specs``) and check them against the run's
+        fingerprint, as measuring a plan would: for a command that measured nothing (a guard with no rival), so
+        that it never echoes another model's specs as the run's."""
+        if self.model is None and self.run is not None and self.run.exists and \
+                (self.specs.get("model") or self.specs.get("data")):
+            self._evaluator_from_run(None, device, "nearest", None, divergence="auto").load()
+
     def _rounding(self, rounding: str | RoundingConfig | None, options: dict | None) -> RoundingConfig:
         """The rounding plans are measured with: the analysis's (None), or ``rounding``; a name of the analysis's
         own rounding keeps the switches it was measured with (gptq's static_groups, act_order) but the

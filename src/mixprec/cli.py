@@ -617,6 +617,8 @@ def cmd_solve(args) -> int:
                               guard_margin=args.guard_margin, guard_holdout=args.guard_holdout, verbose=True,
                               **_search_options(args))
     meta = plan.metadata
+    if not (meta.get("guard") or {}).get("measured") and not meta["measured"]:
+        analysis.check_named(args.device)  # a --model/--data given is the run's, measured or not
     total, costs, budgets = meta["predicted_sensitivity"], meta["predicted_costs"], meta["budgets"]
     table, bytes_of = analysis.table, analysis.problem(args.candidates, args.cost).costs["bytes"]
     chosen = [(i, table.candidates.index(plan.assignments[g])) for i, g in enumerate(table.groups)]

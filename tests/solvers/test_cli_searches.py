@@ -302,3 +302,24 @@ def test_a_budget_that_does_not_bind_says_among_what_the_plan_is_least_sensitive
     assert set(restricted.assignments.values()) == {"w4a8"}
     assert "the least-sensitive plan that the pins, --candidates and cost tables allow" in \
         restricted.metadata["notes"][0]
+
+
+def test_a_model_named_to_solve_is_checked_against_the_run_even_where_nothing_is_measured(tmp_path, capsys):
+    """The guard had no rival to measure: another model's --model/--data were taken without a look and echoed in
+    the quantize hint."""
+    (tmp_path / "nets.py").write_text(
+        "import torch\n"
+        "def a():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), "
+        "torch.nn.Linear(8, 3)).eval()\n"
+        "def b():\n    torch.manual_seed(1)\n    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), "
+        "torch.nn.Linear(8, 3)).eval()\n"
+        "def data():\n    g = torch.Generator().manual_seed(0)\n    return [torch.randn(16, 6, generator=g)]\n")
+    run = tmp_path / "run"
+    assert main(["analyze", "--model", f"{tmp_path}/nets.py:a", "--data", f"{tmp_path}/nets.py:data", "--candidates",
+                 "w4a8,w8a8", "--out", str(run)]) == 0
+    capsys.readouterr()
+    solve = ["solve", str(run), "--budget", "bytes=1x", "--no-guard", "--data", f"{tmp_path}/nets.py:data",
+             "--out", str(tmp_path / "p.json")]
+    assert main([*solve, "--model", f"{tmp_path}/nets.py:b"]) == 2
+    assert "differs from what" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+    assert main([*solve, "--model", f"{tmp_path}/nets.py:a"]) == 0
