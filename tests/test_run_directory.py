@@ -181,6 +181,9 @@ def test_the_solve_guard_is_skipped_with_a_note_rather_than_running_the_runs_cod
     out = capsys.readouterr().out
     assert "guard skipped" in out and f"names --model {spec}, which is code" in out and not (tmp / "marker").exists()
     assert f"(in Python: Analysis.load(run, {{'model': {spec!r}}})" in out  # what a Python user does instead
+    import json
+    skipped = json.loads((tmp / "plan.json").read_text())["metadata"]["guard"]  # the plan says it was never guarded
+    assert list(skipped) == ["skipped"] and skipped["skipped"].startswith("guard skipped")
     assert main(["solve", str(run), "--budget", "bytes=1200", "--model", spec, "--out", str(tmp / "plan.json")]) == 0
     assert "guard (" in capsys.readouterr().out and (tmp / "marker").exists()
 

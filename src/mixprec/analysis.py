@@ -572,6 +572,7 @@ class Analysis:
         searched_costs = dict(solution.costs)  # the search's own plan, before the guard
         guarded = None
         replaced = None
+        skipped_note = None  # why the guard did not run, where it could not
         if guard:
             kind_of_plan = goal.kind or problem.default_kind
             # rivals of no greater cost than the plan: the budget, or the plan's own cost where a search bounded by a
@@ -582,8 +583,13 @@ class Analysis:
                                                     say, rounding, guard_margin, guard_part)
             if note:
                 notes.append(note)
+            if guard_kind == "sqnr" and guard_divergence == "auto" and guarded is not None and guarded.divergence:
+                hint = self._class_scores_hint(device, guard_part, rounding)
+                if hint:
+                    notes.append(hint)
             if guarded is None and note and note.startswith("guard skipped"):
                 warnings.warn(note, GuardSkipped, stacklevel=2)
+                skipped_note = note
             if guarded is not None and guarded.chosen != MIXED and goal.max_loss is not None and evaluator is not None:
                 # a measured search kept its plan within max_drop: a uniform rival that breaks it is no answer
                 rival = evaluator.measure(problem.assignments(guarded.choice))
@@ -646,6 +652,8 @@ class Analysis:
                                                 f"{guard_part[1]}, held apart from the local search's")
             if guarded.chosen != MIXED and guarded.divergence:
                 metadata["guard"]["replaced_plan"] = replaced  # the mixed plan it measured and did not return
+        elif guard and skipped_note:  # recorded: a plan the guard never compared is not mistaken for a guarded one
+            metadata["guard"] = {"skipped": skipped_note}
         if problem.notes or notes:
             metadata["notes"] = list(problem.notes) + notes
         return self.plan(problem.assignments(solution.choice), metadata)
@@ -674,6 +682,22 @@ class Analysis:
             self._checkers[key] = self.evaluator(device=device, divergence=divergence, divergence_batches=batches,
                                                  rounding=rounding)
         return self._checkers[key]
+
+    def _class_scores_hint(self, device: str | None, batches: tuple[int, int] | None,
+                           rounding: RoundingConfig | None) -> str | None:
+        """A note where the guard's auto divergence came out as 1/SQNR alone for an output that may be class
+        scores (batch, classes) with no labels beside it: the classifier's consensus must be asked for."""
+        try:
+            score = self._checker("auto-guard", device, batches, rounding).load()[2]
+            ref = score._references()[0]  # the float outputs (one pass where the plans came from the run's log)
+        except Exception:  # a hint only
+            return None
+        if not (isinstance(ref, torch.Tensor) and ref.ndim == 2 and ref.shape[1] >= 2 and ref.is_floating_point()):
+            return None
+        return (f"the guard compared the plans by 1/SQNR of the output alone: the calibration items have no labels, "
+                f"so its {ref.shape[1]} outputs a sample are not known to be class scores; for a classifier, "
+                "--guard-divergence consensus (in Python guard_divergence='consensus') also asks for less top-1 "
+                "disagreement with the float model, and (inputs, labels) items add the labels' cross-entropy")
 
     def _resolve_auto(self, divergence: str) -> str:
         """A built-in model says what its output is; other models are recognised from their output and

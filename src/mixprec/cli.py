@@ -634,7 +634,7 @@ def cmd_solve(args) -> int:
     print(f"total {table.metric} sensitivity {meta['predicted_sensitivity']:.4g}; "
           + ", ".join(_cost_text(k, costs[k], budgets.get(k)) for k in costs))
     _print_notes(meta.get("notes", []))
-    if meta.get("guard") and meta["guard"]["chosen"] == "mixed":
+    if meta.get("guard") and meta["guard"].get("chosen") == "mixed":
         print(f"guard ({meta['guard']['divergence']} on the calibration data): {meta['guard']['reason']}")
     if meta["measured"]:
         print(f"search {args.search}: {meta['evaluations']} plans measured; this plan: {meta['measured']['name']} "

@@ -663,3 +663,26 @@ def test_a_guard_with_no_uniform_plan_within_the_budget_says_so_in_the_plan(demo
     assert len(set(plan.assignments.values())) > 1
     assert plan.metadata["guard"]["chosen"] == MIXED and plan.metadata["guard"]["measured"] == {}
     assert plan.metadata["guard"]["reason"].startswith("no uniform plan meets the budget")
+
+
+def test_an_unlabelled_output_of_class_score_shape_gets_a_note_on_the_guards_divergence():
+    """Without labels, auto cannot tell a classifier's (batch, classes) logits from other outputs and the guard
+    compares by 1/SQNR alone: the note names the consensus a classifier is meant to get."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 5)).eval()
+    data = [torch.randn(32, 12) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, candidates="w2a8,w8a8", progress=False)
+    problem = analysis.problem()
+    low, high = problem.uniform_cost("bytes", "w2a8"), problem.uniform_cost("bytes", "w8a8")
+    between = low + 0.3 * (high - low)  # the last layer at w8a8 only: mixed, measured against uniform w2a8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = analysis.solve({"bytes": between})
+    assert plan.metadata["guard"]["divergence"] == "sqnr" and plan.metadata["guard"]["measured"]
+    assert any("--guard-divergence consensus" in n for n in plan.metadata["notes"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labelled = mixprec.analyze(model, [(x, torch.randint(0, 5, (32,))) for x in data], candidates="w2a8,w8a8",
+                                   progress=False).solve({"bytes": between})
+    assert not any("--guard-divergence consensus" in n for n in labelled.metadata.get("notes", []))
