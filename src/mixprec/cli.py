@@ -1557,6 +1557,11 @@ def _run(args) -> int:
             pass
         return 141
     except KeyboardInterrupt:
+        import signal
+        try:  # a second Ctrl-C while the process winds down (atexit hooks, finalizers) is no traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
         _close_bars()
         print(f"mixprec: interrupted{_after_interrupt(args)}", file=sys.stderr)
         return 130

@@ -30,6 +30,7 @@ structure_hash), so a model with the same weights and another forward is rounded
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import json
@@ -70,6 +71,21 @@ __all__ = ["ROUNDINGS", "RoundingConfig", "Nearest", "GPTQ", "AdaRound", "BRECQ"
 # Defaults that have changed: a record that does not name such an option was made under the former default
 # (records name every option since; before, only the ones that differed from the defaults of the time).
 FORMER_DEFAULTS: dict[str, dict[str, Any]] = {"gptq": {"act_order": False}}
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """SIGINT held back (delivered once the block ends) in the main thread, where the OS lets it be."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def recorded_rounding(name: str, options: dict[str, Any] | None) -> RoundingConfig:
@@ -243,7 +259,8 @@ def _checkpoint(directory: str | Path | None, method: str, options: dict, weight
         latest[0] = weights
         if len(weights) > saved[0] and (final or time.monotonic() - last[0] >= SAVE_EVERY_S):
             try:
-                save_atomic({k: v.detach() for k, v in weights.items()}, path)
+                with _no_interrupt():  # a second Ctrl-C waits for the checkpoint of the first to be written
+                    save_atomic({k: v.detach() for k, v in weights.items()}, path)
             except OutputError as exc:  # only a cache: the rounding goes on, said once
                 if not failed:
                     warnings.warn(f"the rounding checkpoint could not be written ({exc}): the rounding goes on, but "
