@@ -268,3 +268,20 @@ def test_the_hessian_metric_measures_a_model_with_attention():
     table = mixprec.analyze(Attending().eval(), data, candidates="w4a8,w8a8", metric="hessian", progress=False).table
     values = dict(zip(table.groups, table.values.tolist()))
     assert all(v[0] > v[1] > 0 for v in values.values()) and "attn.out_proj" in values
+
+
+def test_the_gradient_metrics_loss_leaves_a_padded_batchs_padding_out():
+    """hessian's KL and fisher's cross-entropy over the real tokens alone, as the output divergences."""
+    import torch
+    from mixprec.sensitivity import gradients
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 5, 7, generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    inputs = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": mask}
+    real = out[mask.bool()]
+    assert gradients.loss(out, None, "hessian", inputs=inputs)[1] == 8  # KL to its own prediction: real rows
+    assert gradients.loss(out, None, "hessian")[1] == 10
+    labels = torch.randint(0, 7, (2, 5), generator=g)
+    ce, n = gradients.loss(out, labels, "fisher", inputs=inputs)
+    assert n == 8 and ce == pytest.approx(float(torch.nn.functional.cross_entropy(real, labels[mask.bool()],
+                                                                                   reduction="sum")))

@@ -41,7 +41,8 @@ def squared_gradients(ctx: MeasureContext, seed: int) -> SquaredGradients:
         for b in tqdm(range(len(ctx.data)), desc="fisher gradients", unit="batch", disable=not ctx.nested_progress):
             out, captured = gradients.forward(ctx, b, "fisher", capture)
             labels = ctx.labels(b) if ctx.has_labels else None
-            loss, n = gradients.loss(out, labels, "fisher", sample_labels=None if labels is not None else generator)
+            loss, n = gradients.loss(out, labels, "fisher", sample_labels=None if labels is not None else generator,
+                                     inputs=ctx.inputs(b))
             rows += n
             variables = unique + [z for _, _, z in captured]
             grads = torch.autograd.grad(loss, variables, allow_unused=True)

@@ -14,6 +14,7 @@ divide by the total row count, so their statistics are those of the mean loss pe
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,10 +105,18 @@ def forward(ctx: MeasureContext, batch: int, metric: str, capture_inputs: bool):
     return out, captured
 
 
-def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """(loss summed over rows, number of rows); see the module docstring for which loss."""
-    from .divergence import check_class_scores
+def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator | None = None,
+         inputs: Any = None) -> tuple[torch.Tensor, int]:
+    """(loss summed over rows, number of rows); see the module docstring for which loss. ``inputs``: the batch's,
+    whose attention mask (a padded batch of texts) leaves the padded positions' rows out, as the output
+    divergences do."""
+    from .divergence import check_class_scores, token_mask
     check_class_scores(out, f"the {metric} metric (the cross-entropy of a classifier's logits)")
+    mask = token_mask(inputs, out) if inputs is not None else None
+    if mask is not None:  # the real tokens' rows alone (labels given per token are selected alike)
+        out = out[mask]
+        if isinstance(labels, torch.Tensor) and tuple(labels.shape[:2]) == tuple(mask.shape):
+            labels = labels[mask.to(labels.device)]
     logits = out.float().reshape(-1, out.shape[-1]) if out.dim() > 1 else out.float().reshape(1, -1)
     if labels is None and sample_labels is None:
         log_p = torch.log_softmax(logits.detach(), dim=-1)

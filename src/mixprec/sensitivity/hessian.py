@@ -92,7 +92,7 @@ def curvature(ctx: MeasureContext, samples: int, seed: int) -> Curvature:
             # the one scaled_dot_product_attention kernel with a second derivative on every device
             with sdpa_kernel(SDPBackend.MATH):
                 out, captured = gradients.forward(ctx, b, "hessian", capture)
-            loss, n = gradients.loss(out, ctx.labels(b) if ctx.has_labels else None, "hessian")
+            loss, n = gradients.loss(out, ctx.labels(b) if ctx.has_labels else None, "hessian", inputs=ctx.inputs(b))
             rows += n
             variables = unique + [z for _, _, z in captured]
             grads = torch.autograd.grad(loss, variables, create_graph=True, allow_unused=True)
