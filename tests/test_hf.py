@@ -430,3 +430,21 @@ def test_a_folder_or_text_file_without_its_prefix_is_named_with_the_prefix(check
         load_eval(str(text))
     with pytest.raises(SpecError, match="ppl: is the prefix of --eval ppl:FILE"):
         load_data(f"ppl:{text}")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_calibrates_activation_ranges_on_its_real_tokens(checkpoint, side):
+    """min/max ranges of every layer's input, calibrated on the padded batches, are those of the texts alone."""
+    from mixprec.quantizers import ActivationQuantizer
+    model = load(f"hf:{checkpoint[0]}")
+    alone, padded = _padded_and_alone(checkpoint, side)
+    groups = mixprec.discover_groups(model, alone[0])
+    plan = mixprec.Plan.uniform(groups, "w8a8")
+    ranges = []
+    for data in (alone, padded):
+        q = mixprec.apply(model, plan, data, activation_range="minmax", progress=False)
+        ranges.append({n: (float(m.lo), float(m.hi)) for n, m in q.named_modules()
+                       if isinstance(m, ActivationQuantizer) and m.fmt is not None})
+    assert ranges[0].keys() == ranges[1].keys() and ranges[0]
+    for name, (lo, hi) in ranges[0].items():
+        assert ranges[1][name] == pytest.approx((lo, hi), rel=1e-3, abs=1e-4), name

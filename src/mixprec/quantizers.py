@@ -11,6 +11,9 @@ as in Banner et al. / Nagel et al., "A White Paper on Neural Network Quantizatio
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from torch import nn
 
@@ -317,6 +320,26 @@ def needs_calibration(fmt: Format | None) -> bool:
     return fmt is not None and not (isinstance(fmt, FloatFormat) and not fmt.scaled) and not is_dynamic(fmt)
 
 
+# the real tokens of the batch being calibrated on (a padded batch of texts), or None: observers leave the padded
+# positions out of the ranges (real_tokens)
+_TOKEN_MASK: contextvars.ContextVar = contextvars.ContextVar("mixprec_token_mask", default=None)
+
+
+@contextlib.contextmanager
+def real_tokens(inputs):
+    """While a batch is calibrated on: where it is a dict with an ``attention_mask`` (batch, tokens) holding some 0,
+    activation observers see the real tokens' positions alone."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or bool((mask != 0).all()):
+        yield
+        return
+    token = _TOKEN_MASK.set(mask != 0)
+    try:
+        yield
+    finally:
+        _TOKEN_MASK.reset(token)
+
+
 # values an activation quantizer keeps for its range search (a 16th of it from each batch): apply's, and the
 # sensitivity analysis's, so that a table's entry is measured on the range the applied plan gets
 ACTIVATION_SAMPLES = 1 << 20
@@ -364,6 +387,9 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
+        mask = _TOKEN_MASK.get()
+        if mask is not None and x.ndim >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+            x = x[mask.to(x.device)]  # a padded batch of texts: its padding's activations are no text's
         finite = x.detach().reshape(-1).to(torch.float32)
         if finite.numel() == 0:
             return

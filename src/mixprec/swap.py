@@ -33,7 +33,7 @@ from .integer_bias import attach as attach_integer_bias, rounding_error
 from .joins import insert_join_quantizers, join_quantizers, layers_reading_joins
 from .multipoint import multipoint_weight, plan_points
 from .plan import Plan
-from .quantizers import ActivationQuantizer, check_range_method, quantize_weight, quantize_weight_choice
+from .quantizers import ActivationQuantizer, check_range_method, quantize_weight, quantize_weight_choice, real_tokens
 from .streaming import compute_device
 from .weight_cache import NEAREST
 
@@ -205,7 +205,8 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
             raise ModelError(f"calibration batch {index} has shape {describe_shape(inputs)}; expected "
                              f"the same structure as batch 0, {describe_shape(reference)} (tensors of the same rank; "
                              "sizes may differ)")
-        forward(model, inputs, index, device)
+        with real_tokens(inputs):  # a padded batch's padding calibrates nothing
+            forward(model, inputs, index, device)
         count += 1
     if count == 0:
         raise MixprecError("the calibration data is empty; give at least one batch")

@@ -26,7 +26,7 @@ from ..capture import layer_input, on_inputs
 from ..errors import MixprecError
 from ..formats import IntFormat
 from ..plan import Plan
-from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer
+from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer, real_tokens
 from ..swap import planned_model, quantized_layers
 from . import Metric
 from .context import MeasureContext, quantized_group
@@ -82,7 +82,8 @@ class Around(Metric):
             with on_inputs(layers, lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
                     for i in range(len(ctx.data)):
-                        run_model(quantized, ctx.inputs(i))
+                        with real_tokens(ctx.inputs(i)):
+                            run_model(quantized, ctx.inputs(i))
         finally:
             for name, layer in layers.items():
                 layer.input_quantizer = saved[name]

@@ -32,7 +32,7 @@ from ..formats import Format, IntFormat
 from ..groups import ModelGroups, QuantizerGroup
 from ..integer_bias import attach as attach_integer_bias
 from ..multipoint import measure_points
-from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer
+from ..quantizers import ACTIVATION_SAMPLES, ActivationQuantizer, real_tokens
 from ..rounding.config import RoundingConfig, check_finite_input
 from ..swap import QuantizedLayer, nearest_weight, set_module
 
@@ -94,7 +94,8 @@ class MeasureContext:
                            lambda name, m, args, kwargs: observers[name]._observe(layer_input(args, kwargs))):
                 with torch.no_grad():
                     for i in range(len(self.data)):
-                        forward(self.model, self.inputs(i), i, self.device)  # a failing batch is named
+                        with real_tokens(self.inputs(i)):  # as apply calibrates: the real tokens alone
+                            forward(self.model, self.inputs(i), i, self.device)  # a failing batch is named
             self._observers = observers
         return self._observers
 
