@@ -236,6 +236,14 @@ def test_an_interrupted_quantize_says_what_it_kept_and_only_what_it_kept(tmp_pat
     assert cli.main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--rounding", "gptq",
                      "--out", str(tmp_path / "q2")]) == 130
     assert "no gptq rounding was kept yet" in capsys.readouterr().err
+    import os
+    earlier = tmp_path / "cache" / "rounding" / "gptq-0123.pt"  # an earlier run's, which this one resumes from
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_bytes(b"")
+    os.utime(earlier, (cli._STARTED - 60, cli._STARTED - 60))
+    assert cli.main(["quantize", "--model", "demo-cnn", "--uniform", "w8a8", "--rounding", "gptq",
+                     "--out", str(tmp_path / "q3")]) == 130
+    assert "added no gptq checkpoint, and those written before are kept" in capsys.readouterr().err
 
 
 def test_pareto_says_why_it_has_fewer_plans_than_points_and_lists_them_cheapest_first(tmp_path, capsys):
@@ -641,5 +649,10 @@ def test_an_edited_pareto_json_is_refused_before_anything_is_written_from_it(tmp
     point[next(iter(point))] = "w8a8" if point[next(iter(point))] == "w4a8" else "w4a8"  # its costs stay
     (front / "pareto.json").write_text(json.dumps(edited))
     capsys.readouterr()
-    assert main(["report", str(front)]) == 2
-    assert "the point was edited" in capsys.readouterr().err
+    assert main(["report", str(front), "--select", "0", "--write-plan", str(tmp_path / "p.json")]) == 2
+    assert "the point was edited" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+    point[next(iter(point))] = "w3a8"  # a candidate the run never measured
+    (front / "pareto.json").write_text(json.dumps(edited))
+    assert main(["report", str(front), "--select", "0", "--write-plan", str(tmp_path / "p.json")]) == 2
+    assert "names candidate(s) w3a8, which the run did not measure" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()

@@ -175,6 +175,8 @@ def _inspect(args) -> dict:
         check_output_file(args.json, "--json")
     model, _, example, groups = _setup(args, notes=False)  # inspect prints them below its table
     cands = _candidates(args)
+    from .candidates import check_distinct
+    check_distinct(cands, "mse")  # inspect prices names without a range suffix as analyze's default (mse) reads them
     pinned = [g.pinned for g in groups if g.pinned and g.pinned not in {c.name for c in cands}]
     costs = cost_tables(groups, [c.name for c in cands] + list(dict.fromkeys(pinned)), model)
 
@@ -736,21 +738,24 @@ def cmd_report(args) -> int:
     if args.select is not None and not 0 <= args.select < len(front.plans):  # checked before anything is written
         raise SpecError(f"--select {args.select} is out of range: the front has {len(front.plans)} points, 0 (the "
                         f"cheapest) to {len(front.plans) - 1}")
+    if args.write_plan and args.select is None:
+        raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
+    try:
+        analysis, missing = Analysis.load(args.run or front.run or ""), None
+    except SpecError as exc:
+        if args.run:
+            raise
+        analysis, missing = None, SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where "
+                                            "that run is now")
+    if analysis is not None:
+        _check_front_costs(front, analysis)  # an edited point is refused before its plan is written
     if args.write_plan:  # pareto.json holds the plan: written whether or not the run is still there
-        if args.select is None:
-            raise SpecError("--write-plan needs --select N: the front point to write (0: the cheapest)")
         plan = front.plan(args.select)
         plan.save(args.write_plan)
         print(f"wrote {args.write_plan}: front point {args.select}, {front.kind} "
               f"{plan.metadata['predicted_costs'][front.kind]:.6g} (use it with quantize or export --plan)")
-    try:
-        analysis = Analysis.load(args.run or front.run or "")
-    except SpecError as exc:
-        if args.run:
-            raise
-        raise SpecError(f"{exc}. {args.pareto} names the run {front.run!r}: give --run DIR where that run is now"
-                        ) from exc
-    _check_front_costs(front, analysis)
+    if missing is not None:
+        raise missing
     report = analysis.report(front, path if path.is_dir() else path.parent, select=args.select)
     print(f"wrote {report}")
     return 0
@@ -764,8 +769,13 @@ def _check_front_costs(front: Front, analysis: Analysis) -> None:
     if front.kind not in costs.tables:
         return
     for i, p in enumerate(front.plans):
-        if not p.assignments or any(c not in costs.candidates or parse_candidate(c).multipoint
-                                    for c in p.assignments.values()) or set(p.assignments) != set(costs.groups):
+        unknown = sorted({str(c) for c in (p.assignments or {}).values()} - set(costs.candidates))
+        if unknown:
+            raise SpecError(f"pareto.json point {i} names candidate(s) {', '.join(unknown)}, which the run did not "
+                            "measure: the point was edited, or pareto.json is of another run; regenerate it with "
+                            "`mixprec pareto`")
+        if not p.assignments or any(parse_candidate(c).multipoint for c in p.assignments.values()) \
+                or set(p.assignments) != set(costs.groups):
             continue
         priced = costs.total(front.kind, dict(p.assignments))
         if not math.isclose(priced, p.costs[front.kind], rel_tol=1e-6, abs_tol=1e-9):
@@ -1606,9 +1616,13 @@ def _after_interrupt(args) -> str:
                 "interrupted: result.json holds no metric")
     if func in (cmd_quantize, cmd_export) and rounding not in (None, "nearest", "auto"):
         folder = cache_dir() / "rounding"
-        if any(_written_since_start(f) for f in folder.glob("*.pt")) if folder.is_dir() else False:
+        checkpoints = list(folder.glob(f"{rounding}-*.pt")) if folder.is_dir() else []
+        if any(_written_since_start(f) for f in checkpoints):
             return (f"; the {rounding} rounding done so far is kept ({folder}): run the same command again to "
                     "continue from it")
+        if checkpoints:  # one from an earlier run, which this one may have resumed from: kept, not added to
+            return (f"; this command added no {rounding} checkpoint, and those written before are kept ({folder}): "
+                    "the same command continues from the one of its settings, where there is one")
         return (f"; no {rounding} rounding was kept yet (it is written every 30 s of rounding, and at an "
                 "interruption once a layer is done): the same command starts it again")
     if func in (cmd_pareto, cmd_solve):
