@@ -277,13 +277,13 @@ class RunDirectory:
         return out
 
     def append_entries(self, entries: dict[tuple[str, str], float], rank: int = 0) -> None:
-        _append_lines(self.path / f"entries.rank{rank}.jsonl",
+        append_jsonl(self.path / f"entries.rank{rank}.jsonl",
                       [{"group": group, "candidate": candidate, "value": value if math.isfinite(value) else "inf"}
                        for (group, candidate), value in entries.items()])
 
     def append_seconds(self, seconds: float, rank: int = 0) -> None:
         """Log the time a chunk of entries took (the first chunk of a session: with what came before it)."""
-        _append_lines(self.path / f"seconds.rank{rank}.jsonl", [{"seconds": round(float(seconds), 4)}])
+        append_jsonl(self.path / f"seconds.rank{rank}.jsonl", [{"seconds": round(float(seconds), 4)}])
 
     def measured_seconds(self) -> float | None:
         """The time the logged chunks took, over every session of the run: the slowest rank's sum (ranks measure
@@ -377,19 +377,10 @@ class RunDirectory:
 
     def evaluations(self, name: str = "evaluations") -> list[dict[str, Any]]:
         """Every logged plan evaluation; lines torn by a crash are skipped."""
-        out = []
-        if self.log_path(name).is_file():
-            for line in _lines(self.log_path(name)):
-                try:
-                    item = json.loads(line)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    continue
-                if isinstance(item, dict):
-                    out.append(item)
-        return out
+        return read_jsonl(self.log_path(name))
 
     def append_evaluation(self, entry: dict[str, Any], name: str = "evaluations") -> None:
-        _append_lines(self.log_path(name), [entry])
+        append_jsonl(self.log_path(name), [entry])
 
     @property
     def rounding_checkpoints(self) -> Path:
@@ -419,7 +410,7 @@ def _bad_entries(table: SensitivityTable) -> str:
             f"{what} at ({table.groups[g]}, {table.candidates[c]})")
 
 
-def _append_lines(path: Path, items: list[dict[str, Any]]) -> None:
+def append_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
     """Append one JSON object per line, under an exclusive lock of the file, flushed and fsync'ed;
     after a line torn by a kill the first item starts on a new line (the fragment stays a bad line)."""
     from .atomic import finite_json
@@ -448,6 +439,20 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a log (append_jsonl's), one a line; a line torn by a crash, or not an object, is
+    skipped; no file is no lines."""
+    out = []
+    for line in _lines(path) if path.is_file() else []:
+        try:
+            item = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
 
 
 def _lines(path: Path) -> list[bytes]:

@@ -582,17 +582,14 @@ def _moves_log(model, batches, example, names, around, target, rows, threads, re
 
 def _logged_moves(log: Path | None) -> dict[tuple[str, str], dict]:
     """(group, candidate) -> the move's record, from the log (a torn or foreign line is skipped: timed again)."""
-    import json as _json
+    from ..run_directory import read_jsonl
     out = {}
-    if log is None or not log.is_file():
-        return out
-    for line in log.read_text(errors="replace").splitlines():
+    for item in read_jsonl(log) if log is not None else []:
         try:
-            item = _json.loads(line)
             if all(isinstance(item[k], (int, float)) and math.isfinite(item[k]) for k in ("change_ms", "se_ms")) \
                     and item["se_ms"] >= 0:
                 out[(str(item["group"]), str(item["candidate"]))] = item
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue
     return out
 
@@ -639,9 +636,9 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
             base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
             measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
             if log is not None:
-                from ..run_directory import _append_lines
+                from ..run_directory import append_jsonl
                 try:
-                    _append_lines(log, [{"group": group.name, "candidate": cand, "change_ms": measured_delta,
+                    append_jsonl(log, [{"group": group.name, "candidate": cand, "change_ms": measured_delta,
                                          "se_ms": se}])
                 except (OSError, MixprecError):  # only a log: the profile goes on
                     log = None
