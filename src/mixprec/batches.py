@@ -25,6 +25,16 @@ def tensors_of(inputs: Any) -> Any:
     return inputs
 
 
+def padding_mask(inputs: Any) -> torch.Tensor | None:
+    """The (batch, tokens) bool mask of the real tokens of a padded batch of texts: a dict batch's ``attention_mask``
+    holding some 0; None for any other batch (nothing to leave out)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        return None
+    mask = mask != 0
+    return None if bool(mask.all()) else mask
+
+
 def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     """Calibration data as a list of items (None stays None), numpy arrays in them made tensors and float64
     tensors float32 (numpy's default type; the command line reads data files so too), except for a ``model``

@@ -17,6 +17,7 @@ import contextvars
 import torch
 from torch import nn
 
+from .batches import padding_mask
 from .errors import CandidateError
 from .formats import FP8_MAX, RANGE_METHODS, FloatFormat, Format, IntFormat, is_dynamic
 
@@ -329,11 +330,11 @@ _TOKEN_MASK: contextvars.ContextVar = contextvars.ContextVar("mixprec_token_mask
 def real_tokens(inputs):
     """While a batch is calibrated on: where it is a dict with an ``attention_mask`` (batch, tokens) holding some 0,
     activation observers see the real tokens' positions alone."""
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or bool((mask != 0).all()):
+    mask = padding_mask(inputs)
+    if mask is None:
         yield
         return
-    token = _TOKEN_MASK.set(mask != 0)
+    token = _TOKEN_MASK.set(mask)
     try:
         yield
     finally:

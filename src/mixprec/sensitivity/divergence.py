@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..batches import first_tensor, output_tensor, run_model, split_item, to_device
+from ..batches import first_tensor, output_tensor, padding_mask, run_model, split_item, to_device
 from ..errors import SpecError
 from ..evaluation import EvalResult
 
@@ -100,11 +100,10 @@ def _kl_rows(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def token_mask(inputs: Any, out: torch.Tensor) -> torch.Tensor | None:
     """The (batch, tokens) bool mask of the real tokens where a batch is padded: a dict batch's ``attention_mask``
     beside a (batch, tokens, ...) output, with some 0 in it; None otherwise (nothing to leave out)."""
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or out.ndim < 3 or tuple(out.shape[:2]) != tuple(mask.shape):
+    mask = padding_mask(inputs)
+    if mask is None or out.ndim < 3 or tuple(out.shape[:2]) != tuple(mask.shape):
         return None
-    mask = mask.to(out.device) != 0
-    return None if bool(mask.all()) else mask
+    return mask.to(out.device)
 
 
 def on_real_tokens(divergence: Callable, mask: torch.Tensor | None) -> Callable:
