@@ -181,7 +181,7 @@ def _inspect(args) -> dict:
     costs = cost_tables(groups, [c.name for c in cands] + list(dict.fromkeys(pinned)), model)
 
     def uniform(kind: str, candidate: str) -> float:  # pinned groups keep their pin, as in solve's budgets
-        return costs.total(kind, {g.name: g.pinned or candidate for g in groups})
+        return costs.total(kind, Plan.uniform(groups, candidate).assignments)
     total_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {type(model).__name__}, {total_params:,} parameters, {len(groups.layers)} quantized "
           f"layers in {len(groups)} groups ({sum(1 for g in groups if len(g.layers) > 1)} tied)")
@@ -356,7 +356,7 @@ def _init_distributed() -> int:
                             "GPU), or CUDA_VISIBLE_DEVICES= to shard over CPU processes instead")
         torch.distributed.init_process_group(backend=backend)
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local)
     return torch.distributed.get_rank()
 
 

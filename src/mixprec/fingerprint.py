@@ -159,6 +159,7 @@ def source_files(path: Path, limit: int = 64) -> list[Path]:
     followed (their version is not the user's edit)."""
     import ast
     found, todo = [], [path.resolve()]
+    root = path.resolve().parent
     while todo and len(found) < limit:
         file = todo.pop(0)
         if file in found:
@@ -168,7 +169,6 @@ def source_files(path: Path, limit: int = 64) -> list[Path]:
             tree = ast.parse(file.read_bytes())
         except (SyntaxError, ValueError, OSError):
             continue
-        root = path.resolve().parent
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

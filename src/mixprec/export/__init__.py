@@ -529,6 +529,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     say("export: comparing the file with the simulation" + (" and evaluating both" if evaluate is not None else ""),
         flush=True)
     try:
+        regression = bool(batches) and _regression(quantized, batches)  # outputs with no classes to agree on
         if batches:
             inputs = [split_item(b)[0] for b in batches]
             if fixed:  # the file takes the example's fixed sizes (token ids' length is free): compared on those batches
@@ -539,7 +540,6 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                                         + ("on the others" if kept else "on none of them (give calibration batches of "
                                                                        "the example's sizes to compare)"))
                 inputs = kept
-            regression = _regression(quantized, batches)
             if regression:
                 result.notes.append("the calibration items hold float targets of the output's shape: a regression, "
                                     "whose outputs have no classes, so the file is compared with the simulation by "
@@ -551,8 +551,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
             if inputs:
                 result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
         if evaluate is not None:
-            classes = not (batches and _regression(quantized, batches))
-            sim_out, exp_out = _Recorder(quantized, labels, classes), _Recorder(exported, classes=classes)
+            sim_out, exp_out = _Recorder(quantized, labels, not regression), _Recorder(exported, classes=not regression)
             result.simulated = to_eval_result(evaluate(sim_out))
             result.exported = to_eval_result(evaluate(exp_out))
     except BaseException:  # the file is written: its report too (without the metrics), and the error says so

@@ -206,12 +206,13 @@ class OutputRunner:
         the record (the last of them with ``lasts[c, b]``, a block-major fork's output, where given)."""
         ctx, blocks = self.ctx, self.blocks
         ref = self._float_output(b)  # once per batch: a float output kept in CPU memory comes back once
+        scored = on_real_tokens(divergence, token_mask(ctx.inputs(b), ref))  # a padded batch: real tokens alone
         for c, replaced in enumerate(modules):
             last = None if lasts is None else lasts.pop((c, b))
             with quantized_group(ctx.model, replaced) as model, torch.no_grad():
                 with blocks.skipping(b, skipped, last=last):
                     output = run_model(model, ctx.inputs(b))
-            num, den = on_real_tokens(divergence, token_mask(ctx.inputs(b), ref))(ref, output_tensor(output))
+            num, den = scored(ref, output_tensor(output))
             sums[(g, c)][0] += num
             sums[(g, c)][1] += den
             self.forward_equivalents += cost

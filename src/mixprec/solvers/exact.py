@@ -98,9 +98,14 @@ def normalised(sensitivity: np.ndarray, mask: np.ndarray) -> np.ndarray:
     by the largest allowed entry left (0 where not allowed): the same optimal plans, in numbers of
     order 1. HiGHS's tolerances are absolute (its MIP gap 1e-6, its LP's 1e-7), and sqnr entries near
     8 bits and float16 are 1e-7 and below: unscaled, it stopped at plans worse than the optimum."""
-    shifted = np.where(mask, sensitivity - np.where(mask, sensitivity, np.inf).min(axis=1, keepdims=True), 0.0)
+    shifted = _shifted(sensitivity, mask)
     top = float(shifted.max())
     return shifted / top if top > 0 else shifted
+
+
+def _shifted(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each row less its least allowed entry (so that entry is 0), 0 where not allowed."""
+    return np.where(mask, values - np.where(mask, values, np.inf).min(axis=1, keepdims=True), 0.0)
 
 
 def _scaled_to_plan(work: np.ndarray, mask: np.ndarray, known: np.ndarray | None
@@ -110,7 +115,7 @@ def _scaled_to_plan(work: np.ndarray, mask: np.ndarray, known: np.ndarray | None
     one totals more than T) and the rest divided by T, so that the optimum is at most 1 and no more
     than the plan's distance from it below 1: HiGHS's absolute gap is then a relative one. The
     objective is None where the plan totals 0, which no plan can beat."""
-    objective = np.where(mask, work - np.where(mask, work, np.inf).min(axis=1, keepdims=True), 0.0)
+    objective = _shifted(work, mask)
     if known is None:
         return mask, objective
     total = float(objective[np.arange(len(known)), known].sum())
