@@ -229,18 +229,13 @@ def test_a_checkpoint_of_a_model_changed_in_place_since_is_not_read(tmp_path, mo
 def test_nan_inputs_from_some_samples_are_a_rounding_error_naming_the_layer(method):
     """The model computes NaN for some calibration samples only (the data itself is finite): the learned
     roundings fit them and GPTQ's Hessian sums them, so the result was garbage or a misleading error."""
-    class SomeNan(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
-
+    class SomeNan(TwoLayers):
         def forward(self, x):
             h = self.fc1(x)
             return self.fc2(torch.where(x[:, :1] > 1.5, torch.sqrt(h), torch.relu(h)))  # NaN where h < 0
 
     model = SomeNan().eval()
-    data = [torch.randn(32, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    data = [torch.randn(32, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     plan = Plan.uniform(discover_groups(model, data[0]), "w4a8")
     with pytest.raises(RoundingError, match=r"(layer|block) 'fc2': [\d,]+ of [\d,]+ (input|output) values on the "
                                             r"calibration data are NaN or infinite"):
@@ -248,21 +243,12 @@ def test_nan_inputs_from_some_samples_are_a_rounding_error_naming_the_layer(meth
 
 
 def test_a_rounding_checkpoint_is_not_reused_for_a_model_with_the_same_weights_and_another_forward(tmp_path):
-    class Mlp(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.fc2(torch.relu(self.fc1(x)))
-
-    class Tanh(Mlp):
+    class Tanh(TwoLayers):  # the same weights, another forward
         def forward(self, x):
             return self.fc2(torch.tanh(self.fc1(x)))
 
-    data = [torch.randn(32, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    relu, tanh = Mlp().eval(), Tanh().eval()
+    data = [torch.randn(32, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    relu, tanh = TwoLayers().eval(), Tanh().eval()
     plan = Plan.uniform(discover_groups(relu, data[0]), "w3a8")
     for model in (relu, tanh):
         apply(model, plan, data, rounding="adaround", rounding_options={"iterations": 20}, progress=False,
