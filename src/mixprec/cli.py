@@ -1628,9 +1628,8 @@ def _after_interrupt(args) -> str:
     if func in (cmd_pareto, cmd_solve):
         return "; the plans measured so far are cached in the run: run the same command again to continue"
     if func is cmd_profile:
-        return (f"; the moves timed so far are kept ({cache_dir() / 'profile'}): the same command times only the "
-                "others" if getattr(args, "around", None) else
-                "; a profile without --around keeps nothing: the same command times it again")
+        return (f"; what was timed so far is kept ({cache_dir() / 'profile'}): the same command times only the "
+                "rest")
     return ""
 
 

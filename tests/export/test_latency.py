@@ -371,8 +371,82 @@ def test_an_interrupted_profile_around_a_base_resumes_from_the_moves_it_timed(de
         profile(model, data, "w8a8", threads=1, repeats=3, progress=False, around="w8a8", checks=0)
     (log,) = (tmp_path / "profile").glob("around-*.jsonl")
     assert len(log.read_text().splitlines()) == 1
+    first = json.loads(log.read_text().splitlines()[0])
     timed.clear()
     monkeypatch.setattr(latency, "time_files", lambda *a, **k: (timed.append(1), real(*a, **k))[1])
     resumed = profile(model, data, "w8a8", threads=1, repeats=3, progress=False, around="w8a8", checks=0)
     assert len(timed) == len(resumed.moves) - 1  # the logged move is not timed again
-    assert resumed.moves[0]["change_ms"] == json.loads(log.read_text().splitlines()[0])["change_ms"]
+    assert resumed.moves[0]["change_ms"] == first["change_ms"]
+    assert not list((tmp_path / "profile").iterdir())  # finished: its logs are removed
+
+
+def test_an_interrupted_profile_resumes_from_the_uniform_graphs_it_timed(demo, tmp_path, monkeypatch):
+    """Without --around, each uniform graph is kept with its kernel times as it is timed, and so is each mixed plan
+    timed as a check: a Ctrl-C loses only the one in flight."""
+    monkeypatch.setenv("MIXPREC_CACHE", str(tmp_path))
+    model, data = demo
+    profiled, checked = [], []
+    real_nodes, real_timed = latency.node_times, latency._timed_export
+
+    def nodes(*args, **kwargs):
+        profiled.append(1)
+        if len(profiled) == 3:
+            raise KeyboardInterrupt  # the third uniform graph: a Ctrl-C
+        return real_nodes(*args, **kwargs)
+    monkeypatch.setattr(latency, "node_times", nodes)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, data, "w8a8,w4", threads=1, repeats=3, progress=False, checks=2)
+    (folder,) = (tmp_path / "profile").glob("graph-*")
+    assert len((folder / "graphs.jsonl").read_text().splitlines()) == 2 and len(list(folder.glob("*.onnx"))) == 3
+    kept = {r["candidate"]: r for r in map(json.loads, (folder / "graphs.jsonl").read_text().splitlines())}
+
+    def timed(*args, **kwargs):
+        checked.append(1)
+        if len(checked) == 2:
+            raise KeyboardInterrupt  # the second check
+        return real_timed(*args, **kwargs)
+    profiled.clear()
+    monkeypatch.setattr(latency, "node_times", lambda *a, **k: (profiled.append(1), real_nodes(*a, **k))[1])
+    monkeypatch.setattr(latency, "_timed_export", timed)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, data, "w8a8,w4", threads=1, repeats=3, progress=False, checks=2)
+    assert len(profiled) == 1  # the two graphs logged are not profiled again
+    checked.clear()
+    monkeypatch.setattr(latency, "_timed_export", lambda *a, **k: (checked.append(1), real_timed(*a, **k))[1])
+    result = profile(model, data, "w8a8,w4", threads=1, repeats=3, progress=False, checks=2)
+    assert len(profiled) == 1 and len(checked) == 1  # only the check not logged is timed
+    assert len(result.checks) == 2 and set(result.whole) == {"fp32", "w8a8", "w4"}
+    for cand, record in kept.items():  # a layer's kernel time is the logged one (plus its share of the rest)
+        for layer, ms in record["kernels"].items():
+            assert result.layers[layer][cand] >= ms - 1e-9 or result.same_kernel.get(layer)
+    assert not list((tmp_path / "profile").iterdir())  # finished: the graphs and the log are removed
+
+
+def test_an_interrupted_layers_profile_resumes_from_the_entries_it_timed(demo, tmp_path, monkeypatch):
+    """--method layers times each layer at each candidate alone: each entry is logged as it is timed."""
+    monkeypatch.setenv("MIXPREC_CACHE", str(tmp_path))
+    model, data = demo
+    calls = []
+    real = latency._timed_export
+
+    def timed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(latency, "_timed_export", timed)
+    with pytest.raises(KeyboardInterrupt):
+        profile(model, data, "w8a8,fp8", threads=1, repeats=3, progress=False, method="layers")
+    (log,) = (tmp_path / "profile").glob("layers-*.jsonl")
+    kept = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len([r for r in kept if r["skipped"] is None]) == 3
+    calls.clear()
+    monkeypatch.setattr(latency, "_timed_export", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    result = profile(model, data, "w8a8,fp8", threads=1, repeats=3, progress=False, method="layers")
+    first = kept[0]
+    assert result.layers[first["layer"]][first["candidate"]] == pytest.approx(first["ms"]) or \
+        result.same_kernel.get(first["layer"])
+    timed_again = sum(1 for layer in result.layers for c in ("fp32", "w8a8")) - 3
+    assert len(calls) == timed_again + 2  # the rest of the entries, the float model and uniform w8a8 whole
+    assert "fp8" in " ".join(result.skipped)
+    assert not log.exists()

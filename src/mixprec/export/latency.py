@@ -56,6 +56,7 @@ from ..groups import ModelGroups, discover_groups, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..quantizers import range_methods
 from ..sensitivity.store import flatten_tensors
+from .profile_log import ProfileLog, profile_folder, profile_key
 from .targets import get_onnx_target, realise
 
 REPEATS = 20
@@ -411,16 +412,31 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                            f"model ({'; '.join(reasons[:3])}): the table would have no entry; give candidates it runs "
                            "(int8 with 8-bit inputs such as w8a8, weight-only such as w8 or w4g32 for linear layers, "
                            "or fp32)")
+    def log(what: str, folder: bool = False) -> ProfileLog:
+        """The log that keeps this profile's timings of ``what`` across an interruption (profile_log)."""
+        try:
+            name = f"{'around' if what not in ('graph', 'layers') else what}-" + profile_key(
+                model, batches, example, names, what, target, rows, threads, repeats, weight_method,
+                activation_method, decode)
+            if folder:
+                return ProfileLog(profile_folder() / name / "graphs.jsonl", profile_folder() / name)
+            return ProfileLog(profile_folder() / f"{name}.jsonl")
+        except OSError:  # no cache to keep it in: nothing is kept
+            return ProfileLog(None)
     with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
         if method == "graph":
-            log = None if around is None else _moves_log(model, batches, example, names, around, target, rows,
-                                                         threads, repeats, weight_method, activation_method, decode)
-            return _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable, skipped,
-                                  target, rows, threads, repeats, weight_method, activation_method, Path(tmp),
-                                  progress, checks, seed, around, decode, log)
-        return _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands], runnable,
-                               skipped, target, rows, threads, repeats, weight_method, activation_method, whole,
-                               Path(tmp), progress)
+            logs = [log("graph", folder=True)] + ([] if around is None else [log(around)])
+            result = _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable,
+                                    skipped, target, rows, threads, repeats, weight_method, activation_method,
+                                    Path(tmp), progress, checks, seed, around, decode, *logs)
+        else:
+            logs = [log("layers")]
+            result = _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands],
+                                     runnable, skipped, target, rows, threads, repeats, weight_method,
+                                     activation_method, whole, Path(tmp), progress, logs[0])
+    for done in logs:
+        done.remove()
+    return result
 
 
 def kernel_of(row: dict) -> tuple[str, str]:
@@ -487,35 +503,56 @@ def node_times(path: Path, feed: dict[str, np.ndarray], threads: int | None, rep
 
 def _profile_graph(model, batches, example, groups, names, asked, runnable, skipped, target, rows, threads, repeats,
                    weight_method, activation_method, tmp: Path, progress: bool, checks: int, seed: int,
-                   around: str | None = None, decode: int | None = None, log: Path | None = None) -> LatencyProfile:
+                   around: str | None = None, decode: int | None = None, log: ProfileLog | None = None,
+                   moves_log: ProfileLog | None = None) -> LatencyProfile:
     from . import export
     from .ort import make_session
+    log = log if log is not None else ProfileLog(None)
     graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
     ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
     run_as: dict[str, dict[str, tuple]] = {layer: {} for layer in runnable}  # layer -> candidate -> kernel_of
     todo = [c for c in names if c == FLOAT or any(runnable[l][c] for l in runnable)]
     feeds: dict[str, dict[str, np.ndarray]] = {}  # candidate -> the inputs its graph is timed on
-    for cand in tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph", disable=not progress):
+    folder = log.files if log.files is not None else tmp  # kept: the base of --around is one of these
+    logged = {c: r for c in todo if (r := _logged_graph(log, c)) is not None}
+    if logged and progress:
+        print(f"profile: {len(logged)} of the {len(todo)} uniform graphs were exported and timed by an earlier run "
+              f"of this profile ({log.files}): they are not timed again")
+    for i, cand in enumerate(tqdm(todo, desc=f"timing uniform graphs on {target}", unit="graph",
+                                  disable=not progress)):
         assignments = _uniform_where_runnable(groups, cand, runnable)
-        out = tmp / f"uniform_{len(graphs)}.onnx"  # kept: the base of --around is one of these
-        result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
-                        weight_range=weight_method, activation_range=activation_method, threads=threads,
-                        progress=False)
-        feed = feeds[cand] = _feed(make_session(out, threads), example, decode)  # the session names the inputs
-        nodes = node_times(out, feed, threads, repeats, tmp)
-        kernels: dict[str, float] = {}
-        for row in result.layers:
-            called = row.get("runtime_nodes") or [row.get("runtime_node", "")]  # every call of a layer called again
-            missing = [node for node in called if node not in nodes]
-            if missing:
-                raise MixprecError(f"layer {row['layer']!r}: ONNX Runtime's profile of the uniform {cand} graph has "
-                                   f"no node {missing[0] or '(none found)'!r}; time this model with method='layers' "
-                                   "(--method layers)")
-            kernels[row["layer"]] = sum(nodes[node] for node in called)
-            if assignments[row["layer"]] == cand:
-                ops[row["layer"]][cand] = "float" if cand == FLOAT and row["runtime_op"] == "?" else row["runtime_op"]
-                run_as[row["layer"]][cand] = kernel_of(row)
-        graphs[cand] = {"path": out, "assignments": assignments, "kernels": kernels}
+        record = logged.get(cand)
+        if record is None:
+            out = folder / f"uniform_{i}.onnx"
+            result = export(model, _plan(groups, assignments), batches, target, out, example_input=example,
+                            weight_range=weight_method, activation_range=activation_method, threads=threads,
+                            progress=False)
+            feed = _feed(make_session(out, threads), example, decode)  # the session names the inputs
+            nodes = node_times(out, feed, threads, repeats, tmp)
+            record = {"kind": "graph", "candidate": cand, "file": out.name, "kernels": {}, "ops": {}, "run_as": {}}
+            for row in result.layers:
+                called = row.get("runtime_nodes") or [row.get("runtime_node", "")]  # each call of a layer called again
+                missing = [node for node in called if node not in nodes]
+                if missing:
+                    raise MixprecError(f"layer {row['layer']!r}: ONNX Runtime's profile of the uniform {cand} graph "
+                                       f"has no node {missing[0] or '(none found)'!r}; time this model with "
+                                       "method='layers' (--method layers)")
+                record["kernels"][row["layer"]] = sum(nodes[node] for node in called)
+                if assignments[row["layer"]] == cand:
+                    record["ops"][row["layer"]] = ("float" if cand == FLOAT and row["runtime_op"] == "?"
+                                                   else row["runtime_op"])
+                    record["run_as"][row["layer"]] = list(kernel_of(row))
+            if folder == log.files:
+                log.add(record)
+        else:
+            out = folder / record["file"]
+            feed = _feed(make_session(out, threads), example, decode)
+        feeds[cand] = feed
+        for layer, op in record["ops"].items():
+            ops[layer][cand] = op
+        for layer, kernel in record["run_as"].items():
+            run_as[layer][cand] = tuple(kernel)
+        graphs[cand] = {"path": out, "assignments": assignments, "kernels": dict(record["kernels"])}
     # each graph whole, once all are exported, in rotated rounds (timed just after its export, one drifted)
     rotated = time_rotated([g["path"] for g in graphs.values()], threads, [feeds[c] for c in graphs], repeats)
     for g, ms in zip(graphs.values(), rotated):
@@ -533,7 +570,8 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
     moves: list[dict] = []
     if around is not None:
         layers, rest, moves = _around(model, batches, example, groups, names, runnable, graphs[around], around, target,
-                                      threads, repeats, weight_method, activation_method, tmp, progress, decode, log)
+                                      threads, repeats, weight_method, activation_method, tmp, progress, decode,
+                                      moves_log)
     for layer in layers:
         for cand in names:
             ops[layer].setdefault(cand, "")
@@ -552,39 +590,56 @@ def _profile_graph(model, batches, example, groups, names, asked, runnable, skip
             options = [c for c in names if all(math.isfinite(layers[l][c]) for l in group.layer_names)]
             pick = options[int(rng.integers(len(options)))]
             assignments.update({layer: pick for layer in group.layer_names})
-        ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
-                              weight_method, activation_method, tmp, decode=decode)
+        record = log.find(kind="check", index=len(result.checks), seed=seed, assignments=assignments)
+        if record is not None and _finite_ms(record.get("measured_ms")):
+            ms = record["measured_ms"]  # timed by an interrupted run of this profile
+        else:
+            ms, _ = _timed_export(model, _plan(groups, assignments), batches, example, target, threads, repeats,
+                                  weight_method, activation_method, tmp, decode=decode)
+            log.add({"kind": "check", "index": len(result.checks), "seed": seed, "assignments": assignments,
+                     "measured_ms": ms})
         result.checks.append({"assignments": assignments, "predicted_ms": result.predicted_ms(assignments),
                               "measured_ms": ms})
     return result
 
 
-def _moves_log(model, batches, example, names, around, target, rows, threads, repeats, weight_method,
-               activation_method, decode) -> Path:
-    """Where the moves timed around ``around`` are logged as they are measured (one JSON line each, in the cache's
-    profile/ folder), keyed by everything a move's timing depends on: the model's weights and code, the data, the
-    target and its settings. An interrupted profile resumes from it: the moves logged are not timed again."""
-    import hashlib
-    import json as _json
-
-    import onnxruntime
-
-    from ..batches import describe_shape
-    from ..cache import cache_dir
-    from ..sensitivity.store import data_hash, model_hash, structure_hash
-    key = _json.dumps([model_hash(model), structure_hash(model), data_hash(list(batches)), describe_shape(example),
-                       names, around, target, rows, threads, repeats, weight_method, activation_method, decode,
-                       onnxruntime.__version__], default=str)
-    folder = cache_dir() / "profile"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"around-{hashlib.sha256(key.encode()).hexdigest()[:20]}.jsonl"
+def _finite_ms(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-def _logged_moves(log: Path | None) -> dict[tuple[str, str], dict]:
+def _logged_graph(log: ProfileLog, cand: str) -> dict | None:
+    """The record of ``cand``'s uniform graph, exported and timed by an interrupted run, if its file is there."""
+    record = log.find(kind="graph", candidate=cand)
+    try:
+        if (record is None or log.files is None or not (log.files / str(record["file"])).is_file()
+                or not all(_finite_ms(v) for v in record["kernels"].values())
+                or not all(isinstance(v, str) for v in record["ops"].values())
+                or not all(isinstance(k, list) and len(k) == 2 for k in record["run_as"].values())):
+            return None
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return record
+
+
+def _logged_entry(log: ProfileLog, layer: str, cand: str) -> dict | None:
+    """The record of a layer's timing at ``cand`` by an interrupted run (``layers`` method), if whole."""
+    record = log.find(kind="entry", layer=layer, candidate=cand)
+    try:
+        if record is None:
+            return None
+        if record["skipped"] is not None:
+            return record if isinstance(record["skipped"], str) else None
+        ok = (_finite_ms(record["ms"]) and _finite_ms(record["overhead_ms"]) and isinstance(record["op"], str)
+              and isinstance(record["kernel"], list) and len(record["kernel"]) == 2)
+    except (KeyError, TypeError):
+        return None
+    return record if ok else None
+
+
+def _logged_moves(log: ProfileLog | None) -> dict[tuple[str, str], dict]:
     """(group, candidate) -> the move's record, from the log (a torn or foreign line is skipped: timed again)."""
-    from ..run_directory import read_jsonl
     out = {}
-    for item in read_jsonl(log) if log is not None else []:
+    for item in log.records if log is not None else []:
         try:
             if all(isinstance(item[k], (int, float)) and math.isfinite(item[k]) for k in ("change_ms", "se_ms")) \
                     and item["se_ms"] >= 0:
@@ -596,7 +651,7 @@ def _logged_moves(log: Path | None) -> dict[tuple[str, str], dict]:
 
 def _around(model, batches, example, groups, names, runnable, base_graph: dict, around: str, target, threads,
             repeats, weight_method, activation_method, tmp: Path, progress: bool, decode: int | None = None,
-            log: Path | None = None):
+            log: ProfileLog | None = None):
     """(table, rest, moves) measured around the uniform plan at ``around``: a layer's entry at its base
     candidate is its kernel time in the base graph, and at another candidate that plus the measured change of
     the whole graph when its group moves there (the moved graph and the base timed in alternating rounds;
@@ -622,7 +677,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
     logged = _logged_moves(log)
     if logged and progress:
         print(f"profile: {sum((g.name, c) in logged for g, c in moves)} of the {len(moves)} moves were timed by an "
-              f"earlier run of this profile ({log}): they are not timed again")
+              f"earlier run of this profile ({log.path}): they are not timed again")
     for group, cand in tqdm(moves, desc=f"timing moves around {around} on {target}", unit="graph",
                             disable=not progress):
         assignments = dict(base)
@@ -636,12 +691,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
             base_ms, ms, se = time_files(base_graph["path"], path, threads, feed, repeats)
             measured_delta = ms - base_ms  # timed in alternating rounds with the base: the move's own cost
             if log is not None:
-                from ..run_directory import append_jsonl
-                try:
-                    append_jsonl(log, [{"group": group.name, "candidate": cand, "change_ms": measured_delta,
-                                         "se_ms": se}])
-                except (OSError, MixprecError):  # only a log: the profile goes on
-                    log = None
+                log.add({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se})
         delta = measured_delta + MOVE_SE * se  # what the move may cost (or surely saves, where negative)
         record.append({"group": group.name, "candidate": cand, "change_ms": measured_delta, "se_ms": se,
                        "entered_ms": delta, "entered": f"change + {MOVE_SE:g} se"})
@@ -653,7 +703,9 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
 
 
 def _profile_layers(model, batches, example, groups, modules, names, asked, runnable, skipped, target, rows, threads,
-                    repeats, weight_method, activation_method, whole: bool, tmp: Path, progress: bool) -> LatencyProfile:
+                    repeats, weight_method, activation_method, whole: bool, tmp: Path, progress: bool,
+                    log: ProfileLog | None = None) -> LatencyProfile:
+    log = log if log is not None else ProfileLog(None)
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, module, args, kwargs):
@@ -665,6 +717,10 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
     overhead: dict[str, float] = {}
     run_as: dict[str, dict[str, tuple]] = {}  # layer -> candidate -> kernel_of
     todo = [(name, c) for name in modules for c in names]
+    logged = {(name, c): r for name, c in todo if (r := _logged_entry(log, name, c)) is not None}
+    if logged and progress:
+        print(f"profile: {len(logged)} of the {len(todo)} entries were timed by an earlier run of this profile "
+              f"({log.path}): they are not timed again")
     for name, cand in tqdm(todo, desc=f"timing layers on {target}", unit="entry", disable=not progress):
         layer = modules[name]
         row, oprow = layers.setdefault(name, {}), ops.setdefault(name, {})
@@ -675,9 +731,19 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
             row[cand], oprow[cand] = math.nan, ""
             skipped[f"{name}/{cand}"] = "not called on the first calibration batch"
             continue
+        record = logged.get((name, cand))
+        if record is not None:  # timed by an interrupted run of this profile
+            if record["skipped"] is not None:
+                row[cand], oprow[cand] = math.nan, ""
+                skipped[f"{name}/{cand}"] = record["skipped"]
+                continue
+            overhead.setdefault(name, record["overhead_ms"])
+            row[cand], oprow[cand] = record["ms"], record["op"]
+            run_as.setdefault(name, {})[cand] = tuple(record["kernel"])
+            continue
         realised = None if cand == FLOAT else realise(parse_candidate(cand), layer_kind(layer),
                                                       int(layer.weight[0].numel()))
-        single = _Single(layer)
+        single = _Single(layer).eval()  # the layer as it runs in the model, not a module in training mode
         x = seen[name]
         single_groups = discover_groups(single, x)
         plan = Plan.uniform(single_groups, cand)
@@ -692,16 +758,26 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
         except (CandidateError, MixprecError) as exc:
             row[cand], oprow[cand] = math.nan, ""
             skipped[f"{name}/{cand}"] = str(exc).splitlines()[0]
+            log.add({"kind": "entry", "layer": name, "candidate": cand, "skipped": skipped[f"{name}/{cand}"]})
             continue
         op = written["layer"]["runtime_op"]
         if name not in overhead:
             overhead[name] = _overhead(x, threads, repeats, tmp)
         row[cand], oprow[cand] = max(0.0, ms - overhead[name]), ("float" if op == "?" and cand == FLOAT else op)
         run_as.setdefault(name, {})[cand] = kernel_of(written["layer"])
+        log.add({"kind": "entry", "layer": name, "candidate": cand, "skipped": None, "ms": row[cand],
+                 "op": oprow[cand], "kernel": list(run_as[name][cand]), "overhead_ms": overhead[name]})
     same_kernel = pool_same_kernels(layers, run_as)
-    float_plan = Plan.uniform(groups, FLOAT)
-    float_ms, _ = _timed_export(model, float_plan, batches[:1], example, target, threads, repeats,
-                                weight_method, activation_method, tmp)
+    def whole_ms(cand: str, data: list) -> float:
+        """The model timed whole at the uniform ``cand`` (logged: an interrupted run's timing is kept)."""
+        record = log.find(kind="whole", candidate=cand)
+        if record is not None and _finite_ms(record.get("measured_ms")):
+            return record["measured_ms"]
+        ms = _timed_export(model, Plan.uniform(groups, cand), data, example, target, threads, repeats,
+                           weight_method, activation_method, tmp)[0]
+        log.add({"kind": "whole", "candidate": cand, "measured_ms": ms})
+        return ms
+    float_ms = whole_ms(FLOAT, batches[:1])
     rest = max(0.0, float_ms - sum(layers[n][FLOAT] for n in layers if math.isfinite(layers[n][FLOAT])))
     result = LatencyProfile(target, rows, threads, asked, layers, ops, float_ms, rest,
                             skipped=skipped, overhead_ms=overhead, method="layers", same_kernel=same_kernel)
@@ -711,8 +787,7 @@ def _profile_layers(model, batches, example, groups, modules, names, asked, runn
             assignments = plan.layer_candidates()
             if any(not math.isfinite(layers[n][c]) for n, c in assignments.items()):
                 continue
-            measured = float_ms if cand == FLOAT else _timed_export(
-                model, plan, batches, example, target, threads, repeats, weight_method, activation_method, tmp)[0]
+            measured = float_ms if cand == FLOAT else whole_ms(cand, batches)
             result.whole[cand] = {"predicted_ms": result.predicted_ms(assignments), "measured_ms": measured}
     return result
 
