@@ -1628,8 +1628,10 @@ def _after_interrupt(args) -> str:
     if func in (cmd_pareto, cmd_solve):
         return "; the plans measured so far are cached in the run: run the same command again to continue"
     if func is cmd_profile:
-        return (f"; what was timed so far is kept ({cache_dir() / 'profile'}): the same command times only the "
-                "rest")
+        folder = cache_dir() / "profile"
+        if folder.is_dir() and any(_written_since_start(f) for f in folder.rglob("*")):
+            return f"; what was timed so far is kept ({folder}): the same command times only the rest"
+        return "; nothing was timed yet: the same command starts the profile again"
     return ""
 
 
