@@ -413,6 +413,23 @@ def test_a_cost_edited_to_another_valid_number_is_refused_by_the_files_checksum(
     assert "checksum" not in Analysis.load(tmp_path).saved()  # written again with its own, not a copy
 
 
+def test_costs_of_a_torchscript_model_unknown_bops_and_all_read_back_as_written(tmp_path):
+    """A TorchScript model's MACs are not traced: its BOPs are NaN, written "nan"; the checksum is of the file as
+    written, so the run is read back (it was refused as edited, and its resume wrote the same file again)."""
+    import json
+    import math
+    import mixprec
+    from mixprec.analysis import Analysis
+    model, _, _, data = tiny()
+    scripted = torch.jit.trace(model, data[0])
+    mixprec.analyze(scripted, data, "w4,w8", metric="roundoff", run_dir=tmp_path, progress=False)
+    assert "nan" in json.dumps(json.loads((tmp_path / "costs.json").read_text())["costs"]["tables"]["bops"])
+    loaded = Analysis.load(tmp_path)
+    assert all(math.isnan(float(v)) for row in loaded.saved()["costs"]["tables"]["bops"] for v in row)
+    plan = loaded.solve({"bits_per_weight": 7}, guard=False)
+    assert set(plan.assignments.values()) <= {"w4", "w8"}
+
+
 def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebuilds_it(tmp_path):
     from mixprec.errors import SpecError
     model, groups, cands, data = tiny()

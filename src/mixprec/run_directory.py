@@ -461,9 +461,12 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def _costs_checksum(saved: dict[str, Any]) -> str:
-    """The SHA-256 of costs.json's content (without its checksum), as canonical JSON."""
+    """The SHA-256 of costs.json's content (without its checksum), as canonical JSON, with a non-finite number as
+    the file holds it (a TorchScript model's unknown BOPs are written "nan", and read back so)."""
     import hashlib
-    body = json.dumps(saved, sort_keys=True, default=str)
+
+    from .atomic import finite_json
+    body = json.dumps(finite_json(saved), sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
