@@ -23,14 +23,18 @@ def run_demo(out: Path | None = None, candidates: str = DEMO_CANDIDATES, n_plans
     model, data, _, groups = prepare("demo-cnn")  # the built-in model, its calibration set, pins and excludes
     print(f"\n== 1/3 sensitivity analysis (cached in {out / 'run'})")
     analysis = analyze(model, data, candidates, "sqnr", out / "run", groups=groups, evaluate=builtin.evaluate,
-                       model_name="demo-cnn")
+                       model_name="demo-cnn", arguments={"model": "demo-cnn", "candidates": candidates,
+                                                         "metric": "sqnr"})  # a later solve/pareto loads it
     print(f"sqnr sensitivity of {len(analysis.groups)} groups x {len(analysis.table.candidates)} candidates "
           f"in {analysis.table.metadata['seconds']:.1f} s")
     print("\n== 2/3 Pareto front over BOPs, every plan evaluated")
     front = analysis.pareto("bops", n_plans, evaluate=True)
     front.save(out)
     report = analysis.report(front, out)
-    print(f"{len(front.plans)} non-dominated plans; wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
+    replaced = sum(1 for p in front.plans if p.search and "guard: " in p.search)
+    print(f"{len(front.plans)} plans on the front" + (f" ({replaced} put in by the guard: uniform plans that measured "
+          "better on the calibration data than the plan solved at their budget)" if replaced else "")
+          + f"; wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {report}")
     print("\n== 3/3 report")
     ref = front.reference
     print(f"float model: {ref['name']} {ref['value']:.2f}")

@@ -148,6 +148,11 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert "report: " in out and (tmp_path / "report.html").is_file()
     data = json.loads((tmp_path / "pareto.json").read_text())
     assert data["reference"] is not None and all(p["measured"] for p in data["points"])
+    # the run names its model: a solve of it later loads the model and runs the guard (it was skipped, with a note)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["arguments"]["model"] == "demo-cnn"
+    assert main(["solve", str(tmp_path / "run"), "--budget", "bops=0.5x", "--out", str(tmp_path / "p.json")]) == 0
+    assert "guard skipped" not in capsys.readouterr().out
+    assert "guard" in json.loads((tmp_path / "p.json").read_text())["metadata"]
 
 
 def test_a_budget_that_does_not_bind_gives_the_least_sensitive_plan_with_a_note(run, tmp_path, capsys):
