@@ -128,6 +128,12 @@ def split_item(item: Any) -> tuple[Any, Any]:
     return item, None
 
 
+def as_items(inputs: list) -> list:
+    """Model inputs (one per batch) as data items, each (inputs, None): a model of two arguments is given 2-tuples of
+    inputs, which split_item would read as (inputs, labels)."""
+    return [(x, None) for x in inputs]
+
+
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device)

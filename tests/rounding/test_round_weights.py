@@ -254,3 +254,28 @@ def test_a_rounding_checkpoint_is_not_reused_for_a_model_with_the_same_weights_a
         apply(model, plan, data, rounding="adaround", rounding_options={"iterations": 20}, progress=False,
               rounding_checkpoint=tmp_path)
     assert len(list(tmp_path.glob("adaround-*.pt"))) == 2  # one each: the second was not read from the first's
+
+
+@pytest.mark.parametrize("rounding", ["gptq", "brecq"])
+def test_a_model_of_two_inputs_is_rounded_from_its_inputs_and_labels(rounding):
+    """Items ((a, b), labels): the inputs kept for the rounding are the 2-tuple (a, b), which calibration read
+    again as (inputs, labels) and called the model with a alone."""
+    torch.manual_seed(0)
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(32, 3)
+
+        def forward(self, left, right):
+            return self.fc(torch.cat([torch.relu(self.a(left)), torch.relu(self.b(right))], 1))
+
+    model = TwoInputs().eval()
+    data = [((torch.randn(32, 8), torch.randn(32, 8)), torch.randint(0, 3, (32,))) for _ in range(2)]
+    plan = Plan.uniform(discover_groups(model, data[0][0]), "w4a8")
+    nearest = apply(model, plan, data, progress=False)
+    rounded = apply(model, plan, data, rounding=rounding, progress=False,
+                            rounding_options={"iterations": 5} if rounding == "brecq" else None)
+    x = data[0][0]
+    assert rounded(*x).shape == (32, 3)
+    assert not torch.equal(rounded.get_submodule("a").layer.weight, nearest.get_submodule("a").layer.weight)

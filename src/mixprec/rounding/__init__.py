@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..batches import split_item
+from ..batches import as_items, split_item
 from ..cache import save_atomic
 from ..candidates import parse_candidate
 from ..capture import forward
@@ -192,7 +192,7 @@ def round_weights(model: nn.Module, plan: Plan, calibration_data: Iterable | Non
     try:
         if config.blockwise:
             device = next(model.parameters()).device
-            quantized = planned_model(model, plan, batches, weight_method, activation_method)
+            quantized = planned_model(model, plan, as_items(batches), weight_method, activation_method)
             rounded = config.round_model(model, quantized, batches, targets,
                                          lambda m, x, i: forward(m, x, i, device), weight_method, progress,
                                          done=done, save=save)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from ..progress import tqdm
 
+from ..batches import as_items
 from ..candidates import Candidate
 from ..capture import StopForward, block_inputs, forward, layer_input, on_inputs
 from ..formats import IntFormat
@@ -114,7 +115,7 @@ def _working_model(model: nn.Module, plan: Plan, batches: list, candidates: dict
     if config.sequential and quantizes_inputs:
         # the layers see their inputs as the plan makes them: quantized by calibrated activation
         # quantizers, earlier layers already rounded (the hooks sit on the layers inside apply's wrappers)
-        working = planned_model(model, plan, batches, weight_method, activation_method)
+        working = planned_model(model, plan, as_items(batches), weight_method, activation_method)
         modules = {name: working.get_submodule(name).layer for name in targets}
         for name, layer in modules.items():  # float until rounded, as in the other path
             _set_weight(layer, model.get_submodule(name).weight.detach().clone())
