@@ -285,3 +285,37 @@ def test_the_gradient_metrics_loss_leaves_a_padded_batchs_padding_out():
     ce, n = gradients.loss(out, labels, "fisher", inputs=inputs)
     assert n == 8 and ce == pytest.approx(float(torch.nn.functional.cross_entropy(real, labels[mask.bool()],
                                                                                    reduction="sum")))
+
+
+class _Segmenter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c1(x)))  # (N, 3, H, W): classes on axis 1
+
+
+class _ClassesLast(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).flatten(2).transpose(1, 2)  # (N, H*W, 3): the same classifier, classes last
+
+
+@pytest.mark.parametrize("metric", ["hessian", "fisher"])
+def test_a_segmentation_output_is_a_classifier_per_pixel_along_its_class_axis(metric):
+    """(N, C, H, W) logits: the softmax runs over axis 1, as kl and the guard read it (it ran over the width),
+    and per-pixel labels (N, H, W) are taken."""
+    import mixprec
+    torch.manual_seed(0)
+    seg = _Segmenter().eval()
+    data = [torch.rand(4, 1, 6, 10) for _ in range(2)]
+    a = mixprec.analyze(seg, data, "w2a8,w4a8", metric=metric, progress=False).table.values
+    b = mixprec.analyze(_ClassesLast(seg), data, "w2a8,w4a8", metric=metric, progress=False).table.values
+    assert np.allclose(a, b, rtol=1e-4, atol=0)
+    labelled = [(x, torch.randint(0, 3, (4, 6, 10))) for x in data]
+    table = mixprec.analyze(seg, labelled, "w2a8,w4a8", metric=metric, progress=False).table.values
+    assert np.all(np.isfinite(table)) and not np.allclose(table, a)

@@ -110,13 +110,14 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
     """(loss summed over rows, number of rows); see the module docstring for which loss. ``inputs``: the batch's,
     whose attention mask (a padded batch of texts) leaves the padded positions' rows out, as the output
     divergences do."""
-    from .divergence import check_class_scores, token_mask
+    from .divergence import check_class_scores, class_last, token_mask
     check_class_scores(out, f"the {metric} metric (the cross-entropy of a classifier's logits)")
     mask = token_mask(inputs, out) if inputs is not None else None
     if mask is not None:  # the real tokens' rows alone (labels given per token are selected alike)
         out = out[mask]
         if isinstance(labels, torch.Tensor) and tuple(labels.shape[:2]) == tuple(mask.shape):
             labels = labels[mask.to(labels.device)]
+    out = class_last(out)  # a segmentation's (N, C, H, W): a row per pixel, as kl and the guard read it
     logits = out.float().reshape(-1, out.shape[-1]) if out.dim() > 1 else out.float().reshape(1, -1)
     if labels is None and sample_labels is None:
         log_p = torch.log_softmax(logits.detach(), dim=-1)
@@ -129,7 +130,8 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
         if target.dtype.is_floating_point or target.numel() != logits.shape[0]:
             raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
                                f"{tuple(out.shape)} against the labels {tuple(labels.shape)} ({labels.dtype}); "
-                               "expected integer class labels, one per output row (or give no labels)")
+                               "expected integer class labels, one per output row (per token of a (N, T, classes) "
+                               "output, per pixel of a (N, classes, H, W) one), or give no labels")
         bad = target[(target != -100) & ((target < 0) | (target >= logits.shape[-1]))]
         if bad.numel():
             raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
