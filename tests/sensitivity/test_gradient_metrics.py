@@ -319,3 +319,18 @@ def test_a_segmentation_output_is_a_classifier_per_pixel_along_its_class_axis(me
     labelled = [(x, torch.randint(0, 3, (4, 6, 10))) for x in data]
     table = mixprec.analyze(seg, labelled, "w2a8,w4a8", metric=metric, progress=False).table.values
     assert np.all(np.isfinite(table)) and not np.allclose(table, a)
+
+
+@pytest.mark.parametrize("metric", ["kl", "hessian", "fisher"])
+def test_a_regression_of_several_outputs_given_its_float_targets_is_refused_by_class_score_metrics(metric):
+    """Float targets of the output's shape: a regression, whose values have no softmax; refused as a one-output
+    regression is (two outputs were softmaxed without a word, and hessian/fisher advised giving no labels)."""
+    import mixprec
+    from mixprec.errors import SpecError
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    data = [(torch.randn(8, 10), torch.randn(8, 2)) for _ in range(2)]
+    with pytest.raises(SpecError, match=r"float targets of its shape: a regression.*use sqnr \(--metric sqnr"):
+        mixprec.analyze(model, data, "w4a8,w8a8", metric=metric, progress=False)
+    table = mixprec.analyze(model, data, "w4a8,w8a8", metric="sqnr", progress=False).table.values
+    assert np.all(np.isfinite(table))

@@ -68,6 +68,8 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                          activation_method, evaluate, progress, points, rounding=rounder)
     if config.needs_labels and not ctx.has_labels:
         raise MixprecError(f"the {metric} metric needs labels: give --data items as (inputs, labels) pairs")
+    if metric in CLASS_SCORE_METRICS and ctx.data and ctx.has_labels:
+        _refuse_regression(ctx, metric)
     rank, world = _distributed()
     cand_names = [c.name for c in candidates]
     run = None
@@ -105,6 +107,23 @@ def analyze(model: nn.Module, groups: ModelGroups, candidates: list[Candidate], 
                       "by a kill, edited, NaN or out of range); those entries are measured again")
         return _measure(ctx, config, groups, candidates, done, run, rank, world, chunk_size, use_fx, progress,
                         prefix)
+
+
+CLASS_SCORE_METRICS = ("kl", "hessian", "fisher")  # they read the output as a classifier's scores
+
+
+def _refuse_regression(ctx: MeasureContext, metric: str) -> None:
+    """A metric of class scores on a model whose calibration items carry float targets of its output's shape (a
+    regression, however many outputs) would softmax regression values: refused, as for a single output."""
+    from ..batches import output_tensor, run_model
+    from ..errors import SpecError
+    from .divergence import regression_targets
+    with torch.no_grad():
+        out = output_tensor(run_model(ctx.model, ctx.inputs(0)))
+    if regression_targets(ctx.labels(0), out):
+        raise SpecError(f"the {metric} metric reads the output {tuple(out.shape)} as a classifier's scores, but the "
+                        "calibration items carry float targets of its shape: a regression, whose values have no "
+                        "softmax; use sqnr (--metric sqnr; the around metric's auto divergence is 1/SQNR for it too)")
 
 
 def _measure_rounding(rounding: str | RoundingConfig | None) -> RoundingConfig | None:
