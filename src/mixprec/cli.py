@@ -867,7 +867,7 @@ def _export_file(args) -> int:
     from collections import Counter
 
     from .apply import apply
-    from .evaluation import to_eval_result
+    from .evaluation import evaluate_model
     from .export import check_target, export_gguf, report_path, write_compressed_tensors
     from .export.compressed_tensors import REPORT_FILE, check_output_folder
     from .groups import layer_kind
@@ -932,7 +932,7 @@ def _export_file(args) -> int:
         report = out / REPORT_FILE
     evaluation = None
     if args.eval:
-        evaluation = to_eval_result(load_eval(args.eval, args.model)(quantized))
+        evaluation = evaluate_model(load_eval(args.eval, args.model), quantized)
         print(f"simulated {evaluation.name} {evaluation.value:.6g} (mixprec's simulation of the plan; the "
               f"{args.target} export itself was not re-evaluated: mixprec has no runtime for it)")
     _print_notes(notes + result.notes)
@@ -947,7 +947,7 @@ def _export_cuda(args) -> int:
     """export --target cuda: the plan on torch's low-bit kernels, saved as a folder; with --eval, the simulated
     and the deployed model evaluated side by side on --device (off a GPU, the kernels' CPU twins run)."""
     from .apply import apply
-    from .evaluation import to_eval_result
+    from .evaluation import evaluate_model
     from .export import check_target, deploy_cuda, save_cuda
     from .export.cuda import check_cuda_folder
     from .groups import layer_kind
@@ -969,8 +969,8 @@ def _export_cuda(args) -> int:
     simulated = deployed = None
     if eval_spec:
         evaluate = load_eval(eval_spec, args.model)
-        simulated = to_eval_result(evaluate(quantized))
-        deployed = to_eval_result(evaluate(deployment.model))
+        simulated = evaluate_model(evaluate, quantized)
+        deployed = evaluate_model(evaluate, deployment.model)
         deployment.refresh()
     _table(["layer", "candidate", "kind", "runs as"],
            [(r["layer"], r["candidate"], r["kind"], r["kernel"]) for r in deployment.layers])

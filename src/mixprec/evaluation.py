@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from torch import nn
 
 from .errors import EvaluationError, SpecError
 
@@ -124,3 +126,33 @@ def _finite(result: EvalResult, source: str) -> EvalResult:
         raise EvaluationError(f"{source} returned {result.value} for {result.name!r}; a metric must be a number "
                               "(NaN, or an infinitely good value, is not one: did the model produce NaN outputs?)")
     return result
+
+
+def evaluate_model(evaluate: Callable[[nn.Module], Any], model: nn.Module,
+                   source: str = "evaluation function") -> EvalResult:
+    """``evaluate(model)`` as an EvalResult, with every module of ``model`` in the mode it had before the call: an
+    evaluation that ends with ``model.train()`` (back to training, as a training loop does) left the model in
+    training mode, and mixprec's next forwards then moved its BatchNorm statistics, changing every later figure
+    and the model passed in. Said once, as a ModelNote."""
+    modes = [(module, module.training) for module in model.modules()] if isinstance(model, nn.Module) else []
+    try:
+        value = evaluate(model)
+    finally:
+        changed = [module for module, training in modes if module.training != training]
+        left = "training" if changed and changed[0].training else "eval"
+        for module, training in modes:
+            module.training = training
+        if changed and not _said_mode[0]:
+            import warnings
+
+            from .errors import ModelNote
+            _said_mode[0] = True
+            warnings.warn(f"the {source} left the model in {left} mode "
+                          f"({len(changed)} module(s) changed, e.g. model.train()); mixprec put it back as it was "
+                          "after the call, so its later measurements and the model are unaffected; restore the "
+                          "mode in the evaluation (model.eval()) to silence this", ModelNote, stacklevel=3)
+    return to_eval_result(value, source)
+
+
+_said_mode = [False]
+

@@ -27,7 +27,7 @@ from .candidates import Candidate, parse_candidate
 from .canonical import canonical
 from .costs import COST_KINDS, cost_tables
 from .errors import EvaluationError, MixprecError, PlanNote, SpecError, notify
-from .evaluation import EvalResult, to_eval_result
+from .evaluation import EvalResult, evaluate_model
 from .groups import ModelGroups
 from .atomic import write_json_atomic
 from .hf import check_dtype
@@ -64,7 +64,7 @@ class QuantizeResult:
     def evaluate(self, evaluate: Callable[[nn.Module], Any]) -> EvalResult:
         """Measure the quantized model (sets ``evaluation`` and ``eval_seconds``)."""
         start = time.perf_counter()
-        self.evaluation = to_eval_result(evaluate(self.model))
+        self.evaluation = evaluate_model(evaluate, self.model)
         self.eval_seconds = time.perf_counter() - start
         return self.evaluation
 

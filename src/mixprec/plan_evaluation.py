@@ -19,7 +19,7 @@ from .apply import applied_beside
 from .joins import passthrough
 from .errors import SpecError
 from .quantizers import GRID_VERSION
-from .evaluation import EvalResult, to_eval_result
+from .evaluation import EvalResult, evaluate_model
 from .plan import Plan
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
@@ -161,7 +161,7 @@ class PlanEvaluator:
         start = time.perf_counter()
         if assignments is None:
             with passthrough(model):  # the float model, join quantizers (mixprec.joins) off
-                result = to_eval_result(evaluate(model))
+                result = evaluate_model(evaluate, model)
         else:
             checkpoints = None if self.rounding.name == "nearest" or self.run is None else self.run.rounding_checkpoints
             # beside the float model: on a GPU, its replaced weights wait in CPU memory meanwhile, so an
@@ -171,7 +171,7 @@ class PlanEvaluator:
                                 activation_method=self.activation_range, progress=False,
                                 points=self.plan_point_counts(assignments), rounding=self.rounding,
                                 rounding_checkpoint=checkpoints) as quantized:
-                result = to_eval_result(evaluate(quantized))
+                result = evaluate_model(evaluate, quantized)
                 del quantized  # gone before the float weights come back
         seconds = time.perf_counter() - start
         self.measured += 1

@@ -151,3 +151,47 @@ def test_local_works_on_an_untraceable_model():
     table = analyze(model, discover_groups(model, batches[0]), cands, batches, metric="local", progress=False)
     assert table.complete and (table.values[:, -1] == 0).all()
     assert (table.values[:, 0] > table.values[:, 1]).all() and (table.values[:, 1] > table.values[:, 2]).all()
+
+
+def test_an_evaluation_that_leaves_the_model_training_changes_neither_the_table_nor_the_model():
+    """An --eval ending in model.train() (back to training, as a training loop does) left mixprec's later
+    forwards in training mode: BatchNorm's statistics moved, every entry changed (w8a8 showed a drop), and so did
+    the model passed in. The mode is put back after each evaluation, with a note."""
+    import copy
+    import warnings
+
+    import mixprec
+    from mixprec.errors import ModelNote
+    from mixprec import evaluation
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():  # statistics far from the calibration batches' own
+        model[1].running_mean.fill_(2.0)
+        model[1].running_var.fill_(5.0)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(8, 16, generator=g) for _ in range(2)]
+    x = torch.randn(64, 16, generator=g)
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+
+    def clean(m):
+        with torch.no_grad():
+            return float((m(x).argmax(dim=1) == labels).float().mean())
+
+    def leaves_training(m):
+        result = clean(m)
+        m.train()
+        return result
+    before = copy.deepcopy(model.state_dict())
+    expected = mixprec.analyze(model, calibration, "w4a8,w8a8", metric="task", evaluate=clean,
+                               progress=False).table.values
+    evaluation._said_mode[0] = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = mixprec.analyze(model, calibration, "w4a8,w8a8", metric="task", evaluate=leaves_training,
+                                progress=False).table.values
+    assert np.array_equal(table, expected)
+    assert not model.training and all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+    assert any(issubclass(w.category, ModelNote) and "left the model in training mode" in str(w.message)
+               for w in caught)

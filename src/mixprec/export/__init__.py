@@ -35,7 +35,7 @@ from ..batches import as_batches, output_tensor, run_model, split_item, to_devic
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
-from ..evaluation import EvalResult, to_eval_result
+from ..evaluation import EvalResult, evaluate_model
 from ..formats import IntFormat
 from ..groups import is_torchscript, layer_kind
 from ..plan import Plan, write_json_atomic
@@ -552,8 +552,8 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                 result.sqnr_db["calibration"] = output_sqnr(quantized, exported, inputs)
         if evaluate is not None:
             sim_out, exp_out = _Recorder(quantized, labels, not regression), _Recorder(exported, classes=not regression)
-            result.simulated = to_eval_result(evaluate(sim_out))
-            result.exported = to_eval_result(evaluate(exp_out))
+            result.simulated = evaluate_model(evaluate, sim_out)
+            result.exported = evaluate_model(evaluate, exp_out)
     except BaseException:  # the file is written: its report too (without the metrics), and the error says so
         write_json_atomic(report_path(out), result.to_dict())
         print(f"note: {out} and its report {report_path(out)} were written; the comparison with the simulation "

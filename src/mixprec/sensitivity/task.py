@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MixprecError
-from ..evaluation import EvalResult, to_eval_result
+from ..evaluation import EvalResult, evaluate_model
 from . import Metric
 from .context import MeasureContext, quantized_group
 
@@ -32,7 +32,7 @@ class Task(Metric):
             raise MixprecError("the task metric needs --eval (a function model -> metric, e.g. file.py:evaluate) "
                                "to measure the drop of your own metric; or use a label-free metric such as "
                                "--metric sqnr")
-        result = to_eval_result(ctx.evaluate(ctx.model))
+        result = evaluate_model(ctx.evaluate, ctx.model)
         if not math.isfinite(result.value):
             raise MixprecError(f"the float model evaluates to {result}; the task metric measures drops from a "
                                "finite value: check the --eval function on the float model")
@@ -49,7 +49,7 @@ class Task(Metric):
                     values[(g, c)] = 0.0
                     continue
                 with quantized_group(ctx.model, ctx.quantized_modules(group, cand)) as model:
-                    quantized = to_eval_result(ctx.evaluate(model)).value
+                    quantized = evaluate_model(ctx.evaluate, model).value
                 drop = reference.value - quantized if reference.higher_is_better else quantized - reference.value
                 if math.isnan(drop):
                     warnings.warn(f"evaluation of group {group.name} at {cand.name} is NaN; recorded as +inf",
