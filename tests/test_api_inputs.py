@@ -251,8 +251,10 @@ def test_kl_or_agreement_on_a_regression_output_is_refused_not_measured_as_zero(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)).eval()
     data = [(torch.randn(16, 8), torch.randn(16, 1)) for _ in range(3)]
-    with pytest.raises(SpecError, match=r"kl compares class scores .* shape \(16, 1\) \(a regression\?\)"):
+    with pytest.raises(SpecError, match=r"kl metric reads the output \(16, 1\) .*: a regression.*use sqnr"):
         mixprec.analyze(model, data, "w2a8,w8a8", metric="kl", progress=False)
+    with pytest.raises(SpecError, match=r"kl compares class scores .* shape \(16, 1\) \(a regression\?\)"):
+        mixprec.analyze(model, [x for x, _ in data], "w2a8,w8a8", metric="kl", progress=False)  # no targets
     analysis = mixprec.analyze(model, data, "w2a8,w4a8,w8a8", progress=False)
     for divergence in ("kl", "agreement"):
         with pytest.raises(SpecError, match="use sqnr"):

@@ -403,9 +403,15 @@ class ActivationQuantizer(nn.Module):
         self._seen_lo = lo if self._seen_lo is None else torch.minimum(self._seen_lo, lo)
         self._seen_hi = hi if self._seen_hi is None else torch.maximum(self._seen_hi, hi)
         if self.method != "minmax":
-            keep = min(finite.numel(), max(self.max_samples // 16, 1))
-            index = torch.randint(finite.numel(), (keep,), generator=self._generator).to(finite.device)
-            self._samples.append(finite[index].cpu())
+            keep = max(self.max_samples // 16, 1)
+            if finite.numel() <= keep:  # all of a batch that fits: the same values whatever the order of the samples
+                self._samples.append(finite.cpu())
+            else:  # without replacement (drawn with it, a batch of 2,048 values kept about 1,300 distinct ones);
+                # a batch far above the budget is drawn with replacement: few repeats, no permutation of it all
+                index = (torch.randperm(finite.numel(), generator=self._generator)[:keep]
+                         if finite.numel() <= 16 * keep else
+                         torch.randint(finite.numel(), (keep,), generator=self._generator))
+                self._samples.append(finite[index.to(finite.device)].cpu())
             if sum(s.numel() for s in self._samples) > self.max_samples:
                 pool = torch.cat(self._samples)
                 pick = torch.randperm(pool.numel(), generator=self._generator)[: self.max_samples]
