@@ -200,3 +200,66 @@ def test_a_logged_measurement_no_measurement_gives_is_measured_again(tmp_path):
     assert not logged("divergences", -1.0, shares)
     assert not logged("divergences", 0.5, {**shares, "sqnr": -1.0})
     assert not logged("divergences", 0.5, {**shares, "samples": {"agreement": [-1.0, 0.25]}})
+
+
+SPLIT = {"offset": 0.0}  # a global an evaluation reads (a split picked from the command line, say)
+
+
+def _split_score(model):
+    return sum(float(p.abs().sum()) for p in model.parameters()) + SPLIT["offset"]
+
+
+def test_an_evaluation_changed_where_its_key_cannot_see_is_measured_again_with_a_note(tmp_path):
+    """A global the evaluation reads (or the data file it loads) is not in its key: the float model, evaluated again
+    before the log serves a plan, gives another figure, and every logged plan is measured again."""
+    import warnings
+
+    import pytest
+    from mixprec.errors import EvaluationNote
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
+    plan = {g: "w4a8" for g in analysis.groups}
+    first = analysis.evaluator(_split_score).measure(plan).value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationNote)  # unchanged: served from the log, no note
+        assert mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
+            _split_score).measure(plan).value == first
+    SPLIT["offset"] = 100.0
+    try:
+        with pytest.warns(EvaluationNote, match="evaluates to .* measured again"):
+            again = mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
+                _split_score).measure(plan).value
+    finally:
+        SPLIT["offset"] = 0.0
+    assert again == pytest.approx(first + 100.0)
+
+
+def test_a_changed_model_named_again_is_refused_even_where_every_plan_is_logged(tmp_path):
+    """--model spec.py:build loading retrained weights: a command whose plans are all logged was served the former
+    model's figures, the check against the run's fingerprint made only where something was measured."""
+    from mixprec.cli import main
+    (tmp_path / "scale.txt").write_text("1.0")
+    spec = tmp_path / "spec.py"
+    spec.write_text(
+        "import pathlib, torch\nfrom torch import nn\n"
+        "HERE = pathlib.Path(__file__).parent\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()\n"
+        "    with torch.no_grad():\n"
+        "        m[0].weight.mul_(float((HERE / 'scale.txt').read_text()))\n"
+        "    return m\n"
+        "def calib():\n"
+        "    g = torch.Generator().manual_seed(1)\n"
+        "    return [torch.randn(16, 8, generator=g) for _ in range(2)]\n"
+        "def score(model):\n"
+        "    with torch.no_grad():\n"
+        "        return float(model(calib()[0]).sum())\n")
+    run, specs = tmp_path / "run", ["--model", f"{spec}:build", "--data", f"{spec}:calib"]
+    assert main(["analyze", *specs, "--candidates", "w4a8,w8a8", "--eval", f"{spec}:score", "--out", str(run)]) == 0
+    pareto = ["pareto", str(run), *specs, "--eval", f"{spec}:score", "--points", "3", "--out", str(tmp_path / "front")]
+    assert main(pareto) == 0
+    assert main(pareto) == 0  # the same model: every plan from the log
+    (tmp_path / "scale.txt").write_text("1.5")  # retrained
+    assert main(pareto) == 2

@@ -86,6 +86,7 @@ class PlanEvaluator:
         self.measured = 0  # new evaluations made by this evaluator
         self.seconds = 0.0
         self._loaded = None
+        self._verified = False
 
     def _read_log(self) -> dict[str, EvalResult]:
         """The logged measurements; a line no measurement writes (torn, NaN, or for the divergences' log a
@@ -155,8 +156,12 @@ class PlanEvaluator:
     def measure(self, assignments: dict[str, str] | None) -> EvalResult:
         """The metric of the plan (``None``: the float model), from the log when it is there."""
         key = self._key(assignments)
+        if key in self.results and assignments is not None:
+            self._verify()
         if key in self.results:
             return self.results[key]
+        if assignments is not None and self.log_name != "divergences" and self._key(None) not in self.results:
+            self.measure(None)  # logged beside the plans: what a later run checks its evaluation against
         model, data, evaluate = self.load()
         start = time.perf_counter()
         if assignments is None:
@@ -184,6 +189,32 @@ class PlanEvaluator:
         self.results[key] = result
         self.seconds_of[key] = seconds
         return result
+
+    def _verify(self) -> None:
+        """Once, before the log serves a plan's result: the model and data are loaded (``load`` checks them against
+        the run's fingerprint: a retrained model named again by the same spec was served its predecessor's
+        figures), and, for an evaluation, the float model is evaluated again: a figure other than the logged one
+        means the evaluation changed in a way its key cannot see (the data file it reads, a global it takes from
+        the command line, a helper outside its folder), and every logged plan is measured again."""
+        if self._verified:
+            return
+        self._verified = True
+        self.load()
+        if self.log_name == "divergences":  # the float model's divergence is 0: load's check is all there is
+            return
+        ref_key = self._key(None)
+        logged = self.results.pop(ref_key, None)
+        fresh = self.measure(None)  # measured now, and logged again
+        if logged is not None and not math.isclose(logged.value, fresh.value, rel_tol=1e-6, abs_tol=1e-12):
+            stale = len(self.results) - 1
+            self.results = {ref_key: fresh}
+            import warnings
+
+            from .errors import EvaluationNote
+            warnings.warn(f"the float model now evaluates to {fresh.value:.6g}, and the log of this run has "
+                          f"{logged.value:.6g} for it: the evaluation changed in a way its key cannot see (the data "
+                          f"it reads, a global or a helper outside its folder), so the {stale} plan(s) logged for it "
+                          "are measured again", EvaluationNote, stacklevel=3)
 
     def reference(self) -> EvalResult:
         return self.measure(None)
