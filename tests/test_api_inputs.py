@@ -705,3 +705,62 @@ def test_calibration_samples_of_several_sizes_are_said_as_costing_otherwise_than
     with pytest.warns(ModelNote, match=r"samples of 2 sizes \(\(3, 20\), \(3, 40\)\): MACs and BOPs are counted per "
                                        r"sample of the first batch's size"):
         mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+
+
+def test_a_list_of_unbatched_samples_is_refused_not_counted_as_features():
+    """list(dataset) of an unlabelled dataset: each item one sample of shape (64,), whose 64 features were taken
+    as 64 samples (MACs and BOPs per sample 64x too small, and a cap on samples cut inside one)."""
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    samples = [torch.randn(64) for _ in range(8)]
+    with pytest.raises(SpecError, match=r"shape \(64,\) and the model's output \(10,\): one sample without its batch"):
+        mixprec.analyze(model, samples, "w4a8,w8a8", progress=False)
+    batched = mixprec.analyze(model, [torch.stack(samples)], "w4a8,w8a8", progress=False)
+    assert [g.macs for g in batched.model_groups] == [64 * 32, 32 * 10]
+
+
+class _SequenceFirst(nn.Module):
+    """torch's default RNN layout: (sequence, batch, features) in, the last step's (batch, classes) out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.lstm, self.fc = nn.Linear(4, 16), nn.LSTM(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h, _ = self.lstm(torch.relu(self.inp(x)))
+        return self.fc(h[-1])
+
+
+def test_a_sequence_first_model_is_priced_per_sample_of_its_batch_axis_with_a_note():
+    """(L=12, N=32, 4) in, (N, 3) out: MACs per sample were the batch's divided by L, not by N."""
+    from mixprec.errors import ModelNote
+    model = _SequenceFirst().eval()
+    data = [torch.randn(12, 32, 4) for _ in range(2)]
+    with pytest.warns(ModelNote, match=r"sequence-first .*'lstm'.*axis 1 of the input"):
+        analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    macs = {g.name: g.macs for g in analysis.model_groups}
+    assert macs == {"inp": 12 * 4 * 16, "fc": 16 * 3}  # every step's input projection, one output per sequence
+    with pytest.raises(SpecError, match=r"holds 12 input rows and 32 labels.*axis 1 has 32: sequence-first"):
+        mixprec.analyze(model, [(x, torch.randint(0, 3, (32,))) for x in data], "w4a8,w8a8", progress=False)
+
+
+def test_an_unreachable_budget_names_the_layer_that_stays_float_and_sets_its_floor():
+    """An embedding whose weight the forward also uses in F.linear stays float: the bits and bytes errors named
+    only the floor it sets, not the layer (weights in no quantized module were named, for bytes)."""
+    from mixprec.solvers.exact import InfeasibleBudget
+
+    class TiedOutput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mix = nn.Embedding(50, 32), nn.Linear(32, 32)
+
+        def forward(self, ids):
+            return nn.functional.linear(torch.tanh(self.mix(self.emb(ids))), self.emb.weight)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = mixprec.analyze(TiedOutput().eval(), [torch.randint(0, 50, (16, 12))], "w4a8,w8a8",
+                                   progress=False)
+    for budget in ("bits=8", "bytes=0.3x"):
+        with pytest.raises(InfeasibleBudget, match=r"smallest achievable .*\(e.g. emb\) .*stay float"):
+            analysis.solve(budget)

@@ -553,9 +553,8 @@ class Analysis:
         except InfeasibleBudget as exc:
             # what the problem leaves out (cost-table gaps, the target's refusals) is often why
             notes = [*_as_fractions(problem, budgets), *problem.notes]
-            if notes and self.model_groups is not None:  # weights in no quantized layer are a floor no plan lowers
-                from .groups import NOT_QUANTIZED
-                notes += [n for n in self.model_groups.notes if NOT_QUANTIZED in n]
+            if notes and self.model_groups is not None:  # weights that stay float are a floor no plan lowers
+                notes += [n for n in self.model_groups.notes if "stay float" in n]
             if not notes:
                 raise
             raise InfeasibleBudget(f"{exc}. Note: {'; '.join(notes)}") from None

@@ -264,3 +264,11 @@ def make_explicit(model: nn.Module, names: list[str]) -> None:
             module.__class__ = _TRACED[type(module)]
         if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False
+
+
+def sequence_first_modules(model: nn.Module) -> list[str]:
+    """The modules of ``model`` that read (sequence, batch, ...) inputs: attention, transformer layers and RNNs
+    built with batch_first=False (torch's default for them)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.MultiheadAttention, ExplicitAttention, nn.TransformerEncoderLayer,
+                              nn.TransformerDecoderLayer, nn.RNNBase)) and not getattr(m, "batch_first", True)]

@@ -97,9 +97,15 @@ def check_batched(items: list) -> None:
             except (TypeError, IndexError):
                 rows = None
             if rows is not None and int(label.shape[0]) != rows:
+                x = first_tensor(inputs)
+                hint = (f" The inputs' axis 1 has {int(label.shape[0])}: sequence-first inputs (a model with "
+                        "batch_first=False)? Give the data batch-first (and the model batch_first=True), or the "
+                        "items without labels" if x.dim() >= 2 and int(x.shape[1]) == int(label.shape[0]) else
+                        " If the item is two inputs of the model, not (inputs, labels): a 2-tuple is read as "
+                        "(inputs, labels), so give ((a, b),) or ((a, b), labels), or a dict of keyword inputs")
                 raise SpecError(f"calibration item {i} holds {rows} input rows and {int(label.shape[0])} labels: "
                                 "the first axis of every input and of the labels is the batch, and they must match "
-                                "(labels of another length would be dropped by every check that reads them)")
+                                "(labels of another length would be dropped by every check that reads them)." + hint)
         scalar = isinstance(label, (int, float)) and not isinstance(label, bool) or (
             isinstance(label, torch.Tensor) and label.dim() == 0)
         if scalar and isinstance(inputs, torch.Tensor):
@@ -172,6 +178,32 @@ def first_tensor(inputs: Any) -> torch.Tensor:
 
 def batch_size(inputs: Any) -> int:
     return int(first_tensor(inputs).shape[0])
+
+
+def batch_on_axis_one(model: torch.nn.Module, example: Any) -> bool | None:
+    """Whether the model, given a tensor input, treats its axis 1 as the batch (a sequence-first model's (sequence,
+    batch, ...) input): its output on the input's first slice along axis 1 is the full output's first slice along
+    its batch axis (axis 1 of a (sequence, batch, ...) output, axis 0 of a (batch, classes) one). A module with
+    batch_first=False may read a tensor the model transposed itself, from a batch-first input. None where it cannot
+    be told (an input other than one tensor of 3 or more axes)."""
+    if not isinstance(example, torch.Tensor) or example.dim() < 3 or example.shape[1] < 2:
+        return None
+    try:
+        with torch.no_grad():
+            full, one = output_tensor(model(example)), output_tensor(model(example[:, :1]))
+    except Exception:  # the model refuses axis 1 of another size: not a batch axis
+        return False
+    rows = example.shape[1]
+    if full.dim() >= 2 and full.shape[1] == rows and full.shape[0] != rows:
+        first = full[:, :1]
+    elif full.dim() >= 1 and full.shape[0] == rows:
+        first = full[:1]
+    else:
+        return False
+    if one.shape != first.shape:
+        return False
+    scale = float(full.abs().max()) or 1.0
+    return bool(torch.allclose(one.float(), first.float(), rtol=1e-3, atol=1e-4 * scale))
 
 
 def _named_output(output: Any) -> torch.Tensor | None:

@@ -231,7 +231,37 @@ def trace(model: nn.Module, example_input: Any, layers: dict[str, nn.Module]
     finally:
         for h in handles:
             h.remove()
-    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, outputs_note(output), calls
+    note = outputs_note(output)
+    n, first = _samples_per_batch(model, example_input, output, n)
+    if first:
+        note = (f"the model reads its input sequence-first ({len(first)} module(s) with batch_first=False, e.g. "
+                f"{first[0]!r}): its batch is axis 1 of the input {describe_shape(example_input)}, and MACs and BOPs "
+                "are counted per sample of it; mixprec's other checks take axis 0 as the batch, so build the model "
+                "with batch_first=True where you can" + (f". {note}" if note else ""))
+    return {k: v // max(n, 1) for k, v in macs.items()}, shapes, reads, note, calls
+
+
+def _samples_per_batch(model: nn.Module, example: Any, output: Any, rows: int) -> tuple[int, list[str]]:
+    """(samples in the example batch, the sequence-first modules where its batch is axis 1). One unbatched sample
+    (a 1-D float input whose output's first axis is not its length: a list of samples given as the data) is refused:
+    its features would be counted as samples, and a cap on samples would cut inside one."""
+    from .attention import sequence_first_modules
+    from .batches import batch_on_axis_one, output_tensor
+    from .errors import SpecError
+    try:
+        out = output_tensor(output)
+    except (TypeError, ValueError):
+        return rows, []
+    x = example if isinstance(example, torch.Tensor) else None
+    if x is not None and x.dim() == 1 and x.is_floating_point() and out.dim() <= 1 and out.numel() != rows:
+        raise SpecError(f"the example input has shape {tuple(x.shape)} and the model's output {tuple(out.shape)}: one "
+                        "sample without its batch axis (mixprec reads the first axis of every input as the batch, and "
+                        "the output keeps it); give batches, e.g. torch.utils.data.DataLoader(dataset, batch_size=32) "
+                        "or [torch.stack(samples[i:i + 32]) for i in range(0, len(samples), 32)]")
+    first = sequence_first_modules(model) if x is not None and x.dim() >= 3 else []
+    if first and batch_on_axis_one(model, x) is True:
+        return int(x.shape[1]), first
+    return rows, []
 
 
 _METADATA = frozenset({"shape", "dtype", "device", "requires_grad", "is_cuda", "is_leaf", "grad", "layout", "ndim",

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..canonical import canonical, in_eval_mode
-from ..batches import as_batches, output_tensor, run_model, split_item, to_device
+from ..batches import as_batches, batch_on_axis_one, output_tensor, run_model, split_item, to_device
 from ..candidates import parse_candidate
 from ..capture import map_tensors
 from ..errors import MixprecError, ModelError, PlanError
@@ -208,24 +208,6 @@ def _fixed_axes(example: Any, free: list[set[int]] | None = None) -> str:
     return ", ".join(shape(t, f) for t, f in pairs if t.dim() >= 2 and not token_like(t))
 
 
-def _batch_on_axis_one(model: nn.Module, example: Any) -> bool | None:
-    """Whether the model, given a tensor input, treats its axis 1 as the batch (a sequence-first model's (sequence,
-    batch, ...) input): its output on the input's first slice along axis 1 is the full output's first slice
-    along axis 1. A module with batch_first=False may read a tensor the model transposed itself, from a
-    batch-first input. None where it cannot be told (an input other than one tensor of 3 or more axes)."""
-    if not isinstance(example, torch.Tensor) or example.dim() < 3 or example.shape[1] < 2:
-        return None
-    try:
-        with torch.no_grad():
-            full, one = output_tensor(model(example)), output_tensor(model(example[:, :1]))
-    except Exception:  # the model refuses axis 1 of another size: not a batch axis
-        return False
-    if full.dim() < 2 or full.shape[1] != example.shape[1] or one.shape != full[:, :1].shape:
-        return False
-    scale = float(full.abs().max()) or 1.0
-    return bool(torch.allclose(one.float(), full[:, :1].float(), rtol=1e-3, atol=1e-4 * scale))
-
-
 LABEL_KEYS = ("labels", "label", "label_ids", "start_positions", "end_positions")  # Hugging Face's loss targets
 
 
@@ -314,10 +296,8 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
     if out.suffix != ".onnx":
         raise MixprecError(f"the exported file must end in .onnx, got {out}")
     # before canonical makes attention explicit: which modules read (sequence, batch, ...) inputs
-    from ..attention import ExplicitAttention
-    sequence_first = [n for n, m in model.named_modules()
-                      if isinstance(m, (nn.MultiheadAttention, ExplicitAttention, nn.TransformerEncoderLayer,
-                                        nn.TransformerDecoderLayer, nn.RNNBase)) and not getattr(m, "batch_first", True)]
+    from ..attention import sequence_first_modules
+    sequence_first = sequence_first_modules(model)
     # the layers plans name (mixprec.canonical), in eval mode as every measurement runs it: a model in training mode
     # is exported from a copy sharing its parameters, so its batch-norm statistics and the RNG stay as they were
     model = in_eval_mode(canonical(model), progress)
@@ -413,7 +393,7 @@ def export(model: nn.Module, plan: Plan | str | os.PathLike, data: Iterable | No
                      "values for them, and OrtModule ignores them where they are given")
     fixed = _fixed_axes(example, free)
     if fixed and sequence_first and not callable(getattr(model, "onnx_step", None)) \
-            and _batch_on_axis_one(floated, example) is True:  # None: it cannot be told, nothing claimed
+            and batch_on_axis_one(floated, example) is True:  # None: it cannot be told, nothing claimed
         notes.append(f"the model reads sequence-first inputs ({len(sequence_first)} module(s) with batch_first=False, "
                      f"e.g. {sequence_first[0]!r}), so the file's dynamic axis, axis 0 of inputs of shape {fixed}, is "
                      "the sequence, and the batch (axis 1) is fixed at the example's: evaluate the file with batches "
