@@ -12,7 +12,7 @@ import mixprec
 from mixprec.builtin import get_builtin
 from mixprec.apply import apply
 from mixprec.cli import main
-from mixprec.errors import PlanError, PlanNote, SpecError
+from mixprec.errors import MixprecError, PlanError, PlanNote, SpecError
 from mixprec.groups import discover_groups
 from mixprec.plan import Plan
 
@@ -764,3 +764,37 @@ def test_an_unreachable_budget_names_the_layer_that_stays_float_and_sets_its_flo
     for budget in ("bits=8", "bytes=0.3x"):
         with pytest.raises(InfeasibleBudget, match=r"smallest achievable .*\(e.g. emb\) .*stay float"):
             analysis.solve(budget)
+
+
+def test_one_hot_labels_are_read_as_the_classes_they_mark_with_a_note():
+    """F.one_hot(y).float() labels were float targets of the output's shape: a regression, whose guard compared
+    logits with 0/1 vectors by MSE."""
+    from mixprec.errors import DataNote
+    from mixprec.batches import as_batches
+    y = torch.tensor([2, 0, 1, 2])
+    with pytest.warns(DataNote, match="one-hot"):
+        (item,) = as_batches([(torch.randn(4, 8), nn.functional.one_hot(y, 3).float())])
+    assert torch.equal(item[1], y)
+    soft = [(torch.randn(4, 8), torch.full((4, 3), 1 / 3))]  # not one-hot: left as they are
+    assert as_batches(soft)[0][1].is_floating_point()
+
+
+def test_items_of_three_say_how_tuples_are_read_and_a_consumed_generator_says_so():
+    from mixprec.errors import ModelError
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    triples = [(torch.randn(4, 8), torch.randint(0, 4, (4,)), torch.arange(4))]  # a Dataset returning its index
+    with pytest.raises(ModelError, match=r"tuple of 3 or more is the model's positional inputs.*\(x, y\) for x, y, _"):
+        mixprec.analyze(model, triples, "w4a8,w8a8", progress=False)
+    batches = (torch.randn(4, 8) for _ in range(2))
+    analysis = mixprec.analyze(model, batches, "w4a8,w8a8", progress=False)
+    plan = analysis.solve("bits=6", guard=False)
+    with pytest.raises(MixprecError, match="data is empty.*used up by one pass.*a list of batches"):
+        apply(model, plan, batches, progress=False)  # the generator analyze read
+
+
+def test_a_model_function_that_needs_an_argument_is_located_in_the_users_file(tmp_path):
+    from mixprec.specs import load_model
+    f = tmp_path / "spec.py"
+    f.write_text("import torch\n\ndef build(path):\n    return torch.nn.Linear(2, 2)\n")
+    with pytest.raises(SpecError, match=rf"\({f} line 3, build defined there\).*requires path"):
+        load_model(f"{f}:build")

@@ -215,19 +215,22 @@ def test_an_evaluation_changed_where_its_key_cannot_see_is_measured_again_with_a
     import warnings
 
     import pytest
-    from mixprec.errors import EvaluationNote
+    from mixprec.errors import DataNote
     b = get_builtin("demo-cnn")
     model, data = b.model(), b.calibration(64)
     analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
     plan = {g: "w4a8" for g in analysis.groups}
     first = analysis.evaluator(_split_score).measure(plan).value
+    from mixprec import plan_evaluation
+    plan_evaluation._MEASURED_NOW.clear()  # as a later command would start: no float model evaluated by it yet
     with warnings.catch_warnings():
-        warnings.simplefilter("error", EvaluationNote)  # unchanged: served from the log, no note
+        warnings.simplefilter("error", DataNote)  # unchanged: served from the log, no note
         assert mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
             _split_score).measure(plan).value == first
     SPLIT["offset"] = 100.0
+    plan_evaluation._MEASURED_NOW.clear()
     try:
-        with pytest.warns(EvaluationNote, match="evaluates to .* measured again"):
+        with pytest.warns(DataNote, match="evaluates to .* measured again"):
             again = mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
                 _split_score).measure(plan).value
     finally:

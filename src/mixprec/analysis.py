@@ -1048,7 +1048,8 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
     config = metric_config(metric)
     if not batches and config.needs_data:  # said before the groups are looked for without an input
         raise SpecError(f"the {config.name} metric measures on calibration data, and the data is empty; give at "
-                        "least one batch (or use metric='roundoff', which needs none)")
+                        "least one batch (or use metric='roundoff', which needs none); a generator or other iterator "
+                        "is used up by one pass: give a list of batches or a DataLoader to use it again")
     device = parse_device(device, "device") if device is not None else device_of(model)
     if joins is None:
         joins = False

@@ -55,9 +55,29 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
     if not (hasattr(type(data), "__iter__") or hasattr(type(data), "__getitem__")):  # not iter(): a DataLoader
         raise SpecError(f"data must be an iterable of batches (a list, a generator or a DataLoader), got "  # would
                         f"{type(data).__name__} {data!r:.60}")  # draw a seed and start its workers for nothing
-    items = in_model_precision([tensors_of(item) for item in data], model)
+    items = one_hot_as_classes(in_model_precision([tensors_of(item) for item in data], model))
     check_batched(items)
     return items
+
+
+def one_hot_as_classes(items: list) -> list:
+    """(inputs, labels) items whose labels are one-hot float rows (F.one_hot(y).float(), as a training loop with
+    MSE or BCE keeps them) with the class index of each row instead, said once: taken as float targets of the
+    output's shape, they made a classifier a regression, its guard comparing logits with 0/1 vectors by MSE."""
+    def one_hot(label: Any) -> bool:
+        return (isinstance(label, torch.Tensor) and label.is_floating_point() and label.dim() == 2
+                and label.shape[1] >= 2 and bool(((label == 0) | (label == 1)).all())
+                and bool((label.sum(dim=1) == 1).all()))
+    pairs = [item for item in items if isinstance(item, (tuple, list)) and len(item) == 2]
+    if not pairs or len(pairs) != len(items) or not all(one_hot(label) for _, label in pairs):
+        return items
+    import warnings
+
+    from .errors import DataNote
+    warnings.warn(f"the labels are one-hot float rows ({tuple(pairs[0][1].shape)}): each is taken as the class of "
+                  "its 1 (integer labels, as a classifier's cross-entropy reads them), not as float targets of a "
+                  "regression", DataNote, stacklevel=3)
+    return [type(item)((item[0], item[1].argmax(dim=1))) for item in items]
 
 
 def in_model_precision(items: list, model: Any) -> list:

@@ -1539,14 +1539,14 @@ def _expand_home(args) -> None:
 
 def _run(args) -> int:
     """The command, its warnings of mixprec's own kinds printed as its other notes are."""
-    from .errors import EvaluationNote, GuardNote, GuardSkipped, ModelNote, PlanNote, RoundingNote, TargetNote
+    from .errors import DataNote, EvaluationNote, GuardNote, GuardSkipped, ModelNote, PlanNote, RoundingNote, TargetNote
     warnings.filterwarnings("ignore", category=GuardSkipped)  # the command prints it among its notes
     warnings.filterwarnings("ignore", category=GuardNote)  # likewise
     warnings.filterwarnings("ignore", category=ModelNote)  # printed by every command that reads the model
     plain = warnings.showwarning
 
     def show(message, category, *rest, **kw):  # these read as the command's other notes
-        if issubclass(category, (TargetNote, EvaluationNote, RoundingNote)):
+        if issubclass(category, (TargetNote, EvaluationNote, RoundingNote, DataNote)):
             print(f"note: {message}", file=sys.stderr, flush=True)
         elif issubclass(category, PlanNote):  # what applying the plan changed or left: among the command's output
             print(f"note: {message}", flush=True)

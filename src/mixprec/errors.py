@@ -38,6 +38,12 @@ class EvaluationNote(UserWarning):
     warning; the command line prints it as a note)."""
 
 
+class DataNote(UserWarning):
+    """What mixprec did about what the user gave it beside the model: one-hot labels read as the classes they mark,
+    an evaluation that left the model in training mode put back, a logged figure measured again because the
+    evaluation changed unseen (in Python a warning; the command line prints it as a note)."""
+
+
 class BudgetNote(UserWarning):
     """A plan returned over its budget (a search bounded by a measured drop, greedy or bisection, not by the
     budget): in Python a warning; the command line prints it as a note."""

@@ -145,12 +145,12 @@ def evaluate_model(evaluate: Callable[[nn.Module], Any], model: nn.Module,
         if changed and not _said_mode[0]:
             import warnings
 
-            from .errors import ModelNote
+            from .errors import DataNote
             _said_mode[0] = True
             warnings.warn(f"the {source} left the model in {left} mode "
                           f"({len(changed)} module(s) changed, e.g. model.train()); mixprec put it back as it was "
                           "after the call, so its later measurements and the model are unaffected; restore the "
-                          "mode in the evaluation (model.eval()) to silence this", ModelNote, stacklevel=3)
+                          "mode in the evaluation (model.eval()) to silence this", DataNote, stacklevel=3)
     return to_eval_result(value, source)
 
 

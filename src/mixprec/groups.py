@@ -451,6 +451,11 @@ def discover_groups(model: nn.Module, example_input: Any = None, *, ties: Iterab
                     "take, or give batches of (dict of inputs, labels); a forward that takes the dict itself "
                     "(forward(self, batch)) is given it as its one argument by a 1-tuple: batches of (dict,), or "
                     "((dict,), labels)." if "unexpected keyword argument" in str(exc) else
+                    " A data item that is a tuple of 3 or more is the model's positional inputs, all of them (an "
+                    "(inputs, labels, index) item from a Dataset that returns its index too is three inputs): give "
+                    "(inputs, labels) pairs, e.g. [(x, y) for x, y, _ in loader]."
+                    if "positional argument" in str(exc) and "were given" in str(exc)
+                    and isinstance(example_input, (tuple, list)) and len(example_input) >= 3 else
                     " mixprec runs nn.MultiheadAttention with its q/k/v projections as layers of their own "
                     "(q_proj, k_proj, v_proj, out_proj), where its in_proj_bias is None: a forward that reads "
                     "in_proj_bias (or, with other key/value widths, in_proj_weight) itself cannot run so; read "

@@ -246,7 +246,13 @@ LABEL_KEYS = ("labels", "y", "targets")
 def load_data(spec: str, batch_size: int = DEFAULT_BATCH_SIZE, limit: int | None = None,
               model_spec: str | None = None) -> list:
     """Batches (inputs, or (inputs, labels)) from ``spec``; ``limit`` caps the number of samples.
-    ``text:`` data is tokenized by the tokenizer of ``model_spec`` (an hf: model)."""
+    ``text:`` data is tokenized by the tokenizer of ``model_spec`` (an hf: model). One-hot labels are read as
+    the classes they mark (batches.one_hot_as_classes), as the Python API reads them."""
+    from .batches import one_hot_as_classes
+    return one_hot_as_classes(_load_data(spec, batch_size, limit, model_spec))
+
+
+def _load_data(spec: str, batch_size: int, limit: int | None, model_spec: str | None) -> list:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise SpecError(f"--calibration-samples must be an integer of at least 1, got {limit!r}")
     if spec.startswith("text:"):
@@ -496,8 +502,12 @@ def user_frame(exc: BaseException, fn: Callable) -> str:
         fn = inspect.unwrap(fn)
     except ValueError:
         pass
-    source = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    code = getattr(fn, "__code__", None)
+    source = getattr(code, "co_filename", None)
     frame = _innermost_frame(exc, source) or next(iter(traceback.extract_tb(exc.__traceback__)[-1:]), None)
+    own = str(Path(__file__).parent)  # raised by mixprec's call itself (the function takes other arguments)
+    if frame is not None and str(Path(frame.filename).resolve()).startswith(own) and code is not None:
+        return f"{source} line {code.co_firstlineno}, {getattr(fn, '__qualname__', fn)} defined there"
     if frame is None:
         return f"in {getattr(fn, '__qualname__', fn)}"
     return f"{frame.filename} line {frame.lineno}, in {frame.name}"

@@ -209,7 +209,9 @@ def calibrate_activations(model: nn.Module, data: Iterable, progress: bool = Tru
             forward(model, inputs, index, device)
         count += 1
     if count == 0:
-        raise MixprecError("the calibration data is empty; give at least one batch")
+        raise MixprecError("the calibration data is empty; give at least one batch (a generator or other iterator is "
+                           "used up by one pass, e.g. analyze's: give a list of batches or a DataLoader to use it "
+                           "again)")
     return count
 
 

@@ -161,7 +161,7 @@ def test_an_evaluation_that_leaves_the_model_training_changes_neither_the_table_
     import warnings
 
     import mixprec
-    from mixprec.errors import ModelNote
+    from mixprec.errors import DataNote
     from mixprec import evaluation
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
@@ -193,5 +193,5 @@ def test_an_evaluation_that_leaves_the_model_training_changes_neither_the_table_
                                 progress=False).table.values
     assert np.array_equal(table, expected)
     assert not model.training and all(torch.equal(before[k], model.state_dict()[k]) for k in before)
-    assert any(issubclass(w.category, ModelNote) and "left the model in training mode" in str(w.message)
+    assert any(issubclass(w.category, DataNote) and "left the model in training mode" in str(w.message)
                for w in caught)
