@@ -37,6 +37,7 @@ class FrontPlan:
     guard: dict[str, Any] | None = None  # the guard's comparison with the uniform plans within its cost
 
     def to_dict(self) -> dict[str, Any]:
+        """The point as pareto.json holds it."""
         out: dict[str, Any] = {"costs": self.costs, "predicted_sensitivity": self.predicted_sensitivity}
         if self.assignments is not None:
             out["assignments"] = self.assignments
@@ -49,6 +50,7 @@ class FrontPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FrontPlan":
+        """The point ``data`` (to_dict's) holds."""
         return cls(dict(data["costs"]), float(data["predicted_sensitivity"]), data.get("assignments"),
                    data.get("measured"), data.get("search"), data.get("guard"))
 
@@ -94,6 +96,7 @@ class Front:
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of pareto.json (e.g. a benchmark's searches)
 
     def to_dict(self) -> dict[str, Any]:
+        """The front as pareto.json holds it: its points, the uniform candidates, the float model's metric."""
         uniform = {}
         for cand, plan in self.uniform.items():
             item = plan.to_dict()
@@ -107,6 +110,7 @@ class Front:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "pareto.json") -> "Front":
+        """The front ``data`` (to_dict's) holds, checked (a clear error naming ``source`` where it is edited)."""
         if not isinstance(data, dict) or not isinstance(data.get("points"), list) or "kind" not in data:
             raise SpecError(f"{source} is not a mixprec Pareto front (it needs 'kind' and a list 'points'); make "
                             "one with `mixprec pareto RUN --out DIR`")
@@ -209,6 +213,7 @@ class Front:
                     metadata)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``out_dir``/pareto.json (and remove an earlier front's report files beside it)."""
         out = check_output_dir(out_dir, "save:")  # a directory that can be written, else an OutputError
         out.mkdir(parents=True, exist_ok=True)
         for name in REPORT_FILES:  # an earlier front's report and plots: never left beside this front

@@ -119,12 +119,14 @@ class Plan:
                stacklevel=4, category=PlanNote)
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as plan.json holds it (format, version, assignments, groups, excluded layers, metadata)."""
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION,
                 "assignments": dict(self.assignments), "groups": {k: list(v) for k, v in self.groups.items()},
                 "excluded": list(self.excluded), "metadata": self.metadata}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> "Plan":
+        """The plan ``data`` (to_dict's) holds; a PlanError, naming ``source``, where it is not one."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise PlanError(f"{source} is not a mixprec plan (no \"format\": \"{PLAN_FORMAT}\")")
         version = data.get("version")
@@ -149,12 +151,14 @@ class Plan:
         return cls(dict(assignments), {k: list(v) for k, v in groups.items()}, list(excluded), dict(metadata))
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write plan.json at ``path`` (atomically: the old file or the new one, never a torn one)."""
         path = Path(path)
         write_json_atomic(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
+        """The plan written at ``path`` (by save, or by `mixprec solve`); a clear error where it is none."""
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"plan file not found: {path}")
