@@ -227,12 +227,14 @@ def test_an_evaluation_changed_where_its_key_cannot_see_is_measured_again_with_a
         warnings.simplefilter("error", DataNote)  # unchanged: served from the log, no note
         assert mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
             _split_score).measure(plan).value == first
+    reference = analysis.evaluator(_split_score).reference().value
     SPLIT["offset"] = 100.0
     plan_evaluation._MEASURED_NOW.clear()
     try:
-        with pytest.warns(DataNote, match="evaluates to .* measured again"):
-            again = mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(
-                _split_score).measure(plan).value
+        with pytest.warns(DataNote, match="evaluates to .* measured again"):  # asked first for the float figure
+            evaluator = mixprec.Analysis.load(tmp_path / "run", model=model, data=data).evaluator(_split_score)
+            assert evaluator.reference().value == pytest.approx(reference + 100.0)
+        again = evaluator.measure(plan).value
     finally:
         SPLIT["offset"] = 0.0
     assert again == pytest.approx(first + 100.0)

@@ -428,6 +428,10 @@ def test_costs_of_a_torchscript_model_unknown_bops_and_all_read_back_as_written(
     assert all(math.isnan(float(v)) for row in loaded.saved()["costs"]["tables"]["bops"] for v in row)
     plan = loaded.solve({"bits_per_weight": 7}, guard=False)
     assert set(plan.assignments.values()) <= {"w4", "w8"}
+    with pytest.raises(SpecError, match="no bops costs .*TorchScript.*budget bytes or bits_per_weight"):
+        loaded.solve("bops=0.5x", guard=False)  # it read "bops <= nan asked, the smallest achievable is nan"
+    with pytest.raises(SpecError, match="no bops costs"):
+        loaded.pareto("bops", 4)
 
 
 def test_a_damaged_or_missing_costs_or_table_file_points_to_the_resume_that_rebuilds_it(tmp_path):

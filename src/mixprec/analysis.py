@@ -320,7 +320,10 @@ class Analysis:
         if not isinstance(budget, str):
             raise SpecError(f"a budget is a string such as 'bytes=2MB' or 'bops=w4a8,bytes=0.5x', or a dict such as "
                             f"{{'bytes': 2e6}}; got {type(budget).__name__} {budget!r}")
-        return parse_budgets(budget, list(problem.costs), problem.uniform_cost, problem.highest_cost)
+        budgets = parse_budgets(budget, list(problem.costs), problem.uniform_cost, problem.highest_cost)
+        for kind in budgets:
+            _check_known(problem, kind)
+        return budgets
 
     def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
         """A plan of these groups; it keeps the point counts of its multipoint layers (the ones its costs assume)."""
@@ -880,6 +883,7 @@ class Analysis:
             from .budgets import unknown_kind_hint
             raise SpecError(f"unknown budget kind {kind!r}; kinds: {', '.join(problem.costs)}"
                             + unknown_kind_hint(kind, list(problem.costs)))
+        _check_known(problem, kind)
         if isinstance(n_plans, bool) or not isinstance(n_plans, (int, np.integer)):
             raise SpecError(f"n_plans (--points) is a whole number of budgets, got {type(n_plans).__name__} {n_plans!r}")
         if evaluate is not None and not isinstance(evaluate, (bool, str)) and not callable(evaluate):
@@ -1213,6 +1217,15 @@ def _refused(model: nn.Module, groups: ModelGroups, cands: list[Candidate], targ
             except CandidateError:
                 out.setdefault(g.name, []).append(cand.name)
     return out
+
+
+def _check_known(problem: AllocationProblem, kind: str) -> None:
+    """A budget kind whose every cost is unknown (a TorchScript model's BOPs: its MACs are not traced) is refused,
+    where the solver would say "bops <= nan asked, the smallest achievable is nan"."""
+    if not np.isfinite(np.asarray(problem.costs[kind], dtype=float)).any():
+        raise SpecError(f"this run has no {kind} costs (unknown: a TorchScript model's MACs are not traced, so its "
+                        "BOPs cannot be counted); budget bytes or bits_per_weight instead, or analyze the model as "
+                        "file.py:function (an nn.Module)")
 
 
 def _run_weight_range(arguments: dict) -> str:

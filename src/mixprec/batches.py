@@ -122,7 +122,7 @@ def check_batched(items: list) -> None:
                         "batch_first=False)? Give the data batch-first (and the model batch_first=True), or the "
                         "items without labels" if x.dim() >= 2 and int(x.shape[1]) == int(label.shape[0]) else
                         " If the item is two inputs of the model, not (inputs, labels): a 2-tuple is read as "
-                        "(inputs, labels), so give ((a, b),) or ((a, b), labels), or a dict of keyword inputs")
+                        "(inputs, labels), so give ((a, b), None) or ((a, b), labels), or a dict of keyword inputs")
                 raise SpecError(f"calibration item {i} holds {rows} input rows and {int(label.shape[0])} labels: "
                                 "the first axis of every input and of the labels is the batch, and they must match "
                                 "(labels of another length would be dropped by every check that reads them)." + hint)

@@ -1547,7 +1547,8 @@ def _run(args) -> int:
 
     def show(message, category, *rest, **kw):  # these read as the command's other notes
         if issubclass(category, (TargetNote, EvaluationNote, RoundingNote, DataNote)):
-            print(f"note: {message}", file=sys.stderr, flush=True)
+            from tqdm import tqdm as bars  # on a line of its own where a progress bar is open
+            bars.write(f"note: {message}", file=sys.stderr)
         elif issubclass(category, PlanNote):  # what applying the plan changed or left: among the command's output
             print(f"note: {message}", flush=True)
         else:

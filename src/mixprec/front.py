@@ -223,6 +223,7 @@ class Front:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Front":
+        """The front saved at ``path`` (a folder holding pareto.json, or the file), checked as from_dict checks it."""
         path = Path(path)
         file = path / "pareto.json" if path.is_dir() else path
         if not file.is_file():

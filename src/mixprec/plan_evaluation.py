@@ -160,7 +160,7 @@ class PlanEvaluator:
     def measure(self, assignments: dict[str, str] | None) -> EvalResult:
         """The metric of the plan (``None``: the float model), from the log when it is there."""
         key = self._key(assignments)
-        if key in self.results and assignments is not None:
+        if key in self.results:  # the float model's figure too: a changed evaluation gives it anew
             self._verify()
         if key in self.results:
             return self.results[key]

@@ -117,6 +117,7 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
         out = out[mask]
         if isinstance(labels, torch.Tensor) and tuple(labels.shape[:2]) == tuple(mask.shape):
             labels = labels[mask.to(labels.device)]
+    shape = tuple(out.shape)  # as the model gives it, for the messages
     out = class_last(out)  # a segmentation's (N, C, H, W): a row per pixel, as kl and the guard read it
     logits = out.float().reshape(-1, out.shape[-1]) if out.dim() > 1 else out.float().reshape(1, -1)
     if labels is None and sample_labels is None:
@@ -129,13 +130,13 @@ def loss(out: torch.Tensor, labels, metric: str, sample_labels: torch.Generator 
         target = labels.reshape(-1)
         if target.dtype.is_floating_point or target.numel() != logits.shape[0]:
             raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
-                               f"{tuple(out.shape)} against the labels {tuple(labels.shape)} ({labels.dtype}); "
+                               f"{shape} against the labels {tuple(labels.shape)} ({labels.dtype}); "
                                "expected integer class labels, one per output row (per token of a (N, T, classes) "
                                "output, per pixel of a (N, classes, H, W) one), or give no labels")
         bad = target[(target != -100) & ((target < 0) | (target >= logits.shape[-1]))]
         if bad.numel():
             raise MixprecError(f"the {metric} metric computes the cross-entropy of the output logits "
-                               f"{tuple(out.shape)} against the labels, but label {int(bad[0])} is not a class of "
+                               f"{shape} against the labels, but label {int(bad[0])} is not a class of "
                                f"the {logits.shape[-1]} output columns (0..{logits.shape[-1] - 1}); check the labels "
                                "of the data (or give none: the metric then uses the model's own predictions)")
     return F.cross_entropy(logits, target, reduction="sum"), int((target != -100).sum())
