@@ -1,6 +1,8 @@
 """The Python API on what users hand it: numpy calibration data, groups given together with tie/pin options,
 a one-point front, pins and hand-edited plans in quantize_plan (as the command line treats them)."""
+import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -798,3 +800,54 @@ def test_a_model_function_that_needs_an_argument_is_located_in_the_users_file(tm
     f.write_text("import torch\n\ndef build(path):\n    return torch.nn.Linear(2, 2)\n")
     with pytest.raises(SpecError, match=rf"\({f} line 3, build defined there\).*requires path"):
         load_model(f"{f}:build")
+
+
+def test_solve_and_pareto_take_candidate_objects_as_analyze_does():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(32, 16) for _ in range(2)]
+    cands = mixprec.parse_candidates("w4a8,w8a8")
+    analysis = mixprec.analyze(model, data, candidates=cands, progress=False)
+    assert set(analysis.solve("bytes=0.8x", candidates=cands, guard=False).assignments.values()) <= {"w4a8", "w8a8"}
+    assert analysis.pareto("bytes", 3, candidates=cands, guard=False).candidates == "w4a8,w8a8"
+
+
+def test_a_front_saved_after_its_report_keeps_the_report(tmp_path):
+    """report() then save(): save removed the report it had just been written beside (as an earlier front's)."""
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(32, 16) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    front = analysis.pareto("bytes", 3, guard=False)
+    analysis.report(front, tmp_path)
+    front.save(tmp_path)
+    assert (tmp_path / "report.html").is_file() and mixprec.Front.load(tmp_path).to_dict() == front.to_dict()
+    other = analysis.pareto("bops", 3, guard=False)
+    other.save(tmp_path)  # another front: the former report is not left beside it
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_quantize_plan_leaves_the_plan_passed_in_as_it_was():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(32, 16) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    plan = analysis.solve("bytes=0.8x", guard=False)
+    before = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    plan.assignments[next(iter(plan.assignments))] = "w8a8"  # edited after solve: quantize_plan records real costs
+    edited = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+    result = mixprec.quantize_plan(model, plan, data, analysis.model_groups, progress=False)
+    assert json.dumps(plan.to_dict(), sort_keys=True, default=str) == edited != before
+    assert result.plan is not plan
+
+
+def test_one_pair_not_in_a_list_is_refused_not_read_as_two_batches():
+    model = nn.Sequential(nn.Linear(16, 4)).eval()
+    x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+    with pytest.raises(SpecError, match=r"one tuple of two Tensors.*give \[\(x, y\)\]"):
+        mixprec.analyze(model, (x, y), "w4a8,w8a8", progress=False)
+
+
+def test_mixprec_threads_is_honoured_in_python(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import mixprec, torch; print(torch.get_num_threads())"],
+                         capture_output=True, text=True, env={**os.environ, "MIXPREC_THREADS": "1"}, check=True)
+    assert out.stdout.strip() == "1"

@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 
 from . import _startup  # noqa: E402,F401  (the command line: a Ctrl-C while torch loads is one line, not a traceback)
 
+from .threads import threads_from_environment  # noqa: E402
+threads_from_environment()  # MIXPREC_THREADS, where set, in Python too
+
 from .analysis import Analysis, analyze  # noqa: E402
 from .apply import apply  # noqa: E402
 from .candidates import Candidate, parse_candidate, parse_candidates  # noqa: E402

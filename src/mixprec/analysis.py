@@ -32,8 +32,8 @@ from .costs import CostTables, cost_tables, load_cost_csv
 from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups, is_torchscript, one_or_many
-from .plan import Plan
-from .plan_evaluation import PlanEvaluator, plan_point_counts
+from .plan import Plan, plan_point_counts
+from .plan_evaluation import PlanEvaluator
 from .quantizers import GRID_VERSION
 from .rounding import RoundingConfig, recorded_rounding, rounding_config, rounding_metadata
 from .run_directory import RunDirectory
@@ -238,7 +238,8 @@ class Analysis:
             allowed[unpinned] &= np.array([c not in self.pin_only for c in table.candidates])[None, :]
         if candidates:
             names = candidates.split(",") if isinstance(candidates, str) else list(candidates)
-            keep = {parse_candidate(c).name for c in names if c.strip()}
+            keep = {c.name if isinstance(c, Candidate) else parse_candidate(c).name for c in names
+                    if isinstance(c, Candidate) or str(c).strip()}  # Candidate objects, as analyze takes them
             # a name without a range suffix (w4) stands for the run's variant of it (w4-mse after weight_range=
             # "auto"), as in budgets and pins
             keep = {range_variant(c, table.candidates) for c in keep}
@@ -941,11 +942,15 @@ class Analysis:
         front = Front(kind, self.table.metric, method, plans, uniform, self.groups, self.excluded, reference,
                       self.model_name, str(self.run.path.resolve()) if self.run else None,
                       [_absolute_cost_file(item) for item in cost_files],  # report reads them from anywhere
-                      candidates if isinstance(candidates, str) or candidates is None else ",".join(candidates),
+                      candidates if isinstance(candidates, str) or candidates is None else
+                      ",".join(c.name if isinstance(c, Candidate) else str(c) for c in candidates),
                       solve_s, {"solved": len(solved),
                                 **({"guard_replaced": {"solved": len(solved), "replaced": replaced},
                                     "guard_seconds": round(guard_s, 3)} if guard else {}),
-                                **({"guard_skipped": skipped} if skipped else {}), **rounding_metadata(rounding)})
+                                **({"guard_skipped": skipped} if skipped else {}), **rounding_metadata(rounding),
+                                # what its plans are applied with, as the front measured them (Front.plan)
+                                **({"joins": True} if self.joins else {}),
+                                **({"point_counts": self.point_counts} if self.point_counts else {})})
         if evaluate and front.better_when_cheaper():
             from .errors import EvaluationNote
             from .front import INVERTED
@@ -953,7 +958,8 @@ class Analysis:
         return front
 
     def report(self, front: Front, out_dir: str | Path, select: int | None = None) -> Path:
-        """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``."""
+        """Write report.html, pareto.png and heatmap.png for ``front`` into ``out_dir``, and the front itself
+        (pareto.json), as ``front.save`` does."""
         from .report import write_report
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
             raise OutputError(f"report: {out_dir} is a file; give a folder to write report.html and its plots into")
@@ -965,6 +971,7 @@ class Analysis:
             raise SpecError(f"{exc} (pareto.json names the cost table(s) {front.cost_files}, as pareto read them: "
                             "put them back there)") from exc
         costs = CostTables(problem.groups, problem.candidates, problem.costs, problem.fixed)
+        front.save(out_dir)  # the front the report is of, beside it (`mixprec report DIR` reads it)
         return write_report(Path(out_dir), front.to_dict(), self.table, costs, select=select)
 
     # ---- trust ---------------------------------------------------------------------------------------

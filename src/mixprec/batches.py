@@ -49,6 +49,11 @@ def as_batches(data: Any, model: torch.nn.Module | None = None) -> list | None:
                         f"batches, e.g. [x] for one batch or {split} for batches of 32 (iterated itself, it "
                         f"would give one sample at a time, without its batch axis)")
     refuse_dataset(data, "data is", "data")
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
+        raise SpecError(f"data is one tuple of two {type(data[0]).__name__}s, of shapes {tuple(data[0].shape)} and "
+                        f"{tuple(data[1].shape)}: iterated, it is two batches, the second read as inputs; for one "
+                        "(inputs, labels) or (inputs, targets) batch give [(x, y)], for batches of 32 "
+                        "list(zip(x.split(32), y.split(32))), and for two batches of inputs a list [x1, x2]")
     if isinstance(data, dict):
         raise SpecError("data is one dict: give an iterable of batches, e.g. [batch] for one dict batch of the "
                         "model's keyword arguments, or a list or DataLoader of them")

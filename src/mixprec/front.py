@@ -209,17 +209,36 @@ class Front:
             metadata["measured"] = point.measured
         # measured with a learned rounding (mixprec.rounding.rounding_metadata): quantize and export apply it too
         metadata.update({k: self.extra[k] for k in ("rounding", "rounding_options") if k in self.extra})
+        if self.extra.get("joins"):  # measured with the int8 graph's join quantizers: applied with them
+            metadata["joins"] = True
+        if self.extra.get("point_counts"):  # the multipoint layers' point counts its costs assume
+            from .plan import plan_point_counts
+            counts = plan_point_counts(point.assignments, self.groups, self.extra["point_counts"])
+            if counts:
+                metadata["points"] = counts
         return Plan(dict(point.assignments), {g: list(v) for g, v in self.groups.items()}, list(self.excluded),
                     metadata)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``out_dir``/pareto.json (and remove an earlier front's report files beside it)."""
+        """Write ``out_dir``/pareto.json, and remove the report files beside it unless they are this front's (an
+        earlier front's report and plots are never left beside this one; ``Analysis.report`` writes pareto.json
+        with its report, so saving the front after its report keeps the report)."""
         out = check_output_dir(out_dir, "save:")  # a directory that can be written, else an OutputError
         out.mkdir(parents=True, exist_ok=True)
-        for name in REPORT_FILES:  # an earlier front's report and plots: never left beside this front
-            (out / name).unlink(missing_ok=True)
+        if not self._saved_in(out):
+            for name in REPORT_FILES:
+                (out / name).unlink(missing_ok=True)
         write_json_atomic(out / "pareto.json", self.to_dict())
         return out / "pareto.json"
+
+    def _saved_in(self, out: Path) -> bool:
+        """Whether ``out``/pareto.json is this front already (as JSON reads it back)."""
+        from .atomic import finite_json
+        try:
+            return json.loads((out / "pareto.json").read_text()) == json.loads(
+                json.dumps(finite_json(self.to_dict()), default=str))
+        except (OSError, ValueError):
+            return False
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Front":

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -121,8 +122,10 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     stream: the model's blocks wait in CPU memory and come onto ``device`` one at a time (mixprec.streaming).
     The groups' pins (discover_groups(pins=...)) are applied to ``plan``, and a plan whose costs are not those it
     records (edited after solve) gets its real costs recorded; each with a PlanNote warning (the command line
-    prints it as a note; ``progress`` shows progress bars only)."""
+    prints it as a note; ``progress`` shows progress bars only). The plan passed in is not changed: the result's
+    plan is a copy with those changes."""
     check_plan_groups(plan, groups)
+    plan = Plan.from_dict(copy.deepcopy(plan.to_dict()))  # the caller's plan stays as it was (reused on another model)
     for change in plan.pin(groups):
         notify(f"pin applied: {change}", False, category=PlanNote)  # the command line prints PlanNotes
     if rounding is None:  # nearest, said where the plan was chosen with another rounding (as apply says it)

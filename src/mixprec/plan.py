@@ -195,3 +195,11 @@ def _prefix_hint(unknown: list[str], layers) -> str:
                             "here")
         break  # one name decides: the hint holds for all of them or for none
     return ""
+
+
+def plan_point_counts(assignments: dict[str, str], groups: dict[str, list[str]],
+                      point_counts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs and
+    what the plan's costs assume): layer -> digits, from the analysis's candidate -> layer -> digits."""
+    return {layer: point_counts[cand][layer] for g, cand in assignments.items() if cand in point_counts
+            for layer in groups[g]}

@@ -20,7 +20,7 @@ from .joins import passthrough
 from .errors import SpecError
 from .quantizers import GRID_VERSION
 from .evaluation import EvalResult, evaluate_model
-from .plan import Plan
+from .plan import Plan, plan_point_counts
 from .rounding import RoundingConfig, rounding_config
 from .run_directory import RunDirectory
 from .canonical import in_eval_mode
@@ -30,14 +30,6 @@ FLOAT = "float model"
 
 # what measuring needs, made only when a plan is not in the log: (model, calibration data, evaluate)
 Loader = Callable[[], "tuple[nn.Module, list | None, Callable[[nn.Module], Any]]"]
-
-
-def plan_point_counts(assignments: dict[str, str], groups: dict[str, list[str]],
-                      point_counts: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Points per channel of every layer a plan puts on a multipoint candidate (what apply needs and
-    what the plan's costs assume): layer -> digits, from the analysis's candidate -> layer -> digits."""
-    return {layer: point_counts[cand][layer] for g, cand in assignments.items() if cand in point_counts
-            for layer in groups[g]}
 
 
 KEPT_CHECKPOINTS = 2

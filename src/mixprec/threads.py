@@ -38,3 +38,12 @@ def choose_threads() -> tuple[int, str]:
     cpus, why = available_cpus()
     torch.set_num_threads(cpus)
     return cpus, f"{why}; set MIXPREC_THREADS to change{ignored}"
+
+
+def threads_from_environment() -> None:
+    """torch's thread count from MIXPREC_THREADS where it is set (a positive whole number): imported in Python,
+    mixprec honours it as the command line does; unset, torch keeps its own default there (the command line
+    chooses the CPUs the process may use, choose_threads)."""
+    value = os.environ.get("MIXPREC_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        torch.set_num_threads(int(value))
