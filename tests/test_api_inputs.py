@@ -851,3 +851,10 @@ def test_mixprec_threads_is_honoured_in_python(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import mixprec, torch; print(torch.get_num_threads())"],
                          capture_output=True, text=True, env={**os.environ, "MIXPREC_THREADS": "1"}, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_a_front_point_that_is_not_a_whole_number_is_a_clear_error():
+    model = nn.Sequential(nn.Linear(16, 4)).eval()
+    front = mixprec.analyze(model, [torch.randn(8, 16)], "w4a8,w8a8", progress=False).pareto("bytes", 2, guard=False)
+    with pytest.raises(SpecError, match="a front point is a whole number"):
+        front.plan("1")

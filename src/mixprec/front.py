@@ -193,6 +193,9 @@ class Front:
         """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its
         costs, predicted sensitivity, search and guard in the metadata."""
         from .plan import Plan
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise SpecError(f"a front point is a whole number, 0 (the cheapest) to {len(self.plans) - 1}; got "
+                            f"{type(index).__name__} {index!r}")
         if not -len(self.plans) <= index < len(self.plans):
             raise SpecError(f"front point {index} does not exist: the front has {len(self.plans)} points, 0 (the "
                             f"cheapest) to {len(self.plans) - 1}")
