@@ -1116,7 +1116,13 @@ def main() -> None:
              "range). Measured with all of these: `never_worse_resnet20_labels_local` and "
              "`never_worse_resnet56_labels_local` (measured again: the same guard decisions at every budget, figures "
              "within 0.1 point of the former, but for local-search points of resnet20, +0.43 at the bops of w4a8); "
-             "every other result file was measured before them.", ""]
+             "every other result file was measured before them.", "",
+             "The plans of an analysis with join quantizers (`--profile ort-cpu`, `target=\"ort-cpu\"`) are now "
+             "measured by the guard, the searches and `pareto --eval` as `apply` and `export` make them: join "
+             "quantizers where the plan has integer layers, calibrated with its layers (they were the analysis's, at "
+             "every join, calibrated through the float model). The figures of `latency_budget_*` and `export_ort_*` "
+             "come from the exported files, as before; the guard decisions of `latency_budget_*` were made the former "
+             "way.", ""]
     lines += never_worse_section() + run_section() + nncf_section() + weight_cache_section() + symmetric_grid_section() + mixquant_section() + multipoint_section() + rounding_section() + reconstruction_section() + deploy_targets_section() + export_section() + divergence_section() + cuda_section() + gguf_section() + profile_section() + session_order_section() + export_memory_section() + latency_budget_section() + llm_scale_section() + front_speed_section() + uniform_section() + speed_section() + trust_section() + solver_section()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")

@@ -858,3 +858,16 @@ def test_a_front_point_that_is_not_a_whole_number_is_a_clear_error():
     front = mixprec.analyze(model, [torch.randn(8, 16)], "w4a8,w8a8", progress=False).pareto("bytes", 2, guard=False)
     with pytest.raises(SpecError, match="a front point is a whole number"):
         front.plan("1")
+
+
+def test_a_model_trained_in_place_after_its_analysis_is_refused_not_planned_with_the_former_table():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    data = [torch.randn(32, 16) for _ in range(2)]
+    analysis = mixprec.analyze(model, data, "w4a8,w8a8", progress=False)
+    analysis.solve("bytes=0.8x")  # the guard measures plans beside the model: nothing of it changes
+    analysis.pareto("bytes", 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.mse_loss(model(data[0]), torch.zeros(32, 4)).backward()
+    optimizer.step()
+    with pytest.raises(SpecError, match="weights changed in place since this analysis measured them"):
+        analysis.solve("bytes=0.8x")

@@ -407,3 +407,24 @@ def test_a_join_among_float_layers_stays_float_and_one_beside_an_integer_layer_i
     assert joined({"b", "head"}) == ["add_1_in0", "add_1_in1", "add_1_out"]  # b writes (through nothing) add_1's input
     assert len(joined({"a", "b", "c", "head"})) == 8  # every add of an all-integer plan, as before
     assert len(join_quantizers(insert_join_quantizers(model))) == 8  # an analysis, before any plan: every add
+
+
+def test_a_plan_measured_on_an_analysis_with_joins_is_the_model_apply_makes_of_it():
+    """The analysis measures with joins at every join, calibrated through the float model; its plans (the guard's,
+    the front's) were measured on that model, not on the one apply and export make of the plan (its joins where
+    the plan has integer layers, calibrated with them): a front's figures were not its plans' (4 of 6 on digits)."""
+    import mixprec
+    model = Residual().eval()
+    batches = data((3, 8, 8), n=4)
+    x = data((3, 8, 8), n=1, size=32)[0]
+
+    def score(m):
+        with torch.no_grad():
+            return float(m(x).sum())
+    analysis = mixprec.analyze(model, batches, "w4a8,w8a8,fp32", target="ort-cpu", progress=False)
+    assert analysis.joins
+    for assignments in ({g: "w4a8" for g in analysis.groups},
+                        {g: "fp32" if i == 1 else "w8a8" for i, g in enumerate(analysis.groups)}):
+        measured = analysis.evaluator(score).measure(assignments).value
+        plan = analysis.plan(assignments)
+        assert measured == pytest.approx(score(apply(model, plan, batches, progress=False)), rel=1e-6)

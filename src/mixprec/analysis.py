@@ -105,6 +105,7 @@ class Analysis:
     # the groups of the first and last layer the forward calls (ModelGroups.edges); empty: the table's first and last
     edges: list[str] = field(default_factory=list)
     _checkers: dict = field(default_factory=dict, repr=False)  # the guard's divergence evaluators
+    _versions: tuple | None = field(default=None, repr=False)  # the model's weights as measured (weight_versions)
 
     # ---- on disk ----------------------------------------------------------------------------------
     def saved(self) -> dict[str, Any]:
@@ -176,6 +177,7 @@ class Analysis:
         self.model, self.data, self.evaluate = (self._as_measured(in_eval_mode(canonical(model), False), batches),
                                                 batches, evaluate)
         self.model_groups = self._groups_of(self.model, batches)
+        self._versions = weight_versions(self.model)  # as checked against the run's fingerprint just now
 
     def _groups_of(self, model: nn.Module, batches: list) -> ModelGroups | None:
         """The model's groups as the run recorded them (for quantize_plan): discovered again with the run's ties,
@@ -216,12 +218,21 @@ class Analysis:
         return rounding_config(rounding, **(options or {}))
 
     # ---- the allocation problem -----------------------------------------------------------------------
+    def check_unchanged(self) -> None:
+        """The model in memory has the weights this analysis measured: one trained (or edited) in place since
+        would be planned with the former weights' sensitivities, and its plans measured with the new ones."""
+        if self.model is not None and self._versions is not None and weight_versions(self.model) != self._versions:
+            raise SpecError("the model's weights changed in place since this analysis measured them (training, an "
+                            "optimizer step, an in-place edit): its sensitivity table is of the former weights; "
+                            "analyze the model again (the same run_dir refuses the changed model: give a new one)")
+
     def problem(self, candidates: str | Iterable[str] | None = None, cost_files: Iterable[str] = (),
                 custom_costs: dict[str, tuple[np.ndarray, float]] | None = None) -> AllocationProblem:
         """The sensitivity aligned with every cost table, and which candidates each group may take:
         its pin, ``candidates`` (a restriction of the measured ones), and the entries every custom
         cost table has. ``cost_files``: ``KIND=FILE.csv`` (rows layer,candidate,value; see README);
         ``custom_costs``: kind -> ((G, C) array with NaN where unknown, constant for the rest)."""
+        self.check_unchanged()
         cost_files = one_or_many(cost_files)
         table = self.table
         col = [self.costs.candidates.index(c) for c in table.candidates]
@@ -402,6 +413,8 @@ class Analysis:
                         else spec or getattr(fn, "__qualname__", repr(fn))}
             if not divergence:
                 settings.update(_eval_source(spec if spec is not None else fn))
+            if self.joins:
+                settings["joins"] = JOINS_VERSION
             model, data, score = self.model, self.data, fn
             if divergence:
                 data, scored = _divergence_data(_labelled(self.model_name, data), divergence_batches)
@@ -439,7 +452,7 @@ class Analysis:
         if not divergence:
             settings.update(_eval_source(fn if fn is not None else eval_spec))
         if self.joins:  # the int8 graph: join quantizers and the kernels' int32 bias rounding (integer_bias)
-            settings["joins"] = True
+            settings["joins"] = JOINS_VERSION
             settings["integer_bias"] = 1
         run_groups = list(self.groups)
         device = device or _recorded_device(arguments.get("device"))
@@ -1158,11 +1171,18 @@ def analyze(model: nn.Module | str, data: Iterable | str | None,
                             {g.name: g.pinned for g in groups if g.pinned}, [l.name for l in groups.excluded],
                             counts, model_name, run, model, batches, evaluate, groups, weight_range, activation_range)
         analysis.pin_only, analysis.edges = pin_only, list(groups.edges)
+        analysis._versions = weight_versions(model)
         if target:
             analysis.target, analysis.refused = target, _refused(model, groups, cands, target)
         if run is not None and rank == 0:  # written last: the run was claimed (checked) by the measurement
             run.write_costs(analysis.saved())
     return analysis
+
+
+def weight_versions(model: nn.Module) -> tuple:
+    """Each parameter's identity and in-place version counter: training or an in-place edit changes it, moving a
+    weight to another device and back (``.data =``) does not."""
+    return tuple((id(p), p._version) for p in model.parameters())
 
 
 def _budget_value(value: Any) -> str:
@@ -1224,6 +1244,12 @@ def _refused(model: nn.Module, groups: ModelGroups, cands: list[Candidate], targ
             except CandidateError:
                 out.setdefault(g.name, []).append(cand.name)
     return out
+
+
+# plans measured with join quantizers: 2 since each plan gets its own, where apply of the model puts them and
+# calibrated with its layers, as export writes them (they were the analysis's, at every join, calibrated through
+# the float model); a logged measurement of the former kind is measured again
+JOINS_VERSION = 2
 
 
 def _check_known(problem: AllocationProblem, kind: str) -> None:

@@ -30,7 +30,7 @@ from .candidates import Candidate, parse_candidate
 from .errors import MixprecError, ModelError, PlanError
 from .formats import is_static_integer
 from .groups import check_weights, is_torchscript
-from .joins import insert_join_quantizers, int8_graph
+from .joins import insert_join_quantizers, int8_graph, strip_join_quantizers
 from .quantizers import range_methods
 from .multipoint import plan_points
 from .offload import policy, should_move
@@ -119,8 +119,8 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
     if method != "nearest" and calibration_data is None:
         raise MixprecError(f"rounding={method!r} needs calibration data (the layers' inputs); pass --data "
                            "(or calibration_data=...), or use rounding='nearest'")
-    if joins is None:
-        joins = bool(plan.metadata.get("joins", False))
+    if joins is None:  # a model measured with join quantizers (an analysis's) is planned with them, too
+        joins = bool(plan.metadata.get("joins", False)) or int8_graph(model)
     if joins and calibration_data is None:
         raise MixprecError("join quantizers (joins=True) are calibrated on data; pass --data (or "
                            "calibration_data=...)")
@@ -151,9 +151,12 @@ def _apply(model: nn.Module, plan: Plan, calibration_data: Iterable | None = Non
                                 activation_method=activation_method, progress=progress,
                                 checkpoint=rounding_checkpoint, inplace=inplace, **(rounding_options or {}))
     sources = {name: model.get_submodule(name).weight for name in candidates if name not in weights}
-    if joins and not int8_graph(quantized):  # a model with calibrated join quantizers keeps them
+    if joins:
         integer = {name for name, c in candidates.items() if is_static_integer(c.activation)}
         example = next((split_item(item)[0] for item in calibration_data), None)
+        if int8_graph(quantized):  # an analysis's model, its joins at every join, calibrated through the float
+            # model: the plan's own instead, as apply of the model itself makes them (what export writes)
+            quantized = strip_join_quantizers(quantized)
         quantized = insert_join_quantizers(quantized, activation_method, integer, example)  # calibrated with the layers
     return quantize_layers(quantized, candidates, calibration_data, weights=weights, weight_method=weight_method,
                            activation_method=activation_method, calibrate=calibrate, progress=progress,

@@ -425,6 +425,21 @@ def int8_graph(model: nn.Module) -> bool:
     return isinstance(getattr(model, CONTAINER, None), nn.Module)
 
 
+def strip_join_quantizers(model: fx.GraphModule) -> fx.GraphModule:
+    """``model`` (in place) without its join quantizers: each call of one is replaced by its input, and their
+    container removed. The graph of the float model again, to insert a plan's own joins into."""
+    graph = model.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith(CONTAINER + "."):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    if hasattr(model, CONTAINER):
+        delattr(model, CONTAINER)
+    graph.lint()
+    model.recompile()
+    return model
+
+
 def join_quantizers(model: nn.Module) -> dict[str, JoinQuantizer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, JoinQuantizer)}
 
