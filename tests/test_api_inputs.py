@@ -871,3 +871,12 @@ def test_a_model_trained_in_place_after_its_analysis_is_refused_not_planned_with
     optimizer.step()
     with pytest.raises(SpecError, match="weights changed in place since this analysis measured them"):
         analysis.solve("bytes=0.8x")
+
+
+def test_quantize_plan_refuses_the_groups_of_another_model_with_the_same_layer_names():
+    small, large = (nn.Sequential(nn.Linear(16, w), nn.ReLU(), nn.Linear(w, 4)).eval() for w in (32, 64))
+    data = [torch.randn(8, 16)]
+    plan = mixprec.analyze(small, data, "w4a8,w8a8", progress=False).solve("bytes=0.8x", guard=False)
+    large_groups = mixprec.discover_groups(large, data[0])
+    with pytest.raises(SpecError, match=r"the groups are not this model's: layer '0' .*\(32, 16\) here and \(64, 16\)"):
+        mixprec.quantize_plan(small, plan, data, large_groups, progress=False)

@@ -110,6 +110,22 @@ def check_plan_groups(plan: Plan, groups: ModelGroups) -> None:
                         "another model or with other --tie/--exclude options?")
 
 
+def _check_groups_of(model: nn.Module, groups: ModelGroups) -> None:
+    """``groups`` were found on ``model``: each layer's weight has the shape they record (another model's groups,
+    with the same layer names, priced the plan with weights neither model has)."""
+    for layer in groups.layers:
+        try:
+            weight = model.get_submodule(layer.name).weight
+        except AttributeError:  # a layer canonical() makes (an attention's projections): not checked here
+            continue
+        # sorted: a layer canonical() makes of another (transformers' Conv1D, a Linear) holds its weight transposed
+        if isinstance(weight, torch.Tensor) and sorted(weight.shape) != sorted(layer.weight_shape):
+            raise SpecError(f"the groups are not this model's: layer {layer.name!r} has a weight of shape "
+                            f"{tuple(weight.shape)} here and {tuple(layer.weight_shape)} in the groups; give the "
+                            "model's own (analysis.model_groups of its analysis, or mixprec.discover_groups(model, "
+                            "example, ...))")
+
+
 def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: ModelGroups, *,
                   evaluate: Callable[[nn.Module], Any] | None = None, weight_range: str = "mse",
                   activation_range: str = "mse", rounding: str | RoundingConfig | None = None,
@@ -125,6 +141,7 @@ def quantize_plan(model: nn.Module, plan: Plan, data: Iterable | None, groups: M
     prints it as a note; ``progress`` shows progress bars only). The plan passed in is not changed: the result's
     plan is a copy with those changes."""
     check_plan_groups(plan, groups)
+    _check_groups_of(model, groups)
     plan = Plan.from_dict(copy.deepcopy(plan.to_dict()))  # the caller's plan stays as it was (reused on another model)
     for change in plan.pin(groups):
         notify(f"pin applied: {change}", False, category=PlanNote)  # the command line prints PlanNotes
