@@ -268,3 +268,22 @@ def test_a_changed_model_named_again_is_refused_even_where_every_plan_is_logged(
     assert main(pareto) == 0  # the same model: every plan from the log
     (tmp_path / "scale.txt").write_text("1.5")  # retrained
     assert main(pareto) == 2
+
+
+def test_a_second_pareto_in_one_process_sees_an_evaluation_changed_between_the_calls(tmp_path):
+    """A notebook: the data an evaluation reads changes between two pareto calls on one run_dir; the second was
+    served the first one's figures (the float model was checked once per process)."""
+    import pytest
+    b = get_builtin("demo-cnn")
+    model, data = b.model(), b.calibration(64)
+    analysis = mixprec.analyze(model, data, candidates="w4a8,w8a8", run_dir=tmp_path / "run", progress=False)
+    first = analysis.pareto("bops", 3, evaluate=_split_score, guard=False, progress=False)
+    SPLIT["offset"] = 50.0
+    try:
+        with pytest.warns(Warning, match="measured again"):
+            second = analysis.pareto("bops", 3, evaluate=_split_score, guard=False, progress=False)
+    finally:
+        SPLIT["offset"] = 0.0
+    assert second.reference["value"] == pytest.approx(first.reference["value"] + 50.0)
+    assert [p.measured["value"] for p in second.plans] == pytest.approx(
+        [p.measured["value"] + 50.0 for p in first.plans])

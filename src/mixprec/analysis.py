@@ -33,7 +33,7 @@ from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecErro
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups, is_torchscript, one_or_many
 from .plan import Plan, plan_point_counts
-from .plan_evaluation import PlanEvaluator
+from .plan_evaluation import PlanEvaluator, new_measurements
 from .quantizers import GRID_VERSION
 from .rounding import RoundingConfig, recorded_rounding, rounding_config, rounding_metadata
 from .run_directory import RunDirectory
@@ -504,6 +504,7 @@ class Analysis:
         difference within ``guard_margin`` standard errors of the paired per-sample difference on the
         calibration data (default 1; 0: any lower measurement wins)."""
         _check_device(device)
+        new_measurements()  # each call checks its evaluation's logged figures anew (plan_evaluation._verify)
         cost_files = one_or_many(cost_files)
         if search not in SOLVERS:
             raise SpecError(f"unknown search {search!r}; searches: {', '.join(SOLVERS)}")
@@ -889,6 +890,7 @@ class Analysis:
         guard: each plan is compared, as in :meth:`solve`, with the uniform plans within its cost, and
         replaced by the best of them where that measures better on the calibration data."""
         _check_device(device)
+        new_measurements()  # each call checks its evaluation's logged figures anew (plan_evaluation._verify)
         cost_files = one_or_many(cost_files)
         problem = self.problem(candidates, cost_files)
         rounding = self._rounding(rounding, rounding_options)

@@ -51,8 +51,15 @@ def prune_checkpoints(directory: Path, keep: int = KEPT_CHECKPOINTS) -> None:
             pass
 
 
-# (log, key) of the float models this process evaluated: its evaluators check their logs against it once
+# (log, key) of the float models evaluated since new_measurements(): the evaluators check their logs against it once
 _MEASURED_NOW: set[tuple[str, str]] = set()
+
+
+def new_measurements() -> None:
+    """Start of a call that measures plans (Analysis.solve, Analysis.pareto): its evaluators check the logged
+    figures against the float model evaluated anew, once for the call (in a notebook, an evaluation's data or a
+    global changed between two calls is then seen, as between two commands)."""
+    _MEASURED_NOW.clear()
 
 
 class PlanEvaluator:

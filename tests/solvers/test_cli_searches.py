@@ -76,7 +76,7 @@ def test_pareto_with_evaluation_report_and_cache(run, tmp_path, capsys):
     assert count == 1 + len(plans)  # the float model and each distinct plan, once
     capsys.readouterr()
     assert main(["pareto", str(run), "--budget-kind", "bytes", "--points", "6", "--eval", "--out", str(out)]) == 0
-    assert evaluations(run) == count  # every plan came from the log
+    assert evaluations(run) == count + 1  # every plan came from the log, after the float model's check
     assert main(["report", str(out), "--select", "0"]) == 0
     html = (out / "report.html").read_text()
     first = data["points"][0]["assignments"]
