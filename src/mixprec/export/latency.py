@@ -56,7 +56,7 @@ from ..groups import ModelGroups, discover_groups, layer_kind
 from ..plan import Plan, write_json_atomic
 from ..quantizers import range_methods
 from ..sensitivity.store import flatten_tensors
-from .profile_log import ProfileLog, profile_folder, profile_key
+from .profile_log import ProfileLog, profile_folder, profile_keys
 from .targets import get_onnx_target, realise
 
 REPEATS = 20
@@ -412,28 +412,29 @@ def profile(model: nn.Module, data: Iterable, candidates: str | Iterable[str | C
                            f"model ({'; '.join(reasons[:3])}): the table would have no entry; give candidates it runs "
                            "(int8 with 8-bit inputs such as w8a8, weight-only such as w8 or w4g32 for linear layers, "
                            "or fp32)")
-    def log(what: str, folder: bool = False) -> ProfileLog:
+    whats = ["graph"] + ([] if around is None else [around]) if method == "graph" else ["layers"]
+    keys = profile_keys(model, batches, example, names, whats, target, rows, threads, repeats, weight_method,
+                        activation_method, decode)
+
+    def log(what: str) -> ProfileLog:
         """The log that keeps this profile's timings of ``what`` across an interruption (profile_log)."""
+        name = f"{'around' if what not in ('graph', 'layers') else what}-{keys[what]}"
         try:
-            name = f"{'around' if what not in ('graph', 'layers') else what}-" + profile_key(
-                model, batches, example, names, what, target, rows, threads, repeats, weight_method,
-                activation_method, decode)
-            if folder:
+            if what == "graph":  # with the graphs it times
                 return ProfileLog(profile_folder() / name / "graphs.jsonl", profile_folder() / name)
             return ProfileLog(profile_folder() / f"{name}.jsonl")
         except OSError:  # no cache to keep it in: nothing is kept
             return ProfileLog(None)
+    logs = [log(what) for what in whats]
     with tempfile.TemporaryDirectory(prefix="mixprec_profile_") as tmp:
         if method == "graph":
-            logs = [log("graph", folder=True)] + ([] if around is None else [log(around)])
             result = _profile_graph(model, batches, example, groups, names, [c.name for c in cands], runnable,
                                     skipped, target, rows, threads, repeats, weight_method, activation_method,
                                     Path(tmp), progress, checks, seed, around, decode, *logs)
         else:
-            logs = [log("layers")]
             result = _profile_layers(model, batches, example, groups, modules, names, [c.name for c in cands],
                                      runnable, skipped, target, rows, threads, repeats, weight_method,
-                                     activation_method, whole, Path(tmp), progress, logs[0])
+                                     activation_method, whole, Path(tmp), progress, *logs)
     for done in logs:
         done.remove()
     return result
@@ -503,11 +504,10 @@ def node_times(path: Path, feed: dict[str, np.ndarray], threads: int | None, rep
 
 def _profile_graph(model, batches, example, groups, names, asked, runnable, skipped, target, rows, threads, repeats,
                    weight_method, activation_method, tmp: Path, progress: bool, checks: int, seed: int,
-                   around: str | None = None, decode: int | None = None, log: ProfileLog | None = None,
+                   around: str | None, decode: int | None, log: ProfileLog,
                    moves_log: ProfileLog | None = None) -> LatencyProfile:
     from . import export
     from .ort import make_session
-    log = log if log is not None else ProfileLog(None)
     graphs: dict[str, dict] = {}  # candidate -> its uniform graph: file, assignments, measured ms, kernel ms per layer
     ops: dict[str, dict[str, str]] = {layer: {} for layer in runnable}
     run_as: dict[str, dict[str, tuple]] = {layer: {} for layer in runnable}  # layer -> candidate -> kernel_of
@@ -704,8 +704,7 @@ def _around(model, batches, example, groups, names, runnable, base_graph: dict, 
 
 def _profile_layers(model, batches, example, groups, modules, names, asked, runnable, skipped, target, rows, threads,
                     repeats, weight_method, activation_method, whole: bool, tmp: Path, progress: bool,
-                    log: ProfileLog | None = None) -> LatencyProfile:
-    log = log if log is not None else ProfileLog(None)
+                    log: ProfileLog) -> LatencyProfile:
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name, module, args, kwargs):

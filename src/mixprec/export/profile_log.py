@@ -24,18 +24,22 @@ from typing import Any
 from ..errors import MixprecError
 
 
-def profile_key(model, batches: list, example: Any, names: list[str], what: str, target: str, rows: int,
-                threads: int | None, repeats: int, weight_method: str, activation_method: str,
-                decode: int | None) -> str:
-    """A short hash of everything the timings of ``what`` (a method, or the base of --around) depend on."""
+def profile_keys(model, batches: list, example: Any, names: list[str], whats: list[str], target: str, rows: int,
+                 threads: int | None, repeats: int, weight_method: str, activation_method: str,
+                 decode: int | None) -> dict[str, str]:
+    """what -> a short hash of everything the timings of ``what`` (a method, or the base of --around) depend on;
+    the model's weights and the data are hashed once for all of them (an LLM's weights take seconds)."""
     import onnxruntime
 
     from ..batches import describe_shape
     from ..sensitivity.store import data_hash, model_hash, structure_hash
-    key = json.dumps([model_hash(model), structure_hash(model), data_hash(list(batches)), describe_shape(example),
-                      names, what, target, rows, threads, repeats, weight_method, activation_method, decode,
-                      onnxruntime.__version__], default=str)
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+    hashes = [model_hash(model), structure_hash(model), data_hash(list(batches)), describe_shape(example)]
+    keys = {}
+    for what in whats:
+        key = json.dumps([*hashes, names, what, target, rows, threads, repeats, weight_method, activation_method,
+                          decode, onnxruntime.__version__], default=str)
+        keys[what] = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return keys
 
 
 def profile_folder() -> Path:
@@ -76,9 +80,8 @@ class ProfileLog:
 
     def remove(self) -> None:
         """The profile finished: its log and files are no longer needed."""
-        for path in (self.path,):
-            if path is not None:
-                path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
         if self.files is not None:
             shutil.rmtree(self.files, ignore_errors=True)
         self.path = None
