@@ -32,7 +32,7 @@ from .costs import CostTables, cost_tables, load_cost_csv
 from .errors import GuardNote, GuardSkipped, MixprecError, OutputError, SpecError
 from .front import Front, FrontPlan
 from .groups import ModelGroups, discover_groups, is_torchscript, one_or_many
-from .plan import Plan, plan_point_counts
+from .plan import Plan, applied_with
 from .plan_evaluation import PlanEvaluator, new_measurements
 from .quantizers import GRID_VERSION
 from .rounding import RoundingConfig, recorded_rounding, rounding_config, rounding_metadata
@@ -339,13 +339,8 @@ class Analysis:
 
     def plan(self, assignments: dict[str, str], metadata: dict[str, Any] | None = None) -> Plan:
         """A plan of these groups; it keeps the point counts of its multipoint layers (the ones its costs assume)."""
-        plan = Plan(dict(assignments), self.groups, self.excluded, dict(metadata or {}))
-        if self.joins:  # measured with join quantizers: applied and exported with them
-            plan.metadata["joins"] = True
-        counts = plan_point_counts(assignments, self.groups, self.point_counts)
-        if counts:
-            plan.metadata["points"] = counts
-        return plan
+        return Plan(dict(assignments), self.groups, self.excluded,
+                    {**(metadata or {}), **applied_with(assignments, self.groups, self.joins, self.point_counts)})
 
     def uniform_rivals(self, problem: AllocationProblem, budgets: dict[str, float]) -> dict[str, np.ndarray]:
         """Every uniform plan within ``budgets`` (pins kept), and its variant with the first and last

@@ -118,11 +118,11 @@ def check_batched(items: list) -> None:
             continue  # one sample per item is told from the first
         if isinstance(label, torch.Tensor) and label.dim() and isinstance(inputs, (torch.Tensor, dict, tuple, list)):
             try:
-                rows = int(first_tensor(inputs).shape[0])
+                x = first_tensor(inputs)
+                rows = int(x.shape[0])
             except (TypeError, IndexError):
                 rows = None
             if rows is not None and int(label.shape[0]) != rows:
-                x = first_tensor(inputs)
                 hint = (f" The inputs' axis 1 has {int(label.shape[0])}: sequence-first inputs (a model with "
                         "batch_first=False)? Give the data batch-first (and the model batch_first=True), or the "
                         "items without labels" if x.dim() >= 2 and int(x.shape[1]) == int(label.shape[0]) else

@@ -133,7 +133,7 @@ def evaluate_model(evaluate: Callable[[nn.Module], Any], model: nn.Module,
     """``evaluate(model)`` as an EvalResult, with every module of ``model`` in the mode it had before the call: an
     evaluation that ends with ``model.train()`` (back to training, as a training loop does) left the model in
     training mode, and mixprec's next forwards then moved its BatchNorm statistics, changing every later figure
-    and the model passed in. Said once, as a ModelNote."""
+    and the model passed in. Said once, as a DataNote."""
     modes = [(module, module.training) for module in model.modules()] if isinstance(model, nn.Module) else []
     try:
         value = evaluate(model)

@@ -192,7 +192,7 @@ class Front:
     def plan(self, index: int) -> "Plan":
         """Front point ``index`` (0: the cheapest) as a Plan, to quantize or export: its assignments, with its
         costs, predicted sensitivity, search and guard in the metadata."""
-        from .plan import Plan
+        from .plan import Plan, applied_with
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise SpecError(f"a front point is a whole number, 0 (the cheapest) to {len(self.plans) - 1}; got "
                             f"{type(index).__name__} {index!r}")
@@ -212,13 +212,9 @@ class Front:
             metadata["measured"] = point.measured
         # measured with a learned rounding (mixprec.rounding.rounding_metadata): quantize and export apply it too
         metadata.update({k: self.extra[k] for k in ("rounding", "rounding_options") if k in self.extra})
-        if self.extra.get("joins"):  # measured with the int8 graph's join quantizers: applied with them
-            metadata["joins"] = True
-        if self.extra.get("point_counts"):  # the multipoint layers' point counts its costs assume
-            from .plan import plan_point_counts
-            counts = plan_point_counts(point.assignments, self.groups, self.extra["point_counts"])
-            if counts:
-                metadata["points"] = counts
+        # applied as the front measured it: with its join quantizers, its multipoint layers' point counts
+        metadata.update(applied_with(point.assignments, self.groups, bool(self.extra.get("joins")),
+                                     self.extra.get("point_counts") or {}))
         return Plan(dict(point.assignments), {g: list(v) for g, v in self.groups.items()}, list(self.excluded),
                     metadata)
 

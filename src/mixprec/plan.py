@@ -203,3 +203,14 @@ def plan_point_counts(assignments: dict[str, str], groups: dict[str, list[str]],
     what the plan's costs assume): layer -> digits, from the analysis's candidate -> layer -> digits."""
     return {layer: point_counts[cand][layer] for g, cand in assignments.items() if cand in point_counts
             for layer in groups[g]}
+
+
+def applied_with(assignments: dict[str, str], groups: dict[str, list[str]], joins: bool,
+                 point_counts: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """The metadata a plan of an analysis is applied with, as it was measured: its join quantizers (``joins``) and
+    the point counts of its multipoint layers (the ones its costs assume)."""
+    out: dict[str, Any] = {"joins": True} if joins else {}
+    counts = plan_point_counts(assignments, groups, point_counts or {})
+    if counts:
+        out["points"] = counts
+    return out

@@ -207,19 +207,18 @@ class PlanEvaluator:
         self.load()
         ref_key = self._key(None)
         if self.log_name == "divergences" or (str(self.log), ref_key) in _MEASURED_NOW:
-            return  # a divergence of the float model is 0; a float model evaluated by this process is checked
+            return  # a divergence of the float model is 0; one evaluated since new_measurements() is checked
         logged = self.results.pop(ref_key, None)
         fresh = self.measure(None)  # measured now, and logged again
         if logged is not None and not math.isclose(logged.value, fresh.value, rel_tol=1e-6, abs_tol=1e-12):
-            stale = len(self.results) - 1
             self.results = {ref_key: fresh}
             import warnings
 
             from .errors import DataNote
             warnings.warn(f"the float model now evaluates to {fresh.value:.6g}, and the log of this run has "
                           f"{logged.value:.6g} for it: the evaluation changed in a way its key cannot see (the data "
-                          f"it reads, a global or a helper outside its folder), so the {stale} plan(s) logged for it "
-                          "are measured again", DataNote, stacklevel=3)
+                          "it reads, a global or a helper outside its folder), so the plans in its log are measured "
+                          "again", DataNote, stacklevel=3)
 
     def reference(self) -> EvalResult:
         return self.measure(None)
