@@ -70,3 +70,13 @@ def error_line(capsys) -> str:
     lines = [l for l in err.splitlines() if l.startswith("mixprec: error:")]
     assert "Traceback" not in err and len(lines) == 1, err
     return lines[0]
+
+
+def interrupted_at(real, call: int, calls: list):
+    """``real``, each call counted in ``calls``; the ``call``-th raises KeyboardInterrupt instead (a Ctrl-C there)."""
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    return counted

@@ -16,6 +16,7 @@ from mixprec.builtin import get_builtin  # noqa: E402
 from mixprec.cli import main  # noqa: E402
 from mixprec.export import latency  # noqa: E402
 from mixprec.export.latency import MOVE_SE, profile, save_profile, time_files, time_pair  # noqa: E402
+from hostile import interrupted_at  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -360,13 +361,7 @@ def test_an_interrupted_profile_around_a_base_resumes_from_the_moves_it_timed(de
     model, data = demo
     timed = []
     real = latency.time_files
-
-    def counted(*args, **kwargs):
-        timed.append(1)
-        if len(timed) == 2:
-            raise KeyboardInterrupt  # the second move: a Ctrl-C
-        return real(*args, **kwargs)
-    monkeypatch.setattr(latency, "time_files", counted)
+    monkeypatch.setattr(latency, "time_files", interrupted_at(real, 2, timed))  # the second move: a Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         profile(model, data, "w8a8", threads=1, repeats=3, progress=False, around="w8a8", checks=0)
     (log,) = (tmp_path / "profile").glob("around-*.jsonl")
@@ -387,27 +382,15 @@ def test_an_interrupted_profile_resumes_from_the_uniform_graphs_it_timed(demo, t
     model, data = demo
     profiled, checked = [], []
     real_nodes, real_timed = latency.node_times, latency._timed_export
-
-    def nodes(*args, **kwargs):
-        profiled.append(1)
-        if len(profiled) == 3:
-            raise KeyboardInterrupt  # the third uniform graph: a Ctrl-C
-        return real_nodes(*args, **kwargs)
-    monkeypatch.setattr(latency, "node_times", nodes)
+    monkeypatch.setattr(latency, "node_times", interrupted_at(real_nodes, 3, profiled))  # the third uniform graph
     with pytest.raises(KeyboardInterrupt):
         profile(model, data, "w8a8,w4", threads=1, repeats=3, progress=False, checks=2)
     (folder,) = (tmp_path / "profile").glob("graph-*")
     assert len((folder / "graphs.jsonl").read_text().splitlines()) == 2 and len(list(folder.glob("*.onnx"))) == 3
     kept = {r["candidate"]: r for r in map(json.loads, (folder / "graphs.jsonl").read_text().splitlines())}
-
-    def timed(*args, **kwargs):
-        checked.append(1)
-        if len(checked) == 2:
-            raise KeyboardInterrupt  # the second check
-        return real_timed(*args, **kwargs)
     profiled.clear()
     monkeypatch.setattr(latency, "node_times", lambda *a, **k: (profiled.append(1), real_nodes(*a, **k))[1])
-    monkeypatch.setattr(latency, "_timed_export", timed)
+    monkeypatch.setattr(latency, "_timed_export", interrupted_at(real_timed, 2, checked))  # the second check
     with pytest.raises(KeyboardInterrupt):
         profile(model, data, "w8a8,w4", threads=1, repeats=3, progress=False, checks=2)
     assert len(profiled) == 1  # the two graphs logged are not profiled again
@@ -428,13 +411,7 @@ def test_an_interrupted_layers_profile_resumes_from_the_entries_it_timed(demo, t
     model, data = demo
     calls = []
     real = latency._timed_export
-
-    def timed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(latency, "_timed_export", timed)
+    monkeypatch.setattr(latency, "_timed_export", interrupted_at(real, 4, calls))
     with pytest.raises(KeyboardInterrupt):
         profile(model, data, "w8a8,fp8", threads=1, repeats=3, progress=False, method="layers")
     (log,) = (tmp_path / "profile").glob("layers-*.jsonl")

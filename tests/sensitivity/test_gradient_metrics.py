@@ -11,6 +11,7 @@ from mixprec.sensitivity.analyze import analyze
 from mixprec.sensitivity.context import MeasureContext
 
 from test_analyze import data, setup
+from hostile import interrupted_at
 
 GRADIENT_METRICS = ["hessian", "fisher"]
 
@@ -224,13 +225,7 @@ def test_hessian_traces_interrupted_resume_where_they_stopped_and_give_the_same_
     config = Hessian(samples=3)
     whole = analyze(model, groups, cands, items, metric=config, progress=False)
     forward, calls = gradients.forward, []
-
-    def stop_at_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return forward(*args, **kwargs)
-    monkeypatch.setattr(gradients, "forward", stop_at_third)
+    monkeypatch.setattr(gradients, "forward", interrupted_at(forward, 3, calls))
     with pytest.raises(KeyboardInterrupt):
         analyze(model, groups, cands, items, metric=config, run_dir=tmp_path, progress=False)
     saved = torch.load(tmp_path / TRACES, weights_only=True)
